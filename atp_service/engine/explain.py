@@ -77,9 +77,10 @@ class Explanation:
                  if isinstance(home, int) and 0 <= home < len(engine.actors)]
         found = await asyncio.gather(*(run_part(engine, home, ReadPart(oid)) for oid, home in asked),
                                      return_exceptions=True)
+        # A failed read is one that cannot be read now, a CancelledError included: this caller's own cancellation
+        # ends the gather itself, so one among its results is a read's own end (grpc.aio's, on a peer channel
+        # closed under it) — raised, gRPC answered the Explain nothing at all.
         for (order_id, _), order in zip(asked, found, strict=True):
-            if isinstance(order, BaseException) and not isinstance(order, Exception):
-                raise order  # cancelled
             if isinstance(order, Reservation) and order.is_order and order.reservation_id == order_id:
                 for at in self.elsewhere[order_id]:
                     rec, held, committed = self.holds[at]
