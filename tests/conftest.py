@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import subprocess
@@ -142,12 +143,17 @@ ServiceFactory = Callable[..., Awaitable[tuple[AtpService, AtpClient]]]
 @pytest.fixture
 async def start_service(redis_url: str) -> AsyncIterator[ServiceFactory]:
     """Start (and at the end stop) services against the test's Redis. Returns (service, client)."""
-    async for start in services_on(redis_url):
+    async with services_on(redis_url) as start:
         yield start
 
 
+@contextlib.asynccontextmanager
 async def services_on(redis_url: str, **base: Any) -> AsyncIterator[ServiceFactory]:
-    """A ``ServiceFactory`` of services on ``redis_url`` with ``base`` settings, each stopped after."""
+    """``async with services_on(url) as start``: a ``ServiceFactory`` of services on ``redis_url`` with
+    ``base`` settings, each stopped when the block ends, however it ends. An assertion failing inside
+    must still stop them: a service left running (once a loop, whose unfinished generator was never
+    resumed) kept its ingest task reading, its cancellation swallowed by redis-py at the loop's close,
+    and the test hung there, past pytest-timeout (stopped at the failure), until CI's own limit."""
     running: list[tuple[AtpService, AtpClient | None]] = []
 
     async def start(clock: Clock | None = None, **overrides: Any) -> tuple[AtpService, AtpClient]:
@@ -158,15 +164,29 @@ async def services_on(redis_url: str, **base: Any) -> AsyncIterator[ServiceFacto
         running[-1] = (service, client)
         return service, client
 
-    yield start
+    try:
+        yield start
+    finally:
+        await _stopped(running)
+
+
+async def _stopped(running: list[tuple[AtpService, AtpClient | None]]) -> None:
+    """Every service of ``running`` stopped, each tried even if one before failed to stop; the first
+    failure raised after."""
+    failures: list[BaseException] = []
     for service, client in running:
-        if client is not None:
-            await client.close()
         try:
-            await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)
-        except TimeoutError:
-            stacks = task_stacks(limit=6)
-            raise AssertionError(f"service.stop() did not finish in {STOP_LIMIT_S}s; tasks:\n{stacks}") from None
+            if client is not None:
+                await client.close()
+            try:
+                await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)
+            except TimeoutError:
+                stacks = task_stacks(limit=6)
+                raise AssertionError(f"service.stop() did not finish in {STOP_LIMIT_S}s; tasks:\n{stacks}") from None
+        except Exception as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 STOP_LIMIT_S = 30

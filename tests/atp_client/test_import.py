@@ -119,7 +119,7 @@ async def test_a_call_refused_with_nothing_recorded_is_refused_not_in_doubt(tmp_
     facts = [fact(f"full-{n}", "IMP", "DC", 1, now - 1000) for n in range(2)]
     with EmbeddedRedis(tmp_path / "redis") as server:
         admin = redis.Redis.from_url(server.url)
-        async for start in services_on(server.url):
+        async with services_on(server.url) as start:
             service, _ = await start(shards=1)
             admin.config_set("maxmemory", 1)  # full: every write that may grow it is refused OOM
             try:

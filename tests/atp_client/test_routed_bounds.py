@@ -131,8 +131,8 @@ async def test_a_call_in_flight_on_a_channel_dropped_from_the_pool_is_answered_t
 @pytest.fixture
 async def start_leased(redis_url: str) -> AsyncIterator[ServiceFactory]:
     """Processes sharing one keyspace by leases, balancing every 200 ms (5 s leases: none lapses here)."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                                   input_streams=()):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=()) as start:
         yield start
 
 

@@ -60,10 +60,10 @@ async def test_redis_gone_fires_the_append_failure_alerts(tmp_path: Path) -> Non
     input stream is read. ATPCallsUnavailable fires from the first UNAVAILABLE answers: the series it
     reads was there, at 0, before them (a series born with its first value shows no rise to rate())."""
     with EmbeddedRedis(tmp_path / "redis") as server:
-        async for start in services_on(server.url, redis_timeout_s=0.5):
+        async with services_on(server.url, redis_timeout_s=0.5) as start:
             service, client = await start(metrics_port=0)
-            await answered(lambda: client.record_events([receipt("stock", "A", "S1", 1000)]))  # noqa: B023
-            await answered(lambda: client.reserve("ok-0", [("A", "S1", 1)]))  # noqa: B023
+            await answered(lambda: client.record_events([receipt("stock", "A", "S1", 1000)]))
+            await answered(lambda: client.reserve("ok-0", [("A", "S1", 1)]))
             before = scrape(service.metrics_port)
             server.kill()
             unavailable = 0
@@ -77,7 +77,6 @@ async def test_redis_gone_fires_the_append_failure_alerts(tmp_path: Path) -> Non
             after = scrape(service.metrics_port)
             assert {"ATPRedisAppendFailures", "ATPIngestReadFailing", "ATPCallsUnavailable"} <= firing(
                 before, after, tmp_path)
-            break
 
 
 async def test_a_shard_stopped_by_redis_losing_its_entries_fires_an_alert(
@@ -107,7 +106,7 @@ async def test_redis_out_of_memory_is_told_apart_and_fires_its_own_alert(tmp_pat
     reason, and a full Redis fires ATPRedisOutOfMemory, not ATPRedisAppendFailures."""
     with EmbeddedRedis(tmp_path / "redis") as server:
         admin = redis.Redis.from_url(server.url)
-        async for start in services_on(server.url):
+        async with services_on(server.url) as start:
             service, client = await start(metrics_port=0, shards=1)
             await client.record_events([receipt("stock", "A", "S1", 1000)])
             await client.reserve("ok-0", [("A", "S1", 1)])
@@ -128,5 +127,4 @@ async def test_redis_out_of_memory_is_told_apart_and_fires_its_own_alert(tmp_pat
             assert failures == {**dict.fromkeys(APPEND_FAILURE_REASONS, 0.0), "out_of_memory": 5.0}
             fired = firing(before, after, tmp_path)
             assert "ATPRedisOutOfMemory" in fired and "ATPRedisAppendFailures" not in fired, fired
-            break
         admin.close()

@@ -31,7 +31,7 @@ IDLE = 3600.0
 async def setup(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ServiceFactory, list[aioredis.Redis]]]:
     """A service factory, and a direct client of every primary (each is restored alone)."""
     cluster = {"input_streams": ()} if request.param == "cluster" else {}
-    async for pair in services_and_primaries(request, cluster):
+    async with services_and_primaries(request, cluster) as pair:
         yield pair
 
 

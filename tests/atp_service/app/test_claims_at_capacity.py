@@ -24,8 +24,8 @@ from tests.waiting import until
 
 @pytest.fixture
 async def start_process(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=2,
-                                   input_streams=()):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=2,
+                           input_streams=()) as start:
         yield start
 
 

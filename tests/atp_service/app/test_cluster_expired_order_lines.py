@@ -19,7 +19,7 @@ from tests.waiting import until
 
 @pytest.fixture
 async def start_cluster(cluster_url: str) -> AsyncIterator[ServiceFactory]:
-    async for start in services_on(cluster_url, redis_cluster=True, input_streams=()):
+    async with services_on(cluster_url, redis_cluster=True, input_streams=()) as start:
         yield start
 
 

@@ -21,7 +21,7 @@ ORDERS = 20 * EXPIRE_ORDERS_AT_ONCE
 @pytest.fixture
 async def start_service(cluster_url: str) -> AsyncIterator[ServiceFactory]:
     """``start_service`` of the test suite, on the cluster."""
-    async for start in services_on(cluster_url, **CLUSTER):
+    async with services_on(cluster_url, **CLUSTER) as start:
         yield start
 
 

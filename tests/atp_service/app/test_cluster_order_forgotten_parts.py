@@ -23,7 +23,7 @@ RETENTION_MS = 60_000
 
 @pytest.fixture
 async def start_service(cluster_url: str) -> AsyncIterator[ServiceFactory]:
-    async for start in services_on(cluster_url, redis_cluster=True, input_streams=()):
+    async with services_on(cluster_url, redis_cluster=True, input_streams=()) as start:
         yield start
 
 

@@ -62,7 +62,7 @@ class SlotMove:
 @pytest.fixture
 async def start_service(cluster_url: str) -> AsyncIterator[ServiceFactory]:
     """``start_service`` of the test suite, on the shared cluster."""
-    async for start in services_on(cluster_url, **CLUSTER):
+    async with services_on(cluster_url, **CLUSTER) as start:
         yield start
 
 

@@ -20,7 +20,7 @@ T = 1_700_000_000_000
 
 @pytest.fixture
 async def start_service(cluster_url: str, tmp_path: Path) -> AsyncIterator[ServiceFactory]:
-    async for start in services_on(cluster_url, redis_cluster=True, input_streams=(), estate=write_estate(tmp_path)):
+    async with services_on(cluster_url, redis_cluster=True, input_streams=(), estate=write_estate(tmp_path)) as start:
         yield start
 
 

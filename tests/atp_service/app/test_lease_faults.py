@@ -37,7 +37,7 @@ def owned(service: AtpService) -> set[int]:
 
 @pytest.fixture
 async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async for start in services_on(redis_url, **LEASED):
+    async with services_on(redis_url, **LEASED) as start:
         yield start
 
 

@@ -47,8 +47,8 @@ async def test_groups_handed_over_on_a_full_redis_are_served_by_the_process_that
     with EmbeddedRedis(tmp_path / "redis", appendfsync="always") as server:
         admin = redis.asyncio.Redis.from_url(server.url)
         try:
-            async for start in services_on(server.url, ownership="leases", lease_ms=60_000, shards=SHARDS,
-                                           input_streams=()):
+            async with services_on(server.url, ownership="leases", lease_ms=60_000, shards=SHARDS,
+                                   input_streams=()) as start:
                 leaving, client = await start(port=held_port(), host="127.0.0.1")
                 await client.record_events([receipt("r1", "A", "DC", 7)])
                 staying, other = await start(port=held_port(), host="127.0.0.1")

@@ -24,8 +24,8 @@ SHARDS = 6
 @pytest.fixture
 async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
     """Leases long enough for a busy host's stalls (a lapsed one moves a group mid-test)."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                                   input_streams=()):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=()) as start:
         yield start
 
 
@@ -68,8 +68,8 @@ MANUAL_TURNS_LEASE_MS = 6000
 async def start_manual(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[ServiceFactory]:
     """Processes on ``request.param`` groups whose balancing turns the test drives (``driven``).
     Leases of 6 s: a stall of a busy host must not lapse one; turns of 200 ms until then."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=MANUAL_TURNS_LEASE_MS, balance_ms=200,
-                                   shards=request.param, input_streams=()):
+    async with services_on(redis_url, ownership="leases", lease_ms=MANUAL_TURNS_LEASE_MS, balance_ms=200,
+                           shards=request.param, input_streams=()) as start:
         yield start
 
 
@@ -145,8 +145,8 @@ async def test_the_groups_a_graceful_stop_hands_over_are_taken_while_it_hands_ov
 
 @pytest.fixture
 async def start_7(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=7,
-                                   input_streams=()):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=7,
+                           input_streams=()) as start:
         yield start
 
 

@@ -31,8 +31,8 @@ SHARDS, GROUP = 4, 2
 @pytest.fixture
 async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
     # Long leases, no balancing nor owner check of their own: each step below is the test's, in its order.
-    async for start in services_on(redis_url, ownership="leases", lease_ms=600_000, balance_ms=200_000,
-                                   owner_check_s=3600, shards=SHARDS, input_streams=()):
+    async with services_on(redis_url, ownership="leases", lease_ms=600_000, balance_ms=200_000,
+                           owner_check_s=3600, shards=SHARDS, input_streams=()) as start:
         yield start
 
 

@@ -24,8 +24,8 @@ SHARDS = 4
 @pytest.fixture
 async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
     # Long leases and no balancing of its own: the renewals and balances below are the test's.
-    async for start in services_on(redis_url, ownership="leases", lease_ms=600_000, balance_ms=200_000,
-                                   shards=SHARDS, input_streams=()):
+    async with services_on(redis_url, ownership="leases", lease_ms=600_000, balance_ms=200_000,
+                           shards=SHARDS, input_streams=()) as start:
         yield start
 
 

@@ -23,8 +23,8 @@ from tests.ports import held_port
 
 @pytest.fixture
 async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async for start in services_on(redis_url, ownership="leases", lease_ms=600_000, balance_ms=200_000,
-                                   owner_check_s=3600, shards=SHARDS, input_streams=()):
+    async with services_on(redis_url, ownership="leases", lease_ms=600_000, balance_ms=200_000,
+                           owner_check_s=3600, shards=SHARDS, input_streams=()) as start:
         yield start
 
 

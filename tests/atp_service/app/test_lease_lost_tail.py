@@ -32,7 +32,7 @@ LEASED = {"ownership": "leases", "lease_ms": LEASE_MS, "shards": 4, "input_strea
 @pytest.fixture(params=["one Redis", "cluster"])
 async def setup(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ServiceFactory, list[aioredis.Redis]]]:
     """A factory of leased processes, and a direct client of every primary (each is restored alone)."""
-    async for pair in services_and_primaries(request, LEASED):
+    async with services_and_primaries(request, LEASED) as pair:
         yield pair
 
 

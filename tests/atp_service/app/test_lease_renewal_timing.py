@@ -37,7 +37,7 @@ async def proxied(redis_server: EmbeddedRedis, redis_url: str) -> AsyncIterator[
     proxy = HoldingProxy("127.0.0.1", redis_server.port)
     url = await proxy.start()
     try:
-        async for start in services_on(url, **LEASED):
+        async with services_on(url, **LEASED) as start:
             yield proxy, start
     finally:
         proxy.hold()

@@ -21,8 +21,8 @@ SLOW_S = 2.0
 
 async def test_a_group_given_up_during_a_stop_is_given_back_before_the_stop_returns(
         redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    async for start in services_on(redis_url, ownership="leases", lease_ms=60_000, shards=SHARDS,
-                                   input_streams=()):
+    async with services_on(redis_url, ownership="leases", lease_ms=60_000, shards=SHARDS,
+                           input_streams=()) as start:
         service, _ = await start(port=held_port(), host="127.0.0.1")
         membership, engine = service.membership, service.engine
         assert membership is not None and engine is not None and len(membership.leases.held) == SHARDS

@@ -26,8 +26,8 @@ SHARDS = 8
 async def test_a_leased_stop_with_redis_not_answering_waits_out_one_hand_over_not_one_per_group(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with EmbeddedRedis(tmp_path / "redis") as server:
-        async for start in services_on(server.url, redis_timeout_s=1.0, ownership="leases", lease_ms=60_000,
-                                       shards=SHARDS, input_streams=()):
+        async with services_on(server.url, redis_timeout_s=1.0, ownership="leases", lease_ms=60_000,
+                               shards=SHARDS, input_streams=()) as start:
             service, client = await start(port=held_port(), host="127.0.0.1")
             membership = service.membership
             assert membership is not None and len(membership.leases.held) == SHARDS
@@ -44,7 +44,7 @@ async def test_a_leased_stop_with_redis_not_answering_waits_out_one_hand_over_no
                 await r.delete(*(leases.key(g) for g in range(SHARDS)))
             finally:
                 await r.aclose()
-        async for start in services_on(server.url, ownership="leases", shards=SHARDS, input_streams=()):
+        async with services_on(server.url, ownership="leases", shards=SHARDS, input_streams=()) as start:
             _, client = await start(port=held_port(), host="127.0.0.1")  # nothing acknowledged lost
             answers = await client.availability([(f"SKU-{n}", "DC") for n in range(64)])
             assert [a.on_hand for a in answers] == [5] * 64

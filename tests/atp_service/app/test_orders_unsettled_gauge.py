@@ -26,8 +26,8 @@ from tests.waiting import until
 @pytest.fixture
 async def start_process(redis_url: str) -> AsyncIterator[ServiceFactory]:
     """As ``test_processes``: leases of 5 s (none lapses here), balancing every 200 ms; metrics served."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                                   input_streams=(), metrics_port=0):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=(), metrics_port=0) as start:
         yield start
 
 

@@ -34,8 +34,8 @@ async def start_process(redis_url: str) -> AsyncIterator[ServiceFactory]:
     none of these tests waits for a lease to lapse, and with 600 ms leases one lapsed whenever the
     test process (both services' event loop) stood still 400 ms on a busy host, and calls to its
     group were refused as being taken over (a safe answer, but not what these tests are about)."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                                   input_streams=()):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=()) as start:
         yield start
 
 
@@ -262,8 +262,8 @@ async def test_a_process_joining_with_an_address_past_the_routing_bound_is_said_
     refused the table. Each start checks its own address only (``test_cli``). The other process is its
     member entry, as Redis holds one (``<address>|<token>``): nothing is sent to an address that long."""
     longest = "p" * 1100 + ":1"  # 64 groups at it pass 64 KiB
-    async for start in services_on(redis_url, ownership="leases", lease_ms=3_000, balance_ms=200, shards=64,
-                                   input_streams=()):
+    async with services_on(redis_url, ownership="leases", lease_ms=3_000, balance_ms=200, shards=64,
+                           input_streams=()) as start:
         with caplog.at_level(logging.INFO, logger="atp_service.app.membership"):
             service, _ = await start(port=held_port(), host="127.0.0.1", max_message_bytes=64 << 10)
             client = redis.asyncio.Redis.from_url(redis_url)

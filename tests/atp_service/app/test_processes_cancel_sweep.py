@@ -58,49 +58,51 @@ async def test_r8_an_order_change_whose_caller_leaves_while_a_part_s_process_is_
     if step_cut:  # a step sent to the slow process outlasts its deadline: the peer's handler is cancelled
         monkeypatch.setattr(peers, "STEP_TIMEOUT_S", 0.1)
     proxied = f"redis://127.0.0.1:{proxy._server.sockets[0].getsockname()[1]}/0"  # type: ignore[union-attr]
-    async for start_plain in services_on(redis_url, **LEASED):
-        async for start_slow in services_on(proxied, **LEASED):
-            running = [await start_plain(port=held_port(), host="127.0.0.1"),
-                       await start_slow(port=held_port(), host="127.0.0.1")]
-            await until(lambda: balanced(running) and routed(running), "the groups spread", 60)  # noqa: B023
-            (plain, client), (slow, _) = running
-            skus = [next(s for s in SKUS if group_of(s) in owned(plain)),
-                    next(s for s in SKUS if group_of(s) in owned(slow))]
-            everything = sorted({next(s for s in SKUS if group_of(s) == g) for g in range(SHARDS)} | set(skus))
-            await answered(lambda: client.record_events(  # noqa: B023
-                [receipt(f"stock-{s}", s, "DC", 10) for s in everything]))  # noqa: B023
-            await answered(lambda: client.reserve(ORDER, [(s, "DC", 2) for s in skus]))  # noqa: B023
-            if confirmed:
-                await answered(lambda: client.confirm(ORDER))  # noqa: B023
-            method_name, request = change(skus)
-            method = getattr(client.stub, method_name)
-            before = await _state(client, skus)
-            failed = counted([slow], "atp_log_append_failures_total")  # a set-up write's doubt counts too
-            proxy.hold(ORDER.encode())
-            with pytest.raises(grpc.aio.AioRpcError) as ended:
-                await method(request, timeout=0.3)
-            assert ended.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
-            await until(lambda: proxy.held, "the slow process's append of the order held", 30)
-            await until(lambda: counted([slow], "atp_log_append_failures_total") > failed,  # noqa: B023
-                        "the held append in doubt", 30)
-            proxy.hold()
-            if late:  # refused by the fence the slow process raised to settle it (R7)
-                for held in list(proxy.held):
-                    await proxy.land(held)
-            else:  # never reaches Redis
-                proxy.drop()
-            landed = await _state(client, skus)
-            first = await _answered(method, request)
-            again = await _answered(method, request)
-            assert again.reservation == first.reservation
-            done = await _state(client, skus)
-            assert done != before and first.reservation == done[0]
-            assert landed in (before, done)  # whole or nothing
-            for n, sku in enumerate(everything):  # every group answers a change
-                await _answered(client.stub.Reserve, pb.ReserveRequest(
-                    reservation_id=f"after-{n}", lines=[pb.Line(sku=sku, location="DC", quantity=1)]))
-            after = await _state(client, everything)
-            for service, _ in reversed(running):
-                await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)
-            _, restarted = await start_plain(port=held_port(), host="127.0.0.1")
-            assert await _state(restarted, everything) == after
+    async with (
+        services_on(redis_url, **LEASED) as start_plain,
+        services_on(proxied, **LEASED) as start_slow,
+    ):
+        running = [await start_plain(port=held_port(), host="127.0.0.1"),
+                   await start_slow(port=held_port(), host="127.0.0.1")]
+        await until(lambda: balanced(running) and routed(running), "the groups spread", 60)
+        (plain, client), (slow, _) = running
+        skus = [next(s for s in SKUS if group_of(s) in owned(plain)),
+                next(s for s in SKUS if group_of(s) in owned(slow))]
+        everything = sorted({next(s for s in SKUS if group_of(s) == g) for g in range(SHARDS)} | set(skus))
+        await answered(lambda: client.record_events(
+            [receipt(f"stock-{s}", s, "DC", 10) for s in everything]))
+        await answered(lambda: client.reserve(ORDER, [(s, "DC", 2) for s in skus]))
+        if confirmed:
+            await answered(lambda: client.confirm(ORDER))
+        method_name, request = change(skus)
+        method = getattr(client.stub, method_name)
+        before = await _state(client, skus)
+        failed = counted([slow], "atp_log_append_failures_total")  # a set-up write's doubt counts too
+        proxy.hold(ORDER.encode())
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await method(request, timeout=0.3)
+        assert ended.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+        await until(lambda: proxy.held, "the slow process's append of the order held", 30)
+        await until(lambda: counted([slow], "atp_log_append_failures_total") > failed,
+                    "the held append in doubt", 30)
+        proxy.hold()
+        if late:  # refused by the fence the slow process raised to settle it (R7)
+            for held in list(proxy.held):
+                await proxy.land(held)
+        else:  # never reaches Redis
+            proxy.drop()
+        landed = await _state(client, skus)
+        first = await _answered(method, request)
+        again = await _answered(method, request)
+        assert again.reservation == first.reservation
+        done = await _state(client, skus)
+        assert done != before and first.reservation == done[0]
+        assert landed in (before, done)  # whole or nothing
+        for n, sku in enumerate(everything):  # every group answers a change
+            await _answered(client.stub.Reserve, pb.ReserveRequest(
+                reservation_id=f"after-{n}", lines=[pb.Line(sku=sku, location="DC", quantity=1)]))
+        after = await _state(client, everything)
+        for service, _ in reversed(running):
+            await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)
+        _, restarted = await start_plain(port=held_port(), host="127.0.0.1")
+        assert await _state(restarted, everything) == after

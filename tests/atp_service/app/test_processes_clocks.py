@@ -26,8 +26,8 @@ async def start_process(redis_url: str) -> AsyncIterator[ServiceFactory]:
     """Leases long enough for a busy host's stalls (a 600 ms one lapsed there between two calls: the
     second was refused GROUP_MOVED while its group was taken again); turns of 200 ms take a stopped
     process's groups at once."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                                   input_streams=(), limits=Limits(min_ttl_seconds=1)):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=(), limits=Limits(min_ttl_seconds=1)) as start:
         yield start
 
 

@@ -27,8 +27,8 @@ BOUND = 3
 @pytest.fixture
 async def start_bounded(redis_url: str) -> AsyncIterator[ServiceFactory]:
     # 5 s leases, balancing every 200 ms: no test here waits for one to lapse (see test_processes' start_process).
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                                   input_streams=(), limits=Limits(max_positions_per_shard=BOUND)):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=(), limits=Limits(max_positions_per_shard=BOUND)) as start:
         yield start
 
 
@@ -116,8 +116,8 @@ async def test_a_load_whose_other_process_is_unreachable_says_what_was_loaded(
 @pytest.fixture
 async def start_patient(redis_url: str) -> AsyncIterator[ServiceFactory]:
     """Processes whose leases and Redis replies outlast a short pause of Redis writes."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, redis_timeout_s=4,
-                                   shards=SHARDS, input_streams=()):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, redis_timeout_s=4,
+                           shards=SHARDS, input_streams=()) as start:
         yield start
 
 

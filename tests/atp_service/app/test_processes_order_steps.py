@@ -30,8 +30,8 @@ from tests.waiting import until
 @pytest.fixture
 async def start_process(redis_url: str) -> AsyncIterator[ServiceFactory]:
     """As ``test_processes``: leases of 5 s (none lapses here), balancing every 200 ms."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                                   input_streams=()):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=()) as start:
         yield start
 
 

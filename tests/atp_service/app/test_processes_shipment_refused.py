@@ -25,8 +25,8 @@ LIVE_PER_SHARD = 3
 @pytest.fixture
 async def start_process(redis_url: str) -> AsyncIterator[ServiceFactory]:
     """As ``test_processes``, each group holding at most ``LIVE_PER_SHARD`` live records."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                                   input_streams=(), limits=Limits(max_live_reservations_per_shard=LIVE_PER_SHARD)):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=(), limits=Limits(max_live_reservations_per_shard=LIVE_PER_SHARD)) as start:
         yield start
 
 

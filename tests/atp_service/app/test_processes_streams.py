@@ -43,9 +43,9 @@ async def start_reader(redis_url: str, tmp_path: Path) -> AsyncIterator[ServiceF
     callers.write_text(f'[[callers]]\nname = "peers"\nroles = ["peer"]\ntoken_sha256 = "{token_hash(PEER)}"\n'
                        f'[[callers]]\nname = "reader"\nroles = ["oms"]\ntoken_sha256 = "{token_hash(READER)}"\n')
     (tmp_path / "peer.token").write_text(PEER)
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                                   input_streams=STREAMS, auth="on", callers_file=callers,
-                                   peer_token_file=tmp_path / "peer.token"):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=STREAMS, auth="on", callers_file=callers,
+                           peer_token_file=tmp_path / "peer.token") as start:
         yield start
 
 
@@ -116,8 +116,8 @@ async def test_facts_sent_to_their_owner_are_split_to_fit_its_message_size(
         redis_url: str) -> None:
     """A read of many facts with long ids is more than an owner takes in one message
     (``max_message_bytes``): sent whole, it was refused on every retry, its entries pending for good."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                                   input_streams=STREAMS[:1], max_message_bytes=64 << 10, ingest_count=1000):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=STREAMS[:1], max_message_bytes=64 << 10, ingest_count=1000) as start:
         running = await processes(start, 2)
         skus = [f"split-{i}" for i in range(40)]
         now = int(time.time() * 1000)
@@ -138,8 +138,8 @@ async def test_facts_sent_to_their_owner_are_split_to_fit_its_message_size(
 async def start_leased(redis_url: str) -> AsyncIterator[ServiceFactory]:
     """The reader: its own leases long enough for a busy host's stalls (a 600 ms one lapsed there, its
     groups lost and their alert fired); the other process's (``spawn_owner``) set per test."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                                   input_streams=STREAMS):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=STREAMS) as start:
         yield start
 
 
@@ -247,7 +247,7 @@ async def test_a_fact_its_owner_refuses_as_in_the_future_is_dead_lettered_naming
     """A dead letter names the field of the entry at fault (`event_time_ms`), whichever process owns the
     fact's group: the owner judges E7 by RecordEvents, whose field is `event_time`, a name the input
     streams' format does not have."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS) as start:
         running = await reader_and_owner(start)
         sku = next(s for s in (f"ahead-{i}" for i in range(64)) if group_of(s) in owned(running[1][0]))
         r = redis.Redis.from_url(redis_url)
@@ -266,7 +266,7 @@ async def test_a_fact_read_as_in_the_future_and_sent_to_its_owner_is_counted_mov
     """OPERATIONS: a fact sent to its owner counts ``atp_facts_total{outcome="moved"}`` where it was read.
     One this process's clock finds stamped past the allowed skew goes to its owner too, to be judged
     there (E7 against E8): it was counted nowhere where it was read."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS) as start:
         running = await reader_and_owner(start)
         sku = next(s for s in (f"ahead-{i}" for i in range(64)) if group_of(s) in owned(running[1][0]))
         r = redis.Redis.from_url(redis_url)
@@ -283,7 +283,7 @@ async def test_a_fact_its_owner_refuses_past_one_of_its_limits_is_dead_lettered_
     refused there past a limit (its ``max_id_length``, shorter than the reader's during a rolling
     change of it), was dead-lettered ``INVALID_FIELD`` (the answer read back as a malformed field
     whatever its reason), so a tool sorting dead letters by ``_code`` took it for a producer's typo."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS) as start:
         running = await reader_and_owner(start, limits=Limits(max_id_length=16))
         sku = next(s for s in (f"long-{i}" for i in range(64)) if group_of(s) in owned(running[1][0]))
         r = redis.Redis.from_url(redis_url)

@@ -37,14 +37,16 @@ async def reader_and_owner(redis_url: str, proxy: HoldingProxy, lease_ms: int,
     """A process reading the stream on Redis, and one owning half the groups, reading none, whose every
     Redis command passes through ``proxy``."""
     proxied = f"redis://127.0.0.1:{proxy._server.sockets[0].getsockname()[1]}/0"  # type: ignore[union-attr]
-    async for start_reader in services_on(redis_url, **LEASED, lease_ms=lease_ms, input_streams=(STREAM,)):
-        async for start_owner in services_on(proxied, **LEASED, lease_ms=lease_ms, input_streams=(),
-                                             **owner_settings):
-            running = [await start_reader(port=held_port(), host="127.0.0.1"),
-                       await start_owner(port=held_port(), host="127.0.0.1")]
-            await until(lambda: balanced(running) and routed(running),  # noqa: B023 (awaited here)
-                        "the groups spread over 2 processes", 60)
-            yield running[0][0], running[1][0]
+    async with (
+        services_on(redis_url, **LEASED, lease_ms=lease_ms, input_streams=(STREAM,)) as start_reader,
+        services_on(proxied, **LEASED, lease_ms=lease_ms, input_streams=(),
+                    **owner_settings) as start_owner,
+    ):
+        running = [await start_reader(port=held_port(), host="127.0.0.1"),
+                   await start_owner(port=held_port(), host="127.0.0.1")]
+        await until(lambda: balanced(running) and routed(running),
+                    "the groups spread over 2 processes", 60)
+        yield running[0][0], running[1][0]
 
 
 def fact_of(owner: AtpService, prefix: str) -> F:

@@ -24,7 +24,7 @@ from tests.waiting import until
 
 @pytest.fixture
 async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async for factory in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS) as factory:
         yield factory
 
 

@@ -8,6 +8,7 @@ RDB would hold (the simulation does the same with ``--lose-tail``, ``tests/sim/t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,10 +30,11 @@ from tests.waiting import until
 Image = dict[Any, tuple[Any, int]]
 
 
+@contextlib.asynccontextmanager
 async def services_and_primaries(request: pytest.FixtureRequest, settings: dict[str, Any]
                                  ) -> AsyncIterator[tuple[ServiceFactory, list[aioredis.Redis]]]:
     """Services with ``settings`` on the test's one Redis or Redis Cluster (``request.param``: "one Redis"
-    or "cluster"), and a direct client of every primary: each can be saved and restored alone."""
+    or "cluster"), and a direct client of every primary, for ``async with``: each can be saved and restored alone."""
     if request.param == "cluster":
         cluster: EmbeddedCluster = request.getfixturevalue("redis_cluster")
         url = request.getfixturevalue("cluster_url")
@@ -42,7 +44,7 @@ async def services_and_primaries(request: pytest.FixtureRequest, settings: dict[
         ports = [int(url.rsplit(":", 1)[1].split("/")[0])]
     primaries = [aioredis.Redis(host="127.0.0.1", port=port) for port in ports]
     try:
-        async for start in services_on(url, **settings):
+        async with services_on(url, **settings) as start:
             yield start, primaries
     finally:
         for client in primaries:

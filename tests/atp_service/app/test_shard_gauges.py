@@ -50,8 +50,8 @@ async def test_a_group_handed_over_is_counted_by_its_new_owner_alone(redis_url: 
     """``ownership = leases``: a process that handed a group over kept exporting the live reservations
     it last counted there, beside the new owner's count of the same reservations — a sum over the
     processes counted them twice, for as long as the process ran."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                                   input_streams=(), metrics_port=0):
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=(), metrics_port=0) as start:
         await _hand_over_held_groups(start)
 
 

@@ -25,7 +25,7 @@ async def test_a_stop_cut_short_by_its_bound_still_stops_grpc(tmp_path: Path) ->
     for ever (gRPC's poller thread joined while the server's calls were pending) — a pod stuck
     Terminating until SIGKILL. gRPC is stopped before the given-up stop returns."""
     with EmbeddedRedis(tmp_path / "redis") as server:
-        async for start in services_on(server.url, redis_timeout_s=60.0, shutdown_grace_s=60.0):
+        async with services_on(server.url, redis_timeout_s=60.0, shutdown_grace_s=60.0) as start:
             service, client = await start(shards=1)
             await client.record_events([receipt("stock", "A", "DC", 5)])
             assert server.process is not None

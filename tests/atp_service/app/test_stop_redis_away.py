@@ -24,9 +24,9 @@ async def test_a_stop_with_redis_not_answering_tries_one_final_snapshot_not_one_
     final snapshot finds Redis not answering, the others are not tried: the next start replays
     their logs, which hold everything acknowledged (R7)."""
     with EmbeddedRedis(tmp_path / "redis") as server:
-        async for start in services_on(server.url, redis_timeout_s=0.5):
+        async with services_on(server.url, redis_timeout_s=0.5) as start:
             service, client = await start(shards=SHARDS)
-            await answered(lambda: client.record_events([receipt(f"stock-{n}", f"SKU-{n}", "DC", 5)  # noqa: B023
+            await answered(lambda: client.record_events([receipt(f"stock-{n}", f"SKU-{n}", "DC", 5)
                                                          for n in range(64)]))
             assert service.engine is not None
             written = [actor for actor in service.engine.actors if actor.seq > 0]
@@ -34,7 +34,7 @@ async def test_a_stop_with_redis_not_answering_tries_one_final_snapshot_not_one_
             before = _snapshot_failures(service)
             await stopped_with_redis_paused(server, service)
             assert _snapshot_failures(service) - before == 1, "one final snapshot tried, the others left to the log"
-        async for start in services_on(server.url):  # nothing acknowledged lost: the logs replayed
+        async with services_on(server.url) as start:  # nothing acknowledged lost: the logs replayed
             _, client = await start(shards=SHARDS)
             answers = await client.availability([(f"SKU-{n}", "DC") for n in range(64)])
             assert [a.on_hand for a in answers] == [5] * 64
@@ -52,7 +52,7 @@ async def test_a_stop_with_redis_not_answering_stops_every_shard_at_once(tmp_pat
     cut off past ``serve``'s bound). They stop together: every shard is stopping while the first
     still waits (here 2 x 30 s: the test would wait a minute for the second one otherwise)."""
     with EmbeddedRedis(tmp_path / "redis") as server:
-        async for start in services_on(server.url, redis_timeout_s=30):
+        async with services_on(server.url, redis_timeout_s=30) as start:
             service, client = await start(shards=SHARDS)
             assert service.engine is not None
             actors = service.engine.actors

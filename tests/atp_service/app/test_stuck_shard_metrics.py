@@ -35,7 +35,7 @@ async def test_the_mailbox_depth_counts_the_calls_waiting_behind_a_write_redis_d
     actor waits on that write. The gauge was set only as the actor took a batch, so it said 0 for
     as long as the write hung, however many calls piled up behind it."""
     with EmbeddedRedis(tmp_path / "redis") as server:
-        async for start in services_on(server.url, redis_timeout_s=60):
+        async with services_on(server.url, redis_timeout_s=60) as start:
             await _calls_behind_a_hung_write(server, start)
 
 

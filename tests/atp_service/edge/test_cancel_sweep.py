@@ -117,14 +117,14 @@ async def test_r8_a_change_whose_deadline_passes_while_redis_is_held_lands_whole
     leased, how, outlast = MODES[mode]
     outside = set(asyncio.all_tasks())
     with EmbeddedRedis(tmp_path / "redis") as server:
-        async for start in services_on(server.url, redis_timeout_s=0.5):
+        async with services_on(server.url, redis_timeout_s=0.5) as start:
             service, client = await start(**(LEASED | {"port": held_port()} if leased else {}))
             skus = _two_shards(service.engine.place) if spanning else SKUS[:1]
-            await answered(lambda: client.record_events([receipt(f"stock-{sku}", sku, "S1", 10)  # noqa: B023
+            await answered(lambda: client.record_events([receipt(f"stock-{sku}", sku, "S1", 10)
                                                          for sku in SKUS]))
-            await answered(lambda: client.reserve("r", [(sku, "S1", 2) for sku in skus]))  # noqa: B023
+            await answered(lambda: client.reserve("r", [(sku, "S1", 2) for sku in skus]))
             if confirmed:
-                await answered(lambda: client.confirm("r"))  # noqa: B023
+                await answered(lambda: client.confirm("r"))
             method, request = call_of(skus)(client)
             before = await _state(client)
             failed = _an_append_failed(service)
@@ -160,7 +160,7 @@ async def test_r8_a_reload_whose_deadline_passes_while_redis_is_stopped_changes_
         tmp_path: Path) -> None:
     path = write_estate(tmp_path, one_dc_market(0, 1000.0))
     with EmbeddedRedis(tmp_path / "redis") as server:
-        async for start in services_on(server.url, redis_timeout_s=0.5):
+        async with services_on(server.url, redis_timeout_s=0.5) as start:
             service, client = await start(estate=path)
             old = service.estate
             path.write_text(one_dc_market(0, 1000.0).replace('type = "dc"\n', 'type = "dc"\nsafety_stock = 4\n')
@@ -173,13 +173,13 @@ async def test_r8_a_reload_whose_deadline_passes_while_redis_is_stopped_changes_
                 assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             finally:
                 os.kill(server.process.pid, signal.SIGCONT)
-            await until(lambda: not service._reloading.locked(), "the reload's lock given back")  # noqa: B023
+            await until(lambda: not service._reloading.locked(), "the reload's lock given back")
             assert service.channels is not None
             assert service.estate is service.channels.estate  # all or nothing
             assert service.estate is old or set(service.estate.channels) == {"market", "outlet"}
             answer = await _answered(client.stub.ReloadEstate, pb.ReloadEstateRequest())
             assert sorted(c.name for c in answer.channels) == ["market", "outlet"]
-            await answered(lambda: client.record_events([receipt("count-1", "sku-new", "dc-1", 10)]))  # noqa: B023
+            await answered(lambda: client.record_events([receipt("count-1", "sku-new", "dc-1", 10)]))
             [position] = await client.availability([("sku-new", "dc-1")])
             assert (position.safety_stock, position.available) == (4, 6)
             await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)

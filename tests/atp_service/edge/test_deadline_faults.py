@@ -47,9 +47,9 @@ def _an_append_failed(service: Any) -> Callable[[], bool]:
 async def test_a_deadline_shorter_than_a_redis_write_settles_and_every_shard_answers_after(
         tmp_path: Path, outlast_redis_timeout: bool) -> None:
     with EmbeddedRedis(tmp_path / "redis") as server:
-        async for start in services_on(server.url, redis_timeout_s=0.5):
+        async with services_on(server.url, redis_timeout_s=0.5) as start:
             service, client = await start()
-            await answered(lambda: client.record_events([receipt(f"stock-{sku}", sku, "S1", 10)  # noqa: B023
+            await answered(lambda: client.record_events([receipt(f"stock-{sku}", sku, "S1", 10)
                                                          for sku in SKUS]))
             failed = _an_append_failed(service)
             assert server.process is not None

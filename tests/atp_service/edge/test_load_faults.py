@@ -45,7 +45,7 @@ async def _on_hand(client: Any) -> dict[tuple[str, str], int]:
 async def test_a_block_whose_writes_wait_past_its_deadline_or_the_redis_timeout_loads_each_row_once(
         tmp_path: Path, wait_s: float) -> None:
     with EmbeddedRedis(tmp_path / "redis") as server:
-        async for start in services_on(server.url, redis_timeout_s=0.5):
+        async with services_on(server.url, redis_timeout_s=0.5) as start:
             service, client = await start()
             request, expected = _block(int(time.time() * 1000))
             assert server.process is not None

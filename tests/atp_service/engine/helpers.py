@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -75,8 +76,11 @@ class TwoShards:
         await self.engine.stop(snapshot=False)
 
 
+@contextlib.asynccontextmanager
 async def running(rig: TwoShards) -> AsyncIterator[Any]:
-    """``rig`` started for a test, and stopped after it."""
+    """``async with running(rig) as started``: ``rig`` started, and stopped when the block ends, however it ends."""
     await rig.start()
-    yield rig
-    await rig.stop()
+    try:
+        yield rig
+    finally:
+        await rig.stop()

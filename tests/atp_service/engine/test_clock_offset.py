@@ -28,7 +28,7 @@ async def measured_offset(service: AtpService) -> float:
 
 @pytest.fixture
 async def start_on_cluster(cluster_url: str) -> AsyncIterator[ServiceFactory]:
-    async for start in services_on(cluster_url, **CLUSTER):
+    async with services_on(cluster_url, **CLUSTER) as start:
         yield start
 
 

@@ -56,7 +56,7 @@ class Rig(TwoShards):
 
 @pytest.fixture
 async def rig() -> Any:
-    async for started in running(Rig()):
+    async with running(Rig()) as started:
         yield started
 
 

@@ -17,7 +17,7 @@ from tests.atp_service.engine.test_order_sagas import Rig
 
 @pytest.fixture
 async def rig() -> Any:
-    async for started in running(Rig()):
+    async with running(Rig()) as started:
         yield started
 
 

@@ -48,7 +48,7 @@ def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
 
 @pytest.fixture
 async def store(cluster: EmbeddedCluster) -> AsyncIterator[LogStore]:
-    async for log_store in _store_on(cluster, TIMEOUT_S):
+    async with _store_on(cluster, TIMEOUT_S) as log_store:
         yield log_store
 
 
@@ -56,7 +56,7 @@ async def store(cluster: EmbeddedCluster) -> AsyncIterator[LogStore]:
 async def patient_store(cluster: EmbeddedCluster) -> AsyncIterator[LogStore]:
     """A store whose socket timeout no write to a node that answers comes near: while the hung node
     is stopped, a write to it can end only by that timeout, so one still waiting is one not answered."""
-    async for log_store in _store_on(cluster, PATIENT_TIMEOUT_S):
+    async with _store_on(cluster, PATIENT_TIMEOUT_S) as log_store:
         yield log_store
 
 
@@ -67,6 +67,7 @@ class _LearningNothing(Nodes):
         return None
 
 
+@contextlib.asynccontextmanager
 async def _store_on(cluster: EmbeddedCluster, timeout_s: float) -> AsyncIterator[LogStore]:
     seed = cluster.primaries[0]
     reader = aioredis.RedisCluster(host="127.0.0.1", port=seed.port, dynamic_startup_nodes=False,
@@ -74,9 +75,11 @@ async def _store_on(cluster: EmbeddedCluster, timeout_s: float) -> AsyncIterator
                                    retry=Retry(NoBackoff(), 0))
     writer = _LearningNothing(reader, cluster=True, url=seed.url, timeout_s=timeout_s)
     log_store = LogStore(writer, "t:", pipeline_max=64)
-    await log_store.claim(SHARDS)
-    yield log_store
-    await log_store.nodes.aclose()
+    try:
+        await log_store.claim(SHARDS)
+        yield log_store
+    finally:
+        await log_store.nodes.aclose()
 
 
 @contextlib.contextmanager

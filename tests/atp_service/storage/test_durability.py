@@ -472,7 +472,7 @@ async def test_redis_back_from_data_older_than_this_instance_is_no_newer_instanc
     from tests.conftest import services_on
 
     aof, backup = own_redis.data_dir / "appendonlydir", own_redis.data_dir.parent / "older"
-    async for start in services_on(own_redis.url, shards=1):
+    async with services_on(own_redis.url, shards=1) as start:
         first, client = await start()
         await client.record_events([receipt("e1", "A", "DC", 5)])
         await client.close()

@@ -31,7 +31,7 @@ async def full_able(tmp_path: Path) -> AsyncIterator[tuple[ServiceFactory, redis
     """Services on a Redis of this test's own, whose ``maxmemory`` the test may lower."""
     with EmbeddedRedis(tmp_path / "redis", appendfsync="always") as server:
         admin = redis.Redis.from_url(server.url)
-        async for start in services_on(server.url):
+        async with services_on(server.url) as start:
             yield start, admin
         admin.close()
 
@@ -157,7 +157,7 @@ async def test_a_redis_whose_policy_cannot_be_read_is_named_at_start(
     logs, fences or claims, and started without a word of it — the operator was never asked to
     check ``maxmemory-policy``. It starts, and says so."""
     with EmbeddedRedis(tmp_path / "redis", extra_args=["--rename-command", "CONFIG", ""]) as server:
-        async for start in services_on(server.url):
+        async with services_on(server.url) as start:
             await start(shards=1)
     assert any("maxmemory-policy" in r.getMessage() and "cannot be read" in r.getMessage()
                and r.levelname == "WARNING" for r in caplog.records), [r.getMessage() for r in caplog.records]

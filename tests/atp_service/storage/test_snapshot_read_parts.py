@@ -82,7 +82,7 @@ async def _started_through_proxy(redis_url: str, rate: float, what: str) -> Asyn
     proxy = ThrottlingProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), rate)
     url = await proxy.start()
     try:
-        async for start in services_on(url, redis_timeout_s=TIMEOUT_S):
+        async with services_on(url, redis_timeout_s=TIMEOUT_S) as start:
             starting = asyncio.ensure_future(start(shards=1))
             done, _ = await asyncio.wait([starting], timeout=30)  # a hang guard, not a timing target
             if not done:
