@@ -23,7 +23,7 @@ import redis
 import redis.asyncio
 
 from atp_client import AtpClient
-from atp_service import AtpService, EmbeddedRedis, free_port
+from atp_service import AtpService, EmbeddedRedis
 from atp_service.app import cli
 from atp_service.app.keyspace import StartupError
 from atp_service.storage.keys import Keyspace
@@ -48,16 +48,24 @@ async def waiting_for_redis(service: AtpService) -> asyncio.Task[None]:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could listen at ``port`` now: a probe binds it as gRPC and the other servers here
+    do (SO_REUSEADDR) and listens, which only a socket listening there refuses. The port is the test's
+    own (``held_port``): its holder, bound and never listening, is no such socket, and no other xdist
+    worker is handed the port once the service lets it go (one bound to port 0 could be, between the
+    stop and the probe: the probe then said the service kept it)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
+            probe.listen()
         except OSError:
             return False
         return True
 
 
 async def test_stop_while_starting_ends_the_start_and_frees_the_port() -> None:
-    service = AtpService(make_config(), f"redis://127.0.0.1:{held_port()}/0")
+    """Free once stop() returns, not later: gRPC's stop ends once its listeners are destroyed."""
+    service = AtpService(make_config(port=held_port()), f"redis://127.0.0.1:{held_port()}/0")
     starting = await waiting_for_redis(service)
     assert not port_is_free(service.port)
     await asyncio.wait_for(service.stop(grace_s=0), timeout=30)  # else it would wait for Redis for ever
@@ -84,9 +92,9 @@ class StopsWatched:
 
 async def test_a_cancelled_start_and_two_stops_stop_grpc_once() -> None:
     """The start's own clean-up stops the server too; overlapping stops crash grpcio's core."""
-    service = AtpService(make_config(), f"redis://127.0.0.1:{held_port()}/0")
+    service = AtpService(make_config(port=held_port()), f"redis://127.0.0.1:{held_port()}/0")
     starting = await waiting_for_redis(service)
-    assert service._server is not None
+    assert service._server is not None and not port_is_free(service.port)
     watched = StopsWatched(service._server.stop)
     service._server.stop = watched  # type: ignore[method-assign]
     starting.cancel()
@@ -137,7 +145,7 @@ def test_sigterm_while_the_embedded_redis_loads_stops_both_and_exits_0(tmp_path:
 
 
 async def test_a_stop_signal_before_serve_took_the_signals_over_starts_nothing() -> None:
-    port, loop = free_port(), asyncio.get_running_loop()
+    port, loop = held_port(), asyncio.get_running_loop()
     try:
         assert await cli._serve(make_config(port=port), f"redis://127.0.0.1:{held_port()}/0",
                                 stopped_early=lambda: True) == 0
@@ -155,7 +163,7 @@ async def test_a_stop_at_any_early_turn_of_a_start_ends_it_cleanly() -> None:
     loop.set_exception_handler(lambda _, context: errors.append(context))
     try:
         for turns in range(12):
-            service = AtpService(make_config(), f"redis://127.0.0.1:{held_port()}/0")
+            service = AtpService(make_config(port=held_port()), f"redis://127.0.0.1:{held_port()}/0")
             starting = asyncio.create_task(service.start())
             for _ in range(turns):
                 await asyncio.sleep(0)
