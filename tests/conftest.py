@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+import pytest_timeout
 import redis
 
 from atp_client import AtpClient
@@ -54,6 +55,18 @@ def pytest_runtest_makereport() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_exception_interact(node: pytest.Item | pytest.Collector) -> None:
+    """pytest-timeout's timer re-armed after a failure: pytest-timeout stops it there (for a debugger), so a
+    teardown that then hung — servers left running, a task deaf to its cancel — ran until CI's own limit
+    instead of ending as this test's timeout (stacks dumped, the worker restarted, the test named)."""
+    if not isinstance(node, pytest.Item) or node.config.getoption("usepdb"):
+        return
+    settings = pytest_timeout._get_item_settings(node)  # the one reader of the timeout's marker and ini
+    if settings.timeout and not settings.func_only:
+        node.config.pluginmanager.hook.pytest_timeout_set_timer(item=node, settings=settings)
 
 
 SPAWNED: list[subprocess.Popen[bytes]] = []
