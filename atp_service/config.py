@@ -172,12 +172,11 @@ class ServiceConfig:
     """Socket timeout of Redis calls; an append past it is answered UNAVAILABLE."""
 
     redis_wait_replicas: int = 0
-    """Replicas of the Redis primary that must hold a log or channel feed write before it is acknowledged
-    (Redis ``WAIT`` on the connection that wrote it). 0: the primary's answer is enough, and a failover to
-    a replica that had not received the last writes loses them (the service then refuses to start on
-    the shortened log rather than serve from it). 1 or more closes that window for a failover to any
-    replica that confirmed; a write not confirmed in ``redis_wait_timeout_ms`` is answered as in
-    doubt (UNAVAILABLE, OUTCOME_UNKNOWN) and settled like a timeout."""
+    """Replicas of the Redis primary that must hold a log or channel feed write before it is acknowledged (Redis
+    ``WAIT`` on the connection that wrote it). 0: the primary's answer is enough, and a failover to a replica that had
+    not received the last writes loses them (the service then refuses to start on the shortened log rather than serve
+    from it). 1 or more closes that window for a failover to any replica that confirmed; a write not confirmed in
+    ``redis_wait_timeout_ms`` is answered as in doubt (UNAVAILABLE, OUTCOME_UNKNOWN) and settled like a timeout."""
 
     redis_wait_timeout_ms: int = 500
     """How long a write waits for ``redis_wait_replicas`` confirmations (keep it under ``redis_timeout_s``)."""
@@ -187,6 +186,11 @@ class ServiceConfig:
 
     max_stream_inflight: int = 8
     """Batches one ReserveStream may have in progress at once (flow control)."""
+
+    stream_window_bytes: int = 64 * 1024
+    """Bytes of a call's request that gRPC takes from its caller before the service reads them (the HTTP/2 stream
+    window, fixed): a ReserveStream's batches past those being decided wait on the caller's side. Left to itself,
+    gRPC grows the window with the connection's measured bandwidth, to 4 MiB and more a stream, all held unread."""
 
     max_reserve_streams: int = 1024
     """ReserveStream calls open at once (one cancelled counts until its batches are decided); more are refused
@@ -232,10 +236,9 @@ class ServiceConfig:
     """Seconds one export of spans may take; a stop waits one export for those queued, then drops them."""
 
     gc_thresholds: tuple[int, int, int] = (5_000, 10, 1000)
-    """Python GC thresholds of the serving process (CPython's default is 700, 10, 10). A young
-    collection's pause grows with the first number (grpc.aio leaves some cyclic garbage per call:
-    at 100,000, 75-100 ms pauses); the last keeps full collections rare (at 10, ingest of many
-    long-lived facts ran at a third of its rate; benchmarks/ingest.py)."""
+    """Python GC thresholds of the serving process (CPython's default is 700, 10, 10). A young collection's pause grows
+    with the first number (grpc.aio leaves some cyclic garbage per call: at 100,000, 75-100 ms pauses); the last keeps
+    full collections rare (at 10, ingest of many long-lived facts ran at a third of its rate; benchmarks/ingest.py)."""
 
     malloc_mmap_threshold: int = 256 * 1024
     """Bytes from which the C allocator (glibc) maps a block on its own and returns it to the system when freed,
@@ -259,11 +262,10 @@ class ServiceConfig:
     """Most entries read per stream per XREADGROUP without channel feeds: large reads for throughput (ingest.py)."""
 
     ingest_count_publishing: int = 150
-    """Most entries read per stream per XREADGROUP when channel feeds are configured. Ingest then
-    gets less done per turn of the event loop, and the turns stay short, so the channel desk —
-    which shares the loop — publishes a stock-out within tens of ms of it becoming durable (C2;
-    benchmarks/publish.py) instead of after thousands of facts read before it. Raise it for more
-    ingest throughput at the cost of that delay."""
+    """Most entries read per stream per XREADGROUP when channel feeds are configured. Ingest then gets less done per
+    turn of the event loop, and the turns stay short, so the channel desk — which shares the loop — publishes a
+    stock-out within tens of ms of it becoming durable (C2; benchmarks/publish.py) instead of after thousands of facts
+    read before it. Raise it for more ingest throughput at the cost of that delay."""
 
     ingest_inflight: int = 3
     """Batches of input-stream entries being applied at once while the next one is read."""
@@ -348,8 +350,6 @@ class ServiceConfig:
         if not 0.0 <= self.tracing_sample_ratio <= 1.0:
             raise ValueError(f"tracing_sample_ratio: must be within [0, 1], got {self.tracing_sample_ratio}")
         check_tls(self)
-        if not 1 <= self.shards <= 1024:  # atp_client.MAX_GROUPS: no client routes by a larger table
-            raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
         if not 0 < self.redis_load_timeout_s <= 86_400:
             raise ValueError(f"redis_load_timeout_s: must be within (0, 86400], got {self.redis_load_timeout_s}")
         check_redis(self)

@@ -99,6 +99,8 @@ RANGES = {
     "snapshot_piece_bytes": (4 << 10, 256 << 20),  # a stored key too
     "malloc_mmap_threshold": (0, 32 << 20),  # glibc's largest (HEAP_MAX_SIZE / 2)
     "max_message_bytes": (64 << 10, (1 << 31) - 1),  # gRPC's own limit is an int32
+    "stream_window_bytes": (1 << 10, 1 << 30),  # gRPC core's smallest window it announces, and its largest
+    "shards": (1, 1024),  # atp_client.MAX_GROUPS: no client routes by a larger table
 }
 """Settings bounded on both sides: each one's [lowest, highest]."""
 PORTS = {"port": 0, "metrics_port": -1}

@@ -42,6 +42,11 @@ def new_server(cfg: ServiceConfig, interceptors: list[grpc.aio.ServerInterceptor
         ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
         # The other processes of a keyspace ping their channels to this one (forward.PEER_KEEPALIVE_MS).
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        # Bounded: a call's request bytes gRPC takes before the service reads them (ServiceConfig.stream_window_bytes).
+        # gRPC's BDP probing would grow every stream's window to 4 MiB and more: a ReserveStream's caller writing
+        # past the batches being decided had them all held unread here, each of max_reserve_streams streams.
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", cfg.stream_window_bytes),
     ])
 
 
