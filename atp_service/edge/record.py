@@ -295,7 +295,9 @@ async def _by_group(forwarder: Forwarder, owner: str, facts: Sequence[Fact], eve
                     log_refusal: Callable[[str, grpc.aio.AioRpcError], None], budget: Budget, reason: Reason,
                     exc: grpc.aio.AioRpcError, split: bool) -> list[Result | DomainError]:
     """The facts of a call the owner refused for one shard's trouble (``reason``, ``exc``): sent again as
-    one call per group, all at once, when they span several and ``split``; else each ``GroupRefused``."""
+    one call per group, all at once, when they span several and ``split``; else each ``GroupRefused``. A
+    group's send that fails (no channel to the owner now, an answer of the wrong length) fails them all, once
+    every other has ended: raised at once, the others went on unseen, past the reader's stop."""
     groups: dict[int, list[int]] = {}
     for i, fact in enumerate(facts):
         groups.setdefault(place(fact.sku), []).append(i)
@@ -303,8 +305,11 @@ async def _by_group(forwarder: Forwarder, owner: str, facts: Sequence[Fact], eve
     if split and len(groups) > 1:
         parts = await asyncio.gather(*(
             _send_part(forwarder, owner, [facts[i] for i in at], [events[i] for i in at], metadata, place,
-                       log_refusal, budget, split=False) for at in groups.values()))
-        for at, part in zip(groups.values(), parts, strict=True):
+                       log_refusal, budget, split=False) for at in groups.values()), return_exceptions=True)
+        for part in parts:  # a group's send failed: told once every other has ended, none left running unseen
+            if isinstance(part, BaseException):
+                raise part
+        for at, part in zip(groups.values(), cast(list[list[Result | DomainError]], parts), strict=True):
             for i, result in zip(at, part, strict=True):
                 out[i] = result
         return out

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from atp_service.edge import isolate
+from atp_service.edge.errors import trailers_of
 from atp_service.edge.forward import Forwarder
 from atp_service.edge.record import fact_sender
 from atp_service.intake import owners
@@ -186,3 +189,45 @@ async def test_a_call_refused_for_one_fact_of_it_is_split_until_that_fact_alone_
     assert [result.reason for result in answer if isinstance(result, DomainError)] == [Reason.OUTCOME_UNKNOWN] * 8
     # the whole call, its first half and that half's first: the budget spent, nothing more sent
     assert (calls(metrics, "error"), calls(metrics, "ok")) == (4 + 3, 3)
+
+
+async def test_a_group_s_send_that_fails_leaves_no_other_group_s_send_running_unseen() -> None:
+    """A call refused for one shard's trouble is sent again one call per group, all at once. One group's send
+    failing outright (here the pool of peer channels refusing a channel, nothing sent: ``SERVICE_OVERLOADED``)
+    ended the whole send at once while another group's call was still in its owner's hands: that call went on
+    unseen, its answer dropped — outliving the reader's stop, which ends only the sends it knows of. Every
+    group's send is waited for; the failure is told once all have ended, its facts left pending as before."""
+    owner, place = "127.0.0.1:1", {"a": 0, "b": 1}.__getitem__
+    in_hand, let_go = asyncio.Event(), asyncio.Event()
+    sends: list[list[str]] = []
+
+    class Peers:
+        async def send(self, _owner: str, _method: str, request: Any, _within_s: float, _metadata: Any) -> Any:
+            skus = [event.sku for event in request.events]
+            sends.append(skus)
+            if len(skus) > 1:  # the whole call: refused for group 1's shard
+                exc = ResourceExhausted("shard 1: mailbox full")
+                raise grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(),
+                                           grpc.aio.Metadata(*trailers_of(exc)), exc.message, None)
+            if skus == ["a"]:  # group 0: in the owner's hands until let go
+                in_hand.set()
+                await let_go.wait()
+                return pb.RecordEventsResponse(results=[pb.FactResult(event_id="e-a",
+                                                                      outcome=pb.FACT_OUTCOME_APPLIED)])
+            raise Unavailable("no channel to other processes now (max_peer_channels): nothing was sent",
+                              Reason.SERVICE_OVERLOADED, metadata={"limit": "max_peer_channels"})
+
+        def counted(self, *_args: Any) -> None:
+            pass
+
+    send = fact_sender(cast(Forwarder, Peers()), None, Limits(), 4 << 20, place)
+    sending = asyncio.ensure_future(send(owner, receipts(["a", "b"], 10_000)))
+    await asyncio.wait_for(in_hand.wait(), 5)
+    for _ in range(20):  # loop turns, no clock: group 1's send fails within a few
+        await asyncio.sleep(0)
+    assert sends == [["a", "b"], ["a"], ["b"]]
+    assert not sending.done(), "the send ended while group 0's call was still in its owner's hands"
+    let_go.set()
+    with pytest.raises(Unavailable) as failed:  # as before: the send failed, its facts stay pending
+        await asyncio.wait_for(sending, 5)
+    assert failed.value.reason is Reason.SERVICE_OVERLOADED
