@@ -545,3 +545,37 @@ async def test_an_order_all_shipped_before_a_restart_that_stopped_its_resolve_is
     assert home.reservation("o1").state == State.FULFILLED  # type: ignore[union-attr]
     assert home.reservation("o2").state == State.CONFIRMED  # type: ignore[union-attr]
     assert not sagas.unsettled
+
+
+@pytest.mark.parametrize("reason", [Reason.SERVICE_OVERLOADED, Reason.SHARD_OVERLOADED])
+async def test_a_later_step_shed_at_another_process_leaves_the_order_pending_not_refused(
+        rig: Rig, reason: Reason) -> None:
+    """Group 1 is another process's: its part's step is sent there (``Engine.remote``), and that process sheds it
+    (its shard's queue full, or no channel for a step it sends on: a step reply ``reason``, which ``refusal_of``
+    makes a ``ResourceExhausted``). The saga's first step opened the order and held group 0's part: told the
+    caller RESOURCE_EXHAUSTED (nothing applied) and counted refused, not unsettled, that part would stay held with
+    no saga to drive the order on (R1, R2). It is in doubt instead (R5: a retry with the same id answers), left
+    pending, and housekeeping decides it once that process answers."""
+    engine = rig.engine
+    assert engine.orders is not None
+    shedding = [True]
+
+    async def at_the_peer(_address: str, request: bytes) -> bytes:
+        if shedding[0] and isinstance(engine_parts._requests.decode(request).step, engine_parts.ReservePart):
+            return engine_parts._encode(engine_parts.StepReply(None, int(reason), "shed there (test)"))
+        return await engine_parts.serve_part(engine, request)  # run on group 1's shard, as its owner does
+
+    engine.remote, engine.where = at_the_peer, lambda _group: ("127.0.0.1:1", 1)
+    engine.actors[1].vacant = True  # type: ignore[misc]  # another process's group: its steps go by ``remote``
+    sagas = engine.metrics.order_sagas
+    with pytest.raises(Unavailable) as told:
+        await rig.run(engine.reserve(rig.cmd("o1")))
+    assert told.value.reason == Reason.OUTCOME_UNKNOWN, told.value
+    assert "o1" in engine.orders.unsettled
+    assert (sagas.labels("stopped").value, sagas.labels("refused").value) == (1, 0)
+    assert rig.part("o1", 0).state == State.HELD and rig.quantities() == [(3, 0), (0, 0)]
+    shedding[0] = False
+    engine.orders.drive_unsettled()
+    await rig.pump_until_done(list(engine.orders._drives))
+    assert rig.quantities() == [(3, 0), (3, 0)] and not engine.orders.unsettled
+    assert engine.actors[0].ledger.reservation("o1").state == State.HELD
