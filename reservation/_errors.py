@@ -62,7 +62,9 @@ class Reason(IntEnum):
     opened, but one whose later step was shed is ``OUTCOME_UNKNOWN``: its other parts may hold); retry after
     the delay."""
     SERVICE_OVERLOADED = 19
-    """The service's event loop runs late: shed at the door, nothing applied; retry after the delay."""
+    """The service's event loop runs late: shed at the door, nothing applied; or (metadata ``limit``:
+    ``max_peer_channels``) a call to be forwarded to another process found every channel to other processes busy:
+    nothing sent. Retry after the delay."""
     CAPACITY_REACHED = 20
     """A bounded resource is full (metadata ``limit``: a shard's live or resolved reservations or its
     positions (``max_positions_per_shard``: a LoadCounts or SetSafetyStock that would make one), open
