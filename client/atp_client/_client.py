@@ -293,8 +293,10 @@ class AtpClient:
         finally:
             # grpc.aio goes on taking batches from the caller and sending them in a task of its
             # own until the call ends: a caller that stops reading (break, aclose, an error) would
-            # have reservations made that it is never told of. Ending the call stops that task.
+            # have reservations made that it is never told of. Ending the call stops that task; a call
+            # the service ended already is not cancelled, and its task is stopped here.
             call.cancel()
+            source.end()
         if source.failure is not None:
             raise source.failure
 

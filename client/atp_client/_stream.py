@@ -82,6 +82,8 @@ class Batches:
         self._call: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._opened_at = float("inf")
         self._accepted = asyncio.get_running_loop().create_future()  # the service's headers came, or the end
+        self._sender: asyncio.Task[Any] | None = None  # grpc.aio's task taking batches from ``requests``
+        self._ended = False  # ``end``: the call over, no batch taken after it
 
     def opened(self, call: Any) -> None:
         """The call ``requests`` feeds: its first batch waits until the service has accepted it."""
@@ -92,6 +94,7 @@ class Batches:
         # The service sends its headers once it has accepted the stream. A batch written before then
         # races a refusal at the start (a role, a token, max_reserve_streams): grpcio's asyncio client
         # then tells INTERNAL "Internal error from Core" in its place (grpc/grpc#36066).
+        self._sender = asyncio.current_task()
         call = await self._call
         taken = await accepted(call)
         self._accepted.set_result(None)
@@ -107,14 +110,26 @@ class Batches:
             self.failure = exc
 
     async def _next(self, source: AsyncIterator[Batch] | Iterator[Batch]) -> Batch | _End:
-        """The source's next batch once fewer than ``max_inflight`` wait for their answers; ``END`` past its last."""
-        while len(self._sent) >= self.max_inflight:
+        """The source's next batch once fewer than ``max_inflight`` wait for their answers; ``END`` past its last,
+        or once the call is over."""
+        while len(self._sent) >= self.max_inflight and not self._ended:
             if self._freed.done():
                 self._freed = asyncio.get_running_loop().create_future()
             await self._freed
+        if self._ended:
+            return END
         if isinstance(source, AsyncIterator):
             return await anext(source, END)
         return next(source, END)
+
+    def end(self) -> None:
+        """The call over (its status came, or the caller left it): no batch is taken or sent after it. grpc.aio
+        stops its sender only for a call it cancels, not one already over: a sender waiting for an answer to free
+        a place (``max_inflight`` unanswered when the service ended the stream), or for the caller's source,
+        waited for ever, the source held open."""
+        self._ended = True
+        if self._sender is not None and self._sender is not asyncio.current_task():
+            self._sender.cancel()
 
     @property
     def unanswered(self) -> int:

@@ -317,6 +317,44 @@ async def test_a_stream_takes_no_more_batches_than_its_bound_while_the_service_a
     assert unanswered.value.refusal.metadata["unanswered"] == str(taken)
 
 
+async def test_a_stream_its_service_ends_with_its_batches_in_flight_leaves_no_sender_waiting_for_ever() -> None:
+    """The service ends the stream with a status (its stop, its ``stream_stall_s``, a refusal) while
+    ``max_stream_inflight`` batches wait for their answers: the sender — grpc.aio's task taking batches from the
+    caller's source — waited for an answer to free a place, which none would. Ending the call did not stop it:
+    grpc.aio cancels that task only for a call not over yet. It waited for ever, the caller's source held open,
+    past the client's close ("Task was destroyed but it is pending"). It ends with the stream, and takes no
+    batch after the end."""
+    taken = 0
+
+    def endless() -> Iterator[list[pb.ReserveRequest]]:
+        nonlocal taken
+        while True:
+            taken += 1
+            yield [item(f"cut-{taken}")]
+
+    async def ending(requests: AsyncIterator[pb.ReserveStreamRequest], context: Any) -> AsyncIterator[Any]:
+        await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
+        await anext(aiter(requests))  # the first batch read, then the stream ended unanswered
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "shutting down")
+        yield pb.ReserveStreamResponse()  # never reached
+
+    def senders() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks()
+                if not t.done() and "_consume_request_iterator" in t.get_coro().__qualname__]  # type: ignore[union-attr]
+
+    async with _reserve_stream_server(ending) as port, \
+            AtpClient(f"127.0.0.1:{port}", timeout_s=WAIT_S, max_stream_inflight=1) as client:
+        with pytest.raises(AtpError):  # UNAVAILABLE, or gRPC's INTERNAL in its place (grpc/grpc#36066)
+            await asyncio.wait_for(_drain(client.reserve_stream(endless())), WAIT_S)
+        if running := senders():
+            await asyncio.wait(running, timeout=WAIT_S)
+        left = [(task, task.get_stack()) for task in senders()]
+        for task, _ in left:  # not left to the loop's end
+            task.cancel()
+    assert not left, f"the stream's sender still waits, at {left[0][1]}"
+    assert taken == 1
+
+
 async def test_a_caller_slow_to_take_each_answer_does_not_end_its_stream_in_doubt(
         start_service: ServiceFactory) -> None:
     """The caller takes its time with an answer (its own awaits: writing it down, its next order) past ``timeout_s``,
