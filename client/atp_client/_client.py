@@ -281,7 +281,8 @@ class AtpClient:
         (R5); the stream itself may last as long as the batches keep coming. Results not taken from
         this generator for the service's ``stream_stall_s`` (30 s) end the stream there:
         ``Retryable`` (UNAVAILABLE, ``OUTCOME_UNKNOWN``, metadata ``limit``), its unanswered batches
-        in doubt and settled the same way."""
+        in doubt and settled the same way. Every batch answered and none to send (``batches`` done, a batch refused
+        unsent), no status for ``timeout_s`` ends the call here and the iteration normally: nothing is in doubt."""
         source = Batches(batches, self.max_request_bytes, self.max_stream_inflight, self.max_batch_reservations)
         call = self.stub.ReserveStream(source.requests())
         source.opened(call)

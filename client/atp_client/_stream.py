@@ -84,6 +84,9 @@ class Batches:
         self._accepted = asyncio.get_running_loop().create_future()  # the service's headers came, or the end
         self._sender: asyncio.Task[Any] | None = None  # grpc.aio's task taking batches from ``requests``
         self._ended = False  # ``end``: the call over, no batch taken after it
+        self._done_sending = asyncio.get_running_loop().create_future()  # resolved when ``requests`` has ended
+        self._done_sending_at = float("inf")  # monotonic time it did
+        self._refused_at_start = False  # the service's headers came without ``ACCEPTED_KEY``: nothing sent
 
     def opened(self, call: Any) -> None:
         """The call ``requests`` feeds: its first batch waits until the service has accepted it."""
@@ -95,19 +98,25 @@ class Batches:
         # races a refusal at the start (a role, a token, max_reserve_streams): grpcio's asyncio client
         # then tells INTERNAL "Internal error from Core" in its place (grpc/grpc#36066).
         self._sender = asyncio.current_task()
-        call = await self._call
-        taken = await accepted(call)
-        self._accepted.set_result(None)
-        if not taken:
-            return
         try:
-            source = aiter(self.batches) if isinstance(self.batches, AsyncIterable) else iter(self.batches)
-            while not isinstance(batch := await self._next(source), _End):
-                if (request := self._sending(batch)) is None:
-                    return
-                yield request
-        except Exception as exc:  # the caller's own error: raised to it once the answers are in
-            self.failure = exc
+            call = await self._call
+            taken = await accepted(call)
+            self._accepted.set_result(None)
+            if not taken:
+                self._refused_at_start = True
+                return
+            try:
+                source = aiter(self.batches) if isinstance(self.batches, AsyncIterable) else iter(self.batches)
+                while not isinstance(batch := await self._next(source), _End):
+                    if (request := self._sending(batch)) is None:
+                        return
+                    yield request
+            except Exception as exc:  # the caller's own error: raised to it once the answers are in
+                self.failure = exc
+        finally:  # no batch is sent after this: once every one sent is answered, only the status is missing
+            self._done_sending_at = time.monotonic()
+            if not self._done_sending.done():
+                self._done_sending.set_result(None)
 
     async def _next(self, source: AsyncIterator[Batch] | Iterator[Batch]) -> Batch | _End:
         """The source's next batch once fewer than ``max_inflight`` wait for their answers; ``END`` past its last,
@@ -157,7 +166,10 @@ class Batches:
         answer is not the service's silence — or from the oldest batch's send if later) ends
         the call DEADLINE_EXCEEDED, reason ``OUTCOME_UNKNOWN`` (the outcome of every batch not answered
         is in doubt: the caller retries them with the same ids, R5, R7). A stream not accepted within
-        ``answer_timeout_s`` of its opening ends UNAVAILABLE, ``NOT_CONNECTED``: no batch was sent."""
+        ``answer_timeout_s`` of its opening ends UNAVAILABLE, ``NOT_CONNECTED``: no batch was sent. Every batch sent
+        answered and none to send (the source done, a batch refused unsent), no status for ``answer_timeout_s`` (a
+        service paused, a network or a proxy holding its frames) ends the answers: nothing is in doubt, and the caller
+        ends the call; one refused at its start (bare headers, then nothing) ends UNAVAILABLE, ``NOT_CONNECTED``."""
         while True:
             # Not from the last answer: a caller away past the bound (its own awaits on that answer) had the stream
             # ended at once, the answer the service had long sent unread, every batch in doubt. The service bounds
@@ -165,7 +177,8 @@ class Batches:
             self._reading_since, self._stalled_s = time.monotonic(), 0.0
             read = asyncio.ensure_future(call.read())
             try:
-                await self._until_read(read, answer_timeout_s)
+                if not await self._until_read(read, answer_timeout_s):
+                    return  # every answer in hand: only the status is missing, which tells nothing of a batch
             finally:
                 read.cancel()
             answer = read.result()
@@ -177,7 +190,9 @@ class Batches:
                 self._freed.set_result(None)
             yield answer
 
-    async def _until_read(self, read: asyncio.Future[Any], answer_timeout_s: float) -> None:
+    async def _until_read(self, read: asyncio.Future[Any], answer_timeout_s: float) -> bool:
+        """Until ``read`` is done: True. False: every batch sent is answered, none will be sent, and the service has
+        said nothing since (its status) for ``answer_timeout_s``."""
         while not read.done():
             if not self._accepted.done():  # nothing sent yet: a service that never accepts ends it, certainly
                 left = self._opened_at + answer_timeout_s - time.monotonic()
@@ -185,15 +200,23 @@ class Batches:
                     raise stream_not_accepted(answer_timeout_s)
                 await asyncio.wait({read, self._accepted}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            if not self._sent:  # nothing in flight: the caller's source sets the pace
+            if not self._sent and not self._done_sending.done():  # nothing in flight: the caller's source sets the pace
                 if self._more.done():
                     self._more = asyncio.get_running_loop().create_future()
-                await asyncio.wait({read, self._more}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({read, self._more, self._done_sending}, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            # A batch waiting for its answer, or, every batch answered and none to send, the status: a service gone
+            # silent after its last answer (paused, a network or a proxy holding its frames) kept the caller's
+            # ``async for`` waiting for ever, though nothing was in doubt.
             asked = time.monotonic()
-            left = max(self._sent[0], self._reading_since) + answer_timeout_s + self._stalled_s - asked
+            since = self._sent[0] if self._sent else self._done_sending_at
+            left = max(since, self._reading_since) + answer_timeout_s + self._stalled_s - asked
             if left <= 0:
-                raise stream_unanswered(len(self._sent), answer_timeout_s)
+                if self._sent:
+                    raise stream_unanswered(len(self._sent), answer_timeout_s)
+                if self._refused_at_start:  # bare headers, then no refusal: no batch was sent
+                    raise stream_not_accepted(answer_timeout_s)
+                return False
             await asyncio.wait({read}, timeout=left)
             # Back later than asked: this process did not run for a while (a collection, a starved CPU, the caller's
             # own blocking work), and an answer that came then is not read yet — the timeout ran first. The wait is
@@ -201,6 +224,7 @@ class Batches:
             # answered all along, every batch in doubt.
             now = time.monotonic()
             self._stalled_s += now - asked if now - asked - left > STALL_SLACK_S else 0.0
+        return True
 
 
 __all__ = ["ACCEPTED_KEY", "MAX_BATCH_RESERVATIONS", "MAX_STREAM_INFLIGHT", "Batches", "Source", "accepted"]
