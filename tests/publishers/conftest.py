@@ -13,6 +13,14 @@ from atp_service.storage.keys import CHANNELS, Keyspace
 
 
 @pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test's Redis, closed after the test."""
+    c = aioredis.Redis.from_url(redis_url)
+    yield c
+    await c.aclose()
+
+
+@pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[ChannelStore]:
     """The channel desk's store on the test's Redis, as an instance owning the keyspace writes it."""
     client = aioredis.Redis.from_url(redis_url)

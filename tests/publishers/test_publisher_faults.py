@@ -24,10 +24,9 @@ from publishers._http import Http, HttpSettings
 from reservation import ChannelUpdate, StockStatus
 from tests.conftest import spawned
 from tests.publishers.http_helpers import serve
-from tests.publishers.test_publisher import SECRET, client, config, pending, publish, update
+from tests.publishers.test_publisher import SECRET, config, pending, publish, update
 from tests.waiting import until
 
-__all__ = ["client"]  # the fixture, shared with test_publisher
 STREAM = "atp:{avail}:web"
 
 

@@ -16,10 +16,9 @@ import redis.asyncio as aioredis
 
 from publishers import Publisher, PublisherMetrics, WebhookAdapter
 from publishers._http import HttpSettings
-from tests.publishers.test_publisher import SECRET, client, config, pending, publish, update
+from tests.publishers.test_publisher import SECRET, config, pending, publish, update
 from tests.waiting import until
 
-__all__ = ["client"]
 DLQ = "atp:{avail}:web:dlq:webhook"
 DELIVERED = "atp:{avail}:web:delivered:webhook"
 

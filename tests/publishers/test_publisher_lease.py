@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,6 @@ of it, stopped covering a request 0.37 s after a renewal (the holder went standb
 Redis 0.67 s after (the standby took it, and delivered while the test had the other one hold it)."""
 KEY = "atp:{avail}:web:lease:webhook"
 DELIVERED = "atp:{avail}:web:delivered:webhook"
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url)
-    yield c
-    await c.aclose()
 
 
 def start_publisher_process(url: str, redis_url: str, log: Path) -> subprocess.Popen[bytes]:

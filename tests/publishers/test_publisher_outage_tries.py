@@ -10,9 +10,9 @@ import redis.asyncio as aioredis
 
 from publishers import Publisher, PublisherMetrics, WebhookAdapter
 
-from .test_publisher import SECRET, Receiver, client, config, pending, publish, receiver_factory, run_until, update
+from .test_publisher import SECRET, Receiver, config, pending, publish, receiver_factory, run_until, update
 
-__all__ = ["client", "receiver_factory"]  # fixtures
+__all__ = ["receiver_factory"]  # a fixture
 
 
 class Poisoned(Receiver):

@@ -6,10 +6,8 @@ destination's quota, again at each move. Real Redis; the publisher's clock is a 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
 from publishers import Publisher, PublisherConfig, PublisherMetrics
@@ -20,13 +18,6 @@ from tests.waiting import until
 RATE, BURST = 1.0, 5
 LEASE_KEY = "atp:{avail}:web:lease:webhook"
 DELIVERED = "atp:{avail}:web:delivered:webhook"
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url)
-    yield c
-    await c.aclose()
 
 
 class _Timed:

@@ -20,7 +20,6 @@ from publishers import JsonlAdapter, Publisher, PublisherMetrics, WebhookAdapter
 from tests.publishers.test_publisher import (
     SECRET,
     Receiver,
-    client,
     config,
     publish,
     receiver_factory,
@@ -29,7 +28,7 @@ from tests.publishers.test_publisher import (
 from tests.publishers.test_publisher_trimmed import PublishesOnFirstDelivery, desk_writes, value
 from tests.waiting import until
 
-__all__ = ["client", "receiver_factory"]  # fixtures (the store is conftest's)
+__all__ = ["receiver_factory"]  # a fixture (the store and client are conftest's)
 STREAM = "atp:{avail}:web"
 DLQ = f"{STREAM}:dlq:webhook"
 REMEMBERED = f"{STREAM}:redeliver:webhook"

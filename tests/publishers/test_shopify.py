@@ -148,13 +148,6 @@ async def test_throttled_waits_are_bounded(shop: tuple[Store, str]) -> None:
     assert clock.slept == [30, 30] and store.applied == 0  # 100 s asked, cut to 30; 2 waits, then give up
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url)
-    yield c
-    await c.aclose()
-
-
 async def test_a_lost_answer_is_retried_with_the_same_key_and_applied_once(
         shop: tuple[Store, str], client: aioredis.Redis) -> None:
     """The publisher retries a batch whose answer was lost (HTTP 502 after the store applied it): the same

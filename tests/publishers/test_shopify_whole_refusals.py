@@ -13,7 +13,6 @@ from tests.publishers.http_helpers import Clock, serve
 from tests.publishers.shopify_store import Store, answer
 from tests.publishers.test_shopify import (
     adapter,
-    client,
     counted,
     dead_letters,
     item,
@@ -22,8 +21,6 @@ from tests.publishers.test_shopify import (
     update,
     user_errors,
 )
-
-__all__ = ["client"]  # the fixture, shared with test_shopify
 
 POISON = item("poison")
 SHAPES = {

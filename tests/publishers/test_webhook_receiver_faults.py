@@ -12,10 +12,9 @@ import redis.asyncio as aioredis
 
 from publishers import DeliveryError, HttpSettings, Publisher, PublisherMetrics, WebhookAdapter
 from tests.publishers.http_helpers import Answer, Clock, serve
-from tests.publishers.test_publisher import SECRET, client, config, pending, publish, run_until, update
+from tests.publishers.test_publisher import SECRET, config, pending, publish, run_until, update
 from tests.publishers.test_webhook import Recorder
 
-__all__ = ["client"]  # the fixture, shared with test_publisher
 DEAD_LETTERS = "atp:{avail}:web:dlq:webhook"
 
 
