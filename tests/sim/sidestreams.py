@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from atp_service.intake.quarantine import _FIELDS, _PER_FACT
+
 
 class SideStreams:
     """What FactDesk writes besides the log (the quarantine stream): a pipeline that records XADDs,
@@ -37,11 +39,13 @@ class _Pipeline:
         self._queued.append((stream, fields))
 
     def eval(self, _script: str, numkeys: int, *rest: Any) -> None:
-        """The quarantine script: KEYS the stream and the set of what it holds; ARGV MAXLEN, then a fact's
-        digest and its entry's 18 field names and values, a fact after another."""
-        stream, values, reply = rest[0], rest[numkeys + 1:], []
-        for at in range(0, len(values), 19):
-            digest, flat = values[at], values[at + 1:at + 19]
+        """The quarantine script (``quarantine._ONCE``): KEYS the stream, the set of what it holds (and input
+        streams, never named here: the sim's facts come by call); ARGV a header (MAXLEN, ...), then per fact
+        ``_PER_FACT`` values, its digest first and its entry's field names and values last."""
+        stream, argv, reply = rest[0], rest[numkeys:], []
+        values = argv[len(argv) % _PER_FACT:]  # the header is shorter than a fact's values
+        for at in range(0, len(values), _PER_FACT):
+            digest, flat = values[at], values[at + _PER_FACT - 2 * _FIELDS:at + _PER_FACT]
             new = digest not in self._markers and digest not in self._marked
             if new:
                 self._queued.append((stream, dict(zip(flat[0::2], flat[1::2], strict=True))))
