@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.shard import ShardActor
 from atp_service.engine.vacant import Vacant, Where
+from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.leases import taken_over
 from reservation import Moved, Quantities
 
@@ -19,6 +22,8 @@ if TYPE_CHECKING:
     from atp_service.metrics import EngineMetrics
     from atp_service.storage.log import LogStore
     from reservation import Limits
+
+log = logging.getLogger(__name__)
 
 
 class OwnedShards:
@@ -41,6 +46,7 @@ class OwnedShards:
         self.on_install: list[Callable[[ShardActor], None]] = []
         """Called with every actor installed (a group taken)."""
         self._started = False
+        self._unread: dict[str, list[int]] = {}  # the nodes (their shards) the last owner check did not read
         self.actors = list(actors) or [self.vacant(shard) for shard in range(shards)]
 
     def vacant(self, shard: int) -> Vacant:
@@ -117,14 +123,48 @@ class OwnedShards:
 
     async def check_logs_reach(self) -> None:
         """Each shard stops if Redis lost entries it made durable (``ShardActor.stop_if_log_short``): every
-        log's end read in one round trip, each shard's durable entry read before it. Leased, the groups
-        served here only: one that stops is given up and recovered again (``Membership.failed``). A log
-        past every entry its shard sent is first asked whose it is (leased): a group taken while this process
-        was away (paused past its lease) holds its new owner's entries — lost here (fenced), not diverged."""
-        actors = [actor for actor in self.actors if not actor.vacant]
-        durable = [actor.seq for actor in actors]
-        newest = await self._log.last_seqs([actor.shard for actor in actors])
-        for actor, seq, last in zip(actors, durable, newest, strict=True):
-            if last > actor.sent_top() and self._log.leased and await taken_over(self._log, actor.shard):
-                continue  # taken by another: given up as any write refused FENCED is (``LogStore._refused``)
-            actor.stop_if_log_short(seq, last)
+        log's end read, each shard's durable entry read before it. Leased, the groups served here only: one
+        that stops is given up and recovered again (``Membership.failed``). A log past every entry its shard
+        sent is first asked whose it is (leased): a group taken while this process was away (paused past its
+        lease) holds its new owner's entries — lost here (fenced), not diverged. On a Redis Cluster each
+        node's shards are read in a round trip of their own, all at once: a node that does not answer (hung,
+        cut off) leaves its own shards unchecked, named (``log_end_unread``), and the others are judged, not
+        every shard left unchecked for as long as one node hangs (liveness). Raises where no node answered."""
+        actors = {actor.shard: actor for actor in self.actors if not actor.vacant}
+        durable = {shard: actor.seq for shard, actor in actors.items()}
+        by_node = self._log.nodes_of(list(actors))
+        ends = await self._log_ends(by_node)
+        unread: dict[str, tuple[list[int], BaseException]] = {}
+        for (node, shards), newest in zip(by_node.items(), ends, strict=True):
+            if isinstance(newest, BaseException):
+                if not isinstance(newest, STORAGE_ERRORS):
+                    raise newest  # a bug
+                unread[node] = (shards, newest)
+                continue
+            for shard, last in zip(shards, newest, strict=True):
+                actor = actors[shard]
+                if last > actor.sent_top() and self._log.leased and await taken_over(self._log, shard):
+                    continue  # taken by another: given up as any write refused FENCED is (``LogStore._refused``)
+                actor.stop_if_log_short(durable[shard], last)
+        if unread and len(unread) == len(by_node):
+            raise next(iter(unread.values()))[1]  # Redis unreachable: the shards notice and say so
+        self._say_unread(unread)
+
+    async def _log_ends(self, by_node: dict[str, list[int]]) -> list[list[int] | BaseException]:
+        """Each node's shards' log ends, or what its read ended in: the nodes read at once."""
+        if len(by_node) > 1:
+            return await asyncio.gather(*(self._log.last_seqs(shards) for shards in by_node.values()),
+                                        return_exceptions=True)
+        try:  # one Redis: no task of its own to make
+            return [await self._log.last_seqs(shards) for shards in by_node.values()]
+        except STORAGE_ERRORS as exc:
+            return [exc]
+
+    def _say_unread(self, unread: dict[str, tuple[list[int], BaseException]]) -> None:
+        """The nodes whose shards' log ends were not read while others' were: said once while it lasts."""
+        said, self._unread = self._unread, {node: shards for node, (shards, _) in unread.items()}
+        for node, (shards, error) in unread.items():
+            if said.get(node) != shards:
+                log.warning("owner check: Redis node %s did not answer (%r): the log ends of shards %s not read, "
+                            "those of the other nodes' shards were; read again at the next check", node, error,
+                            shards, extra={"event": "log_end_unread", "node": node, "shards": shards})

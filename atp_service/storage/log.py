@@ -174,8 +174,9 @@ class LogStore(SoloCommit, CommitSlots, LogReads):
         """False (and fenced from now on) once a newer instance has claimed a group of this one;
         with ``group``, judged by that group's owner key alone (a settle: what the group's log holds is
         this instance's while it owns the group, R7), which on a cluster is read on that group's primary
-        alone: one that does not answer holds no other primary's shards (liveness).
-        Leased groups: whether this process still owns ``group`` (another's loss is not this one's)."""
+        alone: one that does not answer holds no other primary's shards (liveness); without, by the owner
+        keys of the primaries that answer (a newer claim raises every one). Leased groups: whether this
+        process still owns ``group`` (another's loss is not this one's)."""
         if self.fenced:
             return False
         if self.leased and group is None:
@@ -183,8 +184,9 @@ class LogStore(SoloCommit, CommitSlots, LogReads):
         # Judged against the claims the read was made for.
         claims: dict[int, str | None] = dict(self.epochs) if group is None else {group: self.epochs.get(group)}
         keys = [self.keys.owner(g) for g in claims]
-        for g, current in zip(claims, await self.values_of(keys), strict=True):
-            if as_text(current) != claims[g]:  # the whole epoch: a number drawn again is another claim's
+        for g, current in zip(claims, await self.values_answered(keys), strict=True):
+            # The whole epoch: a number drawn again is another claim's.
+            if not isinstance(current, BaseException) and as_text(current) != claims[g]:
                 self._refused(Fenced(f"FENCED epoch {claims[g]} of {self.keys.owner(g)} was replaced by "
                                      f"{as_text(current)}"), g, claims[g])
                 return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -48,6 +49,25 @@ class LogReads:
                                    else self.client.mget_nonatomic(names))
         return values
 
+    async def values_answered(self, names: list[str]) -> list[Any]:
+        """``values_of``; on a cluster each node's keys read on their own, at once: a key of a node that did not
+        answer has what its read ended in for value (one that answers is not held by one that hangs). Raises
+        where no node answered."""
+        if self.nodes.together or len(names) < 2:
+            return await self.values_of(names)
+        by_node: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            by_node.setdefault(self.client.get_node_from_key(name).name, []).append(i)
+        reads = await asyncio.gather(*(self.values_of([names[i] for i in at]) for at in by_node.values()),
+                                     return_exceptions=True)
+        if all(isinstance(read, BaseException) for read in reads):
+            raise next(read for read in reads if isinstance(read, BaseException))
+        out: list[Any] = [None] * len(names)
+        for at, read in zip(by_node.values(), reads, strict=True):
+            for n, i in enumerate(at):
+                out[i] = read if isinstance(read, BaseException) else read[n]
+        return out
+
     async def last_seq(self, shard: int) -> int:
         """The newest entry ever written to ``shard``'s log, trimmed or not (0: the log does not exist)."""
         info = await stream_info(self.client, self.keys.log(shard))
@@ -68,6 +88,15 @@ class LogReads:
             else:
                 newest.append(seq_of(info["last-generated-id"]))
         return newest
+
+    def nodes_of(self, shards: list[int]) -> dict[str, list[int]]:
+        """``shards`` by the node their log is on as the slot map says (one Redis: all on ``""``)."""
+        if not self.nodes.cluster:
+            return {"": list(shards)}
+        by_node: dict[str, list[int]] = {}
+        for shard in shards:
+            by_node.setdefault(self.client.get_node_from_key(self.keys.log(shard)).name, []).append(shard)
+        return by_node
 
     async def entry_at(self, shard: int, seq: int) -> bytes | None:
         """Entry ``seq`` of ``shard``'s log (None: not there, never written or trimmed)."""

@@ -149,6 +149,10 @@ class ProcessLog(LogStore):
             self.redis.settle.read("the log's end")
         return self.redis._last(shard)
 
+    def nodes_of(self, shards: list[int]) -> dict[str, list[int]]:
+        """``LogStore.nodes_of``: one node here (its faults are the round trip's)."""
+        return {"": list(shards)}
+
     async def last_seqs(self, shards: list[int]) -> list[int]:
         """The owner check's log-end read (``Engine.check_logs_reach``): its trip draws from a stream of its
         own (``check_faults``), so that running it leaves every other draw of a seed as it was."""

@@ -201,6 +201,10 @@ class SimLog:
     async def last_seqs(self, shards: list[int]) -> list[int]:
         return [self._last(shard) for shard in shards]
 
+    def nodes_of(self, shards: list[int]) -> dict[str, list[int]]:
+        """``LogStore.nodes_of``: one node here (its faults are the round trip's)."""
+        return {"": list(shards)}
+
     async def still_owner(self, _group: int | None = None) -> bool:
         """``LogStore.still_owner``: whether the owner keys still hold this instance's claim."""
         await self.round_trip()
