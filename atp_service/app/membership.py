@@ -1,5 +1,4 @@
-"""This process's share of a keyspace's shard groups when several processes serve it
-(``ownership = leases``).
+"""This process's share of a keyspace's shard groups when several processes serve it (``ownership = leases``).
 
 Each process registers in ``<prefix>members`` (a sorted set of live processes, each entry expiring
 unless renewed) and owns about its share of the groups, ``ceil(groups / live processes)``: it takes
@@ -20,6 +19,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from atp_service.app.balancing import FreeWatch, RenewalPace, address_of, plan_balance, preference
@@ -46,27 +46,27 @@ log = logging.getLogger(__name__)
 
 SAFETY = 0.8
 """Of a lease, counted from when its renewal was sent: past it the group is not answered for."""
-# KEYS: members; ARGV: entry, ttl ms (0: leave), an entry of this process's to remove ('': none).
-# Redis's own clock times the entries out, so the processes' clocks need not agree. Returns the live members.
+# KEYS: members; ARGV: entry, ttl ms (0: leave), an entry of this process's to remove ('': none). Redis's own clock
+# times the entries out (the processes' clocks need not agree). Returns {1 where the entry was new, the live members}.
 MEMBERS_SCRIPT = Script("""
-local t = redis.call('TIME')
+local t, added = redis.call('TIME'), 0
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if tonumber(ARGV[2]) > 0 then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  added = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 else
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
 if ARGV[3] and ARGV[3] ~= '' then redis.call('ZREM', KEYS[1], ARGV[3]) end
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+return {added, redis.call('ZRANGE', KEYS[1], 0, -1)}
 """)
 
 
 class Membership:
     """Takes, keeps and gives up ``engine``'s groups under leases."""
 
-    def __init__(self, engine: Engine, store: LogStore, config: ServiceConfig, clock: Clock,
-                 metrics: MembershipMetrics, engine_metrics: EngineMetrics) -> None:
+    def __init__(self, engine: Engine, store: LogStore, config: ServiceConfig, clock: Clock, metrics: MembershipMetrics,
+                 engine_metrics: EngineMetrics, must_stop: Callable[[], None] = lambda: None) -> None:
         self._engine, self._store, self._config, self._clock = engine, store, config, clock
         self._metrics, self._engine_metrics, self._not_recovered = metrics, engine_metrics, NotRecovered(log)
         self.address = config.advertised
@@ -76,7 +76,7 @@ class Membership:
         self.routes: dict[int, tuple[str, int]] = {}
         """Every group's owner as last read: (address, epoch); absent: none."""
         self.members: list[str] = []
-        self._address_watch = SharedAddressWatch(self.address, self.leases.holder)  # armed once the start found it free
+        self._address_watch = SharedAddressWatch(self.address, self.leases.holder, must_stop)  # armed: the start's
         self._entry, self._retired = self.leases.holder, ""  # its member entry; one it left (registered anew)
         self._leaving = False  # stopping: its entry removed at each renewal, not renewed
         self._renewing = asyncio.Lock()  # one renewal at a time: a stop's removal lands after any under way
@@ -240,13 +240,13 @@ class Membership:
         else why not (the last list read stands): its node failing over must not let every lease lapse."""
         retired, ttl = self._retired, 0 if self._leaving else self._config.lease_ms
         try:
-            members = await self._store.nodes.run_one(
+            added, members = await self._store.nodes.run_one(
                 Call(MEMBERS_SCRIPT, [self._store.keys.members], [self._entry, ttl, retired]))
         except STORAGE_ERRORS as exc:
             return f"members: {exc!r}"
         self.members = [as_text(m) for m in members]
         self._check_routing()
-        self._address_watch.check(self.members)
+        self._address_watch.check(self.members, anew=bool(added) and not retired)  # its entry had lapsed: back late
         if self._retired == retired:  # not registered anew again meanwhile
             self._retired = ""
         self._metrics.members.set(len(self.members))
@@ -351,8 +351,8 @@ class Membership:
             self._give_up(group, "unheld")
             return
         started = time.monotonic()
-        if not await self.leases.acquire(group):
-            return  # another process was quicker
+        if self._address_watch.stepping_down or not await self.leases.acquire(group):
+            return  # another process was quicker, or this one stops (another serves at its address)
         epoch = self.leases.held[group]
         try:
             ledger, seq, replayed = await recover_shard(self._store, group, self._config.limits)

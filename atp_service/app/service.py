@@ -286,7 +286,7 @@ class AtpService:
         store.leased = True
         engine = Engine([], store, self.clock, cfg.engine_settings, self.metrics.engine)
         self.membership = membership = Membership(engine, store, cfg, self.clock, self.metrics.membership,
-                                                  self.metrics.engine)
+                                                  self.metrics.engine, self._must_restart)
         engine.on_install.append(lambda actor: actor.on_failure.append(membership.failed))  # re-recovered
         self._servicer.routing = self._servicer.forwarder.routing = self.membership.table
         engine.remote = step_sender(self._servicer.forwarder, peer_token(cfg))

@@ -21,12 +21,16 @@ A read counts only once this process's own entry is in the members. Each start r
 reads, so of two processes starting at once at one address the one that reads later finds the other.
 A start whose registration did not land (Redis away a moment: its renewals register it soon) found the
 address free as well as the other did: both served.
+
+After the start (``SharedAddressWatch``), a process whose entry lapsed (paused past a lease) and that
+finds another at its address when it renews again, registered there meanwhile, stops: the later of the two.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from atp_service.app.balancing import address_of
@@ -89,29 +93,48 @@ async def refuse_if_shared(store: LogStore, address: str, holder: str, lease_ms:
 
 class SharedAddressWatch:
     """After the start, on every renewal's read of the members: another process's entry at this
-    process's address, said at ERROR once per entry (``address_shared``). The start refused a live one,
-    but a process whose renewals lapsed for a whole lease (Redis out of its reach) looked gone, and one
-    started at its address meanwhile serves beside it once it renews again: the split the start refuses,
-    now said where an operator sees it. A process starting there now is refused by its own start."""
+    process's address. The start refused a live one, but a process whose renewals lapsed for a whole
+    lease (paused, or Redis out of its reach) looked gone, its entry dropped, and one started at its
+    address meanwhile; once the first renews again both serve there, and calls forwarded to the
+    address reach either at random — those of a group the one they reach does not own refused
+    ``GROUP_MOVED`` naming no owner, and its ``GetRouting`` sending routing clients nowhere. So the
+    process whose renewal finds its own entry gone, added anew beside another at its address — the one
+    back later, its leases lapsed with it — stops (``must_stop``: exit status 4; it takes no group
+    meanwhile, and a restart is refused while the other serves), said at ERROR naming the address and
+    the other entry (``stopping``, ``address_shared``). The other, whose entry stayed, serves on, and
+    says the entry at its address at ERROR, once per entry (``address_shared``)."""
 
-    __slots__ = ("_address", "_holder", "_said", "armed")
+    __slots__ = ("_address", "_holder", "_must_stop", "_said", "armed", "stepping_down")
 
-    def __init__(self, address: str, holder: str) -> None:
-        self._address, self._holder, self._said = address, holder, set[str]()
+    def __init__(self, address: str, holder: str, must_stop: Callable[[], None]) -> None:
+        self._address, self._holder, self._said, self._must_stop = address, holder, set[str](), must_stop
         self.armed = False
         """Set once the start found the address this process's alone (before: ``refuse_if_shared`` waits)."""
+        self.stepping_down = False
+        """Set once this process, back at an address another serves, stops."""
 
-    def check(self, members: list[str]) -> None:
+    def check(self, members: list[str], anew: bool = False) -> None:
+        """``members`` as a renewal read them; ``anew``: that renewal added this process's entry anew (it
+        was gone: unrenewed past a lease, or lost by Redis) rather than renewing it."""
         if not self.armed:
             return
         others = {m for m in members if _another_at(m, self._address, self._holder)}
-        if new := sorted(others - self._said):
+        if anew and others and not self.stepping_down:
+            self.stepping_down, entries = True, sorted(others)
+            log.error("advertise_address %s is another live process's too (%s), registered there while this "
+                      "process's entry had lapsed (its renewals paused or out of Redis's reach past a lease): this "
+                      "process, back later, stops to be restarted (exit status 4) and the other serves on; give each "
+                      "process an address of its own", self._address, ", ".join(entries),
+                      extra={"event": "stopping", "why": "address_shared", "entries": entries})
             self._said |= others
-            log.error("advertise_address %s is another member's too (%s): a process starting there is refused, but "
-                      "one serving there (its renewals lapsed past a lease, then resumed) splits the groups with "
-                      "this one, those of the process the address does not reach answering nobody; give each "
-                      "process an address of its own", self._address, ", ".join(new),
-                      extra={"event": "address_shared", "entries": new})
+            self._must_stop()
+        elif new := sorted(others - self._said):
+            self._said |= others
+            log.error("advertise_address %s is another member's too (%s): calls forwarded to the address reach "
+                      "either process, those of a group the one reached does not own answering nobody; the one "
+                      "back at the address later (its renewals lapsed past a lease, then resumed) stops by itself, "
+                      "and a process starting there is refused; give each process an address of its own",
+                      self._address, ", ".join(new), extra={"event": "address_shared", "entries": new})
 
 
 def _say_waiting(address: str, entries: list[str], lease_ms: int) -> None:
