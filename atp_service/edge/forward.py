@@ -160,13 +160,13 @@ class Forwarder:
         return await self.send(address, method, request, _bounded(context.time_remaining()), metadata)
 
     async def send(self, address: str, method: str, request: Any, within_s: float | None,
-                   metadata: Sequence[tuple[str, Any]]) -> Any:
+                   metadata: Sequence[tuple[str, Any]], own: Sequence[tuple[str, str]] = ()) -> Any:
         """``method`` called at the peer ``address`` (answered ``within_s``, None: no deadline),
-        carrying ``metadata``'s token and ``atp-forwarded``."""
+        carrying ``metadata``'s token and ``atp-forwarded`` (and ``own``: this process's own metadata)."""
         with self.using(address) as channel:  # not closed under the call (``edge.peer_pool``)
             call = channel.unary_unary(f"/{SERVICE.full_name}/{method}", _serialized, _ANSWERS[method])
             try:
-                return await call(request, timeout=within_s, metadata=self._passed(metadata))
+                return await call(request, timeout=within_s, metadata=(*self._passed(metadata), *own))
             except grpc.aio.AioRpcError as exc:
                 self.tell_tls_refusal(address, exc)
                 raise

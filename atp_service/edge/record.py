@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import grpc
 
-from atp_client import MOVED_KEY, Refusal
+from atp_client import FORWARDED_KEY, MOVED_KEY, Refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
 from atp_service.edge.errors import carried_reason, carried_status, retold, retold_trailers, rich_status
@@ -31,7 +31,7 @@ from atp_service.edge.ratelog import OncePerKey
 from atp_service.engine.router import Engine
 from atp_service.intake.entries import ENTRY_TIME_FIELD, FAR_FUTURE
 from atp_service.intake.facts import FactDesk, Result
-from atp_service.intake.owners import MAX_FAILING_OWNERS, FactSender, GroupRefused
+from atp_service.intake.owners import MAX_FAILING_OWNERS, SENDER_WRITES, SENDER_WRITES_KEY, FactSender, GroupRefused
 from atp_service.metrics import EdgeMetrics
 from reservation import DomainError, Fact, InvalidArgument, Limits, Moved, Reason, Unavailable
 from reservation import fact as make_fact
@@ -60,12 +60,13 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
     """The call's facts recorded (``check_events(request)`` passed), each answered in order."""
     out: list[pb.FactResult | None] = [None] * len(request.events)
     valid, at, ahead = _facts_of(request, engine.clock.now_ms(), limits, metrics, out)
-    _redirect_first(valid + [fact for _, fact, _ in ahead], engine, forwarder,
-                    tuple(context.invocation_metadata() or ()))
+    metadata = tuple(context.invocation_metadata() or ())
+    _redirect_first(valid + [fact for _, fact, _ in ahead], engine, forwarder, metadata)
     moved: dict[str, list[int]] = {}
     elsewhere: Moved | None = None
     refusals: list[DomainError] = []
-    decided = list(zip(at, await desk.record(valid, "grpc"), strict=True))
+    sender_writes = {FORWARDED_KEY, SENDER_WRITES_KEY} <= {key for key, _ in metadata}  # from an input stream
+    decided = list(zip(at, await desk.record(valid, "grpc", sender_writes=sender_writes), strict=True))
     if ahead:  # E7 against E8: applied already (by a process whose clock ran ahead), a duplicate
         judged = await desk.applied_or_refused([fact for _, fact, _ in ahead], [r for _, _, r in ahead], "grpc")
         decided += zip([n for n, _, _ in ahead], judged, strict=True)
@@ -258,7 +259,7 @@ async def _send_part(forwarder: Forwarder, owner: str, facts: Sequence[Fact], ev
     while left:
         request = pb.RecordEventsRequest(events=[events[i] for i in left])
         try:
-            answer = await forwarder.send(owner, "RecordEvents", request, SEND_TIMEOUT_S, metadata)
+            answer = await forwarder.send(owner, "RecordEvents", request, SEND_TIMEOUT_S, metadata, SENDER_WRITES)
         except grpc.aio.AioRpcError as exc:
             forwarder.counted("RecordEvents", "error")
             moved = _moved_of(exc)

@@ -24,7 +24,6 @@ from atp_service.engine.shipments import UNFULFILLED, refused_for_good, unfulfil
 from atp_service.intake.quarantine import Acks, QuarantineStream
 from atp_service.logs import EveryInterval
 from atp_service.metrics import IntakeMetrics
-from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import exception_seen, keep
 from reservation import (
     CountRows,
@@ -69,12 +68,25 @@ class FactDesk:
         self.unfulfilled_lines = EveryInterval(UNFULFILLED_LOG_EVERY_S)
         """The ``shipment_not_fulfilled`` lines, at most one per ``UNFULFILLED_LOG_EVERY_S``."""
 
-    async def record(self, facts: Sequence[Fact], origin: str, acks: Acks | None = None) -> list[Result | DomainError]:
+    async def record(self, facts: Sequence[Fact], origin: str, acks: Acks | None = None,
+                     sender_writes: bool = False) -> list[Result | DomainError]:
         """``_record`` in a task of the desk's own: a caller that gives up (deadline, disconnect)
         abandons the wait, not the work — facts its shards applied are still written to the
         quarantine stream and counted (E6, R8). ``acks``: the facts' input entries, those of the facts
-        quarantined acknowledged with their quarantine entries (``QuarantineStream``: their decision stands)."""
-        return await self._owned(self._record(facts, origin, acks))
+        quarantined acknowledged with their quarantine entries (``QuarantineStream``: their decision stands).
+        ``sender_writes``: the facts quarantined are neither written nor counted here — the process that read
+        them from an input stream does both, with their entries' acknowledgements (``quarantined_there``)."""
+        return await self._owned(self._record(facts, origin, acks, sender_writes))
+
+    async def quarantined_there(self, facts: Sequence[Fact], results: list[Result | DomainError], at: Sequence[int],
+                                acks: Acks) -> None:
+        """The facts at ``at`` that their groups' owners answered QUARANTINED, sent saying this process writes
+        them (``owners.SENDER_WRITES_KEY``): written to the quarantine stream here, each with its input
+        entry's acknowledgement in one script, and counted (E6; E8: once the stream shows it, its entry is never
+        read again). An owner of an earlier version wrote it too: the digest makes this write a duplicate."""
+        late = [i for i in at if isinstance(result := results[i], tuple) and result[0] == FactOutcome.QUARANTINED]
+        if late:
+            await self._owned(self.quarantine.settle(self.engine.log_client, facts, results, late, acks, self.metrics))
 
     async def load_counts(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str]]:
         """``LoadCounts``: the block's rows by shard, one actor message each (``Ledger.load_counts``);
@@ -115,7 +127,7 @@ class FactDesk:
             late = sorted(reasons)
             facts = [block.fact(i) for i in late]
             results: list[Result | DomainError] = [(FactOutcome.QUARANTINED, reasons[i]) for i in late]
-            again = len(await self._quarantine_stream(facts, results, list(range(len(late)))))
+            again = len(await self.quarantine.settle(self.engine.log_client, facts, results, list(range(len(late)))))
             failed = next((r for r in results if isinstance(r, DomainError)), None)
             if failed is not None:  # not acknowledged, as RecordEvents answers them: a retry quarantines
                 # them again and streams them (E6), so the caller is told them not loaded (0), not quarantined
@@ -202,7 +214,8 @@ class FactDesk:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=bound_s)
 
-    async def _record(self, facts: Sequence[Fact], origin: str, acks: Acks | None) -> list[Result | DomainError]:
+    async def _record(self, facts: Sequence[Fact], origin: str, acks: Acks | None,
+                      sender_writes: bool) -> list[Result | DomainError]:
         """Apply facts; one result per fact, or the error that kept it from being durable."""
         out: list[Result | DomainError] = [Unavailable("not decided")] * len(facts)
         shipments = await self._apply_in_order(facts, out)
@@ -210,8 +223,9 @@ class FactDesk:
         again: set[int] = set()
         if late:
             self._count_no_room(str(out[i][1]) for i in late)  # type: ignore[index]
-            again = await self._quarantine_stream(facts, out, late, acks)
-        self._observe(facts, out, origin, again)
+            if not sender_writes:
+                again = await self.quarantine.settle(self.engine.log_client, facts, out, late, acks)
+        self._observe(facts, out, origin, again, set(late) if sender_writes else set())
         self._tell_unfulfilled(facts, out, shipments, origin)
         return out
 
@@ -328,29 +342,12 @@ class FactDesk:
             result = await engine.run({sku_shard}, sku_shard, unfulfilled(fact, why))
         return result
 
-    async def _quarantine_stream(self, facts: Sequence[Fact], results: list[Result | DomainError],
-                                 late: list[int], acks: Acks | None = None) -> set[int]:
-        """The facts at ``late`` written to the quarantine stream (their input entries, ``acks``, acknowledged
-        with them); returns those of them written there before (decided again: a caller's retry), each once."""
-        entries = None if acks is None else Acks(acks.group, [acks.entries[i] for i in late])
-        try:
-            written = await self.quarantine.write(self.engine.log_client,
-                                                   [(facts[i], results[i][1]) for i in late],  # type: ignore[index]
-                                                   entries)
-        except STORAGE_ERRORS as exc:  # a cluster no node of which answers included
-            # The facts are durable in the shard logs as quarantined; the operator's copy is not.
-            # Refuse the acknowledgement so the caller (or the stream) delivers them again.
-            err = Unavailable(f"quarantine stream unreachable ({exc}); retry")
-            for i in late:
-                results[i] = err
-            return set()
-        return {i for i, now in zip(late, written, strict=True) if not now}
-
     def _observe(self, facts: Sequence[Fact], results: list[Result | DomainError], origin: str,
-                 again: set[int]) -> None:
+                 again: set[int], theirs: set[int]) -> None:
         """Counters exactly, per (kind, outcome) group; the lag histogram from an even sample of at
         most LAG_SAMPLES applied facts per call, which keeps its cost flat for 10,000-fact batches.
-        A fact quarantined before (``again``) counts as a duplicate: each fact counts quarantined once."""
+        A fact quarantined before (``again``) counts as a duplicate: each fact counts quarantined once;
+        one its sender writes to the quarantine stream (``theirs``) is counted there."""
         counts: dict[tuple[int, str], int] = {}
         applied: list[int] = []
         applied_outcome = FactOutcome.APPLIED
@@ -358,6 +355,8 @@ class FactDesk:
             if type(r) is tuple and r[0] is applied_outcome:
                 applied.append(fact.event_time)
                 key = (fact.kind, "applied")
+            elif theirs and n in theirs:
+                continue
             elif again and n in again:
                 key = (fact.kind, "duplicate")
             else:

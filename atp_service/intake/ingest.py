@@ -1,15 +1,16 @@
 """Facts from Redis input streams (POS, WMS): a consumer group, acknowledged only once durable.
 
-An entry is XACKed after its fact is durable in its shard log (or after it went to the
-dead-letter or quarantine stream): a crash mid-batch leaves the rest pending, the restarted
-service re-reads its own pending entries first, and dedupe by ``(source, event_id)`` (E8)
-makes the outcome exactly-once in effect. Entries that cannot be decoded or validated go to
-the dead-letter stream with the reason and their original fields, and never stop the consumer.
+An entry is XACKed after its fact is durable in its shard log (or after it went to the dead-letter or
+quarantine stream): a crash mid-batch leaves the rest pending, the restarted service re-reads its own pending
+entries first, and dedupe by ``(source, event_id)`` (E8) makes the outcome exactly-once in effect. Entries
+that cannot be decoded or validated go to the dead-letter stream with the reason and their original fields,
+and never stop the consumer.
 
-With several processes on one keyspace each reads as a consumer of its own in the same group, so
-Redis spreads the entries over them. A fact of a group another process owns is sent to that owner
-(``FactSender``), which applies it — and quarantines it, if it must — and answers once it is
-durable there; its entry is acknowledged only then. One no process owns now stays pending.
+With several processes on one keyspace each reads as a consumer of its own in the same group, so Redis
+spreads the entries over them. A fact of a group another process owns is sent to that owner (``FactSender``),
+which applies it and answers once it is durable there; its entry is acknowledged only then — one it
+quarantined written to the quarantine stream here, with its entry's XACK in one script (E8: decided once).
+One no process owns now stays pending.
 """
 
 from __future__ import annotations
@@ -48,9 +49,8 @@ PENDING_RETRY = BackoffPolicy(first_s=0.05, max_s=1.0)
 """Waits between passes over this consumer's own pending entries while some cannot be applied yet
 (their group being handed over, its owner not answering); new entries are read meanwhile."""
 PENDING_PASS_S = 2.0
-"""No page of a pass over this consumer's pending entries starts later than this after the pass did:
-the next pass goes on from there, and new entries are read in between. A pass must stay far below
-``claim_idle_ms``, or other processes would claim the entries it is still sending."""
+"""No page of a pass over this consumer's pending entries starts later than this after the pass did: the next pass
+goes on from there, new entries read in between. Far below ``claim_idle_ms``: else others claim what it sends."""
 PENDING_SETTLE_S = 0.2
 """How long a pass over the pending entries waits for the batches in flight (their entries are in its
 list too); one still waiting for an owner then puts the pass off, and new entries are read meanwhile."""
@@ -58,8 +58,7 @@ list too); one still waiting for an owner then puts the pass off, and new entrie
 class StreamIngestor:
     """Reads the input streams on its own Redis connection pool, separate from the log's appends.
 
-    ``send``: where facts of groups other processes own go (``ownership = leases``); None: every
-    group is this process's."""
+    ``send``: where facts of groups other processes own go (``ownership = leases``); None: every group is ours."""
 
     def __init__(self, client: Any, desk: FactDesk, settings: IngestSettings, clock: Clock,
                  read_count: int | None = None, send: FactSender | None = None) -> None:
@@ -67,7 +66,7 @@ class StreamIngestor:
         client.set_response_callback("XREADGROUP", lambda response, **_: response)
         self._client = client
         self._desk = desk
-        self._owners = OwnerSends(send) if send is not None else None
+        self._owners = OwnerSends(send, desk.quarantined_there) if send is not None else None
         self._config = settings
         self._metrics = desk.metrics
         self._clock = clock
@@ -123,14 +122,13 @@ class StreamIngestor:
                             extra={"event": "ingest_group_made_again", "stream": stream})
 
     async def _start_again(self, stream: str) -> bytes:
-        """Where a group made again reads from: after the newest entry this reader has seen there —
-        the older ones were applied, or refused (E7 judged by a clock that has moved since), and must
-        not be judged again (E8 aside) — or before the oldest it may hold unacknowledged, which the
-        group deleted took out of its pending list (``Unacked``: else never read again, no dead letter).
-        But a stream that is gone, or whose ids no longer reach that entry, was made anew (deleted,
-        then written again): all of its entries are new to the reader, and a group after that id would
-        never deliver them — one the producer wrote far ahead (an explicit id in µs) froze the stream's
-        facts for good, with nothing failing or pending."""
+        """Where a group made again reads from: after the newest entry this reader has seen there — the older
+        ones were applied, or refused (E7 judged by a clock that has moved since), and must not be judged again
+        (E8 aside) — or before the oldest it may hold unacknowledged, which the group deleted took out of its
+        pending list (``Unacked``: else never read again, no dead letter). But a stream that is gone, or whose
+        ids no longer reach that entry, was made anew (deleted, then written again): all of its entries are new
+        to the reader, and a group after that id would never deliver them — one the producer wrote far ahead
+        (an explicit id in µs) froze the stream's facts for good, with nothing failing or pending."""
         seen = self._seen.get(stream)
         if seen is None:
             return b"0"
@@ -191,11 +189,11 @@ class StreamIngestor:
                 await asyncio.sleep(delay)
 
     async def step(self) -> bool:
-        """One read; new entries are applied in the background (up to ``ingest_inflight`` batches at
-        once: facts commute by E3, so batches need no order between them) while the next is read.
-        This consumer's own pending entries are read again when due (``_retry_pending``). True: new
-        entries were asked for (a pass over the pending ones, read otherwise, says nothing of that
-        read: its failures, one after each pass, were retried at the shortest wait, ~20 a second)."""
+        """One read; new entries are applied in the background (up to ``ingest_inflight`` batches at once: facts
+        commute by E3, so batches need no order between them) while the next is read. This consumer's own pending
+        entries are read again when due (``_retry_pending``). True: new entries were asked for (a pass over the
+        pending ones, read otherwise, says nothing of that read: its failures, one after each pass, were retried
+        at the shortest wait, ~20 a second)."""
         cfg = self._config
         if self._retry_own_pending and time.monotonic() >= self._retry_at:
             await self._retry_pending()
@@ -343,7 +341,7 @@ class StreamIngestor:
         away = set(remote)
         here = [i for i in range(len(results)) if i not in away]
         count = settled + await self._settle([read[i] for i in here], [results[i] for i in here], dead)
-        await self._owners.to_owners(facts, results, remote, wait)
+        await self._owners.to_owners(facts, results, remote, wait, acks)
         return count + await self._settle([read[i] for i in remote], [results[i] for i in remote], [])
 
     async def _settle_ahead(self, ahead: list[Ahead], wait: bool) -> int:
@@ -353,9 +351,11 @@ class StreamIngestor:
         facts = [fact for fact, _, _ in ahead]
         results = await self._desk.applied_or_refused(facts, [refusal for _, _, refusal in ahead])
         remote = [i for i, result in enumerate(results) if isinstance(result, Moved) and result.owner]
+        read, cfg = [entry for _, entry, _ in ahead], self._config
         if self._owners is not None and remote:
-            await self._owners.to_owners(facts, results, remote, wait)
-        return await self._settle([entry for _, entry, _ in ahead], results, [])
+            await self._owners.to_owners(facts, results, remote, wait,
+                                         Acks(cfg.consumer_group, [r[:2] for r in read]))
+        return await self._settle(read, results, [])
 
     async def _settle(self, read: list[Read], results: list[Result | DomainError], dead: list[Dead]) -> int:
         """Acknowledge the entries whose facts are durable, dead-letter the refused ones (and ``dead``); others wait."""

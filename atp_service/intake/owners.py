@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from atp_service.intake.facts import Result
+from atp_service.intake.quarantine import Acks
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.tasks import exception_seen
 from reservation import DomainError, Fact, Moved, Reason, Unavailable
@@ -39,8 +40,18 @@ the keyspace failing (a rolling restart, a pod given a new address) is sent noth
 answers again either: one entry each, kept for good, grew with every deploy of a service that runs for weeks."""
 Key = tuple[str, int | None]
 """What is skipped while it fails: an owner (None), or one group at that owner."""
+SENDER_WRITES_KEY = "atp-quarantine-by-sender"
+"""Metadata of facts read from an input stream sent to their groups' owner (``edge.record.fact_sender``): the owner
+neither writes those it quarantines to the quarantine stream nor counts them; the reader does, each with its
+entry's XACK in one script (``quarantined_there``; E8: decided once). Taken from a forwarded call alone; an owner
+that does not know it writes them, and the reader's write is then a duplicate (the digest) that acknowledges all
+the same."""
+SENDER_WRITES = ((SENDER_WRITES_KEY, "1"),)
 Answer = list[Result | DomainError] | None
 """A send's answer: each fact's result there, or None where the send failed (its facts stay as they are)."""
+QuarantinedThere = Callable[[Sequence[Fact], list[Result | DomainError], Sequence[int], Acks], Awaitable[None]]
+"""Writes the facts at the indexes their owners answered QUARANTINED to the quarantine stream here, each with
+its input entry's acknowledgement (``FactDesk.quarantined_there``): the send asked the owner not to (E8)."""
 
 
 class GroupRefused(Unavailable):
@@ -55,8 +66,10 @@ class GroupRefused(Unavailable):
 class OwnerSends:
     """The sends of one reader, with each owner's state: when it may be tried again after a failure."""
 
-    def __init__(self, send: FactSender, max_failing: int = MAX_FAILING_OWNERS) -> None:
+    def __init__(self, send: FactSender, quarantined_there: QuarantinedThere | None = None,
+                 max_failing: int = MAX_FAILING_OWNERS) -> None:
         self._send = send
+        self._quarantined_there = quarantined_there
         self._max_failing = max_failing
         self._failing: dict[Key, Backoff] = {}
         self._retry_at: dict[Key, float] = {}
@@ -76,14 +89,16 @@ class OwnerSends:
         return key if key in self._failing and (owner, None) not in self._failing else (owner, None)
 
     async def to_owners(self, facts: list[Fact], results: list[Result | DomainError], at: Sequence[int],
-                        wait: bool = True) -> None:
+                        wait: bool = True, acks: Acks | None = None) -> None:
         """The facts at ``at`` (each ``Moved`` to its owner) sent to their owners, all at once: each
         result becomes the owner's. One whose owner (or group there) is skipped, or whose send failed,
         keeps a refusal. The facts of a group refused at its owner go in a send of their own.
         ``wait`` False (the caller is the reading loop itself: a pass over the reader's pending entries):
         a failed owner (or group) tried again is not waited for — the try goes on alone, its facts left
         pending (read again, and a duplicate then where the owner applied them, E8). Waited for, a paused
-        owner's try held up every read for its whole timeout, again at each try."""
+        owner's try held up every read for its whole timeout, again at each try. ``acks``: the facts' input
+        entries; the facts their owners quarantined are written to the quarantine stream here, each with its
+        entry's acknowledgement (``quarantined_there``): their results then are what that write made of them."""
         sends: dict[Key, list[int]] = {}
         groups: dict[Key, set[int]] = {}
         for i in at:
@@ -107,6 +122,8 @@ class OwnerSends:
             if answer is not None:
                 for i, result in zip(sends[key], answer, strict=True):
                     results[i] = result
+        if acks is not None and self._quarantined_there is not None:
+            await self._quarantined_there(facts, results, at, acks)
 
     def _start(self, key: Key, facts: list[Fact], groups: set[int], trying: bool) -> asyncio.Task[Answer]:
         """The send in a task; a try (``trying``) marked under way until the task ends however it ends —

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
-from reservation import Fact, FactKind
+from reservation import Fact, FactKind, Unavailable
 from reservation._keys import fact_key, fact_payload
 
 E = TypeVar("E", bound=tuple[Any, ...])
@@ -123,6 +123,28 @@ class QuarantineStream:
         if self._doubt:
             flags = [self._doubt.pop(d, True) is None or flag for d, flag in zip(digests, flags, strict=True)]
         return flags
+
+    async def settle(self, client: Any, facts: Sequence[Fact], results: list[Any], late: list[int],
+                     acks: Acks | None = None, metrics: IntakeMetrics | None = None) -> set[int]:
+        """The facts at ``late`` (their results (QUARANTINED, reason)) written to the stream, their input entries
+        (``acks``: aligned with ``facts``) acknowledged with them; returns those of them written there before
+        (decided again: a caller's retry), each once. A fact not written (Redis did not answer) gets a refusal for
+        its result: not acknowledged, delivered again. ``metrics``: those written counted here (origin ``stream``:
+        facts an owner decided, ``FactDesk.quarantined_there``)."""
+        entries = None if acks is None else Acks(acks.group, [acks.entries[i] for i in late])
+        try:
+            written = await self.write(client, [(facts[i], results[i][1]) for i in late], entries)
+        except STORAGE_ERRORS as exc:  # a cluster no node of which answers included
+            # The facts are durable in the shard logs as quarantined; the operator's copy is not.
+            # Refuse the acknowledgement so the caller (or the stream) delivers them again.
+            err = Unavailable(f"quarantine stream unreachable ({exc}); retry")
+            for i in late:
+                results[i] = err
+            return set()
+        for i, now in zip(late, written, strict=True):
+            if metrics is not None:
+                metrics.facts.labels("stream", _KIND_NAMES[facts[i].kind], "quarantined" if now else "duplicate").inc()
+        return {i for i, now in zip(late, written, strict=True) if not now}
 
     def not_owed(self, entries: list[E]) -> list[E]:
         """``entries`` but those (stream, entry id, ...) whose fact's write failed here: ``write_owed`` settles them."""

@@ -62,9 +62,9 @@ async def test_facts_split_by_owner_are_in_doubt_when_one_owner_was_lost_whateve
     assert b.desk is not None
     record = b.desk.record
     in_hand = InHand(lambda args: record(*args))
-    monkeypatch.setattr(b.desk, "record", lambda *args: in_hand(args))
+    monkeypatch.setattr(b.desk, "record", lambda *args, **_: in_hand(args))
 
-    async def elsewhere(facts: Any, _origin: str) -> list[Moved]:
+    async def elsewhere(facts: Any, _origin: str, **_: Any) -> list[Moved]:
         return [Moved(place(f.sku, a.config.shards), GONE if f.sku == first else holder, epoch=1) for f in facts]
 
     monkeypatch.setattr(a.desk, "record", elsewhere)
@@ -181,7 +181,7 @@ async def test_facts_refused_by_two_owners_count_what_each_recorded(
     gone_sku, there_sku, shed_sku, here_sku = skus_on_groups(a.config.shards, 4)
     record_here, record_there = a.desk.record, b.desk.record
 
-    async def shedding(facts: Any, origin: str) -> list[Any]:
+    async def shedding(facts: Any, origin: str, **_: Any) -> list[Any]:
         there = iter(await record_there([f for f in facts if f.sku != shed_sku], origin))
         return [ResourceExhausted("shard shed it", Reason.SHARD_OVERLOADED) if f.sku == shed_sku else next(there)
                 for f in facts]
@@ -234,7 +234,7 @@ async def test_facts_of_shards_here_are_in_doubt_when_one_shard_was_whatever_ano
     the fact in doubt (R7). It is told OUTCOME_UNKNOWN."""
     a, a_address, _, _ = pair
 
-    async def shed_and_in_doubt(facts: Any, _origin: str) -> list[DomainError]:
+    async def shed_and_in_doubt(facts: Any, _origin: str, **_: Any) -> list[DomainError]:
         return [ResourceExhausted("shard queue full"), Unavailable("its reply was lost", Reason.OUTCOME_UNKNOWN)]
 
     monkeypatch.setattr(a.desk, "record", shed_and_in_doubt)
@@ -261,7 +261,7 @@ def test_the_refusal_told_is_one_in_doubt_else_the_first() -> None:
 def split_by_owner(record: Any, here_sku: str, shards: int, owner_of: Any) -> Any:
     """A ``FactDesk.record`` that records ``here_sku``'s facts here and answers every other fact ``Moved`` to
     ``owner_of(sku)`` (as a group another process owns, or none: "")."""
-    async def split(facts: Any, origin: str) -> list[Any]:
+    async def split(facts: Any, origin: str, **_: Any) -> list[Any]:
         here = iter(await record([f for f in facts if f.sku == here_sku], origin))
         return [next(here) if f.sku == here_sku else Moved(place(f.sku, shards), owner_of(f.sku), epoch=1)
                 for f in facts]

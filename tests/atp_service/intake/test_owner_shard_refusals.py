@@ -164,8 +164,9 @@ async def test_a_call_refused_for_one_fact_of_it_is_split_until_that_fact_alone_
     culprits = {facts[5].event_id}
     record = service.desk._record
 
-    async def refusing(batch: Sequence[Fact], origin: str, acks: Acks | None = None) -> list[Result | DomainError]:
-        out = await record([fact for fact in batch if fact.event_id not in culprits], origin, None)
+    async def refusing(batch: Sequence[Fact], origin: str, acks: Acks | None = None,
+                       sender_writes: bool = False) -> list[Result | DomainError]:
+        out = await record([fact for fact in batch if fact.event_id not in culprits], origin, None, sender_writes)
         for n, fact in enumerate(batch):
             if fact.event_id in culprits:
                 out.insert(n, DomainError("a change this owner cannot make; nothing was applied", Reason.INTERNAL))
@@ -202,7 +203,8 @@ async def test_a_group_s_send_that_fails_leaves_no_other_group_s_send_running_un
     sends: list[list[str]] = []
 
     class Peers:
-        async def send(self, _owner: str, _method: str, request: Any, _within_s: float, _metadata: Any) -> Any:
+        async def send(self, _owner: str, _method: str, request: Any, _within_s: float, _metadata: Any,
+                       _own: Any = ()) -> Any:
             skus = [event.sku for event in request.events]
             sends.append(skus)
             if len(skus) > 1:  # the whole call: refused for group 1's shard
