@@ -333,7 +333,7 @@ class StreamIngestor:
         await self._ack(judged)
         facts, read, dead, ahead = await decode_all(entries, now, cfg.limits, cfg.ingest_max_entry_bytes)
         settled = await self._settle_ahead(ahead, wait) if ahead else 0
-        acks = Acks(cfg.consumer_group, [r[:2] for r in read])
+        acks = Acks(cfg.consumer_group, cfg.consumer_name, [r[:2] for r in read])
         results = await self._desk.record(facts, "stream", acks=acks) if facts else []
         remote = [i for i, result in enumerate(results) if isinstance(result, Moved) and result.owner]
         if self._owners is None or not remote:
@@ -354,7 +354,7 @@ class StreamIngestor:
         read, cfg = [entry for _, entry, _ in ahead], self._config
         if self._owners is not None and remote:
             await self._owners.to_owners(facts, results, remote, wait,
-                                         Acks(cfg.consumer_group, [r[:2] for r in read]))
+                                         Acks(cfg.consumer_group, cfg.consumer_name, [r[:2] for r in read]))
         return await self._settle(read, results, [])
 
     async def _settle(self, read: list[Read], results: list[Result | DomainError], dead: list[Dead]) -> int:

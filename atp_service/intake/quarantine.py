@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
-from reservation import Fact, FactKind, Unavailable
+from reservation import Fact, FactKind, Reason, Unavailable
 from reservation._keys import fact_key, fact_payload
 
 E = TypeVar("E", bound=tuple[Any, ...])
@@ -39,25 +39,33 @@ _FIELDS = 9
 _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: none) and id, its fields' names and values
 
 # KEYS: the stream, the set of written facts' digests, then the input streams of the entries acknowledged;
-# ARGV: MAXLEN, the consumer group, then _PER_FACT values a fact. Returns, a fact, 1: written now, 0: written
-# before. The entry, its digest and its input entry's XACK go in the same script (atomic, each fact's after its
-# own write: a write refused leaves its entry pending); the set is trimmed to MAXLEN, oldest first, as the
-# stream is (about MAXLEN entries).
+# ARGV: MAXLEN, the consumer group, the consumer, then _PER_FACT values a fact. Returns, a fact, 1: written now,
+# 0: written before, -1: not written, its input entry pending to this consumer no more (claimed by another,
+# which decides the fact, or acknowledged by it). The entry, its digest and its input entry's XACK go in the same
+# script (atomic, each fact's after its own write: a write refused leaves its entry pending); the set is trimmed
+# to MAXLEN, oldest first, as the stream is (about MAXLEN entries).
 _ONCE = f"""
 local written = {{}}
-local n = (#ARGV - 2) / {_PER_FACT}
+local n = (#ARGV - 3) / {_PER_FACT}
 for f = 0, n - 1 do
-  local at = 3 + f * {_PER_FACT}
+  local at = 4 + f * {_PER_FACT}
+  local input = tonumber(ARGV[at + 1])
+  local ours = true
+  if input > 0 then  -- NOGROUP: the group is gone, pending nowhere: written as ever
+    local held = redis.pcall('XPENDING', KEYS[input], ARGV[2], ARGV[at + 2], ARGV[at + 2], 1, ARGV[3])
+    ours = held['err'] ~= nil or #held > 0
+  end
   if redis.call('ZSCORE', KEYS[2], ARGV[at]) then
     written[f + 1] = 0
+  elseif not ours then
+    written[f + 1] = -1
   else
     local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 3, at + {2 + 2 * _FIELDS}))
     redis.call('ZADD', KEYS[2], string.match(id, '^%d+'), ARGV[at])
     written[f + 1] = 1
   end
-  local input = tonumber(ARGV[at + 1])
-  if input > 0 then
-    redis.pcall('XACK', KEYS[input], ARGV[2], ARGV[at + 2])  -- NOGROUP: the group is gone, pending nowhere
+  if input > 0 and ours then
+    redis.pcall('XACK', KEYS[input], ARGV[2], ARGV[at + 2])
   end
 end
 local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
@@ -69,9 +77,11 @@ return written
 
 
 class Acks(NamedTuple):
-    """The input entries the facts written came from (one a fact, aligned), acknowledged in the same script."""
+    """The input entries the facts written came from (one a fact, aligned), acknowledged in the same script, each
+    only while pending to ``consumer``: one claimed by another since is that one's to decide (E8: decided once)."""
 
     group: str
+    consumer: str
     entries: Sequence[tuple[str, bytes]]
     """(input stream, entry id) a fact."""
 
@@ -86,65 +96,69 @@ class QuarantineStream:
         """The digests of the facts the stream holds (at most about ``maxlen``)."""
         self._doubt: OrderedDict[str, None] = OrderedDict()
         """Digests of facts whose write's answer was lost here, oldest first: written or not, counted by none."""
-        self.owed: OrderedDict[tuple[str, bytes], tuple[Fact, str, str]] = OrderedDict()
+        self.owed: OrderedDict[tuple[str, bytes], tuple[Fact, str, str, str]] = OrderedDict()
         """Input entries whose fact's write (with their acknowledgement) failed here, oldest first: (fact, reason,
-        consumer group) by (stream, entry id), written again before they are read again (``write_owed``)."""
+        consumer group, consumer) by (stream, entry id), written again before they are read again (``write_owed``)."""
 
     @staticmethod
     def digest(fact: Fact) -> str:
         """What names ``fact`` (its identity and payload) in the set of facts written."""
         return hashlib.blake2b(f"{fact_key(fact)}\x1f{fact_payload(fact)}".encode(), digest_size=16).hexdigest()
 
-    async def write(self, client: Any, facts: Sequence[tuple[Fact, str]], acks: Acks | None = None) -> list[bool]:
+    async def write(self, client: Any, facts: Sequence[tuple[Fact, str]],
+                    acks: Acks | None = None) -> list[bool | None]:
         """Each (fact, reason) written to the stream unless the stream holds it already; per fact, True:
         written now — or by a write of this process whose answer was lost, counted by none (E6: a metric
-        counts each quarantined fact). ``acks``: each fact's input entry acknowledged with it. Raises what
-        Redis raised (then any of them may have been written, their entries acknowledged: a retry writes the
-        rest)."""
+        counts each quarantined fact) —, None: not written, its input entry (``acks``) no longer pending to
+        this consumer (another claimed it: it decides the fact, and writes it if quarantined there). ``acks``:
+        each fact's input entry acknowledged with it. Raises what Redis raised (then any of them may have been
+        written, their entries acknowledged: a retry writes the rest)."""
         digests = [self.digest(fact) for fact, _ in facts]
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for start in range(0, len(facts), CHUNK):
                     keys, values = self._call(facts[start:start + CHUNK], digests[start:start + CHUNK],
                                               acks.entries[start:start + CHUNK] if acks else None)
-                    pipe.eval(_ONCE, len(keys), *keys, self._maxlen, acks.group if acks else "", *values)
+                    pipe.eval(_ONCE, len(keys), *keys, self._maxlen, *(acks[:2] if acks else ("", "")), *values)
                 replies = await pipe.execute()
         except BaseException:  # a timeout, a reset, a cancel: each may have been written, uncounted
             self._doubt.update(dict.fromkeys(digests))
             if acks:
-                self.owed.update((entry, (*pair, acks.group)) for pair, entry in zip(facts, acks.entries, strict=True))
+                self.owed.update((entry, (*pair, *acks[:2])) for pair, entry in zip(facts, acks.entries, strict=True))
             for kept in (self._doubt, self.owed):
                 while len(kept) > DOUBT_LIMIT:
                     kept.popitem(last=False)
             raise
         for entry in acks.entries if acks and self.owed else ():
             self.owed.pop(entry, None)
-        flags = [bool(flag) for reply in replies for flag in reply]
-        if self._doubt:
-            flags = [self._doubt.pop(d, True) is None or flag for d, flag in zip(digests, flags, strict=True)]
-        return flags
+        flags = [int(flag) for reply in replies for flag in reply]
+        doubted = [self._doubt.pop(d, True) is None for d in digests] if self._doubt else [False] * len(flags)
+        return [None if flag < 0 else bool(flag) or was for flag, was in zip(flags, doubted, strict=True)]
 
     async def settle(self, client: Any, facts: Sequence[Fact], results: list[Any], late: list[int],
                      acks: Acks | None = None, metrics: IntakeMetrics | None = None) -> set[int]:
         """The facts at ``late`` (their results (QUARANTINED, reason)) written to the stream, their input entries
         (``acks``: aligned with ``facts``) acknowledged with them; returns those of them written there before
-        (decided again: a caller's retry), each once. A fact not written (Redis did not answer) gets a refusal for
-        its result: not acknowledged, delivered again. ``metrics``: those written counted here (origin ``stream``:
-        facts an owner decided, ``FactDesk.quarantined_there``)."""
-        entries = None if acks is None else Acks(acks.group, [acks.entries[i] for i in late])
+        (decided again: a caller's retry), each once. A fact not written (Redis did not answer, or its entry is
+        another consumer's now) gets a refusal for its result: not acknowledged, delivered again. ``metrics``:
+        those written counted here (origin ``stream``: facts an owner decided, ``FactDesk.quarantined_there``)."""
+        entries = None if acks is None else Acks(acks.group, acks.consumer, [acks.entries[i] for i in late])
         try:
             written = await self.write(client, [(facts[i], results[i][1]) for i in late], entries)
         except STORAGE_ERRORS as exc:  # a cluster no node of which answers included
             # The facts are durable in the shard logs as quarantined; the operator's copy is not.
             # Refuse the acknowledgement so the caller (or the stream) delivers them again.
-            err = Unavailable(f"quarantine stream unreachable ({exc}); retry")
-            for i in late:
-                results[i] = err
-            return set()
+            refused = Unavailable(f"quarantine stream unreachable ({exc}); retry")
+            written = [None] * len(late)
+        else:
+            refused = Unavailable("its input entry was claimed by another consumer, which decides its fact",
+                                  Reason.CONCURRENT_CHANGE)
         for i, now in zip(late, written, strict=True):
-            if metrics is not None:
+            if now is None:
+                results[i] = refused
+            elif metrics is not None:
                 metrics.facts.labels("stream", _KIND_NAMES[facts[i].kind], "quarantined" if now else "duplicate").inc()
-        return {i for i, now in zip(late, written, strict=True) if not now}
+        return {i for i, now in zip(late, written, strict=True) if now is False}
 
     def not_owed(self, entries: list[E]) -> list[E]:
         """``entries`` but those (stream, entry id, ...) whose fact's write failed here: ``write_owed`` settles them."""
@@ -154,20 +168,23 @@ class QuarantineStream:
         """The facts of the input entries whose write failed here (``owed``) written again, with their entries'
         acknowledgements, and counted (``atp_facts_total``, E6): their shards decided them quarantined, and read
         again first, their entries would be decided again — applied, had room come back — while the stream may
-        hold them already (E8: decided once). False: Redis did not answer (they stay owed)."""
-        for group in {group for _, _, group in self.owed.values()}:
-            owed = [(entry, (fact, reason)) for entry, (fact, reason, g) in self.owed.items() if g == group]
+        hold them already (E8: decided once). One whose entry another consumer claimed meanwhile (this one's
+        Redis away longer than ``claim_idle_ms``) is not written: that one decides it. False: Redis did not
+        answer (they stay owed)."""
+        for reader in {(group, consumer) for _, _, group, consumer in self.owed.values()}:
+            owed = [(entry, (fact, reason)) for entry, (fact, reason, *r) in self.owed.items() if tuple(r) == reader]
             try:
-                flags = await self.write(client, [pair for _, pair in owed], Acks(group, [e for e, _ in owed]))
+                flags = await self.write(client, [pair for _, pair in owed], Acks(*reader, [e for e, _ in owed]))
             except STORAGE_ERRORS:
                 return False
             for (_, (fact, _)), now in zip(owed, flags, strict=True):
-                metrics.facts.labels("stream", _KIND_NAMES[fact.kind], "quarantined" if now else "duplicate").inc()
+                if now is not None:
+                    metrics.facts.labels("stream", _KIND_NAMES[fact.kind], "quarantined" if now else "duplicate").inc()
         return True
 
     def _call(self, facts: Sequence[tuple[Fact, str]], digests: Sequence[str],
               entries: Sequence[tuple[str, bytes]] | None) -> tuple[list[str], list[Any]]:
-        """One script call's keys, and its facts' values (ARGV after MAXLEN and the group)."""
+        """One script call's keys, and its facts' values (ARGV after MAXLEN, the group and the consumer)."""
         inputs = list(dict.fromkeys(stream for stream, _ in entries or ()))  # KEYS[3...]
         index = {stream: 3 + k for k, stream in enumerate(inputs)}
         values: list[Any] = []

@@ -221,13 +221,14 @@ async def test_a_user_denied_discard_leaves_no_transaction_open_on_the_write_con
 
 
 async def test_a_user_denied_a_command_the_service_never_sends_starts(redis_url: str, admin: aioredis.Redis) -> None:
-    """Only what the service sends is asked for: a user denied ``XPENDING`` (the service never sends it)
-    was refused. Each command asked is one the service's code sends (a script's or redis-py's)."""
+    """Only what the service sends is asked for: a user denied ``XCLAIM`` (the service never sends it; it
+    claims with ``XAUTOCLAIM``) starts. Each command asked is one the service's code sends (a script's or
+    redis-py's: ``XPENDING`` is, by the quarantine script and the refusal bound)."""
     sent = "\n".join(path.read_text() for path in PACKAGE.rglob("*.py") if path.name != "permissions.py")
     configs = [make_config(redis_wait_replicas=1), make_config(ownership="leases", advertise_address="127.0.0.1:1")]
     for command in {need.command.split()[0] for c in configs for need in service_needs(c, Keyspace("atp:"), ["w"])}:
         assert re.search(rf"['\"]{command}['\"]|\.{command.lower()}(_\w+)?\(", sent), f"{command} is never sent"
-    await set_user(redis_url, "~*", "+@all", "-xpending")
+    await set_user(redis_url, "~*", "+@all", "-xclaim")
     cfg = make_config()
     store = LogStore(open_nodes(as_user(redis_url), 2.0), cfg.key_prefix, 1)
     try:

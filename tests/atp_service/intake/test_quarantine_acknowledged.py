@@ -63,3 +63,36 @@ async def test_a_fact_quarantined_for_want_of_room_whose_write_s_answer_was_lost
         assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
     finally:
         await service.stop()
+
+
+async def test_an_owed_quarantine_write_leaves_alone_an_entry_another_consumer_claimed_meanwhile(
+        redis_server: EmbeddedRedis, redis_url: str) -> None:
+    """Defect: the write owed (the script never ran, its answer lost) was made once Redis answered again, however
+    long that took: past ``claim_idle_ms`` another process had claimed the entry and decided its fact — applied,
+    had it room — and the write then put the fact on the quarantine stream as not applied, and acknowledged the
+    entry the other process held. The script now writes (and acknowledges) a fact only while its entry is still
+    pending to this consumer: the one that holds it decides, and writes it if quarantined there."""
+    r = redis.Redis.from_url(redis_url)
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    tight = make_config(shards=1, redis_timeout_s=0.5, limits=Limits(max_dedupe_entries_per_shard=1))
+    service = AtpService(tight, await proxy.start())
+    try:
+        await service.start()
+        assert service.desk is not None
+        owed = service.desk.quarantine.owed
+        r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields())  # remembered: the shard is at its bound
+        await wait_consumed(redis_url, [STREAM])
+        proxy.hold(b"ZREMRANGEBYRANK", reset=True)  # the quarantine script, and each try again: never run
+        entry = r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # a new fact past the bound
+        await until(lambda: owed and proxy.held, "the quarantine write owed, its script held")
+        # Another process's claim of an entry idle past claim_idle_ms (XAUTOCLAIM), here at once: it decides e2.
+        assert r.xclaim(STREAM, "atp", "other", 0, [entry], justid=True) == [entry]
+        proxy.hold()
+        proxy.drop()  # the scripts held never run; Redis answers this process again
+        await until(lambda: not owed, "the owed write settled")
+        assert r.xrange("atp:quarantine") == [], "not written: the other process decides e2"
+        (pending,) = r.xpending_range(STREAM, "atp", "-", "+", 10)
+        assert (pending["message_id"], pending["consumer"]) == (entry, b"other"), "still the other's to settle"
+    finally:
+        await service.stop()
+        await proxy.close()
