@@ -11,8 +11,9 @@ The callers file (TOML) holds only SHA-256 hashes of tokens, never the tokens:
 ``authorization: Bearer <token>`` metadata. Roles: ``oms`` (reserve/confirm/release/fulfil and
 reads), ``ingest`` (RecordEvents, LoadCounts), ``channel`` (WatchAvailability and reads), ``admin`` (safety
 stock, estate reload and reads), ``peer`` (order steps between the service processes of one
-keyspace, and facts from the input streams sent to their groups' owners). Health checks and
-reflection stay open for probes and tools.
+keyspace, and facts from the input streams sent to their groups' owners: only a peer may send
+``atp-quarantine-by-sender``, which has the facts it quarantines go unwritten and uncounted where they are
+decided). Health checks and reflection stay open for probes and tools.
 Every denial is ``UNAUTHENTICATED`` or ``PERMISSION_DENIED``, counted in ``atp_auth_denied_total``, with
 an audit log line — rate-limited, so that a flood of calls without a token cannot flood the log. A
 denied call's request bytes are never parsed: the caller is refused before anything is read.
@@ -33,6 +34,7 @@ from atp_client import PERMISSIONS, new_token, token_hash
 from atp_service.edge.errors import abort as abort_with
 from atp_service.edge.errors import status_of
 from atp_service.edge.ratelog import RateLimitedLog
+from atp_service.intake.owners import SENDER_WRITES_KEY
 from atp_service.metrics import EdgeMetrics
 from reservation import DomainError, Reason
 
@@ -42,6 +44,8 @@ OPEN_SERVICES = frozenset({
     "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection",
 })
 MAX_TOKEN_BYTES = 512
+PEER_ROLE = "peer"
+"""The role of the service's own processes calling each other: alone may send ``SENDER_WRITES_KEY``."""
 _CALLER_KEYS = frozenset({"name", "roles", "token_sha256"})
 __all__ = ["PERMISSIONS", "AuthInterceptor", "Caller", "Callers", "CallersError", "load_callers", "new_token",
            "token_hash"]
@@ -148,6 +152,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             roles = ", ".join(sorted(caller.roles))
             return self._deny(handler, method, caller.name, DomainError(
                 f"caller {caller.name!r} (roles: {roles}) may not call {method}", Reason.ROLE_NOT_PERMITTED,
+                metadata={"method": method, "roles": roles}))
+        if PEER_ROLE not in caller.roles and any(k == SENDER_WRITES_KEY for k, _ in details.invocation_metadata or ()):
+            roles = ", ".join(sorted(caller.roles))
+            return self._deny(handler, method, caller.name, DomainError(
+                f"caller {caller.name!r} (roles: {roles}) may not send {SENDER_WRITES_KEY} (a peer's: the facts "
+                f"it quarantines go unwritten here)", Reason.ROLE_NOT_PERMITTED,
                 metadata={"method": method, "roles": roles}))
         return handler
 
