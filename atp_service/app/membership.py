@@ -25,7 +25,7 @@ from typing import Any
 from atp_service.app.balancing import FreeWatch, RenewalPace, address_of, plan_balance, preference
 from atp_service.app.handing import NotRecovered, hand_over_all
 from atp_service.app.lost_entries import say_if_lost
-from atp_service.app.shared_address import SharedAddressWatch, refuse_if_shared
+from atp_service.app.shared_address import MEMBERS_SCRIPT, SharedAddressWatch, refuse_if_shared
 from atp_service.config import ServiceConfig
 from atp_service.edge.fits import routing_refusal
 from atp_service.edge.routing import Route, RoutingTable
@@ -37,7 +37,7 @@ from atp_service.metrics import EngineMetrics, MembershipMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import Fenced, LogStore
-from atp_service.storage.nodes import Call, Script
+from atp_service.storage.nodes import Call
 from atp_service.storage.records import number_of
 from atp_service.storage.resp import as_text
 from atp_service.tasks import all_kept_ended, cancel_and_wait, exception_seen, keep
@@ -46,20 +46,6 @@ log = logging.getLogger(__name__)
 
 SAFETY = 0.8
 """Of a lease, counted from when its renewal was sent: past it the group is not answered for."""
-# KEYS: members; ARGV: entry, ttl ms (0: leave), an entry of this process's to remove ('': none). Redis's own clock
-# times the entries out (the processes' clocks need not agree). Returns {1 where the entry was new, the live members}.
-MEMBERS_SCRIPT = Script("""
-local t, added = redis.call('TIME'), 0
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if tonumber(ARGV[2]) > 0 then
-  added = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-else
-  redis.call('ZREM', KEYS[1], ARGV[1])
-end
-if ARGV[3] and ARGV[3] ~= '' then redis.call('ZREM', KEYS[1], ARGV[3]) end
-return {added, redis.call('ZRANGE', KEYS[1], 0, -1)}
-""")
 
 
 class Membership:
@@ -78,6 +64,7 @@ class Membership:
         self.members: list[str] = []
         self._address_watch = SharedAddressWatch(self.address, self.leases.holder, must_stop)  # armed: the start's
         self._entry, self._retired = self.leases.holder, ""  # its member entry; one it left (registered anew)
+        self._answered = True  # the last members call's answer heard (lost: the next is told whether it added anew)
         self._leaving = False  # stopping: its entry removed at each renewal, not renewed
         self._renewing = asyncio.Lock()  # one renewal at a time: a stop's removal lands after any under way
         self._handing: set[int] = set()
@@ -239,11 +226,13 @@ class Membership:
         """This process's entry in the members renewed (removed, leaving), and the members read; '' when done,
         else why not (the last list read stands): its node failing over must not let every lease lapse."""
         retired, ttl = self._retired, 0 if self._leaving else self._config.lease_ms
+        answered, self._answered = self._answered, False  # until answered: it may run, adding the entry anew
         try:
-            added, members = await self._store.nodes.run_one(
-                Call(MEMBERS_SCRIPT, [self._store.keys.members], [self._entry, ttl, retired]))
+            added, members = await self._store.nodes.run_one(Call(
+                MEMBERS_SCRIPT, [self._store.keys.members], [self._entry, ttl, retired, int(answered)]))
         except STORAGE_ERRORS as exc:
             return f"members: {exc!r}"
+        self._answered = True
         self.members = [as_text(m) for m in members]
         self._check_routing()
         self._address_watch.check(self.members, anew=bool(added) and not retired)  # its entry had lapsed: back late

@@ -10,7 +10,7 @@ other process, which refused them ``GROUP_MOVED`` naming no owner, and ``GetRout
 clients there too — with nothing said anywhere. A start finding another live process at its address
 refuses instead (``StartupError``: exit status 2), before it takes any group.
 
-Live is proven by Redis, not by time: a process's entry in the members (``membership.MEMBERS_SCRIPT``)
+Live is proven by Redis, not by time: a process's entry in the members (``MEMBERS_SCRIPT``)
 is renewed every third of a lease, its score (its expiry, by Redis's clock) rising each time. An entry
 at this address that rises, or that appears, is a live process's. One that is left as it is belongs
 to a process that stopped renewing — killed, or paused, and restarted here — and Redis drops it once
@@ -37,9 +37,29 @@ from atp_service.app.balancing import address_of
 from atp_service.app.keyspace import StartupError
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import Script
 from atp_service.storage.resp import as_text
 
 log = logging.getLogger(__name__)
+
+# KEYS: members; ARGV: entry, ttl ms (0: leave), an entry of the process's to remove ('': none), '0' where the
+# last call's answer was lost. Redis's own clock times the entries out (the processes' clocks need not agree).
+# Returns {1 where the entry was new, the live members}. An entry added anew keeps half a ms on its score until
+# a call whose sender heard the last answer renews it: a call that added it, its answer lost, is told by the next.
+MEMBERS_SCRIPT = Script("""
+local t, added = redis.call('TIME'), 0
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if tonumber(ARGV[2]) > 0 then
+  local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if not was or (ARGV[4] == '0' and tonumber(was) % 1 ~= 0) then added = 1 end
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]) + added / 2, ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+if ARGV[3] and ARGV[3] ~= '' then redis.call('ZREM', KEYS[1], ARGV[3]) end
+return {added, redis.call('ZRANGE', KEYS[1], 0, -1)}
+""")
 
 LOOKS_PER_LEASE = 6
 """How often the members are read while an entry at this address is waited out: twice per renewal
@@ -144,4 +164,4 @@ def _say_waiting(address: str, entries: list[str], lease_ms: int) -> None:
              extra={"event": "address_waiting", "entries": entries})
 
 
-__all__ = ["SharedAddressWatch", "others_at", "refuse_if_shared"]
+__all__ = ["MEMBERS_SCRIPT", "SharedAddressWatch", "others_at", "refuse_if_shared"]
