@@ -108,8 +108,8 @@ class ServiceConfig:
     """gRPC core's HTTP/2 server transport, which decides what a call refused at the door (past
     ``max_pending_calls``) is told: ``classic`` (chttp2) resets it — the client sees CANCELLED;
     ``promise`` (grpcio's experimental ``ph2_server``) answers RESOURCE_EXHAUSTED, at no measurable
-    throughput cost (benchmarks/RESULTS.md); not the default while grpcio calls it an experiment.
-    ``atp-service serve`` re-executes itself with ``GRPC_EXPERIMENTS`` set to match (transport.py)."""
+    throughput cost (benchmarks/RESULTS.md); not the default while grpcio calls it an experiment, nor where callers
+    may write ahead (it holds to no ``stream_window_bytes``). ``atp-service serve`` re-executes itself to match."""
 
     max_queue_delay_ms: int = 1000
     """Shed load: while a shard's queued work has waited longer than this, new work is refused
@@ -190,7 +190,7 @@ class ServiceConfig:
     stream_window_bytes: int = 64 * 1024
     """Bytes of a call's request that gRPC takes from its caller before the service reads them (the HTTP/2 stream
     window, fixed): a ReserveStream's batches past those being decided wait on the caller's side. Left to itself,
-    gRPC grows the window with the connection's measured bandwidth, to 4 MiB and more a stream, all held unread."""
+    gRPC grows the window with the bandwidth, to 4 MiB and more a stream, all unread (``classic`` only: see below)."""
 
     max_reserve_streams: int = 1024
     """ReserveStream calls open at once (one cancelled counts until its batches are decided); more are refused

@@ -117,8 +117,7 @@ class AtpService:
             log.warning("http2_transport %s configured but gRPC runs %s (set %s=%s before importing grpc)",
                         self.config.http2_transport, running, transport.ENV,
                         transport.experiments_for(self.config.http2_transport, os.environ.get(transport.ENV)))
-        log.info("gRPC HTTP/2 transport %s: calls past max_pending_calls (%d) are answered %s", running,
-                 self.config.max_pending_calls, transport.refusal_status(running))
+        transport.note(running, self.config.max_pending_calls, self.config.stream_window_bytes)
 
     async def start(self) -> None:
         """Listen (health NOT_SERVING), recover every shard, start the desks; then SERVING. A

@@ -52,6 +52,19 @@ def refusal_status(transport: str) -> str:
     return "RESOURCE_EXHAUSTED" if transport == "promise" else "CANCELLED"
 
 
+def note(running: str, max_pending_calls: int, stream_window_bytes: int) -> None:
+    """Says at the start what ``running`` answers a call refused at the door, and whether it holds to the window."""
+    log.info("gRPC HTTP/2 transport %s: calls past max_pending_calls (%d) are answered %s", running,
+             max_pending_calls, refusal_status(running))
+    if running == "promise":
+        # grpcio 1.85's ph2_server takes a call's request bytes whatever the service has read: a ReserveStream's
+        # caller writing ahead of a service deciding nothing had 100 MB taken on one stream, unread, in memory.
+        log.warning("gRPC HTTP/2 transport promise: stream_window_bytes (%d) is not enforced, a call's request is "
+                    "taken whole however little the service has read (a ReserveStream's batches written ahead of "
+                    "those decided are held in memory without bound); run classic where callers are not trusted "
+                    "to write only what they have answers for", stream_window_bytes)
+
+
 def reexec_for(transport: str) -> None:
     """Replace this process (same pid, same arguments) by one that runs ``transport``; returns when
     that is already the case. Call it before any gRPC server or channel exists."""

@@ -181,3 +181,16 @@ def test_with_the_promise_transport_a_flood_past_the_queue_is_refused_resource_e
             await calls.check_refused_were_never_applied()
 
     asyncio.run(flood())
+
+
+def test_with_the_promise_transport_the_start_says_the_stream_window_is_not_enforced(
+        redis_url: str, tmp_path: Path) -> None:
+    """grpcio 1.85's promise transport takes a call's request whatever the service has read: a ReserveStream written
+    ahead of a service deciding nothing had 100 MB taken on one stream, unread (the classic transport: 64 KiB,
+    ``stream_window_bytes``). The start said nothing of it, the settings and OPERATIONS.md a bound for every call."""
+    log = tmp_path / "serve.log"
+    proc, _, startup = serve(redis_url, log, "--http2-transport", "promise", "--stream-window-bytes", "32768")
+    proc.terminate()
+    assert stop_or_explain(proc, log) == 0
+    assert "re-executing with GRPC_EXPERIMENTS=ph2_server" in startup
+    assert "stream_window_bytes (32768) is not enforced" in startup, startup
