@@ -30,6 +30,12 @@ from atp_service.metrics import EdgeMetrics
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
+MIN_PING_INTERVAL_MS = 5_000
+"""The shortest interval between a caller's pings this server takes on a call with nothing sent: the other
+processes of a keyspace ping their channels to this one (forward.PEER_KEEPALIVE_MS), clients their watches and
+streams (atp_client ``KEEPALIVE_S``). Pings closer are strikes: a third ends the connection (GOAWAY too_many_pings).
+gRPC's key is ``grpc.http2.min_ping_interval_without_data_ms``: the one set before (``min_recv_…``) is no key of
+gRPC's, ignored, the server at gRPC's 5 minutes: a watch pinged every 20 s ended UNAVAILABLE "Too many pings"."""
 
 
 def new_server(cfg: ServiceConfig, interceptors: list[grpc.aio.ServerInterceptor[Any, Any]]) -> grpc.aio.Server:
@@ -40,8 +46,7 @@ def new_server(cfg: ServiceConfig, interceptors: list[grpc.aio.ServerInterceptor
         # Bounded: the queue gRPC keeps ahead of the service (see ServiceConfig.max_pending_calls).
         ("grpc.server.max_pending_requests", max(1, cfg.max_pending_calls // 2)),
         ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
-        # The other processes of a keyspace ping their channels to this one (forward.PEER_KEEPALIVE_MS).
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         # Bounded: a call's request bytes gRPC takes before the service reads them (ServiceConfig.stream_window_bytes).
         # gRPC's BDP probing would grow every stream's window to 4 MiB and more: a ReserveStream's caller writing
         # past the batches being decided had them all held unread here, each of max_reserve_streams streams.

@@ -46,6 +46,25 @@ MAX_ANSWER_BYTES = (1 << 31) - 1
 at most gRPC's int32 bound), each answer bounded there by the service. gRPC's own default, 4 MiB, refused
 in this client every answer of a service whose limit was raised past it — a change made, told
 RESOURCE_EXHAUSTED with no reason ("Received message larger than max"), and its retry the same for ever."""
+KEEPALIVE_S = 20.0
+"""Pings on a channel with a call open, by default (``AtpClient(keepalive_s=…)``): a service that stops
+answering (its process paused, a network dropping its packets, the TCP connection left open) ends the calls
+open on it ``Retryable`` (UNAVAILABLE) within this and ``KEEPALIVE_TIMEOUT_S``. Without them a watch
+(WatchAvailability: the service may send nothing for hours) waited for ever, told nothing. The service
+takes pings 5 s apart at the closest (its ``MIN_PING_INTERVAL_MS``): closer, it ends the connection."""
+KEEPALIVE_TIMEOUT_S = 10.0
+"""How long a ping waits for its answer before the connection, and every call open on it, is given up."""
+
+
+def keepalive_options(keepalive_s: float, timeout_s: float) -> list[tuple[str, Any]]:
+    """gRPC's channel options pinging every ``keepalive_s`` while a call is open (none while idle)."""
+    return [("grpc.keepalive_time_ms", round(keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", round(timeout_s * 1000)),
+            ("grpc.http2.ping_timeout_ms", round(timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 0),
+            # gRPC's default (2) stops pinging once two pings went with no data sent: a watch sends none
+            # after its request, and a service silent from then on was never found out.
+            ("grpc.http2.max_pings_without_data", 0)]
 
 
 @dataclass(frozen=True)
@@ -172,14 +191,18 @@ class AtpClient:
     ``max_request_bytes``: a request (or ``reserve_stream`` batch) larger is refused ``InvalidRequest`` before it
     is sent — set it to the service's ``max_message_bytes`` where that is not the default (None: no bound here);
     ``max_stream_inflight``: ``reserve_stream`` batches sent and not answered, at most; ``max_batch_reservations``:
-    a ``reserve_stream`` batch of more is refused ``InvalidRequest`` before it is sent (the service's, None: no bound).
+    a ``reserve_stream`` batch of more is refused ``InvalidRequest`` before it is sent (the service's, None: no bound);
+    ``keepalive_s``: pings while a call is open, a ping not answered within ``keepalive_timeout_s`` ending every
+    call open ``Retryable`` (UNAVAILABLE): a watch on a service gone silent ends within the two (None: no pings;
+    at least 5 s for the service, which ends a connection pinged more often).
     Refusals raise a typed ``AtpError`` carrying the reason and field violations."""
 
     def __init__(self, target: str, *, timeout_s: float = 10.0, options: Sequence[tuple[str, Any]] = (),
                  token: str | None = None, credentials: grpc.ChannelCredentials | None = None,
                  retry: RetryPolicy | None = None, max_request_bytes: int | None = MAX_REQUEST_BYTES,
                  max_stream_inflight: int = MAX_STREAM_INFLIGHT,
-                 max_batch_reservations: int | None = MAX_BATCH_RESERVATIONS) -> None:
+                 max_batch_reservations: int | None = MAX_BATCH_RESERVATIONS,
+                 keepalive_s: float | None = KEEPALIVE_S, keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> None:
         if max_request_bytes is not None and max_request_bytes < 1:
             raise ValueError(f"max_request_bytes: must be at least 1 (None: no bound), got {max_request_bytes}")
         if max_stream_inflight < 1:
@@ -187,14 +210,19 @@ class AtpClient:
         if max_batch_reservations is not None and max_batch_reservations < 1:
             raise ValueError("max_batch_reservations: must be at least 1 (None: no bound), "
                              f"got {max_batch_reservations}")
+        for name, value in (("keepalive_s", keepalive_s), ("keepalive_timeout_s", keepalive_timeout_s)):
+            if value is not None and not (math.isfinite(value) and value >= 0.001):
+                raise ValueError(f"{name}: must be at least 0.001 seconds (keepalive_s None: no pings), got {value}")
         self.target = target
         self.timeout_s = timeout_s
         self.retry = retry
         self.max_request_bytes = max_request_bytes
         self.max_stream_inflight = max_stream_inflight
         self.max_batch_reservations = max_batch_reservations
-        receive = () if any(key == RECEIVE_KEY for key, _ in options) else ((RECEIVE_KEY, MAX_ANSWER_BYTES),)
-        options = [*receive, *options, *(retry.channel_options() if retry else ())]
+        given = {key for key, _ in options}
+        ours = [(RECEIVE_KEY, MAX_ANSWER_BYTES),
+                *(keepalive_options(keepalive_s, keepalive_timeout_s) if keepalive_s is not None else ())]
+        options = [*(o for o in ours if o[0] not in given), *options, *(retry.channel_options() if retry else ())]
         interceptors = _metadata_interceptors([("authorization", f"Bearer {token}")]) if token else None
         if credentials is not None:
             self.channel = grpc.aio.secure_channel(target, credentials, options=list(options),
