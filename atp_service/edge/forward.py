@@ -80,6 +80,8 @@ _OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.keepalive_time_ms", PEER_KEEPALIVE_MS),
     ("grpc.keepalive_timeout_ms", PEER_KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", PEER_KEEPALIVE_TIMEOUT_MS),  # grpcio 1.85 times a ping out by this one (1 min)
+    ("grpc.http2.max_pings_without_data", 0),  # else pings stop after 2 on a call sending nothing (a quiet stream)
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.initial_reconnect_backoff_ms", PEER_RECONNECT_MAX_MS),
     ("grpc.max_reconnect_backoff_ms", PEER_RECONNECT_MAX_MS),
