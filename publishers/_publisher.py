@@ -177,8 +177,8 @@ class Publisher:
         groups = await self.client.xinfo_groups(cfg.stream)
         self._position = next((seq_of(g["last-delivered-id"]) for g in groups if as_text(g["name"]) == cfg.group), 0)
         self._bucket = TokenBucket(cfg.rate_limit_per_s, cfg.burst, self._now_ms())
-        if self._delivered:  # C2: what a holder before this taking spent is not known; full, each move sent a burst
-            self._bucket.tokens = 0.0
+        if self._delivered:  # C2: what a holder before this taking spent is not known
+            self._bucket.assume_spent()
 
     # -- reading -------------------------------------------------------------------
     async def _read(self, start: str) -> Read:

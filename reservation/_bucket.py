@@ -12,6 +12,11 @@ class TokenBucket:
         self.rate, self.burst = rate_per_s, max(1, burst or int(rate_per_s))
         self.tokens, self._at = float(self.burst), now_ms
 
+    def assume_spent(self) -> None:
+        """No token left: what a holder before this one spent is not known (C2: a restart, or a publisher's lease
+        taken from another holder). Left full, each such start sent a whole burst past the channel's rate."""
+        self.tokens = 0.0
+
     def refill(self, now_ms: int) -> None:
         if now_ms > self._at:
             self.tokens = min(float(self.burst), self.tokens + (now_ms - self._at) * self.rate / 1000.0)

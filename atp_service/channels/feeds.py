@@ -128,8 +128,8 @@ def next_feeds(channels: dict[str, Channel], known: dict[str, Feed], stored: dic
             published, version = stored[name]
             feeds[name] = feed = RunFeed(name, channel.policy, now_ms, published, version)
             feed.held_until = now_ms + channel.policy.throttle_ms  # C2: its keys' last intervals were another's
-            if published:  # C2: what the bucket had left is not known either; full, a restart gave a burst again
-                feed.bucket.tokens = 0.0
+            if published:  # C2: what the bucket had left is not known either
+                feed.bucket.assume_spent()
     return feeds, {name: feed for name, feed in known.items() if name not in feeds and feed.in_flight}
 
 
