@@ -211,6 +211,8 @@ class ChannelMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry or CollectorRegistry()
+        self._channels: set[str] = set()
+        """The channels exported (``export_channels``): the estate's now."""
         self.delay = Histogram(
             "atp_channel_publish_delay_seconds",
             "Source time of the newest change behind a value -> published, by channel and kind",
@@ -219,28 +221,22 @@ class ChannelMetrics:
         )
         self.published = Counter(
             "atp_channel_updates_published_total", "Channel updates written, by kind (stockout, baseline, change)",
-            ["channel", "kind"], registry=r,
-        )
+            ["channel", "kind"], registry=r)
         self.coalesced = Counter(
             "atp_channel_coalesced_total", "Curated values replaced by a newer one before being published",
-            ["channel"], registry=r,
-        )
+            ["channel"], registry=r)
         self.throttled = Counter(
             "atp_channel_throttled_total", "Changes that had to wait for their key's throttle interval (C2)",
-            ["channel"], registry=r,
-        )
+            ["channel"], registry=r)
         self.pending = Gauge(
             "atp_channel_pending", "Changes waiting (throttle interval or rate limit) per channel", ["channel"],
-            registry=r,
-        )
+            registry=r)
         self.oldest_wait = Gauge(
             "atp_channel_oldest_wait_seconds", "How long the oldest change past its throttle interval has waited "
-            "for the rate limit, per channel", ["channel"], registry=r,
-        )
+            "for the rate limit, per channel", ["channel"], registry=r)
         self.overdue = Counter(
             "atp_channel_overdue_total", "Changes published after waiting past their throttle interval longer than "
-            "the channel's max_wait_ms (taken before the velocity order, C2)", ["channel"], registry=r,
-        )
+            "the channel's max_wait_ms (taken before the velocity order, C2)", ["channel"], registry=r)
         self.write_failures = Counter(
             "atp_channel_write_failures_total", "Channel stream writes that failed (retried), and each failed "
             "fence of their settling, by why: " + ", ".join(APPEND_FAILURE_REASONS), ["reason"], registry=r)
@@ -248,8 +244,7 @@ class ChannelMetrics:
         zeroed(self.write_failures, *((reason,) for reason in APPEND_FAILURE_REASONS))
         self.settles = Counter(
             "atp_channel_settles_total", "Failed channel writes settled after fencing, by what the streams held "
-            "(landed, not_landed; refused: the write script refused it, nothing landed)", ["outcome"], registry=r,
-        )
+            "(landed, not_landed; refused: the write script refused it, nothing landed)", ["outcome"], registry=r)
         zeroed(self.settles, ("landed",), ("not_landed",), ("refused",))
         self.published_again = Counter(
             "atp_channel_keys_published_again_total", "Keys offered again at a new version on a publisher's word that "
@@ -262,9 +257,7 @@ class ChannelMetrics:
         )
         self.curation_seconds = Histogram(
             "atp_channel_curation_seconds", "Time to re-curate the SKUs changed since the last round",
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )
-
+            buckets=_LATENCY_BUCKETS, registry=r)
 
     def feed_published(self, channel: str, coalesced: int, throttled: int, overdue: int) -> None:
         """A feed's counts since its last write, once it was written."""
@@ -277,9 +270,16 @@ class ChannelMetrics:
         self.write_failures.labels(reason).inc()
 
     def export_channels(self, names: Iterable[str]) -> None:
-        """Each channel's update counts exported at 0 from the start (``zeroed``): an alert on their
-        ``increase()`` (ATPChannelWithoutPublisher) would miss a channel's first updates."""
-        zeroed(self.published, *((name, kind) for name in names for kind in ("stockout", "baseline", "change")))
+        """The estate's channels, at the start and at each reload: each one's update counts exported at 0 from then
+        (``zeroed``): an alert on their ``increase()`` (ATPChannelWithoutPublisher) would miss a channel's first
+        updates. A channel's feed gauges go with it: kept, a channel a reload took out said its last backlog for
+        good (ATPChannelChangesOverdue firing for a channel that no longer is)."""
+        now = set(names)
+        zeroed(self.published, *((name, kind) for name in now for kind in ("stockout", "baseline", "change")))
+        for gone in self._channels - now:
+            self.pending.remove(gone)
+            self.oldest_wait.remove(gone)
+        self._channels = now
 
 class EdgeMetrics:
     """The gRPC face. ``shed``, ``facts`` and ``capacity_refusals`` are the engine's and the intake's

@@ -227,6 +227,7 @@ class AtpService:
                 raise StartupError("estate: channels were off at start; restart the service to turn them on")
             def swapped() -> None:  # with the desk's swap: a caller gone during its passes leaves no half (R8)
                 self.estate = estate
+                self.metrics.channels.export_channels(estate.channels)  # a channel added at 0, one taken out gone
                 if self.engine is not None:
                     self.engine.group_policies, self.engine.default_group_policy = group_policies(estate)
                     self.engine.set_safety_defaults(estate.safety_defaults)
