@@ -320,7 +320,8 @@ class EdgeMetrics:
             "atp_calls_in_progress", "Calls the service is handling now (an open stream counts once)", registry=r)
         self.forwarded = Counter(
             "atp_forwarded_calls_total", "Calls for a shard group another service process owns, by method and "
-            "outcome: forwarded to the owner (ok, error: the owner's refusal or no answer) or redirected",
+            "outcome: forwarded to the owner (ok, error: the owner's refusal or no answer), redirected, or located "
+            "(a reservation held at another process, answered by it once every other was asked)",
             ["method", "outcome"], registry=r,
         )
         self.shed = shed or EngineMetrics().shed
