@@ -73,6 +73,7 @@ class Membership:
         self._vacating: dict[int, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._longest = self.address  # the longest member address GetRouting's bound was checked with
+        self._replayed = 0  # log entries the groups taken here replayed: the start's, atp_recovery_entries
         engine.where = self.where
         store.on_group_lost.append(self._fenced)
 
@@ -113,6 +114,7 @@ class Membership:
         except BaseException:
             await cancel_and_wait(renewing)
             raise
+        self._engine_metrics.recovered_entries.set(self._replayed)  # the first share's, as atp_recovery_seconds
         self._tasks = [renewing, loop.create_task(self._forever(self.balance, self._balance_s), name="leases-balance")]
 
     async def stop(self) -> None:
@@ -359,6 +361,7 @@ class Membership:
             log.warning("group %d: lost while it was recovered; not served here", group)
             return  # given up meanwhile (its lease gone, or a write refused): never installed
         self._engine.install(actor)
+        self._replayed += replayed
         took_s, number = time.monotonic() - started, number_of(epoch)
         self._metrics.taken.inc()
         self._metrics.take_seconds.observe(took_s)
