@@ -3,6 +3,7 @@ settings take their value from, and the checks of the settings that depend on on
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,14 @@ PORTS = {"port": 0, "metrics_port": -1}
 def check_bounds(cfg: Any) -> None:
     """Each setting of ``POSITIVE``, ``NON_NEGATIVE``, ``RANGES`` and ``PORTS`` within its range, refused by name
     otherwise: a port past 65535 would be bound modulo 65536, somewhere no client looks."""
+    # Written so that NaN fails them (every comparison with it is false), and infinity too: float() reads
+    # "nan" and "inf", and a timer of either ended the start on an error naming no setting, or never fired.
     for name in POSITIVE:
-        if getattr(cfg, name) <= 0:  # floats too (redis_timeout_s 0.5)
-            raise ValueError(f"{name}: must be positive, got {getattr(cfg, name)}")
+        if not 0 < getattr(cfg, name) < math.inf:  # floats too (redis_timeout_s 0.5)
+            raise ValueError(f"{name}: must be positive (and finite), got {getattr(cfg, name)}")
     for name in NON_NEGATIVE:
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{name}: must be at least 0, got {getattr(cfg, name)}")
+        if not 0 <= getattr(cfg, name) < math.inf:
+            raise ValueError(f"{name}: must be at least 0 (and finite), got {getattr(cfg, name)}")
     for name, (lowest, highest) in RANGES.items():
         if not lowest <= getattr(cfg, name) <= highest:
             raise ValueError(f"{name}: must be within [{lowest}, {highest}], got {getattr(cfg, name)}")

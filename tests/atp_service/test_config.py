@@ -204,6 +204,14 @@ def test_a_limit_out_of_its_range_is_refused_at_start_naming_it(variable: str, v
     ("ATP_TRACING_EXPORT_TIMEOUT_S", "0", "tracing_export_timeout_s"),  # every export failed at once
     ("ATP_OWNER_CHECK_S", "0", "owner_check_s"),
     ("ATP_SNAPSHOT_RETRY_MAX_S", "0", "snapshot_retry_max_s"),
+    # float() reads these: NaN passed every "<= 0" check, and the start failed later on an unnamed
+    # ValueError (a timer of NaN seconds) or ran with it (a stall never noticed, a grace never over)
+    ("ATP_REDIS_TIMEOUT_S", "nan", "redis_timeout_s"),
+    ("ATP_REDIS_TIMEOUT_S", "inf", "redis_timeout_s"),
+    ("ATP_STREAM_STALL_S", "nan", "stream_stall_s"),
+    ("ATP_SHUTDOWN_GRACE_S", "inf", "shutdown_grace_s"),
+    ("ATP_VELOCITY_HALF_LIFE_S", "-nan", "velocity_half_life_s"),
+    ("ATP_SNAPSHOT_WRITE_MB_PER_S", "infinity", "snapshot_write_mb_per_s"),
 ])
 def test_a_setting_out_of_its_range_is_refused_at_start_naming_it(variable: str, value: str, named: str) -> None:
     with pytest.raises(ValueError, match=f"^{named}: must be"):
