@@ -39,6 +39,8 @@ about 1.5 GB for 10 million rows, while the rows themselves go a piece at a time
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INTEGER = r"^[ \t]*-?[0-9]{1,18}[ \t]*$"
 """What both paths read as a count: digits, a minus sign, spaces around (18 digits fit int64)."""
+MAX_TIME_DIGITS = 18
+"""Digits an epoch-ms time may have: as many as a count (``_INTEGER``), all of which fit int64."""
 Ints = npt.NDArray[np.int64]
 _FIELD = rb'(?:"(?:[^"]|"")*+"(?!")[^,\n]*+|[^",\n][^,\n]*+|)'
 _RECORDS = re.compile(rb"(?:%s(?:,%s)*\n)*" % (_FIELD, _FIELD))
@@ -80,6 +82,8 @@ def parse_time(text: str) -> int:
     "Z" be "z" (5.6), which ``fromisoformat`` refuses: every row of such an extract was rejected."""
     text = text.strip()
     if text.isdigit():
+        if len(text) > MAX_TIME_DIGITS:  # else the block's int64 column raised OverflowError: the load ended
+            raise ValueError(f"{text[:40]!r}: more than {MAX_TIME_DIGITS} digits, past any epoch ms")
         return int(text)
     moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
     if moment.tzinfo is None:

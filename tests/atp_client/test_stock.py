@@ -92,6 +92,19 @@ def test_a_file_without_the_columns_is_refused_before_anything_is_sent() -> None
         Extract(io.BytesIO(b"sku,qty\nA,1\n"), T0)
 
 
+def test_an_epoch_time_past_int64_is_a_bad_row_not_the_end_of_the_load(reader: str) -> None:
+    """An as_of of more digits than an int64 holds was read as a number, and putting it in the block's int64
+    column raised OverflowError: the load ended on a traceback, naming no row, the rows of the pieces before
+    it sent already. It is a row that cannot be read, like any other."""
+    text = "sku,location,on_hand,as_of\nA,S1,5,\nB,S1,6,99999999999999999999\nC,S1,7,1795395600000\n"
+    good, bad, rows = _read(text.encode())
+    assert [(line, sku) for line, sku, *_ in good] == [(2, "A"), (4, "C")] and rows == 3
+    assert [(line, reason.split(":")[0]) for line, reason in bad] == [(3, "as_of")]
+    assert "99999999999999999999" in bad[0][1]
+    with pytest.raises(ValueError, match="digits"):
+        parse_time("9" * 19)  # --as-of too: a bad command line, not a traceback
+
+
 def test_a_time_without_zone_is_refused() -> None:
     with pytest.raises(ValueError, match="time zone"):
         parse_time("2026-11-28T06:00:00")
