@@ -162,7 +162,8 @@ def parse_estate(data: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Estat
         safety = raw.get("safety_stock")
         if safety is not None:
             safety = _safety_stock(f"{where}.safety_stock", safety, limits)
-        for loc_id in ids:
+        for k, loc_id in enumerate(ids):
+            _check_name(f"{where}.ids[{k}]" if "ids" in raw else f"{where}.id", loc_id, limits)
             if loc_id in locations:
                 raise EstateError(f"{where}.id: {loc_id!r} is defined twice")
             locations[loc_id] = Location(loc_id, kind, region)
@@ -173,6 +174,7 @@ def parse_estate(data: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Estat
     if not isinstance(raw_groups, dict):
         raise EstateError("groups: must be a table of group = [locations] or {type, region}")
     for name, members in raw_groups.items():
+        _check_name(f"groups.{name}" if name.isprintable() else f"groups.{name!r}", name, limits)
         if name in locations:
             raise EstateError(f"groups.{name}: a location has the same id")
         groups[name] = _group(name, members, locations)
@@ -194,13 +196,19 @@ RESERVED_CHANNEL_NAMES = frozenset({"owner", "fence"})
 STATE_SUFFIX = ":state"
 
 
-def _check_channel_name(where: str, name: str, limits: Limits) -> None:
-    """A channel's name is its Redis keys' (``Keyspace.channel_stream``) and what callers name in
-    WatchAvailability and Reserve: an id those accept, and never one of the feeds' own keys."""
+def _check_name(where: str, name: str, limits: Limits) -> None:
+    """A name callers give the API (a location or a group: a Reserve line's location, a fact's) is an id it
+    accepts: one ``check_id`` refuses was taken, and every fact and Reserve naming it refused (C1: never offered)."""
     try:
         check_id(where, name, limits)
     except InvalidArgument as exc:
         raise EstateError(exc.message) from None
+
+
+def _check_channel_name(where: str, name: str, limits: Limits) -> None:
+    """A channel's name is its Redis keys' (``Keyspace.channel_stream``) and what callers name in
+    WatchAvailability and Reserve: an id those accept, and never one of the feeds' own keys."""
+    _check_name(where, name, limits)
     if name in RESERVED_CHANNEL_NAMES:
         raise EstateError(f"{where}: {name!r} is reserved (a key of the channel feeds has that name)")
 

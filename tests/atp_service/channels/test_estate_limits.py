@@ -98,6 +98,25 @@ def test_a_channel_name_that_would_be_another_key_of_the_feeds_is_refused_C1(nam
     assert str(err.value) == message
 
 
+@pytest.mark.parametrize(("data", "message"), [
+    ({"locations": [{"id": "s" * 129, "type": "store"}]},
+     "locations[0].id: longer than 128 bytes (limit max_id_length)"),
+    ({"locations": [{"id": "store\t1", "type": "store"}]}, f"locations[0].id: {NOT_PRINTABLE}"),
+    ({"locations": [{"ids": ["s1", "s\u200b2"], "type": "store"}]}, f"locations[0].ids[1]: {NOT_PRINTABLE}"),
+    ({"locations": X, "groups": {"g" * 129: ["x"]}},
+     f"groups.{'g' * 129}: longer than 128 bytes (limit max_id_length)"),
+    ({"locations": X, "groups": {"east\nwest": ["x"]}}, f"groups.'east\\nwest': {NOT_PRINTABLE}"),
+])
+def test_a_location_or_group_the_api_cannot_name_is_refused_naming_its_key(data: dict[str, object],
+                                                                           message: str) -> None:
+    """A location id or a group name is what a Reserve line names as its location and a fact as its own:
+    one the API refuses (``check_id``: past max_id_length, not printable) was taken, and every fact and
+    Reserve naming it was then refused INVALID_FIELD — stock there never counted, never offered (C1)."""
+    with pytest.raises(EstateError) as err:
+        parse_estate(data)
+    assert str(err.value) == message
+
+
 def test_the_slowest_rate_taken_still_gives_the_bucket_a_wait_it_can_count_C2() -> None:
     estate = parse_estate(_channel(rate_limit_per_s=MIN_RATE_PER_S, burst=1))
     bucket = TokenBucket(estate.channels["c"].policy.rate_per_s, 1, 0)
