@@ -165,6 +165,10 @@ def check_redis(cfg: Any) -> None:
             raise ValueError("input_streams, dead_letter_stream, quarantine_stream: on a Redis Cluster they "
                              "must share one hash tag, e.g. atp:{in}:pos,atp:{in}:wms, atp:{in}:dlq and "
                              f"atp:{{in}}:quarantine (got {', '.join(streams)})")
+    for name in ("dead_letter_stream", "quarantine_stream"):
+        if getattr(cfg, name) in cfg.input_streams:  # its entries read again, refused again, written again: for ever
+            raise ValueError(f"{name}: {getattr(cfg, name)!r} is one of input_streams: what the reader writes there "
+                             "it would read again (and trim the facts not read yet), so it must be another stream")
     if cfg.redis_wait_replicas < 0:
         raise ValueError(f"redis_wait_replicas: must be >= 0, got {cfg.redis_wait_replicas}")
     if cfg.redis_wait_timeout_ms <= 0 or (

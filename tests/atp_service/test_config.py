@@ -234,3 +234,16 @@ def test_a_live_bound_raised_past_the_resolved_one_still_starts() -> None:
 def test_tls_settings_that_would_go_unused_stop_the_start(env: dict[str, str], named: str) -> None:
     with pytest.raises(ValueError, match=f"^{named}"):
         ServiceConfig.from_env(env)
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"ATP_DEAD_LETTER_STREAM": "atp:in:pos"}, "dead_letter_stream"),
+    ({"ATP_QUARANTINE_STREAM": "atp:in:wms"}, "quarantine_stream"),
+    ({"ATP_INPUT_STREAMS": "pos,dead", "ATP_DEAD_LETTER_STREAM": "dead"}, "dead_letter_stream"),
+])
+def test_a_side_stream_that_is_an_input_stream_stops_the_start(env: dict[str, str], named: str) -> None:
+    """The reader wrote each dead letter (or quarantined fact) onto a stream it reads: read again, refused again,
+    written again — one malformed entry was dead-lettered ~1,000 times a second for ever, each write trimming the
+    input stream to side_stream_maxlen, its facts not yet read among what went."""
+    with pytest.raises(ValueError, match=f"^{named}: .* is one of input_streams"):
+        ServiceConfig.from_env(env)
