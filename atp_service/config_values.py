@@ -122,6 +122,9 @@ def check_bounds(cfg: Any) -> None:
     for name, (lowest, highest) in RANGES.items():
         if not lowest <= getattr(cfg, name) <= highest:
             raise ValueError(f"{name}: must be within [{lowest}, {highest}], got {getattr(cfg, name)}")
+    thresholds = cfg.gc_thresholds  # gc.set_threshold takes up to three; 0 turns collection off, below 0 it runs always
+    if len(thresholds) != 3 or not all(n >= 1 for n in thresholds):
+        raise ValueError(f"gc_thresholds: must be three positive integers, got {','.join(map(str, thresholds))}")
     for name, lowest in PORTS.items():
         if not lowest <= getattr(cfg, name) <= 65535:
             raise ValueError(f"{name}: must be within [{lowest}, 65535], got {getattr(cfg, name)}")

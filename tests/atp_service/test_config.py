@@ -247,3 +247,13 @@ def test_a_side_stream_that_is_an_input_stream_stops_the_start(env: dict[str, st
     input stream to side_stream_maxlen, its facts not yet read among what went."""
     with pytest.raises(ValueError, match=f"^{named}: .* is one of input_streams"):
         ServiceConfig.from_env(env)
+
+
+@pytest.mark.parametrize("value", ["1,2,3,4", "5000", "5000,10", "-5,10,10", "0,10,1000", "5000,10,0"])
+def test_gc_thresholds_other_than_three_positive_numbers_stop_the_start(value: str) -> None:
+    """Read as any tuple of integers: four ended the start on a TypeError naming no setting (gc.set_threshold,
+    once the embedded Redis had started); one or two left the rest at CPython's own, silently; a first of 0
+    turned collection off (grpc.aio's cyclic garbage of each call kept for good), and a negative one collected
+    at every allocation."""
+    with pytest.raises(ValueError, match=r"^gc_thresholds: must be three positive integers"):
+        ServiceConfig.from_env({"ATP_GC_THRESHOLDS": value})
