@@ -184,8 +184,19 @@ def check_redis(cfg: Any) -> None:
     if cfg.balance_ms != 0 and not 100 <= cfg.balance_ms <= longest:
         raise ValueError(f"balance_ms: must be 0 (a third of lease_ms) or within [100, {longest}] (a third of "
                          f"lease_ms: a stopped process's groups wait for a pass to be taken), got {cfg.balance_ms}")
+    if cfg.advertise_address:
+        _check_address(cfg.advertise_address)
     if cfg.ownership == "leases":
         _check_leases(cfg)
+
+
+def _check_address(address: str) -> None:
+    """Where the others and routing clients dial this process: a host they can reach and a port. Without one gRPC
+    dials 443, and every call forwarded or redirected there failed UNAVAILABLE while the start said nothing."""
+    host, _, port = address.rpartition(":")
+    if host in WILDCARDS or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"advertise_address: must be host:port, a host the other processes and clients reach "
+                         f"(not a wildcard) and a port within [1, 65535], got {address!r}")
 
 
 def _check_leases(cfg: Any) -> None:

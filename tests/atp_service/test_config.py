@@ -257,3 +257,13 @@ def test_gc_thresholds_other_than_three_positive_numbers_stop_the_start(value: s
     at every allocation."""
     with pytest.raises(ValueError, match=r"^gc_thresholds: must be three positive integers"):
         ServiceConfig.from_env({"ATP_GC_THRESHOLDS": value})
+
+
+@pytest.mark.parametrize("address", ["atp-1.atp-peers.svc", "atp-1:", "atp-1:http", "atp-1:70000", ":50051",
+                                     "0.0.0.0:50051", "atp-1:0"])
+def test_an_advertised_address_other_processes_cannot_reach_stops_the_start(address: str) -> None:
+    """Taken as it was: without a port (a typo of the pod's DNS name) gRPC dials 443, and every call the others
+    forwarded, and every client redirected or routed there (GetRouting), failed UNAVAILABLE — the start said nothing."""
+    with pytest.raises(ValueError, match=r"^advertise_address: must be host:port"):
+        ServiceConfig.from_env({"ATP_ADVERTISE_ADDRESS": address, "ATP_OWNERSHIP": "leases", "ATP_DEMO": "false"})
+    assert ServiceConfig(advertise_address="[::1]:50051").advertised == "[::1]:50051"
