@@ -128,6 +128,7 @@ sim: $(STAMP)
 	$(BIN)/python -m tests.sim --seeds $(SEEDS) --processes 3 --forward-streams --groups
 	$(BIN)/python -m tests.sim --seeds $(SEEDS) --short-grace --fact-times
 	$(BIN)/python -m tests.sim --seeds $(SEEDS) --processes 3 --short-grace --settle-faults
+	$(BIN)/python -m tests.sim --seeds $(SEEDS) --input-streams
 
 certs: $(STAMP)
 	$(BIN)/python -m atp_service.app.certs var/certs

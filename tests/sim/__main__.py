@@ -1,6 +1,6 @@
 """``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K] [--processes P] [--clock-skew]
 [--redis-full] [--fact-times] [--shed] [--one-key] [--settle-faults] [--groups]
-[--forward-streams] [--short-grace]``:
+[--forward-streams] [--short-grace] [--input-streams]``:
 run the deterministic simulation; the summary line counts the faults injected."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Iterable
 
 from tests.sim.checks import Violation
 from tests.sim.driver import DEFAULT_STEPS, Driver
+from tests.sim.inputdriver import InputsDriver
 from tests.sim.tally import Tally
 
 
@@ -54,6 +56,10 @@ def main() -> int:
     parser.add_argument("--short-grace", action="store_true",
                         help="a grace window of 30 s and a seal threshold of 8: shards forget remembered facts, "
                              "seal them and free kept deltas (E8, E9) under every fault; old facts resent")
+    parser.add_argument("--input-streams", action="store_true",
+                        help="facts arrive through the input-stream reader only (one process): Redis reads, quarantine "
+                             "scripts and acknowledgements refused or their answers lost, the reader restarted, room "
+                             "restored; every entry applied or quarantined once (inputdriver.py)")
     parser.add_argument("--one-key", action="store_true",
                         help="snapshots stored in one key whatever the seed (as seeds found before several were)")
     args = parser.parse_args()
@@ -69,6 +75,8 @@ def main() -> int:
     warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     started, recoveries, tally = time.perf_counter(), 0, Tally()
+    if args.input_streams:
+        return run_inputs(seeds, args.steps, args.trace)
     for done, seed in enumerate(seeds):
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
                         args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
@@ -85,6 +93,24 @@ def main() -> int:
         recoveries += driver.world.recoveries
     print(f"{len(seeds)} seeds x {args.steps} steps, {recoveries} crash recoveries; injected: {tally.summary()}; "
           f"all invariants held ({time.perf_counter() - started:.1f}s)")
+    return 0
+
+
+def run_inputs(seeds: Iterable[int], steps: int, trace: bool) -> int:
+    """``--input-streams`` (``inputdriver.py``): its own driver, its own summary."""
+    started, tally = time.perf_counter(), Tally()
+    for done, seed in enumerate(seeds):
+        driver = InputsDriver(seed, tally)
+        try:
+            asyncio.run(driver.run(steps))
+        except Violation as exc:
+            print(f"VIOLATION {exc}\n{done} seeds held before it; injected so far: {tally.summary()}")
+            return 1
+        finally:
+            if trace:
+                print("\n".join(driver.trace))
+    print(f"{done + 1} seeds x {steps} steps (input streams); injected: {tally.summary()}; all invariants held "
+          f"({time.perf_counter() - started:.1f}s)")
     return 0
 
 

@@ -78,6 +78,13 @@ class Tally:
     old_late: int = 0  # resends of applied facts answered late (forgotten, E6)
     graces_grown: int = 0  # instances started with a longer grace than the one before (one process)
     forgotten_inside: int = 0  # ... shards started having forgotten inside the window (``forgotten_before``)
+    # facts through the input-stream reader (``--input-streams``, ``inputdriver.py``):
+    input_entries: int = 0  # input entries appended
+    input_quarantined: int = 0  # ... of those with no other entry of their fact, quarantined
+    input_faults: int = 0  # Redis reads, pipelines and quarantine scripts refused or their answers lost
+    input_owed: int = 0  # steps ending with quarantine writes owed
+    input_redelivered: int = 0  # entries delivered again from the reader's own pending list
+    input_reader_restarts: int = 0  # the reader stopped and started again (the process running on)
 
     def count_outcome(self, outcome: str) -> None:
         if outcome in ("lost", "doubt", "late"):
@@ -118,6 +125,10 @@ class Tally:
                    f"{self.sealed}, {self.freed} kept deltas freed; old resends {self.old_known} known / "
                    f"{self.old_late} late; {self.graces_grown} graces grown, {self.forgotten_inside} shards started "
                    f"with what they forgot inside the window" if self.forgets + self.seals + self.freed else "")
+                + (f"; input streams: {self.input_entries} entries ({self.input_quarantined} quarantined), "
+                   f"{self.input_faults} Redis calls failed, {self.input_owed} steps with writes owed, "
+                   f"{self.input_redelivered} entries delivered again, {self.input_reader_restarts} reader restarts"
+                   if self.input_entries else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")
                 + (f" ({self.node_losses} losses of one node; {self.owner_check_stops} shards stopped by the "
