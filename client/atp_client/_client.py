@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atp_client._errors import not_connected, request_too_large, stream_cut_unread, typed
 from atp_client._stream import MAX_BATCH_RESERVATIONS, MAX_STREAM_INFLIGHT, Batches, Source
+from atp_client._watch import watch_request, watched
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 
@@ -220,6 +221,8 @@ class AtpClient:
         self.max_stream_inflight = max_stream_inflight
         self.max_batch_reservations = max_batch_reservations
         given = {key for key, _ in options}
+        self.pinging = keepalive_s is not None or "grpc.keepalive_time_ms" in given
+        """Whether the channel pings while a call is open (``keepalive_s``, or the caller's own option)."""
         ours = [(RECEIVE_KEY, MAX_ANSWER_BYTES),
                 *(keepalive_options(keepalive_s, keepalive_timeout_s) if keepalive_s is not None else ())]
         options = [*(o for o in ours if o[0] not in given), *options, *(retry.channel_options() if retry else ())]
@@ -328,6 +331,30 @@ class AtpClient:
             source.end()
         if source.failure is not None:
             raise source.failure
+
+    def watch(self, channel: str, *, snapshot: bool = False,
+              since_version: int = 0) -> AsyncGenerator[pb.WatchAvailabilityResponse, None]:
+        """Follow ``channel``'s curated availability (``WatchAvailability``): yields each message as the service
+        sends it. With ``snapshot``, every published value first (``KIND_SNAPSHOT`` chunks, then
+        ``KIND_SNAPSHOT_END`` with its version), then ``KIND_CHANGES``; else the changes after ``since_version``
+        (0: from now), or one ``KIND_RESNAPSHOT_REQUIRED`` where they cannot all be sent (the iteration then ends).
+
+        The arguments are checked here, before anything is sent (``watch_request``: ``InvalidRequest``,
+        ``INVALID_FIELD``, the field named). A watch has no deadline: it lasts until the caller stops it.
+        Closing the generator (``aclose``; ``contextlib.aclosing`` around a loop that may ``break``), or cancelling
+        the task reading it, cancels the call at once; a generator dropped unclosed is closed by asyncio soon
+        after. A service gone silent (paused, its packets dropped, the connection left open) is found out by
+        the client's pings: the iteration ends ``Retryable`` (``UNAVAILABLE``) within ``keepalive_s`` and
+        ``keepalive_timeout_s``, where it waited for ever; a client without pings (``keepalive_s=None``)
+        raises ``ValueError`` here, nothing sent. Every refusal or end of the call is raised typed: ``NotFound``
+        (``CHANNEL_NOT_FOUND``), ``Retryable`` (``SHUTTING_DOWN``, ``STORAGE_UNREACHABLE``, ``CAPACITY_REACHED``:
+        ``max_watchers`` or ``stream_stall_s``, a connection lost): watch again from the last version read
+        (``since_version``; a watch ended before its ``KIND_SNAPSHOT_END`` with ``snapshot`` again)."""
+        request = watch_request(channel, snapshot=snapshot, since_version=since_version)
+        if not self.pinging:
+            raise ValueError("keepalive_s: a watch needs the client's pings (this client has keepalive_s=None): "
+                             "a service gone silent would be waited for ever")
+        return watched(self.stub.WatchAvailability, request)
 
     async def connect(self, timeout_s: float | None = None) -> None:
         """Connect now, before a change is sent: a connection that is refused (or not made within

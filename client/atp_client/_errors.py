@@ -166,13 +166,30 @@ def _raised_here(code: grpc.StatusCode, message: str, reason: str = "", domain: 
 
 
 def _status_error(code: grpc.StatusCode, message: str, reason: str, domain: str,
-                  metadata: dict[str, str] | None) -> grpc.aio.AioRpcError:
+                  metadata: dict[str, str] | None, fields: tuple[FieldViolation, ...] = ()) -> grpc.aio.AioRpcError:
     trailers = grpc.aio.Metadata()
     if reason:
         status = status_pb2.Status(code=code.value[0], message=message)
         status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=metadata or {}))
+        if fields:
+            status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f.field, description=f.description, reason=reason)
+                for f in fields]))
         trailers = grpc.aio.Metadata((DETAILS_KEY, status.SerializeToString()))
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, message, "")
+
+
+INVALID_FIELD = "INVALID_FIELD"
+"""``ErrorInfo.reason`` of a request field at fault: the service's, and this client's where it refuses an
+argument before anything is sent (``invalid_field``)."""
+
+
+def invalid_field(field: str, problem: str) -> InvalidRequest:
+    """An argument that cannot make the request's ``field``, or that the service would refuse, refused by this
+    client before anything is sent: raised as the service refuses a field at fault (``INVALID_ARGUMENT``,
+    ``INVALID_FIELD``, a ``BadRequest`` naming ``field``; message ``field: problem``), domain ``atp.client``."""
+    return InvalidRequest(_status_error(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {problem}; not sent",
+                                        INVALID_FIELD, "atp.client", None, (FieldViolation(field, problem),)))
 
 
 def request_too_large(request: str, size: int, limit: int) -> InvalidRequest:

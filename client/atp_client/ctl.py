@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("watch", help="follow a channel's curated availability (one JSON line per update)")
     w.add_argument("channel")
     w.add_argument("--snapshot", action="store_true", help="every published value first")
-    w.add_argument("--since", type=arg.version, default=0, help="changes after this version (0: from now)")
+    w.add_argument("--since", type=arg.version, default=0,
+                   help="changes after this version (0: from now; not with --snapshot)")
     w.add_argument("--count", type=arg.count, default=0, help="stop after this many updates (0: follow forever)")
     sub.add_parser("reload-estate", help="re-read the estate/channel file (like SIGHUP)")
     t = sub.add_parser("token", help="caller tokens (no service needed)")
@@ -235,24 +237,24 @@ async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
 
 
 async def _watch(client: AtpClient, args: argparse.Namespace) -> int:
-    """No deadline: a watch runs until the count is reached or it is interrupted. One JSON line
-    per update, whatever the output (a watch is read by programs)."""
-    request = pb.WatchAvailabilityRequest(channel=args.channel, snapshot=args.snapshot, since_version=args.since)
+    """No deadline: a watch runs until the count is reached or it is interrupted (``AtpClient.watch``: a
+    service gone silent ends it ``Retryable``, exit 6). One JSON line per update, whatever the output (a
+    watch is read by programs)."""
     seen = 0
-    call = client.stub.WatchAvailability(request)
-    async for message in call:
-        kind = pb.WatchAvailabilityResponse.Kind.Name(message.kind)
-        if message.kind == pb.WatchAvailabilityResponse.KIND_RESNAPSHOT_REQUIRED:
-            print(json.dumps({"kind": kind, "version": message.version}), flush=True)
-            return EXIT_RESNAPSHOT
-        if message.kind == pb.WatchAvailabilityResponse.KIND_SNAPSHOT_END:
-            print(json.dumps({"kind": kind, "version": message.version}), flush=True)
-        for u in message.updates:
-            print(json.dumps({"kind": kind, **plain(u)}), flush=True)
-            seen += 1
-            if args.count and seen >= args.count:
-                call.cancel()
-                return EXIT_OK
+    watch = client.watch(args.channel, snapshot=args.snapshot, since_version=args.since)
+    async with contextlib.aclosing(watch) as messages:  # the call ended however the loop is left
+        async for message in messages:
+            kind = pb.WatchAvailabilityResponse.Kind.Name(message.kind)
+            if message.kind == pb.WatchAvailabilityResponse.KIND_RESNAPSHOT_REQUIRED:
+                print(json.dumps({"kind": kind, "version": message.version}), flush=True)
+                return EXIT_RESNAPSHOT
+            if message.kind == pb.WatchAvailabilityResponse.KIND_SNAPSHOT_END:
+                print(json.dumps({"kind": kind, "version": message.version}), flush=True)
+            for u in message.updates:
+                print(json.dumps({"kind": kind, **plain(u)}), flush=True)
+                seen += 1
+                if args.count and seen >= args.count:
+                    return EXIT_OK
     return EXIT_OK
 
 
@@ -348,7 +350,11 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv  # wherever it is given: before or after the command
-    args = build_parser().parse_args([a for a in argv if a != "--json"])
+    parser = build_parser()
+    args = parser.parse_args([a for a in argv if a != "--json"])
+    if args.command == "watch" and args.snapshot and args.since:  # AtpClient.watch refuses it: said as argparse would
+        parser.error("argument --since: not with --snapshot, which prints every published value and then the "
+                     "changes after them: one or the other")
     args.json = as_json
     try:
         return _main(args)

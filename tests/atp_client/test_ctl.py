@@ -17,7 +17,9 @@ from atp_client import timestamp
 from atp_client.ctl import main
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.auth import load_callers, token_hash
+from tests.atp_service.channel_helpers import fact, write_estate
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 
 def ctl(target: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -57,6 +59,7 @@ async def test_an_events_file_with_a_line_that_cannot_be_read_is_not_half_import
     (["reserve", "r1", "A@L:1", "--ttl", "99999999999999999999"], "--ttl"),
     (["watch", "web", "--since", "-1"], "--since"),
     (["watch", "web", "--count", "-1"], "--count"),
+    (["watch", "web", "--snapshot", "--since", "5"], "--since"),
     (["--timeout", "0", "availability", "A@L"], "--timeout"),
     (["--timeout", "-5", "availability", "A@L"], "--timeout"),
     (["--timeout", "nan", "availability", "A@L"], "--timeout"),
@@ -205,3 +208,23 @@ def test_a_redis_url_that_cannot_be_read_is_a_usage_error_that_does_not_show_it(
                            "--redis-url", url], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr, (done.returncode, done.stderr)
     assert "argument --redis-url:" in done.stderr and "s3cret" not in done.stderr, done.stderr
+
+
+async def test_watch_prints_the_snapshot_up_to_its_count_and_names_a_bad_channel(
+        start_service: ServiceFactory, tmp_path: Path) -> None:
+    """``atpctl watch`` over ``AtpClient.watch``: one JSON line an update, ended at ``--count``; a channel the
+    service does not have exits 4 naming it, an empty one exits 3 naming the field, refused before it is sent."""
+    service, client = await start_service(estate=write_estate(tmp_path))
+    now = int(time.time() * 1000)
+    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, now - 1000) for n in range(3)])
+    assert service.channels is not None
+    await until(lambda: len(service.channels.feeds["market"].published) == 3, "market's 3 keys published")
+    target = f"127.0.0.1:{service.port}"
+    watched = await asyncio.to_thread(ctl, target, "watch", "market", "--snapshot", "--count", "2")
+    assert watched.returncode == 0, watched.stderr
+    lines = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert len(lines) == 2 and all(line["kind"] == "KIND_SNAPSHOT" and line["channel"] == "market" for line in lines)
+    unknown = await asyncio.to_thread(ctl, target, "watch", "nope")
+    assert unknown.returncode == 4 and "NOT_FOUND CHANNEL_NOT_FOUND" in unknown.stderr, unknown.stderr
+    empty = await asyncio.to_thread(ctl, target, "watch", "")
+    assert empty.returncode == 3 and "INVALID_FIELD: channel: must not be empty" in empty.stderr, empty.stderr
