@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from atp_client import timestamp
+from atp_client import AtpClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.storage.channel_wire import from_fields, values_of
 from reservation import ChannelUpdate
@@ -106,3 +106,11 @@ def latest(updates: list[ChannelUpdate]) -> dict[tuple[str, str], tuple[int, int
     for u in updates:
         out[(u.sku, u.location)] = (u.quantity, u.version)
     return out
+
+
+async def raised_while_pickup_throttles(client: AtpClient, redis_url: str, key: tuple[str, str], t: int) -> None:
+    """``key`` counted 1 (pickup shows 1 - its buffer of 1: a baseline 0, published), then a receipt of 4
+    (5 - 1 = 4), which waits for pickup's throttle interval: a change of a per-location channel left pending."""
+    await client.record_events([fact("c1", "COUNT", *key, 1, t)])
+    await wait_for_updates(redis_url, "pickup", 1)
+    await client.record_events([fact("r1", "RECEIPT", *key, 4, t + 1)])

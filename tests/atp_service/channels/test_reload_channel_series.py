@@ -11,7 +11,11 @@ from pathlib import Path
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
-from tests.atp_service.channel_helpers import ESTATE, fact, wait_for_updates, write_estate
+from tests.atp_service.channel_helpers import (
+    ESTATE,
+    raised_while_pickup_throttles,
+    write_estate,
+)
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
@@ -31,9 +35,7 @@ async def test_a_channel_a_reload_takes_out_exports_no_gauge_of_its_feed(
     service, client = await start_service(clock=clock, estate=path)
     desk = service.channels
     assert desk is not None
-    await client.record_events([fact("c1", "COUNT", *key, 1, T)])
-    await wait_for_updates(redis_url, "pickup", 1)
-    await client.record_events([fact("r1", "RECEIPT", *key, 4, T + 1)])  # waits for pickup's throttle interval
+    await raised_while_pickup_throttles(client, redis_url, key, T)
     await until(lambda: _value(service, "atp_channel_pending", channel="pickup") == 1, "pickup's change waiting")
     assert _value(service, "atp_channel_oldest_wait_seconds", channel="pickup") is not None
     path.write_text(ESTATE.replace(PICKUP, ""))

@@ -13,7 +13,13 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
 from atp_service.storage.channel_store import _WRITE_SCRIPT
-from tests.atp_service.channel_helpers import fact, latest, stream_updates, wait_for_updates, write_estate
+from tests.atp_service.channel_helpers import (
+    fact,
+    latest,
+    raised_while_pickup_throttles,
+    stream_updates,
+    write_estate,
+)
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
@@ -63,9 +69,7 @@ async def test_a_change_waiting_for_its_throttle_interval_at_a_dropped_location_
     service, client = await start_service(clock=clock, estate=path)
     desk = service.channels
     assert desk is not None
-    await client.record_events([fact("c1", "COUNT", *key, 1, T)])  # 1 - buffer 1: shown 0 (baseline)
-    await wait_for_updates(redis_url, "pickup", 1)
-    await client.record_events([fact("r1", "RECEIPT", *key, 4, T + 1)])  # 5 - 1 = 4: waits for its interval
+    await raised_while_pickup_throttles(client, redis_url, key, T)
     pickup = desk.feeds["pickup"]
     await until(lambda: key in pickup._pending and not desk._dirty, "the 4 waiting for its throttle interval")
     _drop_store_3(path)
