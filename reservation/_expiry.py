@@ -15,8 +15,9 @@ reservations a shard allows seconds, in which no shard, call or lease renewal ra
 
 from __future__ import annotations
 
+import functools
 import heapq
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING
 
 from ._model import Reservation, State
@@ -28,11 +29,44 @@ EXPIRY_SLACK = 1024
 """Expiry entries allowed beyond twice the live reservations before the stale ones are dropped."""
 EXPIRY_SWEEP_SLICE = 50_000
 """Expiry entries one slice of a sweep looks at (~35 ms), a turn of the event loop between slices."""
+EXPIRY_STALE_PER_TURN = 16_384
+"""Stale expiry entries (their hold confirmed, released or given another TTL since) one turn drops from
+the queue's head at most (``Ledger.due``, ``Ledger.due_alone``: ~40 ms at ~2.5 µs a pop); the rest go at
+the next turns, a hold due behind them expired then (R3). Confirmed holds count as live, so the sweep
+leaves their entries: after a clock jump or a long pause (the process stopped, its VM suspended) all of
+them came due together, and one turn popped them all — a million took ~2.5 s, every shard, call and
+lease renewal waiting. Dropped when the hold is resolved instead, each Confirm or Release would look
+for its entry in the heap: ~0.1 s at a million entries."""
 
 
 def expiry_stale(entries: int, live: int) -> bool:
     """Whether a heap of ``entries`` holds enough stale ones (``live`` reservations) to sweep."""
     return entries > 2 * live + EXPIRY_SLACK
+
+
+def take_due(ledger: Ledger, now: int, limit: int, alone: Callable[[Reservation], bool] | None, stale: int
+             ) -> tuple[list[str], int]:
+    """The due holds from the head of ``ledger``'s expiry queue, stale entries dropped, at most ``limit``
+    (``Ledger.due``, ``Ledger.due_alone``); with ``alone``, up to the first it refuses (left queued). Stops
+    at a stale entry once ``stale`` are dropped (left queued: the next turn's); also returns how many were."""
+    ledger._unquiet()
+    expiry, records, out = ledger._expiry, ledger.reservations, dict[str, None]()  # a twin (``held_again``): once
+    dropped = 0
+    while expiry and expiry[0][0] <= now and len(out) < limit:
+        expires_at, rid = expiry[0]
+        rec = records.get(rid)
+        if rid not in out and rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:
+            if alone is not None and not alone(rec):
+                break
+            out[rid] = None
+            # Rolled back, the hold must still expire later: one entry, not one per twin popped (R3).
+            ledger._undo.append(functools.partial(ledger.requeue_expiry, expires_at, rid))
+        elif dropped >= stale:
+            break
+        else:
+            dropped += 1
+        heapq.heappop(expiry)
+    return list(out), dropped
 
 
 def held_again(expiry: list[tuple[int, str]], old: Reservation, undone: Reservation) -> None:

@@ -7,7 +7,6 @@ and state is as it was (R7: memory never moves ahead of the log). Replay calls t
 
 from __future__ import annotations
 
-import functools
 import heapq
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
@@ -26,7 +25,7 @@ from ._events import (
     Shipped,
     saved_since,
 )
-from ._expiry import expiry_stale, held_again, sweeping
+from ._expiry import EXPIRY_STALE_PER_TURN, expiry_stale, held_again, sweeping, take_due
 from ._facts import COUNT_RANK, DELTA_RANK, Histories, PositionHistory
 from ._holds import HoldsIndex
 from ._keys import fact_key, fact_payload, pair_key, split_key
@@ -195,8 +194,9 @@ class Ledger(ReserveWrites, Upkeep):
 
     # -- time ----------------------------------------------------------------
     def due(self, now: int, limit: int = 2**62) -> list[str]:
-        """Held reservations whose TTL has passed (R3), in expiry order; at most ``limit`` of them."""
-        return self._take_due(now, limit, None)
+        """Held reservations whose TTL has passed (R3), in expiry order; at most ``limit`` of them, and at
+        most ``EXPIRY_STALE_PER_TURN`` stale entries dropped on the way (those after them: the next call)."""
+        return take_due(self, now, limit, None, EXPIRY_STALE_PER_TURN)[0]
 
     def expiry_due(self, now: int) -> bool:
         """Whether the expiry queue's head is due (it may be stale: ``due_alone`` drops it)."""
@@ -204,29 +204,14 @@ class Ledger(ReserveWrites, Upkeep):
 
     def due_alone(self, now: int, alone: Callable[[Reservation], bool], limit: int) -> list[str]:
         """``due`` from the queue's head while ``alone`` (this ledger expires it by itself; not: those after it wait
-        for housekeeping), for a Reserve's turn to expire first (R2, R3): at most ``limit`` an open batch (R8)."""
-        batch, taken = self._alone_taken
-        room = limit - (taken if batch is self._events else 0)
-        out = self._take_due(now, room, alone)
-        self._alone_taken = (self._events, limit - room + len(out))
+        for housekeeping), for a Reserve's turn to expire first (R2, R3): at most ``limit`` an open batch, and at
+        most ``EXPIRY_STALE_PER_TURN`` stale entries dropped an open batch (R8)."""
+        batch, taken, dropped = self._alone_taken
+        if batch is not self._events:
+            taken = dropped = 0
+        out, more = take_due(self, now, limit - taken, alone, EXPIRY_STALE_PER_TURN - dropped)
+        self._alone_taken = (self._events, taken + len(out), dropped + more)
         return out
-
-    def _take_due(self, now: int, limit: int, alone: Callable[[Reservation], bool] | None) -> list[str]:
-        """The due holds from the expiry queue's head, stale entries dropped, at most ``limit``; with
-        ``alone``, up to the first it refuses (left queued)."""
-        self._unquiet()
-        expiry, out = self._expiry, dict[str, None]()  # an entry may have a twin (``held_again``): taken once
-        while expiry and expiry[0][0] <= now and len(out) < limit:
-            expires_at, rid = expiry[0]
-            rec = self.reservations.get(rid)
-            if rid not in out and rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:
-                if alone is not None and not alone(rec):
-                    break
-                out[rid] = None
-                # Rolled back, the hold must still expire later: one entry, not one per twin popped (R3).
-                self._undo.append(functools.partial(self.requeue_expiry, expires_at, rid))
-            heapq.heappop(expiry)
-        return list(out)
 
     def requeue_expiry(self, expires_at: int, reservation_id: str) -> None:
         self._unquiet()

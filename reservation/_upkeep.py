@@ -37,9 +37,10 @@ class Upkeep:
     started again with a longer ``fact_grace_ms`` had forgotten some inside its window, and a resend of
     one applied it twice (E8); a count ordered before a delta freed took on_hand without it (E2)."""
 
-    _alone_taken: tuple[list[Event], int] = ([], 0)
-    """The open batch (its events' list: a batch sealed or committed opens another) and how many holds its
-    Reserves' turns have taken to expire (``Ledger.due_alone``). Bounded per Reserve, a ReserveStream batch
+    _alone_taken: tuple[list[Event], int, int] = ([], 0, 0)
+    """The open batch (its events' list: a batch sealed or committed opens another), how many holds its
+    Reserves' turns have taken to expire and how many stale expiry entries they dropped (``Ledger.due_alone``,
+    ``EXPIRY_STALE_PER_TURN``). Bounded per Reserve, a ReserveStream batch
     of 1,000 (one turn) expired up to 1,000 times ``EXPIRE_PER_TURN`` holds in one go: minutes in which no
     shard, call or lease renewal ran (R8), one log entry of hundreds of MB."""
 
