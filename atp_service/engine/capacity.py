@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from collections.abc import Callable
 from typing import Any, TypeVar
 
+from atp_service.engine.maintenance import expire_alone
 from reservation import Ledger, Limits, Reason, Reservation, ReserveCommand, ResourceExhausted
 from reservation import _operations as ops
 from reservation import _orders as orders
@@ -40,16 +42,21 @@ def record_refusal(home: Ledger, limits: Limits, records: int = 1) -> ResourceEx
                              Reason.CAPACITY_REACHED, metadata={"limit": name})
 
 
-def order_opened(ledger: Ledger, cmd: ReserveCommand, groups: tuple[int, ...], limits: Limits, now: int
-                 ) -> Reservation | ResourceExhausted:
+def order_opened(ledger: Ledger, cmd: ReserveCommand, groups: tuple[int, ...], limits: Limits, now: int,
+                 place: Callable[[str], int]) -> Reservation | ResourceExhausted:
     """An order's record at its home (``ledger``, ``Orders``): the one there (R5: its content checked),
     else one opened now if it fits the home's bounds together with its part there — else the refusal,
     nothing written. Opened unasked, every Reserve with a new id past a bound left a record at the
-    home, held until its TTL (up to ``max_ttl_seconds``) while its part there was refused."""
+    home, held until its TTL (up to ``max_ttl_seconds``) while its part there was refused. The home's
+    due holds expire first (``expire_alone``, ``place``: a SKU's shard), as in a Reserve's turn: a hold
+    past its TTL is not live when the bound is asked (R2, R3); counted, the order was refused
+    CAPACITY_REACHED where one process, deciding it as a Reserve across shards, granted it."""
     found = ledger.reservation(cmd.reservation_id)
     if found is not None:
         orders.same_order(found, cmd) if found.is_order else ops.same_content(found, cmd)
         return found
+    if ledger.expiry_due(now):
+        expire_alone(ledger, now, place)
     refusal = record_refusal(ledger, limits, 1 + (ledger.shard in groups))
     if refusal is not None:
         return refusal

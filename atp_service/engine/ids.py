@@ -139,11 +139,15 @@ class IdGuard:
         """The id's claim asked for; or, where its home is at a bound on the reservations it remembers,
         only looked at, with the refusal the shard would give (a claim outlives its Reserve a day or
         so: at a full shard a flood of new ids grew Redis by a key a call, all of them refused). Looked
-        at, not refused outright: an id whose claim names another group is another record's (R5)."""
+        at, not refused outright: an id whose claim names another group is another record's (R5). A
+        home whose expiry queue has a hold due is asked in its turn, where they expire first: a hold
+        past its TTL is not live when a Reserve is decided (R2, R3), and refused here for it the
+        Reserve was granted by one process (its Reserve's turn expires them first), not by several."""
         engine = self._engine
         records = 2 if engine.orders is not None and len(engine.routes.placement(cmd)[0]) > 1 else 1
-        full = record_refusal(engine.actors[home].ledger, engine.limits, records)  # a saga's order: its part too
-        if full is not None:
+        ledger = engine.actors[home].ledger
+        full = record_refusal(ledger, engine.limits, records)  # a saga's order: its part too
+        if full is not None and not ledger.expiry_due(engine.now_at(home)):
             return self.claims.look(cmd.reservation_id), full
         return self.claims.claim(cmd.reservation_id, home, self._ttl_ms(cmd)), None
 

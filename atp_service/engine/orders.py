@@ -192,9 +192,9 @@ class Orders:
     # -- the sagas ---------------------------------------------------------------------------
     async def _reserve(self, cmd: ReserveCommand, home: int) -> tuple[Reservation, bool]:
         groups = tuple(sorted({self._engine.place(line.sku) for line in cmd.lines}))
-        limits = self._engine.limits
-        order = await on_shard(self._engine, home, lambda ledger, now: order_opened(ledger, cmd, groups, limits, now),
-                               refused_as_is=True)
+        limits, place = self._engine.limits, self._engine.place
+        order = await on_shard(self._engine, home, lambda ledger, now: order_opened(ledger, cmd, groups, limits, now,
+                                                                                     place), refused_as_is=True)
         if isinstance(order, ResourceExhausted):  # nothing written: refused as a one-group Reserve is
             self._engine.count_capacity_refusal(order)
             raise order
