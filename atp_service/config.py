@@ -62,7 +62,7 @@ class ServiceConfig:
     for groups another owns. No channel feeds in this mode yet."""
 
     advertise_address: str = ""
-    """``host:port`` where other processes and routing clients reach this one (empty: host:port)."""
+    """``host:port`` where other processes and routing clients reach this one (empty: host:port); IPv6 in brackets."""
 
     lease_ms: int = 5000
     """How long a group stays this process's unrenewed (``leases``; renewed every third of it). Safety

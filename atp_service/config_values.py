@@ -3,6 +3,7 @@ settings take their value from, and the checks of the settings that depend on on
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from pathlib import Path
@@ -194,9 +195,21 @@ def _check_address(address: str) -> None:
     """Where the others and routing clients dial this process: a host they can reach and a port. Without one gRPC
     dials 443, and every call forwarded or redirected there failed UNAVAILABLE while the start said nothing."""
     host, _, port = address.rpartition(":")
+    if _ipv6(address) or _ipv6(host):  # gRPC: two colons or more, no brackets, is a host alone (dialled at 443)
+        raise ValueError(f"advertise_address: must be host:port, an IPv6 address in brackets ([fd00::1]:50051): "
+                         f"without them gRPC reads it all as a host and dials port 443, got {address!r}")
     if host in WILDCARDS or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise ValueError(f"advertise_address: must be host:port, a host the other processes and clients reach "
                          f"(not a wildcard) and a port within [1, 65535], got {address!r}")
+
+
+def _ipv6(text: str) -> bool:
+    """Whether ``text`` is an IPv6 address as written without brackets (``fd00::1``, ``fe80::1%eth0``)."""
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_leases(cfg: Any) -> None:

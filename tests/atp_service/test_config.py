@@ -267,3 +267,16 @@ def test_an_advertised_address_other_processes_cannot_reach_stops_the_start(addr
     with pytest.raises(ValueError, match=r"^advertise_address: must be host:port"):
         ServiceConfig.from_env({"ATP_ADVERTISE_ADDRESS": address, "ATP_OWNERSHIP": "leases", "ATP_DEMO": "false"})
     assert ServiceConfig(advertise_address="[::1]:50051").advertised == "[::1]:50051"
+
+
+@pytest.mark.parametrize("address", ["fd00::1:50051", "fe80::1%eth0:50051", "2001:db8::7", "::1", "fd00::1:8080"])
+def test_an_advertised_ipv6_address_without_brackets_stops_the_start(address: str) -> None:
+    """gRPC reads a target of two colons or more without brackets as a host alone, and dials it at 443: an IPv6
+    pod IP advertised as ``$(POD_IP):50051`` was taken (its last part a port), and every call the others forwarded
+    there, and every client routed there, failed UNAVAILABLE, the start saying nothing. Bracketed it is taken."""
+    with pytest.raises(ValueError, match=r"^advertise_address: must be host:port, an IPv6 address in brackets"):
+        ServiceConfig.from_env({"ATP_ADVERTISE_ADDRESS": address, "ATP_OWNERSHIP": "leases", "ATP_DEMO": "false"})
+    for taken in ("[fd00::1]:50051", "[fe80::1%eth0]:50051", "atp-0.atp-peers.inventory.svc.cluster.local.:50051",
+                  "10.0.0.7:50051"):
+        assert ServiceConfig.from_env({"ATP_ADVERTISE_ADDRESS": taken, "ATP_OWNERSHIP": "leases",
+                                       "ATP_DEMO": "false"}).advertised == taken
