@@ -173,6 +173,10 @@ def check_redis(cfg: Any) -> None:
         if getattr(cfg, name) in cfg.input_streams:  # its entries read again, refused again, written again: for ever
             raise ValueError(f"{name}: {getattr(cfg, name)!r} is one of input_streams: what the reader writes there "
                              "it would read again (and trim the facts not read yet), so it must be another stream")
+    if cfg.dead_letter_stream == cfg.quarantine_stream:  # dead letters trimmed facts the written set still held (E8)
+        raise ValueError(f"dead_letter_stream: {cfg.dead_letter_stream!r} is quarantine_stream too: each write trims "
+                         "the stream, dead letters pushing out quarantined facts (never written again), so it must be "
+                         "another stream")
     if cfg.redis_wait_replicas < 0:
         raise ValueError(f"redis_wait_replicas: must be >= 0, got {cfg.redis_wait_replicas}")
     if cfg.redis_wait_timeout_ms <= 0 or (

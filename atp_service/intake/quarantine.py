@@ -12,7 +12,8 @@ against their own systems, one entry a fact: so each write is keyed by the fact,
 (E8), and a script adds the entry only where the set beside the stream (``written_key``: the digests of the
 facts written, scored by their entries' times) does not hold it. The set is trimmed to the stream's own
 length: it says what the stream holds, never more — a flood of late facts costs Redis no more than the
-stream does.
+stream does —, the stream being written by nothing else (the dead-letter stream is refused its name at start:
+dead letters trimmed it of facts the set still held, never written again).
 """
 
 from __future__ import annotations
