@@ -321,8 +321,8 @@ class EdgeMetrics:
         self.forwarded = Counter(
             "atp_forwarded_calls_total", "Calls for a shard group another service process owns, by method and "
             "outcome: forwarded to the owner (ok, error: the owner's refusal or no answer), redirected, or located "
-            "(a reservation held at another process, answered by it once every other was asked)",
-            ["method", "outcome"], registry=r,
+            "(a reservation held at another process, answered by it once every other was asked, its refusal too; "
+            "error where no process answered for it)", ["method", "outcome"], registry=r,
         )
         self.shed = shed or EngineMetrics().shed
         self.facts = facts or IntakeMetrics().facts

@@ -37,8 +37,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["AvailabilityService"]
 LOCATED_METHODS = frozenset({"Confirm", "Release", "Fulfill", "GetReservation"})
 """The calls naming only a reservation: where its record is held is asked of every process."""
 FORWARDED_METHODS = frozenset({"RecordEvents", "Reserve", "Confirm", "Release", "Fulfill", "GetReservation",
-                               "SetSafetyStock",
-                               "ExplainAvailability"})
+                               "SetSafetyStock", "ExplainAvailability"})
 """The unary calls that need one group (a reservation's home, a SKU's): the owner answers them whole."""
 CHANGES = frozenset({"RecordEvents", "LoadCounts", "Reserve", "Confirm", "Release", "Fulfill", "SetSafetyStock"})
 """The calls forwarded that change state: one lost with its owner may have been made (R7)."""
@@ -248,10 +247,10 @@ class Forwarder:
 
     async def _locate(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any],
                       metadata: Sequence[tuple[str, Any]], here: Moved) -> Any:
-        """A call naming a reservation this process does not hold: asked of every other process at
-        once (each refuses it, nothing done, unless it holds the record); the holder's answer is the
-        caller's. NOT_FOUND only once the processes that said "not here" answered for every group
-        between them (a group in the middle of a hand-over is answered for by none: retry)."""
+        """A call naming a reservation this process does not hold: asked of every other process at once (each refuses
+        it, nothing done, unless it holds the record); the holder's answer, or refusal, is the caller's (``located``,
+        else ``error``: each cost a call to every peer). NOT_FOUND only once the processes that said "not here" answered
+        for every group between them (a group in the middle of a hand-over is answered for by none: retry)."""
         table = self.routing()
         owners = {r.address for r in table.routes if r.address} - {self.address}
         covered = set(here.serving)
@@ -263,8 +262,10 @@ class Forwarder:
         finally:
             for ask in asks:  # the holder answered: a peer that does not answer is not waited for
                 ask.cancel()
+        self._counted.labels(method, "error" if holder is None else "located").inc()
+        if isinstance(holder, Relayed):  # the holder's refusal by decision
+            raise holder
         if holder is not None:  # the holder's answer first, whatever the others said
-            self._counted.labels(method, "located").inc()
             return holder
         refusals: list[Relayed | DomainError] = []
         for address, answer in zip(sorted(owners), [cast(BaseException, ask.exception()) for ask in asks], strict=True):
@@ -364,8 +365,7 @@ def in_doubt(refusal: BaseException) -> bool:
 
 
 def _serialized(message: Any) -> bytes:
-    data: bytes = message.SerializeToString()
-    return data
+    return cast(bytes, message.SerializeToString())
 
 
 def _forwarded(metadata: Sequence[tuple[str, Any]]) -> bool:
@@ -373,9 +373,9 @@ def _forwarded(metadata: Sequence[tuple[str, Any]]) -> bool:
 
 
 async def _holder(asks: Sequence[asyncio.Future[Any]]) -> Any:
-    """The answer of the process holding the reservation (its refusal by decision raised as
-    ``Relayed``) as soon as it comes; None once every ask was refused otherwise (not held there,
-    not reached). Not the others': one not answering would hold the caller to its deadline."""
+    """The answer of the process holding the reservation (its refusal by decision as ``Relayed``)
+    as soon as it comes; None once every ask was refused otherwise (not held there, not reached).
+    Not the others': one not answering would hold the caller to its deadline."""
     pending = set(asks)
     while pending:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -384,7 +384,7 @@ async def _holder(asks: Sequence[asyncio.Future[Any]]) -> Any:
             if error is None:
                 return ask.result()
             if isinstance(error, grpc.aio.AioRpcError) and error.code() in _DECISIONS:
-                raise Relayed.of(error)
+                return Relayed.of(error)
     return None
 
 

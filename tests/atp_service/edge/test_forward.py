@@ -548,3 +548,40 @@ async def test_a_located_change_lost_with_its_holder_is_in_doubt_whatever_anothe
         assert (await at_b.get_reservation("r1")).state == pb.RESERVATION_STATE_CONFIRMED  # it was made
     refusal = typed(lost).refusal
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
+
+
+async def test_every_located_call_is_counted_by_whether_its_holder_answered(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call naming a reservation another process holds, asked of every process, was counted only when its holder
+    answered it: its holder's refusal (a Confirm of a released reservation) and a call no process answered for (an
+    id held nowhere, NOT_FOUND once every other was asked) added nothing to ``atp_forwarded_calls_total``, whatever
+    the calls to every peer they cost. The first counts ``located``, the second ``error``."""
+    a, a_address, b, b_address = pair
+    assert b.engine is not None
+    shards = a.config.shards
+    table = RoutingTable(shards, a_address, tuple(Route(g, b_address, 1) for g in range(shards)))
+    monkeypatch.setattr(a._servicer.forwarder, "routing", lambda: table)
+
+    async def not_here(*_args: Any) -> Any:
+        raise Moved(-1, "", serving=())
+
+    async def held_nowhere(*_args: Any) -> Any:
+        raise Moved(-1, "", serving=tuple(range(shards)))  # b answers for every group, and holds no such id
+
+    async with AtpClient(a_address, token=TOKEN, timeout_s=ANSWER_BOUND_S) as via_a, \
+            AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
+        await stock(at_b, b.clock.now_ms())
+        await at_b.reserve("r1", [("A", "L", 2)])
+        await at_b.release("r1")
+        monkeypatch.setattr(a.engine, "confirm", not_here)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await via_a.confirm("r1")
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # the holder's decision, relayed
+        assert (forwarded(a, "Confirm", "located"), forwarded(a, "Confirm", "error")) == (1, 0)
+
+        monkeypatch.setattr(a.engine, "get_reservation", not_here)
+        monkeypatch.setattr(b.engine, "get_reservation", held_nowhere)
+        with pytest.raises(grpc.aio.AioRpcError) as nowhere:
+            await via_a.get_reservation("never-made")
+        assert typed(nowhere.value).refusal.code == grpc.StatusCode.NOT_FOUND  # not retried: no process holds it
+        assert (forwarded(a, "GetReservation", "located"), forwarded(a, "GetReservation", "error")) == (0, 1)
