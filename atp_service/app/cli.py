@@ -211,7 +211,7 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, reque
     if stopped_early():
         log.info("stop signal before the start: not started", extra={"event": "start_abandoned"})
         return 0
-    starting = asyncio.ensure_future(service.start())
+    starting = asyncio.ensure_future(service.start(serving=not config.demo))  # demo: SERVING once its estate is in
     if not await _first(starting, request.event):
         # Waiting for Redis, recovering: nothing was acknowledged yet. The stop cancels the start
         # and is bounded, a second signal exits at once, as for a stop after the start.
@@ -234,10 +234,11 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, reque
         return await _failed_start(config, service, request, f"the start failed: {exc!r}")
     if service.failed.is_set() or service.replaced.is_set():  # told to stop meanwhile: health NOT_SERVING, never ready
         return await _shut_down(config, service, request)
-    if config.demo and service.is_fresh() and (stopped := await _demo(config, service, request)) is not None:
+    if config.demo and _fresh(service) and (stopped := await _demo(config, service, request)) is not None:
         return stopped
     if request.event.is_set():  # a stop signal while the demo estate loaded: never announced as ready
         return await _shut_down(config, service, request)
+    await service.serve()  # demo: NOT_SERVING until its estate is in (callers were answered from an empty one)
     # Recovered state is long-lived: move it out of the collector's view.
     gc.collect()
     gc.freeze()
@@ -246,6 +247,12 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, reque
                                                                           service.failed)],
                        return_when=asyncio.FIRST_COMPLETED)
     return await _shut_down(config, service, request)
+
+
+def _fresh(service: AtpService) -> bool:
+    """True when no shard has logged anything yet (first start)."""
+    assert service.engine is not None
+    return all(actor.seq == 0 for actor in service.engine.actors)
 
 
 def _take_signals(service: AtpService, request: _StopRequest) -> None:

@@ -119,12 +119,19 @@ class AtpService:
                         transport.experiments_for(self.config.http2_transport, os.environ.get(transport.ENV)))
         transport.note(running, self.config.max_pending_calls, self.config.stream_window_bytes)
 
-    async def start(self) -> None:
-        """Listen (health NOT_SERVING), recover every shard, start the desks; then SERVING. A
-        ``stop()`` meanwhile cancels it: it raises CancelledError, and ``stop()`` ends what it had
-        started. Refused start-up (a bad setting, a mismatched layout): StartupError."""
+    async def start(self, serving: bool = True) -> None:
+        """Listen (health NOT_SERVING), recover every shard, start the desks; then SERVING (``serving`` False: at
+        ``serve()``, the demo estate loaded first). A ``stop()`` meanwhile cancels it: it raises CancelledError,
+        and ``stop()`` ends what it had started. Refused start-up (a bad setting, a mismatched layout): StartupError."""
         self._starting = asyncio.get_running_loop().create_task(self._start(), name="atp-start")
         await self._starting  # a caller's cancellation reaches the task, which this waits for
+        if serving:
+            await self.serve()
+
+    async def serve(self) -> None:
+        """Health SERVING, not over a NOT_SERVING said since the start began (a shard or task failed, a newer claim)."""
+        for name in () if self.failed.is_set() or self.replaced.is_set() else ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def _start(self) -> None:
         try:
@@ -138,9 +145,6 @@ class AtpService:
                 await self._log.nodes.aclose()
             raise
         await self._start_desks()
-        # Not over a NOT_SERVING said while a step waited for Redis (a shard or task failed, a newer claim).
-        for name in () if self.failed.is_set() or self.replaced.is_set() else ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def _listen(self) -> None:
         """The gRPC server (health NOT_SERVING meanwhile) and the metrics endpoint."""
@@ -354,11 +358,6 @@ class AtpService:
         if self._grpc_start is not None:
             await asyncio.wait((self._grpc_start,))  # never stopped while its start runs
         await self._server.stop(grace_s)
-
-    def is_fresh(self) -> bool:
-        """True when no shard has logged anything yet (first start)."""
-        assert self.engine is not None
-        return all(actor.seq == 0 for actor in self.engine.actors)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain and stop everything started; a start still under way is cancelled and unwound first.

@@ -16,6 +16,7 @@ from atp_service import AtpService
 from atp_service.app import cli
 from atp_service.intake.ingest import StreamIngestor
 from tests.conftest import test_config as config_for_tests
+from tests.waiting import until
 
 START_LIMIT_S = 30.0
 """A bound on how long the start may take to reach the step the test holds (not a timing)."""
@@ -100,3 +101,35 @@ async def test_a_service_told_to_stop_during_its_start_is_never_announced_ready(
             loop.remove_signal_handler(sig)  # the test process's own again
         await asyncio.wait_for(service.stop(grace_s=0.1), START_LIMIT_S)
     assert "ready" not in capsys.readouterr().out
+
+
+async def test_health_says_serving_only_once_the_demo_estate_is_loaded(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Defect: ``make run``'s first start said SERVING once the shards were recovered, before the demo estate was
+    loaded (a few seconds): a probe, a script or a newcomer trusting it was answered from an empty estate (no stock
+    anywhere, every Reserve refused), while the ready banner still waited for the load."""
+    reached, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held_load(_service: AtpService) -> None:  # the demo estate's load, held until released
+        reached.set()
+        await go_on.wait()
+
+    monkeypatch.setattr(cli, "load_demo", held_load)
+    service = AtpService(config_for_tests(demo=True), redis_url)
+    request = cli._StopRequest(None)
+    serving = asyncio.ensure_future(cli._serve_until_stopped(service.config, service, request, lambda: False))
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(reached.wait(), START_LIMIT_S)
+        assert await health(service.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        go_on.set()
+        await until(lambda: "ATP service ready" in capsys.readouterr().out, "the ready banner", START_LIMIT_S)
+        assert await health(service.port) == health_pb2.HealthCheckResponse.SERVING
+        request.event.set()
+        assert await asyncio.wait_for(serving, START_LIMIT_S) == 0
+    finally:
+        go_on.set()
+        request.event.set()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+            loop.remove_signal_handler(sig)  # the test process's own again
+        await asyncio.wait_for(service.stop(grace_s=0.1), START_LIMIT_S)
