@@ -349,7 +349,8 @@ class AtpClient:
         raises ``ValueError`` here, nothing sent. Every refusal or end of the call is raised typed: ``NotFound``
         (``CHANNEL_NOT_FOUND``), ``Retryable`` (``SHUTTING_DOWN``, ``STORAGE_UNREACHABLE``, ``CAPACITY_REACHED``:
         ``max_watchers`` or ``stream_stall_s``, a connection lost): watch again from the last version read
-        (``since_version``; a watch ended before its ``KIND_SNAPSHOT_END`` with ``snapshot`` again)."""
+        (``since_version``; a watch ended before its ``KIND_SNAPSHOT_END`` with ``snapshot`` again). The client's
+        own ``close()`` meanwhile ends it as every call open on a closed client: ``asyncio.CancelledError``."""
         request = watch_request(channel, snapshot=snapshot, since_version=since_version)
         if not self.pinging:
             raise ValueError("keepalive_s: a watch needs the client's pings (this client has keepalive_s=None): "
