@@ -69,6 +69,26 @@ def take_due(ledger: Ledger, now: int, limit: int, alone: Callable[[Reservation]
     return list(out), dropped
 
 
+def due_head(ledger: Ledger, now: int, stale: int) -> tuple[Reservation | None, int]:
+    """The hold at the head of ``ledger``'s expiry queue where it is due, the stale entries before it dropped
+    on the way — at most ``stale`` of them (None past them, as ``take_due`` stops there); None where the
+    head is not due. Also returns how many were dropped. Nothing else changes: a stale entry names no
+    hold due then, wherever it is dropped."""
+    ledger._unquiet()
+    expiry, records = ledger._expiry, ledger.reservations
+    dropped = 0
+    while expiry and expiry[0][0] <= now:
+        expires_at, rid = expiry[0]
+        rec = records.get(rid)
+        if rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:
+            return rec, dropped
+        if dropped >= stale:
+            break
+        dropped += 1
+        heapq.heappop(expiry)
+    return None, dropped
+
+
 def held_again(expiry: list[tuple[int, str]], old: Reservation, undone: Reservation) -> None:
     """Requeue ``old``'s expiry when taking back ``undone`` (its Confirm, Release or expiry, whose append
     failed: R7) makes it a hold again. A turn in flight after it may have popped the hold's entry

@@ -25,7 +25,7 @@ from ._events import (
     Shipped,
     saved_since,
 )
-from ._expiry import EXPIRY_STALE_PER_TURN, expiry_stale, held_again, sweeping, take_due
+from ._expiry import EXPIRY_STALE_PER_TURN, due_head, expiry_stale, held_again, sweeping, take_due
 from ._facts import COUNT_RANK, DELTA_RANK, Histories, PositionHistory
 from ._holds import HoldsIndex
 from ._keys import fact_key, fact_payload, pair_key, split_key
@@ -201,6 +201,19 @@ class Ledger(ReserveWrites, Upkeep):
     def expiry_due(self, now: int) -> bool:
         """Whether the expiry queue's head is due (it may be stale: ``due_alone`` drops it)."""
         return bool(self._expiry) and self._expiry[0][0] <= now
+
+    def due_first(self, now: int) -> Reservation | None:
+        """The hold due first (R3) where one is, for a check made before a Reserve's turn (``IdGuard``): the
+        expiry queue's head, the stale entries before it dropped. They count against the next batch's
+        ``EXPIRY_STALE_PER_TURN`` (``due_alone``'s): past it None, as that turn stops there. Counted apart,
+        a stream's batch of 1,000 new ids checked one after another walked up to 1,000 times the bound in
+        one go (R8)."""
+        batch, taken, dropped = self._alone_taken
+        if batch is not self._events:
+            taken = dropped = 0
+        rec, more = due_head(self, now, EXPIRY_STALE_PER_TURN - dropped)
+        self._alone_taken = (self._events, taken, dropped + more)
+        return rec
 
     def due_alone(self, now: int, alone: Callable[[Reservation], bool], limit: int) -> list[str]:
         """``due`` from the queue's head while ``alone`` (this ledger expires it by itself; not: those after it wait

@@ -40,9 +40,10 @@ class Upkeep:
     _alone_taken: tuple[list[Event], int, int] = ([], 0, 0)
     """The open batch (its events' list: a batch sealed or committed opens another), how many holds its
     Reserves' turns have taken to expire and how many stale expiry entries they dropped (``Ledger.due_alone``,
-    ``EXPIRY_STALE_PER_TURN``). Bounded per Reserve, a ReserveStream batch
-    of 1,000 (one turn) expired up to 1,000 times ``EXPIRE_PER_TURN`` holds in one go: minutes in which no
-    shard, call or lease renewal ran (R8), one log entry of hundreds of MB."""
+    ``EXPIRY_STALE_PER_TURN``), the checks made before its turn (``Ledger.due_first``) with them. Bounded
+    per Reserve, a ReserveStream batch of 1,000 (one turn) expired up to 1,000 times ``EXPIRE_PER_TURN``
+    holds in one go: minutes in which no shard, call or lease renewal ran (R8), one log entry of hundreds
+    of MB."""
 
     def housekeeping_wanted(self) -> bool:
         """Remembered facts to forget (E8), kept deltas to compact (E9), stale expiry entries to drop.

@@ -35,12 +35,23 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.capacity import record_refusal
+from atp_service.engine.maintenance import expires_alone
 from atp_service.engine.messages import refused_for_memory
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.ids import IdClaims
 from atp_service.storage.resp import out_of_memory
 from atp_service.tasks import cancel_for_good, keep
-from reservation import AlreadyExists, DomainError, Moved, Reason, Reservation, ReserveCommand, State, Unavailable
+from reservation import (
+    AlreadyExists,
+    DomainError,
+    Ledger,
+    Moved,
+    Reason,
+    Reservation,
+    ReserveCommand,
+    State,
+    Unavailable,
+)
 from reservation._orders import order_of
 
 if TYPE_CHECKING:
@@ -140,16 +151,27 @@ class IdGuard:
         only looked at, with the refusal the shard would give (a claim outlives its Reserve a day or
         so: at a full shard a flood of new ids grew Redis by a key a call, all of them refused). Looked
         at, not refused outright: an id whose claim names another group is another record's (R5). A
-        home whose expiry queue has a hold due is asked in its turn, where they expire first: a hold
-        past its TTL is not live when a Reserve is decided (R2, R3), and refused here for it the
-        Reserve was granted by one process (its Reserve's turn expires them first), not by several."""
+        home whose turn may make room is asked in its turn (``_room_in_turn``)."""
         engine = self._engine
         records = 2 if engine.orders is not None and len(engine.routes.placement(cmd)[0]) > 1 else 1
         ledger = engine.actors[home].ledger
         full = record_refusal(ledger, engine.limits, records)  # a saga's order: its part too
-        if full is not None and not ledger.expiry_due(engine.now_at(home)):
+        if full is not None and not self._room_in_turn(ledger, home, full):
             return self.claims.look(cmd.reservation_id), full
         return self.claims.claim(cmd.reservation_id, home, self._ttl_ms(cmd)), None
+
+    def _room_in_turn(self, ledger: Ledger, home: int, full: DomainError) -> bool:
+        """Whether the home's turn may grant what ``full`` refuses here: the bound is on live records and a
+        hold there is past its TTL that the turn expires first (``expire_alone``) — a hold past its TTL is
+        not live when a Reserve is decided (R2, R3), and refused here for it the Reserve was granted by one
+        process, not by several. Not where the queue's due head is only stale entries (holds confirmed,
+        released, given another TTL: confirmed ones count live), nor an order (its saga expires it, from a
+        housekeeping pass), nor at the bound on resolved records (an expiry adds one): claimed there, a
+        flood of new ids grew Redis by a key a call again, each refused by the turn."""
+        if full.metadata.get("limit") != "max_live_reservations_per_shard":
+            return False
+        due = ledger.due_first(self._engine.now_at(home))
+        return due is not None and expires_alone(home, self._engine.place)(due)
 
     def _refusal(self, reservation_id: str, home: int, held: int, full: DomainError | None) -> DomainError | None:
         """What the claim's answer (``held``: -1 where only looked at and none held) refuses: an id of

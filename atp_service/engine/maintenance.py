@@ -70,17 +70,21 @@ def _bounded_by_lines(due: list[tuple[str, int]], ledger: Ledger) -> list[list[t
     return changes
 
 
+def expires_alone(shard: int, place: Callable[[str], int]) -> Callable[[Reservation], bool]:
+    """Whether a hold of ``shard`` is one its own turn expires (``expire_alone``): not an order (its saga
+    expires it, from a housekeeping pass), every line on ``shard``."""
+    def alone(rec: Reservation) -> bool:
+        return not rec.is_order and all(place(line.sku) == shard for line in rec.lines)
+
+    return alone
+
+
 def expire_alone(ledger: Ledger, now: int, place: Callable[[str], int]) -> None:
     """Inside a Reserve's turn on ``ledger``, before it is decided: the holds there whose TTL has passed
     and that this shard expires by itself (not spanning shards, not an order) expire in the Reserve's
     entry. A hold past its TTL holds nothing when a Reserve is decided (R2, R3): left to the next pass,
     its units refused a Reserve that a Confirm of it at the same moment answered EXPIRED."""
-    shard = ledger.shard
-
-    def alone(rec: Reservation) -> bool:
-        return not rec.is_order and all(place(line.sku) == shard for line in rec.lines)
-
-    for rid in ledger.due_alone(now, alone, EXPIRE_PER_TURN):
+    for rid in ledger.due_alone(now, expires_alone(ledger.shard, place), EXPIRE_PER_TURN):
         ops.expire(ledger, rid, now)
 
 

@@ -105,3 +105,27 @@ def test_a_turn_taken_back_queues_its_hold_again_and_it_expires_once_R7() -> Non
     assert sorted(taken) == ["first", "late", "late"]  # the one taken back, then once for good
     assert ledger.reservation("late").state.name == "EXPIRED"  # type: ignore[union-attr]
     assert ledger._expiry == []
+
+
+def test_the_checks_made_before_a_turn_share_its_bound_R8() -> None:
+    """``due_first``: the hold due first, for the check a leased process makes before a Reserve's turn
+    (``IdGuard``: claimed only where the turn expires one), once for each new id of a stream's batch. The
+    stale entries it drops count against the next batch's bound, with its Reserves': counted per check, a
+    batch of 1,000 ids walked up to 1,000 times the bound in one go."""
+    ledger = _ledger_with_stale_entries()
+    first = ledger.due_first(AT)
+    assert first is not None and first.reservation_id == "first"
+    expire(ledger, "first", AT)  # its entry stale now
+    ledger.commit(AT)
+    for _ in range(100):  # the checks of one batch's ids
+        assert ledger.due_first(AT) is None
+    assert len(ledger._expiry) == STALE + 2 - BOUND, "the checks walked past the bound together"
+    assert ledger.due_alone(AT, lambda rec: True, 100) == [] and len(ledger._expiry) == STALE + 2 - BOUND, \
+        "the turn after them walked past the bound"
+    for _ in range(math.ceil(STALE / BOUND)):
+        ledger.commit(AT)  # a batch of its own
+        found = ledger.due_first(AT)
+        if found is not None:
+            break
+    assert found is not None and found.reservation_id == "late", "the hold due behind them never found"
+    assert ledger.due_first(AT) is found and ledger.due(AT, 100) == ["late"]
