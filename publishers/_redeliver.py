@@ -196,12 +196,13 @@ class Redelivery:
 
     async def run_pass(self) -> None:
         """One step of the sweep over what is owed: one page of remembered keys (about
-        ``read_count``). The channel stream is read between steps, so a new change (a new stock-out)
-        never waits behind a long redelivery. Returns early when a stop cuts it off or the
-        destination fails again: the page is tried again at the next step."""
+        ``read_count``) that sends something, pages with nothing to send passed over. The channel
+        stream is read between steps, so a new change (a new stock-out) never waits behind a long
+        redelivery. Returns early when a stop cuts it off or the destination fails again: the page is
+        tried again at the next step."""
         self._first, self._last_pass_ms = False, self._now_ms()
         self.passing, self.failed_in_pass = True, False
-        done, finished = {"redelivered": 0}, False
+        done, finished = {"redelivered": 0, "sent": 0}, False
         try:
             if self._cursor == 0 and self._stock_outs_phase and self._every_key is None:  # a sweep begins
                 self._with_refused, self._reowed = self._refused_due, False
@@ -248,18 +249,24 @@ class Redelivery:
         return False  # stopped, or the destination failed again: this step again at the next pass
 
     async def _step(self, done: dict[str, int]) -> bool:
-        """The next page of the sweep: the stock-outs among all owed keys first, then the rest (C2).
-        True: the sweep is finished."""
+        """The next page of the sweep that sends something: the stock-outs among all owed keys first, then
+        the rest (C2). True: the sweep is finished. A page that sends nothing (no stock-out on it, in the
+        first phase) is followed at once by the next: returned, the next waited for the pass's timer
+        (``redeliver_interval_s``) where nothing had told this process the destination answers again (a
+        start, a quiet channel after an outage), and every owed value behind it — a stock-out on a later
+        page — waited that long per page (C2, C4)."""
         cfg = self.config
         while True:
             cursor, items = await self.client.hscan(cfg.redeliver_key, self._cursor, count=cfg.read_count)
             page = [(as_text(key), as_text(owed)) for key, owed in items.items()]
-            before = done["redelivered"]
+            before, sent = done["redelivered"], done["sent"]
             if not await self._page(page, self._stock_outs_phase, self._with_refused, done):
                 return False  # the same page again at the next step
             self._cursor = int(cursor)
             if self._cursor:
-                return False
+                if done["sent"] > sent:
+                    return False  # the channel stream's turn, then the next page
+                continue
             self._stock_outs_phase = not self._stock_outs_phase
             if self._stock_outs_phase:
                 return True
@@ -280,6 +287,7 @@ class Redelivery:
         # Refused keys outside their pass are only forgotten once a newer value of theirs got through.
         todo = [u for key, u in newest.items() if key in wanted and u.version > self._delivered_version(key)
                 and (u.quantity == 0 or not stock_outs_only)]
+        done["sent"] += len(todo)
         if todo and not await self._deliver(todo):
             return False
         settled = [key for key in keys if key not in newest or self._delivered_version(key) >= newest[key].version]
