@@ -57,6 +57,7 @@ from ._shopify_state import (
     Row,
     about_the_request,
     available_of,
+    error_code,
     graphql_errors,
     row_errors,
     stale_rows,
@@ -254,10 +255,13 @@ class ShopifyAdapter:
                    salt: int) -> list[dict[str, Any]]:
         data = await self._graphql("set", set_quantities_body(self.settings.endpoint, channel, updates, rows, salt))
         try:
-            errors = data["inventorySetQuantities"]["userErrors"]
+            errors = data["inventorySetQuantities"]["userErrors"] or []
         except (KeyError, TypeError):
             raise DeliveryError("shopify: unexpected response shape") from None
-        return list(errors or [])
+        if not isinstance(errors, list) or not all(isinstance(e, dict) for e in errors):
+            # Read on, a TypeError or AttributeError rose out of the adapter and ended the publisher (C2, C4).
+            raise DeliveryError("shopify: unexpected response shape (userErrors is no list of objects)")
+        return errors
 
     async def _read(self, rows: list[Row]) -> None:
         """Fill ``expected`` of ``rows`` with the store's ``available`` quantity now; a row without an
@@ -290,7 +294,9 @@ class ShopifyAdapter:
                 if not isinstance(data, dict):  # a gateway's page: a failed try, not a crash of the loop
                     raise DeliveryError("shopify: the answer is not a GraphQL response (its data is no object)")
                 return data
-            codes = {(e.get("extensions") or {}).get("code") for e in errors if isinstance(e, dict)}
+            if not isinstance(errors, list):  # iterated, a TypeError out of the adapter ended the publisher
+                raise DeliveryError(f"shopify: the answer is not a GraphQL response (errors: {graphql_errors(errors)})")
+            codes = {error_code(e) for e in errors if isinstance(e, dict)}
             if codes != {"THROTTLED"}:
                 # Refused before it ran: an invalid value of one quantity (an id Shopify cannot parse), the
                 # request's cost: maybe not a part of it (split); access and an inactive shop: any part.

@@ -167,8 +167,14 @@ def _user_error(error: Any) -> str:
     return f"{error.get('code')}{where}: {str(error.get('message'))[:200]}"
 
 
+def error_code(error: Any) -> Any:
+    """A top-level GraphQL error's ``extensions.code`` (None: none, or an error or extensions that are no object)."""
+    extensions = error.get("extensions") if isinstance(error, dict) else None
+    return extensions.get("code") if isinstance(extensions, dict) else None
+
+
 def _graphql_error(error: dict[str, Any]) -> str:
-    code, message = (error.get("extensions") or {}).get("code"), str(error.get("message"))[:200]
+    code, message = error_code(error), str(error.get("message"))[:200]
     return f"{code}: {message}" if code else message
 
 
