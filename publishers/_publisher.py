@@ -242,12 +242,8 @@ class Publisher:
             if key in newest:
                 self.metrics.outcome(self.config.channel, self.adapter.name, "superseded")
             newest[key] = u
-        todo = []
-        for key, u in newest.items():
-            if u.version <= self._delivered.get(key, 0):
-                self.metrics.outcome(self.config.channel, self.adapter.name, "duplicate")
-            else:
-                todo.append((key, u))
+        todo = [(key, u) for key, u in newest.items() if u.version > self._delivered.get(key, 0)]
+        self.metrics.outcome(self.config.channel, self.adapter.name, "duplicate", len(newest) - len(todo))
         # Stock-outs first (C2: a channel must stop selling what is gone before anything else), in requests of their
         # own of at most a full bucket (a request waits for a token per update: 9 s for 100 at the defaults). Then
         # version order: each key has one update here, so no key's older value can follow its newer.
@@ -255,14 +251,16 @@ class Publisher:
         outs, size = sum(u.quantity == 0 for _, u in todo), self.config.delivery_batch
         cuts = ((todo[:outs], min(size, self._bucket.burst if self._bucket else size)), (todo[outs:], size))
         delivered: dict[str, int] = {}
-        tries = self.config.max_attempts
+        tries, failed_outs = self.config.max_attempts, list[tuple[str, ChannelUpdate]]()
         try:
             if todo and not confirmed:  # C4: only what the replicas hold (``NotReplicated``: none delivered)
                 await self._unless_stopped(self.replicas.confirm())
             for chunk in (part[at:at + n] for part, n in cuts for at in range(0, len(part), n)):
-                sent, answered = await self._deliver([u for _, u in chunk], tries)
-                done = {u.version for u in sent}
-                delivered.update((key, u.version) for key, u in chunk if u.version in done)
+                if not (answered := await self._deliver(chunk, tries, delivered)):
+                    failed_outs += [(key, u) for key, u in chunk if u.quantity == 0]
+                elif failed_outs:  # C2: the destination is back; its stock-outs go before the rest, tried once more
+                    await self._deliver(failed_outs, 1, delivered, owed=True)  # (else owed, as they are already)
+                    failed_outs = []
                 # Once a request failed every try (the destination down) the others get one each until one is answered,
                 # not max_attempts with backoff each (C2: stock-outs read later waited ~40 min); then owed, as any (C4).
                 tries = self.config.max_attempts if answered else 1
@@ -337,11 +335,13 @@ class Publisher:
     async def _deliver_and_record(self, updates: list[ChannelUpdate]) -> bool:
         return (delivered := await self._deliver_newest(updates)) is not None and await self._record(delivered)
 
-    async def _deliver(self, updates: list[ChannelUpdate], tries: int) -> tuple[list[ChannelUpdate], bool]:
-        """Deliver one chunk, tried at most ``tries`` times: the updates delivered (the rest were dead-lettered: the
-        whole chunk after its last try, or those the adapter refused one by one), and whether the destination answered
-        (False: every try failed, retryable)."""
-        cfg, channel, name = self.config, self.config.channel, self.adapter.name
+    async def _deliver(self, chunk: list[tuple[str, ChannelUpdate]], tries: int, delivered: dict[str, int],
+                       owed: bool = False) -> bool:
+        """Deliver one chunk (key, update), tried at most ``tries`` times, the versions delivered put in ``delivered``
+        (the rest were dead-lettered: the whole chunk after its last try, or those the adapter refused one by one):
+        whether the destination answered (False: every try failed, retryable). ``owed``: dead-lettered already,
+        owed their newest value: a retryable failure writes no second dead letter."""
+        cfg, channel, name, updates = self.config, self.config.channel, self.adapter.name, [u for _, u in chunk]
         assert self._bucket is not None, "run() prepares the bucket"
         await self._unless_stopped(take_tokens(self._bucket, len(updates), self._now_ms, self._sleep,
                                                self.metrics.rate_limited.labels(channel).inc))
@@ -360,17 +360,19 @@ class Publisher:
             self._redelivery.succeeded()
             refused = list(answer or ())
             gone = {r.update.version for r in refused}  # versions are unique within a channel
-            delivered = [u for u in updates if u.version not in gone]
-            self.metrics.outcome(channel, name, "delivered", len(delivered))
+            taken = [(key, u) for key, u in chunk if u.version not in gone]
+            delivered.update((key, u.version) for key, u in taken)
+            self.metrics.outcome(channel, name, "delivered", len(taken))
             now = time.time_ns() // 1_000_000
-            for u in delivered:
+            for _, u in taken:
                 self.metrics.delay.labels(channel).observe(max(0, now - u.event_time) / 1000)
             if refused:
                 self.metrics.outcome(channel, name, "failed", len(refused))
                 await self._redelivery.dead_letter([(r.update, r.reason) for r in refused], attempt, retryable=False)
-            return delivered, True
-        await self._redelivery.dead_letter([(u, reason) for u in updates], attempt, retryable)
-        return [], not retryable
+            return True
+        if not (owed and retryable):
+            await self._redelivery.dead_letter([(u, reason) for u in updates], attempt, retryable)
+        return not retryable
 
     async def _send(self, updates: list[ChannelUpdate]) -> Any:
         self._holding.lease.check_send()  # any adapter; an HTTP one checks each of its requests again
