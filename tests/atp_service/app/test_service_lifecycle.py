@@ -4,6 +4,7 @@ and for ``atp-service serve`` by SIGTERM; gRPC's server is stopped once, never t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import shutil
@@ -27,8 +28,8 @@ from atp_service import AtpService, EmbeddedRedis
 from atp_service.app import cli
 from atp_service.app.keyspace import StartupError
 from atp_service.storage.keys import Keyspace
+from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import LogStore
-from benchmarks.tcp_delay import DelayProxyProcess
 from tests.atp_service.app.test_cli import wait_for_line
 from tests.atp_service.app.test_healthcheck import health, starting_until_logged
 from tests.atp_service.channel_helpers import fact, write_estate
@@ -177,30 +178,110 @@ async def test_a_stop_at_any_early_turn_of_a_start_ends_it_cleanly() -> None:
         loop.set_exception_handler(None)
 
 
-async def test_a_stop_while_a_lease_is_being_granted_gives_it_back(redis_url: str, tmp_path: Path) -> None:
+async def test_a_stop_while_a_lease_is_being_granted_gives_it_back(redis_url: str) -> None:
     """Leased groups, a slow network: the stop lands once Redis has granted a group but before the
     grant's reply is back. The lease is given back once the reply comes, before the connections
-    close, instead of keeping the group from every other process until it runs out."""
+    close, instead of keeping the group from every other process until it runs out.
+
+    The grant's reply alone is late (``GrantReplyHeld``), held from its first byte until the stop has
+    run ``REPLY_LATE_S``: every reply of the start half a second late (a delaying proxy) took ~20 s to
+    reach the first grant, and the stop then had to begin within the reply's half second, or it met
+    the group already held (a stop that gives back what it holds: the defect not reached)."""
     upstream = redis_url.removeprefix("redis://").split("/")[0]
-    proxy = DelayProxyProcess(upstream, tmp_path / "proxy.log")
-    await proxy.start()
+    proxy = GrantReplyHeld(upstream)
+    url = await proxy.start()
     admin = redis.asyncio.Redis.from_url(redis_url)
     try:
-        await proxy.delay(0.5, "down")  # every reply half a second late: each command has landed by then
         config = make_config(ownership="leases", lease_ms=60_000, input_streams=(), redis_timeout_s=10.0,
                              port=held_port())
-        service = AtpService(config, f"redis://127.0.0.1:{proxy.port}/0")
+        service = AtpService(config, url)
         starting = asyncio.create_task(service.start())
-        deadline = time.monotonic() + 60
-        while not await admin.keys("*}:lease"):  # a group granted, its reply still on the way
-            assert not starting.done() and time.monotonic() < deadline
-            await asyncio.sleep(0.01)
-        await asyncio.wait_for(service.stop(grace_s=0), timeout=60)
+        await asyncio.wait_for(proxy.holding.wait(), 60)  # a group granted, its reply still on the way
+        assert await admin.keys("*}:lease") and not starting.done()
+        stopping = asyncio.ensure_future(service.stop(grace_s=0))
+        await asyncio.sleep(REPLY_LATE_S)
+        assert not stopping.done()  # it waits for the grant's answer, to give the lease back
+        proxy.let_go()
+        await asyncio.wait_for(stopping, timeout=60)
         assert starting.cancelled()
         assert await admin.keys("*}:lease") == []
     finally:
         await admin.aclose()
-        await proxy.stop()
+        await proxy.close()
+
+
+REPLY_LATE_S = 0.5
+"""How late the grant's reply comes, counted from the stop's beginning."""
+
+
+class GrantReplyHeld:
+    """A TCP proxy in front of Redis that forwards everything at once but the answers to a lease's
+    grant (``GroupLeases``'s acquire script; its ``NOSCRIPT`` refusal goes on): held, once Redis ran
+    the grant, until ``let_go``."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._marker = GroupLeases._ACQUIRE.sha.encode()
+        self.holding = asyncio.Event()
+        self._go = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        """Listen; returns the Redis URL to give the service."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    def let_go(self) -> None:
+        self._go.set()
+
+    async def close(self) -> None:
+        self._go.set()
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            writer.close()
+            return
+        self._writers += [writer, up_writer]
+        granting = [False]  # the next reply on this connection answers a grant
+        for coro in (self._up(reader, up_writer, granting), self._down(up_reader, writer, granting)):
+            task = asyncio.get_running_loop().create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _up(self, reader: asyncio.StreamReader, upstream: asyncio.StreamWriter, granting: list[bool]) -> None:
+        tail = b""
+        with contextlib.suppress(OSError):
+            while chunk := await reader.read(65536):
+                if self._marker in tail + chunk:
+                    granting[0] = True  # before Redis has it: its answer cannot come first
+                tail = (tail + chunk)[-64:]
+                upstream.write(chunk)
+                await upstream.drain()
+        upstream.close()
+
+    async def _down(self, upstream: asyncio.StreamReader, writer: asyncio.StreamWriter, granting: list[bool]) -> None:
+        with contextlib.suppress(OSError):
+            while data := await upstream.read(65536):
+                if granting[0]:
+                    granting[0] = False
+                    if not data.startswith((b"-", b"!")):  # not an error (NOSCRIPT: loaded, then sent again)
+                        self.holding.set()
+                        await self._go.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
 
 
 @asynccontextmanager
