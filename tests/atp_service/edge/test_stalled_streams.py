@@ -17,12 +17,18 @@ from atp_client import AtpClient, Retryable, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service.app.service import AtpService
+from atp_service.edge import stalls
 from atp_service.edge.stalls import StallLimit
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
 STALL_S = 1.0
+END_WAIT_S = 1.0
+"""``stalls.END_WAIT_S`` (5 s) for a caller that reads nothing until the stalled stream's place is freed: its
+status can never be queued behind the replies, so the stall's end waits it out every time, then cancels the
+call's task. 1 s ends the stream the same way, 4 s sooner; either end the caller then reads (the status, or
+grpc.aio's INTERNAL) is checked as before."""
 BATCH = 100
 STOCK = 1_000_000  # max_quantity: more than the batches the buffers hold
 
@@ -49,7 +55,9 @@ async def _found(client: AtpClient, rid: str) -> bool:
     return True
 
 
-async def test_a_reserve_stream_not_read_ends_and_keeps_what_it_decided(start_service: ServiceFactory) -> None:
+async def test_a_reserve_stream_not_read_ends_and_keeps_what_it_decided(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stalls, "END_WAIT_S", END_WAIT_S)
     service, client = await start_service(max_reserve_streams=1, stream_stall_s=STALL_S)
     assert (await client.record_events([receipt("seed", "A", "S1", STOCK)]))[0].outcome == pb.FACT_OUTCOME_APPLIED
     # A caller that writes batches and never reads their answers (no BDP probing: its window stays small).
