@@ -17,10 +17,12 @@ from atp_client import AtpClient, Retryable, typed
 from atp_client._errors import CORE_LOST_CALL
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
+from atp_service.edge import stalls
 from tests.atp_service.app.test_redis_stalls import _outcome_said
 from tests.atp_service.edge.test_abandoned_streams import writes_paused
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_servicer import stream_tasks
+from tests.atp_service.edge.test_stalled_streams import END_WAIT_S
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
@@ -159,11 +161,12 @@ INFLIGHT = 2
 
 
 async def test_a_caller_that_sends_and_never_reads_is_held_to_max_stream_inflight_and_ended(
-        start_service: ServiceFactory) -> None:
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller writing batches as fast as it can and reading none: the service reads no further than
     ``max_stream_inflight`` batches ahead of what it could write back (at no moment more of the
     stream's tasks than its reader, those batches, one being queued and one being answered), and the
     stream ends ``stream_stall_s`` (UNAVAILABLE OUTCOME_UNKNOWN) instead of growing; its place is freed."""
+    monkeypatch.setattr(stalls, "END_WAIT_S", END_WAIT_S)  # the status is never queued: waited out, then cancelled
     service, client = await start_service(max_stream_inflight=INFLIGHT, max_reserve_streams=1, stream_stall_s=1.0)
     await client.record_events([receipt(f"seed-{s}", s, loc, 1_000_000) for s, loc in PLACES])
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}", options=[("grpc.http2.bdp_probe", 0)])
