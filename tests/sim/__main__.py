@@ -57,9 +57,10 @@ def main() -> int:
                         help="a grace window of 30 s and a seal threshold of 8: shards forget remembered facts, "
                              "seal them and free kept deltas (E8, E9) under every fault; old facts resent")
     parser.add_argument("--input-streams", action="store_true",
-                        help="facts arrive through the input-stream reader only (one process): Redis reads, quarantine "
-                             "scripts and acknowledgements refused or their answers lost, the reader restarted, room "
-                             "restored; every entry applied or quarantined once (inputdriver.py)")
+                        help="facts arrive through the input-stream readers only (two consumers of the group, the "
+                             "second sending its facts to their owner, stopped, its entries claimed): Redis reads, "
+                             "quarantine scripts and acknowledgements refused or their answers lost, the reader "
+                             "restarted, room restored; every entry applied or quarantined once (inputdriver.py)")
     parser.add_argument("--one-key", action="store_true",
                         help="snapshots stored in one key whatever the seed (as seeds found before several were)")
     args = parser.parse_args()

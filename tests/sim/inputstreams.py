@@ -1,12 +1,14 @@
-"""``--input-streams``: Redis as the input-stream reader (``intake/ingest.py``) and the quarantine stream see it.
+"""``--input-streams``: Redis as the input-stream readers (``intake/ingest.py``) and the quarantine stream see it.
 
-An in-process model of what the reader and ``FactDesk`` ask of Redis, answered at once (nothing sleeps): streams
-with one consumer group each (the group's position, its pending list with each entry's consumer and delivery
-count), and the scripts the reader runs, as their Lua does it — the read of new entries (``unread._READ``: no
-entry is ever trimmed here, so no gap is crossed and nothing is owed), the group made (``XGROUP CREATE``,
-``unread._MAKE_AFTER``), a read of this consumer's own pending entries (``XREADGROUP`` after ids), ``XACK``,
-``XPENDING`` of one entry, and the quarantine script (``quarantine._ONCE``): a fact written once by its digest,
-its input entry acknowledged in the same script only while pending to the consumer writing it.
+An in-process model of what the readers and ``FactDesk`` ask of Redis, answered at once (nothing sleeps): streams
+with one consumer group each (the group's position, its pending list with each entry's consumer, delivery count
+and delivery time, by Redis's clock: the world's), and the scripts the readers run, as their Lua does it — the read
+of new entries (``unread._READ``: no entry is ever trimmed here, so no gap is crossed and nothing is owed), the
+group made (``XGROUP CREATE``, ``unread._MAKE_AFTER``), a read of a consumer's own pending entries (``XREADGROUP``
+after ids: each delivered again counted and its idle time reset), ``XACK`` (of whichever consumer holds the entry,
+0 without the group: never an error, as Redis answers), ``XPENDING`` of one entry for one consumer, the claim
+(``claims._CLAIM``: ``XAUTOCLAIM`` as Redis 7.0 runs it, ``inputscripts.autoclaim``) and the quarantine script
+(``quarantine._ONCE``, ``inputscripts.quarantine_once``). Reply shapes checked against redis-server 7.0.
 
 Faults (``RedisFaults``, while a step runs): a pipeline or script call refused before Redis ran it (nothing
 done), or its answer lost after Redis ran all of it or only its first commands (a pipeline is no transaction;
@@ -17,7 +19,6 @@ by then — applied in its shard log (landed), or its quarantine entry written (
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +28,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from atp_service.intake import quarantine, unread
+from atp_service.intake import claims, quarantine, unread
 from atp_service.intake.entries import id_key
-from atp_service.intake.quarantine import _FIELDS, _PER_FACT
+from tests.sim import inputscripts
 
 FAULT_P = 0.12
 """The chance that a call to Redis fails while faults are on, half of them after Redis ran (some of) it."""
@@ -46,7 +47,7 @@ def _id(value: Any) -> bytes:
 @dataclass
 class Group:
     last: bytes = b"0-0"  # the last entry delivered (``last-delivered-id``)
-    pending: dict[bytes, list[Any]] = field(default_factory=dict)  # entry id -> [consumer, deliveries]
+    pending: dict[bytes, list[Any]] = field(default_factory=dict)  # entry id -> [consumer, deliveries, at ms]
 
 
 @dataclass
@@ -84,13 +85,16 @@ def _fail(kind: str) -> BaseException:
 class SimStreams:
     """The Redis client the reader and the desk are given (one model of Redis behind both)."""
 
-    def __init__(self, faults: RedisFaults, on_ack: Callable[[str, bytes], None]) -> None:
+    def __init__(self, faults: RedisFaults, on_ack: Callable[[str, bytes], None], now_ms: Callable[[], int]) -> None:
         self.redelivered = 0  # entries delivered again (a read of the consumer's own pending list)
+        self.claimed = 0  # entries another consumer took over (``XAUTOCLAIM``)
+        self.now_ms = now_ms  # Redis's clock: idle times
         self.streams: dict[str, Stream] = {}
         self.written: dict[str, set[str]] = {}  # the quarantine script's sets of digests, by key
         self.faults, self.on_ack = faults, on_ack
         self.quarantined: list[tuple[str, dict[str, str], tuple[str, bytes] | None]] = []
         """Quarantine entries written: (stream, fields, the input entry named with it)."""
+        self.dead_letters: list[tuple[str, dict[str, str]]] = []  # (dead-letter stream, its fields) as written
         self.acked: dict[tuple[str, bytes], int] = {}  # input entry -> acknowledgements that took it
 
     # -- the producer's side ----------------------------------------------------------------------
@@ -111,11 +115,13 @@ class SimStreams:
 
     def register_script(self, source: str) -> Callable[..., Any]:
         run = {unread._READ: self._read_new, unread._ACK: lambda keys, args: None,
-               unread._MAKE_AFTER: self._make_after}[source]
+               unread._MAKE_AFTER: self._make_after,
+               claims._CLAIM: lambda keys, args: inputscripts.autoclaim(self, keys, args)}[source]
+        what = {unread._READ: "read", claims._CLAIM: "claim"}.get(source, "script")
 
         async def call(keys: list[str], args: list[Any]) -> Any:
             await asyncio.sleep(0)
-            kind, ran = self.faults.draw("read" if source == unread._READ else "script", 1)
+            kind, ran = self.faults.draw(what, 1)
             out = run(keys, args) if ran else None
             if kind != "ok":
                 raise _fail(kind)
@@ -166,11 +172,13 @@ class SimStreams:
         streams, (group, consumer, count) = keys[:-1], (_text(args[0]), _text(args[1]), int(args[2]))
         reply, positions = [], []
         for stream in streams:
+            self._group(stream, group)  # NOGROUP: the whole read refused, nothing delivered
+        for stream in streams:
             held, mine = self._group(stream, group)
             rows = [[entry_id, list(flat)] for entry_id, flat in held.entries.items()
                     if id_key(entry_id) > id_key(mine.last)][:count]
             for entry_id, _ in rows:
-                mine.pending[entry_id] = [consumer, 1]
+                mine.pending[entry_id] = [consumer, 1, self.now_ms()]
             if rows:
                 mine.last = rows[-1][0]
                 reply.append([stream.encode(), rows])
@@ -183,20 +191,28 @@ class SimStreams:
         rest = args[6:]
         streams, afters = rest[:len(rest) // 2], rest[len(rest) // 2:]
         reply = []
+        for stream in streams:
+            self._group(_text(stream), group)  # NOGROUP: the whole read refused
         for stream, after in zip(streams, afters, strict=True):
             held, mine = self._group(_text(stream), group)
             rows = []
-            for entry_id, holder in mine.pending.items():  # in id order: delivered in id order
+            for entry_id in sorted(mine.pending, key=id_key):  # delivered in id order
+                holder = mine.pending[entry_id]
                 if holder[0] == consumer and id_key(entry_id) > id_key(_id(after)) and len(rows) < count:
-                    holder[1] += 1
-                    self.redelivered += 1
                     flat = held.entries.get(entry_id)
+                    if flat is not None:  # one trimmed away: [id, nil], its count and idle time left as they were
+                        holder[1], holder[2] = holder[1] + 1, self.now_ms()
+                        self.redelivered += 1
                     rows.append([entry_id, None if flat is None else list(flat)])
-            reply.append([_text(stream).encode(), sorted(rows, key=lambda row: id_key(row[0]))])
+            reply.append([_text(stream).encode(), rows])
         return reply
 
     def xack(self, stream: str, group: str, *ids: bytes) -> int:
-        _, mine = self._group(stream, group)
+        """Whichever consumer holds each entry; 0 where the stream or the group is gone (no error: redis-server)."""
+        held = self.streams.get(stream)
+        mine = held.groups.get(group) if held is not None else None
+        if mine is None:
+            return 0
         n = 0
         for entry_id in ids:
             if mine.pending.pop(_id(entry_id), None) is not None:
@@ -213,34 +229,7 @@ class SimStreams:
         return [{"message_id": _id(entry_id), "consumer": consumer.encode(), "times_delivered": holder[1]}]
 
     def quarantine_script(self, keys: list[str], args: list[Any]) -> list[int]:
-        """``quarantine._ONCE``, as its Lua does it (atomic: nothing else runs meanwhile)."""
-        stream, written_key, inputs = keys[0], keys[1], keys[2:]
-        group, consumer = _text(args[1]), _text(args[2])
-        written = self.written.setdefault(written_key, set())
-        values, out = args[3:], []
-        assert len(values) % _PER_FACT == 0
-        for at in range(0, len(values), _PER_FACT):
-            digest, index, entry_id = _text(values[at]), int(values[at + 1]), _id(values[at + 2])
-            flat = values[at + 3:at + 3 + 2 * _FIELDS]
-            ours, input_stream = True, inputs[index - 3] if index > 0 else None
-            if input_stream is not None:
-                try:
-                    ours = bool(self.xpending_one(input_stream, group, entry_id, consumer))
-                except ResponseError:
-                    ours = True  # NOGROUP: pending nowhere, written as ever
-            if digest in written:
-                out.append(0)
-            elif not ours:
-                out.append(-1)
-            else:
-                fields = {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
-                self.quarantined.append((stream, fields, None if input_stream is None else (input_stream, entry_id)))
-                written.add(digest)
-                out.append(1)
-            if input_stream is not None and ours:
-                with contextlib.suppress(ResponseError):  # redis.pcall
-                    self.xack(input_stream, group, entry_id)
-        return out
+        return inputscripts.quarantine_once(self, keys, args)
 
 
 class Pipeline:
@@ -271,7 +260,14 @@ class Pipeline:
         await asyncio.sleep(0)
         what = "+".join(sorted({name for name, _ in self._queued}))
         kind, ran = self._redis.faults.draw(what, len(self._queued))
-        replies = [run() for _, run in self._queued[:ran]]
+        replies: list[Any] = []
+        for _, run in self._queued[:ran]:
+            try:
+                replies.append(run())
+            except ResponseError as exc:  # each command runs; redis-py raises the first error after
+                replies.append(exc)
         if kind != "ok":
             raise _fail(kind)
+        if refused := next((r for r in replies if isinstance(r, ResponseError)), None):
+            raise refused
         return replies

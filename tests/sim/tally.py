@@ -85,6 +85,9 @@ class Tally:
     input_owed: int = 0  # steps ending with quarantine writes owed
     input_redelivered: int = 0  # entries delivered again from the reader's own pending list
     input_reader_restarts: int = 0  # the reader stopped and started again (the process running on)
+    input_other_stops: int = 0  # the other process (a second consumer of the group) stopped (SIGSTOP) a while
+    input_claimed: int = 0  # pending entries one consumer took over from the other (XAUTOCLAIM)
+    input_sent: int = 0  # sends of facts from the other process to their owner (its answer lost or not)
 
     def count_outcome(self, outcome: str) -> None:
         if outcome in ("lost", "doubt", "late"):
@@ -127,7 +130,9 @@ class Tally:
                    f"with what they forgot inside the window" if self.forgets + self.seals + self.freed else "")
                 + (f"; input streams: {self.input_entries} entries ({self.input_quarantined} quarantined), "
                    f"{self.input_faults} Redis calls failed, {self.input_owed} steps with writes owed, "
-                   f"{self.input_redelivered} entries delivered again, {self.input_reader_restarts} reader restarts"
+                   f"{self.input_redelivered} entries delivered again, {self.input_reader_restarts} reader restarts, "
+                   f"{self.input_other_stops} stops of the other process, {self.input_claimed} entries claimed from "
+                   f"the other consumer, {self.input_sent} sends to the owner"
                    if self.input_entries else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")

@@ -1,0 +1,96 @@
+"""The scripts the input-stream readers run, as their Lua does it over ``inputstreams.SimStreams`` (atomic: nothing
+else runs meanwhile): the quarantine script (``quarantine._ONCE``) and the claim (``claims._CLAIM``: Redis 7.0's
+``XAUTOCLAIM``, the dead letters of the entries it finds trimmed written in the same script).
+
+``XAUTOCLAIM`` as redis-server 7.0 answers it (checked against one): the group's pending entries from the cursor
+on, in id order, at most ``COUNT * 10`` looked at; one idle less than the minimum skipped (not counted), one whose
+entry was trimmed taken out of the pending list and its id listed apart (counted), each other one given to the
+claiming consumer, its delivery count raised and its idle time reset (counted); the cursor the next pending id
+after the last looked at, ``0-0`` at the list's end. No group: ``NOGROUP``, nothing done.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ResponseError
+
+from atp_service.intake.entries import id_key
+from atp_service.intake.quarantine import _FIELDS, _PER_FACT
+
+if TYPE_CHECKING:
+    from tests.sim.inputstreams import SimStreams
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list[int]:
+    """``quarantine._ONCE``: a fact written once by its digest; its input entry acknowledged in the same script,
+    only while pending to the consumer writing it (-1 where another holds it now: that one decides the fact)."""
+    stream, written_key, inputs = keys[0], keys[1], keys[2:]
+    group, consumer = _text(args[1]), _text(args[2])
+    written = redis.written.setdefault(written_key, set())
+    values, out = args[3:], []
+    assert len(values) % _PER_FACT == 0
+    for at in range(0, len(values), _PER_FACT):
+        digest, index, entry_id = _text(values[at]), int(values[at + 1]), _id(values[at + 2])
+        flat = values[at + 3:at + 3 + 2 * _FIELDS]
+        ours, input_stream = True, inputs[index - 3] if index > 0 else None
+        if input_stream is not None:
+            try:
+                ours = bool(redis.xpending_one(input_stream, group, entry_id, consumer))
+            except ResponseError:
+                ours = True  # NOGROUP: pending nowhere, written as ever
+        if digest in written:
+            out.append(0)
+        elif not ours:
+            out.append(-1)
+        else:
+            fields = {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
+            redis.quarantined.append((stream, fields, None if input_stream is None else (input_stream, entry_id)))
+            written.add(digest)
+            out.append(1)
+        if input_stream is not None and ours:
+            redis.xack(input_stream, group, entry_id)  # redis.pcall: XACK answers 0 without the group
+    return out
+
+
+def autoclaim(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
+    """``claims._CLAIM``: ``XAUTOCLAIM stream group consumer min-idle start COUNT n``, then a dead letter for each
+    entry it found trimmed (``TRIMMED_WHILE_PENDING``) on the dead-letter stream."""
+    stream, dlq = keys
+    group, consumer, min_idle, start, count = _text(args[0]), _text(args[1]), int(args[2]), _id(args[3]), int(args[4])
+    held, mine = redis._group(stream, group)  # NOGROUP: the script fails at the XAUTOCLAIM, before any write
+    now, attempts = redis.now_ms(), count * 10
+    claimed: list[list[Any]] = []
+    deleted: list[bytes] = []
+    ids = [entry_id for entry_id in sorted(mine.pending, key=id_key) if id_key(entry_id) >= id_key(start)]
+    cursor = b"0-0"
+    for entry_id in ids:
+        if not attempts or not count:
+            cursor = entry_id
+            break
+        attempts -= 1
+        holder = mine.pending[entry_id]
+        if now - holder[2] < min_idle:
+            continue
+        count -= 1
+        flat = held.entries.get(entry_id)
+        if flat is None:
+            del mine.pending[entry_id]
+            deleted.append(entry_id)
+            continue
+        if holder[0] != consumer:
+            redis.claimed += 1
+        mine.pending[entry_id] = [consumer, holder[1] + 1, now]
+        claimed.append([entry_id, list(flat)])
+    for entry_id in deleted:
+        redis.dead_letters.append((dlq, {"_code": "TRIMMED_WHILE_PENDING", "_stream": stream,
+                                         "_id": entry_id.decode()}))
+    return [cursor, claimed, deleted]
