@@ -234,18 +234,43 @@ class OtherProcess:
         return answer
 
 
-async def turn(reader: StreamIngestor, claim: bool, gone: dict[int, bool]) -> None:
-    """One pass of ``StreamIngestor._run``'s loop (``gone``: per reader, a group found gone at its last pass)."""
-    try:
-        if gone.pop(id(reader), False):
-            await reader._create_groups(again=True)
-        if reader._retry_own_pending:
-            await reader._retry_pending()
-        elif claim:
-            await reader._handle(await reader._claim(), wait=False)
-        else:
-            entries = await reader._read(None, block=None)
+@dataclasses.dataclass
+class Loop:
+    """One reader's loop (``_run``), as the calls the driver sends run it: one pass of it at a time (``lock``) but
+    for the batches of new entries, applied in the background while it reads on (``in_flight``); a pass over its
+    own pending entries put off while any is in flight (``_retry_pending``'s ``_settle_batches``: their entries
+    are in its list too); a consumer group found gone at its last pass (``gone``)."""
+
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    in_flight: int = 0
+    gone: bool = False
+
+
+async def turn(reader: StreamIngestor, claim: bool, loops: dict[int, Loop]) -> None:
+    """One pass of ``StreamIngestor._run``'s loop (``step``): the consumer group made again first where the last
+    pass found it gone; a Redis error marks its own pending entries due, as ``_run`` does."""
+    loop = loops.setdefault(id(reader), Loop())
+    entries = None
+    async with loop.lock:
+        try:
+            if loop.gone:
+                loop.gone = False
+                await reader._create_groups(again=True)
+            if reader._retry_own_pending:
+                if not loop.in_flight:  # else put off, as ``_settle_batches`` does
+                    await reader._retry_pending()
+            elif claim:
+                await reader._handle(await reader._claim(), wait=False)
+            else:
+                entries = await reader._read(None, block=None)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            loop.gone = group_lost(exc)
+            reader._retry_own_pending = True
+    if entries:  # a batch in flight (``step``: a task of its own, ``_batch_done`` on failure)
+        loop.in_flight += 1
+        try:
             await reader._handle(entries)
-    except (RedisError, RedisClusterException, OSError) as exc:
-        gone[id(reader)] = group_lost(exc)
-        reader._retry_own_pending = True
+        except (RedisError, RedisClusterException, OSError):
+            reader._retry_own_pending = True
+        finally:
+            loop.in_flight -= 1

@@ -1,6 +1,7 @@
 """The scripts the input-stream readers run, as their Lua does it over ``inputstreams.SimStreams`` (atomic: nothing
-else runs meanwhile): the quarantine script (``quarantine._ONCE``) and the claim (``claims._CLAIM``: Redis 7.0's
-``XAUTOCLAIM``, the dead letters of the entries it finds trimmed written in the same script).
+else runs meanwhile): the quarantine script (``quarantine._ONCE``), the claim (``claims._CLAIM``: Redis 7.0's
+``XAUTOCLAIM``, the dead letters of the entries it finds trimmed written in the same script) and the dead letters'
+(``dead_letters._WRITE``: each written, then each entry acknowledged, whichever consumer holds it).
 
 ``XAUTOCLAIM`` as redis-server 7.0 answers it (checked against one): the group's pending entries from the cursor
 on, in id order, at most ``COUNT * 10`` looked at; one idle less than the minimum skipped (not counted), one whose
@@ -85,6 +86,7 @@ def autoclaim(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
         if flat is None:
             del mine.pending[entry_id]
             deleted.append(entry_id)
+            redis.unclaimed.add((stream, entry_id))
             continue
         if holder[0] != consumer:
             redis.claimed += 1
@@ -94,3 +96,19 @@ def autoclaim(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
         redis.dead_letters.append((dlq, {"_code": "TRIMMED_WHILE_PENDING", "_stream": stream,
                                          "_id": entry_id.decode()}))
     return [cursor, claimed, deleted]
+
+
+def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
+    """``dead_letters._WRITE``: KEYS the dead-letter stream, then each letter's input stream; ARGV MAXLEN, the
+    group, then per letter its entry's id, its count of names and values, those. ``XACK`` by ``redis.pcall``."""
+    dlq, inputs, group = keys[0], keys[1:], _text(args[1])
+    at, ids = 2, []
+    for _ in inputs:
+        n = int(args[at + 1])
+        flat = args[at + 2:at + 2 + n]
+        ids.append(_id(args[at]))
+        redis.dead_letters.append((dlq, {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}))
+        at += 2 + n
+    for stream, entry_id in zip(inputs, ids, strict=True):
+        redis.xack(stream, group, entry_id)
+    return len(inputs)

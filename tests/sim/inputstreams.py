@@ -3,12 +3,16 @@
 An in-process model of what the readers and ``FactDesk`` ask of Redis, answered at once (nothing sleeps): streams
 with one consumer group each (the group's position, its pending list with each entry's consumer, delivery count
 and delivery time, by Redis's clock: the world's), and the scripts the readers run, as their Lua does it — the read
-of new entries (``unread._READ``: no entry is ever trimmed here, so no gap is crossed and nothing is owed), the
+of new entries (``unread._READ``: the entries trimmed unread after the group's position counted owed in the
+consumer's hash where a read crosses them, when the group's count of entries read is known; ``unread._ACK``), the
 group made (``XGROUP CREATE``, ``unread._MAKE_AFTER``), a read of a consumer's own pending entries (``XREADGROUP``
 after ids: each delivered again counted and its idle time reset), ``XACK`` (of whichever consumer holds the entry,
 0 without the group: never an error, as Redis answers), ``XPENDING`` of one entry for one consumer, the claim
 (``claims._CLAIM``: ``XAUTOCLAIM`` as Redis 7.0 runs it, ``inputscripts.autoclaim``) and the quarantine script
-(``quarantine._ONCE``, ``inputscripts.quarantine_once``). Reply shapes checked against redis-server 7.0.
+(``quarantine._ONCE``, ``inputscripts.quarantine_once``), the dead letters' (``dead_letters._WRITE``,
+``inputscripts.write_dead_letters``). The producer's ``MAXLEN`` trims the oldest entries, pending ones too (a read of
+the pending list then answers ``[id, nil]``; ``XAUTOCLAIM`` takes them out of it). Reply shapes checked against
+redis-server 7.0.
 
 Faults (``RedisFaults``, while a step runs): a pipeline or script call refused before Redis ran it (nothing
 done), or its answer lost after Redis ran all of it or only its first commands (a pipeline is no transaction;
@@ -28,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from atp_service.intake import claims, quarantine, unread
+from atp_service.intake import claims, dead_letters, quarantine, unread
 from atp_service.intake.entries import id_key
 from tests.sim import inputscripts
 
@@ -48,12 +52,15 @@ def _id(value: Any) -> bytes:
 class Group:
     last: bytes = b"0-0"  # the last entry delivered (``last-delivered-id``)
     pending: dict[bytes, list[Any]] = field(default_factory=dict)  # entry id -> [consumer, deliveries, at ms]
+    counted: bool = True  # its count of entries read known (``entries-read``): a gap it crosses is counted
 
 
 @dataclass
 class Stream:
     entries: dict[bytes, list[bytes]] = field(default_factory=dict)  # in id order (ids only grow)
     groups: dict[str, Group] = field(default_factory=dict)
+    last_id: bytes = b"0-0"  # ``last-generated-id``
+    trimmed: list[bytes] = field(default_factory=list)  # ids trimmed away, oldest first
 
 
 class RedisFaults:
@@ -95,13 +102,22 @@ class SimStreams:
         self.quarantined: list[tuple[str, dict[str, str], tuple[str, bytes] | None]] = []
         """Quarantine entries written: (stream, fields, the input entry named with it)."""
         self.dead_letters: list[tuple[str, dict[str, str]]] = []  # (dead-letter stream, its fields) as written
+        self.hashes: dict[str, dict[str, int | bytes]] = {}  # the readers' owed hashes of entries trimmed unread
+        self.forgotten: dict[str, int] = {}  # per stream, entries trimmed unread the readers told (``unread._ACK``)
+        self.delivered: set[tuple[str, bytes]] = set()  # entries any consumer was ever given
+        self.unclaimed: set[tuple[str, bytes]] = set()  # trimmed entries ``XAUTOCLAIM`` took out of a pending list
         self.acked: dict[tuple[str, bytes], int] = {}  # input entry -> acknowledgements that took it
 
     # -- the producer's side ----------------------------------------------------------------------
-    def xadd(self, stream: str, entry_id: bytes, flat: list[bytes]) -> None:
+    def xadd(self, stream: str, entry_id: bytes, flat: list[bytes], maxlen: int | None = None) -> None:
+        """``XADD stream [MAXLEN n] id ...``: the oldest entries trimmed past ``maxlen``, pending or not."""
         held = self.streams.setdefault(stream, Stream())
-        assert not held.entries or id_key(entry_id) > id_key(next(reversed(held.entries)))
-        held.entries[entry_id] = flat
+        assert id_key(entry_id) > id_key(held.last_id)
+        held.entries[entry_id], held.last_id = flat, entry_id
+        while maxlen is not None and len(held.entries) > maxlen:
+            gone = next(iter(held.entries))
+            del held.entries[gone]
+            held.trimmed.append(gone)
 
     # -- what the service calls ---------------------------------------------------------------------
     def set_response_callback(self, *_: Any) -> None:
@@ -114,10 +130,10 @@ class SimStreams:
         return 0, 0
 
     def register_script(self, source: str) -> Callable[..., Any]:
-        run = {unread._READ: self._read_new, unread._ACK: lambda keys, args: None,
-               unread._MAKE_AFTER: self._make_after,
-               claims._CLAIM: lambda keys, args: inputscripts.autoclaim(self, keys, args)}[source]
-        what = {unread._READ: "read", claims._CLAIM: "claim"}.get(source, "script")
+        run = {unread._READ: self._read_new, unread._ACK: self._forget_owed, unread._MAKE_AFTER: self._make_after,
+               claims._CLAIM: lambda keys, args: inputscripts.autoclaim(self, keys, args),
+               dead_letters._WRITE: lambda keys, args: inputscripts.write_dead_letters(self, keys, args)}[source]
+        what = {unread._READ: "read", claims._CLAIM: "claim", dead_letters._WRITE: "dead letter"}.get(source, "script")
 
         async def call(keys: list[str], args: list[Any]) -> Any:
             await asyncio.sleep(0)
@@ -146,7 +162,7 @@ class SimStreams:
         held = self.streams.get(stream)
         if held is None:
             raise ResponseError("no such key")
-        return {"last-generated-id": next(reversed(held.entries), b"0-0")}
+        return {"last-generated-id": held.last_id}
 
     def pipeline(self, transaction: bool = False) -> Pipeline:
         return Pipeline(self)
@@ -156,11 +172,21 @@ class SimStreams:
         held = self.streams.setdefault(stream, Stream())
         if group in held.groups:
             raise ResponseError("BUSYGROUP Consumer Group name already exists")
-        held.groups[group] = Group(last=b"0-0" if start in (b"0", b"$") else start)
+        held.groups[group] = Group(last=b"0-0" if start == b"0" else held.last_id if start == b"$" else start,
+                                   counted=start == b"0")
         return True
 
     def _make_after(self, keys: list[str], args: list[Any]) -> Any:
-        return self._create(keys[0], _text(args[0]), _id(args[1]))
+        """``unread._MAKE_AFTER``: the group's count of entries read set where no entry after ``start`` is gone
+        and at most ``most`` follow it."""
+        stream, start, most = keys[0], _id(args[1]), int(args[2])
+        held = self.streams.get(stream)
+        first = next(iter(held.entries), None) if held is not None else None
+        counted = first is not None and id_key(first) <= id_key(start) and \
+            sum(id_key(e) > id_key(start) for e in held.entries) <= most  # type: ignore[union-attr]
+        made = self._create(stream, _text(args[0]), start)
+        self.streams[stream].groups[_text(args[0])].counted = counted
+        return made
 
     def _group(self, stream: str, group: str) -> tuple[Stream, Group]:
         held = self.streams.get(stream)
@@ -171,6 +197,7 @@ class SimStreams:
     def _read_new(self, keys: list[str], args: list[Any]) -> Any:
         streams, (group, consumer, count) = keys[:-1], (_text(args[0]), _text(args[1]), int(args[2]))
         reply, positions = [], []
+        owed = self.hashes.setdefault(keys[-1], {})
         for stream in streams:
             self._group(stream, group)  # NOGROUP: the whole read refused, nothing delivered
         for stream in streams:
@@ -179,11 +206,28 @@ class SimStreams:
                     if id_key(entry_id) > id_key(mine.last)][:count]
             for entry_id, _ in rows:
                 mine.pending[entry_id] = [consumer, 1, self.now_ms()]
+                self.delivered.add((stream, entry_id))
+            lost = sum(id_key(gone) > id_key(mine.last) for gone in held.trimmed)
+            if rows and lost and mine.counted:  # crossed: owed until the reader says it told them
+                owed[stream] = int(owed.get(stream, 0)) + lost
+                owed.setdefault(stream + "\n", mine.last)
             if rows:
-                mine.last = rows[-1][0]
+                mine.last, mine.counted = rows[-1][0], True  # XGROUP SETID ... ENTRIESREAD
                 reply.append([stream.encode(), rows])
             positions.append(mine.last)
-        return [reply or None, [], positions]
+        flat = [part for name, value in owed.items() for part in (name.encode(), str(value).encode())]
+        return [reply or None, flat, positions]
+
+    def _forget_owed(self, keys: list[str], args: list[Any]) -> None:
+        """``unread._ACK``: what the reader told forgotten (more may be owed since)."""
+        owed = self.hashes.setdefault(keys[0], {})
+        for at in range(0, len(args), 2):
+            stream, told = _text(args[at]), int(args[at + 1])
+            self.forgotten[stream] = self.forgotten.get(stream, 0) + told
+            owed[stream] = int(owed.get(stream, 0)) - told
+            if int(owed[stream]) <= 0:
+                owed.pop(stream, None)
+                owed.pop(stream + "\n", None)
 
     def _read_pending(self, *args: Any) -> Any:
         # GROUP g c COUNT n STREAMS s... id...

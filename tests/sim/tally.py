@@ -88,6 +88,10 @@ class Tally:
     input_other_stops: int = 0  # the other process (a second consumer of the group) stopped (SIGSTOP) a while
     input_claimed: int = 0  # pending entries one consumer took over from the other (XAUTOCLAIM)
     input_sent: int = 0  # sends of facts from the other process to their owner (its answer lost or not)
+    input_dead_lettered: int = 0  # input entries dead-lettered (no fact, or trimmed while pending)
+    input_dead_letters_again: int = 0  # ... dead letters written again for an entry that had one
+    input_trimmed_unread: int = 0  # input entries trimmed before any consumer read them
+    input_trimmed_pending: int = 0  # input entries trimmed after a consumer read them
 
     def count_outcome(self, outcome: str) -> None:
         if outcome in ("lost", "doubt", "late"):
@@ -132,7 +136,9 @@ class Tally:
                    f"{self.input_faults} Redis calls failed, {self.input_owed} steps with writes owed, "
                    f"{self.input_redelivered} entries delivered again, {self.input_reader_restarts} reader restarts, "
                    f"{self.input_other_stops} stops of the other process, {self.input_claimed} entries claimed from "
-                   f"the other consumer, {self.input_sent} sends to the owner"
+                   f"the other consumer, {self.input_sent} sends to the owner, {self.input_dead_lettered} entries "
+                   f"dead-lettered ({self.input_dead_letters_again} again), {self.input_trimmed_unread} entries "
+                   f"trimmed unread, {self.input_trimmed_pending} trimmed once read"
                    if self.input_entries else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")

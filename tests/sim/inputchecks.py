@@ -1,0 +1,109 @@
+"""``--input-streams``: what every entry became, checked at a seed's end (Redis answering, nothing pending).
+
+Each entry is done with: acknowledged, taken out of the pending list by a claim that found it trimmed (its dead letter
+written by that claim), or trimmed before any consumer read it — and then counted by the read that crossed the gap, told
+and forgotten (``unread._ACK``), each such entry exactly once. An entry that is no fact has one dead letter at least and
+is never applied; one trimmed while pending has its fact not both applied and quarantined (its dead letter,
+``TRIMMED_WHILE_PENDING``, says it is not known to be applied); an entry may have two dead letters, as
+docs/OPERATIONS.md "Dead letters" says (one written again by a consumer that read it before another claimed it and
+dead-lettered it: counted, ``input_dead_letters_again``); any other entry whose fact has no other entry is applied or
+quarantined, exactly one, each once (E6, E8). The quarantine stream holds each fact once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from reservation import Fact, FactKind
+from reservation._keys import fact_payload
+from tests.sim.checks import Violation
+
+if TYPE_CHECKING:
+    from tests.sim.inputdriver import InputsDriver
+
+Entry = tuple[str, bytes]
+Named = tuple[str, str, str, str, int]
+
+
+def named(fact: Fact) -> Named:
+    return fact.source, fact.event_id, fact.sku, fact.location, fact_payload(fact)
+
+
+def named_fields(fields: dict[str, str]) -> Named:
+    fact = Fact(fields["event_id"], fields["source"], FactKind[fields["kind"]], fields["sku"], fields["location"],
+                int(fields["quantity"]), int(fields["event_time_ms"]), fields["reservation_id"])
+    return named(fact)
+
+
+def letters(driver: InputsDriver) -> dict[Entry, list[str]]:
+    """Per input entry, the ``_code`` of each dead letter naming it."""
+    out: dict[Entry, list[str]] = {}
+    for _, fields in driver.redis.dead_letters:
+        out.setdefault((fields["_stream"], fields["_id"].encode()), []).append(fields["_code"])
+    return out
+
+
+def trimmed(driver: InputsDriver) -> tuple[set[Entry], set[Entry]]:
+    """The entries trimmed away, and of those the ones no consumer was ever given."""
+    gone = {(stream, entry_id) for stream, held in driver.redis.streams.items() for entry_id in held.trimmed}
+    return gone, {entry for entry in gone if entry not in driver.redis.delivered}
+
+
+def decided_once(driver: InputsDriver) -> None:
+    redis, producer = driver.redis, driver.producer
+    dead, (gone, unread) = letters(driver), trimmed(driver)
+    done = set(redis.acked) | redis.unclaimed | unread
+    if missing := [e for e in [*producer.facts, *producer.malformed] if e not in done]:
+        raise Violation(f"entries never acknowledged: {[f'{s} {e.decode()}' for s, e in missing[:5]]}")
+    if bad := [e for e in producer.malformed if e not in unread and e not in dead]:
+        raise Violation(f"entries that are no fact never dead-lettered: {[f'{s} {e.decode()}' for s, e in bad[:5]]}")
+    told, owed = sum(redis.forgotten.values()), [h for h in redis.hashes.values() if h]
+    if told != len(unread) or owed:
+        raise Violation(f"{len(unread)} entries trimmed before any consumer read them; {told} told and forgotten, "
+                        f"still owed: {owed}")
+    entries_of: dict[tuple[str, str, str, str], int] = {}
+    for fact in producer.facts.values():
+        entries_of[named(fact)[:4]] = entries_of.get(named(fact)[:4], 0) + 1
+    written = [named_fields(f) for _, f, _ in redis.quarantined]
+    if len(written) != len(set(written)):
+        raise Violation("E8: a fact written to the quarantine stream twice")
+    driver._index()
+    if wrong := [f"{source}/{event_id}" for source, event_id, *_ in driver._applied if event_id.startswith("m")]:
+        raise Violation(f"entries that are no fact applied: {wrong[:5]}")
+    for (stream, entry_id), fact in producer.facts.items():
+        if entries_of[named(fact)[:4]] > 1 or (stream, entry_id) in unread:
+            continue
+        applied, held = named(fact) in driver._applied, named(fact) in written
+        if applied == held and (applied or (stream, entry_id) not in gone):
+            raise Violation(f"E6/E8: entry {stream} {entry_id.decode()} ({fact.source}/{fact.event_id}) "
+                            f"{'both applied and quarantined' if applied else 'neither applied nor quarantined'}")
+        driver.tally.input_quarantined += held
+    tally = driver.tally
+    tally.input_entries += len(producer.facts) + len(producer.malformed)
+    tally.input_dead_lettered += len(dead)
+    tally.input_dead_letters_again += sum(len(codes) - 1 for codes in dead.values())
+    tally.input_trimmed_unread += len(unread)
+    tally.input_trimmed_pending += len(gone) - len(unread)
+
+
+def fold_of_produced(driver: InputsDriver, ledgers: list) -> None:  # type: ignore[type-arg]
+    """E3, every entry done: at a position nothing was quarantined at (no conflict, room) and no entry was trimmed
+    at, on_hand is the E1 fold of every fact produced there, whatever order they arrived in."""
+    skipped = {(f["sku"], f["location"]) for _, f, _ in driver.redis.quarantined}
+    skipped |= {(sku, loc) for _, _, sku, loc, _ in driver._quarantined}
+    gone, _ = trimmed(driver)
+    skipped |= {(fact.sku, fact.location) for entry, fact in driver.producer.facts.items() if entry in gone}
+    by_position: dict[tuple[str, str], dict[tuple[str, str], Fact]] = {}
+    for fact in driver.producer.facts.values():
+        by_position.setdefault((fact.sku, fact.location), {})[(fact.source, fact.event_id)] = fact
+    actual = {(s, loc): q.on_hand for ledger in ledgers for s, loc, q in ledger.store.items()}
+    for position, facts in by_position.items():
+        if position in skipped:
+            continue
+        on_hand = 0
+        for fact in sorted(facts.values(), key=lambda f: (f.event_time, f.kind == FactKind.COUNT, f.source,
+                                                           f.event_id)):
+            on_hand = fact.quantity if fact.kind == FactKind.COUNT else on_hand + fact.delta
+        if actual.get(position, 0) != on_hand:
+            raise Violation(f"E1/E3: {position} on_hand {actual.get(position, 0)}, the E1 fold of the facts "
+                            f"produced there gives {on_hand}")
