@@ -25,6 +25,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
+from atp_service.intake.again import make_group_again, quarantined_before
 from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.claims import Claims
 from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines
@@ -35,10 +36,10 @@ from atp_service.intake.owners import FactSender, OwnerSends
 from atp_service.intake.quarantine import Acks
 from atp_service.intake.refusals import RefusalBound, sort_results
 from atp_service.intake.unacked import Unacked
-from atp_service.intake.unread import GroupReader, make_group_after
+from atp_service.intake.unread import GroupReader
 from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
-from atp_service.storage.resp import as_text, group_lost, make_group, stream_info
+from atp_service.storage.resp import as_text, group_lost, stream_info
 from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled
 from reservation import DomainError, Moved
 
@@ -110,9 +111,7 @@ class StreamIngestor:
         for stream in self._streams:
             # From the beginning: entries appended while the service was down count too.
             start = await self._start_again(stream) if again else b"0"
-            # After an entry: its count of entries read set, else a gap it crosses is never counted.
-            made = await (make_group_after(self._client, stream, group, start) if start != b"0" else
-                          make_group(self._client, stream, group, start))
+            made = await make_group_again(self._client, stream, group, start, self._unacked)
             if made and again:
                 self._seen.pop(stream, None)  # what is after ``start`` comes again: a next loss starts no later
                 if start != b"0":
@@ -260,10 +259,7 @@ class StreamIngestor:
 
     async def _settle_batches(self, within_s: float) -> bool:
         """Whether every batch in flight is done (waiting up to ``within_s``)."""
-        if self._batches:
-            _, waiting = await asyncio.wait(list(self._batches), timeout=within_s)
-            return not waiting
-        return True
+        return not self._batches or not (await asyncio.wait(list(self._batches), timeout=within_s))[1]
 
     async def _read(self, after: list[str] | None, block: int | None) -> list[Entry]:
         """Entries after these ids, one per stream, of this consumer's pending; None: new ones, and
@@ -330,8 +326,9 @@ class StreamIngestor:
         are waited for; one quarantined here with its quarantine entry, never decided again, as one owed is (E8)."""
         now, cfg = self._clock.now_ms(), self._config
         entries, judged = self._unacked.judged(self._desk.quarantine.not_owed(entries))  # judged: E7, before
-        await self._ack(judged)
         facts, read, dead, ahead = await decode_all(entries, now, cfg.limits, cfg.ingest_max_entry_bytes)
+        facts, read, before = await quarantined_before(self._client, self._desk.quarantine, self._unacked, facts, read)
+        await self._ack(judged + before)
         settled = await self._settle_ahead(ahead, wait) if ahead else 0
         acks = Acks(cfg.consumer_group, cfg.consumer_name, [r[:2] for r in read])
         results = await self._desk.record(facts, "stream", acks=acks) if facts else []

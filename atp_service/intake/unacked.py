@@ -51,6 +51,7 @@ class Unacked:
 
     def __init__(self) -> None:
         self.seen: dict[str, bytes] = {}  # per stream, the newest entry id read (a group made again: its start)
+        self.again: dict[str, bytes] = {}  # per stream, its newest entry when this reader last made its group
         self._refused: dict[str, list[tuple[tuple[int, int], bytes]]] = {}  # per stream, by id: refused by the clock
         self._left: dict[str, bytes] = {}  # entries left pending (to be read again from its own list)
         self._left_in_pass: dict[str, bytes] | None = None  # those left since a pass from the start began

@@ -1,0 +1,52 @@
+"""A consumer group made again delivers again entries that were settled already — all of them, from the start of the
+stream, when the reader had read nothing since its start. One whose fact was quarantined for want of room, written
+to the quarantine stream with its entry's XACK (E8: decided once), was decided again: applied, where room had come
+back (the bound raised and the service restarted, as the runbook says) — while the quarantine stream, what operators
+reconcile against, still showed it not applied. Found by ``python -m tests.sim --input-streams`` (seed 3, a group
+deleted after a restart with room). Real redis-server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from atp_service import AtpService
+from reservation import Limits
+from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.intake.test_group_lost_pending import _group_made_again
+from tests.atp_service.intake.test_quarantine_acknowledged import STREAM, T, _on_hand
+from tests.conftest import test_config as make_config
+from tests.waiting import until
+
+
+async def test_a_fact_quarantined_for_want_of_room_is_not_applied_when_its_group_made_again_delivers_it_again(
+        redis_url: str) -> None:
+    """Defect: ``e2`` was quarantined (the shard at its bound), written to the quarantine stream and acknowledged;
+    restarted with room, the service had read nothing when the group was deleted, made it again from the start,
+    and applied ``e2`` (on_hand 10) — the quarantine stream holding it as not applied. Its decision now stands: the
+    entry, delivered again, is acknowledged as quarantined already; a resend of it from the stream is applied."""
+    r: Any = redis.Redis.from_url(redis_url)
+    service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=1)), redis_url)
+    try:
+        await service.start()
+        r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields())  # remembered: the shard is at its bound
+        r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # past the bound: quarantined
+        await wait_consumed(redis_url, [STREAM])
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+    finally:
+        await service.stop()
+    service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=10)), redis_url)
+    try:
+        await service.start()
+        r.xgroup_destroy(STREAM, "atp")  # an operator's, or a Redis restored without it
+        r.xadd(STREAM, F("e3", "RECEIPT", "A", "S1", 1, T + 2).fields())
+        await until(lambda: _group_made_again(r), "the group made again")
+        await wait_consumed(redis_url, [STREAM])
+        assert await _on_hand(service) == 5, "e2, quarantined and on the quarantine stream, applied when read again"
+        r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # the operator's resend, with room now
+        await wait_consumed(redis_url, [STREAM])
+        assert await _on_hand(service) == 10
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+    finally:
+        await service.stop()
