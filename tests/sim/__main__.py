@@ -59,7 +59,7 @@ def main() -> int:
     parser.add_argument("--input-streams", action="store_true",
                         help="facts arrive through the input-stream readers only (two consumers of the group, the "
                              "second sending its facts to their owner, stopped, its entries claimed; two streams, "
-                             "dead letters, MAXLEN trimming): Redis reads, "
+                             "dead letters, MAXLEN trimming, groups deleted): Redis reads, "
                              "quarantine scripts and acknowledgements refused or their answers lost, the reader "
                              "restarted, room restored; every entry applied or quarantined once (inputdriver.py)")
     parser.add_argument("--one-key", action="store_true",

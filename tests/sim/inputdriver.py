@@ -17,7 +17,9 @@ pipelines, dead-letter and quarantine scripts refused or their answers lost (``i
 stopped and started again (its pending entries delivered again), the process killed or stopped gracefully and
 restarted (its owed quarantine writes forgotten); the other process's sends refused or their answers lost (or cut by
 the owner's crash), that process restarted, or stopped (SIGSTOP) past ``claim_idle_ms`` — its pending entries claimed
-by ``atp-1`` meanwhile, then going on where it was.
+by ``atp-1`` meanwhile, then going on where it was; the consumer group deleted on one stream or both (``XGROUP
+DESTROY``) at a turn among the readers' calls, and made again by the reader that finds it gone (``NOGROUP``) or by a
+start.
 
 Invariants: every acknowledgement finds its entry's fact durable — applied in the log (landed) or its quarantine
 entry written — or its dead letter written (``_acked``); no fact identity applied twice, on_hand the E1 fold of the
@@ -26,9 +28,9 @@ every fact produced there whatever the arrival order (E3); memory equals a repla
 entries read; at the end, Redis answering, what ``inputchecks`` says of every entry (E6, E8).
 
 Not modelled: batches in flight at once but those of the driver's calls (at most two, ``inputreaders.Loop``), facts
-stamped in the future or late, SHIPMENTs naming reservations, entries deleted (``XDEL``), the side streams'
-``MAXLEN``, a consumer group deleted, the owner's own reads stopped (SIGSTOP: only the other process is), the owner's
-answers ``Moved`` or ``GroupRefused`` (a group handed over), several groups' owners.
+stamped in the future or late, SHIPMENTs naming reservations, entries deleted (``XDEL``), the side streams' ``MAXLEN``,
+a stream deleted (``DEL``), a group made again by an operator, the owner's own reads stopped (SIGSTOP: only the other
+process is), the owner's answers ``Moved`` or ``GroupRefused`` (a group handed over), several groups' owners.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from tests.sim.driver import DEFAULT_STEPS
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
 from tests.sim.inputchecks import decided_once, fold_of_produced, letters, named, named_fields
 from tests.sim.inputfacts import STREAMS, Producer
-from tests.sim.inputreaders import CLAIM_IDLE_MS, OWNER, Loop, OtherProcess, sim_time, turn
+from tests.sim.inputreaders import CLAIM_IDLE_MS, OWNER, OtherProcess, loop_of, sim_time, turn
 from tests.sim.inputstreams import RedisFaults, SimStreams
 from tests.sim.invariants import ServiceErrors
 from tests.sim.replay import replay_equals_live
@@ -62,6 +64,9 @@ CRASH_P, STOP_P, READER_RESTART_P = 0.06, 0.04, 0.1
 OTHER_STOP_P, OTHER_RESTART_P, CLAIM_P = 0.06, 0.04, 0.25
 """The other process stopped (SIGSTOP, 1-4 steps, the clock moving past ``claim_idle_ms``) or restarted, per
 step; a reader's turn a claim (``XAUTOCLAIM``; the real loop claims every ``claim_idle_ms`` / 2)."""
+DESTROY_P = 0.03
+"""A step in which an operator deletes the consumer group on one input stream or both (``XGROUP DESTROY``), at a turn
+drawn among the readers' calls."""
 DRAIN_TURNS = 300
 
 
@@ -79,7 +84,6 @@ class InputsDriver:
         self.restore_at = self.rng.randint(10, 40)
         self.reader: StreamIngestor | None = None
         self.other = OtherProcess(self.world, self.redis, self.faults, self._settings())
-        self._loops: dict[int, Loop] = {}  # per reader, its loop's state (``inputreaders.turn``)
         self.trace: list[str] = []
         self.violations: list[str] = []
         self._seen: dict[int, int] = {}  # per shard, the history entries indexed
@@ -118,6 +122,7 @@ class InputsDriver:
         if self.reader is not None:
             await self.reader.stop()
         self.reader = self._make_reader()
+        loop_of(self.reader)
         await self.reader._create_groups()
 
     def _settings(self) -> object:
@@ -148,6 +153,10 @@ class InputsDriver:
         reader = self.reader
         calls = [Call(f"reader x{turns}", lambda n=turns: self.turns(reader, n, lambda: self.reader), lambda _: None,
                       at=rng.randint(0, 30)) for turns in [rng.randint(1, 4) for _ in range(rng.randint(1, 2))]]
+        if rng.random() < DESTROY_P:
+            streams = rng.choice([[stream] for stream in STREAMS] + [list(STREAMS)])
+            calls.append(Call(f"XGROUP DESTROY {' '.join(streams)}", lambda s=streams: self._destroy(s),
+                              lambda _: None, at=rng.randint(0, 30)))
         plan = draw_plan(rng, CRASH_P, STOP_P)
         self.trace.append(f"{step}: {plan.describe()}; calls: {', '.join(c.label for c in calls)}")
         runner = StepRunner(world, rng)
@@ -169,6 +178,11 @@ class InputsDriver:
             await self._new_reader()
             self.trace.append(f"{step}: {ended}, recovered")
         await world.quiesce()
+
+    async def _destroy(self, streams: list[str]) -> None:
+        for stream in streams:
+            self.redis.destroy(stream, GROUP)
+        self.tally.input_groups_deleted += 1
 
     async def other_step(self, step: int) -> None:
         """The other process: continued when its stop ends, else stopped or restarted as drawn; its turns."""
@@ -196,7 +210,7 @@ class InputsDriver:
         for _ in range(n):
             if reader is not current() or reader is None:
                 return  # stopped: a new reader reads on
-            await turn(reader, self.rng.random() < CLAIM_P, self._loops)
+            await turn(reader, self.rng.random() < CLAIM_P)
 
     # -- invariants --------------------------------------------------------------------------------------
     def _index(self) -> None:
@@ -261,7 +275,7 @@ class InputsDriver:
                 break
             self.world.clock.advance(1000)
             for reader in (self.reader, self.other.reader):
-                await self._settled(asyncio.ensure_future(turn(reader, self.rng.random() < CLAIM_P, self._loops)))
+                await self._settled(asyncio.ensure_future(turn(reader, self.rng.random() < CLAIM_P)))
             await self.world.quiesce()
         else:
             pending = sum(len(mine.pending) for held in self.redis.streams.values() for mine in held.groups.values())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -35,7 +36,7 @@ from atp_service.intake.quarantine import Acks, QuarantineStream
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.resp import group_lost
 from reservation import DomainError, Fact, FactOutcome, Moved
-from tests.sim.inputstreams import RedisFaults, SimStreams, _fail
+from tests.sim.inputstreams import MAKER, RedisFaults, SimStreams, _fail
 from tests.sim.world import World
 
 OWNER = "atp-1"
@@ -101,6 +102,9 @@ class GatedClient:
 
     async def xinfo_stream(self, stream: str) -> Any:
         return await self._gated(self._redis.xinfo_stream(stream))
+
+    async def zmscore(self, key: str, members: list[str]) -> Any:
+        return await self._gated(self._redis.zmscore(key, members))
 
     def pipeline(self, transaction: bool = False) -> Any:
         pipe, gate = self._redis.pipeline(transaction), self._gate
@@ -194,6 +198,7 @@ class OtherProcess:
         self.desk = ForwardingDesk(self.world, self.client)
         self.reader = StreamIngestor(self.client, self.desk, self.settings, self.world.clock,  # type: ignore[arg-type]
                                      send=self.send)
+        loop_of(self.reader)
         return self.reader
 
     async def cancel(self) -> None:
@@ -244,12 +249,20 @@ class Loop:
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     in_flight: int = 0
     gone: bool = False
+    serial: int = dataclasses.field(default_factory=itertools.count().__next__)
 
 
-async def turn(reader: StreamIngestor, claim: bool, loops: dict[int, Loop]) -> None:
+def loop_of(reader: StreamIngestor) -> Loop:
+    """The reader's loop, kept on the reader (keyed by ``id`` a reader made later could inherit a gone one's)."""
+    loop: Loop = reader.__dict__.setdefault("_sim_loop", Loop())
+    MAKER.set((reader._config.consumer_name, loop.serial))  # the calling task's, and those it starts
+    return loop
+
+
+async def turn(reader: StreamIngestor, claim: bool) -> None:
     """One pass of ``StreamIngestor._run``'s loop (``step``): the consumer group made again first where the last
     pass found it gone; a Redis error marks its own pending entries due, as ``_run`` does."""
-    loop = loops.setdefault(id(reader), Loop())
+    loop = loop_of(reader)
     entries = None
     async with loop.lock:
         try:

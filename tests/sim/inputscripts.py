@@ -36,7 +36,7 @@ def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list
     only while pending to the consumer writing it (-1 where another holds it now: that one decides the fact)."""
     stream, written_key, inputs = keys[0], keys[1], keys[2:]
     group, consumer = _text(args[1]), _text(args[2])
-    written = redis.written.setdefault(written_key, set())
+    written = redis.written.setdefault(written_key, {})
     values, out = args[3:], []
     assert len(values) % _PER_FACT == 0
     for at in range(0, len(values), _PER_FACT):
@@ -55,7 +55,7 @@ def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list
         else:
             fields = {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
             redis.quarantined.append((stream, fields, None if input_stream is None else (input_stream, entry_id)))
-            written.add(digest)
+            written[digest] = redis.now_ms()  # the quarantine entry's id's time, its score
             out.append(1)
         if input_stream is not None and ours:
             redis.xack(input_stream, group, entry_id)  # redis.pcall: XACK answers 0 without the group
@@ -92,6 +92,7 @@ def autoclaim(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
             redis.claimed += 1
         mine.pending[entry_id] = [consumer, holder[1] + 1, now]
         claimed.append([entry_id, list(flat)])
+        redis.note_again(stream, held, entry_id)
     for entry_id in deleted:
         redis.dead_letters.append((dlq, {"_code": "TRIMMED_WHILE_PENDING", "_stream": stream,
                                          "_id": entry_id.decode()}))

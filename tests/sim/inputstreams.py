@@ -23,6 +23,7 @@ by then — applied in its shard log (landed), or its quarantine entry written (
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from atp_service.intake import claims, dead_letters, quarantine, unread
 from atp_service.intake.entries import id_key
 from tests.sim import inputscripts
 
+MAKER: contextvars.ContextVar[tuple[str, int]] = contextvars.ContextVar("maker", default=("?", 0))
+"""The reader that runs the calls (set by the driver): its consumer and ``id``; which one made a group again."""
 FAULT_P = 0.12
 """The chance that a call to Redis fails while faults are on, half of them after Redis ran (some of) it."""
 
@@ -61,6 +64,7 @@ class Stream:
     groups: dict[str, Group] = field(default_factory=dict)
     last_id: bytes = b"0-0"  # ``last-generated-id``
     trimmed: list[bytes] = field(default_factory=list)  # ids trimmed away, oldest first
+    remade: tuple[bytes, tuple[str, int]] | None = None  # its newest id when its group was last made again, by whom
 
 
 class RedisFaults:
@@ -97,16 +101,23 @@ class SimStreams:
         self.claimed = 0  # entries another consumer took over (``XAUTOCLAIM``)
         self.now_ms = now_ms  # Redis's clock: idle times
         self.streams: dict[str, Stream] = {}
-        self.written: dict[str, set[str]] = {}  # the quarantine script's sets of digests, by key
+        self.written: dict[str, dict[str, int]] = {}  # the quarantine script's sets: digest -> written at (ms)
         self.faults, self.on_ack = faults, on_ack
         self.quarantined: list[tuple[str, dict[str, str], tuple[str, bytes] | None]] = []
         """Quarantine entries written: (stream, fields, the input entry named with it)."""
         self.dead_letters: list[tuple[str, dict[str, str]]] = []  # (dead-letter stream, its fields) as written
         self.hashes: dict[str, dict[str, int | bytes]] = {}  # the readers' owed hashes of entries trimmed unread
         self.forgotten: dict[str, int] = {}  # per stream, entries trimmed unread the readers told (``unread._ACK``)
-        self.delivered: set[tuple[str, bytes]] = set()  # entries any consumer was ever given
+        self.delivered: set[tuple[str, bytes]] = set()  # entries any consumer was given (since the group was made)
         self.unclaimed: set[tuple[str, bytes]] = set()  # trimmed entries ``XAUTOCLAIM`` took out of a pending list
+        self.elsewhere: set[tuple[str, bytes]] = set()
+        """Entries a group made again delivered again to a reader that did not make it: the other consumer's (it saw
+        no NOGROUP), or one started since (the maker's memory gone with its process or its reader)."""
+        self.groups_lost: list[tuple[str, dict[bytes, str], tuple[str, int] | None]] = []
+        """Per ``XGROUP DESTROY``: the stream, its pending entries then (id -> consumer), the consumer whose reader
+        made the group again (None: not yet)."""
         self.acked: dict[tuple[str, bytes], int] = {}  # input entry -> acknowledgements that took it
+        self.acked_unheld: set[tuple[str, bytes]] = set()  # entries an XACK named while pending nowhere
 
     # -- the producer's side ----------------------------------------------------------------------
     def xadd(self, stream: str, entry_id: bytes, flat: list[bytes], maxlen: int | None = None) -> None:
@@ -158,6 +169,15 @@ class SimStreams:
         await asyncio.sleep(0)
         self._create(stream, group, _id(id))
 
+    async def zmscore(self, key: str, members: list[str]) -> list[float | None]:
+        """``ZMSCORE`` of the quarantine stream's set of facts written (``again.quarantined_before``)."""
+        await asyncio.sleep(0)
+        kind, _ = self.faults.draw("zmscore", 1)
+        if kind != "ok":
+            raise _fail(kind)
+        held = self.written.get(key, {})
+        return [None if member not in held else float(held[member]) for member in members]
+
     async def xinfo_stream(self, stream: str) -> dict[str, Any]:
         held = self.streams.get(stream)
         if held is None:
@@ -174,7 +194,18 @@ class SimStreams:
             raise ResponseError("BUSYGROUP Consumer Group name already exists")
         held.groups[group] = Group(last=b"0-0" if start == b"0" else held.last_id if start == b"$" else start,
                                    counted=start == b"0")
+        for at, (lost_on, pending, maker) in enumerate(self.groups_lost):
+            if lost_on == stream and maker is None:
+                self.groups_lost[at] = (lost_on, pending, MAKER.get())
+                held.remade = held.last_id, MAKER.get()
         return True
+
+    def destroy(self, stream: str, group: str) -> None:
+        """``XGROUP DESTROY``: the group and its pending list gone (an operator's, a Redis restored without it)."""
+        held = self.streams.get(stream)
+        if held is not None and (mine := held.groups.pop(group, None)) is not None:
+            self.groups_lost.append((stream, {entry_id: holder[0] for entry_id, holder in mine.pending.items()}, None))
+            self.delivered = {entry for entry in self.delivered if entry[0] != stream}  # the group made again: unread
 
     def _make_after(self, keys: list[str], args: list[Any]) -> Any:
         """``unread._MAKE_AFTER``: the group's count of entries read set where no entry after ``start`` is gone
@@ -207,6 +238,7 @@ class SimStreams:
             for entry_id, _ in rows:
                 mine.pending[entry_id] = [consumer, 1, self.now_ms()]
                 self.delivered.add((stream, entry_id))
+                self.note_again(stream, held, entry_id)
             lost = sum(id_key(gone) > id_key(mine.last) for gone in held.trimmed)
             if rows and lost and mine.counted:  # crossed: owed until the reader says it told them
                 owed[stream] = int(owed.get(stream, 0)) + lost
@@ -217,6 +249,12 @@ class SimStreams:
             positions.append(mine.last)
         flat = [part for name, value in owed.items() for part in (name.encode(), str(value).encode())]
         return [reply or None, flat, positions]
+
+    def note_again(self, stream: str, held: Stream, entry_id: bytes) -> None:
+        """``entry_id`` delivered by a group made again, at or before its newest entry then, to a reader other than
+        the one that made it (``elsewhere``)."""
+        if held.remade is not None and held.remade[1] != MAKER.get() and id_key(entry_id) <= id_key(held.remade[0]):
+            self.elsewhere.add((stream, entry_id))
 
     def _forget_owed(self, keys: list[str], args: list[Any]) -> None:
         """``unread._ACK``: what the reader told forgotten (more may be owed since)."""
@@ -247,6 +285,7 @@ class SimStreams:
                     if flat is not None:  # one trimmed away: [id, nil], its count and idle time left as they were
                         holder[1], holder[2] = holder[1] + 1, self.now_ms()
                         self.redelivered += 1
+                        self.note_again(_text(stream), held, entry_id)
                     rows.append([entry_id, None if flat is None else list(flat)])
             reply.append([_text(stream).encode(), rows])
         return reply
@@ -255,14 +294,14 @@ class SimStreams:
         """Whichever consumer holds each entry; 0 where the stream or the group is gone (no error: redis-server)."""
         held = self.streams.get(stream)
         mine = held.groups.get(group) if held is not None else None
-        if mine is None:
-            return 0
         n = 0
         for entry_id in ids:
-            if mine.pending.pop(_id(entry_id), None) is not None:
-                self.on_ack(stream, _id(entry_id))  # checked as Redis takes it
+            self.on_ack(stream, _id(entry_id))  # checked as Redis takes it: the reader is done with it
+            if mine is not None and mine.pending.pop(_id(entry_id), None) is not None:
                 self.acked[(stream, _id(entry_id))] = self.acked.get((stream, _id(entry_id)), 0) + 1
                 n += 1
+            else:  # pending nowhere (its group gone, or made again past it), or another's XACK took it already
+                self.acked_unheld.add((stream, _id(entry_id)))
         return n
 
     def xpending_one(self, stream: str, group: str, entry_id: bytes, consumer: str) -> list[dict[str, Any]]:

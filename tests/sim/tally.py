@@ -90,6 +90,9 @@ class Tally:
     input_sent: int = 0  # sends of facts from the other process to their owner (its answer lost or not)
     input_dead_lettered: int = 0  # input entries dead-lettered (no fact, or trimmed while pending)
     input_dead_letters_again: int = 0  # ... dead letters written again for an entry that had one
+    input_groups_deleted: int = 0  # consumer groups deleted (XGROUP DESTROY) while the readers ran
+    input_lost_with_group: int = 0  # ... entries the other consumer held then, made again past them (documented)
+    input_decided_again_elsewhere: int = 0  # ... entries quarantined, delivered again to the other consumer, applied
     input_trimmed_unread: int = 0  # input entries trimmed before any consumer read them
     input_trimmed_pending: int = 0  # input entries trimmed after a consumer read them
 
@@ -138,7 +141,9 @@ class Tally:
                    f"{self.input_other_stops} stops of the other process, {self.input_claimed} entries claimed from "
                    f"the other consumer, {self.input_sent} sends to the owner, {self.input_dead_lettered} entries "
                    f"dead-lettered ({self.input_dead_letters_again} again), {self.input_trimmed_unread} entries "
-                   f"trimmed unread, {self.input_trimmed_pending} trimmed once read"
+                   f"trimmed unread, {self.input_trimmed_pending} trimmed once read, {self.input_groups_deleted} "
+                   f"groups deleted ({self.input_lost_with_group} entries the other consumer held lost with them, "
+                   f"{self.input_decided_again_elsewhere} quarantined ones applied by the other consumer)"
                    if self.input_entries else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")

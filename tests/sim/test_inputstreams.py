@@ -15,10 +15,11 @@ async def test_every_input_entry_is_applied_or_quarantined_once_acknowledged_onl
     """Quarantine scripts, acknowledgements and reads refused or their answers lost, the reader restarted, the process
     killed or stopped and restarted, room restored; a second process reading the group, sending its facts to their
     owner, stopped past claim_idle_ms (its entries claimed) and going on; two streams, entries that are no fact, the
-    producer's MAXLEN trimming entries unread and pending (tests/sim/inputchecks.py): every acknowledgement finds its
-    fact applied in the log or written to the quarantine stream; at the end every entry is acknowledged, none owed, and
-    an entry whose fact has no other entry is applied or quarantined, never both, never neither (E6, E8); on_hand the E1
-    fold of what was produced wherever nothing was quarantined (E3), memory a replay of the log (E10)."""
+    producer's MAXLEN trimming entries unread and pending, the group deleted (tests/sim/inputchecks.py): every
+    acknowledgement finds its fact applied in the log or written to the quarantine stream; at the end every entry is
+    acknowledged, none owed, and an entry whose fact has no other entry is applied or quarantined, never both, never
+    neither (E6, E8); on_hand the E1 fold of what was produced wherever nothing was quarantined (E3), memory a replay of
+    the log (E10)."""
     tally = Tally()
     for seed in range(INPUT_SEEDS):
         await InputsDriver(seed, tally).run(60)
@@ -26,4 +27,5 @@ async def test_every_input_entry_is_applied_or_quarantined_once_acknowledged_onl
     assert tally.input_owed and tally.input_redelivered and tally.input_reader_restarts, tally
     assert tally.input_other_stops and tally.input_claimed and tally.input_sent, tally
     assert tally.input_dead_lettered and tally.input_trimmed_unread and tally.input_trimmed_pending, tally
+    assert tally.input_groups_deleted, tally
     assert tally.crashes and tally.stops and tally.doubt and tally.late_landed, tally
