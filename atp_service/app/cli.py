@@ -236,8 +236,8 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, reque
         return await _shut_down(config, service, request)
     if config.demo and _fresh(service) and (stopped := await _demo(config, service, request)) is not None:
         return stopped
-    if request.event.is_set():  # a stop signal while the demo estate loaded: never announced as ready
-        return await _shut_down(config, service, request)
+    if request.event.is_set() or service.failed.is_set() or service.replaced.is_set():
+        return await _shut_down(config, service, request)  # told to stop while the demo estate loaded: never ready
     await service.serve()  # demo: NOT_SERVING until its estate is in (callers were answered from an empty one)
     # Recovered state is long-lived: move it out of the collector's view.
     gc.collect()

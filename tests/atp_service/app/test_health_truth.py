@@ -133,3 +133,30 @@ async def test_health_says_serving_only_once_the_demo_estate_is_loaded(
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
             loop.remove_signal_handler(sig)  # the test process's own again
         await asyncio.wait_for(service.stop(grace_s=0.1), START_LIMIT_S)
+
+
+async def test_a_service_told_to_stop_while_the_demo_estate_loads_is_never_announced_ready(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Defect: a shard that stopped working while the demo estate loaded, past its last write of the load (or a newer
+    instance's claim found then), left health NOT_SERVING (``serve`` says nothing over it), and ``atp-service serve``
+    then printed the ready banner and its suggestions all the same — what a person or a script waits for — before it
+    stopped (exit status 4, or 3). The check that a start told to stop is never announced ready was made before the
+    load only. It stops without announcing anything."""
+
+    async def load_then_a_shard_fails(service: AtpService) -> None:  # the last write of the load made, then a bug
+        assert service.engine is not None
+        service.engine.actors[0].break_down(RuntimeError("a bug in shard 0's turn"))
+
+    monkeypatch.setattr(cli, "load_demo", load_then_a_shard_fails)
+    service = AtpService(config_for_tests(demo=True), redis_url)
+    request = cli._StopRequest(None)
+    serving = asyncio.ensure_future(cli._serve_until_stopped(service.config, service, request, lambda: False))
+    loop = asyncio.get_running_loop()
+    try:
+        assert await asyncio.wait_for(serving, START_LIMIT_S) == cli.EXIT_SHARD_FAILED
+    finally:
+        request.event.set()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+            loop.remove_signal_handler(sig)  # the test process's own again
+        await asyncio.wait_for(service.stop(grace_s=0.1), START_LIMIT_S)
+    assert "ready" not in capsys.readouterr().out
