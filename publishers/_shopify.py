@@ -258,9 +258,10 @@ class ShopifyAdapter:
             errors = data["inventorySetQuantities"]["userErrors"] or []
         except (KeyError, TypeError):
             raise DeliveryError("shopify: unexpected response shape") from None
-        if not isinstance(errors, list) or not all(isinstance(e, dict) for e in errors):
+        if not isinstance(errors, list) or not all(isinstance(e, dict) and isinstance(e.get("code"), str | None)
+                                                   for e in errors):
             # Read on, a TypeError or AttributeError rose out of the adapter and ended the publisher (C2, C4).
-            raise DeliveryError("shopify: unexpected response shape (userErrors is no list of objects)")
+            raise DeliveryError("shopify: unexpected response shape (userErrors: no list of objects with a text code)")
         return errors
 
     async def _read(self, rows: list[Row]) -> None:
@@ -269,8 +270,18 @@ class ShopifyAdapter:
         for start in range(0, len(rows), READ_CHUNK):
             chunk = rows[start:start + READ_CHUNK]
             data = await self._graphql("read", read_body(chunk))
-            for n, r in enumerate(chunk):
-                r.expected = available_of(data.get(f"q{n}"))
+            # The whole answer checked before any of it is taken. An alias missing (data null or {}) was read as
+            # an unknown item: the row refused for good, dead-lettered and owed only until the next start (C2, C4);
+            # quantities that are no list raised TypeError out of the adapter, which ended the publisher.
+            missing = [f"q{n}" for n in range(len(chunk)) if f"q{n}" not in data]
+            if missing:
+                raise DeliveryError(f"shopify: unexpected response shape (the read says nothing of {missing[0]})")
+            try:
+                found = [available_of(data[f"q{n}"]) for n in range(len(chunk))]
+            except ValueError as exc:
+                raise DeliveryError(f"shopify: unexpected response shape (read: {exc})") from None
+            for r, expected in zip(chunk, found, strict=True):
+                r.expected = expected
                 if r.expected is None:
                     self._refuse(r, "no inventory level (unknown item or location, or not stocked there)")
                 else:

@@ -84,12 +84,20 @@ class CostBucket:
 
 
 def available_of(item: Any) -> int | None:
-    """The ``available`` quantity in one aliased ``inventoryItem`` answer (None: no such level)."""
-    try:
-        quantities = item["inventoryLevel"]["quantities"]
-    except (KeyError, TypeError):
+    """The ``available`` quantity in one aliased ``inventoryItem`` answer (None: no such level: an unknown
+    item, null, or one not stocked at the location, a null level). ValueError: an answer of another shape,
+    which says nothing of the item (a proxy's or broken gateway's page): a failed try, not a refusal."""
+    if item is None:
         return None
-    for q in quantities or []:
+    if not isinstance(item, dict) or "inventoryLevel" not in item:
+        raise ValueError(f"an item that is no inventoryItem: {str(item)[:100]}")
+    level = item["inventoryLevel"]
+    if level is None:
+        return None
+    quantities = level.get("quantities") if isinstance(level, dict) else None
+    if not isinstance(quantities, list):
+        raise ValueError(f"a level that is no inventoryLevel with its quantities: {str(level)[:100]}")
+    for q in quantities:
         if isinstance(q, dict) and q.get("name") == "available" and isinstance(q.get("quantity"), int):
             return int(q["quantity"])
     return None
@@ -170,7 +178,8 @@ def _user_error(error: Any) -> str:
 def error_code(error: Any) -> Any:
     """A top-level GraphQL error's ``extensions.code`` (None: none, or an error or extensions that are no object)."""
     extensions = error.get("extensions") if isinstance(error, dict) else None
-    return extensions.get("code") if isinstance(extensions, dict) else None
+    code = extensions.get("code") if isinstance(extensions, dict) else None
+    return code if isinstance(code, str) else None  # a code of another type: none (a set of codes is made of them)
 
 
 def _graphql_error(error: dict[str, Any]) -> str:
