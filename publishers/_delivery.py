@@ -8,11 +8,12 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from reservation import ChannelUpdate, TokenBucket
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class DeliveryError(Exception):
@@ -62,6 +63,16 @@ async def take_tokens(bucket: TokenBucket, n: int, now_ms: Callable[[], int], sl
             waited()
             await sleep(bucket.ms_until_token() / 1000)
             bucket.refill(now_ms())
+
+
+async def in_requests(items: list[T], size: int, send: Callable[[list[T]], Awaitable[bool]]) -> list[T]:
+    """``items`` sent again in requests of ``size`` (the size they went in: at most ``--batch`` and ``--burst``; one
+    request of them all went past both, and past Shopify's 250, its first waiting for the tokens of its last, C2),
+    until one fails (``send``: False): those not sent yet, for after the next request answered."""
+    for at in range(0, len(items), size):
+        if not await send(items[at:at + size]):
+            return items[at + size:]
+    return []
 
 
 def update_json(u: ChannelUpdate) -> dict[str, Any]:

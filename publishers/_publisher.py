@@ -38,7 +38,7 @@ from reservation import ChannelUpdate, TokenBucket
 from ._claim import Takeover
 from ._compare import Comparison
 from ._config import PublisherConfig
-from ._delivery import Adapter, DeliveryError, backoff_s, take_tokens
+from ._delivery import Adapter, DeliveryError, backoff_s, in_requests, take_tokens
 from ._holding import Halted, Holding, unless_halted
 from ._lease import SEND_GUARD
 from ._metrics import PublisherMetrics
@@ -259,8 +259,8 @@ class Publisher:
                 if not (answered := await self._deliver(chunk, tries, delivered)):
                     failed_outs += [(key, u) for key, u in chunk if u.quantity == 0]
                 elif failed_outs:  # C2: the destination is back; its stock-outs go before the rest, tried once more
-                    await self._deliver(failed_outs, 1, delivered, owed=True)  # (else owed, as they are already)
-                    failed_outs = []
+                    failed_outs = await in_requests(failed_outs, cuts[0][1],  # as they went (failing again: owed)
+                                                    lambda part: self._deliver(part, 1, delivered, owed=True))
                 # Once a request failed every try (the destination down) the others get one each until one is answered,
                 # not max_attempts with backoff each (C2: stock-outs read later waited ~40 min); then owed, as any (C4).
                 tries = self.config.max_attempts if answered else 1
