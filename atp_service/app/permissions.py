@@ -47,8 +47,9 @@ def _quarantine_needs(stream: str) -> list[Need]:
     written, use = written_key(stream), "facts quarantined (E6, E8), each once"
     return [Need(("XADD", stream, "MAXLEN", "~", 1, "*", "f", "v"), stream, use),
             Need(("ZSCORE", written, "d"), written, use), Need(("ZADD", written, 1, "d"), written, use),
-            Need(("ZCARD", written), written, use), Need(("ZREMRANGEBYRANK", written, 0, 0), written, use),
-            Need(("EVAL", "return", 2, stream, written), stream, use)]
+            Need(("ZREM", written, "d"), written, use), Need(("ZCARD", written), written, use),
+            Need(("ZREMRANGEBYRANK", written, 0, 0), written, use),
+            Need(("EVALSHA", SHA, 2, stream, written), stream, use)]
 
 
 def _group_needs(keys: Keyspace, g: int, at: str, leased: bool) -> list[Need]:
@@ -145,7 +146,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
              Need(("EVALSHA", SHA, len(streams) + 1, *streams, owed), owed, use)]
     needs += [Need(("EVALSHA", SHA, 2, s, dlq), s, use) for s in streams]
     quarantine = config.quarantine_stream  # a quarantined fact's entry acknowledged in its script (E8)
-    needs += [Need(("EVAL", "return", 3, quarantine, written_key(quarantine), s), s, use) for s in streams]
+    needs += [Need(("EVALSHA", SHA, 3, quarantine, written_key(quarantine), s), s, use) for s in streams]
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
         ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"))]
     for s in streams:

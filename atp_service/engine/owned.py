@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from atp_service.engine.routes import Routes
     from atp_service.metrics import EngineMetrics
     from atp_service.storage.log import LogStore
+    from atp_service.storage.nodes import Nodes
     from reservation import Limits
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,12 @@ class OwnedShards:
         self._started = False
         self._unread: dict[str, list[int]] = {}  # the nodes (their shards) the last owner check did not read
         self.actors = list(actors) or [self.vacant(shard) for shard in range(shards)]
+
+    @property
+    def log_writer(self) -> Nodes:
+        """Where the log's writes go, and the quarantine stream's beside them: acknowledged alike, with
+        ``redis_wait_replicas`` only once that many replicas hold them (R7)."""
+        return self._log.nodes
 
     def vacant(self, shard: int) -> Vacant:
         """A stand-in for ``shard`` while another process owns its group (every call: ``Moved``)."""

@@ -98,7 +98,7 @@ class Engine(OwnedShards):
 
     @property
     def log_client(self) -> Any:
-        """The Redis client of the log (also for the quarantine and dead-letter streams)."""
+        """The Redis client of the log's reads (its writes, and the quarantine stream's: ``log_writer``)."""
         return self._log.client
 
     def set_safety_defaults(self, by_location: dict[str, int]) -> None:

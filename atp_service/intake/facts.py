@@ -86,7 +86,7 @@ class FactDesk:
         read again). An owner of an earlier version wrote it too: the digest makes this write a duplicate."""
         late = [i for i in at if isinstance(result := results[i], tuple) and result[0] == FactOutcome.QUARANTINED]
         if late:
-            await self._owned(self.quarantine.settle(self.engine.log_client, facts, results, late, acks, self.metrics))
+            await self._owned(self.quarantine.settle(self.engine.log_writer, facts, results, late, acks, self.metrics))
 
     async def load_counts(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str]]:
         """``LoadCounts``: the block's rows by shard, one actor message each (``Ledger.load_counts``);
@@ -127,7 +127,7 @@ class FactDesk:
             late = sorted(reasons)
             facts = [block.fact(i) for i in late]
             results: list[Result | DomainError] = [(FactOutcome.QUARANTINED, reasons[i]) for i in late]
-            again = len(await self.quarantine.settle(self.engine.log_client, facts, results, list(range(len(late)))))
+            again = len(await self.quarantine.settle(self.engine.log_writer, facts, results, list(range(len(late)))))
             failed = next((r for r in results if isinstance(r, DomainError)), None)
             if failed is not None:  # not acknowledged, as RecordEvents answers them: a retry quarantines
                 # them again and streams them (E6), so the caller is told them not loaded (0), not quarantined
@@ -207,7 +207,7 @@ class FactDesk:
 
     async def wrote_owed(self) -> bool:
         """``QuarantineStream.write_owed``, before their input entries are read again (E8); False: no answer."""
-        return not self.quarantine.owed or await self.quarantine.write_owed(self.engine.log_client, self.metrics)
+        return not self.quarantine.owed or await self.quarantine.write_owed(self.engine.log_writer, self.metrics)
 
     async def stop(self, bound_s: float) -> None:
         """Wait (at most ``bound_s``) for the work of callers that gave up; the shards still run."""
@@ -224,7 +224,7 @@ class FactDesk:
         if late:
             self._count_no_room(str(out[i][1]) for i in late)  # type: ignore[index]
             if not sender_writes:
-                again = await self.quarantine.settle(self.engine.log_client, facts, out, late, acks)
+                again = await self.quarantine.settle(self.engine.log_writer, facts, out, late, acks)
         self._observe(facts, out, origin, again, set(late) if sender_writes else set())
         self._tell_unfulfilled(facts, out, shipments, origin)
         return out

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.nodes import Call, Nodes, Script
 from reservation import Fact, FactKind, Reason, Unavailable
 from reservation._keys import fact_key, fact_payload
 
@@ -44,7 +45,10 @@ _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: no
 # 0: written before, -1: not written, its input entry pending to this consumer no more (claimed by another,
 # which decides the fact, or acknowledged by it). The entry, its digest and its input entry's XACK go in the same
 # script (atomic, each fact's after its own write: a write refused leaves its entry pending); the set is trimmed
-# to MAXLEN, oldest first, as the stream is (about MAXLEN entries).
+# to MAXLEN, oldest first, as the stream is (about MAXLEN entries). A fact written before has its digest taken
+# out and put back as it was: a write of this call, so the WAIT after it (``redis_wait_replicas``) covers the
+# earlier write too — that one's answer lost, on another connection, a WAIT after a call that wrote nothing
+# confirms nothing of it (R7).
 _ONCE = f"""
 local written = {{}}
 local n = (#ARGV - 3) / {_PER_FACT}
@@ -56,7 +60,10 @@ for f = 0, n - 1 do
     local held = redis.pcall('XPENDING', KEYS[input], ARGV[2], ARGV[at + 2], ARGV[at + 2], 1, ARGV[3])
     ours = held['err'] ~= nil or #held > 0
   end
-  if redis.call('ZSCORE', KEYS[2], ARGV[at]) then
+  local before = redis.call('ZSCORE', KEYS[2], ARGV[at])
+  if before then
+    redis.call('ZREM', KEYS[2], ARGV[at])
+    redis.call('ZADD', KEYS[2], before, ARGV[at])
     written[f + 1] = 0
   elseif not ours then
     written[f + 1] = -1
@@ -75,6 +82,7 @@ if extra > 0 then
 end
 return written
 """
+WRITE_ONCE_SCRIPT = Script(_ONCE)
 
 
 class Acks(NamedTuple):
@@ -106,22 +114,27 @@ class QuarantineStream:
         """What names ``fact`` (its identity and payload) in the set of facts written."""
         return hashlib.blake2b(f"{fact_key(fact)}\x1f{fact_payload(fact)}".encode(), digest_size=16).hexdigest()
 
-    async def write(self, client: Any, facts: Sequence[tuple[Fact, str]],
+    async def write(self, writer: Nodes, facts: Sequence[tuple[Fact, str]],
                     acks: Acks | None = None) -> list[bool | None]:
         """Each (fact, reason) written to the stream unless the stream holds it already; per fact, True:
         written now — or by a write of this process whose answer was lost, counted by none (E6: a metric
         counts each quarantined fact) —, None: not written, its input entry (``acks``) no longer pending to
         this consumer (another claimed it: it decides the fact, and writes it if quarantined there). ``acks``:
         each fact's input entry acknowledged with it. Raises what Redis raised (then any of them may have been
-        written, their entries acknowledged: a retry writes the rest)."""
+        written, their entries acknowledged: a retry writes the rest). ``writer``: the log's, so a write counts
+        only once ``redis_wait_replicas`` replicas hold it (``NotReplicated`` else: in doubt, R7) — on the
+        primary alone, a caller told QUARANTINED lost the entry to a failover, and never sent it again."""
         digests = [self.digest(fact) for fact, _ in facts]
+        calls = []
+        for start in range(0, len(facts), CHUNK):
+            keys, values = self._call(facts[start:start + CHUNK], digests[start:start + CHUNK],
+                                      acks.entries[start:start + CHUNK] if acks else None)
+            calls.append(Call(WRITE_ONCE_SCRIPT, keys, [self._maxlen, *(acks[:2] if acks else ("", "")), *values]))
         try:
-            async with client.pipeline(transaction=False) as pipe:
-                for start in range(0, len(facts), CHUNK):
-                    keys, values = self._call(facts[start:start + CHUNK], digests[start:start + CHUNK],
-                                              acks.entries[start:start + CHUNK] if acks else None)
-                    pipe.eval(_ONCE, len(keys), *keys, self._maxlen, *(acks[:2] if acks else ("", "")), *values)
-                replies = await pipe.execute()
+            replies = await writer.run(calls)
+            failed = next((reply for reply in replies if isinstance(reply, BaseException)), None)
+            if failed is not None:
+                raise failed
         except BaseException:  # a timeout, a reset, a cancel: each may have been written, uncounted
             self._doubt.update(dict.fromkeys(digests))
             if acks:
@@ -136,7 +149,7 @@ class QuarantineStream:
         doubted = [self._doubt.pop(d, True) is None for d in digests] if self._doubt else [False] * len(flags)
         return [None if flag < 0 else bool(flag) or was for flag, was in zip(flags, doubted, strict=True)]
 
-    async def settle(self, client: Any, facts: Sequence[Fact], results: list[Any], late: list[int],
+    async def settle(self, writer: Nodes, facts: Sequence[Fact], results: list[Any], late: list[int],
                      acks: Acks | None = None, metrics: IntakeMetrics | None = None) -> set[int]:
         """The facts at ``late`` (their results (QUARANTINED, reason)) written to the stream, their input entries
         (``acks``: aligned with ``facts``) acknowledged with them; returns those of them written there before
@@ -145,7 +158,7 @@ class QuarantineStream:
         those written counted here (origin ``stream``: facts an owner decided, ``FactDesk.quarantined_there``)."""
         entries = None if acks is None else Acks(acks.group, acks.consumer, [acks.entries[i] for i in late])
         try:
-            written = await self.write(client, [(facts[i], results[i][1]) for i in late], entries)
+            written = await self.write(writer, [(facts[i], results[i][1]) for i in late], entries)
         except STORAGE_ERRORS as exc:  # a cluster no node of which answers included
             # The facts are durable in the shard logs as quarantined; the operator's copy is not.
             # Refuse the acknowledgement so the caller (or the stream) delivers them again.
@@ -165,7 +178,7 @@ class QuarantineStream:
         """``entries`` but those (stream, entry id, ...) whose fact's write failed here: ``write_owed`` settles them."""
         return [entry for entry in entries if (entry[0], entry[1]) not in self.owed] if self.owed else entries
 
-    async def write_owed(self, client: Any, metrics: IntakeMetrics) -> bool:
+    async def write_owed(self, writer: Nodes, metrics: IntakeMetrics) -> bool:
         """The facts of the input entries whose write failed here (``owed``) written again, with their entries'
         acknowledgements, and counted (``atp_facts_total``, E6): their shards decided them quarantined, and read
         again first, their entries would be decided again — applied, had room come back — while the stream may
@@ -175,7 +188,7 @@ class QuarantineStream:
         for reader in {(group, consumer) for _, _, group, consumer in self.owed.values()}:
             owed = [(entry, (fact, reason)) for entry, (fact, reason, *r) in self.owed.items() if tuple(r) == reader]
             try:
-                flags = await self.write(client, [pair for _, pair in owed], Acks(*reader, [e for e, _ in owed]))
+                flags = await self.write(writer, [pair for _, pair in owed], Acks(*reader, [e for e, _ in owed]))
             except STORAGE_ERRORS:
                 return False
             for (_, (fact, _)), now in zip(owed, flags, strict=True):

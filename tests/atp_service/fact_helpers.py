@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from atp_client import AtpClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.intake.quarantine import WRITE_ONCE_SCRIPT
 from tests.waiting import until
 
 KINDS = ("SALE", "RETURN", "RECEIPT", "ADJUST", "COUNT")
@@ -106,3 +108,11 @@ async def on_hand_of(client: AtpClient, keys: list[tuple[str, str]]) -> dict[tup
         for p in await client.availability(keys[i:i + 1000]):
             out[(p.sku, p.location)] = p.on_hand
     return out
+
+
+def held_script(client: Any) -> bytes:
+    """What a ``HoldingProxy`` holds to catch the quarantine script's calls (``quarantine.WRITE_ONCE_SCRIPT``,
+    sent as ``EVALSHA`` by its digest): the digest, the script loaded first on ``client``'s Redis (a sync
+    client) so that a call landed late runs it, not NOSCRIPT."""
+    client.script_load(WRITE_ONCE_SCRIPT.body)
+    return WRITE_ONCE_SCRIPT.sha.encode()

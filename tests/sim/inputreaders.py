@@ -34,6 +34,7 @@ from atp_service.intake.facts import Result
 from atp_service.intake.ingest import StreamIngestor
 from atp_service.intake.quarantine import Acks, QuarantineStream
 from atp_service.metrics import IntakeMetrics
+from atp_service.storage.nodes import Call
 from atp_service.storage.resp import group_lost
 from reservation import DomainError, Fact, FactOutcome, Moved
 from tests.sim.inputstreams import MAKER, RedisFaults, SimStreams, _fail
@@ -119,6 +120,10 @@ class GatedClient:
 
         pipe.execute = gated  # type: ignore[method-assign]
         return pipe
+
+    async def run(self, calls: list[Call]) -> list[Any]:
+        """``Nodes.run`` of the quarantine script's calls (``ForwardingDesk``'s writes), behind the gate."""
+        return await self._gated(self._redis.run(calls))  # type: ignore[no-any-return]
 
     async def _gated(self, call: Any) -> Any:
         await self._gate.passed()

@@ -35,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.intake import claims, dead_letters, quarantine, unread
 from atp_service.intake.entries import id_key
+from atp_service.storage.nodes import Call
 from tests.sim import inputscripts
 
 MAKER: contextvars.ContextVar[tuple[str, int]] = contextvars.ContextVar("maker", default=("?", 0))
@@ -186,6 +187,14 @@ class SimStreams:
 
     def pipeline(self, transaction: bool = False) -> Pipeline:
         return Pipeline(self)
+
+    async def run(self, calls: list[Call]) -> list[Any]:
+        """``Nodes.run`` of the quarantine script's calls (``FactDesk``'s writes): a pipeline of them."""
+        pipe = self.pipeline()
+        for call in calls:
+            pipe.eval(call.script.body, len(call.keys), *call.keys, *call.args)
+        replies: list[Any] = await pipe.execute()
+        return replies
 
     # -- Redis's side ---------------------------------------------------------------------------------
     def _create(self, stream: str, group: str, start: bytes) -> bool:

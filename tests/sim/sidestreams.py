@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from atp_service.intake.quarantine import _FIELDS, _PER_FACT
+from atp_service.storage.nodes import Call
 
 
 class SideStreams:
@@ -18,6 +19,14 @@ class SideStreams:
 
     def pipeline(self, transaction: bool = False) -> _Pipeline:
         return _Pipeline(self.entries, self.markers)
+
+    async def run(self, calls: list[Call]) -> list[Any]:
+        """``Nodes.run`` of the quarantine script's calls (``FactDesk``'s writes): a pipeline of them."""
+        pipe = self.pipeline()
+        for call in calls:
+            pipe.eval(call.script.body, len(call.keys), *call.keys, *call.args)
+        replies: list[Any] = await pipe.execute()
+        return replies
 
     async def time(self) -> tuple[int, int]:
         """Redis's TIME, for the clock offset gauge (not checked here): the epoch."""

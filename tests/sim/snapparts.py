@@ -24,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from atp_service.intake.quarantine import WRITE_ONCE_SCRIPT
 from atp_service.storage.log_reads import REPLY_BYTES
 from atp_service.storage.nodes import Call
 from atp_service.storage.records import sealed_snapshot
@@ -115,7 +116,11 @@ class SimNodes:
         self.redis.snapshots_sent.add((shard, seq, hashlib.sha1(sealed_snapshot(data)).digest()))  # as stored
 
     async def run(self, calls: list[Call], extra_s: float = 0.0) -> list[Any]:
-        """``Nodes.run``: reservation id claims (``ids.SimIdClaims``), where several processes share the keyspace."""
+        """``Nodes.run``: reservation id claims (``ids.SimIdClaims``), where several processes share the keyspace;
+        the quarantine stream's writes (``FactDesk``), where the simulated Redis's client takes them."""
+        if calls and calls[0].script is WRITE_ONCE_SCRIPT:
+            replies: list[Any] = await self.redis.client.run(calls)
+            return replies
         return await self.redis.ids.run(self.proc, calls)
 
     async def run_one(self, call: Call, extra_s: float = 0.0) -> Any:

@@ -10,7 +10,7 @@ import redis
 from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis
 from reservation import Limits
-from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.fact_helpers import F, held_script, wait_consumed
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import test_config as make_config
 from tests.waiting import until
@@ -43,7 +43,7 @@ async def test_a_fact_quarantined_for_want_of_room_whose_write_s_answer_was_lost
         await service.start()
         r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields())  # remembered: the shard is at its bound
         await wait_consumed(redis_url, [STREAM])
-        proxy.hold(b"ZREMRANGEBYRANK", reset=True)  # the quarantine script: sent, its answer lost
+        proxy.hold(held_script(r), reset=True)  # the quarantine script: sent, its answer lost
         r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # a new fact past the bound
         await until(lambda: proxy.held, "the quarantine write sent, its answer lost")
         await proxy.land(proxy.held[0])  # it ran: the fact is in the quarantine stream
@@ -82,7 +82,7 @@ async def test_an_owed_quarantine_write_leaves_alone_an_entry_another_consumer_c
         owed = service.desk.quarantine.owed
         r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields())  # remembered: the shard is at its bound
         await wait_consumed(redis_url, [STREAM])
-        proxy.hold(b"ZREMRANGEBYRANK", reset=True)  # the quarantine script, and each try again: never run
+        proxy.hold(held_script(r), reset=True)  # the quarantine script, and each try again: never run
         entry = r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # a new fact past the bound
         await until(lambda: owed and proxy.held, "the quarantine write owed, its script held")
         # Another process's claim of an entry idle past claim_idle_ms (XAUTOCLAIM), here at once: it decides e2.

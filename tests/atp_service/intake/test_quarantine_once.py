@@ -10,10 +10,10 @@ import redis
 
 from atp_service import AtpService, EmbeddedRedis
 from atp_service.intake.quarantine import QuarantineStream
-from atp_service.storage.nodes import connect_any
+from atp_service.storage.nodes import open_nodes
 from reservation import Fact, FactKind, Limits
 from reservation import fact as make_fact
-from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.fact_helpers import F, held_script, wait_consumed
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import test_config as make_config
 from tests.waiting import until
@@ -46,7 +46,7 @@ async def test_a_conflict_read_again_after_its_ack_was_lost_is_quarantined_once(
         redis_server: EmbeddedRedis, redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
     async with through_proxy(redis_server, redis_url) as (service, proxy):
-        proxy.hold(b"XACK")  # every acknowledgement lost from now on: the entry is read again, and again
+        proxy.hold(b"XACK", held_script(r))  # every acknowledgement lost (the script acknowledges its entry too)
         r.xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 5, T).fields())  # e1 again, another payload (E8)
         await until(lambda: len(proxy.held) >= 3, "the conflicting entry decided three times")
         proxy.hold()
@@ -65,7 +65,7 @@ async def test_a_quarantine_write_whose_answer_was_lost_counts_the_fact_quaranti
     once (E6: a metric counts it), not duplicate."""
     r = redis.Redis.from_url(redis_url)
     async with through_proxy(redis_server, redis_url) as (service, proxy):
-        proxy.hold(b"ZREMRANGEBYRANK", reset=True)  # the quarantine script: sent, its answer lost
+        proxy.hold(held_script(r), reset=True)  # the quarantine script: sent, its answer lost
         r.xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 5, T).fields())  # a conflict (E8)
         await until(lambda: proxy.held, "the quarantine write sent, its answer lost")
         await proxy.land(proxy.held[0])  # it ran: the fact is in the quarantine stream
@@ -81,46 +81,46 @@ async def test_a_quarantine_write_whose_answer_was_lost_counts_the_fact_quaranti
 async def test_on_a_cluster_each_fact_is_written_once_beside_its_stream(cluster_url: str) -> None:
     """The script's keys (the stream, the set of what it holds) share the stream's slot: a Redis Cluster
     runs it, and a fact written before is not written again, another payload of its identity is."""
-    client = connect_any(cluster_url, 5.0, cluster=True)
+    writer = open_nodes(cluster_url, 5.0, cluster=True)
     stream = QuarantineStream("atp:{in}:quarantine", 1000)
     one, other = fact_of(F("e1", "RECEIPT", "A", "S1", 5, T)), fact_of(F("e1", "RECEIPT", "A", "S1", 6, T))
     try:
         twice = [(one, "conflict"), (one, "conflict"), (other, "conflict")]
-        assert await stream.write(client, twice) == [True, False, True]
-        assert await stream.write(client, [(one, "conflict"), (other, "conflict")]) == [False, False]
-        assert await client.xlen("atp:{in}:quarantine") == 2
+        assert await stream.write(writer, twice) == [True, False, True]
+        assert await stream.write(writer, [(one, "conflict"), (other, "conflict")]) == [False, False]
+        assert await writer.reader.xlen("atp:{in}:quarantine") == 2
     finally:
-        await client.aclose()
+        await writer.aclose()
 
 
 async def test_on_a_cluster_the_default_stream_without_a_hash_tag_is_written(cluster_url: str) -> None:
     """Without input streams nothing asks ``quarantine_stream`` for a hash tag: the default
     ``atp:quarantine`` on a Redis Cluster. The set beside it hashes to the stream's slot all the same,
     or every quarantine is refused CROSSSLOT (a late fact's RecordEvents UNAVAILABLE for ever)."""
-    client = connect_any(cluster_url, 5.0, cluster=True)
+    writer = open_nodes(cluster_url, 5.0, cluster=True)
     stream = QuarantineStream("atp:quarantine", 1000)
     one = fact_of(F("e1", "RECEIPT", "A", "S1", 5, T))
     try:
-        assert await stream.write(client, [(one, "late")]) == [True]
-        assert await stream.write(client, [(one, "late")]) == [False]
-        assert await client.xlen("atp:quarantine") == 1
+        assert await stream.write(writer, [(one, "late")]) == [True]
+        assert await stream.write(writer, [(one, "late")]) == [False]
+        assert await writer.reader.xlen("atp:quarantine") == 1
     finally:
-        await client.aclose()
+        await writer.aclose()
 
 
 async def test_the_facts_written_are_remembered_no_longer_than_the_stream_is_long(redis_url: str) -> None:
     """Bounded (a flood of late facts costs Redis no more than the stream): the set beside the stream
     keeps the newest ``maxlen`` digests; a fact past them is written again, as the stream no longer
     holds it (trimmed, about ``maxlen``)."""
-    client = connect_any(redis_url, 5.0, cluster=False)
+    writer = open_nodes(redis_url, 5.0)
     stream = QuarantineStream("atp:quarantine", 10)
     facts = [(fact_of(F(f"e{i}", "SALE", "A", "S1", 1, T + i)), "late") for i in range(15)]
     try:
-        assert await stream.write(client, facts) == [True] * 15
-        assert await client.zcard(stream.written_key) == 10
-        assert await stream.write(client, [facts[0], facts[14]]) == [True, False]  # the oldest was let go
+        assert await stream.write(writer, facts) == [True] * 15
+        assert await writer.reader.zcard(stream.written_key) == 10
+        assert await stream.write(writer, [facts[0], facts[14]]) == [True, False]  # the oldest was let go
     finally:
-        await client.aclose()
+        await writer.aclose()
 
 
 def fact_of(f: F) -> Fact:
