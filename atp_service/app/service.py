@@ -314,8 +314,8 @@ class AtpService:
                 if self.engine is not None:
                     await self.engine.check_logs_reach()
                 asking = asking and await watch_eviction(self._log, self.metrics.storage.eviction_unsafe)
-            except STORAGE_ERRORS:
-                pass  # Redis unreachable: the shards notice and say so; ask again later
+            except STORAGE_ERRORS:  # Redis unreachable: the shards notice and say so; asked again later, on a cluster
+                await self._log.nodes.read_map_again()  # its map read first: a failover's new primary, idle shards (R7)
 
     def _epoch(self) -> str:
         """This instance's claim on the channel feeds' group (``UNCLAIMED``: none, every write refused)."""

@@ -20,6 +20,7 @@ on the primary but a failover may still lose it, so it is in doubt like a timeou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -40,8 +41,7 @@ from atp_service.tasks import cancel_and_wait, keep
 
 TOPOLOGY_ERRORS = (AskError, ClusterDownError, TryAgainError, RedisConnectionError, RedisTimeoutError, OSError,
                    asyncio.TimeoutError)
-"""A node answered for a slot it no longer has, or did not answer: the slot map is read again
-before the next call."""
+"""A node answered for a slot it no longer has, or did not answer: the slot map is read again before its next call."""
 _NOT_ASKED = frozenset({"fail", "fail?", "noaddr", "handshake"})
 """``CLUSTER NODES`` flags of a node ``_learn_nodes`` leaves out (down, or no member yet): one down stays listed
 until forgotten, and each read of the map that asked it first waited out the connect timeout (liveness)."""
@@ -223,6 +223,12 @@ class Nodes:
             raise reply
         return reply
 
+    async def read_map_again(self) -> None:
+        """A cluster's slot map read again, every node seen asked: after a read no node answered (best effort)."""
+        self._map_stale("")  # no primary's calls wait for this read
+        with contextlib.suppress(Exception):
+            await self._read_map()
+
     async def aclose(self) -> None:
         self._closed = True  # nor learned after (``_map_read``): it would open connections on the closed client
         await cancel_and_wait(self._learning)
@@ -282,14 +288,12 @@ class Nodes:
         return replies
 
     def _map_stale(self, name: str) -> None:
-        """The primary ``name`` did not answer, or answered for a slot it no longer serves (a cluster):
-        the slot map is read again before the next call to it."""
+        """The primary ``name`` did not answer, or answered for a slot it no longer serves: the map read again first."""
         if self.cluster:
             self._suspect.add(name)
 
     async def _rerun_unrun(self, lane: Lane, calls: list[Call], replies: list[Any], extra_s: float = 0.0) -> list[Any]:
-        """``replies``, with the calls not run at all (NOSCRIPT: a restarted or failed-over node)
-        run again once their scripts are loaded."""
+        """``replies``, the calls not run (NOSCRIPT: a restarted or failed-over node) run again, scripts loaded."""
         unrun = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if unrun:
             bodies = list(dict.fromkeys(calls[i].script.body for i in unrun))
