@@ -3,7 +3,8 @@
 A 429 or 503 answer with ``Retry-After`` says how long to wait: the request is sent again after
 that long (at most ``max_wait_s`` per wait, at most ``max_waits`` waits per request) without
 counting as a failed attempt. Past those bounds the answer goes back to the publisher's own retry
-loop (backoff, attempts, dead letters), so no destination can hold a publisher forever.
+loop (backoff, attempts, dead letters), so no destination can hold a publisher forever; the next request
+(its retry, or another batch's) still goes no sooner than that answer asked (cut to ``max_wait_s``).
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class Http:
         self.settings = settings
         self.client = httpx.AsyncClient(timeout=settings.timeout_s)
         self._sleep, self._wall_s = sleep, wall_s
+        self._not_before = 0.0
+        """Wall time before which the destination asked for no request: the ``Retry-After`` of an answer
+        handed back unwaited (``max_waits`` waited already), held by the next request, its retry's or another's."""
 
     async def wait(self, seconds: float, why: str, level: int = logging.INFO) -> None:
         """Sleep ``seconds``, cut to ``max_wait_s``."""
@@ -98,10 +102,18 @@ class Http:
         """POST; ``headers()`` is called per try (a signature carries the time it was made). ``whole_answer``
         False: a 2xx means delivered whatever its body says (a webhook), so a body over ``max_answer_bytes``
         is cut, not a failure."""
+        if (still := self._not_before - self._wall_s()) > 0:
+            # The retry loop's backoff (0.25 s on a first retry) sent this request seconds after a 'Retry-After: 60':
+            # a destination's pacing ignored (it may ban the client). Cut to max_wait_s as any wait.
+            await self.wait(still, "Retry-After of the last answer, past max_waits")
+        self._not_before = 0.0
         for waits in range(self.settings.max_waits + 1):
             response = await self._post_once(url, body, headers(), whole_answer)
             asked = retry_after_s(response, self._wall_s()) if response.status_code in WAITED_STATUSES else None
-            if asked is None or waits == self.settings.max_waits:
+            if asked is None:
+                return response
+            if waits == self.settings.max_waits:
+                self._not_before = self._wall_s() + min(asked, self.settings.max_wait_s)
                 return response
             await self.wait(asked, f"HTTP {response.status_code} Retry-After")
         raise AssertionError("unreachable: the last try returns")
