@@ -25,6 +25,10 @@ class DeliveryError(Exception):
     def __init__(self, reason: str, retryable: bool = True, splittable: bool = False) -> None:
         super().__init__(reason)
         self.reason, self.retryable, self.splittable = reason, retryable, splittable
+        self.taken: list[ChannelUpdate] = []
+        self.refused: list[Refused] = []
+        """Of a batch sent in parts (``in_halves``), a retryable failure: the parts answered before it, taken
+        (delivered) and refused alone; the rest failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,15 @@ def update_json(u: ChannelUpdate) -> dict[str, Any]:
 
 
 Send = Callable[[list[ChannelUpdate]], Awaitable[Sequence[Refused] | None]]
+Keyed = list[tuple[str, ChannelUpdate]]
+"""Updates with their keys (``sku<TAB>location``)."""
+
+
+def split_answered(chunk: Keyed, taken: list[ChannelUpdate], refused: Sequence[Refused]) -> tuple[Keyed, Keyed]:
+    """Of ``chunk``, those ``taken`` but not ``refused``, and those neither (left to retry)."""
+    gone = {r.update.version for r in refused}  # versions are unique within a channel
+    took = {u.version for u in taken} - gone
+    return [(k, u) for k, u in chunk if u.version in took], [(k, u) for k, u in chunk if u.version not in took | gone]
 
 
 async def in_halves(channel: str, updates: list[ChannelUpdate], send: Send,
@@ -94,8 +107,9 @@ async def in_halves(channel: str, updates: list[ChannelUpdate], send: Send,
     sends. One poison update refused the whole batch, its stock-outs with it, and those were
     redelivered only at the next start (C2, C4). A part refused for good after a split is returned
     refused (``refuse(update, reason)``: dead-lettered alone, the rest delivered); a retryable
-    failure fails the whole batch (its retry sends the parts again, as any retry); a batch of one
-    refused is raised as it is."""
+    failure of a part is raised naming the parts answered before it (``taken``, ``refused``): its retry
+    sends only the rest (the whole batch was retried, then dead-lettered, the parts the destination took
+    with it: dead letters and metrics said they failed); a batch of one refused is raised as it is."""
     try:
         return list(await send(updates) or ())
     except DeliveryError as exc:
@@ -103,12 +117,16 @@ async def in_halves(channel: str, updates: list[ChannelUpdate], send: Send,
             raise
         log.warning("%s: %d updates refused in one request (%s): sending halves, so that only the updates "
                     "refused alone are dead-lettered", channel, len(updates), exc.reason[:300])
-    half, refused = len(updates) // 2, []
+    half, refused, taken = len(updates) // 2, list[Refused](), list[ChannelUpdate]()
     for part in (updates[:half], updates[half:]):
         try:
-            refused += await in_halves(channel, part, send, refuse)
+            part_refused = await in_halves(channel, part, send, refuse)
         except DeliveryError as exc:
             if exc.retryable:
+                exc.taken, exc.refused = taken + exc.taken, refused + exc.refused
                 raise
-            refused += [refuse(u, exc.reason) for u in part]
+            part_refused = [refuse(u, exc.reason) for u in part]
+        refused += part_refused
+        gone = {r.update.version for r in part_refused}  # versions are unique within a channel
+        taken += [u for u in part if u.version not in gone]
     return refused

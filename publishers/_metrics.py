@@ -3,9 +3,12 @@ the process's own metrics (``process_*``, ``python_*``)."""
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from atp_service.metrics import build_info, process_collectors, zeroed
+from reservation import ChannelUpdate
 
 OUTCOMES = ("delivered", "retried", "failed", "superseded", "duplicate", "resynced", "redelivered")
 
@@ -92,3 +95,12 @@ class PublisherMetrics:
 
     def outcome(self, channel: str, adapter: str, outcome: str, n: int = 1) -> None:
         self.deliveries.labels(channel, adapter, outcome).inc(n)
+
+    def delivered(self, channel: str, adapter: str, updates: list[ChannelUpdate], failed: int = 0) -> None:
+        """``updates`` delivered: counted, and each one's delay since the newest fact behind it observed; with
+        ``failed`` others of their request refused alone."""
+        self.outcome(channel, adapter, "delivered", len(updates))
+        self.outcome(channel, adapter, "failed", failed)
+        now = time.time_ns() // 1_000_000
+        for u in updates:
+            self.delay.labels(channel).observe(max(0, now - u.event_time) / 1000)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -38,7 +37,7 @@ from reservation import ChannelUpdate, TokenBucket
 from ._claim import Takeover
 from ._compare import Comparison
 from ._config import PublisherConfig
-from ._delivery import Adapter, DeliveryError, backoff_s, in_requests, take_tokens
+from ._delivery import Adapter, DeliveryError, Keyed, Refused, backoff_s, in_requests, split_answered, take_tokens
 from ._holding import Halted, Holding, unless_halted
 from ._lease import SEND_GUARD
 from ._metrics import PublisherMetrics
@@ -257,7 +256,7 @@ class Publisher:
                 await self._unless_stopped(self.replicas.confirm())
             for chunk in (part[at:at + n] for part, n in cuts for at in range(0, len(part), n)):
                 if not (answered := await self._deliver(chunk, tries, delivered)):
-                    failed_outs += [(key, u) for key, u in chunk if u.quantity == 0]
+                    failed_outs += [(key, u) for key, u in chunk if u.quantity == 0 and key not in delivered]
                 elif failed_outs:  # C2: the destination is back; its stock-outs go before the rest, tried once more
                     failed_outs = await in_requests(failed_outs, cuts[0][1],  # as they went (failing again: owed)
                                                     lambda part: self._deliver(part, 1, delivered, owed=True))
@@ -329,16 +328,14 @@ class Publisher:
         return await self._resync.step(sweep, keep_going=lambda: not self._redelivery.failed_in_pass)
 
     def _trimmed(self, what: str) -> str:
-        cfg = self.config
-        return f"{what} trimmed from {cfg.stream} before group {cfg.group} delivered them"
+        return f"{what} trimmed from {self.config.stream} before group {self.config.group} delivered them"
 
     async def _deliver_and_record(self, updates: list[ChannelUpdate]) -> bool:
         return (delivered := await self._deliver_newest(updates)) is not None and await self._record(delivered)
 
-    async def _deliver(self, chunk: list[tuple[str, ChannelUpdate]], tries: int, delivered: dict[str, int],
-                       owed: bool = False) -> bool:
+    async def _deliver(self, chunk: Keyed, tries: int, delivered: dict[str, int], owed: bool = False) -> bool:
         """Deliver one chunk (key, update), tried at most ``tries`` times, the versions delivered put in ``delivered``
-        (the rest were dead-lettered: the whole chunk after its last try, or those the adapter refused one by one):
+        (the rest were dead-lettered: what was still unanswered after its last try, or what was refused one by one):
         whether the destination answered (False: every try failed, retryable). ``owed``: dead-lettered already,
         owed their newest value: a retryable failure writes no second dead letter."""
         cfg, channel, name, updates = self.config, self.config.channel, self.adapter.name, [u for _, u in chunk]
@@ -351,6 +348,9 @@ class Publisher:
                 answer = await self._unless_stopped(self._send(updates))
             except DeliveryError as exc:
                 reason, retryable = exc.reason, exc.retryable
+                if exc.taken or exc.refused:  # parts answered before it failed (``in_halves``): settled, not retried
+                    chunk = await self._answered(chunk, exc.taken, exc.refused, attempt, delivered)
+                    updates = [u for _, u in chunk]
                 self.metrics.outcome(channel, name, "retried" if exc.retryable else "failed", len(updates))
                 if not exc.retryable:
                     break
@@ -358,21 +358,21 @@ class Publisher:
                     await self._unless_stopped(self._sleep(backoff_s(cfg.backoff_base_s, cfg.backoff_max_s, attempt)))
                 continue
             self._redelivery.succeeded()
-            refused = list(answer or ())
-            gone = {r.update.version for r in refused}  # versions are unique within a channel
-            taken = [(key, u) for key, u in chunk if u.version not in gone]
-            delivered.update((key, u.version) for key, u in taken)
-            self.metrics.outcome(channel, name, "delivered", len(taken))
-            now = time.time_ns() // 1_000_000
-            for _, u in taken:
-                self.metrics.delay.labels(channel).observe(max(0, now - u.event_time) / 1000)
-            if refused:
-                self.metrics.outcome(channel, name, "failed", len(refused))
-                await self._redelivery.dead_letter([(r.update, r.reason) for r in refused], attempt, retryable=False)
+            await self._answered(chunk, updates, list(answer or ()), attempt, delivered)
             return True
         if not (owed and retryable):
             await self._redelivery.dead_letter([(u, reason) for u in updates], attempt, retryable)
         return not retryable
+
+    async def _answered(self, chunk: Keyed, taken: list[ChannelUpdate], refused: list[Refused], attempt: int,
+                        delivered: dict[str, int]) -> Keyed:
+        """Of ``chunk``, ``taken`` put in ``delivered`` but ``refused`` (dead-lettered alone): the rest returned."""
+        took, rest = split_answered(chunk, taken, refused)
+        delivered.update((key, u.version) for key, u in took)
+        self.metrics.delivered(self.config.channel, self.adapter.name, [u for _, u in took], failed=len(refused))
+        if refused:
+            await self._redelivery.dead_letter([(r.update, r.reason) for r in refused], attempt, retryable=False)
+        return rest
 
     async def _send(self, updates: list[ChannelUpdate]) -> Any:
         self._holding.lease.check_send()  # any adapter; an HTTP one checks each of its requests again
