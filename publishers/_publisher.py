@@ -366,9 +366,11 @@ class Publisher:
 
     async def _answered(self, chunk: Keyed, taken: list[ChannelUpdate], refused: list[Refused], attempt: int,
                         delivered: dict[str, int]) -> Keyed:
-        """Of ``chunk``, ``taken`` put in ``delivered`` but ``refused`` (dead-lettered alone): the rest returned."""
+        """Of ``chunk``, ``taken`` put in ``delivered`` but ``refused`` (dead-lettered alone): the rest returned. Known
+        delivered at once: a Redis error later in the read (a dead letter not written) lost them, resent at each try."""
         took, rest = split_answered(chunk, taken, refused)
         delivered.update((key, u.version) for key, u in took)
+        self._delivered.update({k: max(u.version, self._delivered.get(k, 0)) for k, u in took})
         self.metrics.delivered(self.config.channel, self.adapter.name, [u for _, u in took], failed=len(refused))
         if refused:
             await self._redelivery.dead_letter([(r.update, r.reason) for r in refused], attempt, retryable=False)
@@ -384,11 +386,9 @@ class Publisher:
     # -- settling ------------------------------------------------------------------
     async def _settle(self, ids: list[str], delivered: dict[str, int]) -> bool:
         """The versions delivered raised (never lowered) and ``ids`` acknowledged under the lease: one script (C3).
-        False: fenced off, nothing written; delivery stops. Known delivered here first, whatever the record's fate (its
-        answer lost with a Redis going down, which may lose what was read, not what was sent: named after it, C4)."""
+        False: fenced off, nothing written; delivery stops. Known delivered already (``_answered``), whatever the
+        record's fate (its answer lost with Redis going down, which may lose what was read, not what was sent, C4)."""
         cfg = self.config
-        for key, version in delivered.items():
-            self._delivered[key] = max(version, self._delivered.get(key, 0))
         if not await self._holding.lease.settle(cfg.delivered_key, cfg.stream, cfg.group, delivered, ids):
             self._holding.lost("its record was fenced off: another publisher holds the lease")
             return False
