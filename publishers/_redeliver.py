@@ -22,7 +22,9 @@ unpublished).
   delivered is never sent, so an older value never follows a newer one). A key is forgotten once its
   delivered version reaches the state hash's (or its value is gone). A pass stops when a delivery
   fails again after its retries; what it left stays owed, without a second dead letter (one per pass
-  would flood the dead-letter stream during an outage). A resync of every key goes the same way: a
+  would flood the dead-letter stream during an outage). Each of the two sweeps ends only where the hash
+  holds no key it did not see: HSCAN's cursor holds within one server's life (``_saw_every_key``).
+  A resync of every key goes the same way: a
   step (one HSCAN call of the state hash) at a time, its stock-outs first, the stream read between.
 """
 
@@ -107,6 +109,11 @@ class Redelivery:
         """Where the sweep over the remembered keys is (HSCAN's cursor), and in which of its two phases."""
         self._with_refused, self._reowed = True, False
         """This sweep passes refused keys too; a retryable dead letter came since it began."""
+        self._left: set[str] = set()
+        """The keys this phase of the sweep saw (or dead-lettered since it began) and did not forget: all the
+        owed hash holds at its end, where its cursor passed over none (``_saw_every_key``)."""
+        self._passed: set[str] | None = None
+        """While a phase passes over the hash again for the keys it missed: those it passed already."""
         self._every_key: _EveryKey | None = None
         """A resync of every key under way (more keys were owed than remembered), a step at a time."""
         self.gap_mark: int | None = None
@@ -144,6 +151,8 @@ class Redelivery:
         overflowed = await self._write(letters, owed)
         if overflowed is None:
             return
+        if not overflowed:
+            self._left.update(owed)  # in the owed hash now: a sweep under way ends with them there
         if retryable:
             self.answered, self._owed, self._reowed = False, True, True
         log.warning("%s: %d updates dead-lettered after %d attempts: %s", cfg.channel, len(refused), attempts,
@@ -204,8 +213,8 @@ class Redelivery:
         self.passing, self.failed_in_pass = True, False
         done, finished = {"redelivered": 0, "sent": 0}, False
         try:
-            if self._cursor == 0 and self._stock_outs_phase and self._every_key is None:  # a sweep begins
-                self._with_refused, self._reowed = self._refused_due, False
+            if self._cursor == 0 and self._stock_outs_phase and self._every_key is None and self._passed is None:
+                self._with_refused, self._reowed, self._left = self._refused_due, False, set()  # a sweep begins
                 self._every_key = await self._every_key_owed()
             if self._every_key is not None and not await self._full_resync(self._every_key):
                 return
@@ -267,11 +276,35 @@ class Redelivery:
                 if done["sent"] > sent:
                     return False  # the channel stream's turn, then the next page
                 continue
-            self._stock_outs_phase = not self._stock_outs_phase
+            if not await self._saw_every_key():
+                return False  # the channel stream's turn, then this phase again for the keys it missed
+            self._stock_outs_phase, self._left = not self._stock_outs_phase, set()
             if self._stock_outs_phase:
                 return True
             if done["redelivered"] > before:
                 return False  # the stock-outs went: the channel stream's turn, then the rest
+
+    async def _saw_every_key(self) -> bool:
+        """At the end of a phase of the sweep: True where the owed hash holds only the keys it saw and left
+        (or dead-lettered since it began). HSCAN's cursor holds within one server's life: a failover, a
+        restart of Redis, or the hash moved to another node builds its table again under another hash seed,
+        and the cursor kept across it passed over keys never seen — the sweep ended with them owed and
+        nothing owed recorded, and they waited for the next retryable dead letter or a restart (C4; a
+        stock-out missed by the first phase went after the other values, C2). Else the phase goes again from
+        the hash's start for the keys it missed (those it passed are not sent again): one that spans no such
+        change sees every key."""
+        owed = int(await self.client.hlen(self.config.redeliver_key))
+        if owed == len(self._left):
+            self._passed = None
+            return True
+        cfg = self.config
+        log.warning("%s: the redelivery's sweep over the keys owed ended with %d keys owed where it left %d (Redis "
+                    "failed over or restarted while it ran: an HSCAN cursor holds within one server's life); "
+                    "sweeping the keys owed again for those it missed", cfg.channel, owed, len(self._left),
+                    extra={"event": "publisher_redeliver_missed", "channel": cfg.channel, "owed": owed,
+                           "seen": len(self._left)})
+        self._passed, self._left = (self._passed or set()) | self._left, set()
+        return False
 
     async def _page(self, page: list[tuple[str, str]], stock_outs_only: bool, with_refused: bool,
                     done: dict[str, int]) -> bool:
@@ -279,8 +312,8 @@ class Redelivery:
         cfg = self.config
         if not page:
             return True
-        keys = [key for key, _ in page]
-        wanted = {key for key, owed in page if with_refused or owed.endswith(RETRY)}
+        keys, passed = [key for key, _ in page], self._passed or set()
+        wanted = {key for key, owed in page if (with_refused or owed.endswith(RETRY)) and key not in passed}
         values = await self.client.hmget(cfg.state_key, keys)
         newest = {key: state_update(cfg.channel, key, value) for key, value in zip(keys, values, strict=True)
                   if value is not None}
@@ -293,6 +326,8 @@ class Redelivery:
         settled = [key for key in keys if key not in newest or self._delivered_version(key) >= newest[key].version]
         if settled and not await self._lease.forget(cfg.redeliver_key, settled):
             return False  # fenced off: another publisher holds the lease and owns this bookkeeping
+        self._left.update(keys)
+        self._left.difference_update(settled)
         redelivered = sum(1 for u in todo if self._delivered_version(f"{u.sku}\t{u.location}") >= u.version)
         done["redelivered"] += redelivered
         self.metrics.outcome(cfg.channel, self.adapter, "redelivered", redelivered)
