@@ -97,12 +97,16 @@ async def _open_loop(rate: float, seconds: float, one: Call) -> float:
     return time.perf_counter() - begin
 
 
-async def open_loop_unary(target: str, pick: Callable[[], tuple[str, str]], tag: str, rate: float,
-                          seconds: float) -> tuple[float, list[float], dict[str, int]]:
+async def open_loop_unary(target: str, pick: Callable[[], tuple[str, str]], tag: str, rate: float, seconds: float,
+                          measuring: Callable[[], None] = lambda: None
+                          ) -> tuple[float, list[float], dict[str, int], int]:
     """One-unit ``Reserve`` calls at ``rate``: answered calls per second, their latencies (ms,
-    ``latency_s``: a late start counts), and the calls refused (by status code)."""
+    ``latency_s``: a late start counts), the calls refused (by status code) and the calls started.
+    ``measuring()`` is called once connected and warm, just before the first measured call: where a
+    window of the server's CPU opens, so that it holds the measured calls only."""
     latencies: list[float] = []
     refused: dict[str, int] = {}
+    started_calls = 0
     async with AtpClient(target) as client:
         # Connected and warm first: a lazy connect (~100 calls queued behind it at these rates) is
         # not what a running OMS sees on each call.
@@ -112,7 +116,9 @@ async def open_loop_unary(target: str, pick: Callable[[], tuple[str, str]], tag:
             await client.reserve(f"{tag}-warm-{n}", [(sku, loc, 1)], ttl_seconds=3600)
 
         async def one(n: int, due: float) -> None:
+            nonlocal started_calls
             started = time.perf_counter()
+            started_calls += 1
             sku, loc = pick()
             try:
                 await client.reserve(f"{tag}-{n}", [(sku, loc, 1)], ttl_seconds=3600)
@@ -121,8 +127,9 @@ async def open_loop_unary(target: str, pick: Callable[[], tuple[str, str]], tag:
                 return
             latencies.append(latency_s(due, started) * 1000)  # a late start is not hidden
 
+        measuring()
         elapsed = await open_loop(rate, seconds, one)
-        return len(latencies) / elapsed, latencies, refused
+        return len(latencies) / elapsed, latencies, refused, started_calls
 
 
 def cpu_seconds(pid: int) -> float:
@@ -194,17 +201,24 @@ async def measured_open_loop(target: str, pid: int, pick: Callable[[], tuple[str
     cores): ops, latencies (ms), refused (by status), server_cpu (server_cpu_s: in seconds,
     unrounded), settled_s; and of its main thread (the event loop's) alone, over the same window:
     main_cpu (in cores, unrounded), main_cpu_s, main_sleeps (voluntary context switches), and
-    window_s (the window: warm-up calls and connecting included)."""
+    window_s (the window: the measured calls, from the first one's start until the last one's answer;
+    not connecting, not the warm-up calls), and calls (the calls started in it: the basis of a figure
+    per call — not the rate times the window, which the calls' start and the last answers stretch)."""
     waited = await settle()
-    # The process's window holds the thread's: read first at the start, last at the end.
-    cpu_before, (main_before, sleeps_before), began = cpu_seconds(pid), main_thread(pid), time.perf_counter()
-    ops, lat, refused = await open_loop_unary(target, pick, tag, rate, seconds)
+    before: dict[str, Any] = {}
+
+    def measuring() -> None:
+        # The process's window holds the thread's: read first at the start, last at the end.
+        before.update(cpu=cpu_seconds(pid), main=main_thread(pid), began=time.perf_counter())
+
+    ops, lat, refused, calls = await open_loop_unary(target, pick, tag, rate, seconds, measuring)
     main_after, sleeps_after = main_thread(pid)
-    cpu_after, window = cpu_seconds(pid), time.perf_counter() - began
+    cpu_after, window = cpu_seconds(pid), time.perf_counter() - before["began"]
+    cpu_before, (main_before, sleeps_before) = before["cpu"], before["main"]
     return {"ops": ops, "lat": lat, "refused": refused, "server_cpu": round((cpu_after - cpu_before) / window, 2),
             "server_cpu_s": cpu_after - cpu_before, "settled_s": round(waited, 1),
             "main_cpu": (main_after - main_before) / window, "main_cpu_s": main_after - main_before,
-            "main_sleeps": sleeps_after - sleeps_before, "window_s": window}
+            "main_sleeps": sleeps_after - sleeps_before, "window_s": window, "calls": calls}
 
 
 async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

@@ -75,7 +75,8 @@ async def _one(redis_url: str, ratio: str, sink: str, args: argparse.Namespace, 
     lat = m["lat"]
     return {"ratio": ratio, "rate": args.rate, "ops": round(m["ops"]),
             "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
-            "server_cpu": m["server_cpu"], "cpu_us_per_call": round(m["server_cpu"] / args.rate * 1e6),
+            "server_cpu": m["server_cpu"],
+            "cpu_us_per_call": round(m["server_cpu_s"] / max(m["calls"], 1) * 1e6),  # the calls measured, unrounded
             "refused": m["refused"]}
 
 

@@ -34,8 +34,8 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -111,11 +111,11 @@ async def _pair(servers: dict[str, tuple[str, int]], w: Workload, rate: float, s
             runs[name].append(await measured_open_loop(target, pid, w.picker(7 + n), f"uc-{name}-{round(rate)}-{n}",
                                                        rate, seconds / slices))
     for name, ms in runs.items():
-        window = sum(m["window_s"] for m in ms)  # warm-up calls and connecting included, as for the CPU
-        found[f"{name}_cpu_us"] = round(sum(m["server_cpu_s"] for m in ms) / (rate * window) * 1e6)
+        calls = max(1, sum(m["calls"] for m in ms))  # those the CPU was read around: not the warm-up's
+        found[f"{name}_cpu_us"] = round(sum(m["server_cpu_s"] for m in ms) / calls * 1e6)
         # Per call as ``*_cpu_us`` counts it: the thread's figure is then a part of the process's.
-        found[f"{name}_loop_thread_us"] = round(sum(m["main_cpu_s"] for m in ms) / (rate * window) * 1e6)
-        found[f"{name}_loop_sleeps_per_call"] = round(sum(m["main_sleeps"] for m in ms) / (rate * window), 2)
+        found[f"{name}_loop_thread_us"] = round(sum(m["main_cpu_s"] for m in ms) / calls * 1e6)
+        found[f"{name}_loop_sleeps_per_call"] = round(sum(m["main_sleeps"] for m in ms) / calls, 2)
         if name == "service":
             lat = [x for m in ms for x in m["lat"]] or [0.0]
             refused: Counter[str] = Counter()
@@ -133,9 +133,10 @@ async def _profiled(target: str, pid: int, w: Workload, rate: float, seconds: fl
     proc = await asyncio.create_subprocess_exec(
         spy, "record", "--nonblocking", "-r", "250", "-f", "raw", "-o", str(out), "-d", str(int(seconds) + 1),
         "-p", str(pid), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    cpu_before = cpu_seconds(pid)
-    _, _, _ = await open_loop_unary(target, w.picker(9), f"uc-prof-{round(rate)}", rate, seconds)
-    per_call = (cpu_seconds(pid) - cpu_before) / (rate * seconds) * 1e6
+    cpu_before: list[float] = []
+    *_, calls = await open_loop_unary(target, w.picker(9), f"uc-prof-{round(rate)}", rate, seconds,
+                                      lambda: cpu_before.append(cpu_seconds(pid)))  # after the warm-up
+    per_call = (cpu_seconds(pid) - cpu_before[0]) / max(calls, 1) * 1e6
     await asyncio.wait_for(proc.wait(), 60)
     shares = _shares(out)
     return {"profile_rate": round(rate), "service_cpu_us": round(per_call),
@@ -156,9 +157,10 @@ async def _native(servers: dict[str, tuple[str, int]], w: Workload, rate: float,
         data = tmp / f"perf-{name}.data"
         try:
             async with recording(perf, pid, data):
-                (before, _), began = main_thread(pid), time.perf_counter()
-                await open_loop_unary(target, w.picker(11), f"uc-perf-{name}", rate, seconds)
-                per_call = (main_thread(pid)[0] - before) / (rate * (time.perf_counter() - began)) * 1e6
+                before: list[float] = []
+                *_, calls = await open_loop_unary(target, w.picker(11), f"uc-perf-{name}", rate, seconds,
+                                                  partial(_read_thread, pid, before))  # after the warm-up
+                per_call = (main_thread(pid)[0] - before[0]) / max(calls, 1) * 1e6
         except PerfFailed as failed:  # not allowed here (perf_event_paranoid, a container) or not for this kernel
             return {"native_profile": str(failed)}
         report = await asyncio.create_subprocess_exec(
@@ -174,6 +176,11 @@ async def _native(servers: dict[str, tuple[str, int]], w: Workload, rate: float,
         found[f"{name}_by_library_us"] = {dso: round(share * per_call) for dso, share in shares.items()
                                           if share >= 0.01}
     return found
+
+
+def _read_thread(pid: int, into: list[float]) -> None:
+    """Process ``pid``'s event-loop thread's CPU seconds so far, onto ``into``."""
+    into.append(main_thread(pid)[0])
 
 
 def dso_shares(report: str) -> dict[str, float]:

@@ -92,7 +92,7 @@ async def _noop_server() -> tuple[grpc.aio.Server, str]:
 async def test_open_loop_unary_times_a_late_start_from_when_the_call_was_due() -> None:
     server, target = await _noop_server()
     try:
-        _, latencies_ms, refused = await open_loop_unary(target, _holding_pick(WARM_UP_CALLS + HELD_AT), "t", RATE,
+        _, latencies_ms, refused, _ = await open_loop_unary(target, _holding_pick(WARM_UP_CALLS + HELD_AT), "t", RATE,
                                                          SECONDS)
     finally:
         await server.stop(None)
