@@ -268,3 +268,13 @@ async def test_instructions_counts_a_few_calls_or_says_valgrind_is_missing() -> 
         counted = result["instructions_per_call"] + result["timer_instructions_per_call"]
         assert result["calls"] == 20 and 50_000 < counted < 5_000_000, result
         assert result["timer_instructions_per_call"] >= 0, result
+
+
+async def test_invariant_check_reads_every_acknowledged_reservation(start_service: ServiceFactory) -> None:
+    """The end-of-run line says how many acknowledged reservations were checked: all of them, not the
+    first 5,000 (a 10-minute holiday peak acknowledges tens of thousands)."""
+    service, _ = await start_service()
+    book = Book(run="t", connection=Connection(f"127.0.0.1:{service.port}"))
+    book.acknowledged.update({f"never-made-{n}": "HELD" for n in range(5001)})
+    await asyncio.to_thread(book.check, _Environment())
+    assert len(book.violations) == 5001 and "never-made-5000" in book.violations[-1], book.violations[-1:]
