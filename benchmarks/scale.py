@@ -17,7 +17,8 @@ and committed beyond on hand) and ``hold_mismatches`` (positions whose units hel
 the units acknowledged held; a call that timed out may have been applied, and is counted as an
 error) must be 0. One JSON line per step: processes, mode, kind, ops/s
 (reservations held per second), p50/p99 ms (per call, or per batch message), errors, the service
-processes' CPU seconds per 1,000 reservations (``/proc/<pid>/stat``), the cores each service process,
+processes' CPU seconds per 1,000 reservations (``/proc/<pid>/stat``, until every generator has its
+answers in: the window the reservations are counted in), the cores each service process,
 load generator and Redis node kept busy over the window (``service_cores``, ``load_cores``,
 ``redis_cores``, busiest first: one near 1.0 is what limited the step) and the whole host (``host_cores``:
 what no process is charged for shows as the difference), the calls forwarded meanwhile
@@ -229,8 +230,9 @@ async def _patiently(client: RoutedClient, keys: list[tuple[str, str]]) -> list[
 
 async def load(services: Services, kind: str, mode: str, args: argparse.Namespace, k: int
                ) -> tuple[list[Tally], float, dict[str, Any]]:
-    """``k`` load generators; the services' CPU seconds over the window measured (from the barrier), and
-    the cores each service process, load generator and Redis node (``args.redis_pids``) used meanwhile."""
+    """``k`` load generators; the services' CPU seconds over the window their reservations are counted
+    in (from the barrier until every generator has its answers in), and the cores each service process,
+    load generator and Redis node (``args.redis_pids``) used over the window's seconds."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(k + 1), ctx.Queue()
     specs = [LoadSpec(w, kind, mode, services.addresses, args.skus, args.locations, args.seconds, args.in_flight,
@@ -248,9 +250,13 @@ async def load(services: Services, kind: str, mode: str, args: argparse.Namespac
         cores = Cores({"service": [p.pid for p in services.procs], "load": [p.pid for p in procs if p.pid],
                        "redis": args.redis_pids})
         await asyncio.sleep(args.seconds)
-        cpu, used = services.cpu_s() - before, cores.used()
-        used["forwarded_calls"] = await asyncio.to_thread(services.forwarded) - forwarded
+        used = cores.used()
         tallies = [await asyncio.to_thread(results.get, True, args.seconds + 120) for _ in procs]
+        # Read once every generator has its answers in: the requests in flight when the seconds ran out
+        # (a stream's 8 messages on each, seconds of backlog at 16 processes) are answered after them and
+        # counted in the reservations, so their CPU and their forwarding count too.
+        cpu = services.cpu_s() - before
+        used["forwarded_calls"] = await asyncio.to_thread(services.forwarded) - forwarded
     finally:
         for proc in procs:
             proc.join(30)
