@@ -85,15 +85,24 @@ def latency_s(due: float, started: float, now: float | None = None) -> float:
 
 async def _open_loop(rate: float, seconds: float, one: Call) -> float:
     tasks: set[asyncio.Task[None]] = set()
+    failed: list[BaseException] = []
+
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            failed.append(task.exception())  # type: ignore[arg-type]
+
     begin, n = time.perf_counter(), 0
     while (elapsed := time.perf_counter() - begin) < seconds:
         while n < elapsed * rate:
             task = asyncio.ensure_future(one(n, begin + n / rate))
             tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            task.add_done_callback(done)
             n += 1
         await asyncio.sleep(TICK_S)
     await asyncio.gather(*tasks)
+    if failed:  # a call failed in a way ``one`` does not count: no figure may leave it out unseen
+        raise failed[0]
     return time.perf_counter() - begin
 
 

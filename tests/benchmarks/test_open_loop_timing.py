@@ -109,3 +109,16 @@ async def test_overload_times_a_late_start_from_when_the_call_was_due() -> None:
         await server.stop(None)
     assert set(outcomes) == {"OK"} and len(outcomes["OK"]) == RATE * SECONDS
     assert _late([ms / 1000 for ms in outcomes["OK"]]) >= 5, sorted(outcomes["OK"])[-12:]
+
+
+async def test_a_call_that_fails_outside_what_it_counts_fails_the_open_loop() -> None:
+    """service_cost.py's calls must all succeed (its context aborts with an error): one that raised was
+    dropped unseen — neither counted nor reported — and the CPU per call charged to the others."""
+
+    async def body(n: int) -> None:
+        if n == 3:
+            raise RuntimeError("RESOURCE_EXHAUSTED: shed")
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match="shed"):
+        await _cpu_per_call(RATE, 0.1, body)
