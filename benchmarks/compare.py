@@ -17,7 +17,8 @@ requests in flight (--in-flight, default 64), one-unit reservations of one line:
 Workloads: ``uniform`` — 100,000 positions (10,000 SKUs x 10 locations), 1,000 units each, picked
 uniformly; ``hot`` — 20 SKUs at one location, --hot-stock units each (they sell out: most calls
 are then refusals, which are decisions too). ``oversold`` counts, from what each system
-answered, units granted beyond a position's stock. Also open-loop unary runs at half the
+answered, units granted beyond a position's stock — only tested where the stock sold out
+(``sold_out``; the unary systems may not sell the hot stock out in a short run). Also open-loop unary runs at half the
 measured unary ceiling, for the latency target: the no-op server's, then the service's, each
 with the CPU its server process used (``server_cpu``, in cores), each once the machine is quiet
 again (``settled_s``: seconds waited for the previous phase's background work to finish).
@@ -82,6 +83,11 @@ class Tally:
 
     def oversold(self, stock: int) -> int:
         return sum(max(0, n - stock) for n in self.granted.values())
+
+    def sold_out(self, w: Workload) -> bool:
+        """Every position of ``w`` granted its whole stock: only then was the system asked for more than
+        it had, and could ``oversold`` have found anything."""
+        return all(self.granted[p] >= w.stock for p in w.positions)
 
 
 def row(workload: str, system: str, ops: float, lat: list[float], oversold: int | None, **extra: Any) -> dict[str, Any]:
@@ -302,7 +308,8 @@ async def measure_workload(args: argparse.Namespace, base: Workload, url: str, p
             await seed_postgres(pg_url, w)
             run = postgres(pg_url, w, s, n, tally)
         ops, lat = await run
-        out.append(row(w.name, system, ops, lat, tally.oversold(w.stock), granted=sum(tally.granted.values())))
+        out.append(row(w.name, system, ops, lat, tally.oversold(w.stock), granted=sum(tally.granted.values()),
+                       sold_out=tally.sold_out(w)))
     ceiling = next((r["ops"] for r in out if r["system"] == "ceiling"), None)
     if base.name == "uniform" and ceiling and "service_unary" in wanted:
         w = renamed(base, "half-")
