@@ -12,6 +12,7 @@ from __future__ import annotations
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
 from atp_service.intake.quarantine import written_key
+from atp_service.intake.unread import made_again_key
 from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl, check_cluster_client
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.log import LogStore
@@ -137,16 +138,22 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     """The input streams: read through the consumer group, acknowledged, dead-lettered (one script), or
     quarantined (one script, ``intake/quarantine.py``),
     the count of entries trimmed unread kept in a hash (``intake/unread.py``), a dead consumer's
-    entries claimed with the dead letters of those trimmed (``intake/claims.py``)."""
+    entries claimed with the dead letters of those trimmed (``intake/claims.py``), the mark of a group made
+    again (``intake/again.py``: set where the group is made, read and forgotten by the read)."""
     group, consumer, streams = config.consumer_group, config.consumer_name, config.input_streams
     owed, dlq = f"{streams[0]}:trimmed-unread:{group}:{consumer}", config.dead_letter_stream
+    marks = [made_again_key(s, group) for s in streams]  # a group made again (intake/again.py)
     use = "the input streams"
     needs = [Need(("XADD", dlq, "MAXLEN", "~", 1, "*", "f", "v"), dlq, "dead letters"),
              Need(("TYPE", dlq), dlq, "dead letters"),
-             Need(("EVALSHA", SHA, len(streams) + 1, *streams, owed), owed, use)]
-    needs += [Need(("EVALSHA", SHA, 2, s, dlq), s, use) for s in streams]
+             Need(("EVALSHA", SHA, 2 * len(streams) + 1, *streams, *marks, owed), owed, use)]
+    needs += [Need(("EVALSHA", SHA, 3, s, dlq, mark), s, use) for s, mark in zip(streams, marks, strict=True)]
+    needs += [Need(args, mark, use) for mark in marks for args in (("GET", mark), ("SET", mark, "0-1"), ("DEL", mark))]
     quarantine = config.quarantine_stream  # a quarantined fact's entry acknowledged in its script (E8)
-    needs += [Need(("EVALSHA", SHA, 3, quarantine, written_key(quarantine), s), s, use) for s in streams]
+    written = written_key(quarantine)  # the group made with its mark where it holds any fact; asked of entries under it
+    needs += [Need(("EVALSHA", SHA, 3, s, mark, written), s, use) for s, mark in zip(streams, marks, strict=True)]
+    needs += [Need(("EXISTS", written), written, use), Need(("ZMSCORE", written, "d"), written, use)]
+    needs += [Need(("EVALSHA", SHA, 3, quarantine, written, s), s, use) for s in streams]
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
         ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"))]
     for s in streams:

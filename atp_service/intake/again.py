@@ -7,10 +7,19 @@ and one refused by the clock is acknowledged as refused (``unacked.Unacked.judge
 for want of room (a shard's bound, ``max_on_hand``), written to the quarantine stream with its entry's XACK, was decided
 again: applied, had room come back (the bound raised and the service restarted, as the runbook says), while the
 quarantine stream, what operators reconcile against, showed it not applied. So an entry at or before the stream's newest
-entry when this reader made its group, whose fact the quarantine stream holds from a write made after the entry was
-added (the written set's score, the quarantine entry's time, at or past the entry id's), is acknowledged as it is: its
-quarantine stands (E8: decided once). An operator's resend of it from the quarantine stream is a later entry, decided as
-any.
+entry when the group was made, whose fact the quarantine stream holds from a write made after the entry was added (the
+written set's score, the quarantine entry's time, at or past the entry id's), is acknowledged as it is: its quarantine
+stands (E8: decided once). An operator's resend of it from the quarantine stream is a later entry, decided as any.
+
+Whichever reader takes such an entry: the group made again delivers it to any consumer — another process's reader
+(``ATP_OWNERSHIP=leases``), which saw no ``NOGROUP``, or one started since. So the newest entry then is a mark in Redis
+(``unread.made_again_key``: beside the stream), set by the script that makes the group (``unread._MAKE``); the script of
+every read of new entries (``unread._READ``) and of every claim (``claims._CLAIM``) answers it with the entries it
+delivers, and a start's make of the group (there already) answers it too: no call of its own, and the quarantine
+stream's set (``ZMSCORE``) asked only for a batch holding entries at or before it — and no mark made where that set is
+empty (a first start on streams filled beforehand: nothing there was quarantined). The read forgets it once no entry at
+or before it can come again — the group's position at or past it, none pending up to it —, so it lasts while the
+entries it covers are delivered again, not for good.
 """
 
 from __future__ import annotations
@@ -20,20 +29,18 @@ from typing import Any
 from atp_service.intake.entries import Read, id_key
 from atp_service.intake.quarantine import QuarantineStream
 from atp_service.intake.unacked import Unacked
-from atp_service.intake.unread import make_group_after
-from atp_service.storage.resp import as_text, make_group, stream_info
+from atp_service.intake.unread import make_group_marked
 from reservation import Fact
 
 
-async def make_group_again(client: Any, stream: str, group: str, start: bytes, unacked: Unacked) -> bool:
-    """The group made on ``stream`` after ``start`` where it is missing (True: made now), and then the stream's newest
-    entry kept (``unacked.again``): the entries up to it may have been settled before, and come again."""
-    # After an entry: its count of entries read set, else a gap it crosses is never counted.
-    made: bool = await (make_group_after(client, stream, group, start) if start != b"0" else
-                        make_group(client, stream, group, start))
-    if made:
-        info = await stream_info(client, stream)
-        unacked.again[stream] = b"0-0" if info is None else as_text(info["last-generated-id"]).encode()
+async def make_group_again(client: Any, stream: str, group: str, start: bytes, unacked: Unacked,
+                           written: str) -> bool:
+    """The group made on ``stream`` after ``start`` where it is missing (True: made now), the stream's newest
+    entry then its mark (``unacked.again``, and Redis's for every reader) where ``written``, the quarantine
+    stream's set, holds any fact: the entries up to it may have been settled before, and come again. Where it
+    was there, the mark it has (a process started since it was made)."""
+    made, mark = await make_group_marked(client, stream, group, start, written)
+    unacked.marked({stream: mark})
     return made
 
 

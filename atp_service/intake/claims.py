@@ -15,11 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 from atp_service.intake.dead_letters import TRIMMED
+from atp_service.intake.unread import as_bytes, made_again_key
 
 _CLAIM = """
--- KEYS: the input stream, the dead-letter stream. ARGV: group, consumer, min idle ms, start, count,
--- the dead-letter stream's MAXLEN, then the dead letter's _reason, _field and _code.
--- Returns XAUTOCLAIM's reply: {cursor, {{id, {field, value, ...}}, ...}, {id of each entry found trimmed}}.
+-- KEYS: the input stream, the dead-letter stream, the group's made-again mark. ARGV: group, consumer, min idle
+-- ms, start, count, the dead-letter stream's MAXLEN, then the dead letter's _reason, _field and _code.
+-- Returns XAUTOCLAIM's reply: {cursor, {{id, {field, value, ...}}, ...}, {id of each entry found trimmed}},
+-- then the mark (``again.py``: the entries claimed may be ones the group made again delivered again) or false.
 local stream, dlq = KEYS[1], KEYS[2]
 local kind = redis.call('TYPE', dlq)['ok']
 if kind ~= 'none' and kind ~= 'stream' then  -- before the claim: its trimmed ids would go without a trace
@@ -30,7 +32,7 @@ for _, id in ipairs(reply[3] or {}) do  -- Redis 7: taken out of the pending lis
   redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[6], '*', '_reason', ARGV[7], '_field', ARGV[8], '_code', ARGV[9],
              '_stream', stream, '_id', id)
 end
-return reply
+return {reply[1], reply[2], reply[3] or {}, redis.call('GET', KEYS[3])}
 """
 
 
@@ -47,12 +49,13 @@ class Claims:
         self._maxlen = maxlen
 
     async def claim(self, stream: str, min_idle_ms: int, start: str, count: int
-                    ) -> tuple[bytes, list[tuple[bytes, list[bytes]]], list[bytes]]:
-        """The cursor to go on from, the entries claimed (raw: id, flat fields) and the ids of those
-        found trimmed, each dead-lettered already."""
+                    ) -> tuple[bytes, list[tuple[bytes, list[bytes]]], list[bytes], bytes | None]:
+        """The cursor to go on from, the entries claimed (raw: id, flat fields), the ids of those
+        found trimmed, each dead-lettered already, and the group's made-again mark (None: none)."""
         if self._script is None:
             self._script = self._client.register_script(_CLAIM)
-        reply = await self._script(keys=[stream, self._dlq],
+        reply = await self._script(keys=[stream, self._dlq, made_again_key(stream, self._group)],
                                    args=[self._group, self._consumer, min_idle_ms, start, count, self._maxlen,
                                          TRIMMED.reason, TRIMMED.field, TRIMMED.code])
-        return reply[0], reply[1], list(reply[2]) if len(reply) > 2 else []
+        mark = reply[3]
+        return reply[0], reply[1], list(reply[2]), None if mark is None else as_bytes(mark)

@@ -107,11 +107,11 @@ class StreamIngestor:
     async def _create_groups(self, again: bool = False) -> None:
         """The consumer group on every input stream, where it is missing. ``again``: one went missing
         while the service ran (its stream or its group deleted): each made now is said."""
-        group = self._config.consumer_group
+        group, written = self._config.consumer_group, self._desk.quarantine.written_key
         for stream in self._streams:
             # From the beginning: entries appended while the service was down count too.
             start = await self._start_again(stream) if again else b"0"
-            made = await make_group_again(self._client, stream, group, start, self._unacked)
+            made = await make_group_again(self._client, stream, group, start, self._unacked, written)
             if made and again:
                 self._seen.pop(stream, None)  # what is after ``start`` comes again: a next loss starts no later
                 if start != b"0":
@@ -267,6 +267,7 @@ class StreamIngestor:
         cfg = self._config
         if after is None:
             reply = await self._new.read(self._read_count, block)
+            self._unacked.marked(self._new.marks)  # with the entries it delivers (again.py)
         else:  # the raw reply, not redis-py's per-entry dict building: [[stream, [[id, [f, v…]], …]], …]
             reply = await self._client.execute_command(
                 "XREADGROUP", "GROUP", cfg.consumer_group, cfg.consumer_name, "COUNT", self._read_count,
@@ -297,10 +298,11 @@ class StreamIngestor:
         """One stream's claim (``Claims``): the entries taken over; the trimmed ones' dead letters told."""
         # Each call scans a bounded part of the group's pending list: the next goes on from the
         # cursor it returns (0-0: from the start again), so entries far down the list are reached.
-        cursor, rows, trimmed = await self._claims.claim(stream, self._config.claim_idle_ms,
-                                                         self._claim_from.get(stream, "0-0"),
-                                                         self._read_count)  # the same batch bound as a read
+        cursor, rows, trimmed, mark = await self._claims.claim(stream, self._config.claim_idle_ms,
+                                                               self._claim_from.get(stream, "0-0"),
+                                                               self._read_count)  # the same batch bound as a read
         self._claim_from[stream] = as_text(cursor)
+        self._unacked.marked({stream: mark})  # those claimed may be ones a group made again delivered again
         # Dead-lettered by the claim itself (``Claims``): whether the consumer that held one applied
         # it is not known (a live one may yet; its fields are gone from Redis).
         self._told([(stream, entry_id, [], TRIMMED) for entry_id in trimmed])

@@ -14,7 +14,9 @@ it left pending then is all there is. Until the first such pass since the start,
 entries of the run before, known to no one here: the pass's position is a bound too (all are after it).
 
 Only this reader's entries: another process's, or a dead consumer's not claimed yet, are in no memory
-here; the group made again by another process (this reader seeing no NOGROUP) is not told apart either.
+here. The group made again by another process (this reader seeing no NOGROUP) is told by the mark Redis
+keeps of it (``again``, from each read and claim: ``again.py``), so that entries it delivers again whose
+facts were quarantined are not decided again.
 
 Among the entries delivered again are those refused meanwhile by a judgement of the clock — stamped
 past the allowed skew (E7), here or by their group's owner — and dead-lettered: judged again by a
@@ -51,7 +53,7 @@ class Unacked:
 
     def __init__(self) -> None:
         self.seen: dict[str, bytes] = {}  # per stream, the newest entry id read (a group made again: its start)
-        self.again: dict[str, bytes] = {}  # per stream, its newest entry when this reader last made its group
+        self.again: dict[str, bytes] = {}  # per stream, its newest entry when its group was made (Redis's mark)
         self._refused: dict[str, list[tuple[tuple[int, int], bytes]]] = {}  # per stream, by id: refused by the clock
         self._left: dict[str, bytes] = {}  # entries left pending (to be read again from its own list)
         self._left_in_pass: dict[str, bytes] | None = None  # those left since a pass from the start began
@@ -87,6 +89,16 @@ class Unacked:
         """The batch settled: each of its entries acknowledged, or told to ``left``."""
         self._in_hand.pop(token, None)
         self._forget_refused()
+
+    def marked(self, marks: dict[str, bytes | None]) -> None:
+        """Each stream's made-again mark as Redis answered it with the entries it delivered (``again.py``). One
+        forgotten there (None) is kept here while a batch in hand holds an entry at or before it (read before)."""
+        for stream, mark in marks.items():
+            if mark is not None:
+                self.again[stream] = mark
+            elif (kept := self.again.get(stream)) is not None and not any(
+                    id_key(low[stream]) < id_key(kept) for low in self._in_hand.values() if stream in low):
+                del self.again[stream]
 
     def note_seen(self, stream: str, entry_id: bytes) -> None:
         """``entry_id`` read from ``stream`` (``seen``: the newest)."""

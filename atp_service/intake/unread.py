@@ -19,6 +19,9 @@ goes on counting the lost entries as unread for good (its ``entries-read`` grows
 delivered, not by those skipped: ``lag`` raised, the next gap counted with this one): the script
 sets the group's count right as it crosses (``XGROUP SETID … ENTRIESREAD``). The blocking wait for
 new entries delivers nothing (``XREAD`` after the group's position), so no read escapes the count.
+
+The same script answers the group's made-again mark (``again.py``) with the entries it delivers, and
+forgets it once nothing at or before it can come again; the group is made with it (``_MAKE``).
 """
 
 from __future__ import annotations
@@ -53,14 +56,17 @@ end
 """
 
 _READ = """
--- KEYS: the input streams, then this consumer's owed hash. ARGV: group, consumer, count. Returns {the
--- XREADGROUP reply or false, the owed hash (HGETALL: stream -> entries lost, stream..'\\n' -> the
--- position before the first gap) with the gaps this read crossed added, {position per stream}}.
+-- KEYS: the input streams, then each one's made-again mark (``again.py``), then this consumer's owed hash.
+-- ARGV: group, consumer, count. Returns {the XREADGROUP reply or false, the owed hash (HGETALL: stream ->
+-- entries lost, stream..'\\n' -> the position before the first gap) with the gaps this read crossed added,
+-- {position per stream}, {mark per stream, or false}}.
 local group, consumer, count = ARGV[1], ARGV[2], ARGV[3]
 local owed = table.remove(KEYS)
+local n = #KEYS / 2
 """ + _HELPERS + """
 local gaps, positions, args = {}, {}, {'XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS'}
-for i, key in ipairs(KEYS) do
+for i = 1, n do
+  local key = KEYS[i]
   args[#args + 1] = key
   positions[i] = '0-0'
   if redis.call('EXISTS', key) == 1 then  -- else the read says NOGROUP
@@ -82,7 +88,7 @@ for i, key in ipairs(KEYS) do
     end
   end
 end
-for _ = 1, #KEYS do args[#args + 1] = '>' end
+for _ = 1, n do args[#args + 1] = '>' end
 local reply = redis.call(unpack(args))
 for _, got in ipairs(reply or {}) do
   local key, rows = got[1], got[2]
@@ -97,9 +103,19 @@ for _, got in ipairs(reply or {}) do
     end
     redis.call('XGROUP', 'SETID', key, group, rows[#rows][1], 'ENTRIESREAD', before_first + #rows)
   end
-  for i, k in ipairs(KEYS) do if k == key and #rows > 0 then positions[i] = rows[#rows][1] end end
+  for i = 1, n do if KEYS[i] == key and #rows > 0 then positions[i] = rows[#rows][1] end end
 end
-return {reply or false, redis.call('HGETALL', owed), positions}
+local marks = {}
+for i = 1, n do
+  local mark = redis.call('GET', KEYS[n + i])
+  -- Forgotten once no entry at or before it can come again: the group at or past it, none pending up to it.
+  if mark and not after(mark, positions[i]) and #redis.call('XPENDING', KEYS[i], group, '-', mark, 1) == 0 then
+    redis.call('DEL', KEYS[n + i])
+    mark = false
+  end
+  marks[i] = mark
+end
+return {reply or false, redis.call('HGETALL', owed), positions, marks}
 """
 
 _ACK = """
@@ -117,15 +133,17 @@ REMADE_GROUP_COUNT_MAX = 10_000
 Redis, which answers nothing else meanwhile). Past it, Redis has no ``entries-read`` for the group
 until it catches up, and a gap crossed before then is not counted."""
 
-_MAKE_AFTER = """
--- KEYS: the stream. ARGV: group, the entry id to read after, the most entries after it to count.
+_MAKE = """
+-- KEYS: the stream, its made-again mark, the quarantine stream's set of facts written. ARGV: group, '0' or the
+-- entry id to read after, the most entries after it to count. Returns {1: made now, 0: there already; the
+-- mark, or false}.
 -- Made at an id, a group has no entries-read (Redis cannot tell how many entries reach the id), and
 -- a read crossing a gap then counts none of the entries lost. Where none after the id is gone
 -- (trimmed or deleted), its count is every entry ever added less those still after the id.
-local key, group, start, most = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local key, mark, written, group, start, most = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3])
 """ + _HELPERS + """
 local create = {'XGROUP', 'CREATE', key, group, start, 'MKSTREAM'}
-if redis.call('EXISTS', key) == 1 then
+if start ~= '0' and redis.call('EXISTS', key) == 1 then
   local info = redis.call('XINFO', 'STREAM', key)
   local first = field(info, 'first-entry')
   if first and not after(first[1], start) and not after(field(info, 'max-deleted-entry-id'), start) then
@@ -136,21 +154,43 @@ if redis.call('EXISTS', key) == 1 then
     end
   end
 end
-return redis.pcall(unpack(create))  -- BUSYGROUP (there already) as the error reply itself
+local made = redis.pcall(unpack(create))
+if type(made) == 'table' and made['err'] then
+  if string.find(made['err'], 'BUSYGROUP', 1, true) then return {0, redis.call('GET', mark)} end
+  return made  -- any other refusal, as the error reply itself
+end
+-- In the same script: every reader is told (the read's reply) that entries up to it may come again. None
+-- where the quarantine stream holds no fact (a first start's): no entry up to it was quarantined, and one
+-- quarantined later is one the group made now delivered, its entry acknowledged with it.
+local newest = field(redis.call('XINFO', 'STREAM', key), 'last-generated-id')
+if newest == '0-0' or redis.call('EXISTS', written) == 0 then
+  redis.call('DEL', mark)
+  return {1, false}
+end
+redis.call('SET', mark, newest)
+return {1, newest}
 """
 
 
-async def make_group_after(client: Any, stream: str, group: str, start: bytes) -> bool:
-    """``resp.make_group`` after the entry ``start`` (a full ``ms-seq`` id), the group's count of
-    entries read set where it can be known (``_MAKE_AFTER``): else the first gap it crosses goes
-    uncounted and unlogged — facts lost with no alert (ATPInputTrimmedUnread)."""
-    try:
-        await client.register_script(_MAKE_AFTER)(keys=[stream], args=[group, start, REMADE_GROUP_COUNT_MAX])
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-        return False
-    return True
+def made_again_key(stream: str, group: str) -> str:
+    """The mark of ``group`` made again on ``stream`` (``again.py``): beside the stream (its hash tag, the
+    same Redis Cluster slot), the stream's newest entry id when the group was made."""
+    return f"{stream}:made-again:{group}"
+
+
+async def make_group_marked(client: Any, stream: str, group: str, start: bytes,
+                            written: str) -> tuple[bool, bytes | None]:
+    """``resp.make_group`` after ``start`` (``0``, or a full ``ms-seq`` id), the group's count of entries
+    read set where it can be known: else the first gap it crosses goes uncounted and unlogged — facts lost
+    with no alert (ATPInputTrimmedUnread). Whether it was made now, and the group's made-again mark (set
+    now where ``written``, the quarantine stream's set, holds any fact, or the one it has: ``_MAKE``)."""
+    made, mark = await client.register_script(_MAKE)(keys=[stream, made_again_key(stream, group), written],
+                                                     args=[group, start, REMADE_GROUP_COUNT_MAX])
+    return bool(made), None if mark is None else as_bytes(mark)
+
+
+def as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 @dataclass(frozen=True)
@@ -191,6 +231,9 @@ class GroupReader:
         # Beside the first stream (its hash tag: the same Redis Cluster slot), this consumer's own:
         # another consumer's gaps are told by it (or by its successor under the same name).
         self.owed_key = f"{streams[0]}:trimmed-unread:{group}:{consumer}"
+        self._marks = [made_again_key(stream, group) for stream in streams]
+        self.marks: dict[str, bytes | None] = {}
+        """Per stream, its group's made-again mark as the last read found it (None: none, or forgotten now)."""
         self._script: Any = None  # registered at the first read
         self._ack: Any = None
 
@@ -208,8 +251,10 @@ class GroupReader:
     async def _read_once(self, count: int) -> tuple[Any, list[Any]]:
         if self._script is None:
             self._script, self._ack = self._client.register_script(_READ), self._client.register_script(_ACK)
-        reply, owed, positions = await self._script(keys=[*self._streams, self.owed_key],
-                                                    args=[self._group, self._consumer, count])
+        reply, owed, positions, marks = await self._script(keys=[*self._streams, *self._marks, self.owed_key],
+                                                           args=[self._group, self._consumer, count])
+        self.marks = {stream: None if mark is None else as_bytes(mark)
+                      for stream, mark in zip(self._streams, marks, strict=True)}
         if owed:  # rare: a gap crossed now, or one whose word a stop or a timeout lost before
             told = self._tell_owed(owed)
             # Forgotten only once told, whole even if a stop cancels the reader meanwhile (a word

@@ -10,11 +10,11 @@ docs/OPERATIONS.md "Dead letters" says (one written again by a consumer that rea
 dead-lettered it: counted, ``input_dead_letters_again``). A consumer group deleted takes its pending list: the reader
 that finds it gone makes it again before the oldest entry it holds unacknowledged, so only the entries the other
 consumer held then may be lost (``lost_with_group``, as documented). An entry the group made again delivers again to a
-reader other than the one that made it — the other consumer's, which saw no NOGROUP, or one started since — is decided
-again there (``unacked.py``: "the group made again by another process ... is not told apart"; ``again.py`` guards the
-reader that made the group only): one whose fact was quarantined for want of room, then applied, is counted
-(``input_decided_again_elsewhere``), not failed. Any other entry whose fact has no other entry is applied or
-quarantined, exactly one, each once (E6, E8). The quarantine stream holds each fact once.
+reader other than the one that made it — the other consumer's, which saw no NOGROUP, or one started since — is told
+by the group's made-again mark (``again.py``) as it is to the reader that made it: one whose fact was quarantined is
+counted (``input_quarantined_elsewhere``: the case at work) and held to the rule as any. Every entry whose fact has no
+other entry is applied or quarantined, exactly one, each once (E6, E8). The quarantine stream holds each fact once. A
+made-again mark is forgotten once nothing it covers can come again (``marks_forgotten``).
 """
 
 from __future__ import annotations
@@ -92,9 +92,7 @@ def decided_once(driver: InputsDriver) -> None:
         if entries_of[named(fact)[:4]] > 1 or (stream, entry_id) in unread:
             continue
         applied, held = named(fact) in driver._applied, named(fact) in written
-        if (stream, entry_id) in redis.elsewhere and applied and held:
-            driver.tally.input_decided_again_elsewhere += 1  # not fixed: see ``lost_with_group``
-            continue
+        driver.tally.input_quarantined_elsewhere += (stream, entry_id) in redis.elsewhere and held
         if applied == held and (applied or (stream, entry_id) not in gone | lost):
             raise Violation(f"E6/E8: entry {stream} {entry_id.decode()} ({fact.source}/{fact.event_id}) "
                             f"{'both applied and quarantined' if applied else 'neither applied nor quarantined'}")
@@ -106,6 +104,13 @@ def decided_once(driver: InputsDriver) -> None:
     tally.input_trimmed_unread += len(unread)
     tally.input_trimmed_pending += len(gone) - len(unread)
     tally.input_lost_with_group += len(lost)
+
+
+def marks_forgotten(driver: InputsDriver) -> None:
+    """Every entry done, each group at its stream's newest entry with nothing pending: a read forgets every made-again
+    mark (bounded: none kept once no entry at or before it can come again)."""
+    if kept := dict(driver.redis.marks):
+        raise Violation(f"made-again marks kept with nothing left that they cover: {kept}")
 
 
 def fold_of_produced(driver: InputsDriver, ledgers: list) -> None:  # type: ignore[type-arg]

@@ -98,9 +98,6 @@ class GatedClient:
     async def execute_command(self, *args: Any) -> Any:
         return await self._gated(self._redis.execute_command(*args))
 
-    async def xgroup_create(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._gated(self._redis.xgroup_create(*args, **kwargs))
-
     async def xinfo_stream(self, stream: str) -> Any:
         return await self._gated(self._redis.xinfo_stream(stream))
 

@@ -64,8 +64,8 @@ def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list
 
 def autoclaim(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
     """``claims._CLAIM``: ``XAUTOCLAIM stream group consumer min-idle start COUNT n``, then a dead letter for each
-    entry it found trimmed (``TRIMMED_WHILE_PENDING``) on the dead-letter stream."""
-    stream, dlq = keys
+    entry it found trimmed (``TRIMMED_WHILE_PENDING``) on the dead-letter stream; the group's made-again mark after."""
+    stream, dlq, mark = keys
     group, consumer, min_idle, start, count = _text(args[0]), _text(args[1]), int(args[2]), _id(args[3]), int(args[4])
     held, mine = redis._group(stream, group)  # NOGROUP: the script fails at the XAUTOCLAIM, before any write
     now, attempts = redis.now_ms(), count * 10
@@ -96,7 +96,7 @@ def autoclaim(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
     for entry_id in deleted:
         redis.dead_letters.append((dlq, {"_code": "TRIMMED_WHILE_PENDING", "_stream": stream,
                                          "_id": entry_id.decode()}))
-    return [cursor, claimed, deleted]
+    return [cursor, claimed, deleted, redis.marks.get(mark)]
 
 
 def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> int:

@@ -4,15 +4,16 @@ An in-process model of what the readers and ``FactDesk`` ask of Redis, answered 
 with one consumer group each (the group's position, its pending list with each entry's consumer, delivery count
 and delivery time, by Redis's clock: the world's), and the scripts the readers run, as their Lua does it — the read
 of new entries (``unread._READ``: the entries trimmed unread after the group's position counted owed in the
-consumer's hash where a read crosses them, when the group's count of entries read is known; ``unread._ACK``), the
-group made (``XGROUP CREATE``, ``unread._MAKE_AFTER``), a read of a consumer's own pending entries (``XREADGROUP``
-after ids: each delivered again counted and its idle time reset), ``XACK`` (of whichever consumer holds the entry,
-0 without the group: never an error, as Redis answers), ``XPENDING`` of one entry for one consumer, the claim
-(``claims._CLAIM``: ``XAUTOCLAIM`` as Redis 7.0 runs it, ``inputscripts.autoclaim``) and the quarantine script
-(``quarantine._ONCE``, ``inputscripts.quarantine_once``), the dead letters' (``dead_letters._WRITE``,
-``inputscripts.write_dead_letters``). The producer's ``MAXLEN`` trims the oldest entries, pending ones too (a read of
-the pending list then answers ``[id, nil]``; ``XAUTOCLAIM`` takes them out of it). Reply shapes checked against
-redis-server 7.0.
+consumer's hash where a read crosses them, when the group's count of entries read is known; the group's made-again
+mark answered, and forgotten once the group is at or past it with nothing pending up to it; ``unread._ACK``), the
+group made (``unread._MAKE``: its made-again mark set to the stream's newest id, or the one it has answered), a read
+of a consumer's own pending entries (``XREADGROUP`` after ids: each delivered again counted and its idle time reset),
+``XACK`` (of whichever consumer holds the entry, 0 without the group: never an error, as Redis answers), ``XPENDING``
+of one entry for one consumer, the claim (``claims._CLAIM``: ``XAUTOCLAIM`` as Redis 7.0 runs it, the mark answered:
+``inputscripts.autoclaim``) and the quarantine script (``quarantine._ONCE``, ``inputscripts.quarantine_once``), the
+dead letters' (``dead_letters._WRITE``, ``inputscripts.write_dead_letters``). The producer's ``MAXLEN`` trims the
+oldest entries, pending ones too (a read of the pending list then answers ``[id, nil]``; ``XAUTOCLAIM`` takes them
+out of it). Reply shapes checked against redis-server 7.0.
 
 Faults (``RedisFaults``, while a step runs): a pipeline or script call refused before Redis ran it (nothing
 done), or its answer lost after Redis ran all of it or only its first commands (a pipeline is no transaction;
@@ -108,6 +109,7 @@ class SimStreams:
         """Quarantine entries written: (stream, fields, the input entry named with it)."""
         self.dead_letters: list[tuple[str, dict[str, str]]] = []  # (dead-letter stream, its fields) as written
         self.hashes: dict[str, dict[str, int | bytes]] = {}  # the readers' owed hashes of entries trimmed unread
+        self.marks: dict[str, bytes] = {}  # the groups' made-again marks (``again.py``), by key
         self.forgotten: dict[str, int] = {}  # per stream, entries trimmed unread the readers told (``unread._ACK``)
         self.delivered: set[tuple[str, bytes]] = set()  # entries any consumer was given (since the group was made)
         self.unclaimed: set[tuple[str, bytes]] = set()  # trimmed entries ``XAUTOCLAIM`` took out of a pending list
@@ -142,7 +144,7 @@ class SimStreams:
         return 0, 0
 
     def register_script(self, source: str) -> Callable[..., Any]:
-        run = {unread._READ: self._read_new, unread._ACK: self._forget_owed, unread._MAKE_AFTER: self._make_after,
+        run = {unread._READ: self._read_new, unread._ACK: self._forget_owed, unread._MAKE: self._make,
                claims._CLAIM: lambda keys, args: inputscripts.autoclaim(self, keys, args),
                dead_letters._WRITE: lambda keys, args: inputscripts.write_dead_letters(self, keys, args)}[source]
         what = {unread._READ: "read", claims._CLAIM: "claim", dead_letters._WRITE: "dead letter"}.get(source, "script")
@@ -165,10 +167,6 @@ class SimStreams:
         if kind != "ok":
             raise _fail(kind)
         return out
-
-    async def xgroup_create(self, stream: str, group: str, id: Any = "0", mkstream: bool = False) -> None:
-        await asyncio.sleep(0)
-        self._create(stream, group, _id(id))
 
     async def zmscore(self, key: str, members: list[str]) -> list[float | None]:
         """``ZMSCORE`` of the quarantine stream's set of facts written (``again.quarantined_before``)."""
@@ -216,17 +214,26 @@ class SimStreams:
             self.groups_lost.append((stream, {entry_id: holder[0] for entry_id, holder in mine.pending.items()}, None))
             self.delivered = {entry for entry in self.delivered if entry[0] != stream}  # the group made again: unread
 
-    def _make_after(self, keys: list[str], args: list[Any]) -> Any:
-        """``unread._MAKE_AFTER``: the group's count of entries read set where no entry after ``start`` is gone
-        and at most ``most`` follow it."""
-        stream, start, most = keys[0], _id(args[1]), int(args[2])
+    def _make(self, keys: list[str], args: list[Any]) -> list[Any]:
+        """``unread._MAKE``: made at ``0`` (counted) or after an id, the group's count of entries read set where no
+        entry after ``start`` is gone and at most ``most`` follow it; its made-again mark the stream's newest id (none
+        on an empty stream, or where the quarantine stream's set holds no fact). There already (BUSYGROUP): nothing
+        made, the mark it has answered."""
+        (stream, mark, written), group, start, most = keys, _text(args[0]), _id(args[1]), int(args[2])
         held = self.streams.get(stream)
+        if held is not None and group in held.groups:
+            return [0, self.marks.get(mark)]
         first = next(iter(held.entries), None) if held is not None else None
-        counted = first is not None and id_key(first) <= id_key(start) and \
-            sum(id_key(e) > id_key(start) for e in held.entries) <= most  # type: ignore[union-attr]
-        made = self._create(stream, _text(args[0]), start)
-        self.streams[stream].groups[_text(args[0])].counted = counted
-        return made
+        counted = start == b"0" or (first is not None and id_key(first) <= id_key(start) and
+                                    sum(id_key(e) > id_key(start) for e in held.entries) <= most)  # type: ignore[union-attr]
+        self._create(stream, group, start)
+        self.streams[stream].groups[group].counted = counted
+        newest = self.streams[stream].last_id
+        if newest == b"0-0" or not self.written.get(written):  # the quarantine stream holds no fact
+            self.marks.pop(mark, None)
+            return [1, None]
+        self.marks[mark] = newest
+        return [1, newest]
 
     def _group(self, stream: str, group: str) -> tuple[Stream, Group]:
         held = self.streams.get(stream)
@@ -235,7 +242,8 @@ class SimStreams:
         return held, held.groups[group]
 
     def _read_new(self, keys: list[str], args: list[Any]) -> Any:
-        streams, (group, consumer, count) = keys[:-1], (_text(args[0]), _text(args[1]), int(args[2]))
+        n, (group, consumer, count) = (len(keys) - 1) // 2, (_text(args[0]), _text(args[1]), int(args[2]))
+        streams, mark_keys = keys[:n], keys[n:2 * n]
         reply, positions = [], []
         owed = self.hashes.setdefault(keys[-1], {})
         for stream in streams:
@@ -257,7 +265,19 @@ class SimStreams:
                 reply.append([stream.encode(), rows])
             positions.append(mine.last)
         flat = [part for name, value in owed.items() for part in (name.encode(), str(value).encode())]
-        return [reply or None, flat, positions]
+        marks = [self._mark_kept(stream, group, key, position)
+                 for stream, key, position in zip(streams, mark_keys, positions, strict=True)]
+        return [reply or None, flat, positions, marks]
+
+    def _mark_kept(self, stream: str, group: str, key: str, position: bytes) -> bytes | None:
+        """The group's made-again mark, forgotten once the group is at or past it with nothing pending up to it."""
+        mark = self.marks.get(key)
+        _, mine = self._group(stream, group)
+        if mark is not None and id_key(position) >= id_key(mark) and \
+                not any(id_key(entry_id) <= id_key(mark) for entry_id in mine.pending):
+            del self.marks[key]
+            return None
+        return mark
 
     def note_again(self, stream: str, held: Stream, entry_id: bytes) -> None:
         """``entry_id`` delivered by a group made again, at or before its newest entry then, to a reader other than

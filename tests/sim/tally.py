@@ -92,7 +92,7 @@ class Tally:
     input_dead_letters_again: int = 0  # ... dead letters written again for an entry that had one
     input_groups_deleted: int = 0  # consumer groups deleted (XGROUP DESTROY) while the readers ran
     input_lost_with_group: int = 0  # ... entries the other consumer held then, made again past them (documented)
-    input_decided_again_elsewhere: int = 0  # ... entries quarantined, delivered again to the other consumer, applied
+    input_quarantined_elsewhere: int = 0  # ... entries quarantined, delivered again to a reader that did not make it
     input_trimmed_unread: int = 0  # input entries trimmed before any consumer read them
     input_trimmed_pending: int = 0  # input entries trimmed after a consumer read them
 
@@ -143,7 +143,7 @@ class Tally:
                    f"dead-lettered ({self.input_dead_letters_again} again), {self.input_trimmed_unread} entries "
                    f"trimmed unread, {self.input_trimmed_pending} trimmed once read, {self.input_groups_deleted} "
                    f"groups deleted ({self.input_lost_with_group} entries the other consumer held lost with them, "
-                   f"{self.input_decided_again_elsewhere} quarantined ones applied by the other consumer)"
+                   f"{self.input_quarantined_elsewhere} quarantined ones delivered again to another reader)"
                    if self.input_entries else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")

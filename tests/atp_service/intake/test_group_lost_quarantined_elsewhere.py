@@ -1,0 +1,104 @@
+"""A consumer group made again by one reader delivers entries settled long ago to any consumer of the group — another
+process's reader (``ATP_OWNERSHIP=leases``: every process a consumer of its own), which saw no ``NOGROUP``, or one
+started since. One whose fact was quarantined for want of room, written to the quarantine stream with its entry's
+XACK (E8: decided once), was decided again there — applied, where room had come back —, only the reader that made the
+group knowing it was made again. Found by ``python -m tests.sim --input-streams`` (it counted these). Real
+redis-server; the readers' calls made one by one, as their loops make them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis
+
+from atp_service import AtpService
+from atp_service.config import ServiceConfig
+from atp_service.intake.ingest import StreamIngestor
+from atp_service.intake.unread import made_again_key
+from atp_service.storage.clients import connect_any
+from reservation import Limits
+from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.intake.test_quarantine_acknowledged import STREAM, T, _on_hand
+from tests.conftest import test_config as make_config
+
+MARK = made_again_key(STREAM, "atp")
+
+
+@pytest.fixture
+async def with_room(redis_url: str) -> AsyncIterator[AtpService]:
+    """``e2`` quarantined for want of room (on the quarantine stream, its entry acknowledged), ``e1`` (4) applied;
+    then the service restarted with room, reading no stream itself: the readers are the test's."""
+    r: Any = redis.Redis.from_url(redis_url)
+    service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=1)), redis_url)
+    try:
+        await service.start()
+        r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields())  # remembered: the shard is at its bound
+        r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # past the bound: quarantined
+        await wait_consumed(redis_url, [STREAM])
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+    finally:
+        await service.stop()
+    service = AtpService(make_config(shards=1, input_streams=(), limits=Limits(max_dedupe_entries_per_shard=10)),
+                         redis_url)
+    try:
+        await service.start()
+        yield service
+    finally:
+        await service.stop()
+
+
+def _reader(service: AtpService, redis_url: str, consumer: str) -> StreamIngestor:
+    settings = dataclasses.replace(ServiceConfig(input_streams=(STREAM,)).ingest_settings, consumer_name=consumer)
+    return StreamIngestor(connect_any(redis_url, 2.0), service.desk, settings, service.clock)
+
+
+async def test_a_quarantined_fact_is_not_applied_by_another_reader_its_group_made_again_delivers_it_to(
+        with_room: AtpService, redis_url: str) -> None:
+    """Defect: the group deleted, ``atp-1`` (which found it gone) made it again from the start of the stream; ``atp-2``,
+    reading all along, took ``e1`` and ``e2`` and applied ``e2`` (on_hand 9), the quarantine stream holding it as not
+    applied. Now the mark the group was made with tells it: ``e2`` acknowledged as it is; the mark forgotten once the
+    group is past it with nothing pending up to it."""
+    r: Any = redis.Redis.from_url(redis_url)
+    maker, other = _reader(with_room, redis_url, "atp-1"), _reader(with_room, redis_url, "atp-2")
+    await other._create_groups()  # reading before the group is lost: there already
+    r.xgroup_destroy(STREAM, "atp")  # an operator's, or a Redis restored without it
+    await maker._create_groups(again=True)  # as its loop does on NOGROUP: it had read nothing, from the start
+    entries = await other._read(None, block=None)
+    assert [entry_id for _, entry_id, _ in entries] == [entry_id for entry_id, _ in r.xrange(STREAM)]
+    await other._handle(entries)
+    assert r.xpending(STREAM, "atp")["pending"] == 0
+    assert await _on_hand(with_room) == 4, "e2, quarantined and on the quarantine stream, applied by the other reader"
+    r.xadd(STREAM, F("e3", "RECEIPT", "A", "S1", 1, T + 2).fields())
+    await other._handle(await other._read(None, block=None))
+    assert await _on_hand(with_room) == 5
+    assert not r.exists(MARK), "kept past the entries it covers"
+    r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # the operator's resend, with room now
+    await maker._handle(await maker._read(None, block=None))
+    assert await _on_hand(with_room) == 10
+    assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+    for reader in (maker, other):
+        await reader._client.aclose()
+
+
+async def test_a_quarantined_fact_is_not_applied_by_a_reader_started_since_its_group_was_made_again(
+        with_room: AtpService, redis_url: str) -> None:
+    """Defect: ``atp-2`` took ``e1`` and ``e2`` from the group made again by ``atp-1`` and stopped before it applied
+    them; started again (its process restarted), it read them from its own pending list and applied ``e2`` (on_hand
+    9). The mark lasts in Redis while they are pending, and a start's make of the group (there already) tells it."""
+    r: Any = redis.Redis.from_url(redis_url)
+    maker, other = _reader(with_room, redis_url, "atp-1"), _reader(with_room, redis_url, "atp-2")
+    r.xgroup_destroy(STREAM, "atp")
+    await maker._create_groups(again=True)
+    assert len(await other._read(None, block=None)) == 2  # then stopped: pending to atp-2
+    await other._client.aclose()
+    started = _reader(with_room, redis_url, "atp-2")
+    await started._create_groups()
+    await started._retry_pending()  # its own pending entries first, as its loop does
+    assert r.xpending(STREAM, "atp")["pending"] == 0
+    assert await _on_hand(with_room) == 4, "e2, quarantined and on the quarantine stream, applied when read again"
+    for reader in (maker, started):
+        await reader._client.aclose()
+    await wait_consumed(redis_url, [STREAM])
