@@ -150,6 +150,15 @@ class Lease:
         return max(1, round(self.lease_s * 1000))
 
     # -- records fenced by the token --------------------------------------------------
+    def delivered(self, versions: dict[str, int]) -> None:
+        """``versions`` delivered (the destination answered), owed to the next record (``settle``) whatever becomes of
+        the read that sent them: one taken again after a Redis error skips them (known delivered), and its record
+        without them stayed below what the destination held."""
+        owed = self._unrecorded
+        for key, version in versions.items():
+            if version > owed.get(key, 0):
+                owed[key] = version
+
     async def settle(self, delivered_key: str, stream: str, group: str, delivered: dict[str, int],
                      ids: list[str]) -> bool:
         """Raise the delivered versions and acknowledge ``ids``, under the lease. False: fenced off

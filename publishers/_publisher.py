@@ -371,6 +371,7 @@ class Publisher:
         took, rest = split_answered(chunk, taken, refused)
         delivered.update((key, u.version) for key, u in took)
         self._delivered.update({k: max(u.version, self._delivered.get(k, 0)) for k, u in took})
+        self._holding.lease.delivered({k: u.version for k, u in took})  # in the next record, this read's or not
         self.metrics.delivered(self.config.channel, self.adapter.name, [u for _, u in took], failed=len(refused))
         if refused:
             await self._redelivery.dead_letter([(r.update, r.reason) for r in refused], attempt, retryable=False)
