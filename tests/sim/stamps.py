@@ -15,7 +15,8 @@ no committed units, and no order is decided REJECTED, or given up so, while a pa
 part's release is judged once its order's record is settled (a record given up that Redis lost is decided
 again), and not where no group holds the record.
 
-Incremental: each group's entries are decoded once; a history cut back (a tail lost) is read again.
+Incremental: each group's entries are decoded once; a history cut back (a tail lost) is read again, and so is a
+group whose entry was found wrong (a test of the checker goes on).
 """
 
 from __future__ import annotations
@@ -54,9 +55,13 @@ class StampChecker:
             if group is None or len(entries) < len(group.seen) or any(
                     a is not b for a, b in zip(entries, group.seen, strict=False)):
                 group = self._groups[shard] = _GroupStamps()  # new, or cut back: read again
-            for seq, data in entries[len(group.seen):]:
-                _read(shard, seq, data, group, self._released)
-                group.seen.append((seq, data))
+            for item in entries[len(group.seen):]:  # the history's own tuples, compared by identity above
+                try:
+                    _read(shard, *item, group, self._released)
+                except BaseException:
+                    del self._groups[shard]  # judged part of the entry: read the group again at the next check
+                    raise
+                group.seen.append(item)
         self._check_freed()
 
     def _check_freed(self) -> None:
