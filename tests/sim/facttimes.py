@@ -114,7 +114,7 @@ class FactTimes:
     def check(self, world: World) -> None:
         """E6/E7: no fact stamped past the skew or late ever applied; a late one answered quarantined is in
         the quarantine stream (never dropped silently)."""
-        applied = {(f.source, f.event_id) for f in world.logged_facts()}
+        applied = world.logged_fact_ids()
         for identity, kind in self.kinds.items():
             if kind != "within" and identity in applied:
                 raise Violation(f"E{6 if kind == 'late' else 7}: fact {identity} stamped {kind} is in the log, applied")

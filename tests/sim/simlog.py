@@ -232,10 +232,10 @@ class SimLog:
             if entry_seq > seq:
                 yield entry_seq, data
 
-    def stored(self, shard: int) -> tuple[SnapshotRecord | None, list[tuple[int, bytes]]]:
-        """What Redis holds for a shard: its snapshot and its log."""
+    def stored(self, shard: int) -> tuple[bytes | None, SnapshotRecord | None, list[tuple[int, bytes]]]:
+        """What Redis holds for a shard: its snapshot's bytes, the snapshot they decode to, and its log."""
         raw = stored_bytes(self.snapkeys, self.keys, shard)
-        return (_decode(raw) if raw else None), list(self.logs[shard])
+        return raw, (_decode(raw) if raw else None), list(self.logs[shard])
 
     async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
         return await self.reads.load_snapshot(shard)

@@ -249,3 +249,10 @@ class SnapshotReads(LogReads):
 
     def __init__(self, redis: SimLog) -> None:
         self.client, self.keys, self.nodes = _Client(lambda: redis.snapkeys), redis.keys, None
+        self.read: dict[int, Any] = {}
+        """Per shard, the bytes its last read found (``load_snapshot`` decodes them): the checks' replays are
+        kept while they are the same (``replaycache.py``)."""
+
+    async def _snapshot_bytes(self, shard: int) -> Any:
+        self.read[shard] = raw = await super()._snapshot_bytes(shard)
+        return raw

@@ -28,6 +28,7 @@ from reservation import OrderStep, Outcome, Reservation, State, decode_entry
 from reservation import _operations as ops
 from reservation import _orders as orders
 from reservation._events import ReservationSaved
+from tests.sim import replaycache
 from tests.sim.checks import Violation
 from tests.sim.simlog import SimLog
 
@@ -48,6 +49,7 @@ class StampChecker:
         self._log = log
         self._released = released
         self._groups: dict[int, _GroupStamps] = {}
+        self._afresh = False  # a checker made to read afresh, for ``SIM_CACHE_CHECK``
 
     def check(self) -> None:
         for shard, entries in self._log.history.items():
@@ -63,6 +65,14 @@ class StampChecker:
                     raise
                 group.seen.append(item)
         self._check_freed()
+        if replaycache.CHECK and self._groups and not self._afresh:  # ``SIM_CACHE_CHECK``: read once = afresh
+            fresh = StampChecker(self._log, self._released)
+            fresh._afresh = True
+            fresh.check()
+            for shard, group in self._groups.items():
+                again = fresh._groups[shard]
+                assert (group.newest, group.holds, group.undecided) == (again.newest, again.holds, again.undecided), \
+                    f"stamps: group {shard} read once and afresh differ"
 
     def _check_freed(self) -> None:
         """R3/Q3: each part whose committed units were released with no Release of its order sent belongs to an

@@ -27,9 +27,12 @@ from atp_service.storage.records import SnapshotRecord
 from atp_service.storage.snapshot_parts import PIECE_BYTES
 from reservation import Fact, Ledger, Limits, decode_entry
 from reservation._limits import MAX_DURATION_MS_CEILING
+from tests.sim import replaycache
 from tests.sim.durable import DurableTracker, MemoryAheadOfLog
 from tests.sim.factjudge import judged_record
 from tests.sim.groups import configure
+from tests.sim.historyfacts import HistoryFacts
+from tests.sim.replaycache import ReplayCache, fresh_replay
 from tests.sim.simchannels import ESTATE, DeskRunner, SimChannelStore
 from tests.sim.simlog import SimLog
 from tests.sim.tally import Tally
@@ -107,6 +110,11 @@ class World:
         self.desk: DeskRunner | None = None
         self.with_channels = channels
         self.recoveries = 0
+        self.history_facts = HistoryFacts(self.log)
+        """The facts and shipments of the log's history, each entry read once (``historyfacts.py``)."""
+        self._replays = ReplayCache(lambda: self.config.limits)
+        """The checks' replays of the log (``recovered``, ``replayed``): each shard's kept while what it was
+        made from holds, carried on over entries appended since (``replaycache.py``)."""
         self._outside: set[asyncio.Task[Any]] = set()
         self.durable = self._tracker()
         self.channels.on_landed = self.durable.published
@@ -142,29 +150,28 @@ class World:
         assert self.facts is not None
         return self.facts
 
-    async def recovered(self) -> list[tuple[Ledger, int]]:
+    async def recovered(self, fresh: bool = False) -> list[tuple[Ledger, int]]:
         """Start-up exactly as the service does it: snapshot (read by its own code, ``LogReads``: one key or
-        several), then the log after it, per shard."""
+        several), then the log after it, per shard. For the checks (``fresh`` False) the ledgers may be those
+        of an earlier call (``ReplayCache``): read them, never change them; ``boot`` gives its own to shards."""
         out = []
         for shard in range(self.config.shards):
             snap = await self.log.reads.load_snapshot(shard)  # answered at once: no draws
-            out.append(self._replay(shard, snap, list(self.log.logs[shard])))
+            entries = list(self.log.logs[shard])
+            if fresh:
+                out.append(self._replay(shard, snap, entries))
+            else:  # the snapshot is what the bytes it read decode to (the same bytes, the same snapshot)
+                out.append(self._replays.replay(shard, self.log.reads.read.pop(shard), snap, entries))
         return out
 
     def replayed(self, shards: Iterable[int]) -> list[tuple[Ledger, int]]:
-        """``shards`` recovered from what Redis holds now: snapshot, then the log after it."""
+        """``shards`` recovered from what Redis holds now: snapshot, then the log after it (for the checks:
+        read them, never change them, as ``recovered``'s)."""
         # read at once: the checks draw no random numbers
-        return [self._replay(shard, *self.log.stored(shard)) for shard in shards]
+        return [self._replays.replay(shard, *self.log.stored(shard)) for shard in shards]
 
     def _replay(self, shard: int, snap: SnapshotRecord | None, entries: list[tuple[int, bytes]]) -> tuple[Ledger, int]:
-        limits = self.config.limits
-        ledger = Ledger.restore(shard, limits, snap.ledger) if snap else Ledger(shard, limits)
-        seq = snap.seq if snap else 0
-        for entry_seq, data in entries:
-            if entry_seq > seq:
-                ledger.replay(decode_entry(data))
-                seq = entry_seq
-        return ledger, seq
+        return fresh_replay(shard, self.config.limits, snap, entries)
 
     async def boot(self) -> None:
         if self.tail is not None:
@@ -177,7 +184,7 @@ class World:
         self.channels.epoch = self.log.epoch
         self.forget_loss()
         actors = []
-        for ledger, seq in await self.recovered():
+        for ledger, seq in await self.recovered(fresh=True):
             actors.append(ShardActor(ledger.shard, ledger, self.log, self.clock, self.config.shard_settings, seq))  # type: ignore[arg-type]
             actors[-1].on_failure.append(self._shard_failed)
         self.clock.advance_floor(max(a.ledger.clock for a in actors))
@@ -374,6 +381,15 @@ class World:
         """Liveness: a trivial command to this shard is answered within LIVENESS_ROUNDS rounds (None), else
         what it did instead (``pong_within``)."""
         return await pong_within(self.eng.actors[shard], self.log)
+
+    def logged_fact_ids(self) -> set[tuple[str, str]]:
+        """(source, event_id) of every fact the log ever recorded as applied (``logged_facts``'), the history
+        read once (``historyfacts.py``). Read it, never change it."""
+        self.history_facts.catch_up()
+        if replaycache.CHECK:
+            fresh = {(f.source, f.event_id) for f in self.logged_facts()}
+            assert self.history_facts.ids == fresh, "the facts logged, read once and afresh, differ"
+        return self.history_facts.ids
 
     def logged_facts(self) -> list[Fact]:
         """Every fact the log ever recorded as applied (the history is never trimmed)."""
