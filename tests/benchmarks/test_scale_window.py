@@ -19,7 +19,7 @@ import pytest
 import benchmarks.scale as scale
 from benchmarks.scale_load import LoadSpec, Tally
 
-CPU_FILE = "ATP_TEST_SCALE_CPU_FILE"
+CPU_FILE = "SCALE_WINDOW_TEST_CPU_FILE"  # the stand-in generator's, not an ATP_ setting
 SECONDS = 0.3
 IN_WINDOW, AFTER = 10, 30
 """Reservations answered in the window's seconds, and after them (a stream's messages in flight)."""

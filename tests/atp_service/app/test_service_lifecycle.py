@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis
 from atp_service.app import cli
 from atp_service.app.keyspace import StartupError
+from atp_service.intake.unread import _MAKE
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import LogStore
@@ -303,8 +305,9 @@ async def waiting_at_the_proxy(redis_server: EmbeddedRedis, tmp_path: Path, mark
 
 
 # The desks' own commands (the start's permission check queues an HSCAN and an XGROUP CREATE of its own,
-# neither run): the feeds' state read 10,000 fields at a time, the consumer group made from entry 0.
-@pytest.mark.parametrize("marker", [b"COUNT\r\n$5\r\n10000", b"0\r\n$8\r\nMKSTREAM"],
+# neither run): the feeds' state read 10,000 fields at a time, the consumer group made (with its made-again
+# mark: ``unread._MAKE``, sent as EVALSHA by its digest).
+@pytest.mark.parametrize("marker", [b"COUNT\r\n$5\r\n10000", hashlib.sha1(_MAKE.encode()).hexdigest().encode()],
                          ids=["channel feeds", "input streams"])
 async def test_redis_lost_while_the_desks_start_delays_the_start_instead_of_failing_it(
         redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path, marker: bytes) -> None:
