@@ -8,6 +8,11 @@ stock-outs first, a 0 on a late page waited behind every earlier page's values a
 a resync of 100,000 keys at 10 updates/s held it for hours. ``Sweep`` keeps where a resync is, so
 that its caller can go a step (one HSCAN call) at a time and read the channel stream between steps:
 a stock-out published meanwhile does not wait for the whole resync either.
+
+Its HSCAN calls go on a connection of their own (``HashScan``): a cursor holds within one Redis
+server's life, and one kept across a restart or a failover passed over about a tenth of the keys —
+the resync ended without them, its mark deleted, and nothing owed them again until each changed (C4).
+A sweep whose server changed since it began (the connection made again) goes again from the start.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atp_service.storage.channel_wire import state_update
+from atp_service.storage.hash_scan import HashScan
 from atp_service.storage.resp import as_text
 from reservation import ChannelUpdate
 
@@ -33,12 +39,14 @@ Deliver = Callable[[list[ChannelUpdate]], Awaitable[bool]]
 @dataclass(slots=True)
 class Sweep:
     """A resync under way, a step at a time: the versions it wants, where its HSCAN of the state hash
-    is, and which of its two sweeps it is in (the stock-outs, then the other values)."""
+    is (and the server life its cursor is of, ``HashScan``), and which of its two sweeps it is in (the
+    stock-outs, then the other values)."""
 
     wanted: Callable[[int], bool]
     cursor: int = 0
     stock_outs: bool = True
     done: bool = False
+    life: int = 0
 
 
 MAX_RANGES = 1024
@@ -95,6 +103,7 @@ class StateResync:
                  delivered_version: Callable[[str], int], deliver: Deliver) -> None:
         self.config, self.client, self.metrics, self.adapter = config, client, metrics, adapter
         self._delivered_version, self._deliver = delivered_version, deliver
+        self._scan = HashScan(client)
 
     async def __call__(self, wanted: Callable[[int], bool], why: str,
                        keep_going: Callable[[], bool] = lambda: True) -> bool:
@@ -114,9 +123,15 @@ class StateResync:
         or ``keep_going()`` False after a page (the same step again next time). A key that drops to 0
         after the stock-outs' sweep has a new version, which the stream holds for the group to read (or
         a later catch-up finds trimmed): the second sweep leaves it, and a 0 the first dead-lettered is
-        not sent twice."""
+        not sent twice. A step whose reply came from another server life than its sweep's first (a
+        restart, a failover since) sends nothing: that sweep goes again from the start (C4)."""
         cfg = self.config
-        after, found = await self.client.hscan(cfg.state_key, sweep.cursor, count=cfg.read_count)
+        after, found, life = await self._scan.hscan(cfg.state_key, sweep.cursor, cfg.read_count)
+        if sweep.cursor == 0:
+            sweep.life = life
+        elif life != sweep.life:
+            self._again(sweep)
+            return 0
         page = [u for key, value in found.items() if (u := state_update(cfg.channel, key, value)).version
                 > self._delivered_version(as_text(key)) and (u.quantity == 0) == sweep.stock_outs
                 and sweep.wanted(u.version)]
@@ -127,6 +142,16 @@ class StateResync:
         if not sweep.cursor:
             sweep.done, sweep.stock_outs = not sweep.stock_outs, False
         return len(page)
+
+    def _again(self, sweep: Sweep) -> None:
+        """``sweep`` from the start of its phase again: its cursor, kept across a restart of Redis or a failover
+        (the connection made again), would pass over keys of the table built again there (C4). The keys it
+        delivered already are skipped by version."""
+        cfg = self.config
+        log.warning("%s: Redis restarted or failed over while the channel's state hash was swept (an HSCAN cursor "
+                    "holds within one server's life); sweeping it again from its start", cfg.channel,
+                    extra={"event": "publisher_resync_again", "channel": cfg.channel})
+        sweep.cursor = 0
 
     async def _page(self, page: list[ChannelUpdate]) -> bool:
         """Counted as taken from the state hash, before it is sent: a resync stopped half-way (or while

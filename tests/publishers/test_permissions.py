@@ -147,6 +147,7 @@ SENT_BY = {"pipeline": "MULTI", "execute": "EXEC", "hscan_iter": "HSCAN", "xgrou
 """What a redis-py method sends, where its name does not say it (the rest: the name in capitals)."""
 HELPERS = {"make_group": {"XGROUP CREATE"}, "stream_info": {"XINFO STREAM"},
            "refuse_evicting_redis": set(), "node_configs": set(), "Nodes": {"EVALSHA", "SCRIPT LOAD"},
+           "HashScan": {"HSCAN"},
            **{name: set[str]() for name in ("Lease", "Holding", "Publisher", "Takeover", "Redelivery")}}
 """What a helper given the publisher's client sends (``CONFIG GET``: not asked, its refusal is a
 warning; the package's own classes: their calls are scanned here)."""
