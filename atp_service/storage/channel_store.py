@@ -43,6 +43,7 @@ from atp_service.storage.channel_wire import (
     xadd_marker_arguments,
 )
 from atp_service.storage.durability import SETTLE_LOG_EVERY_S, append_failure_reason
+from atp_service.storage.hash_scan import HashScan
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script, open_nodes
 from atp_service.storage.resp import as_text, seq_of, stream_entries, stream_info
@@ -252,15 +253,39 @@ class ChannelStore:
         """The last published value per key, and the newest version the channel ever had (in the
         stream, or of a key: the stream may have been trimmed or lost). The newest is kept while the
         hash is read a page at a time, other work running between pages: a pass over every value
-        after the read held the event loop for seconds at tens of millions of keys."""
-        published: dict[Key, Published] = {}
-        newest = 0
-        async for field, value in self.client.hscan_iter(self.state_key(channel), count=10_000):
-            key, pub = state_entry(field, value)
-            published[key] = pub
-            if pub.version > newest:
-                newest = pub.version
+        after the read held the event loop for seconds at tens of millions of keys. The pages come on
+        one connection (``HashScan``): a Redis restarted or failed over between two pages (the
+        connection made again) has the hash read again from its start — a cursor kept across it passed
+        over about a quarter of the keys, the desk took them for never published, and a key no longer
+        curated there kept its old number at the destination (C1, C4)."""
+        scan, key = HashScan(self.client), self.state_key(channel)
+        try:
+            while (read := await self._read_state(scan, key)) is None:
+                log.warning("%s: Redis restarted or failed over while the channel's state hash was read (an HSCAN "
+                            "cursor holds within one server's life); reading it again from its start", channel,
+                            extra={"event": "channel_load_again", "channel": channel})
+        finally:
+            await scan.aclose()
+        published, newest = read
         return published, max(newest, await self.last_version(channel))
+
+    @staticmethod
+    async def _read_state(scan: HashScan, key: str) -> tuple[dict[Key, Published], int] | None:
+        """Every key of the state hash and its newest version, all of one server life; None: not so."""
+        published: dict[Key, Published] = {}
+        newest, cursor, life = 0, 0, 0
+        while True:
+            after, found, now = await scan.hscan(key, cursor, 10_000)
+            if cursor and now != life:
+                return None
+            life, cursor = now, after
+            for field, value in found.items():
+                entry, pub = state_entry(field, value)
+                published[entry] = pub
+                if pub.version > newest:
+                    newest = pub.version
+            if not cursor:
+                return published, newest
 
     async def restamps(self, channel: str) -> list[tuple[Key, int, Any, Any]]:
         """The keys publishers named in the channel's ``restamp`` hash (delivered at versions Redis lost):
