@@ -50,10 +50,28 @@ def lost_parts(order: Reservation, found: Mapping[int, Reservation], now: int, l
     margin for the groups' clocks). An older order's missing part is taken as forgotten."""
     if order.pending is not None and order.pending.kind == OrderStep.RESERVE:
         return []  # undecided: a part missing was never reserved
+    released = released_unrecorded(order, found, place)
     if now - order.created_at >= limits.retention_ms // 2:
-        return []
+        return released
     granted = {place(line.sku) for line in order.lines if line.granted}
-    return [group for group in order.parts if group in granted and group not in found]
+    return sorted({group for group in order.parts if group in granted and group not in found} | set(released))
+
+
+def released_unrecorded(order: Reservation, found: Mapping[int, Reservation], place: Place) -> list[int]:
+    """The groups whose part of the decided ``order`` gave up its units whole (RELEASED or EXPIRED) though the
+    order's record shows units granted there and not released, by no change of the order (none of the part's
+    operations unknown to the order: a partial release the home lost is the order's own), while another part still
+    holds units: its hold there is gone as a lost part's is. A held part whose order's record Redis lost (an orphan,
+    ``engine.orphans``) is given up by the sweep at the part's process; a retry of the order's Reserve at its home
+    can open the order again meanwhile, decided HELD over the part just before it is released (R2: all or none)."""
+    if not any(part.state in (State.HELD, State.CONFIRMED) for part in found.values()):
+        return []  # every part resolved: resolved as they show it (``Orders._settled``)
+    recorded: dict[int, int] = {}
+    for line in order.lines:
+        group = place(line.sku)
+        recorded[group] = recorded.get(group, 0) + line.granted - line.released
+    return [group for group, part in found.items() if part.state in (State.RELEASED, State.EXPIRED)
+            and recorded.get(group, 0) > 0 and set(part.ops) <= set(order.ops)]
 
 
 def was_confirmed(part: Reservation) -> bool:

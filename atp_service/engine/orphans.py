@@ -292,7 +292,8 @@ class LeasedOrphans:
     async def _settle_reopened(self, order_id: str) -> None:
         """A retry of the order's Reserve opened it again while its part was given up (or it is not
         known whether one did): its record is resolved RELEASED if every part is (R2: nothing stays
-        held; that retry's hold is lost), wherever it lives."""
+        held; that retry's hold is lost), wherever it lives; where a part of it still holds, its Confirm gives it up
+        whole (``_order_losses.released_unrecorded``, R2)."""
         engine = self._engine
         home = engine.home_of(order_id)
         try:

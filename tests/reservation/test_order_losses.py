@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from reservation import OrderStep, Outcome, PendingOp, Reservation, State, reserve
+from reservation import LineRequest, OrderStep, Outcome, PendingOp, Reservation, State, reserve
 from reservation import _order_losses as losses
 from reservation import _orders as orders
 from tests.reservation.helpers import LIMITS, cmd
@@ -199,3 +199,24 @@ def test_a_confirmed_part_of_other_content_proves_nothing_of_an_order_and_is_kep
     held = Estate()
     reserve(held.ledgers[1], orders.split(ASKED, place)[1], NOW)
     assert losses.give_up_part(held.ledgers[1], share, NOW, LIMITS).state == State.RELEASED and held.held("B") == 0
+
+
+def test_a_part_released_whole_by_no_change_of_its_held_order_tears_it_R2() -> None:
+    """A held part given up as an orphan (its order's record lost) after a retry opened the order again over it: the
+    order HELD, its record showing B granted and not released, B's part RELEASED while A's holds — its hold there
+    is gone (``released_unrecorded``): given up whole on its Confirm, never CONFIRMED without B (R2). Not a part a
+    partial release by line emptied, whose record the home lost (the part knows the release's operation): the
+    order's own change, confirmed without that line as before."""
+    estate = Estate()
+    held = reserved_order(estate, ASKED)
+    estate.apply(held, {1: PendingOp(OrderStep.RELEASE)})  # the sweep's release: no operation of the order
+    assert losses.released_unrecorded(held, estate.parts(held), place) == [1]
+    assert losses.lost_parts(held, estate.parts(held), NOW, LIMITS, place) == [1]
+
+    estate = Estate()
+    held = reserved_order(estate, ASKED)
+    estate.apply(held, {1: PendingOp(OrderStep.RELEASE, (LineRequest("B", "S1", 2),), "op-b")})  # the home lost it
+    assert estate.parts(held)[1].state == State.RELEASED
+    assert losses.released_unrecorded(held, estate.parts(held), place) == []
+    estate.apply(held, {0: PendingOp(OrderStep.RELEASE)})  # every part resolved: resolved as they show it
+    assert losses.released_unrecorded(held, estate.parts(held), place) == []
