@@ -235,7 +235,7 @@ class Orders:
 
     async def _change(self, order_id: str, home: int, step: PendingOp, quiet: bool = False) -> Reservation:
         order, parts = await self._settled(order_id, home)
-        if step.kind == OrderStep.CONFIRM and order.state == State.HELD and order.pending is None:
+        if (step.kind == OrderStep.CONFIRM or step.lines) and order.state == State.HELD and order.pending is None:
             lost = await self._give_up_if_torn(order, home, parts)
             if lost:
                 raise FailedPrecondition("EXPIRED", f"its hold in shard groups {lost} is gone (Redis lost acknowledged "

@@ -23,14 +23,20 @@ from tests.ports import held_port
 from tests.waiting import until
 
 
+@pytest.mark.parametrize("released_first", [False, True], ids=["confirmed", "partly-released-then-confirmed"])
 async def test_an_order_opened_again_while_its_orphaned_part_is_given_up_is_given_up_whole_R2(
-        start_service: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        start_service: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch, released_first: bool) -> None:
     """Defect: the sweep released the part though the retry had just decided the order HELD over it: the order
     HELD with its part there released (its units offered to others), and a Confirm then answered CONFIRMED with
     those 3 units committed nowhere (R2: an order holds all its lines or none; Q3). Telling the home afterwards
     resolved the order only where every part was resolved. An order HELD whose part was released whole while its
     own record shows those lines granted and not released has lost its hold there: it is given up whole (EXPIRED),
-    as one whose part Redis lost (R3)."""
+    as one whose part Redis lost (R3).
+
+    ``released_first`` (defect found by review): a partial Release of the order's line at a before its Confirm
+    recorded the order's lines as its parts show them, b's released: its record then showed nothing granted and not
+    released at b, the tear no longer seen, and the Confirm answered CONFIRMED without b all the same. A partial
+    Release of a torn order gives it up whole, as its Confirm does."""
     clock = ManualClock(T0)
     service, client = await start_service(clock=clock, port=held_port(), **LEASED)
     engine = service.engine
@@ -77,6 +83,11 @@ async def test_an_order_opened_again_while_its_orphaned_part_is_given_up_is_give
     monkeypatch.undo()
     assert retried[0].state == pb.RESERVATION_STATE_HELD  # the retry reopened the order over the held part
     assert await _reserved(client, b) == 0  # the sweep released it all the same
+    if released_first:
+        try:
+            await client.release("o", [(a, "S1", 1)], operation_id="r1")
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
     try:
         confirmed = await client.confirm("o")
     except grpc.aio.AioRpcError as exc:
