@@ -124,17 +124,29 @@ class StateResync:
         after the stock-outs' sweep has a new version, which the stream holds for the group to read (or
         a later catch-up finds trimmed): the second sweep leaves it, and a 0 the first dead-lettered is
         not sent twice. A step whose reply came from another server life than its sweep's first (a
-        restart, a failover since) sends nothing: that sweep goes again from the start (C4)."""
+        restart, a failover since) goes again from the start (C4), over the pages with nothing left to send
+        in one go, to the first with something (or the end): the connection made again at every step (the
+        server's ``timeout`` closing it while the caller works between steps) still gets further each time,
+        where a step at a time it was sent back before it passed its first page, for ever. A life that
+        changed again in that go sends nothing: the next step goes again."""
         cfg = self.config
-        after, found, life = await self._scan.hscan(cfg.state_key, sweep.cursor, cfg.read_count)
-        if sweep.cursor == 0:
-            sweep.life = life
-        elif life != sweep.life:
-            self._again(sweep)
-            return 0
-        page = [u for key, value in found.items() if (u := state_update(cfg.channel, key, value)).version
-                > self._delivered_version(as_text(key)) and (u.quantity == 0) == sweep.stock_outs
-                and sweep.wanted(u.version)]
+        again = False
+        while True:
+            after, found, life = await self._scan.hscan(cfg.state_key, sweep.cursor, cfg.read_count)
+            if sweep.cursor == 0:
+                sweep.life = life
+            elif life != sweep.life:
+                self._again(sweep)
+                if again:
+                    return 0
+                again = True
+                continue
+            page = [u for key, value in found.items() if (u := state_update(cfg.channel, key, value)).version
+                    > self._delivered_version(as_text(key)) and (u.quantity == 0) == sweep.stock_outs
+                    and sweep.wanted(u.version)]
+            if not (again and not page and int(after)):
+                break
+            sweep.cursor = int(after)  # gone over since it began: nothing new here, on at once
         for start in range(0, len(page), cfg.read_count):
             if not await self._page(page[start:start + cfg.read_count]) or not keep_going():
                 return None

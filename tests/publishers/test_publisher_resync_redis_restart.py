@@ -150,3 +150,33 @@ async def test_a_resync_on_a_redis_cluster_across_a_restart_of_the_hash_s_node_d
             assert swept_again(caplog) == 1
         finally:
             await close_any(client)
+
+
+async def test_a_resync_whose_connection_redis_closes_between_its_steps_ends_C4(
+        server: EmbeddedRedis, client: Any) -> None:
+    """Redis closing idle connections (``timeout``) while the publisher's loop works between two steps of a
+    resync (reads and delivers the stream, a redelivery pass, a comparison: longer than ``timeout`` under load or
+    with a slow destination): the held HSCAN connection is made again at every step, the same server all along.
+    Each step saw a new life and sent the sweep back to cursor 0, from where the next step (after the loop's work,
+    the connection closed again) got no further than its first page: the resync never ended, its mark never
+    deleted, and the keys past its first page never delivered (C4). Here the loop's work is a ``CLIENT KILL`` of
+    every other connection, as the server's ``timeout`` closes them."""
+    updates = await state_of(client)
+    delivered: dict[str, int] = {}
+
+    async def deliver(page: list[ChannelUpdate]) -> bool:
+        delivered.update({f"{u.sku}\t{u.location}": u.version for u in page})
+        return True
+
+    resync = StateResync(config(read_count=100), client, PublisherMetrics(), "webhook",
+                         lambda key: delivered.get(key, 0), deliver)
+    sweep = Sweep(lambda version: True)
+    for _ in range(100):  # about 11 pages a sweep, two sweeps
+        if sweep.done:
+            break
+        assert await resync.step(sweep) is not None
+        await client.client_kill_filter(_type="normal", skipme=True)  # idle past ``timeout``: closed
+    missed = {f"{u.sku}\t" for u in updates} - set(delivered)
+    assert sweep.done, f"not over after 100 steps, {len(missed)} keys never delivered"
+    assert missed == set(), f"{len(missed)} keys never delivered"
+
