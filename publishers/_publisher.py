@@ -103,10 +103,10 @@ class Publisher:
                 SEND_GUARD.reset(guard)
                 await cancel_and_wait(keeper)
                 await self._holding.release()
+                await self._resync.aclose()  # its sweeps start again at the next holding: no connection kept meanwhile
 
     async def hold(self) -> bool:
-        """Take the group's lease if it is free (or this publisher's): for a caller that drives ``process`` itself
-        instead of ``run``. Nothing is sent or recorded without it."""
+        """The group's lease taken if free (or this one's), for a caller driving ``process``: none sent without it."""
         return await self._holding.lease.take()
 
     async def _deliver_while_held(self) -> None:

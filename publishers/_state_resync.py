@@ -117,6 +117,11 @@ class StateResync:
                 return False
         return True
 
+    async def aclose(self) -> None:
+        """The connection its HSCAN calls are held on given back to the pool: a sweep under way goes again
+        from the start after it (a new connection, a new life)."""
+        await self._scan.aclose()
+
     async def step(self, sweep: Sweep, keep_going: Callable[[], bool] = lambda: True) -> int | None:
         """One HSCAN call of ``sweep`` (about ``read_count`` keys): its stock-outs, or its other values,
         wanted and not delivered yet, delivered; ``sweep`` moved on. How many were sent; None: stopped,

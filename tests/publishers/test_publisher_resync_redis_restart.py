@@ -22,7 +22,7 @@ from atp_service.storage.embedded_cluster import EmbeddedCluster
 from publishers import PublisherMetrics
 from publishers._state_resync import StateResync, Sweep
 from reservation import ChannelUpdate
-from tests.publishers.test_publisher import config, receiver_factory
+from tests.publishers.test_publisher import Receiver, config, receiver_factory
 from tests.publishers.test_publisher_redeliver import last_values, outcome, publisher
 from tests.publishers.test_publisher_redeliver_redis_restart import RestartsRedisOnFirstRequest, server
 from tests.publishers.test_publisher_trimmed import value
@@ -180,3 +180,27 @@ async def test_a_resync_whose_connection_redis_closes_between_its_steps_ends_C4(
     assert sweep.done, f"not over after 100 steps, {len(missed)} keys never delivered"
     assert missed == set(), f"{len(missed)} keys never delivered"
 
+
+async def test_a_publisher_s_resync_connection_is_given_back_when_it_stops(
+        server: EmbeddedRedis, client: Any, receiver_factory: Any) -> None:
+    """The connection a resync's HSCAN calls are held on is given back to the pool once the publisher stops
+    holding its lease (a stop, the lease lost): held until ``aclose``, which nothing called, it stayed taken from
+    the pool for the publisher's life after its first resync, standing by included (one connection fewer for a
+    pool of a few, ``max_connections``, and one more connection open at the server per publisher)."""
+    await state_of(client, 10)
+    await client.set(EVERY_KEY, 1)
+    receiver = Receiver()
+    metrics = PublisherMetrics()
+    running = publisher(client, receiver_factory(receiver), metrics, read_count=100, delivery_batch=100)
+    task = asyncio.create_task(running.run())
+    try:
+        async def over() -> bool:
+            return outcome(metrics, "resynced") > 0 and not await client.exists(EVERY_KEY)
+
+        await until(over, "the resync of every key over")
+    finally:
+        running.stop()
+        await asyncio.wait_for(task, 5)
+        await running.adapter.close()
+    pool = client.connection_pool
+    assert not pool._in_use_connections, f"{len(pool._in_use_connections)} connections kept from the pool"
