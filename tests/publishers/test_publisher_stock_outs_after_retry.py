@@ -20,6 +20,26 @@ from tests.waiting import until
 __all__ = ["receiver_factory"]  # a fixture
 
 
+async def _deliver_every_value(client: aioredis.Redis, receiver_factory: Any, receiver: Receiver,
+                               values: int) -> None:
+    """Runs a publisher (two tries a value, requests of two, no redelivery pass but the one after a read) to
+    ``receiver`` until its ``values`` values are delivered, the read settled and nothing owed, then stops it."""
+    running = Publisher(config(max_attempts=2, delivery_batch=2, redeliver_interval_s=3600.0), client,
+                        WebhookAdapter(receiver_factory(receiver), SECRET), PublisherMetrics())
+    task = asyncio.create_task(running.run())
+
+    async def settled() -> bool:
+        return (len(last_values(receiver)) == values and await pending(client) == 0
+                and await client.hlen(REMEMBERED) == 0)
+
+    try:
+        await until(settled, "every value delivered, the read settled and nothing owed")
+    finally:
+        running.stop()
+        await asyncio.wait_for(task, 5)
+        await running.adapter.close()
+
+
 async def test_stock_outs_that_failed_every_try_go_before_the_rest_of_the_read_once_it_is_answered_C2(
         store: ChannelStore, client: aioredis.Redis, receiver_factory: Any) -> None:
     """A read of a stock-out and four changes, the destination down for the stock-out's every try and back for
@@ -30,20 +50,7 @@ async def test_stock_outs_that_failed_every_try_go_before_the_rest_of_the_read_o
     receiver = Receiver(fail_first=2)  # the stock-out's two tries
     await desk_writes(store, [value("z", 0, 1), value("a", 1, 2), value("b", 2, 3), value("c", 3, 4),
                               value("d", 4, 5)])
-    running = Publisher(config(max_attempts=2, delivery_batch=2, redeliver_interval_s=3600.0), client,
-                        WebhookAdapter(receiver_factory(receiver), SECRET), PublisherMetrics())
-    task = asyncio.create_task(running.run())
-
-    async def settled() -> bool:
-        return (len(last_values(receiver)) == 5 and await pending(client) == 0
-                and await client.hlen(REMEMBERED) == 0)
-
-    try:
-        await until(settled, "every value delivered, the read settled and nothing owed")
-    finally:
-        running.stop()
-        await asyncio.wait_for(task, 5)
-        await running.adapter.close()
+    await _deliver_every_value(client, receiver_factory, receiver, 5)
     order = [u["sku"] for u in receiver.accepted]
     assert order == ["a", "b", "z", "c", "d"], order  # the request that told the destination is back, then "z"
     assert await client.xlen(DLQ) == 1  # "z", once
@@ -73,20 +80,7 @@ async def test_the_stock_outs_sent_once_more_go_in_requests_of_the_stock_outs_si
     receiver = Sizes(fail_first=3)  # [z1, z2] twice, [z3, z4] once (the destination down), then back
     await desk_writes(store, [value("z1", 0, 1), value("z2", 0, 2), value("z3", 0, 3), value("z4", 0, 4),
                               value("a", 1, 5)])
-    running = Publisher(config(max_attempts=2, delivery_batch=2, redeliver_interval_s=3600.0), client,
-                        WebhookAdapter(receiver_factory(receiver), SECRET), PublisherMetrics())
-    task = asyncio.create_task(running.run())
-
-    async def settled() -> bool:
-        return (len(last_values(receiver)) == 5 and await pending(client) == 0
-                and await client.hlen(REMEMBERED) == 0)
-
-    try:
-        await until(settled, "every value delivered, the read settled and nothing owed")
-    finally:
-        running.stop()
-        await asyncio.wait_for(task, 5)
-        await running.adapter.close()
+    await _deliver_every_value(client, receiver_factory, receiver, 5)
     assert receiver.taken == [["a"], ["z1", "z2"], ["z3", "z4"]], receiver.taken
     assert await client.xlen(DLQ) == 4  # each stock-out once
 
@@ -113,20 +107,7 @@ async def test_stock_outs_not_sent_once_more_when_the_first_such_request_fails_g
     receiver = Failing({1, 2, 3, 5})  # [z1, z2] twice, [z3, z4] once, [a, b] taken, [z1, z2] again: failed
     await desk_writes(store, [value("z1", 0, 1), value("z2", 0, 2), value("z3", 0, 3), value("z4", 0, 4),
                               value("a", 1, 5), value("b", 2, 6), value("c", 3, 7)])
-    running = Publisher(config(max_attempts=2, delivery_batch=2, redeliver_interval_s=3600.0), client,
-                        WebhookAdapter(receiver_factory(receiver), SECRET), PublisherMetrics())
-    task = asyncio.create_task(running.run())
-
-    async def settled() -> bool:
-        return (len(last_values(receiver)) == 7 and await pending(client) == 0
-                and await client.hlen(REMEMBERED) == 0)
-
-    try:
-        await until(settled, "every value delivered, the read settled and nothing owed")
-    finally:
-        running.stop()
-        await asyncio.wait_for(task, 5)
-        await running.adapter.close()
+    await _deliver_every_value(client, receiver_factory, receiver, 7)
     # [z3, z4] right after [c], the next answered; [z1, z2] by the redelivery pass that follows the read.
     assert receiver.taken == [["a", "b"], ["c"], ["z3", "z4"], ["z1", "z2"]], receiver.taken
     assert await client.xlen(DLQ) == 4  # each stock-out once

@@ -12,9 +12,6 @@ the map read again with every node seen (``Nodes``). Now a check no node answere
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import redis
 
@@ -22,18 +19,13 @@ from atp_client import AtpClient
 from atp_service import AtpService
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.storage.test_cluster_lone_primary import cluster
 from tests.conftest import test_config as make_config
 from tests.waiting import until
 
+__all__ = ["cluster"]  # the fixture, used by name
+
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    """A new cluster of its own (its topology changes) that declares no node failed on its own."""
-    with EmbeddedCluster(tmp_path / "cluster", primaries=1, replicas=1, node_timeout_ms=600_000,
-                         sync_delay_s=0) as formed:
-        yield formed
 
 
 def _info(port: int) -> dict[str, object]:

@@ -20,13 +20,9 @@ from tests.conftest import test_config as make_config
 from tests.waiting import until
 
 
-async def test_a_fact_quarantined_for_want_of_room_is_not_applied_when_its_group_made_again_delivers_it_again(
-        redis_url: str) -> None:
-    """Defect: ``e2`` was quarantined (the shard at its bound), written to the quarantine stream and acknowledged;
-    restarted with room, the service had read nothing when the group was deleted, made it again from the start,
-    and applied ``e2`` (on_hand 10) — the quarantine stream holding it as not applied. Its decision now stands: the
-    entry, delivered again, is acknowledged as quarantined already; a resend of it from the stream is applied."""
-    r: Any = redis.Redis.from_url(redis_url)
+async def e2_quarantined_for_want_of_room(r: Any, redis_url: str) -> None:
+    """A service at its bound (one remembered fact a shard) applies ``e1`` (4) and quarantines ``e2`` (on the
+    quarantine stream, its entry acknowledged), then stops."""
     service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=1)), redis_url)
     try:
         await service.start()
@@ -36,6 +32,16 @@ async def test_a_fact_quarantined_for_want_of_room_is_not_applied_when_its_group
         assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
     finally:
         await service.stop()
+
+
+async def test_a_fact_quarantined_for_want_of_room_is_not_applied_when_its_group_made_again_delivers_it_again(
+        redis_url: str) -> None:
+    """Defect: ``e2`` was quarantined (the shard at its bound), written to the quarantine stream and acknowledged;
+    restarted with room, the service had read nothing when the group was deleted, made it again from the start,
+    and applied ``e2`` (on_hand 10) — the quarantine stream holding it as not applied. Its decision now stands: the
+    entry, delivered again, is acknowledged as quarantined already; a resend of it from the stream is applied."""
+    r: Any = redis.Redis.from_url(redis_url)
+    await e2_quarantined_for_want_of_room(r, redis_url)
     service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=10)), redis_url)
     try:
         await service.start()

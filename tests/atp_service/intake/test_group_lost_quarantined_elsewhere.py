@@ -21,6 +21,7 @@ from atp_service.intake.unread import made_again_key
 from atp_service.storage.clients import connect_any
 from reservation import Limits
 from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.intake.test_group_lost_quarantined import e2_quarantined_for_want_of_room
 from tests.atp_service.intake.test_quarantine_acknowledged import STREAM, T, _on_hand
 from tests.conftest import test_config as make_config
 
@@ -32,15 +33,7 @@ async def with_room(redis_url: str) -> AsyncIterator[AtpService]:
     """``e2`` quarantined for want of room (on the quarantine stream, its entry acknowledged), ``e1`` (4) applied;
     then the service restarted with room, reading no stream itself: the readers are the test's."""
     r: Any = redis.Redis.from_url(redis_url)
-    service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=1)), redis_url)
-    try:
-        await service.start()
-        r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields())  # remembered: the shard is at its bound
-        r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # past the bound: quarantined
-        await wait_consumed(redis_url, [STREAM])
-        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
-    finally:
-        await service.stop()
+    await e2_quarantined_for_want_of_room(r, redis_url)
     service = AtpService(make_config(shards=1, input_streams=(), limits=Limits(max_dedupe_entries_per_shard=10)),
                          redis_url)
     try:

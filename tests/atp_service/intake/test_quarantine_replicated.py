@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,31 +21,12 @@ from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.storage.test_replicated_writes import primary_and_replica
 from tests.conftest import test_config as make_config
 
+__all__ = ["primary_and_replica"]  # the fixture, used by name
+
 DAY_MS = 24 * 3600 * 1000
-
-
-@pytest.fixture
-def primary_and_replica(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis]]:
-    primary = EmbeddedRedis(tmp_path / "primary").start()
-    replica = EmbeddedRedis(tmp_path / "replica", extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
-    replica.start()
-    try:
-        _until_in_sync(replica)
-        yield primary, replica
-    finally:
-        replica.stop()
-        primary.stop()
-
-
-def _until_in_sync(replica: EmbeddedRedis) -> None:
-    with redis.Redis(host="127.0.0.1", port=replica.port) as client:
-        for _ in range(200):
-            if client.info("replication").get("master_link_status") == "up":
-                return
-            time.sleep(0.05)
-    raise AssertionError("the replica did not follow its primary")
 
 
 async def test_a_late_fact_is_answered_quarantined_only_once_a_replica_holds_its_quarantine_entry(
