@@ -25,7 +25,10 @@ Invariants: every acknowledgement finds its entry's fact durable — applied in 
 entry written — or its dead letter written (``_acked``); no fact identity applied twice, on_hand the E1 fold of the
 log (``checks.facts_fold_as_the_reference``) and, for positions nothing was quarantined or trimmed at, the E1 fold of
 every fact produced there whatever the arrival order (E3); memory equals a replay (E10); owed writes at most the
-entries read; at the end, Redis answering, what ``inputchecks`` says of every entry (E6, E8) — an entry a group made
+entries read; an entry whose quarantine write failed (refused, or its answer lost: owed) never decided again while the
+process that wrote it lives — neither applied nor quarantined again in its shard log (``inputowed``: the other process
+lives on through the owner's restart that restores room) —, and at the end its fact in the quarantine stream, the entry
+acknowledged; at the end, Redis answering, what ``inputchecks`` says of every entry (E6, E8) — an entry a group made
 again delivers again to any reader, its fact quarantined before, not decided again — and no made-again mark kept.
 
 Not modelled: batches in flight at once but those of the driver's calls (at most two, ``inputreaders.Loop``), facts
@@ -51,7 +54,8 @@ from tests.sim.driver import DEFAULT_STEPS
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
 from tests.sim.inputchecks import decided_once, fold_of_produced, letters, marks_forgotten, named, named_fields
 from tests.sim.inputfacts import STREAMS, Producer
-from tests.sim.inputreaders import CLAIM_IDLE_MS, OWNER, OtherProcess, loop_of, sim_time, turn
+from tests.sim.inputowed import OwedWatch
+from tests.sim.inputreaders import CLAIM_IDLE_MS, OTHER, OWNER, OtherProcess, loop_of, sim_time, turn
 from tests.sim.inputstreams import RedisFaults, SimStreams
 from tests.sim.invariants import ServiceErrors
 from tests.sim.replay import replay_equals_live
@@ -79,6 +83,8 @@ class InputsDriver:
         self._room(ROOM)
         self.faults = RedisFaults(random.Random(f"redis {seed}"))
         self.redis = SimStreams(self.faults, self._acked, self.world.clock.now_ms)
+        self.owed = OwedWatch(self)
+        self.redis.on_failed_write = lambda keys, args: self.owed.failed(self.redis, keys, args)
         self.world.log.client = self.redis  # the desk's quarantine writes and the reader's reads: one Redis
         self.world.log.faults = self.rng
         self.producer = Producer(self.rng, self.world, self.redis)
@@ -141,6 +147,7 @@ class InputsDriver:
         self.producer.produce(step, self.trace)
         if step == self.restore_at:
             self._room(ROOMY)
+            self.owed.forget(OWNER)
             self.other.owner_down = True
             await world.restart_after_failure(rng)  # the bound raised, the service restarted
             self.other.owner_down = False
@@ -176,6 +183,7 @@ class InputsDriver:
             await world.crash_and_recover(rng)
             self.other.owner_down = False
             self.reader = None  # the process's: gone with it
+            self.owed.forget(OWNER)
             await self._new_reader()
             self.trace.append(f"{step}: {ended}, recovered")
         await world.quiesce()
@@ -199,6 +207,7 @@ class InputsDriver:
             self.tally.input_other_stops += 1
             self.trace.append(f"{step}: the other process stopped (SIGSTOP) until step {other.stopped_until}")
         elif rng.random() < OTHER_RESTART_P:
+            self.owed.forget(OTHER)
             await (await other.new_reader())._create_groups()
             self.trace.append(f"{step}: the other process restarted")
         reader, n = other.reader, rng.randint(1, 4)
@@ -254,6 +263,7 @@ class InputsDriver:
         self.tally.input_owed += owed > 0
         if owed > len(self.producer.facts):
             raise Violation(f"owed quarantine writes ({owed}) past the entries read ({len(self.producer.facts)})")
+        self.owed.applied(self)  # an entry owed: never read again before its write (E8)
         ledgers = [actor.ledger for actor in world.eng.actors]
         facts_fold_as_the_reference(world, ledgers)  # E1-E3 by the log, no identity applied twice (E8)
         replay_equals_live(world, world.replayed(range(world.config.shards)))
@@ -284,6 +294,8 @@ class InputsDriver:
                             f"({pending} pending, {len(self.world.fact_desk.quarantine.owed)} owed)")
         self.check()
         decided_once(self)
+        self.owed.written(self)
+        self.tally.input_owed_watched += self.owed.seen
         assert self.reader is not None and not await self.reader._read(None, block=None)  # nothing new: marks go
         marks_forgotten(self)
         self.tally.input_claimed += self.redis.claimed

@@ -90,6 +90,7 @@ def autoclaim(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
             continue
         if holder[0] != consumer:
             redis.claimed += 1
+            redis.taken[(stream, entry_id)] = redis.taken.get((stream, entry_id), 0) + 1
         mine.pending[entry_id] = [consumer, holder[1] + 1, now]
         claimed.append([entry_id, list(flat)])
         redis.note_again(stream, held, entry_id)

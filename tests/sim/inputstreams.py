@@ -121,6 +121,9 @@ class SimStreams:
         made the group again (None: not yet)."""
         self.acked: dict[tuple[str, bytes], int] = {}  # input entry -> acknowledgements that took it
         self.acked_unheld: set[tuple[str, bytes]] = set()  # entries an XACK named while pending nowhere
+        self.taken: dict[tuple[str, bytes], int] = {}  # per entry, the claims that took it from another consumer
+        self.on_failed_write: Callable[[list[str], list[Any]], None] = lambda keys, args: None
+        """Told each quarantine script call refused or its answer lost (``inputowed.OwedWatch``)."""
 
     # -- the producer's side ----------------------------------------------------------------------
     def xadd(self, stream: str, entry_id: bytes, flat: list[bytes], maxlen: int | None = None) -> None:
@@ -350,6 +353,7 @@ class Pipeline:
 
     def __init__(self, redis: SimStreams) -> None:
         self._redis, self._queued = redis, list[tuple[str, Callable[[], Any]]]()
+        self._scripts: list[tuple[list[str], list[Any]]] = []
 
     async def __aenter__(self) -> Pipeline:
         return self
@@ -361,6 +365,7 @@ class Pipeline:
         assert script == quarantine._ONCE
         keys, args = [_text(k) for k in rest[:numkeys]], list(rest[numkeys:])
         self._queued.append(("quarantine", lambda: self._redis.quarantine_script(keys, args)))
+        self._scripts.append((keys, args))
 
     def xack(self, stream: str, group: str, *ids: bytes) -> None:
         self._queued.append(("ack", lambda: self._redis.xack(stream, group, *ids)))
@@ -379,6 +384,8 @@ class Pipeline:
             except ResponseError as exc:  # each command runs; redis-py raises the first error after
                 replies.append(exc)
         if kind != "ok":
+            for keys, args in self._scripts:
+                self._redis.on_failed_write(keys, args)
             raise _fail(kind)
         if refused := next((r for r in replies if isinstance(r, ResponseError)), None):
             raise refused

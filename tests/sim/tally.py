@@ -83,6 +83,7 @@ class Tally:
     input_quarantined: int = 0  # ... of those with no other entry of their fact, quarantined
     input_faults: int = 0  # Redis reads, pipelines and quarantine scripts refused or their answers lost
     input_owed: int = 0  # steps ending with quarantine writes owed
+    input_owed_watched: int = 0  # entries whose quarantine write failed, watched while their writer lived
     input_redelivered: int = 0  # entries delivered again from the reader's own pending list
     input_reader_restarts: int = 0  # the reader stopped and started again (the process running on)
     input_other_stops: int = 0  # the other process (a second consumer of the group) stopped (SIGSTOP) a while
@@ -136,7 +137,8 @@ class Tally:
                    f"{self.old_late} late; {self.graces_grown} graces grown, {self.forgotten_inside} shards started "
                    f"with what they forgot inside the window" if self.forgets + self.seals + self.freed else "")
                 + (f"; input streams: {self.input_entries} entries ({self.input_quarantined} quarantined), "
-                   f"{self.input_faults} Redis calls failed, {self.input_owed} steps with writes owed, "
+                   f"{self.input_faults} Redis calls failed, {self.input_owed} steps with writes owed "
+                   f"({self.input_owed_watched} entries whose write failed watched), "
                    f"{self.input_redelivered} entries delivered again, {self.input_reader_restarts} reader restarts, "
                    f"{self.input_other_stops} stops of the other process, {self.input_claimed} entries claimed from "
                    f"the other consumer, {self.input_sent} sends to the owner, {self.input_dead_lettered} entries "

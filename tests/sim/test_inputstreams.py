@@ -24,7 +24,8 @@ async def test_every_input_entry_is_applied_or_quarantined_once_acknowledged_onl
     for seed in range(INPUT_SEEDS):
         await InputsDriver(seed, tally).run(60)
     assert tally.input_entries and tally.input_quarantined and tally.input_faults, tally
-    assert tally.input_owed and tally.input_redelivered and tally.input_reader_restarts, tally
+    assert tally.input_owed and tally.input_owed_watched, tally
+    assert tally.input_redelivered and tally.input_reader_restarts, tally
     assert tally.input_other_stops and tally.input_claimed and tally.input_sent, tally
     assert tally.input_dead_lettered and tally.input_trimmed_unread and tally.input_trimmed_pending, tally
     assert tally.input_groups_deleted, tally

@@ -1,0 +1,105 @@
+"""``--input-streams``: the entries whose quarantine write was refused or its answer lost, while the process that wrote
+them lives.
+
+Such a write is owed (``QuarantineStream.owed``): the process writes it again, with its entry's acknowledgement, before
+it reads its pending entries again (``write_owed``, ``not_owed``). Read again first, the entry's fact would be decided
+again: quarantined again in its shard log, or applied had room come back meanwhile (the other process lives on through
+the owner's restart that raises the shards' bound), while the stream may hold it already (E8: decided once). A restart
+forgets what it owed, by design: the entries a process owed are watched while it lives. One another consumer claimed
+since (that one decides it), one whose group was deleted since (``XGROUP DESTROY``: the write finds it pending nowhere)
+and one whose fact has another entry (that one decides it too) are left out. Watched: the fact of such an entry is
+neither applied nor quarantined again while its writer lives (``applied``), and at the end, Redis answering, it is in
+the quarantine stream and the entry acknowledged (``written``), the stream holding it once (``inputchecks``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from atp_service.intake.quarantine import _PER_FACT
+from reservation import decode_entry
+from reservation._events import FactQuarantined
+from tests.sim.checks import Violation
+from tests.sim.inputchecks import named, named_fields
+
+if TYPE_CHECKING:
+    from tests.sim.inputdriver import InputsDriver
+    from tests.sim.inputstreams import SimStreams
+
+Entry = tuple[str, bytes]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class OwedWatch:
+    def __init__(self, driver: InputsDriver) -> None:
+        self.driver = driver
+        self.lost: dict[Entry, tuple[str, int, int, int]] = {}
+        """Entry -> (the consumer whose write failed, claims and group deletions Redis had taken by then, the
+        quarantines of its fact the log held by then)."""
+        self.seen = 0  # entries watched in a seed (for the tally)
+        self._quarantines: Counter[tuple[str, str, str, str, int]] = Counter()  # FactQuarantined in the log, a fact
+        self._read: dict[int, int] = {}  # per shard, the history entries counted
+
+    def quarantines(self, entry: Entry) -> int:
+        """The quarantines of ``entry``'s fact its shard log holds (landed)."""
+        for shard, entries in self.driver.world.log.history.items():
+            for _, data in entries[self._read.get(shard, 0):]:
+                self._quarantines.update(named(e.fact) for e in decode_entry(data).events
+                                         if isinstance(e, FactQuarantined))
+            self._read[shard] = len(entries)
+        return self._quarantines[named(self.driver.producer.facts[entry])]
+
+    def failed(self, redis: SimStreams, keys: list[str], args: list[Any]) -> None:
+        """A quarantine script call (``quarantine._ONCE``) refused or its answer lost: its facts' entries owed."""
+        consumer = _text(args[2])
+        for at in range(3, len(args), _PER_FACT):
+            if (index := int(args[at + 1])) > 0:
+                entry = keys[index - 1], _text(args[at + 2]).encode()
+                self.lost[entry] = consumer, redis.taken.get(entry, 0), len(redis.groups_lost), self.quarantines(entry)
+                self.seen += 1
+
+    def forget(self, consumer: str) -> None:
+        """``consumer``'s process restarted: what it owed forgotten (by design)."""
+        self.lost = {entry: held for entry, held in self.lost.items() if held[0] != consumer}
+
+    def _still_owed(self, driver: InputsDriver) -> list[tuple[Entry, str, int]]:
+        """The watched entries still their writer's, whose fact has no other entry (a duplicate's entry decides it)."""
+        redis, facts = driver.redis, driver.producer.facts
+        entries_of: dict[tuple[str, str, str, str], int] = {}
+        for fact in facts.values():
+            entries_of[named(fact)[:4]] = entries_of.get(named(fact)[:4], 0) + 1
+        out = []
+        for entry, (consumer, claims, deletions, quarantines) in self.lost.items():
+            if redis.taken.get(entry, 0) > claims or entries_of[named(facts[entry])[:4]] > 1:
+                continue
+            if any(stream == entry[0] for stream, _, _ in redis.groups_lost[deletions:]):
+                continue
+            out.append((entry, consumer, quarantines))
+        return out
+
+    def applied(self, driver: InputsDriver) -> None:
+        """No watched entry's fact decided again while its writer lives: never applied, quarantined no more often."""
+        driver._index()
+        for (stream, entry_id), consumer, quarantines in self._still_owed(driver):
+            fact = driver.producer.facts[(stream, entry_id)]
+            if named(fact) in driver._applied or self.quarantines((stream, entry_id)) > quarantines:
+                raise Violation(f"E8: entry {stream} {entry_id.decode()} ({fact.source}/{fact.event_id}), its "
+                                f"quarantine write by {consumer} failed (owed), decided again while that process "
+                                f"lives: {'applied' if named(fact) in driver._applied else 'quarantined again'}")
+
+    def written(self, driver: InputsDriver) -> None:
+        """Redis answering, nothing pending: every watched entry's fact in the quarantine stream, the entry acked."""
+        self.applied(driver)
+        redis = driver.redis
+        held = {named_fields(fields) for _, fields, _ in redis.quarantined}
+        done = set(redis.acked) | redis.acked_unheld
+        for (stream, entry_id), consumer, _ in self._still_owed(driver):
+            fact = driver.producer.facts[(stream, entry_id)]
+            if named(fact) not in held or (stream, entry_id) not in done:
+                raise Violation(f"E6/E8: entry {stream} {entry_id.decode()} ({fact.source}/{fact.event_id}), its "
+                                f"quarantine write by {consumer} failed (owed), "
+                                f"{'not acknowledged' if named(fact) in held else 'not in the quarantine stream'}")
