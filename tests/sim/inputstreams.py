@@ -38,6 +38,7 @@ from atp_service.intake import claims, dead_letters, quarantine, unread
 from atp_service.intake.entries import id_key
 from atp_service.storage.nodes import Call
 from tests.sim import inputscripts
+from tests.sim.sidestreams import run_pipelined
 
 MAKER: contextvars.ContextVar[tuple[str, int]] = contextvars.ContextVar("maker", default=("?", 0))
 """The reader that runs the calls (set by the driver): its consumer and ``id``; which one made a group again."""
@@ -191,11 +192,7 @@ class SimStreams:
 
     async def run(self, calls: list[Call]) -> list[Any]:
         """``Nodes.run`` of the quarantine script's calls (``FactDesk``'s writes): a pipeline of them."""
-        pipe = self.pipeline()
-        for call in calls:
-            pipe.eval(call.script.body, len(call.keys), *call.keys, *call.args)
-        replies: list[Any] = await pipe.execute()
-        return replies
+        return await run_pipelined(self.pipeline(), calls)
 
     # -- Redis's side ---------------------------------------------------------------------------------
     def _create(self, stream: str, group: str, start: bytes) -> bool:

@@ -9,6 +9,15 @@ from atp_service.intake.quarantine import _FIELDS, _PER_FACT
 from atp_service.storage.nodes import Call
 
 
+async def run_pipelined(pipe: Any, calls: list[Call]) -> list[Any]:
+    """``Nodes.run`` of ``calls`` on a fake Redis's ``pipe``: each script call ``eval``'d, all sent at once
+    (this fake's and ``inputstreams.SimStreams``')."""
+    for call in calls:
+        pipe.eval(call.script.body, len(call.keys), *call.keys, *call.args)
+    replies: list[Any] = await pipe.execute()
+    return replies
+
+
 class SideStreams:
     """What FactDesk writes besides the log (the quarantine stream): a pipeline that records XADDs,
     and the quarantine script's (``intake/quarantine.py``) entries, each fact's once by its marker."""
@@ -22,11 +31,7 @@ class SideStreams:
 
     async def run(self, calls: list[Call]) -> list[Any]:
         """``Nodes.run`` of the quarantine script's calls (``FactDesk``'s writes): a pipeline of them."""
-        pipe = self.pipeline()
-        for call in calls:
-            pipe.eval(call.script.body, len(call.keys), *call.keys, *call.args)
-        replies: list[Any] = await pipe.execute()
-        return replies
+        return await run_pipelined(self.pipeline(), calls)
 
     async def time(self) -> tuple[int, int]:
         """Redis's TIME, for the clock offset gauge (not checked here): the epoch."""
