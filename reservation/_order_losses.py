@@ -17,6 +17,11 @@ the parts that remain say of the order, pure. The engine acts on it (``atp_servi
   or, past its TTL, given up whole, its confirmed parts released too: the paid order's committed units offered again
   while its caller ships them. It is decided again from its parts instead (``decide``, ``decided_again``): CONFIRMED,
   its lines as its parts decided them, its confirmation recorded again (``RESTORED``) and carried through.
+- A part missing from a CONFIRMED order (``lost_committed``): its units were committed for an order its caller was
+  told CONFIRMED (Q3), and are committed nowhere — sold again while the caller ships them, and a Fulfil of the order
+  moved nothing out of ``on_hand`` there (R4). The part is made again as the order's record holds it, its units not
+  released committed again at its group whether or not they still fit (``part_again``, ``commit_again``): where they
+  no longer do, the position shows oversold (Q5: counted, never hidden), as the service acknowledged it (R7).
 - A part of other content than its order asks (``own_part``): the order's record Redis lost at its home, its id
   reserved again with other content (R5: refused, the order given up). The part is that first order's: a confirmed
   one proves nothing of this order (``decided_by_parts``), and is not given up with it (``give_up_part``, Q3).
@@ -34,7 +39,7 @@ from ._errors import DomainError
 from ._limits import Limits
 from ._model import OrderStep, PendingOp, Reservation, ReserveCommand, State
 from ._operations import View
-from ._orders import PART_MARK, Place
+from ._orders import PART_MARK, PART_TTL_MS, Place
 
 RESTORED = PendingOp(OrderStep.CONFIRM, (), PART_MARK + "restored")
 """An order's confirmation recorded again from its confirmed parts (``confirmed_again``): the operation id a control
@@ -74,6 +79,40 @@ def released_unrecorded(order: Reservation, found: Mapping[int, Reservation], pl
             and recorded.get(group, 0) > 0 and set(part.ops) <= set(order.ops)]
 
 
+def lost_committed(order: Reservation, found: Mapping[int, Reservation], now: int, limits: Limits,
+                   place: Place) -> list[int]:
+    """The groups whose part of the CONFIRMED ``order`` (nothing pending) Redis lost whole (``lost_parts``, missing
+    from ``found``): its units there were committed for a confirmed order (Q3) and are committed nowhere now."""
+    if order.state != State.CONFIRMED or order.pending is not None:
+        return []
+    return [group for group in lost_parts(order, found, now, limits, place) if group not in found]
+
+
+def part_again(order: Reservation, group: int, place: Place, now: int) -> Reservation:
+    """The CONFIRMED ``order``'s part at ``group`` (``lost_committed``) as the order's record holds it: its lines as
+    the part decided them, each one's units granted and not released committed (Q3), CONFIRMED, never expiring; the
+    order's operations known to it, so that a share of one of them sent again is a replay (R5)."""
+    lines = tuple(msgspec.structs.replace(line, held=0, committed=max(0, line.granted - line.released), fulfilled=0)
+                  for line in order.lines if place(line.sku) == group)
+    known = {op: key for op, key in order.ops.items() if not op.startswith(PART_MARK)}
+    return Reservation(orders.part_id(order.reservation_id, group), order.order_ref, order.channel, PART_TTL_MS,
+                       order.allow_partial, State.CONFIRMED, lines, order.created_at, 0, now, ops=known,
+                       ttl_default=order.ttl_default)
+
+
+def commit_again(view_: View, part: Reservation) -> Reservation:
+    """On the part's shard: ``part`` (``part_again``) saved and its units committed again (Q3) — where they no longer
+    fit, the position is oversold, shown (Q5). A part of that id already there is answered as it stands (a replay)."""
+    found = view_.reservation(part.reservation_id)
+    if found is not None:
+        return found
+    for line in part.lines:
+        if line.committed:
+            view_.move_hold(line.sku, line.location, 0, line.committed)
+    view_.save(part)
+    return part
+
+
 def was_confirmed(part: Reservation) -> bool:
     """Whether ``part`` was confirmed (CONFIRMED, or FULFILLED: only committed units are fulfilled, R4): only the
     share of a CONFIRM its order's home recorded pending first confirms a part (R3)."""
@@ -95,7 +134,7 @@ def confirmed_again(order: Reservation, now: int) -> Reservation:
 def restored(order: Reservation) -> bool:
     """Whether ``order``'s pending change is its confirmation recorded again (``confirmed_again``): carried through
     whatever part Redis lost (``lost_parts``), never given up — its caller was most likely told CONFIRMED and its
-    confirmed parts' units are committed (Q3). The units a lost part held are committed nowhere (a known gap)."""
+    confirmed parts' units are committed (Q3). A lost part's units are committed again (``lost_committed``)."""
     return order.pending == RESTORED
 
 

@@ -9,6 +9,9 @@ it, as the parts that remain tell it (``reservation._order_losses``), and what i
   Redis lost there: its confirmation is recorded again and carried through (``order_confirmation_restored``),
   never expired — nor given up for a part Redis lost (``order_part_lost`` says so): its committed units stay
   committed (Q3). Expired or given up, they were offered again while its caller, told CONFIRMED, ships them.
+- A CONFIRMED order missing a part (its confirmation restored or not): the part is made again at its group, its units
+  committed again (``commit_lost``, ``order_part_committed_again``) — committed nowhere, they were sold again while
+  its caller ships them, and a Fulfil moved nothing out of ``on_hand`` there (Q3, R4).
 - An order recorded undecided (its Reserve pending) with a part confirmed is one whose decision and confirmation its
   home recorded (R3) and Redis lost there: it is decided again from its parts, CONFIRMED, and carried through
   (``order_decision_restored``) — never refused (its held parts released), nor given up undecided past its TTL (its
@@ -19,15 +22,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
+from atp_service.engine.parts import CommitPart, run_parts
 from reservation import Limits, Reservation
 from reservation import _order_losses as losses
+
+if TYPE_CHECKING:
+    from atp_service.engine.router import Engine
 
 log = logging.getLogger(__name__)
 
 GIVEN_UP = "its hold there is gone: the order is given up whole"
 KEPT = ("its confirmation, lost at its home, was restored from a part confirmed (R3): carried through, never given "
-        "up; the units the lost parts held are committed nowhere (a known gap)")
+        "up; the lost parts made again, their units committed (order_part_committed_again)")
 
 
 def torn(order: Reservation, parts: Mapping[int, Reservation], now: int, limits: Limits,
@@ -40,6 +48,19 @@ def torn(order: Reservation, parts: Mapping[int, Reservation], now: int, limits:
     kept = losses.restored(order)  # a confirmed order's (R3): its committed units stay committed (Q3)
     log_lost(order.reservation_id, lost, KEPT if kept else GIVEN_UP)
     return [] if kept else lost
+
+
+async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now: int) -> dict[int, Reservation]:
+    """The CONFIRMED ``order``'s parts Redis lost at ``groups`` (``_order_losses.lost_committed``) made again, their
+    units committed again at each (Q3: a confirmed order's; R4: a Fulfil moves them out of on_hand), said; the parts
+    as they stand. Units no longer there leave the position oversold (Q5: ``atp_oversold_units``), never hidden."""
+    log.error("confirmed order %r is missing its parts in shard groups %s (Redis lost acknowledged entries there: "
+              "restarted from older data); they are made again, their units not released committed again there "
+              "(where no longer available, the position shows oversold)", order.reservation_id, groups,
+              extra={"event": "order_part_committed_again", "reservation_id": order.reservation_id,
+                     "shard": groups[0]})
+    made = {group: CommitPart(losses.part_again(order, group, engine.place, now)) for group in groups}
+    return await run_parts(engine, dict(made))
 
 
 def log_lost(order_id: str, groups: list[int], what: str) -> None:

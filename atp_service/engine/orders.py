@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, Waits, next_to_drive, order_opened
 from atp_service.engine.confirmed import ConfirmedChecks, checked
-from atp_service.engine.losses import log_confirmed_again, log_decided_again, torn
+from atp_service.engine.losses import commit_lost, log_confirmed_again, log_decided_again, torn
 from atp_service.engine.parts import (
     ApplyShare,
     GiveUpPart,
@@ -252,26 +252,26 @@ class Orders:
         return orders.view(order, parts)
 
     async def _read(self, order_id: str, home: int) -> Reservation:
-        order, parts = await self._settled(order_id, home)
-        return orders.view(order, parts)
+        return orders.view(*await self._settled(order_id, home))
 
     async def _settled(self, order_id: str, home: int) -> tuple[Reservation, dict[int, Reservation]]:
         """The order with its pending change carried through (``_settle``), and its parts; its record resolved where
         every part is, by SHIPMENT facts (R5), by whichever path drives it on (else CONFIRMED and live for good)."""
-        order = await self._settle(order_id, home)
+        order, place = await self._settle(order_id, home), self._engine.place
         parts = await self._parts(order)
         if losses.confirmed_by_parts(order, parts):  # R3, Q3: its home lost its confirmation (R7): never expired
             log_confirmed_again(order_id, home)
             await self._save(home, losses.confirmed_again(order, self._engine.now_at(home)), over=order)
             return await self._settled(order_id, home)  # carried through to every part (``_settle``)
+        if lost := losses.lost_committed(order, parts, now := self._engine.now_at(home), self._engine.limits, place):
+            parts |= await commit_lost(self._engine, order, lost, now)  # Q3, R4: its units committed again
         shown = orders.view(order, parts)
         if order.state in (State.HELD, State.CONFIRMED) and shown.state in (State.FULFILLED, State.RELEASED):
             # A held order's parts are resolved by no SHIPMENT fact: nothing outstanding there means Redis
             # lost them; given up whole (EXPIRED, logged) as a Confirm does it, not recorded RELEASED (R3).
             if order.state == State.HELD and await self._give_up_if_torn(order, home, parts):
                 return await self._settled(order_id, home)
-            resolved = orders.resolved(order, shown, self._engine.now_at(home))
-            await self._save(home, resolved, over=order)
+            await self._save(home, resolved := orders.resolved(order, shown, self._engine.now_at(home)), over=order)
             order = resolved
         return order, parts
 

@@ -77,6 +77,12 @@ class GiveUpPart(msgspec.Struct, tag="give-up", array_like=True, frozen=True, fo
     cmd: ReserveCommand
 
 
+class CommitPart(msgspec.Struct, tag="commit", array_like=True, frozen=True, forbid_unknown_fields=True):
+    """Make again a confirmed order's part Redis lost, its units committed (``_order_losses.commit_again``)."""
+
+    part: Reservation
+
+
 class ResolveOrder(msgspec.Struct, tag="resolve", array_like=True, frozen=True, forbid_unknown_fields=True):
     """At whichever process holds the order: resolve its record if every part is resolved (a
     shipment fulfilled a part at another process)."""
@@ -91,7 +97,7 @@ class SettleOrder(msgspec.Struct, tag="settle", array_like=True, frozen=True, fo
     order: str
 
 
-PartStep = ReservePart | ApplyShare | ReadPart | GiveUpPart | ResolveOrder | SettleOrder
+PartStep = ReservePart | ApplyShare | ReadPart | GiveUpPart | CommitPart | ResolveOrder | SettleOrder
 
 
 class StepRequest(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -131,6 +137,8 @@ def work_of(engine: Engine, step: PartStep) -> Work:
         return lambda ledger, now: orders.apply_share(ledger, step.part, step.share, now, limits)
     if isinstance(step, GiveUpPart):
         return lambda ledger, now: losses.give_up_part(ledger, step.cmd, now, limits)  # another order's kept
+    if isinstance(step, CommitPart):
+        return lambda ledger, _now: losses.commit_again(ledger, step.part)
     assert isinstance(step, ReadPart), step
     return lambda ledger, _now: _read(ledger, step.part)
 
@@ -297,8 +305,8 @@ def step_said(request: bytes) -> dict[str, Any]:
     except msgspec.MsgspecError:  # never one this process encoded: a log line must not fail on it
         return {"step": "unreadable", "group": -1, "reservation_id": ""}
     step, tag = asked.step, type(asked.step).__struct_config__.tag
-    if isinstance(step, ReservePart | GiveUpPart):
-        rid = step.cmd.reservation_id
+    if isinstance(step, ReservePart | GiveUpPart | CommitPart):
+        rid = step.cmd.reservation_id if isinstance(step, ReservePart | GiveUpPart) else step.part.reservation_id
     else:
         rid = step.order if isinstance(step, ResolveOrder | SettleOrder) else step.part
     kind = f"{tag} {OrderStep(step.share.kind).name}" if isinstance(step, ApplyShare) else tag

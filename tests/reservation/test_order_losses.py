@@ -12,7 +12,7 @@ from reservation import LineRequest, OrderStep, Outcome, PendingOp, Reservation,
 from reservation import _order_losses as losses
 from reservation import _orders as orders
 from tests.reservation.helpers import LIMITS, cmd
-from tests.reservation.test_orders import NOW, Estate, place, reserved_order
+from tests.reservation.test_orders import NOW, Estate, changed, place, reserved_order
 
 ASKED = cmd("o", ("A", "S1", 3), ("B", "S1", 2))
 """3 of A (group 0, the order's home) and 2 of B (group 1)."""
@@ -220,3 +220,31 @@ def test_a_part_released_whole_by_no_change_of_its_held_order_tears_it_R2() -> N
     assert losses.released_unrecorded(held, estate.parts(held), place) == []
     estate.apply(held, {0: PendingOp(OrderStep.RELEASE)})  # every part resolved: resolved as they show it
     assert losses.released_unrecorded(held, estate.parts(held), place) == []
+
+
+def test_a_confirmed_order_s_lost_part_is_made_again_with_what_it_had_committed_once_R7_Q3_R5() -> None:
+    """Redis lost group 1's part of confirmed order "o" (1 of its 2 B released by line first, operation "r1"): the part
+    is made again as the order's record holds it — 1 B committed, what was released not — once however often it is
+    sent (a replay), and a share of "r1" sent again releases nothing more (R5). An order older than half the
+    retention takes a missing part for forgotten: nothing made again."""
+    estate = Estate()
+    order = changed(estate, reserved_order(estate, ASKED), PendingOp(OrderStep.CONFIRM))
+    release = PendingOp(OrderStep.RELEASE, (LineRequest("B", "S1", 1),), "r1")
+    order = changed(estate, orders.view(order, estate.parts(order)), release)
+    assert (estate.committed("A"), estate.committed("B")) == (3, 1)
+    lost = orders.part_id("o", 1)
+    estate.ledgers[1].move_hold("B", "S1", 0, -1)  # group 1 back from before the part: gone, and its units
+    del estate.ledgers[1].reservations[lost]
+    found = {0: estate.ledgers[0].reservation(orders.part_id("o", 0))}
+    assert found[0] is not None and losses.lost_committed(order, found, NOW, LIMITS, place) == [1]
+    assert losses.lost_committed(order, found, NOW + LIMITS.retention_ms // 2, LIMITS, place) == []
+    assert losses.lost_committed(msgspec.structs.replace(order, state=State.HELD), found, NOW, LIMITS, place) == []
+    part = losses.part_again(order, 1, place, NOW)
+    for _ in range(2):
+        made = losses.commit_again(estate.ledgers[1], part)
+        assert made.state == State.CONFIRMED and made.reservation_id == lost
+        assert [(line.sku, line.committed, line.released) for line in made.lines] == [("B", 1, 1)]
+        assert estate.committed("B") == 1
+    estate.apply(order, {1: release})
+    assert estate.committed("B") == 1, "a share sent again released the part's units a second time"
+    assert orders.view(order, estate.parts(order)).state == State.CONFIRMED

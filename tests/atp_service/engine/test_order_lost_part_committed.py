@@ -1,0 +1,73 @@
+"""A confirmed order spanning groups on a Redis Cluster (``engine.orders``, over the simulation's in-process log)
+whose part one group's node lost (restarted from data older than the part) while the order's node kept the order:
+the part's units were committed for an order its caller was told CONFIRMED (Q3). They are committed again at their
+group by whatever drives the order on — a read, a change, housekeeping — so they are not sold again, and a Fulfil
+then moves them out of ``on_hand`` (R4); where they are no longer there the position shows oversold (Q5), never
+hidden (R7: the service holds what it acknowledged)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from reservation import Fact, FactKind, State
+from tests.atp_service.engine.helpers import SKUS, running
+from tests.atp_service.engine.test_order_sagas import Rig, lose_part
+
+
+@pytest.fixture
+async def rig() -> Any:
+    async with running(Rig()) as started:
+        yield started
+
+
+def on_hand(rig: Rig, group: int) -> int:
+    return rig.engine.actors[group].ledger.quantities(SKUS[group], "DC").on_hand
+
+
+async def test_fulfilling_a_confirmed_order_whose_part_redis_lost_moves_its_units_out_of_on_hand_R4(
+        rig: Rig) -> None:
+    """Defect: the order's view took the lost part for one resolved and forgotten (its lines shown fulfilled), so a
+    Fulfil answered FULFILLED and group 1's on_hand stayed 10 — the 3 units shipped offered again (oversold)."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    assert (await rig.run(engine.confirm("o1"))).state == State.CONFIRMED
+    await lose_part(rig, "o1", 1)
+    assert rig.quantities() == [(0, 3), (0, 0)]
+    done = await rig.run(engine.fulfill("o1", (), ""))
+    assert done.state == State.FULFILLED
+    assert (on_hand(rig, 0), on_hand(rig, 1)) == (7, 7), "the lost part's units never left on_hand"
+    assert rig.quantities() == [(0, 0), (0, 0)]
+
+
+async def test_a_confirmed_order_whose_part_redis_lost_has_its_units_committed_again_by_a_read_Q3(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect: nothing committed the lost part's units again: available at group 1 counted them, sold again while
+    the caller ships them. A read commits them again and says so (``order_part_committed_again``)."""
+    caplog.set_level(logging.ERROR, logger="atp_service")
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    await rig.run(engine.confirm("o1"))
+    await lose_part(rig, "o1", 1)
+    got = await rig.run(engine.get_reservation("o1"))
+    assert got.state == State.CONFIRMED and [line.committed for line in got.lines] == [3, 3]
+    assert rig.quantities() == [(0, 3), (0, 3)], "the lost part's committed units"
+    assert rig.part("o1", 1).state == State.CONFIRMED
+    assert "order_part_committed_again" in [getattr(r, "event", None) for r in caplog.records]
+
+
+async def test_a_lost_part_whose_units_were_sold_meanwhile_is_committed_again_oversold_Q5(rig: Rig) -> None:
+    """The units left meanwhile (a sale of 9 at group 1): the part is committed again all the same — its caller was
+    told CONFIRMED and ships it — and the position shows oversold (Q5: counted, never hidden), offered nothing."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    await rig.run(engine.confirm("o1"))
+    await lose_part(rig, "o1", 1)
+    sale = Fact("sale-1", "pos", FactKind.SALE, SKUS[1], "DC", 9, rig.clock.now_ms())
+    await rig.run(engine.actors[1].submit(lambda ledger, _now: ledger.record_fact(sale)))
+    await rig.run(engine.get_reservation("o1"))
+    assert rig.quantities() == [(0, 3), (0, 3)]
+    assert engine.actors[1].ledger.quantities(SKUS[1], "DC").available == 1 - 3
+
