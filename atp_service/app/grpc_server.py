@@ -36,6 +36,14 @@ processes of a keyspace ping their channels to this one (forward.PEER_KEEPALIVE_
 streams (atp_client ``KEEPALIVE_S``). Pings closer are strikes: a third ends the connection (GOAWAY too_many_pings).
 gRPC's key is ``grpc.http2.min_ping_interval_without_data_ms``: the one set before (``min_recv_…``) is no key of
 gRPC's, ignored, the server at gRPC's 5 minutes: a watch pinged every 20 s ended UNAVAILABLE "Too many pings"."""
+KEEPALIVE_MS = 60_000
+"""The server's own pings on a connection with a call open. gRPC's server default is 2 hours: a caller that
+vanished (its host gone, its network cut, the TCP connection left open) while its stream sent nothing (a watch
+of a quiet channel: no write for ``stream_stall_s`` to find stalled) kept the stream's place among
+``max_watchers`` (or ``max_reserve_streams``), and a Redis read a second, for hours. The callers take them: a
+client enforces no ping policy."""
+KEEPALIVE_TIMEOUT_MS = 20_000
+"""How long a server ping waits for its answer before the connection, and every call open on it, is ended."""
 
 
 def new_server(cfg: ServiceConfig, interceptors: list[grpc.aio.ServerInterceptor[Any, Any]]) -> grpc.aio.Server:
@@ -47,6 +55,12 @@ def new_server(cfg: ServiceConfig, interceptors: list[grpc.aio.ServerInterceptor
         ("grpc.server.max_pending_requests", max(1, cfg.max_pending_calls // 2)),
         ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),  # grpcio 1.85 times a ping out by this one (1 min)
+        ("grpc.keepalive_permit_without_calls", 0),
+        # gRPC's default (2) stops pinging once two pings went with no data sent: a quiet watch sends none.
+        ("grpc.http2.max_pings_without_data", 0),
         # Bounded: a call's request bytes gRPC takes before the service reads them (ServiceConfig.stream_window_bytes).
         # gRPC's BDP probing would grow every stream's window to 4 MiB and more: a ReserveStream's caller writing
         # past the batches being decided had them all held unread here, each of max_reserve_streams streams.
