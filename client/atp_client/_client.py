@@ -179,7 +179,10 @@ def _metadata_interceptors(pairs: list[tuple[str, str]]) -> list[Any]:
 
 
 def tls_credentials(ca: bytes | None, cert: bytes | None = None, key: bytes | None = None) -> grpc.ChannelCredentials:
-    """TLS to the service: ``ca`` verifies it (None: the system roots); ``cert``/``key`` for mutual TLS."""
+    """TLS to the service: ``ca`` verifies it (None: the system roots); ``cert``/``key`` for mutual TLS, both
+    or neither (``ValueError``): gRPC takes one alone here and aborts the process at the first channel built."""
+    if (cert is None) != (key is None):
+        raise ValueError("tls_credentials: mutual TLS needs the client certificate and its key: give both or neither")
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 

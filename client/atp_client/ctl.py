@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0: none; default 4)")
     p.add_argument("--token", default=os.environ.get("ATP_TOKEN"), help="bearer token (env ATP_TOKEN)")
     p.add_argument("--tls-ca", type=arg.readable, help="CA certificate (PEM) to verify the service: use TLS")
-    p.add_argument("--tls-cert", type=arg.readable, help="client certificate (PEM) for mutual TLS")
-    p.add_argument("--tls-key", type=arg.readable, help="client key (PEM) for mutual TLS")
+    p.add_argument("--tls-cert", type=arg.readable, help="client certificate (PEM) for mutual TLS, with --tls-key")
+    p.add_argument("--tls-key", type=arg.readable, help="client key (PEM) for mutual TLS, with --tls-cert")
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("availability", help="quantities of positions")
     a.add_argument("keys", nargs="+", type=arg.key, metavar="SKU@LOCATION")
@@ -355,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "watch" and args.snapshot and args.since:  # AtpClient.watch refuses it: said as argparse would
         parser.error("argument --since: not with --snapshot, which prints every published value and then the "
                      "changes after them: one or the other")
+    if (args.tls_cert is None) != (args.tls_key is None):  # gRPC aborts on one alone; a key alone went plaintext
+        given, missing = ("--tls-cert", "--tls-key") if args.tls_key is None else ("--tls-key", "--tls-cert")
+        parser.error(f"argument {given}: mutual TLS needs {missing} too: give both or neither")
     args.json = as_json
     try:
         return _main(args)

@@ -228,3 +228,29 @@ async def test_watch_prints_the_snapshot_up_to_its_count_and_names_a_bad_channel
     assert unknown.returncode == 4 and "NOT_FOUND CHANNEL_NOT_FOUND" in unknown.stderr, unknown.stderr
     empty = await asyncio.to_thread(ctl, target, "watch", "")
     assert empty.returncode == 3 and "INVALID_FIELD: channel: must not be empty" in empty.stderr, empty.stderr
+
+
+@pytest.mark.parametrize(("given", "missing"), [("--tls-cert", "--tls-key"), ("--tls-key", "--tls-cert")])
+def test_a_client_certificate_without_its_key_or_a_key_without_its_certificate_is_a_usage_error(
+        given: str, missing: str, tmp_path: Path) -> None:
+    """Mutual TLS takes both. ``--tls-cert`` alone aborted the process inside gRPC core (a C++ check
+    failure, exit 134, no word of which argument); ``--tls-key`` alone was dropped without a word and the
+    call, its bearer token with it, went in plaintext. Now a bad command line naming both, nothing sent."""
+    pem = tmp_path / "client.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--target", "127.0.0.1:1", "--retries", "0",
+                           "--timeout", "1", given, str(pem), "availability", "A@L"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert f"argument {given}:" in done.stderr and missing in done.stderr, done.stderr
+
+
+def test_tls_credentials_refuse_a_certificate_without_its_key() -> None:
+    """``tls_credentials(ca, cert)`` (no key) made credentials that aborted the whole process at the first
+    channel built on them (gRPC core's check failure): every program using ``AtpClient``. A ``ValueError``."""
+    script = ("from atp_client import tls_credentials\n"
+              "for cert, key in ((b'c', None), (None, b'k')):\n"
+              "    try:\n        tls_credentials(None, cert, key)\n"
+              "    except ValueError as exc:\n        print('refused:', exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.count("refused:") == 2, (done.returncode, done.stdout, done.stderr)
