@@ -20,6 +20,13 @@ def key(text: str) -> tuple[str, str]:
     return sku, location
 
 
+def name(text: str) -> str:
+    """A caller's name in the callers file, which refuses an empty one (the whole file with it)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty: the callers file refuses an entry without a name")
+    return text
+
+
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("token", help="caller tokens (no service needed)")
     tsub = t.add_subparsers(dest="token_command", required=True)
     tn = tsub.add_parser("new", help="make a token; print it once and the callers-file entry (its hash)")
-    tn.add_argument("name")
+    tn.add_argument("name", type=arg.name)
     tn.add_argument("--roles", required=True, help=f"comma-separated: {', '.join(PERMISSIONS)}")
     return p
 

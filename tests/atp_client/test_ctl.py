@@ -98,6 +98,16 @@ def test_token_new_writes_a_name_as_one_toml_string_never_as_more_entries(
     assert caller is not None and (caller.name, caller.roles) == (name, frozenset({"channel"}))
 
 
+def test_token_new_refuses_an_empty_name_the_callers_file_would_refuse(capsys: pytest.CaptureFixture[str]) -> None:
+    """An entry with ``name = ""`` was printed (exit 0, a token shown): the callers file it was appended to was
+    then refused whole (``callers[n].name: must be a non-empty string``), the service's next start or reload
+    with it. A usage error naming the argument instead, no token made."""
+    with pytest.raises(SystemExit) as exited:
+        main(["token", "new", "", "--roles", "oms"])
+    printed = capsys.readouterr()
+    assert exited.value.code == 2 and "argument name:" in printed.err and printed.out == "", printed
+
+
 @pytest.mark.parametrize("line", ["5", "null", "[1]", '"a fact"'])
 @pytest.mark.parametrize("command", [["events", "import"], ["events", "publish", "--redis-url", "redis://127.0.0.1:1"]])
 def test_a_line_that_is_json_but_no_object_is_refused_naming_its_line(
