@@ -49,7 +49,8 @@ _EXITS = {
 }
 EXIT_HELP = """exit status: 0 done; 1 failed otherwise; 2 bad command line; 3 invalid request or input file;
 4 not found; 5 conflict (id reused, reservation state); 6 unavailable or overloaded (retry later, same ids);
-7 not authenticated or not permitted; 8 watch must start again from a snapshot; 130 interrupted (Ctrl-C)"""
+7 not authenticated or not permitted; 8 watch must start again from a snapshot; 130 interrupted (Ctrl-C);
+141 stdout closed by its reader (see docs/OPERATIONS.md, atpctl's exit statuses)"""
 
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -264,3 +265,17 @@ def test_tls_credentials_refuse_a_certificate_without_its_key() -> None:
               "    except ValueError as exc:\n        print('refused:', exc)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.count("refused:") == 2, (done.returncode, done.stdout, done.stderr)
+
+
+def test_every_exit_status_of_atpctl_is_in_its_help_and_in_operations_md() -> None:
+    """A script around atpctl tells a file to fix, a service to wait for and a reader gone by the status alone:
+    each status atpctl ends with is listed by ``--help`` and in docs/OPERATIONS.md's table of them. The table
+    was missing (4, 5, 7 and 8 were said nowhere but ``--help``), and ``--help`` left out 141 (stdout closed)."""
+    from atp_client import _output
+    statuses = {value for name, value in vars(_output).items() if name.startswith("EXIT_") and isinstance(value, int)}
+    text = (Path(__file__).parents[2] / "docs" / "OPERATIONS.md").read_text()
+    section = text.partition("\n## atpctl's exit statuses\n")[2].partition("\n## ")[0]
+    documented = {int(status) for status in re.findall(r"^\| `(\d+)` \|", section, re.M)}
+    assert documented == statuses, (sorted(statuses - documented), sorted(documented - statuses))
+    said = {int(n) for n in re.findall(r"(\d+) [a-z]", _output.EXIT_HELP.partition(":")[2])}
+    assert said == statuses, (sorted(statuses - said), sorted(said - statuses))
