@@ -83,6 +83,24 @@ def readable(text: str) -> Path:
     return path
 
 
+def contents(path: Path | None) -> bytes | None:
+    """The bytes of a file given (None: not given)."""
+    return path.read_bytes() if path else None
+
+
+def cleared(report: Path) -> str | None:
+    """Why ``report`` (where ``stock load`` writes the rows it could not apply) cannot be written (None: it can),
+    an earlier run's removed (it must not pass for this one's). Found before any row is sent: found at the first
+    rejected row, the calls before it were loaded, the load ended in a traceback and the report was lost."""
+    try:
+        report.unlink(missing_ok=True)
+        report.open("w").close()  # made and removed: written at the first rejected row only
+        report.unlink()
+    except OSError as exc:
+        return f"cannot write {str(report)!r}: {exc.strerror or exc}"
+    return None
+
+
 def line(text: str) -> tuple[str, str, int]:
     position, sep, qty = text.rpartition(":")
     if not sep:

@@ -142,14 +142,10 @@ def _toml_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def _read(path: Path | None) -> bytes | None:
-    return path.read_bytes() if path else None
-
-
 def _client(args: argparse.Namespace) -> AtpClient:
     credentials = None
     if args.tls_ca or args.tls_cert:
-        credentials = tls_credentials(_read(args.tls_ca), _read(args.tls_cert), _read(args.tls_key))
+        credentials = tls_credentials(*(arg.contents(path) for path in (args.tls_ca, args.tls_cert, args.tls_key)))
     retry = RetryPolicy(attempts=args.retries + 1) if args.retries > 0 else None
     return AtpClient(args.target, timeout_s=args.timeout, token=args.token, credentials=credentials, retry=retry)
 
@@ -216,7 +212,9 @@ async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
         print(f"atpctl: error: argument --as-of: {exc}", file=sys.stderr)
         return EXIT_USAGE
     report = args.report or args.file.with_name(args.file.name + ".rejected.csv")
-    report.unlink(missing_ok=True)  # an earlier run's report must not pass for this one's
+    if (unwritable := arg.cleared(report)) is not None:  # found now, not at the first rejected row, rows loaded
+        print(f"atpctl: error: argument --report: {unwritable}", file=sys.stderr)
+        return EXIT_USAGE
     stopped: int | None = None
     try:
         summary = await load(client, args.file, args.source, as_of, args.batch, args.inflight, progress_stream(),

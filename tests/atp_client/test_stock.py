@@ -330,3 +330,23 @@ async def test_an_extract_of_bad_rows_is_reported_as_it_is_read_never_held_whole
     assert len(report) == BAD_ROWS + 1 and report[1].startswith("2,SKU-000000,S00,as_of: no time"), report[:2]
     assert report[-1].startswith(f"{BAD_ROWS + 1},SKU-{BAD_ROWS - 1:06d},"), report[-1]
     assert peak < 4 << 20, f"{peak / 1e6:.1f} MB held at once for {BAD_ROWS} rows rejected"
+
+
+@pytest.mark.parametrize("report", ["missing-dir/erp.rejected.csv", "."])
+async def test_a_report_that_cannot_be_written_is_a_usage_error_before_any_row_is_sent(
+        report: str, start_service: ServiceFactory, tmp_path: Path) -> None:
+    """``--report`` in a directory that does not exist (or naming a directory) was found out at the first
+    rejected row (here one the service refuses, beyond its max_quantity), the calls before it loaded: a
+    traceback (exit 1), no summary, the rejected rows' report lost — or, for a directory, a traceback. Now a
+    bad command line naming ``--report``, exit 2, nothing of the file sent."""
+    service, client = await start_service()
+    extract = tmp_path / "erp.csv"
+    extract.write_text("sku,location,on_hand\n" + "".join(f"S{n},L,{n + 1}\n" for n in range(30)) + "BIG,L,2000000\n")
+    done = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "atp_client.ctl", "--target", f"127.0.0.1:{service.port}", "--json", "stock", "load",
+        str(extract), "--as-of", str(service.clock.now_ms() - 60_000), "--batch", "10", "--inflight", "1",
+        "--report", str(tmp_path / report)], capture_output=True, text=True, timeout=60)
+    got = await client.availability([("S0", "L"), ("S29", "L")])
+    assert [p.on_hand for p in got] == [0, 0], (done.returncode, done.stderr)  # nothing of the file sent
+    assert done.returncode == 2 and "argument --report:" in done.stderr, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
