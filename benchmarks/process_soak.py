@@ -2,6 +2,7 @@
 (``ownership = leases``), then a check that they kept every promise together.
 
     python benchmarks/process_soak.py [--seconds 60] [--processes 3] [--shards 12] [--lease-ms 1000] [--seed 1]
+        [--scarce-stock 100]
     make soak SECONDS=300
 
 It starts a Redis Cluster (3 primaries with a replica each) and ``--processes`` service processes
@@ -17,7 +18,12 @@ until every group answers again. Then, every fault off:
   every process lives and every group answers at some process (liveness); every acknowledged
   reservation is there in its acknowledged state or a successor (R3, R7); every order holds all
   its lines or none (R2); reserved and committed per position equal what the reservations hold,
-  and no position holds more than it has.
+  and no position holds more than it has: the units of the acknowledged reservations that still
+  hold them are no more than the stock the soak seeded, and ``on_hand`` is that stock (R2, Q1).
+  Half the SKUs have ``--scarce-stock`` units, which the callers sell out within seconds (the
+  figures' ``scarce_sold_out``: SKUs a Reserve was refused for want of stock), so a Reserve beyond
+  the stock is asked for and an oversell can be found; the other half have a million, so holds,
+  Confirms and Releases go on all run long.
 
 Prints one JSON line of figures; each violation is a ``violation: ...`` line on stderr, and the
 exit status is 1 if there was any.
@@ -43,7 +49,7 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from atp_client import AtpClient, RoutedClient
+from atp_client import AtpClient, RoutedClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import free_port
 from atp_service.storage.embedded_cluster import EmbeddedCluster
@@ -51,8 +57,10 @@ from benchmarks.soak_faults import ServiceProcess
 from benchmarks.throughput import serve_command
 
 ROOT = Path(__file__).resolve().parent.parent
-STOCK = 1_000_000
+AMPLE = 1_000_000
 SKUS = [f"sku-{i:03d}" for i in range(48)]
+SCARCE = frozenset(SKUS[::2])
+"""SKUs seeded with ``--scarce-stock`` units, the others with ``AMPLE``."""
 LOC = "dc-1"
 FAULTS = ("kill", "pause", "stop", "primary")
 WEIGHTS = (3, 2, 2, 1)
@@ -181,6 +189,8 @@ class Load:
         self.tried: dict[str, list[tuple[str, str, int]]] = {}
         self.acked: dict[str, int] = {}
         self.errors: Counter[str] = Counter()
+        self.refused_for_stock: set[str] = set()
+        """SKUs of a line a Reserve was refused for (INSUFFICIENT): sold out when it was decided."""
 
     async def caller(self, n: int, stop_at: float) -> None:
         routed = n % 2 == 0
@@ -200,7 +210,10 @@ class Load:
         lines = [(sku, LOC, self.rng.randint(1, 3)) for sku in skus]
         self.tried[rid] = lines
         try:
-            self.acked[rid] = (await client.reserve(rid, lines, ttl_seconds=3600)).state
+            answer = await client.reserve(rid, lines, ttl_seconds=3600)
+            self.acked[rid] = answer.state
+            self.refused_for_stock.update(line.sku for line in answer.lines
+                                          if line.outcome == pb.LINE_OUTCOME_INSUFFICIENT)
             if self.acked[rid] == HELD and self.rng.random() < 0.5:
                 change = client.confirm if self.rng.random() < 0.6 else client.release
                 self.acked[rid] = (await change(rid)).state
@@ -209,11 +222,12 @@ class Load:
             await asyncio.sleep(0.05)  # a refused caller backs off a little, as a client's retry policy would
 
 
-async def check(load: Load, addresses: list[str]) -> tuple[list[str], dict[str, int]]:
+async def check(load: Load, addresses: list[str], stock: dict[str, int]) -> tuple[list[str], dict[str, int]]:
     """Violations of the promises, and what was found."""
     violations: list[str] = []
     held: Counter[str] = Counter()
     committed: Counter[str] = Counter()
+    promised: Counter[str] = Counter()  # units of the reservations acknowledged to the callers that hold them now
     found = 0
     async with RoutedClient(addresses, timeout_s=10) as client:
         for rid in load.tried:
@@ -225,6 +239,9 @@ async def check(load: Load, addresses: list[str]) -> tuple[list[str], dict[str, 
             found += 1
             if rid in load.acked and rec.state not in SUCCESSORS.get(load.acked[rid], {load.acked[rid]}):
                 violations.append(f"{rid}: acknowledged {load.acked[rid]}, now {rec.state}")
+            if rid in load.acked and rec.state in (HELD, CONFIRMED):  # the lines asked for, not the service's word
+                for sku, _loc, quantity in load.tried[rid]:
+                    promised[sku] += quantity
             holding = [line.held + line.committed > 0 for line in rec.lines]
             if any(holding) and not all(holding):
                 violations.append(f"{rid} holds in part (R2): {list(rec.lines)}")
@@ -236,6 +253,9 @@ async def check(load: Load, addresses: list[str]) -> tuple[list[str], dict[str, 
         if (p.reserved, p.committed) != (held[sku], committed[sku]) or p.available < 0:
             violations.append(f"{sku}: reserved/committed {p.reserved}/{p.committed}, the reservations hold "
                               f"{held[sku]}/{committed[sku]}; available {p.available}")
+        if promised[sku] > stock[sku] or p.on_hand != stock[sku]:  # R2: nothing ships here, on_hand stays the seed
+            violations.append(f"{sku} oversold: acknowledged reservations hold {promised[sku]} units of the "
+                              f"{stock[sku]} seeded; on_hand {p.on_hand}")
     return violations, {"reservations_found": found}
 
 
@@ -252,30 +272,50 @@ async def _settled(client: RoutedClient, rid: str) -> pb.Reservation | None:
     raise AssertionError(f"{rid}: no process answered for it ({last!r})")
 
 
+async def seed(address: str, stock: dict[str, int]) -> None:
+    """Each SKU's stock, as a RECEIPT stamped a second ago (one without a time is refused, E7), every fact applied:
+    a soak on stock that never arrived refuses every Reserve and checks nothing."""
+    at = timestamp(int(time.time() * 1000) - 1000)
+    facts = [pb.Fact(event_id=f"in-{s}", source="wms", kind=pb.FACT_KIND_RECEIPT, sku=s, location=LOC,
+                     quantity=stock[s], event_time=at) for s in SKUS]
+    async with AtpClient(address, timeout_s=30) as seeder:  # split by owner
+        for attempt in range(100):  # a group still being balanced between the processes: sent again (E8)
+            try:
+                results = await seeder.record_events(facts)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 99:
+                    raise
+                await asyncio.sleep(0.1)
+    refused = [r for r in results if r.outcome != pb.FACT_OUTCOME_APPLIED]
+    if refused:
+        raise RuntimeError(f"the stock was not seeded: {refused[0]}")
+
+
 async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rng = random.Random(args.seed)
+    stock = {sku: args.scarce_stock if sku in SCARCE else AMPLE for sku in SKUS}
     with EmbeddedCluster(work / "cluster", primaries=3, replicas=1) as cluster:
         fleet = Fleet(cluster.url, args, work)
         await fleet.start()
         try:
             await every_group_answers(fleet.addresses)
-            async with AtpClient(fleet.addresses[0], timeout_s=30) as seeder:  # split by owner
-                await seeder.record_events([pb.Fact(event_id=f"in-{s}", source="wms", kind=pb.FACT_KIND_RECEIPT,
-                                                    sku=s, location=LOC, quantity=STOCK) for s in SKUS])
+            await seed(fleet.addresses[0], stock)
             load, faults = Load(rng, fleet.addresses), Faults(rng, fleet, cluster, args.lease_ms / 1000)
             stop_at = time.monotonic() + args.seconds
             await asyncio.gather(faults.run(stop_at), *(load.caller(n, stop_at) for n in range(args.callers)))
             await every_group_answers(fleet.addresses)
             dead = [p.port for p in fleet.processes if p.proc is None or p.proc.returncode is not None]
-            violations, found = await check(load, fleet.addresses)
+            violations, found = await check(load, fleet.addresses, stock)
             violations += [f"process on port {port} exited" for port in dead]
         finally:
             await fleet.stop()
     takeovers = faults.takeover_s
     return {"processes": args.processes, "shards": args.shards, "lease_ms": args.lease_ms, "seconds": args.seconds,
             "faults": dict(faults.counts), "tried": len(load.tried), "acknowledged": len(load.acked), **found,
-            "refusals": dict(load.errors), "takeover_s_median": round(statistics.median(takeovers), 2)
-            if takeovers else None, "takeover_s_max": round(max(takeovers), 2) if takeovers else None,
+            "refusals": dict(load.errors), "scarce_sold_out": len(SCARCE & load.refused_for_stock),
+            "takeover_s_median": round(statistics.median(takeovers), 2) if takeovers else None,
+            "takeover_s_max": round(max(takeovers), 2) if takeovers else None,
             "violations": len(violations), "_violations": violations}
 
 
@@ -287,6 +327,8 @@ def main() -> None:
     p.add_argument("--lease-ms", type=int, default=1000)
     p.add_argument("--callers", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scarce-stock", type=int, default=100, help="units of each of half the SKUs (sold out within "
+                   "seconds: the oversell check is tested only where a Reserve was refused for want of stock)")
     p.add_argument("--log-level", default="WARNING", help="the processes' (INFO: every group taken, handed over)")
     p.add_argument("--work", type=Path, help="keep the processes' logs here (default: a temporary directory, kept "
                    "only when the run fails)")
