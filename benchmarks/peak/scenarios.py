@@ -59,7 +59,7 @@ class Orders(GrpcUser):
         resp = self.call("Reserve", req, outcome=reserve_state)
         if resp is None or resp.state != pb.RESERVATION_STATE_HELD:
             return None
-        BOOK.acknowledged[rid] = "HELD"
+        BOOK.held(rid, lines)
         return rid
 
     def resolve(self, rid: str, confirm: float, fulfil: float) -> None:
@@ -147,6 +147,7 @@ class WmsFeed(GrpcUser):
                 facts.append(pb.Fact(event_id=uuid.uuid4().hex, source="wms", kind=pb.FACT_KIND_RECEIPT,
                                      sku=BOOK.sku(f"peak-{n:04d}"), location=random.choice(DCS),
                                      quantity=random.randint(10, 50), event_time=timestamp(now)))
+                BOOK.received[(facts[-1].sku, facts[-1].location)] += facts[-1].quantity  # sent: may arrive
             else:
                 facts.append(pb.Fact(event_id=uuid.uuid4().hex, source="wms", kind=pb.FACT_KIND_COUNT,
                                      sku=BOOK.sku(f"peak-{n:04d}"), location=random.choice(STORES),
@@ -204,7 +205,9 @@ class ReserveStreamer(StreamUser):
 
 
 def seed_for(run: Run, send: bool = True) -> None:
-    """The run's stock into the book, and (``send``) into the service."""
+    """The run's stock into the book, and (``send``) into the service. A worker (not ``send``) of a scenario
+    with receipts does not know every unit sent to the positions it checks: the other workers' receipts."""
+    BOOK.alone = send or WmsFeed not in users_for(run)
     if run.scenario == "flash_sale":
         BOOK.seed(flash_stock(run.flash_stock), send)
     else:

@@ -80,8 +80,9 @@ class StreamUser(GrpcUser):
             self._close()
             self._open()  # for the next batch: this stream's state is unknown
             return
+        sent = {req.reservation_id: req for req in batch}
         for outcome in answer.outcomes:
-            self._outcome(outcome, elapsed_ms)
+            self._outcome(outcome, elapsed_ms, sent)
 
     def _answer(self) -> tuple[Any, Exception | None]:
         try:
@@ -94,13 +95,14 @@ class StreamUser(GrpcUser):
         except BatchError as exc:
             return None, exc
 
-    def _outcome(self, outcome: Any, elapsed_ms: float) -> None:
+    def _outcome(self, outcome: Any, elapsed_ms: float, sent: dict[str, Any]) -> None:
         if outcome.WhichOneof("result") == "error":
             code = _CODES.get(outcome.error.code, grpc.StatusCode.UNKNOWN)
             error = BatchError(f"{code.name}: {outcome.error.message}")
             self._fire("grpc-item", "ReserveStream[refused]", elapsed_ms, 0, error)
         elif outcome.response.state == pb.RESERVATION_STATE_HELD:
-            BOOK.acknowledged[outcome.reservation_id] = "HELD"
+            req = sent[outcome.reservation_id]
+            BOOK.held(req.reservation_id, [(line.sku, line.location, line.quantity) for line in req.lines])
             self._fire("grpc-item", "ReserveStream[held]", elapsed_ms, outcome.ByteSize(), None)
         else:
             self._fire("grpc-item", "ReserveStream[rejected]", elapsed_ms, outcome.ByteSize(), None)

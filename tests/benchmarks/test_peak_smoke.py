@@ -12,11 +12,14 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from atp_client import timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app.service import DEMO_ESTATE
 from benchmarks.peak.book import Book
 from benchmarks.peak.connection import Connection
@@ -80,6 +83,31 @@ async def test_invariant_check_reports_a_lost_reservation(start_service: Service
     await asyncio.to_thread(book.check, env)
     assert [v.split(":")[0] for v in book.violations] == ["lost"] and "never-made" in book.violations[0]
     assert env.process_exit_code == 1 and env.events.fired[0]["name"] == "invariant:lost"
+
+
+async def test_invariant_check_finds_units_acknowledged_beyond_what_the_load_generator_sent_R2(
+        start_service: ServiceFactory) -> None:
+    """The service took 2 units more than the book seeded (a receipt counted that nobody sent) and acknowledged
+    holds of them: its own counters agree with each other (reserved 5 <= on_hand 5), the load generator's book,
+    which sent 3, does not. The check compared the service's counters only."""
+    service, client = await start_service()
+    book = Book(run="t", connection=Connection(f"127.0.0.1:{service.port}"))
+    await asyncio.to_thread(book.seed, {("t-sku", "dc-1"): 3})
+    (extra,) = await client.record_events([pb.Fact(
+        event_id="not-sent-by-the-book", source="wms", kind=pb.FACT_KIND_RECEIPT, sku="t-sku", location="dc-1",
+        quantity=2, event_time=timestamp(int(time.time() * 1000) - 1000))])  # after the book's COUNT (E1)
+    assert extra.outcome == pb.FACT_OUTCOME_APPLIED
+    assert (await client.reserve("five", [("t-sku", "dc-1", 5)])).state == pb.RESERVATION_STATE_HELD
+    book.held("five", [("t-sku", "dc-1", 5)])
+    env = _Environment()
+    await asyncio.to_thread(book.check, env)
+    assert book.violations == ["oversold: t-sku@dc-1 reservations acknowledged here hold or shipped 5 > 3 units "
+                               "ever sent there"], book.violations
+    assert env.process_exit_code == 1 and env.events.fired[0]["name"] == "invariant:oversold"
+    book.violations.clear()
+    book.received[("t-sku", "dc-1")] += 2  # had the book sent the receipt, the units were there
+    await asyncio.to_thread(book.check, _Environment())
+    assert book.violations == []
 
 
 async def test_compare_runs_every_system_at_a_tiny_size() -> None:
