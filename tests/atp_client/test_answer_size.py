@@ -21,6 +21,7 @@ from reservation import Limits
 from tests.atp_service.edge.test_api import T0, receipt
 from tests.atp_service.edge.test_forward import Relay
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 GRPC_DEFAULT_RECEIVE = 4 << 20
 """What a gRPC channel reads at most unless told otherwise."""
@@ -67,7 +68,7 @@ async def test_a_stream_cut_by_a_batch_too_large_leaves_the_batches_sent_before_
     """gRPC refuses a ``ReserveStream`` batch larger than ``max_message_bytes`` by ending the call: the batches sent
     before it were read and decided, their answers never sent. The client raised the end ``InvalidRequest`` ("never
     read, nothing applied"; atpctl exit 3, not in doubt) while a reservation of an earlier batch was HELD."""
-    _, client = await start_service(clock=ManualClock(T0), max_message_bytes=64 << 10)
+    service, client = await start_service(clock=ManualClock(T0), max_message_bytes=64 << 10)
     await client.record_events([receipt("in", "A", "S1", 5)])
     line = [pb.Line(sku="A", location="S1", quantity=1)]
     big = [pb.ReserveRequest(reservation_id=f"big-{n:04d}-{'x' * 100}", lines=line) for n in range(1000)]
@@ -75,7 +76,8 @@ async def test_a_stream_cut_by_a_batch_too_large_leaves_the_batches_sent_before_
 
     async def batches() -> AsyncIterator[list[pb.ReserveRequest]]:
         yield [pb.ReserveRequest(reservation_id="sent-first", lines=line)]
-        await asyncio.sleep(0.2)  # read and decided by now: its append waits for Redis (paused)
+        await until(lambda: any(actor.ledger.reservation("sent-first") for actor in service.engine.actors),
+                    "the first batch read and decided (its append waits for Redis, paused)")
         yield big
 
     with redis.Redis.from_url(redis_url) as paused:
