@@ -111,8 +111,8 @@ class Orders:
     async def shipment(self, fact: Fact, order_id: str) -> tuple[FactOutcome, str]:
         """A SHIPMENT fact naming the order: the stock moves and the part holding that position is
         fulfilled with it, in one step on the fact's shard (R4, idempotent by the fact's identity, E8) — after
-        a change the order has pending is carried through (refused for good: the stock moves alone,
-        Q1), and before the order is resolved once every part is."""
+        a change the order has pending is carried through and a confirmed part Redis lost made again (refused for
+        good: the stock moves alone, Q1), and before the order is resolved once every part is."""
         return await self._owned(order_id, lambda: self._shipment(fact, order_id))
 
     def has_part(self, shard: int, order_id: str) -> bool:
@@ -338,9 +338,9 @@ class Orders:
         ship = fulfilling(fact, orders.part_id(order_id, shard), self._engine.limits)
         if home is None and self._engine.remote is not None:  # homed at another process: settled there first
             return await shipped_elsewhere(self._engine, fact, lambda: on_shard(self._engine, shard, ship))
-        if home is not None:  # a change left pending (a confirmation) is carried through first
-            try:
-                await self._settle(order_id, home)
+        if home is not None:  # a change left pending (a confirmation) carried through first, and a part Redis
+            try:  # lost made again (``_settled``, as a home elsewhere does for ``SettleOrder``): the fact fulfils it
+                await self._settled(order_id, home)
             except NotFound:
                 home = None  # forgotten meanwhile: the stock moves all the same
             except DomainError as exc:  # refused for good (the order given up deciding it): the units left all

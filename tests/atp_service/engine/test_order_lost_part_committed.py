@@ -14,7 +14,7 @@ import pytest
 
 from reservation import Fact, FactKind, State
 from tests.atp_service.engine.helpers import SKUS, running
-from tests.atp_service.engine.test_order_sagas import Rig, lose_part
+from tests.atp_service.engine.test_order_sagas import Rig, lose_part, shipment
 
 
 @pytest.fixture
@@ -71,3 +71,21 @@ async def test_a_lost_part_whose_units_were_sold_meanwhile_is_committed_again_ov
     assert rig.quantities() == [(0, 3), (0, 3)]
     assert engine.actors[1].ledger.quantities(SKUS[1], "DC").available == 1 - 3
 
+
+
+async def test_a_shipment_of_a_lost_part_fulfils_it_made_again_not_left_committed_for_good_R4_Q3(rig: Rig) -> None:
+    """Defect: a SHIPMENT naming the order for group 1's line met the lost part before anything made it again
+    (``Orders._shipment`` carried through only a change pending): the stock moved, the fact answered not fulfilled
+    (no part there), and the read after it made the part again with the 3 units the shipment took committed — for
+    good, nothing left to fulfil them (E8: the fact is decided once), group 1 shown oversold (10 - 3 on_hand, 3
+    committed for units gone). The part is made again first, and the shipment fulfils it (R4)."""
+    engine = rig.engine
+    assert engine.orders is not None
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    await rig.run(engine.confirm("o1"))
+    await lose_part(rig, "o1", 1)
+    _, reason = await rig.run(engine.orders.shipment(shipment(rig, SKUS[1], 3, "o1", "s1"), "o1"))
+    assert reason == "", reason
+    got = await rig.run(engine.get_reservation("o1"))
+    assert got.state == State.CONFIRMED and [(line.committed, line.fulfilled) for line in got.lines] == [(3, 0), (0, 3)]
+    assert on_hand(rig, 1) == 7 and rig.quantities() == [(0, 3), (0, 0)], "the shipped units committed again"
