@@ -123,12 +123,16 @@ def _ahead_elsewhere(request: pb.LoadCountsRequest, block: CountRows, good: Rows
     rows = np.array(sorted(moving), dtype=np.intp)
     li = np.frombuffer(request.location_index, dtype="<u4")
     qty, at = (np.frombuffer(c, dtype="<i8") for c in (request.on_hand, request.as_of))
+    # In the block's order (E8: its owner decides its part's rows in the call's order, as if sent one at a time):
+    # appended, they went after every other row of that owner, an older count there applied rather than absorbed.
+    request_rows = np.concatenate([good, rows])
+    order = np.argsort(request_rows, kind="stable")
     extended = CountRows(block.source, block.skus, block.locations,
-                         np.concatenate([block.sku_index, si[rows].astype(np.uint32)]),
-                         np.concatenate([block.location_index, li[rows].astype(np.uint32)]),
-                         np.concatenate([block.quantity, qty[rows].astype(np.int64)]),
-                         np.concatenate([block.at, at[rows].astype(np.int64)]))
-    return extended, np.concatenate([good, rows]), here
+                         np.concatenate([block.sku_index, si[rows].astype(np.uint32)])[order],
+                         np.concatenate([block.location_index, li[rows].astype(np.uint32)])[order],
+                         np.concatenate([block.quantity, qty[rows].astype(np.int64)])[order],
+                         np.concatenate([block.at, at[rows].astype(np.int64)])[order])
+    return extended, request_rows[order], here
 
 
 async def _loaded_ahead(request: pb.LoadCountsRequest, errors: dict[int, InvalidArgument], desk: FactDesk,
