@@ -107,6 +107,7 @@ async def _forward(request: pb.RecordEventsRequest, context: Any, forwarder: For
     """The facts of other owners' groups (``moved``: their indexes by owner) sent on, their answers put in
     ``out``; any owner's refusal refuses the call, saying what the call recorded (``_told``)."""
     refused: list[DomainError | Relayed] = []
+    moved = {owner: sorted(at) for owner, at in moved.items()}  # E8: in the call's order, those stamped ahead too
     try:
         answers = await forwarder.forward_facts(request, moved, context, elsewhere)
     except Moved as redirected:  # handed over since ``_redirect_first``: the facts recorded here are told

@@ -10,6 +10,7 @@ import itertools
 
 import numpy as np
 
+from atp_client import timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from tests.atp_service.app.test_processes import Process, group_of, owned, processes, start_process
@@ -44,6 +45,11 @@ def _rows(sku: str, rows: list[tuple[int, int]]) -> pb.LoadCountsRequest:
                                 as_of=np.array(as_of, "<i8").tobytes())
 
 
+def _count(sku: str, quantity: int, at: int) -> pb.Fact:
+    return pb.Fact(event_id=f"count@{at}", source="erp", kind=pb.FACT_KIND_COUNT, sku=sku, location="DC",
+                   quantity=quantity, event_time=timestamp(at))
+
+
 async def test_load_rows_stamped_ahead_here_reach_their_owner_in_the_block_s_order_E8(
         start_process: ServiceFactory) -> None:
     """Defect: a row stamped ahead of the receiving process's clock went to its owner after every other row of
@@ -61,3 +67,15 @@ async def test_load_rows_stamped_ahead_here_reach_their_owner_in_the_block_s_ord
     (position,) = await at_owner.availability([(sku, "DC")])
     assert position.on_hand == 4
 
+
+async def test_facts_stamped_ahead_here_reach_their_owner_in_the_call_s_order_E8(
+        start_process: ServiceFactory) -> None:
+    """Defect: RecordEvents sent a fact stamped ahead of the receiving process's clock to its owner after every
+    other fact of that owner: the older count second in the call was applied, not absorbed (E5)."""
+    (_, at_behind), owner = await _behind_and_ahead(start_process)
+    at_owner = owner[1]
+    sku, direct = _skus_owned_by(owner, 2)
+    told = await at_owner.record_events([_count(direct, 4, AHEAD), _count(direct, 7, T)])
+    assert [r.outcome for r in told] == [pb.FACT_OUTCOME_APPLIED, pb.FACT_OUTCOME_ABSORBED]
+    sent_on = await at_behind.record_events([_count(sku, 4, AHEAD), _count(sku, 7, T)])
+    assert [r.outcome for r in sent_on] == [pb.FACT_OUTCOME_APPLIED, pb.FACT_OUTCOME_ABSORBED], sent_on
