@@ -30,7 +30,7 @@ from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.claims import Claims
 from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines
 from atp_service.intake.dead_letters import write as write_dead_letters
-from atp_service.intake.entries import Ahead, Dead, Entry, Read, decode_all, id_key
+from atp_service.intake.entries import Dead, Entry, Read, decode_all, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
 from atp_service.intake.quarantine import Acks
@@ -325,36 +325,34 @@ class StreamIngestor:
 
     async def _handle_held(self, entries: list[Entry], wait: bool) -> int:
         """``_handle``'s work. An entry holds one fact: those applied here are acknowledged before the others' owners
-        are waited for; one quarantined here with its quarantine entry, never decided again, as one owed is (E8)."""
+        are waited for; one quarantined here with its quarantine entry, never decided again, as one owed is (E8).
+        A fact this process's clock finds in the future (E7) is refused (dead-lettered) unless applied already — by
+        a process whose clock ran ahead, which left the entry pending (E8: a duplicate, acknowledged); of a group
+        another process owns, its owner judges both. The facts of other processes' groups go to their owners in the
+        read's order, those stamped ahead among the others (E8: each shard decides a read's facts in its order)."""
         now, cfg = self._clock.now_ms(), self._config
         entries, judged = self._unacked.judged(self._desk.quarantine.not_owed(entries))  # judged: E7, before
         facts, read, dead, ahead = await decode_all(entries, now, cfg.limits, cfg.ingest_max_entry_bytes)
         facts, read, before = await quarantined_before(self._client, self._desk.quarantine, self._unacked, facts, read)
         await self._ack(judged + before)
-        settled = await self._settle_ahead(ahead, wait) if ahead else 0
-        acks = Acks(cfg.consumer_group, cfg.consumer_name, [r[:2] for r in read])
-        results = await self._desk.record(facts, "stream", acks=acks) if facts else []
+        results = await self._desk.record(facts, "stream", acks=self._acks(read)) if facts else []
+        if ahead:  # judged after the rest as before it: a fact not ahead never has an ahead one's payload (E8)
+            results += await self._desk.applied_or_refused([fact for fact, _, _ in ahead], [r for _, _, r in ahead])
+            facts, read = facts + [fact for fact, _, _ in ahead], read + [entry for _, entry, _ in ahead]
         remote = [i for i, result in enumerate(results) if isinstance(result, Moved) and result.owner]
         if self._owners is None or not remote:
-            return settled + await self._settle(read, results, dead)
+            return await self._settle(read, results, dead)
         away = set(remote)
         here = [i for i in range(len(results)) if i not in away]
-        count = settled + await self._settle([read[i] for i in here], [results[i] for i in here], dead)
-        await self._owners.to_owners(facts, results, remote, wait, acks)
+        count = await self._settle([read[i] for i in here], [results[i] for i in here], dead)
+        place = {entry[:2]: n for n, entry in enumerate(entries)}
+        remote.sort(key=lambda i: place[read[i][:2]])  # sent first, those stamped ahead were decided out of order
+        await self._owners.to_owners(facts, results, remote, wait, self._acks(read))
         return count + await self._settle([read[i] for i in remote], [results[i] for i in remote], [])
 
-    async def _settle_ahead(self, ahead: list[Ahead], wait: bool) -> int:
-        """Entries whose facts this process's clock finds in the future (E7): refused (dead-lettered)
-        unless applied already — by a process whose clock ran ahead, which left the entry pending
-        (E8: a duplicate, acknowledged). A group another process owns: its owner judges both."""
-        facts = [fact for fact, _, _ in ahead]
-        results = await self._desk.applied_or_refused(facts, [refusal for _, _, refusal in ahead])
-        remote = [i for i, result in enumerate(results) if isinstance(result, Moved) and result.owner]
-        read, cfg = [entry for _, entry, _ in ahead], self._config
-        if self._owners is not None and remote:
-            await self._owners.to_owners(facts, results, remote, wait,
-                                         Acks(cfg.consumer_group, cfg.consumer_name, [r[:2] for r in read]))
-        return await self._settle(read, results, [])
+    def _acks(self, read: list[Read]) -> Acks:
+        """The input entries of facts (one each), acknowledged with their quarantine entries (``QuarantineStream``)."""
+        return Acks(self._config.consumer_group, self._config.consumer_name, [r[:2] for r in read])
 
     async def _settle(self, read: list[Read], results: list[Result | DomainError], dead: list[Dead]) -> int:
         """Acknowledge the entries whose facts are durable, dead-letter the refused ones (and ``dead``); others wait."""
