@@ -249,8 +249,9 @@ class TailLoss:
         """An ERROR the service logs, expected once Redis lost what it had acknowledged: a shard that
         found its log short (``LogDiverged``), the instance finding its claim lost, or a part found
         holding units for an order whose record was lost or that holds nothing (its change lost), or an order
-        found missing a part Redis lost (a held one given up, a confirmed one's part made again), or recorded HELD with a part confirmed (its confirmation lost), or
-        undecided with a part confirmed (its decision lost), or a
+        found missing a part Redis lost (a held one given up, a confirmed one's part made again), or recorded
+        HELD with a part confirmed (its confirmation lost), or undecided with a part confirmed (its decision
+        lost), or a
         group lost to another taking whose log no longer holds what its shard made durable."""
         if getattr(record, "event", None) in ("order_part_orphaned", "order_part_outlived", "order_part_lost",
                                               "order_confirmation_restored", "order_decision_restored",
