@@ -42,11 +42,14 @@ _E = TypeVar("_E", tuple[int, int, Key], tuple[int, float, int, int, Key])
 
 
 class Published(msgspec.Struct, array_like=True, gc=False):
-    """The last value of a key the channel was sent (what ``previous`` of the next update is)."""
+    """The last value of a key the channel was sent (what ``previous`` of the next update is), with the status it
+    was published with: the stream's entry at ``version`` carries that one (C3), whatever ``low_stock_level`` a
+    reload set since - a snapshot that classed the quantity anew showed at that version what no entry holds."""
 
     quantity: int
     version: int
     event_time: int
+    status: StockStatus
 
 
 class ChannelUpdate(msgspec.Struct, gc=False):
@@ -130,6 +133,14 @@ class Feed:
         pub = None if key in self._again else self.published.get(key)
         return None if pub is None else pub.quantity
 
+    def _status_sent(self, key: Key) -> StockStatus | None:
+        """The status ``last_sent``'s quantity was sent with (None: nothing sent)."""
+        sent = self._inflight.get(key)
+        if sent is not None:
+            return sent.status
+        pub = None if key in self._again else self.published.get(key)
+        return None if pub is None else pub.status
+
     @property
     def pending(self) -> int:
         return len(self._pending)
@@ -150,13 +161,16 @@ class Feed:
     # -- offers --------------------------------------------------------------
     def offer(self, key: Key, quantity: int, event_time: int, durable_at: int, now_ms: int,
               velocity: float = 0.0) -> None:
-        """The newest curated value of a key; equal to what was last sent: nothing to publish (E11). ``velocity``:
-        the SKU's demand, higher first, comparable across offers made at different times (``marks.velocity_rank``)."""
+        """The newest curated value of a key; equal to what was last sent, in the status sent: nothing to publish
+        (E11). The same number that a reloaded ``low_stock_level`` classes otherwise goes out, as a change: the
+        status shown reaches the channel's publishers, at a new version (C3: a version names one value, its status
+        with it). ``velocity``: the SKU's demand, higher first, comparable across offers made at different times
+        (``marks.velocity_rank``)."""
         assert quantity >= 0, "C1: a channel is never offered a negative number"
         self._withdrawn.pop(key, None)  # a curated value now, whatever was withdrawn before
         last = self.last_sent(key)
         old = self._pending.get(key)
-        if last == quantity:
+        if last == quantity and self._status_sent(key) is self.policy.status(quantity):
             if old is not None:
                 self._forget(key)
             return
@@ -343,13 +357,13 @@ class Feed:
         for u in updates:
             key = u.key
             del self._inflight[key]
-            self.published[key] = Published(u.quantity, u.version, u.event_time)
+            self.published[key] = Published(u.quantity, u.version, u.event_time, u.status)
             self._again.pop(key, None)
             self.published_version = max(self.published_version, u.version)
             self._next_allowed[key] = u.published_at + throttle
             pend = self._pending.get(key)
-            if pend is not None and pend.quantity == u.quantity:
-                self._forget(key)  # E11: what is pending was just published
+            if pend is not None and pend.quantity == u.quantity and u.status is self.policy.status(u.quantity):
+                self._forget(key)  # E11: what is pending was just published (a reload's status: not yet)
 
     def give_back(self, updates: list[ChannelUpdate], now_ms: int) -> None:
         """The write did not land: each value, or one offered meanwhile, offered again against what is shown (E11: no

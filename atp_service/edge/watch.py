@@ -114,7 +114,7 @@ class Watchers:
             since, items = desk.snapshot(channel)
             for start in range(0, len(items), self.batch):
                 desk.channel(channel)  # a reload may have removed it since the last chunk: NotFound
-                yield self._snapshot_chunk(channel, items[start:start + self.batch], since, desk)
+                yield self._snapshot_chunk(channel, items[start:start + self.batch], since)
             yield Response(kind=Response.KIND_SNAPSHOT_END, version=since)
         finally:
             self.held_keys -= keys
@@ -156,16 +156,14 @@ class Watchers:
                 return
 
     @staticmethod
-    def _snapshot_chunk(channel: str, items: list[tuple[Key, Published]], version: int,
-                        desk: ChannelDesk) -> Response:
+    def _snapshot_chunk(channel: str, items: list[tuple[Key, Published]], version: int) -> Response:
         out = Response(kind=Response.KIND_SNAPSHOT, version=version)
-        status = desk.feeds[channel].policy.status
         for (sku, location), p in items:
             u = out.updates.add(channel=channel, sku=sku, location=location, quantity=p.quantity,
                                 version=p.version)
             if p.event_time:
                 u.event_time.FromMilliseconds(p.event_time)
-            u.status = _STATUS[status(p.quantity)]
+            u.status = _STATUS[p.status]  # C3: as published at p.version, not classed anew by a reloaded policy
         return out
 
 

@@ -125,25 +125,24 @@ STATE_SEP = "\t"
 
 def state_entry(field: Any, value: Any) -> tuple[Key, Published]:
     """A field of a channel's state hash, ``sku<TAB>location``, and its value, ``quantity version
-    event_time status`` (written by the script from ``script_item``'s last item; a value written
-    before the status was kept has three words)."""
+    event_time status`` (written by the script from ``script_item``'s last item). A value written before
+    the status was kept has three words: it shows ``OUT_OF_STOCK`` at 0 and ``IN_STOCK`` above."""
     sku, _, location = as_text(field).partition(STATE_SEP)
-    quantity, version, event_time = as_text(value).split()[:3]
-    return (sku, location), Published(int(quantity), int(version), int(event_time))
+    words = as_text(value).split()
+    quantity, version, event_time = (int(word) for word in words[:3])
+    if len(words) > 3:
+        status = StockStatus(words[3])
+    else:
+        status = StockStatus.OUT_OF_STOCK if quantity == 0 else StockStatus.IN_STOCK
+    return (sku, location), Published(quantity, version, event_time, status)
 
 
 def state_update(channel: str, field: Any, value: Any) -> ChannelUpdate:
     """A channel's last published value of one key, from its state hash, as an update with no
     ``previous`` (what the reader was shown before is not known): what a publisher delivers for a
-    key whose stream entries were trimmed before it read them. A value without a status (written
-    before it was kept) shows ``OUT_OF_STOCK`` at 0 and ``IN_STOCK`` above."""
+    key whose stream entries were trimmed before it read them."""
     (sku, location), published = state_entry(field, value)
-    words = as_text(value).split()
-    if len(words) > 3:
-        status = StockStatus(words[3])
-    else:
-        status = StockStatus.OUT_OF_STOCK if published.quantity == 0 else StockStatus.IN_STOCK
-    return ChannelUpdate(channel, sku, location, published.quantity, None, status, published.version,
+    return ChannelUpdate(channel, sku, location, published.quantity, None, published.status, published.version,
                          published.event_time, 0, 0)
 
 

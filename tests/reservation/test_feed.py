@@ -12,7 +12,8 @@ T0 = 1_700_000_000_000
 
 def published_feed(policy: FeedPolicy, values: dict[str, int]) -> Feed:
     """A feed whose keys were all published once (version 1..n) long ago."""
-    published = {(sku, ""): Published(q, n + 1, T0 - 60_000) for n, (sku, q) in enumerate(values.items())}
+    published = {(sku, ""): Published(q, n + 1, T0 - 60_000, policy.status(q))
+                 for n, (sku, q) in enumerate(values.items())}
     return Feed("web", policy, T0 - 60_000, published)
 
 
@@ -127,7 +128,8 @@ def test_a_feed_given_its_newest_version_does_not_pass_over_every_published_valu
     store had read, and the feed found the newest again by a pass over every value in one go - with
     the store's own pass, seconds of a held event loop for tens of millions of keys. The version the
     store keeps while reading page by page is taken as it is; without one, it is found (C3)."""
-    published = _WalkedPublished({("a", ""): Published(3, 7, T0), ("b", "s1"): Published(0, 9, T0)})
+    published = _WalkedPublished({("a", ""): Published(3, 7, T0, StockStatus.LOW_STOCK),
+                                  ("b", "s1"): Published(0, 9, T0, StockStatus.OUT_OF_STOCK)})
     feed = Feed("web", FeedPolicy(), T0, published, 12)
     assert (feed.version, published.walks) == (12, 0)
     assert Feed("web", FeedPolicy(), T0, published).version == 9
@@ -223,7 +225,7 @@ def test_a_take_reads_only_the_keys_it_publishes_not_every_queued_one() -> None:
     feed._stockouts = _CountedKeys()
     for n in range(10_000):
         feed.offer((f"sku-{n}", "store-1"), 5, T0, T0, T0)
-    published = {(f"sku-{n}", "store-2"): Published(5, n + 1, T0) for n in range(10_000)}
+    published = {(f"sku-{n}", "store-2"): Published(5, n + 1, T0, StockStatus.LOW_STOCK) for n in range(10_000)}
     feed.published.update(published)
     for key in published:
         feed.offer(key, 0, T0, T0, T0)
@@ -347,3 +349,19 @@ def test_c1_a_withdrawn_key_shown_before_is_still_shown_0_after_a_failed_write()
     feed.withdraw(("a", ""), T0 + 1)
     feed.give_back(lost, T0 + 2)
     assert [(u.sku, u.quantity, u.previous) for u in drain(feed, T0 + 3)] == [("a", 0, 5)]
+
+
+def test_a_reloaded_low_stock_level_publishes_a_number_it_classes_otherwise_and_no_other_C3() -> None:
+    """The same number curated again after a reload is no change (E11) unless the new level gives it another
+    status: then it goes out, its status with it, at a new version - the entry at the old one keeps the old."""
+    feed = published_feed(FeedPolicy(throttle_ms=0, low_stock_level=10), {"low": 8, "high": 50, "out": 0})
+    assert feed.published[("low", "")].status is StockStatus.LOW_STOCK
+    feed.set_policy(FeedPolicy(throttle_ms=0, low_stock_level=5), T0)
+    for sku, quantity in (("low", 8), ("high", 50), ("out", 0)):
+        feed.offer((sku, ""), quantity, T0, T0, T0)
+    out = drain(feed, T0)
+    assert [(u.sku, u.quantity, u.previous, u.status, u.version) for u in out] == [
+        ("low", 8, 8, StockStatus.IN_STOCK, 4)]
+    assert feed.published[("low", "")] == Published(8, 4, T0, StockStatus.IN_STOCK)
+    feed.offer(("low", ""), 8, T0, T0, T0)
+    assert drain(feed, T0 + 1) == [], "E11: published in the status the policy gives it"

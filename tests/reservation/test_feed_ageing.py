@@ -20,7 +20,7 @@ SLOW = ("slow-sku", "")
 
 def feed_of(policy: FeedPolicy) -> Feed:
     keys = [(f"fast-{n}", "") for n in range(FAST)] + [SLOW]
-    published = {key: Published(500, n + 1, T0 - 60_000) for n, key in enumerate(keys)}
+    published = {key: Published(500, n + 1, T0 - 60_000, policy.status(500)) for n, key in enumerate(keys)}
     return Feed("market", policy, T0, published, len(keys))
 
 

@@ -5,15 +5,17 @@ across a write that did not land (C3: a new version the destination takes)."""
 
 from __future__ import annotations
 
-from reservation import Feed, FeedPolicy, Published
+from reservation import Feed, FeedPolicy, Published, StockStatus
 
 T0 = 1_700_000_000_000
 KEY = ("sku-1", "")
+IN = StockStatus.IN_STOCK
 
 
 def _feed() -> Feed:
     """``sku-1`` published at 7 (version 3), the rate limit's tokens all spent."""
-    feed = Feed("web", FeedPolicy(throttle_ms=60_000, rate_per_s=1.0, burst=1), T0, {KEY: Published(7, 3, T0 - 1)}, 3)
+    policy = FeedPolicy(throttle_ms=60_000, rate_per_s=1.0, burst=1)
+    feed = Feed("web", policy, T0, {KEY: Published(7, 3, T0 - 1, IN)}, 3)
     feed.bucket.tokens = 0.0
     return feed
 
@@ -21,13 +23,13 @@ def _feed() -> Feed:
 def test_the_published_value_stays_until_the_new_version_is_confirmed_C4() -> None:
     feed = _feed()
     feed.offer_again(KEY, 7, T0 - 1, T0, T0)
-    assert feed.published[KEY] == Published(7, 3, T0 - 1)
+    assert feed.published[KEY] == Published(7, 3, T0 - 1, IN)
     (update,) = feed.take(T0, 10)
     assert (update.quantity, update.previous, update.version) == (7, None, 4)  # a baseline, past the rate limit
-    assert feed.published[KEY] == Published(7, 3, T0 - 1), "being written: not durable yet"
+    assert feed.published[KEY] == Published(7, 3, T0 - 1, IN), "being written: not durable yet"
     update.published_at = T0
     feed.confirm([update])
-    assert feed.published[KEY] == Published(7, 4, T0 - 1)
+    assert feed.published[KEY] == Published(7, 4, T0 - 1, IN)
 
 
 def test_an_equal_offer_meanwhile_does_not_withdraw_it_E11() -> None:
@@ -42,7 +44,7 @@ def test_a_write_that_did_not_land_goes_out_again_as_a_baseline_C3() -> None:
     feed = _feed()
     feed.offer_again(KEY, 7, T0 - 1, T0, T0)
     feed.give_back(feed.take(T0, 10), T0)
-    assert feed.published[KEY] == Published(7, 3, T0 - 1)
+    assert feed.published[KEY] == Published(7, 3, T0 - 1, IN)
     (update,) = feed.take(T0 + 1, 10)
     assert (update.quantity, update.previous, update.version) == (7, None, 4)
     update.published_at = T0 + 1

@@ -16,7 +16,7 @@ SELLERS = [("sku-a", ""), ("sku-b", "")]
 
 
 def feed_of(keys: list[tuple[str, str]], quantity: int = 500) -> Feed:
-    published = {key: Published(quantity, n + 1, T0 - 60_000) for n, key in enumerate(keys)}
+    published = {key: Published(quantity, n + 1, T0 - 60_000, NO_AGEING.status(quantity)) for n, key in enumerate(keys)}
     return Feed("market", NO_AGEING, T0, published, len(keys))
 
 

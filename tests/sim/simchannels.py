@@ -165,7 +165,7 @@ class SimChannelStore:
             self.on_landed(channel, values_of(updates))  # raises if a value was never durable (C4)
             self.streams[channel] += updates  # a start's marker too: it takes its version (C3)
             for u in values_of(updates):  # not a marker: it is no key's value, in no state hash
-                self.state[channel][u.key] = Published(u.quantity, u.version, u.event_time)
+                self.state[channel][u.key] = Published(u.quantity, u.version, u.event_time, u.status)
         return None
 
 

@@ -14,14 +14,15 @@ from atp_service.channels.feeds import RunFeed
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.channel_wire import MARKER_FIELDS, StartMarker, values_of
 from atp_service.storage.keys import CHANNELS, Keyspace
-from reservation import FeedPolicy, Published
+from reservation import FeedPolicy, Published, StockStatus
 
 NOW = 0  # the clock's floor below Redis's newest: the run's first version is the one after it
 
 
 def quiet_feed() -> RunFeed:
     """A channel that published sku-a = 3 at version 41 (the newest Redis holds), nothing pending: first 42."""
-    return RunFeed("web", FeedPolicy(throttle_ms=0), NOW, {("sku-a", ""): Published(3, 41, 1)}, 41)
+    published = {("sku-a", ""): Published(3, 41, 1, StockStatus.LOW_STOCK)}
+    return RunFeed("web", FeedPolicy(throttle_ms=0), NOW, published, 41)
 
 
 def test_a_quiet_channel_s_first_write_is_its_start_marker_alone() -> None:
@@ -32,7 +33,7 @@ def test_a_quiet_channel_s_first_write_is_its_start_marker_alone() -> None:
     assert feed.in_flight == 1 and feed.take(NOW, 10) == [], "one marker, while it is written"
     feed.confirm([marker])
     assert feed.published_version == 42 and feed.in_flight == 0, "the snapshot is current as of the marker"
-    assert feed.published == {("sku-a", ""): Published(3, 41, 1)}, "no key's value"
+    assert feed.published == {("sku-a", ""): Published(3, 41, 1, StockStatus.LOW_STOCK)}, "no key's value"
     assert feed.next_wakeup(NOW) is None and feed.take(NOW, 10) == [], "written once"
 
 
@@ -47,7 +48,8 @@ def test_the_run_s_updates_follow_on_from_its_marker_and_one_given_back_takes_it
     again = feed.take(NOW, 10)
     assert [(u.version, u.follows) for u in again] == [(42, 41), (43, None)] and values_of(again)[0].quantity == 0
     feed.confirm(again)
-    assert feed.published_version == 43 and feed.published[("sku-a", "")] == Published(0, 43, 2)
+    assert feed.published_version == 43
+    assert feed.published[("sku-a", "")] == Published(0, 43, 2, StockStatus.OUT_OF_STOCK)
 
 
 def test_no_marker_once_a_settle_found_the_stream_past_the_run_s_first_version() -> None:

@@ -4,7 +4,7 @@ was offered: pure logic, the desk's ``marks`` with a ``Feed``."""
 from __future__ import annotations
 
 from atp_service.channels.marks import velocity_at, velocity_rank
-from reservation import Feed, FeedPolicy, Published
+from reservation import Feed, FeedPolicy, Published, StockStatus
 
 T0 = 1_700_000_000_000
 HALF_LIFE_MS = 60_000.0
@@ -22,7 +22,7 @@ def test_a_change_offered_earlier_does_not_keep_a_demand_it_has_since_lost() -> 
     """``a`` sold 10 units two half-lives before ``b`` sold 6: when both wait for the rate limit, ``b``
     sells faster now (6 against 2.5). Offered with its demand decayed to its own offer time, ``a``'s
     change kept 10 and went first."""
-    published = {(sku, ""): Published(50, n + 1, T0 - 600_000) for n, sku in enumerate("ab")}
+    published = {(sku, ""): Published(50, n + 1, T0 - 600_000, StockStatus.IN_STOCK) for n, sku in enumerate("ab")}
     policy = FeedPolicy(throttle_ms=0, rate_per_s=1.0, burst=1, max_wait_ms=3_600_000)  # ageing out of the way
     feed = Feed("web", policy, T0 - 600_000, published)
     demand = {"a": (10.0, T0)}

@@ -24,6 +24,7 @@ from atp_service.storage.channel_wire import (
     script_item,
     start_marker,
     state_entry,
+    state_update,
     to_fields,
     values_of,
 )
@@ -67,7 +68,7 @@ def test_a_runs_first_entry_names_the_version_it_follows_and_the_others_follow_t
 
 def test_the_state_hash_value_the_script_stores_reads_back() -> None:
     key, pub = state_entry(b"sku-1\tdc-1", script_item(U)[STATE_ARG - 1].encode())
-    assert key == ("sku-1", "dc-1") and pub == Published(7, 42, 1_000)
+    assert key == ("sku-1", "dc-1") and pub == Published(7, 42, 1_000, StockStatus.LOW_STOCK)
 
 
 def test_a_start_marker_carries_its_version_and_the_one_it_follows_and_no_update() -> None:
@@ -90,3 +91,9 @@ def test_a_start_marker_carries_its_version_and_the_one_it_follows_and_no_update
 def test_a_marker_of_a_kind_not_known_is_refused_as_an_entry_of_another_format() -> None:
     with pytest.raises(ValueError, match="'rewind'"):
         from_fields({**to_fields(start_marker("web", 5_000, 42, 1_002)), MARKER: "rewind"})
+
+
+def test_a_state_hash_value_written_before_the_status_was_kept_reads_with_the_status_a_publisher_gives_it() -> None:
+    assert state_entry("a\t", "3 7 11")[1] == Published(3, 7, 11, StockStatus.IN_STOCK)
+    assert state_entry("a\t", "0 8 11")[1] == Published(0, 8, 11, StockStatus.OUT_OF_STOCK)
+    assert state_update("web", "a\t", "3 7 11").status is StockStatus.IN_STOCK
