@@ -66,9 +66,11 @@ def release(view: View, reservation_id: str, lines: tuple[LineRequest, ...], ope
 
 
 def fulfill(view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int,
-            limits: Limits, *, ship: bool = True) -> Reservation:
+            limits: Limits, *, ship: bool = True, ship_at: int | None = None) -> Reservation:
     """R4: shipped or picked-up units leave `committed` and `on_hand` together. ``ship=False`` when a
-    SHIPMENT fact has already moved `on_hand` itself (fulfilment by fact)."""
+    SHIPMENT fact has already moved `on_hand` itself (fulfilment by fact). ``ship_at``: when the units left,
+    where that was before ``now`` (the shipment ordered among facts by it, E1: a count stamped after it
+    absorbed it, E4); ``now`` if None."""
     rec, retried = _current_or_retry(view, reservation_id, lines, operation_id, now, State.FULFILLED)
     if retried:
         return rec
@@ -82,7 +84,8 @@ def fulfill(view: View, reservation_id: str, lines: tuple[LineRequest, ...], ope
     for index, (line, qty) in enumerate(zip(new.lines, amounts, strict=True)):
         if qty:
             if ship:
-                view.ship(line.sku, line.location, qty, now, f"fulfil:{reservation_id}:{operation_id}:{index}")
+                view.ship(line.sku, line.location, qty, now if ship_at is None else ship_at,
+                          f"fulfil:{reservation_id}:{operation_id}:{index}")
             else:
                 view.move_hold(line.sku, line.location, 0, -qty)
             line.committed -= qty

@@ -13,12 +13,13 @@ from older data between the part's release and the order's record, the saga goin
 part's process still held in memory. Parts never expire by themselves (``_orders.PART_TTL_MS``): left
 alone, either part's units stay held for good (R2: no hold outlives its order's decision or TTL). Not a
 part whose units its FULFILLED order fulfilled (``gives_up``): Redis lost their move out of on_hand with
-the part's fulfilment, and released they would be offered again though they left.
+the part's fulfilment, and released they would be offered again though they left; such a part is settled
+as its order was instead, those units fulfilled (``lost_moves``, R4), held or confirmed.
 
 A confirmed part likewise keeps committed units (Q3) its order's record released — RELEASED, or FULFILLED
 having released some by line (R3) — where Redis lost the part's release: committed never expire, so they
-would never be offered again. Those units, and only those, are given back (``given_back``); what the
-order fulfilled stays committed, and a confirmed part under an order EXPIRED or REJECTED (its record lost
+would never be offered again. Those units are given back (``given_back``); what the order fulfilled is
+fulfilled (``lost_moves``), and a confirmed part under an order EXPIRED or REJECTED (its record lost
 the confirmation) is kept whole, as an orphaned confirmed part is: a paid order's, until shipped.
 
 One process knows only its own groups' records (``Engine.home_of``), and a part does not say where
@@ -36,7 +37,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.parts import GiveUpPart, ReadPart, command_of, log_orphaned, run_part, tell_home, work_of
-from reservation import TERMINAL, Ledger, LineRequest, Reservation, State
+from reservation import TERMINAL, Ledger, Limits, LineRequest, Reservation, State
 from reservation import _operations as ops
 from reservation import _orders as orders
 
@@ -80,8 +81,8 @@ def gives_up(record: Reservation | None, part: Reservation) -> bool:
     was rejected, expired or released, or FULFILLED releasing every unit it was granted at the part's SKUs
     (a SKU's lines are all in one group). Units of a FULFILLED order not released were fulfilled: they left
     ``on_hand`` with the part's fulfilment (R4), and Redis lost that with the on_hand move — released now,
-    they would be offered again though they left the building (Q5: oversold). Such a part is kept held
-    (a known gap: its units counted as held rather than gone, what is offered right)."""
+    they would be offered again though they left the building (Q5: oversold). Such a part is fulfilled
+    instead (``lost_moves``)."""
     if not holds_nothing(record):
         return False
     assert record is not None
@@ -118,15 +119,66 @@ def given_back(records: Sequence[Reservation], part: Reservation) -> tuple[LineR
     return tuple(back)
 
 
+Moves = tuple[tuple[LineRequest, ...], tuple[LineRequest, ...]]
+"""Units of a part to release, and units to fulfil (``lost_moves``)."""
+
+
+def lost_moves(records: Sequence[Reservation], part: Reservation) -> Moves:
+    """(units to release, units to fulfil) of a HELD or CONFIRMED ``part`` whose order, settled FULFILLED in each of
+    ``records`` (``holds_nothing``), released or fulfilled them, where Redis lost the part's changes while the
+    order's group kept its record (R3, R4). Per position: what every record released past what the part has
+    released, then what every record fulfilled (granted, not released) past what the part has fulfilled, at most
+    what the part still holds or has committed. Kept held or committed, the fulfilled units - whose move out of
+    ``on_hand`` Redis lost with the part's fulfilment - stood reserved or committed for good, above on_hand once a
+    COUNT corrected it (Q5: shown oversold); released, they would be offered again though they left. Fulfilled,
+    they leave on_hand again."""
+    if part.state not in (State.HELD, State.CONFIRMED) or not records or not all(
+            holds_nothing(record) and record.state == State.FULFILLED for record in records):
+        return (), ()
+    left = ops.per_position(part.lines, lambda line: line.outstanding)
+    moves: list[list[LineRequest]] = [[], []]
+    # An order settled FULFILLED fulfilled every unit it granted and did not release (its record counts releases).
+    for out, by_part, by_order in zip(moves, (lambda line: line.released, lambda line: line.fulfilled),
+                                      (lambda line: line.released, lambda line: line.granted - line.released),
+                                      strict=True):
+        had = ops.per_position(part.lines, by_part)
+        done = [ops.per_position(record.lines, by_order) for record in records]
+        for (sku, location), units in left.items():
+            lost = min(units, min(each.get((sku, location), 0) for each in done) - had[(sku, location)])
+            if lost > 0:
+                out.append(LineRequest(sku, location, lost))
+                left[(sku, location)] = units - lost
+    return tuple(moves[0]), tuple(moves[1])
+
+
 def _suspect(part: Reservation, order: Reservation | None, elsewhere: bool) -> bool:
     """Whether ``part`` (old enough) is to be asked about: ``order``, its record here (None: not here), gave its
     units up (``gives_up``, ``given_back``) — or, not here, every group is asked (a confirmed part only where
     ``elsewhere``: a sweep that asks about those, ``CONFIRMED_ASKED_EVERY_MS``)."""
     if part.state == State.HELD:
-        return order is None or gives_up(order, part)
+        return order is None or gives_up(order, part) or any(lost_moves([order], part))
     if part.state != State.CONFIRMED or not any(line.committed for line in part.lines):
         return False
-    return elsewhere if order is None else bool(given_back([order], part))
+    return elsewhere if order is None else bool(given_back([order], part)) or any(lost_moves([order], part))
+
+
+def settle_fulfilled(ledger: Ledger, part: Reservation, moves: Moves, fulfilled_at: int, now: int,
+                     limits: Limits) -> Given:
+    """``part`` settled as its FULFILLED order was (``lost_moves``): what the order released released, the part
+    confirmed if held, the rest fulfilled, the shipment stamped when the order's fulfilment was recorded (a COUNT
+    stamped after it already counts the units gone: it absorbs the shipment, E4, instead of taking them off twice)."""
+    had = f"held {sum(line.held for line in part.lines)}" if part.state == State.HELD else \
+        f"had {sum(line.committed for line in part.lines)} committed"
+    rid, ship_at = part.reservation_id, min(fulfilled_at, now)
+    if moves[0]:
+        ops.release(ledger, rid, moves[0], "", now, limits)
+    if part.state == State.HELD:
+        ops.confirm(ledger, rid, now)
+    ops.fulfill(ledger, rid, moves[1], "", now, limits, ship_at=ship_at)
+    released, fulfilled = (sum(line.quantity for line in each) for each in moves)
+    return (f"{had} units its order released ({released}) or fulfilled ({fulfilled})",
+            f"released {released} and fulfilled {fulfilled}, their move out of on_hand stamped at {ship_at} "
+            "(when the order's fulfilment was recorded)")
 
 
 def log_outlived(part_id: str, shard: int, order: Reservation, given: Given) -> None:
@@ -261,6 +313,11 @@ class LeasedOrphans:
             part = ledger.reservation(part_id)
             if part is None or part.updated_at != seen:
                 return None  # changed meanwhile: not an untouched orphan (found again if it still is one)
+            if not (part.state == State.HELD and all(gives_up(record, part) for record in records)):
+                moves = lost_moves(records, part)
+                if moves[1]:  # R4, Q5: units its FULFILLED order fulfilled: fulfilled here too, not kept nor released
+                    fulfilled_at = max(record.updated_at for record in records)
+                    return settle_fulfilled(ledger, part, moves, fulfilled_at, now, engine.limits)
             if part.state == State.CONFIRMED:
                 back = given_back(records, part)  # R3, Q3: only what the order released; Q5: not what it fulfilled
                 if not back:
@@ -272,7 +329,7 @@ class LeasedOrphans:
                 return (f"had {units} committed units its order released", "released" if committed == units else
                         f"released ({committed - units} kept committed: units its order fulfilled)")
             if part.state != State.HELD or not all(gives_up(record, part) for record in records):
-                return None  # a FULFILLED order's units there left on_hand: kept held (``gives_up``)
+                return None
             work_of(engine, GiveUpPart(command_of(part)))(ledger, now)
             return f"held {sum(line.held for line in part.lines)} units", "released"
 

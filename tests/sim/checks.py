@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from atp_service.engine.orphans import given_back, gives_up
+from atp_service.engine.orphans import given_back, lost_moves
 from reservation import TERMINAL, Event, Fact, FactKind, Reservation, State, decode_entry
 from reservation import _orders as orders
 from reservation._bulk import loaded_facts
@@ -134,15 +134,14 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
     settled in a final state that gave its units up (``orphans.gives_up``) waits for housekeeping as
     ``outlived``'s do, and so does a part CONFIRMED keeping committed units its order, settled RELEASED or
     FULFILLED, released (``orphans.given_back``: housekeeping gives those back); any other such disagreement
-    (a part CONFIRMED under an order that released none of its units, under a live order, or HELD with units
-    its FULFILLED order fulfilled: Redis lost their move out of on_hand with the part's fulfilment) is a
-    known gap, not checked here — the part keeps its units (Q2/Q3 still checked), nothing is oversold.
+    (a part CONFIRMED under an order that released none of its units and fulfilled none, or under a live order)
+    is a known gap, not checked here — the part keeps its units (Q2/Q3 still checked), nothing is oversold.
     ``outlived``: orders a part of which Redis, back whole from older data, lost a change its process still
     held in memory, so that a saga going on from that memory may have recorded a decision that holds nothing
     while the part holds units again: such a held part is exempt until ``lost_looked_for`` (as ``lost_orders``':
     housekeeping releases it once past the longest TTL, ``orphans.LeasedOrphans``); a confirmed one only for
-    the committed units its order released (``orphans.given_back``), and a held one whose units its FULFILLED
-    order fulfilled is the known gap above (kept held, not checked)."""
+    the committed units its order released (``orphans.given_back``), and a held or confirmed one whose units its
+    FULFILLED order fulfilled until housekeeping fulfils them there (``orphans.lost_moves``, R4)."""
     for rid, rec in records.items():
         order_id = orders.order_of(rid)
         # A confirmed part of a lost order is kept, its units a paid order's, committed until a SHIPMENT
@@ -166,18 +165,16 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
             held_under_final = state in TERMINAL and part.state == State.HELD  # given up by housekeeping
             # A confirmed part keeping committed units its settled order released (Redis lost the part's release):
             # given back by housekeeping once past the longest TTL (``orphans.given_back``, R3, Q3), not before.
-            back = sum(line.quantity for line in given_back([rec], part)) if rid in torn_orders or rid in outlived \
-                else 0
+            # Or a part holding or committing units its FULFILLED order fulfilled (Redis lost their move out of
+            # on_hand with the part's fulfilment): fulfilled by housekeeping likewise (``orphans.lost_moves``, R4).
+            back = _owed(rec, part) if rid in torn_orders or rid in outlived else 0
             if back and lost_looked_for is not None and part.created_at <= lost_looked_for:
-                raise Violation(f"R3/Q3: order {rid} is {state.name} but its confirmed part in group {group} keeps "
-                                f"{back} committed units the order released")
+                raise Violation(f"R3/Q3: order {rid} is {state.name} but its part in group {group} keeps "
+                                f"{back} units the order released or fulfilled")
             if back:
                 continue  # waits for housekeeping (what the order fulfilled is checked by Q3 as any committed unit)
             if rid in torn_orders and not held_under_final:
                 continue  # the order ahead of its part (the part's node lost its change): a known gap
-            if held_under_final and (rid in torn_orders or rid in outlived) and rec.state == State.FULFILLED \
-                    and not gives_up(rec, part):
-                continue  # its units fulfilled, their move out of on_hand lost with the part's: kept (a known gap)
             outstanding = sum(line.outstanding for line in part.lines)
             waits = held_under_final and (rid in outlived or rid in torn_orders) and (
                 lost_looked_for is None or part.created_at > lost_looked_for)
@@ -187,6 +184,13 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
             if state not in TERMINAL and State(part.state) not in allowed:
                 raise Violation(f"R2: order {rid} is {state.name} but its part in group {group} is "
                                 f"{State(part.state).name}")
+
+
+def _owed(order: Reservation, part: Reservation) -> int:
+    """Units of ``part`` its settled ``order`` gave up or fulfilled, that housekeeping gives up or fulfils there."""
+    moves = lost_moves([order], part)
+    return sum(line.quantity for each in moves for line in each) if any(moves) else \
+        sum(line.quantity for line in given_back([order], part))
 
 
 def _facts_of(event: Event) -> list[Fact]:

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-from atp_service.engine.orphans import CONFIRMED_ASKED_EVERY_MS, ORPHAN_AGE_MARGIN_MS, given_back, gives_up
+from atp_service.engine.orphans import (
+    CONFIRMED_ASKED_EVERY_MS,
+    ORPHAN_AGE_MARGIN_MS,
+    given_back,
+    gives_up,
+    lost_moves,
+)
 from reservation import State
 from reservation import _orders as orders
 from tests.sim.checks import Violation, orders_hold_what_they_decided
@@ -77,8 +83,8 @@ def _lost_parts_due(world: ClusterWorld, looked_for: int | None) -> int | None:
 def _lost_parts(world: World) -> list[tuple[str, int, int]]:
     """(id, group, created at) of each part that holds units of one of ``lost_orders`` (not opened again
     since), or of one of ``outlived_orders`` or ``torn_orders`` settled in a final state that gave its units
-    up (``orphans.gives_up``; a held one whose units its FULFILLED order fulfilled is kept: they left on_hand,
-    Redis lost that with it), or that keeps committed units such an order released (``orphans.given_back``;
+    up (``orphans.gives_up``), or that holds or keeps committed units such an order fulfilled (``orphans.lost_moves``:
+    fulfilled there, Redis lost that with their move out of on_hand) or released (``orphans.given_back``;
     a confirmed part of a lost order is kept: its units are a paid order's, committed until shipped)."""
     records = {rid: rec for a in world.eng.actors for rid, rec in a.ledger.reservations.items()}
     return [(rid, actor.shard, rec.created_at) for actor in world.eng.actors
@@ -87,7 +93,8 @@ def _lost_parts(world: World) -> list[tuple[str, int, int]]:
                 (any(line.held for line in rec.lines)
                  and ((order_id in world.lost_orders and order_id not in records)
                       or (_torn(world, order_id) and gives_up(records.get(order_id), rec))))
-                or (_torn(world, order_id) and order_id in records and given_back([records[order_id]], rec)))]
+                or (_torn(world, order_id) and order_id in records and (
+                    given_back([records[order_id]], rec) or any(lost_moves([records[order_id]], rec)))))]
 
 
 def _torn(world: World, order_id: str) -> bool:

@@ -14,7 +14,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from atp_client import AtpClient
+from atp_client import AtpClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from atp_service.engine.orphans import ORPHAN_AGE_MARGIN_MS
@@ -128,18 +128,23 @@ async def _holds(client: AtpClient, sku: str, units: int) -> bool:
 
 
 @pytest.mark.parametrize("home_elsewhere", [False, True], ids=["home-here", "home-elsewhere"])
-async def test_a_held_part_whose_fulfilment_redis_lost_under_a_fulfilled_order_is_not_released_Q5(
-        start_service: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch, home_elsewhere: bool) -> None:
-    """Defect: housekeeping released a held part under any order settled in a final state, FULFILLED too.
-    The order here is FULFILLED (its Fulfil moved the part's 3 units out of on_hand, R4), and Redis lost
+async def test_a_held_part_whose_fulfilment_redis_lost_under_a_fulfilled_order_is_fulfilled_R4(
+        start_service: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch, home_elsewhere: bool) -> None:
+    """The order here is FULFILLED (its Fulfil moved the part's 3 units out of on_hand, R4), and Redis lost
     the part's confirmation and fulfilment: the part HELD again and on_hand 5 again — available 2, as the
-    units that left say. Releasing the part gave back units the order's Fulfil had moved: available 5,
-    3 units that left the building offered again (Q5, R2: nothing is ever oversold). A part whose units
-    its order fulfilled is not released (kept held: a known gap, the availability right). ``home_elsewhere``:
-    the sweep sees the order's home as another process's (its records read from every group, the part's
-    turn judging them), as where the part's group and the order's are served by different processes."""
+    units that left say. Released, they would be offered again though they left (Q5). Defect: the part was
+    kept held for good, said by nothing: a COUNT of the 2 left in the building then showed 3 reserved over 2 on
+    hand, oversold (available -1) for good. The part is now settled as its order was (fulfilled, the shipment
+    stamped when the order's fulfilment was recorded: the COUNT stamped after it absorbs it, E4) and said
+    (``order_part_outlived``). ``home_elsewhere``: the sweep sees the order's home as another process's (its
+    records read from every group, the part's turn judging them)."""
     engine, client, b, _ = await _fulfilled_part_lost(start_service, redis_url, release_part_first=False)
     assert await _available(client, b) == 2  # on_hand 5 again, 3 of it held: what is left in the building
+    now = engine.clock.now_ms()
+    await client.record_events([pb.Fact(event_id="count-b", source="wms", kind=pb.FactKind.FACT_KIND_COUNT, sku=b,
+                                        location="S1", quantity=2, event_time=timestamp(now))])
+    caplog.set_level(logging.ERROR, logger="atp_service")
     if home_elsewhere:
         home_of = engine.home_of
         monkeypatch.setattr(engine, "home_of", lambda rid: None if rid == "o" else home_of(rid))
@@ -149,8 +154,11 @@ async def test_a_held_part_whose_fulfilment_redis_lost_under_a_fulfilled_order_i
         await asyncio.sleep(0.05)
     await until(lambda: not sweep.suspects and not sweep._asking, "housekeeping done asking", 20)
     monkeypatch.undo()
-    assert await _available(client, b) == 2, "units the order's Fulfil moved out of on_hand offered again"
+    assert await _reserved(client, b) == 0, "the part's units its order fulfilled held for good"
+    assert await _available(client, b) == 2, "the 2 the COUNT found, the shipment before it not taken off again"
     assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_FULFILLED
+    said = [r for r in caplog.records if getattr(r, "event", None) == "order_part_outlived"]
+    assert said and "fulfilled 3" in said[0].getMessage(), [r.getMessage() for r in caplog.records]
 
 
 async def test_a_held_part_whose_release_redis_lost_under_a_fulfilled_order_is_given_up_R2(
@@ -262,39 +270,42 @@ async def test_a_confirmed_part_whose_release_redis_lost_under_a_released_order_
     assert said and "3 committed units" in said[0].getMessage(), [r.getMessage() for r in caplog.records]
 
 
-async def test_a_confirmed_part_under_a_fulfilled_order_gives_back_only_what_it_released_Q5(
+async def test_a_confirmed_part_under_a_fulfilled_order_gives_back_what_it_released_and_fulfils_the_rest_Q5(
         start_service: ServiceFactory, redis_url: str) -> None:
     """The order released 1 of b's 3 units by line, then was fulfilled (2 of b shipped, on_hand 3, nothing
     committed: available 3); Redis lost the part's release and fulfilment, and with the fulfilment its move out
-    of on_hand: 3 committed, on_hand 5, available 2. The released unit is given back (available 3, what is in
-    the building and not promised); the 2 fulfilled stay committed — released, they would be offered again
-    though they left (Q5: oversold)."""
+    of on_hand: 3 committed, on_hand 5, available 2. The released unit is given back and the 2 fulfilled are
+    fulfilled again (on_hand 3, nothing committed: available 3, what is in the building and not promised) —
+    released, they would be offered again though they left (Q5: oversold); kept committed, they stood above
+    on_hand for good once a COUNT corrected it."""
     engine, client, b = await _confirmed_part_lost(start_service, redis_url, released_at_b=1, fulfil=True)
 
-    async def given_back() -> bool:
-        await engine.run_maintenance()
-        return await _committed(client, b) == 2
-
-    await until(given_back, "the unit the fulfilled order released given back by housekeeping", 20, every_s=0.05)
-    for _ in range(10):  # more passes give back nothing more
+    sweep = engine._housekeeper._orphans
+    for _ in range(20):
         await engine.run_maintenance()
         await asyncio.sleep(0.05)
-    sweep = engine._housekeeper._orphans
     await until(lambda: not sweep.suspects and not sweep._asking, "housekeeping done asking", 20)
-    assert await _committed(client, b) == 2
+    assert await _committed(client, b) == 0, "units its order fulfilled committed for good"
     assert await _available(client, b) == 3
     assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_FULFILLED
 
 
-async def test_a_confirmed_part_whose_fulfilment_redis_lost_under_a_fulfilled_order_stays_committed_Q5(
+async def test_a_confirmed_part_whose_fulfilment_redis_lost_under_a_fulfilled_order_is_fulfilled_R4(
         start_service: ServiceFactory, redis_url: str) -> None:
     """The order fulfilled whole (b's 3 units shipped): Redis lost the part's fulfilment and its move out of
-    on_hand, the part CONFIRMED again with 3 committed, available 2 — what is left. Nothing is given back."""
+    on_hand, the part CONFIRMED again with 3 committed, available 2 — what is left. Defect: the 3 stayed committed
+    for good: a COUNT of the 2 left then showed them oversold (available -1). They are fulfilled, the shipment
+    stamped when the order's fulfilment was recorded: a COUNT stamped after it replaces on_hand (E2), nothing
+    taken off twice."""
     engine, client, b = await _confirmed_part_lost(start_service, redis_url, released_at_b=0, fulfil=True)
     sweep = engine._housekeeper._orphans
     for _ in range(20):
         await engine.run_maintenance()
         await asyncio.sleep(0.05)
     await until(lambda: not sweep.suspects and not sweep._asking, "housekeeping done asking", 20)
-    assert await _committed(client, b) == 3
+    assert await _committed(client, b) == 0, "units its order fulfilled committed for good"
     assert await _available(client, b) == 2, "units the order's Fulfil moved out of on_hand offered again"
+    now = engine.clock.now_ms()
+    await client.record_events([pb.Fact(event_id="count-b", source="wms", kind=pb.FactKind.FACT_KIND_COUNT, sku=b,
+                                        location="S1", quantity=2, event_time=timestamp(now))])
+    assert await _available(client, b) == 2
