@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from atp_service.storage.durability import landed_of
+from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.log import CrossGroupWrite, Fenced, LogStore, encode_snapshot
 from atp_service.storage.nodes import NotReplicated, open_nodes
 from reservation import Ledger, Limits
+from tests.waiting import until
 
 SHARDS = 8
 
@@ -131,14 +135,45 @@ async def test_a_snapshot_trims_its_group_and_recovery_reads_it_back(store: LogS
     assert await store.client.xlen(store.keys.log(7)) == 2  # trimmed up to the snapshot's own entry
 
 
-async def test_an_append_is_acknowledged_after_a_replica_confirms_it(cluster_url: str) -> None:
-    store = LogStore(open_nodes(cluster_url, 5.0, cluster=True, wait_replicas=1), "t:", pipeline_max=64)
+async def test_an_append_is_acknowledged_after_a_replica_confirms_it(redis_cluster: EmbeddedCluster,
+                                                                     cluster_url: str) -> None:
+    """The group's replica is held (SIGSTOP): the append lands on the primary and waits there in ``WAIT``,
+    unacknowledged; once the replica runs again it confirms the entry and the append is acknowledged. The
+    ``WAIT`` is given far longer than any host's stall, so neither outcome depends on timing."""
+    store = LogStore(open_nodes(cluster_url, 5.0, cluster=True, wait_replicas=1, wait_timeout_ms=120_000), "t:",
+                     pipeline_max=64)
     try:
         await store.claim(SHARDS)
-        await store.submit(0, 1, b"on a primary and its replica")
+        await store.submit(0, 1, b"the group's script loaded on its primary")  # (not a NOSCRIPT's WAIT below)
+        primary = store.client.get_node_from_key(store.keys.log(0))
+        with redis.Redis(host=primary.host, port=primary.port) as on_primary:
+            (held,) = [node for node in redis_cluster.nodes
+                       if node.port in _replica_ports(on_primary.info("replication"))]
+            assert held.process is not None
+            held.process.send_signal(signal.SIGSTOP)
+            try:
+                append = asyncio.ensure_future(store.submit(0, 2, b"on a primary and its replica"))
+                await until(lambda: append.done() or (on_primary.xlen(store.keys.log(0)) == 2
+                                                      and _waiting_in_wait(on_primary)),
+                            "the append landed on the primary and waiting there in WAIT")
+                assert not append.done(), "acknowledged while its only replica could not have confirmed it"
+            finally:
+                held.process.send_signal(signal.SIGCONT)
+            await append  # confirmed by the replica: acknowledged (NotReplicated had it not)
         await store.fence(0)
     finally:
         await store.nodes.aclose()
+
+
+def _replica_ports(replication: dict[str, Any]) -> set[int]:
+    """The ports of the replicas a primary's ``INFO replication`` lists (``slave0``: a dict redis-py parsed)."""
+    return {int(value["port"]) for key, value in replication.items() if key.startswith("slave") and
+            isinstance(value, dict)}
+
+
+def _waiting_in_wait(client: redis.Redis) -> bool:
+    """A client of this node is blocked in ``WAIT``."""
+    return any(c.get("cmd") == "wait" and "b" in c.get("flags", "") for c in client.client_list())
 
 
 async def test_an_append_fewer_replicas_confirm_than_asked_is_in_doubt_not_refused(cluster_url: str) -> None:
