@@ -10,8 +10,10 @@ import redis.asyncio as aioredis
 
 from atp_client import AtpClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.channels.desk import ChannelDesk
 from atp_service.storage.channel_wire import from_fields, values_of
 from reservation import ChannelUpdate
+from tests.waiting import until
 
 ESTATE = """
 [[locations]]
@@ -114,3 +116,28 @@ async def raised_while_pickup_throttles(client: AtpClient, redis_url: str, key: 
     await client.record_events([fact("c1", "COUNT", *key, 1, t)])
     await wait_for_updates(redis_url, "pickup", 1)
     await client.record_events([fact("r1", "RECEIPT", *key, 4, t + 1)])
+
+
+class DeskRounds:
+    """A desk's rounds counted as each begins and ends (its ``run_round`` wrapped; the desk's loop calls it
+    anew each round). ``one_more`` is what a test waits for before it asserts that nothing more was
+    published: a whole round of the desk — curate, offer, publish what is due — run after that point.
+    A sleep only hoped one had run: on a slow host it passed where throttling was broken (C2)."""
+
+    def __init__(self, desk: ChannelDesk) -> None:
+        self.desk, self.begun, self.ended = desk, 0, 0
+        run_round = desk.run_round
+
+        async def counted() -> None:
+            self.begun += 1
+            index = self.begun
+            await run_round()
+            self.ended = max(self.ended, index)
+
+        desk.run_round = counted  # type: ignore[method-assign]
+
+    async def one_more(self) -> None:
+        """Until a round begun after this call has ended (the desk woken for it)."""
+        after = self.begun + 1
+        self.desk.poke()
+        await until(lambda: self.ended >= after, "a round of the desk begun after the changes ended")

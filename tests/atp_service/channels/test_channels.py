@@ -15,7 +15,15 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelRules, StockStatus, curate
-from tests.atp_service.channel_helpers import ESTATE, fact, latest, stream_updates, wait_for_updates, write_estate
+from tests.atp_service.channel_helpers import (
+    ESTATE,
+    DeskRounds,
+    fact,
+    latest,
+    stream_updates,
+    wait_for_updates,
+    write_estate,
+)
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
@@ -42,15 +50,16 @@ async def test_c1_curated_numbers_per_channel(start_service: ServiceFactory, tmp
 async def test_c2_thousand_changes_in_an_interval_publish_once_and_a_stockout_at_once(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
     service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
+    assert service.channels is not None
+    rounds = DeskRounds(service.channels)
     await client.record_events([fact("base", "COUNT", "sku-a", "dc-1", 5000, T)])
     await wait_for_updates(redis_url, "market", 1)
     for chunk in range(10):
         await client.record_events([fact(f"s{chunk}-{n}", "SALE", "sku-a", "dc-1", 1, T + 1 + chunk * 100 + n)
                                     for n in range(100)])
-    await asyncio.sleep(0.2)
+    await rounds.one_more()  # the sales durable, then a whole round: curated, offered, held back
     assert len(await stream_updates(redis_url, "market")) == 1  # all inside the throttle interval
     clock.advance(1000)
-    assert service.channels is not None
     service.channels.poke()
     updates = await wait_for_updates(redis_url, "market", 2)
     assert [(u.quantity, u.previous) for u in updates[1:]] == [(4000 - 2, 4998)]
@@ -60,7 +69,7 @@ async def test_c2_thousand_changes_in_an_interval_publish_once_and_a_stockout_at
     await client.record_events([fact("zero", "COUNT", "sku-a", "dc-1", 2, T + 2001)])  # 2 - buffer 2 = 0
     updates = await wait_for_updates(redis_url, "market", 3)  # no clock move: the stock-out goes at once
     assert [(u.quantity, u.status) for u in updates[2:]] == [(0, StockStatus.OUT_OF_STOCK)]
-    await asyncio.sleep(0.2)
+    await rounds.one_more()
     assert len(await stream_updates(redis_url, "market")) == 3  # the throttled 3988 was overtaken, never sent
 
 
@@ -95,8 +104,8 @@ async def test_e11_and_c3_versions_only_increase_across_a_restart(
     assert service2.channels is not None
     clock.advance(1500)
     service2.channels.poke()
-    after = await wait_for_updates(redis_url, "market", 21)
-    await asyncio.sleep(0.2)
+    await wait_for_updates(redis_url, "market", 21)
+    await DeskRounds(service2.channels).one_more()  # every round since the start ended: nothing more to come
     after = await stream_updates(redis_url, "market")
     assert len(after) == 21  # E11: unchanged keys are not published again after the restart
     assert (after[-1].sku, after[-1].quantity, after[-1].previous) == ("sku-0", 7, 8)
@@ -221,9 +230,9 @@ async def test_reload_publishes_only_what_changed_and_a_bad_file_changes_nothing
     clock.advance(1000)  # the market's throttle interval since the baselines
     assert service.channels is not None
     service.channels.poke()
-    market = await wait_for_updates(redis_url, "market", 6)
+    await wait_for_updates(redis_url, "market", 6)
     outlet = await wait_for_updates(redis_url, "outlet", 4)
-    await asyncio.sleep(0.2)
+    await DeskRounds(service.channels).one_more()  # every round since the reload ended: nothing more to come
     market = await stream_updates(redis_url, "market")
     assert sorted((u.sku, u.quantity, u.previous) for u in market[4:]) == [("sku-2", 20, 28), ("sku-3", 20, 48)]
     assert sorted(u.quantity for u in outlet) == [10, 15, 30, 50]
