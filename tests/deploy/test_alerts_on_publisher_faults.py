@@ -5,7 +5,6 @@ publishers fire none. Two publishers of one group are scraped together, as Prome
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -108,6 +107,15 @@ async def recorded(client: aioredis.Redis, sku: str, version: int) -> bool:
     return await client.hget(DELIVERED, f"{sku}\t") == str(version).encode()
 
 
+async def set_calls(client: aioredis.Redis) -> int:
+    """``SET``s Redis has run (``INFO commandstats``): after its start a publisher sends one only to take the lease."""
+    return int((await client.info("commandstats")).get("cmdstat_set", {}).get("calls", 0))
+
+
+async def _more_sets(client: aioredis.Redis, since: int, more: int) -> bool:
+    return await set_calls(client) >= since + more
+
+
 def together(*running: Running) -> Scrape:
     return {name: value for one in running for name, value in one.scrape().items()}
 
@@ -180,8 +188,12 @@ async def test_a_lease_key_without_ttl_held_by_no_publisher_fires_none_delivers(
         before = only.scrape()
         await client.set(KEY, "by-hand")
         await until(lambda: only.sample("atp_publisher_lease_held") == 0.0, "the holder loses the lease")
+        sets = await set_calls(client)
         await publish(client, 4, 3)
-        await asyncio.sleep(2.5)  # a few standby retries (one a second): it must stay a standby
+        # Standby tries at the lease (one a second), counted where they land: each is a SET NX, and a publisher
+        # that took the lease tries no more, so a third try means the first two were refused. A sleep passed
+        # where the host was too slow for any try to come in it.
+        await until(lambda: _more_sets(client, sets, 3), "three tries at the lease: it stays a standby")
         after = only.scrape()
     assert end.versions()[-1] == ("s3", 3), "delivered without the lease"
     assert firing(before, after, tmp_path, held=HELD) == {"ATPPublisherLeaseLost", "ATPPublisherNoneDelivers"}
