@@ -61,12 +61,16 @@ async def test_a_reader_stuck_behind_its_batches_fires_an_alert_as_facts_pile_up
         for n in range(3):  # ingest_inflight batches, each read alone, each waiting for the paused owner
             r.xadd(STREAMS[0], F(f"away-{n}", "RECEIPT", away[n], "DC", 1, now).fields())
             await until(lambda: stream_state(r, STREAMS[0]) == (n + 1, 0), "the batch read", 30)  # noqa: B023
+        # Stuck: its ``ingest_inflight`` batches all in flight, none done (each waits for the paused owner), so it
+        # reads nothing more (``Ingestor.step``). Seen, not slept on: a sleep passed wherever the host was slower.
+        batches = reader.ingestor._batches if reader.ingestor is not None else set()
+        await until(lambda: len(batches) == reader.config.ingest_inflight, "the reader's batches all in flight", 30)
+        assert not any(batch.done() for batch in batches), batches
         before = scrape(reader.metrics_port)
         with r.pipeline(transaction=False) as pipe:
             for n in range(UNREAD):
                 pipe.xadd(STREAMS[1], F(f"sale-{n}", "RECEIPT", here[n % len(here)], "DC", 1, now).fields())
             pipe.execute()
-        await asyncio.sleep(1)  # a read the reader could make would take them now
         assert stream_state(r, STREAMS[1]) == (0, UNREAD), "the reader is not stuck"
         lag = f'atp_ingest_lag{{instance="atp:9464", job="atp-service", stream="{STREAMS[1]}"}}'
         after = await exported_at_least(reader.metrics_port, lag, UNREAD, within_s=30)
