@@ -282,9 +282,9 @@ async def test_aclose_closes_the_lanes_connections(redis_url: str) -> None:
     with redis.Redis.from_url(redis_url) as admin:
         before = len(admin.client_list(_type="normal"))
         await nodes.aclose()
-        await asyncio.sleep(0.05)
         assert lane.open_connections == 0
-        assert len(admin.client_list(_type="normal")) <= before - 1
+        # Redis drops a client once it reads the close: waited for (a busy host's redis-server ran late of 50 ms).
+        await until(lambda: len(admin.client_list(_type="normal")) <= before - 1, "Redis saw the connections closed")
 
 
 async def test_cluster_writes_after_client_kill_on_every_primary(cluster_url: str,
