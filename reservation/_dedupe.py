@@ -19,8 +19,9 @@ into four numpy columns sorted by digest — the digest's high and low halves, t
 rest of the payload: 32 bytes an identity, searched by bisection of the high halves. Sealing
 rewrites the columns (a linear merge: ~0.2 s for 2 M rows, in the shard's turn — the stall a shard
 pays for a very large dedupe window). Forgetting (stream time minus grace passed an identity's event
-time) compresses the columns, at most once each time the horizon moves a sixteenth of the grace, so
-memory stays within about 17/16 of a grace window of facts plus the open map.
+time) compresses the columns and drops the open map's identities stamped before the horizon too, at most
+once each time the horizon moves a sixteenth of the grace, so memory stays within about 17/16 of a grace
+window of facts.
 
 A position's latest count is remembered by its columns in the store (its source and event_id are
 there anyway, for E1), so it needs no entry here: a re-sent baseline costs no memory. A count that a
@@ -49,6 +50,8 @@ SEAL_AT = 16_384
 2.4 MB a shard at most; a seal merges them into the columns in one linear pass)."""
 _LOW = (1 << 64) - 1  # a payload's rest; its event time is above it (``_keys.pack_payload``)
 _NEVER = np.iinfo(np.int64).max
+_NO_PAYLOAD = (_NEVER + 1) << 64
+"""Above every payload (``_keys.pack_payload``: an int64 event time above 64 bits): the least of an empty open map."""
 Columns = tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.uint64]]
 """The sealed identities, sorted by digest: its high halves, low halves, event times, payload rests."""
 
@@ -80,12 +83,14 @@ def _empty() -> Columns:
 class FactMemory:
     """Remembered identities: sealed columns plus the open map."""
 
-    __slots__ = ("_his", "_los", "_next_forget_at", "_oldest", "_rests", "_times", "open", "store")
+    __slots__ = ("_his", "_least_open", "_los", "_next_forget_at", "_oldest", "_rests", "_times", "open", "store")
 
     def __init__(self, store: PositionStore) -> None:
         self.store = store
         self.open: dict[Digest, Payload] = {}
         """Identities remembered since the last seal, in arrival order (undo takes them back)."""
+        self._least_open = _NO_PAYLOAD
+        """No payload in the open map is below it (its event time first: forgetting looks there when it is old)."""
         self._next_forget_at = -_NEVER
         self._set_columns(_empty())
 
@@ -108,12 +113,14 @@ class FactMemory:
 
     def remember(self, key: Digest, payload: Payload) -> None:
         self.open[key] = payload
+        if payload < self._least_open:
+            self._least_open = payload
 
     def remember_superseded(self, sku: str, location: str, count: LatestCount) -> Digest:
         """A count no longer the latest keeps its identity here (E8 still covers it); returns its key."""
         at, source, event_id, quantity = count
         key = digest(source, event_id, sku, location)
-        self.open[key] = pack_payload(at, _COUNT, quantity, "")
+        self.remember(key, pack_payload(at, _COUNT, quantity, ""))
         return key
 
     def drop(self, key: Digest) -> None:
@@ -122,8 +129,12 @@ class FactMemory:
         self.open.pop(key, None)
 
     def has_old(self, horizon: int) -> bool:
-        """Whether ``forget_old`` would do anything now: seal the open map or forget sealed rows."""
-        return self._seal_due() or (horizon >= self._next_forget_at and self._oldest < horizon)
+        """Whether ``forget_old`` would do anything now: seal the open map or forget identities, sealed or not."""
+        return self._seal_due() or (horizon >= self._next_forget_at and self._stamped_before(horizon))
+
+    def _stamped_before(self, horizon: int) -> bool:
+        """Whether a sealed identity is stamped before ``horizon``, or one of the open map may be."""
+        return self._oldest < horizon or self._least_open < horizon << 64
 
     def _seal_due(self) -> bool:
         # Sealing rewrites the sealed rows: at an eighth of them at least, each row is rewritten a
@@ -131,19 +142,34 @@ class FactMemory:
         return len(self.open) >= max(SEAL_AT, len(self._his) // 8)
 
     def forget_old(self, horizon: int, every: int) -> int:
-        """Between batches, nothing in flight: seal a full open map, and drop sealed identities stamped
-        before ``horizon`` (a duplicate of one would be late, E6, and quarantined, never applied) —
-        at most once each time the horizon moves ``every`` ms. Returns the identities dropped."""
+        """Between batches, nothing in flight: seal a full open map, and drop identities stamped before
+        ``horizon`` (a duplicate of one would be late, E6, and quarantined, never applied), sealed or
+        not — at most once each time the horizon moves ``every`` ms. Returns the identities dropped."""
         if self._seal_due():
             self._seal()
-        if horizon < self._next_forget_at or self._oldest >= horizon:
+        if horizon < self._next_forget_at or not self._stamped_before(horizon):
             return 0
         self._next_forget_at = horizon + every
-        keep = self._times >= horizon
-        gone = len(keep) - int(np.count_nonzero(keep))
-        if gone:
+        gone = self._forget_open(horizon)
+        if self._oldest < horizon:
+            keep = self._times >= horizon
+            gone += len(keep) - int(np.count_nonzero(keep))
             self._set_columns((self._his[keep], self._los[keep], self._times[keep], self._rests[keep]))
         return gone
+
+    def _forget_open(self, horizon: int) -> int:
+        """The open map's identities stamped before ``horizon`` dropped (E8: remembered for the grace window
+        plus at most a sixteenth of it). Kept until a seal, a shard that never gathers ``SEAL_AT`` of them
+        forgot none: below that ``max_dedupe_entries_per_shard`` filled with facts long past the window, and
+        every new fact after was quarantined for want of room, for good (stream time moves only with facts
+        applied). Looked through only where one may be old (``_least_open``): ~0.2 s for 2 M, the most the open
+        map holds at the default bound, as a seal of as many costs."""
+        opened, floor = self.open, horizon << 64  # a payload is its event time above 64 bits (``pack_payload``)
+        if self._least_open >= floor:
+            return 0
+        self.open = {key: payload for key, payload in opened.items() if payload >= floor}  # arrival order kept
+        self._least_open = min(self.open.values(), default=_NO_PAYLOAD)
+        return len(opened) - len(self.open)
 
     def snapshot(self) -> MemorySnapshot:
         keys, times, rests = self._open_columns()
@@ -172,6 +198,7 @@ class FactMemory:
             end = min(at + slice_size, len(times))
             payloads = (times[at:end].astype(object) << 64 | rests[at:end].astype(object)).tolist()
             opened.update(zip([keys[i:i + 16] for i in range(16 * at, 16 * end, 16)], payloads, strict=True))
+            memory._least_open = min(memory._least_open, min(payloads, default=_NO_PAYLOAD))
         return memory
 
     def _set_columns(self, columns: Columns) -> None:
@@ -215,7 +242,7 @@ class FactMemory:
         order = np.lexsort((los, his))
         self._set_columns(_merge((self._his, self._los, self._times, self._rests),
                                  (his[order], los[order], times[order], rests[order])))
-        self.open = {}
+        self.open, self._least_open = {}, _NO_PAYLOAD
 
 
 def _merge(old: Columns, new: Columns) -> Columns:

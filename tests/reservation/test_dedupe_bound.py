@@ -57,7 +57,7 @@ def test_nothing_inside_the_grace_window_is_forgotten_to_make_room() -> None:
 
 
 def test_forgetting_past_the_grace_window_frees_room(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_dedupe, "SEAL_AT", 1)  # only sealed identities are forgotten
+    monkeypatch.setattr(_dedupe, "SEAL_AT", 1)  # the sealed columns (the open map: the test below)
     ledger = Ledger(0, Limits(max_dedupe_entries_per_shard=2, fact_grace_ms=HOUR))
     assert ledger.record_fact(_sale(0))[0] == FactOutcome.APPLIED
     assert ledger.record_fact(_sale(1, "B"))[0] == FactOutcome.APPLIED
@@ -65,6 +65,27 @@ def test_forgetting_past_the_grace_window_frees_room(monkeypatch: pytest.MonkeyP
     ledger.stream_time = T + 2 * HOUR  # as a fact stamped then would have moved it
     assert ledger.forget_old_facts() == 2 and len(ledger.memory) == 0
     assert ledger.record_fact(_sale(2 * HOUR + 1))[0] == FactOutcome.APPLIED
+
+
+def test_identities_past_the_grace_window_are_forgotten_before_they_are_sealed_E8() -> None:
+    """E8 remembers an identity for the grace window plus at most a sixteenth of it. Only sealed ones were
+    forgotten, and the open map is sealed at ``SEAL_AT`` (16,384) identities: under a bound below that, the
+    memory filled with facts long past the window and never emptied, every new fact after it quarantined
+    ``capacity`` for good (at the bound no fact applies, so stream time stands still)."""
+    ledger = Ledger(0, Limits(max_dedupe_entries_per_shard=2, fact_grace_ms=HOUR))
+    assert ledger.record_fact(_sale(0))[0] == FactOutcome.APPLIED
+    assert ledger.record_fact(_sale(2 * HOUR, "B"))[0] == FactOutcome.APPLIED  # the first is now past the window
+    ledger.commit(T + 2 * HOUR)
+    restored = _copy(ledger)  # the open map from its snapshot: forgotten alike
+    assert ledger.memory.has_old(ledger.stream_time - HOUR)  # the shard's maintenance turn is asked for it
+    assert ledger.forget_old_facts() == 1 and len(ledger.memory) == 1
+    assert restored.forget_old_facts() == 1 and restored.memory.open == ledger.memory.open
+    assert not ledger.memory.has_old(ledger.stream_time - HOUR)  # nothing more to look for: no turn asked
+    assert ledger.record_fact(_sale(2 * HOUR + 1, "C")) == (FactOutcome.APPLIED, "")
+    outcome, reason = ledger.record_fact(_sale(0))  # a resend of the one forgotten: late (E6), never applied twice
+    assert outcome == FactOutcome.QUARANTINED and reason.startswith("late")
+    assert ledger.record_fact(_sale(2 * HOUR, "B"))[0] == FactOutcome.DUPLICATE  # inside the window: remembered
+    assert _held(ledger) == {"A": -1, "S0": 0, "S1": 0, "S2": 0} and ledger.quantities("B", "L1").on_hand == -1
 
 
 @pytest.mark.parametrize("replay_bound", [1, BOUND, 1_000_000])
