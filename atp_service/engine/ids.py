@@ -16,7 +16,8 @@ How long a claim lives. Made, it outlives the record's memory window when nothin
 life: its TTL, then ``retention_ms`` after it is resolved, plus ``CLAIM_MARGIN_MS`` (an expiry found by
 housekeeping late, a group without an owner a while). A record that lives longer — a confirmed one has
 no expiry — has its claim extended by a sweep over every record this process serves, once per
-``REFRESH_EVERY_S`` (``refresh_step``, a slice per housekeeping pass); the sweep also makes a claim
+``REFRESH_EVERY_S`` (``refresh_step``, a slice per housekeeping pass), and over a group's as soon as it is
+taken (``_taken``: where processes restart within the hour, a round may never come); the sweep also makes a claim
 Redis lost again (restored from older data) and the claims of records made before claims were. So a
 claim lasts while its record is remembered, and past it at most its last extension (bounded memory:
 one key per id of the last day or so; ``docs/OPERATIONS.md``). A claim outliving its record, or left
@@ -56,6 +57,7 @@ from reservation._orders import order_of
 
 if TYPE_CHECKING:
     from atp_service.engine.router import Engine
+    from atp_service.engine.shard import ShardActor
 
 log = logging.getLogger(__name__)
 CLAIM_MARGIN_MS = 3_600_000
@@ -94,8 +96,9 @@ class IdGuard:
         self._engine, self.claims = engine, claims
         self._decide = engine.reserve  # the engine's own, before it is replaced by ``reserve``
         self.refresh_every_s = REFRESH_EVERY_S
-        self._next_round = time.monotonic() + REFRESH_EVERY_S  # claims made here cover the first one
+        self._next_round = time.monotonic() + REFRESH_EVERY_S  # claims made here cover the first one...
         self._shards: deque[int] = deque()  # the sweep's shards still to do this round
+        engine.on_install.append(self._taken)  # ...and those of a group taken, its sweep begun at once
         self._ids: deque[str] = deque()  # ...and the ids of the one under way
         self._shard = -1
         self._refreshing: set[asyncio.Task[None]] = set()
@@ -220,7 +223,8 @@ class IdGuard:
     # -- the sweep ------------------------------------------------------------------------------------
     def refresh_step(self) -> None:
         """One housekeeping pass's share of the sweep (``REFRESH_PER_PASS`` claims, one round trip at a
-        time): a round starts every ``refresh_every_s``, over every shard served then."""
+        time): a round starts every ``refresh_every_s``, over every shard served then; a group taken is
+        swept at once (``_taken``)."""
         if self._refreshing:
             return
         if not self._shards and not self._ids:
@@ -232,6 +236,15 @@ class IdGuard:
         batch = self._next_batch()
         if batch:
             keep(self._refreshing, self._refresh(batch))
+
+    def _taken(self, actor: ShardActor) -> None:
+        """A group taken (at this process's start, or from another process): its records' claims extended by
+        the next passes, not at the next round (R5: a claim lasts while its record is remembered). Rounds
+        come an hour apart from a process's start: where every process serving a group was gone within the
+        hour (restarts, groups moved), a confirmed record's claim was never extended, expired a day after its
+        Reserve, and a reuse of its id with lines of another group was decided there, a second record."""
+        if actor.shard not in self._shards:
+            self._shards.append(actor.shard)
 
     def stop(self) -> None:
         """The sweep's round trip under way given up (its claims last; the next start's sweep goes on),

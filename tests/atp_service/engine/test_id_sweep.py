@@ -31,7 +31,7 @@ def _engine(records: dict[str, Any]) -> Any:
     actor = SimpleNamespace(shard=0, vacant=False, ledger=SimpleNamespace(shard=0, reservations=records,
                                                                           live_reservations=len(records)),
                             clock=SimpleNamespace(now_ms=lambda: NOW_MS))
-    return SimpleNamespace(actors=[actor], limits=Limits(retention_ms=60_000), reserve=None, orders=None)
+    return SimpleNamespace(actors=[actor], limits=Limits(retention_ms=60_000), reserve=None, orders=None, on_install=[])
 
 
 async def test_a_sweep_pass_looks_at_a_bounded_slice_of_records_whatever_it_skips(redis_url: str) -> None:
