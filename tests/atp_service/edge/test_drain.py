@@ -31,13 +31,18 @@ from tests.waiting import until
 async def test_close_waits_for_the_calls_in_progress_and_refuses_new_ones() -> None:
     drain = Drain()
     drain.enter()
-    closing = asyncio.ensure_future(drain.close(timeout_s=5))
-    await asyncio.sleep(0.01)
-    assert not closing.done()  # one call still in progress
+
+    async def close() -> tuple[bool, int]:  # the calls in progress as ``close`` returned (read in its step)
+        return await drain.close(timeout_s=5), drain.active
+
+    closing = asyncio.ensure_future(close())
+    # Seen, not slept on: a sleep passed a close that returned with the call still in progress wherever it returned
+    # later than the sleep. It waits for the calls in progress to leave (its ``_idle`` event), and returns only after.
+    await until(lambda: getattr(drain._idle, "_waiters", None), "the close waiting for the call in progress", 5)
     with pytest.raises(Unavailable, match="shutting down"):
         drain.enter()
     drain.leave()
-    assert await closing is True
+    assert await closing == (True, 0)
 
 
 async def test_close_gives_up_after_its_timeout_and_says_so() -> None:
