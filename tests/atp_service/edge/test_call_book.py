@@ -35,6 +35,19 @@ async def _settled_within(book: CallBook, bound_s: float) -> Any:
     return settled
 
 
+def _tallied_once_ended(book: CallBook, task: asyncio.Task[Any]) -> asyncio.Event:
+    """Set by the first of ``book``'s tallies (``settle``'s count of the calls left) made once ``task`` has ended."""
+    tallied, tally = asyncio.Event(), book._tally
+
+    def counted(now: float) -> Any:
+        if task.done():
+            tallied.set()
+        return tally(now)
+
+    book._tally = counted  # type: ignore[method-assign]
+    return tallied
+
+
 async def test_a_stop_settles_as_soon_as_the_calls_booked_before_it_end() -> None:
     book, go = CallBook(STALL_S), asyncio.Event()
     calls = [asyncio.create_task(_call(book, "Reserve", lambda _: go.wait())) for _ in range(3)]
@@ -99,13 +112,16 @@ async def test_calls_one_after_another_in_one_task_and_a_call_begun_while_settli
         await ended.wait()
 
     calls = [asyncio.create_task(ends_without_a_write(first))]
+    first_end_tallied = _tallied_once_ended(book, calls[0])
     await asyncio.sleep(0)
     settling = asyncio.create_task(book.settle(GRACE_S))
     await asyncio.sleep(0)
     calls.append(asyncio.create_task(ends_without_a_write(late)))  # begun after the stop began
     await asyncio.sleep(0)
     first.set()
-    await asyncio.sleep(0.05)
+    # The settle told of the first call's end and its tally made (a settle that stops there has returned in that
+    # step): seen, not slept on — a settle ending late, past a sleep, passed with the late call left uncounted.
+    await asyncio.wait_for(first_end_tallied.wait(), 5.0)
     assert not settling.done()  # the late call still runs
     late.set()
     settled = await asyncio.wait_for(settling, 5.0)  # told of the late call's end: not its grace
