@@ -19,6 +19,7 @@ from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import Call, open_nodes
 from atp_service.storage.records import number_of
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
+from tests.waiting import until
 
 LEASE_MS = 300
 
@@ -201,6 +202,21 @@ async def test_a_taking_cancelled_while_redis_grants_it_gives_the_lease_back(red
         await store.nodes.aclose()
 
 
+async def _blocked_clients(admin: redis.asyncio.Redis, n: int) -> bool:
+    """Whether ``n`` clients wait in Redis (``INFO clients``: a write held by ``CLIENT PAUSE`` counts)."""
+    return int((await admin.info("clients"))["blocked_clients"]) >= n
+
+
+def _awaits(task: asyncio.Task[Any], name: str) -> bool:
+    """Whether ``task`` is suspended in a coroutine called ``name`` (its chain of awaits walked)."""
+    coro: Any = task.get_coro()
+    while coro is not None:
+        if getattr(getattr(coro, "cr_code", None), "co_name", None) == name:
+            return True
+        coro = getattr(coro, "cr_await", None)
+    return False
+
+
 async def test_a_give_back_cancelled_while_redis_holds_it_still_lands(redis_url: str) -> None:
     """A stop's repeated cancellation reaches a RELEASE on its way (a cancelled recovery giving its
     lease back): the give-back is not cut short, so the group is free at once instead of left to
@@ -221,9 +237,11 @@ async def test_a_give_back_cancelled_while_redis_holds_it_still_lands(redis_url:
         store.nodes.run_one = paused_release  # type: ignore[method-assign]
         giving = asyncio.create_task(leases.release(4))
         await releasing.wait()
-        await asyncio.sleep(0.05)  # the RELEASE is written and waits in Redis
+        await until(lambda: _blocked_clients(admin, 1), "the RELEASE written, waiting in Redis")
         giving.cancel()  # the first cancellation waits for the give-back; a stop repeats it (cancel_and_wait)
-        await asyncio.sleep(0.05)
+        # Seen, not slept on (a sleep passed a release that stopped waiting later than it): the cancellation taken,
+        # the caller waits on for the give-back's end (``finish_uncancelled``).
+        await until(lambda: _awaits(giving, "wait"), "the cancelled caller waiting for the give-back", 5)
         assert not giving.done()
         giving.cancel()
         with pytest.raises(asyncio.CancelledError):
