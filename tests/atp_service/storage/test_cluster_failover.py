@@ -17,6 +17,7 @@ from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.log import LogStore
 from atp_service.storage.nodes import open_nodes
+from tests.waiting import until
 
 SHARDS = 6
 ACKED_AFTER_FAILOVER = 20
@@ -103,6 +104,18 @@ def _primary_of(cluster: EmbeddedCluster, store: LogStore, shard: int) -> Embedd
     return node
 
 
+def _fences_counted(store: LogStore) -> list[int]:
+    """A count of ``store``'s fence calls (a settle's tries: each begins with one), kept in the list returned."""
+    count, fence = [0], store.fence
+
+    async def counted(shard: int) -> Any:
+        count[0] += 1
+        return await fence(shard)
+
+    store.fence = counted  # type: ignore[method-assign]
+    return count
+
+
 async def test_a_settle_waits_out_a_cluster_no_node_of_which_answers(tmp_path: Path) -> None:
     """Every node unreachable at once (a restart of the whole cluster, a partition): the cluster
     client says so with ``RedisClusterException``, no ``RedisError``. A settle waits for Redis as
@@ -120,8 +133,11 @@ async def test_a_settle_waits_out_a_cluster_no_node_of_which_answers(tmp_path: P
             node.kill()
             with pytest.raises(STORAGE_ERRORS):
                 await store.submit(0, 2, b"in doubt")
+            tries = _fences_counted(store)
             settle = asyncio.ensure_future(landed_of(store, 0, 1, [(2, Any, b"in doubt")]))  # type: ignore[list-item]
-            await asyncio.sleep(3)  # several tries, each refreshing the slot map in vain
+            # Several tries, each refreshing the slot map in vain: counted, not slept on (a sleep of 3 s passed a
+            # settle that gave up at its first failure wherever that came later than the sleep).
+            await until(lambda: settle.done() or tries[0] >= 3, "three tries at the fence, two failed")
             assert not settle.done(), f"the settle ended while no node answered: {settle.exception()!r}"
             node.start()
             assert await asyncio.wait_for(settle, 60) == []
