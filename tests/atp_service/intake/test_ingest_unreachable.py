@@ -17,6 +17,7 @@ from atp_service import AtpService
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from tests.atp_service.fact_helpers import F
 from tests.conftest import test_config as make_config
+from tests.waiting import until
 
 IN = {"input_streams": ("atp:{in}:pos",), "dead_letter_stream": "atp:{in}:dlq",
       "quarantine_stream": "atp:{in}:quarantine"}
@@ -36,9 +37,14 @@ async def test_the_reader_waits_out_a_cluster_no_node_of_which_answers(cluster: 
     try:
         assert service.ingestor is not None
         (node,) = cluster.nodes
+        reader = service.ingestor._task
+        assert reader is not None
+        failed_before = _read_failures(service)
         await asyncio.to_thread(node.stop)  # no node answers: every read fails for a while
-        await asyncio.sleep(1.5)  # several reads fail meanwhile
-        assert not service.ingestor._task.done(), "the reader ended while the cluster did not answer"  # type: ignore[union-attr]
+        # Several reads fail meanwhile: counted (``atp_ingest_read_failures_total``), not slept on — a sleep passed a
+        # reader that ended at its first failure wherever that came later than the sleep.
+        await until(lambda: reader.done() or _read_failures(service) >= failed_before + 3, "three reads failed")
+        assert not reader.done(), "the reader ended while the cluster did not answer"
         await asyncio.to_thread(node.start)
         await asyncio.to_thread(_publish, node.port)
         for _ in range(300):
@@ -49,6 +55,10 @@ async def test_the_reader_waits_out_a_cluster_no_node_of_which_answers(cluster: 
     finally:
         await client.close()
         await service.stop(grace_s=0.1)
+
+
+def _read_failures(service: AtpService) -> float:
+    return float(service.metrics.intake.ingest_read_failures.collect()[0].samples[0].value)
 
 
 def _publish(port: int) -> None:
