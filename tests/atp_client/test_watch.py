@@ -183,13 +183,16 @@ async def test_a_service_gone_mid_watch_ends_it_retryable(
     ``keepalive_timeout_s`` (1 s each here), where the iteration waited for ever."""
     monkeypatch.setattr(grpc_server, "MIN_PING_INTERVAL_MS", 500)  # the client's 1 s pings taken
     service, _ = await start_service(estate=write_estate(tmp_path))
-    relay = Paused(f"127.0.0.1:{service.port}")
+    relay = PingsSeen(f"127.0.0.1:{service.port}")
     async with AtpClient(await relay.start(), keepalive_s=1.0, keepalive_timeout_s=1.0) as client:
         watch = client.watch("pickup", snapshot=True)
         await _to_snapshot_end(watch)
         waiting = asyncio.ensure_future(anext(watch))
-        await asyncio.sleep(2.5)  # pinged, and answered, on the idle watch
-        assert not waiting.done(), waiting
+        # Pinged, and answered, on the idle watch: three pings answered, seen on the wire, not slept on — a server
+        # taking the pings for too many (its GOAWAY at the third: gRPC's two strikes) passed a sleep of 2.5 s.
+        acked = relay.acked + 3
+        await until(lambda: waiting.done() or relay.goaways or relay.acked >= acked, "three pings answered")
+        assert not waiting.done() and not relay.goaways, waiting
         if how == "silent":
             relay.running.clear()
         else:
@@ -199,3 +202,40 @@ async def test_a_service_gone_mid_watch_ends_it_retryable(
         assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value
         await watch.aclose()
     await relay.cut()
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PING, GOAWAY, ACK = 0x6, 0x7, 0x1
+
+
+class PingsSeen(Paused):
+    """``Paused``, reading the HTTP/2 frames it passes on: the server's answers to pings (``acked``) and its
+    GOAWAYs (``goaways``)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.acked = self.goaways = 0
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:  # type: ignore[override]
+        frames, from_client = b"", None
+        try:
+            while data := await source.read(65536):
+                frames += data
+                if from_client is None and len(frames) >= len(PREFACE):
+                    from_client = frames.startswith(PREFACE)
+                    frames = frames[len(PREFACE):] if from_client else frames
+                while from_client is not None and len(frames) >= 9:  # a frame's header: length, type, flags, stream
+                    size = int.from_bytes(frames[:3], "big")
+                    if len(frames) < 9 + size:
+                        break
+                    kind, flags, frames = frames[3], frames[4], frames[9 + size:]
+                    if not from_client:
+                        self.acked += kind == PING and bool(flags & ACK)
+                        self.goaways += kind == GOAWAY
+                if not self.running.is_set():
+                    self.held.set()
+                await self.running.wait()
+                sink.write(data)
+                await sink.drain()
+        except (ConnectionError, OSError):
+            pass
