@@ -223,16 +223,18 @@ class IdGuard:
     # -- the sweep ------------------------------------------------------------------------------------
     def refresh_step(self) -> None:
         """One housekeeping pass's share of the sweep (``REFRESH_PER_PASS`` claims, one round trip at a
-        time): a round starts every ``refresh_every_s``, over every shard served then; a group taken is
-        swept at once (``_taken``)."""
+        time): a round starts every ``refresh_every_s``, over every shard served then and not queued already,
+        whatever the sweep has still to do; a group taken is swept at once (``_taken``). A round began only
+        once the queue was empty: groups taken again before their sweeps ended (a process in a crash loop,
+        groups of millions of records) held it off for good, and the claims of the groups served all along
+        were extended no more (R5)."""
         if self._refreshing:
             return
-        if not self._shards and not self._ids:
-            now = time.monotonic()
-            if now < self._next_round:
-                return
+        now = time.monotonic()
+        if now >= self._next_round:  # whatever is queued: groups taken faster than swept held every round off
             self._next_round = now + self.refresh_every_s
-            self._shards.extend(actor.shard for actor in self._engine.actors if not actor.vacant)
+            queued = self._shards
+            queued.extend(a.shard for a in self._engine.actors if not a.vacant and a.shard not in queued)
         batch = self._next_batch()
         if batch:
             keep(self._refreshing, self._refresh(batch))

@@ -133,3 +133,39 @@ async def test_a_batch_whose_group_keeps_moving_is_claimed_a_bounded_number_of_t
     finally:
         await lost.aclose()
         await nodes.aclose()
+
+
+async def test_groups_taken_again_and_again_never_hold_off_the_round_over_the_others_R5(redis_url: str) -> None:
+    """A group taken has its records' claims extended at once (``_taken``), queued in the sweep's own queue; a
+    round began only once that queue was empty. Where groups were taken faster than their sweeps ended (a
+    process in a crash loop, its groups moved to this one and back, a group of millions of records taking
+    minutes to sweep), the queue never emptied and no round came again: the claims of the records in the
+    groups this process kept serving were extended no more, a confirmed record's claim expired, and a reuse
+    of its id with lines of another group was decided there, a second record. Now a round begins when due
+    whatever is queued, each group queued once."""
+    confirmed = SimpleNamespace(state=State.CONFIRMED, expires_at=0, updated_at=NOW_MS)
+    held = SimpleNamespace(state=State.HELD, expires_at=NOW_MS + 60_000, updated_at=NOW_MS)
+    engine = _engine({"stable": confirmed})  # group 0: served all along
+    moving = SimpleNamespace(shard=1, vacant=False, clock=engine.actors[0].clock,
+                             ledger=SimpleNamespace(shard=1, reservations={f"busy-{i}": held for i in range(
+                                 3 * ids.REFRESH_PER_PASS)}))
+    engine.actors.append(moving)
+    nodes = open_nodes(redis_url, 5.0)
+    r = aredis.Redis.from_url(redis_url)
+    guard = IdGuard(engine, IdClaims(nodes.run, KEYS))
+    try:
+        for hook in engine.on_install:
+            hook(moving)  # group 1 taken
+        guard._next_round = 0.0  # a round due now: over group 0 too
+        passes = 0
+        while not await r.exists(KEYS.reservation_id("stable")):
+            assert passes < 40, "no round over the group served all along while group 1 was taken again and again"
+            if passes % 2:
+                for hook in engine.on_install:
+                    hook(moving)  # group 1 lost and taken again before its sweep (4 passes) ended
+            guard.refresh_step()
+            passes += 1
+            await asyncio.gather(*guard._refreshing)
+    finally:
+        await r.aclose()
+        await nodes.aclose()
