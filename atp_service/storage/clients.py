@@ -3,12 +3,16 @@ commands packed by hiredis (``nodes.py`` makes its write lanes' connections with
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.cluster import PRIMARY
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ReadOnlyError
 from redis.maint_notifications import MaintNotificationsConfig
@@ -63,12 +67,56 @@ def connect_any(url: str, timeout_s: float, *, cluster: bool = False) -> Any:
     out again, up to ten times by default, so an append whose first try only waited on a stalled
     primary landed twice, and a call bounded by ``timeout_s`` took eleven times as long. After a
     connection error it still learns the slots again before its next command; redirections
-    (MOVED/ASK) are followed as before."""
+    (MOVED/ASK) are followed as before, ASK as redis-py does not (``_Cluster``)."""
     if not cluster:
         return connect(url, timeout_s)
-    return aioredis.RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+    return _Cluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                           retry=Retry(NoBackoff(), 0),
                                           maint_notifications_config=_no_maint_notifications())
+
+
+class _Cluster(aioredis.RedisCluster):
+    """redis-py's cluster client, following an ASK redirection (its slot migrating, the key on the importing node
+    already) to a node of its own for each node named (``_AskedNode``), made where none is. redis-py (8.1) looked the
+    node up in its slot map, which names no node that does not serve a slot yet: a node an operator adds, importing its
+    first slot, was None, and the command failed ``AttributeError`` ('NoneType' object has no attribute ...), which no
+    caller takes for Redis away — the service's input stream reader and owner check ended, and the service stopped."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._asked: dict[str, ClusterNode] = {}
+        super().__init__(*args, **kwargs)
+
+    def get_node(self, host: str | None = None, port: int | None = None,
+                 node_name: str | None = None) -> ClusterNode | None:
+        """By ``node_name`` alone (redis-py's lookup of an ASK's node, ``_execute_command``): that node's
+        ``_AskedNode``; else as redis-py finds it."""
+        if host is None and port is None and node_name:
+            node = self._asked.get(node_name)
+            if node is None:
+                host, _, port_text = node_name.rpartition(":")
+                node = self._asked[node_name] = _AskedNode(host, int(port_text), PRIMARY,
+                                                           **self.nodes_manager.connection_kwargs)
+            return node
+        return super().get_node(host, port, node_name)
+
+    async def aclose(self) -> None:
+        """Every connection closed, those to the nodes asked after an ASK too (bounded by the nodes so named)."""
+        await super().aclose()
+        asked, self._asked = self._asked, {}
+        await asyncio.gather(*(node.disconnect() for node in asked.values()), return_exceptions=True)
+
+
+class _AskedNode(ClusterNode):
+    """A node as asked after an ASK redirection: ``ASKING``, then the command, on one connection (ASKING allows
+    the next command of its connection alone). The connection freed last is taken first, so the command takes
+    the one ``ASKING`` just freed: nothing runs between them (no await suspends there)."""
+
+    __slots__ = ()
+
+    def acquire_connection(self) -> Connection:
+        if self._free:
+            return self._free.pop()
+        return super().acquire_connection()
 
 
 async def close_any(client: Any) -> None:

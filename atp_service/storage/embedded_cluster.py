@@ -147,6 +147,17 @@ class EmbeddedCluster:
             primary = self.primaries[k // self._per_primary]
             self._cluster(replica, "REPLICATE", self._cluster(primary, "MYID").decode())
 
+    def add_node(self, timeout_s: float = 30.0) -> EmbeddedRedis:
+        """A new primary serving no slot, met into the cluster as ``redis-cli --cluster add-node`` leaves it (a
+        reshard then moves slots to it): returned once every node knows it and it finds the cluster ok."""
+        node = self._started(self._node(f"p{len(self.primaries)}"))
+        self.primaries.append(node)
+        self._meet_first()
+        self._wait(lambda: all(self._known(n) == len(self.nodes) for n in self.nodes)
+                   and self._cluster(node, "INFO")["cluster_state"] == "ok", timeout_s, "met the added node",
+                   again=self._meet_first, views=self._views)
+        return node
+
     def _meet_first(self) -> None:
         """Every node that does not yet know all the others meets the first again. A meeting is a handshake
         that a node drops after ``cluster-node-timeout`` unanswered (a busy host): once dropped, nothing
