@@ -328,7 +328,9 @@ class Membership:
 
     async def _read_routes(self) -> None:
         n, keys = self._config.shards, self._store.keys
-        values = await self._store.values_of([self.leases.key(g) for g in range(n)] + [keys.owner(g) for g in range(n)])
+        # One key of a slot per read: one of two keys absent in a migrating slot, Redis refuses the read TRYAGAIN.
+        values = [*await self._store.values_of([self.leases.key(g) for g in range(n)]),
+                  *await self._store.values_of([keys.owner(g) for g in range(n)])]
         self.routes = {g: (address_of(as_text(values[g])), number_of(values[n + g])) for g in range(n)
                        if values[g] is not None}
         for group in self.leases.give_back_strays(values[:n], values[n:], self._handing | self._vacating.keys()):
