@@ -301,8 +301,14 @@ class Membership:
                                   self.routes, self._vacating, self.watch.out)
         if give is not None:
             await self._hand_over(give)
-        for group in take:
-            await self._take(group)
+        refused: list[BaseException] = []
+        for group in take:  # one refused (its slot migrating, its node away) keeps no later one from being taken
+            try:
+                await self._take(group)
+            except STORAGE_ERRORS as exc:
+                refused.append(exc)
+        if refused:
+            raise refused[0]
 
     def _watch_free(self) -> None:
         """Counts out of the shares a live process that leaves groups free, taking none (an earlier

@@ -89,3 +89,19 @@ async def test_a_free_group_s_slot_migrating_keeps_no_other_free_group_from_bein
     move.finish()
     await membership.balance()
     assert owned(service) == set(range(SHARDS))
+
+
+async def test_a_free_group_whose_taking_its_migrating_slot_refuses_keeps_no_later_one_from_being_taken(
+        start: ServiceFactory, redis_cluster: EmbeddedCluster, moves: list[SlotMove]) -> None:
+    """A balance takes its free groups one after the other, the most wanted first: the taking of a group whose slot
+    migrates refused (ASK, TRYAGAIN: nothing taken), the balance ended there, and every balance after it — the groups
+    after it were taken by no one for as long as the slot migrated."""
+    service, membership, moving, stable, move = await two_left_free(start, redis_cluster, moves, moving_first=True)
+    with pytest.raises(STORAGE_ERRORS):  # said: the migrating group's taking refused
+        await membership.balance()
+    assert stable in owned(service)
+    assert owned(service) == set(range(SHARDS)) - {moving}
+    moves.remove(move)
+    move.finish()
+    await membership.balance()
+    assert owned(service) == set(range(SHARDS))
