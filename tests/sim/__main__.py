@@ -49,7 +49,8 @@ def main() -> int:
                         help="a settle's fence lost, in doubt or landing late, and its reads of the log timing out")
     parser.add_argument("--forward-streams", action="store_true",
                         help="with --processes: ReserveStream items of other processes' groups sent to their owners "
-                             "in the batch's turn, as the edge does")
+                             "in the batch's turn by the edge's own OwnerStreams, over outbound streams that fail "
+                             "(parts lost, late, answers lost, owners killed or paused)")
     parser.add_argument("--groups", action="store_true",
                         help="Reserve lines naming location groups (channels of each strategy), and safety-stock "
                              "defaults for new positions, as the estate configures them")

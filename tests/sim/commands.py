@@ -26,10 +26,12 @@ from reservation import (
     reserve_command,
 )
 from reservation._bulk import count_event_id
+from tests.sim.answers import Answers
 from tests.sim.checks import Acknowledged, Violation
 from tests.sim.faults import Call
 from tests.sim.groups import channel, location_or_group
 from tests.sim.shortgrace import Stamps
+from tests.sim.streams import Forwarded
 from tests.sim.world import World
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ class Commands:
         processes only when asked (``--retry-other-content``; refused at any process since the id claims,
         ``engine/ids.py``), so that the multi-process seeds found before draw as they did."""
         self.rids: list[str] = []
+        self.answers = Answers()  # what each Reserve was answered (R5, R8: ``answers.py``)
         self.facts: list[Fact] = []
         self.fact_batches: list[list[Fact]] = []  # every batch sent, in order (E1/E8 by shard count)
         self.abandoned: list[ReserveCommand] = []  # reserves whose caller gave up (R8)
@@ -100,18 +103,29 @@ class Commands:
     def reserve(self) -> Call:
         cmd = self.command()
         self.note_span(cmd)
+        self.answers.sent([cmd])
+
+        def book(result: Any) -> None:
+            self.answers.told([cmd], [result])
+            self.book_reservation(result[0])
+
         call = Call(f"reserve {cmd.reservation_id} {_lines(cmd)}", lambda: self.world.eng.reserve(cmd),
-                    lambda r: self.book_reservation(r[0]), on_abandoned=lambda: self.abandoned.append(cmd))
+                    book, on_abandoned=lambda: self.abandoned.append(cmd))
         return self.watched(call, [cmd.reservation_id])
 
     def reserve_many(self) -> Call:
         cmds = [self.command() for _ in range(self.rng.randint(2, 4))]
         for cmd in cmds:
             self.note_span(cmd)
+        self.answers.sent(cmds)
 
         def book(results: list[Any]) -> None:
+            self.answers.told(cmds, results)
             for result in results:
-                if not isinstance(result, DomainError):
+                if isinstance(result, Forwarded):  # its owner's answer (``--forward-streams``): the wire says HELD, or
+                    if result.state == State.HELD:  # REJECTED for nothing granted (an order given up EXPIRED too)
+                        self.acked.reservations[result.reservation_id] = result.state
+                elif not isinstance(result, DomainError):
                     self.book_reservation(result[0])
 
         label = "reserve_many " + "; ".join(f"{c.reservation_id} {_lines(c)}" for c in cmds)

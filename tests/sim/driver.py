@@ -101,6 +101,7 @@ class Driver:
         self.world.log.settle = self.settle
         if isinstance(self.world, ClusterWorld):
             self.world.network.across_steps = late_across_steps
+            self.world.edge.streams.seed(f"streams {seed}")
         self.acked = Acknowledged()
         self.retry_other_content = retry_other_content
         self.commands = Commands(seed, self.rng, self.world, self.acked,
@@ -213,6 +214,8 @@ class Driver:
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))
         lost_tail = self.tail is not None and (self.tail.restored_in_step or self.tail.due(None))
+        if lost_tail:
+            self.commands.answers.forget()  # R5: a Reserve Redis lost may be decided anew
         if self.tail is not None and self.tail.due(None):
             world.lose_tail()  # the step ended before its tick: Redis comes back from older data now
             self.trace.append(f"{step}: Redis restarted from the saved state after the calls")
@@ -287,6 +290,8 @@ class Driver:
         self.errors.check()
         snapshots_whole(world)  # first: a torn snapshot may not decode
         check(world, self.acked)
+        self.commands.answers.check({rid: rec for actor in world.eng.actors
+                                     for rid, rec in actor.ledger.reservations.items()})
         self.stamps.check()
         if self.times is not None:
             self.times.check(world)  # E6/E7: nothing stamped past the skew or late applied

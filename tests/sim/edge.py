@@ -37,7 +37,7 @@ from reservation import (
 from tests.sim.factjudge import judged_record
 from tests.sim.process import Process
 from tests.sim.shed import door_refusal
-from tests.sim.streams import StreamBatch
+from tests.sim.streams import InboundStream
 
 if TYPE_CHECKING:
     from tests.sim.cluster import ClusterWorld
@@ -50,6 +50,9 @@ OnProcess = Callable[[Process], Awaitable[T]]
 class Edge:
     def __init__(self, world: ClusterWorld, rng: random.Random) -> None:
         self.world, self.rng = world, rng
+        self.streams = random.Random(0)
+        """``--forward-streams``: what the ReserveStreams draw (their batches, their network's faults), a stream of
+        its own so that the other draws stay as they were (the driver seeds it)."""
 
     # -- what the commands and checks read ---------------------------------------------------
     @property
@@ -90,7 +93,8 @@ class Edge:
     async def reserve_many(self, cmds: Sequence[ReserveCommand]) -> list[Any]:
         proc = self.pick()
         if self.world.forward_streams:  # items of other processes' groups decided by their owners
-            return await proc.call(lambda: StreamBatch(self, proc, cmds).decide())
+            stream = InboundStream(self, proc, cmds, self.streams)
+            return await proc.call(stream.run)
         return await proc.call(lambda: proc.engine.reserve_many(cmds))
 
     async def confirm(self, rid: str) -> Reservation:

@@ -28,7 +28,10 @@ class Tally:
     channel_late_landed: int = 0
     cross_shard: int = 0  # commands spanning shards (reserves, SHIPMENTs naming a reservation)
     sagas: int = 0  # of those reserves, on a cluster (odd seeds): orders decided by sagas
-    stream_parts: int = 0  # ``--forward-streams``: ReserveStream items sent to their owners, a part per owner
+    stream_parts: int = 0  # ``--forward-streams``: outbound ReserveStreams opened to owners (``streams.py``)
+    stream_items: int = 0  # ... ReserveStream items their owners answered
+    stream_doubts: int = 0  # ... items told OUTCOME_UNKNOWN by an outbound stream that failed
+    stream_faults: int = 0  # ... outbound parts lost, late, or their answers lost (``streamcall.py``)
     group_lines: int = 0  # ``--groups``: Reserve lines naming a location group, answered granted
     group_splits: int = 0  # ... of them, granted from two members or more
     tail_losses: int = 0  # Redis restarted from older data (``--lose-tail``)
@@ -158,7 +161,9 @@ class Tally:
                 f"up, {self.fenced_writes} writes refused FENCED, {self.kills} kills, {self.process_pauses} pauses, "
                 f"order steps {self.remote_steps} remote / "
                 f"{self.remote_lost} lost / {self.remote_late} late / {self.remote_moved} moved, "
-                f"{self.forwarded} calls forwarded ({self.stream_parts} stream parts), {self.located} located, "
+                f"{self.forwarded} calls forwarded ({self.stream_parts} streams to owners: "
+                f"{self.stream_items} items answered, "
+                f"{self.stream_doubts} in doubt, {self.stream_faults} faults), {self.located} located, "
                 f"id claims {self.id_claims} "
                 f"({self.id_claim_faults} failed, {self.id_claims_refused} found another home)"
                 + (f"; clocks: {self.clock_steps_back} steps back, {self.taken_ahead} groups taken from a clock ahead"

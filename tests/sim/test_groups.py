@@ -1,7 +1,8 @@
 """``--groups`` (``groups.py``): Reserve lines naming location groups, split over their members by each
 channel's strategy, and positions made by facts taking their location's safety-stock default (Q4); with three
 processes ``--forward-streams`` too (``streams.py``): ReserveStream items of groups other processes own sent to
-their owners in the batch's turn. With every other fault of the simulation."""
+their owners in the batch's turn, over outbound streams that fail (``streamcall.py``). With every other fault of
+the simulation."""
 
 from __future__ import annotations
 
@@ -26,4 +27,5 @@ async def test_reserves_naming_location_groups_and_stream_items_sent_to_their_ow
         await Driver(seed, tally, groups=True).run(60)
         await Driver(seed, tally, processes=3, groups=True, forward_streams=True).run(60)
     assert tally.group_lines > GROUPS_SEEDS and tally.group_splits and tally.crashes and tally.kills, tally
-    assert tally.stream_parts > GROUPS_SEEDS, tally
+    assert tally.stream_parts > GROUPS_SEEDS and tally.stream_items, tally
+    assert tally.stream_doubts and tally.stream_faults, tally
