@@ -25,6 +25,7 @@ from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.tasks import task_stacks
 from reservation import Limits
 from tests.ports import release_ports
+from tests.slot_moves import SlotMove
 
 # gRPC's asyncio layer shuts its global completion queue down when the last server or channel is
 # collected, joining its poller thread; a server collected while still running (its test failed
@@ -142,6 +143,15 @@ def cluster_url(redis_cluster: EmbeddedCluster) -> str:
         with redis.Redis(host="127.0.0.1", port=node.port) as client:
             client.flushall()
     return redis_cluster.url
+
+
+@pytest.fixture
+def moves(redis_cluster: EmbeddedCluster) -> Iterator[list[SlotMove]]:
+    """Slot moves begun by a test, finished after it whatever happened: the cluster is shared."""
+    begun: list[SlotMove] = []
+    yield begun
+    for move in begun:
+        move.finish()
 
 
 def test_config(**overrides: Any) -> ServiceConfig:

@@ -14,10 +14,10 @@ import redis
 
 from atp_client import AtpClient
 from atp_service.storage.embedded_cluster import EmbeddedCluster
-from tests.atp_service.app.test_cluster_reshard import SlotMove
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.fact_helpers import F
 from tests.conftest import services_on
+from tests.slot_moves import SlotMove
 from tests.waiting import until
 
 STREAM = "atp:{in}:pos"

@@ -6,7 +6,7 @@ of its lease and owner keys together TRYAGAIN (on the node importing the slot to
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -18,10 +18,10 @@ from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.keys import Keyspace
 from atp_service.tasks import cancel_and_wait
-from tests.atp_service.app.test_cluster_reshard import SlotMove
 from tests.conftest import ServiceFactory, services_on
 from tests.conftest import test_config as make_config
 from tests.ports import held_port
+from tests.slot_moves import SlotMove
 from tests.waiting import until
 
 SHARDS = 4
@@ -33,15 +33,6 @@ async def start(cluster_url: str) -> AsyncIterator[ServiceFactory]:
     async with services_on(cluster_url, redis_cluster=True, ownership="leases", lease_ms=5_000, balance_ms=100,
                            shards=SHARDS, input_streams=()) as start:
         yield start
-
-
-@pytest.fixture
-def moves(redis_cluster: EmbeddedCluster) -> Iterator[list[SlotMove]]:
-    """Slot moves begun by a test, finished after it whatever happened: the cluster is shared."""
-    begun: list[SlotMove] = []
-    yield begun
-    for move in begun:
-        move.finish()
 
 
 def owned(service: AtpService) -> set[int]:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -23,40 +22,9 @@ from tests.atp_service.app.test_healthcheck import starting_until_logged
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
 from tests.conftest import test_config as make_config
+from tests.slot_moves import SlotMove
 
 CLUSTER = {"redis_cluster": True, "input_streams": ()}
-
-
-class SlotMove:
-    """One slot moved by hand from primary ``source`` to ``target`` (ports), in the steps of a reshard."""
-
-    def __init__(self, cluster: EmbeddedCluster, slot: int, source: int, target: int) -> None:
-        self.cluster, self.slot, self.source, self.target = cluster, slot, source, target
-
-    @staticmethod
-    def _on(port: int, *command: str | int) -> Any:
-        with redis.Redis(host="127.0.0.1", port=port) as client:
-            return client.execute_command(*command)
-
-    def _id(self, port: int) -> str:
-        return str(self._on(port, "CLUSTER", "MYID"), "ascii")
-
-    def begin(self) -> None:
-        self._on(self.target, "CLUSTER", "SETSLOT", self.slot, "IMPORTING", self._id(self.source))
-        self._on(self.source, "CLUSTER", "SETSLOT", self.slot, "MIGRATING", self._id(self.target))
-
-    def move_keys(self) -> None:
-        """Every key of the slot moved to ``target``, the slot still migrating: the source answers ASK."""
-        keys = self._on(self.source, "CLUSTER", "GETKEYSINSLOT", self.slot, 1000)
-        assert isinstance(keys, list)
-        for key in keys:
-            self._on(self.source, "MIGRATE", "127.0.0.1", self.target, key, 0, 5000)
-
-    def finish(self) -> None:
-        """Every key moved, then the slot assigned to ``target`` on every primary."""
-        self.move_keys()
-        for node in self.cluster.primaries:
-            self._on(node.port, "CLUSTER", "SETSLOT", self.slot, "NODE", self._id(self.target))
 
 
 @pytest.fixture
@@ -64,15 +32,6 @@ async def start_service(cluster_url: str) -> AsyncIterator[ServiceFactory]:
     """``start_service`` of the test suite, on the shared cluster."""
     async with services_on(cluster_url, **CLUSTER) as start:
         yield start
-
-
-@pytest.fixture
-def moves(redis_cluster: EmbeddedCluster) -> Iterator[list[SlotMove]]:
-    """Slot moves begun by a test, finished after it whatever happened: the cluster is shared."""
-    begun: list[SlotMove] = []
-    yield begun
-    for move in begun:
-        move.finish()
 
 
 async def test_a_shard_whose_slot_is_migrating_says_why_it_refuses_and_answers_once_the_slot_has_moved(

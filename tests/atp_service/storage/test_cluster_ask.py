@@ -5,7 +5,7 @@ no slot map names yet (one an operator just added): tests/atp_service/app/test_c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,18 +13,9 @@ import redis
 
 from atp_service.storage.clients import close_any, connect_any
 from atp_service.storage.embedded_cluster import EmbeddedCluster
-from tests.atp_service.app.test_cluster_reshard import SlotMove
+from tests.slot_moves import SlotMove
 
 KEY = "t:{ask}:state"
-
-
-@pytest.fixture
-def moves(redis_cluster: EmbeddedCluster) -> Iterator[list[SlotMove]]:
-    """Slot moves begun by a test, finished after it whatever happened: the cluster is shared."""
-    begun: list[SlotMove] = []
-    yield begun
-    for move in begun:
-        move.finish()
 
 
 @pytest.fixture
