@@ -53,7 +53,7 @@ from atp_service.storage.log import CommitWindow, LogStore, SnapshotUnreadable
 from atp_service.storage.nodes import connect_any, open_nodes
 from atp_service.storage.records import UNCLAIMED
 from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled, keep
-from reservation import Unavailable
+from reservation import Reason, Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -224,7 +224,7 @@ class AtpService:
         async with self._reloading:
             estate = self._load_estate()
             if self._starting is None or not self._starting.done():  # the desk may still be loading its feeds
-                raise StartupError("estate: the service is still starting; reload once it serves")
+                raise Unavailable("estate: the service is recovering its state; retry shortly", Reason.RECOVERING)
             if self.channels is None and self.config.ownership == "leases":
                 raise StartupError(f"estate: nothing to reload: {LEASED_NO_CHANNELS}")
             if self.channels is None:

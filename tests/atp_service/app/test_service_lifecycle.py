@@ -31,6 +31,7 @@ from atp_service.intake.unread import _MAKE
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import LogStore
+from reservation import Reason, Unavailable
 from tests.atp_service.app.test_cli import wait_for_line
 from tests.atp_service.app.test_healthcheck import health, starting_until_logged
 from tests.atp_service.channel_helpers import fact, write_estate
@@ -371,8 +372,9 @@ async def test_nothing_is_answered_and_no_estate_reloaded_before_the_start_is_do
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await client.availability([("sku-a", "store-1")])
         assert said(refused.value) == (grpc.StatusCode.UNAVAILABLE, "RECOVERING")
-        with pytest.raises(StartupError, match="still starting"):
+        with pytest.raises(Unavailable, match="recovering its state; retry") as too_early:
             await service.reload_estate()
+        assert too_early.value.reason is Reason.RECOVERING
         proxy.hold()
         proxy.drop()
         await asyncio.wait_for(starting, 30)

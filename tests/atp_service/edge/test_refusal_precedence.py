@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,6 +18,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from reservation import Limits
 from tests.atp_service.app.test_healthcheck import starting_until_logged
+from tests.atp_service.channel_helpers import write_estate
 from tests.atp_service.refusals import refused
 from tests.conftest import test_config as make_config
 from tests.ports import held_port
@@ -68,3 +70,22 @@ async def test_a_request_at_fault_is_told_its_fault_while_the_service_recovers_n
     finally:
         await asyncio.wait_for(service.stop(grace_s=0), timeout=30)
 
+
+
+async def test_an_estate_reload_while_the_service_starts_is_told_recovering_and_retried_not_estate_unusable(
+        tmp_path: Path) -> None:
+    """A ``ReloadEstate`` (``atpctl estate reload``, an operator's script) sent while the service recovers its
+    state: a good file, nothing wrong with it or the call, only too early. It was refused ``FAILED_PRECONDITION``
+    ``ESTATE_UNUSABLE`` ("the estate file cannot be used"): a decision, which no retry policy retries and no caller
+    tells from a bad file. Now ``UNAVAILABLE`` ``RECOVERING`` with its retry delay, as every other call then."""
+    config = make_config(estate=write_estate(tmp_path))
+    service = AtpService(config, f"redis://127.0.0.1:{held_port()}/0")  # no Redis there: the start waits
+    try:
+        async with starting_until_logged(service, "waiting for Redis") as starting:
+            assert not starting.done()
+            async with AtpClient(f"127.0.0.1:{service.port}") as client:
+                said = await refused(client.stub.ReloadEstate(pb.ReloadEstateRequest()))
+        assert (said.code, said.reason) == (grpc.StatusCode.UNAVAILABLE, "RECOVERING"), said
+        assert said.retry_delay_s is not None
+    finally:
+        await asyncio.wait_for(service.stop(grace_s=0), timeout=30)
