@@ -30,7 +30,7 @@ from atp_service.config import ServiceConfig
 from atp_service.edge.fits import routing_refusal
 from atp_service.edge.routing import Route, RoutingTable
 from atp_service.engine.clock import Clock, GroupClock
-from atp_service.engine.recovery import Retrying, once, recover_shard
+from atp_service.engine.recovery import UNRECOVERABLE, Retrying, once, recover_shard
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics, MembershipMetrics
@@ -305,8 +305,8 @@ class Membership:
         for group in take:  # one refused (its slot migrating, its node away) keeps no later one from being taken
             try:
                 await self._take(group)
-            except STORAGE_ERRORS as exc:
-                refused.append(exc)
+            except STORAGE_ERRORS + UNRECOVERABLE as exc:  # one whose data is refused for good: said, given back
+                refused += [] if isinstance(exc, UNRECOVERABLE) else [exc]  # (NotRecovered), the others served
         if refused:
             raise refused[0]
 

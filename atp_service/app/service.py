@@ -40,7 +40,7 @@ from atp_service.edge.record import fact_sender
 from atp_service.edge.servicer import AvailabilityServicer
 from atp_service.edge.watch import Watchers
 from atp_service.engine.clock import Clock, SystemClock
-from atp_service.engine.recovery import LogCutShort, LogHole, LogUnreadable, recover_actors
+from atp_service.engine.recovery import UNRECOVERABLE, recover_actors
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from atp_service.intake.facts import FactDesk
@@ -49,7 +49,7 @@ from atp_service.metrics import Metrics
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.keys import CHANNELS
-from atp_service.storage.log import CommitWindow, LogStore, SnapshotUnreadable
+from atp_service.storage.log import CommitWindow, LogStore
 from atp_service.storage.nodes import connect_any, open_nodes
 from atp_service.storage.records import UNCLAIMED
 from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled, keep
@@ -272,7 +272,7 @@ class AtpService:
         try:
             actors, replayed = await recover_actors(store, self.clock, cfg.engine_settings, self.metrics.engine,
                                                     self._while_redis_is_away)
-        except (LogHole, LogCutShort, LogUnreadable, SnapshotUnreadable) as exc:  # data not to serve from: exit 2
+        except UNRECOVERABLE as exc:  # data not to serve from: exit 2
             raise StartupError(str(exc)) from None
         for actor in actors:
             actor.on_failure.append(self._on_shard_failed)

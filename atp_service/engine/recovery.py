@@ -66,6 +66,10 @@ class LogUnreadable(RuntimeError):
             "this version wrote")
 
 
+UNRECOVERABLE: tuple[type[Exception], ...] = (LogHole, LogCutShort, LogUnreadable, SnapshotUnreadable)
+"""A recovery refused for its data (R7, E10): the same reads fail alike until an operator acts, no wait cures it."""
+
+
 REPLAY_SLICE = 20_000
 """Events of a shard's log replayed between two turns of the event loop (~0.1 s of work at most)."""
 
