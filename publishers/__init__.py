@@ -10,7 +10,7 @@ from ._http import HttpSettings
 from ._metrics import PublisherMetrics
 from ._publisher import Publisher
 from ._shopify import DEFAULT_API_VERSION, ShopifyAdapter, ShopifySettings, read_body, set_quantities_body
-from ._startup import RedisUnavailable, RedisWait, wait_for_redis
+from ._startup import RedisRefused, RedisUnavailable, RedisWait, wait_for_redis
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -21,6 +21,7 @@ __all__ = [
     "Publisher",
     "PublisherConfig",
     "PublisherMetrics",
+    "RedisRefused",
     "RedisUnavailable",
     "RedisWait",
     "Refused",

@@ -15,9 +15,11 @@ from atp_service.config_values import redacted
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.redis_config import config_value, node_configs
+from atp_service.storage.resp import passing
 
 log = logging.getLogger("atp-publisher")
-__all__ = ["RedisEvicts", "RedisUnavailable", "RedisWait", "redacted", "refuse_evicting_redis", "wait_for_redis"]
+__all__ = ["RedisEvicts", "RedisRefused", "RedisUnavailable", "RedisWait", "redacted", "refuse_evicting_redis",
+           "wait_for_redis"]
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,17 @@ class RedisUnavailable(Exception):
     """Redis did not answer within ``RedisWait.total_s``."""
 
 
+class RedisRefused(Exception):
+    """Redis answered a start-up command with a refusal no wait cures (a key of another type): exit status 2."""
+
+
 async def wait_for_redis(attempt: Callable[[], Awaitable[object]], wait: RedisWait, where: str,
                          sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                          stopped: Callable[[], bool] = lambda: False,
                          clock: Callable[[], float] = time.monotonic) -> bool:
     """``attempt()`` until it gets through (True), one log line per failed try; False when
-    ``stopped()`` during a wait; ``RedisUnavailable`` once ``wait.total_s`` has passed (never with 0)."""
+    ``stopped()`` during a wait; ``RedisUnavailable`` once ``wait.total_s`` has passed (never with 0);
+    ``RedisRefused`` at once for a refusal that does not pass (``resp.passing``), as the service's start."""
     backoff = Backoff(BackoffPolicy(first_s=wait.first_s, max_s=wait.max_s))
     started = clock()
     while True:
@@ -57,6 +64,8 @@ async def wait_for_redis(attempt: Callable[[], Awaitable[object]], wait: RedisWa
                 log.info("Redis at %s answered after %d failed tries", where, backoff.failures)
             return True
         except STORAGE_ERRORS as exc:
+            if isinstance(exc, ResponseError) and not passing(exc):  # Redis answered: waiting would not change it
+                raise RedisRefused(f"Redis at {where} refused a start-up command: {exc}") from None
             delay = backoff.next_delay()
             if wait.total_s:
                 left = wait.total_s - (clock() - started)

@@ -2,8 +2,8 @@
 
 Secrets come from the environment, never from flags (which show in ``ps``) or logs:
 ``ATP_WEBHOOK_SECRET`` (the webhook adapter's Standard Webhooks key, ``whsec_...``),
-``ATP_SHOPIFY_TOKEN``. Exit status: 0 after a stop signal, 2 for a bad setting, 3 when Redis did
-not answer within ``--redis-wait``.
+``ATP_SHOPIFY_TOKEN``. Exit status: 0 after a stop signal, 2 for a bad setting (or a refusal of Redis at start
+that no wait cures), 3 when Redis did not answer within ``--redis-wait``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ._metrics import PublisherMetrics
 from ._permissions import check_publisher_acl
 from ._publisher import Publisher
 from ._shopify import DEFAULT_API_VERSION, MAX_QUANTITIES, ShopifyAdapter, ShopifySettings
-from ._startup import RedisEvicts, RedisUnavailable, RedisWait, redacted, wait_for_redis
+from ._startup import RedisEvicts, RedisRefused, RedisUnavailable, RedisWait, redacted, wait_for_redis
 
 log = logging.getLogger("atp-publisher")
 EMBEDDED_URL_FILE = Path("var/redis/redis.url")
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     except RedisUnavailable as exc:
         print(f"atp-publisher: {exc}", file=sys.stderr)
         return EXIT_NO_REDIS
-    except (RedisEvicts, AclRefused) as exc:
+    except (RedisEvicts, RedisRefused, AclRefused) as exc:
         print(f"atp-publisher: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
     return 0

@@ -9,31 +9,20 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import AskError, ClusterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
+from redis.exceptions import AskError, ResponseError
 
 from atp_service.app.keyspace import StartupError
 from atp_service.config_values import redacted
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.records import Fenced
+from atp_service.storage.resp import passing
 
 log = logging.getLogger("atp_service.app.service")
 T = TypeVar("T")
 REDIS_AT_START = BackoffPolicy(first_s=0.1, max_s=5.0)
-"""Waits between tries to reach Redis at start (health stays NOT_SERVING meanwhile)."""
-PASSING_REFUSALS = (AskError, ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError)
-"""Refusals Redis gives for a while and then stops giving (a failover, memory freed): waited out
-at start like no answer; any other refusal fails the start (``StartupError``). ``AskError`` (and
-``MovedError``, one of them): a write script of the start sent where the slot map read earlier says
-its slot is, during a reshard or after a failover; the writer never follows a redirection (a write
-is never sent twice), it reads the map again before its next call there (``Nodes``). Waited out
-on a cluster alone (``redis_cluster``): to a client of one Redis, a redirection says its URL names a
-node of a Redis Cluster, which no wait cures (``not_a_cluster_client``)."""
-PASSING_CODES = frozenset({"NOREPLICAS", "BUSY"})
-"""Refusals of the same kind redis-py raises as a plain ``ResponseError``, known by their code: writes
-refused while fewer replicas than ``min-replicas-to-write`` are connected (one restarting,
-resyncing), and a script running past ``busy-reply-threshold``. Each ends without anyone acting,
-so it must not stop the start as refused for its data (exit status 2: never restarted)."""
+"""Waits between tries to reach Redis at start (health stays NOT_SERVING meanwhile); a refusal that passes
+(``resp.passing``) is waited out alike."""
 
 
 async def while_redis_is_away(redis_url: str, attempt: Callable[[], Awaitable[T]], *, cluster: bool = False) -> T:
@@ -52,7 +41,7 @@ async def while_redis_is_away(redis_url: str, attempt: Callable[[], Awaitable[T]
         except ResponseError as exc:
             if isinstance(exc, AskError) and not cluster:
                 raise StartupError(not_a_cluster_client(redis_url, exc)) from None
-            if not _passing(exc):
+            if not passing(exc):
                 raise StartupError(f"redis_url: Redis at {redacted(redis_url)} refused a start-up command: "
                                    f"{exc}") from None
             error: BaseException = exc
@@ -67,8 +56,3 @@ def not_a_cluster_client(redis_url: str, redirection: AskError) -> str:
     ever saying it waited for Redis (health NOT_SERVING, never a status a supervisor acts on)."""
     return (f"redis_url: Redis at {redacted(redis_url)} redirected a start-up command ({type(redirection).__name__} "
             f"{redirection}): it is a node of a Redis Cluster; start with --redis-cluster (ATP_REDIS_CLUSTER=true)")
-
-
-def _passing(refusal: ResponseError) -> bool:
-    """Whether Redis gives ``refusal`` for a while and then stops giving it (waited out at start)."""
-    return isinstance(refusal, PASSING_REFUSALS) or str(refusal).split(" ", 1)[0] in PASSING_CODES

@@ -6,7 +6,35 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from redis.exceptions import AskError, ClusterDownError, MovedError, OutOfMemoryError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
+
+PASSING_REFUSALS = (AskError, ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError)
+"""Refusals Redis gives for a while and then stops giving (a failover, memory freed): waited out
+at start like no answer; any other refusal fails the start (the service's ``StartupError``, the
+publisher's ``RedisRefused``: exit status 2). ``AskError`` (and
+``MovedError``, one of them): a write script of the start sent where the slot map read earlier says
+its slot is, during a reshard or after a failover; the writer never follows a redirection (a write
+is never sent twice), it reads the map again before its next call there (``Nodes``). Waited out
+on a cluster alone (``redis_cluster``): to a client of one Redis, a redirection says its URL names a
+node of a Redis Cluster, which no wait cures (``not_a_cluster_client``)."""
+PASSING_CODES = frozenset({"NOREPLICAS", "BUSY"})
+"""Refusals of the same kind redis-py raises as a plain ``ResponseError``, known by their code: writes
+refused while fewer replicas than ``min-replicas-to-write`` are connected (one restarting,
+resyncing), and a script running past ``busy-reply-threshold``. Each ends without anyone acting,
+so it must not stop the start as refused for its data (exit status 2: never restarted)."""
+
+
+def passing(refusal: ResponseError) -> bool:
+    """Whether Redis gives ``refusal`` for a while and then stops giving it (waited out at start)."""
+    return isinstance(refusal, PASSING_REFUSALS) or str(refusal).split(" ", 1)[0] in PASSING_CODES
 
 
 def as_text(value: Any) -> str:

@@ -259,3 +259,22 @@ async def test_a_publisher_on_a_cluster_refuses_any_node_that_may_evict(redis_cl
         await refuse_evicting_redis(client)  # every node noeviction: taken
     finally:
         await client.aclose()
+
+
+def test_a_refusal_no_wait_cures_ends_the_start_naming_it_not_taken_for_redis_away(
+        tmp_path: Path, redis_url: str) -> None:
+    """The channel's stream a key of another type (a hand-made key, a prefix shared with another program): every
+    try's ``XGROUP CREATE`` is refused WRONGTYPE. It was taken for Redis not answering: "waiting for Redis" at each
+    try, then exit 3 "did not answer within --redis-wait" (with ``--redis-wait 0``, waiting for ever), for a Redis
+    that answered every time. Refused at once now, exit 2, naming what Redis said, as the service refuses it."""
+    r = redis.Redis.from_url(redis_url)
+    try:
+        r.set("atp:{avail}:web", "not a stream")
+    finally:
+        r.close()
+    done = subprocess.run([sys.executable, "-m", "publishers.cli", "--channel", "web", "--adapter", "jsonl",
+                           "--file", str(tmp_path / "x"), "--redis-url", redis_url, "--metrics-port", "-1",
+                           "--redis-wait", "2"], capture_output=True, text=True, timeout=DEADLINE_S)
+    assert done.returncode == 2, done.stderr
+    assert "WRONGTYPE" in done.stderr and "waiting for Redis" not in done.stderr
+    assert "Traceback" not in done.stderr
