@@ -13,14 +13,13 @@ would be: update them on the event loop's thread only (a scrape from another thr
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Iterable
-from importlib.metadata import PackageNotFoundError, version
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry
 
 from atp_service.instruments import Counter, CounterChild, Gauge, Histogram, Reading, SizeHistogram
+from atp_service.process_metrics import build_info, process_collectors
 from reservation import FactKind
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -36,6 +35,10 @@ APPEND_FAILURE_REASONS = ("out_of_memory", "timeout", "connection", "fenced", "n
 Redis at its ``maxmemory`` refusing writes, no answer in time, no connection, another owner of the shard,
 another refusal by Redis or the append script, anything else. ``atp_channel_write_failures_total``'s too
 (``storage.channel_store.write_failure_reason``)."""
+RECOVERY_FAILURE_REASONS = ("data", "redis", "bug")
+"""``atp_group_recoveries_failed_total``'s reasons (``ownership = leases``), a closed set: its snapshot or log
+refused for its data (R7, E10: no process serves the group until an operator acts), Redis not answering or
+refusing the reads, anything else (a bug)."""
 
 
 def zeroed(counter: Counter | prometheus_client.Counter, *label_sets: tuple[str, ...]) -> None:
@@ -353,34 +356,15 @@ class MembershipMetrics:
             "atp_group_take_seconds", "From taking a group's lease to serving it (its recovery)",
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=r,
         )
-
-
-def installed(distribution: str) -> str:
-    """The installed version of ``distribution``, or "unknown" (run from a source tree)."""
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def build_info(name: str, registry: CollectorRegistry, libraries: dict[str, str]) -> Gauge:
-    """``name`` = 1, labelled with the versions this process runs: ours (``version``), Python's and
-    each of ``libraries`` (label -> distribution), so a dashboard can tell which build answers."""
-    running = {"version": installed("atp-service"), "python": platform.python_version(),
-               **{label: installed(distribution) for label, distribution in libraries.items()}}
-    gauge = Gauge(name, "Always 1; the versions of this process and the libraries it runs on", list(running),
-                  registry=registry)
-    gauge.labels(**running).set(1)
-    return gauge
-
-
-def process_collectors(registry: CollectorRegistry) -> None:
-    """CPU, memory, open files (``process_*``), garbage collections and the Python version
-    (``python_*``) of this process, on ``registry``: the default registry, which carries them, is not
-    the one served. (Each reports nothing where its source is missing: no /proc, not CPython.)"""
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
+        self.groups_free = Gauge(
+            "atp_groups_free", "Shard groups no process held the lease of at this process's last balance: between "
+            "owners for a balance period or so; past that served by no process (atp_group_recoveries_failed_total "
+            "says why)", registry=r)
+        self.recoveries_failed = Counter(
+            "atp_group_recoveries_failed_total", "Shard groups taken whose recovery failed, given back, by why: "
+            + ", ".join(RECOVERY_FAILURE_REASONS), ["reason"], registry=r)
+        # At 0 from the start: a group refused for its data is refused at every taking, the first one included.
+        zeroed(self.recoveries_failed, *((reason,) for reason in RECOVERY_FAILURE_REASONS))
 
 
 class Metrics:

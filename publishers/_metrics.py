@@ -7,7 +7,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from atp_service.metrics import build_info, process_collectors, zeroed
+from atp_service.metrics import zeroed
+from atp_service.process_metrics import build_info, process_collectors
 from reservation import ChannelUpdate
 
 OUTCOMES = ("delivered", "retried", "failed", "superseded", "duplicate", "resynced", "redelivered")

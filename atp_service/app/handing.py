@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from redis.exceptions import AuthenticationError, AuthorizationError, ReadOnlyError, RedisClusterException
 
 from atp_service.edge.ratelog import OncePerKey
+from atp_service.engine.recovery import UNRECOVERABLE
+from atp_service.instruments import Counter
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import Fenced
 from atp_service.storage.nodes import TOPOLOGY_ERRORS
@@ -50,17 +52,20 @@ class NotRecovered:
     read, Redis refusing the reads (an ACL changed while the service runs: every taking fails alike), a bug.
     Every process takes such a group again at each balance pass (a third of a lease): said each time, one
     damaged snapshot filled every process's log with an ERROR and its traceback every few seconds. Said once
-    per group per ``interval_s``, the line counting the takings left unsaid since (``left_out``)."""
+    per group per ``interval_s``, the line counting the takings left unsaid since (``left_out``). Each one is
+    counted (``failures``, by ``failure_reason``), said or not: the group is served by no process meanwhile."""
 
-    def __init__(self, log: logging.Logger, interval_s: float = NOT_RECOVERED_LOG_S,
+    def __init__(self, log: logging.Logger, failures: Counter, interval_s: float = NOT_RECOVERED_LOG_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._log, self._due = log, OncePerKey(interval_s, NOT_RECOVERED_GROUPS_KEPT, clock)
         self._unsaid: dict[int, int] = {}
+        self._failures = failures
 
     def say(self, group: int, exc: BaseException) -> None:
         if isinstance(exc, asyncio.CancelledError):
             self._log.info("group %d: taken, its recovery cancelled by a stop; given back", group)
             return
+        self._failures.labels(failure_reason(exc)).inc()
         if not self._due.due(str(group)):
             self._unsaid[group] = self._unsaid.get(group, 0) + 1
             return
@@ -74,6 +79,14 @@ class NotRecovered:
                             "line)", group, left_out, exc_info=exc, extra={"group": group, "left_out": left_out})
 
 
+def failure_reason(exc: BaseException) -> str:
+    """``metrics.RECOVERY_FAILURE_REASONS``' class of a recovery's failure: refused for its data (R7, E10), Redis's
+    doing (not answering, or refusing the reads: an ACL), or a bug."""
+    if isinstance(exc, UNRECOVERABLE):
+        return "data"
+    return "redis" if isinstance(exc, (*STORAGE_ERRORS, Fenced)) else "bug"
+
+
 def _unanswered(exc: BaseException) -> bool:
     """Whether ``exc`` says Redis did not answer, or not yet (loading, a failover, a slot moving): not a refusal."""
     if isinstance(exc, (AuthenticationError, AuthorizationError)):
@@ -81,4 +94,4 @@ def _unanswered(exc: BaseException) -> bool:
     return isinstance(exc, (*TOPOLOGY_ERRORS, ReadOnlyError, RedisClusterException))
 
 
-__all__ = ["NOT_RECOVERED_LOG_S", "NotRecovered", "hand_over_all"]
+__all__ = ["NOT_RECOVERED_LOG_S", "NotRecovered", "failure_reason", "hand_over_all"]

@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from atp_service.app.balancing import FreeWatch, RenewalPace, address_of, plan_balance, preference
+from atp_service.app.balancing import FreeWatch, address_of, plan_balance, preference
 from atp_service.app.handing import NotRecovered, hand_over_all
 from atp_service.app.lost_entries import say_if_lost
+from atp_service.app.renewing import keep_renewing
 from atp_service.app.shared_address import MEMBERS_SCRIPT, SharedAddressWatch, refuse_if_shared
 from atp_service.config import ServiceConfig
 from atp_service.edge.fits import routing_refusal
@@ -54,7 +55,8 @@ class Membership:
     def __init__(self, engine: Engine, store: LogStore, config: ServiceConfig, clock: Clock, metrics: MembershipMetrics,
                  engine_metrics: EngineMetrics, must_stop: Callable[[], None] = lambda: None) -> None:
         self._engine, self._store, self._config, self._clock = engine, store, config, clock
-        self._metrics, self._engine_metrics, self._not_recovered = metrics, engine_metrics, NotRecovered(log)
+        self._metrics, self._engine_metrics = metrics, engine_metrics
+        self._not_recovered = NotRecovered(log, metrics.recoveries_failed)  # a taking whose recovery failed: said
         self.address = config.advertised
         self.leases = GroupLeases(store, f"{self.address}|{secrets.token_hex(6)}", config.lease_ms)
         self._lease_s, self._balance_s = config.lease_ms / 1000, (config.balance_ms or config.lease_ms / 3) / 1000
@@ -106,7 +108,8 @@ class Membership:
         loop = asyncio.get_running_loop()
         # Renewing runs while the first share is recovered (the groups taken first must not run out while the
         # later ones are), and while another entry at this address is waited out (its process must see ours).
-        renewing = loop.create_task(self._keep_renewing(failed_first=bool(missing)), name="leases-renew")
+        renewing = loop.create_task(keep_renewing(self.renew, self._lease_s, self._metrics.renewal_failures,
+                                                  failed_first=bool(missing)), name="leases-renew")
         try:
             await refuse_if_shared(self._store, self.address, self.leases.holder, self._config.lease_ms)
             self._address_watch.armed = True
@@ -139,41 +142,6 @@ class Membership:
         with contextlib.suppress(*STORAGE_ERRORS):  # else its entry times out
             await self._store.nodes.run_one(Call(MEMBERS_SCRIPT, [self._store.keys.members],
                                                  [self._entry, 0, self._retired]))
-
-    async def _keep_renewing(self, failed_first: bool) -> None:
-        """Renews at ``RenewalPace``: a third of a lease after each renewal was sent, and soon after one
-        that left anything unrenewed (``failed_first``: the start's, already said). Said once when
-        renewals start failing, once a lease while they go on, and when one succeeds again."""
-        pace = RenewalPace(self._lease_s)
-        said_at = time.monotonic()
-        wait_s = pace.after(not failed_first, said_at)
-        while True:
-            await asyncio.sleep(wait_s)
-            sent = time.monotonic()  # no later than the renewal's own send: its deadlines count from that
-            missing = await self._renewal()
-            now = time.monotonic()
-            failing_s = pace.failing_s(now)
-            wait_s = pace.after(not missing, now, sent)
-            if not missing:
-                if failing_s:
-                    log.info("renewed again after %.1fs of failed renewals", failing_s,
-                             extra={"event": "renewals_recovered", "duration_ms": round(failing_s * 1000)})
-                continue
-            self._metrics.renewal_failures.inc()
-            if not failing_s or now - said_at >= self._lease_s:
-                said_at = now
-                log.warning("not renewed: %s (failing for %.1fs; tried again in %.2fs)", missing, failing_s, wait_s,
-                            extra={"event": "renewal_failed"})
-
-    async def _renewal(self) -> str:
-        """``renew``: what it left unrenewed, an error included."""
-        try:
-            return await self.renew()
-        except (*STORAGE_ERRORS, Fenced) as exc:
-            return repr(exc)
-        except Exception as exc:  # a bug must not stop renewing for good: said loudly, tried again
-            log.exception("renewal failed")
-            return repr(exc)
 
     async def _forever(self, step: Any, every_s: float) -> None:
         while True:
@@ -339,6 +307,7 @@ class Membership:
                   *await self._store.values_of([keys.owner(g) for g in range(n)])]
         self.routes = {g: (address_of(as_text(values[g])), number_of(values[n + g])) for g in range(n)
                        if values[g] is not None}
+        self._metrics.groups_free.set(n - len(self.routes))  # held by none: past a balance or so, served by none
         for group in self.leases.give_back_strays(values[:n], values[n:], self._handing | self._vacating.keys()):
             log.warning("group %d: its lease is this process's, yet no taking here holds it (a taking's answer lost, "
                         "its grant late); given back", group, extra={"event": "stray_lease", "group": group})

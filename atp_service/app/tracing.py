@@ -21,7 +21,7 @@ from typing import Any
 
 from atp_service.app.keyspace import StartupError
 from atp_service.config import ServiceConfig
-from atp_service.metrics import installed
+from atp_service.process_metrics import installed
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Renewals of a leased process's membership and leases (``Membership._keep_renewing``): a renewal
+"""Renewals of a leased process's membership and leases (``renewing.keep_renewing``): a renewal
 answered late counts its groups' deadline from when it was sent, and the next is sent a third of a lease
 after it was sent (renewals answered slowly lapse no deadline); one that failed extends none; failed
 ones are tried again no faster than ``RENEW_RETRY_FIRST_S``; a renewal cancelled in flight leaves no

@@ -14,8 +14,9 @@ from atp_service import AtpService
 from atp_service.storage.records import SNAPSHOT_MAGIC
 from tests.atp_service.app.test_health_truth import health
 from tests.atp_service.edge.test_api import receipt
-from tests.conftest import services_on
+from tests.conftest import ServiceFactory, services_on
 from tests.ports import held_port
+from tests.waiting import until
 
 SHARDS = 4
 
@@ -25,6 +26,25 @@ def owned(service: AtpService) -> set[int]:
     return {g for g in service.membership.leases.held if not service.engine.actors[g].vacant}
 
 
+async def snapshot_unreadable(start: ServiceFactory, redis_url: str, group: int) -> list[str]:
+    """Every group stocked (a SKU each, 5 units at DC) by a first process, stopped (every group handed over:
+    snapshotted), then ``group``'s snapshot from a newer format (a rollback): this version reads format 1.
+    Each group's SKU, in group order."""
+    first, client = await start(port=held_port(), host="127.0.0.1")
+    skus = [next(s for s in (f"k{i}" for i in range(256)) if zlib.crc32(s.encode()) % SHARDS == g)
+            for g in range(SHARDS)]
+    facts = [receipt(f"in-{g}", sku, "DC", 5) for g, sku in enumerate(skus)]
+    assert {f.outcome for f in await client.record_events(facts)} == {pb.FACT_OUTCOME_APPLIED}
+    await first.stop(grace_s=0.1)  # every group handed over: snapshotted, its lease given back
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        assert await r.exists(f"atp:{{g{group}}}:snap")
+        await r.set(f"atp:{{g{group}}}:snap", SNAPSHOT_MAGIC + b"\x02" + b"\0" * 8)  # format 2
+    finally:
+        await r.aclose()
+    return skus
+
+
 async def test_a_group_whose_snapshot_cannot_be_read_leaves_the_start_serving_the_other_groups(
         redis_url: str) -> None:
     """One group's snapshot from a newer format (a rollback): the first balance raised its ``SnapshotUnreadable``
@@ -32,19 +52,28 @@ async def test_a_group_whose_snapshot_cannot_be_read_leaves_the_start_serving_th
     group was served by any process that started while it lasted, though every other group's log was sound."""
     async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
                            input_streams=()) as start:
-        first, client = await start(port=held_port(), host="127.0.0.1")
-        skus = [next(s for s in (f"k{i}" for i in range(256)) if zlib.crc32(s.encode()) % SHARDS == g)
-                for g in range(SHARDS)]
-        facts = [receipt(f"in-{g}", sku, "DC", 5) for g, sku in enumerate(skus)]
-        assert {f.outcome for f in await client.record_events(facts)} == {pb.FACT_OUTCOME_APPLIED}
-        await first.stop(grace_s=0.1)  # every group handed over: snapshotted, its lease given back
-        r = aredis.Redis.from_url(redis_url)
-        try:
-            assert await r.exists("atp:{g0}:snap")
-            await r.set("atp:{g0}:snap", SNAPSHOT_MAGIC + b"\x02" + b"\0" * 8)  # format 2: this version reads 1
-        finally:
-            await r.aclose()
+        skus = await snapshot_unreadable(start, redis_url, 0)
         service, client = await start(port=held_port(), host="127.0.0.1")
         assert owned(service) == set(range(1, SHARDS))
         assert [p.on_hand for p in await client.availability([(sku, "DC") for sku in skus[1:]])] == [5, 5, 5]
         assert await health(service.port) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_group_no_process_can_recover_is_counted_and_shown_served_by_none(redis_url: str) -> None:
+    """The same group refused at every taking: said at ERROR once a minute, but no metric counted it, and a
+    process whose only free groups are refused reported SERVING with 0 groups, ``atp_groups_owned`` summing to
+    less than the groups with no alert on it: an operator's dashboard showed nothing. Each failed recovery is
+    counted by why (``atp_group_recoveries_failed_total{reason="data"}``), and the groups no process holds
+    (``atp_groups_free``) stay above 0 while it lasts: alert ATPGroupsUnserved."""
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=()) as start:
+        await snapshot_unreadable(start, redis_url, 2)
+        service, _client = await start(port=held_port(), host="127.0.0.1")
+        assert owned(service) == {0, 1, 3}
+        samples = service.metrics.registry
+
+        def failed(reason: str) -> float | None:
+            return samples.get_sample_value("atp_group_recoveries_failed_total", {"reason": reason})
+
+        assert (failed("data") or 0) >= 1 and (failed("redis"), failed("bug")) == (0, 0)
+        await until(lambda: samples.get_sample_value("atp_groups_free") == 1, "a balance read group 2 free", 30)

@@ -12,6 +12,7 @@ import pytest
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.app.handing import NotRecovered
+from atp_service.metrics import MembershipMetrics
 from atp_service.storage.records import SnapshotUnreadable
 
 LOG = logging.getLogger("atp_service.app.membership")
@@ -20,7 +21,8 @@ LOG = logging.getLogger("atp_service.app.membership")
 def test_a_group_failing_at_every_taking_is_said_once_an_interval_with_the_takings_left_unsaid(
         caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
-    said = NotRecovered(LOG, interval_s=60.0, clock=lambda: now[0])
+    metrics = MembershipMetrics()
+    said = NotRecovered(LOG, metrics.recoveries_failed, interval_s=60.0, clock=lambda: now[0])
     caplog.set_level(logging.INFO, logger="atp_service")
     damaged = SnapshotUnreadable("shard 3: its checksum fails")
     for _ in range(20):  # a pass every 2 s for 38 s
@@ -33,11 +35,13 @@ def test_a_group_failing_at_every_taking_is_said_once_an_interval_with_the_takin
     assert lines == [(logging.ERROR, 3, 0), (logging.WARNING, 4, 0), (logging.ERROR, 3, 19)]
     assert caplog.records[0].exc_info is not None and "checksum" in caplog.text
     assert "19 more such takings" in caplog.records[2].getMessage()
+    counted = {r: metrics.recoveries_failed.labels(r).value for r in ("data", "redis", "bug")}
+    assert counted == {"data": 21, "redis": 1, "bug": 0}  # every taking counted, said or not
 
 
 def test_a_stop_cancelling_a_recovery_is_said_each_time_as_nothing_gone_wrong(
         caplog: pytest.LogCaptureFixture) -> None:
-    said = NotRecovered(LOG, clock=lambda: 0.0)
+    said = NotRecovered(LOG, MembershipMetrics().recoveries_failed, clock=lambda: 0.0)
     caplog.set_level(logging.INFO, logger="atp_service")
     said.say(1, asyncio.CancelledError())
     said.say(1, asyncio.CancelledError())
