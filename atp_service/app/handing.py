@@ -60,8 +60,16 @@ class NotRecovered:
         self._log, self._due = log, OncePerKey(interval_s, NOT_RECOVERED_GROUPS_KEPT, clock)
         self._unsaid: dict[int, int] = {}
         self._failures = failures
+        self._last: BaseException | None = None  # the failure said last (``said_last``)
+
+    def said_last(self) -> BaseException | None:
+        """The failure said last, forgotten here (its frames are not kept): a failure a balance's taking raises is
+        said once, by its recovery, or by the balance where it came before (a bug taking the lease)."""
+        last, self._last = self._last, None
+        return last
 
     def say(self, group: int, exc: BaseException) -> None:
+        self._last = exc
         if isinstance(exc, asyncio.CancelledError):
             self._log.info("group %d: taken, its recovery cancelled by a stop; given back", group)
             return

@@ -31,7 +31,7 @@ from atp_service.config import ServiceConfig
 from atp_service.edge.fits import routing_refusal
 from atp_service.edge.routing import Route, RoutingTable
 from atp_service.engine.clock import Clock, GroupClock
-from atp_service.engine.recovery import UNRECOVERABLE, Retrying, once, recover_shard
+from atp_service.engine.recovery import Retrying, once, recover_shard
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics, MembershipMetrics
@@ -273,8 +273,12 @@ class Membership:
         for group in take:  # one refused (its slot migrating, its node away) keeps no later one from being taken
             try:
                 await self._take(group)
-            except STORAGE_ERRORS + UNRECOVERABLE as exc:  # one whose data is refused for good: said, given back
-                refused += [] if isinstance(exc, UNRECOVERABLE) else [exc]  # (NotRecovered), the others served
+            except Exception as exc:  # its data refused for good (UNRECOVERABLE), or a bug: said and counted, given
+                said = self._not_recovered.said_last() is exc  # back (NotRecovered); the later free groups taken
+                if isinstance(exc, (*STORAGE_ERRORS, Fenced)):  # all the same (liveness: every one served that can
+                    refused.append(exc)  # be); Redis's refusals raised after them, for the balance's caller
+                elif not said:  # a bug before its recovery (taking its lease)
+                    self._not_recovered.say(group, exc)
         if refused:
             raise refused[0]
 
@@ -324,15 +328,15 @@ class Membership:
         epoch = self.leases.held[group]
         try:
             ledger, seq, replayed = await recover_shard(self._store, group, self._config.limits)
+            clock = GroupClock(self._clock, ledger.clock)  # R6: never below what its previous owner logged
+            actor = ShardActor(group, ledger, self._store, clock, self._config.shard_settings, seq,
+                               self._engine_metrics, snapshot_seq=seq - replayed)
         except BaseException as exc:
             self._not_recovered.say(group, exc)
             self._store.drop(group)
             with contextlib.suppress(*STORAGE_ERRORS):  # never renewed again; unanswered, the lease runs out
                 await self.leases.release(group, epoch)  # what ended the recovery is what the caller hears
             raise
-        clock = GroupClock(self._clock, ledger.clock)  # R6: never below what its previous owner logged
-        actor = ShardActor(group, ledger, self._store, clock, self._config.shard_settings, seq,
-                           self._engine_metrics, snapshot_seq=seq - replayed)
         actor.lease_until = max(started, self._renewed_at.get(group, started)) + self._lease_s * SAFETY
         if self.leases.held.get(group) != epoch or group in self._vacating:
             log.warning("group %d: lost while it was recovered; not served here", group)
