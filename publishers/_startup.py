@@ -9,13 +9,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import AskError, ResponseError
 
 from atp_service.config_values import redacted
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.redis_config import config_value, node_configs
-from atp_service.storage.resp import passing
+from atp_service.storage.resp import not_a_cluster_client, passing
 
 log = logging.getLogger("atp-publisher")
 __all__ = ["RedisEvicts", "RedisRefused", "RedisUnavailable", "RedisWait", "redacted", "refuse_evicting_redis",
@@ -51,10 +51,12 @@ class RedisRefused(Exception):
 async def wait_for_redis(attempt: Callable[[], Awaitable[object]], wait: RedisWait, where: str,
                          sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                          stopped: Callable[[], bool] = lambda: False,
-                         clock: Callable[[], float] = time.monotonic) -> bool:
+                         clock: Callable[[], float] = time.monotonic, cluster: bool = False) -> bool:
     """``attempt()`` until it gets through (True), one log line per failed try; False when
     ``stopped()`` during a wait; ``RedisUnavailable`` once ``wait.total_s`` has passed (never with 0);
-    ``RedisRefused`` at once for a refusal that does not pass (``resp.passing``), as the service's start."""
+    ``RedisRefused`` at once for a refusal that does not pass (``resp.passing``), as the service's start:
+    a redirection (ASK, MOVED) too where ``cluster`` is not set (``--redis-cluster``): ``where`` is a node of a
+    Redis Cluster that a client of one Redis cannot follow, and no wait cures it (``not_a_cluster_client``)."""
     backoff = Backoff(BackoffPolicy(first_s=wait.first_s, max_s=wait.max_s))
     started = clock()
     while True:
@@ -64,6 +66,8 @@ async def wait_for_redis(attempt: Callable[[], Awaitable[object]], wait: RedisWa
                 log.info("Redis at %s answered after %d failed tries", where, backoff.failures)
             return True
         except STORAGE_ERRORS as exc:
+            if isinstance(exc, AskError) and not cluster:  # MOVED too: a cluster's node, as the service refuses it
+                raise RedisRefused(not_a_cluster_client(where, exc)) from None
             if isinstance(exc, ResponseError) and not passing(exc):  # Redis answered: waiting would not change it
                 raise RedisRefused(f"Redis at {where} refused a start-up command: {exc}") from None
             delay = backoff.next_delay()

@@ -220,7 +220,8 @@ async def _run(config: PublisherConfig, redis_url: str, adapter: Adapter, metric
             await check_publisher_acl(config, redis_url, cluster)
             await publisher.prepare()
 
-        if await wait_for_redis(first_calls, wait or RedisWait(), redacted(redis_url), nap, stop.is_set):
+        if await wait_for_redis(first_calls, wait or RedisWait(), redacted(redis_url), nap, stop.is_set,
+                                cluster=cluster):
             log.info("publisher of channel %s from %s via %s (group %s): delivers while it holds %s", config.channel,
                      config.stream, adapter.name, config.group, config.lease_key)
             await publisher.run()

@@ -16,7 +16,7 @@ from atp_service.config_values import redacted
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.records import Fenced
-from atp_service.storage.resp import passing
+from atp_service.storage.resp import not_a_cluster_client, passing
 
 log = logging.getLogger("atp_service.app.service")
 T = TypeVar("T")
@@ -40,7 +40,7 @@ async def while_redis_is_away(redis_url: str, attempt: Callable[[], Awaitable[T]
             raise
         except ResponseError as exc:
             if isinstance(exc, AskError) and not cluster:
-                raise StartupError(not_a_cluster_client(redis_url, exc)) from None
+                raise StartupError(not_a_cluster_client(redacted(redis_url), exc)) from None
             if not passing(exc):
                 raise StartupError(f"redis_url: Redis at {redacted(redis_url)} refused a start-up command: "
                                    f"{exc}") from None
@@ -49,10 +49,3 @@ async def while_redis_is_away(redis_url: str, attempt: Callable[[], Awaitable[T]
             error = exc
         log.warning("waiting for Redis at %s: %s", redacted(redis_url), error, extra={"event": "redis_waiting"})
         await backoff.wait()
-
-
-def not_a_cluster_client(redis_url: str, redirection: AskError) -> str:
-    """Why a start redirected (ASK or MOVED) by a Redis it takes for one Redis is refused: waited out, it waited for
-    ever saying it waited for Redis (health NOT_SERVING, never a status a supervisor acts on)."""
-    return (f"redis_url: Redis at {redacted(redis_url)} redirected a start-up command ({type(redirection).__name__} "
-            f"{redirection}): it is a node of a Redis Cluster; start with --redis-cluster (ATP_REDIS_CLUSTER=true)")

@@ -37,6 +37,15 @@ def passing(refusal: ResponseError) -> bool:
     return isinstance(refusal, PASSING_REFUSALS) or str(refusal).split(" ", 1)[0] in PASSING_CODES
 
 
+def not_a_cluster_client(where: str, redirection: AskError) -> str:
+    """Why a start redirected (ASK or MOVED) by a Redis it takes for one Redis is refused (the service's and a
+    publisher's, exit status 2): waited out, it waited for ever, or until its bound, saying it waited for Redis
+    (health NOT_SERVING, a publisher's exit 3: never a refusal a supervisor or an operator acts on). ``where``:
+    the Redis URL, redacted."""
+    return (f"redis_url: Redis at {where} redirected a start-up command ({type(redirection).__name__} "
+            f"{redirection}): it is a node of a Redis Cluster; start with --redis-cluster (ATP_REDIS_CLUSTER=true)")
+
+
 def as_text(value: Any) -> str:
     """A Redis reply value as text (clients may or may not decode responses)."""
     return value.decode() if isinstance(value, bytes) else str(value)

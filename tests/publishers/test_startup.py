@@ -278,3 +278,27 @@ def test_a_refusal_no_wait_cures_ends_the_start_naming_it_not_taken_for_redis_aw
     assert done.returncode == 2, done.stderr
     assert "WRONGTYPE" in done.stderr and "waiting for Redis" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_plain_client_of_a_cluster_node_is_refused_naming_the_setting_not_waited_for(
+        tmp_path: Path, redis_cluster: Any, cluster_url: str) -> None:
+    """``--redis-url`` a node of a Redis Cluster without ``--redis-cluster``: the node answers MOVED for the
+    channel's keys, which a client of one Redis cannot follow. Taken for Redis away ("waiting for Redis" at every
+    try), the start waited out ``--redis-wait`` and exited 3 (with 0, for ever), for a supervisor to restart it into
+    the same wait. Refused at once, exit 2, naming the setting, as the service's start (``not_a_cluster_client``)."""
+    def moves_the_channel(port: int) -> bool:
+        with redis.Redis(host="127.0.0.1", port=port) as node:
+            try:
+                node.exists("atp:{avail}:web")
+            except redis.exceptions.MovedError:
+                return True
+            return False
+
+    other = next(n for n in redis_cluster.primaries if moves_the_channel(n.port))
+    done = subprocess.run([sys.executable, "-m", "publishers.cli", "--channel", "web", "--adapter", "jsonl",
+                           "--file", str(tmp_path / "x"), "--redis-url", f"redis://127.0.0.1:{other.port}",
+                           "--metrics-port", "-1", "--redis-wait", "2"], capture_output=True, text=True,
+                          timeout=DEADLINE_S)
+    assert done.returncode == 2, done.stderr
+    assert "--redis-cluster" in done.stderr and "waiting for Redis" not in done.stderr
+    assert "Traceback" not in done.stderr
