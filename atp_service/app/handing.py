@@ -1,5 +1,5 @@
 """Groups changing hands at a process (``ownership = leases``): a stop's hand-overs of its groups
-(``Membership.stop``), and what a taking whose recovery failed says."""
+(``Membership.stop``), a start's first share (``first_share``), and what a taking whose recovery failed says."""
 
 from __future__ import annotations
 
@@ -37,6 +37,21 @@ async def hand_over_all(groups: list[int], hand_over: Callable[[int, bool], Awai
                 away = away or not isinstance(end, Fenced)  # Fenced: taken by another, and Redis answers
         if len(batch) > 1:
             return
+
+
+async def first_share(balance: Callable[[], Awaitable[None]], holds: Callable[[], bool], log: logging.Logger) -> None:
+    """A start's first balance (``Membership.start``, whose ``retrying`` waits for Redis): a taking Redis refused
+    where the process holds a group (``holds()``) is left to the later balances, as each later refusal is. Waited
+    out, a group whose slot migrates (ASK, TRYAGAIN; for good, a reshard left half-done) held the start for as long:
+    the groups taken were held and renewed, never served (health NOT_SERVING, every call refused, forwarded ones
+    too), and no other process took them. Where none is held, Redis is away for this process: waited out."""
+    try:
+        await balance()
+    except STORAGE_ERRORS as exc:
+        if not holds():
+            raise
+        log.warning("starting: a taking refused (%r); the groups taken are served, the others taken by a later "
+                    "balance", exc, extra={"event": "taking_refused"})
 
 
 NOT_RECOVERED_LOG_S = 60.0
@@ -102,4 +117,4 @@ def _unanswered(exc: BaseException) -> bool:
     return isinstance(exc, (*TOPOLOGY_ERRORS, ReadOnlyError, RedisClusterException))
 
 
-__all__ = ["NOT_RECOVERED_LOG_S", "NotRecovered", "failure_reason", "hand_over_all"]
+__all__ = ["NOT_RECOVERED_LOG_S", "NotRecovered", "failure_reason", "first_share", "hand_over_all"]

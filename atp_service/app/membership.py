@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from atp_service.app.balancing import FreeWatch, address_of, plan_balance, preference
-from atp_service.app.handing import NotRecovered, hand_over_all
+from atp_service.app.handing import NotRecovered, first_share, hand_over_all
 from atp_service.app.lost_entries import say_if_lost
 from atp_service.app.renewing import keep_renewing
 from atp_service.app.shared_address import MEMBERS_SCRIPT, SharedAddressWatch, refuse_if_shared
@@ -113,7 +113,7 @@ class Membership:
         try:
             await refuse_if_shared(self._store, self.address, self.leases.holder, self._config.lease_ms)
             self._address_watch.armed = True
-            await retrying(self.balance)
+            await retrying(lambda: first_share(self.balance, lambda: bool(self.leases.held), log))
         except BaseException:
             await cancel_and_wait(renewing)
             raise

@@ -5,6 +5,7 @@ of its lease and owner keys together TRYAGAIN (on the node importing the slot to
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -96,3 +97,18 @@ async def test_a_free_group_whose_taking_its_migrating_slot_refuses_keeps_no_lat
     move.finish()
     await membership.balance()
     assert owned(service) == set(range(SHARDS))
+
+
+async def test_a_process_starting_while_a_free_group_s_slot_migrates_serves_the_groups_it_took(
+        start: ServiceFactory, redis_cluster: EmbeddedCluster, moves: list[SlotMove]) -> None:
+    """The start's first balance is waited out while Redis refuses it (``redis_wait``): a taking refused for as long
+    as the slot migrated (for good, a reshard left half-done) refused the whole start, though every other group of
+    the process's share was taken and recovered — held and renewed, never served (health NOT_SERVING, every call and
+    every call forwarded to it refused), and no other process could take them. The start ends having tried each
+    group; the refused one is taken by a later balance, once its slot has moved."""
+    first, _, moving, stable, move = await two_left_free(start, redis_cluster, moves, moving_first=False)
+    second, _ = await asyncio.wait_for(start(port=held_port(), host="127.0.0.1"), 15)  # before: waited for ever
+    assert owned(second) == {stable}
+    moves.remove(move)
+    move.finish()
+    await until(lambda: moving in owned(first) | owned(second), "the group taken once its slot has moved")
