@@ -11,7 +11,8 @@ connection that was never made again talked to one server process all along (a r
 new primary reached at the same address, is reached through a connection made again). ``life`` changes
 each time the connection is made (again), or another is taken (another node of a cluster): a sweep
 that saw one life throughout saw every field present throughout; else it goes again from cursor 0.
-No command beyond ``HSCAN`` is sent, so a Redis user needs no permission more.
+No command beyond ``HSCAN`` is sent (and, on a cluster whose slot migrates, the ``ASKING`` before it that
+redis-py's own redirections send too), so a Redis user needs no permission more.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import AskError, MovedError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MovedError
 
 
 class HashScan:
@@ -36,6 +37,9 @@ class HashScan:
         self._held: AbstractConnection | None = None
         self._node: Any = None
         """The cluster node the held connection is of (None: one Redis's pool, or none held)."""
+        self._asked: tuple[str, Any] | None = None
+        """(the node that answered ASK, the node it named): the hash's slot migrating, the hash moved there already.
+        Asked there (``ASKING`` before each ``HSCAN``) for as long as the slot map names the former for its slot."""
         self._lock = asyncio.Lock()
         self.life = 0
         """Changed each time the held connection is made (again) or another is taken: the server may differ."""
@@ -47,19 +51,38 @@ class HashScan:
             after, found = await self._client.hscan(key, cursor, count=count)
             return int(after), found, 0
         async with self._lock:
-            for _ in range(2):  # a cluster's MOVED: the slot map learnt, then its node asked
+            redirected: AskError | None = None
+            for _ in range(3):  # a cluster's MOVED: the slot map learnt, then its node asked; ASK: the node named
                 conn = await self._connection(key)
                 try:
+                    if self._asked is not None and self._node is self._asked[1]:
+                        await conn.send_command("ASKING")  # allows the next command of this connection alone
+                        await conn.read_response()
                     await conn.send_command("HSCAN", key, cursor, "COUNT", count)
                     reply = await conn.read_response()
                 except MovedError as exc:  # the slot moved to another node: its hash is another table there
+                    redirected = exc
+                    self._asked = None
                     await self._release()
                     cluster: Any = self._client
                     await cluster.nodes_manager.move_slot(exc)
                     continue
+                except AskError as exc:  # its slot migrating, the hash moved already: asked where it is now
+                    redirected = exc
+                    self._asked = self._asking(exc)
+                    continue
                 after, flat = reply
                 return int(after), dict(zip(flat[::2], flat[1::2], strict=True)), self.life
-            raise MovedError(f"{key}: moved again while its node was learnt")
+            raise redirected or MovedError(f"{key}: moved again while its node was learnt")
+
+    def _asking(self, redirection: AskError) -> tuple[str, Any]:
+        """(the node that answered ``redirection``, the node it names), raising it where the client knows no such
+        node (redis-py's own cluster client, before the node serves a slot: ``clients._Cluster`` knows any)."""
+        client: Any = self._client
+        target = client.get_node(node_name=f"{redirection.host}:{redirection.port}")
+        if self._node is None or target is None:
+            raise redirection
+        return self._node.name, target
 
     async def aclose(self) -> None:
         """The held connection given back to its pool (or node)."""
@@ -73,6 +96,9 @@ class HashScan:
         if isinstance(client, aioredis.RedisCluster):
             await client.initialize()  # its slot map, read where it is not yet (or must be again)
             node = client.get_node_from_key(key)  # raises where no node serves its slot
+            if self._asked is not None:  # asked where the hash is for as long as the slot map names the node asking
+                node = self._asked[1] if self._asked[0] == node.name else node
+                self._asked = self._asked if node is self._asked[1] else None
             if self._held is not None and (self._node is None or self._node.name != node.name):
                 await self._release()
         if self._held is None:
