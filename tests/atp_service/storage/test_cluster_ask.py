@@ -5,13 +5,15 @@ no slot map names yet (one an operator just added): tests/atp_service/app/test_c
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis
+from redis.asyncio.cluster import ClusterNode
 
-from atp_service.storage.clients import close_any, connect_any
+from atp_service.storage.clients import _AskedNode, close_any, connect_any
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.hash_scan import HashScan
 from tests.slot_moves import SlotMove
@@ -90,3 +92,50 @@ async def test_a_hash_scan_on_a_connection_of_its_own_follows_ask_to_where_the_h
             assert lives == {life} and len(found) == len(fields)
     finally:
         await scan.aclose()
+
+
+async def test_redis_py_still_asks_an_ask_s_node_as_the_cluster_client_relies_on(
+        client: Any, redis_cluster: EmbeddedCluster, moves: list[SlotMove]) -> None:
+    """``_Cluster`` relies on redis-py's private path of an ASK (``RedisCluster._execute_command``, 8.1): the node
+    named is looked up by ``get_node(node_name=...)`` alone; ``ASKING`` is sent as a command of its own through that
+    node's ``execute_command``, then the command through it; a node's ``execute_command`` takes its connection
+    (``acquire_connection``) and gives it back (``release``, to the right of ``_free``) with nothing of another task
+    run between ``ASKING``'s giving back and the command's taking — so ``_AskedNode``, taking the connection freed
+    last, sends the command on the connection ``ASKING`` allowed it on. A redis-py upgrade that changes any of these
+    fails here, by name, rather than as MOVED answered back until 'TTL exhausted.' under load."""
+    moves.append(asked(redis_cluster))
+    await client.initialize()
+    loop, events = asyncio.get_running_loop(), []
+    acquire, release, execute = _AskedNode.acquire_connection, ClusterNode.release, ClusterNode.execute_command
+
+    def acquiring(node: Any, *args: Any) -> Any:
+        assert isinstance(node._free, collections.deque), "redis-py's ClusterNode keeps no _free deque"
+        conn = acquire(node, *args)
+        freed = [ran for kind, _, ran in events if kind == "release"]
+        events.append(("acquire", conn, bool(freed and freed[-1])))  # another task run since the last giving back
+        return conn
+
+    def releasing(node: Any, conn: Any) -> None:
+        other_ran: list[bool] = []
+        loop.call_soon(other_ran.append, True)  # runs at the first turn another task may take
+        events.append(("release", conn, other_ran))
+        release(node, conn)
+        assert node._free and node._free[-1] is conn, "redis-py's ClusterNode.release no longer frees to the right"
+
+    async def executing(node: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append(("command", args[0], None))
+        return await execute(node, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_AskedNode, "acquire_connection", acquiring)
+        patch.setattr(_AskedNode, "release", releasing)
+        patch.setattr(_AskedNode, "execute_command", executing)
+        assert len(await client.hgetall(KEY)) == 20
+    assert events, "redis-py no longer looks an ASK's node up by get_node(node_name=...): _Cluster is not asked"
+    kinds = [(kind, what) for kind, what, _ in events if kind == "command"]
+    assert kinds == [("command", "ASKING"), ("command", "HGETALL")], \
+        f"redis-py no longer sends ASKING, then the command, through the asked node's execute_command: {kinds}"
+    assert [kind for kind, _, _ in events] == ["command", "acquire", "release", "command", "acquire", "release"]
+    (_, asking, _), (_, freed, _), (_, taken, other_ran) = events[1], events[2], events[4]
+    assert asking is freed is taken, "the command went on another connection than ASKING's"
+    assert not other_ran, "another task could run between ASKING's connection given back and the command's taking"
