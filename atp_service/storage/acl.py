@@ -49,9 +49,12 @@ class Need:
 
 
 CLUSTER_CLIENT = [Need(("CLUSTER", "SLOTS"), "", "the cluster's slot map, read first (redis_cluster)"),
-                  Need(("COMMAND",), "", "the command table: where each command's keys are (redis_cluster)")]
+                  Need(("COMMAND",), "", "the command table: where each command's keys are (redis_cluster)"),
+                  Need(("ASKING",), "", "a key of a slot migrating, read where it moved already (redis_cluster)")]
 """What redis-py's cluster client sends before any command: denied, it reads as no cluster there
-("Cluster mode is not enabled"), taken for a Redis not up yet: asked first, of the node the URL names."""
+("Cluster mode is not enabled"), taken for a Redis not up yet: asked first, of the node the URL names. And
+``ASKING``, before a command of a key its slot's node answered ASK for (a reshard under way): denied, every
+such command failed NOPERM for as long as the slot migrated."""
 
 
 async def check_acl(nodes: Nodes, needs: list[Need], setting: str, who: str, else_: str,

@@ -10,18 +10,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from atp_service import AtpService
 from atp_service.app.keyspace import StartupError
 from atp_service.app.permissions import check_permissions, service_needs
 from atp_service.config import ServiceConfig
+from atp_service.storage.clients import close_any, connect_any
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.log import LogStore
 from atp_service.storage.nodes import Call, Script, open_nodes
 from tests.conftest import test_config as make_config
+from tests.slot_moves import SlotMove
 
 USER, PASSWORD = "atp-svc", "pw-atp-svc"
 PACKAGE = Path(__file__).parents[3] / "atp_service"
@@ -294,3 +297,43 @@ async def test_on_a_cluster_a_user_denied_the_slot_map_is_refused_at_start_namin
         for node in redis_cluster.nodes:
             async with aioredis.Redis.from_url(node.url) as client:
                 await client.execute_command("ACL", "DELUSER", USER)
+
+
+async def test_the_user_operations_md_suggests_on_a_cluster_reads_a_key_of_a_slot_migrating(
+        redis_cluster: EmbeddedCluster, cluster_url: str) -> None:
+    """A key of a slot migrating, moved to the importing node already, is read there after ``ASKING`` (the cluster
+    client, ``HashScan``): the least user OPERATIONS.md suggested on a cluster may not run it, and every such read
+    failed NOPERM for as long as the slot migrated (for good, a reshard left half-done) — a start refused (exit 2),
+    a running process's reads failing. It is granted, and a user denied it is refused at start naming it."""
+    text = (Path(__file__).parents[3] / "docs" / "OPERATIONS.md").read_text()
+    least = re.search(r"`ACL SETUSER atp on >PASSWORD ([^`]+)`", text)
+    on_cluster = re.search(r"on a Redis Cluster\s+also `([^`]+)`", text)
+    assert least and on_cluster, "OPERATIONS.md gives the service's least ACL, and what a cluster adds"
+    rules = [r for r in least.group(1).split() + on_cluster.group(1).split() if r not in ("on", ">PASSWORD")]
+    key = "atp:{asked}:state"
+    moves = []
+    try:
+        for node in redis_cluster.nodes:
+            await set_user(node.url, *rules)
+        with redis.RedisCluster.from_url(redis_cluster.url) as admin:
+            admin.hset(key, mapping={"f": 1})
+            slot, source = admin.keyslot(key), int(admin.get_node_from_key(key).port)
+        moves.append(move := SlotMove(redis_cluster, slot, source,
+                                      next(n.port for n in redis_cluster.primaries if n.port != source)))
+        move.begin()
+        move.move_keys()
+        client = connect_any(as_user(cluster_url), 5.0, cluster=True)
+        try:
+            assert await client.hgetall(key) == {b"f": b"1"}
+        finally:
+            await close_any(client)
+        for node in redis_cluster.nodes:
+            await set_user(node.url, *rules, "-asking")
+        said = await refused_start(as_user(cluster_url), make_config(redis_cluster=True, input_streams=()))
+        assert "ASKING: " in said, said
+    finally:
+        for move in moves:
+            move.finish()
+        for node in redis_cluster.nodes:
+            async with aioredis.Redis.from_url(node.url) as admin_client:
+                await admin_client.execute_command("ACL", "DELUSER", USER)
