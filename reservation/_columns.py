@@ -3,13 +3,15 @@ LoadCounts, curation and E9 sweep side): numpy in and out, no object per positio
 
 from __future__ import annotations
 
+import itertools
+
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from ._model import Quantities
 from ._names import Names
-from ._segments import Int32Array, Int64Array, IntpArray, Segments, int32_of
+from ._segments import Int32Array, Int64Array, IntpArray, Segments, int32_of, raw
 
 ON_HAND, RESERVED, COMMITTED, SAFETY = range(4)
 """The quantities of a position a caller may change (Q1-Q4), as ``add``/``set`` name them."""
@@ -22,7 +24,11 @@ BoolArray = npt.NDArray[np.bool_]
 DENSE_CELLS = 1 << 20
 """Largest SKUs x locations ``available_block`` builds whole before picking a channel's columns."""
 Cell = tuple[int, int]
-"""A position as (SKU row, location column): fixed while the shard lives (its slot is not)."""
+"""A position as (SKU row, location column): fixed while the position lives (its slot is not)."""
+LAYOUTS = itertools.count(1)
+"""``PositionStore.columns_version``: drawn anew at each change of a store's columns, so no two layouts share one."""
+USERS_CHUNK = 1 << 20
+"""Slots counted at a time by ``column_users`` (no temporary the size of a national estate's columns)."""
 
 
 class StoreSnapshot(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
@@ -45,10 +51,13 @@ class StoreSnapshot(msgspec.Struct, array_like=True, forbid_unknown_fields=True)
 class Blocks:
     """Block reads and writes of a ``PositionStore`` (mixed in: they need its layout, nothing else)."""
 
-    __slots__ = ()
+    __slots__ = ("columns_version",)
     _seg: Segments
     _skus: list[str]
     _locations: list[str]
+    _sku_row: dict[str, int]
+    _loc_col: dict[str, int]
+    _col_users: list[int]
     names: Names
 
     def chained(self, first_row: int, rows: int) -> list[Cell]:
@@ -104,6 +113,7 @@ class Blocks:
         wide[ON_HAND, slots], wide[W_COUNT_TIME, slots] = quantity, at
         narrow[N_COUNT_QTY, slots], narrow[N_SAFETY, slots] = narrow_quantity, narrow_safety
         narrow[N_SOURCE, slots], narrow[N_EVENT, slots] = names
+        self._count_users(cols, 1)
 
     def forget_cells(self, rows: IntpArray, cols: IntpArray) -> None:
         """Undo of ``create_counted``: the positions were never there; their names are released."""
@@ -114,6 +124,55 @@ class Blocks:
         self.names.release_all(seg.narrow[N_SOURCE, slots])
         self.names.release_all(seg.narrow[N_EVENT, slots])
         seg.remove_many(rows, cols)
+        self._count_users(cols, -1)
+        self._trim()
+
+    def _count_users(self, cols: IntpArray, sign: int) -> None:
+        """Positions made (``sign`` 1) or gone (-1) at ``cols``, counted per column (``_trim``)."""
+        counts, users = np.bincount(cols), self._col_users
+        for c in np.flatnonzero(counts).tolist():
+            users[c] += sign * int(counts[c])
+
+    def _trim(self) -> None:
+        """The last SKU rows and location columns that no position uses any more are dropped (after an undo). A
+        batch taken back (its append failed, R7) leaves no name behind: sealed batches are taken back newest first,
+        so the rows and columns a batch added are the last ones once its positions are gone. Kept, each made-up SKU
+        and location sent while appends failed stayed a row or column for good, outside ``max_positions_per_shard``
+        (it counts positions), in every snapshot, curated by the channel desk; a replay of the log had none (E10)."""
+        seg, skus = self._seg, self._skus
+        while skus and (run := seg.run(len(skus) - 1)).start == run.stop:
+            del self._sku_row[skus.pop()]
+            seg.drop_last_row()
+        users, locations = self._col_users, self._locations
+        if users and not users[-1]:
+            while users and not users[-1]:
+                users.pop()
+                del self._loc_col[locations.pop()]
+            self.columns_version = next(LAYOUTS)  # a column index may name another location from now on
+
+    def snapshot(self) -> StoreSnapshot:
+        """The used slots and rows, as views (no copy), without a SKU row or location column no position uses: none
+        left by a batch taken back before ``_trim`` dropped them with it is carried, and a restore has none."""
+        seg = self._seg
+        wide, narrow, col, starts, lengths, caps = seg.arrays()
+        skus, locations, tail, garbage = self._skus, self._locations, seg.tail, seg.garbage
+        empty = lengths == 0
+        if empty.any():
+            kept = ~empty
+            skus = list(itertools.compress(skus, kept.tolist()))
+            garbage += int(caps[empty].sum())  # their runs' room is left behind (tail = caps + garbage)
+            starts, lengths, caps = starts[kept], lengths[kept], caps[kept]
+        used = np.array(self._col_users, dtype=np.int64) > 0
+        if not used.all():
+            locations = list(itertools.compress(locations, used.tolist()))
+            col = np.maximum(np.cumsum(used) - 1, 0).astype(np.int32).take(col)  # a slot of no position stays 0
+        if not skus:  # no position: no slot carried (its column would name a location not kept)
+            tail = garbage = 0
+            wide, narrow, col = [f[:0] for f in wide], [f[:0] for f in narrow], col[:0]
+        return StoreSnapshot(
+            skus=list(skus), locations=list(locations), tail=tail, garbage=garbage, wide=[raw(f) for f in wide],
+            narrow=[raw(f) for f in narrow], col=raw(col), starts=raw(starts), lengths=raw(lengths), caps=raw(caps),
+            names=self.names.snapshot())
 
     def held_any(self, rows: IntpArray, cols: IntpArray) -> BoolArray:
         """Per row (a SKU; -1: none here), whether it has a position at any of ``cols`` (-1: a location never seen
@@ -195,3 +254,13 @@ class Blocks:
         wide = self._seg.wide[:, start: tail if stop is None else min(stop, tail)]
         uncovered = wide[ON_HAND] - wide[RESERVED] - wide[COMMITTED]
         return int(-uncovered[uncovered < 0].sum())
+
+
+def column_users(seg: Segments, columns: int) -> list[int]:
+    """Positions per location column, counted over the slots (one of no position reads column 0) a chunk at a time."""
+    users = np.zeros(columns, dtype=np.int64)
+    for at in range(0, seg.tail, USERS_CHUNK):
+        users += np.bincount(seg.col[at: at + USERS_CHUNK], minlength=columns)[:columns]
+    if columns:
+        users[0] -= seg.tail - seg.positions()
+    return [int(n) for n in users.tolist()]

@@ -135,6 +135,19 @@ class Segments:
         self.rows += 1
         return row
 
+    def drop_last_row(self) -> None:
+        """The last SKU row, holding no position, is gone (the batch that added it was taken back): its run's
+        room is the tail's again where the run ends there, else left behind."""
+        row = self.rows - 1
+        assert row >= 0 and not self._lv[row], "dropping a row that holds positions"
+        start, cap = self._sv[row], self._capv[row]
+        if cap and start + cap == self.tail:
+            self.tail = start  # its slots are zero: it holds no position
+        else:
+            self.garbage += cap
+        self._sv[row] = self._lv[row] = self._capv[row] = 0
+        self.rows, self._hit_row = row, -1
+
     # -- one position ------------------------------------------------------------------------------
     def find(self, row: int, col: int) -> int:
         """The slot of the position (-1: none)."""

@@ -6,7 +6,7 @@ its latest count's time as int64, its safety stock, its latest count's quantity,
 location's column: 56 bytes, so 30 M positions take 1.6 GiB, whether an estate stocks every
 location of 100,000 SKUs or a tenth of 1 M SKUs' (a grid of SKUs x locations would take 300 M cells
 for the latter). Only this class knows the layout; callers name a position by its (SKU row,
-location column), its cell, which never changes while the shard lives.
+location column), its cell, which never changes while the position lives.
 
 Quantities a single fact sets (a count's quantity, safety stock) fit int32: ``Limits.max_quantity``
 is bounded below 2**31. Sums (on_hand, reserved, committed) and times are int64.
@@ -21,6 +21,7 @@ import numpy as np
 
 from ._columns import (
     COMMITTED,
+    LAYOUTS,
     N_COUNT_QTY,
     N_DELTAS,
     N_EVENT,
@@ -33,10 +34,11 @@ from ._columns import (
     Blocks,
     Cell,
     StoreSnapshot,
+    column_users,
 )
 from ._model import ZERO, Quantities
 from ._names import NONE, Names
-from ._segments import Int32Array, Int64Array, IntpArray, Segments, check_int32, raw
+from ._segments import Int32Array, Int64Array, IntpArray, Segments, check_int32
 
 LatestCount = tuple[int, str, str, int]
 """A position's latest count: (event_time, source, event_id, quantity)."""
@@ -59,13 +61,16 @@ a position a batch in flight made as absent, not even 0 (C4)."""
 class PositionStore(Blocks):
     """Quantities per (sku, location), and per position its latest count and its kept deltas' head."""
 
-    __slots__ = ("_loc_col", "_locations", "_seg", "_sku_row", "_skus", "journal", "names")
+    __slots__ = ("_col_users", "_loc_col", "_locations", "_seg", "_sku_row", "_skus", "journal", "names")
 
     def __init__(self) -> None:
         self._sku_row: dict[str, int] = {}
         self._loc_col: dict[str, int] = {}
         self._skus: list[str] = []
         self._locations: list[str] = []
+        self._col_users: list[int] = []  # positions per location column (``_trim``)
+        self.columns_version = next(LAYOUTS)
+        """Drawn anew whenever a location column is added or dropped: callers caching ``columns`` compare it."""
         self._seg = Segments()
         self.names = Names()
         self.journal: list[tuple[str, str, int]] | None = []
@@ -124,6 +129,8 @@ class PositionStore(Blocks):
             self.journal.append((sku, location, -self._available(slot)))
         self._release_count(slot)
         self._seg.remove(row, col)
+        self._col_users[col] -= 1
+        self._trim()
 
     def add(self, sku: str, location: str, field: int, delta: int) -> None:
         if field == SAFETY:
@@ -196,7 +203,7 @@ class PositionStore(Blocks):
         slot = self._seg.find(row, col)
         if slot >= 0:
             return row, col, slot, True
-        self._made(sku, location)
+        self._made(sku, location, col)
         return row, col, self._seg.insert(row, col), False
 
     def add_on_hand(self, slot: int, sku: str, location: str, delta: int) -> None:
@@ -293,7 +300,7 @@ class PositionStore(Blocks):
 
     @property
     def location_count(self) -> int:
-        """Grows when a new location is first seen: callers caching ``columns`` compare it."""
+        """Locations with a column here (one is dropped with its last position, taken back: ``_trim``)."""
         return len(self._locations)
 
     def columns(self, locations: Sequence[str]) -> IntpArray:
@@ -315,15 +322,6 @@ class PositionStore(Blocks):
             for location, q in self.sku_locations(sku):
                 yield sku, location, q
 
-    def snapshot(self) -> StoreSnapshot:
-        seg = self._seg
-        wide, narrow, col, starts, lengths, caps = seg.arrays()
-        return StoreSnapshot(
-            skus=list(self._skus), locations=list(self._locations), tail=seg.tail, garbage=seg.garbage,
-            wide=[raw(f) for f in wide], narrow=[raw(f) for f in narrow], col=raw(col), starts=raw(starts),
-            lengths=raw(lengths),
-            caps=raw(caps), names=self.names.snapshot())
-
     @classmethod
     def restore(cls, snap: StoreSnapshot, names: Names) -> PositionStore:
         """The store as snapshotted; ``names``: its table of names, restored (``Names.restoring``)."""
@@ -336,6 +334,7 @@ class PositionStore(Blocks):
         store._seg = Segments.restore(
             snap.tail, snap.garbage, [np.frombuffer(f, dtype=np.int64) for f in snap.wide],
             [np.frombuffer(f, dtype=np.int32) for f in snap.narrow], np.frombuffer(snap.col, dtype=np.int32), runs)
+        store._col_users = column_users(store._seg, len(snap.locations))
         store.names = names
         return store
 
@@ -359,11 +358,12 @@ class PositionStore(Blocks):
         slot = self._seg.find(row, col)
         if slot >= 0:
             return slot
-        self._made(sku, location)
+        self._made(sku, location, col)
         return self._seg.insert(row, col)
 
-    def _made(self, sku: str, location: str) -> None:
-        """A new position, into the journal while it is kept (not in replay): ``MADE``."""
+    def _made(self, sku: str, location: str, col: int) -> None:
+        """A new position, counted in its column and into the journal while it is kept (not in replay): ``MADE``."""
+        self._col_users[col] += 1
         if self.journal is not None:
             self.journal.append((sku, location, MADE))
 
@@ -390,5 +390,7 @@ class PositionStore(Blocks):
         if col is None:
             col = self._loc_col[location] = len(self._locations)
             self._locations.append(location)
+            self._col_users.append(0)
+            self.columns_version = next(LAYOUTS)
         return col
 

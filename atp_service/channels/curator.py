@@ -124,8 +124,10 @@ class Curator:
 
     def _columns(self, channel: Channel, shard: int, store: PositionStore) -> npt.NDArray[np.intp]:
         cached = self._cols.get((channel.name, shard))
-        if cached is None or cached[0] != store.location_count:
-            cached = (store.location_count, store.columns(channel.sells_from))
+        # By the store's layout of columns, not its count of them: a column dropped with the positions of a batch taken
+        # back and another location's added at its index would show one location's number at the other's (C1).
+        if cached is None or cached[0] != store.columns_version:
+            cached = (store.columns_version, store.columns(channel.sells_from))
             self._cols[(channel.name, shard)] = cached
         return cached[1]
 
