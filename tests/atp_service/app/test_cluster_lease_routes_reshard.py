@@ -67,6 +67,17 @@ async def two_left_free(start: ServiceFactory, redis_cluster: EmbeddedCluster, m
     return service, membership, moving, stable, move
 
 
+async def every_group_taken_once_moved(service: AtpService, membership: Membership, moves: list[SlotMove],
+                                       move: SlotMove, moving: int, stable: int) -> None:
+    """Every free group but the migrating one taken by the balance; once its slot has moved, the next takes it."""
+    assert stable in owned(service)
+    assert owned(service) == set(range(SHARDS)) - {moving}
+    moves.remove(move)
+    move.finish()
+    await membership.balance()
+    assert owned(service) == set(range(SHARDS))
+
+
 async def test_a_free_group_s_slot_migrating_keeps_no_other_free_group_from_being_taken(
         start: ServiceFactory, redis_cluster: EmbeddedCluster, moves: list[SlotMove]) -> None:
     """A balance reads every group's lease and owner keys first: read together per slot, the migrating group's pair
@@ -75,12 +86,7 @@ async def test_a_free_group_s_slot_migrating_keeps_no_other_free_group_from_bein
     service, membership, moving, stable, move = await two_left_free(start, redis_cluster, moves, moving_first=False)
     with contextlib.suppress(*STORAGE_ERRORS):  # the migrating group's taking is refused (ASK), after the other's
         await membership.balance()
-    assert stable in owned(service)
-    assert owned(service) == set(range(SHARDS)) - {moving}
-    moves.remove(move)
-    move.finish()
-    await membership.balance()
-    assert owned(service) == set(range(SHARDS))
+    await every_group_taken_once_moved(service, membership, moves, move, moving, stable)
 
 
 async def test_a_free_group_whose_taking_its_migrating_slot_refuses_keeps_no_later_one_from_being_taken(
@@ -91,12 +97,7 @@ async def test_a_free_group_whose_taking_its_migrating_slot_refuses_keeps_no_lat
     service, membership, moving, stable, move = await two_left_free(start, redis_cluster, moves, moving_first=True)
     with pytest.raises(STORAGE_ERRORS):  # said: the migrating group's taking refused
         await membership.balance()
-    assert stable in owned(service)
-    assert owned(service) == set(range(SHARDS)) - {moving}
-    moves.remove(move)
-    move.finish()
-    await membership.balance()
-    assert owned(service) == set(range(SHARDS))
+    await every_group_taken_once_moved(service, membership, moves, move, moving, stable)
 
 
 async def test_a_process_starting_while_a_free_group_s_slot_migrates_serves_the_groups_it_took(
