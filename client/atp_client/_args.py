@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 INT64_MAX = (1 << 63) - 1
@@ -99,6 +100,68 @@ def cleared(report: Path) -> str | None:
     except OSError as exc:
         return f"cannot write {str(report)!r}: {exc.strerror or exc}"
     return None
+
+
+_URL_SCHEMES = ("http://", "https://", "grpc://", "grpcs://")
+"""A URL's scheme, which no gRPC target has: gRPC read ``http://host:port`` as a host named ``http`` and failed
+every call UNAVAILABLE (exit 6, "retry later": a script retried a typo for ever)."""
+_NAMED_AS_IS = frozenset({"unix", "unix-abstract", "vsock", "xds", "google-c2p"})
+"""gRPC's schemes whose address is theirs to read: passed as given."""
+
+
+def target(text: str) -> str:
+    """Where the service is, in a form gRPC takes (``host[:port]``, ``[v6]:port``, ``dns:[//auth/]host[:port]``,
+    ``ipv4:``/``ipv6:`` ``addr:port,...``, ``unix:path``, ...). Only what is surely wrong is refused: no host, a port
+    that is no number in 1..65535, a URL scheme, a space; each was a call that could never connect, exit 6."""
+    if not text or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"expected host:port, got {text!r}")
+    if text.lower().startswith(_URL_SCHEMES):
+        raise argparse.ArgumentTypeError(f"expected host:port, got {text!r}: a gRPC target takes no URL scheme "
+                                         "(TLS is --tls-ca's)")
+    scheme, _, rest = text.partition(":")
+    scheme = scheme.lower() if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) else ""
+    if scheme in _NAMED_AS_IS:
+        if not rest.strip("/"):
+            raise argparse.ArgumentTypeError(f"{text!r}: no address after {scheme}:")
+        return text
+    if scheme in ("ipv4", "ipv6"):  # a list of addresses, each with its port
+        for address in rest.split(","):
+            _host_port(text, address, port_required=True)
+    elif scheme == "dns":  # dns:host, dns:///host, dns://server/host
+        _host_port(text, rest[2:].partition("/")[2] if rest.startswith("//") else rest, port_required=False)
+    else:  # gRPC reads any other text as dns:///text
+        _host_port(text, text, port_required=False)
+    return text
+
+
+def target_problem(text: str) -> str | None:
+    """Why ``target`` refuses ``text`` (None: it does not). Checked for the commands that dial only: ``token new``
+    and ``events publish`` run whatever ATP_TARGET holds."""
+    try:
+        target(text)
+    except argparse.ArgumentTypeError as exc:
+        return str(exc)
+    return None
+
+
+def _host_port(text: str, address: str, port_required: bool) -> None:
+    """Refuses ``address`` without a host, or with a port that is no number in 1..65535, as gRPC splits it:
+    ``[host]:port``; ``host:port`` with one colon; else all host (an IPv6 address without brackets)."""
+    if address.startswith("["):
+        host, closed, after = address[1:].partition("]")
+        if not closed or (after and not after.startswith(":")):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected [IPv6 address]:port")
+        port: str | None = after[1:] if after else None
+    elif address.count(":") == 1:
+        host, _, port = address.partition(":")
+    else:
+        host, port = address, None
+    if not host:
+        raise argparse.ArgumentTypeError(f"{text!r}: no host")
+    if port is None and port_required:
+        raise argparse.ArgumentTypeError(f"{text!r}: {address!r} has no port")
+    if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number in 1..65535, got {port!r}")
 
 
 def line(text: str) -> tuple[str, str, int]:

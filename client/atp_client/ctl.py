@@ -356,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):  # gRPC aborts on one alone; a key alone went plaintext
         given, missing = ("--tls-cert", "--tls-key") if args.tls_key is None else ("--tls-key", "--tls-cert")
         parser.error(f"argument {given}: mutual TLS needs {missing} too: give both or neither")
+    if args.command != "token" and getattr(args, "events_command", "") != "publish" and (  # the commands that dial
+            wrong := arg.target_problem(args.target)) is not None:
+        parser.error(f"argument --target: {wrong}")
     args.json = as_json
     try:
         return _main(args)

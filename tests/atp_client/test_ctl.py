@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from atp_client import _args as arg
 from atp_client import timestamp
 from atp_client.ctl import main
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -67,6 +68,13 @@ async def test_an_events_file_with_a_line_that_cannot_be_read_is_not_half_import
     (["events", "import", "/nonexistent/facts.jsonl"], "file"),
     (["stock", "load", "/nonexistent/counts.csv"], "file"),
     (["--tls-ca", "/nonexistent/ca.pem", "availability", "A@L"], "--tls-ca"),
+    (["--target", "", "availability", "A@L"], "--target"),
+    (["--target", "http://127.0.0.1:50051", "availability", "A@L"], "--target"),
+    (["--target", "127.0.0.1:abc", "availability", "A@L"], "--target"),
+    (["--target", "127.0.0.1:99999", "availability", "A@L"], "--target"),
+    (["--target", "127.0.0.1:", "availability", "A@L"], "--target"),
+    (["--target", "dns:///localhost:port", "availability", "A@L"], "--target"),
+    (["--target", "ipv4:127.0.0.1", "availability", "A@L"], "--target"),
 ])
 def test_an_argument_out_of_range_is_a_usage_error_naming_it(args: list[str], named: str,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,6 +84,18 @@ def test_an_argument_out_of_range_is_a_usage_error_naming_it(args: list[str], na
         main(["--target", "127.0.0.1:1", "--retries", "0", *args])
     assert exited.value.code == 2
     assert f"argument {named}:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:50051", "localhost", "dns:///atp.internal:443", "dns:127.0.0.1:1",
+                                    "[::1]:50051", "::1", "ipv6:[::1]:1,[::1]:2", "unix:/run/atp.sock",
+                                    "unix-abstract:atp", "xds:///atp"])
+def test_every_target_form_grpc_takes_is_taken(target: str) -> None:
+    """A malformed ``--target`` is refused (above), and only what is surely wrong: gRPC's other forms pass."""
+    assert arg.target(target) == target
+
+
+def test_a_command_that_dials_nothing_runs_whatever_the_target(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--target", "http://127.0.0.1:50051", "token", "new", "n", "--roles", "oms"]) == 0
 
 
 CHOSEN = "the-name-authors-token"
