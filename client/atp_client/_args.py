@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import ssl
 from pathlib import Path
 
 INT64_MAX = (1 << 63) - 1
@@ -87,6 +88,35 @@ def readable(text: str) -> Path:
 def contents(path: Path | None) -> bytes | None:
     """The bytes of a file given (None: not given)."""
     return path.read_bytes() if path else None
+
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def tls_problem(ca: Path | None, cert: Path | None, key: Path | None) -> tuple[str, str] | None:
+    """(argument, why) of the first TLS file gRPC cannot use: no PEM certificate in ``ca`` or ``cert``, a ``key``
+    that is not ``cert``'s (none, encrypted, another's); None: all fit. gRPC took such a file, logged errors naming
+    no argument, and every call failed UNAVAILABLE (exit 6, "retry later") for a file no retry fixes."""
+    for argument, path in (("--tls-ca", ca), ("--tls-cert", cert)):
+        if path is None:
+            continue
+        blocks = _PEM_CERTIFICATE.findall(path.read_bytes())
+        try:
+            if not blocks:
+                raise ValueError("no -----BEGIN CERTIFICATE----- block")
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=b"\n".join(blocks).decode("ascii"))
+        except (ssl.SSLError, ValueError) as exc:
+            return argument, f"{str(path)!r} holds no PEM certificate gRPC can read: {exc}"
+    if cert is not None and key is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=_no_password)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            return "--tls-key", f"{str(key)!r} is no unencrypted PEM key of --tls-cert's certificate: {exc}"
+    return None
+
+
+def _no_password() -> bytes:
+    return b""  # gRPC reads no encrypted key: one is refused here, never prompted for
 
 
 def cleared(report: Path) -> str | None:

@@ -359,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "token" and getattr(args, "events_command", "") != "publish" and (  # the commands that dial
             wrong := arg.target_problem(args.target)) is not None:
         parser.error(f"argument --target: {wrong}")
+    if (unusable := arg.tls_problem(args.tls_ca, args.tls_cert, args.tls_key)) is not None:
+        parser.error("argument {}: {}".format(*unusable))
     args.json = as_json
     try:
         return _main(args)

@@ -98,6 +98,39 @@ def test_a_command_that_dials_nothing_runs_whatever_the_target(capsys: pytest.Ca
     assert main(["--target", "http://127.0.0.1:50051", "token", "new", "n", "--roles", "oms"]) == 0
 
 
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from atp_service.app.certs import make_certs
+    out = make_certs(tmp_path_factory.mktemp("certs"))
+    (out / "not.pem").write_text("not a certificate\n")
+    return out
+
+
+@pytest.mark.parametrize(("ca", "cert", "key", "named"), [
+    ("not.pem", None, None, "--tls-ca"),
+    ("client.key", None, None, "--tls-ca"),  # a key where the CA goes
+    ("ca.pem", "not.pem", "client.key", "--tls-cert"),
+    ("ca.pem", "client.pem", "not.pem", "--tls-key"),
+    ("ca.pem", "client.pem", "server.key", "--tls-key"),  # another certificate's key
+])
+def test_a_tls_file_grpc_cannot_use_is_a_usage_error_naming_it(
+        certs: Path, ca: str, cert: str | None, key: str | None, named: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A file that is no PEM certificate (or key of it) was handed to gRPC, which logged errors of its own naming
+    no argument and failed every call UNAVAILABLE: exit 6, "retry later", for a file that no retry fixes."""
+    given = [f"--tls-{name}={certs / file}" for name, file in (("ca", ca), ("cert", cert), ("key", key)) if file]
+    with pytest.raises(SystemExit) as exited:
+        main(["--target", "127.0.0.1:1", "--retries", "0", "--timeout", "1", *given, "availability", "A@L"])
+    assert exited.value.code == 2
+    assert f"argument {named}:" in capsys.readouterr().err
+
+
+def test_tls_files_that_are_right_are_taken(certs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--target", "127.0.0.1:1", "--retries", "0", "--timeout", "1", f"--tls-ca={certs / 'ca.pem'}",
+                 f"--tls-cert={certs / 'client.pem'}", f"--tls-key={certs / 'client.key'}", "availability", "A@L"]) == 6
+    assert "NOT_CONNECTED" in capsys.readouterr().err  # dialled: nothing listens there
+
+
 CHOSEN = "the-name-authors-token"
 
 
