@@ -29,6 +29,13 @@ def name(text: str) -> str:
     return text
 
 
+def stream(text: str) -> str:
+    """An input stream's key: "" is a key Redis takes and no intake reads (the facts lost, exit 0)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty: name the input stream the service reads")
+    return text
+
+
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
-from atp_client._output import BadInput
+from atp_client._output import EXIT_DENIED, EXIT_INVALID, EXIT_UNAVAILABLE, BadInput
 from atp_client._time import epoch_ms
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
@@ -98,9 +98,31 @@ class Written:
     error: str = ""
     interrupted: bool = False
     """Ctrl-C stopped the run."""
+    status: int = EXIT_UNAVAILABLE
+    """atpctl's exit status of the refusal that stopped the run (``refusal_status``)."""
 
     def summary(self, stream: str) -> dict[str, str | int]:
         return {"stream": stream, "published": self.published, "in_doubt": self.in_doubt}
+
+    def told(self, path: Path) -> str:
+        """What stopped the run, what of it was written, and what to do (for stderr)."""
+        doubt = f", {self.in_doubt} more sent without an answer (written or not)" if self.in_doubt else ""
+        then = ("again once Redis takes writes" if self.status == EXIT_UNAVAILABLE else "again once --stream names "
+                "the input stream" if self.status == EXIT_INVALID else "with a Redis user that may XADD to --stream")
+        return (f"atpctl: {path}:{self.stopped_at}: not published: {self.error}; {self.published} entries written in "
+                f"all (a line after it sent in the same batch may be among them){doubt}. Publish the file {then}: the "
+                "intake applies each (source, event_id) once within the grace window (E8)")
+
+
+def refusal_status(error: BaseException) -> int:
+    """The exit status of Redis refusing an entry: for good where no retry changes it (a key of another type at
+    the stream: fix --stream, 3; the user's ACL or password: 7), else 6, retry later (out of memory, read-only
+    after a failover, unreachable). A refusal for good was 6 and a script retrying on 6 looped for ever."""
+    if isinstance(error, NoPermissionError | AuthenticationError):
+        return EXIT_DENIED
+    if isinstance(error, ResponseError) and str(error).startswith("WRONGTYPE"):
+        return EXIT_INVALID
+    return EXIT_UNAVAILABLE
 
 
 async def write(client: Any, stream: str, numbered: Iterable[tuple[int, Fields]], chunk: int) -> Written:
@@ -132,6 +154,9 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
         answers = await asyncio.shield(chunk)
     except (RedisError, OSError) as exc:  # no answer: any of them may have been written
         done.in_doubt, done.stopped_at, done.error = len(lines), lines[0], f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, AuthenticationError):  # refused at the connection's AUTH: none was sent
+            done.in_doubt = 0
+        done.status = refusal_status(exc)
         return False
     except asyncio.CancelledError:  # Ctrl-C while the chunk was out: any of them may have been written
         chunk.cancel()
@@ -143,6 +168,7 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
             done.published += 1  # every entry taken, those after a refused one too: the stream holds them
         elif not done.stopped_at:
             done.stopped_at, done.error = n, f"{type(answer).__name__}: {answer}"
+            done.status = refusal_status(answer)
     lines.clear()
     return not done.stopped_at
 

@@ -28,7 +28,6 @@ from atp_client._output import (
     EXIT_INVALID,
     EXIT_OK,
     EXIT_RESNAPSHOT,
-    EXIT_UNAVAILABLE,
     EXIT_USAGE,
     IN_DOUBT_LINE,
     BadInput,
@@ -85,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "max_events_per_call); calls stay within 3 MiB whatever the facts")
     pub = esub.add_parser("publish", help="append a JSONL file of facts onto an input stream (as POS/WMS do)")
     pub.add_argument("file", type=arg.readable)
-    pub.add_argument("--stream", default="atp:in:pos", help="input stream (default atp:in:pos)")
+    pub.add_argument("--stream", type=arg.stream, default="atp:in:pos", help="input stream (default atp:in:pos)")
     pub.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
                      help="Redis the service reads (env ATP_REDIS_URL; default: var/redis/redis.url, make run's)")
     pub.add_argument("--redis-cluster", action="store_true",
@@ -334,15 +333,11 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
     finally:
         await client.aclose()
     if written.stopped_at:
-        doubt = f", {written.in_doubt} more sent without an answer (written or not)" if written.in_doubt else ""
-        print(f"atpctl: {path}:{written.stopped_at}: not published: {written.error}; {written.published} entries "
-              f"written in all (a line after it sent in the same batch may be among them){doubt}. Publish the file "
-              "again once Redis takes writes: the intake applies each (source, event_id) once within the grace "
-              "window (E8)", file=sys.stderr)
+        print(written.told(path), file=sys.stderr)
     _dump(args, written.summary(stream))
     if written.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_UNAVAILABLE if written.stopped_at else EXIT_OK
+    return written.status if written.stopped_at else EXIT_OK  # 6, or a refusal no retry changes (3, 7)
 
 
 def main(argv: list[str] | None = None) -> int:

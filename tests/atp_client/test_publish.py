@@ -167,6 +167,43 @@ def test_a_redis_that_does_not_answer_is_exit_6_with_nothing_counted_written(tmp
     assert json.loads(done.stdout)["published"] == 0 and f"{path}:1: not published: " in done.stderr
 
 
+@pytest.mark.parametrize(("refusal", "status", "said"), [
+    ("wrongtype", 3, "WRONGTYPE"),  # the key is no stream: --stream names another key
+    ("noperm", 7, "NoPermissionError"),  # the user's ACL denies XADD (NOPERM)
+    ("wrongpass", 7, "AuthenticationError"),  # the URL's password is not the user's
+])
+def test_a_redis_refusing_for_good_is_not_the_retry_later_status(
+        redis_url: str, tmp_path: Path, refusal: str, status: int, said: str) -> None:
+    """Redis refusing what no retry changes (the stream a key of another type, an ACL denying the user, a wrong
+    password) was exit 6, "retry later": a script retrying on it looped for ever. It is the status of such a
+    refusal (3: fix the request, 7: not permitted), naming what Redis said; nothing counted written."""
+    path = tmp_path / "facts.jsonl"
+    path.write_text("".join(json.dumps(fact(n)) + "\n" for n in range(3)))
+    with redis.Redis.from_url(redis_url) as r:
+        r.acl_setuser("publisher", enabled=True, passwords=["+pw"], commands=["+@all", "-xadd"], keys=["*"])
+        try:
+            if refusal == "wrongtype":
+                r.set(STREAM, "not a stream")
+            user = "publisher:pw" if refusal == "noperm" else "publisher:wrong" if refusal == "wrongpass" else ""
+            done = publish(redis_url.replace("redis://", f"redis://{user}@") if user else redis_url, path)
+        finally:
+            r.acl_deluser("publisher")
+    assert done.returncode == status and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    assert said in done.stderr and f"{path}:1: not published: " in done.stderr, done.stderr
+    assert json.loads(done.stdout) == {"stream": STREAM, "published": 0, "in_doubt": 0}, done.stdout
+
+
+def test_an_empty_stream_name_is_a_usage_error(redis_url: str, tmp_path: Path) -> None:
+    """``--stream ''`` wrote the facts to the key "", which no intake reads: exit 0, the facts lost unsaid."""
+    path = tmp_path / "facts.jsonl"
+    path.write_text(json.dumps(fact(0)) + "\n")
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "events", "publish", str(path), "--stream", "",
+                           "--redis-url", redis_url], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "argument --stream:" in done.stderr, (done.returncode, done.stderr)
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.exists("") == 0
+
+
 def test_without_a_url_it_writes_to_the_redis_of_make_run(tmp_path: Path) -> None:
     """``make run``'s Redis takes a port and a password at each start, written to var/redis/redis.url
     only: atp-publisher reads that file when given no URL; this refused to run without one, the
