@@ -77,6 +77,9 @@ CHANGES = frozenset({"reserve", "confirm", "release", "fulfil", "fulfill", "safe
 """atpctl's commands that change the service: a refusal of one that left it in doubt says so."""
 IN_DOUBT_LINE = ("atpctl: the change was sent and may have been made (R7): run the same command again, with the "
                  "same ids, to learn what was decided")
+INTERRUPTED_CHANGE = ("atpctl: interrupted: the change may have been sent and made (R7): run the same command again, "
+                      "with the same ids, to learn what was decided")
+"""A change interrupted (Ctrl-C) while its call may have been under way: whether it was sent is not known here."""
 
 
 def in_doubt_after(error: grpc.aio.AioRpcError, retried: bool = False) -> bool:

@@ -30,6 +30,7 @@ from atp_client._output import (
     EXIT_RESNAPSHOT,
     EXIT_USAGE,
     IN_DOUBT_LINE,
+    INTERRUPTED_CHANGE,
     BadInput,
     emit,
     in_doubt_after,
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"atpctl: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside a bulk command's summary
-        print("atpctl: interrupted", file=sys.stderr)
+        print(INTERRUPTED_CHANGE if args.command in CHANGES else "atpctl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`atpctl ... | head`): end quietly, and keep the interpreter's

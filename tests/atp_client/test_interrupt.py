@@ -114,3 +114,13 @@ def test_a_change_to_a_refused_connection_says_nothing_was_sent(command: list[st
                            *command], capture_output=True, text=True, timeout=60)
     assert done.returncode == 6 and "nothing was sent" in done.stderr, (done.returncode, done.stderr)
     assert "may have been made" not in done.stderr, done.stderr
+
+
+def test_an_interrupted_change_says_it_may_have_been_made_and_how_to_learn_what_was_decided(
+        silent_peer: socket.socket) -> None:
+    """Ctrl-C during a Reserve: its call may have reached the service (R7); "interrupted" alone left the operator
+    guessing whether to reserve again with another id (a second hold) or not at all."""
+    port = silent_peer.getsockname()[1]
+    done = interrupted(silent_peer, ["--target", f"127.0.0.1:{port}", "--timeout", "120", "reserve", "r1", "A@L:1"])
+    assert done.returncode == EXIT_INTERRUPTED and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    assert "may have been sent and made" in done.stderr and "same ids" in done.stderr, done.stderr
