@@ -3,7 +3,9 @@ the naming is an aid to convergence, never a step of delivery (C4)."""
 
 from __future__ import annotations
 
-import asyncio
+import logging
+
+import pytest
 
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.channel_wire import to_fields
@@ -14,7 +16,7 @@ from tests.waiting import until
 
 
 async def test_a_comparison_under_way_does_not_stop_the_holder_while_the_state_hash_holds_another_type(
-        store: ChannelStore) -> None:
+        store: ChannelStore, caplog: pytest.LogCaptureFixture) -> None:
     """White-box trigger: a comparison under way as the process holds the lease (begun standing by: ``_compare_from``
     after a start with entries trimmed, more than ``SWEEP_KEYS`` keys or its look cancelled by the lease taken), and
     the state hash overwritten by another type (an operator's SET: the desk sets the channel aside, ``aside.py``).
@@ -25,7 +27,10 @@ async def test_a_comparison_under_way_does_not_stop_the_holder_while_the_state_h
         publisher._comparison.start("standby", "entries trimmed before this standby looked at them")
         await store.client.delete(store.state_key("web"))
         await store.client.set(store.state_key("web"), "an operator's mistake")
-        await asyncio.sleep(0.5)  # the holder's blocking read (block_ms 50) over: a step tried before the next read
+        caplog.set_level(logging.WARNING, logger="publishers")
+        # A step tried and failed before the stock-out is written: it is delivered all the same, after the failure.
+        failed = "publisher_restamp_compare_failed"
+        await until(lambda: any(getattr(r, "event", None) == failed for r in caplog.records), "a step failed")
         u = value("c", 0, 4)
         await store.client.xadd(STREAM, dict(to_fields(u)), id="4-0")  # written by the desk before the overwrite
         await until(lambda: sent(receiver).get("c") == (0, 4), "the stock-out delivered")
