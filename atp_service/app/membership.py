@@ -341,7 +341,13 @@ class Membership:
         if self.leases.held.get(group) != epoch or group in self._vacating:
             log.warning("group %d: lost while it was recovered; not served here", group)
             return  # given up meanwhile (its lease gone, or a write refused): never installed
-        self._engine.install(actor)
+        try:
+            self._engine.install(actor)
+        except Exception as exc:  # a bug (a hook): given up as a failed recovery is, never held with nothing serving
+            self._not_recovered.say(group, exc)  # it (the actor may be in place, never started: calls wait it out)
+            if self.leases.held.pop(group, None) is not None:
+                self._give_up(group, "failed", release=True, epoch=epoch)
+            raise
         self._replayed += replayed
         took_s, number = time.monotonic() - started, number_of(epoch)
         self._metrics.taken.inc()

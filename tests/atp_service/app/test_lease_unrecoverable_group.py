@@ -4,6 +4,7 @@ the other groups are this process's to serve all the same."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 import redis.asyncio as aredis
 from grpc_health.v1 import health_pb2
 
+from atp_client import Retryable
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from atp_service.app import membership
@@ -107,3 +109,42 @@ async def test_a_bug_in_one_groups_recovery_leaves_the_start_serving_the_other_g
         assert (bugs or 0) >= 1
         said = [r for r in caplog.records if getattr(r, "group", None) == 1]
         assert said and said[0].levelno == logging.ERROR and said[0].exc_info is not None
+
+
+async def test_a_bug_installing_a_group_taken_gives_it_back_never_held_with_nothing_serving_it(
+        redis_url: str) -> None:
+    """A bug past the group's recovery, as it is installed (here in a hook of the engine's ``on_install``, which
+    comes before the actor is started): raised out of the taking with its lease kept — held and renewed, the actor
+    in place but never started, so every call for its SKUs waited out its deadline, no other process could take
+    it, and ``atp_groups_free`` (ATPGroupsUnserved) did not count it. Given back as a failed recovery is (counted
+    ``reason="bug"``), it is taken again at a later balance and served."""
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=()) as start:
+        service, client = await start(port=held_port(), host="127.0.0.1")
+        assert service.membership is not None and service.engine is not None
+        assert owned(service) == set(range(SHARDS))
+        bugs: list[int] = []
+
+        def hook(actor: Any) -> None:
+            if actor.shard == 1 and not bugs:
+                bugs.append(actor.shard)
+                raise ZeroDivisionError("a bug installing group 1")
+
+        service.engine.on_install.insert(0, hook)
+        service.membership.failed(service.engine.actors[1])  # given up: taken again by the next balance
+        await until(lambda: bugs, "group 1 taken again, its install failing", 30)
+        sku = next(s for s in (f"k{i}" for i in range(256)) if zlib.crc32(s.encode()) % SHARDS == 1)
+
+        async def served() -> list[Any]:
+            while True:  # between owners a moment (given back, taken again): told GROUP_MOVED, retried
+                try:
+                    return list(await client.record_events([receipt("in-1", sku, "DC", 5)]))
+                except Retryable as exc:
+                    assert exc.reason == "GROUP_MOVED", exc
+                await asyncio.sleep(0.1)
+
+        outcomes = await asyncio.wait_for(served(), 20)  # held and never started: DEADLINE_EXCEEDED
+        assert [f.outcome for f in outcomes] == [pb.FACT_OUTCOME_APPLIED]
+        bugs_counted = service.metrics.registry.get_sample_value("atp_group_recoveries_failed_total",
+                                                                 {"reason": "bug"})
+        assert (bugs_counted or 0) >= 1
