@@ -64,6 +64,8 @@ class Membership:
         self.routes: dict[int, tuple[str, int]] = {}
         """Every group's owner as last read: (address, epoch); absent: none."""
         self.members: list[str] = []
+        self.on_routes: list[Callable[[RoutingTable], None]] = []
+        """Told every routing table read (each balance)."""
         self._address_watch = SharedAddressWatch(self.address, self.leases.holder, must_stop)  # armed: the start's
         self._entry, self._retired = self.leases.holder, ""  # its member entry; one it left (registered anew)
         self._answered = True  # the last members call's answer heard (lost: the next is told whether it added anew)
@@ -264,6 +266,8 @@ class Membership:
     async def balance(self) -> None:
         """Read who owns what; take free groups up to this process's share, or hand one over above it."""
         await self._read_routes()
+        for told in self.on_routes:  # the calls forwarded to an owner that lost its group end now (edge.owner_watch)
+            told(self.table())
         self._watch_free()
         give, take = plan_balance(self.address, self._config.shards, self.members, set(self.leases.held),
                                   self.routes, self._vacating, self.watch.out)

@@ -293,6 +293,7 @@ class AtpService:
                                                   self.metrics.engine, self._must_restart)
         engine.on_install.append(lambda actor: actor.on_failure.append(membership.failed))  # re-recovered
         self._servicer.routing = self._servicer.forwarder.routing = self.membership.table
+        membership.on_routes.append(self._servicer.forwarder.owners.routes_read)
         engine.remote = step_sender(self._servicer.forwarder, peer_token(cfg))
         await self.membership.start(self._while_redis_is_away)
         self.metrics.engine.recovery_seconds.set(time.perf_counter() - started)  # ATPSlowRecovery reads it

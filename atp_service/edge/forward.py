@@ -22,12 +22,13 @@ from typing import Any, NoReturn, TypeVar, cast
 import grpc
 from google.protobuf.message_factory import GetMessageClass
 
-from atp_client import FORWARDED_KEY, MOVED_KEY, REDIRECT, ROUTING_KEY
+from atp_client import FORWARDED_KEY, REDIRECT, ROUTING_KEY
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service.edge.errors import DETAILS_KEY, SERVING_KEY, carried_reason
+from atp_service.edge.errors import DETAILS_KEY, carried_reason
+from atp_service.edge.owner_watch import OwnerLost, OwnerWatch
 from atp_service.edge.peer_pool import MAX_PEERS, PEER_CLOSE_GRACE_S, PeerChannels
 from atp_service.edge.ratelog import OncePerKey
-from atp_service.edge.routing import RoutingTable
+from atp_service.edge.routing import RoutingTable, serving_of
 from atp_service.metrics import EdgeMetrics
 from atp_service.tasks import exception_seen
 from reservation import DomainError, Moved, NotFound, Reason, Unavailable
@@ -137,6 +138,7 @@ class Forwarder:
         every inbound stream that opened one has ended."""
         self.routing: Callable[[], RoutingTable] = lambda: RoutingTable(0, self.address, ())
         """Who owns which group now: whom a reservation unknown here is asked of (``_locate``)."""
+        self.owners = OwnerWatch()  # the calls forwarded now, told when the routes read name another owner
 
     async def answer(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any],
                      moved: Moved) -> Any:
@@ -148,11 +150,15 @@ class Forwarder:
         if not self._forwards(method, moved, metadata):
             self._counted.labels(method, "redirected").inc()
             raise moved
-        try:
-            answer = await self._send(moved.owner, method, request, context, metadata)
+        try:  # ended at once should the routes name another owner meanwhile (``edge.owner_watch``)
+            answer = await self.owners.answer(self._send(moved.owner, method, request, context, metadata),
+                                              moved.group, moved.owner, method in CHANGES)
         except grpc.aio.AioRpcError as exc:
             self._counted.labels(method, "error").inc()
             raise refusal_of(method, moved.owner, exc) from None
+        except OwnerLost as lost:
+            self._counted.labels(method, "error").inc()
+            raise lost.refusal from None
         self._counted.labels(method, "ok").inc()
         return answer
 
@@ -271,7 +277,7 @@ class Forwarder:
         for address, answer in zip(sorted(owners), [cast(BaseException, ask.exception()) for ask in asks], strict=True):
             if not isinstance(answer, grpc.aio.AioRpcError | DomainError):  # each refused: none holds it
                 raise answer
-            serving = None if isinstance(answer, DomainError) else _serving(answer)
+            serving = None if isinstance(answer, DomainError) else serving_of(answer)
             if serving is None:  # the holder's refusal, a peer that did not answer, or one not asked (no channel)
                 refusals.append(answer if isinstance(answer, DomainError) else refusal_of(method, address, answer))
             covered |= serving or set()
@@ -386,15 +392,3 @@ async def _holder(asks: Sequence[asyncio.Future[Any]]) -> Any:
             if isinstance(error, grpc.aio.AioRpcError) and error.code() in _DECISIONS:
                 return Relayed.of(error)
     return None
-
-
-def _serving(error: grpc.aio.AioRpcError) -> set[int] | None:
-    """A peer's answer that it holds no such reservation (``GROUP_MOVED`` for group -1): the groups
-    it answers for now. None: another answer."""
-    if error.code() != grpc.StatusCode.UNAVAILABLE:
-        return None
-    trailers = dict(cast(Iterable[tuple[str, Any]], error.trailing_metadata() or ()))
-    if not str(trailers.get(MOVED_KEY, "")).startswith("-1 "):
-        return None
-    return {int(g) for g in str(trailers.get(SERVING_KEY, "")).split(",") if g}
-

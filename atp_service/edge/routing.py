@@ -8,12 +8,17 @@ does not decide ownership: the service hands the servicer a provider of the curr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
-from atp_client import PLACEMENT
+import grpc
+
+from atp_client import MOVED_KEY, PLACEMENT
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.edge.errors import SERVING_KEY
 
-__all__ = ["PLACEMENT", "Route", "RoutingTable", "routing_pb", "single_process"]
+__all__ = ["PLACEMENT", "Route", "RoutingTable", "routing_pb", "serving_of", "single_process"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +49,14 @@ def routing_pb(table: RoutingTable) -> pb.GetRoutingResponse:
     return pb.GetRoutingResponse(
         shards=table.shards, placement=PLACEMENT, address=table.address,
         groups=[pb.GroupRoute(group=r.group, address=r.address, epoch=r.epoch) for r in table.routes])
+
+
+def serving_of(error: grpc.aio.AioRpcError) -> set[int] | None:
+    """A peer's answer that it holds no such reservation (``GROUP_MOVED`` for group -1): the groups
+    it answers for now. None: another answer."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    trailers = dict(cast(Iterable[tuple[str, Any]], error.trailing_metadata() or ()))
+    if not str(trailers.get(MOVED_KEY, "")).startswith("-1 "):
+        return None
+    return {int(g) for g in str(trailers.get(SERVING_KEY, "")).split(",") if g}

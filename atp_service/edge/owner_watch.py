@@ -1,0 +1,92 @@
+"""Calls forwarded to a group's owner, ended once that owner is known to have lost the group (``edge.forward``).
+
+A forwarded call waits for its owner's answer. An owner that stopped answering with the call in hand
+(paused, hung, cut off) and whose lease then passed to another process (or ran out) never answers it
+for that group again: its writes are fenced, and the group's new owner answers for what it made. The
+caller waited out its whole deadline for nothing (DEADLINE_EXCEEDED, an OMS's checkout backed up for
+the length of its deadline on each node loss). Each routes read (``Membership.balance``) tells the
+calls forwarded for a group whose route no longer names the process they were sent to: they are
+answered at once, a change ``OUTCOME_UNKNOWN`` (R7: it may have been made before the owner went
+silent; retried with the same ids, the new owner answers what was decided, R5), a read ``GROUP_MOVED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from atp_service.edge.routing import RoutingTable
+from atp_service.tasks import exception_seen
+from reservation import Moved, Reason, Unavailable
+
+T = TypeVar("T")
+
+
+class OwnerWatch:
+    """The calls forwarded now, by group, each with the owner it was sent to."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, dict[asyncio.Future[str], str]] = {}
+
+    @contextmanager
+    def lost(self, group: int, owner: str) -> Iterator[asyncio.Future[str]]:
+        """A future set, within the block, to the address ``group``'s routes name ("": none) once they
+        no longer name ``owner``."""
+        lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.setdefault(group, {})
+        waiting[lost] = owner
+        try:
+            yield lost
+        finally:
+            del waiting[lost]
+            if not waiting:
+                del self._waiting[group]
+            lost.cancel()
+
+    def routes_read(self, table: RoutingTable) -> None:
+        """The routes just read: the calls of each group whose owner is not the one they went to are told."""
+        if not self._waiting:
+            return
+        now = {route.group: route.address for route in table.routes}
+        for group, waiting in self._waiting.items():
+            address = now.get(group, "")
+            for lost, owner in waiting.items():
+                if address != owner and not lost.done():
+                    lost.set_result(address)
+
+    async def answer(self, sending: Awaitable[T], group: int, owner: str, change: bool) -> T:
+        """``sending``'s answer (the call forwarded to ``owner`` for ``group``); cancelled, and ``OwnerLost``
+        raised, once the routes name another owner of ``group``."""
+        with self.lost(group, owner) as lost:
+            call = asyncio.ensure_future(sending)
+            call.add_done_callback(exception_seen)
+            try:
+                await asyncio.wait((call, lost), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                call.cancel()  # the owner lost the group, or this caller went away (once done: nothing)
+            if call.done() and not call.cancelled():
+                return call.result()
+            raise OwnerLost(owner_lost(group, owner, lost.result(), change))
+
+    def __len__(self) -> int:
+        """Forwarded calls watched now (none once every one has ended)."""
+        return sum(map(len, self._waiting.values()))
+
+
+class OwnerLost(Exception):
+    """A forwarded call's owner lost its group with the call in hand: ``refusal`` is the caller's answer."""
+
+    def __init__(self, refusal: Unavailable) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+def owner_lost(group: int, owner: str, now: str, change: bool) -> Unavailable:
+    """What a call forwarded to ``owner`` for ``group`` is answered once the routes name ``now`` instead."""
+    if change:  # R7: made or not before the owner went silent; the same ids at the new owner answer which (R5)
+        return Unavailable(f"the owner {owner} of shard group {group} lost it with this call in hand (now "
+                           f"{now or 'being taken over'}); it may have been made: retry with the same ids, which "
+                           "answers what was decided", Reason.OUTCOME_UNKNOWN)
+    return Moved(group, now)
