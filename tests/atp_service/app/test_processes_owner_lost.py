@@ -4,8 +4,6 @@ the other processes) and loses the group to another process: answered as soon as
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
@@ -13,40 +11,18 @@ import pytest
 from atp_client import typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.app.test_processes import SHARDS, group_of, owned, start_process
+from tests.atp_service.edge.test_forward import silent_peer
 from tests.conftest import ServiceFactory
 from tests.ports import held_port
 from tests.waiting import until
 
-__all__ = ["start_process"]  # the fixture, used here by name
+__all__ = ["silent_peer", "start_process"]  # the fixtures, used here by name
 DEADLINE_S = 20.0
 """The caller's deadline: far past the lease's hand-over (a balance of 200 ms), well short of the test's limit."""
 
 
-@pytest.fixture
-async def silent_owner() -> AsyncIterator[tuple[str, asyncio.Event]]:
-    """A real gRPC server whose every call waits for good (an owner paused with the call in hand), and the
-    event set once a call has reached it."""
-    reached = asyncio.Event()
-
-    async def never(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        reached.set()
-        await asyncio.Event().wait()
-        return b""
-
-    class Every(grpc.GenericRpcHandler):
-        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
-            return grpc.unary_unary_rpc_method_handler(never)
-
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((Every(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield f"127.0.0.1:{port}", reached
-    await server.stop(0)
-
-
 async def test_a_change_forwarded_to_an_owner_that_lost_its_group_is_answered_in_doubt_not_at_its_deadline(
-        start_process: ServiceFactory, silent_owner: tuple[str, asyncio.Event]) -> None:
+        start_process: ServiceFactory, silent_peer: tuple[str, asyncio.Event]) -> None:
     """A Reserve sent to a process not owning its group is forwarded to the owner. The owner stopped
     answering with it in hand (here: the address it advertises answers nothing) and its group was taken
     by another process; the forwarded call went on waiting for the silent one until the caller's deadline:
@@ -54,7 +30,7 @@ async def test_a_change_forwarded_to_an_owner_that_lost_its_group_is_answered_in
     it though the group had an owner again within a lease. Once the routes name another owner the call is
     answered at once, in doubt (R7: the silent owner may have made it before it went silent; the same ids
     at the new owner answer what was decided, R5)."""
-    silent, reached = silent_owner
+    silent, reached = silent_peer
     a = await start_process(port=held_port(), host="127.0.0.1")
     gone = await start_process(port=held_port(), host="127.0.0.1", advertise_address=silent)
     await until(lambda: len(owned(gone[0])) == SHARDS // 2 and len(owned(a[0])) == SHARDS // 2
