@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
@@ -260,7 +261,8 @@ class Forwarder:
         table = self.routing()
         owners = {r.address for r in table.routes if r.address} - {self.address}
         covered = set(here.serving)
-        asks = [asyncio.ensure_future(self._send(a, method, request, context, metadata)) for a in sorted(owners)]
+        asks = [asyncio.ensure_future(self.owners.asked(partial(self._send, a, method, request, context, metadata), a,
+                                                        method in CHANGES)) for a in sorted(owners)]
         for ask in asks:
             ask.add_done_callback(exception_seen)  # those not looked at once the holder answered
         try:

@@ -13,7 +13,7 @@ silent; retried with the same ids, the new owner answers what was decided, R5), 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -22,6 +22,9 @@ from atp_service.tasks import exception_seen
 from reservation import Moved, Reason, Unavailable
 
 T = TypeVar("T")
+ANY = -1
+"""The group of a call naming only a reservation, asked of a process whichever of its groups holds it
+(``Forwarder._locate``): ended once the routes name that process for no group at all."""
 
 
 class OwnerWatch:
@@ -33,7 +36,7 @@ class OwnerWatch:
     @contextmanager
     def lost(self, group: int, owner: str) -> Iterator[asyncio.Future[str]]:
         """A future set, within the block, to the address ``group``'s routes name ("": none) once they
-        no longer name ``owner``."""
+        no longer name ``owner`` (``ANY``: to "" once they name ``owner`` for no group)."""
         lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         waiting = self._waiting.setdefault(group, {})
         waiting[lost] = owner
@@ -50,10 +53,11 @@ class OwnerWatch:
         if not self._waiting:
             return
         now = {route.group: route.address for route in table.routes}
+        named = set(now.values())
         for group, waiting in self._waiting.items():
             address = now.get(group, "")
             for lost, owner in waiting.items():
-                if address != owner and not lost.done():
+                if (owner not in named if group == ANY else address != owner) and not lost.done():
                     lost.set_result(address)
 
     async def answer(self, sending: Awaitable[T], group: int, owner: str, change: bool) -> T:
@@ -70,6 +74,14 @@ class OwnerWatch:
                 return call.result()
             raise OwnerLost(owner_lost(group, owner, lost.result(), change))
 
+    async def asked(self, send: Callable[[], Awaitable[T]], owner: str, change: bool) -> T:
+        """``send()``'s answer: a call asked of ``owner`` for a reservation whose group is not known (``ANY``);
+        ended once the routes name ``owner`` for no group, ``owner_lost``'s refusal raised."""
+        try:
+            return await self.answer(send(), ANY, owner, change)
+        except OwnerLost as lost:
+            raise lost.refusal from None
+
     def __len__(self) -> int:
         """Forwarded calls watched now (none once every one has ended)."""
         return sum(map(len, self._waiting.values()))
@@ -84,7 +96,14 @@ class OwnerLost(Exception):
 
 
 def owner_lost(group: int, owner: str, now: str, change: bool) -> Unavailable:
-    """What a call forwarded to ``owner`` for ``group`` is answered once the routes name ``now`` instead."""
+    """What a call forwarded to ``owner`` for ``group`` is answered once the routes name ``now`` instead
+    (``ANY``: a call asked of ``owner`` whatever its group, once they name ``owner`` for no group)."""
+    if group == ANY:  # the call may be of any group it held: R7 for a change; a read, nothing done, is retried
+        said = f"the process {owner} lost every shard group it held with this call in hand"
+        if change:
+            return Unavailable(f"{said}; it may have been made: retry with the same ids, which answers what was "
+                               "decided", Reason.OUTCOME_UNKNOWN)
+        return Unavailable(f"{said}; retry", Reason.GROUP_MOVED)
     if change:  # R7: made or not before the owner went silent; the same ids at the new owner answer which (R5)
         return Unavailable(f"the owner {owner} of shard group {group} lost it with this call in hand (now "
                            f"{now or 'being taken over'}); it may have been made: retry with the same ids, which "

@@ -50,3 +50,33 @@ async def test_a_change_forwarded_to_an_owner_that_lost_its_group_is_answered_in
     refusal = typed(refused.value).refusal
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
     assert len(a[0]._servicer.forwarder.owners) == 0, "no call watched once answered"
+
+
+async def test_a_change_asked_of_a_holder_that_lost_every_group_is_answered_in_doubt_not_at_its_deadline(
+        start_process: ServiceFactory, silent_peer: tuple[str, asyncio.Event]) -> None:
+    """A Confirm of a reservation the process called does not hold is asked of every other process
+    (``_locate``): the one holding it answers. A process that stopped answering with the ask in hand
+    (here: the address it advertises answers nothing) held the caller to its whole deadline,
+    DEADLINE_EXCEEDED, though every group it held passed to another process within a lease — the
+    forwarded calls' watch covered only a call sent to one group's owner. Once the routes name it for
+    no group the ask ends: in doubt (R7: it may have confirmed it before it went silent; the same id
+    answers what was decided, asked of the groups' new owners)."""
+    silent, reached = silent_peer
+    a = await start_process(port=held_port(), host="127.0.0.1")
+    gone = await start_process(port=held_port(), host="127.0.0.1", advertise_address=silent)
+    await until(lambda: len(owned(gone[0])) == SHARDS // 2 and len(owned(a[0])) == SHARDS // 2
+                and a[0].membership is not None and all(a[0].membership.where(g)[0] == silent
+                                                        for g in owned(gone[0])),
+                "the groups split, the first process knowing the other's", 60)
+    call = asyncio.ensure_future(a[1].stub.Confirm(pb.ConfirmRequest(reservation_id="r-1"), timeout=DEADLINE_S))
+    try:
+        await asyncio.wait_for(reached.wait(), DEADLINE_S)  # asked of the silent one, which holds it in hand
+        await gone[0].stop(grace_s=0.1)  # its groups handed over: the first process takes them
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+    finally:
+        call.cancel()
+    refusal = typed(refused.value).refusal
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
+    assert len(a[0]._servicer.forwarder.owners) == 0, "no ask watched once answered"
+
