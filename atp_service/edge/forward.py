@@ -226,8 +226,9 @@ class Forwarder:
         sent): every part is waited for, so the caller can be told which parts were done."""
         metadata = tuple(context.invocation_metadata() or ())
         owners = list(requests)
-        answers = await asyncio.gather(*(self._send(owner, method, requests[owner], context, metadata)
-                                         for owner in owners), return_exceptions=True)
+        answers = await asyncio.gather(*(self.owners.asked(partial(self._send, owner, method, requests[owner], context,
+                                                                   metadata), owner, method in CHANGES)
+                                         for owner in owners), return_exceptions=True)  # ended with its owner's groups
         out: dict[str, Any] = {}
         for owner, answer in zip(owners, answers, strict=True):
             if isinstance(answer, grpc.aio.AioRpcError):

@@ -24,7 +24,8 @@ from reservation import Moved, Reason, Unavailable
 T = TypeVar("T")
 ANY = -1
 """The group of a call naming only a reservation, asked of a process whichever of its groups holds it
-(``Forwarder._locate``): ended once the routes name that process for no group at all."""
+(``Forwarder._locate``), or of a part of a call split by owner (``Forwarder.ask_each``): ended once the routes
+name that process for no group at all."""
 
 
 class OwnerWatch:
@@ -75,8 +76,8 @@ class OwnerWatch:
             raise OwnerLost(owner_lost(group, owner, lost.result(), change))
 
     async def asked(self, send: Callable[[], Awaitable[T]], owner: str, change: bool) -> T:
-        """``send()``'s answer: a call asked of ``owner`` for a reservation whose group is not known (``ANY``);
-        ended once the routes name ``owner`` for no group, ``owner_lost``'s refusal raised."""
+        """``send()``'s answer: a call asked of ``owner`` for several groups, or for a reservation whose group
+        is not known (``ANY``); ended once the routes name ``owner`` for no group, ``owner_lost``'s refusal raised."""
         try:
             return await self.answer(send(), ANY, owner, change)
         except OwnerLost as lost:

@@ -4,6 +4,9 @@ the other processes) and loses the group to another process: answered as soon as
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -11,6 +14,7 @@ import pytest
 from atp_client import typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.app.test_processes import SHARDS, group_of, owned, start_process
+from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_forward import silent_peer
 from tests.conftest import ServiceFactory
 from tests.ports import held_port
@@ -80,3 +84,43 @@ async def test_a_change_asked_of_a_holder_that_lost_every_group_is_answered_in_d
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
     assert len(a[0]._servicer.forwarder.owners) == 0, "no ask watched once answered"
 
+
+def _availability(stub: Any, sku: str) -> Awaitable[Any]:
+    return stub.GetAvailability(pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku=sku, location="DC")]),
+                                timeout=DEADLINE_S)
+
+
+def _facts(stub: Any, sku: str) -> Awaitable[Any]:
+    fact = receipt("in-1", sku, "DC", 5, t=int(time.time() * 1000) - 1000)
+    return stub.RecordEvents(pb.RecordEventsRequest(events=[fact]), timeout=DEADLINE_S)
+
+
+@pytest.mark.parametrize(("call", "reason"), [(_facts, "OUTCOME_UNKNOWN"), (_availability, "GROUP_MOVED")],
+                         ids=["RecordEvents", "GetAvailability"])
+async def test_a_call_split_by_owner_whose_owner_lost_every_group_is_answered_not_at_its_deadline(
+        start_process: ServiceFactory, silent_peer: tuple[str, asyncio.Event],
+        call: Callable[[Any, str], Awaitable[Any]], reason: str) -> None:
+    """``RecordEvents``, ``GetAvailability`` and ``LoadCounts`` are split by owner, each part sent to its owner
+    (``Forwarder.ask_each``). An owner that stopped answering with its part in hand held the caller to its whole
+    deadline (DEADLINE_EXCEEDED) though its groups passed to another process within a lease: the forwarded
+    calls' watch covered only a call sent whole to one group's owner. Once the routes name that owner for no
+    group the part ends: facts in doubt (R7: a retry of the call is safe, E8), a read ``GROUP_MOVED`` (retried)."""
+    silent, reached = silent_peer
+    a = await start_process(port=held_port(), host="127.0.0.1")
+    gone = await start_process(port=held_port(), host="127.0.0.1", advertise_address=silent)
+    await until(lambda: len(owned(gone[0])) == SHARDS // 2 and len(owned(a[0])) == SHARDS // 2
+                and a[0].membership is not None and all(a[0].membership.where(g)[0] == silent
+                                                        for g in owned(gone[0])),
+                "the groups split, the first process knowing the other's", 60)
+    sku = next(s for s in (f"k{i}" for i in range(64)) if group_of(s) in owned(gone[0]))
+    asked = asyncio.ensure_future(call(a[1].stub, sku))
+    try:
+        await asyncio.wait_for(reached.wait(), DEADLINE_S)  # its part in the silent owner's hands
+        await gone[0].stop(grace_s=0.1)  # its groups handed over: the first process takes them
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await asked
+    finally:
+        asked.cancel()
+    refusal = typed(refused.value).refusal
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, reason), refusal
+    assert len(a[0]._servicer.forwarder.owners) == 0, "no part watched once answered"
