@@ -73,7 +73,8 @@ class OwnerWatch:
                 call.cancel()  # the owner lost the group, or this caller went away (once done: nothing)
             if call.done() and not call.cancelled():
                 return call.result()
-            raise OwnerLost(owner_lost(group, owner, lost.result(), change))
+            # The send itself cancelled (its channel closed under it, a stop): the owner's answer is as lost.
+            raise OwnerLost(owner_lost(group, owner, lost.result() if lost.done() else "", change))
 
     async def asked(self, send: Callable[[], Awaitable[T]], owner: str, change: bool) -> T:
         """``send()``'s answer: a call asked of ``owner`` for several groups, or for a reservation whose group
