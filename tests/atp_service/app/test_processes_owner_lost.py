@@ -11,8 +11,9 @@ from typing import Any
 import grpc
 import pytest
 
-from atp_client import typed
+from atp_client import Refusal, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService
 from tests.atp_service.app.test_processes import SHARDS, group_of, owned, start_process
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_forward import silent_peer
@@ -25,6 +26,31 @@ DEADLINE_S = 20.0
 """The caller's deadline: far past the lease's hand-over (a balance of 200 ms), well short of the test's limit."""
 
 
+async def beside_a_silent_one(start_process: ServiceFactory, silent: str) -> tuple[Any, Any]:
+    """Two processes sharing the groups, the second advertising ``silent`` (an address that answers nothing),
+    once the first knows the second's groups there."""
+    a = await start_process(port=held_port(), host="127.0.0.1")
+    gone = await start_process(port=held_port(), host="127.0.0.1", advertise_address=silent)
+    await until(lambda: len(owned(gone[0])) == SHARDS // 2 and len(owned(a[0])) == SHARDS // 2
+                and a[0].membership is not None and all(a[0].membership.where(g)[0] == silent
+                                                        for g in owned(gone[0])),
+                "the groups split, the first process knowing the other's", 60)
+    return a, gone
+
+
+async def refused_once_handed_over(call: asyncio.Future[Any], reached: asyncio.Event, gone: AtpService) -> Refusal:
+    """``call``'s refusal: once it is in the silent process's hands, that process stops, its groups handed over
+    to the first."""
+    try:
+        await asyncio.wait_for(reached.wait(), DEADLINE_S)
+        await gone.stop(grace_s=0.1)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+    finally:
+        call.cancel()
+    return typed(refused.value).refusal
+
+
 async def test_a_change_forwarded_to_an_owner_that_lost_its_group_is_answered_in_doubt_not_at_its_deadline(
         start_process: ServiceFactory, silent_peer: tuple[str, asyncio.Event]) -> None:
     """A Reserve sent to a process not owning its group is forwarded to the owner. The owner stopped
@@ -35,23 +61,11 @@ async def test_a_change_forwarded_to_an_owner_that_lost_its_group_is_answered_in
     answered at once, in doubt (R7: the silent owner may have made it before it went silent; the same ids
     at the new owner answer what was decided, R5)."""
     silent, reached = silent_peer
-    a = await start_process(port=held_port(), host="127.0.0.1")
-    gone = await start_process(port=held_port(), host="127.0.0.1", advertise_address=silent)
-    await until(lambda: len(owned(gone[0])) == SHARDS // 2 and len(owned(a[0])) == SHARDS // 2
-                and a[0].membership is not None and all(a[0].membership.where(g)[0] == silent
-                                                        for g in owned(gone[0])),
-                "the groups split, the first process knowing the other's", 60)
+    a, gone = await beside_a_silent_one(start_process, silent)
     sku = next(s for s in (f"k{i}" for i in range(64)) if group_of(s) in owned(gone[0]))
     call = asyncio.ensure_future(a[1].stub.Reserve(pb.ReserveRequest(
         reservation_id="r-1", lines=[pb.Line(sku=sku, location="DC", quantity=1)]), timeout=DEADLINE_S))
-    try:
-        await asyncio.wait_for(reached.wait(), DEADLINE_S)  # in the silent owner's hands
-        await gone[0].stop(grace_s=0.1)  # its groups handed over: the first process takes them
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await call
-    finally:
-        call.cancel()
-    refusal = typed(refused.value).refusal
+    refusal = await refused_once_handed_over(call, reached, gone[0])
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
     assert len(a[0]._servicer.forwarder.owners) == 0, "no call watched once answered"
 
@@ -66,21 +80,9 @@ async def test_a_change_asked_of_a_holder_that_lost_every_group_is_answered_in_d
     no group the ask ends: in doubt (R7: it may have confirmed it before it went silent; the same id
     answers what was decided, asked of the groups' new owners)."""
     silent, reached = silent_peer
-    a = await start_process(port=held_port(), host="127.0.0.1")
-    gone = await start_process(port=held_port(), host="127.0.0.1", advertise_address=silent)
-    await until(lambda: len(owned(gone[0])) == SHARDS // 2 and len(owned(a[0])) == SHARDS // 2
-                and a[0].membership is not None and all(a[0].membership.where(g)[0] == silent
-                                                        for g in owned(gone[0])),
-                "the groups split, the first process knowing the other's", 60)
+    a, gone = await beside_a_silent_one(start_process, silent)
     call = asyncio.ensure_future(a[1].stub.Confirm(pb.ConfirmRequest(reservation_id="r-1"), timeout=DEADLINE_S))
-    try:
-        await asyncio.wait_for(reached.wait(), DEADLINE_S)  # asked of the silent one, which holds it in hand
-        await gone[0].stop(grace_s=0.1)  # its groups handed over: the first process takes them
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await call
-    finally:
-        call.cancel()
-    refusal = typed(refused.value).refusal
+    refusal = await refused_once_handed_over(call, reached, gone[0])
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
     assert len(a[0]._servicer.forwarder.owners) == 0, "no ask watched once answered"
 
@@ -106,21 +108,9 @@ async def test_a_call_split_by_owner_whose_owner_lost_every_group_is_answered_no
     calls' watch covered only a call sent whole to one group's owner. Once the routes name that owner for no
     group the part ends: facts in doubt (R7: a retry of the call is safe, E8), a read ``GROUP_MOVED`` (retried)."""
     silent, reached = silent_peer
-    a = await start_process(port=held_port(), host="127.0.0.1")
-    gone = await start_process(port=held_port(), host="127.0.0.1", advertise_address=silent)
-    await until(lambda: len(owned(gone[0])) == SHARDS // 2 and len(owned(a[0])) == SHARDS // 2
-                and a[0].membership is not None and all(a[0].membership.where(g)[0] == silent
-                                                        for g in owned(gone[0])),
-                "the groups split, the first process knowing the other's", 60)
+    a, gone = await beside_a_silent_one(start_process, silent)
     sku = next(s for s in (f"k{i}" for i in range(64)) if group_of(s) in owned(gone[0]))
     asked = asyncio.ensure_future(call(a[1].stub, sku))
-    try:
-        await asyncio.wait_for(reached.wait(), DEADLINE_S)  # its part in the silent owner's hands
-        await gone[0].stop(grace_s=0.1)  # its groups handed over: the first process takes them
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await asked
-    finally:
-        asked.cancel()
-    refusal = typed(refused.value).refusal
+    refusal = await refused_once_handed_over(asked, reached, gone[0])
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, reason), refusal
     assert len(a[0]._servicer.forwarder.owners) == 0, "no part watched once answered"
