@@ -29,7 +29,7 @@ from atp_service.edge.errors import DETAILS_KEY, carried_reason
 from atp_service.edge.owner_watch import OwnerLost, OwnerWatch
 from atp_service.edge.peer_pool import MAX_PEERS, PEER_CLOSE_GRACE_S, PeerChannels
 from atp_service.edge.ratelog import OncePerKey
-from atp_service.edge.routing import RoutingTable, serving_of
+from atp_service.edge.routing import RoutingTable, groups_of, serving_of
 from atp_service.metrics import EdgeMetrics
 from atp_service.tasks import exception_seen
 from reservation import DomainError, Moved, NotFound, Reason, Unavailable
@@ -223,12 +223,15 @@ class Forwarder:
                        context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
         """Each owner's answer to its part of a call split by owner (``requests`` by address, all
         sent at once) or its refusal (``Relayed``, or ``Unavailable`` for a part in doubt or not
-        sent): every part is waited for, so the caller can be told which parts were done."""
+        sent): every part is waited for, so the caller can be told which parts were done. A part ends
+        once the routes name another owner for one of its own groups (``OwnerWatch``)."""
         metadata = tuple(context.invocation_metadata() or ())
         owners = list(requests)
+        shards = self.routing().shards
         answers = await asyncio.gather(*(self.owners.asked(partial(self._send, owner, method, requests[owner], context,
-                                                                   metadata), owner, method in CHANGES)
-                                         for owner in owners), return_exceptions=True)  # ended with its owner's groups
+                                                                   metadata), owner, method in CHANGES,
+                                                           groups_of(requests[owner], shards))
+                                         for owner in owners), return_exceptions=True)
         out: dict[str, Any] = {}
         for owner, answer in zip(owners, answers, strict=True):
             if isinstance(answer, grpc.aio.AioRpcError):

@@ -5,7 +5,8 @@ A forwarded call waits for its owner's answer. An owner that stopped answering w
 for that group again: its writes are fenced, and the group's new owner answers for what it made. The
 caller waited out its whole deadline for nothing (DEADLINE_EXCEEDED, an OMS's checkout backed up for
 the length of its deadline on each node loss). Each routes read (``Membership.balance``) tells the
-calls forwarded for a group whose route no longer names the process they were sent to: they are
+calls forwarded for a group whose route no longer names the process they were sent to (a call for several
+groups: for one of them) — they are
 answered at once, a change ``OUTCOME_UNKNOWN`` (R7: it may have been made before the owner went
 silent; retried with the same ids, the new owner answers what was decided, R5), a read ``GROUP_MOVED``.
 """
@@ -13,7 +14,7 @@ silent; retried with the same ids, the new owner answers what was decided, R5), 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -24,29 +25,38 @@ from reservation import Moved, Reason, Unavailable
 T = TypeVar("T")
 ANY = -1
 """The group of a call naming only a reservation, asked of a process whichever of its groups holds it
-(``Forwarder._locate``), or of a part of a call split by owner (``Forwarder.ask_each``): ended once the routes
-name that process for no group at all."""
+(``Forwarder._locate``, an order step wherever the order is held): ended once the routes name that process for
+no group at all."""
+Groups = int | Collection[int]
+"""The groups a call forwarded is for: one, or several (a part of a call split by owner, ``Forwarder.ask_each``;
+a ``ReserveStream`` part, ``edge.streams``), ended once any of them has another owner."""
+Lost = tuple[int, str]
+"""A group of a watched call whose routes no longer name its owner, and the address they name ("": none)."""
 
 
 class OwnerWatch:
     """The calls forwarded now, by group, each with the owner it was sent to."""
 
     def __init__(self) -> None:
-        self._waiting: dict[int, dict[asyncio.Future[str], str]] = {}
+        self._waiting: dict[int, dict[asyncio.Future[Lost], str]] = {}
 
     @contextmanager
-    def lost(self, group: int, owner: str) -> Iterator[asyncio.Future[str]]:
-        """A future set, within the block, to the address ``group``'s routes name ("": none) once they
-        no longer name ``owner`` (``ANY``: to "" once they name ``owner`` for no group)."""
-        lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        waiting = self._waiting.setdefault(group, {})
-        waiting[lost] = owner
+    def lost(self, groups: Groups, owner: str) -> Iterator[asyncio.Future[Lost]]:
+        """A future set, within the block, to (the group, the address its routes name, "": none) once the
+        routes no longer name ``owner`` for one of ``groups`` (``ANY``: to (ANY, "") once they name ``owner``
+        for no group)."""
+        lost: asyncio.Future[Lost] = asyncio.get_running_loop().create_future()
+        watched = _named(groups)
+        for group in watched:
+            self._waiting.setdefault(group, {})[lost] = owner
         try:
             yield lost
         finally:
-            del waiting[lost]
-            if not waiting:
-                del self._waiting[group]
+            for group in watched:
+                waiting = self._waiting[group]
+                del waiting[lost]
+                if not waiting:
+                    del self._waiting[group]
             lost.cancel()
 
     def routes_read(self, table: RoutingTable) -> None:
@@ -59,12 +69,12 @@ class OwnerWatch:
             address = now.get(group, "")
             for lost, owner in waiting.items():
                 if (owner not in named if group == ANY else address != owner) and not lost.done():
-                    lost.set_result(address)
+                    lost.set_result((group, address))
 
-    async def answer(self, sending: Awaitable[T], group: int, owner: str, change: bool) -> T:
-        """``sending``'s answer (the call forwarded to ``owner`` for ``group``); cancelled, and ``OwnerLost``
-        raised, once the routes name another owner of ``group``."""
-        with self.lost(group, owner) as lost:
+    async def answer(self, sending: Awaitable[T], groups: Groups, owner: str, change: bool) -> T:
+        """``sending``'s answer (the call forwarded to ``owner`` for ``groups``); cancelled, and ``OwnerLost``
+        raised, once the routes name another owner of one of ``groups``."""
+        with self.lost(groups, owner) as lost:
             call = asyncio.ensure_future(sending)
             call.add_done_callback(exception_seen)
             try:
@@ -74,19 +84,21 @@ class OwnerWatch:
             if call.done() and not call.cancelled():
                 return call.result()
             # The send itself cancelled (its channel closed under it, a stop): the owner's answer is as lost.
-            raise OwnerLost(owner_lost(group, owner, lost.result() if lost.done() else "", change))
+            group, now = lost.result() if lost.done() else (_named(groups)[0], "")
+            raise OwnerLost(owner_lost(group, owner, now, change))
 
-    async def asked(self, send: Callable[[], Awaitable[T]], owner: str, change: bool) -> T:
-        """``send()``'s answer: a call asked of ``owner`` for several groups, or for a reservation whose group
-        is not known (``ANY``); ended once the routes name ``owner`` for no group, ``owner_lost``'s refusal raised."""
+    async def asked(self, send: Callable[[], Awaitable[T]], owner: str, change: bool, groups: Groups = ANY) -> T:
+        """``send()``'s answer: a call asked of ``owner`` for several ``groups`` (a part of a call split by owner:
+        ended once one of them has another owner), or for a reservation whose group is not known (``ANY``: once
+        the routes name ``owner`` for no group); ``owner_lost``'s refusal raised."""
         try:
-            return await self.answer(send(), ANY, owner, change)
+            return await self.answer(send(), groups, owner, change)
         except OwnerLost as lost:
             raise lost.refusal from None
 
     def __len__(self) -> int:
         """Forwarded calls watched now (none once every one has ended)."""
-        return sum(map(len, self._waiting.values()))
+        return len({lost for waiting in self._waiting.values() for lost in waiting})
 
 
 class OwnerLost(Exception):
@@ -95,6 +107,11 @@ class OwnerLost(Exception):
     def __init__(self, refusal: Unavailable) -> None:
         super().__init__(refusal.message)
         self.refusal = refusal
+
+
+def _named(groups: Groups) -> tuple[int, ...]:
+    """``groups`` as a tuple, each once (none: ``ANY``)."""
+    return (groups,) if isinstance(groups, int) else tuple(dict.fromkeys(groups)) or (ANY,)
 
 
 def owner_lost(group: int, owner: str, now: str, change: bool) -> Unavailable:

@@ -14,11 +14,11 @@ from typing import Any, cast
 
 import grpc
 
-from atp_client import MOVED_KEY, PLACEMENT
+from atp_client import MOVED_KEY, PLACEMENT, place
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import SERVING_KEY
 
-__all__ = ["PLACEMENT", "Route", "RoutingTable", "routing_pb", "serving_of", "single_process"]
+__all__ = ["PLACEMENT", "Route", "RoutingTable", "groups_of", "routing_pb", "serving_of", "single_process"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +60,19 @@ def serving_of(error: grpc.aio.AioRpcError) -> set[int] | None:
     if not str(trailers.get(MOVED_KEY, "")).startswith("-1 "):
         return None
     return {int(g) for g in str(trailers.get(SERVING_KEY, "")).split(",") if g}
+
+
+def groups_of(part: pb.RecordEventsRequest | pb.GetAvailabilityRequest | pb.LoadCountsRequest,
+              shards: int) -> set[int]:
+    """The groups (among ``shards``) of the SKUs a part of a call split by owner names (``Forwarder.ask_each``;
+    a ``LoadCounts`` part names only the SKUs of its rows, ``edge.load``); none while no table was read (0 shards:
+    the watch then ends the part once the routes name its owner for no group)."""
+    if not shards:
+        return set()
+    if isinstance(part, pb.RecordEventsRequest):
+        skus: Iterable[str] = (fact.sku for fact in part.events)
+    elif isinstance(part, pb.GetAvailabilityRequest):
+        skus = (key.sku for key in part.keys)
+    else:
+        skus = part.skus
+    return {place(sku, shards) for sku in skus}
