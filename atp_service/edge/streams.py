@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, cast
 
 import grpc
@@ -25,6 +25,7 @@ from atp_client import accepted
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import carried_status, rich_status
 from atp_service.edge.forward import PEER_CALL_MAX_S, Forwarder, StreamCall
+from atp_service.edge.owner_watch import OwnerWatch
 from atp_service.tasks import exception_seen
 from reservation import DomainError, Moved, Reason, Unavailable
 
@@ -58,9 +59,10 @@ class OwnerStream:
     n-th response answers the n-th part written; the first only once the owner has accepted the
     stream (its headers), else a refusal at its start would race it and read as in doubt."""
 
-    def __init__(self, call: StreamCall, address: str) -> None:
+    def __init__(self, call: StreamCall, address: str, owners: OwnerWatch) -> None:
         self.address = address
         self._call = call
+        self._owners = owners  # the routes read: a part whose group passed to another owner ends then
         self._waiting: deque[asyncio.Future[pb.ReserveStreamResponse]] = deque()
         self._writing = asyncio.Lock()
         self._accepted = False
@@ -68,10 +70,32 @@ class OwnerStream:
         """Why the stream ended (set once it has): every part still waiting, or sent later, gets it."""
         self.reader = asyncio.ensure_future(self._read())
 
-    async def ask(self, part: pb.ReserveStreamRequest) -> pb.ReserveStreamResponse:
-        """The owner's answer to ``part``, within ``PEER_CALL_MAX_S`` of asking it (the wait for the
-        owner to accept the stream included: counted apart, a part was held up to twice the bound
-        every forwarded call keeps); raises the stream's failure when it ends first."""
+    async def ask(self, part: pb.ReserveStreamRequest, groups: Collection[int]) -> pb.ReserveStreamResponse:
+        """The owner's answer to ``part`` (of ``groups``), within ``PEER_CALL_MAX_S`` of asking it; raises the
+        stream's failure when it ends first — at once once the routes name another owner of one of ``groups``
+        (``OwnerWatch``): an owner gone silent with it in hand, its group taken, held it (and every part behind
+        it) the whole bound. The stream is broken then: its later answers could not be matched to their parts."""
+        with self._owners.lost(groups, self.address) as lost:
+            asking = asyncio.ensure_future(self._ask(part))
+            asking.add_done_callback(exception_seen)
+            try:
+                await asyncio.wait((asking, lost), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not asking.done():  # the group moved, or this batch's caller went away
+                    if lost.done():
+                        group, now = lost.result()
+                        self._break(_unknown(self.address, f"lost shard group {group} with this part in hand (now "
+                                                           f"{now or 'being taken over'})"))
+                    asking.cancel()
+                    await asyncio.wait((asking,))
+            if not asking.cancelled():
+                return asking.result()
+            assert self.failure is not None  # set by _break above
+            raise self.failure
+
+    async def _ask(self, part: pb.ReserveStreamRequest) -> pb.ReserveStreamResponse:
+        """``ask``, unwatched: the wait for the owner to accept the stream is within the bound too (counted
+        apart, a part was held up to twice the bound every forwarded call keeps)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PEER_CALL_MAX_S
         async with self._writing:  # each answer awaited in the order its part is written
@@ -191,7 +215,8 @@ class OwnerStreams:
                 parts.setdefault(stream, []).append(n)
         if redirected and not self._closed:
             self._forwarder.counted(METHOD, "redirected")
-        asked = await asyncio.gather(*(self._ask(stream, batch, idx) for stream, idx in parts.items()))
+        asked = await asyncio.gather(*(self._ask(stream, batch, idx, {moved[n].group for n in idx})
+                                       for stream, idx in parts.items()))
         for found in asked:
             out.update(found)
         return out
@@ -210,17 +235,17 @@ class OwnerStreams:
             call = self._forwarder.open_stream(moved.owner, self._context)
         except DomainError as exc:  # no channel to the owner now (the stop, MAX_PEER_CHANNELS): nothing sent
             return exc
-        stream = self._open[moved.owner] = OwnerStream(call, moved.owner)
+        stream = self._open[moved.owner] = OwnerStream(call, moved.owner, self._forwarder.owners)
         for readers in (self._readers, self._forwarder.streams):
             readers.add(stream.reader)
             stream.reader.add_done_callback(readers.discard)
         return stream
 
-    async def _ask(self, stream: OwnerStream, batch: pb.ReserveStreamRequest,
-                   idx: list[int]) -> dict[int, pb.ReserveOutcome]:
+    async def _ask(self, stream: OwnerStream, batch: pb.ReserveStreamRequest, idx: list[int],
+                   groups: set[int]) -> dict[int, pb.ReserveOutcome]:
         items = [batch.reservations[n] for n in idx]
         try:
-            response = await stream.ask(pb.ReserveStreamRequest(reservations=items))
+            response = await stream.ask(pb.ReserveStreamRequest(reservations=items), groups)
             if len(response.outcomes) != len(idx):
                 raise _unknown(stream.address, f"answered {len(response.outcomes)} outcomes to {len(idx)} reservations")
         except (DomainError, OwnerRefused) as exc:

@@ -29,6 +29,7 @@ from google.rpc import error_details_pb2
 from atp_client import FORWARDED_KEY
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
+from atp_service.edge.owner_watch import OwnerWatch
 from atp_service.edge.streams import OwnerStreams, SentInTurn
 from reservation import DomainError, Moved, Reason, ReserveCommand, State, Unavailable
 from tests.sim.streamcall import SimStreamCall
@@ -110,6 +111,7 @@ class SimForwarder:
         self.edge, self.proc, self.rng = edge, proc, rng
         self.address = proc.address
         self.streams: set[asyncio.Task[None]] = set()
+        self.owners = OwnerWatch()  # told of no routes read: a part ends by its owner's answer, or its bound
 
     def forwards(self, moved: Moved, metadata: Sequence[tuple[str, Any]]) -> bool:
         return bool(moved.owner) and moved.owner != self.address and not any(k == FORWARDED_KEY for k, _ in metadata)

@@ -101,3 +101,29 @@ async def test_a_part_split_by_owner_ends_once_its_own_group_has_another_owner(
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, reason), refusal
     assert owned(gone[0]), "the silent process still owns a group: the part ended for its own group's move"
     assert len(a[0]._servicer.forwarder.owners) == 0, "no part watched once answered"
+
+
+async def test_a_reserve_stream_part_sent_to_an_owner_that_lost_its_group_is_answered_in_doubt_at_once(
+        start_process: ServiceFactory, silent_owner: tuple[str, asyncio.Event]) -> None:
+    """A ``ReserveStream`` item of a group another process owns is sent to that owner on an outbound stream
+    (``edge.streams``). The owner stopped answering with the part in hand and its groups passed to another
+    process; the part went on waiting ``PEER_CALL_MAX_S`` (30 s) for the silent one, unwatched by the routes,
+    and every batch behind it with it. Once the routes name another owner of the part's group the part is
+    answered at once, in doubt (R7: the silent owner may have decided it; the same id at the new owner answers
+    what was decided, R5). The read is bounded below 30 s: unbounded, the item was answered so only then."""
+    silent, reached = silent_owner
+    a, gone = await beside_a_silent_one(start_process, silent)
+    sku = _sku_in(min(owned(gone[0])))
+    stream = a[1].stub.ReserveStream()
+    try:
+        await stream.write(pb.ReserveStreamRequest(reservations=[pb.ReserveRequest(
+            reservation_id="r-1", lines=[pb.Line(sku=sku, location="DC", quantity=1)])]))
+        await asyncio.wait_for(reached.wait(), DEADLINE_S)
+        await gone[0].stop(grace_s=0.1)
+        answer = await asyncio.wait_for(stream.read(), DEADLINE_S)
+    finally:
+        stream.cancel()
+    (outcome,) = answer.outcomes
+    refusal = Refusal.from_status(outcome.error)
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
+    assert len(a[0]._servicer.forwarder.owners) == 0, "no part watched once answered"

@@ -14,6 +14,7 @@ from atp_client import ACCEPTED_KEY
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import streams
 from atp_service.edge.forward import SERVICE
+from atp_service.edge.owner_watch import OwnerWatch
 from reservation import Reason, Unavailable
 
 BOUND_S = 100.0
@@ -64,7 +65,7 @@ def outbound(channel: grpc.aio.Channel) -> streams.OwnerStream:
     """An outbound stream to the owner ``channel`` reaches, as ``Forwarder.open_stream`` opens one."""
     return streams.OwnerStream(channel.stream_stream(  # type: ignore[arg-type]
         f"/{SERVICE.full_name}/ReserveStream", pb.ReserveStreamRequest.SerializeToString,
-        pb.ReserveStreamResponse.FromString)(None), "owner")
+        pb.ReserveStreamResponse.FromString)(None), "owner", OwnerWatch())
 
 
 async def test_a_part_waits_for_the_owner_at_most_the_peer_bound_its_acceptance_included(
@@ -79,7 +80,7 @@ async def test_a_part_waits_for_the_owner_at_most_the_peer_bound_its_acceptance_
     try:
         stream = outbound(channel)
         asked = asyncio.ensure_future(stream.ask(pb.ReserveStreamRequest(reservations=[
-            pb.ReserveRequest(reservation_id="r1", lines=[pb.Line(sku="A", location="S1", quantity=1)])])))
+            pb.ReserveRequest(reservation_id="r1", lines=[pb.Line(sku="A", location="S1", quantity=1)])]), {0}))
         await owner.opened.wait()
         clock.skipped += 0.9 * BOUND_S  # the owner takes most of the bound to accept the stream
         owner.accept.set()
@@ -106,7 +107,7 @@ async def test_a_stream_closed_while_its_owner_has_not_accepted_it_ends_every_pa
     server, channel = await serving(owner)
     try:
         stream = outbound(channel)
-        asked = [asyncio.ensure_future(stream.ask(pb.ReserveStreamRequest())) for _ in range(2)]
+        asked = [asyncio.ensure_future(stream.ask(pb.ReserveStreamRequest(), {0})) for _ in range(2)]
         await owner.opened.wait()
         stream.close()
         ended = await asyncio.gather(*asked, stream.reader, return_exceptions=True)
@@ -144,7 +145,7 @@ async def test_a_part_the_owner_does_not_take_is_bounded_too(monkeypatch: pytest
     try:
         stream = outbound(channel)
         big = pb.ReserveStreamRequest(reservations=[pb.ReserveRequest(reservation_id="r" * PART_BYTES)])
-        asked = asyncio.ensure_future(stream.ask(big))
+        asked = asyncio.ensure_future(stream.ask(big, {0}))
         await owner.opened.wait()
         for _ in range(3000):  # until the part is being written (its answer awaited in order); 30 s at most
             if stream._waiting:
@@ -158,7 +159,7 @@ async def test_a_part_the_owner_does_not_take_is_bounded_too(monkeypatch: pytest
             await asked
         assert in_doubt.value.reason == Reason.OUTCOME_UNKNOWN
         assert "did not take the part" in str(in_doubt.value)
-        later = await asyncio.gather(stream.ask(pb.ReserveStreamRequest()), return_exceptions=True)
+        later = await asyncio.gather(stream.ask(pb.ReserveStreamRequest(), {0}), return_exceptions=True)
         assert isinstance(later[0], Unavailable), later  # the stream is broken: the next part is told at once
         stream.close()
         await asyncio.gather(stream.reader, return_exceptions=True)
