@@ -12,6 +12,7 @@ import msgspec
 
 from atp_service.edge.calls import CallBook
 from atp_service.edge.forward import Forwarder
+from atp_service.edge.owner_watch import OwnerLost
 from atp_service.edge.ratelog import OncePerKey
 from atp_service.edge.record import REFUSAL_LOG_S
 from atp_service.engine.parts import STEP_METHOD, Remote, serve_part, step_said
@@ -65,10 +66,17 @@ def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
     unanswered = OncePerKey(UNANSWERED_LOG_S, MAX_FAILING_OWNERS)
 
     async def send(address: str, request: bytes) -> bytes:
+        group = step_said(request)["group"]  # -1 (owner_watch.ANY): wherever the order is held
         try:
             with forwarder.using(address) as channel:  # not closed under the step (``edge.peer_pool``)
-                reply: bytes = await channel.unary_unary(STEP_METHOD, None, None)(request, timeout=STEP_TIMEOUT_S,
-                                                                                 metadata=metadata)
+                stepping = channel.unary_unary(STEP_METHOD, None, None)(request, timeout=STEP_TIMEOUT_S,
+                                                                       metadata=metadata)
+                # Ended once the routes name another owner of its group (``edge.owner_watch``): a peer gone silent
+                # with it in hand held the saga, its order's lock and its caller the whole bound for nothing.
+                reply: bytes = await forwarder.owners.answer(stepping, group, address, change=True)
+        except OwnerLost as lost:  # R7: it may have been made; idempotent, it is taken again at the new owner
+            raise Unavailable(f"peer {address}: an order step ended, {lost.refusal.message}; the order goes on later",
+                              Reason.OUTCOME_UNKNOWN) from None
         except grpc.aio.AioRpcError as exc:
             forwarder.tell_tls_refusal(address, exc)
             if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
