@@ -266,8 +266,7 @@ class Membership:
     async def balance(self) -> None:
         """Read who owns what; take free groups up to this process's share, or hand one over above it."""
         await self._read_routes()
-        for told in self.on_routes:  # the calls forwarded to an owner that lost its group end now (edge.owner_watch)
-            told(self.table())
+        self._tell_routes()
         self._watch_free()
         give, take = plan_balance(self.address, self._config.shards, self.members, set(self.leases.held),
                                   self.routes, self._vacating, self.watch.out)
@@ -285,6 +284,18 @@ class Membership:
                     self._not_recovered.say(group, exc)
         if refused:
             raise refused[0]
+
+    def _tell_routes(self) -> None:
+        """The routes read told to each hook (the calls forwarded to an owner that lost its group end now,
+        ``edge.owner_watch``). One failing (a bug) is said and the balance goes on: raised, it ended every balance
+        before its plan, no free group taken nor any handed over for as long as it failed (liveness)."""
+        table = self.table()
+        for told in self.on_routes:
+            try:
+                told(table)
+            except Exception as exc:
+                log.exception("a routes hook failed (%r); the balance goes on", told,
+                              extra={"event": "routes_hook_failed", "error": repr(exc)})
 
     def _watch_free(self) -> None:
         """Counts out of the shares a live process that leaves groups free, taking none (an earlier
