@@ -29,7 +29,7 @@ the parts that remain say of the order, pure. The engine acts on it (``atp_servi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 
 import msgspec
 
@@ -37,7 +37,7 @@ from . import _operations as ops
 from . import _orders as orders
 from ._errors import DomainError
 from ._limits import Limits
-from ._model import OrderStep, PendingOp, Reservation, ReserveCommand, State
+from ._model import LineRecord, OrderStep, Outcome, PendingOp, Reservation, ReserveCommand, State
 from ._operations import View
 from ._orders import PART_MARK, PART_TTL_MS, Place
 
@@ -100,11 +100,37 @@ def part_again(order: Reservation, group: int, place: Place, now: int) -> Reserv
                        ttl_default=order.ttl_default)
 
 
+def refused_again(order: Reservation, parts: Mapping[int, Reservation], place: Place,
+                  group_names: Container[str]) -> dict[int, ReserveCommand]:
+    """The shares (group -> its part's Reserve) of the undecided ``order`` decided by its parts (``decided_by_parts``)
+    whose part, lost at its group with the order's decision (R7) and reserved again, was refused (its units no longer
+    fit: REJECTED; its group full: missing). An order decided all or none (not ``allow_partial``) was decided HELD
+    whole before a part of it was confirmed (R2, R3), so that part held every line, its units now a confirmed
+    order's (Q3): committed again (``part_committed``), never left refused with its units committed nowhere. Not a
+    part naming a location group (``group_names``): the member locations its lost decision picked are not known."""
+    if order.allow_partial or not decided_by_parts(order, parts, place):
+        return {}
+    return {group: cmd for group, cmd in orders.split(orders.command_of(order), place).items()
+            if (group not in parts or parts[group].state == State.REJECTED)
+            and not any(line.location in group_names for line in cmd.lines)}
+
+
+def part_committed(cmd: ReserveCommand, now: int) -> Reservation:
+    """The part ``cmd`` reserves (``refused_again``), every line granted whole and committed (Q3), CONFIRMED: as it
+    stood once its order's confirmation reached it (``commit_again`` saves it over its refusal)."""
+    lines = tuple(LineRecord(line.sku, line.location, line.quantity, line.quantity, Outcome.GRANTED, 0,
+                             committed=line.quantity) for line in cmd.lines)
+    return Reservation(cmd.reservation_id, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial,
+                       State.CONFIRMED, lines, now, 0, now, ttl_default=cmd.ttl_default)
+
+
 def commit_again(view_: View, part: Reservation) -> Reservation:
-    """On the part's shard: ``part`` (``part_again``) saved and its units committed again (Q3) — where they no longer
-    fit, the position is oversold, shown (Q5). A part of that id already there is answered as it stands (a replay)."""
+    """On the part's shard: ``part`` (``part_again``, ``part_committed``) saved and its units committed again (Q3) —
+    where they no longer fit, the position is oversold, shown (Q5). A part of that id already there is answered as it
+    stands (a replay) — but one refused (REJECTED, holding nothing) is the lost part reserved again (``refused_again``):
+    saved over."""
     found = view_.reservation(part.reservation_id)
-    if found is not None:
+    if found is not None and found.state != State.REJECTED:
         return found
     for line in part.lines:
         if line.committed:

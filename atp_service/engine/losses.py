@@ -63,6 +63,24 @@ async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now
     return await run_parts(engine, dict(made))
 
 
+async def commit_refused(engine: Engine, order: Reservation, parts: dict[int, Reservation],
+                         now: int) -> dict[int, Reservation]:
+    """``parts`` of the undecided ``order`` decided by its parts, with those lost and refused when reserved again
+    (``_order_losses.refused_again``) made again, their units committed (Q3) — where they no longer fit, the position
+    shown oversold (Q5), as ``commit_lost`` does for a decided order's."""
+    policy = engine.group_policies.get(order.channel, engine.default_group_policy)
+    refused = losses.refused_again(order, parts, engine.place, policy.groups if policy is not None else {})
+    if not refused:
+        return parts
+    log.error("order %r, decided again from a part confirmed, had its parts in shard groups %s lost with its "
+              "decision and refused when reserved again; they are made again, their units committed there (where "
+              "no longer available, the position shows oversold)", order.reservation_id, sorted(refused),
+              extra={"event": "order_part_committed_again", "reservation_id": order.reservation_id,
+                     "shard": min(refused)})
+    made = await run_parts(engine, {g: CommitPart(losses.part_committed(cmd, now)) for g, cmd in refused.items()})
+    return parts | made
+
+
 def log_lost(order_id: str, groups: list[int], what: str) -> None:
     """Says the parts of a live order that Redis lost (``_order_losses.lost_parts``), and what becomes of it."""
     log.error("order %r is missing its parts in shard groups %s (Redis lost acknowledged entries there: restarted "
@@ -87,5 +105,6 @@ def log_decided_again(decided: Reservation, home: int) -> None:
     log.error("order %r is recorded undecided at its home (its Reserve pending) though a part of it is confirmed "
               "(Redis lost acknowledged entries of the order's group: restarted from before its decision); it is "
               "decided again from its parts, CONFIRMED, and its confirmation carried through to every part: never "
-              "refused, expired nor given up (a part Redis lost there too is reserved again where its units fit)",
-              order_id, extra={"event": "order_decision_restored", "reservation_id": order_id, "shard": home})
+              "refused, expired nor given up (a part Redis lost there too is reserved again, committed where it no "
+              "longer fits)", order_id,
+              extra={"event": "order_decision_restored", "reservation_id": order_id, "shard": home})

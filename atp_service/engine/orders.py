@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, Waits, next_to_drive, order_opened
 from atp_service.engine.confirmed import ConfirmedChecks, checked
-from atp_service.engine.losses import commit_lost, log_confirmed_again, log_decided_again, torn
+from atp_service.engine.losses import commit_lost, commit_refused, log_confirmed_again, log_decided_again, torn
 from atp_service.engine.parts import (
     ApplyShare,
     GiveUpPart,
@@ -103,7 +103,7 @@ class Orders:
         return await self._owned(order_id, lambda: self._change(order_id, home, step))
 
     async def read(self, order_id: str, home: int) -> Reservation:
-        return await self._owned(order_id, lambda: self._read(order_id, home))
+        return orders.view(*await self._owned(order_id, lambda: self._settled(order_id, home)))
 
     async def expire(self, order_id: str, home: int) -> None:
         await self._owned(order_id, lambda: self._change(order_id, home, PendingOp(OrderStep.EXPIRE), quiet=True))
@@ -224,6 +224,7 @@ class Orders:
                 expired = await self._abandon(order, home, exc)  # a part of it confirmed
                 await self._save(home, orders.settled(expired, now(home)), over=expired)
                 raise orders.refused_again(expired.ops[orders.REFUSED]) from None  # told as a retry is (R5)
+        parts = await commit_refused(self._engine, order, parts, now(home))  # Q3: a lost part refused, committed
         decided, release = losses.decide(order, parts, now(home), place)
         if release:  # an expiry's share: only a part still HELD (one confirmed meanwhile kept, Q3)
             await self._apply(order, dict.fromkeys(release, PendingOp(OrderStep.EXPIRE)))
@@ -250,9 +251,6 @@ class Orders:
         if error is not None and not quiet:
             raise error
         return orders.view(order, parts)
-
-    async def _read(self, order_id: str, home: int) -> Reservation:
-        return orders.view(*await self._settled(order_id, home))
 
     async def _settled(self, order_id: str, home: int) -> tuple[Reservation, dict[int, Reservation]]:
         """The order with its pending change carried through (``_settle``), and its parts; its record resolved where

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from atp_service.engine.losses import KEPT
-from reservation import DomainError, Reason, State
+from reservation import DomainError, Fact, FactKind, Reason, State
 from reservation import _orders as orders
-from tests.atp_service.engine.helpers import running
+from tests.atp_service.engine.helpers import SKUS, running
 from tests.atp_service.engine.test_order_sagas import Rig
 
 
@@ -82,16 +82,18 @@ async def test_an_order_whose_home_lost_its_confirmation_and_a_part_is_not_given
     assert any(KEPT in r.getMessage() for r in caplog.records)
 
 
-async def home_lost_its_decision(rig: Rig, rid: str) -> None:
+async def home_lost_its_decision(rig: Rig, rid: str, lose_home_part: bool = False) -> None:
     """Order ``rid`` confirmed; then group 0's node back from before the order was decided: its record undecided
-    (its Reserve pending, its TTL running), its part there held, group 1's part CONFIRMED."""
-    await home_lost_its_confirmation(rig, rid)
+    (its Reserve pending, its TTL running), its part there held (``lose_home_part``: gone, its node older still),
+    group 1's part CONFIRMED."""
+    await home_lost_its_confirmation(rig, rid, lose_home_part)
     home = rig.engine.actors[0].ledger
     held = home.reservation(rid)
     opened = orders.open_order(rig.cmd(rid), held.parts, held.created_at)
     assert [line.requested for line in opened.lines] == [line.requested for line in held.lines]
     await rig.run(rig.engine.actors[0].submit(lambda ledger, _now: ledger.save(opened)))
-    assert home.reservation(rid).pending is not None and rig.quantities() == [(3, 0), (0, 3)]
+    assert home.reservation(rid).pending is not None
+    assert rig.quantities() == [(0 if lose_home_part else 3, 0), (0, 3)]
 
 
 async def test_an_order_whose_home_lost_its_decision_is_decided_again_by_its_expiry_R3_Q3(
@@ -113,6 +115,25 @@ async def test_an_order_whose_home_lost_its_decision_is_decided_again_by_its_exp
     assert home.reservation("o1").state == State.CONFIRMED  # type: ignore[union-attr]
     assert (await rig.run(rig.engine.get_reservation("o1"))).state == State.CONFIRMED
     assert "order_decision_restored" in [getattr(r, "event", None) for r in caplog.records]
+
+
+async def test_an_order_whose_home_lost_its_decision_and_its_part_there_commits_that_part_again_oversold_Q3_Q5(
+        rig: Rig) -> None:
+    """Group 0's node lost the order's decision and its part there; 9 of group 0's 10 units sold meanwhile. Defect
+    (the known gap, closed): the order, decided again from group 1's confirmed part, reserved group 0's part again
+    as a Reserve does; its 3 units no longer fit, so the line was refused and they were committed nowhere — offered
+    again while the caller, told CONFIRMED, ships them. An order decided all or none whose part is confirmed held
+    every part: the lost part is made again committed, the position shown oversold (Q5), as for a lost part of an
+    order whose decision its home kept (``order_part_committed_again``)."""
+    await home_lost_its_decision(rig, "o1", lose_home_part=True)
+    sale = Fact("sale-1", "pos", FactKind.SALE, SKUS[0], "DC", 9, rig.clock.now_ms())
+    await rig.run(rig.engine.actors[0].submit(lambda ledger, _now: ledger.record_fact(sale)))
+    got = await rig.run(rig.engine.get_reservation("o1"))
+    assert got.state == State.CONFIRMED
+    assert [(line.granted, line.committed) for line in got.lines] == [(3, 3), (3, 3)], got.lines
+    assert rig.quantities() == [(0, 3), (0, 3)], "the lost part's units committed nowhere"
+    assert rig.part("o1", 0).state == State.CONFIRMED
+    assert rig.engine.actors[0].ledger.quantities(SKUS[0], "DC").available == 1 - 3  # oversold, shown (Q5)
 
 
 async def test_a_reserve_retry_of_an_order_whose_home_lost_its_decision_never_rejects_it_R3_R5(rig: Rig) -> None:
