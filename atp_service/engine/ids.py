@@ -297,6 +297,18 @@ class IdGuard:
                                          "group": home, "claimed_by": held})
 
 
+async def homed_elsewhere(engine: Engine, reservation_id: str, shard: int) -> bool:
+    """Whether ``reservation_id``'s claim (R5) names a group other than ``shard`` that another process serves: a
+    SHIPMENT naming it at ``shard`` that finds no record nor part of it here is of an order spanning groups homed
+    there whose part here Redis lost (R7: this group back from older data) — its home makes the part again before
+    the shipment fulfils it (``parts.shipped_elsewhere``: R4, Q3). UNAVAILABLE (nothing decided) where Redis did
+    not answer; False with no claims (one process) or none for the id (E8: decided once, as unknown)."""
+    if engine.ids is None:
+        return False
+    home = await _answer(engine.ids.claims.look(reservation_id))
+    return 0 <= home < len(engine.actors) and home != shard and engine.actors[home].vacant
+
+
 def _pass_turn(before: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> None:
     """``mine`` done once ``before`` is: at once when it is (or there is none), else when it ends —
     a batch that failed or whose caller left still passes the turn on, in order."""

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from atp_service.engine.ids import homed_elsewhere
 from atp_service.engine.parts import lasting
 from atp_service.engine.router import Engine
 from atp_service.engine.shipments import UNFULFILLED, refused_for_good, unfulfilled
@@ -304,9 +305,10 @@ class FactDesk:
         sku_shard = engine.place(fact.sku)
         engine.local(sku_shard)  # Moved: the fact goes to the process owning its SKU's group
         home = engine.home_of(fact.reservation_id)
-        if home is None and engine.orders is not None and engine.remote is not None and \
-                engine.orders.has_part(sku_shard, fact.reservation_id):
-            # A part of an order homed at another process: fulfilled here, its order resolved there.
+        if home is None and engine.orders is not None and engine.remote is not None and (engine.orders.has_part(
+                sku_shard, fact.reservation_id) or await homed_elsewhere(engine, fact.reservation_id, sku_shard)):
+            # A part of an order homed at another process (or one Redis lost here, made again there first: R4, Q3):
+            # fulfilled here, its order resolved there.
             return await engine.orders.shipment(fact, fact.reservation_id)
         if engine.orders is not None and home is not None:  # on a cluster: one group per step
             if engine.is_order(home, fact.reservation_id):
