@@ -29,7 +29,8 @@ the parts that remain say of the order, pure. The engine acts on it (``atp_servi
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -40,6 +41,9 @@ from ._limits import Limits
 from ._model import LineRecord, OrderStep, Outcome, PendingOp, Reservation, ReserveCommand, State
 from ._operations import View
 from ._orders import PART_MARK, PART_TTL_MS, Place
+
+if TYPE_CHECKING:
+    from ._ledger import Ledger
 
 RESTORED = PendingOp(OrderStep.CONFIRM, (), PART_MARK + "restored")
 """An order's confirmation recorded again from its confirmed parts (``confirmed_again``): the operation id a control
@@ -86,6 +90,24 @@ def lost_committed(order: Reservation, found: Mapping[int, Reservation], now: in
     if order.state != State.CONFIRMED or order.pending is not None:
         return []
     return [group for group in lost_parts(order, found, now, limits, place) if group not in found]
+
+
+def found_at_start(ledgers: Sequence[Ledger], now: Callable[[int], int], limits: Limits, place: Place) -> list[str]:
+    """Orders of ``ledgers`` (every group's, by group: one process, after a restart) recorded CONFIRMED with nothing
+    pending that are to be driven on (``Orders._settled``): those whose parts show nothing outstanding (SHIPMENT facts
+    fulfilled every part, and the service stopped before it resolved the record: live for good else, R5), and those
+    missing a part Redis lost (``lost_committed``, ``now`` the time at a group): its units committed nowhere, offered
+    again while the caller ships them until a read, change or shipment drove the order on (Q3). One pass over the
+    records the restart rebuilt, nothing read from Redis."""
+    found = []
+    for ledger in ledgers:
+        for rid, rec in ledger.reservations.items():
+            if rec.is_order and rec.pending is None and rec.state == State.CONFIRMED:
+                parts = {g: p for g in rec.parts if (p := ledgers[g].reservation(orders.part_id(rid, g))) is not None}
+                if orders.view(rec, parts).state in (State.FULFILLED, State.RELEASED) or \
+                        lost_committed(rec, parts, now(ledger.shard), limits, place):
+                    found.append(rid)
+    return found
 
 
 def part_again(order: Reservation, group: int, place: Place, now: int) -> Reservation:

@@ -23,8 +23,7 @@ a replay).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
 
 import msgspec
 
@@ -45,9 +44,6 @@ from ._model import (
     State,
 )
 from ._operations import View
-
-if TYPE_CHECKING:
-    from ._ledger import Ledger
 
 PART_MARK = "\x1f"
 """Between an order's id and a part's group: a control character, so no caller's id (printable only, ``check_id``)
@@ -216,20 +212,6 @@ def replayed(order: Reservation, parts: Mapping[int, Reservation]) -> Reservatio
         raise ResourceExhausted(message, Reason.CAPACITY_REACHED, metadata=({"limit": limit} if limit else {}) | {
             GIVEN_UP: "true"})
     return view(order, parts)
-
-
-def resolved_unrecorded(ledgers: Sequence[Ledger]) -> list[str]:
-    """Orders (``ledgers``: every group's, by group, one process) recorded CONFIRMED with no change pending
-    while their parts show nothing outstanding: SHIPMENT facts fulfilled every part and the service
-    stopped before it resolved the record (``Orders._settled`` does, when driven on)."""
-    found = []
-    for ledger in ledgers:
-        for rid, rec in ledger.reservations.items():
-            if rec.is_order and rec.pending is None and rec.state == State.CONFIRMED:
-                parts = {g: p for g in rec.parts if (p := ledgers[g].reservation(part_id(rid, g))) is not None}
-                if view(rec, parts).state in (State.FULFILLED, State.RELEASED):
-                    found.append(rid)
-    return found
 
 
 def refused_again(kept: str) -> DomainError:

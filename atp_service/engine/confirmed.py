@@ -6,7 +6,7 @@ to resolve its record (``parts.shipped_elsewhere``); the fact is refused OUTCOME
 home has heard, and taken again it resolves the order. A producer that gave up on it meanwhile left
 the record CONFIRMED at its home for good: counted live there (``max_live_reservations_per_shard``),
 never forgotten, its parts long fulfilled. One process finds such orders at start
-(``_orders.resolved_unrecorded``: every group is its own). With leases a process knows only the
+(``_order_losses.found_at_start``: every group is its own). With leases a process knows only the
 groups it serves, so the one taking a group checks each of its confirmed orders once: the home
 that missed the resolve was being taken over, or had stopped answering and is taken over once its
 leases lapse. Each check reads every part at its group (a peer's, for theirs), so a few run at once.

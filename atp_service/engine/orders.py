@@ -87,7 +87,9 @@ class Orders:
                                   if rec.is_order and rec.pending is not None)
         # Every group here: an order not found here is nowhere (leased: housekeeping asks every group, orphans.py).
         if self._engine.remote is None:
-            self.unsettled.update(orders.resolved_unrecorded(ledgers))  # all shipped, stopped before resolving it
+            # All shipped, stopped before resolving it; or missing a part Redis lost, committed nowhere (Q3).
+            self.unsettled.update(losses.found_at_start(ledgers, self._engine.now_at, self._engine.limits,
+                                                        self._engine.place))
             self.orphans.update(held_orphans(ledgers, lambda order_id: self._engine.home_of(order_id) is not None))
         else:  # its parts are at other groups: read there, a few orders at a time (``confirmed.py``)
             for ledger in ledgers:
