@@ -21,6 +21,7 @@ from atp_service.app.allocator import set_mmap_threshold, set_numpy_hugepages
 from atp_service.app.demo import load_demo
 from atp_service.app.embedded_watch import EmbeddedRedisWatch, Watching
 from atp_service.app.keyspace import StartupError
+from atp_service.app.reload_signal import SignalledReloads
 from atp_service.app.service import AtpService
 from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_settings, print_config
 from atp_service.app.stop_steps import StopFailed
@@ -37,8 +38,8 @@ from atp_service.storage.embedded_redis import (
     RedisNotInstalled,
     StartAbandoned,
 )
-from atp_service.tasks import cancel_and_wait, keep, task_stacks
-from reservation import DomainError, Unavailable
+from atp_service.tasks import cancel_and_wait, task_stacks
+from reservation import DomainError
 
 log = logging.getLogger("atp_service")
 SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
@@ -207,7 +208,7 @@ class _StopRequest:
 
 async def _serve_until_stopped(config: ServiceConfig, service: AtpService, request: _StopRequest,
                                stopped_early: Callable[[], bool]) -> int:
-    _take_signals(service, request)
+    reloads = _take_signals(service, request)
     if stopped_early():
         log.info("stop signal before the start: not started", extra={"event": "start_abandoned"})
         return 0
@@ -239,6 +240,7 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, reque
     if request.event.is_set() or service.failed.is_set() or service.replaced.is_set():
         return await _shut_down(config, service, request)  # told to stop while the demo estate loaded: never ready
     await service.serve()  # demo: NOT_SERVING until its estate is in (callers were answered from an empty one)
+    await reloads.serving()  # a SIGHUP while starting: its estate loaded before the ready line
     # Recovered state is long-lived: move it out of the collector's view.
     gc.collect()
     gc.freeze()
@@ -255,17 +257,14 @@ def _fresh(service: AtpService) -> bool:
     return all(actor.seq == 0 for actor in service.engine.actors)
 
 
-def _take_signals(service: AtpService, request: _StopRequest) -> None:
+def _take_signals(service: AtpService, request: _StopRequest) -> SignalledReloads:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request.event.set)
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # operators: `kill -USR1` shows what waits on what
-    reloads: set[asyncio.Task[None]] = set()
-
-    def reload() -> None:
-        keep(reloads, _reload(service))
-
-    loop.add_signal_handler(signal.SIGHUP, reload)  # re-read the estate/channel file
+    reloads = SignalledReloads(service)
+    loop.add_signal_handler(signal.SIGHUP, reloads.signalled)  # re-read the estate/channel file (once serving)
+    return reloads
 
 
 async def _failed_start(config: ServiceConfig, service: AtpService, request: _StopRequest, why: str) -> int:
@@ -380,15 +379,6 @@ async def _shut_down(config: ServiceConfig, service: AtpService, request: _StopR
     if service.replaced.is_set() or service.failed.is_set():
         return EXIT_REPLACED if service.replaced.is_set() else EXIT_SHARD_FAILED
     return EXIT_STOP_OVERRAN if overran else 1 if failed_steps else 0
-
-
-async def _reload(service: AtpService) -> None:
-    try:
-        summary = await service.reload_estate()
-    except (StartupError, Unavailable) as exc:  # a bad file, Redis not answering
-        log.error("SIGHUP: estate not reloaded, nothing changed: %s", exc)
-    else:
-        log.info("SIGHUP: estate reloaded; published keys per channel: %s", summary)
 
 
 def _dump_tasks() -> None:
