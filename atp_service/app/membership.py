@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -61,6 +62,7 @@ class Membership:
         self.leases = GroupLeases(store, f"{self.address}|{secrets.token_hex(6)}", config.lease_ms)
         self._lease_s, self._balance_s = config.lease_ms / 1000, (config.balance_ms or config.lease_ms / 3) / 1000
         self.watch = FreeWatch(self.address, self._balance_s)
+        metrics.groups_free.set(math.nan)  # unknown until its first read of the owners
         self.routes: dict[int, tuple[str, int]] = {}
         """Every group's owner as last read: (address, epoch); absent: none."""
         self.members: list[str] = []
@@ -322,8 +324,12 @@ class Membership:
     async def _read_routes(self) -> None:
         n, keys = self._config.shards, self._store.keys
         # One key of a slot per read: one of two keys absent in a migrating slot, Redis refuses the read TRYAGAIN.
-        values = [*await self._store.values_of([self.leases.key(g) for g in range(n)]),
-                  *await self._store.values_of([keys.owner(g) for g in range(n)])]
+        try:
+            values = [*await self._store.values_of([self.leases.key(g) for g in range(n)]),
+                      *await self._store.values_of([keys.owner(g) for g in range(n)])]
+        except BaseException:  # unknown, not the count read last: a stale one raised ATPGroupsUnserved, or hid it
+            self._metrics.groups_free.set(math.nan)  # NaN: Prometheus' max passes over it
+            raise
         self.routes = {g: (address_of(as_text(values[g])), number_of(values[n + g])) for g in range(n)
                        if values[g] is not None}
         self._metrics.groups_free.set(n - len(self.routes))  # held by none: past a balance or so, served by none
