@@ -4,6 +4,8 @@ commands packed by hiredis (``nodes.py`` makes its write lanes' connections with
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,6 +18,12 @@ from redis.cluster import PRIMARY
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ReadOnlyError
 from redis.maint_notifications import MaintNotificationsConfig
+
+ASKED_NODES_MOST = 8
+"""Nodes asked after an ASK that keep free connections (``_Cluster``); those asked less recently keep none: nodes
+come and go over a cluster's life (moved, scaled out and in)."""
+ASKED_IDLE_MOST = 2
+"""Free connections an ASK's node keeps (``_AskedNode``): a burst asked at once opens one each, closed once free."""
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
@@ -83,7 +91,7 @@ class _Cluster(aioredis.RedisCluster):
     caller takes for Redis away — the service's input stream reader and owner check ended, and the service stopped."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._asked: dict[str, ClusterNode] = {}
+        self._asked: dict[str, _AskedNode] = {}  # the most recently asked last
         super().__init__(*args, **kwargs)
 
     def get_node(self, host: str | None = None, port: int | None = None,
@@ -91,19 +99,23 @@ class _Cluster(aioredis.RedisCluster):
         """By ``node_name`` alone (redis-py's lookup of an ASK's node, ``_execute_command``): that node's
         ``_AskedNode``; else as redis-py finds it."""
         if host is None and port is None and node_name:
-            node = self._asked.get(node_name)
+            node = self._asked.pop(node_name, None)
             if node is None:
                 host, _, port_text = node_name.rpartition(":")
-                node = self._asked[node_name] = _AskedNode(host, int(port_text), PRIMARY,
-                                                           **self.nodes_manager.connection_kwargs)
+                node = _AskedNode(host, int(port_text), PRIMARY, **self.nodes_manager.connection_kwargs)
+            self._asked[node_name] = node
+            for older in list(self._asked.values())[:-ASKED_NODES_MOST]:  # asked less recently: none kept free
+                older.close_free(0)  # the node stays (a caller may hold it): a command makes a connection again
             return node
         return super().get_node(host, port, node_name)
 
     async def aclose(self) -> None:
-        """Every connection closed, those to the nodes asked after an ASK too (bounded by the nodes so named)."""
+        """Every connection closed, those to the nodes asked after an ASK too."""
         await super().aclose()
         asked, self._asked = self._asked, {}
-        await asyncio.gather(*(node.disconnect() for node in asked.values()), return_exceptions=True)
+        await asyncio.gather(*(node.disconnect() for node in asked.values()),
+                             *(task for node in asked.values() for task in node._background_tasks),
+                             return_exceptions=True)
 
 
 class _AskedNode(ClusterNode):
@@ -117,6 +129,27 @@ class _AskedNode(ClusterNode):
         if self._free:
             return self._free.pop()
         return super().acquire_connection()
+
+    def release(self, connection: Connection) -> None:
+        """Freed to the right (taken next: ``ASKING``'s by its command); past ``ASKED_IDLE_MOST`` free, the one
+        free longest closed (never the one just freed)."""
+        super().release(connection)
+        self.close_free(ASKED_IDLE_MOST)
+
+    def close_free(self, keep: int) -> None:
+        """Its free connections past ``keep`` closed, the one free longest first (none in use: no command's)."""
+        while len(self._free) > keep:
+            idle = self._free.popleft()
+            self._connections.remove(idle)
+            task = asyncio.ensure_future(_closed(idle.disconnect()))
+            self._background_tasks.add(task)
+            task.add_done_callback(self._background_tasks.discard)
+
+
+async def _closed(disconnect: Awaitable[None]) -> None:
+    """A free connection let go, closed in the background: a failure to close one unused changes nothing."""
+    with contextlib.suppress(Exception):
+        await disconnect
 
 
 async def close_any(client: Any) -> None:

@@ -13,7 +13,7 @@ import pytest
 import redis
 from redis.asyncio.cluster import ClusterNode
 
-from atp_service.storage.clients import _AskedNode, close_any, connect_any
+from atp_service.storage.clients import ASKED_IDLE_MOST, ASKED_NODES_MOST, _AskedNode, close_any, connect_any
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.hash_scan import HashScan
 from tests.slot_moves import SlotMove
@@ -139,3 +139,32 @@ async def test_redis_py_still_asks_an_ask_s_node_as_the_cluster_client_relies_on
     (_, asking, _), (_, freed, _), (_, taken, other_ran) = events[1], events[2], events[4]
     assert asking is freed is taken, "the command went on another connection than ASKING's"
     assert not other_ran, "another task could run between ASKING's connection given back and the command's taking"
+
+
+async def test_the_connections_a_burst_of_asked_reads_opened_are_not_all_kept(
+        client: Any, redis_cluster: EmbeddedCluster, moves: list[SlotMove]) -> None:
+    """An ASK's node (``_AskedNode``) made a connection for each command asked of it at once, and kept every one
+    open until the client closed (the process's life): each reshard's burst left its peak concurrency of idle
+    connections at the importing node, on top of those its slot map's node holds. It keeps a few free."""
+    moves.append(asked(redis_cluster))
+    await client.initialize()
+    reads = await asyncio.gather(*(client.hgetall(KEY) for _ in range(16)))
+    assert [len(read) for read in reads] == [20] * 16
+    (node,) = client._asked.values()
+    assert len(node._connections) <= ASKED_IDLE_MOST, len(node._connections)  # was: 16, all free, all open
+    assert len(await client.hgetall(KEY)) == 20  # asked again after: ASKING and the command on one connection
+
+
+async def test_the_connections_kept_free_to_nodes_asked_after_asks_are_bounded(client: Any) -> None:
+    """Each node an ASK named kept its connections free until the client closed: nodes replaced over a cluster's
+    life (primaries moved to new addresses, scaled out and in) piled up idle connections, to nodes long gone too.
+    Only the ``ASKED_NODES_MOST`` asked most recently keep any free."""
+    names = [f"10.0.{i // 250}.{i % 250}:6379" for i in range(100)]
+    for name in names:  # each asked once: a connection taken and given back (made lazily: nothing is dialled)
+        node = client.get_node(node_name=name)
+        assert node.name == name
+        node.release(node.acquire_connection())
+    kept = sum(len(node._connections) for node in client._asked.values())
+    assert kept <= ASKED_NODES_MOST * ASKED_IDLE_MOST, kept  # was: 100
+    recent = names[-ASKED_NODES_MOST:]  # each keeps its connection free
+    assert [len(client.get_node(node_name=name)._connections) for name in recent] == [1] * len(recent)
