@@ -60,6 +60,10 @@ default ``balance_ms``). It scales with ``ATP_BALANCE_MS``: no setting of its ow
 Read = tuple[int, Sequence[str], Mapping[int, tuple[str, int]], Container[int]]
 """What one read gives ``FreeWatch``: the groups, the members, the owners, the groups busy here."""
 
+ENTRIES_SEEN_MOST = 4
+"""Member entries ``FreeWatch`` remembers per address: those read now and the last few before. Each start (and
+each registering anew) at an address makes one; one at a stable address is live all along, its entries kept."""
+
 PASSED_OVER_MAX = 32
 """The longest wait, in ``LEFT_FREE_TURNS``, of a process below its floor with nothing free before it
 registers anew (``FreeWatch.register_anew``): each one not followed by a taking of its own doubles it."""
@@ -122,7 +126,7 @@ class FreeWatch:
         self.address, self.period = address, period
         self.out: set[str] = set()
         """Live processes counted out of the shares now (``plan_balance``'s ``out``)."""
-        self._registered: dict[str, set[str]] = {}  # address -> every member entry seen at it
+        self._registered: dict[str, dict[str, None]] = {}  # address -> the member entries last seen at it, in order
         self._owned: Counter[str] = Counter()  # groups each process held at the last read
         self._taking: dict[str, float] = {}  # address -> when last seen taking (or registering anew)
         self._free: dict[int, float] = {}  # group -> since when it is free, as read
@@ -224,13 +228,15 @@ class FreeWatch:
             self.out.discard(gone)  # not live: counted nowhere anyway; a return is a new start
         again = []
         for p in sorted(live):
-            seen = self._registered.setdefault(p, set())
-            if p not in self._taking or owned[p] > self._owned[p] or not entries.get(p, set()) <= seen:
+            seen, read = self._registered.setdefault(p, {}), entries.get(p, set())
+            if p not in self._taking or owned[p] > self._owned[p] or not read <= seen.keys():
                 self._taking[p] = now
                 if p in self.out:
                     self.out.discard(p)
                     again.append(p)
-            seen |= entries.get(p, set())
+            seen.update(dict.fromkeys(sorted(read - seen.keys())))
+            for entry in [e for e in seen if e not in read][:max(0, len(seen) - ENTRIES_SEEN_MOST)]:
+                del seen[entry]  # the oldest gone from the members: bounded, however often it restarts
         return again
 
     def _left_free(self, now: float, read: Read, counted: set[str], owned: Counter[str]) -> list[CountedOut]:

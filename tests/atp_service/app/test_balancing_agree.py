@@ -42,3 +42,21 @@ def test_time_unread_counts_one_period_of_another_held_above_the_share() -> None
     for now in range(61, 61 + 2 * LEFT_FREE_TURNS):
         watch.observe(now, 9, members, taken, ())
     assert watch.out == {"p1"}, "still counted out once the time it read says so"
+
+
+def test_the_member_entries_seen_at_an_address_restarted_again_and_again_are_bounded() -> None:
+    """Each start of a process registers a new entry (``<address>|<token>``); one at a stable address (a
+    StatefulSet's, a host's) restarted within a lease is live all along, and ``FreeWatch`` kept every entry it
+    had ever seen there until the address stopped being live: one more per restart (and per registering anew),
+    for the life of every other process. It keeps the entries read now and the last few before."""
+    watch, routes = FreeWatch("a", 1.0), {g: ("a" if g < 2 else "b", 1) for g in range(4)}
+    now = 0
+    for start in range(1, 501):  # b restarted 500 times: its old entry and the new one read together, once
+        for members in (["a|1", f"b|{start - 1}", f"b|{start}"], ["a|1", f"b|{start}"]):
+            now += 1
+            watch.observe(now, 4, members, routes, ())
+    assert len(watch._registered["b"]) <= 4, len(watch._registered["b"])  # was: 501
+    watch.observe(now + 1, 4, ["a|1"], routes, ())  # b's entry lapsed a read (a slow renewal) ...
+    seen_taking = watch._taking["b"]
+    watch.observe(now + 2, 4, ["a|1", "b|500"], routes, ())  # ... and back: not taken for registering anew
+    assert watch._taking["b"] == seen_taking
