@@ -25,7 +25,8 @@ until every group answers again. Then, every fault off:
   the stock is asked for and an oversell can be found; the other half have a million, so holds,
   Confirms and Releases go on all run long.
 
-Prints one JSON line of figures; each violation is a ``violation: ...`` line on stderr, and the
+Prints one JSON line of figures (``refusals``: of the calls given 2 s; ``refusals_short_deadline``: of those
+given 5 or 50 ms, cut short on purpose); each violation is a ``violation: ...`` line on stderr, and the
 exit status is 1 if there was any.
 """
 
@@ -62,6 +63,11 @@ SKUS = [f"sku-{i:03d}" for i in range(48)]
 SCARCE = frozenset(SKUS[::2])
 """SKUs seeded with ``--scarce-stock`` units, the others with ``AMPLE``."""
 LOC = "dc-1"
+DEADLINES = (0.005, 0.05, 2.0, 2.0)
+"""Each call's deadline, one drawn per Reserve (its Confirm or Release too)."""
+SHORT_DEADLINES = frozenset({0.005, 0.05})
+"""Deadlines the callers give themselves to be cut short (R8): their refusals, DEADLINE_EXCEEDED most, are tallied
+apart (``refusals_short_deadline``), so one of a call given 2 s (``refusals``) is a real wait, not lost among them."""
 FAULTS = ("kill", "pause", "stop", "primary")
 WEIGHTS = (3, 2, 2, 1)
 HELD, CONFIRMED = pb.RESERVATION_STATE_HELD, pb.RESERVATION_STATE_CONFIRMED
@@ -189,6 +195,9 @@ class Load:
         self.tried: dict[str, list[tuple[str, str, int]]] = {}
         self.acked: dict[str, int] = {}
         self.errors: Counter[str] = Counter()
+        """Refusals of the calls with a normal deadline: a DEADLINE_EXCEEDED here waited it whole."""
+        self.errors_short: Counter[str] = Counter()
+        """Refusals of the calls given one of ``SHORT_DEADLINES``."""
         self.refused_for_stock: set[str] = set()
         """SKUs of a line a Reserve was refused for (INSUFFICIENT): sold out when it was decided."""
 
@@ -205,7 +214,7 @@ class Load:
             await client.close()
 
     async def _one(self, client: Any, rid: str) -> None:
-        client.timeout_s = self.rng.choice((0.005, 0.05, 2.0, 2.0))
+        client.timeout_s = self.rng.choice(DEADLINES)
         skus = self.rng.sample(SKUS, self.rng.choice((1, 1, 2)))
         lines = [(sku, LOC, self.rng.randint(1, 3)) for sku in skus]
         self.tried[rid] = lines
@@ -218,7 +227,8 @@ class Load:
                 change = client.confirm if self.rng.random() < 0.6 else client.release
                 self.acked[rid] = (await change(rid)).state
         except grpc.aio.AioRpcError as exc:
-            self.errors[f"{exc.code().name} {getattr(exc, 'reason', '')}".strip()] += 1
+            tally = self.errors_short if client.timeout_s in SHORT_DEADLINES else self.errors
+            tally[f"{exc.code().name} {getattr(exc, 'reason', '')}".strip()] += 1
             await asyncio.sleep(0.05)  # a refused caller backs off a little, as a client's retry policy would
 
 
@@ -313,7 +323,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     takeovers = faults.takeover_s
     return {"processes": args.processes, "shards": args.shards, "lease_ms": args.lease_ms, "seconds": args.seconds,
             "faults": dict(faults.counts), "tried": len(load.tried), "acknowledged": len(load.acked), **found,
-            "refusals": dict(load.errors), "scarce_sold_out": len(SCARCE & load.refused_for_stock),
+            "refusals": dict(load.errors), "refusals_short_deadline": dict(load.errors_short),
+            "scarce_sold_out": len(SCARCE & load.refused_for_stock),
             "takeover_s_median": round(statistics.median(takeovers), 2) if takeovers else None,
             "takeover_s_max": round(max(takeovers), 2) if takeovers else None,
             "violations": len(violations), "_violations": violations}
