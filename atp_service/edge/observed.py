@@ -4,6 +4,7 @@ forwarded there (``Forwarder``), the drain and the loop-lag shedding at the door
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from time import perf_counter
@@ -37,9 +38,7 @@ def observed(method: str, answer: Callable[[Any], Any] | None = None) -> Callabl
                     monitor = self.monitor
                     if monitor is not None and monitor.overloaded():
                         self.metrics.shed.inc()
-                        raise ResourceExhausted(f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late "
-                                                f"(limit max_loop_lag_ms={monitor.limit_s * 1000:.0f}), retry with "
-                                                "backoff", Reason.SERVICE_OVERLOADED)
+                        raise overloaded(monitor)
                     try:
                         result = await fn(self, request, context)
                         if answer is not None:
@@ -60,6 +59,9 @@ def observed(method: str, answer: Callable[[Any], Any] | None = None) -> Callabl
                 self.latency(method, status_of(exc).name).observe(perf_counter() - started)
                 tag_current(self.tracer, reason=exc.reason.name)
                 await abort(context, exc)
+            except asyncio.CancelledError:  # its caller gone or its deadline passed: its work goes on (R8)
+                self.latency(method, gone(context)).observe(perf_counter() - started)
+                raise
             latency, took = self._latency.get(ok) or self.latency(*ok), perf_counter() - started  # no frame once made
             latency.sum += took  # ``latency.observe(took)``, written out (every call's): ``took`` is never NaN
             latency.counts[bisect_left(latency.bounds, took)] += 1
@@ -69,3 +71,19 @@ def observed(method: str, answer: Callable[[Any], Any] | None = None) -> Callabl
         return handler
 
     return wrap
+
+
+def overloaded(monitor: Any) -> ResourceExhausted:
+    """The refusal at the door while the event loop runs late (``LoopLagMonitor``)."""
+    return ResourceExhausted(f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late (limit "
+                             f"max_loop_lag_ms={monitor.limit_s * 1000:.0f}), retry with backoff",
+                             Reason.SERVICE_OVERLOADED)
+
+
+def gone(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """How a call gRPC cancelled ended for its caller: ``DEADLINE_EXCEEDED`` once its deadline has passed, else
+    ``CANCELLED`` (the caller cancelled or went away, or the stop cut it past its grace). Counted in
+    ``atp_rpc_duration_seconds`` as any other end: left out, the calls that waited longest never showed in the
+    latency (ATPReserveSlow stayed quiet while every caller with a deadline under its bound gave up)."""
+    left = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"

@@ -127,3 +127,34 @@ async def test_a_batch_whose_answer_gRPC_cannot_send_ends_the_stream_outcome_unk
     availability = await client.stub.GetAvailability(pb.GetAvailabilityRequest(
         keys=[pb.PositionKey(sku="A", location="S1")]))
     assert availability.positions[0].reserved == 1000  # each held once
+
+
+def _reserve(rid: str) -> pb.ReserveRequest:
+    return pb.ReserveRequest(reservation_id=rid, lines=[pb.Line(sku="A", location="S1", quantity=1)])
+
+
+async def test_a_call_its_caller_gives_up_is_counted_by_how_it_ended_R8(start_service: ServiceFactory) -> None:
+    """A unary call gRPC cancelled in the service's hands — its caller's deadline passed, or the caller cancelled
+    it — was observed nowhere in ``atp_rpc_duration_seconds``: the calls that waited longest were left out of the
+    latency ATPReserveSlow reads (quiet while every caller with a deadline under its bound gave up), and no code
+    showed them, where a forwarded call ended so was counted DEADLINE_EXCEEDED. The shard is held (paused) until
+    each call has ended, so each ends while the service still has it in hand."""
+    service, client = await start_service(clock=ManualClock(T0))
+    await client.record_events([receipt("seed", "A", "S1", 100)])
+    resume = await service.engine.actors[service.engine.place("A")].pause()
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await client.stub.Reserve(_reserve("r-deadline"), timeout=0.2)
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await until(lambda: service._servicer.drain.active == 0, "the handler of the call past its deadline ended", 10)
+        assert ended_as(service, "Reserve", "DEADLINE_EXCEEDED") == 1
+
+        call = client.stub.Reserve(_reserve("r-cancelled"))
+        await until(lambda: service._servicer.drain.active == 1, "the call in the service's hands", 10)
+        call.cancel()
+        await until(lambda: service._servicer.drain.active == 0, "the handler of the cancelled call ended", 10)
+        assert ended_as(service, "Reserve", "CANCELLED") == 1
+    finally:
+        resume.set_result(None)
+    assert ended_as(service, "Reserve", "OK") is None  # neither was decided: each waited in the held shard (R8)
+    assert (await client.reserve("r-after", [("A", "S1", 1)])).state == pb.RESERVATION_STATE_HELD  # the shard goes on
