@@ -135,18 +135,27 @@ async def _load(client: AtpClient, path: Path, source: str, as_of: int | None, b
                 _progress(progress, extract.position / size, summary.rows, started)
             await asyncio.gather(*pending)
     except grpc.aio.AioRpcError as exc:
-        # The calls still in flight are answered (or refused) first: what they did is counted.
-        await asyncio.gather(*pending, return_exceptions=True)
+        # The calls still in flight are answered (or refused) first: what they did is counted. Ctrl-C meanwhile (they
+        # may be retried for PATIENCE_S) drops them, and the summary and the refusal are told all the same.
+        try:
+            await asyncio.gather(*pending, return_exceptions=True)
+        except asyncio.CancelledError:
+            await _dropped(pending)
         summary.stopped = True
         raise LoadStopped(summary, exc) from exc
     except asyncio.CancelledError:  # Ctrl-C: the calls in flight are dropped, their rows not answered
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await _dropped(pending)
         summary.stopped = True
         raise LoadStopped(summary, None) from None
     _progress(progress, 1.0, summary.rows, started, end=True)
     return summary
+
+
+async def _dropped(pending: set[asyncio.Task[None]]) -> None:
+    """The calls in flight cancelled (Ctrl-C), once each has ended: their rows not answered, loaded or not (R7)."""
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 class LoadStopped(Exception):

@@ -12,14 +12,16 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+import grpc
 import pytest
 
 from atp_client import AtpClient, _extract, ctl, timestamp
 from atp_client._extract import Extract, HeaderError
-from atp_client._stock import load, parse_time
+from atp_client._stock import LoadStopped, load, parse_time
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 T0 = parse_time("2026-11-28T06:00:00Z")
 
@@ -299,6 +301,59 @@ async def test_a_load_cut_short_says_what_was_loaded_keeps_its_report_and_exits_
     assert "again" in err and "UNAVAILABLE" in err, err
     report = (tmp_path / "erp.csv.rejected.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in report[1:]] == ["3"], report
+
+
+class RefusedWhileHeld(AtpClient):
+    """A client of a real service whose shard of SKU ``A`` is held (paused): the call of ``A`` waits there, and the call
+    of ``B`` is refused for good, by this client's own bound on a request's size, once that one is in the service's
+    hands (``refused``: set then)."""
+
+    def __init__(self, service: AtpService) -> None:
+        super().__init__(f"127.0.0.1:{service.port}", timeout_s=60.0)
+        self.service, self.refused = service, asyncio.Event()
+
+    async def load_counts(self, request: pb.LoadCountsRequest) -> pb.LoadCountsResponse:
+        if list(request.skus) == ["B"]:
+            await until(lambda: self.service._servicer.drain.active == 1, "the call of A in the service's hands")
+            self.max_request_bytes = 1  # its request past the bound: InvalidRequest, never sent, not retried
+            try:
+                return await super().load_counts(request)
+            finally:
+                self.refused.set()
+        return await super().load_counts(request)
+
+
+def awaiting(task: asyncio.Future[object]) -> list[str]:
+    """The coroutines ``task`` is suspended in, outermost first (``Task.get_stack`` gives its outermost alone)."""
+    names, coro = [], getattr(task, "get_coro", lambda: None)()
+    while coro is not None and hasattr(coro, "cr_code"):
+        names.append(coro.cr_code.co_name)
+        coro = coro.cr_await
+    return names
+
+
+async def test_ctrl_c_while_a_refused_load_waits_for_its_calls_in_flight_still_tells_how_far_it_got(
+        start_service: ServiceFactory, tmp_path: Path) -> None:
+    """A call refused for good ends the load once the calls still in flight are answered (``patiently``: retried up to
+    ``PATIENCE_S``). Ctrl-C during that wait raised the cancellation past the summary: atpctl said only
+    "interrupted" — no rows answered or not, no refusal, no word that loading again is safe."""
+    service, _ = await start_service()
+    resume = await service.engine.actors[service.engine.place("A")].pause()
+    extract = tmp_path / "erp.csv"
+    extract.write_text("sku,location,on_hand\nA,L,1\nB,L,2\nC,L,3\n")
+    try:
+        async with RefusedWhileHeld(service) as client:
+            loading = asyncio.ensure_future(load(client, extract, "erp", T0, 1, 2, None, tmp_path / "report.csv"))
+            await client.refused.wait()
+            # The load waits for the call of A alone (no ``launch`` under it): the refusal is in hand.
+            await until(lambda: awaiting(loading)[-1] == "_load", "the load waiting for its call in flight")
+            loading.cancel()  # Ctrl-C
+            with pytest.raises(LoadStopped) as stopped:
+                await loading
+    finally:
+        resume.set_result(None)
+    assert stopped.value.error is not None and stopped.value.error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert stopped.value.summary.as_dict() == {"rows": 3, "unreadable": 0, "not_answered": 3}
 
 
 BAD_ROWS = 25_000
