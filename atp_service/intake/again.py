@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atp_service.intake.entries import Read, id_key
+from atp_service.intake.entries import Ahead, Read, id_key
 from atp_service.intake.quarantine import QuarantineStream
 from atp_service.intake.unacked import Unacked
 from atp_service.intake.unread import make_group_marked
@@ -45,18 +45,24 @@ async def make_group_again(client: Any, stream: str, group: str, start: bytes, u
 
 
 async def quarantined_before(client: Any, quarantine: QuarantineStream, unacked: Unacked, facts: list[Fact],
-                             read: list[Read]) -> tuple[list[Fact], list[Read], list[tuple[str, bytes]]]:
-    """``facts`` and ``read`` but those of the entries delivered again (at or before ``unacked.again``, by stream)
-    whose facts the quarantine stream holds from a write made after the entry: those entries, to acknowledge."""
+                             read: list[Read], ahead: list[Ahead]
+                             ) -> tuple[list[Fact], list[Read], list[Ahead], list[tuple[str, bytes]]]:
+    """``facts`` and ``read`` (and ``ahead``) but those of the entries delivered again (at or before ``unacked.again``,
+    by stream) whose facts the quarantine stream holds from a write made after the entry: those entries, to
+    acknowledge. ``ahead``: facts stamped past the allowed skew by this reader's clock (E7), checked alike — judged
+    again, one quarantined by a clock ahead of this one was dead-lettered as in the future, or sent to its group's
+    owner and applied there with room come back (E8: decided once)."""
+    pairs = [*zip(facts, read, strict=True), *((fact, entry) for fact, entry, _ in ahead)]
     again = unacked.again
-    maybe = [n for n, (stream, entry_id, _) in enumerate(read)
+    maybe = [n for n, (_, (stream, entry_id, _)) in enumerate(pairs)
              if stream in again and id_key(entry_id) <= id_key(again[stream])]
     if not maybe:
-        return facts, read, []
-    scores = await client.zmscore(quarantine.written_key, [QuarantineStream.digest(facts[n]) for n in maybe])
+        return facts, read, ahead, []
+    scores = await client.zmscore(quarantine.written_key, [QuarantineStream.digest(pairs[n][0]) for n in maybe])
     held = {n for n, score in zip(maybe, scores, strict=True)
-            if score is not None and id_key(read[n][1])[0] <= int(score)}
+            if score is not None and id_key(pairs[n][1][1])[0] <= int(score)}
     if not held:
-        return facts, read, []
+        return facts, read, ahead, []
     keep = [n for n in range(len(read)) if n not in held]
-    return [facts[n] for n in keep], [read[n] for n in keep], [read[n][:2] for n in sorted(held)]
+    kept_ahead = [one for n, one in enumerate(ahead, len(read)) if n not in held]
+    return [facts[n] for n in keep], [read[n] for n in keep], kept_ahead, [pairs[n][1][:2] for n in sorted(held)]

@@ -333,7 +333,8 @@ class StreamIngestor:
         now, cfg = self._clock.now_ms(), self._config
         entries, judged = self._unacked.judged(self._desk.quarantine.not_owed(entries))  # judged: E7, before
         facts, read, dead, ahead = await decode_all(entries, now, cfg.limits, cfg.ingest_max_entry_bytes)
-        facts, read, before = await quarantined_before(self._client, self._desk.quarantine, self._unacked, facts, read)
+        facts, read, ahead, before = await quarantined_before(self._client, self._desk.quarantine, self._unacked,
+                                                              facts, read, ahead)  # E8: ahead too (E7 judged after)
         await self._ack(judged + before)
         results = await self._desk.record(facts, "stream", acks=self._acks(read)) if facts else []
         if ahead:  # judged after the rest as before it: a fact not ahead never has an ahead one's payload (E8)

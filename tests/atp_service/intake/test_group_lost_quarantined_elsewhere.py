@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import redis
 
-from atp_service import AtpService
+from atp_service import AtpService, ManualClock
 from atp_service.config import ServiceConfig
+from atp_service.engine.clock import Clock
 from atp_service.intake.ingest import StreamIngestor
 from atp_service.intake.unread import made_again_key
 from atp_service.storage.clients import connect_any
@@ -43,9 +44,10 @@ async def with_room(redis_url: str) -> AsyncIterator[AtpService]:
         await service.stop()
 
 
-def _reader(service: AtpService, redis_url: str, consumer: str) -> StreamIngestor:
+def _reader(service: AtpService, redis_url: str, consumer: str, clock: Clock | None = None) -> StreamIngestor:
+    """A reader of ``STREAM`` as ``consumer``; ``clock``: its process's (the service's where None)."""
     settings = dataclasses.replace(ServiceConfig(input_streams=(STREAM,)).ingest_settings, consumer_name=consumer)
-    return StreamIngestor(connect_any(redis_url, 2.0), service.desk, settings, service.clock)
+    return StreamIngestor(connect_any(redis_url, 2.0), service.desk, settings, clock or service.clock)
 
 
 async def test_a_quarantined_fact_is_not_applied_by_another_reader_its_group_made_again_delivers_it_to(
@@ -95,3 +97,25 @@ async def test_a_quarantined_fact_is_not_applied_by_a_reader_started_since_its_g
     for reader in (maker, started):
         await reader._client.aclose()
     await wait_consumed(redis_url, [STREAM])
+
+
+async def test_a_quarantined_fact_stamped_ahead_of_the_readers_clock_is_not_judged_again_when_delivered_again(
+        with_room: AtpService, redis_url: str) -> None:
+    """Defect: ``atp-2``, whose clock is behind the one that quarantined ``e2`` by more than the allowed skew (another
+    process's, ``ATP_OWNERSHIP=leases``), took ``e1`` and ``e2`` from the group ``atp-1`` made again: ``e2``, stamped
+    past the skew by its clock, skipped the quarantine stream's check the other entries get and was judged again,
+    dead-lettered as in the future (E7) while the quarantine stream held it as quarantined — and, its group another
+    process's, sent there and applied, room having come back. Its quarantine stands (E8: decided once)."""
+    r: Any = redis.Redis.from_url(redis_url)
+    maker = _reader(with_room, redis_url, "atp-1")
+    behind = _reader(with_room, redis_url, "atp-2", ManualClock(T - 10 * 60_000))  # e1 and e2 past its skew (5 min)
+    r.xgroup_destroy(STREAM, "atp")
+    await maker._create_groups(again=True)  # it had read nothing: from the start, marked
+    await behind._handle(await behind._read(None, block=None))
+    assert r.xpending(STREAM, "atp")["pending"] == 0
+    assert [f[b"event_id"] for _, f in r.xrange("atp:dlq")] == [], "e2, quarantined, dead-lettered as in the future"
+    assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+    assert await _on_hand(with_room) == 4
+    for reader in (maker, behind):
+        await reader._client.aclose()
+
