@@ -29,7 +29,7 @@ from typing import Any
 from atp_service.intake.entries import Ahead, Read, id_key
 from atp_service.intake.quarantine import QuarantineStream
 from atp_service.intake.unacked import Unacked
-from atp_service.intake.unread import make_group_marked
+from atp_service.intake.unread import as_bytes, made_again_key, make_group_marked
 from reservation import Fact
 
 
@@ -42,6 +42,17 @@ async def make_group_again(client: Any, stream: str, group: str, start: bytes, u
     made, mark = await make_group_marked(client, stream, group, start, written)
     unacked.marked({stream: mark})
     return made
+
+
+async def marks_of(client: Any, streams: list[str], group: str) -> dict[str, bytes | None]:
+    """Each stream's made-again mark as Redis holds it (None: none), for a read of the reader's own pending entries:
+    some may be ones the group made again delivered by a read whose answer, the mark with it, was lost (a timeout).
+    Asked after that read, it is still there: it is forgotten only once nothing pending is at or before it."""
+    async with client.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.get(made_again_key(stream, group))
+        marks = await pipe.execute()
+    return {stream: None if mark is None else as_bytes(mark) for stream, mark in zip(streams, marks, strict=True)}
 
 
 async def quarantined_before(client: Any, quarantine: QuarantineStream, unacked: Unacked, facts: list[Fact],

@@ -25,7 +25,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
-from atp_service.intake.again import make_group_again, quarantined_before
+from atp_service.intake.again import make_group_again, marks_of, quarantined_before
 from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.claims import Claims
 from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines
@@ -272,6 +272,8 @@ class StreamIngestor:
             reply = await self._client.execute_command(
                 "XREADGROUP", "GROUP", cfg.consumer_group, cfg.consumer_name, "COUNT", self._read_count,
                 "STREAMS", *self._streams, *after)
+            if reply:  # delivered by a group made again, the mark lost with a new read's answer (E8, again.py)
+                self._unacked.marked(await marks_of(self._client, self._streams, cfg.consumer_group))
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 map or RESP2 list
         entries: list[Entry] = []
         for stream, rows in streams:

@@ -367,6 +367,9 @@ class Pipeline:
     def xack(self, stream: str, group: str, *ids: bytes) -> None:
         self._queued.append(("ack", lambda: self._redis.xack(stream, group, *ids)))
 
+    def get(self, key: str) -> None:  # a made-again mark (``again.marks_of``)
+        self._queued.append(("get", lambda: self._redis.marks.get(key)))
+
     def xpending_range(self, stream: str, group: str, low: bytes, _high: bytes, _count: int, consumer: str) -> None:
         self._queued.append(("xpending", lambda: self._redis.xpending_one(stream, group, low, consumer)))
 

@@ -119,3 +119,21 @@ async def test_a_quarantined_fact_stamped_ahead_of_the_readers_clock_is_not_judg
     for reader in (maker, behind):
         await reader._client.aclose()
 
+
+async def test_a_quarantined_fact_is_not_applied_from_the_pending_list_of_a_reader_whose_read_answer_was_lost(
+        with_room: AtpService, redis_url: str) -> None:
+    """Defect: ``atp-2``, reading all along (no mark when its group was made at its start), read ``e1`` and ``e2``
+    from the group ``atp-1`` made again, and lost the read's answer (a timeout: the mark came with it). It read them
+    again from its own pending list, as its loop does after a failed read — a read that answered no mark — and
+    applied ``e2`` (on_hand 9), the quarantine stream holding it as not applied. The pending read asks the mark too."""
+    r: Any = redis.Redis.from_url(redis_url)
+    maker, other = _reader(with_room, redis_url, "atp-1"), _reader(with_room, redis_url, "atp-2")
+    await other._create_groups()  # reading before the group is lost: there already, unmarked
+    r.xgroup_destroy(STREAM, "atp")
+    await maker._create_groups(again=True)
+    assert len(r.xreadgroup("atp", "atp-2", {STREAM: ">"})[0][1]) == 2  # atp-2's read, its answer lost: pending to it
+    await other._retry_pending()  # its own pending entries, as its loop reads them after a failed read
+    assert r.xpending(STREAM, "atp")["pending"] == 0
+    assert await _on_hand(with_room) == 4, "e2, quarantined and on the quarantine stream, applied when read again"
+    for reader in (maker, other):
+        await reader._client.aclose()
