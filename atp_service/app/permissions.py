@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
-from atp_service.intake.quarantine import written_key
+from atp_service.intake.quarantine import run_key, written_key
 from atp_service.intake.unread import made_again_key
 from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl, check_cluster_client
 from atp_service.storage.keys import CHANNELS, Keyspace
@@ -50,7 +50,7 @@ def _quarantine_needs(stream: str) -> list[Need]:
             Need(("ZSCORE", written, "d"), written, use), Need(("ZADD", written, 1, "d"), written, use),
             Need(("ZREM", written, "d"), written, use), Need(("ZCARD", written), written, use),
             Need(("ZREMRANGEBYRANK", written, 0, 0), written, use),
-            Need(("EVALSHA", SHA, 2, stream, written), stream, use)]
+            Need(("EVALSHA", SHA, 3, stream, written, written), stream, use)]  # no run: the set in its place
 
 
 def _group_needs(keys: Keyspace, g: int, at: str, leased: bool) -> list[Need]:
@@ -153,7 +153,9 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     written = written_key(quarantine)  # the group made with its mark where it holds any fact; asked of entries under it
     needs += [Need(("EVALSHA", SHA, 3, s, mark, written), s, use) for s, mark in zip(streams, marks, strict=True)]
     needs += [Need(("EXISTS", written), written, use), Need(("ZMSCORE", written, "d"), written, use)]
-    needs += [Need(("EVALSHA", SHA, 3, quarantine, written, s), s, use) for s in streams]
+    run = run_key(quarantine, group, consumer)  # this consumer's run: a write of a run before lands nothing
+    needs += [Need(("EVALSHA", SHA, 4, quarantine, written, run, s), s, use) for s in streams]
+    needs += [Need(("INCR", run), run, use), Need(("GET", run), run, use)]
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
         ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"))]
     for s in streams:

@@ -1,16 +1,14 @@
 """Facts from Redis input streams (POS, WMS): a consumer group, acknowledged only once durable.
 
-An entry is XACKed after its fact is durable in its shard log (or after it went to the dead-letter or
-quarantine stream): a crash mid-batch leaves the rest pending, the restarted service re-reads its own pending
-entries first, and dedupe by ``(source, event_id)`` (E8) makes the outcome exactly-once in effect. Entries
-that cannot be decoded or validated go to the dead-letter stream with the reason and their original fields,
-and never stop the consumer.
+An entry is XACKed after its fact is durable in its shard log (or after it went to the dead-letter or quarantine
+stream): a crash mid-batch leaves the rest pending, the restarted service re-reads its own pending entries first, and
+dedupe by ``(source, event_id)`` (E8) makes the outcome exactly-once in effect. Entries that cannot be decoded or
+validated go to the dead-letter stream with the reason and their original fields, and never stop the consumer.
 
-With several processes on one keyspace each reads as a consumer of its own in the same group, so Redis
-spreads the entries over them. A fact of a group another process owns is sent to that owner (``FactSender``),
-which applies it and answers once it is durable there; its entry is acknowledged only then — one it
-quarantined written to the quarantine stream here, with its entry's XACK in one script (E8: decided once).
-One no process owns now stays pending.
+With several processes on one keyspace each reads as a consumer of its own in the same group, so Redis spreads the
+entries over them. A fact of a group another process owns is sent to that owner (``FactSender``), which applies it and
+answers once it is durable there; its entry is acknowledged only then — one it quarantined written to the quarantine
+stream here, with its entry's XACK in one script (E8: decided once). One no process owns now stays pending.
 """
 
 from __future__ import annotations
@@ -69,13 +67,12 @@ class StreamIngestor:
         self._desk = desk
         self._owners = OwnerSends(send, desk.quarantined_there) if send is not None else None
         self._config = settings
-        self._metrics = desk.metrics
+        self._metrics = metrics = desk.metrics
         self._clock = clock
         self._read_count = settings.ingest_count if read_count is None else read_count
         self._streams = list(settings.input_streams)
         zeroed(self._metrics.dead_lettered, *((stream,) for stream in self._streams))  # alerted on by increase()
         zeroed(self._metrics.ingest_trimmed_unread, *((stream,) for stream in self._streams))
-        metrics = self._metrics
         # Every read of new entries counts the entries it finds were trimmed before it (exactly once).
         self._new = GroupReader(client, self._streams, settings.consumer_group, settings.consumer_name,
                                 metrics.ingest_trimmed_unread)
@@ -96,6 +93,7 @@ class StreamIngestor:
         self._unacked = Unacked()  # what a group made again must deliver again, and not judge again
         self._seen = self._unacked.seen  # per stream, the newest entry id read
         self._dead_lines = DeadLetterLines()
+        self._consumer_run: int | None = None  # this process's run of the consumer (QuarantineStream.run_of)
         self._bound = RefusalBound(client, settings.consumer_group, settings.consumer_name,
                                    settings.ingest_max_deliveries, metrics.ingest_given_up)
 
@@ -108,6 +106,8 @@ class StreamIngestor:
         """The consumer group on every input stream, where it is missing. ``again``: one went missing
         while the service ran (its stream or its group deleted): each made now is said."""
         group, written = self._config.consumer_group, self._desk.quarantine.written_key
+        if not again:  # before its own pending entries are read: the runs before's quarantine writes land nothing
+            self._consumer_run = await self._desk.quarantine.run_of(self._client, group, self._config.consumer_name)
         for stream in self._streams:
             # From the beginning: entries appended while the service was down count too.
             start = await self._start_again(stream) if again else b"0"
@@ -355,7 +355,7 @@ class StreamIngestor:
 
     def _acks(self, read: list[Read]) -> Acks:
         """The input entries of facts (one each), acknowledged with their quarantine entries (``QuarantineStream``)."""
-        return Acks(self._config.consumer_group, self._config.consumer_name, [r[:2] for r in read])
+        return Acks(self._config.consumer_group, self._config.consumer_name, [r[:2] for r in read], self._consumer_run)
 
     async def _settle(self, read: list[Read], results: list[Result | DomainError], dead: list[Dead]) -> int:
         """Acknowledge the entries whose facts are durable, dead-letter the refused ones (and ``dead``); others wait."""

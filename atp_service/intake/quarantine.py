@@ -40,25 +40,29 @@ _KIND_NAMES = {k.value: k.name for k in FactKind}
 _FIELDS = 9
 _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: none) and id, its fields' names and values
 
-# KEYS: the stream, the set of written facts' digests, then the input streams of the entries acknowledged;
-# ARGV: MAXLEN, the consumer group, the consumer, then _PER_FACT values a fact. Returns, a fact, 1: written now,
-# 0: written before, -1: not written, its input entry pending to this consumer no more (claimed by another,
-# which decides the fact, or acknowledged by it). The entry, its digest and its input entry's XACK go in the same
-# script (atomic, each fact's after its own write: a write refused leaves its entry pending); the set is trimmed
-# to MAXLEN, oldest first, as the stream is (about MAXLEN entries). A fact written before has its digest taken
-# out and put back as it was: a write of this call, so the WAIT after it (``redis_wait_replicas``) covers the
-# earlier write too — that one's answer lost, on another connection, a WAIT after a call that wrote nothing
-# confirms nothing of it (R7).
+# KEYS: the stream, the set of written facts' digests, the consumer's run key (``run_key``), then the input streams of
+# the entries acknowledged; ARGV: MAXLEN, the consumer group, the consumer, its run ('': none), then _PER_FACT values
+# a fact. A write of an earlier run of the consumer (its run key moved on since: a restart) acknowledges and writes no
+# input entry's fact (-1): landing late, after the next run read the entry again and decided it, it put the fact on
+# the stream as not applied while it was — applied with room come back (R7: a late landing never taken; E8). Returns,
+# a fact, 1: written now, 0: written before, -1: not written, its input entry pending to this consumer no more
+# (claimed by another, which decides the fact, or acknowledged by it; or of a run before). The entry, its digest and
+# its input entry's XACK go in the same script (atomic, each fact's after its own write: a write refused leaves its
+# entry pending); the set is trimmed to MAXLEN, oldest first, as the stream is (about MAXLEN entries). A fact written
+# before has its digest taken out and put back as it was: a write of this call, so the WAIT after it
+# (``redis_wait_replicas``) covers the earlier write too — that one's answer lost, on another connection, a WAIT after
+# a call that wrote nothing confirms nothing of it (R7).
 _ONCE = f"""
 local written = {{}}
-local n = (#ARGV - 3) / {_PER_FACT}
+local n = (#ARGV - 4) / {_PER_FACT}
+local current = ARGV[4] == '' or redis.call('GET', KEYS[3]) == ARGV[4]
 for f = 0, n - 1 do
-  local at = 4 + f * {_PER_FACT}
+  local at = 5 + f * {_PER_FACT}
   local input = tonumber(ARGV[at + 1])
   local ours = true
   if input > 0 then  -- NOGROUP: the group is gone, pending nowhere: written as ever
     local held = redis.pcall('XPENDING', KEYS[input], ARGV[2], ARGV[at + 2], ARGV[at + 2], 1, ARGV[3])
-    ours = held['err'] ~= nil or #held > 0
+    ours = current and (held['err'] ~= nil or #held > 0)
   end
   local before = redis.call('ZSCORE', KEYS[2], ARGV[at])
   if before then
@@ -93,6 +97,8 @@ class Acks(NamedTuple):
     consumer: str
     entries: Sequence[tuple[str, bytes]]
     """(input stream, entry id) a fact."""
+    run: int | None = None
+    """The consumer's run (``QuarantineStream.run_of``), None: none. A write of an earlier run lands nothing."""
 
 
 class QuarantineStream:
@@ -103,11 +109,13 @@ class QuarantineStream:
         self.stream, self._maxlen = stream, maxlen
         self.written_key = written_key(stream)
         """The digests of the facts the stream holds (at most about ``maxlen``)."""
+        self._runs: dict[tuple[str, str], int] = {}  # (group, consumer): this process's run of it (``run_of``)
         self._doubt: OrderedDict[str, None] = OrderedDict()
         """Digests of facts whose write's answer was lost here, oldest first: written or not, counted by none."""
-        self.owed: OrderedDict[tuple[str, bytes], tuple[Fact, str, str, str]] = OrderedDict()
+        self.owed: OrderedDict[tuple[str, bytes], tuple[Fact, str, str, str, int | None]] = OrderedDict()
         """Input entries whose fact's write (with their acknowledgement) failed here, oldest first: (fact, reason,
-        consumer group, consumer) by (stream, entry id), written again before they are read again (``write_owed``)."""
+        consumer group, consumer, its run) by (stream, entry id), written again before they are read again
+        (``write_owed``)."""
 
     @staticmethod
     def digest(fact: Fact) -> str:
@@ -128,8 +136,9 @@ class QuarantineStream:
         calls = []
         for start in range(0, len(facts), CHUNK):
             keys, values = self._call(facts[start:start + CHUNK], digests[start:start + CHUNK],
-                                      acks.entries[start:start + CHUNK] if acks else None)
-            calls.append(Call(WRITE_ONCE_SCRIPT, keys, [self._maxlen, *(acks[:2] if acks else ("", "")), *values]))
+                                      acks.entries[start:start + CHUNK] if acks else None, acks)
+            reader = (acks.group, acks.consumer, "" if acks.run is None else acks.run) if acks else ("", "", "")
+            calls.append(Call(WRITE_ONCE_SCRIPT, keys, [self._maxlen, *reader, *values]))
         try:
             replies = await writer.run(calls)
             failed = next((reply for reply in replies if isinstance(reply, BaseException)), None)
@@ -138,7 +147,8 @@ class QuarantineStream:
         except BaseException:  # a timeout, a reset, a cancel: each may have been written, uncounted
             self._doubt.update(dict.fromkeys(digests))
             if acks:
-                self.owed.update((entry, (*pair, *acks[:2])) for pair, entry in zip(facts, acks.entries, strict=True))
+                self.owed.update((entry, (*pair, acks.group, acks.consumer, acks.run))
+                                 for pair, entry in zip(facts, acks.entries, strict=True))
             for kept in (self._doubt, self.owed):
                 while len(kept) > DOUBT_LIMIT:
                     kept.popitem(last=False)
@@ -156,7 +166,7 @@ class QuarantineStream:
         (decided again: a caller's retry), each once. A fact not written (Redis did not answer, or its entry is
         another consumer's now) gets a refusal for its result: not acknowledged, delivered again. ``metrics``:
         those written counted here (origin ``stream``: facts an owner decided, ``FactDesk.quarantined_there``)."""
-        entries = None if acks is None else Acks(acks.group, acks.consumer, [acks.entries[i] for i in late])
+        entries = None if acks is None else acks._replace(entries=[acks.entries[i] for i in late])
         try:
             written = await self.write(writer, [(facts[i], results[i][1]) for i in late], entries)
         except STORAGE_ERRORS as exc:  # a cluster no node of which answers included
@@ -185,10 +195,11 @@ class QuarantineStream:
         hold them already (E8: decided once). One whose entry another consumer claimed meanwhile (this one's
         Redis away longer than ``claim_idle_ms``) is not written: that one decides it. False: Redis did not
         answer (they stay owed)."""
-        for reader in {(group, consumer) for _, _, group, consumer in self.owed.values()}:
+        for reader in {(group, consumer, run) for _, _, group, consumer, run in self.owed.values()}:
             owed = [(entry, (fact, reason)) for entry, (fact, reason, *r) in self.owed.items() if tuple(r) == reader]
+            acks = Acks(reader[0], reader[1], [e for e, _ in owed], reader[2])
             try:
-                flags = await self.write(writer, [pair for _, pair in owed], Acks(*reader, [e for e, _ in owed]))
+                flags = await self.write(writer, [pair for _, pair in owed], acks)
             except STORAGE_ERRORS:
                 return False
             for (_, (fact, _)), now in zip(owed, flags, strict=True):
@@ -197,15 +208,25 @@ class QuarantineStream:
         return True
 
     def _call(self, facts: Sequence[tuple[Fact, str]], digests: Sequence[str],
-              entries: Sequence[tuple[str, bytes]] | None) -> tuple[list[str], list[Any]]:
-        """One script call's keys, and its facts' values (ARGV after MAXLEN, the group and the consumer)."""
-        inputs = list(dict.fromkeys(stream for stream, _ in entries or ()))  # KEYS[3...]
-        index = {stream: 3 + k for k, stream in enumerate(inputs)}
+              entries: Sequence[tuple[str, bytes]] | None, acks: Acks | None) -> tuple[list[str], list[Any]]:
+        """One script call's keys, and its facts' values (ARGV after MAXLEN, the group, the consumer and its run)."""
+        inputs = list(dict.fromkeys(stream for stream, _ in entries or ()))  # KEYS[4...]
+        index = {stream: 4 + k for k, stream in enumerate(inputs)}
         values: list[Any] = []
         for n, ((fact, reason), d) in enumerate(zip(facts, digests, strict=True)):
             stream, entry_id = entries[n] if entries else ("", b"")
             values += [d, index.get(stream, 0), entry_id, *_flat(fields(fact, reason))]
-        return [self.stream, self.written_key, *inputs], values
+        run = run_key(self.stream, acks.group, acks.consumer) if acks else self.written_key  # read only with a run
+        return [self.stream, self.written_key, run, *inputs], values
+
+    async def run_of(self, client: Any, group: str, consumer: str) -> int:
+        """This process's run of ``consumer``, begun at its reader's first start (before it reads its own pending
+        entries): the writes of its runs before, in doubt (their answers lost, owed in a memory gone with their
+        process), can land nothing now. A reader started again here keeps it: what it wrote in doubt is owed here."""
+        run = self._runs.get((group, consumer))
+        if run is None:
+            run = self._runs[(group, consumer)] = int(await client.incr(run_key(self.stream, group, consumer)))
+        return run
 
 
 def written_key(stream: str) -> str:
@@ -216,6 +237,12 @@ def written_key(stream: str) -> str:
     if "{" in stream or "}" in stream:
         return f"{stream}:written"
     return f"{stream}:written:{{{stream}}}"
+
+
+def run_key(stream: str, group: str, consumer: str) -> str:
+    """The run of ``consumer`` of ``group`` that may write to ``stream`` (``QuarantineStream.run_of``): in the
+    stream's Redis Cluster slot, as ``written_key``, one per consumer (a few; consumers' names are stable)."""
+    return f"{written_key(stream)}:run:{group}:{consumer}"
 
 
 def _flat(entry: dict[str, Any]) -> list[Any]:

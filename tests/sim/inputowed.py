@@ -56,7 +56,7 @@ class OwedWatch:
     def failed(self, redis: SimStreams, keys: list[str], args: list[Any]) -> None:
         """A quarantine script call (``quarantine._ONCE``) refused or its answer lost: its facts' entries owed."""
         consumer = _text(args[2])
-        for at in range(3, len(args), _PER_FACT):
+        for at in range(4, len(args), _PER_FACT):  # after MAXLEN, group, consumer, run
             if (index := int(args[at + 1])) > 0:
                 entry = keys[index - 1], _text(args[at + 2]).encode()
                 self.lost[entry] = consumer, redis.taken.get(entry, 0), len(redis.groups_lost), self.quarantines(entry)

@@ -104,6 +104,9 @@ class GatedClient:
     async def zmscore(self, key: str, members: list[str]) -> Any:
         return await self._gated(self._redis.zmscore(key, members))
 
+    async def incr(self, key: str) -> Any:
+        return await self._gated(self._redis.incr(key))
+
     def pipeline(self, transaction: bool = False) -> Any:
         pipe, gate = self._redis.pipeline(transaction), self._gate
         execute = pipe.execute

@@ -34,20 +34,21 @@ def _id(value: Any) -> bytes:
 def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list[int]:
     """``quarantine._ONCE``: a fact written once by its digest; its input entry acknowledged in the same script,
     only while pending to the consumer writing it (-1 where another holds it now: that one decides the fact)."""
-    stream, written_key, inputs = keys[0], keys[1], keys[2:]
+    stream, written_key, run, inputs = keys[0], keys[1], keys[2], keys[3:]
     group, consumer = _text(args[1]), _text(args[2])
+    current = _text(args[3]) == "" or str(redis.runs.get(run)) == _text(args[3])  # a run before's write: nothing
     written = redis.written.setdefault(written_key, {})
-    values, out = args[3:], []
+    values, out = args[4:], []
     assert len(values) % _PER_FACT == 0
     for at in range(0, len(values), _PER_FACT):
         digest, index, entry_id = _text(values[at]), int(values[at + 1]), _id(values[at + 2])
         flat = values[at + 3:at + 3 + 2 * _FIELDS]
-        ours, input_stream = True, inputs[index - 3] if index > 0 else None
+        ours, input_stream = True, inputs[index - 4] if index > 0 else None
         if input_stream is not None:
             try:
-                ours = bool(redis.xpending_one(input_stream, group, entry_id, consumer))
+                ours = current and bool(redis.xpending_one(input_stream, group, entry_id, consumer))
             except ResponseError:
-                ours = True  # NOGROUP: pending nowhere, written as ever
+                ours = current  # NOGROUP: pending nowhere, written as ever
         if digest in written:
             out.append(0)
         elif not ours:

@@ -111,6 +111,7 @@ class SimStreams:
         self.dead_letters: list[tuple[str, dict[str, str]]] = []  # (dead-letter stream, its fields) as written
         self.hashes: dict[str, dict[str, int | bytes]] = {}  # the readers' owed hashes of entries trimmed unread
         self.marks: dict[str, bytes] = {}  # the groups' made-again marks (``again.py``), by key
+        self.runs: dict[str, int] = {}  # the consumers' runs (``quarantine.run_key``), by key
         self.forgotten: dict[str, int] = {}  # per stream, entries trimmed unread the readers told (``unread._ACK``)
         self.delivered: set[tuple[str, bytes]] = set()  # entries any consumer was given (since the group was made)
         self.unclaimed: set[tuple[str, bytes]] = set()  # trimmed entries ``XAUTOCLAIM`` took out of a pending list
@@ -171,6 +172,12 @@ class SimStreams:
         if kind != "ok":
             raise _fail(kind)
         return out
+
+    async def incr(self, key: str) -> int:
+        """A consumer's run begun (``QuarantineStream.run_of``)."""
+        await asyncio.sleep(0)
+        self.runs[key] = self.runs.get(key, 0) + 1
+        return self.runs[key]
 
     async def zmscore(self, key: str, members: list[str]) -> list[float | None]:
         """``ZMSCORE`` of the quarantine stream's set of facts written (``again.quarantined_before``)."""

@@ -5,10 +5,17 @@ bound, or ``max_on_hand``) is not quarantined again when decided again: room may
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import pytest
 import redis
 
 from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis
+from atp_service.config import ServiceConfig
+from atp_service.intake.ingest import StreamIngestor
+from atp_service.storage.clients import connect_any
 from reservation import Limits
 from tests.atp_service.fact_helpers import F, held_script, wait_consumed
 from tests.atp_service.redis_proxy import HoldingProxy
@@ -94,5 +101,56 @@ async def test_an_owed_quarantine_write_leaves_alone_an_entry_another_consumer_c
         (pending,) = r.xpending_range(STREAM, "atp", "-", "+", 10)
         assert (pending["message_id"], pending["consumer"]) == (entry, b"other"), "still the other's to settle"
     finally:
+        await service.stop()
+        await proxy.close()
+
+
+async def test_a_quarantine_write_of_the_run_before_landing_late_does_not_quarantine_a_fact_the_restart_applied(
+        redis_server: EmbeddedRedis, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect: the quarantine write of ``e2`` (the shard at its bound) was sent and its answer lost; the process
+    stopped, the write owed in a memory gone with it. Started again with room, under the same consumer name (kept
+    stable), the reader read ``e2`` from its own pending list and applied it — and the write of the run before,
+    landing then (a delayed packet), found the entry pending to that consumer, put ``e2`` on the quarantine stream as
+    not applied and acknowledged it. Each start now begins a run of its consumer in Redis before it reads its pending
+    entries, and a write of a run before lands nothing (R7: a late landing never taken; E8: decided once)."""
+    r = redis.Redis.from_url(redis_url)
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    tight = make_config(shards=1, redis_timeout_s=0.5, limits=Limits(max_dedupe_entries_per_shard=1))
+    service = AtpService(tight, await proxy.start())
+    try:
+        await service.start()
+        r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields())  # remembered: the shard is at its bound
+        await wait_consumed(redis_url, [STREAM])
+        proxy.hold(held_script(r), reset=True)  # the quarantine script: sent, its answer lost, kept from Redis
+        r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # a new fact past the bound
+        await until(lambda: proxy.held, "the quarantine write sent, its answer lost")
+    finally:
+        await service.stop()
+    late, landed = proxy.held[0], list[bytes]()
+    service = AtpService(make_config(shards=1, input_streams=(), limits=Limits(max_dedupe_entries_per_shard=10)),
+                         redis_url)
+    try:
+        await service.start()
+        assert service.desk is not None
+        settings = dataclasses.replace(ServiceConfig(input_streams=(STREAM,)).ingest_settings,
+                                       consumer_name=tight.ingest_settings.consumer_name)  # the same consumer
+        reader = StreamIngestor(connect_any(redis_url, 2.0), service.desk, settings, service.clock)
+        record = service.desk.record
+
+        async def applied_then_landed(*args: Any, **kwargs: Any) -> Any:
+            results = await record(*args, **kwargs)  # e2 applied (room now), its entry not acknowledged yet
+            landed.append(await proxy.land(late))  # the run before's write lands now
+            return results
+
+        monkeypatch.setattr(service.desk, "record", applied_then_landed)
+        await reader._create_groups()  # its start
+        await reader._retry_pending()  # its own pending entries first, as its loop does
+        assert landed, "the late write landed"
+        assert r.xpending(STREAM, "atp")["pending"] == 0
+        assert await _on_hand(service) == 9
+        assert r.xrange("atp:quarantine") == [], "e2, applied, on the quarantine stream as not applied"
+        await reader._client.aclose()
+    finally:
+        proxy.drop()
         await service.stop()
         await proxy.close()
