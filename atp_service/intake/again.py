@@ -1,15 +1,16 @@
 """Entries a consumer group made again delivers again: one whose fact the quarantine stream holds is not decided again.
 
-A group made again (``StreamIngestor._create_groups``) starts before the oldest entry the reader may hold unacknowledged
-— from the start of the stream where it has read nothing since its start, or where the group was found missing at the
-start (deleted while the service was down) — so entries settled long ago come again. A duplicate is of no effect (E8)
-and one refused by the clock is acknowledged as refused (``unacked.Unacked.judged``), but one whose fact was quarantined
-for want of room (a shard's bound, ``max_on_hand``), written to the quarantine stream with its entry's XACK, was decided
-again: applied, had room come back (the bound raised and the service restarted, as the runbook says), while the
-quarantine stream, what operators reconcile against, showed it not applied. So an entry at or before the stream's newest
-entry when the group was made, whose fact the quarantine stream holds from a write made after the entry was added (the
-written set's score, the quarantine entry's time, at or past the entry id's), is acknowledged as it is: its quarantine
-stands (E8: decided once). An operator's resend of it from the quarantine stream is a later entry, decided as any.
+A group made again (``StreamIngestor._create_groups``) starts before the oldest entry the reader may hold
+unacknowledged — from the start of the stream where it has read nothing since its start, or where the group was found
+missing at the start (deleted while the service was down) — so entries settled long ago come again. A duplicate is of
+no effect (E8) and one refused by the clock is acknowledged as refused (``unacked.Unacked.judged``), but one whose fact
+was quarantined for want of room (a shard's bound, ``max_on_hand``), written to the quarantine stream with its entry's
+XACK, was decided again: applied, had room come back (the bound raised and the service restarted, as the runbook says),
+while the quarantine stream, what operators reconcile against, showed it not applied. So an entry at or before the
+stream's newest entry when the group was made, whose fact the quarantine stream holds from a write made after the entry
+was added (the written set's score, the quarantine entry's time, at or past the entry id's — raised to the id's where a
+producer's own ids run ahead of Redis's clock), is acknowledged as it is: its quarantine stands (E8: decided once). An
+operator's resend of it from the quarantine stream is a later entry, decided as any.
 
 Whichever reader takes such an entry: the group made again delivers it to any consumer — another process's reader
 (``ATP_OWNERSHIP=leases``), which saw no ``NOGROUP``, or one started since. So the newest entry then is a mark in Redis

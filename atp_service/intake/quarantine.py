@@ -1,20 +1,18 @@
 """The quarantine stream (E6, E8): a quarantined fact is written to it once, however often it is decided.
 
-A fact's outcome is durable in its shard log before its quarantine entry is written. An input entry's fact
-is written there and the entry acknowledged in one script: once the stream holds the fact, its entry is
-never read again, so what the stream says stands (E8: decided once). Acknowledged after, a crash (or the
-write's answer or the acknowledgement lost) in between had the entry read again and its fact decided
-again: quarantined again if it was late or in conflict, but applied if it had been quarantined for want of
-room (a shard's bound, ``max_on_hand``) and room had come back (the bound raised and the service
-restarted, as the runbook says) — while the stream, what operators reconcile against, showed it not
-applied, and their resend of it from there was a duplicate. Operators reconcile the quarantine entries
-against their own systems, one entry a fact: so each write is keyed by the fact, its identity and payload
-(E8), and a script adds the entry only where the set beside the stream (``written_key``: the digests of the
-facts written, scored by their entries' times) does not hold it. The set is trimmed to the stream's own
-length: it says what the stream holds, never more — a flood of late facts costs Redis no more than the
-stream does —, the stream being written by nothing else (the dead-letter stream is refused its name at start:
-dead letters trimmed it of facts the set still held, never written again).
-"""
+A fact's outcome is durable in its shard log before its quarantine entry is written. An input entry's fact is written
+there and the entry acknowledged in one script: once the stream holds the fact, its entry is never read again, so what
+the stream says stands (E8: decided once). Acknowledged after, a crash (or the write's answer or the acknowledgement
+lost) in between had the entry read again and its fact decided again: quarantined again if it was late or in conflict,
+but applied if it had been quarantined for want of room (a shard's bound, ``max_on_hand``) and room had come back (the
+bound raised and the service restarted, as the runbook says) — while the stream, what operators reconcile against,
+showed it not applied, and their resend of it from there was a duplicate. Operators reconcile the quarantine entries
+against their own systems, one entry a fact: so each write is keyed by the fact, its identity and payload (E8), and a
+script adds the entry only where the set beside the stream (``written_key``: the digests of the facts written, scored
+by their entries' times, no earlier than their input entries' ids) does not hold it. The set is trimmed to the stream's
+own length: it says what the stream holds, never more — a flood of late facts costs Redis no more than the stream does
+—, the stream being written by nothing else (the dead-letter stream is refused its name at start: dead letters trimmed
+it of facts the set still held, never written again). """
 
 from __future__ import annotations
 
@@ -73,7 +71,12 @@ for f = 0, n - 1 do
     written[f + 1] = -1
   else
     local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 3, at + {2 + 2 * _FIELDS}))
-    redis.call('ZADD', KEYS[2], string.match(id, '^%d+'), ARGV[at])
+    local score = string.match(id, '^%d+')
+    if input > 0 then  -- no earlier than its input entry's id: a producer's own ids may run ahead of Redis's clock
+      local entry = string.match(ARGV[at + 2], '^%d+')
+      if tonumber(entry) > tonumber(score) then score = entry end
+    end
+    redis.call('ZADD', KEYS[2], score, ARGV[at])
     written[f + 1] = 1
   end
   if input > 0 and ours then

@@ -56,7 +56,8 @@ def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list
         else:
             fields = {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
             redis.quarantined.append((stream, fields, None if input_stream is None else (input_stream, entry_id)))
-            written[digest] = redis.now_ms()  # the quarantine entry's id's time, its score
+            at_ms = redis.now_ms()  # the quarantine entry's id's time, its score: no earlier than its input entry's
+            written[digest] = max(at_ms, id_key(entry_id)[0]) if input_stream is not None else at_ms
             out.append(1)
         if input_stream is not None and ours:
             redis.xack(input_stream, group, entry_id)  # redis.pcall: XACK answers 0 without the group

@@ -56,3 +56,34 @@ async def test_a_fact_quarantined_for_want_of_room_is_not_applied_when_its_group
         assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
     finally:
         await service.stop()
+
+
+async def test_a_quarantined_fact_whose_entry_id_its_producer_stamped_ahead_is_not_applied_when_delivered_again(
+        redis_url: str) -> None:
+    """Defect: the producer writes its entries with ids of its own (``XADD <ms>-<seq>``, its clock an hour ahead of
+    Redis's). ``e2`` was quarantined for want of room and written to the quarantine stream, its entry acknowledged;
+    restarted with room, the group deleted and made again from the start, the service applied ``e2`` (on_hand 9):
+    the quarantine stream's set scored ``e2`` at Redis's time, before its entry's id, so it was taken for a later
+    entry (an operator's resend) and decided again. Its quarantine stands (E8): scored no earlier than its entry."""
+    r: Any = redis.Redis.from_url(redis_url)
+    seconds, micros = r.time()
+    ahead = seconds * 1000 + micros // 1000 + 3_600_000
+    service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=1)), redis_url)
+    try:
+        await service.start()
+        r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields(), id=f"{ahead}-1")
+        r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields(), id=f"{ahead}-2")  # past the bound
+        await wait_consumed(redis_url, [STREAM])
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+    finally:
+        await service.stop()
+    service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=10)), redis_url)
+    try:
+        await service.start()
+        r.xgroup_destroy(STREAM, "atp")  # an operator's, or a Redis restored without it
+        r.xadd(STREAM, F("e3", "RECEIPT", "A", "S1", 1, T + 2).fields(), id=f"{ahead}-3")
+        await until(lambda: _group_made_again(r), "the group made again")
+        await wait_consumed(redis_url, [STREAM])
+        assert await _on_hand(service) == 5, "e2, quarantined and on the quarantine stream, applied when read again"
+    finally:
+        await service.stop()
