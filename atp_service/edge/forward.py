@@ -227,7 +227,7 @@ class Forwarder:
         once the routes name another owner for one of its own groups (``OwnerWatch``)."""
         metadata = tuple(context.invocation_metadata() or ())
         owners = list(requests)
-        shards = self.routing().shards
+        shards = self.owners.shards
         answers = await asyncio.gather(*(self.owners.asked(partial(self._send, owner, method, requests[owner], context,
                                                                    metadata), owner, method in CHANGES,
                                                            groups_of(requests[owner], shards))

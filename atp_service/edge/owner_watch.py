@@ -39,6 +39,9 @@ class OwnerWatch:
 
     def __init__(self) -> None:
         self._waiting: dict[int, dict[asyncio.Future[Lost], str]] = {}
+        self.shards = 0
+        """The groups of the routes last read (0: none read yet): what a part's SKUs are placed among, kept here
+        so a call split by owner need not build the whole routing table (one lookup a group) to learn it."""
 
     @contextmanager
     def lost(self, groups: Groups, owner: str) -> Iterator[asyncio.Future[Lost]]:
@@ -61,6 +64,7 @@ class OwnerWatch:
 
     def routes_read(self, table: RoutingTable) -> None:
         """The routes just read: the calls of each group whose owner is not the one they went to are told."""
+        self.shards = table.shards
         if not self._waiting:
             return
         now = {route.group: route.address for route in table.routes}
