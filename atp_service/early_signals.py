@@ -28,9 +28,15 @@ def catch_stops() -> None:
     the start anyway; nothing is running yet whose tasks SIGUSR1 could show)."""
     for sig in STOPS:
         signal.signal(sig, _note)
+    ignore_reloads()
+    release_stops()
+
+
+def ignore_reloads() -> None:
+    """SIGHUP and SIGUSR1 ignored: whenever the event loop does not handle them (before it takes the signals
+    over, and again once it closed: its close gives each back its default action, which terminates)."""
     for sig in (signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
-    release_stops()
 
 
 def release_stops() -> None:

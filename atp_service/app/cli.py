@@ -27,7 +27,7 @@ from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_se
 from atp_service.app.stop_steps import StopFailed
 from atp_service.config import ServiceConfig
 from atp_service.config_values import redacted
-from atp_service.early_signals import noted, release_stops, stops_held
+from atp_service.early_signals import ignore_reloads, noted, release_stops, stops_held
 from atp_service.edge.fits import check_settings
 from atp_service.edge.transport import reexec_for
 from atp_service.logs import set_up_logging
@@ -120,6 +120,9 @@ def serve(config: ServiceConfig) -> int:
         print(f"atp-service: {exc}", file=sys.stderr)
         return 2
     finally:
+        # The loop's close gave SIGHUP (a reload) and SIGUSR1 their default action, which terminates (uvloop
+        # drops them): ignored again, so one sent while Redis stops or the process exits leaves its status be.
+        ignore_reloads()
         if embedded is not None:
             embedded.stop()
     return status
@@ -151,8 +154,7 @@ class _EarlyStop:
         self.signal: int | None = noted()  # one that came while the modules loaded (early_signals)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._note)
-        for sig in (signal.SIGHUP, signal.SIGUSR1):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_reloads()
         release_stops()  # a process re-executed with them held and entered here, not through ``catch_stops``
 
     def _note(self, signum: int, _frame: object) -> None:
