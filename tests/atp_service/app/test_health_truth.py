@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 
 import grpc
 import pytest
@@ -38,21 +39,48 @@ async def not_serving(asked: Awaitable[int]) -> bool:
     return await asked == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def start_held(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """The start held at a later step (the input streams' groups: waiting on Redis, say): the event set once it
+    is reached, and the one that releases it."""
+    reached, go_on = asyncio.Event(), asyncio.Event()
+    original = StreamIngestor.start
+
+    async def held_start(self: StreamIngestor) -> None:
+        reached.set()
+        await go_on.wait()
+        await original(self)
+
+    monkeypatch.setattr(StreamIngestor, "start", held_start)
+    return reached, go_on
+
+
+@asynccontextmanager
+async def served(service: AtpService, *holds: asyncio.Event) -> AsyncIterator[tuple[asyncio.Future[int],
+                                                                                    asyncio.Event]]:
+    """``atp-service serve``'s loop over ``service``: its exit status to come, and the event that asks it to stop
+    (a SIGTERM's); however the block ends, every hold is released, the stop asked, the signals the loop took given
+    back to the test process, and the service stopped."""
+    request = cli._StopRequest(None)
+    serving = asyncio.ensure_future(cli._serve_until_stopped(service.config, service, request, lambda: False))
+    loop = asyncio.get_running_loop()
+    try:
+        yield serving, request.event
+    finally:
+        for hold in holds:
+            hold.set()
+        request.event.set()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+            loop.remove_signal_handler(sig)  # the test process's own again
+        await asyncio.wait_for(service.stop(grace_s=0.1), START_LIMIT_S)
+
+
 async def test_a_shard_that_fails_while_the_start_waits_leaves_health_not_serving(
         redis_url: str, monkeypatch: object) -> None:
     """Defect: a shard that stopped working while the start still waited on a later step (the input
     streams' groups, the channel feeds: each waits for Redis as long as it takes) set health
     NOT_SERVING, and the start then set it SERVING at its end: a service told to stop to be
     restarted (``failed``) said SERVING, the shard answering every call UNAVAILABLE."""
-    reached, go_on = asyncio.Event(), asyncio.Event()
-    original = StreamIngestor.start
-
-    async def held_start(self: StreamIngestor) -> None:  # the step waiting (on Redis, say) until released
-        reached.set()
-        await go_on.wait()
-        await original(self)
-
-    monkeypatch.setattr(StreamIngestor, "start", held_start)  # type: ignore[attr-defined]
+    reached, go_on = start_held(monkeypatch)  # type: ignore[arg-type]
     service = AtpService(config_for_tests(), redis_url)
     starting = asyncio.ensure_future(service.start())
     try:
@@ -76,30 +104,14 @@ async def test_a_service_told_to_stop_during_its_start_is_never_announced_ready(
     found then: a rolling deploy's two starts) left health NOT_SERVING, and ``atp-service serve`` then printed the
     ready banner and logged ``ready`` all the same — what a deploy waits for — before it stopped (exit status 4, or
     3). It stops without announcing anything."""
-    reached, go_on = asyncio.Event(), asyncio.Event()
-    original = StreamIngestor.start
-
-    async def held_start(self: StreamIngestor) -> None:
-        reached.set()
-        await go_on.wait()
-        await original(self)
-
-    monkeypatch.setattr(StreamIngestor, "start", held_start)
+    reached, go_on = start_held(monkeypatch)
     service = AtpService(config_for_tests(), redis_url)
-    serving = asyncio.ensure_future(cli._serve_until_stopped(service.config, service, cli._StopRequest(None),
-                                                             lambda: False))
-    loop = asyncio.get_running_loop()
-    try:
+    async with served(service, go_on) as (serving, _):
         await asyncio.wait_for(reached.wait(), START_LIMIT_S)
         assert service.engine is not None
         service.engine.actors[0].break_down(RuntimeError("a bug in shard 0's turn"))
         go_on.set()
         assert await asyncio.wait_for(serving, START_LIMIT_S) == cli.EXIT_SHARD_FAILED
-    finally:
-        go_on.set()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
-            loop.remove_signal_handler(sig)  # the test process's own again
-        await asyncio.wait_for(service.stop(grace_s=0.1), START_LIMIT_S)
     assert "ready" not in capsys.readouterr().out
 
 
@@ -116,23 +128,14 @@ async def test_health_says_serving_only_once_the_demo_estate_is_loaded(
 
     monkeypatch.setattr(cli, "load_demo", held_load)
     service = AtpService(config_for_tests(demo=True), redis_url)
-    request = cli._StopRequest(None)
-    serving = asyncio.ensure_future(cli._serve_until_stopped(service.config, service, request, lambda: False))
-    loop = asyncio.get_running_loop()
-    try:
+    async with served(service, go_on) as (serving, stop):
         await asyncio.wait_for(reached.wait(), START_LIMIT_S)
         assert await health(service.port) == health_pb2.HealthCheckResponse.NOT_SERVING
         go_on.set()
         await until(lambda: "ATP service ready" in capsys.readouterr().out, "the ready banner", START_LIMIT_S)
         assert await health(service.port) == health_pb2.HealthCheckResponse.SERVING
-        request.event.set()
+        stop.set()
         assert await asyncio.wait_for(serving, START_LIMIT_S) == 0
-    finally:
-        go_on.set()
-        request.event.set()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
-            loop.remove_signal_handler(sig)  # the test process's own again
-        await asyncio.wait_for(service.stop(grace_s=0.1), START_LIMIT_S)
 
 
 async def test_a_service_told_to_stop_while_the_demo_estate_loads_is_never_announced_ready(
@@ -149,14 +152,6 @@ async def test_a_service_told_to_stop_while_the_demo_estate_loads_is_never_annou
 
     monkeypatch.setattr(cli, "load_demo", load_then_a_shard_fails)
     service = AtpService(config_for_tests(demo=True), redis_url)
-    request = cli._StopRequest(None)
-    serving = asyncio.ensure_future(cli._serve_until_stopped(service.config, service, request, lambda: False))
-    loop = asyncio.get_running_loop()
-    try:
+    async with served(service) as (serving, _):
         assert await asyncio.wait_for(serving, START_LIMIT_S) == cli.EXIT_SHARD_FAILED
-    finally:
-        request.event.set()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
-            loop.remove_signal_handler(sig)  # the test process's own again
-        await asyncio.wait_for(service.stop(grace_s=0.1), START_LIMIT_S)
     assert "ready" not in capsys.readouterr().out

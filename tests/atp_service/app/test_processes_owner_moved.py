@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -19,35 +19,11 @@ from tests.atp_service.app.test_processes import SHARDS, group_of, owned, start_
 from tests.atp_service.app.test_processes_owner_lost import DEADLINE_S, beside_a_silent_one
 from tests.atp_service.app.test_processes_split import counts_block
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.edge.test_forward import silent_peer
 from tests.conftest import ServiceFactory
 from tests.ports import held_port
 
-__all__ = ["start_process"]  # the fixture, used here by name
-
-
-@pytest.fixture
-async def silent_owner() -> AsyncIterator[tuple[str, asyncio.Event]]:
-    """A real gRPC server whose every call, unary or stream, waits for good without a word (a paused owner),
-    and the event set once a call has reached it."""
-    reached = asyncio.Event()
-
-    async def never(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        reached.set()
-        await asyncio.Event().wait()
-        return b""
-
-    class Every(grpc.GenericRpcHandler):
-        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
-            if str(details.method).endswith("/ReserveStream"):
-                return grpc.stream_stream_rpc_method_handler(never)  # type: ignore[arg-type]
-            return grpc.unary_unary_rpc_method_handler(never)
-
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((Every(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield f"127.0.0.1:{port}", reached
-    await server.stop(0)
+__all__ = ["silent_peer", "start_process"]  # the fixtures, used here by name
 
 
 def _sku_in(group: int) -> str:
@@ -82,7 +58,7 @@ async def _refusal(call: asyncio.Future[Any]) -> Refusal:
                                               (_counts, "OUTCOME_UNKNOWN")],
                          ids=["RecordEvents", "GetAvailability", "LoadCounts"])
 async def test_a_part_split_by_owner_ends_once_its_own_group_has_another_owner(
-        start_process: ServiceFactory, silent_owner: tuple[str, asyncio.Event],
+        start_process: ServiceFactory, silent_peer: tuple[str, asyncio.Event],
         call: Callable[[Any, list[str]], Awaitable[Any]], reason: str) -> None:
     """A part of a call split by owner (``Forwarder.ask_each``) was ended only once the routes named its owner
     for no group at all: an owner that stopped answering with the part in hand and lost the part's group, but
@@ -90,7 +66,7 @@ async def test_a_part_split_by_owner_ends_once_its_own_group_has_another_owner(
     elsewhere all along. Here the silent process holds two groups, the part has a row of each, and two more
     processes join (a share of one group each): it hands one over and keeps the other. The part ends once its
     group has another owner: facts and counts in doubt (R7: a retry is safe, E8), a read ``GROUP_MOVED``."""
-    silent, reached = silent_owner
+    silent, reached = silent_peer
     a, gone = await beside_a_silent_one(start_process, silent)
     held = sorted(owned(gone[0]))
     asked = asyncio.ensure_future(call(a[1].stub, [_sku_in(g) for g in held]))
@@ -104,14 +80,14 @@ async def test_a_part_split_by_owner_ends_once_its_own_group_has_another_owner(
 
 
 async def test_a_reserve_stream_part_sent_to_an_owner_that_lost_its_group_is_answered_in_doubt_at_once(
-        start_process: ServiceFactory, silent_owner: tuple[str, asyncio.Event]) -> None:
+        start_process: ServiceFactory, silent_peer: tuple[str, asyncio.Event]) -> None:
     """A ``ReserveStream`` item of a group another process owns is sent to that owner on an outbound stream
     (``edge.streams``). The owner stopped answering with the part in hand and its groups passed to another
     process; the part went on waiting ``PEER_CALL_MAX_S`` (30 s) for the silent one, unwatched by the routes,
     and every batch behind it with it. Once the routes name another owner of the part's group the part is
     answered at once, in doubt (R7: the silent owner may have decided it; the same id at the new owner answers
     what was decided, R5). The read is bounded below 30 s: unbounded, the item was answered so only then."""
-    silent, reached = silent_owner
+    silent, reached = silent_peer
     a, gone = await beside_a_silent_one(start_process, silent)
     sku = _sku_in(min(owned(gone[0])))
     stream = a[1].stub.ReserveStream()

@@ -12,14 +12,11 @@ from pathlib import Path
 import pytest
 
 from atp_service import AtpService
-from atp_service.app import cli
-from atp_service.intake.ingest import StreamIngestor
+from tests.atp_service.app.test_health_truth import START_LIMIT_S, served, start_held
 from tests.atp_service.channel_helpers import ESTATE, write_estate
 from tests.conftest import test_config as config_for_tests
 from tests.waiting import until
 
-START_LIMIT_S = 30.0
-"""A bound on how long the start may take to reach the step the test holds (not a timing)."""
 OUTLET = '\n[[channels]]\nname = "outlet"\nsells_from = ["dc-1"]\nthrottle_ms = 0\n'
 
 
@@ -30,22 +27,11 @@ async def test_a_sighup_while_starting_reloads_the_estate_once_serving(
     forgotten: the service served the estate file as it was before the operator changed it, and the operator,
     who sent the signal and saw the service come up, took the new estate for loaded — until a restart or another
     SIGHUP. It is kept, and applied once the service serves (before its ready line), said to be late."""
-    reached, go_on = asyncio.Event(), asyncio.Event()
-    original = StreamIngestor.start
-
-    async def held_start(self: StreamIngestor) -> None:  # the start's later step, waiting until released
-        reached.set()
-        await go_on.wait()
-        await original(self)
-
-    monkeypatch.setattr(StreamIngestor, "start", held_start)
+    reached, go_on = start_held(monkeypatch)
     caplog.set_level(logging.INFO, logger="atp_service")
     path = write_estate(tmp_path)
     service = AtpService(config_for_tests(estate=path), redis_url)
-    request = cli._StopRequest(None)
-    serving = asyncio.ensure_future(cli._serve_until_stopped(service.config, service, request, lambda: False))
-    loop = asyncio.get_running_loop()
-    try:
+    async with served(service, go_on) as (serving, stop):
         await asyncio.wait_for(reached.wait(), START_LIMIT_S)
         path.write_text(ESTATE + OUTLET)  # the operator adds a channel, and tells the service
         os.kill(os.getpid(), signal.SIGHUP)
@@ -57,11 +43,5 @@ async def test_a_sighup_while_starting_reloads_the_estate_once_serving(
         assert sorted(service.channels.feeds) == ["market", "outlet", "pickup", "web"], caplog.text  # was: no outlet
         assert "outlet" in service.estate.channels
         assert "SIGHUP (sent while starting, applied now it serves): estate reloaded" in caplog.text
-        request.event.set()
+        stop.set()
         assert await asyncio.wait_for(serving, START_LIMIT_S) == 0
-    finally:
-        go_on.set()
-        request.event.set()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
-            loop.remove_signal_handler(sig)  # the test process's own again
-        await asyncio.wait_for(service.stop(grace_s=0.1), START_LIMIT_S)

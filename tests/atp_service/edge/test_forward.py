@@ -353,17 +353,19 @@ async def test_a_forwarded_change_whose_owner_is_lost_mid_call_is_answered_in_do
 
 @pytest.fixture
 async def silent_peer() -> AsyncIterator[tuple[str, asyncio.Event]]:
-    """A real gRPC server whose every unary call waits for good (a paused owner), and the event
-    set once a call has reached it."""
+    """A real gRPC server whose every call, unary or stream, waits for good without a word (a paused owner),
+    and the event set once a call has reached it."""
     reached = asyncio.Event()
 
-    async def never(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    async def never(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         reached.set()
         await asyncio.Event().wait()
         return b""
 
     class Every(grpc.GenericRpcHandler):
         def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+            if str(details.method).endswith("/ReserveStream"):
+                return grpc.stream_stream_rpc_method_handler(never)  # type: ignore[arg-type]
             return grpc.unary_unary_rpc_method_handler(never)
 
     server = grpc.aio.server()

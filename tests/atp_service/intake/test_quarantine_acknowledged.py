@@ -35,6 +35,18 @@ async def _on_hand(service: AtpService) -> int:
         await client.close()
 
 
+async def quarantine_write_held(service: AtpService, r: redis.Redis, redis_url: str, proxy: HoldingProxy) -> None:
+    """``service`` (one shard remembering one fact at most) started; ``e1`` remembered, the shard at its bound;
+    ``e2`` read past it and its quarantine write sent, its answer lost and the script kept from Redis by
+    ``proxy`` (``proxy.held[0]``: landed when the test says)."""
+    await service.start()
+    r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields())
+    await wait_consumed(redis_url, [STREAM])
+    proxy.hold(held_script(r), reset=True)
+    r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())
+    await until(lambda: proxy.held, "the quarantine write sent, its answer lost")
+
+
 async def test_a_fact_quarantined_for_want_of_room_whose_write_s_answer_was_lost_is_not_applied_later(
         redis_server: EmbeddedRedis, redis_url: str) -> None:
     """Defect: the quarantine write ran but its answer was lost, so the entry stayed pending; read again by
@@ -47,12 +59,7 @@ async def test_a_fact_quarantined_for_want_of_room_whose_write_s_answer_was_lost
     tight = make_config(shards=1, redis_timeout_s=0.5, limits=Limits(max_dedupe_entries_per_shard=1))
     service = AtpService(tight, await proxy.start())
     try:
-        await service.start()
-        r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields())  # remembered: the shard is at its bound
-        await wait_consumed(redis_url, [STREAM])
-        proxy.hold(held_script(r), reset=True)  # the quarantine script: sent, its answer lost
-        r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # a new fact past the bound
-        await until(lambda: proxy.held, "the quarantine write sent, its answer lost")
+        await quarantine_write_held(service, r, redis_url, proxy)
         await proxy.land(proxy.held[0])  # it ran: the fact is in the quarantine stream
         assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
     finally:
@@ -118,12 +125,7 @@ async def test_a_quarantine_write_of_the_run_before_landing_late_does_not_quaran
     tight = make_config(shards=1, redis_timeout_s=0.5, limits=Limits(max_dedupe_entries_per_shard=1))
     service = AtpService(tight, await proxy.start())
     try:
-        await service.start()
-        r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields())  # remembered: the shard is at its bound
-        await wait_consumed(redis_url, [STREAM])
-        proxy.hold(held_script(r), reset=True)  # the quarantine script: sent, its answer lost, kept from Redis
-        r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # a new fact past the bound
-        await until(lambda: proxy.held, "the quarantine write sent, its answer lost")
+        await quarantine_write_held(service, r, redis_url, proxy)
     finally:
         await service.stop()
     late, landed = proxy.held[0], list[bytes]()
