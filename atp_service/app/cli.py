@@ -242,7 +242,9 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, reque
     if request.event.is_set() or service.failed.is_set() or service.replaced.is_set():
         return await _shut_down(config, service, request)  # told to stop while the demo estate loaded: never ready
     await service.serve()  # demo: NOT_SERVING until its estate is in (callers were answered from an empty one)
-    await reloads.serving()  # a SIGHUP while starting: its estate loaded before the ready line
+    await reloads.serving(request.event)  # a SIGHUP while starting: its estate loaded before the ready line
+    if request.event.is_set() or service.failed.is_set() or service.replaced.is_set():
+        return await _shut_down(config, service, request)  # told to stop meanwhile: never ready
     # Recovered state is long-lived: move it out of the collector's view.
     gc.collect()
     gc.freeze()

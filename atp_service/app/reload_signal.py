@@ -11,7 +11,7 @@ import logging
 
 from atp_service.app.keyspace import StartupError
 from atp_service.app.service import AtpService
-from atp_service.tasks import keep
+from atp_service.tasks import cancel_and_wait, keep
 from reservation import Unavailable
 
 log = logging.getLogger("atp_service")
@@ -36,12 +36,27 @@ class SignalledReloads:
             log.info("SIGHUP while starting: the estate is reloaded once the service serves",
                      extra={"event": "estate_reload_deferred"})
 
-    async def serving(self) -> None:
-        """From now on a SIGHUP reloads at once; one that came while starting is applied now."""
+    async def serving(self, stop: asyncio.Event) -> None:
+        """From now on a SIGHUP reloads at once; one that came while starting is applied now, unless ``stop`` (a stop
+        signal) is set first: then the reload is ended (its Redis reads come before any change, its passes finish
+        whole) and the next start reads the estate file. Awaited whole, it held the stop for as long as Redis was slow
+        to answer, and the service then said it was ready."""
         self._serving = True
-        if self.deferred:
-            self.deferred = False
-            await self._reload(late=True)
+        if not self.deferred:
+            return
+        self.deferred = False
+        reloading = asyncio.ensure_future(self._reload(late=True))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((reloading, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not reloading.done():  # a stop signal, or this wait cancelled: the reload ends too
+                await cancel_and_wait(reloading)
+                log.info("stop signal while the estate was reloaded for a SIGHUP sent while starting: the reload "
+                         "is abandoned (the next start reads the estate file)", extra={"event": "start_abandoned"})
+        if not reloading.cancelled():
+            reloading.result()  # its failures are said in its log
 
     async def _reload(self, late: bool) -> None:
         when = " (sent while starting, applied now it serves)" if late else ""

@@ -45,3 +45,35 @@ async def test_a_sighup_while_starting_reloads_the_estate_once_serving(
         assert "SIGHUP (sent while starting, applied now it serves): estate reloaded" in caplog.text
         stop.set()
         assert await asyncio.wait_for(serving, START_LIMIT_S) == 0
+
+
+async def test_a_stop_while_the_deferred_reload_runs_ends_it_never_ready(
+        redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Defect: the reload of a SIGHUP sent while starting was awaited whole once the service served, a stop signal
+    meanwhile unseen: the stop waited for it (its reads of Redis: a slow or absent Redis held the stop, a second signal
+    too), and the service then printed its ready banner and logged ``ready`` though told to stop first. The stop ends
+    the reload (its reads come before any change; the next start reads the estate file) and the service is never
+    ready, as a stop while the demo estate loads."""
+    reached, go_on = start_held(monkeypatch)
+    reloading, never = asyncio.Event(), asyncio.Event()
+
+    async def held_reload(self: AtpService) -> dict[str, int]:  # waiting on Redis, as long as the test likes
+        reloading.set()
+        await never.wait()
+        return {}
+
+    monkeypatch.setattr(AtpService, "reload_estate", held_reload)
+    caplog.set_level(logging.INFO, logger="atp_service")
+    service = AtpService(config_for_tests(estate=write_estate(tmp_path)), redis_url)
+    async with served(service, never, go_on) as (serving, stop):
+        await asyncio.wait_for(reached.wait(), START_LIMIT_S)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await until(lambda: any("SIGHUP" in r.getMessage() for r in caplog.records), "the SIGHUP taken",
+                    START_LIMIT_S)
+        go_on.set()
+        await asyncio.wait_for(reloading.wait(), START_LIMIT_S)
+        stop.set()  # SIGTERM
+        assert await asyncio.wait_for(serving, START_LIMIT_S) == 0  # was: TimeoutError, the stop waiting on the reload
+        assert "ATP service ready" not in capsys.readouterr().out
+        assert not any(getattr(r, "event", None) == "ready" for r in caplog.records)
