@@ -155,7 +155,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     needs += [Need(("EXISTS", written), written, use), Need(("ZMSCORE", written, "d"), written, use)]
     run = run_key(quarantine, group, consumer)  # this consumer's run: a write of a run before lands nothing
     needs += [Need(("EVALSHA", SHA, 4, quarantine, written, run, s), s, use) for s in streams]
-    needs += [Need(("INCR", run), run, use), Need(("GET", run), run, use)]
+    needs += [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use)]  # SET: lost
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
         ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"))]
     for s in streams:

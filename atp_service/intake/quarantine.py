@@ -42,7 +42,10 @@ _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: no
 # the entries acknowledged; ARGV: MAXLEN, the consumer group, the consumer, its run ('': none), then _PER_FACT values
 # a fact. A write of an earlier run of the consumer (its run key moved on since: a restart) acknowledges and writes no
 # input entry's fact (-1): landing late, after the next run read the entry again and decided it, it put the fact on
-# the stream as not applied while it was — applied with room come back (R7: a late landing never taken; E8). Returns,
+# the stream as not applied while it was — applied with room come back (R7: a late landing never taken; E8). A run key
+# below the write's run, or gone, is one Redis lost (a failover to a replica its INCR had not reached, a restart from
+# older data): set back to the write's run, which goes on — left, every write of the process's run was refused for as
+# long as it ran, its quarantined facts' entries pending for ever (liveness). Returns,
 # a fact, 1: written now, 0: written before, -1: not written, its input entry pending to this consumer no more
 # (claimed by another, which decides the fact, or acknowledged by it; or of a run before). The entry, its digest and
 # its input entry's XACK go in the same script (atomic, each fact's after its own write: a write refused leaves its
@@ -53,7 +56,16 @@ _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: no
 _ONCE = f"""
 local written = {{}}
 local n = (#ARGV - 4) / {_PER_FACT}
-local current = ARGV[4] == '' or redis.call('GET', KEYS[3]) == ARGV[4]
+local current = true
+if ARGV[4] ~= '' then  -- fenced out by a later run only: a run Redis lost (the key gone, or behind) is taken again
+  local held = redis.call('GET', KEYS[3])
+  local run, ours = held and tonumber(held) or 0, tonumber(ARGV[4])
+  if run > ours then
+    current = false
+  elseif run < ours then
+    redis.call('SET', KEYS[3], ARGV[4])
+  end
+end
 for f = 0, n - 1 do
   local at = 5 + f * {_PER_FACT}
   local input = tonumber(ARGV[at + 1])

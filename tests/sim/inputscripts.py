@@ -36,7 +36,12 @@ def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list
     only while pending to the consumer writing it (-1 where another holds it now: that one decides the fact)."""
     stream, written_key, run, inputs = keys[0], keys[1], keys[2], keys[3:]
     group, consumer = _text(args[1]), _text(args[2])
-    current = _text(args[3]) == "" or str(redis.runs.get(run)) == _text(args[3])  # a run before's write: nothing
+    current = True  # a later run's write before: nothing; a run lost (gone, behind) taken again
+    if _text(args[3]) != "":
+        if redis.runs.get(run, 0) > int(_text(args[3])):
+            current = False
+        else:
+            redis.runs[run] = int(_text(args[3]))
     written = redis.written.setdefault(written_key, {})
     values, out = args[4:], []
     assert len(values) % _PER_FACT == 0

@@ -156,3 +156,31 @@ async def test_a_quarantine_write_of_the_run_before_landing_late_does_not_quaran
         proxy.drop()
         await service.stop()
         await proxy.close()
+
+
+@pytest.mark.parametrize("lost", ["gone", "behind"])
+async def test_a_consumer_s_run_redis_lost_does_not_keep_its_quarantine_writes_from_landing(
+        redis_url: str, lost: str) -> None:
+    """Defect: the run a process took at its start (``INCR``) was lost by Redis (a failover to a replica the ``INCR``
+    had not reached, or a restart from older data): the key gone, or back at the run before. The quarantine script
+    took every write of the process's run for one of a run before, for as long as the process ran: a fact quarantined
+    for want of room was never written to the quarantine stream, its entry pending for ever, read again and decided
+    again every second (liveness). Only a later run fences a write out; a run Redis lost is taken again."""
+    r = redis.Redis.from_url(redis_url)
+    service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=1)), redis_url)
+    try:
+        await service.start()
+        (key,) = r.keys("atp:quarantine:written:*:run:*")
+        assert int(r.get(key)) == 1
+        if lost == "gone":
+            r.delete(key)
+        else:
+            r.set(key, 0)
+        r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields())  # remembered: the shard is at its bound
+        r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # past the bound: quarantined
+        await wait_consumed(redis_url, [STREAM], timeout_s=10)
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+        assert int(r.get(key)) == 1, "the run taken again"
+        assert await _on_hand(service) == 4
+    finally:
+        await service.stop()
