@@ -12,20 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from atp_service.channels.aside import SetAside
-from atp_service.channels.curator import Curator, Offer, skus_per_slice, zero_lines
+from atp_service.channels.curator import Curator, zero_lines
+from atp_service.channels.desk_curation import DeskCuration
+from atp_service.channels.desk_marks import DurableMarks
 from atp_service.channels.estate import Channel, Estate
 from atp_service.channels.feeds import Confirmations, known_feeds, next_feeds, unsettled
-from atp_service.channels.marks import loaded_times, mark_skus, remark, velocity_at, velocity_rank
-from atp_service.channels.passes import in_slices, withdraw_dropped, withdraw_unheld
+from atp_service.channels.passes import withdraw_dropped, withdraw_unheld
 from atp_service.channels.restamp import restamp_task
-from atp_service.channels.urgent import UrgentWrites, due_now
+from atp_service.channels.urgent import UrgentWrites
 from atp_service.config import ChannelSettings
-from atp_service.config_slices import CELLS_PER_OFFER, PUBLISH_WRITES_PER_ROUND
+from atp_service.config_slices import PUBLISH_WRITES_PER_ROUND
 from atp_service.engine.clock import Clock
 from atp_service.engine.router import Engine
 from atp_service.metrics import ChannelMetrics
@@ -34,16 +34,17 @@ from atp_service.storage.channel_store import ChannelStore, WriteRefused, settle
 from atp_service.storage.channel_wire import values_of
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait, each_to_its_end, finish_uncancelled
-from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, Reason
-from reservation._events import CountsLoaded, FactApplied, HoldMoved, SafetyStockSet, Shipped
+from reservation import ChannelUpdate, Feed, Key, NotFound, Published, Reason
 
 log = logging.getLogger(__name__)
 DESK_RETRY = BackoffPolicy(first_s=0.05, max_s=2.0)
 """Waits of the desk between tries while Redis does not answer."""
-_DEMAND = (FactKind.SALE, FactKind.SHIPMENT)
 
 
-class ChannelDesk:
+class ChannelDesk(DurableMarks, DeskCuration):
+    """The feeds' lifecycle, the loop of rounds, the writes and their settling, and reads; what changed is
+    marked by ``DurableMarks`` (desk_marks.py), a round curated by ``DeskCuration`` (desk_curation.py)."""
+
     def __init__(self, engine: Engine, estate: Estate, store: ChannelStore, clock: Clock,
                  settings: ChannelSettings, metrics: ChannelMetrics | None = None) -> None:
         self.engine, self.estate, self.store, self.clock, self.settings = engine, estate, store, clock, settings
@@ -133,77 +134,6 @@ class ChannelDesk:
     def poke(self) -> None:  # look at the feeds now (tests with a manual clock call it after moving time)
         self._wake.set()
 
-    # -- intake: runs inside a shard actor's completion callback; keep it short ------------
-    def on_undone(self, shard: int, entry: LogEntry) -> None:
-        """An entry taken back (its append failed): curate its SKUs again, from what is durable (C4)."""
-        now = self.clock.now_ms()
-        for event in entry.events:
-            if isinstance(event, FactApplied):
-                sku, loc = event.fact.sku, event.fact.location
-            elif isinstance(event, (HoldMoved, Shipped, SafetyStockSet)):
-                sku, loc = event.sku, event.location
-            else:
-                if isinstance(event, CountsLoaded):
-                    self._mark_loaded(event, False, now)
-                continue
-            self._dirty.setdefault(sku, {}).setdefault(loc, 0)
-            self._dirty_at.setdefault(sku, now)
-        self._wake.set()
-
-    def on_durable(self, shard: int, entry: LogEntry) -> None:
-        dirty, ts, now = self._dirty, entry.ts, self.clock.now_ms()
-        actor = self.engine.actors[shard]
-        zero_lines, store, stockouts = self._zero_lines, actor.positions(), False
-        ahead = in_flight[0] if zero_lines and (in_flight := actor.ahead_of_log()) else None  # C4: moves in flight
-        demand: dict[str, int] = {}
-        for event in entry.events:
-            if isinstance(event, FactApplied):
-                f = event.fact
-                sku, loc, t = f.sku, f.location, f.event_time
-                if f.kind in _DEMAND:
-                    demand[sku] = demand.get(sku, 0) + abs(f.quantity)
-            elif isinstance(event, HoldMoved):
-                sku, loc, t = event.sku, event.location, ts
-                if event.d_reserved > 0:
-                    demand[sku] = demand.get(sku, 0) + event.d_reserved
-            elif isinstance(event, (Shipped, SafetyStockSet)):
-                sku, loc, t = event.sku, event.location, ts
-            else:
-                if isinstance(event, CountsLoaded):
-                    self._mark_loaded(event, True, now)
-                continue
-            locs = dirty.get(sku)
-            if locs is None:
-                locs = dirty[sku] = {}
-                self._dirty_at[sku] = now
-            if locs.get(loc, 0) < t:
-                locs[loc] = t
-            available = store.available(sku, loc) if zero_lines else None  # read once for every channel
-            if available is not None:
-                if ahead:
-                    available -= ahead.get((sku, loc), 0)
-                for feed, line, sells_from in zero_lines:  # C2: a per-location stock-out is offered at once
-                    if available <= line and loc in sells_from:
-                        feed.offer((sku, loc), 0, t, now, now)  # E11: no-op unless it showed more
-                        # Past the curator: a later value equal to its offer before this 0 is a change now
-                        self._curator.forget(feed.channel, shard, store, sku)
-                        stockouts = True
-        for sku, units in demand.items():
-            self._velocity[sku] = (velocity_at(self._velocity, self._half_life_ms, sku, now) + units, now)
-        if dirty or stockouts:
-            self._wake.set()
-
-    def _mark_loaded(self, event: CountsLoaded, durable: bool, now: int) -> None:
-        """A baseline block: its SKUs are curated whole in the next round, stock-outs first (C2)."""
-        mark_skus(self._dirty, self._dirty_at, event.skus, loaded_times(event) if durable else 0, now)  # undone: 0
-
-    async def _mark_everything(self) -> None:
-        """Every SKU of every shard dirty, whole: one mark per SKU (``mark_skus``), not per position."""
-        for shard in range(len(self.engine.actors)):
-            await asyncio.sleep(0)
-            await in_slices(self.engine.actors[shard].positions().sku_names(), self.settings.curate_slice_cells,
-                            lambda skus: mark_skus(self._dirty, self._dirty_at, skus, 0, self.clock.now_ms()))
-
     # -- the loop ------------------------------------------------------------------
     async def _run(self) -> None:
         backoff = Backoff(DESK_RETRY)
@@ -240,71 +170,7 @@ class ChannelDesk:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def curate_dirty(self) -> list[Offer]:
-        """C1 for every SKU changed since the last round, for every channel: stock-outs offered and written between
-        slices (C2), the other offers returned. In slices (``curate_slice_cells``) with a turn of the loop between
-        (after a start, a reload or a baseline every SKU is dirty): a slice reads durable state as it is then; what
-        becomes durable meanwhile is marked dirty again (``on_durable``) and curated anew next round."""
-        if not self._dirty:
-            return []
-        started = time.perf_counter()
-        dirty, self._dirty = self._dirty, {}
-        dirty_at, self._dirty_at = self._dirty_at, {}
-        self._round_dirty_at = dirty_at
-        by_shard: dict[int, list[str]] = {}
-        for sku in dirty:
-            by_shard.setdefault(self.engine.place(sku), []).append(sku)
-        estate, rest = self.estate, list[Offer]()
-        step = skus_per_slice(estate.channels.values(), self.settings.curate_slice_cells)
-        try:
-            for shard, skus in by_shard.items():
-                for at in range(0, len(skus), step):
-                    if len(dirty) < len(dirty_at):  # not the first slice
-                        self._due_between_slices()
-                        await asyncio.sleep(0)
-                    if self.estate is not estate:  # reloaded meanwhile: the SKUs left go to the next round
-                        remark(self._dirty, self._dirty_at, dirty, dirty_at)
-                        return rest
-                    part, actor = skus[at:at + step], self.engine.actors[shard]
-                    urgent, changed = self._curator.curate_shard(
-                        shard, actor.positions(), part, [dirty.pop(s) for s in part], estate.channels, self.feeds,
-                        actor.ahead_of_log())
-                    self._offer(urgent)
-                    rest += changed
-        finally:
-            await self._urgent.finish()
-        self.metrics.curation_seconds.observe(time.perf_counter() - started)
-        self.metrics.curated_skus.inc(len(dirty_at))
-        return rest
-
-    async def _offer_in_slices(self, offers: list[Offer], estate: Estate) -> None:
-        """``_offer`` of a round's changes a slice at a time (``CELLS_PER_OFFER``, C2) while ``estate`` is current."""
-        def offer(part: Sequence[Offer]) -> None:
-            if self.estate is estate:  # not those of SKUs marked again meanwhile (``Curator.drop_stale``)
-                self._offer(self._curator.drop_stale(part, self._dirty, self.engine.place,
-                                                     lambda shard: self.engine.actors[shard].positions()))
-        try:
-            await in_slices(offers, max(1, self.settings.curate_slice_cells // CELLS_PER_OFFER), offer,
-                            self._due_between_slices)
-        finally:
-            await self._urgent.finish()
-
-    def _due_between_slices(self) -> None:
-        """C2: stock-outs and changes past their throttle go out between a round's slices (``UrgentWrites``); none once
-        the desk stops (a write it cancelled half-way left its updates taken: the round's ``finally`` only offers)."""
-        if (task := asyncio.current_task()) is None or not task.cancelling():
-            feeds = [feed for name, feed in self.feeds.items() if name not in self._aside]  # its due: never written
-            self._urgent.between_slices(*due_now(feeds, self.clock.now_ms()))
-
-    def _offer(self, offers: Sequence[Offer]) -> None:
-        now = self.clock.now_ms()
-        dirty_at, velocity, half_life = self._round_dirty_at, self._velocity, self._half_life_ms
-        for feed, sku, location, value, source_time in offers:
-            feed.offer((sku, location), value, source_time, dirty_at.get(sku, now), now,
-                       velocity_rank(velocity, half_life, sku))
-        for name, feed in self.feeds.items():
-            self.metrics.pending.labels(name).set(feed.pending)
-
+    # -- the writes ----------------------------------------------------------------
     async def publish_due(self, urgent_only: bool = False, once: bool = False,
                           stockouts_only: bool = False) -> list[ChannelUpdate]:
         """Take what each feed may publish now, write it, confirm it (or give it back); a round's last call again
