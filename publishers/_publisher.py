@@ -25,35 +25,39 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from atp_service.storage.channel_wire import from_fields, values_of
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.nodes import Nodes, NotReplicated
-from atp_service.storage.resp import as_text, group_lost, make_group, seq_of, stream_entries, stream_info
+from atp_service.storage.resp import as_text, group_lost, make_group, seq_of, stream_entries
 from atp_service.tasks import cancel_and_wait
-from reservation import ChannelUpdate, TokenBucket
+from reservation import TokenBucket
 
 from ._claim import Takeover
 from ._compare import Comparison
 from ._config import PublisherConfig
-from ._delivery import Adapter, DeliveryError, Keyed, Refused, backoff_s, in_requests, split_answered, take_tokens
-from ._holding import Halted, Holding, unless_halted
+from ._delivering import Delivering
+from ._delivery import Adapter
+from ._gaps import TrimmedGaps
+from ._holding import Halted, Holding
 from ._lease import SEND_GUARD
 from ._metrics import PublisherMetrics
-from ._reading import Read, Reader, gap_before, link_of
+from ._reading import Read, Reader, link_of
 from ._redeliver import Redelivery
 from ._replicas import Replicas
 from ._restamp import LostNames, still_known
 from ._standby import StandbyLooks
 from ._startup import refuse_evicting_redis
-from ._state_resync import StateResync, Sweep, sweep_owing
+from ._state_resync import StateResync, Sweep
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
-class Publisher:
+class Publisher(TrimmedGaps, Delivering):
+    """Its lease held, then its group's entries read and each batch delivered (``Delivering``, _delivering.py);
+    what trimming removed before it read caught up from the state hash (``TrimmedGaps``, _gaps.py)."""
+
     def __init__(self, config: PublisherConfig, client: Any, adapter: Adapter, metrics: PublisherMetrics,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  now_ms: Callable[[], int] | None = None, writer: Nodes | None = None) -> None:
@@ -230,171 +234,3 @@ class Publisher:
         delivered = await self._deliver_newest(values_of(read.updates), confirmed=True)  # by ``_read``; no marker
         if delivered is not None:
             await self._settle(read.ids, delivered)  # fenced off: the lease is lost, the loop ends
-
-    async def _deliver_newest(self, updates: list[ChannelUpdate], confirmed: bool = False) -> dict[str, int] | None:
-        """The newest version of each key not delivered yet, delivered: the versions delivered per
-        key, or None when a stop cut the delivery off (what was delivered is recorded then).
-        ``confirmed``: the replicas hold ``updates`` already (``_read``); else they are asked first."""
-        newest: dict[str, ChannelUpdate] = {}
-        for u in sorted(updates, key=lambda u: u.version):  # the last one per key wins
-            key = f"{u.sku}\t{u.location}"
-            if key in newest:
-                self.metrics.outcome(self.config.channel, self.adapter.name, "superseded")
-            newest[key] = u
-        todo = [(key, u) for key, u in newest.items() if u.version > self._delivered.get(key, 0)]
-        self.metrics.outcome(self.config.channel, self.adapter.name, "duplicate", len(newest) - len(todo))
-        # Stock-outs first (C2: a channel must stop selling what is gone before anything else), in requests of their
-        # own of at most a full bucket (a request waits for a token per update: 9 s for 100 at the defaults). Then
-        # version order: each key has one update here, so no key's older value can follow its newer.
-        todo.sort(key=lambda item: (item[1].quantity != 0, item[1].version))
-        outs, size = sum(u.quantity == 0 for _, u in todo), self.config.delivery_batch
-        cuts = ((todo[:outs], min(size, self._bucket.burst if self._bucket else size)), (todo[outs:], size))
-        delivered: dict[str, int] = {}
-        tries, failed_outs = self.config.max_attempts, list[tuple[str, ChannelUpdate]]()
-        try:
-            if todo and not confirmed:  # C4: only what the replicas hold (``NotReplicated``: none delivered)
-                await self._unless_stopped(self.replicas.confirm())
-            for chunk in (part[at:at + n] for part, n in cuts for at in range(0, len(part), n)):
-                if not (answered := await self._deliver(chunk, tries, delivered)):
-                    failed_outs += [(key, u) for key, u in chunk if u.quantity == 0 and key not in delivered]
-                elif failed_outs:  # C2: the destination is back; its stock-outs go before the rest, tried once more
-                    failed_outs = await in_requests(failed_outs, cuts[0][1],  # as they went (failing again: owed)
-                                                    lambda part: self._deliver(part, 1, delivered, owed=True))
-                # Once a request failed every try (the destination down) the others get one each until one is answered,
-                # not max_attempts with backoff each (C2: stock-outs read later waited ~40 min); then owed, as any (C4).
-                tries = self.config.max_attempts if answered else 1
-        except Halted:
-            # Stopped half-way (a destination down, its waits and retries under way): what was
-            # delivered is recorded, nothing is acknowledged. The next start reads this consumer's
-            # pending entries again and skips the versions delivered; the rest are delivered then,
-            # not dead-lettered now for want of the attempts a stop cut off.
-            log.info("%s: stopping with %d updates of this read undelivered; they stay pending",
-                     self.config.channel, len(todo) - len(delivered))
-            await self._record(delivered)
-            return None
-        return delivered
-
-    # -- what trimming removed -------------------------------------------------------
-    async def _catch_up_trimmed(self) -> bool:
-        """Before reading new entries: a gap the stream's trimming left before this group's position
-        noted, and one step of the gap under way. False: a stop cut it off (the gap stays owed)."""
-        info = await stream_info(self.client, self.config.stream)
-        if info is not None:  # None: the stream deleted: the read that follows makes the group again
-            first = info.get("first-entry")
-            if first:
-                await self._note_gap(seq_of(first[0]), link_of(first[1] or {}))
-            else:
-                await self._note_gap(seq_of(info["last-generated-id"]) + 1)
-        await self._comparison.step()  # C4: a step of one under way (``_owe``), as of the gap's
-        return await self._gap_step()
-
-    async def _note_gap(self, version: int, follows: int | None = None, mark: int = 0, mine: int | None = None) -> None:
-        """The versions this group missed before ``version`` (``gap_before``: trimmed unread, or lost by Redis)
-        owed: their keys' newest values, if still among them, delivered from the state hash a step at a time,
-        the stream read between steps (C2: all at once, they held a stock-out read meanwhile behind every one of
-        them). The group reads past them meanwhile, so a resync of every key is owed durably until they are
-        delivered (C4: a stop or crash half-way leaves them to the next start). A gap found while one is caught
-        up: the sweep starts again with both. ``mark``: the value the read that found it raised the mark to."""
-        gap = gap_before(version, follows, self._position, mine)
-        if gap is not None:
-            what = f"versions {gap.owed[0]} to {gap.owed[1]}"
-            await self._owe([gap.owed], what, mark, gap.lost_said(self.config.stream, self.config.group, version))
-            self._position = gap.position
-
-    async def _owe(self, versions: list[tuple[int, int]], what: str, mark: int = 0, why: str = "") -> None:
-        """``versions`` (first, last) trimmed before this group delivered them (a gap; pending entries a
-        takeover found trimmed, ``_claim``; ``why``: or lost by Redis) joined, flat (``Owed``), to the sweep
-        under way, which starts again. ``mark``: the value raised for them already."""
-        log.warning("%s: %s; delivering their keys' newest values from the channel's state hash", self.config.channel,
-                    why or self._trimmed(what))
-        await self._redelivery.owe_every_key(mark)  # each gap: the mark may have been settled by a pass since the last
-        self._gap = sweep_owing(self._gap, versions)
-        self._comparison.start("holder", why or self._trimmed(what))  # a start's marker among them names nothing
-
-    async def _gap_step(self) -> bool:
-        """One step of the gap under way, if any; once it is over, its mark forgotten. False: stopped."""
-        gap = self._gap
-        if gap is None:
-            return True
-        if await self._resync.step(gap) is None:
-            return False
-        if gap.done:
-            self._gap = None
-            await self._redelivery.forget_every_key()
-        return True
-
-    async def _resync_every_key(self, sweep: Sweep) -> int | None:
-        """A step of a resync of every key (more owed than remembered), stopped once the destination failed again."""
-        return await self._resync.step(sweep, keep_going=lambda: not self._redelivery.failed_in_pass)
-
-    def _trimmed(self, what: str) -> str:
-        return f"{what} trimmed from {self.config.stream} before group {self.config.group} delivered them"
-
-    async def _deliver_and_record(self, updates: list[ChannelUpdate]) -> bool:
-        return (delivered := await self._deliver_newest(updates)) is not None and await self._record(delivered)
-
-    async def _deliver(self, chunk: Keyed, tries: int, delivered: dict[str, int], owed: bool = False) -> bool:
-        """Deliver one chunk (key, update), tried at most ``tries`` times, the versions delivered put in ``delivered``
-        (the rest were dead-lettered: what was still unanswered after its last try, or what was refused one by one):
-        whether the destination answered (False: every try failed, retryable). ``owed``: dead-lettered already,
-        owed their newest value: a retryable failure writes no second dead letter."""
-        cfg, channel, name, updates = self.config, self.config.channel, self.adapter.name, [u for _, u in chunk]
-        assert self._bucket is not None, "run() prepares the bucket"
-        await self._unless_stopped(take_tokens(self._bucket, len(updates), self._now_ms, self._sleep,
-                                               self.metrics.rate_limited.labels(channel).inc))
-        reason, retryable = "", True
-        for attempt in range(1, tries + 1):
-            try:
-                answer = await self._unless_stopped(self._send(updates))
-            except DeliveryError as exc:
-                reason, retryable = exc.reason, exc.retryable
-                if exc.taken or exc.refused:  # parts answered before it failed (``in_halves``): settled, not retried
-                    chunk = await self._answered(chunk, exc.taken, exc.refused, attempt, delivered)
-                    updates = [u for _, u in chunk]
-                self.metrics.outcome(channel, name, "retried" if exc.retryable else "failed", len(updates))
-                if not exc.retryable:
-                    break
-                if attempt < tries:
-                    await self._unless_stopped(self._sleep(backoff_s(cfg.backoff_base_s, cfg.backoff_max_s, attempt)))
-                continue
-            self._redelivery.succeeded()
-            await self._answered(chunk, updates, list(answer or ()), attempt, delivered)
-            return True
-        if not (owed and retryable):
-            await self._redelivery.dead_letter([(u, reason) for u in updates], attempt, retryable)
-        return not retryable
-
-    async def _answered(self, chunk: Keyed, taken: list[ChannelUpdate], refused: list[Refused], attempt: int,
-                        delivered: dict[str, int]) -> Keyed:
-        """Of ``chunk``, ``taken`` put in ``delivered`` but ``refused`` (dead-lettered alone): the rest returned. Known
-        delivered at once: a Redis error later in the read (a dead letter not written) lost them, resent at each try."""
-        took, rest = split_answered(chunk, taken, refused)
-        delivered.update((key, u.version) for key, u in took)
-        self._delivered.update({k: max(u.version, self._delivered.get(k, 0)) for k, u in took})
-        self._holding.lease.delivered({k: u.version for k, u in took})  # in the next record, this read's or not
-        self.metrics.delivered(self.config.channel, self.adapter.name, [u for _, u in took], failed=len(refused))
-        if refused:
-            await self._redelivery.dead_letter([(r.update, r.reason) for r in refused], attempt, retryable=False)
-        return rest
-
-    async def _send(self, updates: list[ChannelUpdate]) -> Any:
-        self._holding.lease.check_send()  # any adapter; an HTTP one checks each of its requests again
-        return await self.adapter.deliver(self.config.channel, updates)
-
-    async def _unless_stopped(self, work: Awaitable[T]) -> T:
-        return await unless_halted(work, self._halt, self._holding.lost)
-
-    # -- settling ------------------------------------------------------------------
-    async def _settle(self, ids: list[str], delivered: dict[str, int]) -> bool:
-        """The versions delivered raised (never lowered) and ``ids`` acknowledged under the lease: one script (C3).
-        False: fenced off, nothing written; delivery stops. Known delivered already (``_answered``), whatever the
-        record's fate (its answer lost with Redis going down, which may lose what was read, not what was sent, C4)."""
-        cfg = self.config
-        if not await self._holding.lease.settle(cfg.delivered_key, cfg.stream, cfg.group, delivered, ids):
-            self._holding.lost("its record was fenced off: another publisher holds the lease")
-            return False
-        return True
-
-    async def _record(self, delivered: dict[str, int]) -> bool:
-        """The versions delivered, without acknowledging their entries (a stop half-way)."""
-        return await self._settle([], delivered) if delivered else True
