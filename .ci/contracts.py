@@ -28,7 +28,7 @@ MAX_FUNCTION_LINES = 50
 TABLES = {
     ("atp_service/metrics.py", "__init__"),  # one declaration per metric
     ("publishers/_metrics.py", "__init__"),  # one declaration per metric
-    ("client/atp_client/ctl.py", "build_parser"),  # one declaration per flag
+    ("client/atp_client/_parser.py", "build_parser"),  # one declaration per flag
 }
 LEDGER_OWNERS = ("atp_service/engine/",)
 LEDGER_ACCESS = re.compile(r"\.ledger\b")

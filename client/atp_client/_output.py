@@ -135,6 +135,17 @@ def emit(data: dict[str, Any] | Sequence[dict[str, Any]], as_json: bool, out: Te
         _table(list(data), out)
 
 
+def answer(msg: Message | Sequence[Message] | dict[str, Any], json_asked: bool) -> None:
+    """A command's answer: a table on a terminal, JSON with --json (``json_asked``) or when stdout is not a terminal."""
+    if isinstance(msg, Sequence):
+        data: Any = [plain(m) for m in msg]
+    elif isinstance(msg, Message):
+        data = plain(msg)
+    else:
+        data = msg
+    emit(data, json_asked or not sys.stdout.isatty())
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"))

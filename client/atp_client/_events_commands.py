@@ -1,0 +1,115 @@
+"""``atpctl events import`` (a JSONL file of facts through RecordEvents) and ``atpctl events publish`` (the
+same onto a Redis input stream, as POS/WMS do): every line checked first, the counts per outcome, an
+exit status by the worst line, and where a run stopped, what became of its lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from atp_client._client import AtpClient
+from atp_client._import import Imported, count_facts, numbered_facts, send_all
+from atp_client._output import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, answer, refusal
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+
+EVENTS_CHUNK = 1000
+EMBEDDED_URL_FILE = Path("var/redis/redis.url")
+"""Where ``make run``'s embedded Redis writes its URL, with the port and password it takes at each start
+(``atp-publisher`` reads it too when given no ``--redis-url``)."""
+
+
+async def import_facts(args: argparse.Namespace, client: AtpClient, path: Path) -> int:
+    """Facts from a JSONL file, ``--batch`` a call, once every line of it reads as a fact; the
+    counts per outcome (so far, if a call is refused for good). Exit status 3 when any fact was not
+    applied (invalid, quarantined): an import is judged by its worst line."""
+    total = count_facts(path)
+
+    def tell(result: pb.FactResult) -> None:
+        name = pb.FactOutcome.Name(result.outcome)
+        if result.HasField("error"):
+            print(f"{result.event_id}: {name}: {result.error.message}", file=sys.stderr)
+        elif result.detail:
+            print(f"{result.event_id}: {name}: {result.detail}", file=sys.stderr)
+
+    done = await send_all(client, numbered_facts(path), total, args.batch, tell)
+    stopped = _stopped(path, done) if done.stopped_lines else None
+    answer(done.summary(), args.json)
+    return _judged(done.counts) if stopped is None else stopped
+
+
+def _stopped(path: Path, done: Imported) -> int:
+    """Says which lines a run stopped at, what became of them and that a re-run is safe; its status."""
+    assert done.stopped_lines is not None
+    first, last = done.stopped_lines
+    status, line = refusal(done.error) if done.error else (EXIT_INTERRUPTED, "atpctl: interrupted")
+    fate = ("in doubt (applied or not)" if done.in_doubt
+            else "not applied (not sent)" if done.unsent else "not applied")
+    print(f"{line}\natpctl: {path}:{first}-{last}: {fate}; {done.answered} facts before them answered, "
+          f"{done.summary()['not_sent'] - done.unsent} after them not sent. Import the file again: the service applies "
+          "each (source, event_id) once (E8)", file=sys.stderr)
+    return status
+
+
+NOT_APPLIED = ("FACT_OUTCOME_INVALID", "FACT_OUTCOME_QUARANTINED")
+"""Outcomes of a fact that was not applied: refused, or set aside as too old (E6). As ``stock load``
+judges a row, an import with any of them exits 3: the operator must see what did not land."""
+
+
+def _judged(counts: dict[str, int]) -> int:
+    """Exit status 3 when facts were not applied, saying how many and of which outcome."""
+    missed = {name.removeprefix("FACT_OUTCOME_").lower(): counts[name] for name in NOT_APPLIED if counts.get(name)}
+    if not missed:
+        return EXIT_OK
+    print(f"atpctl: {sum(missed.values())} facts not applied ({', '.join(f'{k} {n}' for k, n in missed.items())}); "
+          "each is named above with why", file=sys.stderr)
+    return EXIT_INVALID
+
+
+
+def publish_facts(args: argparse.Namespace) -> int:
+    """``events publish``: to ``--redis-url``, else to make run's embedded Redis (``EMBEDDED_URL_FILE``)."""
+    url = args.redis_url
+    if not url and EMBEDDED_URL_FILE.is_file():  # its password is nowhere else: not given on a command line
+        try:
+            url = EMBEDDED_URL_FILE.read_text().strip()
+        except OSError as exc:
+            print(f"atpctl: error: events publish: {EMBEDDED_URL_FILE}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    return asyncio.run(_publish(args, args.file, args.stream, url))
+
+
+async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url: str | None) -> int:
+    """The input-stream entry format (``_publish.entry_fields``), once every line of the file is
+    one the intake would take: the intake tells a producer nothing of an entry it dead-letters.
+    Redis refusing or lost part-way: what the stream took is counted, and the exit status is not 0."""
+    if not redis_url:  # a bad command line, as argparse says it
+        print(f"atpctl: error: events publish needs --redis-url (or ATP_REDIS_URL, or {EMBEDDED_URL_FILE} where "
+              "make run's Redis is)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        import redis.asyncio as aioredis
+
+        from atp_client._publish import entries, write
+    except ImportError:
+        raise SystemExit("atpctl: events publish needs the redis package: pip install 'atp-client[redis]'") from None
+    for _ in entries(path, numbered_facts(path)):  # every line checked before any is written
+        pass
+    try:
+        client = aioredis.RedisCluster.from_url(redis_url) if args.redis_cluster else aioredis.Redis.from_url(redis_url)
+    except ValueError as exc:  # a bad command line, as argparse says it (the URL unsaid: it may hold a password)
+        print(f"atpctl: error: argument --redis-url: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        written = await write(client, stream, entries(path, numbered_facts(path)), EVENTS_CHUNK)
+    finally:
+        await client.aclose()
+    if written.stopped_at:
+        print(written.told(path), file=sys.stderr)
+    answer(written.summary(stream), args.json)
+    if written.interrupted:
+        return EXIT_INTERRUPTED
+    return written.status if written.stopped_at else EXIT_OK  # 6, or a refusal no retry changes (3, 7)
+
