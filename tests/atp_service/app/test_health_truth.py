@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atp_service import AtpService
 from atp_service.app import cli
+from atp_service.app import serving as serving_module
 from atp_service.intake.ingest import StreamIngestor
 from tests.conftest import test_config as config_for_tests
 from tests.waiting import until
@@ -126,7 +127,7 @@ async def test_health_says_serving_only_once_the_demo_estate_is_loaded(
         reached.set()
         await go_on.wait()
 
-    monkeypatch.setattr(cli, "load_demo", held_load)
+    monkeypatch.setattr(serving_module, "load_demo", held_load)
     service = AtpService(config_for_tests(demo=True), redis_url)
     async with served(service, go_on) as (serving, stop):
         await asyncio.wait_for(reached.wait(), START_LIMIT_S)
@@ -150,7 +151,7 @@ async def test_a_service_told_to_stop_while_the_demo_estate_loads_is_never_annou
         assert service.engine is not None
         service.engine.actors[0].break_down(RuntimeError("a bug in shard 0's turn"))
 
-    monkeypatch.setattr(cli, "load_demo", load_then_a_shard_fails)
+    monkeypatch.setattr(serving_module, "load_demo", load_then_a_shard_fails)
     service = AtpService(config_for_tests(demo=True), redis_url)
     async with served(service) as (serving, _):
         assert await asyncio.wait_for(serving, START_LIMIT_S) == cli.EXIT_SHARD_FAILED

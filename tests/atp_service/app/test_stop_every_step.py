@@ -14,7 +14,7 @@ import pytest
 
 from atp_client import AtpClient
 from atp_service import AtpService
-from atp_service.app import cli
+from atp_service.app import shutdown
 from atp_service.app.stop_steps import StopFailed
 from tests.atp_service.channel_helpers import write_estate
 from tests.atp_service.edge.test_api import receipt
@@ -71,9 +71,10 @@ async def test_a_stop_a_step_of_which_raised_exits_1_unless_a_reason_to_stop_has
         service.failed.set()
     loop = asyncio.get_running_loop()
     try:
-        status = await asyncio.wait_for(cli._shut_down(service.config, service, cli._StopRequest(None)), STOP_LIMIT_S)
+        stopping = shutdown.shut_down(service.config, service, shutdown.StopRequest(None))
+        status = await asyncio.wait_for(stopping, STOP_LIMIT_S)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)  # the test process's own again
-    assert status == (cli.EXIT_SHARD_FAILED if failed else 1)
+    assert status == (shutdown.EXIT_SHARD_FAILED if failed else 1)
     assert service.engine is not None and all(actor._stopping for actor in service.engine.actors)

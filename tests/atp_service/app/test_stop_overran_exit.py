@@ -24,8 +24,8 @@ from tests.ports import held_port
 # ``serve`` as ``python -m atp_service serve`` runs it, the final snapshots' bound (60 s) taken to 0
 # so the test need not wait a minute: the stop's bound is then its 1 s least. The gRPC transport's
 # variable set as ``serve`` would set it, so it does not re-execute itself (losing the bound).
-SERVE = ("import sys; import atp_service.app.cli as cli; cli.SHUTDOWN_SNAPSHOT_S = 0.0; "
-         "sys.exit(cli.main(sys.argv[1:]))")
+SERVE = ("import sys; import atp_service.app.cli as cli; import atp_service.app.shutdown as shutdown; "
+         "shutdown.SHUTDOWN_SNAPSHOT_S = 0.0; sys.exit(cli.main(sys.argv[1:]))")
 
 
 def test_a_stop_that_overran_its_bound_exits_6(tmp_path: Path) -> None:
