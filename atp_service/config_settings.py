@@ -79,7 +79,17 @@ def shown(value: Any) -> str:
 
 @cache
 def attribute_docs(cls: type) -> dict[str, str]:
-    """The docstring written after each field of the class ``cls``, its whitespace folded."""
+    """The docstring written after each field of the class ``cls``, and of the dataclasses it extends
+    (``ServiceConfig``'s first fields are ``ServingFields``'), its whitespace folded."""
+    docs: dict[str, str] = {}
+    for owner in reversed(cls.__mro__):
+        if is_dataclass(owner):
+            docs.update(_own_attribute_docs(owner))
+    return docs
+
+
+def _own_attribute_docs(cls: type) -> dict[str, str]:
+    """``attribute_docs`` of the fields declared in ``cls`` itself."""
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):  # installed without its sources: every setting works, without help
