@@ -292,3 +292,14 @@ def test_an_advertised_ipv6_address_without_brackets_stops_the_start(address: st
                   "10.0.0.7:50051"):
         assert ServiceConfig.from_env({"ATP_ADVERTISE_ADDRESS": taken, "ATP_OWNERSHIP": "leases",
                                        "ATP_DEMO": "false"}).advertised == taken
+
+
+@pytest.mark.parametrize("env", [{"ATP_ESTATE": "deploy/estate.toml", "ATP_DEMO": "false"}, {"ATP_DEMO": "true"}])
+def test_a_leased_process_given_an_estate_stops_the_start(env: dict[str, str]) -> None:
+    """Several processes on one keyspace serve no channel feeds, location groups or safety-stock defaults: each
+    would read its own estate file and reload it apart from the others, and a call's answer would depend on the
+    process it reached. The start refuses an estate (or the demo's) with leases, naming the setting."""
+    leased = {"ATP_OWNERSHIP": "leases", "ATP_ADVERTISE_ADDRESS": "atp-0:50051"}
+    with pytest.raises(ValueError, match=r"^estate: .*not served with ownership=leases.*start without --estate"):
+        ServiceConfig.from_env({**leased, **env})
+    assert ServiceConfig.from_env({**leased, "ATP_DEMO": "false"}).estate is None
