@@ -71,8 +71,8 @@ async def quarantined_before(client: Any, quarantine: QuarantineStream, unacked:
     if not maybe:
         return facts, read, ahead, []
     scores = await client.zmscore(quarantine.written_key, [QuarantineStream.digest(pairs[n][0]) for n in maybe])
-    held = {n for n, score in zip(maybe, scores, strict=True)
-            if score is not None and id_key(pairs[n][1][1])[0] <= int(score)}
+    held = {n for n, score in zip(maybe, scores, strict=True)  # E8: the time compared as Redis keeps a score, a double
+            if score is not None and float(id_key(pairs[n][1][1])[0]) <= float(score)}
     if not held:
         return facts, read, ahead, []
     keep = [n for n in range(len(read)) if n not in held]
