@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
-from atp_service.intake.quarantine import run_key, written_key
+from atp_service.intake.quarantine import ahead_key, run_key, written_key
 from atp_service.intake.unread import made_again_key
 from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl, check_cluster_client
 from atp_service.storage.keys import CHANNELS, Keyspace
@@ -45,12 +45,14 @@ def service_needs(config: ServiceConfig, keys: Keyspace, channels: list[str]) ->
 
 def _quarantine_needs(stream: str) -> list[Need]:
     """The quarantine stream's script (``intake/quarantine.py``): an entry a fact, its digest in the set beside."""
-    written, use = written_key(stream), "facts quarantined (E6, E8), each once"
+    written, ahead, use = written_key(stream), ahead_key(stream), "facts quarantined (E6, E8), each once"
     return [Need(("XADD", stream, "MAXLEN", "~", 1, "*", "f", "v"), stream, use),
             Need(("ZSCORE", written, "d"), written, use), Need(("ZADD", written, 1, "d"), written, use),
             Need(("ZREM", written, "d"), written, use), Need(("ZCARD", written), written, use),
-            Need(("ZREMRANGEBYRANK", written, 0, 0), written, use),
-            Need(("EVALSHA", SHA, 3, stream, written, written), stream, use)]  # no run: the set in its place
+            Need(("ZRANGE", written, 0, 0), written, use), Need(("ZREMRANGEBYRANK", written, 0, 0), written, use),
+            Need(("HSET", ahead, "d", "v"), ahead, use), Need(("HDEL", ahead, "d"), ahead, use),
+            Need(("EXISTS", ahead), ahead, use),
+            Need(("EVALSHA", SHA, 4, stream, written, written, ahead), stream, use)]  # no run: the set in its place
 
 
 def _group_needs(keys: Keyspace, g: int, at: str, leased: bool) -> list[Need]:
@@ -153,8 +155,10 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     written = written_key(quarantine)  # the group made with its mark where it holds any fact; asked of entries under it
     needs += [Need(("EVALSHA", SHA, 3, s, mark, written), s, use) for s, mark in zip(streams, marks, strict=True)]
     needs += [Need(("EXISTS", written), written, use), Need(("ZMSCORE", written, "d"), written, use)]
+    ahead = ahead_key(quarantine)  # the entries whose ids ran ahead of their facts' writes, asked with the set
     run = run_key(quarantine, group, consumer)  # this consumer's run: a write of a run before lands nothing
-    needs += [Need(("EVALSHA", SHA, 4, quarantine, written, run, s), s, use) for s in streams]
+    needs += [Need(("HMGET", ahead, "d"), ahead, use)]
+    needs += [Need(("EVALSHA", SHA, 5, quarantine, written, run, ahead, s), s, use) for s in streams]
     needs += [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use)]  # SET: lost
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
         ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"))]

@@ -8,19 +8,20 @@ was quarantined for want of room (a shard's bound, ``max_on_hand``), written to 
 XACK, was decided again: applied, had room come back (the bound raised and the service restarted, as the runbook says),
 while the quarantine stream, what operators reconcile against, showed it not applied. So an entry at or before the
 stream's newest entry when the group was made, whose fact the quarantine stream holds from a write made after the entry
-was added (the written set's score, the quarantine entry's time, at or past the entry id's — raised to the id's where a
-producer's own ids run ahead of Redis's clock), is acknowledged as it is: its quarantine stands (E8: decided once). An
-operator's resend of it from the quarantine stream is a later entry, decided as any.
+was added (the written set's score, the quarantine entry's time, at or past the entry id's; or, where a producer's own
+ids ran ahead of Redis's clock, the entry named beside by its fact's digest, ``quarantine.ahead_key``, that one or one
+before it on the same stream), is acknowledged as it is: its quarantine stands (E8: decided once). An operator's resend
+of it from the quarantine stream is a later entry, decided as any.
 
 Whichever reader takes such an entry: the group made again delivers it to any consumer — another process's reader
 (``ATP_OWNERSHIP=leases``), which saw no ``NOGROUP``, or one started since. So the newest entry then is a mark in Redis
 (``unread.made_again_key``: beside the stream), set by the script that makes the group (``unread._MAKE``); the script of
 every read of new entries (``unread._READ``) and of every claim (``claims._CLAIM``) answers it with the entries it
 delivers, and a start's make of the group (there already) answers it too: no call of its own, and the quarantine
-stream's set (``ZMSCORE``) asked only for a batch holding entries at or before it — and no mark made where that set is
-empty (a first start on streams filled beforehand: nothing there was quarantined). The read forgets it once no entry at
-or before it can come again — the group's position at or past it, none pending up to it —, so it lasts while the
-entries it covers are delivered again, not for good.
+stream's set (``ZMSCORE``, and ``HMGET`` of the entries named ahead beside it) asked only for a batch holding entries at
+or before it — and no mark made where that set is empty (a first start on streams filled beforehand: nothing there was
+quarantined). The read forgets it once no entry at or before it can come again — the group's position at or past it,
+none pending up to it —, so it lasts while the entries it covers are delivered again, not for good.
 """
 
 from __future__ import annotations
@@ -70,11 +71,30 @@ async def quarantined_before(client: Any, quarantine: QuarantineStream, unacked:
              if stream in again and id_key(entry_id) <= id_key(again[stream])]
     if not maybe:
         return facts, read, ahead, []
-    scores = await client.zmscore(quarantine.written_key, [QuarantineStream.digest(pairs[n][0]) for n in maybe])
-    held = {n for n, score in zip(maybe, scores, strict=True)  # E8: the time compared as Redis keeps a score, a double
-            if score is not None and float(id_key(pairs[n][1][1])[0]) <= float(score)}
+    digests = [QuarantineStream.digest(pairs[n][0]) for n in maybe]
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.zmscore(quarantine.written_key, digests)
+        pipe.hmget(quarantine.ahead_key, digests)
+        scores, named = await pipe.execute()
+    held = {n for n, score, entry in zip(maybe, scores, named, strict=True)
+            if score is not None and _written_after(pairs[n][1], score, entry)}
     if not held:
         return facts, read, ahead, []
     keep = [n for n in range(len(read)) if n not in held]
     kept_ahead = [one for n, one in enumerate(ahead, len(read)) if n not in held]
     return [facts[n] for n in keep], [read[n] for n in keep], kept_ahead, [pairs[n][1][:2] for n in sorted(held)]
+
+
+def _written_after(read: tuple[str, bytes, Any], score: float, named: Any) -> bool:
+    """Whether the write of the fact of ``read`` (stream, entry id, ...), its score ``score`` (the write's time), was
+    made after the entry was added (E8): the entry's id's time at or before it (compared as Redis keeps a score, a
+    double), or, where a producer's own ids ran ahead of Redis's clock, the entry the one named with the fact
+    (``named``: ``quarantine.ahead_key``'s, None: none) or one before it on the same stream. A later entry (an
+    operator's resend of the fact) is neither."""
+    stream, entry_id = read[0], read[1]
+    if float(id_key(entry_id)[0]) <= float(score):
+        return True
+    if named is None:
+        return False
+    named_id, _, named_stream = as_bytes(named).partition(b" ")
+    return named_stream.decode() == stream and id_key(entry_id) <= id_key(named_id)

@@ -9,10 +9,13 @@ bound raised and the service restarted, as the runbook says) — while the strea
 showed it not applied, and their resend of it from there was a duplicate. Operators reconcile the quarantine entries
 against their own systems, one entry a fact: so each write is keyed by the fact, its identity and payload (E8), and a
 script adds the entry only where the set beside the stream (``written_key``: the digests of the facts written, scored
-by their entries' times, no earlier than their input entries' ids) does not hold it. The set is trimmed to the stream's
-own length: it says what the stream holds, never more — a flood of late facts costs Redis no more than the stream does
-—, the stream being written by nothing else (the dead-letter stream is refused its name at start: dead letters trimmed
-it of facts the set still held, never written again). """
+by their entries' times, in the order written) does not hold it. The set is trimmed to the stream's own length, lowest
+score first: it says what the stream holds, never more — a flood of late facts costs Redis no more than the stream
+does —, the stream being written by nothing else (the dead-letter stream is refused its name at start: dead letters
+trimmed it of facts the set still held, never written again). A fact whose input entry's id runs ahead of its write
+(a producer's own ids, ``XADD <ms>-<seq>``) has that entry named beside (``ahead_key``, while the set holds the fact):
+a group made again tells that entry delivered again from a later one by it (``again.quarantined_before``).
+"""
 
 from __future__ import annotations
 
@@ -38,10 +41,11 @@ _KIND_NAMES = {k.value: k.name for k in FactKind}
 _FIELDS = 9
 _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: none) and id, its fields' names and values
 
-# KEYS: the stream, the set of written facts' digests, the consumer's run key (``run_key``), then the input streams of
-# the entries acknowledged; ARGV: MAXLEN, the consumer group, the consumer, its run ('': none), then _PER_FACT values
-# a fact. A write of an earlier run of the consumer (its run key moved on since: a restart) acknowledges and writes no
-# input entry's fact (-1): landing late, after the next run read the entry again and decided it, it put the fact on
+# KEYS: the stream, the set of written facts' digests, the consumer's run key (``run_key``), the hash of the entries
+# whose ids ran ahead of their facts' writes (``ahead_key``), then the input streams of the entries acknowledged;
+# ARGV: MAXLEN, the consumer group, the consumer, its run ('': none), then _PER_FACT values a fact. A write of an
+# earlier run of the consumer (its run key moved on since: a restart) acknowledges and writes no input entry's fact
+# (-1): landing late, after the next run read the entry again and decided it, it put the fact on
 # the stream as not applied while it was — applied with room come back (R7: a late landing never taken; E8). A run key
 # below the write's run, or gone, is one Redis lost (a failover to a replica its INCR had not reached, a restart from
 # older data): set back to the write's run, which goes on — left, every write of the process's run was refused for as
@@ -49,7 +53,11 @@ _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: no
 # a fact, 1: written now, 0: written before, -1: not written, its input entry pending to this consumer no more
 # (claimed by another, which decides the fact, or acknowledged by it; or of a run before). The entry, its digest and
 # its input entry's XACK go in the same script (atomic, each fact's after its own write: a write refused leaves its
-# entry pending); the set is trimmed to MAXLEN, oldest first, as the stream is (about MAXLEN entries). A fact written
+# entry pending); the set is trimmed to MAXLEN, oldest first, as the stream is (about MAXLEN entries). Its score is the
+# write's time, whatever the entry's id: scored at an id far ahead (a producer's clock in 2100, ids in µs), a fact kept
+# its place above every later one for good, each of those trimmed at its own write while the stream held it, written
+# again by a retry (E8). An entry whose id runs ahead of the write is named in the hash by its fact's digest instead
+# (its id, a space, its stream), taken out with the digest when the set is trimmed. A fact written
 # before has its digest taken out and put back as it was: a write of this call, so the WAIT after it
 # (``redis_wait_replicas``) covers the earlier write too — that one's answer lost, on another connection, a WAIT after
 # a call that wrote nothing confirms nothing of it (R7).
@@ -84,9 +92,8 @@ for f = 0, n - 1 do
   else
     local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 3, at + {2 + 2 * _FIELDS}))
     local score = string.match(id, '^%d+')
-    if input > 0 then  -- no earlier than its input entry's id: a producer's own ids may run ahead of Redis's clock
-      local entry = string.match(ARGV[at + 2], '^%d+')
-      if tonumber(entry) > tonumber(score) then score = entry end
+    if input > 0 and tonumber(string.match(ARGV[at + 2], '^%d+')) > tonumber(score) then  -- E8: a producer's own ids
+      redis.call('HSET', KEYS[4], ARGV[at], ARGV[at + 2] .. ' ' .. KEYS[input])
     end
     redis.call('ZADD', KEYS[2], score, ARGV[at])
     written[f + 1] = 1
@@ -97,6 +104,11 @@ for f = 0, n - 1 do
 end
 local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
 if extra > 0 then
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    for _, gone in ipairs(redis.call('ZRANGE', KEYS[2], 0, extra - 1)) do
+      redis.call('HDEL', KEYS[4], gone)
+    end
+  end
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
 end
 return written
@@ -124,6 +136,8 @@ class QuarantineStream:
         self.stream, self._maxlen = stream, maxlen
         self.written_key = written_key(stream)
         """The digests of the facts the stream holds (at most about ``maxlen``)."""
+        self.ahead_key = ahead_key(stream)
+        """Of those, the facts whose input entries' ids ran ahead of their writes: the entry, by digest."""
         self._runs: dict[tuple[str, str], int] = {}  # (group, consumer): this process's run of it (``run_of``)
         self._doubt: OrderedDict[str, None] = OrderedDict()
         """Digests of facts whose write's answer was lost here, oldest first: written or not, counted by none."""
@@ -225,14 +239,14 @@ class QuarantineStream:
     def _call(self, facts: Sequence[tuple[Fact, str]], digests: Sequence[str],
               entries: Sequence[tuple[str, bytes]] | None, acks: Acks | None) -> tuple[list[str], list[Any]]:
         """One script call's keys, and its facts' values (ARGV after MAXLEN, the group, the consumer and its run)."""
-        inputs = list(dict.fromkeys(stream for stream, _ in entries or ()))  # KEYS[4...]
-        index = {stream: 4 + k for k, stream in enumerate(inputs)}
+        inputs = list(dict.fromkeys(stream for stream, _ in entries or ()))  # KEYS[5...]
+        index = {stream: 5 + k for k, stream in enumerate(inputs)}
         values: list[Any] = []
         for n, ((fact, reason), d) in enumerate(zip(facts, digests, strict=True)):
             stream, entry_id = entries[n] if entries else ("", b"")
             values += [d, index.get(stream, 0), entry_id, *_flat(fields(fact, reason))]
         run = run_key(self.stream, acks.group, acks.consumer) if acks else self.written_key  # read only with a run
-        return [self.stream, self.written_key, run, *inputs], values
+        return [self.stream, self.written_key, run, self.ahead_key, *inputs], values
 
     async def run_of(self, client: Any, group: str, consumer: str) -> int:
         """This process's run of ``consumer``, begun at its reader's first start (before it reads its own pending
@@ -252,6 +266,12 @@ def written_key(stream: str) -> str:
     if "{" in stream or "}" in stream:
         return f"{stream}:written"
     return f"{stream}:written:{{{stream}}}"
+
+
+def ahead_key(stream: str) -> str:
+    """The hash of the entries whose ids ran ahead of their facts' writes to ``stream`` (``entry id`` space ``input
+    stream``, by digest; no more fields than ``written_key`` has members), in the stream's Redis Cluster slot."""
+    return f"{written_key(stream)}:ahead"
 
 
 def run_key(stream: str, group: str, consumer: str) -> str:

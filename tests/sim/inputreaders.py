@@ -101,9 +101,6 @@ class GatedClient:
     async def xinfo_stream(self, stream: str) -> Any:
         return await self._gated(self._redis.xinfo_stream(stream))
 
-    async def zmscore(self, key: str, members: list[str]) -> Any:
-        return await self._gated(self._redis.zmscore(key, members))
-
     async def incr(self, key: str) -> Any:
         return await self._gated(self._redis.incr(key))
 

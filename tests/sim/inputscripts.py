@@ -34,7 +34,7 @@ def _id(value: Any) -> bytes:
 def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list[int]:
     """``quarantine._ONCE``: a fact written once by its digest; its input entry acknowledged in the same script,
     only while pending to the consumer writing it (-1 where another holds it now: that one decides the fact)."""
-    stream, written_key, run, inputs = keys[0], keys[1], keys[2], keys[3:]
+    stream, written_key, run, ahead_key, inputs = keys[0], keys[1], keys[2], keys[3], keys[4:]
     group, consumer = _text(args[1]), _text(args[2])
     current = True  # a later run's write before: nothing; a run lost (gone, behind) taken again
     if _text(args[3]) != "":
@@ -48,7 +48,7 @@ def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list
     for at in range(0, len(values), _PER_FACT):
         digest, index, entry_id = _text(values[at]), int(values[at + 1]), _id(values[at + 2])
         flat = values[at + 3:at + 3 + 2 * _FIELDS]
-        ours, input_stream = True, inputs[index - 4] if index > 0 else None
+        ours, input_stream = True, inputs[index - 5] if index > 0 else None
         if input_stream is not None:
             try:
                 ours = current and bool(redis.xpending_one(input_stream, group, entry_id, consumer))
@@ -61,8 +61,9 @@ def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list
         else:
             fields = {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
             redis.quarantined.append((stream, fields, None if input_stream is None else (input_stream, entry_id)))
-            at_ms = redis.now_ms()  # the quarantine entry's id's time, its score: no earlier than its input entry's
-            written[digest] = max(at_ms, id_key(entry_id)[0]) if input_stream is not None else at_ms
+            written[digest] = redis.now_ms()  # the quarantine entry's id's time, its score: in the order written
+            if input_stream is not None and id_key(entry_id)[0] > written[digest]:  # a producer's own ids, ahead
+                redis.named_ahead.setdefault(ahead_key, {})[digest] = entry_id + b" " + input_stream.encode()
             out.append(1)
         if input_stream is not None and ours:
             redis.xack(input_stream, group, entry_id)  # redis.pcall: XACK answers 0 without the group

@@ -105,6 +105,7 @@ class SimStreams:
         self.now_ms = now_ms  # Redis's clock: idle times
         self.streams: dict[str, Stream] = {}
         self.written: dict[str, dict[str, int]] = {}  # the quarantine script's sets: digest -> written at (ms)
+        self.named_ahead: dict[str, dict[str, bytes]] = {}  # its hashes: digest -> an entry whose id ran ahead
         self.faults, self.on_ack = faults, on_ack
         self.quarantined: list[tuple[str, dict[str, str], tuple[str, bytes] | None]] = []
         """Quarantine entries written: (stream, fields, the input entry named with it)."""
@@ -178,15 +179,6 @@ class SimStreams:
         await asyncio.sleep(0)
         self.runs[key] = self.runs.get(key, 0) + 1
         return self.runs[key]
-
-    async def zmscore(self, key: str, members: list[str]) -> list[float | None]:
-        """``ZMSCORE`` of the quarantine stream's set of facts written (``again.quarantined_before``)."""
-        await asyncio.sleep(0)
-        kind, _ = self.faults.draw("zmscore", 1)
-        if kind != "ok":
-            raise _fail(kind)
-        held = self.written.get(key, {})
-        return [None if member not in held else float(held[member]) for member in members]
 
     async def xinfo_stream(self, stream: str) -> dict[str, Any]:
         held = self.streams.get(stream)
@@ -376,6 +368,15 @@ class Pipeline:
 
     def get(self, key: str) -> None:  # a made-again mark (``again.marks_of``)
         self._queued.append(("get", lambda: self._redis.marks.get(key)))
+
+    def zmscore(self, key: str, members: list[str]) -> None:  # the quarantine stream's set (``again.py``)
+        def scores() -> list[float | None]:
+            held = self._redis.written.get(key, {})
+            return [None if member not in held else float(held[member]) for member in members]
+        self._queued.append(("zmscore", scores))
+
+    def hmget(self, key: str, fields: list[str]) -> None:  # the entries named beside it (``quarantine.ahead_key``)
+        self._queued.append(("hmget", lambda: [self._redis.named_ahead.get(key, {}).get(f) for f in fields]))
 
     def xpending_range(self, stream: str, group: str, low: bytes, _high: bytes, _count: int, consumer: str) -> None:
         self._queued.append(("xpending", lambda: self._redis.xpending_one(stream, group, low, consumer)))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import redis
 
 from atp_client import AtpClient
@@ -81,9 +80,30 @@ async def test_a_quarantined_fact_whose_entry_id_a_score_rounds_is_not_applied_w
     await _quarantined_then_delivered_again(redis.Redis.from_url(redis_url), redis_url, 2 ** 53 + 1)
 
 
-async def _quarantined_then_delivered_again(r: Any, redis_url: str, ahead: int) -> None:
-    """``e1`` applied and ``e2`` quarantined for want of room, their entries' ids at ``ahead`` ms; restarted with
-    room, the group deleted and made again from the start: ``e2`` delivered again is not applied (on_hand 5)."""
+async def test_an_operator_s_resend_on_a_stream_of_ids_ahead_is_applied_when_delivered_again_with_the_fact(
+        redis_url: str) -> None:
+    """Defect: ``e2``'s fact, quarantined from an entry its producer stamped an hour ahead, was resent by an operator
+    (``XADD *``: an id in the same ms as the stream's last, ahead too) while the service was stopped and its group
+    lost; the group made again from the start delivered both, and the resend was acknowledged unapplied (on_hand 4):
+    scored at ``e2``'s entry's id's time, the fact's write was taken for one made after the resend. The resend, a
+    later entry than the one named with the fact, is decided (applied: on_hand 9); ``e2``'s quarantine stands."""
+    r: Any = redis.Redis.from_url(redis_url)
+    seconds, micros = r.time()
+    await _e2_quarantined_at(r, redis_url, seconds * 1000 + micros // 1000 + 3_600_000)
+    r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # the operator's resend
+    r.xgroup_destroy(STREAM, "atp")  # an operator's, or a Redis restored without it
+    service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=10)), redis_url)
+    try:
+        await service.start()
+        await wait_consumed(redis_url, [STREAM])
+        assert await _on_hand(service) == 9, "the resend acknowledged as the quarantined entry delivered again"
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+    finally:
+        await service.stop()
+
+
+async def _e2_quarantined_at(r: Any, redis_url: str, ahead: int) -> None:
+    """``e1`` applied and ``e2`` quarantined for want of room, their entries' ids at ``ahead`` ms; then stopped."""
     service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=1)), redis_url)
     try:
         await service.start()
@@ -93,6 +113,12 @@ async def _quarantined_then_delivered_again(r: Any, redis_url: str, ahead: int) 
         assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
     finally:
         await service.stop()
+
+
+async def _quarantined_then_delivered_again(r: Any, redis_url: str, ahead: int) -> None:
+    """``e2`` quarantined at ``ahead`` (``_e2_quarantined_at``); restarted with room, the group deleted and made again
+    from the start: ``e2`` delivered again is not applied (on_hand 5)."""
+    await _e2_quarantined_at(r, redis_url, ahead)
     service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=10)), redis_url)
     try:
         await service.start()
@@ -105,7 +131,6 @@ async def _quarantined_then_delivered_again(r: Any, redis_url: str, ahead: int) 
         await service.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="f810a2a3 scores a fact at its entry's id: no fix yet (review-rev-carried)")
 async def test_facts_whose_entry_ids_run_far_ahead_do_not_crowd_the_quarantine_set_out_of_later_facts(
         redis_url: str) -> None:
     """Defect: a producer stamping its entries with ids far ahead (its clock in 2100, or ids in µs): their facts,

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import redis
 
 from atp_service import AtpService, EmbeddedRedis
-from atp_service.intake.quarantine import QuarantineStream
+from atp_service.intake.quarantine import Acks, QuarantineStream
 from atp_service.storage.nodes import open_nodes
 from reservation import Fact, FactKind, Limits
 from reservation import fact as make_fact
@@ -119,6 +119,28 @@ async def test_the_facts_written_are_remembered_no_longer_than_the_stream_is_lon
         assert await stream.write(writer, facts) == [True] * 15
         assert await writer.reader.zcard(stream.written_key) == 10
         assert await stream.write(writer, [facts[0], facts[14]]) == [True, False]  # the oldest was let go
+    finally:
+        await writer.aclose()
+
+
+async def test_the_entries_named_ahead_of_their_writes_are_remembered_no_longer_than_their_facts(
+        redis_url: str) -> None:
+    """Bounded: an entry whose id runs ahead of its fact's write (a producer's own ids, far ahead) is named beside
+    the set by the fact's digest (E8: ``again.quarantined_before``) only while the set holds the fact; the set,
+    scored by the writes' times, keeps the newest ``maxlen`` as ever."""
+    writer = open_nodes(redis_url, 5.0)
+    stream = QuarantineStream("atp:quarantine", 10)
+    facts = [(fact_of(F(f"e{i}", "SALE", "A", "S1", 1, T + i)), "late") for i in range(15)]
+    entries = [("atp:in:pos", b"4102444800000-%d" % i) for i in range(15)]  # 2100-01-01
+    try:
+        assert await stream.write(writer, facts, Acks("atp", "c1", entries)) == [True] * 15
+        held = await writer.reader.zrange(stream.written_key, 0, -1)
+        assert len(held) == 10
+        named = await writer.reader.hgetall(stream.ahead_key)
+        assert sorted(named) == sorted(held)
+        by_digest = {QuarantineStream.digest(fact).encode(): entry_id
+                     for (fact, _), (_, entry_id) in zip(facts, entries, strict=True)}
+        assert all(named[d] == by_digest[d] + b" atp:in:pos" for d in held)
     finally:
         await writer.aclose()
 
