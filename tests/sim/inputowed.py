@@ -6,8 +6,9 @@ it reads its pending entries again (``write_owed``, ``not_owed``). Read again fi
 again: quarantined again in its shard log, or applied had room come back meanwhile (the other process lives on through
 the owner's restart that raises the shards' bound), while the stream may hold it already (E8: decided once). A restart
 forgets what it owed, by design: the entries a process owed are watched while it lives. One another consumer claimed
-since (that one decides it), one whose group was deleted since (``XGROUP DESTROY``: the write finds it pending nowhere)
-and one whose fact has another entry (that one decides it too) are left out. Watched: the fact of such an entry is
+since (that one decides it), one whose group was deleted since it was read (``XGROUP DESTROY``, before the write failed
+or after: the write finds it pending nowhere, and the group made again delivers it as new) and one whose fact has
+another entry (that one decides it too) are left out. Watched: the fact of such an entry is
 neither applied nor quarantined again while its writer lives (``applied``), and at the end, Redis answering, it is in
 the quarantine stream and the entry acknowledged (``written``), the stream holding it once (``inputchecks``).
 """
@@ -38,8 +39,8 @@ class OwedWatch:
     def __init__(self, driver: InputsDriver) -> None:
         self.driver = driver
         self.lost: dict[Entry, tuple[str, int, int, int]] = {}
-        """Entry -> (the consumer whose write failed, claims and group deletions Redis had taken by then, the
-        quarantines of its fact the log held by then)."""
+        """Entry -> (the consumer whose write failed, claims Redis had taken by then and group deletions before its
+        read, the quarantines of its fact the log held by then)."""
         self.seen = 0  # entries watched in a seed (for the tally)
         self._quarantines: Counter[tuple[str, str, str, str, int]] = Counter()  # FactQuarantined in the log, a fact
         self._read: dict[int, int] = {}  # per shard, the history entries counted
@@ -59,7 +60,11 @@ class OwedWatch:
         for at in range(4, len(args), _PER_FACT):  # after MAXLEN, group, consumer, run
             if (index := int(args[at + 1])) > 0:
                 entry = keys[index - 1], _text(args[at + 2]).encode()
-                self.lost[entry] = consumer, redis.taken.get(entry, 0), len(redis.groups_lost), self.quarantines(entry)
+                deletions = len(redis.groups_lost)
+                if entry not in redis.delivered:  # its group deleted between its read and the write: left out too
+                    deletions = max((n for n, (stream, _, _) in enumerate(redis.groups_lost) if stream == entry[0]),
+                                    default=deletions)
+                self.lost[entry] = consumer, redis.taken.get(entry, 0), deletions, self.quarantines(entry)
                 self.seen += 1
 
     def forget(self, consumer: str) -> None:
