@@ -30,9 +30,10 @@ from pathlib import Path
 import httpx
 from standardwebhooks import Webhook
 
+from atp_service.logs import EveryInterval
 from reservation import ChannelUpdate
 
-from ._delivery import Adapter, DeliveryError, Refused, in_halves, update_json
+from ._delivery import SPLIT_LOG_EVERY_S, Adapter, DeliveryError, Refused, in_halves, update_json
 from ._http import Http, HttpSettings, Sleep, check_status
 
 __all__ = ["Adapter", "DeliveryError", "JsonlAdapter", "WebhookAdapter", "update_json", "webhook_id",
@@ -81,13 +82,14 @@ class WebhookAdapter:
         self.url, self._signers = url, webhook_signers(secret)
         self._wall_s = wall_s
         self._http = Http(http or HttpSettings(), sleep, wall_s)
+        self._split_lines = EveryInterval(SPLIT_LOG_EVERY_S)
 
     async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> list[Refused]:
         """One request; a batch the receiver finds too large (413) or refuses as a whole for what may be
         one update of it (400, 422) is sent again in halves down to single updates (``in_halves``): only
         the updates refused alone are dead-lettered. Each part has its own ``webhook-id`` (its
         versions), the same on every try of it."""
-        return await in_halves(channel, updates, lambda part: self._send(channel, part))
+        return await in_halves(channel, updates, lambda part: self._send(channel, part), lines=self._split_lines)
 
     async def _send(self, channel: str, updates: list[ChannelUpdate]) -> None:
         check_status(await self._post(channel, updates))

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from atp_service.logs import EveryInterval
 from reservation import ChannelUpdate, TokenBucket
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,15 @@ def split_answered(chunk: Keyed, taken: list[ChannelUpdate], refused: Sequence[R
     return [(k, u) for k, u in chunk if u.version in took], [(k, u) for k, u in chunk if u.version not in took | gone]
 
 
+SPLIT_LOG_EVERY_S = 1.0
+"""An adapter writes at most one ``publisher_batch_split`` line this often, the next saying in ``left_out`` how
+many batches split were left out: a line for every part refused (n - 1 for a batch of n a destination refuses
+whole, a schema changed under the publisher) wrote a line per update delivered. The dead letters have every one."""
+
+
 async def in_halves(channel: str, updates: list[ChannelUpdate], send: Send,
-                    refuse: Callable[[ChannelUpdate, str], Refused] = Refused) -> list[Refused]:
+                    refuse: Callable[[ChannelUpdate, str], Refused] = Refused,
+                    lines: EveryInterval | None = None) -> list[Refused]:
     """``send(updates)``; a batch refused as a whole for good with a ``splittable`` refusal is sent again
     in halves, in order (the stock-outs lead the batch: C2), down to single updates: at most 2n - 1
     sends. One poison update refused the whole batch, its stock-outs with it, and those were
@@ -109,18 +117,47 @@ async def in_halves(channel: str, updates: list[ChannelUpdate], send: Send,
     refused (``refuse(update, reason)``: dead-lettered alone, the rest delivered); a retryable
     failure of a part is raised naming the parts answered before it (``taken``, ``refused``): its retry
     sends only the rest (the whole batch was retried, then dead-lettered, the parts the destination took
-    with it: dead letters and metrics said they failed); a batch of one refused is raised as it is."""
+    with it: dead letters and metrics said they failed); a batch of one refused is raised as it is.
+    The split is said once per batch, not per part, and at most once per ``lines``' interval (the
+    adapter's: ``SPLIT_LOG_EVERY_S``)."""
     try:
         return list(await send(updates) or ())
     except DeliveryError as exc:
-        if exc.retryable or not exc.splittable or len(updates) == 1:
+        if not _split(exc, updates):
             raise
-        log.warning("%s: %d updates refused in one request (%s): sending halves, so that only the updates "
-                    "refused alone are dead-lettered", channel, len(updates), exc.reason[:300])
+        left_out = lines.due() if lines is not None else 0
+        if left_out is not None:
+            fields: dict[str, object] = {"event": "publisher_batch_split", "channel": channel,
+                                         "updates": len(updates), "reason": exc.reason[:300]}
+            if left_out:
+                fields["left_out"] = left_out
+            log.warning("%s: %d updates refused in one request (%s): sending halves, so that only the updates "
+                        "refused alone are dead-lettered", channel, len(updates), exc.reason[:300], extra=fields)
+    return await _halves(updates, send, refuse)
+
+
+def _split(exc: DeliveryError, updates: list[ChannelUpdate]) -> bool:
+    """Whether ``updates``, refused with ``exc``, are sent again in halves."""
+    return not exc.retryable and exc.splittable and len(updates) > 1
+
+
+async def _sent_or_halved(updates: list[ChannelUpdate], send: Send,
+                          refuse: Callable[[ChannelUpdate, str], Refused]) -> list[Refused]:
+    """A part of a split batch: ``in_halves`` without a line (the batch's is said)."""
+    try:
+        return list(await send(updates) or ())
+    except DeliveryError as exc:
+        if not _split(exc, updates):
+            raise
+    return await _halves(updates, send, refuse)
+
+
+async def _halves(updates: list[ChannelUpdate], send: Send,
+                  refuse: Callable[[ChannelUpdate, str], Refused]) -> list[Refused]:
     half, refused, taken = len(updates) // 2, list[Refused](), list[ChannelUpdate]()
     for part in (updates[:half], updates[half:]):
         try:
-            part_refused = await in_halves(channel, part, send, refuse)
+            part_refused = await _sent_or_halved(part, send, refuse)
         except DeliveryError as exc:
             if exc.retryable:
                 exc.taken, exc.refused = taken + exc.taken, refused + exc.refused

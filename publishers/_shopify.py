@@ -45,9 +45,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from atp_service.logs import EveryInterval
 from reservation import ChannelUpdate
 
-from ._delivery import DeliveryError, Refused, in_halves
+from ._delivery import SPLIT_LOG_EVERY_S, DeliveryError, Refused, in_halves
 from ._http import Http, HttpSettings, Sleep, check_status
 from ._shopify_state import (
     PREVIOUS_ATTEMPT_FAILED,
@@ -172,13 +173,15 @@ class ShopifyAdapter:
         self._bucket = CostBucket()
         self._cost: dict[str, float] = {}  # per request kind: the cost it last asked for
         self.known = KnownQuantities(settings.known_max)
+        self._split_lines = EveryInterval(SPLIT_LOG_EVERY_S)
 
     async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> list[Refused]:
         """The batch set; one Shopify refuses as a whole for what may be one of its quantities (a
         top-level error other than access, throttling or its own failure; a user error naming no
         single quantity) is set again in halves down to single updates (``in_halves``): only those
         refused alone are dead-lettered, the stock-outs that lead the batch are set (C2, C4)."""
-        return await in_halves(channel, updates, lambda part: self._deliver_once(channel, part), self._refused_alone)
+        return await in_halves(channel, updates, lambda part: self._deliver_once(channel, part), self._refused_alone,
+                               self._split_lines)
 
     async def _deliver_once(self, channel: str, updates: list[ChannelUpdate]) -> list[Refused]:
         rows = [self._row(u) for u in updates]
