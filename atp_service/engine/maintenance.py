@@ -17,6 +17,7 @@ from atp_service.engine.coordinator import Coordinator
 from atp_service.engine.gauges import OversoldSweep
 from atp_service.engine.orphans import LeasedOrphans
 from atp_service.instruments import GaugeChild
+from atp_service.logs import EveryInterval
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_for_good, keep
 from reservation import DomainError, Ledger, Reservation, ReserveView, State, View
@@ -46,6 +47,11 @@ sagas' pace (each a few appends), ahead of no caller. The waiting orders are kep
 queue: put back there, each pass took them again first, and while at least ``EXPIRE_PER_TURN`` of them
 were due at a shard (their sagas stalled: a part's group not answering) no plain hold due after them
 was ever reached (R3)."""
+EXPIRY_DEFERRED_LOG_EVERY_S = 10.0
+"""The housekeeper writes at most one ``expiry_deferred`` line this often, the next saying in ``left_out`` how
+many were left out: an expiry not made durable is tried again at the next pass (every ``maintenance_interval_ms``),
+and a line for each order (or change) at each pass, while a part's process or Redis did not answer, wrote
+thousands a second. The holds stay queued: nothing is dropped (R3)."""
 EVICT_PER_TURN = 10_000
 """Resolved reservations past their retention one housekeeping turn of a shard looks at, at most
 (~20 ms of the turn); the rest are forgotten at the next passes. After a restart that followed
@@ -107,6 +113,7 @@ class Housekeeper:
         self._gauged_at = self._offset_at = 0.0
         self._orders_expiring = 0  # order sagas expiring now, at most EXPIRE_ORDERS_AT_ONCE
         self._orders_due: collections.OrderedDict[tuple[int, str], tuple[Ledger, int]] = collections.OrderedDict()
+        self._deferred_lines = EveryInterval(EXPIRY_DEFERRED_LOG_EVERY_S)
         """Orders due, waiting for a saga (oldest first): (shard, id) -> (its ledger, its expiry). Taken
         from the front by ``popitem(last=False)``, O(1): a plain dict's first item after deletions from
         its front is found by scanning the deleted slots (until a resize), so dropping n stale orders
@@ -245,7 +252,7 @@ class Housekeeper:
         try:
             await self._coordinator.run(shards, home.shard, expire_all)
         except BaseException as exc:  # whatever kept it from being durable: the next pass tries again (R3)
-            log.warning("expiry of %d holds (%s, ...) deferred: %r", len(due), due[0][0], exc)
+            self._deferred(exc, due[0][0], len(due))
             for rid, expires_at in due:
                 home.requeue_expiry(expires_at, rid)
             if not isinstance(exc, Exception):
@@ -271,10 +278,23 @@ class Housekeeper:
         try:
             await orders.expire(rid, home.shard)
         except Exception as exc:  # whatever kept it from being durable: the next pass tries again
-            log.warning("expiry of order %s deferred: %r", rid, exc)
+            self._deferred(exc, rid, 1)
             home.requeue_expiry(expires_at, rid)
         finally:
             self._orders_expiring -= 1
+
+    def _deferred(self, exc: BaseException, first: str, holds: int) -> None:
+        """An expiry of ``holds`` holds (``first`` among them) not durable now, tried again at the next pass (R3):
+        said at most once per ``EXPIRY_DEFERRED_LOG_EVERY_S``, with how many such lines were left out."""
+        left_out = self._deferred_lines.due()
+        if left_out is None:
+            return
+        fields: dict[str, object] = {"event": "expiry_deferred", "reservation_id": first, "holds": holds,
+                                     "error": repr(exc)}
+        if left_out:
+            fields["left_out"] = left_out
+        log.warning("expiry of %d holds (%s%s) deferred: %r", holds, first, ", ..." if holds > 1 else "", exc,
+                    extra=fields)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         keep(self._background, coro)
