@@ -27,6 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from atp_service.logs import EveryInterval
 from atp_service.storage.channel_wire import from_fields, values_of
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.nodes import Nodes, NotReplicated
@@ -44,7 +45,7 @@ from ._holding import Halted, Holding
 from ._lease import SEND_GUARD
 from ._metrics import PublisherMetrics
 from ._reading import Read, Reader, link_of
-from ._redeliver import Redelivery
+from ._redeliver import DEAD_LETTER_LOG_EVERY_S, Redelivery
 from ._replicas import Replicas
 from ._restamp import LostNames, still_known
 from ._standby import StandbyLooks
@@ -82,13 +83,16 @@ class Publisher(TrimmedGaps, Delivering):
         self.replicas = Replicas(config, writer or Nodes(client), self._holding.lease, metrics)  # a cluster: pass one
         self._resync = StateResync(config, client, metrics, adapter.name, lambda key: self._delivered.get(key, 0),
                                    self._deliver_and_record)
+        self.dead_letter_lines = EveryInterval(DEAD_LETTER_LOG_EVERY_S)
+        """The rate of ``publisher_dead_lettered`` lines, across this publisher's takeovers (its clock injectable)."""
         self._redelivery = self._new_redelivery()
         self._takeover = Takeover(config, client, metrics, self._holding.lease, self._owe, self._holding.lost)
 
     def _new_redelivery(self) -> Redelivery:
         return Redelivery(self.config, self.client, self.metrics, self.adapter.name, self._now_ms,
                           lambda key: self._delivered.get(key, 0), self._deliver_and_record,
-                          self._resync_every_key, self._holding.lease, self._holding.lost)
+                          self._resync_every_key, self._holding.lease, self._holding.lost,
+                          lambda: self.dead_letter_lines.due())
 
     # -- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from atp_service.logs import EveryInterval
 from atp_service.storage.channel_wire import state_update, to_fields
 from atp_service.storage.resp import as_text
 from reservation import ChannelUpdate
@@ -52,6 +53,12 @@ Deliver = Callable[[list[ChannelUpdate]], Awaitable[bool]]
 ResyncStep = Callable[[Sweep], Awaitable[int | None]]
 """One step of a resync of the state hash (``StateResync.step``): how many were sent; None: stopped, or
 the destination failed again."""
+
+DEAD_LETTER_LOG_EVERY_S = 1.0
+"""A publisher writes at most one ``publisher_dead_lettered`` line this often, the next saying in ``left_out`` how
+many were left out: a destination refusing every request (credentials revoked, a schema changed) had each batch
+dead-lettered at once with a line of its own, one per update where they come one at a time, for as long as it
+refused. The dead-letter stream and ``atp_publisher_deliveries_total{outcome="failed"}`` have every one."""
 
 
 DEAD_LETTER = """
@@ -89,8 +96,12 @@ class _EveryKey:
 class Redelivery:
     def __init__(self, config: PublisherConfig, client: Any, metrics: PublisherMetrics, adapter: str,
                  now_ms: Callable[[], int], delivered_version: Callable[[str], int], deliver: Deliver,
-                 resync_all: ResyncStep, lease: Lease, lost: Callable[[str], None]) -> None:
+                 resync_all: ResyncStep, lease: Lease, lost: Callable[[str], None],
+                 said: Callable[[], int | None] | None = None) -> None:
         self.config, self.client, self.metrics, self.adapter = config, client, metrics, adapter
+        self._said = said or EveryInterval(DEAD_LETTER_LOG_EVERY_S).due
+        """Whether a dead letter's line is written now (None: left out, counted), with how many were left out
+        before it: the publisher's, kept across its takeovers (``Publisher.dead_letter_lines``)."""
         self._lease, self._lost = lease, lost
         """What this forgets, and its dead letters, under the group's lease: a publisher that lost it
         (paused past it) cannot delete keys the one delivering now owes a redelivery (``lost``: told)."""
@@ -155,8 +166,14 @@ class Redelivery:
             self._left.update(owed)  # in the owed hash now: a sweep under way ends with them there
         if retryable:
             self.answered, self._owed, self._reowed = False, True, True
-        log.warning("%s: %d updates dead-lettered after %d attempts: %s", cfg.channel, len(refused), attempts,
-                    "; ".join(sorted({reason for _, reason in refused}))[:2000])
+        if (left_out := self._said()) is not None:
+            reasons = "; ".join(sorted({reason for _, reason in refused}))[:2000]
+            fields: dict[str, object] = {"event": "publisher_dead_lettered", "channel": cfg.channel,
+                                         "updates": len(refused), "attempts": attempts, "reason": reasons}
+            if left_out:
+                fields["left_out"] = left_out
+            log.warning("%s: %d updates dead-lettered after %d attempts: %s", cfg.channel, len(refused), attempts,
+                        reasons, extra=fields)
         if overflowed:
             self.metrics.redeliver_overflows.labels(cfg.channel).inc()
             log.warning("%s: more than redeliver_max_keys=%d keys owed their newest value; the next pass resyncs "
