@@ -173,7 +173,8 @@ class ShopifyAdapter:
         self._bucket = CostBucket()
         self._cost: dict[str, float] = {}  # per request kind: the cost it last asked for
         self.known = KnownQuantities(settings.known_max)
-        self._split_lines = EveryInterval(SPLIT_LOG_EVERY_S)
+        self._split_lines = EveryInterval(SPLIT_LOG_EVERY_S, clock)
+        self._refused_lines = EveryInterval(SPLIT_LOG_EVERY_S, clock)  # ``publisher_quantities_refused``
 
     async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> list[Refused]:
         """The batch set; one Shopify refuses as a whole for what may be one of its quantities (a
@@ -236,7 +237,7 @@ class ShopifyAdapter:
             rounds.dropped = True
             for n, why in refused.items():
                 self._refuse(todo[n], why)
-            log.warning("shopify: the store refused %d of %d quantities: setting the rest", len(refused), len(todo))
+            self._say_refused(todo[0].update.channel, len(refused), len(todo))
         if not codes & {STALE, PREVIOUS_ATTEMPT_FAILED}:
             return
         if rounds.rereads == self.settings.cas_rounds:
@@ -253,6 +254,18 @@ class ShopifyAdapter:
                 self.known.forget(r.key)
                 r.expected = None
             await self._read(stale)
+
+    def _say_refused(self, channel: str, refused: int, of: int) -> None:
+        """At most one line a second (``SPLIT_LOG_EVERY_S``), with how many were left out: a quantity the store
+        refuses (an item not mapped) comes in every batch that carries its SKU, a line for each request before.
+        Its dead letter has every one."""
+        if (left_out := self._refused_lines.due()) is None:
+            return
+        fields: dict[str, object] = {"event": "publisher_quantities_refused", "channel": channel, "refused": refused,
+                                     "quantities": of}
+        if left_out:
+            fields["left_out"] = left_out
+        log.warning("shopify: the store refused %d of %d quantities: setting the rest", refused, of, extra=fields)
 
     async def _set(self, channel: str, updates: list[ChannelUpdate], rows: list[Row],
                    salt: int) -> list[dict[str, Any]]:
