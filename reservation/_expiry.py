@@ -47,25 +47,32 @@ def expiry_stale(entries: int, live: int) -> bool:
 def take_due(ledger: Ledger, now: int, limit: int, alone: Callable[[Reservation], bool] | None, stale: int
              ) -> tuple[list[str], int]:
     """The due holds from the head of ``ledger``'s expiry queue, stale entries dropped, at most ``limit``
-    (``Ledger.due``, ``Ledger.due_alone``); with ``alone``, up to the first it refuses (left queued). Stops
-    at a stale entry once ``stale`` are dropped (left queued: the next turn's); also returns how many were."""
+    (``Ledger.due``, ``Ledger.due_alone``); with ``alone``, those it refuses are passed over and left queued
+    (housekeeping's). Stops at a stale or passed-over entry once ``stale`` are dropped or passed over (left
+    queued: the next turn's); also returns how many were. Stopped at the first refused, a Reserve's turn left
+    every hold due after a due order or hold spanning shards to the next pass: its units refused the Reserve,
+    a refusal its id replays for good (R5), while a Confirm of it answered EXPIRED (R2, R3)."""
     ledger._unquiet()
     expiry, records, out = ledger._expiry, ledger.reservations, dict[str, None]()  # a twin (``held_again``): once
     dropped = 0
+    passed: list[tuple[int, str]] = []  # due holds ``alone`` refused: queued again below, as they were
     while expiry and expiry[0][0] <= now and len(out) < limit:
         expires_at, rid = expiry[0]
         rec = records.get(rid)
-        if rid not in out and rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:
-            if alone is not None and not alone(rec):
-                break
+        if rid not in out and rec is not None and rec.state == State.HELD and rec.expires_at == expires_at and (
+                alone is None or alone(rec)):
             out[rid] = None
             # Rolled back, the hold must still expire later: one entry, not one per twin popped (R3).
             ledger._undo.append(functools.partial(ledger.requeue_expiry, expires_at, rid))
-        elif dropped >= stale:
+        elif dropped >= stale:  # a bounded walk a turn (R8), passed-over holds counted with stale entries
             break
         else:
             dropped += 1
+            if rid not in out and rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:
+                passed.append((expires_at, rid))
         heapq.heappop(expiry)
+    for entry in passed:
+        heapq.heappush(expiry, entry)
     return list(out), dropped
 
 

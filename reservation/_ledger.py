@@ -216,9 +216,10 @@ class Ledger(ReserveWrites, Upkeep):
         return rec
 
     def due_alone(self, now: int, alone: Callable[[Reservation], bool], limit: int) -> list[str]:
-        """``due`` from the queue's head while ``alone`` (this ledger expires it by itself; not: those after it wait
-        for housekeeping), for a Reserve's turn to expire first (R2, R3): at most ``limit`` an open batch, and at
-        most ``EXPIRY_STALE_PER_TURN`` stale entries dropped an open batch (R8)."""
+        """``due`` from the queue's head, those ``alone`` accepts (this ledger expires it by itself; the others are
+        passed over, left queued for housekeeping), for a Reserve's turn to expire first (R2, R3): at most ``limit``
+        an open batch, and at most ``EXPIRY_STALE_PER_TURN`` stale entries dropped or holds passed over an open
+        batch (R8)."""
         batch, taken, dropped = self._alone_taken
         if batch is not self._events:
             taken = dropped = 0

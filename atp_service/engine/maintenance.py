@@ -87,9 +87,10 @@ def expires_alone(shard: int, place: Callable[[str], int]) -> Callable[[Reservat
 
 def expire_alone(ledger: Ledger, now: int, place: Callable[[str], int]) -> None:
     """Inside a Reserve's turn on ``ledger``, before it is decided: the holds there whose TTL has passed
-    and that this shard expires by itself (not spanning shards, not an order) expire in the Reserve's
-    entry. A hold past its TTL holds nothing when a Reserve is decided (R2, R3): left to the next pass,
-    its units refused a Reserve that a Confirm of it at the same moment answered EXPIRED."""
+    and that this shard expires by itself (not spanning shards, not an order: passed over, left to the next
+    pass, and the holds due after them still expired here) expire in the Reserve's entry. A hold past its TTL
+    holds nothing when a Reserve is decided (R2, R3): left to the next pass, its units refused a Reserve that
+    a Confirm of it at the same moment answered EXPIRED."""
     for rid in ledger.due_alone(now, expires_alone(ledger.shard, place), EXPIRE_PER_TURN):
         ops.expire(ledger, rid, now)
 

@@ -4,12 +4,13 @@ from the head of the expiry queue, up to the first this ledger cannot expire by 
 from __future__ import annotations
 
 from reservation import State, expire, reserve
+from reservation._expiry import take_due
 from tests.reservation.helpers import cmd, ledger_with
 
 NOW = 10_000
 
 
-def test_due_holds_from_the_head_up_to_the_first_not_alone() -> None:
+def test_due_holds_from_the_head_past_those_not_alone_which_stay_queued_R2_R3() -> None:
     ledger = ledger_with({("A", "S1"): 10})
     reserve(ledger, cmd("first", ("A", "S1", 1), ttl=10), NOW)
     reserve(ledger, cmd("spanning", ("A", "S1", 1), ttl=20), NOW)
@@ -17,11 +18,27 @@ def test_due_holds_from_the_head_up_to_the_first_not_alone() -> None:
     reserve(ledger, cmd("later", ("A", "S1", 1), ttl=60), NOW)
     at = NOW + 30_000
     assert ledger.expiry_due(at) and not ledger.expiry_due(NOW + 9_999)
-    assert ledger.due_alone(at, lambda rec: rec.reservation_id != "spanning", 100) == ["first"]
-    for rid in ledger.due_alone(at, lambda rec: True, 100):  # what the pass expires, "spanning" on
+    # Was ["first"]: "after", due behind a hold the turn cannot expire, kept its units till the next pass.
+    assert ledger.due_alone(at, lambda rec: rec.reservation_id != "spanning", 100) == ["first", "after"]
+    for rid in ("first", "after"):
         expire(ledger, rid, at)
+    assert ledger.due(at) == ["spanning"]  # passed over, still queued: what the pass expires
+    expire(ledger, "spanning", at)
     assert [ledger.reservation(rid).state for rid in ("spanning", "after", "later")] == [  # type: ignore[union-attr]
         State.EXPIRED, State.EXPIRED, State.HELD]
+
+
+def test_holds_passed_over_count_against_the_walk_of_a_turn_R8() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    for i in range(4):
+        reserve(ledger, cmd(f"o{i}", ("A", "S1", 1), ttl=10), NOW)
+    reserve(ledger, cmd("plain", ("A", "S1", 1), ttl=20), NOW)
+    ledger.commit(NOW)
+    at = NOW + 20_000
+    not_orders = lambda rec: not rec.reservation_id.startswith("o")  # noqa: E731
+    assert take_due(ledger, at, 100, not_orders, 3) == ([], 3)  # the bound spent passing over o0..o2
+    assert take_due(ledger, at, 100, not_orders, 4) == (["plain"], 4)
+    assert sorted(ledger.due(at)) == ["o0", "o1", "o2", "o3"]  # every one passed over still queued
 
 
 def test_a_batch_taken_back_queues_its_holds_again() -> None:
