@@ -76,24 +76,36 @@ def take_due(ledger: Ledger, now: int, limit: int, alone: Callable[[Reservation]
     return list(out), dropped
 
 
-def due_head(ledger: Ledger, now: int, stale: int) -> tuple[Reservation | None, int]:
-    """The hold at the head of ``ledger``'s expiry queue where it is due, the stale entries before it dropped
-    on the way — at most ``stale`` of them (None past them, as ``take_due`` stops there); None where the
-    head is not due. Also returns how many were dropped. Nothing else changes: a stale entry names no
-    hold due then, wherever it is dropped."""
+def due_head(ledger: Ledger, now: int, stale: int, alone: Callable[[Reservation], bool]
+             ) -> tuple[Reservation | None, int]:
+    """The first due hold of ``ledger``'s expiry queue that ``alone`` accepts — what ``take_due`` would take
+    first —, the stale entries before it dropped and the holds ``alone`` refuses passed over (left queued) on
+    the way, at most ``stale`` of them together (None past them, as ``take_due`` stops there); None where none
+    is due. Also returns how many were dropped or passed over. Nothing else changes: a stale entry names no
+    hold due then, wherever it is dropped. Looking at the head alone, a hold the turn expires behind an order
+    due first was not found, and a new id its turn grants refused (``IdGuard._room_in_turn``)."""
     ledger._unquiet()
     expiry, records = ledger._expiry, ledger.reservations
     dropped = 0
+    passed: list[tuple[int, str]] = []
+    found: Reservation | None = None
     while expiry and expiry[0][0] <= now:
         expires_at, rid = expiry[0]
         rec = records.get(rid)
-        if rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:
-            return rec, dropped
+        held = rec is not None and rec.state == State.HELD and rec.expires_at == expires_at
+        if rec is not None and held and alone(rec):
+            found = rec
+            break
         if dropped >= stale:
             break
         dropped += 1
-        heapq.heappop(expiry)
-    return None, dropped
+        if held:
+            passed.append(heapq.heappop(expiry))
+        else:
+            heapq.heappop(expiry)
+    for entry in passed:
+        heapq.heappush(expiry, entry)
+    return found, dropped
 
 
 def held_again(expiry: list[tuple[int, str]], old: Reservation, undone: Reservation) -> None:

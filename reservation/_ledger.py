@@ -202,16 +202,16 @@ class Ledger(ReserveWrites, Upkeep):
         """Whether the expiry queue's head is due (it may be stale: ``due_alone`` drops it)."""
         return bool(self._expiry) and self._expiry[0][0] <= now
 
-    def due_first(self, now: int) -> Reservation | None:
-        """The hold due first (R3) where one is, for a check made before a Reserve's turn (``IdGuard``): the
-        expiry queue's head, the stale entries before it dropped. They count against the next batch's
-        ``EXPIRY_STALE_PER_TURN`` (``due_alone``'s): past it None, as that turn stops there. Counted apart,
-        a stream's batch of 1,000 new ids checked one after another walked up to 1,000 times the bound in
-        one go (R8)."""
+    def due_first(self, now: int, alone: Callable[[Reservation], bool] = lambda _: True) -> Reservation | None:
+        """The hold due first (R3) that ``alone`` accepts where one is, for a check made before a Reserve's turn
+        (``IdGuard``): the stale entries before it dropped, the holds ``alone`` refuses passed over. They count
+        against the next batch's ``EXPIRY_STALE_PER_TURN`` (``due_alone``'s): past it None, as that turn stops
+        there. Counted apart, a stream's batch of 1,000 new ids checked one after another walked up to 1,000
+        times the bound in one go (R8)."""
         batch, taken, dropped = self._alone_taken
         if batch is not self._events:
             taken = dropped = 0
-        rec, more = due_head(self, now, EXPIRY_STALE_PER_TURN - dropped)
+        rec, more = due_head(self, now, EXPIRY_STALE_PER_TURN - dropped, alone)
         self._alone_taken = (self._events, taken, dropped + more)
         return rec
 

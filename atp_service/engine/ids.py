@@ -167,14 +167,14 @@ class IdGuard:
         """Whether the home's turn may grant what ``full`` refuses here: the bound is on live records and a
         hold there is past its TTL that the turn expires first (``expire_alone``) — a hold past its TTL is
         not live when a Reserve is decided (R2, R3), and refused here for it the Reserve was granted by one
-        process, not by several. Not where the queue's due head is only stale entries (holds confirmed,
-        released, given another TTL: confirmed ones count live), nor an order (its saga expires it, from a
-        housekeeping pass), nor at the bound on resolved records (an expiry adds one): claimed there, a
-        flood of new ids grew Redis by a key a call again, each refused by the turn."""
+        process, not by several. Not where the queue's due entries are only stale ones (holds confirmed,
+        released, given another TTL: confirmed ones count live) and orders (each expired by its saga, from a
+        housekeeping pass: passed over, as the turn passes over them), nor at the bound on resolved records (an
+        expiry adds one): claimed there, a flood of new ids grew Redis by a key a call again, each refused by
+        the turn."""
         if full.metadata.get("limit") != "max_live_reservations_per_shard":
             return False
-        due = ledger.due_first(self._engine.now_at(home))
-        return due is not None and expires_alone(home, self._engine.place)(due)
+        return ledger.due_first(self._engine.now_at(home), expires_alone(home, self._engine.place)) is not None
 
     def _refusal(self, reservation_id: str, home: int, held: int, full: DomainError | None) -> DomainError | None:
         """What the claim's answer (``held``: -1 where only looked at and none held) refuses: an id of

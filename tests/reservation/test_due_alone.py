@@ -61,3 +61,15 @@ def test_the_limit_bounds_an_open_batch_all_its_reserves_together_R8() -> None:
     assert ledger.due_alone(at, lambda rec: True, 2) == []  # the same batch: its bound spent
     ledger.commit(at)
     assert ledger.due_alone(at, lambda rec: True, 2) == ["r2", "r3"]  # a batch of its own
+
+
+def test_the_check_before_a_turn_finds_the_hold_the_turn_takes_first_R3() -> None:
+    """``due_first`` (``IdGuard``'s check at a full shard) passes over what the turn passes over, leaving it queued."""
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("spanning", ("A", "S1", 1), ttl=10), NOW)
+    reserve(ledger, cmd("after", ("A", "S1", 1), ttl=20), NOW)
+    at = NOW + 20_000
+    found = ledger.due_first(at, lambda rec: rec.reservation_id != "spanning")
+    assert found is not None and found.reservation_id == "after"  # was: None (the head not alone)
+    assert ledger.due_first(at, lambda rec: False) is None
+    assert ledger.due(at) == ["spanning", "after"]  # both still queued

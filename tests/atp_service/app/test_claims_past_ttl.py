@@ -155,3 +155,20 @@ async def test_a_shard_at_its_resolved_bound_with_a_hold_past_its_ttl_claims_no_
         await client.release(f"gone-{n}")  # the shard at its resolved bound
     clock.advance(TTL_S * 1000 + 1)
     await _refused_unclaimed(client, redis_url, [("A", "S1", 1)], "max_resolved_reservations_per_shard", stream)
+
+
+async def test_a_hold_past_its_ttl_behind_an_order_past_its_own_is_found_R3(start_service: ServiceFactory) -> None:
+    """The head of the home's expiry queue is an order past its TTL (its saga expires it, from a pass); the plain
+    hold due behind it is expired in the Reserve's turn (``expire_alone`` passes over the order), so the check
+    made before the new id is claimed finds it too, and the new id is granted, as in one process. It looked at
+    the head alone and refused the id CAPACITY_REACHED, unclaimed, until the next pass."""
+    clock, _, client = await _started(start_service, "leases", bound=3)
+    low, high = _pair()
+    await client.record_events([receipt("s1", low, "DC", 10), receipt("s2", high, "DC", 10)])
+    # Its record and its part at ``low``, due first; then a plain hold there: the home at its bound.
+    await client.reserve("order", [(low, "DC", 1), (high, "DC", 1)], ttl_seconds=TTL_S // 2)
+    await client.reserve("fill", [(low, "DC", 1)], ttl_seconds=TTL_S)
+    clock.advance(TTL_S * 1000 + 1)
+    granted = await client.reserve("new", [(low, "DC", 1)], ttl_seconds=TTL_S)
+    assert granted.state == pb.RESERVATION_STATE_HELD, granted  # was: CAPACITY_REACHED
+    assert (await client.get_reservation("fill")).state == pb.RESERVATION_STATE_EXPIRED
