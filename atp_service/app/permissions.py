@@ -168,6 +168,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
             ("XREAD", "COUNT", 1, "STREAMS", s, "0"),
             ("XACK", s, group, "0-1"), ("XAUTOCLAIM", s, group, consumer, 0, "0-0"),
             ("XPENDING", s, group, "0-1", "0-1", 1, consumer),  # the quarantine script's: the entry still ours
+            ("XREVRANGE", s, "+", "-", "COUNT", 1),  # the quarantine script's: the stream's newest, named (E8)
             ("XINFO", "GROUPS", s), ("XINFO", "STREAM", s), ("XGROUP", "CREATE", s, group, "$", "MKSTREAM"),
             ("XGROUP", "SETID", s, group, "0-0"), ("XRANGE", s, "-", "+", "COUNT", 1), ("EXISTS", s))]
     return needs

@@ -9,9 +9,10 @@ XACK, was decided again: applied, had room come back (the bound raised and the s
 while the quarantine stream, what operators reconcile against, showed it not applied. So an entry at or before the
 stream's newest entry when the group was made, whose fact the quarantine stream holds from a write made after the entry
 was added (the written set's score, the quarantine entry's time, at or past the entry id's; or, where a producer's own
-ids ran ahead of Redis's clock, the entry named beside by its fact's digest, ``quarantine.ahead_key``, that one or one
-before it on the same stream), is acknowledged as it is: its quarantine stands (E8: decided once). An operator's resend
-of it from the quarantine stream is a later entry, decided as any.
+ids ran ahead of Redis's clock, the entry named beside by its fact's digest, ``quarantine.ahead_key`` — the stream's
+newest when the fact was written —, that one or one before it on the same stream), is acknowledged as it is: its
+quarantine stands (E8: decided once). An operator's resend of it from the quarantine stream is a later entry, decided
+as any.
 
 Whichever reader takes such an entry: the group made again delivers it to any consumer — another process's reader
 (``ATP_OWNERSHIP=leases``), which saw no ``NOGROUP``, or one started since. So the newest entry then is a mark in Redis
@@ -88,9 +89,9 @@ async def quarantined_before(client: Any, quarantine: QuarantineStream, unacked:
 def _written_after(read: tuple[str, bytes, Any], score: float, named: Any) -> bool:
     """Whether the write of the fact of ``read`` (stream, entry id, ...), its score ``score`` (the write's time), was
     made after the entry was added (E8): the entry's id's time at or before it (compared as Redis keeps a score, a
-    double), or, where a producer's own ids ran ahead of Redis's clock, the entry the one named with the fact
-    (``named``: ``quarantine.ahead_key``'s, None: none) or one before it on the same stream. A later entry (an
-    operator's resend of the fact) is neither."""
+    double), or, where a producer's own ids ran ahead of Redis's clock, the entry the one named with the fact (its
+    stream's newest at the write: ``named``, ``quarantine.ahead_key``'s, None: none) or one before it on the same
+    stream — a producer's retry added before the write included. A later entry (an operator's resend) is neither."""
     stream, entry_id = read[0], read[1]
     if float(id_key(entry_id)[0]) <= float(score):
         return True

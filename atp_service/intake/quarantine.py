@@ -13,8 +13,9 @@ by their entries' times, in the order written) does not hold it. The set is trim
 score first: it says what the stream holds, never more — a flood of late facts costs Redis no more than the stream
 does —, the stream being written by nothing else (the dead-letter stream is refused its name at start: dead letters
 trimmed it of facts the set still held, never written again). A fact whose input entry's id runs ahead of its write
-(a producer's own ids, ``XADD <ms>-<seq>``) has that entry named beside (``ahead_key``, while the set holds the fact):
-a group made again tells that entry delivered again from a later one by it (``again.quarantined_before``).
+(a producer's own ids, ``XADD <ms>-<seq>``) has its input stream's newest entry then named beside (``ahead_key``,
+while the set holds the fact): a group made again tells the entries added before the write, delivered again, from a
+later one (a resend) by it (``again.quarantined_before``).
 """
 
 from __future__ import annotations
@@ -56,12 +57,25 @@ _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: no
 # entry pending); the set is trimmed to MAXLEN, oldest first, as the stream is (about MAXLEN entries). Its score is the
 # write's time, whatever the entry's id: scored at an id far ahead (a producer's clock in 2100, ids in µs), a fact kept
 # its place above every later one for good, each of those trimmed at its own write while the stream held it, written
-# again by a retry (E8). An entry whose id runs ahead of the write is named in the hash by its fact's digest instead
-# (its id, a space, its stream), taken out with the digest when the set is trimmed. A fact written
+# again by a retry (E8). Where its input stream's newest entry then (its own, or one after it) runs ahead of the write,
+# that newest entry is named in the hash by the fact's digest instead (its id, a space, its stream): every entry added
+# before the write is at or before it — a producer's retry of the entry too, which the set's score, the write's time,
+# tells from a later resend only where ids are Redis's —, every one added after is later. Taken out with the digest
+# when the set is trimmed. A fact written
 # before has its digest taken out and put back as it was: a write of this call, so the WAIT after it
 # (``redis_wait_replicas``) covers the earlier write too — that one's answer lost, on another connection, a WAIT after
 # a call that wrote nothing confirms nothing of it (R7).
 _ONCE = f"""
+local function later(a, b)  -- the later of two stream ids (as Redis writes them: digits, no leading zeros)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if not bm then return a end
+  if not am then return b end
+  if #am ~= #bm then return #am > #bm and a or b end
+  if am ~= bm then return am > bm and a or b end
+  if #as ~= #bs then return #as > #bs and a or b end
+  return as >= bs and a or b
+end
 local written = {{}}
 local n = (#ARGV - 4) / {_PER_FACT}
 local current = true
@@ -92,8 +106,12 @@ for f = 0, n - 1 do
   else
     local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 3, at + {2 + 2 * _FIELDS}))
     local score = string.match(id, '^%d+')
-    if input > 0 and tonumber(string.match(ARGV[at + 2], '^%d+')) > tonumber(score) then  -- E8: a producer's own ids
-      redis.call('HSET', KEYS[4], ARGV[at], ARGV[at + 2] .. ' ' .. KEYS[input])
+    if input > 0 then  -- E8: a producer's own ids may run ahead of the write; its stream's newest entry named then
+      local newest = redis.call('XREVRANGE', KEYS[input], '+', '-', 'COUNT', 1)[1]
+      local last = newest and later(newest[1], ARGV[at + 2]) or ARGV[at + 2]
+      if tonumber(string.match(last, '^%d+')) > tonumber(score) then
+        redis.call('HSET', KEYS[4], ARGV[at], last .. ' ' .. KEYS[input])
+      end
     end
     redis.call('ZADD', KEYS[2], score, ARGV[at])
     written[f + 1] = 1

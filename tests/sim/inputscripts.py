@@ -62,8 +62,11 @@ def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list
             fields = {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
             redis.quarantined.append((stream, fields, None if input_stream is None else (input_stream, entry_id)))
             written[digest] = redis.now_ms()  # the quarantine entry's id's time, its score: in the order written
-            if input_stream is not None and id_key(entry_id)[0] > written[digest]:  # a producer's own ids, ahead
-                redis.named_ahead.setdefault(ahead_key, {})[digest] = entry_id + b" " + input_stream.encode()
+            held = redis.streams.get(input_stream) if input_stream is not None else None
+            newest = next(reversed(held.entries), entry_id) if held else entry_id  # XREVRANGE: the stream's newest
+            last = max(entry_id, newest, key=id_key)
+            if input_stream is not None and id_key(last)[0] > written[digest]:  # a producer's own ids, ahead
+                redis.named_ahead.setdefault(ahead_key, {})[digest] = last + b" " + input_stream.encode()
             out.append(1)
         if input_stream is not None and ours:
             redis.xack(input_stream, group, entry_id)  # redis.pcall: XACK answers 0 without the group

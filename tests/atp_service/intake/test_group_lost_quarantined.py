@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis
 
 from atp_client import AtpClient
@@ -158,5 +159,43 @@ async def test_facts_whose_entry_ids_run_far_ahead_do_not_crowd_the_quarantine_s
             await client.close()
         quarantined = [f[b"event_id"] for _, f in r.xrange("atp:quarantine")]
         assert quarantined.count(b"g1") == 1, quarantined
+    finally:
+        await service.stop()
+
+
+@pytest.mark.parametrize("ahead_ms", [0, 3_600_000], ids=["redis-ids", "ids-ahead"])
+async def test_a_producer_s_retry_added_before_the_quarantine_write_is_not_applied_when_delivered_again(
+        redis_url: str, ahead_ms: int) -> None:
+    """Defect: ``e2`` was on the stream twice (its producer's retry of an append in doubt), both entries added before
+    the service read them; ``e2`` was quarantined for want of room from the first, the second decided alike (the
+    stream holding it: not written again). Restarted with room, the group made again from the start: with ids of
+    Redis's own both were acknowledged as quarantined (both added before the write), but with ids its producer
+    stamped ahead only the entry named with the fact (``quarantine.ahead_key``) was, the retry after it decided again
+    and applied (on_hand 10) while the quarantine stream held ``e2`` as not applied (E8: decided once). Named now:
+    the stream's newest entry when the fact was written, so every entry added before the write is told from a
+    resend made after it."""
+    r: Any = redis.Redis.from_url(redis_url)
+    seconds, micros = r.time()
+    ahead = seconds * 1000 + micros // 1000 + ahead_ms
+    ids = [f"{ahead}-{n}" if ahead_ms else "*" for n in (1, 2, 3, 4)]
+    r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields(), id=ids[0])  # remembered: the shard at its bound
+    r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields(), id=ids[1])  # past the bound: quarantined
+    r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields(), id=ids[2])  # the producer's retry
+    service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=1)), redis_url)
+    try:
+        await service.start()
+        await wait_consumed(redis_url, [STREAM])
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+    finally:
+        await service.stop()
+    service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=10)), redis_url)
+    try:
+        await service.start()
+        r.xgroup_destroy(STREAM, "atp")  # an operator's, or a Redis restored without it
+        r.xadd(STREAM, F("e3", "RECEIPT", "A", "S1", 1, T + 2).fields(), id=ids[3])
+        await until(lambda: _group_made_again(r), "the group made again")
+        await wait_consumed(redis_url, [STREAM])
+        assert await _on_hand(service) == 5, "e2's retry, added before its quarantine write, applied when read again"
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
     finally:
         await service.stop()
