@@ -73,12 +73,19 @@ async def quarantined_before(client: Any, quarantine: QuarantineStream, unacked:
     if not maybe:
         return facts, read, ahead, []
     digests = [QuarantineStream.digest(pairs[n][0]) for n in maybe]
+    streams = list(dict.fromkeys(pairs[n][1][0] for n in maybe))
     async with client.pipeline(transaction=False) as pipe:
         pipe.zmscore(quarantine.written_key, digests)
         pipe.hmget(quarantine.ahead_key, digests)
-        scores, named = await pipe.execute()
+        for stream in streams:  # each one's newest entry: an entry named past it is of a stream deleted since
+            pipe.xrevrange(stream, "+", "-", count=1)
+        scores, named, *newest = await pipe.execute()
+    last = {stream: id_key(as_bytes(got[0][0])) if got else (0, 0) for stream, got in zip(streams, newest, strict=True)}
+    for _, (stream, entry_id, _) in pairs:  # an entry read was there: the stream deleted since the read, no later one
+        if stream in last:
+            last[stream] = max(last[stream], id_key(entry_id))
     held = {n for n, score, entry in zip(maybe, scores, named, strict=True)
-            if score is not None and _written_after(pairs[n][1], score, entry)}
+            if score is not None and _written_after(pairs[n][1], score, entry, last[pairs[n][1][0]])}
     if not held:
         return facts, read, ahead, []
     keep = [n for n in range(len(read)) if n not in held]
@@ -86,16 +93,19 @@ async def quarantined_before(client: Any, quarantine: QuarantineStream, unacked:
     return [facts[n] for n in keep], [read[n] for n in keep], kept_ahead, [pairs[n][1][:2] for n in sorted(held)]
 
 
-def _written_after(read: tuple[str, bytes, Any], score: float, named: Any) -> bool:
+def _written_after(read: tuple[str, bytes, Any], score: float, named: Any, newest: tuple[int, int]) -> bool:
     """Whether the write of the fact of ``read`` (stream, entry id, ...), its score ``score`` (the write's time), was
     made after the entry was added (E8): the entry's id's time at or before it (compared as Redis keeps a score, a
     double), or, where a producer's own ids ran ahead of Redis's clock, the entry the one named with the fact (its
     stream's newest at the write: ``named``, ``quarantine.ahead_key``'s, None: none) or one before it on the same
-    stream — a producer's retry added before the write included. A later entry (an operator's resend) is neither."""
+    stream — a producer's retry added before the write included. A later entry (an operator's resend) is neither.
+    One named past ``newest``, the stream's newest entry now, was named on a stream of that name deleted since (to be
+    rid of its ids ahead, then written again, OPERATIONS.md ``ingest_stream_made_anew``): it names none of this one's,
+    whose entries (an operator's resend of the fact there) are decided as any."""
     stream, entry_id = read[0], read[1]
     if float(id_key(entry_id)[0]) <= float(score):
         return True
     if named is None:
         return False
     named_id, _, named_stream = as_bytes(named).partition(b" ")
-    return named_stream.decode() == stream and id_key(entry_id) <= id_key(named_id)
+    return named_stream.decode() == stream and id_key(entry_id) <= id_key(named_id) <= newest

@@ -378,6 +378,13 @@ class Pipeline:
     def hmget(self, key: str, fields: list[str]) -> None:  # the entries named beside it (``quarantine.ahead_key``)
         self._queued.append(("hmget", lambda: [self._redis.named_ahead.get(key, {}).get(f) for f in fields]))
 
+    def xrevrange(self, stream: str, _max: str, _min: str, count: int) -> None:  # a stream's newest (``again.py``)
+        def newest() -> list[tuple[bytes, dict[bytes, bytes]]]:
+            held = self._redis.streams.get(stream)
+            last = next(reversed(held.entries), None) if held else None
+            return [] if last is None else [(last, {})][:count]
+        self._queued.append(("xrevrange", newest))
+
     def xpending_range(self, stream: str, group: str, low: bytes, _high: bytes, _count: int, consumer: str) -> None:
         self._queued.append(("xpending", lambda: self._redis.xpending_one(stream, group, low, consumer)))
 

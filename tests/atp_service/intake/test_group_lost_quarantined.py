@@ -199,3 +199,26 @@ async def test_a_producer_s_retry_added_before_the_quarantine_write_is_not_appli
         assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
     finally:
         await service.stop()
+
+
+async def test_an_operator_s_resend_on_a_stream_written_again_to_be_rid_of_ids_ahead_is_applied(redis_url: str) -> None:
+    """Defect: ``e2`` was quarantined for want of room from an entry its producer stamped an hour ahead (named beside
+    the quarantine stream's set). Stopped, the stream deleted to be rid of its ids ahead and written again with
+    Redis's (OPERATIONS.md, ``ingest_stream_made_anew``), the operator resending ``e2`` there, the service started
+    with room: the group made on the new stream took the resend, an entry before the one named on a stream of that
+    name, for the quarantined entry delivered again and acknowledged it unapplied (on_hand 5): the fact lost. An
+    entry named past the stream's newest when its group was made is of a stream deleted since: it names none there."""
+    r: Any = redis.Redis.from_url(redis_url)
+    seconds, micros = r.time()
+    await _e2_quarantined_at(r, redis_url, seconds * 1000 + micros // 1000 + 3_600_000)
+    r.delete(STREAM)  # to be rid of the ids ahead
+    r.xadd(STREAM, F("e3", "RECEIPT", "A", "S1", 1, T + 2).fields())
+    r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # the operator's resend, with room now
+    service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=10)), redis_url)
+    try:
+        await service.start()
+        await wait_consumed(redis_url, [STREAM])
+        assert await _on_hand(service) == 10, "the resend acknowledged as the quarantined entry delivered again"
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+    finally:
+        await service.stop()
