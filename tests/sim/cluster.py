@@ -39,6 +39,7 @@ from tests.sim.groups import configure
 from tests.sim.leased import ProcessLog
 from tests.sim.membership import Leases, SimMembership
 from tests.sim.network import Network
+from tests.sim.partition import Partitions
 from tests.sim.process import CURRENT, Process, task_factory
 from tests.sim.simlog import outranks
 from tests.sim.skew import SkewedHosts
@@ -77,6 +78,7 @@ class ClusterWorld(World):
         self._nobody: dict[int, ShardActor] = {}
         self.step_faults: Any = None
         """The step's membership faults (``disrupt.Disruptor``): fired at their ticks, awaited by ``busy``."""
+        self.partitions: Partitions | None = None  # ``--partition``: processes cut off from each other over gRPC
 
     def _new(self, index: int) -> Process:
         self.incarnations += 1
@@ -203,7 +205,13 @@ class ClusterWorld(World):
         proc.background(stop())
 
     # -- between steps ----------------------------------------------------------------------------
+    def cut(self, source: str, target: str) -> str | None:
+        """``--partition``: what becomes of a call ``source`` sends ``target`` now (None: it passes)."""
+        return None if self.partitions is None else self.partitions.fate(source, target)
+
     def on_tick(self, tick: int) -> None:
+        if self.partitions is not None:
+            self.partitions.tick(tick)
         if self.step_faults is not None:
             self.step_faults.fire(tick)
         if self.tail is not None and self.tail.due(tick):

@@ -30,6 +30,7 @@ from tests.sim.invariants import (
     one_record_per_id,
     snapshots_whole,
 )
+from tests.sim.partition import Partitions
 from tests.sim.replay import replay_equals_live
 from tests.sim.settled import orders_settle
 from tests.sim.settlefaults import SettleFaults, no_waits
@@ -55,7 +56,7 @@ class Driver:
                  late_across_steps: bool = False, retry_other_content: bool = False, lose_tail: bool = False,
                  clock_skew: bool = False, redis_full: bool = False, fact_times: bool = False,
                  shed: bool = False, one_key: bool = False, settle_faults: bool = False, groups: bool = False,
-                 forward_streams: bool = False, short_grace: bool = False) -> None:
+                 forward_streams: bool = False, short_grace: bool = False, partition: bool = False) -> None:
         """``late_across_steps``: with several processes, also order steps served past a step's end.
         ``retry_other_content``: with several processes, retries may carry other content than their
         id's first Reserve, at any process (R5 across processes: ``engine/ids.py``; off by default so
@@ -73,7 +74,8 @@ class Driver:
         for new positions (``groups.py``). ``forward_streams``: with several processes, ReserveStream items of other
         processes' groups sent to their owners in the batch's turn (``streams.py``). ``short_grace``: a grace
         window of seconds, so that shards forget remembered facts, seal them and free kept deltas (E8, E9),
-        and first sends stamped within it (``shortgrace.py``)."""
+        and first sends stamped within it (``shortgrace.py``). ``partition``: with several processes, two of them
+        cut off from each other over gRPC, Redis reached by both, for ticks or steps (``partition.py``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
@@ -99,7 +101,9 @@ class Driver:
         self.world.log.full = self.world.log.ids.full = self.full
         self.settle = SettleFaults(seed, self.tally) if settle_faults else None
         self.world.log.settle = self.settle
+        self.partitions = Partitions(seed, self.tally) if partition and processes > 1 else None
         if isinstance(self.world, ClusterWorld):
+            self.world.partitions = self.partitions
             self.world.network.across_steps = late_across_steps
             self.world.edge.streams.seed(f"streams {seed}")
         self.acked = Acknowledged()
@@ -137,6 +141,8 @@ class Driver:
                 for step in range(steps):
                     await self.step(step)
                     await self.check()
+                if self.partitions is not None:
+                    self.partitions.heal()  # the run's end: the processes reach each other again
                 await orders_settle(self.world)
                 await self.stop()
                 self.errors.check()
@@ -167,7 +173,7 @@ class Driver:
                 + (" --redis-full" if self.full else "") + (" --fact-times" if self.times else "")
                 + (" --shed" if self.shed else "") + (" --settle-faults" if self.settle else "")
                 + (" --forward-streams" if world.forward_streams else "")
-                + (" --short-grace" if self.short_grace else ""))
+                + (" --short-grace" if self.short_grace else "") + (" --partition" if self.partitions else ""))
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
@@ -198,6 +204,8 @@ class Driver:
             self.trace.append(f"{step}: {span}")
         if self.shed is not None and (shedding := self.shed.draw(world.config.shards, self.processes)):
             self.trace.append(f"{step}: {shedding}")
+        if self.partitions is not None and (cut := self.partitions.draw([p.address for p in world.processes])):
+            self.trace.append(f"{step}: {cut}")
         runner = StepRunner(world, rng)
         if self.settle is not None:
             self.settle.active = True
@@ -210,6 +218,8 @@ class Driver:
                 self.trace.append(f"{step}: {refused}")
             if self.shed is not None and (shed := self.shed.end_step()):  # the quiesce after: nothing is shed
                 self.trace.append(f"{step}: {shed}")
+            if self.partitions is not None and (cut := self.partitions.end_step()):  # healed, unless it lasts
+                self.trace.append(f"{step}: {cut}")
             events = runner.events + (disruptor.events if disruptor else [])
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))

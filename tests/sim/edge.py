@@ -5,7 +5,8 @@ is never forwarded again: the owner's ``Moved`` is the caller's answer). ``Moved
 not held here (group -1) on Confirm/Release/Fulfil: every other owner is asked; NOT_FOUND only when
 none holds it and every group has an owner. Facts: each one whose group is elsewhere is forwarded to
 its owner. ReserveStream items are sent to their owners with ``--forward-streams`` (``streams.py``), else
-answered ``Moved`` each; LoadCounts is not forwarded (a ``Moved`` for the call).
+answered ``Moved`` each; LoadCounts is not forwarded (a ``Moved`` for the call). With ``--partition`` a call
+forwarded across a cut (``partition.py``) is never sent ("failed to connect") or made with its answer lost (in doubt).
 
 It also stands in for the engine where the commands and checks read one (``actors``: each group's
 actor at its current owner).
@@ -35,6 +36,7 @@ from reservation import (
     ReserveCommand,
 )
 from tests.sim.factjudge import judged_record
+from tests.sim.partition import lost_in_hand, unreached
 from tests.sim.process import Process
 from tests.sim.shed import door_refusal
 from tests.sim.streams import InboundStream
@@ -133,7 +135,7 @@ class Edge:
             self.world.log.tally.forwarded += 1
             owners = list(moved)
             answers = await asyncio.gather(*(self._at(owner, _facts_at([facts[n] for n in moved[owner]], origin,
-                                                                       judged))
+                                                                       judged), proc)
                                              for owner in owners))
             for owner, answer in zip(owners, answers, strict=True):
                 for n, result in zip(moved[owner], answer, strict=True):
@@ -153,21 +155,32 @@ class Edge:
             if not moved.owner or moved.owner == proc.address:
                 raise
             self.world.log.tally.forwarded += 1
-            return await self._at(moved.owner, lambda p: run(p.engine))
+            return await self._at(moved.owner, lambda p: run(p.engine), proc)
 
-    async def _at(self, address: str, run: OnProcess[T]) -> T:
+    async def _at(self, address: str, run: OnProcess[T], source: Process) -> T:
         target = self.world.at(address)
         if target is None:
             raise Moved(-1, "")  # the sim never names an address no process had
+        cut = self.world.cut(source.address, address)  # ``--partition``: ``source`` cannot reach it now
+        if cut == "unsent":
+            raise unreached(address)
         self._door(target)
-        return await target.call(lambda: run(target))
+        try:
+            answer = await target.call(lambda: run(target))
+        except DomainError:
+            if cut is None:
+                raise
+            raise lost_in_hand(address) from None
+        if cut is not None:  # made there, the connection cut before its answer came back
+            raise lost_in_hand(address)
+        return answer
 
     async def _locate(self, proc: Process, run: OnEngine[T]) -> T:
         """``Forwarder._locate``: asked of every other owner at once; the holder's answer wins."""
         self.world.log.tally.located += 1
         table = [proc.engine.where(g)[0] for g in range(self.world.config.shards)]
         owners = sorted({a for a in table if a} - {proc.address})
-        answers = await asyncio.gather(*(self._at(a, lambda p: run(p.engine)) for a in owners),
+        answers = await asyncio.gather(*(self._at(a, lambda p: run(p.engine), proc) for a in owners),
                                        return_exceptions=True)
         # As ``Forwarder._locate``: the holder's answer (or its refusal by decision) first, whatever the others
         # said — a peer refusing at its door for load, or not answering, is not the holder.

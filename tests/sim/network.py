@@ -4,7 +4,8 @@ served by ``engine.parts.serve_part`` at the owner), with the faults of a real n
 A step request may be lost on its way (never served), its reply lost (served, the sender told it
 failed), or be late (the sender told it failed now; it is served at a later turn — in this step or
 a later one — possibly after the saga took the step again, decided, or gave up). A request to a dead
-process fails; to a paused one it waits there, and the sender's call times out (late). Every failure
+process fails; to a paused one it waits there, and the sender's call times out (late); across a
+partition (``--partition``, ``partition.py``) it is never sent, served with its reply lost, or late. Every failure
 reaches the saga as the real sender raises it: ``Unavailable`` (OUTCOME_UNKNOWN).
 
 Late requests arrive within the step they were sent in unless ``across_steps`` (``--late-across-steps``):
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from tests.sim.cluster import ClusterWorld
 
 FATES = ("ok",) * 10 + ("lost_request", "lost_reply", "late")
+CUT_FATES = {"unsent": "lost_request", "in_hand": "lost_reply", "late": "late"}
+"""A step across a partition (``partition.py``): never sent, served with its reply lost, or served later (late)."""
 _reply = msgspec.msgpack.Decoder(StepReply).decode
 
 
@@ -48,6 +51,8 @@ class Network:
         fate = self.rng.choice(FATES) if self.faulty else "ok"
         tally = self.world.log.tally
         await self._wire(source)
+        if self.faulty and (cut := self.world.cut(source.address, address)) is not None:
+            fate = CUT_FATES[cut]  # ``--partition``: the two cannot reach each other now
         target = self.world.at(address)
         if target is None or target.dead or fate == "lost_request":
             tally.remote_lost += fate == "lost_request"

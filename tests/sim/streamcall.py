@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from tests.sim.process import Process
 
 FATES = ("ok",) * 12 + ("lost_request", "late", "lost_reply")
+CUT_FATES = {"unsent": "lost_request", "in_hand": "late", "late": "late"}
+"""A part across a partition (``partition.py``): never sent, or served with the call cut before its answer came."""
 End = tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]
 
 
@@ -92,6 +94,8 @@ class SimStreamCall:
         if self._ended.done():
             raise self._error()
         fate = self.rng.choice(FATES)
+        if (cut := self.world.cut(self.source.address, self.address)) is not None:
+            fate = CUT_FATES[cut]  # ``--partition``: the two cannot reach each other now
         tally = self.world.log.tally
         tally.stream_faults += fate != "ok" or self.target.frozen
         if fate == "lost_request":

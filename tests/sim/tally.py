@@ -57,6 +57,8 @@ class Tally:
     # hosts' clocks disagreeing (``--clock-skew``):
     clock_steps_back: int = 0  # a host's wall clock stepped back
     taken_ahead: int = 0  # groups taken whose log was stamped ahead of the taker's clock (a GroupClock gap)
+    partitions: int = 0  # ``--partition``: two processes cut off from each other over gRPC (``partition.py``)
+    partition_cuts: int = 0  # ... calls across one cut (order steps, forwarded calls, stream parts)
     oom_refused: int = 0  # writes a full Redis refused OOM (``--redis-full``: appends, channel writes, id claims)
     # load shed (``--shed``):
     shed_spans: int = 0  # spans of a step's rounds in which shards (or a process's door) shed
@@ -166,5 +168,6 @@ class Tally:
                 f"{self.stream_doubts} in doubt, {self.stream_faults} faults), {self.located} located, "
                 f"id claims {self.id_claims} "
                 f"({self.id_claim_faults} failed, {self.id_claims_refused} found another home)"
+                + (f"; partitions: {self.partitions} ({self.partition_cuts} calls cut)" if self.partitions else "")
                 + (f"; clocks: {self.clock_steps_back} steps back, {self.taken_ahead} groups taken from a clock ahead"
                    if self.clock_steps_back or self.taken_ahead else ""))
