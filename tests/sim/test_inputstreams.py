@@ -30,3 +30,12 @@ async def test_every_input_entry_is_applied_or_quarantined_once_acknowledged_onl
     assert tally.input_dead_lettered and tally.input_trimmed_unread and tally.input_trimmed_pending, tally
     assert tally.input_groups_deleted, tally
     assert tally.crashes and tally.stops and tally.doubt and tally.late_landed, tally
+
+
+async def test_a_quarantine_write_that_failed_after_its_group_was_deleted_is_not_watched_as_owed() -> None:
+    """``--input-streams --seed 90048``: atp-2 read an entry whose fact its owner quarantined for want of room; the
+    group was deleted (the entry pending with atp-2), then atp-2's quarantine write was refused. The watch took the
+    write for owed while atp-2 lived, and the fact decided again — by atp-1, which made the group again and read the
+    entry — for a finding (E8: quarantined again); but the write, sent again, finds the entry pending nowhere, and the
+    group made again delivers it as new: decided again by design (``inputowed.OwedWatch.failed``)."""
+    await InputsDriver(90048, Tally()).run(8)
