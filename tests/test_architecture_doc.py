@@ -1,0 +1,74 @@
+"""docs/ARCHITECTURE.md's map of the rooms names every module there is, and no module that is not.
+
+A newcomer reads the map to find where a thing lives; a module split off, renamed or added without a
+line there is a room the map does not show, and a module named that no longer exists sends them looking
+for nothing. In the map's code block a line starting at column 0 opens a package (``atp_service/``), one
+starting ``  room/`` a room of ``atp_service`` (``  app/``); a bare ``name.py`` is of the room it is
+written in, a ``room/name.py`` of its package (or of the repository: ``reservation/_orders.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+PACKAGES = {"reservation/": "reservation", "atp_service/": "atp_service",
+            "client/atp_client/": "client/atp_client", "publishers/": "publishers"}
+PACKAGE_LINE = re.compile(r"^(\S+/)")
+ROOM_LINE = re.compile(r"^  ([a-z_]+/)\s")
+MODULE_AT_ROOT = re.compile(r"^  [\w.]+\.py")
+MODULE = re.compile(r"(?<![\w.])([a-z_][\w/]*\.py)\b")
+
+
+def rooms_block(architecture: str) -> str:
+    return architecture.split("## The rooms", 1)[1].split("```", 2)[1]
+
+
+def named_modules(block: str, root: Path) -> tuple[set[Path], list[str]]:
+    """The modules the map names (resolved) and the names it gives that lead to no file."""
+    named: set[Path] = set()
+    absent: list[str] = []
+    package, room = "", ""
+    for line in block.splitlines():
+        if opened := PACKAGE_LINE.match(line):
+            package, room = PACKAGES[opened.group(1)], ""
+        if (in_room := ROOM_LINE.match(line)) and package == "atp_service":
+            room = in_room.group(1)
+        elif MODULE_AT_ROOT.match(line):
+            room = ""
+        for name in MODULE.findall(line):
+            candidates = [root / package / name, root / name] if "/" in name else [root / package / room / name]
+            found = next((path for path in candidates if path.exists()), None)
+            if found is None:
+                absent.append(f"{package}/{room}{name}")
+            else:
+                named.add(found.resolve())
+    return named, absent
+
+
+def modules(root: Path) -> set[Path]:
+    return {path.resolve() for package in PACKAGES.values() for path in (root / package).rglob("*.py")
+            if path.name != "__init__.py" and "pb" not in path.relative_to(root / package).parts}
+
+
+def test_the_architecture_map_names_every_module_and_none_that_is_missing(project_root: Path) -> None:
+    named, absent = named_modules(rooms_block((project_root / "docs" / "ARCHITECTURE.md").read_text()),
+                                  project_root)
+    unnamed = sorted(str(path.relative_to(project_root.resolve())) for path in modules(project_root) - named)
+    assert not absent, "docs/ARCHITECTURE.md names modules that do not exist: " + ", ".join(absent)
+    assert not unnamed, "modules docs/ARCHITECTURE.md's map does not name: " + ", ".join(unnamed)
+
+
+def test_a_module_is_found_in_the_room_it_is_written_in(tmp_path: Path) -> None:
+    for module in ("atp_service/edge/explain.py", "atp_service/engine/explain.py", "atp_service/config.py",
+                   "reservation/_orders.py"):
+        (tmp_path / module).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / module).write_text("")
+    block = ("\nreservation/   the domain\n  _orders.py   orders\natp_service/\n"
+             "  edge/   explain.py (ExplainAvailability),\n              gone.py\n"
+             "  engine/   explain.py, over reservation/_orders.py\n  config.py   settings\n")
+    named, absent = named_modules(block, tmp_path)
+    assert named == {(tmp_path / module).resolve() for module in
+                     ("atp_service/edge/explain.py", "atp_service/engine/explain.py", "atp_service/config.py",
+                      "reservation/_orders.py")}
+    assert absent == ["atp_service/edge/gone.py"]
