@@ -5,6 +5,7 @@ line there is a room the map does not show, and a module named that no longer ex
 for nothing. In the map's code block a line starting at column 0 opens a package (``atp_service/``), one
 starting ``  room/`` a room of ``atp_service`` (``  app/``); a bare ``name.py`` is of the room it is
 written in, a ``room/name.py`` of its package (or of the repository: ``reservation/_orders.py``).
+The data paths name what does the work as `` `room/module.py Name` ``: ``Name`` is defined in that module.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ PACKAGE_LINE = re.compile(r"^(\S+/)")
 ROOM_LINE = re.compile(r"^  ([a-z_]+/)\s")
 MODULE_AT_ROOT = re.compile(r"^  [\w.]+\.py")
 MODULE = re.compile(r"(?<![\w.])([a-z_][\w/]*\.py)\b")
+MODULE_AND_NAME = re.compile(r"`([\w/]+\.py) ([A-Za-z_]\w*)(?:\.\w+)*`")
 
 
 def rooms_block(architecture: str) -> str:
@@ -59,6 +61,24 @@ def test_the_architecture_map_names_every_module_and_none_that_is_missing(projec
     assert not unnamed, "modules docs/ARCHITECTURE.md's map does not name: " + ", ".join(unnamed)
 
 
+def undefined_names(architecture: str, root: Path) -> list[str]:
+    """Each `` `room/module.py Name` `` whose module is not found, or defines no ``Name`` (a function, a class, a
+    module-level assignment: a name merely imported there is another module's)."""
+    wrong = []
+    for path, name in MODULE_AND_NAME.findall(architecture):
+        module = next((root / package / path for package in PACKAGES.values() if (root / package / path).exists()),
+                      None)
+        defined = re.compile(rf"^\s*(?:async def|def|class) {re.escape(name)}\b|^{re.escape(name)}\s*[:=]", re.M)
+        if module is None or not defined.search(module.read_text()):
+            wrong.append(f"{path} {name}")
+    return wrong
+
+
+def test_each_module_and_name_of_the_data_paths_is_defined_there(project_root: Path) -> None:
+    wrong = undefined_names((project_root / "docs" / "ARCHITECTURE.md").read_text(), project_root)
+    assert not wrong, "docs/ARCHITECTURE.md names what these modules do not define: " + ", ".join(wrong)
+
+
 def test_a_module_is_found_in_the_room_it_is_written_in(tmp_path: Path) -> None:
     for module in ("atp_service/edge/explain.py", "atp_service/engine/explain.py", "atp_service/config.py",
                    "reservation/_orders.py"):
@@ -72,3 +92,12 @@ def test_a_module_is_found_in_the_room_it_is_written_in(tmp_path: Path) -> None:
                      ("atp_service/edge/explain.py", "atp_service/engine/explain.py", "atp_service/config.py",
                       "reservation/_orders.py")}
     assert absent == ["atp_service/edge/gone.py"]
+
+
+def test_a_name_only_imported_is_not_defined_there(tmp_path: Path) -> None:
+    (tmp_path / "atp_service" / "edge").mkdir(parents=True)
+    (tmp_path / "atp_service" / "edge" / "servicer.py").write_text(
+        "from atp_service.edge.observed import observed as _observed\n\n\nclass Servicer:\n"
+        "    async def Reserve(self) -> None: ...\n")
+    doc = "`edge/servicer.py _observed` `edge/servicer.py Servicer.Reserve` `edge/servicer.py Reserve` `shard.py _run`"
+    assert undefined_names(doc, tmp_path) == ["edge/servicer.py _observed", "shard.py _run"]
