@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import atp_service
+
 PACKAGES = {"reservation/": "reservation", "atp_service/": "atp_service",
             "client/atp_client/": "client/atp_client", "publishers/": "publishers"}
 PACKAGE_LINE = re.compile(r"^(\S+/)")
@@ -77,6 +79,18 @@ def undefined_names(architecture: str, root: Path) -> list[str]:
 def test_each_module_and_name_of_the_data_paths_is_defined_there(project_root: Path) -> None:
     wrong = undefined_names((project_root / "docs" / "ARCHITECTURE.md").read_text(), project_root)
     assert not wrong, "docs/ARCHITECTURE.md names what these modules do not define: " + ", ".join(wrong)
+
+
+def test_the_public_names_of_atp_service_it_names_are_there(project_root: Path) -> None:
+    """"Importing `atp_service` itself loads nothing: its public names (...) are imported on first use": each
+    name listed there is one ``atp_service`` answers (lazily), not one of another distribution."""
+    architecture = (project_root / "docs" / "ARCHITECTURE.md").read_text()
+    listed = re.search(r"public names \(([^)]*)\)", architecture)
+    assert listed is not None
+    names = re.findall(r"`(\w+)`", listed.group(1))
+    assert names
+    missing = [name for name in names if not hasattr(atp_service, name)]
+    assert not missing, "docs/ARCHITECTURE.md names as atp_service's public names what it lacks: " + ", ".join(missing)
 
 
 def test_a_module_is_found_in_the_room_it_is_written_in(tmp_path: Path) -> None:
