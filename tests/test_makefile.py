@@ -4,6 +4,7 @@ not the tools only the tests of deploy/ use."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -36,3 +37,46 @@ def test_running_the_service_installs_no_tool_of_the_deploy_tests(target: str) -
 def test_the_test_suite_still_installs_the_tools_of_the_deploy_tests() -> None:
     plan = planned("test")
     assert "promtool" in plan and "docker-compose" in plan, plan
+
+
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
+SIM_PART = re.compile(r"`python -m tests\.sim ([^`]*)`,? the (\w+) parts? of `make sim`")
+COUNTS = {"--seeds", "--first", "--processes"}  # how much and how many: the prose says so beside the command
+
+
+def sim_parts(makefile: str) -> list[str]:
+    """The arguments of each `python -m tests.sim` line of the `sim:` recipe, in order."""
+    recipe = makefile.split("\nsim:", 1)[1].split("\n\n", 1)[0]
+    return [line.split("-m tests.sim", 1)[1] for line in recipe.splitlines() if "-m tests.sim" in line]
+
+
+def flags(arguments: str) -> set[str]:
+    words = arguments.split()
+    return {word for i, word in enumerate(words)
+            if word.startswith("--") and word not in COUNTS and (i == 0 or words[i - 1] not in COUNTS)}
+
+
+def misnamed_sim_parts(readme: str, makefile: str) -> list[str]:
+    """README's "`python -m tests.sim ...`, the fourth part of `make sim`" whose part runs other flags."""
+    parts = sim_parts(makefile)
+    wrong = []
+    for command, ordinal in SIM_PART.findall(readme):
+        index = len(parts) - 1 if ordinal == "last" else ORDINALS.index(ordinal)
+        if index >= len(parts) or flags(parts[index]) != flags(command):
+            wrong.append(f"{command!r} is not the {ordinal} part of `make sim`")
+    return wrong
+
+
+def test_each_part_of_make_sim_the_readme_names_runs_what_it_says() -> None:
+    readme, makefile = (ROOT / "README.md").read_text(), (ROOT / "Makefile").read_text()
+    assert len(SIM_PART.findall(readme)) >= 5
+    assert not misnamed_sim_parts(readme, makefile)
+
+
+def test_a_part_of_make_sim_moved_is_told() -> None:
+    makefile = ("x:\n\techo\n\nsim: $(STAMP)\n\tpython -m tests.sim --seeds $(SEEDS)\n"
+                "\tpython -m tests.sim --seeds $(SEEDS) --processes 3 --shed\n"
+                "\tpython -m tests.sim --seeds $(SEEDS) --x\n\n")
+    readme = ("`python -m tests.sim --seeds 5 --shed`, the second part of `make sim`; "
+              "`python -m tests.sim --seeds 9 --first 3 --shed`, the last part of `make sim`")
+    assert misnamed_sim_parts(readme, makefile) == ["'--seeds 9 --first 3 --shed' is not the last part of `make sim`"]
