@@ -189,4 +189,5 @@ def same_content(rec: Reservation, cmd: ReserveCommand) -> None:
         ("allow_partial", rec.allow_partial, cmd.allow_partial),
     ):
         if old != new:
-            raise AlreadyExists(field, f"reservation {rec.reservation_id!r} exists with a different {field}")
+            raise AlreadyExists(field, f"reservation {rec.reservation_id!r} exists with other content "
+                                       f"(it differs in {field})")
