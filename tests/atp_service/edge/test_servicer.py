@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import grpc
 import pytest
 import redis
 
-from atp_client import typed
+from atp_client import AtpClient, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from tests.atp_service.edge.test_api import receipt
@@ -133,18 +134,76 @@ def _reserve(rid: str) -> pb.ReserveRequest:
     return pb.ReserveRequest(reservation_id=rid, lines=[pb.Line(sku="A", location="S1", quantity=1)])
 
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+RST_STREAM = 0x3
+"""The HTTP/2 frame (RFC 9113 6.4) by which a gRPC caller ends a call: its cancel, and its deadline passing alike."""
+
+
+class CancelsLost:
+    """A relay to a service that forwards what its callers send, frame by frame, but their RST_STREAM: a caller's
+    deadline passing never reaches the service as a cancel, and the service ends the call at its own deadline."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._relays: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._relays.add(task := asyncio.current_task())  # type: ignore[arg-type]
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        down = asyncio.ensure_future(self._down(up_reader, writer))
+        try:
+            up_writer.write(await reader.readexactly(len(PREFACE)))
+            while True:
+                head = await reader.readexactly(9)  # length (3 bytes), type, flags, stream id (4)
+                body = await reader.readexactly(int.from_bytes(head[:3], "big"))
+                if head[3] != RST_STREAM:
+                    up_writer.write(head + body)
+                    await up_writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            down.cancel()
+            for w in (up_writer, writer):
+                w.close()
+            self._relays.discard(task)  # type: ignore[arg-type]
+
+    @staticmethod
+    async def _down(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+    async def close(self) -> None:
+        self._server.close()
+        for task in list(self._relays):
+            task.cancel()
+        await asyncio.gather(*self._relays, return_exceptions=True)
+
+
 async def test_a_call_its_caller_gives_up_is_counted_by_how_it_ended_R8(start_service: ServiceFactory) -> None:
     """A unary call gRPC cancelled in the service's hands — its caller's deadline passed, or the caller cancelled
     it — was observed nowhere in ``atp_rpc_duration_seconds``: the calls that waited longest were left out of the
     latency ATPReserveSlow reads (quiet while every caller with a deadline under its bound gave up), and no code
     showed them, where a forwarded call ended so was counted DEADLINE_EXCEEDED. The shard is held (paused) until
-    each call has ended, so each ends while the service still has it in hand."""
+    each call has ended, so each ends while the service still has it in hand.
+
+    The call past its deadline is made through ``CancelsLost``: the service ends it at the deadline it was told. Its
+    caller's own cancel at that deadline (the same RST_STREAM as any cancel) reaches the service first whenever the
+    service read the call late — the deadline it is told (``grpc-timeout``) runs from its reading — and the call was
+    rightly counted CANCELLED: read 150 ms late (a busy host's stall), every time."""
     service, client = await start_service(clock=ManualClock(T0))
     await client.record_events([receipt("seed", "A", "S1", 100)])
+    relay = CancelsLost(service.port)
+    late = AtpClient(await relay.start())
     resume = await service.engine.actors[service.engine.place("A")].pause()
     try:
         with pytest.raises(grpc.aio.AioRpcError) as ended:
-            await client.stub.Reserve(_reserve("r-deadline"), timeout=0.2)
+            await late.stub.Reserve(_reserve("r-deadline"), timeout=0.2)
         assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await until(lambda: service._servicer.drain.active == 0, "the handler of the call past its deadline ended", 10)
         assert ended_as(service, "Reserve", "DEADLINE_EXCEEDED") == 1
@@ -156,5 +215,7 @@ async def test_a_call_its_caller_gives_up_is_counted_by_how_it_ended_R8(start_se
         assert ended_as(service, "Reserve", "CANCELLED") == 1
     finally:
         resume.set_result(None)
+        await late.close()
+        await relay.close()
     assert ended_as(service, "Reserve", "OK") is None  # neither was decided: each waited in the held shard (R8)
     assert (await client.reserve("r-after", [("A", "S1", 1)])).state == pb.RESERVATION_STATE_HELD  # the shard goes on
