@@ -11,6 +11,8 @@ from typing import TypeVar
 import grpc
 
 from atp_client import Retryable, typed
+from atp_service import AtpService
+from atp_service.edge.drain import Drain
 
 T = TypeVar("T")
 
@@ -49,3 +51,49 @@ async def answered(call: Callable[[], Awaitable[T]], timeout_s: float = 30.0) ->
             if not isinstance(refusal, Retryable) or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(min(refusal.retry_delay_s or 0.05, 1.0))
+
+
+class _Counted(Drain):
+    """A service's ``Drain`` that also counts the calls it let in (``taken``): every handler raises ``active`` by one
+    as it begins (``observed``, ``Drain.enter``)."""
+
+    taken = 0
+
+    @property  # type: ignore[override]  # an attribute of Drain's, read and written through here
+    def active(self) -> int:
+        return int(self.__dict__["active"])
+
+    @active.setter
+    def active(self, value: int) -> None:
+        if value > self.__dict__.get("active", 0):
+            self.taken += 1
+        self.__dict__["active"] = value
+
+
+async def taken_past_its_deadline(call: Callable[[float], Awaitable[object]], service: AtpService,
+                                  deadline_s: float = 0.2, timeout_s: float = 30.0) -> grpc.aio.AioRpcError:
+    """The refusal of ``call(d)`` — the call under test, given the deadline ``d`` — made until ``service`` took it up
+    (a handler of its servicer began) before its deadline passed. gRPC drops a call whose deadline passes before the
+    service's event loop takes it up — on a busy host, a stall of ``d`` at that moment —: no handler runs and nothing
+    is done, so what the test waits for next (an append held, a call observed) never comes. Such a call changed
+    nothing, and is made again (the same ids: the same first call), its deadline twice as long. Whether it was taken
+    is read once the service has no call in hand. The bound is for a broken run only."""
+    drain = service._servicer.drain
+    if not isinstance(drain, _Counted):
+        drain.__class__ = _Counted
+    assert isinstance(drain, _Counted)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        taken = drain.taken
+        try:
+            answer = await call(deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            refused = exc
+        else:
+            raise AssertionError(f"answered within its deadline of {deadline_s}s: {answer}")
+        await until(lambda: drain.active == 0, "the service's handlers ended", timeout_s)
+        if drain.taken > taken:
+            return refused
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the call was never taken up by the service before its deadline ({deadline_s}s)")
+        deadline_s *= 2

@@ -15,7 +15,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory
-from tests.waiting import until
+from tests.waiting import taken_past_its_deadline, until
 
 T0 = 1_700_000_000_000
 
@@ -202,10 +202,8 @@ async def test_a_call_its_caller_gives_up_is_counted_by_how_it_ended_R8(start_se
     late = AtpClient(await relay.start())
     resume = await service.engine.actors[service.engine.place("A")].pause()
     try:
-        with pytest.raises(grpc.aio.AioRpcError) as ended:
-            await late.stub.Reserve(_reserve("r-deadline"), timeout=0.2)
-        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        await until(lambda: service._servicer.drain.active == 0, "the handler of the call past its deadline ended", 10)
+        ended = await taken_past_its_deadline(lambda d: late.stub.Reserve(_reserve("r-deadline"), timeout=d), service)
+        assert ended.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert ended_as(service, "Reserve", "DEADLINE_EXCEEDED") == 1
 
         call = client.stub.Reserve(_reserve("r-cancelled"))
