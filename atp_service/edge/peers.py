@@ -104,10 +104,12 @@ def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
 
 def _say_unanswered(address: str, request: bytes, exc: grpc.aio.AioRpcError) -> None:
     """A step the peer did not answer (its deadline passed, the peer unreachable, an error there): the
-    order stays pending, holding its units, and housekeeping sends the step again every pass."""
+    order is left as it was; a change to it stays pending, holding its units, and housekeeping sends the
+    step again every pass."""
     fields = step_said(request)
-    log.warning("peer %s did not answer an order step (%s on group %d, %s): %s %s; the order stays pending "
-                "(atp_orders_unsettled) and its step is sent again; is that process paused, or cut off from this one?",
+    log.warning("peer %s did not answer an order step (%s on group %d, %s): %s %s; the order is left as it was (a "
+                "change to it stays pending, atp_orders_unsettled, its step sent again); is that process paused, or "
+                "cut off from this one?",
                 address, fields["step"], fields["group"], fields["reservation_id"], exc.code().name, exc.details(),
                 extra={"event": "peer_step_failed", "peer": address, "code": exc.code().name,
                        "error": exc.details(), **fields})
