@@ -48,19 +48,27 @@ def take_due(ledger: Ledger, now: int, limit: int, alone: Callable[[Reservation]
              ) -> tuple[list[str], int]:
     """The due holds from the head of ``ledger``'s expiry queue, stale entries dropped, at most ``limit``
     (``Ledger.due``, ``Ledger.due_alone``); with ``alone``, those it refuses are passed over and left queued
-    (housekeeping's). Stops at a stale or passed-over entry once ``stale`` are dropped or passed over (left
-    queued: the next turn's); also returns how many were. Stopped at the first refused, a Reserve's turn left
-    every hold due after a due order or hold spanning shards to the next pass: its units refused the Reserve,
-    a refusal its id replays for good (R5), while a Confirm of it answered EXPIRED (R2, R3)."""
+    (housekeeping's: set aside in ``Ledger._passed``, which ``due`` walks with the queue, earliest first). Stops
+    at a stale or passed-over entry once ``stale`` are dropped or passed over (left queued: the next turn's);
+    also returns how many were. Pushed back onto the queue's head, the holds passed over were walked again by
+    every turn and every check before one while housekeeping could not expire them (a part's Redis away): up
+    to the bound, ~70 ms, each batch, and counted again at each walk, a check's hold out of its turn's reach.
+    Stopped at the first refused, a Reserve's turn left every hold due after a due order or hold spanning
+    shards to the next pass: its units refused the Reserve, a refusal its id replays for good (R5), while a
+    Confirm of it answered EXPIRED (R2, R3)."""
     ledger._unquiet()
     expiry, records, out = ledger._expiry, ledger.reservations, dict[str, None]()  # a twin (``held_again``): once
     dropped = 0
-    passed: list[tuple[int, str]] = []  # due holds ``alone`` refused: queued again below, as they were
-    while expiry and expiry[0][0] <= now and len(out) < limit:
-        expires_at, rid = expiry[0]
+    passed = ledger._passed  # due holds ``alone`` refused: set aside, still queued, walked once (R8)
+    while len(out) < limit:
+        # housekeeping's (no ``alone``): the holds set aside too, in their order among the rest
+        queue = passed if alone is None and passed and (not expiry or passed[0] < expiry[0]) else expiry
+        if not queue or queue[0][0] > now:
+            break
+        expires_at, rid = queue[0]
         rec = records.get(rid)
-        if rid not in out and rec is not None and rec.state == State.HELD and rec.expires_at == expires_at and (
-                alone is None or alone(rec)):
+        held = rid not in out and rec is not None and rec.state == State.HELD and rec.expires_at == expires_at
+        if held and rec is not None and (alone is None or alone(rec)):
             out[rid] = None
             # Rolled back, the hold must still expire later: one entry, not one per twin popped (R3).
             ledger._undo.append(functools.partial(ledger.requeue_expiry, expires_at, rid))
@@ -68,11 +76,9 @@ def take_due(ledger: Ledger, now: int, limit: int, alone: Callable[[Reservation]
             break
         else:
             dropped += 1
-            if rid not in out and rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:
-                passed.append((expires_at, rid))
-        heapq.heappop(expiry)
-    for entry in passed:
-        heapq.heappush(expiry, entry)
+            if held:  # ``alone`` refused it: the queue is ``expiry``
+                heapq.heappush(passed, (expires_at, rid))
+        heapq.heappop(queue)
     return list(out), dropped
 
 
@@ -87,7 +93,7 @@ def due_head(ledger: Ledger, now: int, stale: int, alone: Callable[[Reservation]
     ledger._unquiet()
     expiry, records = ledger._expiry, ledger.reservations
     dropped = 0
-    passed: list[tuple[int, str]] = []
+    passed = ledger._passed
     found: Reservation | None = None
     while expiry and expiry[0][0] <= now:
         expires_at, rid = expiry[0]
@@ -100,11 +106,9 @@ def due_head(ledger: Ledger, now: int, stale: int, alone: Callable[[Reservation]
             break
         dropped += 1
         if held:
-            passed.append(heapq.heappop(expiry))
+            heapq.heappush(passed, heapq.heappop(expiry))
         else:
             heapq.heappop(expiry)
-    for entry in passed:
-        heapq.heappush(expiry, entry)
     return found, dropped
 
 
@@ -132,6 +136,8 @@ def sweeping(ledger: Ledger, slice_size: int = EXPIRY_SWEEP_SLICE) -> Generator[
     expiry that failed) goes to a fresh one, merged at the end. Stopped part-way (the driver closes
     it), what it had not looked at is kept whole: a hold whose entry was dropped would never expire."""
     old, ledger._expiry = ledger._expiry, []
+    old += ledger._passed  # the holds a turn passed over, set aside: queued again here
+    ledger._passed = []
     kept: list[tuple[int, str]] = []
     looked = 0
     try:

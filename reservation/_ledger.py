@@ -58,6 +58,9 @@ class Ledger(ReserveWrites, Upkeep):
         self.clock = 0  # R6: newest service timestamp this shard has logged
         self.live_reservations = 0
         self._expiry: list[tuple[int, str]] = []
+        self._passed: list[tuple[int, str]] = []
+        """Due holds a turn (or the check before one) passed over, set aside from ``_expiry`` (a heap), still queued:
+        housekeeping's ``due`` puts them back first. On the queue's head, every turn walked them again (R8)."""
         self._resolved: deque[tuple[int, str]] = deque()
         # A map that grows with the estate is keyed by one str (``pair_key``), not a tuple: a fresh
         # tuple is tracked by the cyclic GC and inserting it makes the dict tracked again, so every
@@ -234,7 +237,7 @@ class Ledger(ReserveWrites, Upkeep):
     def housekeeping_due(self, now: int) -> bool:
         """A hold to expire, or a resolved reservation past retention to forget (each queue's head looked at)."""
         expiry = self._expiry
-        if expiry and expiry[0][0] <= now:
+        if (expiry and expiry[0][0] <= now) or self._passed:  # a hold passed over is due
             return True
         resolved = self._resolved
         return bool(resolved) and resolved[0][0] < now - self.limits.retention_ms
@@ -304,7 +307,7 @@ class Ledger(ReserveWrites, Upkeep):
         """Drop stale expiry entries (``_expiry.sweeping``), yielding between slices; returns how many.
         Between batches, none in flight or in doubt (a shard's maintenance turn)."""
         assert not self._events, "sweeping expiry inside an open batch"
-        if not expiry_stale(len(self._expiry), self.live_reservations):
+        if not expiry_stale(len(self._expiry) + len(self._passed), self.live_reservations):
             return 0
         try:
             return (yield from sweeping(self, slice_size))

@@ -25,6 +25,7 @@ class Upkeep:
     memory: FactMemory
     histories: Histories
     _expiry: list[tuple[int, str]]
+    _passed: list[tuple[int, str]]
     _events: list[Event]
     _quiet_since: list[Event] | None = None
     """The open batch in which ``housekeeping_wanted`` last found nothing to do, while what it reads has
@@ -54,7 +55,7 @@ class Upkeep:
             return False
         horizon = max(self.stream_time - self.limits.fact_grace_ms, self.forgotten_before)  # ``_horizon``
         if self.memory.has_old(horizon) or self.histories.sweep_due(horizon) or \
-                expiry_stale(len(self._expiry), self.live_reservations):
+                expiry_stale(len(self._expiry) + len(self._passed), self.live_reservations):
             return True
         if not events:  # between batches
             self._quiet_since = events

@@ -37,7 +37,7 @@ def test_holds_passed_over_count_against_the_walk_of_a_turn_R8() -> None:
     at = NOW + 20_000
     not_orders = lambda rec: not rec.reservation_id.startswith("o")  # noqa: E731
     assert take_due(ledger, at, 100, not_orders, 3) == ([], 3)  # the bound spent passing over o0..o2
-    assert take_due(ledger, at, 100, not_orders, 4) == (["plain"], 4)
+    assert take_due(ledger, at, 100, not_orders, 4) == (["plain"], 1)  # o0..o2 set aside: o3 alone walked
     assert sorted(ledger.due(at)) == ["o0", "o1", "o2", "o3"]  # every one passed over still queued
 
 

@@ -121,7 +121,7 @@ def bookkeeping_whole(shard: int, ledger: Ledger, name: str = "memory") -> None:
         wrong = sorted(key for key in set(index) | set(held) if index.get(key) != held.get(key))
         raise Violation(f"Q2/E10: shard {shard}'s holds by position in {name} name {[index.get(k) for k in wrong[:3]]} "
                         f"at {wrong[:3]}, its records {[held.get(k) for k in wrong[:3]]}")
-    queued = set(ledger._expiry)
+    queued = set(ledger._expiry) | set(ledger._passed)  # those a turn passed over, set aside
     resolved = set(ledger._resolved)
     live = 0
     for rid, rec in records.items():
