@@ -64,11 +64,21 @@ async def _no_snapshot(force: bool = False) -> None:
 
 
 async def _state(client: AtpClient) -> tuple[pb.Reservation, list[pb.Availability]]:
-    """The record first: its read carries a change an order has pending through (R3), then the positions."""
-    record = await _answered(client.stub.GetReservation, pb.GetReservationRequest(reservation_id="r"))
-    positions = await _answered(client.stub.GetAvailability, pb.GetAvailabilityRequest(
-        keys=[pb.PositionKey(sku=sku, location="S1") for sku in SKUS]))
-    return record.reservation, list(positions.positions)
+    """The record first: its read carries a change an order has pending through (R3), then the positions;
+    both read again while the positions are ``possibly_stale`` (R7): a shard of a change across shards in
+    doubt may still settle it after its home did (each with its own retries), its positions then leaving
+    out what landed — a read in between, not a part landed."""
+    read: list[tuple[pb.Reservation, list[pb.Availability]]] = []
+
+    async def whole() -> bool:
+        record = await _answered(client.stub.GetReservation, pb.GetReservationRequest(reservation_id="r"))
+        positions = await _answered(client.stub.GetAvailability, pb.GetAvailabilityRequest(
+            keys=[pb.PositionKey(sku=sku, location="S1") for sku in SKUS]))
+        read[:] = [(record.reservation, list(positions.positions))]
+        return not positions.possibly_stale
+
+    await until(whole, "a read of the record and positions with no shard in doubt")
+    return read[0]
 
 
 def _answer_of(answer: Any) -> Any:
@@ -153,6 +163,52 @@ async def test_r8_a_change_whose_deadline_passes_while_redis_is_held_lands_whole
             assert not redis.Redis.from_url(server.url).keys("*snap*")
             _restarted, client2 = await start(**(LEASED | {"port": held_port()} if leased else {}))
             assert await _state(client2) == after
+
+
+async def test_r7_a_state_read_while_one_shard_of_a_change_still_settles_is_flagged_and_read_again(
+        tmp_path: Path) -> None:
+    """The interleaving behind a partial-looking ``landed`` above (one process, across shards, the held
+    append timed out): each shard settles its doubt on its own (``landed_of``'s retries, each with its
+    own backoff), so the record's home may have applied the late landing while the other shard has not
+    yet. GetReservation then answers (its home settled), GetAvailability reads the other shard's memory
+    without the landing and says so (``possibly_stale``, R7) — not a part landed: that shard applies it
+    once settled. ``_state`` reads again until no shard is in doubt, the whole change then."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        async with services_on(server.url, redis_timeout_s=0.5) as start:
+            service, client = await start()
+            skus = _two_shards(service.engine.place)
+            await answered(lambda: client.record_events([receipt(f"stock-{sku}", sku, "S1", 10) for sku in SKUS]))
+            await answered(lambda: client.reserve("r", [(sku, "S1", 2) for sku in skus]))
+            before = await _state(client)
+            [other] = [a for a in (service.engine.actors[service.engine.place(sku)] for sku in skus)
+                       if a.ledger.reservation("r") is None]
+            gate, settle = asyncio.Event(), other._settle
+
+            async def settle_once_a_stale_read_is_answered() -> None:
+                await gate.wait()
+                await settle()
+            other._settle = settle_once_a_stale_read_is_answered  # type: ignore[method-assign]
+            unsure = service.engine.storage_unsure
+
+            def let_the_other_settle(keys: Any) -> bool:
+                stale = unsure(keys)
+                if stale:
+                    gate.set()  # this read's positions are taken already: they leave its landing out
+                return stale
+            release = pb.ReleaseRequest(reservation_id="r", lines=_lines(skus, 1), operation_id="op-1")
+            failed = _an_append_failed(service)
+            with Hold(server, "sigstop"):
+                ended = await taken_past_its_deadline(lambda d: client.stub.Release(release, timeout=d), service)
+                assert ended.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                await until(failed, "the held append timed out", 20)
+            service.engine.storage_unsure = let_the_other_settle  # type: ignore[method-assign]
+            landed = await _state(client)
+            assert gate.is_set()  # a read found the other shard in doubt, its home settled (GetReservation answered)
+            await _answered(client.stub.Release, release)  # the retry, answered as the first call
+            done = await _state(client)
+            assert done != before
+            assert landed == done  # whole: the late landing, every shard of it
+            await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)
 
 
 async def test_r8_a_reload_whose_deadline_passes_while_redis_is_stopped_changes_all_or_nothing(
