@@ -29,7 +29,7 @@ OTHER_TOOLS = (
     "ATP_TOKEN_FILE", "ATP_TLS_CA", "ATP_TLS_SERVER_NAME", "ATP_CLIENT_CERT", "ATP_CLIENT_KEY",  # a secured service
     "ATP_SIM_SEEDS", "ATP_SIM_MULTI_SEEDS", "ATP_SIM_LOSE_TAIL_SEEDS", "ATP_SIM_CLOCK_SKEW_SEEDS",  # the simulation
     "ATP_SIM_REDIS_FULL_SEEDS", "ATP_SIM_FACT_TIMES_SEEDS", "ATP_SIM_SHED_SEEDS", "ATP_SIM_SETTLE_FAULT_SEEDS",
-    "ATP_SIM_GROUPS_SEEDS", "ATP_SIM_SHORT_GRACE_SEEDS", "ATP_SIM_INPUT_SEEDS",
+    "ATP_SIM_GROUPS_SEEDS", "ATP_SIM_SHORT_GRACE_SEEDS", "ATP_SIM_INPUT_SEEDS", "ATP_SIM_PARTITION_SEEDS",
     # The image's health check (python -m atp_service.app.healthcheck), in the service's environment:
     "ATP_HEALTH_SERVER_NAME", "ATP_HEALTH_TLS_CERT", "ATP_HEALTH_TLS_KEY",
     "ATP_PUBLISHER_ARGS",  # deploy/systemd's publisher unit: the adapter and its flags
