@@ -15,35 +15,18 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from atp_service.metrics import StorageMetrics
-from atp_service.storage.append_resp import AppendPacker
 from atp_service.storage.keys import Keyspace
-from atp_service.storage.nodes import Call, Nodes, Script
+from atp_service.storage.nodes import Call
 from atp_service.storage.records import UNCLAIMED, CrossGroupWrite, Pending, unreadable_reply
-from atp_service.storage.window import CommitWindow
+from atp_service.storage.solo import CommitState
 from atp_service.traces import span
 
 
-class BatchCommit:
+class BatchCommit(CommitState):
     """``LogStore``'s group commits of several entries (``_flush_batches``) and their answers (``_answer``)."""
 
-    nodes: Nodes
-    metrics: StorageMetrics
     keys: Keyspace
-    epochs: dict[int, str]
-    _tokens: dict[int, int]
-    _window: CommitWindow
-    _loop: asyncio.AbstractEventLoop | None
-    _timer: asyncio.TimerHandle | None
     _pipeline_max: int
-    _max_in_flight: int
-    _APPEND: Script
-    _packer: AppendPacker
-    _pending: list[Pending]
-    _first_pending_at: float
-    _in_flight: int
-    _scheduled: bool
-    _tasks: set[asyncio.Task[None]]
     _groups: int
     leased: bool
     tracer: Any

@@ -35,9 +35,9 @@ from atp_service.storage.window import CommitWindow
 log = logging.getLogger(__name__)
 
 
-class SoloCommit:
-    """``LogStore``'s entries submitted (``submit``), its group commits (``_flush``: of one entry here,
-    of more by ``LogStore._flush_batches``) and a one-entry commit's answer (``_replied_one``)."""
+class CommitState:
+    """What ``LogStore``'s commits share (set by ``LogStore``): declared once for its two ways of committing,
+    ``SoloCommit`` here and ``batches.BatchCommit``."""
 
     nodes: Nodes
     metrics: StorageMetrics
@@ -54,6 +54,12 @@ class SoloCommit:
     _in_flight: int
     _scheduled: bool
     _tasks: set[asyncio.Task[None]]
+
+
+class SoloCommit(CommitState):
+    """``LogStore``'s entries submitted (``submit``), its group commits (``_flush``: of one entry here,
+    of more by ``LogStore._flush_batches``) and a one-entry commit's answer (``_replied_one``)."""
+
     _sizes: list[int]
     """``metrics.pipeline_size.sizes``: a commit of ``n`` entries counted as ``_sizes[n] += 1``."""
     _append_seconds: HistogramChild
