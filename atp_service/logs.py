@@ -114,14 +114,6 @@ class EveryInterval:
         left_out, self.left_out = self.left_out, 0
         return left_out
 
-    def fields(self, **fields: object) -> dict[str, object] | None:
-        """``due`` for a line whose ``extra`` is ``fields``: None to leave it out (counted), else ``fields``, with
-        ``left_out`` added where lines were left out before it."""
-        left_out = self.due()
-        if left_out is None:
-            return None
-        return {**fields, "left_out": left_out} if left_out else fields
-
 
 def noted_now_and_then(note: Callable[[BaseException, float], None], every_s: float,
                        each: Callable[[BaseException, float], None] | None = None,

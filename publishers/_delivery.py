@@ -125,9 +125,12 @@ async def in_halves(channel: str, updates: list[ChannelUpdate], send: Send,
     except DeliveryError as exc:
         if not _split(exc, updates):
             raise
-        said = {"event": "publisher_batch_split", "channel": channel, "updates": len(updates),
-                "reason": exc.reason[:300]}
-        if (fields := said if lines is None else lines.fields(**said)) is not None:
+        left_out = lines.due() if lines is not None else 0
+        if left_out is not None:
+            fields: dict[str, object] = {"event": "publisher_batch_split", "channel": channel,
+                                         "updates": len(updates), "reason": exc.reason[:300]}
+            if left_out:
+                fields["left_out"] = left_out
             log.warning("%s: %d updates refused in one request (%s): sending halves, so that only the updates "
                         "refused alone are dead-lettered", channel, len(updates), exc.reason[:300], extra=fields)
     return await _halves(updates, send, refuse)
