@@ -236,8 +236,8 @@ class Ledger(ReserveWrites, Upkeep):
 
     def housekeeping_due(self, now: int) -> bool:
         """A hold to expire, or a resolved reservation past retention to forget (each queue's head looked at)."""
-        expiry = self._expiry
-        if (expiry and expiry[0][0] <= now) or self._passed:  # a hold passed over is due
+        expiry, passed = self._expiry, self._passed  # set aside: due then, not by a clock behind it (R3)
+        if (expiry and expiry[0][0] <= now) or (passed and passed[0][0] <= now):
             return True
         resolved = self._resolved
         return bool(resolved) and resolved[0][0] < now - self.limits.retention_ms

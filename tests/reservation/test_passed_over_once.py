@@ -108,3 +108,17 @@ def test_a_sweep_keeps_the_holds_set_aside_R3() -> None:
         pass
     assert ledger._passed == []
     assert sorted(ledger.due(AT)) == ["o0", "o1", "o2", "o3", "o4", "p0"]
+
+
+def test_holds_set_aside_ask_for_housekeeping_only_once_due_again_after_the_clock_went_back_R3() -> None:
+    """``housekeeping_due`` said yes whenever a hold was set aside, due or not: read by a clock behind the turn that
+    set it aside (the injected clock put back, a group's own clock), every pass asked the shard for a maintenance
+    turn that expired nothing (``due`` stops at a head not due), until the clock caught up again."""
+    ledger = _ledger_with_orders_due_first(plain=0)
+    assert ledger.due_first(AT, lambda rec: False) is None  # o0..o4 set aside at AT
+    assert ledger._passed
+    back = NOW + 5_000  # before any of them expires (NOW + 10_000)
+    assert ledger.due(back) == []  # the pass it asks for takes nothing
+    assert not ledger.housekeeping_due(back)  # was: True
+    assert ledger.housekeeping_due(AT)
+    assert sorted(ledger.due(AT)) == [f"o{n}" for n in range(PASSED)]
