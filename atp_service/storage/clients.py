@@ -20,8 +20,9 @@ from redis.exceptions import ReadOnlyError
 from redis.maint_notifications import MaintNotificationsConfig
 
 ASKED_NODES_MOST = 8
-"""Nodes asked after an ASK that keep free connections (``_Cluster``); those asked less recently keep none: nodes
-come and go over a cluster's life (moved, scaled out and in)."""
+"""Nodes asked after an ASK that keep free connections and are remembered (``_Cluster``); those asked less recently
+keep none, and are forgotten once none of their connections is in use (made again if asked again): nodes come and go
+over a cluster's life (moved, scaled out and in)."""
 ASKED_IDLE_MOST = 2
 """Free connections an ASK's node keeps (``_AskedNode``): a burst asked at once opens one each, closed once free."""
 
@@ -92,6 +93,7 @@ class _Cluster(aioredis.RedisCluster):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._asked: dict[str, _AskedNode] = {}  # the most recently asked last
+        self._closing: set[asyncio.Future[None]] = set()  # the free connections of nodes forgotten, closing
         super().__init__(*args, **kwargs)
 
     def get_node(self, host: str | None = None, port: int | None = None,
@@ -103,9 +105,15 @@ class _Cluster(aioredis.RedisCluster):
             if node is None:
                 host, _, port_text = node_name.rpartition(":")
                 node = _AskedNode(host, int(port_text), PRIMARY, **self.nodes_manager.connection_kwargs)
+                node.remembered_in = self._asked
             self._asked[node_name] = node
             for older in list(self._asked.values())[:-ASKED_NODES_MOST]:  # asked less recently: none kept free
-                older.close_free(0)  # the node stays (a caller may hold it): a command makes a connection again
+                older.close_free(0)
+                if not older._connections:  # none in use: forgotten (one per address ever asked, kept for good)
+                    del self._asked[older.name]
+                    self._closing |= older._background_tasks
+                    for task in older._background_tasks:
+                        task.add_done_callback(self._closing.discard)
             return node
         return super().get_node(host, port, node_name)
 
@@ -113,9 +121,11 @@ class _Cluster(aioredis.RedisCluster):
         """Every connection closed, those to the nodes asked after an ASK too."""
         await super().aclose()
         asked, self._asked = self._asked, {}
+        for node in asked.values():  # forgotten: a connection still in use is closed once freed
+            node.remembered_in = {}
         await asyncio.gather(*(node.disconnect() for node in asked.values()),
                              *(task for node in asked.values() for task in node._background_tasks),
-                             return_exceptions=True)
+                             *self._closing, return_exceptions=True)
 
 
 class _AskedNode(ClusterNode):
@@ -123,7 +133,13 @@ class _AskedNode(ClusterNode):
     the next command of its connection alone). The connection freed last is taken first, so the command takes
     the one ``ASKING`` just freed: nothing runs between them (no await suspends there)."""
 
-    __slots__ = ()
+    __slots__ = ("remembered_in",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.remembered_in: dict[str, _AskedNode] = {}
+        """The client's nodes asked (``_Cluster._asked``): one forgotten there (a caller held it meanwhile, a
+        connection taken after, or the client closed) keeps no connection free: none is left open."""
 
     def acquire_connection(self) -> Connection:
         if self._free:
@@ -134,7 +150,7 @@ class _AskedNode(ClusterNode):
         """Freed to the right (taken next: ``ASKING``'s by its command); past ``ASKED_IDLE_MOST`` free, the one
         free longest closed (never the one just freed)."""
         super().release(connection)
-        self.close_free(ASKED_IDLE_MOST)
+        self.close_free(ASKED_IDLE_MOST if self.remembered_in.get(self.name) is self else 0)
 
     def close_free(self, keep: int) -> None:
         """Its free connections past ``keep`` closed, the one free longest first (none in use: no command's)."""

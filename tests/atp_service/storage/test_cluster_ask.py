@@ -168,3 +168,31 @@ async def test_the_connections_kept_free_to_nodes_asked_after_asks_are_bounded(c
     assert kept <= ASKED_NODES_MOST * ASKED_IDLE_MOST, kept  # was: 100
     recent = names[-ASKED_NODES_MOST:]  # each keeps its connection free
     assert [len(client.get_node(node_name=name)._connections) for name in recent] == [1] * len(recent)
+
+
+async def test_the_nodes_asked_after_asks_are_bounded(client: Any) -> None:
+    """Each node an ASK named was kept for the client's life, its connections closed but the node remembered: one
+    object per address ever asked, for good, over a long life of slot moves to nodes replaced (new addresses). Only
+    the ``ASKED_NODES_MOST`` asked most recently are remembered, and those with a connection in use."""
+    names = [f"10.1.{i // 250}.{i % 250}:6379" for i in range(100)]
+    held = client.get_node(node_name=names[0])
+    in_use = held.acquire_connection()  # a command on its way there: the node is not forgotten under it
+    for name in names[1:]:
+        node = client.get_node(node_name=name)
+        node.release(node.acquire_connection())
+    assert set(client._asked) == {names[0], *names[-ASKED_NODES_MOST:]}, len(client._asked)  # was: 100
+    held.release(in_use)
+    assert client.get_node(node_name=names[-1]) is client._asked[names[-1]]  # asked again: the same node
+    assert set(client._asked) == set(names[-ASKED_NODES_MOST:])
+
+
+async def test_a_node_forgotten_while_a_caller_held_it_keeps_no_connection_open(client: Any) -> None:
+    """A caller may take a connection of a node it was handed (``HashScan`` holds one across an await) after the
+    node was forgotten: once freed, that connection is closed, not left open past the client's close."""
+    forgotten = client.get_node(node_name="10.2.0.1:6379")
+    for i in range(ASKED_NODES_MOST):
+        client.get_node(node_name=f"10.2.1.{i}:6379")
+    assert "10.2.0.1:6379" not in client._asked
+    forgotten.release(forgotten.acquire_connection())
+    assert forgotten._connections == []
+    await asyncio.gather(*forgotten._background_tasks)
