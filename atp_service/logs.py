@@ -114,6 +114,18 @@ class EveryInterval:
         left_out, self.left_out = self.left_out, 0
         return left_out
 
+    def fields(self, *, event: str, **fields: object) -> dict[str, object] | None:
+        """``due`` for a line whose ``extra`` is ``event`` and ``fields``: None to leave it out (counted), else
+        those, with ``left_out`` where lines were left out before it. Keywords only: tests/test_log_events_doc.py
+        reads each line's event and fields from this call, as from a dict literal."""
+        left_out = self.due()
+        if left_out is None:
+            return None
+        said: dict[str, object] = dict(event=event, **fields)  # the event first, as the lines wrote it
+        if left_out:
+            said["left_out"] = left_out
+        return said
+
 
 def noted_now_and_then(note: Callable[[BaseException, float], None], every_s: float,
                        each: Callable[[BaseException, float], None] | None = None,

@@ -125,12 +125,9 @@ async def in_halves(channel: str, updates: list[ChannelUpdate], send: Send,
     except DeliveryError as exc:
         if not _split(exc, updates):
             raise
-        left_out = lines.due() if lines is not None else 0
-        if left_out is not None:
-            fields: dict[str, object] = {"event": "publisher_batch_split", "channel": channel,
-                                         "updates": len(updates), "reason": exc.reason[:300]}
-            if left_out:
-                fields["left_out"] = left_out
+        fields = (lines or EveryInterval(SPLIT_LOG_EVERY_S)).fields(  # None: a line for each batch split
+            event="publisher_batch_split", channel=channel, updates=len(updates), reason=exc.reason[:300])
+        if fields is not None:
             log.warning("%s: %d updates refused in one request (%s): sending halves, so that only the updates "
                         "refused alone are dead-lettered", channel, len(updates), exc.reason[:300], extra=fields)
     return await _halves(updates, send, refuse)

@@ -92,7 +92,7 @@ class Publisher(TrimmedGaps, Delivering):
         return Redelivery(self.config, self.client, self.metrics, self.adapter.name, self._now_ms,
                           lambda key: self._delivered.get(key, 0), self._deliver_and_record,
                           self._resync_every_key, self._holding.lease, self._holding.lost,
-                          lambda: self.dead_letter_lines.due())
+                          self.dead_letter_lines)
 
     # -- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:

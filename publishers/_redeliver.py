@@ -97,10 +97,10 @@ class Redelivery:
     def __init__(self, config: PublisherConfig, client: Any, metrics: PublisherMetrics, adapter: str,
                  now_ms: Callable[[], int], delivered_version: Callable[[str], int], deliver: Deliver,
                  resync_all: ResyncStep, lease: Lease, lost: Callable[[str], None],
-                 said: Callable[[], int | None] | None = None) -> None:
+                 lines: EveryInterval | None = None) -> None:
         self.config, self.client, self.metrics, self.adapter = config, client, metrics, adapter
-        self._said = said or EveryInterval(DEAD_LETTER_LOG_EVERY_S).due
-        """Whether a dead letter's line is written now (None: left out, counted), with how many were left out
+        self._lines = lines or EveryInterval(DEAD_LETTER_LOG_EVERY_S)
+        """Whether a dead letter's line is written now (else left out, counted), with how many were left out
         before it: the publisher's, kept across its takeovers (``Publisher.dead_letter_lines``)."""
         self._lease, self._lost = lease, lost
         """What this forgets, and its dead letters, under the group's lease: a publisher that lost it
@@ -166,12 +166,10 @@ class Redelivery:
             self._left.update(owed)  # in the owed hash now: a sweep under way ends with them there
         if retryable:
             self.answered, self._owed, self._reowed = False, True, True
-        if (left_out := self._said()) is not None:
-            reasons = "; ".join(sorted({reason for _, reason in refused}))[:2000]
-            fields: dict[str, object] = {"event": "publisher_dead_lettered", "channel": cfg.channel,
-                                         "updates": len(refused), "attempts": attempts, "reason": reasons}
-            if left_out:
-                fields["left_out"] = left_out
+        reasons = "; ".join(sorted({reason for _, reason in refused}))[:2000]
+        fields = self._lines.fields(event="publisher_dead_lettered", channel=cfg.channel, updates=len(refused),
+                                    attempts=attempts, reason=reasons)
+        if fields is not None:
             log.warning("%s: %d updates dead-lettered after %d attempts: %s", cfg.channel, len(refused), attempts,
                         reasons, extra=fields)
         if overflowed:

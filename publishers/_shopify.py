@@ -259,12 +259,10 @@ class ShopifyAdapter:
         """At most one line a second (``SPLIT_LOG_EVERY_S``), with how many were left out: a quantity the store
         refuses (an item not mapped) comes in every batch that carries its SKU, a line for each request before.
         Its dead letter has every one."""
-        if (left_out := self._refused_lines.due()) is None:
+        fields = self._refused_lines.fields(event="publisher_quantities_refused", channel=channel, refused=refused,
+                                            quantities=of)
+        if fields is None:
             return
-        fields: dict[str, object] = {"event": "publisher_quantities_refused", "channel": channel, "refused": refused,
-                                     "quantities": of}
-        if left_out:
-            fields["left_out"] = left_out
         log.warning("shopify: the store refused %d of %d quantities: setting the rest", refused, of, extra=fields)
 
     async def _set(self, channel: str, updates: list[ChannelUpdate], rows: list[Row],

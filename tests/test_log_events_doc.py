@@ -4,14 +4,16 @@ docs/OPERATIONS.md's table of log events (header ``| `event` | Level | Fields | 
 operator writes log alerts and pipeline parsers from: every ``event`` the code logs has a row there,
 at the level it is logged at and with the fields it carries, and every row names an event the code
 still logs. The events are read from the source (a failure, a lost lease or a second stop signal
-cannot all be provoked in a test), in the three ways the code gives a line its ``event``:
+cannot all be provoked in a test), in the four ways the code gives a line its ``event``:
 
 - a dict literal with an ``"event"`` key, passed as ``extra=`` (directly or through a variable that
   may get more fields, ``fields["left_out"] = ...``);
 - a helper returning such a dict with the event's name as a parameter (``Holding._event(name, **more)``):
   its calls name the event;
 - ``RateLimitedLog.log(message, event=..., **fields)`` (``atp_service/edge/ratelog.py``), which adds
-  ``left_out`` itself.
+  ``left_out`` itself;
+- ``EveryInterval.fields(event=..., **fields)`` (``atp_service/logs.py``), which adds ``left_out`` too: its
+  result is the ``extra=`` of a line (directly or through a variable), whose level it is logged at.
 
 An ``event`` this test cannot read as a string literal fails it rather than being skipped.
 """
@@ -32,7 +34,7 @@ LEVEL_OF_METHOD = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "erro
                    "critical": "CRITICAL"}
 LEVELS = frozenset(LEVEL_OF_METHOD.values())
 RATE_LIMITED_FIELDS = frozenset({"left_out"})
-"""Added by ``RateLimitedLog.log`` to the line after some were left out."""
+"""Added by ``RateLimitedLog.log`` and ``EveryInterval.fields`` to the line after some were left out."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,15 @@ class Module:
         elif name == "log" and any(k.arg == "event" for k in node.keywords):  # RateLimitedLog.log
             given = {k.arg: k.value for k in node.keywords if k.arg is not None}
             self._add(given.pop("event"), None, frozenset(given) | RATE_LIMITED_FIELDS, node)
+        elif name == "fields" and any(k.arg == "event" for k in node.keywords):  # EveryInterval.fields
+            given = {k.arg: k.value for k in node.keywords if k.arg is not None}
+            level, more = self._logged(node)
+            problems = self.found.problems
+            if any(k.arg is None for k in node.keywords):
+                problems.append(f"{self._at(node)}: an event's fields spread (**) from what is not read here")
+            if level is None:
+                problems.append(f"{self._at(node)}: an event's fields not read as a line's extra=")
+            self._add(given.pop("event"), level, frozenset(given) | RATE_LIMITED_FIELDS | more, node)
 
 
 def parsed(paths: list[Path], root: Path) -> dict[str, ast.Module]:
@@ -291,7 +302,9 @@ def test_every_logged_event_is_in_the_table_and_every_row_is_logged(project_root
 def test_the_reading_of_the_code_finds_each_way_an_event_is_logged(project_root: Path) -> None:
     """The reader above is not blind: one event of each shape is found, with its level and fields."""
     by_event = {(line.event, line.level): line for line in logged(project_root).emitted}
-    assert by_event["append_failed", "WARNING"].fields >= {"shard", "reason", "left_out"}  # through a variable
+    assert by_event["publisher_not_replicated", "WARNING"].fields == {"channel", "left_out"}  # through a variable
+    assert by_event["append_failed", "WARNING"].fields == {"shard", "entry", "reason", "error", "left_out"}  # .fields
+    assert by_event["publisher_batch_split", "WARNING"].fields == {"channel", "updates", "reason", "left_out"}
     assert by_event["publisher_lease_lost", "WARNING"].fields == {"channel", "group", "why"}  # a builder
     assert by_event["auth_denied", None].fields >= {"rpc", "caller", "left_out"}  # RateLimitedLog
     assert by_event["ready", "INFO"].fields == {"grpc", "metrics_port"}  # a literal extra=
@@ -309,3 +322,46 @@ def test_an_event_the_reading_cannot_tell_fails_rather_than_being_skipped(tmp_pa
     assert [p.split(": ", 1)[0] for p in found.problems] == ["atp_service/x.py:2", "atp_service/x.py:3"]
     assert {(line.event, line.level, line.fields) for line in found.emitted} == {
         ("b", "INFO", frozenset()), ("c", "WARNING", frozenset({"k"}))}
+
+
+def test_a_field_the_table_leaves_out_fails_it_in_each_way_a_line_is_given_its_fields(tmp_path: Path) -> None:
+    """The reading is not blind to a field the docs forget, whether the line's fields are a dict literal (one added
+    through its variable) or ``EveryInterval.fields``'s keywords (``left_out`` added by it); nor to the level of a
+    line whose extra the latter is, or to one whose extra it is not read as."""
+    (tmp_path / "atp_service").mkdir()
+    (tmp_path / "atp_service" / "x.py").write_text(
+        "def f(log, lines, n):\n"
+        "    fields = {'event': 'literal', 'k': 1}\n"
+        "    if n:\n"
+        "        fields['left_out'] = n\n"
+        "    log.warning('a', extra=fields)\n"
+        "    said = lines.fields(event='keywords', k=1)\n"
+        "    if said is not None:\n"
+        "        log.warning('b', extra=said)\n"
+        "    log.info('c', extra=lines.fields(event='direct', k=1))\n"
+        "    lines.fields(event='unlogged', k=1)\n"
+        "    log.info('d', extra=lines.fields(event='spread', **n))\n")
+    found = logged(tmp_path)
+    assert [p.split(": ", 1) for p in found.problems] == [
+        ["atp_service/x.py:10", "an event's fields not read as a line's extra="],
+        ["atp_service/x.py:11", "an event's fields spread (**) from what is not read here"]]
+    assert {(line.event, line.level, line.fields) for line in found.emitted} >= {
+        ("literal", "WARNING", frozenset({"k", "left_out"})), ("keywords", "WARNING", frozenset({"k", "left_out"})),
+        ("direct", "INFO", frozenset({"k", "left_out"}))}
+    emitted = [line for line in found.emitted if line.event in ("literal", "keywords", "direct")]
+    levels = {"literal": "WARNING", "keywords": "WARNING", "direct": "INFO"}
+
+    def differing(event: str = "", level: str = "", fields: str = "`k`, `left_out`") -> list[str]:
+        """The events ``differences`` names, with ``event``'s row given ``level`` and ``fields``."""
+        text = "| `event` | Level | Fields | When |\n|---|---|---|---|\n" + "".join(
+            f"| `{name}` | {level if name == event and level else at} | "
+            f"{fields if name == event else '`k`, `left_out`'} | x |\n" for name, at in levels.items())
+        rows, problems = documented(text)
+        assert problems == []
+        return [problem.split(":", 1)[0] for problem in differences(rows, emitted)]
+
+    assert differing() == []
+    for event in levels:
+        assert differing(event, fields="`left_out`") == [event]  # a field of its own
+        assert differing(event, fields="`k`") == [event]  # the count of lines left out
+        assert differing(event, level="ERROR") == [event]

@@ -287,13 +287,10 @@ class Housekeeper:
     def _deferred(self, exc: BaseException, first: str, holds: int) -> None:
         """An expiry of ``holds`` holds (``first`` among them) not durable now, tried again at the next pass (R3):
         said at most once per ``EXPIRY_DEFERRED_LOG_EVERY_S``, with how many such lines were left out."""
-        left_out = self._deferred_lines.due()
-        if left_out is None:
+        fields = self._deferred_lines.fields(event="expiry_deferred", reservation_id=first, holds=holds,
+                                             error=repr(exc))
+        if fields is None:
             return
-        fields: dict[str, object] = {"event": "expiry_deferred", "reservation_id": first, "holds": holds,
-                                     "error": repr(exc)}
-        if left_out:
-            fields["left_out"] = left_out
         log.warning("expiry of %d holds (%s%s) deferred: %r", holds, first, ", ..." if holds > 1 else "", exc,
                     extra=fields)
 

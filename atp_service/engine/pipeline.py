@@ -167,13 +167,11 @@ class CommitPipeline(EntryListeners):
     def _log_failure(self, reason: str, error: BaseException | None) -> None:
         """The ``append_failed`` line, at most one per ``APPEND_FAILURE_LOG_EVERY_S`` (each failure
         is counted in ``atp_log_append_failures_total{reason}``)."""
-        left_out = self._failure_lines.due()
-        if left_out is None:
+        fields = self._failure_lines.fields(event="append_failed", shard=self.shard, entry=self._inflight[0].seq,
+                                            reason=reason, error=str(error))
+        if fields is None:
             return
-        fields: dict[str, object] = {"event": "append_failed", "shard": self.shard, "entry": self._inflight[0].seq,
-                                     "reason": reason, "error": str(error)}
-        if left_out:
-            fields["left_out"] = left_out
+        left_out = fields.get("left_out")
         log.warning("shard %d: append of entry %d failed (%s: %s)%s", self.shard, self._inflight[0].seq, reason,
                     error, f"; {left_out} more failures left out of the log since the last line" if left_out else "",
                     extra=fields)

@@ -155,14 +155,11 @@ class DeadLetterLines:
         self._lines = EveryInterval(DEAD_LETTER_LOG_EVERY_S)
 
     def tell(self, stream: str, entry_id: bytes, why: Why) -> None:
-        left_out = self._lines.due()
-        if left_out is None:
-            return
         # The reason as a field, not in the message: the text format quotes it, so a producer's field
         # name holding a line break (named in the reason as it was sent) cannot start a line of its own.
-        fields: dict[str, object] = {"event": "ingest_dead_lettered", "stream": stream,
-                                     "entry": entry_id.decode(errors="replace"), "field": why.field,
-                                     "code": why.code, "reason": why.reason}
-        if left_out:
-            fields["left_out"] = left_out
+        fields = self._lines.fields(event="ingest_dead_lettered", stream=stream,
+                                    entry=entry_id.decode(errors="replace"), field=why.field, code=why.code,
+                                    reason=why.reason)
+        if fields is None:
+            return
         log.warning("dead-lettered an input entry", extra=fields)

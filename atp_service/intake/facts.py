@@ -288,13 +288,11 @@ class FactDesk:
             if type(result) is tuple and result[1].startswith(UNFULFILLED):
                 fact = facts[i]
                 self.metrics.shipments_unfulfilled.labels(origin).inc()
-                left_out = self.unfulfilled_lines.due()
-                if left_out is None:  # counted above; its line left out (said by the next one written)
+                fields = self.unfulfilled_lines.fields(
+                    event="shipment_not_fulfilled", reservation_id=fact.reservation_id, event_id=fact.event_id,
+                    source=fact.source, origin=origin)
+                if fields is None:  # counted above; its line left out (said by the next one written)
                     continue
-                fields: dict[str, object] = {"event": "shipment_not_fulfilled", "reservation_id": fact.reservation_id,
-                                             "event_id": fact.event_id, "source": fact.source, "origin": origin}
-                if left_out:
-                    fields["left_out"] = left_out
                 log.warning("shipment %s of %s (%s@%s) fulfilled nothing of reservation %r: %s", fact.event_id,
                             fact.source, fact.sku, fact.location, fact.reservation_id, result[1], extra=fields)
 

@@ -154,3 +154,16 @@ def test_a_lasting_wait_is_noted_at_its_first_failure_then_at_most_once_a_period
         on_error(ConnectionError(f"down {i}"), 0.5)
     assert noted == ["down 0", "down 3", "down 5"]
     assert counted == [f"down {i}" for i in range(6)]
+
+
+def test_every_interval_gives_a_line_its_fields_with_how_many_were_left_out() -> None:
+    """``EveryInterval.fields``: the ``extra`` the rate-limited lines wrote themselves — the event first, its fields,
+    ``left_out`` only where lines were left out before it; None for a line left out."""
+    now = [100.0]
+    lines = EveryInterval(10.0, clock=lambda: now[0])
+    first = lines.fields(event="x_failed", shard=1, reason="timeout")
+    assert first is not None and list(first.items()) == [("event", "x_failed"), ("shard", 1), ("reason", "timeout")]
+    assert [lines.fields(event="x_failed", shard=1, reason="r") for _ in range(3)] == [None] * 3
+    now[0] += 10.0
+    assert lines.fields(event="x_failed", shard=2, reason="r") == {"event": "x_failed", "shard": 2, "reason": "r",
+                                                                   "left_out": 3}
