@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+log = logging.getLogger(__name__)
 RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 """What every log record carries; anything else on a record was passed as one of its fields."""
 
@@ -97,12 +99,18 @@ class EveryInterval:
     out. One line per occurrence, thousands a minute, flooded the log pipeline exactly when the
     operator read it; the occurrences are counted in a metric by the caller."""
 
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic, event: str | None = None
+                 ) -> None:
         self.interval_s = interval_s
         self._clock = clock
         self._written_at = float("-inf")
         self.left_out = 0
         """Lines left out since the last one written."""
+        self.event = event
+        """The ``event`` of its lines, whose next one says ``left_out`` (``fields`` learns it): said at a stop
+        (``say_left_out``). None: the count is said by no line (``noted_now_and_then``)."""
+        self.logger: logging.Logger | None = None
+        counted(self)
 
     def due(self) -> int | None:
         """None: leave this line out (it is counted); else write it, with this many left out before it."""
@@ -118,6 +126,7 @@ class EveryInterval:
         """``due`` for a line whose ``extra`` is ``event`` and ``fields``: None to leave it out (counted), else
         those, with ``left_out`` where lines were left out before it. Keywords only: tests/test_log_events_doc.py
         reads each line's event and fields from this call, as from a dict literal."""
+        self.event = event
         left_out = self.due()
         if left_out is None:
             return None
@@ -144,3 +153,40 @@ def noted_now_and_then(note: Callable[[BaseException, float], None], every_s: fl
     return on_error
 
 
+class LeftOutCount(Protocol):
+    """A limiter whose next line says how many were left out before it (``left_out``) of its lines (``event``)."""
+
+    left_out: int
+
+    @property
+    def event(self) -> str | None:
+        """The ``event`` of its lines (None: a count no line says)."""
+
+    @property
+    def logger(self) -> logging.Logger | None:
+        """Where its lines go, where known (the count at the stop said there, else by ``atp_service.logs``)."""
+
+
+_counted: weakref.WeakSet[LeftOutCount] = weakref.WeakSet()
+"""The process's limiters: their counts said at its stop (``say_left_out``)."""
+
+
+def counted(limiter: LeftOutCount) -> None:
+    """``limiter``'s count said at the process's stop (``say_left_out``), where it has lines left out then."""
+    _counted.add(limiter)
+
+
+def say_left_out() -> int:
+    """One ``log_lines_left_out`` line for each limiter (``counted``) with lines left out since its last: its next line
+    would have said how many, and none comes after the stop (``atp-service serve``, ``atp-publisher``). Said once
+    (the counts taken). Returns how many lines were said."""
+    said = 0
+    for limiter in sorted(_counted, key=lambda limiter: limiter.event or ""):
+        left_out, event = limiter.left_out, limiter.event
+        if left_out and event is not None:
+            limiter.left_out = 0
+            said += 1
+            (limiter.logger or log).warning("%d %s lines left out since the last one written, at the stop", left_out,
+                                            event, extra={"event": "log_lines_left_out", "of": event,
+                                                          "left_out": left_out})
+    return said

@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from atp_service.logs import counted
 from atp_service.storage.nodes import Call, Nodes, NotReplicated, Script
 
 from ._config import PublisherConfig
@@ -57,7 +58,10 @@ class Replicas:
         self.clock: Callable[[], float] = time.monotonic
         self._said_at: float | None = None
         """When a read held back was last said; None once a confirmation came (the next is said at once)."""
-        self._left_out = 0
+        self.left_out = 0
+        """Reads held back since the last line said (the next says them; at the stop: ``say_left_out``)."""
+        self.event, self.logger = "publisher_not_replicated", log
+        counted(self)
 
     async def confirm(self) -> None:
         """Returns once ``wait_replicas`` replicas hold all that was read so far (at once without).
@@ -81,13 +85,13 @@ class Replicas:
         Redis answers (no "Redis unavailable"); its replicas do not confirm."""
         cfg, now = self.config, self.clock()
         if self._said_at is not None and now - self._said_at < HELD_BACK_LOG_S:
-            self._left_out += 1
+            self.left_out += 1
             return
         fields: dict[str, object] = {"event": "publisher_not_replicated", "channel": cfg.channel}
-        if self._left_out:
-            fields["left_out"] = self._left_out
-        more = f"; {self._left_out} more reads held back since the last line" if self._left_out else ""
+        if self.left_out:
+            fields["left_out"] = self.left_out
+        more = f"; {self.left_out} more reads held back since the last line" if self.left_out else ""
         log.warning("%s: what was read is held back, undelivered: its replicas did not confirm it (%s; --wait-replicas"
                     "=%d); read again every %g s%s", cfg.channel, exc, cfg.wait_replicas, cfg.redis_retry_s, more,
                     extra=fields)
-        self._said_at, self._left_out = now, 0
+        self._said_at, self.left_out = now, 0

@@ -94,7 +94,7 @@ class LostNames:
         self.config, self.client, self.metrics, self._clock = config, client, metrics, clock
         self.owed: dict[str, int] = {}
         self._retry_at = float("-inf")
-        self._refusals = EveryInterval(REFUSED_LOG_S, clock)
+        self._refusals = EveryInterval(REFUSED_LOG_S, clock, event="publisher_restamp_refused")
         self._found = EveryInterval(REFUSED_LOG_S, clock)
 
     async def name(self, delivered: Mapping[str, int], updates: Iterable[ChannelUpdate]) -> None:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from prometheus_client import start_http_server
 
 from atp_service.config_values import LOG_FORMATS, LOG_LEVELS
-from atp_service.logs import set_up_logging
+from atp_service.logs import say_left_out, set_up_logging
 from atp_service.storage.acl import AclRefused
 from atp_service.storage.nodes import Nodes, connect_any
 
@@ -228,6 +228,7 @@ async def _run(config: PublisherConfig, redis_url: str, adapter: Adapter, metric
     finally:
         await adapter.close()
         await writer.aclose()  # its lanes, and ``client``
+        say_left_out()  # the rate-limited lines left out since their last: no next line says them now
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from atp_service.app.service import AtpService
 from atp_service.app.stop_steps import StopFailed
 from atp_service.config import ServiceConfig
+from atp_service.logs import say_left_out
 from atp_service.tasks import task_stacks
 
 log = logging.getLogger("atp_service")
@@ -96,6 +97,7 @@ async def shut_down(config: ServiceConfig, service: AtpService, request: StopReq
             log.error("shutdown did not finish in %.1fs; exiting anyway (state is in the log), exit status %d",
                       bound_s, EXIT_STOP_OVERRAN, extra={"event": "shutdown_overran", "bound_s": bound_s})
             dump_tasks()
+    say_left_out()  # the rate-limited lines left out since their last: no next line says them now
     # Why the service stopped (a newer claim, a failed shard) says more than how its stop went.
     if service.replaced.is_set() or service.failed.is_set():
         return EXIT_REPLACED if service.replaced.is_set() else EXIT_SHARD_FAILED

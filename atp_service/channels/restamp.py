@@ -63,7 +63,7 @@ class Restamps:
                  now_ms: Callable[[], int], poke: Callable[[], None], metrics: ChannelMetrics | None = None) -> None:
         self.store, self._feeds, self._now_ms, self._poke = store, feeds, now_ms, poke
         self._metrics = metrics or ChannelMetrics()
-        self._unreadable = EveryInterval(60.0)
+        self._unreadable = EveryInterval(60.0, event="channel_restamps_unread")
 
     async def run(self) -> None:
         """Until cancelled: a look every ``POLL_S``; Redis away: the next look tries again."""

@@ -12,11 +12,14 @@ import logging
 import time
 from collections.abc import Callable
 
+from atp_service.logs import counted
+
 
 class RateLimitedLog:
     def __init__(self, logger: logging.Logger, level: int, *, burst: int = 10, interval_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._logger = logger
+        self.logger = logger
+        """Its lines' logger (``atp_service.audit`` for ``auth_denied``): the count left out at the stop said there."""
         self._level = level
         self._burst = float(burst)
         self._interval_s = interval_s
@@ -25,9 +28,13 @@ class RateLimitedLog:
         self._last = clock()
         self.left_out = 0
         """Lines suppressed since the last one written."""
+        self.event: str | None = None
+        """Its lines' ``event``: those left out said at the process's stop (``logs.say_left_out``)."""
+        counted(self)
 
     def log(self, message: str, *args: object, **fields: object) -> None:
         """``message % args``, with ``fields`` as the line's structured fields (``extra=``)."""
+        self.event = str(fields["event"]) if "event" in fields else None
         now = self._clock()
         self._tokens = min(self._burst, self._tokens + (now - self._last) / self._interval_s)
         self._last = now
@@ -38,7 +45,7 @@ class RateLimitedLog:
         if self.left_out:
             fields["left_out"] = self.left_out
             self.left_out = 0
-        self._logger.log(self._level, message, *args, extra=fields)
+        self.logger.log(self._level, message, *args, extra=fields)
 
 
 class OncePerKey:
