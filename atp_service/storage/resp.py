@@ -25,11 +25,13 @@ its slot is, during a reshard or after a failover; the writer never follows a re
 is never sent twice), it reads the map again before its next call there (``Nodes``). Waited out
 on a cluster alone (``redis_cluster``): to a client of one Redis, a redirection says its URL names a
 node of a Redis Cluster, which no wait cures (``not_a_cluster_client``)."""
-PASSING_CODES = frozenset({"NOREPLICAS", "BUSY"})
+PASSING_CODES = frozenset({"NOREPLICAS", "BUSY", "MISCONF"})
 """Refusals of the same kind redis-py raises as a plain ``ResponseError``, known by their code: writes
 refused while fewer replicas than ``min-replicas-to-write`` are connected (one restarting,
-resyncing), and a script running past ``busy-reply-threshold``. Each ends without anyone acting,
-so it must not stop the start as refused for its data (exit status 2: never restarted)."""
+resyncing), a script running past ``busy-reply-threshold``, and writes refused while Redis's last RDB
+save failed (``stop-writes-on-bgsave-error``: its disk full or gone; Redis saves again by itself every
+few seconds, and the first save that succeeds lets writes in). Each ends without anyone acting on the
+service, so it must not stop the start as refused for its data (exit status 2: never restarted)."""
 
 
 def passing(refusal: ResponseError) -> bool:

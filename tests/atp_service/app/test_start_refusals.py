@@ -8,7 +8,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis
@@ -41,6 +43,44 @@ async def test_writes_refused_noreplicas_at_start_are_waited_out(tmp_path: Path)
     finally:
         await service.stop(grace_s=0)
         server.stop()
+
+
+async def test_writes_refused_misconf_at_start_are_waited_out(tmp_path: Path) -> None:
+    """A Redis whose RDB saves fail (its disk full or gone) refuses every write ``MISCONF`` while
+    ``stop-writes-on-bgsave-error`` is on, the default, until a save succeeds — which Redis tries
+    again by itself every few seconds, so the refusal ends once the disk has room, without anyone
+    touching the service. The start's writes were refused so and the start stopped with a
+    StartupError (exit status 2: never restarted), as though Redis had refused it for its data."""
+    data = tmp_path / "redis"
+    server = EmbeddedRedis(data, extra_args=["--enable-protected-configs", "yes"]).start()  # (CONFIG SET dir)
+    admin = redis.Redis.from_url(server.url)
+    service = AtpService(make_config(redis_timeout_s=1.0), server.url)
+    try:
+        _save_into_a_removed_dir(admin, tmp_path / "disk-gone")
+        await until(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "err", "the RDB save failed")
+        with pytest.raises(ResponseError, match=r"^MISCONF"):
+            admin.set("probe", 1)
+        async with starting_until_logged(service, "waiting for Redis") as starting:
+            assert not starting.done(), starting.exception()  # waiting, not refused
+            assert (await health(service.port))[0] == 1  # NOT_SERVING
+            admin.config_set("dir", str(data.resolve()))  # the disk is back: the next save succeeds
+            admin.bgsave(schedule=True)
+            await asyncio.wait_for(starting, 30)
+            assert (await health(service.port))[0] == 0
+    finally:
+        await service.stop(grace_s=0)
+        admin.close()
+        server.stop()
+
+
+def _save_into_a_removed_dir(admin: redis.Redis, gone: Path) -> None:
+    """Redis's RDB save failing: it saves into a directory removed since, with a save point set, so that
+    ``stop-writes-on-bgsave-error`` (on by default) refuses writes ``MISCONF`` once the save has failed."""
+    gone.mkdir()
+    admin.config_set("dir", str(gone))
+    gone.rmdir()
+    admin.config_set("save", "3600 1")
+    admin.bgsave(schedule=True)  # (an AOF rewrite at Redis's start may be under way)
 
 
 async def test_a_leased_start_is_refused_on_a_keyspace_whose_channel_feeds_would_freeze(tmp_path: Path) -> None:
