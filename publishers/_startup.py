@@ -97,6 +97,8 @@ async def refuse_evicting_redis(client: Any) -> None:
     try:  # on a cluster every node: the one holding the ``{avail}`` keys (or promoted later) is any
         configs = await node_configs(client, "maxmemory-policy")
     except ResponseError as exc:
+        if passing(exc):  # BUSY (a long script): not CONFIG forbidden; the start waits, then asks again
+            raise
         log.warning("Redis maxmemory-policy cannot be read (%s): make sure it is noeviction — a Redis that "
                     "evicts may drop the publisher's lease", exc)
         return

@@ -12,7 +12,7 @@ from redis.exceptions import NoPermissionError, ReadOnlyError, ResponseError
 from atp_service.storage.keys import CHANNELS, LAYOUT, Keyspace
 from atp_service.storage.log import LogStore
 from atp_service.storage.redis_config import config_value, node_configs, node_versions
-from atp_service.storage.resp import as_text
+from atp_service.storage.resp import as_text, passing
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ async def _check_version(client: Any) -> None:
     try:
         versions = await node_versions(client)
     except ResponseError as exc:  # INFO forbidden (rare, even on managed Redis): the scripts will say
+        if passing(exc):  # BUSY (a long script): no refusal of INFO, the start waits (redis_wait)
+            raise
         log.warning("the Redis version cannot be read (%s): make sure it is 7.0 or newer", exc)
         return
     for where, version in versions:
@@ -110,7 +112,9 @@ async def _refuse_replica(client: Any) -> None:
         return
     try:
         replication = await client.info("replication")
-    except ResponseError:  # INFO forbidden: _check_version said so
+    except ResponseError as exc:  # INFO forbidden: _check_version said so
+        if passing(exc):  # BUSY (a long script): the start waits (redis_wait), then asks again
+            raise
         return
     if replication.get("role") in ("slave", "replica"):
         primary = f"{replication.get('master_host')}:{replication.get('master_port')}"
@@ -136,7 +140,10 @@ async def _check_persistence(client: Any, leased: bool = False) -> None:
     try:
         configs = await node_configs(client, "maxmemory-policy", "appendonly", "appendfsync", "save")
     except ResponseError as exc:  # managed Redis often forbids CONFIG: nothing to check. Not answering
-        # is no such refusal: the start waits (redis_wait) rather than skip the eviction check.
+        # is no such refusal, nor one that passes (BUSY: a long script): the start waits (redis_wait)
+        # rather than skip the eviction check (an evicted log loses acknowledged changes, R7).
+        if passing(exc):
+            raise
         log.warning("Redis CONFIG cannot be read (%s), so maxmemory-policy, appendonly and appendfsync are not "
                     "checked: make sure it is noeviction (a Redis that evicts may drop a log, a fence or a claim) "
                     "and that its AOF is on (appendonly yes, appendfsync everysec or always) — else acknowledged "

@@ -8,7 +8,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from atp_service.storage.resp import passing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,7 +42,9 @@ async def node_versions(client: Any) -> list[tuple[str, str]]:
 async def _each_node(client: Any, ask: Callable[..., Awaitable[T]], command: str,
                      unanswered: str) -> list[tuple[str, T]]:
     """``ask``'s answer from one Redis, or from every node of a cluster (``target_nodes``); a replica
-    that does not answer is named in a warning saying ``unanswered`` (a failover promotes it)."""
+    that does not answer is named in a warning saying ``unanswered`` (a failover promotes it), and so is
+    one that refuses for a while (``resp.passing``: ``BUSY``, a long read-only script there) — taken for
+    ``CONFIG`` forbidden, that one refusal had no node of the cluster checked."""
     if not hasattr(client, "get_nodes"):  # one Redis
         return [("Redis", await ask())]
     if not client.get_nodes():
@@ -49,8 +54,8 @@ async def _each_node(client: Any, ask: Callable[..., Awaitable[T]], command: str
         where = f"Redis node {node.name} ({node.server_type})"
         try:
             answer = await ask(target_nodes=node)
-        except (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError) as exc:
-            if node.server_type == "primary":
+        except (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
+            if node.server_type == "primary" or (isinstance(exc, ResponseError) and not passing(exc)):
                 raise
             log.warning("%s did not answer %s (%s): %s — a failover promotes it", where, command, exc, unanswered)
             continue

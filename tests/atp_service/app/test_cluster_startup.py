@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -72,3 +75,53 @@ def test_a_redis_older_than_7_is_refused_naming_the_node_and_why(version: str) -
 @pytest.mark.parametrize("version", ["7.0.0", "7.0.15", "7.4.1", "8.0.2", "10.1.0"])
 def test_redis_7_and_newer_are_served(version: str) -> None:
     assert version_refusal("Redis", version) is None
+
+
+async def test_a_replica_busy_with_a_long_script_leaves_no_cluster_node_unchecked_at_start(
+        redis_cluster: EmbeddedCluster, cluster_url: str) -> None:
+    """A replica running a long script (a read-only one: replicas serve them) answers every other command
+    ``BUSY``. The start asks each node its settings: that one refusal was taken for ``CONFIG`` forbidden,
+    and no node's ``maxmemory-policy`` was checked — a primary set to ``allkeys-lru`` served, its shards'
+    logs free to be evicted (acknowledged holds lost). A busy replica is passed over as one that does not
+    answer is, named in a warning; every other node is still checked, and the primary is refused by name."""
+    await until(lambda: _replicas_listed(cluster_url, len(redis_cluster.replicas)), "every replica listed", 30)
+    roles = {node.port: redis.Redis(host="127.0.0.1", port=node.port).info("replication")["role"]
+             for node in redis_cluster.nodes}
+    primary = next(node for node in redis_cluster.nodes if roles[node.port] == "master")
+    replica = next(node for node in redis_cluster.nodes if roles[node.port] == "slave")
+    evicting, busy = redis.Redis(host="127.0.0.1", port=primary.port), redis.Redis(host="127.0.0.1", port=replica.port)
+    spinning = threading.Thread(target=_spin, args=(replica.port,), daemon=True)
+    service = AtpService(make_config(redis_cluster=True, input_streams=(), port=held_port(), host="127.0.0.1"),
+                         cluster_url)
+    try:
+        evicting.config_set("maxmemory-policy", "allkeys-lru")
+        busy.config_set("busy-reply-threshold", 10)  # BUSY after 10 ms of a script, not 5 s
+        spinning.start()
+        await until(lambda: _busy(replica.port), "the replica answering BUSY")
+        with pytest.raises(StartupError, match=rf"127\.0\.0\.1:{primary.port}.* maxmemory-policy is allkeys-lru"):
+            await service.start()
+    finally:  # the session's cluster is every test's
+        evicting.config_set("maxmemory-policy", "noeviction")
+        if spinning.is_alive():
+            with contextlib.suppress(redis.ResponseError):  # (NOTBUSY: it never began)
+                busy.script_kill()
+            spinning.join()
+        busy.config_set("busy-reply-threshold", 5000)
+        evicting.close()
+        busy.close()
+        await service.stop()
+
+
+def _spin(port: int) -> None:
+    """A script that runs until ``SCRIPT KILL`` ends it (it writes nothing, so it can be killed)."""
+    with redis.Redis(host="127.0.0.1", port=port) as r, contextlib.suppress(redis.ResponseError):
+        r.eval("while true do end", 0)
+
+
+def _busy(port: int) -> bool:
+    with redis.Redis(host="127.0.0.1", port=port) as r:
+        try:
+            r.ping()
+        except redis.ResponseError as exc:
+            return str(exc).startswith("BUSY")
+    return False
