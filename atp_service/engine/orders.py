@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, Waits, next_to_drive, order_opened
 from atp_service.engine.confirmed import ConfirmedChecks, checked
 from atp_service.engine.losses import commit_lost, commit_refused, log_confirmed_again, log_decided_again, torn
+from atp_service.engine.order_expiry import expire_order, refused_as_recorded
 from atp_service.engine.parts import (
     ApplyShare,
     GiveUpPart,
@@ -68,9 +69,7 @@ class Orders:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # order id -> (its lock, tasks using it)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.waits = Waits()  # the sagas callers wait for: dropped with a caller gone before they began (R8)
-        self.unsettled: set[str] = set()
-        """Orders left pending (a saga that could not finish, or found so after a restart): the
-        housekeeper drives them on (``drive_unsettled``)."""
+        self.unsettled: set[str] = set()  # orders left pending (a saga stopped, found so at start): driven on
         self.orphans: dict[str, int] = {}  # held parts whose order has no record (-> group): given up
         self._drives: set[asyncio.Task[Any]] = set()  # housekeeping's sagas of those, running
         self._driven: set[str] = set()  # their orders: half-way until the saga ends (a peer's step waits 5 s)
@@ -108,7 +107,7 @@ class Orders:
         return orders.view(*await self._owned(order_id, lambda: self._settled(order_id, home)))
 
     async def expire(self, order_id: str, home: int) -> None:
-        await self._owned(order_id, lambda: self._change(order_id, home, PendingOp(OrderStep.EXPIRE), quiet=True))
+        await self._owned(order_id, lambda: expire_order(self, order_id, home))  # a part silent too (R2, R3)
 
     async def shipment(self, fact: Fact, order_id: str) -> tuple[FactOutcome, str]:
         """A SHIPMENT fact naming the order: the stock moves and the part holding that position is
@@ -117,8 +116,7 @@ class Orders:
         good: the stock moves alone, Q1), and before the order is resolved once every part is."""
         return await self._owned(order_id, lambda: self._shipment(fact, order_id))
 
-    def has_part(self, shard: int, order_id: str) -> bool:
-        """Whether ``shard`` holds a part of ``order_id`` (a routing hint, read between batches)."""
+    def has_part(self, shard: int, order_id: str) -> bool:  # a routing hint, read between batches
         return self._engine.actors[shard].ledger.reservation(orders.part_id(order_id, shard)) is not None
 
     def drive_unsettled(self) -> None:
@@ -237,7 +235,10 @@ class Orders:
         return decided if decided.pending is None else await self._settle(order.reservation_id, home)
 
     async def _change(self, order_id: str, home: int, step: PendingOp, quiet: bool = False) -> Reservation:
-        order, parts = await self._settled(order_id, home)
+        try:
+            order, parts = await self._settled(order_id, home)
+        except Unavailable as exc:  # a part silent: an order its home resolved is refused as recorded there (R3)
+            raise await refused_as_recorded(self._engine, order_id, home, step, exc) from None
         if (step.kind == OrderStep.CONFIRM or step.lines) and order.state == State.HELD and order.pending is None:
             lost = await self._give_up_if_torn(order, home, parts)
             if lost:
@@ -378,9 +379,8 @@ class Orders:
         rid = order.reservation_id
         found = await run_parts(self._engine, {g: ReadPart(orders.part_id(rid, g)) for g in order.parts})
         missing = [g for g, p in found.items() if p is None]
-        # A decided order's part is missing only once it was resolved and forgotten after its
-        # retention (``Ledger.evict``), while its order lives on: ``view`` shows the order's own
-        # record of its lines. Missing before the order is decided, it was never reserved.
+        # A decided order's part is missing only once resolved and forgotten after its retention (``Ledger.evict``),
+        # its order living on: ``view`` shows the order's record of its lines. Missing undecided: never reserved.
         decided = order.pending is None or order.pending.kind != OrderStep.RESERVE
         if missing and not missing_ok and not decided:
             raise Unavailable(f"reservation_id: {order.reservation_id!r} is missing its parts in groups {missing}",

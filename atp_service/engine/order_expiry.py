@@ -1,0 +1,102 @@
+"""An order's expiry when a part's group does not answer (its log unreachable, its owner silent or cut off), part
+of ``Orders`` (``orders.py``), kept here for its size.
+
+An order's expiry reads every part before it plans (a part confirmed proves its home lost a confirmation: the order
+is then confirmed again, never expired, R3). With one part's group silent that read fails at every pass, and the
+answering parts' units stayed held for as long as the group was away — no hold outlives its order's TTL (R2). So an
+order still HELD at its home ``EXPIRE_UNANSWERED_AFTER_MS`` past its TTL, no part that answers confirmed, is expired
+at its home without the silent parts (R3: it changes state at its home first, recorded pending): the answering parts
+give their units back at once, a Confirm, Release or Fulfil is answered as its home recorded it (``EXPIRED``, never
+applied to some parts only), and the silent parts get their share once their group answers again (housekeeping
+drives the pending expiry on, ``Orders.drive_unsettled``). Until then the bound lets a blip or a group changing hands
+pass with every part read, as an expiry normally is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from atp_service.engine.parts import ReadPart, on_shard, run_part
+from reservation import DomainError, OrderStep, PendingOp, Reservation, State, Unavailable
+from reservation import _order_losses as losses
+from reservation import _orders as orders
+
+if TYPE_CHECKING:
+    from atp_service.engine.orders import Orders
+    from atp_service.engine.router import Engine
+
+log = logging.getLogger(__name__)
+
+EXPIRE_UNANSWERED_AFTER_MS = 60_000
+"""How long past its TTL an order waits for every part to answer before it expires without the silent ones: well
+above a lease (5 s by default: a group taken over by another process answers again within it) and a Redis failover."""
+
+
+async def expire_order(sagas: Orders, order_id: str, home: int) -> None:
+    """The order's expiry (housekeeping's, under the order's lock): through every part, or — a part's group silent
+    past the bound — decided at its home and carried to the parts that answer, the rest when they answer (R2, R3)."""
+    try:
+        await sagas._change(order_id, home, PendingOp(OrderStep.EXPIRE), quiet=True)
+    except Unavailable:
+        if not await _expire_unanswered(sagas, order_id, home):
+            raise
+
+
+async def _expire_unanswered(sagas: Orders, order_id: str, home: int) -> bool:
+    """Whether the order was expired at its home without its silent parts (each part that answered given its share
+    before this returns; raises, the expiry left pending, where a part did not)."""
+    engine = sagas._engine
+    order = await on_shard(engine, home, lambda ledger, _now: ledger.reservation(order_id))
+    now = engine.now_at(home)
+    if order is None or not order.is_order or order.state != State.HELD or now < order.expires_at + \
+            EXPIRE_UNANSWERED_AFTER_MS or (order.pending is not None and order.pending.kind != OrderStep.RELEASE):
+        # Resolved, confirmed (its confirmation carried through, never expired: R3), or within the bound. A partial
+        # release pending (its share applied where the parts answered) is overtaken: the expiry gives back the rest.
+        return False
+    answering, silent = await _answering_parts(engine, order)
+    if not silent or losses.confirmed_by_parts(order, answering):
+        return False  # R3, Q3: confirmed again (never expired) once every part answers
+    expired, _, _ = orders.plan(order, PendingOp(OrderStep.EXPIRE), now, engine.limits, engine.place)
+    if expired is None:
+        return False
+    await sagas._save(home, expired, over=order)  # R3: at its home first; from here a Confirm is refused EXPIRED
+    log.warning("order %s expired at its home %d past its TTL while the groups of its parts %s do not answer: "
+                "their units stay held until they answer", order_id, home, silent,
+                extra={"event": "order_expired_parts_unanswered", "reservation_id": order_id, "shard": home,
+                       "groups": silent})
+    engine.metrics.order_sagas.labels("expired_unanswered").inc()
+    # Carried through as a pending expiry is (``Orders._settle``): the answering parts' units given back, the order
+    # recorded settled once every part has its share; raises for a silent one, left pending (driven on).
+    await sagas._settle(order_id, home)
+    return True
+
+
+async def _answering_parts(engine: Engine, order: Reservation) -> tuple[dict[int, Reservation], list[int]]:
+    """The order's parts whose groups answered a read (a part Redis lost left out), and the groups that did not."""
+    groups = list(order.parts)
+    read = (run_part(engine, g, ReadPart(orders.part_id(order.reservation_id, g))) for g in groups)
+    answering: dict[int, Reservation] = {}
+    silent: list[int] = []
+    for group, result in zip(groups, await asyncio.gather(*read, return_exceptions=True), strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result  # cancelled: the saga's own task is being stopped
+            silent.append(group)
+        elif result is not None:
+            answering[group] = result
+    return answering, silent
+
+
+async def refused_as_recorded(engine: Engine, order_id: str, home: int, step: PendingOp,
+                              unanswered: Unavailable) -> DomainError:
+    """A change of an order whose pending change could not be carried through (``unanswered``: a part's group
+    silent): where its home has resolved it (an expiry on its way to a silent part), refused as the record at its
+    home has it — that record decides, so the answer does not wait for the silent group (R3: resolved once, the
+    second resolution refused naming the state); else ``unanswered``."""
+    order = await on_shard(engine, home, lambda ledger, _now: ledger.reservation(order_id))
+    if order is None or not order.is_order or order.state != State.EXPIRED:
+        return unanswered
+    _, _, refusal = orders.plan(order, step, engine.now_at(home), engine.limits, engine.place)
+    return refusal or unanswered

@@ -1,0 +1,135 @@
+"""An order spanning groups whose TTL passes while one part's group does not answer (its log unreachable, its
+owner silent): the order expires at its home once the TTL plus ``EXPIRE_UNANSWERED_AFTER_MS`` has passed — its
+answering parts give their units back, a Confirm is refused EXPIRED — and the silent part is expired when its group
+answers again (R2: no hold outlives its order's TTL; R3: resolved once, at its home first; R8)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from atp_service.engine.order_expiry import EXPIRE_UNANSWERED_AFTER_MS
+from reservation import DomainError, LineRequest, Reason, State, Unavailable
+from reservation import _operations as ops
+from tests.atp_service.engine.helpers import SKUS, running
+from tests.atp_service.engine.test_order_sagas import Rig, failing_on
+
+TTL_MS = 60_000
+
+
+@pytest.fixture
+async def rig() -> Any:
+    async with running(Rig()) as started:
+        yield started
+
+
+async def housekeeping_until(rig: Rig, condition: Callable[[], bool], what: str, passes: int = 5) -> None:
+    """Housekeeping passes (each answered by the log, its sagas let run) until ``condition()`` holds; fail naming
+    ``what`` after ``passes`` of them (a bound counted in passes, not in time)."""
+    for _ in range(passes):
+        await rig.run(rig.engine.run_maintenance())
+        for _ in range(20):
+            await rig.pump_until_done([])
+        if condition():
+            return
+    raise AssertionError(what)
+
+
+async def test_an_order_past_its_ttl_gives_back_its_answering_parts_while_another_group_is_silent(rig: Rig) -> None:
+    """Group 1 stops answering while order o1 holds 3 units in each group. Past the TTL the expiry read every part
+    before planning, so it stopped on group 1 at every pass: group 0's 3 units stayed held (Reserves refused,
+    channels offered less) for as long as group 1 was away, and a Confirm was answered UNAVAILABLE."""
+    engine = rig.engine
+    assert (await rig.run(engine.reserve(rig.cmd("o1"))))[0].state == State.HELD
+    silent = failing_on(rig, 1)
+    silent[0] = True
+    rig.clock.advance(TTL_MS + 1)
+    with pytest.raises(AssertionError):  # within the bound: a group's blip is waited out, nothing decided
+        await housekeeping_until(rig, lambda: rig.quantities() != [(3, 0), (3, 0)], "", passes=2)
+    assert engine.actors[0].ledger.reservation("o1").state == State.HELD
+    rig.clock.advance(EXPIRE_UNANSWERED_AFTER_MS)
+    await housekeeping_until(rig, lambda: rig.quantities()[0] == (0, 0), "group 0's part gives its units back")
+    assert engine.actors[0].ledger.reservation("o1").state == State.EXPIRED  # decided at its home (R3)
+    with pytest.raises(DomainError) as refused:  # never confirmed on the parts that answer only (R2)
+        await rig.run(engine.confirm("o1"))
+    assert refused.value.reason == Reason.RESERVATION_EXPIRED
+    with pytest.raises(DomainError) as refused:
+        await rig.run(engine.release("o1", (), ""))
+    assert refused.value.reason == Reason.RESERVATION_EXPIRED
+    assert rig.quantities() == [(0, 0), (3, 0)]  # group 1's part: nothing could reach it
+    silent[0] = False
+    await housekeeping_until(rig, lambda: rig.quantities() == [(0, 0), (0, 0)],  # its pending expiry driven on
+                             "group 1's part expires once it answers")
+    assert rig.part("o1", 1).state == State.EXPIRED
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED
+
+
+async def test_an_order_whose_answering_part_is_confirmed_is_not_expired_for_a_silent_group(rig: Rig) -> None:
+    """Its home recorded HELD though a part that answers is confirmed (its home Redis lost the confirmation, R7):
+    confirmed again when every part answers, never expired on the strength of the parts that answer (R3, Q3)."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    part = rig.part("o1", 0).reservation_id  # confirmed, its order's record not (its home Redis lost that)
+    await rig.run(engine.actors[0].submit(lambda ledger, now: ops.confirm(ledger, part, now)))
+    silent = failing_on(rig, 1)
+    silent[0] = True
+    rig.clock.advance(TTL_MS + EXPIRE_UNANSWERED_AFTER_MS + 1)
+    with pytest.raises(AssertionError):
+        await housekeeping_until(rig, lambda: rig.quantities() != [(0, 3), (3, 0)], "", passes=2)
+    assert engine.actors[0].ledger.reservation("o1").state == State.HELD
+    with pytest.raises(Unavailable):
+        await rig.run(engine.confirm("o1"))
+    silent[0] = False
+    assert (await rig.run(engine.confirm("o1"))).state == State.CONFIRMED
+    assert rig.quantities() == [(0, 3), (0, 3)]
+
+
+async def test_an_order_whose_partial_release_waits_for_a_silent_group_still_expires_past_its_ttl(rig: Rig) -> None:
+    """A partial Release recorded at its home, applied in group 0, group 1 silent before its share: past the TTL the
+    expiry stopped on the pending release at every pass, group 0's other units held while group 1 was away."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    silent = failing_on(rig, 1)
+    save = engine.orders._save  # type: ignore[union-attr]
+
+    async def save_then_silent(home: int, order: Any, *, over: Any) -> None:
+        await save(home, order, over=over)
+        silent[0] = silent[0] or order.pending is not None  # recorded: group 1 stops answering before its share
+
+    engine.orders._save = save_then_silent  # type: ignore[union-attr,method-assign]
+    lines = (LineRequest(SKUS[0], "DC", 1), LineRequest(SKUS[1], "DC", 1))
+    with pytest.raises(Unavailable):
+        await rig.run(engine.release("o1", lines, "op-1"))
+    engine.orders._save = save  # type: ignore[union-attr,method-assign]
+    assert rig.quantities() == [(2, 0), (3, 0)]
+    rig.clock.advance(TTL_MS + EXPIRE_UNANSWERED_AFTER_MS + 1)
+    await housekeeping_until(rig, lambda: rig.quantities()[0] == (0, 0), "group 0's part gives its units back")
+    silent[0] = False
+    await housekeeping_until(rig, lambda: rig.quantities() == [(0, 0), (0, 0)], "group 1's part expires")
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED
+
+
+async def test_an_order_expired_while_a_group_was_silent_is_settled_when_it_answers_in_time_for_its_share(
+        rig: Rig) -> None:
+    """Group 1 silent for the expiry's two reads of its part, answering again for its share (found by the simulation,
+    ``--partition``): the order was left recorded with its expiry pending, every part expired, and nothing drove it
+    on again — a saga that ends without an error is not one housekeeping looks at — so it counted as live for good."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    actor, refusals = engine.actors[1], [2]  # the expiry's read of every part, then of those that answer
+    submit = actor.submit
+
+    def silent_twice(work: Any) -> Any:
+        if refusals[0]:
+            refusals[0] -= 1
+            raise Unavailable("shard 1: log storage unreachable, retry later")
+        return submit(work)
+
+    actor.submit = silent_twice  # type: ignore[method-assign]
+    rig.clock.advance(TTL_MS + EXPIRE_UNANSWERED_AFTER_MS + 1)
+    await housekeeping_until(rig, lambda: engine.actors[0].ledger.reservation("o1").pending is None,
+                             "the order's expiry recorded settled")
+    assert refusals == [0] and rig.quantities() == [(0, 0), (0, 0)]
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED
