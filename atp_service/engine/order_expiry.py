@@ -9,7 +9,8 @@ at its home without the silent parts (R3: it changes state at its home first, re
 give their units back at once, a Confirm, Release or Fulfil is answered as its home recorded it (``EXPIRED``, never
 applied to some parts only), and the silent parts get their share once their group answers again (housekeeping
 drives the pending expiry on, ``Orders.drive_unsettled``). Until then the bound lets a blip or a group changing hands
-pass with every part read, as an expiry normally is.
+pass with every part read, as an expiry normally is. An order left undecided past its TTL is abandoned the same way
+(``undecided_parts``): its parts made give their units back, the silent ones are given up when they answer.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from atp_service.engine.parts import ReadPart, on_shard, run_part
-from reservation import DomainError, OrderStep, PendingOp, Reservation, State, Unavailable
+from atp_service.engine.parts import UNDECIDED, ReadPart, on_shard, run_part
+from reservation import DomainError, OrderStep, PendingOp, Reason, Reservation, State, Unavailable
 from reservation import _order_losses as losses
 from reservation import _orders as orders
 
@@ -62,15 +63,33 @@ async def _expire_unanswered(sagas: Orders, order_id: str, home: int) -> bool:
     if expired is None:
         return False
     await sagas._save(home, expired, over=order)  # R3: at its home first; from here a Confirm is refused EXPIRED
+    _said(engine, order_id, home, silent)
+    # Carried through as a pending expiry is (``Orders._settle``): the answering parts' units given back, the order
+    # recorded settled once every part has its share; raises for a silent one, left pending (driven on).
+    await sagas._settle(order_id, home)
+    return True
+
+
+async def undecided_parts(sagas: Orders, order: Reservation, home: int) -> dict[int, Reservation]:
+    """The parts of ``order``, undecided past its TTL, read before it is abandoned (a part confirmed proves it was
+    decided, R3: decided again): every part (one Redis lost left out), or — a part's group silent past the bound, as
+    for ``_expire_unanswered`` — those that answer, so that the parts made give their units back (``_abandon``: the
+    silent ones given up when they answer) instead of holding them for as long as that group is away (R2)."""
+    engine = sagas._engine
+    answering, silent = await _answering_parts(engine, order)
+    if silent and engine.now_at(home) < order.expires_at + EXPIRE_UNANSWERED_AFTER_MS:
+        raise Unavailable(UNDECIDED, Reason.OUTCOME_UNKNOWN)  # as ``Orders._parts``: the next pass reads again
+    if silent and not losses.decided_by_parts(order, answering, engine.place):
+        _said(engine, order.reservation_id, home, silent)
+    return answering
+
+
+def _said(engine: Engine, order_id: str, home: int, silent: list[int]) -> None:
     log.warning("order %s expired at its home %d past its TTL while the groups of its parts %s do not answer: "
                 "their units stay held until they answer", order_id, home, silent,
                 extra={"event": "order_expired_parts_unanswered", "reservation_id": order_id, "shard": home,
                        "groups": silent})
     engine.metrics.order_sagas.labels("expired_unanswered").inc()
-    # Carried through as a pending expiry is (``Orders._settle``): the answering parts' units given back, the order
-    # recorded settled once every part has its share; raises for a silent one, left pending (driven on).
-    await sagas._settle(order_id, home)
-    return True
 
 
 async def _answering_parts(engine: Engine, order: Reservation) -> tuple[dict[int, Reservation], list[int]]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, Waits, next_to_drive, order_opened
 from atp_service.engine.confirmed import ConfirmedChecks, checked
 from atp_service.engine.losses import commit_lost, commit_refused, log_confirmed_again, log_decided_again, torn
-from atp_service.engine.order_expiry import expire_order, refused_as_recorded
+from atp_service.engine.order_expiry import expire_order, refused_as_recorded, undecided_parts
 from atp_service.engine.parts import (
     ApplyShare,
     GiveUpPart,
@@ -285,8 +285,8 @@ class Orders:
         if pending is None:
             return order
         if pending.kind == OrderStep.RESERVE:  # past its TTL, given up undecided — unless a part of it was confirmed
-            if self._engine.now_at(home) < order.expires_at or losses.decided_by_parts(order, await self._parts(
-                    order, missing_ok=True), self._engine.place):  # R3, Q3: decided, confirmed, lost at its home
+            if self._engine.now_at(home) < order.expires_at or losses.decided_by_parts(order, await undecided_parts(
+                    self, order, home), self._engine.place):  # R3, Q3: decided, confirmed, lost at its home
                 return await self._decide(order, home)
             order = await self._abandon(order, home)  # never decided within its TTL: nothing stays held
         elif pending.kind == OrderStep.EXPIRE and not any(line.granted for line in order.lines):

@@ -133,3 +133,26 @@ async def test_an_order_expired_while_a_group_was_silent_is_settled_when_it_answ
                              "the order's expiry recorded settled")
     assert refusals == [0] and rig.quantities() == [(0, 0), (0, 0)]
     assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED
+
+
+async def test_an_order_undecided_past_its_ttl_gives_back_its_answering_parts_while_another_group_is_silent(
+        rig: Rig) -> None:
+    """Its Reserve stopped with group 0's part made and group 1 silent: past the TTL its abandonment read every part
+    first (a part confirmed would prove it decided), stopped on group 1 at every pass, and group 0's 3 units stayed
+    held for as long as group 1 was away (R2, R3 with several processes)."""
+    engine = rig.engine
+    silent = failing_on(rig, 1)
+    silent[0] = True
+    with pytest.raises(Unavailable):
+        await rig.run(engine.reserve(rig.cmd("o1")))
+    assert rig.quantities() == [(3, 0), (0, 0)]
+    rig.clock.advance(TTL_MS + EXPIRE_UNANSWERED_AFTER_MS + 1)
+    await housekeeping_until(rig, lambda: rig.quantities()[0] == (0, 0), "group 0's part gives its units back")
+    assert engine.actors[0].ledger.reservation("o1").state == State.EXPIRED
+    silent[0] = False
+    await housekeeping_until(rig, lambda: engine.actors[0].ledger.reservation("o1").pending is None,
+                             "the order's expiry carried through once group 1 answers")
+    assert rig.part("o1", 1).state == State.EXPIRED  # a tombstone: a late ReservePart replays it, holds nothing
+    assert rig.quantities() == [(0, 0), (0, 0)]
+    again, _ = await rig.run(engine.reserve(rig.cmd("o1")))  # R5: a retry answers what was decided
+    assert again.state == State.EXPIRED and rig.quantities() == [(0, 0), (0, 0)]
