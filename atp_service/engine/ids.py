@@ -194,7 +194,7 @@ class IdGuard:
         home = self.home_to_claim(cmd)
         if home is not None:
             claim, full = self._ask(cmd, home)
-            refusal = self._refusal(cmd.reservation_id, home, await _answer(claim), full)
+            refusal = self._refusal(cmd.reservation_id, home, await claim_answer(claim), full)
             if refusal is not None:
                 raise refusal
 
@@ -209,7 +209,7 @@ class IdGuard:
                 asked[i] = home, *self._ask(cmds[i], home)
                 if claimed is not None:
                     claimed[i] = home
-        answers = await asyncio.gather(*(_answer(claim) for _, claim, _ in asked.values()), return_exceptions=True)
+        answers = await asyncio.gather(*(claim_answer(claim) for _, claim, _ in asked.values()), return_exceptions=True)
         refused: dict[int, DomainError] = {}
         for (i, (home, _, full)), held in zip(asked.items(), answers, strict=True):
             if isinstance(held, DomainError):
@@ -297,18 +297,6 @@ class IdGuard:
                                          "group": home, "claimed_by": held})
 
 
-async def homed_elsewhere(engine: Engine, reservation_id: str, shard: int) -> bool:
-    """Whether ``reservation_id``'s claim (R5) names a group other than ``shard`` that another process serves: a
-    SHIPMENT naming it at ``shard`` that finds no record nor part of it here is of an order spanning groups homed
-    there whose part here Redis lost (R7: this group back from older data) — its home makes the part again before
-    the shipment fulfils it (``parts.shipped_elsewhere``: R4, Q3). UNAVAILABLE (nothing decided) where Redis did
-    not answer; False with no claims (one process) or none for the id (E8: decided once, as unknown)."""
-    if engine.ids is None:
-        return False
-    home = await _answer(engine.ids.claims.look(reservation_id))
-    return 0 <= home < len(engine.actors) and home != shard and engine.actors[home].vacant
-
-
 def _pass_turn(before: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> None:
     """``mine`` done once ``before`` is: at once when it is (or there is none), else when it ends —
     a batch that failed or whose caller left still passes the turn on, in order."""
@@ -319,7 +307,7 @@ def _pass_turn(before: asyncio.Future[None] | None, mine: asyncio.Future[None]) 
         before.add_done_callback(lambda _: None if mine.done() else mine.set_result(None))
 
 
-async def _answer(claim: asyncio.Future[int]) -> int:
+async def claim_answer(claim: asyncio.Future[int]) -> int:
     """The group a claim holds; UNAVAILABLE (nothing decided) where Redis did not make it."""
     try:
         return await claim

@@ -234,16 +234,19 @@ async def _settle_here(engine: Engine, order_id: str) -> StepReply:
         return StepReply(None, int(exc.reason), exc.message, exc.metadata)
 
 
-async def shipped_elsewhere(engine: Engine, fact: Fact, ship: Callable[[], Awaitable[Shipped]]) -> Shipped:
+async def shipped_elsewhere(engine: Engine, fact: Fact, ship: Callable[[], Awaitable[Shipped]], held: int = -1
+                            ) -> Shipped:
     """A shipment fulfilling ``ship`` a part here of an order homed at another process: what the order
     has pending (a confirmation recorded, not yet applied by this part) carried through there first,
     as where the order is homed here (``Orders._shipment``) — else the part, still held, is not
     fulfilled, and the confirmation applied after commits units the shipment took from on_hand (Q3,
     R4); its record resolved there after, once every part is. The home refusing that step for good
-    (``lasting``) does not refuse the fact: the units left, so the stock moves alone (``unfulfilled``)."""
-    order_id = fact.reservation_id
+    (``lasting``) does not refuse the fact: the units left, so the stock moves alone (``unfulfilled``).
+    ``held``: the group the order's claim names (R5: its record is there, nowhere else), whose owner alone is
+    asked — every other process was, twice a fact, for a WMS replaying a day of them (-1: not read, all asked)."""
+    order_id, group = fact.reservation_id, None if held < 0 else held
     try:
-        await _to_others(engine, SettleOrder(order_id), settled=True)
+        await _to_others(engine, SettleOrder(order_id), settled=True, group=group)
     except DomainError as exc:
         if not lasting(exc):
             raise  # taken again later, when the home has carried the change through
@@ -253,7 +256,7 @@ async def shipped_elsewhere(engine: Engine, fact: Fact, ship: Callable[[], Await
     # until the home has heard, as a settle is — a record of an order left unresolved is counted live at its
     # home, and never forgotten, for good (R5). A shipment that fulfilled nothing resolves nothing, and its
     # answer must reach the caller (``FactDesk._tell_unfulfilled``: a duplicate after a refusal, never).
-    await _to_others(engine, ResolveOrder(order_id), settled=not result[1])
+    await _to_others(engine, ResolveOrder(order_id), settled=not result[1], group=group)
     return result
 
 
@@ -268,17 +271,18 @@ async def tell_home(engine: Engine, order_id: str) -> None:
     await _to_others(engine, ResolveOrder(order_id), settled=False)
 
 
-async def _to_others(engine: Engine, step: ResolveOrder | SettleOrder, settled: bool) -> None:
-    """``step`` sent to every other process (an order's home is not known here). ``settled``: the
-    holder's refusal is raised, and so is UNAVAILABLE where none said it holds the order unless the
-    processes that said "not here" answered for every group between them, as a read's NOT_FOUND
+async def _to_others(engine: Engine, step: ResolveOrder | SettleOrder, settled: bool, group: int | None = None) -> None:
+    """``step`` sent to every other process (an order's home is not known here), or to ``group``'s owner alone.
+    ``settled``: the holder's refusal is raised, and so is UNAVAILABLE where none said it holds the order unless the
+    processes that said "not here" answered for every group between them (for ``group``), as a read's NOT_FOUND
     (``edge.forward``): one did not answer, a group has no known owner, or is being handed over or
     recovered (its new owner has not read its records yet) — it may hold the order, whose pending
     change must come first (Q3, R4): a shipment is then taken again later."""
     if engine.remote is None:
         return
     send = engine.remote
-    owners = {engine.where(g)[0] for g, actor in enumerate(engine.actors) if actor.vacant} - {""}
+    groups = range(len(engine.actors)) if group is None else (group,)
+    owners = {engine.where(g)[0] for g in groups if engine.actors[g].vacant} - {""}
     request = _encode(StepRequest(-1, step))
     covered, held = set(engine.serving()), False
     for outcome in await asyncio.gather(*(send(address, request) for address in sorted(owners)),
@@ -292,7 +296,7 @@ async def _to_others(engine: Engine, step: ResolveOrder | SettleOrder, settled: 
                 raise refusal_of(reply)
             held = held or reply.part is not None
             covered.update(reply.serving)
-    if settled and not held and not covered >= set(range(len(engine.actors))):
+    if settled and not held and not covered >= set(groups):
         raise Unavailable(f"reservation_id: {step.order!r}: not every group answered for (its home did not "
                           "answer, or is changing hands); retry", Reason.OUTCOME_UNKNOWN)
 

@@ -275,7 +275,7 @@ async def test_a_shipment_fulfilling_the_last_part_while_a_change_is_pending_at_
     flag = confirmation_not_reaching(monkeypatch, orders.part_id("o-1", group_of(b)), OrderStep.FULFIL)
     shipped_elsewhere = engine_orders.shipped_elsewhere
 
-    async def fulfilled_at_home_meanwhile(engine: Any, fact: Any, ship: Any) -> Any:
+    async def fulfilled_at_home_meanwhile(engine: Any, fact: Any, ship: Any, *held: Any) -> Any:
         async def ship_after_a_change() -> Any:  # settled at its home already
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await home_client.fulfill("o-1", [(b, "DC", 1)], operation_id="op-1")
@@ -283,7 +283,7 @@ async def test_a_shipment_fulfilling_the_last_part_while_a_change_is_pending_at_
             flag[0] = False
             return await ship()
 
-        return await shipped_elsewhere(engine, fact, ship_after_a_change)
+        return await shipped_elsewhere(engine, fact, ship_after_a_change, *held)
 
     monkeypatch.setattr(engine_orders, "shipped_elsewhere", fulfilled_at_home_meanwhile)
     shipped = await other_client.record_events([shipment("out-b", b, 2, "o-1")])
