@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from atp_service.engine.ids import claim_answer
+from atp_service.engine.shipments import Asking
 from atp_service.tasks import exception_seen
 from reservation import Fact
 
@@ -32,6 +33,8 @@ class ClaimsAhead:
         self._engine, self._facts = engine, facts  # the call's shipments naming a reservation, in its order
         self._next = 0  # where the next fact asking is looked for in ``_facts``
         self._read: dict[str, asyncio.Future[int]] = {}  # at most one per fact of the call: bounded by it
+        self.unanswered: set[str] = set()
+        """The processes that did not answer a step of the call's shipments, not asked again in it (``Asking``)."""
 
     def claim(self, fact: Fact) -> asyncio.Future[int]:
         """``fact``'s claim: the group it holds, -1 where none (``IdClaims.look``)."""
@@ -66,20 +69,22 @@ def unknown_here(engine: Engine, fact: Fact) -> bool:
             and not engine.orders.has_part(shard, rid))
 
 
-async def homed_elsewhere(engine: Engine, fact: Fact, shard: int, claims: ClaimsAhead | None = None) -> int | None:
+async def homed_elsewhere(engine: Engine, fact: Fact, shard: int, claims: ClaimsAhead | None = None
+                          ) -> Asking | None:
     """Where a SHIPMENT ``fact`` at ``shard`` naming a reservation no group here holds is of an order homed at another
-    process, the group to ask for it (-1: any, a part of it here and its claim not read); else None. Its claim (R5)
+    process, whom to ask for it (its group -1, any: a part of it here, its claim not read); else None. Its claim (R5)
     naming a group another process serves, with no part of it here, it is an order spanning groups homed there whose
     part here Redis lost (R7: this group back from older data) — its home makes the part again before the shipment
     fulfils it (``parts.shipped_elsewhere``: R4, Q3), that group's owner alone asked: a claim names the one group
     its record is in. UNAVAILABLE (nothing decided) where Redis did not answer; None with no claims (one process) or
     none for the id (E8: decided once, as unknown). ``claims``: the call's claims read ahead."""
-    orders_, rid = engine.orders, fact.reservation_id
+    orders_, rid, unanswered = engine.orders, fact.reservation_id, None if claims is None else claims.unanswered
     if orders_ is None or engine.remote is None:
         return None
     if orders_.has_part(shard, rid):
-        return -1
+        return Asking(-1, unanswered)
     if engine.ids is None:
         return None
     home = await claim_answer(claims.claim(fact) if claims is not None else engine.ids.claims.look(rid))
-    return home if 0 <= home < len(engine.actors) and home != shard and engine.actors[home].vacant else None
+    elsewhere = 0 <= home < len(engine.actors) and home != shard and engine.actors[home].vacant
+    return Asking(home, unanswered) if elsewhere else None

@@ -33,7 +33,7 @@ from atp_service.engine.parts import (
     run_parts,
     shipped_elsewhere,
 )
-from atp_service.engine.shipments import fulfilling, refused_for_good, unfulfilled
+from atp_service.engine.shipments import ASK_EVERY, Asking, fulfilling, refused_for_good, unfulfilled
 from atp_service.tasks import cancel_for_good, exception_seen, keep
 from reservation import (
     DomainError,
@@ -109,12 +109,12 @@ class Orders:
     async def expire(self, order_id: str, home: int) -> None:
         await self._owned(order_id, lambda: expire_order(self, order_id, home))  # a part silent too (R2, R3)
 
-    async def shipment(self, fact: Fact, order_id: str, held: int = -1) -> tuple[FactOutcome, str]:
-        """A SHIPMENT fact naming the order: the stock moves and the part at that position is fulfilled with it, in
-        one step on the fact's shard (R4, E8: once) — after a change the order has pending is carried through and a
-        confirmed part Redis lost made again (refused for good: the stock moves alone, Q1), and before the order is
-        resolved once every part is. ``held``: the group its claim names (R5) at another process, -1 where not read."""
-        return await self._owned(order_id, lambda: self._shipment(fact, order_id, held))
+    async def shipment(self, fact: Fact, order_id: str, asking: Asking = ASK_EVERY) -> tuple[FactOutcome, str]:
+        """A SHIPMENT fact naming the order: the stock moves and the part holding that position is fulfilled with
+        it, in one step on the fact's shard (R4, idempotent by the fact's identity, E8) — after a change the order has
+        pending is carried through and a confirmed part Redis lost made again (refused for good: the stock moves alone,
+        Q1), and before the order is resolved once every part is. ``asking``: whom, where homed at another process."""
+        return await self._owned(order_id, lambda: self._shipment(fact, order_id, asking))
 
     def has_part(self, shard: int, order_id: str) -> bool:  # a routing hint, read between batches
         return self._engine.actors[shard].ledger.reservation(orders.part_id(order_id, shard)) is not None
@@ -334,11 +334,11 @@ class Orders:
         cmds = orders.split(command_of(order), self._engine.place)
         await run_parts(self._engine, {g: GiveUpPart(cmd) for g, cmd in cmds.items()})
 
-    async def _shipment(self, fact: Fact, order_id: str, held: int) -> tuple[FactOutcome, str]:
+    async def _shipment(self, fact: Fact, order_id: str, asking: Asking) -> tuple[FactOutcome, str]:
         home, shard = self._engine.home_of(order_id), self._engine.place(fact.sku)
         ship = fulfilling(fact, orders.part_id(order_id, shard), self._engine.limits)
         if home is None and self._engine.remote is not None:  # homed at another process: settled there first
-            return await shipped_elsewhere(self._engine, fact, lambda: on_shard(self._engine, shard, ship), held)
+            return await shipped_elsewhere(self._engine, fact, lambda: on_shard(self._engine, shard, ship), asking)
         if home is not None:  # a change left pending (a confirmation) carried through first, and a part Redis
             try:  # lost made again (``_settled``, as a home elsewhere does for ``SettleOrder``): the fact fulfils it
                 await self._settled(order_id, home)

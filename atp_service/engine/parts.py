@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from atp_service.engine.messages import Work
-from atp_service.engine.shipments import refused_for_good, unfulfilled
+from atp_service.engine.shipments import ASK_EVERY, Asking, refused_for_good, unfulfilled
 from reservation import (
     GIVEN_UP,
     DomainError,
@@ -234,19 +234,18 @@ async def _settle_here(engine: Engine, order_id: str) -> StepReply:
         return StepReply(None, int(exc.reason), exc.message, exc.metadata)
 
 
-async def shipped_elsewhere(engine: Engine, fact: Fact, ship: Callable[[], Awaitable[Shipped]], held: int = -1
-                            ) -> Shipped:
+async def shipped_elsewhere(engine: Engine, fact: Fact, ship: Callable[[], Awaitable[Shipped]],
+                            asking: Asking = ASK_EVERY) -> Shipped:
     """A shipment fulfilling ``ship`` a part here of an order homed at another process: what the order
     has pending (a confirmation recorded, not yet applied by this part) carried through there first,
     as where the order is homed here (``Orders._shipment``) — else the part, still held, is not
     fulfilled, and the confirmation applied after commits units the shipment took from on_hand (Q3,
     R4); its record resolved there after, once every part is. The home refusing that step for good
     (``lasting``) does not refuse the fact: the units left, so the stock moves alone (``unfulfilled``).
-    ``held``: the group the order's claim names (R5: its record is there, nowhere else), whose owner alone is
-    asked — every other process was, twice a fact, for a WMS replaying a day of them (-1: not read, all asked)."""
-    order_id, group = fact.reservation_id, None if held < 0 else held
+    ``asking``: whom (the group its claim names: its owner alone, not every other process twice a fact)."""
+    order_id = fact.reservation_id
     try:
-        await _to_others(engine, SettleOrder(order_id), settled=True, group=group)
+        await _to_others(engine, SettleOrder(order_id), settled=True, asking=asking)
     except DomainError as exc:
         if not lasting(exc):
             raise  # taken again later, when the home has carried the change through
@@ -256,7 +255,7 @@ async def shipped_elsewhere(engine: Engine, fact: Fact, ship: Callable[[], Await
     # until the home has heard, as a settle is — a record of an order left unresolved is counted live at its
     # home, and never forgotten, for good (R5). A shipment that fulfilled nothing resolves nothing, and its
     # answer must reach the caller (``FactDesk._tell_unfulfilled``: a duplicate after a refusal, never).
-    await _to_others(engine, ResolveOrder(order_id), settled=not result[1], group=group)
+    await _to_others(engine, ResolveOrder(order_id), settled=not result[1], asking=asking)
     return result
 
 
@@ -271,25 +270,29 @@ async def tell_home(engine: Engine, order_id: str) -> None:
     await _to_others(engine, ResolveOrder(order_id), settled=False)
 
 
-async def _to_others(engine: Engine, step: ResolveOrder | SettleOrder, settled: bool, group: int | None = None) -> None:
-    """``step`` sent to every other process (an order's home is not known here), or to ``group``'s owner alone.
-    ``settled``: the holder's refusal is raised, and so is UNAVAILABLE where none said it holds the order unless the
-    processes that said "not here" answered for every group between them (for ``group``), as a read's NOT_FOUND
+async def _to_others(engine: Engine, step: ResolveOrder | SettleOrder, settled: bool, asking: Asking = ASK_EVERY
+                     ) -> None:
+    """``step`` sent to every other process (an order's home is not known here), or to ``asking.group``'s owner alone,
+    none of ``asking.unanswered`` (those failing added). ``settled``: the holder's refusal is raised, and so is
+    UNAVAILABLE where none said it holds the order unless the processes that said "not here" answered for every group
+    between them (for ``asking.group``), as a read's NOT_FOUND
     (``edge.forward``): one did not answer, a group has no known owner, or is being handed over or
     recovered (its new owner has not read its records yet) — it may hold the order, whose pending
     change must come first (Q3, R4): a shipment is then taken again later."""
     if engine.remote is None:
         return
     send = engine.remote
-    groups = range(len(engine.actors)) if group is None else (group,)
-    owners = {engine.where(g)[0] for g in groups if engine.actors[g].vacant} - {""}
+    groups, silent = range(len(engine.actors)) if asking.group < 0 else (asking.group,), asking.unanswered
+    owners = sorted({engine.where(g)[0] for g in groups if engine.actors[g].vacant} - {""} - (silent or set()))
     request = _encode(StepRequest(-1, step))
     covered, held = set(engine.serving()), False
-    for outcome in await asyncio.gather(*(send(address, request) for address in sorted(owners)),
-                                        return_exceptions=True):
+    for address, outcome in zip(owners, await asyncio.gather(*(send(address, request) for address in owners),
+                                                             return_exceptions=True), strict=True):
         if isinstance(outcome, BaseException):
             if not isinstance(outcome, Exception):
                 raise outcome
+            if silent is not None:  # not asked again in this call: counted as not answering
+                silent.add(address)
         elif settled:
             reply = _replies.decode(outcome)
             if reply.reason:

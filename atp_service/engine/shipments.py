@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from reservation import DomainError, Fact, FactOutcome, Limits, View
 from reservation import _orders as orders
 
 UNFULFILLED = "stock moved; reservation not fulfilled"
 """How the reason of a SHIPMENT that moved stock but fulfilled nothing of its reservation begins."""
+
+
+class Asking(NamedTuple):
+    """Whom a shipment of an order homed at another process asks (``parts.shipped_elsewhere``): the owner of
+    ``group``, the group the order's claim names (R5: its record is there, nowhere else; -1: not read, every other
+    process), unless among ``unanswered``: the processes that did not answer a step of the shipment's call (added as
+    they fail; R8), each of which held every later fact of the call up to its step's deadline, one after the other."""
+
+    group: int = -1
+    unanswered: set[str] | None = None
+
+
+ASK_EVERY = Asking()
+"""Every other process asked (the order's home not known here), none left out."""
 
 
 Shipping = Callable[[View, int], tuple[Any, str]]

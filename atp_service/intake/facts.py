@@ -306,7 +306,7 @@ class FactDesk:
         home = engine.home_of(fact.reservation_id)
         if home is None and (held := await homed_elsewhere(engine, fact, sku_shard, claims)) is not None:
             # A part of an order homed at another process (or one Redis lost here, made again there first: R4, Q3):
-            # fulfilled here, its order resolved there (asked of its claim's group's owner alone, where read).
+            # fulfilled here, its order resolved there (asked of its claim's group's owner alone, where read: R5, R8).
             return await engine.orders.shipment(fact, fact.reservation_id, held)  # type: ignore[union-attr]
         if engine.orders is not None and home is not None:  # on a cluster: one group per step
             if engine.is_order(home, fact.reservation_id):

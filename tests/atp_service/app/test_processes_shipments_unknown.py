@@ -5,12 +5,16 @@ real redis-server, what that costs: Redis round trips (``IdClaims.round_trips``)
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 
+import grpc
 import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.edge import peers
 from atp_service.engine import claims_ahead, parts
 from atp_service.intake.facts import UNFULFILLED
 from tests.atp_service.app.test_processes import SHARDS, Process, group_of, owned, processes, shipment
@@ -96,3 +100,44 @@ async def test_a_shipment_naming_an_id_claimed_at_another_process_asks_only_that
     (pb_,) = await q[1].availability([(b, "DC")])
     assert (pa.on_hand, pb_.on_hand, pb_.reserved) == (90, 100, 10)
     assert r is not q
+
+
+async def test_shipments_whose_order_s_process_does_not_answer_wait_for_it_once_a_call_R8(
+        start_process: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five reservations made at Q, then five SHIPMENT facts at P naming them, in one call, while Q does not answer
+    order steps (paused, cut off from P: its steps wait past their deadline, ``STEP_TIMEOUT_S``). Defect: P asked Q
+    to settle each order in turn, each waiting out the whole deadline — 5 s a fact, a WMS's batch of a thousand held
+    for 83 minutes, with every fact after them in it. Now a process that did not answer a step of the call is
+    not asked again in it: the facts behind the first are refused at once as it was (taken again later, nothing
+    applied: R4, E8), and once Q answers again they are applied, each once."""
+    running = await processes(start_process, 2)
+    p, q = running
+    a, b = sku_of(running, p), sku_of(running, q)
+    await p[1].record_events([receipt("in-a", a, "DC", 100)])
+    await q[1].record_events([receipt("in-b", b, "DC", 100)])
+    for i in range(5):
+        await q[1].reserve(f"r-{i}", [(b, "DC", 1)], ttl_seconds=600)
+    answer, asked = asyncio.Event(), [0]
+    serve_part = peers.serve_part
+
+    async def not_answering(engine: Any, request: bytes) -> bytes:  # Q's steps wait past their deadline
+        if engine is q[0].engine and not answer.is_set():
+            asked[0] += 1
+            await answer.wait()
+        return await serve_part(engine, request)
+
+    monkeypatch.setattr(peers, "serve_part", not_answering)
+    monkeypatch.setattr(peers, "STEP_TIMEOUT_S", 0.3)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await p[1].record_events([shipment(f"out-{i}", a, 1, f"r-{i}") for i in range(5)])
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert asked[0] == 1, "Q asked once in the call, not once a fact"
+        (pa,) = await p[1].availability([(a, "DC")])
+        assert pa.on_hand == 100, "nothing applied"
+    finally:
+        answer.set()
+    answers = await p[1].record_events([shipment(f"out-{i}", a, 1, f"r-{i}") for i in range(5)])
+    assert [x.outcome for x in answers] == [pb.FACT_OUTCOME_APPLIED] * 5, answers
+    (pa,) = await p[1].availability([(a, "DC")])
+    assert pa.on_hand == 95
