@@ -1,6 +1,6 @@
 """``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K] [--processes P] [--clock-skew]
 [--redis-full] [--fact-times] [--shed] [--one-key] [--settle-faults] [--groups]
-[--forward-streams] [--short-grace] [--input-streams] [--partition]``:
+[--forward-streams] [--short-grace] [--input-streams] [--partition] [--clock-jumps]``:
 run the deterministic simulation; the summary line counts the faults injected."""
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ def main() -> int:
                         help="with --processes: two processes cut off from each other over gRPC (order steps, "
                              "forwarded calls, streams to owners), one way or both, both still reaching Redis, for "
                              "ticks or several steps (partition.py)")
+    parser.add_argument("--clock-jumps", action="store_true",
+                        help="a clock jumping by hours at a tick of a step: the world's (a host suspended: every "
+                             "hold and lease running out at once), or one host's wall clock ahead and "
+                             "back (jumps.py; not with --fact-times, --short-grace)")
     parser.add_argument("--one-key", action="store_true",
                         help="snapshots stored in one key whatever the seed (as seeds found before several were)")
     args = parser.parse_args()
@@ -74,6 +78,8 @@ def main() -> int:
         parser.error("--forward-streams needs --processes 2 or 3 (one process owns every group)")
     if args.partition and args.processes == 1:
         parser.error("--partition needs --processes 2 or 3 (one process calls no other)")
+    if args.clock_jumps and (args.fact_times or args.short_grace):
+        parser.error("--clock-jumps judges no fact times: not with --fact-times or --short-grace (jumps.py)")
     if args.clock_skew and args.processes == 1:
         parser.error("--clock-skew needs --processes 2 or 3 (one process has one clock)")
     # The faults make the service log a warning per failed append: only its errors show (each one also
@@ -90,7 +96,8 @@ def main() -> int:
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
                         args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
                         settle_faults=args.settle_faults, groups=args.groups,
-                        forward_streams=args.forward_streams, short_grace=args.short_grace, partition=args.partition)
+                        forward_streams=args.forward_streams, short_grace=args.short_grace, partition=args.partition,
+                        clock_jumps=args.clock_jumps)
         try:
             asyncio.run(driver.run(args.steps))
         except Violation as exc:

@@ -36,6 +36,7 @@ from reservation._limits import MAX_DURATION_MS_CEILING
 from tests.sim.checks import Violation
 from tests.sim.edge import Edge
 from tests.sim.groups import configure
+from tests.sim.jumps import ClockJumps
 from tests.sim.leased import ProcessLog
 from tests.sim.membership import Leases, SimMembership
 from tests.sim.network import Network
@@ -57,8 +58,10 @@ class ClusterWorld(World):
     def __init__(self, processes: int, rng: random.Random, tally: Tally | None = None,
                  part_bytes: int = 1 << 20, checks: random.Random | None = None, skew_seed: int | None = None,
                  grace_ms: int = MAX_DURATION_MS_CEILING, pieces: PieceSizes | None = None,
-                 groups: bool = False, forward_streams: bool = False, skew_ms: int | None = None) -> None:
+                 groups: bool = False, forward_streams: bool = False, skew_ms: int | None = None,
+                 jumps_seed: int | None = None) -> None:
         """``skew_seed``: ``--clock-skew`` (``skew.py``), each host's clock drawn from it; None: one clock.
+        ``jumps_seed``: ``--clock-jumps`` (``jumps.py``): hosts' wall clocks jumping by hours, drawn from it.
         ``pieces``: each process's ``snapshot_piece_bytes`` (``World.instance_config``)."""
         super().__init__(tally=tally, channels=False, cluster=True, part_bytes=part_bytes, grace_ms=grace_ms,
                          pieces=pieces, groups=groups, skew_ms=skew_ms)
@@ -66,6 +69,7 @@ class ClusterWorld(World):
         self.forward_streams = forward_streams
         """``--forward-streams``: ReserveStream items of groups other processes own sent there (``streams.py``)."""
         self.skew = SkewedHosts(skew_seed, self.clock) if skew_seed is not None else None
+        self.jumps = ClockJumps(jumps_seed, self.log.tally, self.clock) if jumps_seed is not None else None
         self.checks = checks
         """The stream the owner checks' round trips draw from (theirs: the other draws stay as they were)."""
         self.leases = Leases()
@@ -87,6 +91,9 @@ class ClusterWorld(World):
         log.check_faults = self.checks
         # As ``AtpService``: each process its own clock (``skew.py``: its host's); without skew the world's.
         clock = self.clock if self.skew is None else self.skew.clock_for(address)
+        if self.jumps is not None:  # ``--clock-jumps``: over the host's wall clock, skewed or not, set ahead or not
+            skew = self.skew
+            clock = self.jumps.clock_for(address, (lambda: skew.offsets[address]) if skew is not None else lambda: 0)
         config = self.instance_config()
         engine = Engine([], log, clock, config.engine_settings)
         if self.groups:

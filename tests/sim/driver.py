@@ -30,6 +30,7 @@ from tests.sim.invariants import (
     one_record_per_id,
     snapshots_whole,
 )
+from tests.sim.jumps import ClockJumps
 from tests.sim.partition import Partitions
 from tests.sim.replay import replay_equals_live
 from tests.sim.settled import orders_settle
@@ -56,7 +57,8 @@ class Driver:
                  late_across_steps: bool = False, retry_other_content: bool = False, lose_tail: bool = False,
                  clock_skew: bool = False, redis_full: bool = False, fact_times: bool = False,
                  shed: bool = False, one_key: bool = False, settle_faults: bool = False, groups: bool = False,
-                 forward_streams: bool = False, short_grace: bool = False, partition: bool = False) -> None:
+                 forward_streams: bool = False, short_grace: bool = False, partition: bool = False,
+                 clock_jumps: bool = False) -> None:
         """``late_across_steps``: with several processes, also order steps served past a step's end.
         ``retry_other_content``: with several processes, retries may carry other content than their
         id's first Reserve, at any process (R5 across processes: ``engine/ids.py``; off by default so
@@ -75,7 +77,9 @@ class Driver:
         processes' groups sent to their owners in the batch's turn (``streams.py``). ``short_grace``: a grace
         window of seconds, so that shards forget remembered facts, seal them and free kept deltas (E8, E9),
         and first sends stamped within it (``shortgrace.py``). ``partition``: with several processes, two of them
-        cut off from each other over gRPC, Redis reached by both, for ticks or steps (``partition.py``)."""
+        cut off from each other over gRPC, Redis reached by both, for ticks or steps (``partition.py``).
+        ``clock_jumps``: a clock jumping by hours at a tick of a step: the world's (suspended), or a host's wall
+        clock ahead and back (``jumps.py``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
@@ -93,7 +97,8 @@ class Driver:
                            pieces=pieces, groups=groups, skew_ms=skew_ms) \
             if processes == 1 else \
             ClusterWorld(processes, self.rng, self.tally, part_bytes, random.Random(f"owner check {seed}"),
-                         seed if clock_skew else None, self.grace_ms, pieces, groups, forward_streams, skew_ms)
+                         seed if clock_skew else None, self.grace_ms, pieces, groups, forward_streams, skew_ms,
+                         seed if clock_jumps else None)
         self.world.log.reads.reply_bytes = READ_BYTES[seed // 40 % len(READ_BYTES)]
         self.world.log.faults = self.rng
         self.world.log.ids = SimIdClaims(seed, self.tally)  # a leased engine claims its ids (R5)
@@ -102,6 +107,8 @@ class Driver:
         self.settle = SettleFaults(seed, self.tally) if settle_faults else None
         self.world.log.settle = self.settle
         self.partitions = Partitions(seed, self.tally) if partition and processes > 1 else None
+        if clock_jumps and processes == 1:  # several: each process's made with its host's (``ClusterWorld``)
+            self.world.jumps = ClockJumps(seed, self.tally, self.world.clock)
         if isinstance(self.world, ClusterWorld):
             self.world.partitions = self.partitions
             self.world.network.across_steps = late_across_steps
@@ -165,7 +172,8 @@ class Driver:
         if not isinstance(world, ClusterWorld):
             return (f"{self.seed}{' --lose-tail' if self.tail else ''}{' --redis-full' if self.full else ''}"
                     f"{' --fact-times' if self.times else ''}{' --shed' if self.shed else ''}"
-                    f"{' --settle-faults' if self.settle else ''}{' --short-grace' if self.short_grace else ''}")
+                    f"{' --settle-faults' if self.settle else ''}{' --short-grace' if self.short_grace else ''}"
+                    f"{' --clock-jumps' if world.jumps else ''}")
         return (f"{self.seed} --processes {self.processes}" + (" --late-across-steps" if world.network.across_steps
                                                               else "")
                 + (" --retry-other-content" if self.retry_other_content else "")
@@ -173,7 +181,8 @@ class Driver:
                 + (" --redis-full" if self.full else "") + (" --fact-times" if self.times else "")
                 + (" --shed" if self.shed else "") + (" --settle-faults" if self.settle else "")
                 + (" --forward-streams" if world.forward_streams else "")
-                + (" --short-grace" if self.short_grace else "") + (" --partition" if self.partitions else ""))
+                + (" --short-grace" if self.short_grace else "") + (" --partition" if self.partitions else "")
+                + (" --clock-jumps" if world.jumps else ""))
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
@@ -206,6 +215,8 @@ class Driver:
             self.trace.append(f"{step}: {shedding}")
         if self.partitions is not None and (cut := self.partitions.draw([p.address for p in world.processes])):
             self.trace.append(f"{step}: {cut}")
+        if world.jumps is not None and (jump := world.jumps.draw()):
+            self.trace.append(f"{step}: {jump}")
         runner = StepRunner(world, rng)
         if self.settle is not None:
             self.settle.active = True
@@ -220,6 +231,8 @@ class Driver:
                 self.trace.append(f"{step}: {shed}")
             if self.partitions is not None and (cut := self.partitions.end_step()):  # healed, unless it lasts
                 self.trace.append(f"{step}: {cut}")
+            if world.jumps is not None:
+                world.jumps.end_step()
             events = runner.events + (disruptor.events if disruptor else [])
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))

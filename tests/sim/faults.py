@@ -151,6 +151,8 @@ class StepRunner:
             self.world.channels.arrive_late(1)
         if tick in plan.desk_turns and self.world.desk is not None:
             self.world.desk.kick()
+        if self.world.jumps is not None and (jumped := self.world.jumps.tick(tick)):  # ``--clock-jumps``
+            self.events.append(jumped)
         self.world.on_tick(tick)
 
     def _abandon(self, call: Call) -> None:

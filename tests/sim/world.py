@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from atp_service.app.keyspace import replaced_said
 from atp_service.channels.desk import ChannelDesk
 from atp_service.config import ServiceConfig
-from atp_service.engine.clock import ManualClock
+from atp_service.engine.clock import Clock, ManualClock, SystemClock
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from atp_service.intake.facts import FactDesk
@@ -38,6 +38,7 @@ from tests.sim.simlog import SimLog
 from tests.sim.tally import Tally
 
 if TYPE_CHECKING:
+    from tests.sim.jumps import ClockJumps
     from tests.sim.shed import Shedding
     from tests.sim.shortgrace import Graces
     from tests.sim.snapparts import PieceSizes
@@ -100,6 +101,9 @@ class World:
         self.log = SimLog(tally, together=not cluster)
         self.channels = SimChannelStore(self.log)
         self.clock = ManualClock(START_MS)
+        self.jumps: ClockJumps | None = None  # ``--clock-jumps``: the host's clock jumping by hours (``jumps.py``)
+        self.service_clock: Clock = self.clock
+        """The running instance's clock: the world's, or (``--clock-jumps``) the product's over its host's."""
         self.log.now_ms = self.clock.now_ms  # claims draw epochs no lower than the time (as Redis's TIME)
         self.pieces = pieces
         """Each instance's ``snapshot_piece_bytes`` (None: ``PIECE_BYTES``, the default: one key)."""
@@ -184,18 +188,21 @@ class World:
         self.channels.epoch = self.log.epoch
         self.forget_loss()
         actors = []
+        # A new process's clock: the world's, or (``--clock-jumps``) the product's over its host's.
+        clock: ManualClock | SystemClock = self.clock if self.jumps is None else self.jumps.clock_for()
+        self.service_clock = clock
         for ledger, seq in await self.recovered(fresh=True):
-            actors.append(ShardActor(ledger.shard, ledger, self.log, self.clock, self.config.shard_settings, seq))  # type: ignore[arg-type]
+            actors.append(ShardActor(ledger.shard, ledger, self.log, clock, self.config.shard_settings, seq))  # type: ignore[arg-type]
             actors[-1].on_failure.append(self._shard_failed)
-        self.clock.advance_floor(max(a.ledger.clock for a in actors))
-        self.engine = Engine(actors, self.log, self.clock, self.config.engine_settings)  # type: ignore[arg-type]
+        clock.advance_floor(max(a.ledger.clock for a in actors))
+        self.engine = Engine(actors, self.log, clock, self.config.engine_settings)  # type: ignore[arg-type]
         if self.groups:
             configure(self.engine)  # as the service, from the estate, before any call
         for actor in self.engine.actors:
             actor.start()  # no maintenance timer: the driver runs maintenance as a call
         self.facts = FactDesk(self.engine, "quarantine", 1000)
         if self.with_channels:
-            desk = ChannelDesk(self.engine, ESTATE, self.channels, self.clock, self.config.channel_settings)  # type: ignore[arg-type]
+            desk = ChannelDesk(self.engine, ESTATE, self.channels, clock, self.config.channel_settings)  # type: ignore[arg-type]
             self.desk = DeskRunner(desk)
             await self.desk.start()
 
@@ -321,7 +328,7 @@ class World:
 
     async def judged_record(self, facts: list[Fact]) -> list[Any]:
         """RecordEvents with E7 judged by the service's clock, as its edge does (``--fact-times``)."""
-        return await judged_record(self.fact_desk, self.clock.now_ms(), self.config.limits, facts)
+        return await judged_record(self.fact_desk, self.service_clock.now_ms(), self.config.limits, facts)
 
     async def maintenance_pass(self) -> None:
         await self.eng.run_maintenance()
@@ -372,8 +379,8 @@ class World:
             if self.desk.idle():
                 return
             due = self.desk.next_due()
-            if due is not None and due > self.clock.now_ms():
-                self.clock.advance(due - self.clock.now_ms())
+            if due is not None and due > self.service_clock.now_ms():  # due by the desk's clock
+                self.clock.advance(due - self.service_clock.now_ms())
             self.desk.kick()
         raise AssertionError("channel desk never converged (liveness)")
 

@@ -1,0 +1,92 @@
+"""A clock jumping by hours (``--clock-jumps``), at a tick of a step while its calls run.
+
+Three jumps, each drawn with its tick and size (1 to 7 hours):
+- ``suspended``: the world's time moves on by hours at once (every host suspended or stopped together, a VM
+  live-migrated): every process's clock and Redis's move together, so every hold's TTL runs out at once (R3),
+  expired by housekeeping (one process: its turns; several: order sagas too) while calls, appends and settles
+  are in flight. Leases here lapse by the driver's kills and pauses (``disrupt.py``), not by the clock: a lease
+  counts on monotonic time, as Redis's key's TTL does. The run's windows (``retention_ms``, ``fact_grace_ms``:
+  ten years, ``sim_config``) are not reached: what R5 and E8 forget is not judged here;
+- ``ahead``: one host's wall clock steps forward by hours (a bad NTP source, a hand set), its monotonic clock
+  not: the product's ``SystemClock`` follows it, so the holds of the groups its process serves expire early in
+  the world's time — allowed (R6: TTLs count from the service's stamps); leases count on monotonic time, so
+  nothing lapses, but a group taken from that process is stamped hours ahead of its taker (``GroupClock``);
+- ``back`` (after ``ahead``): that wall clock stepped back to where it was (NTP corrected it): the service's
+  clock must not go back (R6): it counts on from its newest stamp at the monotonic rate, and a process
+  started while its wall clock is behind a log's stamps floors the group's clock to them.
+
+The invariants are the run's usual ones (never oversold, nothing acknowledged lost, every shard answering, R3's
+expiry by each group's own stamps, memory equal to a replay of the log). Facts are stamped by the world's clock:
+with a host clock hours ahead they are hours old to the service, so this flag does not go with the fact-time
+flags (``--fact-times``, ``--short-grace``), whose checks judge facts by the world's clock. Drawn from a stream of
+its own, only with the flag: seeds without it replay as before.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from atp_service.engine.clock import ManualClock, SystemClock
+from tests.sim.tally import Tally
+
+JUMP_P = 0.12
+"""At a step's start, the chance that the clock jumps at a tick of the step."""
+HOUR_MS = 3_600_000
+LAST_TICK = 60
+"""A jump's tick is drawn up to here: while the step's calls are sent, wait, are abandoned."""
+HOST = "host"
+"""The one process's host (one process)."""
+
+
+class ClockJumps:
+    """Each host's clock: the world's (``--clock-skew``: plus the host's skew), plus how far its wall clock was set
+    ahead (``ahead``, per host address)."""
+
+    def __init__(self, seed: int, tally: Tally, world_clock: ManualClock) -> None:
+        self._rng = random.Random(f"clock jumps {seed}")
+        self._world = world_clock
+        self._tally = tally
+        self.ahead: dict[str, int] = {}
+        self.planned: tuple[int, str, str, int] | None = None  # (tick, kind, host, ms)
+
+    def clock_for(self, address: str = HOST, skew_ms: Callable[[], int] = lambda: 0) -> SystemClock:
+        """A new process's clock on host ``address``: the product's, over that host's wall clock and the world's
+        rate (``skew_ms``: the host's offset, ``skew.SkewedHosts``)."""
+        self.ahead.setdefault(address, 0)
+        return SystemClock(wall_ns=lambda: (self._world.now_ms() + skew_ms() + self.ahead[address]) * 1_000_000,
+                           mono_ns=lambda: self._world.now_ms() * 1_000_000)
+
+    def draw(self) -> str | None:
+        """The step's jump, if any, for the trace."""
+        self.planned = None
+        if self._rng.random() >= JUMP_P or not self.ahead:
+            return None
+        tick, host = self._rng.randint(1, LAST_TICK), self._rng.choice(sorted(self.ahead))
+        if self.ahead[host] and self._rng.random() < 0.6:
+            self.planned = (tick, "back", host, self.ahead[host])
+        else:
+            kind = self._rng.choice(("suspended", "ahead"))
+            self.planned = (tick, kind, host, self._rng.randint(1, 6) * HOUR_MS + self._rng.randrange(HOUR_MS))
+        return f"clock jump at tick {tick}: {self._describe(*self.planned[1:])}"
+
+    @staticmethod
+    def _describe(kind: str, host: str, ms: int) -> str:
+        return f"every clock {kind} {ms} ms" if kind == "suspended" else f"{host}'s wall clock {kind} {ms} ms"
+
+    def tick(self, tick: int) -> str | None:
+        """Fire the jump due at ``tick``; what happened, for the trace."""
+        if self.planned is None or self.planned[0] != tick:
+            return None
+        _, kind, host, ms = self.planned
+        self.planned = None
+        if kind == "suspended":
+            self._world.advance(ms)
+        else:
+            self.ahead[host] += ms if kind == "ahead" else -ms
+        self._tally.clock_jumps += 1
+        return f"t{tick} {self._describe(kind, host, ms)}"
+
+    def end_step(self) -> None:
+        """A jump drawn past the step's last tick does not happen."""
+        self.planned = None
