@@ -105,12 +105,12 @@ class _Cluster(aioredis.RedisCluster):
             if node is None:
                 host, _, port_text = node_name.rpartition(":")
                 node = _AskedNode(host, int(port_text), PRIMARY, **self.nodes_manager.connection_kwargs)
-                node.remembered_in = self._asked
+                node.remembered_in, node.asked_as = self._asked, node_name  # (``localhost``: named 127.0.0.1)
             self._asked[node_name] = node
             for older in list(self._asked.values())[:-ASKED_NODES_MOST]:  # asked less recently: none kept free
                 older.close_free(0)
                 if not older._connections:  # none in use: forgotten (one per address ever asked, kept for good)
-                    del self._asked[older.name]
+                    del self._asked[older.asked_as]
                     self._closing |= older._background_tasks
                     for task in older._background_tasks:
                         task.add_done_callback(self._closing.discard)
@@ -133,13 +133,16 @@ class _AskedNode(ClusterNode):
     the next command of its connection alone). The connection freed last is taken first, so the command takes
     the one ``ASKING`` just freed: nothing runs between them (no await suspends there)."""
 
-    __slots__ = ("remembered_in",)
+    __slots__ = ("asked_as", "remembered_in")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.remembered_in: dict[str, _AskedNode] = {}
         """The client's nodes asked (``_Cluster._asked``): one forgotten there (a caller held it meanwhile, a
         connection taken after, or the client closed) keeps no connection free: none is left open."""
+        self.asked_as = self.name
+        """Its key there: the ASK's name for it, which ``name`` may spell otherwise (redis-py names a node
+        ``localhost`` by its address)."""
 
     def acquire_connection(self) -> Connection:
         if self._free:
@@ -150,7 +153,7 @@ class _AskedNode(ClusterNode):
         """Freed to the right (taken next: ``ASKING``'s by its command); past ``ASKED_IDLE_MOST`` free, the one
         free longest closed (never the one just freed)."""
         super().release(connection)
-        self.close_free(ASKED_IDLE_MOST if self.remembered_in.get(self.name) is self else 0)
+        self.close_free(ASKED_IDLE_MOST if self.remembered_in.get(self.asked_as) is self else 0)
 
     def close_free(self, keep: int) -> None:
         """Its free connections past ``keep`` closed, the one free longest first (none in use: no command's)."""

@@ -196,3 +196,22 @@ async def test_a_node_forgotten_while_a_caller_held_it_keeps_no_connection_open(
     forgotten.release(forgotten.acquire_connection())
     assert forgotten._connections == []
     await asyncio.gather(*forgotten._background_tasks)
+
+
+async def test_a_node_asked_by_a_name_redis_py_spells_otherwise_keeps_its_connection_and_is_forgotten(
+        client: Any) -> None:
+    """An ASK may name its node ``localhost:port`` (``cluster-preferred-endpoint-type hostname``), a node redis-py
+    names ``127.0.0.1:port``: remembered under the one name, looked for under the other, it was taken for forgotten
+    when a connection was freed — the one ``ASKING`` freed closed before its command took it, which went without
+    it (answered MOVED) — and once asked less recently its forgetting raised KeyError, failing every command
+    redirected by an ASK after it, which no caller takes for Redis away."""
+    node = client.get_node(node_name="localhost:6390")
+    assert node.name == "127.0.0.1:6390"  # redis-py's spelling
+    asking = node.acquire_connection()
+    node.release(asking)
+    assert node.acquire_connection() is asking  # was: a new one, ``ASKING``'s closed
+    node.release(asking)
+    for i in range(ASKED_NODES_MOST):
+        client.get_node(node_name=f"10.3.1.{i}:6379")  # was: KeyError '127.0.0.1:6390'
+    assert "localhost:6390" not in client._asked and node._connections == []
+    await asyncio.gather(*client._closing)
