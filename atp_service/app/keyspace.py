@@ -177,12 +177,13 @@ async def watch_eviction(store: LogStore, unsafe: Any) -> bool:
     ``maxmemory``, and refusing every write for a setting would make an outage of a risk
     (OPERATIONS.md, "Redis may evict the service's keys"). False: ``CONFIG`` is forbidden or renamed
     (the start said so), ask no more — each refusal would be one more error in Redis's stats and ``ACL LOG``."""
+    refusing: set[str] = set()  # replicas answering BUSY (a long script): their last value kept, as a primary's
     try:
-        configs = await node_configs(store.client, "maxmemory-policy")
+        configs = await node_configs(store.client, "maxmemory-policy", refusing=refusing)
     except ResponseError as exc:  # else (BUSY: a long script) asked again next time
         return not (isinstance(exc, NoPermissionError) or "unknown command" in str(exc).lower())
     seen = {sample.labels["node"]: sample.value for metric in unsafe.collect() for sample in metric.samples}
-    answered = {_node_label(where) for where, _ in configs}
+    answered = {_node_label(where) for where, _ in configs} | refusing
     for gone in seen.keys() - answered:  # a node removed, or demoted and not asked: its last value would fire for good
         unsafe.remove(gone)
     for where, config in configs:

@@ -17,17 +17,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-async def node_configs(client: Any, *names: str) -> list[tuple[str, dict[Any, Any]]]:
+async def node_configs(client: Any, *names: str, refusing: set[str] | None = None) -> list[tuple[str, dict[Any, Any]]]:
     """The settings ``names`` of each node, with the words naming it (``ResponseError`` where
     ``CONFIG`` is forbidden). A cluster client sends ``CONFIG GET`` to one node (redis-py: its
     default node), so a primary elsewhere set to evict — the keys of its slots lost under memory
     pressure — went unseen: each node is asked. A replica too (a failover promotes it), unless it
-    does not answer: it is then named in a warning."""
+    does not answer: it is then named in a warning. ``refusing``: where given, the names of the
+    replicas refusing for a while (``BUSY``) are added there instead, unwarned: the caller keeps what
+    it read of them last (``watch_eviction``, while serving)."""
 
     async def ask(**target: Any) -> dict[Any, Any]:
         return {k: v for name in names for k, v in (await client.config_get(name, **target)).items()}
 
-    return await _each_node(client, ask, "CONFIG GET", "make sure its maxmemory-policy is noeviction")
+    return await _each_node(client, ask, "CONFIG GET", "make sure its maxmemory-policy is noeviction", refusing)
 
 
 async def node_versions(client: Any) -> list[tuple[str, str]]:
@@ -40,7 +42,7 @@ async def node_versions(client: Any) -> list[tuple[str, str]]:
 
 
 async def _each_node(client: Any, ask: Callable[..., Awaitable[T]], command: str,
-                     unanswered: str) -> list[tuple[str, T]]:
+                     unanswered: str, refusing: set[str] | None = None) -> list[tuple[str, T]]:
     """``ask``'s answer from one Redis, or from every node of a cluster (``target_nodes``); a replica
     that does not answer is named in a warning saying ``unanswered`` (a failover promotes it), and so is
     one that refuses for a while (``resp.passing``: ``BUSY``, a long read-only script there) — taken for
@@ -57,6 +59,9 @@ async def _each_node(client: Any, ask: Callable[..., Awaitable[T]], command: str
         except (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
             if node.server_type == "primary" or (isinstance(exc, ResponseError) and not passing(exc)):
                 raise
+            if refusing is not None and isinstance(exc, ResponseError):  # not passed over: what was read stands
+                refusing.add(node.name)
+                continue
             log.warning("%s did not answer %s (%s): %s — a failover promotes it", where, command, exc, unanswered)
             continue
         answers.append((where, answer))

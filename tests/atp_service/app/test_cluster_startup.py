@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 
 import pytest
 import redis
+from prometheus_client import CollectorRegistry, Gauge
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from atp_service import AtpService
-from atp_service.app.keyspace import StartupError, version_refusal
+from atp_service.app.keyspace import StartupError, version_refusal, watch_eviction
 from atp_service.storage.embedded_cluster import EmbeddedCluster
+from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import open_nodes
 from atp_service.storage.redis_config import node_versions
 from tests.conftest import test_config as make_config
 from tests.ports import held_port
@@ -110,6 +114,54 @@ async def test_a_replica_busy_with_a_long_script_leaves_no_cluster_node_unchecke
         evicting.close()
         busy.close()
         await service.stop()
+
+
+async def test_a_replica_busy_with_a_long_script_while_serving_keeps_its_unsafe_policy_said(
+        redis_cluster: EmbeddedCluster, cluster_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """While serving, each node's ``maxmemory-policy`` is read again (``watch_eviction``). A replica set to evict
+    (a failover promotes it) that runs a long script answered ``BUSY``: it was passed over as a node no longer
+    asked, its ``atp_redis_eviction_policy_unsafe`` taken away (``ATPRedisEvictionPolicyUnsafe`` resolved, never
+    firing for a replica busy once a minute) and said again (``redis_eviction_unsafe``) each time it answered. It
+    keeps the value last read, and the change is said once."""
+    await until(lambda: _replicas_listed(cluster_url, len(redis_cluster.replicas)), "every replica listed", 30)
+    roles = {node.port: redis.Redis(host="127.0.0.1", port=node.port).info("replication")["role"]
+             for node in redis_cluster.nodes}
+    replica = next(node for node in redis_cluster.nodes if roles[node.port] == "slave")
+    label = f"127.0.0.1:{replica.port}"
+    busy = redis.Redis(host="127.0.0.1", port=replica.port)
+    gauge = Gauge("atp_redis_eviction_policy_unsafe", "", ["node"], registry=CollectorRegistry())
+    store = LogStore(open_nodes(cluster_url, 2.0, cluster=True), "atp:", 1)
+    spinning = threading.Thread(target=_spin, args=(replica.port,), daemon=True)
+
+    def unsafe() -> dict[str, float]:
+        return {s.labels["node"]: s.value for m in gauge.collect() for s in m.samples}
+
+    try:
+        busy.config_set("maxmemory-policy", "allkeys-lru")
+        caplog.set_level(logging.INFO, logger="atp_service.app.keyspace")
+        assert await watch_eviction(store, gauge)
+        assert unsafe()[label] == 1
+        busy.config_set("busy-reply-threshold", 10)  # BUSY after 10 ms of a script, not 5 s
+        spinning.start()
+        await until(lambda: _busy(replica.port), "the replica answering BUSY")
+        assert await watch_eviction(store, gauge)
+        assert unsafe().get(label) == 1  # was: None, the series gone
+        busy.script_kill()
+        spinning.join()
+        assert await watch_eviction(store, gauge)
+        assert unsafe()[label] == 1
+        said = [r for r in caplog.records if getattr(r, "event", None) == "redis_eviction_unsafe"
+                and getattr(r, "node", None) == label]
+        assert len(said) == 1, said  # was: 2, said again once it answered
+    finally:  # the session's cluster is every test's
+        if spinning.is_alive():
+            with contextlib.suppress(redis.ResponseError):  # (NOTBUSY: it never began)
+                busy.script_kill()
+            spinning.join()
+        busy.config_set("busy-reply-threshold", 5000)
+        busy.config_set("maxmemory-policy", "noeviction")
+        busy.close()
+        await store.nodes.aclose()
 
 
 def _spin(port: int) -> None:
