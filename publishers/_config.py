@@ -128,7 +128,7 @@ class PublisherConfig:
 
     @property
     def dead_letter_stream(self) -> str:
-        return f"{self.stream}:dlq:{self.group}"
+        return Keyspace(self.key_prefix).publisher_key(self.channel, "dlq", self.group)
 
     @property
     def state_key(self) -> str:
@@ -144,19 +144,19 @@ class PublisherConfig:
     def redeliver_key(self) -> str:
         """Hash of the keys owed their newest value: ``sku<TAB>location`` -> ``<version> retry|refused``
         of the dead-lettered version (what the destination never took)."""
-        return f"{self.stream}:redeliver:{self.group}"
+        return Keyspace(self.key_prefix).publisher_key(self.channel, "redeliver", self.group)
 
     @property
     def redeliver_all_key(self) -> str:
         """Set (a counter) when more keys were owed than ``redeliver_max_keys``: resync every key."""
-        return f"{self.stream}:redeliver-all:{self.group}"
+        return Keyspace(self.key_prefix).publisher_key(self.channel, "redeliver-all", self.group)
 
     @property
     def lease_key(self) -> str:
         """The group's delivery lease: a token naming its holder (host/pid/random), with a TTL."""
-        return f"{self.stream}:lease:{self.group}"
+        return Keyspace(self.key_prefix).publisher_key(self.channel, "lease", self.group)
 
     @property
     def delivered_key(self) -> str:
         """Hash of the newest delivered version per key (idempotence by version)."""
-        return f"{self.stream}:delivered:{self.group}"
+        return Keyspace(self.key_prefix).publisher_key(self.channel, "delivered", self.group)

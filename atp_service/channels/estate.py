@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atp_service.storage.keys import shares_keys
 from reservation import ChannelRules, DomainError, FeedPolicy, GroupPolicy, Reason
 from reservation._errors import InvalidArgument
 from reservation._limits import Limits
@@ -185,15 +186,15 @@ def parse_estate(data: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Estat
             raise EstateError(f"channels[{n}].name: {channel.name!r} is defined twice")
         _check_channel_name(f"channels[{n}].name", channel.name, limits)
         channels[channel.name] = channel
-    for name in channels:
-        if f"{name}{STATE_SUFFIX}" in channels:  # its state hash would be the other's stream
-            raise EstateError(f"channels: {name!r} and {name + STATE_SUFFIX!r} would share a Redis key")
+    for name in channels:  # C1: its state or restamp hash, or a publisher's key, would be the other's stream
+        for other in channels:
+            if shares_keys(name, other):
+                raise EstateError(f"channels: {name!r} and {other!r} would share a Redis key")
     return Estate(locations, groups, channels, _safety_defaults(data, locations, own_safety, limits))
 
 
 RESERVED_CHANNEL_NAMES = frozenset({"owner", "fence"})
 """The channel feeds' own keys sit beside the channels' streams (``<prefix>{avail}:owner``, ``:fence``)."""
-STATE_SUFFIX = ":state"
 
 
 def _check_name(where: str, name: str, limits: Limits) -> None:

@@ -22,6 +22,21 @@ another layout is refused at start rather than misread (1: the keys before hash 
 
 BRACES = frozenset("{}")
 
+CHANNEL_KEY_SUFFIXES: Final = ("state", "restamp")
+"""What follows ``<channel>:`` in the service's other keys of a channel (``channel_state``, ``channel_restamp``)."""
+PUBLISHER_KEY_WORDS: Final = ("dlq", "redeliver", "redeliver-all", "lease", "delivered")
+"""What follows ``<channel>:`` in a channel publisher's keys, each then ``:<group>`` (``Keyspace.publisher_key``)."""
+
+
+def shares_keys(channel: str, other: str) -> bool:
+    """Whether a key of channel ``other`` (its stream, or one named after it) is also one of ``channel``'s: ``other``
+    is ``channel`` followed by ``:`` and a word of ``CHANNEL_KEY_SUFFIXES`` (the whole rest), or of
+    ``PUBLISHER_KEY_WORDS`` (then anything: a publisher's group, or ``other``'s own keys named after it)."""
+    if not other.startswith(channel + ":"):
+        return False
+    rest = other[len(channel) + 1:]
+    return rest in CHANNEL_KEY_SUFFIXES or rest.partition(":")[0] in PUBLISHER_KEY_WORDS
+
 
 class Keyspace:
     """The keys of one service keyspace (``key_prefix``)."""
@@ -80,6 +95,12 @@ class Keyspace:
         """Keys a publisher delivered at versions Redis then lost: ``sku<TAB>location`` -> the newest such version.
         The desk publishes each again at a version of its run (``channels/restamp.py``, C3, C4)."""
         return f"{self.tag(CHANNELS)}{channel}:restamp"
+
+    def publisher_key(self, channel: str, word: str, group: str) -> str:
+        """A key of ``channel``'s publishers of consumer group ``group`` (``word``: one of ``PUBLISHER_KEY_WORDS``)."""
+        if word not in PUBLISHER_KEY_WORDS:
+            raise ValueError(f"not a publisher key's word: {word!r}")
+        return f"{self.channel_stream(channel)}:{word}:{group}"
 
     def reservation_id(self, reservation_id: str) -> str:
         """The claim of a reservation id (``ownership = leases``, ``ids.py``): its home group. Tagged by the

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from atp_service.channels.estate import MIN_RATE_PER_S, EstateError, load_estate, parse_estate
+from atp_service.storage.keys import Keyspace
 from reservation import Limits
 from reservation._bucket import TokenBucket
 from reservation._validate import NOT_PRINTABLE
@@ -85,6 +86,9 @@ def test_a_file_that_is_not_utf8_is_refused_naming_the_file_s_fault(tmp_path: Pa
     (["owner"], "channels[0].name: 'owner' is reserved (a key of the channel feeds has that name)"),
     (["fence"], "channels[0].name: 'fence' is reserved (a key of the channel feeds has that name)"),
     (["web", "web:state"], "channels: 'web' and 'web:state' would share a Redis key"),
+    (["web", "web:restamp"], "channels: 'web' and 'web:restamp' would share a Redis key"),
+    (["web:lease:publisher", "web"], "channels: 'web' and 'web:lease:publisher' would share a Redis key"),
+    (["web", "web:delivered"], "channels: 'web' and 'web:delivered' would share a Redis key"),
     (["web\nshop"], f"channels[0].name: {NOT_PRINTABLE}"),
     (["w" * 300], "channels[0].name: longer than 128 bytes (limit max_id_length)"),
 ])
@@ -122,3 +126,22 @@ def test_the_slowest_rate_taken_still_gives_the_bucket_a_wait_it_can_count_C2() 
     bucket = TokenBucket(estate.channels["c"].policy.rate_per_s, 1, 0)
     assert bucket.try_take() and not bucket.try_take()
     assert bucket.ms_until_token() == 10**9 + 1  # about 11.6 days, an int the desk can sleep on
+
+
+def test_a_channel_named_after_another_s_restamp_or_publisher_key_is_refused_C1_C4() -> None:
+    """``web:restamp``'s stream was ``web``'s restamp hash (``<prefix>{avail}:web:restamp``): whichever came first,
+    the other failed on it for good — the desk's writes of ``web:restamp`` refused KEYTYPE (set aside, never
+    published, C1), or ``web``'s publishers refused when naming the keys Redis lost (C4), the desk's reads of them
+    WRONGTYPE, and the runbook's fix (``DEL`` the key) deleting the other channel's feed. Likewise a channel named
+    as a publisher's key of another (its lease, its delivered versions, dead letters, redeliveries). Only such
+    names: ``web:eu`` beside ``web`` shares none."""
+    keys = Keyspace("atp:")
+    assert keys.channel_restamp("web") == keys.channel_stream("web:restamp")
+    assert keys.publisher_key("web", "lease", "publisher") == keys.channel_stream("web:lease:publisher")
+    assert keys.publisher_key("web", "delivered", "state") == keys.channel_state("web:delivered")
+    for names in (["web", "web:restamp"], ["web:lease:publisher", "web"], ["web", "web:delivered"]):
+        with pytest.raises(EstateError, match="would share a Redis key"):
+            parse_estate({"locations": X, "channels": [{"name": name, "sells_from": ["x"]} for name in names]})
+    names = ["web", "web:eu", "web:restamps", "web:state:eu", "webrestamp"]
+    estate = parse_estate({"locations": X, "channels": [{"name": name, "sells_from": ["x"]} for name in names]})
+    assert sorted(estate.channels) == sorted(names)
