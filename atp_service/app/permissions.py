@@ -52,6 +52,7 @@ def _quarantine_needs(stream: str) -> list[Need]:
             Need(("ZRANGE", written, 0, 0), written, use), Need(("ZREMRANGEBYRANK", written, 0, 0), written, use),
             Need(("HSET", ahead, "d", "v"), ahead, use), Need(("HDEL", ahead, "d"), ahead, use),
             Need(("EXISTS", ahead), ahead, use),
+            *(Need(("TYPE", key), key, use) for key in (stream, written, ahead)),  # every key's, before any write
             Need(("EVALSHA", SHA, 4, stream, written, written, ahead), stream, use)]  # no run: the set in its place
 
 
@@ -159,7 +160,8 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     run = run_key(quarantine, group, consumer)  # this consumer's run: a write of a run before lands nothing
     needs += [Need(("HMGET", ahead, "d"), ahead, use)]
     needs += [Need(("EVALSHA", SHA, 5, quarantine, written, run, ahead, s), s, use) for s in streams]
-    needs += [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use)]  # SET: lost
+    needs += [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use),  # SET: lost
+              Need(("TYPE", run), run, use)]
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
         ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"))]
     for s in streams:
@@ -169,6 +171,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
             ("XACK", s, group, "0-1"), ("XAUTOCLAIM", s, group, consumer, 0, "0-0"),
             ("XPENDING", s, group, "0-1", "0-1", 1, consumer),  # the quarantine script's: the entry still ours
             ("XREVRANGE", s, "+", "-", "COUNT", 1),  # the quarantine script's: the stream's newest, named (E8)
+            ("TYPE", s),  # the quarantine script's, before its first write
             ("XINFO", "GROUPS", s), ("XINFO", "STREAM", s), ("XGROUP", "CREATE", s, group, "$", "MKSTREAM"),
             ("XGROUP", "SETID", s, group, "0-0"), ("XRANGE", s, "-", "+", "COUNT", 1), ("EXISTS", s))]
     return needs

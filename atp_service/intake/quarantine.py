@@ -65,7 +65,23 @@ _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: no
 # before has its digest taken out and put back as it was: a write of this call, so the WAIT after it
 # (``redis_wait_replicas``) covers the earlier write too — that one's answer lost, on another connection, a WAIT after
 # a call that wrote nothing confirms nothing of it (R7).
-_ONCE = f"""
+# Every key's type is checked before the first write (``_TYPES``): Redis does not undo a script's writes before the
+# command that failed, and a key of another type (an operator's, a restore of other data) failed it half-way — a
+# fact's entry added, its digest not (the hash of entries ahead, HSET after the XADD), its input entry not
+# acknowledged: delivered again, the fact written again at every delivery (E8: written once). Refused so, nothing
+# is written, nothing acknowledged (the entries stay pending, the facts owed: ``write_owed``).
+_TYPES = """
+local wanted = {{KEYS[1], 'stream'}, {KEYS[2], 'zset'}, {KEYS[4], 'hash'}}
+if ARGV[4] ~= '' then wanted[#wanted + 1] = {KEYS[3], 'string'} end
+for k = 5, #KEYS do wanted[#wanted + 1] = {KEYS[k], 'stream'} end
+for _, w in ipairs(wanted) do
+  local kind = redis.call('TYPE', w[1])['ok']
+  if kind ~= w[2] and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. w[1] .. ' holds a ' .. kind .. ', not a ' .. w[2] .. ': nothing written')
+  end
+end
+"""
+_ONCE = _TYPES + f"""
 local function later(a, b)  -- the later of two stream ids (as Redis writes them: digits, no leading zeros)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
 import redis
+from redis.exceptions import ResponseError
 
 from atp_service import AtpService, EmbeddedRedis
 from atp_service.intake.quarantine import Acks, QuarantineStream
@@ -141,6 +143,30 @@ async def test_the_entries_named_ahead_of_their_writes_are_remembered_no_longer_
         by_digest = {QuarantineStream.digest(fact).encode(): entry_id
                      for (fact, _), (_, entry_id) in zip(facts, entries, strict=True)}
         assert all(named[d] == by_digest[d] + b" atp:in:pos" for d in held)
+    finally:
+        await writer.aclose()
+
+
+async def test_a_key_of_another_type_beside_the_stream_refuses_the_write_before_anything_is_written_E8(
+        redis_url: str) -> None:
+    """The hash of entries ahead of their writes held another type (an operator's key): the script failed at its
+    HSET, after its XADD — the fact on the stream, its digest not in the set, its entry not acknowledged — and each
+    delivery of the entry wrote the fact again. Refused before its first write: nothing written until the key is
+    removed, then the fact once."""
+    writer = open_nodes(redis_url, 5.0)
+    stream = QuarantineStream("atp:quarantine", 10)
+    late = [(fact_of(F("e1", "SALE", "A", "S1", 1, T)), "late")]
+    acks = Acks("atp", "c1", [("atp:in:pos", b"4102444800000-0")])  # 2100-01-01: named in the hash beside the set
+    try:
+        await writer.reader.set(stream.ahead_key, "an operator's")
+        for _ in range(2):  # its entry not acknowledged: delivered, decided and written again
+            with pytest.raises(ResponseError, match="WRONGTYPE"):
+                await stream.write(writer, late, acks)
+        assert await writer.reader.xlen("atp:quarantine") == 0
+        assert await writer.reader.zcard(stream.written_key) == 0
+        await writer.reader.delete(stream.ahead_key)
+        assert await stream.write(writer, late, acks) == [True]
+        assert await writer.reader.xlen("atp:quarantine") == 1
     finally:
         await writer.aclose()
 
