@@ -64,7 +64,13 @@ def publisher_needs(cfg: PublisherConfig) -> list[Need]:
               (("SCRIPT", "LOAD", SCRIPT), "", "the renewal's script, loaded where a node lacks it")]
     if cfg.wait_replicas:
         asked.append((("WAIT", 0, 0), "", "--wait-replicas (what was read held by the replicas)"))
-    return [Need(args, key, use) for args, key, use in asked]
+    return [Need(args, key, use) for args, key, use in asked] + _types_checked(cfg)
+
+
+def _types_checked(cfg: PublisherConfig) -> list[Need]:
+    """The dead letters' script asks each of its keys' type before its first write (``_redeliver.DEAD_LETTER``)."""
+    return [Need(("TYPE", key), key, "the dead letters' script: its keys' types, before it writes")
+            for key in (cfg.dead_letter_stream, cfg.redeliver_key, cfg.redeliver_all_key)]
 
 
 async def check_publisher_acl(cfg: PublisherConfig, redis_url: str, cluster: bool, timeout_s: float = 5.0) -> None:

@@ -63,6 +63,13 @@ refused. The dead-letter stream and ``atp_publisher_deliveries_total{outcome="fa
 
 DEAD_LETTER = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
+for k, want in ipairs({'stream', 'hash', 'string'}) do  -- every key's type before the first write
+  local kind = redis.call('type', KEYS[k + 1])['ok']
+  if kind ~= want and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k + 1] .. ' holds a ' .. kind .. ', not a ' .. want ..
+                             ': nothing written')
+  end
+end
 local i, owed = 5, tonumber(ARGV[4])
 for _ = 1, tonumber(ARGV[3]) do
   local n = tonumber(ARGV[i])
@@ -82,7 +89,11 @@ return 0
 """Under the lease only: each dead letter (its number of names and values, then them) added to the
 dead-letter stream, then the keys they leave owed remembered (``redeliver_max_keys``, then keys and
 what is owed), or past that many a resync of every key owed (1). Only keys not remembered yet count
-toward the bound: a newer value of a key already owed replaces its field. -1: fenced off, nothing written."""
+toward the bound: a newer value of a key already owed replaces its field. -1: fenced off, nothing written.
+Every key's type is checked before the first write: Redis undoes nothing of a script that fails half-way, and the
+owed hash (or the resync's counter) of another type — an operator's key, a restore of other data — failed it after
+its XADDs, the keys owed never remembered (C4) and the dead letters written again at each delivery tried again.
+Refused so (WRONGTYPE), nothing is written: the entries stay pending, tried again once the key is removed."""
 
 
 @dataclass(slots=True)
