@@ -41,11 +41,13 @@ from atp_service.storage.resp import as_text, seq_of
 from ._config import PublisherConfig
 from ._lease import Lease
 from ._metrics import PublisherMetrics
+from ._reading import mark_checked
 
 log = logging.getLogger(__name__)
 
 CLAIM = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return false end
+""" + mark_checked("KEYS[3]") + """
 local reply = redis.call('xautoclaim', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'COUNT', ARGV[5], 'JUSTID')
 local trimmed, mark = reply[3] or {}, 0
 if #trimmed > 0 and ARGV[6] == '0' then mark = redis.call('incr', KEYS[3]) end
@@ -54,7 +56,9 @@ return {reply[1], #reply[2], trimmed, mark}
 """Under the lease only: one XAUTOCLAIM call (ids only: the entries are read afterwards as this
 consumer's own); when it dropped trimmed entries and this takeover raised no mark yet, a resync of
 every key owed (the mark's new value returned; 0: none raised). ``false``: fenced off. (Redis 6.2 lists no
-trimmed ids: it leaves them pending, and the read of own pending entries finds them trimmed.)"""
+trimmed ids: it leaves them pending, and the read of own pending entries finds them trimmed.) A mark that is no count
+refuses the claim before it moves anything (``mark_checked``): its INCR failed after XAUTOCLAIM had dropped the trimmed
+ids from the pending list, nothing owed for them (C4)."""
 DELETE_EMPTY_CONSUMERS = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
 local n = 0

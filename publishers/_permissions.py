@@ -68,9 +68,12 @@ def publisher_needs(cfg: PublisherConfig) -> list[Need]:
 
 
 def _types_checked(cfg: PublisherConfig) -> list[Need]:
-    """The dead letters' script asks each of its keys' type before its first write (``_redeliver.DEAD_LETTER``)."""
+    """The types a script asks before its first write: the dead letters' of each of its keys
+    (``_redeliver.DEAD_LETTER``), the read's and the takeover's of the mark (``_reading.mark_checked``)."""
     return [Need(("TYPE", key), key, "the dead letters' script: its keys' types, before it writes")
-            for key in (cfg.dead_letter_stream, cfg.redeliver_key, cfg.redeliver_all_key)]
+            for key in (cfg.dead_letter_stream, cfg.redeliver_key)] + [
+        Need(("TYPE", cfg.redeliver_all_key), cfg.redeliver_all_key, "the dead letters', the read's and the "
+             "takeover's scripts: the mark's type, before they write")]
 
 
 async def check_publisher_acl(cfg: PublisherConfig, redis_url: str, cluster: bool, timeout_s: float = 5.0) -> None:

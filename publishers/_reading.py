@@ -35,7 +35,21 @@ from reservation import ChannelUpdate
 
 from ._config import PublisherConfig
 
-READ_NEW = """
+
+def mark_checked(key: str) -> str:
+    """Lua refusing (WRONGTYPE) where the mark of a resync of every key (``key``: its ``KEYS[n]``) holds anything but
+    a count, before a script that may raise it moves the group (its read, its takeover's claim)."""
+    return f"""
+local kind, held = redis.call('type', {key})['ok'], nil
+if kind == 'string' then held = redis.call('get', {key}) end
+if (kind ~= 'string' and kind ~= 'none') or (held and not string.match(held, '^%d+$')) then
+  return redis.error_reply('WRONGTYPE ' .. {key} .. ' holds ' .. (held or ('a ' .. kind)) ..
+                           ', not a count: nothing read')
+end
+"""
+
+
+READ_NEW = mark_checked("KEYS[2]") + """
 local after = false
 if redis.call('exists', KEYS[1]) == 1 then
   for _, g in ipairs(redis.call('xinfo', 'groups', KEYS[1])) do
@@ -66,7 +80,10 @@ return {after, entries, mark}
 ... >``: NOGROUP where the stream or group is gone, as outside a script), and the mark's new value
 when the first does not follow on from the lower of that position and the reader's (``ARGV[4]``; 0: no
 gap): it is past the version after it, or it is a start's first entry (``follows``) linked to another
-version, or to one below the reader's own (which read versions Redis has since lost)."""
+version, or to one below the reader's own (which read versions Redis has since lost). The mark is checked first:
+Redis undoes nothing of a script that fails half-way, and a mark of another type (an operator's key, a restore of
+other data) failed its INCR after the read had moved the group past the gap, nothing owed (C4). Refused so, nothing
+is read."""
 
 
 @dataclass(slots=True)
