@@ -151,7 +151,8 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
              Need(("TYPE", dlq), dlq, "dead letters"),
              Need(("EVALSHA", SHA, 2 * len(streams) + 1, *streams, *marks, owed), owed, use)]
     needs += [Need(("EVALSHA", SHA, 3, s, dlq, mark), s, use) for s, mark in zip(streams, marks, strict=True)]
-    needs += [Need(args, mark, use) for mark in marks for args in (("GET", mark), ("SET", mark, "0-1"), ("DEL", mark))]
+    needs += [Need(args, mark, use) for mark in marks for args in (("GET", mark), ("SET", mark, "0-1"), ("DEL", mark),
+                                                                    ("TYPE", mark))]
     quarantine = config.quarantine_stream  # a quarantined fact's entry acknowledged in its script (E8)
     written = written_key(quarantine)  # the group made with its mark where it holds any fact; asked of entries under it
     needs += [Need(("EVALSHA", SHA, 3, s, mark, written), s, use) for s, mark in zip(streams, marks, strict=True)]
@@ -163,7 +164,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     needs += [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use),  # SET: lost
               Need(("TYPE", run), run, use)]
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
-        ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"))]
+        ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"), ("TYPE",))]
     for s in streams:
         needs += [Need(args, s, use) for args in (
             ("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "STREAMS", s, ">"),

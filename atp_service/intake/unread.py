@@ -64,6 +64,19 @@ local group, consumer, count = ARGV[1], ARGV[2], ARGV[3]
 local owed = table.remove(KEYS)
 local n = #KEYS / 2
 """ + _HELPERS + """
+-- Every key written or read after XREADGROUP is checked before it: Redis undoes nothing of a script that fails
+-- half-way, and the owed hash or a mark of another type (an operator's key, a restore of other data) failed it
+-- after the read had moved the group past a gap, its entries never counted nor said (their facts never applied).
+local kind = redis.call('TYPE', owed)['ok']
+if kind ~= 'hash' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. owed .. ' holds a ' .. kind .. ', not a hash: nothing read')
+end
+for i = n + 1, 2 * n do
+  kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'none' and (kind ~= 'string' or not string.match(redis.call('GET', KEYS[i]), '^%d+%-%d+$')) then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds no entry id: nothing read')
+  end
+end
 local gaps, positions, args = {}, {}, {'XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS'}
 for i = 1, n do
   local key = KEYS[i]

@@ -88,3 +88,29 @@ async def test_a_stream_without_its_group_is_refused_as_group_lost(redis_url: st
         assert await backlog(client, STREAM, GROUP) is None
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("stray", ["owed", "mark"])
+async def test_a_key_of_another_type_refuses_the_read_before_it_crosses_a_gap(redis_url: str, stray: str) -> None:
+    """The read that crosses a gap owes its count in the consumer's hash, and answers the group's made-again mark:
+    either of another type (an operator's key) failed the script after XREADGROUP had moved the group past the gap,
+    the entries trimmed unread never counted nor said. Refused first, nothing is read; the gap is counted once the
+    key is removed."""
+    client = aioredis.Redis.from_url(redis_url)
+    counter = Counter("trimmed_unread", "test", ["stream"], registry=CollectorRegistry())
+    reader = GroupReader(client, [STREAM], GROUP, "atp@10.0.0.1", counter)
+    key = reader.owed_key if stray == "owed" else f"{STREAM}:made-again:{GROUP}"
+    try:
+        await client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        for n in range(5):  # 0..2 trimmed unread, 3 and 4 left
+            await client.xadd(STREAM, {"n": n}, maxlen=2, approximate=False)
+        await client.rpush(key, "an operator's")
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await reader.read(100, None)
+        (group,) = await client.xinfo_groups(STREAM)
+        assert group["last-delivered-id"] == b"0-0" and group["pending"] == 0
+        await client.delete(key)
+        assert len((await reader.read(100, None))[0][1]) == 2
+        assert counted(counter) == 3
+    finally:
+        await client.aclose()
