@@ -77,6 +77,7 @@ class Batches:
         self._sent: deque[float] = deque()  # monotonic send time of each batch not answered yet
         self._reading_since = float("-inf")  # monotonic time the caller asked for the next answer
         self._stalled_s = 0.0  # time since then this process did not run (``_until_read``): not the service silent
+        self._unaccepted_stalled_s = 0.0  # the same, from the call's opening until the service accepted it
         self._more = asyncio.get_running_loop().create_future()  # resolved when a batch is sent
         self._freed = asyncio.get_running_loop().create_future()  # resolved when a batch is answered
         self._call: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -195,10 +196,12 @@ class Batches:
         said nothing since (its status) for ``answer_timeout_s``."""
         while not read.done():
             if not self._accepted.done():  # nothing sent yet: a service that never accepts ends it, certainly
-                left = self._opened_at + answer_timeout_s - time.monotonic()
+                asked = time.monotonic()
+                left = self._opened_at + answer_timeout_s + self._unaccepted_stalled_s - asked
                 if left <= 0:
                     raise stream_not_accepted(answer_timeout_s)
                 await asyncio.wait({read, self._accepted}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                self._unaccepted_stalled_s += self._stalled_since(asked, left)  # this process stalled: see below
                 continue
             if not self._sent and not self._done_sending.done():  # nothing in flight: the caller's source sets the pace
                 if self._more.done():
@@ -222,9 +225,15 @@ class Batches:
             # own blocking work), and an answer that came then is not read yet — the timeout ran first. The wait is
             # no silence of the service (when in it the stall began is not known): it ended streams the service
             # answered all along, every batch in doubt.
-            now = time.monotonic()
-            self._stalled_s += now - asked if now - asked - left > STALL_SLACK_S else 0.0
+            self._stalled_s += self._stalled_since(asked, left)
         return True
+
+    @staticmethod
+    def _stalled_since(asked: float, left: float) -> float:
+        """How long this process did not run in a wait begun at ``asked`` for at most ``left``: all of it when the wait
+        ended later than ``STALL_SLACK_S`` past its bound (when in it the stall began is not known), else none."""
+        waited = time.monotonic() - asked
+        return waited if waited - left > STALL_SLACK_S else 0.0
 
 
 __all__ = ["ACCEPTED_KEY", "MAX_BATCH_RESERVATIONS", "MAX_STREAM_INFLIGHT", "Batches", "Source", "accepted"]

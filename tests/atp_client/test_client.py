@@ -305,6 +305,7 @@ async def test_a_stream_takes_no_more_batches_than_its_bound_while_the_service_a
             yield [item(f"queued-{taken}")]
 
     async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=0.5) as hurried:
+        await hurried.connect(timeout_s=WAIT_S)  # a bound against a hang: only the stream is hurried
         with redis.Redis.from_url(redis_url) as paused:
             paused.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")  # nothing is decided: no answer comes
             try:
@@ -392,6 +393,27 @@ async def test_a_stream_is_not_ended_by_a_stall_of_the_callers_own_process(
         await client.record_events([receipt("in", "A", "DC", 2)])
         answers = await _drain(client.reserve_stream([[item("stalled-1")], [item("stalled-2")]]))
     assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD] * 2
+
+
+async def test_a_stream_is_not_refused_as_unaccepted_for_a_stall_of_the_callers_own_process(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process stalls past the client's bound while its stream waits to be accepted (a long collection, a starved
+    CPU; here the in-process service blocking the event loop as it takes the stream up): when it ran again, the
+    bound's timer ran before the service's headers were read, and the stream ended UNAVAILABLE ``NOT_CONNECTED`` "not
+    accepted within 0.5s", though the service accepted it as soon as the process ran. Time this process did not run
+    is no silence of the service, before the stream is accepted as after."""
+    service, _ = await start_service()
+    enter = service._servicer._enter_stream
+
+    def after_a_stall() -> None:
+        time.sleep(1.0)  # the stall itself: the whole process, client and service, held
+        enter()
+
+    monkeypatch.setattr(service._servicer, "_enter_stream", after_a_stall)
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=0.5) as client:
+        await client.record_events([receipt("in", "A", "DC", 2)])
+        answers = await _drain(client.reserve_stream([[item("stalled-1")]]))
+    assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD]
 
 
 async def test_a_stream_refused_after_bare_headers_is_written_nothing_and_told_the_refusal() -> None:
