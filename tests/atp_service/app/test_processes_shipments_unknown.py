@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import peers
@@ -141,3 +142,61 @@ async def test_shipments_whose_order_s_process_does_not_answer_wait_for_it_once_
     assert [x.outcome for x in answers] == [pb.FACT_OUTCOME_APPLIED] * 5, answers
     (pa,) = await p[1].availability([(a, "DC")])
     assert pa.on_hand == 95
+
+
+async def test_a_shipment_of_a_part_here_of_an_order_homed_at_another_process_asks_only_its_home_R5_R4(
+        start_process: ServiceFactory, redis_url: str) -> None:
+    """Three processes; 5 orders over a group of Q (their home: the lowest of their groups) and one of P, confirmed,
+    then 5 SHIPMENT facts at P fulfilling each order's part there (the normal path of an order spanning processes).
+    Defect: P asked every other process — R too, which never held them — to settle each order, then to resolve it:
+    two steps a fact to every process of the keyspace. The id's claim names the group the order's record is in (R5):
+    its owner alone is asked. The parts are fulfilled as before, each once (E8), the orders resolved at their home
+    once every part is (R3). An order whose claim Redis lost (back from older data) is asked of every other process,
+    as before."""
+    running = await processes(start_process, 3)
+    owner = {g: n for n, (s, _) in enumerate(running) for g in owned(s)}
+    home_group, part_group = next((g, h) for g in range(SHARDS) for h in range(g + 1, SHARDS) if owner[g] != owner[h])
+    q, p = running[owner[home_group]], running[owner[part_group]]
+    (r,) = [x for x in running if x is not p and x is not q]
+    b = next(sku for sku in (f"k{i}" for i in range(64)) if group_of(sku) == home_group)
+    a = next(sku for sku in (f"k{i}" for i in range(64)) if group_of(sku) == part_group)
+    await p[1].record_events([receipt("in-a", a, "DC", 100)])
+    await q[1].record_events([receipt("in-b", b, "DC", 100)])
+    for i in range(6):
+        await q[1].reserve(f"o-{i}", [(a, "DC", 1), (b, "DC", 1)], ttl_seconds=600)
+        await q[1].confirm(f"o-{i}")
+    engine = p[0].engine
+    assert engine is not None and engine.remote is not None and engine.home_of("o-0") is None
+    assert engine.orders is not None and engine.orders.has_part(part_group, "o-0"), "a part of it here"
+    sent: Counter[tuple[int, str]] = Counter()
+    remote = engine.remote
+    port_of = {f"127.0.0.1:{s.port}": n for n, (s, _) in enumerate(running)}
+
+    async def counted(address: str, request: bytes) -> bytes:
+        sent[port_of[address], parts.step_said(request)["step"]] += 1
+        return await remote(address, request)
+
+    engine.remote = counted
+    assert engine.ids is not None
+    round_trips = engine.ids.claims.round_trips
+    answers = await p[1].record_events([shipment(f"out-{i}", a, 1, f"o-{i}") for i in range(5)])
+    assert [(x.outcome, x.detail) for x in answers] == [(pb.FACT_OUTCOME_APPLIED, "")] * 5, answers
+    assert engine.ids.claims.round_trips - round_trips == 1, "the call's claims read in one round trip"
+    home = running.index(q)
+    assert sent == {(home, "settle"): 5, (home, "resolve"): 5}, "the owner of the order's home group alone, asked"
+    again = await p[1].record_events([shipment(f"out-{i}", a, 1, f"o-{i}") for i in range(5)])
+    assert [x.outcome for x in again] == [pb.FACT_OUTCOME_DUPLICATE] * 5, again  # E8: once
+    store = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await store.delete(engine.ids.claims.key("o-5"))  # its claim lost: its home not known here
+    finally:
+        await store.aclose()
+    sent.clear()
+    (lost,) = await p[1].record_events([shipment("out-5", a, 1, "o-5")])
+    assert (lost.outcome, lost.detail) == (pb.FACT_OUTCOME_APPLIED, ""), lost
+    assert sent == {(n, step): 1 for n in (home, running.index(r)) for step in ("settle", "resolve")}, sent
+    (pa,) = await p[1].availability([(a, "DC")])
+    assert (pa.on_hand, pa.reserved, pa.committed) == (94, 0, 0)
+    await q[1].record_events([shipment(f"out-b-{i}", b, 1, f"o-{i}") for i in range(5)])
+    order = await r[1].get_reservation("o-0")
+    assert order.state == pb.RESERVATION_STATE_FULFILLED, order
