@@ -119,3 +119,22 @@ async def refused_as_recorded(engine: Engine, order_id: str, home: int, step: Pe
         return unanswered
     _, _, refusal = orders.plan(order, step, engine.now_at(home), engine.limits, engine.place)
     return refusal or unanswered
+
+
+async def read_order(sagas: Orders, order_id: str, home: int, as_recorded: bool) -> Reservation:
+    """The order as its callers see it, its pending change carried through first (``Orders._settled``, ``view``).
+    ``as_recorded`` (a GetReservation): where that could not be done (a part's group silent) and its home has
+    resolved it ``EXPIRED`` (an expiry on its way to a silent part), the record at its home — that record decides
+    (R3: resolved once, for good); its lines as recorded there (a decided order's as the read answers once every part
+    has its share, an abandoned one's nothing granted) — as a Confirm, Release or Fulfil of it is refused
+    (``refused_as_recorded``), not UNAVAILABLE for as long as the group is away.
+    Not a step another process asks (``SettleOrder``: a shipment after it carries the change through first)."""
+    try:
+        return orders.view(*await sagas._settled(order_id, home))
+    except Unavailable:
+        if not as_recorded:
+            raise
+        order = await on_shard(sagas._engine, home, lambda ledger, _now: ledger.reservation(order_id))
+        if order is None or not order.is_order or order.state != State.EXPIRED:
+            raise
+        return orders.view(order, {})

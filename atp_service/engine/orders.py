@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, Waits, next_to_drive, order_opened
 from atp_service.engine.confirmed import ConfirmedChecks, checked
 from atp_service.engine.losses import commit_lost, commit_refused, log_confirmed_again, log_decided_again, torn
-from atp_service.engine.order_expiry import expire_order, refused_as_recorded, undecided_parts
+from atp_service.engine.order_expiry import expire_order, read_order, refused_as_recorded, undecided_parts
 from atp_service.engine.parts import (
     ApplyShare,
     GiveUpPart,
@@ -103,8 +103,8 @@ class Orders:
     async def change(self, order_id: str, home: int, step: PendingOp) -> Reservation:
         return await self._owned(order_id, lambda: self._change(order_id, home, step))
 
-    async def read(self, order_id: str, home: int) -> Reservation:
-        return orders.view(*await self._owned(order_id, lambda: self._settled(order_id, home)))
+    async def read(self, order_id: str, home: int, as_recorded: bool = False) -> Reservation:
+        return await self._owned(order_id, lambda: read_order(self, order_id, home, as_recorded))  # R3: its home's
 
     async def expire(self, order_id: str, home: int) -> None:
         await self._owned(order_id, lambda: expire_order(self, order_id, home))  # a part silent too (R2, R3)

@@ -303,7 +303,7 @@ class Engine(OwnedShards):
         if home is not None:
             rec = await self.actors[home].submit(lambda ledger, _now: ledger.reservation(reservation_id))
             if rec is not None and rec.is_order and self.orders is not None:  # as its saga shows it (Orders)
-                return await self.orders.read(reservation_id, home)
+                return await self.orders.read(reservation_id, home, as_recorded=True)  # R3: as its home has it
         if rec is None:
             self.routes.forget_if_unheld(reservation_id)
             raise NotFound(f"reservation_id: no reservation {reservation_id!r}")

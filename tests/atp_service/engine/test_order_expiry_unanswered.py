@@ -156,3 +156,27 @@ async def test_an_order_undecided_past_its_ttl_gives_back_its_answering_parts_wh
     assert rig.quantities() == [(0, 0), (0, 0)]
     again, _ = await rig.run(engine.reserve(rig.cmd("o1")))  # R5: a retry answers what was decided
     assert again.state == State.EXPIRED and rig.quantities() == [(0, 0), (0, 0)]
+
+
+async def test_a_read_of_an_order_expired_at_its_home_while_a_group_is_silent_answers_the_home_s_record_R3(
+        rig: Rig) -> None:
+    """Order o1 expired at its home past its TTL while group 1 is silent, its expiry pending there. Defect: a
+    GetReservation carried the pending expiry through first, and answered UNAVAILABLE for as long as group 1 was
+    away — while a Confirm or Release of it was answered EXPIRED, as its home recorded it. The home's record decides
+    (R3: resolved once, EXPIRED for good): the read answers it, the lines as recorded there, as the read answers once
+    group 1 has its share."""
+    engine = rig.engine
+    assert (await rig.run(engine.reserve(rig.cmd("o1"))))[0].state == State.HELD
+    silent = failing_on(rig, 1)
+    silent[0] = True
+    rig.clock.advance(TTL_MS + EXPIRE_UNANSWERED_AFTER_MS + 1)
+    await housekeeping_until(rig, lambda: rig.quantities()[0] == (0, 0), "group 0's part gives its units back")
+    recorded = engine.actors[0].ledger.reservation("o1")
+    assert recorded.state == State.EXPIRED and recorded.pending is not None  # its expiry on its way to group 1
+    read = await rig.run(engine.get_reservation("o1"))
+    assert (read.state, read.lines) == (State.EXPIRED, recorded.lines)
+    assert rig.quantities() == [(0, 0), (3, 0)], "nothing moved by the read"
+    silent[0] = False
+    await housekeeping_until(rig, lambda: rig.quantities() == [(0, 0), (0, 0)], "group 1's part expires")
+    after = await rig.run(engine.get_reservation("o1"))
+    assert (after.state, after.lines) == (read.state, read.lines), "as the read answers once every part has its share"
