@@ -13,6 +13,13 @@ from publishers._claim import CLAIM
 from publishers._reading import Reader
 
 
+async def three_versions(client: aioredis.Redis, cfg: PublisherConfig) -> None:
+    """The channel's stream with versions 1, 2 and 3 at ids 1-0, 2-0 and 3-0, and the publisher's group before them."""
+    await client.xgroup_create(cfg.stream, cfg.group, "0", mkstream=True)
+    for version in (1, 2, 3):
+        await client.xadd(cfg.stream, {"version": str(version)}, id=f"{version}-0")
+
+
 @pytest.mark.parametrize("stray", [("rpush", "an operator's"), ("set", "yes")])
 async def test_a_mark_of_another_type_refuses_the_read_before_the_group_moves_past_the_gap_C4(
         redis_url: str, stray: tuple[str, str]) -> None:
@@ -23,9 +30,7 @@ async def test_a_mark_of_another_type_refuses_the_read_before_the_group_moves_pa
     cfg = PublisherConfig(channel="web", group="jsonl")
     client = aioredis.Redis.from_url(redis_url)
     try:
-        await client.xgroup_create(cfg.stream, cfg.group, "0", mkstream=True)
-        for version in (1, 2, 3):
-            await client.xadd(cfg.stream, {"version": str(version)}, id=f"{version}-0")
+        await three_versions(client, cfg)
         await client.xtrim(cfg.stream, minid="3-0", approximate=False)
         command, value = stray
         await getattr(client, command)(cfg.redeliver_all_key, value)
@@ -47,9 +52,7 @@ async def test_a_mark_of_another_type_refuses_the_takeover_s_claim_before_it_dro
     cfg = PublisherConfig(channel="web", group="jsonl")
     client = aioredis.Redis.from_url(redis_url)
     try:
-        await client.xgroup_create(cfg.stream, cfg.group, "0", mkstream=True)
-        for version in (1, 2, 3):
-            await client.xadd(cfg.stream, {"version": str(version)}, id=f"{version}-0")
+        await three_versions(client, cfg)
         await client.xreadgroup(cfg.group, "a-holder-gone", {cfg.stream: ">"}, count=2)
         await client.xtrim(cfg.stream, minid="3-0", approximate=False)  # 1 and 2 trimmed while pending
         await client.set(cfg.lease_key, "holder/1/0")

@@ -17,6 +17,7 @@ import redis.asyncio
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import peers
 from atp_service.engine import claims_ahead, parts
+from atp_service.engine.router import Engine
 from atp_service.intake.facts import UNFULFILLED
 from tests.atp_service.app.test_processes import SHARDS, Process, group_of, owned, processes, shipment
 from tests.atp_service.edge.test_api import receipt
@@ -37,6 +38,21 @@ async def start_process(redis_url: str) -> AsyncIterator[ServiceFactory]:
 def sku_of(running: list[Process], process: Process) -> str:
     """A SKU of a group ``process`` owns."""
     return next(sku for sku in (f"k{i}" for i in range(64)) if group_of(sku) in owned(process[0]))
+
+
+def steps_counted(running: list[Process], engine: Engine) -> Counter[tuple[int, str]]:
+    """The order steps ``engine`` sends from here on, counted by (the receiving process's index, the step)."""
+    sent: Counter[tuple[int, str]] = Counter()
+    remote = engine.remote
+    assert remote is not None
+    port_of = {f"127.0.0.1:{s.port}": n for n, (s, _) in enumerate(running)}
+
+    async def counted(address: str, request: bytes) -> bytes:
+        sent[port_of[address], parts.step_said(request)["step"]] += 1
+        return await remote(address, request)
+
+    engine.remote = counted
+    return sent
 
 
 async def test_shipments_naming_ids_unknown_here_read_their_claims_a_batch_at_a_time_R5(
@@ -82,15 +98,7 @@ async def test_a_shipment_naming_an_id_claimed_at_another_process_asks_only_that
         await q[1].reserve(f"r-{i}", [(b, "DC", 1)], ttl_seconds=600)
     engine = p[0].engine
     assert engine is not None and engine.remote is not None
-    sent: Counter[tuple[int, str]] = Counter()
-    remote = engine.remote
-    port_of = {f"127.0.0.1:{s.port}": n for n, (s, _) in enumerate(running)}
-
-    async def counted(address: str, request: bytes) -> bytes:
-        sent[port_of[address], parts.step_said(request)["step"]] += 1
-        return await remote(address, request)
-
-    engine.remote = counted
+    sent = steps_counted(running, engine)
     answers = await p[1].record_events([shipment(f"out-{i}", a, 1, f"r-{i}") for i in range(10)])
     assert [a.outcome for a in answers] == [pb.FACT_OUTCOME_APPLIED] * 10, answers
     assert all(a.detail.startswith(UNFULFILLED) for a in answers), answers
@@ -168,15 +176,7 @@ async def test_a_shipment_of_a_part_here_of_an_order_homed_at_another_process_as
     engine = p[0].engine
     assert engine is not None and engine.remote is not None and engine.home_of("o-0") is None
     assert engine.orders is not None and engine.orders.has_part(part_group, "o-0"), "a part of it here"
-    sent: Counter[tuple[int, str]] = Counter()
-    remote = engine.remote
-    port_of = {f"127.0.0.1:{s.port}": n for n, (s, _) in enumerate(running)}
-
-    async def counted(address: str, request: bytes) -> bytes:
-        sent[port_of[address], parts.step_said(request)["step"]] += 1
-        return await remote(address, request)
-
-    engine.remote = counted
+    sent = steps_counted(running, engine)
     assert engine.ids is not None
     round_trips = engine.ids.claims.round_trips
     answers = await p[1].record_events([shipment(f"out-{i}", a, 1, f"o-{i}") for i in range(5)])
