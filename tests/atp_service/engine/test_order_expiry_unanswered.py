@@ -180,3 +180,36 @@ async def test_a_read_of_an_order_expired_at_its_home_while_a_group_is_silent_an
     await housekeeping_until(rig, lambda: rig.quantities() == [(0, 0), (0, 0)], "group 1's part expires")
     after = await rig.run(engine.get_reservation("o1"))
     assert (after.state, after.lines) == (read.state, read.lines), "as the read answers once every part has its share"
+
+
+async def test_an_order_whose_release_is_pending_is_not_expired_for_a_silent_group_while_a_part_is_confirmed(
+        rig: Rig) -> None:
+    """Its home back at a partial Release pending (Redis lost its later confirmation there, R7) while group 0's part
+    kept its confirmation, group 1 silent: the expiry without the silent part looked for a confirmed part only where
+    nothing was pending (``confirmed_by_parts``), so it expired the order on the strength of the parts that answer —
+    a confirmed order recorded EXPIRED, its Fulfil refused and group 0's committed units kept for good (R3, Q3)."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    silent = failing_on(rig, 1)
+    save = engine.orders._save  # type: ignore[union-attr]
+
+    async def save_then_silent(home: int, order: Any, *, over: Any) -> None:
+        await save(home, order, over=over)
+        silent[0] = silent[0] or order.pending is not None  # recorded: group 1 stops answering before its share
+
+    engine.orders._save = save_then_silent  # type: ignore[union-attr,method-assign]
+    with pytest.raises(Unavailable):
+        await rig.run(engine.release("o1", (LineRequest(SKUS[0], "DC", 1), LineRequest(SKUS[1], "DC", 1)), "op-1"))
+    engine.orders._save = save  # type: ignore[union-attr,method-assign]
+    part = rig.part("o1", 0).reservation_id  # confirmed, its order's record back to before that (R7)
+    await rig.run(engine.actors[0].submit(lambda ledger, now: ops.confirm(ledger, part, now)))
+    assert rig.quantities()[0] == (0, 2)
+    rig.clock.advance(TTL_MS + EXPIRE_UNANSWERED_AFTER_MS + 1)
+    with pytest.raises(AssertionError):  # R3, Q3: confirmed again once every part answers, never expired
+        await housekeeping_until(rig, lambda: engine.actors[0].ledger.reservation("o1").state != State.HELD, "",
+                                 passes=2)
+    silent[0] = False
+    await housekeeping_until(rig, lambda: engine.actors[0].ledger.reservation("o1").pending is None,
+                             "the order carried through once group 1 answers")
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.CONFIRMED
+    assert rig.quantities() == [(0, 2), (0, 2)]
