@@ -19,7 +19,6 @@ import pytest
 
 import benchmarks.open_loop as open_loop_module
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
-from atp_service import free_port
 from benchmarks.compare import Workload
 from benchmarks.noop_server import NoopServicer
 from benchmarks.open_loop import TICK_S, WARM_UP_CALLS, latency_s, open_loop, open_loop_unary
@@ -85,8 +84,7 @@ class _Holding(Workload):
 async def _noop_server() -> tuple[grpc.aio.Server, str]:
     server = grpc.aio.server()
     pb_grpc.add_AvailabilityServiceServicer_to_server(NoopServicer(), server)  # type: ignore[no-untyped-call]
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port("127.0.0.1:0")  # bound at once: no pick another process could take first
     await server.start()
     return server, f"127.0.0.1:{port}"
 
