@@ -43,6 +43,7 @@ class EngineSettings:
     maintenance_interval_ms: int
     limits: Limits
     shard_settings: ShardSettings
+    lease_ms: int = 5000  # a group's lease (leases): an order waits past its TTL for a silent part twice it at least
 
 
 @dataclass(frozen=True, slots=True)

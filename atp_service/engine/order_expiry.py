@@ -4,7 +4,7 @@ of ``Orders`` (``orders.py``), kept here for its size.
 An order's expiry reads every part before it plans (a part confirmed proves its home lost a confirmation: the order
 is then confirmed again, never expired, R3). With one part's group silent that read fails at every pass, and the
 answering parts' units stayed held for as long as the group was away — no hold outlives its order's TTL (R2). So an
-order still HELD at its home ``EXPIRE_UNANSWERED_AFTER_MS`` past its TTL, no part that answers confirmed, is expired
+order still HELD at its home ``unanswered_after_ms`` past its TTL, no part that answers confirmed, is expired
 at its home without the silent parts (R3: it changes state at its home first, recorded pending): the answering parts
 give their units back at once, a Confirm, Release or Fulfil is answered as its home recorded it (``EXPIRED``, never
 applied to some parts only), and the silent parts get their share once their group answers again (housekeeping
@@ -31,8 +31,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPIRE_UNANSWERED_AFTER_MS = 60_000
-"""How long past its TTL an order waits for every part to answer before it expires without the silent ones: well
-above a lease (5 s by default: a group taken over by another process answers again within it) and a Redis failover."""
+"""How long past its TTL an order waits at least for every part to answer before it expires without the silent ones:
+well above a Redis failover and a lease of 5 s, the default (a group taken over by another process answers again
+within a lease); with a longer lease, twice the lease (``unanswered_after_ms``)."""
+
+
+def unanswered_after_ms(engine: Engine) -> int:
+    """How long past its TTL an order of ``engine`` waits for every part: a group merely changing hands is not taken
+    for silent (``lease_ms`` may be set up to 600 s) — else an order could be expired without reading a part
+    confirmed there, the one case the bound exists for (a confirmation its home lost, R3, Q3)."""
+    return max(EXPIRE_UNANSWERED_AFTER_MS, 2 * engine._settings.lease_ms)
 
 
 async def expire_order(sagas: Orders, order_id: str, home: int) -> None:
@@ -52,7 +60,7 @@ async def _expire_unanswered(sagas: Orders, order_id: str, home: int) -> bool:
     order = await on_shard(engine, home, lambda ledger, _now: ledger.reservation(order_id))
     now = engine.now_at(home)
     if order is None or not order.is_order or order.state != State.HELD or now < order.expires_at + \
-            EXPIRE_UNANSWERED_AFTER_MS or (order.pending is not None and order.pending.kind != OrderStep.RELEASE):
+            unanswered_after_ms(engine) or (order.pending is not None and order.pending.kind != OrderStep.RELEASE):
         # Resolved, confirmed (its confirmation carried through, never expired: R3), or within the bound. A partial
         # release pending (its share applied where the parts answered) is overtaken: the expiry gives back the rest.
         return False
@@ -79,7 +87,7 @@ async def undecided_parts(sagas: Orders, order: Reservation, home: int) -> dict[
     silent ones given up when they answer) instead of holding them for as long as that group is away (R2)."""
     engine = sagas._engine
     answering, silent = await _answering_parts(engine, order)
-    if silent and engine.now_at(home) < order.expires_at + EXPIRE_UNANSWERED_AFTER_MS:
+    if silent and engine.now_at(home) < order.expires_at + unanswered_after_ms(engine):
         raise Unavailable(UNDECIDED, Reason.OUTCOME_UNKNOWN)  # as ``Orders._parts``: the next pass reads again
     if silent and not losses.decided_by_parts(order, answering, engine.place):
         _said(engine, order.reservation_id, home, silent)

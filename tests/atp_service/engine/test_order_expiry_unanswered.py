@@ -5,12 +5,13 @@ answers again (R2: no hold outlives its order's TTL; R3: resolved once, at its h
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from atp_service.engine.order_expiry import EXPIRE_UNANSWERED_AFTER_MS
+from atp_service.engine.order_expiry import EXPIRE_UNANSWERED_AFTER_MS, unanswered_after_ms
 from reservation import DomainError, LineRequest, Reason, State, Unavailable
 from reservation import _operations as ops
 from tests.atp_service.engine.helpers import SKUS, running
@@ -213,3 +214,23 @@ async def test_an_order_whose_release_is_pending_is_not_expired_for_a_silent_gro
                              "the order carried through once group 1 answers")
     assert (await rig.run(engine.get_reservation("o1"))).state == State.CONFIRMED
     assert rig.quantities() == [(0, 2), (0, 2)]
+
+
+async def test_with_a_lease_longer_than_half_the_bound_an_order_waits_twice_the_lease_for_a_silent_part(
+        rig: Rig) -> None:
+    """``lease_ms`` may be set up to 600 s, and a group taken over from a stopped process answers again within a
+    lease: the order waited a minute only, and was expired without reading a part merely changing hands (the one
+    that may be confirmed, its home having lost that). It waits twice the lease for every part to answer."""
+    engine = rig.engine
+    engine._settings = dataclasses.replace(engine._settings, lease_ms=300_000)
+    assert unanswered_after_ms(engine) == 600_000
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    silent = failing_on(rig, 1)
+    silent[0] = True
+    rig.clock.advance(TTL_MS + EXPIRE_UNANSWERED_AFTER_MS + 1)
+    with pytest.raises(AssertionError):  # a minute past: a group changing hands for a lease is still waited for
+        await housekeeping_until(rig, lambda: rig.quantities() != [(3, 0), (3, 0)], "", passes=2)
+    assert engine.actors[0].ledger.reservation("o1").state == State.HELD
+    rig.clock.advance(600_000 - EXPIRE_UNANSWERED_AFTER_MS)
+    await housekeeping_until(rig, lambda: rig.quantities()[0] == (0, 0), "group 0's part gives its units back")
+    assert engine.actors[0].ledger.reservation("o1").state == State.EXPIRED
