@@ -38,6 +38,22 @@ async def housekeeping_until(rig: Rig, condition: Callable[[], bool], what: str,
     raise AssertionError(what)
 
 
+def silent_once_recorded(rig: Rig) -> list[bool]:
+    """Group 1 stops answering as soon as the home records a change pending (before group 1's share of it); the
+    flag (``failing_on``'s) set back to False lets it answer again."""
+    silent = failing_on(rig, 1)
+    orders = rig.engine.orders
+    assert orders is not None
+    save = orders._save
+
+    async def save_then_silent(home: int, order: Any, *, over: Any) -> None:
+        await save(home, order, over=over)
+        silent[0] = silent[0] or order.pending is not None
+
+    orders._save = save_then_silent  # type: ignore[method-assign]
+    return silent
+
+
 async def test_an_order_past_its_ttl_gives_back_its_answering_parts_while_another_group_is_silent(rig: Rig) -> None:
     """Group 1 stops answering while order o1 holds 3 units in each group. Past the TTL the expiry read every part
     before planning, so it stopped on group 1 at every pass: group 0's 3 units stayed held (Reserves refused,
@@ -92,18 +108,11 @@ async def test_an_order_whose_partial_release_waits_for_a_silent_group_still_exp
     expiry stopped on the pending release at every pass, group 0's other units held while group 1 was away."""
     engine = rig.engine
     await rig.run(engine.reserve(rig.cmd("o1")))
-    silent = failing_on(rig, 1)
-    save = engine.orders._save  # type: ignore[union-attr]
-
-    async def save_then_silent(home: int, order: Any, *, over: Any) -> None:
-        await save(home, order, over=over)
-        silent[0] = silent[0] or order.pending is not None  # recorded: group 1 stops answering before its share
-
-    engine.orders._save = save_then_silent  # type: ignore[union-attr,method-assign]
+    silent = silent_once_recorded(rig)
     lines = (LineRequest(SKUS[0], "DC", 1), LineRequest(SKUS[1], "DC", 1))
     with pytest.raises(Unavailable):
         await rig.run(engine.release("o1", lines, "op-1"))
-    engine.orders._save = save  # type: ignore[union-attr,method-assign]
+    del engine.orders._save  # type: ignore[union-attr]  # its own save again
     assert rig.quantities() == [(2, 0), (3, 0)]
     rig.clock.advance(TTL_MS + EXPIRE_UNANSWERED_AFTER_MS + 1)
     await housekeeping_until(rig, lambda: rig.quantities()[0] == (0, 0), "group 0's part gives its units back")
@@ -191,17 +200,10 @@ async def test_an_order_whose_release_is_pending_is_not_expired_for_a_silent_gro
     a confirmed order recorded EXPIRED, its Fulfil refused and group 0's committed units kept for good (R3, Q3)."""
     engine = rig.engine
     await rig.run(engine.reserve(rig.cmd("o1")))
-    silent = failing_on(rig, 1)
-    save = engine.orders._save  # type: ignore[union-attr]
-
-    async def save_then_silent(home: int, order: Any, *, over: Any) -> None:
-        await save(home, order, over=over)
-        silent[0] = silent[0] or order.pending is not None  # recorded: group 1 stops answering before its share
-
-    engine.orders._save = save_then_silent  # type: ignore[union-attr,method-assign]
+    silent = silent_once_recorded(rig)
     with pytest.raises(Unavailable):
         await rig.run(engine.release("o1", (LineRequest(SKUS[0], "DC", 1), LineRequest(SKUS[1], "DC", 1)), "op-1"))
-    engine.orders._save = save  # type: ignore[union-attr,method-assign]
+    del engine.orders._save  # type: ignore[union-attr]  # its own save again
     part = rig.part("o1", 0).reservation_id  # confirmed, its order's record back to before that (R7)
     await rig.run(engine.actors[0].submit(lambda ledger, now: ops.confirm(ledger, part, now)))
     assert rig.quantities()[0] == (0, 2)
