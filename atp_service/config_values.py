@@ -177,6 +177,7 @@ def check_redis(cfg: Any) -> None:
         raise ValueError(f"dead_letter_stream: {cfg.dead_letter_stream!r} is quarantine_stream too: each write trims "
                          "the stream, dead letters pushing out quarantined facts (never written again), so it must be "
                          "another stream")
+    _check_reader_names(cfg.consumer_group, cfg.consumer_name)
     if cfg.redis_wait_replicas < 0:
         raise ValueError(f"redis_wait_replicas: must be >= 0, got {cfg.redis_wait_replicas}")
     if cfg.redis_wait_timeout_ms <= 0 or (
@@ -193,6 +194,26 @@ def check_redis(cfg: Any) -> None:
         _check_address(cfg.advertise_address)
     if cfg.ownership == "leases":
         _check_leases(cfg)
+
+
+READER_NAME_MAX_LEN = 200
+"""The longest ``consumer_group`` or ``consumer_name``: each is part of Redis keys (the quarantine run, the unread
+count, the made-again mark) and of every reply naming the consumer."""
+
+
+def _check_reader_names(group: str, consumer: str) -> None:
+    """The input streams' consumer group and consumer: named (Redis takes an empty one, and every process's reading
+    then shares one nameless consumer), printable, bounded. The group without ``:``: its keys join it and the
+    consumer with ``:`` (``quarantine.run_key``: ``…:run:<group>:<consumer>``), and ``a:b`` with consumer ``c``
+    took ``a`` with ``b:c``'s run, one reader's start fencing the other's quarantine writes for good (the consumer
+    may hold ``:``: leased, it is ``<name>@<host:port>``, and it comes last)."""
+    for name, value in (("consumer_group", group), ("consumer_name", consumer)):
+        if not 0 < len(value) <= READER_NAME_MAX_LEN or not value.isprintable() or value != value.strip():
+            raise ValueError(f"{name}: must be 1 to {READER_NAME_MAX_LEN} printable characters, no space at either "
+                             f"end, got {value[:READER_NAME_MAX_LEN]!r}")
+    if ":" in group:
+        raise ValueError(f"consumer_group: must not contain ':' (its Redis keys join it and the consumer with ':', "
+                         f"another group and consumer could name the same key), got {group!r}")
 
 
 def _check_address(address: str) -> None:

@@ -19,6 +19,7 @@ from atp_service.config import (
 )
 from atp_service.config_settings import OTHER_TOOLS, attribute_docs, flat_names, settings_of
 from atp_service.config_values import CHOICES, read_text
+from atp_service.intake.quarantine import run_key
 from reservation import Limits
 
 SLICES = (ChannelSettings, EngineSettings, IngestSettings, ShardSettings, SnapshotPolicy)
@@ -303,3 +304,28 @@ def test_a_leased_process_given_an_estate_stops_the_start(env: dict[str, str]) -
     with pytest.raises(ValueError, match=r"^estate: .*not served with ownership=leases.*start without --estate"):
         ServiceConfig.from_env({**leased, **env})
     assert ServiceConfig.from_env({**leased, "ATP_DEMO": "false"}).estate is None
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"ATP_CONSUMER_GROUP": ""}, "consumer_group"),
+    ({"ATP_CONSUMER_NAME": ""}, "consumer_name"),
+    ({"ATP_CONSUMER_NAME": "atp-1\n"}, "consumer_name"),
+    ({"ATP_CONSUMER_GROUP": " atp"}, "consumer_group"),
+    ({"ATP_CONSUMER_GROUP": "g" * 201}, "consumer_group"),
+])
+def test_an_unnamed_or_unprintable_reader_stops_the_start(env: dict[str, str], named: str) -> None:
+    """Redis takes an empty consumer group or consumer: every process's reading shared one nameless consumer (a
+    restart of one re-reading the others' pending entries), and a name with a newline or without a bound went into
+    Redis keys and every line naming the consumer."""
+    with pytest.raises(ValueError, match=f"^{named}: must be 1 to 200 printable characters"):
+        ServiceConfig.from_env(env)
+
+
+def test_a_consumer_group_with_a_colon_stops_the_start() -> None:
+    """The quarantine run key joins the group and the consumer with ':': group 'a:b' with consumer 'c' and group 'a'
+    with consumer 'b:c' named one key, and one reader's start fenced the other's quarantine writes for good. The
+    consumer may hold ':' (leased, it is '<name>@<host:port>')."""
+    assert run_key("atp:quarantine", "a:b", "c") == run_key("atp:quarantine", "a", "b:c")  # what it prevents
+    with pytest.raises(ValueError, match=r"^consumer_group: must not contain ':'"):
+        ServiceConfig.from_env({"ATP_CONSUMER_GROUP": "a:b"})
+    assert ServiceConfig.from_env({"ATP_CONSUMER_NAME": "atp-1@10.0.0.5:50051"}).consumer_name.endswith(":50051")
