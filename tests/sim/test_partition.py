@@ -21,4 +21,6 @@ async def test_processes_cut_off_from_each_other_lose_no_reservation_and_oversel
     for seed in range(PARTITION_SEEDS):
         await Driver(seed, tally, processes=2, partition=True).run(60)
         await Driver(seed, tally, processes=3, partition=True).run(60)
-    assert tally.partitions > PARTITION_SEEDS and tally.partition_cuts > tally.partitions, tally
+    # Not vacuous: partitions were drawn, and they cut calls. How many calls a cut meets depends on how many the
+    # processes send each other, which the product decides (a SHIPMENT asking one process, not every other: fewer).
+    assert tally.partitions > PARTITION_SEEDS and tally.partition_cuts > tally.partitions // 2, tally
