@@ -31,6 +31,10 @@ MAX_BATCH_RESERVATIONS = 1000
 default ``max_batch_reservations``."""
 STALL_SLACK_S = 0.05
 """How late a wait may return before the lateness counts as this process stalled, not the service silent."""
+STALLS_FORGIVEN = 3
+"""Waits a stall of this process may lengthen, each by the time it did not run, before a stream's bound (the service
+to accept it, or to answer) counts on regardless: a caller whose every wait overran (its loop blocked in slices
+longer than ``STALL_SLACK_S``) was credited every one, and a stream the service never accepted waited for ever."""
 ACCEPTED_KEY = "atp-accepted"
 """Initial metadata of a ``ReserveStream`` the service has accepted (its headers, sent at once). A
 refusal at the start comes without it: as a status alone, which grpcio may hand over after the
@@ -76,8 +80,8 @@ class Batches:
         self._taken = 0  # batches taken from the source
         self._sent: deque[float] = deque()  # monotonic send time of each batch not answered yet
         self._reading_since = float("-inf")  # monotonic time the caller asked for the next answer
-        self._stalled_s = 0.0  # time since then this process did not run (``_until_read``): not the service silent
-        self._unaccepted_stalled_s = 0.0  # the same, from the call's opening until the service accepted it
+        self._stalled = Stalls()  # time since then this process did not run (``_until_read``): not the service silent
+        self._unaccepted_stalled = Stalls()  # the same, from the call's opening until the service accepted it
         self._more = asyncio.get_running_loop().create_future()  # resolved when a batch is sent
         self._freed = asyncio.get_running_loop().create_future()  # resolved when a batch is answered
         self._call: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -175,7 +179,7 @@ class Batches:
             # Not from the last answer: a caller away past the bound (its own awaits on that answer) had the stream
             # ended at once, the answer the service had long sent unread, every batch in doubt. The service bounds
             # a caller that stops reading itself (stream_stall_s).
-            self._reading_since, self._stalled_s = time.monotonic(), 0.0
+            self._reading_since, self._stalled = time.monotonic(), Stalls()
             read = asyncio.ensure_future(call.read())
             try:
                 if not await self._until_read(read, answer_timeout_s):
@@ -197,11 +201,11 @@ class Batches:
         while not read.done():
             if not self._accepted.done():  # nothing sent yet: a service that never accepts ends it, certainly
                 asked = time.monotonic()
-                left = self._opened_at + answer_timeout_s + self._unaccepted_stalled_s - asked
+                left = self._opened_at + answer_timeout_s + self._unaccepted_stalled.seconds - asked
                 if left <= 0:
                     raise stream_not_accepted(answer_timeout_s)
                 await asyncio.wait({read, self._accepted}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-                self._unaccepted_stalled_s += self._stalled_since(asked, left)  # this process stalled: see below
+                self._unaccepted_stalled.note(asked, left)  # this process stalled: see below
                 continue
             if not self._sent and not self._done_sending.done():  # nothing in flight: the caller's source sets the pace
                 if self._more.done():
@@ -213,7 +217,7 @@ class Batches:
             # ``async for`` waiting for ever, though nothing was in doubt.
             asked = time.monotonic()
             since = self._sent[0] if self._sent else self._done_sending_at
-            left = max(since, self._reading_since) + answer_timeout_s + self._stalled_s - asked
+            left = max(since, self._reading_since) + answer_timeout_s + self._stalled.seconds - asked
             if left <= 0:
                 if self._sent:
                     raise stream_unanswered(len(self._sent), answer_timeout_s)
@@ -225,15 +229,25 @@ class Batches:
             # own blocking work), and an answer that came then is not read yet — the timeout ran first. The wait is
             # no silence of the service (when in it the stall began is not known): it ended streams the service
             # answered all along, every batch in doubt.
-            self._stalled_s += self._stalled_since(asked, left)
+            self._stalled.note(asked, left)
         return True
 
-    @staticmethod
-    def _stalled_since(asked: float, left: float) -> float:
-        """How long this process did not run in a wait begun at ``asked`` for at most ``left``: all of it when the wait
-        ended later than ``STALL_SLACK_S`` past its bound (when in it the stall began is not known), else none."""
+
+class Stalls:
+    """The time this process did not run while a stream waited on one of its bounds, credited to that bound: at most
+    ``STALLS_FORGIVEN`` waits' worth, so the bound still ends a wait whatever the caller's loop does."""
+
+    __slots__ = ("count", "seconds")
+
+    def __init__(self) -> None:
+        self.seconds, self.count = 0.0, 0
+
+    def note(self, asked: float, left: float) -> None:
+        """A wait begun at ``asked`` for at most ``left`` has ended: all of it credited when it ended later than
+        ``STALL_SLACK_S`` past its bound (when in it the stall began is not known), within ``STALLS_FORGIVEN``."""
         waited = time.monotonic() - asked
-        return waited if waited - left > STALL_SLACK_S else 0.0
+        if waited - left > STALL_SLACK_S and self.count < STALLS_FORGIVEN:
+            self.seconds, self.count = self.seconds + waited, self.count + 1
 
 
-__all__ = ["ACCEPTED_KEY", "MAX_BATCH_RESERVATIONS", "MAX_STREAM_INFLIGHT", "Batches", "Source", "accepted"]
+__all__ = ["ACCEPTED_KEY", "MAX_BATCH_RESERVATIONS", "MAX_STREAM_INFLIGHT", "Batches", "Source", "Stalls", "accepted"]

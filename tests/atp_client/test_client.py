@@ -416,6 +416,36 @@ async def test_a_stream_is_not_refused_as_unaccepted_for_a_stall_of_the_callers_
     assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD]
 
 
+async def test_a_stream_never_accepted_ends_though_every_wait_of_the_caller_s_loop_overruns() -> None:
+    """Each wait for the service to accept that came back late (this process not running: here the caller's own loop
+    blocked in slices of 0.2 s, longer than ``STALL_SLACK_S``) lengthened the bound by the whole wait, every one of
+    them: with a service that never accepts, the stream waited for ever. At most ``STALLS_FORGIVEN`` are credited."""
+
+    async def unaccepting(requests: AsyncIterator[pb.ReserveStreamRequest], _context: Any) -> AsyncIterator[Any]:
+        await asyncio.Event().wait()
+        yield pb.ReserveStreamResponse()  # never reached
+
+    def blocking_work() -> None:
+        time.sleep(0.2)  # the caller's own blocking work, between turns of its loop
+
+    async def blocking_in_slices() -> None:
+        while True:
+            blocking_work()
+            await asyncio.sleep(0.01)
+
+    async with _reserve_stream_server(unaccepting) as port, \
+            AtpClient(f"127.0.0.1:{port}", timeout_s=0.5) as client:
+        await client.connect(timeout_s=WAIT_S)
+        blocker = asyncio.create_task(blocking_in_slices())
+        try:
+            with pytest.raises(Retryable) as err:
+                await asyncio.wait_for(_drain(client.reserve_stream([[item("r-1")]])), WAIT_S)
+        finally:
+            blocker.cancel()
+    refusal = err.value.refusal
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "NOT_CONNECTED"), refusal
+
+
 async def test_a_stream_refused_after_bare_headers_is_written_nothing_and_told_the_refusal() -> None:
     """grpcio may hand over a refusal's (empty) headers before its status: the first batch, written
     as soon as any headers came, raced the refusal again. Only headers carrying ``ACCEPTED_KEY`` open
