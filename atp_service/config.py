@@ -73,10 +73,12 @@ class ServiceConfig(ServingFields):
     """Redis streams POS/WMS integrations append facts to (comma-separated in ATP_INPUT_STREAMS; empty: off)."""
 
     consumer_group: str = "atp"
-    """Consumer group the service reads the input streams with."""
+    """Consumer group the service reads the input streams with: 1 to 200 printable characters, no ``:`` (its Redis
+    keys join it and the consumer with ``:``)."""
 
     consumer_name: str = "atp-1"
-    """Consumer name (leased: ``<it>@<advertised address>``); keep it stable: a restart re-reads its pending entries."""
+    """Consumer name (leased: ``<it>@<advertised address>``), 1 to 200 printable characters; keep it stable: a
+    restart re-reads its pending entries."""
 
     ingest_count: int = 1000
     """Most entries read per stream per XREADGROUP without channel feeds: large reads for throughput (ingest.py)."""
