@@ -36,15 +36,17 @@ from reservation import ChannelUpdate
 from ._config import PublisherConfig
 
 
-def mark_checked(key: str) -> str:
+def mark_checked(key: str, nothing: str = "nothing read") -> str:
     """Lua refusing (WRONGTYPE) where the mark of a resync of every key (``key``: its ``KEYS[n]``) holds anything but
     a count, before a script that may raise it moves the group (its read, its takeover's claim)."""
     return f"""
 local kind, held = redis.call('type', {key})['ok'], nil
 if kind == 'string' then held = redis.call('get', {key}) end
-if (kind ~= 'string' and kind ~= 'none') or (held and not string.match(held, '^%d+$')) then
+-- a count INCR takes: no leading zero (Redis refuses '01'), under 10^18 (no overflow at INCR's 2^63 - 1)
+if (kind ~= 'string' and kind ~= 'none') or (held and held ~= '0' and
+    not (string.match(held, '^[1-9]%d*$') and #held <= 18)) then
   return redis.error_reply('WRONGTYPE ' .. {key} .. ' holds ' .. (held or ('a ' .. kind)) ..
-                           ', not a count: nothing read')
+                           ', not a count: {nothing}')
 end
 """
 

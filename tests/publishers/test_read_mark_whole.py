@@ -20,7 +20,8 @@ async def three_versions(client: aioredis.Redis, cfg: PublisherConfig) -> None:
         await client.xadd(cfg.stream, {"version": str(version)}, id=f"{version}-0")
 
 
-@pytest.mark.parametrize("stray", [("rpush", "an operator's"), ("set", "yes")])
+@pytest.mark.parametrize("stray", [("rpush", "an operator's"), ("set", "yes"), ("set", "01"),
+                                   ("set", "9223372036854775807"), ("set", "99999999999999999999")])
 async def test_a_mark_of_another_type_refuses_the_read_before_the_group_moves_past_the_gap_C4(
         redis_url: str, stray: tuple[str, str]) -> None:
     """Versions 1 and 2 trimmed unread: the read of 3 owes them (the mark raised). With the mark of another type the
