@@ -43,6 +43,7 @@ from reservation import ChannelUpdate
 from ._config import PublisherConfig
 from ._lease import Lease
 from ._metrics import PublisherMetrics
+from ._reading import mark_checked
 from ._state_resync import Sweep
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ refused. The dead-letter stream and ``atp_publisher_deliveries_total{outcome="fa
 
 DEAD_LETTER = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
-for k, want in ipairs({'stream', 'hash', 'string'}) do  -- every key's type before the first write
+""" + mark_checked("KEYS[4]", "nothing written") + """
+for k, want in ipairs({'stream', 'hash'}) do  -- every key's type before the first write (the mark's: above)
   local kind = redis.call('type', KEYS[k + 1])['ok']
   if kind ~= want and kind ~= 'none' then
     return redis.error_reply('WRONGTYPE ' .. KEYS[k + 1] .. ' holds a ' .. kind .. ', not a ' .. want ..

@@ -42,3 +42,21 @@ async def test_an_owed_key_of_another_type_refuses_the_dead_letters_before_any_i
         assert await client.hgetall(cfg.redeliver_key) == {b"A\t": b"5 retry"}
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("held", ["yes", "01", "99999999999999999999"])
+async def test_a_resync_mark_that_is_no_count_refuses_the_dead_letters_before_any_is_written_C4(
+        redis_url: str, held: str) -> None:
+    """A string is the mark's type, but one INCR cannot raise (no count, a leading zero, past 2^63 - 1) failed the
+    script at its INCR after the XADDs: the dead letter written at each delivery tried again, the resync never owed."""
+    cfg = PublisherConfig(channel="web", group="jsonl")
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(cfg.lease_key, TOKEN)
+        await client.set(cfg.redeliver_all_key, held)
+        for _ in range(2):
+            with pytest.raises(ResponseError, match="WRONGTYPE"):
+                await dead_letter(client, cfg, 0)  # 0: past the bound, the mark raised
+        assert await client.xlen(cfg.dead_letter_stream) == 0
+    finally:
+        await client.aclose()
