@@ -164,7 +164,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     needs += [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use),  # SET: lost
               Need(("TYPE", run), run, use)]
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
-        ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"), ("TYPE",))]
+        ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"), ("TYPE",), ("HGET", "s"))]
     for s in streams:
         needs += [Need(args, s, use) for args in (
             ("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "STREAMS", s, ">"),

@@ -71,6 +71,12 @@ local kind = redis.call('TYPE', owed)['ok']
 if kind ~= 'hash' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. owed .. ' holds a ' .. kind .. ', not a hash: nothing read')
 end
+for i = 1, kind == 'hash' and n or 0 do  -- each stream's count there: one HINCRBY takes (no leading zero, < 10^18)
+  local held = redis.call('HGET', owed, KEYS[i])
+  if held and held ~= '0' and not (string.match(held, '^-?[1-9]%d*$') and #held <= 18) then
+    return redis.error_reply('WRONGTYPE ' .. owed .. ' holds no count for ' .. KEYS[i] .. ': nothing read')
+  end
+end
 for i = n + 1, 2 * n do
   kind = redis.call('TYPE', KEYS[i])['ok']
   if kind ~= 'none' and (kind ~= 'string' or not string.match(redis.call('GET', KEYS[i]), '^%d+%-%d+$')) then

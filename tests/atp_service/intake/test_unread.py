@@ -114,3 +114,22 @@ async def test_a_key_of_another_type_refuses_the_read_before_it_crosses_a_gap(re
         assert counted(counter) == 3
     finally:
         await client.aclose()
+
+
+async def test_an_owed_count_that_is_no_count_refuses_the_read_before_it_crosses_a_gap(redis_url: str) -> None:
+    """The consumer's hash is a hash, but its field for the stream holds no count (a restore of other data): its
+    HINCRBY failed after XREADGROUP had moved the group past the gap, the entries trimmed unread never counted."""
+    client = aioredis.Redis.from_url(redis_url)
+    counter = Counter("trimmed_unread", "test", ["stream"], registry=CollectorRegistry())
+    reader = GroupReader(client, [STREAM], GROUP, "atp@10.0.0.1", counter)
+    try:
+        await client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        for n in range(5):  # 0..2 trimmed unread, 3 and 4 left
+            await client.xadd(STREAM, {"n": n}, maxlen=2, approximate=False)
+        await client.hset(reader.owed_key, STREAM, "an operator's")
+        with pytest.raises(ResponseError):
+            await reader.read(100, None)
+        (group,) = await client.xinfo_groups(STREAM)
+        assert group["last-delivered-id"] == b"0-0" and group["pending"] == 0
+    finally:
+        await client.aclose()
