@@ -111,7 +111,9 @@ class ServiceConfig(ServingFields):
     """Where undecodable or invalid input entries go, with the reason and their original fields."""
 
     quarantine_stream: str = "atp:quarantine"
-    """Where late (E6) and conflicting (E8) facts go, with their reason."""
+    """Where late (E6) and conflicting (E8) facts go, with their reason. No stream (input, dead-letter, quarantine)
+    is named as a key kept beside another: ``<input>:made-again:…``, ``<input>:trimmed-unread:…``,
+    ``<quarantine>:written…``."""
 
     side_stream_maxlen: int = 1_000_000
     """Approximate length the dead-letter and quarantine streams are trimmed to."""

@@ -178,6 +178,7 @@ def check_redis(cfg: Any) -> None:
                          "the stream, dead letters pushing out quarantined facts (never written again), so it must be "
                          "another stream")
     _check_reader_names(cfg.consumer_group, cfg.consumer_name)
+    _check_side_keys(cfg)
     if cfg.redis_wait_replicas < 0:
         raise ValueError(f"redis_wait_replicas: must be >= 0, got {cfg.redis_wait_replicas}")
     if cfg.redis_wait_timeout_ms <= 0 or (
@@ -214,6 +215,26 @@ def _check_reader_names(group: str, consumer: str) -> None:
     if ":" in group:
         raise ValueError(f"consumer_group: must not contain ':' (its Redis keys join it and the consumer with ':', "
                          f"another group and consumer could name the same key), got {group!r}")
+
+
+DERIVED_KEY_WORDS = ("made-again", "trimmed-unread")
+"""What follows ``<input stream>:`` in the keys the reader keeps beside an input stream (``unread.made_again_key``,
+``GroupReader.owed_key``); the quarantine stream's own keys begin ``<quarantine stream>:written``
+(``quarantine.written_key``)."""
+
+
+def _check_side_keys(cfg: Any) -> None:
+    """No stream the service reads or writes named as a key it keeps beside another: an input stream's made-again mark
+    or unread count, or the quarantine stream's set of what it holds — two types on one key, each write refused
+    WRONGTYPE for good (or the mark's SET over a stream)."""
+    beside = [f"{s}:{word}:" for s in cfg.input_streams for word in DERIVED_KEY_WORDS]
+    beside.append(f"{cfg.quarantine_stream}:written")
+    for setting, names in (("input_streams", cfg.input_streams), ("dead_letter_stream", (cfg.dead_letter_stream,)),
+                           ("quarantine_stream", (cfg.quarantine_stream,))):
+        for name in names:
+            if key := next((key for key in beside if name.startswith(key)), None):
+                raise ValueError(f"{setting}: {name!r} is a key the service keeps beside another stream ({key}…): "
+                                 "it must be another name")
 
 
 def _check_address(address: str) -> None:

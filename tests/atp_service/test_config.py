@@ -18,8 +18,9 @@ from atp_service.config import (
     SnapshotPolicy,
 )
 from atp_service.config_settings import OTHER_TOOLS, attribute_docs, flat_names, settings_of
-from atp_service.config_values import CHOICES, read_text
-from atp_service.intake.quarantine import run_key
+from atp_service.config_values import CHOICES, DERIVED_KEY_WORDS, read_text
+from atp_service.intake.quarantine import run_key, written_key
+from atp_service.intake.unread import made_again_key
 from reservation import Limits
 
 SLICES = (ChannelSettings, EngineSettings, IngestSettings, ShardSettings, SnapshotPolicy)
@@ -329,3 +330,20 @@ def test_a_consumer_group_with_a_colon_stops_the_start() -> None:
     with pytest.raises(ValueError, match=r"^consumer_group: must not contain ':'"):
         ServiceConfig.from_env({"ATP_CONSUMER_GROUP": "a:b"})
     assert ServiceConfig.from_env({"ATP_CONSUMER_NAME": "atp-1@10.0.0.5:50051"}).consumer_name.endswith(":50051")
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"ATP_DEAD_LETTER_STREAM": "atp:quarantine:written"}, "dead_letter_stream"),
+    ({"ATP_INPUT_STREAMS": "atp:in:pos", "ATP_DEAD_LETTER_STREAM": "atp:in:pos:made-again:atp"}, "dead_letter_stream"),
+    ({"ATP_INPUT_STREAMS": "atp:in:pos,atp:in:pos:trimmed-unread:atp:atp-1"}, "input_streams"),
+    ({"ATP_INPUT_STREAMS": "atp:in:pos", "ATP_QUARANTINE_STREAM": "atp:in:pos:made-again:x"}, "quarantine_stream"),
+])
+def test_a_stream_named_as_a_key_kept_beside_another_stops_the_start(env: dict[str, str], named: str) -> None:
+    """The reader keeps keys beside the streams (an input stream's made-again mark and unread count, the quarantine
+    stream's set of what it holds): a stream given such a name put two types on one key, each write refused WRONGTYPE
+    for good, or the mark's SET written over the stream. A name merely beginning with another's is fine."""
+    with pytest.raises(ValueError, match=f"^{named}: .* is a key the service keeps beside another stream"):
+        ServiceConfig.from_env(env)
+    assert ServiceConfig.from_env({"ATP_INPUT_STREAMS": "atp:in:pos", "ATP_DEAD_LETTER_STREAM": "atp:in:pos:dlq"})
+    assert made_again_key("s", "g").startswith(f"s:{DERIVED_KEY_WORDS[0]}:")  # the words are the keys' own
+    assert written_key("atp:quarantine").startswith("atp:quarantine:written")
