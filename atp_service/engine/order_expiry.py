@@ -19,7 +19,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from atp_service.engine.parts import UNDECIDED, ReadPart, on_shard, run_part
+from atp_service.engine.parts import UNDECIDED, ReadPart, record_at, run_part
 from reservation import DomainError, OrderStep, PendingOp, Reason, Reservation, State, Unavailable
 from reservation import _order_losses as losses
 from reservation import _orders as orders
@@ -57,7 +57,7 @@ async def _expire_unanswered(sagas: Orders, order_id: str, home: int) -> bool:
     """Whether the order was expired at its home without its silent parts (each part that answered given its share
     before this returns; raises, the expiry left pending, where a part did not)."""
     engine = sagas._engine
-    order = await on_shard(engine, home, lambda ledger, _now: ledger.reservation(order_id))
+    order = await record_at(engine, home, order_id)
     now = engine.now_at(home)
     if order is None or not order.is_order or order.state != State.HELD or now < order.expires_at + \
             unanswered_after_ms(engine) or (order.pending is not None and order.pending.kind != OrderStep.RELEASE):
@@ -124,8 +124,8 @@ async def refused_as_recorded(engine: Engine, order_id: str, home: int, step: Pe
     silent): where its home has resolved it (an expiry on its way to a silent part), refused as the record at its
     home has it — that record decides, so the answer does not wait for the silent group (R3: resolved once, the
     second resolution refused naming the state); else ``unanswered``."""
-    order = await on_shard(engine, home, lambda ledger, _now: ledger.reservation(order_id))
-    if order is None or not order.is_order or order.state != State.EXPIRED:
+    order = await _expired_at(engine, home, order_id)
+    if order is None:
         return unanswered
     _, _, refusal = orders.plan(order, step, engine.now_at(home), engine.limits, engine.place)
     return refusal or unanswered
@@ -144,7 +144,13 @@ async def read_order(sagas: Orders, order_id: str, home: int, as_recorded: bool)
     except Unavailable:
         if not as_recorded:
             raise
-        order = await on_shard(sagas._engine, home, lambda ledger, _now: ledger.reservation(order_id))
-        if order is None or not order.is_order or order.state != State.EXPIRED:
+        order = await _expired_at(sagas._engine, home, order_id)
+        if order is None:
             raise
         return orders.view(order, {})
+
+
+async def _expired_at(engine: Engine, home: int, order_id: str) -> Reservation | None:
+    """The order's record at its home where it is ``EXPIRED`` there (resolved for good, R3), else None."""
+    order = await record_at(engine, home, order_id)
+    return order if order is not None and order.is_order and order.state == State.EXPIRED else None

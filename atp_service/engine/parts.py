@@ -187,6 +187,11 @@ async def on_shard(engine: Engine, shard: int, work: Callable[[Ledger, int], T],
     return result
 
 
+async def record_at(engine: Engine, shard: int, reservation_id: str) -> Reservation | None:
+    """``reservation_id``'s record on ``shard`` of this process (None: none), read in its turn (``on_shard``)."""
+    return await on_shard(engine, shard, lambda ledger, _now: ledger.reservation(reservation_id))
+
+
 async def serve_part(engine: Engine, request: bytes) -> bytes:
     """Another process's step, run on a shard of this one (``Moved`` where it is not this one's now)."""
     asked = _requests.decode(request)
