@@ -48,7 +48,7 @@ def _quarantine_needs(stream: str) -> list[Need]:
     written, ahead, use = written_key(stream), ahead_key(stream), "facts quarantined (E6, E8), each once"
     return [Need(("XADD", stream, "MAXLEN", "~", 1, "*", "f", "v"), stream, use),
             Need(("ZSCORE", written, "d"), written, use), Need(("ZADD", written, 1, "d"), written, use),
-            Need(("ZREM", written, "d"), written, use), Need(("ZCARD", written), written, use),
+            Need(("ZCARD", written), written, use),
             Need(("ZRANGE", written, 0, 0), written, use), Need(("ZREMRANGEBYRANK", written, 0, 0), written, use),
             Need(("HSET", ahead, "d", "v"), ahead, use), Need(("HDEL", ahead, "d"), ahead, use),
             Need(("EXISTS", ahead), ahead, use),

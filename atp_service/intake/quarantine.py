@@ -62,9 +62,11 @@ _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: no
 # before the write is at or before it — a producer's retry of the entry too, which the set's score, the write's time,
 # tells from a later resend only where ids are Redis's —, every one added after is later. Taken out with the digest
 # when the set is trimmed. A fact written
-# before has its digest taken out and put back as it was: a write of this call, so the WAIT after it
+# before has its digest's score moved and put back as it was: a write of this call, so the WAIT after it
 # (``redis_wait_replicas``) covers the earlier write too — that one's answer lost, on another connection, a WAIT after
-# a call that wrote nothing confirms nothing of it (R7).
+# a call that wrote nothing confirms nothing of it (R7). Never taken out and put back: the set's one digest taken out,
+# the set was gone, and on a Redis Cluster whose slot migrates the source node fails every command of a script on a
+# key not there (a non local key) — the ZADD putting it back failed, the digest lost, the fact written again (E8).
 # Every key's type is checked before the first write (``_TYPES``): Redis does not undo a script's writes before the
 # command that failed, and a key of another type (an operator's, a restore of other data) failed it half-way — a
 # fact's entry added, its digest not (the hash of entries ahead, HSET after the XADD), its input entry not
@@ -114,7 +116,7 @@ for f = 0, n - 1 do
   end
   local before = redis.call('ZSCORE', KEYS[2], ARGV[at])
   if before then
-    redis.call('ZREM', KEYS[2], ARGV[at])
+    redis.call('ZADD', KEYS[2], -tonumber(before) - 1, ARGV[at])  -- a score it never holds; never empties the set
     redis.call('ZADD', KEYS[2], before, ARGV[at])
     written[f + 1] = 0
   elseif not ours then

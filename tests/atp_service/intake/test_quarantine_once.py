@@ -12,12 +12,14 @@ from redis.exceptions import ResponseError
 
 from atp_service import AtpService, EmbeddedRedis
 from atp_service.intake.quarantine import Acks, QuarantineStream
+from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.nodes import open_nodes
 from reservation import Fact, FactKind, Limits
 from reservation import fact as make_fact
 from tests.atp_service.fact_helpers import F, held_script, wait_consumed
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import test_config as make_config
+from tests.slot_moves import SlotMove
 from tests.waiting import until
 
 T = 1_700_000_000_000
@@ -91,6 +93,31 @@ async def test_on_a_cluster_each_fact_is_written_once_beside_its_stream(cluster_
         assert await stream.write(writer, twice) == [True, False, True]
         assert await stream.write(writer, [(one, "conflict"), (other, "conflict")]) == [False, False]
         assert await writer.reader.xlen("atp:{in}:quarantine") == 2
+    finally:
+        await writer.aclose()
+
+
+async def test_on_a_cluster_a_fact_written_before_keeps_its_digest_while_its_slot_migrates_E8(
+        redis_cluster: EmbeddedCluster, cluster_url: str, moves: list[SlotMove]) -> None:
+    """A slot migrating, its source node runs a script only where every key it names is there, and each command of
+    the script on a key that is not (gone since the script began) fails it with "a non local key", half-way. A fact
+    written before had its digest taken out of the set and put back: the set's one digest taken out, the set was
+    gone, and the ZADD putting it back failed — the digest lost, the fact written again at its retry (E8)."""
+    writer = open_nodes(cluster_url, 5.0, cluster=True)
+    stream = QuarantineStream("atp:{in}:quarantine", 1000)
+    fact = fact_of(F("e1", "SALE", "A", "S1", 1, T))
+    acks = Acks("atp", "c1", [("atp:{in}:pos", b"4102444800000-0")], run=1)  # 2100: named in the hash beside the set
+    try:
+        await writer.reader.xadd("atp:{in}:pos", {"f": "v"})  # the input stream, as a producer left it
+        assert await stream.write(writer, [(fact, "late")], acks) == [True]
+        with redis.RedisCluster.from_url(redis_cluster.url) as admin:
+            slot, source = admin.keyslot(stream.stream), int(admin.get_node_from_key(stream.stream).port)
+        moves.append(move := SlotMove(redis_cluster, slot, source,
+                                      next(n.port for n in redis_cluster.primaries if n.port != source)))
+        move.begin()  # every key still at the source: the script runs there
+        assert await stream.write(writer, [(fact, "late")], acks) == [False]  # was: ResponseError (a non local key)
+        assert await writer.reader.zscore(stream.written_key, QuarantineStream.digest(fact)) is not None
+        assert await writer.reader.xlen(stream.stream) == 1
     finally:
         await writer.aclose()
 
