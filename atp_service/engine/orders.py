@@ -6,6 +6,7 @@ task per order runs its saga at a time (a lock per order), owned by this object,
 that goes away abandons only its wait (and its saga if not begun: ``capacity.Waits``). A saga that cannot finish
 now (a group's log unreachable) leaves the order pending; the caller hears ``UNAVAILABLE`` (``OUTCOME_UNKNOWN``),
 and the order is driven on by its retry or by housekeeping, as is every order found pending after a restart.
+Its steps on the parts and on the order's record at its home: ``order_steps.py``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, Waits, next_to_drive, order_opened
 from atp_service.engine.confirmed import ConfirmedChecks, checked
-from atp_service.engine.losses import commit_lost, commit_refused, log_confirmed_again, log_decided_again, torn
+from atp_service.engine.losses import commit_lost, commit_refused, log_confirmed_again, log_decided_again
 from atp_service.engine.order_expiry import expire_order, read_order, refused_as_recorded, undecided_parts
+from atp_service.engine.order_steps import OrderSteps
 from atp_service.engine.parts import (
-    ApplyShare,
     GiveUpPart,
-    ReadPart,
     ReservePart,
     command_of,
     held_orphans,
@@ -44,7 +44,6 @@ from reservation import (
     NotFound,
     OrderStep,
     PendingOp,
-    Reason,
     Reservation,
     ReserveCommand,
     ResourceExhausted,
@@ -61,7 +60,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Orders:
+class Orders(OrderSteps):
     """The sagas of ``engine``'s orders that span groups."""
 
     def __init__(self, engine: Engine) -> None:
@@ -300,24 +299,6 @@ class Orders:
         await self._save(home, settled, over=order)
         return settled
 
-    async def _abandon(self, order: Reservation, home: int, refusal: DomainError | None = None) -> Reservation:
-        """An order undecided past its TTL, or ``refusal`` by a part: its parts that exist are released; it expires."""
-        expired = orders.abandoned(order, self._engine.now_at(home), refusal)
-        await self._save(home, expired, over=order)  # first: a home taken by another releases nothing
-        await self._give_up_parts(order)
-        return expired
-
-    async def _give_up_if_torn(self, order: Reservation, home: int, parts: dict[int, Reservation]) -> list[int]:
-        """A held order whose part Redis lost (``lost_parts``) cannot be confirmed whole: confirmed, the rest would be
-        CONFIRMED with those units committed nowhere, sold again (R2, Q3). Given up whole (``_abandon``: parts that
-        exist released, a tombstone where missing); the groups lost (none: the order is whole, or its confirmation was
-        restored from a confirmed part, ``_order_losses.restored``: carried through, its committed units kept, Q3)."""
-        lost = torn(order, parts, self._engine.now_at(home), self._engine.limits, self._engine.place)  # said
-        if lost:
-            expired = await self._abandon(order, home)
-            await self._save(home, orders.settled(expired, self._engine.now_at(home)), over=expired)
-        return lost
-
     async def _give_up_orphan(self, part_id: str, group: int) -> None:
         """An orphaned part released, unless a retry of its Reserve opened the order again meanwhile."""
         order_id = orders.order_of(part_id)
@@ -328,11 +309,6 @@ class Orders:
         log_orphaned(part_id, group, "holds units: released")
         await run_parts(self._engine, {group: GiveUpPart(command_of(part))})
         self.orphans.pop(part_id, None)
-
-    async def _give_up_parts(self, order: Reservation) -> None:
-        """Every part of an abandoned order released, or a tombstone in its place (``give_up_part``)."""
-        cmds = orders.split(command_of(order), self._engine.place)
-        await run_parts(self._engine, {g: GiveUpPart(cmd) for g, cmd in cmds.items()})
 
     async def _shipment(self, fact: Fact, order_id: str, asking: Asking) -> tuple[FactOutcome, str]:
         home, shard = self._engine.home_of(order_id), self._engine.place(fact.sku)
@@ -369,32 +345,3 @@ class Orders:
             await self._settled(order_id, home)
         except NotFound:  # forgotten meanwhile, or not an order
             return
-
-    # -- steps -------------------------------------------------------------------------------
-    async def _apply(self, order: Reservation, shares: dict[int, PendingOp]) -> None:
-        rid = order.reservation_id
-        await run_parts(self._engine, {g: ApplyShare(orders.part_id(rid, g), share) for g, share in shares.items()})
-
-    async def _parts(self, order: Reservation, missing_ok: bool = False) -> dict[int, Reservation]:
-        rid = order.reservation_id
-        found = await run_parts(self._engine, {g: ReadPart(orders.part_id(rid, g)) for g in order.parts})
-        missing = [g for g, p in found.items() if p is None]
-        # A decided order's part is missing only once resolved and forgotten after its retention (``Ledger.evict``),
-        # its order living on: ``view`` shows the order's record of its lines. Missing undecided: never reserved.
-        decided = order.pending is None or order.pending.kind != OrderStep.RESERVE
-        if missing and not missing_ok and not decided:
-            raise Unavailable(f"reservation_id: {order.reservation_id!r} is missing its parts in groups {missing}",
-                              Reason.OUTCOME_UNKNOWN)
-        return {g: p for g, p in found.items() if p is not None}
-
-    async def _save(self, home: int, order: Reservation, *, over: Reservation) -> None:
-        """Record ``order`` at its home, only over the record this saga read (``over``): a record
-        changed meanwhile — by this order's saga at another process that owned the home between —
-        stops this saga instead of being overwritten (it is driven on from the current record)."""
-        def save(ledger: Ledger, _now: int) -> None:
-            if ledger.reservation(order.reservation_id) != over:
-                raise Unavailable(f"reservation_id: {order.reservation_id!r} changed while it was decided; retry",
-                                  Reason.CONCURRENT_CHANGE)
-            ledger.save(order)
-
-        await on_shard(self._engine, home, save)
