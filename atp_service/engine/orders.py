@@ -30,6 +30,7 @@ from atp_service.engine.parts import (
     lasting,
     log_orphaned,
     on_shard,
+    record_at,
     run_parts,
     shipped_elsewhere,
 )
@@ -277,7 +278,7 @@ class Orders(OrderSteps):
 
     async def _settle(self, order_id: str, home: int) -> Reservation:
         """The order with whatever it had pending carried through (a reserve decided, a change applied)."""
-        order = await on_shard(self._engine, home, lambda ledger, _now: ledger.reservation(order_id))
+        order = await record_at(self._engine, home, order_id)
         if order is None or not order.is_order:
             raise NotFound(f"reservation_id: no reservation {order_id!r}")
         pending, parts = order.pending, None
@@ -302,7 +303,7 @@ class Orders(OrderSteps):
     async def _give_up_orphan(self, part_id: str, group: int) -> None:
         """An orphaned part released, unless a retry of its Reserve opened the order again meanwhile."""
         order_id = orders.order_of(part_id)
-        part = await on_shard(self._engine, group, lambda ledger, _now: ledger.reservation(part_id))
+        part = await record_at(self._engine, group, part_id)
         if order_id is None or self._engine.home_of(order_id) is not None or part is None or part.state != State.HELD:
             self.orphans.pop(part_id, None)
             return
