@@ -2,6 +2,7 @@
 
 A SKU lives on one shard (stable hash), so a single-SKU reservation is one actor message. A reservation
 whose lines span shards is decided by the ``Coordinator``: all-or-nothing (R2), whatever happens to its caller (R8).
+A change of a record (Confirm, Release, Fulfil) is routed to its shards by ``changes.RecordChanges``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 from atp_service.config import EngineSettings
 from atp_service.engine.capacity import record_refusal
+from atp_service.engine.changes import RecordChanges
 from atp_service.engine.clock import Clock
-from atp_service.engine.coordinator import Coordinator, ViewWork
+from atp_service.engine.coordinator import Coordinator
 from atp_service.engine.fanout import STATE_NAMES, count_reservations, gather_by_shard, one_as_list
 from atp_service.engine.ids import IdGuard
 from atp_service.engine.maintenance import Housekeeper, expire_alone, expire_spanned
@@ -33,11 +35,8 @@ from reservation import (
     DomainError,
     GroupPolicy,
     Ledger,
-    LineRequest,
     Moved,
     NotFound,
-    OrderStep,
-    PendingOp,
     Quantities,
     Reason,
     Reservation,
@@ -52,19 +51,10 @@ from reservation._bulk import room_refusal
 log = logging.getLogger(__name__)
 
 
-REROUTES = 3
 _UNDECIDED = Unavailable("not decided")
 
 
-class _Reroute(DomainError):
-    """Raised before any change: the work must run again over these shards."""
-
-    def __init__(self, shards: set[int]) -> None:
-        super().__init__("reroute")
-        self.shards = shards
-
-
-class Engine(OwnedShards):
+class Engine(RecordChanges):
     def __init__(self, actors: Sequence[ShardActor], log_store: LogStore, clock: Clock,
                  settings: EngineSettings, metrics: EngineMetrics | None = None) -> None:
         """``actors``: every shard's; none (leased groups): every shard vacant until its group is taken."""
@@ -280,20 +270,6 @@ class Engine(OwnedShards):
         rec, replayed = result
         (self._tallies.get(0 if replayed else rec.state) or self._tally(rec, replayed)).value += 1
 
-    async def confirm(self, reservation_id: str) -> Reservation:
-        return await self._resolve(reservation_id, "confirmed", lambda v, now: ops.confirm(v, reservation_id, now),
-                                   PendingOp(OrderStep.CONFIRM))
-
-    async def release(self, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str) -> Reservation:
-        step = PendingOp(OrderStep.RELEASE, lines, operation_id)
-        return await self._resolve(reservation_id, "released", lambda v, now: ops.release(
-            v, reservation_id, lines, operation_id, now, self.limits), step)
-
-    async def fulfill(self, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str) -> Reservation:
-        step = PendingOp(OrderStep.FULFIL, lines, operation_id)
-        return await self._resolve(reservation_id, "fulfilled", lambda v, now: ops.fulfill(
-            v, reservation_id, lines, operation_id, now, self.limits), step)
-
     async def get_reservation(self, reservation_id: str) -> Reservation:
         """The record as durable (R7): answered once every batch its shard has in flight is (none taken back)."""
         home = self._home.get(reservation_id)
@@ -332,52 +308,6 @@ class Engine(OwnedShards):
         if error.reason == Reason.CAPACITY_REACHED:
             self.metrics.capacity_refusals.labels(error.metadata.get("limit", "")).inc(n)
 
-    # -- routing ----------------------------------------------------------------------
-    async def _resolve(self, reservation_id: str, outcome: str, work: ViewWork, step: PendingOp) -> Reservation:
-        home = self._home.get(reservation_id)
-        result: Reservation
-        if self.orders is not None and home is not None and self.is_order(home, reservation_id):
-            result = await self.orders.change(reservation_id, home, step)
-        else:
-            result = await self.run_on_record(reservation_id, work)
-        self.metrics.reservations.labels(outcome).inc()
-        return result
-
-    async def run_on_record(self, reservation_id: str, work: ViewWork, also: Iterable[int] = ()) -> Any:
-        """``work`` on a reservation's record with every shard of its lines held (and ``also``'s):
-        whatever it changes — an expiry on the way releases every line — is on the right shard."""
-        home = self._home.get(reservation_id)
-        if home is None:
-            if self._log.leased:
-                raise self._not_here()
-            raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
-        rec = self.actors[home].ledger.reservation(reservation_id)
-        shards = {home, *also} | ({self.place(line.sku) for line in rec.lines} if rec else set())
-        for _ in range(REROUTES):
-            try:
-                return await self.run(shards, home, self._guarded(reservation_id, shards, work))
-            except _Reroute as exc:  # its Reserve finished meanwhile, on more shards than we knew
-                shards = exc.shards
-        raise Unavailable(f"reservation_id: {reservation_id!r} is being changed concurrently; retry",
-                          Reason.CONCURRENT_CHANGE)
-
-    def _guarded(self, reservation_id: str, shards: set[int], work: ViewWork) -> ViewWork:
-        """Work on a record is decided only where every shard of its lines is held: a record read
-        at routing time may not exist yet (its Reserve still in flight) and then span more shards."""
-
-        def run(view: ReserveView, now: int) -> Any:
-            rec = view.reservation(reservation_id)
-            if rec is not None and rec.is_order:  # opened by its saga since it was routed: never changed here
-                raise Unavailable(f"reservation_id: {reservation_id!r} is being decided; retry",
-                                  Reason.CONCURRENT_CHANGE)
-            if rec is not None:
-                needed = shards | {self.place(line.sku) for line in rec.lines}
-                if needed != shards:
-                    raise _Reroute(needed)
-            return work(view, now)
-
-        return run
-
     def remembers(self, cmd: ReserveCommand) -> bool:
         """Whether ``cmd``'s Reserve is answered by a record decided already (its home holds its id: R5),
         or not here (its home another process's: ``Moved``). A hint: one forgotten meanwhile is decided anew."""
@@ -386,12 +316,6 @@ class Engine(OwnedShards):
 
     def home_of(self, reservation_id: str) -> int | None:
         return self._home.get(reservation_id)
-
-    def run(self, shards: set[int], home: int, work: ViewWork) -> Awaitable[Any]:
-        """``work`` on one shard's actor, or across several by the coordinator: not a coroutine (awaited at once)."""
-        if len(shards) == 1:
-            return self.actors[home].submit(work)
-        return self._coordinator.run(sorted(shards), home, work)
 
     # -- time ---------------------------------------------------------------------------
     async def run_maintenance(self) -> None:

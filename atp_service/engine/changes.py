@@ -1,0 +1,105 @@
+"""A change of a reservation's record (Confirm, Release, Fulfil; a SHIPMENT naming it): run with every shard of its
+lines held (R2), again over more shards where its Reserve finished meanwhile on more than were known; an order
+spanning groups changed by its saga instead (``Orders``). Part of the ``Engine`` (``router.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable
+from typing import Any
+
+from atp_service.engine.coordinator import Coordinator, ViewWork
+from atp_service.engine.owned import OwnedShards
+from reservation import (
+    DomainError,
+    LineRequest,
+    NotFound,
+    OrderStep,
+    PendingOp,
+    Reason,
+    Reservation,
+    ReserveView,
+    Unavailable,
+)
+from reservation import _operations as ops
+
+REROUTES = 3
+
+
+class _Reroute(DomainError):
+    """Raised before any change: the work must run again over these shards."""
+
+    def __init__(self, shards: set[int]) -> None:
+        super().__init__("reroute")
+        self.shards = shards
+
+
+class RecordChanges(OwnedShards):
+    """The engine's changes of a record, each on the shards its lines name (``run``)."""
+
+    _home: dict[str, int]
+    _coordinator: Coordinator
+
+    async def confirm(self, reservation_id: str) -> Reservation:
+        return await self._resolve(reservation_id, "confirmed", lambda v, now: ops.confirm(v, reservation_id, now),
+                                   PendingOp(OrderStep.CONFIRM))
+
+    async def release(self, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str) -> Reservation:
+        step = PendingOp(OrderStep.RELEASE, lines, operation_id)
+        return await self._resolve(reservation_id, "released", lambda v, now: ops.release(
+            v, reservation_id, lines, operation_id, now, self.limits), step)
+
+    async def fulfill(self, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str) -> Reservation:
+        step = PendingOp(OrderStep.FULFIL, lines, operation_id)
+        return await self._resolve(reservation_id, "fulfilled", lambda v, now: ops.fulfill(
+            v, reservation_id, lines, operation_id, now, self.limits), step)
+
+    async def _resolve(self, reservation_id: str, outcome: str, work: ViewWork, step: PendingOp) -> Reservation:
+        home = self._home.get(reservation_id)
+        result: Reservation
+        if self.orders is not None and home is not None and self.is_order(home, reservation_id):
+            result = await self.orders.change(reservation_id, home, step)
+        else:
+            result = await self.run_on_record(reservation_id, work)
+        self.metrics.reservations.labels(outcome).inc()
+        return result
+
+    async def run_on_record(self, reservation_id: str, work: ViewWork, also: Iterable[int] = ()) -> Any:
+        """``work`` on a reservation's record with every shard of its lines held (and ``also``'s):
+        whatever it changes — an expiry on the way releases every line — is on the right shard."""
+        home = self._home.get(reservation_id)
+        if home is None:
+            if self._log.leased:
+                raise self._not_here()
+            raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
+        rec = self.actors[home].ledger.reservation(reservation_id)
+        shards = {home, *also} | ({self.place(line.sku) for line in rec.lines} if rec else set())
+        for _ in range(REROUTES):
+            try:
+                return await self.run(shards, home, self._guarded(reservation_id, shards, work))
+            except _Reroute as exc:  # its Reserve finished meanwhile, on more shards than we knew
+                shards = exc.shards
+        raise Unavailable(f"reservation_id: {reservation_id!r} is being changed concurrently; retry",
+                          Reason.CONCURRENT_CHANGE)
+
+    def _guarded(self, reservation_id: str, shards: set[int], work: ViewWork) -> ViewWork:
+        """Work on a record is decided only where every shard of its lines is held: a record read
+        at routing time may not exist yet (its Reserve still in flight) and then span more shards."""
+
+        def run(view: ReserveView, now: int) -> Any:
+            rec = view.reservation(reservation_id)
+            if rec is not None and rec.is_order:  # opened by its saga since it was routed: never changed here
+                raise Unavailable(f"reservation_id: {reservation_id!r} is being decided; retry",
+                                  Reason.CONCURRENT_CHANGE)
+            if rec is not None:
+                needed = shards | {self.place(line.sku) for line in rec.lines}
+                if needed != shards:
+                    raise _Reroute(needed)
+            return work(view, now)
+
+        return run
+
+    def run(self, shards: set[int], home: int, work: ViewWork) -> Awaitable[Any]:
+        """``work`` on one shard's actor, or across several by the coordinator: not a coroutine (awaited at once)."""
+        if len(shards) == 1:
+            return self.actors[home].submit(work)
+        return self._coordinator.run(sorted(shards), home, work)
