@@ -1,4 +1,4 @@
-"""Assembly: Redis log, recovery, shard actors, engine, gRPC server, health, metrics endpoint."""
+"""Assembly: Redis log, recovery (``recovering.py``), shard actors, engine, gRPC server, health, metrics endpoint."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -18,11 +15,10 @@ from prometheus_client import start_http_server
 
 from atp_service.app.estate_file import read_estate
 from atp_service.app.grpc_server import SERVICE_NAME, add_services, advertised, bind, new_server, server_interceptors
-from atp_service.app.keyspace import StartupError, replaced_said, watch_eviction
+from atp_service.app.keyspace import StartupError, watch_eviction
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
-from atp_service.app.permissions import check_redis, first_reads
-from atp_service.app.redis_wait import while_redis_is_away
+from atp_service.app.recovering import Recovering
 from atp_service.app.stop_steps import Step, every_step
 from atp_service.app.tracing import Tracing
 from atp_service.app.watched import Watched
@@ -35,32 +31,28 @@ from atp_service.edge.calls import CallBook, stop_calls
 from atp_service.edge.door import DoorCalls, server_ids
 from atp_service.edge.open_services import Health
 from atp_service.edge.overload import LoopLagMonitor
-from atp_service.edge.peers import step_sender
 from atp_service.edge.record import fact_sender
 from atp_service.edge.servicer import AvailabilityServicer
 from atp_service.edge.watch import Watchers
 from atp_service.engine.clock import Clock, SystemClock
-from atp_service.engine.recovery import UNRECOVERABLE, recover_actors
 from atp_service.engine.router import Engine
-from atp_service.engine.shard import ShardActor
 from atp_service.intake.facts import FactDesk
 from atp_service.intake.ingest import StreamIngestor
 from atp_service.metrics import Metrics
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.keys import CHANNELS
-from atp_service.storage.log import CommitWindow, LogStore
-from atp_service.storage.nodes import connect_any, open_nodes
+from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import connect_any
 from atp_service.storage.records import UNCLAIMED
 from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled, keep
 from reservation import Reason, Unavailable
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 DEMO_ESTATE = Path(__file__).with_name("demo_estate.toml")
 
 
-class AtpService:
+class AtpService(Recovering):
     """One running service. ``start()`` binds, recovers, then reports SERVING; ``stop()`` drains."""
 
     def __init__(self, config: ServiceConfig, redis_url: str, clock: Clock | None = None) -> None:
@@ -247,60 +239,6 @@ class AtpService:
         except StartupError as exc:
             raise EstateUnusable(str(exc)) from None  # every StartupError of a reload starts "estate: "
 
-    async def _recover(self) -> Engine:
-        started, cfg = time.perf_counter(), self.config
-        try:
-            nodes = open_nodes(self.redis_url, cfg.redis_timeout_s, cluster=cfg.redis_cluster,
-                               wait_replicas=cfg.redis_wait_replicas, wait_timeout_ms=cfg.redis_wait_timeout_ms)
-        except ValueError as exc:  # an option of the URL the writes cannot work with
-            raise StartupError(str(exc)) from None
-        self._log = store = LogStore(nodes, cfg.key_prefix, cfg.pipeline_max, metrics=self.metrics.storage,
-                                     window=CommitWindow(cfg.commit_delay_ms / 1000, cfg.commit_delay_min_rate))
-        store.tracer = self._servicer.tracer = self.tracing.tracer if self.tracing else None
-        # Each step waits for Redis, a blip or a failover after the first PING included: a start
-        # fails only on a refusal waiting cannot cure (exit status 2), never on Redis being away.
-        await self._while_redis_is_away(lambda: first_reads(nodes, self.redis_url, cfg))
-        await self._while_redis_is_away(lambda: check_redis(store, cfg, list(self.estate.channels)))
-        if cfg.ownership == "leases":
-            return await self._join(store, started)
-        # Before reading anything: an older instance still running on this keyspace can write no
-        # more from here on, so what it wrote first is what recovery reads back.
-        epoch = await self._while_redis_is_away(lambda: store.claim(cfg.shards))  # sent again: one claim
-        store.on_fenced.append(self._on_replaced)
-        log.info("owning keyspace %r as epoch %d", cfg.key_prefix, epoch,
-                 extra={"event": "keyspace_owned", "key_prefix": cfg.key_prefix, "epoch": epoch})
-        try:
-            actors, replayed = await recover_actors(store, self.clock, cfg.engine_settings, self.metrics.engine,
-                                                    self._while_redis_is_away)
-        except UNRECOVERABLE as exc:  # data not to serve from: exit 2
-            raise StartupError(str(exc)) from None
-        for actor in actors:
-            actor.on_failure.append(self._on_shard_failed)
-        self.metrics.engine.recovery_seconds.set(time.perf_counter() - started)
-        self.metrics.engine.recovered_entries.set(replayed)
-        took_s = time.perf_counter() - started
-        log.info("recovered %d shards, %d log entries in %.2fs", cfg.shards, replayed, took_s, extra={
-            "event": "recovered", "shards": cfg.shards, "entries": replayed, "duration_ms": round(took_s * 1000)})
-        return Engine(actors, store, self.clock, cfg.engine_settings, self.metrics.engine)
-
-    async def _join(self, store: LogStore, started: float) -> Engine:
-        """``ownership = leases``: an engine whose shards are vacant until their groups are taken;
-        the first share is taken (and recovered) before this returns: the start's recovery time."""
-        cfg = self.config
-        store.leased = True
-        engine = Engine([], store, self.clock, cfg.engine_settings, self.metrics.engine)
-        self.membership = membership = Membership(engine, store, cfg, self.clock, self.metrics.membership,
-                                                  self.metrics.engine, self._must_restart)
-        engine.on_install.append(lambda actor: actor.on_failure.append(membership.failed))  # re-recovered
-        self._servicer.routing = self._servicer.forwarder.routing = self.membership.table
-        membership.on_routes.append(self._servicer.forwarder.owners.routes_read)
-        engine.remote = step_sender(self._servicer.forwarder, peer_token(cfg))
-        await self.membership.start(self._while_redis_is_away)
-        self.metrics.engine.recovery_seconds.set(time.perf_counter() - started)  # ATPSlowRecovery reads it
-        log.info("serving keyspace %r as %s with %d of its %d groups (%d processes)", cfg.key_prefix,
-                 self.membership.address, len(self.membership.leases.held), cfg.shards, len(self.membership.members))
-        return engine
-
     async def _check_owner(self) -> None:
         """A replaced instance that only serves reads would write nothing to be refused: ask. Nor would an idle shard
         find that Redis lost entries it made durable (R7): each checks its log's end, leased too (a renewal reads no
@@ -322,27 +260,12 @@ class AtpService:
         """This instance's claim on the channel feeds' group (``UNCLAIMED``: none, every write refused)."""
         return self._log.epochs.get(CHANNELS, UNCLAIMED) if self._log is not None else UNCLAIMED
 
-    def _on_shard_failed(self, actor: ShardActor) -> None:
-        """Never a dead shard behind a health check saying SERVING: its memory is not to be trusted, its log is."""
-        log.error("shard %d stopped working (%r): health NOT_SERVING; the service stops to be restarted",
-                  actor.shard, actor.failure, extra={"event": "stopping", "why": "shard_failed", "shard": actor.shard})
-        self._must_restart()
-
     def _must_restart(self, replaced: bool = False) -> None:
         """Health NOT_SERVING, and ``atp-service serve`` stops to be restarted (``failed``: exit status 4),
         or for good (``replaced``, a newer instance's claim: exit status 3)."""
         (self.replaced if replaced else self.failed).set()
         for name in ("", SERVICE_NAME):
             keep(self._background, self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
-
-    def _on_replaced(self) -> None:
-        """A write refused: this instance stops, for good (exit 3) or to be restarted (exit 4)."""
-        assert self._log is not None
-        self._must_restart(replaced=replaced_said(self._log, self.config.key_prefix))
-
-    async def _while_redis_is_away(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """``attempt()`` until Redis answers it, health NOT_SERVING meanwhile (``redis_wait``)."""
-        return await while_redis_is_away(self.redis_url, attempt, cluster=self.config.redis_cluster)
 
     async def _stop_server(self, grace_s: float) -> None:
         """Stop gRPC once, whoever asks (an unwinding start, ``stop()``) and however often they are
