@@ -122,6 +122,10 @@ class EveryInterval:
         left_out, self.left_out = self.left_out, 0
         return left_out
 
+    def again(self) -> None:
+        """The fault over: the next line written at once (its count of lines left out kept for it)."""
+        self._written_at = float("-inf")
+
     def fields(self, *, event: str, **fields: object) -> dict[str, object] | None:
         """``due`` for a line whose ``extra`` is ``event`` and ``fields``: None to leave it out (counted), else
         those, with ``left_out`` where lines were left out before it. Keywords only: tests/test_log_events_doc.py

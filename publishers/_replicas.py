@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from atp_service.logs import counted
+from atp_service.logs import EveryInterval
 from atp_service.storage.nodes import Call, Nodes, NotReplicated, Script
 
 from ._config import PublisherConfig
@@ -56,12 +56,11 @@ class Replicas:
         self.config, self.writer, self.lease, self.metrics = config, writer, lease, metrics
         writer.wait_replicas, writer.wait_timeout_ms = config.wait_replicas, config.wait_timeout_ms
         self.clock: Callable[[], float] = time.monotonic
-        self._said_at: float | None = None
-        """When a read held back was last said; None once a confirmation came (the next is said at once)."""
-        self.left_out = 0
-        """Reads held back since the last line said (the next says them; at the stop: ``say_left_out``)."""
-        self.event, self.logger = "publisher_not_replicated", log
-        counted(self)
+        self._held_back_lines = EveryInterval(HELD_BACK_LOG_S, lambda: self.clock(),  # ``clock``, as it is then
+                                              event="publisher_not_replicated")
+        """Reads held back said at once, then at most once a ``HELD_BACK_LOG_S`` with how many were left out between
+        (at the stop: ``say_left_out``); at once again after a confirmation."""
+        self._held_back_lines.logger = log
 
     async def confirm(self) -> None:
         """Returns once ``wait_replicas`` replicas hold all that was read so far (at once without).
@@ -76,22 +75,19 @@ class Replicas:
             self.metrics.not_replicated.labels(cfg.channel).inc()
             self._held_back(exc)
             raise
-        self._said_at = None
+        self._held_back_lines.again()
         if not int(renewed):
             raise LeaseLapsing(f"the lease {lease.key} is another publisher's")
 
     def _held_back(self, exc: NotReplicated) -> None:
         """Said at once, then at most once a ``HELD_BACK_LOG_S``, with how many were left out between:
         Redis answers (no "Redis unavailable"); its replicas do not confirm."""
-        cfg, now = self.config, self.clock()
-        if self._said_at is not None and now - self._said_at < HELD_BACK_LOG_S:
-            self.left_out += 1
+        cfg = self.config
+        fields = self._held_back_lines.fields(event="publisher_not_replicated", channel=cfg.channel)
+        if fields is None:
             return
-        fields: dict[str, object] = {"event": "publisher_not_replicated", "channel": cfg.channel}
-        if self.left_out:
-            fields["left_out"] = self.left_out
-        more = f"; {self.left_out} more reads held back since the last line" if self.left_out else ""
+        left_out = fields.get("left_out")
+        more = f"; {left_out} more reads held back since the last line" if left_out else ""
         log.warning("%s: what was read is held back, undelivered: its replicas did not confirm it (%s; --wait-replicas"
                     "=%d); read again every %g s%s", cfg.channel, exc, cfg.wait_replicas, cfg.redis_retry_s, more,
                     extra=fields)
-        self._said_at, self.left_out = now, 0

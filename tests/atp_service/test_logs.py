@@ -143,6 +143,17 @@ def test_every_interval_writes_one_line_per_interval_and_says_how_many_were_left
     assert lines.due() is None and lines.left_out == 1
 
 
+def test_every_interval_again_writes_the_next_line_at_once_with_the_count_left_out_before_it() -> None:
+    """``again`` (a publisher's replicas confirmed a read, ``publishers._replicas``): the next line is the start of
+    a new fault, written at once, still saying the lines left out of the last one."""
+    now = [100.0]
+    lines = EveryInterval(60.0, clock=lambda: now[0])
+    assert (lines.due(), lines.due(), lines.due()) == (0, None, None)
+    lines.again()
+    now[0] += 1.0
+    assert (lines.due(), lines.due()) == (2, None)
+
+
 def test_a_lasting_wait_is_noted_at_its_first_failure_then_at_most_once_a_period_each_failure_counted() -> None:
     now = [100.0]
     noted: list[str] = []
