@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atp_service.storage.channel_wire import follows_of
+from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text
 from reservation import ChannelUpdate
 
@@ -43,8 +44,7 @@ def mark_checked(key: str, nothing: str = "nothing read") -> str:
 local kind, held = redis.call('type', {key})['ok'], nil
 if kind == 'string' then held = redis.call('get', {key}) end
 -- a count INCR takes: no leading zero (Redis refuses '01'), under 10^18 (no overflow at INCR's 2^63 - 1)
-if (kind ~= 'string' and kind ~= 'none') or (held and held ~= '0' and
-    not (string.match(held, '^[1-9]%d*$') and #held <= 18)) then
+if (kind ~= 'string' and kind ~= 'none') or (held and {no_count("held")}) then
   return redis.error_reply('WRONGTYPE ' .. {key} .. ' holds ' .. (held or ('a ' .. kind)) ..
                            ', not a count: {nothing}')
 end

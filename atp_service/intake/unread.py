@@ -33,6 +33,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text, no_such_key
 from atp_service.tasks import exception_seen, finish_uncancelled
 
@@ -73,7 +74,7 @@ if kind ~= 'hash' and kind ~= 'none' then
 end
 for i = 1, kind == 'hash' and n or 0 do  -- each stream's count there: one HINCRBY takes (no leading zero, < 10^18)
   local held = redis.call('HGET', owed, KEYS[i])
-  if held and held ~= '0' and not (string.match(held, '^-?[1-9]%d*$') and #held <= 18) then
+  if held and """ + no_count("held", signed=True) + """ then
     return redis.error_reply('WRONGTYPE ' .. owed .. ' holds no count for ' .. KEYS[i] .. ': nothing read')
   end
 end
