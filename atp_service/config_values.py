@@ -217,10 +217,11 @@ def _check_reader_names(group: str, consumer: str) -> None:
                          f"another group and consumer could name the same key), got {group!r}")
 
 
-DERIVED_KEY_WORDS = ("made-again", "trimmed-unread")
-"""What follows ``<input stream>:`` in the keys the reader keeps beside an input stream (``unread.made_again_key``,
-``GroupReader.owed_key``); the quarantine stream's own keys begin ``<quarantine stream>:written``
-(``quarantine.written_key``)."""
+MADE_AGAIN, TRIMMED_UNREAD = "made-again", "trimmed-unread"
+DERIVED_KEY_WORDS = (MADE_AGAIN, TRIMMED_UNREAD)
+"""What follows ``<input stream>:`` in the keys the reader keeps beside an input stream, named with them
+(``unread.made_again_key``, ``unread.trimmed_unread_key``); the quarantine stream's own keys begin
+``<quarantine stream>:written`` (``quarantine.written_key``)."""
 
 
 def _check_side_keys(cfg: Any) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
 from atp_service.intake.quarantine import ahead_key, run_key, written_key
-from atp_service.intake.unread import made_again_key
+from atp_service.intake.unread import made_again_key, trimmed_unread_key
 from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl, check_cluster_client
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.log import LogStore
@@ -144,7 +144,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     entries claimed with the dead letters of those trimmed (``intake/claims.py``), the mark of a group made
     again (``intake/again.py``: set where the group is made, read and forgotten by the read)."""
     group, consumer, streams = config.consumer_group, config.consumer_name, config.input_streams
-    owed, dlq = f"{streams[0]}:trimmed-unread:{group}:{consumer}", config.dead_letter_stream
+    owed, dlq = trimmed_unread_key(streams[0], group, consumer), config.dead_letter_stream
     marks = [made_again_key(s, group) for s in streams]  # a group made again (intake/again.py)
     use = "the input streams"
     needs = [Need(("XADD", dlq, "MAXLEN", "~", 1, "*", "f", "v"), dlq, "dead letters"),

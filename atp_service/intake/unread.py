@@ -33,6 +33,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from atp_service.config_values import MADE_AGAIN, TRIMMED_UNREAD
 from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text, no_such_key
 from atp_service.tasks import exception_seen, finish_uncancelled
@@ -195,7 +196,14 @@ return {1, newest}
 def made_again_key(stream: str, group: str) -> str:
     """The mark of ``group`` made again on ``stream`` (``again.py``): beside the stream (its hash tag, the
     same Redis Cluster slot), the stream's newest entry id when the group was made."""
-    return f"{stream}:made-again:{group}"
+    return f"{stream}:{MADE_AGAIN}:{group}"
+
+
+def trimmed_unread_key(stream: str, group: str, consumer: str) -> str:
+    """The hash of the counts ``consumer`` of ``group`` owes of entries trimmed unread: beside ``stream``, the first
+    input stream (its hash tag: the same Redis Cluster slot), this consumer's own — another consumer's gaps are told
+    by it (or by its successor under the same name)."""
+    return f"{stream}:{TRIMMED_UNREAD}:{group}:{consumer}"
 
 
 async def make_group_marked(client: Any, stream: str, group: str, start: bytes,
@@ -248,9 +256,7 @@ class GroupReader:
         self._group = group
         self._consumer = consumer
         self._counter = counter
-        # Beside the first stream (its hash tag: the same Redis Cluster slot), this consumer's own:
-        # another consumer's gaps are told by it (or by its successor under the same name).
-        self.owed_key = f"{streams[0]}:trimmed-unread:{group}:{consumer}"
+        self.owed_key = trimmed_unread_key(streams[0], group, consumer)
         self._marks = [made_again_key(stream, group) for stream in streams]
         self.marks: dict[str, bytes | None] = {}
         """Per stream, its group's made-again mark as the last read found it (None: none, or forgotten now)."""
