@@ -24,6 +24,10 @@ ASKED_NODES_MOST = 8
 keep none, and are forgotten once none of their connections is in use (made again if asked again): nodes come and go
 over a cluster's life (moved, scaled out and in)."""
 ASKED_IDLE_MOST = 2
+CLOSING_WAIT_MOST_S = 5.0
+"""How long a cluster client's close (``_Cluster.aclose``) waits for the connections it let go in the background to
+close (a disconnect is bounded by its connect timeout already); those still closing then are cancelled, not left
+pending."""
 """Free connections an ASK's node keeps (``_AskedNode``): a burst asked at once opens one each, closed once free."""
 
 
@@ -93,7 +97,7 @@ class _Cluster(aioredis.RedisCluster):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._asked: dict[str, _AskedNode] = {}  # the most recently asked last
-        self._closing: set[asyncio.Future[None]] = set()  # the free connections of nodes forgotten, closing
+        self._closing: set[asyncio.Future[None]] = set()  # connections let go in the background, closing (aclose)
         super().__init__(*args, **kwargs)
 
     def get_node(self, host: str | None = None, port: int | None = None,
@@ -106,6 +110,7 @@ class _Cluster(aioredis.RedisCluster):
                 host, _, port_text = node_name.rpartition(":")
                 node = _AskedNode(host, int(port_text), PRIMARY, **self.nodes_manager.connection_kwargs)
                 node.remembered_in, node.asked_as = self._asked, node_name  # (``localhost``: named 127.0.0.1)
+                node.closing_in = self._closing
             self._asked[node_name] = node
             for older in list(self._asked.values())[:-ASKED_NODES_MOST]:  # asked less recently: none kept free
                 older.close_free(0)
@@ -125,7 +130,14 @@ class _Cluster(aioredis.RedisCluster):
             node.remembered_in = {}
         await asyncio.gather(*(node.disconnect() for node in asked.values()),
                              *(task for node in asked.values() for task in node._background_tasks),
-                             *self._closing, return_exceptions=True)
+                             return_exceptions=True)
+        # Connections let go in the background, of nodes forgotten too (a caller's, freed after): closed, not left
+        # open past the close nor their tasks pending as the loop ends; bounded, the rest cancelled.
+        if closing := set(self._closing):
+            _, pending = await asyncio.wait(closing, timeout=CLOSING_WAIT_MOST_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 class _AskedNode(ClusterNode):
@@ -133,7 +145,7 @@ class _AskedNode(ClusterNode):
     the next command of its connection alone). The connection freed last is taken first, so the command takes
     the one ``ASKING`` just freed: nothing runs between them (no await suspends there)."""
 
-    __slots__ = ("asked_as", "remembered_in")
+    __slots__ = ("asked_as", "closing_in", "remembered_in")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -143,6 +155,9 @@ class _AskedNode(ClusterNode):
         self.asked_as = self.name
         """Its key there: the ASK's name for it, which ``name`` may spell otherwise (redis-py names a node
         ``localhost`` by its address)."""
+        self.closing_in: set[asyncio.Future[None]] = set()
+        """The client's connections closing in the background (``_Cluster._closing``), which its close waits for:
+        this node's too, once forgotten (a connection a caller took after, freed)."""
 
     def acquire_connection(self) -> Connection:
         if self._free:
@@ -163,6 +178,8 @@ class _AskedNode(ClusterNode):
             task = asyncio.ensure_future(_closed(idle.disconnect()))
             self._background_tasks.add(task)
             task.add_done_callback(self._background_tasks.discard)
+            self.closing_in.add(task)
+            task.add_done_callback(self.closing_in.discard)
 
 
 async def _closed(disconnect: Awaitable[None]) -> None:

@@ -13,6 +13,7 @@ import pytest
 import redis
 from redis.asyncio.cluster import ClusterNode
 
+from atp_service.storage import clients
 from atp_service.storage.clients import ASKED_IDLE_MOST, ASKED_NODES_MOST, _AskedNode, close_any, connect_any
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.hash_scan import HashScan
@@ -215,3 +216,56 @@ async def test_a_node_asked_by_a_name_redis_py_spells_otherwise_keeps_its_connec
         client.get_node(node_name=f"10.3.1.{i}:6379")  # was: KeyError '127.0.0.1:6390'
     assert "localhost:6390" not in client._asked and node._connections == []
     await asyncio.gather(*client._closing)
+
+
+async def _a_forgotten_node_s_connection_closing(client: Any, port: int, gate: asyncio.Event) -> Any:
+    """A connection (open, to ``port``) a caller took of a node already forgotten, freed: closed in the background,
+    its closing held until ``gate`` is set."""
+    forgotten = client.get_node(node_name=f"127.0.0.1:{port}")
+    for i in range(ASKED_NODES_MOST):
+        client.get_node(node_name=f"10.4.1.{i}:6379")
+    assert f"127.0.0.1:{port}" not in client._asked
+    conn = forgotten.acquire_connection()  # taken after it was forgotten: its caller held the node
+    await conn.connect()
+    disconnect = conn.disconnect
+
+    async def held_disconnect(*args: Any, **kwargs: Any) -> None:
+        await gate.wait()
+        await disconnect(*args, **kwargs)
+
+    conn.disconnect = held_disconnect
+    forgotten.release(conn)
+    assert forgotten._background_tasks, "the freed connection's closing under way"
+    return conn
+
+
+async def test_the_client_s_close_waits_for_the_closing_of_a_forgotten_node_s_connection(
+        redis_cluster: EmbeddedCluster) -> None:
+    """A connection a caller took of a node already forgotten is closed in the background once freed; the client's
+    close did not wait for that closing (the node's task, which the client no longer knew of): at a stop the
+    connection could still be open as the close returned, its task pending as the loop ended ('Task was destroyed
+    but it is pending'). The close waits for it."""
+    client, gate = connect_any(redis_cluster.url, 5.0, cluster=True), asyncio.Event()
+    conn = await _a_forgotten_node_s_connection_closing(client, redis_cluster.primaries[0].port, gate)
+    closing = asyncio.ensure_future(close_any(client))
+    for _ in range(100):  # every task able to run has run: nothing here waits on a socket but the held closing
+        await asyncio.sleep(0)
+    assert not closing.done(), "the client's close returned with a connection's closing still pending"
+    gate.set()
+    await closing
+    assert not client._closing and not conn.is_connected
+
+
+async def test_the_client_s_close_waits_for_a_closing_a_bounded_while_then_cancels_it(
+        redis_cluster: EmbeddedCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A closing that never ends holds the client's close only ``CLOSING_WAIT_MOST_S``; it is cancelled then, not
+    left pending."""
+    monkeypatch.setattr(clients, "CLOSING_WAIT_MOST_S", 0)
+    client = connect_any(redis_cluster.url, 5.0, cluster=True)
+    gate = asyncio.Event()  # never set while the client closes
+    conn = await _a_forgotten_node_s_connection_closing(client, redis_cluster.primaries[0].port, gate)
+    (held,) = client._closing
+    await close_any(client)
+    assert held.cancelled() and not client._closing
+    gate.set()
+    await conn.disconnect()
