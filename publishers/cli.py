@@ -225,10 +225,14 @@ async def _run(config: PublisherConfig, redis_url: str, adapter: Adapter, metric
             log.info("publisher of channel %s from %s via %s (group %s): delivers while it holds %s", config.channel,
                      config.stream, adapter.name, config.group, config.lease_key)
             await publisher.run()
-    finally:
-        await adapter.close()
-        await writer.aclose()  # its lanes, and ``client``
-        say_left_out()  # the rate-limited lines left out since their last: no next line says them now
+    finally:  # each step whatever the one before raised: an adapter's close that raised skipped both
+        try:
+            await adapter.close()
+        finally:
+            try:
+                await writer.aclose()  # its lanes, and ``client``
+            finally:
+                say_left_out()  # the rate-limited lines left out since their last: no next line says them now
 
 
 if __name__ == "__main__":
