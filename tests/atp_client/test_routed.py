@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,16 +146,12 @@ class Paused(Relay):
         self.running, self.held = asyncio.Event(), asyncio.Event()
         self.running.set()
 
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:  # type: ignore[override]
-        try:
-            while data := await source.read(65536):
-                if not self.running.is_set():
-                    self.held.set()
-                await self.running.wait()
-                sink.write(data)
-                await sink.drain()
-        except (ConnectionError, OSError):
-            pass
+    def _passing(self) -> Callable[[bytes], Awaitable[None]]:
+        async def held_while_paused(data: bytes) -> None:
+            if not self.running.is_set():
+                self.held.set()
+            await self.running.wait()
+        return held_while_paused
 
 
 async def test_a_call_waiting_for_another_calls_routing_table_ends_by_its_own_deadline(

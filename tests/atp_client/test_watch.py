@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -216,26 +217,22 @@ class PingsSeen(Paused):
         super().__init__(target)
         self.acked = self.goaways = 0
 
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:  # type: ignore[override]
-        frames, from_client = b"", None
-        try:
-            while data := await source.read(65536):
-                frames += data
-                if from_client is None and len(frames) >= len(PREFACE):
-                    from_client = frames.startswith(PREFACE)
-                    frames = frames[len(PREFACE):] if from_client else frames
-                while from_client is not None and len(frames) >= 9:  # a frame's header: length, type, flags, stream
-                    size = int.from_bytes(frames[:3], "big")
-                    if len(frames) < 9 + size:
-                        break
-                    kind, flags, frames = frames[3], frames[4], frames[9 + size:]
-                    if not from_client:
-                        self.acked += kind == PING and bool(flags & ACK)
-                        self.goaways += kind == GOAWAY
-                if not self.running.is_set():
-                    self.held.set()
-                await self.running.wait()
-                sink.write(data)
-                await sink.drain()
-        except (ConnectionError, OSError):
-            pass
+    def _passing(self) -> Callable[[bytes], Awaitable[None]]:
+        frames, from_client, paused = b"", None, super()._passing()
+
+        async def seen(data: bytes) -> None:
+            nonlocal frames, from_client
+            frames += data
+            if from_client is None and len(frames) >= len(PREFACE):
+                from_client = frames.startswith(PREFACE)
+                frames = frames[len(PREFACE):] if from_client else frames
+            while from_client is not None and len(frames) >= 9:  # a frame's header: length, type, flags, stream
+                size = int.from_bytes(frames[:3], "big")
+                if len(frames) < 9 + size:
+                    break
+                kind, flags, frames = frames[3], frames[4], frames[9 + size:]
+                if not from_client:
+                    self.acked += kind == PING and bool(flags & ACK)
+                    self.goaways += kind == GOAWAY
+            await paused(data)
+        return seen
