@@ -3,7 +3,9 @@ directory is killed, and nothing else."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -13,6 +15,24 @@ from atp_service import EmbeddedRedis
 
 DEADLINE_S = 30.0
 """A guard against hanging, not a timing."""
+
+
+READ_SYSCALL = {"x86_64": "0", "aarch64": "63"}
+"""``read``'s number in ``/proc/<pid>/syscall``, by machine."""
+
+
+def reading_stdin(proc: subprocess.Popen[bytes]) -> bool:
+    """``proc`` blocked in ``read`` on its standard input (fd 0): the reaper at its wait, past its start."""
+    deadline = time.monotonic() + DEADLINE_S
+    while proc.poll() is None:
+        with contextlib.suppress(OSError):  # unreadable: not this kernel's
+            call = Path(f"/proc/{proc.pid}/syscall").read_text().split()  # "running" while it runs
+            if call[:2] == [READ_SYSCALL.get(platform.machine()), "0x0"]:
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return False
 
 
 def gone(proc: subprocess.Popen[bytes]) -> bool:
@@ -36,7 +56,8 @@ def test_a_redis_server_of_a_run_that_died_is_killed_and_nothing_outside_it(tmp_
     os.close(read)
     try:
         assert left.process is not None
-        time.sleep(0.2)
+        # Seen at its wait, not slept on: a reaper still starting after a sleep passed whatever it did next.
+        assert reading_stdin(reaper), "the reaper never reached its wait for the run's end"
         assert left.process.poll() is None and reaper.poll() is None, "the reaper waits while its run lives"
         os.close(write)  # the run is gone (its exit closes this end, however it exits)
         assert gone(reaper) and reaper.returncode == 0

@@ -35,7 +35,7 @@ async def exported_at_least(port: int, series: str, value: float, within_s: floa
         samples = scrape(port)
         if samples.get(series, 0.0) >= value or time.monotonic() > deadline:
             return samples
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # a poll's pace, bounded: the caller asserts on the scrape it gets
 
 
 async def test_a_reader_stuck_behind_its_batches_fires_an_alert_as_facts_pile_up_unread(

@@ -145,7 +145,9 @@ async def test_a_caller_cancelled_while_connecting_leaves_no_half_made_connectio
         os.kill(pid, signal.SIGSTOP)
         try:
             connecting = asyncio.create_task(nodes.run([echo("never")]))
-            await asyncio.sleep(0.2)
+            # Seen, not slept on: after a sleep, a slow host's call had not begun connecting (nothing tested).
+            await until(lambda: any(conn.is_connected for conn in lane_of(nodes)._open),
+                        "the connection made, its handshake unanswered")
             connecting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await connecting

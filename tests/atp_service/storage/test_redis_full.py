@@ -202,7 +202,7 @@ async def test_a_redis_filled_by_the_log_heals_by_the_snapshot_trimming_it_and_l
         except grpc.aio.AioRpcError as exc:
             assert "Redis is out of memory" in (exc.details() or ""), exc.details()
             assert asyncio.get_running_loop().time() < healed_by, "never healed: the log is never trimmed"
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # a poll's pace, bounded by ``healed_by``: the reserve answered is the event
     assert admin.xlen("atp:{g0}:log") <= 2  # trimmed behind the snapshot
     (before,) = await client.availability([("A", "DC")])
     record = await client.get_reservation("after")

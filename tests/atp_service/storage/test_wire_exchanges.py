@@ -119,6 +119,9 @@ async def test_the_watchdog_times_out_a_short_exchange_after_a_long_one_and_rear
     got.clear()
     wire.send(b"Y", 1, got.append, 0.05)  # shorter deadline than the armed watchdog: re-armed earlier
     assert wire._watchdog_at < wire.loop.time() + 1
+    # The deadline passing on the loop's clock is what is tested, not a wait for it: the loop runs timers due in
+    # the order of their time, so the watchdog's (0.05 s, or 1 ms later if it woke early) always runs before this
+    # sleep's (0.2 s) returns, however late a busy host wakes the loop.
     await asyncio.sleep(0.2)
     assert len(got) == 1 and isinstance(got[0], RedisTimeoutError) and wire.closed and wire.refused
     assert wire._watchdog is None and wire._watchdog_at == math.inf
@@ -129,12 +132,12 @@ async def test_a_watchdog_that_woke_while_idle_is_armed_again_by_the_next_exchan
     got: list[Any] = []
     wire.send(b"X", 1, got.append, 0.02)
     wire.data_received(b"+OK\r\n")
-    await asyncio.sleep(0.1)  # the watchdog wakes with nothing running
+    await asyncio.sleep(0.1)  # the watchdog wakes with nothing running: its timer (0.02 s) runs before this one's
     assert wire._watchdog is None and wire._watchdog_at == math.inf
     got.clear()
     wire.send(b"Y", 1, got.append, 0.05)
     assert wire._watchdog is not None
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # past the deadline on the loop's clock, as above: the watchdog's timer runs first
     assert isinstance(got[0], RedisTimeoutError)
 
 
