@@ -78,10 +78,10 @@ class WebhookAdapter:
     name = "webhook"
 
     def __init__(self, url: str, secret: str, http: HttpSettings | None = None, sleep: Sleep = asyncio.sleep,
-                 wall_s: Callable[[], float] = time.time) -> None:
+                 wall_s: Callable[[], float] = time.time, mono_s: Callable[[], float] = time.monotonic) -> None:
         self.url, self._signers = url, webhook_signers(secret)
         self._wall_s = wall_s
-        self._http = Http(http or HttpSettings(), sleep, wall_s)
+        self._http = Http(http or HttpSettings(), sleep, wall_s, mono_s)
         self._split_lines = EveryInterval(SPLIT_LOG_EVERY_S)
 
     async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> list[Refused]:

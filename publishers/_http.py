@@ -80,16 +80,18 @@ def retry_after_s(response: httpx.Response, now_s: float) -> float | None:
 
 
 class Http:
-    """One pooled client; ``sleep`` and ``wall_s`` are injectable so tests assert the asked waits."""
+    """One pooled client; ``sleep``, ``wall_s`` and ``mono_s`` are injectable so tests assert the asked waits."""
 
     def __init__(self, settings: HttpSettings, sleep: Sleep = asyncio.sleep,
-                 wall_s: Callable[[], float] = time.time) -> None:
+                 wall_s: Callable[[], float] = time.time, mono_s: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.client = httpx.AsyncClient(timeout=settings.timeout_s)
-        self._sleep, self._wall_s = sleep, wall_s
-        self._not_before = 0.0
-        """Wall time before which the destination asked for no request: the ``Retry-After`` of an answer
-        handed back unwaited (``max_waits`` waited already), held by the next request, its retry's or another's."""
+        self._sleep, self._wall_s, self._mono_s = sleep, wall_s, mono_s
+        self._not_before = -math.inf
+        """Monotonic time before which the destination asked for no request: the ``Retry-After`` of an answer
+        handed back unwaited (``max_waits`` waited already), held by the next request, its retry's or another's.
+        Not wall time (only an HTTP date is read by it): the host's wall clock set an hour ahead sent that request
+        at once, the destination's pacing ignored; set back an hour, it waited ``max_wait_s`` for an ask of 1 s."""
 
     async def wait(self, seconds: float, why: str, level: int = logging.INFO) -> None:
         """Sleep ``seconds``, cut to ``max_wait_s``."""
@@ -102,18 +104,18 @@ class Http:
         """POST; ``headers()`` is called per try (a signature carries the time it was made). ``whole_answer``
         False: a 2xx means delivered whatever its body says (a webhook), so a body over ``max_answer_bytes``
         is cut, not a failure."""
-        if (still := self._not_before - self._wall_s()) > 0:
+        if (still := self._not_before - self._mono_s()) > 0:
             # The retry loop's backoff (0.25 s on a first retry) sent this request seconds after a 'Retry-After: 60':
             # a destination's pacing ignored (it may ban the client). Cut to max_wait_s as any wait.
             await self.wait(still, "Retry-After of the last answer, past max_waits")
-        self._not_before = 0.0
+        self._not_before = -math.inf
         for waits in range(self.settings.max_waits + 1):
             response = await self._post_once(url, body, headers(), whole_answer)
             asked = retry_after_s(response, self._wall_s()) if response.status_code in WAITED_STATUSES else None
             if asked is None:
                 return response
             if waits == self.settings.max_waits:
-                self._not_before = self._wall_s() + min(asked, self.settings.max_wait_s)
+                self._not_before = self._mono_s() + min(asked, self.settings.max_wait_s)
                 return response
             await self.wait(asked, f"HTTP {response.status_code} Retry-After")
         raise AssertionError("unreachable: the last try returns")

@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from publishers import HttpSettings, Publisher, PublisherMetrics, WebhookAdapter
+from publishers._http import Http
 from tests.publishers.http_helpers import Answer, Clock, serve
 from tests.publishers.test_publisher import SECRET, config, pending, publish, run_until, update
 
@@ -38,7 +39,7 @@ async def test_a_retry_after_past_max_waits_still_paces_the_next_request(client:
     destination = Pacing(clock, busy=5)
     await publish(client, [update("a", 5, 1), update("b", 0, 2)])
     with serve(destination.handle) as url:
-        adapter = WebhookAdapter(url, SECRET, HttpSettings(max_wait_s=60, max_waits=1), clock.sleep, clock)
+        adapter = WebhookAdapter(url, SECRET, HttpSettings(max_wait_s=60, max_waits=1), clock.sleep, clock, clock)
         publisher = Publisher(config(max_attempts=5), client, adapter, PublisherMetrics(), sleep=clock.sleep)
 
         async def settled() -> bool:
@@ -50,3 +51,22 @@ async def test_a_retry_after_past_max_waits_still_paces_the_next_request(client:
             await adapter.close()
     after_429 = [destination.sent_at[n + 1] - destination.sent_at[n] for n in range(5)]
     assert after_429 == [pytest.approx(60.0)] * 5  # the retry loop's backoff was part of the 60 s
+
+
+@pytest.mark.parametrize("jump_s", [3600.0, -3600.0], ids=["ahead", "back"])
+async def test_a_retry_after_past_max_waits_paces_the_next_request_though_the_wall_clock_jumps(jump_s: float) -> None:
+    """The pace a destination asked for ('Retry-After: 5', handed back past ``max_waits``) was kept as a wall time:
+    the host's wall clock set an hour ahead before the next request (a bad NTP source, a hand set) sent it at once,
+    the destination's pacing ignored (it may ban the client); set back an hour, the next request waited
+    ``max_wait_s`` (60 s, stock-outs behind it) for an ask of 5 s. It counts on the monotonic clock."""
+    wall, mono = Clock(), Clock(start=1000.0)
+    answers = [(429, {"Retry-After": "5"}, b"slow down")]
+    with serve(lambda *_: answers.pop(0) if answers else (204, {}, b"")) as url:
+        http = Http(HttpSettings(max_wait_s=60, max_waits=0), mono.sleep, wall, mono)
+        try:
+            assert (await http.post(url, b"{}", dict)).status_code == 429  # handed back: max_waits waited
+            wall.now += jump_s
+            assert (await http.post(url, b"{}", dict)).status_code == 204
+        finally:
+            await http.close()
+    assert mono.slept == [5.0]
