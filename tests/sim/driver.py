@@ -236,6 +236,8 @@ class Driver:
             events = runner.events + (disruptor.events if disruptor else [])
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))
+        if world.jumps is not None:
+            world.jumps.counted()  # R6: every host's service clock counted on, its wall clock jumped or not
         lost_tail = self.tail is not None and (self.tail.restored_in_step or self.tail.due(None))
         if lost_tail:
             self.commands.answers.forget()  # R5: a Reserve Redis lost may be decided anew

@@ -16,10 +16,14 @@ Three jumps, each drawn with its tick and size (1 to 7 hours):
   started while its wall clock is behind a log's stamps floors the group's clock to them.
 
 The invariants are the run's usual ones (never oversold, nothing acknowledged lost, every shard answering, R3's
-expiry by each group's own stamps, memory equal to a replay of the log). Facts are stamped by the world's clock:
-with a host clock hours ahead they are hours old to the service, so this flag does not go with the fact-time
-flags (``--fact-times``, ``--short-grace``), whose checks judge facts by the world's clock. Drawn from a stream of
-its own, only with the flag: seeds without it replay as before.
+expiry by each group's own stamps, memory equal to a replay of the log), and R6's counting on: at each step's end
+every host's service clock has moved at least as far as the world's monotonic time since the last (``counted``), so
+TTLs keep counting behind a wall clock stepped back — a clock standing still there (its newest stamp repeated until
+the wall clock caught up, every hold kept for hours) held every other invariant with two processes.
+
+Facts are stamped by the world's clock: with a host clock hours ahead they are hours old to the service, so this
+flag does not go with the fact-time flags (``--fact-times``, ``--short-grace``), whose checks judge facts by the
+world's clock. Drawn from a stream of its own, only with the flag: seeds without it replay as before.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import random
 from collections.abc import Callable
 
 from atp_service.engine.clock import ManualClock, SystemClock
+from tests.sim.checks import Violation
 from tests.sim.tally import Tally
 
 JUMP_P = 0.12
@@ -49,13 +54,28 @@ class ClockJumps:
         self._tally = tally
         self.ahead: dict[str, int] = {}
         self.planned: tuple[int, str, str, int] | None = None  # (tick, kind, host, ms)
+        self._counted: dict[str, tuple[SystemClock, int, int]] = {}
+        """Per host, its newest process's clock, and its stamp and the world's time when ``counted`` last read it."""
 
     def clock_for(self, address: str = HOST, skew_ms: Callable[[], int] = lambda: 0) -> SystemClock:
         """A new process's clock on host ``address``: the product's, over that host's wall clock and the world's
         rate (``skew_ms``: the host's offset, ``skew.SkewedHosts``)."""
         self.ahead.setdefault(address, 0)
-        return SystemClock(wall_ns=lambda: (self._world.now_ms() + skew_ms() + self.ahead[address]) * 1_000_000,
-                           mono_ns=lambda: self._world.now_ms() * 1_000_000)
+        clock = SystemClock(wall_ns=lambda: (self._world.now_ms() + skew_ms() + self.ahead[address]) * 1_000_000,
+                            mono_ns=lambda: self._world.now_ms() * 1_000_000)
+        self._counted[address] = (clock, clock.now_ms(), self._world.now_ms())
+        return clock
+
+    def counted(self) -> None:
+        """R6: each host's service clock has counted on at least as far as the world's monotonic time since it was
+        last read, whatever its wall clock did (``SystemClock``: never stands still; a group's ``GroupClock`` counts
+        at its rate). Behind a wall clock stepped back, a clock repeating its newest stamp stopped every TTL."""
+        world = self._world.now_ms()
+        for host, (clock, stamp, at) in self._counted.items():
+            if (now := clock.now_ms()) - stamp < world - at:
+                raise Violation(f"R6: {host}'s service clock moved {now - stamp} ms while {world - at} ms passed "
+                                "(its monotonic clock): its TTLs did not count on")
+            self._counted[host] = (clock, now, world)
 
     def draw(self) -> str | None:
         """The step's jump, if any, for the trace."""
