@@ -51,7 +51,7 @@ def _quarantine_needs(stream: str) -> list[Need]:
             Need(("ZCARD", written), written, use),
             Need(("ZRANGE", written, 0, 0), written, use), Need(("ZREMRANGEBYRANK", written, 0, 0), written, use),
             Need(("HSET", ahead, "d", "v"), ahead, use), Need(("HDEL", ahead, "d"), ahead, use),
-            Need(("EXISTS", ahead), ahead, use),
+            Need(("HLEN", ahead), ahead, use),
             *(Need(("TYPE", key), key, use) for key in (stream, written, ahead)),  # every key's, before any write
             Need(("EVALSHA", SHA, 4, stream, written, written, ahead), stream, use)]  # no run: the set in its place
 

@@ -61,7 +61,8 @@ _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: no
 # that newest entry is named in the hash by the fact's digest instead (its id, a space, its stream): every entry added
 # before the write is at or before it — a producer's retry of the entry too, which the set's score, the write's time,
 # tells from a later resend only where ids are Redis's —, every one added after is later. Taken out with the digest
-# when the set is trimmed. A fact written
+# when the set is trimmed, no HDEL after the one that empties the hash (the key gone: on a migrating slot's source a
+# command on it failed the script half-way, its facts written and acknowledged, the set untrimmed). A fact written
 # before has its digest's score moved and put back as it was: a write of this call, so the WAIT after it
 # (``redis_wait_replicas``) covers the earlier write too — that one's answer lost, on another connection, a WAIT after
 # a call that wrote nothing confirms nothing of it (R7). Never taken out and put back: the set's one digest taken out,
@@ -140,9 +141,11 @@ for f = 0, n - 1 do
 end
 local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
 if extra > 0 then
-  if redis.call('EXISTS', KEYS[4]) == 1 then
+  local ahead = redis.call('HLEN', KEYS[4])
+  if ahead > 0 then
     for _, gone in ipairs(redis.call('ZRANGE', KEYS[2], 0, extra - 1)) do
-      redis.call('HDEL', KEYS[4], gone)
+      ahead = ahead - redis.call('HDEL', KEYS[4], gone)
+      if ahead == 0 then break end  -- emptied, gone: no command on a key not there (a migrating slot's source)
     end
   end
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)

@@ -122,6 +122,42 @@ async def test_on_a_cluster_a_fact_written_before_keeps_its_digest_while_its_slo
         await writer.aclose()
 
 
+async def test_on_a_cluster_a_trim_that_empties_the_hash_of_entries_ahead_finishes_while_its_slot_migrates_E8(
+        redis_cluster: EmbeddedCluster, cluster_url: str, moves: list[SlotMove]) -> None:
+    """The set trimmed, each digest taken out is taken out of the hash of entries ahead too, one HDEL each: where the
+    hash held only the first of them, its first HDEL emptied it (the key gone) and the next, on a key not there, failed
+    the script half-way on a migrating slot's source (a non local key) — the facts written and their entries
+    acknowledged, the write raised (in doubt), the set left untrimmed."""
+    writer = open_nodes(cluster_url, 5.0, cluster=True)
+    stream = QuarantineStream("atp:{in}:quarantine", 2)
+    ahead = Acks("atp", "c1", [("atp:{in}:pos", b"4102444800000-0")], run=1)  # 2100: named in the hash
+    first, *later = [fact_of(F(f"e{i}", "SALE", "A", "S1", 1, T)) for i in range(4)]
+    try:
+        await writer.reader.xadd("atp:{in}:pos", {"f": "v"})  # the input stream, as a producer left it
+        assert await stream.write(writer, [(first, "late")], ahead) == [True]
+        written_at = await writer.reader.zscore(stream.written_key, QuarantineStream.digest(first))
+
+        async def later_than_first() -> bool:  # the next write's score above the first's: the first trimmed first
+            seconds, micros = await writer.reader.time()
+            return bool(seconds * 1000 + micros // 1000 > written_at)
+
+        await until(later_than_first, "Redis's clock past the first write's millisecond")
+        behind = Acks("atp", "c1", [("atp:{in}:pos", b"1-0")], run=1)
+        assert await stream.write(writer, [(later[0], "late")], behind) == [True]
+        assert await writer.reader.hkeys(stream.ahead_key) == [QuarantineStream.digest(first).encode()]
+        with redis.RedisCluster.from_url(redis_cluster.url) as admin:
+            slot, source = admin.keyslot(stream.stream), int(admin.get_node_from_key(stream.stream).port)
+        moves.append(move := SlotMove(redis_cluster, slot, source,
+                                      next(n.port for n in redis_cluster.primaries if n.port != source)))
+        move.begin()  # every key still at the source: the script runs there
+        both = Acks("atp", "c1", [("atp:{in}:pos", b"1-0")] * 2, run=1)
+        assert await stream.write(writer, [(fact, "late") for fact in later[1:]], both) == [True, True]  # was: a non
+        assert await writer.reader.zcard(stream.written_key) == 2  # local key, the set left at 4
+        assert not await writer.reader.exists(stream.ahead_key)
+    finally:
+        await writer.aclose()
+
+
 async def test_on_a_cluster_the_default_stream_without_a_hash_tag_is_written(cluster_url: str) -> None:
     """Without input streams nothing asks ``quarantine_stream`` for a hash tag: the default
     ``atp:quarantine`` on a Redis Cluster. The set beside it hashes to the stream's slot all the same,
