@@ -24,11 +24,11 @@ ASKED_NODES_MOST = 8
 keep none, and are forgotten once none of their connections is in use (made again if asked again): nodes come and go
 over a cluster's life (moved, scaled out and in)."""
 ASKED_IDLE_MOST = 2
+"""Free connections an ASK's node keeps (``_AskedNode``): a burst asked at once opens one each, closed once free."""
 CLOSING_WAIT_MOST_S = 5.0
 """How long a cluster client's close (``_Cluster.aclose``) waits for the connections it let go in the background to
 close (a disconnect is bounded by its connect timeout already); those still closing then are cancelled, not left
 pending."""
-"""Free connections an ASK's node keeps (``_AskedNode``): a burst asked at once opens one each, closed once free."""
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
