@@ -91,7 +91,7 @@ class Membership:
         if group in self._handing or group in self._vacating:
             return "", 0
         actor = self._engine.actors[group]
-        if group in self.leases.held and not actor.vacant and actor.lease_until >= time.monotonic():
+        if group in self.leases.held and not actor.vacant and actor.lease_until >= self._engine.lease_clock.now():
             return self.address, number_of(self.leases.held[group])
         route = self.routes.get(group, ("", 0))
         return ("", 0) if route[0] == self.address else route  # read before this process gave it up
@@ -167,7 +167,7 @@ class Membership:
             return await self._renew()
 
     async def _renew(self) -> str:
-        sent = time.monotonic()
+        sent = self._engine.lease_clock.now()  # R7: the deadlines count on every clock of the host, from the send
         # The members and the leases at once: a renewal while Redis stalls costs one timeout, not two,
         # and the shards stop answering SAFETY into a lease after the last renewal sent.
         parts = await asyncio.gather(self._renew_members(), self._renew_leases(sent), return_exceptions=True)
@@ -343,7 +343,7 @@ class Membership:
             log.error("group %d: free to take, yet served here; given up, to be taken anew", group)
             self._give_up(group, "unheld")
             return
-        started = time.monotonic()
+        started = self._engine.lease_clock.now()
         if self._address_watch.stepping_down or not await self.leases.acquire(group):
             return  # another process was quicker, or this one stops (another serves at its address)
         epoch = self.leases.held[group]
@@ -370,7 +370,7 @@ class Membership:
                 self._give_up(group, "failed", release=True, epoch=epoch)
             raise
         self._replayed += replayed
-        took_s, number = time.monotonic() - started, number_of(epoch)
+        took_s, number = self._engine.lease_clock.now() - started, number_of(epoch)
         self._metrics.taken.inc()
         self._metrics.take_seconds.observe(took_s)
         self._metrics.groups_owned.set(len(self.leases.held))

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.shard import ShardActor
 from atp_service.engine.vacant import Vacant, Where
+from atp_service.lease_clock import LeaseClock
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.leases import taken_over
 from reservation import Moved, Quantities
@@ -48,6 +48,8 @@ class OwnedShards:
         """Called with every actor installed (a group taken)."""
         self._started = False
         self._unread: dict[str, list[int]] = {}  # the nodes (their shards) the last owner check did not read
+        self.lease_clock = LeaseClock()
+        """What a leased shard's ``lease_until`` is counted on (R7: every clock of the host; injected in tests)."""
         self.actors = list(actors) or [self.vacant(shard) for shard in range(shards)]
 
     @property
@@ -68,7 +70,7 @@ class OwnedShards:
     def local(self, shard: int) -> ShardActor:
         """``shard``'s actor, to read memory from: ``Moved`` where this process may not answer for it."""
         actor = self.actors[shard]
-        if actor.vacant or actor.lease_until < time.monotonic():
+        if actor.vacant or actor.lease_until < self.lease_clock.now():
             raise Moved(shard, *self.where(shard))
         return actor
 
@@ -80,13 +82,14 @@ class OwnedShards:
     def serving(self) -> list[int]:
         """The groups this process answers for now: served, their lease not run out. A record none of
         them holds is not here; one of a group being recovered or handed over may be (retry)."""
-        now = time.monotonic()
+        now = self.lease_clock.now()
         return [a.shard for a in self.actors if not a.vacant and a.lease_until >= now]
 
     def install(self, actor: ShardActor) -> None:
         """Serve ``actor``'s shard from now on (recovered after its group was taken)."""
         assert self.actors[actor.shard].vacant, f"shard {actor.shard} is served already"
         actor.ledger.safety_defaults = dict(self._safety_defaults)
+        actor.lease_clock = self.lease_clock  # its deadline (``lease_until``) is counted on it
         self.actors[actor.shard] = actor
         self.routes.adopt(actor)
         for hook in self.on_install:

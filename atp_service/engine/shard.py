@@ -24,6 +24,7 @@ from atp_service.engine.mailbox import Mailbox, MailboxFull
 from atp_service.engine.messages import Answer, Control, Envelope, Maintain, Pause, Work, deliver
 from atp_service.engine.pipeline import CommitPipeline
 from atp_service.engine.turn import apply_batch, refuse_all, take_batch, taken_back
+from atp_service.lease_clock import UNLEASED
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of, log_foreign, log_short
 from atp_service.storage.log import LogStore
@@ -65,9 +66,8 @@ class ShardActor(CommitPipeline):
         self._lag_s = 0.0  # how long the message taken last had waited in the mailbox
         self._parked = False  # the actor waits for a message, with nothing set aside
         self._max_delay_s = settings.max_queue_delay_ms / 1000
-        self.lease_until = float("inf")
-        """``time.monotonic()`` past which this process's lease on the group may have run out
-        (``membership``); the shard refuses all work from then on."""
+        self.lease_until, self.lease_clock = float("inf"), UNLEASED  # the engine's clock once installed (leased)
+        """By ``lease_clock``, when this process's lease on the group may have run out (R7): all work refused after."""
 
     def positions(self) -> PositionStore:
         """This shard's positions as memory holds them (ahead of the log by the batches in flight:
@@ -158,7 +158,7 @@ class ShardActor(CommitPipeline):
         if self.failure is not None:
             raise Unavailable(f"shard {self.shard} stopped working ({self.failure!r}); the service restarts",
                               Reason.SHARD_STOPPED)
-        if self._log.is_fenced(self.shard) or self.lease_until < time.monotonic():  # the lease ran out by
+        if self._log.is_fenced(self.shard) or self.lease_until < self.lease_clock.now():  # the lease ran out by
             raise self._replaced()  # this process's own clock: the group may be another's, nothing is answered
         if self._doubt:
             raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
@@ -166,7 +166,7 @@ class ShardActor(CommitPipeline):
     def submit(self, work: Work) -> asyncio.Future[Any]:
         """Queue work for this shard; refuse at once when the shard cannot take it."""
         if self._stopping or self.failure is not None or self._doubt or self._log.is_fenced(self.shard) or \
-                self.lease_until < time.monotonic():
+                self.lease_until < self.lease_clock.now():
             self._refuse_if_unable()
         if self._lag_s > self._max_delay_s and not self._mailbox.empty():
             raise self._shed(f"overloaded (queued work waits {self._lag_s * 1000:.0f} ms, limit "

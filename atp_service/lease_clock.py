@@ -1,0 +1,69 @@
+"""The clock a lease is counted on (R7): every clock of the host at once. A leased service process stops answering
+for a group, and a publisher stops sending to its destination, once its lease may have run out by any of them."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+
+def _boot_s() -> float:
+    """``CLOCK_BOOTTIME``: the monotonic clock plus the time the host spent suspended (Linux)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def host_clocks() -> tuple[Callable[[], float], ...]:
+    """The host's clocks a lease is counted on besides ``time.monotonic``: ``CLOCK_BOOTTIME`` where the
+    platform has it (it counts a system suspend, which ``CLOCK_MONOTONIC`` does not) and the wall clock
+    (set forward after a pause no other clock counted: a VM paused, resumed and resynced)."""
+    return ((_boot_s,) if hasattr(time, "CLOCK_BOOTTIME") else ()) + (time.time,)
+
+
+JUMP_S = 0.001
+"""A clock that went further than the monotonic one by more than this between two readings jumped ahead (a
+suspend, a step forward); less is the time between the reads themselves, or slewing."""
+
+
+class LeaseClock:
+    """Seconds a lease is counted on here (R7): ``mono`` (``time.monotonic``), moved on besides by every jump
+    ahead of it another of the host's clocks (``others``: ``host_clocks``) made between two readings. So it
+    moves at least as far as each of them did (jumps of ``JUMP_S`` and more), and a lease deadline is passed
+    once any of them says so: a clock that jumps ahead (a suspend counted by ``CLOCK_BOOTTIME`` alone, the wall
+    clock set forward) can only shorten a lease, one that stands still or steps back never lengthens it.
+    Counted on ``time.monotonic`` alone, a host suspended past a lease woke with every deadline ahead, and
+    answered reads of groups another process had taken and changed meanwhile. Injected (tests): ``mono``,
+    ``others``."""
+
+    __slots__ = ("_ahead_s", "_mono", "_mono_was", "_others", "_was")
+
+    def __init__(self, mono: Callable[[], float] = time.monotonic,
+                 others: tuple[Callable[[], float], ...] | None = None) -> None:
+        self._mono, self._others = mono, host_clocks() if others is None else others
+        self._was = [clock() for clock in self._others]
+        self._mono_was = mono()
+        self._ahead_s = 0.0
+
+    def now(self) -> float:
+        # The others read before ``mono``: the time between the reads makes them look behind, not ahead.
+        readings = [clock() for clock in self._others]
+        mono = self._mono()
+        moved = furthest = mono - self._mono_was
+        for reading, was in zip(readings, self._was, strict=True):  # written out: asked on every call a shard takes
+            if reading - was > furthest:
+                furthest = reading - was
+        if furthest - moved > JUMP_S:
+            self._ahead_s += furthest - moved
+        self._was, self._mono_was = readings, mono
+        return mono + self._ahead_s
+
+
+class _Unleased(LeaseClock):
+    __slots__ = ()
+
+    def now(self) -> float:  # no clock read: asked on every call a shard takes
+        return -math.inf
+
+
+UNLEASED: LeaseClock = _Unleased(mono=lambda: -math.inf, others=())
+"""The lease clock of a shard whose process owns the whole keyspace (no lease): no deadline ever passes."""

@@ -1,0 +1,136 @@
+"""A host that stops counting time (R7): suspended, its ``CLOCK_MONOTONIC`` stands still while Redis's leases run
+out and another process takes their groups. Woken, before its next renewal finds them lost, the process must
+answer no read of those groups from its memory: it counts its leases on every clock of the host (``LeaseClock``),
+and ``CLOCK_BOOTTIME`` counted the suspend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+import redis.asyncio as aredis
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.lease_clock import JUMP_S, LeaseClock
+from atp_service.tasks import cancel_and_wait
+from tests.atp_service.edge.test_api import receipt
+from tests.conftest import ServiceFactory, services_on
+from tests.ports import held_port
+from tests.waiting import until
+
+LEASED = {"ownership": "leases", "lease_ms": 60_000, "shards": 1, "input_streams": ()}
+REDIRECT = (("atp-routing", "redirect"),)
+SUSPENDED_S = 120.0  # twice the lease
+
+
+@pytest.fixture
+async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
+    async with services_on(redis_url, **LEASED) as start:
+        yield start
+
+
+def _suspended(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """The host back from a suspend of ``seconds``: ``CLOCK_BOOTTIME`` counted it, ``CLOCK_MONOTONIC`` (and so
+    asyncio's timers) did not. The wall clock is left as it was: ``CLOCK_BOOTTIME`` alone must be enough."""
+    real = time.clock_gettime
+
+    def clock_gettime(clock: int) -> float:
+        return real(clock) + (seconds if clock == time.CLOCK_BOOTTIME else 0.0)
+
+    monkeypatch.setattr(time, "clock_gettime", clock_gettime)
+
+
+async def _refused(call: Callable[[], object]) -> grpc.aio.AioRpcError | None:
+    try:
+        await call()  # type: ignore[misc]
+    except grpc.aio.AioRpcError as refused:
+        return refused
+    return None
+
+
+@pytest.mark.skipif(not hasattr(time, "CLOCK_BOOTTIME"), reason="CLOCK_BOOTTIME is Linux's")
+async def test_a_process_woken_from_a_suspend_past_its_lease_answers_no_read_of_the_group_taken_meanwhile(
+        start: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, a_client = await start(port=held_port(), host="127.0.0.1")
+    assert a.membership is not None
+    await until(lambda: 0 in a.membership.leases.held, "the group taken by A", 30)  # type: ignore[union-attr]
+    b, b_client = await start(port=held_port(), host="127.0.0.1")
+    assert b.membership is not None
+    await cancel_and_wait(b.membership._tasks[1])  # B takes the group when told below, not at a balance of its own
+    now_ms = int(time.time() * 1000)
+    await a_client.record_events([receipt("in", "A", "DC", 10, t=now_ms - 1000)])
+    await a_client.reserve("r", [("A", "DC", 3)], ttl_seconds=3600)
+    # A's host suspended: nothing of A runs (no renewal), Redis lets A's lease run out, B takes the group and
+    # releases the reservation; A wakes, its monotonic clock behind by the whole suspend.
+    await cancel_and_wait(a.membership._tasks[0])
+    await cancel_and_wait(a.membership._tasks[1])
+    _suspended(monkeypatch, SUSPENDED_S)
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        assert await r.delete(a.membership.leases.key(0)) == 1  # run out, as Redis's clock counted the suspend
+    finally:
+        await r.aclose()
+    await b.membership.balance()
+    assert 0 in b.membership.leases.held, "B took the group"
+    assert (await b_client.release("r")).state == pb.RESERVATION_STATE_RELEASED
+    # Woken: A answers no read of the group from its memory (stale: 3 reserved, "r" held), as its renewal would
+    # find the lease lost (R7); refused as moved, or the fresh answer.
+    read = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku="A", location="DC")])
+    try:
+        answer = await a_client.stub.GetAvailability(read, metadata=REDIRECT, timeout=5)
+    except grpc.aio.AioRpcError as refused:
+        assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused
+    else:
+        assert answer.positions[0].reserved == 0, f"a stale read after the suspend: {answer.positions[0]}"
+    try:
+        record = await a_client.stub.GetReservation(pb.GetReservationRequest(reservation_id="r"), metadata=REDIRECT,
+                                                    timeout=5)
+    except grpc.aio.AioRpcError as refused:
+        assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused
+    else:
+        assert record.reservation.state == pb.RESERVATION_STATE_RELEASED, f"a stale read: {record.reservation}"
+    assert a.membership.table().routes[0].address != a.membership.address, "A still names itself the owner"
+
+
+def test_a_lease_clock_moves_on_by_every_jump_ahead_of_any_host_clock() -> None:
+    """Injected clocks (seconds): each jump ahead of ``mono`` between two readings moves the lease clock on by it,
+    whatever another clock did before; a clock that stands still or steps back moves it no less than ``mono``."""
+    clocks = {"mono": 100.0, "boot": 100.0, "wall": 1_700_000_000.0}
+    lease = LeaseClock(mono=lambda: clocks["mono"], others=(lambda: clocks["boot"], lambda: clocks["wall"]))
+    assert lease.now() == 100.0
+    for name in clocks:
+        clocks[name] += 1
+    assert lease.now() == 101.0  # every clock agrees: the monotonic one
+    clocks["boot"] += 30  # suspended 30 s: counted by CLOCK_BOOTTIME alone
+    assert lease.now() == 131.0
+    clocks["wall"] += 10  # then the wall clock set forward, by less than CLOCK_BOOTTIME's lead: counted all the same
+    assert lease.now() == 141.0
+    clocks["wall"] -= 3600  # the wall clock set back an hour: a lease is not lengthened
+    clocks["mono"] += 1
+    clocks["boot"] += 1
+    assert lease.now() == 142.0
+    clocks["wall"] += 3600  # and forward again: as far as it went, counted
+    assert lease.now() == 142.0 + 3600
+    clocks["mono"] += 5  # a pause counted by the monotonic clock alone (the others stood still)
+    assert lease.now() == 147.0 + 3600
+    clocks["mono"] += 2  # a SIGSTOP counted by every clock: once
+    clocks["boot"] += 2
+    clocks["wall"] += 2
+    assert lease.now() == 149.0 + 3600
+    clocks["wall"] += JUMP_S / 2  # the time between two reads, or slewing: no jump
+    assert lease.now() == 149.0 + 3600
+
+
+def test_a_lease_deadline_is_passed_once_any_clock_says_so() -> None:
+    """A deadline set from one reading (``Membership``: the renewal's send plus ``SAFETY`` of the lease) is passed
+    when the suspend's clock moved past it, whatever the monotonic clock says."""
+    clocks = {"mono": 10.0, "boot": 10.0}
+    lease = LeaseClock(mono=lambda: clocks["mono"], others=(lambda: clocks["boot"],))
+    deadline = lease.now() + 4.0
+    clocks["mono"] += 1
+    clocks["boot"] += 1 + 60  # suspended for a minute
+    assert lease.now() > deadline
+    assert clocks["mono"] < deadline, "the monotonic clock alone would have kept the lease"
+
