@@ -11,9 +11,10 @@ the lease ``<stream>:lease:<group>``:
   **released** (token-checked ``DEL``) when the publisher stops. Any other publisher of the group
   is a standby: it tries again every ``retry_s`` and takes over once the lease is released or has
   lapsed (a holder killed, paused or cut off from Redis).
-- **Sends** are bounded: before each request to the destination the holder checks on its own clock
-  (measured from before each renewal was sent, so never late) that its lease covers one more
-  request (``send_timeout_s``). A holder paused past its lease wakes up refusing to send.
+- **Sends** are bounded: before each request to the destination the holder checks on its own clocks
+  (measured from before each renewal was sent, so never late; every clock of the host, ``LeaseClock``)
+  that its lease covers one more request (``send_timeout_s``). A holder paused or suspended past its
+  lease wakes up refusing to send.
 - **Records** are fenced: the delivered versions, the acknowledgements and the redelivery
   bookkeeping are written by scripts that first check the token and keep the highest version per
   key, so a paused old holder's late record never overwrites a newer one.
@@ -27,11 +28,11 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
+from atp_service.lease_clock import LeaseClock
 from atp_service.storage.resp import as_text
 
 RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
@@ -83,15 +84,17 @@ def check_send() -> None:
 
 
 class Lease:
-    """The lease of one (channel, group). ``clock`` is monotonic seconds (a pause counts)."""
+    """The lease of one (channel, group). ``clock``: seconds on every clock of the host (``LeaseClock``): a pause or
+    a suspend that any of them counted counts. On ``time.monotonic`` alone, a holder suspended past its lease
+    (``CLOCK_MONOTONIC`` stands still through a suspend) woke still sending, beside the standby that took over."""
 
     def __init__(self, client: Any, key: str, lease_s: float, send_timeout_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self.client, self.key = client, key
         self.lease_s, self.send_timeout_s = lease_s, send_timeout_s
         self.token = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(8)}"
         """Names its holder for an operator (``GET`` the key) and can never be guessed by another."""
-        self._clock = clock
+        self._clock = clock or LeaseClock().now
         self._valid_until = 0.0
         self.held = False
         self._unrecorded: dict[str, int] = {}
