@@ -21,41 +21,39 @@ def host_clocks() -> tuple[Callable[[], float], ...]:
 
 
 JUMP_S = 0.001
-"""A clock that went further than the monotonic one by more than this between two readings jumped ahead (a
-suspend, a step forward); less is the time between the reads themselves, or slewing."""
+"""How far another clock must have drawn ahead of the monotonic one before the lease clock follows it: less is
+the reads' own noise."""
 
 
 class LeaseClock:
-    """Seconds a lease is counted on here (R7): ``mono`` (``time.monotonic``), moved on besides by every jump
-    ahead of it another of the host's clocks (``others``: ``host_clocks``) made between two readings. So it
-    moves at least as far as each of them did (jumps of ``JUMP_S`` and more), and a lease deadline is passed
-    once any of them says so: a clock that jumps ahead (a suspend counted by ``CLOCK_BOOTTIME`` alone, the wall
-    clock set forward) can only shorten a lease, one that stands still or steps back never lengthens it.
-    Counted on ``time.monotonic`` alone, a host suspended past a lease woke with every deadline ahead, and
-    answered reads of groups another process had taken and changed meanwhile. Injected (tests): ``mono``,
-    ``others``."""
+    """Seconds a lease is counted on here (R7): ``mono`` (``time.monotonic``) plus the furthest any other of the
+    host's clocks (``others``: ``host_clocks``) has drawn ahead of it since this clock began. So it has moved at
+    least as far as each of them (to within ``JUMP_S``), and a lease deadline is passed once any of them says so:
+    a clock that jumps ahead (a suspend counted by ``CLOCK_BOOTTIME`` alone, the wall clock set forward) can only
+    shorten a lease, one that stands still or steps back never lengthens it. Counted on ``time.monotonic`` alone,
+    a host suspended past a lease woke with every deadline ahead, and answered reads of groups another process
+    had taken and changed meanwhile. Injected (tests): ``mono``, ``others``."""
 
-    __slots__ = ("_ahead_s", "_mono", "_mono_was", "_others", "_was")
+    __slots__ = ("_ahead_s", "_base", "_mono", "_others")
 
     def __init__(self, mono: Callable[[], float] = time.monotonic,
                  others: tuple[Callable[[], float], ...] | None = None) -> None:
         self._mono, self._others = mono, host_clocks() if others is None else others
-        self._was = [clock() for clock in self._others]
-        self._mono_was = mono()
+        before = mono()
+        # Each clock's lead at the start, read high (``mono`` read before it): never taken for a jump later.
+        self._base = [clock() - before for clock in self._others]
         self._ahead_s = 0.0
 
     def now(self) -> float:
-        # The others read before ``mono``: the time between the reads makes them look behind, not ahead.
         readings = [clock() for clock in self._others]
-        mono = self._mono()
-        moved = furthest = mono - self._mono_was
-        for reading, was in zip(readings, self._was, strict=True):  # written out: asked on every call a shard takes
-            if reading - was > furthest:
-                furthest = reading - was
-        if furthest - moved > JUMP_S:
-            self._ahead_s += furthest - moved
-        self._was, self._mono_was = readings, mono
-        return mono + self._ahead_s
+        mono = self._mono()  # read after the others: their lead now read low, so a thread switch between the
+        ahead = self._ahead_s  # reads (or a clock set back, then forward to where it was) is never taken for a jump
+        for reading, base in zip(readings, self._base, strict=True):  # written out: asked on every call a shard takes
+            drawn = reading - mono - base
+            if drawn > ahead + JUMP_S:
+                ahead = drawn
+        self._ahead_s = ahead
+        return mono + ahead
 
 
 class _Unleased(LeaseClock):
