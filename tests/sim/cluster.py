@@ -236,7 +236,8 @@ class ClusterWorld(World):
         since (dead, or paused: its leases ran out meanwhile, as they would have) is dropped. The orders
         whose record the restarted groups held (in memory or in Redis) and no longer hold are noted: their
         parts in other groups may outlive them (``lost_orders``); one node's restore tears the orders whose
-        records (the order's or a part's) it changed (``torn_orders``); every node's restore leaves the orders
+        records (the order's or a part's) it changed (``torn_orders``), and so does every node's restore those of
+        them a late step request still on its way changes a part of; every node's restore leaves the orders
         whose part it changed from what its process holds in memory to a saga that may go on from that
         memory (``outlived_orders``)."""
         assert self.tail is not None
@@ -249,15 +250,17 @@ class ClusterWorld(World):
         super().lose_tail()
         after = self._orders_in(groups)
         self.lost_orders |= {rid for rid, rec in before if rec.is_order and rid not in after}
+        torn = {orders.order_of(rid) or rid for rid, rec in before if after.get(rid) != rec}
         if self.tail.groups is None:  # the part's change lost where a saga of its order may have read it already
             self.outlived_orders |= {order_id for rid, rec in held
                                      if (order_id := orders.order_of(rid)) is not None and after.get(rid) != rec}
-        else:
-            torn = {orders.order_of(rid) or rid for rid, rec in before if after.get(rid) != rec}
-            self.torn_orders |= torn
-            # Confirmed before the loss: no Confirm can be refused any more, the part was lost after it.
-            self.torn_confirmed |= {rid for rid in torn if rid in settled and (
-                settled[rid].state == State.CONFIRMED or settled[rid].pending is not None)}
+            # A step request still on its way, sent from what was lost, lands on what is left: it tears its order
+            # as one node's restore does (an order's EXPIRE applied to a part, the order HELD again at its home).
+            torn &= self.network.orders_in_flight()
+        self.torn_orders |= torn
+        # Confirmed before the loss: no Confirm can be refused any more, the part was lost after it.
+        self.torn_confirmed |= {rid for rid in torn if rid in settled and (
+            settled[rid].state == State.CONFIRMED or settled[rid].pending is not None)}
         running = {p.holder for p in self.running()}
         for group, holder in list(self.leases.holder.items()):
             if holder not in running:
