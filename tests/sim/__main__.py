@@ -82,6 +82,11 @@ def main() -> int:
         parser.error("--clock-jumps judges no fact times: not with --fact-times or --short-grace (jumps.py)")
     if args.clock_skew and args.processes == 1:
         parser.error("--clock-skew needs --processes 2 or 3 (one process has one clock)")
+    others = [name for name, value in vars(args).items() if value is True and name not in ("trace", "input_streams")]
+    others += ["processes"] if args.processes != 1 else []
+    if args.input_streams and others:  # its own driver and world (inputdriver.py): any other fault would be ignored
+        parser.error(f"--input-streams runs alone (inputdriver.py draws its own faults): not with "
+                     f"{', '.join('--' + name.replace('_', '-') for name in others)}")
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and
     # futures of callers that gave up carry errors nobody reads: asyncio's complaints about both are noise.

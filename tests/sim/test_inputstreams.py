@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 
+import pytest
+
+from tests.sim.__main__ import main
 from tests.sim.inputdriver import InputsDriver
 from tests.sim.tally import Tally
 
@@ -39,3 +43,15 @@ async def test_a_quarantine_write_that_failed_after_its_group_was_deleted_is_not
     entry — for a finding (E8: quarantined again); but the write, sent again, finds the entry pending nowhere, and the
     group made again delivers it as new: decided again by design (``inputowed.OwedWatch.failed``)."""
     await InputsDriver(90048, Tally()).run(8)
+
+
+@pytest.mark.parametrize("others", [["--partition", "--processes", "3"], ["--lose-tail"], ["--clock-jumps"]])
+def test_input_streams_refuse_the_faults_their_driver_does_not_draw(
+        others: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--input-streams`` runs its own driver (one owner process, its own faults): a flag of the other driver's
+    beside it was ignored, the run reporting every invariant held for a combination it never ran. It is refused."""
+    monkeypatch.setattr(sys, "argv", ["tests.sim", "--input-streams", "--seeds", "1", *others])
+    with pytest.raises(SystemExit) as refused:
+        main()
+    assert refused.value.code == 2
+    assert f"not with {others[0]}" in capsys.readouterr().err
