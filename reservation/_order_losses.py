@@ -209,11 +209,14 @@ def own_part(part: Reservation, cmd: ReserveCommand) -> bool:
 
 
 def give_up_part(view_: View, cmd: ReserveCommand, now: int, limits: Limits) -> Reservation:
-    """``_orders.give_up_part`` — but a part confirmed of other content (not ``own_part``) is kept: another order's of
-    that id, whose record Redis lost, its caller told CONFIRMED — its committed units stay committed until a SHIPMENT
-    naming the order fulfils them, as an orphaned confirmed part's do (Q3). Not this order's to give up (R5)."""
+    """``_orders.give_up_part`` — but a confirmed part is kept, its committed units committed until a SHIPMENT naming
+    the order fulfils them, as an orphaned confirmed part's are (Q3). One of other content (not ``own_part``) is
+    another order's of that id, whose record Redis lost, its caller told CONFIRMED: not this order's to give up (R5).
+    One of its own proves its order was confirmed, its home having lost that: given up undecided without reading it
+    (its group silent past its TTL and the bound, ``order_expiry.undecided_parts``), the order is EXPIRED at its home
+    and the part reached once its group answers — released, the paid order's units were offered again (R3, R8)."""
     part = view_.reservation(cmd.reservation_id)
-    if part is not None and part.state == State.CONFIRMED and not own_part(part, cmd):
+    if part is not None and part.state == State.CONFIRMED:
         return part
     return orders.give_up_part(view_, cmd, now, limits)
 

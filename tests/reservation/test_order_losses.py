@@ -201,6 +201,21 @@ def test_a_confirmed_part_of_other_content_proves_nothing_of_an_order_and_is_kep
     assert losses.give_up_part(held.ledgers[1], share, NOW, LIMITS).state == State.RELEASED and held.held("B") == 0
 
 
+def test_an_order_s_own_confirmed_part_is_kept_when_the_order_is_given_up_undecided_without_reading_it_Q3() -> None:
+    """The one case an abandonment cannot see (R3 and R8 with several processes): the home back at its Reserve pending,
+    group 1's CONFIRMED part silent when the order was given up undecided past its TTL. Defect (found by the
+    simulation): giving the part up once its group answered released its committed units (the paid order's, offered
+    again while its caller ships them). It is kept, committed (Q3); a held part of its own is released as before."""
+    estate = Estate()
+    _home_back_before_its_decision(estate, home_part=False)
+    share = orders.split(ASKED, place)[1]
+    kept = losses.give_up_part(estate.ledgers[1], share, NOW, LIMITS)
+    assert kept.state == State.CONFIRMED and estate.committed("B") == 2
+    held = Estate()
+    reserve(held.ledgers[1], share, NOW)
+    assert losses.give_up_part(held.ledgers[1], share, NOW, LIMITS).state == State.RELEASED and held.held("B") == 0
+
+
 def test_a_part_released_whole_by_no_change_of_its_held_order_tears_it_R2() -> None:
     """A held part given up as an orphan (its order's record lost) after a retry opened the order again over it: the
     order HELD, its record showing B granted and not released, B's part RELEASED while A's holds — its hold there

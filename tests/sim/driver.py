@@ -40,7 +40,7 @@ from tests.sim.shed import ShedCalls, Shedding
 from tests.sim.shortgrace import GRACE_MS as SHORT_GRACE_MS
 from tests.sim.shortgrace import SKEW_MS, SPREAD_MS, Graces, Stamps, engaged
 from tests.sim.snapparts import PART_BYTES, READ_BYTES, PieceSizes
-from tests.sim.stamps import StampChecker
+from tests.sim.stamps import StampChecker, Unanswered
 from tests.sim.tailloss import TailLoss
 from tests.sim.tally import Tally
 from tests.sim.world import World
@@ -134,14 +134,15 @@ class Driver:
         if self.tail is not None:
             self.tail.witnessed = self.world.witnessed_loss  # one process: its instance; several: each taking
         self.errors = ServiceErrors()
-        self.stamps = StampChecker(self.world.log, self.commands.released)  # R6/R3 by each group's stamps; Q3
+        self.unanswered = Unanswered()  # the parts an order was given up without, their groups silent (R3, R8)
+        self.stamps = StampChecker(self.world.log, self.commands.released, self.unanswered.parts)  # R6/R3; Q3
         if isinstance(self.world, ClusterWorld) and self.world.skew is not None:
             self.trace.append(f"hosts' wall clocks off the world's: {self.world.skew.describe()}")
 
     async def run(self, steps: int) -> None:
         step = -1
         try:
-            with ServiceErrors(self.tail.allows if self.tail else None) as self.errors, \
+            with ServiceErrors(self.tail.allows if self.tail else None) as self.errors, self.unanswered, \
                     no_waits() if self.settle is not None else nullcontext(), \
                     engaged(self.tally) if self.short_grace else nullcontext():
                 await self.world.boot()

@@ -11,7 +11,8 @@ through; its caller told nothing yet). Never by an expiry, whatever Redis lost: 
 went back to HELD while a part stayed CONFIRMED is confirmed again (``reservation/_order_losses.py``), and one
 whose record went back to undecided (its Reserve pending) is decided again, CONFIRMED: an order given up whole
 over its Reserve pending (past its TTL, or a part refused by a rule) never had a part confirmed, so it releases
-no committed units, and no order is decided REJECTED, or given up so, while a part of it stays confirmed. A
+no committed units, and no order is decided REJECTED, or given up so, while a part of it stays confirmed — but
+one it was given up without, its group silent (``Unanswered``: the documented case it cannot see, kept committed). A
 part's release is judged once its order's record is settled (a record given up that Redis lost is decided
 again), and not where no group holds the record.
 
@@ -21,8 +22,10 @@ group whose entry was found wrong (a test of the checker goes on).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from reservation import OrderStep, Outcome, Reservation, State, decode_entry
 from reservation import _operations as ops
@@ -43,11 +46,46 @@ class _GroupStamps:
     # Reserve pending: refused, or given up (``_orders.abandoned``) — never over a part confirmed (R3)
 
 
+class Unanswered(logging.Filter):
+    """The parts an order's expiry or abandonment at its home went on without, their groups silent past its TTL and
+    the bound (the service's warning ``order_expired_parts_unanswered``, ``order_expiry``), taken as the service says
+    them and the warning dropped (only errors are logged). Such a part confirmed, its home having lost the
+    confirmation, is the one case the service cannot see (docs/SEMANTICS.md, R3 and R8 with several processes): it is
+    kept committed (Q3), its order given up undecided, ``EXPIRED``."""
+
+    LOGGER = "atp_service.engine.order_expiry"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: set[str] = set()
+        self._level = logging.NOTSET
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "event", None) != "order_expired_parts_unanswered":
+            return record.levelno >= logging.ERROR  # as before the logger was let warn
+        self.parts |= {orders.part_id(record.reservation_id, group) for group in record.groups}
+        return False
+
+    def __enter__(self) -> Unanswered:
+        logger = logging.getLogger(self.LOGGER)
+        self._level = logger.level
+        logger.setLevel(logging.WARNING)
+        logger.addFilter(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        logger = logging.getLogger(self.LOGGER)
+        logger.removeFilter(self)
+        logger.setLevel(self._level)
+
+
 class StampChecker:
-    def __init__(self, log: SimLog, released: Collection[str] = ()) -> None:
-        """``released``: the reservations (orders: by the order's id) a client sent a Release for, ever."""
+    def __init__(self, log: SimLog, released: Collection[str] = (), unanswered: Collection[str] = ()) -> None:
+        """``released``: the reservations (orders: by the order's id) a client sent a Release for, ever.
+        ``unanswered``: the parts an order was given up or expired without, unread (``Unanswered``)."""
         self._log = log
         self._released = released
+        self._unanswered = unanswered
         self._groups: dict[int, _GroupStamps] = {}
         self._afresh = False  # a checker made to read afresh, for ``SIM_CACHE_CHECK``
 
@@ -91,18 +129,19 @@ class StampChecker:
                 how = f" ({undecided[order_id]} over its Reserve pending)" if order_id in undecided else ""
                 raise Violation(f"R3/Q3: {part_id!r} {said}, its order {State(order.state).name}{how}: neither "
                                 f"released by a Release of it nor given up whole once decided")
-            _check_undecided(group, records, undecided)
+            _check_undecided(group, records, undecided, self._unanswered)
 
 
-def _check_undecided(group: _GroupStamps, records: dict[str, Reservation], undecided: dict[str, str]) -> None:
+def _check_undecided(group: _GroupStamps, records: dict[str, Reservation], undecided: dict[str, str],
+                     unanswered: Collection[str]) -> None:
     """R3/Q3: a part confirmed (CONFIRMED, or FULFILLED by shipments) proves its order was decided and confirmed: an
     order whose record, settled, was decided over its Reserve pending — refused, or given up undecided — while such
     a part of it (``_own``) stands lost its decision at its home and was decided again as if undecided
-    (``_order_losses``)."""
+    (``_order_losses``). Not a part it was given up without (``unanswered``): the documented case it cannot see."""
     for part_id, part in group.holds.items():
         order_id = orders.order_of(part_id) or ""
         order = records.get(order_id)
-        if (order_id in undecided and order is not None and order.pending is None
+        if (order_id in undecided and order is not None and order.pending is None and part_id not in unanswered
                 and part.state in (State.CONFIRMED, State.FULFILLED) and _own(part, order)):
             raise Violation(f"R3/Q3: {part_id!r} is {State(part.state).name} under its order "
                             f"{State(order.state).name}, {undecided[order_id]} over its Reserve pending")

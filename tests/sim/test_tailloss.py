@@ -79,3 +79,12 @@ async def test_a_late_step_sent_before_every_node_s_restore_tears_its_order() ->
     await Driver(205, processes=3, late_across_steps=True, retry_other_content=True, lose_tail=True,
                  redis_full=True, shed=True, settle_faults=True, forward_streams=True, partition=True,
                  clock_jumps=True, groups=True).run(48)
+
+
+async def test_a_confirmed_part_an_order_was_given_up_without_is_kept_committed() -> None:
+    """``--seed 140 --processes 3 --lose-tail --forward-streams``: order r67, confirmed, its home's node back from
+    before its decision (its Reserve pending again) while its part in group 2 kept its confirmation; group 2 silent
+    past the TTL and the bound, the order was given up undecided without reading that part, and giving the part up
+    once group 2 answered released its committed unit (Q3: the stamp check's "released 1 committed units"). It is
+    kept committed, the documented case the service cannot see (``stamps.Unanswered``)."""
+    await Driver(140, processes=3, lose_tail=True, forward_streams=True).run(59)

@@ -14,6 +14,7 @@ import pytest
 from atp_service.engine.order_expiry import EXPIRE_UNANSWERED_AFTER_MS, unanswered_after_ms
 from reservation import DomainError, LineRequest, Reason, State, Unavailable
 from reservation import _operations as ops
+from reservation import _orders as orders
 from tests.atp_service.engine.helpers import SKUS, running
 from tests.atp_service.engine.test_order_sagas import Rig, failing_on
 
@@ -236,3 +237,32 @@ async def test_with_a_lease_longer_than_half_the_bound_an_order_waits_twice_the_
     rig.clock.advance(600_000 - EXPIRE_UNANSWERED_AFTER_MS)
     await housekeeping_until(rig, lambda: rig.quantities()[0] == (0, 0), "group 0's part gives its units back")
     assert engine.actors[0].ledger.reservation("o1").state == State.EXPIRED
+
+
+async def test_an_order_given_up_undecided_without_its_silent_confirmed_part_keeps_that_part_committed_Q3(
+        rig: Rig) -> None:
+    """Order o1's home back at its Reserve pending (Redis lost its decision and confirmation there, R7) while group
+    1's part kept its confirmation, group 1 silent: past its TTL and the bound the order is given up undecided
+    without reading that part (the one case it cannot see, R3 and R8 with several processes). Defect (found by the
+    simulation, ``--seed 140 --processes 3 --lose-tail --forward-streams``): once group 1 answered, giving the part up
+    released its 3 committed units — a paid order's units offered again while its caller ships them. The part is
+    kept committed (Q3), its order EXPIRED at its home as recorded there."""
+    engine = rig.engine
+    cmd = rig.cmd("o1")
+    await rig.run(engine.reserve(cmd))
+    assert engine.home_of("o1") == 0
+    part = rig.part("o1", 1).reservation_id
+    await rig.run(engine.actors[1].submit(lambda ledger, now: ops.confirm(ledger, part, now)))
+    undecided = orders.open_order(cmd, (0, 1), rig.clock.now_ms())  # the home's record before its decision
+    await rig.run(engine.actors[0].submit(lambda ledger, _now: ledger.save(undecided)))
+    assert rig.quantities() == [(3, 0), (0, 3)]
+    silent = failing_on(rig, 1)
+    silent[0] = True
+    rig.clock.advance(TTL_MS + EXPIRE_UNANSWERED_AFTER_MS + 1)
+    await housekeeping_until(rig, lambda: rig.quantities()[0] == (0, 0), "group 0's part gives its units back")
+    assert engine.actors[0].ledger.reservation("o1").state == State.EXPIRED
+    silent[0] = False
+    await housekeeping_until(rig, lambda: engine.actors[0].ledger.reservation("o1").pending is None,
+                             "the order's give-up carried through once group 1 answers")
+    assert rig.part("o1", 1).state == State.CONFIRMED
+    assert rig.quantities() == [(0, 0), (0, 3)], "the confirmed part's committed units released"
