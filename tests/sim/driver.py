@@ -36,7 +36,7 @@ from tests.sim.replay import replay_equals_live
 from tests.sim.settled import orders_settle
 from tests.sim.settlefaults import SettleFaults, no_waits
 from tests.sim.shardcount import facts_answer_alike
-from tests.sim.shed import ShedCalls, Shedding
+from tests.sim.shed import ShedCalls, Shedding, group_time
 from tests.sim.shortgrace import GRACE_MS as SHORT_GRACE_MS
 from tests.sim.shortgrace import SKEW_MS, SPREAD_MS, Graces, Stamps, engaged
 from tests.sim.snapparts import PART_BYTES, READ_BYTES, PieceSizes
@@ -120,7 +120,8 @@ class Driver:
         self.shed = Shedding(seed, self.tally) if shed else None
         self.world.shed = self.commands.shed = self.shed
         self.shed_calls = ShedCalls(self.shed, self.commands.record, self.world.config.shards,
-                                    self.world.clock.now_ms, self.world.logged_facts) if self.shed else None
+                                    lambda rid: group_time(self.world, rid),
+                                    self.world.logged_facts) if self.shed else None
         self.commands.shed_calls = self.shed_calls
         self.times = FactTimes(seed, self.tally, late=not lose_tail) if fact_times else None
         self.commands.times = self.times

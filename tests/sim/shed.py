@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from reservation import Fact, Reason, Reservation, ResourceExhausted, State
+from reservation import Fact, Reason, Reservation, ResourceExhausted, State, decode_entry
 from reservation import _orders as orders
 from tests.sim.checks import Violation
 from tests.sim.tally import Tally
@@ -162,8 +162,9 @@ class ShedCalls:
     found the same at the step's end (nothing applied)."""
 
     def __init__(self, shedding: Shedding, record: Callable[[str], Reservation | None], shards: int,
-                 now_ms: Callable[[], int], logged: Callable[[], list[Fact]]) -> None:
-        self.shedding, self.record, self.shards, self.now_ms, self.logged = shedding, record, shards, now_ms, logged
+                 now_at: Callable[[str], int], logged: Callable[[], list[Fact]]) -> None:
+        """``now_at``: how far the clock of the group holding a reservation has come at least (``group_time``)."""
+        self.shedding, self.record, self.shards, self.now_at, self.logged = shedding, record, shards, now_at, logged
         self.before: dict[int, list[tuple[str, Seen]]] = {}
         self.facts: dict[int, list[Fact]] = {}  # the step's fact calls' facts (RecordEvents, LoadCounts rows)
         self.applied: Counter[FactKey] | None = None  # each fact's times applied in the log as the step began
@@ -241,7 +242,7 @@ class ShedCalls:
         if rec is None:
             return False
         return rec.pending is not None or (State(rec.state) == State.HELD and
-                                           rec.expires_at <= self.now_ms() + SKEW_MS)
+                                           rec.expires_at <= self.now_at(rec.reservation_id) + SKEW_MS)
 
     def _unchanged(self, call: Call, rid: str, before: Seen, error: object) -> None:
         now = self.seen(rid)
@@ -252,6 +253,16 @@ class ShedCalls:
             changed = [(b, n) for b, n in zip(before[1], now[1], strict=True) if b != n]
             raise Violation(f"shed: {call.label} was refused for load ({error}), yet parts of order {rid} changed: "
                             f"{[(_said(b), _said(n)) for b, n in changed]}")
+
+
+def group_time(world: World, rid: str) -> int:
+    """How far the clock of the group holding ``rid`` has come at least: the world's time, or the newest stamp the
+    group logged, where the service's clock runs ahead of the world's (``--clock-jumps``: a host's wall clock set
+    ahead by hours, or a group taken from such a host, R6) — a hold due by it may be expired (R3, by its group's
+    stamps: ``stamps.py``). Read off the log: asking the service's clock would move its anchor (``SystemClock``)."""
+    shard = next((i for i, actor in enumerate(world.eng.actors) if rid in actor.ledger.reservations), None)
+    entries = world.log.history.get(shard, []) if shard is not None else []
+    return max(world.clock.now_ms(), decode_entry(entries[-1][1]).ts if entries else 0)
 
 
 def _key(fact: Fact) -> FactKey:

@@ -42,3 +42,13 @@ async def test_a_shard_that_found_its_log_short_as_the_process_was_killed_was_th
     judged as the new instance's, which had lost nothing since its start. The dead instance's due callbacks
     now run before the restart, as they do whenever a task was left to cancel."""
     await Driver(1001, lose_tail=True, shed=True).run(55)
+
+
+async def test_a_call_refused_for_load_may_meet_an_expiry_due_by_its_group_s_clock_ahead_of_the_world_s() -> None:
+    """``--seed 93 --lose-tail --redis-full --shed --settle-faults --clock-jumps --groups``: the host's wall clock set
+    hours ahead, the service's clock follows it (R6) and r166's hold, due by it, expired in step 40 while a Confirm of
+    r166 was refused for load. The check judged the hold's expiry by the world's clock, not due, and took the
+    expiry for the refused call's change. It judges it by the group's clock now, at least its newest stamp
+    (``shed.group_time``; an expiry before its TTL by those stamps is ``stamps.py``'s to find)."""
+    await Driver(93, lose_tail=True, redis_full=True, shed=True, settle_faults=True, clock_jumps=True,
+                 groups=True).run(41)
