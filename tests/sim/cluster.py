@@ -237,7 +237,8 @@ class ClusterWorld(World):
         whose record the restarted groups held (in memory or in Redis) and no longer hold are noted: their
         parts in other groups may outlive them (``lost_orders``); one node's restore tears the orders whose
         records (the order's or a part's) it changed (``torn_orders``), and so does every node's restore those of
-        them a late step request still on its way changes a part of; every node's restore leaves the orders
+        them a step sent from what was lost changes a part of (on its way, or sent from the order's record its
+        home's process holds in memory); every node's restore leaves the orders
         whose part it changed from what its process holds in memory to a saga that may go on from that
         memory (``outlived_orders``)."""
         assert self.tail is not None
@@ -254,9 +255,11 @@ class ClusterWorld(World):
         if self.tail.groups is None:  # the part's change lost where a saga of its order may have read it already
             self.outlived_orders |= {order_id for rid, rec in held
                                      if (order_id := orders.order_of(rid)) is not None and after.get(rid) != rec}
-            # A step request still on its way, sent from what was lost, lands on what is left: it tears its order
-            # as one node's restore does (an order's EXPIRE applied to a part, the order HELD again at its home).
-            torn &= self.network.orders_in_flight()
+            # A step sent from what was lost lands on what is left, tearing its order as one node's restore does (an
+            # order's EXPIRE applied to a part, the order HELD again at its home): one still on its way, or one its
+            # home's process sends from the record it holds in memory until its owner check finds the loss.
+            torn &= self.network.orders_in_flight() | {rid for rid, rec in held
+                                                        if rec.is_order and after.get(rid) != rec}
         self.torn_orders |= torn
         # Confirmed before the loss: no Confirm can be refused any more, the part was lost after it.
         self.torn_confirmed |= {rid for rid in torn if rid in settled and (
