@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import start_http_server
 
-from atp_service.config_values import LOG_FORMATS, LOG_LEVELS
+from atp_service.config_values import FALSE, LOG_FORMATS, LOG_LEVELS, TRUE
 from atp_service.logs import say_left_out, set_up_logging
 from atp_service.storage.acl import AclRefused
 from atp_service.storage.nodes import Nodes, connect_any
@@ -44,12 +44,24 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+def cluster_of(args: argparse.Namespace) -> bool:
+    """``--redis-cluster``, else ``ATP_REDIS_CLUSTER`` read as the service reads it. The publisher took
+    only 1/true/yes: ``on``, which the service takes, or a typo left it a single-node client of the
+    cluster the service writes, without a word."""
+    if args.redis_cluster is not None:
+        return bool(args.redis_cluster)
+    raw = os.environ.get("ATP_REDIS_CLUSTER", "")
+    if raw.lower() not in (*TRUE, *FALSE, ""):
+        raise ValueError(f"ATP_REDIS_CLUSTER: cannot read {raw!r} as a boolean (one of {', '.join(TRUE + FALSE)})")
+    return raw.lower() in TRUE
+
+
 def _redis_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
                    help=f"(env ATP_REDIS_URL; default: the embedded service's, from {EMBEDDED_URL_FILE})")
-    p.add_argument("--redis-cluster", action="store_true",
-                   default=os.environ.get("ATP_REDIS_CLUSTER", "").lower() in ("1", "true", "yes"),
-                   help="--redis-url names a node of a Redis Cluster (env ATP_REDIS_CLUSTER)")
+    p.add_argument("--redis-cluster", action="store_true", default=None,  # None: ATP_REDIS_CLUSTER says (cluster_of)
+                   help="--redis-url names a node of a Redis Cluster (env ATP_REDIS_CLUSTER: true/false, 1/0, "
+                        "yes/no, on/off, as the service's)")
     p.add_argument("--key-prefix", default=_env("ATP_KEY_PREFIX", "atp:"),
                    help="the service's key prefix (env ATP_KEY_PREFIX; default atp:)")
     p.add_argument("--wait-replicas", type=int, default=_env("ATP_REDIS_WAIT_REPLICAS", "0"),
@@ -168,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_SETTING
     try:
         config = make_config(args)
+        cluster = cluster_of(args)
         wait = RedisWait(total_s=args.redis_wait, max_s=args.redis_backoff_max)
         adapter = make_adapter(args)
     except ValueError as exc:
@@ -185,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return EXIT_BAD_SETTING
     try:
-        asyncio.run(_run(config, redis_url, adapter, metrics, args.redis_cluster, wait))
+        asyncio.run(_run(config, redis_url, adapter, metrics, cluster, wait))
     except RedisUnavailable as exc:
         print(f"atp-publisher: {exc}", file=sys.stderr)
         return EXIT_NO_REDIS

@@ -6,7 +6,7 @@ import pytest
 
 from publishers import WebhookAdapter
 from publishers._startup import RedisWait
-from publishers.cli import EXIT_BAD_SETTING, build_parser, main, make_adapter, make_config
+from publishers.cli import EXIT_BAD_SETTING, build_parser, cluster_of, main, make_adapter, make_config
 from tests.publishers.test_publisher import SECRET
 
 FLAGS = ["--channel", "web", "--adapter", "jsonl", "--file", "web.jsonl"]
@@ -92,3 +92,23 @@ def test_a_redis_wait_of_nan_is_refused() -> None:
     """NaN never ran out: the publisher waited for Redis for ever instead of exiting 3 for its supervisor."""
     with pytest.raises(ValueError, match=r"^--redis-wait"):
         RedisWait(total_s=float("nan"))
+
+
+@pytest.mark.parametrize(("raw", "cluster"), [("on", True), ("TRUE", True), ("1", True), ("yes", True),
+                                              ("off", False), ("0", False), ("", False)])
+def test_atp_redis_cluster_is_read_as_the_service_reads_it(monkeypatch: pytest.MonkeyPatch, raw: str,
+                                                            cluster: bool) -> None:
+    """The publisher took only 1/true/yes: `on`, which the service takes as a cluster, left the publisher
+    a single-node client of the cluster the service writes."""
+    monkeypatch.setenv("ATP_REDIS_CLUSTER", raw)
+    assert cluster_of(build_parser().parse_args(FLAGS)) is cluster
+    assert cluster_of(build_parser().parse_args([*FLAGS, "--redis-cluster"])) is True
+
+
+def test_an_atp_redis_cluster_that_is_no_boolean_stops_the_start_naming_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`maybe` (or a typo of `true`) was taken as false, without a word, as the service refuses it."""
+    monkeypatch.setenv("ATP_REDIS_CLUSTER", "maybe")
+    flags = [*FLAGS, "--redis-url", "redis://127.0.0.1:1", "--metrics-port", "-1", "--redis-wait", "0.2"]
+    assert main(flags) == EXIT_BAD_SETTING  # before Redis is asked (no Redis there: it waited, then exit 3)
+    assert "ATP_REDIS_CLUSTER: cannot read 'maybe' as a boolean" in capsys.readouterr().err
