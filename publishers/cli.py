@@ -62,7 +62,9 @@ def _redis_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-cluster", action="store_true", default=None,  # None: ATP_REDIS_CLUSTER says (cluster_of)
                    help="--redis-url names a node of a Redis Cluster (env ATP_REDIS_CLUSTER: true/false, 1/0, "
                         "yes/no, on/off, as the service's)")
-    p.add_argument("--key-prefix", default=_env("ATP_KEY_PREFIX", "atp:"),
+    # Set, even empty, it is the service's prefix as the service reads it: an empty one taken as unset (atp:) had
+    # the publisher wait on atp:{avail}:<channel> while the service wrote {avail}:<channel>, delivering nothing.
+    p.add_argument("--key-prefix", default=os.environ.get("ATP_KEY_PREFIX", "atp:"),
                    help="the service's key prefix (env ATP_KEY_PREFIX; default atp:)")
     p.add_argument("--wait-replicas", type=int, default=_env("ATP_REDIS_WAIT_REPLICAS", "0"),
                    help="replicas that must hold what is read before it is delivered: the service's "

@@ -112,3 +112,13 @@ def test_an_atp_redis_cluster_that_is_no_boolean_stops_the_start_naming_it(
     flags = [*FLAGS, "--redis-url", "redis://127.0.0.1:1", "--metrics-port", "-1", "--redis-wait", "0.2"]
     assert main(flags) == EXIT_BAD_SETTING  # before Redis is asked (no Redis there: it waited, then exit 3)
     assert "ATP_REDIS_CLUSTER: cannot read 'maybe' as a boolean" in capsys.readouterr().err
+
+
+def test_an_empty_atp_key_prefix_is_the_service_s_empty_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service takes `ATP_KEY_PREFIX=` as the empty prefix and writes `{avail}:<channel>`; the publisher
+    read it as unset, `atp:`, and waited on `atp:{avail}:<channel>`, delivering nothing, without a word."""
+    monkeypatch.setenv("ATP_KEY_PREFIX", "")
+    config = make_config(build_parser().parse_args(FLAGS))
+    assert (config.key_prefix, config.stream) == ("", "{avail}:web")
+    monkeypatch.delenv("ATP_KEY_PREFIX")
+    assert make_config(build_parser().parse_args(FLAGS)).stream == "atp:{avail}:web"
