@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import ssl
 from pathlib import Path
@@ -13,6 +14,22 @@ INT64_MAX = (1 << 63) - 1
 """What a proto int64 holds (quantities): a number past it cannot even be put in the request."""
 MAX_DURATION_S = 315_576_000_000
 """The largest google.protobuf.Duration (about 10,000 years), in seconds."""
+
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+"""A boolean variable's values, as the service reads its own (``atp_service.config_values``)."""
+
+
+def env_boolean(variable: str, given: bool | None) -> bool:
+    """A flag given (``given``), else ``variable`` read as the service reads it: one the service takes (``on``)
+    taken alike, and a value it refuses (``maybe``) refused naming the variable, never taken as false."""
+    if given is not None:
+        return given
+    raw = os.environ.get(variable, "").lower()
+    if raw not in (*TRUE, *FALSE, ""):
+        raise ValueError(f"{variable}: cannot read {os.environ[variable]!r} as a boolean (one of "
+                         f"{', '.join(TRUE + FALSE)})")
+    return raw in TRUE
 
 
 def key(text: str) -> tuple[str, str]:

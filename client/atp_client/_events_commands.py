@@ -10,6 +10,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from atp_client import _args as arg
 from atp_client._client import AtpClient
 from atp_client._import import Imported, count_facts, numbered_facts, send_all
 from atp_client._output import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, answer, refusal
@@ -71,6 +72,11 @@ def _judged(counts: dict[str, int]) -> int:
 
 def publish_facts(args: argparse.Namespace) -> int:
     """``events publish``: to ``--redis-url``, else to make run's embedded Redis (``EMBEDDED_URL_FILE``)."""
+    try:  # as the service reads it: `on` was taken as false, and `maybe` too, without a word
+        args.redis_cluster = arg.env_boolean("ATP_REDIS_CLUSTER", args.redis_cluster)
+    except ValueError as exc:
+        print(f"atpctl: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     url = args.redis_url
     if not url and EMBEDDED_URL_FILE.is_file():  # its password is nowhere else: not given on a command line
         try:

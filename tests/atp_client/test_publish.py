@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 
+from atp_client._args import env_boolean
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.conftest import ServiceFactory
 
@@ -262,3 +263,23 @@ async def test_a_ctrl_c_is_kept_when_the_redis_client_loses_the_cancellation() -
     assert finished, "the interrupted write went on waiting for Redis"
     done = run.result()
     assert done.interrupted and done.in_doubt == 2 and done.stopped_at == 1, done
+
+
+@pytest.mark.parametrize(("raw", "cluster"), [("on", True), ("TRUE", True), ("yes", True), ("off", False), ("", False)])
+def test_atp_redis_cluster_is_read_as_the_service_reads_it(monkeypatch: pytest.MonkeyPatch, raw: str,
+                                                            cluster: bool) -> None:
+    """Only 1/true/yes were a cluster: `on`, which the service takes, wrote as to one Redis (MOVED)."""
+    monkeypatch.setenv("ATP_REDIS_CLUSTER", raw)
+    assert env_boolean("ATP_REDIS_CLUSTER", None) is cluster
+    assert env_boolean("ATP_REDIS_CLUSTER", True) is True  # --redis-cluster given
+
+
+def test_an_atp_redis_cluster_that_is_no_boolean_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    """`maybe` was taken as false without a word, where the service refuses it: exit 2, nothing sent."""
+    path = tmp_path / "facts.jsonl"
+    path.write_text(json.dumps(fact(0)) + "\n")
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "events", "publish", str(path),
+                           "--redis-url", "redis://127.0.0.1:1"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "ATP_REDIS_CLUSTER": "maybe"})
+    assert done.returncode == 2, (done.returncode, done.stderr)  # not 6: Redis was never asked
+    assert "ATP_REDIS_CLUSTER: cannot read 'maybe' as a boolean" in done.stderr, done.stderr
