@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -106,9 +107,29 @@ def bind(server: grpc.aio.Server, cfg: ServiceConfig) -> int:
     except RuntimeError:
         port = 0
     if port == 0:
+        if (why := unusable_host(cfg.host)) is not None:  # the host at fault, not the port
+            raise StartupError(f"host: cannot listen for gRPC on {cfg.host}:{cfg.port}: {why}; "
+                               "choose another with --host / ATP_HOST (0.0.0.0: every interface)")
         raise StartupError(f"port: cannot listen for gRPC on {cfg.host}:{cfg.port} (in use?); "
                            "choose another with --port / ATP_PORT")
     return port
+
+
+def unusable_host(host: str) -> str | None:
+    """Why no socket of this host can listen on ``host`` — empty, a name that does not resolve, an address
+    not on this host — or None. Asked once a bind failed: such a host was reported as the port's fault ("in
+    use?", "choose another with --port"), and the operator chased a port conflict that was not there."""
+    if not host:
+        return "an empty host is no address"
+    name = host.removeprefix("[").removesuffix("]")  # gRPC takes an IPv6 address in brackets ([::])
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(name, 0, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)  # port 0: any free one, so only the address itself can be refused here
+    except (OSError, UnicodeError) as exc:  # gaierror, EADDRNOTAVAIL; a name no IDNA label takes
+        return str(getattr(exc, "strerror", None) or exc)
+    return None
 
 
 def advertised(cfg: ServiceConfig, port: int) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,15 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import start_http_server
 
 from atp_service.app.estate_file import read_estate
-from atp_service.app.grpc_server import SERVICE_NAME, add_services, advertised, bind, new_server, server_interceptors
+from atp_service.app.grpc_server import (
+    SERVICE_NAME,
+    add_services,
+    advertised,
+    bind,
+    new_server,
+    server_interceptors,
+    unusable_host,
+)
 from atp_service.app.keyspace import StartupError, watch_eviction
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
@@ -158,6 +167,10 @@ class AtpService(Recovering):
             try:
                 server, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry=self.metrics.registry)
             except OSError as exc:
+                why = exc.strerror if isinstance(exc, socket.gaierror) else unusable_host(cfg.metrics_host)
+                if why is not None:  # the host at fault, not the port
+                    raise StartupError(f"metrics_host: cannot listen on {cfg.metrics_host}:{cfg.metrics_port}: {why}; "
+                                       "choose another with --metrics-host / ATP_METRICS_HOST") from None
                 raise StartupError(f"metrics_port: cannot listen on {cfg.metrics_host}:{cfg.metrics_port} ({exc}); "
                                    "choose another with --metrics-port / ATP_METRICS_PORT, or -1 to disable") from None
             self.metrics_port = server.server_port

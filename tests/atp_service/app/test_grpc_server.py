@@ -9,6 +9,7 @@ import pytest
 
 from atp_service import AtpService
 from atp_service.app.certs import make_certs
+from atp_service.app.grpc_server import unusable_host
 from atp_service.app.keyspace import StartupError
 from tests.conftest import test_config as make_config
 
@@ -54,3 +55,31 @@ async def test_a_start_refused_after_grpc_started_leaves_nothing_listening(redis
             socket.create_connection(("127.0.0.1", service.port), timeout=10).close()
     finally:
         await service.stop(grace_s=0)
+
+
+NOT_HERE = "192.0.2.1"  # TEST-NET-1 (RFC 5737): an address, on no interface of this host
+
+
+@pytest.mark.parametrize(("setting", "told"), [
+    ("host", "host: cannot listen for gRPC on {host}:"),
+    ("metrics_host", "metrics_host: cannot listen on {host}:"),
+])
+@pytest.mark.parametrize("host", ["", NOT_HERE])
+async def test_a_host_to_listen_on_that_is_no_address_here_is_refused_naming_the_host_not_the_port(
+        redis_url: str, setting: str, told: str, host: str) -> None:
+    """`ATP_METRICS_HOST=` (empty) or an address of another machine was refused as "metrics_port: cannot
+    listen ...; choose another with --metrics-port", and `ATP_HOST` so as "port: ... (in use?); choose
+    another with --port": the operator moved a port that was never at fault."""
+    hosts = {"host": "127.0.0.1", "metrics_host": "127.0.0.1", setting: host}
+    service = AtpService(make_config(**hosts, metrics_port=0), redis_url)
+    with pytest.raises(StartupError) as refused:
+        await service.start()
+    await service.stop(grace_s=0)
+    assert str(refused.value).startswith(told.format(host=host)), str(refused.value)
+    assert "--port" not in str(refused.value) and "--metrics-port" not in str(refused.value)
+
+
+def test_a_host_that_can_listen_here_is_not_blamed() -> None:
+    """Asked once a bind failed: a usable host leaves the port at fault (in use), as it was said."""
+    assert unusable_host("127.0.0.1") is None and unusable_host("0.0.0.0") is None
+    assert unusable_host("") is not None and unusable_host(NOT_HERE) is not None
