@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -154,7 +155,14 @@ def _print_ready(config: ServiceConfig, service: AtpService) -> None:
                    f"  {ctl_cmd} --target {target} reserve {rid} sku-00001@dc-east:2 --ttl 600",
                    f"  {ctl_cmd} --target {target} confirm {rid}"]
     # One write: whoever waits for the "ready" line finds the whole banner with it.
-    print("\n".join(banner), flush=True)
+    try:
+        print("\n".join(banner), flush=True)
+    except OSError:  # stdout's reader gone (`| head`, a log collector restarted): the banner is lost, not the serving
+        # Its BrokenPipeError left serving mid-way: never ready, its tasks never stopped, the process hung at exit
+        # deaf to every signal. The rest of stdout goes nowhere, the buffer held too (flushed at exit: status 120).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     log.info("ready: gRPC on %s, metrics %s", target, metrics, extra={  # the banner's line, for a log pipeline
         "event": "ready", "grpc": target, "metrics_port": service.metrics_port if config.metrics_port >= 0 else None})
 
