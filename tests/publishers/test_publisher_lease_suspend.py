@@ -34,3 +34,29 @@ async def test_a_holder_woken_from_a_suspend_past_its_lease_sends_nothing_more(
     with pytest.raises(LeaseLapsing):
         old.check_send()  # before a request to the destination: nothing is sent
     standby.check_send()  # the new holder sends
+
+
+@pytest.mark.skipif(not hasattr(time, "CLOCK_BOOTTIME"), reason="CLOCK_BOOTTIME is Linux's")
+async def test_a_holder_suspended_after_its_wall_clock_was_stepped_ahead_and_put_right_sends_nothing_more(
+        client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holder's wall clock stepped ten minutes ahead (the holding ended early, taken again at the renewal) and
+    put right; then its host suspended twice the lease: woken, it sends nothing. The lead shared by every clock
+    stayed ten minutes up, and the suspend, shorter, moved the lease clock not at all: it sent beside the standby."""
+    await client.delete(KEY)
+    wall = {"ahead_s": 0.0}
+    real_time, real_gettime = time.time, time.clock_gettime
+    monkeypatch.setattr(time, "time", lambda: real_time() + wall["ahead_s"])  # as the lease clocks built next read it
+    old, standby = Lease(client, KEY, LEASE_S, SEND_TIMEOUT_S), Lease(client, KEY, LEASE_S, SEND_TIMEOUT_S)
+    assert await old.take()
+    wall["ahead_s"] = 600.0
+    assert not old.covers(SEND_TIMEOUT_S), "the wall clock stepped ahead: the lease shortened"
+    wall["ahead_s"] = 0.0
+    assert await old.renew()
+    old.check_send()  # put right, renewed: it may send
+    suspended_s = 2 * LEASE_S  # counted by CLOCK_BOOTTIME and the wall clock, not CLOCK_MONOTONIC
+    monkeypatch.setattr(time, "clock_gettime",
+                        lambda clock: real_gettime(clock) + (suspended_s if clock == time.CLOCK_BOOTTIME else 0.0))
+    wall["ahead_s"] = suspended_s
+    assert await client.delete(KEY) == 1  # run out in Redis meanwhile; the standby took it
+    assert await standby.take()
+    assert not old.covers(SEND_TIMEOUT_S), "woken, the old holder counts on a lease the standby holds"

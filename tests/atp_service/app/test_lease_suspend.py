@@ -6,13 +6,15 @@ and ``CLOCK_BOOTTIME`` counted the suspend."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
 import redis.asyncio as aredis
 
+from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService
 from atp_service.lease_clock import JUMP_S, LeaseClock
 from atp_service.tasks import cancel_and_wait
 from tests.atp_service.edge.test_api import receipt
@@ -53,6 +55,38 @@ async def _refused(call: Callable[[], object]) -> grpc.aio.AioRpcError | None:
 @pytest.mark.skipif(not hasattr(time, "CLOCK_BOOTTIME"), reason="CLOCK_BOOTTIME is Linux's")
 async def test_a_process_woken_from_a_suspend_past_its_lease_answers_no_read_of_the_group_taken_meanwhile(
         start: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    await _woken_answers_no_stale_read(start, redis_url, monkeypatch)
+
+
+@pytest.mark.skipif(not hasattr(time, "CLOCK_BOOTTIME"), reason="CLOCK_BOOTTIME is Linux's")
+async def test_a_suspend_past_the_lease_ends_it_though_the_wall_clock_was_stepped_ahead_and_put_right_before(
+        start: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A's wall clock stepped ten minutes ahead while it served (its groups unanswered till a renewal), then put
+    right, its leases renewed since: a suspend of two minutes must still end them. The lead shared by every clock
+    stayed ten minutes up, and CLOCK_BOOTTIME's two minutes never rose above it: A answered its stale memory."""
+    wall = {"ahead_s": 0.0}
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + wall["ahead_s"])  # as read by the lease clock built after
+
+    async def stepped_ahead_and_put_right(a: AtpService, a_client: AtpClient) -> None:
+        wall["ahead_s"] = 600.0
+        await _refused(lambda: a_client.stub.GetAvailability(_READ, metadata=REDIRECT, timeout=5))  # read meanwhile
+        wall["ahead_s"] = 0.0
+        assert a.membership is not None
+        assert await a.membership.renew() == "", "A's leases renewed once its wall clock was put right"
+        assert a.engine.serving() == [0], "A answers for the group again"
+
+    await _woken_answers_no_stale_read(start, redis_url, monkeypatch, before=stepped_ahead_and_put_right)
+
+
+_READ = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku="A", location="DC")])
+
+
+async def _woken_answers_no_stale_read(
+        start: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+        before: Callable[[AtpService, AtpClient], Awaitable[None]] | None = None) -> None:
+    """A serves the group, B takes it while A's host is suspended twice the lease (``before``: what A's host went
+    through first, A serving): woken, A answers no read of it from its memory."""
     a, a_client = await start(port=held_port(), host="127.0.0.1")
     assert a.membership is not None
     await until(lambda: 0 in a.membership.leases.held, "the group taken by A", 30)  # type: ignore[union-attr]
@@ -62,6 +96,8 @@ async def test_a_process_woken_from_a_suspend_past_its_lease_answers_no_read_of_
     now_ms = int(time.time() * 1000)
     await a_client.record_events([receipt("in", "A", "DC", 10, t=now_ms - 1000)])
     await a_client.reserve("r", [("A", "DC", 3)], ttl_seconds=3600)
+    if before is not None:
+        await before(a, a_client)
     # A's host suspended: nothing of A runs (no renewal), Redis lets A's lease run out, B takes the group and
     # releases the reservation; A wakes, its monotonic clock behind by the whole suspend.
     await cancel_and_wait(a.membership._tasks[0])
@@ -77,9 +113,8 @@ async def test_a_process_woken_from_a_suspend_past_its_lease_answers_no_read_of_
     assert (await b_client.release("r")).state == pb.RESERVATION_STATE_RELEASED
     # Woken: A answers no read of the group from its memory (stale: 3 reserved, "r" held), as its renewal would
     # find the lease lost (R7); refused as moved, or the fresh answer.
-    read = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku="A", location="DC")])
     try:
-        answer = await a_client.stub.GetAvailability(read, metadata=REDIRECT, timeout=5)
+        answer = await a_client.stub.GetAvailability(_READ, metadata=REDIRECT, timeout=5)
     except grpc.aio.AioRpcError as refused:
         assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused
     else:
@@ -95,8 +130,9 @@ async def test_a_process_woken_from_a_suspend_past_its_lease_answers_no_read_of_
 
 
 def test_a_lease_clock_moves_at_least_as_far_as_every_host_clock() -> None:
-    """Injected clocks (seconds): the lease clock is the monotonic one plus the furthest any other clock has drawn
-    ahead of it since it began; a clock that stands still or steps back moves it no less than ``mono``."""
+    """Injected clocks (seconds): between any two readings the lease clock moves at least as far as each clock (a
+    lease renewed between them may have run out by any one); a clock that stands still or steps back moves it no
+    less than ``mono``, and one put right after a step back no further than where it was."""
     clocks = {"mono": 100.0, "boot": 100.0, "wall": 1_700_000_000.0}
     lease = LeaseClock(mono=lambda: clocks["mono"], others=(lambda: clocks["boot"], lambda: clocks["wall"]))
     assert lease.now() == 100.0
@@ -105,24 +141,27 @@ def test_a_lease_clock_moves_at_least_as_far_as_every_host_clock() -> None:
     assert lease.now() == 101.0  # every clock agrees: the monotonic one
     clocks["boot"] += 30  # suspended 30 s: counted by CLOCK_BOOTTIME alone
     assert lease.now() == 131.0
-    clocks["wall"] += 10  # the wall clock set forward, less far ahead than CLOCK_BOOTTIME is: nothing more
-    assert lease.now() == 131.0
-    clocks["wall"] += 25  # and on, 35 s ahead of the monotonic clock in all: as far as it is ahead
-    assert lease.now() == 136.0
+    clocks["wall"] += 10  # the wall clock set forward 10 s since: by it a lease renewed at 131 is 10 s older
+    assert lease.now() == 141.0
+    clocks["wall"] += 25  # and on
+    assert lease.now() == 166.0
     clocks["wall"] -= 3600  # the wall clock set back an hour: a lease is not lengthened
     clocks["mono"] += 1
     clocks["boot"] += 1
-    assert lease.now() == 137.0
+    assert lease.now() == 167.0
     clocks["wall"] += 3600  # and put right: back where it was ahead, no further
-    assert lease.now() == 137.0
+    assert lease.now() == 167.0
+    clocks["boot"] += 20  # a suspend counted by CLOCK_BOOTTIME and the wall clock (Linux), read at once: once
+    clocks["wall"] += 20
+    assert lease.now() == 187.0
     clocks["mono"] += 5  # a pause counted by the monotonic clock alone (the others stood still)
-    assert lease.now() == 142.0
+    assert lease.now() == 192.0
     clocks["mono"] += 2  # a SIGSTOP counted by every clock: once
     clocks["boot"] += 2
     clocks["wall"] += 2
-    assert lease.now() == 144.0
+    assert lease.now() == 194.0
     clocks["wall"] += JUMP_S / 2  # the reads' own noise: no jump
-    assert lease.now() == 144.0
+    assert lease.now() == 194.0
 
 
 def test_a_thread_switch_between_a_reading_s_clocks_is_never_taken_for_a_jump() -> None:
@@ -154,3 +193,23 @@ def test_a_lease_deadline_is_passed_once_any_clock_says_so() -> None:
     assert lease.now() > deadline
     assert clocks["mono"] < deadline, "the monotonic clock alone would have kept the lease"
 
+
+
+def test_a_suspend_is_counted_though_the_wall_clock_was_once_stepped_ahead_and_put_right() -> None:
+    """The wall clock stepped an hour ahead and put right (a bad time source, then a good one): a lease renewed since
+    is still ended by a suspend that ``CLOCK_BOOTTIME`` counted (and the wall clock, as on Linux), shorter than that
+    hour. One lead shared by every clock (the furthest any had drawn ahead) stayed an hour up, above every clock's
+    lead since: no suspend shorter than the hour moved the lease clock, and a suspended host answered for groups
+    another process had taken meanwhile (R7), as before ``CLOCK_BOOTTIME`` was read."""
+    clocks = {"mono": 10.0, "boot": 10.0, "wall": 1_700_000_000.0}
+    lease = LeaseClock(mono=lambda: clocks["mono"], others=(lambda: clocks["boot"], lambda: clocks["wall"]))
+    clocks["wall"] += 3600  # stepped ahead: the leases of the moment shortened
+    lease.now()
+    clocks["wall"] -= 3600  # and put right
+    lease.now()
+    deadline = lease.now() + 4.0  # a renewal sent now
+    clocks["mono"] += 1
+    clocks["boot"] += 1 + 60  # suspended for a minute
+    clocks["wall"] += 1 + 60
+    assert lease.now() > deadline, "the suspend counted by no clock: the lease outlives it"
+    assert lease.now() - deadline == 61.0 - 4.0
