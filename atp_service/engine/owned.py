@@ -69,8 +69,8 @@ class OwnedShards:
 
     def local(self, shard: int) -> ShardActor:
         """``shard``'s actor, to read memory from: ``Moved`` where this process may not answer for it."""
-        actor = self.actors[shard]
-        if actor.vacant or actor.lease_until < self.lease_clock.now():
+        actor = self.actors[shard]  # its own lease clock: the engine's once installed, else (no lease) none read
+        if actor.vacant or actor.lease_until < actor.lease_clock.now():
             raise Moved(shard, *self.where(shard))
         return actor
 

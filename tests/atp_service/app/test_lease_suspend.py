@@ -18,6 +18,7 @@ from atp_service import AtpService
 from atp_service.lease_clock import JUMP_S, LeaseClock
 from atp_service.tasks import cancel_and_wait
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.engine.helpers import TwoShards
 from tests.conftest import ServiceFactory, services_on
 from tests.ports import held_port
 from tests.waiting import until
@@ -213,3 +214,16 @@ def test_a_suspend_is_counted_though_the_wall_clock_was_once_stepped_ahead_and_p
     clocks["wall"] += 1 + 60
     assert lease.now() > deadline, "the suspend counted by no clock: the lease outlives it"
     assert lease.now() - deadline == 61.0 - 4.0
+
+
+def test_a_process_owning_the_whole_keyspace_reads_no_host_clock_to_answer_a_read() -> None:
+    """No lease (``ownership = all``): a read's owner check (``Engine.local``, on every Reserve, fact and read) has
+    no deadline to pass, and asks no clock, as the shard's own check (``UNLEASED``) does not: the lease clock's three
+    reads cost more than ten times ``time.monotonic``'s one."""
+    rig = TwoShards()
+    asked: list[str] = []
+    rig.engine.lease_clock = LeaseClock(mono=lambda: asked.append("mono") or 0.0,
+                                        others=(lambda: asked.append("boot") or 0.0,))
+    asked.clear()
+    assert rig.engine.local(0) is rig.engine.actors[0]
+    assert asked == [], "a clock read where no lease is held"
