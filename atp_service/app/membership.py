@@ -343,7 +343,7 @@ class Membership:
             log.error("group %d: free to take, yet served here; given up, to be taken anew", group)
             self._give_up(group, "unheld")
             return
-        started = self._engine.lease_clock.now()
+        started, began = self._engine.lease_clock.now(), time.monotonic()  # the lease's count, the taking's length
         if self._address_watch.stepping_down or not await self.leases.acquire(group):
             return  # another process was quicker, or this one stops (another serves at its address)
         epoch = self.leases.held[group]
@@ -370,7 +370,7 @@ class Membership:
                 self._give_up(group, "failed", release=True, epoch=epoch)
             raise
         self._replayed += replayed
-        took_s, number = self._engine.lease_clock.now() - started, number_of(epoch)
+        took_s, number = time.monotonic() - began, number_of(epoch)
         self._metrics.taken.inc()
         self._metrics.take_seconds.observe(took_s)
         self._metrics.groups_owned.set(len(self.leases.held))

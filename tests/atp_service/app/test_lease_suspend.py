@@ -5,6 +5,7 @@ and ``CLOCK_BOOTTIME`` counted the suspend."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -227,3 +228,37 @@ def test_a_process_owning_the_whole_keyspace_reads_no_host_clock_to_answer_a_rea
     asked.clear()
     assert rig.engine.local(0) is rig.engine.actors[0]
     assert asked == [], "a clock read where no lease is held"
+
+
+async def test_a_taking_s_duration_is_not_the_lease_clock_s_jump(
+        start: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """B's wall clock stepped an hour ahead while B takes a group: the lease clock moved an hour (the lease
+    shortened), the taking did not take an hour (``atp_group_take_seconds``, the ``group_taken`` line): a duration
+    is counted on the monotonic clock."""
+    a, _ = await start(port=held_port(), host="127.0.0.1")
+    assert a.membership is not None
+    await until(lambda: 0 in a.membership.leases.held, "the group taken by A", 30)  # type: ignore[union-attr]
+    b, _ = await start(port=held_port(), host="127.0.0.1")
+    assert b.membership is not None
+    await cancel_and_wait(b.membership._tasks[1])  # B takes the group when told below
+    wall = {"ahead_s": 0.0}
+    b.engine.lease_clock = LeaseClock(others=(lambda: time.time() + wall["ahead_s"],))  # before B holds a group
+    acquire = b.membership.leases.acquire
+
+    async def stepped_ahead_then_acquired(group: int) -> bool:
+        wall["ahead_s"] = 3600.0
+        return await acquire(group)
+
+    b.membership.leases.acquire = stepped_ahead_then_acquired  # type: ignore[method-assign]
+    await cancel_and_wait(a.membership._tasks[0])  # A's lease runs out (deleted, as its expiry would)
+    await cancel_and_wait(a.membership._tasks[1])
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        assert await r.delete(a.membership.leases.key(0)) == 1
+    finally:
+        await r.aclose()
+    caplog.set_level(logging.INFO, logger="atp_service.app.membership")
+    await b.membership.balance()
+    assert 0 in b.membership.leases.held, "B took the group"
+    [taken] = [rec for rec in caplog.records if getattr(rec, "event", None) == "group_taken"]
+    assert taken.duration_ms < 60_000, f"a taking of {taken.duration_ms} ms"  # type: ignore[attr-defined]
