@@ -4,13 +4,16 @@ Three jumps, each drawn with its tick and size (1 to 7 hours):
 - ``suspended``: the world's time moves on by hours at once (every host suspended or stopped together, a VM
   live-migrated): every process's clock and Redis's move together, so every hold's TTL runs out at once (R3),
   expired by housekeeping (one process: its turns; several: order sagas too) while calls, appends and settles
-  are in flight. Leases here lapse by the driver's kills and pauses (``disrupt.py``), not by the clock: a lease
-  counts on monotonic time, as Redis's key's TTL does. The run's windows (``retention_ms``, ``fact_grace_ms``:
-  ten years, ``sim_config``) are not reached: what R5 and E8 forget is not judged here;
+  are in flight. Leases here lapse by the driver's kills and pauses (``disrupt.py``), not by the clock: a shard's
+  deadline is the driver's (``ShardActor.lease_until``: endless, or passed), not counted on a lease clock over the
+  world's clocks (the product's ``lease_clock.py``, which such a jump would end the leases of). The run's
+  windows (``retention_ms``, ``fact_grace_ms``: ten years, ``sim_config``) are not reached: what R5 and E8
+  forget is not judged here;
 - ``ahead``: one host's wall clock steps forward by hours (a bad NTP source, a hand set), its monotonic clock
   not: the product's ``SystemClock`` follows it, so the holds of the groups its process serves expire early in
-  the world's time — allowed (R6: TTLs count from the service's stamps); leases count on monotonic time, so
-  nothing lapses, but a group taken from that process is stamped hours ahead of its taker (``GroupClock``);
+  the world's time — allowed (R6: TTLs count from the service's stamps); its leases are not shortened here (the
+  product's lease clock ends them, the groups unanswered till the next renewal: not modelled, as above), but a
+  group taken from that process is stamped hours ahead of its taker (``GroupClock``);
 - ``back`` (after ``ahead``): that wall clock stepped back to where it was (NTP corrected it): the service's
   clock must not go back (R6): it counts on from its newest stamp at the monotonic rate, and a process
   started while its wall clock is behind a log's stamps floors the group's clock to them.
