@@ -13,8 +13,8 @@ the lease ``<stream>:lease:<group>``:
   lapsed (a holder killed, paused or cut off from Redis).
 - **Sends** are bounded: before each request to the destination the holder checks on its own clocks
   (measured from before each renewal was sent, so never late; every clock of the host, ``LeaseClock``)
-  that its lease covers one more request (``send_timeout_s``). A holder paused or suspended past its
-  lease wakes up refusing to send.
+  that ``COUNTED_SHARE`` of its lease covers one more request (``send_timeout_s``). A holder paused or
+  suspended past its lease wakes up refusing to send.
 - **Records** are fenced: the delivered versions, the acknowledgements and the redelivery
   bookkeeping are written by scripts that first check the token and keep the highest version per
   key, so a paused old holder's late record never overwrites a newer one.
@@ -64,6 +64,10 @@ return 0
 """
 RENEWALS_PER_LEASE = 3
 """Renewals tried within one lease's duration: two may fail (a slow Redis) before it lapses."""
+COUNTED_SHARE = 0.8
+"""The share of a lease a holder counts on, from when its renewal was sent (the service's ``SAFETY``): Redis ends the
+lease by its own clock, which may run ahead of this host's or be stepped forward. Counted whole, a standby could take
+the lease while the holder's last request was still on its way."""
 
 
 class LeaseLapsing(Exception):
@@ -113,7 +117,7 @@ class Lease:
         """True: this publisher holds the lease now (taken, or still its own and renewed)."""
         sent = self._clock()
         if await self.client.set(self.key, self.token, nx=True, px=self.lease_ms):
-            self._valid_until, self.held = sent + self.lease_s, True
+            self._valid_until, self.held = sent + self.lease_s * COUNTED_SHARE, True
             return True
         return await self.renew()
 
@@ -121,7 +125,7 @@ class Lease:
         """Extend the lease while it is still this publisher's; False: it is not (the caller drops it)."""
         sent = self._clock()
         if int(await self.client.eval(RENEW, 1, self.key, self.token, self.lease_ms)):
-            self._valid_until, self.held = sent + self.lease_s, True
+            self._valid_until, self.held = sent + self.lease_s * COUNTED_SHARE, True
             return True
         return False
 
@@ -140,7 +144,8 @@ class Lease:
         return "" if value is None else as_text(value)
 
     def covers(self, seconds: float) -> bool:
-        """Held, and by this publisher's own clock still for ``seconds`` more."""
+        """Held, and by this publisher's own clock still for ``seconds`` more, within ``COUNTED_SHARE`` of the lease
+        from the renewal's send."""
         return self.held and self._clock() + seconds < self._valid_until
 
     def check_send(self) -> None:

@@ -60,3 +60,19 @@ async def test_a_holder_suspended_after_its_wall_clock_was_stepped_ahead_and_put
     assert await client.delete(KEY) == 1  # run out in Redis meanwhile; the standby took it
     assert await standby.take()
     assert not old.covers(SEND_TIMEOUT_S), "woken, the old holder counts on a lease the standby holds"
+
+
+async def test_a_holder_counts_on_no_more_than_four_fifths_of_its_lease_from_the_send(client: aioredis.Redis) -> None:
+    """Redis ends the lease by its own clock, which may run ahead of the holder's host or be stepped forward: the
+    holder counts on 80 % of it from the renewal's send, as the service's groups do (R7's ``SAFETY``), and sends
+    nothing it could still be sending when a standby may take over."""
+    await client.delete(KEY)
+    now = [100.0]
+    lease = Lease(client, KEY, LEASE_S, SEND_TIMEOUT_S, clock=lambda: now[0])
+    assert await lease.take()
+    now[0] += 0.8 * LEASE_S - 2 * SEND_TIMEOUT_S
+    lease.check_send()  # a request that ends well within four fifths of the lease
+    now[0] += SEND_TIMEOUT_S + 0.01
+    assert not lease.covers(SEND_TIMEOUT_S), "a request ending past four fifths of the lease was allowed"
+    with pytest.raises(LeaseLapsing):
+        lease.check_send()
