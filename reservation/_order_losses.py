@@ -221,6 +221,27 @@ def give_up_part(view_: View, cmd: ReserveCommand, now: int, limits: Limits) -> 
     return orders.give_up_part(view_, cmd, now, limits)
 
 
+GAVE_UP_DECIDED = PART_MARK + "torn"
+"""The ops key of an order given up whole once decided (``abandoned``): a part of it Redis lost (``lost_parts``), the
+order HELD or its confirmation pending at its home. A part of its own confirmed was confirmed by that confirmation,
+recorded at the home and now given up with the order (R2): released (``releases_confirmed``), never left committed
+for an EXPIRED order, its units sold to nobody for good (Q3)."""
+
+
+def abandoned(order: Reservation, now: int, refusal: DomainError | None = None) -> Reservation:
+    """``_orders.abandoned``, marked ``GAVE_UP_DECIDED`` where ``order`` was decided (its Reserve not pending)."""
+    expired = orders.abandoned(order, now, refusal)
+    if order.pending is not None and order.pending.kind == OrderStep.RESERVE:
+        return expired
+    return msgspec.structs.replace(expired, ops=expired.ops | {GAVE_UP_DECIDED: ""})
+
+
+def releases_confirmed(order: Reservation) -> bool:
+    """Whether the abandoned ``order``'s own confirmed parts are released with it (``GAVE_UP_DECIDED``); else, given
+    up undecided, a confirmed part proves a confirmation its home lost, and is kept (``give_up_part``)."""
+    return GAVE_UP_DECIDED in order.ops
+
+
 def decided_again(order: Reservation, parts: Mapping[int, Reservation], now: int) -> Reservation:
     """``order`` (``decided_by_parts``) decided again from ``parts``: CONFIRMED, never expiring, its lines as the
     parts decided them (what it granted, committed at each part; a part Redis lost too, missing from ``parts``: not

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from atp_service.engine.losses import torn
 from atp_service.engine.parts import ApplyShare, GiveUpPart, ReadPart, command_of, on_shard, run_parts
-from reservation import DomainError, Ledger, OrderStep, PendingOp, Reason, Reservation, Unavailable
+from reservation import DomainError, Ledger, OrderStep, PendingOp, Reason, Reservation, State, Unavailable
+from reservation import _order_losses as losses
 from reservation import _orders as orders
 
 if TYPE_CHECKING:
@@ -50,9 +51,9 @@ class OrderSteps:
 
     async def _abandon(self, order: Reservation, home: int, refusal: DomainError | None = None) -> Reservation:
         """An order undecided past its TTL, or ``refusal`` by a part: its parts that exist are released; it expires."""
-        expired = orders.abandoned(order, self._engine.now_at(home), refusal)
+        expired = losses.abandoned(order, self._engine.now_at(home), refusal)
         await self._save(home, expired, over=order)  # first: a home taken by another releases nothing
-        await self._give_up_parts(order)
+        await self._give_up_parts(expired)  # as a stop after the save leaves it to be driven on (``_settle``)
         return expired
 
     async def _give_up_if_torn(self, order: Reservation, home: int, parts: dict[int, Reservation]) -> list[int]:
@@ -67,6 +68,11 @@ class OrderSteps:
         return lost
 
     async def _give_up_parts(self, order: Reservation) -> None:
-        """Every part of an abandoned order released, or a tombstone in its place (``give_up_part``)."""
+        """Every part of an abandoned order released, or a tombstone in its place (``give_up_part``); a confirmed one
+        of its own kept, unless the order was given up once decided (``releases_confirmed``: released too, Q3)."""
         cmds = orders.split(command_of(order), self._engine.place)
-        await run_parts(self._engine, {g: GiveUpPart(cmd) for g, cmd in cmds.items()})
+        given = await run_parts(self._engine, {g: GiveUpPart(cmd) for g, cmd in cmds.items()})
+        if losses.releases_confirmed(order):  # again, after a stop, from the record left pending EXPIRE (R8)
+            confirmed = {g: ApplyShare(part.reservation_id, PendingOp(OrderStep.RELEASE)) for g, part in given.items()
+                         if part.state == State.CONFIRMED and losses.own_part(part, cmds[g])}
+            await run_parts(self._engine, dict(confirmed))

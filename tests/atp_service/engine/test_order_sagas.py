@@ -579,3 +579,72 @@ async def test_a_later_step_shed_at_another_process_leaves_the_order_pending_not
     await rig.pump_until_done(list(engine.orders._drives))
     assert rig.quantities() == [(3, 0), (3, 0)] and not engine.orders.unsettled
     assert engine.actors[0].ledger.reservation("o1").state == State.HELD
+
+
+async def test_a_confirmation_half_applied_then_torn_by_a_lost_part_releases_the_part_it_confirmed_Q3(
+        rig: Rig) -> None:
+    """The Confirm of o1 recorded pending at its home confirmed group 0's part, group 1 silent before its share; then
+    Redis lost group 1's part. The order cannot be confirmed whole: it is given up whole (R2), its caller told so.
+    Defect (ee73fb8c, where ``_order_losses.give_up_part`` kept every CONFIRMED part): group 0's part, confirmed by
+    the order's own recorded confirmation, stayed CONFIRMED for an EXPIRED order, its 3 units committed for nobody for
+    good — never sold (Q3). It is released, as before that change."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    flag = failing_on(rig, 1)
+    save = engine.orders._save  # type: ignore[union-attr]
+
+    async def save_then_fail(home: int, order: Any, *, over: Any) -> None:
+        await save(home, order, over=over)
+        if order.pending is not None:
+            flag[0] = True  # the confirmation is recorded; shard 1 stops answering before it applies its share
+
+    engine.orders._save = save_then_fail  # type: ignore[union-attr,method-assign]
+    with pytest.raises(Unavailable):
+        await rig.run(engine.confirm("o1"))
+    engine.orders._save = save  # type: ignore[union-attr,method-assign]
+    flag[0] = False
+    assert rig.quantities() == [(0, 3), (3, 0)]  # half applied: the order is pending CONFIRM
+    await lose_part(rig, "o1", 1)
+    with pytest.raises(DomainError) as refused:
+        await rig.run(engine.confirm("o1"))
+    assert refused.value.reason == Reason.RESERVATION_EXPIRED
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED
+    assert rig.part("o1", 0).state != State.CONFIRMED, "a part of an order given up whole kept its confirmation"
+    assert rig.quantities() == [(0, 0), (0, 0)], "units committed for an order given up whole"
+
+
+async def test_a_torn_order_given_up_by_a_saga_stopped_after_its_record_releases_its_confirmed_part_later_Q3(
+        rig: Rig) -> None:
+    """As above, but group 0 stops answering once the home recorded the order given up (EXPIRED, pending): the saga
+    stops before any part is given up (R8). Driven on from that record alone, the part its confirmation confirmed is
+    released too, not kept committed for an order given up whole (Q3)."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    flag = failing_on(rig, 1)
+    save = engine.orders._save  # type: ignore[union-attr]
+
+    async def save_then_fail(home: int, order: Any, *, over: Any) -> None:
+        await save(home, order, over=over)
+        if order.pending is not None:
+            flag[0] = True
+
+    engine.orders._save = save_then_fail  # type: ignore[union-attr,method-assign]
+    with pytest.raises(Unavailable):
+        await rig.run(engine.confirm("o1"))
+    flag[0] = False
+    await lose_part(rig, "o1", 1)
+    flag = failing_on(rig, 0)  # the home's record saved EXPIRED, then its group silent: nothing given up yet
+    with pytest.raises(Unavailable):
+        await rig.run(engine.confirm("o1"))
+    engine.orders._save = save  # type: ignore[union-attr,method-assign]
+    flag[0] = False
+    assert engine.actors[0].ledger.reservation("o1").state == State.EXPIRED
+    assert rig.part("o1", 0).state == State.CONFIRMED
+    for _ in range(5):
+        await rig.run(engine.run_maintenance())
+        for _ in range(20):
+            await rig.pump_until_done([])
+        if engine.actors[0].ledger.reservation("o1").pending is None:
+            break
+    assert engine.actors[0].ledger.reservation("o1").pending is None, "the give-up driven on"
+    assert rig.part("o1", 0).state != State.CONFIRMED and rig.quantities() == [(0, 0), (0, 0)]
