@@ -115,21 +115,34 @@ def bind(server: grpc.aio.Server, cfg: ServiceConfig) -> int:
     return port
 
 
-def unusable_host(host: str) -> str | None:
+def unusable_host(host: str, first_only: bool = False) -> str | None:
     """Why no socket of this host can listen on ``host`` — empty, a name that does not resolve, an address
     not on this host — or None. Asked once a bind failed: such a host was reported as the port's fault ("in
-    use?", "choose another with --port"), and the operator chased a port conflict that was not there."""
+    use?", "choose another with --port"), and the operator chased a port conflict that was not there.
+    gRPC listens on every address a name resolves to (started where one binds), and on an IPv6 wildcard
+    (``[::]``) without IPv6 on every IPv4 interface: each is tried, the host at fault only where none binds.
+    ``first_only``: the first address alone, as a server listening on that one (the metrics endpoint's)."""
     if not host:
         return "an empty host is no address"
     name = host.removeprefix("[").removesuffix("]")  # gRPC takes an IPv6 address in brackets ([::])
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(name, 0, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.bind(address)  # port 0: any free one, so only the address itself can be refused here
-    except (OSError, UnicodeError) as exc:  # gaierror, EADDRNOTAVAIL; a name no IDNA label takes
+        found = socket.getaddrinfo(name, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:  # gaierror; a name no IDNA label takes
         return str(getattr(exc, "strerror", None) or exc)
-    return None
+    if first_only:
+        found = found[:1]
+    elif any(family == socket.AF_INET6 and address[0] == "::" for family, _, _, _, address in found):
+        found = [*found, (socket.AF_INET, socket.SOCK_STREAM, 0, "", ("0.0.0.0", 0))]  # gRPC's fallback
+    why = None
+    for family, kind, proto, _, address in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind(address)  # port 0: any free one, so only the address itself can be refused here
+        except OSError as exc:  # EADDRNOTAVAIL, EAFNOSUPPORT
+            why = why or str(exc.strerror or exc)
+            continue
+        return None
+    return why
 
 
 def advertised(cfg: ServiceConfig, port: int) -> str:

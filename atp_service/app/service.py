@@ -167,7 +167,8 @@ class AtpService(Recovering):
             try:
                 server, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry=self.metrics.registry)
             except OSError as exc:
-                why = exc.strerror if isinstance(exc, socket.gaierror) else unusable_host(cfg.metrics_host)
+                why = exc.strerror if isinstance(exc, socket.gaierror) else \
+                    unusable_host(cfg.metrics_host, first_only=True)  # it listens on the first address alone
                 if why is not None:  # the host at fault, not the port
                     raise StartupError(f"metrics_host: cannot listen on {cfg.metrics_host}:{cfg.metrics_port}: {why}; "
                                        "choose another with --metrics-host / ATP_METRICS_HOST") from None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from atp_service import AtpService
+from atp_service.app import grpc_server
 from atp_service.app.certs import make_certs
 from atp_service.app.grpc_server import unusable_host
 from atp_service.app.keyspace import StartupError
@@ -83,3 +87,41 @@ def test_a_host_that_can_listen_here_is_not_blamed() -> None:
     """Asked once a bind failed: a usable host leaves the port at fault (in use), as it was said."""
     assert unusable_host("127.0.0.1") is None and unusable_host("0.0.0.0") is None
     assert unusable_host("") is not None and unusable_host(NOT_HERE) is not None
+
+
+class _NoIpv6:
+    """A host whose kernel has IPv6 off (``ipv6.disable=1``): no AF_INET6 socket can be made."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __call__(self, family: int = socket.AF_INET, *args: Any, **kwargs: Any) -> Any:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+        return self.real(family, *args, **kwargs)
+
+
+@pytest.mark.parametrize("host", ["[::]", "::"])
+def test_the_ipv6_wildcard_on_a_host_without_ipv6_is_not_blamed_gRPC_listens_on_every_ipv4_interface(
+        monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    """gRPC takes ``[::]`` on a host without IPv6 as every IPv4 interface (its wildcard falls back to 0.0.0.0), so a
+    failed bind there is the port's (in use). Defect (3715dc19): the probe tried an AF_INET6 socket alone and blamed
+    the host ("Address family not supported by protocol; choose another with --host"), the port in use unsaid."""
+    monkeypatch.setattr(grpc_server.socket, "socket", _NoIpv6(socket.socket))
+    assert grpc_server.unusable_host(host) is None
+
+
+def test_a_name_with_an_address_here_among_others_is_not_blamed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gRPC listens on every address a name resolves to, and starts on those it can bind: a name whose first address
+    is another machine's but another is this host's (``localhost`` as ::1 then 127.0.0.1 without IPv6, a name of
+    several A records) failed for the port. Defect (3715dc19): the first address alone was tried, the host blamed."""
+    real = socket.getaddrinfo
+
+    def resolved(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "several.example":
+            return real(NOT_HERE, *args, **kwargs) + real("127.0.0.1", *args, **kwargs)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(grpc_server.socket, "getaddrinfo", resolved)
+    assert grpc_server.unusable_host("several.example") is None
+    assert grpc_server.unusable_host(NOT_HERE) is not None
