@@ -325,7 +325,7 @@ def main() -> None:
     status = 0
     with EmbeddedCluster(args.data_dir, args.primaries, args.replicas, sync_delay_s=args.sync_delay_s) as cluster:
         ports = ", ".join(str(node.port) for node in cluster.nodes)
-        print(f"Redis Cluster ready: {cluster.url} (nodes on 127.0.0.1: {ports}); Ctrl-C stops it", flush=True)
+        _say(f"Redis Cluster ready: {cluster.url} (nodes on 127.0.0.1: {ports}); Ctrl-C stops it")
         services = _serve(cluster.url, args.processes) if args.serve else []
         try:
             status = _watch(services, stop)
@@ -336,6 +336,23 @@ def main() -> None:
             for service in services:
                 service.process.wait()
     sys.exit(status)
+
+
+def _say(line: str) -> None:
+    """``line`` on stdout; its reader gone (``make cluster | head``, ``| tee`` with tee gone), the line is lost and
+    the rest of stdout goes nowhere: a BrokenPipeError raised in ``_serve`` left the service processes it had started
+    unknown to ``main``'s stop, serving on, orphaned, as the Redis Cluster under them was stopped."""
+    try:
+        print(line, flush=True)
+    except OSError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, sys.stdout.fileno())  # what is buffered too: flushed at exit, nowhere
+            finally:
+                os.close(devnull)
+        except (OSError, ValueError):
+            pass
 
 
 def _serve(url: str, processes: int) -> list[Served]:
@@ -358,7 +375,7 @@ def _serve(url: str, processes: int) -> list[Served]:
                    "ATP_ADVERTISE_ADDRESS": address}
             served.append(Served(address, subprocess.Popen([sys.executable, "-m", "atp_service", "serve"], env=env)))
     for n, service in enumerate(served, 1):
-        print(f"service process {n} of {processes}: {service.address} (pid {service.process.pid})", flush=True)
+        _say(f"service process {n} of {processes}: {service.address} (pid {service.process.pid})")
     return served
 
 
@@ -370,9 +387,9 @@ def _watch(services: list[Served], stop: threading.Event) -> int:
             code = service.process.poll()
             if code is not None and service.address not in gone:
                 gone.add(service.address)
-                print(f"service process {service.address} exited with status {code}", flush=True)
+                _say(f"service process {service.address} exited with status {code}")
         if services and len(gone) == len(services):
-            print("no service process is left: stopping the Redis Cluster", flush=True)
+            _say("no service process is left: stopping the Redis Cluster")
             return 1
     return 0
 
