@@ -88,6 +88,15 @@ def log_lost(order_id: str, groups: list[int], what: str) -> None:
               extra={"event": "order_part_lost", "reservation_id": order_id, "shard": groups[0]})
 
 
+def log_kept_committed(order_id: str, groups: list[int]) -> None:
+    """Says the confirmed parts of an order given up undecided that are kept (``_order_losses.give_up_part``): their
+    units committed for an order EXPIRED at its home, until a SHIPMENT naming it fulfils them — no Release can."""
+    log.error("order %r, given up undecided at its home, has confirmed parts in shard groups %s (Redis lost its "
+              "decision and confirmation at its home: restarted from older data); they are kept, their units "
+              "committed until a SHIPMENT naming the order fulfils them (Q3)", order_id, groups,
+              extra={"event": "order_part_kept_committed", "reservation_id": order_id, "shard": groups[0]})
+
+
 def log_confirmed_again(order_id: str, home: int) -> None:
     """Says an order recorded HELD whose part was confirmed (``_order_losses.confirmed_by_parts``): confirmed again."""
     log.error("order %r is recorded HELD at its home though a part of it is confirmed (Redis lost acknowledged "

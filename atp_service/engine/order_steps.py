@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from atp_service.engine.losses import torn
+from atp_service.engine.losses import log_kept_committed, torn
 from atp_service.engine.parts import ApplyShare, GiveUpPart, ReadPart, command_of, on_shard, run_parts
 from reservation import DomainError, Ledger, OrderStep, PendingOp, Reason, Reservation, State, Unavailable
 from reservation import _order_losses as losses
@@ -76,3 +76,6 @@ class OrderSteps:
             confirmed = {g: ApplyShare(part.reservation_id, PendingOp(OrderStep.RELEASE)) for g, part in given.items()
                          if part.state == State.CONFIRMED and losses.own_part(part, cmds[g])}
             await run_parts(self._engine, dict(confirmed))
+        elif kept := sorted(g for g, part in given.items() if part.state == State.CONFIRMED and
+                            losses.own_part(part, cmds[g])):  # another order's of that id is not this one's to say
+            log_kept_committed(order.reservation_id, kept)  # else seen nowhere: an EXPIRED order's units committed

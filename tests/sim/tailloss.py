@@ -251,11 +251,12 @@ class TailLoss:
         holding units for an order whose record was lost or that holds nothing (its change lost), or an order
         found missing a part Redis lost (a held one given up, a confirmed one's part made again), or recorded
         HELD with a part confirmed (its confirmation lost), or undecided with a part confirmed (its decision
-        lost), or a
+        lost; given up undecided, that part kept committed), or a
         group lost to another taking whose log no longer holds what its shard made durable."""
         if getattr(record, "event", None) in ("order_part_orphaned", "order_part_outlived", "order_part_lost",
                                               "order_confirmation_restored", "order_decision_restored",
-                                              "order_part_committed_again", "acknowledged_lost"):
+                                              "order_part_committed_again", "order_part_kept_committed",
+                                              "acknowledged_lost"):
             return self.ever_lost  # found later
         cause = record.exc_info[1] if record.exc_info else None
         if isinstance(cause, LogDiverged) or getattr(record, "why", None) == "claim_lost":

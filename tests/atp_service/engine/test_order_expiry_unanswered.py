@@ -266,3 +266,27 @@ async def test_an_order_given_up_undecided_without_its_silent_confirmed_part_kee
                              "the order's give-up carried through once group 1 answers")
     assert rig.part("o1", 1).state == State.CONFIRMED
     assert rig.quantities() == [(0, 0), (0, 3)], "the confirmed part's committed units released"
+
+
+async def test_a_confirmed_part_kept_for_an_order_given_up_undecided_is_said_Q3(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """As above: the part kept committed for an order EXPIRED at its home — units no Release can free, only a SHIPMENT
+    naming the order — was kept without a word (the line said at the expiry told of units held "until they answer").
+    Its keeping is said, naming the order and the group (event ``order_part_kept_committed``)."""
+    engine = rig.engine
+    cmd = rig.cmd("o1")
+    await rig.run(engine.reserve(cmd))
+    part = rig.part("o1", 1).reservation_id
+    await rig.run(engine.actors[1].submit(lambda ledger, now: ops.confirm(ledger, part, now)))
+    undecided = orders.open_order(cmd, (0, 1), rig.clock.now_ms())
+    await rig.run(engine.actors[0].submit(lambda ledger, _now: ledger.save(undecided)))
+    silent = failing_on(rig, 1)
+    silent[0] = True
+    rig.clock.advance(TTL_MS + EXPIRE_UNANSWERED_AFTER_MS + 1)
+    await housekeeping_until(rig, lambda: rig.quantities()[0] == (0, 0), "group 0's part gives its units back")
+    silent[0] = False
+    caplog.clear()
+    await housekeeping_until(rig, lambda: engine.actors[0].ledger.reservation("o1").pending is None,
+                             "the order's give-up carried through once group 1 answers")
+    said = [r for r in caplog.records if getattr(r, "event", None) == "order_part_kept_committed"]
+    assert [(r.reservation_id, r.getMessage().count("[1]")) for r in said] == [("o1", 1)]  # type: ignore[attr-defined]
