@@ -32,6 +32,19 @@ log = logging.getLogger("atp_service")
 
 async def serve_until_stopped(config: ServiceConfig, service: AtpService, request: StopRequest,
                               stopped_early: Callable[[], bool]) -> int:
+    """The exit status. An exception escaping once the start began is said, then the bounded stop (exit status 1):
+    raised as it was, the service's tasks were left to asyncio.run's one cancel at the loop's end, which redis-py can
+    lose (``tasks.cancel_and_wait``): the process hung there for good, its signals taken by a stop nobody waited on."""
+    try:
+        return await _serve_until_stopped(config, service, request, stopped_early)
+    except StartupError:
+        raise  # refused before serving, stopped already: exit status 2, saying why
+    except Exception as exc:
+        return await _failed_start(config, service, request, f"serving failed: {exc!r}")
+
+
+async def _serve_until_stopped(config: ServiceConfig, service: AtpService, request: StopRequest,
+                               stopped_early: Callable[[], bool]) -> int:
     reloads = _take_signals(service, request)
     if stopped_early():
         log.info("stop signal before the start: not started", extra={"event": "start_abandoned"})
