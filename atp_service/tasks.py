@@ -70,6 +70,15 @@ def cancel_for_good(task: asyncio.Future[Any]) -> None:
         task.get_loop().call_later(RECANCEL_S, cancel_for_good, task)
 
 
+def stop_if_cancelled() -> None:
+    """Raise ``CancelledError`` where the running task was cancelled and the cancellation was lost on the way
+    (redis-py's ``wait_for`` on Python 3.11: see ``cancel_and_wait``): a loop calling it each round ends at its
+    next round whoever cancelled it once (asyncio.run's one cancel at the loop's end, a TaskGroup's)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def finish_uncancelled(fut: asyncio.Future[Any]) -> Any:
     """``await fut``, but ``fut`` itself is never cancelled: a cancellation of the caller is raised
     once ``fut`` has finished (a cancellation repeated meanwhile stops only the waiting). For work

@@ -17,6 +17,7 @@ from typing import Any
 from redis.exceptions import RedisClusterException, RedisError
 
 from atp_service.intake.unread import backlog
+from atp_service.tasks import stop_if_cancelled
 
 log = logging.getLogger(__name__)
 BACKLOG_EVERY_S = 5.0
@@ -39,6 +40,7 @@ class BacklogGauge:
         while True:
             for stream in self._streams:
                 await self.measure(stream)
+                stop_if_cancelled()  # a cancel redis-py lost during the measure: the loop ran on for ever
             await asyncio.sleep(every_s)
 
     async def measure(self, stream: str) -> None:
