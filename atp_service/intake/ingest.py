@@ -38,7 +38,7 @@ from atp_service.intake.unread import GroupReader
 from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.resp import as_text, group_lost, stream_info
-from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled
+from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled, stop_if_cancelled
 from reservation import DomainError, Moved
 
 log = logging.getLogger(__name__)
@@ -169,9 +169,9 @@ class StreamIngestor:
             await self._client.aclose()
 
     async def _run(self) -> None:
-        backoff = Backoff(INGEST_RETRY)
-        group_gone = False
+        backoff, group_gone = Backoff(INGEST_RETRY), False
         while True:
+            stop_if_cancelled()  # a cancel redis-py lost during the round before: the reader read on for ever
             try:
                 if group_gone:  # one read names every stream: one stream without its group stops them all
                     await self._create_groups(again=True)
