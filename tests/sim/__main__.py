@@ -1,6 +1,6 @@
 """``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K] [--processes P] [--clock-skew]
 [--redis-full] [--fact-times] [--shed] [--one-key] [--settle-faults] [--groups]
-[--forward-streams] [--short-grace] [--input-streams] [--partition] [--clock-jumps]``:
+[--forward-streams] [--short-grace] [--input-streams] [--partition] [--clock-jumps] [--suspends]``:
 run the deterministic simulation; the summary line counts the faults injected."""
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ def main() -> int:
                         help="a clock jumping by hours at a tick of a step: the world's (a host suspended: every "
                              "hold and lease running out at once), or one host's wall clock ahead and "
                              "back (jumps.py; not with --fact-times, --short-grace)")
+    parser.add_argument("--suspends", action="store_true",
+                        help="with --processes: leases counted on each host's lease clock over the world's clocks, "
+                             "finite deadlines, some pauses a host's suspend (suspends.py)")
     parser.add_argument("--one-key", action="store_true",
                         help="snapshots stored in one key whatever the seed (as seeds found before several were)")
     args = parser.parse_args()
@@ -80,6 +83,8 @@ def main() -> int:
         parser.error("--partition needs --processes 2 or 3 (one process calls no other)")
     if args.clock_jumps and (args.fact_times or args.short_grace):
         parser.error("--clock-jumps judges no fact times: not with --fact-times or --short-grace (jumps.py)")
+    if args.suspends and args.processes == 1:
+        parser.error("--suspends needs --processes 2 or 3 (one process holds no lease)")
     if args.clock_skew and args.processes == 1:
         parser.error("--clock-skew needs --processes 2 or 3 (one process has one clock)")
     others = [name for name, value in vars(args).items() if value is True and name not in ("trace", "input_streams")]
@@ -102,7 +107,7 @@ def main() -> int:
                         args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
                         settle_faults=args.settle_faults, groups=args.groups,
                         forward_streams=args.forward_streams, short_grace=args.short_grace, partition=args.partition,
-                        clock_jumps=args.clock_jumps)
+                        clock_jumps=args.clock_jumps, suspends=args.suspends)
         try:
             asyncio.run(driver.run(args.steps))
         except Violation as exc:

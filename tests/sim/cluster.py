@@ -45,6 +45,7 @@ from tests.sim.process import CURRENT, Process, task_factory
 from tests.sim.simlog import outranks
 from tests.sim.skew import SkewedHosts
 from tests.sim.snapparts import PieceSizes
+from tests.sim.suspends import HostClocks
 from tests.sim.tally import Tally
 from tests.sim.world import World, pong_within
 
@@ -70,6 +71,7 @@ class ClusterWorld(World):
         """``--forward-streams``: ReserveStream items of groups other processes own sent there (``streams.py``)."""
         self.skew = SkewedHosts(skew_seed, self.clock) if skew_seed is not None else None
         self.jumps = ClockJumps(jumps_seed, self.log.tally, self.clock) if jumps_seed is not None else None
+        self.sleeps = HostClocks(self.clock, self.skew, self.jumps)  # each host's lease clock (``suspends.py``)
         self.checks = checks
         """The stream the owner checks' round trips draw from (theirs: the other draws stay as they were)."""
         self.leases = Leases()
@@ -96,6 +98,7 @@ class ClusterWorld(World):
             clock = self.jumps.clock_for(address, (lambda: skew.offsets[address]) if skew is not None else lambda: 0)
         config = self.instance_config()
         engine = Engine([], log, clock, config.engine_settings)
+        engine.lease_clock = self.sleeps.lease_clock(address)  # R7: its host's clocks, the world's (not the machine's)
         if self.groups:
             configure(engine)  # every process from the one estate
         assert engine.ids is not None
@@ -188,7 +191,7 @@ class ClusterWorld(World):
         if proc.dead or proc.frozen:
             proc.member = False
             self.leases.expire(proc.holder, group)
-            if not proc.dead and self.rng.random() < 0.7:
+            if not proc.dead and self.rng.random() < 0.7 and not self.sleeps.slept_now(proc.address):
                 proc.engine.actors[group].lease_until = -math.inf
 
     def turn(self, proc: Process) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from tests.sim.cluster import ClusterWorld
 from tests.sim.process import Process
+from tests.sim.suspends import SUSPEND_P, stale_reads
 
 KILL_P, PAUSE_P, HAND_OVER_P, STOP_P = 0.1, 0.1, 0.1, 0.04
 
@@ -85,13 +86,28 @@ class Disruptor:
         """Mostly long enough for its leases to run out and others to take its groups; else brief."""
         at, long = self.rng.randint(0, 40), self.rng.random() < 0.7
         resume = at + (self.rng.randint(50, 100) if long else self.rng.randint(1, 20))
-        self.plan.append(f"pause {proc.address} t{at}..t{resume}")
-        self._at(at, f"pause {proc.address}", lambda: self.world.pause(proc))
+        sleeps = self.world.sleeps  # ``--suspends``: some pauses its host's suspends (``suspends.py``)
+        how = "suspend" if sleeps.rng is not None and sleeps.rng.random() < SUSPEND_P else "pause"
+        self.plan.append(f"{how} {proc.address} t{at}..t{resume}")
+        self._at(at, f"{how} {proc.address}", lambda: self._stop_running(proc, how == "suspend", long))
         self._leases_run_out(proc, at if long else resume, 25)  # a brief pause: renewed in time, none runs out
         for _ in range(2):
             self._turn(at + self.rng.randint(26, 45) if long else self.rng.randint(0, 60))
-        self._at(resume, f"{proc.address} runs again", proc.log.thaw)
+        self._at(resume, f"{proc.address} runs again", lambda: self._run_again(proc))
         self._at(resume + self.rng.randint(0, 20), f"{proc.address} renews", lambda: self.world.turn(proc))
+
+    def _stop_running(self, proc: Process, suspend: bool, long: bool) -> None:
+        self.world.pause(proc)
+        if suspend:  # its monotonic clock stands still, its boot and wall clocks move on
+            slept = self.world.sleeps.suspend(proc.address, long)
+            self.world.log.tally.host_suspends += 1
+            self.events.append(f"{proc.address}'s host suspended for {slept:.0f} s")
+
+    def _run_again(self, proc: Process) -> None:
+        proc.log.thaw()
+        if self.world.sleeps.slept_now(proc.address):
+            self.world.sleeps.asleep.discard(proc.address)
+            stale_reads(self.world, proc)  # R7: woken, it answers no read of a group taken meanwhile
 
     def _hand_over(self, proc: Process) -> None:
         at = self.rng.randint(0, 60)

@@ -58,7 +58,7 @@ class Driver:
                  clock_skew: bool = False, redis_full: bool = False, fact_times: bool = False,
                  shed: bool = False, one_key: bool = False, settle_faults: bool = False, groups: bool = False,
                  forward_streams: bool = False, short_grace: bool = False, partition: bool = False,
-                 clock_jumps: bool = False) -> None:
+                 clock_jumps: bool = False, suspends: bool = False) -> None:
         """``late_across_steps``: with several processes, also order steps served past a step's end.
         ``retry_other_content``: with several processes, retries may carry other content than their
         id's first Reserve, at any process (R5 across processes: ``engine/ids.py``; off by default so
@@ -79,7 +79,8 @@ class Driver:
         and first sends stamped within it (``shortgrace.py``). ``partition``: with several processes, two of them
         cut off from each other over gRPC, Redis reached by both, for ticks or steps (``partition.py``).
         ``clock_jumps``: a clock jumping by hours at a tick of a step: the world's (suspended), or a host's wall
-        clock ahead and back (``jumps.py``)."""
+        clock ahead and back (``jumps.py``). ``suspends``: with several processes, leases counted on each host's
+        lease clock over the world's clocks, with finite deadlines, some pauses a host's suspend (``suspends.py``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
@@ -110,6 +111,8 @@ class Driver:
         if clock_jumps and processes == 1:  # several: each process's made with its host's (``ClusterWorld``)
             self.world.jumps = ClockJumps(seed, self.tally, self.world.clock)
         if isinstance(self.world, ClusterWorld):
+            if suspends:
+                self.world.sleeps.start(seed)
             self.world.partitions = self.partitions
             self.world.network.across_steps = late_across_steps
             self.world.edge.streams.seed(f"streams {seed}")
@@ -184,7 +187,7 @@ class Driver:
                 + (" --shed" if self.shed else "") + (" --settle-faults" if self.settle else "")
                 + (" --forward-streams" if world.forward_streams else "")
                 + (" --short-grace" if self.short_grace else "") + (" --partition" if self.partitions else "")
-                + (" --clock-jumps" if world.jumps else ""))
+                + (" --clock-jumps" if world.jumps else "") + (" --suspends" if world.sleeps.finite else ""))
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
@@ -315,6 +318,8 @@ class Driver:
     async def check(self) -> None:
         world = self.world
         self.errors.check()
+        if isinstance(world, ClusterWorld) and world.sleeps.stale:
+            raise Violation(world.sleeps.stale[0])  # R7: a stale read (``suspends.stale_reads``)
         snapshots_whole(world)  # first: a torn snapshot may not decode
         check(world, self.acked)
         self.commands.answers.check({rid: rec for actor in world.eng.actors

@@ -5,8 +5,9 @@ Three jumps, each drawn with its tick and size (1 to 7 hours):
   live-migrated): every process's clock and Redis's move together, so every hold's TTL runs out at once (R3),
   expired by housekeeping (one process: its turns; several: order sagas too) while calls, appends and settles
   are in flight. Leases here lapse by the driver's kills and pauses (``disrupt.py``), not by the clock: a shard's
-  deadline is the driver's (``ShardActor.lease_until``: endless, or passed), not counted on a lease clock over the
-  world's clocks (the product's ``lease_clock.py``, which such a jump would end the leases of). The run's
+  lease clock is the product's over its host's clocks, the world's (``suspends.py``), but its deadline is the
+  driver's (``ShardActor.lease_until``: endless, or passed), or with ``--suspends`` an hour past a renewal, which
+  such a jump passes (the groups unanswered till the next renewal, which finds the leases still held). The run's
   windows (``retention_ms``, ``fact_grace_ms``: ten years, ``sim_config``) are not reached: what R5 and E8
   forget is not judged here;
 - ``ahead``: one host's wall clock steps forward by hours (a bad NTP source, a hand set), its monotonic clock

@@ -99,6 +99,7 @@ class SimMembership:
         await self.proc.log.awake()  # sent once the process runs
         engine = self.proc.engine
         lapsed = {g: engine.actors[g] for g in self.held if engine.actors[g].lease_until == -math.inf}
+        sent, sent_to = engine.lease_clock.now(), {g: engine.actors[g] for g in self.held}  # R7: from the send
         await self.proc.log.round_trip()
         self.proc.member = True
         self.members = self.world.members()
@@ -109,6 +110,11 @@ class SimMembership:
         for group, actor in lapsed.items():
             if group in self.held and engine.actors[group] is actor:
                 actor.lease_until = math.inf
+        if self.world.sleeps.finite:  # ``--suspends``: finite deadlines, as ``Membership._renew_leases``, but for
+            for group, actor in sent_to.items():  # one the driver passed meanwhile (a pause with it in flight)
+                if group in self.held and engine.actors[group] is actor and not actor.vacant and \
+                        (actor.lease_until != -math.inf or group in lapsed):
+                    actor.lease_until = self.world.sleeps.deadline(sent)
 
     async def balance(self) -> None:
         await self.proc.log.round_trip()
@@ -129,6 +135,7 @@ class SimMembership:
     async def take(self, group: int) -> None:
         log, redis, world = self.proc.log, self.world.log, self.world
         mark = world.tail.mark() if world.tail is not None else 0  # a loss while recovering is this taking's
+        started = self.proc.engine.lease_clock.now()  # R7: its lease counts from here (``Membership._take``)
         await log.round_trip()
         # GroupLeases._draw: the claimant's clock is this process's host's (``--clock-skew``)
         epoch = self.held.get(group) or redis.draw_epoch(redis.owners[group], self.proc.engine.clock.now_ms())
@@ -154,6 +161,8 @@ class SimMembership:
         clock = GroupClock(self.proc.engine.clock, ledger.clock)  # R6: as ``Membership._take`` (never below
         settings = self.proc.shard_settings or world.config.shard_settings
         actor = ShardActor(group, ledger, log, clock, settings, seq)  # its previous owner's)
+        if world.sleeps.finite:
+            actor.lease_until = world.sleeps.deadline(started)
         self.proc.engine.install(actor)
         self.taken_at[group] = mark
         actor.start()  # the engine's housekeeping timer is not run: the driver runs maintenance

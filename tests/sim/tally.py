@@ -58,6 +58,8 @@ class Tally:
     clock_steps_back: int = 0  # a host's wall clock stepped back
     taken_ahead: int = 0  # groups taken whose log was stamped ahead of the taker's clock (a GroupClock gap)
     clock_jumps: int = 0  # ``--clock-jumps``: a clock jumped by hours mid-step (``jumps.py``)
+    host_suspends: int = 0  # ``--suspends``: a host suspended, past its leases or not (``suspends.py``)
+    stale_reads_refused: int = 0  # ``--suspends``: a group a woken process no longer answered for (``suspends.py``)
     partitions: int = 0  # ``--partition``: two processes cut off from each other over gRPC (``partition.py``)
     partition_cuts: int = 0  # ... calls across one cut (order steps, forwarded calls, stream parts)
     oom_refused: int = 0  # writes a full Redis refused OOM (``--redis-full``: appends, channel writes, id claims)
@@ -132,6 +134,8 @@ class Tally:
                    if self.group_lines else "")
                 + (f"; {self.oom_refused} writes refused OOM" if self.oom_refused else "")
                 + (f"; {self.clock_jumps} clock jumps by hours" if self.clock_jumps else "")
+                + (f"; {self.host_suspends} hosts suspended ({self.stale_reads_refused} reads of groups refused on "
+                   "waking)" if self.host_suspends else "")
                 + (f"; load shed in {self.shed_spans} spans: {self.shed_refused} messages shed, {self.shed_calls} "
                    f"calls refused, {self.shed_retries} reserves sent again" if self.shed_spans else "")
                 + (f"; facts stamped {self.fact_within} within the skew / {self.fact_past} past it / "

@@ -1,0 +1,82 @@
+"""``--suspends`` (``suspends.py``): each host's leases counted on the product's lease clock over the world's clocks,
+with finite deadlines, and hosts suspended past their leases: a woken process answers no read of a group taken
+meanwhile (R7)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+
+from atp_service.engine.clock import ManualClock
+from atp_service.lease_clock import JUMP_S, LeaseClock
+from tests.sim.checks import Violation
+from tests.sim.driver import Driver
+from tests.sim.suspends import LEASE_S, HostClocks
+from tests.sim.tally import Tally
+
+SUSPENDS_SEEDS = int(os.environ.get("ATP_SIM_SUSPENDS_SEEDS", "1"))
+"""Seeds with two processes and with three whose hosts are suspended: about 0.5 s of CPU each."""
+
+
+def test_a_suspend_moves_the_host_s_lease_clock_past_its_deadline_though_its_monotonic_clock_stood_still() -> None:
+    world = ManualClock(1_000_000)
+    hosts = HostClocks(world)
+    hosts.start(0)
+    clock = hosts.lease_clock("p0")
+    sent = clock.now()
+    deadline = hosts.deadline(sent)
+    hosts.suspend("p0", long=True)
+    assert hosts.mono() == 1_000  # the world's monotonic clock did not move
+    assert clock.now() > deadline >= sent + LEASE_S * 0.8
+    assert hosts.lease_clock("p1").now() == pytest.approx(sent)  # another host's clocks did not move
+
+
+async def test_a_host_suspended_past_its_leases_answers_no_read_of_a_group_taken_meanwhile() -> None:
+    """Every renewal sets finite deadlines on the host's lease clock; a suspend past them, others taking the host's
+    groups meanwhile: on waking, the process answers no read of them (R7), and every other invariant holds."""
+    tally = Tally()
+    for seed in range(SUSPENDS_SEEDS):
+        await Driver(seed, tally, processes=2, suspends=True).run(60)
+        await Driver(seed, tally, processes=3, suspends=True).run(60)
+    assert tally.host_suspends and tally.stale_reads_refused, tally
+
+
+async def test_a_lease_clock_blind_to_the_suspend_answers_a_stale_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The invariant bites: a lease clock counting the monotonic clock alone (no other clock of the host, as
+    ``LeaseClock`` before it read ``CLOCK_BOOTTIME``) wakes with every deadline ahead and answers reads of a group
+    another process took meanwhile (seed 0, two processes: at step 16)."""
+    blind: Callable[[object, tuple[object, ...]], LeaseClock] = \
+        lambda mono, others: LeaseClock(mono=mono, others=())  # type: ignore[arg-type]  # noqa: E731
+    monkeypatch.setattr(HostClocks, "make", staticmethod(blind))
+    with pytest.raises(Violation, match=r"R7: p0 .* answered a read of group .* though .* has taken its lease since"):
+        await Driver(0, Tally(), processes=2, suspends=True).run(60)
+
+
+class OneLead(LeaseClock):
+    """The lease clock before 664b1637: one lead for every clock (the furthest any had drawn over the monotonic one),
+    so a suspend shorter than a wall clock's earlier step ahead (put right since) did not move it."""
+
+    __slots__ = ("_lead",)
+
+    def __init__(self, mono: Callable[[], float], others: tuple[Callable[[], float], ...]) -> None:
+        super().__init__(mono, others)
+        self._lead = max(self._furthest, default=0.0)
+
+    def now(self) -> float:
+        readings = [clock() for clock in self._others]
+        mono = self._mono()
+        if (lead := max((reading - mono for reading in readings), default=0.0)) - self._lead > JUMP_S:
+            self._ahead_s += lead - self._lead
+            self._lead = lead
+        return mono + self._ahead_s
+
+
+async def test_a_lease_clock_with_one_lead_for_every_clock_answers_a_stale_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host's wall clock set hours ahead and put right (``--clock-jumps``), then its host suspended past its leases
+    for less than that step: one lead shared by every clock does not count the suspend (seed 8: at step 22)."""
+    monkeypatch.setattr(HostClocks, "make", staticmethod(OneLead))
+    with pytest.raises(Violation, match=r"R7: p1 .* answered a read of group .* though .* has taken its lease since"):
+        await Driver(8, Tally(), processes=2, clock_jumps=True, suspends=True).run(60)
