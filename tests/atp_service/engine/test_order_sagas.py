@@ -74,6 +74,26 @@ def failing_on(rig: Rig, shard: int) -> list[bool]:
     actor.submit = refusing  # type: ignore[method-assign]
     return flag
 
+async def confirm_half_applied(rig: Rig, rid: str) -> None:
+    """The Confirm of ``rid`` recorded pending at its home, group 1 stopped answering before it applied its share
+    (the caller answered Unavailable); group 1 answers again after."""
+    engine = rig.engine
+    assert engine.orders is not None
+    flag = failing_on(rig, 1)
+    save = engine.orders._save
+
+    async def save_then_fail(home: int, order: Any, *, over: Any) -> None:
+        await save(home, order, over=over)
+        if order.pending is not None:
+            flag[0] = True  # the change is recorded; group 1 stops answering before it applies its share
+
+    engine.orders._save = save_then_fail  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        await rig.run(engine.confirm(rid))
+    engine.orders._save = save  # type: ignore[method-assign]
+    flag[0] = False
+
+
 
 async def test_a_reserve_retry_while_a_confirmation_is_pending_does_not_reject_the_order(rig: Rig) -> None:
     """A confirmation decided (recorded pending at the home) and applied by one part only, its
@@ -84,19 +104,7 @@ async def test_a_reserve_retry_while_a_confirmation_is_pending_does_not_reject_t
     cmd = rig.cmd("o1")
     rec, _ = await rig.run(engine.reserve(cmd))
     assert rec.state == State.HELD
-    flag = failing_on(rig, 1)
-    save = engine.orders._save  # type: ignore[union-attr]
-
-    async def save_then_fail(home: int, order: Any, *, over: Any) -> None:
-        await save(home, order, over=over)
-        if order.pending is not None:
-            flag[0] = True  # the change is recorded; shard 1 stops answering before it applies its share
-
-    engine.orders._save = save_then_fail  # type: ignore[union-attr,method-assign]
-    with pytest.raises(Unavailable):
-        await rig.run(engine.confirm("o1"))
-    engine.orders._save = save  # type: ignore[union-attr,method-assign]
-    flag[0] = False
+    await confirm_half_applied(rig, "o1")
     assert rig.quantities() == [(0, 3), (3, 0)]  # half applied: the order is pending CONFIRM
     again, _ = await rig.run(engine.reserve(cmd))  # the client retries its Reserve (R5)
     assert again.state == State.CONFIRMED
@@ -198,19 +206,7 @@ async def test_a_shipment_meets_a_confirmation_still_pending_carried_through_fir
     engine = rig.engine
     assert engine.orders is not None
     await rig.run(engine.reserve(rig.cmd("o1")))
-    flag = failing_on(rig, 1)
-    save = engine.orders._save
-
-    async def save_then_fail(home: int, order: Any, *, over: Any) -> None:
-        await save(home, order, over=over)
-        if order.pending is not None:
-            flag[0] = True
-
-    engine.orders._save = save_then_fail  # type: ignore[method-assign]
-    with pytest.raises(Unavailable):
-        await rig.run(engine.confirm("o1"))
-    engine.orders._save = save  # type: ignore[method-assign]
-    flag[0] = False
+    await confirm_half_applied(rig, "o1")
     _, reason = await rig.run(engine.orders.shipment(shipment(rig, "A", 3, "o1", "s1"), "o1"))
     assert reason == "", reason
     assert rig.quantities() == [(0, 3), (0, 0)]
@@ -590,19 +586,7 @@ async def test_a_confirmation_half_applied_then_torn_by_a_lost_part_releases_the
     good — never sold (Q3). It is released, as before that change."""
     engine = rig.engine
     await rig.run(engine.reserve(rig.cmd("o1")))
-    flag = failing_on(rig, 1)
-    save = engine.orders._save  # type: ignore[union-attr]
-
-    async def save_then_fail(home: int, order: Any, *, over: Any) -> None:
-        await save(home, order, over=over)
-        if order.pending is not None:
-            flag[0] = True  # the confirmation is recorded; shard 1 stops answering before it applies its share
-
-    engine.orders._save = save_then_fail  # type: ignore[union-attr,method-assign]
-    with pytest.raises(Unavailable):
-        await rig.run(engine.confirm("o1"))
-    engine.orders._save = save  # type: ignore[union-attr,method-assign]
-    flag[0] = False
+    await confirm_half_applied(rig, "o1")
     assert rig.quantities() == [(0, 3), (3, 0)]  # half applied: the order is pending CONFIRM
     await lose_part(rig, "o1", 1)
     with pytest.raises(DomainError) as refused:
