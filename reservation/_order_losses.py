@@ -186,6 +186,18 @@ def restored(order: Reservation) -> bool:
     return order.pending == RESTORED
 
 
+def confirmation_applied(order: Reservation, parts: Mapping[int, Reservation], place: Place) -> bool:
+    """Whether ``order``'s confirmation, recorded pending at its home, confirmed a part of its own (``was_confirmed``,
+    ``own_part``): carried through whatever part Redis lost, as one confirmed again is (``restored``). Its caller may
+    have been told CONFIRMED (its home back from older data to the pending record, the settled one lost, R7); its
+    confirmed parts' units are committed (Q3), a lost part's committed again (``lost_committed``), never released."""
+    if order.pending is None or order.pending.kind != OrderStep.CONFIRM:
+        return False
+    asked = orders.split(orders.command_of(order), place)
+    return any(was_confirmed(part) and group in asked and own_part(part, asked[group])
+               for group, part in parts.items())
+
+
 def decided_by_parts(order: Reservation, parts: Mapping[int, Reservation], place: Place) -> bool:
     """Whether ``order`` is undecided (its Reserve pending) though a part was confirmed (``was_confirmed``): a part is
     confirmed only once its order was decided HELD and its home recorded the confirmation (R3), so Redis lost both at

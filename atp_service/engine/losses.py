@@ -45,7 +45,8 @@ def torn(order: Reservation, parts: Mapping[int, Reservation], now: int, limits:
     lost = losses.lost_parts(order, parts, now, limits, place)
     if not lost:
         return []
-    kept = losses.restored(order)  # a confirmed order's (R3): its committed units stay committed (Q3)
+    # A confirmed order's (R3), or one whose confirmation confirmed a part: its committed units stay committed (Q3)
+    kept = losses.restored(order) or losses.confirmation_applied(order, parts, place)
     log_lost(order.reservation_id, lost, KEPT if kept else GIVEN_UP)
     return [] if kept else lost
 

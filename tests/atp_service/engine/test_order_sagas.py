@@ -21,6 +21,7 @@ from reservation import (
     InvalidArgument,
     Limits,
     LineRequest,
+    OrderStep,
     Reason,
     ResourceExhausted,
     State,
@@ -577,58 +578,71 @@ async def test_a_later_step_shed_at_another_process_leaves_the_order_pending_not
     assert engine.actors[0].ledger.reservation("o1").state == State.HELD
 
 
-async def test_a_confirmation_half_applied_then_torn_by_a_lost_part_releases_the_part_it_confirmed_Q3(
-        rig: Rig) -> None:
+async def test_a_confirmation_half_applied_then_torn_by_a_lost_part_is_carried_through_Q3(rig: Rig) -> None:
     """The Confirm of o1 recorded pending at its home confirmed group 0's part, group 1 silent before its share; then
-    Redis lost group 1's part. The order cannot be confirmed whole: it is given up whole (R2), its caller told so.
-    Defect (ee73fb8c, where ``_order_losses.give_up_part`` kept every CONFIRMED part): group 0's part, confirmed by
-    the order's own recorded confirmation, stayed CONFIRMED for an EXPIRED order, its 3 units committed for nobody for
-    good — never sold (Q3). It is released, as before that change."""
+    Redis lost group 1's part. Group 0's part proves the confirmation was recorded at the home (R3) — a caller told
+    CONFIRMED cannot be told from this one (the next test) — so it is carried through, never given up with that part
+    released (Q3): CONFIRMED, the lost part's units committed again (oversold and shown where sold meanwhile, Q5).
+    Defect (ee73fb8c): the order EXPIRED with group 0's part kept committed for nobody; (db630b2b): that part
+    released, the units of an order possibly told CONFIRMED offered again."""
     engine = rig.engine
     await rig.run(engine.reserve(rig.cmd("o1")))
     await confirm_half_applied(rig, "o1")
     assert rig.quantities() == [(0, 3), (3, 0)]  # half applied: the order is pending CONFIRM
     await lose_part(rig, "o1", 1)
-    with pytest.raises(DomainError) as refused:
-        await rig.run(engine.confirm("o1"))
-    assert refused.value.reason == Reason.RESERVATION_EXPIRED
-    assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED
-    assert rig.part("o1", 0).state != State.CONFIRMED, "a part of an order given up whole kept its confirmation"
-    assert rig.quantities() == [(0, 0), (0, 0)], "units committed for an order given up whole"
+    assert (await rig.run(engine.confirm("o1"))).state == State.CONFIRMED
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.CONFIRMED
+    assert rig.part("o1", 0).state == State.CONFIRMED
+    assert rig.quantities() == [(0, 3), (0, 3)]
 
 
-async def test_a_torn_order_given_up_by_a_saga_stopped_after_its_record_releases_its_confirmed_part_later_Q3(
+async def test_a_half_applied_confirmation_torn_by_a_lost_part_is_carried_through_from_its_record_alone_R8(
         rig: Rig) -> None:
-    """As above, but group 0 stops answering once the home recorded the order given up (EXPIRED, pending): the saga
-    stops before any part is given up (R8). Driven on from that record alone, the part its confirmation confirmed is
-    released too, not kept committed for an order given up whole (Q3)."""
+    """As above, but no caller retries: housekeeping drives the pending confirmation on from the home's record
+    alone (R8): CONFIRMED, group 0's part kept, the lost part's units committed again (Q3)."""
     engine = rig.engine
     await rig.run(engine.reserve(rig.cmd("o1")))
-    flag = failing_on(rig, 1)
-    save = engine.orders._save  # type: ignore[union-attr]
-
-    async def save_then_fail(home: int, order: Any, *, over: Any) -> None:
-        await save(home, order, over=over)
-        if order.pending is not None:
-            flag[0] = True
-
-    engine.orders._save = save_then_fail  # type: ignore[union-attr,method-assign]
-    with pytest.raises(Unavailable):
-        await rig.run(engine.confirm("o1"))
-    flag[0] = False
+    await confirm_half_applied(rig, "o1")
     await lose_part(rig, "o1", 1)
-    flag = failing_on(rig, 0)  # the home's record saved EXPIRED, then its group silent: nothing given up yet
-    with pytest.raises(Unavailable):
-        await rig.run(engine.confirm("o1"))
-    engine.orders._save = save  # type: ignore[union-attr,method-assign]
-    flag[0] = False
-    assert engine.actors[0].ledger.reservation("o1").state == State.EXPIRED
-    assert rig.part("o1", 0).state == State.CONFIRMED
     for _ in range(5):
         await rig.run(engine.run_maintenance())
         for _ in range(20):
             await rig.pump_until_done([])
         if engine.actors[0].ledger.reservation("o1").pending is None:
             break
-    assert engine.actors[0].ledger.reservation("o1").pending is None, "the give-up driven on"
-    assert rig.part("o1", 0).state != State.CONFIRMED and rig.quantities() == [(0, 0), (0, 0)]
+    assert engine.actors[0].ledger.reservation("o1").pending is None, "the confirmation driven on"
+    assert engine.actors[0].ledger.reservation("o1").state == State.CONFIRMED
+    assert rig.part("o1", 0).state == State.CONFIRMED and rig.quantities() == [(0, 3), (0, 3)]
+
+
+async def test_a_confirmed_order_back_to_its_pending_confirmation_with_a_part_lost_keeps_its_confirmed_part_Q3(
+        rig: Rig) -> None:
+    """o1 confirmed, its caller told CONFIRMED; then Redis lost data at two groups: the order's home (group 0) back to
+    the confirmation recorded pending (the settled record lost), group 1's node back to before the part. Group 0's
+    part, confirmed by that confirmation, proves it was carried through: its caller most likely told CONFIRMED (R3).
+    Defect (db630b2b, ``GAVE_UP_DECIDED``): the torn order was given up whole and group 0's confirmed part released,
+    the paid units offered again without a Release (Q3). The confirmation is carried through, as one confirmed again
+    is (``_order_losses.restored``): the part kept, the lost part's units committed again."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    saved: list[Any] = []
+    save = engine.orders._save  # type: ignore[union-attr]
+
+    async def recording(home: int, order: Any, *, over: Any) -> None:
+        saved.append(order)
+        await save(home, order, over=over)
+
+    engine.orders._save = recording  # type: ignore[union-attr,method-assign]
+    assert (await rig.run(engine.confirm("o1"))).state == State.CONFIRMED  # told CONFIRMED
+    engine.orders._save = save  # type: ignore[union-attr,method-assign]
+    pending = next(o for o in saved if o.pending is not None and o.pending.kind == OrderStep.CONFIRM)
+
+    def back(ledger: Any, _now: int) -> None:
+        ledger.reservations["o1"] = pending
+
+    await rig.run(engine.actors[0].submit(back))
+    await lose_part(rig, "o1", 1)
+    assert rig.quantities() == [(0, 3), (0, 0)]
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.CONFIRMED
+    assert rig.part("o1", 0).state == State.CONFIRMED, "a part its caller was told CONFIRMED released (Q3)"
+    assert rig.quantities() == [(0, 3), (0, 3)]
