@@ -30,7 +30,7 @@ OTHER_TOOLS = (
     "ATP_SIM_SEEDS", "ATP_SIM_MULTI_SEEDS", "ATP_SIM_LOSE_TAIL_SEEDS", "ATP_SIM_CLOCK_SKEW_SEEDS",  # the simulation
     "ATP_SIM_REDIS_FULL_SEEDS", "ATP_SIM_FACT_TIMES_SEEDS", "ATP_SIM_SHED_SEEDS", "ATP_SIM_SETTLE_FAULT_SEEDS",
     "ATP_SIM_GROUPS_SEEDS", "ATP_SIM_SHORT_GRACE_SEEDS", "ATP_SIM_INPUT_SEEDS", "ATP_SIM_PARTITION_SEEDS",
-    "ATP_SIM_CLOCK_JUMPS_SEEDS",
+    "ATP_SIM_CLOCK_JUMPS_SEEDS", "ATP_SIM_SUSPENDS_SEEDS",
     # The image's health check (python -m atp_service.app.healthcheck), in the service's environment:
     "ATP_HEALTH_SERVER_NAME", "ATP_HEALTH_TLS_CERT", "ATP_HEALTH_TLS_KEY",
     "ATP_PUBLISHER_ARGS",  # deploy/systemd's publisher unit: the adapter and its flags
