@@ -94,7 +94,7 @@ class Holding:
         return False
 
     async def keep(self) -> None:
-        """Renew the lease every third of its duration until it is lost (a background task)."""
+        """Renew the lease every fifth of its duration (``RENEWALS_PER_LEASE``) until it is lost (a background task)."""
         lease = self.lease
         while lease.held:
             await asyncio.sleep(lease.renew_every_s)

@@ -62,8 +62,10 @@ if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
 if redis.call('get', KEYS[2]) == ARGV[2] then return redis.call('del', KEYS[2]) end
 return 0
 """
-RENEWALS_PER_LEASE = 3
-"""Renewals tried within one lease's duration: two may fail (a slow Redis) before it lapses."""
+RENEWALS_PER_LEASE = 5
+"""Renewals tried within one lease's duration. A holder counts on ``COUNTED_SHARE`` of it from each renewal's send and
+a request needs ``send_timeout_s`` (at most a third of the lease) of that: with a renewal every fifth, one may fail
+outright, or each take up to a quarter of the lease, and sends go on; four may fail before Redis lets it lapse."""
 COUNTED_SHARE = 0.8
 """The share of a lease a holder counts on, from when its renewal was sent (the service's ``SAFETY``): Redis ends the
 lease by its own clock, which may run ahead of this host's or be stepped forward. Counted whole, a standby could take

@@ -76,3 +76,17 @@ async def test_a_holder_counts_on_no_more_than_four_fifths_of_its_lease_from_the
     assert not lease.covers(SEND_TIMEOUT_S), "a request ending past four fifths of the lease was allowed"
     with pytest.raises(LeaseLapsing):
         lease.check_send()
+
+
+async def test_one_renewal_may_fail_outright_at_the_shortest_lease_and_sends_go_on(client: aioredis.Redis) -> None:
+    """At the shortest lease a request allows (3 x ``send_timeout_s``), counted on for four fifths of it: a renewal
+    that fails outright (Redis away) leaves the holder covered for a whole request until the next one is sent, where
+    renewed every third of the lease it stopped sending (lost the lease) at every Redis hiccup."""
+    await client.delete(KEY)
+    now = [100.0]
+    lease = Lease(client, KEY, 3 * SEND_TIMEOUT_S, SEND_TIMEOUT_S, clock=lambda: now[0])
+    assert await lease.take()
+    now[0] += 2 * lease.renew_every_s  # the first renewal failed; the second is due now
+    assert lease.covers(SEND_TIMEOUT_S), "a holder whose one renewal failed stopped sending before the next"
+    assert await lease.renew()
+    lease.check_send()
