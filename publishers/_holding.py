@@ -94,10 +94,11 @@ class Holding:
         return False
 
     async def keep(self) -> None:
-        """Renew the lease every fifth of its duration (``RENEWALS_PER_LEASE``) until it is lost (a background task)."""
+        """Renew the lease every fifth of its duration (``RENEWALS_PER_LEASE``), counted from each renewal's send
+        (``Lease.renewal_due_in``), until it is lost (a background task)."""
         lease = self.lease
         while lease.held:
-            await asyncio.sleep(lease.renew_every_s)
+            await asyncio.sleep(lease.renewal_due_in())
             try:
                 if not await lease.renew():
                     self.lost("another publisher holds it now")

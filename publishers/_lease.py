@@ -6,11 +6,11 @@ by its own memory: one could deliver v10 (5 units) after the other delivered v11
 destination would sell 5 units that are gone (C3, C4). So a publisher delivers only while it holds
 the lease ``<stream>:lease:<group>``:
 
-- **Taken** with ``SET key token NX PX lease`` (a random token per process), **renewed** every
-  third of its duration by a script that extends it only while it still holds that token, and
-  **released** (token-checked ``DEL``) when the publisher stops. Any other publisher of the group
-  is a standby: it tries again every ``retry_s`` and takes over once the lease is released or has
-  lapsed (a holder killed, paused or cut off from Redis).
+- **Taken** with ``SET key token NX PX lease`` (a random token per process), **renewed** every fifth
+  of its duration (counted from each renewal's send) by a script that extends it only while it still
+  holds that token, and **released** (token-checked ``DEL``) when the publisher stops. Any other
+  publisher of the group is a standby: it tries again every ``retry_s`` and takes over once the
+  lease is released or has lapsed (a holder killed, paused or cut off from Redis).
 - **Sends** are bounded: before each request to the destination the holder checks on its own clocks
   (measured from before each renewal was sent, so never late; every clock of the host, ``LeaseClock``)
   that ``COUNTED_SHARE`` of its lease covers one more request (``send_timeout_s``). A holder paused or
@@ -64,8 +64,9 @@ return 0
 """
 RENEWALS_PER_LEASE = 5
 """Renewals tried within one lease's duration. A holder counts on ``COUNTED_SHARE`` of it from each renewal's send and
-a request needs ``send_timeout_s`` (at most a third of the lease) of that: with a renewal every fifth, one may fail
-outright, or each take up to a quarter of the lease, and sends go on; four may fail before Redis lets it lapse."""
+a request needs ``send_timeout_s`` (at most a third of the lease) of that: with a renewal due a fifth after the last
+one's send (``renewal_due_in``), one may fail outright, or each take up to a fifth of the lease, and sends go on; four
+may fail before Redis lets it lapse."""
 COUNTED_SHARE = 0.8
 """The share of a lease a holder counts on, from when its renewal was sent (the service's ``SAFETY``): Redis ends the
 lease by its own clock, which may run ahead of this host's or be stepped forward. Counted whole, a standby could take
@@ -102,6 +103,8 @@ class Lease:
         """Names its holder for an operator (``GET`` the key) and can never be guessed by another."""
         self._clock = clock or LeaseClock().now
         self._valid_until = 0.0
+        self._tried = 0.0
+        """When the last renewal (or taking) was sent, by ``clock``: the next is due ``renew_every_s`` after it."""
         self.held = False
         self._unrecorded: dict[str, int] = {}
         """Versions delivered whose record is not known written (``settle``): at most one per key."""
@@ -110,6 +113,11 @@ class Lease:
     def renew_every_s(self) -> float:
         return self.lease_s / RENEWALS_PER_LEASE
 
+    def renewal_due_in(self) -> float:
+        """Seconds until the next renewal is due: ``renew_every_s`` after the last one was *sent*, not answered —
+        counted after the answer, a slow renewal's delay counted twice against the share of the lease it covers."""
+        return max(0.0, self._tried + self.renew_every_s - self._clock())
+
     @property
     def retry_s(self) -> float:
         """How often a standby tries to take the lease: a released one is taken within it."""
@@ -117,7 +125,7 @@ class Lease:
 
     async def take(self) -> bool:
         """True: this publisher holds the lease now (taken, or still its own and renewed)."""
-        sent = self._clock()
+        sent = self._tried = self._clock()
         if await self.client.set(self.key, self.token, nx=True, px=self.lease_ms):
             self._valid_until, self.held = sent + self.lease_s * COUNTED_SHARE, True
             return True
@@ -125,7 +133,7 @@ class Lease:
 
     async def renew(self) -> bool:
         """Extend the lease while it is still this publisher's; False: it is not (the caller drops it)."""
-        sent = self._clock()
+        sent = self._tried = self._clock()
         if int(await self.client.eval(RENEW, 1, self.key, self.token, self.lease_ms)):
             self._valid_until, self.held = sent + self.lease_s * COUNTED_SHARE, True
             return True

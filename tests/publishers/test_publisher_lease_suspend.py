@@ -6,11 +6,17 @@ lease is counted on every clock of the host (``LeaseClock``): ``CLOCK_BOOTTIME``
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 
+from publishers import _holding
+from publishers._config import PublisherConfig
+from publishers._holding import Holding
 from publishers._lease import Lease, LeaseLapsing
+from publishers._metrics import PublisherMetrics
 
 KEY = "atp:{avail}:web:lease:webhook"
 LEASE_S, SEND_TIMEOUT_S = 5.0, 0.3
@@ -90,3 +96,35 @@ async def test_one_renewal_may_fail_outright_at_the_shortest_lease_and_sends_go_
     assert lease.covers(SEND_TIMEOUT_S), "a holder whose one renewal failed stopped sending before the next"
     assert await lease.renew()
     lease.check_send()
+
+
+async def test_renewals_each_answered_a_fifth_of_the_lease_late_leave_sends_going(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the shortest lease a request allows (3 x ``send_timeout_s``), each renewal answered a fifth of the lease
+    after its send: the holder must stay covered for a whole request at every moment, the next renewal's answer
+    included. Defect (3bc976a2, whose docs said a quarter): ``Holding.keep`` slept a fifth of the lease after each
+    renewal was *answered*, so a renewal's delay counted twice, and the holder stopped sending (lease lost) with every
+    renewal answered after 2/15 of the lease; renewals are due a fifth of the lease after the last one was *sent*."""
+    lease_s, send_s = 3 * SEND_TIMEOUT_S, SEND_TIMEOUT_S
+    delay_s, now, covered = lease_s / 5, [100.0], []
+
+    class SlowRedis:
+        async def set(self, *_args: object, **_kw: object) -> bool:
+            return True
+
+        async def eval(self, *_args: object) -> int:
+            now[0] += delay_s  # the answer comes a fifth of the lease after the send
+            covered.append(holding.lease.covers(send_s))  # the moment just before it arrives
+            return int(len(covered) < 8)  # the eighth: another holds it (keep ends)
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    holding = Holding(PublisherConfig(channel="web", lease_s=lease_s, send_timeout_s=send_s), SlowRedis(),
+                      PublisherMetrics(CollectorRegistry()), on_lost=lambda: None)
+    holding.lease = Lease(SlowRedis(), KEY, lease_s, send_s, clock=lambda: now[0])
+    assert await holding.lease.take()
+    monkeypatch.setattr(_holding, "asyncio", SimpleNamespace(sleep=sleep))
+    await holding.keep()
+    assert len(covered) == 8
+    assert all(covered[:-1]), f"a holder whose renewals were answered in a fifth of the lease stopped: {covered}"
