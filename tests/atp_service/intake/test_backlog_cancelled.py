@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import redis
 from prometheus_client import CollectorRegistry, Gauge
 
 from atp_service.intake.backlog import BacklogGauge
 from atp_service.storage.nodes import connect_any
+from tests.atp_service.intake.cancel_as_written import cancel_as_written
 
 
-async def test_a_gauge_cancelled_as_its_command_is_written_ends(redis_url: str) -> None:
+async def test_a_gauge_cancelled_as_its_command_is_written_ends(redis_url: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     admin: Any = redis.Redis.from_url(redis_url)
     admin.xgroup_create("in", "atp", id="0", mkstream=True)
     registry = CollectorRegistry()
@@ -26,15 +29,7 @@ async def test_a_gauge_cancelled_as_its_command_is_written_ends(redis_url: str) 
     client = connect_any(redis_url, 2.0)
     gauge = BacklogGauge(client, "atp", ["in"], pending, lag)
     await client.ping()  # its connection made: the next command is the gauge's
-    (connection,) = client.connection_pool._available_connections
-    real_send, cancels = connection._send_packed_command, []
-
-    async def send_then_cancelled(command: Any) -> None:
-        await real_send(command)  # written: wait_for's inner future ends in this turn
-        if not cancels:
-            cancels.append(measuring.cancel())
-
-    connection._send_packed_command = send_then_cancelled
+    cancels = cancel_as_written(monkeypatch, client, lambda: measuring)
     measuring = asyncio.ensure_future(gauge.run(every_s=0.01))
     done, _ = await asyncio.wait((measuring,), timeout=10)  # a bound for a broken run, not a timing
     try:

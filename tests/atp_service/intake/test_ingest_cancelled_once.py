@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -20,6 +19,7 @@ from atp_service.intake.facts import FactDesk
 from atp_service.intake.ingest import StreamIngestor
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.nodes import connect_any
+from tests.atp_service.intake.cancel_as_written import cancel_as_written
 
 T = 1_700_000_000_000
 
@@ -32,16 +32,8 @@ async def test_a_reader_cancelled_as_its_command_is_written_ends(redis_url: str,
     ingestor = StreamIngestor(client, desk, settings, ManualClock(T))
     await ingestor._create_groups()
     await client.ping()  # a connection made: its class is the one every command goes through
-    (connection,) = client.connection_pool._available_connections
-    real_send, cancels = type(connection)._send_packed_command, []
-
-    async def send_then_cancelled(self: Any, command: Any) -> None:
-        await real_send(self, command)  # written: wait_for's inner future ends in this turn
-        if not cancels and asyncio.current_task() is not None:
-            cancels.append(reading.cancel())
-
     reading = asyncio.ensure_future(ingestor._run())
-    monkeypatch.setattr(type(connection), "_send_packed_command", send_then_cancelled)
+    cancels = cancel_as_written(monkeypatch, client, lambda: reading)
     done, _ = await asyncio.wait((reading,), timeout=10)  # a bound for a broken run, not a timing
     try:
         assert cancels == [True]
