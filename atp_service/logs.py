@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -194,3 +196,21 @@ def say_left_out() -> int:
                                             event, extra={"event": "log_lines_left_out", "of": event,
                                                           "left_out": left_out})
     return said
+
+
+def say_on_stdout(text: str) -> None:
+    """``text`` on stdout at once; its reader gone (``| head``, ``| tee`` with tee gone, a log collector restarted),
+    the text is lost and the rest of stdout goes nowhere, what is buffered too (flushed at exit, nowhere). A
+    BrokenPipeError raised instead left the caller mid-way: the service never ready and hung at exit, deaf to every
+    signal; ``make cluster --serve``'s service processes unknown to its stop, orphaned."""
+    try:
+        print(text, flush=True)
+    except OSError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, sys.stdout.fileno())
+            finally:
+                os.close(devnull)
+        except (OSError, ValueError):
+            pass

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import secrets
 import signal
 import sys
@@ -24,6 +23,7 @@ from atp_service.app.reload_signal import SignalledReloads
 from atp_service.app.service import AtpService
 from atp_service.app.shutdown import EXIT_STOP_OVERRAN, StopRequest, dump_tasks, exit_on_a_second_signal, shut_down
 from atp_service.config import ServiceConfig
+from atp_service.logs import say_on_stdout
 from atp_service.tasks import cancel_and_wait
 from reservation import DomainError
 
@@ -168,14 +168,7 @@ def _print_ready(config: ServiceConfig, service: AtpService) -> None:
                    f"  {ctl_cmd} --target {target} reserve {rid} sku-00001@dc-east:2 --ttl 600",
                    f"  {ctl_cmd} --target {target} confirm {rid}"]
     # One write: whoever waits for the "ready" line finds the whole banner with it.
-    try:
-        print("\n".join(banner), flush=True)
-    except OSError:  # stdout's reader gone (`| head`, a log collector restarted): the banner is lost, not the serving
-        # Its BrokenPipeError left serving mid-way: never ready, its tasks never stopped, the process hung at exit
-        # deaf to every signal. The rest of stdout goes nowhere, the buffer held too (flushed at exit: status 120).
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+    say_on_stdout("\n".join(banner))  # its reader gone: the banner is lost, not the serving
     log.info("ready: gRPC on %s, metrics %s", target, metrics, extra={  # the banner's line, for a log pipeline
         "event": "ready", "grpc": target, "metrics_port": service.metrics_port if config.metrics_port >= 0 else None})
 

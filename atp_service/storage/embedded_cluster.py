@@ -27,6 +27,8 @@ from typing import Any
 
 import redis
 
+from atp_service.logs import say_on_stdout
+
 from .cluster_agreement import AGREE_TIMEOUT_S, restart, wait_agreed
 from .embedded_redis import PORT_TRIES, EmbeddedRedis, RedisDidNotStart, free_port
 
@@ -325,7 +327,7 @@ def main() -> None:
     status = 0
     with EmbeddedCluster(args.data_dir, args.primaries, args.replicas, sync_delay_s=args.sync_delay_s) as cluster:
         ports = ", ".join(str(node.port) for node in cluster.nodes)
-        _say(f"Redis Cluster ready: {cluster.url} (nodes on 127.0.0.1: {ports}); Ctrl-C stops it")
+        say_on_stdout(f"Redis Cluster ready: {cluster.url} (nodes on 127.0.0.1: {ports}); Ctrl-C stops it")
         services = _serve(cluster.url, args.processes) if args.serve else []
         try:
             status = _watch(services, stop)
@@ -336,23 +338,6 @@ def main() -> None:
             for service in services:
                 service.process.wait()
     sys.exit(status)
-
-
-def _say(line: str) -> None:
-    """``line`` on stdout; its reader gone (``make cluster | head``, ``| tee`` with tee gone), the line is lost and
-    the rest of stdout goes nowhere: a BrokenPipeError raised in ``_serve`` left the service processes it had started
-    unknown to ``main``'s stop, serving on, orphaned, as the Redis Cluster under them was stopped."""
-    try:
-        print(line, flush=True)
-    except OSError:
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            try:
-                os.dup2(devnull, sys.stdout.fileno())  # what is buffered too: flushed at exit, nowhere
-            finally:
-                os.close(devnull)
-        except (OSError, ValueError):
-            pass
 
 
 def _serve(url: str, processes: int) -> list[Served]:
@@ -375,7 +360,7 @@ def _serve(url: str, processes: int) -> list[Served]:
                    "ATP_ADVERTISE_ADDRESS": address}
             served.append(Served(address, subprocess.Popen([sys.executable, "-m", "atp_service", "serve"], env=env)))
     for n, service in enumerate(served, 1):
-        _say(f"service process {n} of {processes}: {service.address} (pid {service.process.pid})")
+        say_on_stdout(f"service process {n} of {processes}: {service.address} (pid {service.process.pid})")
     return served
 
 
@@ -387,9 +372,9 @@ def _watch(services: list[Served], stop: threading.Event) -> int:
             code = service.process.poll()
             if code is not None and service.address not in gone:
                 gone.add(service.address)
-                _say(f"service process {service.address} exited with status {code}")
+                say_on_stdout(f"service process {service.address} exited with status {code}")
         if services and len(gone) == len(services):
-            _say("no service process is left: stopping the Redis Cluster")
+            say_on_stdout("no service process is left: stopping the Redis Cluster")
             return 1
     return 0
 
