@@ -72,10 +72,11 @@ class OrderSteps:
         of its own kept, unless the order was given up once decided (``releases_confirmed``: released too, Q3)."""
         cmds = orders.split(command_of(order), self._engine.place)
         given = await run_parts(self._engine, {g: GiveUpPart(cmd) for g, cmd in cmds.items()})
-        if losses.releases_confirmed(order):  # again, after a stop, from the record left pending EXPIRE (R8)
-            confirmed = {g: ApplyShare(part.reservation_id, PendingOp(OrderStep.RELEASE)) for g, part in given.items()
-                         if part.state == State.CONFIRMED and losses.own_part(part, cmds[g])}
-            await run_parts(self._engine, dict(confirmed))
-        elif kept := sorted(g for g, part in given.items() if part.state == State.CONFIRMED and
-                            losses.own_part(part, cmds[g])):  # another order's of that id is not this one's to say
-            log_kept_committed(order.reservation_id, kept)  # else seen nowhere: an EXPIRED order's units committed
+        # Another order's confirmed part of that id is not this one's to release, nor to say.
+        confirmed = sorted(g for g, part in given.items()
+                           if part.state == State.CONFIRMED and losses.own_part(part, cmds[g]))
+        if confirmed and losses.releases_confirmed(order):  # again, after a stop, from the record pending EXPIRE (R8)
+            release = PendingOp(OrderStep.RELEASE)
+            await run_parts(self._engine, {g: ApplyShare(given[g].reservation_id, release) for g in confirmed})
+        elif confirmed:
+            log_kept_committed(order.reservation_id, confirmed)  # else seen nowhere: an EXPIRED order's units committed
