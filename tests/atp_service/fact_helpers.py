@@ -102,6 +102,12 @@ async def wait_consumed(redis_url: str, streams: list[str], group: str = "atp", 
         await r.aclose()
 
 
+def dead_lettered(service: Any, stream: str) -> float:
+    """``atp_dead_lettered_total`` of ``stream`` on an in-process service: counted once the script that wrote
+    the dead letter and acknowledged its entry answered, so a turn or more after ``wait_consumed`` returns."""
+    return service.metrics.registry.get_sample_value("atp_dead_lettered_total", {"stream": stream}) or 0.0
+
+
 async def on_hand_of(client: AtpClient, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
     out = {}
     for i in range(0, len(keys), 1000):

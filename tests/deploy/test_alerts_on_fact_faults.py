@@ -13,6 +13,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 from .scraped_alerts import Scrape, firing, scrape
 
@@ -58,6 +59,9 @@ async def test_late_facts_fire_the_quarantine_alert_from_the_first_ones(
     for n in range(3):
         r.xadd("atp:in:pos", F(f"late-pos-{n}", "SALE", "A", "S1", 1, LATE).fields())
     await wait_consumed(redis_url, ["atp:in:pos"])
+    # Counted once the script that wrote them and acknowledged their entries answered: after Redis shows
+    # them consumed, by a turn of the service's loop or more.
+    await until(lambda: quarantined(scrape(service.metrics_port), "stream") >= 3, "the stream's facts counted")
     after = scrape(service.metrics_port)
     assert quarantined(after, "stream") == 3
     assert fired_but_read_timeouts(before, after, tmp_path) == {"ATPFactsQuarantined"}

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from atp_client import AtpClient
 from atp_service import AtpService, ManualClock
 from tests.atp_service.app.test_redis_permissions import PASSWORD, USER, as_user
-from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.fact_helpers import F, dead_lettered, wait_consumed
 from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
 from tests.deploy.monitoring_helpers import RULES, promtool
@@ -335,7 +335,8 @@ async def test_an_entry_whose_dead_letter_could_not_be_written_stays_pending_not
     await wait_consumed(redis_url, ["atp:in:pos"], timeout_s=20)
     dead = r.xrange("atp:dlq")
     assert [(fields[b"_id"], fields[b"_code"]) for _, fields in dead] == [(entry_id, b"INVALID_FIELD")]
-    assert service.metrics.registry.get_sample_value("atp_dead_lettered_total", {"stream": "atp:in:pos"}) == 1
+    await until(lambda: dead_lettered(service, "atp:in:pos") >= 1, "the dead letter counted")
+    assert dead_lettered(service, "atp:in:pos") == 1
 
 
 async def test_an_entry_refused_as_unavailable_past_the_delivery_bound_is_never_dead_lettered_and_applies_after(
