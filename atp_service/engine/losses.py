@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GIVEN_UP = "its hold there is gone: the order is given up whole"
-KEPT = ("its confirmation, lost at its home, was restored from a part confirmed (R3): carried through, never given "
-        "up; the lost parts made again, their units committed (order_part_committed_again)")
+KEPT = ("a part of it is confirmed (its confirmation restored from that part where its home lost it, or recorded "
+        "pending at its home and applied there, R3): carried through, never given up; the lost parts made again, "
+        "their units committed (order_part_committed_again)")
 
 
 def torn(order: Reservation, parts: Mapping[int, Reservation], now: int, limits: Limits,
