@@ -67,7 +67,8 @@ class PublisherConfig:
 
     lease_s: float = 30.0
     """Duration of the group's delivery lease (one delivering publisher per channel and group): a
-    standby takes over at most this long after a holder died (at once after a holder's stop)."""
+    standby takes over at most this long and one try (``Lease.retry_s``) after a holder died (at once after a holder's
+    stop)."""
 
     standby_look_s: float = 1.0
     """While standing by after delivering in this run (another publisher holds the lease, or this one lost it), how

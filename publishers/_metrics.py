@@ -44,7 +44,8 @@ class PublisherMetrics:
         )
         self.lease_lost = Counter(
             "atp_publisher_lease_lost_total",
-            "Times this process lost its group's lease while delivering (paused or cut off from Redis past it)",
+            "Times this process lost its group's lease while delivering (another took it, or paused or unanswered by "
+            "Redis until the lease no longer covered a request)",
             ["channel", "group"], registry=r,
         )
         self.claimed = Counter(

@@ -100,7 +100,8 @@ def _delivery_flags(p: argparse.ArgumentParser) -> None:
                    help="bound of one request, answer included; jsonl: of one write (default 10 s)")
     p.add_argument("--lease", type=float, default=PublisherConfig.lease_s,
                    help="the group's delivery lease: one publisher of a channel and group delivers, the others wait "
-                        "and take over at most this long after it died (default 30 s; at least 3 x --request-timeout)")
+                        "and take over at most this long and one try (1 s at most) after it died (default 30 s; at "
+                        "least 3 x --request-timeout)")
     p.add_argument("--max-answer-bytes", type=int, default=HttpSettings.max_answer_bytes,
                    help="largest answer read from a destination (default 1 MiB)")
 
