@@ -47,7 +47,7 @@ from atp_service.storage.hash_scan import HashScan
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script, open_nodes
 from atp_service.storage.resp import as_text, seq_of, stream_entries, stream_info
-from atp_service.storage.scripts import FENCE_LUA, FENCE_SCRIPT
+from atp_service.storage.scripts import ACL_LUA, FENCE_LUA, FENCE_SCRIPT
 from reservation import ChannelUpdate, Key, Published
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,13 @@ _encode = msgspec.msgpack.Encoder().encode
 # in doubt cannot land after the desk settled it. Every check comes before the first change — each
 # stream's newest id too (TAKEN: a version already in the stream), and every key's type (KEYTYPE: a
 # stream or state hash key holding another type, which would fail the script half-way, its streams
-# written and its hashes not) — so a refused write changed nothing, in any channel: a refusal is never
-# part of a landing.
+# written and its hashes not), and that the Redis user may still run each XADD and HSET on its key (DENIED,
+# ``ACL_LUA``: an ACL taken away while serving refused the HSET after the XADDs landed, the desk took the versions
+# found in the stream for published while the state hash kept the values before them, C4) — so a refused write
+# changed nothing, in any channel: a refusal is never part of a landing.
 # Numbers travel as strings: Lua 5.1 would print large ones in exponent form. ``published_at`` is
 # Redis's clock when the entry was written: the moment the value became visible.
-_WRITE = FENCE_LUA + """
+_WRITE = FENCE_LUA + ACL_LUA + """
 local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
 if fence > tonumber(ARGV[2]) then
   return redis.error_reply('STALE channel writer token ' .. ARGV[2] .. ' was fenced by ' .. fence)
@@ -81,6 +83,13 @@ for k = 3, #KEYS do
     return redis.error_reply('KEYTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a ' .. want .. ': nothing written')
   end
 end
+local writes = {}
+for k = 3, #KEYS, 2 do
+  writes[#writes + 1] = {'XADD', KEYS[k], 'MAXLEN', '~', '1', '1-0', 'f', 'v'}
+  writes[#writes + 1] = {'HSET', KEYS[k + 1], 'f', 'v'}
+end
+local refused = denied(writes)
+if refused then return refused end
 for c = 0, n - 1 do
   local stream = KEYS[2 * c + 3]
   local items = cmsgpack.unpack(ARGV[3 * c + 5])
@@ -140,14 +149,15 @@ _WRITE_SCRIPT = Script(_WRITE)
 _FENCE = FENCE_SCRIPT
 _FENCE_CALL = Script(_FENCE)
 
-_REFUSALS = ("FENCED", "STALE", "TAKEN", "KEYTYPE")
+_REFUSALS = ("FENCED", "STALE", "TAKEN", "KEYTYPE", "DENIED")
 
 
 class WriteRefused(RedisError):
     """The write script refused the whole write before changing anything (FENCED: a newer instance
     owns the keyspace; STALE: the desk fenced since this write was sent; TAKEN: a version is already
     in the stream; KEYTYPE: a channel's stream or state hash key holds another type, written by something
-    else than the service: the desk's writes are refused until it is removed). Certain, unlike a
+    else than the service: the desk's writes are refused until it is removed; DENIED: the Redis user may no
+    longer run a command of it, its ACL changed while serving). Certain, unlike a
     timeout: nothing of it landed and nothing of it ever will."""
 
 

@@ -118,6 +118,25 @@ redis.call('SET', KEYS[2], raised)
 return raised
 """
 
+# A command the Redis user's ACL no longer allows, taken away while the service serves (``ACL SETUSER svc -hset``):
+# Redis checks each command of a script against the ACL as it runs, and undoes nothing before the one it refuses, so a
+# script whose later command is refused stopped with its earlier changes landed; the start's check
+# (``app/permissions.py``) cannot see an ACL changed after it. ``denied(commands)`` asks the ACL
+# (``redis.acl_check_cmd``, Redis 7.0) for each command a script runs after its first change, on the keys it runs
+# it on, before that change: the refusal to return (DENIED), false where every one is allowed. Refused so, a write
+# changed nothing (R7, C4); it is tried again as one Redis refused, once the ACL allows it again.
+ACL_LUA = """
+local function denied(commands)
+  for _, command in ipairs(commands) do
+    if not redis.acl_check_cmd(unpack(command)) then
+      return redis.error_reply('DENIED ' .. command[1] .. ' on ' .. command[2] ..
+        ': the Redis user may not run it (its ACL changed since the start): nothing written')
+    end
+  end
+  return false
+end
+"""
+
 # A snapshot's write, like an append, is refused once the shard's fence (the last key) is raised
 # past the token it carries (ARGV[4]): one that timed out cannot land after the next try began.
 STALE_LUA = """

@@ -1,0 +1,68 @@
+"""A command the Redis user's ACL no longer allows, taken away while the service serves (``ACL SETUSER … -hset``):
+Redis checks each command of a Lua script against the ACL as it runs, and undoes nothing of a script that fails
+half-way. The start's check (``app/permissions.py``) cannot see a change made after it, so each write script asks
+the ACL (``redis.acl_check_cmd``) for every command it runs after its first change before making any: refused
+whole (DENIED), nothing written, never half of it."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis.asyncio as aioredis
+
+from atp_service.storage.channel_store import ChannelStore, WriteRefused
+from atp_service.storage.keys import CHANNELS, Keyspace
+from atp_service.storage.log import connect
+from reservation import ChannelUpdate, StockStatus
+
+T = 1_700_000_000_000
+
+
+@pytest.fixture
+async def user_url(redis_url: str) -> AsyncIterator[tuple[str, aioredis.Redis]]:
+    """The URL of a Redis user of this test's own, allowed everything, and a connection of the default user to
+    change its ACL (``ACL SETUSER``) while it is used."""
+    name, password = f"svc-{secrets.token_hex(4)}", secrets.token_hex(8)
+    admin = connect(redis_url, 5.0)
+    await admin.execute_command("ACL", "SETUSER", name, "on", f">{password}", "~*", "&*", "+@all")
+    parts = urlsplit(redis_url)
+    try:
+        yield urlunsplit(parts._replace(netloc=f"{name}:{password}@{parts.hostname}:{parts.port}")), admin
+    finally:
+        await admin.execute_command("ACL", "DELUSER", name)
+        await admin.aclose()
+
+
+def _user_of(url: str) -> str:
+    return str(urlsplit(url).username)
+
+
+def _update(sku: str, quantity: int, version: int) -> ChannelUpdate:
+    return ChannelUpdate("web", sku, "DC", quantity, None, StockStatus.IN_STOCK, version, T, T)
+
+
+async def test_a_channel_write_whose_hset_the_acl_took_away_writes_no_stream_entry_C4(
+        user_url: tuple[str, aioredis.Redis]) -> None:
+    """The write script's XADDs landed, its HSET refused: the desk's settle found the versions in the stream and
+    took them for published, while the state hash (what a restart, and a publisher behind the stream's trimming,
+    take for published) kept the values before them — a destination left on a value the desk no longer knew it
+    showed (C4). Refused whole now: nothing of it landed, the updates given back."""
+    url, admin = user_url
+    client = connect(url, 5.0)
+    store = ChannelStore(client, "t:", epoch=lambda: 1)
+    try:
+        await client.set(Keyspace("t:").owner(CHANNELS), 1)
+        await store.write([("web", 1000, [_update("A", 5, 1)])])
+        await admin.execute_command("ACL", "SETUSER", _user_of(url), "-hset")
+        with pytest.raises(WriteRefused, match=r"^DENIED"):
+            await store.write([("web", 1000, [_update("A", 0, 2)]), ("pickup", 1000, [_update("A", 0, 1)])])
+        assert [entry for entry, _ in await admin.xrange(store.stream("web"))] == [b"1-0"]  # was: 2-0 too
+        assert not await admin.exists(store.stream("pickup"))
+        await admin.execute_command("ACL", "SETUSER", _user_of(url), "+hset")
+        await store.write([("web", 1000, [_update("A", 0, 2)])])  # given back, written again
+        assert await admin.hget(store.state_key("web"), "A\tDC") is not None
+    finally:
+        await store.aclose()
