@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.nodes import Call, Nodes, Script
+from atp_service.storage.scripts import ACL_LUA
 from reservation import Fact, FactKind, Reason, Unavailable
 from reservation._keys import fact_key, fact_payload
 
@@ -72,7 +73,10 @@ _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: no
 # command that failed, and a key of another type (an operator's, a restore of other data) failed it half-way — a
 # fact's entry added, its digest not (the hash of entries ahead, HSET after the XADD), its input entry not
 # acknowledged: delivered again, the fact written again at every delivery (E8: written once). Refused so, nothing
-# is written, nothing acknowledged (the entries stay pending, the facts owed: ``write_owed``).
+# is written, nothing acknowledged (the entries stay pending, the facts owed: ``write_owed``). So is a command the
+# Redis user's ACL no longer allows (``_ALLOWED``: taken away while serving, ``ACL SETUSER svc -zadd``): asked of the
+# ACL before the first write, every one the script may run after it — refused as it ran, the ZADD after the XADD, each
+# retry wrote the fact again (E8); a pcall's XPENDING or XACK refused went on as if answered.
 _TYPES = """
 local wanted = {{KEYS[1], 'stream'}, {KEYS[2], 'zset'}, {KEYS[4], 'hash'}}
 if ARGV[4] ~= '' then wanted[#wanted + 1] = {KEYS[3], 'string'} end
@@ -84,7 +88,20 @@ for _, w in ipairs(wanted) do
   end
 end
 """
-_ONCE = _TYPES + f"""
+_ALLOWED = """
+local asked = {{'ZSCORE', KEYS[2], 'd'}, {'ZADD', KEYS[2], '1', 'd'},
+  {'XADD', KEYS[1], 'MAXLEN', '~', '1', '*', 'f', 'v'}, {'HSET', KEYS[4], 'd', 'v'}, {'ZCARD', KEYS[2]},
+  {'HLEN', KEYS[4]}, {'ZRANGE', KEYS[2], '0', '0'},
+  {'HDEL', KEYS[4], 'd'}, {'ZREMRANGEBYRANK', KEYS[2], '0', '0'}}
+for k = 5, #KEYS do
+  asked[#asked + 1] = {'XPENDING', KEYS[k], ARGV[2], '-', '+', '1', ARGV[3]}
+  asked[#asked + 1] = {'XREVRANGE', KEYS[k], '+', '-', 'COUNT', '1'}
+  asked[#asked + 1] = {'XACK', KEYS[k], ARGV[2], '0-1'}
+end
+local refused = denied(asked)
+if refused then return refused end
+"""
+_ONCE = ACL_LUA + _TYPES + _ALLOWED + f"""
 local function later(a, b)  -- the later of two stream ids (as Redis writes them: digits, no leading zeros)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')

@@ -12,11 +12,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
+from atp_service.intake.quarantine import Acks, QuarantineStream
 from atp_service.storage.channel_store import ChannelStore, WriteRefused
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.log import connect
-from reservation import ChannelUpdate, StockStatus
+from atp_service.storage.nodes import open_nodes
+from reservation import ChannelUpdate, FactKind, Limits, StockStatus
+from reservation import fact as make_fact
 
 T = 1_700_000_000_000
 
@@ -66,3 +70,32 @@ async def test_a_channel_write_whose_hset_the_acl_took_away_writes_no_stream_ent
         assert await admin.hget(store.state_key("web"), "A\tDC") is not None
     finally:
         await store.aclose()
+
+
+async def test_a_quarantine_write_whose_zadd_the_acl_took_away_writes_the_fact_at_no_try_E8(
+        user_url: tuple[str, aioredis.Redis]) -> None:
+    """The quarantine script's XADD landed, the ZADD of the fact's digest refused: the fact on the stream, its
+    digest not in the set, its input entry not acknowledged — owed, written again at every retry (``write_owed``),
+    one more entry each time while the ACL lacked ZADD (E8: each fact written once). Refused whole now: nothing
+    written, nothing acknowledged, the fact owed until the ACL allows the write."""
+    url, admin = user_url
+    writer = open_nodes(url, 5.0, cluster=False)
+    stream = QuarantineStream("t:{in}:quarantine", 1000)
+    late = make_fact("e1", "pos", FactKind.SALE.value, "A", "S1", 1, T, "", T, Limits(), "event_time_ms")
+    try:
+        await admin.xgroup_create("t:{in}:pos", "g", "0", mkstream=True)
+        entry = await admin.xadd("t:{in}:pos", {"f": "v"})
+        await admin.xreadgroup("g", "c1", {"t:{in}:pos": ">"})  # pending to c1, as the reader left it
+        acks = Acks("g", "c1", [("t:{in}:pos", entry)], run=1)
+        await admin.execute_command("ACL", "SETUSER", _user_of(url), "-zadd")
+        for _ in range(2):  # the write, then write_owed's
+            with pytest.raises(ResponseError, match=r"^DENIED ZADD"):
+                await stream.write(writer, [(late, "late")], acks)
+        assert await admin.xlen(stream.stream) == 0  # was: 2, the fact written at each try
+        assert (await admin.xpending("t:{in}:pos", "g"))["pending"] == 1
+        await admin.execute_command("ACL", "SETUSER", _user_of(url), "+zadd")
+        assert await stream.write(writer, [(late, "late")], acks) == [True]
+        assert await admin.xlen(stream.stream) == 1
+        assert (await admin.xpending("t:{in}:pos", "g"))["pending"] == 0
+    finally:
+        await writer.aclose()
