@@ -38,7 +38,7 @@ from redis.exceptions import ResponseError
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script
 from atp_service.storage.records import checksummed, snapshot_header
-from atp_service.storage.scripts import ALLOW_OOM, FENCE_LUA, LOG_REACHES_LUA, STALE_LUA
+from atp_service.storage.scripts import ACL_LUA, ALLOW_OOM, FENCE_LUA, LOG_REACHES_LUA, STALE_LUA
 
 STAGING_TTL_MS = 600_000
 """A staging key left by a write that never finished (a crash, a lost owner) goes after this."""
@@ -98,7 +98,11 @@ return 'OK'
 # log's end as the whole write is, and where a staging key before the last is not a whole piece (expired).
 # RENAME keeps the staging keys' TTL: the snapshot is made persistent again; the old snapshot's pieces past
 # the new one's go. The log keeps the snapshot's own entry, as the whole write's trim does.
-LAST_PART_SCRIPT = Script(ALLOW_OOM + FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + _pieces_check(9) + _TRY_CHECK + """
+# Every command after its first write is asked of the ACL before it (``ACL_LUA``): a PERSIST taken out of it while
+# serving was refused after the RENAMEs, the new snapshot in place with the staging keys' time to live, the old one
+# overwritten — both gone ten minutes later, the log trimmed behind them (R7).
+LAST_PART_SCRIPT = Script(ALLOW_OOM + ACL_LUA + FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + _pieces_check(9) + _TRY_CHECK
+                          + """
 local n = piece + 1
 local m = math.max(n, tonumber(ARGV[9]))
 for i = 1, n - 1 do
@@ -107,6 +111,9 @@ for i = 1, n - 1 do
       ' bytes, not a piece of ' .. ARGV[8])
   end
 end
+local refused = denied({{'RENAME', KEYS[5], KEYS[5 + n]}, {'PERSIST', KEYS[5 + n]}, {'DEL', KEYS[4]},
+  {'SET', KEYS[4], '1'}, {'XTRIM', KEYS[3], 'MINID', '0-0'}})
+if refused then return refused end
 if offset == 0 then redis.call('SET', KEYS[2], ARGV[2]) else redis.call('APPEND', KEYS[2], ARGV[2]) end
 for i = 1, n do
   redis.call('RENAME', KEYS[4 + i], KEYS[4 + n + i])
@@ -125,7 +132,9 @@ return 'OK'
 # fence; ARGV: epoch, snapshot data, the snapshot's seq, fence token, the pieces stored now.
 # The log keeps the snapshot's own entry (MINID seq, not seq + 1): the append script checks each
 # entry against the newest one, so the stream must never be left empty.
-WHOLE_SCRIPT = Script(ALLOW_OOM + FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + _pieces_check(5) + """
+WHOLE_SCRIPT = Script(ALLOW_OOM + ACL_LUA + FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + _pieces_check(5) + """
+local refused = denied({{'DEL', KEYS[4]}, {'XTRIM', KEYS[3], 'MINID', '0-0'}})  -- after the SET (ACL_LUA)
+if refused then return refused end
 redis.call('SET', KEYS[2], ARGV[2])
 for i = 5, #KEYS - 1 do
   redis.call('DEL', KEYS[i])

@@ -6,19 +6,21 @@ whole (DENIED), nothing written, never half of it."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from atp_service.intake.quarantine import Acks, QuarantineStream
 from atp_service.storage.channel_store import ChannelStore, WriteRefused
 from atp_service.storage.keys import CHANNELS, Keyspace
-from atp_service.storage.log import connect
+from atp_service.storage.log import LogStore, connect
 from atp_service.storage.nodes import open_nodes
+from atp_service.storage.records import sealed_snapshot
 from reservation import ChannelUpdate, FactKind, Limits, StockStatus
 from reservation import fact as make_fact
 
@@ -99,3 +101,54 @@ async def test_a_quarantine_write_whose_zadd_the_acl_took_away_writes_the_fact_a
         assert (await admin.xpending("t:{in}:pos", "g"))["pending"] == 0
     finally:
         await writer.aclose()
+
+
+async def test_a_snapshot_in_parts_whose_persist_the_acl_took_away_leaves_the_stored_one_in_place_R7(
+        user_url: tuple[str, aioredis.Redis]) -> None:
+    """The last part's script renamed the staging keys (a time to live on each, ``STAGING_TTL_MS``) over the stored
+    snapshot, then its PERSIST was refused: the new snapshot in place, gone ten minutes later, the old one
+    overwritten and the log trimmed behind it — a restart then had neither (R7). Refused whole now: the stored
+    snapshot stands, persistent."""
+    url, admin = user_url
+    client = connect(url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64)
+    part = 64 << 10
+    try:
+        await store.claim(4)
+        for seq in range(1, 4):
+            await store.submit(0, seq, b"e")
+        old = os.urandom(part // 2)
+        await store.write_snapshot(0, 1, old, part_bytes=part)
+        await admin.execute_command("ACL", "SETUSER", _user_of(url), "-persist")
+        with pytest.raises(RedisError, match=r"DENIED PERSIST"):
+            await store.write_snapshot(0, 2, os.urandom(3 * part), part_bytes=part)
+        assert await admin.get("t:{g0}:snap") == sealed_snapshot(old)  # was: the new one, expiring
+        assert await admin.pttl("t:{g0}:snap") == -1
+        assert len(await admin.xrange("t:{g0}:log")) == 3
+    finally:
+        await client.aclose()
+
+
+async def test_a_whole_snapshot_whose_del_the_acl_took_away_leaves_the_stored_pieces_as_they_were_R7(
+        user_url: tuple[str, aioredis.Redis]) -> None:
+    """A snapshot in one key over one stored in several: its SET landed, the DEL of the old pieces and of their
+    count refused — the new snapshot read with the old one's later pieces after it, a snapshot of neither (R7).
+    Refused whole now: the stored pieces stand."""
+    url, admin = user_url
+    client = connect(url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64)
+    piece = 64 << 10
+    try:
+        await store.claim(4)
+        for seq in range(1, 4):
+            await store.submit(0, seq, b"e")
+        old = os.urandom(2 * piece)
+        await store.write_snapshot(0, 1, old, piece_bytes=piece)
+        stored = [await admin.get(key) for key in ("t:{g0}:snap", "t:{g0}:snap:1", "t:{g0}:snap:2")]
+        assert b"".join(stored) == sealed_snapshot(old)  # three pieces
+        await admin.execute_command("ACL", "SETUSER", _user_of(url), "-del")
+        with pytest.raises(RedisError, match=r"DENIED DEL"):
+            await store.write_snapshot(0, 2, os.urandom(piece // 2), piece_bytes=piece)
+        assert [await admin.get(key) for key in ("t:{g0}:snap", "t:{g0}:snap:1", "t:{g0}:snap:2")] == stored
+    finally:
+        await client.aclose()
