@@ -16,8 +16,9 @@ from typing import Any
 
 from atp_service.intake.dead_letters import TRIMMED
 from atp_service.intake.unread import as_bytes, made_again_key
+from atp_service.storage.scripts import ACL_LUA
 
-_CLAIM = """
+_CLAIM = ACL_LUA + """
 -- KEYS: the input stream, the dead-letter stream, the group's made-again mark. ARGV: group, consumer, min idle
 -- ms, start, count, the dead-letter stream's MAXLEN, then the dead letter's _reason, _field and _code.
 -- Returns XAUTOCLAIM's reply: {cursor, {{id, {field, value, ...}}, ...}, {id of each entry found trimmed}},
@@ -27,6 +28,8 @@ local kind = redis.call('TYPE', dlq)['ok']
 if kind ~= 'none' and kind ~= 'stream' then  -- before the claim: its trimmed ids would go without a trace
   return redis.error_reply('WRONGTYPE dead-letter stream ' .. dlq .. ' holds a ' .. kind)
 end
+local refused = denied({{'XADD', dlq, 'MAXLEN', '~', '1', '*', 'f', 'v'}, {'GET', KEYS[3]}})  -- an ACL changed since
+if refused then return refused end  -- the start: the trimmed ids gone, their dead letters refused (ACL_LUA)
 local reply = redis.call('XAUTOCLAIM', stream, ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
 for _, id in ipairs(reply[3] or {}) do  -- Redis 7: taken out of the pending list by the claim itself
   redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[6], '*', '_reason', ARGV[7], '_field', ARGV[8], '_code', ARGV[9],

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from atp_service.logs import EveryInterval
+from atp_service.storage.scripts import ACL_LUA
 from reservation import InvalidArgument, Reason
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ async def write(client: Any, dead: Sequence[tuple[str, bytes, list[bytes], Why]]
     await client.register_script(_WRITE)(keys=[to, *(stream for stream, _, _, _ in dead)], args=args)
 
 
-_WRITE = """
+_WRITE = ACL_LUA + """
 -- KEYS: the dead-letter stream, then each dead letter's input stream. ARGV: MAXLEN, group, then per dead
 -- letter: its entry's id, the number of its fields' names and values, those names and values.
 local dlq = KEYS[1]
@@ -127,6 +128,10 @@ local kind = redis.call('TYPE', dlq)['ok']
 if kind ~= 'none' and kind ~= 'stream' then  -- before any write: nothing dead-lettered, nothing acknowledged
   return redis.error_reply('WRONGTYPE dead-letter stream ' .. dlq .. ' holds a ' .. kind)
 end
+local asked = {{'XADD', dlq, 'MAXLEN', '~', '1', '*', 'f', 'v'}}
+for i = 2, #KEYS do asked[#asked + 1] = {'XACK', KEYS[i], ARGV[2], '0-1'} end
+local refused = denied(asked)  -- an ACL changed since the start: the pcall's XACK refused went on (ACL_LUA)
+if refused then return refused end
 local at, ids = 3, {}
 for i = 2, #KEYS do
   local n = tonumber(ARGV[at + 1])

@@ -36,6 +36,7 @@ from redis.exceptions import ResponseError
 from atp_service.config_values import MADE_AGAIN, TRIMMED_UNREAD
 from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text, no_such_key
+from atp_service.storage.scripts import ACL_LUA
 from atp_service.tasks import exception_seen, finish_uncancelled
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ _READ = """
 local group, consumer, count = ARGV[1], ARGV[2], ARGV[3]
 local owed = table.remove(KEYS)
 local n = #KEYS / 2
-""" + _HELPERS + """
+""" + _HELPERS + ACL_LUA + """
 -- Every key written or read after XREADGROUP is checked before it: Redis undoes nothing of a script that fails
 -- half-way, and the owed hash or a mark of another type (an operator's key, a restore of other data) failed it
 -- after the read had moved the group past a gap, its entries never counted nor said (their facts never applied).
@@ -85,6 +86,17 @@ for i = n + 1, 2 * n do
     return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds no entry id: nothing read')
   end
 end
+-- So is every command after XREADGROUP asked of the ACL (``ACL_LUA``): one taken away while serving, the read past
+-- a gap, its HINCRBY refused, its entries never counted.
+local asked = {{'HINCRBY', owed, KEYS[1], '1'}, {'HSETNX', owed, 'f', 'v'}, {'HGETALL', owed}}
+for i = 1, n do
+  asked[#asked + 1] = {'XGROUP', 'SETID', KEYS[i], group, '0-0', 'ENTRIESREAD', '0'}
+  asked[#asked + 1] = {'XPENDING', KEYS[i], group, '-', '+', '1'}
+  asked[#asked + 1] = {'GET', KEYS[n + i]}
+  asked[#asked + 1] = {'DEL', KEYS[n + i]}
+end
+local refused = denied(asked)
+if refused then return refused end
 local gaps, positions, args = {}, {}, {'XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS'}
 for i = 1, n do
   local key = KEYS[i]
@@ -162,7 +174,9 @@ _MAKE = """
 -- a read crossing a gap then counts none of the entries lost. Where none after the id is gone
 -- (trimmed or deleted), its count is every entry ever added less those still after the id.
 local key, mark, written, group, start, most = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3])
-""" + _HELPERS + """
+""" + _HELPERS + ACL_LUA + """
+local refused = denied({{'XINFO', 'STREAM', key}, {'EXISTS', written}, {'DEL', mark}, {'SET', mark, '0-1'}})
+if refused then return refused end  -- an ACL changed since the start: the group made, its mark refused (ACL_LUA)
 local create = {'XGROUP', 'CREATE', key, group, start, 'MKSTREAM'}
 if start ~= '0' and redis.call('EXISTS', key) == 1 then
   local info = redis.call('XINFO', 'STREAM', key)

@@ -7,12 +7,9 @@ whole (DENIED), nothing written, never half of it."""
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from atp_service.intake.quarantine import Acks, QuarantineStream
@@ -23,27 +20,15 @@ from atp_service.storage.nodes import open_nodes
 from atp_service.storage.records import sealed_snapshot
 from reservation import ChannelUpdate, FactKind, Limits, StockStatus
 from reservation import fact as make_fact
+from tests.atp_service.acl_user import AclUser, acl_user
 
 T = 1_700_000_000_000
 
 
 @pytest.fixture
-async def user_url(redis_url: str) -> AsyncIterator[tuple[str, aioredis.Redis]]:
-    """The URL of a Redis user of this test's own, allowed everything, and a connection of the default user to
-    change its ACL (``ACL SETUSER``) while it is used."""
-    name, password = f"svc-{secrets.token_hex(4)}", secrets.token_hex(8)
-    admin = connect(redis_url, 5.0)
-    await admin.execute_command("ACL", "SETUSER", name, "on", f">{password}", "~*", "&*", "+@all")
-    parts = urlsplit(redis_url)
-    try:
-        yield urlunsplit(parts._replace(netloc=f"{name}:{password}@{parts.hostname}:{parts.port}")), admin
-    finally:
-        await admin.execute_command("ACL", "DELUSER", name)
-        await admin.aclose()
-
-
-def _user_of(url: str) -> str:
-    return str(urlsplit(url).username)
+async def user(redis_url: str) -> AsyncIterator[AclUser]:
+    async with acl_user(redis_url) as made:
+        yield made
 
 
 def _update(sku: str, quantity: int, version: int) -> ChannelUpdate:
@@ -51,23 +36,23 @@ def _update(sku: str, quantity: int, version: int) -> ChannelUpdate:
 
 
 async def test_a_channel_write_whose_hset_the_acl_took_away_writes_no_stream_entry_C4(
-        user_url: tuple[str, aioredis.Redis]) -> None:
+        user: AclUser) -> None:
     """The write script's XADDs landed, its HSET refused: the desk's settle found the versions in the stream and
     took them for published, while the state hash (what a restart, and a publisher behind the stream's trimming,
     take for published) kept the values before them — a destination left on a value the desk no longer knew it
     showed (C4). Refused whole now: nothing of it landed, the updates given back."""
-    url, admin = user_url
+    url, admin = user.url, user.admin
     client = connect(url, 5.0)
     store = ChannelStore(client, "t:", epoch=lambda: 1)
     try:
         await client.set(Keyspace("t:").owner(CHANNELS), 1)
         await store.write([("web", 1000, [_update("A", 5, 1)])])
-        await admin.execute_command("ACL", "SETUSER", _user_of(url), "-hset")
+        await user.take_away("hset")
         with pytest.raises(WriteRefused, match=r"^DENIED"):
             await store.write([("web", 1000, [_update("A", 0, 2)]), ("pickup", 1000, [_update("A", 0, 1)])])
         assert [entry for entry, _ in await admin.xrange(store.stream("web"))] == [b"1-0"]  # was: 2-0 too
         assert not await admin.exists(store.stream("pickup"))
-        await admin.execute_command("ACL", "SETUSER", _user_of(url), "+hset")
+        await user.give_back("hset")
         await store.write([("web", 1000, [_update("A", 0, 2)])])  # given back, written again
         assert await admin.hget(store.state_key("web"), "A\tDC") is not None
     finally:
@@ -75,12 +60,12 @@ async def test_a_channel_write_whose_hset_the_acl_took_away_writes_no_stream_ent
 
 
 async def test_a_quarantine_write_whose_zadd_the_acl_took_away_writes_the_fact_at_no_try_E8(
-        user_url: tuple[str, aioredis.Redis]) -> None:
+        user: AclUser) -> None:
     """The quarantine script's XADD landed, the ZADD of the fact's digest refused: the fact on the stream, its
     digest not in the set, its input entry not acknowledged — owed, written again at every retry (``write_owed``),
     one more entry each time while the ACL lacked ZADD (E8: each fact written once). Refused whole now: nothing
     written, nothing acknowledged, the fact owed until the ACL allows the write."""
-    url, admin = user_url
+    url, admin = user.url, user.admin
     writer = open_nodes(url, 5.0, cluster=False)
     stream = QuarantineStream("t:{in}:quarantine", 1000)
     late = make_fact("e1", "pos", FactKind.SALE.value, "A", "S1", 1, T, "", T, Limits(), "event_time_ms")
@@ -89,13 +74,13 @@ async def test_a_quarantine_write_whose_zadd_the_acl_took_away_writes_the_fact_a
         entry = await admin.xadd("t:{in}:pos", {"f": "v"})
         await admin.xreadgroup("g", "c1", {"t:{in}:pos": ">"})  # pending to c1, as the reader left it
         acks = Acks("g", "c1", [("t:{in}:pos", entry)], run=1)
-        await admin.execute_command("ACL", "SETUSER", _user_of(url), "-zadd")
+        await user.take_away("zadd")
         for _ in range(2):  # the write, then write_owed's
             with pytest.raises(ResponseError, match=r"^DENIED ZADD"):
                 await stream.write(writer, [(late, "late")], acks)
         assert await admin.xlen(stream.stream) == 0  # was: 2, the fact written at each try
         assert (await admin.xpending("t:{in}:pos", "g"))["pending"] == 1
-        await admin.execute_command("ACL", "SETUSER", _user_of(url), "+zadd")
+        await user.give_back("zadd")
         assert await stream.write(writer, [(late, "late")], acks) == [True]
         assert await admin.xlen(stream.stream) == 1
         assert (await admin.xpending("t:{in}:pos", "g"))["pending"] == 0
@@ -104,12 +89,12 @@ async def test_a_quarantine_write_whose_zadd_the_acl_took_away_writes_the_fact_a
 
 
 async def test_a_snapshot_in_parts_whose_persist_the_acl_took_away_leaves_the_stored_one_in_place_R7(
-        user_url: tuple[str, aioredis.Redis]) -> None:
+        user: AclUser) -> None:
     """The last part's script renamed the staging keys (a time to live on each, ``STAGING_TTL_MS``) over the stored
     snapshot, then its PERSIST was refused: the new snapshot in place, gone ten minutes later, the old one
     overwritten and the log trimmed behind it — a restart then had neither (R7). Refused whole now: the stored
     snapshot stands, persistent."""
-    url, admin = user_url
+    url, admin = user.url, user.admin
     client = connect(url, 5.0)
     store = LogStore(client, "t:", pipeline_max=64)
     part = 64 << 10
@@ -119,7 +104,7 @@ async def test_a_snapshot_in_parts_whose_persist_the_acl_took_away_leaves_the_st
             await store.submit(0, seq, b"e")
         old = os.urandom(part // 2)
         await store.write_snapshot(0, 1, old, part_bytes=part)
-        await admin.execute_command("ACL", "SETUSER", _user_of(url), "-persist")
+        await user.take_away("persist")
         with pytest.raises(RedisError, match=r"DENIED PERSIST"):
             await store.write_snapshot(0, 2, os.urandom(3 * part), part_bytes=part)
         assert await admin.get("t:{g0}:snap") == sealed_snapshot(old)  # was: the new one, expiring
@@ -130,11 +115,11 @@ async def test_a_snapshot_in_parts_whose_persist_the_acl_took_away_leaves_the_st
 
 
 async def test_a_whole_snapshot_whose_del_the_acl_took_away_leaves_the_stored_pieces_as_they_were_R7(
-        user_url: tuple[str, aioredis.Redis]) -> None:
+        user: AclUser) -> None:
     """A snapshot in one key over one stored in several: its SET landed, the DEL of the old pieces and of their
     count refused — the new snapshot read with the old one's later pieces after it, a snapshot of neither (R7).
     Refused whole now: the stored pieces stand."""
-    url, admin = user_url
+    url, admin = user.url, user.admin
     client = connect(url, 5.0)
     store = LogStore(client, "t:", pipeline_max=64)
     piece = 64 << 10
@@ -146,7 +131,7 @@ async def test_a_whole_snapshot_whose_del_the_acl_took_away_leaves_the_stored_pi
         await store.write_snapshot(0, 1, old, piece_bytes=piece)
         stored = [await admin.get(key) for key in ("t:{g0}:snap", "t:{g0}:snap:1", "t:{g0}:snap:2")]
         assert b"".join(stored) == sealed_snapshot(old)  # three pieces
-        await admin.execute_command("ACL", "SETUSER", _user_of(url), "-del")
+        await user.take_away("del")
         with pytest.raises(RedisError, match=r"DENIED DEL"):
             await store.write_snapshot(0, 2, os.urandom(piece // 2), piece_bytes=piece)
         assert [await admin.get(key) for key in ("t:{g0}:snap", "t:{g0}:snap:1", "t:{g0}:snap:2")] == stored
