@@ -129,6 +129,7 @@ def _channel_needs(keys: Keyspace, channels: list[str]) -> list[Need]:
         stream, state, again = keys.channel_stream(channel), keys.channel_state(channel), keys.channel_restamp(channel)
         needs += [Need(args, key, use) for args, key in (
             (("HSCAN", again, 0), again), (("HGET", again, "f"), again), (("HDEL", again, "f"), again),  # restamp.py
+            (("HLEN", again), again),
             (("XADD", stream, "MAXLEN", "~", 1, "1-0", "f", "v"), stream),
             (("XREVRANGE", stream, "+", "-", "COUNT", 1), stream),
             (("XREAD", "COUNT", 1, "STREAMS", stream, "0"), stream),
@@ -164,7 +165,8 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     needs += [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use),  # SET: lost
               Need(("TYPE", run), run, use)]
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
-        ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"), ("TYPE",), ("HGET", "s"))]
+        ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"), ("TYPE",), ("HGET", "s"), ("HLEN",),
+        ("HEXISTS", "s"))]
     for s in streams:
         needs += [Need(args, s, use) for args in (
             ("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "STREAMS", s, ">"),

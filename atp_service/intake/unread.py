@@ -152,10 +152,16 @@ return {reply or false, redis.call('HGETALL', owed), positions, marks}
 """
 
 _ACK = """
--- KEYS: the owed hash. ARGV: stream, entries told, ... Forgets what was told (more may be owed since).
+-- KEYS: the owed hash. ARGV: stream, entries told, ... Forgets what was told (more may be owed since). A stream no
+-- longer owed (its count told twice, forgotten by the first) is left alone, and nothing follows the HDEL that empties
+-- the hash (HLEN counted down): on a Redis Cluster slot being migrated the source node fails a script's command on a
+-- key gone since it began (a non local key), the read's reply dropped with it.
+local left = redis.call('HLEN', KEYS[1])
 for i = 1, #ARGV, 2 do
-  if redis.call('HINCRBY', KEYS[1], ARGV[i], 0 - tonumber(ARGV[i + 1])) <= 0 then
-    redis.call('HDEL', KEYS[1], ARGV[i], ARGV[i] .. '\\n')
+  if left == 0 then break end
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1
+      and redis.call('HINCRBY', KEYS[1], ARGV[i], 0 - tonumber(ARGV[i + 1])) <= 0 then
+    left = left - redis.call('HDEL', KEYS[1], ARGV[i], ARGV[i] .. '\\n')
   end
 end
 """
