@@ -12,6 +12,7 @@ import ast
 import difflib
 import inspect
 import itertools
+import re
 import textwrap
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, fields, is_dataclass
@@ -179,7 +180,39 @@ def resolve(cls: type[Config], env: Mapping[str, str], flags: Mapping[str, Any])
             values[s.name], sources[s.name] = parse_value(s.name, s.type_name, env[s.env]), f"env {s.env}"
         else:
             sources[s.name] = "default"
-    return _build(cls, values), sources
+    try:
+        return _build(cls, values), sources
+    except ValueError as exc:  # a check's words name fields: the operator gave ATP_X or --x
+        raise ValueError(as_given(str(exc), kind, sources)) from None
+
+
+_QUOTED = r"(?<!\w)'(?:[^'\\]|\\.)*'"
+"""A value as ``repr`` quotes it in a message (not an apostrophe: ``process's``): left as it is, whatever setting's
+name it holds."""
+
+
+def as_given(message: str, cls: type, sources: Mapping[str, str]) -> str:
+    """``message`` of a check of the settings of ``cls``, which names them by field (``shards: must be within
+    [1, 1024]``), with each setting named as the operator gives it: the flag where one was given, else the
+    variable (``ATP_SHARDS: must be within [1, 1024]``). The settings it begins with are named whatever their
+    names; those in its text, where a name is a field's alone (``under redis_timeout_s``): those with an ``_``."""
+    known = {s.name: s for s in settings_of(cls)}
+
+    def given(name: str) -> str:
+        source = sources.get(name, "default")
+        return source.removeprefix("flag ") if source.startswith("flag ") else known[name].env
+
+    head, sep, rest = message.partition(": ")
+    if head in groups(cls) and rest.partition(": ")[0] in known:  # "limits: max_ttl_seconds: ..."
+        head, sep, rest = rest.partition(": ")
+    if sep and all(part in known for part in re.split(r"/|, ", head)):
+        head = re.sub(r"[a-z_0-9]+", lambda found: given(found.group()), head)
+    else:
+        head, sep, rest = "", "", message
+    named = "|".join(sorted((name for name in known if "_" in name), key=len, reverse=True))
+    rest = re.sub(rf"{_QUOTED}|(?<![\w.:{{-])({named})(?![\w-])",
+                  lambda found: given(found.group(1)) if found.group(1) else found.group(), rest)
+    return head + sep + rest
 
 
 def _build(cls: type[Config], values: dict[str, Any]) -> Config:

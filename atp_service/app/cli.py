@@ -31,6 +31,7 @@ from atp_service.app.shutdown import (
     StopRequest as _StopRequest,
 )
 from atp_service.config import ServiceConfig
+from atp_service.config_settings import as_given
 from atp_service.config_values import redacted
 from atp_service.early_signals import ignore_reloads, noted, release_stops, stops_held
 from atp_service.edge.fits import check_settings
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config, sources = ServiceConfig.resolve(**given_settings(args))
-        check_settings(config.limits, config.max_message_bytes)  # the answers' bound is the edge's
+        try:
+            check_settings(config.limits, config.max_message_bytes)  # the answers' bound is the edge's
+        except ValueError as exc:  # its words name fields: the operator gave ATP_X or --x
+            raise ValueError(as_given(str(exc), ServiceConfig, sources)) from None
     except ValueError as exc:
         for line in str(exc).splitlines():
             print(f"atp-service: {line}", file=sys.stderr)

@@ -96,7 +96,7 @@ def probe_from(env: Mapping[str, str], target: str | None = None) -> Probe:
         key = _read(Path(env.get(ENV_CLIENT_KEY) or cfg.tls_key), ENV_CLIENT_KEY)
         chain = _read(cert_path, ENV_CLIENT_CERT)
         hint += f"; mutual TLS: {cert_path} must be signed by {cfg.tls_client_ca} and allow client authentication"
-    root = _read(cfg.tls_cert, "tls_cert")
+    root = _read(cfg.tls_cert, "ATP_TLS_CERT")
     credentials = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
     return Probe(target, credentials, name, hint + ")")
 

@@ -17,7 +17,7 @@ from atp_service.config import (
     ShardSettings,
     SnapshotPolicy,
 )
-from atp_service.config_settings import OTHER_TOOLS, attribute_docs, flat_names, settings_of
+from atp_service.config_settings import OTHER_TOOLS, as_given, attribute_docs, flat_names, settings_of
 from atp_service.config_values import CHOICES, DERIVED_KEY_WORDS, read_text
 from atp_service.intake.quarantine import run_key, written_key
 from atp_service.intake.unread import made_again_key
@@ -131,7 +131,7 @@ def test_the_other_tools_variables_and_foreign_ones_are_not_refused() -> None:
 def test_a_closed_setting_refuses_a_value_outside_its_set(name: str) -> None:
     setting = next(s for s in settings_of(ServiceConfig) if s.name == name)
     assert setting.choices == CHOICES[name] and getattr(ServiceConfig(), name) in setting.choices
-    with pytest.raises(ValueError, match=f"^{name}: must be one of {', '.join(CHOICES[name])}, got 'nonsense'"):
+    with pytest.raises(ValueError, match=f"^{setting.env}: must be one of {', '.join(CHOICES[name])}, got 'nonsense'"):
         ServiceConfig.from_env({setting.env: "nonsense"})
 
 
@@ -178,7 +178,8 @@ def test_a_keyspace_has_no_more_groups_than_a_client_routes_by() -> None:
     ("ATP_RETENTION_MS", str(10**17), "retention_ms"),
 ])
 def test_a_limit_out_of_its_range_is_refused_at_start_naming_it(variable: str, value: str, named: str) -> None:
-    with pytest.raises(ValueError, match=f"limits: {named}: must be"):
+    assert variable == f"ATP_{named.upper()}"
+    with pytest.raises(ValueError, match=f"^{variable}: must be"):  # the variable set, not the field
         ServiceConfig.from_env({variable: value})
 
 
@@ -216,7 +217,8 @@ def test_a_limit_out_of_its_range_is_refused_at_start_naming_it(variable: str, v
     ("ATP_SNAPSHOT_WRITE_MB_PER_S", "infinity", "snapshot_write_mb_per_s"),
 ])
 def test_a_setting_out_of_its_range_is_refused_at_start_naming_it(variable: str, value: str, named: str) -> None:
-    with pytest.raises(ValueError, match=f"^{named}: must be"):
+    assert variable == f"ATP_{named.upper()}"
+    with pytest.raises(ValueError, match=f"^{variable}: must be"):  # the variable set, not the field
         ServiceConfig.from_env({variable: value})
 
 
@@ -227,11 +229,11 @@ def test_a_live_bound_raised_past_the_resolved_one_still_starts() -> None:
 
 
 @pytest.mark.parametrize(("env", "named"), [
-    ({"ATP_TLS_CERT": "server.pem"}, "tls_cert/tls_key: give both or neither"),
-    ({"ATP_TLS_CLIENT_CA": "ca.pem"}, "tls_client_ca: mutual TLS needs tls_cert and tls_key"),
+    ({"ATP_TLS_CERT": "server.pem"}, "ATP_TLS_CERT/ATP_TLS_KEY: give both or neither"),
+    ({"ATP_TLS_CLIENT_CA": "ca.pem"}, "ATP_TLS_CLIENT_CA: mutual TLS needs ATP_TLS_CERT and ATP_TLS_KEY"),
     # Plaintext between the processes, which the operator took for certificates checked against this CA.
     ({"ATP_PEER_TLS_CA": "ca.pem", "ATP_OWNERSHIP": "leases", "ATP_DEMO": "false"},
-     "peer_tls_ca: TLS between the processes needs"),
+     "ATP_PEER_TLS_CA: TLS between the processes needs"),
 ])
 def test_tls_settings_that_would_go_unused_stop_the_start(env: dict[str, str], named: str) -> None:
     with pytest.raises(ValueError, match=f"^{named}"):
@@ -247,7 +249,7 @@ def test_a_side_stream_that_is_an_input_stream_stops_the_start(env: dict[str, st
     """The reader wrote each dead letter (or quarantined fact) onto a stream it reads: read again, refused again,
     written again — one malformed entry was dead-lettered ~1,000 times a second for ever, each write trimming the
     input stream to side_stream_maxlen, its facts not yet read among what went."""
-    with pytest.raises(ValueError, match=f"^{named}: .* is one of input_streams"):
+    with pytest.raises(ValueError, match=f"^ATP_{named.upper()}: .* is one of ATP_INPUT_STREAMS"):
         ServiceConfig.from_env(env)
 
 
@@ -259,7 +261,7 @@ def test_a_dead_letter_stream_that_is_the_quarantine_stream_stops_the_start(env:
     them, so a fact decided again was taken as in the stream still and never written again (E8: what operators
     reconcile against lost it); operators' tooling read dead letters among the quarantined facts and the other way
     round."""
-    with pytest.raises(ValueError, match=r"^dead_letter_stream: 'atp:(quarantine|side)' is quarantine_stream"):
+    with pytest.raises(ValueError, match=r"^ATP_DEAD_LETTER_STREAM: 'atp:(quarantine|side)' is ATP_QUARANTINE_STREAM"):
         ServiceConfig.from_env(env)
 
 
@@ -269,7 +271,7 @@ def test_gc_thresholds_other_than_three_positive_numbers_stop_the_start(value: s
     once the embedded Redis had started); one or two left the rest at CPython's own, silently; a first of 0
     turned collection off (grpc.aio's cyclic garbage of each call kept for good), and a negative one collected
     at every allocation."""
-    with pytest.raises(ValueError, match=r"^gc_thresholds: must be three positive integers"):
+    with pytest.raises(ValueError, match=r"^ATP_GC_THRESHOLDS: must be three positive integers"):
         ServiceConfig.from_env({"ATP_GC_THRESHOLDS": value})
 
 
@@ -278,7 +280,7 @@ def test_gc_thresholds_other_than_three_positive_numbers_stop_the_start(value: s
 def test_an_advertised_address_other_processes_cannot_reach_stops_the_start(address: str) -> None:
     """Taken as it was: without a port (a typo of the pod's DNS name) gRPC dials 443, and every call the others
     forwarded, and every client redirected or routed there (GetRouting), failed UNAVAILABLE — the start said nothing."""
-    with pytest.raises(ValueError, match=r"^advertise_address: must be host:port"):
+    with pytest.raises(ValueError, match=r"^ATP_ADVERTISE_ADDRESS: must be host:port"):
         ServiceConfig.from_env({"ATP_ADVERTISE_ADDRESS": address, "ATP_OWNERSHIP": "leases", "ATP_DEMO": "false"})
     assert ServiceConfig(advertise_address="[::1]:50051").advertised == "[::1]:50051"
 
@@ -288,7 +290,7 @@ def test_an_advertised_ipv6_address_without_brackets_stops_the_start(address: st
     """gRPC reads a target of two colons or more without brackets as a host alone, and dials it at 443: an IPv6
     pod IP advertised as ``$(POD_IP):50051`` was taken (its last part a port), and every call the others forwarded
     there, and every client routed there, failed UNAVAILABLE, the start saying nothing. Bracketed it is taken."""
-    with pytest.raises(ValueError, match=r"^advertise_address: must be host:port, an IPv6 address in brackets"):
+    with pytest.raises(ValueError, match=r"^ATP_ADVERTISE_ADDRESS: must be host:port, an IPv6 address in brackets"):
         ServiceConfig.from_env({"ATP_ADVERTISE_ADDRESS": address, "ATP_OWNERSHIP": "leases", "ATP_DEMO": "false"})
     for taken in ("[fd00::1]:50051", "[fe80::1%eth0]:50051", "atp-0.atp-peers.inventory.svc.cluster.local.:50051",
                   "10.0.0.7:50051"):
@@ -302,7 +304,7 @@ def test_a_leased_process_given_an_estate_stops_the_start(env: dict[str, str]) -
     would read its own estate file and reload it apart from the others, and a call's answer would depend on the
     process it reached. The start refuses an estate (or the demo's) with leases, naming the setting."""
     leased = {"ATP_OWNERSHIP": "leases", "ATP_ADVERTISE_ADDRESS": "atp-0:50051"}
-    with pytest.raises(ValueError, match=r"^estate: .*not served with ownership=leases.*start without --estate"):
+    with pytest.raises(ValueError, match=r"^ATP_ESTATE: .*not served with ownership=leases.*start without --estate"):
         ServiceConfig.from_env({**leased, **env})
     assert ServiceConfig.from_env({**leased, "ATP_DEMO": "false"}).estate is None
 
@@ -318,7 +320,7 @@ def test_an_unnamed_or_unprintable_reader_stops_the_start(env: dict[str, str], n
     """Redis takes an empty consumer group or consumer: every process's reading shared one nameless consumer (a
     restart of one re-reading the others' pending entries), and a name with a newline or without a bound went into
     Redis keys and every line naming the consumer."""
-    with pytest.raises(ValueError, match=f"^{named}: must be 1 to 200 printable characters"):
+    with pytest.raises(ValueError, match=f"^ATP_{named.upper()}: must be 1 to 200 printable characters"):
         ServiceConfig.from_env(env)
 
 
@@ -327,7 +329,7 @@ def test_a_consumer_group_with_a_colon_stops_the_start() -> None:
     with consumer 'b:c' named one key, and one reader's start fenced the other's quarantine writes for good. The
     consumer may hold ':' (leased, it is '<name>@<host:port>')."""
     assert run_key("atp:quarantine", "a:b", "c") == run_key("atp:quarantine", "a", "b:c")  # what it prevents
-    with pytest.raises(ValueError, match=r"^consumer_group: must not contain ':'"):
+    with pytest.raises(ValueError, match=r"^ATP_CONSUMER_GROUP: must not contain ':'"):
         ServiceConfig.from_env({"ATP_CONSUMER_GROUP": "a:b"})
     assert ServiceConfig.from_env({"ATP_CONSUMER_NAME": "atp-1@10.0.0.5:50051"}).consumer_name.endswith(":50051")
 
@@ -342,8 +344,17 @@ def test_a_stream_named_as_a_key_kept_beside_another_stops_the_start(env: dict[s
     """The reader keeps keys beside the streams (an input stream's made-again mark and unread count, the quarantine
     stream's set of what it holds): a stream given such a name put two types on one key, each write refused WRONGTYPE
     for good, or the mark's SET written over the stream. A name merely beginning with another's is fine."""
-    with pytest.raises(ValueError, match=f"^{named}: .* is a key the service keeps beside another stream"):
+    with pytest.raises(ValueError, match=f"^ATP_{named.upper()}: .* is a key the service keeps beside another stream"):
         ServiceConfig.from_env(env)
     assert ServiceConfig.from_env({"ATP_INPUT_STREAMS": "atp:in:pos", "ATP_DEAD_LETTER_STREAM": "atp:in:pos:dlq"})
     assert made_again_key("s", "g").startswith(f"s:{DERIVED_KEY_WORDS[0]}:")  # the words are the keys' own
     assert written_key("atp:quarantine").startswith("atp:quarantine:written")
+
+
+def test_a_refusal_names_the_settings_of_its_text_as_given_but_no_quoted_value() -> None:
+    """A name in a refusal's text is the operator's (ATP_X, or the flag given); one inside a quoted value is the
+    value's, and an apostrophe (``GetRouting's``) opens no quoted value."""
+    said = as_given("max_message_bytes: GetRouting's answer at 'a:1', past max_message_bytes=65536 for lease_ms, "
+                    "got 'lease_ms'", ServiceConfig, {"lease_ms": "flag --lease-ms"})
+    assert said == ("ATP_MAX_MESSAGE_BYTES: GetRouting's answer at 'a:1', past ATP_MAX_MESSAGE_BYTES=65536 for "
+                    "--lease-ms, got 'lease_ms'")

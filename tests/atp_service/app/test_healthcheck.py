@@ -145,9 +145,9 @@ async def test_nothing_listening_or_a_broken_setting_exits_1(tmp_path: Path, cer
     assert (status, out.strip()) == (1, "atp-service health: port: ATP_PORT=0 picks a port at start; "
                                         "give the address with --target")
     status, out = await health(held_port(), ATP_TLS_CERT=tmp_path / "missing.pem", ATP_TLS_KEY=tmp_path / "k")
-    assert status == 1 and "tls_cert: cannot read" in out
+    assert status == 1 and "ATP_TLS_CERT: cannot read" in out
     status, out = await health(held_port(), ATP_SHARDS="0")
-    assert status == 1 and "shards" in out
+    assert status == 1 and "ATP_SHARDS: must be within [1, 1024], got 0" in out  # the variable set
     ours, _ = certs
     status, out = await health(held_port(), **tls(ours), ATP_TLS_CLIENT_CA=ours / "ca.pem",
                                ATP_HEALTH_TLS_CERT=ours / "client.pem")

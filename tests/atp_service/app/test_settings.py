@@ -83,15 +83,36 @@ def test_a_value_out_of_range_stops_the_start(capsys: pytest.CaptureFixture[str]
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATP_SHARDS", "0")
     assert main(["config"]) == 2
-    assert capsys.readouterr().err == "atp-service: shards: must be within [1, 1024], got 0\n"
+    assert capsys.readouterr().err == "atp-service: ATP_SHARDS: must be within [1, 1024], got 0\n"
     monkeypatch.setenv("ATP_SHARDS", "4")
     monkeypatch.setenv("ATP_MAX_QUANTITY", "1")
     assert main(["config", "--max-on-hand", "0"]) == 2
-    assert "limits: need 0 < max_quantity (1) <= max_on_hand (0)" in capsys.readouterr().err
+    assert "limits: need 0 < ATP_MAX_QUANTITY (1) <= --max-on-hand (0)" in capsys.readouterr().err
     monkeypatch.delenv("ATP_MAX_QUANTITY")
     monkeypatch.setenv("ATP_MAX_MESSAGE_BYTES", "0")  # gRPC would read it as no message at all
     assert main(["config"]) == 2
-    assert capsys.readouterr().err == "atp-service: max_message_bytes: must be within [65536, 2147483647], got 0\n"
+    assert capsys.readouterr().err == "atp-service: ATP_MAX_MESSAGE_BYTES: must be within [65536, 2147483647], got 0\n"
+
+
+def test_a_refusal_names_each_setting_as_the_operator_gave_it(capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks name fields (``shards``), which the operator never typed: ATP_SHARDS=0 was refused as
+    'shards: must be within [1, 1024]'. Each setting a refusal names is named as given: the flag where one was,
+    else its variable (where the operator would set one left at its default)."""
+    assert main(["config", "--shards", "2000"]) == 2
+    assert capsys.readouterr().err == "atp-service: --shards: must be within [1, 1024], got 2000\n"
+    monkeypatch.setenv("ATP_REDIS_WAIT_REPLICAS", "1")
+    assert main(["config", "--redis-timeout-s", "0.4"]) == 2
+    assert capsys.readouterr().err == ("atp-service: ATP_REDIS_WAIT_TIMEOUT_MS: must be positive and, with "
+                                       "ATP_REDIS_WAIT_REPLICAS, under --redis-timeout-s, got 500\n")
+    monkeypatch.delenv("ATP_REDIS_WAIT_REPLICAS")
+    monkeypatch.setenv("ATP_MAX_LINES", "0")  # a bound of reservation.Limits, no "limits: " before it
+    assert main(["config"]) == 2
+    assert capsys.readouterr().err == "atp-service: ATP_MAX_LINES: must be at least 1, got 0\n"
+    monkeypatch.delenv("ATP_MAX_LINES")
+    monkeypatch.setenv("ATP_CONSUMER_GROUP", "a:max_lines")  # a value is quoted as it was given
+    assert main(["config", "--no-demo"]) == 2
+    assert capsys.readouterr().err.startswith("atp-service: ATP_CONSUMER_GROUP: must not contain ':' (its Redis")
 
 
 def test_ids_longer_than_a_message_can_answer_stop_the_start(capsys: pytest.CaptureFixture[str]) -> None:
@@ -100,7 +121,7 @@ def test_ids_longer_than_a_message_can_answer_stop_the_start(capsys: pytest.Capt
     answer past gRPC's limit: OUTCOME_UNKNOWN for a change made)."""
     assert main(["config", "--max-id-length", "20000", "--max-message-bytes", "65536"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("atp-service: max_id_length: 20000") and "max_message_bytes=65536" in err, err
+    assert err.startswith("atp-service: --max-id-length: 20000") and "(--max-message-bytes=65536)" in err, err
     assert main(["config", "--max-id-length", "20000"]) == 0  # 4 MiB by default
 
 
