@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import start_http_server
 
-from atp_service.config_values import FALSE, LOG_FORMATS, LOG_LEVELS, TRUE
+from atp_service.config_values import FALSE, LOG_FORMATS, LOG_LEVELS, TRUE, parse_value
 from atp_service.logs import say_left_out, set_up_logging
 from atp_service.storage.acl import AclRefused
 from atp_service.storage.nodes import Nodes, connect_any
@@ -47,13 +47,56 @@ def _env(name: str, default: str) -> str:
 def cluster_of(args: argparse.Namespace) -> bool:
     """``--redis-cluster``, else ``ATP_REDIS_CLUSTER`` read as the service reads it. The publisher took
     only 1/true/yes: ``on``, which the service takes, or a typo left it a single-node client of the
-    cluster the service writes, without a word."""
+    cluster the service writes, without a word; set empty, which the service refuses, it was taken as false."""
     if args.redis_cluster is not None:
         return bool(args.redis_cluster)
-    raw = os.environ.get("ATP_REDIS_CLUSTER", "")
-    if raw.lower() not in (*TRUE, *FALSE, ""):
+    raw = os.environ.get("ATP_REDIS_CLUSTER")
+    if raw is None:
+        return False
+    if raw.lower() not in (*TRUE, *FALSE):
         raise ValueError(f"ATP_REDIS_CLUSTER: cannot read {raw!r} as a boolean (one of {', '.join(TRUE + FALSE)})")
     return raw.lower() in TRUE
+
+
+def shared_setting(given: object, flag: str, variable: str, type_name: str, default: object) -> tuple[object, str]:
+    """A setting atp-publisher shares with the service, and what names it (the flag or the variable): the flag
+    given (not None), else ``variable`` read as the service reads it — set, even empty, it is what was set, refused
+    naming it where the service refuses it (an empty number, log level or host), never taken as ``default``."""
+    if given is not None:
+        return given, flag
+    if variable not in os.environ:
+        return default, variable
+    return parse_value(variable.removeprefix("ATP_").lower(), type_name, os.environ[variable]), variable
+
+
+def _shared_int(given: int | None, flag: str, variable: str, default: int, least: int) -> int:
+    value, named = shared_setting(given, flag, variable, "int", default)
+    assert isinstance(value, int)
+    if value < least:
+        raise ValueError(f"{named}: must be at least {least}, got {value}")
+    return value
+
+
+def logging_of(args: argparse.Namespace) -> tuple[str, str]:
+    """(level, format) of the lines written: the flags, else ATP_LOG_LEVEL and ATP_LOG_FORMAT as the service reads
+    them (any case; set empty, refused as the service refuses it, where INFO and text were taken)."""
+    level, level_named = shared_setting(args.log_level, "--log-level", "ATP_LOG_LEVEL", "str", "INFO")
+    form, form_named = shared_setting(args.log_format, "--log-format", "ATP_LOG_FORMAT", "str", "text")
+    for value, named, allowed in ((level, level_named, LOG_LEVELS), (form, form_named, LOG_FORMATS)):
+        if value not in allowed:
+            raise ValueError(f"{named}: must be one of {', '.join(allowed)}, got {value!r}")
+    return str(level), str(form)
+
+
+def metrics_host_of(args: argparse.Namespace) -> str:
+    """Where the metrics endpoint listens: ``--metrics-host``, else ATP_METRICS_HOST as set, even empty (the
+    service's reading: no address, refused), else loopback. An empty one was taken as loopback, the service
+    beside it refusing the same variable."""
+    host, named = shared_setting(args.metrics_host, "--metrics-host", "ATP_METRICS_HOST", "str", "127.0.0.1")
+    if not host and args.metrics_port >= 0:
+        raise ValueError(f"{named}: an empty host is no address to listen on (127.0.0.1: loopback; 0.0.0.0: every "
+                         "interface)")
+    return str(host)
 
 
 def _redis_flags(p: argparse.ArgumentParser) -> None:
@@ -66,10 +109,10 @@ def _redis_flags(p: argparse.ArgumentParser) -> None:
     # the publisher wait on atp:{avail}:<channel> while the service wrote {avail}:<channel>, delivering nothing.
     p.add_argument("--key-prefix", default=os.environ.get("ATP_KEY_PREFIX", "atp:"),
                    help="the service's key prefix (env ATP_KEY_PREFIX; default atp:)")
-    p.add_argument("--wait-replicas", type=int, default=_env("ATP_REDIS_WAIT_REPLICAS", "0"),
+    p.add_argument("--wait-replicas", type=int, default=None,  # None: ATP_REDIS_WAIT_REPLICAS says (make_config)
                    help="replicas that must hold what is read before it is delivered: the service's "
                         "ATP_REDIS_WAIT_REPLICAS, set alike (env ATP_REDIS_WAIT_REPLICAS; default 0)")
-    p.add_argument("--wait-timeout-ms", type=int, default=_env("ATP_REDIS_WAIT_TIMEOUT_MS", "500"),
+    p.add_argument("--wait-timeout-ms", type=int, default=None,  # None: ATP_REDIS_WAIT_TIMEOUT_MS says
                    help="how long one such confirmation waits before the read is held back and read again "
                         "(env ATP_REDIS_WAIT_TIMEOUT_MS; default 500)")
     p.add_argument("--redis-wait", type=float, default=300.0,
@@ -124,12 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     _redis_flags(p)
     _delivery_flags(p)
     _shopify_flags(p)
-    p.add_argument("--metrics-host", default=_env("ATP_METRICS_HOST", "127.0.0.1"),
+    p.add_argument("--metrics-host", default=None,  # None: ATP_METRICS_HOST says (metrics_host_of)
                    help="(env ATP_METRICS_HOST; default 127.0.0.1; 0.0.0.0 in a container)")
     p.add_argument("--metrics-port", type=int, default=9465, help="-1 disables (default 9465)")
-    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=_env("ATP_LOG_LEVEL", "INFO").upper(),
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=None,  # None: ATP_LOG_LEVEL says
                    help="least severe line written (env ATP_LOG_LEVEL; default INFO)")
-    p.add_argument("--log-format", type=str.lower, choices=LOG_FORMATS, default=_env("ATP_LOG_FORMAT", "text").lower(),
+    p.add_argument("--log-format", type=str.lower, choices=LOG_FORMATS, default=None,  # None: ATP_LOG_FORMAT says
                    help="text, or json: one object per line (env ATP_LOG_FORMAT; default text)")
     return p
 
@@ -164,17 +207,21 @@ def make_config(args: argparse.Namespace) -> PublisherConfig:
         rate_limit_per_s=args.rate, burst=args.burst, delivery_batch=args.batch,
         max_attempts=args.max_attempts, backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max,
         redeliver_max_keys=args.redeliver_max_keys, redeliver_interval_s=args.redeliver_interval,
-        lease_s=args.lease, send_timeout_s=args.request_timeout, wait_replicas=args.wait_replicas,
-        wait_timeout_ms=args.wait_timeout_ms,
+        lease_s=args.lease, send_timeout_s=args.request_timeout,
+        wait_replicas=_shared_int(args.wait_replicas, "--wait-replicas", "ATP_REDIS_WAIT_REPLICAS", 0, least=0),
+        wait_timeout_ms=_shared_int(args.wait_timeout_ms, "--wait-timeout-ms", "ATP_REDIS_WAIT_TIMEOUT_MS", 500,
+                                    least=1),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.log_level not in LOG_LEVELS or args.log_format not in LOG_FORMATS:  # a default from the environment
-        parser.error(f"ATP_LOG_LEVEL/ATP_LOG_FORMAT: one of {LOG_LEVELS} / {LOG_FORMATS}")
-    set_up_logging(args.log_level, args.log_format)
+    try:
+        set_up_logging(*logging_of(args))
+    except ValueError as exc:
+        print(f"atp-publisher: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTING
     redis_url = args.redis_url
     if not redis_url and EMBEDDED_URL_FILE.exists():
         redis_url = EMBEDDED_URL_FILE.read_text().strip()
@@ -186,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster = cluster_of(args)
         wait = RedisWait(total_s=args.redis_wait, max_s=args.redis_backoff_max)
         adapter = make_adapter(args)
+        metrics_host = metrics_host_of(args)
     except ValueError as exc:
         print(f"atp-publisher: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
@@ -195,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = PublisherMetrics()
     if args.metrics_port >= 0:
         try:
-            start_http_server(args.metrics_port, args.metrics_host, registry=metrics.registry)
+            start_http_server(args.metrics_port, metrics_host, registry=metrics.registry)
         except OSError as exc:
-            print(f"atp-publisher: metrics: cannot listen on {args.metrics_host}:{args.metrics_port}: {exc.strerror}",
+            print(f"atp-publisher: metrics: cannot listen on {metrics_host}:{args.metrics_port}: {exc.strerror}",
                   file=sys.stderr)
             return EXIT_BAD_SETTING
     try:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from atp_service.config import ServiceConfig
 from publishers import WebhookAdapter
 from publishers._startup import RedisWait
-from publishers.cli import EXIT_BAD_SETTING, build_parser, cluster_of, main, make_adapter, make_config
+from publishers.cli import EXIT_BAD_SETTING, build_parser, cluster_of, main, make_adapter, make_config, metrics_host_of
 from tests.publishers.test_publisher import SECRET
 
 FLAGS = ["--channel", "web", "--adapter", "jsonl", "--file", "web.jsonl"]
@@ -14,10 +15,10 @@ FLAGS = ["--channel", "web", "--adapter", "jsonl", "--file", "web.jsonl"]
 
 def test_the_metrics_endpoint_listens_on_loopback_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ATP_METRICS_HOST", raising=False)
-    assert build_parser().parse_args(FLAGS).metrics_host == "127.0.0.1"
+    assert metrics_host_of(build_parser().parse_args(FLAGS)) == "127.0.0.1"
     monkeypatch.setenv("ATP_METRICS_HOST", "0.0.0.0")  # in a container, for a scraper beside it
-    assert build_parser().parse_args(FLAGS).metrics_host == "0.0.0.0"
-    assert build_parser().parse_args([*FLAGS, "--metrics-host", "10.0.0.5"]).metrics_host == "10.0.0.5"
+    assert metrics_host_of(build_parser().parse_args(FLAGS)) == "0.0.0.0"
+    assert metrics_host_of(build_parser().parse_args([*FLAGS, "--metrics-host", "10.0.0.5"])) == "10.0.0.5"
 
 
 def test_the_request_bounds_reach_the_adapter_and_a_bad_one_is_refused_naming_the_flags(
@@ -95,12 +96,15 @@ def test_a_redis_wait_of_nan_is_refused() -> None:
 
 
 @pytest.mark.parametrize(("raw", "cluster"), [("on", True), ("TRUE", True), ("1", True), ("yes", True),
-                                              ("off", False), ("0", False), ("", False)])
-def test_atp_redis_cluster_is_read_as_the_service_reads_it(monkeypatch: pytest.MonkeyPatch, raw: str,
+                                              ("off", False), ("0", False), (None, False)])
+def test_atp_redis_cluster_is_read_as_the_service_reads_it(monkeypatch: pytest.MonkeyPatch, raw: str | None,
                                                             cluster: bool) -> None:
     """The publisher took only 1/true/yes: `on`, which the service takes as a cluster, left the publisher
     a single-node client of the cluster the service writes."""
-    monkeypatch.setenv("ATP_REDIS_CLUSTER", raw)
+    if raw is None:
+        monkeypatch.delenv("ATP_REDIS_CLUSTER", raising=False)
+    else:
+        monkeypatch.setenv("ATP_REDIS_CLUSTER", raw)
     assert cluster_of(build_parser().parse_args(FLAGS)) is cluster
     assert cluster_of(build_parser().parse_args([*FLAGS, "--redis-cluster"])) is True
 
@@ -122,3 +126,41 @@ def test_an_empty_atp_key_prefix_is_the_service_s_empty_prefix(monkeypatch: pyte
     assert (config.key_prefix, config.stream) == ("", "{avail}:web")
     monkeypatch.delenv("ATP_KEY_PREFIX")
     assert make_config(build_parser().parse_args(FLAGS)).stream == "atp:{avail}:web"
+
+
+@pytest.mark.parametrize(("variable", "raw", "said"), [
+    ("ATP_REDIS_WAIT_REPLICAS", "", "ATP_REDIS_WAIT_REPLICAS: cannot read '' as int"),
+    ("ATP_REDIS_WAIT_REPLICAS", "one", "ATP_REDIS_WAIT_REPLICAS: cannot read 'one' as int"),
+    ("ATP_REDIS_WAIT_REPLICAS", "-1", "ATP_REDIS_WAIT_REPLICAS: must be at least 0, got -1"),
+    ("ATP_REDIS_WAIT_TIMEOUT_MS", "", "ATP_REDIS_WAIT_TIMEOUT_MS: cannot read '' as int"),
+    ("ATP_REDIS_WAIT_TIMEOUT_MS", "0", "ATP_REDIS_WAIT_TIMEOUT_MS: must be at least 1, got 0"),
+    ("ATP_LOG_LEVEL", "", "ATP_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, got ''"),
+    ("ATP_LOG_FORMAT", "", "ATP_LOG_FORMAT: must be one of text, json, got ''"),
+    ("ATP_REDIS_CLUSTER", "", "ATP_REDIS_CLUSTER: cannot read '' as a boolean"),
+])
+def test_a_variable_shared_with_the_service_is_refused_where_the_service_refuses_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, raw: str,
+        said: str) -> None:
+    """One environment, one meaning: set empty, these were taken as their defaults (0 replicas, a 500 ms wait, INFO,
+    text, one Redis) by a publisher beside a service that refuses them; a number that was none was refused naming
+    the flag (--wait-replicas) the operator never typed, one out of range naming a field (wait_replicas). Each is
+    refused before Redis is asked, naming the variable, as the service refuses it."""
+    monkeypatch.setenv(variable, raw)
+    with pytest.raises(ValueError, match=f"^{variable}: "):
+        ServiceConfig.from_env({variable: raw, "ATP_REDIS_WAIT_REPLICAS": raw if "REPLICAS" in variable else "1"})
+    flags = [*FLAGS, "--redis-url", "redis://127.0.0.1:1", "--metrics-port", "-1", "--redis-wait", "0.2"]
+    assert main(flags) == EXIT_BAD_SETTING  # before Redis is asked (none there: it waited, then exit 3)
+    assert said in capsys.readouterr().err
+
+
+def test_an_empty_atp_metrics_host_is_refused_naming_it_not_taken_as_loopback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The service refuses to listen on an empty ATP_METRICS_HOST (no address); the publisher beside it read the
+    same variable as loopback, without a word. Refused naming what was given; unused (-1), it is not asked."""
+    monkeypatch.setenv("ATP_METRICS_HOST", "")
+    flags = [*FLAGS, "--redis-url", "redis://127.0.0.1:1", "--redis-wait", "0.2"]
+    assert main([*flags, "--metrics-port", "0"]) == EXIT_BAD_SETTING
+    assert "atp-publisher: ATP_METRICS_HOST: an empty host is no address to listen on" in capsys.readouterr().err
+    assert main([*flags, "--metrics-port", "0", "--metrics-host", ""]) == EXIT_BAD_SETTING
+    assert "atp-publisher: --metrics-host: an empty host is no address" in capsys.readouterr().err
+    assert metrics_host_of(build_parser().parse_args([*FLAGS, "--metrics-port", "-1"])) == ""
