@@ -22,11 +22,13 @@ TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 def env_boolean(variable: str, given: bool | None) -> bool:
     """A flag given (``given``), else ``variable`` read as the service reads it: one the service takes (``on``)
-    taken alike, and a value it refuses (``maybe``) refused naming the variable, never taken as false."""
+    taken alike, and a value it refuses (``maybe``, or set empty) refused naming the variable, never taken as false."""
     if given is not None:
         return given
-    raw = os.environ.get(variable, "").lower()
-    if raw not in (*TRUE, *FALSE, ""):
+    if variable not in os.environ:
+        return False
+    raw = os.environ[variable].lower()
+    if raw not in (*TRUE, *FALSE):
         raise ValueError(f"{variable}: cannot read {os.environ[variable]!r} as a boolean (one of "
                          f"{', '.join(TRUE + FALSE)})")
     return raw in TRUE

@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from atp_client._args import env_boolean
+from atp_service.config import ServiceConfig
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.conftest import ServiceFactory
 
@@ -265,13 +266,27 @@ async def test_a_ctrl_c_is_kept_when_the_redis_client_loses_the_cancellation() -
     assert done.interrupted and done.in_doubt == 2 and done.stopped_at == 1, done
 
 
-@pytest.mark.parametrize(("raw", "cluster"), [("on", True), ("TRUE", True), ("yes", True), ("off", False), ("", False)])
-def test_atp_redis_cluster_is_read_as_the_service_reads_it(monkeypatch: pytest.MonkeyPatch, raw: str,
+@pytest.mark.parametrize(("raw", "cluster"), [("on", True), ("TRUE", True), ("yes", True), ("off", False),
+                                              (None, False)])
+def test_atp_redis_cluster_is_read_as_the_service_reads_it(monkeypatch: pytest.MonkeyPatch, raw: str | None,
                                                             cluster: bool) -> None:
     """Only 1/true/yes were a cluster: `on`, which the service takes, wrote as to one Redis (MOVED)."""
-    monkeypatch.setenv("ATP_REDIS_CLUSTER", raw)
+    if raw is None:
+        monkeypatch.delenv("ATP_REDIS_CLUSTER", raising=False)
+    else:
+        monkeypatch.setenv("ATP_REDIS_CLUSTER", raw)
     assert env_boolean("ATP_REDIS_CLUSTER", None) is cluster
     assert env_boolean("ATP_REDIS_CLUSTER", True) is True  # --redis-cluster given
+
+
+def test_an_atp_redis_cluster_set_empty_is_refused_as_the_service_refuses_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service refuses `ATP_REDIS_CLUSTER=` (no boolean); atpctl took it as false, without a word, and wrote
+    as to one Redis where the environment it shares with the service may name a cluster."""
+    monkeypatch.setenv("ATP_REDIS_CLUSTER", "")
+    with pytest.raises(ValueError, match=r"^ATP_REDIS_CLUSTER: cannot read '' as bool$"):
+        ServiceConfig.from_env({"ATP_REDIS_CLUSTER": ""})
+    with pytest.raises(ValueError, match=r"^ATP_REDIS_CLUSTER: cannot read '' as a boolean \(one of 1, true"):
+        env_boolean("ATP_REDIS_CLUSTER", None)
 
 
 def test_an_atp_redis_cluster_that_is_no_boolean_is_a_usage_error_naming_it(tmp_path: Path) -> None:
