@@ -20,13 +20,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from atp_service.config_serving import ServingFields
+from atp_service.config_values import WILDCARDS, parse_value
 from atp_service.logs import say_on_stdout
 
 from .cluster_agreement import AGREE_TIMEOUT_S, restart, wait_agreed
@@ -295,7 +297,6 @@ LEASED_ENV = {"ATP_REDIS_CLUSTER": "true", "ATP_OWNERSHIP": "leases", "ATP_DEMO"
 """How ``--serve --processes N`` (N > 1) runs each process, beyond ``SERVICE_ENV``: leased, without the
 demo estate's channel feeds, which leased processes do not serve yet. They read the input streams
 together, each as a consumer of its own."""
-WILDCARDS = ("0.0.0.0", "::", "[::]", "")
 
 
 @dataclass(frozen=True)
@@ -321,6 +322,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.processes < 1:
         parser.error(f"--processes: at least 1, got {args.processes}")
+    try:  # before any node starts: a setting refused at once, not once the cluster is up
+        served_ports(os.environ, args.processes)
+    except ValueError as exc:
+        parser.error(str(exc))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -340,25 +345,37 @@ def main() -> None:
     sys.exit(status)
 
 
+def served_ports(env: Mapping[str, str], processes: int) -> list[tuple[str, int, int]]:
+    """(address, port, metrics port) of each process ``--serve`` runs, ATP_HOST, ATP_PORT and ATP_METRICS_PORT read
+    as the service reads them: several on consecutive ports from each, a metrics port 0 each a free one (the service's
+    0), never 0 counted on to ports 1, 2, ...; ValueError naming the variable without a port to count from."""
+    host = env.get("ATP_HOST", ServingFields.host)
+    port = parse_value("port", "int", env.get("ATP_PORT", str(ServingFields.port)))
+    metrics = parse_value("metrics_port", "int", env.get("ATP_METRICS_PORT", str(ServingFields.metrics_port)))
+    if processes > 1 and not 1 <= port <= 65536 - processes:  # 0 picks a port the others could not be told
+        raise ValueError(f"ATP_PORT: {processes} processes listen on consecutive ports from it, within [1, 65535], "
+                         f"got {port}")
+    if processes > 1 and metrics > 65536 - processes:
+        raise ValueError(f"ATP_METRICS_PORT: {processes} processes listen on consecutive ports from it, within "
+                         f"[1, 65535] (0: each a free one; -1: none), got {metrics}")
+    reachable = "127.0.0.1" if host in WILDCARDS else host
+    return [(f"{reachable}:{port + i}", port + i, metrics + i if metrics > 0 else metrics) for i in range(processes)]
+
+
 def _serve(url: str, processes: int) -> list[Served]:
     """``atp-service serve`` on the cluster, each a child of its own (it drains and snapshots on SIGTERM):
-    one as the service runs alone, or ``processes`` leased ones on consecutive ports."""
-    host = os.environ.get("ATP_HOST", "127.0.0.1")
-    port = int(os.environ.get("ATP_PORT", "50051"))
-    reachable = "127.0.0.1" if host in WILDCARDS else host
+    one as the service runs alone, or ``processes`` leased ones (``served_ports``)."""
+    command = [sys.executable, "-m", "atp_service", "serve"]
+    addresses = served_ports(os.environ, processes)
     if processes == 1:
         env = {**SERVICE_ENV, **os.environ, "ATP_REDIS_URL": url}
-        served = [Served(f"{reachable}:{port}", subprocess.Popen([sys.executable, "-m", "atp_service", "serve"],
-                                                                  env=env))]
+        served = [Served(addresses[0][0], subprocess.Popen(command, env=env))]
     else:
-        metrics = int(os.environ.get("ATP_METRICS_PORT", "9464"))
         served = []
-        for i in range(processes):
-            address = f"{reachable}:{port + i}"
+        for address, port, metrics in addresses:
             env = {"ATP_AUTH": "off", **SERVICE_ENV, **os.environ, **LEASED_ENV, "ATP_REDIS_URL": url,
-                   "ATP_PORT": str(port + i), "ATP_METRICS_PORT": str(metrics + i if metrics >= 0 else -1),
-                   "ATP_ADVERTISE_ADDRESS": address}
-            served.append(Served(address, subprocess.Popen([sys.executable, "-m", "atp_service", "serve"], env=env)))
+                   "ATP_PORT": str(port), "ATP_METRICS_PORT": str(metrics), "ATP_ADVERTISE_ADDRESS": address}
+            served.append(Served(address, subprocess.Popen(command, env=env)))
     for n, service in enumerate(served, 1):
         say_on_stdout(f"service process {n} of {processes}: {service.address} (pid {service.process.pid})")
     return served
