@@ -11,14 +11,16 @@ from atp_client._access import PERMISSIONS
 from atp_client._import import EVENTS_BATCH
 from atp_client._output import EXIT_HELP
 
+DEFAULT_TARGET = "127.0.0.1:50051"
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="atpctl", description="Command-line client of the ATP service",
                                 epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true",
                    help="answer in JSON (the default when stdout is not a terminal; a table otherwise)")
-    p.add_argument("--target", default=os.environ.get("ATP_TARGET", "127.0.0.1:50051"),
-                   help="host:port of the service (env ATP_TARGET)")
+    p.add_argument("--target", default=None,  # None: ATP_TARGET says (ctl.main), so a refusal names it
+                   help=f"host:port of the service (env ATP_TARGET; default {DEFAULT_TARGET})")
     p.add_argument("--timeout", type=arg.seconds, default=10.0, help="deadline of each call in seconds (default 10)")
     p.add_argument("--retries", type=int, default=4, choices=range(5), metavar="{0..4}",
                    help="retries of a refused call (UNAVAILABLE, RESOURCE_EXHAUSTED, gRPC's CANCELLED) by gRPC, "

@@ -86,6 +86,21 @@ def test_an_argument_out_of_range_is_a_usage_error_naming_it(args: list[str], na
     assert f"argument {named}:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("target", ["", "http://127.0.0.1:50051", "127.0.0.1:99999"])
+def test_a_target_from_atp_target_that_cannot_be_dialled_is_refused_naming_the_variable(
+        target: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Set in ATP_TARGET, such a target was refused as 'argument --target: ...', a flag the operator never typed."""
+    monkeypatch.setenv("ATP_TARGET", target)
+    with pytest.raises(SystemExit) as exited:
+        main(["--retries", "0", "availability", "A@L"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "atpctl: error: ATP_TARGET: " in err and "argument --target" not in err, err
+    with pytest.raises(SystemExit):  # the flag wins over the variable, and is named
+        main(["--target", "127.0.0.1:", "availability", "A@L"])
+    assert "argument --target: " in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("target", ["127.0.0.1:50051", "localhost", "dns:///atp.internal:443", "dns:127.0.0.1:1",
                                     "[::1]:50051", "::1", "ipv6:[::1]:1,[::1]:2", "unix:/run/atp.sock",
                                     "unix-abstract:atp", "xds:///atp"])
