@@ -70,7 +70,7 @@ class ServingFields:
     memory, crashed) within 10 minutes; at the next exit the service stops with exit status 5."""
 
     key_prefix: str = "atp:"
-    """Prefix of every Redis key the service writes."""
+    """Prefix of every Redis key the service writes; no ``{`` or ``}`` (each key's hash tag is its group's)."""
 
     mailbox_size: int = 10_000
     """Messages a shard may have waiting; beyond it callers get RESOURCE_EXHAUSTED."""

@@ -151,6 +151,12 @@ def hash_tag(key: str) -> str:
     return key[start + 1:end] if start >= 0 and end > start + 1 else key
 
 
+def check_key_prefix(prefix: str) -> None:
+    """A brace in the prefix would become the hash tag of every key (``storage.keys.Keyspace``), all in one slot."""
+    if set("{}") & set(prefix):
+        raise ValueError(f"key_prefix: must not contain '{{' or '}}', got {prefix!r}")
+
+
 def check_tls(cfg: Any) -> None:
     """The TLS settings of a ``ServiceConfig``: none given that would go unused."""
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
@@ -177,6 +183,7 @@ def check_redis(cfg: Any) -> None:
         raise ValueError(f"dead_letter_stream: {cfg.dead_letter_stream!r} is quarantine_stream too: each write trims "
                          "the stream, dead letters pushing out quarantined facts (never written again), so it must be "
                          "another stream")
+    check_key_prefix(cfg.key_prefix)  # at start, not once Redis runs and recovery builds its keys (exit 1)
     _check_reader_names(cfg.consumer_group, cfg.consumer_name)
     _check_side_keys(cfg)
     if cfg.redis_wait_replicas < 0:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import start_http_server
 
-from atp_service.config_values import FALSE, LOG_FORMATS, LOG_LEVELS, TRUE, parse_value
+from atp_service.config_values import FALSE, LOG_FORMATS, LOG_LEVELS, TRUE, check_key_prefix, parse_value
 from atp_service.logs import say_left_out, set_up_logging
 from atp_service.storage.acl import AclRefused
 from atp_service.storage.nodes import Nodes, connect_any
@@ -107,7 +107,7 @@ def _redis_flags(p: argparse.ArgumentParser) -> None:
                         "yes/no, on/off, as the service's)")
     # Set, even empty, it is the service's prefix as the service reads it: an empty one taken as unset (atp:) had
     # the publisher wait on atp:{avail}:<channel> while the service wrote {avail}:<channel>, delivering nothing.
-    p.add_argument("--key-prefix", default=os.environ.get("ATP_KEY_PREFIX", "atp:"),
+    p.add_argument("--key-prefix", default=None,  # None: ATP_KEY_PREFIX says (make_config)
                    help="the service's key prefix (env ATP_KEY_PREFIX; default atp:)")
     p.add_argument("--wait-replicas", type=int, default=None,  # None: ATP_REDIS_WAIT_REPLICAS says (make_config)
                    help="replicas that must hold what is read before it is delivered: the service's "
@@ -202,8 +202,13 @@ def make_adapter(args: argparse.Namespace) -> Adapter:
 
 
 def make_config(args: argparse.Namespace) -> PublisherConfig:
+    prefix, named = shared_setting(args.key_prefix, "--key-prefix", "ATP_KEY_PREFIX", "str", "atp:")
+    try:  # the service's check, naming what was given (the field it names is neither)
+        check_key_prefix(str(prefix))
+    except ValueError as exc:
+        raise ValueError(f"{named}: {str(exc).removeprefix('key_prefix: ')}") from None
     return PublisherConfig(
-        channel=args.channel, key_prefix=args.key_prefix, group=args.group or args.adapter, consumer=args.consumer,
+        channel=args.channel, key_prefix=str(prefix), group=args.group or args.adapter, consumer=args.consumer,
         rate_limit_per_s=args.rate, burst=args.burst, delivery_batch=args.batch,
         max_attempts=args.max_attempts, backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max,
         redeliver_max_keys=args.redeliver_max_keys, redeliver_interval_s=args.redeliver_interval,

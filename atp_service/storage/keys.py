@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from atp_service.config_values import check_key_prefix
+
 CHANNELS: Final = -1
 """The group of the channel feeds: its keys share one tag, and it is claimed and fenced like a
 shard's group."""
@@ -19,8 +21,6 @@ shard's group."""
 LAYOUT: Final = 2
 """The keyspace layout this version writes, recorded in the ``meta`` hash: a keyspace written in
 another layout is refused at start rather than misread (1: the keys before hash tags)."""
-
-BRACES = frozenset("{}")
 
 CHANNEL_KEY_SUFFIXES: Final = ("state", "restamp")
 """What follows ``<channel>:`` in the service's other keys of a channel (``channel_state``, ``channel_restamp``)."""
@@ -44,9 +44,7 @@ class Keyspace:
     __slots__ = ("prefix",)
 
     def __init__(self, prefix: str) -> None:
-        if BRACES & set(prefix):
-            # A brace in the prefix would become the hash tag and put every key in one slot.
-            raise ValueError(f"key_prefix: must not contain '{{' or '}}', got {prefix!r}")
+        check_key_prefix(prefix)
         self.prefix = prefix
 
     def tag(self, group: int) -> str:

@@ -358,3 +358,14 @@ def test_a_refusal_names_the_settings_of_its_text_as_given_but_no_quoted_value()
                     "got 'lease_ms'", ServiceConfig, {"lease_ms": "flag --lease-ms"})
     assert said == ("ATP_MAX_MESSAGE_BYTES: GetRouting's answer at 'a:1', past ATP_MAX_MESSAGE_BYTES=65536 for "
                     "--lease-ms, got 'lease_ms'")
+
+
+@pytest.mark.parametrize("prefix", ["a{b}:", "shop}:", "{"])
+def test_a_key_prefix_with_a_brace_stops_the_start_naming_it(prefix: str) -> None:
+    """Taken at start, such a prefix failed it once Redis ran, where recovery built its keys: a traceback, exit
+    status 1 (not 2, a setting), the field named; atp-publisher, beside it, refused the same variable at once."""
+    with pytest.raises(ValueError, match=r"^ATP_KEY_PREFIX: must not contain '\{' or '\}', got "):
+        ServiceConfig.from_env({"ATP_KEY_PREFIX": prefix})
+    with pytest.raises(ValueError, match=r"^--key-prefix: must not contain"):
+        ServiceConfig.from_env({}, key_prefix=prefix)
+    assert ServiceConfig.from_env({"ATP_KEY_PREFIX": ""}).key_prefix == ""  # the empty prefix is one

@@ -30,7 +30,7 @@ from publishers import (
     RedisWait,
     wait_for_redis,
 )
-from publishers.cli import build_parser, main, metrics_host_of
+from publishers.cli import build_parser, main, make_config, metrics_host_of
 from reservation import ChannelUpdate, StockStatus
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.conftest import ServiceFactory, spawned
@@ -139,10 +139,14 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, capsys: 
     monkeypatch.setenv("ATP_KEY_PREFIX", "shop1:")
     monkeypatch.setenv("ATP_SHOPIFY_API_VERSION", "2026-07")
     args = build_parser().parse_args(["--channel", "web", "--adapter", "jsonl"])
-    assert (args.key_prefix, args.shopify_api_version, metrics_host_of(args)) == ("shop1:", "2026-07", "127.0.0.1")
+    assert (make_config(args).key_prefix, args.shopify_api_version, metrics_host_of(args)) == (
+        "shop1:", "2026-07", "127.0.0.1")
     assert main(["--channel", "web", "--adapter", "jsonl", "--file", "x", "--redis-url", "redis://127.0.0.1:1",
                  "--key-prefix", "a{b}:"]) == 2
-    assert "key_prefix: must not contain" in capsys.readouterr().err
+    assert "atp-publisher: --key-prefix: must not contain" in capsys.readouterr().err
+    monkeypatch.setenv("ATP_KEY_PREFIX", "a{b}:")  # the variable, as the service refuses it
+    assert main(["--channel", "web", "--adapter", "jsonl", "--file", "x", "--redis-url", "redis://127.0.0.1:1"]) == 2
+    assert "atp-publisher: ATP_KEY_PREFIX: must not contain" in capsys.readouterr().err
 
 
 async def test_what_could_not_be_settled_during_an_outage_is_settled_when_redis_is_back(tmp_path: Path) -> None:
