@@ -11,7 +11,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from atp_service.app.allocator import set_mmap_threshold, set_numpy_hugepages
 from atp_service.app.embedded_watch import EmbeddedRedisWatch, Watching
@@ -81,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
     set_up_logging(config.log_level, config.log_format)
-    return serve(config)
+    return serve(config, sources)
 
 
-def serve(config: ServiceConfig) -> int:
-    """Run the service until it is stopped; the exit status."""
+def serve(config: ServiceConfig, sources: Mapping[str, str] | None = None) -> int:
+    """Run the service until it is stopped; the exit status (a refusal names each setting as ``sources`` gave it)."""
     # Held from the check to a re-execution: a stop sent in between stays pending into the new process.
     with stops_held():
         if noted() is not None:  # a stop while the modules loaded: a re-execution would forget it
@@ -124,8 +124,8 @@ def serve(config: ServiceConfig) -> int:
         gc.set_threshold(*config.gc_thresholds)
         status = asyncio.run(_serve(config, redis_url, on_hard_exit=embedded.kill_softly if embedded else None,
                                     stopped_early=early_stop.received, embedded=embedded))
-    except StartupError as exc:
-        print(f"atp-service: {exc}", file=sys.stderr)
+    except StartupError as exc:  # its words name fields: the operator gave ATP_X or --x
+        print(f"atp-service: {as_given(str(exc), ServiceConfig, sources or {})}", file=sys.stderr)
         return 2
     finally:
         # The loop's close gave SIGHUP (a reload) and SIGUSR1 their default action, which terminates (uvloop

@@ -267,13 +267,17 @@ def test_start_up_errors_name_the_setting(redis_url: str, tmp_path: Path) -> Non
                               capture_output=True, text=True, timeout=60)
 
     busy = start("--redis-url", redis_url, "--port", port, "--metrics-port", "-1")
-    assert busy.returncode == 2 and "atp-service: port: cannot listen" in busy.stderr
+    assert busy.returncode == 2 and "atp-service: --port: cannot listen" in busy.stderr  # as given: the flag
+    busy = subprocess.run([sys.executable, "-m", "atp_service", "serve", "--no-demo", "--auth", "off", "--redis-url",
+                           redis_url, "--metrics-port", "-1"], env={**os.environ, "ATP_PORT": port},
+                          capture_output=True, text=True, timeout=60)
+    assert busy.returncode == 2 and "atp-service: ATP_PORT: cannot listen" in busy.stderr  # the variable, not "port"
     busy = start("--redis-url", redis_url, "--port", "0", "--metrics-port", str(metrics_port))
-    assert busy.returncode == 2 and "atp-service: metrics_port: cannot listen" in busy.stderr
+    assert busy.returncode == 2 and "atp-service: --metrics-port: cannot listen" in busy.stderr
     other = start("--redis-url", redis_url, "--port", "0", "--metrics-port", "-1", "--shards", "3")
     assert other.returncode == 2 and "written with 16 shards, not 3" in other.stderr
     decoded = start("--redis-url", f"{redis_url}?decode_responses=True", "--port", "0", "--metrics-port", "-1")
-    assert decoded.returncode == 2 and "atp-service: redis_url: decode_responses" in decoded.stderr
+    assert decoded.returncode == 2 and "atp-service: --redis-url: decode_responses" in decoded.stderr
     assert "Traceback" not in decoded.stderr
     holder = subprocess.Popen([sys.executable, "-m", "atp_service", "serve", "--no-demo", "--auth", "off",
                                "--port", "0", "--metrics-port", "-1", "--data-dir", str(tmp_path)],
@@ -528,5 +532,5 @@ def test_a_routing_table_past_max_message_bytes_stops_the_start(redis_url: str) 
                            "65536", "--advertise-address", address], capture_output=True, text=True, timeout=90)
     assert done.returncode == 2, done.stderr[-3000:]
     said = done.stderr.splitlines()[-1]
-    assert said.startswith("atp-service: max_message_bytes: GetRouting's answer, 1024 groups (shards)"), said
-    assert address in said and "max_message_bytes=65536" in said
+    assert said.startswith("atp-service: --max-message-bytes: GetRouting's answer, 1024 groups (shards)"), said
+    assert address in said and "--max-message-bytes=65536" in said
