@@ -36,8 +36,16 @@ from ._startup import RedisEvicts, RedisRefused, RedisUnavailable, RedisWait, re
 
 log = logging.getLogger("atp-publisher")
 EMBEDDED_URL_FILE = Path("var/redis/redis.url")
+"""Where ``make run``'s embedded service writes its Redis's URL: ``embedded_url_file`` with ATP_DATA_DIR unset."""
 EXIT_BAD_SETTING = 2
 EXIT_NO_REDIS = 3
+
+
+def embedded_url_file() -> Path:
+    """Where the embedded service of this environment writes its Redis's URL: ``<ATP_DATA_DIR>/redis/redis.url``,
+    ATP_DATA_DIR read as the service reads it (unset: ``var``, make run's). Always ``var``'s, a service given another
+    data directory was not found, or a stale ``var`` of another run's found in its place."""
+    return Path(os.environ.get("ATP_DATA_DIR", "var")) / EMBEDDED_URL_FILE.relative_to("var")
 
 
 def _env(name: str, default: str) -> str:
@@ -101,7 +109,8 @@ def metrics_host_of(args: argparse.Namespace) -> str:
 
 def _redis_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
-                   help=f"(env ATP_REDIS_URL; default: the embedded service's, from {EMBEDDED_URL_FILE})")
+                   help=f"(env ATP_REDIS_URL; default: the embedded service's, from {EMBEDDED_URL_FILE} or "
+                        "$ATP_DATA_DIR/redis/redis.url)")
     p.add_argument("--redis-cluster", action="store_true", default=None,  # None: ATP_REDIS_CLUSTER says (cluster_of)
                    help="--redis-url names a node of a Redis Cluster (env ATP_REDIS_CLUSTER: true/false, 1/0, "
                         "yes/no, on/off, as the service's)")
@@ -227,11 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"atp-publisher: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
-    redis_url = args.redis_url
-    if not redis_url and EMBEDDED_URL_FILE.exists():
-        redis_url = EMBEDDED_URL_FILE.read_text().strip()
+    redis_url, url_file = args.redis_url, embedded_url_file()
+    if not redis_url and url_file.exists():
+        redis_url = url_file.read_text().strip()
     if not redis_url:
-        print("atp-publisher: --redis-url (or ATP_REDIS_URL) is required", file=sys.stderr)
+        print(f"atp-publisher: --redis-url (or ATP_REDIS_URL, or {url_file} where an embedded service's Redis is) "
+              "is required", file=sys.stderr)
         return EXIT_BAD_SETTING
     try:
         config = make_config(args)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,13 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 EVENTS_CHUNK = 1000
 EMBEDDED_URL_FILE = Path("var/redis/redis.url")
 """Where ``make run``'s embedded Redis writes its URL, with the port and password it takes at each start
-(``atp-publisher`` reads it too when given no ``--redis-url``)."""
+(``atp-publisher`` reads it too when given no ``--redis-url``): ``embedded_url_file`` with ATP_DATA_DIR unset."""
+
+
+def embedded_url_file() -> Path:
+    """Where the embedded service of this environment writes its Redis's URL: ``<ATP_DATA_DIR>/redis/redis.url``,
+    ATP_DATA_DIR read as the service reads it (unset: ``var``)."""
+    return Path(os.environ.get("ATP_DATA_DIR", "var")) / EMBEDDED_URL_FILE.relative_to("var")
 
 
 async def import_facts(args: argparse.Namespace, client: AtpClient, path: Path) -> int:
@@ -71,18 +78,18 @@ def _judged(counts: dict[str, int]) -> int:
 
 
 def publish_facts(args: argparse.Namespace) -> int:
-    """``events publish``: to ``--redis-url``, else to make run's embedded Redis (``EMBEDDED_URL_FILE``)."""
+    """``events publish``: to ``--redis-url``, else to the embedded service's Redis (``embedded_url_file``)."""
     try:  # as the service reads it: `on` was taken as false, and `maybe` too, without a word
         args.redis_cluster = arg.env_boolean("ATP_REDIS_CLUSTER", args.redis_cluster)
     except ValueError as exc:
         print(f"atpctl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    url = args.redis_url
-    if not url and EMBEDDED_URL_FILE.is_file():  # its password is nowhere else: not given on a command line
+    url, url_file = args.redis_url, embedded_url_file()
+    if not url and url_file.is_file():  # its password is nowhere else: not given on a command line
         try:
-            url = EMBEDDED_URL_FILE.read_text().strip()
+            url = url_file.read_text().strip()
         except OSError as exc:
-            print(f"atpctl: error: events publish: {EMBEDDED_URL_FILE}: {exc.strerror}", file=sys.stderr)
+            print(f"atpctl: error: events publish: {url_file}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
     return asyncio.run(_publish(args, args.file, args.stream, url))
 
@@ -92,8 +99,8 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
     one the intake would take: the intake tells a producer nothing of an entry it dead-letters.
     Redis refusing or lost part-way: what the stream took is counted, and the exit status is not 0."""
     if not redis_url:  # a bad command line, as argparse says it
-        print(f"atpctl: error: events publish needs --redis-url (or ATP_REDIS_URL, or {EMBEDDED_URL_FILE} where "
-              "make run's Redis is)", file=sys.stderr)
+        print(f"atpctl: error: events publish needs --redis-url (or ATP_REDIS_URL, or {embedded_url_file()} where "
+              "an embedded service's Redis is)", file=sys.stderr)
         return EXIT_USAGE
     try:
         import redis.asyncio as aioredis

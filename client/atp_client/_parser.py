@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("file", type=arg.readable)
     pub.add_argument("--stream", type=arg.stream, default="atp:in:pos", help="input stream (default atp:in:pos)")
     pub.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
-                     help="Redis the service reads (env ATP_REDIS_URL; default: var/redis/redis.url, make run's)")
+                     help="Redis the service reads (env ATP_REDIS_URL; default: the embedded service's, from "
+                          "$ATP_DATA_DIR/redis/redis.url, var/redis/redis.url unset: make run's)")
     pub.add_argument("--redis-cluster", action="store_true", default=None,  # None: ATP_REDIS_CLUSTER says
                      help="--redis-url names a node of a Redis Cluster (env ATP_REDIS_CLUSTER: true/false, 1/0, "
                           "yes/no, on/off, as the service's)")

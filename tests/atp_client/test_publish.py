@@ -226,6 +226,24 @@ def test_without_a_url_it_writes_to_the_redis_of_make_run(tmp_path: Path) -> Non
         embedded.stop()
 
 
+def test_without_a_url_it_writes_to_the_redis_of_the_service_s_data_dir(tmp_path: Path) -> None:
+    """The service started with ATP_DATA_DIR writes its embedded Redis's URL under that directory; atpctl, in the
+    same environment, looked in var/redis/redis.url whatever ATP_DATA_DIR said: not found there (exit 2), or a stale
+    file of another run found in its place, the facts written to another Redis than the service's."""
+    embedded = EmbeddedRedis(tmp_path / "data" / "redis", password="made-at-start").start()
+    try:
+        path = tmp_path / "facts.jsonl"
+        path.write_text(json.dumps(fact(0)) + "\n")
+        env = {k: v for k, v in os.environ.items() if k not in ("ATP_REDIS_URL", "ATP_REDIS_CLUSTER")}
+        done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--json", "events", "publish", str(path),
+                               "--stream", STREAM], cwd=tmp_path, env={**env, "ATP_DATA_DIR": str(tmp_path / "data")},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and json.loads(done.stdout)["published"] == 1, done.stderr
+        assert stream_length(embedded.url) == 1
+    finally:
+        embedded.stop()
+
+
 class _LosesOneCancellation:
     """A pipeline whose ``execute`` loses the first cancellation and then waits for an answer that
     never comes, as redis-py's send does under Python 3.11: its ``asyncio.wait_for`` returns the

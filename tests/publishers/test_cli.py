@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from atp_service.config import ServiceConfig
 from publishers import WebhookAdapter
 from publishers._startup import RedisWait
-from publishers.cli import EXIT_BAD_SETTING, build_parser, cluster_of, main, make_adapter, make_config, metrics_host_of
+from publishers.cli import (
+    EXIT_BAD_SETTING,
+    EXIT_NO_REDIS,
+    build_parser,
+    cluster_of,
+    main,
+    make_adapter,
+    make_config,
+    metrics_host_of,
+)
 from tests.publishers.test_publisher import SECRET
 
 FLAGS = ["--channel", "web", "--adapter", "jsonl", "--file", "web.jsonl"]
@@ -164,3 +175,20 @@ def test_an_empty_atp_metrics_host_is_refused_naming_it_not_taken_as_loopback(
     assert main([*flags, "--metrics-port", "0", "--metrics-host", ""]) == EXIT_BAD_SETTING
     assert "atp-publisher: --metrics-host: an empty host is no address" in capsys.readouterr().err
     assert metrics_host_of(build_parser().parse_args([*FLAGS, "--metrics-port", "-1"])) == ""
+
+
+def test_without_a_url_it_reads_the_redis_url_of_the_service_s_data_dir(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The service started with ATP_DATA_DIR writes its embedded Redis's URL under that directory; the publisher, in
+    the same environment, looked in var/redis/redis.url whatever ATP_DATA_DIR said: not found (exit 2, a URL
+    'required'), or a stale file of another run's found in its place, another Redis's feed delivered."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ATP_REDIS_URL", raising=False)
+    monkeypatch.setenv("ATP_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "data" / "redis").mkdir(parents=True)
+    (tmp_path / "data" / "redis" / "redis.url").write_text("redis://127.0.0.1:1/0\n")  # nothing answers there
+    assert main([*FLAGS, "--metrics-port", "-1", "--redis-wait", "0.2"]) == EXIT_NO_REDIS  # it waited for that Redis
+    assert "127.0.0.1:1" in capsys.readouterr().err
+    monkeypatch.setenv("ATP_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert main([*FLAGS, "--metrics-port", "-1", "--redis-wait", "0.2"]) == EXIT_BAD_SETTING
+    assert f"{tmp_path}/elsewhere/redis/redis.url where an embedded service" in capsys.readouterr().err
