@@ -93,8 +93,10 @@ def probe_from(env: Mapping[str, str], target: str | None = None) -> Probe:
         if bool(env.get(ENV_CLIENT_CERT)) != bool(env.get(ENV_CLIENT_KEY)):
             raise ProbeError(f"{ENV_CLIENT_CERT}/{ENV_CLIENT_KEY}: give both or neither")
         cert_path = Path(env.get(ENV_CLIENT_CERT) or cfg.tls_cert)
-        key = _read(Path(env.get(ENV_CLIENT_KEY) or cfg.tls_key), ENV_CLIENT_KEY)
-        chain = _read(cert_path, ENV_CLIENT_CERT)
+        # Each file named by the variable that gave it: the server's own, where no health client's is set.
+        key = _read(Path(env.get(ENV_CLIENT_KEY) or cfg.tls_key), ENV_CLIENT_KEY if env.get(ENV_CLIENT_KEY)
+                    else "ATP_TLS_KEY")
+        chain = _read(cert_path, ENV_CLIENT_CERT if env.get(ENV_CLIENT_CERT) else "ATP_TLS_CERT")
         hint += f"; mutual TLS: {cert_path} must be signed by {cfg.tls_client_ca} and allow client authentication"
     root = _read(cfg.tls_cert, "ATP_TLS_CERT")
     credentials = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)

@@ -16,7 +16,7 @@ import pytest
 
 from atp_service import AtpService
 from atp_service.app.certs import make_certs
-from atp_service.app.healthcheck import ENV_CLIENT_CERT, ENV_CLIENT_KEY, ENV_SERVER_NAME
+from atp_service.app.healthcheck import ENV_CLIENT_CERT, ENV_CLIENT_KEY, ENV_SERVER_NAME, ProbeError, probe_from
 from atp_service.config import ServiceConfig
 from atp_service.config_settings import OTHER_TOOLS
 from atp_service.edge.auth import new_token, token_hash
@@ -153,3 +153,18 @@ async def test_nothing_listening_or_a_broken_setting_exits_1(tmp_path: Path, cer
                                ATP_HEALTH_TLS_CERT=ours / "client.pem")
     assert (status, out.strip()) == (1, "atp-service health: ATP_HEALTH_TLS_CERT/ATP_HEALTH_TLS_KEY: give both "
                                         "or neither")
+
+
+@pytest.mark.parametrize("gone", ["ATP_TLS_KEY", "ATP_TLS_CERT", "ATP_HEALTH_TLS_KEY"])
+def test_a_file_the_probe_cannot_read_is_named_by_the_variable_that_gave_it(
+        tmp_path: Path, certs: tuple[Path, Path], gone: str) -> None:
+    """With mutual TLS and no health client certificate the probe presents the server's own (ATP_TLS_CERT,
+    ATP_TLS_KEY); one it could not read was refused as ATP_HEALTH_TLS_KEY's, a variable nobody set."""
+    ours, _ = certs
+    env = {"ATP_PORT": "50051", "ATP_TLS_CERT": str(ours / "server.pem"), "ATP_TLS_KEY": str(ours / "server.key"),
+           "ATP_TLS_CLIENT_CA": str(ours / "ca.pem")}
+    if gone.startswith("ATP_HEALTH_"):
+        env[ENV_CLIENT_CERT] = str(ours / "server.pem")
+    env[gone] = str(tmp_path / "gone.pem")
+    with pytest.raises(ProbeError, match=f"^{gone}: cannot read {tmp_path}/gone.pem"):
+        probe_from(env)
