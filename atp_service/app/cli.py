@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 
+from atp_service import config_settings
 from atp_service.app.allocator import set_mmap_threshold, set_numpy_hugepages
 from atp_service.app.embedded_watch import EmbeddedRedisWatch, Watching
 from atp_service.app.keyspace import StartupError
@@ -65,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config, sources = ServiceConfig.resolve(**given_settings(args))
+        # Every flag given wins, one read as unset too (``--estate ""``): ServiceConfig.resolve takes None for a
+        # flag not given, and the variable's value stood instead.
+        config, sources = config_settings.resolve(ServiceConfig, os.environ, given_settings(args))
         try:
             check_settings(config.limits, config.max_message_bytes)  # the answers' bound is the edge's
         except ValueError as exc:  # its words name fields: the operator gave ATP_X or --x

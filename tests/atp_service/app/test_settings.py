@@ -169,6 +169,18 @@ def test_config_as_json_for_machines() -> None:
     assert got["data_dir"] == {"value": "var", "source": "default"} and got["redis_url"]["value"] is None
 
 
+def test_a_flag_given_empty_wins_over_its_variable(capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flag wins over its variable, one that unsets a setting too: `--estate ""` (no estate) or `--tls-client-ca ""`
+    (no mutual TLS) was read as no flag at all, and the variable's file stood, the source said "env"."""
+    monkeypatch.setenv("ATP_ESTATE", "/etc/atp/estate.toml")
+    monkeypatch.setenv("ATP_REDIS_URL", "redis://redis:6379/0")
+    assert main(["config", "--format", "json", "--estate", "", "--redis-url", ""]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["estate"] == {"value": None, "source": "flag --estate"}
+    assert got["redis_url"] == {"value": None, "source": "flag --redis-url"}  # the embedded Redis, as told
+
+
 def test_a_closed_set_is_read_in_any_case() -> None:
     assert ServiceConfig.from_env({"ATP_LOG_LEVEL": "warning", "ATP_DURABILITY": "Always"}).log_level == "WARNING"
     args = build_parser().parse_args(["serve", "--log-level", "debug", "--log-format", "JSON"])
