@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -210,22 +211,31 @@ def make_adapter(args: argparse.Namespace) -> Adapter:
         args.shopify_location_id, cas_rounds=args.shopify_cas_rounds, http=http))
 
 
+FLAG_OF_FIELD = {"channel": "--channel", "rate_limit_per_s": "--rate", "burst": "--burst", "delivery_batch": "--batch",
+                 "max_attempts": "--max-attempts", "backoff_base_s": "--backoff-base", "backoff_max_s": "--backoff-max",
+                 "redeliver_max_keys": "--redeliver-max-keys", "redeliver_interval_s": "--redeliver-interval",
+                 "lease_s": "--lease", "send_timeout_s": "--request-timeout"}
+"""The flag that gives each field of ``PublisherConfig`` a refusal may name."""
+_CONFIG_FIELD = re.compile(rf"\b({'|'.join(FLAG_OF_FIELD)})\b(?: \(--[a-z-]+\))?")
+
+
 def make_config(args: argparse.Namespace) -> PublisherConfig:
     prefix, named = shared_setting(args.key_prefix, "--key-prefix", "ATP_KEY_PREFIX", "str", "atp:")
     try:  # the service's check, naming what was given (the field it names is neither)
         check_key_prefix(str(prefix))
     except ValueError as exc:
         raise ValueError(f"{named}: {str(exc).removeprefix('key_prefix: ')}") from None
-    return PublisherConfig(
-        channel=args.channel, key_prefix=str(prefix), group=args.group or args.adapter, consumer=args.consumer,
-        rate_limit_per_s=args.rate, burst=args.burst, delivery_batch=args.batch,
-        max_attempts=args.max_attempts, backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max,
-        redeliver_max_keys=args.redeliver_max_keys, redeliver_interval_s=args.redeliver_interval,
-        lease_s=args.lease, send_timeout_s=args.request_timeout,
-        wait_replicas=_shared_int(args.wait_replicas, "--wait-replicas", "ATP_REDIS_WAIT_REPLICAS", 0, least=0),
-        wait_timeout_ms=_shared_int(args.wait_timeout_ms, "--wait-timeout-ms", "ATP_REDIS_WAIT_TIMEOUT_MS", 500,
-                                    least=1),
-    )
+    replicas = _shared_int(args.wait_replicas, "--wait-replicas", "ATP_REDIS_WAIT_REPLICAS", 0, least=0)
+    wait_ms = _shared_int(args.wait_timeout_ms, "--wait-timeout-ms", "ATP_REDIS_WAIT_TIMEOUT_MS", 500, least=1)
+    try:
+        return PublisherConfig(
+            channel=args.channel, key_prefix=str(prefix), group=args.group or args.adapter, consumer=args.consumer,
+            rate_limit_per_s=args.rate, burst=args.burst, delivery_batch=args.batch,
+            max_attempts=args.max_attempts, backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max,
+            redeliver_max_keys=args.redeliver_max_keys, redeliver_interval_s=args.redeliver_interval,
+            lease_s=args.lease, send_timeout_s=args.request_timeout, wait_replicas=replicas, wait_timeout_ms=wait_ms)
+    except ValueError as exc:  # its words name fields (rate_limit_per_s): the operator typed --rate
+        raise ValueError(_CONFIG_FIELD.sub(lambda found: FLAG_OF_FIELD[found.group(1)], str(exc))) from None
 
 
 def main(argv: list[str] | None = None) -> int:
