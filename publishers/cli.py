@@ -112,9 +112,9 @@ def _redis_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
                    help=f"(env ATP_REDIS_URL; default: the embedded service's, from {EMBEDDED_URL_FILE} or "
                         "$ATP_DATA_DIR/redis/redis.url)")
-    p.add_argument("--redis-cluster", action="store_true", default=None,  # None: ATP_REDIS_CLUSTER says (cluster_of)
+    p.add_argument("--redis-cluster", action=argparse.BooleanOptionalAction, default=None,  # None: the variable says
                    help="--redis-url names a node of a Redis Cluster (env ATP_REDIS_CLUSTER: true/false, 1/0, "
-                        "yes/no, on/off, as the service's)")
+                        "yes/no, on/off, as the service's; --no-redis-cluster: one Redis, whatever it says)")
     # Set, even empty, it is the service's prefix as the service reads it: an empty one taken as unset (atp:) had
     # the publisher wait on atp:{avail}:<channel> while the service wrote {avail}:<channel>, delivering nothing.
     p.add_argument("--key-prefix", default=None,  # None: ATP_KEY_PREFIX says (make_config)

@@ -61,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
                      help="Redis the service reads (env ATP_REDIS_URL; default: the embedded service's, from "
                           "$ATP_DATA_DIR/redis/redis.url, var/redis/redis.url unset: make run's)")
-    pub.add_argument("--redis-cluster", action="store_true", default=None,  # None: ATP_REDIS_CLUSTER says
+    pub.add_argument("--redis-cluster", action=argparse.BooleanOptionalAction, default=None,  # None: the variable says
                      help="--redis-url names a node of a Redis Cluster (env ATP_REDIS_CLUSTER: true/false, 1/0, "
-                          "yes/no, on/off, as the service's)")
+                          "yes/no, on/off, as the service's; --no-redis-cluster: one Redis, whatever it says)")
     st = sub.add_parser("stock", help="baseline stock from an ERP extract")
     stsub = st.add_subparsers(dest="stock_command", required=True)
     ld = stsub.add_parser("load", help="a CSV of sku,location,on_hand[,as_of] as COUNT facts; a re-load is a no-op")

@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from atp_client._args import env_boolean
+from atp_client._parser import build_parser
 from atp_service.config import ServiceConfig
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.conftest import ServiceFactory
@@ -295,6 +296,8 @@ def test_atp_redis_cluster_is_read_as_the_service_reads_it(monkeypatch: pytest.M
         monkeypatch.setenv("ATP_REDIS_CLUSTER", raw)
     assert env_boolean("ATP_REDIS_CLUSTER", None) is cluster
     assert env_boolean("ATP_REDIS_CLUSTER", True) is True  # --redis-cluster given
+    args = build_parser().parse_args(["events", "publish", __file__, "--no-redis-cluster"])  # as the service's flag
+    assert env_boolean("ATP_REDIS_CLUSTER", args.redis_cluster) is False
 
 
 def test_an_atp_redis_cluster_set_empty_is_refused_as_the_service_refuses_it(monkeypatch: pytest.MonkeyPatch) -> None:

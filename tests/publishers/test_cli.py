@@ -121,6 +121,8 @@ def test_atp_redis_cluster_is_read_as_the_service_reads_it(monkeypatch: pytest.M
         monkeypatch.setenv("ATP_REDIS_CLUSTER", raw)
     assert cluster_of(build_parser().parse_args(FLAGS)) is cluster
     assert cluster_of(build_parser().parse_args([*FLAGS, "--redis-cluster"])) is True
+    # As the service's flag, the variable's true undone for one run (it had --redis-cluster alone)
+    assert cluster_of(build_parser().parse_args([*FLAGS, "--no-redis-cluster"])) is False
 
 
 def test_an_atp_redis_cluster_that_is_no_boolean_stops_the_start_naming_it(
