@@ -98,9 +98,11 @@ return 'OK'
 # log's end as the whole write is, and where a staging key before the last is not a whole piece (expired).
 # RENAME keeps the staging keys' TTL: the snapshot is made persistent again; the old snapshot's pieces past
 # the new one's go. The log keeps the snapshot's own entry, as the whole write's trim does.
-# Every command after its first write is asked of the ACL before it (``ACL_LUA``): a PERSIST taken out of it while
-# serving was refused after the RENAMEs, the new snapshot in place with the staging keys' time to live, the old one
-# overwritten — both gone ten minutes later, the log trimmed behind them (R7).
+# Every command after its first write is asked of the ACL before it (``ACL_LUA``), on every key it runs it on: a
+# PERSIST taken out of it while serving was refused after the RENAMEs, the new snapshot in place with the staging keys'
+# time to live, the old one overwritten — both gone ten minutes later, the log trimmed behind them (R7); asked on the
+# first piece's keys alone, a command an ACL selector allows on those only (``(+rename ~…:snap-parts ~…:snap)``) was
+# refused at the next piece's, the first in place alone.
 LAST_PART_SCRIPT = Script(ALLOW_OOM + ACL_LUA + FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + _pieces_check(9) + _TRY_CHECK
                           + """
 local n = piece + 1
@@ -111,8 +113,13 @@ for i = 1, n - 1 do
       ' bytes, not a piece of ' .. ARGV[8])
   end
 end
-local refused = denied({{'RENAME', KEYS[5], KEYS[5 + n]}, {'PERSIST', KEYS[5 + n]}, {'DEL', KEYS[4]},
-  {'SET', KEYS[4], '1'}, {'XTRIM', KEYS[3], 'MINID', '0-0'}})
+local asked = {{'DEL', KEYS[4]}, {'SET', KEYS[4], '1'}, {'DEL', KEYS[#KEYS - 1]}, {'XTRIM', KEYS[3], 'MINID', '0-0'}}
+for i = 1, n do
+  asked[#asked + 1] = {'RENAME', KEYS[4 + i], KEYS[4 + n + i]}
+  asked[#asked + 1] = {'PERSIST', KEYS[4 + n + i]}
+end
+for i = n + 1, m do asked[#asked + 1] = {'DEL', KEYS[4 + n + i]} end
+local refused = denied(asked)
 if refused then return refused end
 if offset == 0 then redis.call('SET', KEYS[2], ARGV[2]) else redis.call('APPEND', KEYS[2], ARGV[2]) end
 for i = 1, n do
@@ -133,7 +140,9 @@ return 'OK'
 # The log keeps the snapshot's own entry (MINID seq, not seq + 1): the append script checks each
 # entry against the newest one, so the stream must never be left empty.
 WHOLE_SCRIPT = Script(ALLOW_OOM + ACL_LUA + FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + _pieces_check(5) + """
-local refused = denied({{'DEL', KEYS[4]}, {'XTRIM', KEYS[3], 'MINID', '0-0'}})  -- after the SET (ACL_LUA)
+local asked = {{'DEL', KEYS[4]}, {'XTRIM', KEYS[3], 'MINID', '0-0'}}  -- after the SET (ACL_LUA), on each key
+for i = 5, #KEYS - 1 do asked[#asked + 1] = {'DEL', KEYS[i]} end
+local refused = denied(asked)
 if refused then return refused end
 redis.call('SET', KEYS[2], ARGV[2])
 for i = 5, #KEYS - 1 do

@@ -25,6 +25,12 @@ class AclUser:
     async def give_back(self, command: str) -> None:
         await self.admin.execute_command("ACL", "SETUSER", urlsplit(self.url).username, f"+{command}")
 
+    async def allow_only_on(self, command: str, *patterns: str) -> None:
+        """``command`` taken away but on the keys of ``patterns`` (a selector: ``(+<command> ~<pattern> ...)``), as an
+        operator narrowing it may while the service serves; the user's scripts still run (their keys are allowed)."""
+        rule = " ".join((f"+{command}", *(f"~{pattern}" for pattern in patterns)))
+        await self.admin.execute_command("ACL", "SETUSER", urlsplit(self.url).username, f"-{command}", f"({rule})")
+
 
 @contextlib.asynccontextmanager
 async def acl_user(redis_url: str) -> AsyncIterator[AclUser]:

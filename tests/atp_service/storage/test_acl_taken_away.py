@@ -137,3 +137,54 @@ async def test_a_whole_snapshot_whose_del_the_acl_took_away_leaves_the_stored_pi
         assert [await admin.get(key) for key in ("t:{g0}:snap", "t:{g0}:snap:1", "t:{g0}:snap:2")] == stored
     finally:
         await client.aclose()
+
+
+
+async def test_a_whole_snapshot_whose_delete_of_a_later_piece_the_acl_took_away_leaves_the_stored_one_R7(
+        user: AclUser) -> None:
+    """The ACL asked of the DEL on ``snap-pieces`` only, not on the old snapshot's later pieces (``snap:<piece>``:
+    keys of their own, which an ACL selector, ``(+del ~…)``, allows apart): the SET of the new snapshot over the first
+    piece landed, the DEL of the next refused — read back as the new snapshot with the old one's later pieces, failing
+    its checksum, the log trimmed behind the old one (R7). Refused whole now: the stored pieces stand."""
+    url, admin = user.url, user.admin
+    client = connect(url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64)
+    piece = 64 << 10
+    try:
+        await store.claim(4)
+        for seq in range(1, 4):
+            await store.submit(0, seq, b"e")
+        await store.write_snapshot(0, 1, os.urandom(2 * piece), piece_bytes=piece)
+        stored = [await admin.get(key) for key in ("t:{g0}:snap", "t:{g0}:snap:1", "t:{g0}:snap:2")]
+        await user.allow_only_on("del", "t:{g0}:snap-pieces", "t:{g0}:snap-parts*")
+        with pytest.raises(RedisError, match=r"DENIED DEL on t:\{g0\}:snap:1"):
+            await store.write_snapshot(0, 2, os.urandom(piece // 2), piece_bytes=piece)
+        assert [await admin.get(key) for key in ("t:{g0}:snap", "t:{g0}:snap:1", "t:{g0}:snap:2")] == stored
+    finally:
+        await client.aclose()
+
+
+async def test_a_snapshot_in_parts_whose_rename_of_a_later_piece_the_acl_took_away_leaves_the_stored_one_R7(
+        user: AclUser) -> None:
+    """The last part's script asked of the ACL for its first piece's RENAME and PERSIST only: RENAME allowed on that
+    piece's keys alone (a selector), a later piece's failed after the first had landed over the stored snapshot — read
+    back as the first piece alone (no count of pieces written), the old snapshot gone and the log trimmed behind it
+    (R7). Refused whole now: the stored snapshot stands, the staging keys left to expire."""
+    url, admin = user.url, user.admin
+    client = connect(url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64)
+    piece = 64 << 10
+    try:
+        await store.claim(4)
+        for seq in range(1, 4):
+            await store.submit(0, seq, b"e")
+        old = os.urandom(piece // 2)
+        await store.write_snapshot(0, 1, old)
+        await user.allow_only_on("rename", "t:{g0}:snap-parts", "t:{g0}:snap")
+        with pytest.raises(RedisError, match=r"DENIED RENAME on t:\{g0\}:snap-parts:1"):
+            await store.write_snapshot(0, 2, os.urandom(2 * piece), part_bytes=piece, piece_bytes=piece)
+        assert await admin.get("t:{g0}:snap") == sealed_snapshot(old)  # was: the new snapshot's first piece
+        assert await admin.pttl("t:{g0}:snap") == -1
+        assert not await admin.exists("t:{g0}:snap:1", "t:{g0}:snap-pieces")
+    finally:
+        await client.aclose()
