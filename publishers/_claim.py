@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from atp_service.storage.resp import as_text, seq_of
+from atp_service.storage.scripts import ACL_LUA
 
 from ._config import PublisherConfig
 from ._lease import Lease
@@ -45,9 +46,11 @@ from ._reading import mark_checked
 
 log = logging.getLogger(__name__)
 
-CLAIM = """
+CLAIM = ACL_LUA + """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return false end
 """ + mark_checked("KEYS[3]") + """
+local refused = denied({{'INCR', KEYS[3]}})  -- after XAUTOCLAIM: refused there, the trimmed ids dropped, none owed
+if refused then return refused end
 local reply = redis.call('xautoclaim', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'COUNT', ARGV[5], 'JUSTID')
 local trimmed, mark = reply[3] or {}, 0
 if #trimmed > 0 and ARGV[6] == '0' then mark = redis.call('incr', KEYS[3]) end
@@ -58,7 +61,8 @@ consumer's own); when it dropped trimmed entries and this takeover raised no mar
 every key owed (the mark's new value returned; 0: none raised). ``false``: fenced off. (Redis 6.2 lists no
 trimmed ids: it leaves them pending, and the read of own pending entries finds them trimmed.) A mark that is no count
 refuses the claim before it moves anything (``mark_checked``): its INCR failed after XAUTOCLAIM had dropped the trimmed
-ids from the pending list, nothing owed for them (C4)."""
+ids from the pending list, nothing owed for them (C4). So does an INCR the ACL no longer allows (``ACL_LUA``: taken away
+while the publisher runs), asked before the claim: DENIED."""
 DELETE_EMPTY_CONSUMERS = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
 local n = 0

@@ -32,6 +32,7 @@ from typing import Any
 from atp_service.storage.channel_wire import follows_of
 from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text
+from atp_service.storage.scripts import ACL_LUA
 from reservation import ChannelUpdate
 
 from ._config import PublisherConfig
@@ -51,7 +52,9 @@ end
 """
 
 
-READ_NEW = mark_checked("KEYS[2]") + """
+READ_NEW = ACL_LUA + mark_checked("KEYS[2]") + """
+local refused = denied({{'INCR', KEYS[2]}})  -- after XREADGROUP: refused there, the group left past a gap, none owed
+if refused then return refused end
 local after = false
 if redis.call('exists', KEYS[1]) == 1 then
   for _, g in ipairs(redis.call('xinfo', 'groups', KEYS[1])) do

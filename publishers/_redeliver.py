@@ -38,6 +38,7 @@ from typing import Any
 from atp_service.logs import EveryInterval
 from atp_service.storage.channel_wire import state_update, to_fields
 from atp_service.storage.resp import as_text
+from atp_service.storage.scripts import ACL_LUA
 from reservation import ChannelUpdate
 
 from ._config import PublisherConfig
@@ -62,9 +63,11 @@ dead-lettered at once with a line of its own, one per update where they come one
 refused. The dead-letter stream and ``atp_publisher_deliveries_total{outcome="failed"}`` have every one."""
 
 
-DEAD_LETTER = """
+DEAD_LETTER = ACL_LUA + """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
 """ + mark_checked("KEYS[4]", "nothing written") + """
+local refused = denied({{'HEXISTS', KEYS[3], 'k'}, {'HLEN', KEYS[3]}, {'INCR', KEYS[4]}, {'HSET', KEYS[3], 'k', 'v'}})
+if refused then return refused end  -- after the XADDs: refused there, the dead letters written, no key owed
 for k, want in ipairs({'stream', 'hash'}) do  -- every key's type before the first write (the mark's: above)
   local kind = redis.call('type', KEYS[k + 1])['ok']
   if kind ~= want and kind ~= 'none' then
@@ -95,7 +98,8 @@ toward the bound: a newer value of a key already owed replaces its field. -1: fe
 Every key's type is checked before the first write: Redis undoes nothing of a script that fails half-way, and the
 owed hash (or the resync's counter) of another type — an operator's key, a restore of other data — failed it after
 its XADDs, the keys owed never remembered (C4) and the dead letters written again at each delivery tried again.
-Refused so (WRONGTYPE), nothing is written: the entries stay pending, tried again once the key is removed."""
+Refused so (WRONGTYPE), nothing is written: the entries stay pending, tried again once the key is removed. So is a
+command after the XADDs the ACL no longer allows (``ACL_LUA``: taken away while the publisher runs): DENIED."""
 
 
 @dataclass(slots=True)
