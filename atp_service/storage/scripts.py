@@ -124,12 +124,16 @@ return raised
 # (``app/permissions.py``) cannot see an ACL changed after it. ``denied(commands)`` asks the ACL
 # (``redis.acl_check_cmd``, Redis 7.0) for each command a script runs after its first change, on the keys it runs
 # it on, before that change: the refusal to return (DENIED), false where every one is allowed. Refused so, a write
-# changed nothing (R7, C4); it is tried again as one Redis refused, once the ACL allows it again.
+# changed nothing (R7, C4); it is tried again as one Redis refused, once the ACL allows it again. The refusal names
+# the command as an ACL does (a container's subcommand with it: ``XGROUP|SETID``) and the key it was asked on.
 ACL_LUA = """
+local containers = {XGROUP = true, XINFO = true}
 local function denied(commands)
   for _, command in ipairs(commands) do
     if not redis.acl_check_cmd(unpack(command)) then
-      return redis.error_reply('DENIED ' .. command[1] .. ' on ' .. command[2] ..
+      local name, key = command[1], command[2]
+      if containers[name] then name, key = name .. '|' .. command[2], command[3] end
+      return redis.error_reply('DENIED ' .. name .. ' on ' .. key ..
         ': the Redis user may not run it (its ACL changed since the start): nothing written')
     end
   end

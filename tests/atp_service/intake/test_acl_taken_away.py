@@ -109,3 +109,19 @@ async def test_a_group_made_again_whose_mark_the_acl_took_away_is_not_made(user:
         assert made and mark == await admin.get(made_again_key(STREAM, GROUP)) is not None
     finally:
         await client.aclose()
+
+
+async def test_a_subcommand_the_acl_took_away_is_refused_naming_it_and_its_key(user: AclUser) -> None:
+    """The refusal names the command and the key it was asked on (``DENIED <command> on <key>``, OPERATIONS.md): for a
+    container command (``XGROUP SETID``, ``XINFO STREAM``) it named the subcommand as the key — ``DENIED XGROUP on
+    SETID`` —, leaving the operator no stream nor subcommand to look for in the ACL."""
+    admin, client = user.admin, connect(user.url, 5.0)
+    reader = GroupReader(client, [STREAM], GROUP, "c1", Counter("trimmed_unread", "test", ["stream"],
+                                                                 registry=CollectorRegistry()))
+    try:
+        await admin.xgroup_create(STREAM, GROUP, "0", mkstream=True)
+        await user.take_away("xgroup|setid")
+        with pytest.raises(ResponseError, match=rf"^DENIED XGROUP\|SETID on {STREAM}: "):  # was: XGROUP on SETID
+            await reader.read(10, None)
+    finally:
+        await client.aclose()
