@@ -58,6 +58,9 @@ async def test_a_conflict_read_again_after_its_ack_was_lost_is_quarantined_once(
         await wait_consumed(redis_url, ["atp:in:pos"])
         reasons = [fields[b"reason"] for _, fields in r.xrange("atp:quarantine")]
         assert len(reasons) == 1 and reasons[0].startswith(b"conflict"), reasons
+        # Counted once the script that wrote it and acknowledged its entry answered: after Redis shows the
+        # entry consumed, by a turn of the service's loop or more.
+        await until(lambda: quarantined(service) >= 1, "the conflict counted")
         assert quarantined(service) == 1
 
 
@@ -77,6 +80,9 @@ async def test_a_quarantine_write_whose_answer_was_lost_counts_the_fact_quaranti
         proxy.drop()  # the retries meanwhile never arrive
         await wait_consumed(redis_url, ["atp:in:pos"])
         assert service.desk is not None
+        # The landed script acknowledged the entry: Redis shows it consumed whether or not the service has yet
+        # seen its answer lost and owed the write (nothing owed yet reads as settled); the count says it was made.
+        await until(lambda: quarantined(service) >= 1, "the write whose answer was lost made again, counted")
         await until(lambda: not service.desk.quarantine.owed, "the write whose answer was lost made again")
         assert r.xlen("atp:quarantine") == 1
         assert quarantined(service) == 1
