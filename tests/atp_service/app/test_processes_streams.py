@@ -107,6 +107,10 @@ async def test_processes_share_the_streams_and_each_fact_is_applied_once_at_its_
     await wait_consumed(redis_url, list(STREAMS))
     quarantined = [fields[b"sku"].decode() for _, fields in r.xrange("atp:quarantine")]
     assert sorted(quarantined) == sorted(conflicts), "on the quarantine stream once each"
+    # Counted once the script that wrote each and acknowledged its entry answered (the process that read it, or the
+    # one applying it): after Redis shows the entries consumed, by a turn of that process's loop or more.
+    await until(lambda: counted(services, "atp_facts_total", outcome="quarantined") >= len(conflicts),
+                "the conflicts counted")
     assert counted(services, "atp_facts_total", outcome="quarantined") == len(conflicts)
     for sku in conflicts:
         assert await on_hand_at_owner(running, sku) == skus.index(sku) + 1
