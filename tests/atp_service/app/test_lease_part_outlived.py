@@ -119,8 +119,15 @@ async def test_a_held_part_whose_release_redis_lost_under_a_released_order_is_gi
     await until(released, "the part held under a released order given up by housekeeping", 20, every_s=0.05)
     assert await _reserved(client, a) == 0
     assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_RELEASED
-    said = [r for r in caplog.records if getattr(r, "event", None) == "order_part_outlived"]
+    await until(lambda: _outlived(caplog), "the part given up said")
+    said = _outlived(caplog)
     assert said and said[0].shard == part_group, [r.getMessage() for r in caplog.records]  # type: ignore[attr-defined]
+
+
+def _outlived(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The ``order_part_outlived`` lines: said once housekeeping's turn that gave the part up was answered, after
+    its change shows to a read, so waited for (``until``), not read once that read shows it."""
+    return [r for r in caplog.records if getattr(r, "event", None) == "order_part_outlived"]
 
 
 async def _holds(client: AtpClient, sku: str, units: int) -> bool:
@@ -266,7 +273,8 @@ async def test_a_confirmed_part_whose_release_redis_lost_under_a_released_order_
     monkeypatch.undo()
     assert await _available(client, b) == 5
     assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_RELEASED
-    said = [r for r in caplog.records if getattr(r, "event", None) == "order_part_outlived"]
+    await until(lambda: _outlived(caplog), "the part's committed units given back said")
+    said = _outlived(caplog)
     assert said and "3 committed units" in said[0].getMessage(), [r.getMessage() for r in caplog.records]
 
 
