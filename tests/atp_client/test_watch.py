@@ -51,7 +51,7 @@ async def _to_snapshot_end(watch: Any) -> int:
 async def test_a_watch_yields_the_snapshot_then_the_changes(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
     service, client = await _stocked(start_service, tmp_path, clock)
-    await wait_for_updates(redis_url, "market", 3)
+    await wait_for_updates(redis_url, "market", 3, desk=service.channels)  # published: the snapshot's keys
     async with contextlib.aclosing(client.watch("market", snapshot=True)) as watch:
         assert await _to_snapshot_end(watch) == 3
         await client.record_events([fact("s1", "SALE", "sku-1", "dc-1", 1, T + 1)])

@@ -90,16 +90,28 @@ async def stream_updates(redis_url: str, channel: str) -> list[ChannelUpdate]:
     return values_of(await stream_entries(redis_url, channel))
 
 
-async def wait_for_updates(redis_url: str, channel: str, count: int, timeout_s: float = 10.0) -> list[ChannelUpdate]:
-    """The channel stream's updates once it holds at least ``count`` (fails after ``timeout_s``)."""
+async def wait_for_updates(redis_url: str, channel: str, count: int, timeout_s: float = 10.0,
+                           desk: ChannelDesk | None = None) -> list[ChannelUpdate]:
+    """The channel stream's updates once it holds at least ``count`` (fails after ``timeout_s``). ``desk``: and once
+    that desk confirmed them (``published``: what a watch's snapshot and the feed's metrics show), which it does when
+    its write's answer is read — after Redis shows them, by a turn of its loop or more."""
     deadline = time.monotonic() + timeout_s
     while True:
         updates = await stream_updates(redis_url, channel)
         if len(updates) >= count:
+            if desk is not None:
+                await confirmed(desk, channel, max(u.version for u in updates), timeout_s)
             return updates
         if time.monotonic() > deadline:
             raise AssertionError(f"{channel}: {len(updates)} updates after {timeout_s}s, expected {count}: {updates}")
         await asyncio.sleep(0.02)
+
+
+async def confirmed(desk: ChannelDesk, channel: str, version: int, timeout_s: float = 10.0) -> None:
+    """Until ``desk`` confirmed ``channel``'s writes up to ``version``: its write's answer read, the values published
+    in its memory (``Feed.confirm``) — a turn or more after Redis shows them in the channel's stream."""
+    await until(lambda: desk.feeds[channel].published_version >= version, f"{channel} confirmed up to {version}",
+                timeout_s)
 
 
 def latest(updates: list[ChannelUpdate]) -> dict[tuple[str, str], tuple[int, int]]:

@@ -82,7 +82,7 @@ async def test_c2_a_per_location_stockout_is_offered_when_durable_without_waitin
     desk = service.channels
     assert desk is not None and service.ingestor is not None
     await client.record_events([fact("base", "COUNT", "sku-z", "store-1", 5, T)])
-    await wait_for_updates(redis_url, "pickup", 1)  # 5 - buffer 1 = 4 shown
+    await wait_for_updates(redis_url, "pickup", 1, desk=desk)  # 5 - buffer 1 = 4 shown, the write settled
     await cancel_and_wait(desk._task)  # no more rounds: no curation, no writes
     await client.record_events([fact("sold", "SALE", "sku-z", "store-1", 4, T + 1)])  # 1 left: 1 - 1 = 0
     assert "sku-z" in desk._dirty  # not curated
@@ -120,7 +120,7 @@ async def test_watch_snapshot_plus_changes_equals_the_stream(
     service, client = await start_service(clock=clock, estate=write_estate(tmp_path), watch_batch=7)
     await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", f"store-{1 + n % 3}", 5 + n, T)
                                 for n in range(30)])
-    await wait_for_updates(redis_url, "pickup", 30)
+    await wait_for_updates(redis_url, "pickup", 30, desk=service.channels)  # published: in the watch's snapshot
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="pickup", snapshot=True))
     seen: dict[tuple[str, str], tuple[int, int]] = {}
     kinds = []
@@ -190,7 +190,7 @@ async def test_a_watch_of_a_channel_a_reload_removed_ends_naming_it(
     estate = write_estate(tmp_path)
     service, client = await start_service(clock=clock, estate=estate, watch_batch=1)
     await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(3)])
-    await wait_for_updates(redis_url, "market", 3)
+    await wait_for_updates(redis_url, "market", 3, desk=service.channels)  # published: in the watch's snapshot
     snapshot = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", snapshot=True))
     assert (await snapshot.read()).kind == pb.WatchAvailabilityResponse.KIND_SNAPSHOT  # one of three
     changes = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market"))

@@ -134,7 +134,7 @@ async def test_a_round_curates_on_while_its_write_of_a_stock_out_is_on_its_way(
     release.set()
     clock.advance(1000)  # the sales' changes wait for the throttle
     desk.poke()
-    updates = await wait_for_updates(redis_url, "market", 2 * SKUS)
+    updates = await wait_for_updates(redis_url, "market", 2 * SKUS, desk=desk)  # and the writes' answers read
     assert (updates[SKUS].sku, updates[SKUS].quantity) == ("sku-0", 0)
     assert sorted(u.sku for u in updates[SKUS + 1:]) == [f"sku-{n}" for n in range(1, SKUS)]
     assert all(desk.feeds[name].in_flight == 0 for name in desk.feeds)

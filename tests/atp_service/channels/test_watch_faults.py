@@ -45,9 +45,10 @@ async def test_a_watch_whose_redis_read_fails_ends_unavailable_with_its_reason(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
     # No input streams: their reader's wait for new entries is an XREAD too, and the one killed must
     # be the watcher's.
-    _, client = await start_service(clock=clock, estate=write_estate(tmp_path), input_streams=())
+    service, client = await start_service(clock=clock, estate=write_estate(tmp_path), input_streams=())
     await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, T)])
-    await wait_for_updates(redis_url, "market", 1)
+    # Confirmed: the watch begins after c1, blocked in XREAD for what comes next (else it reads c1 there).
+    await wait_for_updates(redis_url, "market", 1, desk=service.channels)
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market"))
     victim = await _blocked_reader(redis_url)
     raw = aioredis.Redis.from_url(redis_url)

@@ -63,9 +63,9 @@ async def test_a_snapshot_taken_while_the_stream_lost_its_newest_entries_is_foll
     """The snapshot comes from what the desk published, the lost versions included: the watch goes
     on after it. It was told to re-snapshot instead, again after every snapshot, for as long as the
     channel stayed quiet — every subscriber of it re-reading every key in a loop."""
-    _service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
+    service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
     await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(10)])
-    updates = await wait_for_updates(redis_url, "market", 10)
+    updates = await wait_for_updates(redis_url, "market", 10, desk=service.channels)  # published: the snapshot's
     await _lose_entries_after(redis_url, updates[4].version)
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", snapshot=True))
     snapshot: dict[str, int] = {}
@@ -103,9 +103,9 @@ async def test_versions_a_restart_on_older_data_hands_out_are_new_and_a_subscrib
     finally:
         await direct.aclose()
     clock.advance(1000)  # the restart takes a second
-    _service, client = await start_service(clock=clock, estate=estate)
+    service, client = await start_service(clock=clock, estate=estate)
     await client.record_events([fact(f"t{n}", "SALE", f"sku-{n}", "dc-1", 5 + n, T + 2) for n in (5, 6)])
-    new = (await wait_for_updates(redis_url, "market", 12))[-2:]
+    new = (await wait_for_updates(redis_url, "market", 12, desk=service.channels))[-2:]  # published: both watched
     past = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=lost[0].version))
     at_kept = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=kept))
     message, across = await _first_message(past), await _first_message(at_kept)

@@ -36,8 +36,8 @@ async def test_a_snapshot_and_changes_of_long_ids_come_in_messages_a_subscriber_
     the watch RESOURCE_EXHAUSTED with no reason at its first message, every time it was opened again."""
     estate = (f'[[locations]]\nid = "{LOC}"\ntype = "dc"\n\n[[channels]]\nname = "market"\nsells_from = ["{LOC}"]\n'
               "throttle_ms = 0\nrate_limit_per_s = 100000.0\n")
-    _service, client = await start_service(clock=ManualClock(T), estate=write_estate(tmp_path, estate),
-                                           max_message_bytes=SMALLEST)
+    service, client = await start_service(clock=ManualClock(T), estate=write_estate(tmp_path, estate),
+                                          max_message_bytes=SMALLEST)
     skus = [f"sku-{n:04d}-" + "y" * 110 for n in range(KEYS)]
 
     async def count_all(quantity: int, t: int) -> None:
@@ -46,7 +46,7 @@ async def test_a_snapshot_and_changes_of_long_ids_come_in_messages_a_subscriber_
                                         for n in range(start, start + 100)])
 
     await count_all(40, T - 2000)
-    await wait_for_updates(redis_url, "market", KEYS)
+    await wait_for_updates(redis_url, "market", KEYS, desk=service.channels)  # published: every one in the snapshot
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", snapshot=True))
     snapshot = await _updates_until(call, KEYS, {Response.KIND_SNAPSHOT})
     assert (await asyncio.wait_for(call.read(), 10)).kind == Response.KIND_SNAPSHOT_END

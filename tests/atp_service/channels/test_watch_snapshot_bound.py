@@ -35,7 +35,7 @@ async def test_snapshots_past_the_bound_are_refused_naming_it_until_one_ends(
     await client.record_events([fact(f"c{i}", "COUNT", sku, loc, 40, T)
                                 for i, (sku, loc) in enumerate([("sku-a", "store-1"), ("sku-a", "store-2"),
                                                                 ("sku-b", "store-1"), ("sku-b", "store-2")])])
-    await wait_for_updates(redis_url, "pickup", 4)
+    await wait_for_updates(redis_url, "pickup", 4, desk=service.channels)  # published: the snapshot's keys
     channels, watchers = service.channels, service._servicer._watchers
     assert channels is not None
     keys = len(channels.feeds["pickup"].published)

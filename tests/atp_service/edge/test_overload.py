@@ -578,7 +578,7 @@ async def test_a_watch_opened_while_the_loop_is_late_copies_its_snapshot_only_on
     It now waits for the loop to keep time, then answers its snapshot whole."""
     service, client = await start_service(shards=1, estate=write_estate(tmp_path))
     await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, 1_700_000_000_000)])
-    await wait_for_updates(redis_url, "market", 1)  # the snapshot holds the key
+    await wait_for_updates(redis_url, "market", 1, desk=service.channels)  # published: the snapshot holds the key
     monitor = service._monitor
     for _ in range(STREAK):  # a cool-down no wake-up ends while the test holds it
         monitor.note(1.0, time.monotonic() + 3600)
