@@ -425,17 +425,24 @@ async def test_a_peer_back_at_its_address_is_reached_again_at_once_whatever_its_
     units, and callers of this process were refused a healthy owner's groups. The backoff is bounded
     (``PEER_RECONNECT_MAX_MS``): the peer is reached within about that once it listens.
 
+    The peer comes back just after an attempt to reach it (``_an_attempt``), once the outage has lasted
+    ``OUTAGE_S``: where gRPC's own backoff had grown with it, the next attempt came a whole wait later
+    (~10.5 s after the sixth: twice the bound on reaching the peer), not a wait somewhere in its middle,
+    so an outage shorter than the 30 s a peer back at any moment needed tells the bounded wait from the
+    grown one as surely.
+
     The address is held through the outage (``_held_port``): a port merely found free and left unbound
-    for half a minute may meanwhile be taken by any process on the host (its outgoing connections
-    included), and the peer could not come back there."""
+    for a while may meanwhile be taken by any process on the host (its outgoing connections included),
+    and the peer could not come back there."""
     forwarder = Forwarder(EdgeMetrics())
     try:
         with _held_port() as port:
             address = f"127.0.0.1:{port}"
-            outage_ends = asyncio.get_running_loop().time() + OUTAGE_S  # the default backoff reaches ~17 s
+            outage_ends = asyncio.get_running_loop().time() + OUTAGE_S
             while asyncio.get_running_loop().time() < outage_ends:
                 assert not await _answers(forwarder, address)  # nothing listens there
                 await asyncio.sleep(0.5)
+            await _an_attempt(port)
             await start_service(port=port)  # bound and listening while the port is still held
         deadline = asyncio.get_running_loop().time() + 5 * PEER_RECONNECT_MAX_MS / 1000
         while not await _answers(forwarder, address):
@@ -445,7 +452,26 @@ async def test_a_peer_back_at_its_address_is_reached_again_at_once_whatever_its_
         await forwarder.aclose()
 
 
-OUTAGE_S = 30.0
+OUTAGE_S = 12.0
+"""Past the fifth attempt of gRPC's own backoff (1 s growing by 1.6 a try, each wait within 20 %: ~9.3 s, at most
+11.1 s), so the attempt ``_an_attempt`` waits for is the sixth or a later one: the wait after it, at least 8.4 s
+(10.5 s less 20 %), outlasts the 5 s bound on reaching the peer, where the bounded wait is a second at most."""
+
+
+async def _an_attempt(port: int) -> None:
+    """An attempt to connect to ``port`` seen: a listener (beside the holder, which never listens) takes the
+    connection and closes it before gRPC's handshake, an attempt failed as a refused one is; then it is gone.
+    Its bound only stops a hang: the next attempt comes within a second, or ~10 s where the backoff grew."""
+    listener = socket.socket()
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        listener.setblocking(False)
+        connection, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(listener), 60)
+        connection.close()
+    finally:
+        listener.close()
 
 
 @contextlib.contextmanager
