@@ -229,7 +229,8 @@ async def test_an_owner_that_does_not_answer_stalls_no_reading(
                         and not any(stream_state(r, s)[1] for s in STREAMS), "the reader's facts acknowledged", 30)
             for sku in here:
                 assert await on_hand(reader, sku) == wave + 1, sku
-            await asyncio.sleep(2)
+            if wave < 2:  # pending passes meet the stuck sends before the next wave; none comes after the last
+                await asyncio.sleep(2)
     finally:
         owner.send_signal(signal.SIGCONT)
     await wait_consumed(redis_url, list(STREAMS))
