@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from reservation import Limits
-from tests.atp_service.app.test_processes import owned
+from tests.atp_service.app.test_processes import members_read, owned
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.refusals import refused
 from tests.conftest import ServiceFactory, services_on
@@ -65,6 +65,7 @@ async def test_an_id_of_another_process_s_record_reused_at_a_full_shard_is_refus
     which says nothing of the id's record and is retried to no end; and it leaves no claim of its own."""
     limits = Limits(max_live_reservations_per_shard=1)
     running = [await start_process(port=held_port(), host="127.0.0.1", limits=limits) for _ in range(2)]
+    await members_read(running)
     await until(lambda: all(len(owned(service)) == 1 for service, _ in running), "a group each", 60)
     here = "k0"
     there = next(sku for sku in (f"k{i}" for i in range(64)) if zlib.crc32(sku.encode()) % 2 != zlib.crc32(b"k0") % 2)

@@ -17,7 +17,7 @@ from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from atp_service.edge import peers
-from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, owned, routed
+from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, members_read, owned, routed
 from tests.atp_service.app.test_processes_streams import counted
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_deadline_faults import _answered
@@ -90,6 +90,7 @@ async def test_r8_an_order_change_whose_caller_leaves_while_a_part_s_process_is_
     ):
         running = [await start_plain(port=held_port(), host="127.0.0.1"),
                    await start_slow(port=held_port(), host="127.0.0.1")]
+        await members_read(running)
         await until(lambda: balanced(running) and routed(running), "the groups spread", 60)
         (plain, client), (slow, _) = running
         skus = [next(s for s in SKUS if group_of(s) in owned(plain)),

@@ -12,7 +12,7 @@ import pytest
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from reservation import Limits
-from tests.atp_service.app.test_processes import SHARDS, balanced, owned, owner_of, routed
+from tests.atp_service.app.test_processes import SHARDS, balanced, members_read, owned, owner_of, routed
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
 from tests.ports import held_port
@@ -41,6 +41,7 @@ async def test_taking_a_group_from_a_process_whose_clock_ran_ahead_expires_no_ho
     a = await start_process(clock=ahead, port=held_port(), host="127.0.0.1")
     b = await start_process(port=held_port(), host="127.0.0.1")
     running = [a, b]
+    await members_read(running)
     await until(lambda: balanced(running) and routed(running), "the groups spread over the two processes", 60)
     skus = [f"k{i}" for i in range(64)]
     at_a = next(s for s in skus if owner_of(running, s) is a)

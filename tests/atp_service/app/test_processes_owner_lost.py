@@ -14,7 +14,7 @@ import pytest
 from atp_client import Refusal, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
-from tests.atp_service.app.test_processes import SHARDS, group_of, owned, start_process
+from tests.atp_service.app.test_processes import SHARDS, group_of, members_read, owned, start_process
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_forward import silent_peer
 from tests.conftest import ServiceFactory
@@ -31,6 +31,7 @@ async def beside_a_silent_one(start_process: ServiceFactory, silent: str) -> tup
     once the first knows the second's groups there."""
     a = await start_process(port=held_port(), host="127.0.0.1")
     gone = await start_process(port=held_port(), host="127.0.0.1", advertise_address=silent)
+    await members_read([a, gone])
     await until(lambda: len(owned(gone[0])) == SHARDS // 2 and len(owned(a[0])) == SHARDS // 2
                 and a[0].membership is not None and all(a[0].membership.where(g)[0] == silent
                                                         for g in owned(gone[0])),

@@ -18,6 +18,7 @@ from atp_service import AtpService
 from tests.atp_service.app.test_processes import (
     Process,
     balanced,
+    members_read,
     owner_of,
     processes,
     routed,
@@ -207,6 +208,7 @@ async def test_items_whose_owner_refuses_the_stream_at_its_start_are_told_its_re
     ``OUTCOME_UNKNOWN`` all the same, in doubt, the outbound stream's first part written before the
     owner had accepted it; they are told the owner's refusal now."""
     running = [await start_process(port=held_port(), host="127.0.0.1", max_reserve_streams=1) for _ in range(2)]
+    await members_read(running)
     await until(lambda: balanced(running) and routed(running), "the groups spread over the 2 processes", 60)
     a, b = skus_in_other_groups(running)
     here, there = (a, b) if owner_of(running, a) is running[0] else (b, a)

@@ -23,7 +23,16 @@ from atp_service import AtpService
 from atp_service.edge import record
 from atp_service.edge.auth import new_token, token_hash
 from reservation import Limits
-from tests.atp_service.app.test_processes import SHARDS, Process, balanced, group_of, owned, processes, routed
+from tests.atp_service.app.test_processes import (
+    SHARDS,
+    Process,
+    balanced,
+    group_of,
+    members_read,
+    owned,
+    processes,
+    routed,
+)
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.conftest import ServiceFactory, services_on, spawned
 from tests.ports import held_port
@@ -243,6 +252,7 @@ async def reader_and_owner(start: ServiceFactory, **other_settings: Any) -> list
     reader = await start(port=held_port(), host="127.0.0.1", input_streams=STREAMS[:1])
     other = await start(port=held_port(), host="127.0.0.1", input_streams=(), **other_settings)
     running = [reader, other]
+    await members_read(running)
     await until(lambda: balanced(running) and routed(running), "the groups spread over the 2 processes", 60)
     return running
 

@@ -16,7 +16,7 @@ import redis
 from atp_client import AtpClient
 from atp_service import AtpService
 from reservation import Limits
-from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, owned, routed
+from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, members_read, owned, routed
 from tests.atp_service.app.test_processes_streams import counted
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.atp_service.redis_proxy import HoldingProxy, proxy
@@ -45,6 +45,7 @@ async def reader_and_owner(redis_url: str, proxy: HoldingProxy) -> AsyncIterator
     ):
         running = [await start_reader(port=held_port(), host="127.0.0.1"),
                    await start_owner(port=held_port(), host="127.0.0.1")]
+        await members_read(running)
         await until(lambda: balanced(running) and routed(running), "the groups spread over 2 processes", 60)
         yield running[0][0], running[1][0]
 

@@ -29,7 +29,7 @@ from atp_service.edge.peers import step_sender
 from atp_service.edge.routing import Route, RoutingTable
 from atp_service.metrics import EdgeMetrics
 from reservation import Moved, Reason, Unavailable
-from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, owned, start_process
+from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, members_read, owned, start_process
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_routing import advertised, stock
 from tests.conftest import ServiceFactory
@@ -223,6 +223,7 @@ async def test_a_reservation_held_elsewhere_is_answered_once_its_holder_answers_
     c = await start_process(port=held_port(), host="127.0.0.1",
                             advertise_address=f"127.0.0.1:{silent.sockets[0].getsockname()[1]}")
     running = [a, b, c]
+    await members_read(running)
     await until(lambda: balanced(running) and routed(running), "the groups spread, every process knowing where", 60)
     sku = next(s for s in (f"k{i}" for i in range(64)) if group_of(s) in owned(b[0]))
     await b[1].record_events([receipt("in-1", sku, "DC", 5)])
