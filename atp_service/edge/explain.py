@@ -33,7 +33,7 @@ async def explain_availability(sku: str, location: str, engine: Engine, limits: 
     out = pb.ExplainAvailabilityResponse(
         availability=convert.availability_pb(sku, location, ex.quantities), holds_truncated=ex.holds_truncated,
         stream_time=convert.timestamp(ex.stream_time), retained_since=convert.timestamp(ex.retained_since),
-        possibly_stale=ex.possibly_stale,
+        possibly_stale=ex.possibly_stale, holds_elsewhere=ex.holds_elsewhere,
     )
     if ex.count is not None:
         out.has_count = True

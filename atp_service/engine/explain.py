@@ -16,8 +16,8 @@ from reservation import _orders as orders
 class Explanation:
     """How a position's numbers came to be (E2, Q1-Q5), read from memory."""
 
-    __slots__ = ("count", "deltas", "elsewhere", "holds", "holds_truncated", "possibly_stale", "quantities",
-                 "retained_since", "stream_time")
+    __slots__ = ("count", "deltas", "elsewhere", "holds", "holds_elsewhere", "holds_truncated", "possibly_stale",
+                 "quantities", "retained_since", "stream_time")
 
     def __init__(self, engine: Engine, sku: str, location: str, max_holds: int) -> None:
         ledger = engine.local(engine.place(sku)).ledger
@@ -41,18 +41,27 @@ class Explanation:
         self.elsewhere: dict[str, list[int]] = {}
         """Held parts of orders whose record another process holds (``ownership = leases``): order id -> the
         indexes of its holds, shown with its expiry once read there (``with_orders_elsewhere``)."""
+        self.holds_elsewhere = False
+        """Units of ``quantities`` no listed hold accounts for: held by a record of a group not served here."""
         # Holds live on their reservation's home shard, which a multi-SKU order may place elsewhere:
-        # one index lookup per shard, never a scan of the reservations.
-        for actor in engine.actors:
-            for rec in actor.ledger.holds_at(sku, location):
+        # one index lookup per shard, never a scan of the reservations. Only shards served here now (R7: a
+        # group another process owns, or whose lease may have run out, answers nothing from this memory).
+        held = committed = 0
+        served = set(serving := engine.serving())
+        for shard in serving:
+            for rec in engine.actors[shard].ledger.holds_at(sku, location):
                 for line in rec.lines:
                     if line.sku == sku and line.location == location:
                         if len(self.holds) >= max_holds:
                             self.holds_truncated = True
                             return
-                        self.holds.append((self._as_callers_see_it(engine, rec), line.held, line.committed))
+                        self.holds.append((self._as_callers_see_it(engine, rec, served), line.held, line.committed))
+                        held, committed = held + line.held, committed + line.committed
+        # Under leases a plain reservation spanning shards left by the single writer is recorded at its home
+        # group alone, which another process may own: its units are counted here (Q2, Q3), its record is not.
+        self.holds_elsewhere = held < self.quantities.reserved or committed < self.quantities.committed
 
-    def _as_callers_see_it(self, engine: Engine, rec: Reservation) -> Reservation:
+    def _as_callers_see_it(self, engine: Engine, rec: Reservation, served: set[int]) -> Reservation:
         """A part of an order spanning groups is shown as its order: the id callers know and the order's
         expiry (a part never expires by itself). An order held at another process: its expiry is read there
         (``with_orders_elsewhere``); a held part's shown without one read as if its order were not held."""
@@ -60,7 +69,7 @@ class Explanation:
         if order_id is None:
             return rec
         home = engine.home_of(order_id)
-        order = engine.actors[home].ledger.reservation(order_id) if home is not None else None
+        order = engine.actors[home].ledger.reservation(order_id) if home is not None and home in served else None
         if order is None and engine.ids is not None and rec.state == State.HELD:
             self.elsewhere.setdefault(order_id, []).append(len(self.holds))
         return msgspec.structs.replace(rec, reservation_id=order_id, expires_at=order.expires_at if order else 0)

@@ -425,7 +425,7 @@ class ExplainedHold(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., order_ref: _Optional[str] = ..., channel: _Optional[str] = ..., state: _Optional[_Union[ReservationState, str]] = ..., held: _Optional[int] = ..., committed: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ExplainAvailabilityResponse(_message.Message):
-    __slots__ = ("availability", "has_count", "count_event_id", "count_time", "count_quantity", "deltas_after_count", "holds", "stream_time", "retained_since", "holds_truncated", "deltas_truncated", "possibly_stale")
+    __slots__ = ("availability", "has_count", "count_event_id", "count_time", "count_quantity", "deltas_after_count", "holds", "stream_time", "retained_since", "holds_truncated", "deltas_truncated", "possibly_stale", "holds_elsewhere")
     AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
     HAS_COUNT_FIELD_NUMBER: _ClassVar[int]
     COUNT_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -438,6 +438,7 @@ class ExplainAvailabilityResponse(_message.Message):
     HOLDS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     DELTAS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     POSSIBLY_STALE_FIELD_NUMBER: _ClassVar[int]
+    HOLDS_ELSEWHERE_FIELD_NUMBER: _ClassVar[int]
     availability: Availability
     has_count: bool
     count_event_id: str
@@ -450,7 +451,8 @@ class ExplainAvailabilityResponse(_message.Message):
     holds_truncated: bool
     deltas_truncated: bool
     possibly_stale: bool
-    def __init__(self, availability: _Optional[_Union[Availability, _Mapping]] = ..., has_count: _Optional[bool] = ..., count_event_id: _Optional[str] = ..., count_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., count_quantity: _Optional[int] = ..., deltas_after_count: _Optional[_Iterable[_Union[ExplainedFact, _Mapping]]] = ..., holds: _Optional[_Iterable[_Union[ExplainedHold, _Mapping]]] = ..., stream_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retained_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holds_truncated: _Optional[bool] = ..., deltas_truncated: _Optional[bool] = ..., possibly_stale: _Optional[bool] = ...) -> None: ...
+    holds_elsewhere: bool
+    def __init__(self, availability: _Optional[_Union[Availability, _Mapping]] = ..., has_count: _Optional[bool] = ..., count_event_id: _Optional[str] = ..., count_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., count_quantity: _Optional[int] = ..., deltas_after_count: _Optional[_Iterable[_Union[ExplainedFact, _Mapping]]] = ..., holds: _Optional[_Iterable[_Union[ExplainedHold, _Mapping]]] = ..., stream_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retained_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holds_truncated: _Optional[bool] = ..., deltas_truncated: _Optional[bool] = ..., possibly_stale: _Optional[bool] = ..., holds_elsewhere: _Optional[bool] = ...) -> None: ...
 
 class SetSafetyStockRequest(_message.Message):
     __slots__ = ("sku", "location", "quantity")
