@@ -129,6 +129,7 @@ sim: $(STAMP)
 	$(BIN)/python -m tests.sim --seeds $(SEEDS) --short-grace --fact-times
 	$(BIN)/python -m tests.sim --seeds $(SEEDS) --processes 3 --short-grace --settle-faults
 	$(BIN)/python -m tests.sim --seeds $(SEEDS) --input-streams
+	$(BIN)/python -m tests.sim --seeds $(SEEDS) --input-streams --processes 3
 
 certs: $(STAMP)
 	$(BIN)/python -m atp_service.app.certs var/certs

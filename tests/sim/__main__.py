@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from tests.sim.checks import Violation
 from tests.sim.driver import DEFAULT_STEPS, Driver
+from tests.sim.inputcluster import InputsClusterDriver
 from tests.sim.inputdriver import InputsDriver
 from tests.sim.tally import Tally
 
@@ -62,7 +63,9 @@ def main() -> int:
                              "second sending its facts to their owner, stopped, its entries claimed; two streams, "
                              "dead letters, MAXLEN trimming, groups deleted): Redis reads, "
                              "quarantine scripts and acknowledgements refused or their answers lost, the reader "
-                             "restarted, room restored; every entry applied or quarantined once (inputdriver.py)")
+                             "restarted, room restored; every entry applied or quarantined once (inputdriver.py); with "
+                             "--processes 2 or 3, every process a consumer applying its groups' facts and sending "
+                             "the others', killed, paused, stopped, groups taken over (inputcluster.py)")
     parser.add_argument("--partition", action="store_true",
                         help="with --processes: two processes cut off from each other over gRPC (order steps, "
                              "forwarded calls, streams to owners), one way or both, both still reaching Redis, for "
@@ -88,9 +91,8 @@ def main() -> int:
     if args.clock_skew and args.processes == 1:
         parser.error("--clock-skew needs --processes 2 or 3 (one process has one clock)")
     others = [name for name, value in vars(args).items() if value is True and name not in ("trace", "input_streams")]
-    others += ["processes"] if args.processes != 1 else []
-    if args.input_streams and others:  # its own driver and world (inputdriver.py): any other fault would be ignored
-        parser.error(f"--input-streams runs alone (inputdriver.py draws its own faults): not with "
+    if args.input_streams and others:  # its own drivers (inputdriver.py, inputcluster.py): another fault is ignored
+        parser.error(f"--input-streams runs alone but for --processes (its drivers draw their own faults): not with "
                      f"{', '.join('--' + name.replace('_', '-') for name in others)}")
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and
@@ -101,7 +103,7 @@ def main() -> int:
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     started, recoveries, tally = time.perf_counter(), 0, Tally()
     if args.input_streams:
-        return run_inputs(seeds, args.steps, args.trace)
+        return run_inputs(seeds, args.steps, args.trace, args.processes)
     for done, seed in enumerate(seeds):
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
                         args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
@@ -122,11 +124,12 @@ def main() -> int:
     return 0
 
 
-def run_inputs(seeds: Iterable[int], steps: int, trace: bool) -> int:
-    """``--input-streams`` (``inputdriver.py``): its own driver, its own summary."""
+def run_inputs(seeds: Iterable[int], steps: int, trace: bool, processes: int = 1) -> int:
+    """``--input-streams`` (``inputdriver.py``; with ``--processes``, ``inputcluster.py``): its own driver, its own
+    summary."""
     started, tally = time.perf_counter(), Tally()
     for done, seed in enumerate(seeds):
-        driver = InputsDriver(seed, tally)
+        driver = InputsDriver(seed, tally) if processes == 1 else InputsClusterDriver(seed, processes, tally)
         try:
             asyncio.run(driver.run(steps))
         except Violation as exc:

@@ -34,7 +34,8 @@ again delivers again to any reader, its fact quarantined before, not decided aga
 Not modelled: batches in flight at once but those of the driver's calls (at most two, ``inputreaders.Loop``), facts
 stamped in the future or late, SHIPMENTs naming reservations, entries deleted (``XDEL``), the side streams' ``MAXLEN``,
 a stream deleted (``DEL``), a group made again by an operator, the owner's own reads stopped (SIGSTOP: only the other
-process is), the owner's answers ``Moved`` or ``GroupRefused`` (a group handed over), several groups' owners.
+process is), the owner's answers ``Moved`` or ``GroupRefused`` (a group handed over), several groups' owners (those
+three: ``--processes 2|3``, ``inputcluster.py``).
 """
 
 from __future__ import annotations

@@ -8,11 +8,14 @@ import sys
 import pytest
 
 from tests.sim.__main__ import main
+from tests.sim.inputcluster import InputsClusterDriver
 from tests.sim.inputdriver import InputsDriver
 from tests.sim.tally import Tally
 
 INPUT_SEEDS = int(os.environ.get("ATP_SIM_INPUT_SEEDS", "8"))
 """Seeds of 60 steps each: about a second."""
+PROCESS_SEEDS = 3
+"""Seeds of 60 steps each with several processes: about a second."""
 
 
 async def test_every_input_entry_is_applied_or_quarantined_once_acknowledged_only_once_durable() -> None:
@@ -55,3 +58,24 @@ def test_input_streams_refuse_the_faults_their_driver_does_not_draw(
         main()
     assert refused.value.code == 2
     assert f"not with {others[0]}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+async def test_input_streams_read_by_processes_that_die_pause_and_take_over_each_others_groups(processes: int) -> None:
+    """``--input-streams --processes 2|3`` (``inputcluster.py``): every process a consumer of the group, applying the
+    facts of the groups it owns and sending the others' to their owners, killed (its entries pending to it until it
+    starts again or another claims them), paused (its groups taken meanwhile), stopped, handing groups over: the
+    invariants of ``--input-streams`` hold (E6, E8, E3, E10), and every shard answers at each step's end."""
+    tally = Tally()
+    for seed in range(PROCESS_SEEDS):
+        await InputsClusterDriver(seed, processes, tally).run(60)
+    assert tally.input_entries and tally.input_quarantined and tally.input_sent and tally.input_claimed, tally
+    assert tally.kills and tally.process_pauses and tally.takeovers and tally.input_groups_deleted, tally
+
+
+def test_input_streams_take_processes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--input-streams --processes 2`` runs the multi-process driver (it was refused, ecd36cda)."""
+    monkeypatch.setattr(sys, "argv", ["tests.sim", "--input-streams", "--processes", "2", "--seed", "1",
+                                      "--steps", "5"])
+    assert main() == 0
+    assert "all invariants held" in capsys.readouterr().out

@@ -1,0 +1,296 @@
+"""``--input-streams --processes 2|3``: the input streams read by several service processes sharing a keyspace
+(``ownership = leases``), each a consumer of the one group, under the multi-process world's faults.
+
+Real, per process (``cluster.ClusterWorld``): its ``StreamIngestor`` (consumer ``atp@<address>``, the same after a
+restart: it reads its own pending entries again first), its ``FactDesk`` applying the facts of the groups it owns,
+and its sends (``OwnerSends``) of the others' facts to their owners — ``RecordEvents`` at the owner saying the
+sender writes what it quarantines, refused before it ran or its answer lost after, waiting while the owner is paused
+and cut when it dies (``Process.call``). Simulated: Redis (``inputstreams.SimStreams``), the other draws of
+``inputdriver`` (the producer, Redis's faults, groups deleted), and the membership faults of the multi-process driver
+(``disrupt.Disruptor``): a process killed (every task of its reader ending wherever it is, its entries left pending to
+it until another claims them past ``claim_idle_ms``), paused (SIGSTOP: its reader's calls, its sends and its quarantine
+writes waiting, its groups taken meanwhile), a group handed over, a graceful stop; processes restarted. Room is
+restored by a rolling restart of every process with the bound raised.
+
+Invariants: those of ``inputdriver`` (every acknowledgement finds its fact durable, no identity applied twice, on_hand
+the E1 fold of the log and of the facts produced, memory equals a replay, each entry decided once at the end), every
+shard answering at each step's end, the entries a dead process held taken over and decided.
+
+Not modelled here: ``OwedWatch`` (it names two consumers), the processes cut off from each other (``--partition``),
+Redis losing a tail (``--lose-tail``), the owner check's draws.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import Callable
+from typing import Any
+
+from atp_service.intake.ingest import StreamIngestor
+from reservation import DomainError, Fact
+from tests.sim.checks import Violation, facts_fold_as_the_reference
+from tests.sim.cluster import ClusterWorld
+from tests.sim.disrupt import Disruptor
+from tests.sim.driver import DEFAULT_STEPS
+from tests.sim.faults import Call, StepRunner, collect, draw_plan
+from tests.sim.ids import SimIdClaims
+from tests.sim.inputchecks import decided_once, fold_of_produced, marks_forgotten, named_fields
+from tests.sim.inputdriver import CLAIM_P, DESTROY_P, DRAIN_TURNS, GROUP, ROOM, ROOMY, InputsDriver, _trimmed_unread
+from tests.sim.inputfacts import STREAMS, Producer
+from tests.sim.inputreaders import CLAIM_IDLE_MS, GatedClient, loop_of, sim_time, turn
+from tests.sim.inputstreams import RedisFaults, SimStreams, _fail
+from tests.sim.invariants import ServiceErrors, every_shard_answers
+from tests.sim.process import CURRENT, Process
+from tests.sim.replay import replay_equals_live
+from tests.sim.tally import Tally
+
+
+class _Awake:
+    """A process's gate (``inputreaders.Gate``): its calls wait while it is paused; a dead one reaches nothing."""
+
+    def __init__(self, proc: Process) -> None:
+        self.proc = proc
+
+    async def passed(self) -> None:
+        await self.proc.log.awake()
+
+
+class _Writes:
+    """The shared log's client as the processes' desks write the quarantine stream through it: each write sent and
+    answered only while its process runs (the process of the task that writes)."""
+
+    def __init__(self, redis: SimStreams) -> None:
+        self.redis = redis
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.redis, name)
+
+    async def run(self, calls: list[Any]) -> list[Any]:
+        proc = CURRENT.get()
+        if proc is not None:
+            await proc.log.awake()
+        try:
+            return await self.redis.run(calls)
+        finally:
+            if proc is not None:
+                await proc.log.awake()
+
+
+class InputsClusterDriver(InputsDriver):
+    def __init__(self, seed: int, processes: int, tally: Tally | None = None) -> None:
+        self.seed, self.processes = seed, processes
+        self.rng = random.Random(f"inputs {seed} processes {processes}")
+        self.tally = tally or Tally()
+        world = self.world = ClusterWorld(processes, random.Random(f"cluster {seed}"), self.tally,
+                                          checks=random.Random(f"owner check {seed}"))
+        self.faults = RedisFaults(random.Random(f"redis {seed}"))
+        self.redis = SimStreams(self.faults, self._acked, world.clock.now_ms)
+        world.log.client = _Writes(self.redis)  # the desks' quarantine writes: one Redis
+        world.log.faults = self.rng
+        world.log.ids = SimIdClaims(seed, self.tally)
+        self._room(ROOM)
+        world.processes = [world._new(i) for i in range(processes)]  # made with the bound (and the client) above
+        self.producer = Producer(self.rng, world, self.redis)
+        self.restore_at = self.rng.randint(10, 40)
+        self.readers: dict[str, tuple[Process, StreamIngestor]] = {}
+        self.trace: list[str] = []
+        self.violations: list[str] = []
+        self._seen: dict[int, int] = {}
+        self._applied: set[tuple[str, str, str, str, int]] = set()
+        self._quarantined: set[tuple[str, str, str, str, int]] = set()
+        self.sends = 0
+        self.reader = None  # the single-process driver's (``InputsDriver._done``): none here
+
+    @property
+    def cluster(self) -> ClusterWorld:
+        assert isinstance(self.world, ClusterWorld)
+        return self.world
+
+    async def run(self, steps: int) -> None:
+        step = -1
+        try:
+            with sim_time(self.world), ServiceErrors(_trimmed_unread) as errors:
+                await self.cluster.boot()
+                await self._readers()
+                for step in range(steps):
+                    await self.step(step)
+                    errors.check()
+                    self.check()
+                    await every_shard_answers(self.world)
+                await self.drain()
+                await self.cluster.stop()
+                errors.check()
+        except Exception as exc:
+            tail = "\n  ".join(self.trace[-24:])
+            raise Violation(f"seed {self.seed} --input-streams --processes {self.processes}, after step {step}: "
+                            f"{exc}\n  last steps:\n  {tail}\nreplay: .venv/bin/python -m tests.sim --input-streams "
+                            f"--processes {self.processes} --seed {self.seed}"
+                            f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
+
+    # -- the processes' readers ----------------------------------------------------------------------
+    def _settings(self, proc: Process) -> Any:
+        return dataclasses.replace(super()._settings(), consumer_name=f"atp@{proc.address}")
+
+    def current(self, proc: Process) -> StreamIngestor | None:
+        """``proc``'s reader while it is the live process at its address (a restarted one has a new reader)."""
+        held = self.readers.get(proc.address)
+        return held[1] if held is not None and held[0] is proc and not proc.dead else None
+
+    async def _readers(self) -> None:
+        """Each live process without a reader (started, or started again) makes one: its consumer group made."""
+        for proc in self.cluster.processes:
+            if proc.dead or self.current(proc) is not None:
+                continue
+            client = GatedClient(self.redis, _Awake(proc))  # type: ignore[arg-type]
+            reader = StreamIngestor(client, proc.facts, self._settings(proc), proc.engine.clock,  # type: ignore[arg-type]
+                                    send=self._sender(proc))
+            self.readers[proc.address] = proc, reader
+
+            async def start(reader: StreamIngestor = reader) -> None:
+                loop_of(reader)
+                await reader._create_groups()
+
+            await asyncio.wait({proc.spawn(start())})
+
+    def _sender(self, proc: Process) -> Callable[[str, list[Fact]], Any]:
+        async def send(owner: str, facts: list[Fact]) -> list[Any]:
+            """``RecordEvents`` at ``owner`` (``edge.record.fact_sender``), the sender writing what it quarantines."""
+            await proc.log.awake()
+            kind, _ = self.faults.draw("send", 1)
+            target = self.cluster.at(owner)
+            if kind == "refused" or target is None or target.dead:
+                raise _fail("refused")
+
+            async def record() -> list[Any]:
+                return await target.facts.record(list(facts), "grpc", sender_writes=True)
+
+            self.sends += 1
+            answer: list[DomainError | Any] = await target.call(record)
+            await proc.log.awake()
+            if kind == "lost":
+                raise _fail(kind)
+            return answer
+
+        return send
+
+    async def _turns_of(self, proc: Process, n: int) -> None:
+        """``n`` turns of ``proc``'s reader, as a task of that process (its kill ends them wherever they are)."""
+        reader = self.current(proc)
+        if reader is None:
+            return
+        task = proc.spawn(self.turns(reader, n, lambda: self.current(proc)))
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None and not proc.dead:
+            raise task.exception()  # type: ignore[misc]
+
+    # -- a step --------------------------------------------------------------------------------------
+    async def step(self, step: int) -> None:
+        world, rng = self.cluster, self.rng
+        if rng.random() < 0.14:
+            world.clock.advance(rng.randint(0, 20_000))
+        if any(proc.dead for proc in world.processes):  # down a while: the entries pending to it go idle
+            world.clock.advance(CLAIM_IDLE_MS // 2)
+        self.producer.produce(step, self.trace)
+        if step == self.restore_at:
+            await self._restart_all()
+            self.trace.append(f"{step}: room restored (max_positions_per_shard {ROOMY}), every process restarted")
+        await self._readers()
+        calls = [Call(f"{proc.address} reader x{n}", lambda p=proc, n=n: self._turns_of(p, n), lambda _: None,
+                      at=rng.randint(0, 30))
+                 for proc in world.running() for n in [rng.randint(1, 4) for _ in range(rng.randint(0, 2))]]
+        if rng.random() < DESTROY_P:
+            streams = rng.choice([[stream] for stream in STREAMS] + [list(STREAMS)])
+            calls.append(Call(f"XGROUP DESTROY {' '.join(streams)}", lambda s=streams: self._destroy(s),
+                              lambda _: None, at=rng.randint(0, 30)))
+        plan = draw_plan(rng, 0, 0)
+        disruptor = Disruptor(world, rng)
+        disruptor.draw()
+        world.step_faults = disruptor
+        self.trace.append(f"{step}: {plan.describe()}, {disruptor.describe()}; calls: "
+                          f"{', '.join(c.label for c in calls)}")
+        runner = StepRunner(world, rng)
+        self.faults.active, self.faults.events = True, []
+        try:
+            await runner.run(calls, plan)
+        finally:
+            self.faults.active = False
+            events = runner.events + disruptor.events + self.faults.events
+            if events:
+                self.trace.append(f"{step}: faults: " + ", ".join(events))
+        collect(calls)
+        await world.converge_membership()
+        await world.quiesce()
+
+    async def _restart_all(self) -> None:
+        """The bound raised, every process restarted (one killed and started again after another)."""
+        world = self.cluster
+        self._room(ROOMY)
+        for index, proc in enumerate(world.processes):
+            if not proc.dead:
+                world.kill(proc)
+            for group in range(world.config.shards):
+                world.leases.expire(proc.holder, group)
+            proc.member = False
+            world.processes[index] = world._new(index)
+            await world.converge_membership()
+        await world.quiesce()
+
+    # -- invariants ----------------------------------------------------------------------------------
+    def check(self) -> None:
+        world = self.cluster
+        if self.violations:
+            raise Violation(f"E6/E8: {self.violations[0]}")
+        for _, fields, _ in self.redis.quarantined:  # a quarantine entry follows its decision in the log (E6)
+            self._index()
+            if named_fields(fields) not in self._quarantined:
+                raise Violation(f"E6: {fields['source']}/{fields['event_id']} written to the quarantine stream, "
+                                "its shard log holding no quarantine of it")
+        owed = sum(len(p.facts.quarantine.owed) for p in world.processes if not p.dead)
+        self.tally.input_owed += owed > 0
+        if owed > len(self.producer.facts):
+            raise Violation(f"owed quarantine writes ({owed}) past the entries read ({len(self.producer.facts)})")
+        facts_fold_as_the_reference(world, [actor.ledger for actor in world.eng.actors])  # E1-E3, E8
+        replay_equals_live(world, world.replayed(range(world.config.shards)))
+
+    def _done(self) -> bool:
+        running = self.cluster.running()
+        readers = [self.current(proc) for proc in running]
+        groups = [(held, held.groups.get(GROUP)) for held in self.redis.streams.values()]
+        return all(mine is not None and not mine.pending and mine.last == held.last_id for held, mine in groups) \
+            and not any(self.redis.hashes.values()) and not any(p.facts.quarantine.owed for p in running) \
+            and all(reader is not None and not reader._retry_own_pending for reader in readers)
+
+    async def drain(self) -> None:
+        """Redis answering, every process running (the dead ones started again, or their entries claimed), the
+        readers read until nothing is pending nor new; then every entry is done once."""
+        world = self.cluster
+        await world.converge_membership()
+        await world.quiesce()
+        await self._readers()
+        for _ in range(DRAIN_TURNS):
+            if self._done():
+                break
+            world.clock.advance(1000)
+            for proc in world.running():
+                world.turn(proc)  # its leases renewed as the clock moves on
+                reader = self.current(proc)
+                if reader is not None:
+                    await self._settled(proc.spawn(turn(reader, self.rng.random() < CLAIM_P)))
+            await world.quiesce()
+        else:
+            pending = sum(len(mine.pending) for held in self.redis.streams.values() for mine in held.groups.values())
+            raise Violation(f"liveness: entries still pending after {DRAIN_TURNS} reader turns with Redis answering "
+                            f"({pending} pending)")
+        self.check()
+        decided_once(self)
+        proc = world.running()[0]
+        reader = self.current(proc)
+        assert reader is not None and not await proc.spawn(reader._read(None, block=None))  # nothing new: marks go
+        marks_forgotten(self)
+        self.tally.input_claimed += self.redis.claimed
+        self.tally.input_sent += self.sends
+        self.tally.input_faults += sum(self.faults.counts.values())
+        self.tally.input_redelivered += self.redis.redelivered
+        fold_of_produced(self, [actor.ledger for actor in world.eng.actors])
