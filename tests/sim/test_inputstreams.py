@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -77,5 +78,7 @@ def test_input_streams_take_processes(monkeypatch: pytest.MonkeyPatch, capsys: p
     """``--input-streams --processes 2`` runs the multi-process driver (it was refused, ecd36cda)."""
     monkeypatch.setattr(sys, "argv", ["tests.sim", "--input-streams", "--processes", "2", "--seed", "1",
                                       "--steps", "5"])
+    asyncio_log = logging.getLogger("asyncio")
+    monkeypatch.setattr(asyncio_log, "level", asyncio_log.level)  # main() quiets it: put back after
     assert main() == 0
     assert "all invariants held" in capsys.readouterr().out
