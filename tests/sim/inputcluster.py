@@ -16,7 +16,9 @@ Invariants: those of ``inputdriver`` (every acknowledgement finds its fact durab
 the E1 fold of the log and of the facts produced, memory equals a replay, each entry decided once at the end), every
 shard answering at each step's end, the entries a dead process held taken over and decided.
 
-Not modelled here: ``OwedWatch`` (it names two consumers), the processes cut off from each other (``--partition``),
+An entry whose quarantine write failed (owed) is watched while the process that wrote it lives (``inputowed``).
+
+Not modelled here: the processes cut off from each other (``--partition``),
 Redis losing a tail (``--lose-tail``), the owner check's draws.
 """
 
@@ -39,8 +41,10 @@ from tests.sim.ids import SimIdClaims
 from tests.sim.inputchecks import decided_once, fold_of_produced, marks_forgotten, named_fields
 from tests.sim.inputdriver import CLAIM_P, DESTROY_P, DRAIN_TURNS, GROUP, ROOM, ROOMY, InputsDriver, _trimmed_unread
 from tests.sim.inputfacts import STREAMS, Producer
+from tests.sim.inputowed import OwedWatch
+from tests.sim.inputpipeline import _fail
 from tests.sim.inputreaders import CLAIM_IDLE_MS, GatedClient, loop_of, sim_time, turn
-from tests.sim.inputstreams import RedisFaults, SimStreams, _fail
+from tests.sim.inputstreams import RedisFaults, SimStreams
 from tests.sim.invariants import ServiceErrors, every_shard_answers
 from tests.sim.process import CURRENT, Process
 from tests.sim.replay import replay_equals_live
@@ -87,6 +91,8 @@ class InputsClusterDriver(InputsDriver):
                                           checks=random.Random(f"owner check {seed}"))
         self.faults = RedisFaults(random.Random(f"redis {seed}"))
         self.redis = SimStreams(self.faults, self._acked, world.clock.now_ms)
+        self.owed = OwedWatch(self)
+        self.redis.on_failed_write = lambda keys, args: self.owed.failed(self.redis, keys, args)
         world.log.client = _Writes(self.redis)  # the desks' quarantine writes: one Redis
         world.log.faults = self.rng
         world.log.ids = SimIdClaims(seed, self.tally)
@@ -143,6 +149,7 @@ class InputsClusterDriver(InputsDriver):
         for proc in self.cluster.processes:
             if proc.dead or self.current(proc) is not None:
                 continue
+            self.owed.forget(f"atp@{proc.address}")  # the process started again forgot what it owed, by design
             client = GatedClient(self.redis, _Awake(proc))  # type: ignore[arg-type]
             reader = StreamIngestor(client, proc.facts, self._settings(proc), proc.engine.clock,  # type: ignore[arg-type]
                                     send=self._sender(proc))
@@ -251,6 +258,10 @@ class InputsClusterDriver(InputsDriver):
         self.tally.input_owed += owed > 0
         if owed > len(self.producer.facts):
             raise Violation(f"owed quarantine writes ({owed}) past the entries read ({len(self.producer.facts)})")
+        for address, (proc, _) in self.readers.items():  # a process gone forgets what it owed, by design
+            if proc.dead or world.at(address) is not proc:
+                self.owed.forget(f"atp@{address}")
+        self.owed.applied(self)  # an entry owed: never decided again before its write, while its writer lives (E8)
         facts_fold_as_the_reference(world, [actor.ledger for actor in world.eng.actors])  # E1-E3, E8
         replay_equals_live(world, world.replayed(range(world.config.shards)))
 
@@ -285,6 +296,8 @@ class InputsClusterDriver(InputsDriver):
                             f"({pending} pending)")
         self.check()
         decided_once(self)
+        self.owed.written(self)
+        self.tally.input_owed_watched += self.owed.seen
         proc = world.running()[0]
         reader = self.current(proc)
         assert reader is not None and not await proc.spawn(reader._read(None, block=None))  # nothing new: marks go

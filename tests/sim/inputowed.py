@@ -60,10 +60,10 @@ class OwedWatch:
         for at in range(4, len(args), _PER_FACT):  # after MAXLEN, group, consumer, run
             if (index := int(args[at + 1])) > 0:
                 entry = keys[index - 1], _text(args[at + 2]).encode()
-                deletions = len(redis.groups_lost)
-                if entry not in redis.delivered:  # its group deleted between its read and the write: left out too
-                    deletions = max((n for n, (stream, _, _) in enumerate(redis.groups_lost) if stream == entry[0]),
-                                    default=deletions)
+                # its group deleted since this consumer first read it (before the write, or after): left out too, also
+                # where the group made again delivered it meanwhile, to another consumer or to this one in a batch of
+                # its own (decided again by design, as the reader's own: E8 by the made-again mark only once written)
+                deletions = redis.read_after.get((*entry, consumer), len(redis.groups_lost))
                 self.lost[entry] = consumer, redis.taken.get(entry, 0), deletions, self.quarantines(entry)
                 self.seen += 1
 

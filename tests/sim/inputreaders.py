@@ -37,7 +37,8 @@ from atp_service.metrics import IntakeMetrics
 from atp_service.storage.nodes import Call
 from atp_service.storage.resp import group_lost
 from reservation import DomainError, Fact, FactOutcome, Moved
-from tests.sim.inputstreams import MAKER, RedisFaults, SimStreams, _fail
+from tests.sim.inputpipeline import _fail
+from tests.sim.inputstreams import MAKER, RedisFaults, SimStreams
 from tests.sim.world import World
 
 OWNER = "atp-1"

@@ -104,7 +104,7 @@ def autoclaim(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
             redis.taken[(stream, entry_id)] = redis.taken.get((stream, entry_id), 0) + 1
         mine.pending[entry_id] = [consumer, holder[1] + 1, now]
         claimed.append([entry_id, list(flat)])
-        redis.note_again(stream, held, entry_id)
+        redis.note_again(stream, held, entry_id, consumer)
     for entry_id in deleted:
         redis.dead_letters.append((dlq, {"_code": "TRIMMED_WHILE_PENDING", "_stream": stream,
                                          "_id": entry_id.decode()}))

@@ -30,24 +30,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from atp_service.intake import claims, dead_letters, quarantine, unread
+from atp_service.intake import claims, dead_letters, unread
 from atp_service.intake.entries import id_key
 from atp_service.storage.nodes import Call
 from tests.sim import inputscripts
+from tests.sim.inputpipeline import Pipeline, _fail, _text
 from tests.sim.sidestreams import run_pipelined
 
 MAKER: contextvars.ContextVar[tuple[str, int]] = contextvars.ContextVar("maker", default=("?", 0))
 """The reader that runs the calls (set by the driver): its consumer and ``id``; which one made a group again."""
 FAULT_P = 0.12
 """The chance that a call to Redis fails while faults are on, half of them after Redis ran (some of) it."""
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _id(value: Any) -> bytes:
@@ -91,11 +86,6 @@ class RedisFaults:
         return kind, ran
 
 
-def _fail(kind: str) -> BaseException:
-    return RedisConnectionError("connection refused (simulated)") if kind == "refused" else \
-        RedisTimeoutError("answer lost (simulated)")
-
-
 class SimStreams:
     """The Redis client the reader and the desk are given (one model of Redis behind both)."""
 
@@ -115,6 +105,8 @@ class SimStreams:
         self.runs: dict[str, int] = {}  # the consumers' runs (``quarantine.run_key``), by key
         self.forgotten: dict[str, int] = {}  # per stream, entries trimmed unread the readers told (``unread._ACK``)
         self.delivered: set[tuple[str, bytes]] = set()  # entries any consumer was given (since the group was made)
+        self.read_after: dict[tuple[str, bytes, str], int] = {}
+        """Per entry and consumer, the groups deleted (``groups_lost``) before that consumer was first given it."""
         self.unclaimed: set[tuple[str, bytes]] = set()  # trimmed entries ``XAUTOCLAIM`` took out of a pending list
         self.elsewhere: set[tuple[str, bytes]] = set()
         """Entries a group made again delivered again to a reader that did not make it: the other consumer's (it saw
@@ -254,7 +246,7 @@ class SimStreams:
             for entry_id, _ in rows:
                 mine.pending[entry_id] = [consumer, 1, self.now_ms()]
                 self.delivered.add((stream, entry_id))
-                self.note_again(stream, held, entry_id)
+                self.note_again(stream, held, entry_id, consumer)
             lost = sum(id_key(gone) > id_key(mine.last) for gone in held.trimmed)
             if rows and lost and mine.counted:  # crossed: owed until the reader says it told them
                 owed[stream] = int(owed.get(stream, 0)) + lost
@@ -278,9 +270,10 @@ class SimStreams:
             return None
         return mark
 
-    def note_again(self, stream: str, held: Stream, entry_id: bytes) -> None:
-        """``entry_id`` delivered by a group made again, at or before its newest entry then, to a reader other than
-        the one that made it (``elsewhere``)."""
+    def note_again(self, stream: str, held: Stream, entry_id: bytes, consumer: str) -> None:
+        """``entry_id`` delivered to ``consumer`` (``read_after``); by a group made again, at or before its newest entry
+        then, to a reader other than the one that made it (``elsewhere``)."""
+        self.read_after.setdefault((stream, entry_id, consumer), len(self.groups_lost))
         if held.remade is not None and held.remade[1] != MAKER.get() and id_key(entry_id) <= id_key(held.remade[0]):
             self.elsewhere.add((stream, entry_id))
 
@@ -313,7 +306,7 @@ class SimStreams:
                     if flat is not None:  # one trimmed away: [id, nil], its count and idle time left as they were
                         holder[1], holder[2] = holder[1] + 1, self.now_ms()
                         self.redelivered += 1
-                        self.note_again(_text(stream), held, entry_id)
+                        self.note_again(_text(stream), held, entry_id, consumer)
                     rows.append([entry_id, None if flat is None else list(flat)])
             reply.append([_text(stream).encode(), rows])
         return reply
@@ -341,67 +334,3 @@ class SimStreams:
 
     def quarantine_script(self, keys: list[str], args: list[Any]) -> list[int]:
         return inputscripts.quarantine_once(self, keys, args)
-
-
-class Pipeline:
-    """``client.pipeline(transaction=False)``: commands sent together, each run in turn; the answers lost
-    (or the connection refused) as ``RedisFaults`` draws — after all, some or none of them ran."""
-
-    def __init__(self, redis: SimStreams) -> None:
-        self._redis, self._queued = redis, list[tuple[str, Callable[[], Any]]]()
-        self._scripts: list[tuple[list[str], list[Any]]] = []
-
-    async def __aenter__(self) -> Pipeline:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def eval(self, script: str, numkeys: int, *rest: Any) -> None:
-        assert script == quarantine._ONCE
-        keys, args = [_text(k) for k in rest[:numkeys]], list(rest[numkeys:])
-        self._queued.append(("quarantine", lambda: self._redis.quarantine_script(keys, args)))
-        self._scripts.append((keys, args))
-
-    def xack(self, stream: str, group: str, *ids: bytes) -> None:
-        self._queued.append(("ack", lambda: self._redis.xack(stream, group, *ids)))
-
-    def get(self, key: str) -> None:  # a made-again mark (``again.marks_of``)
-        self._queued.append(("get", lambda: self._redis.marks.get(key)))
-
-    def zmscore(self, key: str, members: list[str]) -> None:  # the quarantine stream's set (``again.py``)
-        def scores() -> list[float | None]:
-            held = self._redis.written.get(key, {})
-            return [None if member not in held else float(held[member]) for member in members]
-        self._queued.append(("zmscore", scores))
-
-    def hmget(self, key: str, fields: list[str]) -> None:  # the entries named beside it (``quarantine.ahead_key``)
-        self._queued.append(("hmget", lambda: [self._redis.named_ahead.get(key, {}).get(f) for f in fields]))
-
-    def xrevrange(self, stream: str, _max: str, _min: str, count: int) -> None:  # a stream's newest (``again.py``)
-        def newest() -> list[tuple[bytes, dict[bytes, bytes]]]:
-            held = self._redis.streams.get(stream)
-            last = next(reversed(held.entries), None) if held else None
-            return [] if last is None else [(last, {})][:count]
-        self._queued.append(("xrevrange", newest))
-
-    def xpending_range(self, stream: str, group: str, low: bytes, _high: bytes, _count: int, consumer: str) -> None:
-        self._queued.append(("xpending", lambda: self._redis.xpending_one(stream, group, low, consumer)))
-
-    async def execute(self) -> list[Any]:
-        await asyncio.sleep(0)
-        what = "+".join(sorted({name for name, _ in self._queued}))
-        kind, ran = self._redis.faults.draw(what, len(self._queued))
-        replies: list[Any] = []
-        for _, run in self._queued[:ran]:
-            try:
-                replies.append(run())
-            except ResponseError as exc:  # each command runs; redis-py raises the first error after
-                replies.append(exc)
-        if kind != "ok":
-            for keys, args in self._scripts:
-                self._redis.on_failed_write(keys, args)
-            raise _fail(kind)
-        if refused := next((r for r in replies if isinstance(r, ResponseError)), None):
-            raise refused
-        return replies
