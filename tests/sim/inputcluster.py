@@ -18,8 +18,10 @@ shard answering at each step's end, the entries a dead process held taken over a
 
 An entry whose quarantine write failed (owed) is watched while the process that wrote it lives (``inputowed``).
 
-Not modelled here: the processes cut off from each other (``--partition``),
-Redis losing a tail (``--lose-tail``), the owner check's draws.
+With ``--partition`` two processes (or one and both others) cut off from each other over gRPC, both reaching Redis
+(``partition.py``): a send across the cut is never sent, or made at the owner with its answer lost.
+
+Not modelled here: Redis losing a tail (``--lose-tail``), the owner check's draws.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from tests.sim.inputpipeline import _fail
 from tests.sim.inputreaders import CLAIM_IDLE_MS, GatedClient, loop_of, sim_time, turn
 from tests.sim.inputstreams import RedisFaults, SimStreams
 from tests.sim.invariants import ServiceErrors, every_shard_answers
+from tests.sim.partition import Partitions
 from tests.sim.process import CURRENT, Process
 from tests.sim.replay import replay_equals_live
 from tests.sim.tally import Tally
@@ -83,7 +86,8 @@ class _Writes:
 
 
 class InputsClusterDriver(InputsDriver):
-    def __init__(self, seed: int, processes: int, tally: Tally | None = None) -> None:
+    def __init__(self, seed: int, processes: int, tally: Tally | None = None, partition: bool = False) -> None:
+        """``partition``: processes cut off from each other over gRPC (``partition.py``): sends to owners fail."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(f"inputs {seed} processes {processes}")
         self.tally = tally or Tally()
@@ -98,6 +102,7 @@ class InputsClusterDriver(InputsDriver):
         world.log.ids = SimIdClaims(seed, self.tally)
         self._room(ROOM)
         world.processes = [world._new(i) for i in range(processes)]  # made with the bound (and the client) above
+        world.partitions = self.partitions = Partitions(seed, self.tally) if partition else None
         self.producer = Producer(self.rng, world, self.redis)
         self.restore_at = self.rng.randint(10, 40)
         self.readers: dict[str, tuple[Process, StreamIngestor]] = {}
@@ -125,14 +130,16 @@ class InputsClusterDriver(InputsDriver):
                     errors.check()
                     self.check()
                     await every_shard_answers(self.world)
+                if self.partitions is not None:
+                    self.partitions.heal()  # the run's end: the processes reach each other again
                 await self.drain()
                 await self.cluster.stop()
                 errors.check()
         except Exception as exc:
             tail = "\n  ".join(self.trace[-24:])
-            raise Violation(f"seed {self.seed} --input-streams --processes {self.processes}, after step {step}: "
-                            f"{exc}\n  last steps:\n  {tail}\nreplay: .venv/bin/python -m tests.sim --input-streams "
-                            f"--processes {self.processes} --seed {self.seed}"
+            flags = f"--input-streams --processes {self.processes}{' --partition' if self.partitions else ''}"
+            raise Violation(f"seed {self.seed} {flags}, after step {step}: {exc}\n  last steps:\n  {tail}\n"
+                            f"replay: .venv/bin/python -m tests.sim {flags} --seed {self.seed}"
                             f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
 
     # -- the processes' readers ----------------------------------------------------------------------
@@ -167,7 +174,8 @@ class InputsClusterDriver(InputsDriver):
             await proc.log.awake()
             kind, _ = self.faults.draw("send", 1)
             target = self.cluster.at(owner)
-            if kind == "refused" or target is None or target.dead:
+            cut = self.cluster.cut(proc.address, owner)  # ``--partition``: never sent, or made there, its answer lost
+            if kind == "refused" or target is None or target.dead or cut == "unsent":
                 raise _fail("refused")
 
             async def record() -> list[Any]:
@@ -176,8 +184,8 @@ class InputsClusterDriver(InputsDriver):
             self.sends += 1
             answer: list[DomainError | Any] = await target.call(record)
             await proc.log.awake()
-            if kind == "lost":
-                raise _fail(kind)
+            if kind == "lost" or cut is not None:
+                raise _fail("lost")
             return answer
 
         return send
@@ -211,6 +219,8 @@ class InputsClusterDriver(InputsDriver):
             streams = rng.choice([[stream] for stream in STREAMS] + [list(STREAMS)])
             calls.append(Call(f"XGROUP DESTROY {' '.join(streams)}", lambda s=streams: self._destroy(s),
                               lambda _: None, at=rng.randint(0, 30)))
+        if self.partitions is not None and (cut := self.partitions.draw([p.address for p in world.processes])):
+            self.trace.append(f"{step}: {cut}")
         plan = draw_plan(rng, 0, 0)
         disruptor = Disruptor(world, rng)
         disruptor.draw()
@@ -223,6 +233,8 @@ class InputsClusterDriver(InputsDriver):
             await runner.run(calls, plan)
         finally:
             self.faults.active = False
+            if self.partitions is not None and (cut := self.partitions.end_step()):
+                self.trace.append(f"{step}: {cut}")
             events = runner.events + disruptor.events + self.faults.events
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))

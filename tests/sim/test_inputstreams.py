@@ -49,7 +49,7 @@ async def test_a_quarantine_write_that_failed_after_its_group_was_deleted_is_not
     await InputsDriver(90048, Tally()).run(8)
 
 
-@pytest.mark.parametrize("others", [["--partition", "--processes", "3"], ["--lose-tail"], ["--clock-jumps"]])
+@pytest.mark.parametrize("others", [["--lose-tail", "--processes", "3"], ["--lose-tail"], ["--clock-jumps"]])
 def test_input_streams_refuse_the_faults_their_driver_does_not_draw(
         others: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """``--input-streams`` runs its own driver (one owner process, its own faults): a flag of the other driver's
@@ -61,17 +61,20 @@ def test_input_streams_refuse_the_faults_their_driver_does_not_draw(
     assert f"not with {others[0]}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("processes", [2, 3])
-async def test_input_streams_read_by_processes_that_die_pause_and_take_over_each_others_groups(processes: int) -> None:
+@pytest.mark.parametrize(("processes", "partition"), [(2, False), (3, True)])
+async def test_input_streams_read_by_processes_that_die_pause_and_take_over_each_others_groups(
+        processes: int, partition: bool) -> None:
     """``--input-streams --processes 2|3`` (``inputcluster.py``): every process a consumer of the group, applying the
     facts of the groups it owns and sending the others' to their owners, killed (its entries pending to it until it
-    starts again or another claims them), paused (its groups taken meanwhile), stopped, handing groups over: the
-    invariants of ``--input-streams`` hold (E6, E8, E3, E10), and every shard answers at each step's end."""
+    starts again or another claims them), paused (its groups taken meanwhile), stopped, handing groups over, and with
+    ``--partition`` cut off from the others (sends never sent, or made with their answers lost): the invariants of
+    ``--input-streams`` hold (E6, E8, E3, E10), and every shard answers at each step's end."""
     tally = Tally()
     for seed in range(PROCESS_SEEDS):
-        await InputsClusterDriver(seed, processes, tally).run(60)
+        await InputsClusterDriver(seed, processes, tally, partition).run(60)
     assert tally.input_entries and tally.input_quarantined and tally.input_sent and tally.input_claimed, tally
     assert tally.kills and tally.process_pauses and tally.takeovers and tally.input_groups_deleted, tally
+    assert tally.partition_cuts or not partition, tally
     assert tally.input_owed_watched, tally  # entries whose quarantine write failed, watched while their writer lives
 
 
