@@ -202,7 +202,12 @@ class SimStreams:
         """``XGROUP DESTROY``: the group and its pending list gone (an operator's, a Redis restored without it)."""
         held = self.streams.get(stream)
         if held is not None and (mine := held.groups.pop(group, None)) is not None:
-            self.groups_lost.append((stream, {entry_id: holder[0] for entry_id, holder in mine.pending.items()}, None))
+            pending = {entry_id: holder[0] for entry_id, holder in mine.pending.items()}
+            for lost_on, before, _ in self.groups_lost:  # held at an earlier deletion, not delivered since: held still
+                for entry_id, holder in before.items():
+                    if lost_on == stream and (stream, entry_id) not in self.delivered:
+                        pending.setdefault(entry_id, holder)
+            self.groups_lost.append((stream, pending, None))
             self.delivered = {entry for entry in self.delivered if entry[0] != stream}  # the group made again: unread
 
     def _make(self, keys: list[str], args: list[Any]) -> list[Any]:
