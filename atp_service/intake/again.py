@@ -41,8 +41,15 @@ async def make_group_again(client: Any, stream: str, group: str, start: bytes, u
     """The group made on ``stream`` after ``start`` where it is missing (True: made now), the stream's newest
     entry then its mark (``unacked.again``, and Redis's for every reader) where ``written``, the quarantine
     stream's set, holds any fact: the entries up to it may have been settled before, and come again. Where it
-    was there, the mark it has (a process started since it was made)."""
-    made, mark = await make_group_marked(client, stream, group, start, written)
+    was there, the mark it has (a process started since it was made). Made, or perhaps made (the script's answer
+    lost: Redis may have run it), the group reads after ``start``: the reader's ``seen`` goes back to it (E6)."""
+    try:
+        made, mark = await make_group_marked(client, stream, group, start, written)
+    except BaseException:
+        unacked.starts_at(stream, start)
+        raise
+    if made:
+        unacked.starts_at(stream, start)
     unacked.marked({stream: mark})
     return made
 

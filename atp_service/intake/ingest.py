@@ -111,11 +111,8 @@ class StreamIngestor:
         for stream in self._streams:
             # From the beginning: entries appended while the service was down count too.
             start = await self._start_again(stream) if again else b"0"
-            made = await make_group_again(self._client, stream, group, start, self._unacked, written)
+            made = await make_group_again(self._client, stream, group, start, self._unacked, written)  # ``seen``: start
             if made and again:
-                self._seen.pop(stream, None)  # what is after ``start`` comes again: a next loss starts no later
-                if start != b"0":
-                    self._seen[stream] = start
                 log.warning("input stream %s had no consumer group %s (the stream or its group was deleted): "
                             "made again, read after entry %s", stream, group, as_text(start),
                             extra={"event": "ingest_group_made_again", "stream": stream})

@@ -100,6 +100,14 @@ class Unacked:
                     id_key(low[stream]) < id_key(kept) for low in self._in_hand.values() if stream in low):
                 del self.again[stream]
 
+    def starts_at(self, stream: str, start: bytes) -> None:
+        """A group made on ``stream`` after ``start`` (or perhaps made: the answer lost): the entries after it come
+        again, so a next loss of the group starts no later — where a pass over the reader's own pending list, empty in
+        the new group, let go of the bounds that kept ``start``, the newest entry read must not stay past them."""
+        self.seen.pop(stream, None)
+        if start != b"0":
+            self.seen[stream] = start
+
     def note_seen(self, stream: str, entry_id: bytes) -> None:
         """``entry_id`` read from ``stream`` (``seen``: the newest)."""
         seen = self.seen.get(stream)
