@@ -286,9 +286,17 @@ class InputsClusterDriver(InputsDriver):
             and all(reader is not None and not reader._retry_own_pending for reader in readers)
 
     async def drain(self) -> None:
-        """Redis answering, every process running (the dead ones started again, or their entries claimed), the
-        readers read until nothing is pending nor new; then every entry is done once."""
+        """Redis answering, every process running, the readers read until nothing is pending nor new; then every entry
+        is done once. Every process dead is started again (at its address: its consumer's), so that what only its
+        reader tells is told (entries trimmed unread its reads crossed, ``unread.trimmed_unread_key``: kept until that
+        consumer counted them, by design)."""
         world = self.cluster
+        for index, proc in enumerate(world.processes):
+            if proc.dead:
+                for group in range(world.config.shards):
+                    world.leases.expire(proc.holder, group)
+                proc.member = False
+                world.processes[index] = world._new(index)
         await world.converge_membership()
         await world.quiesce()
         await self._readers()
