@@ -186,9 +186,9 @@ def resolve(cls: type[Config], env: Mapping[str, str], flags: Mapping[str, Any])
         raise ValueError(as_given(str(exc), kind, sources)) from None
 
 
-_QUOTED = r"(?<!\w)'(?:[^'\\]|\\.)*'"
-"""A value as ``repr`` quotes it in a message (not an apostrophe: ``process's``): left as it is, whatever setting's
-name it holds."""
+_QUOTED = r"""(?<!\w)(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+"""A value as ``repr`` quotes it in a message (not an apostrophe: ``process's``), in double quotes where it holds an
+apostrophe (``"it's"``): left as it is, whatever setting's name it holds."""
 
 
 def as_given(message: str, cls: type, sources: Mapping[str, str]) -> str:
@@ -210,7 +210,9 @@ def as_given(message: str, cls: type, sources: Mapping[str, str]) -> str:
     else:
         head, sep, rest = "", "", message
     named = "|".join(sorted((name for name in known if "_" in name), key=len, reverse=True))
-    rest = re.sub(rf"{_QUOTED}|(?<![\w.:{{-])({named})(?![\w-])",
+    # A name within a path (``/etc/atp/tls_key.pem``, ``callers_file.toml``) is the file's: a refusal that names
+    # the file the operator gave named another, one never given (``/etc/atp/ATP_TLS_KEY.pem``).
+    rest = re.sub(rf"{_QUOTED}|(?<![\w.:{{/-])({named})(?![\w/-]|\.\w)",
                   lambda found: given(found.group(1)) if found.group(1) else found.group(), rest)
     return head + sep + rest
 

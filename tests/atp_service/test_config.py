@@ -360,6 +360,25 @@ def test_a_refusal_names_the_settings_of_its_text_as_given_but_no_quoted_value()
                     "--lease-ms, got 'lease_ms'")
 
 
+@pytest.mark.parametrize(("message", "said"), [
+    ("tls: cannot read /etc/atp/tls/tls_key.pem (No such file or directory)",
+     "tls: cannot read /etc/atp/tls/tls_key.pem (No such file or directory)"),
+    ("callers_file: cannot read /srv/atp/callers_file (Permission denied)",
+     "ATP_CALLERS_FILE: cannot read /srv/atp/callers_file (Permission denied)"),
+    ("callers_file: callers_file.toml: not valid TOML", "ATP_CALLERS_FILE: callers_file.toml: not valid TOML"),
+    ("redis_url: Redis at unix:///srv/data_dir/redis/redis.sock refused a start-up command",
+     "ATP_REDIS_URL: Redis at unix:///srv/data_dir/redis/redis.sock refused a start-up command"),
+    ("""dead_letter_stream: "it's quarantine_stream" is quarantine_stream too""",
+     """ATP_DEAD_LETTER_STREAM: "it's quarantine_stream" is ATP_QUARANTINE_STREAM too"""),
+])
+def test_a_refusal_names_no_setting_inside_a_path_or_a_value_quoted_with_its_apostrophe(message: str,
+                                                                                         said: str) -> None:
+    """A file's name is the operator's as given: ``/etc/atp/tls/tls_key.pem`` was said as
+    ``/etc/atp/tls/ATP_TLS_KEY.pem``, a file nobody gave, and a value holding an apostrophe, which ``repr`` quotes in
+    double quotes, had the setting's name in it replaced (``"it's ATP_QUARANTINE_STREAM"``)."""
+    assert as_given(message, ServiceConfig, {}) == said
+
+
 @pytest.mark.parametrize("prefix", ["a{b}:", "shop}:", "{"])
 def test_a_key_prefix_with_a_brace_stops_the_start_naming_it(prefix: str) -> None:
     """Taken at start, such a prefix failed it once Redis ran, where recovery built its keys: a traceback, exit
