@@ -248,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_SETTING
     redis_url, url_file = args.redis_url, embedded_url_file()
     if not redis_url and url_file.exists():
-        redis_url = url_file.read_text().strip()
+        try:  # the service's, owner-only: a traceback and exit 1, which a supervisor restarts, said nothing of it
+            redis_url = url_file.read_text().strip()
+        except OSError as exc:
+            print(f"atp-publisher: {url_file}: cannot read the embedded service's Redis URL ({exc.strerror}); give "
+                  "--redis-url or ATP_REDIS_URL", file=sys.stderr)
+            return EXIT_BAD_SETTING
     if not redis_url:
         print(f"atp-publisher: --redis-url (or ATP_REDIS_URL, or {url_file} where an embedded service's Redis is) "
               "is required", file=sys.stderr)

@@ -197,3 +197,17 @@ def test_without_a_url_it_reads_the_redis_url_of_the_service_s_data_dir(
     monkeypatch.setenv("ATP_DATA_DIR", str(tmp_path / "elsewhere"))
     assert main([*FLAGS, "--metrics-port", "-1", "--redis-wait", "0.2"]) == EXIT_BAD_SETTING
     assert f"{tmp_path}/elsewhere/redis/redis.url where an embedded service" in capsys.readouterr().err
+
+
+def test_a_redis_url_file_it_cannot_read_stops_the_start_naming_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """$ATP_DATA_DIR/redis/redis.url is the service's, owner-only: one the publisher could not read (another user, a
+    directory in its place) ended its start in a traceback, exit status 1, which its unit restarts (not 2, a setting
+    that restarting changes nothing of), naming no file. Refused naming the file, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ATP_REDIS_URL", raising=False)
+    monkeypatch.setenv("ATP_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "data" / "redis" / "redis.url").mkdir(parents=True)  # root reads any file: a directory cannot be read
+    assert main([*FLAGS, "--metrics-port", "-1", "--redis-wait", "0.2"]) == EXIT_BAD_SETTING
+    said = capsys.readouterr().err
+    assert f"atp-publisher: {tmp_path}/data/redis/redis.url: cannot read the embedded service's Redis URL" in said, said
