@@ -14,12 +14,22 @@ from atp_client._output import EXIT_HELP
 DEFAULT_TARGET = "127.0.0.1:50051"
 
 
+class _TargetGiven(argparse.Action):
+    """``--target`` as given, noted (``target_given``): a refusal names the flag, else ``ATP_TARGET``, while the
+    parsed ``target`` stays the one to dial, ``ATP_TARGET``'s or the default where no flag is given."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.target_given = True
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="atpctl", description="Command-line client of the ATP service",
                                 epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true",
                    help="answer in JSON (the default when stdout is not a terminal; a table otherwise)")
-    p.add_argument("--target", default=None,  # None: ATP_TARGET says (ctl.main), so a refusal names it
+    p.add_argument("--target", action=_TargetGiven, default=os.environ.get("ATP_TARGET", DEFAULT_TARGET),
                    help=f"host:port of the service (env ATP_TARGET; default {DEFAULT_TARGET})")
     p.add_argument("--timeout", type=arg.seconds, default=10.0, help="deadline of each call in seconds (default 10)")
     p.add_argument("--retries", type=int, default=4, choices=range(5), metavar="{0..4}",

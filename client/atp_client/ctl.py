@@ -32,7 +32,7 @@ from atp_client._output import (
     plain,
     refusal,
 )
-from atp_client._parser import DEFAULT_TARGET, build_parser
+from atp_client._parser import build_parser
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 __all__ = ["build_parser", "main"]
@@ -176,9 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):  # gRPC aborts on one alone; a key alone went plaintext
         given, missing = ("--tls-cert", "--tls-key") if args.tls_key is None else ("--tls-key", "--tls-cert")
         parser.error(f"argument {given}: mutual TLS needs {missing} too: give both or neither")
-    target_named = "argument --target"
-    if args.target is None:  # a refusal names what the operator set: the variable
-        args.target, target_named = os.environ.get("ATP_TARGET", DEFAULT_TARGET), "ATP_TARGET"
+    # A refusal names what the operator set: the flag, else the variable (the default is always dialled).
+    target_named = "argument --target" if getattr(args, "target_given", False) else "ATP_TARGET"
     if args.command != "token" and getattr(args, "events_command", "") != "publish" and (  # the commands that dial
             wrong := arg.target_problem(args.target)) is not None:
         parser.error(f"{target_named}: {wrong}")

@@ -16,7 +16,7 @@ import pytest
 
 from atp_client import _args as arg
 from atp_client import timestamp
-from atp_client.ctl import main
+from atp_client.ctl import build_parser, main
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.auth import load_callers, token_hash
 from tests.atp_service.channel_helpers import fact, write_estate
@@ -99,6 +99,16 @@ def test_a_target_from_atp_target_that_cannot_be_dialled_is_refused_naming_the_v
     with pytest.raises(SystemExit):  # the flag wins over the variable, and is named
         main(["--target", "127.0.0.1:", "availability", "A@L"])
     assert "argument --target: " in capsys.readouterr().err
+
+
+def test_the_parser_s_target_is_the_one_to_dial_without_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``atp_client.ctl.build_parser`` (exported) parsed ``target`` as ATP_TARGET's, else 127.0.0.1:50051; a caller
+    dialling ``args.target`` got None once the variable was read in ``main`` alone (to name it in a refusal)."""
+    monkeypatch.delenv("ATP_TARGET", raising=False)
+    assert build_parser().parse_args(["availability", "A@L"]).target == "127.0.0.1:50051"
+    monkeypatch.setenv("ATP_TARGET", "10.0.0.5:50051")
+    assert build_parser().parse_args(["availability", "A@L"]).target == "10.0.0.5:50051"
+    assert build_parser().parse_args(["--target", "10.0.0.6:1", "availability", "A@L"]).target == "10.0.0.6:1"
 
 
 @pytest.mark.parametrize("target", ["127.0.0.1:50051", "localhost", "dns:///atp.internal:443", "dns:127.0.0.1:1",
