@@ -27,8 +27,8 @@ from typing import Any
 
 import redis
 
-from atp_service.config_serving import ServingFields
-from atp_service.config_values import WILDCARDS, parse_value
+from atp_service.config import ServiceConfig
+from atp_service.config_values import WILDCARDS
 from atp_service.logs import say_on_stdout
 
 from .cluster_agreement import AGREE_TIMEOUT_S, restart, wait_agreed
@@ -349,9 +349,9 @@ def served_ports(env: Mapping[str, str], processes: int) -> list[tuple[str, int,
     """(address, port, metrics port) of each process ``--serve`` runs, ATP_HOST, ATP_PORT and ATP_METRICS_PORT read
     as the service reads them: several on consecutive ports from each, a metrics port 0 each a free one (the service's
     0), never 0 counted on to ports 1, 2, ...; ValueError naming the variable without a port to count from."""
-    host = env.get("ATP_HOST", ServingFields.host)
-    port = parse_value("port", "int", env.get("ATP_PORT", str(ServingFields.port)))
-    metrics = parse_value("metrics_port", "int", env.get("ATP_METRICS_PORT", str(ServingFields.metrics_port)))
+    # Bounded as the service bounds them too (a metrics port below -1 was given to each once the cluster ran).
+    served = ServiceConfig.from_env({n: env[n] for n in ("ATP_HOST", "ATP_PORT", "ATP_METRICS_PORT") if n in env})
+    host, port, metrics = served.host, served.port, served.metrics_port
     if processes > 1 and not 1 <= port <= 65536 - processes:  # 0 picks a port the others could not be told
         raise ValueError(f"ATP_PORT: {processes} processes listen on consecutive ports from it, within [1, 65535], "
                          f"got {port}")

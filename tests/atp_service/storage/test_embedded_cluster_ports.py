@@ -46,12 +46,15 @@ def test_a_metrics_port_0_is_a_free_port_for_each_process_as_the_service_reads_i
     ({"ATP_METRICS_PORT": "x"}, "ATP_METRICS_PORT: cannot read 'x' as int"),
     ({"ATP_PORT": "0"}, "ATP_PORT: 2 processes listen on consecutive ports from it, within [1, 65535], got 0"),
     ({"ATP_METRICS_PORT": "65535"}, "ATP_METRICS_PORT: 2 processes listen on consecutive ports from it"),
+    ({"ATP_METRICS_PORT": "-2"}, "ATP_METRICS_PORT: must be within [-1, 65535], got -2"),
+    ({"ATP_PORT": "70000"}, "ATP_PORT: must be within [0, 65535], got 70000"),
 ])
 def test_a_port_variable_that_places_no_process_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch,
                                                                      env: dict[str, str], said: str) -> None:
     """An empty ATP_PORT ended in int()'s traceback ('invalid literal'), naming no variable; ATP_PORT=0 (a free port
     to the service, which a leased process cannot advertise) started processes at ports 0, 1, ...; a metrics port
-    past 65535. Each is refused naming the variable, as the service would."""
+    past 65535; one below -1, which the service refuses, was given to each process once the cluster ran. Each is
+    refused naming the variable, as the service would, before any node starts."""
     with pytest.raises(ValueError) as refused:
         started(monkeypatch, 2, **env)
     assert str(refused.value).startswith(said)
@@ -66,3 +69,10 @@ def test_the_checks_run_before_any_node_starts(monkeypatch: pytest.MonkeyPatch,
         embedded_cluster.main()
     assert stopped.value.code == 2
     assert "ATP_PORT: 2 processes listen on consecutive ports" in capsys.readouterr().err
+
+
+def test_a_port_the_service_refuses_is_refused_before_any_node_starts_for_one_process_too() -> None:
+    """One service process: its ports as given (0 a free one), a value the service refuses refused at once."""
+    with pytest.raises(ValueError, match=r"^ATP_METRICS_PORT: must be within \[-1, 65535\], got -2$"):
+        embedded_cluster.served_ports({"ATP_METRICS_PORT": "-2"}, 1)
+    assert embedded_cluster.served_ports({"ATP_PORT": "0", "ATP_METRICS_PORT": "-1"}, 1) == [("127.0.0.1:0", 0, -1)]
