@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio.client import Pipeline
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
 from atp_client._output import EXIT_DENIED, EXIT_INVALID, EXIT_UNAVAILABLE, BadInput
@@ -100,6 +101,8 @@ class Written:
     """Ctrl-C stopped the run."""
     status: int = EXIT_UNAVAILABLE
     """atpctl's exit status of the refusal that stopped the run (``refusal_status``)."""
+    not_sent: bool = False
+    """The chunk the run stopped at was never sent: its connection could not be made."""
 
     def summary(self, stream: str) -> dict[str, str | int]:
         return {"stream": stream, "published": self.published, "in_doubt": self.in_doubt}
@@ -109,8 +112,10 @@ class Written:
         doubt = f", {self.in_doubt} more sent without an answer (written or not)" if self.in_doubt else ""
         then = ("again once Redis takes writes" if self.status == EXIT_UNAVAILABLE else "again once --stream names "
                 "the input stream" if self.status == EXIT_INVALID else "with a Redis user that may XADD to --stream")
+        batch = ("its batch not sent: no connection" if self.not_sent
+                 else "a line after it sent in the same batch may be among them")
         return (f"atpctl: {path}:{self.stopped_at}: not published: {self.error}; {self.published} entries written in "
-                f"all (a line after it sent in the same batch may be among them){doubt}. Publish the file {then}: the "
+                f"all ({batch}){doubt}. Publish the file {then}: the "
                 "intake applies each (source, event_id) once within the grace window (E8)")
 
 
@@ -139,7 +144,8 @@ async def write(client: Any, stream: str, numbered: Iterable[tuple[int, Fields]]
             lines.append(n)
             if len(lines) >= chunk and not await _execute(pipe, lines, done):
                 return done
-        await _execute(pipe, lines, done)
+        if lines:  # none left: nothing to connect for, nor to say of
+            await _execute(pipe, lines, done)
     return done
 
 
@@ -149,14 +155,16 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
     # run at once: redis-py can lose a cancellation (its send's ``asyncio.wait_for`` under Python
     # 3.11 returns a result that lands in the same turn) and would go on to wait out its socket
     # timeout. The chunk is cancelled all the same; asyncio.run's teardown cancels it again.
-    chunk = asyncio.ensure_future(pipe.execute(raise_on_error=False))
+    chunk = asyncio.ensure_future(_connected_then_sent(pipe))
     try:
         answers = await asyncio.shield(chunk)
-    except (RedisError, OSError) as exc:  # no answer: any of them may have been written
-        done.in_doubt, done.stopped_at, done.error = len(lines), lines[0], f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, AuthenticationError):  # refused at the connection's AUTH: none was sent
-            done.in_doubt = 0
-        done.status = refusal_status(exc)
+    except (RedisError, OSError, _NotSent) as exc:  # no answer: any of them may have been written
+        cause = exc.__cause__ if isinstance(exc, _NotSent) else exc
+        assert isinstance(cause, BaseException)
+        done.stopped_at, done.error = lines[0], f"{type(cause).__name__}: {cause}"
+        done.not_sent = isinstance(exc, _NotSent)
+        done.in_doubt = 0 if done.not_sent else len(lines)  # refused at its connect: none was sent
+        done.status = refusal_status(cause)
         return False
     except asyncio.CancelledError:  # Ctrl-C while the chunk was out: any of them may have been written
         chunk.cancel()
@@ -171,6 +179,25 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
             done.status = refusal_status(answer)
     lines.clear()
     return not done.stopped_at
+
+
+class _NotSent(Exception):
+    """A chunk's connection could not be made (refused, unreachable, a wrong password): nothing of it was sent."""
+
+
+async def _connected_then_sent(pipe: Any) -> list[Any]:
+    """The chunk's answers, once its connection is made: a connect refused (Redis down at the start or between
+    chunks) is ``_NotSent``, certain, not a chunk in doubt. Made inside ``execute``, it was told as "sent without an
+    answer (written or not)" when nothing was. Once the chunk is out, a lost connection leaves it in doubt, whatever
+    redis-py's retries of it then meet (a refused reconnect included): an earlier try may have been written."""
+    try:
+        if isinstance(pipe, Pipeline) and pipe.connection is None:  # execute takes it and gives it back
+            pool: Any = pipe.connection_pool  # redis-py's get_connection is untyped
+            pipe.connection = await pool.get_connection()
+    except (RedisError, OSError) as exc:
+        raise _NotSent from exc
+    answers: list[Any] = await pipe.execute(raise_on_error=False)
+    return answers
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:

@@ -163,11 +163,15 @@ def test_entries_the_stream_took_after_a_refused_one_of_the_same_chunk_are_count
 
 
 def test_a_redis_that_does_not_answer_is_exit_6_with_nothing_counted_written(tmp_path: Path) -> None:
+    """A connection refused is certain: nothing was sent. It was told as one entry "in doubt", "sent without an
+    answer (written or not)", and the operator left to wonder whether the stream had it."""
     path = tmp_path / "facts.jsonl"
     path.write_text("".join(json.dumps(fact(n)) + "\n" for n in range(3)))
     done = publish("redis://127.0.0.1:1", path)
     assert done.returncode == 6 and "Traceback" not in done.stderr, done.stderr  # unavailable: retry later
-    assert json.loads(done.stdout)["published"] == 0 and f"{path}:1: not published: " in done.stderr
+    assert json.loads(done.stdout) == {"stream": STREAM, "published": 0, "in_doubt": 0}, done.stdout
+    assert f"{path}:1: not published: " in done.stderr and "its batch not sent" in done.stderr, done.stderr
+    assert "without an answer" not in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(("refusal", "status", "said"), [
