@@ -55,6 +55,33 @@ def stream(text: str) -> str:
     return text
 
 
+DEFAULT_INPUT_STREAM = "atp:in:pos"
+"""The service's first input stream while ATP_INPUT_STREAMS is unset (``ServiceConfig.input_streams``)."""
+
+
+def input_stream(given: str | None, cluster: bool) -> str:
+    """The stream ``events publish`` writes to: ``--stream`` (``given``), else the first of ATP_INPUT_STREAMS read as
+    the service reads it (comma-separated, each name stripped, empty ones dropped), else ``atp:in:pos`` — but not on
+    a Redis Cluster (``cluster``), where the service refuses its default streams (they share no hash tag). Where
+    ATP_INPUT_STREAMS is set, a stream not among them is refused (``ValueError``): no intake reads it. The default
+    was ``atp:in:pos`` whatever the variable said: with streams renamed (``atp:{in}:pos`` on a cluster) the facts went
+    to a stream nobody reads, exit 0."""
+    if "ATP_INPUT_STREAMS" not in os.environ:  # the service's streams are not known here: as told
+        if given is None and cluster:
+            raise ValueError("on a Redis Cluster the service's input streams share a hash tag (as atp:{in}:pos), so "
+                             f"{DEFAULT_INPUT_STREAM} is none of them: name --stream, or set ATP_INPUT_STREAMS as the "
+                             "service's; else no intake would read the facts")
+        return given or DEFAULT_INPUT_STREAM
+    read = tuple(part.strip() for part in os.environ["ATP_INPUT_STREAMS"].split(",") if part.strip())
+    if given is None and read:
+        return read[0]
+    if given in read:
+        return given
+    said = f"{given!r} is not one of ATP_INPUT_STREAMS ({', '.join(read)})" if read and given is not None else (
+        "ATP_INPUT_STREAMS is empty: the service reads no input stream (ingestion off)")
+    raise ValueError(f"{said}: no intake would read the facts")
+
+
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:

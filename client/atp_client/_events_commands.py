@@ -84,6 +84,11 @@ def publish_facts(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"atpctl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:  # E-rules hold only for facts an intake reads: a stream no intake reads loses them, unsaid
+        stream = arg.input_stream(args.stream, args.redis_cluster)
+    except ValueError as exc:
+        print(f"atpctl: error: argument --stream: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     url, url_file = args.redis_url, embedded_url_file()
     if not url and url_file.is_file():  # its password is nowhere else: not given on a command line
         try:
@@ -91,7 +96,7 @@ def publish_facts(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"atpctl: error: events publish: {url_file}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
-    return asyncio.run(_publish(args, args.file, args.stream, url))
+    return asyncio.run(_publish(args, args.file, stream, url))
 
 
 async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url: str | None) -> int:

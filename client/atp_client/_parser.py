@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "max_events_per_call); calls stay within 3 MiB whatever the facts")
     pub = esub.add_parser("publish", help="append a JSONL file of facts onto an input stream (as POS/WMS do)")
     pub.add_argument("file", type=arg.readable)
-    pub.add_argument("--stream", type=arg.stream, default="atp:in:pos", help="input stream (default atp:in:pos)")
+    pub.add_argument("--stream", type=arg.stream, default=None,  # None: ATP_INPUT_STREAMS says (arg.input_stream)
+                     help="input stream (default: the first of ATP_INPUT_STREAMS, as the service reads it; unset: "
+                          f"{arg.DEFAULT_INPUT_STREAM}, and none on a Redis Cluster); where ATP_INPUT_STREAMS is set, "
+                          "a stream not among them is refused: no intake reads it")
     pub.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
                      help="Redis the service reads (env ATP_REDIS_URL; default: the embedded service's, from "
                           "$ATP_DATA_DIR/redis/redis.url, var/redis/redis.url unset: make run's)")

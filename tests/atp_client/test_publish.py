@@ -211,6 +211,33 @@ def test_an_empty_stream_name_is_a_usage_error(redis_url: str, tmp_path: Path) -
         assert r.exists("") == 0
 
 
+def test_the_default_stream_is_the_first_the_service_reads_and_one_it_does_not_read_is_refused(
+        redis_url: str, tmp_path: Path) -> None:
+    """With the input streams renamed (``make cluster``'s ``atp:{in}:pos``), ``--stream`` left out wrote to
+    ``atp:in:pos``, which no intake reads: exit 0, the facts lost unsaid. The default is the first of
+    ATP_INPUT_STREAMS, as the service reads it; a stream not among them, or the variable set empty (ingestion
+    off), is refused as a bad command line, nothing written."""
+    path = tmp_path / "facts.jsonl"
+    path.write_text(json.dumps(fact(0)) + "\n")
+    renamed = "atp:{in}:pos"
+
+    def run(env_streams: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("ATP_INPUT_STREAMS", "ATP_REDIS_CLUSTER")}
+        return subprocess.run([sys.executable, "-m", "atp_client.ctl", "--json", "events", "publish", str(path),
+                               "--redis-url", redis_url, *args], capture_output=True, text=True, timeout=60,
+                              env=env if env_streams is None else {**env, "ATP_INPUT_STREAMS": env_streams})
+
+    done = run(f" {renamed} , atp:{{in}}:wms")
+    assert done.returncode == 0 and json.loads(done.stdout)["stream"] == renamed, (done.stdout, done.stderr)
+    # On a cluster, with the service's streams unknown here, atp:in:pos is none it reads (no hash tag): not guessed.
+    for refused, args in ((run(f"{renamed},atp:{{in}}:wms", "--stream", STREAM), STREAM), (run(""), "empty"),
+                          (run(None, "--redis-cluster"), "Redis Cluster")):
+        assert refused.returncode == 2 and "argument --stream: " in refused.stderr, refused.stderr
+        assert args in refused.stderr and "no intake would read" in refused.stderr, refused.stderr
+    with redis.Redis.from_url(redis_url) as r:
+        assert (r.xlen(renamed), r.exists(STREAM)) == (1, 0)
+
+
 def test_without_a_url_it_writes_to_the_redis_of_make_run(tmp_path: Path) -> None:
     """``make run``'s Redis takes a port and a password at each start, written to var/redis/redis.url
     only: atp-publisher reads that file when given no URL; this refused to run without one, the
