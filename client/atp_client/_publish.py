@@ -11,15 +11,17 @@ clock a fact may be, E7) is still the intake's to judge; those entries go to its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio.client import Pipeline
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
+from redis.asyncio.cluster import ClusterPipeline
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException, RedisError, ResponseError
 
-from atp_client._output import EXIT_DENIED, EXIT_INVALID, EXIT_UNAVAILABLE, BadInput
+from atp_client._output import EXIT_DENIED, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_USAGE, BadInput
 from atp_client._time import epoch_ms
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
@@ -111,7 +113,9 @@ class Written:
         """What stopped the run, what of it was written, and what to do (for stderr)."""
         doubt = f", {self.in_doubt} more sent without an answer (written or not)" if self.in_doubt else ""
         then = ("again once Redis takes writes" if self.status == EXIT_UNAVAILABLE else "again once --stream names "
-                "the input stream" if self.status == EXIT_INVALID else "with a Redis user that may XADD to --stream")
+                "the input stream" if self.status == EXIT_INVALID else "without --redis-cluster (and ATP_REDIS_CLUSTER "
+                "false): --redis-url is one Redis" if self.status == EXIT_USAGE else "with a Redis user that may XADD "
+                "to --stream")
         batch = ("its batch not sent: no connection" if self.not_sent
                  else "a line after it sent in the same batch may be among them")
         return (f"atpctl: {path}:{self.stopped_at}: not published: {self.error}; {self.published} entries written in "
@@ -123,6 +127,10 @@ def refusal_status(error: BaseException) -> int:
     """The exit status of Redis refusing an entry: for good where no retry changes it (a key of another type at
     the stream: fix --stream, 3; the user's ACL or password: 7), else 6, retry later (out of memory, read-only
     after a failover, unreachable). A refusal for good was 6 and a script retrying on 6 looped for ever."""
+    while isinstance(error, RedisClusterException) and isinstance(error.__cause__, Exception):
+        error = error.__cause__  # no node of a cluster reachable: why the last one was not
+    if isinstance(error, RedisClusterException) and "Cluster mode is not enabled" in str(error):
+        return EXIT_USAGE  # --redis-cluster (ATP_REDIS_CLUSTER) names one Redis: no retry changes it
     if isinstance(error, NoPermissionError | AuthenticationError):
         return EXIT_DENIED
     if isinstance(error, ResponseError) and str(error).startswith("WRONGTYPE"):
@@ -138,7 +146,14 @@ async def write(client: Any, stream: str, numbered: Iterable[tuple[int, Fields]]
     answer is lost counts as in doubt."""
     done = Written()
     lines: list[int] = []
-    async with client.pipeline(transaction=False) as pipe:
+    async with contextlib.AsyncExitStack() as held:
+        try:  # a cluster's pipeline asks its nodes for the slots first: none reachable was a traceback, exit 1
+            pipe = await held.enter_async_context(client.pipeline(transaction=False))
+        except (RedisError, RedisClusterException, OSError) as exc:
+            first = next(iter(numbered), None)
+            if first is not None:  # nothing sent: as a chunk whose connection was refused
+                _stopped_unsent(done, first[0], exc)
+            return done
         for n, fields in numbered:
             pipe.xadd(stream, dict[Any, Any](fields))
             lines.append(n)
@@ -158,13 +173,13 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
     chunk = asyncio.ensure_future(_connected_then_sent(pipe))
     try:
         answers = await asyncio.shield(chunk)
-    except (RedisError, OSError, _NotSent) as exc:  # no answer: any of them may have been written
-        cause = exc.__cause__ if isinstance(exc, _NotSent) else exc
-        assert isinstance(cause, BaseException)
-        done.stopped_at, done.error = lines[0], f"{type(cause).__name__}: {cause}"
-        done.not_sent = isinstance(exc, _NotSent)
-        done.in_doubt = 0 if done.not_sent else len(lines)  # refused at its connect: none was sent
-        done.status = refusal_status(cause)
+    except (RedisError, RedisClusterException, OSError, _NotSent) as exc:  # no answer: any of them may be written
+        if isinstance(exc, _NotSent):  # refused at its connect: none was sent
+            assert isinstance(exc.__cause__, BaseException)
+            _stopped_unsent(done, lines[0], exc.__cause__)
+            return False
+        done.in_doubt, done.stopped_at, done.error = len(lines), lines[0], f"{type(exc).__name__}: {exc}"
+        done.status = refusal_status(exc)
         return False
     except asyncio.CancelledError:  # Ctrl-C while the chunk was out: any of them may have been written
         chunk.cancel()
@@ -181,6 +196,12 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
     return not done.stopped_at
 
 
+def _stopped_unsent(done: Written, line: int, error: BaseException) -> None:
+    """The run stopped at ``line``, whose chunk was never sent: its connection could not be made."""
+    done.stopped_at, done.error, done.not_sent = line, f"{type(error).__name__}: {error}", True
+    done.status = refusal_status(error)
+
+
 class _NotSent(Exception):
     """A chunk's connection could not be made (refused, unreachable, a wrong password): nothing of it was sent."""
 
@@ -194,7 +215,9 @@ async def _connected_then_sent(pipe: Any) -> list[Any]:
         if isinstance(pipe, Pipeline) and pipe.connection is None:  # execute takes it and gives it back
             pool: Any = pipe.connection_pool  # redis-py's get_connection is untyped
             pipe.connection = await pool.get_connection()
-    except (RedisError, OSError) as exc:
+        elif isinstance(pipe, ClusterPipeline):  # no node reachable: RedisClusterException, no RedisError
+            await pipe.cluster_client.initialize()  # at once where it is done
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise _NotSent from exc
     answers: list[Any] = await pipe.execute(raise_on_error=False)
     return answers

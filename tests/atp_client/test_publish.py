@@ -162,16 +162,30 @@ def test_entries_the_stream_took_after_a_refused_one_of_the_same_chunk_are_count
     assert f"{len(taken)} entries" in done.stderr and "again" in done.stderr and "E8" in done.stderr, done.stderr
 
 
-def test_a_redis_that_does_not_answer_is_exit_6_with_nothing_counted_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cluster", [[], ["--redis-cluster"]])
+def test_a_redis_that_does_not_answer_is_exit_6_with_nothing_counted_written(tmp_path: Path,
+                                                                            cluster: list[str]) -> None:
     """A connection refused is certain: nothing was sent. It was told as one entry "in doubt", "sent without an
-    answer (written or not)", and the operator left to wonder whether the stream had it."""
+    answer (written or not)", and the operator left to wonder whether the stream had it. A cluster none of whose
+    nodes answers was a traceback, exit 1 ("failed otherwise"), where unreachable is 6, retry later."""
     path = tmp_path / "facts.jsonl"
     path.write_text("".join(json.dumps(fact(n)) + "\n" for n in range(3)))
-    done = publish("redis://127.0.0.1:1", path)
+    done = publish("redis://127.0.0.1:1", path, *cluster)
     assert done.returncode == 6 and "Traceback" not in done.stderr, done.stderr  # unavailable: retry later
     assert json.loads(done.stdout) == {"stream": STREAM, "published": 0, "in_doubt": 0}, done.stdout
     assert f"{path}:1: not published: " in done.stderr and "its batch not sent" in done.stderr, done.stderr
     assert "without an answer" not in done.stderr, done.stderr
+
+
+def test_one_redis_named_a_cluster_is_a_usage_error_not_retry_later(redis_url: str, tmp_path: Path) -> None:
+    """``--redis-cluster`` for a Redis not in cluster mode: no retry changes it, so not 6 (a script retrying on 6
+    loops for ever), and no traceback: 2, a bad command line, nothing sent."""
+    path = tmp_path / "facts.jsonl"
+    path.write_text(json.dumps(fact(0)) + "\n")
+    done = publish(redis_url, path, "--redis-cluster")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    assert "Cluster mode is not enabled" in done.stderr and "without --redis-cluster" in done.stderr, done.stderr
+    assert json.loads(done.stdout) == {"stream": STREAM, "published": 0, "in_doubt": 0}, done.stdout
 
 
 @pytest.mark.parametrize(("refusal", "status", "said"), [
