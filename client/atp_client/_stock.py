@@ -76,18 +76,25 @@ class LoadSummary:
     rejected: Rejections = field(default_factory=Rejections)
     answered: int = 0
     """Rows of the calls the service answered."""
+    sent: int = 0
+    """Rows of the calls sent: each call waits for a connection first (``AtpClient.connect``)."""
     stopped: bool = False
     """A call was refused for good: the load ended before every row read was answered."""
 
     @property
     def not_answered(self) -> int:
-        """Rows read and readable whose call was never answered: sent and applied, or not (R7)."""
+        """Rows read and readable whose call was never answered: sent and applied, or not (R7), or not sent."""
         return self.rows - self.unreadable - self.answered
+
+    @property
+    def not_sent(self) -> int:
+        """Of ``not_answered``, the rows never sent (no connection for their call, or read and left): not loaded."""
+        return self.rows - self.unreadable - self.sent
 
     def as_dict(self) -> dict[str, int]:
         named = {name.removeprefix("FACT_OUTCOME_").lower(): n for name, n in sorted(self.outcomes.items()) if n}
         out = {"rows": self.rows, **named, "unreadable": self.unreadable}
-        return {**out, "not_answered": self.not_answered} if self.stopped else out
+        return {**out, "not_answered": self.not_answered, "not_sent": self.not_sent} if self.stopped else out
 
     def count(self, answer: pb.LoadCountsResponse) -> None:
         for name in ("applied", "absorbed", "duplicate", "quarantined", "invalid"):
@@ -114,6 +121,8 @@ async def _load(client: AtpClient, path: Path, source: str, as_of: int | None, b
 
     async def send(request: pb.LoadCountsRequest, lines: np.ndarray[Any, Any]) -> None:
         try:
+            await client.connect()  # refused: nothing of this call was sent (R7), not "loaded or not"
+            summary.sent += len(lines)
             answer = await patiently(lambda: client.load_counts(request))
             summary.count(answer)
             summary.answered += len(lines)

@@ -131,8 +131,9 @@ async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
     except LoadStopped as cut:
         summary = cut.summary
         stopped, line = refusal(cut.error) if cut.error else (EXIT_INTERRUPTED, "atpctl: interrupted")
-        print(f"{line}\natpctl: the load stopped: {summary.not_answered} rows were not answered (loaded or not); "
-              "run the same load again: a re-load applies nothing twice (E8)", file=sys.stderr)
+        print(f"{line}\natpctl: the load stopped: {summary.not_answered - summary.not_sent} rows were sent without an "
+              f"answer (loaded or not), {summary.not_sent} not sent (not loaded); run the same load again: a re-load "
+              "applies nothing twice (E8)", file=sys.stderr)
     if summary.rejected:
         print(f"atpctl: {len(summary.rejected)} rows not applied, see {report}", file=sys.stderr)
     answer(summary.as_dict(), args.json)

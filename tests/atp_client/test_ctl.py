@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -357,3 +358,19 @@ def test_every_exit_status_of_atpctl_is_in_its_help_and_in_operations_md() -> No
     assert documented == statuses, (sorted(statuses - documented), sorted(documented - statuses))
     said = {int(n) for n in re.findall(r"(\d+) [a-z]", _output.EXIT_HELP.partition(":")[2])}
     assert said == statuses, (sorted(statuses - said), sorted(said - statuses))
+
+
+def test_a_stock_load_to_a_service_not_listening_says_nothing_was_sent(tmp_path: Path) -> None:
+    """Every call of a load refused its connection (the service down): nothing was sent. It was told as "2 rows
+    were not answered (loaded or not)", the operator left to wonder whether the ERP counts had landed. Each call
+    waits for its connection first, as ``events import``'s do: the rows are told not sent (not loaded)."""
+    extract = tmp_path / "erp.csv"
+    extract.write_text("sku,location,on_hand\nA,S1,5\nB,S1,7\n")
+    with socket.socket() as closed:  # bound, never listening: a connection to it is refused
+        closed.bind(("127.0.0.1", 0))
+        done = ctl(f"127.0.0.1:{closed.getsockname()[1]}", "--json", "stock", "load", str(extract),
+                   "--as-of", "2026-11-28T06:00:00Z")
+    assert done.returncode == 6 and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    assert json.loads(done.stdout) == {"rows": 2, "unreadable": 0, "not_answered": 2, "not_sent": 2}, done.stdout
+    assert "0 rows were sent without an answer" in done.stderr and "2 not sent (not loaded)" in done.stderr, \
+        done.stderr
