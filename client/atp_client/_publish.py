@@ -170,7 +170,7 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
     # run at once: redis-py can lose a cancellation (its send's ``asyncio.wait_for`` under Python
     # 3.11 returns a result that lands in the same turn) and would go on to wait out its socket
     # timeout. The chunk is cancelled all the same; asyncio.run's teardown cancels it again.
-    chunk = asyncio.ensure_future(_connected_then_sent(pipe))
+    chunk = asyncio.ensure_future(_connected_then_sent(pipe, done))
     try:
         answers = await asyncio.shield(chunk)
     except (RedisError, RedisClusterException, OSError, _NotSent) as exc:  # no answer: any of them may be written
@@ -184,7 +184,8 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
     except asyncio.CancelledError:  # Ctrl-C while the chunk was out: any of them may have been written
         chunk.cancel()
         chunk.add_done_callback(_retrieved)  # its end (an error once the client closes) is not news
-        done.in_doubt, done.stopped_at, done.error, done.interrupted = len(lines), lines[0], "interrupted", True
+        done.stopped_at, done.error, done.interrupted = lines[0], "interrupted", True
+        done.in_doubt = 0 if done.not_sent else len(lines)  # still connecting: nothing of it was sent
         return False
     for n, answer in zip(lines, answers, strict=True):
         if not isinstance(answer, Exception):
@@ -206,11 +207,13 @@ class _NotSent(Exception):
     """A chunk's connection could not be made (refused, unreachable, a wrong password): nothing of it was sent."""
 
 
-async def _connected_then_sent(pipe: Any) -> list[Any]:
+async def _connected_then_sent(pipe: Any, done: Written) -> list[Any]:
     """The chunk's answers, once its connection is made: a connect refused (Redis down at the start or between
     chunks) is ``_NotSent``, certain, not a chunk in doubt. Made inside ``execute``, it was told as "sent without an
     answer (written or not)" when nothing was. Once the chunk is out, a lost connection leaves it in doubt, whatever
-    redis-py's retries of it then meet (a refused reconnect included): an earlier try may have been written."""
+    redis-py's retries of it then meet (a refused reconnect included): an earlier try may have been written.
+    ``done.not_sent`` holds while the connection is being made, so that Ctrl-C then is told as not sent either."""
+    done.not_sent = True
     try:
         if isinstance(pipe, Pipeline) and pipe.connection is None:  # execute takes it and gives it back
             pool: Any = pipe.connection_pool  # redis-py's get_connection is untyped
@@ -219,6 +222,7 @@ async def _connected_then_sent(pipe: Any) -> list[Any]:
             await pipe.cluster_client.initialize()  # at once where it is done
     except (RedisError, RedisClusterException, OSError) as exc:
         raise _NotSent from exc
+    done.not_sent = False
     answers: list[Any] = await pipe.execute(raise_on_error=False)
     return answers
 
