@@ -119,6 +119,10 @@ async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
         print(f"atpctl: error: argument --as-of: {exc}", file=sys.stderr)
         return EXIT_USAGE
     report = args.report or args.file.with_name(args.file.name + ".rejected.csv")
+    if report.exists() and report.samefile(args.file):  # cleared, it was the extract itself: deleted
+        print(f"atpctl: error: argument --report: {str(report)!r} is the extract itself: name another file",
+              file=sys.stderr)
+        return EXIT_USAGE
     if (unwritable := arg.cleared(report)) is not None:  # found now, not at the first rejected row, rows loaded
         print(f"atpctl: error: argument --report: {unwritable}", file=sys.stderr)
         return EXIT_USAGE

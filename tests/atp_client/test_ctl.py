@@ -374,3 +374,17 @@ def test_a_stock_load_to_a_service_not_listening_says_nothing_was_sent(tmp_path:
     assert json.loads(done.stdout) == {"rows": 2, "unreadable": 0, "not_answered": 2, "not_sent": 2}, done.stdout
     assert "0 rows were sent without an answer" in done.stderr and "2 not sent (not loaded)" in done.stderr, \
         done.stderr
+
+
+def test_a_report_naming_the_extract_itself_is_a_usage_error_and_the_extract_is_kept(tmp_path: Path) -> None:
+    """``--report`` naming the file being loaded (a typo, or a link to it): the report is cleared before any row is
+    sent, so the ERP extract was deleted, then the load ended in a traceback (exit 1). A bad command line, the
+    extract left as it was, nothing sent (no service is needed to say so)."""
+    extract = tmp_path / "erp.csv"
+    extract.write_text("sku,location,on_hand\nA,S1,5\n")
+    (tmp_path / "link.csv").symlink_to(extract)
+    for named in (extract, tmp_path / "link.csv"):
+        done = ctl("127.0.0.1:1", "--json", "stock", "load", str(extract), "--as-of", "2026-11-28T06:00:00Z",
+                   "--report", str(named))
+        assert done.returncode == 2 and "argument --report:" in done.stderr, (done.returncode, done.stderr)
+        assert extract.read_text() == "sku,location,on_hand\nA,S1,5\n"
