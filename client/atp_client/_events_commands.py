@@ -33,7 +33,7 @@ async def import_facts(args: argparse.Namespace, client: AtpClient, path: Path) 
     """Facts from a JSONL file, ``--batch`` a call, once every line of it reads as a fact; the
     counts per outcome (so far, if a call is refused for good). Exit status 3 when any fact was not
     applied (invalid, quarantined): an import is judged by its worst line."""
-    total = count_facts(path)
+    total, last_line = count_facts(path)
 
     def tell(result: pb.FactResult) -> None:
         name = pb.FactOutcome.Name(result.outcome)
@@ -42,7 +42,7 @@ async def import_facts(args: argparse.Namespace, client: AtpClient, path: Path) 
         elif result.detail:
             print(f"{result.event_id}: {name}: {result.detail}", file=sys.stderr)
 
-    done = await send_all(client, numbered_facts(path), total, args.batch, tell)
+    done = await send_all(client, numbered_facts(path, last_line), total, args.batch, tell)
     stopped = _stopped(path, done) if done.stopped_lines else None
     answer(done.summary(), args.json)
     return _judged(done.counts) if stopped is None else stopped
@@ -113,15 +113,16 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
         from atp_client._publish import entries, write
     except ImportError:
         raise SystemExit("atpctl: events publish needs the redis package: pip install 'atp-client[redis]'") from None
-    for _ in entries(path, numbered_facts(path)):  # every line checked before any is written
-        pass
+    last_line = 0
+    for n, _ in entries(path, numbered_facts(path)):  # every line checked before any is written
+        last_line = n
     try:
         client = aioredis.RedisCluster.from_url(redis_url) if args.redis_cluster else aioredis.Redis.from_url(redis_url)
     except ValueError as exc:  # a bad command line, as argparse says it (the URL unsaid: it may hold a password)
         print(f"atpctl: error: argument --redis-url: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        written = await write(client, stream, entries(path, numbered_facts(path)), EVENTS_CHUNK)
+        written = await write(client, stream, entries(path, numbered_facts(path, last_line)), EVENTS_CHUNK)
     finally:
         await client.aclose()
     if written.stopped_at:

@@ -40,13 +40,18 @@ FRAMING_BYTES = 6
 """What a fact adds to its request besides its own encoding: the field's tag and length prefix."""
 
 
-def numbered_facts(path: Path) -> Iterator[tuple[int, pb.Fact]]:
+def numbered_facts(path: Path, through: int | None = None) -> Iterator[tuple[int, pb.Fact]]:
     """Each fact of a JSONL file with its line number; a line that is no fact ends the run naming it.
     The file is UTF-8 (JSON's own encoding) whatever the locale: read in the locale's, a SKU with an
     accent failed under ``LC_ALL=C`` and became another SKU under Latin-1. A byte that is not UTF-8
-    is kept (``surrogateescape``) until its line is judged, so that the refusal names that line."""
+    is kept (``surrogateescape``) until its line is judged, so that the refusal names that line.
+    ``through``: the last line to read, that of the pass that checked every line before any was sent: lines written
+    to the file since (an export still running) are not sent unchecked, nor a line torn there refusing the file
+    part-way, the calls before it applied, with "nothing of it sent"."""
     with path.open(encoding="utf-8", errors="surrogateescape") as fh:
         for n, line in enumerate(fh, 1):
+            if through is not None and n > through:
+                return
             if not line.strip():
                 continue
             try:
@@ -66,10 +71,13 @@ def _check_utf8(line: str) -> None:
         raise ValueError(f"not UTF-8 text: a byte that is not UTF-8 at column {exc.start + 1}") from None
 
 
-def count_facts(path: Path) -> int:
+def count_facts(path: Path) -> tuple[int, int]:
     """Every line read before any is sent: a file refused for a line that cannot be read has nothing
-    of it applied, rather than the calls before that line. Its facts."""
-    return sum(1 for _ in numbered_facts(path))
+    of it applied, rather than the calls before that line. Its facts, and the last line read (``through``)."""
+    facts = last = 0
+    for n, _ in numbered_facts(path):
+        facts, last = facts + 1, n
+    return facts, last
 
 
 async def patiently(call: Callable[[], Awaitable[T]], patience_s: float = PATIENCE_S) -> T:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -388,3 +389,34 @@ def test_a_report_naming_the_extract_itself_is_a_usage_error_and_the_extract_is_
                    "--report", str(named))
         assert done.returncode == 2 and "argument --report:" in done.stderr, (done.returncode, done.stderr)
         assert extract.read_text() == "sku,location,on_hand\nA,S1,5\n"
+
+
+async def test_lines_written_to_an_events_file_after_its_check_are_not_sent(
+        start_service: ServiceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An export still writing the file: every line is checked before any is sent, then the file was read again to
+    the end. Lines written in between were sent unchecked, and a line torn there (half written) refused the file
+    part-way — the calls before it applied, no summary, exit 3, "nothing of it sent". What was checked is sent."""
+    from atp_client import _events_commands
+    from atp_client._client import AtpClient
+
+    service, client = await start_service()
+    now = int(time.time() * 1000)
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(receipt(0, now - 1000) + "\n" + receipt(1, now - 1000) + "\n")
+    checked = _events_commands.count_facts
+
+    def and_then_written_to(path: Path) -> tuple[int, int]:
+        counted = checked(path)
+        with path.open("a") as more:  # the export goes on: a whole line, then half of one
+            more.write(receipt(2, now - 1000) + "\n" + receipt(3, now - 1000)[:20])
+        return counted
+
+    monkeypatch.setattr(_events_commands, "count_facts", and_then_written_to)
+    args = argparse.Namespace(batch=1, json=True)
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=10) as ctl_client:
+        code = await _events_commands.import_facts(args, ctl_client, facts)
+    assert code == 0
+    assert json.loads(capsys.readouterr().out) == {"FACT_OUTCOME_APPLIED": 2}
+    (position,) = await client.availability([("IMP", "DC")])
+    assert position.on_hand == 2  # the two lines checked, not the one written after

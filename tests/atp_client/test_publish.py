@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,33 @@ def test_the_default_stream_is_the_first_the_service_reads_and_one_it_does_not_r
         assert args in refused.stderr and "no intake would read" in refused.stderr, refused.stderr
     with redis.Redis.from_url(redis_url) as r:
         assert (r.xlen(renamed), r.exists(STREAM)) == (1, 0)
+
+
+async def test_lines_written_to_a_file_after_its_check_are_not_published(
+        redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An export still writing the file while it is published: lines written after the check were published
+    unchecked, and a torn one stopped the run part-way (the chunks before it written, exit 3 "nothing of it sent")."""
+    import argparse
+
+    from atp_client import _events_commands, _publish
+
+    path = tmp_path / "facts.jsonl"
+    path.write_text(json.dumps(fact(0)) + "\n" + json.dumps(fact(1)) + "\n")
+    passes: list[int] = []
+    real_entries = _publish.entries
+
+    def entries(file: Path, facts: Any) -> Iterator[tuple[int, dict[str, str | int]]]:
+        passes.append(1)
+        yield from real_entries(file, facts)
+        if len(passes) == 1:  # the check is done: the export goes on, a whole line, then half of one
+            with file.open("a") as more:
+                more.write(json.dumps(fact(2)) + "\n" + json.dumps(fact(3))[:20])
+
+    monkeypatch.setattr(_publish, "entries", entries)
+    args = argparse.Namespace(redis_cluster=False, json=True)
+    code = await _events_commands._publish(args, path, STREAM, redis_url)
+    assert code == 0 and json.loads(capsys.readouterr().out)["published"] == 2
+    assert stream_length(redis_url) == 2
 
 
 def test_without_a_url_it_writes_to_the_redis_of_make_run(tmp_path: Path) -> None:
