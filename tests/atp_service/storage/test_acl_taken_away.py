@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from redis.exceptions import RedisError, ResponseError
@@ -29,6 +30,20 @@ T = 1_700_000_000_000
 async def user(redis_url: str) -> AsyncIterator[AclUser]:
     async with acl_user(redis_url) as made:
         yield made
+
+
+@asynccontextmanager
+async def _log_of_three_entries(user: AclUser) -> AsyncIterator[LogStore]:
+    """A shard log (group 0) of three entries, written as ``user``; its client closed after."""
+    client = connect(user.url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64)
+    try:
+        await store.claim(4)
+        for seq in range(1, 4):
+            await store.submit(0, seq, b"e")
+        yield store
+    finally:
+        await client.aclose()
 
 
 def _update(sku: str, quantity: int, version: int) -> ChannelUpdate:
@@ -94,14 +109,9 @@ async def test_a_snapshot_in_parts_whose_persist_the_acl_took_away_leaves_the_st
     snapshot, then its PERSIST was refused: the new snapshot in place, gone ten minutes later, the old one
     overwritten and the log trimmed behind it — a restart then had neither (R7). Refused whole now: the stored
     snapshot stands, persistent."""
-    url, admin = user.url, user.admin
-    client = connect(url, 5.0)
-    store = LogStore(client, "t:", pipeline_max=64)
+    admin = user.admin
     part = 64 << 10
-    try:
-        await store.claim(4)
-        for seq in range(1, 4):
-            await store.submit(0, seq, b"e")
+    async with _log_of_three_entries(user) as store:
         old = os.urandom(part // 2)
         await store.write_snapshot(0, 1, old, part_bytes=part)
         await user.take_away("persist")
@@ -110,8 +120,6 @@ async def test_a_snapshot_in_parts_whose_persist_the_acl_took_away_leaves_the_st
         assert await admin.get("t:{g0}:snap") == sealed_snapshot(old)  # was: the new one, expiring
         assert await admin.pttl("t:{g0}:snap") == -1
         assert len(await admin.xrange("t:{g0}:log")) == 3
-    finally:
-        await client.aclose()
 
 
 async def test_a_whole_snapshot_whose_del_the_acl_took_away_leaves_the_stored_pieces_as_they_were_R7(
@@ -119,14 +127,9 @@ async def test_a_whole_snapshot_whose_del_the_acl_took_away_leaves_the_stored_pi
     """A snapshot in one key over one stored in several: its SET landed, the DEL of the old pieces and of their
     count refused — the new snapshot read with the old one's later pieces after it, a snapshot of neither (R7).
     Refused whole now: the stored pieces stand."""
-    url, admin = user.url, user.admin
-    client = connect(url, 5.0)
-    store = LogStore(client, "t:", pipeline_max=64)
+    admin = user.admin
     piece = 64 << 10
-    try:
-        await store.claim(4)
-        for seq in range(1, 4):
-            await store.submit(0, seq, b"e")
+    async with _log_of_three_entries(user) as store:
         old = os.urandom(2 * piece)
         await store.write_snapshot(0, 1, old, piece_bytes=piece)
         stored = [await admin.get(key) for key in ("t:{g0}:snap", "t:{g0}:snap:1", "t:{g0}:snap:2")]
@@ -135,8 +138,6 @@ async def test_a_whole_snapshot_whose_del_the_acl_took_away_leaves_the_stored_pi
         with pytest.raises(RedisError, match=r"DENIED DEL"):
             await store.write_snapshot(0, 2, os.urandom(piece // 2), piece_bytes=piece)
         assert [await admin.get(key) for key in ("t:{g0}:snap", "t:{g0}:snap:1", "t:{g0}:snap:2")] == stored
-    finally:
-        await client.aclose()
 
 
 
@@ -146,22 +147,15 @@ async def test_a_whole_snapshot_whose_delete_of_a_later_piece_the_acl_took_away_
     keys of their own, which an ACL selector, ``(+del ~…)``, allows apart): the SET of the new snapshot over the first
     piece landed, the DEL of the next refused — read back as the new snapshot with the old one's later pieces, failing
     its checksum, the log trimmed behind the old one (R7). Refused whole now: the stored pieces stand."""
-    url, admin = user.url, user.admin
-    client = connect(url, 5.0)
-    store = LogStore(client, "t:", pipeline_max=64)
+    admin = user.admin
     piece = 64 << 10
-    try:
-        await store.claim(4)
-        for seq in range(1, 4):
-            await store.submit(0, seq, b"e")
+    async with _log_of_three_entries(user) as store:
         await store.write_snapshot(0, 1, os.urandom(2 * piece), piece_bytes=piece)
         stored = [await admin.get(key) for key in ("t:{g0}:snap", "t:{g0}:snap:1", "t:{g0}:snap:2")]
         await user.allow_only_on("del", "t:{g0}:snap-pieces", "t:{g0}:snap-parts*")
         with pytest.raises(RedisError, match=r"DENIED DEL on t:\{g0\}:snap:1"):
             await store.write_snapshot(0, 2, os.urandom(piece // 2), piece_bytes=piece)
         assert [await admin.get(key) for key in ("t:{g0}:snap", "t:{g0}:snap:1", "t:{g0}:snap:2")] == stored
-    finally:
-        await client.aclose()
 
 
 async def test_a_snapshot_in_parts_whose_rename_of_a_later_piece_the_acl_took_away_leaves_the_stored_one_R7(
@@ -170,14 +164,9 @@ async def test_a_snapshot_in_parts_whose_rename_of_a_later_piece_the_acl_took_aw
     piece's keys alone (a selector), a later piece's failed after the first had landed over the stored snapshot — read
     back as the first piece alone (no count of pieces written), the old snapshot gone and the log trimmed behind it
     (R7). Refused whole now: the stored snapshot stands, the staging keys left to expire."""
-    url, admin = user.url, user.admin
-    client = connect(url, 5.0)
-    store = LogStore(client, "t:", pipeline_max=64)
+    admin = user.admin
     piece = 64 << 10
-    try:
-        await store.claim(4)
-        for seq in range(1, 4):
-            await store.submit(0, seq, b"e")
+    async with _log_of_three_entries(user) as store:
         old = os.urandom(piece // 2)
         await store.write_snapshot(0, 1, old)
         await user.allow_only_on("rename", "t:{g0}:snap-parts", "t:{g0}:snap")
@@ -186,5 +175,3 @@ async def test_a_snapshot_in_parts_whose_rename_of_a_later_piece_the_acl_took_aw
         assert await admin.get("t:{g0}:snap") == sealed_snapshot(old)  # was: the new snapshot's first piece
         assert await admin.pttl("t:{g0}:snap") == -1
         assert not await admin.exists("t:{g0}:snap:1", "t:{g0}:snap-pieces")
-    finally:
-        await client.aclose()
