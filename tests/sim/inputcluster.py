@@ -40,7 +40,7 @@ from tests.sim.disrupt import Disruptor
 from tests.sim.driver import DEFAULT_STEPS
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
 from tests.sim.ids import SimIdClaims
-from tests.sim.inputchecks import decided_once, fold_of_produced, marks_forgotten, named_fields
+from tests.sim.inputchecks import decided_once, fold_of_produced, marks_forgotten
 from tests.sim.inputdriver import CLAIM_P, DESTROY_P, DRAIN_TURNS, GROUP, ROOM, ROOMY, InputsDriver, _trimmed_unread
 from tests.sim.inputfacts import STREAMS, Producer
 from tests.sim.inputowed import OwedWatch
@@ -249,27 +249,22 @@ class InputsClusterDriver(InputsDriver):
         for index, proc in enumerate(world.processes):
             if not proc.dead:
                 world.kill(proc)
-            for group in range(world.config.shards):
-                world.leases.expire(proc.holder, group)
-            proc.member = False
-            world.processes[index] = world._new(index)
+            self._started_again(index, proc)
             await world.converge_membership()
         await world.quiesce()
+
+    def _started_again(self, index: int, proc: Process) -> None:
+        """``proc`` (dead) replaced at its index by a process started again at its address, its leases expired."""
+        world = self.cluster
+        for group in range(world.config.shards):
+            world.leases.expire(proc.holder, group)
+        proc.member = False
+        world.processes[index] = world._new(index)
 
     # -- invariants ----------------------------------------------------------------------------------
     def check(self) -> None:
         world = self.cluster
-        if self.violations:
-            raise Violation(f"E6/E8: {self.violations[0]}")
-        for _, fields, _ in self.redis.quarantined:  # a quarantine entry follows its decision in the log (E6)
-            self._index()
-            if named_fields(fields) not in self._quarantined:
-                raise Violation(f"E6: {fields['source']}/{fields['event_id']} written to the quarantine stream, "
-                                "its shard log holding no quarantine of it")
-        owed = sum(len(p.facts.quarantine.owed) for p in world.processes if not p.dead)
-        self.tally.input_owed += owed > 0
-        if owed > len(self.producer.facts):
-            raise Violation(f"owed quarantine writes ({owed}) past the entries read ({len(self.producer.facts)})")
+        self._check_decided_and_owed(sum(len(p.facts.quarantine.owed) for p in world.processes if not p.dead))
         for address, (proc, _) in self.readers.items():  # a process gone forgets what it owed, by design
             if proc.dead or world.at(address) is not proc:
                 self.owed.forget(f"atp@{address}")
@@ -293,10 +288,7 @@ class InputsClusterDriver(InputsDriver):
         world = self.cluster
         for index, proc in enumerate(world.processes):
             if proc.dead:
-                for group in range(world.config.shards):
-                    world.leases.expire(proc.holder, group)
-                proc.member = False
-                world.processes[index] = world._new(index)
+                self._started_again(index, proc)
         await world.converge_membership()
         await world.quiesce()
         await self._readers()

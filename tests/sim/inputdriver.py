@@ -253,21 +253,25 @@ class InputsDriver:
 
     def check(self) -> None:
         world = self.world
-        if self.violations:
-            raise Violation(f"E6/E8: {self.violations[0]}")
-        for _, fields, _ in self.redis.quarantined:  # a quarantine entry follows its decision in the log (E6)
-            self._index()
-            if named_fields(fields) not in self._quarantined:
-                raise Violation(f"E6: {fields['source']}/{fields['event_id']} written to the quarantine stream, "
-                                "its shard log holding no quarantine of it")
-        owed = len(world.fact_desk.quarantine.owed)
-        self.tally.input_owed += owed > 0
-        if owed > len(self.producer.facts):
-            raise Violation(f"owed quarantine writes ({owed}) past the entries read ({len(self.producer.facts)})")
+        self._check_decided_and_owed(len(world.fact_desk.quarantine.owed))
         self.owed.applied(self)  # an entry owed: never read again before its write (E8)
         ledgers = [actor.ledger for actor in world.eng.actors]
         facts_fold_as_the_reference(world, ledgers)  # E1-E3 by the log, no identity applied twice (E8)
         replay_equals_live(world, world.replayed(range(world.config.shards)))
+
+    def _check_decided_and_owed(self, owed: int) -> None:
+        """No violation noted; every quarantine entry follows its decision in a shard log (E6); ``owed`` (quarantine
+        writes the readers owe) tallied, never past the entries read."""
+        if self.violations:
+            raise Violation(f"E6/E8: {self.violations[0]}")
+        for _, fields, _ in self.redis.quarantined:
+            self._index()
+            if named_fields(fields) not in self._quarantined:
+                raise Violation(f"E6: {fields['source']}/{fields['event_id']} written to the quarantine stream, "
+                                "its shard log holding no quarantine of it")
+        self.tally.input_owed += owed > 0
+        if owed > len(self.producer.facts):
+            raise Violation(f"owed quarantine writes ({owed}) past the entries read ({len(self.producer.facts)})")
 
     def _done(self) -> bool:
         other = self.other.reader
