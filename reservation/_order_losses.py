@@ -235,9 +235,12 @@ def give_up_part(view_: View, cmd: ReserveCommand, now: int, limits: Limits) -> 
 
 GAVE_UP_DECIDED = PART_MARK + "torn"
 """The ops key of an order given up whole once decided (``abandoned``): a part of it Redis lost (``lost_parts``), the
-order HELD or its confirmation pending at its home. A part of its own confirmed was confirmed by that confirmation,
-recorded at the home and now given up with the order (R2): released (``releases_confirmed``), never left committed
-for an EXPIRED order, its units sold to nobody for good (Q3)."""
+order HELD or its confirmation pending at its home. A part of its own confirmed when read keeps it from being given up
+(``confirmed_by_parts``, ``confirmation_applied``); one found confirmed when its parts are given up was confirmed after
+that read, by another saga of the order — the home's previous owner's (leases), going on with the shares of the
+confirmation it recorded pending before the home was handed over, never to record it settled there nor tell its caller
+CONFIRMED. Given up with the order (R2): released (``releases_confirmed``), never left committed for an EXPIRED order,
+its units sold to nobody for good (Q3). ``tests/atp_service/app/test_lease_gave_up_decided.py``."""
 
 
 def abandoned(order: Reservation, now: int, refusal: DomainError | None = None) -> Reservation:
