@@ -123,13 +123,30 @@ class Written:
                 "intake applies each (source, event_id) once within the grace window (E8)")
 
 
+_NOT_A_CLUSTER = "Cluster mode is not enabled"
+"""redis-py's word for any refusal of ``CLUSTER SLOTS``, the cluster client's first read, the refusal its context."""
+
+
+def redis_said(error: BaseException) -> BaseException:
+    """What Redis refused, under a cluster client's wrapping: no node reachable, why the last one was not; a refusal
+    of ``CLUSTER SLOTS`` that redis-py tells as "Cluster mode is not enabled", the refusal itself where Redis said
+    otherwise than ``ERR This instance has cluster support disabled`` (a user's ACL without ``+cluster|slots``:
+    NOPERM, 7, not a bad command line telling to publish without --redis-cluster)."""
+    while isinstance(error, RedisClusterException) and isinstance(error.__cause__, Exception):
+        error = error.__cause__
+    said = error.__context__
+    if (isinstance(error, RedisClusterException) and _NOT_A_CLUSTER in str(error) and isinstance(said, ResponseError)
+            and "cluster support disabled" not in str(said)):
+        return said
+    return error
+
+
 def refusal_status(error: BaseException) -> int:
     """The exit status of Redis refusing an entry: for good where no retry changes it (a key of another type at
     the stream: fix --stream, 3; the user's ACL or password: 7), else 6, retry later (out of memory, read-only
     after a failover, unreachable). A refusal for good was 6 and a script retrying on 6 looped for ever."""
-    while isinstance(error, RedisClusterException) and isinstance(error.__cause__, Exception):
-        error = error.__cause__  # no node of a cluster reachable: why the last one was not
-    if isinstance(error, RedisClusterException) and "Cluster mode is not enabled" in str(error):
+    error = redis_said(error)
+    if isinstance(error, RedisClusterException) and _NOT_A_CLUSTER in str(error):
         return EXIT_USAGE  # --redis-cluster (ATP_REDIS_CLUSTER) names one Redis: no retry changes it
     if isinstance(error, NoPermissionError | AuthenticationError):
         return EXIT_DENIED
@@ -199,7 +216,9 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
 
 def _stopped_unsent(done: Written, line: int, error: BaseException) -> None:
     """The run stopped at ``line``, whose chunk was never sent: its connection could not be made."""
-    done.stopped_at, done.error, done.not_sent = line, f"{type(error).__name__}: {error}", True
+    said = redis_said(error)
+    shown = said if isinstance(said, ResponseError) else error  # Redis's own refusal, where a cluster client hid it
+    done.stopped_at, done.error, done.not_sent = line, f"{type(shown).__name__}: {shown}", True
     done.status = refusal_status(error)
 
 

@@ -189,6 +189,25 @@ def test_one_redis_named_a_cluster_is_a_usage_error_not_retry_later(redis_url: s
     assert json.loads(done.stdout) == {"stream": STREAM, "published": 0, "in_doubt": 0}, done.stdout
 
 
+def test_a_cluster_user_denied_cluster_slots_is_not_permitted_not_a_redis_out_of_cluster_mode(
+        redis_url: str, tmp_path: Path) -> None:
+    """redis-py answers any refusal of ``CLUSTER SLOTS`` (the cluster client's first read) as "Cluster mode is not
+    enabled on this node", the refusal itself only its context: a user whose ACL lacks ``+cluster|slots``
+    (OPERATIONS.md asks for it) was told exit 2, a bad command line, "publish without --redis-cluster", where
+    Redis said NOPERM: 7, the user's ACL, as a NOPERM of ``XADD`` is. Nothing sent."""
+    path = tmp_path / "facts.jsonl"
+    path.write_text(json.dumps(fact(0)) + "\n")
+    with redis.Redis.from_url(redis_url) as r:
+        r.acl_setuser("publisher", enabled=True, passwords=["+pw"], commands=["+@all", "-cluster|slots"], keys=["*"])
+        try:
+            done = publish(redis_url.replace("redis://", "redis://publisher:pw@"), path, "--redis-cluster")
+        finally:
+            r.acl_deluser("publisher")
+    assert done.returncode == 7 and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    assert "NoPermissionError" in done.stderr and "without --redis-cluster" not in done.stderr, done.stderr
+    assert json.loads(done.stdout) == {"stream": STREAM, "published": 0, "in_doubt": 0}, done.stdout
+
+
 @pytest.mark.parametrize(("refusal", "status", "said"), [
     ("wrongtype", 3, "WRONGTYPE"),  # the key is no stream: --stream names another key
     ("noperm", 7, "NoPermissionError"),  # the user's ACL denies XADD (NOPERM)
