@@ -59,6 +59,14 @@ DEFAULT_INPUT_STREAM = "atp:in:pos"
 """The service's first input stream while ATP_INPUT_STREAMS is unset (``ServiceConfig.input_streams``)."""
 
 
+def default_input_stream() -> str:
+    """``events publish``'s ``--stream`` where no flag is given, as ``build_parser`` parses it: the first of
+    ATP_INPUT_STREAMS read as the service reads it, else ``atp:in:pos`` (``input_stream`` refuses it where no intake
+    would read it: on a Redis Cluster with the variable unset, or the variable set empty)."""
+    read = [part.strip() for part in os.environ.get("ATP_INPUT_STREAMS", "").split(",") if part.strip()]
+    return read[0] if read else DEFAULT_INPUT_STREAM
+
+
 def input_stream(given: str | None, cluster: bool) -> str:
     """The stream ``events publish`` writes to: ``--stream`` (``given``), else the first of ATP_INPUT_STREAMS read as
     the service reads it (comma-separated, each name stripped, empty ones dropped), else ``atp:in:pos`` — but not on

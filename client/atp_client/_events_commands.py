@@ -85,7 +85,7 @@ def publish_facts(args: argparse.Namespace) -> int:
         print(f"atpctl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:  # E-rules hold only for facts an intake reads: a stream no intake reads loses them, unsaid
-        stream = arg.input_stream(args.stream, args.redis_cluster)
+        stream = arg.input_stream(args.stream if getattr(args, "stream_given", False) else None, args.redis_cluster)
     except ValueError as exc:
         print(f"atpctl: error: argument --stream: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -24,6 +24,17 @@ class _TargetGiven(argparse.Action):
         namespace.target_given = True
 
 
+class _StreamGiven(argparse.Action):
+    """``--stream`` as given, noted (``stream_given``): ``events publish`` checks it against ATP_INPUT_STREAMS, while
+    the parsed ``stream`` without the flag is the one to write to (``arg.default_input_stream``), as it was before the
+    default was taken from ATP_INPUT_STREAMS: a caller of ``build_parser`` got None there."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.stream_given = True
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="atpctl", description="Command-line client of the ATP service",
                                 epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "max_events_per_call); calls stay within 3 MiB whatever the facts")
     pub = esub.add_parser("publish", help="append a JSONL file of facts onto an input stream (as POS/WMS do)")
     pub.add_argument("file", type=arg.readable)
-    pub.add_argument("--stream", type=arg.stream, default=None,  # None: ATP_INPUT_STREAMS says (arg.input_stream)
+    pub.add_argument("--stream", type=arg.stream, action=_StreamGiven, default=arg.default_input_stream(),
                      help="input stream (default: the first of ATP_INPUT_STREAMS, as the service reads it; unset: "
                           f"{arg.DEFAULT_INPUT_STREAM}, and none on a Redis Cluster); where ATP_INPUT_STREAMS is set, "
                           "a stream not among them is refused: no intake reads it")

@@ -272,6 +272,18 @@ def test_the_default_stream_is_the_first_the_service_reads_and_one_it_does_not_r
         assert (r.xlen(renamed), r.exists(STREAM)) == (1, 0)
 
 
+def test_the_parser_s_stream_is_the_one_to_write_to_without_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``atp_client.ctl.build_parser`` (exported) parsed ``stream`` as ``atp:in:pos`` where no ``--stream`` was given;
+    since the default became ATP_INPUT_STREAMS's first, read in ``publish_facts`` alone, a caller that parsed atpctl's
+    command line itself and wrote to ``args.stream`` got None (as ``target`` had, d719de53). It is the stream to write
+    to: ATP_INPUT_STREAMS's first, else ``atp:in:pos``; a flag given is the flag."""
+    monkeypatch.delenv("ATP_INPUT_STREAMS", raising=False)
+    assert build_parser().parse_args(["events", "publish", __file__]).stream == STREAM
+    monkeypatch.setenv("ATP_INPUT_STREAMS", " atp:{in}:pos , atp:{in}:wms")
+    assert build_parser().parse_args(["events", "publish", __file__]).stream == "atp:{in}:pos"
+    assert build_parser().parse_args(["events", "publish", __file__, "--stream", "x"]).stream == "x"
+
+
 async def test_lines_written_to_a_file_after_its_check_are_not_published(
         redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """An export still writing the file while it is published: lines written after the check were published
