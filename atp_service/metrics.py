@@ -203,6 +203,10 @@ class IntakeMetrics:
             "atp_ingest_trimmed_unread_total", "Input-stream entries trimmed from their stream before the consumer "
             "group read them: their facts were never applied", ["stream"], registry=r
         )
+        self.ingest_consumers_removed = Counter(
+            "atp_ingest_consumers_removed_total", "Consumers of the input streams' group removed, their process gone "
+            "for good (leased: no live process at their address, nothing pending, idle claim_idle_ms)", registry=r
+        )
         self.ingest_read_failures = Counter(
             "atp_ingest_read_failures_total", "Reads of the input streams that failed (Redis not answering, a "
             "consumer group gone) and were tried again after a pause", registry=r

@@ -143,7 +143,8 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     quarantined (one script, ``intake/quarantine.py``),
     the count of entries trimmed unread kept in a hash (``intake/unread.py``), a dead consumer's
     entries claimed with the dead letters of those trimmed (``intake/claims.py``), the mark of a group made
-    again (``intake/again.py``: set where the group is made, read and forgotten by the read)."""
+    again (``intake/again.py``: set where the group is made, read and forgotten by the read); leased, the consumers of
+    processes gone for good removed, what they owed moved to this one's hash (``intake/departed.py``)."""
     group, consumer, streams = config.consumer_group, config.consumer_name, config.input_streams
     owed, dlq = trimmed_unread_key(streams[0], group, consumer), config.dead_letter_stream
     marks = [made_again_key(s, group) for s in streams]  # a group made again (intake/again.py)
@@ -177,6 +178,13 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
             ("TYPE", s),  # the quarantine script's, before its first write
             ("XINFO", "GROUPS", s), ("XINFO", "STREAM", s), ("XGROUP", "CREATE", s, group, "$", "MKSTREAM"),
             ("XGROUP", "SETID", s, group, "0-0"), ("XRANGE", s, "-", "+", "COUNT", 1), ("EXISTS", s))]
+    if config.ownership == "leases":  # a consumer of a process gone for good removed, its count moved (departed.py)
+        gone = trimmed_unread_key(streams[0], group, "gone@0")
+        needs += [Need(("EVALSHA", SHA, len(streams) + 2, *streams, owed, gone), owed, use),
+                  Need(("HSET", owed, "s", 1), owed, use), Need(("HGETALL", gone), gone, use),
+                  Need(("TYPE", gone), gone, use), Need(("DEL", gone), gone, use)]
+        needs += [Need(args, s, use) for s in streams for args in (
+            ("XINFO", "CONSUMERS", s, group), ("XGROUP", "DELCONSUMER", s, group, consumer))]
     return needs
 
 

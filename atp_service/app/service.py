@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from prometheus_client import start_http_server
 
+from atp_service.app.balancing import address_of
 from atp_service.app.estate_file import read_estate
 from atp_service.app.grpc_server import (
     SERVICE_NAME,
@@ -45,6 +46,7 @@ from atp_service.edge.servicer import AvailabilityServicer
 from atp_service.edge.watch import Watchers
 from atp_service.engine.clock import Clock, SystemClock
 from atp_service.engine.router import Engine
+from atp_service.intake.departed import DepartedConsumers
 from atp_service.intake.facts import FactDesk
 from atp_service.intake.ingest import StreamIngestor
 from atp_service.metrics import Metrics
@@ -219,7 +221,18 @@ class AtpService(Recovering):
         settings = replace(cfg.ingest_settings, consumer_name=f"{cfg.consumer_name}@{self.membership.address}")
         send = fact_sender(self._servicer.forwarder, peer_token(cfg), cfg.limits, cfg.max_message_bytes,
                            desk.engine.place)
-        return StreamIngestor(client, desk, settings, self.clock, reads, send)
+        departed = DepartedConsumers(client, list(settings.input_streams), settings.consumer_group,
+                                     settings.consumer_name, self._live_addresses, cfg.claim_idle_ms,
+                                     self.metrics.intake.ingest_consumers_removed)
+        return StreamIngestor(client, desk, settings, self.clock, reads, send, departed)
+
+    def _live_addresses(self) -> set[str]:
+        """The addresses of the live processes as this one last read them: members, and holders of a group (a
+        member whose registration lapsed for a slow call still holds its groups); empty: none read yet."""
+        if self.membership is None or not self.membership.members:
+            return set()
+        members = {address_of(member) for member in self.membership.members}
+        return members | {owner for owner, _ in self.membership.routes.values()} | {self.membership.address}
 
     def _load_estate(self) -> Estate:
         return read_estate(self.config.estate or (DEMO_ESTATE if self.config.demo else None), self.config.limits)

@@ -28,6 +28,7 @@ from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.claims import Claims
 from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines
 from atp_service.intake.dead_letters import write as write_dead_letters
+from atp_service.intake.departed import DepartedConsumers
 from atp_service.intake.entries import Dead, Entry, Read, decode_all, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
@@ -60,15 +61,15 @@ class StreamIngestor:
     ``send``: where facts of groups other processes own go (``ownership = leases``); None: every group is ours."""
 
     def __init__(self, client: Any, desk: FactDesk, settings: IngestSettings, clock: Clock,
-                 read_count: int | None = None, send: FactSender | None = None) -> None:
+                 read_count: int | None = None, send: FactSender | None = None,
+                 departed: DepartedConsumers | None = None) -> None:
         # The raw XREADGROUP reply: redis-py's per-entry dict building cost more than the decoding.
         client.set_response_callback("XREADGROUP", lambda response, **_: response)
-        self._client = client
-        self._desk = desk
+        self._client, self._desk = client, desk
         self._owners = OwnerSends(send, desk.quarantined_there) if send is not None else None
-        self._config = settings
+        self._departed = departed  # leased: consumers of processes gone for good removed, their owed counts told
+        self._config, self._clock = settings, clock
         self._metrics = metrics = desk.metrics
-        self._clock = clock
         self._read_count = settings.ingest_count if read_count is None else read_count
         self._streams = list(settings.input_streams)
         zeroed(self._metrics.dead_lettered, *((stream,) for stream in self._streams))  # alerted on by increase()
@@ -197,6 +198,8 @@ class StreamIngestor:
         if time.monotonic() - self._claimed_at >= cfg.claim_idle_ms / 1000 / 2:
             self._claimed_at = time.monotonic()
             await self._handle(await self._claim(), wait=False)  # in the reading loop: no owner's try waited for
+            if self._departed is not None:  # after the claim: a gone consumer's pending entries taken first
+                await self._departed.sweep()
         while len(self._batches) >= cfg.ingest_inflight:
             await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
         entries = await self._read(None, block=self._block_ms())

@@ -41,7 +41,7 @@ from atp_service.tasks import exception_seen, finish_uncancelled
 
 log = logging.getLogger(__name__)
 
-_HELPERS = """
+STREAM_ID_LUA = """
 local function field(flat, name)
   for i = 1, #flat, 2 do if flat[i] == name then return flat[i + 1] end end
   return false
@@ -66,7 +66,7 @@ _READ = """
 local group, consumer, count = ARGV[1], ARGV[2], ARGV[3]
 local owed = table.remove(KEYS)
 local n = #KEYS / 2
-""" + _HELPERS + ACL_LUA + """
+""" + STREAM_ID_LUA + ACL_LUA + """
 -- Every key written or read after XREADGROUP is checked before it: Redis undoes nothing of a script that fails
 -- half-way, and the owed hash or a mark of another type (an operator's key, a restore of other data) failed it
 -- after the read had moved the group past a gap, its entries never counted nor said (their facts never applied).
@@ -180,7 +180,7 @@ _MAKE = """
 -- a read crossing a gap then counts none of the entries lost. Where none after the id is gone
 -- (trimmed or deleted), its count is every entry ever added less those still after the id.
 local key, mark, written, group, start, most = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3])
-""" + _HELPERS + ACL_LUA + """
+""" + STREAM_ID_LUA + ACL_LUA + """
 local refused = denied({{'XINFO', 'STREAM', key}, {'EXISTS', written}, {'DEL', mark}, {'SET', mark, '0-1'}})
 if refused then return refused end  -- an ACL changed since the start: the group made, its mark refused (ACL_LUA)
 local create = {'XGROUP', 'CREATE', key, group, start, 'MKSTREAM'}

@@ -1,0 +1,150 @@
+"""Consumers of the input streams' group whose process is gone for good, removed, what they owed told by a live one.
+
+Under leases each process reads as ``<consumer_name>@<advertised address>``. One that never comes back at that
+address (a pod rescheduled with a new IP, a host replaced, a scale-down) leaves its consumer in the group and, where it
+had crossed a gap of entries trimmed unread, the count it owed in its own hash (``unread.trimmed_unread_key``), which
+only that consumer tells and forgets: those facts lost for good were never said (no ``ingest_trimmed_unread``, no
+``atp_ingest_trimmed_unread_total``: E6 — nothing dropped silently), and the hash and the consumer stayed for good, one
+more of each with every new address. Its pending entries are taken over already (``claims.py``, after
+``claim_idle_ms``).
+
+So a live reader, at each claim, sweeps the group: a consumer named for an address no live process has (not a member,
+holding no group), is gone once, on every input stream, nothing is pending under it and it has been idle (no read, no
+claim) at least ``claim_idle_ms``. One script (``_SWEEP``) checks that and, for each consumer gone, moves its owed
+counts into the sweeper's own hash, deletes its hash and removes it from the group (``XGROUP DELCONSUMER``): the
+sweeper's next read tells them as its own (``GroupReader``, whose answer a stop or a timeout cannot lose). Atomic, so
+told once (E8): the owner coming back at that moment either read before (its read makes it idle no longer: kept) or
+reads after (its hash gone: nothing to tell, its consumer made again); two sweepers cannot both move it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from atp_service.intake.unread import STREAM_ID_LUA, trimmed_unread_key
+from atp_service.storage.lua_counts import no_count
+from atp_service.storage.resp import as_text, no_such_key
+from atp_service.storage.scripts import ACL_LUA
+
+log = logging.getLogger(__name__)
+
+SWEPT_AT_ONCE = 100
+"""Consumers one script call looks at (Redis answers nothing else meanwhile)."""
+
+_SWEEP = """
+-- KEYS: the input streams, then the sweeper's owed hash, then each candidate's. ARGV: group, least idle ms, then each
+-- candidate's name. Returns {name, entries moved} of each consumer removed.
+local group, least = ARGV[1], tonumber(ARGV[2])
+local n = #KEYS - (#ARGV - 2) - 1
+local mine = KEYS[n + 1]
+""" + STREAM_ID_LUA + ACL_LUA + """
+local kind = redis.call('TYPE', mine)['ok']
+if kind ~= 'hash' and kind ~= 'none' then  -- before anything: a candidate's count moved half-way lost for good
+  return redis.error_reply('WRONGTYPE ' .. mine .. ' holds a ' .. kind .. ', not a hash: nothing removed')
+end
+local asked = {{'HINCRBY', mine, KEYS[1], '1'}, {'HSETNX', mine, 'f', 'v'}, {'HSET', mine, 'f', 'v'}}
+for i = 1, n do asked[#asked + 1] = {'XGROUP', 'DELCONSUMER', KEYS[i], group, 'c'} end
+for j = n + 2, #KEYS do asked[#asked + 1] = {'DEL', KEYS[j]} end
+local refused = denied(asked)  -- an ACL changed since the start (ACL_LUA): nothing half done
+if refused then return refused end
+local seen = {}
+for i = 1, n do
+  seen[i] = {}
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[i], group)
+    if type(consumers) == 'table' and not consumers['err'] then
+      for _, c in ipairs(consumers) do seen[i][field(c, 'name')] = {field(c, 'pending'), field(c, 'idle')} end
+    end
+  end
+end
+local removed = {}
+for j = 3, #ARGV do
+  local name, owed = ARGV[j], KEYS[n + j - 1]
+  local gone = true
+  for i = 1, n do
+    local c = seen[i][name]
+    if c and (c[1] > 0 or c[2] < least) then gone = false end  -- pending (claimed later), or read meanwhile
+  end
+  local flat = {}
+  kind = redis.call('TYPE', owed)['ok']
+  if kind == 'hash' then flat = redis.call('HGETALL', owed) elseif kind ~= 'none' then gone = false end
+  for k = 1, #flat, 2 do  -- every count checked before any is moved: kept whole where one is no count
+    if string.sub(flat[k], -1) ~= '\\n' and """ + no_count("flat[k + 1]", signed=True) + """ then gone = false end
+  end
+  if gone then
+    local moved = 0
+    for k = 1, #flat, 2 do
+      local stream, value = flat[k], flat[k + 1]
+      if string.sub(stream, -1) == '\\n' then  -- the position before the first gap: the earlier one kept
+        local held = redis.call('HGET', mine, stream)
+        local ids = held and string.match(held, '^%d+%-%d+$') and string.match(value, '^%d+%-%d+$')
+        if not held or (ids and after(held, value)) then redis.call('HSET', mine, stream, value) end
+      elseif tonumber(value) > 0 then
+        redis.call('HINCRBY', mine, stream, value)
+        moved = moved + tonumber(value)
+      end
+    end
+    redis.call('DEL', owed)
+    for i = 1, n do
+      if seen[i][name] then redis.call('XGROUP', 'DELCONSUMER', KEYS[i], group, name) end
+    end
+    removed[#removed + 1] = {name, moved}
+  end
+end
+return removed
+"""
+
+
+class DepartedConsumers:
+    """The sweep of one reader (``consumer``) over its group's consumers (see the module). ``live``: the addresses of
+    the live processes (members, and holders of a group); empty: not known yet, nothing swept. ``counter``: by
+    consumer removed (``atp_ingest_consumers_removed_total``), or None."""
+
+    def __init__(self, client: Any, streams: list[str], group: str, consumer: str,
+                 live: Callable[[], Collection[str]], least_idle_ms: int, counter: Any = None) -> None:
+        self._client, self._streams, self._group, self._consumer = client, streams, group, consumer
+        self._live, self._least_idle_ms, self._counter = live, least_idle_ms, counter
+        self._script: Any = None  # registered at the first sweep
+
+    async def sweep(self) -> list[str]:
+        """The consumers removed now (their owed counts this reader's, told at its next read)."""
+        live = set(self._live())
+        if not live:
+            return []
+        names: set[str] = set()
+        for stream in self._streams:
+            try:
+                names.update(as_text(c["name"]) for c in await self._client.xinfo_consumers(stream, self._group))
+            except ResponseError as exc:
+                if not no_such_key(exc) and "NOGROUP" not in str(exc):
+                    raise
+        gone = sorted(name for name in names if name != self._consumer and "@" in name
+                      and name.rpartition("@")[2] not in live)
+        removed: list[str] = []
+        for start in range(0, len(gone), SWEPT_AT_ONCE):
+            removed += self._said(await self._remove(gone[start:start + SWEPT_AT_ONCE]))
+        return removed
+
+    async def _remove(self, names: list[str]) -> list[Any]:
+        if self._script is None:
+            self._script = self._client.register_script(_SWEEP)
+        first, group = self._streams[0], self._group
+        keys = [*self._streams, trimmed_unread_key(first, group, self._consumer),
+                *(trimmed_unread_key(first, group, name) for name in names)]
+        return list(await self._script(keys=keys, args=[group, self._least_idle_ms, *names]))
+
+    def _said(self, removed: list[Any]) -> list[str]:
+        names = []
+        for name, moved in ((as_text(row[0]), int(row[1])) for row in removed):
+            names.append(name)
+            if self._counter is not None:
+                self._counter.inc()
+            log.info("input streams: consumer %s of group %s removed: no live process at its address, nothing "
+                     "pending, idle %d ms or more; %d entries it owed as trimmed unread are told by %s", name,
+                     self._group, self._least_idle_ms, moved, self._consumer,
+                     extra={"event": "ingest_consumer_removed", "consumer": name, "owed": moved})
+        return names

@@ -1,0 +1,112 @@
+"""A reader process gone for good (its pod rescheduled at a new address, a scale-down) leaves its consumer in the
+group and, where it had crossed a gap, the count of entries trimmed unread it owed (``intake/unread.py``). Under
+leases a live process tells that count (``atp_ingest_trimmed_unread_total``, ``ingest_trimmed_unread``) once the
+owner is known gone — no live process at its address, idle past ``claim_idle_ms``, nothing pending — and removes
+the consumer with its hash (``intake/departed.py``): exactly once, keys and consumers bounded. Real redis-server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from atp_service.intake.departed import DepartedConsumers
+from atp_service.intake.unread import GroupReader, trimmed_unread_key
+from tests.atp_service.app.test_processes import SHARDS, processes
+from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.conftest import services_on
+from tests.waiting import until
+
+STREAMS = ("atp:in:pos", "atp:in:wms")
+GROUP = "atp"
+GONE = "atp-1@10.255.0.9:50051"  # an address no process of the test has
+TOTAL = "atp_ingest_trimmed_unread_total"
+
+
+def _consumers(r: redis.Redis, stream: str) -> dict[str, int]:
+    return {c["name"].decode(): int(c["pending"]) for c in r.xinfo_consumers(stream, GROUP)}
+
+
+async def test_a_gone_processs_owed_count_is_told_by_a_live_one_and_its_consumer_removed(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The gone consumer owes 7 entries trimmed unread and holds one receipt pending. A leased process claims the
+    receipt (applied), then tells the 7 (metric and ERROR line) and removes the consumer and its hash. Before, the
+    count was never told and the hash and the consumer stayed for good."""
+    r = redis.Redis.from_url(redis_url)
+    now = int(time.time() * 1000)
+    for stream in STREAMS:
+        r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        r.xgroup_createconsumer(stream, GROUP, GONE)
+    r.xadd(STREAMS[0], F("held", "RECEIPT", "sku-g", "DC", 3, now - 1000).fields())
+    r.xreadgroup(GROUP, GONE, {STREAMS[0]: ">"})  # pending under the gone consumer
+    owed = trimmed_unread_key(STREAMS[0], GROUP, GONE)
+    r.hset(owed, mapping={STREAMS[0]: 7, STREAMS[0] + "\n": "1-5"})
+    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                           input_streams=STREAMS, claim_idle_ms=100) as start:
+        ((service, _),) = await processes(start, 1)
+        registry = service.metrics.registry
+        await wait_consumed(redis_url, list(STREAMS))
+        await until(lambda: registry.get_sample_value(TOTAL, {"stream": STREAMS[0]}) == 7, "the 7 told", 30)
+        await until(lambda: all(GONE not in _consumers(r, s) for s in STREAMS), "the gone consumer removed", 30)
+        assert not r.exists(owed), "its hash forgotten"
+        live = f"atp-1@127.0.0.1:{service.port}"
+        await until(lambda: not r.exists(trimmed_unread_key(STREAMS[0], GROUP, live)), "told and forgotten")
+        assert registry.get_sample_value(TOTAL, {"stream": STREAMS[0]}) == 7, "told once"
+        assert all(set(_consumers(r, s)) <= {live} for s in STREAMS)
+    told = [getattr(rec, "entries", None) for rec in caplog.records
+            if getattr(rec, "event", "") == "ingest_trimmed_unread"]
+    assert told == [7], "one ERROR line, by the live process"
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def labels(self, stream: str) -> _Counter:
+        self._at = stream
+        return self
+
+    def inc(self, n: int) -> None:
+        self.counts[self._at] = self.counts.get(self._at, 0) + n
+
+
+async def test_a_consumer_is_removed_only_gone_idle_and_empty_and_its_count_moved_once(redis_url: str) -> None:
+    """Script level: a consumer at a live address, one with an entry pending, and one read from within the bound are
+    kept with their counts; a gone one's count is moved once, by the first of two live tellers to sweep, and is not
+    told again by that consumer coming back at its address after (E8)."""
+    r = aioredis.Redis.from_url(redis_url)
+    stream = STREAMS[0]
+    try:
+        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        await r.xadd(stream, {"f": "v"})
+        names = {"held": "atp-1@10.0.0.1:1", "alive": "atp-1@10.0.0.2:1", "gone": "atp-1@10.0.0.3:1",
+                 "fresh": "atp-1@10.0.0.4:1"}
+        await r.xreadgroup(GROUP, names["held"], {stream: ">"})
+        for name in names.values():
+            await r.xgroup_createconsumer(stream, GROUP, name)
+            await r.hset(trimmed_unread_key(stream, GROUP, name), mapping={stream: 5, stream + "\n": "0-9"})
+        tellers = [f"atp-1@10.0.1.{n}:1" for n in (1, 2)]
+        counters = [_Counter(), _Counter()]
+        live = {"10.0.0.2:1", "10.0.1.1:1", "10.0.1.2:1"}
+        sweeps = [DepartedConsumers(r, [stream], GROUP, teller, lambda: live, 0) for teller in tellers]
+        await r.xreadgroup(GROUP, names["fresh"], {stream: ">"})  # read from now: idle below a 60 s bound
+        fresh = DepartedConsumers(r, [stream], GROUP, tellers[0], lambda: live, 60_000)
+        assert await fresh.sweep() == []
+        assert sorted(await sweeps[0].sweep()) == sorted([names["gone"], names["fresh"]])
+        assert await sweeps[1].sweep() == []
+        left = {c["name"].decode() for c in await r.xinfo_consumers(stream, GROUP)}
+        assert left == {names["held"], names["alive"]}
+        for key in ("held", "alive"):
+            assert await r.hget(trimmed_unread_key(stream, GROUP, names[key]), stream) == b"5"
+        for n, teller in enumerate(tellers):
+            await GroupReader(r, [stream], GROUP, teller, counters[n]).read(10, None)
+        assert [c.counts for c in counters] == [{stream: 10}, {}], "gone and fresh told once, by the first sweep"
+        back = _Counter()  # the gone one back at its address after the sweep: nothing left to tell
+        await GroupReader(r, [stream], GROUP, names["gone"], back).read(10, None)
+        assert back.counts == {}
+        assert await r.hgetall(trimmed_unread_key(stream, GROUP, tellers[0])) == {}
+    finally:
+        await r.aclose()
+
