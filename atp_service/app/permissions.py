@@ -12,7 +12,7 @@ from __future__ import annotations
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
 from atp_service.intake.quarantine import ahead_key, run_key, written_key
-from atp_service.intake.unread import made_again_key, trimmed_unread_key
+from atp_service.intake.unread import answered_key, made_again_key, trimmed_unread_key
 from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl, check_cluster_client
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.log import LogStore
@@ -139,19 +139,20 @@ def _channel_needs(keys: Keyspace, channels: list[str]) -> list[Need]:
 
 
 def _input_needs(config: ServiceConfig) -> list[Need]:
-    """The input streams: read through the consumer group, acknowledged, dead-lettered (one script), or
-    quarantined (one script, ``intake/quarantine.py``),
-    the count of entries trimmed unread kept in a hash (``intake/unread.py``), a dead consumer's
-    entries claimed with the dead letters of those trimmed (``intake/claims.py``), the mark of a group made
-    again (``intake/again.py``: set where the group is made, read and forgotten by the read); leased, the consumers of
-    processes gone for good removed, what they owed moved to this one's hash (``intake/departed.py``)."""
+    """The input streams: read through the consumer group, acknowledged, dead-lettered (one script), or quarantined
+    (one script, ``intake/quarantine.py``), the count of entries trimmed unread kept in a hash with its answered mark
+    (``intake/unread.py``), a dead consumer's entries claimed with the dead letters of those trimmed
+    (``intake/claims.py``), the mark of a group made again (``intake/again.py``: set where the group is made, read and
+    forgotten by the read); leased, the consumers of processes gone for good removed, what they owed moved to this
+    one's hash (``intake/departed.py``)."""
     group, consumer, streams = config.consumer_group, config.consumer_name, config.input_streams
     owed, dlq = trimmed_unread_key(streams[0], group, consumer), config.dead_letter_stream
     marks = [made_again_key(s, group) for s in streams]  # a group made again (intake/again.py)
     use = "the input streams"
     needs = [Need(("XADD", dlq, "MAXLEN", "~", 1, "*", "f", "v"), dlq, "dead letters"),
              Need(("TYPE", dlq), dlq, "dead letters"),
-             Need(("EVALSHA", SHA, 2 * len(streams) + 1, *streams, *marks, owed), owed, use)]
+             Need(("EVALSHA", SHA, 2 * len(streams) + 2, *streams, *marks, owed, answered_key(owed)), owed, use),
+             Need(("SET", answered_key(owed), 1, "PX", 1), answered_key(owed), use)]  # the owed hash answered
     needs += [Need(("EVALSHA", SHA, 3, s, dlq, mark), s, use) for s, mark in zip(streams, marks, strict=True)]
     needs += [Need(args, mark, use) for mark in marks for args in (("GET", mark), ("SET", mark, "0-1"), ("DEL", mark),
                                                                     ("TYPE", mark))]
@@ -180,9 +181,10 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
             ("XGROUP", "SETID", s, group, "0-0"), ("XRANGE", s, "-", "+", "COUNT", 1), ("EXISTS", s))]
     if config.ownership == "leases":  # a consumer of a process gone for good removed, its count moved (departed.py)
         gone = trimmed_unread_key(streams[0], group, "gone@0")
-        needs += [Need(("EVALSHA", SHA, len(streams) + 2, *streams, owed, gone), owed, use),
-                  Need(("HSET", owed, "s", 1), owed, use), Need(("HGETALL", gone), gone, use),
-                  Need(("TYPE", gone), gone, use), Need(("DEL", gone), gone, use)]
+        mark = answered_key(gone)  # read where its owner answered it since (unread.answered_key), deleted with it
+        needs += [Need(("EVALSHA", SHA, len(streams) + 3, *streams, owed, gone, mark), owed, use),
+                  Need(("HSET", owed, "s", 1), owed, use), Need(("HGETALL", gone), gone, use)]
+        needs += [Need((c, key), key, use) for key in (gone, mark) for c in ("TYPE", "DEL", "GET")]
         needs += [Need(args, s, use) for s in streams for args in (
             ("XINFO", "CONSUMERS", s, group), ("XGROUP", "DELCONSUMER", s, group, consumer))]
     return needs

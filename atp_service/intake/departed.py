@@ -14,7 +14,10 @@ claim) at least ``claim_idle_ms``. One script (``_SWEEP``) checks that and, for 
 counts into the sweeper's own hash, deletes its hash and removes it from the group (``XGROUP DELCONSUMER``): the
 sweeper's next read tells them as its own (``GroupReader``, whose answer a stop or a timeout cannot lose). Atomic, so
 told once (E8): the owner coming back at that moment either read before (its read makes it idle no longer: kept) or
-reads after (its hash gone: nothing to tell, its consumer made again); two sweepers cannot both move it.
+reads after (its hash gone: nothing to tell, its consumer made again); two sweepers cannot both move it. A read that
+delivers nothing leaves the consumer's idle time as it was before Redis 7.2, yet answers the owed hash, which its
+reader then tells: that read marks the hash answered (``unread.answered_key``), and the sweep keeps a consumer whose
+hash was answered within ``claim_idle_ms`` (moved then, its counts were told by both).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from atp_service.intake.unread import STREAM_ID_LUA, trimmed_unread_key
+from atp_service.intake.unread import STREAM_ID_LUA, answered_key, trimmed_unread_key
 from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text, no_such_key
 from atp_service.storage.scripts import ACL_LUA
@@ -36,10 +39,11 @@ SWEPT_AT_ONCE = 100
 """Consumers one script call looks at (Redis answers nothing else meanwhile)."""
 
 _SWEEP = """
--- KEYS: the input streams, then the sweeper's owed hash, then each candidate's. ARGV: group, least idle ms, then each
--- candidate's name. Returns {name, entries moved} of each consumer removed.
+-- KEYS: the input streams, then the sweeper's owed hash, then each candidate's owed hash and its answered mark
+-- (``unread.answered_key``). ARGV: group, least idle ms, then each candidate's name. Returns {name, entries moved} of
+-- each consumer removed.
 local group, least = ARGV[1], tonumber(ARGV[2])
-local n = #KEYS - (#ARGV - 2) - 1
+local n = #KEYS - 2 * (#ARGV - 2) - 1
 local mine = KEYS[n + 1]
 """ + STREAM_ID_LUA + ACL_LUA + """
 local kind = redis.call('TYPE', mine)['ok']
@@ -49,6 +53,8 @@ end
 local asked = {{'HINCRBY', mine, KEYS[1], '1'}, {'HSETNX', mine, 'f', 'v'}, {'HSET', mine, 'f', 'v'}}
 for i = 1, n do asked[#asked + 1] = {'XGROUP', 'DELCONSUMER', KEYS[i], group, 'c'} end
 for j = n + 2, #KEYS do asked[#asked + 1] = {'DEL', KEYS[j]} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local refused = denied(asked)  -- an ACL changed since the start (ACL_LUA): nothing half done
 if refused then return refused end
 local seen = {}
@@ -63,12 +69,16 @@ for i = 1, n do
 end
 local removed = {}
 for j = 3, #ARGV do
-  local name, owed = ARGV[j], KEYS[n + j - 1]
+  local name, owed, answered = ARGV[j], KEYS[n + 2 * (j - 2)], KEYS[n + 2 * (j - 2) + 1]
   local gone = true
   for i = 1, n do
     local c = seen[i][name]
     if c and (c[1] > 0 or c[2] < least) then gone = false end  -- pending (claimed later), or read meanwhile
   end
+  -- Its owed counts answered to its read since: being told by it (a read that delivered nothing leaves the
+  -- consumer's idle time as it was before Redis 7.2), its acknowledgement to come. Moved, they were told twice.
+  local at = redis.call('TYPE', answered)['ok'] == 'string' and tonumber(redis.call('GET', answered))
+  if at and now - at < least then gone = false end
   local flat = {}
   kind = redis.call('TYPE', owed)['ok']
   if kind == 'hash' then flat = redis.call('HGETALL', owed) elseif kind ~= 'none' then gone = false end
@@ -88,7 +98,7 @@ for j = 3, #ARGV do
         moved = moved + tonumber(value)
       end
     end
-    redis.call('DEL', owed)
+    redis.call('DEL', owed, answered)
     for i = 1, n do
       if seen[i][name] then redis.call('XGROUP', 'DELCONSUMER', KEYS[i], group, name) end
     end
@@ -133,8 +143,9 @@ class DepartedConsumers:
         if self._script is None:
             self._script = self._client.register_script(_SWEEP)
         first, group = self._streams[0], self._group
+        owed = [trimmed_unread_key(first, group, name) for name in names]
         keys = [*self._streams, trimmed_unread_key(first, group, self._consumer),
-                *(trimmed_unread_key(first, group, name) for name in names)]
+                *(key for one in owed for key in (one, answered_key(one)))]
         return list(await self._script(keys=keys, args=[group, self._least_idle_ms, *names]))
 
     def _said(self, removed: list[Any]) -> list[str]:

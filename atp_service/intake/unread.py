@@ -58,12 +58,17 @@ local function after(a, b)  -- stream id a > b
 end
 """
 
+ANSWERED_MS = 600_000
+"""How long a read's answered mark (``answered_key``) is kept: far past any read's acknowledgement."""
+
 _READ = """
--- KEYS: the input streams, then each one's made-again mark (``again.py``), then this consumer's owed hash.
--- ARGV: group, consumer, count. Returns {the XREADGROUP reply or false, the owed hash (HGETALL: stream ->
--- entries lost, stream..'\\n' -> the position before the first gap) with the gaps this read crossed added,
--- {position per stream}, {mark per stream, or false}}.
+local ANSWERED_MS = """ + str(ANSWERED_MS) + """
+-- KEYS: the input streams, then each one's made-again mark (``again.py``), then this consumer's owed hash, then its
+-- answered mark (``answered_key``: set where that hash is answered non-empty). ARGV: group, consumer, count. Returns
+-- {the XREADGROUP reply or false, the owed hash (HGETALL: stream -> entries lost, stream..'\\n' -> the position
+-- before the first gap) with the gaps this read crossed added, {position per stream}, {mark per stream, or false}}.
 local group, consumer, count = ARGV[1], ARGV[2], ARGV[3]
+local answered = table.remove(KEYS)
 local owed = table.remove(KEYS)
 local n = #KEYS / 2
 """ + STREAM_ID_LUA + ACL_LUA + """
@@ -88,7 +93,8 @@ for i = n + 1, 2 * n do
 end
 -- So is every command after XREADGROUP asked of the ACL (``ACL_LUA``): one taken away while serving, the read past
 -- a gap, its HINCRBY refused, its entries never counted.
-local asked = {{'HINCRBY', owed, KEYS[1], '1'}, {'HSETNX', owed, 'f', 'v'}, {'HGETALL', owed}}
+local asked = {{'HINCRBY', owed, KEYS[1], '1'}, {'HSETNX', owed, 'f', 'v'}, {'HGETALL', owed},
+               {'SET', answered, '1', 'PX', '1'}}
 for i = 1, n do
   asked[#asked + 1] = {'XGROUP', 'SETID', KEYS[i], group, '0-0', 'ENTRIESREAD', '0'}
   asked[#asked + 1] = {'XPENDING', KEYS[i], group, '-', '+', '1'}
@@ -148,7 +154,13 @@ for i = 1, n do
   end
   marks[i] = mark
 end
-return {reply or false, redis.call('HGETALL', owed), positions, marks}
+local owing = redis.call('HGETALL', owed)
+if #owing > 0 then  -- answered, to be told: a sweep meanwhile must not move it too (``departed.py``), whatever
+  -- Redis says of this consumer's idle time (before 7.2 a read that delivers nothing leaves it as it was)
+  local t = redis.call('TIME')
+  redis.call('SET', answered, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'PX', ANSWERED_MS)
+end
+return {reply or false, owing, positions, marks}
 """
 
 _ACK = """
@@ -217,6 +229,13 @@ def made_again_key(stream: str, group: str) -> str:
     """The mark of ``group`` made again on ``stream`` (``again.py``): beside the stream (its hash tag, the
     same Redis Cluster slot), the stream's newest entry id when the group was made."""
     return f"{stream}:{MADE_AGAIN}:{group}"
+
+
+def answered_key(owed: str) -> str:
+    """The mark, beside an owed hash (its hash tag), of when its consumer's read last answered it non-empty (Redis's
+    clock, ms): its counts being told by that consumer, whose acknowledgement follows, so that no sweep moves them
+    meanwhile to be told a second time (``departed.py``). Gone after ``ANSWERED_MS``, or with the hash swept."""
+    return f"{owed}:answered"
 
 
 def trimmed_unread_key(stream: str, group: str, consumer: str) -> str:
@@ -297,7 +316,8 @@ class GroupReader:
     async def _read_once(self, count: int) -> tuple[Any, list[Any]]:
         if self._script is None:
             self._script, self._ack = self._client.register_script(_READ), self._client.register_script(_ACK)
-        reply, owed, positions, marks = await self._script(keys=[*self._streams, *self._marks, self.owed_key],
+        reply, owed, positions, marks = await self._script(keys=[*self._streams, *self._marks, self.owed_key,
+                                                                 answered_key(self.owed_key)],
                                                            args=[self._group, self._consumer, count])
         self.marks = {stream: None if mark is None else as_bytes(mark)
                       for stream, mark in zip(self._streams, marks, strict=True)}

@@ -238,10 +238,11 @@ class SimStreams:
         return held, held.groups[group]
 
     def _read_new(self, keys: list[str], args: list[Any]) -> Any:
-        n, (group, consumer, count) = (len(keys) - 1) // 2, (_text(args[0]), _text(args[1]), int(args[2]))
+        # KEYS end with the owed hash and its answered mark (no sweep here: the mark, read by one alone, is not kept)
+        n, (group, consumer, count) = (len(keys) - 2) // 2, (_text(args[0]), _text(args[1]), int(args[2]))
         streams, mark_keys = keys[:n], keys[n:2 * n]
         reply, positions = [], []
-        owed = self.hashes.setdefault(keys[-1], {})
+        owed = self.hashes.setdefault(keys[-2], {})
         for stream in streams:
             self._group(stream, group)  # NOGROUP: the whole read refused, nothing delivered
         for stream in streams:

@@ -6,7 +6,9 @@ the consumer with its hash (``intake/departed.py``): exactly once, keys and cons
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -110,3 +112,32 @@ async def test_a_consumer_is_removed_only_gone_idle_and_empty_and_its_count_move
     finally:
         await r.aclose()
 
+
+
+async def test_an_owner_back_telling_its_count_keeps_it_though_its_read_delivered_nothing(redis_url: str) -> None:
+    """The owner back at its address (not yet in a sweeper's members) reads a quiet stream: nothing delivered, its
+    owed 5 answered and told. A sweep between that read and its acknowledgement must not move the 5 (told twice):
+    on Redis before 7.2 a read that delivers nothing leaves the consumer's idle time as it was, so it looks gone."""
+    r = aioredis.Redis.from_url(redis_url)
+    stream, owner, sweeper = STREAMS[0], "atp-1@10.0.0.3:1", "atp-1@10.0.1.1:1"
+    try:
+        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        await r.xgroup_createconsumer(stream, GROUP, owner)
+        await asyncio.sleep(0.3)  # idle past the bound below: gone for the while it was away
+        sweep = DepartedConsumers(r, [stream], GROUP, sweeper, lambda: {"10.0.1.1:1"}, 200)  # the owner not read yet
+        told = [_Counter(), _Counter()]
+        back = GroupReader(r, [stream], GROUP, owner, told[0])
+        await back.read(10, None)  # its scripts registered: nothing owed, nothing delivered
+        await r.hset(trimmed_unread_key(stream, GROUP, owner), mapping={stream: 5, stream + "\n": "0-9"})
+        ack = back._ack
+
+        async def swept_first(**kwargs: Any) -> Any:
+            await sweep.sweep()  # the sweeper's turn between the owner's read and its acknowledgement
+            return await ack(**kwargs)
+
+        back._ack = swept_first
+        await back.read(10, None)
+        await GroupReader(r, [stream], GROUP, sweeper, told[1]).read(10, None)
+        assert [c.counts for c in told] == [{stream: 5}, {}], "the 5 told by the owner alone"
+    finally:
+        await r.aclose()
