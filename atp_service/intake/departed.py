@@ -70,10 +70,11 @@ end
 local removed = {}
 for j = 3, #ARGV do
   local name, owed, answered = ARGV[j], KEYS[n + 2 * (j - 2)], KEYS[n + 2 * (j - 2) + 1]
-  local gone = true
+  local gone, present = true, false
   for i = 1, n do
     local c = seen[i][name]
     if c and (c[1] > 0 or c[2] < least) then gone = false end  -- pending (claimed later), or read meanwhile
+    present = present or c ~= nil
   end
   -- Its owed counts answered to its read since: being told by it (a read that delivered nothing leaves the
   -- consumer's idle time as it was before Redis 7.2), its acknowledgement to come. Moved, they were told twice.
@@ -82,6 +83,7 @@ for j = 3, #ARGV do
   local flat = {}
   kind = redis.call('TYPE', owed)['ok']
   if kind == 'hash' then flat = redis.call('HGETALL', owed) elseif kind ~= 'none' then gone = false end
+  if kind == 'none' and not present then gone = false end  -- removed by another sweeper since it was listed: not ours
   for k = 1, #flat, 2 do  -- every count checked before any is moved: kept whole where one is no count
     if string.sub(flat[k], -1) ~= '\\n' and """ + no_count("flat[k + 1]", signed=True) + """ then gone = false end
   end

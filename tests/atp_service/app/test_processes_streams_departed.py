@@ -141,3 +141,35 @@ async def test_an_owner_back_telling_its_count_keeps_it_though_its_read_delivere
         assert [c.counts for c in told] == [{stream: 5}, {}], "the 5 told by the owner alone"
     finally:
         await r.aclose()
+
+
+class _ListedThenSwept:
+    """A client whose consumers, once listed, are swept by another sweeper before this one's script runs."""
+
+    def __init__(self, client: Any, other: DepartedConsumers) -> None:
+        self._client, self._other = client, other
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def xinfo_consumers(self, stream: str, group: str) -> Any:
+        listed = await self._client.xinfo_consumers(stream, group)
+        await self._other.sweep()
+        return listed
+
+
+async def test_a_consumer_two_sweepers_listed_is_said_removed_by_the_one_that_removed_it(redis_url: str) -> None:
+    """Two live processes list the gone consumer; the first removes it before the second's script runs. The second
+    removed nothing: no ingest_consumer_removed line of its own, atp_ingest_consumers_removed_total counted once."""
+    r = aioredis.Redis.from_url(redis_url)
+    stream, gone = STREAMS[0], "atp-1@10.0.0.3:1"
+    try:
+        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        await r.xgroup_createconsumer(stream, GROUP, gone)
+        live = {"10.0.1.1:1", "10.0.1.2:1"}
+        first = DepartedConsumers(r, [stream], GROUP, "atp-1@10.0.1.1:1", lambda: live, 0)
+        second = DepartedConsumers(_ListedThenSwept(r, first), [stream], GROUP, "atp-1@10.0.1.2:1", lambda: live, 0)
+        assert await second.sweep() == [], "removed by the first"
+        assert {c["name"] for c in await r.xinfo_consumers(stream, GROUP)} == set()
+    finally:
+        await r.aclose()
