@@ -311,19 +311,29 @@ async def test_lines_written_to_a_file_after_its_check_are_not_published(
     assert stream_length(redis_url) == 2
 
 
+def _one_fact_without_a_url(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A file of one fact, and this environment less any Redis URL or cluster setting."""
+    path = tmp_path / "facts.jsonl"
+    path.write_text(json.dumps(fact(0)) + "\n")
+    return path, {k: v for k, v in os.environ.items() if k not in ("ATP_REDIS_URL", "ATP_REDIS_CLUSTER")}
+
+
+def _published_one(path: Path, cwd: Path, env: dict[str, str], redis_url: str) -> None:
+    """``atpctl events publish`` of ``path`` run in ``cwd`` with ``env``: one published, on ``redis_url``'s stream."""
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--json", "events", "publish", str(path),
+                           "--stream", STREAM], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and json.loads(done.stdout)["published"] == 1, done.stderr
+    assert stream_length(redis_url) == 1
+
+
 def test_without_a_url_it_writes_to_the_redis_of_make_run(tmp_path: Path) -> None:
     """``make run``'s Redis takes a port and a password at each start, written to var/redis/redis.url
     only: atp-publisher reads that file when given no URL; this refused to run without one, the
     password then typed on a command line every user of the host reads (``ps``)."""
     embedded = EmbeddedRedis(tmp_path / "var" / "redis", password="made-at-start").start()
     try:
-        path = tmp_path / "facts.jsonl"
-        path.write_text(json.dumps(fact(0)) + "\n")
-        env = {k: v for k, v in os.environ.items() if k not in ("ATP_REDIS_URL", "ATP_REDIS_CLUSTER")}
-        done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--json", "events", "publish", str(path),
-                               "--stream", STREAM], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0 and json.loads(done.stdout)["published"] == 1, done.stderr
-        assert stream_length(embedded.url) == 1
+        path, env = _one_fact_without_a_url(tmp_path)
+        _published_one(path, tmp_path, env, embedded.url)
         away = subprocess.run([sys.executable, "-m", "atp_client.ctl", "events", "publish", str(path)],
                               cwd=tmp_path / "var", env=env, capture_output=True, text=True, timeout=60)
         assert away.returncode == 2 and "var/redis/redis.url" in away.stderr, away.stderr  # no such file there
@@ -337,14 +347,8 @@ def test_without_a_url_it_writes_to_the_redis_of_the_service_s_data_dir(tmp_path
     file of another run found in its place, the facts written to another Redis than the service's."""
     embedded = EmbeddedRedis(tmp_path / "data" / "redis", password="made-at-start").start()
     try:
-        path = tmp_path / "facts.jsonl"
-        path.write_text(json.dumps(fact(0)) + "\n")
-        env = {k: v for k, v in os.environ.items() if k not in ("ATP_REDIS_URL", "ATP_REDIS_CLUSTER")}
-        done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--json", "events", "publish", str(path),
-                               "--stream", STREAM], cwd=tmp_path, env={**env, "ATP_DATA_DIR": str(tmp_path / "data")},
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0 and json.loads(done.stdout)["published"] == 1, done.stderr
-        assert stream_length(embedded.url) == 1
+        path, env = _one_fact_without_a_url(tmp_path)
+        _published_one(path, tmp_path, {**env, "ATP_DATA_DIR": str(tmp_path / "data")}, embedded.url)
     finally:
         embedded.stop()
 
