@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import logging
 import random
 import tempfile
@@ -43,6 +42,7 @@ from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import Fenced
+from tests.atp_service.app.awaiting import awaiting, every_task_awaiting
 from tests.atp_service.app.fuzz_books import Books
 from tests.atp_service.app.ownership_faults import FaultyOwnership, LateCalls
 from tests.conftest import test_config
@@ -52,6 +52,8 @@ SHARDS = 6
 MAX_LIVE = 4
 QUIET_ROUNDS = 12
 STOP_BOUND_S = 30.0
+QUIET_BOUND_S = 60.0
+"""How long the turns under way when the faults stop may take to end (liveness): past it, a wedge."""
 ACTIONS = (("renew",) * 6 + ("balance",) * 6 + ("record",) * 3 + ("reserve",) * 3
            + ("pause", "thaw", "lapse", "cut", "stop", "join"))
 
@@ -207,7 +209,7 @@ class Fuzz:
             except Exception as exc:  # a finding, named
                 self.findings.append(f"{what} raised {exc!r}")
 
-        task = asyncio.ensure_future(run())
+        task = asyncio.get_running_loop().create_task(run(), name=what)  # named: a wedge's finding says which
         self.work.add(task)
         task.add_done_callback(self.work.discard)
 
@@ -220,9 +222,13 @@ class Fuzz:
                 proc.state = "up"
                 proc.faults.thaw()
         await self.late.land_all()
-        _, pending = await asyncio.wait(self.work, timeout=60) if self.work else (set(), set())
+        _, pending = await asyncio.wait(self.work, timeout=QUIET_BOUND_S) if self.work else (set(), set())
         if pending:
-            self.findings.append(f"{len(pending)} turns still running 60 s after the faults ended (wedged)")
+            states = "; ".join(f"{p.name} {p.state}: {p.faults.describe()}" for p in self.procs)
+            finding = (f"{len(pending)} turns still running {QUIET_BOUND_S:.0f} s after the faults ended (wedged; "
+                       f"{states}); where each waits:\n" + "\n".join(awaiting(turn) for turn in pending))
+            print(f"{finding}\nevery task:\n{every_task_awaiting()}", flush=True)
+            self.findings.append(finding)
             return
         for proc in self.procs:
             if proc.state in ("cut", "stopped"):
@@ -288,20 +294,10 @@ class Fuzz:
                 done, _ = await asyncio.wait((stopping,), timeout=STOP_BOUND_S)
                 if not done:
                     finding = (f"{proc.name}'s stop still running after {STOP_BOUND_S:.0f} s "
-                               f"({proc.faults.describe()}); tasks:\n{_stacks()}")
+                               f"({proc.faults.describe()}); tasks:\n{every_task_awaiting()}")
                     print(finding, flush=True)  # before the wait: a wedge for good hangs the run there
                     self.findings.append(finding)
                     await stopping
-
-
-def _stacks() -> str:
-    """Where every task of the loop waits now (innermost frames)."""
-    out = io.StringIO()
-    for task in asyncio.all_tasks():
-        print(f"-- {task!r}", file=out)
-        with contextlib.suppress(Exception):  # a task of gRPC's Cython coroutines has no frames to print
-            task.print_stack(limit=8, file=out)
-    return out.getvalue()
 
 
 async def run(seed: int, redis_url: str, steps: int = 60) -> tuple[list[str], list[str]]:

@@ -7,6 +7,7 @@ not at all (none acknowledged lost, nothing oversold), and the service said no e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ import redis
 
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.nodes import Call
+from tests.atp_service.app.awaiting import awaiting
 from tests.atp_service.app.membership_fuzz import run
 from tests.atp_service.app.ownership_faults import FaultyOwnership, LateCalls
 
@@ -82,3 +84,29 @@ async def test_a_process_cut_off_as_its_taking_is_granted_is_not_left_paused() -
     answer.set_result(1)  # granted, after the cut
     assert await acquire == 1
     assert faults.running.is_set(), faults.describe()
+
+
+async def test_a_wedged_turn_is_named_with_where_it_waits() -> None:
+    """A turn still running once the faults ended was said as a count alone ("1 turns still running 60 s after the
+    faults ended"): nothing told which turn, nor where it waited. ``Task.print_stack`` shows a suspended task's
+    outermost frame only (Python 3.11); the finding follows its await chain into the tasks it waits for."""
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def held_here() -> None:
+        await never
+
+    async def turn() -> None:
+        await asyncio.gather(asyncio.ensure_future(held_here()))
+
+    task = asyncio.get_running_loop().create_task(turn(), name="p2 balance")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    try:
+        chain = awaiting(task)
+        assert chain.splitlines()[0].strip() == "p2 balance: pending", chain
+        assert any(line.endswith(" held_here") for line in chain.splitlines()), chain  # its innermost frame
+        assert repr(never) in chain, chain
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
