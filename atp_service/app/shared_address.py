@@ -33,8 +33,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from atp_service.app.balancing import address_of
+from atp_service.app.balancing import RENEW_RETRY_FIRST_S, address_of
 from atp_service.app.keyspace import StartupError
+from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import LogStore
 from atp_service.storage.nodes import Script
@@ -85,10 +86,17 @@ def _own(entry: str, holder: str) -> bool:
 async def refuse_if_shared(store: LogStore, address: str, holder: str, lease_ms: int) -> None:
     """Returns once no other live process advertises ``address``; raises ``StartupError`` where one does.
     Waits while an entry of another process there is neither renewed nor gone: at most a lease, the time
-    Redis keeps the entry of a process that stopped renewing. Redis not answering: tried again."""
+    Redis keeps the entry of a process that stopped renewing, looked at twice per renewal. A look that proves
+    nothing yet — Redis not answering, or this process's own entry not in (its first registration not answered:
+    its renewals make it within ``RENEW_RETRY_FIRST_S``, doubling) and nothing at its address to wait out — is
+    made again as soon, not a sixth of a lease later: the start was held that long for nothing (100 s at a
+    lease of 600 s)."""
     seen: dict[str, float] | None = None
     said: set[str] = set()
+    look_s = lease_ms / 1000 / LOOKS_PER_LEASE
+    unproven = Backoff(BackoffPolicy(min(RENEW_RETRY_FIRST_S, look_s), look_s))
     while True:
+        waiting_out = False  # another's entry at this address, to be seen renewed or gone
         try:
             members = await store.client.zrange(store.keys.members, 0, -1, withscores=True)
         except STORAGE_ERRORS as exc:
@@ -107,8 +115,8 @@ async def refuse_if_shared(store: LogStore, address: str, holder: str, lease_ms:
             if now.keys() - said:  # the start waits, up to a lease or so: said, not left to look hung
                 said |= now.keys()
                 _say_waiting(address, sorted(now), lease_ms)
-            seen = now
-        await asyncio.sleep(lease_ms / 1000 / LOOKS_PER_LEASE)
+            seen, waiting_out = now, bool(now)
+        await (asyncio.sleep(look_s) if waiting_out else unproven.wait())
 
 
 class SharedAddressWatch:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 import pytest
 import redis.asyncio as aioredis
@@ -146,3 +147,37 @@ async def test_another_entry_at_its_address_after_the_start_is_said_at_error_onc
     finally:
         await admin.zrem("atp:members", f"127.0.0.1:{port}|bbbbbbbbbbbb")
         await admin.aclose()
+
+
+async def _members_reads(admin: aioredis.Redis) -> int:
+    """ZRANGE calls Redis has run: a start's looks at the members (nothing else in this test reads them so)."""
+    stats = await admin.info("commandstats")
+    return int(stats.get("cmdstat_zrange", {}).get("calls", 0))
+
+
+async def test_a_start_that_looked_before_its_own_entry_was_in_looks_again_soon(redis_url: str) -> None:
+    """A start's look at the members before its own entry is in proves nothing (its first registration not
+    answered — a round trip past ``redis_timeout_s`` on a loaded host — and made by its renewals a moment later,
+    ``RENEW_RETRY_FIRST_S``), and nothing at its address is there to wait out. It looked again only a sixth of a
+    lease later all the same: 100 s at a lease of 600 s, the start held that long for nothing (the membership fuzz
+    found such a join "still running 60 s after the faults ended"). It looks again at the renewals' pace."""
+    store = LogStore(open_nodes(redis_url, 30.0), "soon:", pipeline_max=64)
+    admin = aioredis.Redis.from_url(redis_url)
+    address, holder = "127.0.0.1:1", "127.0.0.1:1|aaaaaaaaaaaa"
+    try:
+        before = await _members_reads(admin)
+        waiting = asyncio.ensure_future(refuse_if_shared(store, address, holder, 600_000))  # a look each 100 s
+        await until(lambda: _after(_members_reads(admin), before), "the start's first look at the members")
+        assert not waiting.done()  # its own entry not in: nothing proven yet
+        seconds, _ = await admin.time()
+        await admin.zadd("soon:members", {holder: (seconds + 600) * 1000})  # registered by its renewals now
+        await until(waiting.done, "the start's next look, its own entry in, far within the 100 s of a sixth of "
+                                  "its lease", 30)
+        await waiting  # the address is its own: the start goes on
+    finally:
+        await admin.aclose()
+        await store.nodes.aclose()
+
+
+async def _after(reads: Awaitable[int], before: int) -> bool:
+    return await reads > before
