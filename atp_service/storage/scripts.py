@@ -133,7 +133,7 @@ local function denied(commands)
     if not redis.acl_check_cmd(unpack(command)) then
       local name, key = command[1], command[2]
       if containers[name] then name, key = name .. '|' .. command[2], command[3] end
-      return redis.error_reply('DENIED ' .. name .. ' on ' .. key ..
+      return redis.error_reply('DENIED ' .. name .. (key and (' on ' .. key) or '') ..  -- TIME: no key
         ': the Redis user may not run it (its ACL changed since the start): nothing written')
     end
   end

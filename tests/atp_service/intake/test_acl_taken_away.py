@@ -125,3 +125,28 @@ async def test_a_subcommand_the_acl_took_away_is_refused_naming_it_and_its_key(u
             await reader.read(10, None)
     finally:
         await client.aclose()
+
+
+async def test_a_read_owing_a_count_whose_time_the_acl_took_away_moves_no_group(user: AclUser) -> None:
+    """A read that answers a count owed marks its hash answered at Redis's TIME (``unread.answered_key``), called
+    after XREADGROUP and the HINCRBY of the gap: TIME refused there, the group was past the gap and its entries
+    delivered with the reply lost, at every read while the count stayed owed. Refused whole now: the group where it
+    was, the gap counted once the ACL allows it."""
+    admin, client = user.admin, connect(user.url, 5.0)
+    counter = Counter("trimmed_unread", "test", ["stream"], registry=CollectorRegistry())
+    reader = GroupReader(client, [STREAM], GROUP, "c1", counter)
+    try:
+        await admin.xgroup_create(STREAM, GROUP, "0", mkstream=True)
+        await admin.xadd(STREAM, {"n": 0})
+        assert await reader.read(10, None)
+        for n in range(1, 6):  # 1..3 trimmed unread
+            await admin.xadd(STREAM, {"n": n}, maxlen=2, approximate=False)
+        await user.take_away("time")
+        with pytest.raises(ResponseError, match=r"^DENIED TIME"):
+            await reader.read(10, None)
+        assert (await admin.xpending(STREAM, GROUP))["pending"] == 1  # was: 3, the group past the gap, reply lost
+        await user.give_back("time")
+        assert len((await reader.read(10, None))[0][1]) == 2
+        assert counter.labels(STREAM)._value.get() == 3
+    finally:
+        await client.aclose()
