@@ -77,8 +77,8 @@ class ServiceConfig(ServingFields):
     keys join it and the consumer with ``:``)."""
 
     consumer_name: str = "atp-1"
-    """Consumer name (leased: ``<it>@<advertised address>``), 1 to 200 printable characters; keep it stable: a
-    restart re-reads its pending entries."""
+    """Consumer name (leased: ``<it>@<advertised address>``), 1 to 200 printable characters, not ending with
+    ``:answered`` unless leased; keep it stable: a restart re-reads its pending entries."""
 
     ingest_count: int = 1000
     """Most entries read per stream per XREADGROUP without channel feeds: large reads for throughput (ingest.py)."""

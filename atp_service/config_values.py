@@ -184,7 +184,7 @@ def check_redis(cfg: Any) -> None:
                          "the stream, dead letters pushing out quarantined facts (never written again), so it must be "
                          "another stream")
     check_key_prefix(cfg.key_prefix)  # at start, not once Redis runs and recovery builds its keys (exit 1)
-    _check_reader_names(cfg.consumer_group, cfg.consumer_name)
+    _check_reader_names(cfg.consumer_group, cfg.consumer_name, cfg.ownership == "leases")
     _check_side_keys(cfg)
     if cfg.redis_wait_replicas < 0:
         raise ValueError(f"redis_wait_replicas: must be >= 0, got {cfg.redis_wait_replicas}")
@@ -209,12 +209,14 @@ READER_NAME_MAX_LEN = 200
 count, the made-again mark) and of every reply naming the consumer."""
 
 
-def _check_reader_names(group: str, consumer: str) -> None:
+def _check_reader_names(group: str, consumer: str, leased: bool) -> None:
     """The input streams' consumer group and consumer: named (Redis takes an empty one, and every process's reading
     then shares one nameless consumer), printable, bounded. The group without ``:``: its keys join it and the
     consumer with ``:`` (``quarantine.run_key``: ``…:run:<group>:<consumer>``), and ``a:b`` with consumer ``c``
     took ``a`` with ``b:c``'s run, one reader's start fencing the other's quarantine writes for good (the consumer
-    may hold ``:``: leased, it is ``<name>@<host:port>``, and it comes last)."""
+    may hold ``:``: leased, it is ``<name>@<host:port>``, and it comes last). Not leased, it does not end with
+    ``:answered``: a count's answered mark is ``<its owed hash>:answered`` (``unread.answered_key``), another
+    consumer's owed hash then, its SET over that hash."""
     for name, value in (("consumer_group", group), ("consumer_name", consumer)):
         if not 0 < len(value) <= READER_NAME_MAX_LEN or not value.isprintable() or value != value.strip():
             raise ValueError(f"{name}: must be 1 to {READER_NAME_MAX_LEN} printable characters, no space at either "
@@ -222,6 +224,9 @@ def _check_reader_names(group: str, consumer: str) -> None:
     if ":" in group:
         raise ValueError(f"consumer_group: must not contain ':' (its Redis keys join it and the consumer with ':', "
                          f"another group and consumer could name the same key), got {group!r}")
+    if not leased and consumer.endswith(":answered"):  # leased, the consumer ends with its address
+        raise ValueError(f"consumer_name: must not end with ':answered' (consumer {consumer[:-9]!r}'s answered "
+                         f"mark is the Redis key of its count of entries trimmed unread), got {consumer!r}")
 
 
 MADE_AGAIN, TRIMMED_UNREAD = "made-again", "trimmed-unread"

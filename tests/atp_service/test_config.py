@@ -20,7 +20,7 @@ from atp_service.config import (
 from atp_service.config_settings import OTHER_TOOLS, as_given, attribute_docs, flat_names, settings_of
 from atp_service.config_values import CHOICES, DERIVED_KEY_WORDS, read_text
 from atp_service.intake.quarantine import run_key, written_key
-from atp_service.intake.unread import made_again_key
+from atp_service.intake.unread import answered_key, made_again_key, trimmed_unread_key
 from reservation import Limits
 
 SLICES = (ChannelSettings, EngineSettings, IngestSettings, ShardSettings, SnapshotPolicy)
@@ -388,3 +388,17 @@ def test_a_key_prefix_with_a_brace_stops_the_start_naming_it(prefix: str) -> Non
     with pytest.raises(ValueError, match=r"^--key-prefix: must not contain"):
         ServiceConfig.from_env({}, key_prefix=prefix)
     assert ServiceConfig.from_env({"ATP_KEY_PREFIX": ""}).key_prefix == ""  # the empty prefix is one
+
+
+def test_a_consumer_named_as_another_s_answered_mark_stops_the_start() -> None:
+    """A read answering a count owed marks the hash ``<owed hash>:answered`` (16587a64): consumer 'atp''s mark is
+    consumer 'atp:answered''s owed hash, its SET over that hash (the other's count of entries trimmed unread lost,
+    never told: E6) and that reader's every read refused WRONGTYPE for the mark's 10 minutes. Leased, the consumer is
+    '<name>@<host:port>' and never ends so: any name there."""
+    owed = trimmed_unread_key("atp:in:pos", "atp", "atp:answered")
+    assert answered_key(trimmed_unread_key("atp:in:pos", "atp", "atp")) == owed  # what it prevents
+    with pytest.raises(ValueError, match=r"^ATP_CONSUMER_NAME: must not end with ':answered'"):
+        ServiceConfig.from_env({"ATP_CONSUMER_NAME": "atp:answered"})
+    leased = ServiceConfig.from_env({"ATP_CONSUMER_NAME": "atp:answered", "ATP_OWNERSHIP": "leases",
+                                     "ATP_DEMO": "false", "ATP_ADVERTISE_ADDRESS": "10.0.0.5:50051"})
+    assert leased.consumer_name == "atp:answered"
