@@ -43,6 +43,9 @@ class Leases:
 
     def __init__(self) -> None:
         self.holder: dict[int, str] = {}
+        self.taken: dict[int, str] = {}
+        """Each group's last taker: the world's record, which Redis losing a tail (``--lose-tail``) does not take
+        back as it does ``holder`` (a lease key gone back to a holder that took nothing since)."""
 
     def expire(self, holder: str, group: int) -> bool:
         if self.holder.get(group) != holder:
@@ -147,6 +150,7 @@ class SimMembership:
             self.held.pop(group, None)
             raise Fenced(f"sim: group {group} was taken at a newer epoch than {epoch}")
         world.leases.holder[group], redis.owners[group] = self.proc.holder, epoch
+        world.leases.taken[group] = self.proc.holder
         log.adopt(group, epoch, redis.fences[group])
         self.held[group] = epoch
         try:

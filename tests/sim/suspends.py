@@ -118,7 +118,9 @@ def stale_reads(world: ClusterWorld, proc: Process) -> None:
         except Moved:
             world.log.tally.stale_reads_refused += world.leases.holder.get(group) not in (None, proc.holder)
             continue
-        holder = world.leases.holder.get(group)
+        # Taken since by another process, not merely named by a lease key Redis took back to an older holder
+        # (``--lose-tail``: nothing took the group from ``proc``, which renews and finds the key not its own).
+        holder = world.leases.taken.get(group)
         if holder is not None and holder != proc.holder:
             world.sleeps.stale.append(
                 f"R7: {proc.address} ({proc.holder}) answered a read of group {group} from its memory though {holder} "
