@@ -90,11 +90,11 @@ def main() -> int:
         parser.error("--suspends needs --processes 2 or 3 (one process holds no lease)")
     if args.clock_skew and args.processes == 1:
         parser.error("--clock-skew needs --processes 2 or 3 (one process has one clock)")
-    alongside = ("trace", "input_streams") + (("partition",) if args.processes > 1 else ())
+    alongside = ("trace", "input_streams") + (("partition", "suspends") if args.processes > 1 else ())
     others = [name for name, value in vars(args).items() if value is True and name not in alongside]
     if args.input_streams and others:  # its own drivers (inputdriver.py, inputcluster.py): another fault is ignored
-        parser.error(f"--input-streams runs alone but for --processes, --partition (its drivers draw their own "
-                     f"faults): not with {', '.join('--' + name.replace('_', '-') for name in others)}")
+        parser.error(f"--input-streams runs alone but for --processes, --partition, --suspends (its drivers draw "
+                     f"their own faults): not with {', '.join('--' + name.replace('_', '-') for name in others)}")
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and
     # futures of callers that gave up carry errors nobody reads: asyncio's complaints about both are noise.
@@ -104,7 +104,7 @@ def main() -> int:
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     started, recoveries, tally = time.perf_counter(), 0, Tally()
     if args.input_streams:
-        return run_inputs(seeds, args.steps, args.trace, args.processes, args.partition)
+        return run_inputs(seeds, args.steps, args.trace, args.processes, args.partition, args.suspends)
     for done, seed in enumerate(seeds):
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
                         args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
@@ -125,13 +125,14 @@ def main() -> int:
     return 0
 
 
-def run_inputs(seeds: Iterable[int], steps: int, trace: bool, processes: int = 1, partition: bool = False) -> int:
+def run_inputs(seeds: Iterable[int], steps: int, trace: bool, processes: int = 1, partition: bool = False,
+               suspends: bool = False) -> int:
     """``--input-streams`` (``inputdriver.py``; with ``--processes``, ``inputcluster.py``): its own driver, its own
     summary."""
     started, tally = time.perf_counter(), Tally()
     for done, seed in enumerate(seeds):
         driver = InputsDriver(seed, tally) if processes == 1 else \
-            InputsClusterDriver(seed, processes, tally, partition)
+            InputsClusterDriver(seed, processes, tally, partition, suspends)
         try:
             asyncio.run(driver.run(steps))
         except Violation as exc:

@@ -21,7 +21,12 @@ An entry whose quarantine write failed (owed) is watched while the process that 
 With ``--partition`` two processes (or one and both others) cut off from each other over gRPC, both reaching Redis
 (``partition.py``): a send across the cut is never sent, or made at the owner with its answer lost.
 
-Not modelled here: Redis losing a tail (``--lose-tail``), the owner check's draws.
+With ``--suspends`` leases are counted on each host's lease clock with finite deadlines and some pauses are suspends
+of a process's host (``suspends.py``): woken, its reader and desk go on with what they held, and it answers no read
+of a group taken meanwhile (R7).
+
+Not modelled here: Redis losing a tail (``--lose-tail``), the owner check's draws, the sweep of departed consumers
+(``intake/departed.py``: every process comes back at its own address).
 """
 
 from __future__ import annotations
@@ -86,8 +91,11 @@ class _Writes:
 
 
 class InputsClusterDriver(InputsDriver):
-    def __init__(self, seed: int, processes: int, tally: Tally | None = None, partition: bool = False) -> None:
-        """``partition``: processes cut off from each other over gRPC (``partition.py``): sends to owners fail."""
+    def __init__(self, seed: int, processes: int, tally: Tally | None = None, partition: bool = False,
+                 suspends: bool = False) -> None:
+        """``partition``: processes cut off from each other over gRPC (``partition.py``): sends to owners fail.
+        ``suspends``: leases counted on each host's lease clock, finite deadlines, some pauses a host's suspend
+        (``suspends.py``): a woken process's reader and desk go on with what they held."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(f"inputs {seed} processes {processes}")
         self.tally = tally or Tally()
@@ -103,6 +111,8 @@ class InputsClusterDriver(InputsDriver):
         self._room(ROOM)
         world.processes = [world._new(i) for i in range(processes)]  # made with the bound (and the client) above
         world.partitions = self.partitions = Partitions(seed, self.tally) if partition else None
+        if suspends:
+            world.sleeps.start(seed)
         self.producer = Producer(self.rng, world, self.redis)
         self.restore_at = self.rng.randint(10, 40)
         self.readers: dict[str, tuple[Process, StreamIngestor]] = {}
@@ -137,7 +147,8 @@ class InputsClusterDriver(InputsDriver):
                 errors.check()
         except Exception as exc:
             tail = "\n  ".join(self.trace[-24:])
-            flags = f"--input-streams --processes {self.processes}{' --partition' if self.partitions else ''}"
+            flags = (f"--input-streams --processes {self.processes}{' --partition' if self.partitions else ''}"
+                     f"{' --suspends' if self.cluster.sleeps.finite else ''}")
             raise Violation(f"seed {self.seed} {flags}, after step {step}: {exc}\n  last steps:\n  {tail}\n"
                             f"replay: .venv/bin/python -m tests.sim {flags} --seed {self.seed}"
                             f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
@@ -271,6 +282,8 @@ class InputsClusterDriver(InputsDriver):
         self.owed.applied(self)  # an entry owed: never decided again before its write, while its writer lives (E8)
         facts_fold_as_the_reference(world, [actor.ledger for actor in world.eng.actors])  # E1-E3, E8
         replay_equals_live(world, world.replayed(range(world.config.shards)))
+        if world.sleeps.stale:
+            raise Violation(world.sleeps.stale[0])  # R7: a woken process read a group taken meanwhile
 
     def _done(self) -> bool:
         running = self.cluster.running()

@@ -122,3 +122,16 @@ async def test_what_a_dead_process_owed_to_tell_is_told_by_it_started_again_at_t
     in its hash, kept until that consumer tells them, by design) and p1 was dead at the end, never started again: the
     drain waited for a count no reader would tell. Every dead process is started again before the drain."""
     await InputsClusterDriver(2040, 2, Tally(), partition=True).run(60)
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+async def test_input_streams_read_by_processes_whose_hosts_are_suspended(processes: int) -> None:
+    """``--input-streams --processes 2|3 --partition --suspends`` (refused before): leases counted on each host's lease
+    clock with finite deadlines, half the pauses a suspend of the process's host (past its leases, others taking its
+    groups and claiming its entries meanwhile, or for seconds): the woken process's reader and desk go on with what
+    they held; the invariants of ``--input-streams`` hold (E6, E8, E3, E10), and the woken process answers no read
+    of a group taken meanwhile (R7)."""
+    tally = Tally()
+    for seed in range(PROCESS_SEEDS):
+        await InputsClusterDriver(seed, processes, tally, partition=True, suspends=True).run(60)
+    assert tally.host_suspends and tally.input_claimed and tally.takeovers, tally

@@ -13,6 +13,7 @@ from atp_service.engine.clock import ManualClock
 from atp_service.lease_clock import JUMP_S, LeaseClock
 from tests.sim.checks import Violation
 from tests.sim.driver import Driver
+from tests.sim.inputcluster import InputsClusterDriver
 from tests.sim.suspends import LEASE_S, HostClocks
 from tests.sim.tally import Tally
 
@@ -89,3 +90,14 @@ async def test_a_lease_key_redis_took_back_to_an_older_holder_is_no_taking_of_th
     key not its own). The invariant judged the key, so took this for a stale read (seed 117, at step 20)."""
     await Driver(117, Tally(), processes=3, lose_tail=True, forward_streams=True, partition=True, clock_jumps=True,
                  suspends=True).run(60)
+
+
+async def test_a_lease_clock_blind_to_the_suspend_answers_a_stale_read_under_input_streams(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--input-streams --processes 2 --partition --suspends``: the invariant bites there too (seed 0: at step 18),
+    the woken process's reader and desk going on with what they held."""
+    blind: Callable[[object, tuple[object, ...]], LeaseClock] = \
+        lambda mono, others: LeaseClock(mono=mono, others=())  # type: ignore[arg-type]  # noqa: E731
+    monkeypatch.setattr(HostClocks, "make", staticmethod(blind))
+    with pytest.raises(Violation, match=r"R7: p1 .* answered a read of group .* though .* has taken its lease since"):
+        await InputsClusterDriver(0, 2, Tally(), partition=True, suspends=True).run(60)
