@@ -236,7 +236,7 @@ class ClusterWorld(World):
 
     def lose_tail(self) -> None:
         """Redis comes back from its saved state now, lease keys too. A restored lease of a holder gone
-        since (dead, or paused: its leases ran out meanwhile, as they would have) is dropped. The orders
+        since (dead, or paused long: its leases ran out meanwhile, as they would have) is dropped. The orders
         whose record the restarted groups held (in memory or in Redis) and no longer hold are noted: their
         parts in other groups may outlive them (``lost_orders``); one node's restore tears the orders whose
         records (the order's or a part's) it changed (``torn_orders``), and so does every node's restore those of
@@ -267,7 +267,8 @@ class ClusterWorld(World):
         # Confirmed before the loss: no Confirm can be refused any more, the part was lost after it.
         self.torn_confirmed |= {rid for rid in torn if rid in settled and (
             settled[rid].state == State.CONFIRMED or settled[rid].pending is not None)}
-        running = {p.holder for p in self.running()}
+        running = {p.holder for p in self.processes  # a brief pause's leases run out no sooner than a running one's
+                   if not p.dead and (not p.frozen or p.holder in self.leases.brief)}
         for group, holder in list(self.leases.holder.items()):
             if holder not in running:
                 del self.leases.holder[group]

@@ -98,6 +98,8 @@ class Disruptor:
 
     def _stop_running(self, proc: Process, suspend: bool, long: bool) -> None:
         self.world.pause(proc)
+        if not long:
+            self.world.leases.brief.add(proc.holder)
         if suspend:  # its monotonic clock stands still, its boot and wall clocks move on
             slept = self.world.sleeps.suspend(proc.address, long)
             self.world.log.tally.host_suspends += 1
@@ -105,6 +107,7 @@ class Disruptor:
 
     def _run_again(self, proc: Process) -> None:
         proc.log.thaw()
+        self.world.leases.brief.discard(proc.holder)
         if self.world.sleeps.slept_now(proc.address):
             self.world.sleeps.asleep.discard(proc.address)
             stale_reads(self.world, proc)  # R7: woken, it answers no read of a group taken meanwhile

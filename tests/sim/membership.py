@@ -44,6 +44,9 @@ class Leases:
     def __init__(self) -> None:
         self.holder: dict[int, str] = {}
         self.taken: dict[int, str] = {}
+        self.brief: set[str] = set()
+        """The holders paused (or their hosts suspended) briefly now (``Disruptor``): renewed in time, their leases
+        never run out, nor does one Redis restores naming them (``ClusterWorld.lose_tail``)."""
         """Each group's last taker: the world's record, which Redis losing a tail (``--lose-tail``) does not take
         back as it does ``holder`` (a lease key gone back to a holder that took nothing since)."""
 
