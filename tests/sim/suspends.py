@@ -119,9 +119,11 @@ def stale_reads(world: ClusterWorld, proc: Process) -> None:
             world.log.tally.stale_reads_refused += world.leases.holder.get(group) not in (None, proc.holder)
             continue
         # Taken since by another process, not merely named by a lease key Redis took back to an older holder
-        # (``--lose-tail``: nothing took the group from ``proc``, which renews and finds the key not its own).
+        # (``--lose-tail``: nothing took the group from ``proc``, which renews and finds the key not its own). Nor
+        # one Redis let another take after it lost ``proc``'s lease with the group's keys (its node back from older
+        # data since ``proc`` took it: ``witnessed``): no clock of ``proc``'s can see that loss before its renewal.
         holder = world.leases.taken.get(group)
-        if holder is not None and holder != proc.holder:
+        if holder is not None and holder != proc.holder and not proc.members.witnessed(group):
             world.sleeps.stale.append(
                 f"R7: {proc.address} ({proc.holder}) answered a read of group {group} from its memory though {holder} "
                 f"has taken its lease since: its lease clock read {proc.engine.lease_clock.now():.3f}, its deadline "

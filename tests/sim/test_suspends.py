@@ -111,3 +111,13 @@ async def test_a_lease_redis_restored_naming_a_host_suspended_for_seconds_is_not
     taking (seed 31, at step 37). A brief pause's or suspend's restored lease is kept (``ClusterWorld.lose_tail``)."""
     await Driver(31, Tally(), processes=2, lose_tail=True, clock_skew=True, forward_streams=True, partition=True,
                  clock_jumps=True, suspends=True).run(60)
+
+
+async def test_a_group_taken_after_redis_lost_the_woken_process_s_lease_is_no_finding() -> None:
+    """``--lose-tail`` with suspends: one node of Redis restarted from older data while p0's host was suspended for
+    seconds, its lease key for group 0 naming an earlier incarnation of p0, dead (its lease run out): Redis lost p0's
+    lease, and p1 took the group as Redis allowed. p0, woken with its lease counting on every clock, answers reads of
+    it until its next renewal finds the key not its own: no clock of its own can see a loss of Redis's data (writes
+    are refused by the owner key, R7). The invariant took this for a stale read (seed 119, at step 41)."""
+    await Driver(119, Tally(), processes=2, lose_tail=True, clock_skew=True, settle_faults=True, forward_streams=True,
+                 partition=True, clock_jumps=True, suspends=True, groups=True).run(60)
