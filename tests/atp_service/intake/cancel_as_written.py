@@ -25,3 +25,11 @@ def cancel_as_written(monkeypatch: pytest.MonkeyPatch, client: Any,
 
     monkeypatch.setattr(type(connection), "_send_packed_command", send_then_cancelled)
     return cancels
+
+
+async def ended_by_the_cancel(task: asyncio.Future[Any], cancels: list[bool], what: str) -> None:
+    """``task`` ended, cancelled by the one cancel ``cancel_as_written`` sent (``cancels``): else ``what`` fails. The
+    wait's bound is for a broken run, not a timing."""
+    done, _ = await asyncio.wait((task,), timeout=10)
+    assert cancels == [True]
+    assert done and task.cancelled(), what
