@@ -59,11 +59,16 @@ DEFAULT_INPUT_STREAM = "atp:in:pos"
 """The service's first input stream while ATP_INPUT_STREAMS is unset (``ServiceConfig.input_streams``)."""
 
 
+def _input_streams(raw: str) -> tuple[str, ...]:
+    """ATP_INPUT_STREAMS's streams as the service reads them: comma-separated, each stripped, empty ones dropped."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 def default_input_stream() -> str:
     """``events publish``'s ``--stream`` where no flag is given, as ``build_parser`` parses it: the first of
     ATP_INPUT_STREAMS read as the service reads it, else ``atp:in:pos`` (``input_stream`` refuses it where no intake
     would read it: on a Redis Cluster with the variable unset, or the variable set empty)."""
-    read = [part.strip() for part in os.environ.get("ATP_INPUT_STREAMS", "").split(",") if part.strip()]
+    read = _input_streams(os.environ.get("ATP_INPUT_STREAMS", ""))
     return read[0] if read else DEFAULT_INPUT_STREAM
 
 
@@ -80,7 +85,7 @@ def input_stream(given: str | None, cluster: bool) -> str:
                              f"{DEFAULT_INPUT_STREAM} is none of them: name --stream, or set ATP_INPUT_STREAMS as the "
                              "service's; else no intake would read the facts")
         return given or DEFAULT_INPUT_STREAM
-    read = tuple(part.strip() for part in os.environ["ATP_INPUT_STREAMS"].split(",") if part.strip())
+    read = _input_streams(os.environ["ATP_INPUT_STREAMS"])
     if given is None and read:
         return read[0]
     if given in read:
