@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
-from atp_service.intake.quarantine import ahead_key, run_key, written_key
+from atp_service.intake.quarantine import ahead_key, run_key, swept_runs_key, written_key
 from atp_service.intake.unread import answered_key, made_again_key, trimmed_unread_key
 from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl, check_cluster_client
 from atp_service.storage.keys import CHANNELS, Keyspace
@@ -164,8 +164,9 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     run = run_key(quarantine, group, consumer)  # this consumer's run: a write of a run before lands nothing
     needs += [Need(("HMGET", ahead, "d"), ahead, use)]
     needs += [Need(("EVALSHA", SHA, 5, quarantine, written, run, ahead, s), s, use) for s in streams]
+    swept = swept_runs_key(quarantine)  # the highest run removed with its consumer (departed.py): a run drawn above it
     needs += [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use),  # SET: lost
-              Need(("TYPE", run), run, use)]
+              Need(("TYPE", run), run, use), Need(("GET", swept), swept, use)]
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
         ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"), ("TYPE",), ("HGET", "s"), ("HLEN",),
         ("HEXISTS", "s"))]
@@ -180,13 +181,25 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
             ("XINFO", "GROUPS", s), ("XINFO", "STREAM", s), ("XGROUP", "CREATE", s, group, "$", "MKSTREAM"),
             ("XGROUP", "SETID", s, group, "0-0"), ("XRANGE", s, "-", "+", "COUNT", 1), ("EXISTS", s))]
     if config.ownership == "leases":  # a consumer of a process gone for good removed, its count moved (departed.py)
-        gone = trimmed_unread_key(streams[0], group, "gone@0")
-        mark = answered_key(gone)  # read where its owner answered it since (unread.answered_key), deleted with it
-        needs += [Need(("EVALSHA", SHA, len(streams) + 3, *streams, owed, gone, mark), owed, use),
-                  Need(("HSET", owed, "s", 1), owed, use), Need(("HGETALL", gone), gone, use)]
-        needs += [Need((c, key), key, use) for key in (gone, mark) for c in ("TYPE", "DEL", "GET")]
-        needs += [Need(args, s, use) for s in streams for args in (
-            ("XINFO", "CONSUMERS", s, group), ("XGROUP", "DELCONSUMER", s, group, consumer))]
+        needs += _departed_needs(config, owed, use)
+    return needs
+
+
+def _departed_needs(config: ServiceConfig, owed: str, use: str) -> list[Need]:
+    """Leased, the sweep of the consumers of processes gone for good (``intake/departed.py``): each removed with its
+    hash of entries trimmed unread (moved to ``owed``, this consumer's), its answered mark and its quarantine run."""
+    group, consumer, streams, quarantine = (config.consumer_group, config.consumer_name, config.input_streams,
+                                            config.quarantine_stream)
+    swept = swept_runs_key(quarantine)  # the highest run removed with its consumer
+    gone = trimmed_unread_key(streams[0], group, "gone@0")
+    mark = answered_key(gone)  # read where its owner answered it since (unread.answered_key), deleted with it
+    ran = run_key(quarantine, group, "gone@0")  # its quarantine run, removed with it, the highest kept (swept)
+    needs = [Need(("EVALSHA", SHA, len(streams) + 5, *streams, owed, swept, gone, mark, ran), owed, use),
+             Need(("HSET", owed, "s", 1), owed, use), Need(("HGETALL", gone), gone, use),
+             Need(("SET", swept, 1), swept, use), Need(("TYPE", swept), swept, use)]
+    needs += [Need((c, key), key, use) for key in (gone, mark, ran) for c in ("TYPE", "DEL", "GET")]
+    needs += [Need(args, s, use) for s in streams for args in (
+        ("XINFO", "CONSUMERS", s, group), ("XGROUP", "DELCONSUMER", s, group, consumer))]
     return needs
 
 

@@ -17,7 +17,10 @@ told once (E8): the owner coming back at that moment either read before (its rea
 reads after (its hash gone: nothing to tell, its consumer made again); two sweepers cannot both move it. A read that
 delivers nothing leaves the consumer's idle time as it was before Redis 7.2, yet answers the owed hash, which its
 reader then tells: that read marks the hash answered (``unread.answered_key``), and the sweep keeps a consumer whose
-hash was answered within ``claim_idle_ms`` (moved then, its counts were told by both).
+hash was answered within ``claim_idle_ms`` (moved then, its counts were told by both). Its run beside the quarantine
+stream (``quarantine.run_key``, one per name) is deleted with it, the highest run so deleted kept in one key
+(``quarantine.swept_runs_key``): a process back under that name draws its run above it, so a quarantine write of the
+deleted run landing late writes and acknowledges nothing (E8); before, one such key stayed for every address.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from atp_service.intake.quarantine import run_key, swept_runs_key
 from atp_service.intake.unread import STREAM_ID_LUA, answered_key, trimmed_unread_key
 from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text, no_such_key
@@ -39,20 +43,28 @@ SWEPT_AT_ONCE = 100
 """Consumers one script call looks at (Redis answers nothing else meanwhile)."""
 
 _SWEEP = """
--- KEYS: the input streams, then the sweeper's owed hash, then each candidate's owed hash and its answered mark
--- (``unread.answered_key``). ARGV: group, least idle ms, then each candidate's name. Returns {name, entries moved} of
+-- KEYS: the input streams, then the sweeper's owed hash, the highest run swept (``quarantine.swept_runs_key``), then
+-- each candidate's owed hash, its answered mark (``unread.answered_key``) and its run beside the quarantine stream
+-- (``quarantine.run_key``). ARGV: group, least idle ms, then each candidate's name. Returns {name, entries moved} of
 -- each consumer removed.
 local group, least = ARGV[1], tonumber(ARGV[2])
-local n = #KEYS - 2 * (#ARGV - 2) - 1
-local mine = KEYS[n + 1]
+local n = #KEYS - 3 * (#ARGV - 2) - 2
+local mine, swept = KEYS[n + 1], KEYS[n + 2]
 """ + STREAM_ID_LUA + ACL_LUA + """
 local kind = redis.call('TYPE', mine)['ok']
 if kind ~= 'hash' and kind ~= 'none' then  -- before anything: a candidate's count moved half-way lost for good
   return redis.error_reply('WRONGTYPE ' .. mine .. ' holds a ' .. kind .. ', not a hash: nothing removed')
 end
-local asked = {{'HINCRBY', mine, KEYS[1], '1'}, {'HSETNX', mine, 'f', 'v'}, {'HSET', mine, 'f', 'v'}}
+kind = redis.call('TYPE', swept)['ok']
+local highest = kind == 'string' and tonumber(redis.call('GET', swept))
+if not highest and kind ~= 'none' then  -- a run removed unrecorded: drawn again, a late write of it taken (E8)
+  return redis.error_reply('WRONGTYPE ' .. swept .. ' holds no run: nothing removed')
+end
+highest = highest or 0
+local asked = {{'HINCRBY', mine, KEYS[1], '1'}, {'HSETNX', mine, 'f', 'v'}, {'HSET', mine, 'f', 'v'},
+  {'SET', swept, '1'}}
 for i = 1, n do asked[#asked + 1] = {'XGROUP', 'DELCONSUMER', KEYS[i], group, 'c'} end
-for j = n + 2, #KEYS do asked[#asked + 1] = {'DEL', KEYS[j]} end
+for j = n + 3, #KEYS do asked[#asked + 1] = {'DEL', KEYS[j]} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local refused = denied(asked)  -- an ACL changed since the start (ACL_LUA): nothing half done
@@ -69,7 +81,7 @@ for i = 1, n do
 end
 local removed = {}
 for j = 3, #ARGV do
-  local name, owed, answered = ARGV[j], KEYS[n + 2 * (j - 2)], KEYS[n + 2 * (j - 2) + 1]
+  local name, owed, answered, run = ARGV[j], KEYS[n + 3 * (j - 2)], KEYS[n + 3 * (j - 2) + 1], KEYS[n + 3 * (j - 2) + 2]
   local gone, present = true, false
   for i = 1, n do
     local c = seen[i][name]
@@ -84,6 +96,11 @@ for j = 3, #ARGV do
   kind = redis.call('TYPE', owed)['ok']
   if kind == 'hash' then flat = redis.call('HGETALL', owed) elseif kind ~= 'none' then gone = false end
   if kind == 'none' and not present then gone = false end  -- removed by another sweeper since it was listed: not ours
+  -- Its quarantine run, removed with it: the highest swept is kept (one key), so a run drawn again at its name starts
+  -- above it and a write of this run landing late lands nothing (E8). A run key of another kind: kept whole.
+  kind = redis.call('TYPE', run)['ok']
+  local ran = kind == 'string' and tonumber(redis.call('GET', run))
+  if kind ~= 'none' and not ran then gone = false end
   for k = 1, #flat, 2 do  -- every count checked before any is moved: kept whole where one is no count
     if string.sub(flat[k], -1) ~= '\\n' and """ + no_count("flat[k + 1]", signed=True) + """ then gone = false end
   end
@@ -100,7 +117,11 @@ for j = 3, #ARGV do
         moved = moved + tonumber(value)
       end
     end
-    redis.call('DEL', owed, answered)
+    if ran and ran > highest then
+      highest = ran
+      redis.call('SET', swept, ran)
+    end
+    redis.call('DEL', owed, answered, run)
     for i = 1, n do
       if seen[i][name] then redis.call('XGROUP', 'DELCONSUMER', KEYS[i], group, name) end
     end
@@ -114,11 +135,14 @@ return removed
 class DepartedConsumers:
     """The sweep of one reader (``consumer``) over its group's consumers (see the module). ``live``: the addresses of
     the live processes (members, and holders of a group); empty: not known yet, nothing swept. ``counter``: by
-    consumer removed (``atp_ingest_consumers_removed_total``), or None."""
+    consumer removed (``atp_ingest_consumers_removed_total``), or None. ``quarantine``: the quarantine stream, beside
+    which each consumer's run (``quarantine.run_key``) is removed with it."""
 
     def __init__(self, client: Any, streams: list[str], group: str, consumer: str,
-                 live: Callable[[], Collection[str]], least_idle_ms: int, counter: Any = None) -> None:
+                 live: Callable[[], Collection[str]], least_idle_ms: int, counter: Any = None, *,
+                 quarantine: str) -> None:
         self._client, self._streams, self._group, self._consumer = client, streams, group, consumer
+        self._quarantine = quarantine
         self._live, self._least_idle_ms, self._counter = live, least_idle_ms, counter
         self._script: Any = None  # registered at the first sweep
 
@@ -146,8 +170,9 @@ class DepartedConsumers:
             self._script = self._client.register_script(_SWEEP)
         first, group = self._streams[0], self._group
         owed = [trimmed_unread_key(first, group, name) for name in names]
-        keys = [*self._streams, trimmed_unread_key(first, group, self._consumer),
-                *(key for one in owed for key in (one, answered_key(one)))]
+        runs = [run_key(self._quarantine, group, name) for name in names]
+        keys = [*self._streams, trimmed_unread_key(first, group, self._consumer), swept_runs_key(self._quarantine),
+                *(key for one, run in zip(owed, runs, strict=True) for key in (one, answered_key(one), run))]
         return list(await self._script(keys=keys, args=[group, self._least_idle_ms, *names]))
 
     def _said(self, removed: list[Any]) -> list[str]:

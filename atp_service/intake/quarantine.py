@@ -310,7 +310,13 @@ class QuarantineStream:
         process), can land nothing now. A reader started again here keeps it: what it wrote in doubt is owed here."""
         run = self._runs.get((group, consumer))
         if run is None:
-            run = self._runs[(group, consumer)] = int(await client.incr(run_key(self.stream, group, consumer)))
+            key = run_key(self.stream, group, consumer)
+            run = int(await client.incr(key))
+            swept = await client.get(swept_runs_key(self.stream))  # read after the INCR: a sweep between raised it
+            if swept is not None and run <= int(swept):  # the key swept with its consumer (departed.py): run above it
+                run = int(swept) + 1
+                await client.set(key, run)
+            self._runs[(group, consumer)] = run
         return run
 
 
@@ -332,8 +338,15 @@ def ahead_key(stream: str) -> str:
 
 def run_key(stream: str, group: str, consumer: str) -> str:
     """The run of ``consumer`` of ``group`` that may write to ``stream`` (``QuarantineStream.run_of``): in the
-    stream's Redis Cluster slot, as ``written_key``, one per consumer (a few; consumers' names are stable)."""
+    stream's Redis Cluster slot, as ``written_key``, one per consumer: removed with it under leases, its process gone
+    for good (``intake/departed.py``, ``swept_runs_key``)."""
     return f"{written_key(stream)}:run:{group}:{consumer}"
+
+
+def swept_runs_key(stream: str) -> str:
+    """The highest run of a consumer whose ``run_key`` a sweep removed with it (``intake/departed.py``): a run drawn
+    again at that name starts above it, so a write of the swept run landing late lands nothing (E8)."""
+    return f"{written_key(stream)}:runs-swept"
 
 
 def _flat(entry: dict[str, Any]) -> list[Any]:

@@ -105,6 +105,9 @@ class GatedClient:
     async def incr(self, key: str) -> Any:
         return await self._gated(self._redis.incr(key))
 
+    async def get(self, key: str) -> Any:
+        return await self._redis.get(key)  # the highest run swept: none here, no step of its own to gate
+
     def pipeline(self, transaction: bool = False) -> Any:
         pipe, gate = self._redis.pipeline(transaction), self._gate
         execute = pipe.execute

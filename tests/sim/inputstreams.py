@@ -172,6 +172,12 @@ class SimStreams:
         self.runs[key] = self.runs.get(key, 0) + 1
         return self.runs[key]
 
+    async def get(self, key: str) -> None:
+        """The highest run swept with its consumer (``quarantine.swept_runs_key``, read by ``QuarantineStream.run_of``):
+        none, every process here comes back at its own address (no sweep of departed consumers)."""
+        assert key.endswith(":runs-swept"), key
+        return None
+
     async def xinfo_stream(self, stream: str) -> dict[str, Any]:
         held = self.streams.get(stream)
         if held is None:

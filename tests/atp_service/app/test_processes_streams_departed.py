@@ -15,7 +15,11 @@ import redis
 import redis.asyncio as aioredis
 
 from atp_service.intake.departed import DepartedConsumers
+from atp_service.intake.quarantine import Acks, QuarantineStream, run_key
 from atp_service.intake.unread import GroupReader, trimmed_unread_key
+from atp_service.storage.nodes import open_nodes
+from reservation import FactKind, Limits
+from reservation import fact as make_fact
 from tests.atp_service.app.test_processes import SHARDS, processes
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.conftest import services_on
@@ -25,6 +29,7 @@ STREAMS = ("atp:in:pos", "atp:in:wms")
 GROUP = "atp"
 GONE = "atp-1@10.255.0.9:50051"  # an address no process of the test has
 TOTAL = "atp_ingest_trimmed_unread_total"
+QUARANTINE = "atp:quarantine"
 
 
 def _consumers(r: redis.Redis, stream: str) -> dict[str, int]:
@@ -92,9 +97,10 @@ async def test_a_consumer_is_removed_only_gone_idle_and_empty_and_its_count_move
         tellers = [f"atp-1@10.0.1.{n}:1" for n in (1, 2)]
         counters = [_Counter(), _Counter()]
         live = {"10.0.0.2:1", "10.0.1.1:1", "10.0.1.2:1"}
-        sweeps = [DepartedConsumers(r, [stream], GROUP, teller, lambda: live, 0) for teller in tellers]
+        sweeps = [DepartedConsumers(r, [stream], GROUP, teller, lambda: live, 0, quarantine=QUARANTINE)
+                  for teller in tellers]
         await r.xreadgroup(GROUP, names["fresh"], {stream: ">"})  # read from now: idle below a 60 s bound
-        fresh = DepartedConsumers(r, [stream], GROUP, tellers[0], lambda: live, 60_000)
+        fresh = DepartedConsumers(r, [stream], GROUP, tellers[0], lambda: live, 60_000, quarantine=QUARANTINE)
         assert await fresh.sweep() == []
         assert sorted(await sweeps[0].sweep()) == sorted([names["gone"], names["fresh"]])
         assert await sweeps[1].sweep() == []
@@ -124,7 +130,8 @@ async def test_an_owner_back_telling_its_count_keeps_it_though_its_read_delivere
         await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
         await r.xgroup_createconsumer(stream, GROUP, owner)
         await asyncio.sleep(0.3)  # idle past the bound below: gone for the while it was away
-        sweep = DepartedConsumers(r, [stream], GROUP, sweeper, lambda: {"10.0.1.1:1"}, 200)  # the owner not read yet
+        sweep = DepartedConsumers(r, [stream], GROUP, sweeper, lambda: {"10.0.1.1:1"}, 200,
+                                 quarantine=QUARANTINE)  # the owner not read yet
         told = [_Counter(), _Counter()]
         back = GroupReader(r, [stream], GROUP, owner, told[0])
         await back.read(10, None)  # its scripts registered: nothing owed, nothing delivered
@@ -167,9 +174,44 @@ async def test_a_consumer_two_sweepers_listed_is_said_removed_by_the_one_that_re
         await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
         await r.xgroup_createconsumer(stream, GROUP, gone)
         live = {"10.0.1.1:1", "10.0.1.2:1"}
-        first = DepartedConsumers(r, [stream], GROUP, "atp-1@10.0.1.1:1", lambda: live, 0)
-        second = DepartedConsumers(_ListedThenSwept(r, first), [stream], GROUP, "atp-1@10.0.1.2:1", lambda: live, 0)
+        first = DepartedConsumers(r, [stream], GROUP, "atp-1@10.0.1.1:1", lambda: live, 0, quarantine=QUARANTINE)
+        second = DepartedConsumers(_ListedThenSwept(r, first), [stream], GROUP, "atp-1@10.0.1.2:1", lambda: live, 0,
+                                  quarantine=QUARANTINE)
         assert await second.sweep() == [], "removed by the first"
         assert {c["name"] for c in await r.xinfo_consumers(stream, GROUP)} == set()
     finally:
+        await r.aclose()
+
+
+async def test_a_gone_consumers_quarantine_run_is_removed_with_it_and_its_late_write_lands_nothing(
+        redis_url: str) -> None:
+    """The gone consumer's run key beside the quarantine stream (``quarantine.run_key``, one per ``name@address``) is
+    removed with it: before, it stayed for good, one more with every new address. The swept run is not drawn again
+    by the consumer coming back at that address, so a quarantine write of the swept run, its answer lost and landing
+    late on an entry pending to the new run, writes and acknowledges nothing (E8: the new run decides it)."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    stream, gone, quarantine = STREAMS[0], "atp-1@10.0.0.3:1", QUARANTINE
+    try:
+        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        await r.xgroup_createconsumer(stream, GROUP, gone)
+        for _ in range(3):  # three starts at that address: run 3
+            swept = await QuarantineStream(quarantine, 10).run_of(r, GROUP, gone)
+        live = {"10.0.1.1:1"}
+        sweep = DepartedConsumers(r, [stream], GROUP, "atp-1@10.0.1.1:1", lambda: live, 0, quarantine=quarantine)
+        assert await sweep.sweep() == [gone]
+        assert not await r.exists(run_key(quarantine, GROUP, gone)), "its run removed with it"
+        back = QuarantineStream(quarantine, 10)
+        assert await back.run_of(r, GROUP, gone) > swept, "the run back at its address above the one swept"
+        entry = await r.xadd(stream, F("late", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, gone, {stream: ">"})  # pending to the new run
+        fact = make_fact("late", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
+                         1_700_000_000_000, Limits(), "event_time_ms")
+        landed = await QuarantineStream(quarantine, 10).write(writer, [(fact, "late")],
+                                                              Acks(GROUP, gone, [(stream, entry)], swept))
+        assert landed == [None], "the swept run's late write lands nothing"
+        assert await r.xlen(quarantine) == 0
+        assert len(await r.xpending_range(stream, GROUP, "-", "+", 10, gone)) == 1, "still the new run's to decide"
+    finally:
+        await writer.aclose()
         await r.aclose()
