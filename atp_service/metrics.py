@@ -196,6 +196,10 @@ class IntakeMetrics:
             "atp_ingest_lag", "Entries of the stream the consumer group has not read yet (XINFO GROUPS lag; NaN: "
             "Redis cannot tell)", ["stream"], registry=r,
         )
+        self.ingest_consumers = Gauge(
+            "atp_ingest_consumers", "Consumers of the input stream's consumer group (XINFO GROUPS), a process renamed "
+            "or gone that no sweep removes included: remove those by hand", ["stream"], registry=r,
+        )
         self.ingest_claimed = Counter(
             "atp_ingest_claimed_total", "Stale pending entries claimed from other consumers", registry=r
         )

@@ -4,7 +4,9 @@ The reader cannot measure its own backlog: stuck — waiting for room among its 
 each behind a shard or an owner that does not answer — it measures nothing, and a gauge it sets
 freezes at its last value while the tills' sales pile up unread (availability stale: oversell). So a
 task of its own reads, per stream and interval, the consumer group's pending and unread (``lag``)
-entries (entries trimmed unread are counted by the read that crosses them: ``GroupReader``).
+entries (entries trimmed unread are counted by the read that crosses them: ``GroupReader``), and its consumers:
+one left by a process renamed, or gone without a sweep that removes it (``departed.py``: leased,
+``<name>@<address>``), stays with its keys until an operator removes it — the gauge shows them growing.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ BACKLOG_EVERY_S = 5.0
 
 
 class BacklogGauge:
-    """Sets ``pending`` and ``lag`` (gauges labelled by stream) every ``BACKLOG_EVERY_S``, whatever the reader does."""
+    """Sets ``pending``, ``lag`` and ``consumers`` (gauges labelled by stream) every ``BACKLOG_EVERY_S``, whatever the
+    reader does."""
 
-    def __init__(self, client: Any, group: str, streams: list[str], pending: Any, lag: Any) -> None:
+    def __init__(self, client: Any, group: str, streams: list[str], pending: Any, lag: Any, consumers: Any) -> None:
         self._client = client
         self._group = group
         self._streams = streams
         self._pending = pending
         self._lag = lag
+        self._consumers = consumers
         for stream in streams:  # there from the start, at 0: an alert on their growth sees the first rise
             lag.labels(stream)
 
@@ -54,5 +58,6 @@ class BacklogGauge:
         if measured is None:  # no stream or group (yet): the reader makes them
             return
         self._pending.labels(stream).set(measured.pending)
+        self._consumers.labels(stream).set(measured.consumers)
         # Unknown after XDEL of unread entries, until the group reads past them: not a number, not 0.
         self._lag.labels(stream).set(math.nan if measured.lag is None else measured.lag)

@@ -78,7 +78,7 @@ class StreamIngestor:
         self._new = GroupReader(client, self._streams, settings.consumer_group, settings.consumer_name,
                                 metrics.ingest_trimmed_unread)
         self._backlog = BacklogGauge(client, settings.consumer_group, self._streams, metrics.ingest_pending,
-                                     metrics.ingest_lag)
+                                     metrics.ingest_lag, metrics.ingest_consumers)
         self._task: asyncio.Task[None] | None = None
         self._gauge_task: asyncio.Task[None] | None = None
         self._retry_own_pending = True  # first: what this consumer had in hand before a crash

@@ -268,6 +268,8 @@ class Backlog:
     """Delivered to a consumer, not acknowledged."""
     lag: int | None
     """Not delivered yet (None: Redis cannot tell, after XDEL of entries the group has not read)."""
+    consumers: int
+    """The group's consumers, those of processes gone or renamed that no sweep removes too (``departed.py``)."""
 
 
 async def backlog(client: Any, stream: str, group: str) -> Backlog | None:
@@ -282,7 +284,7 @@ async def backlog(client: Any, stream: str, group: str) -> Backlog | None:
     if mine is None:
         return None
     lag = mine.get("lag")
-    return Backlog(int(mine["pending"]), None if lag is None else int(lag))
+    return Backlog(int(mine["pending"]), None if lag is None else int(lag), int(mine["consumers"]))
 
 
 class GroupReader:

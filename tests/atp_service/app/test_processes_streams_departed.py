@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Gauge
 
+from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.departed import DepartedConsumers
 from atp_service.intake.quarantine import Acks, QuarantineStream, run_key
 from atp_service.intake.unread import GroupReader, trimmed_unread_key
@@ -214,4 +216,25 @@ async def test_a_gone_consumers_quarantine_run_is_removed_with_it_and_its_late_w
         assert len(await r.xpending_range(stream, GROUP, "-", "+", 10, gone)) == 1, "still the new run's to decide"
     finally:
         await writer.aclose()
+        await r.aclose()
+
+
+async def test_consumers_no_sweep_removes_are_counted_in_a_gauge(redis_url: str) -> None:
+    """A consumer not named ``<name>@<address>`` (``ATP_OWNERSHIP=keyspace``, one made by hand) or renamed at a live
+    address (``ATP_CONSUMER_NAME`` changed) is removed by no sweep, left with its keys for the operator to remove
+    (OPERATIONS.md "A stuck or dead consumer"): ``atp_ingest_consumers`` shows the group's consumers growing.
+    Before, no metric counted them."""
+    r = aioredis.Redis.from_url(redis_url)
+    stream, reader = STREAMS[0], "atp-2@10.0.1.1:1"
+    registry = CollectorRegistry()
+    gauges = [Gauge(name, "", ["stream"], registry=registry) for name in ("pending", "lag", "consumers")]
+    try:
+        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        for name in ("atp", "atp-1@10.0.1.1:1", reader):  # keyspace's, then renamed at the live address
+            await r.xgroup_createconsumer(stream, GROUP, name)
+        sweep = DepartedConsumers(r, [stream], GROUP, reader, lambda: {"10.0.1.1:1"}, 0, quarantine=QUARANTINE)
+        assert await sweep.sweep() == []
+        await BacklogGauge(r, GROUP, [stream], *gauges).measure(stream)
+        assert registry.get_sample_value("consumers", {"stream": stream}) == 3
+    finally:
         await r.aclose()

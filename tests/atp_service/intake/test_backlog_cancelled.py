@@ -27,7 +27,7 @@ async def test_a_gauge_cancelled_as_its_command_is_written_ends(redis_url: str,
     pending = Gauge("pending", "", ["stream"], registry=registry)
     lag = Gauge("lag", "", ["stream"], registry=registry)
     client = connect_any(redis_url, 2.0)
-    gauge = BacklogGauge(client, "atp", ["in"], pending, lag)
+    gauge = BacklogGauge(client, "atp", ["in"], pending, lag, Gauge("consumers", "", ["stream"], registry=registry))
     await client.ping()  # its connection made: the next command is the gauge's
     cancels = cancel_as_written(monkeypatch, client, lambda: measuring)
     measuring = asyncio.ensure_future(gauge.run(every_s=0.01))

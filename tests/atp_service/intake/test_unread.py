@@ -42,7 +42,7 @@ async def test_gaps_crossed_by_consumers_of_two_processes_are_each_counted_once(
         assert counted(counter) == 7 + 4
         assert await first.read(100, None) is None  # nothing left, nothing counted
         assert counted(counter) == 11
-        assert await backlog(client, STREAM, GROUP) == Backlog(pending=1 + 2 + 1 + 5, lag=0)
+        assert await backlog(client, STREAM, GROUP) == Backlog(pending=1 + 2 + 1 + 5, lag=0, consumers=2)
     finally:
         await client.aclose()
 
