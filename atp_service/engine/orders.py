@@ -73,7 +73,7 @@ class Orders(OrderSteps):
         self.orphans: dict[str, int] = {}  # held parts whose order has no record (-> group): given up
         self._drives: set[asyncio.Task[Any]] = set()  # housekeeping's sagas of those, running
         self._driven: set[str] = set()  # their orders: half-way until the saga ends (a peer's step waits 5 s)
-        engine.metrics.orders_unsettled.follow(lambda: len(self.unsettled | self._driven))  # read at each scrape
+        engine.metrics.orders_unsettled.follow(self._half_way_here)  # read at each scrape
         self._after = ""  # the last order housekeeping drove on: the next pass goes on after it
         self.confirmed = ConfirmedChecks(self._check_confirmed, lambda order_id: order_id in self._locks)
         """Leased: the confirmed orders of a group taken, checked once for parts all resolved."""
@@ -118,6 +118,14 @@ class Orders(OrderSteps):
 
     def has_part(self, shard: int, order_id: str) -> bool:  # a routing hint, read between batches
         return self._engine.actors[shard].ledger.reservation(orders.part_id(order_id, shard)) is not None
+
+    def _half_way_here(self) -> int:
+        """``atp_orders_unsettled``: the orders half-way whose home group this process serves now. One homed in a
+        group handed over stays in ``unsettled`` until housekeeping's next look (a pass, or several with many) and
+        its next owner counts it from its recovery: counted here too, the sum over the processes said it twice."""
+        actors, home_of = self._engine.actors, self._engine.home_of
+        return sum(1 for rid in self.unsettled | self._driven
+                   if (home := home_of(rid)) is not None and not actors[home].vacant)
 
     def drive_unsettled(self) -> None:
         """Drive on orders left pending whose saga is not running now, and give up orphaned parts, at
