@@ -193,3 +193,23 @@ def test_anchors_follow_githubs_rules() -> None:
     doc = "# Top\n## Overload (more calls than the service can take)\n```\n# not a heading\n```\n" \
           "### `atp_x` rises: what now?\n## Top\n"
     assert anchors(doc) == {"top", "overload-more-calls-than-the-service-can-take", "atp_x-rises-what-now", "top-1"}
+
+
+SHARED_GAUGES = ("atp_ingest_pending", "atp_ingest_lag", "atp_processes_live", "atp_groups_free")
+"""Gauges every service process sharing a keyspace reads alike from Redis (the input streams' consumer group, the
+membership, the leases): each reports the same number, not its share of it."""
+
+
+def test_the_rules_and_the_dashboard_never_sum_a_gauge_every_process_reports_alike() -> None:
+    """Summed over the processes, the consumer group's pending entries read N times what waits (the dashboard's
+    "Pending input entries" with N processes), and an alert kept per process fired once per process for one
+    group's backlog (ATPIngestPendingGrowing): ``max`` over the processes, as ATPIngestBehind has it."""
+    expressions = [(rule.get("alert") or rule.get("record"), rule["expr"])
+                   for group in yaml_load(RULES)["groups"] for rule in group["rules"]]
+    expressions += [(panel["title"], target["expr"]) for panel in dashboard_panels(json.loads(DASHBOARD.read_text()))
+                    for target in panel.get("targets", [])]
+    summed = [f"{who}: {expr}" for who, expr in expressions for name in SHARED_GAUGES
+              if re.search(rf"\bsum\b\s*(?:by\s*\([^)]*\)\s*)?\(\s*{name}\b", expr)]
+    unaggregated = [f"{who}: {expr}" for who, expr in expressions if who == "ATPIngestPendingGrowing"
+                    and re.match(r"\s*atp_ingest_pending\b", expr)]
+    assert not summed and not unaggregated, "\n".join(summed + unaggregated)
