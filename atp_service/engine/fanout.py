@@ -9,7 +9,7 @@ from typing import Any
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics
 from atp_service.tasks import exception_seen
-from reservation import DomainError, Ledger, Reservation, State
+from reservation import DomainError, Ledger, Moved, Reservation, State
 
 STATE_NAMES = {state.value: state.name.lower() for state in State}  # metric labels, without an Enum call each
 
@@ -54,9 +54,13 @@ async def gather_by_shard(
 
 
 def count_reservations(metrics: EngineMetrics, results: Sequence[tuple[Reservation, bool] | DomainError]) -> None:
-    """``atp_reservations_total`` by outcome: the state decided, ``replayed`` or ``error``."""
+    """``atp_reservations_total`` by outcome: the state decided, ``replayed`` or ``error``. An item of a group
+    another process owns (``Moved``: nothing decided here) is not counted: the edge sends it on to that owner,
+    which counts what it decides (counted here too, each such item was counted twice, once an ``error``)."""
     counts: dict[str, int] = {}
     for result in results:
+        if isinstance(result, Moved):
+            continue
         if isinstance(result, DomainError):
             outcome = "error"
         else:

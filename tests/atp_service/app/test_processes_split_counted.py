@@ -1,0 +1,38 @@
+"""``atp_reservations_total`` of a ``ReserveStream`` whose items fall in groups of several processes
+(``ownership = leases``, real Redis, two service processes): each item is counted once, with the outcome its
+group's owner decided, by that owner. The process the stream was sent to sends the other's items on (counted in
+``atp_forwarded_calls_total``); it decides nothing of them."""
+
+from __future__ import annotations
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService
+from tests.atp_service.app.test_processes import start_process
+from tests.atp_service.app.test_processes_split import item, stocked_pair
+from tests.conftest import ServiceFactory
+
+__all__ = ["start_process"]  # the fixture, used here by name
+
+
+def counted(service: AtpService) -> dict[str, float]:
+    """``atp_reservations_total`` by outcome, those above 0."""
+    return {sample.labels["outcome"]: sample.value for family in service.metrics.registry.collect()
+            if family.name == "atp_reservations" for sample in family.samples
+            if sample.name == "atp_reservations_total" and sample.value}
+
+
+async def test_a_stream_s_items_of_another_process_s_group_are_counted_by_their_owner_alone(
+        start_process: ServiceFactory) -> None:
+    """Before, the items of the other's group were counted ``error`` where the stream was sent (its shard there
+    said ``GROUP_MOVED``, and the batch's count took that for their outcome) as well as held by their owner: each
+    one counted twice, once as an error no caller ever saw."""
+    running, here, there = await stocked_pair(start_process)
+    (service, client), (owner, _) = running
+    before = counted(service), counted(owner)
+    batch = [item("c-1", here, 1), item("c-2", there, 1), item("c-3", there, 20)]  # c-3: 10 there, rejected
+    (answer,) = [answer async for answer in client.reserve_stream([batch])]
+    assert [o.response.state for o in answer.outcomes] == [pb.RESERVATION_STATE_HELD] * 2 + \
+        [pb.RESERVATION_STATE_REJECTED], answer
+    added = [{outcome: n - was.get(outcome, 0) for outcome, n in counted(process).items() if n != was.get(outcome, 0)}
+             for process, was in zip((service, owner), before, strict=True)]
+    assert added == [{"held": 1}, {"held": 1, "rejected": 1}], added
