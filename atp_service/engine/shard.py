@@ -28,7 +28,7 @@ from atp_service.lease_clock import UNLEASED
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of, log_foreign, log_short
 from atp_service.storage.log import LogStore
-from atp_service.tasks import cancel_and_wait, cancel_for_good, in_turns
+from atp_service.tasks import cancel_and_wait, cancel_for_good, in_turns, run_bounded
 from atp_service.traces import span
 from reservation import DomainError, Ledger, PositionStore, Reason, ResourceExhausted, Unavailable
 from reservation._bulk import CountRows, new_positions, room_refusal
@@ -136,19 +136,21 @@ class ShardActor(CommitPipeline):
                 log.exception("shard %d: a failure callback failed", self.shard)
 
     async def stop(self, refusal: Unavailable | None = None) -> None:
-        """Finish the batch in hand, then fail whatever is still waiting (cleanly, not silently) with
-        ``refusal`` (by default: the service is shutting down)."""
-        self._stopping = True
+        """Finish the batch in hand (past its bound, what is in doubt is the next start's to settle from the
+        log), then fail whatever still waits (cleanly, not silently) with ``refusal`` (default: shutting down)."""
+        self._stopping, refusal = True, refusal or Unavailable("service is shutting down", Reason.SHUTTING_DOWN)
         try:
-            await asyncio.wait_for(self._drain(), timeout=self._settings.redis_timeout_s * 2)
-        except TimeoutError:
-            pass  # what is still in doubt is settled by the next start's recovery (it reads the log)
+            await run_bounded(self._drain(), self._settings.redis_timeout_s * 2, f"shard-{self.shard}-drain")
         except LogDiverged:
             log.exception("shard %d: stopping with a log it cannot trust", self.shard,
                           extra={"event": "shard_stop_diverged", "shard": self.shard})
+        finally:  # this stop cancelled too: the actor does not run on, nobody is left waiting
+            if self._task is not None:
+                cancel_for_good(self._task)
+            self._refuse_waiting(refusal)
         if self._task is not None and not self._task.done():  # a failed task was reported already
             await cancel_and_wait(self._task)
-        self._refuse_waiting(refusal or Unavailable("service is shutting down", Reason.SHUTTING_DOWN))
+        self._refuse_waiting(refusal)
         await self._checkpoints.settled()  # a snapshot in writing lands (or fails) before the final one
 
     # -- sending -------------------------------------------------------------
@@ -249,8 +251,7 @@ class ShardActor(CommitPipeline):
             self._mailbox.put_nowait(Envelope(Maintain(), fut))
 
     def _refuse_waiting(self, error: Unavailable) -> None:
-        """Until the doubt is settled (Redis answering again) nothing here can be decided:
-        answer what is waiting now instead of letting it run into its deadline."""
+        """Answer what waits now (a doubt until Redis answers, a stop) instead of leaving it to its deadline."""
         refuse_all(self._set_aside, self._mailbox, error)
         self._maintain_queued = False  # none waits any more
 
@@ -384,8 +385,7 @@ class ShardActor(CommitPipeline):
         """Snapshot when due (``force``: anything, written before this returns, as a stop's final one)."""
         if not self._checkpoints.due(self.seq, force):
             return
-        if self._inflight or self._doubt:
-            # Memory holds batches the log may not: a snapshot now could count them twice on replay.
+        if self._inflight or self._doubt:  # memory holds batches the log may not: counted twice on replay
             log.warning("shard %d: snapshot skipped, %d entries not yet durable", self.shard,
                         len(self._inflight) + len(self._doubt))
             return

@@ -1,0 +1,107 @@
+"""A shard's stop under load ends, and ends everything of the shard, whatever befalls it: cancelled itself in the
+turn its drain ends, cancelled mid-drain, or past its bound with a drain whose Redis client loses a cancellation
+(redis-py's ``asyncio.wait_for`` on Python 3.11). Over the simulation's log; the cancellations land at the await
+they are aimed at (a done callback of the drain's task, a fence that never answers), never after a sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from atp_service.engine.shard import ShardActor
+from reservation import Reason, Unavailable, reserve
+from tests.atp_service.engine.helpers import until_turns
+from tests.atp_service.engine.test_shard import one_shard
+from tests.reservation.helpers import cmd
+from tests.sim.simlog import SimLog
+
+GUARD_S = 10.0
+"""The test's own bound on a stop that should end at once (after the fix: its drain's bound plus one re-cancel)."""
+
+
+def _reserve(rid: str) -> Any:
+    return lambda ledger, now: reserve(ledger, cmd(rid, ("A", "S1", 1)), now)
+
+
+def _drain_task() -> asyncio.Task[Any] | None:
+    found = [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "ShardActor._drain"]
+    return found[0] if found else None
+
+
+def _actor_ended(actor: ShardActor) -> bool:
+    return actor._task is not None and actor._task.done()
+
+
+async def test_a_stop_cancelled_in_the_turn_its_drain_ends_is_cancelled_not_finished_as_if_never_asked() -> None:
+    log = SimLog()
+    actor = one_shard(log)
+    actor.start()
+    answer = actor.submit(_reserve("r1"))
+    await until_turns(lambda: len(log.pending) == 1, "r1 in flight")
+    stopping = asyncio.get_running_loop().create_task(actor.stop())
+    await until_turns(lambda: _drain_task() is not None, "the stop drains the shard")
+    drain = _drain_task()
+    assert drain is not None
+    drain.add_done_callback(lambda _: stopping.cancel())  # the cancellation lands as the drain ends
+    log.pump("ok")
+    with pytest.raises(asyncio.CancelledError):
+        await stopping  # asyncio.wait_for (3.11) returned the drain's result and dropped it: the stop went on
+    assert (await answer)[0].reservation_id == "r1"  # durable before the stop ended, answered (R7)
+    await until_turns(lambda: _actor_ended(actor), "the actor's task ended with the stop")
+
+
+async def test_a_stop_cancelled_mid_drain_leaves_no_actor_running_and_nobody_waiting() -> None:
+    log = SimLog()
+    actor = one_shard(log, pipeline_depth=1)
+    actor.start()
+    first = actor.submit(_reserve("r1"))
+    await until_turns(lambda: len(log.pending) == 1, "r1 in flight")
+    second = actor.submit(_reserve("r2"))  # waits behind r1 (one entry in flight at most)
+    await until_turns(lambda: bool(actor._set_aside), "r2 taken and set aside")
+    stopping = asyncio.get_running_loop().create_task(actor.stop())
+    await until_turns(lambda: _drain_task() is not None, "the stop drains the shard")
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    await until_turns(lambda: _actor_ended(actor), "the actor's task ended with the stop")
+    with pytest.raises(Unavailable) as refused:
+        await second  # not applied by a shard whose stop began, nor left to its deadline
+    assert refused.value.reason == Reason.SHUTTING_DOWN
+    log.pump("ok")
+    assert (await first)[0].reservation_id == "r1"  # in flight: answered once durable (R7)
+    assert not log.pending, "a stopped shard sent no more appends"
+
+
+class _StuckRedis(SimLog):
+    """A Redis that stopped answering, through a client that loses one cancellation: redis-py's
+    ``wait_for`` (Python 3.11) returns a command's outcome when the cancel lands as it ends."""
+
+    async def fence(self, shard: int) -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # lost, as the library loses it
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # the settle's next try, to a Redis still not answering
+
+
+async def test_a_stop_whose_drain_loses_its_cancellation_past_the_bound_still_ends() -> None:
+    log = _StuckRedis()
+    actor = one_shard(log, redis_timeout_s=0.05)  # the drain's bound: 2 x redis_timeout_s
+    actor.start()
+    answer = actor.submit(_reserve("r1"))
+    await until_turns(lambda: len(log.pending) == 1, "r1 in flight")
+    stopping = asyncio.get_running_loop().create_task(actor.stop())
+    try:
+        await until_turns(lambda: _drain_task() is not None, "the stop drains the shard")
+        log.pump("lost")  # in doubt: the stop's drain settles it, and Redis does not answer the fence
+        with pytest.raises(Unavailable):
+            await answer
+        ended, _ = await asyncio.wait([stopping], timeout=GUARD_S)
+        assert ended, "the stop waited for ever on a settle whose one cancellation was lost"
+        await stopping
+        assert _actor_ended(actor)
+    finally:
+        for task in (stopping, _drain_task()):
+            if task is not None:
+                task.cancel()
