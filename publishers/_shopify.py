@@ -13,7 +13,10 @@ required from API version 2026-04):
   store's quantity moved (an order placed in Shopify, an edit by hand): the moved quantities are
   read and the set is sent again with them, at most ``cas_rounds`` times per batch. The curated
   number wins: the service is the source of truth for ``available`` at the mapped locations.
-  A quantity already so (its target is what the store holds as far as we know) is not sent.
+  A quantity the store was read to hold already is not sent; one whose target equals what this process
+  knows (or ``previous``) is read first: that memory is no proof (a set whose answer was lost may have been
+  applied, another publisher of the group may have set the item since), and a stock-out taken for set on its
+  word was never sent (C2, C4).
 - **Refused quantities**: a quantity the store cannot take (no inventory level of the item at the
   location when read; a user error whose ``field`` names that quantity: an unknown item or
   location, an item not stocked there) is refused alone (``Refused``, dead-lettered by the
@@ -204,9 +207,13 @@ class ShopifyAdapter:
         return s.item_id.format(sku=u.sku), s.location_id.format(location=u.location or s.default_location)
 
     def _row(self, u: ChannelUpdate) -> Row:
+        """The quantity to set, expecting what the store holds as far as this process knows. C2, C4: a target equal to
+        that is read first, not taken for set on its word: a set whose answer was lost may have been applied, and
+        another publisher of the group may have set the item since (a stock-out after them was never sent)."""
         item, location = self._ids(u)
         known = self.known.get((item, location))
-        return Row(item, location, u.quantity, known if known is not None else u.previous, u)
+        expected = known if known is not None else u.previous
+        return Row(item, location, u.quantity, None if expected == u.quantity else expected, u)
 
     def _refuse(self, r: Row, why: str) -> None:
         r.refused = self._reason(r.update, why)
