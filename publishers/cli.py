@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 from prometheus_client import start_http_server
 
 from atp_service.config_values import FALSE, LOG_FORMATS, LOG_LEVELS, TRUE, check_key_prefix, parse_value
@@ -194,7 +195,12 @@ def make_adapter(args: argparse.Namespace) -> Adapter:
         return JsonlAdapter(args.file, args.request_timeout)
     if not args.url:
         raise ValueError(f"--url: required by the {args.adapter} adapter")
-    parts = urlsplit(args.url)
+    try:  # a port that is no number or out of range, a character no request carries: the first delivery raised
+        parts = urlsplit(args.url)  # them out of the adapter (no DeliveryError), ending the publisher in a traceback
+        _ = parts.port  # (exit 1, restarted by its unit and ended again at its first delivery)
+        httpx.URL(args.url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise ValueError(f"--url: not a URL a request can be sent to ({exc}), got {args.url!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:  # else every delivery fails, dead-lettered
         raise ValueError(f"--url: must be an http:// or https:// URL with a host, got {args.url!r}")
     try:

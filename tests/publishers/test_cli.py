@@ -62,6 +62,20 @@ def test_a_destination_url_that_cannot_be_posted_to_is_refused_at_start_naming_t
         make_adapter(build_parser().parse_args(["--channel", "web", "--adapter", "webhook", "--url", url]))
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:abc/hook", "http://127.0.0.1:99999/hook",
+                                 "https://store.example\x00/hook", "http://[::1/hook"])
+def test_a_destination_url_no_request_can_be_sent_to_is_refused_at_start_naming_the_flag(
+        monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """A port that is no number or out of range, or a character no request carries, passed the check: the first
+    delivery raised httpx.InvalidURL (or the connect's OverflowError in an ExceptionGroup) out of the adapter, which
+    is no DeliveryError, and the publisher ended in a traceback, exit 1, at each restart by its unit; an IPv6 host
+    left open was refused without naming the flag."""
+    monkeypatch.setenv("ATP_WEBHOOK_SECRET", SECRET)
+    for adapter in ("webhook", "shopify"):
+        with pytest.raises(ValueError, match=r"^--url: not a URL a request can be sent to \(.+\), got "):
+            make_adapter(build_parser().parse_args(["--channel", "web", "--adapter", adapter, "--url", url]))
+
+
 @pytest.mark.parametrize(("flags", "named"), [
     (["--burst", "-5"], "--burst"), (["--rate", "nan"], "--rate"), (["--rate", "inf"], "--rate"),
     (["--backoff-max", "inf"], "--backoff-base/--backoff-max"), (["--backoff-base", "nan"], "--backoff-base"),
