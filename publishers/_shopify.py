@@ -115,6 +115,12 @@ class ShopifySettings:
     def __post_init__(self) -> None:
         if not self.token:
             raise ValueError("ATP_SHOPIFY_TOKEN: required by the shopify adapter")
+        if not all("!" <= c <= "~" for c in self.token):
+            # Sent, a newline or space (left from the file it was read from) or a control character was refused by
+            # HTTP itself, the reason naming the header's value: the token in every dead letter and its log line,
+            # retried for ever; a non-ASCII one raised UnicodeEncodeError out of the adapter, ending the publisher.
+            raise ValueError("ATP_SHOPIFY_TOKEN: holds whitespace (a newline left from the file it was read from?), "
+                             "a control or a non-ASCII character, which no request header carries")
         if "/admin/api/" in self.store_url:
             raise ValueError("--url: the store's address (https://SHOP.myshopify.com); the API version comes "
                              "from --shopify-api-version")
