@@ -24,6 +24,26 @@ from ._lease import check_send
 
 log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
+REQUEST_LINE = "HTTP Request:"
+"""How httpx begins the line it writes for each request (at INFO), its second argument the request's URL."""
+
+
+class RequestLines(logging.Filter):
+    """httpx's line for each request says the URL without its user information and query: a password (a receiver
+    behind HTTP basic authentication is reached with it in ``--url``) or a token the receiver checks was written in
+    full at every request, at the publisher's default level, where the service writes a Redis URL's password as
+    ``***``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if str(record.msg).startswith(REQUEST_LINE) and isinstance(args, tuple) and len(args) > 1:
+            url = args[1]
+            if isinstance(url, httpx.URL) and (url.userinfo or url.query or url.fragment):
+                record.args = (args[0], url.copy_with(userinfo=b"", query=None, fragment=None), *args[2:])
+        return True
+
+
+logging.getLogger("httpx").addFilter(RequestLines())
 WAITED_STATUSES = frozenset({429, 503})
 TOO_LARGE = 413
 """Content Too Large: the destination refuses the request's size (a body limit below ``--batch`` updates)."""
