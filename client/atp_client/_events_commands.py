@@ -116,13 +116,16 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
     last_line = 0
     for n, _ in entries(path, numbered_facts(path)):  # every line checked before any is written
         last_line = n
+    bounds = {"socket_timeout": args.timeout, "socket_connect_timeout": args.timeout}  # --timeout: each call's
     try:
-        client = aioredis.RedisCluster.from_url(redis_url) if args.redis_cluster else aioredis.Redis.from_url(redis_url)
+        client = (aioredis.RedisCluster.from_url(redis_url, **bounds) if args.redis_cluster
+                  else aioredis.Redis.from_url(redis_url, **bounds))
     except ValueError as exc:  # a bad command line, as argparse says it (the URL unsaid: it may hold a password)
         print(f"atpctl: error: argument --redis-url: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        written = await write(client, stream, entries(path, numbered_facts(path, last_line)), EVENTS_CHUNK)
+        written = await write(client, stream, entries(path, numbered_facts(path, last_line)), EVENTS_CHUNK,
+                              args.timeout)
     finally:
         await client.aclose()
     if written.stopped_at:

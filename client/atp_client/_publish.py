@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_client._output import EXIT_DENIED, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_USAGE, BadInput
 from atp_client._time import epoch_ms
@@ -32,6 +33,7 @@ _IDS = ("event_id", "source", "sku", "location")
 _SIGNED = {pb.FACT_KIND_ADJUST: "a non-zero delta", pb.FACT_KIND_COUNT: "at least 0"}
 """The quantity each kind takes besides the default, a positive number of units."""
 Fields = dict[str, str | int]
+T = TypeVar("T")
 
 
 class LineRefused(ValueError):
@@ -155,17 +157,19 @@ def refusal_status(error: BaseException) -> int:
     return EXIT_UNAVAILABLE
 
 
-async def write(client: Any, stream: str, numbered: Iterable[tuple[int, Fields]], chunk: int) -> Written:
+async def write(client: Any, stream: str, numbered: Iterable[tuple[int, Fields]], chunk: int,
+                timeout_s: float | None = None) -> Written:
     """Each entry XADDed to ``stream``, ``chunk`` a round trip. A chunk Redis refuses entries of
     (out of memory, read-only after a failover, ACL) ends the run, naming its first refused entry;
     every entry the stream took is counted, those of the chunk after a refused one too (Redis runs
     each command of a pipeline on its own: one refused, the next may still be taken). A chunk whose
-    answer is lost counts as in doubt."""
+    answer is lost counts as in doubt. ``timeout_s`` (``--timeout``) bounds each call: a cluster's first
+    read of its slots, and each chunk, its connection and its answer, redis-py's retries included."""
     done = Written()
     lines: list[int] = []
     async with contextlib.AsyncExitStack() as held:
         try:  # a cluster's pipeline asks its nodes for the slots first: none reachable was a traceback, exit 1
-            pipe = await held.enter_async_context(client.pipeline(transaction=False))
+            pipe = await _within(held.enter_async_context(client.pipeline(transaction=False)), timeout_s)
         except (RedisError, RedisClusterException, OSError) as exc:
             first = next(iter(numbered), None)
             if first is not None:  # nothing sent: as a chunk whose connection was refused
@@ -174,22 +178,45 @@ async def write(client: Any, stream: str, numbered: Iterable[tuple[int, Fields]]
         for n, fields in numbered:
             pipe.xadd(stream, dict[Any, Any](fields))
             lines.append(n)
-            if len(lines) >= chunk and not await _execute(pipe, lines, done):
+            if len(lines) >= chunk and not await _execute(pipe, lines, done, timeout_s):
                 return done
         if lines:  # none left: nothing to connect for, nor to say of
-            await _execute(pipe, lines, done)
+            await _execute(pipe, lines, done, timeout_s)
     return done
 
 
-async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
+async def _within(step: Coroutine[Any, Any, T], timeout_s: float | None) -> T:
+    """What ``step`` gives, or, none within ``timeout_s``, redis-py's ``TimeoutError`` naming ``--timeout``: ``step``
+    cancelled, not waited for (redis-py can lose a cancellation, as ``_execute`` says)."""
+    task = asyncio.ensure_future(step)
+    try:
+        finished = (await asyncio.wait([task], timeout=timeout_s))[0]
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not finished:
+        task.cancel()
+        task.add_done_callback(_retrieved)
+        raise RedisTimeoutError(_no_answer(timeout_s))
+    return task.result()
+
+
+def _no_answer(timeout_s: float | None) -> str:
+    return f"no answer within --timeout {timeout_s:g} s"
+
+
+async def _execute(pipe: Any, lines: list[int], done: Written, timeout_s: float | None = None) -> bool:
     """Whether every entry of the chunk was taken; ``done`` counts those that were."""
-    # The chunk runs as a task of its own and is awaited through a shield, so that Ctrl-C stops the
-    # run at once: redis-py can lose a cancellation (its send's ``asyncio.wait_for`` under Python
-    # 3.11 returns a result that lands in the same turn) and would go on to wait out its socket
-    # timeout. The chunk is cancelled all the same; asyncio.run's teardown cancels it again.
+    # The chunk runs as a task of its own and is waited for apart (asyncio.wait cancels nothing), so that
+    # Ctrl-C and ``timeout_s`` stop the run at once: redis-py can lose a cancellation (its send's
+    # ``asyncio.wait_for`` under Python 3.11 returns a result that lands in the same turn) and would go on
+    # to wait out its socket timeout. The chunk is cancelled all the same; asyncio.run's teardown cancels it again.
     chunk = asyncio.ensure_future(_connected_then_sent(pipe, done))
     try:
-        answers = await asyncio.shield(chunk)
+        if not (await asyncio.wait([chunk], timeout=timeout_s))[0]:  # --timeout passed: R7, sent is in doubt
+            _abandoned(chunk, lines, done, f"TimeoutError: {_no_answer(timeout_s)}")
+            return False
+        answers = chunk.result()
     except (RedisError, RedisClusterException, OSError, _NotSent) as exc:  # no answer: any of them may be written
         if isinstance(exc, _NotSent):  # refused at its connect: none was sent
             assert isinstance(exc.__cause__, BaseException)
@@ -199,10 +226,8 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
         done.status = refusal_status(exc)
         return False
     except asyncio.CancelledError:  # Ctrl-C while the chunk was out: any of them may have been written
-        chunk.cancel()
-        chunk.add_done_callback(_retrieved)  # its end (an error once the client closes) is not news
-        done.stopped_at, done.error, done.interrupted = lines[0], "interrupted", True
-        done.in_doubt = 0 if done.not_sent else len(lines)  # still connecting: nothing of it was sent
+        _abandoned(chunk, lines, done, "interrupted")
+        done.interrupted = True
         return False
     for n, answer in zip(lines, answers, strict=True):
         if not isinstance(answer, Exception):
@@ -212,6 +237,14 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
             done.status = refusal_status(answer)
     lines.clear()
     return not done.stopped_at
+
+
+def _abandoned(chunk: asyncio.Future[Any], lines: list[int], done: Written, why: str) -> None:
+    """The run stopped at the chunk, left unanswered (``why``): in doubt once sent, not sent while still connecting."""
+    chunk.cancel()
+    chunk.add_done_callback(_retrieved)  # its end (an error once the client closes) is not news
+    done.stopped_at, done.error = lines[0], why
+    done.in_doubt = 0 if done.not_sent else len(lines)  # still connecting: nothing of it was sent (R7)
 
 
 def _stopped_unsent(done: Written, line: int, error: BaseException) -> None:

@@ -305,7 +305,7 @@ async def test_lines_written_to_a_file_after_its_check_are_not_published(
                 more.write(json.dumps(fact(2)) + "\n" + json.dumps(fact(3))[:20])
 
     monkeypatch.setattr(_publish, "entries", entries)
-    args = argparse.Namespace(redis_cluster=False, json=True)
+    args = argparse.Namespace(redis_cluster=False, json=True, timeout=10.0)  # the parser's default --timeout
     code = await _events_commands._publish(args, path, STREAM, redis_url)
     assert code == 0 and json.loads(capsys.readouterr().out)["published"] == 2
     assert stream_length(redis_url) == 2
