@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterPipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -125,31 +125,56 @@ class Written:
                 "intake applies each (source, event_id) once within the grace window (E8)")
 
 
-_NOT_A_CLUSTER = "Cluster mode is not enabled"
-"""redis-py's word for any refusal of ``CLUSTER SLOTS``, the cluster client's first read, the refusal its context."""
-
-
-def redis_said(error: BaseException) -> BaseException:
+def redis_said(error: BaseException, no_cluster: bool = False) -> BaseException:
     """What Redis refused, under a cluster client's wrapping: no node reachable, why the last one was not; a refusal
-    of ``CLUSTER SLOTS`` that redis-py tells as "Cluster mode is not enabled", the refusal itself where Redis said
-    otherwise than ``ERR This instance has cluster support disabled`` (a user's ACL without ``+cluster|slots``:
-    NOPERM, 7, not a bad command line telling to publish without --redis-cluster)."""
+    of ``CLUSTER SLOTS``, which redis-py tells as "Cluster mode is not enabled" whatever Redis said, the refusal
+    itself (a user's ACL without ``+cluster|slots``: NOPERM, 7, not a bad command line telling to publish without
+    --redis-cluster), unless ``no_cluster`` (``no_cluster_there``): then the cluster client's own words."""
+    error = _unwrapped(error)
+    refused = slots_refused(error)
+    return refused if refused is not None and not no_cluster else error
+
+
+def _unwrapped(error: BaseException) -> BaseException:
     while isinstance(error, RedisClusterException) and isinstance(error.__cause__, Exception):
         error = error.__cause__
-    said = error.__context__
-    if (isinstance(error, RedisClusterException) and _NOT_A_CLUSTER in str(error) and isinstance(said, ResponseError)
-            and "cluster support disabled" not in str(said)):
-        return said
     return error
 
 
-def refusal_status(error: BaseException) -> int:
+def slots_refused(error: BaseException) -> ResponseError | None:
+    """Redis's refusal of ``CLUSTER SLOTS``, the cluster client's first read, where ``error`` is redis-py's word for
+    it: the ``RedisClusterException`` it raises while handling the ``ResponseError`` (its context). Else None."""
+    said = _unwrapped(error).__context__
+    return said if isinstance(_unwrapped(error), RedisClusterException) and isinstance(said, ResponseError) else None
+
+
+async def no_cluster_there(client: Any, error: BaseException, timeout_s: float | None) -> bool:
+    """Whether ``error``, a cluster client's first read refused, is a Redis out of cluster mode: asked of the node
+    the URL names (``INFO cluster``: ``cluster_enabled:0``), not read in the words of a refusal (redis-py's are the
+    same for any; Redis's change with its version, and a renamed ``CLUSTER`` or a proxy says others). A user's ACL
+    refusing it (NOPERM) is not asked: that is what to fix first. Where the user may not run ``INFO`` (it is
+    ``@dangerous``) or it is not answered: the refusal's kind, an ``ERR`` (plain ``ResponseError``; redis-py names
+    every code it knows, NOPERM, LOADING, CLUSTERDOWN, TRYAGAIN, by a class of its own)."""
+    refused = slots_refused(error)
+    if refused is None or isinstance(refused, NoPermissionError) or not isinstance(client, RedisCluster):
+        return False
+    for node in list(client.nodes_manager.startup_nodes.values()):
+        try:
+            info = await _within(node.execute_command("INFO", "cluster"), timeout_s)
+        except (RedisError, RedisClusterException, OSError):
+            break
+        return isinstance(info, dict) and info.get("cluster_enabled") == 0
+    return type(refused) is ResponseError and getattr(refused, "status_code", "ERR") == "ERR"
+
+
+def refusal_status(error: BaseException, no_cluster: bool = False) -> int:
     """The exit status of Redis refusing an entry: for good where no retry changes it (a key of another type at
-    the stream: fix --stream, 3; the user's ACL or password: 7), else 6, retry later (out of memory, read-only
-    after a failover, unreachable). A refusal for good was 6 and a script retrying on 6 looped for ever."""
-    error = redis_said(error)
-    if isinstance(error, RedisClusterException) and _NOT_A_CLUSTER in str(error):
+    the stream: fix --stream, 3; the user's ACL or password: 7; ``no_cluster``, --redis-cluster naming a Redis out of
+    cluster mode: 2), else 6, retry later (out of memory, read-only after a failover, unreachable). A refusal for
+    good was 6 and a script retrying on 6 looped for ever."""
+    if no_cluster:
         return EXIT_USAGE  # --redis-cluster (ATP_REDIS_CLUSTER) names one Redis: no retry changes it
+    error = redis_said(error)
     if isinstance(error, NoPermissionError | AuthenticationError):
         return EXIT_DENIED
     if isinstance(error, ResponseError) and str(error).startswith("WRONGTYPE"):
@@ -173,7 +198,7 @@ async def write(client: Any, stream: str, numbered: Iterable[tuple[int, Fields]]
         except (RedisError, RedisClusterException, OSError) as exc:
             first = next(iter(numbered), None)
             if first is not None:  # nothing sent: as a chunk whose connection was refused
-                _stopped_unsent(done, first[0], exc)
+                _stopped_unsent(done, first[0], exc, await no_cluster_there(client, exc, timeout_s))
             return done
         for n, fields in numbered:
             pipe.xadd(stream, dict[Any, Any](fields))
@@ -220,7 +245,8 @@ async def _execute(pipe: Any, lines: list[int], done: Written, timeout_s: float 
     except (RedisError, RedisClusterException, OSError, _NotSent) as exc:  # no answer: any of them may be written
         if isinstance(exc, _NotSent):  # refused at its connect: none was sent
             assert isinstance(exc.__cause__, BaseException)
-            _stopped_unsent(done, lines[0], exc.__cause__)
+            no_cluster = await no_cluster_there(getattr(pipe, "cluster_client", None), exc.__cause__, timeout_s)
+            _stopped_unsent(done, lines[0], exc.__cause__, no_cluster)
             return False
         done.in_doubt, done.stopped_at, done.error = len(lines), lines[0], f"{type(exc).__name__}: {exc}"
         done.status = refusal_status(exc)
@@ -247,12 +273,13 @@ def _abandoned(chunk: asyncio.Future[Any], lines: list[int], done: Written, why:
     done.in_doubt = 0 if done.not_sent else len(lines)  # still connecting: nothing of it was sent (R7)
 
 
-def _stopped_unsent(done: Written, line: int, error: BaseException) -> None:
-    """The run stopped at ``line``, whose chunk was never sent: its connection could not be made."""
-    said = redis_said(error)
+def _stopped_unsent(done: Written, line: int, error: BaseException, no_cluster: bool) -> None:
+    """The run stopped at ``line``, whose chunk was never sent: its connection could not be made (``no_cluster``:
+    the cluster client's, the node the URL names out of cluster mode)."""
+    said = redis_said(error, no_cluster)
     shown = said if isinstance(said, ResponseError) else error  # Redis's own refusal, where a cluster client hid it
     done.stopped_at, done.error, done.not_sent = line, f"{type(shown).__name__}: {shown}", True
-    done.status = refusal_status(error)
+    done.status = refusal_status(error, no_cluster)
 
 
 class _NotSent(Exception):
