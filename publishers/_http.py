@@ -73,10 +73,12 @@ class HttpSettings:
     def __post_init__(self) -> None:
         # NaN or infinity cut no wait: a Retry-After of a year held the delivery (stock-outs behind it)
         # for as long, its lease renewed and nothing said.
-        if (not 0 < self.timeout_s < math.inf or not 0 <= self.max_wait_s < math.inf or self.max_waits < 0
-                or self.max_answer_bytes <= 0):
-            raise ValueError("timeout_s and max_answer_bytes must be positive, max_wait_s and max_waits at least 0, "
-                             "timeout_s and max_wait_s finite")
+        for name, ok, wanted in (("timeout_s", 0 < self.timeout_s < math.inf, "positive and finite"),
+                                 ("max_answer_bytes", self.max_answer_bytes > 0, "positive"),
+                                 ("max_wait_s", 0 <= self.max_wait_s < math.inf, "at least 0 and finite"),
+                                 ("max_waits", self.max_waits >= 0, "at least 0")):
+            if not ok:  # the one at fault, by its field: atp-publisher names the flag (cli.FLAG_OF_FIELD)
+                raise ValueError(f"{name}: must be {wanted}, got {getattr(self, name)}")
 
 
 def retry_after_s(response: httpx.Response, now_s: float) -> float | None:

@@ -206,8 +206,8 @@ def make_adapter(args: argparse.Namespace) -> Adapter:
     try:
         http = HttpSettings(timeout_s=args.request_timeout, max_answer_bytes=args.max_answer_bytes,
                             max_wait_s=args.max_wait, max_waits=args.max_waits)
-    except ValueError as exc:
-        raise ValueError(f"--request-timeout, --max-answer-bytes, --max-wait, --max-waits: {exc}") from None
+    except ValueError as exc:  # its words name a field (max_wait_s): the operator typed --max-wait
+        raise ValueError(_CONFIG_FIELD.sub(lambda found: FLAG_OF_FIELD[found.group(1)], str(exc))) from None
     if args.adapter == "webhook":
         return WebhookAdapter(args.url, os.environ.get("ATP_WEBHOOK_SECRET", ""), http)
     if args.batch > MAX_QUANTITIES:
@@ -220,8 +220,9 @@ def make_adapter(args: argparse.Namespace) -> Adapter:
 FLAG_OF_FIELD = {"channel": "--channel", "rate_limit_per_s": "--rate", "burst": "--burst", "delivery_batch": "--batch",
                  "max_attempts": "--max-attempts", "backoff_base_s": "--backoff-base", "backoff_max_s": "--backoff-max",
                  "redeliver_max_keys": "--redeliver-max-keys", "redeliver_interval_s": "--redeliver-interval",
-                 "lease_s": "--lease", "send_timeout_s": "--request-timeout"}
-"""The flag that gives each field of ``PublisherConfig`` a refusal may name."""
+                 "lease_s": "--lease", "send_timeout_s": "--request-timeout", "timeout_s": "--request-timeout",
+                 "max_answer_bytes": "--max-answer-bytes", "max_wait_s": "--max-wait", "max_waits": "--max-waits"}
+"""The flag that gives each field of ``PublisherConfig`` and ``HttpSettings`` a refusal may name."""
 _CONFIG_FIELD = re.compile(rf"\b({'|'.join(FLAG_OF_FIELD)})\b(?: \(--[a-z-]+\))?")
 
 

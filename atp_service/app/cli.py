@@ -115,8 +115,8 @@ def serve(config: ServiceConfig, sources: Mapping[str, str] | None = None) -> in
             log.info("stop signal while the embedded redis-server was starting: it was stopped",
                      extra={"event": "start_abandoned"})
             return 0
-        except (RedisNotInstalled, DataDirInUse, RedisDidNotStart) as exc:
-            print(f"atp-service: {exc}", file=sys.stderr)
+        except (RedisNotInstalled, DataDirInUse, RedisDidNotStart) as exc:  # named as given: ATP_X or --x
+            print(f"atp-service: {as_given(str(exc), ServiceConfig, sources or {})}", file=sys.stderr)
             return 2
         redis_url = embedded.local_url  # the unix socket: less CPU per round trip than loopback TCP
         log.info("embedded redis-server on %s (AOF appendfsync=%s, data in %s)",

@@ -254,7 +254,7 @@ class EmbeddedRedis:
         if progress.loading and waited_s > load_timeout_s:
             raise RedisDidNotStart(f"redis-server on 127.0.0.1:{self.port} was still loading its append-only "
                                    f"file after {load_timeout_s:g}s ({progress.percent}); allow longer with "
-                                   f"redis_load_timeout_s (ATP_REDIS_LOAD_TIMEOUT_S); see {self._logfile}")
+                                   f"redis_load_timeout_s; see {self._logfile}")
 
     def _lock(self) -> None:
         """One owner per data directory: a second service must not share (or kill) this Redis.
@@ -267,7 +267,7 @@ class EmbeddedRedis:
         except BlockingIOError:
             handle.close()
             raise DataDirInUse(
-                f"data_dir: {self.data_dir} is in use by another running service; give each its own --data-dir"
+                f"data_dir: {self.data_dir} is in use by another running service; give each its own data_dir"
             ) from None
         self._lock_file = handle
 

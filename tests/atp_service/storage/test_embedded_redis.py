@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import redis
 
+from atp_service.config import ServiceConfig
+from atp_service.config_settings import as_given
 from atp_service.storage import embedded_redis
 from atp_service.storage.embedded_redis import EmbeddedRedis, RedisDidNotStart, StartAbandoned
 
@@ -196,7 +198,12 @@ def test_a_load_past_its_own_bound_fails_the_start_naming_the_setting(tmp_path: 
         with pytest.raises(RedisDidNotStart) as err:
             embedded.start(load_timeout_s=0.3)
         assert "still loading its append-only file after 0.3s" in str(err.value)
-        assert "ATP_REDIS_LOAD_TIMEOUT_S" in str(err.value)
+        # Named as the operator gave it (atp-service's refusal: as_given), not both ways whatever was given.
+        said = {source: as_given(str(err.value), ServiceConfig, {"redis_load_timeout_s": source})
+                for source in ("default", "env ATP_REDIS_LOAD_TIMEOUT_S", "flag --redis-load-timeout-s")}
+        assert [text.count("allow longer with ATP_REDIS_LOAD_TIMEOUT_S;") for text in said.values()] == [1, 1, 0], said
+        assert "allow longer with --redis-load-timeout-s;" in said["flag --redis-load-timeout-s"], said
+        assert not any("redis_load_timeout_s" in text.replace(str(tmp_path), "") for text in said.values()), said
         assert embedded.process is not None and embedded.process.poll() is not None  # not left running
     finally:
         embedded.stop()
