@@ -188,6 +188,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def shown_url(url: str) -> str:
+    """``url`` as a refusal of it says it: all before its last ``@`` (user information: a password, which may hold
+    ``/``, ``?``, ``#`` or ``@``) and all after its query or fragment begins (a token the receiver checks) as ``***``.
+    Printed at start (the unit's journal), the whole URL said what the line of each request leaves out
+    (``_http.RequestLines``), where the service writes a Redis URL's password as ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    begins = [at for at in (rest.find("?"), rest.find("#")) if at >= 0]
+    if begins:
+        rest = rest[:min(begins) + 1] + "***"
+    return scheme + sep + rest
+
+
+def _unsendable(url: str) -> str | None:
+    """Why no request can be sent to ``url``, None if one can: a port that is no number or out of range, a character
+    no request carries. Unrefused, the first delivery raised them out of the adapter (no DeliveryError), ending the
+    publisher in a traceback (exit 1, restarted by its unit and ended again at its first delivery)."""
+    try:
+        _ = urlsplit(url).port
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        return str(exc)
+    return None
+
+
 def make_adapter(args: argparse.Namespace) -> Adapter:
     if args.adapter == "jsonl":
         if args.file is None:
@@ -195,14 +223,14 @@ def make_adapter(args: argparse.Namespace) -> Adapter:
         return JsonlAdapter(args.file, args.request_timeout)
     if not args.url:
         raise ValueError(f"--url: required by the {args.adapter} adapter")
-    try:  # a port that is no number or out of range, a character no request carries: the first delivery raised
-        parts = urlsplit(args.url)  # them out of the adapter (no DeliveryError), ending the publisher in a traceback
-        _ = parts.port  # (exit 1, restarted by its unit and ended again at its first delivery)
-        httpx.URL(args.url)
-    except (ValueError, httpx.InvalidURL) as exc:
-        raise ValueError(f"--url: not a URL a request can be sent to ({exc}), got {args.url!r}") from None
+    if (why := _unsendable(args.url)) is not None:
+        shown = shown_url(args.url)  # the parser's reason may quote a password too (one holding '/' read as the port)
+        why = _unsendable(shown) if shown != args.url else why
+        raise ValueError(f"--url: not a URL a request can be sent to ({why or 'in what is shown as ***'}), "
+                         f"got {shown!r}")
+    parts = urlsplit(args.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:  # else every delivery fails, dead-lettered
-        raise ValueError(f"--url: must be an http:// or https:// URL with a host, got {args.url!r}")
+        raise ValueError(f"--url: must be an http:// or https:// URL with a host, got {shown_url(args.url)!r}")
     try:
         http = HttpSettings(timeout_s=args.request_timeout, max_answer_bytes=args.max_answer_bytes,
                             max_wait_s=args.max_wait, max_waits=args.max_waits)

@@ -76,6 +76,23 @@ def test_a_destination_url_no_request_can_be_sent_to_is_refused_at_start_naming_
             make_adapter(build_parser().parse_args(["--channel", "web", "--adapter", adapter, "--url", url]))
 
 
+@pytest.mark.parametrize("url", ["http://user:pa55/w0rd@127.0.0.1/hook?token=s3cret",
+                                 "http://user:pa55w0rd@127.0.0.1:99999/hook?token=s3cret",
+                                 "ftp://user:pa55w0rd@store.example/hook?token=s3cret",
+                                 "user:pa55w0rd@store.example/hook?token=s3cret"])
+def test_a_destination_url_refused_at_start_says_no_password_nor_query_of_it(
+        monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """The refusal, printed at start (the unit's journal), said --url in full: a receiver's password and the token in
+    its query, which the line of each request no longer says (_http.RequestLines); a password holding a '/' (read as
+    the port 'pa55' and refused) was said also in the parser's own reason."""
+    monkeypatch.setenv("ATP_WEBHOOK_SECRET", SECRET)
+    for adapter in ("webhook", "shopify"):
+        with pytest.raises(ValueError, match=r"^--url: ") as refused:
+            make_adapter(build_parser().parse_args(["--channel", "web", "--adapter", adapter, "--url", url]))
+        said = str(refused.value)
+        assert "***" in said and not any(secret in said for secret in ("pa55", "w0rd", "s3cret")), said
+
+
 @pytest.mark.parametrize(("flags", "named"), [
     (["--burst", "-5"], "--burst"), (["--rate", "nan"], "--rate"), (["--rate", "inf"], "--rate"),
     (["--backoff-max", "inf"], "--backoff-base/--backoff-max"), (["--backoff-base", "nan"], "--backoff-base"),
