@@ -26,7 +26,7 @@ from atp_service.engine.pipeline import CommitPipeline
 from atp_service.engine.turn import apply_batch, refuse_all, take_batch, taken_back
 from atp_service.lease_clock import UNLEASED
 from atp_service.metrics import EngineMetrics
-from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of, log_foreign, log_short
+from atp_service.storage.durability import Checkpoints, landed_of, log_foreign, log_short, said_if_diverged
 from atp_service.storage.log import LogStore
 from atp_service.tasks import cancel_and_wait, cancel_for_good, in_turns, run_bounded
 from atp_service.traces import span
@@ -139,11 +139,9 @@ class ShardActor(CommitPipeline):
         """Finish the batch in hand (past its bound, what is in doubt is the next start's to settle from the
         log), then fail whatever still waits (cleanly, not silently) with ``refusal`` (default: shutting down)."""
         self._stopping, refusal = True, refusal or Unavailable("service is shutting down", Reason.SHUTTING_DOWN)
-        try:
-            await run_bounded(self._drain(), self._settings.redis_timeout_s * 2, f"shard-{self.shard}-drain")
-        except LogDiverged:
-            log.exception("shard %d: stopping with a log it cannot trust", self.shard,
-                          extra={"event": "shard_stop_diverged", "shard": self.shard})
+        try:  # a log it cannot trust said by the drain's task itself: whether or not this stop is still there
+            drain = said_if_diverged(self._drain(), self.shard, log)
+            await run_bounded(drain, self._settings.redis_timeout_s * 2, f"shard-{self.shard}-drain")
         finally:  # this stop cancelled too: the actor does not run on, nobody is left waiting
             if self._task is not None:
                 cancel_for_good(self._task)

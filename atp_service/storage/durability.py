@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, RedisClusterException, RedisError
@@ -68,6 +68,17 @@ Doubt = list[tuple[int, LogEntry, bytes]]
 class LogDiverged(AssertionError):
     """The log holds an entry this shard did not send where it expected its own: memory cannot be
     trusted to match it, so the shard stops (its task ends; see ``ShardActor._ended``)."""
+
+
+async def said_if_diverged(drain: Awaitable[None], shard: int, logger: logging.Logger) -> None:
+    """A stop's drain of ``shard``, a log it cannot trust (``LogDiverged``) said as it is found, in the drain's own
+    task (``shard_stop_diverged``): a stop cancelled as its drain ends raises its cancellation, not the failure, and
+    the line was lost with it (``tasks.run_bounded`` marks the failure of work its caller left as seen)."""
+    try:
+        await drain
+    except LogDiverged:
+        logger.exception("shard %d: stopping with a log it cannot trust", shard,
+                         extra={"event": "shard_stop_diverged", "shard": shard})
 
 
 def log_short(shard: int, newest: int, durable: int) -> LogDiverged:

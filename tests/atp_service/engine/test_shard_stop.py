@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 import pytest
 
 from atp_service.engine.shard import ShardActor
+from atp_service.storage.durability import LogDiverged
 from reservation import Reason, Unavailable, reserve
 from tests.atp_service.engine.helpers import until_turns
 from tests.atp_service.engine.test_shard import one_shard
@@ -27,7 +29,7 @@ def _reserve(rid: str) -> Any:
 
 
 def _drain_task() -> asyncio.Task[Any] | None:
-    found = [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "ShardActor._drain"]
+    found = [t for t in asyncio.all_tasks() if t.get_name() == "shard-0-drain"]  # a stop's (``run_bounded``)
     return found[0] if found else None
 
 
@@ -105,3 +107,31 @@ async def test_a_stop_whose_drain_loses_its_cancellation_past_the_bound_still_en
         for task in (stopping, _drain_task()):
             if task is not None:
                 task.cancel()
+
+
+async def test_a_log_found_diverged_by_a_drain_that_ends_as_its_stop_is_cancelled_is_still_said(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The stop's drain settles an append in doubt and finds in its place an entry the shard never sent
+    (LogDiverged), and the stop is cancelled in the turn the drain ends: ``shard_stop_diverged`` is said all
+    the same (before: the stop's ``except LogDiverged`` was skipped by its cancellation, and ``run_bounded``
+    had marked the drain's failure seen: nothing said that another writer wrote the group's stream, E10)."""
+    log = SimLog()
+    actor = one_shard(log)
+    actor.start()
+    answer = actor.submit(_reserve("r1"))
+    await until_turns(lambda: len(log.pending) == 1, "r1 in flight")
+    stopping = asyncio.get_running_loop().create_task(actor.stop())
+    await until_turns(lambda: _drain_task() is not None, "the stop drains the shard")
+    drain = _drain_task()
+    assert drain is not None
+    drain.add_done_callback(lambda _: stopping.cancel())  # the cancellation lands as the drain ends
+    log.logs[0].append((1, b"an entry this shard never sent"))  # another writer, where r1's append went
+    with caplog.at_level(logging.ERROR, logger="atp_service.engine.shard"):
+        log.pump("lost")  # r1 in doubt: the drain settles it, and finds the other entry there
+        with pytest.raises(Unavailable):
+            await answer
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+    said = [r for r in caplog.records if getattr(r, "event", None) == "shard_stop_diverged"]
+    assert len(said) == 1, "the log the stop found diverged was never said"
+    assert said[0].exc_info is not None and isinstance(said[0].exc_info[1], LogDiverged)
