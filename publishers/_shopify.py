@@ -6,7 +6,8 @@ required from API version 2026-04):
 
 - **Idempotency key**: derived from the request (endpoint, channel, versions, input): every try of
   the same request carries the same key, so Shopify applies it once however often a lost answer
-  makes us send it; a different request (another quantity, another expectation) never shares one.
+  makes us send it; a different request (another quantity, another expectation) never shares one. A key spent
+  (``IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED``, a stale compare) is salted anew for the request's next tries (``KeySalts``).
 - **changeFromQuantity**: what the store holds as far as this process knows: the quantity it last
   set or read there, else the update's ``previous`` (what the channel was told before); unknown
   (a baseline) is read from the store first. A ``CHANGE_FROM_QUANTITY_STALE`` answer means the
@@ -57,6 +58,7 @@ from ._shopify_state import (
     PREVIOUS_ATTEMPT_FAILED,
     STALE,
     CostBucket,
+    KeySalts,
     KnownQuantities,
     Row,
     about_the_request,
@@ -76,6 +78,8 @@ OLDEST_API_VERSION = "2026-01"
 """``changeFromQuantity`` and ``@idempotent`` on inventory mutations exist from this version on."""
 MAX_QUANTITIES = 250
 """Shopify refuses an input array of more than 250 items: the most updates per batch."""
+SPENT_KEYS_REMEMBERED = 10_000
+"""Requests whose new key (``KeySalts``) is remembered: each one a batch whose key Shopify spent, rare."""
 READ_CHUNK = 50
 """Quantities read per query (keeps one read's cost well under Shopify's per-query maximum)."""
 _VERSION = re.compile(r"^\d{4}-(01|04|07|10)$")
@@ -138,12 +142,12 @@ class ShopifySettings:
 
 @dataclass(slots=True)
 class _Rounds:
-    """How far one batch has gone: its key salt, its re-reads of moved quantities, whether refused
-    quantities were dropped already."""
+    """How far one batch has gone: its re-reads of moved quantities, whether refused quantities were dropped
+    already, its keys renewed at once (``IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED``)."""
 
-    salt: int = 0
     rereads: int = 0
     dropped: bool = False
+    renewed: int = 0
 
 
 def set_quantities_body(endpoint: str, channel: str, updates: list[ChannelUpdate], rows: list[Row],
@@ -182,6 +186,7 @@ class ShopifyAdapter:
         self._bucket = CostBucket()
         self._cost: dict[str, float] = {}  # per request kind: the cost it last asked for
         self.known = KnownQuantities(settings.known_max)
+        self.salts = KeySalts(SPENT_KEYS_REMEMBERED)
         self._split_lines = EveryInterval(SPLIT_LOG_EVERY_S, clock)
         self._refused_lines = EveryInterval(SPLIT_LOG_EVERY_S, clock)  # ``publisher_quantities_refused``
 
@@ -199,10 +204,10 @@ class ShopifyAdapter:
         rounds = _Rounds()
         # Each pass either ends, or drops refused rows (once), or re-reads (at most cas_rounds), or raises.
         while todo := [r for r in rows if r.refused is None and r.expected != r.quantity]:
-            errors = await self._set(channel, updates, todo, rounds.salt)
+            request, errors = await self._set(channel, updates, todo)
             if not errors:
                 break
-            await self._resolve(errors, todo, rounds)
+            await self._resolve(errors, todo, rounds, request)
         for r in rows:
             if r.refused is None:
                 self.known.put(r.key, r.quantity)
@@ -232,9 +237,10 @@ class ShopifyAdapter:
         item, location = self._ids(u)
         return f"shopify: sku {u.sku} at {u.location or self.settings.default_location} ({item} at {location}): {why}"
 
-    async def _resolve(self, errors: list[dict[str, Any]], todo: list[Row], rounds: _Rounds) -> None:
-        """Act on the user errors of a set: drop the quantities the store refuses (once per batch),
-        re-read what moved (at most ``cas_rounds`` times), or give up."""
+    async def _resolve(self, errors: list[dict[str, Any]], todo: list[Row], rounds: _Rounds, request: str) -> None:
+        """Act on the user errors of a set (``request``: its key unsalted): drop the quantities the store refuses (once
+        per batch), send again with a new key where the last one failed, re-read what moved (at most ``cas_rounds``
+        times), or give up."""
         codes = {e.get("code") for e in errors}
         if codes == {"IDEMPOTENCY_CONCURRENT_REQUEST"}:
             raise DeliveryError("shopify: the same request is still in progress at Shopify")
@@ -253,12 +259,16 @@ class ShopifyAdapter:
             self._say_refused(todo[0].update.channel, len(refused), len(todo))
         if not codes & {STALE, PREVIOUS_ATTEMPT_FAILED}:
             return
+        self.salts.renew(request)  # C2, C4: the key is spent, a repeat of it answered so again (``KeySalts``)
+        if STALE not in codes:  # an earlier try of the key failed: sent again at once, once per request of the batch
+            if rounds.renewed > rounds.rereads + rounds.dropped:
+                raise DeliveryError(f"shopify: {user_errors_text(errors)} (for a key drawn anew)")
+            rounds.renewed += 1
+            return
         if rounds.rereads == self.settings.cas_rounds:
             raise DeliveryError(f"shopify: quantities still moving in the store after {rounds.rereads} re-reads: "
                                 f"{user_errors_text(errors)}")
         rounds.rereads += 1
-        if PREVIOUS_ATTEMPT_FAILED in codes:
-            rounds.salt += 1  # Shopify wants a new key for a request whose earlier try failed
         stale = [r for r in stale_rows(errors, todo) if r.refused is None]
         if stale:
             log.info("shopify: %d of %d quantities had moved in the store (changeFromQuantity stale): reading "
@@ -278,9 +288,15 @@ class ShopifyAdapter:
             return
         log.warning("shopify: the store refused %d of %d quantities: setting the rest", refused, of, extra=fields)
 
-    async def _set(self, channel: str, updates: list[ChannelUpdate], rows: list[Row],
-                   salt: int) -> list[dict[str, Any]]:
-        data = await self._graphql("set", set_quantities_body(self.settings.endpoint, channel, updates, rows, salt))
+    async def _set(self, channel: str, updates: list[ChannelUpdate], rows: list[Row]
+                   ) -> tuple[str, list[dict[str, Any]]]:
+        """The set of ``rows``, with the key its request has now (``KeySalts``): the request's key unsalted, and
+        the user errors of its answer."""
+        body = set_quantities_body(self.settings.endpoint, channel, updates, rows)
+        request = body["variables"]["idempotencyKey"]
+        if salt := self.salts.get(request):
+            body = set_quantities_body(self.settings.endpoint, channel, updates, rows, salt)
+        data = await self._graphql("set", body)
         try:
             errors = data["inventorySetQuantities"]["userErrors"] or []
         except (KeyError, TypeError):
@@ -289,7 +305,7 @@ class ShopifyAdapter:
                                                    for e in errors):
             # Read on, a TypeError or AttributeError rose out of the adapter and ended the publisher (C2, C4).
             raise DeliveryError("shopify: unexpected response shape (userErrors: no list of objects with a text code)")
-        return errors
+        return request, errors
 
     async def _read(self, rows: list[Row]) -> None:
         """Fill ``expected`` of ``rows`` with the store's ``available`` quantity now; a row without an

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,32 @@ class KnownQuantities:
 
     def forget(self, key: tuple[str, str]) -> None:
         self._values.pop(key, None)
+
+
+class KeySalts:
+    """Per request (its idempotency key unsalted) the salt of the key it is sent with now, once a key of it was spent:
+    answered ``IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED`` (Shopify keeps a failed key failed for its retention: "retry with
+    a new idempotency key") or a refusal that applied nothing (a stale compare: Shopify answers a repeat of the key
+    with that first answer, whatever the store holds since). The new salt is drawn at random and remembered (bounded,
+    least recent forgotten first), so the next try of the request, the publisher's retry, sends it at once: a salt
+    counted from 0 at each try walked the spent keys again, each a re-read, and past ``cas_rounds`` of them the request
+    never went out again, its stock-out never set (C2, C4). A salt forgotten (a restart) costs one spent answer."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._salts: OrderedDict[str, int] = OrderedDict()
+
+    def get(self, request: str) -> int:
+        salt = self._salts.get(request, 0)
+        if salt:
+            self._salts.move_to_end(request)
+        return salt
+
+    def renew(self, request: str) -> None:
+        self._salts[request] = secrets.randbits(64) | 1  # never 0: the unsalted key
+        self._salts.move_to_end(request)
+        while len(self._salts) > self.limit:
+            self._salts.popitem(last=False)
 
 
 class CostBucket:

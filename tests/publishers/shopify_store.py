@@ -48,6 +48,10 @@ class Store:
         """Canned answers given (in order) before the store answers for itself."""
         self.lose_next_answers = 0
         """Sets applied whose answer is then lost (HTTP 502), as when a connection drops."""
+        self.fail_next_sets = 0
+        """Sets that fail inside Shopify (nothing applied, ``INTERNAL_SERVER_ERROR``): their key stays failed, a
+        repeat of it answered ``IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED`` ("Retry with a new idempotency key")."""
+        self.failed_keys: set[str] = set()
         self.before_set: Callable[[Store], None] = lambda store: None
         self.applied = 0
         self.applied_items: list[str] = []
@@ -95,6 +99,11 @@ class Store:
             return answer({"errors": [{"message": f"argument not accepted or missing: {removed or 'changeFrom'}",
                                        "extensions": {"code": "argumentNotAccepted"}}]})
         key, fingerprint = variables["idempotencyKey"], json.dumps(data, sort_keys=True)
+        if key in self.failed_keys:
+            return answer({"data": self._user_errors([{
+                "field": None, "code": "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED",
+                "message": "A previous request with this idempotency key failed. Retry with a new idempotency key."}]),
+                "extensions": self._cost(10)})
         if key in self._keys:  # a repeat: the first answer, nothing applied again
             seen, result = self._keys[key]
             if seen != fingerprint:
@@ -102,6 +111,10 @@ class Store:
                                              "message": "same key, other parameters"}])
             return answer({"data": result, "extensions": self._cost(10)})
         self.before_set(self)
+        if self.fail_next_sets:
+            self.fail_next_sets -= 1
+            self.failed_keys.add(key)
+            return answer({"errors": [{"message": "Internal error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]})
         result = self._apply(data["quantities"])
         self._keys[key] = (fingerprint, result)
         if self.lose_next_answers:
