@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 import httpx
@@ -96,9 +97,14 @@ def retry_after_s(response: httpx.Response, now_s: float) -> float | None:
         # it the answer goes to the retry loop's backoff. A huge one is cut to max_wait_s.
         return seconds if seconds >= 0 else None
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now_s)
+        when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        # RFC 9110: every HTTP date is GMT, the obsolete asctime form saying no zone at all ('-0000' neither). Read in
+        # the host's local time, a 30 s ask was hours west of Greenwich (cut to max_wait_s) and nothing east of it.
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now_s)
 
 
 class Http:
