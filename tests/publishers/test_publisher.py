@@ -171,6 +171,9 @@ async def test_webhook_dead_lettered_after_max_attempts(client: aioredis.Redis, 
     assert [(f["sku"], f["version"], f["attempts"]) for f in fields] == [("b", "2", "3"), ("a", "1", "1")]
     assert fields[0]["reason"].startswith("HTTP 503")
     assert metrics.dead_lettered.labels("web")._value.get() == 2
+    # Still failing after the last try: counted retried at each try, the last one too, never failed (refused for good).
+    outcomes = {o: metrics.deliveries.labels("web", "webhook", o)._value.get() for o in ("retried", "failed")}
+    assert outcomes == {"retried": 3 + 1, "failed": 0}
     assert not await client.hexists("atp:{avail}:web:delivered:webhook", "a\t")
 
 
