@@ -28,18 +28,24 @@ from ._lease import check_send
 log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 REQUEST_LINE = "HTTP Request:"
-"""How httpx begins the line it writes for each request (at INFO), its second argument the request's URL."""
+"""How httpx begins the line it writes for each request (at INFO, written at DEBUG), its second argument the URL."""
 
 
 class RequestLines(logging.Filter):
-    """httpx's line for each request says the URL without its user information and query: a password (a receiver
-    behind HTTP basic authentication is reached with it in ``--url``) or a token the receiver checks was written in
-    full at every request, at the publisher's default level, where the service writes a Redis URL's password as
-    ``***``."""
+    """httpx's line for each request is written at DEBUG, only where the publisher's level is DEBUG (``--log-level``):
+    at INFO, the default, a line per request was thousands a second at a marketplace's peak, the publisher's own lines
+    (dead letters, a lost lease) lost among them. It says the URL without its user information and query: a password
+    (a receiver behind HTTP basic authentication is reached with it in ``--url``) or a token the receiver checks was
+    written in full at every request, where the service writes a Redis URL's password as ``***``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(REQUEST_LINE):
+            return True
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
         args = record.args
-        if str(record.msg).startswith(REQUEST_LINE) and isinstance(args, tuple) and len(args) > 1:
+        if isinstance(args, tuple) and len(args) > 1:
             url = args[1]
             if isinstance(url, httpx.URL) and (url.userinfo or url.query or url.fragment):
                 record.args = (args[0], url.copy_with(userinfo=b"", query=None, fragment=None), *args[2:])

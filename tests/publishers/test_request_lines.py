@@ -1,4 +1,4 @@
-"""The line httpx writes for each request (``HTTP Request: POST <url> ...``, at INFO, the publisher's default level)
+"""The line httpx writes for each request (``HTTP Request: POST <url> ...``, written with ``--log-level DEBUG``)
 says the destination without what its URL may carry for the receiver alone: a password (a receiver behind HTTP basic
 authentication is reached with it in ``--url``) and the query (a token the receiver checks). Real local HTTP server."""
 
