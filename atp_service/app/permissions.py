@@ -194,7 +194,10 @@ def _departed_needs(config: ServiceConfig, owed: str, use: str) -> list[Need]:
     gone = trimmed_unread_key(streams[0], group, "gone@0")
     mark = answered_key(gone)  # read where its owner answered it since (unread.answered_key), deleted with it
     ran = run_key(quarantine, group, "gone@0")  # its quarantine run, removed with it, the highest kept (swept)
+    own = answered_key(owed)  # this consumer's, set as its run is drawn (quarantine._DRAW): no sweep takes that run
     needs = [Need(("EVALSHA", SHA, len(streams) + 5, *streams, owed, swept, gone, mark, ran), owed, use),
+             Need(("EVALSHA", SHA, 3, run_key(quarantine, group, consumer), swept, own), swept, use),
+             Need(("TYPE", own), own, use),
              Need(("HSET", owed, "s", 1), owed, use), Need(("HGETALL", gone), gone, use),
              Need(("SET", swept, 1), swept, use), Need(("TYPE", swept), swept, use)]
     needs += [Need((c, key), key, use) for key in (gone, mark, ran) for c in ("TYPE", "DEL", "GET")]

@@ -143,6 +143,8 @@ class DepartedConsumers:
                  quarantine: str) -> None:
         self._client, self._streams, self._group, self._consumer = client, streams, group, consumer
         self._quarantine = quarantine
+        self.mark = answered_key(trimmed_unread_key(streams[0], group, consumer))
+        """This reader's answered mark, set with its run (``QuarantineStream.run_of``): a sweep meanwhile keeps it."""
         self._live, self._least_idle_ms, self._counter = live, least_idle_ms, counter
         self._script: Any = None  # registered at the first sweep
 

@@ -104,11 +104,11 @@ class StreamIngestor:
         self._gauge_task = asyncio.get_running_loop().create_task(self._backlog.run(), name="ingest-backlog")
 
     async def _create_groups(self, again: bool = False) -> None:
-        """The consumer group on every input stream, where it is missing. ``again``: one went missing
-        while the service ran (its stream or its group deleted): each made now is said."""
+        """The group on every input stream where missing. ``again``: one lost while serving (deleted), each said."""
         group, written = self._config.consumer_group, self._desk.quarantine.written_key
         if not again:  # before its own pending entries are read: the runs before's quarantine writes land nothing
-            self._consumer_run = await self._desk.quarantine.run_of(self._client, group, self._config.consumer_name)
+            self._consumer_run = await self._desk.quarantine.run_of(  # leased, marked: no sweep takes that run
+                self._client, group, self._config.consumer_name, self._departed.mark if self._departed else None)
         for stream in self._streams:
             # From the beginning: entries appended while the service was down count too.
             start = await self._start_again(stream) if again else b"0"

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, NamedTuple, TypeVar
 
+from atp_service.intake.unread import ANSWERED_MS
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.nodes import Call, Nodes, Script
@@ -171,6 +172,35 @@ return written
 """
 WRITE_ONCE_SCRIPT = Script(_ONCE)
 
+# KEYS: the consumer's run key, the highest run swept (``swept_runs_key``), its answered mark (``unread.answered_key``).
+# ARGV: the mark's life (ms). Returns the run drawn, above both keys'. Leased, a sweeper not yet seeing the process
+# back at its address live took its consumer (idle: it draws before it reads) for gone and deleted the run it had just
+# drawn: a write of a run before, landing late, took the key missing for one Redis lost and wrote and acknowledged an
+# entry pending to the process back (E8). The mark, set with the draw, keeps the consumer (``departed.py``) for
+# ``claim_idle_ms``, by which the process has read and is seen live.
+_DRAW = ACL_LUA + """
+for k = 1, 3 do
+  local kind = redis.call('TYPE', KEYS[k])['ok']
+  if kind ~= 'string' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a string: no run drawn')
+  end
+end
+local swept = redis.call('GET', KEYS[2])
+if swept and not tonumber(swept) then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds no run: no run drawn')
+end
+local refused = denied({{'INCR', KEYS[1]}, {'SET', KEYS[1], '1'}, {'SET', KEYS[3], '1', 'PX', '1'}, {'TIME'}})
+if refused then return refused end
+local run = redis.call('INCR', KEYS[1])  -- a run key holding no number: an error, nothing written
+if swept and run <= tonumber(swept) then
+  run = tonumber(swept) + 1
+  redis.call('SET', KEYS[1], run)
+end
+local t = redis.call('TIME')
+redis.call('SET', KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'PX', ARGV[1])
+return run
+"""
+
 
 class Acks(NamedTuple):
     """The input entries the facts written came from (one a fact, aligned), acknowledged in the same script, each
@@ -195,6 +225,7 @@ class QuarantineStream:
         self.ahead_key = ahead_key(stream)
         """Of those, the facts whose input entries' ids ran ahead of their writes: the entry, by digest."""
         self._runs: dict[tuple[str, str], int] = {}  # (group, consumer): this process's run of it (``run_of``)
+        self._draw: Any = None  # ``_DRAW``, registered at its first call
         self._doubt: OrderedDict[str, None] = OrderedDict()
         """Digests of facts whose write's answer was lost here, oldest first: written or not, counted by none."""
         self.owed: OrderedDict[tuple[str, bytes], tuple[Fact, str, str, str, int | None]] = OrderedDict()
@@ -304,11 +335,17 @@ class QuarantineStream:
         run = run_key(self.stream, acks.group, acks.consumer) if acks else self.written_key  # read only with a run
         return [self.stream, self.written_key, run, self.ahead_key, *inputs], values
 
-    async def run_of(self, client: Any, group: str, consumer: str) -> int:
+    async def run_of(self, client: Any, group: str, consumer: str, mark: str | None = None) -> int:
         """This process's run of ``consumer``, begun at its reader's first start (before it reads its own pending
         entries): the writes of its runs before, in doubt (their answers lost, owed in a memory gone with their
-        process), can land nothing now. A reader started again here keeps it: what it wrote in doubt is owed here."""
+        process), can land nothing now. A reader started again here keeps it: what it wrote in doubt is owed here.
+        ``mark``: leased, the consumer's answered mark, set with the draw (``_DRAW``): no sweep takes that run."""
         run = self._runs.get((group, consumer))
+        if run is None and mark is not None:
+            if self._draw is None:
+                self._draw = client.register_script(_DRAW)
+            keys = [run_key(self.stream, group, consumer), swept_runs_key(self.stream), mark]
+            run = self._runs[(group, consumer)] = int(await self._draw(keys=keys, args=[ANSWERED_MS]))
         if run is None:
             key = run_key(self.stream, group, consumer)
             run = int(await client.incr(key))

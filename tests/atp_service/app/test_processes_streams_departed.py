@@ -7,6 +7,7 @@ the consumer with its hash (``intake/departed.py``): exactly once, keys and cons
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -15,11 +16,16 @@ import redis
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Gauge
 
+from atp_service import ManualClock
+from atp_service.config import ServiceConfig
 from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.departed import DepartedConsumers
+from atp_service.intake.facts import FactDesk
+from atp_service.intake.ingest import StreamIngestor
 from atp_service.intake.quarantine import Acks, QuarantineStream, run_key
 from atp_service.intake.unread import GroupReader, trimmed_unread_key
-from atp_service.storage.nodes import open_nodes
+from atp_service.metrics import IntakeMetrics
+from atp_service.storage.nodes import connect_any, open_nodes
 from reservation import FactKind, Limits
 from reservation import fact as make_fact
 from tests.atp_service.app.test_processes import SHARDS, processes
@@ -215,6 +221,51 @@ async def test_a_gone_consumers_quarantine_run_is_removed_with_it_and_its_late_w
         assert await r.xlen(quarantine) == 0
         assert len(await r.xpending_range(stream, GROUP, "-", "+", 10, gone)) == 1, "still the new run's to decide"
     finally:
+        await writer.aclose()
+        await r.aclose()
+
+
+async def test_a_run_drawn_as_a_sweep_takes_its_consumer_for_gone_keeps_the_late_write_of_the_run_before_out(
+        redis_url: str) -> None:
+    """A process back at its address draws its run (its start, before it reads) while a sweeper that has not seen it
+    live yet takes its consumer for gone (idle, nothing pending). The sweep deleted the run key the process had just
+    drawn (``runs-swept`` its run); a quarantine write of the run before, its answer lost and landing late, found the
+    key missing — a run Redis lost, to the write script — set it back to its own run, and wrote and acknowledged the
+    fact of an entry pending to the process back (E8: that run decides it). Its run drawn, the consumer is kept as a
+    read answered is (``unread.answered_key``): the run key stays, the late write lands nothing, the process's own
+    lands. Before: the late write landed ([True]), the entry acknowledged."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    stream, name, sweeper = STREAMS[0], "atp-1@10.0.0.3:1", "atp-1@10.0.1.1:1"
+    settings = dataclasses.replace(ServiceConfig(input_streams=(stream,)).ingest_settings, consumer_name=name,
+                                   claim_idle_ms=1_000)
+    desk = FactDesk(None, QUARANTINE, 10, metrics=IntakeMetrics())  # type: ignore[arg-type]  # no fact applied
+    client = connect_any(redis_url, 2.0)
+    own_sweep = DepartedConsumers(client, [stream], GROUP, name, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
+    back = StreamIngestor(client, desk, settings, ManualClock(1_700_000_000_000), departed=own_sweep)
+    try:
+        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        await r.xgroup_createconsumer(stream, GROUP, name)  # the process before at that address: its entries claimed
+        for _ in range(3):
+            before = await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, name)
+        await asyncio.sleep(1.1)  # idle past the bound below: a second, however slow the draw then
+        await back._create_groups()  # its start: its run drawn, nothing read yet
+        sweep = DepartedConsumers(r, [stream], GROUP, sweeper, lambda: {"10.0.1.1:1"}, 1_000, quarantine=QUARANTINE)
+        await sweep.sweep()  # the process back not seen live yet
+        entry = await r.xadd(stream, F("late", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, name, {stream: ">"})  # pending to the process back (claimed back, a group made again)
+        fact = make_fact("late", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
+                         1_700_000_000_000, Limits(), "event_time_ms")
+        late = await QuarantineStream(QUARANTINE, 10).write(writer, [(fact, "late")],
+                                                            Acks(GROUP, name, [(stream, entry)], before))
+        assert late == [None], "the run before's late write lands nothing"
+        assert await r.xlen(QUARANTINE) == 0
+        assert len(await r.xpending_range(stream, GROUP, "-", "+", 10, name)) == 1, "still the run back's to decide"
+        own = await desk.quarantine.write(writer, [(fact, "late")],
+                                          Acks(GROUP, name, [(stream, entry)], back._consumer_run))
+        assert own == [True], "the run back's own write lands"
+    finally:
+        await client.aclose()
         await writer.aclose()
         await r.aclose()
 
