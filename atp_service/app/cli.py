@@ -126,7 +126,7 @@ def serve(config: ServiceConfig, sources: Mapping[str, str] | None = None) -> in
         # long-lived ones: collect young objects less often than CPython's default (700, 10, 10).
         gc.set_threshold(*config.gc_thresholds)
         status = asyncio.run(_serve(config, redis_url, on_hard_exit=embedded.kill_softly if embedded else None,
-                                    stopped_early=early_stop.received, embedded=embedded))
+                                    stopped_early=early_stop.received, embedded=embedded, sources=sources))
     except StartupError as exc:  # its words name fields: the operator gave ATP_X or --x
         print(f"atp-service: {as_given(str(exc), ServiceConfig, sources or {})}", file=sys.stderr)
         return 2
@@ -160,15 +160,17 @@ class _EarlyStop:
 
 
 async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[], None] | None = None,
-                 stopped_early: Callable[[], bool] = lambda: False, embedded: EmbeddedRedis | None = None) -> int:
+                 stopped_early: Callable[[], bool] = lambda: False, embedded: EmbeddedRedis | None = None,
+                 sources: Mapping[str, str] | None = None) -> int:
     """Serve until a signal (exit status 0), a newer instance claims the keyspace (3), a shard
     stops working (4) or the embedded Redis keeps exiting (5); a signal's stop cut off at its bound:
     6. ``stopped_early``: a stop signal
-    came before this took the signals over; ``embedded``: the Redis to watch and restart."""
+    came before this took the signals over; ``embedded``: the Redis to watch and restart (its refusals naming each
+    setting as ``sources`` gave it)."""
     service = AtpService(config, redis_url)
     request = _StopRequest(on_hard_exit)
     watching = None if embedded is None else Watching(EmbeddedRedisWatch(
-        embedded, config.redis_restarts, config.redis_load_timeout_s, service.metrics.storage.redis_restarts),
+        embedded, config.redis_restarts, config.redis_load_timeout_s, service.metrics.storage.redis_restarts, sources),
         on_give_up=request.watch_gave_up)
     try:
         status = await _serve_until_stopped(config, service, request, stopped_early)

@@ -18,8 +18,10 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from atp_service.config import ServiceConfig
+from atp_service.config_settings import as_given
 from atp_service.config_values import redacted
 from atp_service.instruments import Counter
 from atp_service.storage.embedded_redis import EmbeddedRedis, StartAbandoned
@@ -47,8 +49,11 @@ class EmbeddedRedisWatch:
     """Restarts ``embedded`` each time it exits on its own, at most ``restarts`` times within
     ``RESTART_WINDOW_S``; ``run`` raises ``EmbeddedRedisFailed`` when it may not or cannot."""
 
-    def __init__(self, embedded: EmbeddedRedis, restarts: int, load_timeout_s: float, counter: Counter) -> None:
+    def __init__(self, embedded: EmbeddedRedis, restarts: int, load_timeout_s: float, counter: Counter,
+                 sources: Mapping[str, str] | None = None) -> None:
         self._embedded, self._restarts, self._load_timeout_s = embedded, restarts, load_timeout_s
+        self._sources = sources or {}
+        """Where each setting came from (``config_settings.resolve``): a restart's refusal names it as given."""
         self._counter = counter
         self._exits: deque[float] = deque()
         self._abandoned = False
@@ -90,7 +95,8 @@ class EmbeddedRedisWatch:
         except StartAbandoned:
             return  # the service is stopping
         except Exception as exc:
-            raise EmbeddedRedisFailed(f"the embedded redis-server could not be started again: {exc}") from exc
+            said = as_given(str(exc), ServiceConfig, self._sources)  # its load's bound: ATP_X or --x, as at start
+            raise EmbeddedRedisFailed(f"the embedded redis-server could not be started again: {said}") from exc
         self._counter.inc()
         log.info("embedded redis-server restarted on %s", redacted(self._embedded.local_url),
                  extra={"event": "redis_restarted"})

@@ -119,3 +119,32 @@ def test_how_an_exit_is_told() -> None:
     assert _how_it_ended(-9) == "was killed by SIGKILL"
     assert _how_it_ended(-36) == "was killed by signal 36"  # a realtime signal: no name in Python
     assert _how_it_ended(1) == "exited with status 1"
+
+
+@pytest.mark.parametrize(("sources", "named"), [
+    (None, "ATP_REDIS_LOAD_TIMEOUT_S"),
+    ({"redis_load_timeout_s": "env ATP_REDIS_LOAD_TIMEOUT_S"}, "ATP_REDIS_LOAD_TIMEOUT_S"),
+    ({"redis_load_timeout_s": "flag --redis-load-timeout-s"}, "--redis-load-timeout-s"),
+])
+async def test_a_restart_still_loading_past_its_bound_names_the_setting_as_given(
+        tmp_path: Path, sources: dict[str, str] | None, named: str) -> None:
+    """Restarted after a crash, the embedded Redis reloads its append-only file: past ``redis_load_timeout_s`` the
+    service stops (exit status 5) saying how to allow longer. Its start's refusal names the setting as the operator
+    gave it (``as_given``, bacf94df); a restart's said the field alone, ``allow longer with redis_load_timeout_s``,
+    which no flag nor variable is called (it said ``(ATP_REDIS_LOAD_TIMEOUT_S)`` before)."""
+    embedded = EmbeddedRedis(populated(tmp_path / "data", 4_000), extra_args=SLOW_LOAD).start()
+    watch = (EmbeddedRedisWatch(embedded, restarts=5, load_timeout_s=0.3, counter=Restarts().counter)
+             if sources is None else
+             EmbeddedRedisWatch(embedded, restarts=5, load_timeout_s=0.3, counter=Restarts().counter, sources=sources))
+    watching = asyncio.create_task(watch.run())
+    try:
+        await killed(embedded)
+        with pytest.raises(EmbeddedRedisFailed) as failed:
+            await asyncio.wait_for(watching, 60)
+    finally:
+        watching.cancel()
+        embedded.stop()
+    said = str(failed.value)
+    assert "could not be started again" in said and "still loading its append-only file after 0.3s" in said, said
+    assert f"allow longer with {named};" in said and "redis_load_timeout_s" not in said.replace(str(tmp_path), ""), \
+        said
