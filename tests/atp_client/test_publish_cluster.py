@@ -5,12 +5,16 @@ test_cluster_mode.py; one Redis told apart from a user denied ``CLUSTER SLOTS``:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from atp_service.storage.embedded_redis import EmbeddedRedis
@@ -56,3 +60,79 @@ def test_a_user_that_may_not_run_info_is_told_no_cluster_by_the_refusal_s_kind(r
         finally:
             admin.acl_deluser("publisher")
     assert_told_to_publish_without_redis_cluster(done)
+
+
+def _as_before_redis_py_7_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refusals as redis-py before 7.2 builds them (the client takes ``redis>=5.0``): no ``status_code``, a code it
+    knows (ERR) cut from the text, one it does not (BUSY) left at its head."""
+    from redis._parsers.base import BaseParser
+
+    made = BaseParser.parse_error.__func__  # type: ignore[attr-defined]
+
+    def parse_error(cls: type[BaseParser], response: str) -> Exception:
+        error = made(cls, response)
+        with contextlib.suppress(AttributeError):
+            del error.status_code
+        return error
+
+    monkeypatch.setattr(BaseParser, "parse_error", classmethod(parse_error))
+
+
+async def test_a_node_busy_with_a_script_is_retry_later_whatever_the_redis_py(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A node running a script past ``busy-reply-threshold`` refuses ``CLUSTER SLOTS`` and ``INFO`` alike ``BUSY``,
+    a code redis-py names by no class: a refusal whose kind tells nothing, for a cluster's node as for one Redis, and
+    that ends with the script: 6, retry later. Under redis-py before 7.2 (no ``status_code`` on a refusal) every
+    such refusal read as an ERR: exit 2, "publish without --redis-cluster", to a Redis Cluster whose node was busy,
+    where the words of the refusal had told 6 before (3065d00f)."""
+    import redis.asyncio as aioredis
+
+    from atp_client._output import EXIT_UNAVAILABLE
+    from atp_client._publish import write
+
+    _as_before_redis_py_7_2(monkeypatch)
+    server = EmbeddedRedis(tmp_path / "redis", extra_args=["--busy-reply-threshold", "50"]).start()
+
+    def loop() -> None:  # until SCRIPT KILL
+        with redis.Redis.from_url(server.url) as busy, contextlib.suppress(redis.RedisError):
+            busy.eval("while true do end", 0)
+
+    looping = threading.Thread(target=loop, daemon=True)
+    try:
+        looping.start()
+        with redis.Redis.from_url(server.url) as admin:
+            deadline = time.monotonic() + 10
+            while True:  # until the node answers BUSY
+                try:
+                    admin.get("k")
+                except redis.ResponseError as exc:
+                    if "BUSY" in str(exc):
+                        break
+                assert time.monotonic() < deadline, "the script never made the node busy"
+                await asyncio.sleep(0.05)
+            client = aioredis.RedisCluster.from_url(server.url)
+            try:
+                done = await write(client, STREAM, [(1, {"a": 1})], 10, 5.0)
+            finally:
+                await client.aclose()
+            admin.script_kill()
+    finally:
+        looping.join(10)
+        server.stop()
+    assert done.not_sent and done.stopped_at == 1 and "BUSY" in done.error, done
+    assert done.status == EXIT_UNAVAILABLE, done  # not EXIT_USAGE: a cluster's node, busy for now
+
+
+@pytest.mark.parametrize("text", ["unknown command 'CLUSTER', with args beginning with: 'SLOTS' ",
+                                  "This instance has cluster support disabled"])
+def test_an_err_refusal_as_redis_py_before_7_2_built_it_still_reads_as_an_err(text: str) -> None:
+    """redis-py before 7.2 cut ERR from the text and gave no ``status_code``: still no cluster where INFO is refused."""
+    from redis.exceptions import ResponseError
+
+    from atp_client._publish import _code
+
+    refused = ResponseError(text)
+    with contextlib.suppress(AttributeError):
+        del refused.status_code
+    assert _code(refused) == "ERR"
+    assert _code(ResponseError("BUSY Redis is busy running a script.")) is None  # redis-py 7.2 on: no code it knows
