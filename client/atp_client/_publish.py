@@ -209,7 +209,7 @@ async def write(client: Any, stream: str, numbered: Iterable[tuple[int, Fields]]
         except (RedisError, RedisClusterException, OSError) as exc:
             first = next(iter(numbered), None)
             if first is not None:  # nothing sent: as a chunk whose connection was refused
-                _stopped_unsent(done, first[0], exc, await no_cluster_there(client, exc, timeout_s))
+                await _stopped_unsent_asked(done, first[0], exc, client, timeout_s)
             return done
         for n, fields in numbered:
             pipe.xadd(stream, dict[Any, Any](fields))
@@ -256,8 +256,7 @@ async def _execute(pipe: Any, lines: list[int], done: Written, timeout_s: float 
     except (RedisError, RedisClusterException, OSError, _NotSent) as exc:  # no answer: any of them may be written
         if isinstance(exc, _NotSent):  # refused at its connect: none was sent
             assert isinstance(exc.__cause__, BaseException)
-            no_cluster = await no_cluster_there(getattr(pipe, "cluster_client", None), exc.__cause__, timeout_s)
-            _stopped_unsent(done, lines[0], exc.__cause__, no_cluster)
+            await _stopped_unsent_asked(done, lines[0], exc.__cause__, getattr(pipe, "cluster_client", None), timeout_s)
             return False
         done.in_doubt, done.stopped_at, done.error = len(lines), lines[0], f"{type(exc).__name__}: {exc}"
         done.status = refusal_status(exc)
@@ -291,6 +290,20 @@ def _stopped_unsent(done: Written, line: int, error: BaseException, no_cluster: 
     shown = said if isinstance(said, ResponseError) else error  # Redis's own refusal, where a cluster client hid it
     done.stopped_at, done.error, done.not_sent = line, f"{type(shown).__name__}: {shown}", True
     done.status = refusal_status(error, no_cluster)
+
+
+async def _stopped_unsent_asked(done: Written, line: int, error: BaseException, client: Any,
+                                timeout_s: float | None) -> None:
+    """``_stopped_unsent``, the node asked first whether it is out of cluster mode (``no_cluster_there``, up to
+    ``timeout_s``). A Ctrl-C while it is asked stops the run there all the same, interrupted, with its summary (what
+    the stream took before; nothing of this chunk, never sent), as a Ctrl-C at any other step does."""
+    try:
+        no_cluster = await no_cluster_there(client, error, timeout_s)
+    except asyncio.CancelledError:
+        _stopped_unsent(done, line, error, False)
+        done.interrupted = True
+        return
+    _stopped_unsent(done, line, error, no_cluster)
 
 
 class _NotSent(Exception):

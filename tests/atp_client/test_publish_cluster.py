@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -136,3 +138,68 @@ def test_an_err_refusal_as_redis_py_before_7_2_built_it_still_reads_as_an_err(te
         del refused.status_code
     assert _code(refused) == "ERR"
     assert _code(ResponseError("BUSY Redis is busy running a script.")) is None  # redis-py 7.2 on: no code it knows
+
+
+class _OneChunkThenRefused:
+    """A cluster client's pipeline: its first chunk taken, then its slots read again (a node lost meanwhile) refused
+    ``CLUSTERDOWN``; ``cluster_client`` a cluster client whose node (``peer``) takes the connection and never answers,
+    so that asking it ``INFO cluster`` waits out ``--timeout``."""
+
+    def __init__(self, peer: socket.socket) -> None:
+        from redis.asyncio.cluster import RedisCluster
+
+        self.cluster_client = RedisCluster(host="127.0.0.1", port=peer.getsockname()[1])
+        self.chunks = 0
+
+    async def __aenter__(self) -> _OneChunkThenRefused:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    def pipeline(self, transaction: bool) -> _OneChunkThenRefused:
+        return self
+
+    def xadd(self, stream: str, fields: dict[str, object]) -> None:
+        return None
+
+    async def sent(self, pipe: object, done: Any) -> list[Any]:
+        from redis.exceptions import ClusterDownError, RedisClusterException
+
+        from atp_client._publish import _NotSent
+
+        self.chunks += 1
+        if self.chunks == 1:
+            return [b"1-0", b"1-1"]
+        done.not_sent = True
+        try:
+            raise ClusterDownError("The cluster is down")
+        except ClusterDownError:
+            try:  # redis-py's word for any refusal of CLUSTER SLOTS, the refusal its context
+                raise RedisClusterException("Cluster mode is not enabled on this node")
+            except RedisClusterException as exc:
+                raise _NotSent from exc
+
+
+async def test_a_ctrl_c_while_the_node_is_asked_whether_it_is_a_cluster_keeps_the_summary(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk's slots read refused (a node lost: CLUSTERDOWN), the node the URL names is asked ``INFO cluster``
+    (3065d00f), which may wait up to --timeout: a Ctrl-C then ended the run without its summary (``atpctl:
+    interrupted``, exit 130), what the stream took before untold, where OPERATIONS.md says a Ctrl-C ends it as a
+    refusal does, with the summary: published, in doubt (none: the chunk was never sent)."""
+    from atp_client import _publish
+
+    with socket.create_server(("127.0.0.1", 0)) as peer:
+        client = _OneChunkThenRefused(peer)
+        monkeypatch.setattr(_publish, "_connected_then_sent", client.sent)
+        run = asyncio.ensure_future(_publish.write(client, STREAM, [(n, {"a": n}) for n in range(1, 5)], 2, 30.0))
+        peer.settimeout(10)
+        connection, _ = await asyncio.to_thread(peer.accept)  # INFO cluster is being asked: no answer comes
+        with connection:
+            run.cancel()
+            finished, _ = await asyncio.wait([run], timeout=10)
+        await client.cluster_client.aclose()
+    assert finished and not run.cancelled(), "the Ctrl-C ended the run without its summary"
+    done = run.result()
+    assert done.interrupted and (done.published, done.in_doubt, done.stopped_at) == (2, 0, 3), done
+    assert done.not_sent, done
