@@ -134,7 +134,8 @@ class ServiceConfig(ServingFields):
     """WatchAvailability streams open at once; more are refused with RESOURCE_EXHAUSTED."""
 
     max_watch_snapshot_keys: int = 10_000_000
-    """Keys held by WatchAvailability snapshots being sent (~100 B each); past it, refused unless the only one."""
+    """Keys held by WatchAvailability snapshots being sent (~65 B each: benchmarks/RESULTS.md); past it, refused
+    unless the only one."""
 
     watch_batch: int = 500
     """Updates sent per WatchAvailability message (snapshot chunks and changes), at most: fewer where they would

@@ -95,7 +95,8 @@ class Limits:
     max_resolved_reservations_per_shard: int = 8_000_000
     """Resolved reservations one shard may remember for their retention (R5) — refused ones
     included, besides the live ones ``max_live_reservations_per_shard`` bounds — before a Reserve with
-    a new id answers RESOURCE_EXHAUSTED (about 600 bytes of memory each)."""
+    a new id answers RESOURCE_EXHAUSTED (about 870 bytes of memory each, a refused one ~680:
+    benchmarks/RESULTS.md)."""
 
     max_positions_per_shard: int = 4_000_000
     """Positions (SKU x location) one shard may hold. Past it a fact naming a new position is

@@ -1,0 +1,280 @@
+"""Bytes per item of each key the service and a publisher keep in Redis (docs/OPERATIONS.md, "Redis memory").
+
+    python benchmarks/redis_sizes.py [--positions 20000]
+
+A real ``redis-server`` (started here, AOF) and the real service in this process (4 shards, a per-location channel
+``pickup`` over the stores, an estate of ``sku-00000001`` x ``store-0001`` ids) write their own keys: ``--positions``
+COUNT facts in batches of 500 (each shard's log, the channel's stream and state hash), Reserves of 2 and of 4 lines
+one at a time (a log entry each), as many facts stamped past the grace window through gRPC and again through the WMS
+input stream with ids of the producer's own ahead of Redis's clock (quarantined: the quarantine stream, its set of
+digests and its hash of entries ahead); then the real publisher delivers the channel to a local webhook answering 200
+(its delivered versions) and, as a second group, to one answering 400 (its dead letters and redeliveries); then a
+service with ``ownership = leases`` decides Reserves with new ids (the reservation id claims).
+
+Each figure is ``MEMORY USAGE key SAMPLES 0`` over the key's entries or fields (summed over the shards' logs), so it
+includes the key's own overhead, spread over its items; but ``watch_snapshot_per_key``: the process memory
+(``tracemalloc``) a ``WatchAvailability`` snapshot's copy of the channel's values holds, per key. Prints one JSON
+object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from atp_client import AtpClient, timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, EmbeddedRedis, ServiceConfig, free_port
+from publishers import Publisher, PublisherConfig, PublisherMetrics, WebhookAdapter
+
+STORES = 100
+SECRET = "whsec_" + "YSBiZW5jaG1hcmsga2V5IG9mIHRoaXJ0eS10d28gYnl0ZXMh"
+CHANNEL = "atp:{avail}:pickup"
+HOUR_MS = 3_600_000
+DEAD_LETTERS = 2_000
+"""Dead letters enough to measure (a stream's entries, and the redelivery hash's fields, past its listpack size)."""
+Sizes = dict[str, float]
+QUARANTINE_WRITTEN = "atp:quarantine:written:{atp:quarantine}"
+QUARANTINE_AHEAD = QUARANTINE_WRITTEN + ":ahead"
+
+
+def estate() -> str:
+    ids = ", ".join(f'"store-{i:04d}"' for i in range(1, STORES + 1))
+    return (f'[[locations]]\ntype = "store"\nids = [{ids}]\n\n[groups]\nstores = {{ type = "store" }}\n\n'
+            '[[channels]]\nname = "pickup"\nsells_from = ["stores"]\nper_location = true\nthrottle_ms = 1\n'
+            'rate_limit_per_s = 1000000.0\n')
+
+
+def positions(n: int) -> Iterator[tuple[str, str]]:
+    for i in range(n):
+        yield f"sku-{i // STORES + 1:08d}", f"store-{i % STORES + 1:04d}"
+
+
+def config(**overrides: Any) -> ServiceConfig:
+    base: dict[str, Any] = {"port": 0, "metrics_port": -1, "shards": 4, "demo": False, "auth": "off",
+                            "snapshot_every_entries": 10_000_000, "snapshot_interval_s": 86_400.0}
+    return ServiceConfig(**{**base, **overrides})
+
+
+async def per_item(r: aioredis.Redis, keys: list[str], count: Callable[[str], Awaitable[int]]) -> float:
+    used = items = 0
+    for key in keys:
+        used += int(await r.memory_usage(key, samples=0) or 0)
+        items += await count(key)
+    return round(used / max(items, 1), 1)
+
+
+async def logs_bytes(r: aioredis.Redis) -> tuple[int, int]:
+    """Bytes and entries of every shard's log."""
+    used = entries = 0
+    async for key in r.scan_iter(match="*:log"):
+        used += int(await r.memory_usage(key, samples=0) or 0)
+        entries += await r.xlen(key)
+    return used, entries
+
+
+async def send_facts(client: AtpClient, n: int, at_ms: int, tag: str) -> list[int]:
+    outcomes: list[int] = []
+    places = list(positions(n))
+    for i in range(0, n, 500):
+        facts = [pb.Fact(event_id=f"{tag}-{i + j:08d}", source="wms", kind=pb.FACT_KIND_COUNT, sku=sku, location=loc,
+                         quantity=50, event_time=timestamp(at_ms)) for j, (sku, loc) in enumerate(places[i:i + 500])]
+        outcomes += [result.outcome for result in await client.record_events(facts)]
+    return outcomes
+
+
+async def stamped_ahead(r: aioredis.Redis, n: int, now: int) -> None:
+    """``n`` late facts on the WMS input stream, each entry's id a producer's own an hour ahead of Redis's clock
+    (``XADD <ms>-<seq>``): quarantined, each named in the hash of entries ahead of their writes."""
+    async with r.pipeline(transaction=False) as pipe:
+        for i, (sku, loc) in enumerate(positions(n)):
+            pipe.xadd("atp:in:wms", {"event_id": f"ahead-{i:08d}", "source": "wms", "kind": "COUNT", "sku": sku,
+                                     "location": loc, "quantity": "50", "event_time_ms": str(now - 26 * HOUR_MS)},
+                      id=f"{now + HOUR_MS}-{i}")
+        await pipe.execute()
+
+
+async def reserve_entries(r: aioredis.Redis, client: AtpClient, n: int, lines: int) -> float:
+    """Log bytes a Reserve of ``lines`` lines adds, decided one at a time (an entry each)."""
+    before, _ = await logs_bytes(r)
+    places = list(positions(n * lines))
+    for i in range(n):
+        await client.reserve(f"res-{lines}-{i:08d}", [(sku, loc, 1) for sku, loc in places[i * lines:(i + 1) * lines]])
+    after, _ = await logs_bytes(r)
+    return (after - before) / n
+
+
+async def until(check: Callable[[], Awaitable[bool]], limit_s: float = 120.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the service did not write what was sent in time")
+        await asyncio.sleep(0.05)
+
+
+async def service_keys(r: aioredis.Redis, client: AtpClient, n: int) -> Sizes:
+    """The service's own keys: logs, the channel's stream and state hash, the quarantine stream and its set."""
+    now = int(time.time() * 1000)
+    before, entries_before = await logs_bytes(r)
+    await send_facts(client, n, now, "count")
+    after, entries = await logs_bytes(r)
+    sizes: Sizes = {"log_bytes_per_fact": round((after - before) / n, 1),
+                    "log_facts_per_entry": round(n / max(entries - entries_before, 1), 1)}
+    two, four = await reserve_entries(r, client, n // 20, 2), await reserve_entries(r, client, n // 20, 4)
+    sizes |= {"log_entry_reserve_2_lines": round(two, 1), "log_bytes_per_more_line": round((four - two) / 2, 1)}
+    late = await send_facts(client, n, now - 26 * HOUR_MS, "late")  # past the 24 h grace window: E7, quarantined
+    sizes["quarantined"] = late.count(pb.FACT_OUTCOME_QUARANTINED)
+    await stamped_ahead(r, n, now)
+
+    async def quarantined() -> bool:
+        return bool(await r.hlen(QUARANTINE_AHEAD) >= n)
+
+    await until(quarantined)
+
+    async def published() -> bool:
+        return bool(await r.hlen(f"{CHANNEL}:state") >= n)
+
+    await until(published)
+    sizes["channel_stream_entry"] = await per_item(r, [CHANNEL], r.xlen)
+    sizes["channel_state_field"] = await per_item(r, [f"{CHANNEL}:state"], r.hlen)
+    sizes["quarantine_entry"] = await per_item(r, ["atp:quarantine"], r.xlen)
+    sizes["quarantine_digest"] = await per_item(r, [QUARANTINE_WRITTEN], r.zcard)
+    sizes["quarantine_ahead_field"] = await per_item(r, [QUARANTINE_AHEAD], r.hlen)
+    return sizes
+
+
+class Answering(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(self.status)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def webhook(status: int) -> Iterator[str]:
+    handler = type("Answer", (Answering,), {"status": status})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def publish_all(r: aioredis.Redis, group: str, status: int, enough: int = 2**62) -> PublisherConfig:
+    """The real publisher's group ``group`` run over the whole channel stream, against a webhook answering ``status``,
+    or until it dead-lettered ``enough`` updates (each refused batch is halved down to single updates: slow)."""
+    cfg = PublisherConfig(channel="pickup", group=group, block_ms=50, rate_limit_per_s=1_000_000.0, max_attempts=1,
+                          backoff_base_s=0.01, backoff_max_s=0.05, read_count=500)
+    with webhook(status) as url:
+        adapter = WebhookAdapter(url, SECRET)
+        publisher = Publisher(cfg, r, adapter, PublisherMetrics())
+        task = asyncio.create_task(publisher.run())
+
+        async def read_all() -> bool:
+            assert not task.done(), task
+            groups = await r.xinfo_groups(CHANNEL)
+            mine = [g for g in groups if g["name"].decode() == group]
+            done = bool(mine and mine[0]["lag"] == 0 and mine[0]["pending"] == 0)
+            return done or await r.xlen(cfg.dead_letter_stream) >= enough
+
+        try:
+            await until(read_all)
+        finally:
+            publisher.stop()
+            await asyncio.wait_for(task, 30)
+            await adapter.close()
+    return cfg
+
+
+async def publisher_keys(r: aioredis.Redis) -> Sizes:
+    delivered = await publish_all(r, "webhook", 200)
+    # A 4xx: every update dead-lettered, its key owed (``refused``).
+    refused = await publish_all(r, "refusing", 400, DEAD_LETTERS)
+    return {"delivered_field": await per_item(r, [delivered.delivered_key], r.hlen),
+            "publisher_dead_letter": await per_item(r, [refused.dead_letter_stream], r.xlen),
+            "redeliver_field": await per_item(r, [refused.redeliver_key], r.hlen)}
+
+
+async def claims(url: str, n: int) -> Sizes:
+    """Reservation id claims (``<prefix>rid:{<id>}``), written by a service with ``ownership = leases``."""
+    service = AtpService(config(ownership="leases", port=free_port(), input_streams=()), url)
+    await service.start()
+    try:
+        async with AtpClient(f"127.0.0.1:{service.port}") as client:
+            for i in range(n):
+                await client.reserve(f"claim-{i:08d}", [("sku-00000001", "store-0001", 1)])
+    finally:
+        await service.stop(grace_s=0.1)
+    r = aioredis.Redis.from_url(url)
+    keys = [key async for key in r.scan_iter(match="atp:rid:*")]
+    size = await per_item(r, keys, lambda _key: asyncio.sleep(0, 1))
+    await r.aclose()
+    return {"reservation_id_claim": size, "claims": len(keys)}
+
+
+def snapshot_copy(service: AtpService) -> float:
+    """Process memory a ``WatchAvailability`` snapshot of the channel holds until its last chunk is sent, per key:
+    the desk's copy of its published values (``ChannelDesk.snapshot``), taken as the watch takes it."""
+    assert service.channels is not None
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    _version, items = service.channels.snapshot("pickup")
+    held = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    return round(held / max(len(items), 1), 1)
+
+
+async def measure(n: int, tmp: Path) -> Sizes:
+    (tmp / "estate.toml").write_text(estate())
+    with EmbeddedRedis(tmp / "redis") as server:
+        r = aioredis.Redis.from_url(server.url)
+        service = AtpService(config(estate=tmp / "estate.toml"), server.url)
+        await service.start()
+        try:
+            async with AtpClient(f"127.0.0.1:{service.port}") as client:
+                sizes = await service_keys(r, client, n)
+            sizes["watch_snapshot_per_key"] = snapshot_copy(service)
+        finally:
+            await service.stop(grace_s=0.1)
+        sizes |= await publisher_keys(r)
+        await r.flushall()
+        await r.aclose()
+        sizes |= await claims(server.url, max(n // 20, 1))
+        return {"positions": n, **sizes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--positions", type=int, default=20_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps(asyncio.run(measure(args.positions, Path(tmp)))))
+
+
+if __name__ == "__main__":
+    main()
