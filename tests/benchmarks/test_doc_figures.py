@@ -41,3 +41,8 @@ async def test_memory_sizes_measures_reservations_identities_and_skus() -> None:
 async def test_probe_cost_measures_a_probes_cpu() -> None:
     got = await figures("probe_cost.py", "--probes", "1")
     assert got["probes"] == 1 and got["cpu_s_per_probe"] > 0, got
+
+
+async def test_unread_bytes_measures_each_server() -> None:
+    got = await figures("unread_bytes.py", "--streams", "2", "--cap-mb", "0.5")
+    assert all(got[name] > 0 for name in ("grpc_own_window_per_stream", "classic", "promise")), got
