@@ -7,9 +7,10 @@ A real ``redis-server`` (started here, AOF) and the real service in this process
 COUNT facts in batches of 500 (each shard's log, the channel's stream and state hash), Reserves of 2 and of 4 lines
 one at a time (a log entry each), as many facts stamped past the grace window through gRPC and again through the WMS
 input stream with ids of the producer's own ahead of Redis's clock (quarantined: the quarantine stream, its set of
-digests and its hash of entries ahead); then the real publisher delivers the channel to a local webhook answering 200
-(its delivered versions) and, as a second group, to one answering 400 (its dead letters and redeliveries); then a
-service with ``ownership = leases`` decides Reserves with new ids (the reservation id claims).
+digests and its hash of entries ahead; and entries of late facts whose ids are 128 bytes long); then the real
+publisher delivers the channel to a local webhook answering 200 (its delivered versions) and, as a second group, to
+one answering 400 (its dead letters and redeliveries); then a service with ``ownership = leases`` decides Reserves
+with new ids (the reservation id claims).
 
 Each figure is ``MEMORY USAGE key SAMPLES 0`` over the key's entries or fields (summed over the shards' logs), so it
 includes the key's own overhead, spread over its items; but ``watch_snapshot_per_key``: the process memory
@@ -49,6 +50,7 @@ HOUR_MS = 3_600_000
 DEAD_LETTERS = 2_000
 """Dead letters enough to measure (a stream's entries, and the redelivery hash's fields, past its listpack size)."""
 Sizes = dict[str, float]
+QUARANTINE = "atp:quarantine"
 QUARANTINE_WRITTEN = "atp:quarantine:written:{atp:quarantine}"
 QUARANTINE_AHEAD = QUARANTINE_WRITTEN + ":ahead"
 
@@ -109,6 +111,26 @@ async def stamped_ahead(r: aioredis.Redis, n: int, now: int) -> None:
         await pipe.execute()
 
 
+async def longest_ids(r: aioredis.Redis, client: AtpClient, m: int, now: int) -> float:
+    """Bytes a quarantine entry takes whose ids are as long as accepted (``max_id_length``, 128): ``m`` late facts."""
+    used, length = int(await r.memory_usage(QUARANTINE, samples=0) or 0), await r.xlen(QUARANTINE)
+
+    def facts(tag: str, at_ms: int) -> list[pb.Fact]:
+        return [pb.Fact(event_id=f"{tag}{i:08d}".ljust(128, "e"), source="s" * 128, kind=pb.FACT_KIND_COUNT,
+                        sku=f"{i:08d}".ljust(128, "k"), location="l" * 128, quantity=50, event_time=timestamp(at_ms))
+                for i in range(m)]
+
+    await client.record_events(facts("now", now))  # each SKU's shard's stream time now, whichever shard it is
+    outcomes = [result.outcome for result in await client.record_events(facts("late", now - 26 * HOUR_MS))]
+    assert outcomes == [pb.FACT_OUTCOME_QUARANTINED] * m, outcomes
+
+    async def written() -> bool:
+        return bool(await r.xlen(QUARANTINE) >= length + m)
+
+    await until(written)
+    return round((int(await r.memory_usage(QUARANTINE, samples=0) or 0) - used) / m, 1)
+
+
 async def reserve_entries(r: aioredis.Redis, client: AtpClient, n: int, lines: int) -> float:
     """Log bytes a Reserve of ``lines`` lines adds, decided one at a time (an entry each)."""
     before, _ = await logs_bytes(r)
@@ -152,9 +174,10 @@ async def service_keys(r: aioredis.Redis, client: AtpClient, n: int) -> Sizes:
     await until(published)
     sizes["channel_stream_entry"] = await per_item(r, [CHANNEL], r.xlen)
     sizes["channel_state_field"] = await per_item(r, [f"{CHANNEL}:state"], r.hlen)
-    sizes["quarantine_entry"] = await per_item(r, ["atp:quarantine"], r.xlen)
+    sizes["quarantine_entry"] = await per_item(r, [QUARANTINE], r.xlen)
     sizes["quarantine_digest"] = await per_item(r, [QUARANTINE_WRITTEN], r.zcard)
     sizes["quarantine_ahead_field"] = await per_item(r, [QUARANTINE_AHEAD], r.hlen)
+    sizes["quarantine_entry_longest_ids"] = await longest_ids(r, client, max(n // 20, 1), now)
     return sizes
 
 
