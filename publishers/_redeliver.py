@@ -60,7 +60,8 @@ DEAD_LETTER_LOG_EVERY_S = 1.0
 """A publisher writes at most one ``publisher_dead_lettered`` line this often, the next saying in ``left_out`` how
 many were left out: a destination refusing every request (credentials revoked, a schema changed) had each batch
 dead-lettered at once with a line of its own, one per update where they come one at a time, for as long as it
-refused. The dead-letter stream and ``atp_publisher_deliveries_total{outcome="failed"}`` have every one."""
+refused. The dead-letter stream and ``atp_publisher_dead_lettered_total`` have every one (``deliveries_total`` counts
+those refused for good ``failed``, those still failing after their tries ``retried``)."""
 
 
 DEAD_LETTER = ACL_LUA + """
