@@ -12,7 +12,8 @@ required from API version 2026-04):
   set or read there, else the update's ``previous`` (what the channel was told before); unknown
   (a baseline) is read from the store first. A ``CHANGE_FROM_QUANTITY_STALE`` answer means the
   store's quantity moved (an order placed in Shopify, an edit by hand): the moved quantities are
-  read and the set is sent again with them, at most ``cas_rounds`` times per batch. The curated
+  read and the set is sent again with them, at most ``cas_rounds`` times per batch; those still stale then
+  are read first at the batch's retry (``ReadFirst``). The curated
   number wins: the service is the source of truth for ``available`` at the mapped locations.
   A quantity the store was read to hold already is not sent; one whose target equals what this process
   knows (or ``previous``) is read first: that memory is no proof (a set whose answer was lost may have been
@@ -60,6 +61,7 @@ from ._shopify_state import (
     CostBucket,
     KeySalts,
     KnownQuantities,
+    ReadFirst,
     Row,
     about_the_request,
     available_of,
@@ -80,6 +82,8 @@ MAX_QUANTITIES = 250
 """Shopify refuses an input array of more than 250 items: the most updates per batch."""
 SPENT_KEYS_REMEMBERED = 10_000
 """Requests whose new key (``KeySalts``) is remembered: each one a batch whose key Shopify spent, rare."""
+MOVED_REMEMBERED = 10_000
+"""Quantities remembered to be read before their next set (``ReadFirst``): each one given up on a stale compare."""
 READ_CHUNK = 50
 """Quantities read per query (keeps one read's cost well under Shopify's per-query maximum)."""
 _VERSION = re.compile(r"^\d{4}-(01|04|07|10)$")
@@ -187,6 +191,7 @@ class ShopifyAdapter:
         self._cost: dict[str, float] = {}  # per request kind: the cost it last asked for
         self.known = KnownQuantities(settings.known_max)
         self.salts = KeySalts(SPENT_KEYS_REMEMBERED)
+        self.read_first = ReadFirst(MOVED_REMEMBERED)
         self._split_lines = EveryInterval(SPLIT_LOG_EVERY_S, clock)
         self._refused_lines = EveryInterval(SPLIT_LOG_EVERY_S, clock)  # ``publisher_quantities_refused``
 
@@ -222,6 +227,8 @@ class ShopifyAdapter:
         that is read first, not taken for set on its word: a set whose answer was lost may have been applied, and
         another publisher of the group may have set the item since (a stock-out after them was never sent)."""
         item, location = self._ids(u)
+        if (item, location) in self.read_first:  # moved past the expectation a try was given up with (``ReadFirst``)
+            return Row(item, location, u.quantity, None, u)
         known = self.known.get((item, location))
         expected = known if known is not None else u.previous
         return Row(item, location, u.quantity, None if expected == u.quantity else expected, u)
@@ -266,6 +273,8 @@ class ShopifyAdapter:
             rounds.renewed += 1
             return
         if rounds.rereads == self.settings.cas_rounds:
+            for r in stale_rows(errors, todo):  # C2, C4: the retry reads them (no round left to read them in here)
+                self.read_first.add(r.key)
             raise DeliveryError(f"shopify: quantities still moving in the store after {rounds.rereads} re-reads: "
                                 f"{user_errors_text(errors)}")
         rounds.rereads += 1
@@ -329,6 +338,7 @@ class ShopifyAdapter:
                     self._refuse(r, "no inventory level (unknown item or location, or not stocked there)")
                 else:
                     self.known.put(r.key, r.expected)
+                    self.read_first.discard(r.key)
 
     async def _graphql(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
         """One GraphQL request, paced by cost; THROTTLED waits and sends again (bounded). Returns ``data``."""

@@ -56,6 +56,30 @@ class KnownQuantities:
         self._values.pop(key, None)
 
 
+class ReadFirst:
+    """(item, location) pairs whose store quantity moved past the expectation their batch was given up with (a stale
+    compare and no ``cas_rounds`` left): read before their next set, whatever this process or the update's
+    ``previous`` says. Kept of them, such a retry sent the expectation of the try before, never read with no round to
+    read it in (``--shopify-cas-rounds 0``), answered stale for good: the stock-out never set (C2, C4). Bounded, least
+    recent forgotten first; a pair forgotten (or a restart) costs one more stale answer."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._keys: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._keys
+
+    def add(self, key: tuple[str, str]) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.limit:
+            self._keys.popitem(last=False)
+
+    def discard(self, key: tuple[str, str]) -> None:
+        self._keys.pop(key, None)
+
+
 class KeySalts:
     """Per request (its idempotency key unsalted) the salt of the key it is sent with now, once a key of it was spent:
     answered ``IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED`` (Shopify keeps a failed key failed for its retention: "retry with
