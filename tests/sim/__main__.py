@@ -1,6 +1,6 @@
 """``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K] [--processes P] [--clock-skew]
 [--redis-full] [--fact-times] [--shed] [--one-key] [--settle-faults] [--groups]
-[--forward-streams] [--short-grace] [--input-streams] [--partition] [--clock-jumps] [--suspends]``:
+[--forward-streams] [--short-grace] [--input-streams] [--partition] [--clock-jumps] [--suspends] [--new-addresses]``:
 run the deterministic simulation; the summary line counts the faults injected."""
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ def main() -> int:
     parser.add_argument("--suspends", action="store_true",
                         help="with --processes: leases counted on each host's lease clock over the world's clocks, "
                              "finite deadlines, some pauses a host's suspend (suspends.py)")
+    parser.add_argument("--new-addresses", action="store_true",
+                        help="with --input-streams --processes: a process started again at a new address now and "
+                             "then, the consumers of addresses gone swept (inputsweep.py)")
     parser.add_argument("--one-key", action="store_true",
                         help="snapshots stored in one key whatever the seed (as seeds found before several were)")
     args = parser.parse_args()
@@ -90,11 +93,14 @@ def main() -> int:
         parser.error("--suspends needs --processes 2 or 3 (one process holds no lease)")
     if args.clock_skew and args.processes == 1:
         parser.error("--clock-skew needs --processes 2 or 3 (one process has one clock)")
-    alongside = ("trace", "input_streams") + (("partition", "suspends") if args.processes > 1 else ())
+    if args.new_addresses and not (args.input_streams and args.processes > 1):
+        parser.error("--new-addresses needs --input-streams --processes 2 or 3 (the sweep of its readers)")
+    alongside = ("trace", "input_streams") + (("partition", "suspends", "new_addresses") if args.processes > 1 else ())
     others = [name for name, value in vars(args).items() if value is True and name not in alongside]
     if args.input_streams and others:  # its own drivers (inputdriver.py, inputcluster.py): another fault is ignored
-        parser.error(f"--input-streams runs alone but for --processes, --partition, --suspends (its drivers draw "
-                     f"their own faults): not with {', '.join('--' + name.replace('_', '-') for name in others)}")
+        refused = ", ".join("--" + name.replace("_", "-") for name in others)
+        parser.error(f"--input-streams runs alone but for --processes, --partition, --suspends, --new-addresses (its "
+                     f"drivers draw their own faults): not with {refused}")
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and
     # futures of callers that gave up carry errors nobody reads: asyncio's complaints about both are noise.
@@ -104,7 +110,8 @@ def main() -> int:
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     started, recoveries, tally = time.perf_counter(), 0, Tally()
     if args.input_streams:
-        return run_inputs(seeds, args.steps, args.trace, args.processes, args.partition, args.suspends)
+        return run_inputs(seeds, args.steps, args.trace, args.processes, args.partition, args.suspends,
+                          args.new_addresses)
     for done, seed in enumerate(seeds):
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
                         args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
@@ -126,13 +133,13 @@ def main() -> int:
 
 
 def run_inputs(seeds: Iterable[int], steps: int, trace: bool, processes: int = 1, partition: bool = False,
-               suspends: bool = False) -> int:
+               suspends: bool = False, new_addresses: bool = False) -> int:
     """``--input-streams`` (``inputdriver.py``; with ``--processes``, ``inputcluster.py``): its own driver, its own
     summary."""
     started, tally = time.perf_counter(), Tally()
     for done, seed in enumerate(seeds):
         driver = InputsDriver(seed, tally) if processes == 1 else \
-            InputsClusterDriver(seed, processes, tally, partition, suspends)
+            InputsClusterDriver(seed, processes, tally, partition, suspends, new_addresses)
         try:
             asyncio.run(driver.run(steps))
         except Violation as exc:

@@ -86,9 +86,9 @@ class ClusterWorld(World):
         """The step's membership faults (``disrupt.Disruptor``): fired at their ticks, awaited by ``busy``."""
         self.partitions: Partitions | None = None  # ``--partition``: processes cut off from each other over gRPC
 
-    def _new(self, index: int) -> Process:
+    def _new(self, index: int, address: str = "") -> Process:
         self.incarnations += 1
-        address = f"p{index}"
+        address = address or f"p{index}"
         log = ProcessLog(self.log, address)
         log.check_faults = self.checks
         # As ``AtpService``: each process its own clock (``skew.py``: its host's); without skew the world's.

@@ -26,6 +26,7 @@ from reservation._keys import fact_payload
 from tests.sim.checks import Violation
 
 if TYPE_CHECKING:
+    from tests.sim.inputcluster import InputsClusterDriver
     from tests.sim.inputdriver import InputsDriver
 
 Entry = tuple[str, bytes]
@@ -79,6 +80,9 @@ def decided_once(driver: InputsDriver) -> None:
     if told != len(unread_kept) or owed:
         raise Violation(f"{len(unread_kept)} entries trimmed before any consumer read them; {told} told and "
                         f"forgotten, still owed: {owed}")
+    if redis.forgotten != redis.owed_added:  # each count told once, whoever tells it (a sweep's move): E6
+        raise Violation(f"E6: entries trimmed unread counted owed by the reads crossing them, per stream: "
+                        f"{redis.owed_added}; told and forgotten: {redis.forgotten}")
     entries_of: dict[tuple[str, str, str, str], int] = {}
     for fact in producer.facts.values():
         entries_of[named(fact)[:4]] = entries_of.get(named(fact)[:4], 0) + 1
@@ -104,6 +108,24 @@ def decided_once(driver: InputsDriver) -> None:
     tally.input_trimmed_unread += len(unread)
     tally.input_trimmed_pending += len(gone) - len(unread)
     tally.input_lost_with_group += len(lost)
+
+
+def swept(driver: InputsClusterDriver) -> None:
+    """``--new-addresses``, every entry done: each consumer left in the group is a live process's (those of processes
+    gone from their address swept: bounded), and no owed hash or answered mark of a removed one is left."""
+    if not driver.new_addresses:
+        return
+    if left := departed_left(driver):
+        raise Violation(f"consumers of processes gone from their address never swept: {sorted(left)}")
+    driver.tally.input_swept += len(driver.redis.swept)
+    driver.tally.input_swept_owed += sum(moved for _, moved in driver.redis.swept)
+
+
+def departed_left(driver: InputsClusterDriver) -> set[str]:
+    """The consumers in the group named for an address no running process has."""
+    live = {f"atp@{proc.address}" for proc in driver.cluster.running()}
+    return {name for held in driver.redis.streams.values() for mine in held.groups.values()
+            for name in mine.consumers if name not in live}
 
 
 def marks_forgotten(driver: InputsDriver) -> None:

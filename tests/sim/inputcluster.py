@@ -25,8 +25,15 @@ With ``--suspends`` leases are counted on each host's lease clock with finite de
 of a process's host (``suspends.py``): woken, its reader and desk go on with what they held, and it answers no read
 of a group taken meanwhile (R7).
 
-Not modelled here: Redis losing a tail (``--lose-tail``), the owner check's draws, the sweep of departed consumers
-(``intake/departed.py``: every process comes back at its own address).
+With ``--new-addresses`` a process started again comes back now and then at a new address (a pod rescheduled, a host
+replaced), or at its first one again, and each reader sweeps the group after its claims (``intake/departed.py``, Redis's
+side in ``inputsweep``): a consumer at an address no live process has, nothing pending, idle ``claim_idle_ms``, removed
+and its owed counts of entries trimmed unread told by the sweeper — under every fault here (its answers lost, two
+sweepers, the owner paused or coming back at its address meanwhile). The checks at the end hold it to E6: every entry
+trimmed unread told exactly once (``inputchecks.decided_once``), no owed hash left, and every consumer left in the group
+one of a live process (``swept``: bounded).
+
+Not modelled here: Redis losing a tail (``--lose-tail``), the owner check's draws.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from atp_service.app.service import AtpService
+from atp_service.intake.departed import DepartedConsumers
 from atp_service.intake.ingest import StreamIngestor
 from reservation import DomainError, Fact
 from tests.sim.checks import Violation, facts_fold_as_the_reference
@@ -45,7 +54,7 @@ from tests.sim.disrupt import Disruptor
 from tests.sim.driver import DEFAULT_STEPS
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
 from tests.sim.ids import SimIdClaims
-from tests.sim.inputchecks import decided_once, fold_of_produced, marks_forgotten
+from tests.sim.inputchecks import decided_once, departed_left, fold_of_produced, marks_forgotten, swept
 from tests.sim.inputdriver import CLAIM_P, DESTROY_P, DRAIN_TURNS, GROUP, ROOM, ROOMY, InputsDriver, _trimmed_unread
 from tests.sim.inputfacts import STREAMS, Producer
 from tests.sim.inputowed import OwedWatch
@@ -90,17 +99,53 @@ class _Writes:
                 await proc.log.awake()
 
 
+MOVE_P = 0.4
+"""``--new-addresses``: the chance that a process started again comes back at a new address (else at its first)."""
+
+
+class _Moving(ClusterWorld):
+    """``--new-addresses``: a process started again (``converge_membership``, the driver's restarts) at a new address
+    now and then (``moves``, its own draws: the others' stay as they were), or at its index's first one again."""
+
+    moves: random.Random | None = None
+
+    def _new(self, index: int, address: str = "") -> Process:
+        if not address and self.moves is not None and self.moves.random() < MOVE_P:
+            address = f"p{index}.{self.incarnations + 1}"
+        return super()._new(index, address)
+
+
+class _Live:
+    """What ``AtpService._live_addresses`` reads of a process (its membership as last read, its address)."""
+
+    def __init__(self, proc: Process) -> None:
+        self.membership, self.address = self, proc.address
+        self._proc = proc
+
+    @property
+    def members(self) -> list[str]:
+        return self._proc.members.members
+
+    @property
+    def routes(self) -> dict[int, tuple[str, int]]:
+        return self._proc.members.routes
+
+
 class InputsClusterDriver(InputsDriver):
     def __init__(self, seed: int, processes: int, tally: Tally | None = None, partition: bool = False,
-                 suspends: bool = False) -> None:
+                 suspends: bool = False, new_addresses: bool = False) -> None:
         """``partition``: processes cut off from each other over gRPC (``partition.py``): sends to owners fail.
         ``suspends``: leases counted on each host's lease clock, finite deadlines, some pauses a host's suspend
-        (``suspends.py``): a woken process's reader and desk go on with what they held."""
+        (``suspends.py``): a woken process's reader and desk go on with what they held. ``new_addresses``: processes
+        started again at new addresses, departed consumers swept (``inputsweep``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(f"inputs {seed} processes {processes}")
         self.tally = tally or Tally()
-        world = self.world = ClusterWorld(processes, random.Random(f"cluster {seed}"), self.tally,
-                                          checks=random.Random(f"owner check {seed}"))
+        world = self.world = _Moving(processes, random.Random(f"cluster {seed}"), self.tally,
+                                     checks=random.Random(f"owner check {seed}"))
+        self.new_addresses = new_addresses
+        if new_addresses:
+            world.moves = random.Random(f"moves {seed}")
         self.faults = RedisFaults(random.Random(f"redis {seed}"))
         self.redis = SimStreams(self.faults, self._acked, world.clock.now_ms)
         self.owed = OwedWatch(self)
@@ -148,7 +193,8 @@ class InputsClusterDriver(InputsDriver):
         except Exception as exc:
             tail = "\n  ".join(self.trace[-24:])
             flags = (f"--input-streams --processes {self.processes}{' --partition' if self.partitions else ''}"
-                     f"{' --suspends' if self.cluster.sleeps.finite else ''}")
+                     f"{' --suspends' if self.cluster.sleeps.finite else ''}"
+                     f"{' --new-addresses' if self.new_addresses else ''}")
             raise Violation(f"seed {self.seed} {flags}, after step {step}: {exc}\n  last steps:\n  {tail}\n"
                             f"replay: .venv/bin/python -m tests.sim {flags} --seed {self.seed}"
                             f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
@@ -169,8 +215,15 @@ class InputsClusterDriver(InputsDriver):
                 continue
             self.owed.forget(f"atp@{proc.address}")  # the process started again forgot what it owed, by design
             client = GatedClient(self.redis, _Awake(proc))  # type: ignore[arg-type]
-            reader = StreamIngestor(client, proc.facts, self._settings(proc), proc.engine.clock,  # type: ignore[arg-type]
-                                    send=self._sender(proc))
+            settings, departed = self._settings(proc), None
+            if self.new_addresses:  # as ``AtpService._ingestor`` wires it
+                live = _Live(proc)
+                departed = DepartedConsumers(client, list(settings.input_streams), settings.consumer_group,
+                                             settings.consumer_name, lambda live=live: AtpService._live_addresses(
+                                                 live),  # type: ignore[arg-type, misc]
+                                             settings.claim_idle_ms, quarantine=proc.facts.quarantine.stream)
+            reader = StreamIngestor(client, proc.facts, settings, proc.engine.clock,  # type: ignore[arg-type]
+                                    send=self._sender(proc), departed=departed)
             self.readers[proc.address] = proc, reader
 
             async def start(reader: StreamIngestor = reader) -> None:
@@ -291,7 +344,8 @@ class InputsClusterDriver(InputsDriver):
         groups = [(held, held.groups.get(GROUP)) for held in self.redis.streams.values()]
         return all(mine is not None and not mine.pending and mine.last == held.last_id for held, mine in groups) \
             and not any(self.redis.hashes.values()) and not any(p.facts.quarantine.owed for p in running) \
-            and all(reader is not None and not reader._retry_own_pending for reader in readers)
+            and all(reader is not None and not reader._retry_own_pending for reader in readers) \
+            and not (self.new_addresses and departed_left(self))
 
     async def drain(self) -> None:
         """Redis answering, every process running, the readers read until nothing is pending nor new; then every entry
@@ -321,6 +375,7 @@ class InputsClusterDriver(InputsDriver):
                             f"({pending} pending)")
         self.check()
         decided_once(self)
+        swept(self)
         self.owed.written(self)
         self.tally.input_owed_watched += self.owed.seen
         proc = world.running()[0]

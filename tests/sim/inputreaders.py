@@ -106,7 +106,13 @@ class GatedClient:
         return await self._gated(self._redis.incr(key))
 
     async def get(self, key: str) -> Any:
-        return await self._redis.get(key)  # the highest run swept: none here, no step of its own to gate
+        return await self._redis.get(key)  # the highest run swept (``--new-addresses``): no step of its own to gate
+
+    async def set(self, key: str, value: Any) -> Any:
+        return await self._redis.set(key, value)  # a run drawn above the highest swept
+
+    async def xinfo_consumers(self, stream: str, group: str) -> Any:
+        return await self._gated(self._redis.xinfo_consumers(stream, group))
 
     def pipeline(self, transaction: bool = False) -> Any:
         pipe, gate = self._redis.pipeline(transaction), self._gate
@@ -280,6 +286,8 @@ async def turn(reader: StreamIngestor, claim: bool) -> None:
                     await reader._retry_pending()
             elif claim:
                 await reader._handle(await reader._claim(), wait=False)
+                if reader._departed is not None:  # after the claim, as ``step``: departed consumers removed
+                    await reader._departed.sweep()
             else:
                 entries = await reader._read(None, block=None)
         except (RedisError, RedisClusterException, OSError) as exc:

@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 
 from atp_service.intake.entries import id_key
 from atp_service.intake.quarantine import _FIELDS, _PER_FACT
+from tests.sim.inputsweep import seen
 
 if TYPE_CHECKING:
     from tests.sim.inputstreams import SimStreams
@@ -108,6 +109,7 @@ def autoclaim(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
     for entry_id in deleted:
         redis.dead_letters.append((dlq, {"_code": "TRIMMED_WHILE_PENDING", "_stream": stream,
                                          "_id": entry_id.decode()}))
+    seen(redis, stream, group, consumer, bool(claimed))  # the claimer made where new, its idle time reset by a claim
     return [cursor, claimed, deleted, redis.marks.get(mark)]
 
 

@@ -32,10 +32,10 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from atp_service.intake import claims, dead_letters, unread
+from atp_service.intake import claims, dead_letters, departed, quarantine, unread
 from atp_service.intake.entries import id_key
 from atp_service.storage.nodes import Call
-from tests.sim import inputscripts
+from tests.sim import inputscripts, inputsweep
 from tests.sim.inputpipeline import Pipeline, _fail, _text
 from tests.sim.sidestreams import run_pipelined
 
@@ -54,6 +54,7 @@ class Group:
     last: bytes = b"0-0"  # the last entry delivered (``last-delivered-id``)
     pending: dict[bytes, list[Any]] = field(default_factory=dict)  # entry id -> [consumer, deliveries, at ms]
     counted: bool = True  # its count of entries read known (``entries-read``): a gap it crosses is counted
+    consumers: dict[str, int] = field(default_factory=dict)  # name -> when last given an entry (``inputsweep``)
 
 
 @dataclass
@@ -101,9 +102,13 @@ class SimStreams:
         """Quarantine entries written: (stream, fields, the input entry named with it)."""
         self.dead_letters: list[tuple[str, dict[str, str]]] = []  # (dead-letter stream, its fields) as written
         self.hashes: dict[str, dict[str, int | bytes]] = {}  # the readers' owed hashes of entries trimmed unread
+        self.answered: dict[str, int] = {}  # their answered marks (``unread.answered_key``): set at (ms)
+        self.swept: list[tuple[str, int]] = []  # consumers the sweep removed (``inputsweep``), entries moved
         self.marks: dict[str, bytes] = {}  # the groups' made-again marks (``again.py``), by key
         self.runs: dict[str, int] = {}  # the consumers' runs (``quarantine.run_key``), by key
+        self.runs_swept: dict[str, int] = {}  # the highest run swept with its consumer (``quarantine.swept_runs_key``)
         self.forgotten: dict[str, int] = {}  # per stream, entries trimmed unread the readers told (``unread._ACK``)
+        self.owed_added: dict[str, int] = {}  # per stream, entries trimmed unread the reads counted owed
         self.delivered: set[tuple[str, bytes]] = set()  # entries any consumer was given (since the group was made)
         self.read_after: dict[tuple[str, bytes, str], int] = {}
         """Per entry and consumer, the groups deleted (``groups_lost``) before that consumer was first given it."""
@@ -144,8 +149,11 @@ class SimStreams:
     def register_script(self, source: str) -> Callable[..., Any]:
         run = {unread._READ: self._read_new, unread._ACK: self._forget_owed, unread._MAKE: self._make,
                claims._CLAIM: lambda keys, args: inputscripts.autoclaim(self, keys, args),
-               dead_letters._WRITE: lambda keys, args: inputscripts.write_dead_letters(self, keys, args)}[source]
-        what = {unread._READ: "read", claims._CLAIM: "claim", dead_letters._WRITE: "dead letter"}.get(source, "script")
+               dead_letters._WRITE: lambda keys, args: inputscripts.write_dead_letters(self, keys, args),
+               departed._SWEEP: lambda keys, args: inputsweep.sweep(self, keys, args),
+               quarantine._DRAW: lambda keys, args: inputsweep.draw_run(self, keys, args)}[source]
+        what = {unread._READ: "read", claims._CLAIM: "claim", dead_letters._WRITE: "dead letter",
+                departed._SWEEP: "sweep"}.get(source, "script")
 
         async def call(keys: list[str], args: list[Any]) -> Any:
             await asyncio.sleep(0)
@@ -172,17 +180,28 @@ class SimStreams:
         self.runs[key] = self.runs.get(key, 0) + 1
         return self.runs[key]
 
-    async def get(self, key: str) -> None:
-        """The highest run swept with its consumer (``quarantine.swept_runs_key``, read by ``QuarantineStream.run_of``):
-        none, every process here comes back at its own address (no sweep of departed consumers)."""
+    async def get(self, key: str) -> bytes | None:
+        """The highest run swept with its consumer (``quarantine.swept_runs_key``, read by ``QuarantineStream.run_of``;
+        ``--new-addresses``: the sweep's, ``inputsweep``)."""
         assert key.endswith(":runs-swept"), key
-        return None
+        return None if key not in self.runs_swept else str(self.runs_swept[key]).encode()
+
+    async def set(self, key: str, value: Any) -> None:
+        """A consumer's run drawn above the highest swept (``QuarantineStream.run_of``)."""
+        self.runs[key] = int(value)
 
     async def xinfo_stream(self, stream: str) -> dict[str, Any]:
         held = self.streams.get(stream)
         if held is None:
             raise ResponseError("no such key")
         return {"last-generated-id": held.last_id}
+
+    async def xinfo_consumers(self, stream: str, group: str) -> list[dict[str, Any]]:
+        await asyncio.sleep(0)
+        kind, _ = self.faults.draw("consumers", 1)  # a read: lost after it ran, as refused
+        if kind != "ok":
+            raise _fail(kind)
+        return inputsweep.consumers(self, stream, group)
 
     def pipeline(self, transaction: bool = False) -> Pipeline:
         return Pipeline(self)
@@ -244,7 +263,7 @@ class SimStreams:
         return held, held.groups[group]
 
     def _read_new(self, keys: list[str], args: list[Any]) -> Any:
-        # KEYS end with the owed hash and its answered mark (no sweep here: the mark, read by one alone, is not kept)
+        # KEYS end with the owed hash and its answered mark (``inputsweep``: set where the hash is answered non-empty)
         n, (group, consumer, count) = (len(keys) - 2) // 2, (_text(args[0]), _text(args[1]), int(args[2]))
         streams, mark_keys = keys[:n], keys[n:2 * n]
         reply, positions = [], []
@@ -255,6 +274,7 @@ class SimStreams:
             held, mine = self._group(stream, group)
             rows = [[entry_id, list(flat)] for entry_id, flat in held.entries.items()
                     if id_key(entry_id) > id_key(mine.last)][:count]
+            inputsweep.seen(self, stream, group, consumer, bool(rows))
             for entry_id, _ in rows:
                 mine.pending[entry_id] = [consumer, 1, self.now_ms()]
                 self.delivered.add((stream, entry_id))
@@ -262,12 +282,15 @@ class SimStreams:
             lost = sum(id_key(gone) > id_key(mine.last) for gone in held.trimmed)
             if rows and lost and mine.counted:  # crossed: owed until the reader says it told them
                 owed[stream] = int(owed.get(stream, 0)) + lost
+                self.owed_added[stream] = self.owed_added.get(stream, 0) + lost
                 owed.setdefault(stream + "\n", mine.last)
             if rows:
                 mine.last, mine.counted = rows[-1][0], True  # XGROUP SETID ... ENTRIESREAD
                 reply.append([stream.encode(), rows])
             positions.append(mine.last)
         flat = [part for name, value in owed.items() for part in (name.encode(), str(value).encode())]
+        if flat:
+            self.answered[keys[-1]] = self.now_ms()
         marks = [self._mark_kept(stream, group, key, position)
                  for stream, key, position in zip(streams, mark_keys, positions, strict=True)]
         return [reply or None, flat, positions, marks]
@@ -320,6 +343,7 @@ class SimStreams:
                         self.redelivered += 1
                         self.note_again(_text(stream), held, entry_id, consumer)
                     rows.append([entry_id, None if flat is None else list(flat)])
+            inputsweep.seen(self, _text(stream), group, consumer, any(row[1] is not None for row in rows))
             reply.append([_text(stream).encode(), rows])
         return reply
 

@@ -104,6 +104,8 @@ class Tally:
     input_quarantined_elsewhere: int = 0  # ... entries quarantined, delivered again to a reader that did not make it
     input_trimmed_unread: int = 0  # input entries trimmed before any consumer read them
     input_trimmed_pending: int = 0  # input entries trimmed after a consumer read them
+    input_swept: int = 0  # consumers of processes gone from their address removed by a sweep (``inputsweep``)
+    input_swept_owed: int = 0  # ... entries trimmed unread they owed, moved to the sweeper's count
 
     def count_outcome(self, outcome: str) -> None:
         if outcome in ("lost", "doubt", "late"):
@@ -157,6 +159,8 @@ class Tally:
                    f"trimmed unread, {self.input_trimmed_pending} trimmed once read, {self.input_groups_deleted} "
                    f"groups deleted ({self.input_lost_with_group} entries the other consumer held lost with them, "
                    f"{self.input_quarantined_elsewhere} quarantined ones delivered again to another reader)"
+                   + (f", {self.input_swept} departed consumers swept ({self.input_swept_owed} entries owed moved)"
+                      if self.input_swept else "")
                    if self.input_entries else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")

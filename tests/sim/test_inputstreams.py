@@ -135,3 +135,17 @@ async def test_input_streams_read_by_processes_whose_hosts_are_suspended(process
     for seed in range(PROCESS_SEEDS):
         await InputsClusterDriver(seed, processes, tally, partition=True, suspends=True).run(60)
     assert tally.host_suspends and tally.input_claimed and tally.takeovers, tally
+
+
+@pytest.mark.parametrize(("seed", "processes", "faults"), [(39, 2, False), (11, 3, True)])
+async def test_consumers_of_processes_started_at_new_addresses_are_swept_their_counts_told_once(
+        seed: int, processes: int, faults: bool) -> None:
+    """``--input-streams --processes 2|3 --new-addresses`` (the sweep was never run: every process came back at its
+    own address): processes started again at new addresses now and then, or at their first one again; each reader
+    sweeps the group after its claims (``intake/departed.py``), its answers lost, two sweepers, owners paused or back
+    meanwhile. Every consumer left at the end is a live process's, no owed hash is left, and the entries trimmed
+    unread the reads counted are told exactly once, moved by a sweep or not (E6). Seeds whose departed consumers owed
+    counts (moved to the sweeper's)."""
+    tally = Tally()
+    await InputsClusterDriver(seed, processes, tally, partition=faults, suspends=faults, new_addresses=True).run(60)
+    assert tally.input_swept and tally.input_swept_owed, tally

@@ -1,0 +1,115 @@
+"""``--input-streams --processes 2|3 --new-addresses``: the group's consumers as Redis keeps them, and the sweep of
+departed consumers (``intake/departed.py``) as its script (``_SWEEP``) runs.
+
+A consumer is made by the first read or claim naming it (``XREADGROUP``, ``XAUTOCLAIM``), its idle time the time since
+a read or a claim last gave it an entry — a read that delivers nothing leaves it as it was (Redis before 7.2: the
+product's own assumption, ``unread.answered_key``). A read that answers a non-empty owed hash marks it answered (the
+mark, by Redis's clock, kept ``unread.ANSWERED_MS``). ``XINFO CONSUMERS`` answers each consumer's name, entries pending
+to it and idle time; ``XGROUP DELCONSUMER`` takes it (and its pending entries: none where the sweep removes it) away.
+The sweep script: a candidate is removed where, on every input stream that has it, nothing is pending to it and it was
+idle at least ``claim_idle_ms``, its answered mark is older than that, and it has an owed hash or a consumer at all;
+its owed counts then move into the sweeper's hash (the earlier position before the first gap kept), its hash and mark
+are deleted and it is removed from every stream's group: one step, as Redis runs a script.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from atp_service.intake.entries import id_key
+from atp_service.intake.unread import ANSWERED_MS
+from tests.sim.inputpipeline import _text
+
+if TYPE_CHECKING:
+    from tests.sim.inputstreams import SimStreams
+
+
+def seen(redis: SimStreams, stream: str, group: str, consumer: str, gave: bool) -> None:
+    """A read or claim by ``consumer``: made where it is new; its idle time reset where it was given an entry."""
+    held = redis.streams.get(stream)
+    mine = held.groups.get(group) if held is not None else None
+    if mine is not None and (gave or consumer not in mine.consumers):
+        mine.consumers[consumer] = redis.now_ms()
+
+
+def consumers(redis: SimStreams, stream: str, group: str) -> list[dict[str, Any]]:
+    """``XINFO CONSUMERS stream group`` (no such key, NOGROUP: refused as Redis refuses them)."""
+    _, mine = redis._group(stream, group)
+    now = redis.now_ms()
+    pending: dict[str, int] = {}
+    for holder in mine.pending.values():
+        pending[holder[0]] = pending.get(holder[0], 0) + 1
+    return [{"name": name.encode(), "pending": pending.get(name, 0), "idle": now - at}
+            for name, at in mine.consumers.items()]
+
+
+def answered(redis: SimStreams, key: str) -> int | None:
+    """When the answered mark ``key`` was set (ms), None where there is none (or it ran out)."""
+    at = redis.answered.get(key)
+    return at if at is not None and redis.now_ms() - at < ANSWERED_MS else None
+
+
+def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]]:
+    """``departed._SWEEP``: KEYS the input streams, the sweeper's owed hash, the highest run swept, then each
+    candidate's owed hash, its answered mark and its quarantine run; ARGV the group, the least idle ms, then each
+    candidate's name. Returns {name, entries moved} of each consumer removed."""
+    group, least, names = _text(args[0]), int(args[1]), [_text(name) for name in args[2:]]
+    n = len(keys) - 3 * len(names) - 2
+    swept = keys[n + 1]
+    streams, now = keys[:n], redis.now_ms()
+    listed: dict[str, dict[str, tuple[int, int]]] = {}
+    for stream in streams:
+        held = redis.streams.get(stream)
+        if held is not None and group in held.groups:
+            listed[stream] = {_text(c["name"]): (c["pending"], c["idle"]) for c in consumers(redis, stream, group)}
+    mine = redis.hashes.setdefault(keys[n], {})
+    removed: list[list[Any]] = []
+    for j, name in enumerate(names):
+        owed_key, mark, run = keys[n + 2 + 3 * j], keys[n + 3 + 3 * j], keys[n + 4 + 3 * j]
+        found = [by_name[name] for by_name in listed.values() if name in by_name]
+        gone = all(pending == 0 and idle >= least for pending, idle in found)
+        at = answered(redis, mark)
+        if at is not None and now - at < least:
+            gone = False
+        owed = redis.hashes.get(owed_key) or {}
+        if not owed and not found:  # removed by another sweeper since it was listed: not ours
+            gone = False
+        if not gone:
+            continue
+        moved = 0
+        for field, value in owed.items():
+            if field.endswith("\n"):  # the position before the first gap: the earlier one kept
+                held_at = mine.get(field)
+                if held_at is None or id_key(_as_id(held_at)) > id_key(_as_id(value)):
+                    mine[field] = value
+            elif int(value) > 0:
+                mine[field] = int(mine.get(field, 0)) + int(value)
+                moved += int(value)
+        redis.hashes.pop(owed_key, None)
+        ran = redis.runs.pop(run, None)  # its run: the highest so removed kept
+        if ran is not None and ran > redis.runs_swept.get(swept, 0):
+            redis.runs_swept[swept] = ran
+        redis.answered.pop(mark, None)
+        for stream in listed:  # XGROUP DELCONSUMER: its pending entries (none here) gone with it
+            held = redis.streams[stream].groups[group]
+            held.consumers.pop(name, None)
+            held.pending = {entry_id: holder for entry_id, holder in held.pending.items() if holder[0] != name}
+        redis.swept.append((name, moved))
+        removed.append([name.encode(), moved])
+    return removed
+
+
+def _as_id(value: int | bytes) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def draw_run(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
+    """``quarantine._DRAW`` (leased: ``QuarantineStream.run_of``): the consumer's run drawn above its last and above
+    the highest swept, its answered mark set with it (a sweep meanwhile keeps it)."""
+    run_key, swept, mark = keys
+    run = redis.runs.get(run_key, 0) + 1
+    if run <= redis.runs_swept.get(swept, 0):
+        run = redis.runs_swept[swept] + 1
+    redis.runs[run_key] = run
+    redis.answered[mark] = redis.now_ms()
+    return run
