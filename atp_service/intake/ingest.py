@@ -298,11 +298,11 @@ class StreamIngestor:
 
     async def _claim_stream(self, stream: str) -> list[Entry]:
         """One stream's claim (``Claims``): the entries taken over; the trimmed ones' dead letters told."""
-        # Each call scans a bounded part of the group's pending list: the next goes on from the
-        # cursor it returns (0-0: from the start again), so entries far down the list are reached.
-        cursor, rows, trimmed, mark = await self._claims.claim(stream, self._config.claim_idle_ms,
-                                                               self._claim_from.get(stream, "0-0"),
-                                                               self._read_count)  # the same batch bound as a read
+        # Each call scans a bounded part of the group's pending list: the next goes on from the cursor it returns
+        start = self._claim_from.get(stream, "0-0")  # (0-0: from the start again): entries far down the list reached
+        with self._unacked.claiming(stream, start.encode()):  # its answer lost: those it took known (E6)
+            cursor, rows, trimmed, mark = await self._claims.claim(stream, self._config.claim_idle_ms, start,
+                                                                   self._read_count)  # a read's batch bound
         self._claim_from[stream] = as_text(cursor)
         self._unacked.marked({stream: mark})  # those claimed may be ones a group made again delivered again
         # Dead-lettered by the claim itself (``Claims``): whether the consumer that held one applied

@@ -85,6 +85,19 @@ class Unacked:
             self.left((stream, entry_id) for stream, entry_id, _ in got)
             raise
 
+    @contextlib.contextmanager
+    def claiming(self, stream: str, start: bytes) -> Iterator[None]:
+        """A claim of ``stream``'s entries from ``start`` on. Should it fail its outcome is unknown (its answer lost:
+        Redis may have run it), and the entries it took, in this reader's pending list, are known nowhere here: a
+        group deleted before a pass over that list read them was made again past them — never read again, no dead
+        letter (E6). So every entry from ``start`` on is taken as left pending, until such a pass reads the list
+        through."""
+        try:
+            yield
+        except BaseException:
+            self.left([(stream, start)])
+            raise
+
     def release(self, token: int) -> None:
         """The batch settled: each of its entries acknowledged, or told to ``left``."""
         self._in_hand.pop(token, None)
