@@ -12,7 +12,7 @@ from __future__ import annotations
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
 from atp_service.intake.quarantine import ahead_key, run_key, swept_runs_key, written_key
-from atp_service.intake.unread import answered_key, made_again_key, trimmed_unread_key
+from atp_service.intake.unread import answered_key, made_again_key, owing_key, trimmed_unread_key
 from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl, check_cluster_client
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.log import LogStore
@@ -147,12 +147,14 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     one's hash (``intake/departed.py``)."""
     group, consumer, streams = config.consumer_group, config.consumer_name, config.input_streams
     owed, dlq = trimmed_unread_key(streams[0], group, consumer), config.dead_letter_stream
+    owing = owing_key(streams[0], group)  # the consumers whose reads counted a gap (the sweep's, departed.py)
     marks = [made_again_key(s, group) for s in streams]  # a group made again (intake/again.py)
     use = "the input streams"
     needs = [Need(("XADD", dlq, "MAXLEN", "~", 1, "*", "f", "v"), dlq, "dead letters"),
              Need(("TYPE", dlq), dlq, "dead letters"),
-             Need(("EVALSHA", SHA, 2 * len(streams) + 2, *streams, *marks, owed, answered_key(owed)), owed, use),
-             Need(("SET", answered_key(owed), 1, "PX", 1), answered_key(owed), use)]  # the owed hash answered
+             Need(("EVALSHA", SHA, 2 * len(streams) + 3, *streams, *marks, owed, answered_key(owed), owing), owed, use),
+             Need(("SET", answered_key(owed), 1, "PX", 1), answered_key(owed), use),  # the owed hash answered
+             Need(("SADD", owing, consumer), owing, use), Need(("TYPE", owing), owing, use)]
     needs += [Need(("EVALSHA", SHA, 3, s, dlq, mark), s, use) for s, mark in zip(streams, marks, strict=True)]
     needs += [Need(args, mark, use) for mark in marks for args in (("GET", mark), ("SET", mark, "0-1"), ("DEL", mark),
                                                                     ("TYPE", mark))]
@@ -191,15 +193,17 @@ def _departed_needs(config: ServiceConfig, owed: str, use: str) -> list[Need]:
     group, consumer, streams, quarantine = (config.consumer_group, config.consumer_name, config.input_streams,
                                             config.quarantine_stream)
     swept = swept_runs_key(quarantine)  # the highest run removed with its consumer
+    owing = owing_key(streams[0], group)  # listed too: one in no group (its group deleted since) still owing
     gone = trimmed_unread_key(streams[0], group, "gone@0")
     mark = answered_key(gone)  # read where its owner answered it since (unread.answered_key), deleted with it
     ran = run_key(quarantine, group, "gone@0")  # its quarantine run, removed with it, the highest kept (swept)
     own = answered_key(owed)  # this consumer's, set as its run is drawn (quarantine._DRAW): no sweep takes that run
-    needs = [Need(("EVALSHA", SHA, len(streams) + 5, *streams, owed, swept, gone, mark, ran), owed, use),
+    needs = [Need(("EVALSHA", SHA, len(streams) + 6, *streams, owed, swept, owing, gone, mark, ran), owed, use),
              Need(("EVALSHA", SHA, 3, run_key(quarantine, group, consumer), swept, own), swept, use),
              Need(("TYPE", own), own, use),
              Need(("HSET", owed, "s", 1), owed, use), Need(("HGETALL", gone), gone, use),
-             Need(("SET", swept, 1), swept, use), Need(("TYPE", swept), swept, use)]
+             Need(("SET", swept, 1), swept, use), Need(("TYPE", swept), swept, use),
+             Need(("SMEMBERS", owing), owing, use), Need(("SREM", owing, "c"), owing, use)]
     needs += [Need((c, key), key, use) for key in (gone, mark, ran) for c in ("TYPE", "DEL", "GET")]
     needs += [Need(args, s, use) for s in streams for args in (
         ("XINFO", "CONSUMERS", s, group), ("XGROUP", "DELCONSUMER", s, group, consumer))]

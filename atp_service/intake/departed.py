@@ -9,16 +9,18 @@ more of each with every new address. Its pending entries are taken over already 
 ``claim_idle_ms``).
 
 So a live reader, at each claim, sweeps the group: a consumer named for an address no live process has (not a member,
-holding no group), is gone once, on every input stream, nothing is pending under it and it has been idle (no read, no
-claim) at least ``claim_idle_ms``. One script (``_SWEEP``) checks that and, for each consumer gone, moves its owed
-counts into the sweeper's own hash, deletes its hash and removes it from the group (``XGROUP DELCONSUMER``): the
-sweeper's next read tells them as its own (``GroupReader``, whose answer a stop or a timeout cannot lose). Atomic, so
-told once (E8): the owner coming back at that moment either read before (its read makes it idle no longer: kept) or
-reads after (its hash gone: nothing to tell, its consumer made again); two sweepers cannot both move it. A read that
-delivers nothing leaves the consumer's idle time as it was before Redis 7.2, yet answers the owed hash, which its
-reader then tells: that read marks the hash answered (``unread.answered_key``), and the sweep keeps a consumer whose
-hash was answered within ``claim_idle_ms`` (moved then, its counts were told by both). Its run beside the quarantine
-stream (``quarantine.run_key``, one per name) is deleted with it, the highest run so deleted kept in one key
+holding no group) — among the group's consumers, or among those whose reads counted a gap (``unread.owing_key``: one
+whose group was deleted and made again is in no group, its count still owed; removed from that set with it) —, is gone
+once, on every input stream, nothing is pending under it and it has been idle (no read, no claim) at least
+``claim_idle_ms``. One script (``_SWEEP``) checks that and, for each consumer gone, moves its owed counts into the
+sweeper's own hash, deletes its hash and removes it from the group (``XGROUP DELCONSUMER``): the sweeper's next read
+tells them as its own (``GroupReader``, whose answer a stop or a timeout cannot lose). Atomic, so told once (E8): the
+owner coming back at that moment either read before (its read makes it idle no longer: kept) or reads after (its hash
+gone: nothing to tell, its consumer made again); two sweepers cannot both move it. A read that delivers nothing leaves
+the consumer's idle time as it was before Redis 7.2, yet answers the owed hash, which its reader then tells: that read
+marks the hash answered (``unread.answered_key``), and the sweep keeps a consumer whose hash was answered within
+``claim_idle_ms`` (moved then, its counts were told by both). Its run beside the quarantine stream
+(``quarantine.run_key``, one per name) is deleted with it, the highest run so deleted kept in one key
 (``quarantine.swept_runs_key``): a process back under that name draws its run above it, so a quarantine write of the
 deleted run landing late writes and acknowledges nothing (E8); before, one such key stayed for every address.
 """
@@ -32,7 +34,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from atp_service.intake.quarantine import run_key, swept_runs_key
-from atp_service.intake.unread import STREAM_ID_LUA, answered_key, trimmed_unread_key
+from atp_service.intake.unread import STREAM_ID_LUA, answered_key, owing_key, trimmed_unread_key
 from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text, no_such_key
 from atp_service.storage.scripts import ACL_LUA
@@ -43,13 +45,13 @@ SWEPT_AT_ONCE = 100
 """Consumers one script call looks at (Redis answers nothing else meanwhile)."""
 
 _SWEEP = """
--- KEYS: the input streams, then the sweeper's owed hash, the highest run swept (``quarantine.swept_runs_key``), then
--- each candidate's owed hash, its answered mark (``unread.answered_key``) and its run beside the quarantine stream
--- (``quarantine.run_key``). ARGV: group, least idle ms, then each candidate's name. Returns {name, entries moved} of
--- each consumer removed.
+-- KEYS: the input streams, then the sweeper's owed hash, the highest run swept (``quarantine.swept_runs_key``), the
+-- group's set of consumers owing (``unread.owing_key``), then each candidate's owed hash, its answered mark
+-- (``unread.answered_key``) and its run beside the quarantine stream (``quarantine.run_key``). ARGV: group, least idle
+-- ms, then each candidate's name. Returns {name, entries moved} of each consumer removed.
 local group, least = ARGV[1], tonumber(ARGV[2])
-local n = #KEYS - 3 * (#ARGV - 2) - 2
-local mine, swept = KEYS[n + 1], KEYS[n + 2]
+local n = #KEYS - 3 * (#ARGV - 2) - 3
+local mine, swept, owing = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 """ + STREAM_ID_LUA + ACL_LUA + """
 local kind = redis.call('TYPE', mine)['ok']
 if kind ~= 'hash' and kind ~= 'none' then  -- before anything: a candidate's count moved half-way lost for good
@@ -61,10 +63,14 @@ if not highest and kind ~= 'none' then  -- a run removed unrecorded: drawn again
   return redis.error_reply('WRONGTYPE ' .. swept .. ' holds no run: nothing removed')
 end
 highest = highest or 0
+kind = redis.call('TYPE', owing)['ok']
+if kind ~= 'set' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. owing .. ' holds a ' .. kind .. ', not a set: nothing removed')
+end
 local asked = {{'HINCRBY', mine, KEYS[1], '1'}, {'HSETNX', mine, 'f', 'v'}, {'HSET', mine, 'f', 'v'},
-  {'SET', swept, '1'}}
+  {'SET', swept, '1'}, {'SREM', owing, 'c'}}
 for i = 1, n do asked[#asked + 1] = {'XGROUP', 'DELCONSUMER', KEYS[i], group, 'c'} end
-for j = n + 3, #KEYS do asked[#asked + 1] = {'DEL', KEYS[j]} end
+for j = n + 4, #KEYS do asked[#asked + 1] = {'DEL', KEYS[j]} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local refused = denied(asked)  -- an ACL changed since the start (ACL_LUA): nothing half done
@@ -81,7 +87,7 @@ for i = 1, n do
 end
 local removed = {}
 for j = 3, #ARGV do
-  local name, owed, answered, run = ARGV[j], KEYS[n + 3 * (j - 2)], KEYS[n + 3 * (j - 2) + 1], KEYS[n + 3 * (j - 2) + 2]
+  local name, owed, answered, run = ARGV[j], KEYS[n + 3 * (j - 2) + 1], KEYS[n + 3 * (j - 2) + 2], KEYS[n + 3 * (j - 1)]
   local gone, present = true, false
   for i = 1, n do
     local c = seen[i][name]
@@ -95,7 +101,10 @@ for j = 3, #ARGV do
   local flat = {}
   kind = redis.call('TYPE', owed)['ok']
   if kind == 'hash' then flat = redis.call('HGETALL', owed) elseif kind ~= 'none' then gone = false end
-  if kind == 'none' and not present then gone = false end  -- removed by another sweeper since it was listed: not ours
+  if kind == 'none' and not present then  -- removed by another sweeper since it was listed (not ours), or owing no more
+    gone = false
+    redis.call('SREM', owing, name)
+  end
   -- Its quarantine run, removed with it: the highest swept is kept (one key), so a run drawn again at its name starts
   -- above it and a write of this run landing late lands nothing (E8). A run key of another kind: kept whole.
   kind = redis.call('TYPE', run)['ok']
@@ -122,6 +131,7 @@ for j = 3, #ARGV do
       redis.call('SET', swept, ran)
     end
     redis.call('DEL', owed, answered, run)
+    redis.call('SREM', owing, name)
     for i = 1, n do
       if seen[i][name] then redis.call('XGROUP', 'DELCONSUMER', KEYS[i], group, name) end
     end
@@ -153,7 +163,8 @@ class DepartedConsumers:
         live = set(self._live())
         if not live:
             return []
-        names: set[str] = set()
+        # A consumer is in no group once its group was deleted (made again since): its count owed found in the set
+        names = {as_text(name) for name in await self._client.smembers(owing_key(self._streams[0], self._group))}
         for stream in self._streams:
             try:
                 names.update(as_text(c["name"]) for c in await self._client.xinfo_consumers(stream, self._group))
@@ -174,6 +185,7 @@ class DepartedConsumers:
         owed = [trimmed_unread_key(first, group, name) for name in names]
         runs = [run_key(self._quarantine, group, name) for name in names]
         keys = [*self._streams, trimmed_unread_key(first, group, self._consumer), swept_runs_key(self._quarantine),
+                owing_key(first, group),
                 *(key for one, run in zip(owed, runs, strict=True) for key in (one, answered_key(one), run))]
         return list(await self._script(keys=keys, args=[group, self._least_idle_ms, *names]))
 

@@ -64,10 +64,12 @@ ANSWERED_MS = 600_000
 _READ = """
 local ANSWERED_MS = """ + str(ANSWERED_MS) + """
 -- KEYS: the input streams, then each one's made-again mark (``again.py``), then this consumer's owed hash, then its
--- answered mark (``answered_key``: set where that hash is answered non-empty). ARGV: group, consumer, count. Returns
+-- answered mark (``answered_key``: set where that hash is answered non-empty), then the group's set of the consumers
+-- that owed a count (``owing_key``: the sweep's, ``departed.py``). ARGV: group, consumer, count. Returns
 -- {the XREADGROUP reply or false, the owed hash (HGETALL: stream -> entries lost, stream..'\\n' -> the position
 -- before the first gap) with the gaps this read crossed added, {position per stream}, {mark per stream, or false}}.
 local group, consumer, count = ARGV[1], ARGV[2], ARGV[3]
+local owing = table.remove(KEYS)
 local answered = table.remove(KEYS)
 local owed = table.remove(KEYS)
 local n = #KEYS / 2
@@ -85,6 +87,10 @@ for i = 1, kind == 'hash' and n or 0 do  -- each stream's count there: one HINCR
     return redis.error_reply('WRONGTYPE ' .. owed .. ' holds no count for ' .. KEYS[i] .. ': nothing read')
   end
 end
+kind = redis.call('TYPE', owing)['ok']
+if kind ~= 'set' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. owing .. ' holds a ' .. kind .. ', not a set: nothing read')
+end
 for i = n + 1, 2 * n do
   kind = redis.call('TYPE', KEYS[i])['ok']
   if kind ~= 'none' and (kind ~= 'string' or not string.match(redis.call('GET', KEYS[i]), '^%d+%-%d+$')) then
@@ -94,7 +100,7 @@ end
 -- So is every command after XREADGROUP asked of the ACL (``ACL_LUA``): one taken away while serving, the read past
 -- a gap, its HINCRBY refused, its entries never counted.
 local asked = {{'HINCRBY', owed, KEYS[1], '1'}, {'HSETNX', owed, 'f', 'v'}, {'HGETALL', owed},
-               {'SET', answered, '1', 'PX', '1'}, {'TIME'}}  -- TIME: the answered mark's, after the read
+               {'SET', answered, '1', 'PX', '1'}, {'TIME'}, {'SADD', owing, consumer}}  -- TIME: the answered mark's
 for i = 1, n do
   asked[#asked + 1] = {'XGROUP', 'SETID', KEYS[i], group, '0-0', 'ENTRIESREAD', '0'}
   asked[#asked + 1] = {'XPENDING', KEYS[i], group, '-', '+', '1'}
@@ -139,6 +145,7 @@ for _, got in ipairs(reply or {}) do
     if lost > 0 then
       redis.call('HINCRBY', owed, key, lost)
       redis.call('HSETNX', owed, key .. '\\n', gap[1])
+      redis.call('SADD', owing, consumer)  -- found by the sweep even where its group, and it, were deleted since
     end
     redis.call('XGROUP', 'SETID', key, group, rows[#rows][1], 'ENTRIESREAD', before_first + #rows)
   end
@@ -154,13 +161,13 @@ for i = 1, n do
   end
   marks[i] = mark
 end
-local owing = redis.call('HGETALL', owed)
-if #owing > 0 then  -- answered, to be told: a sweep meanwhile must not move it too (``departed.py``), whatever
+local owes = redis.call('HGETALL', owed)
+if #owes > 0 then  -- answered, to be told: a sweep meanwhile must not move it too (``departed.py``), whatever
   -- Redis says of this consumer's idle time (before 7.2 a read that delivers nothing leaves it as it was)
   local t = redis.call('TIME')
   redis.call('SET', answered, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'PX', ANSWERED_MS)
 end
-return {reply or false, owing, positions, marks}
+return {reply or false, owes, positions, marks}
 """
 
 _ACK = """
@@ -238,6 +245,14 @@ def answered_key(owed: str) -> str:
     return f"{owed}:answered"
 
 
+def owing_key(stream: str, group: str) -> str:
+    """The set, beside the first input stream (its hash tag), of the consumers of ``group`` whose reads counted entries
+    trimmed unread into their owed hash: the sweep of departed consumers (``departed.py``) finds them there too — a
+    consumer is in no group once its group was deleted (and made again), its count still owed. A name stays until a
+    sweep removes it (its process gone) or finds nothing of it left."""
+    return f"{stream}:{TRIMMED_UNREAD}:{group}"
+
+
 def trimmed_unread_key(stream: str, group: str, consumer: str) -> str:
     """The hash of the counts ``consumer`` of ``group`` owes of entries trimmed unread: beside ``stream``, the first
     input stream (its hash tag: the same Redis Cluster slot), this consumer's own — another consumer's gaps are told
@@ -298,6 +313,7 @@ class GroupReader:
         self._consumer = consumer
         self._counter = counter
         self.owed_key = trimmed_unread_key(streams[0], group, consumer)
+        self._owing = owing_key(streams[0], group)
         self._marks = [made_again_key(stream, group) for stream in streams]
         self.marks: dict[str, bytes | None] = {}
         """Per stream, its group's made-again mark as the last read found it (None: none, or forgotten now)."""
@@ -319,7 +335,7 @@ class GroupReader:
         if self._script is None:
             self._script, self._ack = self._client.register_script(_READ), self._client.register_script(_ACK)
         reply, owed, positions, marks = await self._script(keys=[*self._streams, *self._marks, self.owed_key,
-                                                                 answered_key(self.owed_key)],
+                                                                 answered_key(self.owed_key), self._owing],
                                                            args=[self._group, self._consumer, count])
         self.marks = {stream: None if mark is None else as_bytes(mark)
                       for stream, mark in zip(self._streams, marks, strict=True)}

@@ -122,10 +122,11 @@ def swept(driver: InputsClusterDriver) -> None:
 
 
 def departed_left(driver: InputsClusterDriver) -> set[str]:
-    """The consumers in the group named for an address no running process has."""
+    """The consumers in the group, or in its set of those owing (``unread.owing_key``), named for an address no running
+    process has."""
     live = {f"atp@{proc.address}" for proc in driver.cluster.running()}
-    return {name for held in driver.redis.streams.values() for mine in held.groups.values()
-            for name in mine.consumers if name not in live}
+    named = {name for held in driver.redis.streams.values() for mine in held.groups.values() for name in mine.consumers}
+    return {name for name in named.union(*driver.redis.owing.values()) if name not in live}
 
 
 def marks_forgotten(driver: InputsDriver) -> None:

@@ -114,6 +114,9 @@ class GatedClient:
     async def xinfo_consumers(self, stream: str, group: str) -> Any:
         return await self._gated(self._redis.xinfo_consumers(stream, group))
 
+    async def smembers(self, key: str) -> Any:
+        return await self._gated(self._redis.smembers(key))
+
     def pipeline(self, transaction: bool = False) -> Any:
         pipe, gate = self._redis.pipeline(transaction), self._gate
         execute = pipe.execute

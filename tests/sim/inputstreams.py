@@ -103,6 +103,7 @@ class SimStreams:
         self.dead_letters: list[tuple[str, dict[str, str]]] = []  # (dead-letter stream, its fields) as written
         self.hashes: dict[str, dict[str, int | bytes]] = {}  # the readers' owed hashes of entries trimmed unread
         self.answered: dict[str, int] = {}  # their answered marks (``unread.answered_key``): set at (ms)
+        self.owing: dict[str, set[str]] = {}  # the groups' sets of consumers owing (``unread.owing_key``)
         self.swept: list[tuple[str, int]] = []  # consumers the sweep removed (``inputsweep``), entries moved
         self.marks: dict[str, bytes] = {}  # the groups' made-again marks (``again.py``), by key
         self.runs: dict[str, int] = {}  # the consumers' runs (``quarantine.run_key``), by key
@@ -203,6 +204,13 @@ class SimStreams:
             raise _fail(kind)
         return inputsweep.consumers(self, stream, group)
 
+    async def smembers(self, key: str) -> set[bytes]:
+        await asyncio.sleep(0)
+        kind, _ = self.faults.draw("owing", 1)  # a read: lost after it ran, as refused
+        if kind != "ok":
+            raise _fail(kind)
+        return {name.encode() for name in self.owing.get(key, set())}
+
     def pipeline(self, transaction: bool = False) -> Pipeline:
         return Pipeline(self)
 
@@ -263,11 +271,12 @@ class SimStreams:
         return held, held.groups[group]
 
     def _read_new(self, keys: list[str], args: list[Any]) -> Any:
-        # KEYS end with the owed hash and its answered mark (``inputsweep``: set where the hash is answered non-empty)
-        n, (group, consumer, count) = (len(keys) - 2) // 2, (_text(args[0]), _text(args[1]), int(args[2]))
+        # KEYS end with the owed hash, its answered mark (``inputsweep``: set where the hash is answered non-empty) and
+        # the group's set of consumers owing (``unread.owing_key``: named where a read counts a gap)
+        n, (group, consumer, count) = (len(keys) - 3) // 2, (_text(args[0]), _text(args[1]), int(args[2]))
         streams, mark_keys = keys[:n], keys[n:2 * n]
         reply, positions = [], []
-        owed = self.hashes.setdefault(keys[-2], {})
+        owed = self.hashes.setdefault(keys[-3], {})
         for stream in streams:
             self._group(stream, group)  # NOGROUP: the whole read refused, nothing delivered
         for stream in streams:
@@ -283,6 +292,7 @@ class SimStreams:
             if rows and lost and mine.counted:  # crossed: owed until the reader says it told them
                 owed[stream] = int(owed.get(stream, 0)) + lost
                 self.owed_added[stream] = self.owed_added.get(stream, 0) + lost
+                self.owing.setdefault(keys[-1], set()).add(consumer)
                 owed.setdefault(stream + "\n", mine.last)
             if rows:
                 mine.last, mine.counted = rows[-1][0], True  # XGROUP SETID ... ENTRIESREAD
@@ -290,7 +300,7 @@ class SimStreams:
             positions.append(mine.last)
         flat = [part for name, value in owed.items() for part in (name.encode(), str(value).encode())]
         if flat:
-            self.answered[keys[-1]] = self.now_ms()
+            self.answered[keys[-2]] = self.now_ms()
         marks = [self._mark_kept(stream, group, key, position)
                  for stream, key, position in zip(streams, mark_keys, positions, strict=True)]
         return [reply or None, flat, positions, marks]

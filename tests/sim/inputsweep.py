@@ -50,12 +50,12 @@ def answered(redis: SimStreams, key: str) -> int | None:
 
 
 def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]]:
-    """``departed._SWEEP``: KEYS the input streams, the sweeper's owed hash, the highest run swept, then each
-    candidate's owed hash, its answered mark and its quarantine run; ARGV the group, the least idle ms, then each
-    candidate's name. Returns {name, entries moved} of each consumer removed."""
+    """``departed._SWEEP``: KEYS the input streams, the sweeper's owed hash, the highest run swept, the group's set of
+    consumers owing, then each candidate's owed hash, its answered mark and its quarantine run; ARGV the group, the
+    least idle ms, then each candidate's name. Returns {name, entries moved} of each consumer removed."""
     group, least, names = _text(args[0]), int(args[1]), [_text(name) for name in args[2:]]
-    n = len(keys) - 3 * len(names) - 2
-    swept = keys[n + 1]
+    n = len(keys) - 3 * len(names) - 3
+    swept, owing = keys[n + 1], redis.owing.setdefault(keys[n + 2], set())
     streams, now = keys[:n], redis.now_ms()
     listed: dict[str, dict[str, tuple[int, int]]] = {}
     for stream in streams:
@@ -65,15 +65,16 @@ def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]
     mine = redis.hashes.setdefault(keys[n], {})
     removed: list[list[Any]] = []
     for j, name in enumerate(names):
-        owed_key, mark, run = keys[n + 2 + 3 * j], keys[n + 3 + 3 * j], keys[n + 4 + 3 * j]
+        owed_key, mark, run = keys[n + 3 + 3 * j], keys[n + 4 + 3 * j], keys[n + 5 + 3 * j]
         found = [by_name[name] for by_name in listed.values() if name in by_name]
         gone = all(pending == 0 and idle >= least for pending, idle in found)
         at = answered(redis, mark)
         if at is not None and now - at < least:
             gone = False
         owed = redis.hashes.get(owed_key) or {}
-        if not owed and not found:  # removed by another sweeper since it was listed: not ours
+        if not owed and not found:  # removed by another sweeper since it was listed (not ours), or owing no more
             gone = False
+            owing.discard(name)
         if not gone:
             continue
         moved = 0
@@ -86,6 +87,7 @@ def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]
                 mine[field] = int(mine.get(field, 0)) + int(value)
                 moved += int(value)
         redis.hashes.pop(owed_key, None)
+        owing.discard(name)
         ran = redis.runs.pop(run, None)  # its run: the highest so removed kept
         if ran is not None and ran > redis.runs_swept.get(swept, 0):
             redis.runs_swept[swept] = ran
