@@ -33,6 +33,7 @@ import contextlib
 from collections.abc import Iterable, Iterator
 
 from atp_service.intake.entries import Entry, id_key
+from atp_service.storage.resp import group_lost
 
 _SEQ_MAX = (1 << 64) - 1
 REFUSED_KEPT = 10_000
@@ -91,11 +92,13 @@ class Unacked:
         Redis may have run it), and the entries it took, in this reader's pending list, are known nowhere here: a
         group deleted before a pass over that list read them was made again past them — never read again, no dead
         letter (E6). So every entry from ``start`` on is taken as left pending, until such a pass reads the list
-        through."""
+        through. But not where it was refused ``NOGROUP``: ``XAUTOCLAIM`` itself refused, it took nothing (0-0: else the
+        group made again at once after it read the whole stream again, entries dead-lettered written again)."""
         try:
             yield
-        except BaseException:
-            self.left([(stream, start)])
+        except BaseException as exc:
+            if not group_lost(exc):
+                self.left([(stream, start)])
             raise
 
     def release(self, token: int) -> None:

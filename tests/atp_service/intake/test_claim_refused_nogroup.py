@@ -1,0 +1,54 @@
+"""A claim refused ``NOGROUP`` (the group deleted, an operator's XGROUP DESTROY, a Redis restored without it, between
+the reader's last read and its claim): Redis ran nothing of it (``XAUTOCLAIM`` refused before it took an entry), so it
+took nothing into the reader's pending list. ``Unacked.claiming`` counted every entry from the claim's cursor on (0-0:
+the whole stream) as held all the same, and the group made again read the stream from its start: every entry read
+before delivered and judged again, those dead-lettered written to the dead-letter stream a second time. Real
+redis-server; the reader driven step by step."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import ResponseError
+
+from atp_service import ManualClock
+from atp_service.config import ServiceConfig
+from atp_service.intake.facts import FactDesk
+from atp_service.intake.ingest import StreamIngestor
+from atp_service.metrics import IntakeMetrics
+from atp_service.storage.nodes import connect_any
+from tests.atp_service.fact_helpers import F
+
+T = 1_700_000_000_000
+POS = "atp:in:pos"
+
+
+def _ingestor(redis_url: str) -> StreamIngestor:
+    settings = dataclasses.replace(ServiceConfig(input_streams=(POS,)).ingest_settings, claim_idle_ms=0)
+    desk = FactDesk(None, "atp:quarantine", 1000, metrics=IntakeMetrics())  # type: ignore[arg-type]  # no fact applied
+    return StreamIngestor(connect_any(redis_url, 2.0), desk, settings, ManualClock(T))
+
+
+async def test_a_claim_refused_for_its_group_lost_leaves_the_group_made_again_after_the_newest_entry_read(
+        redis_url: str) -> None:
+    """Defect: the claim refused NOGROUP counted the whole stream as held, and the group made again delivered every
+    entry read and acknowledged before again."""
+    r: Any = redis.Redis.from_url(redis_url)
+    ingestor = _ingestor(redis_url)
+    try:
+        await ingestor._create_groups()
+        old = [r.xadd(POS, F(f"e{n}", "RECEIPT", "A", "S1", 1, T).fields()) for n in range(3)]
+        assert [entry_id for _, entry_id, _ in await ingestor._read(None, block=None)] == old
+        r.xack(POS, "atp", *old)  # applied
+        r.xgroup_destroy(POS, "atp")  # between the last read and the claim
+        with pytest.raises(ResponseError, match="NOGROUP"):
+            await ingestor._claim()
+        await ingestor._create_groups(again=True)  # as the reading loop does after a NOGROUP
+        newest = r.xadd(POS, F("new", "RECEIPT", "A", "S1", 1, T).fields())
+        again = await ingestor._read(None, block=None)
+    finally:
+        await ingestor._client.aclose()
+    assert [entry_id for _, entry_id, _ in again] == [newest], "entries read and acknowledged before delivered again"
