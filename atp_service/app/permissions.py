@@ -203,7 +203,8 @@ def _departed_needs(config: ServiceConfig, owed: str, use: str) -> list[Need]:
              Need(("TYPE", own), own, use),
              Need(("HSET", owed, "s", 1), owed, use), Need(("HGETALL", gone), gone, use),
              Need(("SET", swept, 1), swept, use), Need(("TYPE", swept), swept, use),
-             Need(("SMEMBERS", owing), owing, use), Need(("SREM", owing, "c"), owing, use)]
+             Need(("SMEMBERS", owing), owing, use), Need(("SREM", owing, "c"), owing, use),
+             Need(("SADD", owing, consumer), owing, use)]  # the sweeper owing what it moved
     needs += [Need((c, key), key, use) for key in (gone, mark, ran) for c in ("TYPE", "DEL", "GET")]
     needs += [Need(args, s, use) for s in streams for args in (
         ("XINFO", "CONSUMERS", s, group), ("XGROUP", "DELCONSUMER", s, group, consumer))]

@@ -9,8 +9,9 @@ more of each with every new address. Its pending entries are taken over already 
 ``claim_idle_ms``).
 
 So a live reader, at each claim, sweeps the group: a consumer named for an address no live process has (not a member,
-holding no group) — among the group's consumers, or among those whose reads counted a gap (``unread.owing_key``: one
-whose group was deleted and made again is in no group, its count still owed; removed from that set with it) —, is gone
+holding no group) — among the group's consumers, or among those whose reads counted a gap or whose sweeps moved a
+count (``unread.owing_key``: one whose group was deleted and made again is in no group, its count still owed; removed
+from that set with it) —, is gone
 once, on every input stream, nothing is pending under it and it has been idle (no read, no claim) at least
 ``claim_idle_ms``. One script (``_SWEEP``) checks that and, for each consumer gone, moves its owed counts into the
 sweeper's own hash, deletes its hash and removes it from the group (``XGROUP DELCONSUMER``): the sweeper's next read
@@ -52,6 +53,7 @@ _SWEEP = """
 local group, least = ARGV[1], tonumber(ARGV[2])
 local n = #KEYS - 3 * (#ARGV - 2) - 3
 local mine, swept, owing = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
+local me = string.sub(mine, #owing + 2)  -- the sweeper's name: its hash is the set's key, ':' and its name (unread.py)
 """ + STREAM_ID_LUA + ACL_LUA + """
 local kind = redis.call('TYPE', mine)['ok']
 if kind ~= 'hash' and kind ~= 'none' then  -- before anything: a candidate's count moved half-way lost for good
@@ -68,7 +70,7 @@ if kind ~= 'set' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. owing .. ' holds a ' .. kind .. ', not a set: nothing removed')
 end
 local asked = {{'HINCRBY', mine, KEYS[1], '1'}, {'HSETNX', mine, 'f', 'v'}, {'HSET', mine, 'f', 'v'},
-  {'SET', swept, '1'}, {'SREM', owing, 'c'}}
+  {'SET', swept, '1'}, {'SREM', owing, 'c'}, {'SADD', owing, 'c'}}
 for i = 1, n do asked[#asked + 1] = {'XGROUP', 'DELCONSUMER', KEYS[i], group, 'c'} end
 for j = n + 4, #KEYS do asked[#asked + 1] = {'DEL', KEYS[j]} end
 local t = redis.call('TIME')
@@ -115,6 +117,9 @@ for j = 3, #ARGV do
   end
   if gone then
     local moved = 0
+    if #flat > 0 then  -- owing now: found by a sweep even where its group, and it, are deleted before it reads
+      redis.call('SADD', owing, me)
+    end
     for k = 1, #flat, 2 do
       local stream, value = flat[k], flat[k + 1]
       if string.sub(stream, -1) == '\\n' then  -- the position before the first gap: the earlier one kept

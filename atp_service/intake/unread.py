@@ -247,9 +247,10 @@ def answered_key(owed: str) -> str:
 
 def owing_key(stream: str, group: str) -> str:
     """The set, beside the first input stream (its hash tag), of the consumers of ``group`` whose reads counted entries
-    trimmed unread into their owed hash: the sweep of departed consumers (``departed.py``) finds them there too — a
-    consumer is in no group once its group was deleted (and made again), its count still owed. A name stays until a
-    sweep removes it (its process gone) or finds nothing of it left."""
+    trimmed unread into their owed hash, or whose sweeps moved a departed one's count there: the sweep of departed
+    consumers (``departed.py``) finds them there too — a consumer is in no group once its group was deleted (and made
+    again), its count still owed. A name stays until a sweep removes it (its process gone) or finds nothing of it left.
+    Each consumer's hash (``trimmed_unread_key``) is this key, ':' and its name: the sweep reads its own name there."""
     return f"{stream}:{TRIMMED_UNREAD}:{group}"
 
 

@@ -9,7 +9,8 @@ to it and idle time; ``XGROUP DELCONSUMER`` takes it (and its pending entries: n
 The sweep script: a candidate is removed where, on every input stream that has it, nothing is pending to it and it was
 idle at least ``claim_idle_ms``, its answered mark is older than that, and it has an owed hash or a consumer at all;
 its owed counts then move into the sweeper's hash (the earlier position before the first gap kept), its hash and mark
-are deleted and it is removed from every stream's group: one step, as Redis runs a script.
+are deleted and it is removed from every stream's group, the sweeper named in the set of those owing where it had
+an owed hash (``unread.owing_key``): one step, as Redis runs a script.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]
             elif int(value) > 0:
                 mine[field] = int(mine.get(field, 0)) + int(value)
                 moved += int(value)
+        if owed:  # the sweeper owing now: named in the set (its name follows the set's key and ':' in its hash's)
+            owing.add(keys[n][len(keys[n + 2]) + 1:])
         redis.hashes.pop(owed_key, None)
         owing.discard(name)
         ran = redis.runs.pop(run, None)  # its run: the highest so removed kept
