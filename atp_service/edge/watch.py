@@ -101,8 +101,8 @@ class Watchers:
     async def _snapshot(self, desk: ChannelDesk, channel: str) -> AsyncGenerator[Response, None]:
         """The snapshot's chunks, then its end. Its copy of the channel's values lives only until then (a
         watch following the changes for days kept it) and counts against ``max_watch_snapshot_keys`` meanwhile:
-        a subscriber that reads slowly or never held ~100 bytes a key (a per-location channel of millions of
-        keys: hundreds of MB a watch, bounded only by ``max_watchers``)."""
+        a subscriber that reads slowly or never held ~65 bytes a key (benchmarks/RESULTS.md; a per-location channel of
+        millions of keys: tens or hundreds of MB a watch, bounded only by ``max_watchers``)."""
         keys = len(desk.feeds[channel].published)
         if self.held_keys and self.held_keys + keys > self.snapshot_keys:  # one alone always goes
             self._refused_snapshot.inc()
