@@ -7,9 +7,11 @@ A real ``redis-server`` (started here, AOF) and the real service in this process
 COUNT facts in batches of 500 (each shard's log, the channel's stream and state hash), Reserves of 2 and of 4 lines
 one at a time (a log entry each), as many facts stamped past the grace window through gRPC and again through the WMS
 input stream with ids of the producer's own ahead of Redis's clock (quarantined: the quarantine stream, its set of
-digests and its hash of entries ahead; and entries of late facts whose ids are 128 bytes long); then the real
-publisher delivers the channel to a local webhook answering 200 (its delivered versions) and, as a second group, to
-one answering 400 (its dead letters and redeliveries); then a service with ``ownership = leases`` decides Reserves
+digests and its hash of entries ahead; and entries of late facts whose ids are 128 bytes long); then a service of
+the same keyspace at its bound on positions quarantines SHIPMENT facts whose five ids are 128 bytes long, their
+reason quoting SKU and location (the longest entry: ``quarantine_entry_longest``); then the real publisher
+delivers the channel to a local webhook answering 200 (its delivered versions) and, as a second group, to one
+answering 400 (its dead letters and redeliveries); then a service with ``ownership = leases`` decides Reserves
 with new ids (the reservation id claims).
 
 Each figure is ``MEMORY USAGE key SAMPLES 0`` over the key's entries or fields (summed over the shards' logs), so it
@@ -44,6 +46,7 @@ from atp_client import AtpClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, ServiceConfig, free_port
 from publishers import Publisher, PublisherConfig, PublisherMetrics, WebhookAdapter
+from reservation import Limits
 
 STORES = 100
 SECRET = "whsec_" + "YSBiZW5jaG1hcmsga2V5IG9mIHRoaXJ0eS10d28gYnl0ZXMh"
@@ -124,6 +127,32 @@ async def longest_ids(r: aioredis.Redis, client: AtpClient, m: int, now: int) ->
 
     await client.record_events(facts("now", now))  # each SKU's shard's stream time now, whichever shard it is
     outcomes = [result.outcome for result in await client.record_events(facts("late", now - 26 * HOUR_MS))]
+    assert outcomes == [pb.FACT_OUTCOME_QUARANTINED] * m, outcomes
+
+    async def written() -> bool:
+        return bool(await r.xlen(QUARANTINE) >= length + m)
+
+    await until(written)
+    return round((int(await r.memory_usage(QUARANTINE, samples=0) or 0) - used) / m, 1)
+
+
+async def longest_entries(r: aioredis.Redis, url: str, estate_file: Path, m: int) -> float:
+    """Bytes the longest quarantine entry takes: ``m`` SHIPMENT facts whose five ids (event id, source, SKU, location,
+    reservation id) are each 128 bytes long, quarantined at the bound on positions (a service of the same keyspace
+    with ``max_positions_per_shard`` 1), whose reason quotes the SKU and the location: ~1.3 KB an entry, where the
+    late facts of ``longest_ids`` (four ids, no reservation id, a reason of 80 bytes) take ~730."""
+    used, length = int(await r.memory_usage(QUARANTINE, samples=0) or 0), await r.xlen(QUARANTINE)
+    at_ms = int(time.time() * 1000)
+    facts = [pb.Fact(event_id=f"room{i:08d}".ljust(128, "e"), source="s" * 128, kind=pb.FACT_KIND_SHIPMENT,
+                     sku=f"room{i:08d}".ljust(128, "k"), location="l" * 128, quantity=1, event_time=timestamp(at_ms),
+                     reservation_id=f"room{i:08d}".ljust(128, "r")) for i in range(m)]
+    service = AtpService(config(estate=estate_file, limits=Limits(max_positions_per_shard=1)), url)
+    await service.start()
+    try:
+        async with AtpClient(f"127.0.0.1:{service.port}") as client:
+            outcomes = [result.outcome for result in await client.record_events(facts)]
+    finally:
+        await service.stop(grace_s=0.1)
     assert outcomes == [pb.FACT_OUTCOME_QUARANTINED] * m, outcomes
 
     async def written() -> bool:
@@ -305,6 +334,7 @@ async def measure(n: int, tmp: Path) -> Sizes:
             sizes["watch_snapshot_per_key"] = snapshot_copy(service)
         finally:
             await service.stop(grace_s=0.1)
+        sizes["quarantine_entry_longest"] = await longest_entries(r, server.url, tmp / "estate.toml", max(n // 20, 50))
         sizes |= await publisher_keys(r)
         await r.flushall()
         await r.aclose()

@@ -24,12 +24,15 @@ async def test_redis_sizes_measures_every_key_the_docs_size() -> None:
     got = await figures("redis_sizes.py", "--positions", "100")
     sizes = ["log_bytes_per_fact", "log_entry_reserve_2_lines", "log_bytes_per_more_line", "channel_stream_entry",
              "channel_state_field", "quarantine_entry", "quarantine_digest", "quarantine_ahead_field",
-             "quarantine_entry_longest_ids",
+             "quarantine_entry_longest_ids", "quarantine_entry_longest",
              "watch_snapshot_per_key", "delivered_field", "publisher_dead_letter", "redeliver_field",
              "reservation_id_claim"]
     # Each a number; with this few items a stream's node or a hash's encoding can outweigh them (a difference < 0).
     assert all(isinstance(got[name], float | int) for name in sizes), got
     assert got["quarantined"] == 100 and got["claims"] == 5, got
+    # The longest quarantine entry: a SHIPMENT's five ids of 128 bytes and a reason quoting its SKU and location (at the
+    # bound on positions), ~1.3 KB; OPERATIONS.md's "~730 at most" was of late facts with four (reason: 80 bytes).
+    assert got.get("quarantine_entry_longest", 0) > 5 * 128 + 2 * 128, got
     # A claim is a key of its own with a time to live: MEMORY USAGE (72 bytes) left out its entry in the table of keys
     # with a time to live (24 bytes, whatever the count) and its slots in both tables, and OPERATIONS.md sized 1 M
     # claims at ~70 MB where Redis counts ~115-130 MB against maxmemory.
