@@ -47,14 +47,16 @@ def batch(n: int) -> pb.ReserveStreamRequest:
 
 
 async def taken(channel: grpc.aio.Channel, cap: int) -> int:
-    """Bytes one ``ReserveStream`` had taken when a write was first held (or ``cap`` passed)."""
+    """Bytes one ``ReserveStream`` had taken when a write was first held (or ``cap`` passed). The first write is
+    waited for whatever it takes: it connects the channel and opens the stream, whose window is open, so a host too
+    busy to do that within ``HELD_S`` took it for held and measured nothing (0 bytes)."""
     call = pb_grpc.AvailabilityServiceStub(channel).ReserveStream()  # type: ignore[no-untyped-call]
     total = 0
     try:
         while total <= cap:
             message = batch(total)
             try:
-                await asyncio.wait_for(call.write(message), HELD_S)
+                await (asyncio.wait_for(call.write(message), HELD_S) if total else call.write(message))
             except TimeoutError:
                 break
             total += message.ByteSize() + 5  # and gRPC's message prefix
