@@ -165,10 +165,11 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     ahead = ahead_key(quarantine)  # the entries whose ids ran ahead of their facts' writes, asked with the set
     run = run_key(quarantine, group, consumer)  # this consumer's run: a write of a run before lands nothing
     needs += [Need(("HMGET", ahead, "d"), ahead, use)]
-    needs += [Need(("EVALSHA", SHA, 5, quarantine, written, run, ahead, s), s, use) for s in streams]
     swept = swept_runs_key(quarantine)  # the highest run removed with its consumer (departed.py): a run drawn above it
+    needs += [Need(("EVALSHA", SHA, 6, quarantine, written, run, ahead, swept, s), s, use) for s in streams]
     needs += [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use),  # SET: lost
-              Need(("TYPE", run), run, use), Need(("GET", swept), swept, use)]
+              Need(("TYPE", run), run, use), Need(("GET", swept), swept, use), Need(("TYPE", swept), swept, use),
+              Need(("SET", swept, 0, "NX"), swept, use)]
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
         ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"), ("TYPE",), ("HGET", "s"), ("HLEN",),
         ("HEXISTS", "s"))]
@@ -197,7 +198,7 @@ def _departed_needs(config: ServiceConfig, owed: str, use: str) -> list[Need]:
     gone = trimmed_unread_key(streams[0], group, "gone@0")
     mark = answered_key(gone)  # read where its owner answered it since (unread.answered_key), deleted with it
     ran = run_key(quarantine, group, "gone@0")  # its quarantine run, removed with it, the highest kept (swept)
-    own = answered_key(owed)  # this consumer's, set as its run is drawn (quarantine._DRAW): no sweep takes that run
+    own = answered_key(owed)  # this consumer's, set as its run is drawn (runs.DRAW): no sweep takes that run
     needs = [Need(("EVALSHA", SHA, len(streams) + 6, *streams, owed, swept, owing, gone, mark, ran), owed, use),
              Need(("EVALSHA", SHA, 3, run_key(quarantine, group, consumer), swept, own), swept, use),
              Need(("TYPE", own), own, use),

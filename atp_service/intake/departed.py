@@ -23,7 +23,9 @@ marks the hash answered (``unread.answered_key``), and the sweep keeps a consume
 ``claim_idle_ms`` (moved then, its counts were told by both). Its run beside the quarantine stream
 (``quarantine.run_key``, one per name) is deleted with it, the highest run so deleted kept in one key
 (``quarantine.swept_runs_key``): a process back under that name draws its run above it, so a quarantine write of the
-deleted run landing late writes and acknowledges nothing (E8); before, one such key stayed for every address.
+deleted run landing late writes and acknowledges nothing (E8); before, one such key stayed for every address. A
+process swept all the same while it runs (not seen live past its draw's mark) draws its run again at its next sweep
+(``kept_run``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from atp_service.intake.quarantine import run_key, swept_runs_key
+from atp_service.intake.quarantine import QuarantineStream, run_key, swept_runs_key
 from atp_service.intake.unread import STREAM_ID_LUA, answered_key, owing_key, trimmed_unread_key
 from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text, no_such_key
@@ -182,6 +184,10 @@ class DepartedConsumers:
         for start in range(0, len(gone), SWEPT_AT_ONCE):
             removed += self._said(await self._remove(gone[start:start + SWEPT_AT_ONCE]))
         return removed
+
+    async def kept_run(self, quarantine: QuarantineStream) -> int:
+        """This reader's quarantine run, drawn again where a sweep took it all the same (``keep_run``)."""
+        return await quarantine.keep_run(self._client, self._group, self._consumer, self.mark)
 
     async def _remove(self, names: list[str]) -> list[Any]:
         if self._script is None:

@@ -109,8 +109,7 @@ class StreamIngestor:
         if not again:  # before its own pending entries are read: the runs before's quarantine writes land nothing
             self._consumer_run = await self._desk.quarantine.run_of(  # leased, marked: no sweep takes that run
                 self._client, group, self._config.consumer_name, self._departed.mark if self._departed else None)
-        for stream in self._streams:
-            # From the beginning: entries appended while the service was down count too.
+        for stream in self._streams:  # from the beginning: entries appended while the service was down count too
             start = await self._start_again(stream) if again else b"0"
             made = await make_group_again(self._client, stream, group, start, self._unacked, written)  # ``seen``: start
             if made and again:
@@ -199,7 +198,8 @@ class StreamIngestor:
             self._claimed_at = time.monotonic()
             await self._handle(await self._claim(), wait=False)  # in the reading loop: no owner's try waited for
             if self._departed is not None:  # after the claim: a gone consumer's pending entries taken first
-                await self._departed.sweep()
+                await self._departed.sweep()  # then its own run drawn again, where a sweep took it all the same (E8)
+                self._consumer_run = await self._departed.kept_run(self._desk.quarantine)
         while len(self._batches) >= cfg.ingest_inflight:
             await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
         entries = await self._read(None, block=self._block_ms())

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, NamedTuple, TypeVar
 
+from atp_service.intake import runs
 from atp_service.intake.unread import ANSWERED_MS
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
@@ -45,14 +46,21 @@ _FIELDS = 9
 _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: none) and id, its fields' names and values
 
 # KEYS: the stream, the set of written facts' digests, the consumer's run key (``run_key``), the hash of the entries
-# whose ids ran ahead of their facts' writes (``ahead_key``), then the input streams of the entries acknowledged;
+# whose ids ran ahead of their facts' writes (``ahead_key``), the highest run swept (``swept_runs_key``), then the
+# input streams of the entries acknowledged;
 # ARGV: MAXLEN, the consumer group, the consumer, its run ('': none), then _PER_FACT values a fact. A write of an
 # earlier run of the consumer (its run key moved on since: a restart) acknowledges and writes no input entry's fact
 # (-1): landing late, after the next run read the entry again and decided it, it put the fact on
 # the stream as not applied while it was — applied with room come back (R7: a late landing never taken; E8). A run key
 # below the write's run, or gone, is one Redis lost (a failover to a replica its INCR had not reached, a restart from
 # older data): set back to the write's run, which goes on — left, every write of the process's run was refused for as
-# long as it ran, its quarantined facts' entries pending for ever (liveness). Returns,
+# long as it ran, its quarantined facts' entries pending for ever (liveness). But a run key gone where the write's run
+# is at or below the highest swept (leased, ``departed.py``) is one a sweep deleted, never one Redis lost: a run is
+# drawn above the highest swept then, the two keys share a slot, and a Redis gone back to before the draw holds the
+# highest swept as it was then. Taken again, a write of a run before landing late, after a sweeper not seeing the
+# process back at that address live deleted the run that process had drawn (its mark past ``claim_idle_ms``: Redis
+# before 7.2 keeps a consumer's idle time at a read that delivers nothing), wrote and acknowledged the fact of an
+# entry pending to the process back (E8). Refused (-1): the process back draws its run again (``keep_run``). Returns,
 # a fact, 1: written now, 0: written before, -1: not written, its input entry pending to this consumer no more
 # (claimed by another, which decides the fact, or acknowledged by it; or of a run before). The entry, its digest and
 # its input entry's XACK go in the same script (atomic, each fact's after its own write: a write refused leaves its
@@ -80,8 +88,8 @@ _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: no
 # retry wrote the fact again (E8); a pcall's XPENDING or XACK refused went on as if answered.
 _TYPES = """
 local wanted = {{KEYS[1], 'stream'}, {KEYS[2], 'zset'}, {KEYS[4], 'hash'}}
-if ARGV[4] ~= '' then wanted[#wanted + 1] = {KEYS[3], 'string'} end
-for k = 5, #KEYS do wanted[#wanted + 1] = {KEYS[k], 'stream'} end
+if ARGV[4] ~= '' then wanted[#wanted + 1] = {KEYS[3], 'string'}; wanted[#wanted + 1] = {KEYS[5], 'string'} end
+for k = 6, #KEYS do wanted[#wanted + 1] = {KEYS[k], 'stream'} end
 for _, w in ipairs(wanted) do
   local kind = redis.call('TYPE', w[1])['ok']
   if kind ~= w[2] and kind ~= 'none' then
@@ -93,8 +101,8 @@ _ALLOWED = """
 local asked = {{'ZSCORE', KEYS[2], 'd'}, {'ZADD', KEYS[2], '1', 'd'},
   {'XADD', KEYS[1], 'MAXLEN', '~', '1', '*', 'f', 'v'}, {'HSET', KEYS[4], 'd', 'v'}, {'ZCARD', KEYS[2]},
   {'HLEN', KEYS[4]}, {'ZRANGE', KEYS[2], '0', '0'},
-  {'HDEL', KEYS[4], 'd'}, {'ZREMRANGEBYRANK', KEYS[2], '0', '0'}}
-for k = 5, #KEYS do
+  {'HDEL', KEYS[4], 'd'}, {'ZREMRANGEBYRANK', KEYS[2], '0', '0'}, {'GET', KEYS[5]}}
+for k = 6, #KEYS do
   asked[#asked + 1] = {'XPENDING', KEYS[k], ARGV[2], '-', '+', '1', ARGV[3]}
   asked[#asked + 1] = {'XREVRANGE', KEYS[k], '+', '-', 'COUNT', '1'}
   asked[#asked + 1] = {'XACK', KEYS[k], ARGV[2], '0-1'}
@@ -119,7 +127,10 @@ local current = true
 if ARGV[4] ~= '' then  -- fenced out by a later run only: a run Redis lost (the key gone, or behind) is taken again
   local held = redis.call('GET', KEYS[3])
   local run, ours = held and tonumber(held) or 0, tonumber(ARGV[4])
-  if run > ours then
+  local swept = not held and tonumber(redis.call('GET', KEYS[5]))
+  if swept and ours <= swept then  -- gone with its consumer (a sweep), not lost: never taken again (E8)
+    current = false
+  elseif run > ours then
     current = false
   elseif run < ours then
     redis.call('SET', KEYS[3], ARGV[4])
@@ -172,35 +183,6 @@ return written
 """
 WRITE_ONCE_SCRIPT = Script(_ONCE)
 
-# KEYS: the consumer's run key, the highest run swept (``swept_runs_key``), its answered mark (``unread.answered_key``).
-# ARGV: the mark's life (ms). Returns the run drawn, above both keys'. Leased, a sweeper not yet seeing the process
-# back at its address live took its consumer (idle: it draws before it reads) for gone and deleted the run it had just
-# drawn: a write of a run before, landing late, took the key missing for one Redis lost and wrote and acknowledged an
-# entry pending to the process back (E8). The mark, set with the draw, keeps the consumer (``departed.py``) for
-# ``claim_idle_ms``, by which the process has read and is seen live.
-_DRAW = ACL_LUA + """
-for k = 1, 3 do
-  local kind = redis.call('TYPE', KEYS[k])['ok']
-  if kind ~= 'string' and kind ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a string: no run drawn')
-  end
-end
-local swept = redis.call('GET', KEYS[2])
-if swept and not tonumber(swept) then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds no run: no run drawn')
-end
-local refused = denied({{'INCR', KEYS[1]}, {'SET', KEYS[1], '1'}, {'SET', KEYS[3], '1', 'PX', '1'}, {'TIME'}})
-if refused then return refused end
-local run = redis.call('INCR', KEYS[1])  -- a run key holding no number: an error, nothing written
-if swept and run <= tonumber(swept) then
-  run = tonumber(swept) + 1
-  redis.call('SET', KEYS[1], run)
-end
-local t = redis.call('TIME')
-redis.call('SET', KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'PX', ARGV[1])
-return run
-"""
-
 
 class Acks(NamedTuple):
     """The input entries the facts written came from (one a fact, aligned), acknowledged in the same script, each
@@ -225,7 +207,7 @@ class QuarantineStream:
         self.ahead_key = ahead_key(stream)
         """Of those, the facts whose input entries' ids ran ahead of their writes: the entry, by digest."""
         self._runs: dict[tuple[str, str], int] = {}  # (group, consumer): this process's run of it (``run_of``)
-        self._draw: Any = None  # ``_DRAW``, registered at its first call
+        self._draw: Any = None  # ``runs.DRAW``, registered at its first call
         self._doubt: OrderedDict[str, None] = OrderedDict()
         """Digests of facts whose write's answer was lost here, oldest first: written or not, counted by none."""
         self.owed: OrderedDict[tuple[str, bytes], tuple[Fact, str, str, str, int | None]] = OrderedDict()
@@ -326,30 +308,44 @@ class QuarantineStream:
     def _call(self, facts: Sequence[tuple[Fact, str]], digests: Sequence[str],
               entries: Sequence[tuple[str, bytes]] | None, acks: Acks | None) -> tuple[list[str], list[Any]]:
         """One script call's keys, and its facts' values (ARGV after MAXLEN, the group, the consumer and its run)."""
-        inputs = list(dict.fromkeys(stream for stream, _ in entries or ()))  # KEYS[5...]
-        index = {stream: 5 + k for k, stream in enumerate(inputs)}
+        inputs = list(dict.fromkeys(stream for stream, _ in entries or ()))  # KEYS[6...]
+        index = {stream: 6 + k for k, stream in enumerate(inputs)}
         values: list[Any] = []
         for n, ((fact, reason), d) in enumerate(zip(facts, digests, strict=True)):
             stream, entry_id = entries[n] if entries else ("", b"")
             values += [d, index.get(stream, 0), entry_id, *_flat(fields(fact, reason))]
         run = run_key(self.stream, acks.group, acks.consumer) if acks else self.written_key  # read only with a run
-        return [self.stream, self.written_key, run, self.ahead_key, *inputs], values
+        swept = swept_runs_key(self.stream) if acks else self.written_key
+        return [self.stream, self.written_key, run, self.ahead_key, swept, *inputs], values
+
+    async def keep_run(self, client: Any, group: str, consumer: str, mark: str) -> int:
+        """Leased, at each sweep: the run drawn here (``run_of``), or drawn again where a sweep deleted its key with
+        the consumer after all (a sweeper not seeing this process live past the draw's mark): the quarantine script
+        refuses every write of it for good (E8), this process's and its facts' owners'. Not a key Redis lost (above
+        the highest swept): taken again by the write, drawn again it might start below the run written before."""
+        run = self._runs.get((group, consumer))
+        if run is not None and await runs.swept(client, run_key(self.stream, group, consumer),
+                                                swept_runs_key(self.stream), run):
+            del self._runs[(group, consumer)]  # drawn again now (refused: at the next sweep, its writes refused)
+        return await self.run_of(client, group, consumer, mark)
 
     async def run_of(self, client: Any, group: str, consumer: str, mark: str | None = None) -> int:
         """This process's run of ``consumer``, begun at its reader's first start (before it reads its own pending
         entries): the writes of its runs before, in doubt (their answers lost, owed in a memory gone with their
         process), can land nothing now. A reader started again here keeps it: what it wrote in doubt is owed here.
-        ``mark``: leased, the consumer's answered mark, set with the draw (``_DRAW``): no sweep takes that run."""
+        ``mark``: leased, the consumer's answered mark, set with the draw (``runs.DRAW``): no sweep takes that run."""
         run = self._runs.get((group, consumer))
         if run is None and mark is not None:
             if self._draw is None:
-                self._draw = client.register_script(_DRAW)
+                self._draw = client.register_script(runs.DRAW)
             keys = [run_key(self.stream, group, consumer), swept_runs_key(self.stream), mark]
             run = self._runs[(group, consumer)] = int(await self._draw(keys=keys, args=[ANSWERED_MS]))
         if run is None:
             key = run_key(self.stream, group, consumer)
             run = int(await client.incr(key))
             swept = await client.get(swept_runs_key(self.stream))  # read after the INCR: a sweep between raised it
+            if swept is None:  # there for every write naming it (``_ONCE``): on a migrating slot's source, one gone
+                await client.set(swept_runs_key(self.stream), 0, nx=True)  # fails it (TRYAGAIN)
             if swept is not None and run <= int(swept):  # the key swept with its consumer (departed.py): run above it
                 run = int(swept) + 1
                 await client.set(key, run)

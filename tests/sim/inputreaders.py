@@ -108,14 +108,14 @@ class GatedClient:
     async def get(self, key: str) -> Any:
         return await self._redis.get(key)  # the highest run swept (``--new-addresses``): no step of its own to gate
 
-    async def set(self, key: str, value: Any) -> Any:
-        return await self._redis.set(key, value)  # a run drawn above the highest swept
-
     async def xinfo_consumers(self, stream: str, group: str) -> Any:
         return await self._gated(self._redis.xinfo_consumers(stream, group))
 
     async def smembers(self, key: str) -> Any:
         return await self._gated(self._redis.smembers(key))
+
+    async def set(self, key: str, value: Any, nx: bool = False) -> Any:
+        return await self._redis.set(key, value, nx=nx)  # a run drawn above the highest swept, or that set where none
 
     def pipeline(self, transaction: bool = False) -> Any:
         pipe, gate = self._redis.pipeline(transaction), self._gate

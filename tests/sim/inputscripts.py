@@ -35,7 +35,8 @@ def _id(value: Any) -> bytes:
 def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list[int]:
     """``quarantine._ONCE``: a fact written once by its digest; its input entry acknowledged in the same script,
     only while pending to the consumer writing it (-1 where another holds it now: that one decides the fact)."""
-    stream, written_key, run, ahead_key, inputs = keys[0], keys[1], keys[2], keys[3], keys[4:]
+    stream, written_key, run, ahead_key, inputs = keys[0], keys[1], keys[2], keys[3], keys[5:]
+    # keys[4]: the highest run swept, none here (no sweep of departed consumers)
     group, consumer = _text(args[1]), _text(args[2])
     current = True  # a later run's write before: nothing; a run lost (gone, behind) taken again
     if _text(args[3]) != "":
@@ -49,7 +50,7 @@ def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list
     for at in range(0, len(values), _PER_FACT):
         digest, index, entry_id = _text(values[at]), int(values[at + 1]), _id(values[at + 2])
         flat = values[at + 3:at + 3 + 2 * _FIELDS]
-        ours, input_stream = True, inputs[index - 5] if index > 0 else None
+        ours, input_stream = True, inputs[index - 6] if index > 0 else None
         if input_stream is not None:
             try:
                 ours = current and bool(redis.xpending_one(input_stream, group, entry_id, consumer))

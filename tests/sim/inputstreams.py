@@ -32,7 +32,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from atp_service.intake import claims, dead_letters, departed, quarantine, unread
+from atp_service.intake import claims, dead_letters, departed, runs, unread
 from atp_service.intake.entries import id_key
 from atp_service.storage.nodes import Call
 from tests.sim import inputscripts, inputsweep
@@ -152,7 +152,7 @@ class SimStreams:
                claims._CLAIM: lambda keys, args: inputscripts.autoclaim(self, keys, args),
                dead_letters._WRITE: lambda keys, args: inputscripts.write_dead_letters(self, keys, args),
                departed._SWEEP: lambda keys, args: inputsweep.sweep(self, keys, args),
-               quarantine._DRAW: lambda keys, args: inputsweep.draw_run(self, keys, args)}[source]
+               runs.DRAW: lambda keys, args: inputsweep.draw_run(self, keys, args)}[source]
         what = {unread._READ: "read", claims._CLAIM: "claim", dead_letters._WRITE: "dead letter",
                 departed._SWEEP: "sweep"}.get(source, "script")
 
@@ -187,9 +187,14 @@ class SimStreams:
         assert key.endswith(":runs-swept"), key
         return None if key not in self.runs_swept else str(self.runs_swept[key]).encode()
 
-    async def set(self, key: str, value: Any) -> None:
-        """A consumer's run drawn above the highest swept (``QuarantineStream.run_of``)."""
-        self.runs[key] = int(value)
+    async def set(self, key: str, value: Any, nx: bool = False) -> None:
+        """A consumer's run drawn above the highest swept, or the highest swept set to 0 where none (``nx``: named by
+        every quarantine write) (``QuarantineStream.run_of``)."""
+        if key.endswith(":runs-swept"):
+            assert nx, key
+            self.runs_swept.setdefault(key, int(value))
+        else:
+            self.runs[key] = int(value)
 
     async def xinfo_stream(self, stream: str) -> dict[str, Any]:
         held = self.streams.get(stream)

@@ -109,9 +109,11 @@ def _as_id(value: int | bytes) -> bytes:
 
 
 def draw_run(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
-    """``quarantine._DRAW`` (leased: ``QuarantineStream.run_of``): the consumer's run drawn above its last and above
-    the highest swept, its answered mark set with it (a sweep meanwhile keeps it)."""
+    """``runs.DRAW`` (leased: ``QuarantineStream.run_of``): the consumer's run drawn above its last and above the
+    highest swept (set to 0 where none: every quarantine write names it), its answered mark set with it (a sweep
+    meanwhile keeps it)."""
     run_key, swept, mark = keys
+    redis.runs_swept.setdefault(swept, 0)
     run = redis.runs.get(run_key, 0) + 1
     if run <= redis.runs_swept.get(swept, 0):
         run = redis.runs_swept[swept] + 1

@@ -22,7 +22,7 @@ from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.departed import DepartedConsumers
 from atp_service.intake.facts import FactDesk
 from atp_service.intake.ingest import StreamIngestor
-from atp_service.intake.quarantine import Acks, QuarantineStream, run_key
+from atp_service.intake.quarantine import Acks, QuarantineStream, run_key, swept_runs_key
 from atp_service.intake.unread import GroupReader, trimmed_unread_key
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.nodes import connect_any, open_nodes
@@ -267,6 +267,82 @@ async def test_a_run_drawn_as_a_sweep_takes_its_consumer_for_gone_keeps_the_late
     finally:
         await client.aclose()
         await writer.aclose()
+        await r.aclose()
+
+
+async def test_a_run_drawn_past_the_marks_bound_swept_unseen_keeps_the_late_write_of_the_run_before_out(
+        redis_url: str) -> None:
+    """The draw's mark keeps a process back for ``claim_idle_ms`` only; past it, a process still not seen live by a
+    sweeper (its members entry lapsed for a stalled loop, no group held) whose reads delivered nothing (Redis before
+    7.2 keeps the consumer's idle time) is taken for gone, its run key deleted while it runs. A quarantine write of
+    the run before, its answer lost and landing late, found the key missing — a run Redis lost, to the write
+    script — and wrote and acknowledged the fact of an entry pending to the process back (E8). The run it carries is
+    at or below the highest swept (``…:runs-swept``): a run swept, never one Redis lost (the two keys share a slot,
+    and a run is drawn above it), so it lands nothing, whenever it lands; the process back draws its run again
+    and its own write lands. Before: the late write landed ([True]), the entry acknowledged."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    stream, name, sweeper = STREAMS[0], "atp-1@10.0.0.3:1", "atp-1@10.0.1.1:1"
+    settings = dataclasses.replace(ServiceConfig(input_streams=(stream,)).ingest_settings, consumer_name=name,
+                                   claim_idle_ms=1_000)
+    desk = FactDesk(None, QUARANTINE, 10, metrics=IntakeMetrics())  # type: ignore[arg-type]  # no fact applied
+    client = connect_any(redis_url, 2.0)
+    own_sweep = DepartedConsumers(client, [stream], GROUP, name, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
+    back = StreamIngestor(client, desk, settings, ManualClock(1_700_000_000_000), departed=own_sweep)
+    try:
+        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        await r.xgroup_createconsumer(stream, GROUP, name)  # the process before at that address: its entries claimed
+        for _ in range(3):
+            before = await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, name)
+        await asyncio.sleep(1.1)  # idle past the bound below
+        await back._create_groups()  # its start: its run drawn, marked
+        await r.xreadgroup(GROUP, name, {stream: ">"})  # a read that delivers nothing: idle kept (Redis < 7.2)
+        await asyncio.sleep(1.1)  # the draw's mark past claim_idle_ms
+        sweep = DepartedConsumers(r, [stream], GROUP, sweeper, lambda: {"10.0.1.1:1"}, 1_000, quarantine=QUARANTINE)
+        if not await sweep.sweep():  # Redis 7.2 and later: the read made it idle no longer, kept
+            pytest.skip("this Redis resets a consumer's idle time at a read that delivers nothing")
+        entry = await r.xadd(stream, F("late", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, name, {stream: ">"})  # pending to the process back
+        fact = make_fact("late", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
+                         1_700_000_000_000, Limits(), "event_time_ms")
+        late = await QuarantineStream(QUARANTINE, 10).write(writer, [(fact, "late")],
+                                                            Acks(GROUP, name, [(stream, entry)], before))
+        assert late == [None], "the run before's late write lands nothing"
+        assert await r.xlen(QUARANTINE) == 0
+        assert len(await r.xpending_range(stream, GROUP, "-", "+", 10, name)) == 1, "still the run back's to decide"
+        swept_run = back._consumer_run
+        assert swept_run is not None
+        acks = Acks(GROUP, name, [(stream, entry)], swept_run)
+        assert await desk.quarantine.write(writer, [(fact, "late")], acks) == [None], "its own run swept too"
+        run = await own_sweep.kept_run(desk.quarantine)  # at its next sweep: drawn again, above
+        assert run > swept_run
+        assert await desk.quarantine.write(writer, [(fact, "late")], acks._replace(run=run)) == [True], "its own lands"
+    finally:
+        await client.aclose()
+        await writer.aclose()
+        await r.aclose()
+
+
+async def test_a_run_swept_is_drawn_again_at_the_sweep_and_a_run_redis_lost_kept(redis_url: str) -> None:
+    """The run of a process whose quarantined facts all go to their owners, which write them (it writes none itself),
+    swept all the same (a sweeper not seeing it live): drawn again at its own next sweep (``keep_run``), else every
+    owner's write of its facts was refused for as long as it ran. A run key Redis lost (gone, the highest swept below
+    it) is kept: the write takes it again, and drawn again it might start below the run written before."""
+    r = aioredis.Redis.from_url(redis_url)
+    stream, name = QuarantineStream(QUARANTINE, 10), "p@10.0.0.3:1"
+    mark = f"{name}:answered"
+    try:
+        await r.set(run_key(QUARANTINE, GROUP, name), 2)
+        run = await stream.run_of(r, GROUP, name, mark)
+        assert run == 3
+        await r.delete(run_key(QUARANTINE, GROUP, name))  # Redis lost it: the highest swept below
+        await r.set(swept_runs_key(QUARANTINE), run - 1)
+        assert await stream.keep_run(r, GROUP, name, mark) == run, "a run Redis lost: kept"
+        await r.delete(run_key(QUARANTINE, GROUP, name))
+        await r.set(swept_runs_key(QUARANTINE), run)  # a sweep deleted it
+        assert await stream.keep_run(r, GROUP, name, mark) == run + 1, "a run swept: drawn again, above it"
+        assert await stream.keep_run(r, GROUP, name, mark) == run + 1, "kept since"
+    finally:
         await r.aclose()
 
 

@@ -115,6 +115,7 @@ async def test_on_a_cluster_a_fact_written_before_keeps_its_digest_while_its_slo
     acks = Acks("atp", "c1", [("atp:{in}:pos", b"4102444800000-0")], run=1)  # 2100: named in the hash beside the set
     try:
         await writer.reader.xadd("atp:{in}:pos", {"f": "v"})  # the input stream, as a producer left it
+        assert await stream.run_of(writer.reader, "atp", "c1") == 1  # drawn before any write names it
         assert await stream.write(writer, [(fact, "late")], acks) == [True]
         with redis.RedisCluster.from_url(redis_cluster.url) as admin:
             slot, source = admin.keyslot(stream.stream), int(admin.get_node_from_key(stream.stream).port)
@@ -140,6 +141,7 @@ async def test_on_a_cluster_a_trim_that_empties_the_hash_of_entries_ahead_finish
     first, *later = [fact_of(F(f"e{i}", "SALE", "A", "S1", 1, T)) for i in range(4)]
     try:
         await writer.reader.xadd("atp:{in}:pos", {"f": "v"})  # the input stream, as a producer left it
+        assert await stream.run_of(writer.reader, "atp", "c1") == 1  # drawn before any write names it
         assert await stream.write(writer, [(first, "late")], ahead) == [True]
         written_at = await writer.reader.zscore(stream.written_key, QuarantineStream.digest(first))
 
