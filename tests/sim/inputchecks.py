@@ -119,6 +119,8 @@ def swept(driver: InputsClusterDriver) -> None:
         raise Violation(f"consumers of processes gone from their address never swept: {sorted(left)}")
     driver.tally.input_swept += len(driver.redis.swept)
     driver.tally.input_swept_owed += sum(moved for _, moved in driver.redis.swept)
+    driver.tally.input_runs_redrawn += driver.redis.redrawn
+    driver.tally.input_swept_refused += driver.redis.refused_swept
 
 
 def departed_left(driver: InputsClusterDriver) -> set[str]:

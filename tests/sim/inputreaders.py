@@ -106,7 +106,7 @@ class GatedClient:
         return await self._gated(self._redis.incr(key))
 
     async def get(self, key: str) -> Any:
-        return await self._redis.get(key)  # the highest run swept (``--new-addresses``): no step of its own to gate
+        return await self._redis.get(key)  # the highest run swept, a run (``keep_run``): no step of its own to gate
 
     async def xinfo_consumers(self, stream: str, group: str) -> Any:
         return await self._gated(self._redis.xinfo_consumers(stream, group))
@@ -289,8 +289,12 @@ async def turn(reader: StreamIngestor, claim: bool) -> None:
                     await reader._retry_pending()
             elif claim:
                 await reader._handle(await reader._claim(), wait=False)
-                if reader._departed is not None:  # after the claim, as ``step``: departed consumers removed
-                    await reader._departed.sweep()
+                if reader._departed is not None:  # after the claim, as ``step``: departed consumers removed, then
+                    await reader._departed.sweep()  # its own run drawn again where a sweep took it all the same (E8)
+                    before = reader._consumer_run
+                    reader._consumer_run = await reader._departed.kept_run(reader._desk.quarantine)
+                    if before is not None and reader._consumer_run != before:
+                        getattr(reader._client, "_redis", reader._client).redrawn += 1
             else:
                 entries = await reader._read(None, block=None)
         except (RedisError, RedisClusterException, OSError) as exc:

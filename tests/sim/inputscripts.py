@@ -34,16 +34,24 @@ def _id(value: Any) -> bytes:
 
 def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list[int]:
     """``quarantine._ONCE``: a fact written once by its digest; its input entry acknowledged in the same script,
-    only while pending to the consumer writing it (-1 where another holds it now: that one decides the fact)."""
-    stream, written_key, run, ahead_key, inputs = keys[0], keys[1], keys[2], keys[3], keys[5:]
-    # keys[4]: the highest run swept, none here (no sweep of departed consumers)
+    only while pending to the consumer writing it (-1 where another holds it now: that one decides the fact). KEYS
+    the quarantine stream, its set, the consumer's run, the hash of entries ahead, the highest run swept, then the
+    input streams. A write of a run before (the run key past it) lands nothing; a run key gone or behind is one
+    Redis lost, taken again — but one gone whose run is at or below the highest swept was deleted by a sweep
+    (``inputsweep``, never lost: a run is drawn above it): refused, whenever it lands (E8)."""
+    stream, written_key, run, ahead_key, swept, inputs = keys[0], keys[1], keys[2], keys[3], keys[4], keys[5:]
     group, consumer = _text(args[1]), _text(args[2])
     current = True  # a later run's write before: nothing; a run lost (gone, behind) taken again
     if _text(args[3]) != "":
-        if redis.runs.get(run, 0) > int(_text(args[3])):
+        ours, held = int(_text(args[3])), redis.runs.get(run)
+        highest = redis.runs_swept.get(swept) if held is None else None  # ``--new-addresses``: the sweep's
+        if highest is not None and ours <= highest:  # gone with its consumer (a sweep), never lost: refused for good
             current = False
-        else:
-            redis.runs[run] = int(_text(args[3]))
+            redis.refused_swept += 1
+        elif (held or 0) > ours:
+            current = False
+        elif (held or 0) < ours:
+            redis.runs[run] = ours
     written = redis.written.setdefault(written_key, {})
     values, out = args[4:], []
     assert len(values) % _PER_FACT == 0

@@ -108,6 +108,8 @@ class SimStreams:
         self.marks: dict[str, bytes] = {}  # the groups' made-again marks (``again.py``), by key
         self.runs: dict[str, int] = {}  # the consumers' runs (``quarantine.run_key``), by key
         self.runs_swept: dict[str, int] = {}  # the highest run swept with its consumer (``quarantine.swept_runs_key``)
+        self.refused_swept = 0  # quarantine writes of a run swept with its consumer, refused (``quarantine._ONCE``)
+        self.redrawn = 0  # runs drawn again by a reader whose run a sweep took while it ran (``keep_run``)
         self.forgotten: dict[str, int] = {}  # per stream, entries trimmed unread the readers told (``unread._ACK``)
         self.owed_added: dict[str, int] = {}  # per stream, entries trimmed unread the reads counted owed
         self.delivered: set[tuple[str, bytes]] = set()  # entries any consumer was given (since the group was made)
@@ -183,9 +185,10 @@ class SimStreams:
 
     async def get(self, key: str) -> bytes | None:
         """The highest run swept with its consumer (``quarantine.swept_runs_key``, read by ``QuarantineStream.run_of``;
-        ``--new-addresses``: the sweep's, ``inputsweep``)."""
-        assert key.endswith(":runs-swept"), key
-        return None if key not in self.runs_swept else str(self.runs_swept[key]).encode()
+        ``--new-addresses``: the sweep's, ``inputsweep``), or a consumer's run (``quarantine.run_key``, read by
+        ``runs.swept``: ``QuarantineStream.keep_run`` at each sweep)."""
+        held = self.runs_swept if key.endswith(":runs-swept") else self.runs
+        return None if key not in held else str(held[key]).encode()
 
     async def set(self, key: str, value: Any, nx: bool = False) -> None:
         """A consumer's run drawn above the highest swept, or the highest swept set to 0 where none (``nx``: named by

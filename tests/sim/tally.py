@@ -106,6 +106,8 @@ class Tally:
     input_trimmed_pending: int = 0  # input entries trimmed after a consumer read them
     input_swept: int = 0  # consumers of processes gone from their address removed by a sweep (``inputsweep``)
     input_swept_owed: int = 0  # ... entries trimmed unread they owed, moved to the sweeper's count
+    input_runs_redrawn: int = 0  # ... runs of live processes swept all the same, drawn again (``keep_run``)
+    input_swept_refused: int = 0  # ... quarantine writes of a run swept, refused (``quarantine._ONCE``)
 
     def count_outcome(self, outcome: str) -> None:
         if outcome in ("lost", "doubt", "late"):
@@ -161,6 +163,9 @@ class Tally:
                    f"{self.input_quarantined_elsewhere} quarantined ones delivered again to another reader)"
                    + (f", {self.input_swept} departed consumers swept ({self.input_swept_owed} entries owed moved)"
                       if self.input_swept else "")
+                   + (f", {self.input_runs_redrawn} runs swept while running drawn again "
+                      f"({self.input_swept_refused} writes of swept runs refused)"
+                      if self.input_runs_redrawn or self.input_swept_refused else "")
                    if self.input_entries else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sys
 
 import pytest
 
+from atp_service.intake.quarantine import Acks, QuarantineStream, run_key, swept_runs_key
+from reservation import FactKind, Limits
+from reservation import fact as make_fact
 from tests.sim.__main__ import main
 from tests.sim.inputcluster import InputsClusterDriver
-from tests.sim.inputdriver import InputsDriver
+from tests.sim.inputdriver import GROUP, InputsDriver
+from tests.sim.inputfacts import STREAMS
+from tests.sim.inputstreams import RedisFaults, SimStreams
 from tests.sim.tally import Tally
 
 INPUT_SEEDS = int(os.environ.get("ATP_SIM_INPUT_SEEDS", "8"))
@@ -149,3 +155,48 @@ async def test_consumers_of_processes_started_at_new_addresses_are_swept_their_c
     tally = Tally()
     await InputsClusterDriver(seed, processes, tally, partition=faults, suspends=faults, new_addresses=True).run(60)
     assert tally.input_swept and tally.input_swept_owed, tally
+
+
+async def test_the_sims_quarantine_script_refuses_a_run_swept_and_the_reader_draws_its_run_again() -> None:
+    """The simulated Redis follows the write script and the draw (``quarantine._ONCE``, ``runs.DRAW``), as the real
+    ``QuarantineStream`` runs them over it: the first draw makes ``…:runs-swept`` (0); a write whose run key a sweep
+    deleted (its run at or below the highest swept) lands nothing and leaves its entry pending, whenever it lands;
+    ``keep_run`` draws the run again above it, and that run's write lands; a run key Redis lost (the highest swept
+    below it) is taken again by the write, and kept by ``keep_run``."""
+    redis = SimStreams(RedisFaults(random.Random(0)), lambda stream, entry: None, lambda: 1_700_000_000_000)
+    quarantine, stream, name, mark = QuarantineStream("sim:quarantine", 10), STREAMS[0], "atp@p0.1", "mark"
+    swept, ran = swept_runs_key(quarantine.stream), run_key(quarantine.stream, GROUP, name)
+    redis.xadd(stream, b"1-0", [b"f", b"v"])
+    redis._create(stream, GROUP, b"0")
+    redis.streams[stream].groups[GROUP].pending[b"1-0"] = [name, 1, 0]
+    fact = make_fact("late", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "", 1_700_000_000_000,
+                     Limits(), "event_time_ms")
+    run = await quarantine.run_of(redis, GROUP, name, mark)
+    assert (run, redis.runs_swept) == (1, {swept: 0})
+    del redis.runs[ran]  # a sweep took it while it ran
+    redis.runs_swept[swept] = run
+    acks = Acks(GROUP, name, [(stream, b"1-0")], run)
+    assert await quarantine.write(redis, [(fact, "late")], acks) == [None]
+    assert not redis.quarantined and b"1-0" in redis.streams[stream].groups[GROUP].pending
+    again = await quarantine.keep_run(redis, GROUP, name, mark)
+    assert again == run + 1 and await quarantine.keep_run(redis, GROUP, name, mark) == again
+    assert await quarantine.write(redis, [(fact, "late")], acks._replace(run=again)) == [True]
+    assert len(redis.quarantined) == 1 and not redis.streams[stream].groups[GROUP].pending
+    del redis.runs[ran]  # Redis lost it: the highest swept below the run
+    assert await quarantine.keep_run(redis, GROUP, name, mark) == again
+    redis.xadd(stream, b"2-0", [b"f", b"v"])
+    redis.streams[stream].groups[GROUP].pending[b"2-0"] = [name, 1, 0]
+    third = make_fact("third", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
+                      1_700_000_000_000, Limits(), "event_time_ms")
+    assert await quarantine.write(redis, [(third, "late")], Acks(GROUP, name, [(stream, b"2-0")], again)) == [True]
+    assert redis.runs[ran] == again, "a run Redis lost: taken again by the write"
+
+
+async def test_a_process_swept_while_paused_draws_its_run_again_at_its_next_sweep() -> None:
+    """``--input-streams --processes 3 --partition --suspends --new-addresses --seed 157``: atp@p2, paused past its
+    leases (no member, holding no group, its entries claimed), was taken for gone by a sweeper and its run key deleted
+    while it ran; run again, its reader's next sweep draws its run again (``DepartedConsumers.kept_run``, as the
+    service's ``step``), else every quarantine write of its run was refused for as long as it ran (E8)."""
+    tally = Tally()
+    await InputsClusterDriver(157, 3, tally, partition=True, suspends=True, new_addresses=True).run(60)
+    assert tally.input_runs_redrawn, tally
