@@ -128,27 +128,38 @@ async def test_a_cancelled_streams_batches_settle_durably_and_a_retry_is_answere
 async def test_a_stop_with_batches_in_flight_answers_them_and_loses_none_R8(
         start_service: ServiceFactory, redis_url: str) -> None:
     """A graceful stop while a ReserveStream's batches wait on Redis: the batches taken are answered,
-    then the stream ends UNAVAILABLE SHUTTING_DOWN, and every hold answered is there after a restart."""
-    service, client = await start_service(max_stream_inflight=4)
+    then the stream ends UNAVAILABLE SHUTTING_DOWN, and every hold answered is there after a restart.
+    Redis holds writes until the stop is seen waiting with all three batches still being decided: a
+    pause of a fixed time could end before the stop began, and the test then pass with none in flight."""
+    service, client = await start_service(max_stream_inflight=4, redis_timeout_s=60)  # held, never timed out
     await client.record_events([receipt("seed", "A", "S1", 100)])
-    pause = redis.Redis.from_url(redis_url)
-    pause.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
-    pause.close()
     call = client.stub.ReserveStream()
-    for k in range(3):
-        await call.write(_batch(f"g{k}"))
-    await until(lambda: service._servicer.reserve_streams == 1, "the stream open", 20)
-    stopping = asyncio.ensure_future(service.stop(grace_s=60))
+    with writes_paused(redis_url):
+        for k in range(3):
+            await call.write(_batch(f"g{k}"))
+        await until(lambda: len(_deciding()) == 3, "the stream's three batches waiting on Redis", 20)
+        batches = _deciding()
+        stopping = asyncio.ensure_future(service.stop(grace_s=60))
+        await until(lambda: service._calls.settling, "the stop waiting for the calls in progress", 20)
+        assert not any(b.done() for b in batches)  # in flight as the stop waits: the premise of the test
+        assert not stopping.done()
     answered: list[str] = []
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         while True:
             answered.extend(o.reservation_id for o in (await call.read()).outcomes if not o.HasField("error"))
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value.details()
+    assert "shutting down" in (ended.value.details() or ""), ended.value.details()
+    assert answered == ["g0", "g1", "g2"]  # every batch taken before the stop is answered (R8)
     await asyncio.wait_for(stopping, 30)
     _restarted, client2 = await start_service()
     for rid in answered:
         got = await client2.stub.GetReservation(pb.GetReservationRequest(reservation_id=rid))
         assert got.reservation.state == pb.RESERVATION_STATE_HELD, rid
+
+
+def _deciding() -> list[asyncio.Task[Any]]:
+    """The batches of ReserveStreams being decided (``_reserve_batch``), their answers not yet in."""
+    return [t for t in stream_tasks() if t.get_coro().__qualname__.endswith("._reserve_batch")]
 
 
 @contextlib.contextmanager
