@@ -6,6 +6,8 @@ allowed time for its size."""
 
 from __future__ import annotations
 
+import asyncio
+
 import redis
 
 from tests.atp_service.edge.test_api import receipt
@@ -46,13 +48,23 @@ async def test_crash_restarts_do_not_let_the_log_grow_past_snapshot_every_entrie
 async def test_a_snapshot_write_is_allowed_time_for_its_size_beyond_the_socket_timeout(
         start_service: ServiceFactory, redis_url: str) -> None:
     """Held to an append's timeout, a large snapshot's write timed out on a slow disk, landed all the
-    same, and was written again at every retry. Here Redis holds writes for 1 s (``CLIENT PAUSE``)
-    against a 0.5 s socket timeout while a stop writes its final snapshot; at 200 bytes/s it is
-    allowed seconds more, and it is stored."""
+    same, and was written again at every retry. Here Redis holds writes (``CLIENT PAUSE``) while a stop
+    writes its final snapshot, for twice the 0.5 s socket timeout once the write is on its way: at
+    200 bytes/s it is allowed seconds more, and it is stored. (A pause of a fixed time from before the
+    stop could end before the write began, and the test pass with the write never held.)"""
     r = redis.Redis.from_url(redis_url)
     service, client = await start_service(shards=1, redis_timeout_s=0.5, snapshot_write_mb_per_s=0.0002)
     await answered(lambda: client.record_events([receipt(f"e{i}", "A", "DC", 1) for i in range(2)]))
     assert not r.exists(SNAP)
-    r.execute_command("CLIENT", "PAUSE", 1000, "WRITE")  # the fault: Redis slow for twice the timeout
-    await service.stop(grace_s=0.1)  # its final snapshot waits out the pause
+    store = service._log
+    assert store is not None
+    r.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")  # the fault: Redis slow, until let go
+    try:
+        stopping = asyncio.ensure_future(service.stop(grace_s=0.1))
+        await until(lambda: store.snapshots_in_flight == 1, "the final snapshot's write on its way")
+        await asyncio.sleep(1.0)  # the fault's length, not a wait for an event: the write held twice its timeout
+        assert store.snapshots_in_flight == 1 and not stopping.done()  # still waiting: not timed out
+    finally:
+        r.execute_command("CLIENT", "UNPAUSE")
+    await stopping
     assert r.exists(SNAP) and service.metrics.registry.get_sample_value("atp_snapshot_failures_total") == 0
