@@ -60,16 +60,18 @@ async def each_to_its_end(*stops: Callable[[], Awaitable[Any]]) -> None:
         raise failure
 
 
-async def run_bounded(work: Coroutine[Any, Any, Any], bound_s: float, name: str) -> None:
-    """``work`` in a task of its own for ``bound_s`` at most, then cancelled until it has ended
+async def run_bounded(work: Callable[[], Awaitable[Any]], bound_s: float, name: str) -> None:
+    """``work()`` in a task of its own for ``bound_s`` at most, then cancelled until it has ended
     (``cancel_and_wait``); its failure is raised. The caller cancelled, ``work`` is cancelled for
     good (``cancel_for_good``) and the cancellation raised at once: nothing is left running unowned.
+    ``work`` is called in the task's first step: a task cancelled before it (a killed process's, asyncio.run's
+    end) makes no coroutine to drop unstarted ('coroutine ... was never awaited').
 
     Not ``asyncio.wait_for``: on Python 3.11 it returns the inner result and drops a cancellation of
     its caller that lands in the turn the inner work ends, and it cancels work past its bound once —
     a cancellation redis-py's own ``wait_for`` can lose (see ``cancel_and_wait``), so that work waiting
     for a Redis that does not answer went on for ever, and its caller with it."""
-    task = asyncio.get_running_loop().create_task(work, name=name)
+    task = asyncio.get_running_loop().create_task(_called(work), name=name)
     task.add_done_callback(exception_seen)  # its failure is the caller's, unless the caller is gone
     try:
         await asyncio.wait((task,), timeout=bound_s)
@@ -77,6 +79,10 @@ async def run_bounded(work: Coroutine[Any, Any, Any], bound_s: float, name: str)
     except BaseException:
         cancel_for_good(task)
         raise
+
+
+async def _called(work: Callable[[], Awaitable[T]]) -> T:
+    return await work()
 
 
 def cancel_for_good(task: asyncio.Future[Any]) -> None:

@@ -140,8 +140,8 @@ class ShardActor(CommitPipeline):
         log), then fail whatever still waits (cleanly, not silently) with ``refusal`` (default: shutting down)."""
         self._stopping, refusal = True, refusal or Unavailable("service is shutting down", Reason.SHUTTING_DOWN)
         try:  # a log it cannot trust said by the drain's task itself: whether or not this stop is still there
-            drain = said_if_diverged(self._drain(), self.shard, log)
-            await run_bounded(drain, self._settings.redis_timeout_s * 2, f"shard-{self.shard}-drain")
+            await run_bounded(lambda: said_if_diverged(self._drain(), self.shard, log),  # made in the drain's task
+                              self._settings.redis_timeout_s * 2, f"shard-{self.shard}-drain")
         finally:  # this stop cancelled too: the actor does not run on, nobody is left waiting
             if self._task is not None:
                 cancel_for_good(self._task)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import warnings
 from typing import Any
 
 import pytest
@@ -135,3 +137,30 @@ async def test_a_log_found_diverged_by_a_drain_that_ends_as_its_stop_is_cancelle
     said = [r for r in caplog.records if getattr(r, "event", None) == "shard_stop_diverged"]
     assert len(said) == 1, "the log the stop found diverged was never said"
     assert said[0].exc_info is not None and isinstance(said[0].exc_info[1], LogDiverged)
+
+
+async def test_a_drain_cancelled_before_its_first_step_leaves_no_coroutine_never_awaited() -> None:
+    """A killed process's tasks end wherever they are, one created after the kill at once (tests/sim/process.py's
+    task factory; asyncio.run's end cancels all tasks alike): a drain task cancelled before its first step dropped
+    the ``_drain()`` coroutine made for it unstarted — 'coroutine ShardActor._drain was never awaited' in the
+    simulation's runs. The drain is made in its task, so a task that never runs makes none; the stop still ends."""
+    log = SimLog()
+    actor = one_shard(log)
+    actor.start()
+    loop = asyncio.get_running_loop()
+
+    def dead_process_tasks(loop: asyncio.AbstractEventLoop, coro: Any, context: Any = None) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, context=context)
+        task.cancel()  # every task made from now on ends before its first step: the stop's drain is one
+        return task
+
+    loop.set_task_factory(dead_process_tasks)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            await actor.stop()  # awaited in this task, made before: no new task but the drain's
+            gc.collect()
+    finally:
+        loop.set_task_factory(None)
+    assert [str(w.message) for w in seen if "never awaited" in str(w.message)] == []
+    assert _actor_ended(actor)
