@@ -30,12 +30,11 @@ import gc
 import json
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, ServiceConfig, free_port
+from benchmarks.loopback_http import serving
 from publishers import Publisher, PublisherConfig, PublisherMetrics, WebhookAdapter
 from reservation import Limits
 
@@ -227,15 +227,8 @@ class Answering(BaseHTTPRequestHandler):
 
 @contextmanager
 def webhook(status: int) -> Iterator[str]:
-    handler = type("Answer", (Answering,), {"status": status})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(type("Answer", (Answering,), {"status": status})) as url:
+        yield f"{url}/hook"
 
 
 async def publish_all(r: aioredis.Redis, group: str, status: int, enough: int = 2**62) -> PublisherConfig:

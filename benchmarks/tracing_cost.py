@@ -16,10 +16,9 @@ import asyncio
 import json
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import redis
 
 from atp_service import EmbeddedRedis, free_port
 from benchmarks.compare import Workload, seed_service
+from benchmarks.loopback_http import serving
 from benchmarks.open_loop import add_settle_limit, measured_open_loop, use_settle_limit
 from benchmarks.throughput import serve_command, service_ready, start
 
@@ -50,14 +50,8 @@ class _Sink(BaseHTTPRequestHandler):
 
 @contextmanager
 def otlp_sink() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Sink) as url:
+        yield f"{url}/v1/traces"
 
 
 async def _one(redis_url: str, ratio: str, sink: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

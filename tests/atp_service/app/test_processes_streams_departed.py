@@ -7,8 +7,10 @@ the consumer with its hash (``intake/departed.py``): exactly once, keys and cons
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -30,6 +32,7 @@ from reservation import FactKind, Limits
 from reservation import fact as make_fact
 from tests.atp_service.app.test_processes import SHARDS, processes
 from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.intake.departed_helpers import Counter
 from tests.conftest import services_on
 from tests.waiting import until
 
@@ -42,6 +45,55 @@ QUARANTINE = "atp:quarantine"
 
 def _consumers(r: redis.Redis, stream: str) -> dict[str, int]:
     return {c["name"].decode(): int(c["pending"]) for c in r.xinfo_consumers(stream, GROUP)}
+
+
+@contextlib.asynccontextmanager
+async def _back_at_its_address(redis_url: str, stream: str, name: str) -> AsyncIterator[tuple[Any, ...]]:
+    """A process back at the address of the process before it, ``name``, not started yet (its reader of ``stream``,
+    ``claim_idle_ms`` 1 s, with its own sweep), the process before's run drawn three times (its starts): a client of
+    Redis, a writer of the quarantine stream, the process back's fact desk, its own sweep, its reader, the run
+    before."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    settings = dataclasses.replace(ServiceConfig(input_streams=(stream,)).ingest_settings, consumer_name=name,
+                                   claim_idle_ms=1_000)
+    desk = FactDesk(None, QUARANTINE, 10, metrics=IntakeMetrics())  # type: ignore[arg-type]  # no fact applied
+    client = connect_any(redis_url, 2.0)
+    own_sweep = DepartedConsumers(client, [stream], GROUP, name, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
+    back = StreamIngestor(client, desk, settings, ManualClock(1_700_000_000_000), departed=own_sweep)
+    try:
+        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        await r.xgroup_createconsumer(stream, GROUP, name)  # the process before at that address: its entries claimed
+        for _ in range(3):
+            before = await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, name)
+        yield r, writer, desk, own_sweep, back, before
+    finally:
+        await client.aclose()
+        await writer.aclose()
+        await r.aclose()
+
+
+async def _late_write(r: Any, writer: Any, stream: str, name: str, run: int) -> tuple[list[bool | None], Any, Any]:
+    """A fact of a new entry of ``stream`` read by ``name`` (pending to it), written to the quarantine stream by the
+    run ``run`` of ``name``, its answer lost and landing late: what the write landed, the entry's id and the fact."""
+    entry = await r.xadd(stream, F("late", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+    await r.xreadgroup(GROUP, name, {stream: ">"})
+    fact = make_fact("late", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
+                     1_700_000_000_000, Limits(), "event_time_ms")
+    landed = await QuarantineStream(QUARANTINE, 10).write(writer, [(fact, "late")],
+                                                          Acks(GROUP, name, [(stream, entry)], run))
+    return landed, entry, fact
+
+
+async def _late_write_of_the_run_before_lands_nothing(r: Any, writer: Any, stream: str, name: str,
+                                                      before: int) -> tuple[Any, Any]:
+    """The run ``before``'s late write (``_late_write``) of an entry pending to the process back (claimed back, a group
+    made again) lands nothing, the entry left to the run back: the entry's id and the fact."""
+    late, entry, fact = await _late_write(r, writer, stream, name, before)
+    assert late == [None], "the run before's late write lands nothing"
+    assert await r.xlen(QUARANTINE) == 0
+    assert len(await r.xpending_range(stream, GROUP, "-", "+", 10, name)) == 1, "still the run back's to decide"
+    return entry, fact
 
 
 async def test_a_gone_processs_owed_count_is_told_by_a_live_one_and_its_consumer_removed(
@@ -75,18 +127,6 @@ async def test_a_gone_processs_owed_count_is_told_by_a_live_one_and_its_consumer
     assert told == [7], "one ERROR line, by the live process"
 
 
-class _Counter:
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def labels(self, stream: str) -> _Counter:
-        self._at = stream
-        return self
-
-    def inc(self, n: int) -> None:
-        self.counts[self._at] = self.counts.get(self._at, 0) + n
-
-
 async def test_a_consumer_is_removed_only_gone_idle_and_empty_and_its_count_moved_once(redis_url: str) -> None:
     """Script level: a consumer at a live address, one with an entry pending, and one read from within the bound are
     kept with their counts; a gone one's count is moved once, by the first of two live tellers to sweep, and is not
@@ -103,7 +143,7 @@ async def test_a_consumer_is_removed_only_gone_idle_and_empty_and_its_count_move
             await r.xgroup_createconsumer(stream, GROUP, name)
             await r.hset(trimmed_unread_key(stream, GROUP, name), mapping={stream: 5, stream + "\n": "0-9"})
         tellers = [f"atp-1@10.0.1.{n}:1" for n in (1, 2)]
-        counters = [_Counter(), _Counter()]
+        counters = [Counter(), Counter()]
         live = {"10.0.0.2:1", "10.0.1.1:1", "10.0.1.2:1"}
         sweeps = [DepartedConsumers(r, [stream], GROUP, teller, lambda: live, 0, quarantine=QUARANTINE)
                   for teller in tellers]
@@ -119,7 +159,7 @@ async def test_a_consumer_is_removed_only_gone_idle_and_empty_and_its_count_move
         for n, teller in enumerate(tellers):
             await GroupReader(r, [stream], GROUP, teller, counters[n]).read(10, None)
         assert [c.counts for c in counters] == [{stream: 10}, {}], "gone and fresh told once, by the first sweep"
-        back = _Counter()  # the gone one back at its address after the sweep: nothing left to tell
+        back = Counter()  # the gone one back at its address after the sweep: nothing left to tell
         await GroupReader(r, [stream], GROUP, names["gone"], back).read(10, None)
         assert back.counts == {}
         assert await r.hgetall(trimmed_unread_key(stream, GROUP, tellers[0])) == {}
@@ -140,7 +180,7 @@ async def test_an_owner_back_telling_its_count_keeps_it_though_its_read_delivere
         await asyncio.sleep(0.3)  # idle past the bound below: gone for the while it was away
         sweep = DepartedConsumers(r, [stream], GROUP, sweeper, lambda: {"10.0.1.1:1"}, 200,
                                  quarantine=QUARANTINE)  # the owner not read yet
-        told = [_Counter(), _Counter()]
+        told = [Counter(), Counter()]
         back = GroupReader(r, [stream], GROUP, owner, told[0])
         await back.read(10, None)  # its scripts registered: nothing owed, nothing delivered
         await r.hset(trimmed_unread_key(stream, GROUP, owner), mapping={stream: 5, stream + "\n": "0-9"})
@@ -211,12 +251,7 @@ async def test_a_gone_consumers_quarantine_run_is_removed_with_it_and_its_late_w
         assert not await r.exists(run_key(quarantine, GROUP, gone)), "its run removed with it"
         back = QuarantineStream(quarantine, 10)
         assert await back.run_of(r, GROUP, gone) > swept, "the run back at its address above the one swept"
-        entry = await r.xadd(stream, F("late", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
-        await r.xreadgroup(GROUP, gone, {stream: ">"})  # pending to the new run
-        fact = make_fact("late", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
-                         1_700_000_000_000, Limits(), "event_time_ms")
-        landed = await QuarantineStream(quarantine, 10).write(writer, [(fact, "late")],
-                                                              Acks(GROUP, gone, [(stream, entry)], swept))
+        landed, _, _ = await _late_write(r, writer, stream, gone, swept)  # pending to the new run
         assert landed == [None], "the swept run's late write lands nothing"
         assert await r.xlen(quarantine) == 0
         assert len(await r.xpending_range(stream, GROUP, "-", "+", 10, gone)) == 1, "still the new run's to decide"
@@ -234,40 +269,16 @@ async def test_a_run_drawn_as_a_sweep_takes_its_consumer_for_gone_keeps_the_late
     fact of an entry pending to the process back (E8: that run decides it). Its run drawn, the consumer is kept as a
     read answered is (``unread.answered_key``): the run key stays, the late write lands nothing, the process's own
     lands. Before: the late write landed ([True]), the entry acknowledged."""
-    r = aioredis.Redis.from_url(redis_url)
-    writer = open_nodes(redis_url, 5.0)
     stream, name, sweeper = STREAMS[0], "atp-1@10.0.0.3:1", "atp-1@10.0.1.1:1"
-    settings = dataclasses.replace(ServiceConfig(input_streams=(stream,)).ingest_settings, consumer_name=name,
-                                   claim_idle_ms=1_000)
-    desk = FactDesk(None, QUARANTINE, 10, metrics=IntakeMetrics())  # type: ignore[arg-type]  # no fact applied
-    client = connect_any(redis_url, 2.0)
-    own_sweep = DepartedConsumers(client, [stream], GROUP, name, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
-    back = StreamIngestor(client, desk, settings, ManualClock(1_700_000_000_000), departed=own_sweep)
-    try:
-        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        await r.xgroup_createconsumer(stream, GROUP, name)  # the process before at that address: its entries claimed
-        for _ in range(3):
-            before = await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, name)
+    async with _back_at_its_address(redis_url, stream, name) as (r, writer, desk, _, back, before):
         await asyncio.sleep(1.1)  # idle past the bound below: a second, however slow the draw then
         await back._create_groups()  # its start: its run drawn, nothing read yet
         sweep = DepartedConsumers(r, [stream], GROUP, sweeper, lambda: {"10.0.1.1:1"}, 1_000, quarantine=QUARANTINE)
         await sweep.sweep()  # the process back not seen live yet
-        entry = await r.xadd(stream, F("late", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
-        await r.xreadgroup(GROUP, name, {stream: ">"})  # pending to the process back (claimed back, a group made again)
-        fact = make_fact("late", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
-                         1_700_000_000_000, Limits(), "event_time_ms")
-        late = await QuarantineStream(QUARANTINE, 10).write(writer, [(fact, "late")],
-                                                            Acks(GROUP, name, [(stream, entry)], before))
-        assert late == [None], "the run before's late write lands nothing"
-        assert await r.xlen(QUARANTINE) == 0
-        assert len(await r.xpending_range(stream, GROUP, "-", "+", 10, name)) == 1, "still the run back's to decide"
+        entry, fact = await _late_write_of_the_run_before_lands_nothing(r, writer, stream, name, before)
         own = await desk.quarantine.write(writer, [(fact, "late")],
                                           Acks(GROUP, name, [(stream, entry)], back._consumer_run))
         assert own == [True], "the run back's own write lands"
-    finally:
-        await client.aclose()
-        await writer.aclose()
-        await r.aclose()
 
 
 async def test_a_run_drawn_past_the_marks_bound_swept_unseen_keeps_the_late_write_of_the_run_before_out(
@@ -280,20 +291,8 @@ async def test_a_run_drawn_past_the_marks_bound_swept_unseen_keeps_the_late_writ
     at or below the highest swept (``…:runs-swept``): a run swept, never one Redis lost (the two keys share a slot,
     and a run is drawn above it), so it lands nothing, whenever it lands; the process back draws its run again
     and its own write lands. Before: the late write landed ([True]), the entry acknowledged."""
-    r = aioredis.Redis.from_url(redis_url)
-    writer = open_nodes(redis_url, 5.0)
     stream, name, sweeper = STREAMS[0], "atp-1@10.0.0.3:1", "atp-1@10.0.1.1:1"
-    settings = dataclasses.replace(ServiceConfig(input_streams=(stream,)).ingest_settings, consumer_name=name,
-                                   claim_idle_ms=1_000)
-    desk = FactDesk(None, QUARANTINE, 10, metrics=IntakeMetrics())  # type: ignore[arg-type]  # no fact applied
-    client = connect_any(redis_url, 2.0)
-    own_sweep = DepartedConsumers(client, [stream], GROUP, name, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
-    back = StreamIngestor(client, desk, settings, ManualClock(1_700_000_000_000), departed=own_sweep)
-    try:
-        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        await r.xgroup_createconsumer(stream, GROUP, name)  # the process before at that address: its entries claimed
-        for _ in range(3):
-            before = await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, name)
+    async with _back_at_its_address(redis_url, stream, name) as (r, writer, desk, own_sweep, back, before):
         await asyncio.sleep(1.1)  # idle past the bound below
         await back._create_groups()  # its start: its run drawn, marked
         await r.xreadgroup(GROUP, name, {stream: ">"})  # a read that delivers nothing: idle kept (Redis < 7.2)
@@ -301,15 +300,7 @@ async def test_a_run_drawn_past_the_marks_bound_swept_unseen_keeps_the_late_writ
         sweep = DepartedConsumers(r, [stream], GROUP, sweeper, lambda: {"10.0.1.1:1"}, 1_000, quarantine=QUARANTINE)
         if not await sweep.sweep():  # Redis 7.2 and later: the read made it idle no longer, kept
             pytest.skip("this Redis resets a consumer's idle time at a read that delivers nothing")
-        entry = await r.xadd(stream, F("late", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
-        await r.xreadgroup(GROUP, name, {stream: ">"})  # pending to the process back
-        fact = make_fact("late", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
-                         1_700_000_000_000, Limits(), "event_time_ms")
-        late = await QuarantineStream(QUARANTINE, 10).write(writer, [(fact, "late")],
-                                                            Acks(GROUP, name, [(stream, entry)], before))
-        assert late == [None], "the run before's late write lands nothing"
-        assert await r.xlen(QUARANTINE) == 0
-        assert len(await r.xpending_range(stream, GROUP, "-", "+", 10, name)) == 1, "still the run back's to decide"
+        entry, fact = await _late_write_of_the_run_before_lands_nothing(r, writer, stream, name, before)
         swept_run = back._consumer_run
         assert swept_run is not None
         acks = Acks(GROUP, name, [(stream, entry)], swept_run)
@@ -317,10 +308,6 @@ async def test_a_run_drawn_past_the_marks_bound_swept_unseen_keeps_the_late_writ
         run = await own_sweep.kept_run(desk.quarantine)  # at its next sweep: drawn again, above
         assert run > swept_run
         assert await desk.quarantine.write(writer, [(fact, "late")], acks._replace(run=run)) == [True], "its own lands"
-    finally:
-        await client.aclose()
-        await writer.aclose()
-        await r.aclose()
 
 
 async def test_a_run_swept_is_drawn_again_at_the_sweep_and_a_run_redis_lost_kept(redis_url: str) -> None:

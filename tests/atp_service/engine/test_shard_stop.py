@@ -39,8 +39,9 @@ def _actor_ended(actor: ShardActor) -> bool:
     return actor._task is not None and actor._task.done()
 
 
-async def test_a_stop_cancelled_in_the_turn_its_drain_ends_is_cancelled_not_finished_as_if_never_asked() -> None:
-    log = SimLog()
+async def _stop_cancelled_as_its_drain_ends(log: SimLog) -> tuple[ShardActor, asyncio.Future[Any], asyncio.Task[None]]:
+    """Shard 0 over ``log`` with r1's append in flight, its stop begun and draining it, and the stop's task set to be
+    cancelled in the turn the drain ends: the actor, r1's answer and the stop's task."""
     actor = one_shard(log)
     actor.start()
     answer = actor.submit(_reserve("r1"))
@@ -50,6 +51,12 @@ async def test_a_stop_cancelled_in_the_turn_its_drain_ends_is_cancelled_not_fini
     drain = _drain_task()
     assert drain is not None
     drain.add_done_callback(lambda _: stopping.cancel())  # the cancellation lands as the drain ends
+    return actor, answer, stopping
+
+
+async def test_a_stop_cancelled_in_the_turn_its_drain_ends_is_cancelled_not_finished_as_if_never_asked() -> None:
+    log = SimLog()
+    actor, answer, stopping = await _stop_cancelled_as_its_drain_ends(log)
     log.pump("ok")
     with pytest.raises(asyncio.CancelledError):
         await stopping  # asyncio.wait_for (3.11) returned the drain's result and dropped it: the stop went on
@@ -118,15 +125,7 @@ async def test_a_log_found_diverged_by_a_drain_that_ends_as_its_stop_is_cancelle
     the same (before: the stop's ``except LogDiverged`` was skipped by its cancellation, and ``run_bounded``
     had marked the drain's failure seen: nothing said that another writer wrote the group's stream, E10)."""
     log = SimLog()
-    actor = one_shard(log)
-    actor.start()
-    answer = actor.submit(_reserve("r1"))
-    await until_turns(lambda: len(log.pending) == 1, "r1 in flight")
-    stopping = asyncio.get_running_loop().create_task(actor.stop())
-    await until_turns(lambda: _drain_task() is not None, "the stop drains the shard")
-    drain = _drain_task()
-    assert drain is not None
-    drain.add_done_callback(lambda _: stopping.cancel())  # the cancellation lands as the drain ends
+    _, answer, stopping = await _stop_cancelled_as_its_drain_ends(log)
     log.logs[0].append((1, b"an entry this shard never sent"))  # another writer, where r1's append went
     with caplog.at_level(logging.ERROR, logger="atp_service.engine.shard"):
         log.pump("lost")  # r1 in doubt: the drain settles it, and finds the other entry there

@@ -7,29 +7,13 @@ reader driven step by step. Found by the simulator: ``--input-streams --processe
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
 import redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from atp_service import ManualClock
-from atp_service.config import ServiceConfig
-from atp_service.intake.facts import FactDesk
-from atp_service.intake.ingest import StreamIngestor
-from atp_service.metrics import IntakeMetrics
-from atp_service.storage.nodes import connect_any
-from tests.atp_service.fact_helpers import F
-
-T = 1_700_000_000_000
-POS = "atp:in:pos"
-
-
-def _ingestor(redis_url: str) -> StreamIngestor:
-    settings = dataclasses.replace(ServiceConfig(input_streams=(POS,)).ingest_settings, claim_idle_ms=0)
-    desk = FactDesk(None, "atp:quarantine", 1000, metrics=IntakeMetrics())  # type: ignore[arg-type]  # no fact applied
-    return StreamIngestor(connect_any(redis_url, 2.0), desk, settings, ManualClock(T))
+from tests.atp_service.intake.claim_helpers import POS, claiming_ingestor, orphan_behind_the_newest_read
 
 
 async def test_entries_a_claim_whose_answer_was_lost_took_are_read_again_once_their_group_is_lost(
@@ -37,13 +21,10 @@ async def test_entries_a_claim_whose_answer_was_lost_took_are_read_again_once_th
     """Defect: the entry a dead consumer left pending was claimed by a script whose answer was lost, then the group
     deleted and made again after the newest entry read: the claimed entry was never delivered again."""
     r: Any = redis.Redis.from_url(redis_url)
-    ingestor = _ingestor(redis_url)
+    ingestor = claiming_ingestor(redis_url, POS)
     try:
-        await ingestor._create_groups()
-        orphan = r.xadd(POS, F("orphan", "RECEIPT", "A", "S1", 3, T).fields())
-        r.xreadgroup("atp", "dead-consumer", {POS: ">"}, count=10)  # pending at a consumer gone for good
-        newest = r.xadd(POS, F("newest", "RECEIPT", "A", "S1", 1, T).fields())
-        assert [entry_id for _, entry_id, _ in await ingestor._read(None, block=None)] == [newest]
+        orphan, newest, read = await orphan_behind_the_newest_read(r, ingestor)
+        assert read == [newest]
         r.xack(POS, "atp", newest)  # applied
         claim = ingestor._claims.claim
 

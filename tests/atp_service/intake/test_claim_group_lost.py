@@ -6,28 +6,14 @@ never delivered again, no dead letter. Real redis-server; the reader driven step
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
 import redis
 
-from atp_service import ManualClock
-from atp_service.config import ServiceConfig
-from atp_service.intake.facts import FactDesk
-from atp_service.intake.ingest import StreamIngestor
-from atp_service.metrics import IntakeMetrics
-from atp_service.storage.nodes import connect_any
-from tests.atp_service.fact_helpers import F
+from tests.atp_service.intake.claim_helpers import POS, claiming_ingestor, orphan_behind_the_newest_read
 
-T = 1_700_000_000_000
-POS, WMS = "atp:in:pos", "atp:in:wms"
-
-
-def _ingestor(redis_url: str) -> StreamIngestor:
-    settings = dataclasses.replace(ServiceConfig(input_streams=(POS, WMS)).ingest_settings, claim_idle_ms=0)
-    desk = FactDesk(None, "atp:quarantine", 1000, metrics=IntakeMetrics())  # type: ignore[arg-type]  # no fact applied
-    return StreamIngestor(connect_any(redis_url, 2.0), desk, settings, ManualClock(T))
+WMS = "atp:in:wms"
 
 
 async def test_entries_claimed_before_the_next_stream_s_claim_failed_are_read_again_once_their_group_is_lost(
@@ -36,13 +22,10 @@ async def test_entries_claimed_before_the_next_stream_s_claim_failed_are_read_ag
     refused NOGROUP: the claimed entry was dropped with the refusal, and ``POS``'s group, deleted too,
     was made again after the newest entry read there — the entry never delivered again."""
     r: Any = redis.Redis.from_url(redis_url)
-    ingestor = _ingestor(redis_url)
+    ingestor = claiming_ingestor(redis_url, POS, WMS)
     try:
-        await ingestor._create_groups()
-        orphan = r.xadd(POS, F("orphan", "RECEIPT", "A", "S1", 3, T).fields())
-        r.xreadgroup("atp", "dead-consumer", {POS: ">"}, count=10)  # pending at a consumer gone for good
-        newest = r.xadd(POS, F("newest", "RECEIPT", "A", "S1", 1, T).fields())
-        assert [entry_id for _, entry_id, _ in await ingestor._read(None, block=None)] == [newest]
+        orphan, newest, read = await orphan_behind_the_newest_read(r, ingestor)
+        assert read == [newest]
         r.xack(POS, "atp", newest)  # applied
         claim = ingestor._claims.claim
 

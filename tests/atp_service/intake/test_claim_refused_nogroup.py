@@ -7,29 +7,14 @@ redis-server; the reader driven step by step."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
 import redis
 from redis.exceptions import ResponseError
 
-from atp_service import ManualClock
-from atp_service.config import ServiceConfig
-from atp_service.intake.facts import FactDesk
-from atp_service.intake.ingest import StreamIngestor
-from atp_service.metrics import IntakeMetrics
-from atp_service.storage.nodes import connect_any
 from tests.atp_service.fact_helpers import F
-
-T = 1_700_000_000_000
-POS = "atp:in:pos"
-
-
-def _ingestor(redis_url: str) -> StreamIngestor:
-    settings = dataclasses.replace(ServiceConfig(input_streams=(POS,)).ingest_settings, claim_idle_ms=0)
-    desk = FactDesk(None, "atp:quarantine", 1000, metrics=IntakeMetrics())  # type: ignore[arg-type]  # no fact applied
-    return StreamIngestor(connect_any(redis_url, 2.0), desk, settings, ManualClock(T))
+from tests.atp_service.intake.claim_helpers import POS, T, claiming_ingestor
 
 
 async def test_a_claim_refused_for_its_group_lost_leaves_the_group_made_again_after_the_newest_entry_read(
@@ -37,7 +22,7 @@ async def test_a_claim_refused_for_its_group_lost_leaves_the_group_made_again_af
     """Defect: the claim refused NOGROUP counted the whole stream as held, and the group made again delivered every
     entry read and acknowledged before again."""
     r: Any = redis.Redis.from_url(redis_url)
-    ingestor = _ingestor(redis_url)
+    ingestor = claiming_ingestor(redis_url, POS)
     try:
         await ingestor._create_groups()
         old = [r.xadd(POS, F(f"e{n}", "RECEIPT", "A", "S1", 1, T).fields()) for n in range(3)]

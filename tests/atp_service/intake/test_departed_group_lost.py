@@ -17,23 +17,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from atp_service.intake import unread
 from atp_service.intake.departed import DepartedConsumers
 from atp_service.intake.unread import GroupReader, trimmed_unread_key
+from tests.atp_service.intake.departed_helpers import Counter
 
 STREAMS = ["atp:in:pos", "atp:in:wms"]
 GROUP = "atp"
 GONE = "atp-1@10.0.0.3:1"  # its process gone for good
 TELLER = "atp-1@10.0.1.1:1"
-
-
-class _Counter:
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def labels(self, stream: str) -> _Counter:
-        self._at = stream
-        return self
-
-    def inc(self, n: int) -> None:
-        self.counts[self._at] = self.counts.get(self._at, 0) + n
 
 
 class _ReadAnswerLost:
@@ -57,6 +46,25 @@ class _ReadAnswerLost:
         return run
 
 
+async def told_once_after_the_group_made_again(r: Any, owing: str, owed: str) -> None:
+    """The group of every stream deleted (an operator's XGROUP DESTROY, a Redis restored without it) and made again by
+    a live reader; then ``TELLER``'s sweep must find ``owing``, a consumer gone for good whose hash ``owed`` holds 2
+    entries of the first stream trimmed unread, and ``TELLER``'s reads tell the 2 once and forget the hash."""
+    pos = STREAMS[0]
+    for stream in STREAMS:
+        await r.xgroup_destroy(stream, GROUP)
+        await r.xgroup_create(stream, GROUP, id="$", mkstream=True)
+    sweep = DepartedConsumers(r, STREAMS, GROUP, TELLER, lambda: {"10.0.1.1:1"}, 0, quarantine="atp:quarantine")
+    assert await sweep.sweep() == [owing]
+    told = Counter()
+    await GroupReader(r, STREAMS, GROUP, TELLER, told).read(10, None)
+    assert told.counts == {pos: 2}
+    assert not await r.exists(owed), "its hash forgotten"
+    assert await sweep.sweep() == [], "swept once"
+    await GroupReader(r, STREAMS, GROUP, TELLER, told).read(10, None)
+    assert told.counts == {pos: 2}, "told once"
+
+
 async def test_a_departed_consumer_lost_with_its_group_is_swept_and_its_count_told_once(redis_url: str) -> None:
     """Defect: after the group was deleted and made again, the sweep found no candidate (``[]``): the 2 entries the
     gone consumer owed were never told, its hash kept for good."""
@@ -69,20 +77,9 @@ async def test_a_departed_consumer_lost_with_its_group_is_swept_and_its_count_to
             await r.xadd(pos, {"n": n})
         await r.xtrim(pos, maxlen=1, approximate=False)  # two trimmed before the group read them
         with pytest.raises(RedisTimeoutError):
-            await GroupReader(_ReadAnswerLost(r), STREAMS, GROUP, GONE, _Counter()).read(10, None)
+            await GroupReader(_ReadAnswerLost(r), STREAMS, GROUP, GONE, Counter()).read(10, None)
         owed = trimmed_unread_key(pos, GROUP, GONE)
         assert await r.hget(owed, pos) == b"2", "owed: the read's answer lost"
-        for stream in STREAMS:  # deleted, and made again by a live reader
-            await r.xgroup_destroy(stream, GROUP)
-            await r.xgroup_create(stream, GROUP, id="$", mkstream=True)
-        sweep = DepartedConsumers(r, STREAMS, GROUP, TELLER, lambda: {"10.0.1.1:1"}, 0, quarantine="atp:quarantine")
-        assert await sweep.sweep() == [GONE]
-        told = _Counter()
-        await GroupReader(r, STREAMS, GROUP, TELLER, told).read(10, None)
-        assert told.counts == {pos: 2}
-        assert not await r.exists(owed), "its hash forgotten"
-        assert await sweep.sweep() == [], "swept once"
-        await GroupReader(r, STREAMS, GROUP, TELLER, told).read(10, None)
-        assert told.counts == {pos: 2}, "told once"
+        await told_once_after_the_group_made_again(r, GONE, owed)  # the group deleted, and made again by a live reader
     finally:
         await r.aclose()

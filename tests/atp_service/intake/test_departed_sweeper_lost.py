@@ -9,25 +9,11 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from atp_service.intake.departed import DepartedConsumers
-from atp_service.intake.unread import GroupReader, trimmed_unread_key
+from atp_service.intake.unread import trimmed_unread_key
+from tests.atp_service.intake.test_departed_group_lost import GROUP, STREAMS, told_once_after_the_group_made_again
 
-STREAMS = ["atp:in:pos", "atp:in:wms"]
-GROUP = "atp"
 GONE = "atp-1@10.0.0.3:1"  # its process gone for good, owing
 SWEEPER = "atp-1@10.0.0.4:1"  # moved GONE's count, then gone for good too before its next read
-TELLER = "atp-1@10.0.1.1:1"
-
-
-class _Counter:
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def labels(self, stream: str) -> _Counter:
-        self._at = stream
-        return self
-
-    def inc(self, n: int) -> None:
-        self.counts[self._at] = self.counts.get(self._at, 0) + n
 
 
 async def test_counts_a_departed_sweeper_moved_into_its_hash_are_told_once_its_group_is_lost(redis_url: str) -> None:
@@ -44,17 +30,7 @@ async def test_counts_a_departed_sweeper_moved_into_its_hash_are_told_once_its_g
                                        quarantine="atp:quarantine").sweep() == [GONE]
         owed = trimmed_unread_key(pos, GROUP, SWEEPER)
         assert await r.hget(owed, pos) == b"2", "moved into the sweeper's hash"
-        for stream in STREAMS:  # the sweeper gone before its next read; the group deleted, made again by a live reader
-            await r.xgroup_destroy(stream, GROUP)
-            await r.xgroup_create(stream, GROUP, id="$", mkstream=True)
-        sweep = DepartedConsumers(r, STREAMS, GROUP, TELLER, lambda: {"10.0.1.1:1"}, 0, quarantine="atp:quarantine")
-        assert await sweep.sweep() == [SWEEPER]
-        told = _Counter()
-        await GroupReader(r, STREAMS, GROUP, TELLER, told).read(10, None)
-        assert told.counts == {pos: 2}
-        assert not await r.exists(owed), "its hash forgotten"
-        assert await sweep.sweep() == [], "swept once"
-        await GroupReader(r, STREAMS, GROUP, TELLER, told).read(10, None)
-        assert told.counts == {pos: 2}, "told once"
+        # the sweeper gone before its next read; the group deleted, made again by a live reader
+        await told_once_after_the_group_made_again(r, SWEEPER, owed)
     finally:
         await r.aclose()
