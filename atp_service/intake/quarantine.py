@@ -321,8 +321,10 @@ class QuarantineStream:
     async def keep_run(self, client: Any, group: str, consumer: str, mark: str) -> int:
         """Leased, at each sweep: the run drawn here (``run_of``), or drawn again where a sweep deleted its key with
         the consumer after all (a sweeper not seeing this process live past the draw's mark): the quarantine script
-        refuses every write of it for good (E8), this process's and its facts' owners'. Not a key Redis lost (above
-        the highest swept): taken again by the write, drawn again it might start below the run written before."""
+        refuses every write of it for good (E8), this process's and its facts' owners'; or where its key moved past
+        it (this process's own draw, its answer lost, landing after its retry's: a run before, to the script). Not a
+        key Redis lost (above the highest swept, or behind): taken again by the write, drawn again it might start
+        below the run written before."""
         run = self._runs.get((group, consumer))
         if run is not None and await runs.swept(client, run_key(self.stream, group, consumer),
                                                 swept_runs_key(self.stream), run):

@@ -45,9 +45,12 @@ return run
 
 
 async def swept(client: Any, run_key: str, swept_key: str, run: int) -> bool:
-    """Whether ``run`` (drawn at ``run_key``) was deleted by a sweep: its key gone and the highest swept at or above it
-    — never a key Redis lost, gone back to before the draw, where the highest swept is below the run drawn above it."""
-    if await client.get(run_key) is not None:
-        return False
+    """Whether ``run`` (drawn at ``run_key``) is one the write script refuses for good: deleted by a sweep (its key
+    gone and the highest swept at or above it — never a key Redis lost, gone back to before the draw, where the
+    highest swept is below the run drawn above it), or its key moved past it by this process's own draw whose answer
+    was lost, landing after its retry's (a run before, to the script: every write of it refused while it ran)."""
+    held = await client.get(run_key)
+    if held is not None:
+        return int(held) > run
     highest = await client.get(swept_key)  # read after: a sweep only raises it
     return highest is not None and run <= int(highest)

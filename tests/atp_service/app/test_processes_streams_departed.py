@@ -333,6 +333,38 @@ async def test_a_run_swept_is_drawn_again_at_the_sweep_and_a_run_redis_lost_kept
         await r.aclose()
 
 
+async def test_a_run_its_own_lost_draw_moved_past_is_drawn_again_at_the_sweep(redis_url: str) -> None:
+    """A process's draw whose answer was lost (a timeout) and retried: the first, landing after the retry's, moved
+    the run key past the run in use. The write script refuses every write of a run below its key (a run before):
+    each of the process's quarantined facts refused, its entry pending, read again, refused again, for as long as it
+    ran (the fact intake wedged). Its next sweep round draws its run again above the key (``keep_run``), and its
+    write lands. Before: ``keep_run`` drew again only a run key gone, the write refused for good ([None])."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    stream, name = STREAMS[0], "atp-1@10.0.0.3:1"
+    desk = QuarantineStream(QUARANTINE, 10)
+    own_sweep = DepartedConsumers(r, [stream], GROUP, name, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
+    try:
+        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        run = await own_sweep.kept_run(desk)  # its start's draw (the retry's answer)
+        await r.incr(run_key(QUARANTINE, GROUP, name))  # the first draw, its answer lost, landing after
+        entry = await r.xadd(stream, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, name, {stream: ">"})  # pending to this process
+        fact = make_fact("own", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
+                         1_700_000_000_000, Limits(), "event_time_ms")
+        acks = Acks(GROUP, name, [(stream, entry)], run)
+        assert await desk.write(writer, [(fact, "late")], acks) == [None], "refused: a run below its key"
+        await own_sweep.sweep()  # its next sweep round
+        again = await own_sweep.kept_run(desk)
+        assert again > run + 1, "drawn again above its key"
+        assert await desk.write(writer, [(fact, "late")], acks._replace(run=again)) == [True], "its write lands"
+        assert await r.xlen(QUARANTINE) == 1
+        assert await desk.keep_run(r, GROUP, name, own_sweep.mark) == again, "kept since"
+    finally:
+        await writer.aclose()
+        await r.aclose()
+
+
 async def test_consumers_no_sweep_removes_are_counted_in_a_gauge(redis_url: str) -> None:
     """A consumer not named ``<name>@<address>`` (``ATP_OWNERSHIP=keyspace``, one made by hand) or renamed at a live
     address (``ATP_CONSUMER_NAME`` changed) is removed by no sweep, left with its keys for the operator to remove
