@@ -6,7 +6,7 @@ import math
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from reservation import ChannelUpdate
 
@@ -32,55 +32,65 @@ class Row:
         return self.item, self.location
 
 
-class KnownQuantities:
-    """The store's quantity per (item, location) after our last set or read; bounded, least recent
-    forgotten first (a forgotten one is read again when needed)."""
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class _Recent(Generic[_K, _V]):
+    """At most ``limit`` values by key, the least recently put or found forgotten first."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._values: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._values: OrderedDict[_K, _V] = OrderedDict()
 
-    def get(self, key: tuple[str, str]) -> int | None:
+    def _found(self, key: _K) -> _V | None:
         value = self._values.get(key)
         if value is not None:
             self._values.move_to_end(key)
         return value
 
-    def put(self, key: tuple[str, str], value: int) -> None:
+    def _put(self, key: _K, value: _V) -> None:
         self._values[key] = value
         self._values.move_to_end(key)
         while len(self._values) > self.limit:
             self._values.popitem(last=False)
 
-    def forget(self, key: tuple[str, str]) -> None:
+    def _forget(self, key: _K) -> None:
         self._values.pop(key, None)
 
 
-class ReadFirst:
+class KnownQuantities(_Recent[tuple[str, str], int]):
+    """The store's quantity per (item, location) after our last set or read; bounded, least recent
+    forgotten first (a forgotten one is read again when needed)."""
+
+    def get(self, key: tuple[str, str]) -> int | None:
+        return self._found(key)
+
+    def put(self, key: tuple[str, str], value: int) -> None:
+        self._put(key, value)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self._forget(key)
+
+
+class ReadFirst(_Recent[tuple[str, str], bool]):
     """(item, location) pairs whose store quantity moved past the expectation their batch was given up with (a stale
     compare and no ``cas_rounds`` left): read before their next set, whatever this process or the update's
     ``previous`` says. Kept of them, such a retry sent the expectation of the try before, never read with no round to
     read it in (``--shopify-cas-rounds 0``), answered stale for good: the stock-out never set (C2, C4). Bounded, least
     recent forgotten first; a pair forgotten (or a restart) costs one more stale answer."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._keys: OrderedDict[tuple[str, str], None] = OrderedDict()
-
-    def __contains__(self, key: tuple[str, str]) -> bool:
-        return key in self._keys
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
 
     def add(self, key: tuple[str, str]) -> None:
-        self._keys[key] = None
-        self._keys.move_to_end(key)
-        while len(self._keys) > self.limit:
-            self._keys.popitem(last=False)
+        self._put(key, True)
 
     def discard(self, key: tuple[str, str]) -> None:
-        self._keys.pop(key, None)
+        self._forget(key)
 
 
-class KeySalts:
+class KeySalts(_Recent[str, int]):
     """Per request (its idempotency key unsalted) the salt of the key it is sent with now, once a key of it was spent:
     answered ``IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED`` (Shopify keeps a failed key failed for its retention: "retry with
     a new idempotency key") or a refusal that applied nothing (a stale compare: Shopify answers a repeat of the key
@@ -89,21 +99,11 @@ class KeySalts:
     counted from 0 at each try walked the spent keys again, each a re-read, and past ``cas_rounds`` of them the request
     never went out again, its stock-out never set (C2, C4). A salt forgotten (a restart) costs one spent answer."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._salts: OrderedDict[str, int] = OrderedDict()
-
     def get(self, request: str) -> int:
-        salt = self._salts.get(request, 0)
-        if salt:
-            self._salts.move_to_end(request)
-        return salt
+        return self._found(request) or 0
 
     def renew(self, request: str) -> None:
-        self._salts[request] = secrets.randbits(64) | 1  # never 0: the unsalted key
-        self._salts.move_to_end(request)
-        while len(self._salts) > self.limit:
-            self._salts.popitem(last=False)
+        self._put(request, secrets.randbits(64) | 1)  # never 0: the unsalted key
 
 
 class CostBucket:
