@@ -207,6 +207,7 @@ class QuarantineStream:
         self.ahead_key = ahead_key(stream)
         """Of those, the facts whose input entries' ids ran ahead of their writes: the entry, by digest."""
         self._runs: dict[tuple[str, str], int] = {}  # (group, consumer): this process's run of it (``run_of``)
+        self._lost: dict[tuple[str, str], int] = {}  # (group, consumer): its draws whose answers were lost (runs.draw)
         self._draw: Any = None  # ``runs.DRAW``, registered at its first call
         self._doubt: OrderedDict[str, None] = OrderedDict()
         """Digests of facts whose write's answer was lost here, oldest first: written or not, counted by none."""
@@ -322,12 +323,13 @@ class QuarantineStream:
         """Leased, at each sweep: the run drawn here (``run_of``), or drawn again where a sweep deleted its key with
         the consumer after all (a sweeper not seeing this process live past the draw's mark): the quarantine script
         refuses every write of it for good (E8), this process's and its facts' owners'; or where its key moved past
-        it (this process's own draw, its answer lost, landing after its retry's: a run before, to the script). Not a
+        it by no more than its own draws whose answers were lost (landing after their retries': a run before, to the
+        script; not by the draw of a process started at its address while it was paused, ``runs.swept``). Not a
         key Redis lost (above the highest swept, or behind): taken again by the write, drawn again it might start
         below the run written before."""
         run = self._runs.get((group, consumer))
         if run is not None and await runs.swept(client, run_key(self.stream, group, consumer),
-                                                swept_runs_key(self.stream), run):
+                                                swept_runs_key(self.stream), run, self._lost.get((group, consumer), 0)):
             del self._runs[(group, consumer)]  # drawn again now (refused: at the next sweep, its writes refused)
         return await self.run_of(client, group, consumer, mark)
 
@@ -341,7 +343,8 @@ class QuarantineStream:
             if self._draw is None:
                 self._draw = client.register_script(runs.DRAW)
             keys = [run_key(self.stream, group, consumer), swept_runs_key(self.stream), mark]
-            run = self._runs[(group, consumer)] = int(await self._draw(keys=keys, args=[ANSWERED_MS]))
+            run = self._runs[(group, consumer)] = await runs.draw(self._draw, keys, ANSWERED_MS, self._lost,
+                                                                  (group, consumer))
         if run is None:
             key = run_key(self.stream, group, consumer)
             run = int(await client.incr(key))

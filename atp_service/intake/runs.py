@@ -44,13 +44,24 @@ return run
 """
 
 
-async def swept(client: Any, run_key: str, swept_key: str, run: int) -> bool:
+async def draw(script: Any, keys: list[str], answered_ms: int, lost: dict[Any, int], at: Any) -> int:
+    """A run drawn (``script``: ``DRAW``); its answer lost (a timeout, a cancel), counted in ``lost`` at ``at``: that
+    draw may land yet, after the one retried, moving the run key past the run in use (``swept``)."""
+    lost[at] = lost.get(at, 0) + 1
+    run = int(await script(keys=keys, args=[answered_ms]))
+    lost[at] -= 1
+    return run
+
+
+async def swept(client: Any, run_key: str, swept_key: str, run: int, lost: int = 0) -> bool:
     """Whether ``run`` (drawn at ``run_key``) is one the write script refuses for good: deleted by a sweep (its key
     gone and the highest swept at or above it — never a key Redis lost, gone back to before the draw, where the
-    highest swept is below the run drawn above it), or its key moved past it by this process's own draw whose answer
-    was lost, landing after its retry's (a run before, to the script: every write of it refused while it ran)."""
+    highest swept is below the run drawn above it), or its key moved past it by this process's own draws whose answers
+    were lost (``lost`` of them), landing after their retries' (a run before, to the script: every write of it refused
+    while it ran) — not further: a key moved past those by another's draw under the name (a process started at this
+    one's address while this one was paused past its lease) is that one's fence, not this one's to lift."""
     held = await client.get(run_key)
-    if held is not None:
-        return int(held) > run
+    if held is not None:  # moved further: not this process's own lost draws, whatever came of them
+        return run < int(held) <= run + lost
     highest = await client.get(swept_key)  # read after: a sweep only raises it
     return highest is not None and run <= int(highest)

@@ -333,6 +333,23 @@ async def test_a_run_swept_is_drawn_again_at_the_sweep_and_a_run_redis_lost_kept
         await r.aclose()
 
 
+class _AnswerLost:
+    """A client whose first script call's answer is lost (a timeout), its command not landed yet; later calls run."""
+
+    def __init__(self, client: Any) -> None:
+        self._client, self._lost = client, False
+
+    def register_script(self, source: str) -> Any:
+        script = self._client.register_script(source)
+
+        async def call(**kw: Any) -> Any:
+            if not self._lost:
+                self._lost = True
+                raise TimeoutError("Timeout reading from socket")
+            return await script(**kw)
+        return call
+
+
 async def test_a_run_its_own_lost_draw_moved_past_is_drawn_again_at_the_sweep(redis_url: str) -> None:
     """A process's draw whose answer was lost (a timeout) and retried: the first, landing after the retry's, moved
     the run key past the run in use. The write script refuses every write of a run below its key (a run before):
@@ -346,8 +363,10 @@ async def test_a_run_its_own_lost_draw_moved_past_is_drawn_again_at_the_sweep(re
     own_sweep = DepartedConsumers(r, [stream], GROUP, name, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
     try:
         await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        with contextlib.suppress(TimeoutError):
+            await desk.run_of(_AnswerLost(r), GROUP, name, own_sweep.mark)  # its start's first draw, answer lost
         run = await own_sweep.kept_run(desk)  # its start's draw (the retry's answer)
-        await r.incr(run_key(QUARANTINE, GROUP, name))  # the first draw, its answer lost, landing after
+        await r.incr(run_key(QUARANTINE, GROUP, name))  # the first draw landing after
         entry = await r.xadd(stream, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
         await r.xreadgroup(GROUP, name, {stream: ">"})  # pending to this process
         fact = make_fact("own", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
@@ -360,6 +379,39 @@ async def test_a_run_its_own_lost_draw_moved_past_is_drawn_again_at_the_sweep(re
         assert await desk.write(writer, [(fact, "late")], acks._replace(run=again)) == [True], "its write lands"
         assert await r.xlen(QUARANTINE) == 1
         assert await desk.keep_run(r, GROUP, name, own_sweep.mark) == again, "kept since"
+    finally:
+        await writer.aclose()
+        await r.aclose()
+
+
+async def test_a_process_back_at_its_address_where_another_drew_since_does_not_fence_that_one_out(
+        redis_url: str) -> None:
+    """A process paused past its lease, back at its address where another started meanwhile under the same consumer
+    name (it stops by itself at its renewal, ``address_shared``), whose reading loop reaches its sweep round first:
+    the run key past its run is the other's draw, no lost draw of its own. It keeps its run (its writes refused,
+    E8), and the process serving there keeps its own (its writes land). Before: it drew again above the other's,
+    the other's quarantine writes refused until its next sweep round, and this one's let in."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    stream, name = STREAMS[0], "atp-1@10.0.0.3:1"
+    paused_desk, serving_desk = QuarantineStream(QUARANTINE, 10), QuarantineStream(QUARANTINE, 10)
+    paused, serving = (DepartedConsumers(r, [stream], GROUP, name, lambda: {"10.0.0.3:1"}, 1_000,
+                                         quarantine=QUARANTINE) for _ in range(2))
+    try:
+        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        before = await paused.kept_run(paused_desk)
+        run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
+        entry = await r.xadd(stream, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, name, {stream: ">"})
+        fact = make_fact("own", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
+                         1_700_000_000_000, Limits(), "event_time_ms")
+        await paused.sweep()  # the paused one back: its sweep round before its renewal stops it
+        assert await paused.kept_run(paused_desk) == before, "the other's draw is no lost draw of its own"
+        acks = Acks(GROUP, name, [(stream, entry)], before)
+        assert await paused_desk.write(writer, [(fact, "late")], acks) == [None], "a run before, refused"
+        written = await serving_desk.write(writer, [(fact, "late")], acks._replace(run=run))
+        assert written == [True], "the process serving there is not fenced out"
+        assert await serving.kept_run(serving_desk) == run
     finally:
         await writer.aclose()
         await r.aclose()
