@@ -211,6 +211,10 @@ class IntakeMetrics:
             "atp_ingest_consumers_removed_total", "Consumers of the input streams' group removed, their process gone "
             "for good (leased: no live process at their address, nothing pending, idle claim_idle_ms)", registry=r
         )
+        self.ingest_quarantine_runs_redrawn = Counter(
+            "atp_ingest_quarantine_runs_redrawn_total", "Quarantine runs this process drew again (leased: swept while "
+            "it ran, or moved past by its own lost draw), its quarantine writes refused until then", registry=r
+        )
         self.ingest_read_failures = Counter(
             "atp_ingest_read_failures_total", "Reads of the input streams that failed (Redis not answering, a "
             "consumer group gone) and were tried again after a pause", registry=r

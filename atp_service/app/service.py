@@ -223,7 +223,8 @@ class AtpService(Recovering):
                            desk.engine.place)
         departed = DepartedConsumers(client, list(settings.input_streams), settings.consumer_group,
                                      settings.consumer_name, self._live_addresses, cfg.claim_idle_ms,
-                                     self.metrics.intake.ingest_consumers_removed, quarantine=cfg.quarantine_stream)
+                                     self.metrics.intake.ingest_consumers_removed, quarantine=cfg.quarantine_stream,
+                                     redrawn=self.metrics.intake.ingest_quarantine_runs_redrawn)
         return StreamIngestor(client, desk, settings, self.clock, reads, send, departed)
 
     def _live_addresses(self) -> set[str]:

@@ -157,12 +157,12 @@ class DepartedConsumers:
 
     def __init__(self, client: Any, streams: list[str], group: str, consumer: str,
                  live: Callable[[], Collection[str]], least_idle_ms: int, counter: Any = None, *,
-                 quarantine: str) -> None:
+                 quarantine: str, redrawn: Any = None) -> None:
         self._client, self._streams, self._group, self._consumer = client, streams, group, consumer
         self._quarantine = quarantine
         self.mark = answered_key(trimmed_unread_key(streams[0], group, consumer))
         """This reader's answered mark, set with its run (``QuarantineStream.run_of``): a sweep meanwhile keeps it."""
-        self._live, self._least_idle_ms, self._counter = live, least_idle_ms, counter
+        self._live, self._least_idle_ms, self._counter, self._redrawn = live, least_idle_ms, counter, redrawn
         self._script: Any = None  # registered at the first sweep
 
     async def sweep(self) -> list[str]:
@@ -187,7 +187,16 @@ class DepartedConsumers:
 
     async def kept_run(self, quarantine: QuarantineStream) -> int:
         """This reader's quarantine run, drawn again where a sweep took it all the same (``keep_run``)."""
-        return await quarantine.keep_run(self._client, self._group, self._consumer, self.mark)
+        return await quarantine.keep_run(self._client, self._group, self._consumer, self.mark, self._drawn_again)
+
+    def _drawn_again(self, before: int, now: int, why: str) -> None:
+        """Told where ``kept_run`` drew the run again: until now, every quarantine write of it refused (E8)."""
+        if self._redrawn is not None:
+            self._redrawn.inc()
+        log.warning("input streams: consumer %s drew its quarantine run again (run %d %s, now run %d): until now its "
+                    "quarantine writes were refused (CONCURRENT_CHANGE), their entries kept pending", self._consumer,
+                    before, why, now, extra={"event": "quarantine_run_drawn_again", "consumer": self._consumer,
+                                             "run_before": before, "run_now": now, "why": why})
 
     async def _remove(self, names: list[str]) -> list[Any]:
         if self._script is None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from atp_service.intake import runs
@@ -319,18 +319,18 @@ class QuarantineStream:
         swept = swept_runs_key(self.stream) if acks else self.written_key
         return [self.stream, self.written_key, run, self.ahead_key, swept, *inputs], values
 
-    async def keep_run(self, client: Any, group: str, consumer: str, mark: str) -> int:
-        """Leased, at each sweep: the run drawn here (``run_of``), or drawn again where a sweep deleted its key with
-        the consumer after all (a sweeper not seeing this process live past the draw's mark): the quarantine script
-        refuses every write of it for good (E8), this process's and its facts' owners'; or where its key moved past
-        it by no more than its own draws whose answers were lost (landing after their retries': a run before, to the
-        script; not by the draw of a process started at its address while it was paused, ``runs.swept``). Not a
-        key Redis lost (above the highest swept, or behind): taken again by the write, drawn again it might start
-        below the run written before."""
-        run = self._runs.get((group, consumer))
-        if run is not None and await runs.swept(client, run_key(self.stream, group, consumer),
-                                                swept_runs_key(self.stream), run, self._lost.get((group, consumer), 0)):
-            del self._runs[(group, consumer)]  # drawn again now (refused: at the next sweep, its writes refused)
+    async def keep_run(self, client: Any, group: str, consumer: str, mark: str,
+                       told: Callable[[int, int, str], None] = lambda *_: None) -> int:
+        """Leased, at each sweep: the run drawn here (``run_of``), or drawn again where the script refuses every write
+        of it for good (E8, ``runs.swept``): its key deleted by a sweep that took this process for gone, or moved past
+        it by its own draws whose answers were lost; not by another's draw at its address, nor a key Redis lost (drawn
+        again, it might start below the run written before). ``told``: (run before, run now, why), drawn again."""
+        run = self._runs.get(at := (group, consumer))
+        if run is not None and (why := await runs.swept(client, run_key(self.stream, *at), swept_runs_key(self.stream),
+                                                        run, self._lost.get(at, 0))):
+            del self._runs[at]  # drawn again now (refused: at the next sweep, its writes refused)
+            told(run, again := await self.run_of(client, group, consumer, mark), why)
+            return again
         return await self.run_of(client, group, consumer, mark)
 
     async def run_of(self, client: Any, group: str, consumer: str, mark: str | None = None) -> int:

@@ -53,15 +53,16 @@ async def draw(script: Any, keys: list[str], answered_ms: int, lost: dict[Any, i
     return run
 
 
-async def swept(client: Any, run_key: str, swept_key: str, run: int, lost: int = 0) -> bool:
-    """Whether ``run`` (drawn at ``run_key``) is one the write script refuses for good: deleted by a sweep (its key
+async def swept(client: Any, run_key: str, swept_key: str, run: int, lost: int = 0) -> str | None:
+    """Why ``run`` (drawn at ``run_key``) is one the write script refuses for good: deleted by a sweep (its key
     gone and the highest swept at or above it — never a key Redis lost, gone back to before the draw, where the
     highest swept is below the run drawn above it), or its key moved past it by this process's own draws whose answers
     were lost (``lost`` of them), landing after their retries' (a run before, to the script: every write of it refused
     while it ran) — not further: a key moved past those by another's draw under the name (a process started at this
-    one's address while this one was paused past its lease) is that one's fence, not this one's to lift."""
+    one's address while this one was paused past its lease) is that one's fence, not this one's to lift. None: kept;
+    else ``"swept"`` or ``"moved past"`` (logged: ``quarantine_run_drawn_again``, ``QuarantineStream.keep_run``)."""
     held = await client.get(run_key)
     if held is not None:  # moved further: not this process's own lost draws, whatever came of them
-        return run < int(held) <= run + lost
+        return "moved past" if run < int(held) <= run + lost else None
     highest = await client.get(swept_key)  # read after: a sweep only raises it
-    return highest is not None and run <= int(highest)
+    return "swept" if highest is not None and run <= int(highest) else None

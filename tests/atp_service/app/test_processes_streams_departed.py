@@ -282,7 +282,7 @@ async def test_a_run_drawn_as_a_sweep_takes_its_consumer_for_gone_keeps_the_late
 
 
 async def test_a_run_drawn_past_the_marks_bound_swept_unseen_keeps_the_late_write_of_the_run_before_out(
-        redis_url: str) -> None:
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """The draw's mark keeps a process back for ``claim_idle_ms`` only; past it, a process still not seen live by a
     sweeper (its members entry lapsed for a stalled loop, no group held) whose reads delivered nothing (Redis before
     7.2 keeps the consumer's idle time) is taken for gone, its run key deleted while it runs. A quarantine write of
@@ -307,6 +307,7 @@ async def test_a_run_drawn_past_the_marks_bound_swept_unseen_keeps_the_late_writ
         assert await desk.quarantine.write(writer, [(fact, "late")], acks) == [None], "its own run swept too"
         run = await own_sweep.kept_run(desk.quarantine)  # at its next sweep: drawn again, above
         assert run > swept_run
+        assert _drawn_again(caplog) == [(name, swept_run, run, "swept")], "one WARNING line says so"
         assert await desk.quarantine.write(writer, [(fact, "late")], acks._replace(run=run)) == [True], "its own lands"
 
 
@@ -324,13 +325,22 @@ async def test_a_run_swept_is_drawn_again_at_the_sweep_and_a_run_redis_lost_kept
         assert run == 3
         await r.delete(run_key(QUARANTINE, GROUP, name))  # Redis lost it: the highest swept below
         await r.set(swept_runs_key(QUARANTINE), run - 1)
-        assert await stream.keep_run(r, GROUP, name, mark) == run, "a run Redis lost: kept"
+        told: list[tuple[int, int, str]] = []
+        assert await stream.keep_run(r, GROUP, name, mark, lambda *why: told.append(why)) == run, "Redis lost it: kept"
         await r.delete(run_key(QUARANTINE, GROUP, name))
         await r.set(swept_runs_key(QUARANTINE), run)  # a sweep deleted it
-        assert await stream.keep_run(r, GROUP, name, mark) == run + 1, "a run swept: drawn again, above it"
-        assert await stream.keep_run(r, GROUP, name, mark) == run + 1, "kept since"
+        assert await stream.keep_run(r, GROUP, name, mark, lambda *why: told.append(why)) == run + 1, "swept: again"
+        assert await stream.keep_run(r, GROUP, name, mark, lambda *why: told.append(why)) == run + 1, "kept since"
+        assert told == [(run, run + 1, "swept")], "told once, where drawn again"
     finally:
         await r.aclose()
+
+
+def _drawn_again(caplog: pytest.LogCaptureFixture) -> list[tuple[Any, ...]]:
+    """The ``quarantine_run_drawn_again`` lines: (consumer, run before, run now, why)."""
+    return [(getattr(rec, "consumer", None), getattr(rec, "run_before", None), getattr(rec, "run_now", None),
+             getattr(rec, "why", None)) for rec in caplog.records
+            if getattr(rec, "event", "") == "quarantine_run_drawn_again" and rec.levelname == "WARNING"]
 
 
 class _AnswerLost:
@@ -350,7 +360,8 @@ class _AnswerLost:
         return call
 
 
-async def test_a_run_its_own_lost_draw_moved_past_is_drawn_again_at_the_sweep(redis_url: str) -> None:
+async def test_a_run_its_own_lost_draw_moved_past_is_drawn_again_at_the_sweep(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """A process's draw whose answer was lost (a timeout) and retried: the first, landing after the retry's, moved
     the run key past the run in use. The write script refuses every write of a run below its key (a run before):
     each of the process's quarantined facts refused, its entry pending, read again, refused again, for as long as it
@@ -359,8 +370,10 @@ async def test_a_run_its_own_lost_draw_moved_past_is_drawn_again_at_the_sweep(re
     r = aioredis.Redis.from_url(redis_url)
     writer = open_nodes(redis_url, 5.0)
     stream, name = STREAMS[0], "atp-1@10.0.0.3:1"
-    desk = QuarantineStream(QUARANTINE, 10)
-    own_sweep = DepartedConsumers(r, [stream], GROUP, name, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
+    desk, registry = QuarantineStream(QUARANTINE, 10), CollectorRegistry()
+    metrics = IntakeMetrics(registry)
+    own_sweep = DepartedConsumers(r, [stream], GROUP, name, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE,
+                                  redrawn=metrics.ingest_quarantine_runs_redrawn)
     try:
         await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
         with contextlib.suppress(TimeoutError):
@@ -376,6 +389,8 @@ async def test_a_run_its_own_lost_draw_moved_past_is_drawn_again_at_the_sweep(re
         await own_sweep.sweep()  # its next sweep round
         again = await own_sweep.kept_run(desk)
         assert again > run + 1, "drawn again above its key"
+        assert _drawn_again(caplog) == [(name, run, again, "moved past")], "one WARNING line says so"
+        assert registry.get_sample_value("atp_ingest_quarantine_runs_redrawn_total") == 1, "counted"
         assert await desk.write(writer, [(fact, "late")], acks._replace(run=again)) == [True], "its write lands"
         assert await r.xlen(QUARANTINE) == 1
         assert await desk.keep_run(r, GROUP, name, own_sweep.mark) == again, "kept since"
@@ -385,7 +400,7 @@ async def test_a_run_its_own_lost_draw_moved_past_is_drawn_again_at_the_sweep(re
 
 
 async def test_a_process_back_at_its_address_where_another_drew_since_does_not_fence_that_one_out(
-        redis_url: str) -> None:
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """A process paused past its lease, back at its address where another started meanwhile under the same consumer
     name (it stops by itself at its renewal, ``address_shared``), whose reading loop reaches its sweep round first:
     the run key past its run is the other's draw, no lost draw of its own. It keeps its run (its writes refused,
@@ -407,6 +422,7 @@ async def test_a_process_back_at_its_address_where_another_drew_since_does_not_f
                          1_700_000_000_000, Limits(), "event_time_ms")
         await paused.sweep()  # the paused one back: its sweep round before its renewal stops it
         assert await paused.kept_run(paused_desk) == before, "the other's draw is no lost draw of its own"
+        assert _drawn_again(caplog) == [], "nothing drawn again: nothing told"
         acks = Acks(GROUP, name, [(stream, entry)], before)
         assert await paused_desk.write(writer, [(fact, "late")], acks) == [None], "a run before, refused"
         written = await serving_desk.write(writer, [(fact, "late")], acks._replace(run=run))
