@@ -327,7 +327,7 @@ class QuarantineStream:
         again, it might start below the run written before). ``told``: (run before, run now, why), drawn again."""
         run = self._runs.get(at := (group, consumer))
         if run is not None and (why := await runs.swept(client, run_key(self.stream, *at), swept_runs_key(self.stream),
-                                                        run, self._lost.get(at, 0))):
+                                                        run, self._lost, at)):
             del self._runs[at]  # drawn again now (refused: at the next sweep, its writes refused)
             told(run, again := await self.run_of(client, group, consumer, mark), why)
             return again

@@ -53,16 +53,20 @@ async def draw(script: Any, keys: list[str], answered_ms: int, lost: dict[Any, i
     return run
 
 
-async def swept(client: Any, run_key: str, swept_key: str, run: int, lost: int = 0) -> str | None:
+async def swept(client: Any, run_key: str, swept_key: str, run: int, lost: dict[Any, int], at: Any) -> str | None:
     """Why ``run`` (drawn at ``run_key``) is one the write script refuses for good: deleted by a sweep (its key
     gone and the highest swept at or above it — never a key Redis lost, gone back to before the draw, where the
     highest swept is below the run drawn above it), or its key moved past it by this process's own draws whose answers
-    were lost (``lost`` of them), landing after their retries' (a run before, to the script: every write of it refused
-    while it ran) — not further: a key moved past those by another's draw under the name (a process started at this
-    one's address while this one was paused past its lease) is that one's fence, not this one's to lift. None: kept;
+    were lost (``lost[at]`` of them, less those found landed), landing after their retries' (a run before, to the
+    script: every write of it refused while it ran) — not further: a key moved past those by another's draw under the
+    name (a process started at this one's address while this one was paused past its lease) is that one's fence, not
+    this one's to lift. None: kept;
     else ``"swept"`` or ``"moved past"`` (logged: ``quarantine_run_drawn_again``, ``QuarantineStream.keep_run``)."""
     held = await client.get(run_key)
-    if held is not None:  # moved further: not this process's own lost draws, whatever came of them
-        return "moved past" if run < int(held) <= run + lost else None
-    highest = await client.get(swept_key)  # read after: a sweep only raises it
-    return "swept" if highest is not None and run <= int(highest) else None
+    if held is None:
+        highest = await client.get(swept_key)  # read after: a sweep only raises it
+        return "swept" if highest is not None and run <= int(highest) else None
+    if not run < int(held) <= run + lost.get(at, 0):  # moved further: not its own lost draws, whatever came of them
+        return None
+    lost[at] -= int(held) - run  # those landed, each lands once: a draw past the run drawn again now is another's
+    return "moved past"

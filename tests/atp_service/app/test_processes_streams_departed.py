@@ -394,6 +394,8 @@ async def test_a_run_its_own_lost_draw_moved_past_is_drawn_again_at_the_sweep(
         assert await desk.write(writer, [(fact, "late")], acks._replace(run=again)) == [True], "its write lands"
         assert await r.xlen(QUARANTINE) == 1
         assert await desk.keep_run(r, GROUP, name, own_sweep.mark) == again, "kept since"
+        await r.incr(run_key(QUARANTINE, GROUP, name))  # then another started at its address (it paused) draws
+        assert await desk.keep_run(r, GROUP, name, own_sweep.mark) == again, "its lost draw counted once: kept"
     finally:
         await writer.aclose()
         await r.aclose()
