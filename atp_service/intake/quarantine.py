@@ -208,6 +208,7 @@ class QuarantineStream:
         """Of those, the facts whose input entries' ids ran ahead of their writes: the entry, by digest."""
         self._runs: dict[tuple[str, str], int] = {}  # (group, consumer): this process's run of it (``run_of``)
         self._lost: dict[tuple[str, str], int] = {}  # (group, consumer): its draws whose answers were lost (runs.draw)
+        self._again: dict[tuple[str, str], tuple[int, str]] = {}  # (group, consumer): (run before, why), drawn again
         self._draw: Any = None  # ``runs.DRAW``, registered at its first call
         self._doubt: OrderedDict[str, None] = OrderedDict()
         """Digests of facts whose write's answer was lost here, oldest first: written or not, counted by none."""
@@ -322,16 +323,14 @@ class QuarantineStream:
     async def keep_run(self, client: Any, group: str, consumer: str, mark: str,
                        told: Callable[[int, int, str], None] = lambda *_: None) -> int:
         """Leased, at each sweep: the run drawn here (``run_of``), or drawn again where the script refuses every write
-        of it for good (E8, ``runs.swept``): its key deleted by a sweep that took this process for gone, or moved past
-        it by its own draws whose answers were lost; not by another's draw at its address, nor a key Redis lost (drawn
-        again, it might start below the run written before). ``told``: (run before, run now, why), drawn again."""
+        of it for good (E8, ``runs.swept``: swept, or moved past by its own lost draws; not by another's draw at its
+        address, nor a key Redis lost). ``told``: (run before, run now, why): once, where answered (``runs.tell``)."""
         run = self._runs.get(at := (group, consumer))
         if run is not None and (why := await runs.swept(client, run_key(self.stream, *at), swept_runs_key(self.stream),
                                                         run, self._lost, at)):
             del self._runs[at]  # drawn again now (refused: at the next sweep, its writes refused)
-            told(run, again := await self.run_of(client, group, consumer, mark), why)
-            return again
-        return await self.run_of(client, group, consumer, mark)
+            self._again.setdefault(at, (run, why))  # until told: the draw's answer lost (a timeout, a cancel)
+        return runs.tell(self._again, at, await self.run_of(client, group, consumer, mark), told)
 
     async def run_of(self, client: Any, group: str, consumer: str, mark: str | None = None) -> int:
         """This process's run of ``consumer``, begun at its reader's first start (before it reads its own pending

@@ -4,6 +4,7 @@ consumer it takes for gone, the highest so deleted kept beside (``quarantine.swe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from atp_service.storage.scripts import ACL_LUA
@@ -70,3 +71,12 @@ async def swept(client: Any, run_key: str, swept_key: str, run: int, lost: dict[
         return None
     lost[at] -= int(held) - run  # those landed, each lands once: a draw past the run drawn again now is another's
     return "moved past"
+
+
+def tell(again: dict[Any, tuple[int, str]], at: Any, now: int, told: Callable[[int, int, str], None]) -> int:
+    """``now``, the run drawn at ``at``; the run before it (``again``: found refused for good, ``swept``) ``told``
+    (run before, run now, why) once, here: kept till a draw is answered — one whose answer was lost (a timeout, a
+    cancel) drew nothing known, and the next sweep round's tells it (``QuarantineStream.keep_run``)."""
+    if (before := again.pop(at, None)) is not None:
+        told(before[0], now, before[1])
+    return now

@@ -336,6 +336,49 @@ async def test_a_run_swept_is_drawn_again_at_the_sweep_and_a_run_redis_lost_kept
         await r.aclose()
 
 
+class _NthAnswerLost:
+    """A client whose ``nth`` script call's answer is lost (a timeout), its command not sent; the rest as ``client``."""
+
+    def __init__(self, client: Any, nth: int) -> None:
+        self._client, self._nth, self._calls = client, nth, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def register_script(self, source: str) -> Any:
+        script = self._client.register_script(source)
+
+        async def call(**kw: Any) -> Any:
+            self._calls += 1
+            if self._calls == self._nth:
+                raise TimeoutError("Timeout reading from socket")
+            return await script(**kw)
+        return call
+
+
+async def test_a_run_drawn_again_whose_draw_answer_was_lost_is_told_at_the_draw_retried(redis_url: str) -> None:
+    """A run swept, drawn again at the sweep round (``keep_run``), that draw's answer lost (a timeout): the draw
+    retried at the next round tells it (run before, run now, why), once. Before: the run before was forgotten with
+    the lost answer and the retry drew silently: no WARNING, no count, every write of the swept run refused."""
+    r = aioredis.Redis.from_url(redis_url)
+    client = _NthAnswerLost(r, 2)
+    stream, name = QuarantineStream(QUARANTINE, 10), "p@10.0.0.4:1"
+    mark = f"{name}:answered"
+    told: list[tuple[int, int, str]] = []
+    try:
+        run = await stream.run_of(client, GROUP, name, mark)
+        await r.delete(run_key(QUARANTINE, GROUP, name))
+        await r.set(swept_runs_key(QUARANTINE), run)  # a sweep deleted it
+        with pytest.raises(TimeoutError):
+            await stream.keep_run(client, GROUP, name, mark, lambda *why: told.append(why))
+        again = await stream.keep_run(client, GROUP, name, mark, lambda *why: told.append(why))
+        assert again == run + 1
+        assert await stream.keep_run(client, GROUP, name, mark, lambda *why: told.append(why)) == again, "kept"
+        assert told == [(run, again, "swept")], "told once, at the draw retried"
+    finally:
+        await r.aclose()
+
+
 def _drawn_again(caplog: pytest.LogCaptureFixture) -> list[tuple[Any, ...]]:
     """The ``quarantine_run_drawn_again`` lines: (consumer, run before, run now, why)."""
     return [(getattr(rec, "consumer", None), getattr(rec, "run_before", None), getattr(rec, "run_now", None),
