@@ -139,9 +139,13 @@ def redacted(url: str) -> str:
     last ``@`` (a password may hold an ``@``, which redis-py, like ``urllib``, reads as part of it),
     and the value of a ``password=`` query parameter (redis-py takes one there too)."""
     scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rpartition("@")[2]
-    return scheme + sep + _QUERY_PASSWORD.sub(r"\g<1>***", rest)
+    return scheme + sep + _QUERY_PASSWORD.sub(r"\g<1>***", userinfo_hidden(rest))
+
+
+def userinfo_hidden(rest: str) -> str:
+    """``rest``, a URL after its ``scheme://``, with all before its last ``@`` (user information: a password may
+    hold ``/``, ``?``, ``#`` or ``@``) written ``***``."""
+    return "***@" + rest.rpartition("@")[2] if "@" in rest else rest
 
 
 def hash_tag(key: str) -> str:

@@ -22,7 +22,15 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client import start_http_server
 
-from atp_service.config_values import FALSE, LOG_FORMATS, LOG_LEVELS, TRUE, check_key_prefix, parse_value
+from atp_service.config_values import (
+    FALSE,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    TRUE,
+    check_key_prefix,
+    parse_value,
+    userinfo_hidden,
+)
 from atp_service.logs import say_left_out, set_up_logging
 from atp_service.storage.acl import AclRefused
 from atp_service.storage.nodes import Nodes, connect_any
@@ -196,8 +204,7 @@ def shown_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
-    if "@" in rest:
-        rest = "***@" + rest.rpartition("@")[2]
+    rest = userinfo_hidden(rest)
     begins = [at for at in (rest.find("?"), rest.find("#")) if at >= 0]
     if begins:
         rest = rest[:min(begins) + 1] + "***"
