@@ -189,15 +189,17 @@ async def test_a_stop_at_any_early_turn_of_a_start_ends_it_cleanly() -> None:
         loop.set_exception_handler(None)
 
 
-async def test_a_stop_while_a_lease_is_being_granted_gives_it_back(redis_url: str) -> None:
+async def test_a_stop_while_a_lease_is_being_granted_gives_it_back(redis_url: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Leased groups, a slow network: the stop lands once Redis has granted a group but before the
     grant's reply is back. The lease is given back once the reply comes, before the connections
     close, instead of keeping the group from every other process until it runs out.
 
-    The grant's reply alone is late (``GrantReplyHeld``), held from its first byte until the stop has
-    run ``REPLY_LATE_S``: every reply of the start half a second late (a delaying proxy) took ~20 s to
-    reach the first grant, and the stop then had to begin within the reply's half second, or it met
-    the group already held (a stop that gives back what it holds: the defect not reached)."""
+    The grant's reply alone is late (``GrantReplyHeld``), held from its first byte until the stop waits
+    for the give-back of the taking it cancelled (``GroupLeases.given_back`` entered, that give-back
+    still pending): as far as a stop can go without the reply, whatever the host's pace. A stop that
+    closed its connections first (the give-back then on a new one, or none) or ended meanwhile fails
+    it, on any host."""
     upstream = redis_url.removeprefix("redis://").split("/")[0]
     proxy = GrantReplyHeld(upstream)
     url = await proxy.start()
@@ -208,32 +210,54 @@ async def test_a_stop_while_a_lease_is_being_granted_gives_it_back(redis_url: st
         service = AtpService(config, url)
         starting = asyncio.create_task(service.start())
         await asyncio.wait_for(proxy.holding.wait(), 60)  # a group granted, its reply still on the way
-        assert await admin.keys("*}:lease") and not starting.done()
-        stopping = asyncio.ensure_future(service.stop(grace_s=0))
-        await asyncio.sleep(REPLY_LATE_S)
-        assert not stopping.done()  # it waits for the grant's answer, to give the lease back
+        assert await admin.keys("*}:lease") and not starting.done() and service.membership is not None
+        leases, before = service.membership.leases, len(proxy.seen)  # the start's own connections closed before
+        waits = await stopped_until_given_back(service, leases, monkeypatch)
+        assert waits == [True]  # the stop waits for the cancelled taking's give-back, the grant's answer held
         proxy.let_go()
-        await asyncio.wait_for(stopping, timeout=60)
+        await asyncio.wait_for(service.stop(), timeout=60)
         assert starting.cancelled()
+        seen = proxy.seen[before:]
+        assert "release" in seen and "closed" not in seen[:seen.index("release")], seen  # given back, then closed
         assert await admin.keys("*}:lease") == []
     finally:
         await admin.aclose()
         await proxy.close()
 
 
-REPLY_LATE_S = 0.5
-"""How late the grant's reply comes, counted from the stop's beginning."""
+async def stopped_until_given_back(service: AtpService, leases: GroupLeases,
+                                   monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """``service``'s stop begun, until it first waits for ``leases``' give-backs or ends: for each
+    such wait begun, whether it waits for a give-back still pending (``[]``: the stop ended without)."""
+    waits: list[bool] = []
+    waiting = asyncio.Event()
+    given_back = leases.given_back
+
+    async def watched() -> None:
+        waits.append(any(not task.done() for task in leases.giving_back))
+        waiting.set()
+        await given_back()
+
+    monkeypatch.setattr(leases, "given_back", watched)
+    stopping = asyncio.ensure_future(service.stop(grace_s=0))
+    waited = asyncio.ensure_future(waiting.wait())
+    await asyncio.wait((stopping, waited), timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    waited.cancel()
+    return waits if not stopping.done() else []
 
 
 class GrantReplyHeld:
     """A TCP proxy in front of Redis that forwards everything at once but the answers to a lease's
     grant (``GroupLeases``'s acquire script; its ``NOSCRIPT`` refusal goes on): held, once Redis ran
-    the grant, until ``let_go``."""
+    the grant, until ``let_go``. ``seen``: in the order the proxy met them, each lease release sent
+    (``release``) and each connection the client closed (``closed``)."""
 
     def __init__(self, upstream: str) -> None:
         host, port = upstream.rsplit(":", 1)
         self._upstream = (host, int(port))
         self._marker = GroupLeases._ACQUIRE.sha.encode()
+        self._release = GroupLeases._RELEASE.sha.encode()
+        self.seen: list[str] = []
         self.holding = asyncio.Event()
         self._go = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -277,9 +301,12 @@ class GrantReplyHeld:
             while chunk := await reader.read(65536):
                 if self._marker in tail + chunk:
                     granting[0] = True  # before Redis has it: its answer cannot come first
+                if self._release in tail + chunk:
+                    self.seen.append("release")
                 tail = (tail + chunk)[-64:]
                 upstream.write(chunk)
                 await upstream.drain()
+        self.seen.append("closed")  # by the client (its end, or reset); the proxy's own close cancels this first
         upstream.close()
 
     async def _down(self, upstream: asyncio.StreamReader, writer: asyncio.StreamWriter, granting: list[bool]) -> None:
