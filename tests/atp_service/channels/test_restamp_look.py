@@ -4,15 +4,17 @@ channel's named keys at the lost values their destinations show (C4)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 
 from atp_service.channels import restamp
+from atp_service.storage.channel_store import ChannelStore
+from reservation import Key
 from tests.atp_service.channel_helpers import stream_updates, write_estate
 from tests.conftest import ServiceFactory
 from tests.waiting import until
@@ -49,18 +51,46 @@ def _counted(counter: Counter, channel: str) -> float:
 
 
 async def test_a_field_naming_no_version_does_not_end_the_look_C4(
-        start_service: ServiceFactory, tmp_path: Path, redis_url: str) -> None:
+        start_service: ServiceFactory, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Defect: a field of ``market``'s restamp hash whose value is no version raised ValueError out of the look:
-    its task ended (watched by nothing, said by nothing) and no channel's named key was ever published again."""
-    await start_service(estate=write_estate(tmp_path))
+    its task ended (watched by nothing, said by nothing) and no channel's named key was ever published again.
+    ``pickup``'s key is named only once a look has read ``market``'s hash holding that field, whatever the order
+    the look takes the channels in."""
+    monkeypatch.setattr(restamp, "POLL_S", 0.05)
+    service, _ = await start_service(estate=write_estate(tmp_path))
+    desk = service.channels
+    assert desk is not None
+    looks = LooksAt(desk.store, monkeypatch)
     direct = aioredis.Redis.from_url(redis_url)
     try:
         await direct.hset("atp:{avail}:market:restamp", "sku-8\tdc-1", "garbage")
-        await asyncio.sleep(1.5)  # a look has met it
+        looks.armed = True
+        await until(lambda: "market" in looks.read, "a look read market's hash holding the field")
+        assert desk.restamps_task is not None and not desk.restamps_task.done()
         await direct.hset("atp:{avail}:pickup:restamp", "sku-9\tstore-1", "5")
         await until(lambda: _published_again(redis_url), "pickup's named key published again (0)")
     finally:
         await direct.aclose()
+
+
+class LooksAt:
+    """The channels whose ``restamp`` hash a look read (``ChannelStore.restamps``, answered or raised), each listed
+    once its read ended, of the reads begun once ``armed``."""
+
+    def __init__(self, store: ChannelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.armed = False
+        self.read: list[str] = []
+        restamps = store.restamps
+
+        async def read(channel: str) -> list[tuple[Key, int, Any, Any]]:
+            armed = self.armed
+            try:
+                return await restamps(channel)
+            finally:
+                if armed:
+                    self.read.append(channel)
+
+        monkeypatch.setattr(store, "restamps", read)
 
 
 async def test_a_field_not_utf8_does_not_end_the_look_C4(
