@@ -227,6 +227,7 @@ async def test_an_owner_that_does_not_answer_stalls_no_reading(
     here = [s for s in skus if group_of(s) in owned(reader)][:8]
     away = [s for s in skus if group_of(s) not in owned(reader)][:8]
     r = redis.Redis.from_url(redis_url)
+    passes = passes_counted(reader, monkeypatch)
     owner.send_signal(signal.SIGSTOP)
     try:
         for wave in range(3):
@@ -239,12 +240,28 @@ async def test_an_owner_that_does_not_answer_stalls_no_reading(
             for sku in here:
                 assert await on_hand(reader, sku) == wave + 1, sku
             if wave < 2:  # pending passes meet the stuck sends before the next wave; none comes after the last
-                await asyncio.sleep(2)
+                begun = passes[0]
+                await until(lambda: passes[0] >= begun + 2, "two passes over the pending entries", 30)  # noqa: B023
     finally:
         owner.send_signal(signal.SIGCONT)
     await wait_consumed(redis_url, list(STREAMS))
     for sku in away:
         assert await on_hand(reader, sku) == 3, sku
+
+
+def passes_counted(service: AtpService, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many passes over its own pending entries ``service``'s ingestor has begun (each its batches settled or
+    put off by one waiting for an owner: ``StreamIngestor._retry_pending``) from now on."""
+    ingestor, passes = service.ingestor, [0]
+    assert ingestor is not None
+    retry_pending = ingestor._retry_pending
+
+    async def counted() -> None:
+        passes[0] += 1
+        await retry_pending()
+
+    monkeypatch.setattr(ingestor, "_retry_pending", counted)
+    return passes
 
 
 async def reader_and_owner(start: ServiceFactory, **other_settings: Any) -> list[Process]:
