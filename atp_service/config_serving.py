@@ -109,9 +109,9 @@ class ServingFields:
 
     commit_delay_ms: float = 2.0
     """While the log is busy (see ``commit_delay_min_rate``) a group commit waits up to this long for more entries
-    before it goes to Redis: fewer, fuller Redis calls and about half the CPU per unary call at peak, for at most this
-    much added latency. It goes as soon as the entries the measured rate brings in this long (at least 2) are waiting:
-    at 1,000 entries/s, with the second. 0 sends every group commit at once."""
+    before it goes to Redis: fewer, fuller Redis calls, so less CPU per call, for at most this much added latency.
+    It goes as soon as the entries the measured rate brings in this long (at least 2) are waiting: at 1,000
+    entries/s, with the second. 0 sends every group commit at once."""
 
     commit_delay_min_rate: int = 500
     """Log entries per second (all shards) from which the log counts as busy. Below it a commit goes out at

@@ -8,10 +8,10 @@ __all__ = ["CommitWindow"]
 class CommitWindow:
     """When the log is busy, a group commit waits up to ``delay_s`` for company (PostgreSQL's
     ``commit_delay``): each Redis call then carries many entries, and their callers are answered in
-    one turn of the event loop instead of one turn each. Measured on 2 cores with 64 unary calls in
-    flight: ~3,200 reservations/s sending at once, ~5,900/s waiting 2 ms, each at half the CPU per
-    call. "Busy" is an arrival rate of at least ``min_rate`` entries/s over the last ``_BUCKET_S``:
-    a quiet log, where a wait would find no company, sends at once and adds no latency.
+    one turn of the event loop instead of one turn each: less CPU per call, for up to ``delay_s`` more
+    latency (benchmarks/RESULTS.md measures the trade at 1,000 calls/s). "Busy" is an arrival rate of at
+    least ``min_rate`` entries/s over the last ``_BUCKET_S``: a quiet log, where a wait would find no
+    company, sends at once and adds no latency.
 
     A commit waits only for the company its rate promises: once ``enough`` entries (those the
     measured rate brings in one ``delay_s``, at least 2) are waiting, it goes at once. At 1,000
