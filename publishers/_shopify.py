@@ -56,6 +56,7 @@ from reservation import ChannelUpdate
 from ._delivery import SPLIT_LOG_EVERY_S, DeliveryError, Refused, in_halves
 from ._http import Http, HttpSettings, Sleep, check_status
 from ._shopify_state import (
+    CONCURRENT,
     PREVIOUS_ATTEMPT_FAILED,
     STALE,
     CostBucket,
@@ -249,8 +250,11 @@ class ShopifyAdapter:
         per batch), send again with a new key where the last one failed, re-read what moved (at most ``cas_rounds``
         times), or give up."""
         codes = {e.get("code") for e in errors}
-        if codes == {"IDEMPOTENCY_CONCURRENT_REQUEST"}:
-            raise DeliveryError("shopify: the same request is still in progress at Shopify")
+        if CONCURRENT in codes:
+            # Not run this time: the try in progress decides, whatever else the reply says (a refused quantity, a
+            # stale compare), and the same key is answered with its outcome. Read as a refusal of the request, the
+            # batch was dead-lettered for good, its stock-outs with it, and a try applied later told as failed (C2, C4).
+            raise DeliveryError(f"shopify: the request is still in progress at Shopify: {user_errors_text(errors)}")
         refused, whole = row_errors(errors, todo)
         if whole:  # all or nothing: maybe for one quantity (split), unless about the request itself
             named_first = whole + [e for e in errors if e not in whole]  # the reason: short, its cause first

@@ -12,6 +12,9 @@ from reservation import ChannelUpdate
 
 STALE = "CHANGE_FROM_QUANTITY_STALE"
 PREVIOUS_ATTEMPT_FAILED = "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED"
+CONCURRENT = "IDEMPOTENCY_CONCURRENT_REQUEST"
+"""The same key is in use by a try still running at Shopify: this one did not run; the key's next answer is that
+try's outcome."""
 
 
 @dataclass(slots=True)
