@@ -114,11 +114,11 @@ class Written:
     def told(self, path: Path) -> str:
         """What stopped the run, what of it was written, and what to do (for stderr)."""
         doubt = f", {self.in_doubt} more sent without an answer (written or not)" if self.in_doubt else ""
-        then = ("again once Redis takes writes" if self.status == EXIT_UNAVAILABLE else "again once --stream names "
-                "the input stream" if self.status == EXIT_INVALID else "without --redis-cluster (and ATP_REDIS_CLUSTER "
-                "false): --redis-url is one Redis" if self.status == EXIT_USAGE else "with a Redis user that may XADD "
-                "to --stream")
-        batch = ("its batch not sent: no connection" if self.not_sent
+        then = ("again" if self.interrupted else "again once Redis takes writes" if self.status == EXIT_UNAVAILABLE
+                else "again once --stream names the input stream" if self.status == EXIT_INVALID
+                else "without --redis-cluster (and ATP_REDIS_CLUSTER false): --redis-url is one Redis"
+                if self.status == EXIT_USAGE else "with a Redis user that may XADD to --stream")
+        batch = ("its batch not sent" + ("" if self.interrupted else ": no connection") if self.not_sent
                  else "a line after it sent in the same batch may be among them")
         return (f"atpctl: {path}:{self.stopped_at}: not published: {self.error}; {self.published} entries written in "
                 f"all ({batch}){doubt}. Publish the file {then}: the "
@@ -211,6 +211,11 @@ async def write(client: Any, stream: str, numbered: Iterable[tuple[int, Fields]]
             if first is not None:  # nothing sent: as a chunk whose connection was refused
                 await _stopped_unsent_asked(done, first[0], exc, client, timeout_s)
             return done
+        except asyncio.CancelledError:  # Ctrl-C there (a cluster's slots read): ended with the summary, as any step
+            first = next(iter(numbered), None)
+            done.stopped_at, done.error, done.not_sent = (first[0] if first else 0), "interrupted", True
+            done.interrupted = True
+            return done
         for n, fields in numbered:
             pipe.xadd(stream, dict[Any, Any](fields))
             lines.append(n)
@@ -229,6 +234,7 @@ async def _within(step: Coroutine[Any, Any, T], timeout_s: float | None) -> T:
         finished = (await asyncio.wait([task], timeout=timeout_s))[0]
     except asyncio.CancelledError:
         task.cancel()
+        task.add_done_callback(_retrieved)  # its end (an error once the client closes) is not news
         raise
     if not finished:
         task.cancel()

@@ -128,3 +128,21 @@ def test_an_interrupted_change_says_it_may_have_been_made_and_how_to_learn_what_
     done = interrupted(silent_peer, ["--target", f"127.0.0.1:{port}", "--timeout", "120", "reserve", "r1", "A@L:1"])
     assert done.returncode == EXIT_INTERRUPTED and "Traceback" not in done.stderr, (done.returncode, done.stderr)
     assert "may have been sent and made" in done.stderr and "same ids" in done.stderr, done.stderr
+
+
+def test_an_interrupted_publish_reading_the_cluster_s_slots_says_nothing_was_sent(silent_peer: socket.socket,
+                                                                                  tmp_path: Path) -> None:
+    """Ctrl-C while a cluster client reads its slots, its first read (a node that takes the connection and never
+    answers): the run ended on ``atpctl: interrupted`` alone, no summary on stdout, where any later step says what the
+    stream took (nothing here: no entry was sent) and to publish the file again."""
+    facts = tmp_path / "facts.jsonl"
+    now = int(time.time() * 1000)
+    facts.write_text("".join(receipt(n, now) + "\n" for n in range(5)))
+    port = silent_peer.getsockname()[1]
+    done = interrupted(silent_peer, ["--timeout", "120", "events", "publish", str(facts), "--redis-cluster",
+                                     "--stream", "atp:{in}:pos", "--redis-url", f"redis://127.0.0.1:{port}"])
+    assert done.returncode == EXIT_INTERRUPTED and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    assert done.stdout, f"no summary; stderr: {done.stderr!r}"
+    assert json.loads(done.stdout) == {"stream": "atp:{in}:pos", "published": 0, "in_doubt": 0}
+    assert f"{facts}:1: " in done.stderr and "interrupted" in done.stderr and "again" in done.stderr, done.stderr
+    assert "its batch not sent" in done.stderr and "without an answer" not in done.stderr, done.stderr
