@@ -9,7 +9,9 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from atp_client import _args as arg
 from atp_client._client import AtpClient
@@ -18,6 +20,8 @@ from atp_client._output import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USA
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 EVENTS_CHUNK = 1000
+CHECK_PAUSE_EVERY = 10_000
+"""Lines ``events publish`` checks between two pauses, where a Ctrl-C is seen (a fraction of a second of checking)."""
 EMBEDDED_URL_FILE = Path("var/redis/redis.url")
 """Where ``make run``'s embedded Redis writes its URL, with the port and password it takes at each start
 (``atp-publisher`` reads it too when given no ``--redis-url``): ``embedded_url_file`` with ATP_DATA_DIR unset."""
@@ -99,6 +103,19 @@ def publish_facts(args: argparse.Namespace) -> int:
     return asyncio.run(_publish(args, args.file, stream, url))
 
 
+async def _checked(path: Path, entries: Callable[[Path, Iterator[tuple[int, pb.Fact]]], Iterator[tuple[int, Any]]]
+                   ) -> int:
+    """The last line of ``path``, each line checked as an entry (``_publish.entries``), with a pause every
+    ``CHECK_PAUSE_EVERY`` lines: a Ctrl-C cancels the run's task, which only a pause lets it see (without one, a file
+    of millions of lines was checked to its end first, and a bad line after the Ctrl-C refused it)."""
+    last_line = 0
+    for n, _ in entries(path, numbered_facts(path)):
+        last_line = n
+        if n % CHECK_PAUSE_EVERY == 0:
+            await asyncio.sleep(0)
+    return last_line
+
+
 async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url: str | None) -> int:
     """The input-stream entry format (``_publish.entry_fields``), once every line of the file is
     one the intake would take: the intake tells a producer nothing of an entry it dead-letters.
@@ -113,9 +130,12 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
         from atp_client._publish import entries, write
     except ImportError:
         raise SystemExit("atpctl: events publish needs the redis package: pip install 'atp-client[redis]'") from None
-    last_line = 0
-    for n, _ in entries(path, numbered_facts(path)):  # every line checked before any is written
-        last_line = n
+    try:  # every line checked before any is written
+        last_line = await _checked(path, entries)
+    except asyncio.CancelledError:  # Ctrl-C: the run's task cancelled at a pause of the check
+        print(f"atpctl: {path}: interrupted while its lines were checked: nothing published", file=sys.stderr)
+        answer({"stream": stream, "published": 0, "in_doubt": 0}, args.json)
+        return EXIT_INTERRUPTED
     bounds = {"socket_timeout": args.timeout, "socket_connect_timeout": args.timeout}  # --timeout: each call's
     try:
         client = (aioredis.RedisCluster.from_url(redis_url, **bounds) if args.redis_cluster

@@ -146,3 +146,27 @@ def test_an_interrupted_publish_reading_the_cluster_s_slots_says_nothing_was_sen
     assert json.loads(done.stdout) == {"stream": "atp:{in}:pos", "published": 0, "in_doubt": 0}
     assert f"{facts}:1: " in done.stderr and "interrupted" in done.stderr and "again" in done.stderr, done.stderr
     assert "its batch not sent" in done.stderr and "without an answer" not in done.stderr, done.stderr
+
+
+async def test_a_ctrl_c_while_a_long_file_is_checked_stops_the_check_and_says_nothing_was_published(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every line is checked before any is written, without a pause: a Ctrl-C then (the run's task cancelled, as
+    asyncio.run does on SIGINT) was seen only once the whole file was checked, seconds to minutes for millions of lines,
+    and a bad line after it refused the file (exit 3) where the operator had asked to stop. Deterministic: the task
+    runs to its first pause, is cancelled there, and the file's one bad line comes after it."""
+    import argparse
+    import asyncio
+
+    from atp_client._events_commands import CHECK_PAUSE_EVERY, _publish
+
+    facts = tmp_path / "facts.jsonl"
+    now = int(time.time() * 1000)
+    facts.write_text("".join(receipt(n, now) + "\n" for n in range(CHECK_PAUSE_EVERY + 5)) + "not a fact\n")
+    args = argparse.Namespace(timeout=5.0, redis_cluster=False, json=True)
+    run = asyncio.ensure_future(_publish(args, facts, "atp:in:pos", f"redis://127.0.0.1:{closed_port()}"))
+    await asyncio.sleep(0)  # the run checks its lines up to its first pause
+    run.cancel()
+    assert await run == EXIT_INTERRUPTED
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"stream": "atp:in:pos", "published": 0, "in_doubt": 0}, (out, err)
+    assert f"{facts}: interrupted while its lines were checked: nothing published" in err, err
