@@ -4,6 +4,7 @@ spanning groups changed by its saga instead (``Orders``). Part of the ``Engine``
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
@@ -54,13 +55,22 @@ class RecordChanges(OwnedShards):
             v, reservation_id, lines, operation_id, now, self.limits), step)
 
     async def _resolve(self, reservation_id: str, outcome: str, work: ViewWork, step: PendingOp) -> Reservation:
+        """The change, counted in ``atp_reservations_total`` once durable: ``outcome``, or ``replayed`` where it only
+        retried a change made (R5: answered from the record), as a retried Reserve is. Counted by the work's own task
+        (a saga's, or one made here) whatever its caller does: a caller gone (R8) left a change made uncounted."""
         home = self._home.get(reservation_id)
-        result: Reservation
+
+        def told(replayed: bool) -> None:
+            self.metrics.reservations_of("replayed" if replayed else outcome).inc()
+
         if self.orders is not None and home is not None and self.is_order(home, reservation_id):
-            result = await self.orders.change(reservation_id, home, step)
-        else:
-            result = await self.run_on_record(reservation_id, work)
-        self.metrics.reservations.labels(outcome).inc()
+            result: Reservation = await self.orders.change(reservation_id, home, step, told)  # told by its saga
+            return result
+        replays: list[bool] = []  # the work's word, in its turn: whether it found the change made already
+        change = asyncio.ensure_future(self.run_on_record(reservation_id, _noting(work, reservation_id, replays)))
+        change.add_done_callback(lambda done: None if done.cancelled() or done.exception() is not None  # retrieved
+                                 else told(bool(replays) and replays[-1]))  # a refusal: counted by its status
+        result = await asyncio.shield(change)  # the caller's cancellation abandons the wait, not the change (R8)
         return result
 
     async def run_on_record(self, reservation_id: str, work: ViewWork, also: Iterable[int] = ()) -> Any:
@@ -103,3 +113,16 @@ class RecordChanges(OwnedShards):
         if len(shards) == 1:
             return self.actors[home].submit(work)
         return self._coordinator.run(sorted(shards), home, work)
+
+
+def _noting(work: ViewWork, reservation_id: str, replays: list[bool]) -> ViewWork:
+    """``work``, noting in ``replays`` whether it answered with the record as it found it: a retry of a change made
+    (R5: ``ops`` returns the stored record itself, nothing saved) rather than the changed copy it saved."""
+
+    def run(view: ReserveView, now: int) -> Any:
+        before = view.reservation(reservation_id)
+        answer = work(view, now)
+        replays.append(answer is before)
+        return answer
+
+    return run

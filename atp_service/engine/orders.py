@@ -100,8 +100,11 @@ class Orders(OrderSteps):
         the task is done, whoever waits for it: ``waits.wait``)."""
         return self.waits.add(self._spawn(self._locked(cmd.reservation_id, lambda: self._reserve(cmd, home))))
 
-    async def change(self, order_id: str, home: int, step: PendingOp) -> Reservation:
-        return await self._owned(order_id, lambda: self._change(order_id, home, step))
+    async def change(self, order_id: str, home: int, step: PendingOp,
+                     told: Callable[[bool], None] | None = None) -> Reservation:
+        """``told(replayed)`` by the saga's task once the change is made, whatever its caller does: ``replayed``
+        where it only retried a change made (R5: nothing to do)."""
+        return await self._owned(order_id, lambda: self._change(order_id, home, step, told=told))
 
     async def read(self, order_id: str, home: int, as_recorded: bool = False) -> Reservation:
         return await self._owned(order_id, lambda: read_order(self, order_id, home, as_recorded))  # R3: its home's
@@ -242,7 +245,8 @@ class Orders(OrderSteps):
         await self._save(home, decided, over=order)
         return decided if decided.pending is None else await self._settle(order.reservation_id, home)
 
-    async def _change(self, order_id: str, home: int, step: PendingOp, quiet: bool = False) -> Reservation:
+    async def _change(self, order_id: str, home: int, step: PendingOp, quiet: bool = False,
+                      told: Callable[[bool], None] | None = None) -> Reservation:
         try:
             order, parts = await self._settled(order_id, home)
         except Unavailable as exc:  # a part silent: an order its home resolved is refused as recorded there (R3)
@@ -261,6 +265,8 @@ class Orders(OrderSteps):
             await self._save(home, order, over=done)
         if error is not None and not quiet:
             raise error
+        if told is not None:
+            told(done is None)
         return orders.view(order, parts)
 
     async def _settled(self, order_id: str, home: int) -> tuple[Reservation, dict[int, Reservation]]:

@@ -36,3 +36,23 @@ async def test_a_stream_s_items_of_another_process_s_group_are_counted_by_their_
     added = [{outcome: n - was.get(outcome, 0) for outcome, n in counted(process).items() if n != was.get(outcome, 0)}
              for process, was in zip((service, owner), before, strict=True)]
     assert added == [{"held": 1}, {"held": 1, "rejected": 1}], added
+
+
+async def test_a_retried_change_of_an_order_spanning_groups_is_counted_replayed(start_process: ServiceFactory) -> None:
+    """An order whose lines fall in both processes' groups is changed by its saga: a Confirm or Release retried
+    (the same ids, answered from the record: R5) is counted ``replayed`` by the process that answered it, not
+    ``confirmed`` or ``released`` a second time."""
+    running, here, there = await stocked_pair(start_process)
+    (service, client), (owner, _) = running
+    await client.reserve("o-1", [(here, "DC", 1), (there, "DC", 1)])
+    before = counted(service), counted(owner)
+    for _ in range(2):
+        assert (await client.confirm("o-1")).state == pb.RESERVATION_STATE_CONFIRMED
+    for _ in range(2):
+        assert (await client.release("o-1")).state == pb.RESERVATION_STATE_RELEASED
+    added: dict[str, float] = {}
+    for process, was in zip((service, owner), before, strict=True):
+        for outcome, n in counted(process).items():
+            if n != was.get(outcome, 0):
+                added[outcome] = added.get(outcome, 0) + n - was.get(outcome, 0)
+    assert added == {"confirmed": 1, "released": 1, "replayed": 2}, added
