@@ -70,6 +70,14 @@ def count_reservations(metrics: EngineMetrics, results: Sequence[tuple[Reservati
         metrics.reservations_of(outcome).inc(n)
 
 
+def count_refused(metrics: EngineMetrics, refusal: BaseException) -> None:
+    """A Reserve refused (a ``DomainError``: an id claimed by other lines, a bound, a shard shed or in doubt) counted
+    ``error`` as ``count_reservations`` counts a refused ``ReserveStream`` item; not a ``Moved`` one, which its group's
+    owner decides and counts, nor a cancellation (no answer)."""
+    if isinstance(refusal, DomainError) and not isinstance(refusal, Moved):
+        metrics.reservations_of("error").inc()
+
+
 async def one_as_list(call: Callable[[], Awaitable[Any]]) -> list[Any]:
     """``call()``'s result, or its domain refusal, as a list of one. The coroutine is made here, in
     the task: a task cancelled before it starts leaves no coroutine behind that was never awaited."""

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.capacity import record_refusal
+from atp_service.engine.fanout import count_refused
 from atp_service.engine.maintenance import expires_alone
 from atp_service.engine.messages import refused_for_memory
 from atp_service.storage.durability import STORAGE_ERRORS
@@ -107,7 +108,11 @@ class IdGuard:
     async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
         """The engine's ``reserve`` where several processes share the keyspace (the engine sets it as
         its own): the id claimed first (``check``), then decided as in one process."""
-        await self.check(cmd)
+        try:
+            await self.check(cmd)
+        except DomainError as exc:  # refused before it was decided: counted as the engine counts its own refusals
+            count_refused(self._engine.metrics, exc)
+            raise
         return await self._decide(cmd)
 
     async def claimed(self, cmds: Sequence[ReserveCommand], out: list[Any]) -> list[tuple[int, ReserveCommand]]:

@@ -19,7 +19,7 @@ from atp_service.engine.capacity import record_refusal
 from atp_service.engine.changes import RecordChanges
 from atp_service.engine.clock import Clock
 from atp_service.engine.coordinator import Coordinator
-from atp_service.engine.fanout import STATE_NAMES, count_reservations, gather_by_shard, one_as_list
+from atp_service.engine.fanout import STATE_NAMES, count_refused, count_reservations, gather_by_shard, one_as_list
 from atp_service.engine.ids import IdGuard
 from atp_service.engine.maintenance import Housekeeper, expire_alone, expire_spanned
 from atp_service.engine.orders import Orders
@@ -144,8 +144,9 @@ class Engine(RecordChanges):
             else:
                 ledger = self.actors[home].ledger
                 result = await self.run(shards, home, lambda view, now: self._reserve_checked(ledger, view, cmd, now))
-        except BaseException:
+        except BaseException as exc:
             self.routes.unroute(rid)
+            count_refused(self.metrics, exc)
             raise
         # ``Routes.done`` and ``_count``, written out (every unary Reserve): one attempt fewer, the
         # route kept; the outcome counted on its counter's child, found once per outcome (``_tally``).
@@ -172,7 +173,11 @@ class Engine(RecordChanges):
         rid = cmd.reservation_id
         saga.add_done_callback(lambda task: self.routes.done(rid) if not task.cancelled() and task.exception() is None
                                else self.routes.unroute(rid))
-        result: tuple[Reservation, bool] = await self.orders.waits.wait(saga)  # type: ignore[union-attr]
+        try:
+            result: tuple[Reservation, bool] = await self.orders.waits.wait(saga)  # type: ignore[union-attr]
+        except DomainError as exc:
+            count_refused(self.metrics, exc)
+            raise
         self._count(result)
         return result
 
@@ -204,7 +209,8 @@ class Engine(RecordChanges):
 
         await gather_by_shard(self.actors, groups, lambda idx: self._reserve_group([cmds[i] for i in idx]), out,
                               across, decided, None if asked is None else lambda: asked(out))
-        count_reservations(self.metrics, [out[i] for idx in groups.values() for i in idx])  # reserve(): the rest
+        across_ids = set(spanning)  # reserve() counts these; the rest decided here, or refused by their claims
+        count_reservations(self.metrics, [result for i, result in enumerate(out) if i not in across_ids])
         return out
 
     async def gather_by_shard(

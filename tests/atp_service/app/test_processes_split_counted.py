@@ -5,6 +5,10 @@ group's owner decided, by that owner. The process the stream was sent to sends t
 
 from __future__ import annotations
 
+import grpc
+import pytest
+
+from atp_client import Refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from tests.atp_service.app.test_processes import start_process
@@ -56,3 +60,22 @@ async def test_a_retried_change_of_an_order_spanning_groups_is_counted_replayed(
             if n != was.get(outcome, 0):
                 added[outcome] = added.get(outcome, 0) + n - was.get(outcome, 0)
     assert added == {"confirmed": 1, "released": 1, "replayed": 2}, added
+
+
+async def test_an_id_refused_at_its_claim_is_counted_error_by_the_process_that_refused_it(
+        start_process: ServiceFactory) -> None:
+    """A Reserve whose id the keyspace's claim names for another group (its record has other lines) is refused
+    ``RESERVATION_ID_REUSED`` by the claim, before anything is decided. Before, that refusal was counted nowhere,
+    unary or a stream's item: only refusals found by a shard were counted ``error``."""
+    running, here, there = await stocked_pair(start_process)
+    (service, client), (owner, owner_client) = running
+    await client.reserve("c-9", [(here, "DC", 1)])
+    before = counted(service), counted(owner)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # sent to the owner of ``there``: its claim refuses it
+        await owner_client.reserve("c-9", [(there, "DC", 1)])
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    (answer,) = [answer async for answer in owner_client.reserve_stream([[item("c-9", there, 1)]])]
+    assert Refusal.from_status(answer.outcomes[0].error).reason == "RESERVATION_ID_REUSED", answer
+    added = [{outcome: n - was.get(outcome, 0) for outcome, n in counted(process).items() if n != was.get(outcome, 0)}
+             for process, was in zip((service, owner), before, strict=True)]
+    assert added == [{}, {"error": 2}], added

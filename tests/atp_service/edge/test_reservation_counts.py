@@ -1,8 +1,11 @@
 """``atp_reservations_total`` against the real gRPC server and a real Redis: a retried Confirm, Release or Fulfil
 (answered from the record, nothing changed: R5) is counted ``replayed`` as a retried Reserve is, not as a second
-resolution."""
+resolution; a refused unary Reserve is counted ``error`` as a refused ReserveStream item is."""
 
 from __future__ import annotations
+
+import grpc
+import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
@@ -37,3 +40,18 @@ async def test_retried_resolutions_are_counted_replayed_not_again(start_service:
     await client.fulfill("r2")
     assert counted(service) == {"held": 2, "confirmed": 2, "fulfilled": 2, "released": 1, "replayed": 5}
 
+
+async def test_a_refused_unary_reserve_is_counted_error_as_a_stream_item_is(start_service: ServiceFactory) -> None:
+    service, client = await stocked(start_service, ManualClock(T0))
+    await client.reserve("r1", [("A", "S1", 3)])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # the id claimed by another body
+        await client.reserve("r1", [("A", "S1", 4)])
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert service.engine is not None and service.engine.place("A") != service.engine.place("D")
+    await client.reserve("x1", [("A", "S1", 1), ("D", "DC", 1)])  # spanning shards: decided by ``reserve``
+    answers = [answer async for answer in client.reserve_stream([[
+        pb.ReserveRequest(reservation_id="r1", lines=[pb.Line(sku="A", location="S1", quantity=4)]),
+        pb.ReserveRequest(reservation_id="x1", lines=[pb.Line(sku="A", location="S1", quantity=2),
+                                                     pb.Line(sku="D", location="DC", quantity=1)])]])]
+    assert [outcome.WhichOneof("result") for outcome in answers[0].outcomes] == ["error", "error"]
+    assert counted(service) == {"held": 2, "error": 3}
