@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import grpc
 import pytest
+import redis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
+from reservation import State
 from tests.atp_service.edge.test_api import T0, stocked
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 OUTCOMES = ("held", "rejected", "confirmed", "released", "fulfilled", "replayed", "error")
 
@@ -38,8 +41,40 @@ async def test_retried_resolutions_are_counted_replayed_not_again(start_service:
     await client.confirm("r2")
     await client.fulfill("r2")
     await client.fulfill("r2")
-    assert counted(service) == {"held": 2, "confirmed": 2, "fulfilled": 2, "released": 1, "replayed": 5}
+    assert service.engine is not None and service.engine.place("A") != service.engine.place("D")
+    await client.reserve("r3", [("A", "S1", 1), ("D", "DC", 1)])  # changed across its shards (the coordinator)
+    await client.confirm("r3")
+    await client.confirm("r3")
+    assert counted(service) == {"held": 3, "confirmed": 3, "fulfilled": 2, "released": 1, "replayed": 6}
 
+
+
+async def test_a_confirm_whose_caller_went_away_is_counted_once_made(start_service: ServiceFactory,
+                                                                      redis_url: str) -> None:
+    """Its caller gone while the change waited to be durable, a Confirm goes on to its end (R8): before, it was
+    counted in the caller's task after the answer, so a change made was never counted (and its retry, answered
+    from the record, is ``replayed``: counted nowhere as a confirmation)."""
+    service, client = await stocked(start_service, ManualClock(T0))
+    await client.reserve("r1", [("A", "S1", 3)])
+    assert service.engine is not None
+    ledger = service.engine.actors[service.engine.place("A")].ledger
+    registry = service.metrics.registry
+    pause = redis.Redis.from_url(redis_url)
+    pause.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")  # the confirmation decided, waiting to be durable
+    try:
+        call = client.stub.Confirm(pb.ConfirmRequest(reservation_id="r1"))
+        await until(lambda: (rec := ledger.reservation("r1")) is not None and rec.state == State.CONFIRMED,
+                    "the confirmation decided", 20)
+        call.cancel()
+        await until(lambda: registry.get_sample_value("atp_rpc_duration_seconds_count",
+                                                      {"method": "Confirm", "code": "CANCELLED"}),
+                    "the service saw its caller go", 20)
+    finally:
+        pause.execute_command("CLIENT", "UNPAUSE")
+        pause.close()
+    await until(lambda: counted(service).get("confirmed") == 1, "the confirmation counted once durable", 20)
+    await client.confirm("r1")  # the caller's retry: answered from the record
+    assert counted(service) == {"held": 1, "confirmed": 1, "replayed": 1}
 
 async def test_a_refused_unary_reserve_is_counted_error_as_a_stream_item_is(start_service: ServiceFactory) -> None:
     service, client = await stocked(start_service, ManualClock(T0))
