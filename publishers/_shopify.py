@@ -69,6 +69,7 @@ from ._shopify_state import (
     error_code,
     graphql_errors,
     row_errors,
+    set_ran,
     stale_rows,
     user_errors_text,
 )
@@ -357,6 +358,9 @@ class ShopifyAdapter:
             except (ValueError, AttributeError, TypeError):
                 raise DeliveryError("shopify: the answer is not a GraphQL response") from None
             errors = payload.get("errors")
+            if errors and kind == "set" and set_ran(payload.get("data")):  # about its result's fields: it ran
+                log.warning("shopify: the set ran, its answer with errors: %s", graphql_errors(errors))
+                errors = None
             if not errors:
                 data = payload.get("data") or {}
                 if not isinstance(data, dict):  # a gateway's page: a failed try, not a crash of the loop
@@ -366,8 +370,7 @@ class ShopifyAdapter:
                 raise DeliveryError(f"shopify: the answer is not a GraphQL response (errors: {graphql_errors(errors)})")
             codes = {error_code(e) for e in errors if isinstance(e, dict)}
             if codes != {"THROTTLED"}:
-                # Refused before it ran: an invalid value of one quantity (an id Shopify cannot parse), the
-                # request's cost: maybe not a part of it (split); access and an inactive shop: any part.
+                # Refused before it ran: a value of one quantity, the cost: maybe not a part (split); access: any.
                 raise DeliveryError(f"shopify: GraphQL errors {graphql_errors(errors)}",
                                     retryable=bool(codes & RETRYABLE_ERRORS),
                                     splittable=not codes & SAME_FOR_EVERY_PART)

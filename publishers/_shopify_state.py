@@ -204,6 +204,16 @@ def about_the_request(whole: list[dict[str, Any]]) -> bool:
     return False
 
 
+def set_ran(data: Any) -> bool:
+    """Whether a set answered with top-level errors ran all the same: its ``inventorySetQuantities`` an object whose
+    ``userErrors`` is a list (GraphQL nulls a field it failed to resolve: the errors are about fields of the result,
+    such as an ``inventoryAdjustmentGroup`` the app may not read). Its ``userErrors`` then say what it did: read as a
+    refusal before it ran, an applied stock-out was dead-lettered, counted failed and owed, or retried with its key
+    (answered so again) until it was. ``userErrors`` null: whether it applied is not said, a failed try as before."""
+    result = data.get("inventorySetQuantities") if isinstance(data, dict) else None
+    return isinstance(result, dict) and isinstance(result.get("userErrors"), list)
+
+
 def graphql_errors(errors: Any) -> str:
     """Top-level GraphQL errors, short: each one's code and message (not its ``extensions.value``, which
     may repeat the whole input)."""
