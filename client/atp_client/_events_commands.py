@@ -116,6 +116,17 @@ async def _checked(path: Path, entries: Callable[[Path, Iterator[tuple[int, pb.F
     return last_line
 
 
+async def _closed(client: Any) -> bool:
+    """``client`` closed (its connections' ends awaited); False where a Ctrl-C landed meanwhile, the close left to the
+    process's end: the run's summary is said all the same. Raised, the run ended on "atpctl: interrupted" alone, where
+    the stream held what it took: the operator, told nothing, published the file again, past the grace window twice."""
+    try:
+        await client.aclose()
+    except asyncio.CancelledError:
+        return False
+    return True
+
+
 async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url: str | None) -> int:
     """The input-stream entry format (``_publish.entry_fields``), once every line of the file is
     one the intake would take: the intake tells a producer nothing of an entry it dead-letters.
@@ -147,9 +158,13 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
         written = await write(client, stream, entries(path, numbered_facts(path, last_line)), EVENTS_CHUNK,
                               args.timeout)
     finally:
-        await client.aclose()
+        closed = await _closed(client)
+    written.interrupted |= not closed
     if written.stopped_at:
         print(written.told(path), file=sys.stderr)
+    elif not closed:
+        print(f"atpctl: {path}: interrupted as the connection closed, every line answered: {written.published} "
+              "entries written in all", file=sys.stderr)
     answer(written.summary(stream), args.json)
     if written.interrupted:
         return EXIT_INTERRUPTED

@@ -170,3 +170,38 @@ async def test_a_ctrl_c_while_a_long_file_is_checked_stops_the_check_and_says_no
     out, err = capsys.readouterr()
     assert json.loads(out) == {"stream": "atp:in:pos", "published": 0, "in_doubt": 0}, (out, err)
     assert f"{facts}: interrupted while its lines were checked: nothing published" in err, err
+
+
+async def test_a_ctrl_c_while_the_client_closes_after_the_last_chunk_still_says_what_was_published(
+        redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every chunk answered, the client closing (its connections' ends awaited): a Ctrl-C then left the run as
+    CancelledError, "atpctl: interrupted" alone and no summary, where the stream held the whole file: the operator,
+    told nothing of it, publishes it again, past the grace window a second time (E8). Deterministic: the run's task is
+    cancelled, as asyncio.run's SIGINT handler does, as the client's close begins."""
+    import argparse
+    import asyncio
+
+    import redis
+    import redis.asyncio as aioredis
+
+    from atp_client._events_commands import _publish
+
+    facts = tmp_path / "facts.jsonl"
+    now = int(time.time() * 1000)
+    facts.write_text("".join(receipt(n, now) + "\n" for n in range(5)))
+    args = argparse.Namespace(timeout=5.0, redis_cluster=False, json=True)
+    run = asyncio.ensure_future(_publish(args, facts, "atp:in:pos", redis_url))
+    closing = aioredis.Redis.aclose
+
+    async def interrupted_close(self: aioredis.Redis, *given: object, **named: object) -> None:
+        if type(self) is aioredis.Redis:  # the run's client, not a pipeline of it
+            run.cancel()
+        await closing(self, *given, **named)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(aioredis.Redis, "aclose", interrupted_close)
+    assert await run == EXIT_INTERRUPTED
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"stream": "atp:in:pos", "published": 5, "in_doubt": 0}, (out, err)
+    assert "interrupted" in err and "5 entries written" in err, err
+    with redis.Redis.from_url(redis_url) as admin:
+        assert admin.xlen("atp:in:pos") == 5
