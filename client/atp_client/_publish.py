@@ -19,7 +19,15 @@ from typing import Any, TypeVar
 
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_client._output import EXIT_DENIED, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_USAGE, BadInput
@@ -274,11 +282,22 @@ async def _execute(pipe: Any, lines: list[int], done: Written, timeout_s: float 
     for n, answer in zip(lines, answers, strict=True):
         if not isinstance(answer, Exception):
             done.published += 1  # every entry taken, those after a refused one too: the stream holds them
-        elif not done.stopped_at:
+            continue
+        done.in_doubt += _unanswered(answer)
+        if not done.stopped_at:
             done.stopped_at, done.error = n, f"{type(answer).__name__}: {answer}"
             done.status = refusal_status(answer)
     lines.clear()
     return not done.stopped_at
+
+
+def _unanswered(answer: Exception) -> bool:
+    """Whether an entry's answer is its connection lost or timed out after the chunk went out, no word of Redis (a
+    cluster pipeline gives a node's such error as the answer of each of its commands): in doubt, written or not (R7).
+    Counted neither published nor in doubt, the summary said nothing of them. Redis's own refusals (LOADING, a
+    password) are answers: not written."""
+    return (isinstance(answer, RedisConnectionError | RedisTimeoutError | OSError)
+            and not isinstance(answer, BusyLoadingError | AuthenticationError))
 
 
 def _abandoned(chunk: asyncio.Future[Any], lines: list[int], done: Written, why: str) -> None:

@@ -203,3 +203,35 @@ async def test_a_ctrl_c_while_the_node_is_asked_whether_it_is_a_cluster_keeps_th
     done = run.result()
     assert done.interrupted and (done.published, done.in_doubt, done.stopped_at) == (2, 0, 3), done
     assert done.not_sent, done
+
+
+async def test_entries_of_a_node_whose_connection_is_lost_after_the_send_are_in_doubt_not_unpublished(
+        cluster_url: str) -> None:
+    """A cluster pipeline answers each command of a node whose connection drops after the chunk went out with the
+    error itself (``ConnectionError``, not raised: ``raise_on_error=False``): those entries were counted neither
+    published nor in doubt, the summary ``in_doubt`` 0 for a chunk whose answer was never read (R7). Deterministic:
+    the stream's node holds the XADDs (``CLIENT PAUSE WRITE``) until the publisher's connection, seen waiting on one
+    there, is killed."""
+    import redis.asyncio as aioredis
+
+    from atp_client._publish import write
+
+    with redis.RedisCluster.from_url(cluster_url) as admin:
+        port = admin.get_node_from_key(STREAM).port
+    node = redis.Redis(host="127.0.0.1", port=port)
+    client = aioredis.RedisCluster.from_url(cluster_url)
+    try:
+        node.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+        run = asyncio.ensure_future(write(client, STREAM, [(n, {"a": n}) for n in range(1, 6)], 10, 60.0))
+        deadline = time.monotonic() + 30
+        while not (waiting := [c for c in node.client_list() if c["cmd"] == "xadd" and "b" in c["flags"]]):
+            assert time.monotonic() < deadline and not run.done(), "the chunk never reached the stream's node"
+            await asyncio.sleep(0.02)
+        node.client_kill_filter(_id=waiting[0]["id"])
+        done = await run
+    finally:
+        node.execute_command("CLIENT", "UNPAUSE")
+        node.close()
+        await client.aclose()
+    assert done.stopped_at == 1 and "Connection" in done.error, done
+    assert (done.published, done.in_doubt) == (0, 5), done
