@@ -109,9 +109,9 @@ async def _checked(path: Path, entries: Callable[[Path, Iterator[tuple[int, pb.F
     ``CHECK_PAUSE_EVERY`` lines: a Ctrl-C cancels the run's task, which only a pause lets it see (without one, a file
     of millions of lines was checked to its end first, and a bad line after the Ctrl-C refused it)."""
     last_line = 0
-    for n, _ in entries(path, numbered_facts(path)):
+    for checked, (n, _) in enumerate(entries(path, numbered_facts(path)), 1):
         last_line = n
-        if n % CHECK_PAUSE_EVERY == 0:
+        if checked % CHECK_PAUSE_EVERY == 0:  # lines checked, not line numbers: blank lines are skipped
             await asyncio.sleep(0)
     return last_line
 
