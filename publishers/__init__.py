@@ -9,7 +9,8 @@ from ._delivery import Adapter, DeliveryError, Refused, update_json
 from ._http import HttpSettings
 from ._metrics import PublisherMetrics
 from ._publisher import Publisher
-from ._shopify import DEFAULT_API_VERSION, ShopifyAdapter, ShopifySettings, read_body, set_quantities_body
+from ._shopify import DEFAULT_API_VERSION, ShopifyAdapter, ShopifySettings, set_quantities_body
+from ._shopify_state import read_body
 from ._startup import RedisRefused, RedisUnavailable, RedisWait, wait_for_redis
 
 __all__ = [

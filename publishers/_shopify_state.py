@@ -157,6 +157,17 @@ def available_of(item: Any) -> int | None:
     return None
 
 
+def read_body(rows: list[Row]) -> dict[str, Any]:
+    """One query reading the ``available`` quantity of each row (aliases ``q0``, ``q1``, ...)."""
+    params = ", ".join(f"$i{n}: ID!, $l{n}: ID!" for n in range(len(rows)))
+    fields = " ".join(f"q{n}: inventoryItem(id: $i{n}) {{ inventoryLevel(locationId: $l{n}) {{ "
+                      f'quantities(names: ["available"]) {{ name quantity }} }} }}' for n in range(len(rows)))
+    variables: dict[str, Any] = {}
+    for n, r in enumerate(rows):
+        variables[f"i{n}"], variables[f"l{n}"] = r.item, r.location
+    return {"query": f"query AtpAvailable({params}) {{ {fields} }}", "variables": variables}
+
+
 def stale_rows(errors: list[dict[str, Any]], rows: list[Row]) -> list[Row]:
     """The rows a ``CHANGE_FROM_QUANTITY_STALE`` error names (``field``: input, quantities, <index>, ...);
     every row when an error names none."""

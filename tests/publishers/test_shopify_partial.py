@@ -72,3 +72,28 @@ async def test_a_set_whose_user_errors_are_lost_to_an_error_is_not_taken_as_appl
     with serve(store.handle) as url:
         metrics = await publish_once(client, url, [update("a", 0, 1, previous=10)])
     assert counted(metrics)["delivered"] == 0 and store.applied == 0
+
+
+async def test_sets_that_ran_with_errors_are_said_at_most_once_a_second(caplog: pytest.LogCaptureFixture) -> None:
+    """An app without the scope to read a field of the result gets the errors with every set: a warning per batch
+    flooded the log on the busiest day. One line per ``SPLIT_LOG_EVERY_S``, the next saying how many were left out."""
+    import logging
+
+    from tests.publishers.http_helpers import Clock
+    from tests.publishers.test_shopify import adapter
+
+    store = Store({A: 10})
+    clock = Clock()
+    with serve(with_result_field_error(store, {"code": "ACCESS_DENIED"})) as url, caplog.at_level(logging.WARNING):
+        shopify = adapter(url, clock)
+        try:
+            for version, quantity in enumerate((7, 5, 3), 1):
+                await shopify.deliver("web", [update("a", quantity, version, previous=10 if version == 1 else None)])
+            said = [r for r in caplog.records if "set ran" in r.getMessage()]
+            assert len(said) == 1 and store.levels[A] == 3, [r.getMessage() for r in said]
+            clock.now += 1.0
+            await shopify.deliver("web", [update("a", 0, 4, previous=3)])
+        finally:
+            await shopify.close()
+    said = [r.getMessage() for r in caplog.records if "set ran" in r.getMessage()]
+    assert len(said) == 2 and "2 such answers left out" in said[1], said
