@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio.connection import parse_url
+
 DURABILITY_MODES = ("everysec", "always")
 TRANSPORTS = ("classic", "promise")
 """HTTP/2 transports of gRPC core the server can run on (see atp_service/edge/transport.py)."""
@@ -161,6 +163,16 @@ def check_key_prefix(prefix: str) -> None:
         raise ValueError(f"key_prefix: must not contain '{{' or '}}', got {prefix!r}")
 
 
+def check_redis_url(url: str) -> None:
+    """``url`` as redis-py's asyncio client reads it at the first connection (scheme, port, query options): refused
+    only there, the service's start ended once its gRPC server was set up and a publisher's in a traceback (exit
+    status 1, which a supervisor restarts), neither naming the setting. Its words quote no user information."""
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"redis_url: {exc}") from None
+
+
 def check_tls(cfg: Any) -> None:
     """The TLS settings of a ``ServiceConfig``: none given that would go unused."""
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
@@ -187,6 +199,8 @@ def check_redis(cfg: Any) -> None:
         raise ValueError(f"dead_letter_stream: {cfg.dead_letter_stream!r} is quarantine_stream too: each write trims "
                          "the stream, dead letters pushing out quarantined facts (never written again), so it must be "
                          "another stream")
+    if cfg.redis_url is not None:
+        check_redis_url(cfg.redis_url)
     check_key_prefix(cfg.key_prefix)  # at start, not once Redis runs and recovery builds its keys (exit 1)
     _check_reader_names(cfg.consumer_group, cfg.consumer_name, cfg.ownership == "leases")
     _check_side_keys(cfg)

@@ -115,6 +115,24 @@ def test_a_refusal_names_each_setting_as_the_operator_gave_it(capsys: pytest.Cap
     assert capsys.readouterr().err.startswith("atp-service: ATP_CONSUMER_GROUP: must not contain ':' (its Redis")
 
 
+@pytest.mark.parametrize(("url", "said"), [
+    ("foo://:s3cret@redis:6379", "must specify one of the following schemes (redis://, rediss://, unix://)"),
+    ("redis://:s3cret@redis:63x9", "Port could not be cast to integer value as '63x9'"),
+    ("redis://:s3cret@redis:70000", "Port out of range 0-65535"),
+])
+def test_a_redis_url_redis_cannot_read_stops_the_start_naming_it(url: str, said: str,
+                                                                 capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused by ``atp-service config`` too, naming the setting as given and never its password: it was read only
+    once the service had set up its gRPC server, refused as 'Redis URL must specify ...' with no setting named."""
+    monkeypatch.setenv("ATP_REDIS_URL", url)
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("atp-service: ATP_REDIS_URL: ") and said in err and "s3cret" not in err
+    assert main(["config", "--redis-url", url]) == 2
+    assert capsys.readouterr().err.startswith("atp-service: --redis-url: ")
+
+
 def test_ids_longer_than_a_message_can_answer_stop_the_start(capsys: pytest.CaptureFixture[str]) -> None:
     """A Reserve of one line of ids of ``max_id_length`` could not be answered within
     ``max_message_bytes``: refused at start naming both, not at every such Reserve (or never, the
