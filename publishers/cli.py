@@ -28,6 +28,7 @@ from atp_service.config_values import (
     LOG_LEVELS,
     TRUE,
     check_key_prefix,
+    check_redis_url,
     parse_value,
     userinfo_hidden,
 )
@@ -280,6 +281,15 @@ def make_config(args: argparse.Namespace) -> PublisherConfig:
         raise ValueError(_CONFIG_FIELD.sub(lambda found: FLAG_OF_FIELD[found.group(1)], str(exc))) from None
 
 
+def checked_redis_url(url: str, named: str) -> None:
+    """``url`` read as the client reads it at its first connection, where a refusal was a traceback and exit status 1
+    (a supervisor restarting it), naming no flag; refused here as ``named``, the password never quoted."""
+    try:
+        check_redis_url(url)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("redis_url", named, 1)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -301,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
               "is required", file=sys.stderr)
         return EXIT_BAD_SETTING
     try:
+        checked_redis_url(redis_url, "--redis-url" if args.redis_url else str(url_file))
         config = make_config(args)
         cluster = cluster_of(args)
         wait = RedisWait(total_s=args.redis_wait, max_s=args.redis_backoff_max)

@@ -110,6 +110,14 @@ def test_a_metrics_port_out_of_range_is_refused_naming_the_flag(capsys: pytest.C
     assert "--metrics-port: must be within [-1, 65535], got 70000" in capsys.readouterr().err
 
 
+def test_a_redis_url_redis_cannot_read_is_refused_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """A traceback and exit status 1 before (a supervisor restarting it for ever), saying no flag."""
+    assert main([*FLAGS, "--metrics-port", "-1", "--redis-url", "foo://:s3cret@redis:6379"]) == EXIT_BAD_SETTING
+    err = capsys.readouterr().err
+    assert err.startswith("atp-publisher: --redis-url: Redis URL must specify one of the following schemes")
+    assert "s3cret" not in err
+
+
 @pytest.mark.parametrize(("flags", "named"), [
     (["--redeliver-interval", "nan"], "--redeliver-interval"),
     (["--redeliver-interval", "inf"], "--redeliver-interval"),
