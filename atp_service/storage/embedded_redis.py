@@ -320,6 +320,10 @@ class EmbeddedRedis:
     def stop(self, timeout_s: float = 10.0) -> None:
         try:
             self._stop_process(timeout_s)
+            if self._lock_file is not None:  # this directory's: a start refused it (in use) leaves the other's be
+                # Left, it named a Redis gone (the next start's port and password are new): atpctl and atp-publisher,
+                # given no URL, failed there. Under the lock: no start of this directory writes it meanwhile.
+                (self.data_dir / "redis.url").unlink(missing_ok=True)
         finally:
             self._unlock()
 

@@ -22,6 +22,7 @@ import redis
 from atp_client._args import env_boolean
 from atp_client._parser import build_parser
 from atp_service.config import ServiceConfig
+from atp_service.storage import DataDirInUse
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.conftest import ServiceFactory
 
@@ -339,6 +340,27 @@ def test_without_a_url_it_writes_to_the_redis_of_make_run(tmp_path: Path) -> Non
         assert away.returncode == 2 and "var/redis/redis.url" in away.stderr, away.stderr  # no such file there
     finally:
         embedded.stop()
+
+
+def test_a_stopped_make_run_leaves_no_url_of_a_redis_that_is_gone(tmp_path: Path) -> None:
+    """``make run`` stopped left var/redis/redis.url naming its Redis, gone with it: `events publish` given no URL
+    connected there and ended exit status 6, 'Error 111 connecting to 127.0.0.1:<port>', an address the user never
+    gave (the next start takes another port and password, so it never comes back there). The stop removes the file:
+    the run is told to give --redis-url (exit status 2). A start refused the directory (in use) leaves the running
+    one's file be."""
+    embedded = EmbeddedRedis(tmp_path / "var" / "redis", password="made-at-start").start()
+    try:
+        with pytest.raises(DataDirInUse):
+            EmbeddedRedis(tmp_path / "var" / "redis", password="another").start()
+        EmbeddedRedis(tmp_path / "var" / "redis").stop()  # never started: nothing of the running one's is its
+        path, env = _one_fact_without_a_url(tmp_path)
+        _published_one(path, tmp_path, env, embedded.url)
+    finally:
+        embedded.stop()
+    assert not (tmp_path / "var" / "redis" / "redis.url").exists()
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "events", "publish", str(path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "needs --redis-url" in done.stderr, (done.returncode, done.stderr)
 
 
 def test_without_a_url_it_writes_to_the_redis_of_the_service_s_data_dir(tmp_path: Path) -> None:
