@@ -50,8 +50,9 @@ def read_text(type_name: str, raw: str) -> Any:
             return float(raw)
         if type_name.startswith("Path"):
             return Path(raw)
-    except ValueError:
-        raise ValueError(f"cannot read {raw!r} as {type_name}") from None
+    except ValueError:  # a boolean as atpctl and atp-publisher say it, with what reads as one
+        said = f"a boolean (one of {', '.join(TRUE + FALSE)})" if type_name.startswith("bool") else type_name
+        raise ValueError(f"cannot read {raw!r} as {said}") from None
     return raw
 
 

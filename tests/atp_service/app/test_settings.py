@@ -133,6 +133,20 @@ def test_a_redis_url_redis_cannot_read_stops_the_start_naming_it(url: str, said:
     assert capsys.readouterr().err.startswith("atp-service: --redis-url: ")
 
 
+def test_a_boolean_that_cannot_be_read_is_refused_saying_what_reads(capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """'ATP_REDIS_CLUSTER: cannot read 'maybe' as bool' named Python's type, not what the service takes, where
+    atpctl and atp-publisher, reading the same variable, said it (``env_boolean``, ``cluster_of``)."""
+    monkeypatch.setenv("ATP_REDIS_CLUSTER", "maybe")
+    assert main(["config"]) == 2
+    assert capsys.readouterr().err == ("atp-service: ATP_REDIS_CLUSTER: cannot read 'maybe' as a boolean (one of 1, "
+                                       "true, yes, on, 0, false, no, off)\n")
+    monkeypatch.setenv("ATP_REDIS_CLUSTER", "on")
+    monkeypatch.setenv("ATP_SHARDS", "four")  # other types as their names say
+    assert main(["config"]) == 2
+    assert capsys.readouterr().err == "atp-service: ATP_SHARDS: cannot read 'four' as int\n"
+
+
 def test_ids_longer_than_a_message_can_answer_stop_the_start(capsys: pytest.CaptureFixture[str]) -> None:
     """A Reserve of one line of ids of ``max_id_length`` could not be answered within
     ``max_message_bytes``: refused at start naming both, not at every such Reserve (or never, the
