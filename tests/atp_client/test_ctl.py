@@ -250,11 +250,13 @@ async def test_an_import_with_a_quarantined_fact_says_it_was_not_applied_and_exi
 
 
 def test_events_publish_without_a_redis_to_write_to_is_a_usage_error(tmp_path: Path) -> None:
+    """Run where no var/redis/redis.url is: run in the checkout, it found the file a `make run` there wrote (one
+    running, or one killed, whose file stays) and published the empty file to that Redis, exit status 0."""
     path = tmp_path / "facts.jsonl"
     path.write_text("")
-    env = {k: v for k, v in os.environ.items() if k != "ATP_REDIS_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("ATP_REDIS_URL", "ATP_DATA_DIR")}
     done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "events", "publish", str(path)],
-                          capture_output=True, text=True, timeout=60, env=env)
+                          capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert done.returncode == 2 and "--redis-url" in done.stderr, (done.returncode, done.stderr)
 
 
