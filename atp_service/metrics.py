@@ -213,7 +213,7 @@ class IntakeMetrics:
         )
         self.ingest_quarantine_runs_redrawn = Counter(
             "atp_ingest_quarantine_runs_redrawn_total", "Quarantine runs this process drew again (leased: swept while "
-            "it ran, or moved past by its own lost draw), its quarantine writes refused until then", registry=r
+            "it ran), its quarantine writes refused until then", registry=r
         )
         self.ingest_read_failures = Counter(
             "atp_ingest_read_failures_total", "Reads of the input streams that failed (Redis not answering, a "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
-from atp_service.intake.quarantine import ahead_key, run_key, swept_runs_key, written_key
+from atp_service.intake.quarantine import ahead_key, drawn_key, run_key, swept_runs_key, written_key
 from atp_service.intake.unread import answered_key, made_again_key, owing_key, trimmed_unread_key
 from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl, check_cluster_client
 from atp_service.storage.keys import CHANNELS, Keyspace
@@ -167,9 +167,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     needs += [Need(("HMGET", ahead, "d"), ahead, use)]
     swept = swept_runs_key(quarantine)  # the highest run removed with its consumer (departed.py): a run drawn above it
     needs += [Need(("EVALSHA", SHA, 6, quarantine, written, run, ahead, swept, s), s, use) for s in streams]
-    needs += [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use),  # SET: lost
-              Need(("TYPE", run), run, use), Need(("GET", swept), swept, use), Need(("TYPE", swept), swept, use),
-              Need(("SET", swept, 0, "NX"), swept, use)]
+    needs += _run_needs(config, use)
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
         ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"), ("TYPE",), ("HGET", "s"), ("HLEN",),
         ("HEXISTS", "s"))]
@@ -184,7 +182,22 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
             ("XINFO", "GROUPS", s), ("XINFO", "STREAM", s), ("XGROUP", "CREATE", s, group, "$", "MKSTREAM"),
             ("XGROUP", "SETID", s, group, "0-0"), ("XRANGE", s, "-", "+", "COUNT", 1), ("EXISTS", s))]
     if config.ownership == "leases":  # a consumer of a process gone for good removed, its count moved (departed.py)
-        needs += _departed_needs(config, owed, use)
+        needs += _departed_needs(config, owed, use)  # and the draw of its run, with its mark
+    return needs
+
+
+def _run_needs(config: ServiceConfig, use: str) -> list[Need]:
+    """The consumer's quarantine run (``intake/runs.py``): drawn once per token in one script, its last draw's record
+    beside (a retry of a draw whose answer was lost draws no second run); read at each sweep round."""
+    quarantine, group, consumer = config.quarantine_stream, config.consumer_group, config.consumer_name
+    run, swept = run_key(quarantine, group, consumer), swept_runs_key(quarantine)
+    drawn = drawn_key(quarantine, group, consumer)
+    needs = [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use),  # SET: lost
+             Need(("TYPE", run), run, use), Need(("GET", swept), swept, use), Need(("TYPE", swept), swept, use),
+             Need(("SET", swept, 0), swept, use), Need(("GET", drawn), drawn, use), Need(("TYPE", drawn), drawn, use),
+             Need(("SET", drawn, "t", "PX", 1), drawn, use)]
+    if config.ownership != "leases":  # leased, the draw names the consumer's answered mark too (_departed_needs)
+        needs.append(Need(("EVALSHA", SHA, 3, run, swept, drawn), run, use))
     return needs
 
 
@@ -198,15 +211,18 @@ def _departed_needs(config: ServiceConfig, owed: str, use: str) -> list[Need]:
     gone = trimmed_unread_key(streams[0], group, "gone@0")
     mark = answered_key(gone)  # read where its owner answered it since (unread.answered_key), deleted with it
     ran = run_key(quarantine, group, "gone@0")  # its quarantine run, removed with it, the highest kept (swept)
+    drew = drawn_key(quarantine, group, "gone@0")  # its last draw's record, removed with it
     own = answered_key(owed)  # this consumer's, set as its run is drawn (runs.DRAW): no sweep takes that run
-    needs = [Need(("EVALSHA", SHA, len(streams) + 6, *streams, owed, swept, owing, gone, mark, ran), owed, use),
-             Need(("EVALSHA", SHA, 3, run_key(quarantine, group, consumer), swept, own), swept, use),
+    drawn = drawn_key(quarantine, group, consumer)
+    needs = [Need(("EVALSHA", SHA, len(streams) + 7, *streams, owed, swept, owing, gone, mark, ran, drew), owed, use),
+             Need(("EVALSHA", SHA, 4, run_key(quarantine, group, consumer), swept, drawn, own), swept, use),
              Need(("TYPE", own), own, use),
              Need(("HSET", owed, "s", 1), owed, use), Need(("HGETALL", gone), gone, use),
              Need(("SET", swept, 1), swept, use), Need(("TYPE", swept), swept, use),
              Need(("SMEMBERS", owing), owing, use), Need(("SREM", owing, "c"), owing, use),
              Need(("SADD", owing, consumer), owing, use)]  # the sweeper owing what it moved
     needs += [Need((c, key), key, use) for key in (gone, mark, ran) for c in ("TYPE", "DEL", "GET")]
+    needs += [Need(("DEL", drew), drew, use)]
     needs += [Need(args, s, use) for s in streams for args in (
         ("XINFO", "CONSUMERS", s, group), ("XGROUP", "DELCONSUMER", s, group, consumer))]
     return needs

@@ -21,7 +21,8 @@ gone: nothing to tell, its consumer made again); two sweepers cannot both move i
 the consumer's idle time as it was before Redis 7.2, yet answers the owed hash, which its reader then tells: that read
 marks the hash answered (``unread.answered_key``), and the sweep keeps a consumer whose hash was answered within
 ``claim_idle_ms`` (moved then, its counts were told by both). Its run beside the quarantine stream
-(``quarantine.run_key``, one per name) is deleted with it, the highest run so deleted kept in one key
+(``quarantine.run_key``, one per name) is deleted with it, and its draw's record (``quarantine.drawn_key``), the
+highest run so deleted kept in one key
 (``quarantine.swept_runs_key``): a process back under that name draws its run above it, so a quarantine write of the
 deleted run landing late writes and acknowledges nothing (E8); before, one such key stayed for every address. A
 process swept all the same while it runs (not seen live past its draw's mark) draws its run again at its next sweep
@@ -36,7 +37,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from atp_service.intake.quarantine import QuarantineStream, run_key, swept_runs_key
+from atp_service.intake.quarantine import QuarantineStream, drawn_key, run_key, swept_runs_key
 from atp_service.intake.unread import STREAM_ID_LUA, answered_key, owing_key, trimmed_unread_key
 from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text, no_such_key
@@ -50,10 +51,11 @@ SWEPT_AT_ONCE = 100
 _SWEEP = """
 -- KEYS: the input streams, then the sweeper's owed hash, the highest run swept (``quarantine.swept_runs_key``), the
 -- group's set of consumers owing (``unread.owing_key``), then each candidate's owed hash, its answered mark
--- (``unread.answered_key``) and its run beside the quarantine stream (``quarantine.run_key``). ARGV: group, least idle
--- ms, then each candidate's name. Returns {name, entries moved} of each consumer removed.
+-- (``unread.answered_key``), its run beside the quarantine stream (``quarantine.run_key``) and its draw's record
+-- (``quarantine.drawn_key``). ARGV: group, least idle ms, then each candidate's name. Returns {name, entries moved}
+-- of each consumer removed.
 local group, least = ARGV[1], tonumber(ARGV[2])
-local n = #KEYS - 3 * (#ARGV - 2) - 3
+local n = #KEYS - 4 * (#ARGV - 2) - 3
 local mine, swept, owing = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local me = string.sub(mine, #owing + 2)  -- the sweeper's name: its hash is the set's key, ':' and its name (unread.py)
 """ + STREAM_ID_LUA + ACL_LUA + """
@@ -91,7 +93,8 @@ for i = 1, n do
 end
 local removed = {}
 for j = 3, #ARGV do
-  local name, owed, answered, run = ARGV[j], KEYS[n + 3 * (j - 2) + 1], KEYS[n + 3 * (j - 2) + 2], KEYS[n + 3 * (j - 1)]
+  local base = n + 3 + 4 * (j - 3)
+  local name, owed, answered, run, drawn = ARGV[j], KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4]
   local gone, present = true, false
   for i = 1, n do
     local c = seen[i][name]
@@ -137,7 +140,7 @@ for j = 3, #ARGV do
       highest = ran
       redis.call('SET', swept, ran)
     end
-    redis.call('DEL', owed, answered, run)
+    redis.call('DEL', owed, answered, run, drawn)
     redis.call('SREM', owing, name)
     for i = 1, n do
       if seen[i][name] then redis.call('XGROUP', 'DELCONSUMER', KEYS[i], group, name) end
@@ -203,10 +206,11 @@ class DepartedConsumers:
             self._script = self._client.register_script(_SWEEP)
         first, group = self._streams[0], self._group
         owed = [trimmed_unread_key(first, group, name) for name in names]
-        runs = [run_key(self._quarantine, group, name) for name in names]
         keys = [*self._streams, trimmed_unread_key(first, group, self._consumer), swept_runs_key(self._quarantine),
                 owing_key(first, group),
-                *(key for one, run in zip(owed, runs, strict=True) for key in (one, answered_key(one), run))]
+                *(key for one, name in zip(owed, names, strict=True) for key in (
+                    one, answered_key(one), run_key(self._quarantine, group, name),
+                    drawn_key(self._quarantine, group, name)))]
         return list(await self._script(keys=keys, args=[group, self._least_idle_ms, *names]))
 
     def _said(self, removed: list[Any]) -> list[str]:

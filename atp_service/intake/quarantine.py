@@ -21,6 +21,7 @@ later one (a resend) by it (``again.quarantined_before``).
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -207,7 +208,7 @@ class QuarantineStream:
         self.ahead_key = ahead_key(stream)
         """Of those, the facts whose input entries' ids ran ahead of their writes: the entry, by digest."""
         self._runs: dict[tuple[str, str], int] = {}  # (group, consumer): this process's run of it (``run_of``)
-        self._lost: dict[tuple[str, str], int] = {}  # (group, consumer): its draws whose answers were lost (runs.draw)
+        self._drawing: dict[tuple[str, str], str] = {}  # (group, consumer): its draw not answered yet's token (DRAW)
         self._again: dict[tuple[str, str], tuple[int, str]] = {}  # (group, consumer): (run before, why), drawn again
         self._draw: Any = None  # ``runs.DRAW``, registered at its first call
         self._doubt: OrderedDict[str, None] = OrderedDict()
@@ -322,38 +323,29 @@ class QuarantineStream:
 
     async def keep_run(self, client: Any, group: str, consumer: str, mark: str,
                        told: Callable[[int, int, str], None] = lambda *_: None) -> int:
-        """Leased, at each sweep: the run drawn here (``run_of``), or drawn again where the script refuses every write
-        of it for good (E8, ``runs.swept``: swept, or moved past by its own lost draws; not by another's draw at its
-        address, nor a key Redis lost). ``told``: (run before, run now, why): once, where answered (``runs.tell``)."""
+        """Leased, at each sweep: the run drawn here (``run_of``), or drawn again where a sweep deleted it, which the
+        script refuses for good (E8, ``runs.swept``; not a key past it: another's draw at its address, its fence; nor
+        a key Redis lost). ``told``: (run before, run now, why): once, where answered (``runs.tell``)."""
         run = self._runs.get(at := (group, consumer))
-        if run is not None and (why := await runs.swept(client, run_key(self.stream, *at), swept_runs_key(self.stream),
-                                                        run, self._lost, at)):
+        if run is not None and await runs.swept(client, run_key(self.stream, *at), swept_runs_key(self.stream), run):
             del self._runs[at]  # drawn again now (refused: at the next sweep, its writes refused)
-            self._again.setdefault(at, (run, why))  # until told: the draw's answer lost (a timeout, a cancel)
+            self._again.setdefault(at, (run, "swept"))  # until told: the draw's answer lost (a timeout, a cancel)
         return runs.tell(self._again, at, await self.run_of(client, group, consumer, mark), told)
 
     async def run_of(self, client: Any, group: str, consumer: str, mark: str | None = None) -> int:
         """This process's run of ``consumer``, begun at its reader's first start (before it reads its own pending
         entries): the writes of its runs before, in doubt (their answers lost, owed in a memory gone with their
-        process), can land nothing now. A reader started again here keeps it: what it wrote in doubt is owed here.
-        ``mark``: leased, the consumer's answered mark, set with the draw (``runs.DRAW``): no sweep takes that run."""
-        run = self._runs.get((group, consumer))
-        if run is None and mark is not None:
+        process), can land nothing now. A reader started again here keeps it: what it wrote in doubt is owed here. A
+        draw not answered is retried under its token (``runs.DRAW``: its run, once). ``mark``: leased, the consumer's
+        answered mark, set with the draw: no sweep takes that run."""
+        run = self._runs.get(at := (group, consumer))
+        if run is None:
             if self._draw is None:
                 self._draw = client.register_script(runs.DRAW)
-            keys = [run_key(self.stream, group, consumer), swept_runs_key(self.stream), mark]
-            run = self._runs[(group, consumer)] = await runs.draw(self._draw, keys, ANSWERED_MS, self._lost,
-                                                                  (group, consumer))
-        if run is None:
-            key = run_key(self.stream, group, consumer)
-            run = int(await client.incr(key))
-            swept = await client.get(swept_runs_key(self.stream))  # read after the INCR: a sweep between raised it
-            if swept is None:  # there for every write naming it (``_ONCE``): on a migrating slot's source, one gone
-                await client.set(swept_runs_key(self.stream), 0, nx=True)  # fails it (TRYAGAIN)
-            if swept is not None and run <= int(swept):  # the key swept with its consumer (departed.py): run above it
-                run = int(swept) + 1
-                await client.set(key, run)
-            self._runs[(group, consumer)] = run
+            token = self._drawing.setdefault(at, uuid.uuid4().hex)  # a new draw's, kept for its retries till answered
+            keys = [run_key(self.stream, group, consumer), swept_runs_key(self.stream), drawn_key(self.stream, *at)]
+            run = self._runs[at] = await runs.draw(self._draw, keys + ([mark] if mark else []), token, ANSWERED_MS)
+            del self._drawing[at]
         return run
 
 
@@ -378,6 +370,12 @@ def run_key(stream: str, group: str, consumer: str) -> str:
     stream's Redis Cluster slot, as ``written_key``, one per consumer: removed with it under leases, its process gone
     for good (``intake/departed.py``, ``swept_runs_key``)."""
     return f"{written_key(stream)}:run:{group}:{consumer}"
+
+
+def drawn_key(stream: str, group: str, consumer: str) -> str:
+    """The record of the last draw of ``consumer``'s run (``runs.DRAW``: its token, a space, the run it drew): a
+    retry of that draw, or the draw landing late, returns that run. In the run key's slot, deleted with it."""
+    return f"{written_key(stream)}:drawn:{group}:{consumer}"
 
 
 def swept_runs_key(stream: str) -> str:

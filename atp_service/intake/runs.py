@@ -1,6 +1,8 @@
-"""A consumer's quarantine run (``QuarantineStream.run_of``): drawn, leased, in one script that marks the consumer
-answered (``DRAW``), and found swept with its consumer (``swept``) — ``intake/departed.py`` deletes the run key of a
-consumer it takes for gone, the highest so deleted kept beside (``quarantine.swept_runs_key``)."""
+"""A consumer's quarantine run (``QuarantineStream.run_of``): drawn in one script (``DRAW``), once per token — a
+retry of a draw whose answer was lost, or that draw landing late, returns the run it drew —, leased marking the
+consumer answered; and found swept with its consumer (``swept``) — ``intake/departed.py`` deletes the run key of a
+consumer it takes for gone, with its draw's record, the highest run so deleted kept beside
+(``quarantine.swept_runs_key``)."""
 
 from __future__ import annotations
 
@@ -9,16 +11,26 @@ from typing import Any
 
 from atp_service.storage.scripts import ACL_LUA
 
-# KEYS: the consumer's run key, the highest run swept (``swept_runs_key``), its answered mark (``unread.answered_key``).
-# ARGV: the mark's life (ms). Returns the run drawn, above both keys'. Leased, a sweeper not yet seeing the process
-# back at its address live took its consumer (idle: it draws before it reads) for gone and deleted the run it had just
-# drawn: a write of a run before, landing late, took the key missing for one Redis lost and wrote and acknowledged an
-# entry pending to the process back (E8). The mark, set with the draw, keeps the consumer (``departed.py``) for
-# ``claim_idle_ms``, by which the process is seen live — not always (its members entry lapsed, holding no group; Redis
-# before 7.2 keeps a consumer's idle time at a read that delivers nothing): a run swept all the same is refused for
-# good by the write (``quarantine._ONCE``), and drawn again (``QuarantineStream.keep_run``).
+DRAWN_MS = 86_400_000
+"""How long a draw's record (``quarantine.drawn_key``: its token and the run it drew) is kept past the draw: far
+past any retry of it (the next sweep round, the next start) or late landing of it; a record left by a sweep of a
+version that did not delete it expires (no key left for good per departed consumer)."""
+
+# KEYS: the consumer's run key, the highest run swept (``swept_runs_key``), its draw's record (``drawn_key``), and,
+# leased, its answered mark (``unread.answered_key``). ARGV: the draw's token (one per draw, the same for each of its
+# retries), the mark's life (ms). Returns the run drawn, above both keys'. Once per token: a draw whose answer was
+# lost (a timeout, a cancel) is retried with its token, and the retry — or the lost one landing after it — finds the
+# record and returns that run, no INCR: drawn again, the key sat past the run in use, and every write of it was refused
+# as one of a run before (E8), for as long as the process ran. A process's own draws never move its key past its
+# run, so a key past it is another's draw at its name (a later process, E8: its fence). Leased, a sweeper not yet
+# seeing the process back at its address live took its consumer (idle: it draws before it reads) for gone and deleted
+# the run it had just drawn: a write of a run before, landing late, took the key missing for one Redis lost and wrote
+# and acknowledged an entry pending to the process back (E8). The mark, set with the draw, keeps the consumer
+# (``departed.py``) for ``claim_idle_ms``, by which the process is seen live — not always (its members entry lapsed,
+# holding no group; Redis before 7.2 keeps a consumer's idle time at a read that delivers nothing): a run swept all
+# the same is refused for good by the write (``quarantine._ONCE``), and drawn again (``QuarantineStream.keep_run``).
 DRAW = ACL_LUA + """
-for k = 1, 3 do
+for k = 1, #KEYS do
   local kind = redis.call('TYPE', KEYS[k])['ok']
   if kind ~= 'string' and kind ~= 'none' then
     return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a string: no run drawn')
@@ -28,9 +40,22 @@ local swept = redis.call('GET', KEYS[2])
 if swept and not tonumber(swept) then
   return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds no run: no run drawn')
 end
-local refused = denied({{'INCR', KEYS[1]}, {'SET', KEYS[1], '1'}, {'SET', KEYS[2], '0'},
-  {'SET', KEYS[3], '1', 'PX', '1'}, {'TIME'}})
+local asked = {{'INCR', KEYS[1]}, {'SET', KEYS[1], '1'}, {'SET', KEYS[2], '0'}, {'SET', KEYS[3], 't', 'PX', '1'}}
+if KEYS[4] then asked[#asked + 1] = {'SET', KEYS[4], '1', 'PX', '1'}; asked[#asked + 1] = {'TIME'} end
+local refused = denied(asked)
 if refused then return refused end
+local function marked(run)
+  if KEYS[4] then
+    local t = redis.call('TIME')
+    redis.call('SET', KEYS[4], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'PX', ARGV[2])
+  end
+  return run
+end
+local record = redis.call('GET', KEYS[3])
+local token, drawn = string.match(record or '', '^(.*) (%d+)$')
+if token == ARGV[1] then  -- this draw landed before (its answer lost): the run it drew, the key not moved
+  return marked(tonumber(drawn))
+end
 local run = redis.call('INCR', KEYS[1])  -- a run key holding no number: an error, nothing written
 if not swept then  -- there for every write naming it (``_ONCE``): on a migrating slot's source, one gone fails it
   redis.call('SET', KEYS[2], '0')
@@ -39,38 +64,27 @@ if swept and run <= tonumber(swept) then
   run = tonumber(swept) + 1
   redis.call('SET', KEYS[1], run)
 end
-local t = redis.call('TIME')
-redis.call('SET', KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'PX', ARGV[1])
-return run
+redis.call('SET', KEYS[3], ARGV[1] .. ' ' .. run, 'PX', """ + str(DRAWN_MS) + """)
+return marked(run)
 """
 
 
-async def draw(script: Any, keys: list[str], answered_ms: int, lost: dict[Any, int], at: Any) -> int:
-    """A run drawn (``script``: ``DRAW``); its answer lost (a timeout, a cancel), counted in ``lost`` at ``at``: that
-    draw may land yet, after the one retried, moving the run key past the run in use (``swept``)."""
-    lost[at] = lost.get(at, 0) + 1
-    run = int(await script(keys=keys, args=[answered_ms]))
-    lost[at] -= 1
-    return run
+async def draw(script: Any, keys: list[str], token: str, answered_ms: int) -> int:
+    """A run drawn (``script``: ``DRAW``) under ``token``: the token of a draw not answered yet (a timeout, a
+    cancel) again, its run, however often retried, wherever the lost one landed."""
+    return int(await script(keys=keys, args=[token, answered_ms]))
 
 
-async def swept(client: Any, run_key: str, swept_key: str, run: int, lost: dict[Any, int], at: Any) -> str | None:
-    """Why ``run`` (drawn at ``run_key``) is one the write script refuses for good: deleted by a sweep (its key
-    gone and the highest swept at or above it — never a key Redis lost, gone back to before the draw, where the
-    highest swept is below the run drawn above it), or its key moved past it by this process's own draws whose answers
-    were lost (``lost[at]`` of them, less those found landed), landing after their retries' (a run before, to the
-    script: every write of it refused while it ran) — not further: a key moved past those by another's draw under the
-    name (a process started at this one's address while this one was paused past its lease) is that one's fence, not
-    this one's to lift. None: kept;
-    else ``"swept"`` or ``"moved past"`` (logged: ``quarantine_run_drawn_again``, ``QuarantineStream.keep_run``)."""
-    held = await client.get(run_key)
-    if held is None:
-        highest = await client.get(swept_key)  # read after: a sweep only raises it
-        return "swept" if highest is not None and run <= int(highest) else None
-    if not run < int(held) <= run + lost.get(at, 0):  # moved further: not its own lost draws, whatever came of them
-        return None
-    lost[at] -= int(held) - run  # those landed, each lands once: a draw past the run drawn again now is another's
-    return "moved past"
+async def swept(client: Any, run_key: str, swept_key: str, run: int) -> bool:
+    """Whether ``run`` (drawn at ``run_key``) is one a sweep deleted, which the write script refuses for good: its
+    key gone and the highest swept at or above it — never a key Redis lost, gone back to before the draw, where the
+    highest swept is below the run drawn above it (the write takes it again). A key held is kept whatever it holds:
+    past the run, another process's draw at this name (its fence, E8: never this one's own draws, ``DRAW``); at or
+    below it, one Redis lost (taken again by the write)."""
+    if await client.get(run_key) is not None:
+        return False
+    highest = await client.get(swept_key)  # read after: a sweep only raises it
+    return highest is not None and run <= int(highest)
 
 
 def tell(again: dict[Any, tuple[int, str]], at: Any, now: int, told: Callable[[int, int, str], None]) -> int:

@@ -102,9 +102,6 @@ class GatedClient:
     async def xinfo_stream(self, stream: str) -> Any:
         return await self._gated(self._redis.xinfo_stream(stream))
 
-    async def incr(self, key: str) -> Any:
-        return await self._gated(self._redis.incr(key))
-
     async def get(self, key: str) -> Any:
         return await self._redis.get(key)  # the highest run swept, a run (``keep_run``): no step of its own to gate
 
@@ -113,9 +110,6 @@ class GatedClient:
 
     async def smembers(self, key: str) -> Any:
         return await self._gated(self._redis.smembers(key))
-
-    async def set(self, key: str, value: Any, nx: bool = False) -> Any:
-        return await self._redis.set(key, value, nx=nx)  # a run drawn above the highest swept, or that set where none
 
     def pipeline(self, transaction: bool = False) -> Any:
         pipe, gate = self._redis.pipeline(transaction), self._gate

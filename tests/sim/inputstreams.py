@@ -108,6 +108,7 @@ class SimStreams:
         self.marks: dict[str, bytes] = {}  # the groups' made-again marks (``again.py``), by key
         self.runs: dict[str, int] = {}  # the consumers' runs (``quarantine.run_key``), by key
         self.runs_swept: dict[str, int] = {}  # the highest run swept with its consumer (``quarantine.swept_runs_key``)
+        self.drawn: dict[str, tuple[str, int]] = {}  # each consumer's last draw (token, run) (``quarantine.drawn_key``)
         self.refused_swept = 0  # quarantine writes of a run swept with its consumer, refused (``quarantine._ONCE``)
         self.redrawn = 0  # runs drawn again by a reader whose run a sweep took while it ran (``keep_run``)
         self.forgotten: dict[str, int] = {}  # per stream, entries trimmed unread the readers told (``unread._ACK``)
@@ -177,27 +178,12 @@ class SimStreams:
             raise _fail(kind)
         return out
 
-    async def incr(self, key: str) -> int:
-        """A consumer's run begun (``QuarantineStream.run_of``)."""
-        await asyncio.sleep(0)
-        self.runs[key] = self.runs.get(key, 0) + 1
-        return self.runs[key]
-
     async def get(self, key: str) -> bytes | None:
-        """The highest run swept with its consumer (``quarantine.swept_runs_key``, read by ``QuarantineStream.run_of``;
-        ``--new-addresses``: the sweep's, ``inputsweep``), or a consumer's run (``quarantine.run_key``, read by
-        ``runs.swept``: ``QuarantineStream.keep_run`` at each sweep)."""
+        """The highest run swept with its consumer (``quarantine.swept_runs_key``; ``--new-addresses``: the sweep's,
+        ``inputsweep``), or a consumer's run (``quarantine.run_key``), read by ``runs.swept``
+        (``QuarantineStream.keep_run`` at each sweep)."""
         held = self.runs_swept if key.endswith(":runs-swept") else self.runs
         return None if key not in held else str(held[key]).encode()
-
-    async def set(self, key: str, value: Any, nx: bool = False) -> None:
-        """A consumer's run drawn above the highest swept, or the highest swept set to 0 where none (``nx``: named by
-        every quarantine write) (``QuarantineStream.run_of``)."""
-        if key.endswith(":runs-swept"):
-            assert nx, key
-            self.runs_swept.setdefault(key, int(value))
-        else:
-            self.runs[key] = int(value)
 
     async def xinfo_stream(self, stream: str) -> dict[str, Any]:
         held = self.streams.get(stream)

@@ -52,10 +52,11 @@ def answered(redis: SimStreams, key: str) -> int | None:
 
 def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]]:
     """``departed._SWEEP``: KEYS the input streams, the sweeper's owed hash, the highest run swept, the group's set of
-    consumers owing, then each candidate's owed hash, its answered mark and its quarantine run; ARGV the group, the
-    least idle ms, then each candidate's name. Returns {name, entries moved} of each consumer removed."""
+    consumers owing, then each candidate's owed hash, its answered mark, its quarantine run and its draw's record;
+    ARGV the group, the least idle ms, then each candidate's name. Returns {name, entries moved} of each consumer
+    removed."""
     group, least, names = _text(args[0]), int(args[1]), [_text(name) for name in args[2:]]
-    n = len(keys) - 3 * len(names) - 3
+    n = len(keys) - 4 * len(names) - 3
     swept, owing = keys[n + 1], redis.owing.setdefault(keys[n + 2], set())
     streams, now = keys[:n], redis.now_ms()
     listed: dict[str, dict[str, tuple[int, int]]] = {}
@@ -66,7 +67,7 @@ def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]
     mine = redis.hashes.setdefault(keys[n], {})
     removed: list[list[Any]] = []
     for j, name in enumerate(names):
-        owed_key, mark, run = keys[n + 3 + 3 * j], keys[n + 4 + 3 * j], keys[n + 5 + 3 * j]
+        owed_key, mark, run, drawn = keys[n + 3 + 4 * j], keys[n + 4 + 4 * j], keys[n + 5 + 4 * j], keys[n + 6 + 4 * j]
         found = [by_name[name] for by_name in listed.values() if name in by_name]
         gone = all(pending == 0 and idle >= least for pending, idle in found)
         at = answered(redis, mark)
@@ -91,7 +92,8 @@ def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]
             owing.add(keys[n][len(keys[n + 2]) + 1:])
         redis.hashes.pop(owed_key, None)
         owing.discard(name)
-        ran = redis.runs.pop(run, None)  # its run: the highest so removed kept
+        ran = redis.runs.pop(run, None)  # its run: the highest so removed kept; its draw's record with it
+        redis.drawn.pop(drawn, None)
         if ran is not None and ran > redis.runs_swept.get(swept, 0):
             redis.runs_swept[swept] = ran
         redis.answered.pop(mark, None)
@@ -109,14 +111,20 @@ def _as_id(value: int | bytes) -> bytes:
 
 
 def draw_run(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
-    """``runs.DRAW`` (leased: ``QuarantineStream.run_of``): the consumer's run drawn above its last and above the
-    highest swept (set to 0 where none: every quarantine write names it), its answered mark set with it (a sweep
-    meanwhile keeps it)."""
-    run_key, swept, mark = keys
+    """``runs.DRAW`` (``QuarantineStream.run_of``): the consumer's run drawn above its last and above the highest
+    swept (set to 0 where none: every quarantine write names it), once per token (ARGV[1]: a retry of a draw whose
+    answer was lost returns the run it drew, recorded in its draw's record), leased its answered mark set with it (a
+    sweep meanwhile keeps it)."""
+    run_key, swept, drawn, *mark = keys
+    token = _text(args[0])
     redis.runs_swept.setdefault(swept, 0)
+    if mark:
+        redis.answered[mark[0]] = redis.now_ms()
+    if (record := redis.drawn.get(drawn)) is not None and record[0] == token:
+        return record[1]
     run = redis.runs.get(run_key, 0) + 1
     if run <= redis.runs_swept.get(swept, 0):
         run = redis.runs_swept[swept] + 1
     redis.runs[run_key] = run
-    redis.answered[mark] = redis.now_ms()
+    redis.drawn[drawn] = (token, run)
     return run

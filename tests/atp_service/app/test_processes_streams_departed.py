@@ -24,7 +24,7 @@ from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.departed import DepartedConsumers
 from atp_service.intake.facts import FactDesk
 from atp_service.intake.ingest import StreamIngestor
-from atp_service.intake.quarantine import Acks, QuarantineStream, run_key, swept_runs_key
+from atp_service.intake.quarantine import Acks, QuarantineStream, drawn_key, run_key, swept_runs_key
 from atp_service.intake.unread import GroupReader, trimmed_unread_key
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.nodes import connect_any, open_nodes
@@ -249,6 +249,7 @@ async def test_a_gone_consumers_quarantine_run_is_removed_with_it_and_its_late_w
         sweep = DepartedConsumers(r, [stream], GROUP, "atp-1@10.0.1.1:1", lambda: live, 0, quarantine=quarantine)
         assert await sweep.sweep() == [gone]
         assert not await r.exists(run_key(quarantine, GROUP, gone)), "its run removed with it"
+        assert not await r.exists(drawn_key(quarantine, GROUP, gone)), "and its draw's record"
         back = QuarantineStream(quarantine, 10)
         assert await back.run_of(r, GROUP, gone) > swept, "the run back at its address above the one swept"
         landed, _, _ = await _late_write(r, writer, stream, gone, swept)  # pending to the new run
@@ -384,64 +385,6 @@ def _drawn_again(caplog: pytest.LogCaptureFixture) -> list[tuple[Any, ...]]:
     return [(getattr(rec, "consumer", None), getattr(rec, "run_before", None), getattr(rec, "run_now", None),
              getattr(rec, "why", None)) for rec in caplog.records
             if getattr(rec, "event", "") == "quarantine_run_drawn_again" and rec.levelname == "WARNING"]
-
-
-class _AnswerLost:
-    """A client whose first script call's answer is lost (a timeout), its command not landed yet; later calls run."""
-
-    def __init__(self, client: Any) -> None:
-        self._client, self._lost = client, False
-
-    def register_script(self, source: str) -> Any:
-        script = self._client.register_script(source)
-
-        async def call(**kw: Any) -> Any:
-            if not self._lost:
-                self._lost = True
-                raise TimeoutError("Timeout reading from socket")
-            return await script(**kw)
-        return call
-
-
-async def test_a_run_its_own_lost_draw_moved_past_is_drawn_again_at_the_sweep(
-        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    """A process's draw whose answer was lost (a timeout) and retried: the first, landing after the retry's, moved
-    the run key past the run in use. The write script refuses every write of a run below its key (a run before):
-    each of the process's quarantined facts refused, its entry pending, read again, refused again, for as long as it
-    ran (the fact intake wedged). Its next sweep round draws its run again above the key (``keep_run``), and its
-    write lands. Before: ``keep_run`` drew again only a run key gone, the write refused for good ([None])."""
-    r = aioredis.Redis.from_url(redis_url)
-    writer = open_nodes(redis_url, 5.0)
-    stream, name = STREAMS[0], "atp-1@10.0.0.3:1"
-    desk, registry = QuarantineStream(QUARANTINE, 10), CollectorRegistry()
-    metrics = IntakeMetrics(registry)
-    own_sweep = DepartedConsumers(r, [stream], GROUP, name, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE,
-                                  redrawn=metrics.ingest_quarantine_runs_redrawn)
-    try:
-        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        with contextlib.suppress(TimeoutError):
-            await desk.run_of(_AnswerLost(r), GROUP, name, own_sweep.mark)  # its start's first draw, answer lost
-        run = await own_sweep.kept_run(desk)  # its start's draw (the retry's answer)
-        await r.incr(run_key(QUARANTINE, GROUP, name))  # the first draw landing after
-        entry = await r.xadd(stream, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
-        await r.xreadgroup(GROUP, name, {stream: ">"})  # pending to this process
-        fact = make_fact("own", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
-                         1_700_000_000_000, Limits(), "event_time_ms")
-        acks = Acks(GROUP, name, [(stream, entry)], run)
-        assert await desk.write(writer, [(fact, "late")], acks) == [None], "refused: a run below its key"
-        await own_sweep.sweep()  # its next sweep round
-        again = await own_sweep.kept_run(desk)
-        assert again > run + 1, "drawn again above its key"
-        assert _drawn_again(caplog) == [(name, run, again, "moved past")], "one WARNING line says so"
-        assert registry.get_sample_value("atp_ingest_quarantine_runs_redrawn_total") == 1, "counted"
-        assert await desk.write(writer, [(fact, "late")], acks._replace(run=again)) == [True], "its write lands"
-        assert await r.xlen(QUARANTINE) == 1
-        assert await desk.keep_run(r, GROUP, name, own_sweep.mark) == again, "kept since"
-        await r.incr(run_key(QUARANTINE, GROUP, name))  # then another started at its address (it paused) draws
-        assert await desk.keep_run(r, GROUP, name, own_sweep.mark) == again, "its lost draw counted once: kept"
-    finally:
-        await writer.aclose()
-        await r.aclose()
 
 
 async def test_a_process_back_at_its_address_where_another_drew_since_does_not_fence_that_one_out(

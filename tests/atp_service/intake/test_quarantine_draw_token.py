@@ -1,0 +1,147 @@
+"""A quarantine run's draw (``runs.DRAW``, ``QuarantineStream.run_of``) whose answer was lost (a timeout, a cancel)
+is retried with the same token: landed before the retry or after it, the retry and the late landing both return the
+run it drew, never a second one (no ``INCR``), so a process's own draws never move its run key past the run in use,
+and a key past it is always another process's fence (E8). Real redis-server."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from atp_service.intake.departed import DepartedConsumers
+from atp_service.intake.quarantine import Acks, QuarantineStream, drawn_key, run_key, swept_runs_key
+from atp_service.metrics import IntakeMetrics
+from atp_service.storage.nodes import open_nodes
+from reservation import FactKind, Limits
+from reservation import fact as make_fact
+from tests.atp_service.fact_helpers import F
+
+STREAM, GROUP, QUARANTINE, NAME = "atp:in:pos", "atp", "atp:quarantine", "atp-1@10.0.0.3:1"
+
+
+class _FirstAnswerLost:
+    """A client whose first script call's answer is lost (a timeout): ``landed``, the script ran before the loss
+    (Redis ran it, the reply never came); else it is kept (``sent``: its keys and args) to land when the test says."""
+
+    def __init__(self, client: Any, landed: bool) -> None:
+        self._client, self._landed, self._calls = client, landed, 0
+        self.sent: dict[str, Any] = {}
+        self.script: Any = None
+
+    def register_script(self, source: str) -> Any:
+        self.script = self._client.register_script(source)
+
+        async def call(**kw: Any) -> Any:
+            self._calls += 1
+            if self._calls == 1:
+                if self._landed:
+                    await self.script(**kw)
+                else:
+                    self.sent = kw
+                raise TimeoutError("Timeout reading from socket")
+            return await self.script(**kw)
+        return call
+
+
+def _fact() -> Any:
+    return make_fact("own", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "", 1_700_000_000_000,
+                     Limits(), "event_time_ms")
+
+
+async def test_a_retried_draw_whose_lost_answer_landed_returns_the_same_run(redis_url: str) -> None:
+    """The draw landed, its answer lost: the retry returns that run; the key is not moved on. Before: the retry
+    drew a second run (``INCR``), the first one's run left unused."""
+    r = aioredis.Redis.from_url(redis_url)
+    desk, lossy = QuarantineStream(QUARANTINE, 10), _FirstAnswerLost(r, landed=True)
+    sweep = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await desk.run_of(lossy, GROUP, NAME, sweep.mark)
+        landed = int(await r.get(run_key(QUARANTINE, GROUP, NAME)))
+        assert await desk.run_of(lossy, GROUP, NAME, sweep.mark) == landed, "the retry returns the run drawn"
+        assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == landed, "no second run drawn"
+    finally:
+        await r.aclose()
+
+
+async def test_a_lost_draw_landing_after_its_retry_leaves_the_run_in_use(redis_url: str) -> None:
+    """The draw's answer lost before it reached Redis, retried, answered; the first lands late: it returns the
+    run the retry drew and moves nothing, and the process's writes land. Before: the late draw moved the key past
+    the run in use and every write was refused (``CONCURRENT_CHANGE``) till a sweep round drew again."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    desk, lossy = QuarantineStream(QUARANTINE, 10), _FirstAnswerLost(r, landed=False)
+    sweep = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        with contextlib.suppress(TimeoutError):
+            await desk.run_of(lossy, GROUP, NAME, sweep.mark)
+        run = await desk.run_of(lossy, GROUP, NAME, sweep.mark)
+        assert int(await lossy.script(**lossy.sent)) == run, "landing late, the same draw: the same run"
+        assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past it"
+        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
+        acks = Acks(GROUP, NAME, [(STREAM, entry)], run)
+        assert await desk.write(writer, [(_fact(), "late")], acks) == [True], "its write lands"
+    finally:
+        await writer.aclose()
+        await r.aclose()
+
+
+async def test_a_process_whose_lost_draw_landed_before_its_retry_never_fences_out_another_at_its_address(
+        redis_url: str) -> None:
+    """A draw whose answer was lost but which landed before its retry; the process then paused past its lease,
+    another started at its address under the same consumer name (a later run, E8), and the paused one back reaches
+    its sweep round before its renewal stops it: the key past its run is the other's fence. It keeps its run
+    (its writes refused), the process serving there keeps its own (its writes land). Before: the lost draw stayed
+    counted as one that might land yet, the other's draw taken for it, the run drawn again above the other's and
+    the process serving there fenced out."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    paused_desk, serving_desk = QuarantineStream(QUARANTINE, 10), QuarantineStream(QUARANTINE, 10)
+    paused, serving = (DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000,
+                                         quarantine=QUARANTINE) for _ in range(2))
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        with contextlib.suppress(TimeoutError):
+            await paused_desk.run_of(_FirstAnswerLost(r, landed=True), GROUP, NAME, paused.mark)
+        before = await paused.kept_run(paused_desk)  # its start retried: answered
+        run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
+        assert run > before
+        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
+        await paused.sweep()  # the paused one back: its sweep round before its renewal stops it
+        assert await paused.kept_run(paused_desk) == before, "the other's draw is no draw of its own"
+        acks = Acks(GROUP, NAME, [(STREAM, entry)], run)
+        assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
+        assert await serving.kept_run(serving_desk) == run
+    finally:
+        await writer.aclose()
+        await r.aclose()
+
+
+async def test_a_run_a_sweep_deleted_is_drawn_again_counted_and_said_once(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The one run drawn again at a sweep round: one a sweep deleted (its key gone, the highest swept at or above
+    it). Counted (``atp_ingest_quarantine_runs_redrawn_total``) and said (``quarantine_run_drawn_again``), once."""
+    r = aioredis.Redis.from_url(redis_url)
+    registry = CollectorRegistry()
+    desk, metrics = QuarantineStream(QUARANTINE, 10), IntakeMetrics(registry)
+    own = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE,
+                            redrawn=metrics.ingest_quarantine_runs_redrawn)
+    try:
+        run = await own.kept_run(desk)
+        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep's
+        await r.set(swept_runs_key(QUARANTINE), run)
+        again = await own.kept_run(desk)
+        assert again == run + 1 and await own.kept_run(desk) == again
+        said = [(getattr(rec, "run_before", None), getattr(rec, "run_now", None), getattr(rec, "why", None))
+                for rec in caplog.records if getattr(rec, "event", "") == "quarantine_run_drawn_again"]
+        assert said == [(run, again, "swept")]
+        assert registry.get_sample_value("atp_ingest_quarantine_runs_redrawn_total") == 1
+    finally:
+        await r.aclose()
