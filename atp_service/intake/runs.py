@@ -75,14 +75,18 @@ async def draw(script: Any, keys: list[str], token: str, answered_ms: int) -> in
     return int(await script(keys=keys, args=[token, answered_ms]))
 
 
-async def swept(client: Any, run_key: str, swept_key: str, run: int) -> bool:
-    """Whether ``run`` (drawn at ``run_key``) is one a sweep deleted, which the write script refuses for good: its
-    key gone and the highest swept at or above it — never a key Redis lost, gone back to before the draw, where the
-    highest swept is below the run drawn above it (the write takes it again). A key held is kept whatever it holds:
-    past the run, another process's draw at this name (its fence, E8: never this one's own draws, ``DRAW``); at or
-    below it, one Redis lost (taken again by the write)."""
-    if await client.get(run_key) is not None:
-        return False
+async def swept(client: Any, keys: tuple[str, str, str], run: int, token: str) -> bool:
+    """Whether ``run`` (drawn under ``token``; ``keys``: its run key, the highest swept, its draw's record) is one a
+    sweep deleted, which the write script refuses for good: its key gone and the highest swept at or above it —
+    never a key Redis lost, gone back to before the draw, where the highest swept is below the run drawn above it
+    (the write takes it again) —, or its key since moved past it by that draw itself, landing late after a sweep had
+    deleted its record with the key (the record names its token and the key's run). Any other key held is kept: past
+    the run, another process's draw at this name (its fence, E8: never this one's own draws, ``DRAW``); at or below
+    it, one Redis lost (taken again by the write)."""
+    run_key, swept_key, drawn_key = keys
+    held = await client.get(run_key)
+    if held is not None:
+        return int(held) > run and await client.get(drawn_key) == f"{token} {int(held)}".encode()
     highest = await client.get(swept_key)  # read after: a sweep only raises it
     return highest is not None and run <= int(highest)
 

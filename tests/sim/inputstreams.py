@@ -180,8 +180,10 @@ class SimStreams:
 
     async def get(self, key: str) -> bytes | None:
         """The highest run swept with its consumer (``quarantine.swept_runs_key``; ``--new-addresses``: the sweep's,
-        ``inputsweep``), or a consumer's run (``quarantine.run_key``), read by ``runs.swept``
-        (``QuarantineStream.keep_run`` at each sweep)."""
+        ``inputsweep``), a consumer's run (``quarantine.run_key``) or its last draw's record (``quarantine.drawn_key``:
+        its token, a space, its run), read by ``runs.swept`` (``QuarantineStream.keep_run`` at each sweep)."""
+        if (record := self.drawn.get(key)) is not None:
+            return f"{record[0]} {record[1]}".encode()
         held = self.runs_swept if key.endswith(":runs-swept") else self.runs
         return None if key not in held else str(held[key]).encode()
 

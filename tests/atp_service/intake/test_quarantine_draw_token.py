@@ -145,3 +145,34 @@ async def test_a_run_a_sweep_deleted_is_drawn_again_counted_and_said_once(
         assert registry.get_sample_value("atp_ingest_quarantine_runs_redrawn_total") == 1
     finally:
         await r.aclose()
+
+
+async def test_a_lost_draw_landing_after_a_sweep_took_its_run_is_drawn_past_at_the_next_sweep_round(
+        redis_url: str) -> None:
+    """A draw's answer lost before it reached Redis, retried and answered; a sweep not seeing the process live
+    deletes its run with the draw's record; the lost draw lands after that, finds no record and draws a run past the
+    run in use. The key past the run is this process's own draw (the record names its token), not another's fence:
+    the next sweep round draws its run again, and its writes land. Else they were refused for as long as it ran."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    desk, lossy = QuarantineStream(QUARANTINE, 10), _FirstAnswerLost(r, landed=False)
+    own = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        with contextlib.suppress(TimeoutError):
+            await desk.run_of(lossy, GROUP, NAME, own.mark)
+        run = await desk.run_of(lossy, GROUP, NAME, own.mark)
+        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep's
+        await r.set(swept_runs_key(QUARANTINE), run)
+        late = int(await lossy.script(**lossy.sent))  # the lost draw lands now
+        assert late > run
+        again = await desk.keep_run(r, GROUP, NAME, own.mark)
+        assert again > late, "drawn again past its own late draw"
+        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
+        acks = Acks(GROUP, NAME, [(STREAM, entry)], again)
+        assert await desk.write(writer, [(_fact(), "late")], acks) == [True], "its write lands"
+        assert await desk.keep_run(r, GROUP, NAME, own.mark) == again, "kept since"
+    finally:
+        await writer.aclose()
+        await r.aclose()
