@@ -4,12 +4,13 @@ CPU time per call moves by ±15-25 % from run to run on a shared 2-core VM, more
 changes to the hot path save. The number of bytecodes the interpreter runs for a call does not: it
 is a property of the code. So this runs the service in this process against an embedded Redis,
 seeds ``--positions`` positions, calls the servicer's ``Reserve`` directly ``--calls`` times one
-after another (one call per group commit: the case of 1,000 calls/s), and counts every bytecode the
-event loop's thread runs meanwhile with ``sys.settrace`` opcode events — per file, or per function
-with ``--by function``. Work that runs on a timer (housekeeping, the loop-lag monitor, the intake's
-reads) would be counted in proportion to how long the traced calls took, which is the host's speed,
-not the code: so the service is then traced as long again with no call, and that count is taken
-off (``timer_bytecodes_per_call`` says how much it was).
+after another (one call per group commit: the one-entry path; at 1,000 calls/s in open loop a
+commit often carries two, its window waiting for a second above ``commit_delay_min_rate``), and
+counts every bytecode the event loop's thread runs meanwhile with ``sys.settrace`` opcode events —
+per file, or per function with ``--by function``. Work that runs on a timer (housekeeping, the
+loop-lag monitor, the intake's reads) would be counted in proportion to how long the traced calls
+took, which is the host's speed, not the code: so the service is then traced as long again with no
+call, and that count is taken off (``timer_bytecodes_per_call`` says how much it was).
 
 What it does not count: time in C (gRPC, protobuf, uvloop, the kernel). ``unary_cost.py`` measures
 the CPU of the whole path; this says where a change moved the interpreter's share.
