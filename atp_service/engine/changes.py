@@ -10,6 +10,7 @@ from typing import Any
 
 from atp_service.engine.coordinator import Coordinator, ViewWork
 from atp_service.engine.owned import OwnedShards
+from atp_service.tasks import keep
 from reservation import (
     DomainError,
     LineRequest,
@@ -39,6 +40,7 @@ class RecordChanges(OwnedShards):
 
     _home: dict[str, int]
     _coordinator: Coordinator
+    _changes: set[asyncio.Task[Any]]  # ``_resolve``'s, each until it ends (a change decided outlives its caller)
 
     async def confirm(self, reservation_id: str) -> Reservation:
         return await self._resolve(reservation_id, "confirmed", lambda v, now: ops.confirm(v, reservation_id, now),
@@ -64,13 +66,18 @@ class RecordChanges(OwnedShards):
             self.metrics.reservations_of("replayed" if replayed else outcome).inc()
 
         if self.orders is not None and home is not None and self.is_order(home, reservation_id):
-            result: Reservation = await self.orders.change(reservation_id, home, step, told)  # told by its saga
-            return result
+            changed: Reservation = await self.orders.change(reservation_id, home, step, told)  # told by its saga
+            return changed
         replays: list[bool] = []  # the work's word, in its turn: whether it found the change made already
-        change = asyncio.ensure_future(self.run_on_record(reservation_id, _noting(work, reservation_id, replays)))
+        change = keep(self._changes, self.run_on_record(reservation_id, _noting(work, reservation_id, replays)))
         change.add_done_callback(lambda done: None if done.cancelled() or done.exception() is not None  # retrieved
                                  else told(bool(replays) and replays[-1]))  # a refusal: counted by its status
-        result = await asyncio.shield(change)  # the caller's cancellation abandons the wait, not the change (R8)
+        try:
+            result: Reservation = await asyncio.shield(change)  # a change decided goes on without its caller (R8)
+        except asyncio.CancelledError:
+            if not replays:  # not decided yet (or refused): given up, nothing of it made (R8: whole or not at all).
+                change.cancel()  # Left waiting, each retry left one more task waiting (``pause`` waits for room)
+            raise
         return result
 
     async def run_on_record(self, reservation_id: str, work: ViewWork, also: Iterable[int] = ()) -> Any:
@@ -126,3 +133,13 @@ def _noting(work: ViewWork, reservation_id: str, replays: list[bool]) -> ViewWor
         return answer
 
     return run
+
+
+async def stopped_changes(changes: set[asyncio.Task[Any]]) -> None:
+    """``_resolve``'s changes ended, once their shards have stopped: a change decided is durable or failed by then
+    (its shards' stop settles what is in flight); one still waiting for a shard (no room in a stopped shard's
+    mailbox) changed nothing and is cancelled (R8), none left pending past the engine's stop."""
+    for change in list(changes):
+        change.cancel()  # a no-op for a change ended
+    await asyncio.gather(*changes, return_exceptions=True)
+

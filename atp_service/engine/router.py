@@ -16,7 +16,7 @@ from typing import Any
 
 from atp_service.config import EngineSettings
 from atp_service.engine.capacity import record_refusal
-from atp_service.engine.changes import RecordChanges
+from atp_service.engine.changes import RecordChanges, stopped_changes
 from atp_service.engine.clock import Clock
 from atp_service.engine.coordinator import Coordinator
 from atp_service.engine.fanout import STATE_NAMES, count_refused, count_reservations, gather_by_shard, one_as_list
@@ -68,6 +68,7 @@ class Engine(RecordChanges):
         self._n = len(actors) or settings.shards
         OwnedShards.__init__(self, actors, self._n)
         self._coordinator = Coordinator(self.actors, log_store, clock, self.place, self.metrics)
+        self._changes = set()
         self.routes = Routes(self.actors, self.place)
         self._home, self._routing = self.routes.homes, self.routes.attempts
         for actor in self.actors:
@@ -116,6 +117,7 @@ class Engine(RecordChanges):
         for outcome in await asyncio.gather(*(actor.stop() for actor in self.actors), return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
+        await stopped_changes(self._changes)  # each answered by its shards' stop; none left pending past it
         # A failed shard's memory is not to be trusted (its log is). Once Redis does not answer one final snapshot,
         # no other is tried: each would wait out redis_timeout_s in turn, for nothing the logs hold not (R7).
         for actor in self.actors if snapshot else ():

@@ -4,6 +4,8 @@ resolution; a refused unary Reserve is counted ``error`` as a refused ReserveStr
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 import redis
@@ -90,3 +92,34 @@ async def test_a_refused_unary_reserve_is_counted_error_as_a_stream_item_is(star
                                                      pb.Line(sku="D", location="DC", quantity=1)])]])]
     assert [outcome.WhichOneof("result") for outcome in answers[0].outcomes] == ["error", "error"]
     assert counted(service) == {"held": 2, "error": 3}
+
+
+def changes_in_flight() -> list[asyncio.Task[object]]:
+    """The tasks of Confirm/Release/Fulfil changes (``RecordChanges._resolve``'s) not ended."""
+    return [task for task in asyncio.all_tasks()
+            if not task.done() and getattr(task.get_coro(), "__qualname__", "") == "RecordChanges.run_on_record"]
+
+
+async def test_changes_whose_callers_left_before_they_began_do_not_pile_up(start_service: ServiceFactory) -> None:
+    """A change across shards whose caller left before its shards were paused for it (the lowest one paused by
+    another change, its mailbox full) is given up, as before: nothing of it decided (R8: applied whole or not at
+    all). Left running, each caller's retry left one more task waiting for room in that mailbox (``pause`` waits;
+    it does not shed), without bound, none of them ended by the engine's stop."""
+    service, client = await stocked(start_service, ManualClock(T0), mailbox_size=1)
+    engine = service.engine
+    assert engine is not None and engine.place("A") != engine.place("D")
+    await client.reserve("x1", [("A", "S1", 1), ("D", "DC", 1)])
+    lowest = engine.actors[min(engine.place("A"), engine.place("D"))]
+    resume = await lowest.pause()  # another change's turn there, going on while the callers come and go
+    try:
+        callers = [asyncio.ensure_future(engine.confirm("x1")) for _ in range(5)]
+        await until(lambda: len(changes_in_flight()) == 5 and len(lowest._mailbox) == 1, "the changes waiting", 20)
+        for caller in callers:
+            caller.cancel()
+        await asyncio.gather(*callers, return_exceptions=True)
+        await until(lambda: not changes_in_flight(), "no change left waiting for its caller gone", 20)
+    finally:
+        resume.set_result(None)
+    assert (await client.get_reservation("x1")).state == pb.RESERVATION_STATE_HELD  # none of them decided
+    assert (await client.confirm("x1")).state == pb.RESERVATION_STATE_CONFIRMED
+    assert counted(service) == {"held": 1, "confirmed": 1}
