@@ -20,6 +20,7 @@ from reservation import (
     Reason,
     Reservation,
     ReserveView,
+    State,
     Unavailable,
 )
 from reservation import _operations as ops
@@ -124,12 +125,15 @@ class RecordChanges(OwnedShards):
 
 def _noting(work: ViewWork, reservation_id: str, replays: list[bool]) -> ViewWork:
     """``work``, noting in ``replays`` whether it answered with the record as it found it: a retry of a change made
-    (R5: ``ops`` returns the stored record itself, nothing saved) rather than the changed copy it saved."""
+    (R5: ``ops`` returns the stored record itself, nothing saved) rather than the changed copy it saved; or expired
+    on the way, the answer of a retry alone."""
 
     def run(view: ReserveView, now: int) -> Any:
         before = view.reservation(reservation_id)
         answer = work(view, now)
-        replays.append(answer is before)
+        # EXPIRED: a retry that found its hold past its TTL and expired it on the way (R3), answering that copy; a
+        # change of a hold past its TTL not done before is refused, so only a retry answers an expired record.
+        replays.append(answer is before or answer.state == State.EXPIRED)
         return answer
 
     return run

@@ -265,8 +265,8 @@ class Orders(OrderSteps):
             await self._save(home, order, over=done)
         if error is not None and not quiet:
             raise error
-        if told is not None:
-            told(done is None)
+        if told is not None:  # a retry plans nothing, or only the expiry it found due (R3: a change not done before
+            told(done is None or done.pending == PendingOp(OrderStep.EXPIRE))  # is refused once its TTL passed)
         return orders.view(order, parts)
 
     async def _settled(self, order_id: str, home: int) -> tuple[Reservation, dict[int, Reservation]]:

@@ -123,3 +123,21 @@ async def test_changes_whose_callers_left_before_they_began_do_not_pile_up(start
     assert (await client.get_reservation("x1")).state == pb.RESERVATION_STATE_HELD  # none of them decided
     assert (await client.confirm("x1")).state == pb.RESERVATION_STATE_CONFIRMED
     assert counted(service) == {"held": 1, "confirmed": 1}
+
+
+async def test_a_retried_release_finding_its_hold_past_its_ttl_is_replayed(start_service: ServiceFactory) -> None:
+    """A partial Release retried (its ``operation_id`` applied) once its hold's TTL passed: the retry expires the hold
+    on the way (R3) and answers it, the release itself done before (R5). It was counted ``released`` again: the
+    record it answered is the expired copy, not the one it found (``answer is before``)."""
+    clock = ManualClock(T0)
+    service, client = await stocked(start_service, clock, maintenance_interval_ms=3_600_000)  # no sweep meanwhile
+    assert service.engine is not None and service.engine.place("A") != service.engine.place("D")
+    await client.reserve("r1", [("A", "S1", 3)], ttl_seconds=60)
+    await client.reserve("x1", [("A", "S1", 1), ("D", "DC", 2)], ttl_seconds=60)  # changed by the coordinator
+    await client.release("r1", [("A", "S1", 1)], operation_id="p1")
+    await client.release("x1", [("D", "DC", 1)], operation_id="p1")
+    clock.advance(61_000)
+    for rid in ("r1", "x1"):
+        assert (await client.release(rid, [("A", "S1", 1)] if rid == "r1" else [("D", "DC", 1)],
+                                     operation_id="p1")).state == pb.RESERVATION_STATE_EXPIRED
+    assert counted(service) == {"held": 2, "released": 2, "replayed": 2}
