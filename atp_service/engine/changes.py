@@ -76,6 +76,8 @@ class RecordChanges(OwnedShards):
         try:
             result: Reservation = await asyncio.shield(change)  # a change decided goes on without its caller (R8)
         except asyncio.CancelledError:
+            if change.cancelled() and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise Unavailable("service is shutting down", Reason.SHUTTING_DOWN) from None  # stopped_changes
             if not replays:  # not decided yet (or refused): given up, nothing of it made (R8: whole or not at all).
                 change.cancel()  # Left waiting, each retry left one more task waiting (``pause`` waits for room)
             raise
@@ -142,7 +144,8 @@ def _noting(work: ViewWork, reservation_id: str, replays: list[bool]) -> ViewWor
 async def stopped_changes(changes: set[asyncio.Task[Any]]) -> None:
     """``_resolve``'s changes ended, once their shards have stopped: a change decided is durable or failed by then
     (its shards' stop settles what is in flight); one still waiting for a shard (no room in a stopped shard's
-    mailbox) changed nothing and is cancelled (R8), none left pending past the engine's stop."""
+    mailbox: its stop wakes as many as it refused messages) changed nothing and is cancelled (R8), its caller answered
+    UNAVAILABLE (``_resolve``), none left pending past the engine's stop."""
     for change in list(changes):
         change.cancel()  # a no-op for a change ended
     await asyncio.gather(*changes, return_exceptions=True)

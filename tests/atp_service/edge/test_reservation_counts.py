@@ -12,7 +12,7 @@ import redis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
-from reservation import State
+from reservation import Reason, State, Unavailable
 from tests.atp_service.edge.test_api import T0, stocked
 from tests.conftest import ServiceFactory
 from tests.waiting import until
@@ -141,3 +141,24 @@ async def test_a_retried_release_finding_its_hold_past_its_ttl_is_replayed(start
         assert (await client.release(rid, [("A", "S1", 1)] if rid == "r1" else [("D", "DC", 1)],
                                      operation_id="p1")).state == pb.RESERVATION_STATE_EXPIRED
     assert counted(service) == {"held": 2, "released": 2, "replayed": 2}
+
+
+async def test_the_engine_s_stop_answers_the_changes_still_waiting_for_a_shard(start_service: ServiceFactory) -> None:
+    """Changes across shards waiting for room in a shard's mailbox (``pause`` waits) when the service stops: the
+    shard's stop wakes as many as it refused messages, the rest waited for ever, their callers with them, past the
+    engine's stop. Each is answered UNAVAILABLE (shutting down) by the stop, nothing of it decided (R8)."""
+    service, client = await stocked(start_service, ManualClock(T0), mailbox_size=1, redis_timeout_s=0.5)
+    engine = service.engine
+    assert engine is not None and engine.place("A") != engine.place("D")
+    await client.reserve("x1", [("A", "S1", 1), ("D", "DC", 1)])
+    lowest = engine.actors[min(engine.place("A"), engine.place("D"))]
+    await lowest.pause()  # held: the shard's stop gives it up (after its drain's bound)
+    callers = [asyncio.ensure_future(engine.confirm("x1")) for _ in range(5)]
+    await until(lambda: len(changes_in_flight()) == 5 and len(lowest._mailbox) == 1, "the changes waiting", 20)
+    await engine.stop(snapshot=False)
+    await until(lambda: all(caller.done() for caller in callers), "every caller answered by the stop", 20)
+    answers = await asyncio.gather(*callers, return_exceptions=True)
+    assert all(isinstance(answer, Unavailable) and answer.reason == Reason.SHUTTING_DOWN for answer in answers), answers
+    assert not changes_in_flight()
+    home = engine.home_of("x1")
+    assert home is not None and engine.actors[home].ledger.reservation("x1").state == State.HELD  # type: ignore[union-attr]
