@@ -22,6 +22,7 @@ from atp_service.engine.claims_ahead import ClaimsAhead, homed_elsewhere
 from atp_service.engine.parts import lasting
 from atp_service.engine.router import Engine
 from atp_service.engine.shipments import UNFULFILLED, refused_for_good, unfulfilled
+from atp_service.intake.duplicates import duplicates_durable
 from atp_service.intake.quarantine import Acks, QuarantineStream
 from atp_service.logs import EveryInterval
 from atp_service.metrics import IntakeMetrics
@@ -220,6 +221,7 @@ class FactDesk:
         """Apply facts; one result per fact, or the error that kept it from being durable."""
         out: list[Result | DomainError] = [Unavailable("not decided")] * len(facts)
         shipments = await self._apply_in_order(facts, out)
+        await duplicates_durable(self.engine, facts, out)  # R7: answered from memory, checked against Redis
         late = [i for i, r in enumerate(out) if type(r) is tuple and r[0] == FactOutcome.QUARANTINED]
         again: set[int] = set()
         if late:
