@@ -95,12 +95,13 @@ def main() -> int:
         parser.error("--clock-skew needs --processes 2 or 3 (one process has one clock)")
     if args.new_addresses and not (args.input_streams and args.processes > 1):
         parser.error("--new-addresses needs --input-streams --processes 2 or 3 (the sweep of its readers)")
-    alongside = ("trace", "input_streams") + (("partition", "suspends", "new_addresses") if args.processes > 1 else ())
+    alongside = ("trace", "input_streams") + (("partition", "suspends", "new_addresses") if args.processes > 1 else
+                                              ("lose_tail",))
     others = [name for name, value in vars(args).items() if value is True and name not in alongside]
     if args.input_streams and others:  # its own drivers (inputdriver.py, inputcluster.py): another fault is ignored
         refused = ", ".join("--" + name.replace("_", "-") for name in others)
-        parser.error(f"--input-streams runs alone but for --processes, --partition, --suspends, --new-addresses (its "
-                     f"drivers draw their own faults): not with {refused}")
+        parser.error(f"--input-streams runs alone but for --processes, --partition, --suspends, --new-addresses, and "
+                     f"without --processes --lose-tail (its drivers draw their own faults): not with {refused}")
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and
     # futures of callers that gave up carry errors nobody reads: asyncio's complaints about both are noise.
@@ -111,7 +112,7 @@ def main() -> int:
     started, recoveries, tally = time.perf_counter(), 0, Tally()
     if args.input_streams:
         return run_inputs(seeds, args.steps, args.trace, args.processes, args.partition, args.suspends,
-                          args.new_addresses)
+                          args.new_addresses, args.lose_tail)
     for done, seed in enumerate(seeds):
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
                         args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
@@ -133,12 +134,12 @@ def main() -> int:
 
 
 def run_inputs(seeds: Iterable[int], steps: int, trace: bool, processes: int = 1, partition: bool = False,
-               suspends: bool = False, new_addresses: bool = False) -> int:
+               suspends: bool = False, new_addresses: bool = False, lose_tail: bool = False) -> int:
     """``--input-streams`` (``inputdriver.py``; with ``--processes``, ``inputcluster.py``): its own driver, its own
     summary."""
     started, tally = time.perf_counter(), Tally()
     for done, seed in enumerate(seeds):
-        driver = InputsDriver(seed, tally) if processes == 1 else \
+        driver = InputsDriver(seed, tally, lose_tail) if processes == 1 else \
             InputsClusterDriver(seed, processes, tally, partition, suspends, new_addresses)
         try:
             asyncio.run(driver.run(steps))

@@ -68,7 +68,7 @@ def lost_with_group(driver: InputsDriver) -> set[Entry]:
 
 def decided_once(driver: InputsDriver) -> None:
     redis, producer = driver.redis, driver.producer
-    dead, (gone, unread), lost = letters(driver), trimmed(driver), lost_with_group(driver)
+    dead, (gone, unread), lost = letters(driver), trimmed(driver), lost_with_group(driver) | driver.acked_lost
     done = set(redis.acked) | redis.acked_unheld | redis.unclaimed | unread | lost
     if missing := [e for e in [*producer.facts, *producer.malformed] if e not in done]:
         raise Violation(f"entries never acknowledged: {[f'{s} {e.decode()}' for s, e in missing[:5]]}")
@@ -80,6 +80,8 @@ def decided_once(driver: InputsDriver) -> None:
     if told != len(unread_kept) or owed:
         raise Violation(f"{len(unread_kept)} entries trimmed before any consumer read them; {told} told and "
                         f"forgotten, still owed: {owed}")
+    if redis.told_unowed and driver.tail is None:  # told twice: only across a loss (``inputtail``)
+        raise Violation(f"E6: entries trimmed unread told again, their count forgotten: {redis.told_unowed}")
     if redis.forgotten != redis.owed_added:  # each count told once, whoever tells it (a sweep's move): E6
         raise Violation(f"E6: entries trimmed unread counted owed by the reads crossing them, per stream: "
                         f"{redis.owed_added}; told and forgotten: {redis.forgotten}")
@@ -107,7 +109,8 @@ def decided_once(driver: InputsDriver) -> None:
     tally.input_dead_letters_again += sum(len(codes) - 1 for codes in dead.values())
     tally.input_trimmed_unread += len(unread)
     tally.input_trimmed_pending += len(gone) - len(unread)
-    tally.input_lost_with_group += len(lost)
+    tally.input_lost_with_group += len(lost) - len(driver.acked_lost)
+    tally.input_acked_lost += len(driver.acked_lost)
 
 
 def swept(driver: InputsClusterDriver) -> None:
@@ -143,8 +146,9 @@ def fold_of_produced(driver: InputsDriver, ledgers: list) -> None:  # type: igno
     lost with a group at, on_hand is the E1 fold of every fact produced there, whatever order they arrived in."""
     skipped = {(f["sku"], f["location"]) for _, f, _ in driver.redis.quarantined}
     skipped |= {(sku, loc) for _, _, sku, loc, _ in driver._quarantined}
-    gone, lost = trimmed(driver)[0], lost_with_group(driver)
+    gone, lost = trimmed(driver)[0], lost_with_group(driver) | driver.acked_lost
     skipped |= {(fact.sku, fact.location) for entry, fact in driver.producer.facts.items() if entry in gone | lost}
+    skipped |= driver.lost_positions
     by_position: dict[tuple[str, str], dict[tuple[str, str], Fact]] = {}
     for fact in driver.producer.facts.values():
         by_position.setdefault((fact.sku, fact.location), {})[(fact.source, fact.event_id)] = fact

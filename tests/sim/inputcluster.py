@@ -166,6 +166,9 @@ class InputsClusterDriver(InputsDriver):
         self._seen: dict[int, int] = {}
         self._applied: set[tuple[str, str, str, str, int]] = set()
         self._quarantined: set[tuple[str, str, str, str, int]] = set()
+        self.tail = None  # Redis loses no tail here (``inputtail``: one process)
+        self.acked_lost: set[tuple[str, bytes]] = set()
+        self.lost_positions: set[tuple[str, str]] = set()
         self.sends = 0
         self.reader = None  # the single-process driver's (``InputsDriver._done``): none here
 

@@ -58,6 +58,7 @@ from tests.sim.inputfacts import STREAMS, Producer
 from tests.sim.inputowed import OwedWatch
 from tests.sim.inputreaders import CLAIM_IDLE_MS, OTHER, OWNER, OtherProcess, loop_of, sim_time, turn
 from tests.sim.inputstreams import RedisFaults, SimStreams
+from tests.sim.inputtail import InputsTail
 from tests.sim.invariants import ServiceErrors
 from tests.sim.replay import replay_equals_live
 from tests.sim.tally import Tally
@@ -77,7 +78,7 @@ DRAIN_TURNS = 300
 
 
 class InputsDriver:
-    def __init__(self, seed: int, tally: Tally | None = None) -> None:
+    def __init__(self, seed: int, tally: Tally | None = None, lose_tail: bool = False) -> None:
         self.seed, self.rng = seed, random.Random(f"inputs {seed}")
         self.tally = tally or Tally()
         self.world = World(tally=self.tally, channels=False, cluster=seed % 2 == 1)
@@ -97,6 +98,12 @@ class InputsDriver:
         self._seen: dict[int, int] = {}  # per shard, the history entries indexed
         self._applied: set[tuple[str, str, str, str, int]] = set()
         self._quarantined: set[tuple[str, str, str, str, int]] = set()
+        self.tail = InputsTail(self, seed) if lose_tail else None  # ``--lose-tail`` (``inputtail.py``)
+        self.acked_lost: set[tuple[str, bytes]] = set()
+        """Entries acknowledged while the instance served from memory Redis lost, their facts applied and answered
+        in the tail Redis lost, held nowhere now (``inputtail``): lost with the tail, as the contract says."""
+        self.lost_positions: set[tuple[str, str]] = set()  # of entries Redis lost: read before, applied or not
+        self.applied_lost: set[tuple[str, str, str, str, int]] = set()  # facts applied in a tail Redis lost
 
     def _room(self, positions: int) -> None:
         world = self.world
@@ -107,7 +114,9 @@ class InputsDriver:
     async def run(self, steps: int) -> None:
         step = -1
         try:
-            with sim_time(self.world), ServiceErrors(_trimmed_unread) as errors:
+            allowed = _trimmed_unread if self.tail is None else \
+                (lambda record, loss=self.tail.loss: _trimmed_unread(record) or loss.allows(record))
+            with sim_time(self.world), ServiceErrors(allowed) as errors:
                 await self.world.boot()
                 self.other.install()
                 await self._new_reader()
@@ -124,6 +133,7 @@ class InputsDriver:
             tail = "\n  ".join(self.trace[-24:])
             raise Violation(f"seed {self.seed} --input-streams, after step {step}: {exc}\n  last steps:\n  {tail}\n"
                             f"replay: .venv/bin/python -m tests.sim --input-streams --seed {self.seed}"
+                            f"{' --lose-tail' if self.tail else ''}"
                             f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
 
     async def _new_reader(self) -> None:
@@ -145,15 +155,12 @@ class InputsDriver:
         world, rng = self.world, self.rng
         if rng.random() < 0.14:
             world.clock.advance(rng.randint(0, 20_000))
+        if self.tail is not None and (drawn := self.tail.draw()):
+            self.trace.append(f"{step}: {drawn}")
         self.producer.produce(step, self.trace)
         if step == self.restore_at:
             self._room(ROOMY)
-            self.owed.forget(OWNER)
-            self.other.owner_down = True
-            await world.restart_after_failure(rng)  # the bound raised, the service restarted
-            self.other.owner_down = False
-            await self._new_reader()
-            self.trace.append(f"{step}: room restored (max_positions_per_shard {ROOMY}), restarted")
+            await self.restart(step, f"room restored (max_positions_per_shard {ROOMY})")  # as the runbook says
         elif rng.random() < READER_RESTART_P:
             await self._new_reader()
             self.tally.input_reader_restarts += 1
@@ -177,6 +184,8 @@ class InputsDriver:
             events = runner.events + self.faults.events
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))
+        if self.tail is not None and self.tail.due_at_end():
+            self.trace.append(f"{step}: Redis restarted from the saved state after the calls")
         if ended != "crash":
             collect(calls)
         if ended is not None:
@@ -188,6 +197,17 @@ class InputsDriver:
             await self._new_reader()
             self.trace.append(f"{step}: {ended}, recovered")
         await world.quiesce()
+        if self.tail is not None:
+            await self.tail.after(step)
+
+    async def restart(self, step: int, why: str) -> None:
+        """``atp-service serve`` stopped gracefully (Redis answering) and started again: what it owed forgotten."""
+        self.owed.forget(OWNER)
+        self.other.owner_down = True
+        await self.world.restart_after_failure(self.rng)
+        self.other.owner_down = False
+        await self._new_reader()
+        self.trace.append(f"{step}: {why}, restarted")
 
     async def _destroy(self, streams: list[str]) -> None:
         for stream in streams:
@@ -244,10 +264,17 @@ class InputsDriver:
         if (stream, entry_id) in self.producer.malformed:
             self.violations.append(f"entry {stream} {entry_id.decode()} (no fact) acknowledged with no dead letter")
             return
-        fact = self.producer.facts[(stream, entry_id)]
+        if (fact := self.producer.facts.get((stream, entry_id))) is None and self.tail is not None:
+            return  # an entry Redis lost (``inputtail``): read before, acknowledged since, it holds nothing of it
+        assert fact is not None, (stream, entry_id)
         self._index()
         digest = QuarantineStream.digest(fact)
         if named(fact) not in self._applied and not any(digest in s for s in self.redis.written.values()):
+            if self.tail is not None and self.world.tail is not None and self.world.tail.stale and \
+                    named(fact) in self.applied_lost and not self.tail.read_since(stream, entry_id):
+                # applied, answered, then lost with the tail, its entry acknowledged since (``inputtail``)
+                self.acked_lost.add((stream, entry_id))
+                return
             self.violations.append(f"entry {entry_id.decode()} ({fact.source}/{fact.event_id}) acknowledged with its "
                                    "fact neither applied in the log nor written to the quarantine stream")
 
@@ -255,6 +282,8 @@ class InputsDriver:
         world = self.world
         self._check_decided_and_owed(len(world.fact_desk.quarantine.owed))
         self.owed.applied(self)  # an entry owed: never read again before its write (E8)
+        if world.tail is not None and world.tail.stale:
+            return  # memory may hold what Redis lost until the instance restarts (``inputtail``)
         ledgers = [actor.ledger for actor in world.eng.actors]
         facts_fold_as_the_reference(world, ledgers)  # E1-E3 by the log, no identity applied twice (E8)
         replay_equals_live(world, world.replayed(range(world.config.shards)))

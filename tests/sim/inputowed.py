@@ -60,12 +60,19 @@ class OwedWatch:
         for at in range(4, len(args), _PER_FACT):  # after MAXLEN, group, consumer, run
             if (index := int(args[at + 1])) > 0:
                 entry = keys[index - 1], _text(args[at + 2]).encode()
+                if entry not in self.driver.producer.facts:
+                    continue  # an entry Redis lost coming back from older data (``inputtail``): none to decide
                 # its group deleted since this consumer first read it (before the write, or after): left out too, also
                 # where the group made again delivered it meanwhile, to another consumer or to this one in a batch of
                 # its own (decided again by design, as the reader's own: E8 by the made-again mark only once written)
                 deletions = redis.read_after.get((*entry, consumer), len(redis.groups_lost))
                 self.lost[entry] = consumer, redis.taken.get(entry, 0), deletions, self.quarantines(entry)
                 self.seen += 1
+
+    def lost_redis(self) -> None:
+        """Redis came back from older data (``inputtail``): the log's history cut back, its quarantines counted again;
+        the entries owed before are left out (their writes, or the decisions they follow, may be what Redis lost)."""
+        self.lost, self._quarantines, self._read = {}, Counter(), {}
 
     def forget(self, consumer: str) -> None:
         """``consumer``'s process restarted: what it owed forgotten (by design)."""

@@ -113,6 +113,7 @@ class SimStreams:
         self.redrawn = 0  # runs drawn again by a reader whose run a sweep took while it ran (``keep_run``)
         self.forgotten: dict[str, int] = {}  # per stream, entries trimmed unread the readers told (``unread._ACK``)
         self.owed_added: dict[str, int] = {}  # per stream, entries trimmed unread the reads counted owed
+        self.told_unowed: dict[str, int] = {}  # per stream, counts told that the owed hash no longer held
         self.delivered: set[tuple[str, bytes]] = set()  # entries any consumer was given (since the group was made)
         self.read_after: dict[tuple[str, bytes, str], int] = {}
         """Per entry and consumer, the groups deleted (``groups_lost``) before that consumer was first given it."""
@@ -319,10 +320,14 @@ class SimStreams:
             self.elsewhere.add((stream, entry_id))
 
     def _forget_owed(self, keys: list[str], args: list[Any]) -> None:
-        """``unread._ACK``: what the reader told forgotten (more may be owed since)."""
+        """``unread._ACK``: what the reader told forgotten (more may be owed since); a stream no longer owed left
+        alone, as its Lua does (``HEXISTS``: Redis, back from older data since the read, lost the count told)."""
         owed = self.hashes.setdefault(keys[0], {})
         for at in range(0, len(args), 2):
             stream, told = _text(args[at]), int(args[at + 1])
+            if stream not in owed:
+                self.told_unowed[stream] = self.told_unowed.get(stream, 0) + told
+                continue
             self.forgotten[stream] = self.forgotten.get(stream, 0) + told
             owed[stream] = int(owed.get(stream, 0)) - told
             if int(owed[stream]) <= 0:

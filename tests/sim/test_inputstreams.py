@@ -23,6 +23,8 @@ INPUT_SEEDS = int(os.environ.get("ATP_SIM_INPUT_SEEDS", "8"))
 """Seeds of 60 steps each: about a second."""
 PROCESS_SEEDS = 3
 """Seeds of 60 steps each with several processes: about a second."""
+TAIL_SEEDS = 6
+"""Seeds of 60 steps each with Redis coming back from older data: about two seconds."""
 
 
 async def test_every_input_entry_is_applied_or_quarantined_once_acknowledged_only_once_durable() -> None:
@@ -55,7 +57,8 @@ async def test_a_quarantine_write_that_failed_after_its_group_was_deleted_is_not
     await InputsDriver(90048, Tally()).run(8)
 
 
-@pytest.mark.parametrize("others", [["--lose-tail", "--processes", "3"], ["--lose-tail"], ["--clock-jumps"]])
+@pytest.mark.parametrize("others", [["--lose-tail", "--processes", "3"], ["--clock-skew", "--processes", "2"],
+                                    ["--clock-jumps"]])
 def test_input_streams_refuse_the_faults_their_driver_does_not_draw(
         others: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """``--input-streams`` runs its own driver (one owner process, its own faults): a flag of the other driver's
@@ -65,6 +68,20 @@ def test_input_streams_refuse_the_faults_their_driver_does_not_draw(
         main()
     assert refused.value.code == 2
     assert f"not with {others[0]}" in capsys.readouterr().err
+
+
+async def test_input_streams_whose_redis_comes_back_from_older_data_decide_every_entry_that_survived_once() -> None:
+    """``--input-streams --lose-tail`` (``inputtail.py``): the one Redis behind the input streams, their consumer
+    group, the quarantine stream and its keys and the shard logs comes back from older data at a tick, every key at
+    once. An entry Redis lost is lost (its producer sends it again or not at all); every entry it kept is applied,
+    quarantined or dead-lettered once per what it kept, a shard whose memory holds what Redis lost found short and
+    the service restarted, or found holding exactly what Redis holds, by each step's end; every entry done at the end
+    (liveness)."""
+    tally = Tally()
+    for seed in range(TAIL_SEEDS):
+        await InputsDriver(seed, tally, lose_tail=True).run(60)
+    assert tally.tail_losses and tally.tail_restarts and tally.input_entries_lost, tally
+    assert tally.input_entries and tally.input_quarantined and tally.input_redelivered, tally
 
 
 @pytest.mark.parametrize(("processes", "partition"), [(2, False), (3, True)])
