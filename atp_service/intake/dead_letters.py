@@ -106,43 +106,56 @@ def dead_letter(flat: list[bytes], why: Why, stream: str, entry_id: bytes, max_e
 
 
 async def write(client: Any, dead: Sequence[tuple[str, bytes, list[bytes], Why]], to: str, maxlen: int,
-                group: str, max_entry_bytes: int) -> None:
+                group: str, max_entry_bytes: int) -> set[tuple[str, bytes]]:
     """Each entry's dead letter (``dead``: stream, entry id, fields, why) written to ``to``, trimmed to about
     ``maxlen``, and the entries acknowledged, in one script (``_WRITE``): Redis runs it whole or refuses it
     before its first write. An XACK queued beside the XADDs in a transaction ran even when its XADD failed
     (WRONGTYPE: every command of a MULTI runs), the entry acknowledged with no dead letter anywhere; sent
     after them, it was lost with a reader killed between the two, and the entry, pending still, dead-lettered
-    again when read again."""
+    again when read again. Returns the entries read as trimmed (``TRIMMED``) that the stream holds (Redis came
+    back from older data since the read): neither dead-lettered nor acknowledged, left pending to be read again."""
     args: list[Any] = [maxlen, group]
     for stream, entry_id, fields, why in dead:
         letter = dead_letter(fields, why, stream, entry_id, max_entry_bytes)
-        args += [entry_id, len(letter), *letter]
-    await client.register_script(_WRITE)(keys=[to, *(stream for stream, _, _, _ in dead)], args=args)
+        args += [entry_id, int(why is TRIMMED), len(letter), *letter]
+    kept = await client.register_script(_WRITE)(keys=[to, *(stream for stream, _, _, _ in dead)], args=args)
+    return {(dead[int(i) - 2][0], dead[int(i) - 2][1]) for i in kept}
 
 
 _WRITE = ACL_LUA + """
 -- KEYS: the dead-letter stream, then each dead letter's input stream. ARGV: MAXLEN, group, then per dead
--- letter: its entry's id, the number of its fields' names and values, those names and values.
+-- letter: its entry's id, 1 where it was read trimmed, the number of its fields' names and values, those names
+-- and values. An entry read trimmed that the stream holds (Redis back from older data since the read) is left
+-- pending, neither dead-lettered nor acknowledged: returns the KEYS indexes of those.
 local dlq = KEYS[1]
 local kind = redis.call('TYPE', dlq)['ok']
 if kind ~= 'none' and kind ~= 'stream' then  -- before any write: nothing dead-lettered, nothing acknowledged
   return redis.error_reply('WRONGTYPE dead-letter stream ' .. dlq .. ' holds a ' .. kind)
 end
 local asked = {{'XADD', dlq, 'MAXLEN', '~', '1', '*', 'f', 'v'}}
-for i = 2, #KEYS do asked[#asked + 1] = {'XACK', KEYS[i], ARGV[2], '0-1'} end
+for i = 2, #KEYS do
+  asked[#asked + 1] = {'XACK', KEYS[i], ARGV[2], '0-1'}
+  asked[#asked + 1] = {'XRANGE', KEYS[i], '0-1', '0-1'}
+end
 local refused = denied(asked)  -- an ACL changed since the start: the pcall's XACK refused went on (ACL_LUA)
 if refused then return refused end
-local at, ids = 3, {}
+local at, ids, kept = 3, {}, {}
 for i = 2, #KEYS do
-  local n = tonumber(ARGV[at + 1])
-  ids[i] = ARGV[at]
-  redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 2, at + 1 + n))
-  at = at + 2 + n
+  local n = tonumber(ARGV[at + 2])
+  if ARGV[at + 1] == '1' and #redis.call('XRANGE', KEYS[i], ARGV[at], ARGV[at]) > 0 then
+    kept[#kept + 1] = i
+  else
+    ids[i] = ARGV[at]
+    redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 3, at + 2 + n))
+  end
+  at = at + 3 + n
 end
 for i = 2, #KEYS do
-  redis.pcall('XACK', KEYS[i], ARGV[2], ids[i])  -- NOGROUP: the group is gone, the entry pending nowhere
+  if ids[i] then  -- NOGROUP: the group is gone, the entry pending nowhere
+    redis.pcall('XACK', KEYS[i], ARGV[2], ids[i])
+  end
 end
-return #KEYS - 1
+return kept
 """
 
 

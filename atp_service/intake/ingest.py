@@ -373,15 +373,15 @@ class StreamIngestor:
         return len(done) + len(dead) + len(given_up)
 
     async def _dead_letter(self, dead: list[Dead]) -> None:
-        """The entries' dead letters written, then the entries acknowledged (``dead_letters.write``): both,
-        even if a stop cancels the reader meanwhile (cut between them, its dead letter would be written again)."""
+        """The entries' dead letters written, then the entries acknowledged (``dead_letters.write``): both, even if a
+        stop cancels the reader meanwhile; one read trimmed that Redis, back from older data, holds is left pending."""
         cfg = self._config
         told = asyncio.ensure_future(write_dead_letters(self._client, dead, cfg.dead_letter_stream,
                                                         cfg.side_stream_maxlen, cfg.consumer_group,
                                                         cfg.ingest_max_entry_bytes))
         told.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
-        await finish_uncancelled(told)
-        self._told(dead)
+        self._retry_own_pending |= bool(kept := await finish_uncancelled(told))  # read again from our own list
+        self._told([letter for letter in dead if letter[:2] not in kept])
 
     def _told(self, dead: list[Dead]) -> None:
         """Dead letters written: counted and logged."""

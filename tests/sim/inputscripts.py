@@ -122,17 +122,23 @@ def autoclaim(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
     return [cursor, claimed, deleted, redis.marks.get(mark)]
 
 
-def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
+def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> list[int]:
     """``dead_letters._WRITE``: KEYS the dead-letter stream, then each letter's input stream; ARGV MAXLEN, the
-    group, then per letter its entry's id, its count of names and values, those. ``XACK`` by ``redis.pcall``."""
+    group, then per letter its entry's id, 1 where it was read trimmed, its count of names and values, those.
+    ``XACK`` by ``redis.pcall``. An entry read trimmed that the stream holds is left pending, its KEYS index
+    returned."""
     dlq, inputs, group = keys[0], keys[1:], _text(args[1])
-    at, ids = 2, []
-    for _ in inputs:
-        n = int(args[at + 1])
-        flat = args[at + 2:at + 2 + n]
-        ids.append(_id(args[at]))
+    at, ids, kept = 2, [], []
+    for i, stream in enumerate(inputs):
+        entry_id, trimmed, n = _id(args[at]), int(args[at + 1]) == 1, int(args[at + 2])
+        flat = args[at + 3:at + 3 + n]
+        at += 3 + n
+        held = redis.streams.get(stream)
+        if trimmed and held is not None and entry_id in held.entries:
+            kept.append(i + 2)
+            continue
+        ids.append((stream, entry_id))
         redis.dead_letters.append((dlq, {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}))
-        at += 2 + n
-    for stream, entry_id in zip(inputs, ids, strict=True):
+    for stream, entry_id in ids:
         redis.xack(stream, group, entry_id)
-    return len(inputs)
+    return kept
