@@ -169,6 +169,7 @@ class InputsClusterDriver(InputsDriver):
         self.tail = None  # Redis loses no tail here (``inputtail``: one process)
         self.acked_lost: set[tuple[str, bytes]] = set()
         self.lost_positions: set[tuple[str, str]] = set()
+        self.quarantined_lost: set[tuple[str, str, str, str, int]] = set()
         self.sends = 0
         self.reader = None  # the single-process driver's (``InputsDriver._done``): none here
 

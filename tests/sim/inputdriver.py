@@ -104,6 +104,7 @@ class InputsDriver:
         in the tail Redis lost, held nowhere now (``inputtail``): lost with the tail, as the contract says."""
         self.lost_positions: set[tuple[str, str]] = set()  # of entries Redis lost: read before, applied or not
         self.applied_lost: set[tuple[str, str, str, str, int]] = set()  # facts applied in a tail Redis lost
+        self.quarantined_lost: set[tuple[str, str, str, str, int]] = set()  # ... quarantined there (its stream kept)
 
     def _room(self, positions: int) -> None:
         world = self.world
@@ -295,7 +296,7 @@ class InputsDriver:
             raise Violation(f"E6/E8: {self.violations[0]}")
         for _, fields, _ in self.redis.quarantined:
             self._index()
-            if named_fields(fields) not in self._quarantined:
+            if named_fields(fields) not in self._quarantined | self.quarantined_lost:
                 raise Violation(f"E6: {fields['source']}/{fields['event_id']} written to the quarantine stream, "
                                 "its shard log holding no quarantine of it")
         self.tally.input_owed += owed > 0

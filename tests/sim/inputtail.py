@@ -34,7 +34,7 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 from reservation import decode_entry
-from reservation._events import FactApplied
+from reservation._events import FactApplied, FactQuarantined
 from tests.sim.checks import Acknowledged, Violation
 from tests.sim.inputchecks import named
 from tests.sim.replay import replay_equals_live
@@ -73,9 +73,10 @@ class InputsTail:
         driver = self.driver
         assert self.loss.image is not None
         kept = self.loss.image.history
-        for shard, entries in driver.world.log.history.items():  # the tail lost: what the log had applied in it
-            driver.applied_lost |= {named(e.fact) for _, data in entries[kept.get(shard, 0):]
-                                    for e in decode_entry(data).events if isinstance(e, FactApplied)}
+        for shard, entries in driver.world.log.history.items():  # the tail lost: what the log had decided in it
+            events = [e for _, data in entries[kept.get(shard, 0):] for e in decode_entry(data).events]
+            driver.applied_lost |= {named(e.fact) for e in events if isinstance(e, FactApplied)}
+            driver.quarantined_lost |= {named(e.fact) for e in events if isinstance(e, FactQuarantined)}
         World.lose_tail(driver.world)
         assert self.image is not None
         kept, facts, malformed = self.image
