@@ -7,8 +7,10 @@ again: quarantined again in its shard log, or applied had room come back meanwhi
 the owner's restart that raises the shards' bound), while the stream may hold it already (E8: decided once). A restart
 forgets what it owed, by design: the entries a process owed are watched while it lives. One another consumer claimed
 since (that one decides it), one whose group was deleted since it was read (``XGROUP DESTROY``, before the write failed
-or after: the write finds it pending nowhere, and the group made again delivers it as new) and one whose fact has
-another entry (that one decides it too) are left out. Watched: the fact of such an entry is
+or after: the write finds it pending nowhere, and the group made again delivers it as new), one another consumer was
+given before the write failed (its process may hold it in memory and decide it still: a batch of it in flight — its
+process stopped meanwhile — after this one claimed it, or after the group was deleted and made again) and one whose
+fact has another entry (that one decides it too) are left out. Watched: the fact of such an entry is
 neither applied nor quarantined again while its writer lives (``applied``), and at the end, Redis answering, it is in
 the quarantine stream and the entry acknowledged (``written``), the stream holding it once (``inputchecks``).
 """
@@ -62,6 +64,8 @@ class OwedWatch:
                 entry = keys[index - 1], _text(args[at + 2]).encode()
                 if entry not in self.driver.producer.facts:
                     continue  # an entry Redis lost coming back from older data (``inputtail``): none to decide
+                if redis.given.get(entry, set()) - {consumer}:
+                    continue  # another consumer was given it before: its process may decide it still, from memory
                 # its group deleted since this consumer first read it (before the write, or after): left out too, also
                 # where the group made again delivered it meanwhile, to another consumer or to this one in a batch of
                 # its own (decided again by design, as the reader's own: E8 by the made-again mark only once written)

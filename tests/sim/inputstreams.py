@@ -117,6 +117,9 @@ class SimStreams:
         self.delivered: set[tuple[str, bytes]] = set()  # entries any consumer was given (since the group was made)
         self.read_after: dict[tuple[str, bytes, str], int] = {}
         """Per entry and consumer, the groups deleted (``groups_lost``) before that consumer was first given it."""
+        self.given: dict[tuple[str, bytes], set[str]] = {}
+        """Per entry, the consumers ever given it: what their processes may hold in memory, no part of what Redis
+        holds (kept when Redis comes back from older data, ``inputtail``)."""
         self.unclaimed: set[tuple[str, bytes]] = set()  # trimmed entries ``XAUTOCLAIM`` took out of a pending list
         self.elsewhere: set[tuple[str, bytes]] = set()
         """Entries a group made again delivered again to a reader that did not make it: the other consumer's (it saw
@@ -313,9 +316,10 @@ class SimStreams:
         return mark
 
     def note_again(self, stream: str, held: Stream, entry_id: bytes, consumer: str) -> None:
-        """``entry_id`` delivered to ``consumer`` (``read_after``); by a group made again, at or before its newest entry
-        then, to a reader other than the one that made it (``elsewhere``)."""
+        """``entry_id`` delivered to ``consumer`` (``read_after``, ``given``); by a group made again, at or before its
+        newest entry then, to a reader other than the one that made it (``elsewhere``)."""
         self.read_after.setdefault((stream, entry_id, consumer), len(self.groups_lost))
+        self.given.setdefault((stream, entry_id), set()).add(consumer)
         if held.remade is not None and held.remade[1] != MAKER.get() and id_key(entry_id) <= id_key(held.remade[0]):
             self.elsewhere.add((stream, entry_id))
 

@@ -44,7 +44,7 @@ from tests.sim.world import World
 if TYPE_CHECKING:
     from tests.sim.inputdriver import InputsDriver
 
-_NOT_REDIS = ("faults", "on_ack", "now_ms", "on_failed_write")
+_NOT_REDIS = ("faults", "on_ack", "now_ms", "on_failed_write", "given")
 """``SimStreams``'s attributes that are no part of what Redis holds: kept across a restore."""
 
 
