@@ -167,11 +167,20 @@ def check_key_prefix(prefix: str) -> None:
 def check_redis_url(url: str) -> None:
     """``url`` as redis-py's asyncio client reads it at the first connection (scheme, port, query options): refused
     only there, the service's start ended once its gRPC server was set up and a publisher's in a traceback (exit
-    status 1, which a supervisor restarts), neither naming the setting. Its words quote no user information."""
+    status 1, which a supervisor restarts), neither naming the setting. Its words quote no user information: a
+    password holding an unencoded '#', '/' or '?' ends the authority there, its start read as the port, which
+    Python's words quote ("Port could not be cast to integer value as 's3c'")."""
     try:
         parse_url(url)
     except ValueError as exc:
-        raise ValueError(f"redis_url: {exc}") from None
+        said = str(exc)
+        if said.startswith(_PORT_NOT_A_NUMBER):
+            said = (f"{_PORT_NOT_A_NUMBER} (not quoted: it may be the start of a password holding '#', '/' or '?', "
+                    "which a URL must percent-encode: %23, %2F, %3F)")
+        raise ValueError(f"redis_url: {said}") from None
+
+
+_PORT_NOT_A_NUMBER = "Port could not be cast to integer value"
 
 
 def check_tls(cfg: Any) -> None:

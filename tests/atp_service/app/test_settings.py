@@ -117,7 +117,7 @@ def test_a_refusal_names_each_setting_as_the_operator_gave_it(capsys: pytest.Cap
 
 @pytest.mark.parametrize(("url", "said"), [
     ("foo://:s3cret@redis:6379", "must specify one of the following schemes (redis://, rediss://, unix://)"),
-    ("redis://:s3cret@redis:63x9", "Port could not be cast to integer value as '63x9'"),
+    ("redis://:s3cret@redis:63x9", "Port could not be cast to integer value (not quoted"),
     ("redis://:s3cret@redis:70000", "Port out of range 0-65535"),
 ])
 def test_a_redis_url_redis_cannot_read_stops_the_start_naming_it(url: str, said: str,
@@ -131,6 +131,20 @@ def test_a_redis_url_redis_cannot_read_stops_the_start_naming_it(url: str, said:
     assert err.startswith("atp-service: ATP_REDIS_URL: ") and said in err and "s3cret" not in err
     assert main(["config", "--redis-url", url]) == 2
     assert capsys.readouterr().err.startswith("atp-service: --redis-url: ")
+
+
+@pytest.mark.parametrize("url", ["redis://:s3c#ret@redis:6379", "redis://:s3c/ret@redis:6379",
+                                 "redis://:s3c?ret@redis:6379", "redis://u:s3c#ret@redis"])
+def test_a_password_holding_a_url_delimiter_is_never_quoted_in_the_refusal(url: str,
+                                                                           capsys: pytest.CaptureFixture[str],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password with an unencoded '#', '/' or '?' ends the URL's authority there: what precedes it is read as the
+    port, and redis-py's words ("Port could not be cast to integer value as 's3c'") quoted the password's start."""
+    monkeypatch.setenv("ATP_REDIS_URL", url)
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("atp-service: ATP_REDIS_URL: Port could not be cast to integer value"), err
+    assert "s3c" not in err and "%23" in err, err
 
 
 def test_a_boolean_that_cannot_be_read_is_refused_saying_what_reads(capsys: pytest.CaptureFixture[str],
