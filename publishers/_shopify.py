@@ -303,7 +303,7 @@ class ShopifyAdapter:
             body = set_quantities_body(self.settings.endpoint, channel, updates, rows, salt)
         data = await self._graphql("set", body)
         try:
-            errors = data["inventorySetQuantities"]["userErrors"] or []
+            errors = data["inventorySetQuantities"]["userErrors"]  # null (no list, as below): not said, not applied
         except (KeyError, TypeError):
             raise DeliveryError("shopify: unexpected response shape") from None
         if not isinstance(errors, list) or not all(isinstance(e, dict) and isinstance(e.get("code"), str | None)

@@ -97,3 +97,18 @@ async def test_sets_that_ran_with_errors_are_said_at_most_once_a_second(caplog: 
             await shopify.close()
     said = [r.getMessage() for r in caplog.records if "set ran" in r.getMessage()]
     assert len(said) == 2 and "2 such answers left out" in said[1], said
+
+
+async def test_a_set_answered_user_errors_null_without_errors_is_not_taken_as_applied(
+        client: aioredis.Redis) -> None:
+    """``userErrors`` is a non-null list in Shopify's schema: null with no top-level error is no answer GraphQL gives
+    (a proxy's or gateway's rewrite), and says nothing of what applied. Read as ``[]`` (``or []``), the set was counted
+    delivered and remembered as the store's number, where the store held the old one (C-rules). A failed try now: the
+    next one sets it."""
+    store = Store({A: 10})
+    payload = {"data": {"inventorySetQuantities": {"inventoryAdjustmentGroup": None, "userErrors": None}}}
+    store.script = [(200, {"Content-Type": "application/json"}, json.dumps(payload).encode())]
+    with serve(store.handle) as url:
+        metrics = await publish_once(client, url, [update("a", 0, 1, previous=10)])
+    assert (store.applied, store.levels[A], len(store.sets())) == (1, 0, 2), "counted delivered, never set"
+    assert counted(metrics) == {"delivered": 1, "failed": 0, "dead_lettered": 0}
