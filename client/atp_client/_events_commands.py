@@ -137,6 +137,8 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
         return EXIT_USAGE
     try:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         from atp_client._publish import entries, write
     except ImportError:
@@ -148,8 +150,9 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
         answer({"stream": stream, "published": 0, "in_doubt": 0}, args.json)
         return EXIT_INTERRUPTED
     bounds = {"socket_timeout": args.timeout, "socket_connect_timeout": args.timeout}  # --timeout: each call's
-    try:
-        client = (aioredis.RedisCluster.from_url(redis_url, **bounds) if args.redis_cluster
+    try:  # a cluster client's retry sent a chunk's redirected entry again after its connection was lost: its answer
+        # was that later try's, a refusal counted not written, where the lost try may have been (R7, E8). None: in doubt
+        client = (aioredis.RedisCluster.from_url(redis_url, retry=Retry(NoBackoff(), 0), **bounds) if args.redis_cluster
                   else aioredis.Redis.from_url(redis_url, **bounds))
     except ValueError as exc:  # a bad command line, as argparse says it (the URL unsaid: it may hold a password)
         print(f"atpctl: error: argument --redis-url: {exc}", file=sys.stderr)

@@ -235,3 +235,47 @@ async def test_entries_of_a_node_whose_connection_is_lost_after_the_send_are_in_
         await client.aclose()
     assert done.stopped_at == 1 and "Connection" in done.error, done
     assert (done.published, done.in_doubt) == (0, 5), done
+
+
+def test_an_entry_whose_redirected_send_was_lost_stays_in_doubt_whatever_redis_py_s_retry_meets(
+        redis_cluster: Any, cluster_url: str, moves: list[Any], tmp_path: Path) -> None:
+    """A pipeline's ASK (MOVED, TRYAGAIN) answer is sent again alone through the cluster client, whose retries
+    (three by default) sent it once more after its connection was lost: the entry's answer was then the last try's,
+    a refusal (here the importing node out of memory) counted not written, in_doubt 0, though the lost try may have
+    been written (R7; published again past the grace window, twice: E8). Deterministic: the importing node holds the
+    XADD (``CLIENT PAUSE WRITE``), refuses writes from then on (``maxmemory``), and its connection is killed."""
+    from tests.slot_moves import SlotMove
+
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(receipt(0, int(time.time() * 1000)) + "\n")
+    with redis.RedisCluster.from_url(cluster_url) as admin:
+        slot, source = admin.keyslot(STREAM), admin.get_node_from_key(STREAM).port
+    target = next(node.port for node in redis_cluster.primaries if node.port != source)
+    move = SlotMove(redis_cluster, slot, source, target)
+    move.begin()  # the stream on no node: the source answers ASK, to the target
+    moves.append(move)
+    node = redis.Redis(host="127.0.0.1", port=target)
+    run = None
+    try:
+        node.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+        run = subprocess.Popen([sys.executable, "-m", "atp_client.ctl", "--json", "--timeout", "30", "events",
+                                "publish", str(facts), "--stream", STREAM, "--redis-url", cluster_url,
+                                "--redis-cluster"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not (waiting := [c for c in node.client_list() if c["cmd"] == "xadd" and "b" in c["flags"]]):
+            assert time.monotonic() < deadline and run.poll() is None, "the redirected XADD never reached the target"
+            time.sleep(0.02)
+        node.config_set("maxmemory", 1)
+        node.client_kill_filter(_id=waiting[0]["id"])
+        node.execute_command("CLIENT", "UNPAUSE")
+        out, err = run.communicate(timeout=60)
+    finally:
+        node.execute_command("CLIENT", "UNPAUSE")
+        node.config_set("maxmemory", 0)
+        node.close()
+        if run is not None and run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 6, (run.returncode, err)
+    assert json.loads(out) == {"stream": STREAM, "published": 0, "in_doubt": 1}, (out, err)
