@@ -127,6 +127,19 @@ async def _closed(client: Any) -> bool:
     return True
 
 
+def _unquoted(refusal: ValueError) -> str:
+    """redis-py's refusal of a URL, quoting nothing of it: a password holding an unencoded '#', '/' or '?' ends the
+    authority there, its start read as the port, which Python's words quote ("... integer value as 's3c'")."""
+    said = str(refusal)
+    if said.startswith(_PORT_NOT_A_NUMBER):
+        return (f"{_PORT_NOT_A_NUMBER} (not quoted: it may be the start of a password holding '#', '/' or '?', which a "
+                "URL must percent-encode: %23, %2F, %3F)")
+    return said
+
+
+_PORT_NOT_A_NUMBER = "Port could not be cast to integer value"
+
+
 async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url: str | None) -> int:
     """The input-stream entry format (``_publish.entry_fields``), once every line of the file is
     one the intake would take: the intake tells a producer nothing of an entry it dead-letters.
@@ -155,7 +168,7 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
         client = (aioredis.RedisCluster.from_url(redis_url, retry=Retry(NoBackoff(), 0), **bounds) if args.redis_cluster
                   else aioredis.Redis.from_url(redis_url, **bounds))
     except ValueError as exc:  # a bad command line, as argparse says it (the URL unsaid: it may hold a password)
-        print(f"atpctl: error: argument --redis-url: {exc}", file=sys.stderr)
+        print(f"atpctl: error: argument --redis-url: {_unquoted(exc)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         written = await write(client, stream, entries(path, numbered_facts(path, last_line)), EVENTS_CHUNK,

@@ -291,10 +291,12 @@ async def test_an_events_file_is_read_as_utf8_whatever_the_locale(start_service:
     assert position.on_hand == 1
 
 
-@pytest.mark.parametrize("url", ["redis//127.0.0.1:6379", "redis://:s3cret@127.0.0.1:port"])
+@pytest.mark.parametrize("url", ["redis//127.0.0.1:6379", "redis://:s3cret@127.0.0.1:port",
+                                 "redis://:s3cret#1@127.0.0.1:6379", "redis://:s3cret/1@127.0.0.1:6379"])
 def test_a_redis_url_that_cannot_be_read_is_a_usage_error_that_does_not_show_it(url: str, tmp_path: Path) -> None:
     """A mistyped ``--redis-url`` is a bad command line (exit 2 naming the argument), not a traceback
-    of the Redis client (exit 1); the URL itself is not repeated: it may carry the password."""
+    of the Redis client (exit 1); the URL itself is not repeated: it may carry the password. A password holding an
+    unencoded '#' or '/' ends the authority there, its start read as the port, which Python's words quoted."""
     facts = tmp_path / "facts.jsonl"
     facts.write_text(receipt(1, int(time.time() * 1000)) + "\n")
     done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "events", "publish", str(facts),
