@@ -148,12 +148,15 @@ def test_an_interrupted_publish_reading_the_cluster_s_slots_says_nothing_was_sen
     assert "its batch not sent" in done.stderr and "without an answer" not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("after_each", ["\n", "\n\n"], ids=["one-per-line", "double-spaced"])
 async def test_a_ctrl_c_while_a_long_file_is_checked_stops_the_check_and_says_nothing_was_published(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        after_each: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every line is checked before any is written, without a pause: a Ctrl-C then (the run's task cancelled, as
     asyncio.run does on SIGINT) was seen only once the whole file was checked, seconds to minutes for millions of lines,
-    and a bad line after it refused the file (exit 3) where the operator had asked to stop. Deterministic: the task
-    runs to its first pause, is cancelled there, and the file's one bad line comes after it."""
+    and a bad line after it refused the file (exit 3) where the operator had asked to stop. Double-spaced: the check
+    paused at line numbers that are multiples of ``CHECK_PAUSE_EVERY``, which a file whose facts are on odd lines (a
+    blank line after each, skipped) never reached; it counts the lines checked. Deterministic: the task runs to its
+    first pause, is cancelled there, and the file's one bad line comes after it."""
     import argparse
     import asyncio
 
@@ -161,7 +164,7 @@ async def test_a_ctrl_c_while_a_long_file_is_checked_stops_the_check_and_says_no
 
     facts = tmp_path / "facts.jsonl"
     now = int(time.time() * 1000)
-    facts.write_text("".join(receipt(n, now) + "\n" for n in range(CHECK_PAUSE_EVERY + 5)) + "not a fact\n")
+    facts.write_text("".join(receipt(n, now) + after_each for n in range(CHECK_PAUSE_EVERY + 5)) + "not a fact\n")
     args = argparse.Namespace(timeout=5.0, redis_cluster=False, json=True)
     run = asyncio.ensure_future(_publish(args, facts, "atp:in:pos", f"redis://127.0.0.1:{closed_port()}"))
     await asyncio.sleep(0)  # the run checks its lines up to its first pause
@@ -205,26 +208,3 @@ async def test_a_ctrl_c_while_the_client_closes_after_the_last_chunk_still_says_
     assert "interrupted" in err and "5 entries written" in err, err
     with redis.Redis.from_url(redis_url) as admin:
         assert admin.xlen("atp:in:pos") == 5
-
-
-async def test_a_ctrl_c_while_a_double_spaced_file_is_checked_stops_the_check(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The check paused at line numbers that are multiples of ``CHECK_PAUSE_EVERY``: a file whose facts are on odd
-    lines (a blank line after each, skipped) never reached one, and a Ctrl-C was seen only once the whole file was
-    checked, a bad line after it refusing the file (exit 3). The pause counts the lines checked."""
-    import argparse
-    import asyncio
-
-    from atp_client._events_commands import CHECK_PAUSE_EVERY, _publish
-
-    facts = tmp_path / "facts.jsonl"
-    now = int(time.time() * 1000)
-    facts.write_text("".join(receipt(n, now) + "\n\n" for n in range(CHECK_PAUSE_EVERY + 5)) + "not a fact\n")
-    args = argparse.Namespace(timeout=5.0, redis_cluster=False, json=True)
-    run = asyncio.ensure_future(_publish(args, facts, "atp:in:pos", f"redis://127.0.0.1:{closed_port()}"))
-    await asyncio.sleep(0)  # the run checks its lines up to its first pause
-    run.cancel()
-    assert await run == EXIT_INTERRUPTED
-    out, err = capsys.readouterr()
-    assert json.loads(out) == {"stream": "atp:in:pos", "published": 0, "in_doubt": 0}, (out, err)
-    assert f"{facts}: interrupted while its lines were checked: nothing published" in err, err
