@@ -32,7 +32,7 @@ from tests.sim.invariants import (
 )
 from tests.sim.jumps import ClockJumps
 from tests.sim.partition import Partitions
-from tests.sim.replay import replay_equals_live
+from tests.sim.replay import held_after_loss, replay_equals_live
 from tests.sim.settled import orders_settle
 from tests.sim.settlefaults import SettleFaults, no_waits
 from tests.sim.shardcount import facts_answer_alike
@@ -278,18 +278,12 @@ class Driver:
             return
         if self.tail is None or not self.tail.lost_since_start:
             return
-        await world.owner_check()
-        if world.must_restart:
+
+        async def restart() -> None:
             await world.restart_after_failure(self.rng)
             self.trace.append(f"{step}: the service stopped to be restarted after Redis lost a tail, restarted")
-            await world.quiesce()
-            return
-        try:
-            replay_equals_live(world, await world.recovered())
-        except Violation as exc:
-            raise Violation(f"R7: Redis lost acknowledged entries and the instance, still serving, did not "
-                            f"notice by its owner check: {exc}") from None
-        world.forget_loss()
+
+        await held_after_loss(world, restart)
 
     async def after_loss_leased(self, step: int, world: ClusterWorld) -> None:
         """Several processes: every running one's owner check runs at each step's end (finding nothing

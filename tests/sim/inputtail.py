@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from reservation import decode_entry
 from reservation._events import FactApplied, FactQuarantined
-from tests.sim.checks import Acknowledged, Violation
+from tests.sim.checks import Acknowledged
 from tests.sim.inputchecks import named
-from tests.sim.replay import replay_equals_live
+from tests.sim.replay import held_after_loss
 from tests.sim.tailloss import TailLoss
 from tests.sim.world import World
 
@@ -120,14 +120,5 @@ class InputsTail:
         driver, world = self.driver, self.driver.world
         if not self.loss.lost_since_start:
             return
-        await world.owner_check()
-        if world.must_restart:
-            await driver.restart(step, "the service stopped to be restarted after Redis lost a tail")
-            await world.quiesce()
-            return
-        try:
-            replay_equals_live(world, await world.recovered())
-        except Violation as exc:
-            raise Violation(f"R7: Redis lost acknowledged entries and the instance, still serving, did not notice by "
-                            f"its owner check: {exc}") from None
-        world.forget_loss()
+        said = "the service stopped to be restarted after Redis lost a tail"
+        await held_after_loss(world, lambda: driver.restart(step, said))

@@ -12,6 +12,7 @@ answer's)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from reservation import TERMINAL, Ledger, State
@@ -40,6 +41,22 @@ def replay_equals_live(world: Any, recovered: list[tuple[Ledger, int]]) -> None:
         times_equal(shard, live, fresh)
         histories_equal(shard, live, fresh)
         remembered_equal(shard, live, fresh)
+
+
+async def held_after_loss(world: Any, restart: Callable[[], Awaitable[None]]) -> None:
+    """Redis lost a tail since the instance started: by the step's end (the owner check run, as it runs every
+    owner_check_s) the instance stopped to be restarted (``restart``), or holds only what Redis holds (R7)."""
+    await world.owner_check()
+    if world.must_restart:
+        await restart()
+        await world.quiesce()
+        return
+    try:
+        replay_equals_live(world, await world.recovered())
+    except Violation as exc:
+        raise Violation(f"R7: Redis lost acknowledged entries and the instance, still serving, did not notice by its "
+                        f"owner check: {exc}") from None
+    world.forget_loss()
 
 
 def times_equal(shard: int, live: Ledger, fresh: Ledger) -> None:
