@@ -65,9 +65,11 @@ def exit_on_a_second_signal(request: StopRequest) -> None:
         if time.monotonic() - first_signal < SECOND_SIGNAL_AFTER_S:
             return
         log.warning("second signal: exiting without the final snapshot", extra={"event": "hard_exit"})
-        if request.on_hard_exit is not None:
-            request.on_hard_exit()
-        os._exit(130)
+        try:
+            if request.on_hard_exit is not None:
+                request.on_hard_exit()
+        finally:  # whatever it raised (a disk refusing an unlink): a signal handler's error would not exit
+            os._exit(130)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -168,8 +168,7 @@ class EmbeddedRedis:
                 raise StartAbandoned("the process exits: the embedded redis-server is not started again")
             self.process = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL, start_new_session=True)
             self._pidfile.write_text(str(self.process.pid))
-        # Other processes of this deployment (atp-publisher) find the embedded Redis here, password and all.
-        _owner_only(self.data_dir / "redis.url", self.url + "\n")
+            _owner_only(self.data_dir / "redis.url", self.url + "\n")  # see kill_softly: under _spawning
         try:
             self._wait_until_ready(timeout_s, ping_timeout_s, load_timeout_s, abandon or (lambda: False))
         except BaseException:
@@ -304,15 +303,17 @@ class EmbeddedRedis:
             self.process.wait()
 
     def kill_softly(self) -> None:
-        """SIGTERM without waiting (Redis still flushes its AOF): for a process about to exit hard. A
-        restart forking its redis-server now is waited for (milliseconds; bounded), and none forks after:
-        else that child would outlive the service, unknown to its pidfile, on the data directory the
-        next start takes."""
+        """SIGTERM without waiting (Redis still flushes its AOF), ``redis.url`` removed (as ``stop`` does; written
+        under ``_spawning``, it is never written after this): for a process about to exit hard. A restart forking its
+        redis-server now is waited for (milliseconds; bounded), and none forks after: else that child would outlive
+        the service, unknown to its pidfile, on the data directory the next start takes."""
         spawned = self._spawning.acquire(timeout=5.0)
         try:
             self._exiting = True
             if self.process and self.process.poll() is None:
                 self.process.terminate()
+            if self._lock_file is not None:  # ours until this process exits: no start writes it meanwhile
+                (self.data_dir / "redis.url").unlink(missing_ok=True)
         finally:
             if spawned:
                 self._spawning.release()

@@ -266,6 +266,21 @@ def test_a_hard_exit_while_a_restart_forks_redis_stops_the_child_being_made(
         embedded.stop()
 
 
+def test_a_hard_exit_removes_redis_url_naming_the_redis_it_stopped(tmp_path: Path) -> None:
+    """A second stop signal's hard exit (``kill_softly``) terminates the embedded redis-server but left
+    ``redis.url`` naming it: atpctl and atp-publisher, given no URL, then failed at a Redis gone (the next
+    start's port and password are new). It is removed there too, as a clean ``stop`` removes it."""
+    embedded = EmbeddedRedis(tmp_path / "redis").start()
+    try:
+        assert (tmp_path / "redis" / "redis.url").exists()
+        assert embedded.process is not None
+        embedded.kill_softly()
+        assert embedded.process.wait(10) is not None  # terminated: the file would name nothing
+        assert not (tmp_path / "redis" / "redis.url").exists()
+    finally:
+        embedded.stop()
+
+
 def test_no_redis_server_is_forked_once_a_hard_exit_was_asked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A hard exit landing while a restart is in ``start`` but not yet forking: the restart gives up
