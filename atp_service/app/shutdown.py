@@ -83,12 +83,13 @@ async def shut_down(config: ServiceConfig, service: AtpService, request: StopReq
     exit_on_a_second_signal(request)
     # At least a second: a bound of 0 would cancel the stop before its first step (gRPC left serving).
     bound_s = max(1.0, config.shutdown_grace_s + (0.0 if request.redis_gone else SHUTDOWN_SNAPSHOT_S))
-    overran = failed_steps = False
+    overran, failed_steps = False, 0
+    began = time.monotonic()
     try:
         # Everything acknowledged is already durable: the final snapshot only shortens the next start.
         await asyncio.wait_for(service.stop(), timeout=bound_s)
-    except StopFailed:  # each step's failure said (``stop_step_failed``); every other step ran
-        failed_steps = True
+    except StopFailed as failed:  # each step's failure said (``stop_step_failed``); every other step ran
+        failed_steps = len(failed.exceptions)
     except TimeoutError:
         if request.redis_gone:  # expected: the exit status is the lost Redis's (5)
             log.warning("stop cut short after %.1fs: Redis is gone, so nothing in doubt can be settled and no "
@@ -100,10 +101,25 @@ async def shut_down(config: ServiceConfig, service: AtpService, request: StopReq
                       bound_s, EXIT_STOP_OVERRAN, extra={"event": "shutdown_overran", "bound_s": bound_s})
             dump_tasks()
     say_left_out()  # the rate-limited lines left out since their last: no next line says them now
+    if not overran:  # else ``shutdown_overran`` said how it ended, and is the last line
+        say_stopped(time.monotonic() - began, failed_steps, request.redis_gone)
     # Why the service stopped (a newer claim, a failed shard) says more than how its stop went.
     if service.replaced.is_set() or service.failed.is_set():
         return EXIT_REPLACED if service.replaced.is_set() else EXIT_SHARD_FAILED
     return EXIT_STOP_OVERRAN if overran else 1 if failed_steps else 0
+
+
+def say_stopped(took_s: float, failed_steps: int, redis_gone: bool) -> None:
+    """The stop's last line: ``stopped`` only where every step of it finished (else the log ended at
+    ``shutdown``, and only the exit status told a clean stop from one that hung or was killed)."""
+    if not (failed_steps or redis_gone):
+        log.info("stopped in %.1fs: every step of the stop finished", took_s,
+                 extra={"event": "stopped", "took_s": round(took_s, 3)})
+        return
+    why, said = (("redis_lost", "the embedded Redis was lost: nothing in doubt settled, no snapshot written")
+                 if redis_gone else ("steps_failed", f"{failed_steps} step(s) of the stop failed (stop_step_failed)"))
+    log.warning("stopped in %.1fs, not cleanly: %s", took_s, said,
+                extra={"event": "stopped_unclean", "took_s": round(took_s, 3), "why": why})
 
 
 def dump_tasks() -> None:

@@ -57,7 +57,7 @@ async def test_a_step_of_the_stop_that_raises_leaves_the_later_steps_run(
 
 @pytest.mark.parametrize("failed", [False, True])
 async def test_a_stop_a_step_of_which_raised_exits_1_unless_a_reason_to_stop_has_its_own(
-        redis_url: str, failed: bool) -> None:
+        redis_url: str, failed: bool, caplog: pytest.LogCaptureFixture) -> None:
     """``atp-service serve``: exit status 1 (not 0, a clean stop; not a traceback), or the status of why the
     service stopped (a failed shard: 4), which says more than how its stop went."""
     service = AtpService(make_config(), redis_url)
@@ -67,6 +67,7 @@ async def test_a_stop_a_step_of_which_raised_exits_1_unless_a_reason_to_stop_has
         raise RuntimeError("a bug in the servicer's close")
 
     service._servicer.aclose = bug  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, logger="atp_service")
     if failed:
         service.failed.set()
     loop = asyncio.get_running_loop()
@@ -78,3 +79,29 @@ async def test_a_stop_a_step_of_which_raised_exits_1_unless_a_reason_to_stop_has
             loop.remove_signal_handler(sig)  # the test process's own again
     assert status == (shutdown.EXIT_SHARD_FAILED if failed else 1)
     assert service.engine is not None and all(actor._stopping for actor in service.engine.actors)
+    last = [r for r in caplog.records if r.name == "atp_service"][-1]  # not the clean ``stopped``: a step failed
+    assert (last.levelname, getattr(last, "event", None), getattr(last, "why", None)) == (
+        "WARNING", "stopped_unclean", "steps_failed"), last.getMessage()
+    assert "1 step(s) of the stop failed" in last.getMessage()
+
+
+async def test_a_clean_stop_ends_its_log_saying_it_stopped(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A clean stop's log ended at ``shutting down (grace …)``: only the exit status said it finished. Its last
+    line now says so (``stopped``, with how long the stop took)."""
+    service = AtpService(make_config(), redis_url)
+    await service.start()
+    caplog.set_level(logging.INFO, logger="atp_service")
+    loop = asyncio.get_running_loop()
+    try:
+        status = await asyncio.wait_for(shutdown.shut_down(service.config, service, shutdown.StopRequest(None)),
+                                        STOP_LIMIT_S)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    assert status == 0
+    said = [r for r in caplog.records if r.name == "atp_service"]
+    assert getattr(said[0], "event", None) == "shutdown"
+    last = said[-1]
+    assert (last.levelname, getattr(last, "event", None)) == ("INFO", "stopped"), last.getMessage()
+    assert 0 <= last.took_s <= STOP_LIMIT_S  # type: ignore[attr-defined]
+    assert last.getMessage().startswith("stopped in ")

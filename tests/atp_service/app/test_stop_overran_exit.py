@@ -53,6 +53,7 @@ def test_a_stop_that_overran_its_bound_exits_6(tmp_path: Path) -> None:
     said = wait_for_line(proc, log, "shutdown did not finish")
     assert status == EXIT_STOP_OVERRAN == 6, said[-3000:]
     assert "exit status 6" in said
+    assert "stopped in" not in said  # neither ``stopped`` (a clean stop) nor ``stopped_unclean``: it was cut off
 
 
 async def _record(port: int) -> None:
