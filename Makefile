@@ -30,7 +30,7 @@ help:
 	@echo "make bench  - benchmarks/throughput.py (unary + stream vs the gRPC ceiling)"
 	@echo "make bench-peak SCENARIO=flash_sale|holiday_peak|steady DURATION=60 USERS=60 - locust peak run"
 	@echo "make bench-compare - benchmarks/compare.py (this service vs Lua/Redis and PostgreSQL peers)"
-	@echo "make cluster [PROCESSES=3] - a Redis Cluster on loopback (3 primaries, a replica each) and the service on it"
+	@echo "make cluster [PROCESSES=3] [KEEP_DATA=1] - a Redis Cluster on loopback (3 primaries, a replica each) and the service on it"
 	@echo "               (PROCESSES > 1: that many leased service processes on ports 50051 up), until Ctrl-C"
 	@echo "make soak SECONDS=60 SEED=1 - benchmarks/fault_soak.py (Redis pauses, slow network, kill -9; then the invariants), then on a Redis Cluster, then three service processes sharing it"
 	@echo "make bootstrap - the venv, redis-server and openssl, promtool and docker compose (root: installs what is missing)"
@@ -114,9 +114,16 @@ deploy-tools:
 
 SEEDS ?= 1000
 PROCESSES ?= 1
+# Its data directory (every node's AOF) is removed when it exits, Ctrl-C included, unless KEEP_DATA=1. The shell
+# traps INT and TERM so that it outlives the script's own stop (Ctrl-C reaches both), then runs its EXIT trap.
+KEEP_DATA ?=
 cluster: $(SERVE_DEPS)
-	$(BIN)/python -m atp_service.storage.embedded_cluster --data-dir "$$(mktemp -d /tmp/atp-cluster.XXXXXX)" --serve \
-	  --processes $(PROCESSES)
+	@data="$$(mktemp -d /tmp/atp-cluster.XXXXXX)" || exit 1; \
+	if [ -n "$(KEEP_DATA)" ]; then trap 'echo "make cluster: data kept: $$data"' EXIT; \
+	else trap 'rm -rf "$$data"' EXIT; fi; \
+	trap 'exit 130' INT TERM; \
+	echo "$(BIN)/python -m atp_service.storage.embedded_cluster --data-dir $$data --serve --processes $(PROCESSES)"; \
+	$(BIN)/python -m atp_service.storage.embedded_cluster --data-dir "$$data" --serve --processes $(PROCESSES)
 
 sim: $(STAMP)
 	$(BIN)/python -m tests.sim --seeds $(SEEDS)

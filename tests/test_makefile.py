@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,64 @@ def test_a_part_of_make_sim_moved_is_told() -> None:
     readme = ("`python -m tests.sim --seeds 5 --shed`, the second part of `make sim`; "
               "`python -m tests.sim --seeds 9 --first 3 --shed`, the last part of `make sim`")
     assert misnamed_sim_parts(readme, makefile) == ["'--seeds 9 --first 3 --shed' is not the last part of `make sim`"]
+
+
+# Stands in for `python -m atp_service.storage.embedded_cluster --serve` (only the recipe's shell is tested here):
+# it notes its data directory, writes in it as the nodes do, and, on Ctrl-C's SIGINT, exits 0 as the script does.
+CLUSTER_STAND_IN = """\
+import pathlib, signal, sys, threading
+data = pathlib.Path(sys.argv[sys.argv.index("--data-dir") + 1])
+(data / "node-0").mkdir()
+(data / "node-0" / "appendonly.aof").write_text("written")
+stopped = threading.Event()
+signal.signal(signal.SIGINT, lambda *_: stopped.set())
+pathlib.Path(sys.argv[0]).with_name("data-dir").write_text(str(data))
+stopped.wait(60)
+sys.exit(0)
+"""
+
+
+def _cluster_stopped_by_ctrl_c(tmp_path: Path, *variables: str) -> tuple[Path, str]:
+    """`make cluster` run with the stand-in as its python, sent SIGINT (Ctrl-C: the terminal's whole foreground
+    process group) once its data directory is written; that directory, and what make printed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f"#!{sys.executable}\n{CLUSTER_STAND_IN}")
+    (bin_dir / "python").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    make = subprocess.Popen(["make", "--no-print-directory", "-C", str(ROOT), "-o", ".venv/.installed", "cluster",
+                             f"BIN={bin_dir}", *variables], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    try:
+        noted = bin_dir / "data-dir"
+        for _ in range(600):  # a bound (60 s), not a timing: the stand-in writes it as soon as it starts
+            if noted.exists() or make.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert noted.exists(), make.communicate()[0]
+        data = Path(noted.read_text())
+        assert (data / "node-0" / "appendonly.aof").exists()
+        os.killpg(make.pid, signal.SIGINT)
+        out, _ = make.communicate(timeout=60)
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait()
+    return data, out.decode()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_cluster_removes_its_data_directory_after_ctrl_c(tmp_path: Path) -> None:
+    """`make cluster` left its `/tmp/atp-cluster.XXXXXX` (every node's AOF) behind at each Ctrl-C."""
+    data, out = _cluster_stopped_by_ctrl_c(tmp_path)
+    assert not data.exists(), out
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_cluster_keeps_its_data_directory_when_asked(tmp_path: Path) -> None:
+    data, out = _cluster_stopped_by_ctrl_c(tmp_path, "KEEP_DATA=1")
+    try:
+        assert (data / "node-0" / "appendonly.aof").read_text() == "written"
+        assert f"kept: {data}" in out, out
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
