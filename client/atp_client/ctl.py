@@ -15,7 +15,9 @@ import grpc
 from atp_client import _args as arg
 from atp_client._access import PERMISSIONS, new_token, token_hash
 from atp_client._client import AtpClient, RetryPolicy, tls_credentials
+from atp_client._errors import NOT_CONNECTED, AtpError
 from atp_client._events_commands import import_facts, publish_facts
+from atp_client._handshake import handshake_hint
 from atp_client._output import (
     CHANGES,
     EXIT_BROKEN_PIPE,
@@ -214,9 +216,21 @@ def _main(args: argparse.Namespace) -> int:
     except grpc.aio.AioRpcError as exc:
         code, line = refusal(exc)
         print(line, file=sys.stderr)
+        if (hint := _handshake_hint(exc, args)) is not None:
+            print(f"atpctl: {hint}", file=sys.stderr)
         if args.command in CHANGES and in_doubt_after(exc, retried=args.retries > 0):
             print(IN_DOUBT_LINE, file=sys.stderr)
         return code
+
+
+
+def _handshake_hint(exc: grpc.aio.AioRpcError, args: argparse.Namespace) -> str | None:
+    """For a connection that failed (nothing sent): TLS against plaintext or the reverse, where the service proves
+    which it speaks (``handshake_hint``); gRPC's own words are the same as for a service down."""
+    failed = isinstance(exc, AtpError) and exc.reason == NOT_CONNECTED and "connection failed" in (exc.details() or "")
+    if not failed:
+        return None
+    return handshake_hint(args.target, tls=bool(args.tls_ca or args.tls_cert), timeout_s=args.timeout)
 
 
 if __name__ == "__main__":
