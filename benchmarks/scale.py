@@ -197,7 +197,7 @@ async def seed(address: str, args: argparse.Namespace) -> None:
     async with AtpClient(address, timeout_s=60) as client:
         for i in range(0, len(facts), 5000):
             results = await client.record_events(facts[i:i + 5000])
-            refused = [r for r in results if r.outcome != pb.FACT_OUTCOME_APPLIED]
+            refused = [r for r in results if r.outcome not in (pb.FACT_OUTCOME_APPLIED, pb.FACT_OUTCOME_DUPLICATE)]
             if refused:
                 raise RuntimeError(f"seeding: {len(refused)} facts not applied, e.g. {refused[0]}")
 
