@@ -139,6 +139,15 @@ class Mailbox(Generic[T]):
             self._wake_putter()
         return taken
 
+    def refuse_putters(self, error: BaseException) -> None:
+        """Every putter still waiting for room answered ``error``, nothing of it put: the reader stopped (or cannot
+        take their items now). ``drain`` wakes only as many as it freed slots; past those, a putter waited for a
+        slot no reader would ever free (a change across shards in ``ShardActor.pause``, for ever)."""
+        while self._putters:
+            putter = self._putters.popleft()
+            if not putter.done():
+                putter.set_exception(error)
+
     def _wake_putter(self) -> None:
         """Wake the oldest putter still waiting; drop those cancelled on the way."""
         wake_oldest(self._putters)

@@ -30,11 +30,13 @@ def take_batch(first: Envelope, set_aside: deque[Envelope], mailbox: Mailbox[Env
 
 def refuse_all(set_aside: deque[Envelope], mailbox: Mailbox[Envelope], error: BaseException) -> None:
     """Answer everything waiting, set aside or in the mailbox, with ``error`` (a maintenance request
-    is simply done: nothing waits on it); both are empty afterwards, and putters waiting for room
-    are woken, as taking the messages one by one would."""
+    is simply done: nothing waits on it); both are empty afterwards, as many putters waiting for room
+    woken as there were messages (taking them one by one would), and the rest answered ``error``."""
     waiting = list(set_aside)
     set_aside.clear()
-    for env in waiting + mailbox.drain():
+    drained = mailbox.drain()
+    mailbox.refuse_putters(error)  # a stop's: no reader frees their room any more (a doubt's: refused on entry)
+    for env in waiting + drained:
         if env.reply.done():
             continue
         if isinstance(env.message, Maintain):

@@ -162,3 +162,25 @@ async def test_the_engine_s_stop_answers_the_changes_still_waiting_for_a_shard(s
     assert not changes_in_flight()
     home = engine.home_of("x1")
     assert home is not None and engine.actors[home].ledger.reservation("x1").state == State.HELD  # type: ignore[union-attr]
+
+
+async def test_a_shard_vacated_answers_the_changes_still_waiting_for_it(start_service: ServiceFactory) -> None:
+    """Changes across shards waiting for room in a shard's mailbox (``pause`` waits) when that shard alone is vacated
+    (its group handed over or lost, the process going on): its stop wakes as many as it refused messages, the rest
+    waited for ever, their callers with them (an engine caller without a deadline for good), the engine's stop far
+    off. Each is answered by the vacating, nothing of it decided (R8)."""
+    service, client = await stocked(start_service, ManualClock(T0), mailbox_size=1, redis_timeout_s=0.5)
+    engine = service.engine
+    assert engine is not None and engine.place("A") != engine.place("D")
+    await client.reserve("x1", [("A", "S1", 1), ("D", "DC", 1)])
+    shard = min(engine.place("A"), engine.place("D"))
+    lowest = engine.actors[shard]
+    await lowest.pause()  # held: the shard's stop gives it up (after its drain's bound)
+    callers = [asyncio.ensure_future(engine.confirm("x1")) for _ in range(5)]
+    await until(lambda: len(changes_in_flight()) == 5 and len(lowest._mailbox) == 1, "the changes waiting", 20)
+    await engine.vacate(shard, snapshot=False)
+    await until(lambda: all(caller.done() for caller in callers), "every caller answered by the vacating", 20)
+    answers = await asyncio.gather(*callers, return_exceptions=True)
+    assert all(isinstance(answer, Unavailable) for answer in answers), answers
+    assert not changes_in_flight()
+    assert lowest.ledger.reservation("x1").state == State.HELD  # type: ignore[union-attr]
