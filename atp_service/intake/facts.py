@@ -22,7 +22,7 @@ from atp_service.engine.claims_ahead import ClaimsAhead, homed_elsewhere
 from atp_service.engine.parts import lasting
 from atp_service.engine.router import Engine
 from atp_service.engine.shipments import UNFULFILLED, refused_for_good, unfulfilled
-from atp_service.intake.duplicates import duplicates_durable
+from atp_service.intake.duplicates import counts_durable, duplicates_durable, told_first
 from atp_service.intake.quarantine import Acks, QuarantineStream
 from atp_service.logs import EveryInterval
 from atp_service.metrics import IntakeMetrics
@@ -36,7 +36,6 @@ from reservation import (
     Ledger,
     LineRequest,
     Moved,
-    Reason,
     Unavailable,
     View,
 )
@@ -121,6 +120,7 @@ class FactDesk:
         parts = self._parts(block)
         self._make_room(parts)
         outcomes, reasons, refused = await self._load_by_shard(block, parts)
+        refused = await counts_durable(self.engine, parts, outcomes, refused)  # R7: as ``_record``'s duplicates
         if refused is not None:
             self.engine.count_capacity_refusal(refused)
         again = 0
@@ -272,13 +272,14 @@ class FactDesk:
         for i, fact in enumerate(facts):
             by_shard.setdefault(self.engine.place(fact.sku), []).append(i)
         await self.engine.gather_by_shard(by_shard, lambda idx: _applied([facts[i] for i in idx]), seen)
-        out: list[Result | DomainError] = []
-        for fact, applied, refusal in zip(facts, seen, refusals, strict=True):
+        out: list[Result | DomainError] = [(FactOutcome.DUPLICATE, "") if applied is True else refusal if applied is
+                                           False else applied for applied, refusal in zip(seen, refusals, strict=True)]
+        await duplicates_durable(self.engine, facts, out)  # R7: answered from memory, checked against Redis
+        for fact, applied, result in zip(facts, seen, out, strict=True):
             if applied is not False:  # those refused are counted as such by the caller (invalid, dead-lettered)
                 # As ``_observe``: one sent on to its group's owner counts ``moved`` here, judged there.
-                outcome = "duplicate" if applied is True else _refusal_name(applied)
+                outcome = "duplicate" if type(result) is tuple else _refusal_name(result)  # type: ignore[arg-type]
                 self.metrics.facts.labels(origin, _KIND_NAMES[fact.kind], outcome).inc()
-            out.append((FactOutcome.DUPLICATE, "") if applied is True else refusal if applied is False else applied)
         return out
 
     def _tell_unfulfilled(self, facts: Sequence[Fact], results: list[Result | DomainError], shipments: list[int],
@@ -390,11 +391,3 @@ def _applied(batch: list[Fact]) -> Callable[[Ledger, int], list[bool]]:
 
 def _apply_all(batch: list[Fact]) -> Callable[[Ledger, int], list[Result]]:
     return lambda ledger, _now: [ledger.record_fact(fact) for fact in batch]
-
-
-def told_first(refused: DomainError | None, other: DomainError) -> DomainError:
-    """The refusal a block refused by several parts is told: one in doubt (R7: ``OUTCOME_UNKNOWN``, its
-    rows may have been loaded) before one that loaded nothing, which would hide it; else the first."""
-    if refused is None or (other.reason is Reason.OUTCOME_UNKNOWN and refused.reason is not Reason.OUTCOME_UNKNOWN):
-        return other
-    return refused
