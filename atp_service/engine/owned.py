@@ -131,20 +131,21 @@ class OwnedShards:
         rec = self.actors[home].ledger.reservation(reservation_id)
         return rec is not None and rec.is_order
 
-    async def check_logs_reach(self, only: Collection[int] | None = None) -> None:
-        """Each shard (of ``only``, raising where one's node did not answer; None: every one) stops if Redis
-        lost entries it made durable (``ShardActor.stop_if_log_short``): every log's end read, each shard's
-        durable entry read before it. Leased, the groups served here only: one
-        that stops is given up and recovered again (``Membership.failed``). A log past every entry its shard
-        sent is first asked whose it is (leased): a group taken while this process was away (paused past its
+    async def check_logs_reach(self, only: Collection[int] | None = None) -> dict[int, BaseException]:
+        """Each shard (of ``only``; None: every one) stops if Redis lost entries it made durable
+        (``ShardActor.stop_if_log_short``): every log's end read, each shard's durable entry read before it.
+        Returns the shards left unread, each with what its node's read ended in. Leased, the groups served here
+        only: one that stops is given up and recovered again (``Membership.failed``). A log past every entry its
+        shard sent is first asked whose it is (leased): a group taken while this process was away (paused past its
         lease) holds its new owner's entries — lost here (fenced), not diverged. On a Redis Cluster each
         node's shards are read in a round trip of their own, all at once: a node that does not answer (hung,
         cut off) leaves its own shards unchecked, named (``log_end_unread``), and the others are judged, not
-        every shard left unchecked for as long as one node hangs (liveness). Raises where no node answered."""
+        every shard left unchecked for as long as one node hangs (liveness). Raises where no node answered (asked
+        of every shard: ``only`` None)."""
         actors = {actor.shard: actor for actor in self.actors if not actor.vacant and (only is None or
                                                                                        actor.shard in only)}
         if only is not None and not actors:
-            return  # none of them served here
+            return {}  # none of them served here
         durable = {shard: actor.seq for shard, actor in actors.items()}
         by_node = self._log.nodes_of(list(actors))
         ends = await self._log_ends(by_node)
@@ -160,10 +161,11 @@ class OwnedShards:
                 if last > actor.sent_top() and self._log.leased and await taken_over(self._log, shard):
                     continue  # taken by another: given up as any write refused FENCED is (``LogStore._refused``)
                 actor.stop_if_log_short(durable[shard], last)
-        if unread and (only is not None or len(unread) == len(by_node)):
-            raise next(iter(unread.values()))[1]  # Redis unreachable (asked of some: not known to reach): said so
         if only is None:
+            if unread and len(unread) == len(by_node):
+                raise next(iter(unread.values()))[1]  # Redis unreachable: the shards notice and say so
             self._say_unread(unread)
+        return {shard: error for shards, error in unread.values() for shard in shards}
 
     async def _log_ends(self, by_node: dict[str, list[int]]) -> list[list[int] | BaseException]:
         """Each node's shards' log ends, or what its read ended in: the nodes read at once."""

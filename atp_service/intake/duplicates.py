@@ -25,19 +25,21 @@ Result = tuple[FactOutcome, str]
 
 async def not_durable(engine: Engine, shards: Collection[int]) -> dict[int, DomainError]:
     """The shards of ``shards`` whose DUPLICATEs are not to be answered, each with its refusal: its log unread
-    (STORAGE_UNREACHABLE), found short (SHARD_STOPPED), or its group given up since it answered (``Moved``: not
-    checked here; vacant, ``check_logs_reach`` skips it). A duplicate is answered behind the newest entry its
+    (STORAGE_UNREACHABLE; on a Redis Cluster, where its own node did not answer: the others' judged), found short
+    (SHARD_STOPPED), or its group given up since it answered (``Moved``: not checked here; vacant,
+    ``check_logs_reach`` skips it). A duplicate is answered behind the newest entry its
     shard has in flight (``pipeline._seal``): its fact's entry is at or below the shard's durable one when this
     reads the log's end."""
     if not shards:
         return {}
-    try:
-        await engine.check_logs_reach(shards)
-    except STORAGE_ERRORS as exc:  # not known to hold them: not acknowledged (a retry, a read again, decides)
-        return {shard: Unavailable(f"the log of shard {shard} unread ({exc}); retry", Reason.STORAGE_UNREACHABLE)
-                for shard in shards}
-    out: dict[int, DomainError] = {}
-    for shard in shards:
+    try:  # a node that did not answer leaves its own shards unread, the others judged (liveness)
+        unread = await engine.check_logs_reach(shards)
+    except STORAGE_ERRORS as exc:  # (leased: whose a log is, unread)
+        unread = dict.fromkeys(shards, exc)
+    out: dict[int, DomainError] = {  # not known to hold them: not acknowledged (a retry, a read again, decides)
+        shard: Unavailable(f"the log of shard {shard} unread ({exc}); retry", Reason.STORAGE_UNREACHABLE)
+        for shard, exc in unread.items()}
+    for shard in set(shards) - set(unread):
         try:
             actor = engine.local(shard)
         except Moved as exc:
