@@ -305,8 +305,7 @@ class StreamIngestor:
                                                                    self._read_count)  # a read's batch bound
         self._claim_from[stream] = as_text(cursor)
         self._unacked.marked({stream: mark})  # those claimed may be ones a group made again delivered again
-        # Dead-lettered by the claim itself (``Claims``): whether the consumer that held one applied
-        # it is not known (a live one may yet; its fields are gone from Redis).
+        # Dead-lettered by the claim itself (``Claims``): whether the consumer that held one applied it is not known.
         self._told([(stream, entry_id, [], TRIMMED) for entry_id in trimmed])
         return [(stream, entry_id, flat or None) for entry_id, flat in rows]  # raw: [id, [f, v, …]]
 
@@ -380,7 +379,8 @@ class StreamIngestor:
                                                         cfg.side_stream_maxlen, cfg.consumer_group,
                                                         cfg.ingest_max_entry_bytes))
         told.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
-        self._retry_own_pending |= bool(kept := await finish_uncancelled(told))  # read again from our own list
+        self._retry_own_pending |= bool(kept := await finish_uncancelled(told))  # read again from our own list, and
+        self._unacked.left(kept)  # known held here (``Unacked``): a group made again starts before them
         self._told([letter for letter in dead if letter[:2] not in kept])
 
     def _told(self, dead: list[Dead]) -> None:
