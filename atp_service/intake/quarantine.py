@@ -209,7 +209,7 @@ class QuarantineStream:
         """Of those, the facts whose input entries' ids ran ahead of their writes: the entry, by digest."""
         self._runs: dict[tuple[str, str], int] = {}  # (group, consumer): this process's run of it (``run_of``)
         self._drawing: dict[tuple[str, str], str] = {}  # (group, consumer): its draw not answered yet's token (DRAW)
-        self._drawn: dict[tuple[str, str], str] = {}  # (group, consumer): the token its run was drawn under
+        self._drawn: dict[tuple[str, str], list[str]] = {}  # (group, consumer): its draws' tokens, newest last
         self._again: dict[tuple[str, str], tuple[int, str]] = {}  # (group, consumer): (run before, why), drawn again
         self._draw: Any = None  # ``runs.DRAW``, registered at its first call
         self._doubt: OrderedDict[str, None] = OrderedDict()
@@ -329,7 +329,7 @@ class QuarantineStream:
         a key Redis lost). ``told``: (run before, run now, why): once, where answered (``runs.tell``)."""
         run = self._runs.get(at := (group, consumer))
         keys = (run_key(self.stream, *at), swept_runs_key(self.stream), drawn_key(self.stream, *at))
-        if run is not None and await runs.swept(client, keys, run, self._drawn[at]):
+        if run is not None and await runs.swept(client, keys, run, self._drawn.get(at, ())):
             del self._runs[at]  # drawn again now (refused: at the next sweep, its writes refused)
             self._again.setdefault(at, (run, "swept"))  # until told: the draw's answer lost (a timeout, a cancel)
         return runs.tell(self._again, at, await self.run_of(client, group, consumer, mark), told)
@@ -347,7 +347,8 @@ class QuarantineStream:
             token = self._drawing.setdefault(at, uuid.uuid4().hex)  # a new draw's, kept for its retries till answered
             keys = [run_key(self.stream, group, consumer), swept_runs_key(self.stream), drawn_key(self.stream, *at)]
             run = self._runs[at] = await runs.draw(self._draw, keys + ([mark] if mark else []), token, ANSWERED_MS)
-            self._drawn[at] = self._drawing.pop(at)
+            drawn = self._drawn.setdefault(at, [])  # each may land late, after a draw again: its key, not another's
+            drawn[:] = [*drawn, self._drawing.pop(at, token)][-runs.TOKENS_KEPT:]
         return run
 
 

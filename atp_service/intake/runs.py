@@ -6,7 +6,7 @@ consumer it takes for gone, with its draw's record, the highest run so deleted k
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from atp_service.storage.scripts import ACL_LUA
@@ -75,18 +75,27 @@ async def draw(script: Any, keys: list[str], token: str, answered_ms: int) -> in
     return int(await script(keys=keys, args=[token, answered_ms]))
 
 
-async def swept(client: Any, keys: tuple[str, str, str], run: int, token: str) -> bool:
-    """Whether ``run`` (drawn under ``token``; ``keys``: its run key, the highest swept, its draw's record) is one a
-    sweep deleted, which the write script refuses for good: its key gone and the highest swept at or above it —
-    never a key Redis lost, gone back to before the draw, where the highest swept is below the run drawn above it
-    (the write takes it again) —, or its key since moved past it by that draw itself, landing late after a sweep had
-    deleted its record with the key (the record names its token and the key's run). Any other key held is kept: past
-    the run, another process's draw at this name (its fence, E8: never this one's own draws, ``DRAW``); at or below
-    it, one Redis lost (taken again by the write)."""
+TOKENS_KEPT = 64
+"""The tokens of a process's draws at one name it keeps (``QuarantineStream._drawn``), newest last: a draw again
+happens only at a sweep round where a sweep took the run, so these reach back far past any draw landing late."""
+
+
+async def swept(client: Any, keys: tuple[str, str, str], run: int, tokens: Collection[str]) -> bool:
+    """Whether ``run`` (``keys``: its run key, the highest swept, its draw's record) is one a sweep deleted, which
+    the write script refuses for good: its key gone and the highest swept at or above it — never a key Redis lost,
+    gone back to before the draw, where the highest swept is below the run drawn above it (the write takes it again)
+    —, or its key since moved past it by a draw of this process itself (``tokens``: each of its draws' at this name,
+    the run's and those before, any of whose answers may have been lost), landing late after a sweep had deleted its
+    record with the key — before the run was drawn again, or after (the record names one of its tokens and the key's
+    run: another's draw overwrites the record in the script of its INCR). Any other key held is kept: past the run,
+    another process's draw at this name (its fence, E8); at or below it, one Redis lost (taken again by the write)."""
     run_key, swept_key, drawn_key = keys
     held = await client.get(run_key)
     if held is not None:
-        return int(held) > run and await client.get(drawn_key) == f"{token} {int(held)}".encode()
+        if int(held) <= run:
+            return False
+        token, _, drawn = (await client.get(drawn_key) or b"").decode(errors="replace").rpartition(" ")
+        return token in tokens and drawn == str(int(held))
     highest = await client.get(swept_key)  # read after: a sweep only raises it
     return highest is not None and run <= int(highest)
 

@@ -176,3 +176,38 @@ async def test_a_lost_draw_landing_after_a_sweep_took_its_run_is_drawn_past_at_t
     finally:
         await writer.aclose()
         await r.aclose()
+
+
+async def test_a_lost_draw_landing_after_the_run_was_drawn_again_is_drawn_past_at_the_next_sweep_round(
+        redis_url: str) -> None:
+    """A draw's answer lost before it reached Redis, retried and answered; a sweep not seeing the process live
+    deletes its run with the draw's record, and the next sweep round draws the run again (a new draw, a new token);
+    only then does the first draw land: no record of its token (the record names the draw again), so it draws a run
+    past the one in use. That key is still this process's own draw, not another's fence: the next sweep round draws
+    past it, and its writes land. Before, only the last draw's token was kept: the key was taken for another's fence
+    and every quarantine write refused (its entries pending) for as long as the process ran."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    desk, lossy = QuarantineStream(QUARANTINE, 10), _FirstAnswerLost(r, landed=False)
+    own = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        with contextlib.suppress(TimeoutError):
+            await desk.run_of(lossy, GROUP, NAME, own.mark)
+        run = await desk.run_of(lossy, GROUP, NAME, own.mark)
+        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep's
+        await r.set(swept_runs_key(QUARANTINE), run)
+        redrawn = await desk.keep_run(r, GROUP, NAME, own.mark)
+        assert redrawn > run
+        late = int(await lossy.script(**lossy.sent))  # the first draw lands now
+        assert late > redrawn
+        again = await desk.keep_run(r, GROUP, NAME, own.mark)
+        assert again > late, "drawn again past its own late draw"
+        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
+        acks = Acks(GROUP, NAME, [(STREAM, entry)], again)
+        assert await desk.write(writer, [(_fact(), "late")], acks) == [True], "its write lands"
+        assert await desk.keep_run(r, GROUP, NAME, own.mark) == again, "kept since"
+    finally:
+        await writer.aclose()
+        await r.aclose()
