@@ -187,15 +187,17 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
 
 
 def _run_needs(config: ServiceConfig, use: str) -> list[Need]:
-    """The consumer's quarantine run (``intake/runs.py``): drawn once per token in one script, its last draw's record
-    beside (a retry of a draw whose answer was lost draws no second run); read at each sweep round."""
+    """The consumer's quarantine run (``intake/runs.py``): drawn once per token in one script, its draws' record
+    beside (a retry of a draw whose answer was lost, or one landing late, draws no second run); read at each sweep
+    round."""
     quarantine, group, consumer = config.quarantine_stream, config.consumer_group, config.consumer_name
     run, swept = run_key(quarantine, group, consumer), swept_runs_key(quarantine)
     drawn = drawn_key(quarantine, group, consumer)
     needs = [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use),  # SET: lost
              Need(("TYPE", run), run, use), Need(("GET", swept), swept, use), Need(("TYPE", swept), swept, use),
-             Need(("SET", swept, 0), swept, use), Need(("GET", drawn), drawn, use), Need(("TYPE", drawn), drawn, use),
-             Need(("SET", drawn, "t", "PX", 1), drawn, use)]
+             Need(("SET", swept, 0), swept, use), Need(("TYPE", drawn), drawn, use)]
+    needs += [Need((cmd, drawn, *rest), drawn, use) for cmd, *rest in (
+        ("ZSCORE", "t"), ("ZADD", 1, "t"), ("ZREMRANGEBYRANK", 0, -2), ("PEXPIRE", 1), ("ZRANGEBYSCORE", 1, 1))]
     if config.ownership != "leases":  # leased, the draw names the consumer's answered mark too (_departed_needs)
         needs.append(Need(("EVALSHA", SHA, 3, run, swept, drawn), run, use))
     return needs
@@ -211,7 +213,7 @@ def _departed_needs(config: ServiceConfig, owed: str, use: str) -> list[Need]:
     gone = trimmed_unread_key(streams[0], group, "gone@0")
     mark = answered_key(gone)  # read where its owner answered it since (unread.answered_key), deleted with it
     ran = run_key(quarantine, group, "gone@0")  # its quarantine run, removed with it, the highest kept (swept)
-    drew = drawn_key(quarantine, group, "gone@0")  # its last draw's record, removed with it
+    drew = drawn_key(quarantine, group, "gone@0")  # its draws' record: named, left to expire
     own = answered_key(owed)  # this consumer's, set as its run is drawn (runs.DRAW): no sweep takes that run
     drawn = drawn_key(quarantine, group, consumer)
     needs = [Need(("EVALSHA", SHA, len(streams) + 7, *streams, owed, swept, owing, gone, mark, ran, drew), owed, use),
@@ -222,7 +224,6 @@ def _departed_needs(config: ServiceConfig, owed: str, use: str) -> list[Need]:
              Need(("SMEMBERS", owing), owing, use), Need(("SREM", owing, "c"), owing, use),
              Need(("SADD", owing, consumer), owing, use)]  # the sweeper owing what it moved
     needs += [Need((c, key), key, use) for key in (gone, mark, ran) for c in ("TYPE", "DEL", "GET")]
-    needs += [Need(("DEL", drew), drew, use)]
     needs += [Need(args, s, use) for s in streams for args in (
         ("XINFO", "CONSUMERS", s, group), ("XGROUP", "DELCONSUMER", s, group, consumer))]
     return needs

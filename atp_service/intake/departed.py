@@ -21,12 +21,12 @@ gone: nothing to tell, its consumer made again); two sweepers cannot both move i
 the consumer's idle time as it was before Redis 7.2, yet answers the owed hash, which its reader then tells: that read
 marks the hash answered (``unread.answered_key``), and the sweep keeps a consumer whose hash was answered within
 ``claim_idle_ms`` (moved then, its counts were told by both). Its run beside the quarantine stream
-(``quarantine.run_key``, one per name) is deleted with it, and its draw's record (``quarantine.drawn_key``), the
-highest run so deleted kept in one key
+(``quarantine.run_key``, one per name) is deleted with it, the highest run so deleted kept in one key
 (``quarantine.swept_runs_key``): a process back under that name draws its run above it, so a quarantine write of the
 deleted run landing late writes and acknowledges nothing (E8); before, one such key stayed for every address. A
 process swept all the same while it runs (not seen live past its draw's mark) draws its run again at its next sweep
-(``kept_run``).
+(``kept_run``). Its draws' record (``quarantine.drawn_key``) is left to expire: a draw of it landing late returns
+the run it drew, never moving the key past the run of a process started at that name since (its fence, E8).
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ SWEPT_AT_ONCE = 100
 _SWEEP = """
 -- KEYS: the input streams, then the sweeper's owed hash, the highest run swept (``quarantine.swept_runs_key``), the
 -- group's set of consumers owing (``unread.owing_key``), then each candidate's owed hash, its answered mark
--- (``unread.answered_key``), its run beside the quarantine stream (``quarantine.run_key``) and its draw's record
--- (``quarantine.drawn_key``). ARGV: group, least idle ms, then each candidate's name. Returns {name, entries moved}
--- of each consumer removed.
+-- (``unread.answered_key``), its run beside the quarantine stream (``quarantine.run_key``) and its draws' record
+-- (``quarantine.drawn_key``: named, never deleted, left to expire). ARGV: group, least idle ms, then each
+-- candidate's name. Returns {name, entries moved} of each consumer removed.
 local group, least = ARGV[1], tonumber(ARGV[2])
 local n = #KEYS - 4 * (#ARGV - 2) - 3
 local mine, swept, owing = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
@@ -140,7 +140,7 @@ for j = 3, #ARGV do
       highest = ran
       redis.call('SET', swept, ran)
     end
-    redis.call('DEL', owed, answered, run, drawn)
+    redis.call('DEL', owed, answered, run)  -- not its draws' record: a draw landing late returns its run
     redis.call('SREM', owing, name)
     for i = 1, n do
       if seen[i][name] then redis.call('XGROUP', 'DELCONSUMER', KEYS[i], group, name) end

@@ -376,9 +376,9 @@ def run_key(stream: str, group: str, consumer: str) -> str:
 
 
 def drawn_key(stream: str, group: str, consumer: str) -> str:
-    """The record of the last draw of ``consumer``'s run (``runs.DRAW``: its token, a space, the run it drew): a
-    retry of that draw, or the draw landing late, returns that run. In the run key's slot, deleted with it."""
-    return f"{written_key(stream)}:drawn:{group}:{consumer}"
+    """The recent draws of ``consumer``'s run (``runs.DRAW``: their tokens scored by their runs): a retry of one, or
+    one landing late, returns its run. In the run key's slot; left by the departed sweep to expire (``DRAWN_MS``)."""
+    return f"{written_key(stream)}:draws:{group}:{consumer}"
 
 
 def swept_runs_key(stream: str) -> str:

@@ -1,8 +1,8 @@
 """A consumer's quarantine run (``QuarantineStream.run_of``): drawn in one script (``DRAW``), once per token — a
 retry of a draw whose answer was lost, or that draw landing late, returns the run it drew —, leased marking the
 consumer answered; and found swept with its consumer (``swept``) — ``intake/departed.py`` deletes the run key of a
-consumer it takes for gone, with its draw's record, the highest run so deleted kept beside
-(``quarantine.swept_runs_key``)."""
+consumer it takes for gone, the highest run so deleted kept beside (``quarantine.swept_runs_key``); its draws' record
+is left to expire."""
 
 from __future__ import annotations
 
@@ -12,35 +12,45 @@ from typing import Any
 from atp_service.storage.scripts import ACL_LUA
 
 DRAWN_MS = 86_400_000
-"""How long a draw's record (``quarantine.drawn_key``: its token and the run it drew) is kept past the draw: far
-past any retry of it (the next sweep round, the next start) or late landing of it; a record left by a sweep of a
-version that did not delete it expires (no key left for good per departed consumer)."""
+"""How long a consumer's draws' record (``quarantine.drawn_key``: each draw's token, scored by the run it drew) is
+kept past its last draw: far past any retry of one (the next sweep round, the next start) or late landing of one; the
+departed sweep leaves it (a draw landing after the sweep returns its run, moving nothing), and it expires."""
 
-# KEYS: the consumer's run key, the highest run swept (``swept_runs_key``), its draw's record (``drawn_key``), and,
+TOKENS_KEPT = 64
+"""The draws a consumer's record keeps (the latest runs), and the tokens of a process's draws at one name it keeps
+(``QuarantineStream._drawn``): a draw again happens only at a process's start or at a sweep round where a sweep took
+its run, so these reach back far past any draw landing late."""
+
+# KEYS: the consumer's run key, the highest run swept (``swept_runs_key``), its draws' record (``drawn_key``), and,
 # leased, its answered mark (``unread.answered_key``). ARGV: the draw's token (one per draw, the same for each of its
 # retries), the mark's life (ms). Returns the run drawn, above both keys'. Once per token: a draw whose answer was
-# lost (a timeout, a cancel) is retried with its token, and the retry — or the lost one landing after it — finds the
-# record and returns that run, no INCR: drawn again, the key sat past the run in use, and every write of it was refused
-# as one of a run before (E8), for as long as the process ran. A process's own draws never move its key past its
-# run, so a key past it is another's draw at its name (a later process, E8: its fence). Leased, a sweeper not yet
-# seeing the process back at its address live took its consumer (idle: it draws before it reads) for gone and deleted
-# the run it had just drawn: a write of a run before, landing late, took the key missing for one Redis lost and wrote
-# and acknowledged an entry pending to the process back (E8). The mark, set with the draw, keeps the consumer
-# (``departed.py``) for ``claim_idle_ms``, by which the process is seen live — not always (its members entry lapsed,
-# holding no group; Redis before 7.2 keeps a consumer's idle time at a read that delivers nothing): a run swept all
-# the same is refused for good by the write (``quarantine._ONCE``), and drawn again (``QuarantineStream.keep_run``).
+# lost (a timeout, a cancel) is retried with its token, and the retry — or the lost one landing after it — finds its
+# token in the record and returns that run, no INCR: drawn again, the key sat past the run in use, and every write of
+# it was refused as one of a run before (E8), for as long as the process ran. The record keeps every recent draw's
+# token, not the last only, and outlives a sweep: a draw of a process paused past its lease landing after another
+# process started at its address and drew (a later run, its fence, E8) moved the key past that one's run, which
+# took it for a later process's fence, its writes refused for as long as it ran. A process's own draws never move
+# its key past its run, so a key past it is another's draw at its name (a later process, E8: its fence). Leased, a
+# sweeper not yet seeing the process back at its address live took its consumer (idle: it draws before it reads) for
+# gone and deleted the run it had just drawn: a write of a run before, landing late, took the key missing for one
+# Redis lost and wrote and acknowledged an entry pending to the process back (E8). The mark, set with the draw, keeps
+# the consumer (``departed.py``) for ``claim_idle_ms``, by which the process is seen live — not always (its members
+# entry lapsed, holding no group; Redis before 7.2 keeps a consumer's idle time at a read that delivers nothing): a
+# run swept all the same is refused for good by the write (``quarantine._ONCE``), and drawn again
+# (``QuarantineStream.keep_run``).
 DRAW = ACL_LUA + """
 for k = 1, #KEYS do
-  local kind = redis.call('TYPE', KEYS[k])['ok']
-  if kind ~= 'string' and kind ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a string: no run drawn')
+  local kind, wanted = redis.call('TYPE', KEYS[k])['ok'], k == 3 and 'zset' or 'string'
+  if kind ~= wanted and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a ' .. wanted .. ': no run drawn')
   end
 end
 local swept = redis.call('GET', KEYS[2])
 if swept and not tonumber(swept) then
   return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds no run: no run drawn')
 end
-local asked = {{'INCR', KEYS[1]}, {'SET', KEYS[1], '1'}, {'SET', KEYS[2], '0'}, {'SET', KEYS[3], 't', 'PX', '1'}}
+local asked = {{'INCR', KEYS[1]}, {'SET', KEYS[1], '1'}, {'SET', KEYS[2], '0'}, {'ZSCORE', KEYS[3], 't'},
+  {'ZADD', KEYS[3], '1', 't'}, {'ZREMRANGEBYRANK', KEYS[3], '0', '-2'}, {'PEXPIRE', KEYS[3], '1'}}
 if KEYS[4] then asked[#asked + 1] = {'SET', KEYS[4], '1', 'PX', '1'}; asked[#asked + 1] = {'TIME'} end
 local refused = denied(asked)
 if refused then return refused end
@@ -51,9 +61,8 @@ local function marked(run)
   end
   return run
 end
-local record = redis.call('GET', KEYS[3])
-local token, drawn = string.match(record or '', '^(.*) (%d+)$')
-if token == ARGV[1] then  -- this draw landed before (its answer lost): the run it drew, the key not moved
+local drawn = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if drawn then  -- this draw landed before (its answer lost): the run it drew, the key not moved
   return marked(tonumber(drawn))
 end
 local run = redis.call('INCR', KEYS[1])  -- a run key holding no number: an error, nothing written
@@ -64,7 +73,9 @@ if swept and run <= tonumber(swept) then
   run = tonumber(swept) + 1
   redis.call('SET', KEYS[1], run)
 end
-redis.call('SET', KEYS[3], ARGV[1] .. ' ' .. run, 'PX', """ + str(DRAWN_MS) + """)
+redis.call('ZADD', KEYS[3], run, ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, """ + str(-TOKENS_KEPT - 1) + """)
+redis.call('PEXPIRE', KEYS[3], """ + str(DRAWN_MS) + """)
 return marked(run)
 """
 
@@ -75,27 +86,22 @@ async def draw(script: Any, keys: list[str], token: str, answered_ms: int) -> in
     return int(await script(keys=keys, args=[token, answered_ms]))
 
 
-TOKENS_KEPT = 64
-"""The tokens of a process's draws at one name it keeps (``QuarantineStream._drawn``), newest last: a draw again
-happens only at a sweep round where a sweep took the run, so these reach back far past any draw landing late."""
-
-
 async def swept(client: Any, keys: tuple[str, str, str], run: int, tokens: Collection[str]) -> bool:
     """Whether ``run`` (``keys``: its run key, the highest swept, its draw's record) is one a sweep deleted, which
     the write script refuses for good: its key gone and the highest swept at or above it — never a key Redis lost,
     gone back to before the draw, where the highest swept is below the run drawn above it (the write takes it again)
     —, or its key since moved past it by a draw of this process itself (``tokens``: each of its draws' at this name,
     the run's and those before, any of whose answers may have been lost), landing late after a sweep had deleted its
-    record with the key — before the run was drawn again, or after (the record names one of its tokens and the key's
-    run: another's draw overwrites the record in the script of its INCR). Any other key held is kept: past the run,
+    record with the key — before the run was drawn again, or after (the record names one of its tokens at the key's
+    run: another's draw at that run is recorded under its own token). Any other key held is kept: past the run,
     another process's draw at this name (its fence, E8); at or below it, one Redis lost (taken again by the write)."""
     run_key, swept_key, drawn_key = keys
     held = await client.get(run_key)
     if held is not None:
         if int(held) <= run:
             return False
-        token, _, drawn = (await client.get(drawn_key) or b"").decode(errors="replace").rpartition(" ")
-        return token in tokens and drawn == str(int(held))
+        drawn = await client.zrangebyscore(drawn_key, int(held), int(held))
+        return any(token.decode(errors="replace") in tokens for token in drawn)
     highest = await client.get(swept_key)  # read after: a sweep only raises it
     return highest is not None and run <= int(highest)
 

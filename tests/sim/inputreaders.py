@@ -105,6 +105,9 @@ class GatedClient:
     async def get(self, key: str) -> Any:
         return await self._redis.get(key)  # the highest run swept, a run (``keep_run``): no step of its own to gate
 
+    async def zrangebyscore(self, key: str, low: int, high: int) -> Any:
+        return await self._redis.zrangebyscore(key, low, high)  # a draws' record (``keep_run``), as ``get``
+
     async def xinfo_consumers(self, stream: str, group: str) -> Any:
         return await self._gated(self._redis.xinfo_consumers(stream, group))
 

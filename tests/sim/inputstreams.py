@@ -108,7 +108,7 @@ class SimStreams:
         self.marks: dict[str, bytes] = {}  # the groups' made-again marks (``again.py``), by key
         self.runs: dict[str, int] = {}  # the consumers' runs (``quarantine.run_key``), by key
         self.runs_swept: dict[str, int] = {}  # the highest run swept with its consumer (``quarantine.swept_runs_key``)
-        self.drawn: dict[str, tuple[str, int]] = {}  # each consumer's last draw (token, run) (``quarantine.drawn_key``)
+        self.drawn: dict[str, dict[str, int]] = {}  # each consumer's draws: token -> run (``quarantine.drawn_key``)
         self.refused_swept = 0  # quarantine writes of a run swept with its consumer, refused (``quarantine._ONCE``)
         self.redrawn = 0  # runs drawn again by a reader whose run a sweep took while it ran (``keep_run``)
         self.forgotten: dict[str, int] = {}  # per stream, entries trimmed unread the readers told (``unread._ACK``)
@@ -182,12 +182,14 @@ class SimStreams:
             raise _fail(kind)
         return out
 
+    async def zrangebyscore(self, key: str, low: int, high: int) -> list[bytes]:
+        """The tokens of a consumer's draws (``quarantine.drawn_key``) that drew a run from ``low`` to ``high``,
+        read by ``runs.swept`` (``QuarantineStream.keep_run`` at each sweep)."""
+        return [token.encode() for token, run in self.drawn.get(key, {}).items() if low <= run <= high]
+
     async def get(self, key: str) -> bytes | None:
         """The highest run swept with its consumer (``quarantine.swept_runs_key``; ``--new-addresses``: the sweep's,
-        ``inputsweep``), a consumer's run (``quarantine.run_key``) or its last draw's record (``quarantine.drawn_key``:
-        its token, a space, its run), read by ``runs.swept`` (``QuarantineStream.keep_run`` at each sweep)."""
-        if (record := self.drawn.get(key)) is not None:
-            return f"{record[0]} {record[1]}".encode()
+        ``inputsweep``) or a consumer's run (``quarantine.run_key``), read by ``runs.swept`` (``keep_run``)."""
         held = self.runs_swept if key.endswith(":runs-swept") else self.runs
         return None if key not in held else str(held[key]).encode()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from atp_service.intake.entries import id_key
+from atp_service.intake.runs import TOKENS_KEPT
 from atp_service.intake.unread import ANSWERED_MS
 from tests.sim.inputpipeline import _text
 
@@ -67,7 +68,7 @@ def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]
     mine = redis.hashes.setdefault(keys[n], {})
     removed: list[list[Any]] = []
     for j, name in enumerate(names):
-        owed_key, mark, run, drawn = keys[n + 3 + 4 * j], keys[n + 4 + 4 * j], keys[n + 5 + 4 * j], keys[n + 6 + 4 * j]
+        owed_key, mark, run = keys[n + 3 + 4 * j], keys[n + 4 + 4 * j], keys[n + 5 + 4 * j]  # then its draws' record
         found = [by_name[name] for by_name in listed.values() if name in by_name]
         gone = all(pending == 0 and idle >= least for pending, idle in found)
         at = answered(redis, mark)
@@ -92,8 +93,7 @@ def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]
             owing.add(keys[n][len(keys[n + 2]) + 1:])
         redis.hashes.pop(owed_key, None)
         owing.discard(name)
-        ran = redis.runs.pop(run, None)  # its run: the highest so removed kept; its draw's record with it
-        redis.drawn.pop(drawn, None)
+        ran = redis.runs.pop(run, None)  # its run: the highest so removed kept; its draws' record left to expire
         if ran is not None and ran > redis.runs_swept.get(swept, 0):
             redis.runs_swept[swept] = ran
         redis.answered.pop(mark, None)
@@ -113,18 +113,20 @@ def _as_id(value: int | bytes) -> bytes:
 def draw_run(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
     """``runs.DRAW`` (``QuarantineStream.run_of``): the consumer's run drawn above its last and above the highest
     swept (set to 0 where none: every quarantine write names it), once per token (ARGV[1]: a retry of a draw whose
-    answer was lost returns the run it drew, recorded in its draw's record), leased its answered mark set with it (a
-    sweep meanwhile keeps it)."""
+    answer was lost, or it landing late, returns the run it drew, recorded in its draws' record), leased its answered
+    mark set with it (a sweep meanwhile keeps it)."""
     run_key, swept, drawn, *mark = keys
     token = _text(args[0])
     redis.runs_swept.setdefault(swept, 0)
     if mark:
         redis.answered[mark[0]] = redis.now_ms()
-    if (record := redis.drawn.get(drawn)) is not None and record[0] == token:
-        return record[1]
+    if (record := redis.drawn.setdefault(drawn, {})).get(token) is not None:
+        return record[token]
     run = redis.runs.get(run_key, 0) + 1
     if run <= redis.runs_swept.get(swept, 0):
         run = redis.runs_swept[swept] + 1
     redis.runs[run_key] = run
-    redis.drawn[drawn] = (token, run)
+    record[token] = run
+    for gone in sorted(record, key=record.__getitem__)[:-TOKENS_KEPT]:
+        del record[gone]
     return run

@@ -135,7 +135,8 @@ async def test_a_run_a_sweep_deleted_is_drawn_again_counted_and_said_once(
                             redrawn=metrics.ingest_quarantine_runs_redrawn)
     try:
         run = await own.kept_run(desk)
-        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep's
+        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep of a version
+        # that deleted the draws' record with the run (or the record expired): the sweep leaves it now
         await r.set(swept_runs_key(QUARANTINE), run)
         again = await own.kept_run(desk)
         assert again == run + 1 and await own.kept_run(desk) == again
@@ -162,7 +163,8 @@ async def test_a_lost_draw_landing_after_a_sweep_took_its_run_is_drawn_past_at_t
         with contextlib.suppress(TimeoutError):
             await desk.run_of(lossy, GROUP, NAME, own.mark)
         run = await desk.run_of(lossy, GROUP, NAME, own.mark)
-        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep's
+        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep of a version
+        # that deleted the draws' record with the run (or the record expired): the sweep leaves it now
         await r.set(swept_runs_key(QUARANTINE), run)
         late = int(await lossy.script(**lossy.sent))  # the lost draw lands now
         assert late > run
@@ -195,7 +197,8 @@ async def test_a_lost_draw_landing_after_the_run_was_drawn_again_is_drawn_past_a
         with contextlib.suppress(TimeoutError):
             await desk.run_of(lossy, GROUP, NAME, own.mark)
         run = await desk.run_of(lossy, GROUP, NAME, own.mark)
-        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep's
+        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep of a version
+        # that deleted the draws' record with the run (or the record expired): the sweep leaves it now
         await r.set(swept_runs_key(QUARANTINE), run)
         redrawn = await desk.keep_run(r, GROUP, NAME, own.mark)
         assert redrawn > run
@@ -208,6 +211,74 @@ async def test_a_lost_draw_landing_after_the_run_was_drawn_again_is_drawn_past_a
         acks = Acks(GROUP, NAME, [(STREAM, entry)], again)
         assert await desk.write(writer, [(_fact(), "late")], acks) == [True], "its write lands"
         assert await desk.keep_run(r, GROUP, NAME, own.mark) == again, "kept since"
+    finally:
+        await writer.aclose()
+        await r.aclose()
+
+
+async def test_a_lost_draw_of_a_process_paused_landing_after_another_started_at_its_address_fences_nothing(
+        redis_url: str) -> None:
+    """A process's draw whose answer was lost before it reached Redis, retried and answered; the process paused
+    past its lease, another started at its address under the same consumer name and drew its run (a later run, E8:
+    its fence); only then does the paused one's first draw land. It is that process's draw, answered already: it
+    returns the run it drew and moves nothing, and the process serving there writes. Before: the record named the
+    other's draw, so the late one drew a run past the one in use, which the process serving there took for a later
+    process's fence: every quarantine write refused (its entries pending) for as long as it ran."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    paused_desk, serving_desk = QuarantineStream(QUARANTINE, 10), QuarantineStream(QUARANTINE, 10)
+    lossy = _FirstAnswerLost(r, landed=False)
+    paused, serving = (DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000,
+                                         quarantine=QUARANTINE) for _ in range(2))
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        with contextlib.suppress(TimeoutError):
+            await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)
+        before = await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)  # its start retried: answered
+        run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
+        assert run > before
+        assert int(await lossy.script(**lossy.sent)) == before, "landing late, the paused one's draw: its run"
+        assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
+        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
+        acks = Acks(GROUP, NAME, [(STREAM, entry)], await serving.kept_run(serving_desk))
+        assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
+    finally:
+        await writer.aclose()
+        await r.aclose()
+
+
+async def test_a_lost_draw_landing_after_a_sweep_and_another_process_at_its_address_fences_nothing(
+        redis_url: str) -> None:
+    """As above, but a sweeper took the paused process's consumer for gone (its run key deleted) before the other
+    started at its address: the sweep leaves the draws' record, so the paused one's first draw, landing only now,
+    still returns the run it drew and moves nothing past the run in use. Deleted with the run key, the late draw
+    found no record and drew past it: the process serving there fenced out for as long as it ran."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    paused_desk, serving_desk = QuarantineStream(QUARANTINE, 10), QuarantineStream(QUARANTINE, 10)
+    lossy = _FirstAnswerLost(r, landed=False)
+    paused = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
+    serving = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
+    sweeper = DepartedConsumers(r, [STREAM], GROUP, "atp-1@10.0.0.4:1", lambda: {"10.0.0.4:1"}, 0,
+                                quarantine=QUARANTINE)
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        with contextlib.suppress(TimeoutError):
+            await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)
+        before = await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)
+        await r.xgroup_createconsumer(STREAM, GROUP, NAME)
+        await r.delete(paused.mark)  # its answered mark past claim_idle_ms: the paused one taken for gone
+        assert await sweeper.sweep() == [NAME]
+        assert not await r.exists(run_key(QUARANTINE, GROUP, NAME)), "its run swept"
+        run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
+        assert run > before
+        assert int(await lossy.script(**lossy.sent)) == before, "landing late, the paused one's draw: its run"
+        assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
+        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
+        acks = Acks(GROUP, NAME, [(STREAM, entry)], await serving.kept_run(serving_desk))
+        assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
     finally:
         await writer.aclose()
         await r.aclose()
