@@ -209,7 +209,7 @@ class QuarantineStream:
         """Of those, the facts whose input entries' ids ran ahead of their writes: the entry, by digest."""
         self._runs: dict[tuple[str, str], int] = {}  # (group, consumer): this process's run of it (``run_of``)
         self._drawing: dict[tuple[str, str], str] = {}  # (group, consumer): its draw not answered yet's token (DRAW)
-        self._drawn: dict[tuple[str, str], list[str]] = {}  # (group, consumer): its draws' tokens, newest last
+        self._drawn: dict[tuple[str, str], list[str]] = {}  # (group, consumer): its draws' tokens (any may land late)
         self._again: dict[tuple[str, str], tuple[int, str]] = {}  # (group, consumer): (run before, why), drawn again
         self._draw: Any = None  # ``runs.DRAW``, registered at its first call
         self._doubt: OrderedDict[str, None] = OrderedDict()
@@ -345,10 +345,10 @@ class QuarantineStream:
             if self._draw is None:
                 self._draw = client.register_script(runs.DRAW)
             token = self._drawing.setdefault(at, uuid.uuid4().hex)  # a new draw's, kept for its retries till answered
-            keys = [run_key(self.stream, group, consumer), swept_runs_key(self.stream), drawn_key(self.stream, *at)]
-            run = self._runs[at] = await runs.draw(self._draw, keys + ([mark] if mark else []), token, ANSWERED_MS)
-            drawn = self._drawn.setdefault(at, [])  # each may land late, after a draw again: its key, not another's
-            drawn[:] = [*drawn, self._drawing.pop(at, token)][-runs.TOKENS_KEPT:]
+            keys = [run_key(self.stream, *at), swept_runs_key(self.stream), drawn_key(self.stream, *at)]
+            keys += [mark] if mark else []
+            run = self._runs[at] = await runs.draw(client, self._draw, keys, token, ANSWERED_MS)
+            self._drawn[at] = [*self._drawn.get(at, []), self._drawing.pop(at, token)][-runs.TOKENS_KEPT:]
         return run
 
 

@@ -23,21 +23,23 @@ its run, so these reach back far past any draw landing late."""
 
 # KEYS: the consumer's run key, the highest run swept (``swept_runs_key``), its draws' record (``drawn_key``), and,
 # leased, its answered mark (``unread.answered_key``). ARGV: the draw's token (one per draw, the same for each of its
-# retries), the mark's life (ms). Returns the run drawn, above both keys'. Once per token: a draw whose answer was
-# lost (a timeout, a cancel) is retried with its token, and the retry — or the lost one landing after it — finds its
-# token in the record and returns that run, no INCR: drawn again, the key sat past the run in use, and every write of
-# it was refused as one of a run before (E8), for as long as the process ran. The record keeps every recent draw's
-# token, not the last only, and outlives a sweep: a draw of a process paused past its lease landing after another
-# process started at its address and drew (a later run, its fence, E8) moved the key past that one's run, which
-# took it for a later process's fence, its writes refused for as long as it ran. A process's own draws never move
-# its key past its run, so a key past it is another's draw at its name (a later process, E8: its fence). Leased, a
-# sweeper not yet seeing the process back at its address live took its consumer (idle: it draws before it reads) for
-# gone and deleted the run it had just drawn: a write of a run before, landing late, took the key missing for one
-# Redis lost and wrote and acknowledged an entry pending to the process back (E8). The mark, set with the draw, keeps
-# the consumer (``departed.py``) for ``claim_idle_ms``, by which the process is seen live — not always (its members
-# entry lapsed, holding no group; Redis before 7.2 keeps a consumer's idle time at a read that delivers nothing): a
-# run swept all the same is refused for good by the write (``quarantine._ONCE``), and drawn again
-# (``QuarantineStream.keep_run``).
+# retries), the mark's life (ms), the run key as the drawing process read it just before ('': none). Returns the run
+# drawn, above both keys' — or -1, the key moved since that read: read it again and draw (``draw``). Once per token: a
+# draw whose answer was lost (a timeout, a cancel) is retried with its token, and the retry — or the lost one landing
+# after it — finds its token in the record and returns that run, no INCR: drawn again, the key sat past the run in use,
+# and every write of it was refused as one of a run before (E8), for as long as the process ran. The record keeps every
+# recent draw's token, not the last only, and outlives a sweep: a draw of a process paused past its lease landing after
+# another process started at its address and drew (a later run, its fence, E8) moved the key past that one's run, which
+# took it for a later process's fence, its writes refused for as long as it ran; and a draw that had not landed before,
+# of a process gone since (a crash), landing after the next process at its address drew, moves nothing either: the key
+# is past what that process read. A process's own draws never move its key past its run, so a key past it is another's
+# draw at its name (a later process, E8: its fence). Leased, a sweeper not yet seeing the process back at its address
+# live took its consumer (idle: it draws before it reads) for gone and deleted the run it had just drawn: a write of a
+# run before, landing late, took the key missing for one Redis lost and wrote and acknowledged an entry pending to the
+# process back (E8). The mark, set with the draw, keeps the consumer (``departed.py``) for ``claim_idle_ms``, by which
+# the process is seen live — not always (its members entry lapsed, holding no group; Redis before 7.2 keeps a consumer's
+# idle time at a read that delivers nothing): a run swept all the same is refused for good by the write
+# (``quarantine._ONCE``), and drawn again (``QuarantineStream.keep_run``).
 DRAW = ACL_LUA + """
 for k = 1, #KEYS do
   local kind, wanted = redis.call('TYPE', KEYS[k])['ok'], k == 3 and 'zset' or 'string'
@@ -65,6 +67,7 @@ local drawn = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if drawn then  -- this draw landed before (its answer lost): the run it drew, the key not moved
   return marked(tonumber(drawn))
 end
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[3] then return -1 end  -- another's draw since the read: none here
 local run = redis.call('INCR', KEYS[1])  -- a run key holding no number: an error, nothing written
 if not swept then  -- there for every write naming it (``_ONCE``): on a migrating slot's source, one gone fails it
   redis.call('SET', KEYS[2], '0')
@@ -80,10 +83,15 @@ return marked(run)
 """
 
 
-async def draw(script: Any, keys: list[str], token: str, answered_ms: int) -> int:
+async def draw(client: Any, script: Any, keys: list[str], token: str, answered_ms: int) -> int:
     """A run drawn (``script``: ``DRAW``) under ``token``: the token of a draw not answered yet (a timeout, a
-    cancel) again, its run, however often retried, wherever the lost one landed."""
-    return int(await script(keys=keys, args=[token, answered_ms]))
+    cancel) again, its run, however often retried, wherever the lost one landed. Each try names the run key as read
+    just before it: one landing after another's draw moved the key draws nothing, and the next try reads again."""
+    while True:
+        seen = await client.get(keys[0])
+        run = int(await script(keys=keys, args=[token, answered_ms, b"" if seen is None else seen]))
+        if run >= 0:
+            return run
 
 
 async def swept(client: Any, keys: tuple[str, str, str], run: int, tokens: Collection[str]) -> bool:

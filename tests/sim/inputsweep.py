@@ -113,16 +113,19 @@ def _as_id(value: int | bytes) -> bytes:
 def draw_run(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
     """``runs.DRAW`` (``QuarantineStream.run_of``): the consumer's run drawn above its last and above the highest
     swept (set to 0 where none: every quarantine write names it), once per token (ARGV[1]: a retry of a draw whose
-    answer was lost, or it landing late, returns the run it drew, recorded in its draws' record), leased its answered
-    mark set with it (a sweep meanwhile keeps it)."""
+    answer was lost, or it landing late, returns the run it drew, recorded in its draws' record), else only where the
+    key is still what its process read (ARGV[3]; -1: moved since), leased its answered mark set with it (a sweep
+    meanwhile keeps it)."""
     run_key, swept, drawn, *mark = keys
-    token = _text(args[0])
+    token, record, held = _text(args[0]), redis.drawn.setdefault(drawn, {}), redis.runs.get(run_key)
+    if token not in record and _text(args[2]) != ("" if held is None else str(held)):
+        return -1  # another's draw since its process read the key: nothing drawn, read again
     redis.runs_swept.setdefault(swept, 0)
     if mark:
         redis.answered[mark[0]] = redis.now_ms()
-    if (record := redis.drawn.setdefault(drawn, {})).get(token) is not None:
+    if token in record:
         return record[token]
-    run = redis.runs.get(run_key, 0) + 1
+    run = (held or 0) + 1
     if run <= redis.runs_swept.get(swept, 0):
         run = redis.runs_swept[swept] + 1
     redis.runs[run_key] = run

@@ -32,6 +32,9 @@ class _FirstAnswerLost:
         self.sent: dict[str, Any] = {}
         self.script: Any = None
 
+    async def get(self, key: str) -> Any:
+        return await self._client.get(key)  # the run key, read before each try of a draw
+
     def register_script(self, source: str) -> Any:
         self.script = self._client.register_script(source)
 
@@ -183,9 +186,10 @@ async def test_a_lost_draw_landing_after_a_sweep_took_its_run_is_drawn_past_at_t
 async def test_a_lost_draw_landing_after_the_run_was_drawn_again_is_drawn_past_at_the_next_sweep_round(
         redis_url: str) -> None:
     """A draw's answer lost before it reached Redis, retried and answered; a sweep not seeing the process live
-    deletes its run with the draw's record, and the next sweep round draws the run again (a new draw, a new token);
-    only then does the first draw land: no record of its token (the record names the draw again), so it draws a run
-    past the one in use. That key is still this process's own draw, not another's fence: the next sweep round draws
+    deletes its run with the draw's record (a sweeper of a version that deleted it), and the next sweep round draws
+    the run again (a new draw, a new token); swept again, the key gone as when its process read it, the first draw
+    lands only now: no record of its token, so it draws a run past the one in use.
+    That key is still this process's own draw, not another's fence: the next sweep round draws
     past it, and its writes land. Before, only the last draw's token was kept: the key was taken for another's fence
     and every quarantine write refused (its entries pending) for as long as the process ran."""
     r = aioredis.Redis.from_url(redis_url)
@@ -202,7 +206,9 @@ async def test_a_lost_draw_landing_after_the_run_was_drawn_again_is_drawn_past_a
         await r.set(swept_runs_key(QUARANTINE), run)
         redrawn = await desk.keep_run(r, GROUP, NAME, own.mark)
         assert redrawn > run
-        late = int(await lossy.script(**lossy.sent))  # the first draw lands now
+        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # swept again
+        await r.set(swept_runs_key(QUARANTINE), redrawn)
+        late = int(await lossy.script(**lossy.sent))  # the first draw lands now, the key gone (as its process read it)
         assert late > redrawn
         again = await desk.keep_run(r, GROUP, NAME, own.mark)
         assert again > late, "drawn again past its own late draw"
@@ -274,6 +280,36 @@ async def test_a_lost_draw_landing_after_a_sweep_and_another_process_at_its_addr
         run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
         assert run > before
         assert int(await lossy.script(**lossy.sent)) == before, "landing late, the paused one's draw: its run"
+        assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
+        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
+        acks = Acks(GROUP, NAME, [(STREAM, entry)], await serving.kept_run(serving_desk))
+        assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
+    finally:
+        await writer.aclose()
+        await r.aclose()
+
+
+async def test_a_lost_draw_of_a_process_gone_landing_after_the_next_one_at_its_address_drew_fences_nothing(
+        redis_url: str) -> None:
+    """A process's draw whose answer was lost and which had not reached Redis when the process went (a crash, a
+    kill); the next process at its address draws its run; only then does the gone one's draw land. No draw of a
+    process serving: it moves nothing past the run in use (the draw names the run key as its process read it, and
+    the key has moved since), and the process serving there writes. Before: it drew a run past the run in use, a
+    token no process there knows, which the one serving took for a later process's fence: every quarantine write
+    refused (its entries pending) for as long as it ran."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    gone_desk, serving_desk = QuarantineStream(QUARANTINE, 10), QuarantineStream(QUARANTINE, 10)
+    lossy = _FirstAnswerLost(r, landed=False)
+    gone, serving = (DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000,
+                                       quarantine=QUARANTINE) for _ in range(2))
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        with contextlib.suppress(TimeoutError):
+            await gone_desk.run_of(lossy, GROUP, NAME, gone.mark)  # and the process went
+        run = await serving.kept_run(serving_desk)
+        await lossy.script(**lossy.sent)  # the gone one's draw lands now
         assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
         entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
         await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
