@@ -197,9 +197,11 @@ def _run_needs(config: ServiceConfig, use: str) -> list[Need]:
              Need(("TYPE", run), run, use), Need(("GET", swept), swept, use), Need(("TYPE", swept), swept, use),
              Need(("SET", swept, 0), swept, use), Need(("TYPE", drawn), drawn, use)]
     needs += [Need((cmd, drawn, *rest), drawn, use) for cmd, *rest in (
-        ("ZSCORE", "t"), ("ZADD", 1, "t"), ("ZREMRANGEBYRANK", 0, -2), ("PEXPIRE", 1), ("ZRANGEBYSCORE", 1, 1))]
+        ("ZSCORE", "t"), ("ZADD", 1, "t"), ("ZREMRANGEBYRANK", 0, -2), ("PEXPIRE", 1))]
     if config.ownership != "leases":  # leased, the draw names the consumer's answered mark too (_departed_needs)
         needs.append(Need(("EVALSHA", SHA, 3, run, swept, drawn), run, use))
+    else:  # read at each sweep round (runs.swept): the tokens at the key's run
+        needs.append(Need(("ZRANGEBYSCORE", drawn, 1, 1), drawn, use))
     return needs
 
 

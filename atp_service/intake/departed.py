@@ -76,7 +76,9 @@ end
 local asked = {{'HINCRBY', mine, KEYS[1], '1'}, {'HSETNX', mine, 'f', 'v'}, {'HSET', mine, 'f', 'v'},
   {'SET', swept, '1'}, {'SREM', owing, 'c'}, {'SADD', owing, 'c'}}
 for i = 1, n do asked[#asked + 1] = {'XGROUP', 'DELCONSUMER', KEYS[i], group, 'c'} end
-for j = n + 4, #KEYS do asked[#asked + 1] = {'DEL', KEYS[j]} end
+for j = n + 4, #KEYS do  -- each candidate's keys deleted with it, but its draws' record (every 4th: left to expire)
+  if (j - n - 3) % 4 ~= 0 then asked[#asked + 1] = {'DEL', KEYS[j]} end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local refused = denied(asked)  -- an ACL changed since the start (ACL_LUA): nothing half done

@@ -318,3 +318,27 @@ async def test_a_lost_draw_of_a_process_gone_landing_after_the_next_one_at_its_a
     finally:
         await writer.aclose()
         await r.aclose()
+
+
+async def test_a_sweep_asks_no_delete_of_the_draws_record_it_leaves(redis_url: str) -> None:
+    """The departed sweep leaves a consumer's draws' record to expire, so its check of the ACL (a user's rights
+    changed while serving) asks no ``DEL`` of it: a user allowed to delete the consumer's other keys, not that one,
+    still sweeps. Asked, every sweep was refused whole, no gone consumer ever removed."""
+    user, password = "atp-sweep", "pw-sweep"
+    admin = aioredis.Redis.from_url(redis_url)
+    url = redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
+    gone = "atp-1@10.0.0.9:1"
+    await admin.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}", "&*", "~*", "+@all", "-del",
+                                "(+del ~atp:in:* ~*:run:*)")
+    r = aioredis.Redis.from_url(url)
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        await r.xgroup_createconsumer(STREAM, GROUP, gone)
+        await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, gone)
+        sweep = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 0, quarantine=QUARANTINE)
+        assert await sweep.sweep() == [gone]
+        assert await r.exists(drawn_key(QUARANTINE, GROUP, gone)), "its draws' record left to expire"
+    finally:
+        await r.aclose()
+        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.aclose()
