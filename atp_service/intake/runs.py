@@ -9,12 +9,20 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from atp_service.storage.scripts import ACL_LUA
 
 DRAWN_MS = 86_400_000
 """How long a consumer's draws' record (``quarantine.drawn_key``: each draw's token, scored by the run it drew) is
 kept past its last draw: far past any retry of one (the next sweep round, the next start) or late landing of one; the
 departed sweep leaves it (a draw landing after the sweep returns its run, moving nothing), and it expires."""
+
+DRAW_TRIES = 16
+"""The tries of one draw (``draw``), each answered -1 (the run key moved by another's draw, a write taking back a
+key Redis lost, or a sweep, between its read and its try), before it gives up (``DrawContended``): each -1 is
+another's progress, so this is reached only where the key moves at every try; the reader retries after its backoff
+(its start, its sweep round), under the same token."""
 
 TOKENS_KEPT = 64
 """The draws a consumer's record keeps (the latest runs), and the tokens of a process's draws at one name it keeps
@@ -83,15 +91,22 @@ return marked(run)
 """
 
 
+class DrawContended(RedisError):
+    """A draw's run key moved between its read and its try at each of ``DRAW_TRIES`` tries: retried after the
+    reader's backoff, under the same token (a ``RedisError``: the reading loop's, or the start's, retry)."""
+
+
 async def draw(client: Any, script: Any, keys: list[str], token: str, answered_ms: int) -> int:
     """A run drawn (``script``: ``DRAW``) under ``token``: the token of a draw not answered yet (a timeout, a
     cancel) again, its run, however often retried, wherever the lost one landed. Each try names the run key as read
-    just before it: one landing after another's draw moved the key draws nothing, and the next try reads again."""
-    while True:
+    just before it: one landing after another's draw moved the key draws nothing, and the next try reads again — at
+    most ``DRAW_TRIES`` tries, then ``DrawContended``."""
+    for _ in range(DRAW_TRIES):
         seen = await client.get(keys[0])
         run = int(await script(keys=keys, args=[token, answered_ms, b"" if seen is None else seen]))
         if run >= 0:
             return run
+    raise DrawContended(f"{keys[0]}: moved between each read and its draw, {DRAW_TRIES} tries: no run drawn yet")
 
 
 async def swept(client: Any, keys: tuple[str, str, str], run: int, tokens: Collection[str]) -> bool:

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
 
+from atp_service.intake import runs
 from atp_service.intake.departed import DepartedConsumers
 from atp_service.intake.quarantine import Acks, QuarantineStream, drawn_key, run_key, swept_runs_key
 from atp_service.metrics import IntakeMetrics
@@ -342,3 +344,41 @@ async def test_a_sweep_asks_no_delete_of_the_draws_record_it_leaves(redis_url: s
         await r.aclose()
         await admin.execute_command("ACL", "DELUSER", user)
         await admin.aclose()
+
+
+class _KeyMovedAfterEachRead:
+    """A client at whose every read of the run key another draw at that name lands just after (the key moved on):
+    each try of the draw sees a key it no longer holds. Gives up (``RuntimeError``) past 200 reads."""
+
+    def __init__(self, client: Any) -> None:
+        self._client, self.reads = client, 0
+
+    async def get(self, key: str) -> Any:
+        self.reads += 1
+        if self.reads > 200:
+            raise RuntimeError(f"still drawing after {self.reads - 1} tries: runs.draw has no bound")
+        seen = await self._client.get(key)
+        await self._client.incr(key)  # another's draw, landing between the read and the try
+        return seen
+
+    def register_script(self, source: str) -> Any:
+        return self._client.register_script(source)
+
+
+async def test_a_draw_the_key_moves_under_at_every_try_gives_up_after_its_bound_and_is_retried(
+        redis_url: str) -> None:
+    """A draw whose key moves between each read and its try draws nothing (-1) and reads again — up to
+    ``runs.DRAW_TRIES`` tries, then an error the reader retries after its backoff (``RedisError``), the token kept:
+    its retry draws once. Before: ``runs.draw`` tried for ever, no wait, the reader's start (or its sweep round)
+    wedged there."""
+    r = aioredis.Redis.from_url(redis_url)
+    desk, moving = QuarantineStream(QUARANTINE, 10), _KeyMovedAfterEachRead(r)
+    try:
+        with pytest.raises(RedisError) as raised:
+            await desk.run_of(moving, GROUP, NAME)
+        assert moving.reads == runs.DRAW_TRIES, f"{raised.value}"
+        held = int(await r.get(run_key(QUARANTINE, GROUP, NAME)))
+        assert await desk.run_of(r, GROUP, NAME) == held + 1, "retried, one run drawn"
+        assert await r.zcard(drawn_key(QUARANTINE, GROUP, NAME)) == 1, "under the one token"
+    finally:
+        await r.aclose()
