@@ -6,6 +6,7 @@ and a key past it is always another process's fence (E8). Real redis-server."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -57,6 +58,31 @@ def _fact() -> Any:
                      Limits(), "event_time_ms")
 
 
+async def _read_one(r: Any) -> Any:
+    """An entry added to the stream and read by the consumer: pending to it."""
+    entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+    await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
+    return entry
+
+
+async def _writes(desk: QuarantineStream, writer: Any, entry: Any, run: int) -> bool:
+    """Whether ``desk``'s quarantine write of a fact, acknowledging ``entry`` under ``run``, lands."""
+    return bool(await desk.write(writer, [(_fact(), "late")], Acks(GROUP, NAME, [(STREAM, entry)], run)) == [True])
+
+
+@pytest.fixture
+async def clients(redis_url: str) -> AsyncIterator[tuple[Any, Any]]:
+    """A client for the test's own calls and the service's writer, the group made."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        yield r, writer
+    finally:
+        await writer.aclose()
+        await r.aclose()
+
+
 async def test_a_retried_draw_whose_lost_answer_landed_returns_the_same_run(redis_url: str) -> None:
     """The draw landed, its answer lost: the retry returns that run; the key is not moved on. Before: the retry
     drew a second run (``INCR``), the first one's run left unused."""
@@ -73,60 +99,44 @@ async def test_a_retried_draw_whose_lost_answer_landed_returns_the_same_run(redi
         await r.aclose()
 
 
-async def test_a_lost_draw_landing_after_its_retry_leaves_the_run_in_use(redis_url: str) -> None:
+async def test_a_lost_draw_landing_after_its_retry_leaves_the_run_in_use(clients: tuple[Any, Any]) -> None:
     """The draw's answer lost before it reached Redis, retried, answered; the first lands late: it returns the
     run the retry drew and moves nothing, and the process's writes land. Before: the late draw moved the key past
     the run in use and every write was refused (``CONCURRENT_CHANGE``) till a sweep round drew again."""
-    r = aioredis.Redis.from_url(redis_url)
-    writer = open_nodes(redis_url, 5.0)
+    r, writer = clients
     desk, lossy = QuarantineStream(QUARANTINE, 10), _FirstAnswerLost(r, landed=False)
     sweep = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
-    try:
-        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-        with contextlib.suppress(TimeoutError):
-            await desk.run_of(lossy, GROUP, NAME, sweep.mark)
-        run = await desk.run_of(lossy, GROUP, NAME, sweep.mark)
-        assert int(await lossy.script(**lossy.sent)) == run, "landing late, the same draw: the same run"
-        assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past it"
-        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
-        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
-        acks = Acks(GROUP, NAME, [(STREAM, entry)], run)
-        assert await desk.write(writer, [(_fact(), "late")], acks) == [True], "its write lands"
-    finally:
-        await writer.aclose()
-        await r.aclose()
+    with contextlib.suppress(TimeoutError):
+        await desk.run_of(lossy, GROUP, NAME, sweep.mark)
+    run = await desk.run_of(lossy, GROUP, NAME, sweep.mark)
+    assert int(await lossy.script(**lossy.sent)) == run, "landing late, the same draw: the same run"
+    assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past it"
+    entry = await _read_one(r)
+    assert await _writes(desk, writer, entry, run), "its write lands"
 
 
 async def test_a_process_whose_lost_draw_landed_before_its_retry_never_fences_out_another_at_its_address(
-        redis_url: str) -> None:
+        clients: tuple[Any, Any]) -> None:
     """A draw whose answer was lost but which landed before its retry; the process then paused past its lease,
     another started at its address under the same consumer name (a later run, E8), and the paused one back reaches
     its sweep round before its renewal stops it: the key past its run is the other's fence. It keeps its run
     (its writes refused), the process serving there keeps its own (its writes land). Before: the lost draw stayed
     counted as one that might land yet, the other's draw taken for it, the run drawn again above the other's and
     the process serving there fenced out."""
-    r = aioredis.Redis.from_url(redis_url)
-    writer = open_nodes(redis_url, 5.0)
+    r, writer = clients
     paused_desk, serving_desk = QuarantineStream(QUARANTINE, 10), QuarantineStream(QUARANTINE, 10)
     paused, serving = (DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000,
                                          quarantine=QUARANTINE) for _ in range(2))
-    try:
-        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-        with contextlib.suppress(TimeoutError):
-            await paused_desk.run_of(_FirstAnswerLost(r, landed=True), GROUP, NAME, paused.mark)
-        before = await paused.kept_run(paused_desk)  # its start retried: answered
-        run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
-        assert run > before
-        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
-        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
-        await paused.sweep()  # the paused one back: its sweep round before its renewal stops it
-        assert await paused.kept_run(paused_desk) == before, "the other's draw is no draw of its own"
-        acks = Acks(GROUP, NAME, [(STREAM, entry)], run)
-        assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
-        assert await serving.kept_run(serving_desk) == run
-    finally:
-        await writer.aclose()
-        await r.aclose()
+    with contextlib.suppress(TimeoutError):
+        await paused_desk.run_of(_FirstAnswerLost(r, landed=True), GROUP, NAME, paused.mark)
+    before = await paused.kept_run(paused_desk)  # its start retried: answered
+    run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
+    assert run > before
+    entry = await _read_one(r)
+    await paused.sweep()  # the paused one back: its sweep round before its renewal stops it
+    assert await paused.kept_run(paused_desk) == before, "the other's draw is no draw of its own"
+    assert await _writes(serving_desk, writer, entry, run), "the one serving there writes"
+    assert await serving.kept_run(serving_desk) == run
 
 
 async def test_a_run_a_sweep_deleted_is_drawn_again_counted_and_said_once(
@@ -154,39 +164,31 @@ async def test_a_run_a_sweep_deleted_is_drawn_again_counted_and_said_once(
 
 
 async def test_a_lost_draw_landing_after_a_sweep_took_its_run_is_drawn_past_at_the_next_sweep_round(
-        redis_url: str) -> None:
+        clients: tuple[Any, Any]) -> None:
     """A draw's answer lost before it reached Redis, retried and answered; a sweep not seeing the process live
     deletes its run with the draw's record; the lost draw lands after that, finds no record and draws a run past the
     run in use. The key past the run is this process's own draw (the record names its token), not another's fence:
     the next sweep round draws its run again, and its writes land. Else they were refused for as long as it ran."""
-    r = aioredis.Redis.from_url(redis_url)
-    writer = open_nodes(redis_url, 5.0)
+    r, writer = clients
     desk, lossy = QuarantineStream(QUARANTINE, 10), _FirstAnswerLost(r, landed=False)
     own = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
-    try:
-        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-        with contextlib.suppress(TimeoutError):
-            await desk.run_of(lossy, GROUP, NAME, own.mark)
-        run = await desk.run_of(lossy, GROUP, NAME, own.mark)
-        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep of a version
-        # that deleted the draws' record with the run (or the record expired): the sweep leaves it now
-        await r.set(swept_runs_key(QUARANTINE), run)
-        late = int(await lossy.script(**lossy.sent))  # the lost draw lands now
-        assert late > run
-        again = await desk.keep_run(r, GROUP, NAME, own.mark)
-        assert again > late, "drawn again past its own late draw"
-        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
-        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
-        acks = Acks(GROUP, NAME, [(STREAM, entry)], again)
-        assert await desk.write(writer, [(_fact(), "late")], acks) == [True], "its write lands"
-        assert await desk.keep_run(r, GROUP, NAME, own.mark) == again, "kept since"
-    finally:
-        await writer.aclose()
-        await r.aclose()
+    with contextlib.suppress(TimeoutError):
+        await desk.run_of(lossy, GROUP, NAME, own.mark)
+    run = await desk.run_of(lossy, GROUP, NAME, own.mark)
+    await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep of a version
+    # that deleted the draws' record with the run (or the record expired): the sweep leaves it now
+    await r.set(swept_runs_key(QUARANTINE), run)
+    late = int(await lossy.script(**lossy.sent))  # the lost draw lands now
+    assert late > run
+    again = await desk.keep_run(r, GROUP, NAME, own.mark)
+    assert again > late, "drawn again past its own late draw"
+    entry = await _read_one(r)
+    assert await _writes(desk, writer, entry, again), "its write lands"
+    assert await desk.keep_run(r, GROUP, NAME, own.mark) == again, "kept since"
 
 
 async def test_a_lost_draw_landing_after_the_run_was_drawn_again_is_drawn_past_at_the_next_sweep_round(
-        redis_url: str) -> None:
+        clients: tuple[Any, Any]) -> None:
     """A draw's answer lost before it reached Redis, retried and answered; a sweep not seeing the process live
     deletes its run with the draw's record (a sweeper of a version that deleted it), and the next sweep round draws
     the run again (a new draw, a new token); swept again, the key gone as when its process read it, the first draw
@@ -194,132 +196,103 @@ async def test_a_lost_draw_landing_after_the_run_was_drawn_again_is_drawn_past_a
     That key is still this process's own draw, not another's fence: the next sweep round draws
     past it, and its writes land. Before, only the last draw's token was kept: the key was taken for another's fence
     and every quarantine write refused (its entries pending) for as long as the process ran."""
-    r = aioredis.Redis.from_url(redis_url)
-    writer = open_nodes(redis_url, 5.0)
+    r, writer = clients
     desk, lossy = QuarantineStream(QUARANTINE, 10), _FirstAnswerLost(r, landed=False)
     own = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
-    try:
-        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-        with contextlib.suppress(TimeoutError):
-            await desk.run_of(lossy, GROUP, NAME, own.mark)
-        run = await desk.run_of(lossy, GROUP, NAME, own.mark)
-        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep of a version
-        # that deleted the draws' record with the run (or the record expired): the sweep leaves it now
-        await r.set(swept_runs_key(QUARANTINE), run)
-        redrawn = await desk.keep_run(r, GROUP, NAME, own.mark)
-        assert redrawn > run
-        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # swept again
-        await r.set(swept_runs_key(QUARANTINE), redrawn)
-        late = int(await lossy.script(**lossy.sent))  # the first draw lands now, the key gone (as its process read it)
-        assert late > redrawn
-        again = await desk.keep_run(r, GROUP, NAME, own.mark)
-        assert again > late, "drawn again past its own late draw"
-        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
-        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
-        acks = Acks(GROUP, NAME, [(STREAM, entry)], again)
-        assert await desk.write(writer, [(_fact(), "late")], acks) == [True], "its write lands"
-        assert await desk.keep_run(r, GROUP, NAME, own.mark) == again, "kept since"
-    finally:
-        await writer.aclose()
-        await r.aclose()
+    with contextlib.suppress(TimeoutError):
+        await desk.run_of(lossy, GROUP, NAME, own.mark)
+    run = await desk.run_of(lossy, GROUP, NAME, own.mark)
+    await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep of a version
+    # that deleted the draws' record with the run (or the record expired): the sweep leaves it now
+    await r.set(swept_runs_key(QUARANTINE), run)
+    redrawn = await desk.keep_run(r, GROUP, NAME, own.mark)
+    assert redrawn > run
+    await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # swept again
+    await r.set(swept_runs_key(QUARANTINE), redrawn)
+    late = int(await lossy.script(**lossy.sent))  # the first draw lands now, the key gone (as its process read it)
+    assert late > redrawn
+    again = await desk.keep_run(r, GROUP, NAME, own.mark)
+    assert again > late, "drawn again past its own late draw"
+    entry = await _read_one(r)
+    assert await _writes(desk, writer, entry, again), "its write lands"
+    assert await desk.keep_run(r, GROUP, NAME, own.mark) == again, "kept since"
 
 
 async def test_a_lost_draw_of_a_process_paused_landing_after_another_started_at_its_address_fences_nothing(
-        redis_url: str) -> None:
+        clients: tuple[Any, Any]) -> None:
     """A process's draw whose answer was lost before it reached Redis, retried and answered; the process paused
     past its lease, another started at its address under the same consumer name and drew its run (a later run, E8:
     its fence); only then does the paused one's first draw land. It is that process's draw, answered already: it
     returns the run it drew and moves nothing, and the process serving there writes. Before: the record named the
     other's draw, so the late one drew a run past the one in use, which the process serving there took for a later
     process's fence: every quarantine write refused (its entries pending) for as long as it ran."""
-    r = aioredis.Redis.from_url(redis_url)
-    writer = open_nodes(redis_url, 5.0)
+    r, writer = clients
     paused_desk, serving_desk = QuarantineStream(QUARANTINE, 10), QuarantineStream(QUARANTINE, 10)
     lossy = _FirstAnswerLost(r, landed=False)
     paused, serving = (DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000,
                                          quarantine=QUARANTINE) for _ in range(2))
-    try:
-        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-        with contextlib.suppress(TimeoutError):
-            await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)
-        before = await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)  # its start retried: answered
-        run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
-        assert run > before
-        assert int(await lossy.script(**lossy.sent)) == before, "landing late, the paused one's draw: its run"
-        assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
-        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
-        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
-        acks = Acks(GROUP, NAME, [(STREAM, entry)], await serving.kept_run(serving_desk))
-        assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
-    finally:
-        await writer.aclose()
-        await r.aclose()
+    with contextlib.suppress(TimeoutError):
+        await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)
+    before = await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)  # its start retried: answered
+    run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
+    assert run > before
+    assert int(await lossy.script(**lossy.sent)) == before, "landing late, the paused one's draw: its run"
+    assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
+    entry = await _read_one(r)
+    acks = Acks(GROUP, NAME, [(STREAM, entry)], await serving.kept_run(serving_desk))
+    assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
 
 
 async def test_a_lost_draw_landing_after_a_sweep_and_another_process_at_its_address_fences_nothing(
-        redis_url: str) -> None:
+        clients: tuple[Any, Any]) -> None:
     """As above, but a sweeper took the paused process's consumer for gone (its run key deleted) before the other
     started at its address: the sweep leaves the draws' record, so the paused one's first draw, landing only now,
     still returns the run it drew and moves nothing past the run in use. Deleted with the run key, the late draw
     found no record and drew past it: the process serving there fenced out for as long as it ran."""
-    r = aioredis.Redis.from_url(redis_url)
-    writer = open_nodes(redis_url, 5.0)
+    r, writer = clients
     paused_desk, serving_desk = QuarantineStream(QUARANTINE, 10), QuarantineStream(QUARANTINE, 10)
     lossy = _FirstAnswerLost(r, landed=False)
     paused = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
     serving = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
     sweeper = DepartedConsumers(r, [STREAM], GROUP, "atp-1@10.0.0.4:1", lambda: {"10.0.0.4:1"}, 0,
                                 quarantine=QUARANTINE)
-    try:
-        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-        with contextlib.suppress(TimeoutError):
-            await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)
-        before = await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)
-        await r.xgroup_createconsumer(STREAM, GROUP, NAME)
-        await r.delete(paused.mark)  # its answered mark past claim_idle_ms: the paused one taken for gone
-        assert await sweeper.sweep() == [NAME]
-        assert not await r.exists(run_key(QUARANTINE, GROUP, NAME)), "its run swept"
-        run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
-        assert run > before
-        assert int(await lossy.script(**lossy.sent)) == before, "landing late, the paused one's draw: its run"
-        assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
-        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
-        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
-        acks = Acks(GROUP, NAME, [(STREAM, entry)], await serving.kept_run(serving_desk))
-        assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
-    finally:
-        await writer.aclose()
-        await r.aclose()
+    with contextlib.suppress(TimeoutError):
+        await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)
+    before = await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)
+    await r.xgroup_createconsumer(STREAM, GROUP, NAME)
+    await r.delete(paused.mark)  # its answered mark past claim_idle_ms: the paused one taken for gone
+    assert await sweeper.sweep() == [NAME]
+    assert not await r.exists(run_key(QUARANTINE, GROUP, NAME)), "its run swept"
+    run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
+    assert run > before
+    assert int(await lossy.script(**lossy.sent)) == before, "landing late, the paused one's draw: its run"
+    assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
+    entry = await _read_one(r)
+    acks = Acks(GROUP, NAME, [(STREAM, entry)], await serving.kept_run(serving_desk))
+    assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
 
 
 async def test_a_lost_draw_of_a_process_gone_landing_after_the_next_one_at_its_address_drew_fences_nothing(
-        redis_url: str) -> None:
+        clients: tuple[Any, Any]) -> None:
     """A process's draw whose answer was lost and which had not reached Redis when the process went (a crash, a
     kill); the next process at its address draws its run; only then does the gone one's draw land. No draw of a
     process serving: it moves nothing past the run in use (the draw names the run key as its process read it, and
     the key has moved since), and the process serving there writes. Before: it drew a run past the run in use, a
     token no process there knows, which the one serving took for a later process's fence: every quarantine write
     refused (its entries pending) for as long as it ran."""
-    r = aioredis.Redis.from_url(redis_url)
-    writer = open_nodes(redis_url, 5.0)
+    r, writer = clients
     gone_desk, serving_desk = QuarantineStream(QUARANTINE, 10), QuarantineStream(QUARANTINE, 10)
     lossy = _FirstAnswerLost(r, landed=False)
     gone, serving = (DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000,
                                        quarantine=QUARANTINE) for _ in range(2))
-    try:
-        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-        with contextlib.suppress(TimeoutError):
-            await gone_desk.run_of(lossy, GROUP, NAME, gone.mark)  # and the process went
-        run = await serving.kept_run(serving_desk)
-        await lossy.script(**lossy.sent)  # the gone one's draw lands now
-        assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
-        entry = await r.xadd(STREAM, F("own", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
-        await r.xreadgroup(GROUP, NAME, {STREAM: ">"})
-        acks = Acks(GROUP, NAME, [(STREAM, entry)], await serving.kept_run(serving_desk))
-        assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
-    finally:
-        await writer.aclose()
-        await r.aclose()
+    with contextlib.suppress(TimeoutError):
+        await gone_desk.run_of(lossy, GROUP, NAME, gone.mark)  # and the process went
+    run = await serving.kept_run(serving_desk)
+    await lossy.script(**lossy.sent)  # the gone one's draw lands now
+    assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
+    entry = await _read_one(r)
+    acks = Acks(GROUP, NAME, [(STREAM, entry)], await serving.kept_run(serving_desk))
+    assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
 
 
 async def test_a_sweep_asks_no_delete_of_the_draws_record_it_leaves(redis_url: str) -> None:
