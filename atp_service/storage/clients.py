@@ -10,13 +10,15 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.cluster import PRIMARY
+from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisClusterException
 from redis.maint_notifications import MaintNotificationsConfig
 
 ASKED_NODES_MOST = 8
@@ -122,6 +124,23 @@ class _Cluster(aioredis.RedisCluster):
             return node
         return super().get_node(host, port, node_name)
 
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        """XREAD and XREADGROUP routed by the streams they name, read here: redis-py (8.1) asked one node (the one
+        it read the command table from) ``COMMAND GETKEYS`` before every such read, so with that node hung every
+        stream read failed, whichever node held the stream — the input streams, the channel feeds and their waits
+        stalled for as long as one primary did not answer (liveness), and a MOVED did not change which node it was."""
+        streams = streams_named(command, args)
+        if streams is None:
+            return await super()._determine_slot(command, *args)
+        slots = {self.keyslot(stream) for stream in streams}
+        if len(slots) != 1:
+            raise RedisClusterException(f"{command} - all keys must map to the same key slot")
+        return slots.pop()
+
+    def register_script(self, script: Any) -> Any:  # (an AsyncScript: redis-py types it as the sync one)
+        """A script loaded on the node of its keys when that node lacks it (``_LoadedWhereRun``)."""
+        return _LoadedWhereRun(self, script)
+
     async def aclose(self) -> None:
         """Every connection closed, those to the nodes asked after an ASK too."""
         await super().aclose()
@@ -138,6 +157,48 @@ class _Cluster(aioredis.RedisCluster):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+_READ_OPTIONS = {b"COUNT": 1, b"BLOCK": 1, b"NOACK": 0}
+"""XREAD/XREADGROUP's options before ``STREAMS``, each with the arguments it takes (``streams_named``)."""
+
+
+def streams_named(command: Any, args: tuple[Any, ...]) -> list[Any] | None:
+    """The streams an XREAD or XREADGROUP reads (the first half of what follows ``STREAMS``); None for any other
+    command, or one whose arguments are not read here (redis-py finds its keys then)."""
+    name = _upper(command)
+    if name == b"XREADGROUP" and len(args) > 2 and _upper(args[0]) == b"GROUP":
+        at = 3  # past GROUP <group> <consumer>
+    elif name == b"XREAD":
+        at = 0
+    else:
+        return None
+    while at < len(args) and (option := _upper(args[at])) in _READ_OPTIONS:
+        at += 1 + _READ_OPTIONS[option]
+    rest = args[at + 1:]
+    if at >= len(args) or _upper(args[at]) != b"STREAMS" or not rest or len(rest) % 2:
+        return None
+    return list(rest[:len(rest) // 2])
+
+
+def _upper(arg: Any) -> bytes:
+    return (arg.encode() if isinstance(arg, str) else arg if isinstance(arg, bytes) else b"").upper()
+
+
+class _LoadedWhereRun(AsyncScript):
+    """A script a node lacks (NOSCRIPT: a node restarted, a replica promoted, a node new to the cluster) sent whole
+    (EVAL) to that node, which keeps it: redis-py (8.1) loaded it on every primary first (``SCRIPT LOAD``), so with
+    one primary hung, the first run of a script on any other node failed until that one answered (liveness)."""
+
+    async def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        client = self.registered_client if client is None else client
+        if isinstance(client, Pipeline):
+            return await super().__call__(keys, args, client)
+        named = (*(keys or ()), *(args or ()))
+        try:
+            return await client.evalsha(self.sha, len(keys or ()), *named)
+        except NoScriptError:
+            return await client.eval(self.script, len(keys or ()), *named)
 
 
 class _AskedNode(ClusterNode):
