@@ -166,7 +166,6 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     run = run_key(quarantine, group, consumer)  # this consumer's run: a write of a run before lands nothing
     needs += [Need(("HMGET", ahead, "d"), ahead, use)]
     swept = swept_runs_key(quarantine)  # the highest run removed with its consumer (departed.py): a run drawn above it
-    needs += [Need(("EVALSHA", SHA, 6, quarantine, written, run, ahead, swept, s), s, use) for s in streams]
     needs += _run_needs(config, use)
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
         ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"), ("TYPE",), ("HGET", "s"), ("HLEN",),
@@ -183,7 +182,18 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
             ("XGROUP", "SETID", s, group, "0-0"), ("XRANGE", s, "-", "+", "COUNT", 1), ("EXISTS", s))]
     if config.ownership == "leases":  # a consumer of a process gone for good removed, its count moved (departed.py)
         needs += _departed_needs(config, owed, use)  # and the draw of its run, with its mark
-    return needs
+    needs += _sent_whole(needs) if config.redis_cluster else []  # each script above the cluster client's
+    return needs + [Need(("EVALSHA", SHA, 6, quarantine, written, run, ahead, swept, s), s, use)  # a write lane's
+                    for s in streams]
+
+
+def _sent_whole(needs: list[Need]) -> list[Need]:
+    """``EVAL`` with the keys of each script of ``needs`` (``EVALSHA``): on a Redis Cluster the input streams'
+    client sends a script its node lacks (restarted, a replica promoted) whole (``storage/clients._LoadedWhereRun``),
+    where the write lanes load it (``SCRIPT LOAD``). Denied, the reads and claims failed NOPERM from the first
+    restart or failover of the streams' node, for good."""
+    return [Need(("EVAL", "return 0", *need.args[2:]), need.pattern, need.use, need.group)
+            for need in needs if need.args[0] == "EVALSHA"]
 
 
 def _run_needs(config: ServiceConfig, use: str) -> list[Need]:
