@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis._parsers import AsyncCommandsParser
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import Connection
@@ -18,7 +19,9 @@ from redis.backoff import NoBackoff
 from redis.cluster import PRIMARY
 from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisClusterException
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 ASKED_NODES_MOST = 8
@@ -101,6 +104,7 @@ class _Cluster(aioredis.RedisCluster):
         self._asked: dict[str, _AskedNode] = {}  # the most recently asked last
         self._closing: set[asyncio.Future[None]] = set()  # connections let go in the background, closing (aclose)
         super().__init__(*args, **kwargs)
+        self.commands_parser = _CommandTable(self.nodes_manager)
 
     def get_node(self, host: str | None = None, port: int | None = None,
                  node_name: str | None = None) -> ClusterNode | None:
@@ -157,6 +161,32 @@ class _Cluster(aioredis.RedisCluster):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+class _CommandTable(AsyncCommandsParser):
+    """redis-py's command table (where each command's keys are), read once, from the first node that answers:
+    redis-py (8.1) read it again at every read of the slot map (after a connection to any node broke, every few
+    MOVED, a CLUSTERDOWN), from one node (the first primary listed, slot 0's), so with that node hung every command
+    of the client failed, on every node, for as long as it hung. The table changes only with Redis's version:
+    a command it does not name reads it again (``get_keys``)."""
+
+    def __init__(self, nodes_manager: Any) -> None:
+        super().__init__()
+        self.nodes_manager = nodes_manager
+
+    async def initialize(self, node: ClusterNode | None = None) -> None:
+        if node is None:  # a command the table does not name: read again, where it was read
+            await super().initialize()
+            return
+        self.node = node  # (the node asked COMMAND GETKEYS: no command the service sends, streams_named)
+        if self.commands:
+            return
+        asked = [node, *(other for other in self.nodes_manager.nodes_cache.values() if other is not node)]
+        for each in asked[:-1]:  # a node that does not answer: the next
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                await super().initialize(each)
+                return
+        await super().initialize(asked[-1])
 
 
 _READ_OPTIONS = {b"COUNT": 1, b"BLOCK": 1, b"NOACK": 0}

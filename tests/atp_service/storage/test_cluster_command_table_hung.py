@@ -1,0 +1,64 @@
+"""On a Redis Cluster one of whose primaries hangs (SIGSTOP: it takes connections and bytes, answers nothing), a cluster
+client that reads its slot map again — after a connection to another node broke (that node restarted, a connection
+killed), every few MOVED of a reshard, a CLUSTERDOWN — goes on serving the keys of the primaries that answer. redis-py
+(8.1) read its command table again at each such read, from one node (the first primary it lists: slot 0's, the node
+it read the table from first), and with that node hung the read failed, and with it every command of the client on
+every node, for as long as the node hung: the input streams, the channel feeds, the publishers stalled whole.
+Here the client never sent the hung node anything (its keys are elsewhere), as the input streams' and a publisher's
+client do not, so redis-py has no reason of its own to ask another node first."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from atp_service.storage.clients import close_any, connect_any
+from atp_service.storage.embedded_cluster import EmbeddedCluster
+
+TIMEOUT_S = 1.0
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+    """A cluster of its own (a node of it is stopped), whose nodes never declare one failed within the test."""
+    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
+        yield formed
+
+
+@pytest.fixture
+async def client(cluster: EmbeddedCluster) -> AsyncIterator[Any]:
+    reached = connect_any(cluster.url, TIMEOUT_S, cluster=True)
+    try:
+        yield reached
+    finally:
+        await close_any(reached)
+
+
+async def test_the_slot_map_read_again_while_the_first_primary_hangs_leaves_the_others_served(
+        cluster: EmbeddedCluster, client: Any) -> None:
+    await client.initialize()
+    first = int(client.get_default_node().port)  # the node redis-py reads the command table from
+    hung = next(node for node in cluster.primaries if node.port == first)
+    other = next(node for node in cluster.primaries if node.port != first)
+    key = next(k for k in (f"k:{{{i}}}" for i in range(1000)) if int(client.get_node_from_key(k).port) == other.port)
+    await client.xadd(key, {"f": "v"})
+    assert hung.process is not None
+    os.kill(hung.process.pid, signal.SIGSTOP)
+    try:
+        async with aioredis.Redis(host="127.0.0.1", port=other.port) as direct:  # the client's connection broken
+            await direct.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        with pytest.raises(RedisConnectionError):
+            await client.get(key + ":none")  # met the broken connection: the slot map is read again next
+        assert await client.get(key + ":none") is None
+        assert len((await client.xread({key: "0"}, count=5))[0][1]) == 1
+        assert int(client.get_default_node().port) == hung.port  # the map read again with it first, as before
+    finally:
+        os.kill(hung.process.pid, signal.SIGCONT)
+
