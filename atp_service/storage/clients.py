@@ -128,6 +128,14 @@ class _Cluster(aioredis.RedisCluster):
             return node
         return super().get_node(host, port, node_name)
 
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """The slot map read first where none is known (a client made now, or closed by redis-py: after a
+        CLUSTERDOWN, every few MOVED): redis-py (8.1) sent such a command to a primary drawn at random (as one of no
+        key), redirected from there, so with that one hung it failed, one time in as many primaries."""
+        if self._initialize and self.get_default_node() is None:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
     async def _determine_slot(self, command: str, *args: Any) -> int:
         """XREAD and XREADGROUP routed by the streams they name, read here: redis-py (8.1) asked one node (the one
         it read the command table from) ``COMMAND GETKEYS`` before every such read, so with that node hung every
