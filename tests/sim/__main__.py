@@ -35,9 +35,10 @@ def main() -> int:
                         help="with --processes: a retry may carry other content than its id's first Reserve")
     parser.add_argument("--lose-tail", action="store_true",
                         help="Redis may restart from older data, losing acknowledged entries (with --processes: "
-                             "leases too, one node or all)")
+                             "leases too, one node or all; with --input-streams --processes, all)")
     parser.add_argument("--clock-skew", action="store_true",
-                        help="with --processes: each host's clock its own, within a bound, stepping back now and then")
+                        help="with --processes: each host's clock its own, within a bound, stepping back now and then "
+                             "(with --input-streams: the readers' too)")
     parser.add_argument("--redis-full", action="store_true",
                         help="Redis at its maxmemory refuses appends, channel writes and id claims OOM now and then")
     parser.add_argument("--fact-times", action="store_true",
@@ -65,7 +66,9 @@ def main() -> int:
                              "quarantine scripts and acknowledgements refused or their answers lost, the reader "
                              "restarted, room restored; every entry applied or quarantined once (inputdriver.py); with "
                              "--processes 2 or 3, every process a consumer applying its groups' facts and sending "
-                             "the others', killed, paused, stopped, groups taken over (inputcluster.py)")
+                             "the others', killed, paused, stopped, groups taken over (inputcluster.py); with "
+                             "--lose-tail, --clock-jumps, and with --processes --clock-skew (inputtail.py, "
+                             "inputclocks.py)")
     parser.add_argument("--partition", action="store_true",
                         help="with --processes: two processes cut off from each other over gRPC (order steps, "
                              "forwarded calls, streams to owners), one way or both, both still reaching Redis, for "
@@ -95,13 +98,14 @@ def main() -> int:
         parser.error("--clock-skew needs --processes 2 or 3 (one process has one clock)")
     if args.new_addresses and not (args.input_streams and args.processes > 1):
         parser.error("--new-addresses needs --input-streams --processes 2 or 3 (the sweep of its readers)")
-    alongside = ("trace", "input_streams") + (("partition", "suspends", "new_addresses") if args.processes > 1 else
-                                              ("lose_tail",))
+    alongside = ("trace", "input_streams", "lose_tail", "clock_jumps", "clock_skew") + (
+        ("partition", "suspends", "new_addresses") if args.processes > 1 else ())
     others = [name for name, value in vars(args).items() if value is True and name not in alongside]
     if args.input_streams and others:  # its own drivers (inputdriver.py, inputcluster.py): another fault is ignored
         refused = ", ".join("--" + name.replace("_", "-") for name in others)
-        parser.error(f"--input-streams runs alone but for --processes, --partition, --suspends, --new-addresses, and "
-                     f"without --processes --lose-tail (its drivers draw their own faults): not with {refused}")
+        parser.error(f"--input-streams runs alone but for --processes, --lose-tail, --clock-jumps, and with "
+                     f"--processes --clock-skew, --partition, --suspends, --new-addresses (its drivers draw their own "
+                     f"faults): not with {refused}")
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and
     # futures of callers that gave up carry errors nobody reads: asyncio's complaints about both are noise.
@@ -112,7 +116,7 @@ def main() -> int:
     started, recoveries, tally = time.perf_counter(), 0, Tally()
     if args.input_streams:
         return run_inputs(seeds, args.steps, args.trace, args.processes, args.partition, args.suspends,
-                          args.new_addresses, args.lose_tail)
+                          args.new_addresses, args.lose_tail, args.clock_skew, args.clock_jumps)
     for done, seed in enumerate(seeds):
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
                         args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
@@ -134,13 +138,15 @@ def main() -> int:
 
 
 def run_inputs(seeds: Iterable[int], steps: int, trace: bool, processes: int = 1, partition: bool = False,
-               suspends: bool = False, new_addresses: bool = False, lose_tail: bool = False) -> int:
+               suspends: bool = False, new_addresses: bool = False, lose_tail: bool = False, clock_skew: bool = False,
+               clock_jumps: bool = False) -> int:
     """``--input-streams`` (``inputdriver.py``; with ``--processes``, ``inputcluster.py``): its own driver, its own
     summary."""
     started, tally = time.perf_counter(), Tally()
     for done, seed in enumerate(seeds):
-        driver = InputsDriver(seed, tally, lose_tail) if processes == 1 else \
-            InputsClusterDriver(seed, processes, tally, partition, suspends, new_addresses)
+        driver = InputsDriver(seed, tally, lose_tail, clock_jumps) if processes == 1 else \
+            InputsClusterDriver(seed, processes, tally, partition, suspends, new_addresses, lose_tail, clock_skew,
+                                clock_jumps)
         try:
             asyncio.run(driver.run(steps))
         except Violation as exc:

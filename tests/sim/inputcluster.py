@@ -33,7 +33,16 @@ sweepers, the owner paused or coming back at its address meanwhile). The checks 
 trimmed unread told exactly once (``inputchecks.decided_once``), no owed hash left, and every consumer left in the group
 one of a live process (``swept``: bounded).
 
-Not modelled here: Redis losing a tail (``--lose-tail``), the owner check's draws.
+With ``--lose-tail`` the one Redis behind the input streams and the logs comes back from older data at a tick, every
+key at once, lease and owner keys too (``inputtail``, ``tailloss.py``): the processes' owner checks run at ticks drawn
+there and at each step's end; a group found short is given up and taken again from what Redis holds — no process
+restarts, its reader and its desk go on with what they hold — and by the step's end every group's owner holds exactly
+what Redis holds. An acknowledgement landing after the loss whose fact was applied or quarantined in the tail Redis
+lost is left out of the checks only where its consumer was given the entry before the loss (``_acker``): one given it
+since decides from what its process knows since. With ``--clock-skew`` and ``--clock-jumps`` each process's clock is
+its host's (``skew.py``, ``jumps.py``, ``inputclocks``).
+
+Not modelled here: a restore of one Redis Cluster node (the input streams' keys and the logs come back together).
 """
 
 from __future__ import annotations
@@ -55,12 +64,15 @@ from tests.sim.driver import DEFAULT_STEPS
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
 from tests.sim.ids import SimIdClaims
 from tests.sim.inputchecks import decided_once, departed_left, fold_of_produced, marks_forgotten, swept
+from tests.sim.inputclocks import clocks_counted, draw_clocks, end_clocks
 from tests.sim.inputdriver import CLAIM_P, DESTROY_P, DRAIN_TURNS, GROUP, ROOM, ROOMY, InputsDriver, _trimmed_unread
 from tests.sim.inputfacts import STREAMS, Producer
 from tests.sim.inputowed import OwedWatch
 from tests.sim.inputpipeline import _fail
+from tests.sim.inputprocs import Awake, Live, Moving, Writes
 from tests.sim.inputreaders import CLAIM_IDLE_MS, GatedClient, loop_of, sim_time, turn
 from tests.sim.inputstreams import RedisFaults, SimStreams
+from tests.sim.inputtail import InputsTail
 from tests.sim.invariants import ServiceErrors, every_shard_answers
 from tests.sim.partition import Partitions
 from tests.sim.process import CURRENT, Process
@@ -68,89 +80,31 @@ from tests.sim.replay import replay_equals_live
 from tests.sim.tally import Tally
 
 
-class _Awake:
-    """A process's gate (``inputreaders.Gate``): its calls wait while it is paused; a dead one reaches nothing."""
-
-    def __init__(self, proc: Process) -> None:
-        self.proc = proc
-
-    async def passed(self) -> None:
-        await self.proc.log.awake()
-
-
-class _Writes:
-    """The shared log's client as the processes' desks write the quarantine stream through it: each write sent and
-    answered only while its process runs (the process of the task that writes)."""
-
-    def __init__(self, redis: SimStreams) -> None:
-        self.redis = redis
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.redis, name)
-
-    async def run(self, calls: list[Any]) -> list[Any]:
-        proc = CURRENT.get()
-        if proc is not None:
-            await proc.log.awake()
-        try:
-            return await self.redis.run(calls)
-        finally:
-            if proc is not None:
-                await proc.log.awake()
-
-
-MOVE_P = 0.4
-"""``--new-addresses``: the chance that a process started again comes back at a new address (else at its first)."""
-
-
-class _Moving(ClusterWorld):
-    """``--new-addresses``: a process started again (``converge_membership``, the driver's restarts) at a new address
-    now and then (``moves``, its own draws: the others' stay as they were), or at its index's first one again."""
-
-    moves: random.Random | None = None
-
-    def _new(self, index: int, address: str = "") -> Process:
-        if not address and self.moves is not None and self.moves.random() < MOVE_P:
-            address = f"p{index}.{self.incarnations + 1}"
-        return super()._new(index, address)
-
-
-class _Live:
-    """What ``AtpService._live_addresses`` reads of a process (its membership as last read, its address)."""
-
-    def __init__(self, proc: Process) -> None:
-        self.membership, self.address = self, proc.address
-        self._proc = proc
-
-    @property
-    def members(self) -> list[str]:
-        return self._proc.members.members
-
-    @property
-    def routes(self) -> dict[int, tuple[str, int]]:
-        return self._proc.members.routes
-
-
 class InputsClusterDriver(InputsDriver):
     def __init__(self, seed: int, processes: int, tally: Tally | None = None, partition: bool = False,
-                 suspends: bool = False, new_addresses: bool = False) -> None:
+                 suspends: bool = False, new_addresses: bool = False, lose_tail: bool = False,
+                 clock_skew: bool = False, clock_jumps: bool = False) -> None:
         """``partition``: processes cut off from each other over gRPC (``partition.py``): sends to owners fail.
         ``suspends``: leases counted on each host's lease clock, finite deadlines, some pauses a host's suspend
         (``suspends.py``): a woken process's reader and desk go on with what they held. ``new_addresses``: processes
-        started again at new addresses, departed consumers swept (``inputsweep``)."""
+        started again at new addresses, departed consumers swept (``inputsweep``). ``lose_tail``: Redis back from
+        older data (``inputtail``). ``clock_skew``, ``clock_jumps``: each host's clock its own (``skew.py``), jumping
+        by hours (``jumps.py``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(f"inputs {seed} processes {processes}")
         self.tally = tally or Tally()
-        world = self.world = _Moving(processes, random.Random(f"cluster {seed}"), self.tally,
-                                     checks=random.Random(f"owner check {seed}"))
+        world = self.world = Moving(processes, random.Random(f"cluster {seed}"), self.tally,
+                                    checks=random.Random(f"owner check {seed}"), skew_seed=seed if clock_skew else None,
+                                    jumps_seed=seed if clock_jumps else None)
         self.new_addresses = new_addresses
         if new_addresses:
             world.moves = random.Random(f"moves {seed}")
         self.faults = RedisFaults(random.Random(f"redis {seed}"))
         self.redis = SimStreams(self.faults, self._acked, world.clock.now_ms)
         self.owed = OwedWatch(self)
+        self.tail = InputsTail(self, seed) if lose_tail else None  # before the processes: their takings' marks
         self.redis.on_failed_write = lambda keys, args: self.owed.failed(self.redis, keys, args)
-        world.log.client = _Writes(self.redis)  # the desks' quarantine writes: one Redis
+        world.log.client = Writes(self.redis)  # the desks' quarantine writes: one Redis
         world.log.faults = self.rng
         world.log.ids = SimIdClaims(seed, self.tally)
         self._room(ROOM)
@@ -166,9 +120,9 @@ class InputsClusterDriver(InputsDriver):
         self._seen: dict[int, int] = {}
         self._applied: set[tuple[str, str, str, str, int]] = set()
         self._quarantined: set[tuple[str, str, str, str, int]] = set()
-        self.tail = None  # Redis loses no tail here (``inputtail``: one process)
         self.acked_lost: set[tuple[str, bytes]] = set()
         self.lost_positions: set[tuple[str, str]] = set()
+        self.applied_lost: set[tuple[str, str, str, str, int]] = set()
         self.quarantined_lost: set[tuple[str, str, str, str, int]] = set()
         self.sends = 0
         self.reader = None  # the single-process driver's (``InputsDriver._done``): none here
@@ -181,7 +135,9 @@ class InputsClusterDriver(InputsDriver):
     async def run(self, steps: int) -> None:
         step = -1
         try:
-            with sim_time(self.world), ServiceErrors(_trimmed_unread) as errors:
+            allowed = _trimmed_unread if self.tail is None else \
+                (lambda record, loss=self.tail.loss: _trimmed_unread(record) or loss.allows(record))
+            with sim_time(self.world), ServiceErrors(allowed) as errors:
                 await self.cluster.boot()
                 await self._readers()
                 for step in range(steps):
@@ -198,7 +154,8 @@ class InputsClusterDriver(InputsDriver):
             tail = "\n  ".join(self.trace[-24:])
             flags = (f"--input-streams --processes {self.processes}{' --partition' if self.partitions else ''}"
                      f"{' --suspends' if self.cluster.sleeps.finite else ''}"
-                     f"{' --new-addresses' if self.new_addresses else ''}")
+                     f"{' --new-addresses' if self.new_addresses else ''}{' --lose-tail' if self.tail else ''}"
+                     f"{' --clock-skew' if self.cluster.skew else ''}{' --clock-jumps' if self.cluster.jumps else ''}")
             raise Violation(f"seed {self.seed} {flags}, after step {step}: {exc}\n  last steps:\n  {tail}\n"
                             f"replay: .venv/bin/python -m tests.sim {flags} --seed {self.seed}"
                             f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
@@ -218,10 +175,10 @@ class InputsClusterDriver(InputsDriver):
             if proc.dead or self.current(proc) is not None:
                 continue
             self.owed.forget(f"atp@{proc.address}")  # the process started again forgot what it owed, by design
-            client = GatedClient(self.redis, _Awake(proc))  # type: ignore[arg-type]
+            client = GatedClient(self.redis, Awake(proc))  # type: ignore[arg-type]
             settings, departed = self._settings(proc), None
             if self.new_addresses:  # as ``AtpService._ingestor`` wires it
-                live = _Live(proc)
+                live = Live(proc)
                 departed = DepartedConsumers(client, list(settings.input_streams), settings.consumer_group,
                                              settings.consumer_name, lambda live=live: AtpService._live_addresses(
                                                  live),  # type: ignore[arg-type, misc]
@@ -271,8 +228,11 @@ class InputsClusterDriver(InputsDriver):
     # -- a step --------------------------------------------------------------------------------------
     async def step(self, step: int) -> None:
         world, rng = self.cluster, self.rng
+        draw_clocks(world, step, self.trace, self.tally)
         if rng.random() < 0.14:
             world.clock.advance(rng.randint(0, 20_000))
+        if self.tail is not None and (drawn := self.tail.draw()):
+            self.trace.append(f"{step}: {drawn}")
         if any(proc.dead for proc in world.processes):  # down a while: the entries pending to it go idle
             world.clock.advance(CLAIM_IDLE_MS // 2)
         self.producer.produce(step, self.trace)
@@ -301,14 +261,20 @@ class InputsClusterDriver(InputsDriver):
             await runner.run(calls, plan)
         finally:
             self.faults.active = False
+            end_clocks(world)
             if self.partitions is not None and (cut := self.partitions.end_step()):
                 self.trace.append(f"{step}: {cut}")
             events = runner.events + disruptor.events + self.faults.events
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))
+        clocks_counted(world)
+        if self.tail is not None and self.tail.due_at_end():
+            self.trace.append(f"{step}: Redis restarted from the saved state after the calls")
         collect(calls)
         await world.converge_membership()
         await world.quiesce()
+        if self.tail is not None:
+            await self.tail.after(step)
 
     async def _restart_all(self) -> None:
         """The bound raised, every process restarted (one killed and started again after another)."""
@@ -330,6 +296,12 @@ class InputsClusterDriver(InputsDriver):
         world.processes[index] = world._new(index)
 
     # -- invariants ----------------------------------------------------------------------------------
+    def _acker(self) -> str | None:
+        """The consumer of the process whose task sends the acknowledgement Redis takes now (its reader's, or its
+        desk's quarantine write)."""
+        proc = CURRENT.get()
+        return None if proc is None else f"atp@{proc.address}"
+
     def check(self) -> None:
         world = self.cluster
         self._check_decided_and_owed(sum(len(p.facts.quarantine.owed) for p in world.processes if not p.dead))
@@ -367,6 +339,8 @@ class InputsClusterDriver(InputsDriver):
             if self._done():
                 break
             world.clock.advance(1000)
+            if self.tail is not None:  # a lease nobody renews runs out as the clock moves on (``converge_membership``)
+                world.unrenewed_leases_run_out()
             for proc in world.running():
                 world.turn(proc)  # its leases renewed as the clock moves on
                 reader = self.current(proc)

@@ -54,12 +54,14 @@ from tests.sim.checks import Violation, facts_fold_as_the_reference
 from tests.sim.driver import DEFAULT_STEPS
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
 from tests.sim.inputchecks import decided_once, fold_of_produced, letters, marks_forgotten, named, named_fields
+from tests.sim.inputclocks import clocks_counted, draw_clocks, end_clocks
 from tests.sim.inputfacts import STREAMS, Producer
 from tests.sim.inputowed import OwedWatch
 from tests.sim.inputreaders import CLAIM_IDLE_MS, OTHER, OWNER, OtherProcess, loop_of, sim_time, turn
 from tests.sim.inputstreams import RedisFaults, SimStreams
 from tests.sim.inputtail import InputsTail
 from tests.sim.invariants import ServiceErrors
+from tests.sim.jumps import ClockJumps
 from tests.sim.replay import replay_equals_live
 from tests.sim.tally import Tally
 from tests.sim.world import World
@@ -78,10 +80,15 @@ DRAIN_TURNS = 300
 
 
 class InputsDriver:
-    def __init__(self, seed: int, tally: Tally | None = None, lose_tail: bool = False) -> None:
+    def __init__(self, seed: int, tally: Tally | None = None, lose_tail: bool = False, clock_jumps: bool = False
+                 ) -> None:
+        """``lose_tail``: Redis back from older data (``inputtail``). ``clock_jumps``: the hosts' clocks jumping by
+        hours (``jumps.py``, ``inputclocks``): the instance's and the other process's."""
         self.seed, self.rng = seed, random.Random(f"inputs {seed}")
         self.tally = tally or Tally()
         self.world = World(tally=self.tally, channels=False, cluster=seed % 2 == 1)
+        if clock_jumps:
+            self.world.jumps = ClockJumps(seed, self.tally, self.world.clock)
         self._room(ROOM)
         self.faults = RedisFaults(random.Random(f"redis {seed}"))
         self.redis = SimStreams(self.faults, self._acked, self.world.clock.now_ms)
@@ -93,6 +100,9 @@ class InputsDriver:
         self.restore_at = self.rng.randint(10, 40)
         self.reader: StreamIngestor | None = None
         self.other = OtherProcess(self.world, self.redis, self.faults, self._settings())
+        if self.world.jumps is not None:  # the other process's host: its own wall clock
+            jumps = self.world.jumps
+            self.other.clock_for = lambda: jumps.clock_for(OTHER)
         self.trace: list[str] = []
         self.violations: list[str] = []
         self._seen: dict[int, int] = {}  # per shard, the history entries indexed
@@ -134,7 +144,7 @@ class InputsDriver:
             tail = "\n  ".join(self.trace[-24:])
             raise Violation(f"seed {self.seed} --input-streams, after step {step}: {exc}\n  last steps:\n  {tail}\n"
                             f"replay: .venv/bin/python -m tests.sim --input-streams --seed {self.seed}"
-                            f"{' --lose-tail' if self.tail else ''}"
+                            f"{' --lose-tail' if self.tail else ''}{' --clock-jumps' if self.world.jumps else ''}"
                             f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
 
     async def _new_reader(self) -> None:
@@ -149,15 +159,14 @@ class InputsDriver:
                                    consumer_name=OWNER, ingest_count=3, claim_idle_ms=CLAIM_IDLE_MS)
 
     def _make_reader(self) -> StreamIngestor:
-        return StreamIngestor(self.redis, self.world.fact_desk, self._settings(), self.world.clock)
+        return StreamIngestor(self.redis, self.world.fact_desk, self._settings(), self.world.service_clock)
 
     # -- a step ------------------------------------------------------------------------------------------
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
         if rng.random() < 0.14:
             world.clock.advance(rng.randint(0, 20_000))
-        if self.tail is not None and (drawn := self.tail.draw()):
-            self.trace.append(f"{step}: {drawn}")
+        self._draws(step)
         self.producer.produce(step, self.trace)
         if step == self.restore_at:
             self._room(ROOMY)
@@ -182,9 +191,11 @@ class InputsDriver:
             ended = await runner.run(calls, plan)
         finally:
             self.faults.active = False
+            end_clocks(world)
             events = runner.events + self.faults.events
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))
+        clocks_counted(world)
         if self.tail is not None and self.tail.due_at_end():
             self.trace.append(f"{step}: Redis restarted from the saved state after the calls")
         if ended != "crash":
@@ -200,6 +211,13 @@ class InputsDriver:
         await world.quiesce()
         if self.tail is not None:
             await self.tail.after(step)
+
+    def _draws(self, step: int) -> None:
+        """At a step's start, the faults drawn from streams of their own: Redis's state saved or its restore's tick
+        (``--lose-tail``), a host's clock jumping (``--clock-jumps``)."""
+        if self.tail is not None and (drawn := self.tail.draw()):
+            self.trace.append(f"{step}: {drawn}")
+        draw_clocks(self.world, step, self.trace, self.tally)
 
     async def restart(self, step: int, why: str) -> None:
         """``atp-service serve`` stopped gracefully (Redis answering) and started again: what it owed forgotten."""
@@ -272,12 +290,18 @@ class InputsDriver:
         digest = QuarantineStream.digest(fact)
         if named(fact) not in self._applied and not any(digest in s for s in self.redis.written.values()):
             if self.tail is not None and self.world.tail is not None and self.world.tail.stale and \
-                    named(fact) in self.applied_lost and not self.tail.read_since(stream, entry_id):
-                # applied, answered, then lost with the tail, its entry acknowledged since (``inputtail``)
+                    named(fact) in self.applied_lost | self.quarantined_lost and \
+                    not self.tail.read_since(stream, entry_id, self._acker()):
+                # applied and answered, or quarantined and written (read so before the loss), then lost with the tail,
+                # its entry acknowledged since (``inputtail``)
                 self.acked_lost.add((stream, entry_id))
                 return
             self.violations.append(f"entry {entry_id.decode()} ({fact.source}/{fact.event_id}) acknowledged with its "
                                    "fact neither applied in the log nor written to the quarantine stream")
+
+    def _acker(self) -> str | None:
+        """The consumer whose acknowledgement Redis takes now, where it can be told (None: any of the two)."""
+        return None
 
     def check(self) -> None:
         world = self.world

@@ -29,6 +29,7 @@ from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
 
+from atp_service.engine.clock import Clock
 from atp_service.intake import ingest, owners
 from atp_service.intake.facts import Result
 from atp_service.intake.ingest import StreamIngestor
@@ -178,6 +179,7 @@ class OtherProcess:
         self.gate = Gate()
         self.client = GatedClient(redis, self.gate)
         self.settings = dataclasses.replace(settings, consumer_name=OTHER)
+        self.clock_for: Callable[[], Clock] = lambda: world.clock  # its host's (``--clock-jumps``: its own)
         self.reader: StreamIngestor | None = None
         self.task: asyncio.Task[None] | None = None
         self.stopped_until = -1  # the step at which a SIGSTOP ends
@@ -208,7 +210,7 @@ class OtherProcess:
         await self.cancel()
         self.gate.running.set()
         self.desk = ForwardingDesk(self.world, self.client)
-        self.reader = StreamIngestor(self.client, self.desk, self.settings, self.world.clock,  # type: ignore[arg-type]
+        self.reader = StreamIngestor(self.client, self.desk, self.settings, self.clock_for(),  # type: ignore[arg-type]
                                      send=self.send)
         loop_of(self.reader)
         return self.reader

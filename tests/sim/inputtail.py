@@ -25,6 +25,15 @@ change acknowledged after Redis's save (the loss said by the shard's ``LogDiverg
 checks (``acked_lost``). By the step's end the instance
 was restarted, or holds exactly what Redis holds (``replay_equals_live`` against a recovery).
 
+With ``--processes 2|3`` (``inputcluster.py``) the image holds the groups' lease and owner keys too, and every key
+comes back at once (one Redis: no node's restore alone). The service's notice is the leased one (``tailloss.py``): a
+group whose log is found short is given up and taken again from what Redis holds, no process restarts, and by the
+step's end every group's owner holds exactly what Redis holds (``_after_leased``). An acknowledgement taken while
+memory may hold what Redis lost is left out of the end's checks (``acked_lost``) where its fact was applied — or
+quarantined, its quarantine entry written (read so before the loss: ``quarantined_before``) — in the tail Redis lost,
+and the consumer acknowledging it was not given the entry since (``read_since``): another consumer given it since
+decides it from what its process knows then.
+
 Only with the flag: seeds without it replay as before (the loss draws from its own random stream).
 """
 
@@ -35,16 +44,16 @@ from typing import TYPE_CHECKING, Any
 
 from reservation import decode_entry
 from reservation._events import FactApplied, FactQuarantined
-from tests.sim.checks import Acknowledged
+from tests.sim.checks import Acknowledged, Violation
+from tests.sim.cluster import ClusterWorld
 from tests.sim.inputchecks import named
-from tests.sim.replay import held_after_loss
+from tests.sim.replay import held_after_loss, replay_equals_live
 from tests.sim.tailloss import TailLoss
-from tests.sim.world import World
 
 if TYPE_CHECKING:
     from tests.sim.inputdriver import InputsDriver
 
-_NOT_REDIS = ("faults", "on_ack", "now_ms", "on_failed_write", "given")
+_NOT_REDIS = ("faults", "on_ack", "now_ms", "on_failed_write", "given", "note_again")
 """``SimStreams``'s attributes that are no part of what Redis holds: kept across a restore."""
 
 
@@ -54,6 +63,14 @@ class InputsTail:
         self.loss = TailLoss(seed, Acknowledged())
         self.image: tuple[dict[str, Any], dict[Any, Any], set[Any]] | None = None
         self.counts: dict[tuple[str, bytes], int] = {}  # pending entries' delivery counts as Redis came back
+        self.given_since: dict[tuple[str, bytes], set[str]] = {}  # per entry, the consumers given it since then
+        noted = driver.redis.note_again
+
+        def note_again(stream: str, held: Any, entry_id: bytes, consumer: str) -> None:
+            noted(stream, held, entry_id, consumer)
+            self.given_since.setdefault((stream, entry_id), set()).add(consumer)
+
+        driver.redis.note_again = note_again  # type: ignore[method-assign]
         world = driver.world
         world.tail = self.loss
         self.loss.witnessed = world.witnessed_loss
@@ -62,7 +79,10 @@ class InputsTail:
     def draw(self) -> str:
         """At a step's start: Redis's state saved now, or the tick drawn at which it comes back from the image."""
         world, redis, producer = self.driver.world, self.driver.redis, self.driver.producer
-        drawn = self.loss.draw(world.log, world.channels)
+        drawn = self.loss.draw(world.log, world.channels, world.lease_keys())
+        if isinstance(world, ClusterWorld):  # the ticks of the processes' owner checks; the input streams' Redis
+            self.loss.draw_leased(world.config.shards)  # is one: every key comes back together, leases too
+            self.loss.groups = None
         if self.loss.image is not None and self.image is None:
             kept = {name: value for name, value in vars(redis).items() if name not in _NOT_REDIS}
             self.image = copy.deepcopy(kept), dict(producer.facts), set(producer.malformed)
@@ -77,7 +97,7 @@ class InputsTail:
             events = [e for _, data in entries[kept.get(shard, 0):] for e in decode_entry(data).events]
             driver.applied_lost |= {named(e.fact) for e in events if isinstance(e, FactApplied)}
             driver.quarantined_lost |= {named(e.fact) for e in events if isinstance(e, FactQuarantined)}
-        World.lose_tail(driver.world)
+        type(driver.world).lose_tail(driver.world)  # the class's: this method is the instance's
         assert self.image is not None
         kept, facts, malformed = self.image
         self.image = None
@@ -90,7 +110,7 @@ class InputsTail:
         driver.tally.input_entries_lost += len(lost)
         driver._seen, driver._applied, driver._quarantined = {}, set(), set()  # the log's history cut back
         driver.owed.lost_redis()
-        self.counts = self._counts()
+        self.counts, self.given_since = self._counts(), {}
         driver.trace.append(f"Redis came back from older data: {len(lost)} input entries lost")
 
     def _counts(self) -> dict[tuple[str, bytes], int]:
@@ -102,9 +122,14 @@ class InputsTail:
                     counts[(stream, entry_id)] = max(counts.get((stream, entry_id), 0), holder[1])
         return counts
 
-    def read_since(self, stream: str, entry_id: bytes) -> bool:
-        """Whether the entry was delivered (read, read again, claimed) since Redis last came back from older data: a
-        decision of it since is made from what the instance knows then, which must not be what Redis lost."""
+    def read_since(self, stream: str, entry_id: bytes, consumer: str | None = None) -> bool:
+        """Whether the entry was delivered (read, read again, claimed) since Redis last came back from older data — to
+        ``consumer``, the one whose acknowledgement this is (None: to any): a decision of it since is made from what
+        its process knows then, which must not be what Redis lost. Several processes: another consumer given it since
+        does not make the acknowledgement of one that decided it before (from what it was given then) a decision
+        made since."""
+        if consumer is not None:
+            return consumer in self.given_since.get((stream, entry_id), set())
         return self._counts().get((stream, entry_id), 0) > self.counts.get((stream, entry_id), 0)
 
     def due_at_end(self) -> bool:
@@ -118,7 +143,27 @@ class InputsTail:
         """By the step's end (the owner check run, as it runs every owner_check_s) the instance stopped to be
         restarted, or holds only what Redis holds."""
         driver, world = self.driver, self.driver.world
+        if isinstance(world, ClusterWorld):
+            await self._after_leased(step, world)
+            return
         if not self.loss.lost_since_start:
             return
         said = "the service stopped to be restarted after Redis lost a tail"
         await held_after_loss(world, lambda: driver.restart(step, said))
+
+    async def _after_leased(self, step: int, world: ClusterWorld) -> None:
+        """Several processes (``driver.Driver.after_loss_leased``): every running one's owner check runs at the
+        step's end; after a loss a group found short was given up and is taken again from what Redis holds — no
+        process restarts, its reader goes on with what it holds — and then every group's owner holds exactly that."""
+        await world.owner_check()
+        if not self.loss.stale:
+            return
+        await world.converge_membership()
+        await world.quiesce()
+        try:
+            replay_equals_live(world, await world.recovered())
+        except Violation as exc:
+            raise Violation(f"R7: Redis lost acknowledged entries and a process, still serving the group, did not "
+                            f"notice by its owner check: {exc}") from None
+        world.forget_loss()
+        self.driver.trace.append(f"{step}: every group served from what Redis holds after it lost a tail")

@@ -67,8 +67,8 @@ async def test_an_entry_another_consumer_was_given_before_a_quarantine_write_fai
     await InputsDriver(196, Tally(), lose_tail=True).run(20)
 
 
-@pytest.mark.parametrize("others", [["--lose-tail", "--processes", "3"], ["--clock-skew", "--processes", "2"],
-                                    ["--clock-jumps"]])
+@pytest.mark.parametrize("others", [["--redis-full", "--processes", "3"], ["--shed", "--processes", "2"],
+                                    ["--fact-times"], ["--settle-faults", "--lose-tail"]])
 def test_input_streams_refuse_the_faults_their_driver_does_not_draw(
         others: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """``--input-streams`` runs its own driver (one owner process, its own faults): a flag of the other driver's
@@ -78,6 +78,41 @@ def test_input_streams_refuse_the_faults_their_driver_does_not_draw(
         main()
     assert refused.value.code == 2
     assert f"not with {others[0]}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("seed", "processes", "more"), [(0, 2, False), (119, 2, False), (58, 3, True)])
+async def test_input_streams_of_processes_whose_redis_comes_back_from_older_data_decide_every_entry_once(
+        seed: int, processes: int, more: bool) -> None:
+    """``--input-streams --processes 2|3 --lose-tail`` (``inputtail.py``, ``inputcluster.py``): the one Redis behind
+    the input streams, the logs and the leases comes back from older data; each group found short is given up and taken
+    again from what Redis holds, and the invariants of ``--input-streams --lose-tail`` hold. Seeds the model took for
+    findings: 0, an entry quarantined and written in the tail Redis lost, acknowledged after the loss from a read of
+    the quarantine stream made before it (lost with the tail, as an applied one is); 119, a lease Redis restored naming
+    a process that no longer held its group, renewed by none and never run out in the drain (the group served by
+    nobody); 58 (with ``--partition --suspends --new-addresses``), an acknowledgement of a consumer that applied its
+    entry before the loss, landing after another consumer was given it again."""
+    tally = Tally()
+    await InputsClusterDriver(seed, processes, tally, partition=more, suspends=more, new_addresses=more,
+                              lose_tail=True).run(60)
+    assert tally.tail_losses and tally.input_entries_lost and tally.takeovers, tally
+    assert tally.input_entries and tally.input_redelivered and tally.input_sent, tally
+
+
+@pytest.mark.parametrize(("seed", "processes", "lose_tail"), [(3, 1, False), (5, 2, True), (7, 3, False)])
+async def test_input_streams_read_by_processes_whose_clocks_jump_and_disagree(
+        seed: int, processes: int, lose_tail: bool) -> None:
+    """``--input-streams --clock-jumps`` (and with ``--processes``, ``--clock-skew``; ``inputclocks.py``): each reader
+    judges E7 and times its passes by its process's service clock, its host's wall clock off the others' and stepping
+    back, or jumping by hours (every clock, or one host's ahead and back): every fact stamped by the world's clock is
+    applied or quarantined once, the invariants of ``--input-streams`` hold, and every service clock counts on (R6)."""
+    tally = Tally()
+    if processes == 1:
+        await InputsDriver(seed, tally, lose_tail=lose_tail, clock_jumps=True).run(60)
+    else:
+        await InputsClusterDriver(seed, processes, tally, lose_tail=lose_tail, clock_skew=True,
+                                  clock_jumps=True).run(60)
+    assert tally.clock_jumps and (tally.clock_steps_back or processes == 1), tally
+    assert tally.input_entries and tally.input_quarantined and tally.input_redelivered, tally
 
 
 async def test_input_streams_whose_redis_comes_back_from_older_data_decide_every_entry_that_survived_once() -> None:
