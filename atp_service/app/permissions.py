@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
+from atp_service.intake.bounds import bound_key
 from atp_service.intake.quarantine import ahead_key, drawn_key, run_key, swept_runs_key, written_key
 from atp_service.intake.unread import answered_key, made_again_key, owing_key, trimmed_unread_key
 from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl, check_cluster_client
@@ -143,8 +144,8 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     (one script, ``intake/quarantine.py``), the count of entries trimmed unread kept in a hash with its answered mark
     (``intake/unread.py``), a dead consumer's entries claimed with the dead letters of those trimmed
     (``intake/claims.py``), the mark of a group made again (``intake/again.py``: set where the group is made, read and
-    forgotten by the read); leased, the consumers of processes gone for good removed, what they owed moved to this
-    one's hash (``intake/departed.py``)."""
+    forgotten by the read), the consumer's token where a group made again starts (``intake/bounds.py``); leased, the
+    consumers of processes gone for good removed, what they owed moved to this one's hash (``intake/departed.py``)."""
     group, consumer, streams = config.consumer_group, config.consumer_name, config.input_streams
     owed, dlq = trimmed_unread_key(streams[0], group, consumer), config.dead_letter_stream
     owing = owing_key(streams[0], group)  # the consumers whose reads counted a gap (the sweep's, departed.py)
@@ -162,6 +163,10 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     written = written_key(quarantine)  # the group made with its mark where it holds any fact; asked of entries under it
     needs += [Need(("EVALSHA", SHA, 3, s, mark, written), s, use) for s, mark in zip(streams, marks, strict=True)]
     needs += [Need(("EXISTS", written), written, use), Need(("ZMSCORE", written, "d"), written, use)]
+    tokens = [bound_key(s, group, consumer) for s in streams]  # where a group made again starts (intake/bounds.py)
+    needs += [Need(("EVALSHA", SHA, 2 * len(streams), *streams, *tokens), streams[0], use)]
+    needs += [Need(args, at, use) for s, mark, key in zip(streams, marks, tokens, strict=True) for args, at in (
+        (("EVALSHA", SHA, 4, s, mark, written, key), s), (("GET", key), key), (("SET", key, 1, "PX", 1), key))]
     ahead = ahead_key(quarantine)  # the entries whose ids ran ahead of their facts' writes, asked with the set
     run = run_key(quarantine, group, consumer)  # this consumer's run: a write of a run before lands nothing
     needs += [Need(("HMGET", ahead, "d"), ahead, use)]

@@ -36,22 +36,23 @@ from atp_service.intake.unread import as_bytes, made_again_key, make_group_marke
 from reservation import Fact
 
 
-async def make_group_again(client: Any, stream: str, group: str, start: bytes, unacked: Unacked,
-                           written: str) -> bool:
-    """The group made on ``stream`` after ``start`` where it is missing (True: made now), the stream's newest
-    entry then its mark (``unacked.again``, and Redis's for every reader) where ``written``, the quarantine
-    stream's set, holds any fact: the entries up to it may have been settled before, and come again. Where it
-    was there, the mark it has (a process started since it was made). Made, or perhaps made (the script's answer
-    lost: Redis may have run it), the group reads after ``start``: the reader's ``seen`` goes back to it (E6)."""
+async def make_group_again(client: Any, stream: str, group: str, unacked: Unacked, written: str, bound: str,
+                           tagged: list[tuple[bytes, bytes]]) -> tuple[bool, bytes]:
+    """The group made on ``stream`` where it is missing (True: made now) after the id told with the token Redis holds
+    in ``bound`` of ``tagged`` (``bounds.start_again``), else from the stream's start; the stream's newest entry then
+    its mark (``unacked.again``, and Redis's for every reader) where ``written``, the quarantine stream's set, holds
+    any fact: the entries up to it may have been settled before, and come again. Where it was there, the mark it has
+    (a process started since it was made). Made, the group reads after the id it answers, and the reader's ``seen``
+    goes back to it; perhaps made (the script's answer lost: Redis may have run it), from the stream's start (E6)."""
     try:
-        made, mark = await make_group_marked(client, stream, group, start, written)
+        made, mark, start = await make_group_marked(client, stream, group, b"0", written, bound, tagged)
     except BaseException:
-        unacked.starts_at(stream, start)
+        unacked.starts_at(stream, b"0")
         raise
     if made:
         unacked.starts_at(stream, start)
     unacked.marked({stream: mark})
-    return made
+    return made, start
 
 
 async def marks_of(client: Any, streams: list[str], group: str) -> dict[str, bytes | None]:

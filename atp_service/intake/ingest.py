@@ -25,11 +25,12 @@ from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
 from atp_service.intake.again import make_group_again, marks_of, quarantined_before
 from atp_service.intake.backlog import BacklogGauge
+from atp_service.intake.bounds import bound_key, start_again, tag
 from atp_service.intake.claims import Claims
 from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines
 from atp_service.intake.dead_letters import write as write_dead_letters
 from atp_service.intake.departed import DepartedConsumers
-from atp_service.intake.entries import Dead, Entry, Read, decode_all, id_key
+from atp_service.intake.entries import Dead, Entry, Read, decode_all
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
 from atp_service.intake.quarantine import Acks
@@ -38,7 +39,7 @@ from atp_service.intake.unacked import Unacked
 from atp_service.intake.unread import GroupReader
 from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
-from atp_service.storage.resp import as_text, group_lost, stream_info
+from atp_service.storage.resp import as_text, group_lost
 from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled, stop_if_cancelled
 from reservation import DomainError, Moved
 
@@ -110,34 +111,13 @@ class StreamIngestor:
             self._consumer_run = await self._desk.quarantine.run_of(  # leased, marked: no sweep takes that run
                 self._client, group, self._config.consumer_name, self._departed.mark if self._departed else None)
         for stream in self._streams:  # from the beginning: entries appended while the service was down count too
-            start = await self._start_again(stream) if again else b"0"
-            made = await make_group_again(self._client, stream, group, start, self._unacked, written)  # ``seen``: start
+            tagged = await start_again(self._client, stream, self._unacked) if again else []
+            made, start = await make_group_again(self._client, stream, group, self._unacked, written,
+                                                 bound_key(stream, group, self._config.consumer_name), tagged)
             if made and again:
                 log.warning("input stream %s had no consumer group %s (the stream or its group was deleted): "
                             "made again, read after entry %s", stream, group, as_text(start),
                             extra={"event": "ingest_group_made_again", "stream": stream})
-
-    async def _start_again(self, stream: str) -> bytes:
-        """Where a group made again reads from: after the newest entry this reader has seen there — the older
-        ones were applied, or refused (E7 judged by a clock that has moved since), and must not be judged again
-        (E8 aside) — or before the oldest it may hold unacknowledged, which the group deleted took out of its
-        pending list (``Unacked``: else never read again, no dead letter). But a stream that is gone, or whose
-        ids no longer reach that entry, was made anew (deleted, then written again): all of its entries are new
-        to the reader, and a group after that id would never deliver them — one the producer wrote far ahead
-        (an explicit id in µs) froze the stream's facts for good, with nothing failing or pending."""
-        seen = self._seen.get(stream)
-        if seen is None:
-            return b"0"
-        info = await stream_info(self._client, stream)
-        if info is not None and id_key(as_text(info["last-generated-id"]).encode()) >= id_key(seen):
-            start = self._unacked.start(stream, seen)
-            return b"0" if start == b"0-0" else start
-        log.warning("input stream %s was made anew: its ids no longer reach entry %s, the newest this reader "
-                    "had seen; all of its entries are read", stream, as_text(seen),
-                    extra={"event": "ingest_stream_made_anew", "stream": stream})
-        del self._seen[stream]  # the old stream's: the newest read is counted again in the stream made anew
-        self._unacked.made_anew(stream)
-        return b"0"
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -200,6 +180,7 @@ class StreamIngestor:
             if self._departed is not None:  # after the claim: a gone consumer's pending entries taken first
                 await self._departed.sweep()  # then its own run drawn again, where a sweep took it all the same (E8)
                 self._consumer_run = await self._departed.kept_run(self._desk.quarantine)
+            await self._tag()  # the bounds raised since, used once Redis holds the token told with them (bounds.py)
         while len(self._batches) >= cfg.ingest_inflight:
             await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
         entries = await self._read(None, block=self._block_ms())
@@ -243,6 +224,11 @@ class StreamIngestor:
             self._retry_at = time.monotonic() + self._retries.next_delay()
         else:
             self._retries.reset()
+        await self._tag()  # the bound the pass let go up, used once Redis holds the token told with it
+
+    async def _tag(self) -> None:
+        cfg = self._config
+        await tag(self._client, self._streams, cfg.consumer_group, cfg.consumer_name, self._unacked)
 
     def _block_ms(self) -> int:
         """How long a read of new entries waits: never past a pass over the pending ones that is due."""

@@ -13,6 +13,10 @@ pending. The bound only goes up when a pass over the reader's own pending list r
 it left pending then is all there is. Until the first such pass since the start, the list holds
 entries of the run before, known to no one here: the pass's position is a bound too (all are after it).
 
+Those bounds rise on what Redis showed, which Redis back from older data no longer holds: a group made again uses a
+bound only while Redis holds the token it was kept under (``bounds.py``), each kept lowered by every entry held since,
+as the bounds here are: the last ``BOUNDS_KEPT`` of them.
+
 Only this reader's entries: another process's, or a dead consumer's not claimed yet, are in no memory
 here. The group made again by another process (this reader seeing no NOGROUP) is told by the mark Redis
 keeps of it (``again``, from each read and claim: ``again.py``), so that entries it delivers again whose
@@ -30,12 +34,16 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 
 from atp_service.intake.entries import Entry, id_key
 from atp_service.storage.resp import group_lost
 
 _SEQ_MAX = (1 << 64) - 1
+BOUNDS_KEPT = 4
+"""Bounds kept under the tokens told to Redis (``bounds.tag``): Redis back from older data holds one of the last few
+(else a group made again starts from the stream's start)."""
 REFUSED_KEPT = 10_000
 """Entries refused by the clock (E7) kept per stream while a group made again could deliver them again;
 past it the oldest is forgotten, and judged again if it comes again (a stamp now within the skew applied)."""
@@ -62,12 +70,17 @@ class Unacked:
         self._next = 0
         self._first_pass: dict[str, bytes] | None = None  # where the first pass since the start is, while it is
         self._read_through = False  # a pass read the list through since the start
+        self._nonce, self._told = os.urandom(8).hex().encode(), 0  # another reader's, a run before's: not ours
+        self._tags: dict[bytes, dict[str, bytes]] = {}  # per token (oldest first), per stream a bound (none: "0")
+        self._answered: list[bytes] = []  # the tokens whose tag Redis answered (oldest first): the bounds usable
 
     def hold(self, entries: Iterable[tuple[str, bytes, object]]) -> int:
         """A batch taken in hand; its token, for ``release``."""
         lowest: dict[str, bytes] = {}
         for stream, entry_id, _ in entries:
             _lower(lowest, stream, before(entry_id))
+        for stream, bound in lowest.items():
+            self._lower_tags(stream, bound)
         self._next += 1
         self._in_hand[self._next] = lowest
         return self._next
@@ -123,6 +136,10 @@ class Unacked:
         self.seen.pop(stream, None)
         if start != b"0":
             self.seen[stream] = start
+            self._lower_tags(stream, start)
+        else:
+            for bounds in self._tags.values():
+                bounds.pop(stream, None)
 
     def note_seen(self, stream: str, entry_id: bytes) -> None:
         """``entry_id`` read from ``stream`` (``seen``: the newest)."""
@@ -151,10 +168,14 @@ class Unacked:
         self._refused.pop(stream, None)
 
     def _forget_refused(self) -> None:
-        """Each entry refused that no group made again would deliver again: at or before its start."""
+        """Each entry refused that no group made again would deliver again: at or before its start, whichever bound
+        told to Redis it starts at (``tagged``)."""
         for stream, kept in list(self._refused.items()):
             seen = self.seen.get(stream)
-            start = id_key(self.start(stream, seen)) if seen is not None else (-1, -1)
+            start = id_key(self.start(stream, seen)) if seen is not None and self._answered else (-1, -1)
+            for bounds in self._tags.values():  # a group made again starts at the one Redis holds (none: at 0)
+                bound = bounds.get(stream)
+                start = min(start, id_key(bound) if bound is not None else (-1, -1))
             del kept[:bisect.bisect_right(kept, (start, b"\xff"))]
             if not kept:
                 del self._refused[stream]
@@ -163,6 +184,7 @@ class Unacked:
         """Entries left pending: read again from the reader's own list (which a group deleted loses)."""
         for stream, entry_id in entries:
             _lower(self._left, stream, before(entry_id))
+            self._lower_tags(stream, before(entry_id))
             if self._left_in_pass is not None:
                 _lower(self._left_in_pass, stream, before(entry_id))
 
@@ -171,6 +193,9 @@ class Unacked:
         self._left_in_pass = {}
         if not self._read_through:
             self._first_pass = {}
+            for bounds in self._tags.values():  # the run before's pending entries, anywhere in the list
+                for stream in bounds:
+                    bounds[stream] = b"0-0"
 
     def pass_at(self, stream: str, after: bytes) -> None:
         """A pass over the reader's own pending list goes on after ``after`` on ``stream``."""
@@ -191,6 +216,56 @@ class Unacked:
         if self._first_pass is not None:  # the run before's pending entries, not all read yet
             bounds.append(self._first_pass.get(stream, b"0-0"))
         return min([seen, *(bound for bound in bounds if bound is not None)], key=id_key)
+
+    def tag_begun(self) -> bytes:
+        """A new token, to be told to Redis (``bounds.tag``): the bounds now kept under it, lowered from now on."""
+        self._told += 1
+        token = b"%s-%d" % (self._nonce, self._told)
+        self._tags[token] = {stream: self.start(stream, seen) for stream, seen in self.seen.items()}
+        return token
+
+    def tag_answered(self, token: bytes, read: dict[str, tuple[bytes, bytes | None] | None]) -> None:
+        """Redis holds ``token`` now, and held, as it set it, per stream the group's last delivered entry and the
+        oldest pending with this reader (``read``; None: no group there): the bounds kept under it no higher."""
+        bounds = self._tags.get(token)
+        if bounds is None:
+            return
+        for stream, held in read.items():
+            if held is None:
+                bounds.pop(stream, None)
+                continue
+            _lower_known(bounds, stream, held[0])
+            if held[1] is not None:
+                _lower_known(bounds, stream, before(held[1]))
+        self._answered.append(token)
+        for old in self._answered[:-BOUNDS_KEPT]:
+            self._tags.pop(old, None)
+        del self._answered[:-BOUNDS_KEPT]
+        self._forget_refused()
+
+    def tag_failed(self, token: bytes) -> None:
+        """The token's tag refused or its answer lost: Redis may hold it; no bound is kept under it."""
+        self._tags.pop(token, None)
+
+    def tagged(self, stream: str) -> list[tuple[bytes, bytes]]:
+        """Per token told to Redis (its tag answered), where a group made again on ``stream`` starts while Redis
+        holds it (``0``: from the stream's start)."""
+        return [(token, _made_at(self._tags[token].get(stream))) for token in self._answered]
+
+    def _lower_tags(self, stream: str, bound: bytes) -> None:
+        for bounds in self._tags.values():
+            _lower_known(bounds, stream, bound)
+
+
+def _made_at(bound: bytes | None) -> bytes:
+    return b"0" if bound is None or bound == b"0-0" else bound
+
+
+def _lower_known(bounds: dict[str, bytes], stream: str, bound: bytes) -> None:
+    """``bound`` for ``stream`` where lower: none there is the stream's start already."""
+    known = bounds.get(stream)
+    if known is not None and id_key(bound) < id_key(known):
+        bounds[stream] = bound
 
 
 def _lower(bounds: dict[str, bytes], stream: str, bound: bytes) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,9 +193,12 @@ Redis, which answers nothing else meanwhile). Past it, Redis has no ``entries-re
 until it catches up, and a gap crossed before then is not counted."""
 
 _MAKE = """
--- KEYS: the stream, its made-again mark, the quarantine stream's set of facts written. ARGV: group, '0' or the
--- entry id to read after, the most entries after it to count. Returns {1: made now, 0: there already; the
--- mark, or false}.
+-- KEYS: the stream, its made-again mark, the quarantine stream's set of facts written, and where ARGV has tokens the
+-- consumer's token beside the stream (``bounds.bound_key``). ARGV: group, '0' or the entry id to read after, the most
+-- entries after it to count, then token, entry id to read after, ... Returns {1: made now, 0: there already; the
+-- mark, or false; the id read after}.
+-- Made again, the group reads after the id told with the token Redis holds (``bounds.py``: a bound used only while
+-- Redis holds the write that justified it), or after ARGV[2] where it holds none of them.
 -- Made at an id, a group has no entries-read (Redis cannot tell how many entries reach the id), and
 -- a read crossing a gap then counts none of the entries lost. Where none after the id is gone
 -- (trimmed or deleted), its count is every entry ever added less those still after the id.
@@ -202,6 +206,12 @@ local key, mark, written, group, start, most = KEYS[1], KEYS[2], KEYS[3], ARGV[1
 """ + STREAM_ID_LUA + ACL_LUA + """
 local refused = denied({{'XINFO', 'STREAM', key}, {'EXISTS', written}, {'DEL', mark}, {'SET', mark, '0-1'}})
 if refused then return refused end  -- an ACL changed since the start: the group made, its mark refused (ACL_LUA)
+if #ARGV > 3 then  -- pcall: a token of another type (a stray key) or one denied is none held
+  local held = redis.pcall('GET', KEYS[4])
+  for i = 4, #ARGV, 2 do
+    if ARGV[i] == held then start = ARGV[i + 1] end
+  end
+end
 local create = {'XGROUP', 'CREATE', key, group, start, 'MKSTREAM'}
 if start ~= '0' and redis.call('EXISTS', key) == 1 then
   local info = redis.call('XINFO', 'STREAM', key)
@@ -216,7 +226,7 @@ if start ~= '0' and redis.call('EXISTS', key) == 1 then
 end
 local made = redis.pcall(unpack(create))
 if type(made) == 'table' and made['err'] then
-  if string.find(made['err'], 'BUSYGROUP', 1, true) then return {0, redis.call('GET', mark)} end
+  if string.find(made['err'], 'BUSYGROUP', 1, true) then return {0, redis.call('GET', mark), start} end
   return made  -- any other refusal, as the error reply itself
 end
 -- In the same script: every reader is told (the read's reply) that entries up to it may come again. None
@@ -225,10 +235,10 @@ end
 local newest = field(redis.call('XINFO', 'STREAM', key), 'last-generated-id')
 if newest == '0-0' or redis.call('EXISTS', written) == 0 then
   redis.call('DEL', mark)
-  return {1, false}
+  return {1, false, start}
 end
 redis.call('SET', mark, newest)
-return {1, newest}
+return {1, newest, start}
 """
 
 
@@ -261,15 +271,18 @@ def trimmed_unread_key(stream: str, group: str, consumer: str) -> str:
     return f"{stream}:{TRIMMED_UNREAD}:{group}:{consumer}"
 
 
-async def make_group_marked(client: Any, stream: str, group: str, start: bytes,
-                            written: str) -> tuple[bool, bytes | None]:
-    """``resp.make_group`` after ``start`` (``0``, or a full ``ms-seq`` id), the group's count of entries
-    read set where it can be known: else the first gap it crosses goes uncounted and unlogged — facts lost
-    with no alert (ATPInputTrimmedUnread). Whether it was made now, and the group's made-again mark (set
-    now where ``written``, the quarantine stream's set, holds any fact, or the one it has: ``_MAKE``)."""
-    made, mark = await client.register_script(_MAKE)(keys=[stream, made_again_key(stream, group), written],
-                                                     args=[group, start, REMADE_GROUP_COUNT_MAX])
-    return bool(made), None if mark is None else as_bytes(mark)
+async def make_group_marked(client: Any, stream: str, group: str, start: bytes, written: str, bound: str | None = None,
+                            tagged: Sequence[tuple[bytes, bytes]] = ()) -> tuple[bool, bytes | None, bytes]:
+    """``resp.make_group`` after ``start`` (``0``, or a full ``ms-seq`` id) — or after the id told with the token
+    ``bound`` holds, of ``tagged`` (token, id) — the group's count of entries read set where it can be known: else
+    the first gap it crosses goes uncounted and unlogged — facts lost with no alert (ATPInputTrimmedUnread). Whether
+    it was made now, the group's made-again mark (set now where ``written``, the quarantine stream's set, holds any
+    fact, or the one it has: ``_MAKE``), and the id it was made after."""
+    keys = [stream, made_again_key(stream, group), written, *([bound] if tagged and bound is not None else [])]
+    pairs = [one for pair in tagged for one in pair] if bound is not None else []
+    made, mark, after = await client.register_script(_MAKE)(keys=keys, args=[group, start, REMADE_GROUP_COUNT_MAX,
+                                                                             *pairs])
+    return bool(made), None if mark is None else as_bytes(mark), as_bytes(after)
 
 
 def as_bytes(value: Any) -> bytes:

@@ -32,7 +32,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from atp_service.intake import claims, dead_letters, departed, runs, unread
+from atp_service.intake import bounds, claims, dead_letters, departed, runs, unread
 from atp_service.intake.entries import id_key
 from atp_service.storage.nodes import Call
 from tests.sim import inputscripts, inputsweep
@@ -106,6 +106,7 @@ class SimStreams:
         self.owing: dict[str, set[str]] = {}  # the groups' sets of consumers owing (``unread.owing_key``)
         self.swept: list[tuple[str, int]] = []  # consumers the sweep removed (``inputsweep``), entries moved
         self.marks: dict[str, bytes] = {}  # the groups' made-again marks (``again.py``), by key
+        self.tokens: dict[str, bytes] = {}  # each consumer's token beside each stream (``bounds.bound_key``), by key
         self.runs: dict[str, int] = {}  # the consumers' runs (``quarantine.run_key``), by key
         self.runs_swept: dict[str, int] = {}  # the highest run swept with its consumer (``quarantine.swept_runs_key``)
         self.drawn: dict[str, dict[str, int]] = {}  # each consumer's draws: token -> run (``quarantine.drawn_key``)
@@ -156,6 +157,7 @@ class SimStreams:
 
     def register_script(self, source: str) -> Callable[..., Any]:
         run = {unread._READ: self._read_new, unread._ACK: self._forget_owed, unread._MAKE: self._make,
+               bounds._TAG: lambda keys, args: inputscripts.tag(self, keys, args),
                claims._CLAIM: lambda keys, args: inputscripts.autoclaim(self, keys, args),
                dead_letters._WRITE: lambda keys, args: inputscripts.write_dead_letters(self, keys, args),
                departed._SWEEP: lambda keys, args: inputsweep.sweep(self, keys, args),
@@ -164,6 +166,8 @@ class SimStreams:
                 departed._SWEEP: "sweep"}.get(source, "script")
 
         async def call(keys: list[str], args: list[Any]) -> Any:
+            if source == bounds._TAG:  # answered at once, no fault drawn: the seeds' runs as they were (its lost
+                return run(keys, args)  # answer: tests/atp_service/intake/test_group_lost_older_data.py)
             await asyncio.sleep(0)
             kind, ran = self.faults.draw(what, 1)
             out = run(keys, args) if ran else None
@@ -249,11 +253,14 @@ class SimStreams:
         """``unread._MAKE``: made at ``0`` (counted) or after an id, the group's count of entries read set where no
         entry after ``start`` is gone and at most ``most`` follow it; its made-again mark the stream's newest id (none
         on an empty stream, or where the quarantine stream's set holds no fact). There already (BUSYGROUP): nothing
-        made, the mark it has answered."""
-        (stream, mark, written), group, start, most = keys, _text(args[0]), _id(args[1]), int(args[2])
+        made, the mark it has answered. Tokens told (``bounds.py``): after the id told with the one the consumer's token
+        holds, else after ``start``."""
+        (stream, mark, written), group, start, most = keys[:3], _text(args[0]), _id(args[1]), int(args[2])
+        held_token = self.tokens.get(keys[3]) if len(keys) > 3 else None
+        start = next((_id(args[i + 1]) for i in range(3, len(args), 2) if _id(args[i]) == held_token), start)
         held = self.streams.get(stream)
         if held is not None and group in held.groups:
-            return [0, self.marks.get(mark)]
+            return [0, self.marks.get(mark), start]
         first = next(iter(held.entries), None) if held is not None else None
         counted = start == b"0" or (first is not None and id_key(first) <= id_key(start) and
                                     sum(id_key(e) > id_key(start) for e in held.entries) <= most)  # type: ignore[union-attr]
@@ -262,9 +269,9 @@ class SimStreams:
         newest = self.streams[stream].last_id
         if newest == b"0-0" or not self.written.get(written):  # the quarantine stream holds no fact
             self.marks.pop(mark, None)
-            return [1, None]
+            return [1, None, start]
         self.marks[mark] = newest
-        return [1, newest]
+        return [1, newest, start]
 
     def _group(self, stream: str, group: str) -> tuple[Stream, Group]:
         held = self.streams.get(stream)

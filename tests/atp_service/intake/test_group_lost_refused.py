@@ -93,7 +93,8 @@ async def test_a_fact_refused_in_the_future_as_its_group_was_made_again_before_i
 
 
 def test_an_entry_refused_is_remembered_only_while_a_group_made_again_could_deliver_it_again() -> None:
-    """Bounded: kept while an entry older than it is held unacknowledged, forgotten once none is."""
+    """Bounded: kept while an entry older than it is held unacknowledged, or no bound Redis holds is past it (a group
+    made again there reads the stream from its start: ``bounds.py``), forgotten once neither is."""
     unacked = Unacked()
     held = unacked.hold([(STREAM, b"5-0", None)])
     unacked.refused([(STREAM, b"6-0")])
@@ -103,5 +104,8 @@ def test_an_entry_refused_is_remembered_only_while_a_group_made_again_could_deli
     unacked.release(held)
     unacked.refused([(STREAM, b"8-0")])
     unacked.note_seen(STREAM, b"8-0")
-    unacked.release(unacked.hold([(STREAM, b"9-0", None)]))  # nothing older held: neither delivered again
+    unacked.release(unacked.hold([(STREAM, b"9-0", None)]))  # nothing older held
+    assert unacked.judged([(STREAM, b"6-0", None)])[1] == [(STREAM, b"6-0")]  # no bound Redis holds: from the start
+    token = unacked.tag_begun()  # told Redis (bounds.tag), which had delivered 9-0 and held nothing pending
+    unacked.tag_answered(token, {STREAM: (b"9-0", None)})  # neither delivered again
     assert unacked.judged([(STREAM, b"6-0", None), (STREAM, b"8-0", None)])[1] == []

@@ -37,7 +37,10 @@ async def test_entries_trimmed_unread_after_the_group_was_made_again_are_counted
     settings = dataclasses.replace(ServiceConfig(input_streams=(STREAM,)).ingest_settings, ingest_count=1)
     ingestor = StreamIngestor(connect_any(redis_url, 2.0), desk, settings, ManualClock(T))
     try:
-        ingestor._seen[STREAM] = seen  # the newest entry this reader had seen (p0)
+        r.xreadgroup("atp", settings.consumer_name, {STREAM: ">"}, count=1)  # p0: the newest this reader has seen
+        r.xack(STREAM, "atp", seen)
+        ingestor._seen[STREAM] = seen
+        await ingestor._tag()  # told Redis (bounds.py): a group made again reads after p0 while Redis holds it
         r.xgroup_destroy(STREAM, "atp")
         await ingestor._create_groups(again=True)  # as the reading loop does after NOGROUP
         for n in (2, 3):
