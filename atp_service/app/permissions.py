@@ -163,10 +163,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     written = written_key(quarantine)  # the group made with its mark where it holds any fact; asked of entries under it
     needs += [Need(("EVALSHA", SHA, 3, s, mark, written), s, use) for s, mark in zip(streams, marks, strict=True)]
     needs += [Need(("EXISTS", written), written, use), Need(("ZMSCORE", written, "d"), written, use)]
-    tokens = [bound_key(s, group, consumer) for s in streams]  # where a group made again starts (intake/bounds.py)
-    needs += [Need(("EVALSHA", SHA, 2 * len(streams), *streams, *tokens), streams[0], use)]
-    needs += [Need(args, at, use) for s, mark, key in zip(streams, marks, tokens, strict=True) for args, at in (
-        (("EVALSHA", SHA, 4, s, mark, written, key), s), (("GET", key), key), (("SET", key, 1, "PX", 1), key))]
+    needs += _bound_needs(config, marks, written, use)
     ahead = ahead_key(quarantine)  # the entries whose ids ran ahead of their facts' writes, asked with the set
     run = run_key(quarantine, group, consumer)  # this consumer's run: a write of a run before lands nothing
     needs += [Need(("HMGET", ahead, "d"), ahead, use)]
@@ -190,6 +187,16 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     needs += _sent_whole(needs) if config.redis_cluster else []  # each script above the cluster client's
     return needs + [Need(("EVALSHA", SHA, 6, quarantine, written, run, ahead, swept, s), s, use)  # a write lane's
                     for s in streams]
+
+
+def _bound_needs(config: ServiceConfig, marks: list[str], written: str, use: str) -> list[Need]:
+    """The consumer's tokens, one per stream, where a group made again starts (``intake/bounds.py``): set with what
+    the group holds read (one script), read where the group is made (``unread._MAKE``)."""
+    streams = config.input_streams
+    tokens = [bound_key(s, config.consumer_group, config.consumer_name) for s in streams]
+    needs = [Need(("EVALSHA", SHA, 2 * len(streams), *streams, *tokens), streams[0], use)]
+    return needs + [Need(args, at, use) for s, mark, key in zip(streams, marks, tokens, strict=True) for args, at in (
+        (("EVALSHA", SHA, 4, s, mark, written, key), s), (("GET", key), key), (("SET", key, 1, "PX", 1), key))]
 
 
 def _sent_whole(needs: list[Need]) -> list[Need]:
