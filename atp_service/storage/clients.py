@@ -103,6 +103,7 @@ class _Cluster(aioredis.RedisCluster):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._asked: dict[str, _AskedNode] = {}  # the most recently asked last
         self._closing: set[asyncio.Future[None]] = set()  # connections let go in the background, closing (aclose)
+        self._failed_last: str | None = None  # the node that last did not answer a command (``initialize``)
         super().__init__(*args, **kwargs)
         self.commands_parser = _CommandTable(self.nodes_manager)
 
@@ -135,6 +136,21 @@ class _Cluster(aioredis.RedisCluster):
         if self._initialize and self.get_default_node() is None:
             await self.initialize()
         return await super().execute_command(*args, **kwargs)
+
+    async def initialize(self, additional_startup_nodes_info: Any = None,
+                         last_failed_node_name: str | None = None) -> Any:
+        """The slot map read, the node that last did not answer a command asked last: redis-py (8.1) asked the nodes
+        in a random order, and put the one that failed last only within its own retries (none here): a read after a
+        command a hung node did not answer asked it first one time in as many nodes, and every command of the client
+        waited out the socket timeout behind it (the read holds a lock)."""
+        return await super().initialize(additional_startup_nodes_info, last_failed_node_name or self._failed_last)
+
+    async def _execute_command(self, target_node: ClusterNode, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super()._execute_command(target_node, *args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # not answering: asked last (``initialize``)
+            self._failed_last = getattr(exc, "last_failed_node_name", None) or self._failed_last
+            raise
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
         """XREAD and XREADGROUP routed by the streams they name, read here: redis-py (8.1) asked one node (the one
