@@ -124,7 +124,7 @@ class Nodes:
         if not self._mapped:
             await self.reader.initialize()  # once: the slot map, on the first call
             self._mapped = True
-            await self._learn_nodes()
+            self._learning = asyncio.ensure_future(self._learn_nodes())  # not waited: it asks the default node
         # Only the calls to a node that failed or redirected one since the map was read wait for the
         # map to be read again: that read may ask a hung node first and wait out its timeout (or find
         # no other node to ask), and the nodes that answer must not wait with it.

@@ -1,0 +1,40 @@
+"""The writer (``Nodes``) lists the cluster's nodes (``CLUSTER NODES``, best effort) after its first read of the slot
+map, and redis-py sends that to its default node, the primary of the first slots. Awaited before the first write,
+with that node hung (SIGSTOP: it takes connections and bytes, answers nothing) every shard's first write waited out
+the socket timeout, whichever primary held it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from atp_service.storage.embedded_cluster import EmbeddedCluster
+from atp_service.storage.nodes import Call, Script, open_nodes
+from tests.atp_service.storage.test_cluster_hung_other_node import _a_key_per_primary, _stopped
+
+TIMEOUT_S = 30.0
+"""Long: the write is answered while the list is still unanswered, whatever the machine's pace."""
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+    """A cluster of its own (its nodes are stopped), whose nodes never declare one failed within the test."""
+    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
+        yield formed
+
+
+async def test_the_first_write_to_a_primary_is_answered_while_the_default_node_hangs(cluster: EmbeddedCluster) -> None:
+    nodes = open_nodes(cluster.url, TIMEOUT_S, cluster=True)
+    try:
+        await nodes.reader.initialize()
+        default = nodes.reader.get_default_node().port
+        keys = await _a_key_per_primary(nodes.reader, cluster)
+        key = next(key for port, key in keys.items() if port != default)
+        with _stopped(next(node for node in cluster.primaries if node.port == default)):
+            written = await nodes.run_one(Call(Script("return redis.call('SET', KEYS[1], ARGV[1])"), [key], ["v"]))
+            assert written == b"OK"
+            assert nodes._learning is not None and not nodes._learning.done()  # the list: still unanswered
+    finally:
+        await nodes.aclose()
