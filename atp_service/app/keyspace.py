@@ -178,8 +178,9 @@ async def watch_eviction(store: LogStore, unsafe: Any) -> bool:
     (OPERATIONS.md, "Redis may evict the service's keys"). False: ``CONFIG`` is forbidden or renamed
     (the start said so), ask no more — each refusal would be one more error in Redis's stats and ``ACL LOG``."""
     refusing: set[str] = set()  # replicas answering BUSY (a long script): their last value kept, as a primary's
+    failed: list[BaseException] = []  # primaries that did not answer (named in ``refusing`` too), the rest asked
     try:
-        configs = await node_configs(store.client, "maxmemory-policy", refusing=refusing)
+        configs = await node_configs(store.client, "maxmemory-policy", refusing=refusing, failed=failed)
     except ResponseError as exc:  # else (BUSY: a long script) asked again next time
         return not (isinstance(exc, NoPermissionError) or "unknown command" in str(exc).lower())
     seen = {sample.labels["node"]: sample.value for metric in unsafe.collect() for sample in metric.samples}
@@ -197,6 +198,8 @@ async def watch_eviction(store: LogStore, unsafe: Any) -> bool:
         elif refusal is None and was:
             log.info("%s maxmemory-policy is %s again: it evicts none of the service's keys", where, policy,
                      extra={"event": "redis_eviction_safe", "node": node, "policy": policy})
+    if failed:  # once the others are read: the owner check reads the slot map again (a failover), as before
+        raise failed[0]
     return True
 
 

@@ -17,19 +17,23 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-async def node_configs(client: Any, *names: str, refusing: set[str] | None = None) -> list[tuple[str, dict[Any, Any]]]:
+async def node_configs(client: Any, *names: str, refusing: set[str] | None = None,
+                       failed: list[BaseException] | None = None) -> list[tuple[str, dict[Any, Any]]]:
     """The settings ``names`` of each node, with the words naming it (``ResponseError`` where
     ``CONFIG`` is forbidden). A cluster client sends ``CONFIG GET`` to one node (redis-py: its
     default node), so a primary elsewhere set to evict — the keys of its slots lost under memory
     pressure — went unseen: each node is asked. A replica too (a failover promotes it), unless it
     does not answer: it is then named in a warning. ``refusing``: where given, the names of the
     replicas refusing for a while (``BUSY``) are added there instead, unwarned: the caller keeps what
-    it read of them last (``watch_eviction``, while serving)."""
+    it read of them last (``watch_eviction``, while serving). ``failed``: where given too, a primary that
+    does not answer is named in ``refusing`` and its failure added there, and the nodes after it asked
+    all the same: raised at once, one hung primary left every node after it unread while it hung."""
 
     async def ask(**target: Any) -> dict[Any, Any]:
         return {k: v for name in names for k, v in (await client.config_get(name, **target)).items()}
 
-    return await _each_node(client, ask, "CONFIG GET", "make sure its maxmemory-policy is noeviction", refusing)
+    return await _each_node(client, ask, "CONFIG GET", "make sure its maxmemory-policy is noeviction", refusing,
+                            failed)
 
 
 async def node_versions(client: Any) -> list[tuple[str, str]]:
@@ -42,7 +46,8 @@ async def node_versions(client: Any) -> list[tuple[str, str]]:
 
 
 async def _each_node(client: Any, ask: Callable[..., Awaitable[T]], command: str,
-                     unanswered: str, refusing: set[str] | None = None) -> list[tuple[str, T]]:
+                     unanswered: str, refusing: set[str] | None = None,
+                     failed: list[BaseException] | None = None) -> list[tuple[str, T]]:
     """``ask``'s answer from one Redis, or from every node of a cluster (``target_nodes``); a replica
     that does not answer is named in a warning saying ``unanswered`` (a failover promotes it), and so is
     one that refuses for a while (``resp.passing``: ``BUSY``, a long read-only script there) — taken for
@@ -57,6 +62,11 @@ async def _each_node(client: Any, ask: Callable[..., Awaitable[T]], command: str
         try:
             answer = await ask(target_nodes=node)
         except (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
+            if failed is not None and refusing is not None and node.server_type == "primary" and not isinstance(
+                    exc, ResponseError):  # not answering, while serving: the others asked (see ``node_configs``)
+                failed.append(exc)
+                refusing.add(node.name)
+                continue
             if node.server_type == "primary" or (isinstance(exc, ResponseError) and not passing(exc)):
                 raise
             if refusing is not None and isinstance(exc, ResponseError):  # not passed over: what was read stands
