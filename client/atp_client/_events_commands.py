@@ -153,6 +153,7 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
+        from atp_client._cluster import Cluster
         from atp_client._publish import entries, write
     except ImportError:
         raise SystemExit("atpctl: events publish needs the redis package: pip install 'atp-client[redis]'") from None
@@ -165,7 +166,7 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
     bounds = {"socket_timeout": args.timeout, "socket_connect_timeout": args.timeout}  # --timeout: each call's
     try:  # a cluster client's retry sent a chunk's redirected entry again after its connection was lost: its answer
         # was that later try's, a refusal counted not written, where the lost try may have been (R7, E8). None: in doubt
-        client = (aioredis.RedisCluster.from_url(redis_url, retry=Retry(NoBackoff(), 0), **bounds) if args.redis_cluster
+        client = (Cluster.from_url(redis_url, retry=Retry(NoBackoff(), 0), **bounds) if args.redis_cluster
                   else aioredis.Redis.from_url(redis_url, **bounds))
     except ValueError as exc:  # a bad command line, as argparse says it (the URL unsaid: it may hold a password)
         print(f"atpctl: error: argument --redis-url: {_unquoted(exc)}", file=sys.stderr)

@@ -1,0 +1,56 @@
+"""``atpctl events publish --redis-cluster`` while a primary other than the stream's hangs (SIGSTOP: it takes
+connections and bytes, answers nothing): the entries are written to the stream's primary.
+redis-py read its command table (``COMMAND``) from its default node — the primary of the first slots — before the
+first command, so with that node hung nothing was published (exit 6, "Timeout reading from" that node) for as long
+as it hung, whichever primary held the stream. Each primary but the stream's is stopped in turn, so the default
+node is among them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from atp_service.storage.embedded_cluster import EmbeddedCluster
+from tests.atp_client.test_ctl import receipt
+
+FIRST_SLOTS_END = 5460
+"""The last slot of the first primary's range (three primaries split 16,384 in even ranges)."""
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+    """A cluster of its own (its nodes are stopped), whose nodes never declare one failed within the test."""
+    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
+        yield formed
+
+
+def test_entries_are_published_to_the_stream_s_primary_while_another_hangs(cluster: EmbeddedCluster,
+                                                                            tmp_path: Path) -> None:
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(receipt(0, int(time.time() * 1000)) + "\n")
+    with redis.RedisCluster.from_url(cluster.url) as admin:
+        stream = next(name for n in range(1000) if admin.keyslot(name := f"atp:in:pos{n}") > FIRST_SLOTS_END)
+        holder = next(node for node in cluster.primaries if node.port == admin.get_node_from_key(stream).port)
+    for hung in cluster.primaries:
+        if hung is holder:
+            continue
+        assert hung.process is not None
+        os.kill(hung.process.pid, signal.SIGSTOP)
+        try:
+            done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--json", "--timeout", "1", "events",
+                                   "publish", str(facts), "--stream", stream, "--redis-url", holder.url,
+                                   "--redis-cluster"], capture_output=True, text=True, timeout=60)
+        finally:
+            os.kill(hung.process.pid, signal.SIGCONT)
+        assert done.returncode == 0, (done.returncode, done.stderr)
+        assert json.loads(done.stdout) == {"stream": stream, "published": 1, "in_doubt": 0}, done.stdout
+
