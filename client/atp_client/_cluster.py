@@ -1,8 +1,10 @@
 """atpctl's Redis Cluster client (``events publish --redis-cluster``): redis-py's, its command table read from
-whichever node answers. Needs the redis package (``atp-client[redis]``)."""
+whichever node answers, an ASK followed to a node serving no slot yet. Needs the redis package
+(``atp-client[redis]``)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from redis._parsers.commands import AsyncCommandsParser
@@ -12,13 +14,45 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+ASKED_NODES_MOST = 8
+"""Nodes an ASK named that no slot map does, kept (``Cluster.get_node``); past it, the one asked first is let go."""
+
 
 class Cluster(RedisCluster):
-    """redis-py's cluster client, reading its command table as ``_CommandTable`` does."""
+    """redis-py's cluster client, reading its command table as ``_CommandTable`` does, and following an ASK (the
+    stream's slot migrating, the stream on the importing node already) to a node no slot map names yet: one an
+    operator just added, importing its first slot. redis-py looked the node up in its slot map, found none, and the
+    entry ended ``AttributeError`` ('NoneType' object has no attribute 'execute_command'), for as long as the slot
+    migrated. ``ASKING`` and the command go on one connection: atpctl sends one command at a time, so the node holds
+    one connection, the one ``ASKING`` just freed."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._asked: dict[str, ClusterNode] = {}  # by the ASK's name for it, the most recently made last
+        self._closing: set[asyncio.Future[None]] = set()  # those let go, closing (``aclose`` waits for them)
         super().__init__(*args, **kwargs)
         self.commands_parser = _CommandTable(self.nodes_manager)
+
+    def get_node(self, host: str | None = None, port: int | None = None,
+                 node_name: str | None = None) -> ClusterNode | None:
+        found = super().get_node(host, port, node_name)
+        if found is not None or host is not None or port is not None or not node_name:
+            return found
+        found = self._asked.get(node_name)  # redis-py's lookup of an ASK's node: by its name alone
+        if found is None:
+            address, _, port_text = node_name.rpartition(":")
+            found = ClusterNode(address, int(port_text), PRIMARY, **self.nodes_manager.connection_kwargs)
+            self._asked[node_name] = found
+            for older in list(self._asked)[:-ASKED_NODES_MOST]:
+                closing = asyncio.ensure_future(self._asked.pop(older).disconnect())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+        return found
+
+    async def aclose(self) -> None:
+        """Every connection closed, those of the nodes an ASK named too."""
+        await super().aclose()
+        asked, self._asked = self._asked, {}
+        await asyncio.gather(*(node.disconnect() for node in asked.values()), *self._closing, return_exceptions=True)
 
 
 class _CommandTable(AsyncCommandsParser):

@@ -1,9 +1,9 @@
-"""``atpctl events publish --redis-cluster`` while a primary other than the stream's hangs (SIGSTOP: it takes
-connections and bytes, answers nothing): the entries are written to the stream's primary.
+"""``atpctl events publish --redis-cluster`` while the cluster changes. A primary other than the stream's hangs
+(SIGSTOP: it takes connections and bytes, answers nothing): the entries are written to the stream's primary.
 redis-py read its command table (``COMMAND``) from its default node — the primary of the first slots — before the
 first command, so with that node hung nothing was published (exit 6, "Timeout reading from" that node) for as long
 as it hung, whichever primary held the stream. Each primary but the stream's is stopped in turn, so the default
-node is among them."""
+node is among them. And the stream's slot migrates to an added node: the entries follow the ASK there."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import redis
 
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from tests.atp_client.test_ctl import receipt
+from tests.slot_moves import SlotMove
 
 FIRST_SLOTS_END = 5460
 """The last slot of the first primary's range (three primaries split 16,384 in even ranges)."""
@@ -54,3 +55,30 @@ def test_entries_are_published_to_the_stream_s_primary_while_another_hangs(clust
         assert done.returncode == 0, (done.returncode, done.stderr)
         assert json.loads(done.stdout) == {"stream": stream, "published": 1, "in_doubt": 0}, done.stdout
 
+
+def test_entries_are_published_where_an_ask_sends_them_to_a_node_serving_no_slot_yet(tmp_path: Path) -> None:
+    """An operator scaling out: the added node imports the stream's slot, the stream moved already, and the node
+    that serves the slot answers ASK. redis-py looked the named node up in its slot map, which names no node serving
+    no slot yet: the entry ended ``AttributeError`` ('NoneType' object has no attribute 'execute_command'), exit 6,
+    for as long as the slot migrated (for good, a reshard left half-done)."""
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(receipt(0, int(time.time() * 1000)) + "\n")
+    with EmbeddedCluster(tmp_path / "cluster", primaries=1) as cluster:
+        source, stream = cluster.primaries[0], "atp:in:pos"
+        with redis.Redis(host="127.0.0.1", port=source.port) as admin:
+            admin.xadd(stream, {"before": "1"})
+            slot = int(admin.execute_command("CLUSTER", "KEYSLOT", stream))
+        added = cluster.add_node()
+        move = SlotMove(cluster, slot, source.port, added.port)
+        move.begin()
+        try:
+            move.move_keys()  # the slot still the source's, which answers ASK for the stream
+            done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--json", "--timeout", "5", "events",
+                                   "publish", str(facts), "--stream", stream, "--redis-url", source.url,
+                                   "--redis-cluster"], capture_output=True, text=True, timeout=60)
+        finally:
+            move.finish()
+        assert done.returncode == 0, (done.returncode, done.stderr)
+        assert json.loads(done.stdout) == {"stream": stream, "published": 1, "in_doubt": 0}, done.stdout
+        with redis.Redis(host="127.0.0.1", port=added.port) as moved:
+            assert moved.xlen(stream) == 2
