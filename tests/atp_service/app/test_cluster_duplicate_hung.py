@@ -20,7 +20,7 @@ from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from atp_service.storage.embedded_cluster import EmbeddedCluster
-from tests.atp_service.app.test_cluster_hung_primary import _a_sku_per_shard
+from tests.atp_service.app.test_cluster_hung_primary import _a_sku_per_shard, _shard_ports
 from tests.atp_service.fact_helpers import F
 from tests.conftest import test_config as make_config
 from tests.waiting import until
@@ -49,7 +49,7 @@ async def test_a_hung_primary_leaves_the_duplicates_of_other_primaries_shards_ac
         engine = service.engine
         assert engine is not None
         skus = _a_sku_per_shard(engine)
-        port = {shard: int(engine.log_client.get_node_from_key(engine._log.keys.log(shard)).port) for shard in skus}
+        port = _shard_ports(engine, skus)
         at = engine.log_client.get_node_from_key(STREAM)
         hung = next(n for n in cluster.primaries if n.port != int(at.port) and n.port in port.values())
         away = next(shard for shard in skus if port[shard] == hung.port)

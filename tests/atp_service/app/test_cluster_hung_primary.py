@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,6 +47,11 @@ def _a_sku_per_shard(engine: Engine) -> dict[int, str]:
     raise AssertionError("no SKU for some shard")
 
 
+def _shard_ports(engine: Engine, shards: Iterable[int]) -> dict[int, int]:
+    """The port of the primary that serves each shard's log."""
+    return {shard: int(engine.log_client.get_node_from_key(engine._log.keys.log(shard)).port) for shard in shards}
+
+
 async def _state(client: AtpClient, skus: list[str]) -> tuple[list[tuple[int, int]], list[int]]:
     """Every SKU's (on hand, reserved) at S1, and the state of each reservation of this test."""
     positions = [(p.on_hand, p.reserved) for p in await client.availability([(sku, "S1") for sku in skus])]
@@ -64,7 +69,7 @@ async def test_a_hung_primary_holds_no_reserve_of_a_shard_served_by_another(clus
         assert engine is not None
         skus = _a_sku_per_shard(engine)
         await client.record_events([receipt(f"stock-{sku}", sku, "S1", 10) for sku in skus.values()])
-        port = {shard: int(engine.log_client.get_node_from_key(engine._log.keys.log(shard)).port) for shard in skus}
+        port = _shard_ports(engine, skus)
         hung = next(node for node in cluster.primaries if node.port == port[0])
         elsewhere = next(shard for shard in skus if port[shard] != hung.port)
         assert hung.process is not None

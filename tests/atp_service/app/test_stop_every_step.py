@@ -22,6 +22,23 @@ from tests.conftest import STOP_LIMIT_S
 from tests.conftest import test_config as make_config
 
 
+async def shut_down_here(service: AtpService) -> int:
+    """``atp-service serve``'s stop of ``service`` (``shutdown.shut_down``), bounded; its exit status. The signal
+    handlers it sets (a second signal exits at once) are given back to the test process however it ends."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await asyncio.wait_for(shutdown.shut_down(service.config, service, shutdown.StopRequest(None)),
+                                      STOP_LIMIT_S)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)  # the test process's own again
+
+
+def service_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The lines the service's own logger wrote (its stop's, ``atp_service``), in order."""
+    return [r for r in caplog.records if r.name == "atp_service"]
+
+
 async def test_a_step_of_the_stop_that_raises_leaves_the_later_steps_run(
         redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Defect: ``_stop`` ran its steps one after another, so an exception from an early one (here the
@@ -70,16 +87,9 @@ async def test_a_stop_a_step_of_which_raised_exits_1_unless_a_reason_to_stop_has
     caplog.set_level(logging.INFO, logger="atp_service")
     if failed:
         service.failed.set()
-    loop = asyncio.get_running_loop()
-    try:
-        stopping = shutdown.shut_down(service.config, service, shutdown.StopRequest(None))
-        status = await asyncio.wait_for(stopping, STOP_LIMIT_S)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)  # the test process's own again
-    assert status == (shutdown.EXIT_SHARD_FAILED if failed else 1)
+    assert await shut_down_here(service) == (shutdown.EXIT_SHARD_FAILED if failed else 1)
     assert service.engine is not None and all(actor._stopping for actor in service.engine.actors)
-    last = [r for r in caplog.records if r.name == "atp_service"][-1]  # not the clean ``stopped``: a step failed
+    last = service_lines(caplog)[-1]  # not the clean ``stopped``: a step failed
     assert (last.levelname, getattr(last, "event", None), getattr(last, "why", None)) == (
         "WARNING", "stopped_unclean", "steps_failed"), last.getMessage()
     assert "1 step(s) of the stop failed" in last.getMessage()
@@ -91,15 +101,8 @@ async def test_a_clean_stop_ends_its_log_saying_it_stopped(redis_url: str, caplo
     service = AtpService(make_config(), redis_url)
     await service.start()
     caplog.set_level(logging.INFO, logger="atp_service")
-    loop = asyncio.get_running_loop()
-    try:
-        status = await asyncio.wait_for(shutdown.shut_down(service.config, service, shutdown.StopRequest(None)),
-                                        STOP_LIMIT_S)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    assert status == 0
-    said = [r for r in caplog.records if r.name == "atp_service"]
+    assert await shut_down_here(service) == 0
+    said = service_lines(caplog)
     assert getattr(said[0], "event", None) == "shutdown"
     last = said[-1]
     assert (last.levelname, getattr(last, "event", None)) == ("INFO", "stopped"), last.getMessage()

@@ -4,17 +4,14 @@ read of one failure where there were a thousand."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 
 import pytest
 
 from atp_service import AtpService
-from atp_service.app import shutdown
 from atp_service.edge.ratelog import RateLimitedLog
 from atp_service.logs import EveryInterval, noted_now_and_then, say_left_out
-from tests.conftest import STOP_LIMIT_S
+from tests.atp_service.app.test_stop_every_step import shut_down_here
 from tests.conftest import test_config as make_config
 
 
@@ -62,12 +59,5 @@ async def test_a_serving_process_s_stop_says_the_lines_left_out(
     for _ in range(4):
         housekeeper._deferred(TimeoutError("a part's Redis away"), "r1", 1)
     caplog.set_level(logging.WARNING)
-    loop = asyncio.get_running_loop()
-    try:
-        status = await asyncio.wait_for(shutdown.shut_down(service.config, service, shutdown.StopRequest(None)),
-                                        STOP_LIMIT_S)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)  # the test process's own again
-    assert status == 0
+    assert await shut_down_here(service) == 0
     assert _said(caplog, "expiry_deferred") == [("atp_service.logs", "expiry_deferred", 3)]  # was: []
