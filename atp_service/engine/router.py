@@ -114,15 +114,19 @@ class Engine(RecordChanges):
         if self.orders is not None:
             self.orders.stop()  # a saga stopped half-way is driven on after the restart
         # At once: each drains up to 2 x redis_timeout_s while Redis does not answer (64 in turn: minutes).
-        for outcome in await asyncio.gather(*(actor.stop() for actor in self.actors), return_exceptions=True):
+        actors = list(self.actors)
+        outcomes = await asyncio.gather(*(actor.stop() for actor in actors), return_exceptions=True)
+        # Whatever one shard's stop raised (a bug), the rest of the stop runs, and its failure is raised after.
+        await stopped_changes(self._changes)  # each answered by its shards' stop; none left pending past it
+        # A failed shard's memory is not to be trusted (its log is), nor one whose stop raised. Once Redis does not
+        # answer one final snapshot, no other is tried: each would wait out redis_timeout_s in turn, for nothing the
+        # logs hold not (R7).
+        for actor, outcome in zip(actors, outcomes, strict=True) if snapshot else ():
+            if actor.failure is None and outcome is None and not await actor.final_snapshot():
+                break
+        for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        await stopped_changes(self._changes)  # each answered by its shards' stop; none left pending past it
-        # A failed shard's memory is not to be trusted (its log is). Once Redis does not answer one final snapshot,
-        # no other is tried: each would wait out redis_timeout_s in turn, for nothing the logs hold not (R7).
-        for actor in self.actors if snapshot else ():
-            if actor.failure is None and not await actor.final_snapshot():
-                break
 
     # -- reservation commands ---------------------------------------------------------
     async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
