@@ -43,6 +43,21 @@ def _not_together(shards: list[int]) -> DomainError:
                        Reason.INTERNAL)
 
 
+def _answer_once(durable: asyncio.Future[None], result: Any, error: DomainError | None) -> asyncio.Future[Any]:
+    """The answer of a change sealed, once ``durable`` has ended: ``result`` (or ``error``, decided) once durable, else
+    in doubt (R7) as ``Coordinator._durable`` tells it, for a caller gone meanwhile (R8: the shards see it through)."""
+    answer: asyncio.Future[Any] = durable.get_loop().create_future()
+
+    def told(done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            answer.set_exception(error) if error is not None else answer.set_result(result)
+        else:
+            answer.set_exception(Unavailable(NOT_DURABLE, Reason.OUTCOME_UNKNOWN))
+
+    durable.add_done_callback(told)
+    return answer
+
+
 class Coordinator:
     def __init__(self, actors: Sequence[ShardActor], log_store: LogStore, clock: Clock,
                  place: Callable[[str], int], metrics: EngineMetrics) -> None:
@@ -54,9 +69,11 @@ class Coordinator:
         """Whether a change across shards can be run at all (the log lands it all or none)."""
         return self._log.together
 
-    async def run(self, shards: list[int], home: int, work: ViewWork) -> Any:
+    async def run(self, shards: list[int], home: int, work: ViewWork,
+                  late: Callable[[asyncio.Future[Any]], None] | None = None) -> Any:
         """``work`` over ``shards`` (ascending), the record's home being ``home``. Cancelled at any
-        await, it leaves no shard paused (``ShardActor.pause``) and changes nothing it has not sealed."""
+        await, it leaves no shard paused (``ShardActor.pause``) and changes nothing it has not sealed;
+        cancelled once sealed, ``late`` is given the answer its caller would have had (``_answer_once``)."""
         if len(shards) > 1 and not self.together:
             raise _not_together(shards)
         resumes: list[asyncio.Future[None]] = []
@@ -69,7 +86,12 @@ class Coordinator:
                 if not resume.done():
                     resume.set_result(None)
         if durable is not None:
-            await self._durable(durable)
+            try:
+                await self._durable(durable)
+            except asyncio.CancelledError:
+                if late is not None:
+                    late(_answer_once(durable, result, error))
+                raise
         if error is not None:
             raise error
         return result

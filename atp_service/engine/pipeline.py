@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from typing import Any
 
 from atp_service.engine.listeners import EntryListeners
 from atp_service.engine.messages import Answer, InFlight, Sealed, deliver, refused_for_memory, replaced
@@ -65,6 +66,20 @@ class CommitPipeline(EntryListeners):
     def in_doubt(self) -> bool:
         """Appends failed and are not yet settled: the log is unreachable from here."""
         return bool(self._doubt)
+
+    def answer_kept(self, reply: asyncio.Future[Any]) -> asyncio.Future[Any] | None:
+        """A future of its own for the answer ``reply``'s caller gave up waiting for once its turn had decided it
+        (``reply`` cancelled: the answer is dropped), answered as ``reply`` would have been: once durable, in order,
+        or refused with its entry taken back (R7). None where no batch in flight holds it: never decided (skipped
+        in its turn, ``apply_batch``) or answered already. Bounded: ``pipeline_depth`` entries of ``batch_max``."""
+        for rec in self._inflight:
+            answers = rec.answers
+            for n, (answered, result, refusal) in enumerate(answers):
+                if answered is reply:
+                    kept: asyncio.Future[Any] = reply.get_loop().create_future()
+                    answers[n] = (kept, result, refusal)
+                    return kept
+        return None
 
     # -- a cross-shard change: a coordinator holds this shard paused (nothing in flight) --------
     def seal_part(self, now: int) -> Sealed | None:

@@ -144,15 +144,21 @@ class Engine(RecordChanges):
             if self._log.leased:  # its saga runs where its home is owned
                 self._all_local(cmd.reservation_id, (home,) if self.remote else (home, *sorted(shards)))
             return await self._reserve_order(cmd, home)
+        reply: asyncio.Future[tuple[Reservation, bool]] | None = None
         try:
             if shards is None:  # most Reserves: its actor's future awaited directly, without run's frame
-                result: tuple[Reservation, bool] = await self.actors[home].submit(partial(self._reserve_alone, cmd))
+                actor = self.actors[home]
+                reply = actor.submit(partial(self._reserve_alone, cmd))
+                result: tuple[Reservation, bool] = await reply
             else:
                 ledger = self.actors[home].ledger
-                result = await self.run(shards, home, lambda view, now: self._reserve_checked(ledger, view, cmd, now))
+                result = await self._coordinator.run(sorted(shards), home, lambda view, now: self._reserve_checked(
+                    ledger, view, cmd, now), self._count_late)
         except BaseException as exc:
             self.routes.unroute(rid)
             count_refused(self.metrics, exc)
+            if reply is not None and isinstance(exc, asyncio.CancelledError):  # its caller gone: counted as answered
+                self._count_late(reply if reply.done() and not reply.cancelled() else actor.answer_kept(reply))
             raise
         # ``Routes.done`` and ``_count``, written out (every unary Reserve): one attempt fewer, the
         # route kept; the outcome counted on its counter's child, found once per outcome (``_tally``).
@@ -183,6 +189,9 @@ class Engine(RecordChanges):
             result: tuple[Reservation, bool] = await self.orders.waits.wait(saga)  # type: ignore[union-attr]
         except DomainError as exc:
             count_refused(self.metrics, exc)
+            raise
+        except asyncio.CancelledError:  # its caller gone: a saga begun is counted once it has decided (R8)
+            self._count_late(saga)
             raise
         self._count(result)
         return result
@@ -281,6 +290,21 @@ class Engine(RecordChanges):
         """``count_reservations`` of one decision (an order's Reserve), without its tally (``_tally``)."""
         rec, replayed = result
         (self._tallies.get(0 if replayed else rec.state) or self._tally(rec, replayed)).value += 1
+
+    def _count_late(self, answer: asyncio.Future[tuple[Reservation, bool]] | None) -> None:
+        """A Reserve decided whose caller went before its answer (R8: it stands), counted once answered as its caller
+        would have been (``_count``, ``count_refused``), as a ReserveStream's item and a Confirm are counted whatever
+        their caller does. None (nothing decided: skipped in its turn) or cancelled (a saga not begun): nothing."""
+        if answer is None or answer.cancelled():
+            return
+        if not answer.done():
+            answer.add_done_callback(self._count_late)
+            return
+        error = answer.exception()
+        if error is None:
+            self._count(answer.result())
+        else:
+            count_refused(self.metrics, error)
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         """The record as durable (R7): answered once every batch its shard has in flight is (none taken back)."""

@@ -10,6 +10,7 @@ import grpc
 import pytest
 import redis
 
+from atp_client._client import reserve_request
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
 from reservation import Reason, State, Unavailable
@@ -77,6 +78,34 @@ async def test_a_confirm_whose_caller_went_away_is_counted_once_made(start_servi
     await until(lambda: counted(service).get("confirmed") == 1, "the confirmation counted once durable", 20)
     await client.confirm("r1")  # the caller's retry: answered from the record
     assert counted(service) == {"held": 1, "confirmed": 1, "replayed": 1}
+
+@pytest.mark.parametrize("lines", [[("A", "S1", 3)], [("A", "S1", 1), ("D", "DC", 1)]], ids=["one_shard", "across"])
+async def test_a_reserve_whose_caller_went_away_is_counted_once_decided(
+        start_service: ServiceFactory, redis_url: str, lines: list[tuple[str, str, int]]) -> None:
+    """Its caller gone while the hold waited to be durable, a Reserve is decided all the same (R8) and counted
+    ``held`` once durable, as a ReserveStream item and a Confirm are: before, a unary Reserve was counted in its
+    caller's task after the answer, so a hold made was counted nowhere (its retry, answered from the record:
+    ``replayed``)."""
+    service, client = await stocked(start_service, ManualClock(T0))
+    engine = service.engine
+    assert engine is not None and engine.place("A") != engine.place("D")
+    registry = service.metrics.registry
+    pause = redis.Redis.from_url(redis_url)
+    pause.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")  # the hold decided, waiting to be durable
+    try:
+        call = client.stub.Reserve(reserve_request("r1", lines, ttl_seconds=60))
+        await until(lambda: any(actor.ledger.reservation("r1") for actor in engine.actors), "the hold decided", 20)
+        call.cancel()
+        await until(lambda: registry.get_sample_value("atp_rpc_duration_seconds_count",
+                                                      {"method": "Reserve", "code": "CANCELLED"}),
+                    "the service saw its caller go", 20)
+    finally:
+        pause.execute_command("CLIENT", "UNPAUSE")
+        pause.close()
+    await until(lambda: counted(service).get("held") == 1, "the hold counted once durable", 20)
+    assert (await client.reserve("r1", lines, ttl_seconds=60)).state == pb.RESERVATION_STATE_HELD  # from the record
+    assert counted(service) == {"held": 1, "replayed": 1}
+
 
 async def test_a_refused_unary_reserve_is_counted_error_as_a_stream_item_is(start_service: ServiceFactory) -> None:
     service, client = await stocked(start_service, ManualClock(T0))

@@ -77,3 +77,28 @@ async def test_callers_gone_before_an_order_s_saga_began_leave_no_saga_waiting(r
     assert rig.quantities() == [(0, 3), (0, 3)]
     assert not sagas._tasks and not sagas._locks
     assert engine.routes.attempts.get("o1") is None  # the Reserve retries gone left no attempt counted
+
+
+async def test_an_order_whose_caller_went_after_its_saga_began_is_counted_once_decided(rig: Rig) -> None:
+    """A Reserve of an order spanning groups whose caller goes while its saga waits on group 1: the saga, begun,
+    goes on to its end (R8: applied whole), and its hold is counted ``held`` then, as a ReserveStream item and a
+    Confirm are whatever their caller does. Before, it was counted in the caller's task after the answer: a hold
+    made was counted nowhere."""
+    engine = rig.engine
+    sagas = engine.orders
+    assert sagas is not None
+    gate = Gate(rig, 1)
+    reserving = asyncio.ensure_future(engine.reserve(rig.cmd("o1")))
+    for _ in range(400):  # the order's record made durable at its home first (appends answered), then its parts
+        await asyncio.sleep(0)
+        rig.log.pump("ok")
+        if gate.held:
+            break
+    assert gate.held, "the order's saga waits on group 1"
+    saga = next(iter(sagas._tasks))
+    reserving.cancel()
+    await until_turns(reserving.done, "the caller is gone")
+    gate.open()
+    await rig.pump_until_done([saga])
+    assert saga.result()[0].state == State.HELD and rig.quantities() == [(3, 0), (3, 0)]
+    await until_turns(lambda: engine.metrics.reservations_of("held").value == 1, "the hold counted once decided")
