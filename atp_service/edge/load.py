@@ -76,11 +76,11 @@ async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerC
             _local(desk, mine), forwarder.ask_each("LoadCounts", parts, context))
     else:
         (outcomes, reasons, refused), answers = await _local(desk, mine), {}
-    loaded_before = await _loaded_ahead(request, errors, desk, ahead_here)
+    loaded_before, unsure = await _loaded_ahead(request, errors, desk, ahead_here)
     out = convert.load_counts_response(good[here], outcomes, reasons, errors)
     out.duplicate += loaded_before
     peers_loaded = [0, 0]  # rows loaded, rows applied, by parts of other owners that refused the rest
-    refusals: list[DomainError | Relayed] = [] if refused is None else [refused]
+    refusals: list[DomainError | Relayed] = [*([] if refused is None else [refused]), *unsure]
     for owner, answer in answers.items():
         if isinstance(answer, pb.LoadCountsResponse):
             _merge(out, answer, good[elsewhere[owner]])
@@ -88,7 +88,7 @@ async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerC
             refusals.append(answer)
             peers_loaded = [a + b for a, b in zip(peers_loaded, _loaded_before_refusal(answer), strict=True)]
     if refusals:  # R7: a part in doubt is told, not another part's refusal (this process's own first otherwise)
-        raise _told(told_first(refusals), out, len(block), *peers_loaded)
+        raise _told(told_first(refusals), out, len(block) + len(unsure), *peers_loaded)
     return out
 
 
@@ -136,22 +136,30 @@ def _ahead_elsewhere(request: pb.LoadCountsRequest, block: CountRows, good: Rows
 
 
 async def _loaded_ahead(request: pb.LoadCountsRequest, errors: dict[int, InvalidArgument], desk: FactDesk,
-                        ahead: list[int]) -> int:
+                        ahead: list[int]) -> tuple[int, list[DomainError]]:
     """Of ``ahead``, rows refused only as stamped ahead of this process's clock (E7) of groups served here, those
     their shard loaded already (a process whose clock ran ahead): duplicates (E8), as RecordEvents answers their
     COUNT facts; taken out of ``errors``, their number returned. Those of other processes' groups were sent on
-    (``_ahead_elsewhere``), or stay refused (a caller to redirect) - never counted here."""
+    (``_ahead_elsewhere``), or stay refused (a caller to redirect) - never counted here. Also taken out of ``errors``:
+    a row its shard could not judge or whose duplicate is not known durable (``not_durable``: its log's end unread,
+    the shard stopped, its group another's since: ``Moved``), each with that refusal, which refuses the call (R7;
+    RecordEvents refuses such a fact): rejected as bad input, it was never sent again, though its shard held it."""
     if not ahead:
-        return 0
+        return 0, []
     si, li = (np.frombuffer(c, dtype="<u4") for c in (request.sku_index, request.location_index))
     qty, at = (np.frombuffer(c, dtype="<i8") for c in (request.on_hand, request.as_of))
     facts = [Fact(count_event_id(int(at[i])), request.source, FactKind.COUNT, request.skus[int(si[i])],
                   request.locations[int(li[i])], int(qty[i]), int(at[i]), "") for i in ahead]
     judged = await desk.applied_or_refused(facts, [errors[i] for i in ahead], "load")
     duplicates = [i for i, result in zip(ahead, judged, strict=True) if result == (FactOutcome.DUPLICATE, "")]
+    unsure: list[DomainError] = []
+    for i, result in zip(ahead, judged, strict=True):
+        if isinstance(result, DomainError) and not isinstance(result, InvalidArgument):
+            unsure.append(result)
+            del errors[i]
     for i in duplicates:
         del errors[i]
-    return len(duplicates)
+    return len(duplicates), unsure
 
 
 async def _local(desk: FactDesk, rows: CountRows) -> tuple[Outcomes, dict[int, str], DomainError | None]:
