@@ -26,6 +26,8 @@ from reservation import (
 from reservation import _operations as ops
 
 REROUTES = 3
+STOPPED_IN_DOUBT = ("outcome unknown: the service stopped before the change was known to be durable; retry with the "
+                    "same ids, which answers what was decided")
 
 
 class _Reroute(DomainError):
@@ -77,6 +79,8 @@ class RecordChanges(OwnedShards):
             result: Reservation = await asyncio.shield(change)  # a change decided goes on without its caller (R8)
         except asyncio.CancelledError:
             if change.cancelled() and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                if replays:  # decided, its entry not durable when its shard's stop gave up draining it (R7)
+                    raise Unavailable(STOPPED_IN_DOUBT, Reason.OUTCOME_UNKNOWN) from None
                 raise Unavailable("service is shutting down", Reason.SHUTTING_DOWN) from None  # stopped_changes
             if not replays:  # not decided yet (or refused): given up, nothing of it made (R8: whole or not at all).
                 change.cancel()  # Left waiting, each retry left one more task waiting (``pause`` waits for room)
@@ -143,9 +147,11 @@ def _noting(work: ViewWork, reservation_id: str, replays: list[bool]) -> ViewWor
 
 async def stopped_changes(changes: set[asyncio.Task[Any]]) -> None:
     """``_resolve``'s changes ended, once their shards have stopped: a change decided is durable or failed by then
-    (its shards' stop settles what is in flight); one still waiting for a shard (no room in a stopped shard's
-    mailbox: its stop wakes as many as it refused messages) changed nothing and is cancelled (R8), its caller answered
-    UNAVAILABLE (``_resolve``), none left pending past the engine's stop."""
+    (its shards' stop settles what is in flight), but where a shard's drain gave up past its bound — its entry still
+    on its way, the next start's to settle from the log: cancelled, its caller is answered OUTCOME_UNKNOWN (R7); one
+    still waiting for a shard (no room in a stopped shard's mailbox: its stop wakes as many as it refused messages)
+    changed nothing and is cancelled (R8), its caller answered UNAVAILABLE SHUTTING_DOWN (``_resolve``); none left
+    pending past the engine's stop."""
     for change in list(changes):
         change.cancel()  # a no-op for a change ended
     await asyncio.gather(*changes, return_exceptions=True)
