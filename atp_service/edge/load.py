@@ -88,7 +88,8 @@ async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerC
             refusals.append(answer)
             peers_loaded = [a + b for a, b in zip(peers_loaded, _loaded_before_refusal(answer), strict=True)]
     if refusals:  # R7: a part in doubt is told, not another part's refusal (this process's own first otherwise)
-        raise _told(told_first(refusals), out, len(block) + len(unsure), *peers_loaded)
+        # The block's valid rows: its rows, and those ahead of the clock its shards judged (duplicates, unsure).
+        raise _told(told_first(refusals), out, len(block) + loaded_before + len(unsure), *peers_loaded)
     return out
 
 
