@@ -40,6 +40,8 @@ class CommitPipeline(EntryListeners):
         self._inflight: deque[InFlight] = deque()  # appended, not yet durable; oldest first
         self._doubt: list[tuple[int, LogEntry, bytes]] = []  # failed appends that may have landed
         self._failure_lines = EveryInterval(APPEND_FAILURE_LOG_EVERY_S)
+        # Answers delivered to a reply cancelled meanwhile, kept till this loop turn's end (``answer_kept``).
+        self._dropped: dict[asyncio.Future[Any], tuple[Any, BaseException | None]] = {}
 
     def ahead_of_log(self) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]] | None:
         """Per position, how far memory's ``available`` is ahead of the durable log: the moves of
@@ -70,16 +72,36 @@ class CommitPipeline(EntryListeners):
     def answer_kept(self, reply: asyncio.Future[Any]) -> asyncio.Future[Any] | None:
         """A future of its own for the answer ``reply``'s caller gave up waiting for once its turn had decided it
         (``reply`` cancelled: the answer is dropped), answered as ``reply`` would have been: once durable, in order,
-        or refused with its entry taken back (R7). None where no batch in flight holds it: never decided (skipped
-        in its turn, ``apply_batch``) or answered already. Bounded: ``pipeline_depth`` entries of ``batch_max``."""
+        or refused with its entry taken back (R7). None where it was never decided (skipped in its turn,
+        ``apply_batch``). Bounded: ``pipeline_depth`` entries of ``batch_max``. Its batch answered between the
+        cancellation and its task's step that asks this (both in one loop turn: a deadline passing as the append's
+        answer comes), the answer ``_deliver`` kept for that step."""
+        kept: asyncio.Future[Any] = reply.get_loop().create_future()
         for rec in self._inflight:
             answers = rec.answers
             for n, (answered, result, refusal) in enumerate(answers):
                 if answered is reply:
-                    kept: asyncio.Future[Any] = reply.get_loop().create_future()
                     answers[n] = (kept, result, refusal)
                     return kept
-        return None
+        dropped = self._dropped.pop(reply, None)
+        if dropped is None:
+            return None
+        deliver([(kept, *dropped)])
+        return kept
+
+    def _deliver(self, reply: asyncio.Future[Any], result: Any, refusal: BaseException | None) -> None:
+        """``reply`` answered; cancelled by its caller, its answer kept for ``answer_kept`` till this loop turn ends:
+        the caller's task, woken by the cancellation before this ran (call_soon's order), asks within it. Others
+        (a change's, a fact's) never ask: dropped then."""
+        if not reply.done():
+            if refusal is None:
+                reply.set_result(result)
+            else:
+                reply.set_exception(refusal)
+        elif reply.cancelled():
+            if not self._dropped:
+                reply.get_loop().call_soon(self._dropped.clear)
+            self._dropped[reply] = (result, refusal)
 
     # -- a cross-shard change: a coordinator holds this shard paused (nothing in flight) --------
     def seal_part(self, now: int) -> Sealed | None:
@@ -134,11 +156,13 @@ class CommitPipeline(EntryListeners):
             inflight.popleft()
             self.seq, self.durable_data = head.seq, head.data
             for reply, result, refusal in head.answers:  # durable: answered now, in order (R7)
-                if not reply.done():  # (a caller that gave up: nothing to answer)
+                if not reply.done():  # (a caller that gave up: ``_deliver`` keeps its answer a turn)
                     if refusal is None:
                         reply.set_result(result)
                     else:
                         reply.set_exception(refusal)
+                else:
+                    self._deliver(reply, result, refusal)
             if self.listeners:  # none without channels: no ``_tell`` frame for nobody
                 self._tell(self.listeners, head.entry)
 
@@ -154,7 +178,8 @@ class CommitPipeline(EntryListeners):
         failure = self._replaced() if replaced else self._unavailable(error)
         for rec in reversed(self._inflight):
             self.ledger.revert(rec.undo)
-            deliver([(reply, None, failure) for reply, _, _ in rec.answers])
+            for reply, _, _ in rec.answers:
+                self._deliver(reply, None, failure)
         # Refused OOM: the script stopped at its first write, so that entry never landed, nor
         # can it. Only a batch whose call is still on its way may land: settling fences the
         # shard first, which a Redis at its maxmemory refuses too — a shard needlessly in doubt
