@@ -8,8 +8,9 @@ another loss) started past them: never delivered again, never applied nor dead-l
 Redis holds, lost.
 
 So a bound is used only while Redis holds the write that justifies it. Now and then (``tag``) the reader sends one
-script that reads, per input stream, the group's last delivered entry and the oldest entry pending with this consumer,
-and sets this consumer's token beside the stream (``bound_key``) to a value never used before: the bound kept under
+script that reads, per input stream, the group's last delivered entry and the oldest entry pending in the group (with
+any consumer: another process's, one gone whose entries are not claimed yet — the group deleted loses them all), and
+sets this consumer's token beside the stream (``bound_key``) to a value never used before: the bound kept under
 that token is at most what the script read, so holding the token Redis holds the state it was read from. Every entry
 delivered to the reader afterwards lowers every bound kept (``Unacked``), and the script that makes a group again
 (``unread._MAKE``) starts it at the bound of the token Redis holds, or from the stream's start where Redis holds none
@@ -34,10 +35,11 @@ BOUND_KEPT_MS = 86_400_000
 ``claim_idle_ms``), so a token expires only with its consumer gone (a leased one's address changed): bounded."""
 
 _TAG = """
--- KEYS: the input streams, then this consumer's token beside each (``bound_key``). ARGV: group, consumer, token, ms
--- kept. Returns per stream {the group's last delivered entry, the oldest entry pending with the consumer or false},
--- or false where the stream has no such group; every token set to ARGV[3], read after.
-local group, consumer, token, kept = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- KEYS: the input streams, then this consumer's token beside each (``bound_key``). ARGV: group, consumer (named by
+-- the keys), token, ms kept. Returns per stream {the group's last delivered entry, the oldest entry pending in the
+-- group, with any consumer, or false}, or false where the stream has no such group; every token set to ARGV[3], read
+-- after. Any consumer's: the group deleted takes every pending list with it, another process's as this one's.
+local group, token, kept = ARGV[1], ARGV[3], ARGV[4]
 local n = #KEYS / 2
 """ + STREAM_ID_LUA + """
 local out = {}
@@ -46,8 +48,7 @@ for i = 1, n do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[i])) do
       if field(g, 'name') == group then
-        local oldest = redis.call('XPENDING', KEYS[i], group, '-', '+', 1, consumer)[1]
-        out[i] = {field(g, 'last-delivered-id'), oldest and oldest[1] or false}
+        out[i] = {field(g, 'last-delivered-id'), redis.call('XPENDING', KEYS[i], group)[2] or false}
       end
     end
   end

@@ -17,10 +17,11 @@ Those bounds rise on what Redis showed, which Redis back from older data no long
 bound only while Redis holds the token it was kept under (``bounds.py``), each kept lowered by every entry held since,
 as the bounds here are: the last ``BOUNDS_KEPT`` of them.
 
-Only this reader's entries: another process's, or a dead consumer's not claimed yet, are in no memory
-here. The group made again by another process (this reader seeing no NOGROUP) is told by the mark Redis
-keeps of it (``again``, from each read and claim: ``again.py``), so that entries it delivers again whose
-facts were quarantined are not decided again.
+Only this reader's entries: another process's, or a dead consumer's not claimed yet, are in no memory here — but the
+bound kept under a token is below the oldest entry pending in the group, whoever held it, as Redis set the token
+(``bounds.py``). The group made again by another process (this reader seeing no NOGROUP) is told by the mark Redis
+keeps of it (``again``, from each read and claim: ``again.py``), so that entries it delivers again whose facts were
+quarantined are not decided again.
 
 Among the entries delivered again are those refused meanwhile by a judgement of the clock — stamped
 past the allowed skew (E7), here or by their group's owner — and dead-lettered: judged again by a
@@ -226,7 +227,8 @@ class Unacked:
 
     def tag_answered(self, token: bytes, read: dict[str, tuple[bytes, bytes | None] | None]) -> None:
         """Redis holds ``token`` now, and held, as it set it, per stream the group's last delivered entry and the
-        oldest pending with this reader (``read``; None: no group there): the bounds kept under it no higher."""
+        oldest pending in the group, with any consumer (``read``; None: no group there): the bounds kept under it no
+        higher."""
         bounds = self._tags.get(token)
         if bounds is None:
             return

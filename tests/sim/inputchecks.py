@@ -8,13 +8,15 @@ applied; one trimmed while pending has its fact not both applied and quarantined
 ``TRIMMED_WHILE_PENDING``, says it is not known to be applied); an entry may have two dead letters, as
 docs/OPERATIONS.md "Dead letters" says (one written again by a consumer that read it before another claimed it and
 dead-lettered it: counted, ``input_dead_letters_again``). A consumer group deleted takes its pending list: the reader
-that finds it gone makes it again before the oldest entry it holds unacknowledged, so only the entries the other
-consumer held then may be lost (``lost_with_group``, as documented). An entry the group made again delivers again to a
-reader other than the one that made it — the other consumer's, which saw no NOGROUP, or one started since — is told
-by the group's made-again mark (``again.py``) as it is to the reader that made it: one whose fact was quarantined is
-counted (``input_quarantined_elsewhere``: the case at work) and held to the rule as any. Every entry whose fact has no
-other entry is applied or quarantined, exactly one, each once (E6, E8). The quarantine stream holds each fact once. A
-made-again mark is forgotten once nothing it covers can come again (``marks_forgotten``).
+that finds it gone makes it again at the bound of the token Redis holds (``bounds.py``), before the oldest entry
+pending in the group as the token was told, whichever consumer held it: the entries the other consumer held then come
+again, and only those trimmed before they did are lost with it (``lost_with_group``; any other is a violation). An
+entry the group made again delivers again to a reader other than the one that made it — the other consumer's, which
+saw no NOGROUP, or one started since — is told by the group's made-again mark (``again.py``) as it is to the reader
+that made it: one whose fact was quarantined is counted (``input_quarantined_elsewhere``: the case at work) and held
+to the rule as any. Every entry whose fact has no other entry is applied or quarantined, exactly one, each once (E6,
+E8). The quarantine stream holds each fact once. A made-again mark is forgotten once nothing it covers can come again
+(``marks_forgotten``).
 """
 
 from __future__ import annotations
@@ -58,9 +60,8 @@ def trimmed(driver: InputsDriver) -> tuple[set[Entry], set[Entry]]:
 
 
 def lost_with_group(driver: InputsDriver) -> set[Entry]:
-    """The entries a consumer held when the group was deleted, the group made again by the other consumer's reader
-    (docs/OPERATIONS.md ``ingest_group_made_again``: "those they held unacknowledged are not known here") and not
-    acknowledged since."""
+    """The entries a consumer held when the group was deleted, the group made again by the other consumer's reader,
+    and not acknowledged since: only those trimmed before the group made again delivered them (``decided_once``)."""
     return {(stream, entry_id) for stream, pending, maker in driver.redis.groups_lost
             for entry_id, holder in pending.items() if maker is None or holder != maker[0]} \
         - set(driver.redis.acked) - driver.redis.acked_unheld
@@ -69,6 +70,9 @@ def lost_with_group(driver: InputsDriver) -> set[Entry]:
 def decided_once(driver: InputsDriver) -> None:
     redis, producer = driver.redis, driver.producer
     dead, (gone, unread), lost = letters(driver), trimmed(driver), lost_with_group(driver) | driver.acked_lost
+    if held := sorted(lost_with_group(driver) - gone):  # the group made again past them, though Redis held them
+        raise Violation(f"E6/R7: entries another consumer held when the group was deleted, never delivered again: "
+                        f"{[f'{s} {e.decode()}' for s, e in held[:5]]}")
     done = set(redis.acked) | redis.acked_unheld | redis.unclaimed | unread | lost
     if missing := [e for e in [*producer.facts, *producer.malformed] if e not in done]:
         raise Violation(f"entries never acknowledged: {[f'{s} {e.decode()}' for s, e in missing[:5]]}")

@@ -100,7 +100,7 @@ class Tally:
     input_dead_lettered: int = 0  # input entries dead-lettered (no fact, or trimmed while pending)
     input_dead_letters_again: int = 0  # ... dead letters written again for an entry that had one
     input_groups_deleted: int = 0  # consumer groups deleted (XGROUP DESTROY) while the readers ran
-    input_lost_with_group: int = 0  # ... entries the other consumer held then, made again past them (documented)
+    input_lost_with_group: int = 0  # ... entries the other consumer held, trimmed before they came again
     input_quarantined_elsewhere: int = 0  # ... entries quarantined, delivered again to a reader that did not make it
     input_trimmed_unread: int = 0  # input entries trimmed before any consumer read them
     input_trimmed_pending: int = 0  # input entries trimmed after a consumer read them
@@ -161,7 +161,8 @@ class Tally:
                    f"the other consumer, {self.input_sent} sends to the owner, {self.input_dead_lettered} entries "
                    f"dead-lettered ({self.input_dead_letters_again} again), {self.input_trimmed_unread} entries "
                    f"trimmed unread, {self.input_trimmed_pending} trimmed once read, {self.input_groups_deleted} "
-                   f"groups deleted ({self.input_lost_with_group} entries the other consumer held lost with them, "
+                   f"groups deleted ({self.input_lost_with_group} entries the other consumer held trimmed before they "
+                   f"came again, "
                    f"{self.input_quarantined_elsewhere} quarantined ones delivered again to another reader)"
                    + (f", {self.input_swept} departed consumers swept ({self.input_swept_owed} entries owed moved)"
                       if self.input_swept else "")

@@ -171,9 +171,9 @@ async def test_an_entry_held_when_its_group_was_deleted_and_not_read_again_befor
     """``--input-streams --processes 3 --partition --seed 63``: an entry pending to atp@p0 when its group was deleted;
     p0's reader, started since, made it again from the start (so the entry was to come again), and before any reader
     was given it the group was deleted again and made by p2 after the newest entry p2 had read — past the entry, which
-    no consumer of the group held then. As documented (``ingest_group_made_again``: entries other processes held
-    unacknowledged are not known to the reader that makes the group) it is lost with the group: the check took it for
-    one never acknowledged. An entry held at a deletion and not delivered since is held still at the next."""
+    no consumer of the group held then: the check took it for one never acknowledged. An entry held at a deletion and
+    not delivered since is held still at the next. Since the group is made again below the oldest entry pending in the
+    group when the reader's token was told (``bounds.py``), such an entry comes again (``inputchecks.decided_once``)."""
     await InputsClusterDriver(63, 3, Tally(), partition=True).run(60)
 
 
