@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from redis.exceptions import RedisClusterException, RedisError
+
 from atp_service.intake.entries import id_key
 from atp_service.intake.unacked import Unacked
 from atp_service.intake.unread import STREAM_ID_LUA, as_bytes, made_again_key
@@ -79,6 +81,18 @@ async def tag(client: Any, streams: list[str], group: str, consumer: str, unacke
     unacked.tag_answered(token, {stream: None if not one else (as_bytes(one[0]), None if one[1] is None else
                                                                as_bytes(one[1]))
                                  for stream, one in zip(streams, got, strict=True)})
+
+
+async def tag_or_say(client: Any, streams: list[str], group: str, consumer: str, unacked: Unacked) -> None:
+    """``tag``, its failure said and let go: a tag settles nothing, and one refused for good (the token key out of the
+    Redis user's ACL, a Redis at ``maxmemory`` refusing its ``SET``) must not stop the reading of new entries — it
+    failed the pass over the reader's own pending list, which the reading loop then ran again before any read, for
+    ever. Without a token answered, a group made again starts from the stream's start (E8: duplicates of no effect)."""
+    try:
+        await tag(client, streams, group, consumer, unacked)
+    except (RedisError, RedisClusterException, OSError) as exc:
+        log.warning("input streams: the reader's tag of where a group made again starts failed: %s", exc,
+                    extra={"event": "ingest_tag_failed", "error": str(exc)})
 
 
 async def start_again(client: Any, stream: str, unacked: Unacked) -> list[tuple[bytes, bytes]]:

@@ -25,7 +25,7 @@ from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
 from atp_service.intake.again import make_group_again, marks_of, quarantined_before
 from atp_service.intake.backlog import BacklogGauge
-from atp_service.intake.bounds import bound_key, start_again, tag
+from atp_service.intake.bounds import bound_key, start_again, tag_or_say
 from atp_service.intake.claims import Claims
 from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines
 from atp_service.intake.dead_letters import write as write_dead_letters
@@ -228,7 +228,7 @@ class StreamIngestor:
 
     async def _tag(self) -> None:
         cfg = self._config
-        await tag(self._client, self._streams, cfg.consumer_group, cfg.consumer_name, self._unacked)
+        await tag_or_say(self._client, self._streams, cfg.consumer_group, cfg.consumer_name, self._unacked)
 
     def _block_ms(self) -> int:
         """How long a read of new entries waits: never past a pass over the pending ones that is due."""

@@ -127,8 +127,7 @@ async def test_a_tag_whose_answer_was_lost_leaves_no_bound_and_the_group_made_ag
             return lost if source == bounds._TAG else script
 
         monkeypatch.setattr(ingestor._client, "register_script", losing)
-        with pytest.raises(RedisTimeoutError):
-            await ingestor._tag()
+        await ingestor._tag()  # its failure said, not raised (bounds.tag_or_say): the reader reads on
         monkeypatch.undo()
         r.xgroup_destroy(POS, "atp")
         await ingestor._create_groups(again=True)
