@@ -117,7 +117,7 @@ class StreamIngestor:
             if made and again:
                 log.warning("input stream %s had no consumer group %s (the stream or its group was deleted): "
                             "made again, read after entry %s", stream, group, as_text(start),
-                            extra={"event": "ingest_group_made_again", "stream": stream})
+                            extra={"event": "ingest_group_made_again", "stream": stream, "after": as_text(start)})
 
     @property
     def task(self) -> asyncio.Task[None] | None:

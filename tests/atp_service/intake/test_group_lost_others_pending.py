@@ -6,10 +6,13 @@ never applied nor dead-lettered (E6, R7). Real redis-server; the reader driven s
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 import redis
 
+from atp_service.intake.unacked import before
 from tests.atp_service.intake.claim_helpers import POS, claiming_ingestor, orphan_behind_the_newest_read
 
 
@@ -32,3 +35,22 @@ async def test_an_entry_pending_with_another_consumer_as_the_token_was_told_come
         await ingestor._client.aclose()
     assert (POS, orphan) in [(stream, entry_id) for stream, entry_id, _ in again], \
         "the entry another consumer held pending was lost: the group made again past it"
+
+
+async def test_the_line_of_a_group_made_again_says_where_it_reads_from(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """``ingest_group_made_again`` carries ``after`` (docs/OPERATIONS.md: where the group reads from, ``0`` for the
+    stream's start — the token Redis holds decides it): an operator told to read it found no such field."""
+    r: Any = redis.Redis.from_url(redis_url)
+    ingestor = claiming_ingestor(redis_url, POS)
+    try:
+        orphan, newest, _ = await orphan_behind_the_newest_read(r, ingestor)
+        r.xack(POS, "atp", newest)
+        await ingestor._tag()
+        r.xgroup_destroy(POS, "atp")
+        with caplog.at_level(logging.WARNING):
+            await ingestor._create_groups(again=True)
+    finally:
+        await ingestor._client.aclose()
+    made = [rec for rec in caplog.records if getattr(rec, "event", None) == "ingest_group_made_again"]
+    assert [getattr(rec, "after", None) for rec in made] == [before(orphan).decode()], "no field says where"
