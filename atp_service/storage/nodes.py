@@ -123,8 +123,8 @@ class Nodes:
             return
         if not self._mapped:
             await self.reader.initialize()  # once: the slot map, on the first call
-            self._mapped = True
-            self._learning = asyncio.ensure_future(self._learn_nodes())  # not waited: it asks the default node
+            self._mapped = True  # first calls made meanwhile (each shard's) waited for the same read: one list, owned
+            self._learning = self._learning or asyncio.ensure_future(self._learn_nodes())  # not waited: default node
         # Only the calls to a node that failed or redirected one since the map was read wait for the
         # map to be read again: that read may ask a hung node first and wait out its timeout (or find
         # no other node to ask), and the nodes that answer must not wait with it.

@@ -5,13 +5,14 @@ the socket timeout, whichever primary held it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from atp_service.storage.embedded_cluster import EmbeddedCluster
-from atp_service.storage.nodes import Call, Script, open_nodes
+from atp_service.storage.nodes import Call, Nodes, Script, open_nodes
 from tests.atp_service.storage.test_cluster_hung_other_node import _a_key_per_primary, _stopped
 
 TIMEOUT_S = 30.0
@@ -38,3 +39,29 @@ async def test_the_first_write_to_a_primary_is_answered_while_the_default_node_h
             assert nodes._learning is not None and not nodes._learning.done()  # the list: still unanswered
     finally:
         await nodes.aclose()
+
+
+async def test_first_writes_made_together_leave_no_list_of_the_nodes_running_past_the_close(
+        cluster: EmbeddedCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each shard's first write, made together before the map was read: each began a list of the nodes once the map
+    was read, and kept only the last in ``_learning``. The others ran unowned: not cancelled at the close, nor
+    awaited (a list the default node never answers, as here, pending for good)."""
+    listing: list[asyncio.Task[None]] = []
+
+    async def unanswered(self: Nodes) -> None:  # CLUSTER NODES to a default node that never answers
+        listing.append(asyncio.current_task())  # type: ignore[arg-type]
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Nodes, "_learn_nodes", unanswered)
+    nodes = open_nodes(cluster.url, TIMEOUT_S, cluster=True)
+    try:
+        script = Script("return redis.call('SET', KEYS[1], ARGV[1])")
+        written = await asyncio.gather(*(nodes.run_one(Call(script, [f"k:{{{i}}}"], ["v"])) for i in range(3)))
+        assert written == [b"OK"] * 3
+        await asyncio.sleep(0)  # each list begun: under way
+    finally:
+        await nodes.aclose()
+    left = [task for task in listing if not task.done()]
+    for task in left:
+        task.cancel()
+    assert listing and not left, f"{len(left)} of {len(listing)} lists of the nodes still running after the close"
