@@ -177,7 +177,7 @@ async def watch_eviction(store: LogStore, unsafe: Any) -> bool:
     ``maxmemory``, and refusing every write for a setting would make an outage of a risk
     (OPERATIONS.md, "Redis may evict the service's keys"). False: ``CONFIG`` is forbidden or renamed
     (the start said so), ask no more — each refusal would be one more error in Redis's stats and ``ACL LOG``."""
-    refusing: set[str] = set()  # replicas answering BUSY (a long script): their last value kept, as a primary's
+    refusing: set[str] = set()  # nodes not answering, replicas answering BUSY (a long script): last value kept
     failed: list[BaseException] = []  # primaries that did not answer (named in ``refusing`` too), the rest asked
     try:
         configs = await node_configs(store.client, "maxmemory-policy", refusing=refusing, failed=failed)

@@ -25,9 +25,10 @@ async def node_configs(client: Any, *names: str, refusing: set[str] | None = Non
     pressure — went unseen: each node is asked. A replica too (a failover promotes it), unless it
     does not answer: it is then named in a warning. ``refusing``: where given, the names of the
     replicas refusing for a while (``BUSY``) are added there instead, unwarned: the caller keeps what
-    it read of them last (``watch_eviction``, while serving). ``failed``: where given too, a primary that
-    does not answer is named in ``refusing`` and its failure added there, and the nodes after it asked
-    all the same: raised at once, one hung primary left every node after it unread while it hung."""
+    it read of them last (``watch_eviction``, while serving). ``failed``: where given too, a node that does
+    not answer is named in ``refusing`` (a replica's last value taken away resolved its alert, nothing
+    changed), a primary's failure added there, and the nodes after it asked all the same: raised at once,
+    one hung primary left every node after it unread while it hung."""
 
     async def ask(**target: Any) -> dict[Any, Any]:
         return {k: v for name in names for k, v in (await client.config_get(name, **target)).items()}
@@ -62,11 +63,11 @@ async def _each_node(client: Any, ask: Callable[..., Awaitable[T]], command: str
         try:
             answer = await ask(target_nodes=node)
         except (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
-            if failed is not None and refusing is not None and node.server_type == "primary" and not isinstance(
-                    exc, ResponseError):  # not answering, while serving: the others asked (see ``node_configs``)
-                failed.append(exc)
-                refusing.add(node.name)
-                continue
+            if failed is not None and refusing is not None and not isinstance(exc, ResponseError):
+                refusing.add(node.name)  # not answering, while serving: its last value kept (a replica's, warned)
+                if node.server_type == "primary":  # and the others asked (see ``node_configs``)
+                    failed.append(exc)
+                    continue
             if node.server_type == "primary" or (isinstance(exc, ResponseError) and not passing(exc)):
                 raise
             if refusing is not None and isinstance(exc, ResponseError):  # not passed over: what was read stands

@@ -19,7 +19,9 @@ from atp_service.app.keyspace import watch_eviction
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.log import LogStore
 from atp_service.storage.nodes import open_nodes
+from tests.atp_service.app.test_cluster_startup import _replicas_listed
 from tests.atp_service.storage.test_cluster_hung_other_node import _stopped
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -50,5 +52,38 @@ async def test_a_node_set_to_evict_is_seen_while_another_primary_hangs(cluster: 
             finally:
                 admin.config_set("maxmemory-policy", "noeviction")
         assert unsafe() == {**dict.fromkeys(asked, 0.0), asked[-1]: 1.0}  # the hung one's last value kept
+    finally:
+        await store.nodes.aclose()
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+    """A cluster of its own with a replica (its nodes are stopped), none declared failed within the test."""
+    with EmbeddedCluster(tmp_path / "replicated", primaries=1, replicas=1, node_timeout_ms=600_000) as formed:
+        yield formed
+
+
+async def test_a_replica_set_to_evict_keeps_its_unsafe_policy_said_while_it_hangs(replicated: EmbeddedCluster) -> None:
+    """A replica set to evict (a failover promotes it, and its keys, a log or a fence, go under memory pressure) that
+    then does not answer: its ``atp_redis_eviction_policy_unsafe`` was taken away (the node no longer asked), so
+    ``ATPRedisEvictionPolicyUnsafe`` resolved though nothing changed. It keeps the value read last, as a hung
+    primary's and a BUSY replica's."""
+    gauge = Gauge("atp_redis_eviction_policy_unsafe", "", ["node"], registry=CollectorRegistry())
+    store = LogStore(open_nodes(replicated.url, 1.0, cluster=True), "atp:", 1)
+
+    def unsafe() -> dict[str, float]:
+        return {s.labels["node"]: s.value for m in gauge.collect() for s in m.samples}
+
+    replica = replicated.replicas[0]
+    name = f"127.0.0.1:{replica.port}"
+    await until(lambda: _replicas_listed(replicated.url, 1), "the replica listed", 30)  # (once it holds data)
+    try:
+        with redis.Redis(host="127.0.0.1", port=replica.port) as admin:
+            admin.config_set("maxmemory-policy", "allkeys-lru")
+        assert await watch_eviction(store, gauge)
+        assert unsafe().get(name) == 1.0
+        with _stopped(replica):
+            assert await watch_eviction(store, gauge)
+            assert unsafe().get(name) == 1.0, f"the hung replica's gauge: {unsafe().get(name)}"
     finally:
         await store.nodes.aclose()
