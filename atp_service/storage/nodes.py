@@ -1,16 +1,15 @@
 """Where the service's write scripts go, and when their effect counts as durable.
 
-One Redis takes any set of keys in one script call, so a group commit is one call. A Redis Cluster
-runs a script only within one slot: the caller makes one call per group (``keys.py`` puts every key
-of a group under one hash tag) and the calls go pipelined, one round trip per primary. Either way
-the scripts go on a node's write lane (``lane.py``: connections of their own, outside redis-py's
-pool, one write and one deadline per round trip) — ``WAIT`` counts the replicas that have every
-earlier write *of the connection it is sent on*, so it follows the scripts on the same connection
-(sent through a pool it would answer for some other connection's writes). A call that a primary did
-not answer, or answered for a slot it no longer serves, has the slot map read again before the next
-call to that primary (one read for every call to it made meanwhile); calls to the others go on
-meanwhile (that read may meet a hung node first). ``run_each`` hands each node's replies on as soon
-as that node has answered: the log's commits to the nodes that answer never wait for a hung one.
+One Redis takes any set of keys in one script call, so a group commit is one call. A Redis Cluster runs a script
+only within one slot: the caller makes one call per group (``keys.py`` puts every key of a group under one hash tag)
+and the calls go pipelined, one round trip per primary. Either way the scripts go on a node's write lane
+(``lane.py``: connections of their own, outside redis-py's pool, one write and one deadline per round trip) —
+``WAIT`` counts the replicas that have every earlier write *of the connection it is sent on*, so it follows the
+scripts on the same connection (sent through a pool it would answer for some other connection's writes). A call that
+a primary did not answer, or answered for a slot it no longer serves, has the slot map read again before the next
+call to that primary (one read for every call to it made meanwhile; that primary asked last); calls to the others go
+on meanwhile (that read may meet another hung node first). ``run_each`` hands each node's replies on as soon as that
+node has answered: the log's commits to the nodes that answer never wait for a hung one.
 
 A call's effect is acknowledged once its script returned and, with ``wait_replicas``, that many
 replicas confirmed it; fewer replicas in time makes the call's outcome ``NotReplicated``: it landed
@@ -169,8 +168,8 @@ class Nodes:
             if not self._suspect:
                 return
             self._reading_for, self._suspect = self._suspect, set()
-            self._ask_known_too()
-            self._reading = asyncio.ensure_future(self.reader.nodes_manager.initialize())
+            self._ask_known_too()  # and a primary that did not answer asked last ("": none)
+            self._reading = asyncio.ensure_future(self.reader.nodes_manager.initialize(None, max(self._reading_for)))
             self._reading.add_done_callback(self._map_read)  # before any waiter's: they resume on the new state
         await asyncio.shield(self._reading)  # a waiter cancelled ends no other's read
 

@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.storage.clients import close_any, connect_any
 from atp_service.storage.embedded_cluster import EmbeddedCluster
+from atp_service.storage.nodes import Call, Script, open_nodes
 from tests.atp_service.storage.test_cluster_hung_other_node import _a_key_per_primary, _stopped
 
 TIMEOUT_S = 1.0
@@ -109,3 +110,24 @@ def _spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
 
     monkeypatch.setattr(ClusterNode, "execute_command", spied)
     return asked
+
+
+async def test_the_writers_read_of_the_map_after_a_primary_did_not_answer_asks_it_last(
+        cluster: EmbeddedCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer (``Nodes``) reads the map again itself before its next call to a primary that did not answer one:
+    asked first, the hung primary held that read (and the client's own, which waits for it) a socket timeout."""
+    nodes = open_nodes(cluster.url, TIMEOUT_S, cluster=True)
+    asked = _spied(monkeypatch)
+    try:
+        keys = await _keys(nodes.reader, cluster)
+        hung = next(node for node in cluster.primaries if node.port != nodes.reader.get_default_node().port)
+        _hung_first(monkeypatch, hung.port)
+        write = Call(Script("return redis.call('SET', KEYS[1], ARGV[1])"), [keys[hung.port]], ["v"])
+        with _stopped(hung):
+            assert isinstance((await nodes.run([write]))[0], RedisTimeoutError)  # the map stale for it
+            asked.clear()
+            assert isinstance((await nodes.run([write]))[0], RedisTimeoutError)  # after the map read again
+            read_of = {name for name, command in asked if command == "CLUSTER SLOTS"}
+            assert read_of and f"127.0.0.1:{hung.port}" not in read_of, read_of
+    finally:
+        await nodes.aclose()

@@ -47,7 +47,8 @@ async def test_a_slot_map_refresh_that_failed_is_tried_again_on_the_next_call() 
         def __init__(self) -> None:
             self.tries = 0
 
-        async def initialize(self) -> None:
+        async def initialize(self, _: object = None, last_failed_node_name: str | None = None) -> None:
+            assert last_failed_node_name == Node.name  # the node that failed asked last
             self.tries += 1
             if self.tries == 1:
                 raise RedisClusterException("Redis Cluster cannot be connected")
