@@ -130,7 +130,7 @@ def _channel_needs(keys: Keyspace, channels: list[str]) -> list[Need]:
         stream, state, again = keys.channel_stream(channel), keys.channel_state(channel), keys.channel_restamp(channel)
         needs += [Need(args, key, use) for args, key in (
             (("HSCAN", again, 0), again), (("HGET", again, "f"), again), (("HDEL", again, "f"), again),  # restamp.py
-            (("HLEN", again), again),
+            (("HLEN", again), again), (("EVAL", "return 0", 1, again), again),  # forgotten by EVAL (channel_store)
             (("XADD", stream, "MAXLEN", "~", 1, "1-0", "f", "v"), stream),
             (("XREVRANGE", stream, "+", "-", "COUNT", 1), stream),
             (("XREAD", "COUNT", 1, "STREAMS", stream, "0"), stream),

@@ -2,9 +2,11 @@
 them (restarted, a replica promoted), not loaded there (``SCRIPT LOAD``: ``storage/clients.py``). The start asked
 ``EVALSHA`` and ``SCRIPT LOAD`` alone: a user denied ``EVAL`` started, then every read of the input streams failed
 NOPERM from the first failover or restart of their node, for good. On one Redis they are loaded as before (``EVAL``
-is not sent there: such a user starts)."""
+is not sent there for them: such a user starts, where no channel feed sends it either)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,6 +21,7 @@ from tests.conftest import test_config as make_config
 IN = {"input_streams": ("atp:{in}:pos",), "dead_letter_stream": "atp:{in}:dlq",
       "quarantine_stream": "atp:{in}:quarantine"}
 __all__ = ["admin"]  # the fixture, shared
+DEMO_ESTATE = Path(__file__).parents[3] / "atp_service/app/demo_estate.toml"  # (its channels)
 
 
 async def _denied_eval_everywhere(cluster: EmbeddedCluster) -> None:
@@ -70,3 +73,13 @@ async def test_on_one_redis_a_user_denied_eval_starts(redis_url: str, admin: aio
     finally:
         await service.stop(grace_s=0)
 
+
+
+async def test_with_channels_a_user_denied_eval_is_refused_at_start_naming_the_channel_feeds(
+        redis_url: str, admin: aioredis.Redis) -> None:
+    """The channel desk forgets the keys a publisher named to publish again with ``EVAL`` (``ChannelStore.
+    forget_restamps``), on one Redis as on a cluster: a user denied it started, then each look failed NOPERM and
+    the keys stayed named for good."""
+    await set_user(redis_url, "~*", "+@all", "-eval")
+    said = await refused_start(as_user(redis_url), make_config(estate=DEMO_ESTATE))
+    assert "  EVAL on " in said and "the channel feeds" in said, said
