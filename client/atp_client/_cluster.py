@@ -80,7 +80,11 @@ class _CommandTable(AsyncCommandsParser):
         asked = [seed, node or getattr(self, "node", None), *self._nodes.get_nodes_by_server_type(PRIMARY),
                  *self._nodes.nodes_cache.values()]
         failed: Exception | None = None
-        for candidate in dict.fromkeys(found for found in asked if found is not None):  # (a node: by its name)
+        by_name: dict[str, ClusterNode] = {}  # each once, where first named (by name: redis 5's are not hashable)
+        for found in asked:
+            if found is not None:
+                by_name.setdefault(found.name, found)
+        for candidate in by_name.values():
             try:
                 await super().initialize(candidate)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # not answering: the next one

@@ -18,7 +18,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from atp_client._cluster import Cluster
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from tests.atp_client.test_ctl import receipt
 from tests.slot_moves import SlotMove
@@ -82,3 +86,16 @@ def test_entries_are_published_where_an_ask_sends_them_to_a_node_serving_no_slot
         assert json.loads(done.stdout) == {"stream": stream, "published": 1, "in_doubt": 0}, done.stdout
         with redis.Redis(host="127.0.0.1", port=added.port) as moved:
             assert moved.xlen(stream) == 2
+
+
+async def test_the_command_table_is_read_where_cluster_nodes_are_not_hashable(
+        cluster: EmbeddedCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis 5.x (the client's ``redis>=5.0``) defines ``ClusterNode.__eq__`` without ``__hash__``: its nodes are not
+    hashable. atpctl's table read put the nodes to ask in a dict (``dict.fromkeys``), so every ``events publish
+    --redis-cluster`` ended ``TypeError: unhashable type: 'ClusterNode'`` there (exit 1) before writing anything."""
+    monkeypatch.setattr(ClusterNode, "__hash__", None)  # as redis 5.x
+    client = Cluster.from_url(cluster.url, retry=Retry(NoBackoff(), 0), socket_timeout=5, socket_connect_timeout=5)
+    try:
+        assert await client.xadd("atp:in:pos", {"f": "v"})
+    finally:
+        await client.aclose()
