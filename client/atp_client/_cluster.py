@@ -80,7 +80,7 @@ class _CommandTable(AsyncCommandsParser):
         asked = [seed, node or getattr(self, "node", None), *self._nodes.get_nodes_by_server_type(PRIMARY),
                  *self._nodes.nodes_cache.values()]
         failed: Exception | None = None
-        by_name: dict[str, ClusterNode] = {}  # each once, where first named (by name: redis 5's are not hashable)
+        by_name: dict[str, ClusterNode] = {}  # each once, where first named (by name: redis-py 7.0's are not hashable)
         for found in asked:
             if found is not None:
                 by_name.setdefault(found.name, found)

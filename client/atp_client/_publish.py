@@ -177,7 +177,7 @@ async def no_cluster_there(client: Any, error: BaseException, timeout_s: float |
 
 def _code(refused: ResponseError) -> str | None:
     """The code Redis refused with (ERR, BUSY): redis-py's ``status_code`` from 7.2 on (None for a code it knows no
-    class for). Before 7.2 (``redis>=5.0``) a refusal had none: redis-py cut a code it knows (ERR) from the text and
+    class for). Before 7.2 (``redis>=7.0``) a refusal had none: redis-py cut a code it knows (ERR) from the text and
     left one it does not at its head (``BUSY Redis is busy running a script``), which read as an ERR."""
     if hasattr(refused, "status_code"):
         code: str | None = refused.status_code

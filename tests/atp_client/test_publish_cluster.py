@@ -65,7 +65,7 @@ def test_a_user_that_may_not_run_info_is_told_no_cluster_by_the_refusal_s_kind(r
 
 
 def _as_before_redis_py_7_2(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Refusals as redis-py before 7.2 builds them (the client takes ``redis>=5.0``): no ``status_code``, a code it
+    """Refusals as redis-py before 7.2 builds them (the client takes ``redis>=7.0``): no ``status_code``, a code it
     knows (ERR) cut from the text, one it does not (BUSY) left at its head."""
     from redis._parsers.base import BaseParser
 

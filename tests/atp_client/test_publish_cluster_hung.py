@@ -90,10 +90,10 @@ def test_entries_are_published_where_an_ask_sends_them_to_a_node_serving_no_slot
 
 async def test_the_command_table_is_read_where_cluster_nodes_are_not_hashable(
         cluster: EmbeddedCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    """redis 5.x (the client's ``redis>=5.0``) defines ``ClusterNode.__eq__`` without ``__hash__``: its nodes are not
+    """redis-py 7.0 (the client's ``redis>=7.0``) defines ``ClusterNode.__eq__`` without ``__hash__``: its nodes are not
     hashable. atpctl's table read put the nodes to ask in a dict (``dict.fromkeys``), so every ``events publish
     --redis-cluster`` ended ``TypeError: unhashable type: 'ClusterNode'`` there (exit 1) before writing anything."""
-    monkeypatch.setattr(ClusterNode, "__hash__", None)  # as redis 5.x
+    monkeypatch.setattr(ClusterNode, "__hash__", None)  # as redis-py 7.0
     client = Cluster.from_url(cluster.url, retry=Retry(NoBackoff(), 0), socket_timeout=5, socket_connect_timeout=5)
     try:
         assert await client.xadd("atp:in:pos", {"f": "v"})
