@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 
 from atp_client import AtpClient
@@ -30,13 +27,6 @@ STREAM = "atp:{in}:pos"
 IN = {"input_streams": (STREAM,), "dead_letter_stream": "atp:{in}:dlq", "quarantine_stream": "atp:{in}:quarantine"}
 T = 1_700_000_000_000
 BOTH = "for i = 1, #KEYS do redis.call('XADD', KEYS[i], '*', unpack(cjson.decode(ARGV[i]))) end"  # at once: one read
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    """A cluster of its own (a node of it is stopped), whose nodes never declare one failed within the test."""
-    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
-        yield formed
 
 
 async def test_a_hung_primary_leaves_the_duplicates_of_other_primaries_shards_acknowledged(

@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterable, Iterator
-from pathlib import Path
-
-import pytest
+from collections.abc import Iterable
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -28,14 +25,6 @@ SHARDS = 8
 PATIENT_TIMEOUT_S = 15.0
 """The service's Redis timeout: no write to a node that answers comes near it, so while the hung node
 is stopped a write to it can end only by this timeout — one still waiting is one not answered."""
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    """A cluster of its own (a node of it is stopped), whose nodes never declare one failed within the
-    test: the hung node keeps its slots, the others keep serving theirs (no ``CLUSTERDOWN``)."""
-    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
-        yield formed
 
 
 def _a_sku_per_shard(engine: Engine) -> dict[int, str]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -25,14 +23,6 @@ from tests.conftest import test_config as make_config
 from tests.waiting import until
 
 SHARDS = 8
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    """A cluster of its own (a node of it is stopped), whose nodes never declare one failed within the
-    test: the hung node keeps its slots, the others keep serving theirs (no ``CLUSTERDOWN``)."""
-    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
-        yield formed
 
 
 async def test_a_hung_primary_leaves_the_owner_check_of_the_other_primaries_shards_whole(

@@ -24,13 +24,6 @@ from tests.atp_service.storage.test_cluster_hung_other_node import _stopped
 from tests.waiting import until
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    """A cluster of its own (its nodes are stopped), whose nodes never declare one failed within the test."""
-    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
-        yield formed
-
-
 async def test_a_node_set_to_evict_is_seen_while_another_primary_hangs(cluster: EmbeddedCluster) -> None:
     gauge = Gauge("atp_redis_eviction_policy_unsafe", "", ["node"], registry=CollectorRegistry())
     store = LogStore(open_nodes(cluster.url, 1.0, cluster=True), "atp:", 1)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -30,14 +28,6 @@ pytestmark = pytest.mark.slow
 _ONE = Script("return 1")
 PATIENT_TIMEOUT_S = 15.0
 """The writer's socket timeout: longer than a test takes (none waits it out)."""
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    """A cluster of its own (a node of it is killed, a slot unassigned for a while), whose
-    nodes never declare one failed within a test."""
-    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
-        yield formed
 
 
 def _clients(port: int) -> int:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,13 +19,6 @@ from atp_service.storage.clients import close_any, connect_any, node_url
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 
 TIMEOUT_S = 1.0
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    """A cluster of its own (a node of it is stopped), whose nodes never declare one failed within the test."""
-    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
-        yield formed
 
 
 async def test_the_first_command_of_a_client_knowing_no_map_goes_to_its_node_while_another_hangs(

@@ -6,8 +6,6 @@ the socket timeout, whichever primary held it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,13 +15,6 @@ from tests.atp_service.storage.test_cluster_hung_other_node import _a_key_per_pr
 
 TIMEOUT_S = 30.0
 """Long: the write is answered while the list is still unanswered, whatever the machine's pace."""
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    """A cluster of its own (its nodes are stopped), whose nodes never declare one failed within the test."""
-    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
-        yield formed
 
 
 async def test_the_first_write_to_a_primary_is_answered_while_the_default_node_hangs(cluster: EmbeddedCluster) -> None:

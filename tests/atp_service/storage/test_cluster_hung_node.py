@@ -19,7 +19,6 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,14 +35,6 @@ from tests.waiting import until
 SHARDS = 8
 TIMEOUT_S = 1.0
 PATIENT_TIMEOUT_S = 15.0
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    """A cluster of its own (a node of it is stopped), whose nodes never declare one failed within a
-    test: the hung node keeps its slots and the others keep serving theirs (no ``CLUSTERDOWN``)."""
-    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
-        yield formed
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ waited out the socket timeout behind that read."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,13 +23,6 @@ ROUNDS = 2
 """Reads of the map after a command the hung node did not answer. redis-py asks the nodes in a random order: the
 order is made the worst here (the hung one first, ``_hung_first``), else the test passed without the fix one time in
 three a round (three primaries), eight rounds missing it about once in twenty-five runs."""
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    """A cluster of its own (its nodes are stopped), whose nodes never declare one failed within the test."""
-    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
-        yield formed
 
 
 async def _keys(client: Any, cluster: EmbeddedCluster) -> dict[int, str]:

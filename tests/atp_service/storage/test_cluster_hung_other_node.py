@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,13 +21,6 @@ from atp_service.storage.embedded_redis import EmbeddedRedis
 
 TIMEOUT_S = 1.0
 GET = "return redis.call('GET', KEYS[1])"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    """A cluster of its own (its nodes are stopped), whose nodes never declare one failed within the test."""
-    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
-        yield formed
 
 
 @pytest.fixture
