@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+import inspect
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -327,3 +328,12 @@ def node_url(url: str, host: str, port: int) -> str:
     auth = parts.netloc.rpartition("@")[0]
     netloc = f"{auth}@{host}:{port}" if auth else f"{host}:{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def read_map(manager: Any, failed: str) -> Coroutine[Any, Any, None]:
+    """``manager``'s read of the slot map again (``NodesManager.initialize``), ``failed`` asked last where redis-py
+    takes it (8.0 on: ``last_failed_node_name``); 7.x's takes no argument, its nodes asked in the order it draws — a
+    TypeError at each read otherwise, the map never read again."""
+    if "last_failed_node_name" in inspect.signature(manager.initialize).parameters:
+        return manager.initialize(last_failed_node_name=failed)  # type: ignore[no-any-return]
+    return manager.initialize()  # type: ignore[no-any-return]

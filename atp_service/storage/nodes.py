@@ -32,7 +32,7 @@ from redis.exceptions import AskError, ClusterDownError, NoScriptError, RedisErr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from atp_service.storage.clients import close_any, node_url
+from atp_service.storage.clients import close_any, node_url, read_map
 from atp_service.storage.clients import connect as connect
 from atp_service.storage.clients import connect_any as connect_any
 from atp_service.storage.lane import Lane, check_writable
@@ -169,7 +169,7 @@ class Nodes:
                 return
             self._reading_for, self._suspect = self._suspect, set()
             self._ask_known_too()  # and a primary that did not answer asked last ("": none)
-            self._reading = asyncio.ensure_future(self.reader.nodes_manager.initialize(None, max(self._reading_for)))
+            self._reading = asyncio.ensure_future(read_map(self.reader.nodes_manager, max(self._reading_for)))
             self._reading.add_done_callback(self._map_read)  # before any waiter's: they resume on the new state
         await asyncio.shield(self._reading)  # a waiter cancelled ends no other's read
 

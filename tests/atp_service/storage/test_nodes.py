@@ -78,6 +78,44 @@ async def test_a_slot_map_refresh_that_failed_is_tried_again_on_the_next_call() 
     await nodes.aclose()
 
 
+async def test_the_map_is_read_again_with_a_redis_py_whose_read_names_no_failed_node() -> None:
+    """redis-py before 8.0 (7.x runs the service): ``NodesManager.initialize`` takes no arguments. The writer's read
+    of the map again after a primary did not answer must not pass it the node to ask last: a TypeError at each call,
+    the map never read again, and every shard on that primary sent to it for good (liveness)."""
+
+    class Manager:
+        slots_cache: dict[int, list[object]] = {}
+        tries = 0
+
+        async def initialize(self) -> None:  # redis-py 7.x's
+            Manager.tries += 1
+
+    class Node:
+        name = "127.0.0.1:1"  # nothing listens there
+
+    class Reader:
+        nodes_manager = Manager()
+
+        async def initialize(self) -> None:
+            pass
+
+        async def aclose(self) -> None:
+            pass
+
+        def get_node_from_key(self, key: str) -> Node:
+            return Node()
+
+    nodes = Nodes(Reader(), cluster=True, url="redis://127.0.0.1:1", timeout_s=1.0)
+    nodes._suspect = {Node.name}
+    try:
+        (reply,) = await nodes.run([Call(COUNTED, ["k"], [])])
+        assert not isinstance(reply, TypeError), reply
+        assert Manager.tries == 1  # the map read again, once
+        assert isinstance(reply, OSError | RedisError), reply  # sent by the map read again: no one there
+    finally:
+        await nodes.aclose()
+
+
 async def test_an_idle_connection_the_server_closed_is_not_handed_out(tmp_path: Path) -> None:
     """After a Redis restart, the pool's idle connection is dead: the first command must go on a
     fresh one. The clients never retry on their own, so a dead one handed out fails that command."""
