@@ -40,7 +40,7 @@ class CommitPipeline(EntryListeners):
         self._inflight: deque[InFlight] = deque()  # appended, not yet durable; oldest first
         self._doubt: list[tuple[int, LogEntry, bytes]] = []  # failed appends that may have landed
         self._failure_lines = EveryInterval(APPEND_FAILURE_LOG_EVERY_S)
-        # Answers delivered to a reply cancelled meanwhile, kept till this loop turn's end (``answer_kept``).
+        # Answers delivered to a reply cancelled meanwhile, kept till its caller's step has run (``answer_kept``).
         self._dropped: dict[asyncio.Future[Any], tuple[Any, BaseException | None]] = {}
 
     def ahead_of_log(self) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]] | None:
@@ -90,17 +90,16 @@ class CommitPipeline(EntryListeners):
         return kept
 
     def _deliver(self, reply: asyncio.Future[Any], result: Any, refusal: BaseException | None) -> None:
-        """``reply`` answered; cancelled by its caller, its answer kept for ``answer_kept`` till this loop turn ends:
-        the caller's task, woken by the cancellation before this ran (call_soon's order), asks within it. Others
+        """``reply`` answered; cancelled by its caller, its answer kept for ``answer_kept`` till the step after this
+        one's: the caller's task, woken by the cancellation before this ran (call_soon's order), asks before. Others
         (a change's, a fact's) never ask: dropped then."""
         if not reply.done():
             if refusal is None:
                 reply.set_result(result)
             else:
                 reply.set_exception(refusal)
-        elif reply.cancelled():
-            if not self._dropped:
-                reply.get_loop().call_soon(self._dropped.clear)
+        elif reply.cancelled():  # its own clear, queued after its caller's wake-up (one for all cleared a later
+            reply.get_loop().call_soon(self._dropped.pop, reply, None)  # reply's, cancelled after it, too soon)
             self._dropped[reply] = (result, refusal)
 
     # -- a cross-shard change: a coordinator holds this shard paused (nothing in flight) --------

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
-from reservation import Limits, reserve_command
+from atp_service.engine.pipeline import CommitPipeline
+from atp_service.metrics import EngineMetrics
+from reservation import Ledger, Limits, reserve_command
 from tests.atp_service.engine.helpers import SKUS, TwoShards, until_turns
 
 
@@ -58,3 +60,38 @@ async def test_a_reserve_whose_caller_goes_before_its_turn_is_counted_nowhere() 
     assert home.ledger.reservation("r2") is None
     assert engine.metrics.reservations_of("held").value == 1  # the first's, by its caller
     await rig.stop()
+
+
+async def test_each_answer_kept_for_a_caller_gone_lasts_till_its_callers_step() -> None:
+    """Defect: the answers kept for replies cancelled were all cleared by one call_soon, queued with the first kept
+    in the turn; a second reply cancelled after that (its caller's step queued behind the clear) and answered in the
+    same turn (two batches' appends answered together) had its answer cleared before its caller asked: its hold,
+    durable, counted nowhere. Each answer is kept till the step after its own caller's."""
+    pipeline = CommitPipeline(0, Ledger(0, Limits()), None, 0, EngineMetrics())  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    x: asyncio.Future[str] = loop.create_future()
+    y: asyncio.Future[str] = loop.create_future()
+    kept: dict[str, asyncio.Future[str] | None] = {}
+
+    async def caller(name: str, reply: asyncio.Future[str]) -> None:
+        try:
+            await reply
+        except asyncio.CancelledError:  # as ``Router.reserve`` does
+            kept[name] = pipeline.answer_kept(reply)
+            raise
+
+    callers = [loop.create_task(caller("x", x)), loop.create_task(caller("y", y))]
+    await asyncio.sleep(0)  # both await their replies
+
+    def one_turn() -> None:  # x's caller goes, x's batch answered; then y's caller goes, y's batch answered
+        callers[0].cancel()
+        pipeline._deliver(x, "x", None)
+        callers[1].cancel()
+        pipeline._deliver(y, "y", None)
+
+    loop.call_soon(one_turn)
+    await asyncio.gather(*callers, return_exceptions=True)
+    assert kept["x"] is not None and kept["x"].result() == "x"
+    assert kept["y"] is not None, "y's answer cleared before its caller asked"
+    assert kept["y"].result() == "y"
+    assert not pipeline._dropped  # nothing kept past the turn
