@@ -69,7 +69,7 @@ class EmbeddedCluster:
         if primaries < 1 or replicas < 0:
             raise ValueError(f"primaries ({primaries}) must be at least 1 and replicas ({replicas}) at least 0")
         self.data_dir = Path(data_dir)
-        self._bus_ports: dict[int, int] = {}  # node port -> its cluster bus port
+        self._bus_ports: dict[Path, int] = {}  # by node (data dir): two nodes may draw one port (``_started``)
         self._appendfsync = appendfsync
         self._node_timeout_ms = node_timeout_ms
         # ``repl-diskless-sync-delay``: a primary waits this long for more replicas before a full sync;
@@ -86,7 +86,7 @@ class EmbeddedCluster:
         node = EmbeddedRedis(self.data_dir / name, port=free_port(), appendfsync=self._appendfsync, extra_args=[
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(self._node_timeout_ms), "--cluster-port", str(bus), *self._sync_delay])
-        self._bus_ports[node.port] = bus
+        self._bus_ports[node.data_dir] = bus
         return node
 
     @property
@@ -125,7 +125,7 @@ class EmbeddedCluster:
             except RedisDidNotStart:
                 if attempt == PORT_TRIES or not node.port_was_taken():
                     raise
-                self._bus_ports.pop(node.port, None)
+                self._bus_ports.pop(node.data_dir, None)
                 node = self._node(f"{node.data_dir.name}-{attempt}")
         raise AssertionError("unreachable")
 
@@ -166,10 +166,10 @@ class EmbeddedCluster:
         """Every node that does not yet know all the others meets the first again. A meeting is a handshake
         that a node drops after ``cluster-node-timeout`` unanswered (a busy host): once dropped, nothing
         in Redis tries it again. MEET of a node already known does nothing."""
-        first = self.primaries[0].port
+        first = self.primaries[0]
         for node in self.nodes[1:]:
             if self._known(node) < len(self.nodes):
-                self._cluster(node, "MEET", "127.0.0.1", first, self._bus_ports[first])
+                self._cluster(node, "MEET", "127.0.0.1", first.port, self._bus_ports[first.data_dir])
 
     def _wait_until_ready(self, timeout_s: float) -> None:
         """Every node ``cluster_state:ok``, knowing every other node and every replica, its current epoch the
@@ -276,7 +276,7 @@ class EmbeddedCluster:
         agreed with by every running node, every replica in sync. It comes back as a replica of the one that
         took over its slots — or, that one stalled past the node timeout meanwhile (a busy host), as their
         primary again: either way the cluster serves every slot."""
-        restart(node, self._bus_ports[node.port], timeout_s)
+        restart(node, self._bus_ports[node.data_dir], timeout_s)
         wait_agreed(self.nodes, f"agreed with :{node.port} back", timeout_s=timeout_s)
 
     def stop(self) -> None:

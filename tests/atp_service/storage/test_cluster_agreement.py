@@ -61,7 +61,7 @@ async def test_a_killed_node_starts_again_at_its_port_once_another_process_lets_
     """A killed node's port (or cluster bus port) may be taken a while by another process — a connection the
     kernel gave it as its local port: the start is tried again there, not given up at the first refusal."""
     (replica,) = pair.replicas
-    port = replica.port if which == "port" else pair._bus_ports[replica.port]
+    port = replica.port if which == "port" else pair._bus_ports[replica.data_dir]
     replica.kill()
     refused = _refusals(replica)
     with ThreadPoolExecutor(1) as pool, socket.socket() as squatter:
@@ -79,7 +79,7 @@ async def test_a_killed_node_starts_again_at_its_port_once_another_process_lets_
 
 def test_a_port_still_taken_past_the_bound_is_named(pair: EmbeddedCluster) -> None:
     (replica,) = pair.replicas
-    bus = pair._bus_ports[replica.port]
+    bus = pair._bus_ports[replica.data_dir]
     replica.kill()
     with socket.socket() as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -172,7 +172,7 @@ def test_a_node_whose_picked_port_another_process_took_starts_on_fresh_ports(tmp
     cluster = EmbeddedCluster(tmp_path / "c", primaries=3)
     first = cluster.primaries[0]
     with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", cluster._bus_ports[first.port]))
+        squatter.bind(("127.0.0.1", cluster._bus_ports[first.data_dir]))
         squatter.listen()
         with cluster:
             assert cluster.primaries[0] is not first

@@ -3,9 +3,11 @@ service processes it starts: as the service reads them. No Redis needed: the chi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from atp_service.storage import embedded_cluster
+from atp_service.storage import embedded_cluster, embedded_redis
 
 
 class _Child:
@@ -76,3 +78,22 @@ def test_a_port_the_service_refuses_is_refused_before_any_node_starts_for_one_pr
     with pytest.raises(ValueError, match=r"^ATP_METRICS_PORT: must be within \[-1, 65535\], got -2$"):
         embedded_cluster.served_ports({"ATP_METRICS_PORT": "-2"}, 1)
     assert embedded_cluster.served_ports({"ATP_PORT": "0", "ATP_METRICS_PORT": "-1"}, 1) == [("127.0.0.1:0", 0, -1)]
+
+
+def test_a_node_drawing_another_node_s_port_is_made_again_and_the_cluster_forms(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every node's ports are picked before any node binds one, so two nodes may draw the same (a busy host handing
+    a freed port out again). The second, refused "Address already in use", is made again on fresh ports — and took
+    the first node's cluster bus port away with it (kept by port): the meeting failed ``KeyError`` on the first
+    node's port, and a test's whole cluster with it."""
+    real = embedded_redis.free_port
+    drawn: list[int] = []
+
+    def the_first_nodes_port_again() -> int:  # p0's bus, p0, p1's bus, then p1 given p0's port
+        drawn.append(drawn[1] if len(drawn) == 3 else real())
+        return drawn[-1]
+
+    monkeypatch.setattr(embedded_cluster, "free_port", the_first_nodes_port_again)
+    with embedded_cluster.EmbeddedCluster(tmp_path / "c", primaries=2) as cluster:
+        assert cluster.primaries[1].port != cluster.primaries[0].port == drawn[1]
+        assert len({node.port for node in cluster.nodes}) == 2
