@@ -3,10 +3,13 @@
 The reason says why, in the domain's words; the service edge alone chooses the gRPC status and
 the error details for it (one table, ``atp_service/edge/errors.py``), and the reason's name is the
 stable, machine-readable code clients see (``google.rpc.ErrorInfo.reason``). Reasons are numbered
-in precedence order: where several apply to one request, the lowest is the one reported — who
-calls first (a denied call is never read), then the request itself, identity, what it names,
-state, capacity, and last the service's own availability. Insufficient stock is not here: it is
-an outcome (REJECTED), not a refusal.
+in precedence order: where faults of several kinds apply to one request, the lowest is the one
+reported — who calls first (a denied call is never read), then the request itself, identity, what
+it names, state, capacity, and last the service's own availability. The request's own faults
+(INVALID_FIELD, LIMIT_EXCEEDED) are told one at a time, the first its checks meet: a list past its
+limit is refused for its length without its items past the limit being read (bounded work for any
+request), so an item at fault there is told only once the list fits. Insufficient stock is not
+here: it is an outcome (REJECTED), not a refusal.
 """
 
 from __future__ import annotations

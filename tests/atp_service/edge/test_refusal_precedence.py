@@ -19,7 +19,9 @@ from atp_service import AtpService
 from reservation import Limits
 from tests.atp_service.app.test_healthcheck import starting_until_logged
 from tests.atp_service.channel_helpers import write_estate
-from tests.atp_service.refusals import refused
+from tests.atp_service.edge.test_api import stocked
+from tests.atp_service.refusals import fields_of, refused
+from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
 from tests.ports import held_port
 
@@ -89,3 +91,34 @@ async def test_an_estate_reload_while_the_service_starts_is_told_recovering_and_
         assert said.retry_delay_s is not None
     finally:
         await asyncio.wait_for(service.stop(grace_s=0), timeout=30)
+
+
+async def test_a_requests_own_faults_are_told_as_its_checks_meet_them_and_state_before_lines_it_checks(
+        start_service: ServiceFactory) -> None:
+    """docs/API.md, Reasons: the request's own faults are told one at a time, the first its checks meet — a list
+    past its limit for its length, its items past the limit not read (the work for a bad request stays bounded), an
+    id past ``max_id_length`` for its length whatever its characters; a line checked against the reservation (units
+    outstanding, a position it holds) after the reservation's state. Nothing of any of them is applied."""
+    _, client = await stocked(start_service)
+    stub, line = client.stub, pb.Line(sku="A", location="S1", quantity=1)
+    past = [line] * Limits().max_lines + [pb.Line(sku="A", location="S1", quantity=0)]
+    said = await refused(stub.Reserve(pb.ReserveRequest(reservation_id="r-faults", lines=past)))
+    assert (said.reason, fields_of(said), said.metadata.get("limit")) == ("LIMIT_EXCEEDED", ["lines"], "max_lines")
+    said = await refused(stub.Reserve(pb.ReserveRequest(reservation_id="r-faults", lines=past[::-1])))
+    assert (said.reason, fields_of(said)) == ("INVALID_FIELD", ["lines[0].quantity"])
+    said = await refused(stub.Confirm(pb.ConfirmRequest(reservation_id="\x01" * (Limits().max_id_length + 1))))
+    assert (said.reason, fields_of(said)) == ("LIMIT_EXCEEDED", ["reservation_id"])
+    said = await refused(stub.GetAvailability(pb.GetAvailabilityRequest(
+        keys=[pb.PositionKey(sku="", location="S1")] * (Limits().max_availability_keys + 1))))
+    assert (said.reason, fields_of(said)) == ("LIMIT_EXCEEDED", ["keys"])
+    said = await refused(stub.GetReservation(pb.GetReservationRequest(reservation_id="r-faults")))
+    assert said.reason == "RESERVATION_NOT_FOUND"  # nothing of the refused Reserves was made
+    await client.reserve("r-released", [("A", "S1", 2)])
+    await client.release("r-released")
+    for lines in ([pb.Line(sku="A", location="S1", quantity=9)], [pb.Line(sku="B", location="S1", quantity=1)]):
+        request = pb.ReleaseRequest(reservation_id="r-released", operation_id="op", lines=lines)
+        said = await refused(stub.Release(request))
+        assert (said.code, said.reason, said.state) == (grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_RELEASED",
+                                                        "RELEASED")
+    (a,) = await client.availability([("A", "S1")])
+    assert (a.on_hand, a.reserved, a.committed) == (10, 0, 0)
