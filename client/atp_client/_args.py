@@ -38,6 +38,9 @@ def key(text: str) -> tuple[str, str]:
     sku, sep, location = text.partition("@")
     if not sep or not sku or not location:
         raise argparse.ArgumentTypeError(f"expected SKU@LOCATION, got {text!r}")
+    if "@" in location:  # split at the first, another position was asked (or made: a safety stock, a hold)
+        raise argparse.ArgumentTypeError(f"expected SKU@LOCATION with one '@', got {text!r}: which '@' ends the SKU "
+                                         "is not known (a SKU or location holding '@' is named through the API)")
     return sku, location
 
 

@@ -60,6 +60,11 @@ async def test_an_events_file_with_a_line_that_cannot_be_read_is_not_half_import
     (["reserve", "r1", "A@L:99999999999999999999"], "SKU@LOCATION:QTY"),
     (["release", "r1", "A@L:-99999999999999999999", "--operation-id", "o1"], "SKU@LOCATION:QTY"),
     (["safety-stock", "A@L", "99999999999999999999"], "quantity"),
+    # More than one '@': which ends the SKU is not known (it was split at the first, another position asked).
+    (["availability", "A@B@L"], "SKU@LOCATION"),
+    (["safety-stock", "A@B@L", "1"], "SKU@LOCATION"),
+    (["reserve", "r1", "A@B@L:1"], "SKU@LOCATION:QTY"),
+    (["release", "r1", "A@@L:1", "--operation-id", "o1"], "SKU@LOCATION:QTY"),
     (["reserve", "r1", "A@L:1", "--ttl", "99999999999999999999"], "--ttl"),
     (["watch", "web", "--since", "-1"], "--since"),
     (["watch", "web", "--count", "-1"], "--count"),
