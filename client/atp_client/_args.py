@@ -10,6 +10,8 @@ import re
 import ssl
 from pathlib import Path
 
+from atp_client._time import MAX_TIMEOUT_S
+
 INT64_MAX = (1 << 63) - 1
 """What a proto int64 holds (quantities): a number past it cannot even be put in the request."""
 MAX_DURATION_S = 315_576_000_000
@@ -133,14 +135,15 @@ def count(text: str) -> int:
 
 
 def seconds(text: str) -> float:
-    """A deadline: a number of seconds above 0 (0 or less would fail every call DEADLINE_EXCEEDED,
-    which reads as "unavailable, retry later")."""
+    """A deadline: a number of seconds above 0, at most ``MAX_TIMEOUT_S`` (0 or less, or one gRPC's clock cannot
+    hold, would fail every call DEADLINE_EXCEEDED, unsent, which reads as "unavailable, retry later")."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:g}, "
+                                         f"got {text!r}")
     return value
 
 

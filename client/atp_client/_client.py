@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atp_client._errors import not_connected, request_too_large, stream_cut_unread, typed
 from atp_client._stream import MAX_BATCH_RESERVATIONS, MAX_STREAM_INFLIGHT, Batches, Source
+from atp_client._time import checked_timeout
 from atp_client._watch import watch_request, watched
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
@@ -218,7 +219,7 @@ class AtpClient:
             if value is not None and not (math.isfinite(value) and value >= 0.001):
                 raise ValueError(f"{name}: must be at least 0.001 seconds (keepalive_s None: no pings), got {value}")
         self.target = target
-        self.timeout_s = timeout_s
+        self.timeout_s = checked_timeout(timeout_s)
         self.retry = retry
         self.max_request_bytes = max_request_bytes
         self.max_stream_inflight = max_stream_inflight

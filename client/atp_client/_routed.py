@@ -23,6 +23,7 @@ import grpc
 from atp_client._client import MAX_REQUEST_BYTES, AtpClient, LineLike, RetryPolicy, _lines, reserve_request
 from atp_client._errors import AtpError, Conflict, NotFound, Retryable, deadline_exceeded, in_doubt
 from atp_client._routing import REDIRECT, ROUTING_KEY, Lru, Routes, moved_of
+from atp_client._time import checked_timeout
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 MAX_CLIENTS = 32
@@ -70,8 +71,8 @@ class RoutedClient:
         self.seeds = (seeds,) if isinstance(seeds, str) else tuple(seeds)
         if not self.seeds:
             raise ValueError("seeds: at least one service address is required")
-        self.timeout_s = timeout_s
-        self._connect = partial(AtpClient, timeout_s=timeout_s, options=options, token=token,
+        self.timeout_s = checked_timeout(timeout_s)
+        self._connect = partial(AtpClient, timeout_s=self.timeout_s, options=options, token=token,
                                 credentials=credentials, retry=retry, max_request_bytes=max_request_bytes)
         self._tries_once = (retry is None or retry.attempts == 1) and not _service_config_in(options)
         """Whether gRPC's "failed to connect" proves a call unsent (``_NOT_SENT``)."""
