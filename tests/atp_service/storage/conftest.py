@@ -6,9 +6,12 @@ import os
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from atp_service.storage.clients import close_any, connect_any
+from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.log import LogStore, connect
 
@@ -33,3 +36,14 @@ async def store(redis_url: str) -> AsyncIterator[LogStore]:
     await log_store.claim(4)
     yield log_store
     await client.aclose()
+
+
+@pytest.fixture
+async def cluster_client(cluster: EmbeddedCluster) -> AsyncIterator[Any]:
+    """A cluster client of the service's (``connect_any``) on the test's own ``cluster``, its Redis timeout short
+    (1 s): a command sent to a hung node fails well within the test."""
+    reached = connect_any(cluster.url, 1.0, cluster=True)
+    try:
+        yield reached
+    finally:
+        await close_any(reached)

@@ -11,46 +11,34 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from atp_service.storage.clients import close_any, connect_any
 from atp_service.storage.embedded_cluster import EmbeddedCluster
-
-TIMEOUT_S = 1.0
-
-
-@pytest.fixture
-async def client(cluster: EmbeddedCluster) -> AsyncIterator[Any]:
-    reached = connect_any(cluster.url, TIMEOUT_S, cluster=True)
-    try:
-        yield reached
-    finally:
-        await close_any(reached)
 
 
 async def test_the_slot_map_read_again_while_the_first_primary_hangs_leaves_the_others_served(
-        cluster: EmbeddedCluster, client: Any) -> None:
-    await client.initialize()
-    first = int(client.get_default_node().port)  # the node redis-py reads the command table from
+        cluster: EmbeddedCluster, cluster_client: Any) -> None:
+    await cluster_client.initialize()
+    first = int(cluster_client.get_default_node().port)  # the node redis-py reads the command table from
     hung = next(node for node in cluster.primaries if node.port == first)
     other = next(node for node in cluster.primaries if node.port != first)
-    key = next(k for k in (f"k:{{{i}}}" for i in range(1000)) if int(client.get_node_from_key(k).port) == other.port)
-    await client.xadd(key, {"f": "v"})
+    key = next(k for k in (f"k:{{{i}}}" for i in range(1000))
+               if int(cluster_client.get_node_from_key(k).port) == other.port)
+    await cluster_client.xadd(key, {"f": "v"})
     assert hung.process is not None
     os.kill(hung.process.pid, signal.SIGSTOP)
     try:
         async with aioredis.Redis(host="127.0.0.1", port=other.port) as direct:  # the client's connection broken
             await direct.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         with pytest.raises(RedisConnectionError):
-            await client.get(key + ":none")  # met the broken connection: the slot map is read again next
-        assert await client.get(key + ":none") is None
-        assert len((await client.xread({key: "0"}, count=5))[0][1]) == 1
-        assert int(client.get_default_node().port) == hung.port  # the map read again with it first, as before
+            await cluster_client.get(key + ":none")  # met the broken connection: the slot map is read again next
+        assert await cluster_client.get(key + ":none") is None
+        assert len((await cluster_client.xread({key: "0"}, count=5))[0][1]) == 1
+        assert int(cluster_client.get_default_node().port) == hung.port  # the map read again with it first, as before
     finally:
         os.kill(hung.process.pid, signal.SIGCONT)
 

@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from atp_service.storage.clients import close_any, connect_any, streams_named
+from atp_service.storage.clients import streams_named
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis
 
-TIMEOUT_S = 1.0
 GET = "return redis.call('GET', KEYS[1])"
-
-
-@pytest.fixture
-async def client(cluster: EmbeddedCluster) -> AsyncIterator[Any]:
-    reached = connect_any(cluster.url, TIMEOUT_S, cluster=True)
-    try:
-        yield reached
-    finally:
-        await close_any(reached)
 
 
 async def _a_key_per_primary(client: Any, cluster: EmbeddedCluster) -> dict[int, str]:
@@ -57,29 +46,30 @@ def _stopped(node: EmbeddedRedis) -> Any:
 
 
 async def test_streams_of_the_primaries_that_answer_are_read_while_any_other_hangs(
-        cluster: EmbeddedCluster, client: Any) -> None:
-    keys = await _a_key_per_primary(client, cluster)
+        cluster: EmbeddedCluster, cluster_client: Any) -> None:
+    keys = await _a_key_per_primary(cluster_client, cluster)
     for key in keys.values():
-        await client.xgroup_create(key, "g", id="0", mkstream=True)
-        await client.xadd(key, {"f": "v"})
+        await cluster_client.xgroup_create(key, "g", id="0", mkstream=True)
+        await cluster_client.xadd(key, {"f": "v"})
     for hung in cluster.primaries:
         with _stopped(hung):
             for port, key in keys.items():
                 if port == hung.port:
                     continue
-                assert len((await client.execute_command("XREAD", "COUNT", 5, "STREAMS", key, "0"))[0][1]) == 1
-                assert (await client.xread({key: "0"}, count=5, block=1))
-                assert len(await client.xreadgroup("g", "c", {key: "0"}, count=5)) == 1  # its own pending
-                assert await client.execute_command("XREADGROUP", "GROUP", "g", "c", "COUNT", 5, "BLOCK", 1,
-                                                    "STREAMS", key, "0")
+                read = await cluster_client.execute_command("XREAD", "COUNT", 5, "STREAMS", key, "0")
+                assert len(read[0][1]) == 1
+                assert (await cluster_client.xread({key: "0"}, count=5, block=1))
+                assert len(await cluster_client.xreadgroup("g", "c", {key: "0"}, count=5)) == 1  # its own pending
+                assert await cluster_client.execute_command("XREADGROUP", "GROUP", "g", "c", "COUNT", 5, "BLOCK", 1,
+                                                            "STREAMS", key, "0")
 
 
 async def test_a_script_a_node_lacks_runs_there_while_another_primary_hangs(
-        cluster: EmbeddedCluster, client: Any) -> None:
-    keys = await _a_key_per_primary(client, cluster)
-    script = client.register_script(GET)
+        cluster: EmbeddedCluster, cluster_client: Any) -> None:
+    keys = await _a_key_per_primary(cluster_client, cluster)
+    script = cluster_client.register_script(GET)
     for key in keys.values():
-        await client.set(key, key)
+        await cluster_client.set(key, key)
     for hung in cluster.primaries:
         with _stopped(hung):
             for node in cluster.primaries:
