@@ -70,6 +70,56 @@ async def _writes(desk: QuarantineStream, writer: Any, entry: Any, run: int) -> 
     return bool(await desk.write(writer, [(_fact(), "late")], Acks(GROUP, NAME, [(STREAM, entry)], run)) == [True])
 
 
+def _at_address(r: Any, redrawn: Any = None) -> DepartedConsumers:
+    """The departed sweep of a process serving at ``NAME``'s address (10.0.0.3:1, live there), ``claim_idle_ms`` 1 s."""
+    return DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE,
+                             redrawn=redrawn)
+
+
+async def _drawn_after_a_lost_answer(desk: QuarantineStream, lossy: _FirstAnswerLost, mark: str) -> int:
+    """A draw whose first answer is lost (the ``TimeoutError`` its caller retries after), then retried with the same
+    token: the run the retry returns."""
+    with contextlib.suppress(TimeoutError):
+        await desk.run_of(lossy, GROUP, NAME, mark)
+    return await desk.run_of(lossy, GROUP, NAME, mark)
+
+
+async def _serving_writes(r: Any, desk: QuarantineStream, serving: DepartedConsumers, writer: Any) -> bool:
+    """Whether the quarantine write of the process serving at the address (``serving``, ``desk``), acknowledging an
+    entry read now under the run it keeps, lands."""
+    entry = await _read_one(r)
+    return await _writes(desk, writer, entry, await serving.kept_run(desk))
+
+
+async def _swept_by_an_older_version(r: Any, run: int) -> None:
+    """A sweep of a version that deleted the draws' record with the run (or the record expired; the sweep leaves it
+    now): the run key and the record gone, ``run`` the highest run swept."""
+    await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))
+    await r.set(swept_runs_key(QUARANTINE), run)
+
+
+async def _drawn_again_past(r: Any, desk: QuarantineStream, writer: Any, mark: str, late: int) -> None:
+    """The next sweep round draws the run again past ``late`` (the process's own late draw, not another's fence):
+    its write lands, and the run is kept since."""
+    again = await desk.keep_run(r, GROUP, NAME, mark)
+    assert again > late, "drawn again past its own late draw"
+    entry = await _read_one(r)
+    assert await _writes(desk, writer, entry, again), "its write lands"
+    assert await desk.keep_run(r, GROUP, NAME, mark) == again, "kept since"
+
+
+async def _paused_ones_late_draw_fences_nothing(r: Any, writer: Any, lossy: _FirstAnswerLost, before: int,
+                                                serving: DepartedConsumers, serving_desk: QuarantineStream) -> None:
+    """Another process starts at the paused one's address (``serving``: a later run, E8, its fence); only then does
+    the paused one's first draw (``lossy``'s, retried and answered ``before``) land: it returns that run and moves
+    nothing past the run in use, and the process serving there writes."""
+    run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
+    assert run > before
+    assert int(await lossy.script(**lossy.sent)) == before, "landing late, the paused one's draw: its run"
+    assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
+    assert await _serving_writes(r, serving_desk, serving, writer), "the one serving there writes"
+
+
 @pytest.fixture
 async def clients(redis_url: str) -> AsyncIterator[tuple[Any, Any]]:
     """A client for the test's own calls and the service's writer, the group made."""
@@ -88,7 +138,7 @@ async def test_a_retried_draw_whose_lost_answer_landed_returns_the_same_run(redi
     drew a second run (``INCR``), the first one's run left unused."""
     r = aioredis.Redis.from_url(redis_url)
     desk, lossy = QuarantineStream(QUARANTINE, 10), _FirstAnswerLost(r, landed=True)
-    sweep = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
+    sweep = _at_address(r)
     try:
         with contextlib.suppress(TimeoutError):
             await desk.run_of(lossy, GROUP, NAME, sweep.mark)
@@ -105,10 +155,8 @@ async def test_a_lost_draw_landing_after_its_retry_leaves_the_run_in_use(clients
     the run in use and every write was refused (``CONCURRENT_CHANGE``) till a sweep round drew again."""
     r, writer = clients
     desk, lossy = QuarantineStream(QUARANTINE, 10), _FirstAnswerLost(r, landed=False)
-    sweep = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
-    with contextlib.suppress(TimeoutError):
-        await desk.run_of(lossy, GROUP, NAME, sweep.mark)
-    run = await desk.run_of(lossy, GROUP, NAME, sweep.mark)
+    sweep = _at_address(r)
+    run = await _drawn_after_a_lost_answer(desk, lossy, sweep.mark)
     assert int(await lossy.script(**lossy.sent)) == run, "landing late, the same draw: the same run"
     assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past it"
     entry = await _read_one(r)
@@ -125,8 +173,7 @@ async def test_a_process_whose_lost_draw_landed_before_its_retry_never_fences_ou
     the process serving there fenced out."""
     r, writer = clients
     paused_desk, serving_desk = QuarantineStream(QUARANTINE, 10), QuarantineStream(QUARANTINE, 10)
-    paused, serving = (DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000,
-                                         quarantine=QUARANTINE) for _ in range(2))
+    paused, serving = _at_address(r), _at_address(r)
     with contextlib.suppress(TimeoutError):
         await paused_desk.run_of(_FirstAnswerLost(r, landed=True), GROUP, NAME, paused.mark)
     before = await paused.kept_run(paused_desk)  # its start retried: answered
@@ -146,13 +193,10 @@ async def test_a_run_a_sweep_deleted_is_drawn_again_counted_and_said_once(
     r = aioredis.Redis.from_url(redis_url)
     registry = CollectorRegistry()
     desk, metrics = QuarantineStream(QUARANTINE, 10), IntakeMetrics(registry)
-    own = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE,
-                            redrawn=metrics.ingest_quarantine_runs_redrawn)
+    own = _at_address(r, redrawn=metrics.ingest_quarantine_runs_redrawn)
     try:
         run = await own.kept_run(desk)
-        await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep of a version
-        # that deleted the draws' record with the run (or the record expired): the sweep leaves it now
-        await r.set(swept_runs_key(QUARANTINE), run)
+        await _swept_by_an_older_version(r, run)
         again = await own.kept_run(desk)
         assert again == run + 1 and await own.kept_run(desk) == again
         said = [(getattr(rec, "run_before", None), getattr(rec, "run_now", None), getattr(rec, "why", None))
@@ -171,20 +215,12 @@ async def test_a_lost_draw_landing_after_a_sweep_took_its_run_is_drawn_past_at_t
     the next sweep round draws its run again, and its writes land. Else they were refused for as long as it ran."""
     r, writer = clients
     desk, lossy = QuarantineStream(QUARANTINE, 10), _FirstAnswerLost(r, landed=False)
-    own = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
-    with contextlib.suppress(TimeoutError):
-        await desk.run_of(lossy, GROUP, NAME, own.mark)
-    run = await desk.run_of(lossy, GROUP, NAME, own.mark)
-    await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep of a version
-    # that deleted the draws' record with the run (or the record expired): the sweep leaves it now
-    await r.set(swept_runs_key(QUARANTINE), run)
+    own = _at_address(r)
+    run = await _drawn_after_a_lost_answer(desk, lossy, own.mark)
+    await _swept_by_an_older_version(r, run)
     late = int(await lossy.script(**lossy.sent))  # the lost draw lands now
     assert late > run
-    again = await desk.keep_run(r, GROUP, NAME, own.mark)
-    assert again > late, "drawn again past its own late draw"
-    entry = await _read_one(r)
-    assert await _writes(desk, writer, entry, again), "its write lands"
-    assert await desk.keep_run(r, GROUP, NAME, own.mark) == again, "kept since"
+    await _drawn_again_past(r, desk, writer, own.mark, late)
 
 
 async def test_a_lost_draw_landing_after_the_run_was_drawn_again_is_drawn_past_at_the_next_sweep_round(
@@ -198,24 +234,15 @@ async def test_a_lost_draw_landing_after_the_run_was_drawn_again_is_drawn_past_a
     and every quarantine write refused (its entries pending) for as long as the process ran."""
     r, writer = clients
     desk, lossy = QuarantineStream(QUARANTINE, 10), _FirstAnswerLost(r, landed=False)
-    own = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
-    with contextlib.suppress(TimeoutError):
-        await desk.run_of(lossy, GROUP, NAME, own.mark)
-    run = await desk.run_of(lossy, GROUP, NAME, own.mark)
-    await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # a sweep of a version
-    # that deleted the draws' record with the run (or the record expired): the sweep leaves it now
-    await r.set(swept_runs_key(QUARANTINE), run)
+    own = _at_address(r)
+    run = await _drawn_after_a_lost_answer(desk, lossy, own.mark)
+    await _swept_by_an_older_version(r, run)
     redrawn = await desk.keep_run(r, GROUP, NAME, own.mark)
     assert redrawn > run
-    await r.delete(run_key(QUARANTINE, GROUP, NAME), drawn_key(QUARANTINE, GROUP, NAME))  # swept again
-    await r.set(swept_runs_key(QUARANTINE), redrawn)
+    await _swept_by_an_older_version(r, redrawn)  # swept again
     late = int(await lossy.script(**lossy.sent))  # the first draw lands now, the key gone (as its process read it)
     assert late > redrawn
-    again = await desk.keep_run(r, GROUP, NAME, own.mark)
-    assert again > late, "drawn again past its own late draw"
-    entry = await _read_one(r)
-    assert await _writes(desk, writer, entry, again), "its write lands"
-    assert await desk.keep_run(r, GROUP, NAME, own.mark) == again, "kept since"
+    await _drawn_again_past(r, desk, writer, own.mark, late)
 
 
 async def test_a_lost_draw_of_a_process_paused_landing_after_another_started_at_its_address_fences_nothing(
@@ -229,18 +256,9 @@ async def test_a_lost_draw_of_a_process_paused_landing_after_another_started_at_
     r, writer = clients
     paused_desk, serving_desk = QuarantineStream(QUARANTINE, 10), QuarantineStream(QUARANTINE, 10)
     lossy = _FirstAnswerLost(r, landed=False)
-    paused, serving = (DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000,
-                                         quarantine=QUARANTINE) for _ in range(2))
-    with contextlib.suppress(TimeoutError):
-        await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)
-    before = await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)  # its start retried: answered
-    run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
-    assert run > before
-    assert int(await lossy.script(**lossy.sent)) == before, "landing late, the paused one's draw: its run"
-    assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
-    entry = await _read_one(r)
-    acks = Acks(GROUP, NAME, [(STREAM, entry)], await serving.kept_run(serving_desk))
-    assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
+    paused, serving = _at_address(r), _at_address(r)
+    before = await _drawn_after_a_lost_answer(paused_desk, lossy, paused.mark)  # its start retried: answered
+    await _paused_ones_late_draw_fences_nothing(r, writer, lossy, before, serving, serving_desk)
 
 
 async def test_a_lost_draw_landing_after_a_sweep_and_another_process_at_its_address_fences_nothing(
@@ -252,24 +270,15 @@ async def test_a_lost_draw_landing_after_a_sweep_and_another_process_at_its_addr
     r, writer = clients
     paused_desk, serving_desk = QuarantineStream(QUARANTINE, 10), QuarantineStream(QUARANTINE, 10)
     lossy = _FirstAnswerLost(r, landed=False)
-    paused = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
-    serving = DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000, quarantine=QUARANTINE)
+    paused, serving = _at_address(r), _at_address(r)
     sweeper = DepartedConsumers(r, [STREAM], GROUP, "atp-1@10.0.0.4:1", lambda: {"10.0.0.4:1"}, 0,
                                 quarantine=QUARANTINE)
-    with contextlib.suppress(TimeoutError):
-        await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)
-    before = await paused_desk.run_of(lossy, GROUP, NAME, paused.mark)
+    before = await _drawn_after_a_lost_answer(paused_desk, lossy, paused.mark)
     await r.xgroup_createconsumer(STREAM, GROUP, NAME)
     await r.delete(paused.mark)  # its answered mark past claim_idle_ms: the paused one taken for gone
     assert await sweeper.sweep() == [NAME]
     assert not await r.exists(run_key(QUARANTINE, GROUP, NAME)), "its run swept"
-    run = await serving.kept_run(serving_desk)  # started at the address while the other was paused
-    assert run > before
-    assert int(await lossy.script(**lossy.sent)) == before, "landing late, the paused one's draw: its run"
-    assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
-    entry = await _read_one(r)
-    acks = Acks(GROUP, NAME, [(STREAM, entry)], await serving.kept_run(serving_desk))
-    assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
+    await _paused_ones_late_draw_fences_nothing(r, writer, lossy, before, serving, serving_desk)
 
 
 async def test_a_lost_draw_of_a_process_gone_landing_after_the_next_one_at_its_address_drew_fences_nothing(
@@ -283,16 +292,13 @@ async def test_a_lost_draw_of_a_process_gone_landing_after_the_next_one_at_its_a
     r, writer = clients
     gone_desk, serving_desk = QuarantineStream(QUARANTINE, 10), QuarantineStream(QUARANTINE, 10)
     lossy = _FirstAnswerLost(r, landed=False)
-    gone, serving = (DepartedConsumers(r, [STREAM], GROUP, NAME, lambda: {"10.0.0.3:1"}, 1_000,
-                                       quarantine=QUARANTINE) for _ in range(2))
+    gone, serving = _at_address(r), _at_address(r)
     with contextlib.suppress(TimeoutError):
         await gone_desk.run_of(lossy, GROUP, NAME, gone.mark)  # and the process went
     run = await serving.kept_run(serving_desk)
     await lossy.script(**lossy.sent)  # the gone one's draw lands now
     assert int(await r.get(run_key(QUARANTINE, GROUP, NAME))) == run, "the key not moved past the run in use"
-    entry = await _read_one(r)
-    acks = Acks(GROUP, NAME, [(STREAM, entry)], await serving.kept_run(serving_desk))
-    assert await serving_desk.write(writer, [(_fact(), "late")], acks) == [True], "the one serving there writes"
+    assert await _serving_writes(r, serving_desk, serving, writer), "the one serving there writes"
 
 
 async def test_a_sweep_asks_no_delete_of_the_draws_record_it_leaves(redis_url: str) -> None:
