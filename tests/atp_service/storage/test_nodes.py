@@ -35,6 +35,33 @@ def test_a_node_url_keeps_the_credentials_and_options_of_the_seed() -> None:
     assert node_url("redis://10.0.0.1:7000", "10.0.0.3", 7002) == "redis://10.0.0.3:7002"
 
 
+class _Node:
+    name = "127.0.0.1:1"  # nothing listens there
+
+
+class _Reader:
+    """A cluster client whose every key is on ``_Node`` (nothing listens there), its slot map kept by ``manager``."""
+
+    def __init__(self, manager: object) -> None:
+        self.nodes_manager = manager
+
+    async def initialize(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    def get_node_from_key(self, key: str) -> _Node:
+        return _Node()
+
+
+def _failed_on(manager: object) -> Nodes:
+    """The writer over ``_Reader(manager)`` after a call to ``_Node`` failed: its next call reads the map again."""
+    nodes = Nodes(_Reader(manager), cluster=True, url="redis://127.0.0.1:1", timeout_s=1.0)
+    nodes._suspect = {_Node.name}
+    return nodes
+
+
 async def test_a_slot_map_refresh_that_failed_is_tried_again_on_the_next_call() -> None:
     """A refresh that failed (no node answered) leaves the slot map as stale as it was: the next
     call to the node that failed reads it again instead of sending to the nodes of the old map. The
@@ -48,32 +75,17 @@ async def test_a_slot_map_refresh_that_failed_is_tried_again_on_the_next_call() 
             self.tries = 0
 
         async def initialize(self, _: object = None, last_failed_node_name: str | None = None) -> None:
-            assert last_failed_node_name == Node.name  # the node that failed asked last
+            assert last_failed_node_name == _Node.name  # the node that failed asked last
             self.tries += 1
             if self.tries == 1:
                 raise RedisClusterException("Redis Cluster cannot be connected")
 
-    class Node:
-        name = "127.0.0.1:1"  # nothing listens there
-
-    class Reader:
-        nodes_manager = Manager()
-
-        async def initialize(self) -> None:
-            pass
-
-        async def aclose(self) -> None:
-            pass
-
-        def get_node_from_key(self, key: str) -> Node:
-            return Node()
-
-    nodes = Nodes(Reader(), cluster=True, url="redis://127.0.0.1:1", timeout_s=1.0)
-    nodes._suspect = {Node.name}
+    manager = Manager()
+    nodes = _failed_on(manager)
     (refused,) = await nodes.run([Call(COUNTED, ["k"], [])])
     assert isinstance(refused, RedisClusterException)
     (unreached,) = await nodes.run([Call(COUNTED, ["k"], [])])
-    assert Reader.nodes_manager.tries == 2
+    assert manager.tries == 2
     assert isinstance(unreached, OSError | RedisError), unreached  # sent by the map read again: no one there
     await nodes.aclose()
 
@@ -90,23 +102,7 @@ async def test_the_map_is_read_again_with_a_redis_py_whose_read_names_no_failed_
         async def initialize(self) -> None:  # redis-py 7.x's
             Manager.tries += 1
 
-    class Node:
-        name = "127.0.0.1:1"  # nothing listens there
-
-    class Reader:
-        nodes_manager = Manager()
-
-        async def initialize(self) -> None:
-            pass
-
-        async def aclose(self) -> None:
-            pass
-
-        def get_node_from_key(self, key: str) -> Node:
-            return Node()
-
-    nodes = Nodes(Reader(), cluster=True, url="redis://127.0.0.1:1", timeout_s=1.0)
-    nodes._suspect = {Node.name}
+    nodes = _failed_on(Manager())
     try:
         (reply,) = await nodes.run([Call(COUNTED, ["k"], [])])
         assert not isinstance(reply, TypeError), reply
