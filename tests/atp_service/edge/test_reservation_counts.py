@@ -5,6 +5,8 @@ resolution; a refused unary Reserve is counted ``error`` as a refused ReserveStr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -29,6 +31,25 @@ def counted(service: AtpService) -> dict[str, float]:
     return {outcome: value for outcome, value in values.items() if value}
 
 
+async def _caller_gone_while_writes_wait(redis_url: str, service: AtpService, method: str, call: Callable[[], Any],
+                                        decided: Callable[[], Any], what: str) -> None:
+    """``call`` (a ``method`` call) made while Redis takes no write, cancelled once ``decided`` (``what``): its change
+    decided, waiting to be durable; Redis's writes go on once the service saw its caller go (``CANCELLED``)."""
+    registry = service.metrics.registry
+    pause = redis.Redis.from_url(redis_url)
+    pause.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")  # the change decided, waiting to be durable
+    try:
+        made = call()
+        await until(decided, what, 20)
+        made.cancel()
+        await until(lambda: registry.get_sample_value("atp_rpc_duration_seconds_count",
+                                                      {"method": method, "code": "CANCELLED"}),
+                    "the service saw its caller go", 20)
+    finally:
+        pause.execute_command("CLIENT", "UNPAUSE")
+        pause.close()
+
+
 async def test_retried_resolutions_are_counted_replayed_not_again(start_service: ServiceFactory) -> None:
     service, client = await stocked(start_service, ManualClock(T0))
     await client.reserve("r1", [("A", "S1", 3)])
@@ -51,7 +72,6 @@ async def test_retried_resolutions_are_counted_replayed_not_again(start_service:
     assert counted(service) == {"held": 3, "confirmed": 3, "fulfilled": 2, "released": 1, "replayed": 6}
 
 
-
 async def test_a_confirm_whose_caller_went_away_is_counted_once_made(start_service: ServiceFactory,
                                                                       redis_url: str) -> None:
     """Its caller gone while the change waited to be durable, a Confirm goes on to its end (R8): before, it was
@@ -61,23 +81,14 @@ async def test_a_confirm_whose_caller_went_away_is_counted_once_made(start_servi
     await client.reserve("r1", [("A", "S1", 3)])
     assert service.engine is not None
     ledger = service.engine.actors[service.engine.place("A")].ledger
-    registry = service.metrics.registry
-    pause = redis.Redis.from_url(redis_url)
-    pause.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")  # the confirmation decided, waiting to be durable
-    try:
-        call = client.stub.Confirm(pb.ConfirmRequest(reservation_id="r1"))
-        await until(lambda: (rec := ledger.reservation("r1")) is not None and rec.state == State.CONFIRMED,
-                    "the confirmation decided", 20)
-        call.cancel()
-        await until(lambda: registry.get_sample_value("atp_rpc_duration_seconds_count",
-                                                      {"method": "Confirm", "code": "CANCELLED"}),
-                    "the service saw its caller go", 20)
-    finally:
-        pause.execute_command("CLIENT", "UNPAUSE")
-        pause.close()
+    await _caller_gone_while_writes_wait(
+        redis_url, service, "Confirm", lambda: client.stub.Confirm(pb.ConfirmRequest(reservation_id="r1")),
+        lambda: (rec := ledger.reservation("r1")) is not None and rec.state == State.CONFIRMED,
+        "the confirmation decided")
     await until(lambda: counted(service).get("confirmed") == 1, "the confirmation counted once durable", 20)
     await client.confirm("r1")  # the caller's retry: answered from the record
     assert counted(service) == {"held": 1, "confirmed": 1, "replayed": 1}
+
 
 @pytest.mark.parametrize("lines", [[("A", "S1", 3)], [("A", "S1", 1), ("D", "DC", 1)]], ids=["one_shard", "across"])
 async def test_a_reserve_whose_caller_went_away_is_counted_once_decided(
@@ -89,19 +100,9 @@ async def test_a_reserve_whose_caller_went_away_is_counted_once_decided(
     service, client = await stocked(start_service, ManualClock(T0))
     engine = service.engine
     assert engine is not None and engine.place("A") != engine.place("D")
-    registry = service.metrics.registry
-    pause = redis.Redis.from_url(redis_url)
-    pause.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")  # the hold decided, waiting to be durable
-    try:
-        call = client.stub.Reserve(reserve_request("r1", lines, ttl_seconds=60))
-        await until(lambda: any(actor.ledger.reservation("r1") for actor in engine.actors), "the hold decided", 20)
-        call.cancel()
-        await until(lambda: registry.get_sample_value("atp_rpc_duration_seconds_count",
-                                                      {"method": "Reserve", "code": "CANCELLED"}),
-                    "the service saw its caller go", 20)
-    finally:
-        pause.execute_command("CLIENT", "UNPAUSE")
-        pause.close()
+    await _caller_gone_while_writes_wait(
+        redis_url, service, "Reserve", lambda: client.stub.Reserve(reserve_request("r1", lines, ttl_seconds=60)),
+        lambda: any(actor.ledger.reservation("r1") for actor in engine.actors), "the hold decided")
     await until(lambda: counted(service).get("held") == 1, "the hold counted once durable", 20)
     assert (await client.reserve("r1", lines, ttl_seconds=60)).state == pb.RESERVATION_STATE_HELD  # from the record
     assert counted(service) == {"held": 1, "replayed": 1}
