@@ -13,11 +13,10 @@ import signal
 
 import redis.asyncio as aioredis
 
-from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from tests.atp_service.app.test_cluster_hung_primary import _a_sku_per_shard, _shard_ports
+from tests.atp_service.conftest import served
 from tests.atp_service.fact_helpers import F
 from tests.conftest import test_config as make_config
 from tests.waiting import until
@@ -32,10 +31,7 @@ BOTH = "for i = 1, #KEYS do redis.call('XADD', KEYS[i], '*', unpack(cjson.decode
 async def test_a_hung_primary_leaves_the_duplicates_of_other_primaries_shards_acknowledged(
         cluster: EmbeddedCluster) -> None:
     config = make_config(redis_cluster=True, shards=SHARDS, redis_timeout_s=1.0, owner_check_s=3600.0, **IN)
-    service = AtpService(config, cluster.url)
-    await service.start()
-    client = AtpClient(f"127.0.0.1:{service.port}", timeout_s=30.0)
-    try:
+    async with served(config, cluster.url, 30.0) as (service, client):
         engine = service.engine
         assert engine is not None
         skus = _a_sku_per_shard(engine)
@@ -62,6 +58,3 @@ async def test_a_hung_primary_leaves_the_duplicates_of_other_primaries_shards_ac
         finally:
             os.kill(hung.process.pid, signal.SIGCONT)
             await r.aclose()
-    finally:
-        await client.close()
-        await service.stop(grace_s=0.1)

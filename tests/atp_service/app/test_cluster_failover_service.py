@@ -15,8 +15,8 @@ import pytest
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService
 from atp_service.storage.embedded_cluster import EmbeddedCluster
+from tests.atp_service.conftest import served
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import test_config as make_config
 from tests.waiting import until
@@ -53,12 +53,9 @@ async def load(client: AtpClient, worker: int, acked: set[str], tried: set[str],
 async def test_a_primary_killed_under_load_loses_nothing_acknowledged(cluster: EmbeddedCluster) -> None:
     config = make_config(redis_cluster=True, input_streams=(), redis_wait_replicas=1, redis_wait_timeout_ms=300,
                          redis_timeout_s=1.0)
-    service = AtpService(config, cluster.url)
-    await service.start()
     # 30 s for the seeding and the checks, which must be answered (a bound against a hang); the load's
     # calls keep 3 s, whose DEADLINE_EXCEEDED through the failover it takes as a change in doubt.
-    client = AtpClient(f"127.0.0.1:{service.port}", timeout_s=30.0)
-    try:
+    async with served(config, cluster.url, 30.0) as (service, client):
         await client.record_events([receipt(f"seed-{s}", s, "DC", 100_000) for s in SKUS])
         acked: set[str] = set()
         tried: set[str] = set()
@@ -90,9 +87,6 @@ async def test_a_primary_killed_under_load_loses_nothing_acknowledged(cluster: E
                 held[line.sku] = held.get(line.sku, 0) + line.held
         for p in await client.availability([(s, "DC") for s in SKUS]):
             assert p.reserved == held.get(p.sku, 0), p  # every unit held once, by a reservation that is there
-    finally:
-        await client.close()
-        await service.stop(grace_s=0.1)
 
 
 async def _retried(call: Callable[[], Awaitable[T]], bound_s: float = 30.0) -> T:

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService
 from atp_service.engine.router import Engine
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from tests.atp_service.app.test_cluster_failover_service import _retried
+from tests.atp_service.conftest import served
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import test_config as make_config
 from tests.waiting import until
@@ -50,10 +50,7 @@ async def _state(client: AtpClient, skus: list[str]) -> tuple[list[tuple[int, in
 
 async def test_a_hung_primary_holds_no_reserve_of_a_shard_served_by_another(cluster: EmbeddedCluster) -> None:
     config = make_config(redis_cluster=True, input_streams=(), shards=SHARDS, redis_timeout_s=PATIENT_TIMEOUT_S)
-    service = AtpService(config, cluster.url)
-    await service.start()
-    client = AtpClient(f"127.0.0.1:{service.port}", timeout_s=60.0)
-    try:
+    async with served(config, cluster.url, 60.0) as (service, client):
         engine = service.engine
         assert engine is not None
         skus = _a_sku_per_shard(engine)
@@ -81,14 +78,5 @@ async def test_a_hung_primary_holds_no_reserve_of_a_shard_served_by_another(clus
             assert after.state == pb.RESERVATION_STATE_HELD and not after.replayed
         before = await _state(client, list(skus.values()))
         assert sorted(before[0]) == sorted([(10, 1)] * (SHARDS - 2) + [(10, 2)] * 2)  # each unit held once
-    finally:
-        await client.close()
-        await service.stop(grace_s=0.1)
-    restarted = AtpService(config, cluster.url)
-    await restarted.start()
-    client = AtpClient(f"127.0.0.1:{restarted.port}", timeout_s=60.0)
-    try:
+    async with served(config, cluster.url, 60.0) as (_, client):
         assert await _state(client, list(skus.values())) == before  # what memory held is what the log holds
-    finally:
-        await client.close()
-        await restarted.stop(grace_s=0.1)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from atp_client import AtpClient
-from atp_service import AtpService
 from atp_service.storage.embedded_cluster import EmbeddedCluster
+from tests.atp_service.conftest import served
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.storage.test_cluster_lone_primary import cluster
 from tests.conftest import test_config as make_config
@@ -37,10 +36,7 @@ async def test_the_owner_check_reads_the_promoted_replica_of_a_lone_primary_and_
         cluster: EmbeddedCluster) -> None:
     (primary,), (replica,) = cluster.primaries, cluster.replicas
     config = make_config(redis_cluster=True, input_streams=(), shards=2, redis_timeout_s=1.0, owner_check_s=0.1)
-    service = AtpService(config, cluster.url)
-    await service.start()
-    client = AtpClient(f"127.0.0.1:{service.port}", timeout_s=30.0)
-    try:
+    async with served(config, cluster.url, 30.0) as (service, client):
         engine = service.engine
         assert engine is not None
         shard = engine.place("A")
@@ -56,6 +52,3 @@ async def test_the_owner_check_reads_the_promoted_replica_of_a_lone_primary_and_
             assert not r.exists(engine._log.keys.log(shard)), "the promoted replica lacks the shard's entry"
         await until(lambda: _info(replica.port)["role"] == "master", "the replica promoted")
         await until(lambda: engine.actors[shard].failure is not None, "the shard whose log went back stopped")
-    finally:
-        await client.close()
-        await service.stop(grace_s=0.1)

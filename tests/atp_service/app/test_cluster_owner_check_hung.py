@@ -14,10 +14,9 @@ import signal
 import pytest
 import redis.asyncio as aioredis
 
-from atp_client import AtpClient
-from atp_service import AtpService
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from tests.atp_service.app.test_cluster_hung_primary import _a_sku_per_shard
+from tests.atp_service.conftest import served
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import test_config as make_config
 from tests.waiting import until
@@ -30,10 +29,7 @@ async def test_a_hung_primary_leaves_the_owner_check_of_the_other_primaries_shar
     """The service's own owner check (``AtpService._check_owner``: whether this instance still owns the
     keyspace, then the log ends), every ``owner_check_s``."""
     config = make_config(redis_cluster=True, input_streams=(), shards=SHARDS, redis_timeout_s=1.0, owner_check_s=0.1)
-    service = AtpService(config, cluster.url)
-    await service.start()
-    client = AtpClient(f"127.0.0.1:{service.port}", timeout_s=30.0)
-    try:
+    async with served(config, cluster.url, 30.0) as (service, client):
         engine = service.engine
         assert engine is not None and service.membership is None
         skus = _a_sku_per_shard(engine)
@@ -60,6 +56,3 @@ async def test_a_hung_primary_leaves_the_owner_check_of_the_other_primaries_shar
             assert len([r for r in caplog.records if getattr(r, "event", "") == "log_end_unread"]) == 1
         finally:
             os.kill(hung.process.pid, signal.SIGCONT)
-    finally:
-        await client.close()
-        await service.stop(grace_s=0.1)
