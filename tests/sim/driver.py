@@ -32,7 +32,7 @@ from tests.sim.invariants import (
 )
 from tests.sim.jumps import ClockJumps
 from tests.sim.partition import Partitions
-from tests.sim.replay import held_after_loss, replay_equals_live
+from tests.sim.replay import held_after_loss, held_after_loss_leased, replay_equals_live
 from tests.sim.settled import orders_settle
 from tests.sim.settlefaults import SettleFaults, no_waits
 from tests.sim.shardcount import facts_answer_alike
@@ -274,7 +274,7 @@ class Driver:
         settle of the step done) the instance stopped to be restarted, or holds only what Redis holds."""
         world = self.world
         if isinstance(world, ClusterWorld):
-            await self.after_loss_leased(step, world)
+            await held_after_loss_leased(world, self.tail, self.trace, step)
             return
         if self.tail is None or not self.tail.lost_since_start:
             return
@@ -284,23 +284,6 @@ class Driver:
             self.trace.append(f"{step}: the service stopped to be restarted after Redis lost a tail, restarted")
 
         await held_after_loss(world, restart)
-
-    async def after_loss_leased(self, step: int, world: ClusterWorld) -> None:
-        """Several processes: every running one's owner check runs at each step's end (finding nothing
-        unless Redis lost a tail). After a loss, a group found short was given up: it is taken again (the
-        processes renew and balance), and then every group's owner holds exactly what Redis holds."""
-        await world.owner_check()
-        if self.tail is None or not self.tail.stale:
-            return
-        await world.converge_membership()
-        await world.quiesce()
-        try:
-            replay_equals_live(world, await world.recovered())
-        except Violation as exc:
-            raise Violation(f"R7: Redis lost acknowledged entries and a process, still serving the group, did not "
-                            f"notice by its owner check: {exc}") from None
-        world.forget_loss()
-        self.trace.append(f"{step}: every group served from what Redis holds after it lost a tail")
 
     def disrupt(self, world: ClusterWorld) -> Disruptor:
         """The step's membership faults, fired by the world at their ticks."""

@@ -28,11 +28,11 @@ was restarted, or holds exactly what Redis holds (``replay_equals_live`` against
 With ``--processes 2|3`` (``inputcluster.py``) the image holds the groups' lease and owner keys too, and every key
 comes back at once (one Redis: no node's restore alone). The service's notice is the leased one (``tailloss.py``): a
 group whose log is found short is given up and taken again from what Redis holds, no process restarts, and by the
-step's end every group's owner holds exactly what Redis holds (``_after_leased``). An acknowledgement taken while
-memory may hold what Redis lost is left out of the end's checks (``acked_lost``) where its fact was applied — or
-quarantined, its quarantine entry written (read so before the loss: ``quarantined_before``) — in the tail Redis lost,
-and the consumer acknowledging it was not given the entry since (``read_since``): another consumer given it since
-decides it from what its process knows then.
+step's end every group's owner holds exactly what Redis holds (``replay.held_after_loss_leased``). An acknowledgement
+taken while memory may hold what Redis lost is left out of the end's checks (``acked_lost``) where its fact was
+applied — or quarantined, its quarantine entry written (read so before the loss: ``quarantined_before``) — in the
+tail Redis lost, and the consumer acknowledging it was not given the entry since (``read_since``): another consumer
+given it since decides it from what its process knows then.
 
 Only with the flag: seeds without it replay as before (the loss draws from its own random stream).
 """
@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 from reservation import decode_entry
 from reservation._events import FactApplied, FactQuarantined
-from tests.sim.checks import Acknowledged, Violation
+from tests.sim.checks import Acknowledged
 from tests.sim.cluster import ClusterWorld
 from tests.sim.inputchecks import named
-from tests.sim.replay import held_after_loss, replay_equals_live
+from tests.sim.replay import held_after_loss, held_after_loss_leased
 from tests.sim.tailloss import TailLoss
 
 if TYPE_CHECKING:
@@ -144,26 +144,10 @@ class InputsTail:
         restarted, or holds only what Redis holds."""
         driver, world = self.driver, self.driver.world
         if isinstance(world, ClusterWorld):
-            await self._after_leased(step, world)
+            await held_after_loss_leased(world, self.loss, driver.trace, step)
             return
         if not self.loss.lost_since_start:
             return
         said = "the service stopped to be restarted after Redis lost a tail"
         await held_after_loss(world, lambda: driver.restart(step, said))
 
-    async def _after_leased(self, step: int, world: ClusterWorld) -> None:
-        """Several processes (``driver.Driver.after_loss_leased``): every running one's owner check runs at the
-        step's end; after a loss a group found short was given up and is taken again from what Redis holds — no
-        process restarts, its reader goes on with what it holds — and then every group's owner holds exactly that."""
-        await world.owner_check()
-        if not self.loss.stale:
-            return
-        await world.converge_membership()
-        await world.quiesce()
-        try:
-            replay_equals_live(world, await world.recovered())
-        except Violation as exc:
-            raise Violation(f"R7: Redis lost acknowledged entries and a process, still serving the group, did not "
-                            f"notice by its owner check: {exc}") from None
-        world.forget_loss()
-        self.driver.trace.append(f"{step}: every group served from what Redis holds after it lost a tail")

@@ -13,11 +13,14 @@ answer's)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reservation import TERMINAL, Ledger, State
 from reservation._keys import pair_key
 from tests.sim.checks import Violation
+
+if TYPE_CHECKING:
+    from tests.sim.tailloss import TailLoss
 
 _LIVE = (State.HELD, State.CONFIRMED)
 
@@ -51,11 +54,31 @@ async def held_after_loss(world: Any, restart: Callable[[], Awaitable[None]]) ->
         await restart()
         await world.quiesce()
         return
+    await _holds_what_redis_holds(world, "the instance, still serving,")
+
+
+async def held_after_loss_leased(world: Any, tail: TailLoss | None, trace: list[str], step: int) -> None:
+    """Several processes: every running one's owner check runs at the step's end (finding nothing unless Redis lost
+    a tail). After a loss (``tail.stale``, read once the checks ran), a group found short was given up and is taken
+    again from what Redis holds — no process restarts, its reader goes on with what it holds: the processes renew
+    and balance — and then every group's owner holds exactly what Redis holds (R7)."""
+    await world.owner_check()
+    if tail is None or not tail.stale:
+        return
+    await world.converge_membership()
+    await world.quiesce()
+    await _holds_what_redis_holds(world, "a process, still serving the group,")
+    trace.append(f"{step}: every group served from what Redis holds after it lost a tail")
+
+
+async def _holds_what_redis_holds(world: Any, who: str) -> None:
+    """Memory holds exactly what a recovery from Redis holds (R7), else ``who`` served what Redis lost; the loss
+    then forgotten."""
     try:
         replay_equals_live(world, await world.recovered())
     except Violation as exc:
-        raise Violation(f"R7: Redis lost acknowledged entries and the instance, still serving, did not notice by its "
-                        f"owner check: {exc}") from None
+        raise Violation(f"R7: Redis lost acknowledged entries and {who} did not notice by its owner check: "
+                        f"{exc}") from None
     world.forget_loss()
 
 
