@@ -18,14 +18,12 @@ import pytest
 import redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from atp_service import AtpService, EmbeddedRedis
+from atp_service import EmbeddedRedis
 from atp_service.intake import bounds, dead_letters
 from atp_service.intake.unacked import Unacked, before
 from tests.atp_service.fact_helpers import F
 from tests.atp_service.intake.claim_helpers import POS, T, claiming_ingestor
-from tests.atp_service.intake.test_trimmed_kept_group_lost import ReleasingProxy
-from tests.conftest import test_config as make_config
-from tests.ports import held_port
+from tests.atp_service.intake.test_trimmed_kept_group_lost import reader_behind
 from tests.waiting import until
 
 STREAM, GROUP, CONSUMER, DLQ = "atp:in:pos", "atp", "reader-1", "atp:dlq"
@@ -54,28 +52,22 @@ def _letters(r: Any) -> set[bytes]:
 async def test_an_entry_settled_in_data_redis_lost_is_read_again_when_its_group_is_made_again(
         redis_server: EmbeddedRedis, redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
-    proxy = ReleasingProxy("127.0.0.1", redis_server.port)
-    config = make_config(input_streams=(STREAM,), consumer_group=GROUP, consumer_name=CONSUMER, redis_timeout_s=30,
-                         owner_check_s=3600.0, claim_idle_ms=3_600_000, port=held_port())
-    service = AtpService(config, await proxy.start())
     try:
-        await service.start()
-        proxy.hold(WRITE_SHA)
-        first = r.xadd(STREAM, {"junk": "1"})  # no fact: dead-lettered, then acknowledged (one script)
-        await until(lambda: proxy.held, "the entry read, its dead letter on its way: pending with the reader")
-        image = _saved(r)  # Redis saves now: the entry pending, no dead letter
-        proxy.hold()
-        proxy.release(proxy.held[0])
-        await until(lambda: first in _letters(r) and r.xpending(STREAM, GROUP)["pending"] == 0,
-                    "the entry dead-lettered and acknowledged")
-        _back_from(r, image)  # Redis back from that save: the entry pending again, its dead letter gone
-        r.xgroup_destroy(STREAM, GROUP)  # and then its group deleted
-        second = r.xadd(STREAM, {"junk": "2"})
-        await until(lambda: second in _letters(r), "the group made again, the entry after it dead-lettered")
-        assert first in _letters(r), "the entry Redis holds, settled only in data it lost, was never read again"
+        async with reader_behind(redis_server) as (proxy, _):
+            proxy.hold(WRITE_SHA)
+            first = r.xadd(STREAM, {"junk": "1"})  # no fact: dead-lettered, then acknowledged (one script)
+            await until(lambda: proxy.held, "the entry read, its dead letter on its way: pending with the reader")
+            image = _saved(r)  # Redis saves now: the entry pending, no dead letter
+            proxy.hold()
+            proxy.release(proxy.held[0])
+            await until(lambda: first in _letters(r) and r.xpending(STREAM, GROUP)["pending"] == 0,
+                        "the entry dead-lettered and acknowledged")
+            _back_from(r, image)  # Redis back from that save: the entry pending again, its dead letter gone
+            r.xgroup_destroy(STREAM, GROUP)  # and then its group deleted
+            second = r.xadd(STREAM, {"junk": "2"})
+            await until(lambda: second in _letters(r), "the group made again, the entry after it dead-lettered")
+            assert first in _letters(r), "the entry Redis holds, settled only in data it lost, was never read again"
     finally:
-        await service.stop(grace_s=0.1)
-        await proxy.close()
         r.close()
 
 
