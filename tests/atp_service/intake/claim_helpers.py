@@ -34,3 +34,15 @@ async def orphan_behind_the_newest_read(r: Any, ingestor: StreamIngestor) -> tup
     r.xreadgroup("atp", "dead-consumer", {POS: ">"}, count=10)  # pending at a consumer gone for good
     newest = r.xadd(POS, F("newest", "RECEIPT", "A", "S1", 1, T).fields())
     return orphan, newest, [entry_id for _, entry_id, _ in await ingestor._read(None, block=None)]
+
+
+async def read_acknowledged_and_tagged(r: Any, ingestor: StreamIngestor) -> tuple[list[Any], list[Any]]:
+    """The reader's groups made, three entries of ``POS`` read by the reader and acknowledged (applied), then its tag
+    answered (``bounds.py``): while Redis holds that token, a group made again reads after them. The ids of the
+    entries added, and those the read delivered."""
+    await ingestor._create_groups()
+    old = [r.xadd(POS, F(f"e{n}", "RECEIPT", "A", "S1", 1, T).fields()) for n in range(3)]
+    read = [entry_id for _, entry_id, _ in await ingestor._read(None, block=None)]
+    r.xack(POS, "atp", *old)
+    await ingestor._tag()
+    return old, read

@@ -14,7 +14,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from tests.atp_service.fact_helpers import F
-from tests.atp_service.intake.claim_helpers import POS, T, claiming_ingestor
+from tests.atp_service.intake.claim_helpers import POS, T, claiming_ingestor, read_acknowledged_and_tagged
 
 
 async def test_a_claim_refused_for_its_group_lost_leaves_the_group_made_again_after_the_newest_entry_read(
@@ -24,11 +24,8 @@ async def test_a_claim_refused_for_its_group_lost_leaves_the_group_made_again_af
     r: Any = redis.Redis.from_url(redis_url)
     ingestor = claiming_ingestor(redis_url, POS)
     try:
-        await ingestor._create_groups()
-        old = [r.xadd(POS, F(f"e{n}", "RECEIPT", "A", "S1", 1, T).fields()) for n in range(3)]
-        assert [entry_id for _, entry_id, _ in await ingestor._read(None, block=None)] == old
-        r.xack(POS, "atp", *old)  # applied
-        await ingestor._tag()  # told Redis (bounds.py): a group made again reads after them while Redis holds it
+        old, read = await read_acknowledged_and_tagged(r, ingestor)  # tagged: a group made again reads after them
+        assert read == old
         r.xgroup_destroy(POS, "atp")  # between the last read and the claim
         with pytest.raises(ResponseError, match="NOGROUP"):
             await ingestor._claim()

@@ -21,8 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from atp_service import EmbeddedRedis
 from atp_service.intake import bounds, dead_letters
 from atp_service.intake.unacked import Unacked, before
-from tests.atp_service.fact_helpers import F
-from tests.atp_service.intake.claim_helpers import POS, T, claiming_ingestor
+from tests.atp_service.intake.claim_helpers import POS, claiming_ingestor, read_acknowledged_and_tagged
 from tests.atp_service.intake.test_trimmed_kept_group_lost import reader_behind
 from tests.waiting import until
 
@@ -102,11 +101,8 @@ async def test_a_tag_whose_answer_was_lost_leaves_no_bound_and_the_group_made_ag
     r: Any = redis.Redis.from_url(redis_url)
     ingestor = claiming_ingestor(redis_url, POS)
     try:
-        await ingestor._create_groups()
-        old = [r.xadd(POS, F(f"e{n}", "RECEIPT", "A", "S1", 1, T).fields()) for n in range(3)]
-        assert [entry_id for _, entry_id, _ in await ingestor._read(None, block=None)] == old
-        r.xack(POS, "atp", *old)
-        await ingestor._tag()  # answered: a group made again reads after them while Redis holds this token
+        old, read = await read_acknowledged_and_tagged(r, ingestor)  # tagged: a group made again reads after them
+        assert read == old
         real = ingestor._client.register_script
 
         def losing(source: str) -> Any:
