@@ -56,6 +56,8 @@ open on it ``Retryable`` (UNAVAILABLE) within this and ``KEEPALIVE_TIMEOUT_S``. 
 takes pings 5 s apart at the closest (its ``MIN_PING_INTERVAL_MS``): closer, it ends the connection."""
 KEEPALIVE_TIMEOUT_S = 10.0
 """How long a ping waits for its answer before the connection, and every call open on it, is given up."""
+MAX_KEEPALIVE_S = 2_000_000.0
+"""The longest ``keepalive_s``/``keepalive_timeout_s`` taken (~23 days): gRPC's ms in a C int (2**31 - 1) hold it."""
 
 
 def keepalive_options(keepalive_s: float, timeout_s: float) -> list[tuple[str, Any]]:
@@ -216,8 +218,9 @@ class AtpClient:
             raise ValueError("max_batch_reservations: must be at least 1 (None: no bound), "
                              f"got {max_batch_reservations}")
         for name, value in (("keepalive_s", keepalive_s), ("keepalive_timeout_s", keepalive_timeout_s)):
-            if value is not None and not (math.isfinite(value) and value >= 0.001):
-                raise ValueError(f"{name}: must be at least 0.001 seconds (keepalive_s None: no pings), got {value}")
+            if value is not None and not (math.isfinite(value) and 0.001 <= value <= MAX_KEEPALIVE_S):
+                raise ValueError(f"{name}: must be at least 0.001 and at most {MAX_KEEPALIVE_S:g} seconds "
+                                 f"(keepalive_s None: no pings), got {value}")
         self.target = target
         self.timeout_s = checked_timeout(timeout_s)
         self.retry = retry

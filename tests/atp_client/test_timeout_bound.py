@@ -43,3 +43,12 @@ async def test_the_longest_deadline_taken_is_kept_by_a_call(start_service: Servi
         answer = await far.reserve("r-far", [("A", "S1", 1)])
     assert answer.state == pb.RESERVATION_STATE_HELD
     assert (await client.get_reservation("r-far")).state == pb.RESERVATION_STATE_HELD
+
+
+@pytest.mark.parametrize(("name", "value"), [("keepalive_s", 3e6), ("keepalive_timeout_s", 3e6),
+                                             ("keepalive_s", 1e12), ("keepalive_timeout_s", math.inf)])
+async def test_a_keepalive_past_what_grpc_holds_is_refused_naming_it(name: str, value: float) -> None:
+    """gRPC takes its keepalive options as milliseconds in a C int: past 2**31 - 1 (~24.8 days) the channel was
+    not made, ``OverflowError: value too large to convert to int``, naming nothing."""
+    with pytest.raises(ValueError, match=rf"^{name}: "):
+        AtpClient("127.0.0.1:1", **{name: value})  # type: ignore[arg-type]
