@@ -8,8 +8,10 @@ reported — who calls first (a denied call is never read), then the request its
 it names, state, capacity, and last the service's own availability. The request's own faults
 (INVALID_FIELD, LIMIT_EXCEEDED) are told one at a time, the first its checks meet: a list past its
 limit is refused for its length without its items past the limit being read (bounded work for any
-request), so an item at fault there is told only once the list fits. Insufficient stock is not
-here: it is an outcome (REJECTED), not a refusal.
+request), so an item at fault there is told only once the list fits. A call refused at the door
+(SHUTTING_DOWN: the service stopping; SERVICE_OVERLOADED: its event loop late) is refused before its
+request is read, whatever is wrong with it. Insufficient stock is not here: it is an outcome
+(REJECTED), not a refusal.
 """
 
 from __future__ import annotations

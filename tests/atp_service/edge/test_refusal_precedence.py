@@ -7,6 +7,7 @@ the start had finished."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,31 @@ async def test_a_requests_own_faults_are_told_as_its_checks_meet_them_and_state_
                                                         "RELEASED")
     (a,) = await client.availability([("A", "S1")])
     assert (a.on_hand, a.reserved, a.committed) == (10, 0, 0)
+
+
+async def test_a_call_refused_at_the_door_is_told_so_whatever_its_request_and_the_page_says_so(
+        start_service: ServiceFactory) -> None:
+    """Two refusals come before the request is read at all: a call beginning while the service stops
+    (``SHUTTING_DOWN``) and one shed while its event loop runs late (``SERVICE_OVERLOADED``) — a request at fault is
+    told so then, not its fault (lower). docs/API.md said the lowest of all kinds applying is told, the service's
+    availability last: an OMS expected ``INVALID_FIELD`` and was told to retry. The page says so now."""
+    service, client = await start_service()
+    bad = pb.ReserveRequest(reservation_id="", lines=[LINE])
+    drain, monitor = service._servicer.drain, service._monitor
+    drain.closing = True  # as a stop begun: new calls refused at the door
+    try:
+        said = await refused(client.stub.Reserve(bad))
+    finally:
+        drain.closing = False
+    assert (said.code, said.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    monitor._until = time.monotonic() + 3600  # overloaded, as late wake-ups in a row make it
+    try:
+        said = await refused(client.stub.Reserve(bad))
+    finally:
+        monitor._until = 0.0
+    assert (said.code, said.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SERVICE_OVERLOADED")
+    said = await refused(client.stub.Reserve(bad))  # retried: its own fault
+    assert (said.reason, fields_of(said)) == ("INVALID_FIELD", ["reservation_id"])
+    api = (Path(__file__).parents[3] / "docs" / "API.md").read_text()
+    reasons = api[api.index("### Reasons"):api.index("<!-- reasons:begin")]
+    assert "`SHUTTING_DOWN`" in reasons and "`SERVICE_OVERLOADED`" in reasons, "the door's refusals not told apart"
