@@ -167,7 +167,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     ahead = ahead_key(quarantine)  # the entries whose ids ran ahead of their facts' writes, asked with the set
     run = run_key(quarantine, group, consumer)  # this consumer's run: a write of a run before lands nothing
     needs += [Need(("HMGET", ahead, "d"), ahead, use)]
-    swept = swept_runs_key(quarantine)  # the highest run removed with its consumer (departed.py): a run drawn above it
+    drawn = drawn_key(quarantine, group, consumer)  # its draws' record: its run swept (runs.SWEPT), read by a write
     needs += _run_needs(config, use)
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
         ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"), ("TYPE",), ("HGET", "s"), ("HLEN",),
@@ -185,7 +185,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     if config.ownership == "leases":  # a consumer of a process gone for good removed, its count moved (departed.py)
         needs += _departed_needs(config, owed, use)  # and the draw of its run, with its mark
     needs += _sent_whole(needs) if config.redis_cluster else []  # each script above the cluster client's
-    return needs + [Need(("EVALSHA", SHA, 6, quarantine, written, run, ahead, swept, s), s, use)  # a write lane's
+    return needs + [Need(("EVALSHA", SHA, 6, quarantine, written, run, ahead, drawn, s), s, use)  # a write lane's
                     for s in streams]
 
 
@@ -237,7 +237,7 @@ def _departed_needs(config: ServiceConfig, owed: str, use: str) -> list[Need]:
     gone = trimmed_unread_key(streams[0], group, "gone@0")
     mark = answered_key(gone)  # read where its owner answered it since (unread.answered_key), deleted with it
     ran = run_key(quarantine, group, "gone@0")  # its quarantine run, removed with it, the highest kept (swept)
-    drew = drawn_key(quarantine, group, "gone@0")  # its draws' record: named, left to expire
+    drew = drawn_key(quarantine, group, "gone@0")  # its draws' record: its run swept set there, left to expire
     own = answered_key(owed)  # this consumer's, set as its run is drawn (runs.DRAW): no sweep takes that run
     drawn = drawn_key(quarantine, group, consumer)
     needs = [Need(("EVALSHA", SHA, len(streams) + 7, *streams, owed, swept, owing, gone, mark, ran, drew), owed, use),
@@ -248,6 +248,8 @@ def _departed_needs(config: ServiceConfig, owed: str, use: str) -> list[Need]:
              Need(("SMEMBERS", owing), owing, use), Need(("SREM", owing, "c"), owing, use),
              Need(("SADD", owing, consumer), owing, use)]  # the sweeper owing what it moved
     needs += [Need((c, key), key, use) for key in (gone, mark, ran) for c in ("TYPE", "DEL", "GET")]
+    needs += [Need(args, drew, use) for args in (("TYPE", drew), ("ZSCORE", drew, "s"), ("ZADD", drew, 1, "s"),
+                                                 ("PEXPIRE", drew, 1))]
     needs += [Need(args, s, use) for s in streams for args in (
         ("XINFO", "CONSUMERS", s, group), ("XGROUP", "DELCONSUMER", s, group, consumer))]
     return needs

@@ -21,9 +21,10 @@ gone: nothing to tell, its consumer made again); two sweepers cannot both move i
 the consumer's idle time as it was before Redis 7.2, yet answers the owed hash, which its reader then tells: that read
 marks the hash answered (``unread.answered_key``), and the sweep keeps a consumer whose hash was answered within
 ``claim_idle_ms`` (moved then, its counts were told by both). Its run beside the quarantine stream
-(``quarantine.run_key``, one per name) is deleted with it, the highest run so deleted kept in one key
-(``quarantine.swept_runs_key``): a process back under that name draws its run above it, so a quarantine write of the
-deleted run landing late writes and acknowledges nothing (E8); before, one such key stayed for every address. A
+(``quarantine.run_key``, one per name) is deleted with it, the run so deleted kept in its own draws' record
+(``runs.SWEPT``, left to expire) and the highest of all in one key (``quarantine.swept_runs_key``, a floor of every
+draw): a process back under that name draws its run above it, so a quarantine write of the deleted run landing late
+writes and acknowledges nothing (E8), and a sweep of one consumer never fences another's live run. A
 process swept all the same while it runs (not seen live past its draw's mark) draws its run again at its next sweep
 (``kept_run``). Its draws' record (``quarantine.drawn_key``) is left to expire: a draw of it landing late returns
 the run it drew, never moving the key past the run of a process started at that name since (its fence, E8).
@@ -37,6 +38,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from atp_service.intake import runs
 from atp_service.intake.quarantine import QuarantineStream, drawn_key, run_key, swept_runs_key
 from atp_service.intake.unread import STREAM_ID_LUA, answered_key, owing_key, trimmed_unread_key
 from atp_service.storage.lua_counts import no_count
@@ -52,12 +54,13 @@ _SWEEP = """
 -- KEYS: the input streams, then the sweeper's owed hash, the highest run swept (``quarantine.swept_runs_key``), the
 -- group's set of consumers owing (``unread.owing_key``), then each candidate's owed hash, its answered mark
 -- (``unread.answered_key``), its run beside the quarantine stream (``quarantine.run_key``) and its draws' record
--- (``quarantine.drawn_key``: named, never deleted, left to expire). ARGV: group, least idle ms, then each
--- candidate's name. Returns {name, entries moved} of each consumer removed.
+-- (``quarantine.drawn_key``: never deleted; its run swept, ``runs.SWEPT``, set there, left to expire). ARGV: group,
+-- least idle ms, then each candidate's name. Returns {name, entries moved} of each consumer removed.
 local group, least = ARGV[1], tonumber(ARGV[2])
 local n = #KEYS - 4 * (#ARGV - 2) - 3
 local mine, swept, owing = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local me = string.sub(mine, #owing + 2)  -- the sweeper's name: its hash is the set's key, ':' and its name (unread.py)
+local SWEPT, DRAWN_MS = '""" + runs.SWEPT + """', """ + str(runs.DRAWN_MS) + """
 """ + STREAM_ID_LUA + ACL_LUA + """
 local kind = redis.call('TYPE', mine)['ok']
 if kind ~= 'hash' and kind ~= 'none' then  -- before anything: a candidate's count moved half-way lost for good
@@ -77,7 +80,11 @@ local asked = {{'HINCRBY', mine, KEYS[1], '1'}, {'HSETNX', mine, 'f', 'v'}, {'HS
   {'SET', swept, '1'}, {'SREM', owing, 'c'}, {'SADD', owing, 'c'}}
 for i = 1, n do asked[#asked + 1] = {'XGROUP', 'DELCONSUMER', KEYS[i], group, 'c'} end
 for j = n + 4, #KEYS do  -- each candidate's keys deleted with it, but its draws' record (every 4th: left to expire)
-  if (j - n - 3) % 4 ~= 0 then asked[#asked + 1] = {'DEL', KEYS[j]} end
+  if (j - n - 3) % 4 ~= 0 then asked[#asked + 1] = {'DEL', KEYS[j]} else
+    for _, c in ipairs({{'ZSCORE', KEYS[j], 's'}, {'ZADD', KEYS[j], '1', 's'}, {'PEXPIRE', KEYS[j], '1'}}) do
+      asked[#asked + 1] = c
+    end
+  end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -114,11 +121,15 @@ for j = 3, #ARGV do
     gone = false
     redis.call('SREM', owing, name)
   end
-  -- Its quarantine run, removed with it: the highest swept is kept (one key), so a run drawn again at its name starts
-  -- above it and a write of this run landing late lands nothing (E8). A run key of another kind: kept whole.
+  -- Its quarantine run, removed with it: kept in its own draws' record (``runs.SWEPT``), so a run drawn again at its
+  -- name starts above it and a write of this run landing late lands nothing (E8) — its own, never a shared record
+  -- another consumer's sweep raises (that fenced a live run whose key Redis lost) —, and the highest of all, a floor
+  -- of every draw. A run key, or a draws' record, of another kind: kept whole.
   kind = redis.call('TYPE', run)['ok']
   local ran = kind == 'string' and tonumber(redis.call('GET', run))
   if kind ~= 'none' and not ran then gone = false end
+  kind = redis.call('TYPE', drawn)['ok']
+  if kind ~= 'zset' and kind ~= 'none' then gone = false end
   for k = 1, #flat, 2 do  -- every count checked before any is moved: kept whole where one is no count
     if string.sub(flat[k], -1) ~= '\\n' and """ + no_count("flat[k + 1]", signed=True) + """ then gone = false end
   end
@@ -141,6 +152,10 @@ for j = 3, #ARGV do
     if ran and ran > highest then
       highest = ran
       redis.call('SET', swept, ran)
+    end
+    if ran and ran > tonumber(redis.call('ZSCORE', drawn, SWEPT) or 0) then
+      redis.call('ZADD', drawn, ran, SWEPT)
+      redis.call('PEXPIRE', drawn, DRAWN_MS)  -- a day past the sweep (``runs.DRAWN_MS``), as past a draw
     end
     redis.call('DEL', owed, answered, run)  -- not its draws' record: a draw landing late returns its run
     redis.call('SREM', owing, name)

@@ -47,8 +47,8 @@ _FIELDS = 9
 _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: none) and id, its fields' names and values
 
 # KEYS: the stream, the set of written facts' digests, the consumer's run key (``run_key``), the hash of the entries
-# whose ids ran ahead of their facts' writes (``ahead_key``), the highest run swept (``swept_runs_key``), then the
-# input streams of the entries acknowledged;
+# whose ids ran ahead of their facts' writes (``ahead_key``), the consumer's draws' record (``drawn_key``: its run
+# swept, ``runs.SWEPT``), then the input streams of the entries acknowledged;
 # ARGV: MAXLEN, the consumer group, the consumer, its run ('': none), then _PER_FACT values a fact. A write of an
 # earlier run of the consumer (its run key moved on since: a restart) acknowledges and writes no input entry's fact
 # (-1): landing late, after the next run read the entry again and decided it, it put the fact on
@@ -56,10 +56,10 @@ _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: no
 # below the write's run, or gone, is one Redis lost (a failover to a replica its INCR had not reached, a restart from
 # older data): set back to the write's run, which goes on — left, every write of the process's run was refused for as
 # long as it ran, its quarantined facts' entries pending for ever (liveness). But a run key gone where the write's run
-# is at or below the highest swept (leased, ``departed.py``) is one a sweep deleted, never one Redis lost: a run is
-# drawn above the highest swept then, the two keys share a slot, and a Redis gone back to before the draw holds the
-# highest swept as it was then. Taken again, a write of a run before landing late, after a sweeper not seeing the
-# process back at that address live deleted the run that process had drawn (its mark past ``claim_idle_ms``: Redis
+# is at or below the consumer's own run swept (leased, ``departed.py``, ``runs.SWEPT``) is one a sweep deleted, never
+# one Redis lost: set by the script deleting the key, in its slot (a shared highest, raised by a sweep of another
+# consumer, fenced a live run whose key Redis lost). Taken again, a write of a run before landing late, after a sweeper
+# not seeing the process back live deleted the run that process had drawn (its mark past ``claim_idle_ms``: Redis
 # before 7.2 keeps a consumer's idle time at a read that delivers nothing), wrote and acknowledged the fact of an
 # entry pending to the process back (E8). Refused (-1): the process back draws its run again (``keep_run``). Returns,
 # a fact, 1: written now, 0: written before, -1: not written, its input entry pending to this consumer no more
@@ -89,7 +89,7 @@ _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: no
 # retry wrote the fact again (E8); a pcall's XPENDING or XACK refused went on as if answered.
 _TYPES = """
 local wanted = {{KEYS[1], 'stream'}, {KEYS[2], 'zset'}, {KEYS[4], 'hash'}}
-if ARGV[4] ~= '' then wanted[#wanted + 1] = {KEYS[3], 'string'}; wanted[#wanted + 1] = {KEYS[5], 'string'} end
+if ARGV[4] ~= '' then wanted[#wanted + 1] = {KEYS[3], 'string'}; wanted[#wanted + 1] = {KEYS[5], 'zset'} end
 for k = 6, #KEYS do wanted[#wanted + 1] = {KEYS[k], 'stream'} end
 for _, w in ipairs(wanted) do
   local kind = redis.call('TYPE', w[1])['ok']
@@ -102,7 +102,7 @@ _ALLOWED = """
 local asked = {{'ZSCORE', KEYS[2], 'd'}, {'ZADD', KEYS[2], '1', 'd'},
   {'XADD', KEYS[1], 'MAXLEN', '~', '1', '*', 'f', 'v'}, {'HSET', KEYS[4], 'd', 'v'}, {'ZCARD', KEYS[2]},
   {'HLEN', KEYS[4]}, {'ZRANGE', KEYS[2], '0', '0'},
-  {'HDEL', KEYS[4], 'd'}, {'ZREMRANGEBYRANK', KEYS[2], '0', '0'}, {'GET', KEYS[5]}}
+  {'HDEL', KEYS[4], 'd'}, {'ZREMRANGEBYRANK', KEYS[2], '0', '0'}, {'ZSCORE', KEYS[5], '""" + runs.SWEPT + """'}}
 for k = 6, #KEYS do
   asked[#asked + 1] = {'XPENDING', KEYS[k], ARGV[2], '-', '+', '1', ARGV[3]}
   asked[#asked + 1] = {'XREVRANGE', KEYS[k], '+', '-', 'COUNT', '1'}
@@ -128,7 +128,7 @@ local current = true
 if ARGV[4] ~= '' then  -- fenced out by a later run only: a run Redis lost (the key gone, or behind) is taken again
   local held = redis.call('GET', KEYS[3])
   local run, ours = held and tonumber(held) or 0, tonumber(ARGV[4])
-  local swept = not held and tonumber(redis.call('GET', KEYS[5]))
+  local swept = not held and tonumber(redis.call('ZSCORE', KEYS[5], '{runs.SWEPT}'))
   if swept and ours <= swept then  -- gone with its consumer (a sweep), not lost: never taken again (E8)
     current = false
   elseif run > ours then
@@ -319,8 +319,8 @@ class QuarantineStream:
             stream, entry_id = entries[n] if entries else ("", b"")
             values += [d, index.get(stream, 0), entry_id, *_flat(fields(fact, reason))]
         run = run_key(self.stream, acks.group, acks.consumer) if acks else self.written_key  # read only with a run
-        swept = swept_runs_key(self.stream) if acks else self.written_key
-        return [self.stream, self.written_key, run, self.ahead_key, swept, *inputs], values
+        drawn = drawn_key(self.stream, acks.group, acks.consumer) if acks else self.written_key  # its run swept
+        return [self.stream, self.written_key, run, self.ahead_key, drawn, *inputs], values
 
     async def keep_run(self, client: Any, group: str, consumer: str, mark: str,
                        told: Callable[[int, int, str], None] = lambda *_: None) -> int:
@@ -328,7 +328,7 @@ class QuarantineStream:
         script refuses for good (E8, ``runs.swept``; not a key past it: another's draw at its address, its fence; nor
         a key Redis lost). ``told``: (run before, run now, why): once, where answered (``runs.tell``)."""
         run = self._runs.get(at := (group, consumer))
-        keys = (run_key(self.stream, *at), swept_runs_key(self.stream), drawn_key(self.stream, *at))
+        keys = (run_key(self.stream, *at), drawn_key(self.stream, *at))
         if run is not None and await runs.swept(client, keys, run, self._drawn.get(at, ())):
             del self._runs[at]  # drawn again now (refused: at the next sweep, its writes refused)
             self._again.setdefault(at, (run, "swept"))  # until told: the draw's answer lost (a timeout, a cancel)
@@ -371,7 +371,7 @@ def ahead_key(stream: str) -> str:
 def run_key(stream: str, group: str, consumer: str) -> str:
     """The run of ``consumer`` of ``group`` that may write to ``stream`` (``QuarantineStream.run_of``): in the
     stream's Redis Cluster slot, as ``written_key``, one per consumer: removed with it under leases, its process gone
-    for good (``intake/departed.py``, ``swept_runs_key``)."""
+    for good (``intake/departed.py``, ``runs.SWEPT``)."""
     return f"{written_key(stream)}:run:{group}:{consumer}"
 
 
@@ -382,8 +382,8 @@ def drawn_key(stream: str, group: str, consumer: str) -> str:
 
 
 def swept_runs_key(stream: str) -> str:
-    """The highest run of a consumer whose ``run_key`` a sweep removed with it (``intake/departed.py``): a run drawn
-    again at that name starts above it, so a write of the swept run landing late lands nothing (E8)."""
+    """The highest run of any consumer whose ``run_key`` a sweep removed (``intake/departed.py``): every run is drawn
+    above it, even past its own record's (``runs.SWEPT``, which alone fences a write: E8) expiry."""
     return f"{written_key(stream)}:runs-swept"
 
 

@@ -1,8 +1,8 @@
 """A consumer's quarantine run (``QuarantineStream.run_of``): drawn in one script (``DRAW``), once per token — a
 retry of a draw whose answer was lost, or that draw landing late, returns the run it drew —, leased marking the
 consumer answered; and found swept with its consumer (``swept``) — ``intake/departed.py`` deletes the run key of a
-consumer it takes for gone, the highest run so deleted kept beside (``quarantine.swept_runs_key``); its draws' record
-is left to expire."""
+consumer it takes for gone, the run so deleted kept in that consumer's own draws' record (``SWEPT``), left to expire,
+and the highest of all in ``quarantine.swept_runs_key`` (a floor for every draw, never a fence of a write)."""
 
 from __future__ import annotations
 
@@ -24,17 +24,28 @@ key Redis lost, or a sweep, between its read and its try), before it gives up (`
 another's progress, so this is reached only where the key moves at every try; the reader retries after its backoff
 (its start, its sweep round), under the same token."""
 
+SWEPT = "swept"
+"""The member of a consumer's draws' record (``quarantine.drawn_key``) scored by its run the departed sweep deleted
+(never a draw's token: those are hex): a write of that run, or one before it, finding the run key gone is refused
+for good (``quarantine._ONCE``), and a draw at that name starts above it. The consumer's own record, never one shared:
+a sweep of one consumer raising a shared highest swept past another's live run whose key Redis lost (back from older
+data) had that live run's writes refused until its next sweep round (E8 held, liveness not). Set in the sweep's
+script that deletes the run key (one slot): a Redis back from before the sweep holds the run key again, never the
+key gone without its record. Kept a day past the sweep (``DRAWN_MS``); past it, the run key gone again is one Redis
+lost, as a run at that name is drawn above the shared highest swept all the same (``quarantine.swept_runs_key``)."""
+
 TOKENS_KEPT = 64
 """The draws a consumer's record keeps (the latest runs), and the tokens of a process's draws at one name it keeps
 (``QuarantineStream._drawn``): a draw again happens only at a process's start or at a sweep round where a sweep took
 its run, so these reach back far past any draw landing late."""
 
-# KEYS: the consumer's run key, the highest run swept (``swept_runs_key``), its draws' record (``drawn_key``), and,
-# leased, its answered mark (``unread.answered_key``). ARGV: the draw's token (one per draw, the same for each of its
-# retries), the mark's life (ms), the run key as the drawing process read it just before ('': none). Returns the run
-# drawn, above both keys' — or -1, the key moved since that read: read it again and draw (``draw``). Once per token: a
-# draw whose answer was lost (a timeout, a cancel) is retried with its token, and the retry — or the lost one landing
-# after it — finds its token in the record and returns that run, no INCR: drawn again, the key sat past the run in use,
+# KEYS: the consumer's run key, the highest run swept of all (``swept_runs_key``), its draws' record (``drawn_key``:
+# its run swept too, ``SWEPT``), and, leased, its answered mark (``unread.answered_key``). ARGV: the draw's token (one
+# per draw, the same for each of its retries), the mark's life (ms), the run key as the drawing process read it just
+# before ('': none). Returns the run drawn, above the run key, the highest swept and its own run swept — or -1, the
+# key moved since that read: read it again and draw (``draw``). Once per token: a draw whose answer was lost (a timeout,
+# a cancel) is retried with its token, and the retry — or the lost one landing after it — finds its token in the record
+# and returns that run, no INCR: drawn again, the key sat past the run in use,
 # and every write of it was refused as one of a run before (E8), for as long as the process ran. The record keeps every
 # recent draw's token, not the last only, and outlives a sweep: a draw of a process paused past its lease landing after
 # another process started at its address and drew (a later run, its fence, E8) moved the key past that one's run, which
@@ -77,11 +88,13 @@ if drawn then  -- this draw landed before (its answer lost): the run it drew, th
 end
 if (redis.call('GET', KEYS[1]) or '') ~= ARGV[3] then return -1 end  -- another's draw since the read: none here
 local run = redis.call('INCR', KEYS[1])  -- a run key holding no number: an error, nothing written
-if not swept then  -- there for every write naming it (``_ONCE``): on a migrating slot's source, one gone fails it
+if not swept then  -- there for every script naming it (the sweep's): on a migrating slot's source, one gone fails it
   redis.call('SET', KEYS[2], '0')
 end
-if swept and run <= tonumber(swept) then
-  run = tonumber(swept) + 1
+local own = redis.call('ZSCORE', KEYS[3], '""" + SWEPT + """')  -- its own run swept (``SWEPT``)
+local floor = math.max(swept and tonumber(swept) or 0, own and tonumber(own) or 0)
+if run <= floor then  -- above its own run swept whatever became of the shared highest (an eviction, an operator)
+  run = floor + 1
   redis.call('SET', KEYS[1], run)
 end
 redis.call('ZADD', KEYS[3], run, ARGV[1])
@@ -109,23 +122,24 @@ async def draw(client: Any, script: Any, keys: list[str], token: str, answered_m
     raise DrawContended(f"{keys[0]}: moved between each read and its draw, {DRAW_TRIES} tries: no run drawn yet")
 
 
-async def swept(client: Any, keys: tuple[str, str, str], run: int, tokens: Collection[str]) -> bool:
-    """Whether ``run`` (``keys``: its run key, the highest swept, its draw's record) is one a sweep deleted, which
-    the write script refuses for good: its key gone and the highest swept at or above it — never a key Redis lost,
-    gone back to before the draw, where the highest swept is below the run drawn above it (the write takes it again)
-    —, or its key since moved past it by a draw of this process itself (``tokens``: each of its draws' at this name,
-    the run's and those before, any of whose answers may have been lost), landing late after a sweep had deleted its
-    record with the key — before the run was drawn again, or after (the record names one of its tokens at the key's
+async def swept(client: Any, keys: tuple[str, str], run: int, tokens: Collection[str]) -> bool:
+    """Whether ``run`` (``keys``: its run key, its draws' record) is one a sweep deleted, which the write script
+    refuses for good: its key gone and its record's run swept (``SWEPT``) at or above it — never a key Redis lost,
+    gone back to before the draw, where its record holds no run swept at or above it (the write takes it again; a
+    sweep of another consumer never fences this one) —, or its key since moved past it by a draw of this process itself
+    (``tokens``: each of its draws' at this name, the run's and those before, any of whose answers may have been lost),
+    landing late after a sweep had deleted its record with the key (or the record expired) — before the run was drawn
+    again, or after (the record names one of its tokens at the key's
     run: another's draw at that run is recorded under its own token). Any other key held is kept: past the run,
     another process's draw at this name (its fence, E8); at or below it, one Redis lost (taken again by the write)."""
-    run_key, swept_key, drawn_key = keys
+    run_key, drawn_key = keys
     held = await client.get(run_key)
     if held is not None:
         if int(held) <= run:
             return False
         drawn = await client.zrangebyscore(drawn_key, int(held), int(held))
         return any(token.decode(errors="replace") in tokens for token in drawn)
-    highest = await client.get(swept_key)  # read after: a sweep only raises it
+    highest = await client.zscore(drawn_key, SWEPT)  # read after: a sweep only raises it
     return highest is not None and run <= int(highest)
 
 

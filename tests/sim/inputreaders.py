@@ -104,7 +104,10 @@ class GatedClient:
         return await self._gated(self._redis.xinfo_stream(stream))
 
     async def get(self, key: str) -> Any:
-        return await self._redis.get(key)  # the highest run swept, a run (``keep_run``): no step of its own to gate
+        return await self._redis.get(key)  # a run (``keep_run``): no step of its own to gate
+
+    async def zscore(self, key: str, member: str) -> Any:
+        return await self._redis.zscore(key, member)  # a run swept, in a draws' record (``keep_run``), as ``get``
 
     async def zrangebyscore(self, key: str, low: int, high: int) -> Any:
         return await self._redis.zrangebyscore(key, low, high)  # a draws' record (``keep_run``), as ``get``

@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 
 from atp_service.intake.entries import id_key
 from atp_service.intake.quarantine import _FIELDS, _PER_FACT
+from atp_service.intake.runs import SWEPT
 from tests.sim.inputsweep import seen
 
 if TYPE_CHECKING:
@@ -35,16 +36,16 @@ def _id(value: Any) -> bytes:
 def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list[int]:
     """``quarantine._ONCE``: a fact written once by its digest; its input entry acknowledged in the same script,
     only while pending to the consumer writing it (-1 where another holds it now: that one decides the fact). KEYS
-    the quarantine stream, its set, the consumer's run, the hash of entries ahead, the highest run swept, then the
-    input streams. A write of a run before (the run key past it) lands nothing; a run key gone or behind is one
-    Redis lost, taken again — but one gone whose run is at or below the highest swept was deleted by a sweep
-    (``inputsweep``, never lost: a run is drawn above it): refused, whenever it lands (E8)."""
-    stream, written_key, run, ahead_key, swept, inputs = keys[0], keys[1], keys[2], keys[3], keys[4], keys[5:]
+    the quarantine stream, its set, the consumer's run, the hash of entries ahead, its draws' record, then the input
+    streams. A write of a run before (the run key past it) lands nothing; a run key gone or behind is one Redis lost,
+    taken again — but one gone whose run is at or below the consumer's own run swept (``runs.SWEPT`` in its record)
+    was deleted by a sweep (``inputsweep``, never lost: set with the deletion): refused, whenever it lands (E8)."""
+    stream, written_key, run, ahead_key, drawn, inputs = keys[0], keys[1], keys[2], keys[3], keys[4], keys[5:]
     group, consumer = _text(args[1]), _text(args[2])
     current = True  # a later run's write before: nothing; a run lost (gone, behind) taken again
     if _text(args[3]) != "":
         ours, held = int(_text(args[3])), redis.runs.get(run)
-        highest = redis.runs_swept.get(swept) if held is None else None  # ``--new-addresses``: the sweep's
+        highest = redis.drawn.get(drawn, {}).get(SWEPT) if held is None else None  # ``--new-addresses``: the sweep's
         if highest is not None and ours <= highest:  # gone with its consumer (a sweep), never lost: refused for good
             current = False
             redis.refused_swept += 1

@@ -191,11 +191,15 @@ class SimStreams:
         read by ``runs.swept`` (``QuarantineStream.keep_run`` at each sweep)."""
         return [token.encode() for token, run in self.drawn.get(key, {}).items() if low <= run <= high]
 
+    async def zscore(self, key: str, member: str) -> float | None:
+        """A consumer's run swept (``runs.SWEPT`` in its draws' record; ``--new-addresses``: the sweep's,
+        ``inputsweep``), read by ``runs.swept`` (``keep_run``)."""
+        held = self.drawn.get(key, {}).get(member)
+        return None if held is None else float(held)
+
     async def get(self, key: str) -> bytes | None:
-        """The highest run swept with its consumer (``quarantine.swept_runs_key``; ``--new-addresses``: the sweep's,
-        ``inputsweep``) or a consumer's run (``quarantine.run_key``), read by ``runs.swept`` (``keep_run``)."""
-        held = self.runs_swept if key.endswith(":runs-swept") else self.runs
-        return None if key not in held else str(held[key]).encode()
+        """A consumer's run (``quarantine.run_key``), read by ``runs.swept`` (``keep_run``) and before each draw."""
+        return None if key not in self.runs else str(self.runs[key]).encode()
 
     async def xinfo_stream(self, stream: str) -> dict[str, Any]:
         held = self.streams.get(stream)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from atp_service.intake.entries import id_key
-from atp_service.intake.runs import TOKENS_KEPT
+from atp_service.intake.runs import SWEPT, TOKENS_KEPT
 from atp_service.intake.unread import ANSWERED_MS
 from tests.sim.inputpipeline import _text
 
@@ -93,9 +93,12 @@ def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]
             owing.add(keys[n][len(keys[n + 2]) + 1:])
         redis.hashes.pop(owed_key, None)
         owing.discard(name)
-        ran = redis.runs.pop(run, None)  # its run: the highest so removed kept; its draws' record left to expire
+        ran = redis.runs.pop(run, None)  # its run: kept in its draws' record (left to expire), the highest of all too
         if ran is not None and ran > redis.runs_swept.get(swept, 0):
             redis.runs_swept[swept] = ran
+        record = redis.drawn.setdefault(keys[n + 6 + 4 * j], {})
+        if ran is not None and ran > record.get(SWEPT, 0):
+            record[SWEPT] = ran
         redis.answered.pop(mark, None)
         for stream in listed:  # XGROUP DELCONSUMER: its pending entries (none here) gone with it
             held = redis.streams[stream].groups[group]
@@ -111,11 +114,11 @@ def _as_id(value: int | bytes) -> bytes:
 
 
 def draw_run(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
-    """``runs.DRAW`` (``QuarantineStream.run_of``): the consumer's run drawn above its last and above the highest
-    swept (set to 0 where none: every quarantine write names it), once per token (ARGV[1]: a retry of a draw whose
-    answer was lost, or it landing late, returns the run it drew, recorded in its draws' record), else only where the
-    key is still what its process read (ARGV[3]; -1: moved since), leased its answered mark set with it (a sweep
-    meanwhile keeps it)."""
+    """``runs.DRAW`` (``QuarantineStream.run_of``): the consumer's run drawn above its last, above the highest
+    swept (set to 0 where none: every sweep names it) and above its own run swept (``SWEPT``), once per token
+    (ARGV[1]: a retry of a draw whose answer was lost, or it landing late, returns the run it drew, recorded in its
+    draws' record), else only where the key is still what its process read (ARGV[3]; -1: moved since), leased its
+    answered mark set with it (a sweep meanwhile keeps it)."""
     run_key, swept, drawn, *mark = keys
     token, record, held = _text(args[0]), redis.drawn.setdefault(drawn, {}), redis.runs.get(run_key)
     if token not in record and _text(args[2]) != ("" if held is None else str(held)):
@@ -126,8 +129,9 @@ def draw_run(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
     if token in record:
         return record[token]
     run = (held or 0) + 1
-    if run <= redis.runs_swept.get(swept, 0):
-        run = redis.runs_swept[swept] + 1
+    floor = max(redis.runs_swept.get(swept, 0), record.get(SWEPT, 0))
+    if run <= floor:
+        run = floor + 1
     redis.runs[run_key] = run
     record[token] = run
     for gone in sorted(record, key=record.__getitem__)[:-TOKENS_KEPT]:

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from atp_service.intake.quarantine import Acks, QuarantineStream, run_key, swept_runs_key
+from atp_service.intake.quarantine import Acks, QuarantineStream, drawn_key, run_key, swept_runs_key
+from atp_service.intake.runs import SWEPT
 from reservation import FactKind, Limits
 from reservation import fact as make_fact
 from tests.sim.__main__ import main
@@ -222,12 +223,14 @@ async def test_consumers_of_processes_started_at_new_addresses_are_swept_their_c
 async def test_the_sims_quarantine_script_refuses_a_run_swept_and_the_reader_draws_its_run_again() -> None:
     """The simulated Redis follows the write script and the draw (``quarantine._ONCE``, ``runs.DRAW``), as the real
     ``QuarantineStream`` runs them over it: the first draw makes ``…:runs-swept`` (0); a write whose run key a sweep
-    deleted (its run at or below the highest swept) lands nothing and leaves its entry pending, whenever it lands;
-    ``keep_run`` draws the run again above it, and that run's write lands; a run key Redis lost (the highest swept
-    below it) is taken again by the write, and kept by ``keep_run``."""
+    deleted (its run at or below its own run swept, ``runs.SWEPT``) lands nothing and leaves its entry pending,
+    whenever it lands; ``keep_run`` draws the run again above it, and that run's write lands; a run key Redis lost
+    (its run swept below it, whatever the highest swept of all) is taken again by the write, and kept by
+    ``keep_run``."""
     redis = SimStreams(RedisFaults(random.Random(0)), lambda stream, entry: None, lambda: 1_700_000_000_000)
     quarantine, stream, name, mark = QuarantineStream("sim:quarantine", 10), STREAMS[0], "atp@p0.1", "mark"
     swept, ran = swept_runs_key(quarantine.stream), run_key(quarantine.stream, GROUP, name)
+    drawn = drawn_key(quarantine.stream, GROUP, name)
     redis.xadd(stream, b"1-0", [b"f", b"v"])
     redis._create(stream, GROUP, b"0")
     redis.streams[stream].groups[GROUP].pending[b"1-0"] = [name, 1, 0]
@@ -236,7 +239,7 @@ async def test_the_sims_quarantine_script_refuses_a_run_swept_and_the_reader_dra
     run = await quarantine.run_of(redis, GROUP, name, mark)
     assert (run, redis.runs_swept) == (1, {swept: 0})
     del redis.runs[ran]  # a sweep took it while it ran
-    redis.runs_swept[swept] = run
+    redis.runs_swept[swept] = redis.drawn[drawn][SWEPT] = run
     acks = Acks(GROUP, name, [(stream, b"1-0")], run)
     assert await quarantine.write(redis, [(fact, "late")], acks) == [None]
     assert not redis.quarantined and b"1-0" in redis.streams[stream].groups[GROUP].pending
@@ -244,7 +247,8 @@ async def test_the_sims_quarantine_script_refuses_a_run_swept_and_the_reader_dra
     assert again == run + 1 and await quarantine.keep_run(redis, GROUP, name, mark) == again
     assert await quarantine.write(redis, [(fact, "late")], acks._replace(run=again)) == [True]
     assert len(redis.quarantined) == 1 and not redis.streams[stream].groups[GROUP].pending
-    del redis.runs[ran]  # Redis lost it: the highest swept below the run
+    del redis.runs[ran]  # Redis lost it: its run swept below the run, the highest of all (another's) above it
+    redis.runs_swept[swept] = again + 5
     assert await quarantine.keep_run(redis, GROUP, name, mark) == again
     redis.xadd(stream, b"2-0", [b"f", b"v"])
     redis.streams[stream].groups[GROUP].pending[b"2-0"] = [name, 1, 0]

@@ -24,8 +24,8 @@ from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.departed import DepartedConsumers
 from atp_service.intake.facts import FactDesk
 from atp_service.intake.ingest import StreamIngestor
-from atp_service.intake.quarantine import Acks, QuarantineStream, drawn_key, run_key, swept_runs_key
-from atp_service.intake.runs import DRAWN_MS
+from atp_service.intake.quarantine import Acks, QuarantineStream, drawn_key, run_key
+from atp_service.intake.runs import DRAWN_MS, SWEPT
 from atp_service.intake.unread import GroupReader, trimmed_unread_key
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.nodes import connect_any, open_nodes
@@ -266,7 +266,7 @@ async def test_a_run_drawn_as_a_sweep_takes_its_consumer_for_gone_keeps_the_late
         redis_url: str) -> None:
     """A process back at its address draws its run (its start, before it reads) while a sweeper that has not seen it
     live yet takes its consumer for gone (idle, nothing pending). The sweep deleted the run key the process had just
-    drawn (``runs-swept`` its run); a quarantine write of the run before, its answer lost and landing late, found the
+    drawn (its run recorded swept); a quarantine write of the run before, its answer lost and landing late, found the
     key missing — a run Redis lost, to the write script — set it back to its own run, and wrote and acknowledged the
     fact of an entry pending to the process back (E8: that run decides it). Its run drawn, the consumer is kept as a
     read answered is (``unread.answered_key``): the run key stays, the late write lands nothing, the process's own
@@ -290,8 +290,8 @@ async def test_a_run_drawn_past_the_marks_bound_swept_unseen_keeps_the_late_writ
     7.2 keeps the consumer's idle time) is taken for gone, its run key deleted while it runs. A quarantine write of
     the run before, its answer lost and landing late, found the key missing — a run Redis lost, to the write
     script — and wrote and acknowledged the fact of an entry pending to the process back (E8). The run it carries is
-    at or below the highest swept (``…:runs-swept``): a run swept, never one Redis lost (the two keys share a slot,
-    and a run is drawn above it), so it lands nothing, whenever it lands; the process back draws its run again
+    at or below the consumer's own run swept (``runs.SWEPT``): a run swept, never one Redis lost (set in the script
+    that deleted the key), so it lands nothing, whenever it lands; the process back draws its run again
     and its own write lands. Before: the late write landed ([True]), the entry acknowledged."""
     stream, name, sweeper = STREAMS[0], "atp-1@10.0.0.3:1", "atp-1@10.0.1.1:1"
     async with _back_at_its_address(redis_url, stream, name) as (r, writer, desk, own_sweep, back, before):
@@ -316,8 +316,8 @@ async def test_a_run_drawn_past_the_marks_bound_swept_unseen_keeps_the_late_writ
 async def test_a_run_swept_is_drawn_again_at_the_sweep_and_a_run_redis_lost_kept(redis_url: str) -> None:
     """The run of a process whose quarantined facts all go to their owners, which write them (it writes none itself),
     swept all the same (a sweeper not seeing it live): drawn again at its own next sweep (``keep_run``), else every
-    owner's write of its facts was refused for as long as it ran. A run key Redis lost (gone, the highest swept below
-    it) is kept: the write takes it again, and drawn again it might start below the run written before."""
+    owner's write of its facts was refused for as long as it ran. A run key Redis lost (gone, its run swept below it)
+    is kept: the write takes it again, and drawn again it might start below the run written before."""
     r = aioredis.Redis.from_url(redis_url)
     stream, name = QuarantineStream(QUARANTINE, 10), "p@10.0.0.3:1"
     mark = f"{name}:answered"
@@ -325,12 +325,12 @@ async def test_a_run_swept_is_drawn_again_at_the_sweep_and_a_run_redis_lost_kept
         await r.set(run_key(QUARANTINE, GROUP, name), 2)
         run = await stream.run_of(r, GROUP, name, mark)
         assert run == 3
-        await r.delete(run_key(QUARANTINE, GROUP, name))  # Redis lost it: the highest swept below
-        await r.set(swept_runs_key(QUARANTINE), run - 1)
+        await r.delete(run_key(QUARANTINE, GROUP, name))  # Redis lost it: its run swept before below
+        await r.zadd(drawn_key(QUARANTINE, GROUP, name), {SWEPT: run - 1})
         told: list[tuple[int, int, str]] = []
         assert await stream.keep_run(r, GROUP, name, mark, lambda *why: told.append(why)) == run, "Redis lost it: kept"
         await r.delete(run_key(QUARANTINE, GROUP, name))
-        await r.set(swept_runs_key(QUARANTINE), run)  # a sweep deleted it
+        await r.zadd(drawn_key(QUARANTINE, GROUP, name), {SWEPT: run})  # a sweep deleted it
         assert await stream.keep_run(r, GROUP, name, mark, lambda *why: told.append(why)) == run + 1, "swept: again"
         assert await stream.keep_run(r, GROUP, name, mark, lambda *why: told.append(why)) == run + 1, "kept since"
         assert told == [(run, run + 1, "swept")], "told once, where drawn again"
@@ -370,7 +370,7 @@ async def test_a_run_drawn_again_whose_draw_answer_was_lost_is_told_at_the_draw_
     try:
         run = await stream.run_of(client, GROUP, name, mark)
         await r.delete(run_key(QUARANTINE, GROUP, name))
-        await r.set(swept_runs_key(QUARANTINE), run)  # a sweep deleted it
+        await r.zadd(drawn_key(QUARANTINE, GROUP, name), {SWEPT: run})  # a sweep deleted it
         with pytest.raises(TimeoutError):
             await stream.keep_run(client, GROUP, name, mark, lambda *why: told.append(why))
         again = await stream.keep_run(client, GROUP, name, mark, lambda *why: told.append(why))

@@ -186,9 +186,17 @@ async def test_a_process_whose_lost_draw_landed_before_its_retry_never_fences_ou
     assert await serving.kept_run(serving_desk) == run
 
 
+async def _swept(r: Any, run: int) -> None:
+    """What the departed sweep does to this consumer's run ``run``: its key deleted, the run kept in its draws' record
+    (``runs.SWEPT``) and as the highest swept."""
+    await r.delete(run_key(QUARANTINE, GROUP, NAME))
+    await r.zadd(drawn_key(QUARANTINE, GROUP, NAME), {runs.SWEPT: run})
+    await r.set(swept_runs_key(QUARANTINE), run)
+
+
 async def test_a_run_a_sweep_deleted_is_drawn_again_counted_and_said_once(
         redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    """The one run drawn again at a sweep round: one a sweep deleted (its key gone, the highest swept at or above
+    """The one run drawn again at a sweep round: one a sweep deleted (its key gone, its own run swept at or above
     it). Counted (``atp_ingest_quarantine_runs_redrawn_total``) and said (``quarantine_run_drawn_again``), once."""
     r = aioredis.Redis.from_url(redis_url)
     registry = CollectorRegistry()
@@ -196,7 +204,7 @@ async def test_a_run_a_sweep_deleted_is_drawn_again_counted_and_said_once(
     own = _at_address(r, redrawn=metrics.ingest_quarantine_runs_redrawn)
     try:
         run = await own.kept_run(desk)
-        await _swept_by_an_older_version(r, run)
+        await _swept(r, run)
         again = await own.kept_run(desk)
         assert again == run + 1 and await own.kept_run(desk) == again
         said = [(getattr(rec, "run_before", None), getattr(rec, "run_now", None), getattr(rec, "why", None))
@@ -226,8 +234,8 @@ async def test_a_lost_draw_landing_after_a_sweep_took_its_run_is_drawn_past_at_t
 async def test_a_lost_draw_landing_after_the_run_was_drawn_again_is_drawn_past_at_the_next_sweep_round(
         clients: tuple[Any, Any]) -> None:
     """A draw's answer lost before it reached Redis, retried and answered; a sweep not seeing the process live
-    deletes its run with the draw's record (a sweeper of a version that deleted it), and the next sweep round draws
-    the run again (a new draw, a new token); swept again, the key gone as when its process read it, the first draw
+    deletes its run, and the next sweep round draws the run again (a new draw, a new token); swept again with the
+    draws' record (a sweeper of a version that deleted it), the key gone as when its process read it, the first draw
     lands only now: no record of its token, so it draws a run past the one in use.
     That key is still this process's own draw, not another's fence: the next sweep round draws
     past it, and its writes land. Before, only the last draw's token was kept: the key was taken for another's fence
@@ -236,10 +244,10 @@ async def test_a_lost_draw_landing_after_the_run_was_drawn_again_is_drawn_past_a
     desk, lossy = QuarantineStream(QUARANTINE, 10), _FirstAnswerLost(r, landed=False)
     own = _at_address(r)
     run = await _drawn_after_a_lost_answer(desk, lossy, own.mark)
-    await _swept_by_an_older_version(r, run)
+    await _swept(r, run)
     redrawn = await desk.keep_run(r, GROUP, NAME, own.mark)
     assert redrawn > run
-    await _swept_by_an_older_version(r, redrawn)  # swept again
+    await _swept_by_an_older_version(r, redrawn)  # swept again, by a version that left no mark
     late = int(await lossy.script(**lossy.sent))  # the first draw lands now, the key gone (as its process read it)
     assert late > redrawn
     await _drawn_again_past(r, desk, writer, own.mark, late)

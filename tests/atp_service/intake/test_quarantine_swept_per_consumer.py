@@ -1,0 +1,88 @@
+"""A consumer's quarantine run deleted by the departed sweep (``intake/departed.py``) is fenced by that consumer's own
+record (its draws' record, ``runs.SWEPT``), never by a record shared with the other consumers: a sweep of one
+consumer cannot fence another's live run, and the swept run's late write stays refused whatever became of the
+shared ``…:runs-swept`` (E8; liveness). Real redis-server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from atp_service.intake.departed import DepartedConsumers
+from atp_service.intake.quarantine import Acks, QuarantineStream, drawn_key, run_key, swept_runs_key
+from atp_service.storage.nodes import open_nodes
+from reservation import FactKind, Limits
+from reservation import fact as make_fact
+from tests.atp_service.fact_helpers import F
+
+STREAM, GROUP, QUARANTINE = "atp:in:pos", "atp", "atp:quarantine"
+GONE, LIVE = "atp-1@10.0.0.3:1", "atp-2@10.0.1.1:1"  # LIVE's address is the one live process's
+
+
+async def _write(r: Any, writer: Any, name: str, run: int, event_id: str) -> list[bool | None]:
+    """A fact of a new entry read by ``name`` (pending to it), quarantined by its run ``run``: what the write landed."""
+    entry = await r.xadd(STREAM, F(event_id, "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+    await r.xreadgroup(GROUP, name, {STREAM: ">"})
+    fact = make_fact(event_id, "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
+                     1_700_000_000_000, Limits(), "event_time_ms")
+    return await QuarantineStream(QUARANTINE, 10).write(writer, [(fact, "late")], Acks(GROUP, name, [(STREAM, entry)],
+                                                                                        run))
+
+
+def _sweep(r: Any) -> DepartedConsumers:
+    return DepartedConsumers(r, [STREAM], GROUP, LIVE, lambda: {"10.0.1.1:1"}, 0, quarantine=QUARANTINE)
+
+
+async def test_a_sweep_of_another_consumer_does_not_fence_a_live_run_redis_lost(redis_url: str) -> None:
+    """Redis back from older data lost the live consumer's run key (its draw) and ``…:runs-swept`` went back with
+    it; then a sweep of another consumer, gone, raised the shared highest swept past the live run. Before, the write
+    script took the live run's key, gone and at or below that shared highest, for one swept with its consumer: every
+    quarantine write of the live consumer refused ("claimed by another consumer", its entries kept pending) until its
+    next sweep round drew its run again — a run fenced by a sweep of someone else. Now the live run is taken again
+    (a key Redis lost) and its writes land; its sweep round keeps it."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    live = QuarantineStream(QUARANTINE, 10)
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        await r.xgroup_createconsumer(STREAM, GROUP, GONE)
+        for _ in range(3):  # three starts at the gone address: its run 3
+            await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, GONE)
+        run = await live.run_of(r, GROUP, LIVE)
+        assert run <= 3
+        # Redis back from older data: the live run's draw lost, the shared highest swept with it
+        await r.delete(run_key(QUARANTINE, GROUP, LIVE), drawn_key(QUARANTINE, GROUP, LIVE),
+                       swept_runs_key(QUARANTINE))
+        assert await _sweep(r).sweep() == [GONE]
+        assert await _write(r, writer, LIVE, run, "live") == [True], "the live run's write lands"
+        assert await r.xlen(QUARANTINE) == 1
+        assert await live.keep_run(r, GROUP, LIVE, "mark") == run, "not swept: kept, not drawn again"
+    finally:
+        await writer.aclose()
+        await r.aclose()
+
+
+async def test_a_swept_runs_late_write_stays_refused_without_the_shared_record(redis_url: str) -> None:
+    """The swept consumer's own record says its run was swept: with ``…:runs-swept`` gone (deleted, evicted), the
+    swept run's late write lands nothing, and a process back at its address draws above the swept run (else the late
+    write took the key back from it). Before, the write took the key for one Redis lost and landed."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        await r.xgroup_createconsumer(STREAM, GROUP, GONE)
+        for _ in range(3):
+            swept = await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, GONE)
+        assert await _sweep(r).sweep() == [GONE]
+        await r.delete(swept_runs_key(QUARANTINE))
+        assert await _write(r, writer, GONE, swept, "late") == [None], "the swept run's late write lands nothing"
+        assert await r.xlen(QUARANTINE) == 0
+        back = QuarantineStream(QUARANTINE, 10)
+        run = await back.run_of(r, GROUP, GONE)
+        assert run > swept, "the run back at its address above the one swept"
+        assert await _write(r, writer, GONE, swept, "later") == [None], "nor after the run back's draw"
+        assert await _write(r, writer, GONE, run, "own") == [True], "the run back's own write lands"
+    finally:
+        await writer.aclose()
+        await r.aclose()
