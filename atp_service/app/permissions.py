@@ -218,8 +218,9 @@ def _run_needs(config: ServiceConfig, use: str) -> list[Need]:
     needs = [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use),  # SET: lost
              Need(("TYPE", run), run, use), Need(("GET", swept), swept, use), Need(("TYPE", swept), swept, use),
              Need(("SET", swept, 0), swept, use), Need(("TYPE", drawn), drawn, use)]
-    needs += [Need((cmd, drawn, *rest), drawn, use) for cmd, *rest in (
-        ("ZSCORE", "t"), ("ZADD", 1, "t"), ("ZREMRANGEBYRANK", 0, -2), ("PEXPIRE", 1))]
+    needs += [Need((cmd, drawn, *rest), drawn, use) for cmd, *rest in (  # ZREVRANGE: a write's, its last draw
+        ("ZSCORE", "t"), ("ZADD", 1, "t"), ("ZREMRANGEBYRANK", 0, -2), ("PEXPIRE", 1),
+        ("ZREVRANGE", 0, 0, "WITHSCORES"))]
     if config.ownership != "leases":  # leased, the draw names the consumer's answered mark too (_departed_needs)
         needs.append(Need(("EVALSHA", SHA, 3, run, swept, drawn), run, use))
     else:  # read at each sweep round (runs.swept): the tokens at the key's run

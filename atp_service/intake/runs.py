@@ -42,7 +42,7 @@ its run, so these reach back far past any draw landing late."""
 # KEYS: the consumer's run key, the highest run swept of all (``swept_runs_key``), its draws' record (``drawn_key``:
 # its run swept too, ``SWEPT``), and, leased, its answered mark (``unread.answered_key``). ARGV: the draw's token (one
 # per draw, the same for each of its retries), the mark's life (ms), the run key as the drawing process read it just
-# before ('': none). Returns the run drawn, above the run key, the highest swept and its own run swept — or -1, the
+# before ('': none). Returns the run drawn, above the run key, the highest swept and its record's runs — or -1, the
 # key moved since that read: read it again and draw (``draw``). Once per token: a draw whose answer was lost (a timeout,
 # a cancel) is retried with its token, and the retry — or the lost one landing after it — finds its token in the record
 # and returns that run, no INCR: drawn again, the key sat past the run in use,
@@ -71,6 +71,7 @@ if swept and not tonumber(swept) then
   return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds no run: no run drawn')
 end
 local asked = {{'INCR', KEYS[1]}, {'SET', KEYS[1], '1'}, {'SET', KEYS[2], '0'}, {'ZSCORE', KEYS[3], 't'},
+  {'ZREVRANGE', KEYS[3], '0', '0', 'WITHSCORES'},
   {'ZADD', KEYS[3], '1', 't'}, {'ZREMRANGEBYRANK', KEYS[3], '0', '-2'}, {'PEXPIRE', KEYS[3], '1'}}
 if KEYS[4] then asked[#asked + 1] = {'SET', KEYS[4], '1', 'PX', '1'}; asked[#asked + 1] = {'TIME'} end
 local refused = denied(asked)
@@ -91,9 +92,9 @@ local run = redis.call('INCR', KEYS[1])  -- a run key holding no number: an erro
 if not swept then  -- there for every script naming it (the sweep's): on a migrating slot's source, one gone fails it
   redis.call('SET', KEYS[2], '0')
 end
-local own = redis.call('ZSCORE', KEYS[3], '""" + SWEPT + """')  -- its own run swept (``SWEPT``)
+local own = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2]  -- its last draw, or its own run swept (``SWEPT``)
 local floor = math.max(swept and tonumber(swept) or 0, own and tonumber(own) or 0)
-if run <= floor then  -- above its own run swept whatever became of the shared highest (an eviction, an operator)
+if run <= floor then  -- above its own runs whatever became of the shared highest (an eviction, an operator)
   run = floor + 1
   redis.call('SET', KEYS[1], run)
 end
@@ -123,15 +124,15 @@ async def draw(client: Any, script: Any, keys: list[str], token: str, answered_m
 
 
 async def swept(client: Any, keys: tuple[str, str], run: int, tokens: Collection[str]) -> bool:
-    """Whether ``run`` (``keys``: its run key, its draws' record) is one a sweep deleted, which the write script
-    refuses for good: its key gone and its record's run swept (``SWEPT``) at or above it — never a key Redis lost,
-    gone back to before the draw, where its record holds no run swept at or above it (the write takes it again; a
-    sweep of another consumer never fences this one) —, or its key since moved past it by a draw of this process itself
-    (``tokens``: each of its draws' at this name, the run's and those before, any of whose answers may have been lost),
-    landing late after a sweep had deleted its record with the key (or the record expired) — before the run was drawn
-    again, or after (the record names one of its tokens at the key's
-    run: another's draw at that run is recorded under its own token). Any other key held is kept: past the run,
-    another process's draw at this name (its fence, E8); at or below it, one Redis lost (taken again by the write)."""
+    """Whether ``run`` (``keys``: its run key, its draws' record) is one the write script refuses for good, to be
+    drawn again: its key gone and its record's run swept (``SWEPT``) at or above it — never a key Redis lost, gone
+    back to before the draw, where its record holds no run swept at or above it (the write takes it again; a sweep of
+    another consumer never fences this one) —, or its key moved past it, or gone with its record past it, by a draw of
+    this process itself (``tokens``: each of its draws' at this name, the run's and those before, any of whose answers
+    may have been lost) landing late after a sweep had deleted the key (and its record, or the record expired) —
+    before the run was drawn again, or after (the record names one of its tokens at that run: another's draw is
+    recorded under its own token). Any other key or record is kept: past the run, another process's draw at this
+    name (its fence, E8); at or below it, one Redis lost (taken again by the write)."""
     run_key, drawn_key = keys
     held = await client.get(run_key)
     if held is not None:
@@ -140,7 +141,11 @@ async def swept(client: Any, keys: tuple[str, str], run: int, tokens: Collection
         drawn = await client.zrangebyscore(drawn_key, int(held), int(held))
         return any(token.decode(errors="replace") in tokens for token in drawn)
     highest = await client.zscore(drawn_key, SWEPT)  # read after: a sweep only raises it
-    return highest is not None and run <= int(highest)
+    if highest is not None and run <= int(highest):
+        return True
+    # Its record past the run (the write refuses it too): its own draw landing late, then a sweep, or another's
+    later = await client.zrangebyscore(drawn_key, run + 1, "+inf")
+    return any(token.decode(errors="replace") in tokens for token in later)
 
 
 def tell(again: dict[Any, tuple[int, str]], at: Any, now: int, told: Callable[[int, int, str], None]) -> int:

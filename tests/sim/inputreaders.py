@@ -109,7 +109,7 @@ class GatedClient:
     async def zscore(self, key: str, member: str) -> Any:
         return await self._redis.zscore(key, member)  # a run swept, in a draws' record (``keep_run``), as ``get``
 
-    async def zrangebyscore(self, key: str, low: int, high: int) -> Any:
+    async def zrangebyscore(self, key: str, low: int, high: int | str) -> Any:
         return await self._redis.zrangebyscore(key, low, high)  # a draws' record (``keep_run``), as ``get``
 
     async def xinfo_consumers(self, stream: str, group: str) -> Any:

@@ -39,14 +39,16 @@ def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list
     the quarantine stream, its set, the consumer's run, the hash of entries ahead, its draws' record, then the input
     streams. A write of a run before (the run key past it) lands nothing; a run key gone or behind is one Redis lost,
     taken again — but one gone whose run is at or below the consumer's own run swept (``runs.SWEPT`` in its record)
-    was deleted by a sweep (``inputsweep``, never lost: set with the deletion): refused, whenever it lands (E8)."""
+    was deleted by a sweep (``inputsweep``, never lost: set with the deletion), and one below a draw its record holds
+    is a run before: refused, whenever it lands (E8)."""
     stream, written_key, run, ahead_key, drawn, inputs = keys[0], keys[1], keys[2], keys[3], keys[4], keys[5:]
     group, consumer = _text(args[1]), _text(args[2])
     current = True  # a later run's write before: nothing; a run lost (gone, behind) taken again
     if _text(args[3]) != "":
         ours, held = int(_text(args[3])), redis.runs.get(run)
-        highest = redis.drawn.get(drawn, {}).get(SWEPT) if held is None else None  # ``--new-addresses``: the sweep's
-        if highest is not None and ours <= highest:  # gone with its consumer (a sweep), never lost: refused for good
+        record = redis.drawn.get(drawn, {}) if held is None else {}  # ``--new-addresses``: the sweep's
+        highest, drew = record.get(SWEPT), max(record.values(), default=None)
+        if (highest is not None and ours <= highest) or (drew is not None and drew > ours):  # swept, or a run before
             current = False
             redis.refused_swept += 1
         elif (held or 0) > ours:

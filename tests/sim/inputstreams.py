@@ -186,10 +186,10 @@ class SimStreams:
             raise _fail(kind)
         return out
 
-    async def zrangebyscore(self, key: str, low: int, high: int) -> list[bytes]:
-        """The tokens of a consumer's draws (``quarantine.drawn_key``) that drew a run from ``low`` to ``high``,
-        read by ``runs.swept`` (``QuarantineStream.keep_run`` at each sweep)."""
-        return [token.encode() for token, run in self.drawn.get(key, {}).items() if low <= run <= high]
+    async def zrangebyscore(self, key: str, low: int, high: int | str) -> list[bytes]:
+        """The tokens of a consumer's draws (``quarantine.drawn_key``) that drew a run from ``low`` to ``high``
+        (``"+inf"``: no bound), read by ``runs.swept`` (``QuarantineStream.keep_run`` at each sweep)."""
+        return [token.encode() for token, run in self.drawn.get(key, {}).items() if low <= run <= float(high)]
 
     async def zscore(self, key: str, member: str) -> float | None:
         """A consumer's run swept (``runs.SWEPT`` in its draws' record; ``--new-addresses``: the sweep's,

@@ -115,7 +115,7 @@ def _as_id(value: int | bytes) -> bytes:
 
 def draw_run(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
     """``runs.DRAW`` (``QuarantineStream.run_of``): the consumer's run drawn above its last, above the highest
-    swept (set to 0 where none: every sweep names it) and above its own run swept (``SWEPT``), once per token
+    swept (set to 0 where none: every sweep names it) and above its record's runs (``SWEPT`` too), once per token
     (ARGV[1]: a retry of a draw whose answer was lost, or it landing late, returns the run it drew, recorded in its
     draws' record), else only where the key is still what its process read (ARGV[3]; -1: moved since), leased its
     answered mark set with it (a sweep meanwhile keeps it)."""
@@ -129,7 +129,7 @@ def draw_run(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
     if token in record:
         return record[token]
     run = (held or 0) + 1
-    floor = max(redis.runs_swept.get(swept, 0), record.get(SWEPT, 0))
+    floor = max(redis.runs_swept.get(swept, 0), max(record.values(), default=0))
     if run <= floor:
         run = floor + 1
     redis.runs[run_key] = run

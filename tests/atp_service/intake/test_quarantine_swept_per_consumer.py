@@ -86,3 +86,30 @@ async def test_a_swept_runs_late_write_stays_refused_without_the_shared_record(r
     finally:
         await writer.aclose()
         await r.aclose()
+
+
+async def test_a_run_before_stays_refused_after_a_sweep_that_records_no_run_swept(redis_url: str) -> None:
+    """A sweeper of the version before (a rolling restart) deletes a live consumer's run key and raises only the
+    shared ``…:runs-swept``, recording no run swept in the consumer's draws' record. The late write of the run before
+    at that name (a process paused there before this one started) finds the key gone: its record's later draw says it
+    is a run before, so it lands nothing (E8) — else it took the key back and wrote and acknowledged the live
+    process's entry. The live process's own run, its record's last draw, is taken again: its write lands, its run
+    kept (liveness)."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    live = QuarantineStream(QUARANTINE, 10)
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        before = await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, GONE)  # the process paused at the address
+        run = await live.run_of(r, GROUP, GONE)  # the process started there since
+        assert run > before
+        await r.delete(run_key(QUARANTINE, GROUP, GONE))  # the sweep of the version before: the key deleted,
+        await r.set(swept_runs_key(QUARANTINE), run)  # the shared highest raised, the record left as it was
+        assert await _write(r, writer, GONE, before, "late") == [None], "the run before's late write lands nothing"
+        assert await r.xlen(QUARANTINE) == 0
+        assert len(await r.xpending_range(STREAM, GROUP, "-", "+", 10, GONE)) == 1, "still the live run's to decide"
+        assert await _write(r, writer, GONE, run, "own") == [True], "the live run's own write lands"
+        assert await live.keep_run(r, GROUP, GONE, "mark") == run, "kept: not drawn again"
+    finally:
+        await writer.aclose()
+        await r.aclose()
