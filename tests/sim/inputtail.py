@@ -64,6 +64,7 @@ class InputsTail:
         self.image: tuple[dict[str, Any], dict[Any, Any], set[Any]] | None = None
         self.counts: dict[tuple[str, bytes], int] = {}  # pending entries' delivery counts as Redis came back
         self.given_since: dict[tuple[str, bytes], set[str]] = {}  # per entry, the consumers given it since then
+        self.entries_lost = 0  # input entries Redis lost: read before, perhaps, their quarantine writes owed still
         noted = driver.redis.note_again
 
         def note_again(stream: str, held: Any, entry_id: bytes, consumer: str) -> None:
@@ -108,6 +109,7 @@ class InputsTail:
                                   if entry not in facts}  # read before the loss, its fact may land after it
         driver.producer.facts, driver.producer.malformed = facts, malformed  # lost: the producer sends none again
         driver.tally.input_entries_lost += len(lost)
+        self.entries_lost += len(lost)
         driver._seen, driver._applied, driver._quarantined = {}, set(), set()  # the log's history cut back
         driver.owed.lost_redis()
         self.counts, self.given_since = self._counts(), {}
