@@ -39,8 +39,9 @@ BOUND_KEPT_MS = 86_400_000
 _TAG = """
 -- KEYS: the input streams, then this consumer's token beside each (``bound_key``). ARGV: group, consumer (named by
 -- the keys), token, ms kept. Returns per stream {the group's last delivered entry, the oldest entry pending in the
--- group, with any consumer, or false}, or false where the stream has no such group; every token set to ARGV[3], read
--- after. Any consumer's: the group deleted takes every pending list with it, another process's as this one's.
+-- group, with any consumer, or false, the stream's oldest entry, or false}, or false where the stream has no such
+-- group; every token set to ARGV[3], read after. Any consumer's: the group deleted takes every pending list with it,
+-- another process's as this one's. The oldest entry: those refused before it can come again in no group made again.
 local group, token, kept = ARGV[1], ARGV[3], ARGV[4]
 local n = #KEYS / 2
 """ + STREAM_ID_LUA + """
@@ -50,7 +51,9 @@ for i = 1, n do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[i])) do
       if field(g, 'name') == group then
-        out[i] = {field(g, 'last-delivered-id'), redis.call('XPENDING', KEYS[i], group)[2] or false}
+        local first = redis.call('XRANGE', KEYS[i], '-', '+', 'COUNT', 1)[1]
+        out[i] = {field(g, 'last-delivered-id'), redis.call('XPENDING', KEYS[i], group)[2] or false,
+                  first and first[1] or false}
       end
     end
   end
@@ -80,7 +83,9 @@ async def tag(client: Any, streams: list[str], group: str, consumer: str, unacke
         raise
     unacked.tag_answered(token, {stream: None if not one else (as_bytes(one[0]), None if one[1] is None else
                                                                as_bytes(one[1]))
-                                 for stream, one in zip(streams, got, strict=True)})
+                                 for stream, one in zip(streams, got, strict=True)},
+                         {stream: None if not one or one[2] is None else as_bytes(one[2])
+                          for stream, one in zip(streams, got, strict=True)})
 
 
 async def tag_or_say(client: Any, streams: list[str], group: str, consumer: str, unacked: Unacked) -> None:

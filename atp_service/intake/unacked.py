@@ -26,9 +26,11 @@ quarantined are not decided again.
 Among the entries delivered again are those refused meanwhile by a judgement of the clock — stamped
 past the allowed skew (E7), here or by their group's owner — and dead-lettered: judged again by a
 clock that has moved on, one was applied, its dead letter saying it was refused. So the entries
-refused are kept while a group made again could deliver them again (some entry older than each held
-unacknowledged, or the group made again before it), and acknowledged as they come again, their dead
-letter standing. Bounded: none kept once nothing older is held, at most ``REFUSED_KEPT`` per stream.
+refused are kept while a group made again could deliver them again, and acknowledged as they come again, their dead
+letter standing. That is while their stream holds them: a group made again starts at a bound only while Redis holds
+the token told with it, and Redis may hold none (the token evicted or expired, a later tag in doubt or landing late,
+Redis back from older data) — then from the stream's start. Bounded: each forgotten once its stream no longer holds
+it (trimmed: before the oldest entry the last tag found there), at most ``REFUSED_KEPT`` per stream.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ BOUNDS_KEPT = 4
 """Bounds kept under the tokens told to Redis (``bounds.tag``): Redis back from older data holds one of the last few
 (else a group made again starts from the stream's start)."""
 REFUSED_KEPT = 10_000
-"""Entries refused by the clock (E7) kept per stream while a group made again could deliver them again;
-past it the oldest is forgotten, and judged again if it comes again (a stamp now within the skew applied)."""
+"""Entries refused by the clock (E7) kept per stream while its stream holds them (a group made again from the stream's
+start delivers them again); past it the oldest is forgotten, and judged again if it comes again (a stamp now within the
+skew applied)."""
 
 
 def before(entry_id: bytes) -> bytes:
@@ -65,6 +68,7 @@ class Unacked:
         self.seen: dict[str, bytes] = {}  # per stream, the newest entry id read (a group made again: its start)
         self.again: dict[str, bytes] = {}  # per stream, its newest entry when its group was made (Redis's mark)
         self._refused: dict[str, list[tuple[tuple[int, int], bytes]]] = {}  # per stream, by id: refused by the clock
+        self._first: dict[str, bytes] = {}  # per stream, its oldest entry as the last tag found it (``tag_answered``)
         self._left: dict[str, bytes] = {}  # entries left pending (to be read again from its own list)
         self._left_in_pass: dict[str, bytes] | None = None  # those left since a pass from the start began
         self._in_hand: dict[int, dict[str, bytes]] = {}  # batches being applied, each its lowest per stream
@@ -118,7 +122,6 @@ class Unacked:
     def release(self, token: int) -> None:
         """The batch settled: each of its entries acknowledged, or told to ``left``."""
         self._in_hand.pop(token, None)
-        self._forget_refused()
 
     def marked(self, marks: dict[str, bytes | None]) -> None:
         """Each stream's made-again mark as Redis answered it with the entries it delivered (``again.py``). One
@@ -167,17 +170,16 @@ class Unacked:
     def made_anew(self, stream: str) -> None:
         """``stream`` deleted and written again: its ids name other entries now."""
         self._refused.pop(stream, None)
+        self._first.pop(stream, None)
 
     def _forget_refused(self) -> None:
-        """Each entry refused that no group made again would deliver again: at or before its start, whichever bound
-        told to Redis it starts at (``tagged``)."""
+        """Each entry refused that no group made again can deliver again: trimmed away, before the oldest entry its
+        stream held at the last tag. Not one at or before a bound told to Redis: a group made again starts there only
+        while Redis holds that bound's token, else from the stream's start (``bounds.py``)."""
         for stream, kept in list(self._refused.items()):
-            seen = self.seen.get(stream)
-            start = id_key(self.start(stream, seen)) if seen is not None and self._answered else (-1, -1)
-            for bounds in self._tags.values():  # a group made again starts at the one Redis holds (none: at 0)
-                bound = bounds.get(stream)
-                start = min(start, id_key(bound) if bound is not None else (-1, -1))
-            del kept[:bisect.bisect_right(kept, (start, b"\xff"))]
+            first = self._first.get(stream)
+            if first is not None:
+                del kept[:bisect.bisect_left(kept, (id_key(first), b""))]
             if not kept:
                 del self._refused[stream]
 
@@ -208,7 +210,6 @@ class Unacked:
         if self._left_in_pass is not None:
             self._left, self._left_in_pass, self._first_pass = self._left_in_pass, None, None
             self._read_through = True
-            self._forget_refused()
 
     def start(self, stream: str, seen: bytes) -> bytes:
         """Where a group made again on ``stream`` starts: after ``seen`` (the newest entry read), or
@@ -225,10 +226,11 @@ class Unacked:
         self._tags[token] = {stream: self.start(stream, seen) for stream, seen in self.seen.items()}
         return token
 
-    def tag_answered(self, token: bytes, read: dict[str, tuple[bytes, bytes | None] | None]) -> None:
+    def tag_answered(self, token: bytes, read: dict[str, tuple[bytes, bytes | None] | None],
+                     first: dict[str, bytes | None] | None = None) -> None:
         """Redis holds ``token`` now, and held, as it set it, per stream the group's last delivered entry and the
         oldest pending in the group, with any consumer (``read``; None: no group there): the bounds kept under it no
-        higher."""
+        higher. ``first``: per stream, its oldest entry then (None: none): the entries refused before it forgotten."""
         bounds = self._tags.get(token)
         if bounds is None:
             return
@@ -243,6 +245,9 @@ class Unacked:
         for old in self._answered[:-BOUNDS_KEPT]:
             self._tags.pop(old, None)
         del self._answered[:-BOUNDS_KEPT]
+        for stream, oldest in (first or {}).items():
+            if oldest is not None:
+                self._first[stream] = oldest
         self._forget_refused()
 
     def tag_failed(self, token: bytes) -> None:

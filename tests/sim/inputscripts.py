@@ -148,15 +148,16 @@ def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> l
 
 
 def tag(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
-    """``bounds._TAG``: per input stream, its group's last delivered entry and the oldest entry pending in the group,
-    with any consumer (None where it has no such group); each of the consumer's tokens then set."""
+    """``bounds._TAG``: per input stream, its group's last delivered entry, the oldest entry pending in the group, with
+    any consumer, and the stream's oldest entry (None where it has no such group); each of the consumer's tokens then
+    set."""
     n, (group, token) = len(keys) // 2, (_text(args[0]), _id(args[2]))
     out: list[Any] = []
     for stream in keys[:n]:
         held = redis.streams.get(stream)
         mine = held.groups.get(group) if held is not None else None
         oldest = None if mine is None else min(mine.pending, key=id_key, default=None)
-        out.append(None if mine is None else [mine.last, oldest])
+        out.append(None if mine is None else [mine.last, oldest, next(iter(held.entries), None)])  # type: ignore[union-attr]
     for key in keys[n:]:
         redis.tokens[key] = token
     return out

@@ -92,9 +92,10 @@ async def test_a_fact_refused_in_the_future_as_its_group_was_made_again_before_i
     assert dead_lettered(service, STREAM) == 1
 
 
-def test_an_entry_refused_is_remembered_only_while_a_group_made_again_could_deliver_it_again() -> None:
-    """Bounded: kept while an entry older than it is held unacknowledged, or no bound Redis holds is past it (a group
-    made again there reads the stream from its start: ``bounds.py``), forgotten once neither is."""
+def test_an_entry_refused_is_remembered_while_its_stream_holds_it() -> None:
+    """Bounded: kept while a group made again could deliver it again — while its stream holds it, for a group made again
+    reads from the stream's start where Redis holds none of the reader's tokens (``bounds.py``), whatever bound a tag
+    told — forgotten once a tag finds the stream's oldest entry past it (trimmed)."""
     unacked = Unacked()
     held = unacked.hold([(STREAM, b"5-0", None)])
     unacked.refused([(STREAM, b"6-0")])
@@ -105,7 +106,9 @@ def test_an_entry_refused_is_remembered_only_while_a_group_made_again_could_deli
     unacked.refused([(STREAM, b"8-0")])
     unacked.note_seen(STREAM, b"8-0")
     unacked.release(unacked.hold([(STREAM, b"9-0", None)]))  # nothing older held
-    assert unacked.judged([(STREAM, b"6-0", None)])[1] == [(STREAM, b"6-0")]  # no bound Redis holds: from the start
     token = unacked.tag_begun()  # told Redis (bounds.tag), which had delivered 9-0 and held nothing pending
-    unacked.tag_answered(token, {STREAM: (b"9-0", None)})  # neither delivered again
-    assert unacked.judged([(STREAM, b"6-0", None), (STREAM, b"8-0", None)])[1] == []
+    unacked.tag_answered(token, {STREAM: (b"9-0", None)}, {STREAM: b"1-0"})  # the token lost, from the start: both
+    assert unacked.judged([(STREAM, b"6-0", None), (STREAM, b"8-0", None)])[1] == [(STREAM, b"6-0"), (STREAM, b"8-0")]
+    token = unacked.tag_begun()
+    unacked.tag_answered(token, {STREAM: (b"9-0", None)}, {STREAM: b"8-0"})  # 6-0 trimmed: no group delivers it
+    assert unacked.judged([(STREAM, b"6-0", None), (STREAM, b"8-0", None)])[1] == [(STREAM, b"8-0")]
