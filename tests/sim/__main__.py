@@ -83,6 +83,9 @@ def main() -> int:
     parser.add_argument("--new-addresses", action="store_true",
                         help="with --input-streams --processes: a process started again at a new address now and "
                              "then, the consumers of addresses gone swept (inputsweep.py)")
+    parser.add_argument("--tag-faults", action="store_true",
+                        help="with --input-streams: the readers' tags of where a group made again starts refused, in "
+                             "doubt or landing late, their tokens lost alone (inputtags.py)")
     parser.add_argument("--one-key", action="store_true",
                         help="snapshots stored in one key whatever the seed (as seeds found before several were)")
     args = parser.parse_args()
@@ -98,14 +101,16 @@ def main() -> int:
         parser.error("--clock-skew needs --processes 2 or 3 (one process has one clock)")
     if args.new_addresses and not (args.input_streams and args.processes > 1):
         parser.error("--new-addresses needs --input-streams --processes 2 or 3 (the sweep of its readers)")
-    alongside = ("trace", "input_streams", "lose_tail", "clock_jumps", "clock_skew") + (
+    if args.tag_faults and not args.input_streams:
+        parser.error("--tag-faults needs --input-streams (the readers' tags)")
+    alongside = ("trace", "input_streams", "lose_tail", "clock_jumps", "clock_skew", "tag_faults") + (
         ("partition", "suspends", "new_addresses") if args.processes > 1 else ())
     others = [name for name, value in vars(args).items() if value is True and name not in alongside]
     if args.input_streams and others:  # its own drivers (inputdriver.py, inputcluster.py): another fault is ignored
         refused = ", ".join("--" + name.replace("_", "-") for name in others)
-        parser.error(f"--input-streams runs alone but for --processes, --lose-tail, --clock-jumps, and with "
-                     f"--processes --clock-skew, --partition, --suspends, --new-addresses (its drivers draw their own "
-                     f"faults): not with {refused}")
+        parser.error(f"--input-streams runs alone but for --processes, --lose-tail, --clock-jumps, --tag-faults, and "
+                     f"with --processes --clock-skew, --partition, --suspends, --new-addresses (its drivers draw their "
+                     f"own faults): not with {refused}")
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and
     # futures of callers that gave up carry errors nobody reads: asyncio's complaints about both are noise.
@@ -116,7 +121,7 @@ def main() -> int:
     started, recoveries, tally = time.perf_counter(), 0, Tally()
     if args.input_streams:
         return run_inputs(seeds, args.steps, args.trace, args.processes, args.partition, args.suspends,
-                          args.new_addresses, args.lose_tail, args.clock_skew, args.clock_jumps)
+                          args.new_addresses, args.lose_tail, args.clock_skew, args.clock_jumps, args.tag_faults)
     for done, seed in enumerate(seeds):
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
                         args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
@@ -139,14 +144,14 @@ def main() -> int:
 
 def run_inputs(seeds: Iterable[int], steps: int, trace: bool, processes: int = 1, partition: bool = False,
                suspends: bool = False, new_addresses: bool = False, lose_tail: bool = False, clock_skew: bool = False,
-               clock_jumps: bool = False) -> int:
+               clock_jumps: bool = False, tag_faults: bool = False) -> int:
     """``--input-streams`` (``inputdriver.py``; with ``--processes``, ``inputcluster.py``): its own driver, its own
     summary."""
     started, tally = time.perf_counter(), Tally()
     for done, seed in enumerate(seeds):
-        driver = InputsDriver(seed, tally, lose_tail, clock_jumps) if processes == 1 else \
+        driver = InputsDriver(seed, tally, lose_tail, clock_jumps, tag_faults) if processes == 1 else \
             InputsClusterDriver(seed, processes, tally, partition, suspends, new_addresses, lose_tail, clock_skew,
-                                clock_jumps)
+                                clock_jumps, tag_faults)
         try:
             asyncio.run(driver.run(steps))
         except Violation as exc:

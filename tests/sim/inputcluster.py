@@ -83,13 +83,14 @@ from tests.sim.tally import Tally
 class InputsClusterDriver(InputsDriver):
     def __init__(self, seed: int, processes: int, tally: Tally | None = None, partition: bool = False,
                  suspends: bool = False, new_addresses: bool = False, lose_tail: bool = False,
-                 clock_skew: bool = False, clock_jumps: bool = False) -> None:
+                 clock_skew: bool = False, clock_jumps: bool = False, tag_faults: bool = False) -> None:
         """``partition``: processes cut off from each other over gRPC (``partition.py``): sends to owners fail.
         ``suspends``: leases counted on each host's lease clock, finite deadlines, some pauses a host's suspend
         (``suspends.py``): a woken process's reader and desk go on with what they held. ``new_addresses``: processes
         started again at new addresses, departed consumers swept (``inputsweep``). ``lose_tail``: Redis back from
         older data (``inputtail``). ``clock_skew``, ``clock_jumps``: each host's clock its own (``skew.py``), jumping
-        by hours (``jumps.py``)."""
+        by hours (``jumps.py``). ``tag_faults``: the readers' tags failing, landing late, their tokens lost
+        (``inputtags``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(f"inputs {seed} processes {processes}")
         self.tally = tally or Tally()
@@ -99,7 +100,7 @@ class InputsClusterDriver(InputsDriver):
         self.new_addresses = new_addresses
         if new_addresses:
             world.moves = random.Random(f"moves {seed}")
-        self.faults = RedisFaults(random.Random(f"redis {seed}"))
+        self.faults = RedisFaults(random.Random(f"redis {seed}"), random.Random(f"tags {seed}") if tag_faults else None)
         self.redis = SimStreams(self.faults, self._acked, world.clock.now_ms)
         self.owed = OwedWatch(self)
         self.tail = InputsTail(self, seed) if lose_tail else None  # before the processes: their takings' marks
@@ -155,7 +156,8 @@ class InputsClusterDriver(InputsDriver):
             flags = (f"--input-streams --processes {self.processes}{' --partition' if self.partitions else ''}"
                      f"{' --suspends' if self.cluster.sleeps.finite else ''}"
                      f"{' --new-addresses' if self.new_addresses else ''}{' --lose-tail' if self.tail else ''}"
-                     f"{' --clock-skew' if self.cluster.skew else ''}{' --clock-jumps' if self.cluster.jumps else ''}")
+                     f"{' --clock-skew' if self.cluster.skew else ''}{' --clock-jumps' if self.cluster.jumps else ''}"
+                     f"{' --tag-faults' if self.faults.tags else ''}")
             raise Violation(f"seed {self.seed} {flags}, after step {step}: {exc}\n  last steps:\n  {tail}\n"
                             f"replay: .venv/bin/python -m tests.sim {flags} --seed {self.seed}"
                             f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
@@ -363,5 +365,6 @@ class InputsClusterDriver(InputsDriver):
         self.tally.input_claimed += self.redis.claimed
         self.tally.input_sent += self.sends
         self.tally.input_faults += sum(self.faults.counts.values())
+        self.redis.tags.tallied(self.tally)
         self.tally.input_redelivered += self.redis.redelivered
         fold_of_produced(self, [actor.ledger for actor in world.eng.actors])

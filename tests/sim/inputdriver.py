@@ -80,17 +80,18 @@ DRAIN_TURNS = 300
 
 
 class InputsDriver:
-    def __init__(self, seed: int, tally: Tally | None = None, lose_tail: bool = False, clock_jumps: bool = False
-                 ) -> None:
+    def __init__(self, seed: int, tally: Tally | None = None, lose_tail: bool = False, clock_jumps: bool = False,
+                 tag_faults: bool = False) -> None:
         """``lose_tail``: Redis back from older data (``inputtail``). ``clock_jumps``: the hosts' clocks jumping by
-        hours (``jumps.py``, ``inputclocks``): the instance's and the other process's."""
+        hours (``jumps.py``, ``inputclocks``): the instance's and the other process's. ``tag_faults``: the readers'
+        tags failing, landing late, their tokens lost (``inputtags``)."""
         self.seed, self.rng = seed, random.Random(f"inputs {seed}")
         self.tally = tally or Tally()
         self.world = World(tally=self.tally, channels=False, cluster=seed % 2 == 1)
         if clock_jumps:
             self.world.jumps = ClockJumps(seed, self.tally, self.world.clock)
         self._room(ROOM)
-        self.faults = RedisFaults(random.Random(f"redis {seed}"))
+        self.faults = RedisFaults(random.Random(f"redis {seed}"), random.Random(f"tags {seed}") if tag_faults else None)
         self.redis = SimStreams(self.faults, self._acked, self.world.clock.now_ms)
         self.owed = OwedWatch(self)
         self.redis.on_failed_write = lambda keys, args: self.owed.failed(self.redis, keys, args)
@@ -145,6 +146,7 @@ class InputsDriver:
             raise Violation(f"seed {self.seed} --input-streams, after step {step}: {exc}\n  last steps:\n  {tail}\n"
                             f"replay: .venv/bin/python -m tests.sim --input-streams --seed {self.seed}"
                             f"{' --lose-tail' if self.tail else ''}{' --clock-jumps' if self.world.jumps else ''}"
+                            f"{' --tag-faults' if self.faults.tags else ''}"
                             f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
 
     async def _new_reader(self) -> None:
@@ -361,6 +363,7 @@ class InputsDriver:
         self.tally.input_claimed += self.redis.claimed
         self.tally.input_sent += self.other.sends
         self.tally.input_faults += sum(self.faults.counts.values())
+        self.redis.tags.tallied(self.tally)
         self.tally.input_redelivered += self.redis.redelivered
         fold_of_produced(self, [actor.ledger for actor in self.world.eng.actors])
 

@@ -15,10 +15,10 @@ dead letters' (``dead_letters._WRITE``, ``inputscripts.write_dead_letters``). Th
 oldest entries, pending ones too (a read of the pending list then answers ``[id, nil]``; ``XAUTOCLAIM`` takes them
 out of it). Reply shapes checked against redis-server 7.0.
 
-Faults (``RedisFaults``, while a step runs): a pipeline or script call refused before Redis ran it (nothing
-done), or its answer lost after Redis ran all of it or only its first commands (a pipeline is no transaction;
-a script is all or nothing). Every acknowledgement is checked as Redis takes it: the entry's fact is durable
-by then — applied in its shard log (landed), or its quarantine entry written (``Acknowledged.check``).
+Faults (``RedisFaults``, while a step runs): a pipeline or script call refused before Redis ran it (nothing done), or
+its answer lost after Redis ran all of it or only its first commands (a pipeline is no transaction; a script is all or
+nothing); ``--tag-faults``: the reader's tag too, landing late, tokens lost (``inputtags``). Every acknowledgement
+is checked as Redis takes it: its fact durable then — applied in its shard log, or its quarantine entry written.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from atp_service.intake.entries import id_key
 from atp_service.storage.nodes import Call
 from tests.sim import inputscripts, inputsweep
 from tests.sim.inputpipeline import Pipeline, _fail, _text
+from tests.sim.inputtags import TagFaults
 from tests.sim.sidestreams import run_pipelined
 
 MAKER: contextvars.ContextVar[tuple[str, int]] = contextvars.ContextVar("maker", default=("?", 0))
@@ -69,13 +70,15 @@ class Stream:
 class RedisFaults:
     """Which calls fail (seeded); off outside a step's calls (the drain at a seed's end, Redis answering)."""
 
-    def __init__(self, rng: random.Random) -> None:
-        self.rng, self.active = rng, False
+    def __init__(self, rng: random.Random, tags: random.Random | None = None) -> None:
+        self.rng, self.active, self.tags = rng, False, tags  # the tag's own (``inputtags``; None: no tag faults)
+        self.before: Callable[[], None] = lambda: None  # at each call, before Redis runs it (``TagFaults.calls``)
         self.counts: dict[str, int] = {}
         self.events: list[str] = []
 
     def draw(self, what: str, commands: int) -> tuple[str, int]:
         """("ok" | "refused" | "lost", how many commands Redis ran)."""
+        self.before()
         if not self.active or self.rng.random() >= FAULT_P:
             return "ok", commands
         if self.rng.random() < 0.5:
@@ -98,6 +101,8 @@ class SimStreams:
         self.written: dict[str, dict[str, int]] = {}  # the quarantine script's sets: digest -> written at (ms)
         self.named_ahead: dict[str, dict[str, bytes]] = {}  # its hashes: digest -> an entry whose id ran ahead
         self.faults, self.on_ack = faults, on_ack
+        self.tags = TagFaults(faults.tags)
+        faults.before = lambda: self.tags.calls(self)
         self.quarantined: list[tuple[str, dict[str, str], tuple[str, bytes] | None]] = []
         """Quarantine entries written: (stream, fields, the input entry named with it)."""
         self.dead_letters: list[tuple[str, dict[str, str]]] = []  # (dead-letter stream, its fields) as written
@@ -156,8 +161,9 @@ class SimStreams:
         return 0, 0
 
     def register_script(self, source: str) -> Callable[..., Any]:
-        run = {unread._READ: self._read_new, unread._ACK: self._forget_owed, unread._MAKE: self._make,
-               bounds._TAG: lambda keys, args: inputscripts.tag(self, keys, args),
+        if source == bounds._TAG:  # a fault point of its own (``inputtags``)
+            return self.tags.call(self)
+        run = {unread._READ: self._read_new, unread._ACK: self._forget_owed, unread._MAKE: self.tags.made(self._make),
                claims._CLAIM: lambda keys, args: inputscripts.autoclaim(self, keys, args),
                dead_letters._WRITE: lambda keys, args: inputscripts.write_dead_letters(self, keys, args),
                departed._SWEEP: lambda keys, args: inputsweep.sweep(self, keys, args),
@@ -166,8 +172,6 @@ class SimStreams:
                 departed._SWEEP: "sweep"}.get(source, "script")
 
         async def call(keys: list[str], args: list[Any]) -> Any:
-            if source == bounds._TAG:  # answered at once, no fault drawn: the seeds' runs as they were (its lost
-                return run(keys, args)  # answer: tests/atp_service/intake/test_group_lost_older_data.py)
             await asyncio.sleep(0)
             kind, ran = self.faults.draw(what, 1)
             out = run(keys, args) if ran else None

@@ -53,7 +53,7 @@ from tests.sim.tailloss import TailLoss
 if TYPE_CHECKING:
     from tests.sim.inputdriver import InputsDriver
 
-_NOT_REDIS = ("faults", "on_ack", "now_ms", "on_failed_write", "given", "note_again")
+_NOT_REDIS = ("faults", "on_ack", "now_ms", "on_failed_write", "given", "note_again", "tags")
 """``SimStreams``'s attributes that are no part of what Redis holds: kept across a restore."""
 
 
@@ -103,6 +103,7 @@ class InputsTail:
         kept, facts, malformed = self.image
         self.image = None
         vars(driver.redis).update(copy.deepcopy(kept))
+        driver.redis.tags.restarted()
         lost = [entry for entry in driver.producer.facts if entry not in facts]
         lost += [entry for entry in driver.producer.malformed if entry not in malformed]
         driver.lost_positions |= {(fact.sku, fact.location) for entry, fact in driver.producer.facts.items()

@@ -110,6 +110,11 @@ class Tally:
     input_swept_owed: int = 0  # ... entries trimmed unread they owed, moved to the sweeper's count
     input_runs_redrawn: int = 0  # ... runs of live processes swept all the same, drawn again (``keep_run``)
     input_swept_refused: int = 0  # ... quarantine writes of a run swept, refused (``quarantine._ONCE``)
+    input_tags: int = 0  # the readers' tags (``bounds._TAG``) run (``inputtags``)
+    input_tags_failed: int = 0  # ... refused, in doubt or landing late
+    input_tags_late: int = 0  # ... landed late
+    input_tokens_lost: int = 0  # consumers' tokens lost alone, their streams kept
+    input_made_at_bound: int = 0  # groups made again at the bound of the token Redis held (else from the start)
 
     def count_outcome(self, outcome: str) -> None:
         if outcome in ("lost", "doubt", "late"):
@@ -169,6 +174,9 @@ class Tally:
                    + (f", {self.input_runs_redrawn} runs swept while running drawn again "
                       f"({self.input_swept_refused} writes of swept runs refused)"
                       if self.input_runs_redrawn or self.input_swept_refused else "")
+                   + (f", {self.input_tags} tags ({self.input_tags_failed} failed, {self.input_tags_late} landed "
+                      f"late, {self.input_tokens_lost} tokens lost alone; {self.input_made_at_bound} groups made "
+                      "again at a token's bound)" if self.input_tags else "")
                    if self.input_entries else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")

@@ -49,6 +49,20 @@ async def test_every_input_entry_is_applied_or_quarantined_once_acknowledged_onl
     assert tally.crashes and tally.stops and tally.doubt and tally.late_landed, tally
 
 
+async def test_every_input_entry_is_decided_once_whatever_the_readers_tags_and_their_tokens_go_through() -> None:
+    """``--tag-faults`` (``inputtags.py``): the readers' tags refused, in doubt, landing late (past suspends, kills,
+    other readers' groups made again), left in flight by cancelled readers, tokens lost alone, Redis back from older
+    data with the tokens it held then; one process and three: every entry Redis holds applied, quarantined or
+    dead-lettered once, none lost with a group made again at a token's bound (E6, E8, R7)."""
+    tally = Tally()
+    for seed in range(TAIL_SEEDS):
+        await InputsDriver(seed, tally, lose_tail=True, tag_faults=True).run(60)
+    for seed in range(PROCESS_SEEDS):
+        await InputsClusterDriver(seed, 3, tally, suspends=True, lose_tail=True, tag_faults=True).run(60)
+    assert tally.input_tags_failed and tally.input_tags_late and tally.input_tokens_lost, tally
+    assert tally.input_groups_deleted and tally.input_made_at_bound and tally.tail_losses, tally
+
+
 async def test_a_quarantine_write_that_failed_after_its_group_was_deleted_is_not_watched_as_owed() -> None:
     """``--input-streams --seed 90048``: atp-2 read an entry whose fact its owner quarantined for want of room; the
     group was deleted (the entry pending with atp-2), then atp-2's quarantine write was refused. The watch took the
