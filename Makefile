@@ -7,7 +7,9 @@ PYTEST_ARGS ?=
 # Test workers (pytest-xdist): most of the suite's time is spent waiting on processes and Redis, so
 # three workers finish well before two even on two cores (pytest 10-11 min against 15-17 on a 2-core
 # host; the suite passes with four too, whose extra load is kept as a margin). Each test module runs
-# whole on one worker (its module-scoped fixtures start once). TEST_WORKERS=0 runs it in this process.
+# whole on one worker (its module-scoped fixtures start once), handed out in collection order, the longest files
+# first (tests/conftest.py LONGEST_FIRST): xdist's own order (most tests first) left the simulation's few long
+# tests for last, one worker on them for minutes with the others idle. TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 3
 # A worker that dies (a test past pytest's `timeout`, whose thread method ends the worker) is not replaced:
 # the run ends red naming the test. Replaced, pytest-xdist 3.8's loadfile scheduling could requeue the dead
@@ -174,7 +176,7 @@ COMPILED := atp_service client/atp_client reservation publishers benchmarks prot
 test: bootstrap lint
 	@mkdir -p build
 	$(BIN)/python -m compileall -q $(COMPILED) >/dev/null
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --max-worker-restart=$(TEST_WORKER_RESTARTS) --durations=25 --junitxml=$(TEST_REPORT) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --max-worker-restart=$(TEST_WORKER_RESTARTS) --durations=25 --junitxml=$(TEST_REPORT) $(PYTEST_ARGS)
 	$(if $(strip $(PYTEST_ARGS)),,$(BIN)/python .ci/test_count.py $(TEST_REPORT))
 
 bench: $(SERVE_DEPS)

@@ -70,6 +70,31 @@ def pytest_exception_interact(node: pytest.Item | pytest.Collector) -> None:
         node.config.pluginmanager.hook.pytest_timeout_set_timer(item=node, settings=settings)
 
 
+LONGEST_FIRST = (
+    "tests/sim/test_simulation.py", "tests/atp_service/app/test_cli.py", "tests/sim/test_seeds_second.py",
+    "tests/benchmarks/test_peak_smoke.py", "tests/sim/test_seeds_first.py",
+    "tests/atp_service/app/test_membership_fuzz.py", "tests/reservation/test_load_order.py",
+    "tests/benchmarks/test_scale.py", "tests/sim/test_full.py", "tests/publishers/test_publisher_trimmed.py",
+    "tests/sim/test_groups.py", "tests/atp_service/app/test_redis_stalls.py", "tests/sim/test_settlefaults.py",
+    "tests/atp_service/app/test_faults.py", "tests/sim/test_every_fault.py", "tests/benchmarks/test_fault_soak.py",
+    "tests/sim/test_shed.py", "tests/atp_service/app/test_processes_streams.py",
+    "tests/reservation/test_reserve_fast_path.py", "tests/sim/test_facttimes.py", "tests/sim/test_partition.py",
+)
+"""The suite's longest files (a quarter to several minutes each on a busy 2-core host; ``--durations``), longest
+first, the simulation's (all CPU) between files that mostly wait on processes and Redis: three workers on the three
+simulation files at once on two cores took seed chunks past their timeout on a loaded host. pytest-xdist hands out
+whole files in collection order (``make test``: ``--dist loadfile --no-loadscope-reorder``). In path order the
+simulation's came last (``-n 2``: minutes of one worker alone at the end); in xdist's own order (most tests first)
+the long files of one to three tests did. A file out of date here costs time only, never a test."""
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files of ``LONGEST_FIRST`` first, in its order; every other file after, in its order (a stable sort)."""
+    rank = {path: place for place, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
 SPAWNED: list[subprocess.Popen[bytes]] = []
 """Service processes a test started (``spawned``): any still running after the test is killed."""
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import LONGEST_FIRST
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -145,3 +147,11 @@ def test_make_cluster_keeps_its_data_directory_when_asked(tmp_path: Path) -> Non
         assert f"kept: {data}" in out, out
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_the_longest_files_handed_out_first_are_files_of_the_suite_and_xdist_keeps_that_order() -> None:
+    """A file renamed away from ``LONGEST_FIRST`` would silently go back among the last handed out; xdist's own
+    reordering (most tests first) would undo the order."""
+    assert [path for path in LONGEST_FIRST if not (ROOT / path).is_file()] == []
+    if shutil.which("make") is not None:
+        assert "--dist loadfile --no-loadscope-reorder" in planned("test")
