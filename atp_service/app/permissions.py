@@ -23,6 +23,7 @@ ELSE = "it would start and fail when each is first sent (a snapshot, a channel f
 GROUP_USES = {
     "owner": "the group's claim, checked by every write", "fence": "the group's fence (R7: a write in doubt settled)",
     "log": "the group's log: appends, recovery, the trim behind each snapshot",
+    "log-begun": "the mark of a log written to, set by its first append (recovery: a log lost whole)",
     "snap": "the group's snapshot", "snap:<piece>": "a snapshot past snapshot_piece_bytes, in several keys",
     "snap-pieces": "a snapshot past snapshot_piece_bytes, in several keys",
     "snap-parts": "a large snapshot written in parts", "snap-parts:<piece>": "a large snapshot written in parts",
@@ -62,13 +63,15 @@ def _group_needs(keys: Keyspace, g: int, at: str, leased: bool) -> list[Need]:
     owner, fence, log_, snap = keys.owner(g), keys.fence(g), keys.log(g), keys.snap(g)
     parts, try_, pieces = keys.snap_parts(g), keys.snap_parts_try(g), keys.snap_pieces(g)
     piece, staged = keys.snap(g, 1), keys.snap_parts(g, 1)  # the keys past the first: asked as their second
-    scripted = [owner, log_, fence, snap, parts, try_, pieces, piece, staged]
+    begun = keys.log_begun(g)
+    scripted = [owner, log_, fence, snap, parts, try_, pieces, piece, staged, begun]
     asked: list[tuple[tuple[str | int, ...], str]] = [
         (("GET", owner), "owner"), (("SET", owner, "e"), "owner"), (("MGET", owner), "owner"),
         (("GET", fence), "fence"), (("SET", fence, 1), "fence"),
         (("XADD", log_, "1-0", "e", "x"), "log"), (("XTRIM", log_, "MINID", "1-0"), "log"),
         (("XRANGE", log_, "-", "+", "COUNT", 1), "log"), (("XREVRANGE", log_, "+", "-", "COUNT", 1), "log"),
         (("XINFO", "STREAM", log_), "log"), (("EXISTS", log_), "log"),
+        (("INCR", begun), "log-begun"), (("EXISTS", begun), "log-begun"),
         (("GET", snap), "snap"), (("SET", snap, "s"), "snap"), (("PERSIST", snap), "snap"),
         (("STRLEN", snap), "snap"), (("GETRANGE", snap, 0, 1), "snap"),
         (("GET", pieces), "snap-pieces"), (("SET", pieces, 2), "snap-pieces"), (("DEL", pieces), "snap-pieces"),

@@ -54,6 +54,17 @@ class LogCutShort(RuntimeError):
             "restore Redis from a backup")
 
 
+class LogGone(RuntimeError):
+    """A shard's log is missing (deleted by hand, evicted), with no snapshot, though entries were appended to it
+    (its ``log-begun`` key): served, the shard would answer as if it had never held anything — every reservation
+    and fact acknowledged there gone, health SERVING, its next entries written from 1 again."""
+
+    def __init__(self, shard: int, key: str) -> None:
+        super().__init__(f"shard {shard}: its log {key} is missing and it has no snapshot, but entries were appended "
+                         "to it; entries acknowledged as durable are missing (the log deleted by hand or evicted?): "
+                         "restore Redis from a backup")
+
+
 class LogUnreadable(RuntimeError):
     """A shard's log holds an entry this version cannot decode: written by a newer version (an event
     or a field it added), read after a rollback. Replayed without it, the shard would serve state
@@ -66,7 +77,7 @@ class LogUnreadable(RuntimeError):
             "this version wrote")
 
 
-UNRECOVERABLE: tuple[type[Exception], ...] = (LogHole, LogCutShort, LogUnreadable, SnapshotUnreadable)
+UNRECOVERABLE: tuple[type[Exception], ...] = (LogHole, LogCutShort, LogGone, LogUnreadable, SnapshotUnreadable)
 """A recovery refused for its data (R7, E10): the same reads fail alike until an operator acts, no wait cures it."""
 
 
@@ -95,13 +106,13 @@ async def recover_shard(store: LogStore, shard: int, limits: Limits, restore_sli
         newest = (await store.last_seqs([shard]))[0]
         ledger, seq, replayed = await _replayed(store, shard, limits, restore_slice, replay_slice)
         if seq == newest:
-            return ledger, seq, replayed
+            return await _begun_checked(store, shard, ledger, seq, replayed)
         # R7: a trim past the snapshot (the log emptied), or a snapshot past the log's end. Asked again
         # first: Redis restarted from older data while this ran (snapshot and log went back together)
         # leaves a log that ends where the replay did, which is served (what Redis holds), not refused.
         now = (await store.last_seqs([shard]))[0]
         if seq == now:
-            return ledger, seq, replayed
+            return await _begun_checked(store, shard, ledger, seq, replayed)
         if now == newest or read == reads:
             raise LogCutShort(shard, seq, now)
         # The newest id changed, with nothing appended: Redis came back from older data (a restart, a
@@ -111,6 +122,16 @@ async def recover_shard(store: LogStore, shard: int, limits: Limits, restore_sli
                     shard, newest, now, extra={"event": "recovery_reread", "shard": shard, "newest": newest,
                                                "now": now})
     raise AssertionError("unreachable: the last read returns or raises")
+
+
+async def _begun_checked(store: LogStore, shard: int, ledger: Ledger, seq: int,
+                         replayed: int) -> tuple[Ledger, int, int]:
+    """``(ledger, seq, replayed)``, unless nothing was recovered (no snapshot, no log) from a log that was begun:
+    then ``LogGone``. The one loss neither a snapshot's seq nor the stream's newest id can show (R7). A keyspace
+    written before ``log-begun`` was kept has none to show either: such a log, deleted, is still served empty."""
+    if not seq and await store.log_begun(shard):
+        raise LogGone(shard, store.keys.log(shard))
+    return ledger, seq, replayed
 
 
 async def _replayed(store: LogStore, shard: int, limits: Limits, restore_slice: int,

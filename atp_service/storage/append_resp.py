@@ -1,7 +1,7 @@
 """The RESP of the log's append calls, put together from parts made once per shard.
 
-A group commit is one ``EVALSHA`` of the append script: its digest, then three keys per entry
-(owner, log, fence), then five arguments per entry (epoch, seq, data, fence token, group). hiredis
+A group commit is one ``EVALSHA`` of the append script: its digest, then four keys per entry
+(owner, log, fence, log-begun), then five arguments per entry (epoch, seq, data, fence token, group). hiredis
 packs such a command in C, but formats every argument's length with ``sprintf`` after converting it
 from Python: ~22,000 machine instructions for a one-entry commit, 7 % of a unary Reserve's work in
 this process. Here only what changes from entry to entry is formatted: the seq and the data. A
@@ -34,7 +34,7 @@ class _ShardParts:
 
     __slots__ = ("epoch", "epoch_resp", "key_list", "keys", "keys_resp", "solo", "tail", "token", "token_resp")
 
-    def __init__(self, keys: tuple[str, str, str]) -> None:
+    def __init__(self, keys: tuple[str, str, str, str]) -> None:
         self.keys = keys
         self.key_list = list(keys)
         """The keys of a one-entry call (``pack_one``), one list for all of them: a call's keys are
@@ -58,7 +58,7 @@ class AppendPacker:
 
     __slots__ = ("_keys_of", "_parts", "_sha", "_solo_head")
 
-    def __init__(self, sha: str, keys_of: Callable[[int], tuple[str, str, str]]) -> None:
+    def __init__(self, sha: str, keys_of: Callable[[int], tuple[str, str, str, str]]) -> None:
         self._sha = sha.encode()
         self._keys_of = keys_of
         self._parts: dict[int, _ShardParts] = {}
@@ -66,7 +66,7 @@ class AppendPacker:
 
     def pack(self, unit: Sequence[Pending]) -> tuple[list[str], bytes]:
         """The keys of ``unit``'s entries, in order, and the whole ``EVALSHA`` command in RESP: the
-        same bytes as packing ``("EVALSHA", sha, 3n, *keys, *(epoch, seq, data, token, group) per
+        same bytes as packing ``("EVALSHA", sha, 4n, *keys, *(epoch, seq, data, token, group) per
         entry)``."""
         if len(unit) == 1 and not unit[0].group:
             return self.pack_one(unit[0])
@@ -107,9 +107,9 @@ class AppendPacker:
 
     def _head(self, entries: int) -> bytes:
         """The start of a call of ``entries`` entries, up to its first key."""
-        numkeys = b"%d" % (3 * entries)
+        numkeys = b"%d" % (4 * entries)
         return b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            3 + 8 * entries, len(self._sha), self._sha, len(numkeys), numkeys)
+            3 + 9 * entries, len(self._sha), self._sha, len(numkeys), numkeys)
 
 
 def _seq_and_data(p: Pending) -> bytes:

@@ -144,9 +144,9 @@ class BatchCommit(CommitState):
             calls.append(Call(self._APPEND, keys, [], packed))
         return calls, units
 
-    def _keys_of(self, shard: int) -> tuple[str, str, str]:
+    def _keys_of(self, shard: int) -> tuple[str, str, str, str]:
         """The keys an append of ``shard`` names."""
-        return self.keys.owner(shard), self.keys.log(shard), self.keys.fence(shard)
+        return self.keys.owner(shard), self.keys.log(shard), self.keys.fence(shard), self.keys.log_begun(shard)
 
     def _begin(self, calls: list[Call], units: list[list[Pending]]) -> bool:
         """The group commit written now, without a task, where ``Nodes.begin`` can (never while tracing:

@@ -55,6 +55,11 @@ class Keyspace:
         """The shard's log: a stream with service-chosen ids ``<seq>-0``."""
         return self.tag(shard) + "log"
 
+    def log_begun(self, shard: int) -> str:
+        """Set by the append that writes the log's first entry, in the same script, and never removed: a log
+        found missing where it is set lost entries the service acknowledged (R7), though no snapshot says so."""
+        return self.tag(shard) + "log-begun"
+
     def snap(self, shard: int, piece: int = 0) -> str:
         """The shard's latest snapshot (its first key, ``piece`` 0; the others ``snap:<piece>``, as many as
         ``snap_pieces`` says); the log is trimmed up to it."""

@@ -68,6 +68,10 @@ class LogReads:
                 out[i] = read if isinstance(read, BaseException) else read[n]
         return out
 
+    async def log_begun(self, shard: int) -> bool:
+        """Whether an entry was ever appended to ``shard``'s log (``Keyspace.log_begun``), trimmed or not."""
+        return bool(await self.client.exists(self.keys.log_begun(shard)))
+
     async def last_seq(self, shard: int) -> int:
         """The newest entry ever written to ``shard``'s log, trimmed or not (0: the log does not exist)."""
         info = await stream_info(self.client, self.keys.log(shard))

@@ -33,12 +33,15 @@ end
 # back as "!<reason>" in the entry's place.
 # Every entry's owner is checked before anything is written: a replaced instance's call is refused
 # whole ("FENCED"), as FENCE_LUA refuses it.
-# KEYS: owner, log and fence key per entry; ARGV: epoch, seq, data, token, group per entry.
+# A log's first entry also sets its ``log-begun`` key, in the same script (one AOF record, one replicated
+# effect): a log missing at a start where it is set was deleted or evicted with entries acknowledged, which
+# a shard never snapshotted has nothing else to tell (recovery refuses it, R7).
+# KEYS: owner, log, fence and log-begun key per entry; ARGV: epoch, seq, data, token, group per entry.
 APPEND_SCRIPT = """
-local n = #KEYS / 3
+local n = #KEYS / 4
 local out, failed, top, owned = {}, {}, {}, {}
 for i = 1, n do
-  local owner, epoch = KEYS[3 * i - 2], ARGV[5 * i - 4]
+  local owner, epoch = KEYS[4 * i - 3], ARGV[5 * i - 4]
   if not owned[owner .. ' ' .. epoch] then
     local current = redis.call('GET', owner)
     if current ~= epoch then
@@ -48,9 +51,9 @@ for i = 1, n do
   end
 end
 local function refusal(i)
-  local key, seq = KEYS[3 * i - 1], tonumber(ARGV[5 * i - 3])
+  local key, seq = KEYS[4 * i - 2], tonumber(ARGV[5 * i - 3])
   if failed[key] then return 'SKIPPED an earlier entry of this stream was refused' end
-  local fence = tonumber(redis.call('GET', KEYS[3 * i]) or '0')
+  local fence = tonumber(redis.call('GET', KEYS[4 * i - 1]) or '0')
   if fence > tonumber(ARGV[5 * i - 1]) then return 'STALE shard fenced at ' .. fence end
   local last = top[key]
   if last == nil then
@@ -81,13 +84,14 @@ while i <= n do
     why = why or refusal(k)
   end
   for k = i, j do
-    local key = KEYS[3 * k - 1]
+    local key = KEYS[4 * k - 2]
     if why then
       out[k] = '!' .. why
       failed[key] = true
     else
       out[k] = redis.call('XADD', key, ARGV[5 * k - 3] .. '-0', 'e', ARGV[5 * k - 2])
       top[key] = tonumber(ARGV[5 * k - 3])
+      if top[key] == 1 then redis.call('INCR', KEYS[4 * k]) end  -- not SET: its ACL stays the snapshot's alone
     end
   end
   i = j + 1

@@ -159,6 +159,11 @@ class ProcessLog(LogStore):
         await self.round_trip(self.check_faults)
         return [self.redis._last(shard) for shard in shards]
 
+    async def log_begun(self, shard: int) -> bool:
+        """``LogStore.log_begun``: the simulated Redis never loses a log without its mark (no trip: the seeds'
+        fault draws stay as they were)."""
+        return self.redis._last(shard) > 0
+
     async def entries_after(self, shard: int, seq: int, chunk: int = 2000) -> AsyncIterator[tuple[int, bytes]]:
         await self.round_trip()
         if self.redis.settle is not None:

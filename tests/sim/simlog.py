@@ -201,6 +201,11 @@ class SimLog:
     async def last_seqs(self, shards: list[int]) -> list[int]:
         return [self._last(shard) for shard in shards]
 
+    async def log_begun(self, shard: int) -> bool:
+        """``LogStore.log_begun``: the simulated Redis never loses a log without its mark (no trip: the seeds'
+        fault draws stay as they were)."""
+        return self._last(shard) > 0
+
     def nodes_of(self, shards: list[int]) -> dict[str, list[int]]:
         """``LogStore.nodes_of``: one node here (its faults are the round trip's)."""
         return {"": list(shards)}

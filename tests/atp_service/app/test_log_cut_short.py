@@ -45,3 +45,16 @@ async def test_a_start_on_a_snapshot_past_its_deleted_log_is_refused(
     r.delete(LOG)  # the fault: the stream deleted; the snapshot (entry 3) stays
     with pytest.raises(StartupError, match=r"shard 0: recovery reached entry 3 .* newest id is 0.*restore Redis"):
         await start_service(shards=1)
+
+
+async def test_a_start_on_a_deleted_log_never_snapshotted_is_refused(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    _, client = await start_service(shards=1)
+    for i in range(3):
+        await client.record_events([receipt(f"e{i}", "A", "DC", 1)])
+    assert not r.exists(SNAP) and r.xlen(LOG) == 3  # no snapshot yet: the log holds every entry
+    assert r.exists("atp:{g0}:log-begun")  # set by entry 1's append, in its script
+    r.delete(LOG)  # the fault: the stream deleted by hand (or evicted) before any snapshot trimmed it
+    with pytest.raises(StartupError, match=r"shard 0: .*restore Redis"):
+        await start_service(shards=1)

@@ -16,8 +16,8 @@ from atp_service.storage.records import Pending
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
-def keys_of(shard: int) -> tuple[str, str, str]:
-    return f"atp:{{s{shard}}}:owner", f"atp:{{s{shard}}}:log", f"atp:{{s{shard}}}:fence"
+def keys_of(shard: int) -> tuple[str, str, str, str]:
+    return f"atp:{{s{shard}}}:owner", f"atp:{{s{shard}}}:log", f"atp:{{s{shard}}}:fence", f"atp:{{s{shard}}}:log-begun"
 
 
 def reference(unit: list[Pending]) -> bytes:
