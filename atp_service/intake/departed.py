@@ -24,7 +24,8 @@ marks the hash answered (``unread.answered_key``), and the sweep keeps a consume
 (``quarantine.run_key``, one per name) is deleted with it, the run so deleted kept in its own draws' record
 (``runs.SWEPT``, left to expire) and the highest of all in one key (``quarantine.swept_runs_key``, a floor of every
 draw): a process back under that name draws its run above it, so a quarantine write of the deleted run landing late
-writes and acknowledges nothing (E8), and a sweep of one consumer never fences another's live run. A
+writes and acknowledges nothing (E8) while that record lives (``runs.DRAWN_MS``: past it, taken for a run key Redis
+lost, refused only by its entries pending to it no more), and a sweep of one consumer never fences another's live run. A
 process swept all the same while it runs (not seen live past its draw's mark) draws its run again at its next sweep
 (``kept_run``). Its draws' record (``quarantine.drawn_key``) is left to expire: a draw of it landing late returns
 the run it drew, never moving the key past the run of a process started at that name since (its fence, E8).

@@ -113,3 +113,35 @@ async def test_a_run_before_stays_refused_after_a_sweep_that_records_no_run_swep
     finally:
         await writer.aclose()
         await r.aclose()
+
+
+async def test_past_its_records_life_a_swept_runs_late_write_lands_nothing_on_entries_claimed_from_it(
+        redis_url: str) -> None:
+    """The run swept is fenced by its consumer's record for that record's life only (``runs.DRAWN_MS``, a day past
+    the sweep): past it, the key gone and the record expired, the late write of a process paused that long is taken
+    for one of a run Redis lost. What it then lands nothing on is its entries, claimed from it before the sweep (the
+    sweep takes only a consumer with nothing pending): each pending to its claimant, which decides it (E8). A
+    process back at that address draws above the swept run, whose write landing after that draw lands nothing."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        swept = await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, GONE)  # the process paused, later
+        entry = await r.xadd(STREAM, F("held", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, GONE, {STREAM: ">"})  # read, its fact quarantined, the write not sent yet
+        await r.xclaim(STREAM, GROUP, LIVE, 0, [entry])  # past claim_idle_ms: another claims it
+        assert await _sweep(r).sweep() == [GONE]
+        await r.delete(drawn_key(QUARANTINE, GROUP, GONE))  # a day on: the record expired (its PEXPIRE)
+        fact = make_fact("held", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
+                         1_700_000_000_000, Limits(), "event_time_ms")
+        late = QuarantineStream(QUARANTINE, 10)
+        acks = Acks(GROUP, GONE, [(STREAM, entry)], swept)
+        assert await late.write(writer, [(fact, "late")], acks) == [None], "pending to another: nothing landed"
+        assert await r.xlen(QUARANTINE) == 0
+        assert [p["consumer"] for p in await r.xpending_range(STREAM, GROUP, "-", "+", 10)] == [LIVE.encode()]
+        run = await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, GONE)
+        assert run > swept, "a process back at the address draws above the swept run"
+        assert await _write(r, writer, GONE, swept, "after") == [None], "the swept run's write after that draw"
+    finally:
+        await writer.aclose()
+        await r.aclose()
