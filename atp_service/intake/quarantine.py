@@ -50,42 +50,37 @@ _PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: no
 # whose ids ran ahead of their facts' writes (``ahead_key``), the consumer's draws' record (``drawn_key``: its run
 # swept, ``runs.SWEPT``), then the input streams of the entries acknowledged; ARGV: MAXLEN, the consumer group, the
 # consumer, its run ('': none), then _PER_FACT values a fact. A write of an earlier run of the consumer (its run key
-# moved on since: a restart) acknowledges and writes no input entry's fact (-1): landing late, after the next run read
-# the entry again and decided it, it put the fact on the stream as not applied while it was — applied with room come
-# back (R7: a late landing never taken; E8). A run key below the write's run, or gone, is one Redis lost (a failover to
-# a replica its INCR had not reached, a restart from older data): set back to the write's run, which goes on — left,
-# every write of the process's run was refused for as long as it ran, its quarantined facts' entries pending for ever
-# (liveness). But a run key gone where the write's run is at or below the consumer's own run swept (leased,
-# ``departed.py``, ``runs.SWEPT``, set by the script deleting the key: never a shared highest, which another consumer's
-# sweep raised past a live run Redis lost), or below a draw its record holds (a later run at its name, recorded with
-# that run's key), is a sweep's, never Redis's loss. Taken again, a write of a run before landing late, after a sweeper
-# not seeing the process back live deleted its run (its mark past ``claim_idle_ms``: Redis before 7.2 keeps a consumer's
-# idle time at a read that delivers nothing), wrote and acknowledged an entry pending to the process back (E8). Refused
-# (-1): it draws its run again (``keep_run``). Returns, a fact, 1: written now, 0: written before, -1: not written, its
-# input entry pending to this consumer no more (claimed by another, which decides the fact, or acknowledged by it; or of
-# a run before). The entry, its digest and its input entry's XACK go in the same script (atomic, each fact's after its
-# own write: a write refused leaves its entry pending); the set is trimmed to MAXLEN, oldest first, as the stream is
-# (about MAXLEN entries). Its score is the write's time, whatever the entry's id: scored at an id far ahead (a
-# producer's clock in 2100, ids in µs), a fact kept its place above every later one for good, each of those trimmed at
-# its own write while the stream held it, written again by a retry (E8). Where its input stream's newest entry then (its
-# own, or one after it) runs ahead of the write, that newest entry is named in the hash by the fact's digest instead
-# (its id, a space, its stream): every entry added before the write is at or before it — a producer's retry of the entry
-# too, which the set's score, the write's time, tells from a later resend only where ids are Redis's —, every one added
-# after is later. Taken out with the digest when the set is trimmed, no HDEL after the one that empties the hash (the
-# key gone: on a migrating slot's source a command on it failed the script half-way, its facts written and acknowledged,
-# the set untrimmed). A fact written before has its digest's score moved and put back as it was: a write of this call,
-# so the WAIT after it (``redis_wait_replicas``) covers the earlier write too — that one's answer lost, on another
-# connection, a WAIT after a call that wrote nothing confirms nothing of it (R7). Never taken out and put back: the
-# set's one digest taken out, the set was gone, and on a Redis Cluster whose slot migrates the source node fails every
-# command of a script on a key not there (a non local key) — the ZADD putting it back failed, the digest lost, the fact
-# written again (E8). Every key's type is checked before the first write (``_TYPES``): Redis does not undo a script's
-# writes before the command that failed, and a key of another type (an operator's, a restore of other data) failed it
-# half-way — a fact's entry added, its digest not (the hash of entries ahead, HSET after the XADD), its input entry not
-# acknowledged: delivered again, the fact written again at every delivery (E8: written once). Refused so, nothing is
-# written, nothing acknowledged (the entries stay pending, the facts owed: ``write_owed``). So is a command the Redis
-# user's ACL no longer allows (``_ALLOWED``: taken away while serving, ``ACL SETUSER svc -zadd``): asked of the ACL
-# before the first write, every one the script may run after it — refused as it ran, the ZADD after the XADD, each retry
-# wrote the fact again (E8); a pcall's XPENDING or XACK refused went on as if answered.
+# moved on since: a restart) acknowledges and writes no input entry's fact (-1): landing late, after the next run
+# decided the entry again, it put the fact on the stream as not applied while it was applied (R7, E8). A run key below
+# the write's run, or gone, is one Redis lost (a failover, a restart from older data): set back to the write's run
+# (gone: by a write holding an entry pending to it only — one holding none, its consumer swept, left a key no sweep
+# visits again, for ever), which goes on; left, its writes were refused while it ran (liveness). But a key gone where
+# the run is at or below its consumer's own run swept (``runs.SWEPT``, set by the sweep deleting the key: never a shared
+# highest, which another's sweep raised past a live run Redis lost), or below a draw its record holds (a later run at
+# its name), is a sweep's: taken, a run before's late write, after a sweeper not seeing the process back live deleted
+# its run (Redis before 7.2 keeps a consumer's idle time at a read that delivers nothing), wrote and acknowledged an
+# entry pending to the process back (E8). Refused (-1): it draws its run again (``keep_run``). Returns, a fact, 1:
+# written now, 0: written before, -1: not written, its input entry pending to this consumer no more (claimed by another,
+# which decides the fact, or acknowledged by it; or of a run before). The entry, its digest and its input entry's XACK
+# go in the same script (atomic, each fact's after its own write: a write refused leaves its entry pending); the set is
+# trimmed to MAXLEN, oldest first, as the stream is (about MAXLEN entries). Its score is the write's time, whatever the
+# entry's id: scored at an id far ahead (a producer's clock in 2100), a fact kept its place above every later one, each
+# of those trimmed at its own write, written again by a retry (E8). Where its input stream's newest entry then (its own,
+# or one after it) runs ahead of the write, that entry is named in the hash by the fact's digest (its id, a space, its
+# stream): every entry added before the write is at or before it (a producer's retry too, which the write's time tells
+# from a later resend only where ids are Redis's), every one added after is later. Taken out with the digest when the
+# set is trimmed, no HDEL after the one that empties it (a migrating slot's source failed the script half-way on the key
+# gone). A fact written before has its digest's score moved and put back as it was: a write of this call, so the WAIT
+# after it (``redis_wait_replicas``) covers the earlier write too, whose answer was lost (R7). Never taken out and put
+# back: its one digest out, the set was gone, and a migrating slot's source node fails a script's command on a key not
+# there — the ZADD putting it back failed, the fact written again (E8). Every key's type is checked before the first
+# write (``_TYPES``): Redis does not undo a script's writes before the command that failed, and a key of another type
+# (an operator's, a restore of other data) failed it half-way — a fact's entry added, its digest not, its entry not
+# acknowledged: written again at every delivery (E8). Refused so, nothing is written or acknowledged (the facts owed:
+# ``write_owed``). So is a command the Redis user's ACL no longer allows (``_ALLOWED``: taken away while serving, ``ACL
+# SETUSER svc -zadd``): asked of the ACL before the first write, every one the script may run after it — refused as it
+# ran, the ZADD after the XADD, each retry wrote the fact again (E8); a pcall's XPENDING or XACK refused went on as if
+# answered.
 _TYPES = """
 local wanted = {{KEYS[1], 'stream'}, {KEYS[2], 'zset'}, {KEYS[4], 'hash'}}
 if ARGV[4] ~= '' then wanted[#wanted + 1] = {KEYS[3], 'string'}; wanted[#wanted + 1] = {KEYS[5], 'zset'} end
@@ -130,12 +125,16 @@ if ARGV[4] ~= '' then  -- fenced out by a later run only: a run Redis lost (the 
   local run, ours = held and tonumber(held) or 0, tonumber(ARGV[4])
   local swept = not held and tonumber(redis.call('ZSCORE', KEYS[5], '{runs.SWEPT}'))
   local drew = not held and tonumber(redis.call('ZREVRANGE', KEYS[5], 0, 0, 'WITHSCORES')[2])
-  if (swept and ours <= swept) or (drew and drew > ours) then  -- swept, or a run before: never taken again (E8)
+  if (swept and ours <= swept) or (drew and drew > ours) or run > ours then  -- swept, a run before: not taken (E8)
     current = false
-  elseif run > ours then
-    current = false
-  elseif run < ours then
+  elseif held and run < ours then
     redis.call('SET', KEYS[3], ARGV[4])
+  elseif not held then  -- gone: taken back by a write holding an entry pending to it only (else a key left for ever)
+    for at = 5, #ARGV - 1, {_PER_FACT} do
+      local k = tonumber(ARGV[at + 1])
+      local p = k > 0 and redis.pcall('XPENDING', KEYS[k], ARGV[2], ARGV[at + 2], ARGV[at + 2], 1, ARGV[3])
+      if p and p['err'] == nil and #p > 0 then redis.call('SET', KEYS[3], ARGV[4]); break end
+    end
   end
 end
 for f = 0, n - 1 do

@@ -33,6 +33,19 @@ def _id(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
+def _holding(redis: SimStreams, inputs: list[str], group: str, consumer: str, values: list[Any]) -> bool:
+    """Whether an entry of the write's facts is pending to ``consumer`` (``quarantine._ONCE``: its run key, gone,
+    taken back only then — a consumer swept, holding none, left a key no sweep visits again)."""
+    for at in range(0, len(values), _PER_FACT):
+        index = int(values[at + 1])
+        try:
+            if index > 0 and redis.xpending_one(inputs[index - 6], group, _id(values[at + 2]), consumer):
+                return True
+        except ResponseError:
+            continue  # NOGROUP: pending nowhere
+    return False
+
+
 def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list[int]:
     """``quarantine._ONCE``: a fact written once by its digest; its input entry acknowledged in the same script,
     only while pending to the consumer writing it (-1 where another holds it now: that one decides the fact). KEYS
@@ -53,8 +66,10 @@ def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list
             redis.refused_swept += 1
         elif (held or 0) > ours:
             current = False
-        elif (held or 0) < ours:
+        elif held is not None and held < ours:
             redis.runs[run] = ours
+        elif held is None and _holding(redis, inputs, group, consumer, args[4:]):
+            redis.runs[run] = ours  # gone: taken back by a write holding an entry pending to it only (else a leak)
     written = redis.written.setdefault(written_key, {})
     values, out = args[4:], []
     assert len(values) % _PER_FACT == 0

@@ -145,3 +145,30 @@ async def test_past_its_records_life_a_swept_runs_late_write_lands_nothing_on_en
     finally:
         await writer.aclose()
         await r.aclose()
+
+
+async def test_a_late_write_holding_nothing_pending_leaves_no_run_key_of_a_consumer_gone(redis_url: str) -> None:
+    """A write whose run key and record are gone (the record expired a day past the sweep) and none of whose entries
+    is pending to its consumer (removed, its entries claimed from it before): nothing to take back. Before, the write
+    set the run key back all the same — a key of a consumer no longer in the group, which no sweep visits again and
+    nothing expires: kept for ever, one per such write. A write holding an entry pending to it takes the key back."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        swept = await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, GONE)
+        entry = await r.xadd(STREAM, F("held", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, GONE, {STREAM: ">"})
+        await r.xclaim(STREAM, GROUP, LIVE, 0, [entry])
+        assert await _sweep(r).sweep() == [GONE]
+        await r.delete(drawn_key(QUARANTINE, GROUP, GONE))  # a day on: the record expired (its PEXPIRE)
+        fact = make_fact("held", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
+                         1_700_000_000_000, Limits(), "event_time_ms")
+        acks = Acks(GROUP, GONE, [(STREAM, entry)], swept)
+        assert await QuarantineStream(QUARANTINE, 10).write(writer, [(fact, "late")], acks) == [None]
+        assert await r.exists(run_key(QUARANTINE, GROUP, GONE)) == 0, "no run key left of a consumer gone"
+        assert await _write(r, writer, LIVE, 7, "lost") == [True], "a run key Redis lost, an entry pending: taken"
+        assert await r.get(run_key(QUARANTINE, GROUP, LIVE)) == b"7"
+    finally:
+        await writer.aclose()
+        await r.aclose()
