@@ -27,12 +27,14 @@ another's progress, so this is reached only where the key moves at every try; th
 SWEPT = "swept"
 """The member of a consumer's draws' record (``quarantine.drawn_key``) scored by its run the departed sweep deleted
 (never a draw's token: those are hex): a write of that run, or one before it, finding the run key gone is refused
-for good (``quarantine._ONCE``), and a draw at that name starts above it. The consumer's own record, never one shared:
-a sweep of one consumer raising a shared highest swept past another's live run whose key Redis lost (back from older
-data) had that live run's writes refused until its next sweep round (E8 held, liveness not). Set in the sweep's
-script that deletes the run key (one slot): a Redis back from before the sweep holds the run key again, never the
-key gone without its record. Kept a day past the sweep (``DRAWN_MS``); past it, the run key gone again is one Redis
-lost, as a run at that name is drawn above the shared highest swept all the same (``quarantine.swept_runs_key``)."""
+while this record lives (``quarantine._ONCE``), and a draw at that name starts above it. The consumer's own record,
+never one shared: a sweep of one consumer raising a shared highest swept past another's live run whose key Redis lost
+(back from older data) had that live run's writes refused until its next sweep round (E8 held, liveness not). Set
+in the sweep's script that deletes the run key (one slot): a Redis back from before the sweep holds the run key
+again, never the key gone without its record. Kept a day past the sweep (``DRAWN_MS``); past it, the run key gone
+again is one Redis lost, as a run at that name is drawn above the shared highest swept all the same
+(``quarantine.swept_runs_key``): a late write of the run swept then lands nothing only where its entries are pending
+to it no more (claimed from it before the sweep), and takes no run key back (``quarantine._ONCE``)."""
 
 TOKENS_KEPT = 64
 """The draws a consumer's record keeps (the latest runs), and the tokens of a process's draws at one name it keeps

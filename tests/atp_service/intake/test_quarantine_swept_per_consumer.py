@@ -172,3 +172,40 @@ async def test_a_late_write_holding_nothing_pending_leaves_no_run_key_of_a_consu
     finally:
         await writer.aclose()
         await r.aclose()
+
+
+async def test_past_its_records_life_a_swept_runs_late_write_is_refused_by_a_later_draw_the_record_holds(
+        redis_url: str) -> None:
+    """The documented limit, pinned (OPERATIONS.md, ``ingest_consumer_removed``): past the record's life the swept
+    run's late write lands on an entry pending to a process started under that name since only where that process's
+    run key is gone and the record holds none of its draws. Its key deleted (a sweeper of the version before), its
+    draw within the day: the draw, a later run, refuses the write (E8). Its draw a day old too: the write lands, and
+    the key it takes back (the run before's) is moved up again by that process's next write (liveness)."""
+    r = aioredis.Redis.from_url(redis_url)
+    writer = open_nodes(redis_url, 5.0)
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        await r.xgroup_createconsumer(STREAM, GROUP, GONE)
+        swept = await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, GONE)
+        assert await _sweep(r).sweep() == [GONE]
+        await r.delete(drawn_key(QUARANTINE, GROUP, GONE))  # a day on: the record expired
+        run = await QuarantineStream(QUARANTINE, 10).run_of(r, GROUP, GONE)  # a process back at that address
+        assert run > swept
+        await r.delete(run_key(QUARANTINE, GROUP, GONE))  # a sweeper of the version before: no run swept recorded
+        entry = await r.xadd(STREAM, F("back", "SALE", "sku-q", "S1", 1, 1_700_000_000_000).fields())
+        await r.xreadgroup(GROUP, GONE, {STREAM: ">"})  # pending to the process back
+        fact = make_fact("back", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "",
+                         1_700_000_000_000, Limits(), "event_time_ms")
+        acks = Acks(GROUP, GONE, [(STREAM, entry)], swept)
+        assert await QuarantineStream(QUARANTINE, 10).write(writer, [(fact, "late")], acks) == [None], \
+            "the process back's draw, in the record, refuses the run before"
+        assert await r.xlen(QUARANTINE) == 0
+        assert await r.exists(run_key(QUARANTINE, GROUP, GONE)) == 0
+        await r.delete(drawn_key(QUARANTINE, GROUP, GONE))  # its draw a day old too: the limit
+        assert await QuarantineStream(QUARANTINE, 10).write(writer, [(fact, "late")], acks) == [True]
+        assert await r.get(run_key(QUARANTINE, GROUP, GONE)) == str(swept).encode()
+        assert await _write(r, writer, GONE, run, "next") == [True], "the process back's write lands"
+        assert await r.get(run_key(QUARANTINE, GROUP, GONE)) == str(run).encode()
+    finally:
+        await writer.aclose()
+        await r.aclose()
