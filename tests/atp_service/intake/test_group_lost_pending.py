@@ -62,6 +62,12 @@ async def _group_made_again(r: Any) -> bool:
     return r.exists(STREAM) and any(g["name"] == b"atp" for g in r.xinfo_groups(STREAM))
 
 
+def _delivered_through(r: Any, last: bytes, pending: int) -> bool:
+    """The group ``atp`` delivered ``last`` and holds ``pending`` entries pending."""
+    groups = [g for g in r.xinfo_groups(STREAM) if g["name"] == b"atp"]
+    return bool(groups) and groups[0]["last-delivered-id"] == last and groups[0]["pending"] == pending
+
+
 async def test_an_entry_left_pending_when_its_group_was_deleted_is_read_again(
         start_service: ServiceFactory, redis_url: str) -> None:
     """Defect: ``held`` was delivered, its fact refused (its entry pending, to be read again), then

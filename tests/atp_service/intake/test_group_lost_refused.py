@@ -16,7 +16,13 @@ from atp_service import ManualClock
 from atp_service.intake.unacked import Unacked
 from reservation import DomainError, Fact
 from tests.atp_service.fact_helpers import F, dead_lettered, wait_consumed
-from tests.atp_service.intake.test_group_lost_pending import STREAM, Refusing, _group_made_again, _on_hand_is
+from tests.atp_service.intake.test_group_lost_pending import (
+    STREAM,
+    Refusing,
+    _delivered_through,
+    _group_made_again,
+    _on_hand_is,
+)
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
@@ -25,8 +31,21 @@ SKEW_MS = 300_000  # fact_future_skew_ms by default
 
 def _settled_through(r: Any, last: bytes) -> bool:
     """The group delivered ``last`` and holds only the entry refused by the shard pending."""
-    groups = [g for g in r.xinfo_groups(STREAM) if g["name"] == b"atp"]
-    return bool(groups) and groups[0]["last-delivered-id"] == last and groups[0]["pending"] == 1
+    return _delivered_through(r, last, pending=1)
+
+
+async def future_not_applied_once_made_again(r: Any, clock: ManualClock, client: Any, held: int) -> None:
+    """With ``future`` refused (E7) and dead-lettered: the clock moved so it is within the skew, the group deleted
+    and made again, ``after`` added and every entry read again and settled but ``held`` ones: ``future`` is not
+    applied (on_hand 1, ``after``'s alone) and no dead letter is added."""
+    now = clock.now_ms()
+    clock.advance(2000)  # ``future`` within the skew now
+    r.xgroup_destroy(STREAM, "atp")
+    after = r.xadd(STREAM, F("after", "RECEIPT", "A", "S1", 1, now - 50).fields())
+    await until(lambda: _group_made_again(r), "the group made again")
+    await until(lambda: _delivered_through(r, after, pending=held), "every entry read again but those held, settled")
+    assert await _on_hand_is(client, 1), "the fact dead-lettered as refused was applied"
+    assert r.xlen("atp:dlq") == 1
 
 
 async def test_a_fact_refused_in_the_future_is_not_applied_when_its_group_made_again_reads_it_again(
@@ -43,13 +62,7 @@ async def test_a_fact_refused_in_the_future_is_not_applied_when_its_group_made_a
     await until(lambda: desk.calls >= 1 and r.xpending(STREAM, "atp")["pending"] == 1, "held refused, pending")
     r.xadd(STREAM, F("future", "RECEIPT", "A", "S1", 2, now + SKEW_MS + 1000).fields())
     await until(lambda: r.xlen("atp:dlq") == 1, "future refused (E7), dead-lettered")
-    clock.advance(2000)  # ``future`` within the skew now
-    r.xgroup_destroy(STREAM, "atp")
-    after = r.xadd(STREAM, F("after", "RECEIPT", "A", "S1", 1, now - 50).fields())
-    await until(lambda: _group_made_again(r), "the group made again")
-    await until(lambda: _settled_through(r, after), "the entries after held read again, settled")
-    assert await _on_hand_is(client, 1), "the fact dead-lettered as refused was applied"
-    assert r.xlen("atp:dlq") == 1
+    await future_not_applied_once_made_again(r, clock, client, held=1)
     desk.refuse = False
     await until(lambda: _on_hand_is(client, 5), "held read again and applied")
 

@@ -15,7 +15,8 @@ from atp_service import ManualClock
 from atp_service.intake.bounds import bound_key
 from atp_service.intake.unacked import BOUNDS_KEPT
 from tests.atp_service.fact_helpers import F
-from tests.atp_service.intake.test_group_lost_pending import STREAM, _group_made_again, _on_hand_is
+from tests.atp_service.intake.test_group_lost_pending import STREAM, _delivered_through
+from tests.atp_service.intake.test_group_lost_refused import future_not_applied_once_made_again
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
@@ -23,8 +24,7 @@ SKEW_MS = 300_000  # fact_future_skew_ms by default
 
 
 def _settled(r: Any, last: bytes) -> bool:
-    groups = [g for g in r.xinfo_groups(STREAM) if g["name"] == b"atp"]
-    return bool(groups) and groups[0]["last-delivered-id"] == last and groups[0]["pending"] == 0
+    return _delivered_through(r, last, pending=0)
 
 
 async def test_a_fact_refused_in_the_future_is_not_applied_when_its_group_is_made_again_without_the_token(
@@ -45,10 +45,4 @@ async def test_a_fact_refused_in_the_future_is_not_applied_when_its_group_is_mad
     token = bound_key(STREAM, "atp", ingestor._config.consumer_name)
     assert r.exists(token)
     r.delete(token)  # lost alone, the stream kept
-    clock.advance(2000)  # ``future`` within the skew now
-    r.xgroup_destroy(STREAM, "atp")
-    after = r.xadd(STREAM, F("after", "RECEIPT", "A", "S1", 1, now - 50).fields())
-    await until(lambda: _group_made_again(r), "the group made again")
-    await until(lambda: _settled(r, after), "every entry read again from the stream's start, settled")
-    assert await _on_hand_is(client, 1), "the fact dead-lettered as refused was applied"
-    assert r.xlen("atp:dlq") == 1
+    await future_not_applied_once_made_again(r, clock, client, held=0)
