@@ -20,7 +20,7 @@ from atp_service.channels.curator import Curator, zero_lines
 from atp_service.channels.desk_curation import DeskCuration
 from atp_service.channels.desk_marks import DurableMarks
 from atp_service.channels.estate import Channel, Estate
-from atp_service.channels.feeds import Confirmations, known_feeds, next_feeds, unsettled
+from atp_service.channels.feeds import Confirmations, RunFeed, known_feeds, next_feeds, unsettled
 from atp_service.channels.passes import withdraw_dropped, withdraw_unheld
 from atp_service.channels.restamp import restamp_task
 from atp_service.channels.urgent import UrgentWrites
@@ -234,6 +234,8 @@ class ChannelDesk(DurableMarks, DeskCuration):
             self._observe(name, landed, now)
             feed.give_back(updates[len(landed):], now)
             feed.version = max(feed.version, top)  # a version in the stream is never used again
+            if not refused and len(landed) < len(updates) and isinstance(feed, RunFeed):
+                feed.lost_past(max(u.version for u in updates), top)  # in doubt: maybe landed, read, and lost
             landed_any = landed_any or bool(landed)
         self.metrics.settles.labels("refused" if refused else "landed" if landed_any else "not_landed").inc()
         self._retired = unsettled(self._retired)

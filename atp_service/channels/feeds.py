@@ -77,7 +77,7 @@ class RunFeed(Feed):
         if marker is not None:
             self.marking, self._marker = False, None
             self.published_version = max(self.published_version, marker.version)
-            log.info("%s: this run's versions begin at %d, after %d (the newest Redis held at the start)",
+            log.info("%s: this run's versions go on at %d, after %d (the newest Redis held at the start or settle)",
                      self.channel, marker.version, marker.follows, extra={
                          "event": "channel_run_marked", "channel": self.channel, "version": marker.version,
                          "follows": marker.follows})
@@ -88,6 +88,17 @@ class RunFeed(Feed):
         if marker is not None:
             self._marker = None  # taken again at its version: contiguous, as the updates' (C3)
             self.version = marker.version - 1
+
+    def lost_past(self, handed_out: int, follows: int) -> None:
+        """A write in doubt settled as not landed, its versions up to ``handed_out``: it may have landed and been lost
+        since (Redis restarted from data saved before it, a failover), a reader having read it meanwhile (a publisher
+        delivering its values). Those versions are never handed out again (C3: a version names one value for good; a
+        publisher skips a version it delivered, a stock-out written again at it never delivered, C4): the next write
+        begins with a marker above them that ``follows`` the newest the stream holds, as a start's does, so a reader
+        at ``follows`` goes on across the jump and one past it is told it read versions Redis lost."""
+        self.first = max(self.version, handed_out) + 1
+        self.version, self.resumed_from = self.first - 1, follows
+        self.marking, self._marker = True, None
 
     def _marker_in(self, updates: list[ChannelUpdate]) -> StartMarker | None:
         """The marker being written, where ``updates`` (a write confirmed or given back) carried it."""

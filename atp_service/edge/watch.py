@@ -121,11 +121,11 @@ class Watchers:
 
     async def _changes(self, desk: ChannelDesk, channel: str, since: int) -> AsyncIterator[Response]:
         """The stream's updates after ``since``, while versions follow on one from the next (C3), and only
-        those the desk has confirmed (C4). A run's versions have no gaps (``Feed.give_back`` reuses those
-        that did not land), and a start's jump is crossed only from the version its first entry says it follows,
-        the newest Redis held then (``follows_on``), so any other version means updates this watch can never be
-        sent: trimmed, or lost by a Redis behind the desk, which then went on above them (or a start above
-        them). The watch ends
+        those the desk has confirmed (C4). A run's versions have no gaps (a write refused gives its versions
+        back; one in doubt not landed leaves them, linked past by a marker: ``RunFeed.lost_past``), and a
+        start's jump is crossed only from the version its first entry says it follows, the newest Redis held then
+        (``follows_on``), so any other version means updates this watch can never be sent: trimmed, or lost by a
+        Redis behind the desk, which then went on above them (or a start above them). The watch ends
         RESNAPSHOT_REQUIRED there, never skipping them in silence (a stock-out among them would stay unknown)."""
         while True:
             # A channel a reload removed is written no more: its watch ends NotFound, naming it, as
