@@ -1,8 +1,8 @@
 """WatchAvailability on a Redis Cluster whose ``{avail}`` primary fails over, the service asked to
 acknowledge a channel write only once a replica holds it (``redis_wait_replicas`` 1). A write the
 replica never received is not published (C4): the desk settles it and, the promoted replica lacking
-it, writes what is due under the same versions again. A watch that had been sent it resumed after its
-version and skipped the value written there since: a stock-out its channel never learned."""
+it, writes what is due above them (a marker linking the stream past them). A watch that had been sent it
+resumed after its version and skipped the value written there since: a stock-out its channel never learned."""
 
 from __future__ import annotations
 
