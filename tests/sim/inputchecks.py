@@ -67,6 +67,15 @@ def lost_with_group(driver: InputsDriver) -> set[Entry]:
         - set(driver.redis.acked) - driver.redis.acked_unheld
 
 
+def entries_of(driver: InputsDriver) -> dict[tuple[str, str, str, str], int]:
+    """Per fact identity at its position, its entries: those Redis holds, and those it lost once a consumer was
+    given them (``Producer.read_lost``): a reader that held one may have decided its fact after the loss."""
+    out: dict[tuple[str, str, str, str], int] = {}
+    for fact in [*driver.producer.facts.values(), *driver.producer.read_lost.values()]:
+        out[named(fact)[:4]] = out.get(named(fact)[:4], 0) + 1
+    return out
+
+
 def decided_once(driver: InputsDriver) -> None:
     redis, producer = driver.redis, driver.producer
     dead, (gone, unread), lost = letters(driver), trimmed(driver), lost_with_group(driver) | driver.acked_lost
@@ -89,9 +98,7 @@ def decided_once(driver: InputsDriver) -> None:
     if redis.forgotten != redis.owed_added:  # each count told once, whoever tells it (a sweep's move): E6
         raise Violation(f"E6: entries trimmed unread counted owed by the reads crossing them, per stream: "
                         f"{redis.owed_added}; told and forgotten: {redis.forgotten}")
-    entries_of: dict[tuple[str, str, str, str], int] = {}
-    for fact in producer.facts.values():
-        entries_of[named(fact)[:4]] = entries_of.get(named(fact)[:4], 0) + 1
+    several = entries_of(driver)
     written = [named_fields(f) for _, f, _ in redis.quarantined]
     if len(written) != len(set(written)):
         raise Violation("E8: a fact written to the quarantine stream twice")
@@ -99,7 +106,7 @@ def decided_once(driver: InputsDriver) -> None:
     if wrong := [f"{source}/{event_id}" for source, event_id, *_ in driver._applied if event_id.startswith("m")]:
         raise Violation(f"entries that are no fact applied: {wrong[:5]}")
     for (stream, entry_id), fact in producer.facts.items():
-        if entries_of[named(fact)[:4]] > 1 or (stream, entry_id) in unread:
+        if several[named(fact)[:4]] > 1 or (stream, entry_id) in unread:
             continue
         applied, held = named(fact) in driver._applied, named(fact) in written
         driver.tally.input_quarantined_elsewhere += (stream, entry_id) in redis.elsewhere and held

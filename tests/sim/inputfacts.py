@@ -30,6 +30,9 @@ class Producer:
         self.rng, self.world, self.redis = rng, world, redis
         self.facts: dict[tuple[str, bytes], Fact] = {}  # input entry (stream, id) -> its fact
         self.malformed: set[tuple[str, bytes]] = set()  # entries that are no fact
+        self.read_lost: dict[tuple[str, bytes], Fact] = {}
+        """Entries Redis lost (``inputtail``, out of ``facts``) that a consumer was given before: a reader holding one
+        may decide its fact after the loss, as another entry of that fact (a resend) is decided."""
         self.produced: list[Fact] = []
         self.last: dict[str, tuple[int, int]] = {}  # per stream, its last id's (ms, seq)
         capped = rng.random() < 1 / 3

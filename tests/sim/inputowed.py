@@ -24,7 +24,7 @@ from atp_service.intake.quarantine import _PER_FACT
 from reservation import decode_entry
 from reservation._events import FactQuarantined
 from tests.sim.checks import Violation
-from tests.sim.inputchecks import named, named_fields
+from tests.sim.inputchecks import entries_of, named, named_fields
 
 if TYPE_CHECKING:
     from tests.sim.inputdriver import InputsDriver
@@ -85,12 +85,10 @@ class OwedWatch:
     def _still_owed(self, driver: InputsDriver) -> list[tuple[Entry, str, int]]:
         """The watched entries still their writer's, whose fact has no other entry (a duplicate's entry decides it)."""
         redis, facts = driver.redis, driver.producer.facts
-        entries_of: dict[tuple[str, str, str, str], int] = {}
-        for fact in facts.values():
-            entries_of[named(fact)[:4]] = entries_of.get(named(fact)[:4], 0) + 1
+        several = entries_of(driver)
         out = []
         for entry, (consumer, claims, deletions, quarantines) in self.lost.items():
-            if redis.taken.get(entry, 0) > claims or entries_of[named(facts[entry])[:4]] > 1:
+            if redis.taken.get(entry, 0) > claims or several[named(facts[entry])[:4]] > 1:
                 continue
             if any(stream == entry[0] for stream, _, _ in redis.groups_lost[deletions:]):
                 continue

@@ -108,6 +108,8 @@ class InputsTail:
         lost += [entry for entry in driver.producer.malformed if entry not in malformed]
         driver.lost_positions |= {(fact.sku, fact.location) for entry, fact in driver.producer.facts.items()
                                   if entry not in facts}  # read before the loss, its fact may land after it
+        driver.producer.read_lost |= {entry: fact for entry, fact in driver.producer.facts.items()
+                                      if entry not in facts and driver.redis.given.get(entry)}
         driver.producer.facts, driver.producer.malformed = facts, malformed  # lost: the producer sends none again
         driver.tally.input_entries_lost += len(lost)
         self.entries_lost += len(lost)

@@ -63,6 +63,19 @@ async def test_every_input_entry_is_decided_once_whatever_the_readers_tags_and_t
     assert tally.input_groups_deleted and tally.input_made_at_bound and tally.tail_losses, tally
 
 
+async def test_an_entry_redis_lost_after_a_reader_was_given_it_counts_as_another_entry_of_its_fact() -> None:
+    """``--input-streams --processes 2 --lose-tail --clock-skew --clock-jumps --tag-faults --seed 81``: wms/f33 was
+    quarantined for want of room; room restored, the producer sent it again, a reader was given the resend, Redis came
+    back from older data without it, and the reader applied its fact after the loss (the capacity refusal remembers
+    nothing: a resend is a new decision). The check, the resend's entry cut from what the producer sent, took the first
+    entry for the fact's only one: both applied and quarantined. An entry Redis lost once a consumer was given it is
+    another entry of its fact (``inputchecks.entries_of``)."""
+    tally = Tally()
+    await InputsClusterDriver(81, 2, tally, lose_tail=True, clock_skew=True, clock_jumps=True,
+                              tag_faults=True).run(60)
+    assert tally.input_entries_lost and tally.input_quarantined, tally
+
+
 async def test_a_quarantine_write_that_failed_after_its_group_was_deleted_is_not_watched_as_owed() -> None:
     """``--input-streams --seed 90048``: atp-2 read an entry whose fact its owner quarantined for want of room; the
     group was deleted (the entry pending with atp-2), then atp-2's quarantine write was refused. The watch took the
