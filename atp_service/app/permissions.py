@@ -156,6 +156,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
     use = "the input streams"
     needs = [Need(("XADD", dlq, "MAXLEN", "~", 1, "*", "f", "v"), dlq, "dead letters"),
              Need(("TYPE", dlq), dlq, "dead letters"),
+             Need(("XRANGE", dlq, "0-1", "0-1"), dlq, "dead letters"),  # a refused entry's letter, still held
              Need(("EVALSHA", SHA, 2 * len(streams) + 3, *streams, *marks, owed, answered_key(owed), owing), owed, use),
              Need(("SET", answered_key(owed), 1, "PX", 1), answered_key(owed), use),  # the owed hash answered
              Need(("SADD", owing, consumer), owing, use), Need(("TYPE", owing), owing, use)]

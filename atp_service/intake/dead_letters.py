@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from atp_service.intake.unread import as_bytes
 from atp_service.logs import EveryInterval
 from atp_service.storage.scripts import ACL_LUA
 from reservation import InvalidArgument, Reason
@@ -106,27 +107,35 @@ def dead_letter(flat: list[bytes], why: Why, stream: str, entry_id: bytes, max_e
 
 
 async def write(client: Any, dead: Sequence[tuple[str, bytes, list[bytes], Why]], to: str, maxlen: int,
-                group: str, max_entry_bytes: int) -> set[tuple[str, bytes]]:
+                group: str, max_entry_bytes: int, before: dict[tuple[str, bytes], bytes] | None = None
+                ) -> tuple[set[tuple[str, bytes]], dict[tuple[str, bytes], bytes]]:
     """Each entry's dead letter (``dead``: stream, entry id, fields, why) written to ``to``, trimmed to about
     ``maxlen``, and the entries acknowledged, in one script (``_WRITE``): Redis runs it whole or refuses it
     before its first write. An XACK queued beside the XADDs in a transaction ran even when its XADD failed
     (WRONGTYPE: every command of a MULTI runs), the entry acknowledged with no dead letter anywhere; sent
     after them, it was lost with a reader killed between the two, and the entry, pending still, dead-lettered
     again when read again. Returns the entries read as trimmed (``TRIMMED``) that the stream holds (Redis came
-    back from older data since the read): neither dead-lettered nor acknowledged, left pending to be read again."""
+    back from older data since the read): neither dead-lettered nor acknowledged, left pending to be read again —
+    and per entry acknowledged, its dead letter's id. ``before``: per entry, the id of the dead letter written for it
+    before (refused by the clock, E7, delivered again): not written again while ``to`` holds it, written again where
+    it does not (Redis back from older data lost it with the entry's acknowledgement, or trimmed it)."""
     args: list[Any] = [maxlen, group]
     for stream, entry_id, fields, why in dead:
         letter = dead_letter(fields, why, stream, entry_id, max_entry_bytes)
-        args += [entry_id, int(why is TRIMMED), len(letter), *letter]
-    kept = await client.register_script(_WRITE)(keys=[to, *(stream for stream, _, _, _ in dead)], args=args)
-    return {(dead[int(i) - 2][0], dead[int(i) - 2][1]) for i in kept}
+        earlier = (before or {}).get((stream, entry_id), b"")
+        args += [entry_id, int(why is TRIMMED), earlier, len(letter), *letter]
+    kept, ids = await client.register_script(_WRITE)(keys=[to, *(stream for stream, _, _, _ in dead)], args=args)
+    letters = {(dead[int(i) - 2][0], dead[int(i) - 2][1]): as_bytes(ids[n + 1]) for n, i in enumerate(ids[0::2])}
+    return {(dead[int(i) - 2][0], dead[int(i) - 2][1]) for i in kept}, letters
 
 
 _WRITE = ACL_LUA + """
 -- KEYS: the dead-letter stream, then each dead letter's input stream. ARGV: MAXLEN, group, then per dead
--- letter: its entry's id, 1 where it was read trimmed, the number of its fields' names and values, those names
--- and values. An entry read trimmed that the stream holds (Redis back from older data since the read) is left
--- pending, neither dead-lettered nor acknowledged: returns the KEYS indexes of those.
+-- letter: its entry's id, 1 where it was read trimmed, the id of its dead letter written before or '', the number
+-- of its fields' names and values, those names and values. An entry read trimmed that the stream holds (Redis back
+-- from older data since the read) is left pending, neither dead-lettered nor acknowledged: returns {the KEYS indexes
+-- of those, then per entry acknowledged its KEYS index and its dead letter's id, flat}. One whose dead letter written
+-- before the dead-letter stream holds is acknowledged, not written again.
 local dlq = KEYS[1]
 local kind = redis.call('TYPE', dlq)['ok']
 if kind ~= 'none' and kind ~= 'stream' then  -- before any write: nothing dead-lettered, nothing acknowledged
@@ -137,25 +146,31 @@ for i = 2, #KEYS do
   asked[#asked + 1] = {'XACK', KEYS[i], ARGV[2], '0-1'}
   asked[#asked + 1] = {'XRANGE', KEYS[i], '0-1', '0-1'}
 end
+asked[#asked + 1] = {'XRANGE', dlq, '0-1', '0-1'}
 local refused = denied(asked)  -- an ACL changed since the start: the pcall's XACK refused went on (ACL_LUA)
 if refused then return refused end
-local at, ids, kept = 3, {}, {}
+local at, ids, kept, letters = 3, {}, {}, {}
 for i = 2, #KEYS do
-  local n = tonumber(ARGV[at + 2])
+  local n, earlier = tonumber(ARGV[at + 3]), ARGV[at + 2]
   if ARGV[at + 1] == '1' and #redis.call('XRANGE', KEYS[i], ARGV[at], ARGV[at]) > 0 then
     kept[#kept + 1] = i
   else
     ids[i] = ARGV[at]
-    redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 3, at + 2 + n))
+    letters[#letters + 1] = i
+    if earlier ~= '' and #redis.call('XRANGE', dlq, earlier, earlier) > 0 then
+      letters[#letters + 1] = earlier
+    else
+      letters[#letters + 1] = redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 4, at + 3 + n))
+    end
   end
-  at = at + 3 + n
+  at = at + 4 + n
 end
 for i = 2, #KEYS do
   if ids[i] then  -- NOGROUP: the group is gone, the entry pending nowhere
     redis.pcall('XACK', KEYS[i], ARGV[2], ids[i])
   end
 end
-return kept
+return {kept, letters}
 """
 
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Collection
 from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
@@ -322,7 +323,9 @@ class StreamIngestor:
         facts, read, dead, ahead = await decode_all(entries, now, cfg.limits, cfg.ingest_max_entry_bytes)
         facts, read, ahead, before = await quarantined_before(self._client, self._desk.quarantine, self._unacked,
                                                               facts, read, ahead)  # E8: ahead too (E7 judged after)
-        await self._ack(judged + before)
+        await self._ack(before)
+        if judged:  # their dead letters written again only where the dead-letter stream lost them
+            await self._dead_letter(judged, ())
         results = await self._desk.record(facts, "stream", acks=self._acks(read)) if facts else []
         if ahead:  # judged after the rest as before it: a fact not ahead never has an ahead one's payload (E8)
             results += await self._desk.applied_or_refused([fact for fact, _, _ in ahead], [r for _, _, r in ahead])
@@ -350,24 +353,29 @@ class StreamIngestor:
             self._unacked.left(left)
         given_up = await self._bound.past(refused) if refused else []  # read for ever otherwise, never applied
         if dead or given_up:
-            await self._dead_letter(dead + given_up)
+            # Remembered once their dead letters are written (else each stays pending): a group made again delivers
+            # them again.
+            await self._dead_letter(dead + given_up, {*judged, *(one[:2] for one in given_up)})
             self._bound.told(given_up, refused)
-            # Once their dead letters are written (else each stays pending): a group made again delivers them again.
-            self._unacked.refused(judged + [(stream, entry_id) for stream, entry_id, _, _ in given_up])
         await self._ack(done)
         return len(done) + len(dead) + len(given_up)
 
-    async def _dead_letter(self, dead: list[Dead]) -> None:
+    async def _dead_letter(self, dead: list[Dead], clock: Collection[tuple[str, bytes]]) -> None:
         """The entries' dead letters written, then the entries acknowledged (``dead_letters.write``): both, even if a
-        stop cancels the reader meanwhile; one read trimmed that Redis, back from older data, holds is left pending."""
-        cfg = self._config
+        stop cancels the reader meanwhile; one read trimmed that Redis, back from older data, holds is left pending.
+        One refused already (``Unacked.judged``) is not written again while the dead-letter stream holds its letter.
+        Those refused by a judgement (``clock``: E7) or already are remembered, with their letters' ids."""
+        cfg, before = self._config, self._unacked.letters(dead)
         told = asyncio.ensure_future(write_dead_letters(self._client, dead, cfg.dead_letter_stream,
                                                         cfg.side_stream_maxlen, cfg.consumer_group,
-                                                        cfg.ingest_max_entry_bytes))
+                                                        cfg.ingest_max_entry_bytes, before))
         told.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
-        self._retry_own_pending |= bool(kept := await finish_uncancelled(told))  # read again from our own list, and
+        kept, letters = await finish_uncancelled(told)
+        self._retry_own_pending |= bool(kept)  # read again from our own list, and
         self._unacked.left(kept)  # known held here (``Unacked``): a group made again starts before them
-        self._told([letter for letter in dead if letter[:2] not in kept])
+        self._unacked.refused((one, letters[one[:2]]) for one in dead
+                              if one[:2] in letters and (one[:2] in clock or one[:2] in before))
+        self._told([one for one in dead if one[:2] in letters and letters[one[:2]] != before.get(one[:2])])
 
     def _told(self, dead: list[Dead]) -> None:
         """Dead letters written: counted and logged."""

@@ -27,9 +27,12 @@ Among the entries delivered again are those refused meanwhile by a judgement of 
 past the allowed skew (E7), here or by their group's owner — and dead-lettered: judged again by a
 clock that has moved on, one was applied, its dead letter saying it was refused. So the entries
 refused are kept while a group made again could deliver them again, and acknowledged as they come again, their dead
-letter standing. That is while their stream holds them: a group made again starts at a bound only while Redis holds
-the token told with it, and Redis may hold none (the token evicted or expired, a later tag in doubt or landing late,
-Redis back from older data) — then from the stream's start. Bounded: each forgotten once its stream no longer holds
+letter standing — or, where the dead-letter stream no longer holds it (Redis back from older data lost it with the
+entry's acknowledgement, one script wrote both; trimmed), written again with the reason it had: acknowledged from
+memory alone, the entry was neither applied nor dead-lettered, a fact dropped with nothing said. Kept while their
+stream holds them: a group made again starts at a bound only while Redis holds the token told with it, and Redis
+may hold none (the token evicted or expired, a later tag in doubt or landing late, Redis back from older data) — then
+from the stream's start. Bounded: each forgotten once its stream no longer holds
 it (trimmed: before the oldest entry the last tag found there), at most ``REFUSED_KEPT`` per stream.
 """
 
@@ -40,7 +43,8 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator
 
-from atp_service.intake.entries import Entry, id_key
+from atp_service.intake.dead_letters import Why
+from atp_service.intake.entries import Dead, Entry, id_key
 from atp_service.storage.resp import group_lost
 
 _SEQ_MAX = (1 << 64) - 1
@@ -68,6 +72,7 @@ class Unacked:
         self.seen: dict[str, bytes] = {}  # per stream, the newest entry id read (a group made again: its start)
         self.again: dict[str, bytes] = {}  # per stream, its newest entry when its group was made (Redis's mark)
         self._refused: dict[str, list[tuple[tuple[int, int], bytes]]] = {}  # per stream, by id: refused by the clock
+        self._letters: dict[tuple[str, bytes], tuple[Why, bytes]] = {}  # each refused: why, its dead letter's id
         self._first: dict[str, bytes] = {}  # per stream, its oldest entry as the last tag found it (``tag_answered``)
         self._left: dict[str, bytes] = {}  # entries left pending (to be read again from its own list)
         self._left_in_pass: dict[str, bytes] | None = None  # those left since a pass from the start began
@@ -151,25 +156,42 @@ class Unacked:
         if seen is None or id_key(entry_id) > id_key(seen):
             self.seen[stream] = entry_id
 
-    def refused(self, entries: Iterable[tuple[str, bytes]]) -> None:
-        """Entries dead-lettered by a judgement of the clock (E7): not judged again if they come again."""
-        for stream, entry_id in entries:
+    def refused(self, entries: Iterable[tuple[Dead, bytes]]) -> None:
+        """Entries dead-lettered by a judgement of the clock (E7), each with its dead letter's id: not judged again if
+        they come again."""
+        for (stream, entry_id, _, why), letter in entries:
             kept = self._refused.setdefault(stream, [])
-            bisect.insort(kept, (id_key(entry_id), entry_id))
-            del kept[:-REFUSED_KEPT]
+            if not _has(kept, entry_id):
+                bisect.insort(kept, (id_key(entry_id), entry_id))
+            self._letters[(stream, entry_id)] = (why, letter)
+            self._drop(stream, len(kept) - REFUSED_KEPT)
 
-    def judged(self, entries: list[Entry]) -> tuple[list[Entry], list[tuple[str, bytes]]]:
-        """``entries`` apart from those refused already (``refused``), which are acknowledged as they
-        are: their dead letters stand."""
+    def judged(self, entries: list[Entry]) -> tuple[list[Entry], list[Dead]]:
+        """``entries`` apart from those refused already (``refused``), which are dead-lettered as they were: their
+        dead letters stand (``letters``: not written again while the dead-letter stream holds them)."""
         if not self._refused:
             return entries, []
-        judged = [(stream, entry_id) for stream, entry_id, _ in entries if _has(self._refused.get(stream), entry_id)]
-        gone = set(judged)
+        judged = [(stream, entry_id, fields or [], self._letters[(stream, entry_id)][0])
+                  for stream, entry_id, fields in entries if _has(self._refused.get(stream), entry_id)]
+        gone = {dead[:2] for dead in judged}
         return [entry for entry in entries if (entry[0], entry[1]) not in gone], judged
+
+    def letters(self, dead: Iterable[Dead]) -> dict[tuple[str, bytes], bytes]:
+        """Per entry of ``dead`` refused already (``refused``), the id of the dead letter written for it."""
+        return {one[:2]: self._letters[one[:2]][1] for one in dead if one[:2] in self._letters}
+
+    def _drop(self, stream: str, count: int) -> None:
+        """The ``count`` oldest entries refused on ``stream`` forgotten."""
+        kept = self._refused.get(stream, [])
+        for _, entry_id in kept[:max(count, 0)]:
+            self._letters.pop((stream, entry_id), None)
+        del kept[:max(count, 0)]
+        if not kept:
+            self._refused.pop(stream, None)
 
     def made_anew(self, stream: str) -> None:
         """``stream`` deleted and written again: its ids name other entries now."""
-        self._refused.pop(stream, None)
+        self._drop(stream, len(self._refused.get(stream, [])))
         self._first.pop(stream, None)
 
     def _forget_refused(self) -> None:
@@ -179,9 +201,7 @@ class Unacked:
         for stream, kept in list(self._refused.items()):
             first = self._first.get(stream)
             if first is not None:
-                del kept[:bisect.bisect_left(kept, (id_key(first), b""))]
-            if not kept:
-                del self._refused[stream]
+                self._drop(stream, bisect.bisect_left(kept, (id_key(first), b"")))
 
     def left(self, entries: Iterable[tuple[str, bytes]]) -> None:
         """Entries left pending: read again from the reader's own list (which a group deleted loses)."""

@@ -140,26 +140,31 @@ def autoclaim(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
     return [cursor, claimed, deleted, redis.marks.get(mark)]
 
 
-def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> list[int]:
+def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
     """``dead_letters._WRITE``: KEYS the dead-letter stream, then each letter's input stream; ARGV MAXLEN, the
-    group, then per letter its entry's id, 1 where it was read trimmed, its count of names and values, those.
-    ``XACK`` by ``redis.pcall``. An entry read trimmed that the stream holds is left pending, its KEYS index
-    returned."""
+    group, then per letter its entry's id, 1 where it was read trimmed, the id of its letter written before or '',
+    its count of names and values, those. ``XACK`` by ``redis.pcall``. An entry read trimmed that the stream holds is
+    left pending, its KEYS index returned; per entry acknowledged, its KEYS index and its letter's id (the one written
+    before where the dead-letter stream holds it: the sim loses none, the n-th letter's id ``n-0``)."""
     dlq, inputs, group = keys[0], keys[1:], _text(args[1])
-    at, ids, kept = 2, [], []
+    at, ids, kept, letters = 2, [], [], []
     for i, stream in enumerate(inputs):
-        entry_id, trimmed, n = _id(args[at]), int(args[at + 1]) == 1, int(args[at + 2])
-        flat = args[at + 3:at + 3 + n]
-        at += 3 + n
+        entry_id, trimmed, earlier, n = _id(args[at]), int(args[at + 1]) == 1, _id(args[at + 2]), int(args[at + 3])
+        flat = args[at + 4:at + 4 + n]
+        at += 4 + n
         held = redis.streams.get(stream)
         if trimmed and held is not None and entry_id in held.entries:
             kept.append(i + 2)
             continue
         ids.append((stream, entry_id))
+        if earlier and int(earlier.split(b"-")[0]) <= len(redis.dead_letters):
+            letters += [i + 2, earlier]
+            continue
         redis.dead_letters.append((dlq, {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}))
+        letters += [i + 2, b"%d-0" % len(redis.dead_letters)]
     for stream, entry_id in ids:
         redis.xack(stream, group, entry_id)
-    return kept
+    return [kept, letters]
 
 
 def tag(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:

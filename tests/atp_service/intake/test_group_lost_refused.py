@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from atp_service import ManualClock
+from atp_service.intake.dead_letters import Why
 from atp_service.intake.unacked import Unacked
 from reservation import DomainError, Fact
 from tests.atp_service.fact_helpers import F, dead_lettered, wait_consumed
@@ -109,19 +110,22 @@ def test_an_entry_refused_is_remembered_while_its_stream_holds_it() -> None:
     """Bounded: kept while a group made again could deliver it again — while its stream holds it, for a group made again
     reads from the stream's start where Redis holds none of the reader's tokens (``bounds.py``), whatever bound a tag
     told — forgotten once a tag finds the stream's oldest entry past it (trimmed)."""
-    unacked = Unacked()
+    unacked, why = Unacked(), Why("in the future", "event_time_ms", "INVALID_FIELD")
     held = unacked.hold([(STREAM, b"5-0", None)])
-    unacked.refused([(STREAM, b"6-0")])
+    unacked.refused([((STREAM, b"6-0", [], why), b"1-0")])
     unacked.note_seen(STREAM, b"6-0")
     assert unacked.judged([(STREAM, b"6-0", None), (STREAM, b"7-0", None)]) == ([(STREAM, b"7-0", None)],
-                                                                                 [(STREAM, b"6-0")])
+                                                                                 [(STREAM, b"6-0", [], why)])
     unacked.release(held)
-    unacked.refused([(STREAM, b"8-0")])
+    unacked.refused([((STREAM, b"8-0", [], why), b"2-0")])
     unacked.note_seen(STREAM, b"8-0")
     unacked.release(unacked.hold([(STREAM, b"9-0", None)]))  # nothing older held
     token = unacked.tag_begun()  # told Redis (bounds.tag), which had delivered 9-0 and held nothing pending
     unacked.tag_answered(token, {STREAM: (b"9-0", None)}, {STREAM: b"1-0"})  # the token lost, from the start: both
-    assert unacked.judged([(STREAM, b"6-0", None), (STREAM, b"8-0", None)])[1] == [(STREAM, b"6-0"), (STREAM, b"8-0")]
+    assert [one[:2] for one in unacked.judged([(STREAM, b"6-0", None), (STREAM, b"8-0", None)])[1]] == [
+        (STREAM, b"6-0"), (STREAM, b"8-0")]
     token = unacked.tag_begun()
     unacked.tag_answered(token, {STREAM: (b"9-0", None)}, {STREAM: b"8-0"})  # 6-0 trimmed: no group delivers it
-    assert unacked.judged([(STREAM, b"6-0", None), (STREAM, b"8-0", None)])[1] == [(STREAM, b"8-0")]
+    assert [one[:2] for one in unacked.judged([(STREAM, b"6-0", None), (STREAM, b"8-0", None)])[1]] == [
+        (STREAM, b"8-0")]
+    assert unacked.letters([(STREAM, b"6-0", [], why), (STREAM, b"8-0", [], why)]) == {(STREAM, b"8-0"): b"2-0"}
