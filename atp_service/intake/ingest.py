@@ -76,6 +76,7 @@ class StreamIngestor:
         self._streams = list(settings.input_streams)
         zeroed(self._metrics.dead_lettered, *((stream,) for stream in self._streams))  # alerted on by increase()
         zeroed(self._metrics.ingest_trimmed_unread, *((stream,) for stream in self._streams))
+        zeroed(self._metrics.ingest_refused_forgotten, *((stream,) for stream in self._streams))
         # Every read of new entries counts the entries it finds were trimmed before it (exactly once).
         self._new = GroupReader(client, self._streams, settings.consumer_group, settings.consumer_name,
                                 metrics.ingest_trimmed_unread)
@@ -93,7 +94,8 @@ class StreamIngestor:
         self._claim_from: dict[str, str] = {}  # per stream, where the next XAUTOCLAIM scan goes on
         self._claims = Claims(client, settings.consumer_group, settings.consumer_name, settings.dead_letter_stream,
                               settings.side_stream_maxlen)
-        self._unacked = Unacked()  # what a group made again must deliver again, and not judge again
+        self._unacked = Unacked(lambda stream, n: metrics.ingest_refused_forgotten.labels(stream).inc(n))  # what a
+        # group made again must deliver again, and not judge again
         self._seen = self._unacked.seen  # per stream, the newest entry id read
         self._dead_lines = DeadLetterLines()
         self._consumer_run: int | None = None  # this process's run of the consumer (QuarantineStream.run_of)

@@ -41,7 +41,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from atp_service.intake.dead_letters import Why
 from atp_service.intake.entries import Dead, Entry, id_key
@@ -54,7 +54,7 @@ BOUNDS_KEPT = 4
 REFUSED_KEPT = 10_000
 """Entries refused by the clock (E7) kept per stream while its stream holds them (a group made again from the stream's
 start delivers them again); past it the oldest is forgotten, and judged again if it comes again (a stamp now within the
-skew applied)."""
+skew applied): told (``Unacked``'s ``forgotten``, ``atp_ingest_refused_forgotten_total``)."""
 
 
 def before(entry_id: bytes) -> bytes:
@@ -68,7 +68,8 @@ def before(entry_id: bytes) -> bytes:
 class Unacked:
     """Per stream, an id below every entry this reader may hold delivered and not acknowledged."""
 
-    def __init__(self) -> None:
+    def __init__(self, forgotten: Callable[[str, int], None] | None = None) -> None:
+        self._forgotten = forgotten  # told, per stream, how many refused it forgot past ``REFUSED_KEPT``
         self.seen: dict[str, bytes] = {}  # per stream, the newest entry id read (a group made again: its start)
         self.again: dict[str, bytes] = {}  # per stream, its newest entry when its group was made (Redis's mark)
         self._refused: dict[str, list[tuple[tuple[int, int], bytes]]] = {}  # per stream, by id: refused by the clock
@@ -164,6 +165,8 @@ class Unacked:
             if not _has(kept, entry_id):
                 bisect.insort(kept, (id_key(entry_id), entry_id))
             self._letters[(stream, entry_id)] = (why, letter)
+            if len(kept) > REFUSED_KEPT and self._forgotten is not None:
+                self._forgotten(stream, len(kept) - REFUSED_KEPT)
             self._drop(stream, len(kept) - REFUSED_KEPT)
 
     def judged(self, entries: list[Entry]) -> tuple[list[Entry], list[Dead]]:
