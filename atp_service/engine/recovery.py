@@ -59,10 +59,10 @@ class LogGone(RuntimeError):
     (its ``log-begun`` key): served, the shard would answer as if it had never held anything — every reservation
     and fact acknowledged there gone, health SERVING, its next entries written from 1 again."""
 
-    def __init__(self, shard: int, key: str) -> None:
+    def __init__(self, shard: int, key: str, mark: str) -> None:
         super().__init__(f"shard {shard}: its log {key} is missing and it has no snapshot, but entries were appended "
                          "to it; entries acknowledged as durable are missing (the log deleted by hand or evicted?): "
-                         "restore Redis from a backup")
+                         f"restore Redis from a backup, or, the loss accepted, DEL {mark} to serve the shard empty")
 
 
 class LogUnreadable(RuntimeError):
@@ -130,7 +130,7 @@ async def _begun_checked(store: LogStore, shard: int, ledger: Ledger, seq: int,
     then ``LogGone``. The one loss neither a snapshot's seq nor the stream's newest id can show (R7). A keyspace
     written before ``log-begun`` was kept has none to show either: such a log, deleted, is still served empty."""
     if not seq and await store.log_begun(shard):
-        raise LogGone(shard, store.keys.log(shard))
+        raise LogGone(shard, store.keys.log(shard), store.keys.log_begun(shard))
     return ledger, seq, replayed
 
 

@@ -58,3 +58,20 @@ async def test_a_start_on_a_deleted_log_never_snapshotted_is_refused(
     r.delete(LOG)  # the fault: the stream deleted by hand (or evicted) before any snapshot trimmed it
     with pytest.raises(StartupError, match=r"shard 0: .*restore Redis"):
         await start_service(shards=1)
+
+
+async def test_a_refused_lost_log_names_its_mark_and_deleting_it_serves_the_shard_empty(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """The refusal's way out without a backup (the loss accepted, the shard served empty): the mark that the log
+    was begun, named in the message — no other key of the shard's tells a start that refuses for ever."""
+    r = redis.Redis.from_url(redis_url)
+    first, client = await start_service(shards=1)
+    await client.record_events([receipt("e0", "A", "DC", 1)])
+    await first.stop(grace_s=0.1)
+    r.delete(LOG, SNAP)  # the fault: the shard's log and snapshot both gone (deleted by hand, evicted)
+    with pytest.raises(StartupError, match=r"shard 0: .*restore Redis.*DEL atp:\{g0\}:log-begun"):
+        await start_service(shards=1)
+    r.delete("atp:{g0}:log-begun")  # the operator accepts the loss
+    _, client = await start_service(shards=1)
+    await client.record_events([receipt("e1", "A", "DC", 1)])  # the shard's log begins again, at entry 1
+    assert r.xlen(LOG) == 1 and r.get("atp:{g0}:log-begun") == b"1"
