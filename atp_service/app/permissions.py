@@ -23,7 +23,7 @@ ELSE = "it would start and fail when each is first sent (a snapshot, a channel f
 GROUP_USES = {
     "owner": "the group's claim, checked by every write", "fence": "the group's fence (R7: a write in doubt settled)",
     "log": "the group's log: appends, recovery, the trim behind each snapshot",
-    "log-begun": "the mark of a log written to, set by its first append (recovery: a log lost whole)",
+    "log-begun": "the mark of a log written to, set by its first append here (recovery: a log lost whole)",
     "snap": "the group's snapshot", "snap:<piece>": "a snapshot past snapshot_piece_bytes, in several keys",
     "snap-pieces": "a snapshot past snapshot_piece_bytes, in several keys",
     "snap-parts": "a large snapshot written in parts", "snap-parts:<piece>": "a large snapshot written in parts",

@@ -127,8 +127,8 @@ async def recover_shard(store: LogStore, shard: int, limits: Limits, restore_sli
 async def _begun_checked(store: LogStore, shard: int, ledger: Ledger, seq: int,
                          replayed: int) -> tuple[Ledger, int, int]:
     """``(ledger, seq, replayed)``, unless nothing was recovered (no snapshot, no log) from a log that was begun:
-    then ``LogGone``. The one loss neither a snapshot's seq nor the stream's newest id can show (R7). A keyspace
-    written before ``log-begun`` was kept has none to show either: such a log, deleted, is still served empty."""
+    then ``LogGone``. The one loss neither a snapshot's seq nor the stream's newest id can show (R7). A log an
+    earlier build began has none until this version's first append to it: deleted before that, it is served empty."""
     if not seq and await store.log_begun(shard):
         raise LogGone(shard, store.keys.log(shard), store.keys.log_begun(shard))
     return ledger, seq, replayed

@@ -56,8 +56,9 @@ class Keyspace:
         return self.tag(shard) + "log"
 
     def log_begun(self, shard: int) -> str:
-        """Set by the append that writes the log's first entry, in the same script, and never removed: a log
-        found missing where it is set lost entries the service acknowledged (R7), though no snapshot says so."""
+        """Set by the append that writes the log's first entry (or, on a log begun without it by an earlier build,
+        the first a call lands), in the same script, and never removed: a log found missing where it is set lost
+        entries the service acknowledged (R7), though no snapshot says so."""
         return self.tag(shard) + "log-begun"
 
     def snap(self, shard: int, piece: int = 0) -> str:

@@ -35,7 +35,9 @@ end
 # whole ("FENCED"), as FENCE_LUA refuses it.
 # A log's first entry also sets its ``log-begun`` key, in the same script (one AOF record, one replicated
 # effect): a log missing at a start where it is set was deleted or evicted with entries acknowledged, which
-# a shard never snapshotted has nothing else to tell (recovery refuses it, R7).
+# a shard never snapshotted has nothing else to tell (recovery refuses it, R7). A log begun without it (an
+# earlier build's, an older process's in a rolling upgrade) is marked by the first entry a call lands on it
+# (one EXISTS per stream per call: entry 1 marks without it).
 # KEYS: owner, log, fence and log-begun key per entry; ARGV: epoch, seq, data, token, group per entry.
 APPEND_SCRIPT = """
 local n = #KEYS / 4
@@ -90,8 +92,10 @@ while i <= n do
       failed[key] = true
     else
       out[k] = redis.call('XADD', key, ARGV[5 * k - 3] .. '-0', 'e', ARGV[5 * k - 2])
+      if top[key] == nil and (ARGV[5 * k - 3] == '1' or redis.call('EXISTS', KEYS[4 * k]) == 0) then
+        redis.call('INCR', KEYS[4 * k])  -- not SET: its ACL stays the snapshot's alone
+      end
       top[key] = tonumber(ARGV[5 * k - 3])
-      if top[key] == 1 then redis.call('INCR', KEYS[4 * k]) end  -- not SET: its ACL stays the snapshot's alone
     end
   end
   i = j + 1

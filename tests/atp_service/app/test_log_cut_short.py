@@ -75,3 +75,19 @@ async def test_a_refused_lost_log_names_its_mark_and_deleting_it_serves_the_shar
     _, client = await start_service(shards=1)
     await client.record_events([receipt("e1", "A", "DC", 1)])  # the shard's log begins again, at entry 1
     assert r.xlen(LOG) == 1 and r.get("atp:{g0}:log-begun") == b"1"
+
+
+async def test_a_log_begun_by_an_earlier_build_is_marked_by_its_next_append_and_refused_once_lost(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A log whose entry 1 an earlier build wrote (or an older process of a rolling upgrade) has no mark: an append
+    of this version's, landing on it, marks it in the same script — else deleted, it was served empty for ever."""
+    r = redis.Redis.from_url(redis_url)
+    _, client = await start_service(shards=1)
+    for i in range(3):
+        await client.record_events([receipt(f"e{i}", "A", "DC", 1)])
+    r.delete("atp:{g0}:log-begun")  # entries 1-3 as an earlier build leaves them: no mark
+    await client.record_events([receipt("e3", "A", "DC", 1)])  # entry 4, this version's
+    assert not r.exists(SNAP) and r.xlen(LOG) == 4
+    r.delete(LOG)  # the fault: the stream deleted by hand (or evicted) before any snapshot trimmed it
+    with pytest.raises(StartupError, match=r"shard 0: .*missing and it has no snapshot"):
+        await start_service(shards=1)
