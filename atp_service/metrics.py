@@ -233,7 +233,7 @@ class ChannelMetrics:
         """The channels exported (``export_channels``): the estate's now."""
         self.delay = Histogram(
             "atp_channel_publish_delay_seconds",
-            "Source time of the newest change behind a value -> published, by channel and kind",
+            "Durable here (the change behind a value) -> published, by channel and kind",
             ["channel", "kind"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )

@@ -249,8 +249,10 @@ class ChannelDesk(DurableMarks, DeskCuration):
                 pair = self._children[(channel, kind)] = (self.metrics.published.labels(channel, kind),
                                                           self.metrics.delay.labels(channel, kind))
             pair[0].inc()
-            if u.event_time:
-                pair[1].observe(max(0, done - u.event_time) / 1000)
+            # From when its change was durable here, not the source's event_time: a fact sent late (a POS batch
+            # uploaded hours later, a store's clock behind) is atp_fact_lag_seconds's, not the desk's lag.
+            if u.durable_at:
+                pair[1].observe(max(0, done - u.durable_at) / 1000)
 
     # -- reads -----------------------------------------------------------------------
     def channel(self, name: str) -> Channel:
