@@ -76,7 +76,7 @@ class PublisherMetrics:
             "marker may have been among them)", ["channel"], registry=r,
         )
         self.delay = Histogram(
-            "atp_publisher_delivery_delay_seconds", "Source time of the newest change behind an update -> delivered",
+            "atp_publisher_delivery_delay_seconds", "Published on the channel stream -> delivered",
             ["channel"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=r,
         )
 
@@ -99,10 +99,12 @@ class PublisherMetrics:
         self.deliveries.labels(channel, adapter, outcome).inc(n)
 
     def delivered(self, channel: str, adapter: str, updates: list[ChannelUpdate], failed: int = 0) -> None:
-        """``updates`` delivered: counted, and each one's delay since the newest fact behind it observed; with
+        """``updates`` delivered: counted, and each one's delay since its publication on the stream observed (not
+        since its source's ``event_time``: a fact sent late is ``atp_fact_lag_seconds``'s, not this lag); with
         ``failed`` others of their request refused alone."""
         self.outcome(channel, adapter, "delivered", len(updates))
         self.outcome(channel, adapter, "failed", failed)
         now = time.time_ns() // 1_000_000
         for u in updates:
-            self.delay.labels(channel).observe(max(0, now - u.event_time) / 1000)
+            if u.published_at:
+                self.delay.labels(channel).observe(max(0, now - u.published_at) / 1000)
