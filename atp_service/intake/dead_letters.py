@@ -135,8 +135,17 @@ _WRITE = ACL_LUA + """
 -- of its fields' names and values, those names and values. An entry read trimmed that the stream holds (Redis back
 -- from older data since the read) is left pending, neither dead-lettered nor acknowledged: returns {the KEYS indexes
 -- of those, then per entry acknowledged its KEYS index and its dead letter's id, flat}. One whose dead letter written
--- before the dead-letter stream holds is acknowledged, not written again.
+-- before the dead-letter stream holds is acknowledged, not written again: its letter, naming its stream and id (an
+-- id alone may name another entry's letter, written since Redis came back from older data by a node whose clock was
+-- behind).
 local dlq = KEYS[1]
+local function holds(earlier, stream, id)
+  local found = redis.call('XRANGE', dlq, earlier, earlier)
+  if #found == 0 then return false end
+  local named = {}
+  for j = 1, #found[1][2], 2 do named[found[1][2][j]] = found[1][2][j + 1] end  -- annotations last: theirs kept
+  return named['_stream'] == stream and named['_id'] == id
+end
 local kind = redis.call('TYPE', dlq)['ok']
 if kind ~= 'none' and kind ~= 'stream' then  -- before any write: nothing dead-lettered, nothing acknowledged
   return redis.error_reply('WRONGTYPE dead-letter stream ' .. dlq .. ' holds a ' .. kind)
@@ -157,7 +166,7 @@ for i = 2, #KEYS do
   else
     ids[i] = ARGV[at]
     letters[#letters + 1] = i
-    if earlier ~= '' and #redis.call('XRANGE', dlq, earlier, earlier) > 0 then
+    if earlier ~= '' and holds(earlier, KEYS[i], ARGV[at]) then
       letters[#letters + 1] = earlier
     else
       letters[#letters + 1] = redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 4, at + 3 + n))
