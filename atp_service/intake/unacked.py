@@ -54,7 +54,8 @@ BOUNDS_KEPT = 4
 REFUSED_KEPT = 10_000
 """Entries refused by the clock (E7) kept per stream while its stream holds them (a group made again from the stream's
 start delivers them again); past it the oldest is forgotten, and judged again if it comes again (a stamp now within the
-skew applied): told (``Unacked``'s ``forgotten``, ``atp_ingest_refused_forgotten_total``)."""
+skew applied): told (``Unacked``'s ``forgotten``, ``atp_ingest_refused_forgotten_total``). Each kept with its dead
+letter's id and reason (``Why``): about 600 bytes, some 6 MB per stream at most (docs/OPERATIONS.md, E7)."""
 
 
 def before(entry_id: bytes) -> bytes:
