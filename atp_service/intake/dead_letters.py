@@ -125,7 +125,8 @@ async def write(client: Any, dead: Sequence[tuple[str, bytes, list[bytes], Why]]
         earlier = (before or {}).get((stream, entry_id), b"")
         args += [entry_id, int(why is TRIMMED), earlier, len(letter), *letter]
     kept, ids = await client.register_script(_WRITE)(keys=[to, *(stream for stream, _, _, _ in dead)], args=args)
-    letters = {(dead[int(i) - 2][0], dead[int(i) - 2][1]): as_bytes(ids[n + 1]) for n, i in enumerate(ids[0::2])}
+    letters = {(dead[int(i) - 2][0], dead[int(i) - 2][1]): as_bytes(letter)
+               for i, letter in zip(ids[0::2], ids[1::2], strict=True)}  # flat: [index, id, index, id, ...]
     return {(dead[int(i) - 2][0], dead[int(i) - 2][1]) for i in kept}, letters
 
 
