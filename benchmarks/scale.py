@@ -13,9 +13,10 @@ spread the groups evenly, stocks ``--skus`` x ``--locations`` positions with 1,0
   stream    - ``ReserveStream`` batches of ``--batch`` reservations (forwarded: each batch over
               every SKU, split by owner by the process that takes it).
 Then every position is read through ``RoutedClient`` and checked: ``oversold`` (units reserved
-and committed beyond on hand) and ``hold_mismatches`` (positions whose units held differ from
-the units acknowledged held; a call that timed out may have been applied, and is counted as an
-error) must be 0. One JSON line per step: processes, mode, kind, ops/s
+and committed beyond on hand) and ``hold_mismatches`` (positions holding fewer units than were
+acknowledged held, or more than those plus the units of calls that failed with no definite answer:
+such a call, counted as an error, may have been applied, R7) must be 0. One JSON line per step: processes, mode,
+kind, ops/s
 (reservations held per second), p50/p99 ms (per call, or per batch message), errors, the service
 processes' CPU seconds per 1,000 reservations (``/proc/<pid>/stat``, until every generator has its
 answers in: the window the reservations are counted in), the cores each service process,
@@ -202,18 +203,21 @@ async def seed(address: str, args: argparse.Namespace) -> None:
                 raise RuntimeError(f"seeding: {len(refused)} facts not applied, e.g. {refused[0]}")
 
 
-async def check(addresses: tuple[str, ...], args: argparse.Namespace, acked: Counter[tuple[str, str]]
-                ) -> dict[str, int]:
+async def check(addresses: tuple[str, ...], args: argparse.Namespace, acked: Counter[tuple[str, str]],
+                in_doubt: Counter[tuple[str, str]]) -> dict[str, int]:
     """Every position read at its owner: units beyond on hand, and positions whose units held are
-    not the units acknowledged held."""
+    fewer than acknowledged held (``holds_lost`` too), or more than those and every unit in doubt (R7)."""
     keys = positions(args)
-    oversold = mismatches = 0
+    oversold = mismatches = lost = 0
     async with RoutedClient(addresses, timeout_s=30) as client:
         for i in range(0, len(keys), 1000):
             for p in await _patiently(client, keys[i:i + 1000]):
                 oversold += max(0, p.reserved + p.committed - p.on_hand)
-                mismatches += p.reserved != acked[(p.sku, p.location)]
-    return {"checked_positions": len(keys), "oversold": oversold, "hold_mismatches": mismatches}
+                held, doubted = acked[(p.sku, p.location)], in_doubt[(p.sku, p.location)]
+                mismatches += not held <= p.reserved <= held + doubted
+                lost += p.reserved < held
+    return {"checked_positions": len(keys), "oversold": oversold, "hold_mismatches": mismatches,
+            "holds_lost": lost}
 
 
 async def _patiently(client: RoutedClient, keys: list[tuple[str, str]]) -> list[pb.Availability]:
@@ -291,7 +295,9 @@ async def step(url: str, n: int, kind: str, mode: str, args: argparse.Namespace,
         setup_s = round(time.monotonic() - began, 1)
         tallies, cpu, used = await load(services, kind, mode, args, k)
         acked = sum((t.acked for t in tallies), Counter[tuple[str, str]]())
-        return {**row(n, kind, mode, tallies, cpu, k), **used, **await check(services.addresses, args, acked),
+        in_doubt = sum((t.in_doubt for t in tallies), Counter[tuple[str, str]]())
+        checked = await check(services.addresses, args, acked, in_doubt)
+        return {**row(n, kind, mode, tallies, cpu, k), **used, **checked,
                 "setup_s": setup_s, "step_s": round(time.monotonic() - began, 1)}
     finally:
         services.stop()

@@ -70,6 +70,9 @@ class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     acked: Counter[tuple[str, str]] = field(default_factory=Counter)
+    in_doubt: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Units per position of calls that failed without a definite answer (a status, a stream ended): each may have
+    been held (R7), so the check allows up to these beyond ``acked``, never fewer than ``acked``."""
 
     def answered(self, held: list[tuple[str, str]], started: float) -> None:
         self.acked.update(held)
@@ -121,6 +124,7 @@ async def _unary(spec: LoadSpec, tally: Tally, rng: random.Random) -> Load:
             answer = await client.reserve(rid, [(sku, loc, 1)], ttl_seconds=TTL_S)
         except grpc.aio.AioRpcError as exc:
             tally.errors[_kind(exc.code(), exc.reason if isinstance(exc, AtpError) else "")] += 1
+            tally.in_doubt[(sku, loc)] += 1
             return
         if answer.state != pb.RESERVATION_STATE_HELD:
             tally.errors["REJECTED"] += 1
@@ -202,6 +206,7 @@ async def _drive(client: AtpClient, skus: list[str], batch: Callable[[list[str]]
         await call.done_writing()
     except grpc.aio.AioRpcError as exc:  # the stream ended: every item outstanding failed with it
         tally.errors[_kind(exc.code(), "stream ended")] += sum(len(requests) for _, requests in sent)
+        tally.in_doubt.update((r.lines[0].sku, r.lines[0].location) for _, requests in sent for r in requests)
 
 
 def _held(requests: list[pb.ReserveRequest], result: pb.ReserveStreamResponse, tally: Tally) -> list[tuple[str, str]]:
@@ -211,6 +216,7 @@ def _held(requests: list[pb.ReserveRequest], result: pb.ReserveStreamResponse, t
         if outcome.HasField("error"):
             refusal = Refusal.from_status(outcome.error)
             tally.errors[_kind(refusal.code, refusal.reason)] += 1
+            tally.in_doubt[(request.lines[0].sku, request.lines[0].location)] += 1
         elif outcome.response.state == pb.RESERVATION_STATE_HELD:
             held.append((request.lines[0].sku, request.lines[0].location))
         else:
