@@ -7,14 +7,9 @@ transaction (one read delivers them), the group set back before them with the de
 
 from __future__ import annotations
 
-from typing import Any
-
-import redis
-
-from atp_service import ManualClock
 from tests.atp_service.fact_helpers import F
 from tests.atp_service.intake.test_group_lost_pending import STREAM, _on_hand_is
-from tests.atp_service.intake.test_refused_letter_lost import SKEW_MS, _settled
+from tests.atp_service.intake.test_refused_letter_lost import SKEW_MS, _settled, first_applied
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
@@ -23,13 +18,7 @@ async def test_entries_refused_in_one_batch_are_each_remembered_with_their_own_l
         start_service: ServiceFactory, redis_url: str) -> None:
     """Defect: three entries refused (E7) in one read, then delivered again with their three letters standing: a
     fourth letter was written (the second entry's letter id remembered as ``3``)."""
-    clock = ManualClock()
-    now = clock.now_ms()
-    r: Any = redis.Redis.from_url(redis_url)
-    service, client = await start_service(clock=clock)
-    assert service.ingestor is not None
-    first = r.xadd(STREAM, F("first", "RECEIPT", "A", "S1", 1, now - 50).fields())
-    await until(lambda: _settled(r, first), "the first entry applied")
+    now, r, client, first = await first_applied(start_service, redis_url)
     with r.pipeline(transaction=True) as pipe:  # one read delivers the three: one script writes their letters
         for n in range(3):
             pipe.xadd(STREAM, F(f"future{n}", "RECEIPT", "A", "S1", 2, now + SKEW_MS + 1000 + n).fields())

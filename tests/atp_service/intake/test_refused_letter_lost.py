@@ -14,7 +14,7 @@ import redis
 from atp_service import ManualClock
 from tests.atp_service.fact_helpers import F
 from tests.atp_service.intake.test_duplicate_after_tail_lost import _back_to, _image
-from tests.atp_service.intake.test_group_lost_pending import STREAM, _on_hand_is
+from tests.atp_service.intake.test_group_lost_pending import STREAM, _delivered_through, _on_hand_is
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
@@ -22,14 +22,12 @@ SKEW_MS = 300_000  # fact_future_skew_ms by default
 
 
 def _settled(r: Any, last: bytes) -> bool:
-    groups = [g for g in r.xinfo_groups(STREAM) if g["name"] == b"atp"]
-    return bool(groups) and groups[0]["last-delivered-id"] == last and groups[0]["pending"] == 0
+    return _delivered_through(r, last, pending=0)
 
 
-async def test_an_entry_refused_whose_dead_letter_redis_lost_is_dead_lettered_again(
-        start_service: ServiceFactory, redis_url: str) -> None:
-    """Defect: ``future`` refused (E7) and dead-lettered, then Redis back from before that: no dead letter, the group
-    back before ``future``. Read again, it was acknowledged from the reader's memory, its dead letter nowhere."""
+async def first_applied(start_service: ServiceFactory, redis_url: str) -> tuple[int, Any, Any, bytes]:
+    """The service started on a hand-moved clock, an entry ``first`` added and applied: ``(now, redis, client,
+    first's id)``."""
     clock = ManualClock()
     now = clock.now_ms()
     r: Any = redis.Redis.from_url(redis_url)
@@ -37,6 +35,14 @@ async def test_an_entry_refused_whose_dead_letter_redis_lost_is_dead_lettered_ag
     assert service.ingestor is not None
     first = r.xadd(STREAM, F("first", "RECEIPT", "A", "S1", 1, now - 50).fields())
     await until(lambda: _settled(r, first), "the first entry applied")
+    return now, r, client, first
+
+
+async def test_an_entry_refused_whose_dead_letter_redis_lost_is_dead_lettered_again(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """Defect: ``future`` refused (E7) and dead-lettered, then Redis back from before that: no dead letter, the group
+    back before ``future``. Read again, it was acknowledged from the reader's memory, its dead letter nowhere."""
+    now, r, client, first = await first_applied(start_service, redis_url)
     image = _image(r)  # Redis comes back from here: no dead letter, the group at ``first``
     future = r.xadd(STREAM, F("future", "RECEIPT", "A", "S1", 2, now + SKEW_MS + 1000).fields())
     await until(lambda: r.xlen("atp:dlq") == 1 and _settled(r, future), "future refused (E7), dead-lettered")

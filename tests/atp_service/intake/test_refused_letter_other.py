@@ -7,15 +7,10 @@ it was (``DUMP``/``RESTORE``), the dead-letter stream holding another letter at 
 
 from __future__ import annotations
 
-from typing import Any
-
-import redis
-
-from atp_service import ManualClock
 from tests.atp_service.fact_helpers import F
 from tests.atp_service.intake.test_duplicate_after_tail_lost import _back_to, _image
 from tests.atp_service.intake.test_group_lost_pending import STREAM, _on_hand_is
-from tests.atp_service.intake.test_refused_letter_lost import SKEW_MS, _settled
+from tests.atp_service.intake.test_refused_letter_lost import SKEW_MS, _settled, first_applied
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
@@ -24,13 +19,7 @@ async def test_an_entry_refused_whose_letter_id_holds_another_letter_is_dead_let
         start_service: ServiceFactory, redis_url: str) -> None:
     """Defect: ``future`` refused (E7), its letter at id X; Redis back from before that, the dead-letter stream
     holding another entry's letter at X. Read again, ``future`` was acknowledged, no letter naming it anywhere."""
-    clock = ManualClock()
-    now = clock.now_ms()
-    r: Any = redis.Redis.from_url(redis_url)
-    service, client = await start_service(clock=clock)
-    assert service.ingestor is not None
-    first = r.xadd(STREAM, F("first", "RECEIPT", "A", "S1", 1, now - 50).fields())
-    await until(lambda: _settled(r, first), "the first entry applied")
+    now, r, client, first = await first_applied(start_service, redis_url)
     image = _image(r)  # Redis comes back from here, but for the dead-letter stream
     future = r.xadd(STREAM, F("future", "RECEIPT", "A", "S1", 2, now + SKEW_MS + 1000).fields())
     await until(lambda: r.xlen("atp:dlq") == 1 and _settled(r, future), "future refused (E7), dead-lettered")
