@@ -9,17 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-
-import redis.asyncio as aioredis
+from typing import Any
 
 from atp_client import AtpClient
-from atp_service import AtpService, EmbeddedRedis, ManualClock
+from atp_service import AtpService, EmbeddedRedis
+from atp_service.channels.feeds import Feed
 from publishers import JsonlAdapter, Publisher, PublisherMetrics
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
-from tests.atp_service.channel_helpers import fact, write_estate
-from tests.atp_service.channels.test_version_lost_in_doubt import FENCE_SHA, PICKUP, V0, WRITE_SHA, T
+from tests.atp_service.channel_helpers import fact
+from tests.atp_service.channels.test_version_lost_in_doubt import FENCE_SHA, V0, WRITE_SHA, T, pickup_behind_proxy
 from tests.atp_service.redis_proxy import HoldingProxy
-from tests.conftest import test_config as make_config
 from tests.publishers.test_publisher import config
 from tests.waiting import until
 
@@ -39,50 +38,40 @@ def shown(out: Path) -> tuple[int, int] | None:
 
 async def test_a_publisher_that_delivered_a_write_lost_in_doubt_is_told_and_its_key_published_again_C4(
         redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
-    proxy = HoldingProxy("127.0.0.1", redis_server.port)
-    service = AtpService(make_config(estate=write_estate(tmp_path, PICKUP), redis_timeout_s=10.0, input_streams=()),
-                         await proxy.start(), clock=ManualClock(T))
-    client: AtpClient | None = None
-    direct = aioredis.Redis.from_url(redis_url)
-    out = tmp_path / "feed.jsonl"
-    publisher = Publisher(config(channel="pickup", group="jsonl"), direct, JsonlAdapter(out), PublisherMetrics())
-    task: asyncio.Task[None] | None = None
-    try:
-        await service.start()
-        desk = service.channels
-        assert desk is not None
-        feed = desk.feeds["pickup"]
-        client = AtpClient(f"127.0.0.1:{service.port}")
+    async with pickup_behind_proxy(redis_server, redis_url, tmp_path) as (proxy, service, client, direct, feed):
+        out = tmp_path / "feed.jsonl"
+        publisher = Publisher(config(channel="pickup", group="jsonl"), direct, JsonlAdapter(out), PublisherMetrics())
         task = asyncio.create_task(publisher.run())
-        await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 10, T)])
-        await until(lambda: shown(out) == (10, V0 + 1), "the baseline 10 delivered")
-        proxy.hold(WRITE_SHA, FENCE_SHA)
-        await client.record_events([fact("r1", "RECEIPT", "sku-a", "dc-1", 5, T + 1)])
-        await until(lambda: any(h.marker == WRITE_SHA for h in proxy.held), "the desk's write of 15 held")
-        image = await saved(direct)  # the receipt durable, the channel write not landed
-        write = next(h for h in proxy.held if h.marker == WRITE_SHA)
-        proxy.cut(write)  # its answer lost: in doubt, the desk settles it
-        await until(lambda: any(h.marker == FENCE_SHA for h in proxy.held), "the settle's fence held")
-        await proxy.land(write)
-        await until(lambda: shown(out) == (15, V0 + 2), "the publisher delivered the restock 15")
-        await restored(direct, image, at_once=True)  # ... and Redis loses it
-        # The restock undone before the settle ends: 10 is what the channel shows, nothing due again (E11)
-        await client.record_events([fact("s1", "SALE", "sku-a", "dc-1", 5, T + 2)])
-        proxy.hold()
-        await proxy.land(next(h for h in proxy.held if h.marker == FENCE_SHA))
-        registry = service.metrics.registry
-        await until(lambda: registry.get_sample_value("atp_channel_settles_total", {"outcome": "not_landed"}) == 1
-                    and not feed.in_flight, "the write settled as not landed")
-        # The destination converges to the durable 10 at a version above the lost one (C3, C4)
-        await until(lambda: (s := shown(out)) is not None and s[0] == 10 and s[1] > V0 + 2,
-                    "the destination back at the durable 10, not the lost 15", 30)
-        assert feed.published[("sku-a", "dc-1")].quantity == 10
-    finally:
-        publisher.stop()
-        if task is not None:
+        try:
+            await _delivered_lost_and_published_again(proxy, service, client, direct, feed, out)
+        finally:
+            publisher.stop()
             await asyncio.wait_for(task, 5)
-        if client is not None:
-            await client.close()
-        await service.stop(grace_s=0.1)
-        await proxy.close()
-        await direct.aclose()
+
+
+async def _delivered_lost_and_published_again(proxy: HoldingProxy, service: AtpService, client: AtpClient,
+                                              direct: Any, feed: Feed, out: Path) -> None:
+    """The restock 15 delivered, lost by Redis while its write is settled, undone: the destination back at 10."""
+    await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 10, T)])
+    await until(lambda: shown(out) == (10, V0 + 1), "the baseline 10 delivered")
+    proxy.hold(WRITE_SHA, FENCE_SHA)
+    await client.record_events([fact("r1", "RECEIPT", "sku-a", "dc-1", 5, T + 1)])
+    await until(lambda: any(h.marker == WRITE_SHA for h in proxy.held), "the desk's write of 15 held")
+    image = await saved(direct)  # the receipt durable, the channel write not landed
+    write = next(h for h in proxy.held if h.marker == WRITE_SHA)
+    proxy.cut(write)  # its answer lost: in doubt, the desk settles it
+    await until(lambda: any(h.marker == FENCE_SHA for h in proxy.held), "the settle's fence held")
+    await proxy.land(write)
+    await until(lambda: shown(out) == (15, V0 + 2), "the publisher delivered the restock 15")
+    await restored(direct, image, at_once=True)  # ... and Redis loses it
+    # The restock undone before the settle ends: 10 is what the channel shows, nothing due again (E11)
+    await client.record_events([fact("s1", "SALE", "sku-a", "dc-1", 5, T + 2)])
+    proxy.hold()
+    await proxy.land(next(h for h in proxy.held if h.marker == FENCE_SHA))
+    registry = service.metrics.registry
+    await until(lambda: registry.get_sample_value("atp_channel_settles_total", {"outcome": "not_landed"}) == 1
+                and not feed.in_flight, "the write settled as not landed")
+    # The destination converges to the durable 10 at a version above the lost one (C3, C4)
+    await until(lambda: (s := shown(out)) is not None and s[0] == 10 and s[1] > V0 + 2,
+                "the destination back at the durable 10, not the lost 15", 30)
+    assert feed.published[("sku-a", "dc-1")].quantity == 10

@@ -7,14 +7,17 @@ the destination keeps selling what is gone (C3: a version names one value for go
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis, ManualClock
-from atp_service.channels.feeds import VERSIONS_PER_MS
+from atp_service.channels.feeds import VERSIONS_PER_MS, Feed
 from atp_service.storage.channel_store import _FENCE, _WRITE
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.channel_helpers import fact, stream_entries, stream_updates, write_estate
@@ -30,8 +33,11 @@ PICKUP = ('[[locations]]\nid = "dc-1"\ntype = "dc"\n\n[[channels]]\nname = "pick
           "per_location = true\nthrottle_ms = 0\nrate_limit_per_s = 1000.0\n")
 
 
-async def test_a_version_a_lost_write_landed_at_is_never_written_again_with_another_value_C3(
-        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def pickup_behind_proxy(redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
+                              ) -> AsyncIterator[tuple[HoldingProxy, AtpService, AtpClient, Any, Feed]]:
+    """The service (channel ``pickup``, its clock at ``T``) reaching Redis through a ``HoldingProxy``: the proxy, the
+    service, its client, a client of Redis direct and the channel's feed; stopped and closed however the block ends."""
     proxy = HoldingProxy("127.0.0.1", redis_server.port)
     service = AtpService(make_config(estate=write_estate(tmp_path, PICKUP), redis_timeout_s=10.0, input_streams=()),
                          await proxy.start(), clock=ManualClock(T))
@@ -41,8 +47,19 @@ async def test_a_version_a_lost_write_landed_at_is_never_written_again_with_anot
         await service.start()
         desk = service.channels
         assert desk is not None
-        feed = desk.feeds["pickup"]
         client = AtpClient(f"127.0.0.1:{service.port}")
+        yield proxy, service, client, direct, desk.feeds["pickup"]
+    finally:
+        if client is not None:
+            await client.close()
+        await service.stop(grace_s=0.1)
+        await proxy.close()
+        await direct.aclose()
+
+
+async def test_a_version_a_lost_write_landed_at_is_never_written_again_with_another_value_C3(
+        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
+    async with pickup_behind_proxy(redis_server, redis_url, tmp_path) as (proxy, _, client, direct, feed):
         await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 10, T)])
         await until(lambda: feed.published_version == V0 + 1 and not feed.in_flight, "the baseline published")
         proxy.hold(WRITE_SHA, FENCE_SHA)
@@ -71,9 +88,3 @@ async def test_a_version_a_lost_write_landed_at_is_never_written_again_with_anot
         # a reader that read the lost entry (at V0 + 2) is past the link, told it read versions Redis lost, and a
         # publisher names what it delivered there for the service to publish again (C4).
         assert links == [(V0, 0), (V0 + 3, V0 + 1)]
-    finally:
-        if client is not None:
-            await client.close()
-        await service.stop(grace_s=0.1)
-        await proxy.close()
-        await direct.aclose()
