@@ -13,6 +13,7 @@ from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
 from atp_service.intake.bounds import bound_key
 from atp_service.intake.quarantine import ahead_key, drawn_key, run_key, swept_runs_key, written_key
+from atp_service.intake.runs import drawn_names_key
 from atp_service.intake.unread import answered_key, made_again_key, owing_key, trimmed_unread_key
 from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl, check_cluster_client
 from atp_service.storage.keys import CHANNELS, Keyspace
@@ -218,15 +219,16 @@ def _run_needs(config: ServiceConfig, use: str) -> list[Need]:
     round."""
     quarantine, group, consumer = config.quarantine_stream, config.consumer_group, config.consumer_name
     run, swept = run_key(quarantine, group, consumer), swept_runs_key(quarantine)
-    drawn = drawn_key(quarantine, group, consumer)
+    drawn, names = drawn_key(quarantine, group, consumer), drawn_names_key(written_key(quarantine), group)
     needs = [Need(("INCR", run), run, use), Need(("GET", run), run, use), Need(("SET", run, 1), run, use),  # SET: lost
              Need(("TYPE", run), run, use), Need(("GET", swept), swept, use), Need(("TYPE", swept), swept, use),
-             Need(("SET", swept, 0), swept, use), Need(("TYPE", drawn), drawn, use)]
+             Need(("SET", swept, 0), swept, use), Need(("TYPE", drawn), drawn, use),
+             Need(("TYPE", names), names, use), Need(("SADD", names, consumer), names, use)]  # named with its key
     needs += [Need((cmd, drawn, *rest), drawn, use) for cmd, *rest in (  # ZREVRANGE: a write's, its last draw
         ("ZSCORE", "t"), ("ZADD", 1, "t"), ("ZREMRANGEBYRANK", 0, -2), ("PEXPIRE", 1),
         ("ZREVRANGE", 0, 0, "WITHSCORES"))]
     if config.ownership != "leases":  # leased, the draw names the consumer's answered mark too (_departed_needs)
-        needs.append(Need(("EVALSHA", SHA, 3, run, swept, drawn), run, use))
+        needs.append(Need(("EVALSHA", SHA, 4, run, swept, drawn, names), run, use))
     else:  # read at each sweep round (runs.swept): the tokens at the key's run
         needs.append(Need(("ZRANGEBYSCORE", drawn, 1, 1), drawn, use))
     return needs
@@ -244,9 +246,11 @@ def _departed_needs(config: ServiceConfig, owed: str, use: str) -> list[Need]:
     ran = run_key(quarantine, group, "gone@0")  # its quarantine run, removed with it, the highest kept (swept)
     drew = drawn_key(quarantine, group, "gone@0")  # its draws' record: its run swept set there, left to expire
     own = answered_key(owed)  # this consumer's, set as its run is drawn (runs.DRAW): no sweep takes that run
-    drawn = drawn_key(quarantine, group, consumer)
-    needs = [Need(("EVALSHA", SHA, len(streams) + 7, *streams, owed, swept, owing, gone, mark, ran, drew), owed, use),
-             Need(("EVALSHA", SHA, 4, run_key(quarantine, group, consumer), swept, drawn, own), swept, use),
+    drawn, names = drawn_key(quarantine, group, consumer), drawn_names_key(written_key(quarantine), group)
+    needs = [Need(("EVALSHA", SHA, len(streams) + 8, *streams, owed, swept, owing, names, gone, mark, ran, drew), owed,
+                  use),
+             Need(("EVALSHA", SHA, 5, run_key(quarantine, group, consumer), swept, drawn, names, own), swept, use),
+             Need(("SMEMBERS", names), names, use), Need(("SREM", names, "c"), names, use),  # the drawn names swept
              Need(("TYPE", own), own, use),
              Need(("HSET", owed, "s", 1), owed, use), Need(("HGETALL", gone), gone, use),
              Need(("SET", swept, 1), swept, use), Need(("TYPE", swept), swept, use),

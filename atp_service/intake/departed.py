@@ -11,7 +11,9 @@ more of each with every new address. Its pending entries are taken over already 
 So a live reader, at each claim, sweeps the group: a consumer named for an address no live process has (not a member,
 holding no group) — among the group's consumers, or among those whose reads counted a gap or whose sweeps moved a
 count (``unread.owing_key``: one whose group was deleted and made again is in no group, its count still owed; removed
-from that set with it) —, is gone
+from that set with it), or among those with a run key (``runs.drawn_names_key``: named by the draw, before the first
+read makes the consumer, so one whose process died in between, or one removed with its group, is found; its key gone,
+removed from that set too) —, is gone
 once, on every input stream, nothing is pending under it and it has been idle (no read, no claim) at least
 ``claim_idle_ms``. One script (``_SWEEP``) checks that and, for each consumer gone, moves its owed counts into the
 sweeper's own hash, deletes its hash and removes it from the group (``XGROUP DELCONSUMER``): the sweeper's next read
@@ -40,7 +42,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from atp_service.intake import runs
-from atp_service.intake.quarantine import QuarantineStream, drawn_key, run_key, swept_runs_key
+from atp_service.intake.quarantine import QuarantineStream, drawn_key, run_key, swept_runs_key, written_key
 from atp_service.intake.unread import STREAM_ID_LUA, answered_key, owing_key, trimmed_unread_key
 from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text, no_such_key
@@ -53,13 +55,15 @@ SWEPT_AT_ONCE = 100
 
 _SWEEP = """
 -- KEYS: the input streams, then the sweeper's owed hash, the highest run swept (``quarantine.swept_runs_key``), the
--- group's set of consumers owing (``unread.owing_key``), then each candidate's owed hash, its answered mark
+-- group's set of consumers owing (``unread.owing_key``), its drawn names (``runs.drawn_names_key``: each with a run
+-- key, its consumer perhaps in no group: gone before its first read, or removed with its group), then each candidate's
+-- owed hash, its answered mark
 -- (``unread.answered_key``), its run beside the quarantine stream (``quarantine.run_key``) and its draws' record
 -- (``quarantine.drawn_key``: never deleted; its run swept, ``runs.SWEPT``, set there, left to expire). ARGV: group,
 -- least idle ms, then each candidate's name. Returns {name, entries moved} of each consumer removed.
 local group, least = ARGV[1], tonumber(ARGV[2])
-local n = #KEYS - 4 * (#ARGV - 2) - 3
-local mine, swept, owing = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
+local n = #KEYS - 4 * (#ARGV - 2) - 4
+local mine, swept, owing, names = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
 local me = string.sub(mine, #owing + 2)  -- the sweeper's name: its hash is the set's key, ':' and its name (unread.py)
 local SWEPT, DRAWN_MS = '""" + runs.SWEPT + """', """ + str(runs.DRAWN_MS) + """
 """ + STREAM_ID_LUA + ACL_LUA + """
@@ -77,11 +81,15 @@ kind = redis.call('TYPE', owing)['ok']
 if kind ~= 'set' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. owing .. ' holds a ' .. kind .. ', not a set: nothing removed')
 end
+kind = redis.call('TYPE', names)['ok']
+if kind ~= 'set' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. names .. ' holds a ' .. kind .. ', not a set: nothing removed')
+end
 local asked = {{'HINCRBY', mine, KEYS[1], '1'}, {'HSETNX', mine, 'f', 'v'}, {'HSET', mine, 'f', 'v'},
-  {'SET', swept, '1'}, {'SREM', owing, 'c'}, {'SADD', owing, 'c'}}
+  {'SET', swept, '1'}, {'SREM', owing, 'c'}, {'SADD', owing, 'c'}, {'SREM', names, 'c'}}
 for i = 1, n do asked[#asked + 1] = {'XGROUP', 'DELCONSUMER', KEYS[i], group, 'c'} end
-for j = n + 4, #KEYS do  -- each candidate's keys deleted with it, but its draws' record (every 4th: left to expire)
-  if (j - n - 3) % 4 ~= 0 then asked[#asked + 1] = {'DEL', KEYS[j]} else
+for j = n + 5, #KEYS do  -- each candidate's keys deleted with it, but its draws' record (every 4th: left to expire)
+  if (j - n - 4) % 4 ~= 0 then asked[#asked + 1] = {'DEL', KEYS[j]} else
     for _, c in ipairs({{'ZSCORE', KEYS[j], 's'}, {'ZADD', KEYS[j], '1', 's'}, {'PEXPIRE', KEYS[j], '1'}}) do
       asked[#asked + 1] = c
     end
@@ -103,7 +111,7 @@ for i = 1, n do
 end
 local removed = {}
 for j = 3, #ARGV do
-  local base = n + 3 + 4 * (j - 3)
+  local base = n + 4 + 4 * (j - 3)
   local name, owed, answered, run, drawn = ARGV[j], KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4]
   local gone, present = true, false
   for i = 1, n do
@@ -118,10 +126,7 @@ for j = 3, #ARGV do
   local flat = {}
   kind = redis.call('TYPE', owed)['ok']
   if kind == 'hash' then flat = redis.call('HGETALL', owed) elseif kind ~= 'none' then gone = false end
-  if kind == 'none' and not present then  -- removed by another sweeper since it was listed (not ours), or owing no more
-    gone = false
-    redis.call('SREM', owing, name)
-  end
+  local owes = kind ~= 'none'
   -- Its quarantine run, removed with it: kept in its own draws' record (``runs.SWEPT``), so a run drawn again at its
   -- name starts above it and a write of this run landing late lands nothing (E8) — its own, never a shared record
   -- another consumer's sweep raises (that fenced a live run whose key Redis lost) —, and the highest of all, a floor
@@ -129,6 +134,12 @@ for j = 3, #ARGV do
   kind = redis.call('TYPE', run)['ok']
   local ran = kind == 'string' and tonumber(redis.call('GET', run))
   if kind ~= 'none' and not ran then gone = false end
+  -- In no group, owing nothing, no run key: removed by another sweeper since it was listed (not ours), or nothing left
+  if not owes and not present and kind == 'none' then
+    gone = false
+    redis.call('SREM', owing, name)
+    redis.call('SREM', names, name)
+  end
   kind = redis.call('TYPE', drawn)['ok']
   if kind ~= 'zset' and kind ~= 'none' then gone = false end
   for k = 1, #flat, 2 do  -- every count checked before any is moved: kept whole where one is no count
@@ -160,6 +171,7 @@ for j = 3, #ARGV do
     end
     redis.call('DEL', owed, answered, run)  -- not its draws' record: a draw landing late returns its run
     redis.call('SREM', owing, name)
+    redis.call('SREM', names, name)
     for i = 1, n do
       if seen[i][name] then redis.call('XGROUP', 'DELCONSUMER', KEYS[i], group, name) end
     end
@@ -181,6 +193,7 @@ class DepartedConsumers:
                  quarantine: str, redrawn: Any = None) -> None:
         self._client, self._streams, self._group, self._consumer = client, streams, group, consumer
         self._quarantine = quarantine
+        self._names = runs.drawn_names_key(written_key(quarantine), group)
         self.mark = answered_key(trimmed_unread_key(streams[0], group, consumer))
         """This reader's answered mark, set with its run (``QuarantineStream.run_of``): a sweep meanwhile keeps it."""
         self._live, self._least_idle_ms, self._counter, self._redrawn = live, least_idle_ms, counter, redrawn
@@ -193,6 +206,9 @@ class DepartedConsumers:
             return []
         # A consumer is in no group once its group was deleted (made again since): its count owed found in the set
         names = {as_text(name) for name in await self._client.smembers(owing_key(self._streams[0], self._group))}
+        # A consumer with a run key but in no group: its process gone before its first read made it, or its group
+        # deleted since — found in the draw's set of names, else its key stays for ever
+        names.update(as_text(name) for name in await self._client.smembers(self._names))
         for stream in self._streams:
             try:
                 names.update(as_text(c["name"]) for c in await self._client.xinfo_consumers(stream, self._group))
@@ -225,7 +241,7 @@ class DepartedConsumers:
         first, group = self._streams[0], self._group
         owed = [trimmed_unread_key(first, group, name) for name in names]
         keys = [*self._streams, trimmed_unread_key(first, group, self._consumer), swept_runs_key(self._quarantine),
-                owing_key(first, group),
+                owing_key(first, group), self._names,
                 *(key for one, name in zip(owed, names, strict=True) for key in (
                     one, answered_key(one), run_key(self._quarantine, group, name),
                     drawn_key(self._quarantine, group, name)))]

@@ -344,9 +344,9 @@ class QuarantineStream:
             if self._draw is None:
                 self._draw = client.register_script(runs.DRAW)
             token = self._drawing.setdefault(at, uuid.uuid4().hex)  # a new draw's, kept for its retries till answered
-            keys = [run_key(self.stream, *at), swept_runs_key(self.stream), drawn_key(self.stream, *at)]
-            keys += [mark] if mark else []
-            run = self._runs[at] = await runs.draw(client, self._draw, keys, token, ANSWERED_MS)
+            keys = [run_key(self.stream, *at), swept_runs_key(self.stream), drawn_key(self.stream, *at),
+                    runs.drawn_names_key(self.written_key, group), *([mark] if mark else [])]
+            run = self._runs[at] = await runs.draw(client, self._draw, keys, token, ANSWERED_MS, consumer)
             self._drawn[at] = [*self._drawn.get(at, []), self._drawing.pop(at, token)][-runs.TOKENS_KEPT:]
         return run
 

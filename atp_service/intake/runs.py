@@ -42,9 +42,12 @@ TOKENS_KEPT = 64
 its run, so these reach back far past any draw landing late."""
 
 # KEYS: the consumer's run key, the highest run swept of all (``swept_runs_key``), its draws' record (``drawn_key``:
-# its run swept too, ``SWEPT``), and, leased, its answered mark (``unread.answered_key``). ARGV: the draw's token (one
-# per draw, the same for each of its retries), the mark's life (ms), the run key as the drawing process read it just
-# before ('': none). Returns the run drawn, above the run key, the highest swept and its record's runs — or -1, the
+# its run swept too, ``SWEPT``), the group's drawn names (``drawn_names_key``) and, leased, its answered mark
+# (``unread.answered_key``). ARGV: the draw's token (one per draw, the same for each of its retries), the mark's life
+# (ms), the run key as the drawing process read it just before ('': none), the consumer's name: named in the set with
+# the key's INCR, so the departed sweep finds the key of a process gone before its first read made its consumer, or of
+# a consumer removed with its group (neither in ``XINFO CONSUMERS``): else there for ever, one with each such start.
+# Returns the run drawn, above the run key, the highest swept and its record's runs — or -1, the
 # key moved since that read: read it again and draw (``draw``). Once per token: a draw whose answer was lost (a timeout,
 # a cancel) is retried with its token, and the retry — or the lost one landing after it — finds its token in the record
 # and returns that run, no INCR: drawn again, the key sat past the run in use,
@@ -63,7 +66,7 @@ its run, so these reach back far past any draw landing late."""
 # (``quarantine._ONCE``), and drawn again (``QuarantineStream.keep_run``).
 DRAW = ACL_LUA + """
 for k = 1, #KEYS do
-  local kind, wanted = redis.call('TYPE', KEYS[k])['ok'], k == 3 and 'zset' or 'string'
+  local kind, wanted = redis.call('TYPE', KEYS[k])['ok'], k == 3 and 'zset' or k == 4 and 'set' or 'string'
   if kind ~= wanted and kind ~= 'none' then
     return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a ' .. wanted .. ': no run drawn')
   end
@@ -74,14 +77,15 @@ if swept and not tonumber(swept) then
 end
 local asked = {{'INCR', KEYS[1]}, {'SET', KEYS[1], '1'}, {'SET', KEYS[2], '0'}, {'ZSCORE', KEYS[3], 't'},
   {'ZREVRANGE', KEYS[3], '0', '0', 'WITHSCORES'},
-  {'ZADD', KEYS[3], '1', 't'}, {'ZREMRANGEBYRANK', KEYS[3], '0', '-2'}, {'PEXPIRE', KEYS[3], '1'}}
-if KEYS[4] then asked[#asked + 1] = {'SET', KEYS[4], '1', 'PX', '1'}; asked[#asked + 1] = {'TIME'} end
+  {'ZADD', KEYS[3], '1', 't'}, {'ZREMRANGEBYRANK', KEYS[3], '0', '-2'}, {'PEXPIRE', KEYS[3], '1'},
+  {'SADD', KEYS[4], 'c'}}
+if KEYS[5] then asked[#asked + 1] = {'SET', KEYS[5], '1', 'PX', '1'}; asked[#asked + 1] = {'TIME'} end
 local refused = denied(asked)
 if refused then return refused end
 local function marked(run)
-  if KEYS[4] then
+  if KEYS[5] then
     local t = redis.call('TIME')
-    redis.call('SET', KEYS[4], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'PX', ARGV[2])
+    redis.call('SET', KEYS[5], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'PX', ARGV[2])
   end
   return run
 end
@@ -91,6 +95,7 @@ if drawn then  -- this draw landed before (its answer lost): the run it drew, th
 end
 if (redis.call('GET', KEYS[1]) or '') ~= ARGV[3] then return -1 end  -- another's draw since the read: none here
 local run = redis.call('INCR', KEYS[1])  -- a run key holding no number: an error, nothing written
+redis.call('SADD', KEYS[4], ARGV[4])  -- with the key: a sweep finds it whatever became of its consumer
 if not swept then  -- there for every script naming it (the sweep's): on a migrating slot's source, one gone fails it
   redis.call('SET', KEYS[2], '0')
 end
@@ -107,19 +112,26 @@ return marked(run)
 """
 
 
+def drawn_names_key(written: str, group: str) -> str:
+    """The names of ``group``'s consumers with a run key (``DRAW`` adds one with its key), beside ``written`` (the
+    quarantine stream's ``written_key``: its slot): walked by the departed sweep (``intake/departed.py``), which
+    removes a name with its run key, or where it finds no key left."""
+    return f"{written}:runs:{group}"
+
+
 class DrawContended(RedisError):
     """A draw's run key moved between its read and its try at each of ``DRAW_TRIES`` tries: retried after the
     reader's backoff, under the same token (a ``RedisError``: the reading loop's, or the start's, retry)."""
 
 
-async def draw(client: Any, script: Any, keys: list[str], token: str, answered_ms: int) -> int:
+async def draw(client: Any, script: Any, keys: list[str], token: str, answered_ms: int, name: str) -> int:
     """A run drawn (``script``: ``DRAW``) under ``token``: the token of a draw not answered yet (a timeout, a
     cancel) again, its run, however often retried, wherever the lost one landed. Each try names the run key as read
     just before it: one landing after another's draw moved the key draws nothing, and the next try reads again — at
     most ``DRAW_TRIES`` tries, then ``DrawContended``."""
     for _ in range(DRAW_TRIES):
         seen = await client.get(keys[0])
-        run = int(await script(keys=keys, args=[token, answered_ms, b"" if seen is None else seen]))
+        run = int(await script(keys=keys, args=[token, answered_ms, b"" if seen is None else seen, name]))
         if run >= 0:
             return run
     raise DrawContended(f"{keys[0]}: moved between each read and its draw, {DRAW_TRIES} tries: no run drawn yet")

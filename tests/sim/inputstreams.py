@@ -108,7 +108,7 @@ class SimStreams:
         self.dead_letters: list[tuple[str, dict[str, str]]] = []  # (dead-letter stream, its fields) as written
         self.hashes: dict[str, dict[str, int | bytes]] = {}  # the readers' owed hashes of entries trimmed unread
         self.answered: dict[str, int] = {}  # their answered marks (``unread.answered_key``): set at (ms)
-        self.owing: dict[str, set[str]] = {}  # the groups' sets of consumers owing (``unread.owing_key``)
+        self.owing: dict[str, set[str]] = {}  # the groups' sets of consumers owing (``unread.owing_key``), drawn names
         self.swept: list[tuple[str, int]] = []  # consumers the sweep removed (``inputsweep``), entries moved
         self.marks: dict[str, bytes] = {}  # the groups' made-again marks (``again.py``), by key
         self.tokens: dict[str, bytes] = {}  # each consumer's token beside each stream (``bounds.bound_key``), by key

@@ -7,10 +7,12 @@ product's own assumption, ``unread.answered_key``). A read that answers a non-em
 mark, by Redis's clock, kept ``unread.ANSWERED_MS``). ``XINFO CONSUMERS`` answers each consumer's name, entries pending
 to it and idle time; ``XGROUP DELCONSUMER`` takes it (and its pending entries: none where the sweep removes it) away.
 The sweep script: a candidate is removed where, on every input stream that has it, nothing is pending to it and it was
-idle at least ``claim_idle_ms``, its answered mark is older than that, and it has an owed hash or a consumer at all;
+idle at least ``claim_idle_ms``, its answered mark is older than that, and it has an owed hash, a consumer or a run
+key at all (a run key's consumer in no group: its process gone before its first read, or its group deleted);
 its owed counts then move into the sweeper's hash (the earlier position before the first gap kept), its hash and mark
-are deleted and it is removed from every stream's group, the sweeper named in the set of those owing where it had
-an owed hash (``unread.owing_key``): one step, as Redis runs a script.
+are deleted and it is removed from every stream's group and from the draw's set of names (``runs.drawn_names_key``),
+the sweeper named in the set of those owing where it had an owed hash (``unread.owing_key``): one step, as Redis runs
+a script.
 """
 
 from __future__ import annotations
@@ -53,12 +55,13 @@ def answered(redis: SimStreams, key: str) -> int | None:
 
 def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]]:
     """``departed._SWEEP``: KEYS the input streams, the sweeper's owed hash, the highest run swept, the group's set of
-    consumers owing, then each candidate's owed hash, its answered mark, its quarantine run and its draw's record;
-    ARGV the group, the least idle ms, then each candidate's name. Returns {name, entries moved} of each consumer
-    removed."""
+    consumers owing, its drawn names (``runs.drawn_names_key``), then each candidate's owed hash, its answered mark,
+    its quarantine run and its draw's record; ARGV the group, the least idle ms, then each candidate's name. Returns
+    {name, entries moved} of each consumer removed."""
     group, least, names = _text(args[0]), int(args[1]), [_text(name) for name in args[2:]]
-    n = len(keys) - 4 * len(names) - 3
+    n = len(keys) - 4 * len(names) - 4
     swept, owing = keys[n + 1], redis.owing.setdefault(keys[n + 2], set())
+    drew = redis.owing.setdefault(keys[n + 3], set())
     streams, now = keys[:n], redis.now_ms()
     listed: dict[str, dict[str, tuple[int, int]]] = {}
     for stream in streams:
@@ -68,16 +71,17 @@ def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]
     mine = redis.hashes.setdefault(keys[n], {})
     removed: list[list[Any]] = []
     for j, name in enumerate(names):
-        owed_key, mark, run = keys[n + 3 + 4 * j], keys[n + 4 + 4 * j], keys[n + 5 + 4 * j]  # then its draws' record
+        owed_key, mark, run = keys[n + 4 + 4 * j], keys[n + 5 + 4 * j], keys[n + 6 + 4 * j]  # then its draws' record
         found = [by_name[name] for by_name in listed.values() if name in by_name]
         gone = all(pending == 0 and idle >= least for pending, idle in found)
         at = answered(redis, mark)
         if at is not None and now - at < least:
             gone = False
         owed = redis.hashes.get(owed_key) or {}
-        if not owed and not found:  # removed by another sweeper since it was listed (not ours), or owing no more
+        if not owed and not found and run not in redis.runs:  # removed by another sweeper since it was listed, or none
             gone = False
             owing.discard(name)
+            drew.discard(name)
         if not gone:
             continue
         moved = 0
@@ -93,10 +97,11 @@ def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]
             owing.add(keys[n][len(keys[n + 2]) + 1:])
         redis.hashes.pop(owed_key, None)
         owing.discard(name)
+        drew.discard(name)
         ran = redis.runs.pop(run, None)  # its run: kept in its draws' record (left to expire), the highest of all too
         if ran is not None and ran > redis.runs_swept.get(swept, 0):
             redis.runs_swept[swept] = ran
-        record = redis.drawn.setdefault(keys[n + 6 + 4 * j], {})
+        record = redis.drawn.setdefault(keys[n + 7 + 4 * j], {})
         if ran is not None and ran > record.get(SWEPT, 0):
             record[SWEPT] = ran
         redis.answered.pop(mark, None)
@@ -118,8 +123,9 @@ def draw_run(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
     swept (set to 0 where none: every sweep names it) and above its record's runs (``SWEPT`` too), once per token
     (ARGV[1]: a retry of a draw whose answer was lost, or it landing late, returns the run it drew, recorded in its
     draws' record), else only where the key is still what its process read (ARGV[3]; -1: moved since), leased its
-    answered mark set with it (a sweep meanwhile keeps it)."""
-    run_key, swept, drawn, *mark = keys
+    answered mark set with it (a sweep meanwhile keeps it); the consumer (ARGV[4]) named with a key drawn in the
+    group's drawn names (``runs.drawn_names_key``), which the sweep walks."""
+    run_key, swept, drawn, names, *mark = keys
     token, record, held = _text(args[0]), redis.drawn.setdefault(drawn, {}), redis.runs.get(run_key)
     if token not in record and _text(args[2]) != ("" if held is None else str(held)):
         return -1  # another's draw since its process read the key: nothing drawn, read again
@@ -133,6 +139,7 @@ def draw_run(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
     if run <= floor:
         run = floor + 1
     redis.runs[run_key] = run
+    redis.owing.setdefault(names, set()).add(_text(args[3]))
     record[token] = run
     for gone in sorted(record, key=record.__getitem__)[:-TOKENS_KEPT]:
         del record[gone]
