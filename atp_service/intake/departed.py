@@ -43,7 +43,7 @@ from redis.exceptions import ResponseError
 
 from atp_service.intake import runs
 from atp_service.intake.quarantine import QuarantineStream, drawn_key, run_key, swept_runs_key, written_key
-from atp_service.intake.unread import STREAM_ID_LUA, answered_key, owing_key, trimmed_unread_key
+from atp_service.intake.unread import ANSWERED_MS, STREAM_ID_LUA, answered_key, owing_key, trimmed_unread_key
 from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text, no_such_key
 from atp_service.storage.scripts import ACL_LUA
@@ -196,6 +196,10 @@ class DepartedConsumers:
         self._names = runs.drawn_names_key(written_key(quarantine), group)
         self.mark = answered_key(trimmed_unread_key(streams[0], group, consumer))
         """This reader's answered mark, set with its run (``QuarantineStream.run_of``): a sweep meanwhile keeps it."""
+        self.mark_ms = max(ANSWERED_MS, least_idle_ms)
+        """How long the draw keeps that mark: at least ``least_idle_ms``, the age at which a sweep takes a consumer in
+        no group yet (drawn, not read: a slow start, a paused process) kept by the mark alone — gone before (the
+        read's ``ANSWERED_MS`` where ``claim_idle_ms`` is longer), its run was taken before ``claim_idle_ms``."""
         self._live, self._least_idle_ms, self._counter, self._redrawn = live, least_idle_ms, counter, redrawn
         self._script: Any = None  # registered at the first sweep
 
@@ -224,7 +228,8 @@ class DepartedConsumers:
 
     async def kept_run(self, quarantine: QuarantineStream) -> int:
         """This reader's quarantine run, drawn again where a sweep took it all the same (``keep_run``)."""
-        return await quarantine.keep_run(self._client, self._group, self._consumer, self.mark, self._drawn_again)
+        return await quarantine.keep_run(self._client, self._group, self._consumer, self.mark, self._drawn_again,
+                                        self.mark_ms)
 
     def _drawn_again(self, before: int, now: int, why: str) -> None:
         """Told where ``kept_run`` drew the run again: until now, every quarantine write of it refused (E8)."""

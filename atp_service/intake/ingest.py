@@ -111,8 +111,9 @@ class StreamIngestor:
         """The group on every input stream where missing. ``again``: one lost while serving (deleted), each said."""
         group, written = self._config.consumer_group, self._desk.quarantine.written_key
         if not again:  # before its own pending entries are read: the runs before's quarantine writes land nothing
-            self._consumer_run = await self._desk.quarantine.run_of(  # leased, marked: no sweep takes that run
-                self._client, group, self._config.consumer_name, self._departed.mark if self._departed else None)
+            marked = (self._departed.mark, self._departed.mark_ms) if self._departed else ()  # leased: no sweep takes
+            self._consumer_run = await self._desk.quarantine.run_of(  # that run (marked at least claim_idle_ms)
+                self._client, group, self._config.consumer_name, *marked)
         for stream in self._streams:  # from the beginning: entries appended while the service was down count too
             tagged = await start_again(self._client, stream, self._unacked) if again else []
             made, start = await make_group_again(self._client, stream, group, self._unacked, written,

@@ -323,7 +323,7 @@ class QuarantineStream:
         return [self.stream, self.written_key, run, self.ahead_key, drawn, *inputs], values
 
     async def keep_run(self, client: Any, group: str, consumer: str, mark: str,
-                       told: Callable[[int, int, str], None] = lambda *_: None) -> int:
+                       told: Callable[[int, int, str], None] = lambda *_: None, mark_ms: int = ANSWERED_MS) -> int:
         """Leased, at each sweep: the run drawn here (``run_of``), or drawn again where a sweep deleted it (E8,
         ``runs.swept``; not another's draw at its address, its fence, nor a key Redis lost). ``told``: once."""
         run = self._runs.get(at := (group, consumer))
@@ -331,14 +331,15 @@ class QuarantineStream:
         if run is not None and await runs.swept(client, keys, run, self._drawn.get(at, ())):
             del self._runs[at]  # drawn again now (refused: at the next sweep, its writes refused)
             self._again.setdefault(at, (run, "swept"))  # until told: the draw's answer lost (a timeout, a cancel)
-        return runs.tell(self._again, at, await self.run_of(client, group, consumer, mark), told)
+        return runs.tell(self._again, at, await self.run_of(client, group, consumer, mark, mark_ms), told)
 
-    async def run_of(self, client: Any, group: str, consumer: str, mark: str | None = None) -> int:
+    async def run_of(self, client: Any, group: str, consumer: str, mark: str | None = None,
+                     mark_ms: int = ANSWERED_MS) -> int:
         """This process's run of ``consumer``, begun at its reader's first start (before it reads its own pending
         entries): the writes of its runs before, in doubt (their answers lost, owed in a memory gone with their
         process), can land nothing now. A reader started again here keeps it: what it wrote in doubt is owed here. A
         draw not answered is retried under its token (``runs.DRAW``: its run, once). ``mark``: leased, the consumer's
-        answered mark, set with the draw: no sweep takes that run."""
+        answered mark, set with the draw, kept ``mark_ms`` (``DepartedConsumers.mark_ms``): no sweep takes that run."""
         run = self._runs.get(at := (group, consumer))
         if run is None:
             if self._draw is None:
@@ -346,7 +347,7 @@ class QuarantineStream:
             token = self._drawing.setdefault(at, uuid.uuid4().hex)  # a new draw's, kept for its retries till answered
             keys = [run_key(self.stream, *at), swept_runs_key(self.stream), drawn_key(self.stream, *at),
                     runs.drawn_names_key(self.written_key, group), *([mark] if mark else [])]
-            run = self._runs[at] = await runs.draw(client, self._draw, keys, token, ANSWERED_MS, consumer)
+            run = self._runs[at] = await runs.draw(client, self._draw, keys, token, mark_ms, consumer)
             self._drawn[at] = [*self._drawn.get(at, []), self._drawing.pop(at, token)][-runs.TOKENS_KEPT:]
         return run
 

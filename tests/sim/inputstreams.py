@@ -108,6 +108,7 @@ class SimStreams:
         self.dead_letters: list[tuple[str, dict[str, str]]] = []  # (dead-letter stream, its fields) as written
         self.hashes: dict[str, dict[str, int | bytes]] = {}  # the readers' owed hashes of entries trimmed unread
         self.answered: dict[str, int] = {}  # their answered marks (``unread.answered_key``): set at (ms)
+        self.answered_ms: dict[str, int] = {}  # a mark's life where a draw set it (``runs.DRAW``), else ANSWERED_MS
         self.owing: dict[str, set[str]] = {}  # the groups' sets of consumers owing (``unread.owing_key``), drawn names
         self.swept: list[tuple[str, int]] = []  # consumers the sweep removed (``inputsweep``), entries moved
         self.marks: dict[str, bytes] = {}  # the groups' made-again marks (``again.py``), by key
@@ -318,6 +319,7 @@ class SimStreams:
         flat = [part for name, value in owed.items() for part in (name.encode(), str(value).encode())]
         if flat:
             self.answered[keys[-2]] = self.now_ms()
+            self.answered_ms.pop(keys[-2], None)  # PX ANSWERED_MS
         marks = [self._mark_kept(stream, group, key, position)
                  for stream, key, position in zip(streams, mark_keys, positions, strict=True)]
         return [reply or None, flat, positions, marks]

@@ -50,7 +50,7 @@ def consumers(redis: SimStreams, stream: str, group: str) -> list[dict[str, Any]
 def answered(redis: SimStreams, key: str) -> int | None:
     """When the answered mark ``key`` was set (ms), None where there is none (or it ran out)."""
     at = redis.answered.get(key)
-    return at if at is not None and redis.now_ms() - at < ANSWERED_MS else None
+    return at if at is not None and redis.now_ms() - at < redis.answered_ms.get(key, ANSWERED_MS) else None
 
 
 def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]]:
@@ -105,6 +105,7 @@ def sweep(redis: SimStreams, keys: list[str], args: list[Any]) -> list[list[Any]
         if ran is not None and ran > record.get(SWEPT, 0):
             record[SWEPT] = ran
         redis.answered.pop(mark, None)
+        redis.answered_ms.pop(mark, None)
         for stream in listed:  # XGROUP DELCONSUMER: its pending entries (none here) gone with it
             held = redis.streams[stream].groups[group]
             held.consumers.pop(name, None)
@@ -131,7 +132,7 @@ def draw_run(redis: SimStreams, keys: list[str], args: list[Any]) -> int:
         return -1  # another's draw since its process read the key: nothing drawn, read again
     redis.runs_swept.setdefault(swept, 0)
     if mark:
-        redis.answered[mark[0]] = redis.now_ms()
+        redis.answered[mark[0]], redis.answered_ms[mark[0]] = redis.now_ms(), int(_text(args[1]))  # PX its life
     if token in record:
         return record[token]
     run = (held or 0) + 1

@@ -5,15 +5,21 @@ swept stays fenced (E8). Real redis-server."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from atp_service import ManualClock
+from atp_service.config import ServiceConfig
 from atp_service.intake.departed import DepartedConsumers
+from atp_service.intake.facts import FactDesk
+from atp_service.intake.ingest import StreamIngestor
 from atp_service.intake.quarantine import Acks, QuarantineStream, run_key, written_key
 from atp_service.intake.runs import drawn_names_key
-from atp_service.intake.unread import answered_key, trimmed_unread_key
-from atp_service.storage.nodes import open_nodes
+from atp_service.intake.unread import ANSWERED_MS, answered_key, trimmed_unread_key
+from atp_service.metrics import IntakeMetrics
+from atp_service.storage.nodes import connect_any, open_nodes
 from reservation import FactKind, Limits
 from reservation import fact as make_fact
 from tests.atp_service.fact_helpers import F
@@ -87,5 +93,33 @@ async def test_a_drawn_run_not_read_yet_is_kept_while_live_or_marked(redis_url: 
         assert await r.exists(run_key(QUARANTINE, GROUP, GONE)) == 1
         assert await _sweep(r).sweep() == [GONE]
         assert await r.exists(run_key(QUARANTINE, GROUP, other)) == 1, "at a live address: kept"
+    finally:
+        await r.aclose()
+
+
+async def test_a_drawn_run_not_read_yet_is_marked_for_the_least_idle_time_however_long(redis_url: str) -> None:
+    """A consumer in no group yet (drawn, not read: a slow start, a paused process) is kept from the sweep by its
+    draw's answered mark alone, for ``claim_idle_ms`` from the draw. The mark was kept ``ANSWERED_MS`` (600 s)
+    whatever that was: with ``ATP_CLAIM_IDLE_MS`` past it, the mark was gone before its age reached the least idle
+    time, and the sweep took the run of a process not ``claim_idle_ms`` idle (its writes refused till it drew again).
+    The draw now keeps the mark at least ``claim_idle_ms``."""
+    least = ANSWERED_MS + 300_000
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        departed = DepartedConsumers(r, [STREAM], GROUP, GONE, lambda: {"10.0.1.1:1"}, least, quarantine=QUARANTINE)
+        await departed.kept_run(QuarantineStream(QUARANTINE, 10))
+        assert await r.pttl(departed.mark) > ANSWERED_MS, "a sweep round's draw: the mark outlives the least idle time"
+        await r.delete(departed.mark)
+        client = connect_any(redis_url, 2.0)
+        settings = dataclasses.replace(ServiceConfig(input_streams=(STREAM,)).ingest_settings, consumer_name=LIVE,
+                                       claim_idle_ms=least)
+        starting = DepartedConsumers(client, [STREAM], GROUP, LIVE, lambda: {"10.0.1.1:1"}, least,
+                                     quarantine=QUARANTINE)
+        desk = FactDesk(None, QUARANTINE, 10, metrics=IntakeMetrics())  # type: ignore[arg-type]  # no fact applied
+        ingestor = StreamIngestor(client, desk, settings, ManualClock(1_700_000_000_000), departed=starting)
+        await ingestor.start()  # its run drawn before its first read
+        await ingestor.stop()
+        assert await r.pttl(starting.mark) > ANSWERED_MS, "a start's draw: the mark outlives the least idle time"
     finally:
         await r.aclose()
