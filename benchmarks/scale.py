@@ -56,6 +56,7 @@ from redis.cluster import RedisCluster
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from atp_client import AtpClient, Retryable, RoutedClient, timestamp
+from atp_client._stock import record_patiently
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import free_port
 from atp_service.storage.embedded_cluster import EmbeddedCluster
@@ -197,7 +198,9 @@ async def seed(address: str, args: argparse.Namespace) -> None:
                      quantity=STOCK, event_time=at) for sku, loc in positions(args)]
     async with AtpClient(address, timeout_s=60) as client:
         for i in range(0, len(facts), 5000):
-            results = await client.record_events(facts[i:i + 5000])
+            # A group being taken over (a lease lost under load) refuses its facts, maybe after others were
+            # recorded: sent again whole, as the service asks (E8: a fact recorded already is not applied twice).
+            results = await record_patiently(client, facts[i:i + 5000])
             refused = [r for r in results if r.outcome not in (pb.FACT_OUTCOME_APPLIED, pb.FACT_OUTCOME_DUPLICATE)]
             if refused:
                 raise RuntimeError(f"seeding: {len(refused)} facts not applied, e.g. {refused[0]}")
