@@ -15,8 +15,9 @@ spread the groups evenly, stocks ``--skus`` x ``--locations`` positions with 1,0
 Then every position is read through ``RoutedClient`` and checked: ``oversold`` (units reserved
 and committed beyond on hand) and ``hold_mismatches`` (positions holding fewer units than were
 acknowledged held, or more than those plus the units of calls that failed with no definite answer:
-such a call, counted as an error, may have been applied, R7) must be 0. One JSON line per step: processes, mode,
-kind, ops/s
+such a call, counted as an error, may have been applied, R7; a stream item refused ``GROUP_MOVED`` was not) must
+be 0; beside them ``holds_lost`` (the positions holding fewer) and ``in_doubt_held`` (units held of calls in
+doubt). One JSON line per step: processes, mode, kind, ops/s
 (reservations held per second), p50/p99 ms (per call, or per batch message), errors, the service
 processes' CPU seconds per 1,000 reservations (``/proc/<pid>/stat``, until every generator has its
 answers in: the window the reservations are counted in), the cores each service process,
@@ -209,9 +210,10 @@ async def seed(address: str, args: argparse.Namespace) -> None:
 async def check(addresses: tuple[str, ...], args: argparse.Namespace, acked: Counter[tuple[str, str]],
                 in_doubt: Counter[tuple[str, str]]) -> dict[str, int]:
     """Every position read at its owner: units beyond on hand, and positions whose units held are
-    fewer than acknowledged held (``holds_lost`` too), or more than those and every unit in doubt (R7)."""
+    fewer than acknowledged held (``holds_lost`` too), or more than those and every unit in doubt (R7); and the
+    units held of calls in doubt (``in_doubt_held``: beyond those acknowledged)."""
     keys = positions(args)
-    oversold = mismatches = lost = 0
+    oversold = mismatches = lost = landed = 0
     async with RoutedClient(addresses, timeout_s=30) as client:
         for i in range(0, len(keys), 1000):
             for p in await _patiently(client, keys[i:i + 1000]):
@@ -219,8 +221,9 @@ async def check(addresses: tuple[str, ...], args: argparse.Namespace, acked: Cou
                 held, doubted = acked[(p.sku, p.location)], in_doubt[(p.sku, p.location)]
                 mismatches += not held <= p.reserved <= held + doubted
                 lost += p.reserved < held
+                landed += max(0, p.reserved - held)
     return {"checked_positions": len(keys), "oversold": oversold, "hold_mismatches": mismatches,
-            "holds_lost": lost}
+            "holds_lost": lost, "in_doubt_held": landed}
 
 
 async def _patiently(client: RoutedClient, keys: list[tuple[str, str]]) -> list[pb.Availability]:

@@ -27,6 +27,8 @@ WARMUP_S = 1.0
 """Unmeasured calls before the barrier: channels connected, routes learnt, code paths warm."""
 STREAMS_PER_OWNER = 2
 """ReserveStream calls a generator keeps open to each owning process."""
+OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+"""The reason of a refusal that may have been applied (R7, docs/API.md)."""
 MESSAGES_IN_FLIGHT = 8
 """Batch messages in flight on each stream."""
 TTL_S = 3600
@@ -71,8 +73,11 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
     acked: Counter[tuple[str, str]] = field(default_factory=Counter)
     in_doubt: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """Units per position of calls that failed without a definite answer (a status, a stream ended): each may have
-    been held (R7), so the check allows up to these beyond ``acked``, never fewer than ``acked``."""
+    """Units per position of calls that failed without a definite answer: each may have been held (R7), so the check
+    allows up to these beyond ``acked``, never fewer than ``acked``. A unary call that failed (gRPC's retries may
+    answer a try lost in doubt with a later try's refusal), a stream's item answered ``OUTCOME_UNKNOWN`` (or a status
+    of no reason), the items outstanding on a stream that ended; not a stream's item the service refused for a reason
+    of its own (``GROUP_MOVED``, ``SHARD_OVERLOADED``, ``INSTANCE_REPLACED``: nothing of it applied, docs/API.md)."""
 
     def answered(self, held: list[tuple[str, str]], started: float) -> None:
         self.acked.update(held)
@@ -213,10 +218,13 @@ def _held(requests: list[pb.ReserveRequest], result: pb.ReserveStreamResponse, t
     """The positions of the items held; every other outcome counted as an error by its status."""
     held = []
     for request, outcome in zip(requests, result.outcomes, strict=True):
+        if outcome.reservation_id != request.reservation_id:  # else its units would be counted at another position
+            raise RuntimeError(f"the outcome of {outcome.reservation_id!r} in the place of {request.reservation_id!r}")
         if outcome.HasField("error"):
             refusal = Refusal.from_status(outcome.error)
             tally.errors[_kind(refusal.code, refusal.reason)] += 1
-            tally.in_doubt[(request.lines[0].sku, request.lines[0].location)] += 1
+            if refusal.reason in (OUTCOME_UNKNOWN, ""):  # the service's own other refusals applied nothing of it
+                tally.in_doubt[(request.lines[0].sku, request.lines[0].location)] += 1
         elif outcome.response.state == pb.RESERVATION_STATE_HELD:
             held.append((request.lines[0].sku, request.lines[0].location))
         else:
