@@ -25,10 +25,10 @@ load generator and Redis node kept busy over the window (``service_cores``, ``lo
 ``redis_cores``, busiest first: one near 1.0 is what limited the step) and the whole host (``host_cores``:
 what no process is charged for shows as the difference), the calls forwarded meanwhile
 (``forwarded_calls``: none in a routed step while the clients route right), and the check. Exits 1 if
-any check fails.
+any check fails. ``--stall`` stops each service process in turn past its lease over the window (``scale_stall.py``).
 
     python benchmarks/scale.py [--max-processes N | --processes 1,2] [--steps unary-routed,stream-routed]
-                               [--load-processes K] [--seconds 10]
+                               [--load-processes K] [--seconds 10] [--stall 2 --lease-ms 700]
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import free_port
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from benchmarks.scale_load import WARMUP_S, LoadSpec, Tally, location_name, run_load, sku_name
+from benchmarks.scale_stall import GAP_S, Stalls
 from benchmarks.throughput import serve_command
 
 STOCK = 1_000_000
@@ -259,9 +260,16 @@ async def load(services: Services, kind: str, mode: str, args: argparse.Namespac
         before, forwarded = services.cpu_s(), await asyncio.to_thread(services.forwarded)
         cores = Cores({"service": [p.pid for p in services.procs], "load": [p.pid for p in procs if p.pid],
                        "redis": args.redis_pids})
-        await asyncio.sleep(args.seconds)
-        used = cores.used()
-        tallies = [await asyncio.to_thread(results.get, True, args.seconds + 120) for _ in procs]
+        stalls = Stalls(services.procs, args.stall)
+        stalling = asyncio.ensure_future(stalls.run() if args.stall else asyncio.sleep(0))
+        try:
+            await asyncio.sleep(args.seconds)
+            used = cores.used()
+            tallies = [await asyncio.to_thread(results.get, True, args.seconds + 120) for _ in procs]
+        finally:  # every process going on again before it is read: its CPU, its forwarding, the check
+            stalling.cancel()
+            await asyncio.wait([stalling])
+        used.update({"stalls": stalls.count} if args.stall else {})
         # Read once every generator has its answers in: the requests in flight when the seconds ran out
         # (a stream's 8 messages on each, seconds of backlog at 16 processes) are answered after them and
         # counted in the reservations, so their CPU and their forwarding count too.
@@ -354,8 +362,14 @@ def parse_args() -> argparse.Namespace:
                         "(service-N-KIND-MODE-I.log; default: a temporary one, removed at the end)")
     parser.add_argument("--log-level", default="WARNING", help="the service processes' (e.g. INFO with --logs: "
                         "every group taken and handed over)")
+    parser.add_argument("--stall", type=float, default=0.0, help="stop one service process at a time for these "
+                        "seconds (SIGSTOP, then SIGCONT; longer than the lease, it loses its groups), each in turn, "
+                        f"{GAP_S:g} s apart, over each step's window: a starved process on purpose (time and CPU "
+                        "figures then mean nothing; the check and the errors do)")
     parser.add_argument("--cluster-url", default="", help="a Redis Cluster to use (flushed!) instead of starting one")
     args = parser.parse_args()
+    if args.stall < 0:
+        parser.error(f"--stall: seconds must be 0 (none) or more, got {args.stall:g}")
     if unknown := set(args.steps) - set(STEPS):
         parser.error(f"--steps: unknown {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
     args.processes = args.processes or doubling(args.max_processes)

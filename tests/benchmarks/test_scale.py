@@ -44,6 +44,22 @@ async def test_scale_runs_two_processes_and_finds_nothing_oversold(cluster_url: 
     assert next(r for r in rows if r["mode"] == "forwarded" and r["kind"] == "unary")["forwarded_calls"] > 0, rows
 
 
+async def test_a_process_stalled_past_its_lease_loses_no_acknowledged_hold_R7(cluster_url: str) -> None:
+    """``--stall``: each service process in turn stopped (SIGSTOP) for twice its lease during the window, so
+    that the other takes its groups over while it holds acknowledged holds and writes in flight: every position
+    still holds at least what was acknowledged held, and no more than that and the calls in doubt."""
+    code, out = await run(sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--cluster-url", cluster_url,
+                          "--processes", "2", "--seconds", "2", "--warmup", "0.2", "--skus", "200",
+                          "--locations", "2", "--lease-ms", "500", "--balance-ms", "100", "--in-flight", "16",
+                          "--stall", "1", "--steps", "stream-routed,unary-forwarded", limit_s=110)
+    assert code == 0, out[-3000:]
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(r["kind"], r["mode"]) for r in rows] == [("stream", "routed"), ("unary", "forwarded")], rows
+    for r in rows:
+        assert r["stalls"] >= 1 and r["checked_positions"] == 400, r
+        assert r["oversold"] == 0 and r["hold_mismatches"] == 0 and r["holds_lost"] == 0, r
+
+
 async def test_seeding_waits_out_a_group_no_process_owns_yet(cluster_url: str, tmp_path: Path) -> None:
     """A group being taken over (its owner starved past its lease on a loaded host) refuses its facts
     ``GROUP_MOVED``, owned by no process yet, after the other groups' facts were recorded. Before: scale.py's

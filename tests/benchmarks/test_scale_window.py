@@ -68,7 +68,8 @@ async def test_service_cpu_per_reservation_covers_the_answers_after_the_seconds(
     cpu = tmp_path / "cpu"
     monkeypatch.setenv(CPU_FILE, str(cpu))
     monkeypatch.setattr(scale, "run_load", answering_generator)
-    args = argparse.Namespace(skus=1, locations=1, seconds=SECONDS, in_flight=1, batch=1, warmup=0.0, redis_pids=[])
+    args = argparse.Namespace(skus=1, locations=1, seconds=SECONDS, in_flight=1, batch=1, warmup=0.0, redis_pids=[],
+                              stall=0.0)
     tallies, cpu_s, _ = await scale.load(_Services(cpu), "stream", "routed", args, 1)  # type: ignore[arg-type]
     row = scale.row(1, "stream", "routed", tallies, cpu_s, 1)
     assert row["reservations"] == IN_WINDOW + AFTER
