@@ -69,6 +69,8 @@ async def test_a_replica_set_to_evict_keeps_its_unsafe_policy_said_while_it_hang
 
     replica = replicated.replicas[0]
     name = f"127.0.0.1:{replica.port}"
+    with redis.Redis(host="127.0.0.1", port=replicated.primaries[0].port) as primary:
+        primary.set("warm", 1)  # data to follow: listed at once, not at the primary's first replication PING (10 s)
     await until(lambda: _replicas_listed(replicated.url, 1), "the replica listed", 30)  # (once it holds data)
     try:
         with redis.Redis(host="127.0.0.1", port=replica.port) as admin:
