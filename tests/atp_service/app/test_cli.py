@@ -452,15 +452,20 @@ def test_an_embedded_redis_that_dies_is_started_again_and_one_that_keeps_dying_s
     assert not Path(f"/proc/{redis_pid}").exists()
 
 
+SLOW_DEMO = ("--max-rows-per-load", "100")
+"""The demo estate loaded a hundred counts a block (~1,000 blocks): seconds, as long as a load of one fact at a time
+took, for a test whose signal must come while it loads. In blocks of 20,000 it takes about a second."""
+
+
 def test_an_embedded_redis_lost_while_the_demo_estate_loads_stops_the_service_with_exit_5(tmp_path: Path) -> None:
     """No restarts allowed: the service stops as for a signal, saying why first, instead of a
     traceback once the demo's load gives up."""
     data, log = tmp_path / "data", tmp_path / "serve.log"
     proc = spawned(subprocess.Popen(
         [sys.executable, "-m", "atp_service", "serve", "--data-dir", str(data), "--port", str(held_port()),
-         "--metrics-port", "-1", "--auth", "off", "--log-level", "INFO", "--redis-restarts", "0"],
+         "--metrics-port", "-1", "--auth", "off", "--log-level", "INFO", "--redis-restarts", "0", *SLOW_DEMO],
         stdout=log.open("wb"), stderr=subprocess.STDOUT))
-    wait_for_line(proc, log, "loading the demo estate")  # 100,000 facts: seconds
+    wait_for_line(proc, log, "loading the demo estate")  # ~1,000 blocks: seconds
     os.kill(int((data / "redis" / "redis-server.pid").read_text()), signal.SIGKILL)
     assert proc.wait(timeout=60) == 5, log.read_text()[-4000:]
     text = log.read_text()
@@ -472,9 +477,9 @@ def test_a_stop_signal_while_the_demo_estate_loads_lets_it_finish(tmp_path: Path
     """Half a demo estate would stay half: the next start finds a logged keyspace and loads none."""
     port, data, log = held_port(), tmp_path / "data", tmp_path / "serve.log"
     argv = [sys.executable, "-m", "atp_service", "serve", "--data-dir", str(data), "--port", str(port),
-            "--metrics-port", "-1", "--auth", "off", "--log-level", "INFO"]
+            "--metrics-port", "-1", "--auth", "off", "--log-level", "INFO", *SLOW_DEMO]
     proc = spawned(subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT))
-    wait_for_line(proc, log, "loading the demo estate")
+    wait_for_line(proc, log, "loading the demo estate")  # ~1,000 blocks: seconds
     proc.send_signal(signal.SIGTERM)
     assert stop_or_explain(proc, log) == 0
     text = log.read_text()
