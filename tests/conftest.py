@@ -73,7 +73,8 @@ def pytest_exception_interact(node: pytest.Item | pytest.Collector) -> None:
 LONGEST_FIRST = (
     "tests/sim/test_simulation.py", "tests/atp_service/app/test_cli.py", "tests/sim/test_seeds_second.py",
     "tests/benchmarks/test_peak_smoke.py", "tests/sim/test_seeds_first.py",
-    "tests/atp_service/app/test_membership_fuzz.py", "tests/reservation/test_load_order.py",
+    "tests/atp_service/app/test_membership_fuzz.py", "tests/atp_service/app/test_process_order_holds.py",
+    "tests/reservation/test_load_order.py",
     "tests/benchmarks/test_scale.py", "tests/sim/test_full.py", "tests/publishers/test_publisher_trimmed.py",
     "tests/sim/test_groups.py", "tests/atp_service/app/test_redis_stalls.py", "tests/sim/test_settlefaults.py",
     "tests/atp_service/app/test_faults.py", "tests/sim/test_every_fault.py", "tests/benchmarks/test_fault_soak.py",
