@@ -13,9 +13,10 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -31,6 +32,7 @@ from tests.ports import held_port
 from tests.waiting import until
 
 pytestmark = pytest.mark.slow
+Answer = TypeVar("Answer")
 T = int(time.time() * 1000) - 60_000
 SKUS = [f"sku-{n}" for n in range(12)]
 LOW = [f"low-{n}" for n in range(4)]
@@ -42,6 +44,7 @@ STALLS_S = (0.6, 1.2)
 IN_DOUBT = {(grpc.StatusCode.DEADLINE_EXCEEDED, ""), (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"),
             (grpc.StatusCode.CANCELLED, "")}
 """Answers that say nothing of the outcome: the caller retries with the same id to learn it."""
+AT_ONCE = 16  # checks of the answers after the stalls in flight at once (``_at_once``)
 NOT_APPLIED = {(grpc.StatusCode.RESOURCE_EXHAUSTED, "SHARD_OVERLOADED"),
                (grpc.StatusCode.RESOURCE_EXHAUSTED, "SERVICE_OVERLOADED"),
                (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNREACHABLE"), (grpc.StatusCode.UNAVAILABLE, "GROUP_MOVED")}
@@ -238,6 +241,20 @@ async def _retried(call: Callable[[], Awaitable[Any]], what: str, bound_s: float
             await asyncio.sleep(0.05)
 
 
+async def _at_once(calls: Iterable[Awaitable[Answer]]) -> list[Answer]:
+    """Each call's answer, ``AT_ONCE`` in flight: the checks of hundreds of answers, a round trip each."""
+    gate = asyncio.Semaphore(AT_ONCE)
+
+    async def gated(call: Awaitable[Answer]) -> Answer:
+        async with gate:
+            return await call
+    return list(await asyncio.gather(*(gated(call) for call in calls)))
+
+
+async def _states(client: AtpClient, rids: list[str]) -> dict[str, int | None]:
+    return dict(zip(rids, await _at_once(_state_of(client, rid) for rid in rids), strict=True))
+
+
 async def _state_of(client: AtpClient, rid: str) -> int | None:
     try:
         return (await client.get_reservation(rid)).state
@@ -304,12 +321,13 @@ async def test_redis_stalls_on_the_busiest_day_leave_every_answer_true_and_every
         client = AtpClient(f"127.0.0.1:{again.port}", timeout_s=20)
         try:
             assert await _positions(client) == live
+            states = await _states(client, [*book.held, *book.refused, *book.resolved])
             for rid in book.held:
-                assert await _state_of(client, rid) == pb.RESERVATION_STATE_HELD, rid
+                assert states[rid] == pb.RESERVATION_STATE_HELD, rid
             for rid in book.refused:
-                assert await _state_of(client, rid) is None, (rid, book.refused[rid])
+                assert states[rid] is None, (rid, book.refused[rid])
             for rid, state in book.resolved.items():
-                assert await _state_of(client, rid) == state, rid
+                assert states[rid] == state, rid
         finally:
             await client.close()
             await again.stop(grace_s=0.5)
@@ -339,25 +357,28 @@ async def _after(client: AtpClient, book: Book, url: str) -> None:
         book.held[req.reservation_id] = 1
     unexpected = {rid: said for rid, said in book.refused.items() if said not in NOT_APPLIED}
     assert not unexpected, unexpected
+    states = await _states(client, [*book.held, *book.refused, *book.refused_ops])
     for rid in book.held:
-        assert await _state_of(client, rid) == pb.RESERVATION_STATE_HELD, rid
+        assert states[rid] == pb.RESERVATION_STATE_HELD, rid
     for rid, said in book.refused.items():
-        assert await _state_of(client, rid) is None, (rid, said)
+        assert states[rid] is None, (rid, said)
     for rid, said in book.refused_ops.items():
         assert said in NOT_APPLIED, (rid, said)
-        assert await _state_of(client, rid) == pb.RESERVATION_STATE_HELD, (rid, said)
-    for rid, op in book.resolving.items():
-        request = pb.ConfirmRequest(reservation_id=rid) if op == "Confirm" else pb.ReleaseRequest(reservation_id=rid)
-        answer = await _retried(lambda op=op, request=request: getattr(client.stub, op)(request, timeout=10), op)
-        book.resolved[rid] = answer.reservation.state
+        assert states[rid] == pb.RESERVATION_STATE_HELD, (rid, said)
+    ops = [(rid, op, (pb.ConfirmRequest if op == "Confirm" else pb.ReleaseRequest)(reservation_id=rid))
+           for rid, op in book.resolving.items()]
+    answers = await _at_once(_retried(partial(getattr(client.stub, op), req, timeout=10), op) for _, op, req in ops)
+    book.resolved.update({rid: answer.reservation.state for (rid, _, _), answer in zip(ops, answers, strict=True)})
+    states = await _states(client, list(book.resolved))
     for rid, state in book.resolved.items():
-        assert await _state_of(client, rid) == state, rid
-    for rid in sorted(book.doubt):
-        answer = await _retried(lambda rid=rid: client.stub.Reserve(book.requests[rid], timeout=10), f"retry of {rid}")
-        if answer.state == pb.RESERVATION_STATE_HELD:
-            book.held[rid] = sum(line.quantity for line in book.requests[rid].lines)
-    for f in book.facts.values():
-        await _retried(lambda f=f: client.stub.RecordEvents(pb.RecordEventsRequest(events=[f]), timeout=10), "fact")
+        assert states[rid] == state, rid
+    doubt = sorted(book.doubt)
+    answers = await _at_once(_retried(partial(client.stub.Reserve, book.requests[rid], timeout=10), f"retry of {rid}")
+                             for rid in doubt)
+    book.held.update({rid: sum(line.quantity for line in book.requests[rid].lines)
+                      for rid, answer in zip(doubt, answers, strict=True) if answer.state == pb.RESERVATION_STATE_HELD})
+    await _at_once(_retried(partial(client.stub.RecordEvents, pb.RecordEventsRequest(events=[f]), timeout=10), "fact")
+                   for f in book.facts.values())
     streams = aioredis.Redis.from_url(url)
     try:
         async def consumed() -> bool:
