@@ -14,8 +14,9 @@ spread the groups evenly, stocks ``--skus`` x ``--locations`` positions with 1,0
               every SKU, split by owner by the process that takes it).
 Then every position is read through ``RoutedClient`` and checked: ``oversold`` (units reserved
 and committed beyond on hand) and ``hold_mismatches`` (positions holding fewer units than were
-acknowledged held, or more than those plus the units of calls that failed with no definite answer:
-such a call, counted as an error, may have been applied, R7; a stream item refused ``GROUP_MOVED`` was not) must
+acknowledged held and those of calls in doubt read held by id first, ``scale_check.py``, or more than those
+acknowledged plus the units of calls that failed with no definite answer: such a call, counted as an error, may
+have been applied, R7; a stream item refused ``GROUP_MOVED`` was not) must
 be 0; beside them ``holds_lost`` (the positions holding fewer) and ``in_doubt_held`` (units held of calls in
 doubt). One JSON line per step: processes, mode, kind, ops/s
 (reservations held per second), p50/p99 ms (per call, or per batch message), errors, the service
@@ -56,11 +57,13 @@ from redis.cluster import RedisCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from atp_client import AtpClient, Retryable, RoutedClient, timestamp
+from atp_client import AtpClient, RoutedClient, timestamp
 from atp_client._stock import record_patiently
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import free_port
 from atp_service.storage.embedded_cluster import EmbeddedCluster
+from benchmarks import scale_check
+from benchmarks.scale_check import merged, patiently
 from benchmarks.scale_load import WARMUP_S, LoadSpec, Tally, location_name, run_load, sku_name
 from benchmarks.scale_stall import GAP_S, Stalls
 from benchmarks.throughput import serve_command
@@ -209,34 +212,14 @@ async def seed(address: str, args: argparse.Namespace) -> None:
 
 
 async def check(addresses: tuple[str, ...], args: argparse.Namespace, acked: Counter[tuple[str, str]],
-                in_doubt: Counter[tuple[str, str]]) -> dict[str, int]:
-    """Every position read at its owner: units beyond on hand, and positions whose units held are
-    fewer than acknowledged held (``holds_lost`` too), or more than those and every unit in doubt (R7); and the
-    units held of calls in doubt (``in_doubt_held``: beyond those acknowledged)."""
-    keys = positions(args)
-    oversold = mismatches = lost = landed = 0
-    async with RoutedClient(addresses, timeout_s=30) as client:
-        for i in range(0, len(keys), 1000):
-            for p in await _patiently(client, keys[i:i + 1000]):
-                oversold += max(0, p.reserved + p.committed - p.on_hand)
-                held, doubted = acked[(p.sku, p.location)], in_doubt[(p.sku, p.location)]
-                mismatches += not held <= p.reserved <= held + doubted
-                lost += p.reserved < held
-                landed += max(0, p.reserved - held)
-    return {"checked_positions": len(keys), "oversold": oversold, "hold_mismatches": mismatches,
-            "holds_lost": lost, "in_doubt_held": landed}
+                in_doubt: dict[str, tuple[str, str]]) -> dict[str, int]:
+    """``scale_check.check`` of every position of the step; ``in_doubt``: each call in doubt's id and position."""
+    return await scale_check.check(addresses, positions(args), acked, in_doubt)
 
 
 async def _patiently(client: RoutedClient, keys: list[tuple[str, str]]) -> list[pb.Availability]:
     """The positions, waiting out a group being taken over (a lease lost under load) for up to a minute."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return await client.availability(keys)
-        except Retryable:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+    return await patiently(lambda: client.availability(keys))
 
 
 async def load(services: Services, kind: str, mode: str, args: argparse.Namespace, k: int
@@ -309,7 +292,7 @@ async def step(url: str, n: int, kind: str, mode: str, args: argparse.Namespace,
         setup_s = round(time.monotonic() - began, 1)
         tallies, cpu, used = await load(services, kind, mode, args, k)
         acked = sum((t.acked for t in tallies), Counter[tuple[str, str]]())
-        in_doubt = sum((t.in_doubt for t in tallies), Counter[tuple[str, str]]())
+        in_doubt = merged(t.in_doubt for t in tallies)
         checked = await check(services.addresses, args, acked, in_doubt)
         return {**row(n, kind, mode, tallies, cpu, k), **used, **checked,
                 "setup_s": setup_s, "step_s": round(time.monotonic() - began, 1)}

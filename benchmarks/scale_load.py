@@ -72,12 +72,14 @@ class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     acked: Counter[tuple[str, str]] = field(default_factory=Counter)
-    in_doubt: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """Units per position of calls that failed without a definite answer: each may have been held (R7), so the check
-    allows up to these beyond ``acked``, never fewer than ``acked``. A unary call that failed (gRPC's retries may
-    answer a try lost in doubt with a later try's refusal), a stream's item answered ``OUTCOME_UNKNOWN`` (or a status
-    of no reason), the items outstanding on a stream that ended; not a stream's item the service refused for a reason
-    of its own (``GROUP_MOVED``, ``SHARD_OVERLOADED``, ``INSTANCE_REPLACED``: nothing of it applied, docs/API.md)."""
+    in_doubt: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """The reservation id and position (a unit) of each call that failed without a definite answer: each may have
+    been held (R7), so the check allows up to these beyond ``acked``, never fewer than ``acked`` and those of them
+    it reads held by id (``scale_check``: a call in doubt that landed hides no lost hold at its position). A unary
+    call that failed (gRPC's retries may answer a try lost in doubt with a later try's refusal), a stream's item
+    answered ``OUTCOME_UNKNOWN`` (or a status of no reason), the items outstanding on a stream that ended; not a
+    stream's item the service refused for a reason of its own (``GROUP_MOVED``, ``SHARD_OVERLOADED``,
+    ``INSTANCE_REPLACED``: nothing of it applied, docs/API.md)."""
 
     def answered(self, held: list[tuple[str, str]], started: float) -> None:
         self.acked.update(held)
@@ -129,7 +131,7 @@ async def _unary(spec: LoadSpec, tally: Tally, rng: random.Random) -> Load:
             answer = await client.reserve(rid, [(sku, loc, 1)], ttl_seconds=TTL_S)
         except grpc.aio.AioRpcError as exc:
             tally.errors[_kind(exc.code(), exc.reason if isinstance(exc, AtpError) else "")] += 1
-            tally.in_doubt[(sku, loc)] += 1
+            tally.in_doubt[rid] = (sku, loc)
             return
         if answer.state != pb.RESERVATION_STATE_HELD:
             tally.errors["REJECTED"] += 1
@@ -211,7 +213,8 @@ async def _drive(client: AtpClient, skus: list[str], batch: Callable[[list[str]]
         await call.done_writing()
     except grpc.aio.AioRpcError as exc:  # the stream ended: every item outstanding failed with it
         tally.errors[_kind(exc.code(), "stream ended")] += sum(len(requests) for _, requests in sent)
-        tally.in_doubt.update((r.lines[0].sku, r.lines[0].location) for _, requests in sent for r in requests)
+        tally.in_doubt.update((r.reservation_id, (r.lines[0].sku, r.lines[0].location)) for _, requests in sent
+                              for r in requests)
 
 
 def _held(requests: list[pb.ReserveRequest], result: pb.ReserveStreamResponse, tally: Tally) -> list[tuple[str, str]]:
@@ -224,7 +227,7 @@ def _held(requests: list[pb.ReserveRequest], result: pb.ReserveStreamResponse, t
             refusal = Refusal.from_status(outcome.error)
             tally.errors[_kind(refusal.code, refusal.reason)] += 1
             if refusal.reason in (OUTCOME_UNKNOWN, ""):  # the service's own other refusals applied nothing of it
-                tally.in_doubt[(request.lines[0].sku, request.lines[0].location)] += 1
+                tally.in_doubt[request.reservation_id] = (request.lines[0].sku, request.lines[0].location)
         elif outcome.response.state == pb.RESERVATION_STATE_HELD:
             held.append((request.lines[0].sku, request.lines[0].location))
         else:
