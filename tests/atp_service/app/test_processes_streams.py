@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ from atp_client import AtpClient, Retryable
 from atp_service import AtpService
 from atp_service.edge import record
 from atp_service.edge.auth import new_token, token_hash
-from reservation import Limits
+from atp_service.intake.facts import Result
+from atp_service.intake.owners import FactSender
+from reservation import DomainError, Fact, Limits
 from tests.atp_service.app.test_processes import (
     SHARDS,
     Process,
@@ -214,8 +216,9 @@ async def test_an_owner_that_does_not_answer_stalls_no_reading(
     facts of the reader's groups are still applied and acknowledged, wave after wave, while sends to the
     paused owner wait; the paused owner's stay pending, and are applied once it goes on. The first send
     fails after 1 s (as in ``test_processes_streams_probe``): the owner is skipped from then on and tried
-    again by the reader's passes over its pending entries, each try waiting up to 60 s (gRPC's attempt to
-    connect to the paused process, never answered, ends it within 20 s)."""
+    again by the reader's passes over its pending entries, each try then waiting until the owner goes on
+    (``hung``: gRPC's own attempt to connect to the paused process ends within 20 s, and then its calls fail at
+    once, which a reading loop waiting for its tries would outwait within a wave's bound)."""
     monkeypatch.setattr(record, "SEND_TIMEOUT_S", 1.0)  # the first send fails soon: the owner then skipped
     reader, _ = await start_leased(port=held_port(), host="127.0.0.1")
     membership, ingestor = reader.membership, reader.ingestor
@@ -230,7 +233,7 @@ async def test_an_owner_that_does_not_answer_stalls_no_reading(
     here = [s for s in skus if group_of(s) in owned(reader)][:8]
     away = [s for s in skus if group_of(s) not in owned(reader)][:8]
     r = redis.Redis.from_url(redis_url)
-    passes = passes_counted(reader, monkeypatch)
+    passes, going_on = passes_counted(reader, monkeypatch), asyncio.Event()
     owner.send_signal(signal.SIGSTOP)
     try:
         for wave in range(3):
@@ -244,15 +247,27 @@ async def test_an_owner_that_does_not_answer_stalls_no_reading(
                 assert await on_hand(reader, sku) == wave + 1, sku
             if wave == 0:
                 await until(lambda: (elsewhere, None) in sends._failing, "the paused owner's send failed: skipped")
-                monkeypatch.setattr(record, "SEND_TIMEOUT_S", 60.0)  # each later send waits until gRPC's attempt ends
+                monkeypatch.setattr(sends, "_send", hung(sends._send, elsewhere, going_on))  # every try waits
             if wave < 2:  # pending passes meet the stuck sends before the next wave; none comes after the last
                 begun = passes[0]
                 await until(lambda: passes[0] >= begun + 2, "two passes over the pending entries", 30)  # noqa: B023
     finally:
         owner.send_signal(signal.SIGCONT)
+        going_on.set()
     await wait_consumed(redis_url, list(STREAMS))
     for sku in away:
         assert await on_hand(reader, sku) == 3, sku
+
+
+def hung(send: FactSender, owner: str, going_on: asyncio.Event) -> FactSender:
+    """``send``, each send to ``owner`` waiting for ``going_on`` first: an owner that does not answer, for as long
+    as it is paused."""
+    async def sent(to: str, facts: Sequence[Fact]) -> list[Result | DomainError]:
+        if to == owner:
+            await going_on.wait()
+        return await send(to, facts)
+
+    return sent
 
 
 def passes_counted(service: AtpService, monkeypatch: pytest.MonkeyPatch) -> list[int]:
