@@ -31,7 +31,7 @@ def test_a_stream_item_refused_outright_is_not_counted_as_maybe_held() -> None:
         pb.ReserveOutcome(reservation_id="unknown", error=rich_status(in_doubt))])
     tally = Tally()
     assert _held(requests, result, tally) == [("sku-a", "loc-00")]
-    assert dict(tally.in_doubt) == {("sku-c", "loc-00"): 1}
+    assert tally.in_doubt == {"unknown": ("sku-c", "loc-00")}
     assert tally.errors == {"UNAVAILABLE:GROUP_MOVED": 1, "UNAVAILABLE:OUTCOME_UNKNOWN": 1}
 
 
