@@ -231,7 +231,7 @@ def count_rows(source: str, skus: Sequence[str], locations: Sequence[str], colum
 def count_block(source: str, skus: Sequence[str], locations: Sequence[str], columns: Sequence[bytes],
                 limits: Limits) -> int:
     """The number of rows of a LoadCounts block (``count_rows``' columns), or the refusal of the whole block: its
-    source, its size, columns of unequal length, a dictionary naming one twice. Needs no clock: a block at fault
+    source, its size (no rows, or past ``max_rows_per_load``), columns of unequal length, a dictionary naming one twice. Needs no clock: a block at fault
     is told so before anything the service's state decides (reasons in precedence order)."""
     check_id("source", source, limits)
     sizes = (4, 4, 8, 8)
@@ -244,6 +244,8 @@ def count_block(source: str, skus: Sequence[str], locations: Sequence[str], colu
     for name, data, size in zip(_COLUMNS, columns, sizes, strict=True):
         if len(data) // size != n:
             raise InvalidArgument(name, f"{len(data) // size} values for {n} rows (as_of has one per row)")
+    if not n:  # a caller's bug (a file read as empty): answered OK, nothing loaded, it looked like a load
+        raise _no_rows(_COLUMNS)
     for name, dictionary in (("skus", skus), ("locations", locations)):
         if len(dictionary) > n or len(set(dictionary)) != len(dictionary):
             raise InvalidArgument(name, "each must appear once, and no more of them than rows")
@@ -259,6 +261,13 @@ def _too_many_rows(columns: tuple[str, ...], n: int, limits: Limits) -> InvalidA
     refusal = InvalidArgument(", ".join(columns), f"{n} rows exceed the limit max_rows_per_load="
                               f"{limits.max_rows_per_load}: send the block in smaller calls",
                               Reason.LIMIT_EXCEEDED, "max_rows_per_load")
+    refusal.fields = columns  # one FieldViolation per column
+    return refusal
+
+
+def _no_rows(columns: tuple[str, ...]) -> InvalidArgument:
+    """A block of no rows, naming every per-row column (as ``_too_many_rows`` does)."""
+    refusal = InvalidArgument(", ".join(columns), "a block of no rows: at least one row is required")
     refusal.fields = columns  # one FieldViolation per column
     return refusal
 

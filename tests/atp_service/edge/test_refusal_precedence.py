@@ -39,7 +39,9 @@ FAULTS: dict[str, tuple[Ask, str, str]] = {
         keys=[pb.PositionKey(sku="A", location="S1")] * 3)), "keys", "LIMIT_EXCEEDED"),
     "record-events": (lambda c: c.stub.RecordEvents(pb.RecordEventsRequest(events=[pb.Fact()] * 3)), "events",
                       "LIMIT_EXCEEDED"),
+    "record-events-none": (lambda c: c.stub.RecordEvents(pb.RecordEventsRequest()), "events", "INVALID_FIELD"),
     "load-counts": (lambda c: c.stub.LoadCounts(pb.LoadCountsRequest(source="")), "source", "INVALID_FIELD"),
+    "load-counts-none": (lambda c: c.stub.LoadCounts(pb.LoadCountsRequest(source="erp")), "as_of", "INVALID_FIELD"),
     "load-counts-rows": (lambda c: c.stub.LoadCounts(pb.LoadCountsRequest(
         source="erp", as_of=bytes(8 * 3), on_hand=bytes(8 * 3), sku_index=bytes(4 * 3), location_index=bytes(4 * 3))),
         "as_of", "LIMIT_EXCEEDED"),

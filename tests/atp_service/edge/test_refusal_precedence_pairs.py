@@ -143,3 +143,20 @@ async def test_a_retry_naming_the_default_ttl_is_the_same_reserve_as_one_leaving
         assert (said.reason, said.metadata.get("field")) == ("RESERVATION_ID_REUSED", "ttl"), rid
     (a,) = await client.availability([("A", "S1")])
     assert a.reserved == 2  # one unit each, the retries none
+
+
+async def test_a_batch_of_no_facts_or_rows_is_refused_naming_the_field_as_a_request_of_no_keys_is(
+        start_service: ServiceFactory) -> None:
+    """A ``RecordEvents`` of no facts, a ``LoadCounts`` of no rows: a caller's bug (a filter that dropped every fact, a
+    file read as empty) that was answered OK, recording nothing — a feed that sent nothing for a day looked healthy.
+    Refused ``INVALID_FIELD`` naming ``events`` (a ``LoadCounts``: its row columns), as a ``GetAvailability`` of no
+    keys is; nothing written."""
+    _, client = await stocked(start_service)
+    said = await refused(client.stub.RecordEvents(pb.RecordEventsRequest()))
+    assert (said.code, said.reason, fields_of(said)) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["events"])
+    said = await refused(client.stub.LoadCounts(pb.LoadCountsRequest(source="erp", skus=["A"], locations=["S1"])))
+    assert (said.code, said.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
+    assert fields_of(said) == ["sku_index", "location_index", "on_hand", "as_of"], said
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 10
+
