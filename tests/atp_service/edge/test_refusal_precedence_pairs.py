@@ -12,16 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf.duration_pb2 import Duration
 
+from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from reservation import Limits
 from tests.atp_service.channel_helpers import write_estate
 from tests.atp_service.edge.test_api import stocked
+from tests.atp_service.edge.test_forward import TOKEN, Pair, forwarded, moved_away, pair
 from tests.atp_service.refusals import fields_of, refused
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
+__all__ = ["pair"]  # the fixture, used here by name
 Stub = Any
 LIMITS = Limits(max_live_reservations_per_shard=4, max_ops_per_reservation=1)
 
@@ -160,3 +164,24 @@ async def test_a_batch_of_no_facts_or_rows_is_refused_naming_the_field_as_a_requ
     (a,) = await client.availability([("A", "S1")])
     assert a.on_hand == 10
 
+
+async def test_a_request_at_fault_is_told_its_fault_not_that_its_group_moved(pair: Pair,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """INVALID_FIELD (5) against GROUP_MOVED (28): a caller routing by itself (``atp-routing: redirect``) that sends a
+    request at fault to a process not owning its group is told its fault — sent to the owner, it would be told the
+    same — and nothing is forwarded; a request without one is redirected."""
+    a, a_address, _, b_address = pair
+    for method in ("reserve", "confirm"):
+        moved_away(monkeypatch, a, method, b_address)
+    redirect = (("atp-routing", "redirect"),)
+    async with AtpClient(a_address, token=TOKEN, timeout_s=5) as via_a:
+        stub = via_a.stub
+        said = await refused(stub.Reserve(pb.ReserveRequest(reservation_id="r1", lines=[_line(0)]), metadata=redirect))
+        assert (said.reason, fields_of(said)) == ("INVALID_FIELD", ["lines[0].quantity"])
+        said = await refused(stub.Confirm(pb.ConfirmRequest(reservation_id="r\x01"), metadata=redirect))
+        assert (said.reason, fields_of(said)) == ("INVALID_FIELD", ["reservation_id"])
+        said = await refused(stub.Reserve(pb.ReserveRequest(reservation_id="", lines=[_line()])))  # to be forwarded
+        assert (said.reason, fields_of(said)) == ("INVALID_FIELD", ["reservation_id"])
+        said = await refused(stub.Reserve(pb.ReserveRequest(reservation_id="r1", lines=[_line()]), metadata=redirect))
+        assert (said.reason, said.metadata.get("owner")) == ("GROUP_MOVED", b_address)
+    assert forwarded(a, "Reserve", "ok") + forwarded(a, "Reserve", "error") == 0
