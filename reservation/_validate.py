@@ -231,8 +231,9 @@ def count_rows(source: str, skus: Sequence[str], locations: Sequence[str], colum
 def count_block(source: str, skus: Sequence[str], locations: Sequence[str], columns: Sequence[bytes],
                 limits: Limits) -> int:
     """The number of rows of a LoadCounts block (``count_rows``' columns), or the refusal of the whole block: its
-    source, its size (no rows, or past ``max_rows_per_load``), columns of unequal length, a dictionary naming one twice. Needs no clock: a block at fault
-    is told so before anything the service's state decides (reasons in precedence order)."""
+    source, its size (no rows, or past ``max_rows_per_load``), columns of unequal length, a dictionary naming one
+    twice. Needs no clock: a block at fault is told so before anything the service's state decides (reasons in
+    precedence order)."""
     check_id("source", source, limits)
     sizes = (4, 4, 8, 8)
     for name, data, size in zip(_COLUMNS, columns, sizes, strict=True):

@@ -94,13 +94,11 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
 
 
 def check_events(request: pb.RecordEventsRequest, limits: Limits) -> None:
-    """Refuse a call of no facts (a caller's bug: answered OK, a feed that sent nothing looked healthy) or of more
-    than ``max_events_per_call``: before the engine is asked for, so it is told so, not RECOVERING (reasons in
-    precedence order). Each fact's own fault is its answer, not the call's."""
-    if not request.events:
+    """Refuse a call of no facts (a caller's bug) or more than ``max_events_per_call``: before the engine is asked
+    for, so it is told so, not RECOVERING (reasons in precedence order). Each fact's own fault is its answer."""
+    if not request.events:  # answered OK, recording nothing: a feed that sent nothing looked healthy
         raise InvalidArgument("events", "at least one fact is required")
-    limit = limits.max_events_per_call
-    if len(request.events) > limit:
+    if len(request.events) > (limit := limits.max_events_per_call):
         raise InvalidArgument("events", f"{len(request.events)} facts exceed the limit max_events_per_call={limit}",
                               Reason.LIMIT_EXCEEDED, "max_events_per_call")
 
