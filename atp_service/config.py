@@ -102,6 +102,12 @@ class ServiceConfig(ServingFields):
     """Deliveries after which an input entry whose fact is refused for a reason that does not pass with time
     (docs/OPERATIONS.md "Input streams") is dead-lettered (REFUSED_REPEATEDLY), not read again for ever (0: never)."""
 
+    ingest_refused_kept: int = 10_000
+    """Most input entries refused as stamped in the future (E7) kept in Redis as refused per input stream, while the
+    stream holds them (``intake/refused_kept.py``): past it the oldest is forgotten, counted
+    (``atp_ingest_refused_forgotten_total``), and judged again if a group made again delivers it again
+    (0: none kept)."""
+
     ingest_max_entry_bytes: int = 16_384
     """Most bytes an input-stream entry may have, its fields' names and values together, and most names and
     values (empty ones count no bytes): a larger one is dead-lettered (LIMIT_EXCEEDED) with its fields cut

@@ -58,6 +58,7 @@ class IngestSettings:
     ingest_block_ms: int
     claim_idle_ms: int
     ingest_max_deliveries: int
+    ingest_refused_kept: int
     ingest_max_entry_bytes: int
     dead_letter_stream: str
     side_stream_maxlen: int

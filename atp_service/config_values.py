@@ -106,6 +106,7 @@ RANGES = {
     "max_message_bytes": (64 << 10, (1 << 31) - 1),  # gRPC's own limit is an int32
     "stream_window_bytes": (1 << 10, 1 << 30),  # gRPC core's smallest window it announces, and its largest
     "shards": (1, 1024),  # atp_client.MAX_GROUPS: no client routes by a larger table
+    "ingest_refused_kept": (0, 1_000_000),  # each kept some 100 bytes in Redis, beside its input stream
 }
 """Settings bounded on both sides: each one's [lowest, highest]."""
 PORTS = {"port": 0, "metrics_port": -1}
@@ -257,11 +258,11 @@ def _check_reader_names(group: str, consumer: str, leased: bool) -> None:
                          f"mark is the Redis key of its count of entries trimmed unread), got {consumer!r}")
 
 
-MADE_AGAIN, TRIMMED_UNREAD = "made-again", "trimmed-unread"
-DERIVED_KEY_WORDS = (MADE_AGAIN, TRIMMED_UNREAD)
+MADE_AGAIN, TRIMMED_UNREAD, REFUSED = "made-again", "trimmed-unread", "refused"
+DERIVED_KEY_WORDS = (MADE_AGAIN, TRIMMED_UNREAD, REFUSED)
 """What follows ``<input stream>:`` in the keys the reader keeps beside an input stream, named with them
-(``unread.made_again_key``, ``unread.trimmed_unread_key``); the quarantine stream's own keys begin
-``<quarantine stream>:written`` (``quarantine.written_key``)."""
+(``unread.made_again_key``, ``unread.trimmed_unread_key``, ``unread.refused_key``); the quarantine stream's own keys
+begin ``<quarantine stream>:written`` (``quarantine.written_key``)."""
 
 
 def _check_side_keys(cfg: Any) -> None:

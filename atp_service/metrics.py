@@ -209,7 +209,8 @@ class IntakeMetrics:
         )
         self.ingest_refused_forgotten = Counter(
             "atp_ingest_refused_forgotten_total", "Input-stream entries refused by the clock (E7) forgotten as refused "
-            "past 10,000 per stream: judged again if a group made again delivers them again", ["stream"], registry=r)
+            "in Redis past ingest_refused_kept per stream: judged again if a group made again delivers them again",
+            ["stream"], registry=r)
         self.ingest_consumers_removed = Counter(
             "atp_ingest_consumers_removed_total", "Consumers of the input streams' group removed, their process gone "
             "for good (leased: no live process at their address, nothing pending, idle claim_idle_ms)", registry=r

@@ -14,7 +14,14 @@ from atp_service.config import ServiceConfig
 from atp_service.intake.bounds import bound_key
 from atp_service.intake.quarantine import ahead_key, drawn_key, run_key, swept_runs_key, written_key
 from atp_service.intake.runs import drawn_names_key
-from atp_service.intake.unread import answered_key, made_again_key, owing_key, trimmed_unread_key
+from atp_service.intake.unread import (
+    answered_key,
+    made_again_key,
+    owing_key,
+    refused_key,
+    refused_letters_key,
+    trimmed_unread_key,
+)
 from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl, check_cluster_client
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.log import LogStore
@@ -166,9 +173,10 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
                                                                     ("TYPE", mark))]
     quarantine = config.quarantine_stream  # a quarantined fact's entry acknowledged in its script (E8)
     written = written_key(quarantine)  # the group made with its mark where it holds any fact; asked of entries under it
-    needs += [Need(("EVALSHA", SHA, 3, s, mark, written), s, use) for s, mark in zip(streams, marks, strict=True)]
+    needs += [Need(("EVALSHA", SHA, 4, s, mark, written, refused_key(s, group)), s, use)
+              for s, mark in zip(streams, marks, strict=True)]
     needs += [Need(("EXISTS", written), written, use), Need(("ZMSCORE", written, "d"), written, use)]
-    needs += _bound_needs(config, marks, written, use)
+    needs += _bound_needs(config, marks, written, use) + _refused_needs(config, dlq)
     ahead = ahead_key(quarantine)  # the entries whose ids ran ahead of their facts' writes, asked with the set
     run = run_key(quarantine, group, consumer)  # this consumer's run: a write of a run before lands nothing
     needs += [Need(("HMGET", ahead, "d"), ahead, use)]
@@ -201,7 +209,25 @@ def _bound_needs(config: ServiceConfig, marks: list[str], written: str, use: str
     tokens = [bound_key(s, config.consumer_group, config.consumer_name) for s in streams]
     needs = [Need(("EVALSHA", SHA, 2 * len(streams), *streams, *tokens), streams[0], use)]
     return needs + [Need(args, at, use) for s, mark, key in zip(streams, marks, tokens, strict=True) for args, at in (
-        (("EVALSHA", SHA, 4, s, mark, written, key), s), (("GET", key), key), (("SET", key, 1, "PX", 1), key))]
+        (("EVALSHA", SHA, 5, s, mark, written, refused_key(s, config.consumer_group), key), s), (("GET", key), key),
+        (("SET", key, 1, "PX", 1), key))]
+
+
+def _refused_needs(config: ServiceConfig, dlq: str) -> list[Need]:
+    """The entries refused as stamped in the future (E7) kept beside each input stream (``intake/refused_kept.py``):
+    written, trimmed and bounded by the dead-letter script, asked for where a group was made again, and whether any is
+    kept asked where the group is made (``unread._MAKE``)."""
+    needs: list[Need] = []
+    use = "entries refused in the future (E7), kept refused"
+    for s in config.input_streams:
+        kept, letters = refused_key(s, config.consumer_group), refused_letters_key(s, config.consumer_group)
+        needs.append(Need(("EVALSHA", SHA, 4, dlq, s, kept, letters), s, use))
+        needs += [Need((cmd, kept, *rest), kept, use) for cmd, *rest in (
+            ("ZADD", 1, "m"), ("ZPOPMIN", 1), ("ZRANGEBYSCORE", 0, 1), ("ZREMRANGEBYSCORE", 0, 1), ("ZCARD",),
+            ("TYPE",), ("EXISTS",))]
+        needs += [Need((cmd, letters, *rest), letters, use) for cmd, *rest in (
+            ("HSET", "f", "v"), ("HDEL", "f"), ("HMGET", "f"), ("TYPE",))]
+    return needs
 
 
 def _sent_whole(needs: list[Need]) -> list[Need]:

@@ -20,9 +20,10 @@ Whichever reader takes such an entry: the group made again delivers it to any co
 every read of new entries (``unread._READ``) and of every claim (``claims._CLAIM``) answers it with the entries it
 delivers, and a start's make of the group (there already) answers it too: no call of its own, and the quarantine
 stream's set (``ZMSCORE``, and ``HMGET`` of the entries named ahead beside it) asked only for a batch holding entries at
-or before it — and no mark made where that set is empty (a first start on streams filled beforehand: nothing there was
-quarantined). The read forgets it once no entry at or before it can come again — the group's position at or past it,
-none pending up to it —, so it lasts while the entries it covers are delivered again, not for good.
+or before it — and no mark made where that set is empty and no entry of the stream is kept refused (E7,
+``refused_kept.py``: asked for under the mark too): a first start on streams filled beforehand, nothing there was
+quarantined or refused. The read forgets it once no entry at or before it can come again — the group's position at or
+past it, none pending up to it —, so it lasts while the entries it covers are delivered again, not for good.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ async def make_group_again(client: Any, stream: str, group: str, unacked: Unacke
     """The group made on ``stream`` where it is missing (True: made now) after the id told with the token Redis holds
     in ``bound`` of ``tagged`` (``bounds.start_again``), else from the stream's start; the stream's newest entry then
     its mark (``unacked.again``, and Redis's for every reader) where ``written``, the quarantine stream's set, holds
-    any fact: the entries up to it may have been settled before, and come again. Where it was there, the mark it has
+    any fact, or the stream's entries kept refused (E7) any: the entries up to it may have been settled before, and come
+    again. Where it was there, the mark it has
     (a process started since it was made). Made, the group reads after the id it answers, and the reader's ``seen``
     goes back to it; perhaps made (the script's answer lost: Redis may have run it), from the stream's start (E6)."""
     try:

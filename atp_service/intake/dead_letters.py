@@ -10,10 +10,10 @@ change of the format operators' tooling reads.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
 
-from atp_service.intake.unread import as_bytes
+from atp_service.intake.unread import as_bytes, refused_key, refused_letters_key
 from atp_service.logs import EveryInterval
 from atp_service.storage.scripts import ACL_LUA
 from reservation import InvalidArgument, Reason
@@ -107,8 +107,9 @@ def dead_letter(flat: list[bytes], why: Why, stream: str, entry_id: bytes, max_e
 
 
 async def write(client: Any, dead: Sequence[tuple[str, bytes, list[bytes], Why]], to: str, maxlen: int,
-                group: str, max_entry_bytes: int, before: dict[tuple[str, bytes], bytes] | None = None
-                ) -> tuple[set[tuple[str, bytes]], dict[tuple[str, bytes], bytes]]:
+                group: str, max_entry_bytes: int, before: dict[tuple[str, bytes], bytes] | None = None,
+                refused: Kept | None = None
+                ) -> tuple[set[tuple[str, bytes]], dict[tuple[str, bytes], bytes], dict[str, int]]:
     """Each entry's dead letter (``dead``: stream, entry id, fields, why) written to ``to``, trimmed to about
     ``maxlen``, and the entries acknowledged, in one script (``_WRITE``): Redis runs it whole or refuses it
     before its first write. An XACK queued beside the XADDs in a transaction ran even when its XADD failed
@@ -118,28 +119,50 @@ async def write(client: Any, dead: Sequence[tuple[str, bytes, list[bytes], Why]]
     back from older data since the read): neither dead-lettered nor acknowledged, left pending to be read again —
     and per entry acknowledged, its dead letter's id. ``before``: per entry, the id of the dead letter written for it
     before (refused by the clock, E7, delivered again): not written again while ``to`` holds it, written again where
-    it does not (Redis back from older data lost it with the entry's acknowledgement, or trimmed it)."""
-    args: list[Any] = [maxlen, group]
+    it does not (Redis back from older data lost it with the entry's acknowledgement, or trimmed it). ``refused``: the
+    entries refused by the clock (E7) or already, kept in Redis as refused in the same script with their letters
+    (``refused_kept.py``), and the most kept per stream; also returned, per stream, how many it forgot past that."""
+    keep = refused or Kept(frozenset(), 0)
+    args: list[Any] = [maxlen, group, keep.most]
     for stream, entry_id, fields, why in dead:
         letter = dead_letter(fields, why, stream, entry_id, max_entry_bytes)
         earlier = (before or {}).get((stream, entry_id), b"")
-        args += [entry_id, int(why is TRIMMED), earlier, len(letter), *letter]
-    kept, ids = await client.register_script(_WRITE)(keys=[to, *(stream for stream, _, _, _ in dead)], args=args)
+        remember = packed(why) if (stream, entry_id) in keep.entries else ""
+        args += [entry_id, int(why is TRIMMED), earlier, remember, len(letter), *letter]
+    streams = [stream for stream, _, _, _ in dead]
+    keys = [to, *streams, *(refused_key(s, group) for s in streams), *(refused_letters_key(s, group) for s in streams)]
+    kept, ids, lost = await client.register_script(_WRITE)(keys=keys, args=args)
     letters = {(dead[int(i) - 2][0], dead[int(i) - 2][1]): as_bytes(letter)
                for i, letter in zip(ids[0::2], ids[1::2], strict=True)}  # flat: [index, id, index, id, ...]
-    return {(dead[int(i) - 2][0], dead[int(i) - 2][1]) for i in kept}, letters
+    forgotten = {dead[int(i) - 2][0]: int(n) for i, n in zip(lost[0::2], lost[1::2], strict=True)}
+    return {(dead[int(i) - 2][0], dead[int(i) - 2][1]) for i in kept}, letters, forgotten
+
+
+class Kept(NamedTuple):
+    """The entries of a write to keep in Redis as refused (``refused_kept.py``), and the most kept per stream."""
+
+    entries: Collection[tuple[str, bytes]]
+    most: int
+
+
+def packed(why: Why) -> str:
+    """``why`` as kept beside a refused entry's letter id (``refused_kept.py``): its reason last, which may hold any
+    character."""
+    return f"{why.code}\n{why.field}\n{why.reason}"
 
 
 _WRITE = ACL_LUA + """
--- KEYS: the dead-letter stream, then each dead letter's input stream. ARGV: MAXLEN, group, then per dead
--- letter: its entry's id, 1 where it was read trimmed, the id of its dead letter written before or '', the number
--- of its fields' names and values, those names and values. An entry read trimmed that the stream holds (Redis back
--- from older data since the read) is left pending, neither dead-lettered nor acknowledged: returns {the KEYS indexes
--- of those, then per entry acknowledged its KEYS index and its dead letter's id, flat}. One whose dead letter written
--- before the dead-letter stream holds is acknowledged, not written again: its letter, naming its stream and id (an
--- id alone may name another entry's letter, written since Redis came back from older data by a node whose clock was
--- behind).
-local dlq = KEYS[1]
+-- KEYS: the dead-letter stream, then each dead letter's input stream, then each one's set of entries refused, then
+-- each one's hash of their letters (``refused_kept.py``). ARGV: MAXLEN, group, the most entries kept refused per
+-- stream, then per dead letter: its entry's id, 1 where it was read trimmed, the id of its dead letter written before
+-- or '', '' or why it is kept refused (E7), the number of its fields' names and values, those names and values. An
+-- entry read trimmed that the stream holds (Redis back from older data since the read) is left pending, neither
+-- dead-lettered nor acknowledged: returns {the KEYS indexes of those, then per entry acknowledged its KEYS index and
+-- its dead letter's id, flat, then per stream that forgot entries kept refused past the most, a KEYS index and how
+-- many, flat}. One whose dead letter written before the dead-letter stream holds is acknowledged, not written again:
+-- its letter, naming its stream and id (an id alone may name another entry's letter, written since Redis came back
+-- from older data by a node whose clock was behind).
+local dlq, n = KEYS[1], (#KEYS - 1) / 3
 local function holds(earlier, stream, id)
   local found = redis.call('XRANGE', dlq, earlier, earlier)
   if #found == 0 then return false end
@@ -151,36 +174,73 @@ local kind = redis.call('TYPE', dlq)['ok']
 if kind ~= 'none' and kind ~= 'stream' then  -- before any write: nothing dead-lettered, nothing acknowledged
   return redis.error_reply('WRONGTYPE dead-letter stream ' .. dlq .. ' holds a ' .. kind)
 end
-local asked = {{'XADD', dlq, 'MAXLEN', '~', '1', '*', 'f', 'v'}}
-for i = 2, #KEYS do
+local asked, at = {{'XADD', dlq, 'MAXLEN', '~', '1', '*', 'f', 'v'}}, 4
+for i = 2, n + 1 do
   asked[#asked + 1] = {'XACK', KEYS[i], ARGV[2], '0-1'}
   asked[#asked + 1] = {'XRANGE', KEYS[i], '0-1', '0-1'}
+  local set, named = KEYS[i + n], KEYS[i + 2 * n]
+  if ARGV[at + 3] ~= '' then  -- kept refused: its keys checked before any write, as the dead-letter stream's
+    for _, one in ipairs({{set, 'zset'}, {named, 'hash'}}) do
+      local held = redis.call('TYPE', one[1])['ok']
+      if held ~= 'none' and held ~= one[2] then
+        return redis.error_reply('WRONGTYPE ' .. one[1] .. ' holds a ' .. held .. ', not a ' .. one[2])
+      end
+    end
+    for _, command in ipairs({{'ZADD', set, '1', 'm'}, {'ZPOPMIN', set, '1'}, {'ZRANGEBYSCORE', set, '0', '1'},
+                              {'ZREMRANGEBYSCORE', set, '0', '1'}, {'HSET', named, 'f', 'v'}, {'HDEL', named, 'f'}}) do
+      asked[#asked + 1] = command
+    end
+  end
+  at = at + 5 + tonumber(ARGV[at + 4])
 end
 asked[#asked + 1] = {'XRANGE', dlq, '0-1', '0-1'}
 local refused = denied(asked)  -- an ACL changed since the start: the pcall's XACK refused went on (ACL_LUA)
 if refused then return refused end
-local at, ids, kept, letters = 3, {}, {}, {}
-for i = 2, #KEYS do
-  local n, earlier = tonumber(ARGV[at + 3]), ARGV[at + 2]
+local ids, kept, letters, sets = {}, {}, {}, {}
+at = 4
+for i = 2, n + 1 do
+  local count, earlier, why = tonumber(ARGV[at + 4]), ARGV[at + 2], ARGV[at + 3]
   if ARGV[at + 1] == '1' and #redis.call('XRANGE', KEYS[i], ARGV[at], ARGV[at]) > 0 then
     kept[#kept + 1] = i
   else
     ids[i] = ARGV[at]
     letters[#letters + 1] = i
-    if earlier ~= '' and holds(earlier, KEYS[i], ARGV[at]) then
-      letters[#letters + 1] = earlier
-    else
-      letters[#letters + 1] = redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 4, at + 3 + n))
+    local letter = earlier
+    if earlier == '' or not holds(earlier, KEYS[i], ARGV[at]) then
+      letter = redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 5, at + 4 + count))
+    end
+    letters[#letters + 1] = letter
+    if why ~= '' then  -- kept refused with its letter (E7): whichever process reads it again, it is not judged again
+      redis.call('ZADD', KEYS[i + n], string.match(ARGV[at], '^%d+'), ARGV[at])
+      redis.call('HSET', KEYS[i + 2 * n], ARGV[at], letter .. '\\n' .. why)
+      sets[KEYS[i + n]] = i
     end
   end
-  at = at + 4 + n
+  at = at + 5 + count
 end
-for i = 2, #KEYS do
+local forgotten = {}
+for set, i in pairs(sets) do
+  -- Forgotten once no group made again can deliver them: before the stream's oldest entry (trimmed), or all of
+  -- them where it holds none. Then past the most kept, the oldest: told, to be counted.
+  local first = redis.call('XRANGE', KEYS[i], '-', '+', 'COUNT', 1)
+  local below = #first > 0 and ('(' .. string.match(first[1][1], '^%d+')) or '+inf'
+  local gone = redis.call('ZRANGEBYSCORE', set, '-inf', below)
+  for j = 1, #gone do redis.call('HDEL', KEYS[i + 2 * n], gone[j]) end
+  redis.call('ZREMRANGEBYSCORE', set, '-inf', below)
+  local over = redis.call('ZCARD', set) - tonumber(ARGV[3])
+  if over > 0 then
+    local popped = redis.call('ZPOPMIN', set, over)
+    for j = 1, #popped, 2 do redis.call('HDEL', KEYS[i + 2 * n], popped[j]) end
+    forgotten[#forgotten + 1] = i
+    forgotten[#forgotten + 1] = over
+  end
+end
+for i = 2, n + 1 do
   if ids[i] then  -- NOGROUP: the group is gone, the entry pending nowhere
     redis.pcall('XACK', KEYS[i], ARGV[2], ids[i])
   end
 end
-return {kept, letters}
+return {kept, letters, forgotten}
 """
 
 

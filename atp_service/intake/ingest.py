@@ -28,7 +28,7 @@ from atp_service.intake.again import make_group_again, marks_of, quarantined_bef
 from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.bounds import bound_key, start_again, tag_or_say
 from atp_service.intake.claims import Claims
-from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines
+from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines, Kept
 from atp_service.intake.dead_letters import write as write_dead_letters
 from atp_service.intake.departed import DepartedConsumers
 from atp_service.intake.entries import Dead, Entry, Read, decode_all
@@ -36,6 +36,7 @@ from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
 from atp_service.intake.quarantine import Acks
 from atp_service.intake.refusals import RefusalBound, sort_results
+from atp_service.intake.refused_kept import recall
 from atp_service.intake.unacked import Unacked
 from atp_service.intake.unread import GroupReader
 from atp_service.metrics import zeroed
@@ -94,8 +95,7 @@ class StreamIngestor:
         self._claim_from: dict[str, str] = {}  # per stream, where the next XAUTOCLAIM scan goes on
         self._claims = Claims(client, settings.consumer_group, settings.consumer_name, settings.dead_letter_stream,
                               settings.side_stream_maxlen)
-        self._unacked = Unacked(lambda stream, n: metrics.ingest_refused_forgotten.labels(stream).inc(n))  # what a
-        # group made again must deliver again, and not judge again
+        self._unacked = Unacked()  # what a group made again must deliver again, and not judge again (with Redis's)
         self._seen = self._unacked.seen  # per stream, the newest entry id read
         self._dead_lines = DeadLetterLines()
         self._consumer_run: int | None = None  # this process's run of the consumer (QuarantineStream.run_of)
@@ -322,7 +322,9 @@ class StreamIngestor:
         another process owns, its owner judges both. The facts of other processes' groups go to their owners in the
         read's order, those stamped ahead among the others (E8: each shard decides a read's facts in its order)."""
         now, cfg = self._clock.now_ms(), self._config
-        entries, judged = self._unacked.judged(self._desk.quarantine.not_owed(entries))  # judged: E7, before
+        entries = self._desk.quarantine.not_owed(entries)
+        await recall(self._client, cfg.consumer_group, self._unacked, entries)  # E7: refused by any process, any run
+        entries, judged = self._unacked.judged(entries)  # judged: E7, before
         facts, read, dead, ahead = await decode_all(entries, now, cfg.limits, cfg.ingest_max_entry_bytes)
         facts, read, ahead, before = await quarantined_before(self._client, self._desk.quarantine, self._unacked,
                                                               facts, read, ahead)  # E8: ahead too (E7 judged after)
@@ -367,17 +369,19 @@ class StreamIngestor:
         """The entries' dead letters written, then the entries acknowledged (``dead_letters.write``): both, even if a
         stop cancels the reader meanwhile; one read trimmed that Redis, back from older data, holds is left pending.
         One refused already (``Unacked.judged``) is not written again while the dead-letter stream holds its letter.
-        Those refused by a judgement (``clock``: E7) or already are remembered, with their letters' ids."""
+        Those refused by a judgement (``clock``: E7) or already are remembered, with their letters' ids (Redis too)."""
         cfg, before = self._config, self._unacked.letters(dead)
+        keep = Kept({one[:2] for one in dead if one[:2] in clock or one[:2] in before}, cfg.ingest_refused_kept)
         told = asyncio.ensure_future(write_dead_letters(self._client, dead, cfg.dead_letter_stream,
                                                         cfg.side_stream_maxlen, cfg.consumer_group,
-                                                        cfg.ingest_max_entry_bytes, before))
+                                                        cfg.ingest_max_entry_bytes, before, keep))
         told.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
-        kept, letters = await finish_uncancelled(told)
+        kept, letters, forgotten = await finish_uncancelled(told)
+        for stream, count in forgotten.items():  # kept in Redis as refused no more: judged again if read again
+            self._metrics.ingest_refused_forgotten.labels(stream).inc(count)
         self._retry_own_pending |= bool(kept)  # read again from our own list, and
         self._unacked.left(kept)  # known held here (``Unacked``): a group made again starts before them
-        self._unacked.refused((one, letters[one[:2]]) for one in dead
-                              if one[:2] in letters and (one[:2] in clock or one[:2] in before))
+        self._unacked.refused((one, letters[one[:2]]) for one in dead if one[:2] in letters and one[:2] in keep.entries)
         self._told([one for one in dead if one[:2] in letters and letters[one[:2]] != before.get(one[:2])])
 
     def _told(self, dead: list[Dead]) -> None:

@@ -33,7 +33,9 @@ memory alone, the entry was neither applied nor dead-lettered, a fact dropped wi
 stream holds them: a group made again starts at a bound only while Redis holds the token told with it, and Redis
 may hold none (the token evicted or expired, a later tag in doubt or landing late, Redis back from older data) — then
 from the stream's start. Bounded: each forgotten once its stream no longer holds
-it (trimmed: before the oldest entry the last tag found there), at most ``REFUSED_KEPT`` per stream.
+it (trimmed: before the oldest entry the last tag found there), at most ``REFUSED_KEPT`` per stream. This memory is
+this process's, since its start: what another process refused, or this one before a restart, Redis keeps beside the
+stream, asked for where a group was made again (``refused_kept.py``) and told here (``refused``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from atp_service.intake.dead_letters import Why
 from atp_service.intake.entries import Dead, Entry, id_key
@@ -52,10 +54,10 @@ BOUNDS_KEPT = 4
 """Bounds kept under the tokens told to Redis (``bounds.tag``): Redis back from older data holds one of the last few
 (else a group made again starts from the stream's start)."""
 REFUSED_KEPT = 10_000
-"""Entries refused by the clock (E7) kept per stream while its stream holds them (a group made again from the stream's
-start delivers them again); past it the oldest is forgotten, and judged again if it comes again (a stamp now within the
-skew applied): told (``Unacked``'s ``forgotten``, ``atp_ingest_refused_forgotten_total``). Each kept with its dead
-letter's id and reason (``Why``): about 600 bytes, some 6 MB per stream at most (docs/OPERATIONS.md, E7)."""
+"""Entries refused by the clock (E7) kept here per stream while its stream holds them (a group made again from the
+stream's start delivers them again); past it the oldest is forgotten here — Redis keeps it still, and a group made
+again has it asked for there (``refused_kept.py``, up to ``ingest_refused_kept``). Each kept with its dead letter's
+id and reason (``Why``): about 600 bytes, some 6 MB per stream at most."""
 
 
 def before(entry_id: bytes) -> bytes:
@@ -69,8 +71,7 @@ def before(entry_id: bytes) -> bytes:
 class Unacked:
     """Per stream, an id below every entry this reader may hold delivered and not acknowledged."""
 
-    def __init__(self, forgotten: Callable[[str, int], None] | None = None) -> None:
-        self._forgotten = forgotten  # told, per stream, how many refused it forgot past ``REFUSED_KEPT``
+    def __init__(self) -> None:
         self.seen: dict[str, bytes] = {}  # per stream, the newest entry id read (a group made again: its start)
         self.again: dict[str, bytes] = {}  # per stream, its newest entry when its group was made (Redis's mark)
         self._refused: dict[str, list[tuple[tuple[int, int], bytes]]] = {}  # per stream, by id: refused by the clock
@@ -166,8 +167,6 @@ class Unacked:
             if not _has(kept, entry_id):
                 bisect.insort(kept, (id_key(entry_id), entry_id))
             self._letters[(stream, entry_id)] = (why, letter)
-            if len(kept) > REFUSED_KEPT and self._forgotten is not None:
-                self._forgotten(stream, len(kept) - REFUSED_KEPT)
             self._drop(stream, len(kept) - REFUSED_KEPT)
 
     def judged(self, entries: list[Entry]) -> tuple[list[Entry], list[Dead]]:

@@ -34,7 +34,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from atp_service.config_values import MADE_AGAIN, TRIMMED_UNREAD
+from atp_service.config_values import MADE_AGAIN, REFUSED, TRIMMED_UNREAD
 from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text, no_such_key
 from atp_service.storage.scripts import ACL_LUA
@@ -193,10 +193,10 @@ Redis, which answers nothing else meanwhile). Past it, Redis has no ``entries-re
 until it catches up, and a gap crossed before then is not counted."""
 
 _MAKE = """
--- KEYS: the stream, its made-again mark, the quarantine stream's set of facts written, and where ARGV has tokens the
--- consumer's token beside the stream (``bounds.bound_key``). ARGV: group, '0' or the entry id to read after, the most
--- entries after it to count, then token, entry id to read after, ... Returns {1: made now, 0: there already; the
--- mark, or false; the id read after}.
+-- KEYS: the stream, its made-again mark, the quarantine stream's set of facts written, the stream's entries refused
+-- (``refused_key``), and where ARGV has tokens the consumer's token beside the stream (``bounds.bound_key``). ARGV:
+-- group, '0' or the entry id to read after, the most entries after it to count, then token, entry id to read after,
+-- ... Returns {1: made now, 0: there already; the mark, or false; the id read after}.
 -- Made again, the group reads after the id told with the token Redis holds (``bounds.py``: a bound used only while
 -- Redis holds the write that justified it), or after ARGV[2] where it holds none of them.
 -- Made at an id, a group has no entries-read (Redis cannot tell how many entries reach the id), and
@@ -204,10 +204,11 @@ _MAKE = """
 -- (trimmed or deleted), its count is every entry ever added less those still after the id.
 local key, mark, written, group, start, most = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3])
 """ + STREAM_ID_LUA + ACL_LUA + """
-local refused = denied({{'XINFO', 'STREAM', key}, {'EXISTS', written}, {'DEL', mark}, {'SET', mark, '0-1'}})
+local refused = denied({{'XINFO', 'STREAM', key}, {'EXISTS', written}, {'EXISTS', KEYS[4]}, {'DEL', mark},
+                        {'SET', mark, '0-1'}})
 if refused then return refused end  -- an ACL changed since the start: the group made, its mark refused (ACL_LUA)
 if #ARGV > 3 then  -- pcall: a token of another type (a stray key) or one denied is none held
-  local held = redis.pcall('GET', KEYS[4])
+  local held = redis.pcall('GET', KEYS[5])
   for i = 4, #ARGV, 2 do
     if ARGV[i] == held then start = ARGV[i + 1] end
   end
@@ -230,10 +231,11 @@ if type(made) == 'table' and made['err'] then
   return made  -- any other refusal, as the error reply itself
 end
 -- In the same script: every reader is told (the read's reply) that entries up to it may come again. None
--- where the quarantine stream holds no fact (a first start's): no entry up to it was quarantined, and one
--- quarantined later is one the group made now delivered, its entry acknowledged with it.
+-- where the quarantine stream holds no fact (a first start's) and no entry of the stream was refused as stamped in
+-- the future (E7): no entry up to it was quarantined or refused, and one quarantined or refused later is one the
+-- group made now delivered, its entry acknowledged with it.
 local newest = field(redis.call('XINFO', 'STREAM', key), 'last-generated-id')
-if newest == '0-0' or redis.call('EXISTS', written) == 0 then
+if newest == '0-0' or (redis.call('EXISTS', written) == 0 and redis.call('EXISTS', KEYS[4]) == 0) then
   redis.call('DEL', mark)
   return {1, false, start}
 end
@@ -246,6 +248,17 @@ def made_again_key(stream: str, group: str) -> str:
     """The mark of ``group`` made again on ``stream`` (``again.py``): beside the stream (its hash tag, the
     same Redis Cluster slot), the stream's newest entry id when the group was made."""
     return f"{stream}:{MADE_AGAIN}:{group}"
+
+
+def refused_key(stream: str, group: str) -> str:
+    """The set of ``stream``'s entries ``group`` dead-lettered as stamped in the future (E7), scored by their ids' time
+    (``refused_kept.py``): beside the stream (its hash tag, the same Redis Cluster slot)."""
+    return f"{stream}:{REFUSED}:{group}"
+
+
+def refused_letters_key(stream: str, group: str) -> str:
+    """Beside ``refused_key``: per entry there, its dead letter's id and why it was refused (``refused_kept.py``)."""
+    return f"{refused_key(stream, group)}:letters"
 
 
 def answered_key(owed: str) -> str:
@@ -277,8 +290,9 @@ async def make_group_marked(client: Any, stream: str, group: str, start: bytes, 
     ``bound`` holds, of ``tagged`` (token, id) — the group's count of entries read set where it can be known: else
     the first gap it crosses goes uncounted and unlogged — facts lost with no alert (ATPInputTrimmedUnread). Whether
     it was made now, the group's made-again mark (set now where ``written``, the quarantine stream's set, holds any
-    fact, or the one it has: ``_MAKE``), and the id it was made after."""
-    keys = [stream, made_again_key(stream, group), written, *([bound] if tagged and bound is not None else [])]
+    fact or ``refused_key`` any entry, or the one it has: ``_MAKE``), and the id it was made after."""
+    keys = [stream, made_again_key(stream, group), written, refused_key(stream, group),
+            *([bound] if tagged and bound is not None else [])]
     pairs = [one for pair in tagged for one in pair] if bound is not None else []
     made, mark, after = await client.register_script(_MAKE)(keys=keys, args=[group, start, REMADE_GROUP_COUNT_MAX,
                                                                              *pairs])

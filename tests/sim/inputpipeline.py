@@ -58,8 +58,13 @@ class Pipeline:
             return [None if member not in held else float(held[member]) for member in members]
         self._queued.append(("zmscore", scores))
 
-    def hmget(self, key: str, fields: list[str]) -> None:  # the entries named beside it (``quarantine.ahead_key``)
-        self._queued.append(("hmget", lambda: [self._redis.named_ahead.get(key, {}).get(f) for f in fields]))
+    def hmget(self, key: str, fields: list[str]) -> None:  # the entries named beside it (``quarantine.ahead_key``), or
+        # the letters of the entries kept refused (``refused_kept.recall``: the refused set's, ``:letters`` after it)
+        def values() -> list[bytes | None]:
+            held = self._redis.refused.get(key.removesuffix(":letters"), {}) if key.endswith(":letters") else \
+                self._redis.named_ahead.get(key, {})
+            return [held.get(f) for f in fields]
+        self._queued.append(("hmget", values))
 
     def xrevrange(self, stream: str, _max: str, _min: str, count: int) -> None:  # a stream's newest (``again.py``)
         def newest() -> list[tuple[bytes, dict[bytes, bytes]]]:

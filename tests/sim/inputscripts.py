@@ -141,30 +141,51 @@ def autoclaim(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
 
 
 def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
-    """``dead_letters._WRITE``: KEYS the dead-letter stream, then each letter's input stream; ARGV MAXLEN, the
-    group, then per letter its entry's id, 1 where it was read trimmed, the id of its letter written before or '',
-    its count of names and values, those. ``XACK`` by ``redis.pcall``. An entry read trimmed that the stream holds is
-    left pending, its KEYS index returned; per entry acknowledged, its KEYS index and its letter's id (the one written
-    before where the dead-letter stream holds it: the sim loses none, the n-th letter's id ``n-0``)."""
-    dlq, inputs, group = keys[0], keys[1:], _text(args[1])
-    at, ids, kept, letters = 2, [], [], []
+    """``dead_letters._WRITE``: KEYS the dead-letter stream, then each letter's input stream, each one's refused set,
+    each one's letters' hash; ARGV MAXLEN, the group, the most kept refused per stream, then per letter its entry's id,
+    1 where it was read trimmed, the id of its letter written before or '', '' or why it is kept refused, its count of
+    names and values, those. ``XACK`` by ``redis.pcall``. An entry read trimmed that the stream holds is left pending,
+    its KEYS index returned; per entry acknowledged, its KEYS index and its letter's id (the one written before where
+    the dead-letter stream holds it: the sim loses none, the n-th letter's id ``n-0``); per refused set past the most,
+    a KEYS index and how many it forgot (``_forget``)."""
+    count = (len(keys) - 1) // 3
+    dlq, inputs, sets, group = keys[0], keys[1:1 + count], keys[1 + count:1 + 2 * count], _text(args[1])
+    at, ids, kept, letters, touched = 3, [], [], [], {}
     for i, stream in enumerate(inputs):
-        entry_id, trimmed, earlier, n = _id(args[at]), int(args[at + 1]) == 1, _id(args[at + 2]), int(args[at + 3])
-        flat = args[at + 4:at + 4 + n]
-        at += 4 + n
+        entry_id, trimmed, earlier, why, n = (_id(args[at]), int(args[at + 1]) == 1, _id(args[at + 2]),
+                                              _text(args[at + 3]), int(args[at + 4]))
+        flat = args[at + 5:at + 5 + n]
+        at += 5 + n
         held = redis.streams.get(stream)
         if trimmed and held is not None and entry_id in held.entries:
             kept.append(i + 2)
             continue
         ids.append((stream, entry_id))
-        if earlier and int(earlier.split(b"-")[0]) <= len(redis.dead_letters):
-            letters += [i + 2, earlier]
-            continue
-        redis.dead_letters.append((dlq, {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}))
-        letters += [i + 2, b"%d-0" % len(redis.dead_letters)]
+        letter = earlier
+        if not earlier or int(earlier.split(b"-")[0]) > len(redis.dead_letters):
+            redis.dead_letters.append((dlq, {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}))
+            letter = b"%d-0" % len(redis.dead_letters)
+        letters += [i + 2, letter]
+        if why:
+            redis.refused.setdefault(sets[i], {})[_text(entry_id)] = letter + b"\n" + why.encode()
+            touched[sets[i]] = (i + 2, stream)
+    forgotten = [one for key, (i, stream) in touched.items() for one in _forget(redis, key, stream, int(args[2]), i)]
     for stream, entry_id in ids:
         redis.xack(stream, group, entry_id)
-    return [kept, letters]
+    return [kept, letters, forgotten]
+
+
+def _forget(redis: SimStreams, key: str, stream: str, most: int, index: int) -> list[int]:
+    """A refused set's entries before its stream's oldest (all, where it holds none) forgotten, then its oldest past
+    ``most`` (by score, the id's time, then as Redis orders members of one score): ``[index, how many]`` where any."""
+    kept, held = redis.refused[key], redis.streams.get(stream)
+    first = next(iter(held.entries), None) if held is not None else None
+    for entry_id in [e for e in kept if first is None or id_key(_id(e))[0] < id_key(first)[0]]:
+        del kept[entry_id]
+    over = sorted(kept, key=lambda e: (id_key(_id(e))[0], _id(e)))[:max(len(kept) - most, 0)]
+    for entry_id in over:
+        del kept[entry_id]
+    return [index, len(over)] if over else []
 
 
 def tag(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:

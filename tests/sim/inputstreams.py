@@ -100,6 +100,7 @@ class SimStreams:
         self.streams: dict[str, Stream] = {}
         self.written: dict[str, dict[str, int]] = {}  # the quarantine script's sets: digest -> written at (ms)
         self.named_ahead: dict[str, dict[str, bytes]] = {}  # its hashes: digest -> an entry whose id ran ahead
+        self.refused: dict[str, dict[str, bytes]] = {}  # refused sets and their letters (E7): id -> letter, why
         self.faults, self.on_ack = faults, on_ack
         self.tags = TagFaults(faults.tags)
         faults.before = lambda: self.tags.calls(self)
@@ -261,11 +262,11 @@ class SimStreams:
     def _make(self, keys: list[str], args: list[Any]) -> list[Any]:
         """``unread._MAKE``: made at ``0`` (counted) or after an id, the group's count of entries read set where no
         entry after ``start`` is gone and at most ``most`` follow it; its made-again mark the stream's newest id (none
-        on an empty stream, or where the quarantine stream's set holds no fact). There already (BUSYGROUP): nothing
-        made, the mark it has answered. Tokens told (``bounds.py``): after the id told with the one the consumer's token
-        holds, else after ``start``."""
-        (stream, mark, written), group, start, most = keys[:3], _text(args[0]), _id(args[1]), int(args[2])
-        held_token = self.tokens.get(keys[3]) if len(keys) > 3 else None
+        on an empty stream, or where the quarantine stream's set holds no fact and the stream's refused set no entry).
+        There already (BUSYGROUP): nothing made, the mark it has answered. Tokens told (``bounds.py``): after the id
+        told with the one the consumer's token holds, else after ``start``."""
+        (stream, mark, written, refused), group, start, most = keys[:4], _text(args[0]), _id(args[1]), int(args[2])
+        held_token = self.tokens.get(keys[4]) if len(keys) > 4 else None
         start = next((_id(args[i + 1]) for i in range(3, len(args), 2) if _id(args[i]) == held_token), start)
         held = self.streams.get(stream)
         if held is not None and group in held.groups:
@@ -276,7 +277,7 @@ class SimStreams:
         self._create(stream, group, start)
         self.streams[stream].groups[group].counted = counted
         newest = self.streams[stream].last_id
-        if newest == b"0-0" or not self.written.get(written):  # the quarantine stream holds no fact
+        if newest == b"0-0" or not (self.written.get(written) or self.refused.get(refused)):  # none held or refused
             self.marks.pop(mark, None)
             return [1, None, start]
         self.marks[mark] = newest

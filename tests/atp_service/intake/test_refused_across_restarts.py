@@ -1,0 +1,67 @@
+"""An entry refused as stamped in the future (E7) stays refused whichever process reads it again, and whenever: the
+memory that it was judged is kept in Redis beside its stream (``refused_kept.py``), not in the process that judged it.
+A group made again from the stream's start delivers it again; judged anew by a clock that has moved on (a process
+started since, another process's), one then within the skew was applied, its dead letter saying refused (E7; E8: the
+outcome never depends on which process reads an entry). Real redis-server, real services; each clock set by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+from atp_service import ManualClock
+from tests.atp_service.fact_helpers import F
+from tests.atp_service.intake.test_group_lost_pending import STREAM, _group_made_again, _on_hand_is
+from tests.atp_service.intake.test_refused_letter_lost import SKEW_MS, _settled
+from tests.conftest import ServiceFactory
+from tests.waiting import until
+
+
+async def _refused_then_group_lost(start_service: ServiceFactory, r: Any) -> tuple[int, bytes]:
+    """A service applied ``first`` and refused ``future`` (E7), then stopped, and the group deleted: ``(now, future's
+    id)``."""
+    clock = ManualClock()
+    now = clock.now_ms()
+    service, _ = await start_service(clock=clock)
+    r.xadd(STREAM, F("first", "RECEIPT", "A", "S1", 1, now - 50).fields())
+    future = r.xadd(STREAM, F("future", "RECEIPT", "A", "S1", 2, now + SKEW_MS + 1000).fields())
+    await until(lambda: r.xlen("atp:dlq") == 1 and _settled(r, future), "first applied, future refused (E7)")
+    await service.stop()
+    r.xgroup_destroy(STREAM, "atp")
+    return now, future
+
+
+@pytest.mark.parametrize("consumer", [{}, {"consumer_name": "another"}], ids=["restarted", "another-process"])
+async def test_an_entry_refused_in_the_future_stays_refused_when_read_again_after_a_restart(
+        start_service: ServiceFactory, redis_url: str, consumer: dict[str, str]) -> None:
+    """Defect: ``future`` refused (E7) and dead-lettered by a service; that service stopped, the group deleted, and a
+    service started with a clock where ``future`` is within the skew: the group made again from the stream's start
+    delivered ``future`` again, and it was applied (on_hand 3) — its dead letter saying refused."""
+    r: Any = redis.Redis.from_url(redis_url)
+    now, future = await _refused_then_group_lost(start_service, r)
+    _, client = await start_service(clock=ManualClock(now + 2000), **consumer)  # ``future`` within the skew by it
+    await until(lambda: _group_made_again(r), "the group made again")
+    await until(lambda: _settled(r, future), "first and future read again, settled")
+    assert await _on_hand_is(client, 1), "an entry refused as stamped in the future (E7) was applied after all"
+    assert [fields[b"_id"] for _, fields in r.xrange("atp:dlq")] == [future], "dead-lettered once, not again"
+    r.close()
+
+
+async def test_an_entry_refused_whose_letter_was_trimmed_is_dead_lettered_again_as_it_was(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """Read again by a process that never refused it, with its dead letter gone from the dead-letter stream (trimmed):
+    written again with the reason, field and code it had, from what Redis keeps beside the stream — not judged again,
+    not acknowledged with no letter anywhere."""
+    r: Any = redis.Redis.from_url(redis_url)
+    now, future = await _refused_then_group_lost(start_service, r)
+    ((_, letter),) = r.xrange("atp:dlq")
+    r.delete("atp:dlq")
+    _, client = await start_service(clock=ManualClock(now + 2000))
+    await until(lambda: _settled(r, future) and r.xlen("atp:dlq") == 1, "future read again, dead-lettered again")
+    assert await _on_hand_is(client, 1)
+    ((_, again),) = r.xrange("atp:dlq")
+    assert {k: again[k] for k in (b"_id", b"_reason", b"_field", b"_code")} == {
+        k: letter[k] for k in (b"_id", b"_reason", b"_field", b"_code")}
+    r.close()
