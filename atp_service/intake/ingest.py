@@ -358,8 +358,7 @@ class StreamIngestor:
             self._unacked.left(left)
         given_up = await self._bound.past(refused) if refused else []  # read for ever otherwise, never applied
         if dead or given_up:
-            # Remembered once their dead letters are written (else each stays pending): a group made again delivers
-            # them again.
+            # Remembered once dead-lettered (else each stays pending): a group made again delivers them again.
             await self._dead_letter(dead + given_up, {*judged, *(one[:2] for one in given_up)})
             self._bound.told(given_up, refused)
         await self._ack(done)
