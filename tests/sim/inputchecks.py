@@ -85,6 +85,7 @@ def decided_once(driver: InputsDriver) -> None:
     done = set(redis.acked) | redis.acked_unheld | redis.unclaimed | unread | lost
     if missing := [e for e in [*producer.facts, *producer.malformed] if e not in done]:
         raise Violation(f"entries never acknowledged: {[f'{s} {e.decode()}' for s, e in missing[:5]]}")
+    dead_lettered(driver, dead, unread | lost)
     if bad := [e for e in producer.malformed if e not in unread | lost and e not in dead]:
         raise Violation(f"entries that are no fact never dead-lettered: {[f'{s} {e.decode()}' for s, e in bad[:5]]}")
     remade = {stream for stream, _, _ in redis.groups_lost}  # a group made again counts what it finds unread
@@ -122,6 +123,32 @@ def decided_once(driver: InputsDriver) -> None:
     tally.input_trimmed_pending += len(gone) - len(unread)
     tally.input_lost_with_group += len(lost) - len(driver.acked_lost)
     tally.input_acked_lost += len(driver.acked_lost)
+
+
+def dead_lettered(driver: InputsDriver, dead: dict[Entry, list[str]], excused: set[Entry]) -> None:
+    """Each dead letter Redis holds names an entry a producer wrote (Redis holds it, or lost it: a reader may have held
+    it still); a fact's only for its entry trimmed while pending (not known to be applied: its entry gone from the
+    stream) or for its stamp ahead of a reader's clock (E7, ``_field`` ``event_time_ms``). An entry whose dead letter
+    Redis lost coming back from older data, the entry kept (``inputtail``: pending again, or unread again), is
+    dead-lettered again — but one trimmed since before any consumer read it again, or lost with a group
+    (``excused``): never acknowledged with its letter nowhere (docs/OPERATIONS.md, "Dead letters")."""
+    producer, redis = driver.producer, driver.redis
+    gone = driver.tail.gone if driver.tail is not None else set()
+    for _, fields in redis.dead_letters:
+        entry = fields["_stream"], fields["_id"].encode()
+        held = redis.streams.get(entry[0])
+        if entry not in producer.facts and entry not in producer.malformed and entry not in gone:
+            raise Violation(f"a dead letter naming no entry written: {entry[0]} {entry[1].decode()}")
+        trimmed_away = fields["_code"] == "TRIMMED_WHILE_PENDING" and (held is None or entry[1] not in held.entries)
+        if entry in producer.facts and not trimmed_away and fields.get("_field") != "event_time_ms":
+            raise Violation(f"fact entry {entry[0]} {entry[1].decode()} dead-lettered {fields['_code']}, "
+                            f"{'its entry held still' if fields['_code'] == 'TRIMMED_WHILE_PENDING' else 'valid'}")
+    if driver.tail is not None:
+        again = sorted(e for e in driver.tail.letters_lost - excused if e in producer.malformed and e not in dead)
+        if again:
+            raise Violation(f"E6: entries whose dead letter Redis lost (back from older data) never dead-lettered "
+                            f"again: {[f'{s} {e.decode()}' for s, e in again[:5]]}")
+        driver.tally.input_letters_lost += len(driver.tail.letters_lost)
 
 
 def swept(driver: InputsClusterDriver) -> None:

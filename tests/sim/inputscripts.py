@@ -146,7 +146,7 @@ def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> l
     1 where it was read trimmed, the id of its letter written before or '', '' or why it is kept refused, its count of
     names and values, those. ``XACK`` by ``redis.pcall``. An entry read trimmed that the stream holds is left pending,
     its KEYS index returned; per entry acknowledged, its KEYS index and its letter's id (the one written before where
-    the dead-letter stream holds it: the sim loses none, the n-th letter's id ``n-0``); per refused set past the most,
+    the dead-letter stream holds it, naming this entry: the n-th letter's id ``n-0``); per refused set past the most,
     a KEYS index and how many it forgot (``_forget``)."""
     count = (len(keys) - 1) // 3
     dlq, inputs, sets, group = keys[0], keys[1:1 + count], keys[1 + count:1 + 2 * count], _text(args[1])
@@ -162,7 +162,7 @@ def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> l
             continue
         ids.append((stream, entry_id))
         letter = earlier
-        if not earlier or int(earlier.split(b"-")[0]) > len(redis.dead_letters):
+        if not (earlier and _holds(redis, earlier, stream, entry_id)):
             redis.dead_letters.append((dlq, {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}))
             letter = b"%d-0" % len(redis.dead_letters)
         letters += [i + 2, letter]
@@ -186,6 +186,17 @@ def _forget(redis: SimStreams, key: str, stream: str, most: int, index: int) -> 
     for entry_id in over:
         del kept[entry_id]
     return [index, len(over)] if over else []
+
+
+def _holds(redis: SimStreams, earlier: bytes, stream: str, entry_id: bytes) -> bool:
+    """The Lua's ``holds``: the letter at ``earlier`` names this entry — an id alone may name another entry's letter,
+    written since Redis came back from older data (``inputtail``: the letters after its image lost, their ids given
+    again)."""
+    n = int(earlier.split(b"-")[0])
+    if not 0 < n <= len(redis.dead_letters):
+        return False
+    fields = redis.dead_letters[n - 1][1]
+    return fields.get("_stream") == stream and fields.get("_id") == entry_id.decode()
 
 
 def tag(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:

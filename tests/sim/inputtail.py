@@ -65,6 +65,11 @@ class InputsTail:
         self.counts: dict[tuple[str, bytes], int] = {}  # pending entries' delivery counts as Redis came back
         self.given_since: dict[tuple[str, bytes], set[str]] = {}  # per entry, the consumers given it since then
         self.entries_lost = 0  # input entries Redis lost: read before, perhaps, their quarantine writes owed still
+        self.gone: set[tuple[str, bytes]] = set()  # the input entries Redis lost (a reader may hold one still)
+        self.letters_lost: set[tuple[str, bytes]] = set()
+        """Entries whose dead letter Redis lost (written after its image: the letter and the entry's acknowledgement
+        gone together, one script) while it kept the entry: pending again, or unread again, to be dead-lettered
+        again (``inputchecks.dead_lettered``)."""
         noted = driver.redis.note_again
 
         def note_again(stream: str, held: Any, entry_id: bytes, consumer: str) -> None:
@@ -102,7 +107,10 @@ class InputsTail:
         assert self.image is not None
         kept, facts, malformed = self.image
         self.image = None
+        letters = driver.redis.dead_letters
         vars(driver.redis).update(copy.deepcopy(kept))
+        gone = {(f["_stream"], f["_id"].encode()) for _, f in letters[len(driver.redis.dead_letters):]}
+        self.letters_lost |= {entry for entry in gone if entry in facts or entry in malformed}  # read again
         driver.redis.tags.restarted()
         lost = [entry for entry in driver.producer.facts if entry not in facts]
         lost += [entry for entry in driver.producer.malformed if entry not in malformed]
@@ -113,6 +121,7 @@ class InputsTail:
         driver.producer.facts, driver.producer.malformed = facts, malformed  # lost: the producer sends none again
         driver.tally.input_entries_lost += len(lost)
         self.entries_lost += len(lost)
+        self.gone.update(lost)
         driver._seen, driver._applied, driver._quarantined = {}, set(), set()  # the log's history cut back
         driver.owed.lost_redis()
         self.counts, self.given_since = self._counts(), {}

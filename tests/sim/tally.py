@@ -106,6 +106,7 @@ class Tally:
     input_trimmed_pending: int = 0  # input entries trimmed after a consumer read them
     input_entries_lost: int = 0  # input entries Redis lost coming back from older data (``inputtail``)
     input_acked_lost: int = 0  # ... entries it kept, acknowledged from memory it lost before the instance noticed
+    input_letters_lost: int = 0  # ... dead letters it lost, their entries kept: dead-lettered again (``inputtail``)
     input_swept: int = 0  # consumers of processes gone from their address removed by a sweep (``inputsweep``)
     input_swept_owed: int = 0  # ... entries trimmed unread they owed, moved to the sweeper's count
     input_runs_redrawn: int = 0  # ... runs of live processes swept all the same, drawn again (``keep_run``)
@@ -181,7 +182,8 @@ class Tally:
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")
                 + (f" ({self.input_entries_lost} input entries lost, {self.input_acked_lost} kept acknowledged from "
-                   "memory it lost before the instance noticed)" if self.input_entries_lost else "")
+                   f"memory it lost before the instance noticed, {self.input_letters_lost} dead letters lost of "
+                   "entries kept)" if self.input_entries_lost else "")
                 + (f" ({self.node_losses} losses of one node; {self.owner_check_stops} shards stopped by the "
                    "owner check)" if self.tail_losses and self.takeovers else "")
                 + (self.processes_summary() if self.takeovers else ""))

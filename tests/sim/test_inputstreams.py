@@ -149,11 +149,12 @@ async def test_input_streams_whose_redis_comes_back_from_older_data_decide_every
     once. An entry Redis lost is lost (its producer sends it again or not at all); every entry it kept is applied,
     quarantined or dead-lettered once per what it kept, a shard whose memory holds what Redis lost found short and
     the service restarted, or found holding exactly what Redis holds, by each step's end; every entry done at the end
-    (liveness)."""
+    (liveness). Dead letters written after Redis's image are lost with it, the entries' acknowledgements too (one
+    script): each entry Redis kept is dead-lettered again (``inputchecks.dead_lettered``)."""
     tally = Tally()
     for seed in range(TAIL_SEEDS):
         await InputsDriver(seed, tally, lose_tail=True).run(60)
-    assert tally.tail_losses and tally.tail_restarts and tally.input_entries_lost, tally
+    assert tally.tail_losses and tally.tail_restarts and tally.input_entries_lost and tally.input_letters_lost, tally
     assert tally.input_entries and tally.input_quarantined and tally.input_redelivered, tally
 
 
