@@ -82,7 +82,9 @@ def main() -> int:
                              "finite deadlines, some pauses a host's suspend (suspends.py)")
     parser.add_argument("--new-addresses", action="store_true",
                         help="with --input-streams --processes: a process started again at a new address now and "
-                             "then, the consumers of addresses gone swept (inputsweep.py)")
+                             "then, the consumers of addresses gone swept (inputsweep.py); processes stopped past "
+                             "their sweep, some holding a quarantine write that lands once they run again "
+                             "(inputholds.py)")
     parser.add_argument("--tag-faults", action="store_true",
                         help="with --input-streams: the readers' tags of where a group made again starts refused, in "
                              "doubt or landing late, their tokens lost alone (inputtags.py)")

@@ -24,6 +24,7 @@ class Disruptor:
         self.due: dict[int, list[tuple[str, Callable[[], None]]]] = defaultdict(list)
         self.plan: list[str] = []
         self.events: list[str] = []  # as they fired, for the trace
+        self.long_pauses: list[tuple[Process, int]] = []  # (process, tick paused) of each pause past its leases
 
     def draw(self) -> None:
         world, rng = self.world, self.rng
@@ -89,6 +90,8 @@ class Disruptor:
         sleeps = self.world.sleeps  # ``--suspends``: some pauses its host's suspends (``suspends.py``)
         how = "suspend" if sleeps.rng is not None and sleeps.rng.random() < SUSPEND_P else "pause"
         self.plan.append(f"{how} {proc.address} t{at}..t{resume}")
+        if long:
+            self.long_pauses.append((proc, at))
         self._at(at, f"{how} {proc.address}", lambda: self._stop_running(proc, how == "suspend", long))
         self._leases_run_out(proc, at if long else resume, 25)  # a brief pause: renewed in time, none runs out
         for _ in range(2):

@@ -162,6 +162,7 @@ def swept(driver: InputsClusterDriver) -> None:
     driver.tally.input_swept_owed += sum(moved for _, moved in driver.redis.swept)
     driver.tally.input_runs_redrawn += driver.redis.redrawn
     driver.tally.input_swept_refused += driver.redis.refused_swept
+    driver.tally.input_stopped_holding += driver.stops.held if driver.stops is not None else 0
 
 
 def departed_left(driver: InputsClusterDriver) -> set[str]:

@@ -31,7 +31,8 @@ side in ``inputsweep``): a consumer at an address no live process has, nothing p
 and its owed counts of entries trimmed unread told by the sweeper — under every fault here (its answers lost, two
 sweepers, the owner paused or coming back at its address meanwhile). The checks at the end hold it to E6: every entry
 trimmed unread told exactly once (``inputchecks.decided_once``), no owed hash left, and every consumer left in the group
-one of a live process (``swept``: bounded).
+one of a live process (``swept``: bounded). Processes stopped past their sweep (``inputholds``), some holding a
+quarantine write that lands once they run again: a write of a run swept lands nothing (E8).
 
 With ``--lose-tail`` the one Redis behind the input streams and the logs comes back from older data at a tick, every
 key at once, lease and owner keys too (``inputtail``, ``tailloss.py``): the processes' owner checks run at ticks drawn
@@ -67,6 +68,7 @@ from tests.sim.inputchecks import decided_once, departed_left, fold_of_produced,
 from tests.sim.inputclocks import clocks_counted, draw_clocks, end_clocks
 from tests.sim.inputdriver import CLAIM_P, DESTROY_P, DRAIN_TURNS, GROUP, ROOM, ROOMY, InputsDriver, _trimmed_unread
 from tests.sim.inputfacts import STREAMS, Producer
+from tests.sim.inputholds import StoppedHolding
 from tests.sim.inputowed import OwedWatch
 from tests.sim.inputpipeline import _fail
 from tests.sim.inputprocs import Awake, Live, Moving, Writes
@@ -98,6 +100,7 @@ class InputsClusterDriver(InputsDriver):
                                     checks=random.Random(f"owner check {seed}"), skew_seed=seed if clock_skew else None,
                                     jumps_seed=seed if clock_jumps else None)
         self.new_addresses = new_addresses
+        self.stops = StoppedHolding(self, seed) if new_addresses else None  # processes stopped past their sweep
         if new_addresses:
             world.moves = random.Random(f"moves {seed}")
         self.faults = RedisFaults(random.Random(f"redis {seed}"), random.Random(f"tags {seed}") if tag_faults else None)
@@ -106,6 +109,8 @@ class InputsClusterDriver(InputsDriver):
         self.tail = InputsTail(self, seed) if lose_tail else None  # before the processes: their takings' marks
         self.redis.on_failed_write = lambda keys, args: self.owed.failed(self.redis, keys, args)
         world.log.client = Writes(self.redis)  # the desks' quarantine writes: one Redis
+        if self.stops is not None:
+            world.log.client.before = self.stops.holding
         world.log.faults = self.rng
         world.log.ids = SimIdClaims(seed, self.tally)
         self._room(ROOM)
@@ -254,15 +259,21 @@ class InputsClusterDriver(InputsDriver):
         plan = draw_plan(rng, 0, 0)
         disruptor = Disruptor(world, rng)
         disruptor.draw()
+        if self.stops is not None:
+            self.stops.step(disruptor, calls)
         world.step_faults = disruptor
         self.trace.append(f"{step}: {plan.describe()}, {disruptor.describe()}; calls: "
                           f"{', '.join(c.label for c in calls)}")
         runner = StepRunner(world, rng)
+        if self.stops is not None:
+            self.stops.runner = runner
         self.faults.active, self.faults.events = True, []
         try:
             await runner.run(calls, plan)
         finally:
             self.faults.active = False
+            if self.stops is not None:
+                self.stops.runner = None
             end_clocks(world)
             if self.partitions is not None and (cut := self.partitions.end_step()):
                 self.trace.append(f"{step}: {cut}")
@@ -347,7 +358,7 @@ class InputsClusterDriver(InputsDriver):
                 world.turn(proc)  # its leases renewed as the clock moves on
                 reader = self.current(proc)
                 if reader is not None:
-                    await self._settled(proc.spawn(turn(reader, self.rng.random() < CLAIM_P)))
+                    await self._settled(proc.spawn(turn(reader, self.rng.random() < CLAIM_P, after_pass=True)))
             await world.quiesce()
         else:
             pending = sum(len(mine.pending) for held in self.redis.streams.values() for mine in held.groups.values())

@@ -9,8 +9,11 @@ forgets what it owed, by design: the entries a process owed are watched while it
 since (that one decides it), one whose group was deleted since it was read (``XGROUP DESTROY``, before the write failed
 or after: the write finds it pending nowhere, and the group made again delivers it as new), one another consumer was
 given before the write failed (its process may hold it in memory and decide it still: a batch of it in flight — its
-process stopped meanwhile — after this one claimed it, or after the group was deleted and made again) and one whose
-fact has another entry (that one decides it too) are left out. Watched: the fact of such an entry is
+process stopped meanwhile — after this one claimed it, or after the group was deleted and made again), one whose
+fact has another entry (that one decides it too) and one whose write was refused since for its run
+(``quarantine._ONCE``: a sweep took the process for gone while it was stopped; the answer says the stream does not
+hold the fact, and no write of that run lands later: fenced, the entry is decided again from what landed, as a
+claimer decides it) are left out. Watched: the fact of such an entry is
 neither applied nor quarantined again while its writer lives (``applied``), and at the end, Redis answering, it is in
 the quarantine stream and the entry acknowledged (``written``), the stream holding it once (``inputchecks``).
 """
@@ -40,9 +43,9 @@ def _text(value: Any) -> str:
 class OwedWatch:
     def __init__(self, driver: InputsDriver) -> None:
         self.driver = driver
-        self.lost: dict[Entry, tuple[str, int, int, int]] = {}
+        self.lost: dict[Entry, tuple[str, int, int, int, int]] = {}
         """Entry -> (the consumer whose write failed, claims Redis had taken by then and group deletions before its
-        read, the quarantines of its fact the log held by then)."""
+        read, the quarantines of its fact the log held by then, its writes refused for their run by then)."""
         self.seen = 0  # entries watched in a seed (for the tally)
         self._quarantines: Counter[tuple[str, str, str, str, int]] = Counter()  # FactQuarantined in the log, a fact
         self._read: dict[int, int] = {}  # per shard, the history entries counted
@@ -70,7 +73,8 @@ class OwedWatch:
                 # where the group made again delivered it meanwhile, to another consumer or to this one in a batch of
                 # its own (decided again by design, as the reader's own: E8 by the made-again mark only once written)
                 deletions = redis.read_after.get((*entry, consumer), len(redis.groups_lost))
-                self.lost[entry] = consumer, redis.taken.get(entry, 0), deletions, self.quarantines(entry)
+                self.lost[entry] = (consumer, redis.taken.get(entry, 0), deletions, self.quarantines(entry),
+                                    redis.fenced.get((*entry, consumer), 0))
                 self.seen += 1
 
     def lost_redis(self) -> None:
@@ -87,8 +91,10 @@ class OwedWatch:
         redis, facts = driver.redis, driver.producer.facts
         several = entries_of(driver)
         out = []
-        for entry, (consumer, claims, deletions, quarantines) in self.lost.items():
+        for entry, (consumer, claims, deletions, quarantines, fenced) in self.lost.items():
             if redis.taken.get(entry, 0) > claims or several[named(facts[entry])[:4]] > 1:
+                continue
+            if redis.fenced.get((*entry, consumer), 0) > fenced:  # its run fenced since: decided again
                 continue
             if any(stream == entry[0] for stream, _, _ in redis.groups_lost[deletions:]):
                 continue

@@ -5,6 +5,7 @@ live addresses ``AtpService`` reads."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from tests.sim.cluster import ClusterWorld
@@ -28,6 +29,7 @@ class Writes:
 
     def __init__(self, redis: SimStreams) -> None:
         self.redis = redis
+        self.before: Callable[[Process], None] = lambda proc: None  # told of each write's process before it is sent
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.redis, name)
@@ -35,6 +37,7 @@ class Writes:
     async def run(self, calls: list[Any]) -> list[Any]:
         proc = CURRENT.get()
         if proc is not None:
+            self.before(proc)
             await proc.log.awake()
         try:
             return await self.redis.run(calls)

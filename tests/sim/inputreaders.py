@@ -276,9 +276,12 @@ def loop_of(reader: StreamIngestor) -> Loop:
     return loop
 
 
-async def turn(reader: StreamIngestor, claim: bool) -> None:
+async def turn(reader: StreamIngestor, claim: bool, after_pass: bool = False) -> None:
     """One pass of ``StreamIngestor._run``'s loop (``step``): the consumer group made again first where the last
-    pass found it gone; a Redis error marks its own pending entries due, as ``_run`` does."""
+    pass found it gone; a Redis error marks its own pending entries due, as ``_run`` does. ``after_pass``: a claim
+    drawn runs after the pass over its own pending entries where one is due, as ``step`` runs it next (a pass sets
+    its next after a wait, the claim's interval passed): a reader whose every pass leaves an entry pending still
+    claims and sweeps (its run swept, drawn again then: ``kept_run``)."""
     loop = loop_of(reader)
     entries = None
     async with loop.lock:
@@ -286,18 +289,12 @@ async def turn(reader: StreamIngestor, claim: bool) -> None:
             if loop.gone:
                 loop.gone = False
                 await reader._create_groups(again=True)
-            if reader._retry_own_pending:
-                if not loop.in_flight:  # else put off, as ``_settle_batches`` does
-                    await reader._retry_pending()
-            elif claim:
-                await reader._handle(await reader._claim(), wait=False)
-                if reader._departed is not None:  # after the claim, as ``step``: departed consumers removed, then
-                    await reader._departed.sweep()  # its own run drawn again where a sweep took it all the same (E8)
-                    before = reader._consumer_run
-                    reader._consumer_run = await reader._departed.kept_run(reader._desk.quarantine)
-                    if before is not None and reader._consumer_run != before:
-                        getattr(reader._client, "_redis", reader._client).redrawn += 1
-            else:
+            retried = reader._retry_own_pending
+            if retried and not loop.in_flight:  # else put off, as ``_settle_batches`` does
+                await reader._retry_pending()
+            if claim and (not retried or after_pass):
+                await _claim_and_sweep(reader)
+            elif not retried:
                 entries = await reader._read(None, block=None)
         except (RedisError, RedisClusterException, OSError) as exc:
             loop.gone = group_lost(exc)
@@ -310,3 +307,15 @@ async def turn(reader: StreamIngestor, claim: bool) -> None:
             reader._retry_own_pending = True
         finally:
             loop.in_flight -= 1
+
+
+async def _claim_and_sweep(reader: StreamIngestor) -> None:
+    """``step``'s claim: departed consumers removed after it, then its own run drawn again where a sweep took it all
+    the same (E8)."""
+    await reader._handle(await reader._claim(), wait=False)
+    if reader._departed is not None:
+        await reader._departed.sweep()
+        before = reader._consumer_run
+        reader._consumer_run = await reader._departed.kept_run(reader._desk.quarantine)
+        if before is not None and reader._consumer_run != before:
+            getattr(reader._client, "_redis", reader._client).redrawn += 1

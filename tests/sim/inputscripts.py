@@ -86,6 +86,9 @@ def quarantine_once(redis: SimStreams, keys: list[str], args: list[Any]) -> list
             out.append(0)
         elif not ours:
             out.append(-1)
+            if not current and input_stream is not None:  # its run fenced: no write of it lands (``inputowed``)
+                fenced = input_stream, entry_id, consumer
+                redis.fenced[fenced] = redis.fenced.get(fenced, 0) + 1
         else:
             fields = {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
             redis.quarantined.append((stream, fields, None if input_stream is None else (input_stream, entry_id)))

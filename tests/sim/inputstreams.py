@@ -118,6 +118,9 @@ class SimStreams:
         self.runs_swept: dict[str, int] = {}  # the highest run swept with its consumer (``quarantine.swept_runs_key``)
         self.drawn: dict[str, dict[str, int]] = {}  # each consumer's draws: token -> run (``quarantine.drawn_key``)
         self.refused_swept = 0  # quarantine writes of a run swept with its consumer, refused (``quarantine._ONCE``)
+        self.fenced: dict[tuple[str, bytes, str], int] = {}
+        """Per input entry and consumer, the consumer's quarantine writes of it refused for their run (swept, or a run
+        before): none of that run lands, whenever it does (E8)."""
         self.redrawn = 0  # runs drawn again by a reader whose run a sweep took while it ran (``keep_run``)
         self.forgotten: dict[str, int] = {}  # per stream, entries trimmed unread the readers told (``unread._ACK``)
         self.owed_added: dict[str, int] = {}  # per stream, entries trimmed unread the reads counted owed

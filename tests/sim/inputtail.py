@@ -53,7 +53,8 @@ from tests.sim.tailloss import TailLoss
 if TYPE_CHECKING:
     from tests.sim.inputdriver import InputsDriver
 
-_NOT_REDIS = ("faults", "on_ack", "now_ms", "on_failed_write", "given", "note_again", "tags")
+_NOT_REDIS = ("faults", "on_ack", "now_ms", "on_failed_write", "given", "note_again", "tags", "refused_swept",
+              "fenced")
 """``SimStreams``'s attributes that are no part of what Redis holds: kept across a restore."""
 
 

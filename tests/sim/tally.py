@@ -111,6 +111,7 @@ class Tally:
     input_swept_owed: int = 0  # ... entries trimmed unread they owed, moved to the sweeper's count
     input_runs_redrawn: int = 0  # ... runs of live processes swept all the same, drawn again (``keep_run``)
     input_swept_refused: int = 0  # ... quarantine writes of a run swept, refused (``quarantine._ONCE``)
+    input_stopped_holding: int = 0  # ... processes stopped holding a quarantine write past their sweep (``inputholds``)
     input_tags: int = 0  # the readers' tags (``bounds._TAG``) run (``inputtags``)
     input_tags_failed: int = 0  # ... refused, in doubt or landing late
     input_tags_late: int = 0  # ... landed late
@@ -173,8 +174,9 @@ class Tally:
                    + (f", {self.input_swept} departed consumers swept ({self.input_swept_owed} entries owed moved)"
                       if self.input_swept else "")
                    + (f", {self.input_runs_redrawn} runs swept while running drawn again "
-                      f"({self.input_swept_refused} writes of swept runs refused)"
-                      if self.input_runs_redrawn or self.input_swept_refused else "")
+                      f"({self.input_swept_refused} writes of swept runs refused, {self.input_stopped_holding} "
+                      "processes stopped holding a quarantine write)"
+                      if self.input_runs_redrawn or self.input_swept_refused or self.input_stopped_holding else "")
                    + (f", {self.input_tags} tags ({self.input_tags_failed} failed, {self.input_tags_late} landed "
                       f"late, {self.input_tokens_lost} tokens lost alone; {self.input_made_at_bound} groups made "
                       "again at a token's bound)" if self.input_tags else "")

@@ -234,7 +234,7 @@ async def test_input_streams_read_by_processes_whose_hosts_are_suspended(process
     assert tally.host_suspends and tally.input_claimed and tally.takeovers, tally
 
 
-@pytest.mark.parametrize(("seed", "processes", "faults"), [(219, 2, False), (116, 3, True)])
+@pytest.mark.parametrize(("seed", "processes", "faults"), [(130, 2, False), (122, 3, True)])
 async def test_consumers_of_processes_started_at_new_addresses_are_swept_their_counts_told_once(
         seed: int, processes: int, faults: bool) -> None:
     """``--input-streams --processes 2|3 --new-addresses`` (the sweep was never run: every process came back at its
@@ -290,7 +290,23 @@ async def test_a_process_swept_while_paused_draws_its_run_again_at_its_next_swee
     """``--input-streams --processes 3 --partition --suspends --new-addresses --seed 77``: a process paused past its
     leases (no member, holding no group, its entries claimed) was taken for gone by a sweeper and its run key deleted
     while it ran; run again, its reader's next sweep draws its run again (``DepartedConsumers.kept_run``, as the
-    service's ``step``), else every quarantine write of its run was refused for as long as it ran (E8)."""
+    service's ``step``), else every quarantine write of its run was refused for as long as it ran (E8). Processes
+    stopped holding a quarantine write (``inputholds``): the write, landing once its process runs again, is of a run
+    swept meanwhile, and lands nothing."""
     tally = Tally()
-    await InputsClusterDriver(77, 3, tally, partition=True, suspends=True, new_addresses=True).run(60)
-    assert tally.input_runs_redrawn, tally
+    await InputsClusterDriver(86, 3, tally, partition=True, suspends=True, new_addresses=True).run(60)
+    assert tally.input_runs_redrawn and tally.input_swept_refused and tally.input_stopped_holding, tally
+
+
+@pytest.mark.parametrize("seed", [20, 21])
+async def test_a_process_whose_run_a_sweep_took_while_it_was_stopped_decides_its_entries_again(seed: int) -> None:
+    """``--input-streams --processes 3 --partition --suspends --new-addresses``, seeds that reach a run swept while
+    its process was stopped holding a quarantine write. Two findings of the model this guards: atp@p1, swept while suspended, ran again and read an entry; its quarantine write of the swept run, its answer
+    lost, owed, was refused when written again (-1: the stream holds no such fact, and no write of that run lands
+    later) — the entry, pending still, read again and decided again by its own process, as a claimer decides it: no
+    second decision of what landed (``inputowed``); and a reader whose every pass over its own pending entries left
+    one (its writes refused) never claimed, so never swept and drew its run again: the drain's turns run a claim
+    drawn after the pass, as ``step`` runs it once the pass set its next after a wait (liveness)."""
+    tally = Tally()
+    await InputsClusterDriver(seed, 3, tally, partition=True, suspends=True, new_addresses=True).run(60)
+    assert tally.input_swept_refused and tally.input_stopped_holding, tally
