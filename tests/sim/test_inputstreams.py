@@ -301,12 +301,13 @@ async def test_a_process_swept_while_paused_draws_its_run_again_at_its_next_swee
 @pytest.mark.parametrize("seed", [20, 21])
 async def test_a_process_whose_run_a_sweep_took_while_it_was_stopped_decides_its_entries_again(seed: int) -> None:
     """``--input-streams --processes 3 --partition --suspends --new-addresses``, seeds that reach a run swept while
-    its process was stopped holding a quarantine write. Two findings of the model this guards: a process swept
-    while suspended ran again and read an entry; its quarantine write of the swept run, its answer lost, owed, was refused when written again (-1: the stream holds no such fact, and no write of that run lands
-    later) — the entry, pending still, read again and decided again by its own process, as a claimer decides it: no
-    second decision of what landed (``inputowed``); and a reader whose every pass over its own pending entries left
-    one (its writes refused) never claimed, so never swept and drew its run again: the drain's turns run a claim
-    drawn after the pass, as ``step`` runs it once the pass set its next after a wait (liveness)."""
+    its process was stopped holding a quarantine write. Two findings of the model this guards: a process swept while
+    suspended ran again and read an entry; its quarantine write of the swept run, its answer lost, owed, was refused
+    when written again (-1: the stream holds no such fact, and no write of that run lands later) — the entry,
+    pending still, read again and decided again by its own process, as a claimer decides it: no second decision of
+    what landed (``inputowed``); and a reader whose every pass over its own pending entries left one (its writes
+    refused) never claimed, so never swept and drew its run again: the drain's turns run a claim drawn after the
+    pass, as ``step`` runs it once the pass set its next after a wait (liveness)."""
     tally = Tally()
     await InputsClusterDriver(seed, 3, tally, partition=True, suspends=True, new_addresses=True).run(60)
     assert tally.input_swept_refused and tally.input_stopped_holding, tally
