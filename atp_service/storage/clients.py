@@ -54,7 +54,7 @@ def connect(url: str, timeout_s: float) -> aioredis.Redis:
         maint_notifications_config=_no_maint_notifications(),
     )
     pool = client.connection_pool
-    pool.connection_class = _hiredis_packing(pool.connection_class)
+    pool.connection_class = _hiredis_packing(_closed_transport_fails(pool.connection_class))
     return client
 
 
@@ -71,6 +71,41 @@ class _HiredisPacking:
 
 
 _packing_classes: dict[type, type] = {}
+_failing_classes: dict[type, type] = {}
+
+
+class _ClosedTransportFails:
+    """A send on a connection whose transport is closed already fails as redis-py's ``ConnectionError`` (Redis
+    unreachable: ``STORAGE_ERRORS``), not ``RuntimeError``. uvloop closes a transport whose read failed (the network
+    reset it while it sat idle: a proxy's or load balancer's cut, a peer that aborted it) and raises ``RuntimeError``
+    (``... the handler is closed``) at a write on it (uvloop #506); redis-py (8.1) maps only ``OSError`` and timeouts of
+    a send, and a cluster node hands out its free connections unchecked. Every caller took it for a bug (the balance's
+    route reads, the intake's stream reads and acks, the channel feeds), and a cluster node's other stale connections
+    failed in turn: only a ``ConnectionError`` makes redis-py let a node's free connections go. (The write lanes'
+    scripts never meet it: ``Wire`` fails any write that raises as a connection error.) Nothing of the command left
+    (uvloop checks before writing a byte); whoever sent it treats it as in doubt all the same, as after any connection
+    error (R7)."""
+
+    _writer: Any  # redis-py's connection's (the class this is mixed into)
+    host: str
+    port: int
+
+    async def _send_packed_command(self, command: Any) -> None:  # redis-py 8.1's send under its socket timeout
+        writer = self._writer  # (redis-py clears it as it disconnects after a failed send)
+        try:
+            await super()._send_packed_command(command)  # type: ignore[misc]
+        except RuntimeError as exc:
+            if writer is None or not writer.transport.is_closing():
+                raise  # not a closed transport's: a bug, told as one
+            raise RedisConnectionError(f"Error writing to {self.host}:{self.port}: the connection was closed "
+                                       f"({exc})") from exc
+
+
+def _closed_transport_fails(base: type) -> type:
+    """``base`` (a connection class of redis-py's) whose send on a closed transport fails ``ConnectionError``."""
+    if base not in _failing_classes:
+        _failing_classes[base] = type(f"Checked{base.__name__}", (_ClosedTransportFails, base), {})
+    return _failing_classes[base]
 
 
 def _hiredis_packing(base: type) -> type:
@@ -107,6 +142,10 @@ class _Cluster(aioredis.RedisCluster):
         self._failed_last: str | None = None  # the node that last did not answer a command (``initialize``)
         super().__init__(*args, **kwargs)
         self.commands_parser = _CommandTable(self.nodes_manager)
+        made = self.nodes_manager.connection_kwargs  # each node's connections: a send on a closed one fails as such
+        made["connection_class"] = _closed_transport_fails(made.get("connection_class", Connection))
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = made["connection_class"]
 
     def get_node(self, host: str | None = None, port: int | None = None,
                  node_name: str | None = None) -> ClusterNode | None:

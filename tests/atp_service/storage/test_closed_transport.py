@@ -1,0 +1,144 @@
+"""A connection of the service's Redis Cluster client that the network reset while it sat idle (a proxy's or load
+balancer's cut, a peer that aborted it), on uvloop, the loop ``atp-service serve`` runs on: the next command sent on it
+fails as Redis unreachable (redis-py's ``ConnectionError``, one of ``STORAGE_ERRORS``), and the one after is answered.
+
+uvloop closes a transport whose read failed (the reset) and raises ``RuntimeError`` (``unable to perform operation on
+<TCPTransport closed=True ...>; the handler is closed``) at a write on it; redis-py (8.1) maps only ``OSError`` and
+timeouts of a send to its own errors, and a cluster node hands out its free connections unchecked. Every caller that
+tells a Redis fault from a bug by ``STORAGE_ERRORS`` (the balance's route reads, lease renewals, the intake's reads and
+acks, the channel writes) took it for a bug."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from typing import Any
+
+import pytest
+import uvloop
+from redis.asyncio.connection import Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from atp_service.storage.clients import _closed_transport_fails, _Cluster, close_any
+from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.embedded_cluster import EmbeddedCluster
+from tests.waiting import until
+
+KEYS = [f"t:closed:{i}" for i in range(12)]
+"""Keys of every primary's slots."""
+
+
+class ResettingProxy:
+    """A TCP forwarder in front of one cluster node; ``reset`` aborts every client-side connection (an RST: a
+    connection cut by the network, not closed by Redis)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.clients: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def reset(self) -> None:
+        for writer in self.clients:
+            if (sock := writer.get_extra_info("socket")) is not None and not writer.transport.is_closing():
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+        self.clients.clear()
+
+    async def close(self) -> None:
+        self.reset()
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.clients.append(writer)
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.ensure_future(self._pipe(source, sink))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, RuntimeError):
+            while data := await source.read(65536):
+                sink.write(data)
+        sink.close()
+
+
+async def _reset_then_asked(cluster: EmbeddedCluster) -> list[str]:
+    proxies = {node.port: ResettingProxy(node.port) for node in cluster.primaries}
+    ports = {port: await proxy.start() for port, proxy in proxies.items()}
+    remap = {("127.0.0.1", port): ("127.0.0.1", other) for port, other in ports.items()}
+    client: Any = _Cluster.from_url(cluster.url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                                    retry=Retry(NoBackoff(), 0), address_remap=lambda at: remap.get(at, at))
+    seen: list[str] = []
+    try:
+        await client.mset_nonatomic(dict.fromkeys(KEYS, b"1"))
+        for ask in (lambda: client.get(KEYS[0]), lambda: client.mget_nonatomic(KEYS)):
+            await asyncio.gather(*(client.get(key) for key in KEYS))  # a free connection on every node
+            free = [conn for node in client.get_nodes() for conn in node._free if conn.is_connected]
+            for proxy in proxies.values():
+                proxy.reset()
+            await until(lambda stale=free: all(c._writer.transport.is_closing() for c in stale), "every reset seen")
+            try:
+                await ask()
+                seen.append("answered")
+            except STORAGE_ERRORS as exc:
+                seen.append(f"storage fault: {type(exc).__name__}")
+            except RuntimeError as exc:
+                seen.append(f"RuntimeError: {exc}")
+            for _ in free:  # then answered, on a connection made again: at worst each stale one fails once, as such
+                with contextlib.suppress(RedisConnectionError):
+                    assert await client.get(KEYS[0]) == b"1"
+                    break
+            else:
+                seen.append("never answered again")
+    finally:
+        await close_any(client)
+        for proxy in proxies.values():
+            await proxy.close()
+    return seen
+
+
+def test_a_command_on_a_connection_reset_while_idle_is_a_storage_fault(cluster: EmbeddedCluster) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        seen = runner.run(_reset_then_asked(cluster))
+    assert seen == ["storage fault: ConnectionError"] * 2, seen
+
+
+async def _sent_on(transport_open: bool) -> BaseException:
+    class Failing(Connection):
+        async def _send_packed_command(self, command: Any) -> None:
+            raise RuntimeError("a bug of the client")
+
+    conn = _closed_transport_fails(Failing)(host="127.0.0.1", port=1)
+    ours, peer = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    if not transport_open:
+        writer.transport.abort()
+    conn._reader, conn._writer = reader, writer
+    try:
+        with pytest.raises(Exception) as raised:
+            await conn.send_packed_command(b"PING\r\n", check_health=False)
+    finally:
+        writer.close()
+        peer.close()
+    return raised.value
+
+
+async def test_a_runtime_error_of_a_send_on_an_open_connection_is_not_taken_for_a_storage_fault() -> None:
+    """Only the write on a transport already closed is mapped: any other ``RuntimeError`` is a bug, told as one."""
+    assert type(await _sent_on(transport_open=True)) is RuntimeError
+    assert isinstance(await _sent_on(transport_open=False), RedisConnectionError)
