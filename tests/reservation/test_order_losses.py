@@ -227,6 +227,11 @@ def test_a_part_released_whole_by_no_change_of_its_held_order_tears_it_R2() -> N
     estate.apply(held, {1: PendingOp(OrderStep.RELEASE)})  # the sweep's release: no operation of the order
     assert losses.released_unrecorded(held, estate.parts(held), place) == [1]
     assert losses.lost_parts(held, estate.parts(held), NOW, LIMITS, place) == [1]
+    # Whatever the order's age (docs/OPERATIONS.md ``order_part_lost``): the part is there, not forgotten.
+    assert losses.lost_parts(held, estate.parts(held), NOW + LIMITS.retention_ms // 2, LIMITS, place) == [1]
+    missing = {0: estate.parts(held)[0]}  # a part missing from an order that old may have been forgotten
+    assert losses.lost_parts(held, missing, NOW, LIMITS, place) == [1]
+    assert losses.lost_parts(held, missing, NOW + LIMITS.retention_ms // 2, LIMITS, place) == []
 
     estate = Estate()
     held = reserved_order(estate, ASKED)

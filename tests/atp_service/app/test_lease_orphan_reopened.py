@@ -25,7 +25,8 @@ from tests.waiting import until
 
 @pytest.mark.parametrize("released_first", [False, True], ids=["confirmed", "partly-released-then-confirmed"])
 async def test_an_order_opened_again_while_its_orphaned_part_is_given_up_is_given_up_whole_R2(
-        start_service: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch, released_first: bool) -> None:
+        start_service: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch, released_first: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
     """Defect: the sweep released the part though the retry had just decided the order HELD over it: the order
     HELD with its part there released (its units offered to others), and a Confirm then answered CONFIRMED with
     those 3 units committed nowhere (R2: an order holds all its lines or none; Q3). Telling the home afterwards
@@ -97,3 +98,7 @@ async def test_an_order_opened_again_while_its_orphaned_part_is_given_up_is_give
                              f"{confirmed}")
     assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_EXPIRED
     assert await _reserved(client, a) == 0
+    # Said as a lost part is (docs/OPERATIONS.md ``order_part_lost``), the released part's group named.
+    said = [r for r in caplog.records if getattr(r, "event", None) == "order_part_lost"]
+    shards = [getattr(r, "shard", None) for r in said]
+    assert shards == [engine.place(b)], [r.getMessage() for r in caplog.records]
