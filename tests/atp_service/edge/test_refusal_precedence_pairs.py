@@ -81,6 +81,52 @@ async def test_a_full_shards_queue_is_told_after_the_requests_own_faults_and_bef
     assert "before its state is read" in reasons, "the page does not say a full shard's queue is told first"
 
 
+async def test_a_change_spanning_shards_waits_for_room_in_a_full_queue_and_is_told_its_state(
+        start_service: ServiceFactory) -> None:
+    """Only a call for one shard is shed for its full queue: a change spanning shards pauses each of them in turn
+    (the coordinator) and waits for room in a full one instead — its other shards held meanwhile — then is decided
+    there: a Confirm of a released reservation over two shards is told RESERVATION_RELEASED, and a Reserve reusing
+    an id whose record is on another shard RESERVATION_ID_REUSED, never SHARD_OVERLOADED, though a Confirm over the
+    full shard alone is. docs/API.md said every call for a full shard is refused before its state."""
+    service, client = await stocked(start_service, shards=2, mailbox_size=1, maintenance_interval_ms=3_600_000)
+    assert service.engine is not None
+    engine, stub = service.engine, client.stub
+    assert engine.place("A") != engine.place("D")  # two shards
+    await client.reserve("r-both", [("A", "S1", 1), ("D", "DC", 1)])
+    await client.release("r-both")
+    await client.reserve("r-one", [("A", "S1", 1)])
+    await client.release("r-one")
+    actor = engine.actors[engine.place("A")]
+    resume = await actor.pause()
+    waiting = asyncio.ensure_future(client.get_reservation("r-one"))  # the mailbox's one place taken
+    try:
+        await until(lambda: len(actor._mailbox) == 1, "a read queued behind the paused shard")
+        alone = await refused(stub.Confirm(pb.ConfirmRequest(reservation_id="r-one")))
+        both = asyncio.ensure_future(refused(stub.Confirm(pb.ConfirmRequest(reservation_id="r-both"))))
+        await until(lambda: both.done() or actor._mailbox._putters, "the change waiting for room (or refused)")
+        assert not both.done(), both.result()  # waits for room: not shed
+    finally:
+        resume.set_result(None)
+    assert alone.reason == "SHARD_OVERLOADED"
+    assert (await both).reason == "RESERVATION_RELEASED"
+    assert (await waiting).state == pb.RESERVATION_STATE_RELEASED
+    await client.reserve("r-dc", [("D", "DC", 1)])  # homed on D's shard: its id reused with a line on A's spans both
+    resume = await actor.pause()
+    waiting = asyncio.ensure_future(client.get_reservation("r-one"))
+    try:
+        await until(lambda: len(actor._mailbox) == 1, "a read queued behind the paused shard")
+        reused = asyncio.ensure_future(refused(stub.Reserve(pb.ReserveRequest(reservation_id="r-dc", lines=[_line()]))))
+        await until(lambda: reused.done() or actor._mailbox._putters, "the Reserve waiting for room (or refused)")
+        assert not reused.done(), reused.result()
+    finally:
+        resume.set_result(None)
+    assert (await reused).reason == "RESERVATION_ID_REUSED"
+    await waiting
+    api = (Path(__file__).parents[3] / "docs" / "API.md").read_text()
+    reasons = " ".join(api[api.index("### Reasons"):api.index("<!-- reasons:begin")].split())
+    assert "spanning shards waits for room" in reasons, "the page says every call for a full shard is shed"
+
+
 async def test_a_reused_id_is_told_before_a_full_shard_and_an_operation_id_before_its_limit(
         start_service: ServiceFactory) -> None:
     """CAPACITY_REACHED (20) against RESERVATION_ID_REUSED (7): a retry with other content to a shard at its bound
