@@ -6,15 +6,28 @@ record is remembered."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import grpc
 import redis.asyncio as aredis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.engine.ids import CLAIM_MARGIN_MS
-from tests.atp_service.app.test_processes import group_of, owner_of, start_process
+from tests.atp_service.app.test_processes import (
+    balanced,
+    group_of,
+    members_read,
+    owner_of,
+    routed,
+    skus_in_other_groups,
+    start_process,
+)
 from tests.atp_service.app.test_processes_split import item, reserved, stocked_pair
+from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.refusals import refused
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 from tests.waiting import until
 
 __all__ = ["start_process"]  # the fixture, used here by name
@@ -84,3 +97,36 @@ async def test_the_sweep_makes_a_claim_redis_lost_again_and_keeps_a_confirmed_re
         assert await r.get(key) == str(group_of(here)).encode() and await r.pttl(key) > lasts_ms
     finally:
         await r.aclose()
+
+
+async def test_an_id_homed_at_another_group_is_told_reused_though_the_lines_shard_is_full(
+        start_process: ServiceFactory) -> None:
+    """RESERVATION_ID_REUSED (7) against SHARD_OVERLOADED (18) with leases: the id's claim (in Redis, durable) is
+    read before any shard is asked, so a Reserve reusing an id homed at another group is told so even while the
+    shard of its lines has no room; a new id there is shed, and the refused one holds nothing."""
+    running = [await start_process(port=held_port(), host="127.0.0.1", mailbox_size=1,
+                                   maintenance_interval_ms=3_600_000) for _ in range(2)]  # none takes the place
+    await members_read(running)
+    await until(lambda: balanced(running) and routed(running), "the groups spread over the 2 processes", 60)
+    here, there = skus_in_other_groups(running)
+    (owner, client), (_, other) = owner_of(running, there), owner_of(running, here)
+    await client.record_events([receipt("in-here", here, "DC", 10), receipt("in-there", there, "DC", 10)])
+    await other.reserve("x-9", [(here, "DC", 1)])
+    await client.reserve("x-10", [(there, "DC", 1)])
+    assert owner.engine is not None
+    actor = owner.engine.actors[group_of(there)]
+    resume = await actor.pause()
+    waiting = asyncio.ensure_future(client.get_reservation("x-10"))  # the mailbox's one place taken
+    try:
+        await until(lambda: len(actor._mailbox) == 1, "a read queued behind the paused shard")
+        reused = await refused(client.reserve("x-9", [(there, "DC", 2)]))
+        new = await refused(client.reserve("x-11", [(there, "DC", 1)]))
+    finally:
+        resume.set_result(None)
+    assert (reused.reason, reused.metadata.get("field")) == ("RESERVATION_ID_REUSED", "lines"), reused
+    assert new.reason == "SHARD_OVERLOADED", new
+    assert (await waiting).state == pb.RESERVATION_STATE_HELD
+    assert await reserved(running, there) == 1  # x-10's only
+    api = (Path(__file__).parents[3] / "docs" / "API.md").read_text()
+    reasons = " ".join(api[api.index("### Reasons"):api.index("<!-- reasons:begin")].split())
+    assert "claim names another home" in reasons, "the page says a reused id is told after a full shard"
