@@ -9,6 +9,7 @@ change of the format operators' tooling reads.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
@@ -127,7 +128,7 @@ async def write(client: Any, dead: Sequence[tuple[str, bytes, list[bytes], Why]]
     for stream, entry_id, fields, why in dead:
         letter = dead_letter(fields, why, stream, entry_id, max_entry_bytes)
         earlier = (before or {}).get((stream, entry_id), b"")
-        remember = packed(why) if (stream, entry_id) in keep.entries else ""
+        remember = packed(why, fields) if (stream, entry_id) in keep.entries else ""
         args += [entry_id, int(why is TRIMMED), earlier, remember, len(letter), *letter]
     streams = [stream for stream, _, _, _ in dead]
     keys = [to, *streams, *(refused_key(s, group) for s in streams), *(refused_letters_key(s, group) for s in streams)]
@@ -145,10 +146,20 @@ class Kept(NamedTuple):
     most: int
 
 
-def packed(why: Why) -> str:
-    """``why`` as kept beside a refused entry's letter id (``refused_kept.py``): its reason last, which may hold any
-    character."""
-    return f"{why.code}\n{why.field}\n{why.reason}"
+def packed(why: Why, fields: Sequence[bytes]) -> str:
+    """``why`` as kept beside a refused entry's letter id (``refused_kept.py``), after the digest of the entry's
+    fields (``fingerprint``): its reason last, which may hold any character."""
+    return f"{fingerprint(fields)}\n{why.code}\n{why.field}\n{why.reason}"
+
+
+def fingerprint(fields: Sequence[bytes | str]) -> str:
+    """A digest of an entry's fields' names and values: an entry kept refused is told from another given its id later
+    (its stream deleted and written anew from low ids by a producer giving its own ids), 32 hex digits."""
+    digest = hashlib.blake2b(digest_size=16)
+    for one in fields:
+        value = as_bytes(one)
+        digest.update(len(value).to_bytes(8, "big") + value)
+    return digest.hexdigest()
 
 
 _WRITE = ACL_LUA + """

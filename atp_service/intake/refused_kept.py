@@ -24,25 +24,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from atp_service.intake.dead_letters import Why
+from atp_service.intake.dead_letters import Why, fingerprint
 from atp_service.intake.entries import Dead, Entry, id_key
 from atp_service.intake.unacked import Unacked
 from atp_service.intake.unread import as_bytes, refused_letters_key
 from atp_service.storage.resp import as_text
 
 
-def unpacked(value: bytes) -> tuple[bytes, Why]:
-    """A refused entry's dead letter's id and why, as the write kept them (``dead_letters.packed``)."""
-    letter, code, field, reason = value.split(b"\n", 3)
-    return letter, Why(reason.decode(errors="replace"), field.decode(errors="replace"), code.decode())
+def unpacked(value: bytes) -> tuple[bytes, str, Why]:
+    """A refused entry's dead letter's id, its fields' digest and why, as the write kept them
+    (``dead_letters.packed``)."""
+    letter, digest, code, field, reason = value.split(b"\n", 4)
+    return letter, digest.decode(), Why(reason.decode(errors="replace"), field.decode(errors="replace"), code.decode())
 
 
 async def recall(client: Any, group: str, unacked: Unacked, entries: Sequence[Entry]) -> None:
     """The entries of ``entries`` read at or before their stream's made-again mark (``unacked.again``: a group made
     again delivers them again) that Redis keeps as refused, told to ``unacked`` as refused with their letters: not
-    judged again (``Unacked.judged``). None asked where no mark is held: a group not made again delivers an entry once
+    judged again (``Unacked.judged``) — where its fields are those it had (``dead_letters.fingerprint``): an entry given
+    the id of one refused on a stream since deleted is judged (one deleted since, no fields read, cannot be applied:
+    dead-lettered as it was). None asked where no mark is held: a group not made again delivers an entry once
     it is acknowledged (Redis back from older data, which lost the set too: the process's own memory)."""
     asked: dict[str, list[bytes]] = {}
+    fields_of = {(stream, entry_id): fields for stream, entry_id, fields in entries}
     for stream, entry_id, _ in entries:
         mark = unacked.again.get(stream)
         if mark is not None and id_key(entry_id) <= id_key(mark):
@@ -56,7 +60,10 @@ async def recall(client: Any, group: str, unacked: Unacked, entries: Sequence[En
     found: list[tuple[Dead, bytes]] = []
     for (stream, ids), values in zip(asked.items(), replies, strict=True):
         for entry_id, value in zip(ids, values, strict=True):
-            if value is not None:
-                letter, why = unpacked(as_bytes(value))
+            if value is None:
+                continue
+            letter, digest, why = unpacked(as_bytes(value))
+            fields = fields_of[(stream, entry_id)]
+            if fields is None or fingerprint(fields) == digest:  # else another entry given its id: judged
                 found.append(((stream, entry_id, [], why), letter))
     unacked.refused(found)

@@ -65,3 +65,26 @@ async def test_an_entry_refused_whose_letter_was_trimmed_is_dead_lettered_again_
     assert {k: again[k] for k in (b"_id", b"_reason", b"_field", b"_code")} == {
         k: letter[k] for k in (b"_id", b"_reason", b"_field", b"_code")}
     r.close()
+
+
+async def test_a_new_entry_given_the_id_of_one_refused_on_a_deleted_stream_is_applied(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """Defect: a producer giving its own ids deleted the stream and wrote it anew from low ids; the set of entries
+    refused (E7) outlived the stream it named, and a brand-new entry given a refused one's id was taken for it —
+    acknowledged with the old entry's letter standing, no letter of its own: a fact lost (on_hand 11, not 31)."""
+    r: Any = redis.Redis.from_url(redis_url)
+    clock = ManualClock()
+    now = clock.now_ms()
+    service, _ = await start_service(clock=clock)
+    r.xadd(STREAM, F("first", "RECEIPT", "A", "S1", 1, now - 50).fields(), id="1-1")
+    r.xadd(STREAM, F("future", "RECEIPT", "A", "S1", 2, now + SKEW_MS + 1000).fields(), id="2-1")
+    await until(lambda: r.xlen("atp:dlq") == 1 and _settled(r, b"2-1"), "first applied, future refused (E7)")
+    await service.stop()
+    r.delete(STREAM)  # the group with it
+    r.xadd(STREAM, F("again", "RECEIPT", "A", "S1", 10, now - 40).fields(), id="1-1")
+    r.xadd(STREAM, F("fresh", "RECEIPT", "A", "S1", 20, now - 30).fields(), id="2-1")
+    _, client = await start_service(clock=clock)
+    await until(lambda: _settled(r, b"2-1"), "the new stream's entries read, settled")
+    assert await _on_hand_is(client, 31), "a new entry with a refused entry's recycled id was taken for it"
+    assert r.xlen("atp:dlq") == 1, "no entry of the new stream dead-lettered"
+    r.close()
