@@ -7,14 +7,17 @@ stopped keeping its word for some of them. Counted: ``atp_ingest_refused_forgott
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aredis
 
 from atp_service import ManualClock
 from atp_service.intake import unacked
-from atp_service.intake.dead_letters import Why
+from atp_service.intake.dead_letters import Kept, Why, write
 from atp_service.intake.unacked import Unacked
 from atp_service.intake.unread import refused_key, refused_letters_key
 from tests.atp_service.fact_helpers import F
@@ -75,3 +78,30 @@ async def test_entries_refused_that_their_stream_no_longer_holds_are_forgotten_u
     assert _kept(r) == ids[-1:], "those trimmed from the stream forgotten"
     assert _forgotten(service) == 0
     r.close()
+
+
+async def test_the_memory_of_an_entry_kept_refused_is_within_what_operations_says(redis_url: str) -> None:
+    """Defect: OPERATIONS.md said some 200 bytes each in Redis; the dead-letter script keeps ~375 (``MEMORY USAGE``
+    of both keys, the fields' digest with them) per entry refused with the reason E7 gives — an operator sizing Redis
+    for the bound was told half. Measured on real Redis, written by the real script, as many as make both keys
+    leave their compact encodings."""
+    documented = re.search(r"ATP_INGEST_REFUSED_KEPT` \(10,000\) per stream, some ([\d,]+) bytes each in Redis",
+                           (Path(__file__).parents[3] / "docs" / "OPERATIONS.md").read_text())
+    assert documented is not None, "OPERATIONS.md's E7 section names the memory of each entry kept refused"
+    r, count, now = aredis.Redis.from_url(redis_url), 1_000, 1_765_100_000_000
+    async with r.pipeline(transaction=False) as pipe:
+        for i in range(count):
+            pipe.xadd(STREAM, F(f"e{i}", "RECEIPT", "A", "S1", 1, now + SKEW_MS + 1).fields())
+        ids = await pipe.execute()
+    why = Why(f"{now + SKEW_MS + 1} ms is more than {SKEW_MS} ms ahead of the service clock ({now})", "event_time_ms",
+              "INVALID_FIELD")
+    dead = [(STREAM, i, [str(x).encode() for kv in F(f"e{n}", "RECEIPT", "A", "S1", 1, now).fields().items()
+                         for x in kv], why) for n, i in enumerate(ids)]
+    for at in range(0, count, 500):
+        await write(r, dead[at:at + 500], "atp:dlq", 100_000, "atp", 16_384, None,
+                    Kept({one[:2] for one in dead}, 10_000))
+    assert await r.zcard(refused_key(STREAM, "atp")) == count
+    used = sum([await r.memory_usage(key, samples=0) for key in (refused_key(STREAM, "atp"),
+                                                                 refused_letters_key(STREAM, "atp"))])
+    assert used / count <= int(documented.group(1).replace(",", "")), f"{used / count:.0f} bytes each"
+    await r.aclose()
