@@ -208,8 +208,8 @@ class IntakeMetrics:
             "group read them: their facts were never applied", ["stream"], registry=r
         )
         self.ingest_refused_forgotten = Counter(
-            "atp_ingest_refused_forgotten_total", "Input-stream entries refused by the clock (E7) forgotten as refused "
-            "in Redis past ingest_refused_kept per stream: judged again if a group made again delivers them again",
+            "atp_ingest_refused_forgotten_total", "Input-stream entries refused (E7, REFUSED_REPEATEDLY) forgotten as "
+            "refused in Redis past ingest_refused_kept per stream: judged again if a group made again delivers them",
             ["stream"], registry=r)
         self.ingest_consumers_removed = Counter(
             "atp_ingest_consumers_removed_total", "Consumers of the input streams' group removed, their process gone "
