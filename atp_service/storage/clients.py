@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import redis
 import redis.asyncio as aioredis
 from redis._parsers import AsyncCommandsParser
 from redis.asyncio.client import Pipeline
@@ -102,8 +103,17 @@ class _ClosedTransportFails:
 
 
 def _closed_transport_fails(base: type) -> type:
-    """``base`` (a connection class of redis-py's) whose send on a closed transport fails ``ConnectionError``."""
+    """``base`` (a connection class of redis-py's) whose send on a closed transport fails ``ConnectionError``. Raises
+    where ``base``'s send no longer goes through ``_send_packed_command`` (redis-py's private method, its version not
+    pinned): the override would do nothing, and the bug come back unseen; the client's making (a start) fails."""
     if base not in _failing_classes:
+        send = getattr(getattr(base, "send_packed_command", None), "__code__", None)
+        if not inspect.iscoroutinefunction(getattr(base, "_send_packed_command", None)) or send is None or \
+                "_send_packed_command" not in send.co_names:
+            raise RuntimeError(f"redis-py {redis.__version__}: {base.__qualname__}.send_packed_command no longer sends "
+                               "through _send_packed_command, which atp_service.storage.clients overrides (a send on "
+                               "a closed uvloop transport told as a connection error): install a redis-py this "
+                               "release supports")
         _failing_classes[base] = type(f"Checked{base.__name__}", (_ClosedTransportFails, base), {})
     return _failing_classes[base]
 

@@ -142,3 +142,30 @@ async def test_a_runtime_error_of_a_send_on_an_open_connection_is_not_taken_for_
     """Only the write on a transport already closed is mapped: any other ``RuntimeError`` is a bug, told as one."""
     assert type(await _sent_on(transport_open=True)) is RuntimeError
     assert isinstance(await _sent_on(transport_open=False), RedisConnectionError)
+
+
+class _Renamed(Connection):
+    """A redis-py whose send under the socket timeout no longer goes through ``_send_packed_command`` (renamed)."""
+
+    async def _send_packed(self, command: Any) -> None:
+        await super()._send_packed_command(command)
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        await self._send_packed([command] if isinstance(command, bytes) else command)
+
+
+class _Gone(_Renamed):
+    """A redis-py with no ``_send_packed_command`` at all, its send naming it still (say, a property now)."""
+
+    _send_packed_command = None  # type: ignore[assignment]
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        await self._send_packed_command(command)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("base", [_Renamed, _Gone])
+def test_a_redis_py_whose_send_passes_the_mapping_by_fails_loudly(base: type) -> None:
+    """redis-py (``>=7.0``, not pinned) may rename or stop calling the private method the mapping overrides: the
+    override would then do nothing, the bug back unseen. The client's making (the service's start) fails instead."""
+    with pytest.raises(RuntimeError, match="_send_packed_command"):
+        _closed_transport_fails(base)
