@@ -21,6 +21,7 @@ oldest forgotten past it — counted (``atp_ingest_refused_forgotten_total``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,11 +32,17 @@ from atp_service.intake.unread import as_bytes, refused_letters_key
 from atp_service.storage.resp import as_text
 
 
-def unpacked(value: bytes) -> tuple[bytes, str, Why]:
+def unpacked(value: bytes) -> tuple[bytes, str | None, Why]:
     """A refused entry's dead letter's id, its fields' digest and why, as the write kept them
-    (``dead_letters.packed``)."""
-    letter, digest, code, field, reason = value.split(b"\n", 4)
-    return letter, digest.decode(), Why(reason.decode(errors="replace"), field.decode(errors="replace"), code.decode())
+    (``dead_letters.packed``). Kept before the digest (letter, code, field, reason: a release before it, which Redis
+    may hold still): no digest (None), its entry refused by its id alone, as it was kept."""
+    letter, rest = value.split(b"\n", 1)
+    digest, _, after = rest.partition(b"\n")
+    if re.fullmatch(rb"[0-9a-f]{32}", digest) is None:  # a code never is 32 hex digits
+        digest, after = b"", rest
+    code, field, reason = after.split(b"\n", 2)
+    why = Why(reason.decode(errors="replace"), field.decode(errors="replace"), code.decode())
+    return letter, digest.decode() or None, why
 
 
 async def recall(client: Any, group: str, unacked: Unacked, entries: Sequence[Entry]) -> None:
@@ -64,6 +71,6 @@ async def recall(client: Any, group: str, unacked: Unacked, entries: Sequence[En
                 continue
             letter, digest, why = unpacked(as_bytes(value))
             fields = fields_of[(stream, entry_id)]
-            if fields is None or fingerprint(fields) == digest:  # else another entry given its id: judged
+            if fields is None or digest is None or fingerprint(fields) == digest:  # else another given its id
                 found.append(((stream, entry_id, [], why), letter))
     unacked.refused(found)

@@ -12,6 +12,8 @@ import pytest
 import redis
 
 from atp_service import ManualClock
+from atp_service.intake.dead_letters import Why
+from atp_service.intake.refused_kept import unpacked
 from tests.atp_service.fact_helpers import F
 from tests.atp_service.intake.test_group_lost_pending import STREAM, _group_made_again, _on_hand_is
 from tests.atp_service.intake.test_refused_letter_lost import SKEW_MS, _settled
@@ -88,3 +90,32 @@ async def test_a_new_entry_given_the_id_of_one_refused_on_a_deleted_stream_is_ap
     assert await _on_hand_is(client, 31), "a new entry with a refused entry's recycled id was taken for it"
     assert r.xlen("atp:dlq") == 1, "no entry of the new stream dead-lettered"
     r.close()
+
+
+async def test_an_entry_kept_refused_before_the_fields_digest_stays_refused(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """Defect: an entry kept refused by a release before the fields' digest (its letters' hash value ``letter\\ncode\\n
+    field\\nreason``, no digest) was read as the new format: split into too few parts, recall raised ``ValueError``
+    and the intake never settled the group made again (wedged); a reason holding a newline was mis-parsed, its code
+    taken for the digest, and the entry judged again — applied, its dead letter saying refused."""
+    r: Any = redis.Redis.from_url(redis_url)
+    now, future = await _refused_then_group_lost(start_service, r)
+    key = f"{STREAM}:refused:atp:letters"
+    letter, _digest, rest = r.hget(key, future).split(b"\n", 2)
+    r.hset(key, future, letter + b"\n" + rest)  # as kept before the digest
+    _, client = await start_service(clock=ManualClock(now + 2000))  # ``future`` within the skew by it
+    await until(lambda: _group_made_again(r), "the group made again")
+    await until(lambda: _settled(r, future), "first and future read again, settled")
+    assert await _on_hand_is(client, 1), "an entry kept refused before the digest was applied after all"
+    assert [fields[b"_id"] for _, fields in r.xrange("atp:dlq")] == [future], "dead-lettered once, not again"
+    r.close()
+
+
+def test_a_value_kept_before_the_digest_is_parsed_whole_whatever_its_reason_holds() -> None:
+    """Defect: a value kept before the fields' digest whose reason held a newline was split one part off: its code
+    taken for the digest (no match: the entry judged again), its field for its code, its reason cut."""
+    assert unpacked(b"7-0\nINVALID_FIELD\nevent_time_ms\nfirst line\nsecond") == (
+        b"7-0", None, Why("first line\nsecond", "event_time_ms", "INVALID_FIELD"))
+    digest = "0123456789abcdef" * 2
+    assert unpacked(f"7-0\n{digest}\nINVALID_FIELD\nevent_time_ms\na\nb".encode()) == (
+        b"7-0", digest, Why("a\nb", "event_time_ms", "INVALID_FIELD"))
