@@ -37,6 +37,9 @@ CLOSING_WAIT_MOST_S = 5.0
 close (a disconnect is bounded by its connect timeout already); those still closing then are cancelled, not left
 pending."""
 
+REDIS_PY_LOCKED = "8.1.0"
+"""The redis-py ``requirements/service.lock`` pins, tested: named where an installed one is refused at start."""
+
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
     """A client that never retries on its own: a blind retry of an append could log it twice.
@@ -112,8 +115,8 @@ def _closed_transport_fails(base: type) -> type:
                 "_send_packed_command" not in send.co_names:
             raise RuntimeError(f"redis-py {redis.__version__}: {base.__qualname__}.send_packed_command no longer sends "
                                "through _send_packed_command, which atp_service.storage.clients overrides (a send on "
-                               "a closed uvloop transport told as a connection error): install a redis-py this "
-                               "release supports")
+                               "a closed uvloop transport told as a connection error): install "
+                               f"redis=={REDIS_PY_LOCKED} (requirements/service.lock, the one tested)")
         _failing_classes[base] = type(f"Checked{base.__name__}", (_ClosedTransportFails, base), {})
     return _failing_classes[base]
 

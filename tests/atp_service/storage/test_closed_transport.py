@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import uvloop
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from atp_service.storage.clients import _closed_transport_fails, _Cluster, close_any
+from atp_service.storage.clients import _closed_transport_fails, _ClosedTransportFails, _Cluster, close_any, connect_any
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from tests.waiting import until
@@ -169,3 +172,30 @@ def test_a_redis_py_whose_send_passes_the_mapping_by_fails_loudly(base: type) ->
     override would then do nothing, the bug back unseen. The client's making (the service's start) fails instead."""
     with pytest.raises(RuntimeError, match="_send_packed_command"):
         _closed_transport_fails(base)
+
+
+def test_a_refusal_names_the_redis_py_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect: the refusal said "install a redis-py this release supports", naming none (``>=7.0`` is not pinned): an
+    operator whose start failed was not told which one. It names the one ``requirements/service.lock`` pins (the one
+    tested) beside the one installed."""
+    locked = re.search(r"^redis==([\w.]+)", (Path(__file__).parents[3] / "requirements" / "service.lock").read_text(),
+                       re.MULTILINE)
+    assert locked is not None
+    monkeypatch.setattr(redis, "__version__", "99.0.0")
+    with pytest.raises(RuntimeError) as refused:
+        _closed_transport_fails(_Gone)
+    assert "redis-py 99.0.0" in str(refused.value) and f"redis=={locked[1]}" in str(refused.value)
+
+
+@pytest.mark.parametrize(("url", "cluster"), [("redis://localhost:1", False), ("rediss://localhost:1", False),
+                                              ("unix:///tmp/no.sock", False), ("redis://localhost:1", True),
+                                              ("rediss://localhost:1", True)])
+async def test_the_installed_redis_py_is_not_refused_for_any_connection_kind(url: str, cluster: bool) -> None:
+    """A guard, not a defect: every connection class a URL or a cluster picks (TCP, TLS, unix socket; the service's,
+    the log's, the publishers' clients all come from ``connect_any``) passes the check on the installed redis-py,
+    and a send on it goes through the override."""
+    client = connect_any(url, 1.0, cluster=cluster)
+    made = client.nodes_manager.connection_kwargs["connection_class"] if cluster else \
+        client.connection_pool.connection_class
+    assert issubclass(made, _ClosedTransportFails)
+    await close_any(client)
