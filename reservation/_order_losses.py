@@ -4,8 +4,8 @@ the parts that remain say of the order, pure. The engine acts on it (``atp_servi
 
 - A part missing from a decided order (``lost_parts``): its hold is gone, so an order not yet confirmed cannot be
   confirmed whole; it is given up whole.
-- A part confirmed under an order recorded HELD (``confirmed_by_parts``): a part is confirmed only by the share
-  of a CONFIRM its order's home recorded pending first (R3), so the order was confirmed, and its home lost the
+- A part of its own confirmed under an order recorded HELD (``confirmed_by_parts``): a part is confirmed only by
+  the share of a CONFIRM its order's home recorded pending first (R3), so the order was confirmed, and its home lost the
   record of it — its caller was most likely told CONFIRMED. Its confirmation is recorded again (``RESTORED``) and
   carried through to every part, its held ones confirmed; it is never expired, nor given up for a part Redis
   lost (``restored``): its confirmed parts' units are a confirmed order's, committed until released or shipped
@@ -23,8 +23,10 @@ the parts that remain say of the order, pure. The engine acts on it (``atp_servi
   released committed again at its group whether or not they still fit (``part_again``, ``commit_again``): where they
   no longer do, the position shows oversold (Q5: counted, never hidden), as the service acknowledged it (R7).
 - A part of other content than its order asks (``own_part``): the order's record Redis lost at its home, its id
-  reserved again with other content (R5: refused, the order given up). The part is that first order's: a confirmed
-  one proves nothing of this order (``decided_by_parts``), and is not given up with it (``give_up_part``, Q3).
+  reserved again with other content (R5: refused, the order given up); or, the first no longer remembered, the id
+  reserved again and decided, then the part's group back from data older than this order's part. The part is that
+  first order's: a confirmed one proves nothing of this order (``decided_by_parts``, ``confirmed_by_parts``: it was
+  never confirmed by its caller, and expires), and is not given up with it (``give_up_part``, Q3).
 """
 
 from __future__ import annotations
@@ -167,10 +169,20 @@ def was_confirmed(part: Reservation) -> bool:
     return part.state in (State.CONFIRMED, State.FULFILLED)
 
 
-def confirmed_by_parts(order: Reservation, parts: Mapping[int, Reservation]) -> bool:
-    """Whether ``order`` is HELD with nothing pending though a part was confirmed (``was_confirmed``): Redis lost
-    its confirmation at its home (R7: the home's group back from older data, the part's kept its own)."""
-    return order.state == State.HELD and order.pending is None and any(map(was_confirmed, parts.values()))
+def confirmed_by_parts(order: Reservation, parts: Mapping[int, Reservation], place: Place) -> bool:
+    """Whether ``order`` is HELD with nothing pending though a part of its own was confirmed (``own_confirmed``):
+    Redis lost its confirmation at its home (R7: the home's group back from older data, the part's kept its own).
+    One confirmed of other content leaves it HELD, to expire as its caller never confirmed it (R3)."""
+    return order.state == State.HELD and order.pending is None and own_confirmed(order, parts, place)
+
+
+def own_confirmed(order: Reservation, parts: Mapping[int, Reservation], place: Place) -> bool:
+    """Whether a part of ``parts`` of the order's own content (``own_part``) was confirmed (``was_confirmed``). One
+    of other content under its id is another order's of that id (R5: one no longer remembered, its part there back
+    from older data over this one's): its confirmation proves nothing of this order, never committing its units."""
+    asked = orders.split(orders.command_of(order), place)
+    return any(was_confirmed(part) and group in asked and own_part(part, asked[group])
+               for group, part in parts.items())
 
 
 def confirmed_again(order: Reservation, now: int) -> Reservation:
@@ -193,9 +205,7 @@ def confirmation_applied(order: Reservation, parts: Mapping[int, Reservation], p
     confirmed parts' units are committed (Q3), a lost part's committed again (``lost_committed``), never released."""
     if order.pending is None or order.pending.kind != OrderStep.CONFIRM:
         return False
-    asked = orders.split(orders.command_of(order), place)
-    return any(was_confirmed(part) and group in asked and own_part(part, asked[group])
-               for group, part in parts.items())
+    return own_confirmed(order, parts, place)
 
 
 def decided_by_parts(order: Reservation, parts: Mapping[int, Reservation], place: Place) -> bool:

@@ -65,9 +65,10 @@ async def _expire_unanswered(sagas: Orders, order_id: str, home: int) -> bool:
         # release pending (its share applied where the parts answered) is overtaken: the expiry gives back the rest.
         return False
     answering, silent = await _answering_parts(engine, order)
-    if not silent or any(map(losses.was_confirmed, answering.values())):
+    if not silent or losses.own_confirmed(order, answering, engine.place):
         # R3, Q3: confirmed again (never expired) once every part answers — a partial Release pending too (its home
-        # back to before the confirmation, R7): ``confirmed_by_parts`` sees one only where nothing is pending.
+        # back to before the confirmation, R7): ``confirmed_by_parts`` sees one only where nothing is pending. A part
+        # of other content confirmed is another order's of that id (R5): it holds this one's expiry back for nothing.
         return False
     expired, _, _ = orders.plan(order, PendingOp(OrderStep.EXPIRE), now, engine.limits, engine.place)
     if expired is None:

@@ -274,7 +274,7 @@ class Orders(OrderSteps):
         every part is, by SHIPMENT facts (R5), by whichever path drives it on (else CONFIRMED and live for good)."""
         order, place = await self._settle(order_id, home), self._engine.place
         parts = await self._parts(order)
-        if losses.confirmed_by_parts(order, parts):  # R3, Q3: its home lost its confirmation (R7): never expired
+        if losses.confirmed_by_parts(order, parts, place):  # R3, Q3: its home lost its confirmation (R7): never expired
             log_confirmed_again(order_id, home)
             await self._save(home, losses.confirmed_again(order, self._engine.now_at(home)), over=order)
             return await self._settled(order_id, home)  # carried through to every part (``_settle``)

@@ -55,7 +55,7 @@ def test_an_order_whose_home_lost_its_confirmation_is_confirmed_again_and_never_
     estate = Estate()
     held = _home_lost_its_confirmation(estate)
     late = held.expires_at
-    assert losses.confirmed_by_parts(held, estate.parts(held))
+    assert losses.confirmed_by_parts(held, estate.parts(held), place)
     again = losses.confirmed_again(held, late)
     assert (again.state, again.expires_at, again.pending) == (State.CONFIRMED, 0, losses.RESTORED)
     assert again.pending is not None
@@ -63,7 +63,7 @@ def test_an_order_whose_home_lost_its_confirmation_is_confirmed_again_and_never_
     settled = orders.settled(again, late, estate.parts(again))
     assert settled.pending is None and orders.view(settled, estate.parts(settled)).state == State.CONFIRMED
     assert (estate.held("A"), estate.committed("A"), estate.committed("B")) == (0, 3, 2)
-    assert not losses.confirmed_by_parts(settled, estate.parts(settled))
+    assert not losses.confirmed_by_parts(settled, estate.parts(settled), place)
     assert orders.plan(orders.view(settled, estate.parts(settled)), PendingOp(OrderStep.EXPIRE), late + 10**9,
                        LIMITS, place) == (None, {}, None)
 
@@ -71,9 +71,9 @@ def test_an_order_whose_home_lost_its_confirmation_is_confirmed_again_and_never_
 def test_a_held_order_whose_parts_are_held_is_not_taken_for_confirmed_and_expires_R3() -> None:
     estate = Estate()
     held = reserved_order(estate, ASKED)
-    assert not losses.confirmed_by_parts(held, estate.parts(held))
+    assert not losses.confirmed_by_parts(held, estate.parts(held), place)
     pending = orders.open_order(ASKED, (0, 1), NOW)  # undecided: a RESERVE pending, never taken for confirmed
-    assert not losses.confirmed_by_parts(pending, estate.parts(held))
+    assert not losses.confirmed_by_parts(pending, estate.parts(held), place)
     done, shares, _ = orders.plan(orders.view(held, estate.parts(held)), PendingOp(OrderStep.EXPIRE),
                                   held.expires_at, LIMITS, place)
     assert done is not None and done.state == State.EXPIRED
@@ -88,7 +88,7 @@ def test_a_restored_confirmation_is_told_from_a_confirm_and_kept_whatever_part_r
     estate = Estate()
     held = _home_lost_its_confirmation(estate)
     parts = estate.parts(held)
-    assert losses.confirmed_by_parts(held, {1: parts[1]})  # its part in group 0 lost as well
+    assert losses.confirmed_by_parts(held, {1: parts[1]}, place)  # its part in group 0 lost as well
     again = losses.confirmed_again(held, NOW)
     assert losses.lost_parts(again, {1: parts[1]}, NOW, LIMITS, place) == [0]
     assert losses.restored(again)
@@ -268,3 +268,25 @@ def test_a_confirmed_order_s_lost_part_is_made_again_with_what_it_had_committed_
     estate.apply(order, {1: release})
     assert estate.committed("B") == 1, "a share sent again released the part's units a second time"
     assert orders.view(order, estate.parts(order)).state == State.CONFIRMED
+
+
+def test_a_confirmed_part_of_other_content_does_not_restore_a_held_order_s_confirmation_R3_R5_Q3() -> None:
+    """Defect (found by review): ``confirmed_by_parts`` took any confirmed part found under the order's id for its
+    own. Order "o" confirmed (group 1's part CONFIRMED, 2 of B); its id reserved again with other content once the
+    first was no longer remembered (1 of B), decided HELD; then group 1 back from older data that still held the
+    first order's part. The second order was confirmed again (``RESTORED``) on the strength of the first's
+    confirmation: its held units committed for good though its caller never confirmed (never released by expiry).
+    Only a part of its own content proves its home lost a confirmation (``own_part``): it stays HELD and expires."""
+    first_estate = Estate()
+    first = _home_lost_its_confirmation(first_estate)
+    assert losses.confirmed_by_parts(first, first_estate.parts(first), place)  # its own part: restored
+    estate = Estate()
+    second = reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 1)))
+    assert second.state == State.HELD and second.pending is None
+    foreign = first_estate.parts(first)[1]  # group 1 back from data older than the second order's part
+    assert foreign.state == State.CONFIRMED
+    parts = {0: estate.parts(second)[0], 1: foreign}
+    assert not losses.confirmed_by_parts(second, parts, place), "restored from another order's confirmed part"
+    fulfilled = msgspec.structs.replace(foreign, state=State.FULFILLED)  # an earlier incarnation, shipped
+    assert not losses.confirmed_by_parts(second, {0: parts[0], 1: fulfilled}, place)
+    assert not losses.confirmed_by_parts(second, {1: foreign}, place)  # its own part at group 0 lost too

@@ -9,6 +9,7 @@ import asyncio
 import logging
 from typing import Any
 
+import msgspec
 import pytest
 
 from atp_service.engine.losses import KEPT
@@ -165,3 +166,37 @@ async def test_a_reserve_reusing_the_id_of_a_confirmed_order_whose_record_was_lo
     assert rig.quantities() == [(0, 3), (0, 3)], "the first order's committed units released"
     assert rig.part("o1", 0).state == rig.part("o1", 1).state == State.CONFIRMED
     assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED
+
+
+async def test_a_held_order_with_another_order_s_confirmed_part_under_its_id_expires_R3_R5_Q3(rig: Rig) -> None:
+    """Defect (found by review): an order recorded HELD was confirmed again on the strength of any confirmed part
+    under its id. "o2" (2 of each) held; then group 1's node back from data older than its part there, holding an
+    earlier order's part of that id (3 units, confirmed: that order no longer remembered at its home, its id
+    reserved again). Its expiry confirmed "o2" instead (``order_confirmation_restored``): its 2 held units in group 0
+    committed for good though its caller never confirmed it. A part of other content proves nothing of this order
+    (R5): it expires, its hold given back, the earlier order's part left confirmed (Q3)."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    assert (await rig.run(engine.confirm("o1"))).state == State.CONFIRMED
+    earlier = rig.part("o1", 1)
+    await rig.run(engine.reserve(rig.cmd("o2", (2, 2))))
+    assert rig.quantities() == [(2, 3), (2, 3)]
+    foreign = msgspec.structs.replace(earlier, reservation_id=orders.part_id("o2", 1))
+
+    def back(ledger: Any, _now: int) -> None:  # group 1 from older data: the earlier "o2"'s part, 3 committed
+        ledger.move_hold(SKUS[1], "DC", -2, 3)
+        ledger.save(foreign)
+
+    await rig.run(engine.actors[1].submit(back))
+    assert rig.quantities() == [(2, 3), (0, 6)]
+    rig.clock.advance(61_000)  # past the TTL of "o2"
+    await rig.run(engine.run_maintenance())  # its expiry comes due: a saga in the background
+    home = engine.actors[0].ledger
+    for _ in range(50):
+        await rig.pump_until_done([])
+        await asyncio.sleep(0)
+        if (record := home.reservation("o2")) is not None and record.state != State.HELD and record.pending is None:
+            break
+    assert home.reservation("o2").state == State.EXPIRED, home.reservation("o2")  # type: ignore[union-attr]
+    assert rig.quantities() == [(0, 3), (0, 6)], "its held units committed on another order's confirmation"
+    assert rig.part("o2", 1) == foreign  # the earlier order's: kept confirmed (Q3)
