@@ -48,7 +48,8 @@ def torn(order: Reservation, parts: Mapping[int, Reservation], now: int, limits:
         return []
     # A confirmed order's (R3), or one whose confirmation confirmed a part: its committed units stay committed (Q3)
     kept = losses.restored(order) or losses.confirmation_applied(order, parts, place)
-    log_lost(order.reservation_id, lost, KEPT if kept else GIVEN_UP)
+    # A lost group whose part is there: released whole by no change of the order (``released_unrecorded``).
+    log_lost(order.reservation_id, lost, [group for group in lost if group in parts], KEPT if kept else GIVEN_UP)
     return [] if kept else lost
 
 
@@ -83,10 +84,18 @@ async def commit_refused(engine: Engine, order: Reservation, parts: dict[int, Re
     return parts | made
 
 
-def log_lost(order_id: str, groups: list[int], what: str) -> None:
-    """Says the parts of a live order that Redis lost (``_order_losses.lost_parts``), and what becomes of it."""
-    log.error("order %r is missing its parts in shard groups %s (Redis lost acknowledged entries there: restarted "
-              "from older data); %s", order_id, groups, what,
+def log_lost(order_id: str, groups: list[int], released: list[int], what: str) -> None:
+    """Says the parts of a live order whose hold is gone (``_order_losses.lost_parts``), and what becomes of it: each
+    missing (Redis lost it), or there but ``released`` whole by no change of the order (``released_unrecorded``: an
+    orphan given up as a retry of its Reserve opened the order again) — so the operator looks for the right cause."""
+    why: list[str] = []
+    if missing := [group for group in groups if group not in released]:
+        why.append(f"is missing its parts in shard groups {missing} (Redis lost acknowledged entries there: "
+                   "restarted from older data)")
+    if released:
+        why.append(f"has its parts in shard groups {released} released whole by no change of its own (its record "
+                   "lost at its home meanwhile: given up as orphans before a retry of its Reserve opened it again)")
+    log.error("order %r %s; %s", order_id, " and ".join(why), what,
               extra={"event": "order_part_lost", "reservation_id": order_id, "shard": groups[0]})
 
 
