@@ -86,15 +86,18 @@ async def commit_refused(engine: Engine, order: Reservation, parts: dict[int, Re
 
 def log_lost(order_id: str, groups: list[int], released: list[int], what: str) -> None:
     """Says the parts of a live order whose hold is gone (``_order_losses.lost_parts``), and what becomes of it: each
-    missing (Redis lost it), or there but ``released`` whole by no change of the order (``released_unrecorded``: an
-    orphan given up as a retry of its Reserve opened the order again) — so the operator looks for the right cause."""
+    missing (Redis lost it), or there but ``released`` whole by no change its home records (``released_unrecorded``:
+    a Release or expiry its home lost, its record back from older data; or, with leases, an orphan given up as a
+    retry of its Reserve opened the order again) — so the operator looks for the right cause."""
     why: list[str] = []
     if missing := [group for group in groups if group not in released]:
         why.append(f"is missing its parts in shard groups {missing} (Redis lost acknowledged entries there: "
                    "restarted from older data)")
     if released:
-        why.append(f"has its parts in shard groups {released} released whole by no change of its own (its record "
-                   "lost at its home meanwhile: given up as orphans before a retry of its Reserve opened it again)")
+        why.append(f"has its parts in shard groups {released} released whole by no change its home records (Redis "
+                   "lost acknowledged entries at its home: its record back from older data, before a Release or "
+                   "expiry that reached them; or, with leases, given up as orphans as a retry of its Reserve opened "
+                   "it again)")
     log.error("order %r %s; %s", order_id, " and ".join(why), what,
               extra={"event": "order_part_lost", "reservation_id": order_id, "shard": groups[0]})
 

@@ -105,4 +105,4 @@ async def test_an_order_opened_again_while_its_orphaned_part_is_given_up_is_give
     # What happened, not a loss by Redis (defect found by review: it said the part missing, restarted from older
     # data, though the part is there, RELEASED).
     message = said[0].getMessage()
-    assert "released whole by no change of its own" in message and "missing" not in message, message
+    assert "released whole by no change its home records" in message and "missing" not in message, message

@@ -200,3 +200,36 @@ async def test_a_held_order_with_another_order_s_confirmed_part_under_its_id_exp
     assert home.reservation("o2").state == State.EXPIRED, home.reservation("o2")  # type: ignore[union-attr]
     assert rig.quantities() == [(0, 3), (0, 6)], "its held units committed on another order's confirmation"
     assert rig.part("o2", 1) == foreign  # the earlier order's: kept confirmed (Q3)
+
+
+async def test_a_part_its_order_s_release_gave_up_before_the_home_lost_that_release_is_said_so_R7(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """"o1" released whole (group 1's part RELEASED by its share); then group 0's node, its home, back from when it
+    was held: its record HELD, its part there held, no lease anywhere. A Confirm finds group 1's part released by no
+    change its home records (``released_unrecorded``): given up whole, ``order_part_lost``. Defect (found by review,
+    d5a26313): the line gave the lease-only cause for it — "given up as orphans before a retry of its Reserve opened
+    it again" — sending the operator of a Redis Cluster after orphans, where Redis lost acknowledged entries at the
+    order's home (its record back from older data): the line names that cause too."""
+    caplog.set_level(logging.ERROR, logger="atp_service")
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    home = engine.actors[0].ledger
+    held, held_part = home.reservation("o1"), home.reservation(orders.part_id("o1", 0))
+    assert (await rig.run(engine.release("o1", (), ""))).state == State.RELEASED
+    assert rig.quantities() == [(0, 0), (0, 0)]
+
+    def back(ledger: Any, _now: int) -> None:  # group 0 from older data: the order and its part there held
+        for line in held_part.lines:
+            ledger.move_hold(line.sku, line.location, line.held, 0)
+        ledger.save(held_part)
+        ledger.save(held)
+
+    await rig.run(engine.actors[0].submit(back))
+    assert rig.quantities() == [(3, 0), (0, 0)] and rig.part("o1", 1).state == State.RELEASED
+    with pytest.raises(DomainError):
+        await rig.run(engine.confirm("o1"))
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "order_part_lost"]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]
+    assert "released whole" in said[0] and "is missing" not in said[0], said[0]
+    assert "its home" in said[0] and "older data" in said[0], f"the home's loss not named: {said[0]}"
+    assert rig.quantities() == [(0, 0), (0, 0)]
