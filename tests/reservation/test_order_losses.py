@@ -290,3 +290,37 @@ def test_a_confirmed_part_of_other_content_does_not_restore_a_held_order_s_confi
     fulfilled = msgspec.structs.replace(foreign, state=State.FULFILLED)  # an earlier incarnation, shipped
     assert not losses.confirmed_by_parts(second, {0: parts[0], 1: fulfilled}, place)
     assert not losses.confirmed_by_parts(second, {1: foreign}, place)  # its own part at group 0 lost too
+
+
+def _confirmed_at_group_1_only(estate: Estate, held: Reservation) -> dict[int, Reservation]:
+    """``held``'s CONFIRM planned and only group 1's share applied (its home back from before the confirmation)."""
+    done, shares, error = orders.plan(orders.view(held, estate.parts(held)), PendingOp(OrderStep.CONFIRM), NOW,
+                                      LIMITS, place)
+    assert error is None and done is not None
+    estate.apply(held, {1: shares[1]})
+    parts = estate.parts(held)
+    assert parts[1].state == State.CONFIRMED
+    return parts
+
+
+def test_an_order_s_own_confirmed_part_restores_it_whatever_its_content_became_since_R3_Q3() -> None:
+    """Review of f1906734 (``own_confirmed``): content that legitimately differs between an order's Reserve and its
+    part since — a line released in part or whole, a line refused under allow_partial, a shipment, the part made again
+    (``part_again``) — is still its own: its confirmation restored, never expired (its caller told CONFIRMED, Q3)."""
+    estate = Estate(b=0)  # B refused under allow_partial, C held
+    held = reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2), ("C", "S1", 2), partial=True))
+    assert losses.confirmed_by_parts(held, _confirmed_at_group_1_only(estate, held), place)
+    estate = Estate()
+    held = reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2), ("C", "S1", 2)))
+    held = changed(estate, held, PendingOp(OrderStep.RELEASE, (LineRequest("B", "S1", 2),), "r1"))
+    held = changed(estate, held, PendingOp(OrderStep.RELEASE, (LineRequest("C", "S1", 1),), "r2"))
+    parts = _confirmed_at_group_1_only(estate, held)
+    assert losses.confirmed_by_parts(held, parts, place)
+    shipped = msgspec.structs.replace(parts[1], state=State.FULFILLED)
+    assert losses.confirmed_by_parts(held, {0: parts[0], 1: shipped}, place)
+    estate = Estate()
+    held = reserved_order(estate, ASKED)
+    confirmed = changed(estate, held, PendingOp(OrderStep.CONFIRM))
+    made = losses.part_again(confirmed, 1, place, NOW)  # its part lost at group 1, made again, then home back
+    assert losses.confirmed_by_parts(held, {0: estate.parts(held)[0], 1: made}, place)
+    assert losses.own_confirmed(held, {1: made}, place)  # a silent home part: its expiry held back too
