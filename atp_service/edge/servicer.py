@@ -322,8 +322,11 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         self.drain.leave()
 
     def _check_batch_size(self, batch: pb.ReserveStreamRequest) -> None:
-        """The stream ends with a batch past the limit (an answer per item would cost more), refused
-        before the batches after it are read: none of them is decided while the stream ends unanswered."""
+        """The stream ends with a batch past the limit (an answer per item would cost more), or of no
+        reservations (a caller's bug, as a RecordEvents of no facts is: no item to carry its refusal),
+        refused before the batches after it are read: none of them is decided while the stream ends unanswered."""
+        if not batch.reservations:
+            raise InvalidArgument("reservations", "a batch of no reservations: at least one is required")
         limit = self.limits.max_batch_reservations
         if len(batch.reservations) > limit:
             raise InvalidArgument("reservations", f"{len(batch.reservations)} exceed the limit "

@@ -309,7 +309,7 @@ class AtpClient:
         Closing the generator (``aclose``) ends the stream: no batch is sent after it. Should
         ``batches`` raise, the batches sent before it are answered first, then its error is raised; so
         is a batch larger than ``max_request_bytes``, or of more than ``max_batch_reservations``: not sent,
-        ``InvalidRequest`` (``LIMIT_EXCEEDED``)
+        ``InvalidRequest`` (``LIMIT_EXCEEDED``; a batch of no reservations: ``INVALID_FIELD``, ``reservations``)
         once the batches before it are answered, and no batch after it taken from ``batches``.
         No answer for ``timeout_s`` while batches wait for theirs (counted from the caller's asking for
         the next answer — not the time it spends on the last one — or from the oldest batch's send if

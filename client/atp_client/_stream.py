@@ -18,7 +18,13 @@ from typing import Any
 
 import grpc
 
-from atp_client._errors import batch_too_large, request_too_large, stream_not_accepted, stream_unanswered
+from atp_client._errors import (
+    batch_too_large,
+    invalid_field,
+    request_too_large,
+    stream_not_accepted,
+    stream_unanswered,
+)
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 Batch = Sequence[pb.ReserveRequest]
@@ -62,8 +68,9 @@ class Batches:
     answers everything it was sent) and keeps its error in ``failure``. So does a batch larger than
     ``max_request_bytes``: refused unsent (``InvalidRequest``, ``LIMIT_EXCEEDED``), no batch after it
     taken from the source. Sent, gRPC on the service's side ended the whole stream, every batch sent
-    before it and not answered yet left in doubt. And a batch of more than ``max_batch_reservations``: sent,
-    the service ends the stream ``InvalidRequest``, which grpcio mostly tells ``INTERNAL`` (``Retryable``).
+    before it and not answered yet left in doubt. And a batch of more than ``max_batch_reservations``, or of no
+    reservations (``INVALID_FIELD``): sent, the service ends the stream ``InvalidRequest``, which grpcio mostly
+    tells ``INTERNAL`` (``Retryable``).
 
     At most ``max_inflight`` batches are sent and not answered: the next is taken from the source
     only once an answer frees a place. The service reads ``max_stream_inflight`` batches ahead, but
@@ -154,6 +161,10 @@ class Batches:
         """``batch`` as the request to send, noted sent; None (``failure`` set): too large, not sent."""
         request = pb.ReserveStreamRequest(reservations=batch)
         self._taken += 1
+        if not request.reservations:  # the service ends the stream at it: a batch sent after it would race that end
+            self.failure = invalid_field("reservations", f"ReserveStream batch {self._taken} has no reservations: at "
+                                         "least one is required")
+            return None
         if self.max_batch is not None and len(request.reservations) > self.max_batch:
             self.failure = batch_too_large(self._taken, len(request.reservations), self.max_batch)
             return None

@@ -296,6 +296,31 @@ async def test_a_stream_batch_past_max_batch_reservations_is_refused_unsent_not_
     assert taken == ["first", "big"]
 
 
+async def test_a_stream_batch_of_no_reservations_is_refused_unsent(start_service: ServiceFactory) -> None:
+    """The service ends a stream at a batch of no reservations, ``INVALID_FIELD`` naming ``reservations``; sent, the
+    batches written after it raced that end (grpcio's "Internal error from Core": ``Retryable``, the same empty batch
+    sent again for ever). It is refused before it is sent, as a batch past ``max_batch_reservations`` is, and no batch
+    after it is taken from the source."""
+    _, client = await start_service()
+    await client.record_events([receipt("in", "A", "DC", 10)])
+    taken: list[str] = []
+
+    def batches() -> Iterator[list[pb.ReserveRequest]]:
+        for name, batch in (("first", [item("first")]), ("none", []), ("after", [item("after")])):
+            taken.append(name)
+            yield batch
+
+    answers: list[pb.ReserveStreamResponse] = []
+    with pytest.raises(AtpError) as refused:
+        async for answer in client.reserve_stream(batches()):
+            answers.append(answer)
+    assert isinstance(refused.value, InvalidRequest), repr(refused.value)
+    said = refused.value.refusal
+    assert (said.reason, [v.field for v in said.field_violations]) == ("INVALID_FIELD", ["reservations"]), said
+    assert [[o.response.state for o in a.outcomes] for a in answers] == [[pb.RESERVATION_STATE_HELD]]
+    assert taken == ["first", "none"]
+
+
 async def test_a_stream_takes_no_more_batches_than_its_bound_while_the_service_answers_none(
         start_service: ServiceFactory, redis_url: str) -> None:
     """The service decides nothing (Redis paused: it reads ``max_stream_inflight`` batches, then waits); gRPC still

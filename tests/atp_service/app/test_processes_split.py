@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from atp_client import Refusal
+from atp_client import Refusal, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from tests.atp_service.app.test_processes import (
@@ -102,6 +102,31 @@ async def test_a_stream_routing_by_itself_has_the_foreign_items_refused_and_not_
     assert refusal.metadata["owner"] == f"127.0.0.1:{running[1][0].port}"
     assert (await reserved(running, there), await reserved(running, here)) == (0, 2)
     assert not service._servicer.forwarder.streams and forwarded(service, "ReserveStream", "redirected") == 1
+
+
+async def test_a_batch_of_no_reservations_is_refused_by_a_forwarding_process_as_by_the_owner(
+        start_process: ServiceFactory) -> None:
+    """A batch of no reservations sent to a process that forwards the stream's items ends the stream ``INVALID_FIELD``
+    naming ``reservations``, as at the owner, once the batch before it is answered; nothing of it is sent on (the
+    owner is sent one part, the first batch's)."""
+    running, _, there = await stocked_pair(start_process)
+    (service, client), _ = running
+
+    async def requests() -> AsyncIterator[pb.ReserveStreamRequest]:
+        yield pb.ReserveStreamRequest(reservations=[item("e-1", there, 1)])
+        yield pb.ReserveStreamRequest()
+
+    answers = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for answer in client.stub.ReserveStream(requests()):
+            answers.append(answer)
+    said = typed(err.value).refusal
+    assert (said.code, said.reason, [v.field for v in said.field_violations]) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["reservations"]), said
+    assert [[o.response.state for o in a.outcomes] for a in answers] == [[pb.RESERVATION_STATE_HELD]]
+    assert await reserved(running, there) == 1
+    assert forwarded(service, "ReserveStream", "ok") == 1
+    await until(lambda: not service._servicer.forwarder.streams, "the outbound stream closed")
 
 
 async def test_a_caller_cancelling_its_stream_leaves_no_outbound_stream_nor_task(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -375,6 +376,31 @@ async def test_a_batch_over_the_limit_ends_the_stream_naming_the_limit(start_ser
     assert await told(client.get_reservation("big0")) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
     # Nor is the batch sent after it applied: its caller was told the stream ended, not of it.
     assert await told(client.get_reservation("after")) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
+
+
+async def test_a_batch_of_no_reservations_ends_the_stream_naming_the_field(start_service: ServiceFactory) -> None:
+    """A ``ReserveStream`` batch of no reservations is a caller's bug (a filter that dropped every order), as a
+    ``RecordEvents`` of no facts is: it was answered with an empty answer, a feed sending nothing looking healthy.
+    It ends the stream ``INVALID_FIELD`` naming ``reservations``, as a batch past the limit ends it, once the batches
+    before it are answered; nothing after it is read."""
+    _, client = await stocked(start_service)
+    line = [pb.Line(sku="D", location="DC", quantity=1)]
+
+    async def batches() -> AsyncIterator[pb.ReserveStreamRequest]:
+        yield pb.ReserveStreamRequest(reservations=[pb.ReserveRequest(reservation_id="b1", lines=line)])
+        yield pb.ReserveStreamRequest()
+
+    call = client.stub.ReserveStream(batches())
+    answered = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for result in call:
+            answered.append(result)
+    said = typed(err.value).refusal
+    assert (said.code, said.reason, fields_of(said)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["reservations"]), said
+    assert [[o.reservation_id for o in r.outcomes] for r in answered] == [["b1"]]  # the batch before it: answered
+    (d,) = await client.availability([("D", "DC")])
+    assert d.reserved == 1
 
 
 async def test_event_times_with_impossible_nanos_are_refused(start_service: ServiceFactory) -> None:

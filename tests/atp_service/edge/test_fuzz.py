@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import grpc
+import pytest
 import redis.asyncio as aioredis
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -92,6 +93,12 @@ def fuzz_rpcs(target: str) -> int:
         def streams(batch: list[pb.ReserveRequest], channel: str) -> None:
             nonlocal tried
             tried += 1
+            if not batch:  # a batch of none: the stream ends naming the field (no item to carry it)
+                with pytest.raises(grpc.RpcError) as ended:
+                    list(stub.ReserveStream(iter([pb.ReserveStreamRequest()]), timeout=10))
+                said = Refusal.from_trailers(ended.value.code(), ended.value.details(), ended.value.trailing_metadata())
+                assert (said.reason, [v.field for v in said.field_violations]) == ("INVALID_FIELD", ["reservations"])
+                return
             (result,) = list(stub.ReserveStream(iter([pb.ReserveStreamRequest(reservations=batch)]), timeout=10))
             assert len(result.outcomes) == len(batch)
             for outcome in result.outcomes:  # per reservation: a decision or a refusal naming the field
