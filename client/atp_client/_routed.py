@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from atp_client._client import MAX_REQUEST_BYTES, AtpClient, LineLike, RetryPolicy, _lines, reserve_request
-from atp_client._errors import AtpError, Conflict, NotFound, Retryable, deadline_exceeded, in_doubt
+from atp_client._errors import AtpError, Conflict, NotFound, Retryable, deadline_exceeded, in_doubt, invalid_field
 from atp_client._routing import REDIRECT, ROUTING_KEY, Lru, Routes, moved_of
 from atp_client._time import checked_timeout
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -153,8 +153,12 @@ class RoutedClient:
 
     async def availability(self, keys: Iterable[tuple[str, str]]) -> list[pb.Availability]:
         """Positions in the order of ``keys``, each read at the owner of its SKU's group: a process
-        answers reads only for the groups it owns, so the keys are asked one call per group, at once."""
-        keys, deadline = list(keys), self._deadline()
+        answers reads only for the groups it owns, so the keys are asked one call per group, at once. No keys: refused
+        unsent, as the service refuses them (``INVALID_FIELD``, ``keys``), not answered ``[]`` with nothing asked."""
+        keys = list(keys)
+        if not keys:
+            raise invalid_field("keys", "at least one key is required")
+        deadline = self._deadline()
         routes = self._routes or await self._refresh(None, deadline)
         by_group: dict[int | None, list[int]] = {}
         for i, (sku, _) in enumerate(keys):

@@ -15,7 +15,7 @@ from atp_client import AtpClient, RoutedClient, home_group, place, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from atp_service.edge.auth import new_token, token_hash
-from tests.atp_service.refusals import told
+from tests.atp_service.refusals import fields_of, refused, told
 from tests.conftest import ServiceFactory
 from tests.ports import held_port
 
@@ -84,6 +84,18 @@ async def test_routed_client_round_trips_against_one_process(start_service: Serv
         assert (await fresh.release("r2")).state == pb.RESERVATION_STATE_RELEASED
     (a,) = await client.availability([("B", "L")])
     assert a.available == 10
+
+
+async def test_routed_client_refuses_availability_of_no_keys_as_the_service_does(start_service: ServiceFactory) -> None:
+    """A ``GetAvailability`` of no keys is refused ``INVALID_FIELD`` naming ``keys`` (a caller's bug), as ``AtpClient``
+    is told by the service; ``RoutedClient``, which splits the keys by group, answered it ``[]``, asking nothing."""
+    service, client = await start_service()
+    address = advertised(service)
+    direct = await refused(client.availability([]))
+    async with RoutedClient(address, timeout_s=5) as routed:
+        said = await refused(routed.availability([]))
+    assert (said.code, said.reason, fields_of(said)) == (direct.code, direct.reason, fields_of(direct)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["keys"])
 
 
 async def test_routed_client_asks_another_seed_when_one_does_not_answer(start_service: ServiceFactory) -> None:
