@@ -39,13 +39,13 @@ from reservation import Fact
 
 async def make_group_again(client: Any, stream: str, group: str, unacked: Unacked, written: str, bound: str,
                            tagged: list[tuple[bytes, bytes]]) -> tuple[bool, bytes]:
-    """The group made on ``stream`` where it is missing (True: made now) after the id told with the token Redis holds
-    in ``bound`` of ``tagged`` (``bounds.start_again``), else from the stream's start; the stream's newest entry then
-    its mark (``unacked.again``, and Redis's for every reader) where ``written``, the quarantine stream's set, holds
-    any fact, or the stream's entries kept refused (E7) any: the entries up to it may have been settled before, and come
-    again. Where it was there, the mark it has
-    (a process started since it was made). Made, the group reads after the id it answers, and the reader's ``seen``
-    goes back to it; perhaps made (the script's answer lost: Redis may have run it), from the stream's start (E6)."""
+    """The group made on ``stream`` where it is missing (True: made now) after the id told with the token Redis holds in
+    ``bound`` of ``tagged`` (``bounds.start_again``), else from the stream's start; the stream's newest entry then its
+    mark (``unacked.again``, and Redis's for every reader) where ``written``, the quarantine stream's set, holds any
+    fact, or the stream's entries kept refused (E7) any: the entries up to it may have been settled before, and come
+    again. Where it was there, the mark it has (a process started since it was made). Made, the group reads after the id
+    it answers, and the reader's ``seen`` goes back to it; perhaps made (the script's answer lost: Redis may have run
+    it), from the stream's start (E6)."""
     try:
         made, mark, start = await make_group_marked(client, stream, group, b"0", written, bound, tagged)
     except BaseException:

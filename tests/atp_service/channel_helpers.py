@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from atp_client import AtpClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, Clock, ServiceConfig
 from atp_service.channels.desk import ChannelDesk
 from atp_service.storage.channel_wire import from_fields, values_of
 from reservation import ChannelUpdate
@@ -68,6 +71,26 @@ def write_estate(tmp_path: Path, text: str = ESTATE) -> Path:
     path = tmp_path / "estate.toml"
     path.write_text(text)
     return path
+
+
+@contextlib.asynccontextmanager
+async def desk_served(config: ServiceConfig, redis_url: str, clock: Clock
+                      ) -> AsyncIterator[tuple[AtpService, ChannelDesk, AtpClient]]:
+    """``async with desk_served(config, url, clock) as (service, desk, client)``: the service started with ``config``
+    on the Redis at ``redis_url`` (a ``HoldingProxy``'s, for one) and its clock ``clock``, its channel desk, and a
+    client of it; however the block ends (a start that failed included), the client closed and the service stopped."""
+    service = AtpService(config, redis_url, clock=clock)
+    client: AtpClient | None = None
+    try:
+        await service.start()
+        desk = service.channels
+        assert desk is not None
+        client = AtpClient(f"127.0.0.1:{service.port}")
+        yield service, desk, client
+    finally:
+        if client is not None:
+            await client.close()
+        await service.stop(grace_s=0.1)
 
 
 def fact(event_id: str, kind: str, sku: str, location: str, quantity: int, t: int) -> pb.Fact:

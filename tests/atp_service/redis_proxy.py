@@ -43,12 +43,15 @@ class HoldingProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
+        self.url = ""
+        """The Redis URL to give the service, once listening (``start``)."""
 
     async def start(self) -> str:
-        """Listen; returns the Redis URL to give the service."""
+        """Listen; returns the Redis URL to give the service (``url``)."""
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         port = self._server.sockets[0].getsockname()[1]
-        return f"redis://127.0.0.1:{port}/0"
+        self.url = f"redis://127.0.0.1:{port}/0"
+        return self.url
 
     def hold(self, *markers: bytes, reset: bool = False) -> None:
         """Hold commands containing one of ``markers`` from now on (none: forward everything again);

@@ -11,11 +11,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from atp_client import AtpClient
-from atp_service import AtpService, EmbeddedRedis, ManualClock
+from atp_service import AtpService, ManualClock
 from atp_service.channels.desk import ChannelDesk
 from tests.atp_service.app.test_redis_lost_tail import saved
-from tests.atp_service.channel_helpers import fact, latest, stream_updates, write_estate
-from tests.atp_service.redis_proxy import HoldingProxy
+from tests.atp_service.channel_helpers import desk_served, fact, latest, stream_updates, write_estate
+from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
@@ -23,6 +23,7 @@ from tests.waiting import answered, until
 
 T = 1_700_000_000_000
 KEY = ("sku-a", "store-1")
+__all__ = ["proxy"]  # the fixture, used by name
 
 
 def _idle(desk: ChannelDesk) -> bool:
@@ -30,21 +31,13 @@ def _idle(desk: ChannelDesk) -> bool:
 
 
 async def test_a_receipt_whose_append_is_in_flight_and_then_undone_is_never_published(
-        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
+        proxy: HoldingProxy, redis_url: str, tmp_path: Path) -> None:
     """Defect: the desk curated memory, which holds batches in flight; a RECEIPT of +100 whose append
     then failed showed 99 on the channel while the ledger said 0, until the SKU changed again."""
-    proxy = HoldingProxy("127.0.0.1", redis_server.port)
-    url = await proxy.start()
-    estate = write_estate(tmp_path)
-    service = AtpService(make_config(estate=estate, redis_timeout_s=0.5), url, clock=ManualClock(T))
-    client: AtpClient | None = None
-    try:
-        await service.start()
-        desk = service.channels
-        assert desk is not None
-        client = AtpClient(f"127.0.0.1:{service.port}")
+    config = make_config(estate=write_estate(tmp_path), redis_timeout_s=0.5)
+    async with desk_served(config, proxy.url, ManualClock(T)) as (service, desk, client):
         stock_out = [fact("c1", "COUNT", *KEY, 5, T), fact("s1", "SALE", *KEY, 5, T + 1)]
-        await answered(lambda: client.record_events(stock_out))  # type: ignore[union-attr]
+        await answered(lambda: client.record_events(stock_out))
         await until(lambda: _idle(desk) and desk.feeds["pickup"].published[KEY].quantity == 0, "a stock-out shown")
 
         proxy.hold(b"big-receipt")  # this append reaches Redis only if the test lets it
@@ -66,11 +59,6 @@ async def test_a_receipt_whose_append_is_in_flight_and_then_undone_is_never_publ
         assert service.engine.availability([KEY])[0].on_hand == 0
         shown = [u.quantity for u in await stream_updates(redis_url, "pickup") if (u.sku, u.location) == KEY]
         assert shown[-1] == 0 and max(shown[shown.index(0):]) == 0  # from the stock-out on, never more
-    finally:
-        if client is not None:
-            await client.close()
-        await service.stop(grace_s=0.1)
-        await proxy.close()
 
 
 async def test_a_settle_that_cannot_fence_keeps_counting_write_failures(redis_url: str, tmp_path: Path) -> None:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atp_client import AtpClient
-from atp_service import AtpService, ManualClock
-from tests.atp_service.channel_helpers import fact, one_dc_market, write_estate
+from atp_service import ManualClock
+from tests.atp_service.channel_helpers import desk_served, fact, one_dc_market, write_estate
 from tests.conftest import test_config as make_config
 from tests.waiting import until
 
@@ -20,16 +19,9 @@ HOUR_MS = 3_600_000
 
 async def test_a_stockout_published_at_once_from_facts_sent_an_hour_late_reads_no_delay(
         redis_url: str, tmp_path: Path) -> None:
-    clock = ManualClock(T)
-    service = AtpService(make_config(estate=write_estate(tmp_path, one_dc_market(0, 1000.0)), input_streams=()),
-                         redis_url, clock=clock)
-    client: AtpClient | None = None
-    try:
-        await service.start()
-        desk = service.channels
-        assert desk is not None
+    config = make_config(estate=write_estate(tmp_path, one_dc_market(0, 1000.0)), input_streams=())
+    async with desk_served(config, redis_url, ManualClock(T)) as (service, desk, client):
         feed = desk.feeds["market"]
-        client = AtpClient(f"127.0.0.1:{service.port}")
         # A store's batch uploaded an hour after its sales: the facts' source times are an hour behind the service's
         await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 3, T - HOUR_MS)])
         await until(lambda: len(feed.published) == 1 and not feed.in_flight, "the baseline published")
@@ -43,7 +35,3 @@ async def test_a_stockout_published_at_once_from_facts_sent_an_hour_late_reads_n
         # The service's clock never moved: the stock-out went out the moment its sale was durable.
         assert total == 0, (f"a stock-out published at once observed {total} s late: the hour its facts came late, "
                             "which is atp_fact_lag_seconds's, would page ATPStockoutPublishSlow")
-    finally:
-        if client is not None:
-            await client.close()
-        await service.stop(grace_s=0.1)

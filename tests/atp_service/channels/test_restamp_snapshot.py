@@ -13,11 +13,11 @@ import redis.asyncio as aioredis
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, EmbeddedRedis, ManualClock
+from atp_service import ManualClock
 from atp_service.channels.feeds import VERSIONS_PER_MS
 from atp_service.storage.channel_store import _WRITE
-from tests.atp_service.channel_helpers import fact, one_dc_market, stream_updates, write_estate
-from tests.atp_service.redis_proxy import HoldingProxy
+from tests.atp_service.channel_helpers import desk_served, fact, one_dc_market, stream_updates, write_estate
+from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.conftest import test_config as make_config
 from tests.waiting import until
 
@@ -28,6 +28,7 @@ clock's floor)."""
 WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
 RESTAMP = "atp:{avail}:market:restamp"
 Kind = pb.WatchAvailabilityResponse
+__all__ = ["proxy"]  # the fixture, used by name
 
 
 async def _snapshot(client: AtpClient) -> tuple[int, dict[str, tuple[int, int]]]:
@@ -48,20 +49,15 @@ async def _forgotten(direct: aioredis.Redis) -> bool:
 
 
 async def test_a_key_published_again_stays_in_the_snapshot_at_its_durable_value_until_confirmed_C4(
-        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
+        proxy: HoldingProxy, redis_url: str, tmp_path: Path) -> None:
     """Defect: the desk took the key out of the feed's published values to offer it again as a baseline, so a
     snapshot taken while its write was on its way (a Redis slow to answer, a write in doubt) left it out entirely."""
-    proxy = HoldingProxy("127.0.0.1", redis_server.port)
     # A Redis timeout far above what the steps take: the held write ends when the test lands it.
-    service = AtpService(make_config(estate=write_estate(tmp_path, one_dc_market(1000, 1000.0)), input_streams=(),
-                                     redis_timeout_s=30.0), await proxy.start(), clock=ManualClock(T))
-    client: AtpClient | None = None
-    direct = aioredis.Redis.from_url(redis_url)  # the publisher's naming, not through the proxy
-    try:
-        await service.start()
-        assert service.channels is not None
-        feed = service.channels.feeds["market"]
-        client = AtpClient(f"127.0.0.1:{service.port}")
+    config = make_config(estate=write_estate(tmp_path, one_dc_market(1000, 1000.0)), input_streams=(),
+                         redis_timeout_s=30.0)
+    async with (desk_served(config, proxy.url, ManualClock(T)) as (_, desk, client),
+                aioredis.Redis.from_url(redis_url) as direct):  # the publisher's naming, not through the proxy
+        feed = desk.feeds["market"]
         await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, T)])
         await until(lambda: feed.published_version == V0 + 1 and not feed.in_flight, "the baseline published", 30)
 
@@ -78,9 +74,3 @@ async def test_a_key_published_again_stays_in_the_snapshot_at_its_durable_value_
         again = [u for u in await stream_updates(redis_url, "market") if u.version == V0 + 2]
         assert [(u.sku, u.quantity, u.previous) for u in again] == [("sku-a", 40, None)], "a baseline: previous unknown"
         await until(lambda: _forgotten(direct), "the name forgotten once published above it", 30)
-    finally:
-        if client is not None:
-            await client.close()
-        await service.stop(grace_s=0.1)
-        await proxy.close()
-        await direct.aclose()

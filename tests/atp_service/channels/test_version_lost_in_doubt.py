@@ -7,21 +7,17 @@ the destination keeps selling what is gone (C3: a version names one value for go
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import redis.asyncio as aioredis
 
-from atp_client import AtpClient
-from atp_service import AtpService, EmbeddedRedis, ManualClock
-from atp_service.channels.feeds import VERSIONS_PER_MS, Feed
+from atp_service import ManualClock
+from atp_service.channels.feeds import VERSIONS_PER_MS
 from atp_service.storage.channel_store import _FENCE, _WRITE
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
-from tests.atp_service.channel_helpers import fact, stream_entries, stream_updates, write_estate
-from tests.atp_service.redis_proxy import HoldingProxy
+from tests.atp_service.channel_helpers import desk_served, fact, stream_entries, stream_updates, write_estate
+from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.conftest import test_config as make_config
 from tests.waiting import until
 
@@ -31,35 +27,15 @@ WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()
 FENCE_SHA = hashlib.sha1(_FENCE.encode()).hexdigest().encode()
 PICKUP = ('[[locations]]\nid = "dc-1"\ntype = "dc"\n\n[[channels]]\nname = "pickup"\nsells_from = ["dc-1"]\n'
           "per_location = true\nthrottle_ms = 0\nrate_limit_per_s = 1000.0\n")
-
-
-@contextlib.asynccontextmanager
-async def pickup_behind_proxy(redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
-                              ) -> AsyncIterator[tuple[HoldingProxy, AtpService, AtpClient, Any, Feed]]:
-    """The service (channel ``pickup``, its clock at ``T``) reaching Redis through a ``HoldingProxy``: the proxy, the
-    service, its client, a client of Redis direct and the channel's feed; stopped and closed however the block ends."""
-    proxy = HoldingProxy("127.0.0.1", redis_server.port)
-    service = AtpService(make_config(estate=write_estate(tmp_path, PICKUP), redis_timeout_s=10.0, input_streams=()),
-                         await proxy.start(), clock=ManualClock(T))
-    client: AtpClient | None = None
-    direct = aioredis.Redis.from_url(redis_url)
-    try:
-        await service.start()
-        desk = service.channels
-        assert desk is not None
-        client = AtpClient(f"127.0.0.1:{service.port}")
-        yield proxy, service, client, direct, desk.feeds["pickup"]
-    finally:
-        if client is not None:
-            await client.close()
-        await service.stop(grace_s=0.1)
-        await proxy.close()
-        await direct.aclose()
+__all__ = ["proxy"]  # the fixture, used by name
 
 
 async def test_a_version_a_lost_write_landed_at_is_never_written_again_with_another_value_C3(
-        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
-    async with pickup_behind_proxy(redis_server, redis_url, tmp_path) as (proxy, _, client, direct, feed):
+        proxy: HoldingProxy, redis_url: str, tmp_path: Path) -> None:
+    config = make_config(estate=write_estate(tmp_path, PICKUP), redis_timeout_s=10.0, input_streams=())
+    async with (desk_served(config, proxy.url, ManualClock(T)) as (_, desk, client),
+                aioredis.Redis.from_url(redis_url) as direct):  # Redis itself, not through the proxy
+        feed = desk.feeds["pickup"]
         await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 10, T)])
         await until(lambda: feed.published_version == V0 + 1 and not feed.in_flight, "the baseline published")
         proxy.hold(WRITE_SHA, FENCE_SHA)

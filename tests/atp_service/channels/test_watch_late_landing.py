@@ -11,13 +11,12 @@ import asyncio
 import hashlib
 from pathlib import Path
 
-from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, EmbeddedRedis, ManualClock
+from atp_service import ManualClock
 from atp_service.channels.feeds import VERSIONS_PER_MS
 from atp_service.storage.channel_store import _FENCE, _WRITE
-from tests.atp_service.channel_helpers import fact, one_dc_market, stream_updates, write_estate
-from tests.atp_service.redis_proxy import HoldingProxy
+from tests.atp_service.channel_helpers import desk_served, fact, one_dc_market, stream_updates, write_estate
+from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.conftest import test_config as make_config
 from tests.waiting import until
 
@@ -27,20 +26,15 @@ V0 = T * VERSIONS_PER_MS  # the start marker's, the run's first version: its upd
 WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
 FENCE_SHA = hashlib.sha1(_FENCE.encode()).hexdigest().encode()
 Kind = pb.WatchAvailabilityResponse
+__all__ = ["proxy"]  # the fixture, used by name
 
 
 async def test_a_watch_sends_only_what_landed_and_was_confirmed_in_order_C4(
-        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
-    proxy = HoldingProxy("127.0.0.1", redis_server.port)
-    service = AtpService(make_config(estate=write_estate(tmp_path, one_dc_market(0, 1000.0)), redis_timeout_s=10.0,
-                                     input_streams=()), await proxy.start(), clock=ManualClock(T))
-    client: AtpClient | None = None
-    try:
-        await service.start()
-        desk = service.channels
-        assert desk is not None
+        proxy: HoldingProxy, redis_url: str, tmp_path: Path) -> None:
+    config = make_config(estate=write_estate(tmp_path, one_dc_market(0, 1000.0)), redis_timeout_s=10.0,
+                         input_streams=())
+    async with desk_served(config, proxy.url, ManualClock(T)) as (_, desk, client):
         feed = desk.feeds["market"]
-        client = AtpClient(f"127.0.0.1:{service.port}")
         await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 100, T)])
         await until(lambda: feed.published_version == V0 + 1 and not feed.in_flight, "the baseline published")
         call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", snapshot=True))
@@ -60,7 +54,7 @@ async def test_a_watch_sends_only_what_landed_and_was_confirmed_in_order_C4(
         async def write_held(*markers: bytes) -> None:
             proxy.hold(*markers)
             n = next(sale)
-            await client.record_events([fact(f"s{n}", "SALE", "sku-a", "dc-1", 1, T + n)])  # type: ignore[union-attr]
+            await client.record_events([fact(f"s{n}", "SALE", "sku-a", "dc-1", 1, T + n)])
             await until(lambda: any(h.marker == WRITE_SHA for h in proxy.held), "the desk's write held")
 
         # (1) never lands: settled not landed, its versions written again
@@ -104,8 +98,3 @@ async def test_a_watch_sends_only_what_landed_and_was_confirmed_in_order_C4(
         assert all(v <= published for v, _, _, published in sent)  # nothing sent before the desk confirmed it
         assert [u.quantity for u in stream] == [100, 99, 98, 97, 96]  # each sale once: none lost, none twice
         assert feed.published[("sku-a", "")].quantity == 96
-    finally:
-        if client is not None:
-            await client.close()
-        await service.stop(grace_s=0.1)
-        await proxy.close()

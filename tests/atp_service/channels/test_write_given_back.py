@@ -6,18 +6,18 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from atp_client import AtpClient
-from atp_service import AtpService, EmbeddedRedis, ManualClock
+from atp_service import ManualClock
 from atp_service.channels.desk import ChannelDesk
 from atp_service.storage.channel_store import _WRITE
-from tests.atp_service.channel_helpers import fact, stream_updates, write_estate
-from tests.atp_service.redis_proxy import HoldingProxy
+from tests.atp_service.channel_helpers import desk_served, fact, stream_updates, write_estate
+from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.conftest import test_config as make_config
 from tests.waiting import until
 
 T = 1_700_000_000_000
 KEY = ("sku-a", "store-1")
 WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
+__all__ = ["proxy"]  # the fixture, used by name
 
 
 def _idle(desk: ChannelDesk) -> bool:
@@ -30,22 +30,15 @@ def _settles(desk: ChannelDesk, outcome: str) -> float:
 
 
 async def test_a_stock_out_offered_while_the_restock_was_written_publishes_nothing_when_that_write_is_lost_E11(
-        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
+        proxy: HoldingProxy, redis_url: str, tmp_path: Path) -> None:
     """Pickup shows 0; a RECEIPT's 4 is being written when a SALE takes it back to 0 (a stock-out against
     the 4). The write is lost: the feed still shows 0, and the pending 0 is no change. It was taken as a
     stock-out still, and 0 was published over 0 (a fact that changes nothing publishes nothing, E11)."""
-    proxy = HoldingProxy("127.0.0.1", redis_server.port)
-    url = await proxy.start()
     clock = ManualClock(T)
     # A Redis timeout far above what the steps take: the write's failure comes when the test cuts it.
-    service = AtpService(make_config(estate=write_estate(tmp_path), redis_timeout_s=10.0), url, clock=clock)
-    client: AtpClient | None = None
-    try:
-        await service.start()
-        desk = service.channels
-        assert desk is not None
+    config = make_config(estate=write_estate(tmp_path), redis_timeout_s=10.0)
+    async with desk_served(config, proxy.url, clock) as (_, desk, client):
         pickup = desk.feeds["pickup"]
-        client = AtpClient(f"127.0.0.1:{service.port}")
         await client.record_events([fact("c1", "COUNT", *KEY, 0, T)])
         await until(lambda: _idle(desk) and KEY in pickup.published, "the baseline 0 published")
         before = [u for u in await stream_updates(redis_url, "pickup") if u.key == KEY]
@@ -67,8 +60,3 @@ async def test_a_stock_out_offered_while_the_restock_was_written_publishes_nothi
         assert pickup.published[KEY].quantity == 0
         after = [u for u in await stream_updates(redis_url, "pickup") if u.key == KEY]
         assert [(u.quantity, u.previous) for u in after] == [(u.quantity, u.previous) for u in before] == [(0, None)]
-    finally:
-        if client is not None:
-            await client.close()
-        await service.stop(grace_s=0.1)
-        await proxy.close()
