@@ -75,11 +75,12 @@ async def test_a_killed_redis_is_started_again_then_too_many_exits_end_the_watch
 async def test_a_stop_gives_up_a_restart_under_way(tmp_path: Path) -> None:
     """The service stops while its Redis loads again: the restart gives up at once (its Redis
     stopped), instead of holding the stop until the load ends."""
-    embedded = EmbeddedRedis(populated(tmp_path / "data", 10_000), extra_args=SLOW_LOAD).start()
+    embedded = EmbeddedRedis(populated(tmp_path / "data", 10_000)).start()
     watch = EmbeddedRedisWatch(embedded, restarts=5, load_timeout_s=600, counter=Restarts().counter)
     watching = asyncio.create_task(watch.run())
     try:
         first = embedded.process
+        embedded.extra_args = list(SLOW_LOAD)  # the restart loads slowly (5 s or more); the first start need not
         await killed(embedded)
         await until(lambda: embedded.process is not first, "a restart under way (loading, slowly)", 30)
         watch.abandon()
@@ -132,12 +133,13 @@ async def test_a_restart_still_loading_past_its_bound_names_the_setting_as_given
     service stops (exit status 5) saying how to allow longer. Its start's refusal names the setting as the operator
     gave it (``as_given``, bacf94df); a restart's said the field alone, ``allow longer with redis_load_timeout_s``,
     which no flag nor variable is called (it said ``(ATP_REDIS_LOAD_TIMEOUT_S)`` before)."""
-    embedded = EmbeddedRedis(populated(tmp_path / "data", 4_000), extra_args=SLOW_LOAD).start()
+    embedded = EmbeddedRedis(populated(tmp_path / "data", 4_000)).start()
     watch = (EmbeddedRedisWatch(embedded, restarts=5, load_timeout_s=0.3, counter=Restarts().counter)
              if sources is None else
              EmbeddedRedisWatch(embedded, restarts=5, load_timeout_s=0.3, counter=Restarts().counter, sources=sources))
     watching = asyncio.create_task(watch.run())
     try:
+        embedded.extra_args = list(SLOW_LOAD)  # the restart loads 2 s or more: past its bound
         await killed(embedded)
         with pytest.raises(EmbeddedRedisFailed) as failed:
             await asyncio.wait_for(watching, 60)
