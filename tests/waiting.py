@@ -16,6 +16,13 @@ from atp_service.edge.drain import Drain
 
 T = TypeVar("T")
 
+FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 200)]
+"""Channel options for a client made before its service process listens (started, or started again after a kill):
+with gRPC's default backoff (1 s, then 1.6 s, 2.6 s, ...) its first connection, and so ``wait_ready``, came up to
+seconds after the service was ready; tried again every 200 ms at most instead. A refused connection fails at once;
+an attempt under way keeps gRPC's 20 s to connect (``grpc.min_reconnect_backoff_ms``, left alone): a process busy
+starting on a loaded host is not given up on mid-handshake."""
+
 
 async def until(check: Callable[[], object | Awaitable[object]], what: str, timeout_s: float = 20.0,
                 every_s: float = 0.01) -> None:

@@ -19,6 +19,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis
 from tests.atp_service.app.test_crash import spawn
 from tests.ports import held_port
+from tests.waiting import FAST_RECONNECT
 
 pytestmark = pytest.mark.slow
 SKUS = [f"F{i}" for i in range(8)]
@@ -27,10 +28,6 @@ REDIS_KILL_EVERY = 4  # rounds: 20 / 4 = 5 Redis kills
 HELD, CONFIRMED, RELEASED, EXPIRED, REJECTED = (pb.RESERVATION_STATE_HELD, pb.RESERVATION_STATE_CONFIRMED,
                                                 pb.RESERVATION_STATE_RELEASED, pb.RESERVATION_STATE_EXPIRED,
                                                 pb.RESERVATION_STATE_REJECTED)
-FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
-                  ("grpc.max_reconnect_backoff_ms", 200)]
-"""Each round's client is made before its service listens: with gRPC's default backoff (1 s, then 1.6 s)
-its first connection came ~0.5 s after the service was ready, each of 21 starts."""
 CHECKS_AT_ONCE = 16
 """Reservations read back at once by the check (a round trip each, some 2,000 of them)."""
 SUCCESSORS = {HELD: {HELD, CONFIRMED, RELEASED, EXPIRED}, CONFIRMED: {CONFIRMED, RELEASED},
