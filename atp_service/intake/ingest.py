@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection
 from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
@@ -28,22 +27,22 @@ from atp_service.intake.again import make_group_again, marks_of, quarantined_bef
 from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.bounds import bound_key, start_again, tag_or_say
 from atp_service.intake.claims import Claims
-from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines, Kept
-from atp_service.intake.dead_letters import write as write_dead_letters
+from atp_service.intake.dead_letters import TRIMMED
 from atp_service.intake.departed import DepartedConsumers
-from atp_service.intake.entries import Dead, Entry, Read, decode_all
-from atp_service.intake.facts import FactDesk, Result
+from atp_service.intake.entries import Entry, Read, decode_all
+from atp_service.intake.facts import FactDesk
 from atp_service.intake.owners import FactSender, OwnerSends
 from atp_service.intake.quarantine import Acks
-from atp_service.intake.refusals import RefusalBound, sort_results
+from atp_service.intake.refusals import RefusalBound
 from atp_service.intake.refused_kept import recall
+from atp_service.intake.settle import Settler
 from atp_service.intake.unacked import Unacked
 from atp_service.intake.unread import GroupReader
 from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.resp import as_text, group_lost
 from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled, stop_if_cancelled
-from reservation import DomainError, Moved
+from reservation import Moved
 
 log = logging.getLogger(__name__)
 INGEST_RETRY = BackoffPolicy(first_s=0.05, max_s=2.0)
@@ -97,10 +96,10 @@ class StreamIngestor:
                               settings.side_stream_maxlen)
         self._unacked = Unacked()  # what a group made again must deliver again, and not judge again (with Redis's)
         self._seen = self._unacked.seen  # per stream, the newest entry id read
-        self._dead_lines = DeadLetterLines()
         self._consumer_run: int | None = None  # this process's run of the consumer (QuarantineStream.run_of)
-        self._bound = RefusalBound(client, settings.consumer_group, settings.consumer_name,
-                                   settings.ingest_max_deliveries, metrics.ingest_given_up)
+        bound = RefusalBound(client, settings.consumer_group, settings.consumer_name, settings.ingest_max_deliveries,
+                             metrics.ingest_given_up)
+        self._settler = Settler(client, settings, metrics, self._unacked, bound, self._left_pending)
 
     async def start(self) -> None:
         await self._create_groups()
@@ -296,7 +295,7 @@ class StreamIngestor:
         self._claim_from[stream] = as_text(cursor)
         self._unacked.marked({stream: mark})  # those claimed may be ones a group made again delivered again
         # Dead-lettered by the claim itself (``Claims``): whether the consumer that held one applied it is not known.
-        self._told([(stream, entry_id, [], TRIMMED) for entry_id in trimmed])
+        self._settler.told([(stream, entry_id, [], TRIMMED) for entry_id in trimmed])
         return [(stream, entry_id, flat or None) for entry_id, flat in rows]  # raw: [id, [f, v, …]]
 
     async def _handle(self, entries: list[Entry], wait: bool = True) -> int:
@@ -328,73 +327,28 @@ class StreamIngestor:
         facts, read, dead, ahead = await decode_all(entries, now, cfg.limits, cfg.ingest_max_entry_bytes)
         facts, read, ahead, before = await quarantined_before(self._client, self._desk.quarantine, self._unacked,
                                                               facts, read, ahead)  # E8: ahead too (E7 judged after)
-        await self._ack(before)
+        await self._settler.ack(before)
         if judged:  # their dead letters written again only where the dead-letter stream lost them
-            await self._dead_letter(judged, ())
+            await self._settler.dead_letter(judged, ())
         results = await self._desk.record(facts, "stream", acks=self._acks(read)) if facts else []
         if ahead:  # judged after the rest as before it: a fact not ahead never has an ahead one's payload (E8)
             results += await self._desk.applied_or_refused([fact for fact, _, _ in ahead], [r for _, _, r in ahead])
             facts, read = facts + [fact for fact, _, _ in ahead], read + [entry for _, entry, _ in ahead]
         remote = [i for i, result in enumerate(results) if isinstance(result, Moved) and result.owner]
         if self._owners is None or not remote:
-            return await self._settle(read, results, dead)
+            return await self._settler.settle(read, results, dead)
         away = set(remote)
         here = [i for i in range(len(results)) if i not in away]
-        count = await self._settle([read[i] for i in here], [results[i] for i in here], dead)
+        count = await self._settler.settle([read[i] for i in here], [results[i] for i in here], dead)
         place = {entry[:2]: n for n, entry in enumerate(entries)}
         remote.sort(key=lambda i: place[read[i][:2]])  # sent first, those stamped ahead were decided out of order
         await self._owners.to_owners(facts, results, remote, wait, self._acks(read))
-        return count + await self._settle([read[i] for i in remote], [results[i] for i in remote], [])
+        return count + await self._settler.settle([read[i] for i in remote], [results[i] for i in remote], [])
 
     def _acks(self, read: list[Read]) -> Acks:
         """The input entries of facts (one each), acknowledged with their quarantine entries (``QuarantineStream``)."""
         return Acks(self._config.consumer_group, self._config.consumer_name, [r[:2] for r in read], self._consumer_run)
 
-    async def _settle(self, read: list[Read], results: list[Result | DomainError], dead: list[Dead]) -> int:
-        """Acknowledge the entries whose facts are durable, dead-letter the refused ones (and ``dead``); others wait."""
-        done, judged, left, refused = sort_results(read, results, dead)
-        if left:
-            self._retry_own_pending = True  # they stay pending; read again from our own list
-            self._unacked.left(left)
-        given_up = await self._bound.past(refused) if refused else []  # read for ever otherwise, never applied
-        if dead or given_up:
-            # Remembered once dead-lettered (else each stays pending): a group made again delivers them again.
-            await self._dead_letter(dead + given_up, {*judged, *(one[:2] for one in given_up)})
-            self._bound.told(given_up, refused)
-        await self._ack(done)
-        return len(done) + len(dead) + len(given_up)
-
-    async def _dead_letter(self, dead: list[Dead], clock: Collection[tuple[str, bytes]]) -> None:
-        """The entries' dead letters written, then the entries acknowledged (``dead_letters.write``): both, even if a
-        stop cancels the reader meanwhile; one read trimmed that Redis, back from older data, holds is left pending.
-        One refused already (``Unacked.judged``) is not written again while the dead-letter stream holds its letter.
-        Those refused by a judgement (``clock``: E7) or already are remembered, with their letters' ids (Redis too)."""
-        cfg, before = self._config, self._unacked.letters(dead)
-        keep = Kept({one[:2] for one in dead if one[:2] in clock or one[:2] in before}, cfg.ingest_refused_kept)
-        told = asyncio.ensure_future(write_dead_letters(self._client, dead, cfg.dead_letter_stream,
-                                                        cfg.side_stream_maxlen, cfg.consumer_group,
-                                                        cfg.ingest_max_entry_bytes, before, keep))
-        told.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
-        kept, letters, forgotten = await finish_uncancelled(told)
-        for stream, count in forgotten.items():  # kept in Redis as refused no more: judged again if read again
-            self._metrics.ingest_refused_forgotten.labels(stream).inc(count)
-        self._retry_own_pending |= bool(kept)  # read again from our own list, and
-        self._unacked.left(kept)  # known held here (``Unacked``): a group made again starts before them
-        self._unacked.refused((one, letters[one[:2]]) for one in dead if one[:2] in letters and one[:2] in keep.entries)
-        self._told([one for one in dead if one[:2] in letters and letters[one[:2]] != before.get(one[:2])])
-
-    def _told(self, dead: list[Dead]) -> None:
-        """Dead letters written: counted and logged."""
-        for stream, entry_id, _, why in dead:
-            self._metrics.dead_lettered.labels(stream).inc()
-            self._dead_lines.tell(stream, entry_id, why)
-
-    async def _ack(self, done: list[tuple[str, bytes]]) -> None:
-        by_stream: dict[str, list[bytes]] = {}
-        for stream, entry_id in done:
-            by_stream.setdefault(stream, []).append(entry_id)
-        if by_stream:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for stream, ids in by_stream.items():
-                    pipe.xack(stream, self._config.consumer_group, *ids)
-                await pipe.execute()
+    def _left_pending(self) -> None:
+        """Some entries stay pending: read again from this consumer's own list."""
+        self._retry_own_pending = True

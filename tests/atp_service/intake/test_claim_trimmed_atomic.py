@@ -59,7 +59,7 @@ async def test_a_claimed_entry_found_trimmed_keeps_its_dead_letter_if_the_reader
     async def dies(dead: Sequence[Dead]) -> None:
         raise Killed
 
-    ingestor._dead_letter = dies  # type: ignore[method-assign]
+    ingestor._settler.dead_letter = dies  # type: ignore[method-assign]
     try:
         with pytest.raises(Killed):
             await ingestor._claim()

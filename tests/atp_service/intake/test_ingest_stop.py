@@ -51,7 +51,7 @@ async def test_a_stop_ends_a_batch_whose_acknowledgement_loses_the_cancellation(
     desk = FactDesk(None, "atp:quarantine", 1000, metrics=IntakeMetrics())  # type: ignore[arg-type]
     client = _LosesOneCancellation()
     ingestor = StreamIngestor(client, desk, settings, None)  # type: ignore[arg-type]
-    batch = asyncio.ensure_future(ingestor._ack([("atp:in:pos", b"1-0")]))
+    batch = asyncio.ensure_future(ingestor._settler.ack([("atp:in:pos", b"1-0")]))
     ingestor._batches.add(batch)  # a batch in flight, acknowledging what it applied
     await client.sent.wait()
     stopping = asyncio.ensure_future(ingestor.stop())
