@@ -190,7 +190,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
             ("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "STREAMS", s, ">"),
             ("XREAD", "COUNT", 1, "STREAMS", s, "0"),
             ("XACK", s, group, "0-1"), ("XAUTOCLAIM", s, group, consumer, 0, "0-0"),
-            ("XPENDING", s, group, "0-1", "0-1", 1, consumer),  # the quarantine script's: the entry still ours
+            ("XPENDING", s, group, "0-1", "0-1", 1, consumer),  # the quarantine and dead-letter scripts': still ours
             ("XREVRANGE", s, "+", "-", "COUNT", 1),  # the quarantine script's: the stream's newest, named (E8)
             ("TYPE", s),  # the quarantine script's, before its first write
             ("XINFO", "GROUPS", s), ("XINFO", "STREAM", s), ("XGROUP", "CREATE", s, group, "$", "MKSTREAM"),

@@ -17,6 +17,12 @@ before the mark is asked for there (``recall``): one found is dead-lettered as i
 again only where the dead-letter stream lost it), not judged again. Bounded: forgotten once its stream no longer holds
 it (trimmed: before the stream's oldest entry, at each write), and at most ``ingest_refused_kept`` per stream, the
 oldest forgotten past it — counted (``atp_ingest_refused_forgotten_total``).
+
+A refusal is kept only while its entry is pending to the consumer that judged it (``dead_letters._WRITE``): its group
+deleted and made again before the script ran, the entry was delivered again — to another process, which found nothing
+kept, judged it by its own clock and may have applied it. That reader's judgement is the one outcome; the first
+reader's letter, acknowledgement and refusal are not written (its refusal never became durable). The group gone and not
+made again yet, the refusal is written and kept: the group made after it delivers the entry as refused.
 """
 
 from __future__ import annotations

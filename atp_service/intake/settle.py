@@ -51,19 +51,22 @@ class Settler:
         """The entries' dead letters written, then the entries acknowledged (``dead_letters.write``): both, even if a
         stop cancels the reader meanwhile; one read trimmed that Redis, back from older data, holds is left pending.
         One refused already (``Unacked.judged``) is not written again while the dead-letter stream holds its letter.
-        Those refused by a judgement (``clock``: E7) or already are remembered, with their letters' ids (Redis too)."""
+        Those refused by a judgement (``clock``: E7) or already are remembered, with their letters' ids (Redis too).
+        One pending to this consumer no more (delivered again elsewhere: its group made again meanwhile, or claimed) is
+        left to the reader that holds it now, neither written nor acknowledged here (``dead_letters.write``)."""
         cfg, before = self._config, self._unacked.letters(dead)
         keep = Kept({one[:2] for one in dead if one[:2] in clock or one[:2] in before}, cfg.ingest_refused_kept)
         told = asyncio.ensure_future(write_dead_letters(self._client, dead, cfg.dead_letter_stream,
                                                         cfg.side_stream_maxlen, cfg.consumer_group,
-                                                        cfg.ingest_max_entry_bytes, before, keep))
+                                                        cfg.ingest_max_entry_bytes, before, keep,
+                                                        consumer=cfg.consumer_name))
         told.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
-        kept, letters, forgotten = await finish_uncancelled(told)
+        kept, letters, forgotten, elsewhere = await finish_uncancelled(told)
         for stream, count in forgotten.items():  # kept in Redis as refused no more: judged again if read again
             self._metrics.ingest_refused_forgotten.labels(stream).inc(count)
-        if kept:
-            self._left_pending()  # read again from our own list, and
-        self._unacked.left(kept)  # known held here (``Unacked``): a group made again starts before them
+        if kept or elsewhere:
+            self._left_pending()  # read again from our own list (a pass lets the bound of those elsewhere go), and
+        self._unacked.left([*kept, *elsewhere])  # known held here (``Unacked``): a group made again starts before them
         self._unacked.refused((one, letters[one[:2]]) for one in dead if one[:2] in letters and one[:2] in keep.entries)
         self.told([one for one in dead if one[:2] in letters and letters[one[:2]] != before.get(one[:2])])
 

@@ -106,6 +106,7 @@ def decided_once(driver: InputsDriver) -> None:
     driver._index()
     if wrong := [f"{source}/{event_id}" for source, event_id, *_ in driver._applied if event_id.startswith("m")]:
         raise Violation(f"entries that are no fact applied: {wrong[:5]}")
+    refused_not_applied(driver, several)
     for (stream, entry_id), fact in producer.facts.items():
         if several[named(fact)[:4]] > 1 or (stream, entry_id) in unread:
             continue
@@ -123,6 +124,20 @@ def decided_once(driver: InputsDriver) -> None:
     tally.input_trimmed_pending += len(gone) - len(unread)
     tally.input_lost_with_group += len(lost) - len(driver.acked_lost)
     tally.input_acked_lost += len(driver.acked_lost)
+
+
+def refused_not_applied(driver: InputsDriver, several: dict[tuple[str, str, str, str], int]) -> None:
+    """E7, E8: an entry dead-lettered as stamped in the future (``_field`` ``event_time_ms``) has its fact not applied,
+    whichever reader judged it. A refusal written after its entry was delivered again elsewhere (its group made again
+    meanwhile), by a reader that judged it by its clock, said refused of a fact the reader now holding it applied:
+    such a write is not written (``dead_letters._WRITE``)."""
+    for _, fields in driver.redis.dead_letters:
+        fact = driver.producer.facts.get((fields["_stream"], fields["_id"].encode()))
+        if fields.get("_field") != "event_time_ms" or fact is None or several[named(fact)[:4]] > 1:
+            continue
+        if named(fact) in driver._applied:
+            raise Violation(f"E7/E8: entry {fields['_stream']} {fields['_id']} ({fact.source}/{fact.event_id}) "
+                            f"applied, its dead letter saying it was refused as stamped in the future")
 
 
 def dead_lettered(driver: InputsDriver, dead: dict[Entry, list[str]], excused: set[Entry]) -> None:

@@ -60,7 +60,8 @@ async def test_a_dead_letter_whose_xack_the_acl_took_away_is_not_written(user: A
         await admin.xreadgroup(GROUP, "c1", {STREAM: ">"})
         await user.take_away("xack")
         with pytest.raises(ResponseError, match=r"^DENIED XACK"):
-            await dead_letters.write(client, [(STREAM, entry, [b"n", b"0"], TRIMMED)], DLQ, 1000, GROUP, 1 << 20)
+            await dead_letters.write(client, [(STREAM, entry, [b"n", b"0"], TRIMMED)], DLQ, 1000, GROUP, 1 << 20,
+                                     consumer="c1")
         assert not await admin.exists(DLQ)  # was: a dead letter, its entry pending still
         assert (await admin.xpending(STREAM, GROUP))["pending"] == 1
     finally:

@@ -71,10 +71,9 @@ async def test_a_fact_refused_in_the_future_is_not_applied_when_its_group_made_a
 async def test_a_fact_refused_in_the_future_as_its_group_was_made_again_before_it_is_dead_lettered(
         start_service: ServiceFactory, redis_url: str) -> None:
     """``future`` judged (E7) while its group was deleted and made again from the start (by another
-    process's reader: one transaction here): pending nowhere when its dead letter is written, and kept as
-    refused, so that the group made again has it acknowledged as refused already when it delivers it. Its
-    dead letter must be written all the same (a script writing only what is still pending wrote none: no
-    dead letter anywhere, nothing pending)."""
+    process's reader: one transaction here): pending to this reader no more when its dead letter is due, it is
+    left to the group made again, which delivers it again and has it judged again — refused, its one dead
+    letter written then (never none: no dead letter anywhere, nothing pending)."""
     clock = ManualClock()
     now = clock.now_ms()
     r: Any = redis.Redis.from_url(redis_url)
