@@ -55,9 +55,12 @@ async def recall(client: Any, group: str, unacked: Unacked, entries: Sequence[En
     """The entries of ``entries`` read at or before their stream's made-again mark (``unacked.again``: a group made
     again delivers them again) that Redis keeps as refused, told to ``unacked`` as refused with their letters: not
     judged again (``Unacked.judged``) — where its fields are those it had (``dead_letters.fingerprint``): an entry given
-    the id of one refused on a stream since deleted is judged (one deleted since, no fields read, cannot be applied:
-    dead-lettered as it was). None asked where no mark is held: a group not made again delivers an entry once
-    it is acknowledged (Redis back from older data, which lost the set too: the process's own memory)."""
+    the id of one refused on a stream since deleted is judged. One read with no fields (deleted or trimmed while
+    pending) cannot be told from another given its id: dead-lettered as any entry deleted while pending
+    (``TRIMMED_WHILE_PENDING``), not acknowledged under a letter that may hold another entry's fields and say it was
+    refused. Kept before the digest (no digest), an entry is taken by its id alone. None asked where no mark is held:
+    a group not made again delivers an entry once it is acknowledged (Redis back from older data, which lost the set
+    too: the process's own memory)."""
     asked: dict[str, list[bytes]] = {}
     fields_of = {(stream, entry_id): fields for stream, entry_id, fields in entries}
     for stream, entry_id, _ in entries:
@@ -77,6 +80,6 @@ async def recall(client: Any, group: str, unacked: Unacked, entries: Sequence[En
                 continue
             letter, digest, why = unpacked(as_bytes(value))
             fields = fields_of[(stream, entry_id)]
-            if fields is None or digest is None or fingerprint(fields) == digest:  # else another given its id
+            if digest is None or (fields is not None and fingerprint(fields) == digest):  # else maybe another's id
                 found.append(((stream, entry_id, [], why), letter))
     unacked.refused(found)

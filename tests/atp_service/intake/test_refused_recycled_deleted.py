@@ -1,0 +1,52 @@
+"""An entry read with no fields (deleted or trimmed while pending: XDEL, MAXLEN) whose id Redis keeps as refused (E7,
+``refused_kept.py``) beside a stream deleted and written anew from low ids by a producer giving its own ids: its fields
+are not there to tell it from the entry refused before under that id. Taken for it by its id alone, it was acknowledged
+with the old entry's letter standing — a letter saying refused, of another entry's fields, and no word that this entry
+was lost while pending. Its dead letter is the one any entry deleted while pending gets: ``TRIMMED_WHILE_PENDING``,
+not known to be applied. Real redis-server; a real service refuses the first entry, a reader driven step by step
+reads the new stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from atp_service import ManualClock
+from tests.atp_service.fact_helpers import F
+from tests.atp_service.intake.claim_helpers import claiming_ingestor
+from tests.atp_service.intake.test_group_lost_pending import STREAM
+from tests.atp_service.intake.test_refused_letter_lost import SKEW_MS, _settled
+from tests.conftest import ServiceFactory
+from tests.waiting import until
+
+
+async def test_an_entry_deleted_while_pending_under_a_refused_entrys_recycled_id_gets_a_letter_of_its_own(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """Defect: ``2-1`` refused (E7) and kept refused; the stream deleted and written anew from low ids, its new
+    ``2-1`` (another fact) delivered, then deleted while pending: read with no fields, it was taken for the entry
+    refused before — acknowledged, with no dead letter of its own (the letter at its id holding the old entry's
+    fields, saying refused)."""
+    r: Any = redis.Redis.from_url(redis_url)
+    clock = ManualClock()
+    now = clock.now_ms()
+    service, _ = await start_service(clock=clock)
+    r.xadd(STREAM, F("future", "RECEIPT", "A", "S1", 2, now + SKEW_MS + 1000).fields(), id="2-1")
+    await until(lambda: r.xlen("atp:dlq") == 1 and _settled(r, b"2-1"), "future refused (E7), kept refused")
+    await service.stop()
+    r.delete(STREAM)  # the group with it; the entries kept refused outlive it
+    r.xadd(STREAM, F("fresh", "RECEIPT", "A", "S1", 20, now - 30).fields(), id="2-1")
+    ingestor = claiming_ingestor(redis_url, STREAM)
+    try:
+        await ingestor._create_groups()  # made again, marked: entries up to 2-1 asked for as kept refused
+        assert [entry[:2] for entry in await ingestor._read(None, block=None)] == [(STREAM, b"2-1")]
+        r.xdel(STREAM, "2-1")  # deleted while pending
+        pending = await ingestor._read(["0"], block=None)
+        assert pending == [(STREAM, b"2-1", None)], "read from the pending list with no fields"
+        await ingestor._handle(pending, wait=False)
+    finally:
+        await ingestor._client.aclose()
+    codes = [(fields[b"_id"], fields[b"_code"]) for _, fields in r.xrange("atp:dlq")]
+    assert codes == [(b"2-1", b"INVALID_FIELD"), (b"2-1", b"TRIMMED_WHILE_PENDING")], \
+        f"an entry deleted while pending taken for the one refused before under its id: {codes}"
+    assert r.xpending(STREAM, "atp")["pending"] == 0
