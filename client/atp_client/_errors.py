@@ -10,8 +10,10 @@ Every refusal of the service carries, in the ``grpc-status-details-bin`` trailer
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -316,6 +318,39 @@ def typed(error: grpc.aio.AioRpcError) -> AtpError:
         return Conflict(error)  # R5: its id answers the same for good; typed Retryable, it was asked again for hours
     return typed_error
 
+
+
+def renumbered(error: AtpError, name: str, places: Sequence[int]) -> AtpError:
+    """``error``, the refusal of a call that sent some items of the caller's list ``name`` (its n-th item the
+    caller's ``places[n]``), naming each item in its message and field violations by its place in the caller's list
+    (``keys[0].location`` of the call: the caller's ``keys[3].location``), as the service names it when sent them all:
+    by its place in the call, the caller was pointed at an item not at fault."""
+    at = re.compile(rf"\b{re.escape(name)}\[(\d+)\]")
+
+    def fix(text: str) -> str:
+        return at.sub(lambda m: f"{name}[{places[int(m[1])]}]" if int(m[1]) < len(places) else m[0], text)
+
+    trailers: list[tuple[str, Any]] = []
+    received = cast(Iterable[tuple[str, Any]], error.trailing_metadata() or ())
+    for key, value in received:
+        if key == DETAILS_KEY:
+            try:
+                status = status_pb2.Status.FromString(value)
+            except (DecodeError, TypeError):  # not a Status: kept as it came
+                trailers.append((key, value))
+                continue
+            status.message = fix(status.message)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    for violation in bad.field_violations:
+                        violation.field = fix(violation.field)
+                    detail.Pack(bad)
+            value = status.SerializeToString()
+        trailers.append((key, value))
+    return typed(grpc.aio.AioRpcError(error.code(), error.initial_metadata(), grpc.aio.Metadata(*trailers),
+                                      fix(error.details() or ""), error.debug_error_string()))
 
 GIVEN_UP = "given_up"
 """``ErrorInfo`` metadata (``"true"``) of the refusal an order spanning groups was given up for (docs/API.md,

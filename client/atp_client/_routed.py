@@ -21,7 +21,17 @@ from typing import Any
 import grpc
 
 from atp_client._client import MAX_REQUEST_BYTES, AtpClient, LineLike, RetryPolicy, _lines, reserve_request
-from atp_client._errors import AtpError, Conflict, NotFound, Retryable, deadline_exceeded, in_doubt, invalid_field
+from atp_client._errors import (
+    AtpError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Retryable,
+    deadline_exceeded,
+    in_doubt,
+    invalid_field,
+    renumbered,
+)
 from atp_client._routing import REDIRECT, ROUTING_KEY, Lru, Routes, moved_of
 from atp_client._time import checked_timeout
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -166,7 +176,10 @@ class RoutedClient:
 
         async def read(group: int | None, idx: list[int]) -> list[pb.Availability]:
             req = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku=keys[i][0], location=keys[i][1]) for i in idx])
-            return list((await self._send("GetAvailability", req, group, deadline)).positions)
+            try:
+                return list((await self._send("GetAvailability", req, group, deadline)).positions)
+            except InvalidRequest as exc:  # a key at fault named by its place in the caller's keys, not in this call
+                raise renumbered(exc, "keys", idx) from None
 
         reads = [asyncio.ensure_future(read(group, idx)) for group, idx in by_group.items()]
         try:

@@ -98,6 +98,24 @@ async def test_routed_client_refuses_availability_of_no_keys_as_the_service_does
         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["keys"])
 
 
+async def test_routed_client_names_the_key_at_fault_by_its_place_in_the_callers_keys(
+        start_service: ServiceFactory) -> None:
+    """``RoutedClient`` asks each group's keys in a call of their own: a key at fault was named by its place in that
+    call (``keys[0].location`` for the caller's second key), pointing the caller at a key that is fine. Named by its
+    place in the caller's keys, as the service names it when asked them all at once."""
+    service, client = await start_service()
+    address = advertised(service)
+    other = next(sku for sku in SKUS if place(sku, service.config.shards) != place("A", service.config.shards))
+    keys = [("A", "L"), (other, "")]
+    direct = await refused(client.availability(keys))
+    async with RoutedClient(address, timeout_s=5) as routed:
+        said = await refused(routed.availability(keys))
+    assert (direct.code, direct.reason, fields_of(direct)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["keys[1].location"])
+    assert (said.code, said.reason, fields_of(said), said.message) == (
+        direct.code, direct.reason, fields_of(direct), direct.message)
+
+
 async def test_routed_client_asks_another_seed_when_one_does_not_answer(start_service: ServiceFactory) -> None:
     service, client = await start_service()
     address = advertised(service)
