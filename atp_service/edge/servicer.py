@@ -336,17 +336,20 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         started = time.perf_counter()
         outcomes: list[pb.ReserveOutcome | None] = []
         cmds = []
-        room, engine = self._room, self.engine
+        room, engine = self._room, self._engine  # None: recovering (an item at fault is told so all the same)
         for req in batch.reservations:
             try:
                 cmd = convert.reserve_cmd(req, self.limits)
-                room.check(req, cmd, engine)  # an item whose answer could not be sent even alone: refused, not decided
+                if engine is not None:  # an item whose answer could not be sent even alone: refused, not decided
+                    room.check(req, cmd, engine)
                 cmds.append(cmd)
                 outcomes.append(None)
             except DomainError as exc:
                 outcomes.append(_failed(req.reservation_id, exc))
+        if cmds and engine is None:
+            engine = self.engine  # RECOVERING: an item could be decided, so the stream ends, nothing of it decided
         sent = SentInTurn([n for n, outcome in enumerate(outcomes) if outcome is None], batch, owners)
-        decided = iter(zip(cmds, await self.engine.reserve_many(cmds, sent.now), strict=True))
+        decided = iter(zip(cmds, await engine.reserve_many(cmds, sent.now) if engine is not None else [], strict=True))
         answer = pb.ReserveStreamResponse()
         add = answer.outcomes.add
         moved: dict[int, Moved] = {}

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from atp_client import AtpClient
+from atp_client import AtpClient, Refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from reservation import Limits
@@ -75,6 +75,37 @@ async def test_a_request_at_fault_is_told_its_fault_while_the_service_recovers_n
     finally:
         await asyncio.wait_for(service.stop(grace_s=0), timeout=30)
 
+
+
+async def test_a_stream_batch_at_fault_is_told_its_fault_while_the_service_recovers_not_recovering() -> None:
+    """A ``ReserveStream`` batch of no reservations ends the stream ``INVALID_FIELD`` while the service recovers, as
+    after; a batch whose every item is at fault is answered each item's fault, as a ``Reserve`` of it is told (the
+    request before the service's availability), where the whole stream ended ``RECOVERING``: retried on that word,
+    it was ended again, its items told their faults only once the start had finished. A batch with an item the
+    service could decide ends the stream ``RECOVERING``: nothing of it is decided."""
+    service = AtpService(make_config(), f"redis://127.0.0.1:{held_port()}/0")  # no Redis there: the start waits
+    bad = pb.ReserveRequest(reservation_id="", lines=[LINE])
+    good = pb.ReserveRequest(reservation_id="fine", lines=[LINE])
+
+    async def batches(*batch: list[pb.ReserveRequest]) -> AsyncIterator[pb.ReserveStreamRequest]:
+        for items in batch:
+            yield pb.ReserveStreamRequest(reservations=items)
+
+    try:
+        async with starting_until_logged(service, "waiting for Redis") as starting:
+            assert not starting.done()
+            async with AtpClient(f"127.0.0.1:{service.port}") as client:
+                none = await refused(anext(aiter(client.stub.ReserveStream(batches([])))))
+                (answer,) = [a async for a in client.stub.ReserveStream(batches([bad, bad]))]
+                mixed = await refused(anext(aiter(client.stub.ReserveStream(batches([bad, good])))))
+        assert (none.code, none.reason, fields_of(none)) == (
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["reservations"]), none
+        items = [Refusal.from_status(o.error) for o in answer.outcomes]
+        assert [(r.code, r.reason, fields_of(r)) for r in items] == [
+            (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["reservation_id"])] * 2, items
+        assert (mixed.code, mixed.reason) == (grpc.StatusCode.UNAVAILABLE, "RECOVERING"), mixed
+    finally:
+        await asyncio.wait_for(service.stop(grace_s=0), timeout=30)
 
 
 async def test_an_estate_reload_while_the_service_starts_is_told_recovering_and_retried_not_estate_unusable(
