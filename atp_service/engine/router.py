@@ -46,6 +46,7 @@ from reservation import (
     Unavailable,
 )
 from reservation import _operations as ops
+from reservation import _order_losses as losses
 from reservation._bulk import room_refusal
 
 log = logging.getLogger(__name__)
@@ -251,15 +252,19 @@ class Engine(RecordChanges):
         return run
 
     def reserve_part(self, ledger: Ledger, cmd: ReserveCommand, now: int) -> Reservation:
-        """A part of an order spanning groups, on its group's shard (``Orders``)."""
-        return self._reserve_checked(ledger, ledger, cmd, now)[0]
+        """A part of an order spanning groups, on its group's shard (``Orders``): over a part of that id resolved past
+        its retention (an earlier order's, not evicted yet: ``_order_losses.forgotten``), reserved anew (R5)."""
+        anew = losses.forgotten(ledger.reservation(cmd.reservation_id), now, self.limits)
+        return self._reserve_checked(ledger, ledger, cmd, now, anew)[0]
 
-    def _reserve_checked(self, home: Ledger, view: ReserveView, cmd: ReserveCommand, now: int
+    def _reserve_checked(self, home: Ledger, view: ReserveView, cmd: ReserveCommand, now: int, anew: bool = False
                          ) -> tuple[Reservation, bool]:
         if view is not home:  # across shards, in the coordinator's turn: on each shard it paused
             expire_spanned(view, now, self.place)
         elif home.expiry_due(now):  # R2, R3: as ``_reserve_alone``
             expire_alone(home, now, self.place)
+        if anew:
+            view = losses.Anew(view, cmd.reservation_id)
         full = record_refusal(home, self.limits)
         if full is not None and view.reservation(cmd.reservation_id) is None:  # a replay is answered (R5)
             self.count_capacity_refusal(full)
