@@ -78,11 +78,41 @@ def lost_parts(order: Reservation, found: Mapping[int, Reservation], now: int, l
     margin for the groups' clocks). An older order's missing part is taken as forgotten."""
     if order.pending is not None and order.pending.kind == OrderStep.RESERVE:
         return []  # undecided: a part missing was never reserved
-    released = released_unrecorded(order, found, place)
+    # Another order's part under the id (``others``) is there, not forgotten: lost whatever the order's age.
+    holding = _holding(order, place)
+    foreign = {group for group in others(order, found, place) if holding.get(group, 0) > 0}
+    released = set(released_unrecorded(order, found, place)) | foreign
     if now - order.created_at >= limits.retention_ms // 2:
-        return released
+        return sorted(released)
     granted = {place(line.sku) for line in order.lines if line.granted}
-    return sorted({group for group in order.parts if group in granted and group not in found} | set(released))
+    return sorted({group for group in order.parts if group in granted and group not in found} | released)
+
+
+def others(order: Reservation, found: Mapping[int, Reservation], place: Place) -> list[int]:
+    """The groups where ``found`` holds a part of other content than ``order`` asks there (not ``own_part``): another
+    order's of that id — the first no longer remembered, the part's group back from data older than this order's part
+    (R7). This order's part there is gone, its hold with it where its record holds units there (``lost_parts``); the
+    other is never confirmed, fulfilled nor released on its behalf (``shares_for``), nor read as its lines."""
+    asked = orders.split(orders.command_of(order), place)
+    return [group for group, part in found.items() if not (group in asked and own_part(part, asked[group]))]
+
+
+def own_parts(order: Reservation, found: Mapping[int, Reservation], place: Place) -> dict[int, Reservation]:
+    """``found`` less another order's parts (``others``): what the order's lines are read and recorded from
+    (``_orders.view``, ``_orders.settled``), its record's lines shown where its part is gone, never the other's."""
+    foreign = others(order, found, place)
+    return {group: part for group, part in found.items() if group not in foreign}
+
+
+def shares_for(order: Reservation, shares: Mapping[int, PendingOp], found: Mapping[int, Reservation],
+               place: Place) -> dict[int, PendingOp]:
+    """``shares`` of ``order``'s change less those to another order's part (``others``): never confirmed, fulfilled
+    or released on its behalf (a confirmed one's units are a confirmed order's, Q3) — but a whole release or expiry
+    of one that only holds releases it, as giving the order up does (``give_up_part``): its hold is no order's now,
+    and no other step would ever give it back (R2)."""
+    foreign = others(order, found, place)
+    return {group: share for group, share in shares.items() if group not in foreign or (
+        not share.lines and share.kind in (OrderStep.RELEASE, OrderStep.EXPIRE) and found[group].state == State.HELD)}
 
 
 def released_unrecorded(order: Reservation, found: Mapping[int, Reservation], place: Place) -> list[int]:
@@ -94,12 +124,18 @@ def released_unrecorded(order: Reservation, found: Mapping[int, Reservation], pl
     can open the order again meanwhile, decided HELD over the part just before it is released (R2: all or none)."""
     if not any(part.state in (State.HELD, State.CONFIRMED) for part in found.values()):
         return []  # every part resolved: resolved as they show it (``Orders._settled``)
+    recorded = _holding(order, place)
+    return [group for group, part in found.items() if part.state in (State.RELEASED, State.EXPIRED)
+            and recorded.get(group, 0) > 0 and set(part.ops) <= set(order.ops)]
+
+
+def _holding(order: Reservation, place: Place) -> dict[int, int]:
+    """Each group's units the ``order``'s record shows granted there and not released."""
     recorded: dict[int, int] = {}
     for line in order.lines:
         group = place(line.sku)
         recorded[group] = recorded.get(group, 0) + line.granted - line.released
-    return [group for group, part in found.items() if part.state in (State.RELEASED, State.EXPIRED)
-            and recorded.get(group, 0) > 0 and set(part.ops) <= set(order.ops)]
+    return recorded
 
 
 def lost_committed(order: Reservation, found: Mapping[int, Reservation], now: int, limits: Limits,
@@ -108,7 +144,8 @@ def lost_committed(order: Reservation, found: Mapping[int, Reservation], now: in
     from ``found``): its units there were committed for a confirmed order (Q3) and are committed nowhere now."""
     if order.state != State.CONFIRMED or order.pending is not None:
         return []
-    return [group for group in lost_parts(order, found, now, limits, place) if group not in found]
+    foreign = others(order, found, place)  # its part there gone, another order's of that id found in its place
+    return [group for group in lost_parts(order, found, now, limits, place) if group not in found or group in foreign]
 
 
 def found_at_start(ledgers: Sequence[Ledger], now: Callable[[int], int], limits: Limits, place: Place) -> list[str]:
@@ -169,10 +206,15 @@ def commit_again(view_: View, part: Reservation) -> Reservation:
     """On the part's shard: ``part`` (``part_again``, ``part_committed``) saved and its units committed again (Q3) —
     where they no longer fit, the position is oversold, shown (Q5). A part of that id already there is answered as it
     stands (a replay) — but one refused (REJECTED, holding nothing) is the lost part reserved again (``refused_again``):
-    saved over."""
+    saved over; and one of other content (``others``), another order's of that id, is saved over too, its held units
+    released (no order's now, R2), unless CONFIRMED: a confirmed order's units, kept committed (Q3), answered as is."""
     found = view_.reservation(part.reservation_id)
     if found is not None and found.state != State.REJECTED:
-        return found
+        if found.state == State.CONFIRMED or own_part(found, orders.command_of(part)):
+            return found
+        for line in found.lines:  # HELD, or resolved (holding nothing)
+            if line.held:
+                view_.move_hold(line.sku, line.location, -line.held, 0)
     for line in part.lines:
         if line.committed:
             view_.move_hold(line.sku, line.location, 0, line.committed)

@@ -48,8 +48,11 @@ def torn(order: Reservation, parts: Mapping[int, Reservation], now: int, limits:
         return []
     # A confirmed order's (R3), or one whose confirmation confirmed a part: its committed units stay committed (Q3)
     kept = losses.restored(order) or losses.confirmation_applied(order, parts, place)
-    # A lost group whose part is there: released whole by no change of the order (``released_unrecorded``).
-    log_lost(order.reservation_id, lost, [group for group in lost if group in parts], KEPT if kept else GIVEN_UP)
+    # A lost group whose part is there: released whole by no change of the order (``released_unrecorded``), or
+    # another order's of that id in its place (``others``).
+    others = losses.others(order, parts, place)
+    released = [group for group in lost if group in parts and group not in others]
+    log_lost(order.reservation_id, lost, released, KEPT if kept else GIVEN_UP, others)
     return [] if kept else lost
 
 
@@ -63,7 +66,14 @@ async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now
               extra={"event": "order_part_committed_again", "reservation_id": order.reservation_id,
                      "shard": groups[0]})
     made = {group: CommitPart(losses.part_again(order, group, engine.place, now)) for group in groups}
-    return await run_parts(engine, dict(made))
+    parts: dict[int, Reservation] = await run_parts(engine, dict(made))
+    if kept := losses.others(order, parts, engine.place):  # another order's CONFIRMED part there (``commit_again``)
+        log.error("confirmed order %r has in its place in shard groups %s a confirmed part of another order of its "
+                  "id (Redis lost acknowledged entries there: restarted from data older than this order's part); it is "
+                  "kept, its units committed (Q3), and this order's units there are committed nowhere",
+                  order.reservation_id, kept, extra={"event": "order_part_committed_again",
+                                                     "reservation_id": order.reservation_id, "shard": kept[0]})
+    return parts
 
 
 async def commit_refused(engine: Engine, order: Reservation, parts: dict[int, Reservation],
@@ -84,13 +94,15 @@ async def commit_refused(engine: Engine, order: Reservation, parts: dict[int, Re
     return parts | made
 
 
-def log_lost(order_id: str, groups: list[int], released: list[int], what: str) -> None:
+def log_lost(order_id: str, groups: list[int], released: list[int], what: str, others: list[int]) -> None:
     """Says the parts of a live order whose hold is gone (``_order_losses.lost_parts``), and what becomes of it: each
     missing (Redis lost it), or there but ``released`` whole by no change its home records (``released_unrecorded``:
     a Release or expiry its home lost, its record back from older data; or, with leases, an orphan given up as a
-    retry of its Reserve opened the order again) — so the operator looks for the right cause."""
+    retry of its Reserve opened the order again), or ``others``: another order's part of that id in its place (the
+    first no longer remembered, the part's group back from data older than this order's part) — so the operator
+    looks for the right cause."""
     why: list[str] = []
-    if missing := [group for group in groups if group not in released]:
+    if missing := [group for group in groups if group not in released and group not in others]:
         why.append(f"is missing its parts in shard groups {missing} (Redis lost acknowledged entries there: "
                    "restarted from older data)")
     if released:
@@ -98,6 +110,9 @@ def log_lost(order_id: str, groups: list[int], released: list[int], what: str) -
                    "lost acknowledged entries at its home: its record back from older data, before a Release or "
                    "expiry that reached them; or, with leases, given up as orphans as a retry of its Reserve opened "
                    "it again)")
+    if others:
+        why.append(f"has in its place in shard groups {others} a part of another order of its id, of other content "
+                   "(Redis lost acknowledged entries there: restarted from data older than this order's part)")
     log.error("order %r %s; %s", order_id, " and ".join(why), what,
               extra={"event": "order_part_lost", "reservation_id": order_id, "shard": groups[0]})
 

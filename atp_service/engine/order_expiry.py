@@ -64,7 +64,7 @@ async def _expire_unanswered(sagas: Orders, order_id: str, home: int) -> bool:
         # Resolved, confirmed (its confirmation carried through, never expired: R3), or within the bound. A partial
         # release pending (its share applied where the parts answered) is overtaken: the expiry gives back the rest.
         return False
-    answering, silent = await _answering_parts(engine, order)
+    answering, silent = await answering_parts(engine, order)
     if not silent or losses.own_confirmed(order, answering, engine.place):
         # R3, Q3: confirmed again (never expired) once every part answers — a partial Release pending too (its home
         # back to before the confirmation, R7): ``confirmed_by_parts`` sees one only where nothing is pending. A part
@@ -87,7 +87,7 @@ async def undecided_parts(sagas: Orders, order: Reservation, home: int) -> dict[
     for ``_expire_unanswered`` — those that answer, so that the parts made give their units back (``_abandon``: the
     silent ones given up when they answer) instead of holding them for as long as that group is away (R2)."""
     engine = sagas._engine
-    answering, silent = await _answering_parts(engine, order)
+    answering, silent = await answering_parts(engine, order)
     if silent and engine.now_at(home) < order.expires_at + unanswered_after_ms(engine):
         raise Unavailable(UNDECIDED, Reason.OUTCOME_UNKNOWN)  # as ``Orders._parts``: the next pass reads again
     if silent and not losses.decided_by_parts(order, answering, engine.place):
@@ -103,7 +103,7 @@ def _said(engine: Engine, order_id: str, home: int, silent: list[int]) -> None:
     engine.metrics.order_sagas.labels("expired_unanswered").inc()
 
 
-async def _answering_parts(engine: Engine, order: Reservation) -> tuple[dict[int, Reservation], list[int]]:
+async def answering_parts(engine: Engine, order: Reservation) -> tuple[dict[int, Reservation], list[int]]:
     """The order's parts whose groups answered a read (a part Redis lost left out), and the groups that did not."""
     groups = list(order.parts)
     read = (run_part(engine, g, ReadPart(orders.part_id(order.reservation_id, g))) for g in groups)
@@ -141,14 +141,15 @@ async def read_order(sagas: Orders, order_id: str, home: int, as_recorded: bool)
     (``refused_as_recorded``), not UNAVAILABLE for as long as the group is away.
     Not a step another process asks (``SettleOrder``: a shipment after it carries the change through first)."""
     try:
-        return orders.view(*await sagas._settled(order_id, home))
+        order, parts = await sagas._settled(order_id, home)
+        return orders.view(order, losses.own_parts(order, parts, sagas._engine.place))  # never another order's part
     except Unavailable:
         if not as_recorded:
             raise
-        order = await _expired_at(sagas._engine, home, order_id)
-        if order is None:
+        expired = await _expired_at(sagas._engine, home, order_id)
+        if expired is None:
             raise
-        return orders.view(order, {})
+        return orders.view(expired, {})
 
 
 async def _expired_at(engine: Engine, home: int, order_id: str) -> Reservation | None:

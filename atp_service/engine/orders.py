@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, Waits, next_to_drive, order_opened
 from atp_service.engine.confirmed import ConfirmedChecks, checked
 from atp_service.engine.losses import commit_lost, commit_refused, log_confirmed_again, log_decided_again
-from atp_service.engine.order_expiry import expire_order, read_order, refused_as_recorded, undecided_parts
+from atp_service.engine.order_expiry import (
+    answering_parts,
+    expire_order,
+    read_order,
+    refused_as_recorded,
+    undecided_parts,
+)
 from atp_service.engine.order_steps import OrderSteps
 from atp_service.engine.parts import (
     GiveUpPart,
@@ -256,18 +262,20 @@ class Orders(OrderSteps):
             if lost:
                 raise FailedPrecondition("EXPIRED", f"its hold in shard groups {lost} is gone (Redis lost acknowledged "
                                          "entries there): it was given up whole; reserve again", order_id)
-        done, shares, error = orders.plan(orders.view(order, parts), step, self._engine.now_at(home),
-                                          self._engine.limits, self._engine.place)
+        place, mine = self._engine.place, losses.own_parts(order, parts, self._engine.place)  # not another order's
+        done, shares, error = orders.plan(orders.view(order, mine), step, self._engine.now_at(home),
+                                          self._engine.limits, place)
         if done is not None:
             await self._save(home, done, over=order)  # decided: from here on it is carried through
-            await self._apply(done, shares)
-            order = orders.settled(done, self._engine.now_at(home), parts := await self._parts(done))  # as done
+            await self._apply(done, losses.shares_for(order, shares, parts, place))  # as read: before the change
+            mine = losses.own_parts(done, await self._parts(done), place)
+            order = orders.settled(done, self._engine.now_at(home), mine)  # as done
             await self._save(home, order, over=done)
         if error is not None and not quiet:
             raise error
         if told is not None:  # a retry plans nothing, or only the expiry it found due (R3: a change not done before
             told(done is None or done.pending == PendingOp(OrderStep.EXPIRE))  # is refused once its TTL passed)
-        return orders.view(order, parts)
+        return orders.view(order, mine)
 
     async def _settled(self, order_id: str, home: int) -> tuple[Reservation, dict[int, Reservation]]:
         """The order with its pending change carried through (``_settle``), and its parts; its record resolved where
@@ -280,7 +288,7 @@ class Orders(OrderSteps):
             return await self._settled(order_id, home)  # carried through to every part (``_settle``)
         if lost := losses.lost_committed(order, parts, now := self._engine.now_at(home), self._engine.limits, place):
             parts |= await commit_lost(self._engine, order, lost, now)  # Q3, R4: its units committed again
-        shown = orders.view(order, parts)
+        shown = orders.view(order, losses.own_parts(order, parts, place))
         if order.state in (State.HELD, State.CONFIRMED) and shown.state in (State.FULFILLED, State.RELEASED):
             # A held order's parts are resolved by no SHIPMENT fact: nothing outstanding there means Redis
             # lost them; given up whole (EXPIRED, logged) as a Confirm does it, not recorded RELEASED (R3).
@@ -295,7 +303,7 @@ class Orders(OrderSteps):
         order = await record_at(self._engine, home, order_id)
         if order is None or not order.is_order:
             raise NotFound(f"reservation_id: no reservation {order_id!r}")
-        pending, parts = order.pending, None
+        pending, parts, place = order.pending, None, self._engine.place
         if pending is None:
             return order
         if pending.kind == OrderStep.RESERVE:  # past its TTL, given up undecided — unless a part of it was confirmed
@@ -305,11 +313,13 @@ class Orders(OrderSteps):
             order = await self._abandon(order, home)  # never decided within its TTL: nothing stays held
         elif pending.kind == OrderStep.EXPIRE and not any(line.granted for line in order.lines):
             await self._give_up_parts(order)  # abandoned, and stopped before its parts were given up
-        elif pending.kind == OrderStep.CONFIRM and await self._give_up_if_torn(order, home, await self._parts(order)):
+        elif pending.kind == OrderStep.CONFIRM and await self._give_up_if_torn(order, home, parts := await self._parts(
+                order)):
             return await self._settle(order_id, home)  # given up whole: expired
-        else:
-            await self._apply(order, orders.shares(order, pending, self._engine.place))
-            parts = await self._parts(order)  # recorded as the parts did it (``_change``)
+        else:  # none to another order's part of that id (``shares_for``); a silent group's share sent as it is
+            found = parts if parts is not None else (await answering_parts(self._engine, order))[0]
+            await self._apply(order, losses.shares_for(order, orders.shares(order, pending, place), found, place))
+            parts = losses.own_parts(order, await self._parts(order), place)  # recorded as they did it (``_change``)
         settled = orders.settled(order, self._engine.now_at(home), parts)
         await self._save(home, settled, over=order)
         return settled

@@ -7,7 +7,7 @@ from reservation import OrderStep, PendingOp, State, reserve
 from reservation import _order_losses as losses
 from reservation import _orders as orders
 from tests.reservation.helpers import LIMITS, cmd
-from tests.reservation.test_orders import Estate, changed, place, reserved_order
+from tests.reservation.test_orders import NOW, Estate, changed, place, reserved_order
 
 ASKED = cmd("o", ("A", "S1", 3), ("B", "S1", 2))
 """3 of A (group 0, the order's home) and 2 of B (group 1)."""
@@ -31,3 +31,63 @@ def test_a_part_resolved_past_its_retention_is_reserved_anew_never_replayed_R5()
     assert estate.ledgers[1].reservation(share.reservation_id) == again
     assert reserve(estate.ledgers[1], share, late) == (again, True)  # a retry: a replay (R5)
     assert not losses.forgotten(again, late + LIMITS.retention_ms, LIMITS)  # live: never forgotten
+
+
+SECOND = cmd("o", ("A", "S1", 3), ("B", "S1", 1))
+"""The id reserved again once the first order (``ASKED``) was forgotten: 1 of B where the first asked 2."""
+
+
+def _group_1_back_with_the_first_order(estate: Estate, confirmed: bool) -> None:
+    """Group 1 back from data older than the second order's part there: the first order's part HELD (``confirmed``:
+    CONFIRMED) in its place, with its units — the first order's ledger of group 1 as it stood then."""
+    first = Estate()
+    held = reserved_order(first, ASKED)
+    if confirmed:
+        changed(first, held, PendingOp(OrderStep.CONFIRM))
+    estate.ledgers[1] = first.ledgers[1]
+
+
+def test_another_order_s_part_under_the_id_is_a_lost_part_whatever_the_order_s_age_R2_R5() -> None:
+    """Defect (found by review): ``lost_parts`` took a part of other content found under a held order's id for its
+    own: its Confirm went through, the other order's held part confirmed on its behalf. The order's own part there is
+    gone, its hold with it: lost — at any age (the part is there, not forgotten). Its own parts are never lost."""
+    estate = Estate()
+    second = reserved_order(estate, SECOND)
+    assert losses.lost_parts(second, estate.parts(second), NOW, LIMITS, place) == []
+    assert losses.others(second, estate.parts(second), place) == []
+    _group_1_back_with_the_first_order(estate, confirmed=False)
+    parts = estate.parts(second)
+    for now in (NOW, NOW + LIMITS.retention_ms):
+        assert losses.lost_parts(second, parts, now, LIMITS, place) == [1], "another order's part taken for its own"
+    assert losses.own_parts(second, parts, place) == {0: parts[0]}
+    confirm = orders.shares(second, PendingOp(OrderStep.CONFIRM), place)
+    assert losses.shares_for(second, confirm, parts, place) == {0: confirm[0]}  # never confirmed on its behalf
+    release = orders.shares(second, PendingOp(OrderStep.RELEASE), place)
+    assert losses.shares_for(second, release, parts, place) == release  # a hold no order's now: released (R2)
+
+
+def test_a_confirmed_order_s_part_replaced_by_another_order_s_is_made_again_over_it_R7_Q3() -> None:
+    """Defect (found by review): a CONFIRMED order whose part at group 1 was replaced by another order's of its id
+    (held) missed no part (``lost_committed``), and ``commit_again`` answered the other's as a replay: the order's
+    unit committed nowhere, the other's 2 held for good. Made again over it, its hold released (no order's now). A
+    CONFIRMED one is kept (Q3: a confirmed order's units), never released, fulfilled nor confirmed on its behalf."""
+    estate = Estate()
+    second = changed(estate, reserved_order(estate, SECOND), PendingOp(OrderStep.CONFIRM))
+    _group_1_back_with_the_first_order(estate, confirmed=False)
+    assert (estate.held("B"), estate.committed("B")) == (2, 0)
+    assert losses.lost_committed(second, estate.parts(second), NOW, LIMITS, place) == [1]
+    made = losses.commit_again(estate.ledgers[1], losses.part_again(second, 1, place, NOW))
+    assert [(line.sku, line.requested, line.committed) for line in made.lines] == [("B", 1, 1)]
+    assert (estate.held("B"), estate.committed("B")) == (0, 1), "the order's unit committed nowhere"
+    assert losses.lost_committed(second, estate.parts(second), NOW, LIMITS, place) == []
+
+    _group_1_back_with_the_first_order(estate, confirmed=True)
+    parts = estate.parts(second)
+    kept = losses.commit_again(estate.ledgers[1], losses.part_again(second, 1, place, NOW))
+    assert kept == parts[1] and (estate.held("B"), estate.committed("B")) == (0, 2)
+    for step in (PendingOp(OrderStep.RELEASE), PendingOp(OrderStep.FULFIL), PendingOp(OrderStep.EXPIRE)):
+        assert 1 not in losses.shares_for(second, orders.shares(second, step, place), parts, place)
+        done, shares, _ = orders.plan(orders.view(second, losses.own_parts(second, parts, place)), step, NOW, LIMITS,
+                                      place)
+        if done is not None:  # as recorded pending (its lines released, a stop carrying it through): the same
+            assert 1 not in losses.shares_for(done, shares, parts, place)

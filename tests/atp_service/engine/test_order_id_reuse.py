@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from reservation import State
-from tests.atp_service.engine.helpers import running
+from reservation import FailedPrecondition, LineRequest, Reservation, State
+from reservation import _orders as orders
+from tests.atp_service.engine.helpers import SKUS, running
 from tests.atp_service.engine.test_order_sagas import RETENTION_MS, Rig
 
 
@@ -53,3 +54,61 @@ async def test_an_id_reserved_again_with_the_same_content_never_takes_the_first_
     assert rig.quantities() == [(3, 0), (3, 0)]
     assert rig.part("o", 1).state == State.HELD
     assert (await rig.run(rig.engine.reserve(rig.cmd("o")))) == (again, True)  # a retry: a replay (R5)
+
+
+async def group_1_back_with_the_first_order(rig: Rig, rid: str, confirm_second: bool) -> None:
+    """Order ``rid`` reserved with 3 of each SKU and forgotten (released, past its retention, evicted everywhere);
+    reserved again with 1 of group 1's SKU, HELD (``confirm_second``: CONFIRMED); then group 1 back from data older
+    than the second order's part, holding the first order's part there HELD (3 units): another content."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd(rid)))
+    first = rig.part(rid, 1)
+    await rig.run(engine.release(rid, (), ""))
+    rig.clock.advance(RETENTION_MS + 1)
+    for actor in engine.actors:
+        actor.ledger.evict(rig.clock.now_ms())
+    assert rig.part(rid, 1) is None and engine.actors[0].ledger.reservation(rid) is None
+    await rig.run(engine.reserve(rig.cmd(rid, (3, 1))))
+    if confirm_second:
+        await rig.run(engine.confirm(rid))
+    second = rig.part(rid, 1)
+
+    def back(ledger: Any, _now: int) -> None:
+        for line, old in zip(second.lines, first.lines, strict=True):
+            ledger.move_hold(line.sku, line.location, old.held - line.held, -line.committed)
+        ledger.save(first)
+
+    await rig.run(engine.actors[1].submit(back))
+    assert rig.quantities() == [(0, 3) if confirm_second else (3, 0), (3, 0)]
+
+
+async def test_a_held_order_whose_part_is_another_order_s_of_its_id_is_given_up_on_its_confirm_R2_R5(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect (found by review): ``lost_parts`` took a part of other content found under the order's id for the
+    order's own. Its Confirm went through: the first order's held part confirmed on the second's behalf (3 units
+    committed where it asked 1), the second CONFIRMED. Its own part there is gone (its hold with it): given up whole,
+    as for a part Redis lost, the first order's hold released with it (R2: no hold outlives its order)."""
+    await group_1_back_with_the_first_order(rig, "o", confirm_second=False)
+    with pytest.raises(FailedPrecondition, match=r"shard groups \[1\] is gone"):
+        await rig.run(rig.engine.confirm("o"))
+    assert rig.quantities() == [(0, 0), (0, 0)], "another order's part confirmed on this order's behalf"
+    assert (await rig.run(rig.engine.get_reservation("o"))).state == State.EXPIRED
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "order_part_lost"]
+    assert len(said) == 1 and "in shard groups [1] a part of another order of its id" in said[0], said
+    assert "missing" not in said[0] and "released whole" not in said[0], said
+
+
+async def test_a_confirmed_order_whose_part_is_another_order_s_of_its_id_has_its_own_committed_again_R7_Q3(
+        rig: Rig) -> None:
+    """Defect (found by review): a CONFIRMED order whose part Redis lost, another order's of its id found there
+    instead, was not missing a part (``lost_committed``), and ``commit_again`` answered that part as a replay: the
+    order's unit committed nowhere (sold again while its caller ships it), the first order's 3 held for good. Its
+    part is made again over the other (which holds units no order of the id will release), its unit committed."""
+    await group_1_back_with_the_first_order(rig, "o", confirm_second=True)
+    shown: Reservation = await rig.run(rig.engine.get_reservation("o"))
+    assert rig.quantities() == [(0, 3), (0, 1)], "the order's unit committed nowhere, another order's held"
+    assert shown.state == State.CONFIRMED
+    assert [(line.sku, line.committed) for line in shown.lines] == [(SKUS[0], 3), (SKUS[1], 1)]
+    await rig.run(rig.engine.release("o", (LineRequest(SKUS[1], "DC", 1),), "r1"))
+    assert rig.quantities() == [(0, 3), (0, 0)]
+    assert orders.part_id("o", 1) == rig.part("o", 1).reservation_id
