@@ -1,6 +1,7 @@
 """The client of the ATP inventory service's gRPC API (``atp.v1.AvailabilityService``).
 
 - ``AtpClient``: a typed async client over grpc.aio, with the service's retry policy;
+- ``reconnect_options``: the bounded wait between connection attempts ``AtpClient`` has, for any gRPC channel;
 - ``RoutedClient``: calls sent to the service process owning their shard group (``place``,
   ``home_group``, ``Routes``, the metadata keys of redirects and forwarding);
 - ``pb``: the generated messages and stubs (``atp_client.pb.atp.v1.atp_pb2``);
@@ -11,6 +12,7 @@ Nothing here needs the server: this distribution installs with gRPC and protobuf
 """
 
 from ._access import PERMISSIONS, READ, new_token, token_hash
+from ._channel import RECONNECT_MAX_S, reconnect_options
 from ._client import RETRYABLE, AtpClient, RetryPolicy, tls_credentials
 from ._errors import (
     AccessDenied,
@@ -47,6 +49,7 @@ __all__ = [
     "PERMISSIONS",
     "PLACEMENT",
     "READ",
+    "RECONNECT_MAX_S",
     "REDIRECT",
     "RETRYABLE",
     "ROUTING_KEY",
@@ -69,6 +72,7 @@ __all__ = [
     "new_token",
     "parse_moved",
     "place",
+    "reconnect_options",
     "timestamp",
     "tls_credentials",
     "token_hash",

@@ -15,6 +15,14 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from atp_client._channel import (
+    KEEPALIVE_S,
+    KEEPALIVE_TIMEOUT_S,
+    MAX_KEEPALIVE_S,
+    RECONNECT_MAX_S,
+    keepalive_options,
+    reconnect_options,
+)
 from atp_client._errors import not_connected, request_too_large, stream_cut_unread, typed
 from atp_client._stream import MAX_BATCH_RESERVATIONS, MAX_STREAM_INFLIGHT, Batches, Source
 from atp_client._time import checked_timeout
@@ -48,29 +56,6 @@ MAX_ANSWER_BYTES = (1 << 31) - 1
 at most gRPC's int32 bound), each answer bounded there by the service. gRPC's own default, 4 MiB, refused
 in this client every answer of a service whose limit was raised past it — a change made, told
 RESOURCE_EXHAUSTED with no reason ("Received message larger than max"), and its retry the same for ever."""
-KEEPALIVE_S = 20.0
-"""Pings on a channel with a call open, by default (``AtpClient(keepalive_s=…)``): a service that stops
-answering (its process paused, a network dropping its packets, the TCP connection left open) ends the calls
-open on it ``Retryable`` (UNAVAILABLE) within this and ``KEEPALIVE_TIMEOUT_S``. Without them a watch
-(WatchAvailability: the service may send nothing for hours) waited for ever, told nothing. The service
-takes pings 5 s apart at the closest (its ``MIN_PING_INTERVAL_MS``): closer, it ends the connection."""
-KEEPALIVE_TIMEOUT_S = 10.0
-"""How long a ping waits for its answer before the connection, and every call open on it, is given up."""
-MAX_KEEPALIVE_S = 2_000_000.0
-"""The longest ``keepalive_s``/``keepalive_timeout_s`` taken (~23 days): gRPC's ms in a C int (2**31 - 1) hold it."""
-
-
-def keepalive_options(keepalive_s: float, timeout_s: float) -> list[tuple[str, Any]]:
-    """gRPC's channel options pinging every ``keepalive_s`` while a call is open (none while idle)."""
-    return [("grpc.keepalive_time_ms", round(keepalive_s * 1000)),
-            ("grpc.keepalive_timeout_ms", round(timeout_s * 1000)),
-            ("grpc.http2.ping_timeout_ms", round(timeout_s * 1000)),
-            ("grpc.keepalive_permit_without_calls", 0),
-            # gRPC's default (2) stops pinging once two pings went with no data sent: a watch sends none
-            # after its request, and a service silent from then on was never found out.
-            ("grpc.http2.max_pings_without_data", 0)]
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """How refused calls are retried — by gRPC itself, from a service config built from these
@@ -201,7 +186,8 @@ class AtpClient:
     a ``reserve_stream`` batch of more is refused ``InvalidRequest`` before it is sent (the service's, None: no bound);
     ``keepalive_s``: pings while a call is open, a ping not answered within ``keepalive_timeout_s`` ending every
     call open ``Retryable`` (UNAVAILABLE): a watch on a service gone silent ends within the two (None: no pings;
-    at least 5 s for the service, which ends a connection pinged more often).
+    at least 5 s for the service, which ends a connection pinged more often); ``reconnect_max_s``: the longest wait
+    between attempts to connect (``RECONNECT_MAX_S``), so a service back after a restart is reached within it.
     Refusals raise a typed ``AtpError`` carrying the reason and field violations."""
 
     def __init__(self, target: str, *, timeout_s: float = 10.0, options: Sequence[tuple[str, Any]] = (),
@@ -209,7 +195,8 @@ class AtpClient:
                  retry: RetryPolicy | None = None, max_request_bytes: int | None = MAX_REQUEST_BYTES,
                  max_stream_inflight: int = MAX_STREAM_INFLIGHT,
                  max_batch_reservations: int | None = MAX_BATCH_RESERVATIONS,
-                 keepalive_s: float | None = KEEPALIVE_S, keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> None:
+                 keepalive_s: float | None = KEEPALIVE_S, keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+                 reconnect_max_s: float = RECONNECT_MAX_S) -> None:
         if max_request_bytes is not None and max_request_bytes < 1:
             raise ValueError(f"max_request_bytes: must be at least 1 (None: no bound), got {max_request_bytes}")
         if max_stream_inflight < 1:
@@ -230,7 +217,7 @@ class AtpClient:
         given = {key for key, _ in options}
         self.pinging = keepalive_s is not None or "grpc.keepalive_time_ms" in given
         """Whether the channel pings while a call is open (``keepalive_s``, or the caller's own option)."""
-        ours = [(RECEIVE_KEY, MAX_ANSWER_BYTES),
+        ours = [(RECEIVE_KEY, MAX_ANSWER_BYTES), *reconnect_options(reconnect_max_s, options),
                 *(keepalive_options(keepalive_s, keepalive_timeout_s) if keepalive_s is not None else ())]
         options = [*(o for o in ours if o[0] not in given), *options, *(retry.channel_options() if retry else ())]
         interceptors = _metadata_interceptors([("authorization", f"Bearer {token}")]) if token else None

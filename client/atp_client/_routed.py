@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from atp_client._channel import RECONNECT_MAX_S, checked_reconnect
 from atp_client._client import MAX_REQUEST_BYTES, AtpClient, LineLike, RetryPolicy, _lines, reserve_request
 from atp_client._errors import (
     AtpError,
@@ -77,13 +78,15 @@ class RoutedClient:
                  options: Sequence[tuple[str, Any]] = (), token: str | None = None,
                  credentials: grpc.ChannelCredentials | None = None, retry: RetryPolicy | None = None,
                  max_clients: int = MAX_CLIENTS, max_remembered: int = MAX_REMEMBERED,
-                 max_request_bytes: int | None = MAX_REQUEST_BYTES) -> None:
+                 max_request_bytes: int | None = MAX_REQUEST_BYTES, reconnect_max_s: float = RECONNECT_MAX_S) -> None:
         self.seeds = (seeds,) if isinstance(seeds, str) else tuple(seeds)
         if not self.seeds:
             raise ValueError("seeds: at least one service address is required")
         self.timeout_s = checked_timeout(timeout_s)
+        # checked here: the channels are made later, on a call, where a bad bound would be a caller's surprise
         self._connect = partial(AtpClient, timeout_s=self.timeout_s, options=options, token=token,
-                                credentials=credentials, retry=retry, max_request_bytes=max_request_bytes)
+                                credentials=credentials, retry=retry, max_request_bytes=max_request_bytes,
+                                reconnect_max_s=checked_reconnect(reconnect_max_s))
         self._tries_once = (retry is None or retry.attempts == 1) and not _service_config_in(options)
         """Whether gRPC's "failed to connect" proves a call unsent (``_NOT_SENT``)."""
         self._clients: Lru[str, AtpClient] = Lru(max_clients)
