@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from atp_client import tls_credentials
+from atp_client import reconnect_options, tls_credentials
 
 
 class _Details(collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
@@ -64,11 +64,14 @@ class Connection:
         return self.ca is not None or self.cert is not None
 
     def open(self) -> grpc.Channel:
+        # the shipped client's bound on the wait between attempts to connect: a user's channel reaches a service
+        # restarted mid-run within about a second, as an OMS on AtpClient does, not gRPC's own up to 120 s
+        options = reconnect_options()
         if self.secure:
-            options = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+            options += [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
             channel = grpc.secure_channel(self.target, tls_credentials(self.ca, self.cert, self.key), options=options)
         else:
-            channel = grpc.insecure_channel(self.target)
+            channel = grpc.insecure_channel(self.target, options=options)
         return grpc.intercept_channel(channel, _Bearer(self.token)) if self.token else channel
 
 

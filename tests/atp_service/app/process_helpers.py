@@ -16,7 +16,7 @@ import grpc
 
 from atp_client import AtpClient
 from tests.ports import held_port
-from tests.waiting import FAST_RECONNECT
+from tests.waiting import FAST_RECONNECT_S
 
 T = TypeVar("T")
 SHARDS = 6
@@ -36,7 +36,7 @@ class Process:
         self.address = f"127.0.0.1:{self.port}"
         self._cluster_url, self._log = cluster_url, log
         self.proc = self._spawn()
-        self.client = AtpClient(self.address, timeout_s=5, options=FAST_RECONNECT)  # made before it listens
+        self.client = AtpClient(self.address, timeout_s=5, reconnect_max_s=FAST_RECONNECT_S)  # made before it listens
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "atp_service", "serve", "--redis-url", self._cluster_url, "--host", "127.0.0.1",

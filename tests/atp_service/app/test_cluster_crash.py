@@ -23,7 +23,7 @@ from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.edge.test_api import receipt
 from tests.ports import held_port
-from tests.waiting import FAST_RECONNECT, until
+from tests.waiting import FAST_RECONNECT_S, until
 
 SKUS = [f"K{i}" for i in range(12)]
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ async def test_kill_minus_nine_mid_saga_leaves_every_order_whole_or_absent(clust
     proc = spawn(cluster_url, port, tmp_path / "service.log")
     acked: dict[str, pb.ReservationState] = {}
     tried: set[str] = set()
-    async with AtpClient(target, timeout_s=10, options=FAST_RECONNECT) as client:
+    async with AtpClient(target, timeout_s=10, reconnect_max_s=FAST_RECONNECT_S) as client:
         await client.wait_ready()
         await client.record_events([receipt(f"seed-{s}", s, "DC", 100_000) for s in SKUS])
     workers = [asyncio.ensure_future(load(target, w, acked, tried)) for w in range(12)]
@@ -79,7 +79,7 @@ async def test_kill_minus_nine_mid_saga_leaves_every_order_whole_or_absent(clust
     assert tried - set(acked), "orders in flight at the kill (or given up by their callers)"
     proc = spawn(cluster_url, port, tmp_path / "service.log")
     try:
-        async with AtpClient(target, timeout_s=10, options=FAST_RECONNECT) as client:
+        async with AtpClient(target, timeout_s=10, reconnect_max_s=FAST_RECONNECT_S) as client:
             await client.wait_ready()
             held: dict[str, int] = {}
             committed: dict[str, int] = {}

@@ -21,7 +21,7 @@ from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.edge.test_api import receipt
 from tests.ports import held_port
-from tests.waiting import FAST_RECONNECT, until
+from tests.waiting import FAST_RECONNECT_S, until
 
 SKUS = [f"K{i}" for i in range(12)]
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ async def load(client: AtpClient, worker: int, acked: dict[str, list[tuple[str, 
 async def test_kill_minus_nine_loses_no_acknowledged_reservation(redis_url: str, tmp_path: Path) -> None:
     port = held_port()
     proc = spawn(redis_url, port, tmp_path / "service.log")
-    client = AtpClient(f"127.0.0.1:{port}", timeout_s=5, options=FAST_RECONNECT)
+    client = AtpClient(f"127.0.0.1:{port}", timeout_s=5, reconnect_max_s=FAST_RECONNECT_S)
     try:
         await client.wait_ready()
         await client.record_events([receipt(f"seed-{s}", s, "DC", 100_000) for s in SKUS])
@@ -69,7 +69,7 @@ async def test_kill_minus_nine_loses_no_acknowledged_reservation(redis_url: str,
     finally:
         await client.close()
     proc = spawn(redis_url, port, tmp_path / "service.log")
-    client = AtpClient(f"127.0.0.1:{port}", timeout_s=5, options=FAST_RECONNECT)
+    client = AtpClient(f"127.0.0.1:{port}", timeout_s=5, reconnect_max_s=FAST_RECONNECT_S)
     try:
         await client.wait_ready()
         held: dict[tuple[str, str], int] = {}

@@ -19,7 +19,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis
 from tests.atp_service.app.test_crash import spawn
 from tests.ports import held_port
-from tests.waiting import FAST_RECONNECT
+from tests.waiting import FAST_RECONNECT_S
 
 pytestmark = pytest.mark.slow
 SKUS = [f"F{i}" for i in range(8)]
@@ -92,7 +92,7 @@ async def test_twenty_service_kills_and_five_redis_kills_lose_nothing_acknowledg
     try:
         for round_no in range(SERVICE_KILLS):
             proc = spawn(redis_server.url, port, log)
-            async with AtpClient(f"127.0.0.1:{port}", timeout_s=3, options=FAST_RECONNECT) as client:
+            async with AtpClient(f"127.0.0.1:{port}", timeout_s=3, reconnect_max_s=FAST_RECONNECT_S) as client:
                 await client.wait_ready(timeout_s=60)
                 if round_no == 0:
                     await client.record_events([
@@ -110,7 +110,7 @@ async def test_twenty_service_kills_and_five_redis_kills_lose_nothing_acknowledg
                 await asyncio.wait_for(asyncio.gather(*workers), 30)
         assert len(book.reservations) > 200 and len(book.facts) > 50, "the load did not get going"
         proc = spawn(redis_server.url, port, log)
-        async with AtpClient(f"127.0.0.1:{port}", timeout_s=10, options=FAST_RECONNECT) as client:
+        async with AtpClient(f"127.0.0.1:{port}", timeout_s=10, reconnect_max_s=FAST_RECONNECT_S) as client:
             await client.wait_ready(timeout_s=60)
             await check(client, book)
         print(f"faults: {SERVICE_KILLS} service kills, {SERVICE_KILLS // REDIS_KILL_EVERY} Redis kills; "

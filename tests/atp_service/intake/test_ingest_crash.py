@@ -15,7 +15,7 @@ from atp_client import AtpClient
 from tests.atp_service.app.test_crash import spawn
 from tests.atp_service.fact_helpers import F, on_hand_of, send_stream, wait_consumed
 from tests.ports import held_port
-from tests.waiting import FAST_RECONNECT
+from tests.waiting import FAST_RECONNECT_S
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ async def test_kill_minus_nine_mid_batch_applies_each_entry_once(redis_url: str,
     proc.wait()
     assert r.xinfo_groups("atp:in:pos")[0]["lag"] > 0, "consumer finished before the kill; test proves nothing"
     proc = spawn(redis_url, port, tmp_path / "service.log")
-    client = AtpClient(f"127.0.0.1:{port}", options=FAST_RECONNECT)
+    client = AtpClient(f"127.0.0.1:{port}", reconnect_max_s=FAST_RECONNECT_S)
     try:
         await client.wait_ready()
         await wait_consumed(redis_url, ["atp:in:pos"], timeout_s=60)

@@ -24,7 +24,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis, RedisDidNotStart
 from tests.atp_service.edge.test_api import receipt
-from tests.waiting import FAST_RECONNECT
+from tests.waiting import FAST_RECONNECT_S
 
 TWO_KEYS = "return redis.call('SET', KEYS[1], ARGV[1]) and redis.call('SET', KEYS[2], ARGV[1])"
 
@@ -80,7 +80,7 @@ async def test_make_cluster_serves_on_the_cluster_and_stops_it_all(tmp_path: Pat
     port = consecutive_free_ports(1)  # below the ephemeral range: no cluster node can take it first
     proc = _make_cluster(tmp_path / "c", port)
     try:
-        async with AtpClient(f"127.0.0.1:{port}", timeout_s=10, options=FAST_RECONNECT) as client:
+        async with AtpClient(f"127.0.0.1:{port}", timeout_s=10, reconnect_max_s=FAST_RECONNECT_S) as client:
             await client.wait_ready(60)
             await client.record_events([receipt(f"s-{sku}", sku, "DC", 5) for sku in ("A", "B", "C", "D")])
             held = await client.reserve("o", [(sku, "DC", 1) for sku in ("A", "B", "C", "D")], ttl_seconds=60)
@@ -111,8 +111,8 @@ async def test_make_cluster_with_processes_runs_them_leased_and_stops_once_none_
     log = tmp_path / "c.log"
     try:
         addresses = [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"]
-        async with (AtpClient(addresses[0], timeout_s=10, options=FAST_RECONNECT) as first,
-                    AtpClient(addresses[1], timeout_s=10, options=FAST_RECONNECT) as second):
+        async with (AtpClient(addresses[0], timeout_s=10, reconnect_max_s=FAST_RECONNECT_S) as first,
+                    AtpClient(addresses[1], timeout_s=10, reconnect_max_s=FAST_RECONNECT_S) as second):
             await asyncio.gather(first.wait_ready(60), second.wait_ready(60))
             for _ in range(600):
                 table = await first.stub.GetRouting(pb.GetRoutingRequest())
