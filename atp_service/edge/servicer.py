@@ -369,7 +369,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 convert.fill_reserve_response(outcome.response, *result)
         for n, outcome in (await sent.answers(moved)).items():
             answer.outcomes[n].CopyFrom(outcome)
-        check_answer_size(answer, len(batch.reservations), self.max_message_bytes)  # ends the stream
+        check_answer_size(answer, len(batch.reservations), self.max_message_bytes, bool(cmds))  # ends the stream
         self.latency("ReserveStream.batch", "OK").observe(time.perf_counter() - started)
         return answer
 

@@ -327,17 +327,22 @@ def when_settled(batches: set[asyncio.Task[Any]], then: Callable[[], None]) -> N
         task.add_done_callback(ended)
 
 
-def check_answer_size(answer: pb.ReserveStreamResponse, batch: int, max_message_bytes: int) -> None:
+def check_answer_size(answer: pb.ReserveStreamResponse, batch: int, max_message_bytes: int,
+                      decided: bool = True) -> None:
     """A batch's answer gRPC could not send (``max_message_bytes`` binds what the service sends
     too): it would end the stream ``RESOURCE_EXHAUSTED``, "send smaller ones", about reservations
     that were decided and are durable, and an OMS re-reserving them under new ids holds the stock
     twice. Ended instead ``OUTCOME_UNKNOWN`` (R7, R8), telling the caller to re-send them with the
-    same ids in smaller batches, which answers what was decided (R5)."""
+    same ids in smaller batches, which answers what was decided (R5). ``decided`` False: every item
+    was at fault (answered while the service recovers too), none decided, and the message says so
+    (the stream still ends in doubt: the batches read after it may have been decided)."""
     size = answer.ByteSize()
     if size > max_message_bytes:
+        said = ("they were decided; re-send them with the same ids in smaller batches, which answers what was decided"
+                if decided else "none of them was decided (each at fault, its id sent back whole); re-send them in "
+                "smaller batches, ids within max_id_length, to be told each one's fault")
         raise Unavailable(f"the answer to a batch of {batch} reservations ({size} bytes) exceeds max_message_bytes="
-                          f"{max_message_bytes}: they were decided; re-send them with the same ids in smaller "
-                          "batches, which answers what was decided", Reason.OUTCOME_UNKNOWN,
+                          f"{max_message_bytes}: {said}", Reason.OUTCOME_UNKNOWN,
                           metadata={"limit": "max_message_bytes"})
 
 

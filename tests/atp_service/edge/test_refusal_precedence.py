@@ -184,3 +184,26 @@ async def test_a_call_refused_at_the_door_is_told_so_whatever_its_request_and_th
     api = (Path(__file__).parents[3] / "docs" / "API.md").read_text()
     reasons = api[api.index("### Reasons"):api.index("<!-- reasons:begin")]
     assert "`SHUTTING_DOWN`" in reasons and "`SERVICE_OVERLOADED`" in reasons, "the door's refusals not told apart"
+
+
+async def test_a_stream_batch_all_at_fault_whose_answer_is_too_large_is_not_said_decided() -> None:
+    """A ``ReserveStream`` batch whose every item is at fault is answered while the service recovers: an answer past
+    ``max_message_bytes`` (a refusal per item is larger than an empty item) ends the stream ``OUTCOME_UNKNOWN`` as
+    any other (batches read after it may have been decided), but not saying "they were decided": none of its items
+    was, and none could be while the service recovers."""
+    service = AtpService(make_config(max_message_bytes=64 << 10), f"redis://127.0.0.1:{held_port()}/0")
+    empty = [pb.ReserveRequest()] * Limits().max_batch_reservations
+
+    async def batches() -> AsyncIterator[pb.ReserveStreamRequest]:
+        yield pb.ReserveStreamRequest(reservations=empty)
+
+    try:
+        async with starting_until_logged(service, "waiting for Redis") as starting:
+            assert not starting.done()
+            async with AtpClient(f"127.0.0.1:{service.port}") as client:
+                ended = await refused(anext(aiter(client.stub.ReserveStream(batches()))))
+        assert (ended.code, ended.reason, ended.metadata.get("limit")) == (
+            grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN", "max_message_bytes"), ended
+        assert "were decided" not in ended.message and "none of them was decided" in ended.message, ended.message
+    finally:
+        await asyncio.wait_for(service.stop(grace_s=0), timeout=30)
