@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from atp_service.intake.bounds import made_anew
 from atp_service.intake.entries import Ahead, Read, id_key
 from atp_service.intake.quarantine import QuarantineStream
 from atp_service.intake.unacked import Unacked
@@ -38,22 +39,27 @@ from reservation import Fact
 
 
 async def make_group_again(client: Any, stream: str, group: str, unacked: Unacked, written: str, bound: str,
-                           tagged: list[tuple[bytes, bytes]]) -> tuple[bool, bytes]:
-    """The group made on ``stream`` where it is missing (True: made now) after the id told with the token Redis holds in
-    ``bound`` of ``tagged`` (``bounds.start_again``), else from the stream's start; the stream's newest entry then its
-    mark (``unacked.again``, and Redis's for every reader) where ``written``, the quarantine stream's set, holds any
-    fact, or the stream's entries kept refused (E7) any: the entries up to it may have been settled before, and come
-    again. Where it was there, the mark it has (a process started since it was made). Made, the group reads after the id
-    it answers, and the reader's ``seen`` goes back to it; perhaps made (the script's answer lost: Redis may have run
-    it), from the stream's start (E6)."""
+                           tagged: list[tuple[bytes, bytes]], seen: tuple[bytes, str] | None = None
+                           ) -> tuple[bool, bytes]:
+    """The group made on ``stream`` where it is missing (True: made now) after the id told with the token Redis holds
+    in ``bound`` of ``tagged`` (``bounds.start_again``), else from the stream's start; the stream's newest entry then
+    its mark (``unacked.again``, and Redis's for every reader) where ``written``, the quarantine stream's set, holds
+    any fact, or the stream's entries kept refused (E7) any: the entries up to it may have been settled before, and
+    come again. Where it was there, the mark it has (a process started since it was made). Made, the group reads after
+    the id it answers, and the reader's ``seen`` goes back to it; perhaps made (the script's answer lost: Redis may
+    have run it), from the stream's start (E6). The bound of ``tagged`` is used only where the stream holds ``seen``,
+    the newest entry read (``bounds.start_again``): else it was made anew, said and its memory here forgotten
+    (``bounds.made_anew``)."""
     try:
-        made, mark, start = await make_group_marked(client, stream, group, b"0", written, bound, tagged)
+        made, mark, start, anew = await make_group_marked(client, stream, group, b"0", written, bound, tagged, seen)
     except BaseException:
         unacked.starts_at(stream, b"0")
         raise
     if made:
         unacked.starts_at(stream, start)
     unacked.marked({stream: mark})
+    if anew:
+        made_anew(stream, seen, unacked)
     return made, start
 
 

@@ -25,10 +25,9 @@ from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from atp_service.intake.entries import id_key
 from atp_service.intake.unacked import Unacked
 from atp_service.intake.unread import STREAM_ID_LUA, as_bytes, made_again_key
-from atp_service.storage.resp import as_text, stream_info
+from atp_service.storage.resp import as_text
 
 log = logging.getLogger(__name__)
 
@@ -100,23 +99,25 @@ async def tag_or_say(client: Any, streams: list[str], group: str, consumer: str,
                     extra={"event": "ingest_tag_failed", "error": str(exc)})
 
 
-async def start_again(client: Any, stream: str, unacked: Unacked) -> list[tuple[bytes, bytes]]:
+def start_again(stream: str, unacked: Unacked) -> tuple[list[tuple[bytes, bytes]], tuple[bytes, str] | None]:
     """Where a group made again may start (``Unacked.tagged``: per token, the bound), at the bound of the token Redis
     holds: after the newest entry this reader has seen there — the older ones were applied, or refused (E7 judged by a
     clock that has moved since), and must not be judged again (E8 aside) — or before the oldest it may hold
-    unacknowledged, which the group deleted took out of its pending list. None: from the stream's start. A stream
-    that is gone, or whose ids no longer reach that entry, was made anew (deleted, then written again): all of its
-    entries are new to the reader, and a group after that id would never deliver them — one the producer wrote far
-    ahead (an explicit id in µs) froze the stream's facts for good, with nothing failing or pending."""
-    seen = unacked.seen.get(stream)
-    if seen is None:
-        return []
-    info = await stream_info(client, stream)
-    if info is not None and id_key(as_text(info["last-generated-id"]).encode()) >= id_key(seen):
-        return unacked.tagged(stream)
-    log.warning("input stream %s was made anew: its ids no longer reach entry %s, the newest this reader "
-                "had seen; all of its entries are read", stream, as_text(seen),
+    unacknowledged, which the group deleted took out of its pending list. Told with that entry (its id, its fields'
+    digest): the script making the group (``unread._MAKE``) uses no bound where the stream is not the one it was read
+    in — gone, its ids short of it, or that id naming another entry or none that a trim or an XDEL took: made anew
+    (deleted, written again), all of its entries are new to the reader, and a group after the bound would never deliver
+    those up to it. One the producer wrote far ahead (an explicit id in µs) froze the stream's facts for good; one
+    written again from low ids past it (a producer giving its own ids) lost those before it, nothing failing or pending.
+    None read there: from the stream's start."""
+    seen = unacked.seen_entry(stream)
+    return ([] if seen is None else unacked.tagged(stream)), seen
+
+
+def made_anew(stream: str, seen: tuple[bytes, str] | None, unacked: Unacked) -> None:
+    """``stream`` found made anew where its group was made again (``unread._MAKE``): said, and what this reader keeps
+    of the old stream by id (its newest read, entries refused) forgotten — its ids name other entries now."""
+    log.warning("input stream %s was made anew: it no longer holds entry %s, the newest this reader had "
+                "seen; all of its entries are read", stream, as_text(seen[0]) if seen else "?",
                 extra={"event": "ingest_stream_made_anew", "stream": stream})
-    del unacked.seen[stream]  # the old stream's: the newest read is counted again in the stream made anew
     unacked.made_anew(stream)
-    return []

@@ -114,9 +114,9 @@ class StreamIngestor:
             self._consumer_run = await self._desk.quarantine.run_of(  # that run (marked at least claim_idle_ms)
                 self._client, group, self._config.consumer_name, *marked)
         for stream in self._streams:  # from the beginning: entries appended while the service was down count too
-            tagged = await start_again(self._client, stream, self._unacked) if again else []
+            tagged, seen = start_again(stream, self._unacked) if again else ([], None)
             made, start = await make_group_again(self._client, stream, group, self._unacked, written,
-                                                 bound_key(stream, group, self._config.consumer_name), tagged)
+                                                 bound_key(stream, group, self._config.consumer_name), tagged, seen)
             if made and again:
                 log.warning("input stream %s had no consumer group %s (the stream or its group was deleted): "
                             "made again, read after entry %s", stream, group, as_text(start),
@@ -269,7 +269,7 @@ class StreamIngestor:
             name = as_text(stream)
             entries += [(name, entry_id, flat or None) for entry_id, flat in rows]
             if rows:
-                self._unacked.note_seen(name, rows[-1][0])
+                self._unacked.note_seen(name, rows[-1][0], rows[-1][1])
         return entries
 
     async def _claim(self) -> list[Entry]:

@@ -45,6 +45,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator
 
+from atp_service.intake.anew import entry_digest
 from atp_service.intake.dead_letters import Why
 from atp_service.intake.entries import Dead, Entry, id_key
 from atp_service.storage.resp import group_lost
@@ -73,6 +74,7 @@ class Unacked:
 
     def __init__(self) -> None:
         self.seen: dict[str, bytes] = {}  # per stream, the newest entry id read (a group made again: its start)
+        self._seen_digest: dict[str, str] = {}  # per stream, that entry's fields' digest, where it is that entry's
         self.again: dict[str, bytes] = {}  # per stream, its newest entry when its group was made (Redis's mark)
         self._refused: dict[str, list[tuple[tuple[int, int], bytes]]] = {}  # per stream, by id: refused by the clock
         self._letters: dict[tuple[str, bytes], tuple[Why, bytes]] = {}  # each refused: why, its dead letter's id
@@ -145,7 +147,8 @@ class Unacked:
         """A group made on ``stream`` after ``start`` (or perhaps made: the answer lost): the entries after it come
         again, so a next loss of the group starts no later — where a pass over the reader's own pending list, empty in
         the new group, let go of the bounds that kept ``start``, the newest entry read must not stay past them."""
-        self.seen.pop(stream, None)
+        if self.seen.pop(stream, None) != start:  # another id: no entry read there, whose fields are known
+            self._seen_digest.pop(stream, None)
         if start != b"0":
             self.seen[stream] = start
             self._lower_tags(stream, start)
@@ -153,11 +156,21 @@ class Unacked:
             for bounds in self._tags.values():
                 bounds.pop(stream, None)
 
-    def note_seen(self, stream: str, entry_id: bytes) -> None:
-        """``entry_id`` read from ``stream`` (``seen``: the newest)."""
+    def note_seen(self, stream: str, entry_id: bytes, flat: list[bytes] | None = None) -> None:
+        """``entry_id`` read from ``stream`` with its fields ``flat`` (``seen``: the newest, and its digest)."""
         seen = self.seen.get(stream)
         if seen is None or id_key(entry_id) > id_key(seen):
             self.seen[stream] = entry_id
+            if flat is None:
+                self._seen_digest.pop(stream, None)
+            else:
+                self._seen_digest[stream] = entry_digest(flat)
+
+    def seen_entry(self, stream: str) -> tuple[bytes, str] | None:
+        """The newest entry read from ``stream`` and its fields' digest ('' where not known: ``starts_at`` an id no
+        entry was read at), to tell a stream made anew (``bounds.start_again``); None: none read."""
+        seen = self.seen.get(stream)
+        return None if seen is None else (seen, self._seen_digest.get(stream, ""))
 
     def refused(self, entries: Iterable[tuple[Dead, bytes]]) -> None:
         """Entries dead-lettered by a judgement of the clock (E7), each with its dead letter's id: not judged again if
@@ -194,6 +207,8 @@ class Unacked:
 
     def made_anew(self, stream: str) -> None:
         """``stream`` deleted and written again: its ids name other entries now."""
+        self.seen.pop(stream, None)  # the old stream's: the newest read is counted again in the stream made anew
+        self._seen_digest.pop(stream, None)
         self._drop(stream, len(self._refused.get(stream, [])))
         self._first.pop(stream, None)
 

@@ -35,6 +35,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from atp_service.config_values import MADE_AGAIN, REFUSED, TRIMMED_UNREAD
+from atp_service.intake.anew import ANEW_LUA
 from atp_service.storage.lua_counts import no_count
 from atp_service.storage.resp import as_text, no_such_key
 from atp_service.storage.scripts import ACL_LUA
@@ -195,21 +196,22 @@ until it catches up, and a gap crossed before then is not counted."""
 _MAKE = """
 -- KEYS: the stream, its made-again mark, the quarantine stream's set of facts written, the stream's entries refused
 -- (``refused_key``), and where ARGV has tokens the consumer's token beside the stream (``bounds.bound_key``). ARGV:
--- group, '0' or the entry id to read after, the most entries after it to count, then token, entry id to read after,
--- ... Returns {1: made now, 0: there already; the mark, or false; the id read after}.
--- Made again, the group reads after the id told with the token Redis holds (``bounds.py``: a bound used only while
--- Redis holds the write that justified it), or after ARGV[2] where it holds none of them.
--- Made at an id, a group has no entries-read (Redis cannot tell how many entries reach the id), and
--- a read crossing a gap then counts none of the entries lost. Where none after the id is gone
--- (trimmed or deleted), its count is every entry ever added less those still after the id.
+-- group, '0' or the id to read after, the most entries after it to count, the newest entry read there or '', its
+-- digest or '' (``anew.py``), then token, id to read after, ... Returns {1: made now, 0: there already; the mark, or
+-- false; the id read after; 1: the stream made anew}. Made again, the group reads after the id told with the token
+-- Redis holds (``bounds.py``: a bound used only while Redis holds its write), else (none held, made anew) ARGV[2].
+-- Made at an id, a group has no entries-read (Redis cannot tell how many entries reach the id), and a read crossing a
+-- gap then counts none of the entries lost. Where none after the id is gone (trimmed or deleted), its count is every
+-- entry ever added less those still after the id.
 local key, mark, written, group, start, most = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3])
-""" + STREAM_ID_LUA + ACL_LUA + """
+""" + STREAM_ID_LUA + ANEW_LUA + ACL_LUA + """
 local refused = denied({{'XINFO', 'STREAM', key}, {'EXISTS', written}, {'EXISTS', KEYS[4]}, {'DEL', mark},
                         {'SET', mark, '0-1'}})
 if refused then return refused end  -- an ACL changed since the start: the group made, its mark refused (ACL_LUA)
-if #ARGV > 3 then  -- pcall: a token of another type (a stray key) or one denied is none held
+local was = (ARGV[4] ~= '' and anew(key, ARGV[4], ARGV[5])) and 1 or 0  -- here: none made anew after it was asked
+if #ARGV > 5 and was == 0 then  -- pcall: a token of another type (a stray key) or one denied is none held
   local held = redis.pcall('GET', KEYS[5])
-  for i = 4, #ARGV, 2 do
+  for i = 6, #ARGV, 2 do
     if ARGV[i] == held then start = ARGV[i + 1] end
   end
 end
@@ -227,7 +229,7 @@ if start ~= '0' and redis.call('EXISTS', key) == 1 then
 end
 local made = redis.pcall(unpack(create))
 if type(made) == 'table' and made['err'] then
-  if string.find(made['err'], 'BUSYGROUP', 1, true) then return {0, redis.call('GET', mark), start} end
+  if string.find(made['err'], 'BUSYGROUP', 1, true) then return {0, redis.call('GET', mark), start, was} end
   return made  -- any other refusal, as the error reply itself
 end
 -- In the same script: every reader is told (the read's reply) that entries up to it may come again. None
@@ -237,10 +239,10 @@ end
 local newest = field(redis.call('XINFO', 'STREAM', key), 'last-generated-id')
 if newest == '0-0' or (redis.call('EXISTS', written) == 0 and redis.call('EXISTS', KEYS[4]) == 0) then
   redis.call('DEL', mark)
-  return {1, false, start}
+  return {1, false, start, was}
 end
 redis.call('SET', mark, newest)
-return {1, newest, start}
+return {1, newest, start, was}
 """
 
 
@@ -285,18 +287,20 @@ def trimmed_unread_key(stream: str, group: str, consumer: str) -> str:
 
 
 async def make_group_marked(client: Any, stream: str, group: str, start: bytes, written: str, bound: str | None = None,
-                            tagged: Sequence[tuple[bytes, bytes]] = ()) -> tuple[bool, bytes | None, bytes]:
+                            tagged: Sequence[tuple[bytes, bytes]] = (), seen: tuple[bytes, str] | None = None
+                            ) -> tuple[bool, bytes | None, bytes, bool]:
     """``resp.make_group`` after ``start`` (``0``, or a full ``ms-seq`` id) — or after the id told with the token
-    ``bound`` holds, of ``tagged`` (token, id) — the group's count of entries read set where it can be known: else
-    the first gap it crosses goes uncounted and unlogged — facts lost with no alert (ATPInputTrimmedUnread). Whether
-    it was made now, the group's made-again mark (set now where ``written``, the quarantine stream's set, holds any
-    fact or ``refused_key`` any entry, or the one it has: ``_MAKE``), and the id it was made after."""
+    ``bound`` holds, of ``tagged`` (token, id), but in a stream made anew since ``seen`` was read (``anew.py``) — the
+    group's count of entries read set where it can be known: else the first gap it crosses goes uncounted and unlogged
+    — facts lost with no alert (ATPInputTrimmedUnread). Whether it was made now, the group's made-again mark (set now
+    where ``written``, the quarantine stream's set, holds any fact or ``refused_key`` any entry, or the one it has:
+    ``_MAKE``), the id it was made after, and whether the stream was made anew."""
     keys = [stream, made_again_key(stream, group), written, refused_key(stream, group),
             *([bound] if tagged and bound is not None else [])]
     pairs = [one for pair in tagged for one in pair] if bound is not None else []
-    made, mark, after = await client.register_script(_MAKE)(keys=keys, args=[group, start, REMADE_GROUP_COUNT_MAX,
-                                                                             *pairs])
-    return bool(made), None if mark is None else as_bytes(mark), as_bytes(after)
+    made, mark, after, anew = await client.register_script(_MAKE)(
+        keys=keys, args=[group, start, REMADE_GROUP_COUNT_MAX, *(seen or (b"", "")), *pairs])
+    return bool(made), None if mark is None else as_bytes(mark), as_bytes(after), bool(anew)
 
 
 def as_bytes(value: Any) -> bytes:

@@ -33,6 +33,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from atp_service.intake import bounds, claims, dead_letters, departed, runs, unread
+from atp_service.intake.anew import entry_digest
 from atp_service.intake.entries import id_key
 from atp_service.storage.nodes import Call
 from tests.sim import inputscripts, inputsweep
@@ -267,13 +268,15 @@ class SimStreams:
         entry after ``start`` is gone and at most ``most`` follow it; its made-again mark the stream's newest id (none
         on an empty stream, or where the quarantine stream's set holds no fact and the stream's refused set no entry).
         There already (BUSYGROUP): nothing made, the mark it has answered. Tokens told (``bounds.py``): after the id
-        told with the one the consumer's token holds, else after ``start``."""
+        told with the one the consumer's token holds, else after ``start`` — or where the stream is not the one the
+        entry read was read in (``anew.py``), answered last."""
         (stream, mark, written, refused), group, start, most = keys[:4], _text(args[0]), _id(args[1]), int(args[2])
-        held_token = self.tokens.get(keys[4]) if len(keys) > 4 else None
-        start = next((_id(args[i + 1]) for i in range(3, len(args), 2) if _id(args[i]) == held_token), start)
+        anew = _text(args[3]) != "" and self._anew(stream, _id(args[3]), _text(args[4]))
+        held_token = self.tokens.get(keys[4]) if len(keys) > 4 and not anew else None
+        start = next((_id(args[i + 1]) for i in range(5, len(args), 2) if _id(args[i]) == held_token), start)
         held = self.streams.get(stream)
         if held is not None and group in held.groups:
-            return [0, self.marks.get(mark), start]
+            return [0, self.marks.get(mark), start, int(anew)]
         first = next(iter(held.entries), None) if held is not None else None
         counted = start == b"0" or (first is not None and id_key(first) <= id_key(start) and
                                     sum(id_key(e) > id_key(start) for e in held.entries) <= most)  # type: ignore[union-attr]
@@ -282,9 +285,22 @@ class SimStreams:
         newest = self.streams[stream].last_id
         if newest == b"0-0" or not (self.written.get(written) or self.refused.get(refused)):  # none held or refused
             self.marks.pop(mark, None)
-            return [1, None, start]
+            return [1, None, start, int(anew)]
         self.marks[mark] = newest
-        return [1, newest, start]
+        return [1, newest, start, int(anew)]
+
+    def _anew(self, stream: str, seen: bytes, digest: str) -> bool:
+        """``anew.ANEW_LUA``: the stream gone, its ids short of ``seen``, or another entry there (``digest``), or none
+        that a trim took (no XDEL here)."""
+        held = self.streams.get(stream)
+        if held is None or id_key(seen) > id_key(held.last_id):
+            return True
+        if digest == "":
+            return False
+        if seen in held.entries:
+            return entry_digest(held.entries[seen]) != digest
+        first = next(iter(held.entries), None)
+        return first is not None and id_key(first) <= id_key(seen)
 
     def _group(self, stream: str, group: str) -> tuple[Stream, Group]:
         held = self.streams.get(stream)
