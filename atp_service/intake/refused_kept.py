@@ -81,5 +81,5 @@ async def recall(client: Any, group: str, unacked: Unacked, entries: Sequence[En
             letter, digest, why = unpacked(as_bytes(value))
             fields = fields_of[(stream, entry_id)]
             if digest is None or (fields is not None and fingerprint(fields) == digest):  # else maybe another's id
-                found.append(((stream, entry_id, [], why), letter))
+                found.append(((stream, entry_id, fields or [], why), letter))
     unacked.refused(found)

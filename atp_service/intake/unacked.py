@@ -46,7 +46,7 @@ import os
 from collections.abc import Iterable, Iterator
 
 from atp_service.intake.anew import entry_digest
-from atp_service.intake.dead_letters import Why
+from atp_service.intake.dead_letters import Why, fingerprint
 from atp_service.intake.entries import Dead, Entry, id_key
 from atp_service.storage.resp import group_lost
 
@@ -77,7 +77,7 @@ class Unacked:
         self._seen_digest: dict[str, str] = {}  # per stream, that entry's fields' digest, where it is that entry's
         self.again: dict[str, bytes] = {}  # per stream, its newest entry when its group was made (Redis's mark)
         self._refused: dict[str, list[tuple[tuple[int, int], bytes]]] = {}  # per stream, by id: refused by the clock
-        self._letters: dict[tuple[str, bytes], tuple[Why, bytes]] = {}  # each refused: why, its dead letter's id
+        self._letters: dict[tuple[str, bytes], tuple[Why, bytes, str | None]] = {}  # each: why, its letter, digest
         self._first: dict[str, bytes] = {}  # per stream, its oldest entry as the last tag found it (``tag_answered``)
         self._left: dict[str, bytes] = {}  # entries left pending (to be read again from its own list)
         self._left_in_pass: dict[str, bytes] | None = None  # those left since a pass from the start began
@@ -174,13 +174,22 @@ class Unacked:
 
     def refused(self, entries: Iterable[tuple[Dead, bytes]]) -> None:
         """Entries dead-lettered by a judgement of the clock (E7), each with its dead letter's id: not judged again if
-        they come again."""
-        for (stream, entry_id, _, why), letter in entries:
+        they come again — with the fields they had (their digest: none known, by their ids alone)."""
+        for (stream, entry_id, fields, why), letter in entries:
             kept = self._refused.setdefault(stream, [])
             if not _has(kept, entry_id):
                 bisect.insort(kept, (id_key(entry_id), entry_id))
-            self._letters[(stream, entry_id)] = (why, letter)
+            self._letters[(stream, entry_id)] = (why, letter, fingerprint(fields) if fields else None)
             self._drop(stream, len(kept) - REFUSED_KEPT)
+
+    def _was_refused(self, stream: str, entry_id: bytes, fields: list[bytes] | None) -> bool:
+        """The entry refused already (``refused``): its id, and its fields where both are known. Another given its
+        id (its stream made anew from low ids, its group made again by another process's reader: this one was told
+        nothing) is not it — taken for it, a fact was dropped with the old entry's dead letter, none of its own."""
+        if not _has(self._refused.get(stream), entry_id):
+            return False
+        digest = self._letters[(stream, entry_id)][2]
+        return digest is None or not fields or fingerprint(fields) == digest
 
     def judged(self, entries: list[Entry]) -> tuple[list[Entry], list[Dead]]:
         """``entries`` apart from those refused already (``refused``), which are dead-lettered as they were: their
@@ -188,13 +197,13 @@ class Unacked:
         if not self._refused:
             return entries, []
         judged = [(stream, entry_id, fields or [], self._letters[(stream, entry_id)][0])
-                  for stream, entry_id, fields in entries if _has(self._refused.get(stream), entry_id)]
+                  for stream, entry_id, fields in entries if self._was_refused(stream, entry_id, fields)]
         gone = {dead[:2] for dead in judged}
         return [entry for entry in entries if (entry[0], entry[1]) not in gone], judged
 
     def letters(self, dead: Iterable[Dead]) -> dict[tuple[str, bytes], bytes]:
         """Per entry of ``dead`` refused already (``refused``), the id of the dead letter written for it."""
-        return {one[:2]: self._letters[one[:2]][1] for one in dead if one[:2] in self._letters}
+        return {one[:2]: self._letters[one[:2]][1] for one in dead if self._was_refused(one[0], one[1], one[2])}
 
     def _drop(self, stream: str, count: int) -> None:
         """The ``count`` oldest entries refused on ``stream`` forgotten."""

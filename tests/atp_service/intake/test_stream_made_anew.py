@@ -13,9 +13,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from atp_service import ManualClock
 from atp_service.intake.anew import entry_digest
 from atp_service.intake.unread import make_group_marked
-from tests.atp_service.fact_helpers import F, wait_consumed
+from atp_service.tasks import cancel_and_wait
+from tests.atp_service.fact_helpers import F, dead_lettered, wait_consumed
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
@@ -23,6 +25,8 @@ STREAM = "atp:in:pos"
 GROUP = "atp"
 WRITTEN = "t:quarantine:written"
 TOKEN = b"token-1"
+T = 1_700_000_000_000
+HOUR_MS = 3_600_000
 
 
 def _tagged_at(service: Any, entry_id: bytes) -> bool:
@@ -145,3 +149,40 @@ async def test_the_stream_read_is_told_from_one_made_anew_by_what_it_holds_at_th
     finally:
         await client.aclose()
 
+
+async def test_an_entry_of_a_stream_made_anew_given_the_id_of_one_refused_is_judged_not_taken_for_it(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """Defect: the reader kept the entries it refused (E7) by their ids alone. The stream deleted and written again
+    from low ids, and its group made again by another process's reader (this one never refused NOGROUP, so never
+    told the stream was made anew), a new entry given a refused one's id was taken for it: dead-lettered as refused,
+    its dead letter the old entry's (not written again) — a RECEIPT dropped, no dead letter of its own; and one
+    dead-lettered for its own reason (a bad quantity) had its letter taken for the old entry's: none written."""
+    clock = ManualClock(T)
+    r: Any = redis.Redis.from_url(redis_url)
+    service, client = await start_service(clock=clock)
+    r.xadd(STREAM, F("bad-clock", "RECEIPT", "A", "S1", 5, T + HOUR_MS).fields(), id="1000-0")
+    r.xadd(STREAM, F("bad-clock-2", "RECEIPT", "A", "S1", 6, T + HOUR_MS).fields(), id="2000-0")
+    await wait_consumed(redis_url, [STREAM])
+    await until(lambda: dead_lettered(service, STREAM) == 2, "refused as stamped in the future (E7)")
+    reader, desk = service.ingestor, service.desk
+    assert reader is not None and desk is not None
+    await cancel_and_wait(reader.task)  # driven by hand: the group made again by another reader, as it would
+    bad = {**F("n2", "RECEIPT", "A", "S1", 1, T - 40).fields(), "quantity": "many"}
+    with r.pipeline(transaction=True) as pipe:
+        pipe.delete(STREAM)
+        pipe.xadd(STREAM, F("n1", "RECEIPT", "A", "S1", 4, T - 50).fields(), id="1000-0")
+        pipe.xadd(STREAM, bad, id="2000-0")
+        pipe.execute()
+    other = aioredis.Redis.from_url(redis_url)
+    try:
+        await make_group_marked(other, STREAM, GROUP, b"0", desk.quarantine.written_key)
+    finally:
+        await other.aclose()
+    read = await reader._read(None, block=None)
+    assert [entry_id for _, entry_id, _ in read] == [b"1000-0", b"2000-0"]
+    await reader._handle(read)
+    assert (await client.availability([("A", "S1")]))[0].on_hand == 4, "n1 taken for the entry refused"
+    letters = [fields for _, fields in r.xrange("atp:dlq")]
+    assert [(one[b"event_id"], one[b"_id"]) for one in letters] == [
+        (b"bad-clock", b"1000-0"), (b"bad-clock-2", b"2000-0"), (b"n2", b"2000-0")], "n2's own dead letter"
+    assert letters[2][b"_reason"].startswith(b"quantity")
