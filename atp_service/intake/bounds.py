@@ -115,8 +115,8 @@ def start_again(stream: str, unacked: Unacked) -> tuple[list[tuple[bytes, bytes]
 
 
 def made_anew(stream: str, seen: tuple[bytes, str] | None, unacked: Unacked) -> None:
-    """``stream`` found made anew where its group was made again (``unread._MAKE``): said, and what this reader keeps
-    of the old stream by id (its newest read, entries refused) forgotten — its ids name other entries now."""
+    """``stream`` found made anew where its group was made again (``unread._MAKE``): said, and the newest entry this
+    reader read there forgotten — its ids name other entries now (``Unacked.made_anew``)."""
     log.warning("input stream %s was made anew: it no longer holds entry %s, the newest this reader had "
                 "seen; all of its entries are read", stream, as_text(seen[0]) if seen else "?",
                 extra={"event": "ingest_stream_made_anew", "stream": stream})

@@ -215,10 +215,11 @@ class Unacked:
             self._refused.pop(stream, None)
 
     def made_anew(self, stream: str) -> None:
-        """``stream`` deleted and written again: its ids name other entries now."""
+        """``stream`` deleted and written again: its ids name other entries now. The entries refused are kept: each is
+        told by its fields (``refused``), and a stream whose ids fall short of the entry read may be Redis back from
+        older data, holding one refused here that it lost the refusal of — judged again by a clock moved on, applied."""
         self.seen.pop(stream, None)  # the old stream's: the newest read is counted again in the stream made anew
         self._seen_digest.pop(stream, None)
-        self._drop(stream, len(self._refused.get(stream, [])))
         self._first.pop(stream, None)
 
     def _forget_refused(self) -> None:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from atp_service import ManualClock
 from atp_service.intake.anew import entry_digest
-from atp_service.intake.unread import make_group_marked
+from atp_service.intake.unread import make_group_marked, refused_key, refused_letters_key
 from atp_service.tasks import cancel_and_wait
 from tests.atp_service.fact_helpers import F, dead_lettered, wait_consumed
 from tests.conftest import ServiceFactory
@@ -186,3 +186,28 @@ async def test_an_entry_of_a_stream_made_anew_given_the_id_of_one_refused_is_jud
     assert [(one[b"event_id"], one[b"_id"]) for one in letters] == [
         (b"bad-clock", b"1000-0"), (b"bad-clock-2", b"2000-0"), (b"n2", b"2000-0")], "n2's own dead letter"
     assert letters[2][b"_reason"].startswith(b"quantity")
+
+
+async def test_an_entry_refused_before_redis_lost_its_tail_is_not_judged_again_as_of_a_stream_made_anew(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """Defect: a stream whose ids fall short of the newest entry read is taken for one made anew — or Redis came back
+    from older data (a restart from an older save, a failover to a lagging replica). The reader forgot the entries it
+    had refused (E7) there, by id, as of another stream: one Redis's older data holds unrefused (its dead letter, its
+    place in the refused set and its acknowledgement lost with one script) came again and was judged again by a clock
+    that had moved on — applied, its dead letter saying it was refused. Its fields tell it (the digest kept with it)."""
+    clock = ManualClock(T)
+    r: Any = redis.Redis.from_url(redis_url)
+    r.xadd(STREAM, F("bad-clock", "RECEIPT", "A", "S1", 5, T + HOUR_MS).fields(), id="1000-0")
+    image = r.dump(STREAM)  # saved before the service read it: no group, nothing refused
+    service, client = await start_service(clock=clock)
+    await until(lambda: dead_lettered(service, STREAM) == 1, "refused as stamped in the future (E7)")
+    r.xadd(STREAM, F("p2", "RECEIPT", "B", "S1", 1, T - 50).fields(), id="2000-0")
+    await wait_consumed(redis_url, [STREAM])
+    with r.pipeline(transaction=True) as pipe:  # Redis back from that save: the stream, and nothing refused beside it
+        pipe.delete(refused_key(STREAM, GROUP), refused_letters_key(STREAM, GROUP))
+        pipe.restore(STREAM, 0, image, replace=True)
+        pipe.execute()
+    clock.advance(2 * HOUR_MS)  # bad-clock's stamp within the skew now
+    await wait_consumed(redis_url, [STREAM], timeout_s=20)
+    assert (await client.availability([("A", "S1")]))[0].on_hand == 0, "the entry refused was applied"
+    assert r.xlen("atp:dlq") == 1
