@@ -301,7 +301,12 @@ class StreamIngestor:
     async def _handle(self, entries: list[Entry], wait: bool = True) -> int:
         """Apply the entries' facts; acknowledge each entry once its fact is durable (here or at its
         group's owner) or dead-lettered. The others stay pending, to be read again — and are known to
-        ``Unacked`` meanwhile: a group deleted takes them out of the pending list."""
+        ``Unacked`` meanwhile: a group deleted takes them out of the pending list. One another batch holds in hand
+        (delivered again meanwhile) stays pending, judged once that batch settled (``Unacked.busy``)."""
+        if busy := self._unacked.busy(entries):
+            self._unacked.left(busy)
+            self._left_pending()  # read again from our own list: a pass waits for the batches in flight
+            entries = [entry for entry in entries if entry[:2] not in busy]
         if not entries:
             return 0
         held = self._unacked.hold(entries)

@@ -82,6 +82,7 @@ class Unacked:
         self._left: dict[str, bytes] = {}  # entries left pending (to be read again from its own list)
         self._left_in_pass: dict[str, bytes] | None = None  # those left since a pass from the start began
         self._in_hand: dict[int, dict[str, bytes]] = {}  # batches being applied, each its lowest per stream
+        self._held: dict[int, set[tuple[str, bytes]]] = {}  # batches being applied, each its entries
         self._next = 0
         self._first_pass: dict[str, bytes] | None = None  # where the first pass since the start is, while it is
         self._read_through = False  # a pass read the list through since the start
@@ -98,7 +99,16 @@ class Unacked:
             self._lower_tags(stream, bound)
         self._next += 1
         self._in_hand[self._next] = lowest
+        self._held[self._next] = {(stream, entry_id) for stream, entry_id, _ in entries}
         return self._next
+
+    def busy(self, entries: Iterable[tuple[str, bytes, object]]) -> set[tuple[str, bytes]]:
+        """The entries of ``entries`` a batch in hand holds: delivered again to this reader (a group made again, a claim
+        of its own entry) while that batch judges them. Judged again meanwhile, by a clock moved on, one was applied
+        while the first batch's refusal (E7) landed, the entry pending to this very consumer: applied, its letter saying
+        refused. Left pending instead, read again from the reader's own list once that batch settled."""
+        ids = {(stream, entry_id) for stream, entry_id, _ in entries}
+        return {one for held in self._held.values() for one in held & ids}
 
     @contextlib.contextmanager
     def taken(self) -> Iterator[list[Entry]]:
@@ -132,6 +142,7 @@ class Unacked:
     def release(self, token: int) -> None:
         """The batch settled: each of its entries acknowledged, or told to ``left``."""
         self._in_hand.pop(token, None)
+        self._held.pop(token, None)
 
     def marked(self, marks: dict[str, bytes | None]) -> None:
         """Each stream's made-again mark as Redis answered it with the entries it delivered (``again.py``). One
