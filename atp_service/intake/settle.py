@@ -42,18 +42,20 @@ class Settler:
         given_up = await self._bound.past(refused) if refused else []  # read for ever otherwise, never applied
         if dead or given_up:
             # Remembered once dead-lettered (else each stays pending): a group made again delivers them again.
-            await self.dead_letter(dead + given_up, {*judged, *(one[:2] for one in given_up)})
-            self._bound.told(given_up, refused)
+            written = await self.dead_letter(dead + given_up, {*judged, *(one[:2] for one in given_up)})
+            self._bound.told([one for one in given_up if one[:2] in written], refused)  # not those gone elsewhere
         await self.ack(done)
         return len(done) + len(dead) + len(given_up)
 
-    async def dead_letter(self, dead: list[Dead], clock: Collection[tuple[str, bytes]]) -> None:
+    async def dead_letter(self, dead: list[Dead], clock: Collection[tuple[str, bytes]]) -> set[tuple[str, bytes]]:
         """The entries' dead letters written, then the entries acknowledged (``dead_letters.write``): both, even if a
         stop cancels the reader meanwhile; one read trimmed that Redis, back from older data, holds is left pending.
         One refused already (``Unacked.judged``) is not written again while the dead-letter stream holds its letter.
         Those refused by a judgement (``clock``: E7) or already are remembered, with their letters' ids (Redis too).
         One pending to this consumer no more (delivered again elsewhere: its group made again meanwhile, or claimed) is
-        left to the reader that holds it now, neither written nor acknowledged here (``dead_letters.write``)."""
+        left to the reader that holds it now, neither written nor acknowledged here (``dead_letters.write``).
+        Returns the entries acknowledged with their letters: one given up (``RefusalBound``) and gone elsewhere is its
+        holder's to count, not this reader's."""
         cfg, before = self._config, self._unacked.letters(dead)
         keep = Kept({one[:2] for one in dead if one[:2] in clock or one[:2] in before}, cfg.ingest_refused_kept)
         told = asyncio.ensure_future(write_dead_letters(self._client, dead, cfg.dead_letter_stream,
@@ -69,6 +71,7 @@ class Settler:
         self._unacked.left([*kept, *elsewhere])  # known held here (``Unacked``): a group made again starts before them
         self._unacked.refused((one, letters[one[:2]]) for one in dead if one[:2] in letters and one[:2] in keep.entries)
         self.told([one for one in dead if one[:2] in letters and letters[one[:2]] != before.get(one[:2])])
+        return set(letters)
 
     def told(self, dead: list[Dead]) -> None:
         """Dead letters written: counted and logged."""
