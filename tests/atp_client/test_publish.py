@@ -383,6 +383,7 @@ class _LosesOneCancellation:
 
     def __init__(self) -> None:
         self.writes = 0
+        self.executing = asyncio.Event()  # the chunk is out: the cancellation is to land in ``execute``
 
     async def __aenter__(self) -> _LosesOneCancellation:
         return self
@@ -397,6 +398,7 @@ class _LosesOneCancellation:
         self.writes += 1
 
     async def execute(self, raise_on_error: bool) -> list[Any]:
+        self.executing.set()
         with contextlib.suppress(asyncio.CancelledError):  # lost, as the library loses it
             await asyncio.sleep(3600)
         await asyncio.sleep(3600)
@@ -406,8 +408,10 @@ class _LosesOneCancellation:
 async def test_a_ctrl_c_is_kept_when_the_redis_client_loses_the_cancellation() -> None:
     from atp_client._publish import write
 
-    run = asyncio.ensure_future(write(_LosesOneCancellation(), STREAM, [(1, {"a": 1}), (2, {"a": 2})], 10))
-    await asyncio.sleep(0.05)  # the chunk is out
+    pipeline = _LosesOneCancellation()
+    run = asyncio.ensure_future(write(pipeline, STREAM, [(1, {"a": 1}), (2, {"a": 2})], 10))
+    # The chunk out, not a pause: a host that stalled the loop past a pause had the cancellation land before it.
+    await asyncio.wait_for(pipeline.executing.wait(), 30)
     run.cancel()
     finished, _ = await asyncio.wait([run], timeout=30)  # the test's own bound: without the fix, an hour
     assert finished, "the interrupted write went on waiting for Redis"
