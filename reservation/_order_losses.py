@@ -80,7 +80,7 @@ def lost_parts(order: Reservation, found: Mapping[int, Reservation], now: int, l
         return []  # undecided: a part missing was never reserved
     # Another order's part under the id (``others``) is there, not forgotten: lost whatever the order's age.
     holding = _holding(order, place)
-    foreign = {group for group in others(order, found, place) if holding.get(group, 0) > 0}
+    foreign = {group for group in others(order, found, place, limits) if holding.get(group, 0) > 0}
     released = set(released_unrecorded(order, found, place)) | foreign
     if now - order.created_at >= limits.retention_ms // 2:
         return sorted(released)
@@ -88,29 +88,41 @@ def lost_parts(order: Reservation, found: Mapping[int, Reservation], now: int, l
     return sorted({group for group in order.parts if group in granted and group not in found} | released)
 
 
-def others(order: Reservation, found: Mapping[int, Reservation], place: Place) -> list[int]:
+def others(order: Reservation, found: Mapping[int, Reservation], place: Place, limits: Limits) -> list[int]:
     """The groups where ``found`` holds a part of other content than ``order`` asks there (not ``own_part``): another
     order's of that id — the first no longer remembered, the part's group back from data older than this order's part
     (R7). This order's part there is gone, its hold with it where its record holds units there (``lost_parts``); the
     other is never confirmed, fulfilled nor released on its behalf (``shares_for``), nor read as its lines."""
     asked = orders.split(orders.command_of(order), place)
-    return [group for group, part in found.items() if not (group in asked and own_part(part, asked[group]))]
+    return [group for group, part in found.items() if not _own(order, part, asked.get(group), limits)]
 
 
-def own_parts(order: Reservation, found: Mapping[int, Reservation], place: Place) -> dict[int, Reservation]:
+def _own(order: Reservation, part: Reservation, cmd: ReserveCommand | None, limits: Limits) -> bool:
+    """Whether ``part`` is ``order``'s own part ``cmd`` reserves (``own_part``) — not one of the same content
+    resolved longer before ``order`` was opened than the retention and half of it again (the margin for the groups'
+    clocks ``lost_parts`` assumes): an earlier order's of that id, its group back from data older than this order's
+    part (R7). An own part is resolved after its order was opened; one its home lost the record of, a retry of its
+    Reserve opening the order again, was replayed to it within its retention by its group's clock (``forgotten``)."""
+    if cmd is None or not own_part(part, cmd):
+        return False
+    return part.state not in TERMINAL or order.created_at - part.updated_at <= limits.retention_ms * 3 // 2
+
+
+def own_parts(order: Reservation, found: Mapping[int, Reservation], place: Place,
+              limits: Limits) -> dict[int, Reservation]:
     """``found`` less another order's parts (``others``): what the order's lines are read and recorded from
     (``_orders.view``, ``_orders.settled``), its record's lines shown where its part is gone, never the other's."""
-    foreign = others(order, found, place)
+    foreign = others(order, found, place, limits)
     return {group: part for group, part in found.items() if group not in foreign}
 
 
 def shares_for(order: Reservation, shares: Mapping[int, PendingOp], found: Mapping[int, Reservation],
-               place: Place) -> dict[int, PendingOp]:
+               place: Place, limits: Limits) -> dict[int, PendingOp]:
     """``shares`` of ``order``'s change less those to another order's part (``others``): never confirmed, fulfilled
     or released on its behalf (a confirmed one's units are a confirmed order's, Q3) — but a whole release or expiry
     of one that only holds releases it, as giving the order up does (``give_up_part``): its hold is no order's now,
     and no other step would ever give it back (R2)."""
-    foreign = others(order, found, place)
+    foreign = others(order, found, place, limits)
     return {group: share for group, share in shares.items() if group not in foreign or (
         not share.lines and share.kind in (OrderStep.RELEASE, OrderStep.EXPIRE) and found[group].state == State.HELD)}
 
@@ -144,7 +156,7 @@ def lost_committed(order: Reservation, found: Mapping[int, Reservation], now: in
     from ``found``): its units there were committed for a confirmed order (Q3) and are committed nowhere now."""
     if order.state != State.CONFIRMED or order.pending is not None:
         return []
-    foreign = others(order, found, place)  # its part there gone, another order's of that id found in its place
+    foreign = others(order, found, place, limits)  # its part there gone, another order's of that id found in its place
     return [group for group in lost_parts(order, found, now, limits, place) if group not in found or group in foreign]
 
 
@@ -179,14 +191,14 @@ def part_again(order: Reservation, group: int, place: Place, now: int) -> Reserv
 
 
 def refused_again(order: Reservation, parts: Mapping[int, Reservation], place: Place,
-                  group_names: Container[str]) -> dict[int, ReserveCommand]:
+                  group_names: Container[str], limits: Limits) -> dict[int, ReserveCommand]:
     """The shares (group -> its part's Reserve) of the undecided ``order`` decided by its parts (``decided_by_parts``)
     whose part, lost at its group with the order's decision (R7) and reserved again, was refused (its units no longer
     fit: REJECTED; its group full: missing). An order decided all or none (not ``allow_partial``) was decided HELD
     whole before a part of it was confirmed (R2, R3), so that part held every line, its units now a confirmed
     order's (Q3): committed again (``part_committed``), never left refused with its units committed nowhere. Not a
     part naming a location group (``group_names``): the member locations its lost decision picked are not known."""
-    if order.allow_partial or not decided_by_parts(order, parts, place):
+    if order.allow_partial or not decided_by_parts(order, parts, place, limits):
         return {}
     return {group: cmd for group, cmd in orders.split(orders.command_of(order), place).items()
             if (group not in parts or parts[group].state == State.REJECTED)
@@ -202,7 +214,7 @@ def part_committed(cmd: ReserveCommand, now: int) -> Reservation:
                        State.CONFIRMED, lines, now, 0, now, ttl_default=cmd.ttl_default)
 
 
-def commit_again(view_: View, part: Reservation) -> Reservation:
+def commit_again(view_: View, part: Reservation, limits: Limits) -> Reservation:
     """On the part's shard: ``part`` (``part_again``, ``part_committed``) saved and its units committed again (Q3) —
     where they no longer fit, the position is oversold, shown (Q5). A part of that id already there is answered as it
     stands (a replay) — but one refused (REJECTED, holding nothing) is the lost part reserved again (``refused_again``):
@@ -210,7 +222,7 @@ def commit_again(view_: View, part: Reservation) -> Reservation:
     released (no order's now, R2), unless CONFIRMED: a confirmed order's units, kept committed (Q3), answered as is."""
     found = view_.reservation(part.reservation_id)
     if found is not None and found.state != State.REJECTED:
-        if found.state == State.CONFIRMED or own_part(found, orders.command_of(part)):
+        if found.state == State.CONFIRMED or _own(part, found, orders.command_of(part), limits):  # opened as its order
             return found
         for line in found.lines:  # HELD, or resolved (holding nothing)
             if line.held:
@@ -228,20 +240,19 @@ def was_confirmed(part: Reservation) -> bool:
     return part.state in (State.CONFIRMED, State.FULFILLED)
 
 
-def confirmed_by_parts(order: Reservation, parts: Mapping[int, Reservation], place: Place) -> bool:
+def confirmed_by_parts(order: Reservation, parts: Mapping[int, Reservation], place: Place, limits: Limits) -> bool:
     """Whether ``order`` is HELD with nothing pending though a part of its own was confirmed (``own_confirmed``):
     Redis lost its confirmation at its home (R7: the home's group back from older data, the part's kept its own).
     One confirmed of other content leaves it HELD, to expire as its caller never confirmed it (R3)."""
-    return order.state == State.HELD and order.pending is None and own_confirmed(order, parts, place)
+    return order.state == State.HELD and order.pending is None and own_confirmed(order, parts, place, limits)
 
 
-def own_confirmed(order: Reservation, parts: Mapping[int, Reservation], place: Place) -> bool:
+def own_confirmed(order: Reservation, parts: Mapping[int, Reservation], place: Place, limits: Limits) -> bool:
     """Whether a part of ``parts`` of the order's own content (``own_part``) was confirmed (``was_confirmed``). One
     of other content under its id is another order's of that id (R5: one no longer remembered, its part there back
     from older data over this one's): its confirmation proves nothing of this order, never committing its units."""
     asked = orders.split(orders.command_of(order), place)
-    return any(was_confirmed(part) and group in asked and own_part(part, asked[group])
-               for group, part in parts.items())
+    return any(was_confirmed(part) and _own(order, part, asked.get(group), limits) for group, part in parts.items())
 
 
 def confirmed_again(order: Reservation, now: int) -> Reservation:
@@ -257,17 +268,17 @@ def restored(order: Reservation) -> bool:
     return order.pending == RESTORED
 
 
-def confirmation_applied(order: Reservation, parts: Mapping[int, Reservation], place: Place) -> bool:
+def confirmation_applied(order: Reservation, parts: Mapping[int, Reservation], place: Place, limits: Limits) -> bool:
     """Whether ``order``'s confirmation, recorded pending at its home, confirmed a part of its own (``was_confirmed``,
     ``own_part``): carried through whatever part Redis lost, as one confirmed again is (``restored``). Its caller may
     have been told CONFIRMED (its home back from older data to the pending record, the settled one lost, R7); its
     confirmed parts' units are committed (Q3), a lost part's committed again (``lost_committed``), never released."""
     if order.pending is None or order.pending.kind != OrderStep.CONFIRM:
         return False
-    return own_confirmed(order, parts, place)
+    return own_confirmed(order, parts, place, limits)
 
 
-def decided_by_parts(order: Reservation, parts: Mapping[int, Reservation], place: Place) -> bool:
+def decided_by_parts(order: Reservation, parts: Mapping[int, Reservation], place: Place, limits: Limits) -> bool:
     """Whether ``order`` is undecided (its Reserve pending) though a part was confirmed (``was_confirmed``): a part is
     confirmed only once its order was decided HELD and its home recorded the confirmation (R3), so Redis lost both at
     its home (R7: the home's group back from before the decision, the part's kept its own). Not where a part holds
@@ -276,7 +287,7 @@ def decided_by_parts(order: Reservation, parts: Mapping[int, Reservation], place
     if order.pending is None or order.pending.kind != OrderStep.RESERVE or not any(map(was_confirmed, parts.values())):
         return False
     asked = orders.split(orders.command_of(order), place)
-    return all(group in asked and own_part(part, asked[group]) for group, part in parts.items())
+    return all(_own(order, part, asked.get(group), limits) for group, part in parts.items())
 
 
 def own_part(part: Reservation, cmd: ReserveCommand) -> bool:
@@ -338,10 +349,10 @@ def decided_again(order: Reservation, parts: Mapping[int, Reservation], now: int
 
 
 def decide(order: Reservation, parts: Mapping[int, Reservation], now: int,
-           place: Place) -> tuple[Reservation | None, list[int]]:
+           place: Place, limits: Limits) -> tuple[Reservation | None, list[int]]:
     """``_orders.decide`` of the undecided ``order`` — but where a part was confirmed (``decided_by_parts``), its
     decision again from its parts (``decided_again``): never refused, its held parts never released (R3, Q3)."""
-    if decided_by_parts(order, parts, place):
+    if decided_by_parts(order, parts, place, limits):
         return decided_again(order, parts, now), []
     return orders.decide(order, parts, now)
 

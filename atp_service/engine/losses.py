@@ -47,10 +47,10 @@ def torn(order: Reservation, parts: Mapping[int, Reservation], now: int, limits:
     if not lost:
         return []
     # A confirmed order's (R3), or one whose confirmation confirmed a part: its committed units stay committed (Q3)
-    kept = losses.restored(order) or losses.confirmation_applied(order, parts, place)
+    kept = losses.restored(order) or losses.confirmation_applied(order, parts, place, limits)
     # A lost group whose part is there: released whole by no change of the order (``released_unrecorded``), or
     # another order's of that id in its place (``others``).
-    others = losses.others(order, parts, place)
+    others = losses.others(order, parts, place, limits)
     released = [group for group in lost if group in parts and group not in others]
     log_lost(order.reservation_id, lost, released, KEPT if kept else GIVEN_UP, others)
     return [] if kept else lost
@@ -67,7 +67,8 @@ async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now
                      "shard": groups[0]})
     made = {group: CommitPart(losses.part_again(order, group, engine.place, now)) for group in groups}
     parts: dict[int, Reservation] = await run_parts(engine, dict(made))
-    if kept := losses.others(order, parts, engine.place):  # another order's CONFIRMED part there (``commit_again``)
+    # Another order's CONFIRMED part there (``commit_again``)
+    if kept := losses.others(order, parts, engine.place, engine.limits):
         log.error("confirmed order %r has in its place in shard groups %s a confirmed part of another order of its "
                   "id (Redis lost acknowledged entries there: restarted from data older than this order's part); it is "
                   "kept, its units committed (Q3), and this order's units there are committed nowhere",
@@ -82,7 +83,8 @@ async def commit_refused(engine: Engine, order: Reservation, parts: dict[int, Re
     (``_order_losses.refused_again``) made again, their units committed (Q3) — where they no longer fit, the position
     shown oversold (Q5), as ``commit_lost`` does for a decided order's."""
     policy = engine.group_policies.get(order.channel, engine.default_group_policy)
-    refused = losses.refused_again(order, parts, engine.place, policy.groups if policy is not None else {})
+    refused = losses.refused_again(order, parts, engine.place, policy.groups if policy is not None else {},
+                                   engine.limits)
     if not refused:
         return parts
     log.error("order %r, decided again from a part confirmed, had its parts in shard groups %s lost with its "
@@ -112,7 +114,8 @@ def log_lost(order_id: str, groups: list[int], released: list[int], what: str, o
                    "it again)")
     if others:
         why.append(f"has in its place in shard groups {others} a part of another order of its id, of other content "
-                   "(Redis lost acknowledged entries there: restarted from data older than this order's part)")
+                   "or resolved long before this order opened (Redis lost acknowledged entries there: restarted from "
+                   "data older than this order's part)")
     log.error("order %r %s; %s", order_id, " and ".join(why), what,
               extra={"event": "order_part_lost", "reservation_id": order_id, "shard": groups[0]})
 

@@ -65,7 +65,7 @@ async def _expire_unanswered(sagas: Orders, order_id: str, home: int) -> bool:
         # release pending (its share applied where the parts answered) is overtaken: the expiry gives back the rest.
         return False
     answering, silent = await answering_parts(engine, order)
-    if not silent or losses.own_confirmed(order, answering, engine.place):
+    if not silent or losses.own_confirmed(order, answering, engine.place, engine.limits):
         # R3, Q3: confirmed again (never expired) once every part answers — a partial Release pending too (its home
         # back to before the confirmation, R7): ``confirmed_by_parts`` sees one only where nothing is pending. A part
         # of other content confirmed is another order's of that id (R5): it holds this one's expiry back for nothing.
@@ -90,7 +90,7 @@ async def undecided_parts(sagas: Orders, order: Reservation, home: int) -> dict[
     answering, silent = await answering_parts(engine, order)
     if silent and engine.now_at(home) < order.expires_at + unanswered_after_ms(engine):
         raise Unavailable(UNDECIDED, Reason.OUTCOME_UNKNOWN)  # as ``Orders._parts``: the next pass reads again
-    if silent and not losses.decided_by_parts(order, answering, engine.place):
+    if silent and not losses.decided_by_parts(order, answering, engine.place, engine.limits):
         _said(engine, order.reservation_id, home, silent)
     return answering
 
@@ -142,7 +142,8 @@ async def read_order(sagas: Orders, order_id: str, home: int, as_recorded: bool)
     Not a step another process asks (``SettleOrder``: a shipment after it carries the change through first)."""
     try:
         order, parts = await sagas._settled(order_id, home)
-        return orders.view(order, losses.own_parts(order, parts, sagas._engine.place))  # never another order's part
+        engine = sagas._engine
+        return orders.view(order, losses.own_parts(order, parts, engine.place, engine.limits))  # not another's
     except Unavailable:
         if not as_recorded:
             raise

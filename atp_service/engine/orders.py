@@ -231,21 +231,22 @@ class Orders(OrderSteps):
         the order's decision; the order as recorded. A part confirmed proves it decided and confirmed before its home
         lost that (R7): decided again CONFIRMED, carried through, never refused nor given up (R3, Q3)."""
         cmds, now = orders.split(command_of(order), place := self._engine.place), self._engine.now_at
+        limits = self._engine.limits
         try:
             parts = await run_parts(self._engine, {g: ReservePart(cmd) for g, cmd in cmds.items()})
         except DomainError as exc:
             if isinstance(exc, Unavailable):
                 raise
             parts = await self._parts(order, missing_ok=True)  # refused by a rule (a part's id taken by other
-            if not losses.decided_by_parts(order, parts, place):  # content, its group full): given up, unless
+            if not losses.decided_by_parts(order, parts, place, limits):  # content, its group full): given up, unless
                 expired = await self._abandon(order, home, exc)  # a part of it confirmed
                 await self._save(home, orders.settled(expired, now(home)), over=expired)
                 raise orders.refused_again(expired.ops[orders.REFUSED]) from None  # told as a retry is (R5)
         parts = await commit_refused(self._engine, order, parts, now(home))  # Q3: a lost part refused, committed
-        decided, release = losses.decide(order, parts, now(home), place)
+        decided, release = losses.decide(order, parts, now(home), place, limits)
         if release:  # an expiry's share: only a part still HELD (one confirmed meanwhile kept, Q3)
             await self._apply(order, dict.fromkeys(release, PendingOp(OrderStep.EXPIRE)))
-            decided, _ = losses.decide(order, await self._parts(order), now(home), place)
+            decided, _ = losses.decide(order, await self._parts(order), now(home), place, limits)
         assert decided is not None
         log_decided_again(decided, home)  # where it was decided again (``_order_losses.decided_again``)
         await self._save(home, decided, over=order)
@@ -262,13 +263,14 @@ class Orders(OrderSteps):
             if lost:
                 raise FailedPrecondition("EXPIRED", f"its hold in shard groups {lost} is gone (Redis lost acknowledged "
                                          "entries there): it was given up whole; reserve again", order_id)
-        place, mine = self._engine.place, losses.own_parts(order, parts, self._engine.place)  # not another order's
+        place, limits = self._engine.place, self._engine.limits
+        mine = losses.own_parts(order, parts, place, limits)  # not another order's
         done, shares, error = orders.plan(orders.view(order, mine), step, self._engine.now_at(home),
                                           self._engine.limits, place)
         if done is not None:
             await self._save(home, done, over=order)  # decided: from here on it is carried through
-            await self._apply(done, losses.shares_for(order, shares, parts, place))  # as read: before the change
-            mine = losses.own_parts(done, await self._parts(done), place)
+            await self._apply(done, losses.shares_for(order, shares, parts, place, limits))  # as read: before it
+            mine = losses.own_parts(done, await self._parts(done), place, limits)
             order = orders.settled(done, self._engine.now_at(home), mine)  # as done
             await self._save(home, order, over=done)
         if error is not None and not quiet:
@@ -282,13 +284,14 @@ class Orders(OrderSteps):
         every part is, by SHIPMENT facts (R5), by whichever path drives it on (else CONFIRMED and live for good)."""
         order, place = await self._settle(order_id, home), self._engine.place
         parts = await self._parts(order)
-        if losses.confirmed_by_parts(order, parts, place):  # R3, Q3: its home lost its confirmation (R7): never expired
+        # R3, Q3: its home lost its confirmation (R7): never expired
+        if losses.confirmed_by_parts(order, parts, place, self._engine.limits):
             log_confirmed_again(order_id, home)
             await self._save(home, losses.confirmed_again(order, self._engine.now_at(home)), over=order)
             return await self._settled(order_id, home)  # carried through to every part (``_settle``)
         if lost := losses.lost_committed(order, parts, now := self._engine.now_at(home), self._engine.limits, place):
             parts |= await commit_lost(self._engine, order, lost, now)  # Q3, R4: its units committed again
-        shown = orders.view(order, losses.own_parts(order, parts, place))
+        shown = orders.view(order, losses.own_parts(order, parts, place, self._engine.limits))
         if order.state in (State.HELD, State.CONFIRMED) and shown.state in (State.FULFILLED, State.RELEASED):
             # A held order's parts are resolved by no SHIPMENT fact: nothing outstanding there means Redis
             # lost them; given up whole (EXPIRED, logged) as a Confirm does it, not recorded RELEASED (R3).
@@ -308,7 +311,7 @@ class Orders(OrderSteps):
             return order
         if pending.kind == OrderStep.RESERVE:  # past its TTL, given up undecided — unless a part of it was confirmed
             if self._engine.now_at(home) < order.expires_at or losses.decided_by_parts(order, await undecided_parts(
-                    self, order, home), self._engine.place):  # R3, Q3: decided, confirmed, lost at its home
+                    self, order, home), place, self._engine.limits):  # R3, Q3: decided, confirmed, lost at its home
                 return await self._decide(order, home)
             order = await self._abandon(order, home)  # never decided within its TTL: nothing stays held
         elif pending.kind == OrderStep.EXPIRE and not any(line.granted for line in order.lines):
@@ -318,8 +321,10 @@ class Orders(OrderSteps):
             return await self._settle(order_id, home)  # given up whole: expired
         else:  # none to another order's part of that id (``shares_for``); a silent group's share sent as it is
             found = parts if parts is not None else (await answering_parts(self._engine, order))[0]
-            await self._apply(order, losses.shares_for(order, orders.shares(order, pending, place), found, place))
-            parts = losses.own_parts(order, await self._parts(order), place)  # recorded as they did it (``_change``)
+            shares = orders.shares(order, pending, place)
+            await self._apply(order, losses.shares_for(order, shares, found, place, self._engine.limits))
+            # recorded as they did it (``_change``)
+            parts = losses.own_parts(order, await self._parts(order), place, self._engine.limits)
         settled = orders.settled(order, self._engine.now_at(home), parts)
         await self._save(home, settled, over=order)
         return settled

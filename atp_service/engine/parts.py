@@ -138,7 +138,7 @@ def work_of(engine: Engine, step: PartStep) -> Work:
     if isinstance(step, GiveUpPart):
         return lambda ledger, now: losses.give_up_part(ledger, step.cmd, now, limits)  # another order's kept
     if isinstance(step, CommitPart):
-        return lambda ledger, _now: losses.commit_again(ledger, step.part)
+        return lambda ledger, _now: losses.commit_again(ledger, step.part, limits)
     assert isinstance(step, ReadPart), step
     return lambda ledger, _now: _read(ledger, step.part)
 

@@ -3,6 +3,8 @@ still found under the id (``_order_losses``), no I/O: never taken for the second
 
 from __future__ import annotations
 
+import msgspec
+
 from reservation import OrderStep, PendingOp, State, reserve
 from reservation import _order_losses as losses
 from reservation import _orders as orders
@@ -54,16 +56,16 @@ def test_another_order_s_part_under_the_id_is_a_lost_part_whatever_the_order_s_a
     estate = Estate()
     second = reserved_order(estate, SECOND)
     assert losses.lost_parts(second, estate.parts(second), NOW, LIMITS, place) == []
-    assert losses.others(second, estate.parts(second), place) == []
+    assert losses.others(second, estate.parts(second), place, LIMITS) == []
     _group_1_back_with_the_first_order(estate, confirmed=False)
     parts = estate.parts(second)
     for now in (NOW, NOW + LIMITS.retention_ms):
         assert losses.lost_parts(second, parts, now, LIMITS, place) == [1], "another order's part taken for its own"
-    assert losses.own_parts(second, parts, place) == {0: parts[0]}
+    assert losses.own_parts(second, parts, place, LIMITS) == {0: parts[0]}
     confirm = orders.shares(second, PendingOp(OrderStep.CONFIRM), place)
-    assert losses.shares_for(second, confirm, parts, place) == {0: confirm[0]}  # never confirmed on its behalf
+    assert losses.shares_for(second, confirm, parts, place, LIMITS) == {0: confirm[0]}  # never confirmed on its behalf
     release = orders.shares(second, PendingOp(OrderStep.RELEASE), place)
-    assert losses.shares_for(second, release, parts, place) == release  # a hold no order's now: released (R2)
+    assert losses.shares_for(second, release, parts, place, LIMITS) == release  # a hold no order's now: released (R2)
 
 
 def test_a_confirmed_order_s_part_replaced_by_another_order_s_is_made_again_over_it_R7_Q3() -> None:
@@ -76,18 +78,49 @@ def test_a_confirmed_order_s_part_replaced_by_another_order_s_is_made_again_over
     _group_1_back_with_the_first_order(estate, confirmed=False)
     assert (estate.held("B"), estate.committed("B")) == (2, 0)
     assert losses.lost_committed(second, estate.parts(second), NOW, LIMITS, place) == [1]
-    made = losses.commit_again(estate.ledgers[1], losses.part_again(second, 1, place, NOW))
+    made = losses.commit_again(estate.ledgers[1], losses.part_again(second, 1, place, NOW), LIMITS)
     assert [(line.sku, line.requested, line.committed) for line in made.lines] == [("B", 1, 1)]
     assert (estate.held("B"), estate.committed("B")) == (0, 1), "the order's unit committed nowhere"
     assert losses.lost_committed(second, estate.parts(second), NOW, LIMITS, place) == []
 
     _group_1_back_with_the_first_order(estate, confirmed=True)
     parts = estate.parts(second)
-    kept = losses.commit_again(estate.ledgers[1], losses.part_again(second, 1, place, NOW))
+    kept = losses.commit_again(estate.ledgers[1], losses.part_again(second, 1, place, NOW), LIMITS)
     assert kept == parts[1] and (estate.held("B"), estate.committed("B")) == (0, 2)
     for step in (PendingOp(OrderStep.RELEASE), PendingOp(OrderStep.FULFIL), PendingOp(OrderStep.EXPIRE)):
-        assert 1 not in losses.shares_for(second, orders.shares(second, step, place), parts, place)
-        done, shares, _ = orders.plan(orders.view(second, losses.own_parts(second, parts, place)), step, NOW, LIMITS,
+        assert 1 not in losses.shares_for(second, orders.shares(second, step, place), parts, place, LIMITS)
+        mine = losses.own_parts(second, parts, place, LIMITS)
+        done, shares, _ = orders.plan(orders.view(second, mine), step, NOW, LIMITS,
                                       place)
         if done is not None:  # as recorded pending (its lines released, a stop carrying it through): the same
-            assert 1 not in losses.shares_for(done, shares, parts, place)
+            assert 1 not in losses.shares_for(done, shares, parts, place, LIMITS)
+
+
+def test_a_same_content_part_resolved_long_before_its_order_opened_is_another_order_s_R7_R3_Q3() -> None:
+    """Defect (found by review): the first order of the id fulfilled and forgotten, the id reserved again with the same
+    content, then group 1 back from data older than the second order's part: the first's FULFILLED part, same content,
+    was taken for the second's own (``own_part``): the HELD order confirmed again from it (``confirmed_by_parts``),
+    nothing held or committed at group 1 for it. A resolved part is the order's own only if resolved no longer before
+    the order was opened than the retention and half of it again (the clocks' margin): an own part is resolved after
+    its order opened, and one replayed to a retry of its Reserve (its home lost it) within its retention."""
+    first = Estate()
+    fulfilled = changed(first, changed(first, reserved_order(first, ASKED), PendingOp(OrderStep.CONFIRM)),
+                        PendingOp(OrderStep.FULFIL))
+    part = first.parts(fulfilled)[1]
+    assert part.state == State.FULFILLED
+    estate = Estate()
+    held = reserved_order(estate, ASKED)
+    estate.ledgers[1] = first.ledgers[1]  # group 1 back from data older than the second order's part
+    margin = LIMITS.retention_ms * 3 // 2
+    for late, own in ((part.updated_at + margin, True), (part.updated_at + margin + 1, False)):
+        second = msgspec.structs.replace(held, created_at=late)
+        parts = estate.parts(second)
+        assert losses.confirmed_by_parts(second, parts, place, LIMITS) is own, (late, own)
+        assert losses.others(second, parts, place, LIMITS) == ([] if own else [1])
+        assert losses.lost_parts(second, parts, late, LIMITS, place) == ([] if own else [1])
+        opened = msgspec.structs.replace(second, pending=PendingOp(OrderStep.RESERVE))
+        assert losses.decided_by_parts(opened, parts, place, LIMITS) is own
+    confirmed = msgspec.structs.replace(held, state=State.CONFIRMED, created_at=part.updated_at + margin + 1)
+    assert losses.lost_committed(confirmed, estate.parts(confirmed), NOW, LIMITS, place) == [1]
+    made = losses.commit_again(estate.ledgers[1], losses.part_again(confirmed, 1, place, NOW), LIMITS)
+    assert made.state == State.CONFIRMED and estate.committed("B") == 2, "the order's units committed nowhere"

@@ -55,7 +55,7 @@ def test_an_order_whose_home_lost_its_confirmation_is_confirmed_again_and_never_
     estate = Estate()
     held = _home_lost_its_confirmation(estate)
     late = held.expires_at
-    assert losses.confirmed_by_parts(held, estate.parts(held), place)
+    assert losses.confirmed_by_parts(held, estate.parts(held), place, LIMITS)
     again = losses.confirmed_again(held, late)
     assert (again.state, again.expires_at, again.pending) == (State.CONFIRMED, 0, losses.RESTORED)
     assert again.pending is not None
@@ -63,7 +63,7 @@ def test_an_order_whose_home_lost_its_confirmation_is_confirmed_again_and_never_
     settled = orders.settled(again, late, estate.parts(again))
     assert settled.pending is None and orders.view(settled, estate.parts(settled)).state == State.CONFIRMED
     assert (estate.held("A"), estate.committed("A"), estate.committed("B")) == (0, 3, 2)
-    assert not losses.confirmed_by_parts(settled, estate.parts(settled), place)
+    assert not losses.confirmed_by_parts(settled, estate.parts(settled), place, LIMITS)
     assert orders.plan(orders.view(settled, estate.parts(settled)), PendingOp(OrderStep.EXPIRE), late + 10**9,
                        LIMITS, place) == (None, {}, None)
 
@@ -71,9 +71,9 @@ def test_an_order_whose_home_lost_its_confirmation_is_confirmed_again_and_never_
 def test_a_held_order_whose_parts_are_held_is_not_taken_for_confirmed_and_expires_R3() -> None:
     estate = Estate()
     held = reserved_order(estate, ASKED)
-    assert not losses.confirmed_by_parts(held, estate.parts(held), place)
+    assert not losses.confirmed_by_parts(held, estate.parts(held), place, LIMITS)
     pending = orders.open_order(ASKED, (0, 1), NOW)  # undecided: a RESERVE pending, never taken for confirmed
-    assert not losses.confirmed_by_parts(pending, estate.parts(held), place)
+    assert not losses.confirmed_by_parts(pending, estate.parts(held), place, LIMITS)
     done, shares, _ = orders.plan(orders.view(held, estate.parts(held)), PendingOp(OrderStep.EXPIRE),
                                   held.expires_at, LIMITS, place)
     assert done is not None and done.state == State.EXPIRED
@@ -88,7 +88,7 @@ def test_a_restored_confirmation_is_told_from_a_confirm_and_kept_whatever_part_r
     estate = Estate()
     held = _home_lost_its_confirmation(estate)
     parts = estate.parts(held)
-    assert losses.confirmed_by_parts(held, {1: parts[1]}, place)  # its part in group 0 lost as well
+    assert losses.confirmed_by_parts(held, {1: parts[1]}, place, LIMITS)  # its part in group 0 lost as well
     again = losses.confirmed_again(held, NOW)
     assert losses.lost_parts(again, {1: parts[1]}, NOW, LIMITS, place) == [0]
     assert losses.restored(again)
@@ -124,8 +124,8 @@ def test_an_order_whose_home_went_back_before_its_decision_is_decided_again_conf
     parts = estate.reserve_parts(ASKED)  # the Reserve's steps again: replays of the parts where they are
     assert parts[1].state == State.CONFIRMED
     assert orders.decide(opened, parts, NOW) == (None, [0])  # as a Reserve decides: group 0 released, refused
-    assert losses.decided_by_parts(opened, parts, place)
-    decided, release = losses.decide(opened, parts, opened.expires_at + 1, place)  # its TTL passed or not
+    assert losses.decided_by_parts(opened, parts, place, LIMITS)
+    decided, release = losses.decide(opened, parts, opened.expires_at + 1, place, LIMITS)  # its TTL passed or not
     assert decided is not None and not release
     assert (decided.state, decided.expires_at, decided.pending) == (State.CONFIRMED, 0, losses.RESTORED)
     assert [(line.sku, line.outcome, line.granted) for line in decided.lines] == [
@@ -147,16 +147,16 @@ def test_an_order_whose_home_went_back_before_its_part_there_has_that_part_reser
     opened = _home_back_before_its_decision(estate, home_part=False)
     found = {1: estate.ledgers[1].reservation(orders.part_id("o", 1))}
     assert all(part is not None for part in found.values())
-    only = losses.decide(opened, found, NOW, place)[0]  # type: ignore[arg-type]
+    only = losses.decide(opened, found, NOW, place, LIMITS)[0]  # type: ignore[arg-type]
     assert only is not None and [(line.sku, line.outcome) for line in only.lines] == [
         ("A", Outcome.NOT_ATTEMPTED), ("B", Outcome.GRANTED)]
-    decided, _ = losses.decide(opened, estate.reserve_parts(ASKED), NOW, place)
+    decided, _ = losses.decide(opened, estate.reserve_parts(ASKED), NOW, place, LIMITS)
     assert decided is not None and decided.pending is not None and decided.state == State.CONFIRMED
     estate.apply(decided, orders.shares(decided, decided.pending, place))
     assert (estate.held("A"), estate.committed("A"), estate.committed("B")) == (0, 3, 2)
     short = Estate(a=1)  # sold meanwhile: the lost part is refused, the order stays confirmed (A committed nowhere)
     opened = _home_back_before_its_decision(short, home_part=False)
-    decided, _ = losses.decide(opened, short.reserve_parts(ASKED), NOW, place)
+    decided, _ = losses.decide(opened, short.reserve_parts(ASKED), NOW, place, LIMITS)
     assert decided is not None and decided.state == State.CONFIRMED
     assert [(line.sku, line.outcome) for line in decided.lines] == [("A", Outcome.INSUFFICIENT), ("B", Outcome.GRANTED)]
     assert (short.held("A"), short.committed("A"), short.committed("B")) == (0, 0, 2)
@@ -168,15 +168,15 @@ def test_an_undecided_order_whose_parts_only_hold_is_decided_as_a_reserve_decide
     estate = Estate()
     opened = orders.open_order(ASKED, (0, 1), NOW)
     parts = estate.reserve_parts(ASKED)
-    assert not losses.decided_by_parts(opened, parts, place)
-    assert losses.decide(opened, parts, NOW, place) == orders.decide(opened, parts, NOW)
-    assert losses.decide(opened, parts, NOW, place)[0].state == State.HELD  # type: ignore[union-attr]
+    assert not losses.decided_by_parts(opened, parts, place, LIMITS)
+    assert losses.decide(opened, parts, NOW, place, LIMITS) == orders.decide(opened, parts, NOW)
+    assert losses.decide(opened, parts, NOW, place, LIMITS)[0].state == State.HELD  # type: ignore[union-attr]
     short = Estate(b=1)
     refused = short.reserve_parts(ASKED)
-    assert losses.decide(opened, refused, NOW, place) == (None, [0])
+    assert losses.decide(opened, refused, NOW, place, LIMITS) == (None, [0])
     held = reserved_order(Estate(), ASKED)
     confirmed = {g: msgspec.structs.replace(p, state=State.CONFIRMED) for g, p in parts.items()}
-    assert not losses.decided_by_parts(held, confirmed, place)  # decided: ``confirmed_by_parts``' case, not this one
+    assert not losses.decided_by_parts(held, confirmed, place, LIMITS)  # decided: ``confirmed_by_parts``' case
 
 
 def test_a_confirmed_part_of_other_content_proves_nothing_of_an_order_and_is_kept_when_it_is_given_up_R5_Q3() -> None:
@@ -191,8 +191,8 @@ def test_a_confirmed_part_of_other_content_proves_nothing_of_an_order_and_is_kep
     reopened = orders.open_order(other, (0, 1), NOW)
     part = estate.ledgers[1].reservation(orders.part_id("o", 1))
     assert part is not None and part.state == State.CONFIRMED
-    assert losses.decided_by_parts(first, {1: part}, place)
-    assert not losses.decided_by_parts(reopened, {1: part}, place)
+    assert losses.decided_by_parts(first, {1: part}, place, LIMITS)
+    assert not losses.decided_by_parts(reopened, {1: part}, place, LIMITS)
     share = orders.split(other, place)[1]
     kept = losses.give_up_part(estate.ledgers[1], share, NOW, LIMITS)
     assert kept.state == State.CONFIRMED and estate.committed("B") == 2
@@ -261,7 +261,7 @@ def test_a_confirmed_order_s_lost_part_is_made_again_with_what_it_had_committed_
     assert losses.lost_committed(msgspec.structs.replace(order, state=State.HELD), found, NOW, LIMITS, place) == []
     part = losses.part_again(order, 1, place, NOW)
     for _ in range(2):
-        made = losses.commit_again(estate.ledgers[1], part)
+        made = losses.commit_again(estate.ledgers[1], part, LIMITS)
         assert made.state == State.CONFIRMED and made.reservation_id == lost
         assert [(line.sku, line.committed, line.released) for line in made.lines] == [("B", 1, 1)]
         assert estate.committed("B") == 1
@@ -279,17 +279,17 @@ def test_a_confirmed_part_of_other_content_does_not_restore_a_held_order_s_confi
     Only a part of its own content proves its home lost a confirmation (``own_part``): it stays HELD and expires."""
     first_estate = Estate()
     first = _home_lost_its_confirmation(first_estate)
-    assert losses.confirmed_by_parts(first, first_estate.parts(first), place)  # its own part: restored
+    assert losses.confirmed_by_parts(first, first_estate.parts(first), place, LIMITS)  # its own part: restored
     estate = Estate()
     second = reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 1)))
     assert second.state == State.HELD and second.pending is None
     foreign = first_estate.parts(first)[1]  # group 1 back from data older than the second order's part
     assert foreign.state == State.CONFIRMED
     parts = {0: estate.parts(second)[0], 1: foreign}
-    assert not losses.confirmed_by_parts(second, parts, place), "restored from another order's confirmed part"
+    assert not losses.confirmed_by_parts(second, parts, place, LIMITS), "restored from another order's confirmed part"
     fulfilled = msgspec.structs.replace(foreign, state=State.FULFILLED)  # an earlier incarnation, shipped
-    assert not losses.confirmed_by_parts(second, {0: parts[0], 1: fulfilled}, place)
-    assert not losses.confirmed_by_parts(second, {1: foreign}, place)  # its own part at group 0 lost too
+    assert not losses.confirmed_by_parts(second, {0: parts[0], 1: fulfilled}, place, LIMITS)
+    assert not losses.confirmed_by_parts(second, {1: foreign}, place, LIMITS)  # its own part at group 0 lost too
 
 
 def _confirmed_at_group_1_only(estate: Estate, held: Reservation) -> dict[int, Reservation]:
@@ -309,18 +309,18 @@ def test_an_order_s_own_confirmed_part_restores_it_whatever_its_content_became_s
     (``part_again``) — is still its own: its confirmation restored, never expired (its caller told CONFIRMED, Q3)."""
     estate = Estate(b=0)  # B refused under allow_partial, C held
     held = reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2), ("C", "S1", 2), partial=True))
-    assert losses.confirmed_by_parts(held, _confirmed_at_group_1_only(estate, held), place)
+    assert losses.confirmed_by_parts(held, _confirmed_at_group_1_only(estate, held), place, LIMITS)
     estate = Estate()
     held = reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2), ("C", "S1", 2)))
     held = changed(estate, held, PendingOp(OrderStep.RELEASE, (LineRequest("B", "S1", 2),), "r1"))
     held = changed(estate, held, PendingOp(OrderStep.RELEASE, (LineRequest("C", "S1", 1),), "r2"))
     parts = _confirmed_at_group_1_only(estate, held)
-    assert losses.confirmed_by_parts(held, parts, place)
+    assert losses.confirmed_by_parts(held, parts, place, LIMITS)
     shipped = msgspec.structs.replace(parts[1], state=State.FULFILLED)
-    assert losses.confirmed_by_parts(held, {0: parts[0], 1: shipped}, place)
+    assert losses.confirmed_by_parts(held, {0: parts[0], 1: shipped}, place, LIMITS)
     estate = Estate()
     held = reserved_order(estate, ASKED)
     confirmed = changed(estate, held, PendingOp(OrderStep.CONFIRM))
     made = losses.part_again(confirmed, 1, place, NOW)  # its part lost at group 1, made again, then home back
-    assert losses.confirmed_by_parts(held, {0: estate.parts(held)[0], 1: made}, place)
-    assert losses.own_confirmed(held, {1: made}, place)  # a silent home part: its expiry held back too
+    assert losses.confirmed_by_parts(held, {0: estate.parts(held)[0], 1: made}, place, LIMITS)
+    assert losses.own_confirmed(held, {1: made}, place, LIMITS)  # a silent home part: its expiry held back too

@@ -112,3 +112,41 @@ async def test_a_confirmed_order_whose_part_is_another_order_s_of_its_id_has_its
     await rig.run(rig.engine.release("o", (LineRequest(SKUS[1], "DC", 1),), "r1"))
     assert rig.quantities() == [(0, 3), (0, 0)]
     assert orders.part_id("o", 1) == rig.part("o", 1).reservation_id
+
+
+async def test_a_held_order_whose_part_came_back_as_the_first_order_s_fulfilled_one_is_never_confirmed_by_it_R7_Q3(
+        rig: Rig) -> None:
+    """Defect (found by review): order ``o`` fulfilled and forgotten, its id reserved again with the same content
+    (HELD), then group 1 back from data older than the second order's part: the first order's FULFILLED part in its
+    place, of the same content. ``confirmed_by_parts`` took it for the second order's own: the HELD order restored
+    CONFIRMED (its caller never confirmed it), group 0's units committed unasked and nothing held or committed at
+    group 1 for it — a Fulfil or shipment of it there oversold. A part resolved longer before its order was opened
+    than the retention and the clocks' margin is another order's: the held order's own part is lost (given up on its
+    Confirm, its hold released), never confirmed by it."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o")))
+    await rig.run(engine.confirm("o"))
+    await rig.run(engine.fulfill("o", (), ""))
+    first = rig.part("o", 1)
+    assert first.state == State.FULFILLED
+    rig.clock.advance(2 * RETENTION_MS)  # past its retention and the clocks' margin (half of it) again
+    for actor in engine.actors:
+        actor.ledger.evict(rig.clock.now_ms())
+    assert rig.part("o", 1) is None and engine.actors[0].ledger.reservation("o") is None
+    await rig.run(engine.reserve(rig.cmd("o")))
+    second = rig.part("o", 1)
+
+    def back(ledger: Any, _now: int) -> None:  # group 1 back from data older than the second order's part
+        for line in second.lines:
+            ledger.move_hold(line.sku, line.location, -line.held, 0)
+        ledger.save(first)
+
+    await rig.run(engine.actors[1].submit(back))
+    assert rig.quantities() == [(3, 0), (0, 0)]
+    shown: Reservation = await rig.run(engine.get_reservation("o"))
+    assert shown.state == State.HELD, "a HELD order confirmed by another order's fulfilled part"
+    assert rig.quantities() == [(3, 0), (0, 0)], "units committed for an order its caller never confirmed"
+    with pytest.raises(FailedPrecondition, match=r"shard groups \[1\] is gone"):
+        await rig.run(engine.confirm("o"))
+    assert rig.quantities() == [(0, 0), (0, 0)]
+    assert rig.part("o", 1) == first  # the first order's, never changed on the second's behalf
