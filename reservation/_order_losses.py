@@ -119,12 +119,13 @@ def own_parts(order: Reservation, found: Mapping[int, Reservation], place: Place
 def shares_for(order: Reservation, shares: Mapping[int, PendingOp], found: Mapping[int, Reservation],
                place: Place, limits: Limits) -> dict[int, PendingOp]:
     """``shares`` of ``order``'s change less those to another order's part (``others``): never confirmed, fulfilled
-    or released on its behalf (a confirmed one's units are a confirmed order's, Q3) — but a whole release or expiry
-    of one that only holds releases it, as giving the order up does (``give_up_part``): its hold is no order's now,
-    and no other step would ever give it back (R2)."""
+    or released on its behalf (a confirmed one's units are a confirmed order's, Q3) — but one that only holds is
+    given back by any share, expired (only while it still holds: never a part confirmed meanwhile, Q3), as giving
+    the order up does (``give_up_part``): its hold is no order's now, and where the order holds nothing there
+    (released by line before the part came back) no other step would ever give it back (R2)."""
     foreign = others(order, found, place, limits)
-    return {group: share for group, share in shares.items() if group not in foreign or (
-        not share.lines and share.kind in (OrderStep.RELEASE, OrderStep.EXPIRE) and found[group].state == State.HELD)}
+    return {group: PendingOp(OrderStep.EXPIRE) if group in foreign else share for group, share in shares.items()
+            if group not in foreign or found[group].state == State.HELD}
 
 
 def released_unrecorded(order: Reservation, found: Mapping[int, Reservation], place: Place) -> list[int]:

@@ -63,9 +63,10 @@ def test_another_order_s_part_under_the_id_is_a_lost_part_whatever_the_order_s_a
         assert losses.lost_parts(second, parts, now, LIMITS, place) == [1], "another order's part taken for its own"
     assert losses.own_parts(second, parts, place, LIMITS) == {0: parts[0]}
     confirm = orders.shares(second, PendingOp(OrderStep.CONFIRM), place)
-    assert losses.shares_for(second, confirm, parts, place, LIMITS) == {0: confirm[0]}  # never confirmed on its behalf
+    # never confirmed on its behalf; its hold (no order's) given back, expired
+    assert losses.shares_for(second, confirm, parts, place, LIMITS) == {0: confirm[0], 1: PendingOp(OrderStep.EXPIRE)}
     release = orders.shares(second, PendingOp(OrderStep.RELEASE), place)
-    assert losses.shares_for(second, release, parts, place, LIMITS) == release  # a hold no order's now: released (R2)
+    assert losses.shares_for(second, release, parts, place, LIMITS) == {0: release[0], 1: PendingOp(OrderStep.EXPIRE)}
 
 
 def test_a_confirmed_order_s_part_replaced_by_another_order_s_is_made_again_over_it_R7_Q3() -> None:

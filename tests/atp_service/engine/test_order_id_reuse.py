@@ -56,10 +56,12 @@ async def test_an_id_reserved_again_with_the_same_content_never_takes_the_first_
     assert (await rig.run(rig.engine.reserve(rig.cmd("o")))) == (again, True)  # a retry: a replay (R5)
 
 
-async def group_1_back_with_the_first_order(rig: Rig, rid: str, confirm_second: bool) -> None:
+async def group_1_back_with_the_first_order(rig: Rig, rid: str, confirm_second: bool,
+                                            released_at_1: bool = False) -> None:
     """Order ``rid`` reserved with 3 of each SKU and forgotten (released, past its retention, evicted everywhere);
     reserved again with 1 of group 1's SKU, HELD (``confirm_second``: CONFIRMED); then group 1 back from data older
-    than the second order's part, holding the first order's part there HELD (3 units): another content."""
+    than the second order's part, holding the first order's part there HELD (3 units): another content.
+    ``released_at_1``: the second order's unit at group 1 released first (a partial Release), holding nothing there."""
     engine = rig.engine
     await rig.run(engine.reserve(rig.cmd(rid)))
     first = rig.part(rid, 1)
@@ -71,6 +73,8 @@ async def group_1_back_with_the_first_order(rig: Rig, rid: str, confirm_second: 
     await rig.run(engine.reserve(rig.cmd(rid, (3, 1))))
     if confirm_second:
         await rig.run(engine.confirm(rid))
+    if released_at_1:
+        await rig.run(engine.release(rid, (LineRequest(SKUS[1], "DC", 1),), "r1"))
     second = rig.part(rid, 1)
 
     def back(ledger: Any, _now: int) -> None:
@@ -150,3 +154,20 @@ async def test_a_held_order_whose_part_came_back_as_the_first_order_s_fulfilled_
         await rig.run(engine.confirm("o"))
     assert rig.quantities() == [(0, 0), (0, 0)]
     assert rig.part("o", 1) == first  # the first order's, never changed on the second's behalf
+
+
+async def test_another_order_s_held_part_where_the_order_holds_nothing_is_given_back_by_its_change_R2(
+        rig: Rig) -> None:
+    """Defect (found by review): the second order's part at group 1 released whole by a partial Release (its record
+    holding nothing there), then group 1 back from data older than that part: the first order's part HELD (3 units)
+    in its place. Not lost (the order holds nothing there), the Confirm went through, and its share to the other
+    order's part was dropped (``shares_for``), as the Fulfil's: the order FULFILLED, those 3 units held for good —
+    no order's, never offered again (no sweep gives them back on a single writer). A change's share to another
+    order's part that holds gives it back (expired: only while it holds, never a confirmed one's units, Q3)."""
+    await group_1_back_with_the_first_order(rig, "o", confirm_second=False, released_at_1=True)
+    assert rig.quantities() == [(3, 0), (3, 0)]
+    await rig.run(rig.engine.confirm("o"))
+    await rig.run(rig.engine.fulfill("o", (), ""))
+    assert (await rig.run(rig.engine.get_reservation("o"))).state == State.FULFILLED
+    assert rig.quantities() == [(0, 0), (0, 0)], "another order's hold no order gives back"
+    assert rig.part("o", 1).state == State.EXPIRED
