@@ -74,6 +74,7 @@ async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now
                   "kept, its units committed (Q3), and this order's units there are committed nowhere",
                   order.reservation_id, kept, extra={"event": "order_part_committed_again",
                                                      "reservation_id": order.reservation_id, "shard": kept[0]})
+        engine.metrics.order_sagas.labels("committed_nowhere").inc()  # shown by no position: counted for an alert
     return parts
 
 

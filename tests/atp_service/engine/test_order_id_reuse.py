@@ -171,3 +171,36 @@ async def test_another_order_s_held_part_where_the_order_holds_nothing_is_given_
     assert (await rig.run(rig.engine.get_reservation("o"))).state == State.FULFILLED
     assert rig.quantities() == [(0, 0), (0, 0)], "another order's hold no order gives back"
     assert rig.part("o", 1).state == State.EXPIRED
+
+
+async def test_a_confirmed_order_whose_part_is_another_order_s_confirmed_one_is_counted_committed_nowhere_Q3(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect (found by review): a CONFIRMED order whose part at group 1 came back as another order's CONFIRMED part of
+    its id (kept: its units a confirmed order's, Q3) has its own units there committed nowhere — offered again while
+    its caller ships them, and shown by no position (not oversold: they look available). Only a log line said so; an
+    alert had nothing to count. Counted: ``atp_order_sagas_total{outcome="committed_nowhere"}``."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o")))
+    await rig.run(engine.confirm("o"))
+    first = rig.part("o", 1)
+    await rig.run(engine.fulfill("o", (), ""))
+    rig.clock.advance(RETENTION_MS + 1)
+    for actor in engine.actors:
+        actor.ledger.evict(rig.clock.now_ms())
+    await rig.run(engine.reserve(rig.cmd("o", (3, 1))))
+    await rig.run(engine.confirm("o"))
+    second = rig.part("o", 1)
+
+    def back(ledger: Any, _now: int) -> None:  # group 1 back from data older than the second order's part
+        for line, old in zip(second.lines, first.lines, strict=True):
+            ledger.move_hold(line.sku, line.location, 0, old.committed - line.committed)
+        ledger.save(first)
+
+    await rig.run(engine.actors[1].submit(back))
+    assert (await rig.run(engine.get_reservation("o"))).state == State.CONFIRMED
+    assert rig.part("o", 1) == first  # kept (Q3)
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "order_part_committed_again"]
+    assert any("confirmed part of another order of its id" in line for line in said), said
+    counted = [sample.value for family in engine.metrics.order_sagas.collect() for sample in family.samples
+               if sample.name == "atp_order_sagas_total" and sample.labels == {"outcome": "committed_nowhere"}]
+    assert counted == [1], "an order's units committed nowhere, counted by no metric"
