@@ -194,13 +194,15 @@ class Unacked:
             self._drop(stream, len(kept) - REFUSED_KEPT)
 
     def _was_refused(self, stream: str, entry_id: bytes, fields: list[bytes] | None) -> bool:
-        """The entry refused already (``refused``): its id, and its fields where both are known. Another given its
-        id (its stream made anew from low ids, its group made again by another process's reader: this one was told
-        nothing) is not it — taken for it, a fact was dropped with the old entry's dead letter, none of its own."""
+        """The entry refused already (``refused``): its id, and its fields where their digest was kept. Another given
+        its id (its stream made anew from low ids, its group made again by another process's reader: this one was told
+        nothing) is not it — taken for it, a fact was dropped with the old entry's dead letter, none of its own. One
+        read with no fields (deleted while pending) cannot be told from another: not it, as ``refused_kept.recall``
+        has it — dead-lettered as any entry deleted while pending, not under a letter of another entry's fields."""
         if not _has(self._refused.get(stream), entry_id):
             return False
         digest = self._letters[(stream, entry_id)][2]
-        return digest is None or not fields or fingerprint(fields) == digest
+        return digest is None or (fields is not None and bool(fields) and fingerprint(fields) == digest)
 
     def judged(self, entries: list[Entry]) -> tuple[list[Entry], list[Dead]]:
         """``entries`` apart from those refused already (``refused``), which are dead-lettered as they were: their
