@@ -115,8 +115,8 @@ class EngineMetrics:
         zeroed(self.capacity_refusals, *((limit,) for limit in CAPACITY_LIMITS))
         self.order_sagas = Counter(
             "atp_order_sagas_total", "Saga runs of orders spanning shards on a Redis Cluster, by how they ended",
-            ["outcome"], registry=r,
-        )
+            ["outcome"], registry=r)
+        zeroed(self.order_sagas, ("committed_nowhere",))  # alerted on (ATPOrderCommittedNowhere): at 0 at start
 
     def reservations_of(self, outcome: str) -> CounterChild:
         """The ``atp_reservations_total`` child of ``outcome``, found once (not a ``labels`` call per use)."""

@@ -213,3 +213,12 @@ def test_the_rules_and_the_dashboard_never_sum_a_gauge_every_process_reports_ali
     unaggregated = [f"{who}: {expr}" for who, expr in expressions if who == "ATPIngestPendingGrowing"
                     and re.match(r"\s*atp_ingest_pending\b", expr)]
     assert not summed and not unaggregated, "\n".join(summed + unaggregated)
+
+
+def test_the_counter_atp_order_committed_nowhere_reads_is_there_at_0_from_the_start() -> None:
+    """Defect (found by review): ``atp_order_sagas_total{outcome="committed_nowhere"}`` appeared only at its first
+    count, at 1: ``increase()`` sees nothing of a series' first value, so ``ATPOrderCommittedNowhere`` (and any
+    ``increase(...) > 0`` rule the guide asks for) never fired for an order found once — often the only time, the
+    order fulfilled after (``zeroed``)."""
+    registry = Metrics().registry
+    assert registry.get_sample_value("atp_order_sagas_total", {"outcome": "committed_nowhere"}) == 0
