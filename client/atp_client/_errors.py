@@ -209,8 +209,7 @@ def request_too_large(request: str, size: int, limit: int) -> InvalidRequest:
 def batch_too_large(batch: int, reservations: int, limit: int) -> InvalidRequest:
     """The ``batch``-th batch of a ``ReserveStream``, of more ``reservations`` than ``limit``
     (``max_batch_reservations``), refused by this client before it is sent: ``InvalidRequest`` (``LIMIT_EXCEEDED``,
-    metadata ``limit``). Sent, the service ends the stream so — which grpcio's asyncio client, writing the batches
-    after it, mostly told ``INTERNAL`` "Internal error from Core" (``Retryable``: sent again, refused again)."""
+    metadata ``limit``). Sent, the service ends the stream so, once the batches before it are answered."""
     message = (f"ReserveStream batch {batch}: {reservations} reservations exceed max_batch_reservations={limit} (the "
                "service's, 1,000 unless set otherwise); not sent: send smaller batches, or set max_batch_reservations "
                "to the service's limit")

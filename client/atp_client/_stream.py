@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
 
 from atp_client._errors import (
+    CORE_LOST_CALL,
     batch_too_large,
     invalid_field,
     request_too_large,
@@ -69,8 +70,8 @@ class Batches:
     ``max_request_bytes``: refused unsent (``InvalidRequest``, ``LIMIT_EXCEEDED``), no batch after it
     taken from the source. Sent, gRPC on the service's side ended the whole stream, every batch sent
     before it and not answered yet left in doubt. And a batch of more than ``max_batch_reservations``, or of no
-    reservations (``INVALID_FIELD``): sent, the service ends the stream ``InvalidRequest``, which grpcio mostly
-    tells ``INTERNAL`` (``Retryable``).
+    reservations (``INVALID_FIELD``): sent, the service ends the stream ``InvalidRequest``, told as it is though
+    grpcio writes its own ``INTERNAL`` over it when a batch written after it fails (``told``).
 
     At most ``max_inflight`` batches are sent and not answered: the next is taken from the source
     only once an answer frees a place. The service reads ``max_stream_inflight`` batches ahead, but
@@ -99,11 +100,34 @@ class Batches:
         self._done_sending = asyncio.get_running_loop().create_future()  # resolved when ``requests`` has ended
         self._done_sending_at = float("inf")  # monotonic time it did
         self._refused_at_start = False  # the service's headers came without ``ACCEPTED_KEY``: nothing sent
+        self.status: grpc.aio.AioRpcError | None = None  # the call's first status not grpcio's own (``_note_status``)
 
     def opened(self, call: Any) -> None:
         """The call ``requests`` feeds: its first batch waits until the service has accepted it."""
         self._opened_at = time.monotonic()
         self._call.set_result(call)
+        call.add_done_callback(self._note_status)
+
+    def _note_status(self, call: Any) -> None:
+        """Keeps the first status ``call`` is given that grpcio did not make up. grpcio calls this at each status it
+        sets: a write failing on a call already over sets ``INTERNAL`` ``CORE_LOST_CALL`` over the service's status
+        (or before it: the service's then set over it) — whichever came first, the caller reads only the last."""
+        if self.status is not None:
+            return
+        status = grpc.aio.AioRpcError(_now(call.code()), _now(call.initial_metadata()),
+                                      _now(call.trailing_metadata()), _now(call.details()),
+                                      _now(call.debug_error_string()))
+        if not lost_in_core(status):
+            self.status = status
+
+    def told(self, error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+        """``error``, the call's failure, or the status the service sent where ``error`` is grpcio's own
+        ``CORE_LOST_CALL`` written over it (grpc/grpc#36066): ``INVALID_ARGUMENT`` ``LIMIT_EXCEEDED`` (a batch past
+        the service's ``max_batch_reservations``), ``SHUTTING_DOWN``, ``OUTCOME_UNKNOWN`` told ``Retryable``
+        ``INTERNAL`` — a refusal sent again for ever, a batch in doubt told a plain failure (R7)."""
+        if lost_in_core(error) and self.status is not None and self.status.code() != grpc.StatusCode.OK:
+            return self.status
+        return error
 
     async def requests(self) -> AsyncIterator[pb.ReserveStreamRequest]:
         # The service sends its headers once it has accepted the stream. A batch written before then
@@ -242,6 +266,24 @@ class Batches:
             # answered all along, every batch in doubt.
             self._stalled.note(asked, left)
         return True
+
+
+def lost_in_core(error: grpc.aio.AioRpcError) -> bool:
+    """Whether ``error`` is the ``INTERNAL`` grpcio's asyncio client makes up when a write fails (``CORE_LOST_CALL``),
+    not a status the service sent."""
+    return error.code() == grpc.StatusCode.INTERNAL and error.details() == CORE_LOST_CALL
+
+
+def _now(accessor: Coroutine[Any, Any, Any]) -> Any:
+    """The value of one of a finished call's status accessors (``code()``, ``details()``, ...): coroutines that
+    return at once, the status set — read inside a done callback, before grpcio may set another over it."""
+    try:
+        accessor.send(None)
+    except StopIteration as returned:
+        return returned.value
+    accessor.close()
+    raise RuntimeError(f"grpc {grpc.__version__}: a finished call's status accessor waited (grpc.aio changed): "
+                       "its status cannot be read in its done callback")
 
 
 class Stalls:

@@ -1,0 +1,90 @@
+"""``AtpClient.reserve_stream`` whose service ends the stream while the client still writes batches: grpcio's
+asyncio client, its write failing on the call already over, wrote its own ``INTERNAL`` "Internal error from Core" over
+the status the service had sent — the caller told ``Retryable`` where the service said ``InvalidRequest``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from atp_client import ACCEPTED_KEY, AtpClient, InvalidRequest
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from tests.atp_client.test_client import WAIT_S, item
+
+TRAILERS_CROSS_S = 0.3
+"""How long the client's loop is held once the service ended the stream: its status reaches the client's gRPC core
+(its own threads, over loopback) meanwhile, and waits there for the loop; and how long the caller then leaves the next
+answer unread. Only the failure before the fix needs these waits: the fixed client tells the service's status whether
+it came before the failed write or after it, and whenever the caller reads."""
+
+
+class EndingAtTheFirstBatch:
+    """A ReserveStream, on a server of its own threads (not the client's loop), that accepts the stream, reads and
+    answers one batch, and ends the stream ``INVALID_ARGUMENT`` ``LIMIT_EXCEEDED`` as the service ends it at a batch
+    past ``max_batch_reservations``; ``ending`` once it is about to."""
+
+    def __init__(self) -> None:
+        self.ending = threading.Event()
+
+    def handle(self, requests: Iterator[pb.ReserveStreamRequest], context: grpc.ServicerContext) -> Iterator[Any]:
+        context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
+        yield pb.ReserveStreamResponse(outcomes=[pb.ReserveOutcome(reservation_id=r.reservation_id)
+                                                 for r in next(requests).reservations])
+        status = status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message="batch too large")
+        status.details.add().Pack(error_details_pb2.ErrorInfo(
+            reason="LIMIT_EXCEEDED", domain="atp.v1", metadata={"limit": "max_batch_reservations"}))
+        context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
+        self.ending.set()
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "batch too large")
+
+
+@contextmanager
+def _threaded_server(service: EndingAtTheFirstBatch) -> Iterator[int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    handler = grpc.stream_stream_rpc_method_handler(service.handle, pb.ReserveStreamRequest.FromString,
+                                                    pb.ReserveStreamResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "atp.v1.AvailabilityService", {"ReserveStream": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(0).wait()
+
+
+async def test_a_stream_its_service_ends_while_a_batch_is_written_is_told_the_service_s_status() -> None:
+    """The second batch is taken from the source once the service has ended the stream at the first, the client's
+    loop held (a source doing its own blocking work) until the status is in the client's gRPC core: grpc.aio's writer
+    finds the call not over yet, writes, the write fails, and grpcio set INTERNAL over the status already come. The
+    caller was told ``Retryable`` INTERNAL and an OMS sent the batch again, for ever; it is told the service's
+    status."""
+    service = EndingAtTheFirstBatch()
+
+    def batches() -> Iterator[list[pb.ReserveRequest]]:
+        yield [item("r-1")]
+        assert service.ending.wait(WAIT_S)
+        time.sleep(TRAILERS_CROSS_S)  # holds the loop: the status waits in gRPC's core for it
+        yield [item("r-2")]
+
+    with _threaded_server(service) as port:
+        async with AtpClient(f"127.0.0.1:{port}", timeout_s=WAIT_S) as client:
+            try:
+                async for _answer in client.reserve_stream(batches()):
+                    # Not reading meanwhile: a read waiting when the status came was at times handed it before
+                    # grpcio's INTERNAL was set over it. The write has failed once this wait is over.
+                    await asyncio.sleep(TRAILERS_CROSS_S)
+            except grpc.aio.AioRpcError as exc:
+                told: grpc.aio.AioRpcError | None = exc
+            else:
+                told = None
+    assert isinstance(told, InvalidRequest), told
+    assert (told.refusal.reason, told.refusal.metadata) == ("LIMIT_EXCEEDED", {"limit": "max_batch_reservations"})
