@@ -11,6 +11,7 @@ any one answer takes, from a service answering all along.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Sequence
@@ -27,6 +28,8 @@ from atp_client._errors import (
     stream_unanswered,
 )
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+
+_LOGGER = logging.getLogger(__name__)
 
 Batch = Sequence[pb.ReserveRequest]
 Source = AsyncIterator[Batch] | Iterable[Batch]
@@ -109,14 +112,20 @@ class Batches:
         call.add_done_callback(self._note_status)
 
     def _note_status(self, call: Any) -> None:
-        """Keeps the first status ``call`` is given that grpcio did not make up. grpcio calls this at each status it
-        sets: a write failing on a call already over sets ``INTERNAL`` ``CORE_LOST_CALL`` over the service's status
-        (or before it: the service's then set over it) — whichever came first, the caller reads only the last."""
+        """Keeps ``call``'s status if grpcio did not make it up. grpcio runs a call's done callbacks once, at the first
+        status it sets (a later one, set over it, runs none): the service's status, then grpcio's ``INTERNAL``
+        ``CORE_LOST_CALL`` set over it by a write failing on the call already over — the caller reads only the last.
+        Never raises: grpcio runs this inside the setting of the status (``call.cancel()`` among them), an exception
+        out of it raised there, before gRPC's core is told."""
         if self.status is not None:
             return
-        status = grpc.aio.AioRpcError(_now(call.code()), _now(call.initial_metadata()),
-                                      _now(call.trailing_metadata()), _now(call.details()),
-                                      _now(call.debug_error_string()))
+        try:
+            status = grpc.aio.AioRpcError(_now(call.code()), _now(call.initial_metadata()),
+                                          _now(call.trailing_metadata()), _now(call.details()),
+                                          _now(call.debug_error_string()))
+        except RuntimeError as exc:  # a grpcio whose accessors wait: its own INTERNAL is told as it is
+            _LOGGER.warning("ReserveStream: %s", exc)
+            return
         if not lost_in_core(status):
             self.status = status
 

@@ -16,6 +16,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from atp_client import ACCEPTED_KEY, AtpClient, InvalidRequest
+from atp_client._stream import Batches
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_client.test_client import WAIT_S, item
 
@@ -88,3 +89,22 @@ async def test_a_stream_its_service_ends_while_a_batch_is_written_is_told_the_se
                 told = None
     assert isinstance(told, InvalidRequest), told
     assert (told.refusal.reason, told.refusal.metadata) == ("LIMIT_EXCEEDED", {"limit": "max_batch_reservations"})
+
+
+async def test_a_status_that_cannot_be_read_in_the_done_callback_leaves_the_call_s_cancel_whole() -> None:
+    """grpcio runs a call's done callbacks inside the setting of its status, an exception from one raised out of it:
+    out of ``call.cancel()`` (reserve_stream's ``finally``) before gRPC's core was told, the call left open on the
+    service, ``source.end()`` skipped and the caller's error replaced. A grpcio whose accessor would wait there (the
+    one case ``_note_status`` cannot read the status) keeps no status, grpcio's own INTERNAL told as before."""
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as channel:
+        call = channel.stream_stream("/atp.v1.AvailabilityService/ReserveStream")()
+        source = Batches(iter(()), None, 1, None)
+
+        async def waiting_code() -> grpc.StatusCode:
+            await asyncio.sleep(0)  # a grpcio whose accessor waits on a finished call
+            return grpc.StatusCode.CANCELLED
+
+        call.code = waiting_code  # type: ignore[method-assign]
+        source.opened(call)
+        assert call.cancel()
+        assert call.cancelled() and source.status is None
