@@ -11,16 +11,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from atp_client import AtpClient
-from atp_service import AtpService, EmbeddedRedis
+from atp_service import AtpService, ManualClock
 from atp_service.channels.feeds import Feed
 from publishers import JsonlAdapter, Publisher, PublisherMetrics
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
-from tests.atp_service.channel_helpers import fact
-from tests.atp_service.channels.test_version_lost_in_doubt import FENCE_SHA, V0, WRITE_SHA, T, pickup_behind_proxy
-from tests.atp_service.redis_proxy import HoldingProxy
+from tests.atp_service.channel_helpers import desk_served, fact, write_estate
+from tests.atp_service.channels.test_version_lost_in_doubt import FENCE_SHA, PICKUP, V0, WRITE_SHA, T
+from tests.atp_service.redis_proxy import HoldingProxy, proxy
+from tests.conftest import test_config as make_config
 from tests.publishers.test_publisher import config
 from tests.waiting import until
+
+__all__ = ["proxy"]  # the fixture, used by name
 
 
 def shown(out: Path) -> tuple[int, int] | None:
@@ -37,8 +42,11 @@ def shown(out: Path) -> tuple[int, int] | None:
 
 
 async def test_a_publisher_that_delivered_a_write_lost_in_doubt_is_told_and_its_key_published_again_C4(
-        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
-    async with pickup_behind_proxy(redis_server, redis_url, tmp_path) as (proxy, service, client, direct, feed):
+        proxy: HoldingProxy, redis_url: str, tmp_path: Path) -> None:
+    service_config = make_config(estate=write_estate(tmp_path, PICKUP), redis_timeout_s=10.0, input_streams=())
+    async with (desk_served(service_config, proxy.url, ManualClock(T)) as (service, desk, client),
+                aioredis.Redis.from_url(redis_url) as direct):  # Redis itself, not through the proxy
+        feed = desk.feeds["pickup"]
         out = tmp_path / "feed.jsonl"
         publisher = Publisher(config(channel="pickup", group="jsonl"), direct, JsonlAdapter(out), PublisherMetrics())
         task = asyncio.create_task(publisher.run())
