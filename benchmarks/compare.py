@@ -49,9 +49,10 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient, duration, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from benchmarks.open_loop import add_settle_limit, measured_open_loop, use_settle_limit
 from benchmarks.peers import CHECK_AND_DECREMENT, Postgres, stock_key
+from benchmarks.ports import held_port
 from benchmarks.throughput import ROOT, run_for, serve_command, service_ready, start
 
 SYSTEMS = ("ceiling", "service_unary", "service_stream", "lua_direct", "lua_grpc", "postgres")
@@ -247,7 +248,7 @@ async def seed_postgres(url: str, w: Workload) -> None:
 async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     wanted = set(args.systems)
     out: list[dict[str, Any]] = []
-    ports = {name: free_port() for name in ("noop", "service", "lua", "pg")}
+    ports = {name: held_port() for name in ("noop", "service", "lua", "pg")}
     procs = []
     pg = Postgres(tmp / "pg" / "data", ports["pg"])
     pg_url = None

@@ -48,9 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient, timestamp
 from atp_client._stock import launch, record_patiently
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from benchmarks.ingest import ROOT, ready, spawn
 from benchmarks.overload import rss_mb
+from benchmarks.ports import held_port
 
 DAY_MS = 24 * 3600 * 1000
 READS = 200
@@ -170,7 +171,7 @@ def restarted(url: str, port: int, log: Path, shards: int) -> tuple[subprocess.P
 
 def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float | int]:
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as server:
-        port, log = free_port(), tmp / "service.log"
+        port, log = held_port(), tmp / "service.log"
         target = f"127.0.0.1:{port}"
         proc, _ = restarted(server.url, port, log, args.shards)
         out: dict[str, float | int] = {"rss_mb_empty": round(rss_mb(proc.pid))}

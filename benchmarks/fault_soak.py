@@ -48,10 +48,11 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from atp_service.channels.estate import Estate, load_estate
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from benchmarks import soak_check as check
+from benchmarks.ports import held_port
 from benchmarks.soak_faults import Faults, ServiceDown, ServiceProcess
 from benchmarks.soak_load import Book, Caller, Layout, fact_feed, lifecycles, streams
 from benchmarks.tcp_delay import DelayProxyProcess
@@ -123,7 +124,7 @@ class Soak:
         with EmbeddedRedis(self.work / "redis", appendfsync="always") as redis_server:
             proxy = DelayProxyProcess(f"127.0.0.1:{redis_server.port}", self.work / "proxy.log")
             proxy_port = await proxy.start()
-            port = free_port()
+            port = held_port()
             cmd = service_command(f"redis://127.0.0.1:{proxy_port}/0", port, self.estate_path, self.args.shards,
                                   self.args.snapshot_every)
             service = ServiceProcess(cmd, service_env(self.args.redis_timeout), self.work / "service.log", port, ROOT)
@@ -138,7 +139,7 @@ class Soak:
         """The same soak on a Redis Cluster (3 primaries, a replica each): no proxy in the way (the
         cluster tells the client every node's own address), so the faults are the service's."""
         with EmbeddedCluster(self.work / "cluster", primaries=3, replicas=1) as cluster:
-            port = free_port()
+            port = held_port()
             cmd = service_command(cluster.url, port, self.estate_path, self.args.shards, self.args.snapshot_every)
             # A primary killed may take its newest writes with it unless a replica confirmed them.
             env = {**service_env(self.args.redis_timeout), "ATP_REDIS_CLUSTER": "true",

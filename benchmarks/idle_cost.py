@@ -21,17 +21,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from benchmarks.open_loop import cpu_seconds
+from benchmarks.ports import held_port
 from benchmarks.throughput import ROOT, serve_command, service_ready, start
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> None:
-    noop = start([sys.executable, str(ROOT / "benchmarks" / "noop_server.py"), "--port", str(free_port())],
+    noop = start([sys.executable, str(ROOT / "benchmarks" / "noop_server.py"), "--port", str(held_port())],
                  lambda: "ready" in (tmp / "noop.log").read_text(), tmp / "noop.log")
     try:
         with EmbeddedRedis(tmp / "redis", appendfsync="everysec", unix_socket=True) as redis_server:
-            service = start(serve_command(redis_server.local_url, free_port()), service_ready(tmp / "service.log"),
+            service = start(serve_command(redis_server.local_url, held_port()), service_ready(tmp / "service.log"),
                             tmp / "service.log")
             try:
                 time.sleep(args.settle)  # start-up's own work (recovery, the first snapshot checks) is over

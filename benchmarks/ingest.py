@@ -34,7 +34,8 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
+from benchmarks.ports import held_port
 from benchmarks.throughput import serve_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +106,7 @@ def one_round(facts: int) -> tuple[float, float]:
             EmbeddedRedis(Path(tmp) / "redis", appendfsync="everysec") as redis_server:
         preload(redis_server, facts)
         r = redis.Redis.from_url(redis_server.url)
-        port = free_port()
+        port = held_port()
         log = Path(tmp) / "service.log"
         proc = spawn(redis_server.url, port, log)
         asyncio.run(ready(port))

@@ -24,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
+from benchmarks.ports import held_port
 
 WARM_UP_CALLS = 50
 """Calls made one at a time, unmeasured, before an open loop starts."""
@@ -244,7 +245,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from benchmarks.throughput import serve_command, service_ready, start
 
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
-        port, log = free_port(), tmp / "service.log"
+        port, log = held_port(), tmp / "service.log"
         proc = start(serve_command(redis_server.url, port), service_ready(log), log)
         try:
             target = f"127.0.0.1:{port}"

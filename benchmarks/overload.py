@@ -30,11 +30,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from atp_service.config import TRANSPORTS, ServiceConfig
 from benchmarks.compare import Tally, Workload, grpc_unary, seed_service
 from benchmarks.ingest import spawn
 from benchmarks.open_loop import latency_s, open_loop
+from benchmarks.ports import held_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +111,7 @@ def cpu_quota(pid: int, cpus: float) -> Iterator[None]:
 
 async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
-        port, metrics_port = free_port(), free_port()
+        port, metrics_port = held_port(), held_port()
         proc = spawn(redis_server.url, port, tmp / "service.log", metrics_port)
         try:
             target = f"127.0.0.1:{port}"

@@ -24,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
+from benchmarks.ports import held_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("flash_sale", "holiday_peak", "steady")
@@ -63,7 +64,7 @@ def main() -> int:
     prefix = args.out / f"{args.scenario}-{run_id}"
     with tempfile.TemporaryDirectory(prefix="atp-peak-") as tmp, \
             EmbeddedRedis(Path(tmp) / "redis", appendfsync="everysec") as redis_server:
-        port, metrics_port = free_port(), free_port()
+        port, metrics_port = held_port(), held_port()
         log = (args.out / f"{args.scenario}-{run_id}-service.log").open("wb")
         service = subprocess.Popen(
             [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_server.url, "--port", str(port),

@@ -22,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from benchmarks.ingest import spawn
+from benchmarks.ports import held_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +52,7 @@ async def ready(port: int) -> None:
 
 def measure(n: int, tmp: Path) -> dict[str, float]:
     with EmbeddedRedis(tmp / "redis") as server:
-        port = free_port()
+        port = held_port()
         service = spawn(server.url, port, tmp / "service.log")
         try:
             asyncio.run(ready(port))

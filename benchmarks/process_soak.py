@@ -52,8 +52,8 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient, RoutedClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import free_port
 from atp_service.storage.embedded_cluster import EmbeddedCluster
+from benchmarks.ports import held_port
 from benchmarks.soak_faults import ServiceProcess
 from benchmarks.throughput import serve_command
 
@@ -83,7 +83,7 @@ class Fleet:
         env = {**os.environ, "ATP_REDIS_CLUSTER": "true", "ATP_INPUT_STREAMS": "", "ATP_REDIS_WAIT_REPLICAS": "1"}
         self.processes = []
         for n in range(args.processes):
-            port = free_port()
+            port = held_port()
             cmd = serve_command(cluster_url, port, -1, "--host", "127.0.0.1", "--shards", str(args.shards),
                                 "--ownership", "leases", "--lease-ms", str(args.lease_ms),
                                 "--log-level", args.log_level)

@@ -40,10 +40,11 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from atp_service.storage.channel_wire import from_fields
 from atp_service.storage.resp import stream_entries
 from benchmarks.ingest import resp_command, spawn
+from benchmarks.ports import held_port
 from reservation import ChannelUpdate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +136,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
         stock = [(f"c{n}", "COUNT", sku, store, rng.randint(1, 12), t0)
                  for n, (sku, store) in enumerate((s, st) for s in SKUS for st in STORES)]
         pipe_facts(server.port, "atp:in:wms", stock)
-        port, metrics_port = free_port(), free_port()
+        port, metrics_port = held_port(), held_port()
         proc = spawn(server.url, port, tmp / "service.log", metrics_port, "--estate", str(tmp / "estate.toml"))
         try:
             async with AtpClient(f"127.0.0.1:{port}") as client:

@@ -43,8 +43,9 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, EmbeddedRedis, ServiceConfig, free_port
+from atp_service import AtpService, EmbeddedRedis, ServiceConfig
 from benchmarks.loopback_http import serving
+from benchmarks.ports import held_port
 from publishers import Publisher, PublisherConfig, PublisherMetrics, WebhookAdapter
 from reservation import Limits
 
@@ -268,7 +269,7 @@ async def publisher_keys(r: aioredis.Redis) -> Sizes:
 
 async def claims(url: str, n: int) -> Sizes:
     """Reservation id claims (``<prefix>rid:{<id>}``), written by a service with ``ownership = leases``."""
-    service = AtpService(config(ownership="leases", port=free_port(), input_streams=()), url)
+    service = AtpService(config(ownership="leases", port=held_port(), input_streams=()), url)
     await service.start()
     try:
         async with AtpClient(f"127.0.0.1:{service.port}") as client:

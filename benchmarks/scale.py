@@ -60,9 +60,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient, RoutedClient, timestamp
 from atp_client._stock import record_patiently
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import free_port
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from benchmarks import scale_check
+from benchmarks.ports import held_port
 from benchmarks.scale_check import merged, patiently
 from benchmarks.scale_load import WARMUP_S, LoadSpec, Tally, location_name, run_load, sku_name
 from benchmarks.scale_stall import GAP_S, Stalls
@@ -81,9 +81,9 @@ class Services:
     """``n`` leased ``atp-service serve`` processes on the cluster, each logging to ``tmp``."""
 
     def __init__(self, url: str, n: int, args: argparse.Namespace, tmp: Path, name: str) -> None:
-        self.ports = [free_port() for _ in range(n)]
+        self.ports = [held_port() for _ in range(n)]
         self.addresses = tuple(f"127.0.0.1:{port}" for port in self.ports)
-        self.metrics_ports = [free_port() for _ in range(n)]
+        self.metrics_ports = [held_port() for _ in range(n)]
         self.logs = [tmp / f"service-{n}-{name}-{i}.log" for i in range(n)]
         env = {**os.environ, "ATP_REDIS_CLUSTER": "true", "ATP_INPUT_STREAMS": ""}
         extra = ("--host", "127.0.0.1", "--shards", str(args.shards), "--ownership", "leases",

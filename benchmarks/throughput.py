@@ -32,9 +32,11 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient, duration, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
+from benchmarks.ports import held_port
 
 SKUS, LOCATIONS = 10_000, 10
 IN_FLIGHT = 64
@@ -170,7 +172,7 @@ def service_ready(log: Path) -> Callable[[], bool]:
 
 async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     """Both servers up at once; rounds alternate ceiling and service so drift hits both alike."""
-    ceiling_port, service_port, metrics_port = free_port(), free_port(), free_port()
+    ceiling_port, service_port, metrics_port = held_port(), held_port(), held_port()
     runs: dict[tuple[str, str], list[tuple[float, list[float]]]] = {}
     grouping: dict[str, Counter[str]] = {"unary": Counter(), "stream": Counter()}
     scaling: list[dict[str, Any]] = []

@@ -27,10 +27,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import redis
 
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from benchmarks.compare import Workload, seed_service
 from benchmarks.loopback_http import serving
 from benchmarks.open_loop import add_settle_limit, measured_open_loop, use_settle_limit
+from benchmarks.ports import held_port
 from benchmarks.throughput import serve_command, service_ready, start
 
 
@@ -55,7 +56,7 @@ def otlp_sink() -> Iterator[str]:
 
 
 async def _one(redis_url: str, ratio: str, sink: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    port, log = free_port(), tmp / f"service-{ratio}.log"
+    port, log = held_port(), tmp / f"service-{ratio}.log"
     extra = [] if ratio == "off" else ["--tracing-endpoint", sink, "--tracing-sample-ratio", ratio]
     proc = start(serve_command(redis_url, port, -1, *extra), service_ready(log), log)
     try:

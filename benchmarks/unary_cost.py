@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from benchmarks.compare import Tally, Workload, grpc_unary, seed_service
 from benchmarks.open_loop import (
     add_settle_limit,
@@ -54,6 +54,7 @@ from benchmarks.open_loop import (
     use_settle_limit,
 )
 from benchmarks.perf_record import PerfFailed, recording
+from benchmarks.ports import held_port
 from benchmarks.throughput import ROOT, serve_command, service_ready, start
 
 POSITIONS = 10_000
@@ -198,7 +199,7 @@ def dso_shares(report: str) -> dict[str, float]:
 
 async def _run(args: argparse.Namespace, tmp: Path) -> None:
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec", unix_socket=args.redis == "unix") as redis_server:
-        noop_port, port = free_port(), free_port()
+        noop_port, port = held_port(), held_port()
         noop = start([sys.executable, str(ROOT / "benchmarks" / "noop_server.py"), "--port", str(noop_port)],
                      lambda: "ready" in (tmp / "noop.log").read_text(), tmp / "noop.log")
         redis_url = redis_server.local_url  # the unix socket unless --redis tcp (or its path is too long)

@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from benchmarks.ingest import spawn
+from benchmarks.ports import held_port
 
 HELD_S = 0.5
 PER_BATCH = 50
@@ -101,7 +102,7 @@ async def service_taken(url: str, port: int, cap: int) -> int:
 
 def service(tmp: Path, transport: str, cap: int) -> int:
     with EmbeddedRedis(tmp / transport) as server:
-        port = free_port()
+        port = held_port()
         proc = spawn(server.url, port, tmp / f"{transport}.log", -1, "--http2-transport", transport,
                      "--redis-timeout-s", "120")
         try:
