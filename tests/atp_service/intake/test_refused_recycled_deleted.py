@@ -39,12 +39,7 @@ async def test_an_entry_deleted_while_pending_under_a_refused_entrys_recycled_id
     r.xadd(STREAM, F("fresh", "RECEIPT", "A", "S1", 20, now - 30).fields(), id="2-1")
     ingestor = claiming_ingestor(redis_url, STREAM)
     try:
-        await ingestor._create_groups()  # made again, marked: entries up to 2-1 asked for as kept refused
-        assert [entry[:2] for entry in await ingestor._read(None, block=None)] == [(STREAM, b"2-1")]
-        r.xdel(STREAM, "2-1")  # deleted while pending
-        pending = await ingestor._read(["0"], block=None)
-        assert pending == [(STREAM, b"2-1", None)], "read from the pending list with no fields"
-        await ingestor._handle(pending, wait=False)
+        await _read_then_deleted_while_pending(ingestor, r)  # made again, marked: up to 2-1 asked for as kept refused
     finally:
         await ingestor._client.aclose()
     codes = [(fields[b"_id"], fields[b"_code"]) for _, fields in r.xrange("atp:dlq")]
@@ -72,15 +67,21 @@ async def test_an_entry_deleted_while_pending_under_an_id_this_reader_refused_ge
         ingestor._unacked.refused([((STREAM, b"2-1", flat, why), letter)])  # this process refused the old 2-1
         r.delete(STREAM)  # deleted and written anew from low ids; its group made again
         r.xadd(STREAM, F("fresh", "RECEIPT", "A", "S1", 20, T - 30).fields(), id="2-1")
-        await ingestor._create_groups()
-        assert [entry[:2] for entry in await ingestor._read(None, block=None)] == [(STREAM, b"2-1")]
-        r.xdel(STREAM, "2-1")  # deleted while pending
-        pending = await ingestor._read(["0"], block=None)
-        assert pending == [(STREAM, b"2-1", None)], "read from the pending list with no fields"
-        await ingestor._handle(pending, wait=False)
+        await _read_then_deleted_while_pending(ingestor, r)
     finally:
         await ingestor._client.aclose()
     codes = [(fields[b"_id"], fields[b"_code"]) for _, fields in r.xrange("atp:dlq")]
     assert codes == [(b"2-1", b"INVALID_FIELD"), (b"2-1", b"TRIMMED_WHILE_PENDING")], \
         f"an entry deleted while pending taken for the one this reader refused under its id: {codes}"
     assert r.xpending(STREAM, "atp")["pending"] == 0
+
+
+async def _read_then_deleted_while_pending(ingestor: Any, r: Any) -> None:
+    """The group made again, the new ``2-1`` read, deleted while pending (``XDEL``), read again from the pending list
+    with no fields, and handled."""
+    await ingestor._create_groups()
+    assert [entry[:2] for entry in await ingestor._read(None, block=None)] == [(STREAM, b"2-1")]
+    r.xdel(STREAM, "2-1")
+    pending = await ingestor._read(["0"], block=None)
+    assert pending == [(STREAM, b"2-1", None)], "read from the pending list with no fields"
+    await ingestor._handle(pending, wait=False)
