@@ -68,7 +68,8 @@ class NotRecovered:
     Every process takes such a group again at each balance pass (a third of a lease): said each time, one
     damaged snapshot filled every process's log with an ERROR and its traceback every few seconds. Said once
     per group per ``interval_s``, the line counting the takings left unsaid since (``left_out``). Each one is
-    counted (``failures``, by ``failure_reason``), said or not: the group is served by no process meanwhile."""
+    counted (``failures``, by ``failure_reason``), said or not: the group is served by no process meanwhile. A
+    taking another process won while it recovered (``Fenced``) is no failure: said as a warning, not counted."""
 
     def __init__(self, log: logging.Logger, failures: Counter, interval_s: float = NOT_RECOVERED_LOG_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -88,6 +89,10 @@ class NotRecovered:
         if isinstance(exc, asyncio.CancelledError):
             self._log.info("group %d: taken, its recovery cancelled by a stop; given back", group)
             return
+        if isinstance(exc, Fenced):  # no failure: a newer taking won the group (its lease lapsed here meanwhile)
+            self._log.warning("group %d: taken over by another process while it was recovered; not served here (%s)",
+                              group, exc, extra=lost_in_recovery(group))
+            return
         self._failures.labels(failure_reason(exc)).inc()
         if not self._due.due(str(group)):
             self._unsaid[group] = self._unsaid.get(group, 0) + 1
@@ -100,6 +105,11 @@ class NotRecovered:
         else:
             self._log.error("group %d: taken but not recovered; given back (%d more such takings since the last "
                             "line)", group, left_out, exc_info=exc, extra={"group": group, "left_out": left_out})
+
+
+def lost_in_recovery(group: int) -> dict[str, object]:
+    """The log fields of a taking another process won while it was recovered (``group_lost_in_recovery``)."""
+    return {"event": "group_lost_in_recovery", "group": group}
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -117,4 +127,4 @@ def _unanswered(exc: BaseException) -> bool:
     return isinstance(exc, (*TOPOLOGY_ERRORS, ReadOnlyError, RedisClusterException))
 
 
-__all__ = ["NOT_RECOVERED_LOG_S", "NotRecovered", "failure_reason", "first_share", "hand_over_all"]
+__all__ = ["NOT_RECOVERED_LOG_S", "NotRecovered", "failure_reason", "first_share", "hand_over_all", "lost_in_recovery"]

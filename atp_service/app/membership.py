@@ -24,9 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from atp_service.app.balancing import FreeWatch, address_of, plan_balance, preference
-from atp_service.app.handing import NotRecovered, first_share, hand_over_all
+from atp_service.app.handing import NotRecovered, first_share, hand_over_all, lost_in_recovery
 from atp_service.app.lost_entries import say_if_lost
-from atp_service.app.renewing import keep_renewing
+from atp_service.app.renewing import keep_balancing, keep_renewing
 from atp_service.app.shared_address import MEMBERS_SCRIPT, SharedAddressWatch, refuse_if_shared
 from atp_service.config import ServiceConfig
 from atp_service.edge.fits import routing_refusal
@@ -122,7 +122,7 @@ class Membership:
             await cancel_and_wait(renewing)
             raise
         self._engine_metrics.recovered_entries.set(self._replayed)  # the first share's, as atp_recovery_seconds
-        self._tasks = [renewing, loop.create_task(self._forever(self.balance, self._balance_s), name="leases-balance")]
+        self._tasks = [renewing, loop.create_task(keep_balancing(self.balance, self._balance_s), name="leases-balance")]
 
     async def stop(self) -> None:
         """Leave the members, then hand every group over (drained, snapshotted, lease given back), the leases not
@@ -146,16 +146,6 @@ class Membership:
         with contextlib.suppress(*STORAGE_ERRORS):  # else its entry times out
             await self._store.nodes.run_one(Call(MEMBERS_SCRIPT, [self._store.keys.members],
                                                  [self._entry, 0, self._retired]))
-
-    async def _forever(self, step: Any, every_s: float) -> None:
-        while True:
-            await asyncio.sleep(every_s)
-            try:
-                await step()
-            except (*STORAGE_ERRORS, Fenced) as exc:
-                log.warning("%s: %r (tried again in %.1fs)", step.__name__, exc, every_s)
-            except Exception:  # a bug must not stop renewing or balancing for good: said loudly, tried again
-                log.exception("%s failed (tried again in %.1fs)", step.__name__, every_s)
 
     # -- keeping ----------------------------------------------------------------------------
     async def renew(self) -> str:
@@ -278,9 +268,11 @@ class Membership:
         for group in take:  # one refused (its slot migrating, its node away) keeps no later one from being taken
             try:
                 await self._take(group)
+            except Fenced:  # another taking won it (outranked, or as it was recovered: said): nothing wrong, not raised
+                pass
             except Exception as exc:  # its data refused for good (UNRECOVERABLE), or a bug: said and counted, given
                 said = self._not_recovered.said_last() is exc  # back (NotRecovered); the later free groups taken
-                if isinstance(exc, (*STORAGE_ERRORS, Fenced)):  # all the same (liveness: every one served that can
+                if isinstance(exc, STORAGE_ERRORS):  # all the same (liveness: every one served that can
                     refused.append(exc)  # be); Redis's refusals raised after them, for the balance's caller
                 elif not said:  # a bug before its recovery (taking its lease)
                     self._not_recovered.say(group, exc)
@@ -360,7 +352,7 @@ class Membership:
             raise
         actor.lease_until = max(started, self._renewed_at.get(group, started)) + self._lease_s * SAFETY
         if self.leases.held.get(group) != epoch or group in self._vacating:
-            log.warning("group %d: lost while it was recovered; not served here", group)
+            log.warning("group %d: lost while it was recovered; not served here", group, extra=lost_in_recovery(group))
             return  # given up meanwhile (its lease gone, or a write refused): never installed
         try:
             self._engine.install(actor)

@@ -1,5 +1,5 @@
-"""A leased process's renewals of its membership and leases (``ownership = leases``), kept going for as long as
-it serves: at ``RenewalPace``, each failure said and counted, a bug never ending them for good."""
+"""A leased process's renewals of its membership and leases (``ownership = leases``), and its balances, kept going
+for as long as it serves: renewals at ``RenewalPace``, each failure said and counted; never ended for good by a bug."""
 
 from __future__ import annotations
 
@@ -55,4 +55,16 @@ async def _renewal(renew: Callable[[], Awaitable[str]]) -> str:
         return repr(exc)
 
 
-__all__ = ["keep_renewing"]
+async def keep_balancing(balance: Callable[[], Awaitable[None]], every_s: float) -> None:
+    """``balance`` every ``every_s``; Redis's refusals said as warnings, a bug loudly, and tried again."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await balance()
+        except STORAGE_ERRORS as exc:
+            log.warning("balance: %r (tried again in %.1fs)", exc, every_s)
+        except Exception:  # a bug must not stop balancing for good: said loudly, tried again
+            log.exception("balance failed (tried again in %.1fs)", every_s)
+
+
+__all__ = ["keep_balancing", "keep_renewing"]

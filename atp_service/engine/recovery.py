@@ -14,7 +14,8 @@ from atp_service.config import EngineSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics
-from atp_service.storage.log import LogStore, SnapshotUnreadable
+from atp_service.storage.leases import taken_over
+from atp_service.storage.log import Fenced, LogStore, SnapshotUnreadable
 from atp_service.tasks import in_turns
 from reservation import Ledger, Limits, decode_entry
 from reservation._restore import RESTORE_SLICE, restoring
@@ -98,7 +99,28 @@ async def recover_shard(store: LogStore, shard: int, limits: Limits, restore_sli
     ``LogUnreadable`` at an entry another version wrote that this one cannot decode.
     The snapshot's reservations and the log's events go a slice at a time with a turn of the event
     loop between: a group taken over (leases) while this process serves others must not hold their
-    calls and lease renewals for the seconds a large shard takes."""
+    calls and lease renewals for the seconds a large shard takes. Refused for its data where another instance
+    has taken the shard over meanwhile: ``Fenced`` instead (``_judged``)."""
+    try:
+        return await _recovered(store, shard, limits, restore_slice, replay_slice, reads)
+    except UNRECOVERABLE as exc:
+        await _judged(store, shard, exc)
+        raise
+
+
+async def _judged(store: LogStore, shard: int, exc: BaseException) -> None:
+    """``Fenced`` where a newer owner took ``shard`` over while it was recovered: what it wrote meanwhile landed
+    between the recovery's reads (a process paused there, a reply delayed on the way), which then add up to no
+    log Redis ever held — its entry 1 landed after the log was read missing (``LogGone``), entries appended and
+    trimmed past the snapshot read (``LogHole``, ``LogCutShort``). Not Redis losing data: the group is the newer
+    owner's to recover, and a refusal here would be an operator paged and a start exiting 2 for nothing."""
+    if await taken_over(store, shard):
+        raise Fenced(f"shard {shard}: taken over by a newer owner while it was recovered (its reads, mixing "
+                     f"the newer owner's writes, said: {exc})") from exc
+
+
+async def _recovered(store: LogStore, shard: int, limits: Limits, restore_slice: int, replay_slice: int,
+                     reads: int) -> tuple[Ledger, int, int]:
     for read in range(1, reads + 1):
         # Read first (nothing is appended to the log while it is recovered), and again below only where
         # the replay ended elsewhere. The owner check's read (one shard's of it): the simulation draws its

@@ -93,7 +93,7 @@ class SimMembership:
                 await self.renew()
                 await self.balance()
             except (*STORAGE_ERRORS, Fenced):
-                pass  # tried again at the next turn, as ``Membership._forever`` does
+                pass  # tried again at the next turn, as ``renewing.keep_balancing`` does
 
     async def renew(self) -> None:
         """``Membership.renew``: a lease found another's (or gone) gives its group up; each one renewed

@@ -13,6 +13,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.app.handing import NotRecovered
 from atp_service.metrics import MembershipMetrics
+from atp_service.storage.log import Fenced
 from atp_service.storage.records import SnapshotUnreadable
 
 LOG = logging.getLogger("atp_service.app.membership")
@@ -46,3 +47,18 @@ def test_a_stop_cancelling_a_recovery_is_said_each_time_as_nothing_gone_wrong(
     said.say(1, asyncio.CancelledError())
     said.say(1, asyncio.CancelledError())
     assert [r.levelno for r in caplog.records] == [logging.INFO, logging.INFO]
+
+
+def test_a_taking_another_process_won_while_it_recovered_is_a_warning_and_no_failure(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A recovery whose group a newer taking won meanwhile ends ``Fenced`` (``recovery._judged``): the group is
+    served by that process, nothing is wrong with its data or with Redis. Said at ERROR ("taken but not
+    recovered", with the traceback of a ``LogGone``) and counted as a failed recovery, it paged an operator."""
+    metrics = MembershipMetrics()
+    said = NotRecovered(LOG, metrics.recoveries_failed, clock=lambda: 0.0)
+    caplog.set_level(logging.INFO, logger="atp_service")
+    said.say(0, Fenced("shard 0: taken over by a newer owner while it was recovered"))
+    assert [(r.levelno, getattr(r, "event", None), getattr(r, "group", None)) for r in caplog.records] == [
+        (logging.WARNING, "group_lost_in_recovery", 0)]
+    assert {r: metrics.recoveries_failed.labels(r).value for r in ("data", "redis", "bug")} == {
+        "data": 0, "redis": 0, "bug": 0}

@@ -1,0 +1,65 @@
+"""A group taken over by another process while this one recovers it (``ownership = leases``): the newer owner's
+entry 1 lands after this process read the log missing. It said ERROR "group N: taken but not recovered" with a
+``LogGone`` ("entries acknowledged as durable are missing … restore Redis from a backup") and counted a failed
+recovery for its data — an operator paged for a race two processes ran as they should."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from atp_service.storage.records import number_of
+from reservation import LogEntry, encode_entry
+from tests.atp_service.app.test_lease_lost_mid_renewal import start, stocked_group
+from tests.conftest import ServiceFactory
+
+__all__ = ["start"]  # the fixture, used here
+
+
+async def newer_taking(redis_url: str, prefix: str, group: int) -> None:
+    """What another process's taking of ``group`` and its first write leave in Redis: its lease, its owner key at a
+    higher epoch, and its log's entry 1 with the log-begun mark (as the append script writes them, in one call)."""
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        tag = f"{prefix}{{g{group}}}:"
+        epoch = f"{number_of(await r.get(tag + 'owner')) + 1}:the-newer-process"
+        await r.set(tag + "lease", "the-newer-process", px=600_000)
+        await r.set(tag + "owner", epoch)
+        await r.xadd(tag + "log", {"e": encode_entry(LogEntry(ts=1_700_000_000_000, events=[]))}, id="1-0")
+        await r.incr(tag + "log-begun")
+    finally:
+        await r.aclose()
+
+
+async def test_a_group_taken_over_while_recovered_is_said_as_lost_not_as_its_log_lost(
+        start: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    group = 3
+    service, _client, membership, engine, _sku = await stocked_group(start, 1, 5)  # group 3 never written
+    await membership._hand_over(group)
+    store = membership.leases.store
+    read, log_key, taken = store.client.xrange, store.keys.log(group), []
+
+    async def taken_over_after_the_read(name: Any, *args: Any, **kwargs: Any) -> Any:
+        rows = await read(name, *args, **kwargs)
+        if name == log_key and not taken:
+            taken.append(name)  # this process paused here (a GC pause, a stalled VM): another takes the group
+            await newer_taking(redis_url, store.keys.prefix, group)
+        return rows
+
+    monkeypatch.setattr(store.client, "xrange", taken_over_after_the_read)
+    caplog.set_level(logging.INFO, logger="atp_service")
+    await membership.balance()  # the taking lost is nothing for the balance's caller to hear
+    monkeypatch.undo()
+    assert taken, "the log was read"
+    assert group not in membership.leases.held and engine.actors[group].vacant
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("atp_service")]
+    assert not errors, errors
+    assert [r.levelno for r in caplog.records if getattr(r, "event", None) == "group_lost_in_recovery"] == [
+        logging.WARNING]
+    registry = service.metrics.registry
+    assert [registry.get_sample_value("atp_group_recoveries_failed_total", {"reason": reason})
+            for reason in ("data", "redis", "bug")] == [0, 0, 0]
