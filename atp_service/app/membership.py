@@ -269,7 +269,7 @@ class Membership:
             try:
                 await self._take(group)
             except Fenced:  # another taking won it (outranked, or as it was recovered: said): nothing wrong, not raised
-                pass
+                self._not_recovered.said_last()  # forgotten: its frames hold the state its recovery restored
             except Exception as exc:  # its data refused for good (UNRECOVERABLE), or a bug: said and counted, given
                 said = self._not_recovered.said_last() is exc  # back (NotRecovered); the later free groups taken
                 if isinstance(exc, STORAGE_ERRORS):  # all the same (liveness: every one served that can

@@ -5,14 +5,18 @@ recovery for its data — an operator paged for a race two processes ran as they
 
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
 from typing import Any
 
 import pytest
 import redis.asyncio as aredis
 
+from atp_service.app.membership import Membership
+from atp_service.engine import recovery
 from atp_service.storage.records import number_of
-from reservation import LogEntry, encode_entry
+from reservation import Ledger, Limits, LogEntry, encode_entry
 from tests.atp_service.app.test_lease_lost_mid_renewal import start, stocked_group
 from tests.conftest import ServiceFactory
 
@@ -34,12 +38,10 @@ async def newer_taking(redis_url: str, prefix: str, group: int) -> None:
         await r.aclose()
 
 
-async def test_a_group_taken_over_while_recovered_is_said_as_lost_not_as_its_log_lost(
-        start: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
-    group = 3
-    service, _client, membership, engine, _sku = await stocked_group(start, 1, 5)  # group 3 never written
-    await membership._hand_over(group)
+def taken_over_at_the_log_read(monkeypatch: pytest.MonkeyPatch, membership: Membership, redis_url: str,
+                               group: int) -> list[str]:
+    """Once ``group``'s log has been read (by its recovery), another process takes the group (``newer_taking``)
+    before this one goes on. Returns a list that holds the log's key once that happened."""
     store = membership.leases.store
     read, log_key, taken = store.client.xrange, store.keys.log(group), []
 
@@ -51,6 +53,16 @@ async def test_a_group_taken_over_while_recovered_is_said_as_lost_not_as_its_log
         return rows
 
     monkeypatch.setattr(store.client, "xrange", taken_over_after_the_read)
+    return taken
+
+
+async def test_a_group_taken_over_while_recovered_is_said_as_lost_not_as_its_log_lost(
+        start: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    group = 3
+    service, _client, membership, engine, _sku = await stocked_group(start, 1, 5)  # group 3 never written
+    await membership._hand_over(group)
+    taken = taken_over_at_the_log_read(monkeypatch, membership, redis_url, group)
     caplog.set_level(logging.INFO, logger="atp_service")
     await membership.balance()  # the taking lost is nothing for the balance's caller to hear
     monkeypatch.undo()
@@ -63,3 +75,30 @@ async def test_a_group_taken_over_while_recovered_is_said_as_lost_not_as_its_log
     registry = service.metrics.registry
     assert [registry.get_sample_value("atp_group_recoveries_failed_total", {"reason": reason})
             for reason in ("data", "redis", "bug")] == [0, 0, 0]
+
+
+async def test_a_taking_lost_in_recovery_keeps_nothing_of_what_it_recovered(
+        start: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Said, the lost taking is forgotten (``NotRecovered.said_last``): its exception's frames hold the state its
+    recovery restored (a whole shard's, for a group another process now serves), kept until the next failed
+    taking, if any ever came."""
+    group = 3
+    _service, _client, membership, _engine, _sku = await stocked_group(start, 1, 5)
+    await membership._hand_over(group)
+    taken = taken_over_at_the_log_read(monkeypatch, membership, redis_url, group)
+    built: list[weakref.ref[Ledger]] = []
+
+    def ledger(shard: int, limits: Limits) -> Ledger:
+        made = Ledger(shard, limits)
+        built.append(weakref.ref(made))
+        return made
+
+    monkeypatch.setattr(recovery, "Ledger", ledger)
+    caplog.set_level(logging.CRITICAL, logger="atp_service")  # no log record kept by pytest holds the exception
+    await membership.balance()
+    monkeypatch.undo()
+    assert taken and built, "the log was read, the ledger built"
+    assert group not in membership.leases.held
+    gc.collect()
+    assert [ref() for ref in built] == [None]
