@@ -1,7 +1,8 @@
 """A group taken over by another process while this one recovers it (``ownership = leases``): the newer owner's
 entry 1 lands after this process read the log missing. It said ERROR "group N: taken but not recovered" with a
 ``LogGone`` ("entries acknowledged as durable are missing … restore Redis from a backup") and counted a failed
-recovery for its data — an operator paged for a race two processes ran as they should."""
+recovery for its data — an operator paged for a race two processes ran as they should. A taking another process
+won (outranked, or taken over as it was recovered) is nothing for a balance's caller to hear: a start included."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import redis.asyncio as aredis
 
 from atp_service.app.membership import Membership
 from atp_service.engine import recovery
+from atp_service.storage.leases import GroupLeases
 from atp_service.storage.records import number_of
 from reservation import Ledger, Limits, LogEntry, encode_entry
-from tests.atp_service.app.test_lease_lost_mid_renewal import start, stocked_group
+from tests.atp_service.app.test_lease_lost_mid_renewal import SHARDS, start, stocked_group
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 
 __all__ = ["start"]  # the fixture, used here
 
@@ -102,3 +105,24 @@ async def test_a_taking_lost_in_recovery_keeps_nothing_of_what_it_recovered(
     assert group not in membership.leases.held
     gc.collect()
     assert [ref() for ref in built] == [None]
+
+
+async def test_a_start_whose_every_taking_another_won_serves_and_takes_them_later(
+        start: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each group taken by another process, then given back, between this one's draw of an epoch and its ACQUIRE:
+    every taking outranked (``Fenced``). The first balance raised it, and the start, holding no group, failed with
+    it (``redis_wait`` raises a ``Fenced`` as it is): a process that lost a race to the others did not start."""
+    draw = GroupLeases._draw
+
+    async def outranked(leases: GroupLeases, group: int) -> str:
+        epoch = await draw(leases, group)
+        await leases.store.client.set(leases.store.keys.owner(group), f"{number_of(epoch) + 1}:the-other-process")
+        return epoch
+
+    monkeypatch.setattr(GroupLeases, "_draw", outranked)
+    service, _client = await start(port=held_port(), host="127.0.0.1")
+    monkeypatch.undo()
+    membership = service.membership
+    assert membership is not None and not membership.leases.held
+    await membership.balance()
+    assert sorted(membership.leases.held) == list(range(SHARDS))
