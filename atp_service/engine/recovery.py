@@ -115,8 +115,8 @@ async def _judged(store: LogStore, shard: int, exc: BaseException) -> None:
     trimmed past the snapshot read (``LogHole``, ``LogCutShort``). Not Redis losing data: the group is the newer
     owner's to recover, and a refusal here would be an operator paged and a start exiting 2 for nothing."""
     if await taken_over(store, shard):
-        raise Fenced(f"shard {shard}: taken over by a newer owner while it was recovered (its reads, mixing "
-                     f"the newer owner's writes, said: {exc})") from exc
+        raise Fenced(f"shard {shard}: taken over by a newer owner while it was recovered (its reads, mixing the "
+                     f"newer owner's writes, added up to a {type(exc).__name__})") from exc  # not its text: no page
 
 
 async def _recovered(store: LogStore, shard: int, limits: Limits, restore_slice: int, replay_slice: int,

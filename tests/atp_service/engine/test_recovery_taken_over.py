@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from atp_service.engine.recovery import UNRECOVERABLE, recover_shard
+from atp_service.engine.recovery import UNRECOVERABLE, LogGone, recover_shard
 from atp_service.storage.log import Fenced, LogStore, connect
 from reservation import Limits, LogEntry, encode_entry
 
@@ -63,11 +63,12 @@ async def test_a_log_begun_by_the_newer_owner_after_the_read_is_no_lost_log(
         await recover_shard(older, 0, Limits())
 
 
-async def test_a_log_grown_and_snapshotted_by_the_newer_owner_meanwhile_is_no_log_cut_short(
+async def test_a_log_grown_and_trimmed_by_the_newer_owner_meanwhile_is_no_hole(
         stores: tuple[LogStore, LogStore]) -> None:
-    """The older instance read its snapshot and the log after it; the newer one then appended and trimmed: the
-    log ends elsewhere at each read. Any refusal for its data there would be a false alarm: the group is not the
-    older instance's to judge."""
+    """The older instance read the log's first page; the newer one then trimmed it (as its snapshot would) and
+    appended: the next page starts past an entry never read (``LogHole``), and the log's end moved (``LogCutShort``
+    where it is read again). Any refusal for its data there is a false alarm: the group is not the older
+    instance's to judge."""
     older, newer = stores
     await older.claim(1)
     for seq in (1, 2):
@@ -83,3 +84,15 @@ async def test_a_log_grown_and_snapshotted_by_the_newer_owner_meanwhile_is_no_lo
         await recover_shard(older, 0, Limits())
     assert not isinstance(raised.value, UNRECOVERABLE), repr(raised.value)
     assert isinstance(raised.value, Fenced), repr(raised.value)
+
+
+async def test_a_log_lost_with_its_owner_key_is_still_refused_for_its_data(stores: tuple[LogStore, LogStore]) -> None:
+    """Every taking writes its owner key before it recovers: an owner key missing during a recovery is Redis
+    having lost it (evicted, an older copy of the data), never a newer owner — the log lost with it is refused
+    (``LogGone``: an operator must act), not passed off as a group taken over."""
+    older, _ = stores
+    await older.claim(1)
+    await older.submit(0, 1, ENTRY)
+    await older.client.delete(older.keys.log(0), older.keys.owner(0))
+    with pytest.raises(LogGone):
+        await recover_shard(older, 0, Limits())
