@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service.edge.routing import Route, RoutingTable, routing_pb
+from atp_service.edge.routing import KEYS_MOST, Route, RoutingTable, routing_pb
 from reservation import DomainError, GroupPolicy, InvalidArgument, Limits, Reason, ReserveCommand, Unavailable
 
 if TYPE_CHECKING:
@@ -150,12 +150,12 @@ EPOCH_MOST = 2**64 - 1
 
 def routing_refusal(shards: int, address: str, max_message_bytes: int, longest: str = "") -> str | None:
     """Why GetRouting's answer by the process at ``address`` could pass ``max_message_bytes`` - every
-    group owned at ``longest`` (another process's address; else its own) under the largest epoch -
-    or None. Its answer has no pages: past the limit it is refused (``too_large``), and a routing
-    client has no table to route by."""
+    group owned at ``longest`` (another process's address; else its own) under the largest epoch, and
+    the largest ``max_availability_keys`` - or None. Its answer has no pages: past the limit it is
+    refused (``too_large``), and a routing client has no table to route by."""
     widest = longest if len(longest) > len(address) else address
-    size = routing_pb(RoutingTable(shards, address, tuple(Route(g, widest, EPOCH_MOST)
-                                                          for g in range(shards)))).ByteSize()
+    size = routing_pb(RoutingTable(shards, address, tuple(Route(g, widest, EPOCH_MOST) for g in range(shards))),
+                      KEYS_MOST).ByteSize()
     if size <= max_message_bytes:
         return None
     return (f"{LIMIT}: GetRouting's answer, {shards} groups (shards) at {widest!r}, could take {size} bytes, past "

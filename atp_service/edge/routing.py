@@ -18,7 +18,10 @@ from atp_client import MOVED_KEY, PLACEMENT, place
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import SERVING_KEY
 
-__all__ = ["PLACEMENT", "Route", "RoutingTable", "groups_of", "routing_pb", "serving_of", "single_process"]
+__all__ = ["KEYS_MOST", "PLACEMENT", "Route", "RoutingTable", "groups_of", "routing_pb", "serving_of", "single_process"]
+KEYS_MOST = 2**32 - 1
+"""The largest ``max_availability_keys`` GetRouting carries (a uint32): a limit above it is told as it, no call
+ever asking that many keys (``max_message_bytes`` is an int32, each key at least four bytes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +48,12 @@ def single_process(shards: int, address: str) -> RoutingTable:
     return RoutingTable(shards, address, tuple(Route(group, address, 0) for group in range(shards)))
 
 
-def routing_pb(table: RoutingTable) -> pb.GetRoutingResponse:
+def routing_pb(table: RoutingTable, max_availability_keys: int = 0) -> pb.GetRoutingResponse:
+    """``GetRouting``'s answer: ``table``, and this process's ``max_availability_keys`` (a routing client,
+    which splits a call's keys by group, refuses more before it sends any)."""
     return pb.GetRoutingResponse(
         shards=table.shards, placement=PLACEMENT, address=table.address,
+        max_availability_keys=min(max_availability_keys, KEYS_MOST),
         groups=[pb.GroupRoute(group=r.group, address=r.address, epoch=r.epoch) for r in table.routes])
 
 

@@ -232,7 +232,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 
     @_observed("GetRouting")
     async def GetRouting(self, request: pb.GetRoutingRequest, context: Any) -> pb.GetRoutingResponse:
-        return routing_pb(self.routing())
+        return routing_pb(self.routing(), self.limits.max_availability_keys)
 
     async def ReserveStream(
         self, request_iterator: AsyncIterator[pb.ReserveStreamRequest], context: grpc.aio.ServicerContext[Any, Any]

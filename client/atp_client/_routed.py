@@ -33,6 +33,7 @@ from atp_client._errors import (
     invalid_field,
     renumbered,
 )
+from atp_client._routed_reads import check_key_count, read_groups
 from atp_client._routing import REDIRECT, ROUTING_KEY, Lru, Routes, moved_of
 from atp_client._time import checked_timeout
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -166,13 +167,15 @@ class RoutedClient:
 
     async def availability(self, keys: Iterable[tuple[str, str]]) -> list[pb.Availability]:
         """Positions in the order of ``keys``, each read at the owner of its SKU's group: a process
-        answers reads only for the groups it owns, so the keys are asked one call per group, at once. No keys: refused
-        unsent, as the service refuses them (``INVALID_FIELD``, ``keys``), not answered ``[]`` with nothing asked."""
+        answers reads only for the groups it owns, so the keys are asked one call per group, at once. Refused as
+        the service refuses one call asking them all: no keys, or more than its ``max_availability_keys``
+        (``GetRouting`` tells it), unsent; else the first key at fault, named by its place in ``keys``."""
         keys = list(keys)
         if not keys:
             raise invalid_field("keys", "at least one key is required")
         deadline = self._deadline()
         routes = self._routes or await self._refresh(None, deadline)
+        check_key_count(len(keys), routes.max_availability_keys)
         by_group: dict[int | None, list[int]] = {}
         for i, (sku, _) in enumerate(keys):
             by_group.setdefault(routes.home((sku,)), []).append(i)
@@ -184,18 +187,7 @@ class RoutedClient:
             except InvalidRequest as exc:  # a key at fault named by its place in the caller's keys, not in this call
                 raise renumbered(exc, "keys", idx) from None
 
-        reads = [asyncio.ensure_future(read(group, idx)) for group, idx in by_group.items()]
-        try:
-            answers = await asyncio.gather(*reads)
-        finally:  # one refused: the others are not left running after the caller has its answer
-            for task in reads:
-                task.cancel()
-            await asyncio.gather(*reads, return_exceptions=True)
-        out: list[pb.Availability] = [pb.Availability()] * len(keys)
-        for idx, positions in zip(by_group.values(), answers, strict=True):
-            for i, position in zip(idx, positions, strict=True):
-                out[i] = position
-        return out
+        return await read_groups(len(keys), by_group, read)
 
     async def _by_id(self, rpc: str, req: Any) -> pb.Reservation:
         """A call naming a reservation: to its home group's owner when known; else to any process

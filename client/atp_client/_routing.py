@@ -110,23 +110,26 @@ class Lru(Generic[K, V]):
 class Routes:
     """What one ``GetRouting`` answered: the owner of each group ("" while none), and the address
     of the process that answered. ``routable`` is false for a placement this client does not know:
-    then it routes nothing itself, and every call is forwarded by the service."""
+    then it routes nothing itself, and every call is forwarded by the service. ``max_availability_keys``:
+    the answering process's limit on the keys of one ``GetAvailability`` (0: not told, by a service older
+    than it)."""
 
     shards: int
     address: str
     owners: tuple[str, ...]
     routable: bool
+    max_availability_keys: int = 0
 
     @classmethod
     def of(cls, answer: pb.GetRoutingResponse) -> Routes:
         if answer.shards > MAX_GROUPS:  # not a keyspace's: sized by it, the table could take gigabytes
-            return cls(0, answer.address, (), routable=False)
+            return cls(0, answer.address, (), False, answer.max_availability_keys)
         owners = [""] * answer.shards
         for route in answer.groups:
             if route.group < answer.shards:
                 owners[route.group] = route.address
         return cls(answer.shards, answer.address, tuple(owners),
-                   answer.placement == PLACEMENT and answer.shards > 0)
+                   answer.placement == PLACEMENT and answer.shards > 0, answer.max_availability_keys)
 
     def home(self, skus: Iterable[str]) -> int | None:
         """The home group of a reservation of these SKUs; None when this client cannot tell."""

@@ -6,7 +6,9 @@ as the service will once it listens.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -15,6 +17,7 @@ from atp_client import AtpClient, RoutedClient, home_group, place, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from atp_service.edge.auth import new_token, token_hash
+from reservation import Limits
 from tests.atp_service.refusals import fields_of, refused, told
 from tests.conftest import ServiceFactory
 from tests.ports import held_port
@@ -128,3 +131,65 @@ async def test_routed_client_asks_another_seed_when_one_does_not_answer(start_se
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await lost.get_reservation("r1")
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_routed_client_names_the_first_key_at_fault_whichever_groups_read_answers_first(
+        start_service: ServiceFactory) -> None:
+    """Keys at fault in two groups, each group's keys asked in a call of its own: the caller was told the
+    refusal of whichever call came back first - here the second group's, ``keys[3]``, while the service asked
+    them all names ``keys[1]``. The earlier group's call is held until the later group's has been refused."""
+    service, client = await start_service()
+    address = advertised(service)
+    shards = service.config.shards
+    other = next(sku for sku in SKUS if place(sku, shards) != place("A", shards))
+    keys = [("A", "L"), ("A", ""), (other, "L"), (other, "")]
+    direct = await refused(client.availability(keys))
+    async with RoutedClient(address, timeout_s=5) as routed:
+        send, later_told = routed._send, asyncio.Event()
+
+        async def in_turn(rpc: str, req: Any, group: int | None, deadline: float) -> Any:
+            if group == place("A", shards):
+                await later_told.wait()
+                return await send(rpc, req, group, deadline)
+            try:
+                return await send(rpc, req, group, deadline)
+            finally:
+                later_told.set()
+
+        routed._send = in_turn  # type: ignore[method-assign]
+        said = await refused(routed.availability(keys))
+    assert (direct.code, direct.reason, fields_of(direct)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["keys[1].location"])
+    assert (said.code, said.reason, fields_of(said), said.message) == (
+        direct.code, direct.reason, fields_of(direct), direct.message)
+
+
+async def test_routed_client_refuses_more_keys_than_the_service_takes_unsent(start_service: ServiceFactory) -> None:
+    """Three keys in two groups, the service taking two a call: asked them all, the service refuses the call
+    ``LIMIT_EXCEEDED`` naming ``max_availability_keys``; split by group (at most two a call), ``RoutedClient``
+    had them answered. ``GetRouting`` tells the limit: refused unsent, as the service refuses it."""
+    service, client = await start_service(limits=Limits(max_availability_keys=2))
+    address = advertised(service)
+    shards = service.config.shards
+    other = next(sku for sku in SKUS if place(sku, shards) != place("A", shards))
+    keys = [("A", "L"), (other, "L"), ("A", "L2")]
+    direct = await refused(client.availability(keys))
+    async with RoutedClient(address, timeout_s=5) as routed:
+        await routed.refresh()
+        sent: list[str] = []
+        call_at = routed._call_at
+
+        async def counted(address: str, rpc: str, *args: Any) -> Any:
+            sent.append(rpc)
+            return await call_at(address, rpc, *args)
+
+        routed._call_at = counted  # type: ignore[method-assign]
+        said = await refused(routed.availability(keys))
+        assert sent == []  # refused before anything was asked
+        assert len(await routed.availability(keys[:2])) == 2
+        assert routed.routes is not None and routed.routes.max_availability_keys == 2
+    assert (direct.code, direct.reason, direct.metadata.get("limit"), fields_of(direct)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED", "max_availability_keys", ["keys"])
+    assert (said.code, said.reason, said.metadata.get("limit"), fields_of(said)) == (
+        direct.code, direct.reason, "max_availability_keys", ["keys"])
+    assert "max_availability_keys=2" in said.message

@@ -581,13 +581,15 @@ class GroupRoute(_message.Message):
     def __init__(self, group: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class GetRoutingResponse(_message.Message):
-    __slots__ = ("shards", "placement", "groups", "address")
+    __slots__ = ("shards", "placement", "groups", "address", "max_availability_keys")
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MAX_AVAILABILITY_KEYS_FIELD_NUMBER: _ClassVar[int]
     shards: int
     placement: str
     groups: _containers.RepeatedCompositeFieldContainer[GroupRoute]
     address: str
-    def __init__(self, shards: _Optional[int] = ..., placement: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[GroupRoute, _Mapping]]] = ..., address: _Optional[str] = ...) -> None: ...
+    max_availability_keys: int
+    def __init__(self, shards: _Optional[int] = ..., placement: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[GroupRoute, _Mapping]]] = ..., address: _Optional[str] = ..., max_availability_keys: _Optional[int] = ...) -> None: ...
