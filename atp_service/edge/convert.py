@@ -83,6 +83,20 @@ def fact_kind_name(kind: int) -> str:
     return pb.FactKind.Name(kind).removeprefix(_FACT_KIND_PREFIX)
 
 
+ECHO_CHARS = 32
+"""The characters of an id past ``max_id_length`` an answer tags its item with (``echoed_id``)."""
+
+
+def echoed_id(value: str, limits: Limits) -> str:
+    """The id an item's answer (a ``ReserveStream`` outcome, a fact's result) is tagged with: the item's own, or
+    for one past ``max_id_length`` (refused for it) its first ``ECHO_CHARS`` characters, ``...`` and its length in
+    bytes. Sent back whole, an id filling the request made its answer larger than ``max_message_bytes``: never
+    sent, the one item's refusal included."""
+    if len(value) <= limits.max_id_length // 4 or len(value.encode()) <= limits.max_id_length:
+        return value
+    return f"{value[:ECHO_CHARS]}...({len(value.encode())} bytes)"
+
+
 def fact_pb(fact: Fact) -> pb.Fact:
     """A validated fact as ``RecordEvents`` carries it (to the process owning its group)."""
     return pb.Fact(event_id=fact.event_id, source=fact.source, kind=cast(pb.FactKind, fact.kind), sku=fact.sku,

@@ -75,13 +75,12 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
             moved.setdefault(result.owner, []).append(n)
             elsewhere = elsewhere or result
         elif isinstance(result, InvalidArgument):  # stamped in the future (E7), never applied here
-            _invalid(out, n, request.events[n], result, metrics)
+            _invalid(out, n, request.events[n], result, metrics, limits)
         elif isinstance(result, DomainError):
             refusals.append(result)
         else:
             outcome, reason = result
-            answer = out[n] = pb.FactResult(event_id=request.events[n].event_id,
-                                            outcome=cast(pb.FactOutcome, int(outcome)))
+            answer = out[n] = pb.FactResult(event_id=request.events[n].event_id, outcome=cast(pb.FactOutcome, outcome))
             if reason:
                 answer.quarantine_reason, answer.detail = convert.quarantine_reason(reason), reason
     if refusals:  # some facts may be durable already (a retry of the call is safe, E8); one in doubt is told (R7)
@@ -172,7 +171,7 @@ def _facts_of(request: pb.RecordEventsRequest, now: int, limits: Limits, metrics
             try:  # every other check as before: only the future one passes with this clock
                 fact, refusal = _fact_of(ev, FAR_FUTURE, limits), exc
             except InvalidArgument:
-                _invalid(out, n, ev, exc, metrics)
+                _invalid(out, n, ev, exc, metrics, limits)
                 continue
         if refusal is None:
             valid.append(fact)
@@ -188,9 +187,10 @@ def _fact_of(ev: pb.Fact, now: int, limits: Limits) -> Fact:
                      reservation_id=ev.reservation_id, now=now, limits=limits)
 
 
-def _invalid(out: list[pb.FactResult | None], n: int, ev: pb.Fact, exc: InvalidArgument, metrics: EdgeMetrics) -> None:
+def _invalid(out: list[pb.FactResult | None], n: int, ev: pb.Fact, exc: InvalidArgument, metrics: EdgeMetrics,
+             limits: Limits) -> None:
     metrics.facts.labels("grpc", convert.fact_kind_name(ev.kind), "invalid").inc()
-    out[n] = pb.FactResult(event_id=ev.event_id, outcome=pb.FACT_OUTCOME_INVALID,
+    out[n] = pb.FactResult(event_id=convert.echoed_id(ev.event_id, limits), outcome=pb.FACT_OUTCOME_INVALID,
                            error=rich_status(exc.within(f"events[{n}]")))
 
 

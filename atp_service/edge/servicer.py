@@ -345,7 +345,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 cmds.append(cmd)
                 outcomes.append(None)
             except DomainError as exc:
-                outcomes.append(_failed(req.reservation_id, exc))
+                outcomes.append(pb.ReserveOutcome(reservation_id=convert.echoed_id(req.reservation_id, self.limits),
+                                                  error=rich_status(exc)))
         if cmds and engine is None:
             engine = self.engine  # RECOVERING: an item could be decided, so the stream ends, nothing of it decided
         sent = SentInTurn([n for n, outcome in enumerate(outcomes) if outcome is None], batch, owners)
@@ -372,8 +373,3 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         check_answer_size(answer, len(batch.reservations), self.max_message_bytes, bool(cmds))  # ends the stream
         self.latency("ReserveStream.batch", "OK").observe(time.perf_counter() - started)
         return answer
-
-
-def _failed(reservation_id: str, exc: DomainError) -> pb.ReserveOutcome:
-    return pb.ReserveOutcome(reservation_id=reservation_id, error=rich_status(exc))
-

@@ -339,8 +339,8 @@ def check_answer_size(answer: pb.ReserveStreamResponse, batch: int, max_message_
     size = answer.ByteSize()
     if size > max_message_bytes:
         said = ("they were decided; re-send them with the same ids in smaller batches, which answers what was decided"
-                if decided else "none of them was decided (each at fault, its id sent back whole); re-send them in "
-                "smaller batches, ids within max_id_length, to be told each one's fault")
+                if decided else "none of them was decided (each at fault); re-send them in smaller batches to be "
+                "told each one's fault")
         raise Unavailable(f"the answer to a batch of {batch} reservations ({size} bytes) exceeds max_message_bytes="
                           f"{max_message_bytes}: {said}", Reason.OUTCOME_UNKNOWN,
                           metadata={"limit": "max_message_bytes"})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from atp_client import Refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from tests.atp_service.edge.test_api import T0, receipt
@@ -164,3 +165,53 @@ async def test_a_reserve_retried_after_its_group_widened_answers_what_was_decide
     refusal = await refused(client.stub.Reserve(pb.ReserveRequest(reservation_id="r-other", channel="web",
                                                                   lines=[line]), timeout=10))
     assert (refusal.reason, fields_of(refusal)) == ("LIMIT_EXCEEDED", ["lines"])
+
+
+HUGE = "r" * (SMALLEST - 200)
+"""An id filling a request of the smallest ``max_message_bytes``: far past ``max_id_length``."""
+ECHO = f"{HUGE[:32]}...({len(HUGE)} bytes)"
+"""What an answer tags an item of that id with."""
+
+
+async def test_an_item_whose_id_is_past_max_id_length_is_answered_its_id_cut_short(
+        start_service: ServiceFactory) -> None:
+    """A ``ReserveStream`` item is answered tagged with its id, and a ``RecordEvents`` fact with its event id. One
+    past ``max_id_length``, filling the request, was sent back whole beside its refusal: the answer passed
+    ``max_message_bytes``, so the stream ended ``OUTCOME_UNKNOWN`` and the call ``UNAVAILABLE`` - a batch of that
+    one item could never be answered. Each is told its own fault, its id cut to a prefix and its length."""
+    _, client = await start_service(clock=ManualClock(T0), max_message_bytes=SMALLEST)
+    item = pb.ReserveRequest(reservation_id=HUGE, lines=[pb.Line(sku="A", location="S1", quantity=1)])
+    assert pb.ReserveStreamRequest(reservations=[item]).ByteSize() < SMALLEST
+    stream = client.stub.ReserveStream()
+    await stream.write(pb.ReserveStreamRequest(reservations=[item]))
+    (outcome,) = (await stream.read()).outcomes
+    await stream.done_writing()
+    assert await stream.code() == grpc.StatusCode.OK
+    told_item = Refusal.from_status(outcome.error)
+    assert (outcome.reservation_id, told_item.code, told_item.reason, told_item.metadata.get("limit")) == (
+        ECHO, grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED", "max_id_length")
+
+    (result,) = (await client.stub.RecordEvents(pb.RecordEventsRequest(events=[receipt(HUGE, "A", "S1", 1)]),
+                                                timeout=10)).results
+    told_fact = Refusal.from_status(result.error)
+    assert (result.event_id, result.outcome, told_fact.reason, fields_of(told_fact)) == (
+        ECHO, pb.FACT_OUTCOME_INVALID, "LIMIT_EXCEEDED", ["events[0].event_id"])
+
+
+async def test_a_unary_call_naming_an_id_past_max_id_length_is_refused_without_it(
+        start_service: ServiceFactory) -> None:
+    """Every unary call naming an id past ``max_id_length`` is refused naming the field, its message not the id."""
+    _, client = await start_service(clock=ManualClock(T0), max_message_bytes=SMALLEST)
+    line = pb.Line(sku="A", location="S1", quantity=1)
+    calls = [client.stub.Reserve(pb.ReserveRequest(reservation_id=HUGE, lines=[line]), timeout=10),
+             client.stub.Confirm(pb.ConfirmRequest(reservation_id=HUGE), timeout=10),
+             client.stub.Release(pb.ReleaseRequest(reservation_id=HUGE), timeout=10),
+             client.stub.Fulfill(pb.FulfillRequest(reservation_id=HUGE), timeout=10),
+             client.stub.GetReservation(pb.GetReservationRequest(reservation_id=HUGE), timeout=10),
+             client.stub.GetAvailability(pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku=HUGE, location="S1")]),
+                                         timeout=10)]
+    for call in calls:
+        refusal = await refused(call)
+        assert (refusal.code, refusal.reason, refusal.metadata.get("limit")) == (
+            grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED", "max_id_length"), refusal
+        assert len(refusal.message) < 200 and HUGE[:200] not in refusal.message
