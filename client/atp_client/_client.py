@@ -315,7 +315,7 @@ class AtpClient:
             async for result in source.answers(call, self.timeout_s):
                 yield result
         except grpc.aio.AioRpcError as exc:  # a batch gRPC refused too large leaves those sent before it in doubt
-            raise stream_cut_unread(source.told(exc), source.unanswered) from source.failure
+            raise stream_cut_unread(await source.told(exc), source.unanswered) from source.failure
         finally:
             # grpc.aio goes on taking batches from the caller and sending them in a task of its
             # own until the call ends: a caller that stops reading (break, aclose, an error) would
