@@ -118,14 +118,16 @@ def own_parts(order: Reservation, found: Mapping[int, Reservation], place: Place
 
 def shares_for(order: Reservation, shares: Mapping[int, PendingOp], found: Mapping[int, Reservation],
                place: Place, limits: Limits) -> dict[int, PendingOp]:
-    """``shares`` of ``order``'s change less those to another order's part (``others``): never confirmed, fulfilled
-    or released on its behalf (a confirmed one's units are a confirmed order's, Q3) — but one that only holds is
-    given back by any share, expired (only while it still holds: never a part confirmed meanwhile, Q3), as giving
-    the order up does (``give_up_part``): its hold is no order's now, and where the order holds nothing there
-    (released by line before the part came back) no other step would ever give it back (R2)."""
+    """``shares`` of ``order``'s change to the parts read (``found``), less those to another order's part
+    (``others``): never confirmed, fulfilled or released on its behalf (a confirmed one's units are a confirmed
+    order's, Q3) — but one that only holds is given back by any share, expired (only while it still holds: never a
+    part confirmed meanwhile, Q3), as giving the order up does (``give_up_part``): its hold is no order's now, and
+    where the order holds nothing there (released by line before the part came back) no other step would ever give
+    it back (R2). None to a group not in ``found``: no part there (nothing to change), or its group did not answer
+    the read — whose part it holds is not known, and a share goes by the part's id alone."""
     foreign = others(order, found, place, limits)
     return {group: PendingOp(OrderStep.EXPIRE) if group in foreign else share for group, share in shares.items()
-            if group not in foreign or found[group].state == State.HELD}
+            if group in found and (group not in foreign or found[group].state == State.HELD)}
 
 
 def released_unrecorded(order: Reservation, found: Mapping[int, Reservation], place: Place) -> list[int]:

@@ -29,6 +29,7 @@ from atp_service.engine.order_expiry import (
 )
 from atp_service.engine.order_steps import OrderSteps
 from atp_service.engine.parts import (
+    UNDECIDED,
     GiveUpPart,
     ReservePart,
     command_of,
@@ -51,6 +52,7 @@ from reservation import (
     NotFound,
     OrderStep,
     PendingOp,
+    Reason,
     Reservation,
     ReserveCommand,
     ResourceExhausted,
@@ -319,10 +321,12 @@ class Orders(OrderSteps):
         elif pending.kind == OrderStep.CONFIRM and await self._give_up_if_torn(order, home, parts := await self._parts(
                 order)):
             return await self._settle(order_id, home)  # given up whole: expired
-        else:  # none to another order's part of that id (``shares_for``); a silent group's share sent as it is
-            found = parts if parts is not None else (await answering_parts(self._engine, order))[0]
+        else:  # only to a part read, none to another order's of that id but to expire it (``shares_for``)
+            found, silent = (parts, []) if parts is not None else await answering_parts(self._engine, order)
             shares = orders.shares(order, pending, place)
             await self._apply(order, losses.shares_for(order, shares, found, place, self._engine.limits))
+            if silent:  # R3, Q3: its share once its group answers a read, the change left pending (driven on)
+                raise Unavailable(UNDECIDED, Reason.OUTCOME_UNKNOWN)
             # recorded as they did it (``_change``)
             parts = losses.own_parts(order, await self._parts(order), place, self._engine.limits)
         settled = orders.settled(order, self._engine.now_at(home), parts)

@@ -67,6 +67,8 @@ def test_another_order_s_part_under_the_id_is_a_lost_part_whatever_the_order_s_a
     assert losses.shares_for(second, confirm, parts, place, LIMITS) == {0: confirm[0], 1: PendingOp(OrderStep.EXPIRE)}
     release = orders.shares(second, PendingOp(OrderStep.RELEASE), place)
     assert losses.shares_for(second, release, parts, place, LIMITS) == {0: release[0], 1: PendingOp(OrderStep.EXPIRE)}
+    # a group not read (silent, or no part there): no share, whose part it holds not known
+    assert losses.shares_for(second, release, {0: parts[0]}, place, LIMITS) == {0: release[0]}
 
 
 def test_a_confirmed_order_s_part_replaced_by_another_order_s_is_made_again_over_it_R7_Q3() -> None:

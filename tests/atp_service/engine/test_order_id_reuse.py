@@ -6,14 +6,15 @@ its hold (R2, R3, Q3)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
 
-from reservation import FailedPrecondition, LineRequest, Reservation, State
+from reservation import FailedPrecondition, LineRequest, Reservation, State, Unavailable
 from reservation import _orders as orders
 from tests.atp_service.engine.helpers import SKUS, running
-from tests.atp_service.engine.test_order_sagas import RETENTION_MS, Rig
+from tests.atp_service.engine.test_order_sagas import RETENTION_MS, Rig, failing_on
 
 
 @pytest.fixture
@@ -204,3 +205,69 @@ async def test_a_confirmed_order_whose_part_is_another_order_s_confirmed_one_is_
     counted = [sample.value for family in engine.metrics.order_sagas.collect() for sample in family.samples
                if sample.name == "atp_order_sagas_total" and sample.labels == {"outcome": "committed_nowhere"}]
     assert counted == [1], "an order's units committed nowhere, counted by no metric"
+
+
+def silent_for(rig: Rig, group: int, steps: int) -> None:
+    """``group``'s shard refuses its next ``steps`` steps as a shard whose log does not answer does, then answers
+    again (a blip: a read of the group refused, the next step there applied)."""
+    actor = rig.engine.actors[group]
+    submit, left = actor.submit, [steps]
+
+    def refusing(work: Any) -> Any:
+        if left[0] > 0:
+            left[0] -= 1
+            raise Unavailable(f"shard {group}: log storage unreachable, retry later")
+        return submit(work)
+
+    actor.submit = refusing  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("step", ["release", "fulfill"])
+async def test_a_pending_change_never_sends_its_share_unread_to_another_order_s_confirmed_part_R3_Q3(
+        rig: Rig, step: str) -> None:
+    """Defect (found by review): a change recorded pending at the order's home was carried through with the parts
+    that answered a read (``answering_parts``), and a silent group's share sent as it is: no read said whose part was
+    there. Group 1 back from data older than the second order's part (R7), the first order's CONFIRMED part of the id
+    in its place, silent for the read and answering the share: the whole Release released its 3 committed units (a
+    confirmed order's, Q3), the whole Fulfil fulfilled them, 3 units out of on_hand that never left (Q1). A share goes
+    only to a part read; a silent group's waits until it answers a read, the change left pending (driven on)."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o")))
+    await rig.run(engine.confirm("o"))
+    first = rig.part("o", 1)
+    await rig.run(engine.fulfill("o", (), ""))
+    rig.clock.advance(RETENTION_MS + 1)
+    for actor in engine.actors:
+        actor.ledger.evict(rig.clock.now_ms())
+    await rig.run(engine.reserve(rig.cmd("o", (3, 1))))
+    await rig.run(engine.confirm("o"))
+    second = rig.part("o", 1)
+    silent = failing_on(rig, 1)
+    orders_ = engine.orders
+    assert orders_ is not None
+    save = orders_._save
+
+    async def save_then_silent(home: int, order: Any, *, over: Any) -> None:
+        await save(home, order, over=over)
+        silent[0] = silent[0] or order.pending is not None  # group 1 silent before its share
+
+    orders_._save = save_then_silent  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        await rig.run(engine.release("o", (), "") if step == "release" else engine.fulfill("o", (), ""))
+    del orders_._save  # type: ignore[union-attr]
+    silent[0] = False
+
+    def back(ledger: Any, _now: int) -> None:  # group 1 back from data older than the second order's part
+        for line, old in zip(second.lines, first.lines, strict=True):
+            ledger.move_hold(line.sku, line.location, 0, old.committed - line.committed)
+        ledger.save(first)
+
+    await rig.run(engine.actors[1].submit(back))
+    on_hand = engine.actors[1].ledger.quantities(SKUS[1], "DC").on_hand
+    silent_for(rig, 1, 1)  # its read refused, the next step there answered
+    with contextlib.suppress(Unavailable):
+        await rig.run(engine.get_reservation("o"))
+    await rig.run(engine.get_reservation("o"))
+    assert rig.part("o", 1) == first, "another order's confirmed part changed on this order's behalf"
+    assert rig.quantities()[1] == (0, 3)
+    assert engine.actors[1].ledger.quantities(SKUS[1], "DC").on_hand == on_hand
