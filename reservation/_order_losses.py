@@ -24,8 +24,9 @@ the parts that remain say of the order, pure. The engine acts on it (``atp_servi
   no longer do, the position shows oversold (Q5: counted, never hidden), as the service acknowledged it (R7).
 - A part resolved past its retention where its order's Reserve reserves it (``forgotten``): the part of an earlier
   order of that id, forgotten at its home, that its group's eviction has not reached yet (or its group back from
-  older data). Reserved anew (``Anew``), as it is once evicted — replayed, its RELEASED state refused the new order,
-  its FULFILLED one decided it CONFIRMED with nothing held there for it (R5: after the retention, a new attempt).
+  older data). Reserved anew (``_order_anew.Anew``), as it is once evicted — replayed, its RELEASED state refused the
+  new order, its FULFILLED one decided it CONFIRMED with nothing held there for it (R5: after the retention, a new
+  attempt).
 - A part of other content than its order asks (``own_part``): the order's record Redis lost at its home, its id
   reserved again with other content (R5: refused, the order given up); or, the first no longer remembered, the id
   reserved again and decided, then the part's group back from data older than this order's part. The part is that
@@ -46,13 +47,10 @@ from ._errors import DomainError
 from ._limits import Limits
 from ._model import (
     TERMINAL,
-    Fact,
-    FactOutcome,
     LineRecord,
     OrderStep,
     Outcome,
     PendingOp,
-    Quantities,
     Reservation,
     ReserveCommand,
     State,
@@ -62,7 +60,6 @@ from ._orders import PART_MARK, PART_TTL_MS, Place
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
-    from ._reserve import ReserveView
 
 RESTORED = PendingOp(OrderStep.CONFIRM, (), PART_MARK + "restored")
 """An order's confirmation recorded again from its confirmed parts (``confirmed_again``): the operation id a control
@@ -364,35 +361,8 @@ def forgotten(part: Reservation | None, now: int, limits: Limits) -> bool:
     """Whether ``part``, found where its order's Reserve reserves a part (``now``: its group's clock), is resolved,
     nothing pending, past the retention window: what ``Ledger.evict`` forgets, by the same clock, once its pass comes
     round. Its order was forgotten at its home then (an order is resolved after its parts, R3), so the id's Reserve is
-    a new attempt (R5): the part is another order's, reserved anew (``Anew``), never replayed as this one's."""
+    a new attempt (R5): the part is another order's, reserved anew (``_order_anew.Anew``), never replayed as this
+    one's."""
     return part is not None and part.state in TERMINAL and part.pending is None and \
         now - part.updated_at >= limits.retention_ms
 
-
-class Anew:
-    """``view`` with the record ``reservation_id`` not shown (``forgotten``): a Reserve decided over it decides anew
-    and saves over that record, as over none — it holds no units (resolved), so none is moved for it."""
-
-    def __init__(self, view: ReserveView, reservation_id: str) -> None:
-        self._view, self._hidden = view, reservation_id
-
-    def reservation(self, reservation_id: str) -> Reservation | None:
-        return None if reservation_id == self._hidden else self._view.reservation(reservation_id)
-
-    def quantities(self, sku: str, location: str) -> Quantities:
-        return self._view.quantities(sku, location)
-
-    def available(self, sku: str, location: str) -> int:
-        return self._view.available(sku, location)
-
-    def move_hold(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
-        self._view.move_hold(sku, location, d_reserved, d_committed)
-
-    def ship(self, sku: str, location: str, quantity: int, at: int, ref: str) -> None:
-        self._view.ship(sku, location, quantity, at, ref)
-
-    def save(self, reservation: Reservation) -> None:
-        self._view.save(reservation)
-
-    def record_fact(self, fact: Fact) -> tuple[FactOutcome, str]:
-        return self._view.record_fact(fact)

@@ -48,6 +48,7 @@ from reservation import (
 from reservation import _operations as ops
 from reservation import _order_losses as losses
 from reservation._bulk import room_refusal
+from reservation._order_anew import Anew
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ class Engine(RecordChanges):
         elif home.expiry_due(now):  # R2, R3: as ``_reserve_alone``
             expire_alone(home, now, self.place)
         if anew:
-            view = losses.Anew(view, cmd.reservation_id)
+            view = Anew(view, cmd.reservation_id)
         full = record_refusal(home, self.limits)
         if full is not None and view.reservation(cmd.reservation_id) is None:  # a replay is answered (R5)
             self.count_capacity_refusal(full)

@@ -8,6 +8,7 @@ import msgspec
 from reservation import OrderStep, PendingOp, State, reserve
 from reservation import _order_losses as losses
 from reservation import _orders as orders
+from reservation._order_anew import Anew
 from tests.reservation.helpers import LIMITS, cmd
 from tests.reservation.test_orders import NOW, Estate, changed, place, reserved_order
 
@@ -28,7 +29,7 @@ def test_a_part_resolved_past_its_retention_is_reserved_anew_never_replayed_R5()
     late = part.updated_at + LIMITS.retention_ms
     assert losses.forgotten(part, late, LIMITS) and not losses.forgotten(part, late - 1, LIMITS)
     assert not losses.forgotten(None, late, LIMITS)
-    again, replayed = reserve(losses.Anew(estate.ledgers[1], share.reservation_id), share, late)
+    again, replayed = reserve(Anew(estate.ledgers[1], share.reservation_id), share, late)
     assert (again.state, replayed, again.created_at) == (State.HELD, False, late) and estate.held("B") == 2
     assert estate.ledgers[1].reservation(share.reservation_id) == again
     assert reserve(estate.ledgers[1], share, late) == (again, True)  # a retry: a replay (R5)
