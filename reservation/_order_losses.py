@@ -31,7 +31,9 @@ the parts that remain say of the order, pure. The engine acts on it (``atp_servi
   reserved again with other content (R5: refused, the order given up); or, the first no longer remembered, the id
   reserved again and decided, then the part's group back from data older than this order's part. The part is that
   first order's: a confirmed one proves nothing of this order (``decided_by_parts``, ``confirmed_by_parts``: it was
-  never confirmed by its caller, and expires), and is not given up with it (``give_up_part``, Q3).
+  never confirmed by its caller, and expires), and is not given up with it (``give_up_part``, Q3). One CONFIRMED
+  long before this order opened is a copy of a part its order resolved before that order was forgotten (``stale``):
+  committed for no order, it is released by the decided order's steps that meet it, never kept committed for good.
 """
 
 from __future__ import annotations
@@ -113,6 +115,16 @@ def own_parts(order: Reservation, found: Mapping[int, Reservation], place: Place
     return {group: part for group, part in found.items() if group not in foreign}
 
 
+def stale(order: Reservation, part: Reservation, limits: Limits) -> bool:
+    """Whether ``part``, another order's of the decided ``order``'s id (``others``), is CONFIRMED and was last changed
+    half the retention or longer before ``order`` opened (the other half: the clocks' margin ``lost_parts`` assumes): a
+    copy, back from older data (R7), of a part its order resolved before that order was forgotten (R3: an order is
+    resolved after its parts; R5: only a resolved one is forgotten, past its retention) — for ``order`` was decided a
+    part at that group after, which no live part of another order allows (R5). Its units are committed for no order
+    (Q3): released, never kept committed for good with nothing to release or ship them."""
+    return part.state == State.CONFIRMED and order.created_at - part.updated_at >= limits.retention_ms // 2
+
+
 def shares_for(order: Reservation, shares: Mapping[int, PendingOp], found: Mapping[int, Reservation],
                place: Place, limits: Limits) -> dict[int, PendingOp]:
     """``shares`` of ``order``'s change to the parts read (``found``), less those to another order's part
@@ -120,11 +132,14 @@ def shares_for(order: Reservation, shares: Mapping[int, PendingOp], found: Mappi
     order's, Q3) — but one that only holds is given back by any share, expired (only while it still holds: never a
     part confirmed meanwhile, Q3), as giving the order up does (``give_up_part``): its hold is no order's now, and
     where the order holds nothing there (released by line before the part came back) no other step would ever give
-    it back (R2). None to a group not in ``found``: no part there (nothing to change), or its group did not answer
-    the read — whose part it holds is not known, and a share goes by the part's id alone."""
-    foreign = others(order, found, place, limits)
-    return {group: PendingOp(OrderStep.EXPIRE) if group in foreign else share for group, share in shares.items()
-            if group in found and (group not in foreign or found[group].state == State.HELD)}
+    it back (R2); and a ``stale`` confirmed one is released whole (its units committed for no order). None to a group
+    not in ``found``: no part there (nothing to change), or its group did not answer the read — whose part it holds
+    is not known, and a share goes by the part's id alone."""
+    foreign = {group: found[group] for group in others(order, found, place, limits)}
+    given = {group: PendingOp(OrderStep.EXPIRE if part.state == State.HELD else OrderStep.RELEASE)
+             for group, part in foreign.items() if part.state == State.HELD or stale(order, part, limits)}
+    return {group: given[group] if group in foreign else share for group, share in shares.items()
+            if group in found and (group not in foreign or group in given)}
 
 
 def released_unrecorded(order: Reservation, found: Mapping[int, Reservation], place: Place) -> list[int]:
@@ -219,14 +234,16 @@ def commit_again(view_: View, part: Reservation, limits: Limits) -> Reservation:
     where they no longer fit, the position is oversold, shown (Q5). A part of that id already there is answered as it
     stands (a replay) — but one refused (REJECTED, holding nothing) is the lost part reserved again (``refused_again``):
     saved over; and one of other content (``others``), another order's of that id, is saved over too, its held units
-    released (no order's now, R2), unless CONFIRMED: a confirmed order's units, kept committed (Q3), answered as is."""
+    released (no order's now, R2), unless CONFIRMED: a confirmed order's units, kept committed (Q3), answered as is —
+    but a ``stale`` one's are committed for no order: released, saved over."""
     found = view_.reservation(part.reservation_id)
     if found is not None and found.state != State.REJECTED:
-        if found.state == State.CONFIRMED or _own(part, found, orders.command_of(part), limits):  # opened as its order
+        if _own(part, found, orders.command_of(part), limits) or (  # opened as its order
+                found.state == State.CONFIRMED and not stale(part, found, limits)):
             return found
-        for line in found.lines:  # HELD, or resolved (holding nothing)
-            if line.held:
-                view_.move_hold(line.sku, line.location, -line.held, 0)
+        for line in found.lines:  # HELD, ``stale`` CONFIRMED, or resolved (holding nothing)
+            if line.held or line.committed:
+                view_.move_hold(line.sku, line.location, -line.held, -line.committed)
     for line in part.lines:
         if line.committed:
             view_.move_hold(line.sku, line.location, 0, line.committed)

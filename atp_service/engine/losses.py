@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from atp_service.engine.parts import CommitPart, run_parts
-from reservation import Limits, Reservation
+from reservation import Limits, PendingOp, Reservation, State
 from reservation import _order_losses as losses
 
 if TYPE_CHECKING:
@@ -56,10 +56,14 @@ def torn(order: Reservation, parts: Mapping[int, Reservation], now: int, limits:
     return [] if kept else lost
 
 
-async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now: int) -> dict[int, Reservation]:
-    """The CONFIRMED ``order``'s parts Redis lost at ``groups`` (``_order_losses.lost_committed``) made again, their
-    units committed again at each (Q3: a confirmed order's; R4: a Fulfil moves them out of on_hand), said; the parts
-    as they stand. Units no longer there leave the position oversold (Q5: ``atp_oversold_units``), never hidden."""
+async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now: int,
+                      found: Mapping[int, Reservation]) -> dict[int, Reservation]:
+    """The CONFIRMED ``order``'s parts Redis lost at ``groups`` (``_order_losses.lost_committed``; ``found``: its parts
+    read) made again, their units committed again at each (Q3: a confirmed order's; R4: a Fulfil moves them out of
+    on_hand), said; the parts as they stand. Units no longer there leave the position oversold (Q5:
+    ``atp_oversold_units``), never hidden. Another order's ``stale`` confirmed part there is released, said."""
+    log_stale(order.reservation_id, [group for group in groups if group in found and losses.stale(
+        order, found[group], engine.limits)])
     log.error("confirmed order %r is missing its parts in shard groups %s (Redis lost acknowledged entries there: "
               "restarted from older data); they are made again, their units not released committed again there "
               "(where no longer available, the position shows oversold)", order.reservation_id, groups,
@@ -95,6 +99,28 @@ async def commit_refused(engine: Engine, order: Reservation, parts: dict[int, Re
                      "shard": min(refused)})
     made = await run_parts(engine, {g: CommitPart(losses.part_committed(cmd, now)) for g, cmd in refused.items()})
     return parts | made
+
+
+def shares_to(engine: Engine, order: Reservation, shares: Mapping[int, PendingOp],
+              found: Mapping[int, Reservation]) -> dict[int, PendingOp]:
+    """``_order_losses.shares_for``: the shares of ``order``'s change to its parts read (``found``); another order's
+    ``stale`` confirmed part that one releases said (``log_stale``)."""
+    given = losses.shares_for(order, shares, found, engine.place, engine.limits)
+    foreign = losses.others(order, found, engine.place, engine.limits)
+    log_stale(order.reservation_id, [group for group in foreign if group in given and found[group].state != State.HELD])
+    return given
+
+
+def log_stale(order_id: str, groups: list[int]) -> None:
+    """Says another order's ``stale`` confirmed parts under ``order_id`` released (none: nothing)."""
+    if not groups:
+        return
+    log.error("order %r has in its place in shard groups %s a confirmed part of another order of its id, last changed "
+              "long before this order opened (Redis lost acknowledged entries there: restarted from data older than "
+              "this order's part): a copy of a part its order resolved before that order was forgotten; released, its "
+              "units committed for no order (where that order shipped them, on_hand counts them until a COUNT)",
+              order_id, groups, extra={"event": "order_part_stale_released", "reservation_id": order_id,
+                                       "shard": groups[0]})
 
 
 def log_lost(order_id: str, groups: list[int], released: list[int], what: str, others: list[int]) -> None:

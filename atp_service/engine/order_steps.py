@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from atp_service.engine.losses import log_kept_committed, torn
+from atp_service.engine.losses import log_kept_committed, log_stale, torn
 from atp_service.engine.parts import ApplyShare, GiveUpPart, ReadPart, command_of, on_shard, run_parts
 from reservation import DomainError, Ledger, OrderStep, PendingOp, Reason, Reservation, State, Unavailable
 from reservation import _order_losses as losses
@@ -69,14 +69,18 @@ class OrderSteps:
 
     async def _give_up_parts(self, order: Reservation) -> None:
         """Every part of an abandoned order released, or a tombstone in its place (``give_up_part``); a confirmed one
-        of its own kept, unless the order was given up once decided (``releases_confirmed``: released too, Q3)."""
+        of its own kept, unless the order was given up once decided (``releases_confirmed``: released too, Q3, as is
+        another order's ``stale`` confirmed part: committed for no order)."""
         cmds = orders.split(command_of(order), self._engine.place)
         given = await run_parts(self._engine, {g: GiveUpPart(cmd) for g, cmd in cmds.items()})
-        # Another order's confirmed part of that id is not this one's to release, nor to say.
+        # Another order's confirmed part of that id is not this one's to release, nor to say — but a stale one.
         confirmed = sorted(g for g, part in given.items()
                            if part.state == State.CONFIRMED and losses.own_part(part, cmds[g]))
-        if confirmed and losses.releases_confirmed(order):  # again, after a stop, from the record pending EXPIRE (R8)
+        limits = self._engine.limits
+        stale = sorted(g for g, part in given.items() if g not in confirmed and losses.stale(order, part, limits))
+        if (confirmed or stale) and losses.releases_confirmed(order):  # again, after a stop, from the record (R8)
             release = PendingOp(OrderStep.RELEASE)
-            await run_parts(self._engine, {g: ApplyShare(given[g].reservation_id, release) for g in confirmed})
+            log_stale(order.reservation_id, stale)
+            await run_parts(self._engine, {g: ApplyShare(given[g].reservation_id, release) for g in confirmed + stale})
         elif confirmed:
             log_kept_committed(order.reservation_id, confirmed)  # else seen nowhere: an EXPIRED order's units committed

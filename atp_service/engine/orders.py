@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, Waits, next_to_drive, order_opened
 from atp_service.engine.confirmed import ConfirmedChecks, checked
-from atp_service.engine.losses import commit_lost, commit_refused, log_confirmed_again, log_decided_again
+from atp_service.engine.losses import (
+    commit_lost,
+    commit_refused,
+    log_confirmed_again,
+    log_decided_again,
+    shares_to,
+)
 from atp_service.engine.order_expiry import (
     answering_parts,
     expire_order,
@@ -271,7 +277,7 @@ class Orders(OrderSteps):
                                           self._engine.limits, place)
         if done is not None:
             await self._save(home, done, over=order)  # decided: from here on it is carried through
-            await self._apply(done, losses.shares_for(order, shares, parts, place, limits))  # as read: before it
+            await self._apply(done, shares_to(self._engine, order, shares, parts))  # as read: before it
             mine = losses.own_parts(done, await self._parts(done), place, limits)
             order = orders.settled(done, self._engine.now_at(home), mine)  # as done
             await self._save(home, order, over=done)
@@ -292,7 +298,7 @@ class Orders(OrderSteps):
             await self._save(home, losses.confirmed_again(order, self._engine.now_at(home)), over=order)
             return await self._settled(order_id, home)  # carried through to every part (``_settle``)
         if lost := losses.lost_committed(order, parts, now := self._engine.now_at(home), self._engine.limits, place):
-            parts |= await commit_lost(self._engine, order, lost, now)  # Q3, R4: its units committed again
+            parts |= await commit_lost(self._engine, order, lost, now, parts)  # Q3, R4: its units committed again
         shown = orders.view(order, losses.own_parts(order, parts, place, self._engine.limits))
         if order.state in (State.HELD, State.CONFIRMED) and shown.state in (State.FULFILLED, State.RELEASED):
             # A held order's parts are resolved by no SHIPMENT fact: nothing outstanding there means Redis
@@ -324,7 +330,7 @@ class Orders(OrderSteps):
         else:  # only to a part read, none to another order's of that id but to expire it (``shares_for``)
             found, silent = (parts, []) if parts is not None else await answering_parts(self._engine, order)
             shares = orders.shares(order, pending, place)
-            await self._apply(order, losses.shares_for(order, shares, found, place, self._engine.limits))
+            await self._apply(order, shares_to(self._engine, order, shares, found))
             if silent:  # R3, Q3: its share once its group answers a read, the change left pending (driven on)
                 raise Unavailable(UNDECIDED, Reason.OUTCOME_UNKNOWN)
             # recorded as they did it (``_change``)

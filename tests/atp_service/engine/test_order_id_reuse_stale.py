@@ -1,0 +1,88 @@
+"""An order's id reserved again once its first order is no longer remembered (R5), the first order's part at group 1
+back CONFIRMED in the second's place (its group back from data older than the second order's part, R7): a copy of a
+part its order resolved before it was forgotten (``_order_losses.stale``), its units committed for no order. The
+second order's steps that meet it release it, never leaving its units committed for good (Q3, R3, R5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from reservation import FailedPrecondition, State
+from tests.atp_service.engine.helpers import running
+from tests.atp_service.engine.test_order_sagas import RETENTION_MS, Rig
+
+
+@pytest.fixture
+async def rig() -> Any:
+    async with running(Rig()) as started:
+        yield started
+
+
+async def back_with_the_first_order_confirmed(rig: Rig, confirm_second: bool) -> None:
+    """Order ``o`` (3 of each SKU) confirmed and fulfilled, forgotten past its retention; reserved again with 1 of group
+    1's SKU (``confirm_second``: confirmed); then group 1 back from data older than the second order's part, the first
+    order's part CONFIRMED there (3 committed) in its place."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o")))
+    await rig.run(engine.confirm("o"))
+    first = rig.part("o", 1)
+    await rig.run(engine.fulfill("o", (), ""))
+    rig.clock.advance(RETENTION_MS + 1)
+    for actor in engine.actors:
+        actor.ledger.evict(rig.clock.now_ms())
+    await rig.run(engine.reserve(rig.cmd("o", (3, 1))))
+    if confirm_second:
+        await rig.run(engine.confirm("o"))
+    second = rig.part("o", 1)
+
+    def back(ledger: Any, _now: int) -> None:
+        for line, old in zip(second.lines, first.lines, strict=True):
+            ledger.move_hold(line.sku, line.location, old.held - line.held, old.committed - line.committed)
+        ledger.save(first)
+
+    await rig.run(engine.actors[1].submit(back))
+    assert rig.quantities()[1] == (0, 3)
+
+
+def said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "order_part_stale_released"]
+
+
+async def test_a_confirmed_order_s_part_is_made_again_over_another_order_s_stale_confirmed_one_Q3_R5(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect (found by review): the other order's CONFIRMED part was kept (``commit_again``), its 3 units committed
+    for good — its order was resolved and forgotten, so nothing would ever release or ship them — and the order's own
+    unit there committed nowhere. It is a stale copy: released, the order's part made over it, its unit committed."""
+    await back_with_the_first_order_confirmed(rig, confirm_second=True)
+    shown = await rig.run(rig.engine.get_reservation("o"))
+    assert shown.state == State.CONFIRMED
+    assert rig.quantities() == [(0, 3), (0, 1)], "another order's units committed for good, this order's nowhere"
+    assert [line.committed for line in rig.part("o", 1).lines] == [1]
+    assert len(said(caplog)) == 1, said(caplog)
+    await rig.run(rig.engine.release("o", (), ""))
+    assert rig.quantities() == [(0, 0), (0, 0)]
+
+
+async def test_a_held_order_s_release_releases_another_order_s_stale_confirmed_part_Q3_R5(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect (found by review): the order's whole Release dropped its share to the other order's CONFIRMED part
+    (``shares_for``): the order RELEASED, and those 3 units committed for good, no order's."""
+    await back_with_the_first_order_confirmed(rig, confirm_second=False)
+    assert (await rig.run(rig.engine.release("o", (), ""))).state == State.RELEASED
+    assert rig.quantities() == [(0, 0), (0, 0)], "another order's units committed for good"
+    assert rig.part("o", 1).state == State.RELEASED
+    assert len(said(caplog)) == 1, said(caplog)
+
+
+async def test_a_held_order_given_up_on_its_confirm_releases_another_order_s_stale_confirmed_part_Q3_R5(
+        rig: Rig) -> None:
+    """Defect (found by review): the order given up whole on its Confirm (its part at group 1 gone) kept the other
+    order's CONFIRMED part there (``give_up_part``): 3 units committed for good, no order's."""
+    await back_with_the_first_order_confirmed(rig, confirm_second=False)
+    with pytest.raises(FailedPrecondition, match=r"shard groups \[1\] is gone"):
+        await rig.run(rig.engine.confirm("o"))
+    assert rig.quantities() == [(0, 0), (0, 0)], "another order's units committed for good"
+    assert (await rig.run(rig.engine.get_reservation("o"))).state == State.EXPIRED
+
