@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from atp_service.engine.losses import Once
 from reservation import FailedPrecondition, State
 from tests.atp_service.engine.helpers import running
 from tests.atp_service.engine.test_order_sagas import RETENTION_MS, Rig
@@ -86,3 +87,9 @@ async def test_a_held_order_given_up_on_its_confirm_releases_another_order_s_sta
     assert rig.quantities() == [(0, 0), (0, 0)], "another order's units committed for good"
     assert (await rig.run(rig.engine.get_reservation("o"))).state == State.EXPIRED
 
+
+def test_each_order_found_committed_nowhere_is_counted_once_while_remembered() -> None:
+    """``Once``: bounded — the oldest key forgotten past ``most``, a key seen again kept as the last seen."""
+    once = Once(2)
+    assert [once.first(key) for key in ("a", "a", "b", "a", "c", "b", "a")] == [
+        True, False, True, False, True, True, True]  # b forgotten for c, then a for b
