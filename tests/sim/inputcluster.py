@@ -2,15 +2,16 @@
 (``ownership = leases``), each a consumer of the one group, under the multi-process world's faults.
 
 Real, per process (``cluster.ClusterWorld``): its ``StreamIngestor`` (consumer ``atp@<address>``, the same after a
-restart: it reads its own pending entries again first), its ``FactDesk`` applying the facts of the groups it owns,
-and its sends (``OwnerSends``) of the others' facts to their owners — ``RecordEvents`` at the owner saying the
-sender writes what it quarantines, refused before it ran or its answer lost after, waiting while the owner is paused
-and cut when it dies (``Process.call``). Simulated: Redis (``inputstreams.SimStreams``), the other draws of
-``inputdriver`` (the producer, Redis's faults, groups deleted), and the membership faults of the multi-process driver
-(``disrupt.Disruptor``): a process killed (every task of its reader ending wherever it is, its entries left pending to
-it until another claims them past ``claim_idle_ms``), paused (SIGSTOP: its reader's calls, its sends and its quarantine
-writes waiting, its groups taken meanwhile), a group handed over, a graceful stop; processes restarted. Room is
-restored by a rolling restart of every process with the bound raised.
+restart: it reads its own pending entries again first), its ``FactDesk`` applying the facts of the groups it owns, and
+its sends (``OwnerSends``) of the others' facts to their owners — ``RecordEvents`` at the owner saying the sender writes
+what it quarantines (E7 judged by the owner's clock, ``factjudge``), refused before it ran or its answer lost after,
+waiting while the owner is paused and cut when it dies (``Process.call``). Simulated: Redis
+(``inputstreams.SimStreams``), the other draws of ``inputdriver`` (the producer, Redis's faults, groups deleted), and
+the membership faults of the multi-process driver (``disrupt.Disruptor``): a process killed (every task of its reader
+ending wherever it is, its entries left pending to it until another claims them past ``claim_idle_ms``), paused
+(SIGSTOP: its reader's calls, its sends and its quarantine writes waiting, its groups taken meanwhile), a group handed
+over, a graceful stop; processes restarted. Room is restored by a rolling restart of every process with the bound
+raised.
 
 Invariants: those of ``inputdriver`` (every acknowledgement finds its fact durable, no identity applied twice, on_hand
 the E1 fold of the log and of the facts produced, memory equals a replay, each entry decided once at the end), every
@@ -62,6 +63,7 @@ from tests.sim.checks import Violation, facts_fold_as_the_reference
 from tests.sim.cluster import ClusterWorld
 from tests.sim.disrupt import Disruptor
 from tests.sim.driver import DEFAULT_STEPS
+from tests.sim.factjudge import judged_sent
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
 from tests.sim.ids import SimIdClaims
 from tests.sim.inputchecks import decided_once, departed_left, fold_of_produced, marks_forgotten, swept
@@ -202,7 +204,8 @@ class InputsClusterDriver(InputsDriver):
 
     def _sender(self, proc: Process) -> Callable[[str, list[Fact]], Any]:
         async def send(owner: str, facts: list[Fact]) -> list[Any]:
-            """``RecordEvents`` at ``owner`` (``edge.record.fact_sender``), the sender writing what it quarantines."""
+            """``RecordEvents`` at ``owner`` (``edge.record.fact_sender``), the sender writing what it quarantines; E7
+            judged by the owner's clock."""
             await proc.log.awake()
             kind, _ = self.faults.draw("send", 1)
             target = self.cluster.at(owner)
@@ -211,7 +214,7 @@ class InputsClusterDriver(InputsDriver):
                 raise _fail("refused")
 
             async def record() -> list[Any]:
-                return await target.facts.record(list(facts), "grpc", sender_writes=True)
+                return await judged_sent(target.facts, target.engine.clock.now_ms(), target.engine.limits, list(facts))
 
             self.sends += 1
             answer: list[DomainError | Any] = await target.call(record)

@@ -38,6 +38,7 @@ from atp_service.metrics import IntakeMetrics
 from atp_service.storage.nodes import Call
 from atp_service.storage.resp import group_lost
 from reservation import DomainError, Fact, FactOutcome, Moved
+from tests.sim.factjudge import judged_sent
 from tests.sim.inputpipeline import _fail
 from tests.sim.inputstreams import MAKER, RedisFaults, SimStreams
 from tests.sim.world import World
@@ -234,7 +235,8 @@ class OtherProcess:
             self._adopt(self.task)
 
     async def send(self, owner: str, facts: Sequence[Fact]) -> list[Result | DomainError]:
-        """``RecordEvents`` at the owner (``edge.record.fact_sender``), the sender writing what it quarantines."""
+        """``RecordEvents`` at the owner (``edge.record.fact_sender``), the sender writing what it quarantines; a fact
+        the owner's clock finds stamped past the allowed skew refused (E7) unless applied already."""
         await self.gate.passed()
         kind, _ = self.faults.draw("send", 1)
         if kind == "refused" or self.owner_down:
@@ -243,7 +245,8 @@ class OtherProcess:
         world = self.world
         self._at_owner = True
         try:
-            call = asyncio.ensure_future(world.fact_desk.record(list(facts), "grpc", sender_writes=True))
+            call = asyncio.ensure_future(judged_sent(world.fact_desk, world.service_clock.now_ms(),
+                                                    world.config.limits, list(facts)))
         finally:
             self._at_owner = False
         await asyncio.wait({call})
