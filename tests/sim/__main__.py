@@ -43,7 +43,8 @@ def main() -> int:
                         help="Redis at its maxmemory refuses appends, channel writes and id claims OOM now and then")
     parser.add_argument("--fact-times", action="store_true",
                         help="facts stamped in the future (within the allowed skew and past it) and late past a "
-                             "grace window of an hour (not with --lose-tail)")
+                             "grace window of an hour (not with --lose-tail); with --input-streams, some facts stamped "
+                             "about the allowed skew ahead, just inside it or just outside (inputfacts.py)")
     parser.add_argument("--shed", action="store_true",
                         help="shards shed load now and then (mailbox full, queue late; with --processes, a process "
                              "at its door): each refusal must have changed nothing")
@@ -67,8 +68,8 @@ def main() -> int:
                              "restarted, room restored; every entry applied or quarantined once (inputdriver.py); with "
                              "--processes 2 or 3, every process a consumer applying its groups' facts and sending "
                              "the others', killed, paused, stopped, groups taken over (inputcluster.py); with "
-                             "--lose-tail, --clock-jumps, and with --processes --clock-skew (inputtail.py, "
-                             "inputclocks.py)")
+                             "--lose-tail, --clock-jumps, --fact-times, and with --processes --clock-skew "
+                             "(inputtail.py, inputclocks.py, inputfacts.py)")
     parser.add_argument("--partition", action="store_true",
                         help="with --processes: two processes cut off from each other over gRPC (order steps, "
                              "forwarded calls, streams to owners), one way or both, both still reaching Redis, for "
@@ -95,7 +96,7 @@ def main() -> int:
         parser.error("--forward-streams needs --processes 2 or 3 (one process owns every group)")
     if args.partition and args.processes == 1:
         parser.error("--partition needs --processes 2 or 3 (one process calls no other)")
-    if args.clock_jumps and (args.fact_times or args.short_grace):
+    if args.clock_jumps and (args.fact_times or args.short_grace) and not args.input_streams:
         parser.error("--clock-jumps judges no fact times: not with --fact-times or --short-grace (jumps.py)")
     if args.suspends and args.processes == 1:
         parser.error("--suspends needs --processes 2 or 3 (one process holds no lease)")
@@ -105,14 +106,14 @@ def main() -> int:
         parser.error("--new-addresses needs --input-streams --processes 2 or 3 (the sweep of its readers)")
     if args.tag_faults and not args.input_streams:
         parser.error("--tag-faults needs --input-streams (the readers' tags)")
-    alongside = ("trace", "input_streams", "lose_tail", "clock_jumps", "clock_skew", "tag_faults") + (
+    alongside = ("trace", "input_streams", "lose_tail", "clock_jumps", "clock_skew", "tag_faults", "fact_times") + (
         ("partition", "suspends", "new_addresses") if args.processes > 1 else ())
     others = [name for name, value in vars(args).items() if value is True and name not in alongside]
     if args.input_streams and others:  # its own drivers (inputdriver.py, inputcluster.py): another fault is ignored
         refused = ", ".join("--" + name.replace("_", "-") for name in others)
-        parser.error(f"--input-streams runs alone but for --processes, --lose-tail, --clock-jumps, --tag-faults, and "
-                     f"with --processes --clock-skew, --partition, --suspends, --new-addresses (its drivers draw their "
-                     f"own faults): not with {refused}")
+        parser.error(f"--input-streams runs alone but for --processes, --lose-tail, --clock-jumps, --tag-faults, "
+                     f"--fact-times, and with --processes --clock-skew, --partition, --suspends, --new-addresses (its "
+                     f"drivers draw their own faults): not with {refused}")
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and
     # futures of callers that gave up carry errors nobody reads: asyncio's complaints about both are noise.
@@ -123,7 +124,8 @@ def main() -> int:
     started, recoveries, tally = time.perf_counter(), 0, Tally()
     if args.input_streams:
         return run_inputs(seeds, args.steps, args.trace, args.processes, args.partition, args.suspends,
-                          args.new_addresses, args.lose_tail, args.clock_skew, args.clock_jumps, args.tag_faults)
+                          args.new_addresses, args.lose_tail, args.clock_skew, args.clock_jumps, args.tag_faults,
+                          args.fact_times)
     for done, seed in enumerate(seeds):
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
                         args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
@@ -146,14 +148,14 @@ def main() -> int:
 
 def run_inputs(seeds: Iterable[int], steps: int, trace: bool, processes: int = 1, partition: bool = False,
                suspends: bool = False, new_addresses: bool = False, lose_tail: bool = False, clock_skew: bool = False,
-               clock_jumps: bool = False, tag_faults: bool = False) -> int:
+               clock_jumps: bool = False, tag_faults: bool = False, fact_times: bool = False) -> int:
     """``--input-streams`` (``inputdriver.py``; with ``--processes``, ``inputcluster.py``): its own driver, its own
     summary."""
     started, tally = time.perf_counter(), Tally()
     for done, seed in enumerate(seeds):
-        driver = InputsDriver(seed, tally, lose_tail, clock_jumps, tag_faults) if processes == 1 else \
+        driver = InputsDriver(seed, tally, lose_tail, clock_jumps, tag_faults, fact_times) if processes == 1 else \
             InputsClusterDriver(seed, processes, tally, partition, suspends, new_addresses, lose_tail, clock_skew,
-                                clock_jumps, tag_faults)
+                                clock_jumps, tag_faults, fact_times)
         try:
             asyncio.run(driver.run(steps))
         except Violation as exc:

@@ -14,9 +14,10 @@ again, and only those trimmed before they did are lost with it (``lost_with_grou
 entry the group made again delivers again to a reader other than the one that made it — the other consumer's, which
 saw no NOGROUP, or one started since — is told by the group's made-again mark (``again.py``) as it is to the reader
 that made it: one whose fact was quarantined is counted (``input_quarantined_elsewhere``: the case at work) and held
-to the rule as any. Every entry whose fact has no other entry is applied or quarantined, exactly one, each once (E6,
-E8). The quarantine stream holds each fact once. A made-again mark is forgotten once nothing it covers can come again
-(``marks_forgotten``).
+to the rule as any. Every entry whose fact has no other entry is applied, quarantined or dead-lettered as stamped in
+the future (E7, ``--fact-times``: by the clock of the reader or the owner that judged it), exactly one, each once (E6,
+E7, E8). The quarantine stream holds each fact once. A made-again mark is forgotten once nothing it covers can come
+again (``marks_forgotten``).
 """
 
 from __future__ import annotations
@@ -107,15 +108,7 @@ def decided_once(driver: InputsDriver) -> None:
     if wrong := [f"{source}/{event_id}" for source, event_id, *_ in driver._applied if event_id.startswith("m")]:
         raise Violation(f"entries that are no fact applied: {wrong[:5]}")
     refused_not_applied(driver, several)
-    for (stream, entry_id), fact in producer.facts.items():
-        if several[named(fact)[:4]] > 1 or (stream, entry_id) in unread:
-            continue
-        applied, held = named(fact) in driver._applied, named(fact) in written
-        driver.tally.input_quarantined_elsewhere += (stream, entry_id) in redis.elsewhere and held
-        if applied == held and (applied or (stream, entry_id) not in gone | lost):
-            raise Violation(f"E6/E8: entry {stream} {entry_id.decode()} ({fact.source}/{fact.event_id}) "
-                            f"{'both applied and quarantined' if applied else 'neither applied nor quarantined'}")
-        driver.tally.input_quarantined += held
+    each_decided_once(driver, several, set(written), unread, gone | lost)
     tally = driver.tally
     tally.input_entries += len(producer.facts) + len(producer.malformed)
     tally.input_dead_lettered += len(dead)
@@ -126,11 +119,39 @@ def decided_once(driver: InputsDriver) -> None:
     tally.input_acked_lost += len(driver.acked_lost)
 
 
+def refused_ahead(driver: InputsDriver) -> set[Entry]:
+    """The fact entries dead-lettered as stamped in the future (E7: ``_field`` ``event_time_ms``)."""
+    named = {(fields["_stream"], fields["_id"].encode()) for _, fields in driver.redis.dead_letters
+             if fields.get("_field") == "event_time_ms"}
+    return {entry for entry in named if entry in driver.producer.facts}
+
+
+def each_decided_once(driver: InputsDriver, several: dict[tuple[str, str, str, str], int], written: set[Named],
+                      unread: set[Entry], gone: set[Entry]) -> None:
+    """E6, E7, E8: an entry whose fact has no other entry, not trimmed unread, has exactly one outcome: its fact
+    applied, or quarantined, or the entry dead-lettered as stamped in the future (E7, by the clock of the reader, or
+    of the owner, that judged it) — none only where it was trimmed while pending or lost with its group (``gone``)."""
+    refused = refused_ahead(driver)
+    for entry, fact in driver.producer.facts.items():
+        if several[named(fact)[:4]] > 1 or entry in unread:
+            continue
+        applied, held, ahead = named(fact) in driver._applied, named(fact) in written, entry in refused
+        driver.tally.input_quarantined_elsewhere += entry in driver.redis.elsewhere and held
+        if applied + held + ahead > 1 or not (applied or held or ahead or entry in gone):
+            said = [what for what, yes in (("applied", applied), ("quarantined", held),
+                                           ("dead-lettered as stamped in the future", ahead)) if yes]
+            raise Violation(f"E6/E7/E8: entry {entry[0]} {entry[1].decode()} ({fact.source}/{fact.event_id}) "
+                            f"{' and '.join(said) if said else 'neither applied, quarantined nor dead-lettered'}")
+        driver.tally.input_quarantined += held
+        driver.tally.input_refused_ahead += ahead
+
+
 def refused_not_applied(driver: InputsDriver, several: dict[tuple[str, str, str, str], int]) -> None:
     """E7, E8: an entry dead-lettered as stamped in the future (``_field`` ``event_time_ms``) has its fact not applied,
     whichever reader judged it. A refusal written after its entry was delivered again elsewhere (its group made again
-    meanwhile), by a reader that judged it by its clock, said refused of a fact the reader now holding it applied:
-    such a write is not written (``dead_letters._WRITE``)."""
+    meanwhile, or the entry claimed past ``claim_idle_ms``), by a reader that judged it by its clock, said refused of a
+    fact the reader now holding it applied: such a write is not written (``dead_letters._WRITE``; the model's
+    ``inputscripts.write_dead_letters``, counted ``input_refusals_elsewhere``)."""
     for _, fields in driver.redis.dead_letters:
         fact = driver.producer.facts.get((fields["_stream"], fields["_id"].encode()))
         if fields.get("_field") != "event_time_ms" or fact is None or several[named(fact)[:4]] > 1:
@@ -197,14 +218,18 @@ def marks_forgotten(driver: InputsDriver) -> None:
 
 def fold_of_produced(driver: InputsDriver, ledgers: list) -> None:  # type: ignore[type-arg]
     """E3, every entry done: at a position nothing was quarantined at (no conflict, room) and no entry was trimmed or
-    lost with a group at, on_hand is the E1 fold of every fact produced there, whatever order they arrived in."""
+    lost with a group at, on_hand is the E1 fold of every fact produced there but those refused as stamped in the
+    future (E7), whatever order they arrived in."""
     skipped = {(f["sku"], f["location"]) for _, f, _ in driver.redis.quarantined}
     skipped |= {(sku, loc) for _, _, sku, loc, _ in driver._quarantined}
     gone, lost = trimmed(driver)[0], lost_with_group(driver) | driver.acked_lost
     skipped |= {(fact.sku, fact.location) for entry, fact in driver.producer.facts.items() if entry in gone | lost}
     skipped |= driver.lost_positions
+    refused = {named(driver.producer.facts[entry]) for entry in refused_ahead(driver)} - driver._applied
     by_position: dict[tuple[str, str], dict[tuple[str, str], Fact]] = {}
     for fact in driver.producer.facts.values():
+        if named(fact) in refused:  # E7: never applied (``each_decided_once``)
+            continue
         by_position.setdefault((fact.sku, fact.location), {})[(fact.source, fact.event_id)] = fact
     actual = {(s, loc): q.on_hand for ledger in ledgers for s, loc, q in ledger.store.items()}
     for position, facts in by_position.items():

@@ -4,7 +4,9 @@ within ``skew.SKEW_BOUND_MS`` and stepping back now and then (several processes)
 of a step (``jumps.py``). The readers judge E7 and time their passes by their process's service clock (as
 ``AtpService`` builds them); Redis's clock (``claim_idle_ms``, the stream ids) is the world's. Facts are stamped by
 the world's clock: a host behind it by the skew finds them that far ahead, inside E7's allowed skew (5 min); a host
-hours ahead finds them hours old, inside the run's grace window (ten years, ``world.sim_config``)."""
+hours ahead finds them hours old, inside the run's grace window (ten years, ``world.sim_config``). With
+``--fact-times`` some are stamped about the allowed skew ahead (``inputfacts``): refused by one clock, taken by
+another."""
 
 from __future__ import annotations
 

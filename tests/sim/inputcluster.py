@@ -69,7 +69,7 @@ from tests.sim.ids import SimIdClaims
 from tests.sim.inputchecks import decided_once, departed_left, fold_of_produced, marks_forgotten, swept
 from tests.sim.inputclocks import clocks_counted, draw_clocks, end_clocks
 from tests.sim.inputdriver import CLAIM_P, DESTROY_P, DRAIN_TURNS, GROUP, ROOM, ROOMY, InputsDriver, _trimmed_unread
-from tests.sim.inputfacts import STREAMS, Producer
+from tests.sim.inputfacts import STREAMS, Producer, ahead_draws
 from tests.sim.inputholds import StoppedHolding
 from tests.sim.inputowed import OwedWatch
 from tests.sim.inputpipeline import _fail
@@ -87,14 +87,15 @@ from tests.sim.tally import Tally
 class InputsClusterDriver(InputsDriver):
     def __init__(self, seed: int, processes: int, tally: Tally | None = None, partition: bool = False,
                  suspends: bool = False, new_addresses: bool = False, lose_tail: bool = False,
-                 clock_skew: bool = False, clock_jumps: bool = False, tag_faults: bool = False) -> None:
+                 clock_skew: bool = False, clock_jumps: bool = False, tag_faults: bool = False,
+                 fact_times: bool = False) -> None:
         """``partition``: processes cut off from each other over gRPC (``partition.py``): sends to owners fail.
         ``suspends``: leases counted on each host's lease clock, finite deadlines, some pauses a host's suspend
         (``suspends.py``): a woken process's reader and desk go on with what they held. ``new_addresses``: processes
         started again at new addresses, departed consumers swept (``inputsweep``). ``lose_tail``: Redis back from
         older data (``inputtail``). ``clock_skew``, ``clock_jumps``: each host's clock its own (``skew.py``), jumping
         by hours (``jumps.py``). ``tag_faults``: the readers' tags failing, landing late, their tokens lost
-        (``inputtags``)."""
+        (``inputtags``). ``fact_times``: some facts stamped about the allowed skew ahead (E7, ``inputfacts``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(f"inputs {seed} processes {processes}")
         self.tally = tally or Tally()
@@ -120,7 +121,7 @@ class InputsClusterDriver(InputsDriver):
         world.partitions = self.partitions = Partitions(seed, self.tally) if partition else None
         if suspends:
             world.sleeps.start(seed)
-        self.producer = Producer(self.rng, world, self.redis)
+        self.producer = Producer(self.rng, world, self.redis, ahead_draws(seed, fact_times))
         self.restore_at = self.rng.randint(10, 40)
         self.readers: dict[str, tuple[Process, StreamIngestor]] = {}
         self.trace: list[str] = []
@@ -164,7 +165,7 @@ class InputsClusterDriver(InputsDriver):
                      f"{' --suspends' if self.cluster.sleeps.finite else ''}"
                      f"{' --new-addresses' if self.new_addresses else ''}{' --lose-tail' if self.tail else ''}"
                      f"{' --clock-skew' if self.cluster.skew else ''}{' --clock-jumps' if self.cluster.jumps else ''}"
-                     f"{' --tag-faults' if self.faults.tags else ''}")
+                     f"{' --tag-faults' if self.faults.tags else ''}{' --fact-times' if self.producer.ahead else ''}")
             raise Violation(f"seed {self.seed} {flags}, after step {step}: {exc}\n  last steps:\n  {tail}\n"
                             f"replay: .venv/bin/python -m tests.sim {flags} --seed {self.seed}"
                             f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
@@ -381,4 +382,5 @@ class InputsClusterDriver(InputsDriver):
         self.tally.input_faults += sum(self.faults.counts.values())
         self.redis.tags.tallied(self.tally)
         self.tally.input_redelivered += self.redis.redelivered
+        self.tally.input_refusals_elsewhere += self.redis.refusals_elsewhere
         fold_of_produced(self, [actor.ledger for actor in world.eng.actors])

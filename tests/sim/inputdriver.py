@@ -31,8 +31,12 @@ lives on through the owner's restart that restores room) —, and at the end its
 acknowledged; at the end, Redis answering, what ``inputchecks`` says of every entry (E6, E8) — an entry a group made
 again delivers again to any reader, its fact quarantined before, not decided again — and no made-again mark kept.
 
+With ``--fact-times`` some facts are stamped about E7's allowed skew ahead (``inputfacts``): judged by the clock of
+the reader that reads them, or of the owner a second consumer sends them to, each refused is dead-lettered, never
+applied (``inputchecks``).
+
 Not modelled: batches in flight at once but those of the driver's calls (at most two, ``inputreaders.Loop``), facts
-stamped in the future or late, SHIPMENTs naming reservations, entries deleted (``XDEL``), the side streams' ``MAXLEN``,
+stamped late, SHIPMENTs naming reservations, entries deleted (``XDEL``), the side streams' ``MAXLEN``,
 a stream deleted (``DEL``), a group made again by an operator, the owner's own reads stopped (SIGSTOP: only the other
 process is), the owner's answers ``Moved`` or ``GroupRefused`` (a group handed over), several groups' owners (those
 three: ``--processes 2|3``, ``inputcluster.py``).
@@ -55,7 +59,7 @@ from tests.sim.driver import DEFAULT_STEPS
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
 from tests.sim.inputchecks import decided_once, fold_of_produced, letters, marks_forgotten, named, named_fields
 from tests.sim.inputclocks import clocks_counted, draw_clocks, end_clocks
-from tests.sim.inputfacts import STREAMS, Producer
+from tests.sim.inputfacts import STREAMS, Producer, ahead_draws
 from tests.sim.inputowed import OwedWatch
 from tests.sim.inputreaders import CLAIM_IDLE_MS, OTHER, OWNER, OtherProcess, loop_of, sim_time, turn
 from tests.sim.inputstreams import RedisFaults, SimStreams
@@ -81,10 +85,11 @@ DRAIN_TURNS = 300
 
 class InputsDriver:
     def __init__(self, seed: int, tally: Tally | None = None, lose_tail: bool = False, clock_jumps: bool = False,
-                 tag_faults: bool = False) -> None:
+                 tag_faults: bool = False, fact_times: bool = False) -> None:
         """``lose_tail``: Redis back from older data (``inputtail``). ``clock_jumps``: the hosts' clocks jumping by
         hours (``jumps.py``, ``inputclocks``): the instance's and the other process's. ``tag_faults``: the readers'
-        tags failing, landing late, their tokens lost (``inputtags``)."""
+        tags failing, landing late, their tokens lost (``inputtags``). ``fact_times``: some facts stamped about the
+        allowed skew ahead (E7, ``inputfacts.Producer._ahead``)."""
         self.seed, self.rng = seed, random.Random(f"inputs {seed}")
         self.tally = tally or Tally()
         self.world = World(tally=self.tally, channels=False, cluster=seed % 2 == 1)
@@ -97,7 +102,7 @@ class InputsDriver:
         self.redis.on_failed_write = lambda keys, args: self.owed.failed(self.redis, keys, args)
         self.world.log.client = self.redis  # the desk's quarantine writes and the reader's reads: one Redis
         self.world.log.faults = self.rng
-        self.producer = Producer(self.rng, self.world, self.redis)
+        self.producer = Producer(self.rng, self.world, self.redis, ahead_draws(seed, fact_times))
         self.restore_at = self.rng.randint(10, 40)
         self.reader: StreamIngestor | None = None
         self.other = OtherProcess(self.world, self.redis, self.faults, self._settings())
@@ -147,6 +152,7 @@ class InputsDriver:
                             f"replay: .venv/bin/python -m tests.sim --input-streams --seed {self.seed}"
                             f"{' --lose-tail' if self.tail else ''}{' --clock-jumps' if self.world.jumps else ''}"
                             f"{' --tag-faults' if self.faults.tags else ''}"
+                            f"{' --fact-times' if self.producer.ahead else ''}"
                             f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
 
     async def _new_reader(self) -> None:
@@ -365,6 +371,7 @@ class InputsDriver:
         self.tally.input_faults += sum(self.faults.counts.values())
         self.redis.tags.tallied(self.tally)
         self.tally.input_redelivered += self.redis.redelivered
+        self.tally.input_refusals_elsewhere += self.redis.refusals_elsewhere
         fold_of_produced(self, [actor.ledger for actor in self.world.eng.actors])
 
     async def _settled(self, task: asyncio.Future[None] | None) -> None:

@@ -8,6 +8,12 @@ third of the seeds the producer caps a stream (``XADD … MAXLEN n``, n 4 to 10)
 entries at once, so that entries are trimmed before any consumer read them (counted by the read that crosses the
 gap, ``unread.GroupReader``) and while pending (dead-lettered ``TRIMMED_WHILE_PENDING``: by the read of the pending
 list, ``[id, nil]``, or by the claim that finds them).
+
+With ``--fact-times`` some new facts are stamped about E7's allowed skew ahead of the world's clock (``_ahead``, its
+own random stream: seeds without the flag replay as before), just inside it or just outside: a reader judges E7 by
+its process's clock (``inputclocks``), so one may refuse a fact (dead-lettered, ``_field`` ``event_time_ms``) that
+another applies — its clock ahead (``--clock-skew``), or reading it later (a claim past ``claim_idle_ms``, a group
+made again, the world's clock moved on). The end checks hold each such entry to one outcome (``inputchecks``).
 """
 
 from __future__ import annotations
@@ -15,19 +21,25 @@ from __future__ import annotations
 import random
 
 from reservation import Fact, FactKind
+from tests.sim.inputreaders import CLAIM_IDLE_MS
 from tests.sim.inputstreams import SimStreams
+from tests.sim.skew import SKEW_BOUND_MS
 from tests.sim.world import World
 
 STREAMS = ("sim:in:pos", "sim:in:wms")
 SKUS, LOCATIONS, SOURCES = ("A", "B", "J", "C"), ("L1", "L2", "L3"), ("pos", "wms")
 KINDS = (FactKind.SALE, FactKind.RETURN, FactKind.RECEIPT, FactKind.ADJUST, FactKind.COUNT)
 MALFORMED_P, BURST_P = 0.05, 0.1
+AHEAD_P = 0.15
+"""``--fact-times``: the chance that a new fact is stamped about the allowed skew ahead (``Producer._ahead``)."""
 NAMES = ("event_id", "source", "kind", "sku", "location", "quantity", "event_time_ms")
 
 
 class Producer:
-    def __init__(self, rng: random.Random, world: World, redis: SimStreams) -> None:
-        self.rng, self.world, self.redis = rng, world, redis
+    def __init__(self, rng: random.Random, world: World, redis: SimStreams,
+                 ahead: random.Random | None = None) -> None:
+        """``ahead``: ``--fact-times``, the draws of the facts stamped about the allowed skew ahead (None: none)."""
+        self.rng, self.world, self.redis, self.ahead = rng, world, redis, ahead
         self.facts: dict[tuple[str, bytes], Fact] = {}  # input entry (stream, id) -> its fact
         self.malformed: set[tuple[str, bytes]] = set()  # entries that are no fact
         self.read_lost: dict[tuple[str, bytes], Fact] = {}
@@ -93,10 +105,27 @@ class Producer:
         at = now - rng.randint(0, 120_000)  # out of event-time order
         if self.produced and rng.random() < 0.2:
             at = rng.choice(self.produced).event_time  # an E1 tie
+        if (ahead := self._ahead(now)) is not None:
+            at = ahead
         fact = Fact(f"f{len(self.produced)}", rng.choice(SOURCES), kind, rng.choice(SKUS), rng.choice(LOCATIONS),
                     qty, at)
         self.produced.append(fact)
         return fact
+
+    def _ahead(self, now: int) -> int | None:
+        """``--fact-times``: a new fact's stamp about E7's allowed skew ahead of the world's clock, or None (as drawn).
+        Half within twice the hosts' skew of the bound (``skew.SKEW_BOUND_MS``: a host behind the world refuses what
+        one ahead applies), half within ``claim_idle_ms`` of it (refused when read, applied when claimed, or read again
+        once the world's clock moved on)."""
+        if self.ahead is None or self.ahead.random() >= AHEAD_P:
+            return None
+        near = 2 * SKEW_BOUND_MS if self.ahead.random() < 0.5 else CLAIM_IDLE_MS
+        return now + self.world.config.limits.fact_future_skew_ms + self.ahead.randint(-near, near)
+
+
+def ahead_draws(seed: int, fact_times: bool) -> random.Random | None:
+    """``--fact-times``: the producer's draws of facts stamped ahead, a stream of their own (None: without the flag)."""
+    return random.Random(f"fact times {seed}") if fact_times else None
 
 
 def _flat(fact: Fact) -> list[bytes]:

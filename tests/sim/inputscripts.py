@@ -167,6 +167,7 @@ def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> l
             continue
         if not _ours(redis, stream, group, entry_id, consumer):
             away.append(i + 2)
+            redis.refusals_elsewhere += why != ""  # a refusal by a clock (E7) another reader now judges
             continue
         ids.append((stream, entry_id))
         letter = earlier

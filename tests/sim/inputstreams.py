@@ -118,6 +118,7 @@ class SimStreams:
         self.runs: dict[str, int] = {}  # the consumers' runs (``quarantine.run_key``), by key
         self.runs_swept: dict[str, int] = {}  # the highest run swept with its consumer (``quarantine.swept_runs_key``)
         self.drawn: dict[str, dict[str, int]] = {}  # each consumer's draws: token -> run (``quarantine.drawn_key``)
+        self.refusals_elsewhere = 0  # refusals (E7) the dead letters' script found pending elsewhere: not written
         self.refused_swept = 0  # quarantine writes of a run swept with its consumer, refused (``quarantine._ONCE``)
         self.fenced: dict[tuple[str, bytes, str], int] = {}
         """Per input entry and consumer, the consumer's quarantine writes of it refused for their run (swept, or a run

@@ -102,6 +102,8 @@ class Tally:
     input_groups_deleted: int = 0  # consumer groups deleted (XGROUP DESTROY) while the readers ran
     input_lost_with_group: int = 0  # ... entries the other consumer held, trimmed before they came again
     input_quarantined_elsewhere: int = 0  # ... entries quarantined, delivered again to a reader that did not make it
+    input_refused_ahead: int = 0  # ... entries with no other entry of their fact, dead-lettered as stamped ahead (E7)
+    input_refusals_elsewhere: int = 0  # ... refusals (E7) not written: the entry delivered elsewhere before the script
     input_trimmed_unread: int = 0  # input entries trimmed before any consumer read them
     input_trimmed_pending: int = 0  # input entries trimmed after a consumer read them
     input_entries_lost: int = 0  # input entries Redis lost coming back from older data (``inputtail``)
@@ -177,6 +179,9 @@ class Tally:
                       f"({self.input_swept_refused} writes of swept runs refused, {self.input_stopped_holding} "
                       "processes stopped holding a quarantine write)"
                       if self.input_runs_redrawn or self.input_swept_refused or self.input_stopped_holding else "")
+                   + (f", {self.input_refused_ahead} entries refused as stamped in the future (E7; "
+                      f"{self.input_refusals_elsewhere} refusals not written, their entries delivered elsewhere)"
+                      if self.input_refused_ahead or self.input_refusals_elsewhere else "")
                    + (f", {self.input_tags} tags ({self.input_tags_failed} failed, {self.input_tags_late} landed "
                       f"late, {self.input_tokens_lost} tokens lost alone; {self.input_made_at_bound} groups made "
                       "again at a token's bound)" if self.input_tags else "")

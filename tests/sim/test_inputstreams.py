@@ -96,7 +96,7 @@ async def test_an_entry_another_consumer_was_given_before_a_quarantine_write_fai
 
 
 @pytest.mark.parametrize("others", [["--redis-full", "--processes", "3"], ["--shed", "--processes", "2"],
-                                    ["--fact-times"], ["--settle-faults", "--lose-tail"]])
+                                    ["--groups"], ["--settle-faults", "--lose-tail"]])
 def test_input_streams_refuse_the_faults_their_driver_does_not_draw(
         others: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """``--input-streams`` runs its own driver (one owner process, its own faults): a flag of the other driver's
