@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument("--clock-jumps", action="store_true",
                         help="a clock jumping by hours at a tick of a step: the world's (a host suspended: every "
                              "hold and lease running out at once), or one host's wall clock ahead and "
-                             "back (jumps.py; not with --fact-times, --short-grace)")
+                             "back (jumps.py; not with --short-grace, nor with --fact-times but for --input-streams)")
     parser.add_argument("--suspends", action="store_true",
                         help="with --processes: leases counted on each host's lease clock over the world's clocks, "
                              "finite deadlines, some pauses a host's suspend (suspends.py)")

@@ -27,7 +27,8 @@ the wall clock caught up, every hold kept for hours) held every other invariant 
 
 Facts are stamped by the world's clock: with a host clock hours ahead they are hours old to the service, so this
 flag does not go with the fact-time flags (``--fact-times``, ``--short-grace``), whose checks judge facts by the
-world's clock. Drawn from a stream of its own, only with the flag: seeds without it replay as before.
+world's clock — but for ``--input-streams --fact-times``, whose checks take each refusal as the clock that judged it
+made it (``inputchecks``). Drawn from a stream of its own, only with the flag: seeds without it replay as before.
 """
 
 from __future__ import annotations
