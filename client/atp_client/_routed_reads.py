@@ -50,21 +50,20 @@ async def _answered(reads: dict[asyncio.Task[list[pb.Availability]], list[int]])
     """Each read's positions, in the order of ``reads``. A key at fault is refused as the service would refuse it:
     the first in the caller's order, whichever group's read was refused first — one refused waits for the reads
     of the groups holding keys before it (each process checks its keys before it reads any, so they end as
-    soon). A refusal of the call itself (``keys``: their number) comes first of all. Any other refusal (a process
-    not answering, access) is raised at once: a read of a process that is paused would hold it to its deadline."""
+    soon). A refusal of the call itself (``keys``: their number) comes first of all. Any other failure (a process
+    not answering, access) is raised at once while no key at fault is known; once one is, it is raised whatever
+    those reads end with: the service refuses the call for it, and a read not answered (its owner paused till the
+    deadline) told in its place would have the caller send the refused call again."""
     pending = set(reads)
     first: tuple[int, InvalidRequest] | None = None
     while pending:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        for task in sorted(done, key=lambda t: reads[t][0]):
-            error = task.exception()
-            if error is None:
-                continue
-            if not isinstance(error, InvalidRequest):
-                raise error
-            at = _first_place(error)
-            if first is None or at < first[0]:
-                first = (at, error)
+        failures = [error for task in sorted(done, key=lambda t: reads[t][0]) if (error := task.exception())]
+        for error in failures:
+            if isinstance(error, InvalidRequest) and (first is None or _first_place(error) < first[0]):
+                first = (_first_place(error), error)
+        if first is None and failures:
+            raise failures[0]
         if first is not None:
             pending = {task for task in pending if reads[task][0] < first[0]}
     if first is not None:

@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from atp_client import AtpClient, RoutedClient, home_group, place, timestamp
+from atp_client._errors import deadline_exceeded
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from atp_service.edge.auth import new_token, token_hash
@@ -193,3 +194,32 @@ async def test_routed_client_refuses_more_keys_than_the_service_takes_unsent(sta
     assert (said.code, said.reason, said.metadata.get("limit"), fields_of(said)) == (
         direct.code, direct.reason, "max_availability_keys", ["keys"])
     assert "max_availability_keys=2" in said.message
+
+
+async def test_routed_client_tells_a_key_at_fault_where_an_earlier_groups_read_is_not_answered(
+        start_service: ServiceFactory) -> None:
+    """A key at fault in the later group refused, the earlier group's read waited for (its keys could hold an earlier
+    fault) ends unanswered: its owner paused past the deadline. The service asked them all refuses the call for the
+    key at fault whatever the other keys' owners do; the caller was told the earlier read's ``DEADLINE_EXCEEDED``
+    (``Retryable``: the same refused call sent again, each try waiting out its deadline) in place of the refusal."""
+    service, _ = await start_service()
+    address = advertised(service)
+    shards = service.config.shards
+    other = next(sku for sku in SKUS if place(sku, shards) != place("A", shards))
+    keys = [("A", "L"), (other, "L"), (other, "")]
+    async with RoutedClient(address, timeout_s=5) as routed:
+        send, later_told = routed._send, asyncio.Event()
+
+        async def earlier_unanswered(rpc: str, req: Any, group: int | None, deadline: float) -> Any:
+            if group == place("A", shards):  # told as gRPC tells a call its owner never answered
+                await later_told.wait()
+                raise deadline_exceeded("the owner paused")
+            try:
+                return await send(rpc, req, group, deadline)
+            finally:
+                later_told.set()
+
+        routed._send = earlier_unanswered  # type: ignore[method-assign]
+        said = await refused(routed.availability(keys))
+    assert (said.code, said.reason, fields_of(said)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["keys[2].location"])
