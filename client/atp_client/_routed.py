@@ -169,12 +169,15 @@ class RoutedClient:
         """Positions in the order of ``keys``, each read at the owner of its SKU's group: a process
         answers reads only for the groups it owns, so the keys are asked one call per group, at once. Refused as
         the service refuses one call asking them all: no keys, or more than its ``max_availability_keys``
-        (``GetRouting`` tells it), unsent; else the first key at fault, named by its place in ``keys``."""
+        (``GetRouting`` tells it; the table asked again first), unsent; else the first key at fault, named by its
+        place in ``keys``."""
         keys = list(keys)
         if not keys:
             raise invalid_field("keys", "at least one key is required")
         deadline = self._deadline()
-        routes = self._routes or await self._refresh(None, deadline)
+        routes = self._routes
+        if routes is None or 0 < routes.max_availability_keys < len(keys):  # raised since it was told, maybe
+            routes = await self._refresh(routes, deadline)  # refused unsent, nothing else has the table asked again
         check_key_count(len(keys), routes.max_availability_keys)
         by_group: dict[int | None, list[int]] = {}
         for i, (sku, _) in enumerate(keys):

@@ -7,6 +7,7 @@ as the service will once it listens.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,8 @@ async def test_routed_client_names_the_first_key_at_fault_whichever_groups_read_
 async def test_routed_client_refuses_more_keys_than_the_service_takes_unsent(start_service: ServiceFactory) -> None:
     """Three keys in two groups, the service taking two a call: asked them all, the service refuses the call
     ``LIMIT_EXCEEDED`` naming ``max_availability_keys``; split by group (at most two a call), ``RoutedClient``
-    had them answered. ``GetRouting`` tells the limit: refused unsent, as the service refuses it."""
+    had them answered. ``GetRouting`` tells the limit: refused unsent, as the service refuses it (the table asked
+    again first: the limit it told may have been raised since)."""
     service, client = await start_service(limits=Limits(max_availability_keys=2))
     address = advertised(service)
     shards = service.config.shards
@@ -186,7 +188,7 @@ async def test_routed_client_refuses_more_keys_than_the_service_takes_unsent(sta
 
         routed._call_at = counted  # type: ignore[method-assign]
         said = await refused(routed.availability(keys))
-        assert sent == []  # refused before anything was asked
+        assert sent == ["GetRouting"]  # refused before any key was asked, the table asked again first
         assert len(await routed.availability(keys[:2])) == 2
         assert routed.routes is not None and routed.routes.max_availability_keys == 2
     assert (direct.code, direct.reason, direct.metadata.get("limit"), fields_of(direct)) == (
@@ -223,3 +225,21 @@ async def test_routed_client_tells_a_key_at_fault_where_an_earlier_groups_read_i
         said = await refused(routed.availability(keys))
     assert (said.code, said.reason, fields_of(said)) == (
         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["keys[2].location"])
+
+
+async def test_routed_client_asks_the_table_again_before_refusing_keys_past_the_limit_it_told(
+        start_service: ServiceFactory) -> None:
+    """The table told ``max_availability_keys`` 2; the process's limit raised to 5 since (as a restart with it would).
+    Refused unsent by the table's limit, a call never had the table asked again - no redirect, nothing failing - and
+    three keys the service answers were refused for as long as the table stood. Asked again first, they are read."""
+    service, client = await start_service(limits=Limits(max_availability_keys=2))
+    address = advertised(service)
+    shards = service.config.shards
+    other = next(sku for sku in SKUS if place(sku, shards) != place("A", shards))
+    keys = [("A", "L"), (other, "L"), ("A", "L2")]
+    async with RoutedClient(address, timeout_s=5) as routed:
+        assert (await routed.refresh()).max_availability_keys == 2
+        service._servicer.limits = replace(service._servicer.limits, max_availability_keys=5)
+        assert len(await client.availability(keys)) == 3
+        assert len(await routed.availability(keys)) == 3
+        assert routed.routes is not None and routed.routes.max_availability_keys == 5
