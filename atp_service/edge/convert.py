@@ -89,10 +89,10 @@ ECHO_CHARS = 32
 
 def echoed_id(value: str, limits: Limits) -> str:
     """The id an item's answer (a ``ReserveStream`` outcome, a fact's result) is tagged with: the item's own, or
-    for one past ``max_id_length`` (refused for it) its first ``ECHO_CHARS`` characters, ``...`` and its length in
-    bytes. Sent back whole, an id filling the request made its answer larger than ``max_message_bytes``: never
-    sent, the one item's refusal included."""
-    if len(value) <= limits.max_id_length // 4 or len(value.encode()) <= limits.max_id_length:
+    for one past ``max_id_length`` (refused for it) and longer than ``2 * ECHO_CHARS`` characters its first
+    ``ECHO_CHARS``, ``...`` and its length in bytes. Sent back whole, an id filling the request made its answer
+    larger than ``max_message_bytes``: never sent, the one item's refusal included."""
+    if len(value) <= 2 * ECHO_CHARS or len(value.encode()) <= limits.max_id_length:  # cut, no shorter: sent whole
         return value
     return f"{value[:ECHO_CHARS]}...({len(value.encode())} bytes)"
 

@@ -13,6 +13,8 @@ import grpc
 from atp_client import Refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
+from atp_service.edge.convert import ECHO_CHARS, echoed_id
+from reservation import Limits
 from tests.atp_service.edge.test_api import T0, receipt
 from tests.atp_service.refusals import fields_of, refused, told
 from tests.conftest import ServiceFactory
@@ -215,3 +217,14 @@ async def test_a_unary_call_naming_an_id_past_max_id_length_is_refused_without_i
         assert (refusal.code, refusal.reason, refusal.metadata.get("limit")) == (
             grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED", "max_id_length"), refusal
         assert len(refusal.message) < 200 and HUGE[:200] not in refusal.message
+
+
+def test_an_id_past_max_id_length_is_cut_only_where_that_shortens_it() -> None:
+    """At a small ``max_id_length`` an id just past it, cut to ``ECHO_CHARS`` characters and its length, came back
+    longer than it was sent: sent whole until cutting shortens it; an id within the limit never cut."""
+    small = Limits(max_id_length=8)
+    assert echoed_id("r" * 20, small) == "r" * 20
+    assert echoed_id("r" * (2 * ECHO_CHARS), small) == "r" * (2 * ECHO_CHARS)
+    assert echoed_id("r" * 1000, small) == "r" * ECHO_CHARS + "...(1000 bytes)"
+    assert echoed_id("é" * 60, Limits(max_id_length=100)) == "é" * 60  # 120 bytes: past 100, cut no shorter
+    assert echoed_id("é" * 64, Limits(max_id_length=128)) == "é" * 64  # within: 128 bytes
