@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -111,7 +112,7 @@ class Housekeeper:
         self._engine, self._coordinator, self._interval_s = engine, coordinator, interval_s
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()  # expiries across shards
-        self._gauged_at = self._offset_at = 0.0
+        self._gauged_at = self._offset_at = -math.inf  # due at the first pass (monotonic: the host's uptime)
         self._orders_expiring = 0  # order sagas expiring now, at most EXPIRE_ORDERS_AT_ONCE
         self._orders_due: collections.OrderedDict[tuple[int, str], tuple[Ledger, int]] = collections.OrderedDict()
         self._deferred_lines = EveryInterval(EXPIRY_DEFERRED_LOG_EVERY_S)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -90,7 +91,7 @@ class StreamIngestor:
         self._pending_after: list[str] | None = None  # where a pass cut short goes on
         self._pending_left = False  # entries were left pending in the passes before, of this round
         self._batches: set[asyncio.Task[int]] = set()
-        self._claimed_at = 0.0
+        self._claimed_at = -math.inf  # claimed at the first step: the monotonic clock reads its uptime, maybe 0
         self._claim_from: dict[str, str] = {}  # per stream, where the next XAUTOCLAIM scan goes on
         self._claims = Claims(client, settings.consumer_group, settings.consumer_name, settings.dead_letter_stream,
                               settings.side_stream_maxlen)
