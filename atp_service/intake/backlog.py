@@ -14,16 +14,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from atp_service.intake.unread import backlog
+from atp_service.storage.resp import as_text, no_such_key
 from atp_service.tasks import stop_if_cancelled
 
 log = logging.getLogger(__name__)
 BACKLOG_EVERY_S = 5.0
 """How often the backlog is measured: one XINFO GROUPS per input stream."""
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """A consumer group's entries of one stream not done with."""
+
+    pending: int
+    """Delivered to a consumer, not acknowledged."""
+    lag: int | None
+    """Not delivered yet (None: Redis cannot tell, after XDEL of entries the group has not read)."""
+    consumers: int
+    """The group's consumers, those of processes gone or renamed that no sweep removes too (``departed.py``)."""
+
+
+async def backlog(client: Any, stream: str, group: str) -> Backlog | None:
+    """The group's backlog on ``stream`` (None: no such group, or stream)."""
+    try:
+        groups = await client.xinfo_groups(stream)
+    except ResponseError as exc:
+        if no_such_key(exc):  # the stream deleted: the reader makes it again
+            return None
+        raise
+    mine = next((g for g in groups if as_text(g["name"]) == group), None)
+    if mine is None:
+        return None
+    lag = mine.get("lag")
+    return Backlog(int(mine["pending"]), None if lag is None else int(lag), int(mine["consumers"]))
 
 
 class BacklogGauge:

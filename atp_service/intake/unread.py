@@ -29,15 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-
-from redis.exceptions import ResponseError
 
 from atp_service.config_values import MADE_AGAIN, REFUSED, TRIMMED_UNREAD
 from atp_service.intake.anew import ANEW_LUA
 from atp_service.storage.lua_counts import no_count
-from atp_service.storage.resp import as_text, no_such_key
+from atp_service.storage.resp import as_text
 from atp_service.storage.scripts import ACL_LUA
 from atp_service.tasks import exception_seen, finish_uncancelled
 
@@ -305,33 +302,6 @@ async def make_group_marked(client: Any, stream: str, group: str, start: bytes, 
 
 def as_bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
-
-
-@dataclass(frozen=True)
-class Backlog:
-    """A consumer group's entries of one stream not done with."""
-
-    pending: int
-    """Delivered to a consumer, not acknowledged."""
-    lag: int | None
-    """Not delivered yet (None: Redis cannot tell, after XDEL of entries the group has not read)."""
-    consumers: int
-    """The group's consumers, those of processes gone or renamed that no sweep removes too (``departed.py``)."""
-
-
-async def backlog(client: Any, stream: str, group: str) -> Backlog | None:
-    """The group's backlog on ``stream`` (None: no such group, or stream)."""
-    try:
-        groups = await client.xinfo_groups(stream)
-    except ResponseError as exc:
-        if no_such_key(exc):  # the stream deleted: the reader makes it again
-            return None
-        raise
-    mine = next((g for g in groups if as_text(g["name"]) == group), None)
-    if mine is None:
-        return None
-    lag = mine.get("lag")
-    return Backlog(int(mine["pending"]), None if lag is None else int(lag), int(mine["consumers"]))
 
 
 class GroupReader:

@@ -8,7 +8,8 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import ResponseError
 
-from atp_service.intake.unread import Backlog, GroupReader, backlog
+from atp_service.intake.backlog import Backlog, backlog
+from atp_service.intake.unread import GroupReader
 from atp_service.storage.resp import group_lost
 
 STREAM, GROUP = "atp:in:pos", "atp"
