@@ -46,17 +46,18 @@ async def make_group_again(client: Any, stream: str, group: str, unacked: Unacke
     its mark (``unacked.again``, and Redis's for every reader) where ``written``, the quarantine stream's set, holds
     any fact, or the stream's entries kept refused (E7) any: the entries up to it may have been settled before, and
     come again. Where it was there, the mark it has (a process started since it was made). Made, the group reads after
-    the id it answers, and the reader's ``seen`` goes back to it; perhaps made (the script's answer lost: Redis may
-    have run it), from the stream's start (E6). The bound of ``tagged`` is used only where the stream holds ``seen``,
-    the newest entry read (``bounds.start_again``): else it was made anew, said and its memory here forgotten
-    (``bounds.made_anew``)."""
+    the id it answers, and the reader's ``seen`` goes back to the newest entry at or before it (``Unacked.starts_at``);
+    perhaps made (the script's answer lost: Redis may have run it), from the stream's start (E6). The bound of
+    ``tagged`` is used only where the stream holds ``seen``, the newest entry read (``bounds.start_again``): else it
+    was made anew, said and its memory here forgotten (``bounds.made_anew``)."""
     try:
-        made, mark, start, anew = await make_group_marked(client, stream, group, b"0", written, bound, tagged, seen)
+        made, mark, start, anew, below = await make_group_marked(client, stream, group, b"0", written, bound, tagged,
+                                                                 seen)
     except BaseException:
         unacked.starts_at(stream, b"0")
         raise
     if made:
-        unacked.starts_at(stream, start)
+        unacked.starts_at(stream, start, below)
     unacked.marked({stream: mark})
     if anew:
         made_anew(stream, seen, unacked)

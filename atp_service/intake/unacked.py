@@ -154,15 +154,21 @@ class Unacked:
                     id_key(low[stream]) < id_key(kept) for low in self._in_hand.values() if stream in low):
                 del self.again[stream]
 
-    def starts_at(self, stream: str, start: bytes) -> None:
+    def starts_at(self, stream: str, start: bytes, below: tuple[bytes, str] | None = None) -> None:
         """A group made on ``stream`` after ``start`` (or perhaps made: the answer lost): the entries after it come
         again, so a next loss of the group starts no later — where a pass over the reader's own pending list, empty in
-        the new group, let go of the bounds that kept ``start``, the newest entry read must not stay past them."""
-        if self.seen.pop(stream, None) != start:  # another id: no entry read there, whose fields are known
-            self._seen_digest.pop(stream, None)
-        if start != b"0":
-            self.seen[stream] = start
-            self._lower_tags(stream, start)
+        the new group, let go of the bounds that kept ``start``, the newest entry read must not stay past them.
+        ``below``: the newest entry the stream held at or before ``start`` as the group was made, with its fields'
+        digest (``unread._MAKE``). Taken for the newest entry read, and the bounds lowered to it: the stream holds
+        none after it up to ``start``, nor ever will (its ids only grow), so the group made again there delivers the
+        same entries, and a stream made anew before the next read is told by what it holds there (``anew.py``) — by
+        ``start`` alone, no entry's id, one written anew from low ids past it was taken for the one read, its entries
+        up to the bound never delivered. None there: from the stream's start, which is the same entries too."""
+        self.seen.pop(stream, None)
+        self._seen_digest.pop(stream, None)
+        if start != b"0" and below is not None:
+            self.seen[stream], self._seen_digest[stream] = below
+            self._lower_tags(stream, below[0])
         else:
             for bounds in self._tags.values():
                 bounds.pop(stream, None)
@@ -178,8 +184,8 @@ class Unacked:
                 self._seen_digest[stream] = entry_digest(flat)
 
     def seen_entry(self, stream: str) -> tuple[bytes, str] | None:
-        """The newest entry read from ``stream`` and its fields' digest ('' where not known: ``starts_at`` an id no
-        entry was read at), to tell a stream made anew (``bounds.start_again``); None: none read."""
+        """The newest entry read from ``stream`` and its fields' digest ('' where not known: read with none, deleted
+        while pending), to tell a stream made anew (``bounds.start_again``); None: none read."""
         seen = self.seen.get(stream)
         return None if seen is None else (seen, self._seen_digest.get(stream, ""))
 

@@ -195,8 +195,8 @@ _MAKE = """
 -- (``refused_key``), and where ARGV has tokens the consumer's token beside the stream (``bounds.bound_key``). ARGV:
 -- group, '0' or the id to read after, the most entries after it to count, the newest entry read there or '', its
 -- digest or '' (``anew.py``), then token, id to read after, ... Returns {1: made now, 0: there already; the mark, or
--- false; the id read after; 1: the stream made anew}. Made again, the group reads after the id told with the token
--- Redis holds (``bounds.py``: a bound used only while Redis holds its write), else (none held, made anew) ARGV[2].
+-- false; the id read after; 1: the stream made anew; ``anew.below`` it}. Made again, the group reads after the id told
+-- with the token Redis holds (``bounds.py``: a bound used only while Redis holds its write), else ARGV[2].
 -- Made at an id, a group has no entries-read (Redis cannot tell how many entries reach the id), and a read crossing a
 -- gap then counts none of the entries lost. Where none after the id is gone (trimmed or deleted), its count is every
 -- entry ever added less those still after the id.
@@ -212,6 +212,7 @@ if #ARGV > 5 and was == 0 then  -- pcall: a token of another type (a stray key) 
     if ARGV[i] == held then start = ARGV[i + 1] end
   end
 end
+local below = below(key, start)
 local create = {'XGROUP', 'CREATE', key, group, start, 'MKSTREAM'}
 if start ~= '0' and redis.call('EXISTS', key) == 1 then
   local info = redis.call('XINFO', 'STREAM', key)
@@ -226,7 +227,7 @@ if start ~= '0' and redis.call('EXISTS', key) == 1 then
 end
 local made = redis.pcall(unpack(create))
 if type(made) == 'table' and made['err'] then
-  if string.find(made['err'], 'BUSYGROUP', 1, true) then return {0, redis.call('GET', mark), start, was} end
+  if string.find(made['err'], 'BUSYGROUP', 1, true) then return {0, redis.call('GET', mark), start, was, below} end
   return made  -- any other refusal, as the error reply itself
 end
 -- In the same script: every reader is told (the read's reply) that entries up to it may come again. None
@@ -236,10 +237,10 @@ end
 local newest = field(redis.call('XINFO', 'STREAM', key), 'last-generated-id')
 if newest == '0-0' or (redis.call('EXISTS', written) == 0 and redis.call('EXISTS', KEYS[4]) == 0) then
   redis.call('DEL', mark)
-  return {1, false, start, was}
+  return {1, false, start, was, below}
 end
 redis.call('SET', mark, newest)
-return {1, newest, start, was}
+return {1, newest, start, was, below}
 """
 
 
@@ -285,19 +286,21 @@ def trimmed_unread_key(stream: str, group: str, consumer: str) -> str:
 
 async def make_group_marked(client: Any, stream: str, group: str, start: bytes, written: str, bound: str | None = None,
                             tagged: Sequence[tuple[bytes, bytes]] = (), seen: tuple[bytes, str] | None = None
-                            ) -> tuple[bool, bytes | None, bytes, bool]:
+                            ) -> tuple[bool, bytes | None, bytes, bool, tuple[bytes, str] | None]:
     """``resp.make_group`` after ``start`` (``0``, or a full ``ms-seq`` id) — or after the id told with the token
     ``bound`` holds, of ``tagged`` (token, id), but in a stream made anew since ``seen`` was read (``anew.py``) — the
     group's count of entries read set where it can be known: else the first gap it crosses goes uncounted and unlogged
     — facts lost with no alert (ATPInputTrimmedUnread). Whether it was made now, the group's made-again mark (set now
     where ``written``, the quarantine stream's set, holds any fact or ``refused_key`` any entry, or the one it has:
-    ``_MAKE``), the id it was made after, and whether the stream was made anew."""
+    ``_MAKE``), the id it was made after, whether the stream was made anew, and the newest entry at or before that id
+    with its fields' digest (None: none, or made from the start)."""
     keys = [stream, made_again_key(stream, group), written, refused_key(stream, group),
             *([bound] if tagged and bound is not None else [])]
     pairs = [one for pair in tagged for one in pair] if bound is not None else []
-    made, mark, after, anew = await client.register_script(_MAKE)(
+    made, mark, after, anew, below = await client.register_script(_MAKE)(
         keys=keys, args=[group, start, REMADE_GROUP_COUNT_MAX, *(seen or (b"", "")), *pairs])
-    return bool(made), None if mark is None else as_bytes(mark), as_bytes(after), bool(anew)
+    return (bool(made), None if mark is None else as_bytes(mark), as_bytes(after), bool(anew),
+            None if not below else (as_bytes(below[0]), as_text(below[1])))
 
 
 def as_bytes(value: Any) -> bytes:

@@ -270,14 +270,18 @@ class SimStreams:
         on an empty stream, or where the quarantine stream's set holds no fact and the stream's refused set no entry).
         There already (BUSYGROUP): nothing made, the mark it has answered. Tokens told (``bounds.py``): after the id
         told with the one the consumer's token holds, else after ``start`` — or where the stream is not the one the
-        entry read was read in (``anew.py``), answered last."""
+        entry read was read in (``anew.py``), answered fourth; last, the newest entry at or before where it was
+        made, with its fields' digest (None: none)."""
         (stream, mark, written, refused), group, start, most = keys[:4], _text(args[0]), _id(args[1]), int(args[2])
         anew = _text(args[3]) != "" and self._anew(stream, _id(args[3]), _text(args[4]))
         held_token = self.tokens.get(keys[4]) if len(keys) > 4 and not anew else None
         start = next((_id(args[i + 1]) for i in range(5, len(args), 2) if _id(args[i]) == held_token), start)
         held = self.streams.get(stream)
+        below = None if held is None or start == b"0" else next(
+            ([entry_id, entry_digest(held.entries[entry_id])] for entry_id in reversed(held.entries)
+             if id_key(entry_id) <= id_key(start)), None)
         if held is not None and group in held.groups:
-            return [0, self.marks.get(mark), start, int(anew)]
+            return [0, self.marks.get(mark), start, int(anew), below]
         first = next(iter(held.entries), None) if held is not None else None
         counted = start == b"0" or (first is not None and id_key(first) <= id_key(start) and
                                     sum(id_key(e) > id_key(start) for e in held.entries) <= most)  # type: ignore[union-attr]
@@ -286,9 +290,9 @@ class SimStreams:
         newest = self.streams[stream].last_id
         if newest == b"0-0" or not (self.written.get(written) or self.refused.get(refused)):  # none held or refused
             self.marks.pop(mark, None)
-            return [1, None, start, int(anew)]
+            return [1, None, start, int(anew), below]
         self.marks[mark] = newest
-        return [1, newest, start, int(anew)]
+        return [1, newest, start, int(anew), below]
 
     def _anew(self, stream: str, seen: bytes, digest: str) -> bool:
         """``anew.ANEW_LUA``: the stream gone, its ids short of ``seen``, or another entry there (``digest``), or none

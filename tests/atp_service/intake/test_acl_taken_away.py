@@ -82,7 +82,7 @@ async def test_a_group_made_again_whose_mark_the_acl_took_away_is_not_made(user:
             await make_group_marked(client, STREAM, GROUP, b"0", written)
         assert await admin.xinfo_groups(STREAM) == []  # was: the group, with no mark
         await user.give_back("set")
-        made, mark, _, _ = await make_group_marked(client, STREAM, GROUP, b"0", written)
+        made, mark, _, _, _ = await make_group_marked(client, STREAM, GROUP, b"0", written)
         assert made and mark == await admin.get(made_again_key(STREAM, GROUP)) is not None
     finally:
         await client.aclose()

@@ -110,7 +110,7 @@ async def _made(client: Any, seen: tuple[bytes, str]) -> tuple[bytes, bool]:
     await client.set("bound", TOKEN)
     if await client.exists(STREAM):
         await client.xgroup_destroy(STREAM, GROUP)
-    made, _, start, anew = await make_group_marked(client, STREAM, GROUP, b"0", WRITTEN, "bound",
+    made, _, start, anew, _ = await make_group_marked(client, STREAM, GROUP, b"0", WRITTEN, "bound",
                                                    [(TOKEN, b"1000-0")], seen)
     assert made
     return start, anew
