@@ -12,6 +12,7 @@ from __future__ import annotations
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
 from atp_service.intake.bounds import bound_key
+from atp_service.intake.fence import fence_key
 from atp_service.intake.quarantine import ahead_key, drawn_key, run_key, swept_runs_key, written_key
 from atp_service.intake.runs import drawn_names_key
 from atp_service.intake.unread import (
@@ -221,13 +222,15 @@ def _refused_needs(config: ServiceConfig, dlq: str) -> list[Need]:
     use = "entries refused in the future (E7), kept refused"
     for s in config.input_streams:
         kept, letters = refused_key(s, config.consumer_group), refused_letters_key(s, config.consumer_group)
-        needs.append(Need(("EVALSHA", SHA, 4, dlq, s, kept, letters), s, use))
+        fence = fence_key(config.input_streams[0], config.consumer_group, config.consumer_name)  # fence.py
+        needs.append(Need(("EVALSHA", SHA, 5, dlq, s, kept, letters, fence), s, use))
         needs += [Need((cmd, kept, *rest), kept, use) for cmd, *rest in (
             ("ZADD", 1, "m"), ("ZPOPMIN", 1), ("ZRANGEBYSCORE", 0, 1), ("ZREMRANGEBYSCORE", 0, 1), ("ZCARD",),
             ("TYPE",), ("EXISTS",))]
         needs += [Need((cmd, letters, *rest), letters, use) for cmd, *rest in (
             ("HSET", "f", "v"), ("HDEL", "f"), ("HMGET", "f"), ("TYPE",))]
-    return needs
+    fence, why = fence_key(config.input_streams[0], config.consumer_group, config.consumer_name), "dead letters' fence"
+    return [*needs, Need(("GET", fence), fence, why), Need(("SET", fence, 1, "PX", 1), fence, why)]  # intake/fence.py
 
 
 def _sent_whole(needs: list[Need]) -> list[Need]:

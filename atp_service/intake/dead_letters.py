@@ -109,7 +109,7 @@ def dead_letter(flat: list[bytes], why: Why, stream: str, entry_id: bytes, max_e
 
 async def write(client: Any, dead: Sequence[tuple[str, bytes, list[bytes], Why]], to: str, maxlen: int,
                 group: str, max_entry_bytes: int, before: dict[tuple[str, bytes], bytes] | None = None,
-                refused: Kept | None = None, *, consumer: str) -> Written:
+                refused: Kept | None = None, *, consumer: str, fence: tuple[str, bytes]) -> Written:
     """Each entry's dead letter (``dead``: stream, entry id, fields, why) written to ``to``, trimmed to about
     ``maxlen``, and the entries acknowledged, in one script (``_WRITE``): Redis runs it whole or refuses it
     before its first write. An XACK queued beside the XADDs in a transaction ran even when its XADD failed
@@ -128,22 +128,25 @@ async def write(client: Any, dead: Sequence[tuple[str, bytes, list[bytes], Why]]
     reading it; or claimed), and the reader that holds it now judges it — a letter written here said refused of a fact
     that reader applied, and kept refused, a later delivery took it as refused (E7, E8). Those are returned
     (``elsewhere``), neither written nor acknowledged. The group gone (NOGROUP: deleted, not made again yet), an entry
-    is written as ever: the group made again after this write finds it kept refused, and delivers it as refused."""
+    is written as ever: the group made again after this write finds it kept refused, and delivers it as refused.
+    ``fence``: the consumer's fence key and the token it holds (``fence.py``); Redis holding another, nothing is
+    written nor acknowledged, every entry returned in ``elsewhere`` and ``fenced`` set."""
     keep = refused or Kept(frozenset(), 0)
-    args: list[Any] = [maxlen, group, keep.most, consumer]
+    args: list[Any] = [maxlen, group, keep.most, consumer, fence[1]]
     for stream, entry_id, fields, why in dead:
         letter = dead_letter(fields, why, stream, entry_id, max_entry_bytes)
         earlier = (before or {}).get((stream, entry_id), b"")
         remember = packed(why, fields) if (stream, entry_id) in keep.entries else ""
         args += [entry_id, int(why is TRIMMED), earlier, remember, len(letter), *letter]
     streams = [stream for stream, _, _, _ in dead]
-    keys = [to, *streams, *(refused_key(s, group) for s in streams), *(refused_letters_key(s, group) for s in streams)]
-    kept, ids, lost, away = await client.register_script(_WRITE)(keys=keys, args=args)
+    keys = [to, *streams, *(refused_key(s, group) for s in streams), *(refused_letters_key(s, group) for s in streams),
+            fence[0]]
+    kept, ids, lost, away, fenced = await client.register_script(_WRITE)(keys=keys, args=args)
     letters = {(dead[int(i) - 2][0], dead[int(i) - 2][1]): as_bytes(letter)
                for i, letter in zip(ids[0::2], ids[1::2], strict=True)}  # flat: [index, id, index, id, ...]
     forgotten = {dead[int(i) - 2][0]: int(n) for i, n in zip(lost[0::2], lost[1::2], strict=True)}
     return Written({(dead[int(i) - 2][0], dead[int(i) - 2][1]) for i in kept}, letters, forgotten,
-                   {(dead[int(i) - 2][0], dead[int(i) - 2][1]) for i in away})
+                   {(dead[int(i) - 2][0], dead[int(i) - 2][1]) for i in away}, bool(fenced))
 
 
 class Written(NamedTuple):
@@ -157,6 +160,8 @@ class Written(NamedTuple):
     """Per stream, how many entries kept refused it forgot past the most."""
     elsewhere: set[tuple[str, bytes]]
     """Entries pending to the consumer no more: delivered again elsewhere, neither written nor acknowledged here."""
+    fenced: bool
+    """Redis held another token in the consumer's fence (``fence.py``): nothing written, all in ``elsewhere``."""
 
 
 class Kept(NamedTuple):
@@ -184,19 +189,22 @@ def fingerprint(fields: Sequence[bytes | str]) -> str:
 
 _WRITE = ACL_LUA + """
 -- KEYS: the dead-letter stream, then each dead letter's input stream, then each one's set of entries refused, then
--- each one's hash of their letters (``refused_kept.py``). ARGV: MAXLEN, group, the most entries kept refused per
--- stream, the consumer, then per dead letter: its entry's id, 1 where it was read trimmed, the id of its dead letter
--- written before or '', '' or why it is kept refused (E7), the number of its fields' names and values, those. An
--- entry read trimmed that the stream holds (Redis back from older data since the read) is left pending, neither
--- dead-lettered nor acknowledged: returns {the KEYS indexes of those, then per entry acknowledged its KEYS index and
--- its dead letter's id, flat, then per stream that forgot entries kept refused past the most, a KEYS index and how
--- many, flat, then the KEYS indexes of the entries pending to the consumer no more}. Such an entry was delivered again
--- elsewhere (its group deleted and made again before this script ran, or claimed): not written, acknowledged nor kept
--- refused here — the reader holding it now judges it (E7, E8). The group gone (NOGROUP), written as ever: the group
--- made again after this script finds it kept refused. One whose dead letter written before the dead-letter stream
--- holds is acknowledged, not written again: its letter, naming its stream and id (an id alone may name another
--- entry's letter, written since Redis came back from older data by a node whose clock was behind).
-local dlq, n = KEYS[1], (#KEYS - 1) / 3
+-- each one's hash of their letters (``refused_kept.py``), then the consumer's fence (``fence.py``). ARGV: MAXLEN,
+-- group, the most entries kept refused per stream, the consumer, its fence's token, then per dead letter: its entry's
+-- id, 1 where it was read trimmed, the id of its dead letter written before or '', '' or why it is kept refused (E7),
+-- the number of its fields' names and values, those. An entry read trimmed that the stream holds (Redis back from
+-- older data since the read) is left pending, neither dead-lettered nor acknowledged: returns {the KEYS indexes of
+-- those, then per entry acknowledged its KEYS index and its dead letter's id, flat, then per stream that forgot
+-- entries kept refused past the most, a KEYS index and how many, flat, then the KEYS indexes of the entries pending to
+-- the consumer no more, then 1 where fenced}. Such an entry was delivered again elsewhere (its group deleted and made
+-- again before this script ran, or claimed): not written, acknowledged nor kept refused here — the reader holding it
+-- now judges it (E7, E8). The fence holding another token (set anew since this write was sent, which is in doubt: its
+-- entries are judged again), nothing is written, every entry returned as pending to the consumer no more. The group
+-- gone (NOGROUP), written as ever: the group made again after this script finds it kept refused. One whose dead letter
+-- written before the dead-letter stream holds is acknowledged, not written again: its letter, naming its stream and
+-- id (an id alone may name another entry's letter, written since Redis came back from older data by a node whose
+-- clock was behind).
+local dlq, n = KEYS[1], (#KEYS - 2) / 3
 local function ours(stream, id)  -- pending to this consumer in the group; NOGROUP: the group gone, not made again yet
   local held = redis.pcall('XPENDING', stream, ARGV[2], id, id, 1, ARGV[4])
   return held['err'] ~= nil or #held > 0
@@ -212,7 +220,12 @@ local kind = redis.call('TYPE', dlq)['ok']
 if kind ~= 'none' and kind ~= 'stream' then  -- before any write: nothing dead-lettered, nothing acknowledged
   return redis.error_reply('WRONGTYPE dead-letter stream ' .. dlq .. ' holds a ' .. kind)
 end
-local asked, at = {{'XADD', dlq, 'MAXLEN', '~', '1', '*', 'f', 'v'}}, 5
+if redis.pcall('GET', KEYS[#KEYS]) ~= ARGV[5] then  -- pcall: a token of another type (a stray key) is none held
+  local all = {}
+  for i = 2, n + 1 do all[#all + 1] = i end
+  return {{}, {}, {}, all, 1}
+end
+local asked, at = {{'XADD', dlq, 'MAXLEN', '~', '1', '*', 'f', 'v'}}, 6
 for i = 2, n + 1 do
   asked[#asked + 1] = {'XACK', KEYS[i], ARGV[2], '0-1'}
   asked[#asked + 1] = {'XPENDING', KEYS[i], ARGV[2], '0-1', '0-1', '1', ARGV[4]}
@@ -236,7 +249,7 @@ asked[#asked + 1] = {'XRANGE', dlq, '0-1', '0-1'}
 local refused = denied(asked)  -- an ACL changed since the start: the pcall's XACK refused went on (ACL_LUA)
 if refused then return refused end
 local ids, kept, letters, sets, away = {}, {}, {}, {}, {}
-at = 5
+at = 6
 for i = 2, n + 1 do
   local count, earlier, why = tonumber(ARGV[at + 4]), ARGV[at + 2], ARGV[at + 3]
   if ARGV[at + 1] == '1' and #redis.call('XRANGE', KEYS[i], ARGV[at], ARGV[at]) > 0 then
@@ -281,7 +294,7 @@ for i = 2, n + 1 do
     redis.pcall('XACK', KEYS[i], ARGV[2], ids[i])
   end
 end
-return {kept, letters, forgotten, away}
+return {kept, letters, forgotten, away, 0}
 """
 
 

@@ -104,6 +104,7 @@ class StreamIngestor:
 
     async def start(self) -> None:
         await self._create_groups()
+        await self._settler.fence.raised()  # a dead-letter write in doubt of a run before lands nothing (fence.py)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest")
         self._gauge_task = asyncio.get_running_loop().create_task(self._backlog.run(), name="ingest-backlog")
 
@@ -326,6 +327,7 @@ class StreamIngestor:
         a process whose clock ran ahead, which left the entry pending (E8: a duplicate, acknowledged); of a group
         another process owns, its owner judges both. The facts of other processes' groups go to their owners in the
         read's order, those stamped ahead among the others (E8: each shard decides a read's facts in its order)."""
+        entries = await self._settler.fence.landed(entries)  # a dead-letter write in doubt of theirs fenced first
         now, cfg = self._clock.now_ms(), self._config
         entries = self._desk.quarantine.not_owed(entries)
         await recall(self._client, cfg.consumer_group, self._unacked, entries)  # E7: refused by any process, any run

@@ -16,6 +16,7 @@ from atp_service.intake.dead_letters import DeadLetterLines, Kept
 from atp_service.intake.dead_letters import write as write_dead_letters
 from atp_service.intake.entries import Dead, Read
 from atp_service.intake.facts import Result
+from atp_service.intake.fence import Fence, fence_key
 from atp_service.intake.refusals import RefusalBound, sort_results
 from atp_service.intake.unacked import Unacked
 from atp_service.metrics import IntakeMetrics
@@ -32,6 +33,8 @@ class Settler:
         self._client, self._config, self._metrics = client, settings, metrics
         self._unacked, self._bound, self._left_pending = unacked, bound, left_pending
         self._dead_lines = DeadLetterLines()
+        group, consumer = settings.consumer_group, settings.consumer_name
+        self.fence = Fence(client, fence_key(settings.input_streams[0], group, consumer), group, consumer)
 
     async def settle(self, read: list[Read], results: list[Result | DomainError], dead: list[Dead]) -> int:
         """Acknowledge the entries whose facts are durable, dead-letter the refused ones (and ``dead``); others wait."""
@@ -55,15 +58,23 @@ class Settler:
         One pending to this consumer no more (delivered again elsewhere: its group made again meanwhile, or claimed) is
         left to the reader that holds it now, neither written nor acknowledged here (``dead_letters.write``).
         Returns the entries acknowledged with their letters: one given up (``RefusalBound``) and gone elsewhere is its
-        holder's to count, not this reader's."""
+        holder's to count, not this reader's. Its answer lost, the write is in doubt: fenced before its entries are
+        judged again (``fence.py``); refused by the fence, its entries are left pending."""
         cfg, before = self._config, self._unacked.letters(dead)
         keep = Kept({one[:2] for one in dead if one[:2] in clock or one[:2] in before}, cfg.ingest_refused_kept)
+        token = await self.fence.raised()
         told = asyncio.ensure_future(write_dead_letters(self._client, dead, cfg.dead_letter_stream,
                                                         cfg.side_stream_maxlen, cfg.consumer_group,
                                                         cfg.ingest_max_entry_bytes, before, keep,
-                                                        consumer=cfg.consumer_name))
+                                                        consumer=cfg.consumer_name, fence=(self.fence.key, token)))
         told.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
-        kept, letters, forgotten, elsewhere = await finish_uncancelled(told)
+        try:
+            kept, letters, forgotten, elsewhere, fenced = await finish_uncancelled(told)
+        except BaseException:
+            self.fence.doubt(one[:2] for one in dead)
+            raise
+        if fenced:
+            self.fence.refused(token)
         for stream, count in forgotten.items():  # kept in Redis as refused no more: judged again if read again
             self._metrics.ingest_refused_forgotten.labels(stream).inc(count)
         if kept or elsewhere:

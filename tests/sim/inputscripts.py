@@ -145,7 +145,9 @@ def autoclaim(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
 
 def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> list[Any]:
     """``dead_letters._WRITE``: KEYS the dead-letter stream, then each letter's input stream, each one's refused set,
-    each one's letters' hash; ARGV MAXLEN, the group, the most kept refused per stream, the consumer, then per letter
+    each one's letters' hash, the consumer's fence; ARGV MAXLEN, the group, the most kept refused per stream, the
+    consumer, its fence's token (another held: nothing written, every entry's KEYS index returned fourth), then per
+    letter
     its entry's id, 1 where it was read trimmed, the id of its letter written before or '', '' or why it is kept
     refused, its count of names and values, those. ``XACK`` by ``redis.pcall``. An entry read trimmed that the stream
     holds is left pending, its KEYS index returned; one pending to the consumer no more (delivered again elsewhere: its
@@ -153,9 +155,11 @@ def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> l
     written as ever); per entry acknowledged, its KEYS index and its letter's id (the one written before where the
     dead-letter stream holds it, naming this entry: the n-th letter's id ``n-0``); per refused set past the most, a KEYS
     index and how many it forgot (``_forget``)."""
-    count = (len(keys) - 1) // 3
+    count = (len(keys) - 2) // 3
     dlq, inputs, sets, group = keys[0], keys[1:1 + count], keys[1 + count:1 + 2 * count], _text(args[1])
-    at, ids, kept, letters, touched, away, consumer = 4, [], [], [], {}, [], _text(args[3])
+    if redis.fences.get(keys[-1]) != _id(args[4]):  # the fence holds another token (``fence.py``): nothing written
+        return [[], [], [], [i + 2 for i in range(count)], 1]
+    at, ids, kept, letters, touched, away, consumer = 5, [], [], [], {}, [], _text(args[3])
     for i, stream in enumerate(inputs):
         entry_id, trimmed, earlier, why, n = (_id(args[at]), int(args[at + 1]) == 1, _id(args[at + 2]),
                                               _text(args[at + 3]), int(args[at + 4]))
@@ -181,7 +185,7 @@ def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> l
     forgotten = [one for key, (i, stream) in touched.items() for one in _forget(redis, key, stream, int(args[2]), i)]
     for stream, entry_id in ids:
         redis.xack(stream, group, entry_id)
-    return [kept, letters, forgotten, away]
+    return [kept, letters, forgotten, away, 0]
 
 
 def _ours(redis: SimStreams, stream: str, group: str, entry_id: bytes, consumer: str) -> bool:

@@ -115,6 +115,7 @@ class SimStreams:
         self.swept: list[tuple[str, int]] = []  # consumers the sweep removed (``inputsweep``), entries moved
         self.marks: dict[str, bytes] = {}  # the groups' made-again marks (``again.py``), by key
         self.tokens: dict[str, bytes] = {}  # each consumer's token beside each stream (``bounds.bound_key``), by key
+        self.fences: dict[str, bytes] = {}  # each consumer's fence of its dead-letter writes (``fence.py``), by key
         self.runs: dict[str, int] = {}  # the consumers' runs (``quarantine.run_key``), by key
         self.runs_swept: dict[str, int] = {}  # the highest run swept with its consumer (``quarantine.swept_runs_key``)
         self.drawn: dict[str, dict[str, int]] = {}  # each consumer's draws: token -> run (``quarantine.drawn_key``)
@@ -207,6 +208,12 @@ class SimStreams:
         ``inputsweep``), read by ``runs.swept`` (``keep_run``)."""
         held = self.drawn.get(key, {}).get(member)
         return None if held is None else float(held)
+
+    async def set(self, key: str, value: bytes, px: int | None = None) -> bool:
+        """A consumer's fence set anew (``fence.Fence.raised``): at its start, after a dead-letter write in doubt."""
+        await asyncio.sleep(0)
+        self.fences[key] = value
+        return True
 
     async def get(self, key: str) -> bytes | None:
         """A consumer's run (``quarantine.run_key``), read by ``runs.swept`` (``keep_run``) and before each draw."""

@@ -58,10 +58,11 @@ async def test_a_dead_letter_whose_xack_the_acl_took_away_is_not_written(user: A
         await admin.xgroup_create(STREAM, GROUP, "0", mkstream=True)
         entry = await admin.xadd(STREAM, {"n": 0})
         await admin.xreadgroup(GROUP, "c1", {STREAM: ">"})
+        await admin.set("fence", "t")  # the consumer's fence (fence.py), the token the write carries
         await user.take_away("xack")
         with pytest.raises(ResponseError, match=r"^DENIED XACK"):
             await dead_letters.write(client, [(STREAM, entry, [b"n", b"0"], TRIMMED)], DLQ, 1000, GROUP, 1 << 20,
-                                     consumer="c1")
+                                     consumer="c1", fence=("fence", b"t"))
         assert not await admin.exists(DLQ)  # was: a dead letter, its entry pending still
         assert (await admin.xpending(STREAM, GROUP))["pending"] == 1
     finally:

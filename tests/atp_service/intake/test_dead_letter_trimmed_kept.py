@@ -26,8 +26,9 @@ async def test_a_trimmed_entry_that_redis_holds_again_is_not_dead_lettered_nor_a
     client = connect_any(redis_url, 2.0)
     refused = Why("quantity: not an integer", "quantity", "INVALID_FIELD")
     # ``kept`` read as trimmed before Redis came back holding it; ``bad`` read as it is, a dead letter of its own.
+    r.set("fence", "t")  # the consumer's fence (fence.py), the token the write carries
     await write(client, [(STREAM, kept, [], TRIMMED), (STREAM, bad, [b"event_id", b"e2", b"quantity", b"1x"], refused)],
-                DLQ, 1000, GROUP, 64 * 1024, consumer="atp-1")
+                DLQ, 1000, GROUP, 64 * 1024, consumer="atp-1", fence=("fence", b"t"))
     await client.aclose()
     letters = [fields[b"_id"] for _, fields in r.xrange(DLQ)]
     pending = [p["message_id"] for p in r.xpending_range(STREAM, GROUP, "-", "+", 10)]

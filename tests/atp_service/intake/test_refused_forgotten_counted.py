@@ -97,9 +97,10 @@ async def test_the_memory_of_an_entry_kept_refused_is_within_what_operations_say
               "INVALID_FIELD")
     dead = [(STREAM, i, [str(x).encode() for kv in F(f"e{n}", "RECEIPT", "A", "S1", 1, now).fields().items()
                          for x in kv], why) for n, i in enumerate(ids)]
+    await r.set("fence", "t")  # the consumer's fence (fence.py), the token the write carries
     for at in range(0, count, 500):
         await write(r, dead[at:at + 500], "atp:dlq", 100_000, "atp", 16_384, None,
-                    Kept({one[:2] for one in dead}, 10_000), consumer="atp-1")
+                    Kept({one[:2] for one in dead}, 10_000), consumer="atp-1", fence=("fence", b"t"))
     assert await r.zcard(refused_key(STREAM, "atp")) == count
     used = sum([await r.memory_usage(key, samples=0) for key in (refused_key(STREAM, "atp"),
                                                                  refused_letters_key(STREAM, "atp"))])
