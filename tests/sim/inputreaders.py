@@ -107,6 +107,9 @@ class GatedClient:
     async def get(self, key: str) -> Any:
         return await self._redis.get(key)  # a run (``keep_run``): no step of its own to gate
 
+    async def set(self, key: str, value: bytes, px: int | None = None) -> Any:
+        return await self._redis.set(key, value, px)  # its fence set anew (``fence.Fence.raised``), as ``get``
+
     async def zscore(self, key: str, member: str) -> Any:
         return await self._redis.zscore(key, member)  # a run swept, in a draws' record (``keep_run``), as ``get``
 

@@ -211,7 +211,6 @@ class SimStreams:
 
     async def set(self, key: str, value: bytes, px: int | None = None) -> bool:
         """A consumer's fence set anew (``fence.Fence.raised``): at its start, after a dead-letter write in doubt."""
-        await asyncio.sleep(0)
         self.fences[key] = value
         return True
 
