@@ -125,6 +125,14 @@ def stale(order: Reservation, part: Reservation, limits: Limits) -> bool:
     return part.state == State.CONFIRMED and order.created_at - part.updated_at >= limits.retention_ms // 2
 
 
+def release_as_read(part: Reservation) -> PendingOp:
+    """The share releasing ``part`` whole, another order's ``stale`` confirmed part, only while it is there as read
+    (``_orders.AS_READ``): a share sent by the part's id alone may land after the order's own part was made over it
+    (``commit_again``: with leases, the home's next owner carries the change through while its previous owner's saga
+    goes on with what it read; a step in doubt lands late) — released, that confirmed order's units (Q3)."""
+    return PendingOp(OrderStep.RELEASE, (), f"{orders.AS_READ}{part.created_at}:{part.updated_at}")
+
+
 def shares_for(order: Reservation, shares: Mapping[int, PendingOp], found: Mapping[int, Reservation],
                place: Place, limits: Limits) -> dict[int, PendingOp]:
     """``shares`` of ``order``'s change to the parts read (``found``), less those to another order's part
@@ -132,11 +140,11 @@ def shares_for(order: Reservation, shares: Mapping[int, PendingOp], found: Mappi
     order's, Q3) — but one that only holds is given back by any share, expired (only while it still holds: never a
     part confirmed meanwhile, Q3), as giving the order up does (``give_up_part``): its hold is no order's now, and
     where the order holds nothing there (released by line before the part came back) no other step would ever give
-    it back (R2); and a ``stale`` confirmed one is released whole (its units committed for no order). None to a group
-    not in ``found``: no part there (nothing to change), or its group did not answer the read — whose part it holds
-    is not known, and a share goes by the part's id alone."""
+    it back (R2); and a ``stale`` confirmed one is released whole, as read (``release_as_read``: its units committed
+    for no order). None to a group not in ``found``: no part there (nothing to change), or its group did not answer
+    the read — whose part it holds is not known, and a share goes by the part's id alone."""
     foreign = {group: found[group] for group in others(order, found, place, limits)}
-    given = {group: PendingOp(OrderStep.EXPIRE if part.state == State.HELD else OrderStep.RELEASE)
+    given = {group: PendingOp(OrderStep.EXPIRE) if part.state == State.HELD else release_as_read(part)
              for group, part in foreign.items() if part.state == State.HELD or stale(order, part, limits)}
     return {group: given[group] if group in foreign else share for group, share in shares.items()
             if group in found and (group not in foreign or group in given)}

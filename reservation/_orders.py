@@ -59,6 +59,9 @@ _KINDS: dict[Reason, type[DomainError]] = {Reason.CAPACITY_REACHED: ResourceExha
 """The class a replayed refusal is raised as (``DomainError`` else: told by its reason, ``edge.errors.STATUS``)."""
 PART_TTL_MS = 10**15
 """A part's TTL: it never expires by itself (its order's expiry expires it)."""
+AS_READ = PART_MARK + "as-read:"
+"""The operation id of a whole Release of the part as a read found it (``_order_losses.release_as_read``): followed
+by the part's ``created_at`` and ``updated_at``; a part of that id changed or made since is not released."""
 
 Place = Callable[[str], int]
 
@@ -272,6 +275,8 @@ def apply_share(view_: View, reservation_id: str, share: Share, now: int, limits
             # like a one-group reservation's (released, an expired order's lines showed them so on a cluster).
             return ops.expire_held(view_, part, now) if part.state == State.HELD else part
         busy = part.state in (State.HELD, State.CONFIRMED)
+        if share.operation_id.startswith(AS_READ):  # only the part it was judged on, never one made over it since
+            busy = busy and share.operation_id == f"{AS_READ}{part.created_at}:{part.updated_at}"
         return ops.release(view_, reservation_id, (), "", now, limits) if busy else part
     if share.kind in (OrderStep.RELEASE, OrderStep.FULFIL) and not whole:
         return _partial_share(view_, part, share, now, limits)

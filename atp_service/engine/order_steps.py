@@ -79,8 +79,9 @@ class OrderSteps:
         limits = self._engine.limits
         stale = sorted(g for g, part in given.items() if g not in confirmed and losses.stale(order, part, limits))
         if (confirmed or stale) and losses.releases_confirmed(order):  # again, after a stop, from the record (R8)
-            release = PendingOp(OrderStep.RELEASE)
+            release = {g: PendingOp(OrderStep.RELEASE) for g in confirmed} | {
+                g: losses.release_as_read(given[g]) for g in stale}  # that part, never one made over it since
             log_stale(order.reservation_id, stale)
-            await run_parts(self._engine, {g: ApplyShare(given[g].reservation_id, release) for g in confirmed + stale})
+            await run_parts(self._engine, {g: ApplyShare(given[g].reservation_id, op) for g, op in release.items()})
         elif confirmed:
             log_kept_committed(order.reservation_id, confirmed)  # else seen nowhere: an EXPIRED order's units committed

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
-from reservation import OrderStep, PendingOp, State, reserve
+from reservation import LineRequest, OrderStep, PendingOp, State, reserve
 from reservation import _order_losses as losses
 from reservation import _orders as orders
 from reservation._order_anew import Anew
@@ -128,3 +128,27 @@ def test_a_same_content_part_resolved_long_before_its_order_opened_is_another_or
     assert losses.lost_committed(confirmed, estate.parts(confirmed), NOW, LIMITS, place) == [1]
     made = losses.commit_again(estate.ledgers[1], losses.part_again(confirmed, 1, place, NOW), LIMITS)
     assert made.state == State.CONFIRMED and estate.committed("B") == 2, "the order's units committed nowhere"
+
+
+def test_a_stale_part_s_release_landing_late_never_releases_the_order_s_own_part_made_over_it_Q3() -> None:
+    """Defect (found by review): a change's share to another order's ``stale`` confirmed part was a whole Release sent
+    by the part's id alone, whatever part is there when it lands. One landing after the order's own part was made over
+    the stale one (``commit_again``: with leases, the home's next owner carried the change through and made the part
+    again while its previous owner's saga went on with the share it had read; a step in doubt landing late) released
+    the CONFIRMED order's own part, its units committed nowhere (Q3). It releases only the part it was judged on."""
+    estate = Estate()
+    asked = cmd("o", ("A", "S1", 3), ("B", "S1", 1), ("C", "S1", 1))
+    second = changed(estate, reserved_order(estate, asked), PendingOp(OrderStep.CONFIRM))
+    second = msgspec.structs.replace(second, created_at=NOW + LIMITS.retention_ms // 2)
+    _group_1_back_with_the_first_order(estate, confirmed=True)
+    parts = estate.parts(second)
+    assert losses.stale(second, parts[1], LIMITS) and estate.committed("B") == 2
+    release = orders.shares(second, PendingOp(OrderStep.RELEASE, (LineRequest("C", "S1", 1),), "r1"), place)
+    share = losses.shares_for(second, release, parts, place, LIMITS)
+    estate.apply(second, share)  # released, as it was read
+    assert (estate.committed("B"), estate.committed("C")) == (0, 0)
+    own = losses.commit_again(estate.ledgers[1], losses.part_again(second, 1, place, NOW + 1), LIMITS)
+    assert (estate.committed("B"), estate.committed("C")) == (1, 1)
+    estate.apply(second, share)  # the same share landing again, late
+    assert estate.ledgers[1].reservation(own.reservation_id) == own, "the order's own confirmed part released"
+    assert (estate.committed("B"), estate.committed("C")) == (1, 1)
