@@ -181,7 +181,8 @@ async def test_a_confirmed_order_whose_part_is_another_order_s_confirmed_one_is_
     its id (kept: its units a confirmed order's, Q3) has its own units there committed nowhere — offered again while
     its caller ships them, and shown by no position (not oversold: they look available). Only a log line said so; an
     alert had nothing to count. Counted: ``atp_order_sagas_total{outcome="committed_nowhere"}``, once per order: each
-    read found it again and counted it again (a count of findings, 3 for one order read 3 times). The other part is one
+    read found it again and counted it again (a count of findings, 3 for one order read 3 times), and said at each
+    read that its part was made again, where nothing was. The other part is one
     last changed after this order opened by its group's clock (behind the home's): not ``stale`` (released, as
     ``test_order_id_reuse_stale.py`` has it), kept."""
     engine = rig.engine
@@ -211,6 +212,7 @@ async def test_a_confirmed_order_whose_part_is_another_order_s_confirmed_one_is_
     assert counted == [1], "an order's units committed nowhere, counted once per order"
     said = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "order_part_committed_again"]
     assert sum("confirmed part of another order of its id" in line for line in said) == 1, said
+    assert len(said) == 1, "said at each read: made again, where nothing was made"
 
 
 def silent_for(rig: Rig, group: int, steps: int) -> None:
