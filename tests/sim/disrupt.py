@@ -92,14 +92,22 @@ class Disruptor:
         self.plan.append(f"{how} {proc.address} t{at}..t{resume}")
         if long:
             self.long_pauses.append((proc, at))
-        self._at(at, f"{how} {proc.address}", lambda: self._stop_running(proc, how == "suspend", long))
+        stopped: list[bool] = []  # whether it stopped the process: if not, its end runs nothing again
+        self._at(at, f"{how} {proc.address}",
+                 lambda: stopped.append(self._stop_running(proc, how == "suspend", long)))
         self._leases_run_out(proc, at if long else resume, 25)  # a brief pause: renewed in time, none runs out
         for _ in range(2):
             self._turn(at + self.rng.randint(26, 45) if long else self.rng.randint(0, 60))
-        self._at(resume, f"{proc.address} runs again", lambda: self._run_again(proc))
+        self._at(resume, f"{proc.address} runs again", lambda: self._run_again(proc) if any(stopped) else None)
         self._at(resume + self.rng.randint(0, 20), f"{proc.address} renews", lambda: self.world.turn(proc))
 
-    def _stop_running(self, proc: Process, suspend: bool, long: bool) -> None:
+    def _stop_running(self, proc: Process, suspend: bool, long: bool) -> bool:
+        """``proc`` stopped (its host suspended): False, nothing done, where it is stopped already or dead. Drawn at
+        the step's start, a pause may fire on a process another one stopped since (``inputholds``): its end would
+        run that one again early, its leases' deadlines left as that pause's expiries left them (``expire``)."""
+        if proc.dead or proc.frozen:
+            self.events.append(f"{proc.address} stopped already: not stopped again")
+            return False
         self.world.pause(proc)
         if not long:
             self.world.leases.brief.add(proc.holder)
@@ -107,6 +115,7 @@ class Disruptor:
             slept = self.world.sleeps.suspend(proc.address, long)
             self.world.log.tally.host_suspends += 1
             self.events.append(f"{proc.address}'s host suspended for {slept:.0f} s")
+        return True
 
     def _run_again(self, proc: Process) -> None:
         proc.log.thaw()

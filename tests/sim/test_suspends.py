@@ -121,3 +121,13 @@ async def test_a_group_taken_after_redis_lost_the_woken_process_s_lease_is_no_fi
     are refused by the owner key, R7). The invariant took this for a stale read (seed 119, at step 41)."""
     await Driver(119, Tally(), processes=2, lose_tail=True, clock_skew=True, settle_faults=True, forward_streams=True,
                  partition=True, clock_jumps=True, suspends=True, groups=True).run(60)
+
+
+async def test_a_suspend_drawn_for_a_process_already_stopped_leaves_it_stopped_by_the_other_pause() -> None:
+    """``--input-streams --processes 3 --partition --suspends --new-addresses``: p0 was stopped holding a quarantine
+    write (``inputholds``) until t103, its lease on group 2 run out meanwhile with its deadline left ahead (it had
+    passed that check already, ``ClusterWorld.expire``); the step's suspend drawn for p0 at its start fired at t39 on
+    the process stopped already, and its end at t55 ran p0 again, the other pause cut short: woken, it answered a read
+    of group 2, which p1.8 had taken at t44, by the deadline the other pause left (seed 16, at step 33). A pause or
+    suspend firing on a process stopped already (or dead) stops nothing, and its end runs nothing again."""
+    await InputsClusterDriver(16, 3, Tally(), partition=True, suspends=True, new_addresses=True).run(60)
