@@ -220,6 +220,8 @@ local kind = redis.call('TYPE', dlq)['ok']
 if kind ~= 'none' and kind ~= 'stream' then  -- before any write: nothing dead-lettered, nothing acknowledged
   return redis.error_reply('WRONGTYPE dead-letter stream ' .. dlq .. ' holds a ' .. kind)
 end
+local unread = denied({{'GET', KEYS[#KEYS]}})  -- the fence unread: refused naming it, not taken for another token
+if unread then return unread end
 if redis.pcall('GET', KEYS[#KEYS]) ~= ARGV[5] then  -- pcall: a token of another type (a stray key) is none held
   local all = {}
   for i = 2, n + 1 do all[#all + 1] = i end

@@ -130,3 +130,26 @@ async def test_a_read_across_a_gap_whose_command_the_acl_took_away_moves_no_grou
         assert counter.labels(STREAM)._value.get() == 3
     finally:
         await client.aclose()
+
+
+async def test_a_dead_letter_whose_fence_get_the_acl_took_away_is_refused_naming_it(user: AclUser) -> None:
+    """The dead letters' script reads the consumer's fence (``fence.py``) with a pcall, for a token of another type (a
+    stray key) is none held: a GET the ACL refused was taken for another token — every write answered fenced, its
+    entries left pending and read again for ever, with no line saying why. Refused whole now, naming GET and the key."""
+    admin, client = user.admin, connect(user.url, 5.0)
+    try:
+        await admin.xgroup_create(STREAM, GROUP, "0", mkstream=True)
+        entry = await admin.xadd(STREAM, {"n": 0})
+        await admin.xreadgroup(GROUP, "c1", {STREAM: ">"})
+        await admin.set("fence", "t")  # the consumer's fence, the token the write carries
+        await user.take_away("get")
+        with pytest.raises(ResponseError, match=r"^DENIED GET on fence: "):  # was: answered fenced, nothing said
+            await dead_letters.write(client, [(STREAM, entry, [b"n", b"0"], TRIMMED)], DLQ, 1000, GROUP, 1 << 20,
+                                     consumer="c1", fence=("fence", b"t"))
+        assert not await admin.exists(DLQ)
+        await user.give_back("get")
+        written = await dead_letters.write(client, [(STREAM, entry, [b"n", b"0"], TRIMMED)], DLQ, 1000, GROUP,
+                                           1 << 20, consumer="c1", fence=("fence", b"t"))
+        assert not written.fenced  # the token Redis holds: the fence let it through
+    finally:
+        await client.aclose()
