@@ -20,14 +20,15 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from atp_service.intake.entries import Entry
+from atp_service.intake.entries import Entry, id_key
 from atp_service.intake.unread import refused_key
 
 FENCE_KEPT_MS = 86_400_000
 """How long a consumer's fence outlives its last setting: a reader sets it at its start and after each write in doubt;
 gone (a consumer gone for good), a write finds no token and lands nothing, and the reader sets it again: bounded."""
 DOUBTFUL_KEPT = 10_000
-"""Entries of writes in doubt remembered until read again (the oldest forgotten past it: a write in doubt of more)."""
+"""Entries of writes in doubt remembered until read again. Past it the oldest are forgotten, but for the newest id
+forgotten per stream: an entry at or before it is taken for one of a write in doubt (checked, not judged unfenced)."""
 
 
 def fence_key(stream: str, group: str, consumer: str) -> str:
@@ -46,6 +47,7 @@ class Fence:
         self.token: bytes | None = None  # the token last set (None: none yet)
         self._owed = True
         self._doubtful: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._forgotten: dict[str, tuple[int, int]] = {}  # per stream, the newest id forgotten past DOUBTFUL_KEPT
         self._lock = asyncio.Lock()
 
     async def raised(self) -> bytes:
@@ -66,7 +68,8 @@ class Fence:
         for one in entries:
             self._doubtful[one] = None
         while len(self._doubtful) > DOUBTFUL_KEPT:
-            self._doubtful.popitem(last=False)
+            (stream, entry_id), _ = self._doubtful.popitem(last=False)
+            self._forgotten[stream] = max(self._forgotten.get(stream, (0, 0)), id_key(entry_id))
 
     def refused(self, token: bytes) -> None:
         """A write refused by the fence, Redis holding another token: where it carried the one in use, Redis lost it
@@ -78,7 +81,7 @@ class Fence:
         """``entries`` but those of a write in doubt that Redis holds pending to this consumer no more, asked once the
         fence is set past that write: it landed before (its letters stand, the entries acknowledged), or they were
         delivered again elsewhere, whose reader judges them."""
-        doubtful = [entry for entry in entries if entry[:2] in self._doubtful]
+        doubtful = [entry for entry in entries if entry[:2] in self._doubtful or self._past_forgotten(entry)]
         if not doubtful:
             return entries
         await self.raised()
@@ -90,3 +93,8 @@ class Fence:
         for entry in doubtful:
             self._doubtful.pop(entry[:2], None)
         return [entry for entry in entries if entry[:2] not in gone]
+
+    def _past_forgotten(self, entry: Entry) -> bool:
+        """Whether ``entry`` is at or before the newest entry of its stream forgotten past ``DOUBTFUL_KEPT``."""
+        newest = self._forgotten.get(entry[0])
+        return newest is not None and id_key(entry[1]) <= newest
