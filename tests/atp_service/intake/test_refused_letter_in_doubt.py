@@ -46,6 +46,7 @@ async def test_a_refusal_in_doubt_landing_after_the_entry_was_read_again_and_app
         async def call(keys: list[Any], args: list[Any]) -> Any:
             if not late:  # sent, its answer lost: it lands later
                 late.append((script, keys, args))
+                clock.advance(2000)  # within the skew now, before its entry can be read again
                 raise RedisTimeoutError("Timeout reading from socket")
             return await script(keys=keys, args=args)
 
@@ -61,7 +62,6 @@ async def test_a_refusal_in_doubt_landing_after_the_entry_was_read_again_and_app
     ingestor._settler.ack = acked  # type: ignore[method-assign]
     r.xadd(STREAM, F("future", "RECEIPT", "A", "S1", 2, now + SKEW_MS + 1000).fields())
     await until(lambda: bool(late), "future judged in the future, its dead letter's answer lost")
-    clock.advance(2000)  # within the skew now
     await until(lambda: bool(landed), "future read again, the script in doubt landed")
     await wait_consumed(redis_url, [STREAM])
     letters = [fields[b"_id"] for _, fields in r.xrange("atp:dlq")]
