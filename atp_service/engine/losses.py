@@ -88,19 +88,22 @@ async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now
     on_hand), said; the parts as they stand. Units no longer there leave the position oversold (Q5:
     ``atp_oversold_units``), never hidden. Another order's ``stale`` confirmed part there is released, said; one not
     stale is kept (Q3), the order's units there committed nowhere: said and counted once per order (``nowhere``)."""
-    made = {group: CommitPart(losses.part_again(order, group, engine.place, now)) for group in groups}
-    parts: dict[int, Reservation] = await run_parts(engine, dict(made))
-    # Said once done (a step not done is done by the next pass, said then): another order's CONFIRMED part there is
-    # kept (``commit_again``), nothing made — said once per order, not as made again at each read that finds it.
-    kept = losses.others(order, parts, engine.place, engine.limits)
-    log_stale(order.reservation_id, [group for group in groups if group in found and group not in kept and
+    # Said as sent (a step whose answer is lost may have made the part: the next pass finds it there, not lost), for
+    # the groups to be made — never one whose part read is another order's CONFIRMED one, kept (``commit_again``):
+    # nothing is made there, and a line at each read that finds it would say there is.
+    read_kept = [group for group in groups if group in found and found[group].state == State.CONFIRMED and
+                 not losses.stale(order, found[group], engine.limits)]
+    log_stale(order.reservation_id, [group for group in groups if group in found and group not in read_kept and
                                      losses.stale(order, found[group], engine.limits)])
-    if remade := [group for group in groups if group not in kept]:
+    if remade := [group for group in groups if group not in read_kept]:
         log.error("confirmed order %r is missing its parts in shard groups %s (Redis lost acknowledged entries there: "
                   "restarted from older data); they are made again, their units not released committed again there "
                   "(where no longer available, the position shows oversold)", order.reservation_id, remade,
                   extra={"event": "order_part_committed_again", "reservation_id": order.reservation_id,
                          "shard": remade[0]})
+    made = {group: CommitPart(losses.part_again(order, group, engine.place, now)) for group in groups}
+    parts: dict[int, Reservation] = await run_parts(engine, dict(made))
+    kept = losses.others(order, parts, engine.place, engine.limits)  # said once per order, as counted
     if kept and nowhere.first(order.reservation_id):
         log.error("confirmed order %r has in its place in shard groups %s a confirmed part of another order of its "
                   "id (Redis lost acknowledged entries there: restarted from data older than this order's part); it is "

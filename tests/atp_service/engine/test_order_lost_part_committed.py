@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from reservation import Fact, FactKind, State
+from atp_service.engine import parts
+from atp_service.engine.parts import CommitPart
+from reservation import Fact, FactKind, Reason, State, Unavailable
 from tests.atp_service.engine.helpers import SKUS, running
 from tests.atp_service.engine.test_order_sagas import Rig, lose_part, shipment
 
@@ -116,3 +118,33 @@ async def test_a_confirmed_order_whose_part_redis_lost_is_found_at_the_restart_i
     assert rig.quantities() == [(0, 6), (0, 6)], "the lost part's units committed nowhere"
     assert rig.part("o1", 1).state == State.CONFIRMED
     assert "order_part_committed_again" in [getattr(r, "event", None) for r in caplog.records]
+
+
+async def test_a_lost_part_made_again_by_a_step_whose_answer_was_lost_is_said_all_the_same_Q3(
+        rig: Rig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect (found by review): ``order_part_committed_again`` was said only once the step making the part again had
+    answered. One applied whose answer was lost (a peer's owner changing under it, its deadline passing) left the part
+    made, and the next read found it there, nothing lost: the part made again, its units committed again (oversold
+    where sold meanwhile), said by nothing — an oversold position no late fact explains, taken for a bug. It is said
+    as the step is sent, for each group whose part is to be made (never one kept: another order's confirmed part)."""
+    caplog.set_level(logging.ERROR, logger="atp_service")
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    await rig.run(engine.confirm("o1"))
+    await lose_part(rig, "o1", 1)
+    run_part, lost = parts.run_part, [True]
+
+    async def answer_lost(engine_: Any, group: int, step: Any) -> Any:
+        made = await run_part(engine_, group, step)
+        if isinstance(step, CommitPart) and lost:
+            lost.clear()  # the first one's answer lost, the part made
+            raise Unavailable("peer: an order step ended, its group changing hands", Reason.OUTCOME_UNKNOWN)
+        return made
+
+    monkeypatch.setattr(parts, "run_part", answer_lost)
+    with pytest.raises(Unavailable):
+        await rig.run(engine.get_reservation("o1"))
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.CONFIRMED
+    assert rig.quantities() == [(0, 3), (0, 3)] and not lost
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "order_part_committed_again"]
+    assert len(said) == 1 and "shard groups [1]" in said[0], "a part made again, said by nothing"
