@@ -7,13 +7,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from atp_service.engine.losses import log_kept_committed, log_stale, torn
-from atp_service.engine.parts import ApplyShare, GiveUpPart, ReadPart, command_of, on_shard, run_parts
+from atp_service.engine.parts import ApplyShare, GiveUpPart, ReadPart, ReleaseAsRead, on_shard, run_parts
 from reservation import DomainError, Ledger, OrderStep, PendingOp, Reason, Reservation, State, Unavailable
 from reservation import _order_losses as losses
 from reservation import _orders as orders
 
 if TYPE_CHECKING:
     from atp_service.engine.router import Engine
+
+
+def share_step(part: str, share: PendingOp) -> ApplyShare:
+    """The step applying ``share`` to ``part``: a ``ReleaseAsRead`` where it releases only as read."""
+    return (ReleaseAsRead if share.operation_id.startswith(orders.AS_READ) else ApplyShare)(part, share)
 
 
 class OrderSteps:
@@ -23,7 +28,7 @@ class OrderSteps:
 
     async def _apply(self, order: Reservation, shares: dict[int, PendingOp]) -> None:
         rid = order.reservation_id
-        await run_parts(self._engine, {g: ApplyShare(orders.part_id(rid, g), share) for g, share in shares.items()})
+        await run_parts(self._engine, {g: share_step(orders.part_id(rid, g), share) for g, share in shares.items()})
 
     async def _parts(self, order: Reservation, missing_ok: bool = False) -> dict[int, Reservation]:
         rid = order.reservation_id
@@ -71,7 +76,7 @@ class OrderSteps:
         """Every part of an abandoned order released, or a tombstone in its place (``give_up_part``); a confirmed one
         of its own kept, unless the order was given up once decided (``releases_confirmed``: released too, Q3, as is
         another order's ``stale`` confirmed part: committed for no order)."""
-        cmds = orders.split(command_of(order), self._engine.place)
+        cmds = orders.split(orders.command_of(order), self._engine.place)
         given = await run_parts(self._engine, {g: GiveUpPart(cmd) for g, cmd in cmds.items()})
         # Another order's confirmed part of that id is not this one's to release, nor to say — but a stale one.
         confirmed = sorted(g for g, part in given.items()
@@ -82,6 +87,6 @@ class OrderSteps:
             release = {g: PendingOp(OrderStep.RELEASE) for g in confirmed} | {
                 g: losses.release_as_read(given[g]) for g in stale}  # that part, never one made over it since
             log_stale(order.reservation_id, stale)
-            await run_parts(self._engine, {g: ApplyShare(given[g].reservation_id, op) for g, op in release.items()})
+            await run_parts(self._engine, {g: share_step(given[g].reservation_id, op) for g, op in release.items()})
         elif confirmed:
             log_kept_committed(order.reservation_id, confirmed)  # else seen nowhere: an EXPIRED order's units committed

@@ -40,7 +40,6 @@ from atp_service.engine.parts import (
     UNDECIDED,
     GiveUpPart,
     ReservePart,
-    command_of,
     held_orphans,
     lasting,
     log_orphaned,
@@ -241,7 +240,7 @@ class Orders(OrderSteps):
         """Reserve every part (a replay where it exists), release the held ones if any part is refused, then record
         the order's decision; the order as recorded. A part confirmed proves it decided and confirmed before its home
         lost that (R7): decided again CONFIRMED, carried through, never refused nor given up (R3, Q3)."""
-        cmds, now = orders.split(command_of(order), place := self._engine.place), self._engine.now_at
+        cmds, now = orders.split(orders.command_of(order), place := self._engine.place), self._engine.now_at
         limits = self._engine.limits
         try:
             parts = await run_parts(self._engine, {g: ReservePart(cmd) for g, cmd in cmds.items()})
@@ -350,7 +349,7 @@ class Orders(OrderSteps):
             self.orphans.pop(part_id, None)
             return
         log_orphaned(part_id, group, "holds units: released")
-        await run_parts(self._engine, {group: GiveUpPart(command_of(part))})
+        await run_parts(self._engine, {group: GiveUpPart(orders.command_of(part))})
         self.orphans.pop(part_id, None)
 
     async def _shipment(self, fact: Fact, order_id: str, asking: Asking) -> tuple[FactOutcome, str]:

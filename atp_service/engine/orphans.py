@@ -36,7 +36,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from atp_service.engine.parts import GiveUpPart, ReadPart, command_of, log_orphaned, run_part, tell_home, work_of
+from atp_service.engine.parts import GiveUpPart, ReadPart, log_orphaned, run_part, tell_home, work_of
 from reservation import TERMINAL, Ledger, Limits, LineRequest, Reservation, State
 from reservation import _operations as ops
 from reservation import _orders as orders
@@ -330,7 +330,7 @@ class LeasedOrphans:
                         f"released ({committed - units} kept committed: units its order fulfilled)")
             if part.state != State.HELD or not all(gives_up(record, part) for record in records):
                 return None
-            work_of(engine, GiveUpPart(command_of(part)))(ledger, now)
+            work_of(engine, GiveUpPart(orders.command_of(part)))(ledger, now)
             return f"held {sum(line.held for line in part.lines)} units", "released"
 
         async def locked() -> Given | None:

@@ -65,6 +65,11 @@ class ApplyShare(msgspec.Struct, tag="share", array_like=True, frozen=True, forb
     share: PendingOp
 
 
+class ReleaseAsRead(ApplyShare, tag="share-as-read", array_like=True, frozen=True, forbid_unknown_fields=True):
+    """A whole Release of a part only as read (``_orders.AS_READ``): a kind of its own, which a process of an earlier
+    release refuses whole (``INVALID_ARGUMENT``) rather than release by the part's id alone whatever is there (Q3)."""
+
+
 class ReadPart(msgspec.Struct, tag="read", array_like=True, frozen=True, forbid_unknown_fields=True):
     """Read a part as durable."""
 
@@ -97,7 +102,7 @@ class SettleOrder(msgspec.Struct, tag="settle", array_like=True, frozen=True, fo
     order: str
 
 
-PartStep = ReservePart | ApplyShare | ReadPart | GiveUpPart | CommitPart | ResolveOrder | SettleOrder
+PartStep = ReservePart | ApplyShare | ReleaseAsRead | ReadPart | GiveUpPart | CommitPart | ResolveOrder | SettleOrder
 
 
 class StepRequest(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -392,6 +397,3 @@ def undecided(exc: BaseException) -> BaseException:
         log.warning("a step of an order spanning groups failed: %r", exc)
     return Unavailable(UNDECIDED, Reason.OUTCOME_UNKNOWN)
 
-
-command_of = orders.command_of
-"""The Reserve an order was opened with (its requested lines are kept until it is decided), or a part's."""

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
+from atp_service.engine import parts
 from atp_service.engine.losses import Once
 from reservation import FailedPrecondition, State
+from reservation import _orders as orders
 from tests.atp_service.engine.helpers import running
 from tests.atp_service.engine.test_order_sagas import RETENTION_MS, Rig
 
@@ -86,6 +89,47 @@ async def test_a_held_order_given_up_on_its_confirm_releases_another_order_s_sta
         await rig.run(rig.engine.confirm("o"))
     assert rig.quantities() == [(0, 0), (0, 0)], "another order's units committed for good"
     assert (await rig.run(rig.engine.get_reservation("o"))).state == State.EXPIRED
+
+
+class EarlierStep(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """A step as a process of the release before a Release only as read (``_orders.AS_READ``) reads it."""
+
+    group: int
+    step: (parts.ReservePart | parts.ApplyShare | parts.ReadPart | parts.GiveUpPart | parts.CommitPart
+           | parts.ResolveOrder | parts.SettleOrder)
+
+
+@pytest.mark.parametrize("change", ["release", "confirm"])
+async def test_a_release_only_as_read_is_refused_by_a_process_of_an_earlier_release_never_run_by_id_alone_Q3(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """Defect (found by review): the share releasing another order's stale part only as read (its change's, or its
+    giving up's) went to the part's process as any share does, the condition in its operation id: a process of an
+    earlier release (a rolling update) read it and released whatever part held the id — the order's own part made
+    over it since included (Q3). A step of its own kind, which that process refuses whole (``INVALID_ARGUMENT``: the
+    order goes on once every process runs one release); every other step is sent as before."""
+    await back_with_the_first_order_confirmed(rig, confirm_second=False)
+    run_part, sent = parts.run_part, []
+
+    async def sending(engine: Any, group: int, step: Any) -> Any:
+        sent.append(msgspec.msgpack.encode(parts.StepRequest(group, step)))
+        return await run_part(engine, group, step)
+
+    monkeypatch.setattr(parts, "run_part", sending)
+    if change == "release":
+        await rig.run(rig.engine.release("o", (), ""))
+    else:
+        with pytest.raises(FailedPrecondition):
+            await rig.run(rig.engine.confirm("o"))
+    assert rig.quantities() == [(0, 0), (0, 0)]
+    steps = [msgspec.msgpack.decode(request, type=parts.StepRequest).step for request in sent]
+    as_read = [request for request, step in zip(sent, steps, strict=True) if isinstance(step, parts.ApplyShare)
+               and step.share.operation_id.startswith(orders.AS_READ)]
+    assert len(as_read) == 1
+    earlier = msgspec.msgpack.Decoder(EarlierStep)
+    with pytest.raises(msgspec.ValidationError):
+        earlier.decode(as_read[0])
+        pytest.fail("an earlier release reads it: a release by the part's id alone")
+    assert all(earlier.decode(request) for request in sent if request not in as_read)
 
 
 def test_each_order_found_committed_nowhere_is_counted_once_while_remembered() -> None:
