@@ -41,6 +41,25 @@ async def stock(client: AtpClient, clock_ms: int, quantity: int = 10) -> None:
     assert all(r.outcome == pb.FACT_OUTCOME_APPLIED for r in await client.record_events(facts))
 
 
+def after_the_others(routed: RoutedClient, group: int, unanswered: bool = False) -> None:
+    """``routed``'s read of ``group`` sent only once another group's read has been answered (or refused); with
+    ``unanswered``, ended then ``DEADLINE_EXCEEDED`` instead, as a read whose owner paused is."""
+    send, later_told = routed._send, asyncio.Event()
+
+    async def in_turn(rpc: str, req: Any, to: int | None, deadline: float) -> Any:
+        if to == group:
+            await later_told.wait()
+            if unanswered:
+                raise deadline_exceeded("the owner paused")
+            return await send(rpc, req, to, deadline)
+        try:
+            return await send(rpc, req, to, deadline)
+        finally:
+            later_told.set()
+
+    routed._send = in_turn  # type: ignore[method-assign]
+
+
 async def test_get_routing_routes_every_group_to_the_one_process(start_service: ServiceFactory) -> None:
     service, client = await start_service(shards=6)
     address = advertised(service)
@@ -147,18 +166,7 @@ async def test_routed_client_names_the_first_key_at_fault_whichever_groups_read_
     keys = [("A", "L"), ("A", ""), (other, "L"), (other, "")]
     direct = await refused(client.availability(keys))
     async with RoutedClient(address, timeout_s=5) as routed:
-        send, later_told = routed._send, asyncio.Event()
-
-        async def in_turn(rpc: str, req: Any, group: int | None, deadline: float) -> Any:
-            if group == place("A", shards):
-                await later_told.wait()
-                return await send(rpc, req, group, deadline)
-            try:
-                return await send(rpc, req, group, deadline)
-            finally:
-                later_told.set()
-
-        routed._send = in_turn  # type: ignore[method-assign]
+        after_the_others(routed, place("A", shards))
         said = await refused(routed.availability(keys))
     assert (direct.code, direct.reason, fields_of(direct)) == (
         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["keys[1].location"])
@@ -210,18 +218,7 @@ async def test_routed_client_tells_a_key_at_fault_where_an_earlier_groups_read_i
     other = next(sku for sku in SKUS if place(sku, shards) != place("A", shards))
     keys = [("A", "L"), (other, "L"), (other, "")]
     async with RoutedClient(address, timeout_s=5) as routed:
-        send, later_told = routed._send, asyncio.Event()
-
-        async def earlier_unanswered(rpc: str, req: Any, group: int | None, deadline: float) -> Any:
-            if group == place("A", shards):  # told as gRPC tells a call its owner never answered
-                await later_told.wait()
-                raise deadline_exceeded("the owner paused")
-            try:
-                return await send(rpc, req, group, deadline)
-            finally:
-                later_told.set()
-
-        routed._send = earlier_unanswered  # type: ignore[method-assign]
+        after_the_others(routed, place("A", shards), unanswered=True)  # as gRPC tells a call its owner never answered
         said = await refused(routed.availability(keys))
     assert (said.code, said.reason, fields_of(said)) == (
         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["keys[2].location"])
