@@ -241,7 +241,8 @@ for i = 2, n + 1 do
       end
     end
     for _, command in ipairs({{'ZADD', set, '1', 'm'}, {'ZPOPMIN', set, '1'}, {'ZRANGEBYSCORE', set, '0', '1'},
-                              {'ZREMRANGEBYSCORE', set, '0', '1'}, {'HSET', named, 'f', 'v'}, {'HDEL', named, 'f'}}) do
+                              {'ZREMRANGEBYSCORE', set, '0', '1'}, {'ZCARD', set}, {'HSET', named, 'f', 'v'},
+                              {'HDEL', named, 'f'}}) do
       asked[#asked + 1] = command
     end
   end

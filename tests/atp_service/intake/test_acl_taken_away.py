@@ -153,3 +153,26 @@ async def test_a_dead_letter_whose_fence_get_the_acl_took_away_is_refused_naming
         assert not written.fenced  # the token Redis holds: the fence let it through
     finally:
         await client.aclose()
+
+
+async def test_a_dead_letter_kept_refused_whose_zcard_the_acl_took_away_is_not_written(user: AclUser) -> None:
+    """A dead letter of an entry refused in the future (E7) keeps it refused beside its stream (``refused_kept.py``),
+    the script bounding that set with a ZCARD after its XADD, ZADD and HSET: the ZCARD refused, the script stopped
+    there with Redis's error naming neither — the letter written and kept, the entry not acknowledged. Asked with the
+    other commands now: refused whole, naming ZCARD and the key."""
+    admin, client = user.admin, connect(user.url, 5.0)
+    why = dead_letters.Why("event_time_ms: in the future", "event_time_ms", "INVALID_FIELD")
+    try:
+        await admin.xgroup_create(STREAM, GROUP, "0", mkstream=True)
+        entry = await admin.xadd(STREAM, {"n": 0})
+        await admin.xreadgroup(GROUP, "c1", {STREAM: ">"})
+        await admin.set("fence", "t")  # the consumer's fence (fence.py), the token the write carries
+        await user.take_away("zcard")
+        with pytest.raises(ResponseError, match=r"^DENIED ZCARD on "):  # was: a script error after its writes
+            await dead_letters.write(client, [(STREAM, entry, [b"n", b"0"], why)], DLQ, 1000, GROUP, 1 << 20,
+                                     refused=dead_letters.Kept({(STREAM, entry)}, 10), consumer="c1",
+                                     fence=("fence", b"t"))
+        assert not await admin.exists(DLQ)  # was: a dead letter, its entry pending still
+        assert (await admin.xpending(STREAM, GROUP))["pending"] == 1
+    finally:
+        await client.aclose()
