@@ -81,13 +81,35 @@ class Once:
         return True
 
 
+class Told:
+    """Per key, the last thing told of it (the last ``most`` keys): whether ``what`` is news for ``key`` (``news``),
+    until the key is forgotten (``forget``)."""
+
+    def __init__(self, most: int) -> None:
+        self._most = most
+        self._told: collections.OrderedDict[str, object] = collections.OrderedDict()
+
+    def news(self, key: str, what: object) -> bool:
+        new = self._told.get(key) != what
+        self._told[key] = what
+        self._told.move_to_end(key)
+        if len(self._told) > self._most:
+            self._told.popitem(last=False)
+        return new
+
+    def forget(self, key: str) -> None:
+        self._told.pop(key, None)
+
+
 async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now: int,
-                      found: Mapping[int, Reservation], nowhere: Once) -> dict[int, Reservation]:
+                      found: Mapping[int, Reservation], nowhere: Once, remade_told: Told) -> dict[int, Reservation]:
     """The CONFIRMED ``order``'s parts Redis lost at ``groups`` (``_order_losses.lost_committed``; ``found``: its parts
     read) made again, their units committed again at each (Q3: a confirmed order's; R4: a Fulfil moves them out of
     on_hand), said; the parts as they stand. Units no longer there leave the position oversold (Q5:
     ``atp_oversold_units``), never hidden. Another order's ``stale`` confirmed part there is released, said; one not
-    stale is kept (Q3), the order's units there committed nowhere: said and counted once per order (``nowhere``)."""
+    stale is kept (Q3), the order's units there committed nowhere: said and counted once per order (``nowhere``).
+    The groups made again are said once per loss (``remade_told``: not again as the step is sent again while it
+    fails, until every step answered or the order is found whole, ``Told.forget``)."""
     # Said as sent (a step whose answer is lost may have made the part: the next pass finds it there, not lost), for
     # the groups to be made — never one whose part read is another order's CONFIRMED one, kept (``commit_again``):
     # nothing is made there, and a line at each read that finds it would say there is.
@@ -95,7 +117,8 @@ async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now
                  not losses.stale(order, found[group], engine.limits)]
     log_stale(order.reservation_id, [group for group in groups if group in found and group not in read_kept and
                                      losses.stale(order, found[group], engine.limits)])
-    if remade := [group for group in groups if group not in read_kept]:
+    remade = [group for group in groups if group not in read_kept]
+    if remade and remade_told.news(order.reservation_id, remade):
         log.error("confirmed order %r is missing its parts in shard groups %s (Redis lost acknowledged entries there: "
                   "restarted from older data); they are made again, their units not released committed again there "
                   "(where no longer available, the position shows oversold)", order.reservation_id, remade,
@@ -103,6 +126,7 @@ async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now
                          "shard": remade[0]})
     made = {group: CommitPart(losses.part_again(order, group, engine.place, now)) for group in groups}
     parts: dict[int, Reservation] = await run_parts(engine, dict(made))
+    remade_told.forget(order.reservation_id)  # made: a later loss is one of its own
     kept = losses.others(order, parts, engine.place, engine.limits)  # said once per order, as counted
     if kept and nowhere.first(order.reservation_id):
         log.error("confirmed order %r has in its place in shard groups %s a confirmed part of another order of its "

@@ -22,6 +22,7 @@ from atp_service.engine.confirmed import ConfirmedChecks, checked
 from atp_service.engine.losses import (
     NOWHERE_REMEMBERED,
     Once,
+    Told,
     commit_lost,
     commit_refused,
     log_confirmed_again,
@@ -91,6 +92,7 @@ class Orders(OrderSteps):
         engine.metrics.orders_unsettled.follow(self._half_way_here)  # read at each scrape
         self._after = ""  # the last order housekeeping drove on: the next pass goes on after it
         self.nowhere = Once(NOWHERE_REMEMBERED)  # orders counted committed_nowhere (each once while remembered)
+        self.remade = Told(NOWHERE_REMEMBERED)  # orders said with parts made again, and which (said once per loss)
         self.confirmed = ConfirmedChecks(self._check_confirmed, lambda order_id: order_id in self._locks)
         """Leased: the confirmed orders of a group taken, checked once for parts all resolved."""
 
@@ -300,7 +302,9 @@ class Orders(OrderSteps):
             await self._save(home, losses.confirmed_again(order, self._engine.now_at(home)), over=order)
             return await self._settled(order_id, home)  # carried through to every part (``_settle``)
         if lost := losses.lost_committed(order, parts, now := self._engine.now_at(home), self._engine.limits, place):
-            parts |= await commit_lost(self._engine, order, lost, now, parts, self.nowhere)  # Q3, R4: committed again
+            parts |= await commit_lost(self._engine, order, lost, now, parts, self.nowhere, self.remade)  # Q3, R4
+        else:
+            self.remade.forget(order_id)  # found whole: a later loss of its parts is a loss of its own, said
         shown = orders.view(order, losses.own_parts(order, parts, place, self._engine.limits))
         if order.state in (State.HELD, State.CONFIRMED) and shown.state in (State.FULFILLED, State.RELEASED):
             # A held order's parts are resolved by no SHIPMENT fact: nothing outstanding there means Redis

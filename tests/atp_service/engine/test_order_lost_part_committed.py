@@ -148,3 +148,40 @@ async def test_a_lost_part_made_again_by_a_step_whose_answer_was_lost_is_said_al
     assert rig.quantities() == [(0, 3), (0, 3)] and not lost
     said = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "order_part_committed_again"]
     assert len(said) == 1 and "shard groups [1]" in said[0], "a part made again, said by nothing"
+
+
+async def test_a_lost_part_whose_step_keeps_failing_is_said_made_again_once_not_at_each_read_Q3(
+        rig: Rig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect (found by review): ``order_part_committed_again`` is said as the step making the part is sent; while
+    that step fails (its group's process paused or cut off, its shard shedding) every read, change and housekeeping
+    pass of the order sent it again and said it again, an ERROR per read and poll, each saying a part "made again"
+    that was not. Said once as first sent; not again while that step is sent again for the same loss — again once
+    the order was found whole (a later loss is a loss of its own)."""
+    caplog.set_level(logging.ERROR, logger="atp_service")
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    await rig.run(engine.confirm("o1"))
+    await lose_part(rig, "o1", 1)
+    run_part = parts.run_part
+
+    async def unanswered(engine_: Any, group: int, step: Any) -> Any:
+        if isinstance(step, CommitPart):  # never reaches its shard: nothing made
+            raise Unavailable("peer: did not answer an order step", Reason.OUTCOME_UNKNOWN)
+        return await run_part(engine_, group, step)
+
+    monkeypatch.setattr(parts, "run_part", unanswered)
+    for _ in range(3):
+        with pytest.raises(Unavailable):
+            await rig.run(engine.get_reservation("o1"))
+    assert rig.quantities() == [(0, 3), (0, 0)], "nothing made"
+    monkeypatch.setattr(parts, "run_part", run_part)
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.CONFIRMED
+    assert rig.quantities() == [(0, 3), (0, 3)]
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "order_part_committed_again"]
+
+    assert len(said()) == 1, f"said at each read: {said()}"
+    await lose_part(rig, "o1", 1)  # lost again, after the order was found whole: a loss of its own, said
+    await rig.run(engine.get_reservation("o1"))
+    assert len(said()) == 2 and rig.quantities() == [(0, 3), (0, 3)]
