@@ -81,15 +81,20 @@ class Once:
         return True
 
 
+REMADE, STALE = "order_part_committed_again", "order_part_stale_released"
+"""The lines said once per order and groups (``Told``)."""
+
+
 class Told:
-    """Per key, the last thing told of it (the last ``most`` keys): whether ``what`` is news for ``key`` (``news``),
-    until the key is forgotten (``forget``)."""
+    """Per key (a line's event and an order), the last thing told of it (the last ``most`` keys): whether ``what`` is
+    news for ``key`` (``news``), until the key is forgotten (``forget``). A line said as its step is sent is said once,
+    not again as each read and pass sends that step again while it fails."""
 
     def __init__(self, most: int) -> None:
         self._most = most
-        self._told: collections.OrderedDict[str, object] = collections.OrderedDict()
+        self._told: collections.OrderedDict[tuple[str, str], object] = collections.OrderedDict()
 
-    def news(self, key: str, what: object) -> bool:
+    def news(self, key: tuple[str, str], what: object) -> bool:
         new = self._told.get(key) != what
         self._told[key] = what
         self._told.move_to_end(key)
@@ -97,28 +102,28 @@ class Told:
             self._told.popitem(last=False)
         return new
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: tuple[str, str]) -> None:
         self._told.pop(key, None)
 
 
 async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now: int,
-                      found: Mapping[int, Reservation], nowhere: Once, remade_told: Told) -> dict[int, Reservation]:
+                      found: Mapping[int, Reservation], nowhere: Once, told: Told) -> dict[int, Reservation]:
     """The CONFIRMED ``order``'s parts Redis lost at ``groups`` (``_order_losses.lost_committed``; ``found``: its parts
     read) made again, their units committed again at each (Q3: a confirmed order's; R4: a Fulfil moves them out of
     on_hand), said; the parts as they stand. Units no longer there leave the position oversold (Q5:
     ``atp_oversold_units``), never hidden. Another order's ``stale`` confirmed part there is released, said; one not
     stale is kept (Q3), the order's units there committed nowhere: said and counted once per order (``nowhere``).
-    The groups made again are said once per loss (``remade_told``: not again as the step is sent again while it
+    The groups made again are said once per loss (``told``: not again as the step is sent again while it
     fails, until every step answered or the order is found whole, ``Told.forget``)."""
     # Said as sent (a step whose answer is lost may have made the part: the next pass finds it there, not lost), for
     # the groups to be made — never one whose part read is another order's CONFIRMED one, kept (``commit_again``):
     # nothing is made there, and a line at each read that finds it would say there is.
     read_kept = [group for group in groups if group in found and found[group].state == State.CONFIRMED and
                  not losses.stale(order, found[group], engine.limits)]
-    log_stale(order.reservation_id, [group for group in groups if group in found and group not in read_kept and
-                                     losses.stale(order, found[group], engine.limits)])
+    log_stale(told, order.reservation_id, [group for group in groups if group in found and group not in read_kept
+                                           and losses.stale(order, found[group], engine.limits)])
     remade = [group for group in groups if group not in read_kept]
-    if remade and remade_told.news(order.reservation_id, remade):
+    if remade and told.news((REMADE, order.reservation_id), remade):
         log.error("confirmed order %r is missing its parts in shard groups %s (Redis lost acknowledged entries there: "
                   "restarted from older data); they are made again, their units not released committed again there "
                   "(where no longer available, the position shows oversold)", order.reservation_id, remade,
@@ -126,7 +131,7 @@ async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now
                          "shard": remade[0]})
     made = {group: CommitPart(losses.part_again(order, group, engine.place, now)) for group in groups}
     parts: dict[int, Reservation] = await run_parts(engine, dict(made))
-    remade_told.forget(order.reservation_id)  # made: a later loss is one of its own
+    told.forget((REMADE, order.reservation_id))  # made: a later loss is one of its own
     kept = losses.others(order, parts, engine.place, engine.limits)  # said once per order, as counted
     if kept and nowhere.first(order.reservation_id):
         log.error("confirmed order %r has in its place in shard groups %s a confirmed part of another order of its "
@@ -158,18 +163,21 @@ async def commit_refused(engine: Engine, order: Reservation, parts: dict[int, Re
 
 
 def shares_to(engine: Engine, order: Reservation, shares: Mapping[int, PendingOp],
-              found: Mapping[int, Reservation]) -> dict[int, PendingOp]:
+              found: Mapping[int, Reservation], told: Told) -> dict[int, PendingOp]:
     """``_order_losses.shares_for``: the shares of ``order``'s change to its parts read (``found``); another order's
     ``stale`` confirmed part that one releases said (``log_stale``)."""
     given = losses.shares_for(order, shares, found, engine.place, engine.limits)
     foreign = losses.others(order, found, engine.place, engine.limits)
-    log_stale(order.reservation_id, [group for group in foreign if group in given and found[group].state != State.HELD])
+    log_stale(told, order.reservation_id,
+              [group for group in foreign if group in given and found[group].state != State.HELD])
     return given
 
 
-def log_stale(order_id: str, groups: list[int]) -> None:
-    """Says another order's ``stale`` confirmed parts under ``order_id`` released (none: nothing)."""
-    if not groups:
+def log_stale(told: Told, order_id: str, groups: list[int]) -> None:
+    """Says another order's ``stale`` confirmed parts under ``order_id`` released (none: nothing), as the release is
+    sent: once (``told``), not again as each read and pass sends it again while it is refused (a process of an earlier
+    release refusing ``share-as-read`` for a whole rolling update)."""
+    if not groups or not told.news((STALE, order_id), groups):
         return
     log.error("order %r has in its place in shard groups %s a confirmed part of another order of its id, last changed "
               "long before this order opened (Redis lost acknowledged entries there: restarted from data older than "

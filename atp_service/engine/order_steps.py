@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from atp_service.engine.losses import log_kept_committed, log_stale, torn
+from atp_service.engine.losses import Told, log_kept_committed, log_stale, torn
 from atp_service.engine.parts import ApplyShare, GiveUpPart, ReadPart, ReleaseAsRead, on_shard, run_parts
 from reservation import DomainError, Ledger, OrderStep, PendingOp, Reason, Reservation, State, Unavailable
 from reservation import _order_losses as losses
@@ -25,6 +25,7 @@ class OrderSteps:
     """The steps ``Orders``' sagas take: read, applied and saved, or given up."""
 
     _engine: Engine
+    said: Told
 
     async def _apply(self, order: Reservation, shares: dict[int, PendingOp]) -> None:
         rid = order.reservation_id
@@ -86,7 +87,7 @@ class OrderSteps:
         if (confirmed or stale) and losses.releases_confirmed(order):  # again, after a stop, from the record (R8)
             release = {g: PendingOp(OrderStep.RELEASE) for g in confirmed} | {
                 g: losses.release_as_read(given[g]) for g in stale}  # that part, never one made over it since
-            log_stale(order.reservation_id, stale)
+            log_stale(self.said, order.reservation_id, stale)
             await run_parts(self._engine, {g: share_step(given[g].reservation_id, op) for g, op in release.items()})
         elif confirmed:
             log_kept_committed(order.reservation_id, confirmed)  # else seen nowhere: an EXPIRED order's units committed

@@ -21,6 +21,7 @@ from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, Waits, next_to_dri
 from atp_service.engine.confirmed import ConfirmedChecks, checked
 from atp_service.engine.losses import (
     NOWHERE_REMEMBERED,
+    REMADE,
     Once,
     Told,
     commit_lost,
@@ -92,7 +93,7 @@ class Orders(OrderSteps):
         engine.metrics.orders_unsettled.follow(self._half_way_here)  # read at each scrape
         self._after = ""  # the last order housekeeping drove on: the next pass goes on after it
         self.nowhere = Once(NOWHERE_REMEMBERED)  # orders counted committed_nowhere (each once while remembered)
-        self.remade = Told(NOWHERE_REMEMBERED)  # orders said with parts made again, and which (said once per loss)
+        self.said = Told(NOWHERE_REMEMBERED)  # lines said as their step is sent: once, not at each retry of it
         self.confirmed = ConfirmedChecks(self._check_confirmed, lambda order_id: order_id in self._locks)
         """Leased: the confirmed orders of a group taken, checked once for parts all resolved."""
 
@@ -281,7 +282,7 @@ class Orders(OrderSteps):
                                           self._engine.limits, place)
         if done is not None:
             await self._save(home, done, over=order)  # decided: from here on it is carried through
-            await self._apply(done, shares_to(self._engine, order, shares, parts))  # as read: before it
+            await self._apply(done, shares_to(self._engine, order, shares, parts, self.said))  # as read: before it
             mine = losses.own_parts(done, await self._parts(done), place, limits)
             order = orders.settled(done, self._engine.now_at(home), mine)  # as done
             await self._save(home, order, over=done)
@@ -302,9 +303,9 @@ class Orders(OrderSteps):
             await self._save(home, losses.confirmed_again(order, self._engine.now_at(home)), over=order)
             return await self._settled(order_id, home)  # carried through to every part (``_settle``)
         if lost := losses.lost_committed(order, parts, now := self._engine.now_at(home), self._engine.limits, place):
-            parts |= await commit_lost(self._engine, order, lost, now, parts, self.nowhere, self.remade)  # Q3, R4
+            parts |= await commit_lost(self._engine, order, lost, now, parts, self.nowhere, self.said)  # Q3, R4
         else:
-            self.remade.forget(order_id)  # found whole: a later loss of its parts is a loss of its own, said
+            self.said.forget((REMADE, order_id))  # found whole: a later loss of its parts is a loss of its own, said
         shown = orders.view(order, losses.own_parts(order, parts, place, self._engine.limits))
         if order.state in (State.HELD, State.CONFIRMED) and shown.state in (State.FULFILLED, State.RELEASED):
             # A held order's parts are resolved by no SHIPMENT fact: nothing outstanding there means Redis
@@ -336,7 +337,7 @@ class Orders(OrderSteps):
         else:  # only to a part read, none to another order's of that id but to expire it (``shares_for``)
             found, silent = (parts, []) if parts is not None else await answering_parts(self._engine, order)
             shares = orders.shares(order, pending, place)
-            await self._apply(order, shares_to(self._engine, order, shares, found))
+            await self._apply(order, shares_to(self._engine, order, shares, found, self.said))
             if silent:  # R3, Q3: its share once its group answers a read, the change left pending (driven on)
                 raise Unavailable(UNDECIDED, Reason.OUTCOME_UNKNOWN)
             # recorded as they did it (``_change``)

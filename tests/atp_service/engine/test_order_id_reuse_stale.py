@@ -11,8 +11,8 @@ import msgspec
 import pytest
 
 from atp_service.engine import parts
-from atp_service.engine.losses import Once
-from reservation import FailedPrecondition, State
+from atp_service.engine.losses import Once, Told
+from reservation import FailedPrecondition, Reason, State, Unavailable
 from reservation import _orders as orders
 from tests.atp_service.engine.helpers import running
 from tests.atp_service.engine.test_order_sagas import RETENTION_MS, Rig
@@ -137,3 +137,42 @@ def test_each_order_found_committed_nowhere_is_counted_once_while_remembered() -
     once = Once(2)
     assert [once.first(key) for key in ("a", "a", "b", "a", "c", "b", "a")] == [
         True, False, True, False, True, True, True]  # b forgotten for c, then a for b
+
+
+async def test_a_stale_release_refused_by_a_process_of_an_earlier_release_is_said_once_not_at_each_read_Q3(
+        rig: Rig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect (found by review): ``order_part_stale_released`` is said as the release only as read is sent; while a
+    process of an earlier release refuses that step (``share-as-read``: for a whole rolling update) each read, change
+    and housekeeping pass sent it again and said it again, an ERROR per read and poll saying a part released that was
+    not. Said once; the release carried through once that process runs this release."""
+    await back_with_the_first_order_confirmed(rig, confirm_second=False)
+    run_part = parts.run_part
+
+    async def earlier_release(engine: Any, group: int, step: Any) -> Any:
+        if isinstance(step, parts.ReleaseAsRead):  # peers.step_sender: INVALID_ARGUMENT, the order goes on later
+            raise Unavailable("peer: did not answer an order step (INVALID_ARGUMENT)", Reason.OUTCOME_UNKNOWN)
+        return await run_part(engine, group, step)
+
+    monkeypatch.setattr(parts, "run_part", earlier_release)
+    with pytest.raises(Unavailable):
+        await rig.run(rig.engine.release("o", (), ""))
+    for _ in range(3):
+        with pytest.raises(Unavailable):
+            await rig.run(rig.engine.get_reservation("o"))
+    assert rig.quantities() == [(0, 0), (0, 3)], "released nothing"
+    monkeypatch.setattr(parts, "run_part", run_part)
+    assert (await rig.run(rig.engine.get_reservation("o"))).state == State.RELEASED
+    assert rig.quantities() == [(0, 0), (0, 0)]
+    assert len(said(caplog)) == 1, f"said at each read: {said(caplog)}"
+
+
+def test_a_line_said_once_per_order_and_groups_is_news_again_for_other_groups_or_once_forgotten() -> None:
+    """``Told``: news for a key only where what is told differs from the last told, or the key was forgotten
+    (``forget``, or the oldest past ``most``)."""
+    told = Told(2)
+    assert told.news(("e", "o1"), [1]) and not told.news(("e", "o1"), [1])
+    assert told.news(("e", "o1"), [1, 2]) and told.news(("f", "o1"), [1, 2])
+    told.forget(("e", "o1"))
+    assert told.news(("e", "o1"), [1, 2])
+    assert told.news(("e", "o2"), [1])  # ("f", "o1") the oldest: forgotten
+    assert told.news(("f", "o1"), [1, 2]) and not told.news(("e", "o2"), [1])
