@@ -87,7 +87,8 @@ def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
                 log.error("peer %s could not read an order step (%s): processes of another version (a rolling "
                           "update between versions whose steps differ)? Orders spanning its groups stay "
                           "undecided, holding their units, until every process runs one version",
-                          address, exc.details())
+                          address, exc.details(), extra={"event": "peer_step_unreadable", "peer": address,
+                                                         "error": exc.details()})
             elif exc.code() != grpc.StatusCode.INVALID_ARGUMENT and unanswered.due(address):
                 _say_unanswered(address, request, exc)
             raise Unavailable(f"peer {address} did not answer an order step ({exc.code().name}: {exc.details()}); "

@@ -66,6 +66,8 @@ async def test_a_step_a_peer_cannot_read_is_logged_naming_the_peer(
                                      input_streams=())
     told = await errors_of_three_steps(service, None, caplog)
     assert len(told) == 1 and "version" in told[0].getMessage(), [r.getMessage() for r in caplog.records]
+    assert (getattr(told[0], "event", None), getattr(told[0], "peer", None)) == (  # an operator's alert reads these
+        "peer_step_unreadable", service._servicer.address)
 
 
 async def errors_of_three_steps(service: AtpService, token: str | None,
