@@ -15,6 +15,7 @@ import pytest
 from reservation import FailedPrecondition, LineRequest, Reservation, State, Unavailable
 from reservation import _orders as orders
 from tests.atp_service.engine.helpers import SKUS, running
+from tests.atp_service.engine.order_reuse import group_1_back, reserved_again
 from tests.atp_service.engine.test_order_sagas import RETENTION_MS, Rig, failing_on
 
 
@@ -186,24 +187,10 @@ async def test_a_confirmed_order_whose_part_is_another_order_s_confirmed_one_is_
     last changed after this order opened by its group's clock (behind the home's): not ``stale`` (released, as
     ``test_order_id_reuse_stale.py`` has it), kept."""
     engine = rig.engine
-    await rig.run(engine.reserve(rig.cmd("o")))
-    await rig.run(engine.confirm("o"))
-    first = rig.part("o", 1)
-    await rig.run(engine.fulfill("o", (), ""))
-    rig.clock.advance(RETENTION_MS + 1)
-    for actor in engine.actors:
-        actor.ledger.evict(rig.clock.now_ms())
-    await rig.run(engine.reserve(rig.cmd("o", (3, 1))))
-    await rig.run(engine.confirm("o"))
-    second = rig.part("o", 1)
-    first = msgspec.structs.replace(first, updated_at=second.updated_at)
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
 
-    def back(ledger: Any, _now: int) -> None:  # group 1 back from data older than the second order's part
-        for line, old in zip(second.lines, first.lines, strict=True):
-            ledger.move_hold(line.sku, line.location, 0, old.committed - line.committed)
-        ledger.save(first)
-
-    await rig.run(engine.actors[1].submit(back))
+    await group_1_back(rig, first, second)
     for _ in range(3):
         assert (await rig.run(engine.get_reservation("o"))).state == State.CONFIRMED
     assert rig.part("o", 1) == first  # kept (Q3)
@@ -241,17 +228,8 @@ async def test_a_pending_change_never_sends_its_share_unread_to_another_order_s_
     only to a part read; a silent group's waits until it answers a read, the change left pending (driven on). The other
     part is one last changed after this order opened by its group's clock (behind the home's): not ``stale``, kept."""
     engine = rig.engine
-    await rig.run(engine.reserve(rig.cmd("o")))
-    await rig.run(engine.confirm("o"))
-    first = rig.part("o", 1)
-    await rig.run(engine.fulfill("o", (), ""))
-    rig.clock.advance(RETENTION_MS + 1)
-    for actor in engine.actors:
-        actor.ledger.evict(rig.clock.now_ms())
-    await rig.run(engine.reserve(rig.cmd("o", (3, 1))))
-    await rig.run(engine.confirm("o"))
-    second = rig.part("o", 1)
-    first = msgspec.structs.replace(first, updated_at=second.updated_at)
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
     silent = failing_on(rig, 1)
     orders_ = engine.orders
     assert orders_ is not None
@@ -267,12 +245,7 @@ async def test_a_pending_change_never_sends_its_share_unread_to_another_order_s_
     del orders_._save  # type: ignore[union-attr]
     silent[0] = False
 
-    def back(ledger: Any, _now: int) -> None:  # group 1 back from data older than the second order's part
-        for line, old in zip(second.lines, first.lines, strict=True):
-            ledger.move_hold(line.sku, line.location, 0, old.committed - line.committed)
-        ledger.save(first)
-
-    await rig.run(engine.actors[1].submit(back))
+    await group_1_back(rig, first, second)
     on_hand = engine.actors[1].ledger.quantities(SKUS[1], "DC").on_hand
     silent_for(rig, 1, 1)  # its read refused, the next step there answered
     with contextlib.suppress(Unavailable):

@@ -15,7 +15,8 @@ from atp_service.engine.losses import Once, Told
 from reservation import FailedPrecondition, Reason, State, Unavailable
 from reservation import _orders as orders
 from tests.atp_service.engine.helpers import running
-from tests.atp_service.engine.test_order_sagas import RETENTION_MS, Rig
+from tests.atp_service.engine.order_reuse import group_1_back, reserved_again
+from tests.atp_service.engine.test_order_sagas import Rig
 
 
 @pytest.fixture
@@ -25,28 +26,9 @@ async def rig() -> Any:
 
 
 async def back_with_the_first_order_confirmed(rig: Rig, confirm_second: bool) -> None:
-    """Order ``o`` (3 of each SKU) confirmed and fulfilled, forgotten past its retention; reserved again with 1 of group
-    1's SKU (``confirm_second``: confirmed); then group 1 back from data older than the second order's part, the first
-    order's part CONFIRMED there (3 committed) in its place."""
-    engine = rig.engine
-    await rig.run(engine.reserve(rig.cmd("o")))
-    await rig.run(engine.confirm("o"))
-    first = rig.part("o", 1)
-    await rig.run(engine.fulfill("o", (), ""))
-    rig.clock.advance(RETENTION_MS + 1)
-    for actor in engine.actors:
-        actor.ledger.evict(rig.clock.now_ms())
-    await rig.run(engine.reserve(rig.cmd("o", (3, 1))))
-    if confirm_second:
-        await rig.run(engine.confirm("o"))
-    second = rig.part("o", 1)
-
-    def back(ledger: Any, _now: int) -> None:
-        for line, old in zip(second.lines, first.lines, strict=True):
-            ledger.move_hold(line.sku, line.location, old.held - line.held, old.committed - line.committed)
-        ledger.save(first)
-
-    await rig.run(engine.actors[1].submit(back))
+    """``order_reuse.reserved_again`` then ``group_1_back``: the first order's part CONFIRMED at group 1 (3 committed),
+    last changed long before the second order opened (``stale``)."""
+    await group_1_back(rig, *await reserved_again(rig, confirm_second))
     assert rig.quantities()[1] == (0, 3)
 
 
