@@ -45,8 +45,9 @@ Remote = Callable[[str, bytes], Awaitable[bytes]]
 """Sends a step request to the process at an address and returns its reply (raises ``Unavailable``
 when the step's fate is not known: the peer did not answer)."""
 
-UNDECIDED = ("outcome unknown: the order spans groups and is not decided yet (a group's log did not answer); "
-             "retry with the same id, which goes on from where it stopped")
+UNDECIDED = ("outcome unknown: the order spans groups and a group's log did not answer a step of it (the order not "
+             "decided yet, or its change not yet carried to every group); retry with the same id, which goes on from "
+             "where it stopped")
 
 STEP_METHOD = "/atp.internal.v1.Peers/Step"
 """The gRPC method a process runs other processes' steps at (bytes in, bytes out)."""
