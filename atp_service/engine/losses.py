@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING
 
 from atp_service.engine.parts import CommitPart, run_parts
@@ -58,27 +58,10 @@ def torn(order: Reservation, parts: Mapping[int, Reservation], now: int, limits:
 
 
 NOWHERE_REMEMBERED = 10_000
-"""Orders found with units committed nowhere (``commit_lost``) remembered, at most, the last found (``Once``): each is
+"""Orders found with units committed nowhere (``commit_lost``) remembered, at most, the last found (``Told``): each is
 counted and said once while remembered — found again at every read or change of it until settled, it was counted
 each time, and a dashboard showed 50 for one order read 50 times. About 2 MB (1.8 MB with ids of 36 characters, 2.8 MB
 at the longest, 128); one forgotten past it (that many others found since) is counted again when found again."""
-
-
-class Once:
-    """The last ``most`` keys seen: whether a key is seen for the first time while remembered (``first``)."""
-
-    def __init__(self, most: int) -> None:
-        self._most = most
-        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
-
-    def first(self, key: str) -> bool:
-        if key in self._seen:
-            self._seen.move_to_end(key)  # still found: remembered as the last seen
-            return False
-        self._seen[key] = None
-        if len(self._seen) > self._most:
-            self._seen.popitem(last=False)
-        return True
 
 
 REMADE, STALE = "order_part_committed_again", "order_part_stale_released"
@@ -86,15 +69,19 @@ REMADE, STALE = "order_part_committed_again", "order_part_stale_released"
 
 
 class Told:
-    """Per key (a line's event and an order), the last thing told of it (the last ``most`` keys): whether ``what`` is
-    news for ``key`` (``news``), until the key is forgotten (``forget``). A line said as its step is sent is said once,
-    not again as each read and pass sends that step again while it fails."""
+    """Per key (a line's event and an order; an order), the last thing told of it (the last ``most`` keys): whether
+    ``what`` is news for ``key`` (``news``), until the key is forgotten (``forget``); whether a key is seen for the
+    first time while remembered (``first``). A line said as its step is sent is said once, not again as each read and
+    pass sends that step again while it fails."""
 
     def __init__(self, most: int) -> None:
         self._most = most
-        self._told: collections.OrderedDict[tuple[str, str], object] = collections.OrderedDict()
+        self._told: collections.OrderedDict[Hashable, object] = collections.OrderedDict()
 
-    def news(self, key: tuple[str, str], what: object) -> bool:
+    def first(self, key: Hashable) -> bool:
+        return self.news(key, True)
+
+    def news(self, key: Hashable, what: object) -> bool:
         new = self._told.get(key) != what
         self._told[key] = what
         self._told.move_to_end(key)
@@ -102,12 +89,12 @@ class Told:
             self._told.popitem(last=False)
         return new
 
-    def forget(self, key: tuple[str, str]) -> None:
+    def forget(self, key: Hashable) -> None:
         self._told.pop(key, None)
 
 
 async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now: int,
-                      found: Mapping[int, Reservation], nowhere: Once, told: Told) -> dict[int, Reservation]:
+                      found: Mapping[int, Reservation], nowhere: Told, told: Told) -> dict[int, Reservation]:
     """The CONFIRMED ``order``'s parts Redis lost at ``groups`` (``_order_losses.lost_committed``; ``found``: its parts
     read) made again, their units committed again at each (Q3: a confirmed order's; R4: a Fulfil moves them out of
     on_hand), said; the parts as they stand. Units no longer there leave the position oversold (Q5:

@@ -22,7 +22,6 @@ from atp_service.engine.confirmed import ConfirmedChecks, checked
 from atp_service.engine.losses import (
     NOWHERE_REMEMBERED,
     REMADE,
-    Once,
     Told,
     commit_lost,
     commit_refused,
@@ -92,7 +91,7 @@ class Orders(OrderSteps):
         self._driven: set[str] = set()  # their orders: half-way until the saga ends (a peer's step waits 5 s)
         engine.metrics.orders_unsettled.follow(self._half_way_here)  # read at each scrape
         self._after = ""  # the last order housekeeping drove on: the next pass goes on after it
-        self.nowhere = Once(NOWHERE_REMEMBERED)  # orders counted committed_nowhere (each once while remembered)
+        self.nowhere = Told(NOWHERE_REMEMBERED)  # orders counted committed_nowhere (each once while remembered)
         self.said = Told(NOWHERE_REMEMBERED)  # lines said as their step is sent: once, not at each retry of it
         self.confirmed = ConfirmedChecks(self._check_confirmed, lambda order_id: order_id in self._locks)
         """Leased: the confirmed orders of a group taken, checked once for parts all resolved."""

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from atp_service.engine import parts
-from atp_service.engine.losses import Once, Told
+from atp_service.engine.losses import Told
 from reservation import FailedPrecondition, Reason, State, Unavailable
 from reservation import _orders as orders
 from tests.atp_service.engine.helpers import running
@@ -115,8 +115,8 @@ async def test_a_release_only_as_read_is_refused_by_a_process_of_an_earlier_rele
 
 
 def test_each_order_found_committed_nowhere_is_counted_once_while_remembered() -> None:
-    """``Once``: bounded — the oldest key forgotten past ``most``, a key seen again kept as the last seen."""
-    once = Once(2)
+    """``Told.first``: bounded — the oldest key forgotten past ``most``, a key seen again kept as the last seen."""
+    once = Told(2)
     assert [once.first(key) for key in ("a", "a", "b", "a", "c", "b", "a")] == [
         True, False, True, False, True, True, True]  # b forgotten for c, then a for b
 
