@@ -197,9 +197,39 @@ async def test_a_confirmed_order_whose_part_is_another_order_s_confirmed_one_is_
     counted = [sample.value for family in engine.metrics.order_sagas.collect() for sample in family.samples
                if sample.name == "atp_order_sagas_total" and sample.labels == {"outcome": "committed_nowhere"}]
     assert counted == [1], "an order's units committed nowhere, counted once per order"
+    assert now_nowhere(rig) == 1
     said = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "order_part_committed_again"]
     assert sum("confirmed part of another order of its id" in line for line in said) == 1, said
     assert len(said) == 1, "said at each read: made again, where nothing was made"
+
+
+def now_nowhere(rig: Rig) -> float | None:
+    return next(sample.value for family in rig.engine.metrics.orders_committed_nowhere.collect()
+                for sample in family.samples)
+
+
+async def test_an_order_committed_nowhere_is_no_longer_counted_once_its_part_is_made_again_Q3(rig: Rig) -> None:
+    """``atp_orders_committed_nowhere`` falls back once the order is found otherwise: the other order's confirmed
+    part in its place released meanwhile (its units no one's), a read makes the order's part again over it, its units
+    committed there (Q3), and it is committed nowhere no longer."""
+    engine = rig.engine
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
+    await group_1_back(rig, first, second)
+    await rig.run(engine.get_reservation("o"))
+    assert now_nowhere(rig) == 1
+
+    def released(ledger: Any, now: int) -> None:  # the other order's part released, as its order's Release does
+        for line in first.lines:
+            ledger.move_hold(line.sku, line.location, 0, -line.committed)
+        ledger.save(msgspec.structs.replace(first, state=State.RELEASED, updated_at=now, lines=tuple(
+            msgspec.structs.replace(line, committed=0, released=line.committed) for line in first.lines)))
+
+    await rig.run(engine.actors[1].submit(released))
+    assert (await rig.run(engine.get_reservation("o"))).state == State.CONFIRMED
+    assert rig.part("o", 1).lines == second.lines, "the order's part made again, its unit committed"
+    assert rig.quantities() == [(0, 3), (0, 1)]
+    assert now_nowhere(rig) == 0
 
 
 def silent_for(rig: Rig, group: int, steps: int) -> None:

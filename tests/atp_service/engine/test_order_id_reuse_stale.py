@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from atp_service.engine import parts
-from atp_service.engine.losses import Told
+from atp_service.engine.losses import Nowhere, Told
 from reservation import FailedPrecondition, Reason, State, Unavailable
 from reservation import _orders as orders
 from tests.atp_service.engine.helpers import running
@@ -119,6 +119,23 @@ def test_each_order_found_committed_nowhere_is_counted_once_while_remembered() -
     once = Told(2)
     assert [once.first(key) for key in ("a", "a", "b", "a", "c", "b", "a")] == [
         True, False, True, False, True, True, True]  # b forgotten for c, then a for b
+
+
+def test_the_orders_committed_nowhere_now_are_bounded_and_each_counted_once_while_remembered() -> None:
+    """``Nowhere`` (``atp_orders_committed_nowhere``): an order held from being found until gone, each counted once
+    while remembered; the oldest found forgotten past ``most`` (the gauge shows the bound, never more); those whose
+    home this process no longer serves forgotten (``keep``: their next owner counts them)."""
+    now = Nowhere(2)
+    assert [now.found(key) for key in ("a", "a", "b")] == [True, False, True]
+    assert list(now) == ["a", "b"]
+    now.found("c")
+    assert list(now) == ["b", "c"], "bounded: the oldest found forgotten"
+    now.gone("b")
+    now.gone("b")  # gone twice: nothing
+    assert list(now) == ["c"]
+    assert now.found("b") is False, "counted once while remembered, held again"
+    now.keep(lambda order_id: order_id != "c")
+    assert list(now) == ["b"]
 
 
 async def test_a_stale_release_refused_by_a_process_of_an_earlier_release_is_said_once_not_at_each_read_Q3(

@@ -1,0 +1,94 @@
+"""``atp_orders_committed_nowhere`` (alert ATPOrderCommittedNowhere) on a real service and a real redis-server
+(``ownership = leases``): a CONFIRMED order spanning groups whose part is another order's confirmed part of its id
+(its part's group back from older data, R7), kept (Q3): its units there committed nowhere. Counted while it is so,
+by the process serving the order's home — found again by a process taking the groups from Redis — and no longer once
+the order is resolved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, ManualClock
+from reservation import Reservation, State
+from reservation import _orders as orders
+from tests.atp_service.app.test_lease_part_outlived import LEASED
+from tests.atp_service.edge.test_api import T0, receipt
+from tests.atp_service.engine.test_expiry_races import _two_shards
+from tests.conftest import ServiceFactory
+from tests.ports import held_port
+from tests.waiting import until
+
+
+def nowhere(service: AtpService) -> float | None:
+    return service.metrics.registry.get_sample_value("atp_orders_committed_nowhere")
+
+
+def counted(service: AtpService) -> float | None:
+    return service.metrics.registry.get_sample_value("atp_order_sagas_total", {"outcome": "committed_nowhere"})
+
+
+async def another_order_s_part_in_place(service: AtpService, group: int) -> Reservation:
+    """The order ``o``'s part at ``group`` replaced, through the group's shard (its log in Redis), by another order's
+    CONFIRMED part of its id (1 unit, not the 3 this order asks there) changed now: what the group's keys back from
+    data older than this order's part hold where the id was reserved again once its first order was forgotten (not
+    ``stale``: its group's clock behind the home's)."""
+    engine = service.engine
+    assert engine is not None
+    mine = engine.actors[group].ledger.reservation(orders.part_id("o", group))
+    assert mine is not None and mine.state == State.CONFIRMED
+    other = msgspec.structs.replace(mine, lines=tuple(
+        msgspec.structs.replace(line, requested=1, granted=1, committed=1) for line in mine.lines))
+
+    def back(ledger: Any, now: int) -> None:
+        for line in mine.lines:
+            ledger.move_hold(line.sku, line.location, 0, 1 - line.committed)
+        ledger.save(msgspec.structs.replace(other, updated_at=now))
+
+    await engine.actors[group].submit(back)
+    return other
+
+
+async def test_an_order_committed_nowhere_is_counted_while_it_is_and_no_longer_once_released(
+        start_service: ServiceFactory) -> None:
+    """Defect: ``ATPOrderCommittedNowhere`` followed ``atp_order_sagas_total{outcome="committed_nowhere"}``, a count
+    of each order once: the alert resolved an hour after the count whatever became of the order, its units still
+    committed nowhere, and a process finding it again (restarted, a group taken over) counted nothing new. A gauge
+    of the orders committed nowhere now: 1 while it is, found again after a restart, 0 once the order is released."""
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock, port=held_port(), **LEASED)
+    engine = service.engine
+    assert engine is not None
+    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
+    a, b = _two_shards(service)
+    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
+    await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
+    assert (await client.confirm("o")).state == pb.RESERVATION_STATE_CONFIRMED
+    part_group = engine.place(b)
+    assert engine.home_of("o") == engine.place(a) != part_group
+    assert nowhere(service) == 0
+    other = await another_order_s_part_in_place(service, part_group)
+
+    for _ in range(2):  # found at each read, counted once
+        assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_CONFIRMED
+    assert (nowhere(service), counted(service)) == (1, 1), "the order's units committed nowhere"
+    assert engine.actors[part_group].ledger.reservation(orders.part_id("o", part_group)) == \
+        msgspec.structs.replace(other, updated_at=engine.actors[part_group].ledger.reservation(
+            orders.part_id("o", part_group)).updated_at), "the other order's part kept (Q3)"
+
+    await service.stop()  # a process taking the groups from Redis finds it again: its check of confirmed orders
+    service, client = await start_service(clock=clock, port=held_port(), **LEASED)
+    engine = service.engine
+    assert engine is not None
+
+    async def found_again() -> bool:  # housekeeping (run when the test says) checks the groups' confirmed orders
+        await engine.run_maintenance()
+        return nowhere(service) == 1
+
+    await until(found_again, "the order found committed nowhere again", 60)
+
+    resolved = (pb.RESERVATION_STATE_RELEASED, pb.RESERVATION_STATE_FULFILLED)  # as its parts show it
+    assert (await client.release("o")).state in resolved
+    assert (nowhere(service), counted(service)) == (0, 1), "resolved: no units of it to commit anywhere"
