@@ -72,12 +72,10 @@ class EngineMetrics:
         # At 0 from the start: the first refusals of a full Redis must show as a rise to the alert on them.
         zeroed(self.append_failures, *((reason,) for reason in APPEND_FAILURE_REASONS))
         self.shard_failures = Counter(
-            "atp_shard_failures_total", "Shard actors that stopped working (a bug; the service restarts)", registry=r
-        )
+            "atp_shard_failures_total", "Shard actors that stopped working (a bug; the service restarts)", registry=r)
         self.internal_errors = Counter(
             "atp_internal_errors_total", "Commands that failed unexpectedly (a bug); nothing of them was applied",
-            registry=r,
-        )
+            registry=r)
         self.shed = Counter("atp_shed_total", "Requests refused for overload (mailbox full, queue delay, loop lag)",
                             registry=r)
         self.recovery_seconds = Gauge("atp_recovery_seconds", "Duration of the last start-up recovery", registry=r)
@@ -90,8 +88,7 @@ class EngineMetrics:
             ["shard"], registry=r)
         self.oversold_units = Gauge(
             "atp_oversold_units", "Units promised (reserved + committed) beyond on hand, over all positions (Q5)",
-            registry=r,
-        )
+            registry=r)
         self.clock_offset = Gauge(
             "atp_clock_offset_seconds", "This process's service clock (R6) less Redis's TIME; two processes' "
             "difference is their skew: holds taken over between them expire early or late by it", registry=r)
@@ -116,7 +113,10 @@ class EngineMetrics:
         self.order_sagas = Counter(
             "atp_order_sagas_total", "Saga runs of orders spanning shards on a Redis Cluster, by how they ended",
             ["outcome"], registry=r)
-        zeroed(self.order_sagas, ("committed_nowhere",))  # alerted on (ATPOrderCommittedNowhere): at 0 at start
+        zeroed(self.order_sagas, ("committed_nowhere",))  # its rate: orders found committed nowhere
+        self.orders_committed_nowhere = Reading(
+            "atp_orders_committed_nowhere", "CONFIRMED orders spanning shards whose part is another order's confirmed "
+            "part of their id, kept: their units there committed nowhere (ATPOrderCommittedNowhere)", registry=r)
 
     def reservations_of(self, outcome: str) -> CounterChild:
         """The ``atp_reservations_total`` child of ``outcome``, found once (not a ``labels`` call per use)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from atp_service.engine.parts import CommitPart, run_parts
@@ -61,7 +61,8 @@ NOWHERE_REMEMBERED = 10_000
 """Orders found with units committed nowhere (``commit_lost``) remembered, at most, the last found (``Told``): each is
 counted and said once while remembered — found again at every read or change of it until settled, it was counted
 each time, and a dashboard showed 50 for one order read 50 times. About 2 MB (1.8 MB with ids of 36 characters, 2.8 MB
-at the longest, 128); one forgotten past it (that many others found since) is counted again when found again."""
+at the longest, 128); one forgotten past it (that many others found since) is counted again when found again. The
+orders committed nowhere now (``Nowhere``, ``atp_orders_committed_nowhere``) are held to the same bound: as much."""
 
 
 REMADE, STALE = "order_part_committed_again", "order_part_stale_released"
@@ -93,13 +94,46 @@ class Told:
         self._told.pop(key, None)
 
 
+class Nowhere:
+    """The orders committed nowhere now (``commit_lost``: CONFIRMED, another order's confirmed part of its id kept in
+    the place of its part at a group), held from being found so until found otherwise (its part made again over the
+    other, gone meanwhile) or resolved (``gone``): what ``atp_orders_committed_nowhere`` counts of them, those whose
+    home group this process serves (``Orders``), an alert firing while any is. Each counted in
+    ``atp_order_sagas_total`` once while remembered (``counted``). Bounded: the last ``most`` found
+    (``NOWHERE_REMEMBERED``), the oldest forgotten past it — the gauge shows that bound then, never more."""
+
+    def __init__(self, most: int) -> None:
+        self._most, self.counted = most, Told(most)
+        self._now: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def found(self, order_id: str) -> bool:
+        """``order_id`` committed nowhere now; whether it is counted (said) now: once while remembered."""
+        self._now[order_id] = None
+        self._now.move_to_end(order_id)
+        if len(self._now) > self._most:
+            self._now.popitem(last=False)
+        return self.counted.first(order_id)
+
+    def gone(self, order_id: str) -> None:
+        self._now.pop(order_id, None)
+
+    def keep(self, here: Callable[[str], bool]) -> None:
+        """Those not ``here`` forgotten (their home group handed over: its next owner finds them, counts them)."""
+        for order_id in [order_id for order_id in self._now if not here(order_id)]:
+            del self._now[order_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._now))
+
+
 async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now: int,
-                      found: Mapping[int, Reservation], nowhere: Told, told: Told) -> dict[int, Reservation]:
+                      found: Mapping[int, Reservation], nowhere: Nowhere, told: Told) -> dict[int, Reservation]:
     """The CONFIRMED ``order``'s parts Redis lost at ``groups`` (``_order_losses.lost_committed``; ``found``: its parts
     read) made again, their units committed again at each (Q3: a confirmed order's; R4: a Fulfil moves them out of
     on_hand), said; the parts as they stand. Units no longer there leave the position oversold (Q5:
     ``atp_oversold_units``), never hidden. Another order's ``stale`` confirmed part there is released, said; one not
-    stale is kept (Q3), the order's units there committed nowhere: said and counted once per order (``nowhere``).
+    stale is kept (Q3), the order's units there committed nowhere: held so in ``nowhere`` until found otherwise, said
+    and counted once per order.
     The groups made again are said once per loss (``told``: not again as the step is sent again while it
     fails, until every step answered or the order is found whole, ``Told.forget``)."""
     # Said as sent (a step whose answer is lost may have made the part: the next pass finds it there, not lost), for
@@ -120,7 +154,9 @@ async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now
     parts: dict[int, Reservation] = await run_parts(engine, dict(made))
     told.forget((REMADE, order.reservation_id))  # made: a later loss is one of its own
     kept = losses.others(order, parts, engine.place, engine.limits)  # said once per order, as counted
-    if kept and nowhere.first(order.reservation_id):
+    if not kept:
+        nowhere.gone(order.reservation_id)  # its parts all its own now (made again over another's gone meanwhile)
+    elif nowhere.found(order.reservation_id):
         log.error("confirmed order %r has in its place in shard groups %s a confirmed part of another order of its "
                   "id (Redis lost acknowledged entries there: restarted from data older than this order's part); it is "
                   "kept, its units committed (Q3), and this order's units there are committed nowhere",

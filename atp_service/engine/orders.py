@@ -22,6 +22,7 @@ from atp_service.engine.confirmed import ConfirmedChecks, checked
 from atp_service.engine.losses import (
     NOWHERE_REMEMBERED,
     REMADE,
+    Nowhere,
     Told,
     commit_lost,
     commit_refused,
@@ -89,9 +90,10 @@ class Orders(OrderSteps):
         self.orphans: dict[str, int] = {}  # held parts whose order has no record (-> group): given up
         self._drives: set[asyncio.Task[Any]] = set()  # housekeeping's sagas of those, running
         self._driven: set[str] = set()  # their orders: half-way until the saga ends (a peer's step waits 5 s)
-        engine.metrics.orders_unsettled.follow(self._half_way_here)  # read at each scrape
+        engine.metrics.orders_unsettled.follow(lambda: self._homed_here(self.unsettled | self._driven))  # at scrapes
         self._after = ""  # the last order housekeeping drove on: the next pass goes on after it
-        self.nowhere = Told(NOWHERE_REMEMBERED)  # orders counted committed_nowhere (each once while remembered)
+        self.nowhere = Nowhere(NOWHERE_REMEMBERED)  # orders committed nowhere now (each counted once)
+        engine.metrics.orders_committed_nowhere.follow(lambda: self._homed_here(self.nowhere))
         self.said = Told(NOWHERE_REMEMBERED)  # lines said as their step is sent: once, not at each retry of it
         self.confirmed = ConfirmedChecks(self._check_confirmed, lambda order_id: order_id in self._locks)
         """Leased: the confirmed orders of a group taken, checked once for parts all resolved."""
@@ -140,13 +142,14 @@ class Orders(OrderSteps):
     def has_part(self, shard: int, order_id: str) -> bool:  # a routing hint, read between batches
         return self._engine.actors[shard].ledger.reservation(orders.part_id(order_id, shard)) is not None
 
-    def _half_way_here(self) -> int:
-        """``atp_orders_unsettled``: the orders half-way whose home group this process serves now. One homed in a
-        group handed over stays in ``unsettled`` until housekeeping's next look (a pass, or several with many) and
-        its next owner counts it from its recovery: counted here too, the sum over the processes said it twice."""
+    def _homed_here(self, order_ids: Iterable[str]) -> int:
+        """Of ``order_ids``, those whose home group this process serves now: ``atp_orders_unsettled`` (the orders
+        half-way), ``atp_orders_committed_nowhere``. One homed in a group handed over stays in ``unsettled`` until
+        housekeeping's next look (a pass, or several with many) and its next owner counts it from its recovery (an
+        order committed nowhere, from its check of the group's confirmed orders): counted here too, the sum over the
+        processes said it twice."""
         actors, home_of = self._engine.actors, self._engine.home_of
-        return sum(1 for rid in self.unsettled | self._driven
-                   if (home := home_of(rid)) is not None and not actors[home].vacant)
+        return sum(1 for rid in order_ids if (home := home_of(rid)) is not None and not actors[home].vacant)
 
     def drive_unsettled(self) -> None:
         """Drive on orders left pending whose saga is not running now, and give up orphaned parts, at
@@ -168,6 +171,7 @@ class Orders(OrderSteps):
                 self._drive(rid, functools.partial(self._settled, rid, home))
         if self._engine.remote is not None:
             self.confirmed.run_pass(self._engine.actors)
+            self.nowhere.keep(lambda rid: self._homed_here((rid,)) == 1)  # handed over: found anew if taken again
 
     def _drive(self, order_id: str, saga: Callable[[], Awaitable[Any]]) -> None:
         self._drives.add(task := self._spawn(self._locked(order_id, saga)))
@@ -287,6 +291,8 @@ class Orders(OrderSteps):
             await self._save(home, order, over=done)
         if error is not None and not quiet:
             raise error
+        if order.state != State.CONFIRMED:
+            self.nowhere.gone(order_id)  # released (or given up): no units of it are to be committed anywhere
         if told is not None:  # a retry plans nothing, or only the expiry it found due (R3: a change not done before
             told(done is None or done.pending == PendingOp(OrderStep.EXPIRE))  # is refused once its TTL passed)
         return orders.view(order, mine)
@@ -305,6 +311,7 @@ class Orders(OrderSteps):
             parts |= await commit_lost(self._engine, order, lost, now, parts, self.nowhere, self.said)  # Q3, R4
         else:
             self.said.forget((REMADE, order_id))  # found whole: a later loss of its parts is a loss of its own, said
+            self.nowhere.gone(order_id)  # its parts all its own (or resolved): committed where its record says
         shown = orders.view(order, losses.own_parts(order, parts, place, self._engine.limits))
         if order.state in (State.HELD, State.CONFIRMED) and shown.state in (State.FULFILLED, State.RELEASED):
             # A held order's parts are resolved by no SHIPMENT fact: nothing outstanding there means Redis
