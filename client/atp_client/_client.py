@@ -23,6 +23,7 @@ from atp_client._channel import (
     keepalive_options,
     reconnect_options,
 )
+from atp_client._core_status import release
 from atp_client._errors import not_connected, request_too_large, stream_cut_unread, typed
 from atp_client._stream import MAX_BATCH_RESERVATIONS, MAX_STREAM_INFLIGHT, Batches, Source
 from atp_client._time import checked_timeout
@@ -320,8 +321,9 @@ class AtpClient:
             # grpc.aio goes on taking batches from the caller and sending them in a task of its
             # own until the call ends: a caller that stops reading (break, aclose, an error) would
             # have reservations made that it is never told of. Ending the call stops that task; a call
-            # the service ended already is not cancelled, and its task is stopped here.
-            call.cancel()
+            # the service ended already is not cancelled, and its task is stopped here. One grpcio's own
+            # INTERNAL ended on this side alone is cancelled in gRPC's core (``release``).
+            release(call)
             source.end()
         if source.failure is not None:
             raise source.failure

@@ -11,16 +11,15 @@ any one answer takes, from a service answering all along.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
 
+from atp_client._core_status import KeptStatus
 from atp_client._errors import (
-    CORE_LOST_CALL,
     batch_too_large,
     invalid_field,
     request_too_large,
@@ -28,8 +27,6 @@ from atp_client._errors import (
     stream_unanswered,
 )
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-
-_LOGGER = logging.getLogger(__name__)
 
 Batch = Sequence[pb.ReserveRequest]
 Source = AsyncIterator[Batch] | Iterable[Batch]
@@ -45,11 +42,6 @@ STALLS_FORGIVEN = 3
 """Waits a stall of this process may lengthen, each by the time it did not run, before a stream's bound (the service
 to accept it, or to answer) counts on regardless: a caller whose every wait overran (its loop blocked in slices
 longer than ``STALL_SLACK_S``) was credited every one, and a stream the service never accepted waited for ever."""
-CORE_STATUS_WAIT_S = 1.0
-"""How long a stream ended by grpcio's own ``INTERNAL`` waits for the status set over it (``Batches.told``): gRPC's
-core tells every call it ends its status, some milliseconds after that ``INTERNAL`` at most, as seen."""
-_SET_OVER_PAUSE_S = 0.02
-"""The longest pause between two looks at a call's status while waiting for the one set over grpcio's own."""
 ACCEPTED_KEY = "atp-accepted"
 """Initial metadata of a ``ReserveStream`` the service has accepted (its headers, sent at once). A
 refusal at the start comes without it: as a status alone, which grpcio may hand over after the
@@ -108,45 +100,23 @@ class Batches:
         self._done_sending = asyncio.get_running_loop().create_future()  # resolved when ``requests`` has ended
         self._done_sending_at = float("inf")  # monotonic time it did
         self._refused_at_start = False  # the service's headers came without ``ACCEPTED_KEY``: nothing sent
-        self.status: grpc.aio.AioRpcError | None = None  # the call's first status not grpcio's own (``_note_status``)
+        self._kept = KeptStatus()  # the call's first status not grpcio's own
 
     def opened(self, call: Any) -> None:
         """The call ``requests`` feeds: its first batch waits until the service has accepted it."""
         self._opened_at = time.monotonic()
         self._call.set_result(call)
-        call.add_done_callback(self._note_status)
+        call.add_done_callback(self._kept.note)
 
-    def _note_status(self, call: Any) -> None:
-        """Keeps ``call``'s status if grpcio did not make it up. grpcio runs a call's done callbacks once, at the first
-        status it sets (a later one, set over it, runs none): the service's status, then grpcio's ``INTERNAL``
-        ``CORE_LOST_CALL`` set over it by a write failing on the call already over — the caller reads only the last.
-        Never raises: grpcio runs this inside the setting of the status (``call.cancel()`` among them), an exception
-        out of it raised there, before gRPC's core is told."""
-        if self.status is not None:
-            return
-        try:
-            status = _status_now(call)
-        except RuntimeError as exc:  # a grpcio whose accessors wait: its own INTERNAL is told as it is
-            _LOGGER.warning("ReserveStream: %s", exc)
-            return
-        if not lost_in_core(status):
-            self.status = status
+    @property
+    def status(self) -> grpc.aio.AioRpcError | None:
+        """The call's first status not grpcio's own ``INTERNAL`` (``KeptStatus``)."""
+        return self._kept.status
 
     async def told(self, error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
         """``error``, the call's failure, or the status the service sent where ``error`` is grpcio's own
-        ``CORE_LOST_CALL`` (grpc/grpc#36066): ``INVALID_ARGUMENT`` ``LIMIT_EXCEEDED`` (a batch past the service's
-        ``max_batch_reservations``), ``SHUTTING_DOWN``, ``OUTCOME_UNKNOWN`` told ``Retryable`` ``INTERNAL`` — a
-        refusal sent again for ever, a batch in doubt told a plain failure (R7). grpcio sets the two in either order:
-        the service's first, its own written over it (the done callbacks ran with the service's: ``status``); or its
-        own first (the callbacks ran with it, and run no more), the service's set over it up to some milliseconds
-        later — waited for here, within ``CORE_STATUS_WAIT_S``."""
-        if not lost_in_core(error):
-            return error
-        if self.status is None and self._call.done():
-            self.status = await _set_over(self._call.result(), CORE_STATUS_WAIT_S)
-        if self.status is not None and self.status.code() != grpc.StatusCode.OK:
-            return self.status
-        return error
+        ``INTERNAL`` (``KeptStatus.told``)."""
+        return await self._kept.told(self._call.result() if self._call.done() else None, error)
 
     async def requests(self) -> AsyncIterator[pb.ReserveStreamRequest]:
         # The service sends its headers once it has accepted the stream. A batch written before then
@@ -285,49 +255,6 @@ class Batches:
             # answered all along, every batch in doubt.
             self._stalled.note(asked, left)
         return True
-
-
-def lost_in_core(error: grpc.aio.AioRpcError) -> bool:
-    """Whether ``error`` is the ``INTERNAL`` grpcio's asyncio client makes up when a write fails (``CORE_LOST_CALL``),
-    not a status the service sent."""
-    return error.code() == grpc.StatusCode.INTERNAL and error.details() == CORE_LOST_CALL
-
-
-def _status_now(call: Any) -> grpc.aio.AioRpcError:
-    """``call``'s status as it is now (set: read at once, none of its accessors waits); RuntimeError where one would."""
-    return grpc.aio.AioRpcError(_now(call.code()), _now(call.initial_metadata()), _now(call.trailing_metadata()),
-                                _now(call.details()), _now(call.debug_error_string()))
-
-
-async def _set_over(call: Any, within_s: float) -> grpc.aio.AioRpcError | None:
-    """The status set over grpcio's own ``INTERNAL`` on ``call`` (over): the service's, or the connection's loss
-    (``UNAVAILABLE``), which gRPC's core tells every call it ends. None where none was within ``within_s``, or it
-    cannot be read. grpcio tells nobody of a status set over another (its done callbacks ran at the first): looked
-    at again, each pause longer than the last, up to ``_SET_OVER_PAUSE_S``."""
-    deadline, pause = time.monotonic() + within_s, 0.0
-    while True:
-        try:
-            status = _status_now(call)
-        except RuntimeError:  # a grpcio whose accessors wait
-            return None
-        if not lost_in_core(status):
-            return status
-        if (left := deadline - time.monotonic()) <= 0:
-            return None
-        await asyncio.sleep(min(pause, left))
-        pause = min(max(2 * pause, 0.001), _SET_OVER_PAUSE_S)
-
-
-def _now(accessor: Coroutine[Any, Any, Any]) -> Any:
-    """The value of one of a finished call's status accessors (``code()``, ``details()``, ...): coroutines that
-    return at once, the status set — read inside a done callback, before grpcio may set another over it."""
-    try:
-        accessor.send(None)
-    except StopIteration as returned:
-        return returned.value
-    accessor.close()
-    raise RuntimeError(f"grpc {grpc.__version__}: a finished call's status accessor waited (grpc.aio changed): "
-                       "its status cannot be read in its done callback")
 
 
 class Stalls:

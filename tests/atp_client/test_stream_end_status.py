@@ -17,7 +17,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from atp_client import ACCEPTED_KEY, AtpClient, AtpError, InvalidRequest, _stream
+from atp_client import ACCEPTED_KEY, AtpClient, AtpError, InvalidRequest, _core_status
 from atp_client._stream import Batches
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from reservation import Limits
@@ -146,7 +146,7 @@ async def test_a_stream_told_grpcios_internal_before_the_services_status_is_told
         return told(self, error)
 
     monkeypatch.setattr(Batches, "told", told_once_ended)
-    monkeypatch.setattr(_stream, "CORE_STATUS_WAIT_S", WAIT_S)  # the service's end is not timed against the bound
+    monkeypatch.setattr(_core_status, "CORE_STATUS_WAIT_S", WAIT_S)  # the service's end is not timed against the bound
     async with AtpClient(f"127.0.0.1:{service.port}", max_batch_reservations=None, timeout_s=10) as client:
         calls: list[Any] = []
         open_stream = client.stub.ReserveStream
