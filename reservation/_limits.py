@@ -119,9 +119,10 @@ class Limits:
     bytes a fact all told (kept deltas: ~1.4 GB)."""
 
     retention_ms: int = 24 * 3600 * 1000
-    """How long a resolved reservation is kept for idempotent replays (R5): at most ten years, and well above twice
-    the largest clock gap between the service's hosts (an order spanning groups whose id is used again tells a part of
-    the order before it from its own by the part's age against it, R3)."""
+    """How long a resolved reservation is kept for idempotent replays (R5): at least 10 minutes (``atp-service``
+    refuses less), at most ten years, and well above twice the largest clock gap between the service's hosts (an order
+    spanning groups whose id is used again tells a part of the order before it from its own by the part's age against
+    it, R3)."""
 
     fact_grace_ms: int = 24 * 3600 * 1000
     """E6: facts older than stream time minus this are quarantined, not applied (at most ten years)."""

@@ -19,7 +19,7 @@ from atp_service.app.embedded_watch import EmbeddedRedisWatch, Watching
 from atp_service.app.keyspace import StartupError
 from atp_service.app.service import AtpService
 from atp_service.app.serving import serve_until_stopped as _serve_until_stopped
-from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_settings, print_config
+from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, check_retention, given_settings, print_config
 from atp_service.app.shutdown import (
     EXIT_REDIS_FAILED,
     EXIT_REPLACED,
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         config, sources = config_settings.resolve(ServiceConfig, os.environ, given_settings(args))
         try:
             check_settings(config.limits, config.max_message_bytes)  # the answers' bound is the edge's
+            check_retention(config.limits)  # the service's floor: the engine's Limits let tests go below it
         except ValueError as exc:  # its words name fields: the operator gave ATP_X or --x
             raise ValueError(as_given(str(exc), ServiceConfig, sources)) from None
     except ValueError as exc:

@@ -14,11 +14,18 @@ from typing import IO, Any
 from atp_service.config import ServiceConfig
 from atp_service.config_settings import Setting, settings_of, shown
 from atp_service.config_values import canonical, read_text, redacted
+from reservation import Limits
 
 OUTPUT_FORMATS = ("text", "json")
 SECRET_URLS = ("redis_url",)
 """Settings whose value may carry a password: printed without it."""
 METAVARS = {"int": "N", "float": "X", "Path": "PATH", "tuple": "A,B,..."}
+MIN_RETENTION_MS = 10 * 60 * 1000
+"""The least ``retention_ms`` ``atp-service`` starts with. Half of it is the margin an order spanning groups whose id
+is used again allows the gap between the clocks of the service's hosts, when it tells a part of the order before it
+from its own by the part's age (R3). 10 minutes: 5 of clock gap, as far ahead as E7 lets a fact be stamped by default
+(``fact_future_skew_ms``) and 300 times the second past which ``ATPProcessClocksDisagree`` fires. The engine's
+``reservation.Limits`` holds no floor: tests and the simulation shorten the retention, their clocks moved to match."""
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +39,14 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         else:
             group.add_argument(setting.flag, type=_reader(setting), choices=setting.choices,
                                metavar=_metavar(setting), **common)
+
+
+def check_retention(limits: Limits) -> None:
+    """Refuse (``ValueError`` naming the setting, its floor and why) a ``retention_ms`` under ``MIN_RETENTION_MS``."""
+    if limits.retention_ms < MIN_RETENTION_MS:
+        raise ValueError(f"retention_ms: must be at least {MIN_RETENTION_MS} ({MIN_RETENTION_MS // 60_000} minutes), "
+                         f"got {limits.retention_ms}: half of it is the margin for the gap between the clocks of the "
+                         "service's hosts by which an order whose id is used again tells another order's parts (R3)")
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from atp_service.app.cli import build_parser, main
-from atp_service.app.settings import given_settings
+from atp_service.app.settings import MIN_RETENTION_MS, given_settings
 from atp_service.config import ServiceConfig
 from atp_service.config_settings import settings_of
 from reservation import Limits
@@ -169,6 +169,25 @@ def test_ids_longer_than_a_message_can_answer_stop_the_start(capsys: pytest.Capt
     err = capsys.readouterr().err
     assert err.startswith("atp-service: --max-id-length: 20000") and "(--max-message-bytes=65536)" in err, err
     assert main(["config", "--max-id-length", "20000"]) == 0  # 4 MiB by default
+
+
+def test_a_retention_below_its_floor_stops_the_start() -> None:
+    """``retention_ms`` had no floor (the engine's ``Limits`` take 0, and tests shorter ones): a service started with a
+    retention its hosts' clock gap outlasts told one order's parts from another's by their age wrongly (R3). The real
+    entry point refuses it before anything starts (exit 2, never restarted), naming the setting as given, its floor
+    and why; at the floor it starts."""
+    below = str(MIN_RETENTION_MS - 1)
+    refused = atp_service("serve", "--no-demo", "--auth", "off", "--port", "0", "--metrics-port", "-1",
+                          "--redis-url", "redis://127.0.0.1:1", ATP_RETENTION_MS=below)  # no Redis of its own
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith(f"atp-service: ATP_RETENTION_MS: must be at least {MIN_RETENTION_MS} (10 "
+                                     f"minutes), got {below}: half of it is the margin for the gap between the clocks "
+                                     "of the service's hosts"), refused.stderr
+    assert "Traceback" not in refused.stderr
+    flagged = atp_service("config", "--retention-ms", "0")
+    assert flagged.returncode == 2 and flagged.stderr.startswith(
+        f"atp-service: --retention-ms: must be at least {MIN_RETENTION_MS}"), flagged.stderr
+    assert main(["config", "--retention-ms", str(MIN_RETENTION_MS)]) == 0
 
 
 def test_config_prints_every_setting_with_its_value_and_source(capsys: pytest.CaptureFixture[str],
