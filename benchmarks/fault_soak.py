@@ -54,7 +54,8 @@ from atp_service.storage.embedded_cluster import EmbeddedCluster
 from benchmarks import soak_check as check
 from benchmarks.ports import held_port
 from benchmarks.soak_faults import Faults, ServiceDown, ServiceProcess
-from benchmarks.soak_load import Book, Caller, Layout, fact_feed, lifecycles, streams
+from benchmarks.soak_load import Book, Caller, Layout, fact_feed, lifecycles
+from benchmarks.soak_streams import streams
 from benchmarks.tcp_delay import DelayProxyProcess
 from benchmarks.throughput import serve_command
 from reservation import Limits

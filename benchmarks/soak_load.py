@@ -4,7 +4,7 @@ every answer that acknowledged something — what the end of the soak checks aga
 
 Callers: order lifecycles (Reserve on one shard or across shards, then Confirm, Release, Fulfil or a
 SHIPMENT fact naming the reservation), ReserveStream clients whose streams end by deadline or are
-cancelled, and a fact feed (WMS receipts at the DCs, POS sales and returns at the stores). A call
+cancelled (``soak_streams.py``), and a fact feed (WMS receipts at the DCs, POS sales and returns at the stores). A call
 whose outcome is unknown (deadline, cancellation, UNAVAILABLE) is retried with the same id and the
 same content some of the time, as an OMS would, and otherwise left in doubt.
 """
@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
-from grpc._cython import cygrpc  # type: ignore[attr-defined]
 
-from atp_client import duration, timestamp
+from atp_client import duration, lost_in_core, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 T = TypeVar("T")
@@ -45,8 +44,6 @@ MAX_TRIED = 400_000
 DECIDED = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
                      grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT})
 """Answers that decide (a refusal the service made), unlike a deadline, a cancellation or a shed."""
-CALL_ENDED: type[Exception] = cygrpc.ExecuteBatchError
-"""What grpc.aio's core raises for a stream operation on a call that has just ended."""
 ODD = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 TERMINAL = frozenset({pb.RESERVATION_STATE_FULFILLED, pb.RESERVATION_STATE_RELEASED, pb.RESERVATION_STATE_EXPIRED,
@@ -127,7 +124,7 @@ class Book:
     def failed(self, kind: str, exc: grpc.aio.AioRpcError) -> None:
         code = exc.code()
         self.calls[(kind, code.name)] += 1
-        if code in ODD:
+        if code in ODD and not lost_in_core(exc):  # grpcio's own INTERNAL is no answer of the service's
             self.odd.setdefault((kind, code.name), exc.details() or "")
 
     def ack(self, rid: str, state: int) -> None:
@@ -152,10 +149,6 @@ class Book:
         for (kind, outcome), n in sorted(self.calls.items()):
             out.setdefault(kind, {})[outcome] = n
         return out
-
-
-class StreamEnded(Exception):
-    """A ReserveStream ended (status OK) before answering every batch sent on it."""
 
 
 Answer = tuple[Any, grpc.StatusCode | None]
@@ -332,64 +325,3 @@ async def fact_feed(c: Caller, name: str) -> None:
                                  event_time=timestamp(int(time.time() * 1000))))
         await record(c, "facts", facts)
         await c.pause(0.05)
-
-
-async def streams(c: Caller, name: str) -> None:
-    """ReserveStream calls with their own deadline (by default 50 ms - 3 s); some are cancelled by the client
-    after a write, as a caller that goes away would. Holds it acknowledges go to the idle pool."""
-    n = 0
-    while c.going():
-        n += 1
-        low, high = max(0.05, c.deadlines[0]), max(3.0, c.deadlines[1])  # a stream outlives a unary call
-        call = c.stub.ReserveStream(timeout=math.exp(c.rng.uniform(math.log(low), math.log(high))))
-        try:
-            await stream_batches(c, call, f"{name}-{n}")
-            c.book.calls[("stream", "OK")] += 1
-        except grpc.aio.AioRpcError as exc:
-            c.book.failed("stream", exc)
-        except (asyncio.InvalidStateError, CALL_ENDED):
-            # A write or done_writing as the call ended (its deadline, the service going away):
-            # grpc.aio raises these instead of the status, which the call still holds.
-            c.book.calls[("stream", (await call.code()).name)] += 1
-        except StreamEnded:
-            c.book.calls[("stream", "ENDED_EARLY")] += 1
-        await c.pause(0.05)
-
-
-async def stream_batches(c: Caller, call: Any, tag: str) -> None:
-    waiting: deque[list[str]] = deque()
-    for b in range(c.rng.randint(1, 6)):
-        batch = [c.request(f"{tag}-{b}-{i}")[1] for i in range(c.rng.randint(1, 4))]
-        ids = [r.reservation_id for r in batch]
-        c.book.doubt.update(ids)  # until an outcome names them
-        await call.write(pb.ReserveStreamRequest(reservations=batch))
-        waiting.append(ids)
-        if c.rng.random() < 0.1:
-            call.cancel()  # the client goes away with batches in flight
-            c.book.calls[("stream", "CANCELLED_BY_CLIENT")] += 1
-            return
-        if len(waiting) >= 2:
-            await read_batch(c, call, waiting.popleft())
-    await call.done_writing()
-    while waiting:
-        await read_batch(c, call, waiting.popleft())
-
-
-async def read_batch(c: Caller, call: Any, ids: list[str]) -> None:
-    result = await call.read()
-    if not isinstance(result, pb.ReserveStreamResponse):  # grpc.aio.EOF: the stream ended, status OK
-        raise StreamEnded(f"the stream ended with {len(ids)} reservations unanswered")
-    for outcome in result.outcomes:
-        if outcome.HasField("response"):
-            c.book.calls[("stream_reserve", pb.ReservationState.Name(outcome.response.state))] += 1
-            c.book.ack_reserve(outcome.response)
-            c.book.doubt.discard(outcome.reservation_id)
-            if outcome.response.state == pb.RESERVATION_STATE_HELD:
-                c.book.idle.append(outcome.reservation_id)
-        else:
-            name = CODE_NAMES.get(outcome.error.code, str(outcome.error.code))
-            c.book.calls[("stream_reserve", name)] += 1
-            if name in {code.name for code in ODD}:
-                c.book.odd.setdefault(("stream_reserve", name), outcome.error.message)
-    if len(result.outcomes) != len(ids):
-        c.book.calls[("stream", "SHORT_BATCH")] += 1

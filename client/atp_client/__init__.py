@@ -2,6 +2,8 @@
 
 - ``AtpClient``: a typed async client over grpc.aio, with the service's retry policy;
 - ``reconnect_options``: the bounded wait between connection attempts ``AtpClient`` has, for any gRPC channel;
+- ``KeptStatus``, ``lost_in_core``, ``release``: for a stream call made on a raw stub, what ``AtpClient.reserve_stream``
+  does where grpcio set its own ``INTERNAL`` "Internal error from Core" (the service's status told, the call ended);
 - ``RoutedClient``: calls sent to the service process owning their shard group (``place``,
   ``home_group``, ``Routes``, the metadata keys of redirects and forwarding);
 - ``pb``: the generated messages and stubs (``atp_client.pb.atp.v1.atp_pb2``);
@@ -14,6 +16,7 @@ Nothing here needs the server: this distribution installs with gRPC and protobuf
 from ._access import PERMISSIONS, READ, new_token, token_hash
 from ._channel import RECONNECT_MAX_S, reconnect_options
 from ._client import RETRYABLE, AtpClient, RetryPolicy, tls_credentials
+from ._core_status import KeptStatus, lost_in_core, release
 from ._errors import (
     AccessDenied,
     AtpError,
@@ -59,6 +62,7 @@ __all__ = [
     "Conflict",
     "FieldViolation",
     "InvalidRequest",
+    "KeptStatus",
     "NotFound",
     "Refusal",
     "RetryPolicy",
@@ -69,10 +73,12 @@ __all__ = [
     "duration",
     "epoch_ms",
     "home_group",
+    "lost_in_core",
     "new_token",
     "parse_moved",
     "place",
     "reconnect_options",
+    "release",
     "timestamp",
     "tls_credentials",
     "token_hash",

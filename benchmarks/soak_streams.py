@@ -1,0 +1,98 @@
+"""The ``ReserveStream`` callers of ``fault_soak.py`` (``soak_load.py`` holds the rest of its load): streams with
+their own deadline, some cancelled by the client after a write, each on the raw stub (its writes and reads as an OMS
+of its own would make them), every end counted in the book."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from typing import Any
+
+import grpc
+from grpc._cython import cygrpc  # type: ignore[attr-defined]
+
+from atp_client import KeptStatus, release
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from benchmarks.soak_load import CODE_NAMES, ODD, Caller
+
+CALL_ENDED: type[Exception] = cygrpc.ExecuteBatchError
+"""What grpc.aio's core raises for a stream operation on a call that has just ended."""
+
+
+class StreamEnded(Exception):
+    """A ReserveStream ended (status OK) before answering every batch sent on it."""
+
+
+async def streams(c: Caller, name: str) -> None:
+    """ReserveStream calls with their own deadline (by default 50 ms - 3 s); some are cancelled by the client
+    after a write, as a caller that goes away would. Holds it acknowledges go to the idle pool."""
+    n = 0
+    while c.going():
+        n += 1
+        low, high = max(0.05, c.deadlines[0]), max(3.0, c.deadlines[1])  # a stream outlives a unary call
+        call = c.stub.ReserveStream(timeout=math.exp(c.rng.uniform(math.log(low), math.log(high))))
+        await one_stream(c, call, f"{name}-{n}")
+        await c.pause(0.05)
+
+
+async def one_stream(c: Caller, call: Any, tag: str) -> None:
+    """``call``'s batches, and how it ended counted. grpcio's own ``INTERNAL`` "Internal error from Core" (a write
+    failing on a call already over, grpc/grpc#36066) is told as ``AtpClient.reserve_stream`` tells it: the status
+    the service sent, set under it or over it (``KeptStatus``), in its place — the soak noted it as an answer the
+    service should never give. The call is then ended in gRPC's core too (``release``), where grpcio's ``INTERNAL``
+    ended it on this side alone: the service's side stayed open."""
+    kept = KeptStatus()
+    call.add_done_callback(kept.note)
+    try:
+        await stream_batches(c, call, tag)
+        c.book.calls[("stream", "OK")] += 1
+    except grpc.aio.AioRpcError as exc:
+        c.book.failed("stream", await kept.told(call, exc))
+    except (asyncio.InvalidStateError, CALL_ENDED):
+        # A write or done_writing as the call ended (its deadline, the service going away):
+        # grpc.aio raises these instead of the status, which the call still holds.
+        c.book.calls[("stream", (await call.code()).name)] += 1
+    except StreamEnded:
+        c.book.calls[("stream", "ENDED_EARLY")] += 1
+    finally:
+        release(call)
+
+
+async def stream_batches(c: Caller, call: Any, tag: str) -> None:
+    waiting: deque[list[str]] = deque()
+    for b in range(c.rng.randint(1, 6)):
+        batch = [c.request(f"{tag}-{b}-{i}")[1] for i in range(c.rng.randint(1, 4))]
+        ids = [r.reservation_id for r in batch]
+        c.book.doubt.update(ids)  # until an outcome names them
+        await call.write(pb.ReserveStreamRequest(reservations=batch))
+        waiting.append(ids)
+        if c.rng.random() < 0.1:
+            call.cancel()  # the client goes away with batches in flight
+            c.book.calls[("stream", "CANCELLED_BY_CLIENT")] += 1
+            return
+        if len(waiting) >= 2:
+            await read_batch(c, call, waiting.popleft())
+    await call.done_writing()
+    while waiting:
+        await read_batch(c, call, waiting.popleft())
+
+
+async def read_batch(c: Caller, call: Any, ids: list[str]) -> None:
+    result = await call.read()
+    if not isinstance(result, pb.ReserveStreamResponse):  # grpc.aio.EOF: the stream ended, status OK
+        raise StreamEnded(f"the stream ended with {len(ids)} reservations unanswered")
+    for outcome in result.outcomes:
+        if outcome.HasField("response"):
+            c.book.calls[("stream_reserve", pb.ReservationState.Name(outcome.response.state))] += 1
+            c.book.ack_reserve(outcome.response)
+            c.book.doubt.discard(outcome.reservation_id)
+            if outcome.response.state == pb.RESERVATION_STATE_HELD:
+                c.book.idle.append(outcome.reservation_id)
+        else:
+            name = CODE_NAMES.get(outcome.error.code, str(outcome.error.code))
+            c.book.calls[("stream_reserve", name)] += 1
+            if name in {code.name for code in ODD}:
+                c.book.odd.setdefault(("stream_reserve", name), outcome.error.message)
+    if len(result.outcomes) != len(ids):
+        c.book.calls[("stream", "SHORT_BATCH")] += 1
