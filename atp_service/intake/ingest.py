@@ -245,7 +245,8 @@ class StreamIngestor:
     def _batch_done(self, task: asyncio.Task[int]) -> None:
         self._batches.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("input streams: batch failed (%s); its entries stay pending", task.exception())
+            log.warning("input streams: batch failed (%s); its entries stay pending", task.exception(),
+                        extra={"event": "ingest_batch_failed", "error": str(task.exception())})
             self._retry_own_pending = True
 
     async def _settle_batches(self, within_s: float) -> bool:
