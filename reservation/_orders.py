@@ -241,24 +241,6 @@ def give_up_part(view_: View, cmd: ReserveCommand, now: int, limits: Limits) -> 
     return tombstone
 
 
-def ship(view_: View, fact: Fact, part: str, now: int, limits: Limits) -> tuple[FactOutcome, str]:
-    """A SHIPMENT fact naming an order, on the fact's shard: the stock moves, and ``part`` (the order's
-    part there) fulfils the fact's line with it (R4; idempotent by the fact's identity, E8: a resend is a
-    duplicate). The fact's outcome, and why it fulfilled nothing (empty: it fulfilled its line)."""
-    outcome, reason = view_.record_fact(fact)
-    if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED):
-        return outcome, reason
-    order_id = order_of(part)
-    if view_.reservation(part) is None:
-        return outcome, (f"stock moved; reservation not fulfilled: {fact.sku}@{fact.location} is not a "
-                         f"line of reservation {order_id!r}")
-    try:  # the fact moved on_hand already: only committed moves here
-        ops.fulfill_committed(view_, part, (LineRequest(fact.sku, fact.location, fact.quantity),), now, limits)
-    except DomainError as exc:
-        return outcome, f"stock moved; reservation not fulfilled: {exc.message}"
-    return outcome, ""
-
-
 def apply_share(view_: View, reservation_id: str, share: Share, now: int, limits: Limits) -> Reservation | None:
     """A part's share of its order's change, on the part's shard; a repeat changes nothing."""
     part = view_.reservation(reservation_id)

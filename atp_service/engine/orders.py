@@ -50,7 +50,7 @@ from atp_service.engine.parts import (
     run_parts,
     shipped_elsewhere,
 )
-from atp_service.engine.shipments import ASK_EVERY, Asking, fulfilling, refused_for_good, unfulfilled
+from atp_service.engine.shipments import ASK_EVERY, Asking, fulfilling, fulfilling_its, refused_for_good, unfulfilled
 from atp_service.tasks import cancel_for_good, exception_seen, keep
 from reservation import (
     DomainError,
@@ -134,9 +134,9 @@ class Orders(OrderSteps):
 
     async def shipment(self, fact: Fact, order_id: str, asking: Asking = ASK_EVERY) -> tuple[FactOutcome, str]:
         """A SHIPMENT fact naming the order: the stock moves and the part holding that position is fulfilled with
-        it, in one step on the fact's shard (R4, idempotent by the fact's identity, E8) — after a change the order has
-        pending is carried through and a confirmed part Redis lost made again (refused for good: the stock moves alone,
-        Q1), and before the order is resolved once every part is. ``asking``: whom, where homed at another process."""
+        it, in one step on the fact's shard (R4, E8) — after a change the order has pending is carried through and a
+        confirmed part Redis lost made again (refused for good: the stock moves alone, Q1), and before the order is
+        resolved once every part is. ``asking``: whom, where homed at another process."""
         return await self._owned(order_id, lambda: self._shipment(fact, order_id, asking))
 
     def has_part(self, shard: int, order_id: str) -> bool:  # a routing hint, read between batches
@@ -364,13 +364,13 @@ class Orders(OrderSteps):
         self.orphans.pop(part_id, None)
 
     async def _shipment(self, fact: Fact, order_id: str, asking: Asking) -> tuple[FactOutcome, str]:
-        home, shard = self._engine.home_of(order_id), self._engine.place(fact.sku)
-        ship = fulfilling(fact, orders.part_id(order_id, shard), self._engine.limits)
+        home, shard, limits = self._engine.home_of(order_id), self._engine.place(fact.sku), self._engine.limits
+        ship = fulfilling(fact, orders.part_id(order_id, shard), limits)
         if home is None and self._engine.remote is not None:  # homed at another process: settled there first
             return await shipped_elsewhere(self._engine, fact, lambda: on_shard(self._engine, shard, ship), asking)
-        if home is not None:  # a change left pending (a confirmation) carried through first, and a part Redis
-            try:  # lost made again (``_settled``, as a home elsewhere does for ``SettleOrder``): the fact fulfils it
-                await self._settled(order_id, home)
+        if home is not None:  # a change left pending (a confirmation) carried through first, and a part Redis lost
+            try:  # made again (``_settled``, as a home elsewhere does for ``SettleOrder``): the fact fulfils it
+                ship = fulfilling_its(fact, (await self._settled(order_id, home))[0], shard, self._engine.place, limits)
             except NotFound:
                 home = None  # forgotten meanwhile: the stock moves all the same
             except DomainError as exc:  # refused for good (the order given up deciding it): the units left all

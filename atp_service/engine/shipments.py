@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from reservation import DomainError, Fact, FactOutcome, Limits, View
+from reservation import DomainError, Fact, FactOutcome, Limits, Reservation, View
+from reservation import _order_shipments as order_shipments
 from reservation import _orders as orders
+from reservation._order_shipments import Judge
 
 UNFULFILLED = "stock moved; reservation not fulfilled"
 """How the reason of a SHIPMENT that moved stock but fulfilled nothing of its reservation begins."""
@@ -30,9 +32,17 @@ Shipping = Callable[[View, int], tuple[Any, str]]
 """A SHIPMENT's work on its shard: its outcome, and why it fulfilled nothing (empty: fulfilled, or a duplicate)."""
 
 
-def fulfilling(fact: Fact, part: str, limits: Limits) -> Shipping:
-    """The SHIPMENT applied on its shard, fulfilling its line of ``part`` with it (R4, ``_orders.ship``)."""
-    return lambda view, now: orders.ship(view, fact, part, now, limits)
+def fulfilling(fact: Fact, part: str, limits: Limits, whose: Judge = order_shipments.any_part) -> Shipping:
+    """The SHIPMENT applied on its shard, fulfilling its line of ``part`` with it unless ``whose`` tells the part
+    there another order's the fact cannot be (R4, ``_order_shipments.ship``)."""
+    return lambda view, now: order_shipments.ship(view, fact, part, now, limits, whose)
+
+
+def fulfilling_its(fact: Fact, order: Reservation, group: int, place: orders.Place, limits: Limits) -> Shipping:
+    """``fulfilling`` the part of ``order`` (its record at its home, its pending change carried through) at ``group``:
+    a part there of another order of its id only by a fact that can be that order's (``_order_shipments.judge``)."""
+    whose = order_shipments.judge(order, group, place, limits)
+    return fulfilling(fact, orders.part_id(order.reservation_id, group), limits, whose)
 
 
 def unfulfilled(fact: Fact, why: str) -> Shipping:

@@ -26,6 +26,7 @@ from reservation import (
     State,
     reserve,
 )
+from reservation import _order_shipments as order_shipments
 from reservation import _orders as orders
 from reservation._operations import fulfill, fulfill_committed
 from tests.reservation.helpers import LIMITS, cmd, ledger_with
@@ -360,7 +361,7 @@ def test_a_part_shipped_by_more_facts_than_max_ops_per_reservation_is_fulfilled_
     part, ledger = orders.part_id("o", 0), estate.ledgers[0]
     for n in range(3):
         fact = Fact(f"parcel-{n}", "wms", FactKind.SHIPMENT, "A", "S1", 1, NOW, "o")
-        assert orders.ship(ledger, fact, part, NOW, limits) == (FactOutcome.APPLIED, "")
-    assert orders.ship(ledger, fact, part, NOW, limits) == (FactOutcome.DUPLICATE, "")
+        assert order_shipments.ship(ledger, fact, part, NOW, limits) == (FactOutcome.APPLIED, "")
+    assert order_shipments.ship(ledger, fact, part, NOW, limits) == (FactOutcome.DUPLICATE, "")
     assert ledger.reservation(part).state == State.FULFILLED  # type: ignore[union-attr]
     assert (ledger.quantities("A", "S1").on_hand, estate.committed("A")) == (7, 0)

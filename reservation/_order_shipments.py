@@ -1,0 +1,81 @@
+"""Whose part a SHIPMENT fact naming an order fulfils at the fact's shard (``_orders.ship``), where the part holding
+the id there is another order's of that id (``_order_losses.others``: the first no longer remembered, R5, the id
+reserved again, then the part's group back from data older than this order's part, R7), pure.
+
+The fact's ``event_time`` tells whose shipment it is. One stamped at or after the order opened cannot be the other
+order's, resolved and forgotten before that: it is this order's, whose part there is gone, so it fulfils nothing (the
+stock moves alone, Q1, R4; answered and logged not fulfilled). One stamped before cannot be this order's: a late fact
+of the other order, which fulfils that order's part (R4: committed and on_hand together) as of the part's last change
+— a fact of an order long resolved is no sign of it live, and stamped changed now a ``stale`` copy was no longer
+judged stale: kept committed for good, released by none of the order's steps (Q3). A fact is applied once whichever
+(E8: its identity recorded with the stock's move, in the same step)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+from . import _operations as ops
+from . import _order_losses as losses
+from ._errors import DomainError
+from ._limits import Limits
+from ._model import Fact, FactOutcome, LineRequest, Reservation
+from ._operations import View
+from ._orders import Place, order_of
+
+
+class Fulfils(enum.Enum):
+    """What a SHIPMENT fact does to the part holding its order's id at its shard."""
+
+    OWN = enum.auto()
+    """The order's own part (or its order not known here): fulfilled, changed now."""
+    OTHERS = enum.auto()
+    """Another order's, the fact stamped before the order opened: fulfilled, its last change kept."""
+    NONE = enum.auto()
+    """Another order's, the fact stamped at or after the order opened: left as it is."""
+
+
+Judge = Callable[[Reservation, Fact], Fulfils]
+"""Whose the part found at the fact's shard is, as the SHIPMENT ``Fact`` naming the order sees it."""
+
+
+def any_part(_part: Reservation, _fact: Fact) -> Fulfils:
+    """The order not known here (forgotten at its home, or homed at another process): the part is taken as its own."""
+    return Fulfils.OWN
+
+
+def judge(order: Reservation, group: int, place: Place, limits: Limits) -> Judge:
+    """Whose the part at ``group`` is for a SHIPMENT naming ``order`` (its record as its home holds it, its pending
+    change carried through): its own part (``_order_losses.own_parts``), or another order's of that id, fulfilled
+    only by a fact stamped before ``order`` opened (by its home's clock, R6)."""
+    def whose(part: Reservation, fact: Fact) -> Fulfils:
+        if not losses.others(order, {group: part}, place, limits):
+            return Fulfils.OWN
+        return Fulfils.OTHERS if fact.event_time < order.created_at else Fulfils.NONE
+
+    return whose
+
+
+def ship(view_: View, fact: Fact, part: str, now: int, limits: Limits,
+         whose: Judge = any_part) -> tuple[FactOutcome, str]:
+    """A SHIPMENT fact naming an order, on the fact's shard: the stock moves, and the part holding ``part``'s id there
+    fulfils the fact's line with it, unless ``whose`` tells it another order's the fact cannot be (R4; idempotent by
+    the fact's identity, E8: a resend is a duplicate). The fact's outcome, and why it fulfilled nothing (empty: it
+    fulfilled its line)."""
+    outcome, reason = view_.record_fact(fact)
+    if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED):
+        return outcome, reason
+    order_id, found = order_of(part), view_.reservation(part)
+    if found is None:
+        return outcome, (f"stock moved; reservation not fulfilled: {fact.sku}@{fact.location} is not a "
+                         f"line of reservation {order_id!r}")
+    judged = whose(found, fact)
+    if judged == Fulfils.NONE:
+        return outcome, (f"stock moved; reservation not fulfilled: the part at {fact.sku}@{fact.location} is an "
+                         f"earlier order's of id {order_id!r}, and the fact is stamped after this one opened")
+    at = now if judged == Fulfils.OWN else found.updated_at  # another order's: as stale as it was (``Fulfils``)
+    try:  # the fact moved on_hand already: only committed moves here
+        ops.fulfill_committed(view_, part, (LineRequest(fact.sku, fact.location, fact.quantity),), at, limits)
+    except DomainError as exc:
+        return outcome, f"stock moved; reservation not fulfilled: {exc.message}"
+    return outcome, ""

@@ -1,0 +1,78 @@
+"""A SHIPMENT fact naming an order spanning groups, on a real service and a real redis-server (``ownership = leases``,
+one process serving both groups), where the part holding the id at the fact's group is another order's of that id: a
+stale CONFIRMED copy (``_order_losses.stale``) of a part whose order was resolved and forgotten before this one opened,
+its group back from older data (R7). The fact is stamped after this order opened, so it is this order's: it never
+fulfils the other order's part, which the order's Release then releases (Q3, R4, R5; ``_order_shipments``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, ManualClock
+from reservation import Limits, Reservation, State
+from reservation import _orders as orders
+from tests.atp_service.app.test_lease_part_outlived import LEASED
+from tests.atp_service.edge.test_api import T0, receipt
+from tests.atp_service.engine.test_expiry_races import _two_shards
+from tests.conftest import ServiceFactory
+from tests.ports import held_port
+from tests.waiting import until
+
+DAY_MS = Limits().retention_ms
+
+
+async def stale_part_in_place(service: AtpService, group: int) -> Reservation:
+    """The order ``o``'s part at ``group`` replaced, through the group's shard (its log in Redis), by an earlier order's
+    CONFIRMED part of its id (another ``order_ref``, its 3 units committed) last changed a retention before ``o``
+    opened: what the group's keys back from data older than ``o``'s part hold (R7)."""
+    engine = service.engine
+    assert engine is not None
+    mine = engine.actors[group].ledger.reservation(orders.part_id("o", group))
+    assert mine is not None and mine.state == State.HELD
+    then = mine.created_at - DAY_MS
+    other = msgspec.structs.replace(mine, order_ref="first", state=State.CONFIRMED, created_at=then, updated_at=then,
+                                    lines=tuple(msgspec.structs.replace(line, held=0, committed=line.granted)
+                                                for line in mine.lines))
+
+    def back(ledger: Any, _now: int) -> None:
+        for line in mine.lines:
+            ledger.move_hold(line.sku, line.location, -line.held, line.granted)
+        ledger.save(other)
+
+    await engine.actors[group].submit(back)
+    return other
+
+
+async def test_a_shipment_of_the_order_leaves_another_order_s_stale_part_to_be_released_Q3_R4(
+        start_service: ServiceFactory) -> None:
+    """Defect (found by review): the fact fulfilled the earlier order's part (its unit out of committed) and stamped
+    it changed now: no longer judged stale, the order's Release left its 2 other units committed for good, no
+    order's, offered to nobody. The fact moves the stock alone, answered not fulfilled; the Release releases it."""
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock, port=held_port(), **LEASED)
+    engine = service.engine
+    assert engine is not None
+    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
+    a, b = _two_shards(service)
+    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
+    assert (await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)).state == \
+        pb.RESERVATION_STATE_HELD
+    part_group = engine.place(b)
+    assert engine.home_of("o") == engine.place(a) != part_group
+    other = await stale_part_in_place(service, part_group)
+
+    clock.advance(1_000)
+    fact = receipt("ship-1", b, "S1", 1, clock.now_ms(), kind=pb.FACT_KIND_SHIPMENT)
+    fact.reservation_id = "o"
+    (shipped,) = await client.record_events([fact])
+    assert shipped.outcome == pb.FACT_OUTCOME_APPLIED, shipped
+    assert shipped.detail.startswith("stock moved; reservation not fulfilled"), shipped
+    assert engine.actors[part_group].ledger.reservation(orders.part_id("o", part_group)) == other, \
+        "the earlier order's part fulfilled by this order's shipment"
+
+    await client.release("o")
+    assert [(q.on_hand, q.reserved, q.committed) for q in await client.availability([(a, "S1"), (b, "S1")])] == [
+        (5, 0, 0), (4, 0, 0)], "the earlier order's units committed for good"
