@@ -81,3 +81,19 @@ async def test_a_shipment_stamped_before_the_order_opened_fulfils_the_other_orde
     assert on_hand(rig) == before - 1 and rig.quantities() == [(3, 0), (0, 2)]
     assert (await rig.run(rig.engine.release("o", (), ""))).state == State.RELEASED
     assert rig.quantities() == [(0, 0), (0, 0)], "another order's units committed for good"
+
+
+async def test_a_confirmed_order_s_shipment_fulfils_its_own_part_made_again_over_the_stale_one_R4_Q3(
+        rig: Rig) -> None:
+    """Pins what stays: the second order CONFIRMED, its shipment first makes its own part again over the stale copy
+    (``Orders._settled``: the copy released) and fulfils that one, stamped now, its units gone from committed."""
+    await group_1_back(rig, *await reserved_again(rig, confirm_second=True))
+    home = rig.engine.home_of("o")
+    assert home is not None
+    opened = rig.engine.actors[home].ledger.reservation("o")
+    assert opened is not None and rig.quantities() == [(0, 3), (0, 3)]
+    outcome, reason = await ship(rig, shipped("s1", opened.created_at + 1))
+    assert (outcome, reason) == (FactOutcome.APPLIED, "")
+    own = rig.part("o", 1)
+    assert [line.requested for line in own.lines] == [1] and own.state == State.FULFILLED  # the second order's
+    assert rig.quantities() == [(0, 3), (0, 0)]
