@@ -1,4 +1,4 @@
-"""Whose part a SHIPMENT fact naming an order fulfils at the fact's shard (``_orders.ship``), where the part holding
+"""Whose part a SHIPMENT fact naming an order fulfils at the fact's shard (``ship``), where the part holding
 the id there is another order's of that id (``_order_losses.others``: the first no longer remembered, R5, the id
 reserved again, then the part's group back from data older than this order's part, R7), pure.
 
