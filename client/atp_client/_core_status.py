@@ -23,6 +23,8 @@ _SET_OVER_PAUSE_S = 0.02
 """The longest pause between two looks at a call's status while waiting for the one set over grpcio's own."""
 RELEASED_DETAILS = "Released by the client: grpcio's own INTERNAL had ended the call on the client's side alone"
 """The details of the cancellation ``release`` sends a call grpcio had ended with its own ``INTERNAL``."""
+_RELEASE_WARNED: set[str] = set()
+"""What ``release`` has logged (once a process, ``_warn_once``): this grpcio lets it not end a call in gRPC's core."""
 
 
 class KeptStatus:
@@ -72,21 +74,35 @@ def release(call: Any) -> None:
     grpcio's own ``INTERNAL`` (``CORE_LOST_CALL``) ends it there alone: gRPC's core was never told, and the call
     stayed open on the service — a ``ReserveStream`` holding its place among ``max_reserve_streams`` until the
     service ended it, the client's channel closed or not. Cancelling a call core has ended already changes nothing
-    there; the status read here after is ``CANCELLED``."""
+    there; the status read here after is ``CANCELLED``. Beyond ``call.cancel()`` it never raises: it runs in a
+    ``finally``, where an exception would stand for the caller's own error, and what it reaches is grpcio's private
+    call object (a grpcio that changed it is told once in the log, the call left as ``call.cancel()`` left it)."""
     if call.cancel():
         return
     try:
         lost = lost_in_core(_status_now(call))
-    except RuntimeError:  # a grpcio whose accessors wait: not known, so cancelled in core, which changes no status sent
+    except Exception:  # a grpcio whose accessors wait, or changed: cancelled in core, no status sent
         lost = True
     if not lost:
         return
     cancel = getattr(getattr(call, "_cython_call", None), "cancel", None)  # grpc.aio's Call.cancel() refuses, this not
     if cancel is None:
-        _LOGGER.warning("ReserveStream: grpc %s has no call._cython_call.cancel: a call ended by grpcio's own "
-                        "INTERNAL stays open on the service until it ends it", grpc.__version__)
+        _warn_once("has no call._cython_call.cancel")
         return
-    cancel(RELEASED_DETAILS)
+    try:
+        cancel(RELEASED_DETAILS)
+    except Exception as exc:  # grpcio's private API changed: never in place of the caller's error
+        _warn_once(f"refused call._cython_call.cancel ({type(exc).__name__}: {exc})")
+
+
+def _warn_once(what: str) -> None:
+    """Logs, once a process, that ``release`` cannot end a call in gRPC's core on this grpcio: every stream that
+    meets grpcio's own ``INTERNAL`` would log it, the same words, as often as that happens."""
+    if _RELEASE_WARNED:
+        return
+    _RELEASE_WARNED.add(what)
+    _LOGGER.warning("ReserveStream: grpc %s %s: a call ended by grpcio's own INTERNAL stays open on the service "
+                    "until it ends it", grpc.__version__, what)
 
 
 def lost_in_core(error: grpc.aio.AioRpcError) -> bool:

@@ -5,9 +5,11 @@ status is set, and the service's side of the stream stayed open. Against the rea
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 
 from atp_client import AtpClient, Retryable, _core_status
@@ -46,3 +48,45 @@ async def test_a_stream_grpcio_ended_with_its_own_internal_is_ended_on_the_servi
         await until(lambda: service._servicer.reserve_streams == 0, "the stream ended on the service")
         answers = [a async for a in client.reserve_stream([[item("second")]])]
     assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD]
+
+
+class ChangedCore:
+    """grpcio's private call object (``call._cython_call``) as a grpcio whose core cancel takes other arguments has
+    it: everything else the real one's."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def cancel(self, code: int, details: str) -> None:  # pragma: no cover - called as grpcio 1.85 has it: TypeError
+        raise AssertionError("called with a status code")
+
+
+class NoCore(ChangedCore):
+    """The same, on a grpcio without ``cancel`` on it."""
+
+    cancel = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("core", [ChangedCore, NoCore])
+async def test_release_never_raises_and_tells_a_grpcio_it_cannot_use_once(
+        core: type[ChangedCore], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """``release`` runs in ``reserve_stream``'s ``finally``: on a grpcio whose private call object changed, it raised
+    (``TypeError``) in place of the error the caller was being told (a batch in doubt told as a plain failure, R7),
+    and where the attribute is missing it logged its warning for every stream that met grpcio's ``INTERNAL``. Now
+    nothing is raised, and the warning comes once a process."""
+    monkeypatch.setattr(_core_status, "_RELEASE_WARNED", set(), raising=False)  # a fresh process
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as channel:  # nothing is sent: the call ends here first
+        for _ in range(2):
+            call = channel.stream_stream("/atp.v1.AvailabilityService/ReserveStream")()
+            call._cython_call.set_internal_error("a write failed")  # grpcio's own INTERNAL, as on a write failing
+            call._cython_call = core(call._cython_call)
+            with caplog.at_level(logging.WARNING, logger=_core_status.__name__):
+                _core_status.release(call)
+            assert await call.code() == grpc.StatusCode.INTERNAL  # left as grpc.aio's cancel() left it
+            call._cython_call = call._cython_call._real
+            call._cython_call.cancel("test over")
+    warned = [r.getMessage() for r in caplog.records if r.name == _core_status.__name__]
+    assert len(warned) == 1 and "stays open on the service" in warned[0], warned
