@@ -21,7 +21,7 @@ from typing import Any, cast
 import grpc
 from google.rpc import status_pb2
 
-from atp_client import accepted
+from atp_client import accepted, release
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import carried_status, rich_status
 from atp_service.edge.forward import PEER_CALL_MAX_S, Forwarder, StreamCall
@@ -172,13 +172,15 @@ class OwnerStream:
                 try:
                     await self._call.done_writing()
                 except Exception:  # the call has ended already: so has, or will, its reader
-                    self._call.cancel()
+                    release(self._call)
 
     def _break(self, failure: DomainError) -> None:
         """End the call now: parts asked from now on get ``failure`` at once; the reader fails
-        those still waiting, and ends."""
+        those still waiting, and ends. In gRPC's core too (``release``): one grpcio's own ``INTERNAL`` ended on
+        this side alone (a write failing) ``call.cancel()`` leaves open there, and on the owner, for the channel's
+        life."""
         self.failure = self.failure or failure
-        self._call.cancel()
+        release(self._call)
 
     def close(self) -> None:
         """End the stream: its inbound stream has ended."""

@@ -16,6 +16,7 @@ from atp_service.edge import streams
 from atp_service.edge.forward import SERVICE
 from atp_service.edge.owner_watch import OwnerWatch
 from reservation import Reason, Unavailable
+from tests.waiting import until
 
 BOUND_S = 100.0
 """``PEER_CALL_MAX_S`` here, in the loop's clock: moved by hand, never waited out."""
@@ -163,6 +164,46 @@ async def test_a_part_the_owner_does_not_take_is_bounded_too(monkeypatch: pytest
         assert isinstance(later[0], Unavailable), later  # the stream is broken: the next part is told at once
         stream.close()
         await asyncio.gather(stream.reader, return_exceptions=True)
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+class AnsweringOwner(SlowOwner):
+    """A peer that accepts the stream at once, answers every part, and notes when its side of the stream ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended = asyncio.Event()
+
+    async def reserve_stream(self, requests: AsyncIterator[pb.ReserveStreamRequest],
+                             context: grpc.aio.ServicerContext[pb.ReserveStreamRequest, pb.ReserveStreamResponse],
+                             ) -> AsyncIterator[pb.ReserveStreamResponse]:
+        try:
+            await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
+            async for part in requests:
+                yield pb.ReserveStreamResponse(outcomes=[pb.ReserveOutcome(reservation_id=r.reservation_id)
+                                                         for r in part.reservations])
+        finally:
+            self.ended.set()
+
+
+async def test_a_stream_grpcio_ended_with_its_own_internal_is_ended_on_the_owner_too() -> None:
+    """grpcio's asyncio client sets its own ``INTERNAL`` "Internal error from Core" on a call (a write failing) on
+    its side alone: ``call.cancel()`` then does nothing, and gRPC's core was never told. The outbound stream closed
+    so stayed open on the owner, holding its place among the owner's ``max_reserve_streams`` for as long as the peer
+    channel lasted (the process's life). It is ended in gRPC's core too (``atp_client.release``)."""
+    owner = AnsweringOwner()
+    server, channel = await serving(owner)
+    try:
+        stream = outbound(channel)
+        answer = await stream.ask(pb.ReserveStreamRequest(reservations=[
+            pb.ReserveRequest(reservation_id="r1", lines=[pb.Line(sku="A", location="S1", quantity=1)])]), {0})
+        assert [o.reservation_id for o in answer.outcomes] == ["r1"]
+        stream._call._cython_call.set_internal_error("a write failed")  # type: ignore[attr-defined]  # grpcio's own
+        stream.close()
+        await asyncio.gather(stream.reader, return_exceptions=True)
+        await until(owner.ended.is_set, "the stream ended on the owner")
     finally:
         await channel.close()
         await server.stop(0)
