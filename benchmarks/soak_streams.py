@@ -45,21 +45,34 @@ async def one_stream(c: Caller, call: Any, tag: str) -> None:
     kept = KeptStatus()
     call.add_done_callback(kept.note)
     try:
-        await stream_batches(c, call, tag)
-        c.book.calls[("stream", "OK")] += 1
+        if await stream_batches(c, call, tag):  # every batch answered: the status tells how the stream ended
+            await count_end(c, call, kept)
     except grpc.aio.AioRpcError as exc:
         c.book.failed("stream", await kept.told(call, exc))
     except (asyncio.InvalidStateError, CALL_ENDED):
         # A write or done_writing as the call ended (its deadline, the service going away):
         # grpc.aio raises these instead of the status, which the call still holds.
-        c.book.calls[("stream", (await call.code()).name)] += 1
+        await count_end(c, call, kept)
     except StreamEnded:
         c.book.calls[("stream", "ENDED_EARLY")] += 1
     finally:
         release(call)
 
 
-async def stream_batches(c: Caller, call: Any, tag: str) -> None:
+async def count_end(c: Caller, call: Any, kept: KeptStatus) -> None:
+    """``call``'s status counted (waited for, within the call's deadline): ``OK``, or as a failed call's, an odd one
+    noted as the service's answer. Read, not assumed from the answers: a stream the service ended with a fault of its
+    own after its last answer, or before a write of the soak's, is no stream that ended well."""
+    error = grpc.aio.AioRpcError(await call.code(), await call.initial_metadata(), await call.trailing_metadata(),
+                                 await call.details(), await call.debug_error_string())
+    if error.code() == grpc.StatusCode.OK:
+        c.book.calls[("stream", "OK")] += 1
+    else:
+        c.book.failed("stream", await kept.told(call, error))
+
+
+async def stream_batches(c: Caller, call: Any, tag: str) -> bool:
+    """``call``'s batches written and their answers read: True, every one answered; False, the client went away."""
     waiting: deque[list[str]] = deque()
     for b in range(c.rng.randint(1, 6)):
         batch = [c.request(f"{tag}-{b}-{i}")[1] for i in range(c.rng.randint(1, 4))]
@@ -70,12 +83,13 @@ async def stream_batches(c: Caller, call: Any, tag: str) -> None:
         if c.rng.random() < 0.1:
             call.cancel()  # the client goes away with batches in flight
             c.book.calls[("stream", "CANCELLED_BY_CLIENT")] += 1
-            return
+            return False
         if len(waiting) >= 2:
             await read_batch(c, call, waiting.popleft())
     await call.done_writing()
     while waiting:
         await read_batch(c, call, waiting.popleft())
+    return True
 
 
 async def read_batch(c: Caller, call: Any, ids: list[str]) -> None:

@@ -8,10 +8,12 @@ import asyncio
 import random
 from typing import Any
 
+import grpc
 import pytest
 
 from atp_client import AtpClient, KeptStatus, _core_status
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.edge import streams
 from benchmarks import soak_streams
 from benchmarks.soak_load import Book, Caller, Layout
 from reservation import Limits
@@ -82,3 +84,71 @@ async def test_a_stream_grpcio_ended_with_its_own_internal_is_ended_on_the_servi
         await soak_streams.one_stream(soak, client.stub.ReserveStream(), "s")
         await until(lambda: service._servicer.reserve_streams == 0, "the stream ended on the service")
     assert soak.book.odd == {} and soak.book.calls[("stream", "INTERNAL")] == 1, soak.book.calls
+
+
+async def test_a_stream_the_service_ended_odd_before_a_write_is_noted(start_service: ServiceFactory,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service ends a stream with a status it should never give (``INTERNAL`` of its own here) and the soak's
+    next write meets the call over (``InvalidStateError``): the soak counted the code but never noted it, so a run
+    printed nothing of the service's ``INTERNAL`` (``odd``), as it does where a read meets it."""
+    service, _ = await start_service(limits=Limits(max_batch_reservations=1))
+
+    async def end_internal(_method: str, _started: float, context: Any, _exc: Exception) -> None:
+        await context.abort(grpc.StatusCode.INTERNAL, "a fault of the service's")
+
+    async def written_after_the_end(c: Caller, call: Any, tag: str) -> bool:
+        await call.write(pb.ReserveStreamRequest(reservations=[item(f"{tag}-a"), item(f"{tag}-b")]))  # past the limit
+        await call.code()  # the service's status has come: the call is over
+        await call.write(pb.ReserveStreamRequest(reservations=[item(f"{tag}-c")]))  # InvalidStateError
+        return True  # pragma: no cover - the write raises
+
+    monkeypatch.setattr(service._servicer, "_end_stream", end_internal)
+    monkeypatch.setattr(soak_streams, "stream_batches", written_after_the_end)
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=WAIT_S) as client:
+        soak = caller(client)
+        await soak_streams.one_stream(soak, client.stub.ReserveStream(), "s")
+    assert soak.book.odd == {("stream", "INTERNAL"): "a fault of the service's"}, soak.book.odd
+    assert soak.book.calls[("stream", "INTERNAL")] == 1, soak.book.calls
+
+
+async def test_a_stream_answered_then_ended_odd_is_not_counted_ok(start_service: ServiceFactory,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch answered, the service ends the stream with a fault of its own after the last answer: the soak
+    counted the stream ``OK`` without looking at its status (and then cancelled the call before it came)."""
+    service, at_service = await start_service()
+    await at_service.record_events([receipt("in", "A", "DC", 10)])
+
+    async def failing_finish(_owners: Any) -> None:
+        raise RuntimeError("a fault of the service's after the last answer")
+
+    async def answered_then_half_closed(c: Caller, call: Any, tag: str) -> bool:
+        await call.write(pb.ReserveStreamRequest(reservations=[item(f"{tag}-a")]))
+        await call.done_writing()
+        assert isinstance(await call.read(), pb.ReserveStreamResponse)
+        return True
+
+    monkeypatch.setattr(streams.OwnerStreams, "finish", failing_finish)
+    monkeypatch.setattr(soak_streams, "stream_batches", answered_then_half_closed)
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=WAIT_S) as client:
+        soak = caller(client)
+        await soak_streams.one_stream(soak, client.stub.ReserveStream(), "s")
+    assert soak.book.calls[("stream", "OK")] == 0, soak.book.calls
+    assert [kind for kind, _code in soak.book.odd] == ["stream"], soak.book.odd
+
+
+class Leaving(random.Random):
+    """The soak's draws, a caller going away after its first write every time (``random()`` under 0.1)."""
+
+    def random(self) -> float:
+        return 0.0
+
+
+async def test_a_stream_the_client_cancelled_is_not_counted_ok_too(start_service: ServiceFactory) -> None:
+    """``stream_batches`` cancels a stream after a write one time in ten (a caller going away) and counts it
+    ``CANCELLED_BY_CLIENT``; ``one_stream`` then counted the same stream ``OK`` as well."""
+    service, _ = await start_service()
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=WAIT_S) as client:
+        soak = Caller(client.stub, Book(), Layout.make(1), Leaving(1), stop_at=0.0)
+        await soak_streams.one_stream(soak, client.stub.ReserveStream(), "s")
+    assert soak.book.calls[("stream", "CANCELLED_BY_CLIENT")] == 1, soak.book.calls
+    assert soak.book.calls[("stream", "OK")] == 0, soak.book.calls
