@@ -116,7 +116,8 @@ class Book:
     the one kind of fact here that could explain units promised beyond what is on hand."""
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     odd: dict[tuple[str, str], str] = field(default_factory=dict)
-    """The first detail of every (call, status) the service should never answer (UNKNOWN, INTERNAL)."""
+    """The first detail of every (call, status) the service should never answer (UNKNOWN, INTERNAL; a stream ended OK
+    with batches unanswered, ``ENDED_EARLY``)."""
     idempotency: list[str] = field(default_factory=list)
     """R5 violations: a retry with the same id and content refused as different."""
     idle: deque[str] = field(default_factory=lambda: deque(maxlen=IDLE_MAX))

@@ -53,8 +53,9 @@ async def one_stream(c: Caller, call: Any, tag: str) -> None:
         # A write or done_writing as the call ended (its deadline, the service going away):
         # grpc.aio raises these instead of the status, which the call still holds.
         await count_end(c, call, kept)
-    except StreamEnded:
+    except StreamEnded as exc:  # OK with batches neither answered nor told in doubt: no end the service may give
         c.book.calls[("stream", "ENDED_EARLY")] += 1
+        c.book.odd.setdefault(("stream", "ENDED_EARLY"), str(exc))
     finally:
         release(call)
 

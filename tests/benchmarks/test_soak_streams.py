@@ -152,3 +152,28 @@ async def test_a_stream_the_client_cancelled_is_not_counted_ok_too(start_service
         await soak_streams.one_stream(soak, client.stub.ReserveStream(), "s")
     assert soak.book.calls[("stream", "CANCELLED_BY_CLIENT")] == 1, soak.book.calls
     assert soak.book.calls[("stream", "OK")] == 0, soak.book.calls
+
+
+async def test_a_stream_ended_ok_with_batches_unanswered_is_noted(start_service: ServiceFactory,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream the service ended ``OK`` before answering a batch sent on it (never half-closed by the soak): an end
+    the service should never give, its batches neither answered nor told in doubt. The soak counted it
+    ``ENDED_EARLY`` and noted nothing, so a run printed nothing of it."""
+    service, _ = await start_service()
+
+    async def nothing_taken(_requests: Any, _owners: Any, inflight: Any, _deciding: Any) -> bool:
+        await inflight.put(None)  # the end mark at once: no batch read, the stream ended OK
+        return False
+
+    async def read_unanswered(c: Caller, call: Any, tag: str) -> bool:
+        await call.write(pb.ReserveStreamRequest(reservations=[item(f"{tag}-a")]))
+        await soak_streams.read_batch(c, call, [f"{tag}-a"])  # EOF: StreamEnded
+        return True  # pragma: no cover - the read raises
+
+    monkeypatch.setattr(service._servicer, "_take_batches", nothing_taken)
+    monkeypatch.setattr(soak_streams, "stream_batches", read_unanswered)
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=WAIT_S) as client:
+        soak = caller(client)
+        await soak_streams.one_stream(soak, client.stub.ReserveStream(), "s")
+    assert soak.book.calls[("stream", "ENDED_EARLY")] == 1, soak.book.calls
+    assert list(soak.book.odd) == [("stream", "ENDED_EARLY")], soak.book.odd
