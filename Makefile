@@ -4,13 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Test workers (pytest-xdist): most of the suite's time is spent waiting on processes and Redis, so
-# three workers finish well before two even on two cores (pytest 10-11 min against 15-17 on a 2-core
-# host; the suite passes with four too, whose extra load is kept as a margin). Each test module runs
+# Test workers (pytest-xdist): most of the suite's time is spent waiting on processes and Redis (one worker
+# alone keeps 0.4-0.5 of a core busy), so four workers finish well before three even on two cores (pytest
+# 620 s against 761 s on a 2-core host busy with other work besides; the longest test 49 s against the
+# 120 s `timeout`). Each test module runs
 # whole on one worker (its module-scoped fixtures start once), handed out in collection order, the longest files
 # first (tests/conftest.py LONGEST_FIRST): xdist's own order (most tests first) left the simulation's few long
 # tests for last, one worker on them for minutes with the others idle. TEST_WORKERS=0 runs it in this process.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 # A worker that dies (a test past pytest's `timeout`, whose thread method ends the worker) is not replaced:
 # the run ends red naming the test. Replaced, pytest-xdist 3.8's loadfile scheduling could requeue the dead
 # worker's finished files as empty work and leave every worker idle for good (pytest-xdist#1378), so a hung
