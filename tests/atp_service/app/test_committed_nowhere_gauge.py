@@ -89,6 +89,7 @@ async def test_an_order_committed_nowhere_is_counted_while_it_is_and_no_longer_o
 
     await until(found_again, "the order found committed nowhere again", 60)
 
-    resolved = (pb.RESERVATION_STATE_RELEASED, pb.RESERVATION_STATE_FULFILLED)  # as its parts show it
-    assert (await client.release("o")).state in resolved
+    released = await client.release("o")  # R3: CONFIRMED -> RELEASED, nothing of it shipped (R4)
+    assert released.state == pb.RESERVATION_STATE_RELEASED, released
+    assert [(line.released, line.fulfilled) for line in released.lines] == [(2, 0), (3, 0)], released
     assert (nowhere(service), counted(service)) == (0, 1), "resolved: no units of it to commit anywhere"

@@ -16,7 +16,7 @@ from reservation import FailedPrecondition, LineRequest, Reservation, State, Una
 from reservation import _orders as orders
 from tests.atp_service.engine.helpers import SKUS, running
 from tests.atp_service.engine.order_reuse import group_1_back, reserved_again
-from tests.atp_service.engine.test_order_sagas import RETENTION_MS, Rig, failing_on
+from tests.atp_service.engine.test_order_sagas import RETENTION_MS, Rig, failing_on, shipment
 
 
 @pytest.fixture
@@ -230,6 +230,53 @@ async def test_an_order_committed_nowhere_is_no_longer_counted_once_its_part_is_
     assert rig.part("o", 1).lines == second.lines, "the order's part made again, its unit committed"
     assert rig.quantities() == [(0, 3), (0, 1)]
     assert now_nowhere(rig) == 0
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "its_own_group_s_line"])
+async def test_a_release_of_an_order_committed_nowhere_releases_it_never_answers_fulfilled_R3_R4_Q3(
+        rig: Rig, whole: bool) -> None:
+    """Defect (found by review): an order committed nowhere read its line at the group whose part is another order's
+    (kept, Q3) as a part forgotten past its retention: shipped. A read showed that unit fulfilled (nothing shipped:
+    R4), and a Release of the order (or of its other line) came back FULFILLED, its line there neither released nor
+    fulfilled. Its units there are committed (Q3), where nothing holds them: shown committed, released by a Release
+    (R3: CONFIRMED -> RELEASED), the other order's part never touched."""
+    engine = rig.engine
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
+    await group_1_back(rig, first, second)
+    read = await rig.run(engine.get_reservation("o"))
+    assert (read.state, [(line.committed, line.fulfilled) for line in read.lines]) == (
+        State.CONFIRMED, [(3, 0), (1, 0)]), "a unit committed nowhere shown shipped"
+    released = await rig.run(engine.release("o", () if whole else (LineRequest(SKUS[0], "DC", 3),), ""))
+    assert released.state == (State.RELEASED if whole else State.CONFIRMED), released
+    assert [(line.released, line.committed, line.fulfilled) for line in released.lines] == (
+        [(3, 0, 0), (1, 0, 0)] if whole else [(3, 0, 0), (0, 1, 0)])
+    assert rig.part("o", 1) == first, "another order's confirmed part released on this one's behalf (Q3)"
+    assert rig.quantities() == [(0, 0), (0, 3)]
+    assert (await rig.run(engine.get_reservation("o"))) == released
+    assert now_nowhere(rig) == (0 if whole else 1)
+
+
+async def test_an_order_committed_nowhere_is_not_resolved_fulfilled_by_its_other_lines_shipped_R4_Q3(
+        rig: Rig) -> None:
+    """Defect (found by review): its other line shipped (a SHIPMENT fact naming it), the order committed nowhere was
+    resolved FULFILLED at its home — its line at the group whose part is another order's read as shipped — though
+    that unit never shipped (R4), and ``atp_orders_committed_nowhere`` went on counting an order resolved. It stays
+    CONFIRMED, that unit committed (Q3), counted while it is committed nowhere."""
+    engine = rig.engine
+    assert engine.orders is not None
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
+    await group_1_back(rig, first, second)
+    _, reason = await rig.run(engine.orders.shipment(shipment(rig, SKUS[0], 3, "o", "s0"), "o"))
+    assert reason == "", reason
+    home = engine.actors[0].ledger.reservation("o")
+    assert home is not None and home.state == State.CONFIRMED, "resolved FULFILLED, a unit of it never shipped"
+    read = await rig.run(engine.get_reservation("o"))
+    assert (read.state, [(line.committed, line.fulfilled) for line in read.lines]) == (
+        State.CONFIRMED, [(0, 3), (1, 0)])
+    assert now_nowhere(rig) == 1
+    assert rig.part("o", 1) == first
 
 
 def silent_for(rig: Rig, group: int, steps: int) -> None:
