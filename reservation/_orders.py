@@ -23,7 +23,7 @@ a replay).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 
 import msgspec
 
@@ -124,14 +124,16 @@ def decide(order: Reservation, parts: Mapping[int, Reservation], now: int) -> tu
     return decided, []
 
 
-def view(order: Reservation, parts: Mapping[int, Reservation]) -> Reservation:
+def view(order: Reservation, parts: Mapping[int, Reservation], nowhere: Container[str] = ()) -> Reservation:
     """The order as its callers see it: its decisions, with the parts' lines (what is held, committed, fulfilled and
     released at each position now). A rejected order keeps its own; a part resolved and forgotten after its retention
     (missing from ``parts``) shows the order's record of its lines: nothing outstanding, and while the order is
-    confirmed what it granted and did not release as shipped (only SHIPMENT facts resolve a part alone; R5)."""
+    confirmed what it granted and did not release as shipped (only SHIPMENT facts resolve a part alone; R5) — but
+    the lines of the SKUs ``nowhere``, whose part is not forgotten but gone, another order's in its place
+    (``_order_losses.others``): committed, nothing shipped (Q3, R4), their units committed nowhere."""
     if order.state == State.REJECTED or (order.pending is not None and order.pending.kind == OrderStep.RESERVE):
         return order
-    merged = msgspec.structs.replace(order, lines=_merged(order, parts))
+    merged = msgspec.structs.replace(order, lines=_merged(order, parts, nowhere))
     if merged.state in (State.HELD, State.CONFIRMED) and not any(line.outstanding for line in merged.lines):
         fulfilled = any(line.fulfilled for line in merged.lines)  # by SHIPMENT facts on the parts
         merged.state = State.FULFILLED if fulfilled else State.RELEASED
@@ -303,8 +305,9 @@ def shares(order: Reservation, step: PendingOp, place: Place) -> dict[int, Share
     return {group: PendingOp(step.kind, tuple(lines), step.operation_id) for group, lines in mine.items()}
 
 
-def _by_line(order: Reservation, parts: Mapping[int, Reservation]) -> list[tuple[LineRequest, list[LineRecord]]]:
-    """Each line the order asked for, with the parts' records of it (a group line may have several)."""
+def _by_line(order: Reservation, parts: Mapping[int, Reservation],
+             nowhere: Container[str] = ()) -> list[tuple[LineRequest, list[LineRecord]]]:
+    """Each line the order asked for, with the parts' records of it (a group line may have several); ``view``."""
     records: dict[tuple[str, str], list[LineRecord]] = {}
     for group in order.parts:
         part = parts.get(group)
@@ -313,15 +316,20 @@ def _by_line(order: Reservation, parts: Mapping[int, Reservation]) -> list[tuple
     own: dict[tuple[str, str], list[LineRecord]] = {}  # a part resolved and forgotten: the order's record of it
     live = order.state == State.CONFIRMED  # its part forgotten: shipped (``view``); a held one's never committed
     for record in order.lines:
-        shipped = msgspec.structs.replace(record, fulfilled=max(0, record.granted - record.released)) if live else None
-        own.setdefault((record.sku, record.group or record.location), []).append(shipped or record)
+        left = max(0, record.granted - record.released)
+        if live and record.sku in nowhere:  # its part gone, not forgotten: committed (nowhere held), nothing shipped
+            record = msgspec.structs.replace(record, committed=left)
+        elif live:
+            record = msgspec.structs.replace(record, fulfilled=left)
+        own.setdefault((record.sku, record.group or record.location), []).append(record)
     return [(line, records.get(key) or own.get(key, []))
             for line in ops.requested_lines(order) for key in [(line.sku, line.location)]]
 
 
-def _merged(order: Reservation, parts: Mapping[int, Reservation]) -> tuple[LineRecord, ...]:
+def _merged(order: Reservation, parts: Mapping[int, Reservation], nowhere: Container[str] = ()
+            ) -> tuple[LineRecord, ...]:
     """The parts' line records in the order's line order (a group line's records stay together)."""
-    return tuple(record for _, records in _by_line(order, parts) for record in records)
+    return tuple(record for _, records in _by_line(order, parts, nowhere) for record in records)
 
 
 def _unheld(lines: tuple[LineRecord, ...]) -> tuple[LineRecord, ...]:

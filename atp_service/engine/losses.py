@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from atp_service.engine.parts import CommitPart, run_parts
 from reservation import Limits, PendingOp, Reservation, State
 from reservation import _order_losses as losses
+from reservation import _orders as orders
 
 if TYPE_CHECKING:
     from atp_service.engine.router import Engine
@@ -124,6 +125,16 @@ class Nowhere:
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._now))
+
+
+def as_shown(engine: Engine, order: Reservation, found: Mapping[int, Reservation]) -> Reservation:
+    """``order`` as its callers see it from its parts read (``found``), another order's part in the place of its own
+    never read as its lines (``own_parts``): its lines there committed, nothing shipped — its units committed nowhere
+    (``commit_lost``, kept), never read as a part forgotten past its retention is, shipped; a Release then
+    releasing the order showed it FULFILLED, those lines neither released nor shipped (R3, R4, Q3)."""
+    foreign = losses.others(order, found, engine.place, engine.limits)
+    mine = {group: part for group, part in found.items() if group not in foreign}
+    return orders.view(order, mine, {line.sku for line in order.lines if engine.place(line.sku) in foreign})
 
 
 async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now: int,

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from atp_service.engine.losses import as_shown
 from atp_service.engine.parts import UNDECIDED, ReadPart, record_at, run_part
 from reservation import DomainError, OrderStep, PendingOp, Reason, Reservation, State, Unavailable
 from reservation import _order_losses as losses
@@ -142,8 +143,7 @@ async def read_order(sagas: Orders, order_id: str, home: int, as_recorded: bool)
     Not a step another process asks (``SettleOrder``: a shipment after it carries the change through first)."""
     try:
         order, parts = await sagas._settled(order_id, home)
-        engine = sagas._engine
-        return orders.view(order, losses.own_parts(order, parts, engine.place, engine.limits))  # not another's
+        return as_shown(sagas._engine, order, parts)  # not another order's part
     except Unavailable:
         if not as_recorded:
             raise

@@ -24,6 +24,7 @@ from atp_service.engine.losses import (
     REMADE,
     Nowhere,
     Told,
+    as_shown,
     commit_lost,
     commit_refused,
     log_confirmed_again,
@@ -280,14 +281,13 @@ class Orders(OrderSteps):
                 raise FailedPrecondition("EXPIRED", f"its hold in shard groups {lost} is gone (Redis lost acknowledged "
                                          "entries there): it was given up whole; reserve again", order_id)
         place, limits = self._engine.place, self._engine.limits
-        mine = losses.own_parts(order, parts, place, limits)  # not another order's
-        done, shares, error = orders.plan(orders.view(order, mine), step, self._engine.now_at(home),
-                                          self._engine.limits, place)
+        done, shares, error = orders.plan(as_shown(self._engine, order, parts), step, self._engine.now_at(home),
+                                          self._engine.limits, place)  # not another order's part
         if done is not None:
             await self._save(home, done, over=order)  # decided: from here on it is carried through
             await self._apply(done, shares_to(self._engine, order, shares, parts, self.said))  # as read: before it
-            mine = losses.own_parts(done, await self._parts(done), place, limits)
-            order = orders.settled(done, self._engine.now_at(home), mine)  # as done
+            parts = await self._parts(done)
+            order = orders.settled(done, self._engine.now_at(home), losses.own_parts(done, parts, place, limits))
             await self._save(home, order, over=done)
         if error is not None and not quiet:
             raise error
@@ -295,7 +295,7 @@ class Orders(OrderSteps):
             self.nowhere.gone(order_id)  # released (or given up): no units of it are to be committed anywhere
         if told is not None:  # a retry plans nothing, or only the expiry it found due (R3: a change not done before
             told(done is None or done.pending == PendingOp(OrderStep.EXPIRE))  # is refused once its TTL passed)
-        return orders.view(order, mine)
+        return as_shown(self._engine, order, parts)
 
     async def _settled(self, order_id: str, home: int) -> tuple[Reservation, dict[int, Reservation]]:
         """The order with its pending change carried through (``_settle``), and its parts; its record resolved where
@@ -312,7 +312,7 @@ class Orders(OrderSteps):
         else:
             self.said.forget((REMADE, order_id))  # found whole: a later loss of its parts is a loss of its own, said
             self.nowhere.gone(order_id)  # its parts all its own (or resolved): committed where its record says
-        shown = orders.view(order, losses.own_parts(order, parts, place, self._engine.limits))
+        shown = as_shown(self._engine, order, parts)
         if order.state in (State.HELD, State.CONFIRMED) and shown.state in (State.FULFILLED, State.RELEASED):
             # A held order's parts are resolved by no SHIPMENT fact: nothing outstanding there means Redis
             # lost them; given up whole (EXPIRED, logged) as a Confirm does it, not recorded RELEASED (R3).
