@@ -279,6 +279,24 @@ async def test_an_order_committed_nowhere_is_not_resolved_fulfilled_by_its_other
     assert rig.part("o", 1) == first
 
 
+async def test_an_order_committed_nowhere_is_no_longer_counted_once_its_line_there_is_released_Q3(rig: Rig) -> None:
+    """Defect (found by review): ``atp_orders_committed_nowhere`` was looked at again only by a read or a change that
+    resolved the order: a Release of its line at the group whose part is another order's (the operator's way out:
+    those units held by hand under another id) left it counted, its alert firing, until something read the order
+    again — with leases nothing does (housekeeping checks a group's confirmed orders once, when it is taken)."""
+    engine = rig.engine
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
+    await group_1_back(rig, first, second)
+    await rig.run(engine.get_reservation("o"))
+    assert now_nowhere(rig) == 1
+    released = await rig.run(engine.release("o", (LineRequest(SKUS[1], "DC", 1),), "r1"))
+    assert [(line.committed, line.released) for line in released.lines] == [(3, 0), (0, 1)]
+    assert released.state == State.CONFIRMED
+    assert now_nowhere(rig) == 0, "none of its units committed nowhere now"
+    assert rig.part("o", 1) == first
+
+
 def silent_for(rig: Rig, group: int, steps: int) -> None:
     """``group``'s shard refuses its next ``steps`` steps as a shard whose log does not answer does, then answers
     again (a blip: a read of the group refused, the next step there applied)."""
