@@ -291,8 +291,8 @@ class Orders(OrderSteps):
             await self._save(home, order, over=done)
         if error is not None and not quiet:
             raise error
-        if order.state != State.CONFIRMED:
-            self.nowhere.gone(order_id)  # released (or given up): no units of it are to be committed anywhere
+        if not losses.lost_committed(order, parts, self._engine.now_at(home), limits, place):
+            self.nowhere.gone(order_id)  # resolved, or its lines there released: no unit of it committed nowhere
         if told is not None:  # a retry plans nothing, or only the expiry it found due (R3: a change not done before
             told(done is None or done.pending == PendingOp(OrderStep.EXPIRE))  # is refused once its TTL passed)
         return as_shown(self._engine, order, parts)
