@@ -93,3 +93,30 @@ async def test_an_order_committed_nowhere_is_counted_while_it_is_and_no_longer_o
     assert released.state == pb.RESERVATION_STATE_RELEASED, released
     assert [(line.released, line.fulfilled) for line in released.lines] == [(2, 0), (3, 0)], released
     assert (nowhere(service), counted(service)) == (0, 1), "resolved: no units of it to commit anywhere"
+
+
+async def test_held_by_hand_and_its_line_there_released_the_order_is_no_longer_counted(
+        start_service: ServiceFactory) -> None:
+    """The runbook's way out (docs/OPERATIONS.md, ``order_part_committed_again``): the order's units at that group held
+    by hand under another id, confirmed, and its line there released — it is no longer committed nowhere, the alert
+    resolves (no silence, which hid every other such order); the other order's part untouched, its other line too."""
+    service, client = await start_service(clock=ManualClock(T0), port=held_port(), **LEASED)
+    engine = service.engine
+    assert engine is not None
+    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
+    a, b = _two_shards(service)
+    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
+    await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
+    await client.confirm("o")
+    part_group = engine.place(b)
+    other = await another_order_s_part_in_place(service, part_group)
+    await client.get_reservation("o")
+    assert nowhere(service) == 1
+    await client.reserve("o-by-hand", [(b, "S1", 3)], ttl_seconds=60)
+    assert (await client.confirm("o-by-hand")).state == pb.RESERVATION_STATE_CONFIRMED
+    released = await client.release("o", [(b, "S1", 3)], "its-line-there")
+    assert released.state == pb.RESERVATION_STATE_CONFIRMED
+    assert [(line.committed, line.released) for line in released.lines] == [(2, 0), (0, 3)], released
+    assert nowhere(service) == 0, "still counted: the alert fires on, silenced"
+    assert engine.actors[part_group].ledger.reservation(orders.part_id("o", part_group)).lines == other.lines
+    assert engine.actors[part_group].ledger.quantities(b, "S1").committed == 1 + 3, "the other's and by hand"
