@@ -297,6 +297,20 @@ async def test_an_order_committed_nowhere_is_no_longer_counted_once_its_line_the
     assert rig.part("o", 1) == first
 
 
+async def test_a_reserve_retry_of_an_order_committed_nowhere_replays_its_own_lines_never_the_other_s_R5(
+        rig: Rig) -> None:
+    """Defect (found by review): a retry of the Reserve of an order committed nowhere (R5: the original result) was
+    answered with the lines of the other order's part in its place: 3 units of group 1's SKU asked, granted and
+    committed, where this order asked 1 — another content than the caller sent, as though that were its own."""
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
+    await group_1_back(rig, first, second)
+    replay, replayed = await rig.run(rig.engine.reserve(rig.cmd("o", (3, 1))))
+    assert replayed and replay.state == State.CONFIRMED
+    assert [(line.requested, line.granted, line.committed) for line in replay.lines] == [(3, 3, 3), (1, 1, 1)]
+    assert replay == await rig.run(rig.engine.get_reservation("o"))
+
+
 def silent_for(rig: Rig, group: int, steps: int) -> None:
     """``group``'s shard refuses its next ``steps`` steps as a shard whose log does not answer does, then answers
     again (a blip: a read of the group refused, the next step there applied)."""
