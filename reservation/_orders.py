@@ -206,7 +206,7 @@ def abandoned(order: Reservation, now: int, refusal: DomainError | None = None) 
                                    pending=PendingOp(OrderStep.EXPIRE), ops=recorded)
 
 
-def replayed(order: Reservation, parts: Mapping[int, Reservation]) -> Reservation:
+def replayed(order: Reservation, parts: Mapping[int, Reservation], nowhere: Container[str] = ()) -> Reservation:
     """A decided order as a retry of its Reserve answers it (R5): the refusal it was given up for,
     where recorded (``abandoned``) — answered EXPIRED, a success, the caller whose first answer was lost
     heard neither that it was refused nor why — else as its parts show it (``view``)."""
@@ -216,7 +216,7 @@ def replayed(order: Reservation, parts: Mapping[int, Reservation]) -> Reservatio
     if mark:
         raise ResourceExhausted(message, Reason.CAPACITY_REACHED, metadata=({"limit": limit} if limit else {}) | {
             GIVEN_UP: "true"})
-    return view(order, parts)
+    return view(order, parts, nowhere)
 
 
 def refused_again(kept: str) -> DomainError:

@@ -132,9 +132,16 @@ def as_shown(engine: Engine, order: Reservation, found: Mapping[int, Reservation
     never read as its lines (``own_parts``): its lines there committed, nothing shipped — its units committed nowhere
     (``commit_lost``, kept), never read as a part forgotten past its retention is, shipped; a Release then
     releasing the order showed it FULFILLED, those lines neither released nor shipped (R3, R4, Q3)."""
+    return orders.view(order, *own_of(engine, order, found))
+
+
+def own_of(engine: Engine, order: Reservation,
+           found: Mapping[int, Reservation]) -> tuple[dict[int, Reservation], set[str]]:
+    """``found`` less another order's parts (``others``), and the SKUs of ``order``'s lines at their groups
+    (``_orders.view``'s ``nowhere``): what its lines are read from (``as_shown``, a Reserve replayed, R5)."""
     foreign = losses.others(order, found, engine.place, engine.limits)
     mine = {group: part for group, part in found.items() if group not in foreign}
-    return orders.view(order, mine, {line.sku for line in order.lines if engine.place(line.sku) in foreign})
+    return mine, {line.sku for line in order.lines if engine.place(line.sku) in foreign}
 
 
 async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now: int,

@@ -29,6 +29,7 @@ from atp_service.engine.losses import (
     commit_refused,
     log_confirmed_again,
     log_decided_again,
+    own_of,
     shares_to,
 )
 from atp_service.engine.order_expiry import (
@@ -144,11 +145,10 @@ class Orders(OrderSteps):
         return self._engine.actors[shard].ledger.reservation(orders.part_id(order_id, shard)) is not None
 
     def _homed_here(self, order_ids: Iterable[str]) -> int:
-        """Of ``order_ids``, those whose home group this process serves now: ``atp_orders_unsettled`` (the orders
-        half-way), ``atp_orders_committed_nowhere``. One homed in a group handed over stays in ``unsettled`` until
-        housekeeping's next look (a pass, or several with many) and its next owner counts it from its recovery (an
-        order committed nowhere, from its check of the group's confirmed orders): counted here too, the sum over the
-        processes said it twice."""
+        """Of ``order_ids``, those whose home group this process serves now: ``atp_orders_unsettled`` (orders half-way),
+        ``atp_orders_committed_nowhere``. One homed in a group handed over stays in ``unsettled`` until housekeeping's
+        next look (a pass, or several) and its next owner counts it from its recovery (one committed nowhere, from its
+        check of the group's confirmed orders): counted here too, the sum over the processes said it twice."""
         actors, home_of = self._engine.actors, self._engine.home_of
         return sum(1 for rid in order_ids if (home := home_of(rid)) is not None and not actors[home].vacant)
 
@@ -239,7 +239,7 @@ class Orders(OrderSteps):
             # Decided (R5: a refusal recorded replayed), a change left half-applied carried through, never
             # decided again; or left undecided past its TTL: it expires (``_settle``), nothing reserved now.
             order, parts = await self._settled(cmd.reservation_id, home)
-            return orders.replayed(order, parts), True
+            return orders.replayed(order, *own_of(self._engine, order, parts)), True  # not another order's part
         decided = await self._decide(order, home)  # CONFIRMED: decided before, its home lost it (R5: as it stands)
         return orders.view(decided, await self._parts(decided, missing_ok=True)), decided.state == State.CONFIRMED
 
