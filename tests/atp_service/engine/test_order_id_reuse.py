@@ -311,6 +311,33 @@ async def test_a_reserve_retry_of_an_order_committed_nowhere_replays_its_own_lin
     assert replay == await rig.run(rig.engine.get_reservation("o"))
 
 
+async def test_an_order_committed_nowhere_again_after_it_was_not_is_said_again_Q3(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect (found by review): an order committed nowhere, then no longer (its part made again), then so again (its
+    group back from older data a second time) was counted by ``atp_orders_committed_nowhere`` — its alert firing —
+    but neither said nor counted again: the log line naming it, the alert's only way to the order, was one from the
+    first time, long rotated perhaps."""
+    engine = rig.engine
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
+
+    def shipped(ledger: Any, _now: int) -> None:  # as a SHIPMENT of it moves it
+        for line in first.lines:
+            ledger.move_hold(line.sku, line.location, 0, -line.committed)
+        ledger.save(msgspec.structs.replace(first, state=State.FULFILLED, lines=tuple(
+            msgspec.structs.replace(line, committed=0, fulfilled=line.committed) for line in first.lines)))
+
+    for n in range(2):
+        await group_1_back(rig, first, rig.part("o", 1))
+        assert (await rig.run(engine.get_reservation("o"))).state == State.CONFIRMED
+        assert now_nowhere(rig) == 1
+        said = [r for r in caplog.records if "confirmed part of another order of its id" in r.getMessage()]
+        assert len(said) == n + 1, "committed nowhere again, said nothing"
+        await rig.run(engine.actors[1].submit(shipped))  # the other order's part: a part its order resolved
+        await rig.run(engine.get_reservation("o"))
+        assert (now_nowhere(rig), rig.part("o", 1).lines) == (0, second.lines), "its part made again"
+
+
 def silent_for(rig: Rig, group: int, steps: int) -> None:
     """``group``'s shard refuses its next ``steps`` steps as a shard whose log does not answer does, then answers
     again (a blip: a read of the group refused, the next step there applied)."""
