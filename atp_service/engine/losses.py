@@ -100,7 +100,8 @@ class Nowhere:
     the place of its part at a group), held from being found so until found otherwise (its part made again over the
     other, gone meanwhile) or resolved (``gone``): what ``atp_orders_committed_nowhere`` counts of them, those whose
     home group this process serves (``Orders``), an alert firing while any is. Each counted in
-    ``atp_order_sagas_total`` once while remembered (``counted``). Bounded: the last ``most`` found
+    ``atp_order_sagas_total`` and said once while remembered (``counted``) — said again once found so again after it
+    was not (``gone``): the line naming the order is the alert's way to it. Bounded: the last ``most`` found
     (``NOWHERE_REMEMBERED``), the oldest forgotten past it — the gauge shows that bound then, never more."""
 
     def __init__(self, most: int) -> None:
@@ -117,6 +118,7 @@ class Nowhere:
 
     def gone(self, order_id: str) -> None:
         self._now.pop(order_id, None)
+        self.counted.forget(order_id)  # not handed over (``keep``): committed where its record says, or resolved
 
     def keep(self, here: Callable[[str], bool]) -> None:
         """Those not ``here`` forgotten (their home group handed over: its next owner finds them, counts them)."""

@@ -123,8 +123,9 @@ def test_each_order_found_committed_nowhere_is_counted_once_while_remembered() -
 
 def test_the_orders_committed_nowhere_now_are_bounded_and_each_counted_once_while_remembered() -> None:
     """``Nowhere`` (``atp_orders_committed_nowhere``): an order held from being found until gone, each counted once
-    while remembered; the oldest found forgotten past ``most`` (the gauge shows the bound, never more); those whose
-    home this process no longer serves forgotten (``keep``: their next owner counts them)."""
+    while remembered (again once found so after it was gone); the oldest found forgotten past ``most`` (the gauge
+    shows the bound, never more); those whose home this process no longer serves forgotten (``keep``: their next
+    owner counts them)."""
     now = Nowhere(2)
     assert [now.found(key) for key in ("a", "a", "b")] == [True, False, True]
     assert list(now) == ["a", "b"]
@@ -133,9 +134,10 @@ def test_the_orders_committed_nowhere_now_are_bounded_and_each_counted_once_whil
     now.gone("b")
     now.gone("b")  # gone twice: nothing
     assert list(now) == ["c"]
-    assert now.found("b") is False, "counted once while remembered, held again"
+    assert now.found("b") is True, "found so again after it was not: said and counted again"
     now.keep(lambda order_id: order_id != "c")
     assert list(now) == ["b"]
+    assert now.found("c") is False, "handed over and taken back: counted once while remembered"
 
 
 async def test_a_stale_release_refused_by_a_process_of_an_earlier_release_is_said_once_not_at_each_read_Q3(
