@@ -40,13 +40,12 @@ from atp_service.engine.order_expiry import (
     undecided_parts,
 )
 from atp_service.engine.order_steps import OrderSteps
+from atp_service.engine.part_orphans import held_orphans, log_orphaned
 from atp_service.engine.parts import (
     UNDECIDED,
     GiveUpPart,
     ReservePart,
-    held_orphans,
     lasting,
-    log_orphaned,
     on_shard,
     record_at,
     run_parts,

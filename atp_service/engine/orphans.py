@@ -36,7 +36,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from atp_service.engine.parts import GiveUpPart, ReadPart, log_orphaned, run_part, tell_home, work_of
+from atp_service.engine.part_orphans import log_orphaned
+from atp_service.engine.parts import GiveUpPart, ReadPart, run_part, tell_home, work_of
 from reservation import TERMINAL, Ledger, Limits, LineRequest, Reservation, State
 from reservation import _operations as ops
 from reservation import _orders as orders
