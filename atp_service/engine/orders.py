@@ -366,7 +366,8 @@ class Orders(OrderSteps):
         home, shard, limits = self._engine.home_of(order_id), self._engine.place(fact.sku), self._engine.limits
         ship = fulfilling(fact, orders.part_id(order_id, shard), limits)
         if home is None and self._engine.remote is not None:  # homed at another process: settled there first
-            return await shipped_elsewhere(self._engine, fact, lambda: on_shard(self._engine, shard, ship), asking)
+            return await shipped_elsewhere(self._engine, fact, lambda order: on_shard(  # whose part: as told there
+                self._engine, shard, fulfilling_its(fact, order, shard, self._engine.place, limits)), asking)
         if home is not None:  # a change left pending (a confirmation) carried through first, and a part Redis lost
             try:  # made again (``_settled``, as a home elsewhere does for ``SettleOrder``): the fact fulfils it
                 ship = fulfilling_its(fact, (await self._settled(order_id, home))[0], shard, self._engine.place, limits)

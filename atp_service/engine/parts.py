@@ -244,7 +244,7 @@ async def _settle_here(engine: Engine, order_id: str) -> StepReply:
         return StepReply(None, int(exc.reason), exc.message, exc.metadata)
 
 
-async def shipped_elsewhere(engine: Engine, fact: Fact, ship: Callable[[], Awaitable[Shipped]],
+async def shipped_elsewhere(engine: Engine, fact: Fact, ship: Callable[[Reservation | None], Awaitable[Shipped]],
                             asking: Asking = ASK_EVERY) -> Shipped:
     """A shipment fulfilling ``ship`` a part here of an order homed at another process: what the order
     has pending (a confirmation recorded, not yet applied by this part) carried through there first,
@@ -252,15 +252,17 @@ async def shipped_elsewhere(engine: Engine, fact: Fact, ship: Callable[[], Await
     fulfilled, and the confirmation applied after commits units the shipment took from on_hand (Q3,
     R4); its record resolved there after, once every part is. The home refusing that step for good
     (``lasting``) does not refuse the fact: the units left, so the stock moves alone (``unfulfilled``).
-    ``asking``: whom (the group its claim names: its owner alone, not every other process twice a fact)."""
+    ``ship`` is given the order as its home answered the settle step (None: no process said it holds it), which tells
+    whose the part here is (``shipments.fulfilling_its``). ``asking``: whom (the group its claim names: its owner
+    alone, not every other process twice a fact)."""
     order_id = fact.reservation_id
     try:
-        await _to_others(engine, SettleOrder(order_id), settled=True, asking=asking)
+        order = await _to_others(engine, SettleOrder(order_id), settled=True, asking=asking)
     except DomainError as exc:
         if not lasting(exc):
             raise  # taken again later, when the home has carried the change through
         return await on_shard(engine, engine.place(fact.sku), unfulfilled(fact, refused_for_good(order_id, exc)))
-    result = await ship()
+    result = await ship(order)
     # A part fulfilled (or the fact a duplicate: taken again after a refusal here): refused OUTCOME_UNKNOWN
     # until the home has heard, as a settle is — a record of an order left unresolved is counted live at its
     # home, and never forgotten, for good (R5). A shipment that fulfilled nothing resolves nothing, and its
@@ -281,21 +283,22 @@ async def tell_home(engine: Engine, order_id: str) -> None:
 
 
 async def _to_others(engine: Engine, step: ResolveOrder | SettleOrder, settled: bool, asking: Asking = ASK_EVERY
-                     ) -> None:
+                     ) -> Reservation | None:
     """``step`` sent to every other process (an order's home is not known here), or to ``asking.group``'s owner alone,
     none of ``asking.unanswered`` (those failing added). ``settled``: the holder's refusal is raised, and so is
     UNAVAILABLE where none said it holds the order unless the processes that said "not here" answered for every group
     between them (for ``asking.group``), as a read's NOT_FOUND
     (``edge.forward``): one did not answer, a group has no known owner, or is being handed over or
     recovered (its new owner has not read its records yet) — it may hold the order, whose pending
-    change must come first (Q3, R4): a shipment is then taken again later."""
+    change must come first (Q3, R4): a shipment is then taken again later. ``settled``: the order as its holder
+    answered (None: none did)."""
     if engine.remote is None:
-        return
+        return None
     send = engine.remote
     groups, silent = range(len(engine.actors)) if asking.group < 0 else (asking.group,), asking.unanswered
     owners = sorted({engine.where(g)[0] for g in groups if engine.actors[g].vacant} - {""} - (silent or set()))
     request = _encode(StepRequest(-1, step))
-    covered, held = set(engine.serving()), False
+    covered, held = set(engine.serving()), None  # held: the order as its holder answered
     for address, outcome in zip(owners, await asyncio.gather(*(send(address, request) for address in owners),
                                                              return_exceptions=True), strict=True):
         if isinstance(outcome, BaseException):
@@ -307,11 +310,12 @@ async def _to_others(engine: Engine, step: ResolveOrder | SettleOrder, settled: 
             reply = _replies.decode(outcome)
             if reply.reason:
                 raise refusal_of(reply)
-            held = held or reply.part is not None
+            held = reply.part if held is None else held
             covered.update(reply.serving)
-    if settled and not held and not covered >= set(groups):
+    if settled and held is None and not covered >= set(groups):
         raise Unavailable(f"reservation_id: {step.order!r}: not every group answered for (its home did not "
                           "answer, or is changing hands); retry", Reason.OUTCOME_UNKNOWN)
+    return held
 
 
 def step_said(request: bytes) -> dict[str, Any]:

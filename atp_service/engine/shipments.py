@@ -38,9 +38,17 @@ def fulfilling(fact: Fact, part: str, limits: Limits, whose: Judge = order_shipm
     return lambda view, now: order_shipments.ship(view, fact, part, now, limits, whose)
 
 
-def fulfilling_its(fact: Fact, order: Reservation, group: int, place: orders.Place, limits: Limits) -> Shipping:
-    """``fulfilling`` the part of ``order`` (its record at its home, its pending change carried through) at ``group``:
-    a part there of another order of its id only by a fact that can be that order's (``_order_shipments.judge``)."""
+def fulfilling_its(fact: Fact, order: Reservation | None, group: int, place: orders.Place, limits: Limits
+                   ) -> Shipping:
+    """``fulfilling`` the part at ``group`` of ``order``, the order the fact names: a part there of another order of its
+    id only by a fact that can be that order's (``_order_shipments.judge``). ``order``: its record at its home, its
+    pending change carried through — or, homed at another process, the order as that home answered the settle step
+    (``parts.shipped_elsewhere``), as its callers see it: its lines merged from its own parts alone, so the content it
+    was opened with and its opening time, all the judge reads, are its record's (a home of an earlier build answers
+    the settle step with that view too: nothing new is sent). None (no process said it holds it: forgotten
+    meanwhile): the part as found, taken as its own."""
+    if order is None or not order.is_order:
+        return fulfilling(fact, orders.part_id(fact.reservation_id, group), limits)
     whose = order_shipments.judge(order, group, place, limits)
     return fulfilling(fact, orders.part_id(order.reservation_id, group), limits, whose)
 

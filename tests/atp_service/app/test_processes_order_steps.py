@@ -276,12 +276,12 @@ async def test_a_shipment_fulfilling_the_last_part_while_a_change_is_pending_at_
     shipped_elsewhere = engine_orders.shipped_elsewhere
 
     async def fulfilled_at_home_meanwhile(engine: Any, fact: Any, ship: Any, *held: Any) -> Any:
-        async def ship_after_a_change() -> Any:  # settled at its home already
+        async def ship_after_a_change(order: Any) -> Any:  # settled at its home already
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await home_client.fulfill("o-1", [(b, "DC", 1)], operation_id="op-1")
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             flag[0] = False
-            return await ship()
+            return await ship(order)
 
         return await shipped_elsewhere(engine, fact, ship_after_a_change, *held)
 
