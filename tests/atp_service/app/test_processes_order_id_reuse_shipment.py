@@ -9,14 +9,17 @@ groups are spread over processes (E8)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+import msgspec
 import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService
 from atp_service.intake.facts import UNFULFILLED
-from reservation import Reservation
+from reservation import Reservation, State
 from reservation import _orders as orders
-from tests.atp_service.app.test_order_id_reuse_shipment import stale_part_in_place
+from tests.atp_service.app.test_order_id_reuse_shipment import DAY_MS, stale_part_in_place
 from tests.atp_service.app.test_processes import SHARDS, group_of, processes
 from tests.atp_service.app.test_processes_order_steps import stocked
 from tests.atp_service.edge.test_api import receipt
@@ -72,6 +75,54 @@ async def test_a_shipment_at_the_part_s_process_tells_another_order_s_part_by_it
     await home_client.release("o")
     assert [(q.on_hand, q.reserved, q.committed) for q in await home_client.availability([(a, "DC"), (b, "DC")])] \
         == [(5, 0, 0), (4, 0, 0)], "the earlier order's units committed for good"
+
+
+async def test_a_confirmed_order_s_shipment_at_the_part_s_process_fulfils_its_own_part_made_again_R4_Q3(
+        start_process: ServiceFactory) -> None:
+    """Pins what stays: o CONFIRMED, then its part at ``b``'s group replaced by the earlier order's stale copy. The
+    settle step its home answers first makes o's part again over the copy (the copy released), and the order it
+    answers with tells that part o's own: the SHIPMENT fulfils it, stamped since o opened (R4, Q3)."""
+    running = await processes(start_process, 2)
+    (home, home_client), (other, other_client), a, b = await stocked(running)
+    assert (await home_client.reserve("o", [(a, "DC", 2), (b, "DC", 3)], ttl_seconds=600)).state == \
+        pb.RESERVATION_STATE_HELD
+    await home_client.confirm("o")
+    assert home.engine is not None and other.engine is not None
+    home_group, part_group = home.engine.home_of("o"), group_of(b)
+    assert home_group is not None
+    opened = home.engine.actors[home_group].ledger.reservation("o")
+    assert opened is not None
+    await copy_in_place(other, part_group)
+
+    fact = receipt("ship-b", b, "DC", 1, opened.created_at + 1, kind=pb.FACT_KIND_SHIPMENT)
+    fact.reservation_id = "o"
+    (shipped,) = await other_client.record_events([fact])
+    assert (shipped.outcome, shipped.detail) == (pb.FACT_OUTCOME_APPLIED, ""), shipped
+    own = other.engine.actors[part_group].ledger.reservation(orders.part_id("o", part_group))
+    assert own is not None and own.order_ref != "first" and _committed(own) == [2], own
+    assert [(q.on_hand, q.reserved, q.committed) for q in await home_client.availability([(a, "DC"), (b, "DC")])] \
+        == [(5, 0, 2), (4, 0, 2)]
+
+
+async def copy_in_place(service: AtpService, group: int) -> Reservation:
+    """``stale_part_in_place`` for a part of any state: its units given back, the earlier order's copy (3 committed)
+    saved in its place through the group's shard."""
+    engine = service.engine
+    assert engine is not None
+    mine = engine.actors[group].ledger.reservation(orders.part_id("o", group))
+    assert mine is not None
+    then = mine.created_at - DAY_MS
+    copy = msgspec.structs.replace(mine, order_ref="first", state=State.CONFIRMED, created_at=then, updated_at=then,
+                                   lines=tuple(msgspec.structs.replace(line, held=0, committed=line.granted)
+                                               for line in mine.lines))
+
+    def back(ledger: Any, _now: int) -> None:
+        for line in mine.lines:
+            ledger.move_hold(line.sku, line.location, -line.held, line.granted - line.committed)
+        ledger.save(copy)
+
+    await engine.actors[group].submit(back)
+    return copy
 
 
 def _committed(part: Reservation) -> list[int]:
