@@ -14,9 +14,8 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
 from reservation import Reservation, State
 from reservation import _orders as orders
-from tests.atp_service.app.test_lease_part_outlived import LEASED
-from tests.atp_service.edge.test_api import T0, receipt
-from tests.atp_service.engine.test_expiry_races import _two_shards
+from tests.atp_service.app.leased_pair import LEASED, stocked_pair
+from tests.atp_service.edge.test_api import T0
 from tests.conftest import ServiceFactory
 from tests.ports import held_port
 from tests.waiting import until
@@ -58,12 +57,7 @@ async def test_an_order_committed_nowhere_is_counted_while_it_is_and_no_longer_o
     committed nowhere, and a process finding it again (restarted, a group taken over) counted nothing new. A gauge
     of the orders committed nowhere now: 1 while it is, found again after a restart, 0 once the order is released."""
     clock = ManualClock(T0)
-    service, client = await start_service(clock=clock, port=held_port(), **LEASED)
-    engine = service.engine
-    assert engine is not None
-    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
-    a, b = _two_shards(service)
-    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
+    service, client, engine, a, b = await stocked_pair(start_service, clock)
     await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
     assert (await client.confirm("o")).state == pb.RESERVATION_STATE_CONFIRMED
     part_group = engine.place(b)
@@ -100,12 +94,7 @@ async def test_held_by_hand_and_its_line_there_released_the_order_is_no_longer_c
     """The runbook's way out (docs/OPERATIONS.md, ``order_part_committed_again``): the order's units at that group held
     by hand under another id, confirmed, and its line there released — it is no longer committed nowhere, the alert
     resolves (no silence, which hid every other such order); the other order's part untouched, its other line too."""
-    service, client = await start_service(clock=ManualClock(T0), port=held_port(), **LEASED)
-    engine = service.engine
-    assert engine is not None
-    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
-    a, b = _two_shards(service)
-    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
+    service, client, engine, a, b = await stocked_pair(start_service)
     await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
     await client.confirm("o")
     part_group = engine.place(b)

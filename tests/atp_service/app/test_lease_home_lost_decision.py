@@ -19,11 +19,10 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from atp_service.engine import orders as saga
 from atp_service.engine.parts import ReservePart
-from tests.atp_service.app.test_lease_part_outlived import LEASED, Image, _at_s1, _group_restored, _group_saved
-from tests.atp_service.edge.test_api import T0, receipt
-from tests.atp_service.engine.test_expiry_races import _two_shards
+from tests.atp_service.app.leased_pair import stocked_pair
+from tests.atp_service.app.test_lease_part_outlived import Image, _at_s1, _group_restored, _group_saved
+from tests.atp_service.edge.test_api import T0
 from tests.conftest import ServiceFactory
-from tests.ports import held_port
 from tests.waiting import until
 
 
@@ -33,11 +32,7 @@ async def _home_lost_its_decision(start_service: ServiceFactory, redis_url: str,
     was under way: the record undecided, its part there held (``home_part``; else gone: saved before the parts were
     reserved), b's part CONFIRMED. (clock, engine, client, a, b)."""
     clock = ManualClock(T0)
-    service, client = await start_service(clock=clock, port=held_port(), **LEASED)
-    engine = service.engine
-    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
-    a, b = _two_shards(service)
-    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
+    _, client, engine, a, b = await stocked_pair(start_service, clock)
     home = engine.place(a)
     direct = aioredis.Redis.from_url(redis_url)
     images: list[Image] = []

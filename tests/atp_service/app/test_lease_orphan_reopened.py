@@ -15,11 +15,10 @@ import redis.asyncio as aioredis
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from atp_service.engine.orphans import ORPHAN_AGE_MARGIN_MS, LeasedOrphans
-from tests.atp_service.app.test_lease_part_outlived import LEASED, MAX_TTL_S, _group_restored, _group_saved, _reserved
-from tests.atp_service.edge.test_api import T0, receipt
-from tests.atp_service.engine.test_expiry_races import _two_shards
+from tests.atp_service.app.leased_pair import MAX_TTL_S, stocked_pair
+from tests.atp_service.app.test_lease_part_outlived import _group_restored, _group_saved, _reserved
+from tests.atp_service.edge.test_api import T0
 from tests.conftest import ServiceFactory
-from tests.ports import held_port
 from tests.waiting import until
 
 
@@ -39,13 +38,8 @@ async def test_an_order_opened_again_while_its_orphaned_part_is_given_up_is_give
     released at b, the tear no longer seen, and the Confirm answered CONFIRMED without b all the same. A partial
     Release of a torn order gives it up whole, as its Confirm does."""
     clock = ManualClock(T0)
-    service, client = await start_service(clock=clock, port=held_port(), **LEASED)
-    engine = service.engine
-    assert engine is not None
-    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
-    a, b = _two_shards(service)
+    _, client, engine, a, b = await stocked_pair(start_service, clock)
     home = engine.place(a)
-    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
     lines = [(a, "S1", 2), (b, "S1", 3)]
     direct = aioredis.Redis.from_url(redis_url)
     try:

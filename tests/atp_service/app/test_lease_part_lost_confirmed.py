@@ -11,12 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import ManualClock
-from tests.atp_service.app.test_lease_part_outlived import LEASED, _at_s1, _group_restored, _group_saved
-from tests.atp_service.edge.test_api import T0, receipt
-from tests.atp_service.engine.test_expiry_races import _two_shards
+from tests.atp_service.app.leased_pair import stocked_pair
+from tests.atp_service.app.test_lease_part_outlived import _at_s1, _group_restored, _group_saved
 from tests.conftest import ServiceFactory
-from tests.ports import held_port
 from tests.waiting import until
 
 
@@ -26,12 +23,7 @@ async def test_fulfilling_a_confirmed_order_whose_part_redis_lost_moves_the_part
     units were committed nowhere (available 5 at b, sold again while the caller ships them), and a Fulfil answered
     FULFILLED with b's on_hand left at 5 — the 3 units that left offered again (oversold). The part is made again,
     its units committed (``order_part_committed_again``), and the Fulfil moves them out of on_hand (R4)."""
-    service, client = await start_service(clock=ManualClock(T0), port=held_port(), **LEASED)
-    engine = service.engine
-    assert engine is not None
-    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
-    a, b = _two_shards(service)
-    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
+    _, client, engine, a, b = await stocked_pair(start_service)
     part_group = engine.place(b)
     direct = aioredis.Redis.from_url(redis_url)
     try:

@@ -18,22 +18,10 @@ from atp_client import AtpClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from atp_service.engine.orphans import ORPHAN_AGE_MARGIN_MS
-from reservation import Limits
-from tests.atp_service.edge.test_api import T0, receipt
-from tests.atp_service.engine.test_expiry_races import _two_shards
+from tests.atp_service.app.leased_pair import MAX_TTL_S, stocked_pair
+from tests.atp_service.edge.test_api import T0
 from tests.conftest import ServiceFactory
-from tests.ports import held_port
 from tests.waiting import until
-
-MAX_TTL_S = 120
-"""The longest TTL: a part older than it (and the margin) is looked at by housekeeping. Well below
-``retention_ms`` (24 h): the order's record is not forgotten meanwhile (its part would be an orphan)."""
-LEASED: dict[str, Any] = {"ownership": "leases", "lease_ms": 9000, "balance_ms": 200, "shards": 2,
-                          "input_streams": (), "owner_check_s": 0.05, "maintenance_interval_ms": 3_600_000,
-                          "limits": Limits(max_ttl_seconds=MAX_TTL_S, default_ttl_seconds=60)}
-"""One leased process serving both groups: its owner check finds a group's log short; housekeeping runs
-when the test says. A balance every 200 ms, not a third of the lease (3 s): the group its owner check gave up
-is taken again at the next balance, which each test waited for (3 s of its 4)."""
 
 Image = dict[bytes, tuple[bytes, int]]
 
@@ -74,12 +62,7 @@ async def _order_over_two_groups(start_service: ServiceFactory, clock: ManualClo
                                  ) -> tuple[Any, AtpClient, Any, str, str, int]:
     """A leased service on ``clock`` holding order "o": 2 of SKU a (its home's group) and 3 of SKU b (a part in
     the other group). (service, client, engine, a, b, the part's group)."""
-    service, client = await start_service(clock=clock, port=held_port(), **LEASED)
-    engine = service.engine
-    assert engine is not None
-    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
-    a, b = _two_shards(service)
-    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
+    service, client, engine, a, b = await stocked_pair(start_service, clock)
     held = await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
     assert held.state == pb.RESERVATION_STATE_HELD
     part_group = engine.place(b)

@@ -14,12 +14,9 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
 from reservation import Limits, Reservation, State
 from reservation import _orders as orders
-from tests.atp_service.app.test_lease_part_outlived import LEASED
+from tests.atp_service.app.leased_pair import stocked_pair
 from tests.atp_service.edge.test_api import T0, receipt
-from tests.atp_service.engine.test_expiry_races import _two_shards
 from tests.conftest import ServiceFactory
-from tests.ports import held_port
-from tests.waiting import until
 
 DAY_MS = Limits().retention_ms
 
@@ -52,12 +49,7 @@ async def test_a_shipment_of_the_order_leaves_another_order_s_stale_part_to_be_r
     it changed now: no longer judged stale, the order's Release left its 2 other units committed for good, no
     order's, offered to nobody. The fact moves the stock alone, answered not fulfilled; the Release releases it."""
     clock = ManualClock(T0)
-    service, client = await start_service(clock=clock, port=held_port(), **LEASED)
-    engine = service.engine
-    assert engine is not None
-    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
-    a, b = _two_shards(service)
-    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
+    service, client, engine, a, b = await stocked_pair(start_service, clock)
     assert (await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)).state == \
         pb.RESERVATION_STATE_HELD
     part_group = engine.place(b)
