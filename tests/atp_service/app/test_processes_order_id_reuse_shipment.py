@@ -9,17 +9,14 @@ groups are spread over processes (E8)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
-import msgspec
 import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService
 from atp_service.intake.facts import UNFULFILLED
-from reservation import Reservation, State
+from reservation import Reservation
 from reservation import _orders as orders
-from tests.atp_service.app.test_order_id_reuse_shipment import DAY_MS, stale_part_in_place
+from tests.atp_service.app.test_order_id_reuse_shipment import copy_in_place, stale_part_in_place
 from tests.atp_service.app.test_processes import SHARDS, group_of, processes
 from tests.atp_service.app.test_processes_order_steps import stocked
 from tests.atp_service.edge.test_api import receipt
@@ -102,27 +99,6 @@ async def test_a_confirmed_order_s_shipment_at_the_part_s_process_fulfils_its_ow
     assert own is not None and own.order_ref != "first" and _committed(own) == [2], own
     assert [(q.on_hand, q.reserved, q.committed) for q in await home_client.availability([(a, "DC"), (b, "DC")])] \
         == [(5, 0, 2), (4, 0, 2)]
-
-
-async def copy_in_place(service: AtpService, group: int) -> Reservation:
-    """``stale_part_in_place`` for a part of any state: its units given back, the earlier order's copy (3 committed)
-    saved in its place through the group's shard."""
-    engine = service.engine
-    assert engine is not None
-    mine = engine.actors[group].ledger.reservation(orders.part_id("o", group))
-    assert mine is not None
-    then = mine.created_at - DAY_MS
-    copy = msgspec.structs.replace(mine, order_ref="first", state=State.CONFIRMED, created_at=then, updated_at=then,
-                                   lines=tuple(msgspec.structs.replace(line, held=0, committed=line.granted)
-                                               for line in mine.lines))
-
-    def back(ledger: Any, _now: int) -> None:
-        for line in mine.lines:
-            ledger.move_hold(line.sku, line.location, -line.held, line.granted - line.committed)
-        ledger.save(copy)
-
-    await engine.actors[group].submit(back)
-    return copy
 
 
 def _committed(part: Reservation) -> list[int]:
