@@ -6,6 +6,11 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+Ticks = Callable[[], float]
+"""Seconds on a monotonic clock: what a component's waits and deadlines are measured on (``time.monotonic`` in the
+service). Handed in, not read from ``time``: the deterministic simulation hands its world's clock, so that a seed's
+schedule does not depend on how fast the host runs it."""
+
 
 class Clock(Protocol):
     def now_ms(self) -> int:

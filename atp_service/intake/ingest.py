@@ -23,7 +23,7 @@ from typing import Any
 from redis.exceptions import RedisClusterException, RedisError
 
 from atp_service.config import IngestSettings
-from atp_service.engine.clock import Clock
+from atp_service.engine.clock import Clock, Ticks
 from atp_service.intake.again import make_group_again, marks_of, quarantined_before
 from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.bounds import bound_key, start_again, tag_or_say
@@ -61,17 +61,18 @@ list too); one still waiting for an owner then puts the pass off, and new entrie
 class StreamIngestor:
     """Reads the input streams on its own Redis connection pool, separate from the log's appends.
 
-    ``send``: where facts of groups other processes own go (``ownership = leases``); None: every group is ours."""
+    ``send``: where facts of groups other processes own go (``ownership = leases``); None: every group is ours.
+    ``clock`` judges facts (E7); ``ticks`` times its passes, claims and waits (its owners' too)."""
 
     def __init__(self, client: Any, desk: FactDesk, settings: IngestSettings, clock: Clock,
                  read_count: int | None = None, send: FactSender | None = None,
-                 departed: DepartedConsumers | None = None) -> None:
+                 departed: DepartedConsumers | None = None, ticks: Ticks = time.monotonic) -> None:
         # The raw XREADGROUP reply: redis-py's per-entry dict building cost more than the decoding.
         client.set_response_callback("XREADGROUP", lambda response, **_: response)
         self._client, self._desk = client, desk
-        self._owners = OwnerSends(send, desk.quarantined_there) if send is not None else None
+        self._owners = OwnerSends(send, desk.quarantined_there, ticks=ticks) if send is not None else None
         self._departed = departed  # leased: consumers of processes gone for good removed, their owed counts told
-        self._config, self._clock = settings, clock
+        self._config, self._clock, self._ticks = settings, clock, ticks
         self._metrics = metrics = desk.metrics
         self._read_count = settings.ingest_count if read_count is None else read_count
         self._streams = list(settings.input_streams)
@@ -176,11 +177,11 @@ class StreamIngestor:
         pending ones, read otherwise, says nothing of that read: its failures, one after each pass, were retried
         at the shortest wait, ~20 a second)."""
         cfg = self._config
-        if self._retry_own_pending and time.monotonic() >= self._retry_at:
+        if self._retry_own_pending and self._ticks() >= self._retry_at:
             await self._retry_pending()
             return False
-        if time.monotonic() - self._claimed_at >= cfg.claim_idle_ms / 1000 / 2:
-            self._claimed_at = time.monotonic()
+        if self._ticks() - self._claimed_at >= cfg.claim_idle_ms / 1000 / 2:
+            self._claimed_at = self._ticks()
             await self._handle(await self._claim(), wait=False)  # in the reading loop: no owner's try waited for
             if self._departed is not None:  # after the claim: a gone consumer's pending entries taken first
                 await self._departed.sweep()  # then its own run drawn again, where a sweep took it all the same (E8)
@@ -201,15 +202,15 @@ class StreamIngestor:
         after ``PENDING_PASS_S`` and the next goes on from there; entries still left once the list
         was read through are read again after a growing wait (``PENDING_RETRY``)."""
         if not await self._settle_batches(PENDING_SETTLE_S):  # our pending list includes what is in flight
-            self._retry_at = time.monotonic() + PENDING_RETRY.first_s
+            self._retry_at = self._ticks() + PENDING_RETRY.first_s
             return
         left = self._pending_after is not None and self._pending_left
         if self._pending_after is None:
             self._unacked.pass_begun()
         after = self._pending_after or ["0"] * len(self._streams)
         self._retry_own_pending = not await self._desk.wrote_owed()  # owed quarantine writes first (E8); failed: again
-        deadline = time.monotonic() + PENDING_PASS_S
-        while time.monotonic() < deadline:
+        deadline = self._ticks() + PENDING_PASS_S
+        while self._ticks() < deadline:
             entries = await self._read(after, block=None)
             if not entries:
                 break
@@ -220,13 +221,13 @@ class StreamIngestor:
                 self._unacked.pass_at(stream, entry_id)
         else:  # cut short: new entries are read first, then the pass goes on where it stopped
             self._pending_after, self._pending_left = after, left or self._retry_own_pending
-            self._retry_own_pending, self._retry_at = True, time.monotonic() + PENDING_RETRY.first_s
+            self._retry_own_pending, self._retry_at = True, self._ticks() + PENDING_RETRY.first_s
             return
         self._pending_after, self._pending_left = None, False
         self._unacked.pass_read_through()
         self._retry_own_pending |= left
         if self._retry_own_pending:
-            self._retry_at = time.monotonic() + self._retries.next_delay()
+            self._retry_at = self._ticks() + self._retries.next_delay()
         else:
             self._retries.reset()
         await self._tag()  # the bound the pass let go up, used once Redis holds the token told with it
@@ -239,7 +240,7 @@ class StreamIngestor:
         """How long a read of new entries waits: never past a pass over the pending ones that is due."""
         block = self._config.ingest_block_ms
         if self._retry_own_pending:
-            block = min(block, int((self._retry_at - time.monotonic()) * 1000))
+            block = min(block, int((self._retry_at - self._ticks()) * 1000))
         return max(1, block)  # BLOCK 0 would wait for ever
 
     def _batch_done(self, task: asyncio.Task[int]) -> None:

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from atp_service.engine.clock import Ticks
 from atp_service.intake.facts import Result
 from atp_service.intake.quarantine import Acks
 from atp_service.retry import Backoff, BackoffPolicy
@@ -64,11 +65,12 @@ class GroupRefused(Unavailable):
 
 
 class OwnerSends:
-    """The sends of one reader, with each owner's state: when it may be tried again after a failure."""
+    """The sends of one reader, with each owner's state: when it may be tried again after a failure.
+    ``ticks``: the clock its waits are measured on."""
 
     def __init__(self, send: FactSender, quarantined_there: QuarantinedThere | None = None,
-                 max_failing: int = MAX_FAILING_OWNERS) -> None:
-        self._send = send
+                 max_failing: int = MAX_FAILING_OWNERS, ticks: Ticks = time.monotonic) -> None:
+        self._send, self._ticks = send, ticks
         self._quarantined_there = quarantined_there
         self._max_failing = max_failing
         self._failing: dict[Key, Backoff] = {}
@@ -80,7 +82,7 @@ class OwnerSends:
         """Whether facts for this owner (of this group, if given) are sent now: it answered last time, or
         its wait has passed and no other send is trying it already."""
         key = self._key(owner, group)
-        return key not in self._failing or (key not in self._probing and time.monotonic() >= self._retry_at[key])
+        return key not in self._failing or (key not in self._probing and self._ticks() >= self._retry_at[key])
 
     def _key(self, owner: str, group: int | None) -> Key:
         """What a send of the group's facts is skipped for: the group at the owner while its shard refused
@@ -168,7 +170,7 @@ class OwnerSends:
     def _failed(self, key: Key) -> None:
         backoff = self._failing.pop(key, None) or Backoff(OWNER_RETRY)
         self._failing[key] = backoff  # the most recent failure last: the first forgotten failed longest ago
-        self._retry_at[key] = time.monotonic() + backoff.next_delay()
+        self._retry_at[key] = self._ticks() + backoff.next_delay()
         while len(self._failing) > self._max_failing:
             gone = next(iter(self._failing))
             del self._failing[gone], self._retry_at[gone]

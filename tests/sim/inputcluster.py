@@ -74,7 +74,7 @@ from tests.sim.inputholds import StoppedHolding
 from tests.sim.inputowed import OwedWatch
 from tests.sim.inputpipeline import _fail
 from tests.sim.inputprocs import Awake, Live, Moving, Writes
-from tests.sim.inputreaders import CLAIM_IDLE_MS, GatedClient, loop_of, sim_time, turn
+from tests.sim.inputreaders import CLAIM_IDLE_MS, GatedClient, loop_of, turn, world_ticks
 from tests.sim.inputstreams import RedisFaults, SimStreams
 from tests.sim.inputtail import InputsTail
 from tests.sim.invariants import ServiceErrors, every_shard_answers
@@ -146,7 +146,7 @@ class InputsClusterDriver(InputsDriver):
         try:
             allowed = _trimmed_unread if self.tail is None else \
                 (lambda record, loss=self.tail.loss: _trimmed_unread(record) or loss.allows(record))
-            with sim_time(self.world), ServiceErrors(allowed) as errors:
+            with ServiceErrors(allowed) as errors:
                 await self.cluster.boot()
                 await self._readers()
                 for step in range(steps):
@@ -194,7 +194,7 @@ class InputsClusterDriver(InputsDriver):
                                                  live),  # type: ignore[arg-type, misc]
                                              settings.claim_idle_ms, quarantine=proc.facts.quarantine.stream)
             reader = StreamIngestor(client, proc.facts, settings, proc.engine.clock,  # type: ignore[arg-type]
-                                    send=self._sender(proc), departed=departed)
+                                    send=self._sender(proc), departed=departed, ticks=world_ticks(self.world))
             self.readers[proc.address] = proc, reader
 
             async def start(reader: StreamIngestor = reader) -> None:
@@ -382,5 +382,6 @@ class InputsClusterDriver(InputsDriver):
         self.tally.input_faults += sum(self.faults.counts.values())
         self.redis.tags.tallied(self.tally)
         self.tally.input_redelivered += self.redis.redelivered
+        self.tally.input_passes_cut += self.redis.passes_cut
         self.tally.input_refusals_elsewhere += self.redis.refusals_elsewhere
         fold_of_produced(self, [actor.ledger for actor in world.eng.actors])

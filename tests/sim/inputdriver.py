@@ -61,7 +61,7 @@ from tests.sim.inputchecks import decided_once, fold_of_produced, letters, marks
 from tests.sim.inputclocks import clocks_counted, draw_clocks, end_clocks
 from tests.sim.inputfacts import STREAMS, Producer, ahead_draws
 from tests.sim.inputowed import OwedWatch
-from tests.sim.inputreaders import CLAIM_IDLE_MS, OTHER, OWNER, OtherProcess, loop_of, sim_time, turn
+from tests.sim.inputreaders import CLAIM_IDLE_MS, OTHER, OWNER, OtherProcess, loop_of, turn, world_ticks
 from tests.sim.inputstreams import RedisFaults, SimStreams
 from tests.sim.inputtail import InputsTail
 from tests.sim.invariants import ServiceErrors
@@ -133,7 +133,7 @@ class InputsDriver:
         try:
             allowed = _trimmed_unread if self.tail is None else \
                 (lambda record, loss=self.tail.loss: _trimmed_unread(record) or loss.allows(record))
-            with sim_time(self.world), ServiceErrors(allowed) as errors:
+            with ServiceErrors(allowed) as errors:
                 await self.world.boot()
                 self.other.install()
                 await self._new_reader()
@@ -167,7 +167,8 @@ class InputsDriver:
                                    consumer_name=OWNER, ingest_count=3, claim_idle_ms=CLAIM_IDLE_MS)
 
     def _make_reader(self) -> StreamIngestor:
-        return StreamIngestor(self.redis, self.world.fact_desk, self._settings(), self.world.service_clock)
+        return StreamIngestor(self.redis, self.world.fact_desk, self._settings(), self.world.service_clock,
+                              ticks=world_ticks(self.world))
 
     # -- a step ------------------------------------------------------------------------------------------
     async def step(self, step: int) -> None:
@@ -371,6 +372,7 @@ class InputsDriver:
         self.tally.input_faults += sum(self.faults.counts.values())
         self.redis.tags.tallied(self.tally)
         self.tally.input_redelivered += self.redis.redelivered
+        self.tally.input_passes_cut += self.redis.passes_cut
         self.tally.input_refusals_elsewhere += self.redis.refusals_elsewhere
         fold_of_produced(self, [actor.ledger for actor in self.world.eng.actors])
 

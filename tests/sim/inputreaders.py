@@ -20,17 +20,14 @@ the batch awaited; a Redis error marks its own pending entries due, as ``_run`` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
-import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from atp_service.engine.clock import Clock
-from atp_service.intake import ingest, owners
+from atp_service.engine.clock import Clock, Ticks
 from atp_service.intake.facts import Result
 from atp_service.intake.ingest import StreamIngestor
 from atp_service.intake.quarantine import Acks, QuarantineStream
@@ -50,17 +47,11 @@ CLAIM_IDLE_MS = 30_000
 """``claim_idle_ms`` of both readers: a stop of the other process longer than this has its entries claimed."""
 
 
-@contextlib.contextmanager
-def sim_time(world: World) -> Iterator[None]:
-    """Waits measured on wall time would not replay: a pass over the pending entries is never cut short
-    (``PENDING_PASS_S``), and an owner whose send failed is skipped by the world's clock (``owners.time``)."""
-    kept, kept_time = ingest.PENDING_PASS_S, owners.time
-    ingest.PENDING_PASS_S = 1e9
-    owners.time = types.SimpleNamespace(monotonic=lambda: world.clock.now_ms() / 1000)  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        ingest.PENDING_PASS_S, owners.time = kept, kept_time
+def world_ticks(world: World) -> Ticks:
+    """The clock a reader (and its owners' sends) times its passes, claims and waits on (``StreamIngestor``'s
+    ``ticks``): the world's, in seconds. The host's monotonic clock would not replay: how far a pass got before its
+    deadline, when a failed owner is tried again, would depend on how fast the machine ran the seed."""
+    return lambda: world.clock.now_ms() / 1000
 
 
 class Gate:
@@ -218,7 +209,7 @@ class OtherProcess:
         self.gate.running.set()
         self.desk = ForwardingDesk(self.world, self.client)
         self.reader = StreamIngestor(self.client, self.desk, self.settings, self.clock_for(),  # type: ignore[arg-type]
-                                     send=self.send)
+                                     send=self.send, ticks=world_ticks(self.world))
         loop_of(self.reader)
         return self.reader
 
@@ -298,6 +289,8 @@ async def turn(reader: StreamIngestor, claim: bool, after_pass: bool = False) ->
             retried = reader._retry_own_pending
             if retried and not loop.in_flight:  # else put off, as ``_settle_batches`` does
                 await reader._retry_pending()
+                if reader._pending_after is not None:  # its deadline passed (``PENDING_PASS_S``): goes on next turn
+                    getattr(reader._client, "_redis", reader._client).passes_cut += 1
             if claim and (not retried or after_pass):
                 await _claim_and_sweep(reader)
             elif not retried:

@@ -125,6 +125,7 @@ class SimStreams:
         """Per input entry and consumer, the consumer's quarantine writes of it refused for their run (swept, or a run
         before): none of that run lands, whenever it does (E8)."""
         self.redrawn = 0  # runs drawn again by a reader whose run a sweep took while it ran (``keep_run``)
+        self.passes_cut = 0  # passes over a reader's pending entries cut short at their deadline, world's time
         self.forgotten: dict[str, int] = {}  # per stream, entries trimmed unread the readers told (``unread._ACK``)
         self.owed_added: dict[str, int] = {}  # per stream, entries trimmed unread the reads counted owed
         self.told_unowed: dict[str, int] = {}  # per stream, counts told that the owed hash no longer held

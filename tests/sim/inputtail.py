@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from tests.sim.inputdriver import InputsDriver
 
 _NOT_REDIS = ("faults", "on_ack", "now_ms", "on_failed_write", "given", "note_again", "tags", "refused_swept",
-              "fenced", "refusals_elsewhere")
+              "fenced", "refusals_elsewhere", "passes_cut")
 """``SimStreams``'s attributes that are no part of what Redis holds: kept across a restore."""
 
 

@@ -93,6 +93,7 @@ class Tally:
     input_owed: int = 0  # steps ending with quarantine writes owed
     input_owed_watched: int = 0  # entries whose quarantine write failed, watched while their writer lived
     input_redelivered: int = 0  # entries delivered again from the reader's own pending list
+    input_passes_cut: int = 0  # passes over a reader's pending entries cut short (``PENDING_PASS_S``)
     input_reader_restarts: int = 0  # the reader stopped and started again (the process running on)
     input_other_stops: int = 0  # the other process (a second consumer of the group) stopped (SIGSTOP) a while
     input_claimed: int = 0  # pending entries one consumer took over from the other (XAUTOCLAIM)
@@ -165,7 +166,8 @@ class Tally:
                 + (f"; input streams: {self.input_entries} entries ({self.input_quarantined} quarantined), "
                    f"{self.input_faults} Redis calls failed, {self.input_owed} steps with writes owed "
                    f"({self.input_owed_watched} entries whose write failed watched), "
-                   f"{self.input_redelivered} entries delivered again, {self.input_reader_restarts} reader restarts, "
+                   f"{self.input_redelivered} entries delivered again ({self.input_passes_cut} passes cut short), "
+                   f"{self.input_reader_restarts} reader restarts, "
                    f"{self.input_other_stops} stops of the other process, {self.input_claimed} entries claimed from "
                    f"the other consumer, {self.input_sent} sends to the owner, {self.input_dead_lettered} entries "
                    f"dead-lettered ({self.input_dead_letters_again} again), {self.input_trimmed_unread} entries "
