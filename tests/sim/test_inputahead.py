@@ -11,10 +11,10 @@ from tests.sim.inputcluster import InputsClusterDriver
 from tests.sim.inputdriver import InputsDriver
 from tests.sim.tally import Tally
 
-RACE_SEED = 8
+RACE_SEED = 11
 """``--input-streams --processes 3 --partition --suspends --new-addresses --fact-times``: a reader judged an entry
-stamped just past the allowed skew (E7) and its dead letter's script was held back; past ``claim_idle_ms`` another
-reader claimed the entry, found it within the skew by then and applied it; the script landed after."""
+stamped just past the allowed skew (E7) and its dead letter's script was held back; meanwhile the entry was delivered
+to another reader, which found it within the skew by then and applied it; the script landed after."""
 
 
 async def test_input_entries_stamped_about_the_allowed_skew_ahead_are_applied_or_refused_once() -> None:
