@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Iterable
 
+from tests.sim import inputletters
 from tests.sim.checks import Violation
 from tests.sim.driver import DEFAULT_STEPS, Driver
 from tests.sim.inputcluster import InputsClusterDriver
@@ -89,6 +90,9 @@ def main() -> int:
     parser.add_argument("--tag-faults", action="store_true",
                         help="with --input-streams: the readers' tags of where a group made again starts refused, in "
                              "doubt or landing late, their tokens lost alone (inputtags.py)")
+    parser.add_argument("--late-letters", action="store_true",
+                        help="with --input-streams: the readers' dead letters' scripts and fence settings landing "
+                             "late, after their callers gave up on them (inputletters.py)")
     parser.add_argument("--one-key", action="store_true",
                         help="snapshots stored in one key whatever the seed (as seeds found before several were)")
     args = parser.parse_args()
@@ -106,14 +110,17 @@ def main() -> int:
         parser.error("--new-addresses needs --input-streams --processes 2 or 3 (the sweep of its readers)")
     if args.tag_faults and not args.input_streams:
         parser.error("--tag-faults needs --input-streams (the readers' tags)")
-    alongside = ("trace", "input_streams", "lose_tail", "clock_jumps", "clock_skew", "tag_faults", "fact_times") + (
+    if args.late_letters and not args.input_streams:
+        parser.error("--late-letters needs --input-streams (the readers' dead letters)")
+    alongside = ("trace", "input_streams", "lose_tail", "clock_jumps", "clock_skew", "tag_faults", "fact_times",
+                 "late_letters") + (
         ("partition", "suspends", "new_addresses") if args.processes > 1 else ())
     others = [name for name, value in vars(args).items() if value is True and name not in alongside]
     if args.input_streams and others:  # its own drivers (inputdriver.py, inputcluster.py): another fault is ignored
         refused = ", ".join("--" + name.replace("_", "-") for name in others)
         parser.error(f"--input-streams runs alone but for --processes, --lose-tail, --clock-jumps, --tag-faults, "
-                     f"--fact-times, and with --processes --clock-skew, --partition, --suspends, --new-addresses (its "
-                     f"drivers draw their own faults): not with {refused}")
+                     f"--fact-times, --late-letters, and with --processes --clock-skew, --partition, --suspends, "
+                     f"--new-addresses (its drivers draw their own faults): not with {refused}")
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and
     # futures of callers that gave up carry errors nobody reads: asyncio's complaints about both are noise.
@@ -125,7 +132,7 @@ def main() -> int:
     if args.input_streams:
         return run_inputs(seeds, args.steps, args.trace, args.processes, args.partition, args.suspends,
                           args.new_addresses, args.lose_tail, args.clock_skew, args.clock_jumps, args.tag_faults,
-                          args.fact_times)
+                          args.fact_times, args.late_letters)
     for done, seed in enumerate(seeds):
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
                         args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
@@ -148,7 +155,8 @@ def main() -> int:
 
 def run_inputs(seeds: Iterable[int], steps: int, trace: bool, processes: int = 1, partition: bool = False,
                suspends: bool = False, new_addresses: bool = False, lose_tail: bool = False, clock_skew: bool = False,
-               clock_jumps: bool = False, tag_faults: bool = False, fact_times: bool = False) -> int:
+               clock_jumps: bool = False, tag_faults: bool = False, fact_times: bool = False,
+               late_letters: bool = False) -> int:
     """``--input-streams`` (``inputdriver.py``; with ``--processes``, ``inputcluster.py``): its own driver, its own
     summary."""
     started, tally = time.perf_counter(), Tally()
@@ -156,6 +164,8 @@ def run_inputs(seeds: Iterable[int], steps: int, trace: bool, processes: int = 1
         driver = InputsDriver(seed, tally, lose_tail, clock_jumps, tag_faults, fact_times) if processes == 1 else \
             InputsClusterDriver(seed, processes, tally, partition, suspends, new_addresses, lose_tail, clock_skew,
                                 clock_jumps, tag_faults, fact_times)
+        if late_letters:
+            inputletters.enabled(driver.redis, seed)
         try:
             asyncio.run(driver.run(steps))
         except Violation as exc:

@@ -165,7 +165,8 @@ class InputsClusterDriver(InputsDriver):
                      f"{' --suspends' if self.cluster.sleeps.finite else ''}"
                      f"{' --new-addresses' if self.new_addresses else ''}{' --lose-tail' if self.tail else ''}"
                      f"{' --clock-skew' if self.cluster.skew else ''}{' --clock-jumps' if self.cluster.jumps else ''}"
-                     f"{' --tag-faults' if self.faults.tags else ''}{' --fact-times' if self.producer.ahead else ''}")
+                     f"{' --tag-faults' if self.faults.tags else ''}{' --fact-times' if self.producer.ahead else ''}"
+                     f"{' --late-letters' if self.redis.letters.rng else ''}")
             raise Violation(f"seed {self.seed} {flags}, after step {step}: {exc}\n  last steps:\n  {tail}\n"
                             f"replay: .venv/bin/python -m tests.sim {flags} --seed {self.seed}"
                             f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
@@ -381,6 +382,7 @@ class InputsClusterDriver(InputsDriver):
         self.tally.input_sent += self.sends
         self.tally.input_faults += sum(self.faults.counts.values())
         self.redis.tags.tallied(self.tally)
+        self.redis.letters.tallied(self.tally)
         self.tally.input_redelivered += self.redis.redelivered
         self.tally.input_passes_cut += self.redis.passes_cut
         self.tally.input_refusals_elsewhere += self.redis.refusals_elsewhere

@@ -152,6 +152,7 @@ class InputsDriver:
                             f"replay: .venv/bin/python -m tests.sim --input-streams --seed {self.seed}"
                             f"{' --lose-tail' if self.tail else ''}{' --clock-jumps' if self.world.jumps else ''}"
                             f"{' --tag-faults' if self.faults.tags else ''}"
+                            f"{' --late-letters' if self.redis.letters.rng else ''}"
                             f"{' --fact-times' if self.producer.ahead else ''}"
                             f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
 
@@ -371,6 +372,7 @@ class InputsDriver:
         self.tally.input_sent += self.other.sends
         self.tally.input_faults += sum(self.faults.counts.values())
         self.redis.tags.tallied(self.tally)
+        self.redis.letters.tallied(self.tally)
         self.tally.input_redelivered += self.redis.redelivered
         self.tally.input_passes_cut += self.redis.passes_cut
         self.tally.input_refusals_elsewhere += self.redis.refusals_elsewhere

@@ -188,6 +188,15 @@ def write_dead_letters(redis: SimStreams, keys: list[str], args: list[Any]) -> l
     return [kept, letters, forgotten, away, 0]
 
 
+def letter_entries(keys: list[str], args: list[Any]) -> frozenset[tuple[str, bytes]]:
+    """The input entries a dead letters' script names (``write_dead_letters``'s KEYS and ARGV)."""
+    count, at, out = (len(keys) - 2) // 3, 5, set()
+    for stream in keys[1:1 + count]:
+        out.add((stream, _id(args[at])))
+        at += 5 + int(args[at + 4])
+    return frozenset(out)
+
+
 def _ours(redis: SimStreams, stream: str, group: str, entry_id: bytes, consumer: str) -> bool:
     """The Lua's ``ours``: the entry pending to ``consumer`` in ``group``; the group gone (NOGROUP), as ever."""
     try:

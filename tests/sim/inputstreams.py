@@ -37,6 +37,7 @@ from atp_service.intake.anew import entry_digest
 from atp_service.intake.entries import id_key
 from atp_service.storage.nodes import Call
 from tests.sim import inputscripts, inputsweep
+from tests.sim.inputletters import LateLetters
 from tests.sim.inputpipeline import Pipeline, _fail, _text
 from tests.sim.inputtags import TagFaults
 from tests.sim.sidestreams import run_pipelined
@@ -104,7 +105,8 @@ class SimStreams:
         self.refused: dict[str, dict[str, bytes]] = {}  # refused sets and their letters (E7): id -> letter, why
         self.faults, self.on_ack = faults, on_ack
         self.tags = TagFaults(faults.tags)
-        faults.before = lambda: self.tags.calls(self)
+        self.letters = LateLetters()  # ``--late-letters``: dead letters' scripts and fence settings landing late
+        faults.before = self._before
         self.quarantined: list[tuple[str, dict[str, str], tuple[str, bytes] | None]] = []
         """Quarantine entries written: (stream, fields, the input entry named with it)."""
         self.dead_letters: list[tuple[str, dict[str, str]]] = []  # (dead-letter stream, its fields) as written
@@ -159,6 +161,11 @@ class SimStreams:
             del held.entries[gone]
             held.trimmed.append(gone)
 
+    def _before(self) -> None:
+        """A call reaches Redis: the tags and the late calls due land first."""
+        self.tags.calls(self)
+        self.letters.calls(self.faults.events)
+
     # -- what the service calls ---------------------------------------------------------------------
     def set_response_callback(self, *_: Any) -> None:
         return None
@@ -182,6 +189,9 @@ class SimStreams:
 
         async def call(keys: list[str], args: list[Any]) -> Any:
             await asyncio.sleep(0)
+            if what == "dead letter" and self.letters.held(what, lambda: run(keys, args), self.faults.active,
+                                                           inputscripts.letter_entries(keys, args)):
+                raise _fail("lost")
             kind, ran = self.faults.draw(what, 1)
             out = run(keys, args) if ran else None
             if kind != "ok":
@@ -212,6 +222,8 @@ class SimStreams:
 
     async def set(self, key: str, value: bytes, px: int | None = None) -> bool:
         """A consumer's fence set anew (``fence.Fence.raised``): at its start, after a dead-letter write in doubt."""
+        if self.letters.held("fence", lambda: self.fences.__setitem__(key, value), self.faults.active):
+            raise _fail("lost")  # landing late, over any token set since
         self.fences[key] = value
         return True
 
@@ -408,6 +420,7 @@ class SimStreams:
                         holder[1], holder[2] = holder[1] + 1, self.now_ms()
                         self.redelivered += 1
                         self.note_again(_text(stream), held, entry_id, consumer)
+                        self.letters.read_again(_text(stream), entry_id)
                     rows.append([entry_id, None if flat is None else list(flat)])
             inputsweep.seen(self, _text(stream), group, consumer, any(row[1] is not None for row in rows))
             reply.append([_text(stream).encode(), rows])

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from tests.sim.inputdriver import InputsDriver
 
 _NOT_REDIS = ("faults", "on_ack", "now_ms", "on_failed_write", "given", "note_again", "tags", "refused_swept",
-              "fenced", "refusals_elsewhere", "passes_cut")
+              "fenced", "refusals_elsewhere", "passes_cut", "letters")
 """``SimStreams``'s attributes that are no part of what Redis holds: kept across a restore."""
 
 
@@ -113,6 +113,7 @@ class InputsTail:
         gone = {(f["_stream"], f["_id"].encode()) for _, f in letters[len(driver.redis.dead_letters):]}
         self.letters_lost |= {entry for entry in gone if entry in facts or entry in malformed}  # read again
         driver.redis.tags.restarted()
+        driver.redis.letters.restarted()
         lost = [entry for entry in driver.producer.facts if entry not in facts]
         lost += [entry for entry in driver.producer.malformed if entry not in malformed]
         driver.lost_positions |= {(fact.sku, fact.location) for entry, fact in driver.producer.facts.items()

@@ -118,6 +118,8 @@ class Tally:
     input_tags: int = 0  # the readers' tags (``bounds._TAG``) run (``inputtags``)
     input_tags_failed: int = 0  # ... refused, in doubt or landing late
     input_tags_late: int = 0  # ... landed late
+    input_letters_late: int = 0  # dead letters' scripts landed late (``--late-letters``, ``inputletters``)
+    input_fences_late: int = 0  # ... fence settings landed late
     input_tokens_lost: int = 0  # consumers' tokens lost alone, their streams kept
     input_made_at_bound: int = 0  # groups made again at the bound of the token Redis held (else from the start)
 
@@ -187,6 +189,9 @@ class Tally:
                    + (f", {self.input_tags} tags ({self.input_tags_failed} failed, {self.input_tags_late} landed "
                       f"late, {self.input_tokens_lost} tokens lost alone; {self.input_made_at_bound} groups made "
                       "again at a token's bound)" if self.input_tags else "")
+                   + (f", {self.input_letters_late} dead letters and {self.input_fences_late} fence settings landed "
+                      "late"
+                      if self.input_letters_late or self.input_fences_late else "")
                    if self.input_entries else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")
