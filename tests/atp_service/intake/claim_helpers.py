@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from atp_service import ManualClock
 from atp_service.config import ServiceConfig
+from atp_service.engine.clock import Ticks
 from atp_service.intake.facts import FactDesk
 from atp_service.intake.ingest import StreamIngestor
 from atp_service.metrics import IntakeMetrics
@@ -19,11 +21,12 @@ T = 1_700_000_000_000
 POS = "atp:in:pos"
 
 
-def claiming_ingestor(redis_url: str, *streams: str) -> StreamIngestor:
-    """A reader of ``streams`` that claims an entry pending elsewhere however briefly idle (``claim_idle_ms=0``)."""
+def claiming_ingestor(redis_url: str, *streams: str, ticks: Ticks = time.monotonic) -> StreamIngestor:
+    """A reader of ``streams`` that claims an entry pending elsewhere however briefly idle (``claim_idle_ms=0``),
+    timing its steps on ``ticks``."""
     settings = dataclasses.replace(ServiceConfig(input_streams=streams).ingest_settings, claim_idle_ms=0)
     desk = FactDesk(None, "atp:quarantine", 1000, metrics=IntakeMetrics())  # type: ignore[arg-type]  # no fact applied
-    return StreamIngestor(connect_any(redis_url, 2.0), desk, settings, ManualClock(T))
+    return StreamIngestor(connect_any(redis_url, 2.0), desk, settings, ManualClock(T), ticks=ticks)
 
 
 async def orphan_behind_the_newest_read(r: Any, ingestor: StreamIngestor) -> tuple[Any, Any, list[Any]]:

@@ -7,27 +7,25 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from atp_service.intake import ingest
+from atp_service.engine.clock import Ticks
 from tests.atp_service.intake.claim_helpers import POS, claiming_ingestor
 
 UPTIME_S = 5.0
 
 
-def booted_moments_ago(monkeypatch: pytest.MonkeyPatch) -> None:
+def booted_moments_ago() -> Ticks:
     """The reader's monotonic clock as a host up for ``UPTIME_S`` reads it (it still moves on)."""
     shift = time.monotonic() - UPTIME_S
-    monkeypatch.setattr(ingest, "time", SimpleNamespace(monotonic=lambda: time.monotonic() - shift, time=time.time))
+    return lambda: time.monotonic() - shift
 
 
 async def test_a_reader_on_a_host_just_booted_claims_at_its_first_step(
         redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    booted_moments_ago(monkeypatch)
-    ingestor = claiming_ingestor(redis_url, POS)
+    ingestor = claiming_ingestor(redis_url, POS, ticks=booted_moments_ago())
     ingestor._config = dataclasses.replace(ingestor._config, claim_idle_ms=1_800_000)  # the default's order
     claims: list[Any] = []
     claim = ingestor._claim
