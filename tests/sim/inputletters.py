@@ -2,12 +2,14 @@
 (``fence.Fence.raised``) landing late, after their caller gave up on them.
 
 A call held in the network, a proxy, a retransmission reaches Redis after its caller's timeout: the caller took it
-for in doubt and went on. Such a call answers nothing (its caller is told the answer was lost) and lands a few Redis
-calls later (``LATE_CALLS``): the dead letters' script judges the entries as Redis holds them then, with the fence's
-token it carried; the fence's ``SET`` puts back the token it carried, over any set since. So a dead letter can land
-after its reader read the entry again and judged it by a clock moved on (applied: ``test_refused_letter_in_doubt``),
-and a late ``SET`` fences the reader's own writes until it raises its fence again (``Fence.refused``). The end checks
-hold every entry to one outcome: applied, quarantined or dead-lettered, never two, never none (``inputchecks``).
+for in doubt and went on. Such a call answers nothing (its caller is told the answer was lost) and lands later: a
+dead letters' script soon after one of its entries is delivered again to its reader (``AFTER_READ_AGAIN``), else some
+Redis calls later (``LATE_CALLS``), as a fence's ``SET`` does. The script judges the entries as Redis holds them then,
+with the fence's token it carried; the ``SET`` puts back the token it carried, over any set since. So a dead letter
+can land after its reader read the entry again and judged it by a clock moved on (applied:
+``test_refused_letter_in_doubt``), and a late ``SET`` fences the reader's own writes until it raises its fence again
+(``Fence.refused``). The end checks hold every entry to one outcome: applied, quarantined or dead-lettered, never
+two, never none (``inputchecks``).
 Seeded on its own (``letters {seed}``): a seed without the flag goes as it did.
 """
 
@@ -16,9 +18,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.sim.tally import Tally
+
+if TYPE_CHECKING:
+    from tests.sim.inputstreams import SimStreams
 
 LATE_P = 0.2
 """Of the dead letters' scripts and fence settings sent while faults are on, those that land late."""
@@ -72,6 +77,6 @@ class LateLetters:
         tally.input_fences_late += self.counts["fence landed late"]
 
 
-def enabled(redis: Any, seed: int) -> None:
+def enabled(redis: SimStreams, seed: int) -> None:
     """``--late-letters`` for a driver's Redis (``SimStreams``)."""
     redis.letters.rng = random.Random(f"letters {seed}")
