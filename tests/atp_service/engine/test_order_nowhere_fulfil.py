@@ -1,0 +1,63 @@
+"""A Fulfil of an order committed nowhere (``engine.losses``: CONFIRMED, another order's confirmed part of its id
+kept in the place of its part at a group, R7, Q3), on a Redis Cluster (``engine.orders`` over the simulation's
+in-process log): what it may fulfil there, and what it is told (R3, R4, R5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from reservation import InvalidArgument, LineRequest, State
+from tests.atp_service.engine.helpers import SKUS, running
+from tests.atp_service.engine.order_reuse import group_1_back, reserved_again
+from tests.atp_service.engine.test_order_id_reuse import now_nowhere
+from tests.atp_service.engine.test_order_sagas import Rig
+
+
+@pytest.fixture
+async def rig() -> Any:
+    async with running(Rig()) as started:
+        yield started
+
+
+def on_hand(rig: Rig) -> list[int]:
+    return [actor.ledger.quantities(sku, "DC").on_hand for actor, sku in zip(rig.engine.actors, SKUS, strict=True)]
+
+
+async def test_a_fulfil_naming_an_order_s_units_committed_nowhere_is_refused_never_told_done_R4_R5_Q3(
+        rig: Rig) -> None:
+    """Defect (found by review): an order committed nowhere shows its line at the group whose part is another order's
+    committed (Q3); a Fulfil naming that line was answered done — though no part holds those units to move (R4), and
+    the order's record keeps only what its steps released, so the line read committed again at once, as the answer
+    itself showed: told done, nothing done, every later Fulfil of it the same. Refused, naming the line, as a Fulfil of
+    units not committed is; the order, the other order's part and the stock untouched, its retry refused alike (R5)."""
+    engine = rig.engine
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
+    await group_1_back(rig, first, second)
+    before = await rig.run(engine.get_reservation("o"))
+    assert [(line.committed, line.fulfilled) for line in before.lines] == [(3, 0), (1, 0)]
+    stock = on_hand(rig), rig.quantities()
+    for _ in range(2):
+        with pytest.raises(InvalidArgument, match=r"lines\[0\]\.quantity: .*committed nowhere") as refused:
+            await rig.run(engine.fulfill("o", (LineRequest(SKUS[1], "DC", 1),), "f1"))
+        assert refused.value.fields == ("lines[0].quantity",)
+    assert (await rig.run(engine.get_reservation("o"))) == before
+    assert (on_hand(rig), rig.quantities()) == stock
+    assert rig.part("o", 1) == first and now_nowhere(rig) == 1
+
+
+async def test_a_fulfil_of_an_order_committed_nowhere_s_other_lines_fulfils_them_R4(rig: Rig) -> None:
+    """A Fulfil naming only its lines whose part is its own fulfils them as ever (R4: committed and on_hand together);
+    the order stays CONFIRMED, its unit committed nowhere still counted."""
+    engine = rig.engine
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
+    await group_1_back(rig, first, second)
+    done = await rig.run(engine.fulfill("o", (LineRequest(SKUS[0], "DC", 3),), "f0"))
+    assert (done.state, [(line.committed, line.fulfilled) for line in done.lines]) == (
+        State.CONFIRMED, [(0, 3), (1, 0)])
+    assert on_hand(rig)[0] == 4 and rig.quantities()[0] == (0, 0)
+    assert now_nowhere(rig) == 1
