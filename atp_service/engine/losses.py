@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from atp_service.engine.parts import CommitPart, run_parts
-from reservation import Limits, PendingOp, Reservation, State
+from reservation import DomainError, InvalidArgument, Limits, OrderStep, PendingOp, Reservation, State
 from reservation import _order_losses as losses
 from reservation import _orders as orders
 
@@ -144,6 +144,27 @@ def own_of(engine: Engine, order: Reservation,
     foreign = losses.others(order, found, engine.place, engine.limits)
     mine = {group: part for group, part in found.items() if group not in foreign}
     return mine, {line.sku for line in order.lines if engine.place(line.sku) in foreign}
+
+
+def planned(engine: Engine, order: Reservation, found: Mapping[int, Reservation], step: PendingOp, now: int
+            ) -> tuple[Reservation | None, dict[int, PendingOp], DomainError | None]:
+    """``_orders.plan`` of ``step`` on ``order`` as its callers see it (``as_shown``) — but a Fulfil naming units of
+    its lines committed nowhere (``own_of``) is refused, naming the line, as a Fulfil of units not committed is: no
+    part holds them to move (R4), and the order's record keeps only what its steps released, so told done they read
+    committed again at once. A Fulfil of the whole order resolves it (FULFILLED), moving nothing there; an operation
+    it recorded before is replayed (R5)."""
+    mine, nowhere = own_of(engine, order, found)
+    shown = orders.view(order, mine, nowhere)
+    if step.kind == OrderStep.FULFIL and shown.state == State.CONFIRMED and step.operation_id not in order.ops:
+        for n, line in enumerate(step.lines):
+            if line.sku in nowhere and line.quantity > 0 and any(
+                    record.sku == line.sku and line.location in (record.location, record.group)
+                    for record in shown.lines):
+                return None, {}, InvalidArgument(f"lines[{n}].quantity", (
+                    f"{line.quantity} exceeds the 0 units committed: its units at shard group "
+                    f"{engine.place(line.sku)} are committed nowhere (another order's part of its id in its part's "
+                    "place, kept): release them once held by hand"))
+    return orders.plan(shown, step, now, engine.limits, engine.place)
 
 
 async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now: int,

@@ -30,6 +30,7 @@ from atp_service.engine.losses import (
     log_confirmed_again,
     log_decided_again,
     own_of,
+    planned,
     shares_to,
 )
 from atp_service.engine.order_expiry import (
@@ -280,8 +281,7 @@ class Orders(OrderSteps):
                 raise FailedPrecondition("EXPIRED", f"its hold in shard groups {lost} is gone (Redis lost acknowledged "
                                          "entries there): it was given up whole; reserve again", order_id)
         place, limits = self._engine.place, self._engine.limits
-        done, shares, error = orders.plan(as_shown(self._engine, order, parts), step, self._engine.now_at(home),
-                                          self._engine.limits, place)  # not another order's part
+        done, shares, error = planned(self._engine, order, parts, step, self._engine.now_at(home))  # as shown
         if done is not None:
             await self._save(home, done, over=order)  # decided: from here on it is carried through
             await self._apply(done, shares_to(self._engine, order, shares, parts, self.said))  # as read: before it
