@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import msgspec
+import pytest
 
+from atp_client import typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
 from reservation import Reservation, State
@@ -109,3 +112,29 @@ async def test_held_by_hand_and_its_line_there_released_the_order_is_no_longer_c
     assert nowhere(service) == 0, "still counted: the alert fires on, silenced"
     assert engine.actors[part_group].ledger.reservation(orders.part_id("o", part_group)).lines == other.lines
     assert engine.actors[part_group].ledger.quantities(b, "S1").committed == 1 + 3, "the other's and by hand"
+
+
+async def test_a_fulfil_naming_its_line_there_is_refused_naming_it_never_told_done(
+        start_service: ServiceFactory) -> None:
+    """Defect (found by review): a Fulfil naming the order's line at the group whose part is another order's was
+    answered done, the line shown committed still in that very answer (no part holds those units, R4; the order's
+    record keeps only what its steps released). Refused INVALID_FIELD naming ``lines[0].quantity``, nothing changed:
+    the order still counted committed nowhere, the other order's part untouched."""
+    service, client = await start_service(clock=ManualClock(T0), port=held_port(), **LEASED)
+    engine = service.engine
+    assert engine is not None
+    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
+    a, b = _two_shards(service)
+    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
+    await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
+    await client.confirm("o")
+    part_group = engine.place(b)
+    other = await another_order_s_part_in_place(service, part_group)
+    before = await client.get_reservation("o")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.fulfill("o", [(b, "S1", 3)], "ship-there")
+    said = typed(err.value).refusal
+    assert (said.code, said.reason, [v.field for v in said.field_violations]) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["lines[0].quantity"]), said
+    assert await client.get_reservation("o") == before and nowhere(service) == 1
+    assert engine.actors[part_group].ledger.reservation(orders.part_id("o", part_group)).lines == other.lines
