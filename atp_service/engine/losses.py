@@ -157,8 +157,8 @@ def planned(engine: Engine, order: Reservation, found: Mapping[int, Reservation]
     shown = orders.view(order, mine, nowhere)
     if step.kind == OrderStep.FULFIL and shown.state == State.CONFIRMED and step.operation_id not in order.ops:
         for n, line in enumerate(step.lines):
-            if line.sku in nowhere and line.quantity > 0 and any(
-                    record.sku == line.sku and line.location in (record.location, record.group)
+            if line.sku in nowhere and any(  # units of it left there (released ones: refused as ever, ``plan``)
+                    record.committed and record.sku == line.sku and line.location in (record.location, record.group)
                     for record in shown.lines):
                 return None, {}, InvalidArgument(f"lines[{n}].quantity", (
                     f"{line.quantity} exceeds the 0 units committed: its units at shard group "

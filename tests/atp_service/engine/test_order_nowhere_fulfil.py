@@ -61,3 +61,16 @@ async def test_a_fulfil_of_an_order_committed_nowhere_s_other_lines_fulfils_them
         State.CONFIRMED, [(0, 3), (1, 0)])
     assert on_hand(rig)[0] == 4 and rig.quantities()[0] == (0, 0)
     assert now_nowhere(rig) == 1
+
+
+async def test_a_fulfil_naming_an_order_s_line_released_there_is_refused_as_ever_R3_R4(rig: Rig) -> None:
+    """Its line at that group released (the runbook's way out), a Fulfil naming it is refused as one naming units not
+    committed is (nothing left there: 0 units committed), the order no longer counted committed nowhere."""
+    engine = rig.engine
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
+    await group_1_back(rig, first, second)
+    await rig.run(engine.release("o", (LineRequest(SKUS[1], "DC", 1),), "r1"))
+    with pytest.raises(InvalidArgument, match=r"lines\[0\]\.quantity: 1 exceeds the 0 units committed$"):
+        await rig.run(engine.fulfill("o", (LineRequest(SKUS[1], "DC", 1),), "f1"))
+    assert now_nowhere(rig) == 0
