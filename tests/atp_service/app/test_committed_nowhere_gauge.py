@@ -120,12 +120,7 @@ async def test_a_fulfil_naming_its_line_there_is_refused_naming_it_never_told_do
     answered done, the line shown committed still in that very answer (no part holds those units, R4; the order's
     record keeps only what its steps released). Refused INVALID_FIELD naming ``lines[0].quantity``, nothing changed:
     the order still counted committed nowhere, the other order's part untouched."""
-    service, client = await start_service(clock=ManualClock(T0), port=held_port(), **LEASED)
-    engine = service.engine
-    assert engine is not None
-    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
-    a, b = _two_shards(service)
-    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
+    service, client, engine, a, b = await stocked_pair(start_service)
     await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
     await client.confirm("o")
     part_group = engine.place(b)
