@@ -133,3 +133,26 @@ async def test_a_fulfil_naming_its_line_there_is_refused_naming_it_never_told_do
         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["lines[0].quantity"]), said
     assert await client.get_reservation("o") == before and nowhere(service) == 1
     assert engine.actors[part_group].ledger.reservation(orders.part_id("o", part_group)).lines == other.lines
+
+
+async def test_a_whole_fulfil_is_refused_naming_its_lines_never_told_done_nor_uncounted(
+        start_service: ServiceFactory) -> None:
+    """Defect (found by review): a Fulfil of the whole order was answered FULFILLED, nothing moved out of ``on_hand``
+    at the group whose part is another order's (the units left the warehouse, offered again: Q1, Q5, R4), and the
+    order was no longer counted committed nowhere (the alert gone). Refused INVALID_FIELD naming ``lines``, nothing
+    changed: still counted, the stock and the other order's part untouched."""
+    service, client, engine, a, b = await stocked_pair(start_service)
+    await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
+    await client.confirm("o")
+    part_group = engine.place(b)
+    other = await another_order_s_part_in_place(service, part_group)
+    before = await client.get_reservation("o")
+    stock = [engine.actors[engine.place(sku)].ledger.quantities(sku, "S1") for sku in (a, b)]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.fulfill("o")
+    said = typed(err.value).refusal
+    assert (said.code, said.reason, [v.field for v in said.field_violations]) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["lines"]), said
+    assert await client.get_reservation("o") == before and nowhere(service) == 1
+    assert [engine.actors[engine.place(sku)].ledger.quantities(sku, "S1") for sku in (a, b)] == stock
+    assert engine.actors[part_group].ledger.reservation(orders.part_id("o", part_group)).lines == other.lines

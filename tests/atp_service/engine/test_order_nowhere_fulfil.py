@@ -74,3 +74,42 @@ async def test_a_fulfil_naming_an_order_s_line_released_there_is_refused_as_ever
     with pytest.raises(InvalidArgument, match=r"lines\[0\]\.quantity: 1 exceeds the 0 units committed$"):
         await rig.run(engine.fulfill("o", (LineRequest(SKUS[1], "DC", 1),), "f1"))
     assert now_nowhere(rig) == 0
+
+
+async def test_a_whole_fulfil_of_an_order_committed_nowhere_is_refused_naming_its_lines_never_told_done_R4_Q1(
+        rig: Rig) -> None:
+    """Defect (found by review): a Fulfil of the whole order was answered FULFILLED though no part holds its units at
+    the group whose part is another order's (R4): nothing moved out of ``on_hand`` there, the units that left the
+    warehouse offered again (Q1, Q5), and the order no longer counted committed nowhere, the alert gone. Refused
+    ``INVALID_FIELD`` naming ``lines`` (the line and its group in the message), as a Fulfil naming that line is: the
+    order, the other order's part and the stock untouched, a retry refused alike (R5)."""
+    engine = rig.engine
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
+    await group_1_back(rig, first, second)
+    before = await rig.run(engine.get_reservation("o"))
+    stock = on_hand(rig), rig.quantities()
+    for operation_id in ("", "", "whole"):
+        with pytest.raises(InvalidArgument, match=rf"^lines: .*{SKUS[1]}.*DC.*shard group 1.*committed nowhere") as no:
+            await rig.run(engine.fulfill("o", (), operation_id))
+        assert no.value.fields == ("lines",)
+    assert (await rig.run(engine.get_reservation("o"))) == before
+    assert (on_hand(rig), rig.quantities()) == stock
+    assert rig.part("o", 1) == first and now_nowhere(rig) == 1
+
+
+async def test_its_line_there_released_a_whole_fulfil_fulfils_the_rest_and_moves_their_stock_R4(rig: Rig) -> None:
+    """The runbook's way out taken (its line there released, the units held by hand), a Fulfil of the whole order
+    fulfils what is left, its units out of ``on_hand`` where its own part holds them (R4); FULFILLED, no longer
+    counted, the other order's part untouched."""
+    engine = rig.engine
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
+    await group_1_back(rig, first, second)
+    await rig.run(engine.release("o", (LineRequest(SKUS[1], "DC", 1),), "r1"))
+    held_there = on_hand(rig)[1]
+    done = await rig.run(engine.fulfill("o", (), ""))
+    assert (done.state, [(line.committed, line.fulfilled, line.released) for line in done.lines]) == (
+        State.FULFILLED, [(0, 3, 0), (0, 0, 1)])
+    assert on_hand(rig) == [4, held_there] and rig.quantities()[0] == (0, 0)
+    assert rig.part("o", 1) == first and now_nowhere(rig) == 0
