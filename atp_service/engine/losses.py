@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Container, Hashable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from atp_service.engine.parts import CommitPart, run_parts
-from reservation import DomainError, InvalidArgument, Limits, OrderStep, PendingOp, Reservation, State
+from reservation import DomainError, InvalidArgument, Limits, LineRequest, OrderStep, PendingOp, Reservation, State
 from reservation import _order_losses as losses
 from reservation import _orders as orders
 
@@ -148,23 +148,42 @@ def own_of(engine: Engine, order: Reservation,
 
 def planned(engine: Engine, order: Reservation, found: Mapping[int, Reservation], step: PendingOp, now: int
             ) -> tuple[Reservation | None, dict[int, PendingOp], DomainError | None]:
-    """``_orders.plan`` of ``step`` on ``order`` as its callers see it (``as_shown``) — but a Fulfil naming units of
-    its lines committed nowhere (``own_of``) is refused, naming the line, as a Fulfil of units not committed is: no
-    part holds them to move (R4), and the order's record keeps only what its steps released, so told done they read
-    committed again at once. A Fulfil of the whole order resolves it (FULFILLED), moving nothing there; an operation
-    it recorded before is replayed (R5)."""
+    """``_orders.plan`` of ``step`` on ``order`` as its callers see it (``as_shown``) — but a Fulfil of units of its
+    lines committed nowhere (``own_of``) is refused (``nowhere_fulfil``), as a Fulfil of units not committed is: no
+    part holds them to move (R4), so told done their units stay in ``on_hand`` there, offered again (Q1). An
+    operation it recorded before is replayed (R5)."""
     mine, nowhere = own_of(engine, order, found)
     shown = orders.view(order, mine, nowhere)
-    if step.kind == OrderStep.FULFIL and shown.state == State.CONFIRMED and step.operation_id not in order.ops:
-        for n, line in enumerate(step.lines):
-            if line.sku in nowhere and any(  # units of it left there (released ones: refused as ever, ``plan``)
-                    record.committed and record.sku == line.sku and line.location in (record.location, record.group)
-                    for record in shown.lines):
-                return None, {}, InvalidArgument(f"lines[{n}].quantity", (
-                    f"{line.quantity} exceeds the 0 units committed: its units at shard group "
-                    f"{engine.place(line.sku)} are committed nowhere (another order's part of its id in its part's "
-                    "place, kept): release them once held by hand"))
+    if step.kind == OrderStep.FULFIL and shown.state == State.CONFIRMED and step.operation_id not in order.ops and (
+            refusal := nowhere_fulfil(engine, shown, nowhere, step.lines)):
+        return None, {}, refusal
     return orders.plan(shown, step, now, engine.limits, engine.place)
+
+
+WAY_OUT = "release them once held by hand (docs/OPERATIONS.md, order_part_committed_again)"
+"""What a Fulfil refused for units committed nowhere (``nowhere_fulfil``) tells its caller to do: the runbook."""
+
+
+def nowhere_fulfil(engine: Engine, shown: Reservation, nowhere: Container[str],
+                   lines: tuple[LineRequest, ...]) -> InvalidArgument | None:
+    """The refusal of a Fulfil of ``shown`` (CONFIRMED) naming ``lines`` (none: the whole order) that takes units its
+    lines of the SKUs ``nowhere`` still commit (released ones: refused as ever, ``plan``), naming the field: told done,
+    nothing moved out of ``on_hand`` there (no part holds them) and the order no longer counted committed nowhere —
+    the units that left the warehouse offered again, no alert saying so (Q1, Q5, R4). None where it takes none."""
+    left = [record for record in shown.lines if record.committed and record.sku in nowhere]
+    if not lines and left:
+        named = ", ".join(f"{record.sku} at {record.group or record.location} in shard group "
+                          f"{engine.place(record.sku)}" for record in left)
+        return InvalidArgument("lines", (
+            f"empty (the whole order) would fulfil units committed nowhere, its lines {named} (another order's part "
+            f"of its id in its part's place, kept: nothing there moves out of on_hand): name its other lines, and "
+            f"{WAY_OUT}"))
+    for n, line in enumerate(lines):
+        if any(record.sku == line.sku and line.location in (record.location, record.group) for record in left):
+            return InvalidArgument(f"lines[{n}].quantity", (
+                f"{line.quantity} exceeds the 0 units committed: its units at shard group {engine.place(line.sku)} "
+                f"are committed nowhere (another order's part of its id in its part's place, kept): {WAY_OUT}"))
+    return None
 
 
 async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now: int,

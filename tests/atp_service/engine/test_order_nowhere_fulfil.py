@@ -89,8 +89,9 @@ async def test_a_whole_fulfil_of_an_order_committed_nowhere_is_refused_naming_it
     await group_1_back(rig, first, second)
     before = await rig.run(engine.get_reservation("o"))
     stock = on_hand(rig), rig.quantities()
+    said = rf"^lines: .*committed nowhere, its lines {SKUS[1]} at DC in shard group 1 .*held by hand"
     for operation_id in ("", "", "whole"):
-        with pytest.raises(InvalidArgument, match=rf"^lines: .*{SKUS[1]}.*DC.*shard group 1.*committed nowhere") as no:
+        with pytest.raises(InvalidArgument, match=said) as no:
             await rig.run(engine.fulfill("o", (), operation_id))
         assert no.value.fields == ("lines",)
     assert (await rig.run(engine.get_reservation("o"))) == before
