@@ -12,7 +12,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from atp_service.engine import parts
 from atp_service.engine.losses import KEPT
+from atp_service.engine.parts import ReadPart
 from reservation import DomainError, Fact, FactKind, Reason, State
 from reservation import _orders as orders
 from tests.atp_service.engine.helpers import SKUS, running
@@ -233,3 +235,36 @@ async def test_a_part_its_order_s_release_gave_up_before_the_home_lost_that_rele
     assert "released whole" in said[0] and "is missing" not in said[0], said[0]
     assert "its home" in said[0] and "older data" in said[0], f"the home's loss not named: {said[0]}"
     assert rig.quantities() == [(0, 0), (0, 0)]
+
+
+async def test_a_reserve_retry_deciding_an_order_again_never_answers_another_order_s_part_in_its_place_R5_Q3(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect (found by review): a retry of the Reserve of an order whose home lost its decision decides it again
+    (CONFIRMED, from group 1's confirmed part) and answers it from its parts read then — all of them: group 1 back
+    from older data just after (R7), another order's confirmed part of its id in its place (1 unit, kept: Q3), the
+    retry was answered with that part's lines, another content than the caller sent (R5: a retry answers the order
+    as it stands). Answered the order's own lines, as a read of it answers: those there committed (nowhere)."""
+    await home_lost_its_decision(rig, "o1")
+    home, run_part = rig.engine.actors[0].ledger, parts.run_part
+
+    async def group_1_back_once_decided(engine_: Any, group: int, step: Any) -> Any:
+        record = home.reservation("o1")
+        if group == 1 and isinstance(step, ReadPart) and record.state == State.CONFIRMED and record.pending is None:
+            monkeypatch.setattr(parts, "run_part", run_part)  # once: the last read of the retry
+            await rig.engine.actors[1].submit(another_order_s_part)
+        return await run_part(engine_, group, step)
+
+    def another_order_s_part(ledger: Any, now: int) -> None:
+        mine = ledger.reservation(orders.part_id("o1", 1))
+        for line in mine.lines:
+            ledger.move_hold(line.sku, line.location, 0, 1 - line.committed)
+        ledger.save(msgspec.structs.replace(mine, updated_at=now, lines=tuple(
+            msgspec.structs.replace(line, requested=1, granted=1, committed=1) for line in mine.lines)))
+
+    monkeypatch.setattr(parts, "run_part", group_1_back_once_decided)
+    replay, replayed = await rig.run(rig.engine.reserve(rig.cmd("o1")))
+    assert run_part is parts.run_part, "group 1 back after the decision"
+    assert (replay.state, replayed) == (State.CONFIRMED, True)
+    assert [(line.requested, line.granted, line.committed) for line in replay.lines] == [(3, 3, 3), (3, 3, 3)]
+    assert replay == await rig.run(rig.engine.get_reservation("o1"))
+    assert rig.part("o1", 1).lines[0].requested == 1, "the other order's part kept (Q3)"
