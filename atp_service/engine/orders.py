@@ -240,8 +240,8 @@ class Orders(OrderSteps):
             # decided again; or left undecided past its TTL: it expires (``_settle``), nothing reserved now.
             order, parts = await self._settled(cmd.reservation_id, home)
             return orders.replayed(order, *own_of(self._engine, order, parts)), True  # not another order's part
-        decided = await self._decide(order, home)  # CONFIRMED: decided before, its home lost it (R5: as it stands)
-        return orders.view(decided, await self._parts(decided, missing_ok=True)), decided.state == State.CONFIRMED
+        decided = await self._decide(order, home)  # R5: as it stands (decided again: its own lines, ``as_shown``)
+        return as_shown(self._engine, decided, await self._parts(decided, True)), decided.state == State.CONFIRMED
 
     async def _decide(self, order: Reservation, home: int) -> Reservation:
         """Reserve every part (a replay where it exists), release the held ones if any part is refused, then record
