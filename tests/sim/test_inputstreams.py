@@ -85,16 +85,6 @@ async def test_a_quarantine_write_that_failed_after_its_group_was_deleted_is_not
     await InputsDriver(90048, Tally()).run(8)
 
 
-async def test_an_entry_another_consumer_was_given_before_a_quarantine_write_failed_is_not_watched_as_owed() -> None:
-    """``--input-streams --lose-tail --seed 196``: atp-2 read an entry and sent its fact to the owner (in doubt), and
-    was stopped (SIGSTOP) with it in flight; the group was deleted and made again, atp-1 read the entry as new, its
-    shard quarantined the fact and the quarantine write was refused (owed). atp-2, continued, sent the fact again from
-    its memory, and the owner quarantined it again in its log. The watch took that for atp-1 deciding its owed entry
-    again (E8); but another consumer's copy is that one's to decide, as one claimed since is, and the quarantine stream
-    holds the fact once (``inputowed.OwedWatch.failed``)."""
-    await InputsDriver(196, Tally(), lose_tail=True).run(20)
-
-
 @pytest.mark.parametrize("others", [["--redis-full", "--processes", "3"], ["--shed", "--processes", "2"],
                                     ["--groups"], ["--settle-faults", "--lose-tail"]])
 def test_input_streams_refuse_the_faults_their_driver_does_not_draw(
