@@ -74,7 +74,7 @@ from tests.sim.inputholds import StoppedHolding
 from tests.sim.inputowed import OwedWatch
 from tests.sim.inputpipeline import _fail
 from tests.sim.inputprocs import Awake, Live, Moving, Writes
-from tests.sim.inputreaders import CLAIM_IDLE_MS, GatedClient, loop_of, turn, world_ticks
+from tests.sim.inputreaders import CLAIM_IDLE_MS, GatedClient, loop_of, started, turn, world_ticks
 from tests.sim.inputstreams import RedisFaults, SimStreams
 from tests.sim.inputtail import InputsTail
 from tests.sim.invariants import ServiceErrors, every_shard_answers
@@ -200,7 +200,7 @@ class InputsClusterDriver(InputsDriver):
 
             async def start(reader: StreamIngestor = reader) -> None:
                 loop_of(reader)
-                await reader._create_groups()
+                await started(reader)
 
             await asyncio.wait({proc.spawn(start())})
 
@@ -339,7 +339,8 @@ class InputsClusterDriver(InputsDriver):
         return all(mine is not None and not mine.pending and mine.last == held.last_id for held, mine in groups) \
             and not any(self.redis.hashes.values()) and not any(p.facts.quarantine.owed for p in running) \
             and all(reader is not None and not reader._retry_own_pending for reader in readers) \
-            and not (self.new_addresses and departed_left(self))
+            and not (self.new_addresses and departed_left(self)) \
+            and not self.redis.letters.late  # a late script or setting still in flight lands before the end checks
 
     async def drain(self) -> None:
         """Redis answering, every process running, the readers read until nothing is pending nor new; then every entry

@@ -61,7 +61,7 @@ from tests.sim.inputchecks import decided_once, fold_of_produced, letters, marks
 from tests.sim.inputclocks import clocks_counted, draw_clocks, end_clocks
 from tests.sim.inputfacts import STREAMS, Producer, ahead_draws
 from tests.sim.inputowed import OwedWatch
-from tests.sim.inputreaders import CLAIM_IDLE_MS, OTHER, OWNER, OtherProcess, loop_of, turn, world_ticks
+from tests.sim.inputreaders import CLAIM_IDLE_MS, OTHER, OWNER, OtherProcess, loop_of, started, turn, world_ticks
 from tests.sim.inputstreams import RedisFaults, SimStreams
 from tests.sim.inputtail import InputsTail
 from tests.sim.invariants import ServiceErrors
@@ -137,7 +137,7 @@ class InputsDriver:
                 await self.world.boot()
                 self.other.install()
                 await self._new_reader()
-                await (await self.other.new_reader())._create_groups()
+                await started(await self.other.new_reader())
                 for step in range(steps):
                     await self.step(step)
                     errors.check()
@@ -161,7 +161,7 @@ class InputsDriver:
             await self.reader.stop()
         self.reader = self._make_reader()
         loop_of(self.reader)
-        await self.reader._create_groups()
+        await started(self.reader)
 
     def _settings(self) -> object:
         return dataclasses.replace(self.world.config.ingest_settings, input_streams=STREAMS, consumer_group=GROUP,
@@ -258,7 +258,7 @@ class InputsDriver:
             self.trace.append(f"{step}: the other process stopped (SIGSTOP) until step {other.stopped_until}")
         elif rng.random() < OTHER_RESTART_P:
             self.owed.forget(OTHER)
-            await (await other.new_reader())._create_groups()
+            await started(await other.new_reader())
             self.trace.append(f"{step}: the other process restarted")
         reader, n = other.reader, rng.randint(1, 4)
         other.run(lambda: self.turns(reader, n, lambda: other.reader))
@@ -344,7 +344,9 @@ class InputsDriver:
         groups = [(held, held.groups.get(GROUP)) for held in self.redis.streams.values()]
         return all(mine is not None and not mine.pending and mine.last == held.last_id for held, mine in groups) \
             and not any(self.redis.hashes.values()) and not self.world.fact_desk.quarantine.owed \
-            and not self.other.desk.quarantine.owed and not (self.reader._retry_own_pending or other._retry_own_pending)
+            and not self.other.desk.quarantine.owed \
+            and not (self.reader._retry_own_pending or other._retry_own_pending) \
+            and not self.redis.letters.late  # a late script or setting still in flight lands before the end checks
 
     async def drain(self) -> None:
         """Redis answering, both processes running, the readers read until nothing is pending nor new (the clock

@@ -3,8 +3,10 @@
 
 A call held in the network, a proxy, a retransmission reaches Redis after its caller's timeout: the caller took it
 for in doubt and went on. Such a call answers nothing (its caller is told the answer was lost) and lands later: a
-dead letters' script soon after one of its entries is delivered again to its reader (``AFTER_READ_AGAIN``), else some
-Redis calls later (``LATE_CALLS``), as a fence's ``SET`` does. The script judges the entries as Redis holds them then,
+dead letters' script soon after one of its entries is delivered again to its reader (``AFTER_READ_AGAIN``) or just
+before Redis takes that entry's next acknowledgement (``AT_ACK_P``: past the reader's check of what landed before its
+fence), else some Redis calls later (``LATE_CALLS``), as a fence's ``SET`` does; every one lands before the end checks
+(the drain waits for them). The script judges the entries as Redis holds them then,
 with the fence's token it carried; the ``SET`` puts back the token it carried, over any set since. So a dead letter
 can land after its reader read the entry again and judged it by a clock moved on (applied:
 ``test_refused_letter_in_doubt``), and a late ``SET`` fences the reader's own writes until it raises its fence again
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tests.sim.tally import Tally
@@ -31,7 +34,21 @@ LATE_CALLS = (1, 120)
 """How many Redis calls later a late call lands at the latest (drawn)."""
 AFTER_READ_AGAIN = (1, 3)
 """A late dead letters' script lands this many Redis calls after one of its entries was delivered again to its
-reader (drawn): once that read, before the reader's acknowledgement (``test_refused_letter_in_doubt``)."""
+reader (drawn), at the latest: once that read, before the reader's acknowledgement."""
+AT_ACK_P = 0.5
+"""Of the late scripts whose entry was delivered again, those that land at the entry's next acknowledgement, just
+before Redis takes it (``test_refused_letter_in_doubt``): past the reader's fence check (``Fence.landed``)."""
+
+
+@dataclass
+class Late:
+    """A call held in the network."""
+
+    left: int  # Redis calls until it lands, at the latest
+    what: str  # "dead letter" | "fence"
+    land: Callable[[], Any]
+    entries: frozenset[tuple[str, bytes]]  # the input entries it names
+    at_ack: bool = False  # lands at an acknowledgement of one of ``entries``, if that comes first
 
 
 class LateLetters:
@@ -39,8 +56,7 @@ class LateLetters:
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng  # None: none late (``--late-letters`` not given)
-        self.late: list[tuple[int, str, Callable[[], Any], frozenset[tuple[str, bytes]]]] = []
-        """(calls left, what, landing, the input entries it names)."""
+        self.late: list[Late] = []
         self.counts: Counter[str] = Counter()
 
     def held(self, what: str, land: Callable[[], Any], active: bool,
@@ -48,25 +64,41 @@ class LateLetters:
         """Whether this call is held in the network (its caller told the answer was lost); it lands later."""
         if self.rng is None or not active or self.rng.random() >= LATE_P:
             return False
-        self.late.append((self.rng.randint(*LATE_CALLS), what, land, entries))
+        self.late.append(Late(self.rng.randint(*LATE_CALLS), what, land, entries))
         self.counts[f"{what} late"] += 1
         return True
 
     def calls(self, events: list[str]) -> None:
         """A call reaches Redis: the late ones due land first, in the order they were sent."""
-        due = [one for one in self.late if one[0] <= 1]
-        self.late = [(left - 1, what, land, entries) for left, what, land, entries in self.late if left > 1]
-        for _, what, land, _ in due:
-            land()
-            self.counts[f"{what} landed late"] += 1
-            events.append(f"a late {what} landed")
+        for one in self.late:
+            one.left -= 1
+        self._land([one for one in self.late if one.left <= 0], events)
+
+    def acking(self, stream: str, ids: Iterable[bytes], events: list[str]) -> None:
+        """An ``XACK`` of ``ids`` reaches Redis: the late scripts naming one of them that wait for it land first."""
+        named = {(stream, entry_id) for entry_id in ids}
+        self._land([one for one in self.late if one.at_ack and one.entries & named], events)
+
+    def _land(self, due: list[Late], events: list[str]) -> None:
+        """``due`` land, out of the calls in flight first: a script acknowledging its entries lands once."""
+        self.late = [one for one in self.late if one not in due]
+        for one in due:
+            one.land()
+            self.counts[f"{one.what} landed late"] += 1
+            events.append(f"a late {one.what} landed")
 
     def read_again(self, stream: str, entry_id: bytes) -> None:
-        """An entry delivered again to its reader: a late script naming it lands soon (``AFTER_READ_AGAIN``)."""
+        """An entry delivered again to its reader: a late script naming it lands soon (``AFTER_READ_AGAIN``), or at
+        its acknowledgement (``AT_ACK_P``)."""
         if self.rng is None:
             return
-        self.late = [(min(left, self.rng.randint(*AFTER_READ_AGAIN)) if (stream, entry_id) in entries else left,
-                      what, land, entries) for left, what, land, entries in self.late]
+        for one in self.late:
+            if (stream, entry_id) not in one.entries or one.at_ack:
+                continue
+            if self.rng.random() < AT_ACK_P:
+                one.at_ack = True  # at its ``LATE_CALLS`` at the latest: the entry may never be acknowledged
+            else:
+                one.left = min(one.left, self.rng.randint(*AFTER_READ_AGAIN))
 
     def restarted(self) -> None:
         """Redis back from older data: the calls in flight died with its connections."""

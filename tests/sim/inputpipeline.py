@@ -47,7 +47,11 @@ class Pipeline:
         self._scripts.append((keys, args))
 
     def xack(self, stream: str, group: str, *ids: bytes) -> None:
-        self._queued.append(("ack", lambda: self._redis.xack(stream, group, *ids)))
+        def ack() -> int:  # a late script waiting for it lands first (``LateLetters.acking``): not inside a script
+            self._redis.letters.acking(stream, [one if isinstance(one, bytes) else str(one).encode() for one in ids],
+                                      self._redis.faults.events)
+            return self._redis.xack(stream, group, *ids)
+        self._queued.append(("ack", ack))
 
     def get(self, key: str) -> None:  # a made-again mark (``again.marks_of``)
         self._queued.append(("get", lambda: self._redis.marks.get(key)))

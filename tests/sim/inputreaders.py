@@ -54,6 +54,19 @@ def world_ticks(world: World) -> Ticks:
     return lambda: world.clock.now_ms() / 1000
 
 
+async def started(reader: StreamIngestor) -> StreamIngestor:
+    """``StreamIngestor.start`` but for its tasks (the driver runs the reader's turns): its groups made where missing,
+    then its fence set, before any entry is read (a dead-letter write in doubt of a run before lands nothing in this
+    one: ``fence.py``). Tried again until done, as the service starts its reader (``_while_redis_is_away``)."""
+    while True:
+        try:
+            await reader._create_groups()
+            await reader._settler.fence.raised()
+            return reader
+        except (RedisError, RedisClusterException):
+            await asyncio.sleep(0)
+
+
 class Gate:
     """A process stopped (SIGSTOP) and continued: what it sends waits while stopped, and so do the answers."""
 
