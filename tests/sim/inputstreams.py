@@ -1,19 +1,19 @@
 """``--input-streams``: Redis as the input-stream readers (``intake/ingest.py``) and the quarantine stream see it.
 
-An in-process model of what the readers and ``FactDesk`` ask of Redis, answered at once (nothing sleeps): streams
-with one consumer group each (the group's position, its pending list with each entry's consumer, delivery count
-and delivery time, by Redis's clock: the world's), and the scripts the readers run, as their Lua does it — the read
-of new entries (``unread._READ``: the entries trimmed unread after the group's position counted owed in the
-consumer's hash where a read crosses them, when the group's count of entries read is known; the group's made-again
-mark answered, and forgotten once the group is at or past it with nothing pending up to it; ``unread._ACK``), the
-group made (``unread._MAKE``: its made-again mark set to the stream's newest id, or the one it has answered), a read
-of a consumer's own pending entries (``XREADGROUP`` after ids: each delivered again counted and its idle time reset),
-``XACK`` (of whichever consumer holds the entry, 0 without the group: never an error, as Redis answers), ``XPENDING``
-of one entry for one consumer, the claim (``claims._CLAIM``: ``XAUTOCLAIM`` as Redis 7.0 runs it, the mark answered:
-``inputscripts.autoclaim``) and the quarantine script (``quarantine._ONCE``, ``inputscripts.quarantine_once``), the
-dead letters' (``dead_letters._WRITE``, ``inputscripts.write_dead_letters``). The producer's ``MAXLEN`` trims the
-oldest entries, pending ones too (a read of the pending list then answers ``[id, nil]``; ``XAUTOCLAIM`` takes them
-out of it). Reply shapes checked against redis-server 7.0.
+An in-process model of what the readers and ``FactDesk`` ask of Redis, answered at once (nothing sleeps): streams with
+one consumer group each (the group's position, its pending list with each entry's consumer, delivery count and
+delivery time, by Redis's clock: the world's), and the scripts the readers run, as their Lua does it — the read of new
+entries (``unread._READ``: the entries trimmed unread after the group's position counted owed in the consumer's hash
+where a read crosses them, when the group's count of entries read is known; the group's made-again mark answered, and
+forgotten once the group is at or past it with nothing pending up to it; ``unread._ACK``), the group made and deleted
+(``inputgroups``: ``unread._MAKE``, its made-again mark set to the stream's newest id, or the one it has answered;
+``XGROUP DESTROY``), a read of a consumer's own pending entries (``XREADGROUP`` after ids: each delivered again
+counted and its idle time reset), ``XACK`` (of whichever consumer holds the entry, 0 without the group: never an
+error, as Redis answers), ``XPENDING`` of one entry for one consumer, the claim (``claims._CLAIM``: ``XAUTOCLAIM`` as
+Redis 7.0 runs it, the mark answered: ``inputscripts.autoclaim``) and the quarantine script (``quarantine._ONCE``,
+``inputscripts.quarantine_once``), the dead letters' (``dead_letters._WRITE``, ``inputscripts.write_dead_letters``).
+The producer's ``MAXLEN`` trims the oldest entries, pending ones too (a read of the pending list then answers ``[id,
+nil]``; ``XAUTOCLAIM`` takes them out of it). Reply shapes checked against redis-server 7.0.
 
 Faults (``RedisFaults``, while a step runs): a pipeline or script call refused before Redis ran it (nothing done), or
 its answer lost after Redis ran all of it or only its first commands (a pipeline is no transaction; a script is all or
@@ -24,49 +24,24 @@ is checked as Redis takes it: its fact durable then — applied in its shard log
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import ResponseError
 
 from atp_service.intake import bounds, claims, dead_letters, departed, runs, unread
-from atp_service.intake.anew import entry_digest
 from atp_service.intake.entries import id_key
 from atp_service.storage.nodes import Call
-from tests.sim import inputscripts, inputsweep
+from tests.sim import inputgroups, inputscripts, inputsweep
+from tests.sim.inputgroups import MAKER, Group, Stream, _id
 from tests.sim.inputletters import LateLetters
 from tests.sim.inputpipeline import Pipeline, _fail, _text
 from tests.sim.inputtags import TagFaults
 from tests.sim.sidestreams import run_pipelined
 
-MAKER: contextvars.ContextVar[tuple[str, int]] = contextvars.ContextVar("maker", default=("?", 0))
-"""The reader that runs the calls (set by the driver): its consumer and ``id``; which one made a group again."""
 FAULT_P = 0.12
 """The chance that a call to Redis fails while faults are on, half of them after Redis ran (some of) it."""
-
-
-def _id(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
-
-
-@dataclass
-class Group:
-    last: bytes = b"0-0"  # the last entry delivered (``last-delivered-id``)
-    pending: dict[bytes, list[Any]] = field(default_factory=dict)  # entry id -> [consumer, deliveries, at ms]
-    counted: bool = True  # its count of entries read known (``entries-read``): a gap it crosses is counted
-    consumers: dict[str, int] = field(default_factory=dict)  # name -> when last given an entry (``inputsweep``)
-
-
-@dataclass
-class Stream:
-    entries: dict[bytes, list[bytes]] = field(default_factory=dict)  # in id order (ids only grow)
-    groups: dict[str, Group] = field(default_factory=dict)
-    last_id: bytes = b"0-0"  # ``last-generated-id``
-    trimmed: list[bytes] = field(default_factory=list)  # ids trimmed away, oldest first
-    remade: tuple[bytes, tuple[str, int]] | None = None  # its newest id when its group was last made again, by whom
 
 
 class RedisFaults:
@@ -179,7 +154,8 @@ class SimStreams:
     def register_script(self, source: str) -> Callable[..., Any]:
         if source == bounds._TAG:  # a fault point of its own (``inputtags``)
             return self.tags.call(self)
-        run = {unread._READ: self._read_new, unread._ACK: self._forget_owed, unread._MAKE: self.tags.made(self._make),
+        run = {unread._READ: self._read_new, unread._ACK: self._forget_owed,
+               unread._MAKE: self.tags.made(lambda keys, args: inputgroups.make(self, keys, args)),
                claims._CLAIM: lambda keys, args: inputscripts.autoclaim(self, keys, args),
                dead_letters._WRITE: lambda keys, args: inputscripts.write_dead_letters(self, keys, args),
                departed._SWEEP: lambda keys, args: inputsweep.sweep(self, keys, args),
@@ -259,72 +235,9 @@ class SimStreams:
         return await run_pipelined(self.pipeline(), calls)
 
     # -- Redis's side ---------------------------------------------------------------------------------
-    def _create(self, stream: str, group: str, start: bytes) -> bool:
-        held = self.streams.setdefault(stream, Stream())
-        if group in held.groups:
-            raise ResponseError("BUSYGROUP Consumer Group name already exists")
-        held.groups[group] = Group(last=b"0-0" if start == b"0" else held.last_id if start == b"$" else start,
-                                   counted=start == b"0")
-        for at, (lost_on, pending, maker) in enumerate(self.groups_lost):
-            if lost_on == stream and maker is None:
-                self.groups_lost[at] = (lost_on, pending, MAKER.get())
-                held.remade = held.last_id, MAKER.get()
-        return True
-
     def destroy(self, stream: str, group: str) -> None:
-        """``XGROUP DESTROY``: the group and its pending list gone (an operator's, a Redis restored without it)."""
-        held = self.streams.get(stream)
-        if held is not None and (mine := held.groups.pop(group, None)) is not None:
-            pending = {entry_id: holder[0] for entry_id, holder in mine.pending.items()}
-            for lost_on, before, _ in self.groups_lost:  # held at an earlier deletion, not delivered since: held still
-                for entry_id, holder in before.items():
-                    if lost_on == stream and (stream, entry_id) not in self.delivered:
-                        pending.setdefault(entry_id, holder)
-            self.groups_lost.append((stream, pending, None))
-            self.delivered = {entry for entry in self.delivered if entry[0] != stream}  # the group made again: unread
-
-    def _make(self, keys: list[str], args: list[Any]) -> list[Any]:
-        """``unread._MAKE``: made at ``0`` (counted) or after an id, the group's count of entries read set where no
-        entry after ``start`` is gone and at most ``most`` follow it; its made-again mark the stream's newest id (none
-        on an empty stream, or where the quarantine stream's set holds no fact and the stream's refused set no entry).
-        There already (BUSYGROUP): nothing made, the mark it has answered. Tokens told (``bounds.py``): after the id
-        told with the one the consumer's token holds, else after ``start`` — or where the stream is not the one the
-        entry read was read in (``anew.py``), answered fourth; last, the newest entry at or before where it was
-        made, with its fields' digest (None: none)."""
-        (stream, mark, written, refused), group, start, most = keys[:4], _text(args[0]), _id(args[1]), int(args[2])
-        anew = _text(args[3]) != "" and self._anew(stream, _id(args[3]), _text(args[4]))
-        held_token = self.tokens.get(keys[4]) if len(keys) > 4 and not anew else None
-        start = next((_id(args[i + 1]) for i in range(5, len(args), 2) if _id(args[i]) == held_token), start)
-        held = self.streams.get(stream)
-        below = None if held is None or start == b"0" else next(
-            ([entry_id, entry_digest(held.entries[entry_id])] for entry_id in reversed(held.entries)
-             if id_key(entry_id) <= id_key(start)), None)
-        if held is not None and group in held.groups:
-            return [0, self.marks.get(mark), start, int(anew), below]
-        first = next(iter(held.entries), None) if held is not None else None
-        counted = start == b"0" or (first is not None and id_key(first) <= id_key(start) and
-                                    sum(id_key(e) > id_key(start) for e in held.entries) <= most)  # type: ignore[union-attr]
-        self._create(stream, group, start)
-        self.streams[stream].groups[group].counted = counted
-        newest = self.streams[stream].last_id
-        if newest == b"0-0" or not (self.written.get(written) or self.refused.get(refused)):  # none held or refused
-            self.marks.pop(mark, None)
-            return [1, None, start, int(anew), below]
-        self.marks[mark] = newest
-        return [1, newest, start, int(anew), below]
-
-    def _anew(self, stream: str, seen: bytes, digest: str) -> bool:
-        """``anew.ANEW_LUA``: the stream gone, its ids short of ``seen``, or another entry there (``digest``), or none
-        that a trim took (no XDEL here)."""
-        held = self.streams.get(stream)
-        if held is None or id_key(seen) > id_key(held.last_id):
-            return True
-        if digest == "":
-            return False
-        if seen in held.entries:
-            return entry_digest(held.entries[seen]) != digest
-        first = next(iter(held.entries), None)
-        return first is not None and id_key(first) <= id_key(seen)
+        """``XGROUP DESTROY`` (``inputgroups.destroy``)."""
+        inputgroups.destroy(self, stream, group)
 
     def _group(self, stream: str, group: str) -> tuple[Stream, Group]:
         held = self.streams.get(stream)
@@ -364,19 +277,9 @@ class SimStreams:
         if flat:
             self.answered[keys[-2]] = self.now_ms()
             self.answered_ms.pop(keys[-2], None)  # PX ANSWERED_MS
-        marks = [self._mark_kept(stream, group, key, position)
+        marks = [inputgroups.mark_kept(self, stream, group, key, position)
                  for stream, key, position in zip(streams, mark_keys, positions, strict=True)]
         return [reply or None, flat, positions, marks]
-
-    def _mark_kept(self, stream: str, group: str, key: str, position: bytes) -> bytes | None:
-        """The group's made-again mark, forgotten once the group is at or past it with nothing pending up to it."""
-        mark = self.marks.get(key)
-        _, mine = self._group(stream, group)
-        if mark is not None and id_key(position) >= id_key(mark) and \
-                not any(id_key(entry_id) <= id_key(mark) for entry_id in mine.pending):
-            del self.marks[key]
-            return None
-        return mark
 
     def note_again(self, stream: str, held: Stream, entry_id: bytes, consumer: str) -> None:
         """``entry_id`` delivered to ``consumer`` (``read_after``, ``given``); by a group made again, at or before its

@@ -13,6 +13,7 @@ from atp_service.intake.quarantine import Acks, QuarantineStream, drawn_key, run
 from atp_service.intake.runs import SWEPT
 from reservation import FactKind, Limits
 from reservation import fact as make_fact
+from tests.sim import inputgroups
 from tests.sim.__main__ import main
 from tests.sim.inputcluster import InputsClusterDriver
 from tests.sim.inputdriver import GROUP, InputsDriver
@@ -250,7 +251,7 @@ async def test_the_sims_quarantine_script_refuses_a_run_swept_and_the_reader_dra
     swept, ran = swept_runs_key(quarantine.stream), run_key(quarantine.stream, GROUP, name)
     drawn = drawn_key(quarantine.stream, GROUP, name)
     redis.xadd(stream, b"1-0", [b"f", b"v"])
-    redis._create(stream, GROUP, b"0")
+    inputgroups.create(redis, stream, GROUP, b"0")
     redis.streams[stream].groups[GROUP].pending[b"1-0"] = [name, 1, 0]
     fact = make_fact("late", "F", FactKind.SALE.value, "sku-q", "S1", 1, 1_700_000_000_000, "", 1_700_000_000_000,
                      Limits(), "event_time_ms")
