@@ -60,6 +60,7 @@ from tests.sim.faults import Call, StepRunner, collect, draw_plan
 from tests.sim.inputchecks import decided_once, fold_of_produced, letters, marks_forgotten, named, named_fields
 from tests.sim.inputclocks import clocks_counted, draw_clocks, end_clocks
 from tests.sim.inputfacts import STREAMS, Producer, ahead_draws
+from tests.sim.inputgroups import MAKER
 from tests.sim.inputowed import OwedWatch
 from tests.sim.inputreaders import CLAIM_IDLE_MS, OTHER, OWNER, OtherProcess, loop_of, started, turn, world_ticks
 from tests.sim.inputstreams import RedisFaults, SimStreams
@@ -310,8 +311,13 @@ class InputsDriver:
                                    "fact neither applied in the log nor written to the quarantine stream")
 
     def _acker(self) -> str | None:
-        """The consumer whose acknowledgement Redis takes now, where it can be told (None: any of the two)."""
-        return None
+        """The consumer whose acknowledgement Redis takes now: the one whose reader's turn runs the calling task
+        (``MAKER``, set by ``loop_of`` and inherited by the tasks the turn starts — its settles, its desk's quarantine
+        writes); None where no turn is (any of the two). The other process's XACK of an entry it sent before a loss,
+        its owner's answer taken then, lands after it while the owner's reader is given the entry again meanwhile: that
+        delivery decides nothing of the acknowledgement, which was decided from what was given before."""
+        consumer = MAKER.get()[0]
+        return None if consumer == "?" else consumer
 
     def check(self) -> None:
         world = self.world

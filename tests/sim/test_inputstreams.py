@@ -86,6 +86,21 @@ async def test_a_quarantine_write_that_failed_after_its_group_was_deleted_is_not
     await InputsDriver(90048, Tally()).run(8)
 
 
+@pytest.mark.parametrize(("seed", "step"), [(1859, 11), (5787, 18)])
+async def test_the_other_consumers_acknowledgement_landing_after_a_loss_is_judged_by_what_it_was_given(
+        seed: int, step: int) -> None:
+    """``--input-streams --lose-tail --seed 1859`` (and 5787): atp-2 read entries, sent their facts to the owner, which
+    applied wms/f3 (5787: answered wms/f0 DUPLICATE, its log read reaching the entry) and answered; Redis then came
+    back from the save before (the fact's log entry and the group's deliveries lost), atp-1 was given the entries
+    again (answered UNAVAILABLE: its shard found its log short) and atp-2's XACK landed. The fact is lost with the tail,
+    as every change acknowledged after Redis's save is (the shard's ``LogDiverged`` says so); the check took atp-1's
+    delivery for a decision of the XACK made since, as it could not tell whose XACK it was. It is the consumer whose
+    reader's turn sends it (``InputsDriver._acker``), as with several processes."""
+    tally = Tally()
+    await InputsDriver(seed, tally, lose_tail=True).run(step + 1)
+    assert tally.input_acked_lost, tally
+
+
 @pytest.mark.parametrize("others", [["--redis-full", "--processes", "3"], ["--shed", "--processes", "2"],
                                     ["--groups"], ["--settle-faults", "--lose-tail"]])
 def test_input_streams_refuse_the_faults_their_driver_does_not_draw(
