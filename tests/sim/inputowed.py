@@ -10,7 +10,8 @@ since (that one decides it), one whose group was deleted since it was read (``XG
 or after: the write finds it pending nowhere, and the group made again delivers it as new), one another consumer was
 given before the write failed (its process may hold it in memory and decide it still: a batch of it in flight — its
 process stopped meanwhile — after this one claimed it, or after the group was deleted and made again), one whose
-fact has another entry (that one decides it too) and one whose write was refused since for its run
+fact has another entry (that one decides it too), one whose delivery to its writer Redis lost coming back from older
+data (``inputtail``: pending to it no more, delivered anew) and one whose write was refused since for its run
 (``quarantine._ONCE``: a sweep took the process for gone while it was stopped; the answer says the stream does not
 hold the fact, and no write of that run lands later: fenced, the entry is decided again from what landed, as a
 claimer decides it) are left out. Watched: the fact of such an entry is
@@ -69,6 +70,8 @@ class OwedWatch:
                     continue  # an entry Redis lost coming back from older data (``inputtail``): none to decide
                 if redis.given.get(entry, set()) - {consumer}:
                     continue  # another consumer was given it before: its process may decide it still, from memory
+                if self._read_lost(redis, entry, consumer):
+                    continue  # its delivery gone with Redis's older data: its group delivers it anew (decided again)
                 # its group deleted since this consumer first read it (before the write, or after): left out too, also
                 # where the group made again delivered it meanwhile, to another consumer or to this one in a batch of
                 # its own (decided again by design, as the reader's own: E8 by the made-again mark only once written)
@@ -76,6 +79,18 @@ class OwedWatch:
                 self.lost[entry] = (consumer, redis.taken.get(entry, 0), deletions, self.quarantines(entry),
                                     redis.fenced.get((*entry, consumer), 0))
                 self.seen += 1
+
+    def _read_lost(self, redis: SimStreams, entry: Entry, consumer: str) -> bool:
+        """Whether ``consumer`` read ``entry`` before Redis last came back from older data (``inputtail``: given it
+        not since) and Redis holds it pending to it no more: that delivery was lost with the tail (the group's
+        position and pending list went back to before it), so the write answers it pending elsewhere (-1) and is not
+        owed for long — the reader drops it, and the group delivers the entry anew, to be decided again."""
+        tail = self.driver.tail
+        if tail is None or not tail.loss.losses or consumer in tail.given_since.get(entry, set()):
+            return False
+        held = redis.streams.get(entry[0])
+        groups = held.groups.values() if held is not None else []
+        return not any(group.pending.get(entry[1], [None])[0] == consumer for group in groups)
 
     def lost_redis(self) -> None:
         """Redis came back from older data (``inputtail``): the log's history cut back, its quarantines counted again;

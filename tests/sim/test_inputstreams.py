@@ -101,6 +101,16 @@ async def test_the_other_consumers_acknowledgement_landing_after_a_loss_is_judge
     assert tally.input_acked_lost, tally
 
 
+async def test_a_quarantine_write_of_an_entry_whose_delivery_redis_lost_is_not_watched_as_owed() -> None:
+    """``--input-streams --lose-tail --seed 2552``: atp-1 was given pos/f19; Redis came back from a save made before
+    that delivery (the entry unread again), atp-1 quarantined the fact from the batch it held, and its quarantine write
+    answered -1 (pending to it no more), the answer lost: owed. Written again, -1 again (the reader drops it); the group
+    delivered the entry anew and the fact was quarantined again in its log, the quarantine stream holding it once. The
+    watch took that for the owed entry decided again (E8); but the write, like one of a group deleted, finds the entry
+    pending nowhere and its group delivers it as new: decided again by design (``inputowed.OwedWatch._read_lost``)."""
+    await InputsDriver(2552, Tally(), lose_tail=True).run(20)
+
+
 @pytest.mark.parametrize("others", [["--redis-full", "--processes", "3"], ["--shed", "--processes", "2"],
                                     ["--groups"], ["--settle-faults", "--lose-tail"]])
 def test_input_streams_refuse_the_faults_their_driver_does_not_draw(
