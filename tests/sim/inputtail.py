@@ -20,8 +20,9 @@ lost finds its log short (``LogDiverged``, said) at its next write, a duplicate'
 service stops to be restarted (exit 4): until it has, its memory may hold what Redis lost (``TailLoss.stale``), so
 the checks comparing memory with the log wait. An entry acknowledged meanwhile must have its fact durable in what
 Redis holds (``InputsDriver._acked``), but for one whose fact was applied and answered before the loss, in the tail
-Redis lost, and its acknowledgement landed after: that fact is lost with the tail, as the contract says of every
-change acknowledged after Redis's save (the loss said by the shard's ``LogDiverged``), and left out of the end's
+Redis lost, and its acknowledgement landed after — sent by a consumer not given the entry since (``read_since``: the
+other consumer given it since decides nothing of that XACK): that fact is lost with the tail, as the contract says of
+every change acknowledged after Redis's save (the loss said by the shard's ``LogDiverged``), and left out of the end's
 checks (``acked_lost``). By the step's end the instance
 was restarted, or holds exactly what Redis holds (``replay_equals_live`` against a recovery).
 
