@@ -268,3 +268,35 @@ async def test_a_reserve_retry_deciding_an_order_again_never_answers_another_ord
     assert [(line.requested, line.granted, line.committed) for line in replay.lines] == [(3, 3, 3), (3, 3, 3)]
     assert replay == await rig.run(rig.engine.get_reservation("o1"))
     assert rig.part("o1", 1).lines[0].requested == 1, "the other order's part kept (Q3)"
+
+
+async def test_a_reserve_retry_deciding_an_order_again_never_answers_a_part_lost_just_after_as_shipped_R5_Q3(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect (found by review): a retry of the Reserve of an order whose home lost its decision decides it again
+    (CONFIRMED) and answered it from its parts read then, without looking for a part lost: group 1 back from older
+    data just after (R7), its part gone, the retry answered that line shipped (3 fulfilled, nothing committed) — read
+    as a part forgotten past its retention — while a read of the order just after makes the part again and answers it
+    committed, nothing shipped (R4, Q3). Answered as a read answers: its part made again, its units committed."""
+    await home_lost_its_decision(rig, "o1")
+    home, run_part = rig.engine.actors[0].ledger, parts.run_part
+
+    async def group_1_back_once_decided(engine_: Any, group: int, step: Any) -> Any:
+        record = home.reservation("o1")
+        if group == 1 and isinstance(step, ReadPart) and record.state == State.CONFIRMED and record.pending is None:
+            monkeypatch.setattr(parts, "run_part", run_part)  # once: the last read of the retry
+            await rig.engine.actors[1].submit(part_lost)
+        return await run_part(engine_, group, step)
+
+    def part_lost(ledger: Any, _now: int) -> None:
+        part_id = orders.part_id("o1", 1)
+        for line in ledger.reservation(part_id).lines:
+            ledger.move_hold(line.sku, line.location, -line.held, -line.committed)
+        del ledger.reservations[part_id]
+
+    monkeypatch.setattr(parts, "run_part", group_1_back_once_decided)
+    replay, replayed = await rig.run(rig.engine.reserve(rig.cmd("o1")))
+    assert run_part is parts.run_part, "group 1 back after the decision"
+    assert (replay.state, replayed) == (State.CONFIRMED, True)
+    assert [(line.committed, line.fulfilled) for line in replay.lines] == [(3, 0), (3, 0)], replay.lines
+    assert replay == await rig.run(rig.engine.get_reservation("o1"))
+    assert rig.quantities() == [(0, 3), (0, 3)], "its part made again, its units committed (Q3)"
