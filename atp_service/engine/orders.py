@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -76,7 +75,6 @@ from reservation import _orders as orders
 if TYPE_CHECKING:
     from atp_service.engine.router import Engine
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -240,8 +238,10 @@ class Orders(OrderSteps):
             # decided again; or left undecided past its TTL: it expires (``_settle``), nothing reserved now.
             order, parts = await self._settled(cmd.reservation_id, home)
             return orders.replayed(order, *own_of(self._engine, order, parts)), True  # not another order's part
-        decided = await self._decide(order, home)  # R5: as it stands (decided again: its own lines, ``as_shown``)
-        return as_shown(self._engine, decided, await self._parts(decided, True)), decided.state == State.CONFIRMED
+        decided = await self._decide(order, home)  # R5: as it stands
+        if decided.state == State.CONFIRMED:  # decided again: answered as a read answers it — its own lines, a part
+            return await read_order(self, cmd.reservation_id, home, False), True  # lost since made again (Q3, R4)
+        return as_shown(self._engine, decided, await self._parts(decided, True)), False
 
     async def _decide(self, order: Reservation, home: int) -> Reservation:
         """Reserve every part (a replay where it exists), release the held ones if any part is refused, then record
