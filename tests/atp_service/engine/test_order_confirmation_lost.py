@@ -142,7 +142,7 @@ async def test_an_order_whose_home_lost_its_decision_and_its_part_there_commits_
 async def test_a_reserve_retry_of_an_order_whose_home_lost_its_decision_never_rejects_it_R3_R5(rig: Rig) -> None:
     """Defect (found by review): the retry decided the order as a Reserve does — group 1's part CONFIRMED is not
     one that holds — released group 0's held part and recorded it REJECTED, answered so. It is answered its first
-    decision (HELD, a replay: R5), the order CONFIRMED, every part committed."""
+    decision replayed as the order stands (CONFIRMED, a replay: R5), every part committed."""
     await home_lost_its_decision(rig, "o1")
     rec, replayed = await rig.run(rig.engine.reserve(rig.cmd("o1")))
     assert (rec.state, replayed) == (State.CONFIRMED, True)
