@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from reservation import InvalidArgument, LineRequest, State
+from reservation import InvalidArgument, Limits, LineRequest, State, reserve_command
 from tests.atp_service.engine.helpers import SKUS, running
 from tests.atp_service.engine.order_reuse import group_1_back, reserved_again
 from tests.atp_service.engine.test_order_id_reuse import now_nowhere
@@ -114,3 +114,24 @@ async def test_its_line_there_released_a_whole_fulfil_fulfils_the_rest_and_moves
         State.FULFILLED, [(0, 3, 0), (0, 0, 1)])
     assert on_hand(rig) == [4, held_there] and rig.quantities()[0] == (0, 0)
     assert rig.part("o", 1) == first and now_nowhere(rig) == 0
+
+
+async def test_the_runbook_step_by_step_settles_the_order_and_moves_its_units_there_once_R4_Q1_Q3(rig: Rig) -> None:
+    """The runbook (docs/OPERATIONS.md, ``order_part_committed_again``) with the API as it is: its units there held by
+    hand under a new id and confirmed (1), the order's line there released (2: no longer counted), the order's
+    whole Fulfil fulfils the rest (FULFILLED), the new reservation fulfilled when those units ship (3): ``on_hand``
+    there falls once, by the units shipped; the other order's part untouched (Q3)."""
+    engine = rig.engine
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
+    await group_1_back(rig, first, second)
+    there = on_hand(rig)[1]
+    by_hand = reserve_command(reservation_id="by-hand", order_ref="o", channel="web", ttl_seconds=60,
+                              lines=[(SKUS[1], "DC", 1)], allow_partial=False, limits=Limits())
+    assert (await rig.run(engine.reserve(by_hand)))[0].state == State.HELD
+    assert (await rig.run(engine.confirm("by-hand"))).state == State.CONFIRMED
+    await rig.run(engine.release("o", (LineRequest(SKUS[1], "DC", 1),), "r1"))
+    assert now_nowhere(rig) == 0
+    assert (await rig.run(engine.fulfill("o", (), ""))).state == State.FULFILLED
+    assert (await rig.run(engine.fulfill("by-hand", (), ""))).state == State.FULFILLED
+    assert on_hand(rig)[1] == there - 1 and rig.part("o", 1) == first
