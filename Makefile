@@ -28,7 +28,7 @@ help:
 	@echo "make proto  - regenerate gRPC stubs from proto/ (client/atp_client/pb)"
 	@echo "make api-docs - regenerate the reason table and retry policy in docs/API.md"
 	@echo "make settings-docs - regenerate the table of every setting in docs/OPERATIONS.md"
-	@echo "make sim SEEDS=100000 - the deterministic simulation over many seeds, then as many with three service processes, then with Redis full, then with load shed, then three processes whose settles fail, then Reserves naming location groups with one process and with three forwarding stream items, then a grace of 30 s (forgetting, sealing, freeing) with one process and three, then facts through the input-stream reader"
+	@echo "make sim SEEDS=100000 - the deterministic simulation over many seeds, then as many with three service processes, then with Redis full, then with load shed, then three processes whose settles fail, then Reserves naming location groups with one process and with three forwarding stream items, then a grace of 30 s (forgetting, sealing, freeing) with one process and three, then facts through the input-stream reader, dead letters and fence settings landing late among them"
 	@echo "make certs  - a local CA + server/client certificates under var/certs (TLS, mutual TLS)"
 	@echo "make bench  - benchmarks/throughput.py (unary + stream vs the gRPC ceiling)"
 	@echo "make bench-peak SCENARIO=flash_sale|holiday_peak|steady DURATION=60 USERS=60 - locust peak run"
@@ -138,8 +138,8 @@ sim: $(STAMP)
 	$(BIN)/python -m tests.sim --seeds $(SEEDS) --processes 3 --forward-streams --groups
 	$(BIN)/python -m tests.sim --seeds $(SEEDS) --short-grace --fact-times
 	$(BIN)/python -m tests.sim --seeds $(SEEDS) --processes 3 --short-grace --settle-faults
-	$(BIN)/python -m tests.sim --seeds $(SEEDS) --input-streams
-	$(BIN)/python -m tests.sim --seeds $(SEEDS) --input-streams --processes 3
+	$(BIN)/python -m tests.sim --seeds $(SEEDS) --input-streams --late-letters
+	$(BIN)/python -m tests.sim --seeds $(SEEDS) --input-streams --processes 3 --late-letters
 
 certs: $(STAMP)
 	$(BIN)/python -m atp_service.app.certs var/certs
