@@ -52,6 +52,16 @@ async def another_order_s_part_in_place(service: AtpService, group: int) -> Rese
     await engine.actors[group].submit(back)
     return other
 
+async def confirmed_then_committed_nowhere(service: AtpService, client: Any, a: str, b: str) -> tuple[int, Reservation]:
+    """Order "o" (2 of ``a``, 3 of ``b``) reserved and confirmed, then another order's confirmed part of its id put in
+    the place of its part at ``b``'s group (``another_order_s_part_in_place``): (that group, the other order's part)."""
+    await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
+    await client.confirm("o")
+    engine = service.engine
+    assert engine is not None
+    part_group = engine.place(b)
+    return part_group, await another_order_s_part_in_place(service, part_group)
+
 
 async def test_an_order_committed_nowhere_is_counted_while_it_is_and_no_longer_once_released(
         start_service: ServiceFactory) -> None:
@@ -98,10 +108,7 @@ async def test_held_by_hand_and_its_line_there_released_the_order_is_no_longer_c
     by hand under another id, confirmed, and its line there released — it is no longer committed nowhere, the alert
     resolves (no silence, which hid every other such order); the other order's part untouched, its other line too."""
     service, client, engine, a, b = await stocked_pair(start_service)
-    await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
-    await client.confirm("o")
-    part_group = engine.place(b)
-    other = await another_order_s_part_in_place(service, part_group)
+    part_group, other = await confirmed_then_committed_nowhere(service, client, a, b)
     await client.get_reservation("o")
     assert nowhere(service) == 1
     await client.reserve("o-by-hand", [(b, "S1", 3)], ttl_seconds=60)
@@ -121,10 +128,7 @@ async def test_a_fulfil_naming_its_line_there_is_refused_naming_it_never_told_do
     record keeps only what its steps released). Refused INVALID_FIELD naming ``lines[0].quantity``, nothing changed:
     the order still counted committed nowhere, the other order's part untouched."""
     service, client, engine, a, b = await stocked_pair(start_service)
-    await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
-    await client.confirm("o")
-    part_group = engine.place(b)
-    other = await another_order_s_part_in_place(service, part_group)
+    part_group, other = await confirmed_then_committed_nowhere(service, client, a, b)
     before = await client.get_reservation("o")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.fulfill("o", [(b, "S1", 3)], "ship-there")
@@ -142,10 +146,7 @@ async def test_a_whole_fulfil_is_refused_naming_its_lines_never_told_done_nor_un
     order was no longer counted committed nowhere (the alert gone). Refused INVALID_FIELD naming ``lines``, nothing
     changed: still counted, the stock and the other order's part untouched."""
     service, client, engine, a, b = await stocked_pair(start_service)
-    await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
-    await client.confirm("o")
-    part_group = engine.place(b)
-    other = await another_order_s_part_in_place(service, part_group)
+    part_group, other = await confirmed_then_committed_nowhere(service, client, a, b)
     before = await client.get_reservation("o")
     stock = [engine.actors[engine.place(sku)].ledger.quantities(sku, "S1") for sku in (a, b)]
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -236,6 +237,22 @@ async def test_a_part_its_order_s_release_gave_up_before_the_home_lost_that_rele
     assert "its home" in said[0] and "older data" in said[0], f"the home's loss not named: {said[0]}"
     assert rig.quantities() == [(0, 0), (0, 0)]
 
+def group_1_back_once_decided(rig: Rig, monkeypatch: pytest.MonkeyPatch, back: Callable[[Any, int], None]) -> Any:
+    """``parts.run_part`` patched so that ``back`` is done on group 1's ledger once, just before the first read of
+    "o1"'s part there after its home recorded it decided (CONFIRMED, nothing pending): group 1 back from older data
+    between a retry's decision and its last read (R7). Returns the real ``run_part``, put back at that read."""
+    home, run_part = rig.engine.actors[0].ledger, parts.run_part
+
+    async def once_decided(engine_: Any, group: int, step: Any) -> Any:
+        record = home.reservation("o1")
+        if group == 1 and isinstance(step, ReadPart) and record.state == State.CONFIRMED and record.pending is None:
+            monkeypatch.setattr(parts, "run_part", run_part)  # once: the last read of the retry
+            await rig.engine.actors[1].submit(back)
+        return await run_part(engine_, group, step)
+
+    monkeypatch.setattr(parts, "run_part", once_decided)
+    return run_part
+
 
 async def test_a_reserve_retry_deciding_an_order_again_never_answers_another_order_s_part_in_its_place_R5_Q3(
         rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -245,14 +262,6 @@ async def test_a_reserve_retry_deciding_an_order_again_never_answers_another_ord
     retry was answered with that part's lines, another content than the caller sent (R5: a retry answers the order
     as it stands). Answered the order's own lines, as a read of it answers: those there committed (nowhere)."""
     await home_lost_its_decision(rig, "o1")
-    home, run_part = rig.engine.actors[0].ledger, parts.run_part
-
-    async def group_1_back_once_decided(engine_: Any, group: int, step: Any) -> Any:
-        record = home.reservation("o1")
-        if group == 1 and isinstance(step, ReadPart) and record.state == State.CONFIRMED and record.pending is None:
-            monkeypatch.setattr(parts, "run_part", run_part)  # once: the last read of the retry
-            await rig.engine.actors[1].submit(another_order_s_part)
-        return await run_part(engine_, group, step)
 
     def another_order_s_part(ledger: Any, now: int) -> None:
         mine = ledger.reservation(orders.part_id("o1", 1))
@@ -261,7 +270,7 @@ async def test_a_reserve_retry_deciding_an_order_again_never_answers_another_ord
         ledger.save(msgspec.structs.replace(mine, updated_at=now, lines=tuple(
             msgspec.structs.replace(line, requested=1, granted=1, committed=1) for line in mine.lines)))
 
-    monkeypatch.setattr(parts, "run_part", group_1_back_once_decided)
+    run_part = group_1_back_once_decided(rig, monkeypatch, another_order_s_part)
     replay, replayed = await rig.run(rig.engine.reserve(rig.cmd("o1")))
     assert run_part is parts.run_part, "group 1 back after the decision"
     assert (replay.state, replayed) == (State.CONFIRMED, True)
@@ -278,14 +287,6 @@ async def test_a_reserve_retry_deciding_an_order_again_never_answers_a_part_lost
     as a part forgotten past its retention — while a read of the order just after makes the part again and answers it
     committed, nothing shipped (R4, Q3). Answered as a read answers: its part made again, its units committed."""
     await home_lost_its_decision(rig, "o1")
-    home, run_part = rig.engine.actors[0].ledger, parts.run_part
-
-    async def group_1_back_once_decided(engine_: Any, group: int, step: Any) -> Any:
-        record = home.reservation("o1")
-        if group == 1 and isinstance(step, ReadPart) and record.state == State.CONFIRMED and record.pending is None:
-            monkeypatch.setattr(parts, "run_part", run_part)  # once: the last read of the retry
-            await rig.engine.actors[1].submit(part_lost)
-        return await run_part(engine_, group, step)
 
     def part_lost(ledger: Any, _now: int) -> None:
         part_id = orders.part_id("o1", 1)
@@ -293,7 +294,7 @@ async def test_a_reserve_retry_deciding_an_order_again_never_answers_a_part_lost
             ledger.move_hold(line.sku, line.location, -line.held, -line.committed)
         del ledger.reservations[part_id]
 
-    monkeypatch.setattr(parts, "run_part", group_1_back_once_decided)
+    run_part = group_1_back_once_decided(rig, monkeypatch, part_lost)
     replay, replayed = await rig.run(rig.engine.reserve(rig.cmd("o1")))
     assert run_part is parts.run_part, "group 1 back after the decision"
     assert (replay.state, replayed) == (State.CONFIRMED, True)
