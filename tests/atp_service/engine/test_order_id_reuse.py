@@ -176,6 +176,16 @@ async def test_another_order_s_held_part_where_the_order_holds_nothing_is_given_
     assert rig.part("o", 1).state == State.EXPIRED
 
 
+async def committed_nowhere(rig: Rig) -> tuple[Reservation, Reservation]:
+    """Order "o" forgotten and reserved again (CONFIRMED, ``reserved_again``), then group 1 back holding the first
+    order's CONFIRMED part there, changed recently (not ``stale``, so kept: Q3): the order committed nowhere there.
+    (the first order's part at group 1, the second's)."""
+    first, second = await reserved_again(rig, confirm_second=True)
+    first = msgspec.structs.replace(first, updated_at=second.updated_at)
+    await group_1_back(rig, first, second)
+    return first, second
+
+
 async def test_a_confirmed_order_whose_part_is_another_order_s_confirmed_one_is_counted_committed_nowhere_Q3(
         rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     """Defect (found by review): a CONFIRMED order whose part at group 1 came back as another order's CONFIRMED part of
@@ -187,10 +197,7 @@ async def test_a_confirmed_order_whose_part_is_another_order_s_confirmed_one_is_
     last changed after this order opened by its group's clock (behind the home's): not ``stale`` (released, as
     ``test_order_id_reuse_stale.py`` has it), kept."""
     engine = rig.engine
-    first, second = await reserved_again(rig, confirm_second=True)
-    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
-
-    await group_1_back(rig, first, second)
+    first, _ = await committed_nowhere(rig)
     for _ in range(3):
         assert (await rig.run(engine.get_reservation("o"))).state == State.CONFIRMED
     assert rig.part("o", 1) == first  # kept (Q3)
@@ -213,9 +220,7 @@ async def test_an_order_committed_nowhere_is_no_longer_counted_once_its_part_is_
     part in its place released meanwhile (its units no one's), a read makes the order's part again over it, its units
     committed there (Q3), and it is committed nowhere no longer."""
     engine = rig.engine
-    first, second = await reserved_again(rig, confirm_second=True)
-    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
-    await group_1_back(rig, first, second)
+    first, second = await committed_nowhere(rig)
     await rig.run(engine.get_reservation("o"))
     assert now_nowhere(rig) == 1
 
@@ -241,9 +246,7 @@ async def test_a_release_of_an_order_committed_nowhere_releases_it_never_answers
     fulfilled. Its units there are committed (Q3), where nothing holds them: shown committed, released by a Release
     (R3: CONFIRMED -> RELEASED), the other order's part never touched."""
     engine = rig.engine
-    first, second = await reserved_again(rig, confirm_second=True)
-    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
-    await group_1_back(rig, first, second)
+    first, _ = await committed_nowhere(rig)
     read = await rig.run(engine.get_reservation("o"))
     assert (read.state, [(line.committed, line.fulfilled) for line in read.lines]) == (
         State.CONFIRMED, [(3, 0), (1, 0)]), "a unit committed nowhere shown shipped"
@@ -265,9 +268,7 @@ async def test_an_order_committed_nowhere_is_not_resolved_fulfilled_by_its_other
     CONFIRMED, that unit committed (Q3), counted while it is committed nowhere."""
     engine = rig.engine
     assert engine.orders is not None
-    first, second = await reserved_again(rig, confirm_second=True)
-    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
-    await group_1_back(rig, first, second)
+    first, _ = await committed_nowhere(rig)
     _, reason = await rig.run(engine.orders.shipment(shipment(rig, SKUS[0], 3, "o", "s0"), "o"))
     assert reason == "", reason
     home = engine.actors[0].ledger.reservation("o")
@@ -285,9 +286,7 @@ async def test_an_order_committed_nowhere_is_no_longer_counted_once_its_line_the
     those units held by hand under another id) left it counted, its alert firing, until something read the order
     again — with leases nothing does (housekeeping checks a group's confirmed orders once, when it is taken)."""
     engine = rig.engine
-    first, second = await reserved_again(rig, confirm_second=True)
-    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
-    await group_1_back(rig, first, second)
+    first, _ = await committed_nowhere(rig)
     await rig.run(engine.get_reservation("o"))
     assert now_nowhere(rig) == 1
     released = await rig.run(engine.release("o", (LineRequest(SKUS[1], "DC", 1),), "r1"))
@@ -302,9 +301,7 @@ async def test_a_reserve_retry_of_an_order_committed_nowhere_replays_its_own_lin
     """Defect (found by review): a retry of the Reserve of an order committed nowhere (R5: the original result) was
     answered with the lines of the other order's part in its place: 3 units of group 1's SKU asked, granted and
     committed, where this order asked 1 — another content than the caller sent, as though that were its own."""
-    first, second = await reserved_again(rig, confirm_second=True)
-    first = msgspec.structs.replace(first, updated_at=second.updated_at)  # recent: not ``stale``
-    await group_1_back(rig, first, second)
+    await committed_nowhere(rig)
     replay, replayed = await rig.run(rig.engine.reserve(rig.cmd("o", (3, 1))))
     assert replayed and replay.state == State.CONFIRMED
     assert [(line.requested, line.granted, line.committed) for line in replay.lines] == [(3, 3, 3), (1, 1, 1)]
