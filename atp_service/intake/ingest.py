@@ -265,9 +265,10 @@ class StreamIngestor:
             reply = await self._client.execute_command(
                 "XREADGROUP", "GROUP", cfg.consumer_group, cfg.consumer_name, "COUNT", self._read_count,
                 "STREAMS", *self._streams, *after)
-            if reply:  # delivered by a group made again, the mark lost with a new read's answer (E8, again.py)
-                self._unacked.marked(await marks_of(self._client, self._streams, cfg.consumer_group))
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 map or RESP2 list
+        if after is not None and reply:  # delivered by a group made again, the mark lost with a new read's answer
+            lowest = {as_text(stream): rows[0][0] for stream, rows in streams if rows}  # kept: Redis may lose the mark
+            self._unacked.marked(await marks_of(self._client, self._streams, cfg.consumer_group), lowest)  # (E8)
         entries: list[Entry] = []
         for stream, rows in streams:
             name = as_text(stream)

@@ -144,14 +144,19 @@ class Unacked:
         self._in_hand.pop(token, None)
         self._held.pop(token, None)
 
-    def marked(self, marks: dict[str, bytes | None]) -> None:
+    def marked(self, marks: dict[str, bytes | None], read: dict[str, bytes] | None = None) -> None:
         """Each stream's made-again mark as Redis answered it with the entries it delivered (``again.py``). One
-        forgotten there (None) is kept here while a batch in hand holds an entry at or before it (read before)."""
+        forgotten there (None) is kept here while a batch in hand holds an entry at or before it (read before), or
+        ``read`` does: per stream the lowest entry of a reply taken before the marks were asked for (a pending read's,
+        ``again.marks_of``) — Redis may have lost the mark between the two (back from older data), not the entries'
+        need of the quarantine stream's check (E8)."""
         for stream, mark in marks.items():
+            lows = [low[stream] for low in self._in_hand.values() if stream in low]
+            if read and stream in read:
+                lows.append(before(read[stream]))  # held as a batch in hand's are: the id just before the lowest
             if mark is not None:
                 self.again[stream] = mark
-            elif (kept := self.again.get(stream)) is not None and not any(
-                    id_key(low[stream]) < id_key(kept) for low in self._in_hand.values() if stream in low):
+            elif (kept := self.again.get(stream)) is not None and not any(id_key(low) < id_key(kept) for low in lows):
                 del self.again[stream]
 
     def starts_at(self, stream: str, start: bytes, below: tuple[bytes, str] | None = None) -> None:
