@@ -111,6 +111,15 @@ async def test_a_quarantine_write_of_an_entry_whose_delivery_redis_lost_is_not_w
     await InputsDriver(2552, Tally(), lose_tail=True).run(20)
 
 
+async def test_a_quarantined_fact_read_from_the_pending_list_as_redis_loses_its_made_again_mark_is_not_applied() -> None:
+    """``--input-streams --lose-tail --seed 549``: pos/f9 was quarantined for want of room; its group deleted, made
+    again by atp-2 (marked), atp-1 read it as new and left it pending (its quarantine check refused). atp-1's pass
+    over its own pending list read it; Redis came back from a save without the mark before the marks were asked for
+    (``again.marks_of``), and atp-1, no batch in hand, let its mark go: the fact applied with room back, and
+    quarantined (E8). A mark is kept while the pending read's reply holds an entry at or before it."""
+    await InputsDriver(549, Tally(), lose_tail=True).run(60)
+
+
 @pytest.mark.parametrize("others", [["--redis-full", "--processes", "3"], ["--shed", "--processes", "2"],
                                     ["--groups"], ["--settle-faults", "--lose-tail"]])
 def test_input_streams_refuse_the_faults_their_driver_does_not_draw(
