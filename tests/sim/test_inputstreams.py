@@ -111,7 +111,7 @@ async def test_a_quarantine_write_of_an_entry_whose_delivery_redis_lost_is_not_w
     await InputsDriver(2552, Tally(), lose_tail=True).run(20)
 
 
-async def test_a_quarantined_fact_read_from_the_pending_list_as_redis_loses_its_made_again_mark_is_not_applied() -> None:
+async def test_a_quarantined_fact_read_from_the_pending_list_as_redis_loses_its_made_again_mark_stays_so() -> None:
     """``--input-streams --lose-tail --seed 549``: pos/f9 was quarantined for want of room; its group deleted, made
     again by atp-2 (marked), atp-1 read it as new and left it pending (its quarantine check refused). atp-1's pass
     over its own pending list read it; Redis came back from a save without the mark before the marks were asked for
