@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.exceptions
 
 from atp_service import AtpService
 from atp_service.intake import ingest
@@ -44,18 +45,74 @@ async def test_a_quarantined_fact_read_again_from_the_pending_list_is_not_applie
         await reader._create_groups(again=True)
         delivered = await reader._read(None, block=None)  # the check of the quarantine stream then refused: pending
         assert [fields for _, _, fields in delivered] and STREAM in reader._unacked.again
-        marks_of = ingest.marks_of
-
-        async def restored_between(*args: Any) -> dict[str, bytes | None]:  # after the pending read's reply
-            _back_from(r, image)
-            return await marks_of(*args)
-
-        monkeypatch.setattr(ingest, "marks_of", restored_between)
-        pending = await reader._read(["0"] * len(reader._streams), block=None)
-        monkeypatch.setattr(ingest, "marks_of", marks_of)
+        pending = await _read_pending_restored_after_the_reply(reader, r, image, monkeypatch)
         assert [entry_id for _, entry_id, _ in pending] == [entry_id for _, entry_id, _ in delivered]
         await reader._handle(pending)
         assert await _on_hand(service) == 4, "e2, quarantined and on the quarantine stream, applied when read again"
         assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
     finally:
         await service.stop()
+
+
+async def test_a_quarantined_fact_read_again_is_not_applied_when_its_new_read_s_answer_was_lost_and_redis_loses_the_mark(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect: as above, but the read of new entries that delivered ``e1`` and ``e2`` again had its answer lost (a
+    timeout after Redis ran it): the reader never held the mark, the entries pending. Redis then came back from the
+    save between the pending read's reply and the marks' read: no mark there, none kept here, ``e2`` applied
+    (on_hand 9). The marks asked before the pending read too: ``e2``'s quarantine stands."""
+    r: Any = redis.Redis.from_url(redis_url)
+    await e2_quarantined_for_want_of_room(r, redis_url)
+    service = AtpService(make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=10)), redis_url)
+    try:
+        await service.start()
+        reader = service.ingestor
+        assert reader is not None
+        await cancel_and_wait(reader.task)  # the reader driven by hand from here
+        image = _saved(r)
+        r.xgroup_destroy(STREAM, "atp")
+        await reader._create_groups(again=True)
+        reader._unacked.again.clear()  # made by another process (ATP_OWNERSHIP=leases): no mark held here
+        read = reader._new.read
+
+        async def answer_lost(count: int, block_ms: int | None) -> Any:
+            await read(count, block_ms)
+            raise redis.exceptions.TimeoutError("answer lost")
+
+        monkeypatch.setattr(reader._new, "read", answer_lost)
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await reader._read(None, block=None)
+        monkeypatch.setattr(reader._new, "read", read)
+        assert STREAM not in reader._unacked.again and len(r.xpending(STREAM, "atp")["consumers"]) == 1
+        pending = await _read_pending_restored_after_the_reply(reader, r, image, monkeypatch)
+        assert len(pending) == 2
+        await reader._handle(pending)
+        assert await _on_hand(service) == 4, "e2, quarantined and on the quarantine stream, applied when read again"
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+    finally:
+        await service.stop()
+
+
+async def _read_pending_restored_after_the_reply(reader: Any, r: Any, image: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """A pass's read of the reader's own pending list, Redis back from ``image`` once its XREADGROUP answered, before
+    the marks are asked for after it (``again.marks_of``)."""
+    marks_of, execute = ingest.marks_of, reader._client.execute_command
+    replied: list[bool] = []
+
+    async def noted(*args: Any, **kwargs: Any) -> Any:
+        got = await execute(*args, **kwargs)
+        replied.append(args[0] == "XREADGROUP")
+        return got
+
+    async def restored_between(*args: Any) -> dict[str, bytes | None]:
+        if replied and replied[-1]:
+            _back_from(r, image)
+        return await marks_of(*args)
+
+    monkeypatch.setattr(ingest, "marks_of", restored_between)
+    monkeypatch.setattr(reader._client, "execute_command", noted)
+    try:
+        return await reader._read(["0"] * len(reader._streams), block=None)
+    finally:
+        monkeypatch.setattr(ingest, "marks_of", marks_of)
+        monkeypatch.setattr(reader._client, "execute_command", execute)
