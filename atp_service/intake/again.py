@@ -68,8 +68,9 @@ async def marks_of(client: Any, streams: list[str], group: str) -> dict[str, byt
     """Each stream's made-again mark as Redis holds it (None: none), for a read of the reader's own pending entries:
     some may be ones the group made again delivered by a read whose answer, the mark with it, was lost (a timeout).
     Asked after that read, it is still there — it is forgotten only once nothing pending is at or before it — unless
-    Redis came back from older data between the two: so the reader keeps its own while that read's reply holds an
-    entry at or before it (``Unacked.marked``)."""
+    Redis came back from older data between the two: so it is asked before that read too (a reader that never held it,
+    the answer of the read that delivered its entries lost), and the reader keeps the mark while that read's reply
+    holds an entry at or before it (``Unacked.marked``)."""
     async with client.pipeline(transaction=False) as pipe:
         for stream in streams:
             pipe.get(made_again_key(stream, group))

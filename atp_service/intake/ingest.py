@@ -262,6 +262,8 @@ class StreamIngestor:
             reply = await self._new.read(self._read_count, block)
             self._unacked.marked(self._new.marks)  # with the entries it delivers (again.py)
         else:  # the raw reply, not redis-py's per-entry dict building: [[stream, [[id, [f, v…]], …]], …]
+            before = await marks_of(self._client, self._streams, cfg.consumer_group)  # Redis back from older data
+            self._unacked.marked({s: mark for s, mark in before.items() if mark})  # after the reply: these kept (E8)
             reply = await self._client.execute_command(
                 "XREADGROUP", "GROUP", cfg.consumer_group, cfg.consumer_name, "COUNT", self._read_count,
                 "STREAMS", *self._streams, *after)

@@ -54,7 +54,7 @@ async def test_a_quarantined_fact_read_again_from_the_pending_list_is_not_applie
         await service.stop()
 
 
-async def test_a_quarantined_fact_read_again_is_not_applied_when_its_new_read_s_answer_was_lost_and_redis_loses_the_mark(
+async def test_a_quarantined_fact_read_again_is_not_applied_when_its_read_s_answer_was_lost_and_redis_loses_the_mark(
         redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Defect: as above, but the read of new entries that delivered ``e1`` and ``e2`` again had its answer lost (a
     timeout after Redis ran it): the reader never held the mark, the entries pending. Redis then came back from the
