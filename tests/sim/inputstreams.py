@@ -72,6 +72,7 @@ class SimStreams:
 
     def __init__(self, faults: RedisFaults, on_ack: Callable[[str, bytes], None], now_ms: Callable[[], int]) -> None:
         self.redelivered = 0  # entries delivered again (a read of the consumer's own pending list)
+        self.pending_read = False  # the last call was a read of a consumer's own pending list
         self.claimed = 0  # entries another consumer took over (``XAUTOCLAIM``)
         self.now_ms = now_ms  # Redis's clock: idle times
         self.streams: dict[str, Stream] = {}
@@ -138,6 +139,7 @@ class SimStreams:
 
     def _before(self) -> None:
         """A call reaches Redis: the tags and the late calls due land first."""
+        self.pending_read = False  # another call since
         self.tags.calls(self)
         self.letters.calls(self.faults.events)
 
@@ -180,6 +182,7 @@ class SimStreams:
         await asyncio.sleep(0)
         assert args[0] == "XREADGROUP", args  # the reader's only plain command here: its own pending entries
         kind, ran = self.faults.draw("pending read", 1)
+        self.pending_read = kind == "ok"  # the marks asked next are the ones after it (``inputpipeline``)
         out = self._read_pending(*args[1:]) if ran else None
         if kind != "ok":
             raise _fail(kind)
