@@ -31,14 +31,19 @@ def silent_peer() -> Iterator[socket.socket]:
         yield server
 
 
+TAKING_SIGINT = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "runpy.run_module('atp_client.ctl', run_name='__main__', alter_sys=True)")
+"""``python -m atp_client.ctl`` taking Ctrl-C as a terminal's tool does. A test run started in the background
+(`make test &`, CI's shells) ignores SIGINT, and a child inherits that: Python then installs no handler of its own,
+and the tool would go on as a shell's background job rightly does. Its handler is set in the child's own Python, not
+by a ``preexec_fn``: run between fork and exec in a test worker whose gRPC threads hold locks, that hung the child now
+and then before it ran the tool (its connection never made: the test's ``accept`` timed out)."""
+
+
 def interrupted(server: socket.socket, args: list[str]) -> subprocess.CompletedProcess[str]:
     """``atpctl ARGS`` interrupted once it has connected to ``server`` (its first call in flight)."""
-    # Ctrl-C as a terminal sends it: to a tool that takes it. A test run started in the background
-    # (`make test &`, CI's shells) ignores SIGINT, and a child inherits that: Python then installs
-    # no handler of its own, and the tool would go on as a shell's background job rightly does.
-    tool = subprocess.Popen([sys.executable, "-m", "atp_client.ctl", "--json", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    tool = subprocess.Popen([sys.executable, "-c", TAKING_SIGINT, "--json", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         connection, _ = server.accept()
         with connection:
