@@ -139,11 +139,11 @@ def as_shown(engine: Engine, order: Reservation, found: Mapping[int, Reservation
 
 def own_of(engine: Engine, order: Reservation,
            found: Mapping[int, Reservation]) -> tuple[dict[int, Reservation], set[str]]:
-    """``found`` less another order's parts (``others``), and the SKUs of ``order``'s lines at their groups
-    (``_orders.view``'s ``nowhere``): what its lines are read from (``as_shown``, a Reserve replayed, R5)."""
-    foreign = losses.others(order, found, engine.place, engine.limits)
-    mine = {group: part for group, part in found.items() if group not in foreign}
-    return mine, {line.sku for line in order.lines if engine.place(line.sku) in foreign}
+    """``found`` less another order's parts (``_order_losses.own_parts``), and the SKUs of ``order``'s lines at the
+    groups of those (``_orders.view``'s ``nowhere``): what its lines are read from (``as_shown``, a Reserve replayed,
+    R5)."""
+    mine = losses.own_parts(order, found, engine.place, engine.limits)
+    return mine, {line.sku for line in order.lines if (group := engine.place(line.sku)) in found and group not in mine}
 
 
 def planned(engine: Engine, order: Reservation, found: Mapping[int, Reservation], step: PendingOp, now: int
