@@ -128,7 +128,8 @@ class Limits:
     """E6: facts older than stream time minus this are quarantined, not applied (at most ten years)."""
 
     fact_future_skew_ms: int = 5 * 60 * 1000
-    """E7: facts stamped further than this ahead of the service clock are refused (at most ten years)."""
+    """E7: facts stamped further than this ahead of the service clock are refused (at most ten years); a SHIPMENT
+    stamped further than this before the reservation it names was made is an earlier holder's, fulfilling none (R4)."""
 
     def __post_init__(self) -> None:
         # Q5 stays exact in int64 (the store, the channels' numpy sums over locations) and in the

@@ -44,6 +44,7 @@ from reservation._bulk import Outcomes
 from reservation._dedupe import digest
 from reservation._keys import fact_payload
 from reservation._limits import CAPACITY_QUARANTINE, DEDUPE_LIMIT, POSITIONS_LIMIT
+from reservation._order_shipments import earlier_holder
 
 Result = tuple[FactOutcome, str]
 _KIND_NAMES = {k.value: k.name for k in FactKind}
@@ -324,6 +325,8 @@ class FactDesk:
             if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED) or home is None:
                 note = "" if home is not None else f"{UNFULFILLED}: reservation {fact.reservation_id!r} unknown"
                 return outcome, reason or (note if outcome == FactOutcome.APPLIED else reason)
+            if why := earlier_holder(view.reservation(fact.reservation_id), fact, engine.limits):
+                return outcome, f"{UNFULFILLED}: {why}"  # R4: not this holder's units; the stock moved alone (Q1)
             line = (LineRequest(fact.sku, fact.location, fact.quantity),)
             try:
                 # Once: a resend is a duplicate (E8, per position: the lines of one shipment sharing an

@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
+from atp_service.intake.facts import UNFULFILLED
 from reservation import Limits, Reservation, State
 from reservation import _orders as orders
 from tests.atp_service.app.leased_pair import stocked_pair
@@ -19,6 +21,7 @@ from tests.atp_service.edge.test_api import T0, receipt
 from tests.conftest import ServiceFactory
 
 DAY_MS = Limits().retention_ms
+SKEW_MS = Limits().fact_future_skew_ms
 
 
 async def stale_part_in_place(service: AtpService, group: int) -> Reservation:
@@ -78,3 +81,36 @@ async def test_a_shipment_of_the_order_leaves_another_order_s_stale_part_to_be_r
     await client.release("o")
     assert [(q.on_hand, q.reserved, q.committed) for q in await client.availability([(a, "S1"), (b, "S1")])] == [
         (5, 0, 0), (4, 0, 0)], "the earlier order's units committed for good"
+
+
+@pytest.mark.parametrize("stamped", ["well before", "within the skew"])
+async def test_a_shipment_stamped_well_before_the_order_opened_fulfils_nothing_of_its_own_part_Q3_R4(
+        start_service: ServiceFactory, stamped: str) -> None:
+    """Order o of 2 ``a`` (its home's group) and 3 ``b`` (another group), CONFIRMED, its part at ``b``'s group its
+    own: an earlier order of the id forgotten whole (R5), nothing of it left. A SHIPMENT of 1 ``b`` naming o stamped
+    before o opened by more than ``fact_future_skew_ms`` (E7) is that earlier order's, late (E6 let it in).
+    Defect: the part, o's own, took it, its unit out of committed though none of o's shipped (Q3). Now the stock
+    moves alone, answered not fulfilled; one stamped within the skew before o opened is o's and fulfils it."""
+    clock = ManualClock(T0 + 2 * SKEW_MS)
+    _, client, engine, a, b = await stocked_pair(start_service, clock)
+    assert (await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)).state == \
+        pb.RESERVATION_STATE_HELD
+    await client.confirm("o")
+    part_group = engine.place(b)
+    opened = engine.actors[engine.place(a)].ledger.reservation("o")
+    assert opened is not None and engine.home_of("o") != part_group
+
+    at = opened.created_at - SKEW_MS - (1 if stamped == "well before" else 0)
+    fact = receipt("ship-1", b, "S1", 1, at, kind=pb.FACT_KIND_SHIPMENT)
+    fact.reservation_id = "o"
+    (shipped,) = await client.record_events([fact])
+    assert shipped.outcome == pb.FACT_OUTCOME_APPLIED, shipped
+    part = engine.actors[part_group].ledger.reservation(orders.part_id("o", part_group))
+    assert part is not None and part.order_ref != "first"
+    fulfilled = 0 if stamped == "well before" else 1
+    assert shipped.detail.startswith(UNFULFILLED) == (not fulfilled), shipped
+    assert [line.committed for line in part.lines] == [3 - fulfilled], "an earlier order's shipment fulfilled o"
+    (again,) = await client.record_events([fact])
+    assert again.outcome == pb.FACT_OUTCOME_DUPLICATE, again  # applied once (E8)
+    assert [(q.on_hand, q.committed) for q in await client.availability([(a, "S1"), (b, "S1")])] == [
+        (5, 2), (4, 3 - fulfilled)]

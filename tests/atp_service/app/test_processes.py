@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 import zlib
 from collections.abc import AsyncIterator
 
@@ -230,8 +232,18 @@ async def test_shipments_of_an_order_over_processes_fulfil_its_parts_and_resolve
     assert record is not None and record.state.name == "FULFILLED", "resolved at its home, not only shown so"
 
 
+_STAMPS: dict[tuple[str, str, str, int, str], int] = {}
+"""Each shipment's stamp, by the test that made it and its content: the wall clock when the test first made it."""
+
+
 def shipment(eid: str, sku: str, qty: int, rid: str) -> pb.Fact:
-    fact = receipt(eid, sku, "DC", qty, kind=pb.FACT_KIND_SHIPMENT)
+    """A SHIPMENT naming ``rid``, stamped by the wall clock these processes run on when the test first made it (a
+    resend keeps its stamp: the same payload, E8): never before a reservation the test made by more than a test may
+    run (``timeout`` in pyproject.toml, well under ``fact_future_skew_ms``) — one stamped so is an earlier holder's
+    of the id, fulfilling nothing (R4)."""
+    key = (os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0], eid, sku, qty, rid)
+    at = _STAMPS.setdefault(key, int(time.time() * 1000))
+    fact = receipt(eid, sku, "DC", qty, at, kind=pb.FACT_KIND_SHIPMENT)
     fact.reservation_id = rid
     return fact
 
