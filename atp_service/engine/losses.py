@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 from collections.abc import Callable, Container, Hashable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -151,13 +152,25 @@ def planned(engine: Engine, order: Reservation, found: Mapping[int, Reservation]
     """``_orders.plan`` of ``step`` on ``order`` as its callers see it (``as_shown``) — but a Fulfil of units of its
     lines committed nowhere (``own_of``) is refused (``nowhere_fulfil``), as a Fulfil of units not committed is: no
     part holds them to move (R4), so told done their units stay in ``on_hand`` there, offered again (Q1). An
-    operation it recorded before is replayed (R5)."""
+    operation it recorded before is replayed (R5). Of the lines either refuses, the first is named (the lowest n,
+    whichever check refuses it): a caller fixing its request line by line is pointed at them in order."""
     mine, nowhere = own_of(engine, order, found)
     shown = orders.view(order, mine, nowhere)
+    done, shares, error = orders.plan(shown, step, now, engine.limits, engine.place)
     if step.kind == OrderStep.FULFIL and shown.state == State.CONFIRMED and step.operation_id not in order.ops and (
-            refusal := nowhere_fulfil(engine, shown, nowhere, step.lines)):
+            refusal := nowhere_fulfil(engine, shown, nowhere, step.lines[:_first_refused(error, len(step.lines))])):
         return None, {}, refusal
-    return orders.plan(shown, step, now, engine.limits, engine.place)
+    return done, shares, error
+
+
+_LINE_FIELD = re.compile(r"lines\[(\d+)\]")
+
+
+def _first_refused(error: DomainError | None, count: int) -> int:
+    """How many of a step's ``count`` lines come up to the one ``error`` names, that one included (``count``: it names
+    none)."""
+    named = _LINE_FIELD.match(error.fields[0]) if error is not None and error.fields else None
+    return int(named[1]) + 1 if named else count
 
 
 WAY_OUT = "release them once held by hand (docs/OPERATIONS.md, order_part_committed_again)"

@@ -157,3 +157,25 @@ async def test_a_whole_fulfil_is_refused_naming_its_lines_never_told_done_nor_un
     assert await client.get_reservation("o") == before and nowhere(service) == 1
     assert [engine.actors[engine.place(sku)].ledger.quantities(sku, "S1") for sku in (a, b)] == stock
     assert engine.actors[part_group].ledger.reservation(orders.part_id("o", part_group)).lines == other.lines
+
+
+@pytest.mark.parametrize(("own_first", "why"), [(True, "5 exceeds the 2 units committed"),
+                                              (False, "committed nowhere")], ids=["own_first", "nowhere_first"])
+async def test_a_fulfil_refusing_several_lines_names_the_first_of_them(
+        start_service: ServiceFactory, own_first: bool, why: str) -> None:
+    """Defect: a Fulfil naming two lines of an order committed nowhere, each refused — its line at the home asking
+    more than committed there, its line at the group whose part is another order's committed nowhere — named the
+    later line (``lines[1].quantity``) wherever it stood: the check of lines committed nowhere ran before the rules'
+    check of every line. The first line at fault is named (the lowest n), whichever check refuses it; nothing
+    changed."""
+    service, client, _, a, b = await stocked_pair(start_service)
+    await confirmed_then_committed_nowhere(service, client, a, b)
+    before = await client.get_reservation("o")
+    asked = [(a, "S1", 5), (b, "S1", 3)]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.fulfill("o", asked if own_first else asked[::-1], "two-refused")
+    said = typed(err.value).refusal
+    assert (said.code, said.reason, [v.field for v in said.field_violations]) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["lines[0].quantity"]), said
+    assert why in said.message, said
+    assert await client.get_reservation("o") == before and nowhere(service) == 1
