@@ -18,7 +18,7 @@ from atp_service import AtpService, ManualClock
 from reservation import Reservation, State
 from reservation import _orders as orders
 from tests.atp_service.app.leased_pair import LEASED, stocked_pair
-from tests.atp_service.edge.test_api import T0
+from tests.atp_service.edge.test_api import T0, receipt
 from tests.conftest import ServiceFactory
 from tests.ports import held_port
 from tests.waiting import until
@@ -179,3 +179,43 @@ async def test_a_fulfil_refusing_several_lines_names_the_first_of_them(
         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["lines[0].quantity"]), said
     assert why in said.message, said
     assert await client.get_reservation("o") == before and nowhere(service) == 1
+
+
+async def test_its_units_held_by_hand_as_far_as_they_go_the_rest_shown_oversold_once_shipped_Q5(
+        start_service: ServiceFactory) -> None:
+    """The runbook (docs/OPERATIONS.md, ``order_part_committed_again``) where the Reserve by hand is refused: the
+    order's 3 units at ``b`` were offered while committed nowhere, and a shopper holds 3 of them meanwhile (1 of the 5
+    left, the other order's part committing 1): REJECTED, its line's ``available`` 1. That one held and confirmed by
+    hand (nothing offered there now), the order's line there released (the alert resolves); when the order's units
+    ship, its SHIPMENT moves the stock alone and the unit held by hand is released: the 2 units short show oversold
+    (Q5: ``reserved + committed`` above ``on_hand``, ``atp_oversold_units``), never hidden."""
+    service, client, engine, a, b = await stocked_pair(start_service)
+    await confirmed_then_committed_nowhere(service, client, a, b)
+    opened = engine.actors[engine.place(a)].ledger.reservation("o")
+    assert opened is not None
+    await client.get_reservation("o")
+    assert (await client.reserve("shopper", [(b, "S1", 3)], ttl_seconds=60)).state == pb.RESERVATION_STATE_HELD
+    refused = await client.reserve("o-by-hand", [(b, "S1", 3)], ttl_seconds=60)
+    assert refused.state == pb.RESERVATION_STATE_REJECTED, refused
+    assert [(line.outcome, line.available) for line in refused.lines] == [(pb.LINE_OUTCOME_INSUFFICIENT, 1)]
+    held = await client.reserve("o-by-hand-1", [(b, "S1", 1)], ttl_seconds=60)
+    assert held.state == pb.RESERVATION_STATE_HELD, held
+    assert (await client.confirm("o-by-hand-1")).state == pb.RESERVATION_STATE_CONFIRMED
+    await client.release("o", [(b, "S1", 3)], "its-line-there")
+    assert nowhere(service) == 0, "the alert fires on"
+    (there,) = await client.availability([(b, "S1")])
+    assert (there.on_hand, there.reserved, there.committed, there.available) == (5, 3, 2, 0), there
+
+    shipped = receipt("ship-o-b", b, "S1", 3, opened.created_at, kind=pb.FACT_KIND_SHIPMENT)
+    shipped.reservation_id = "o"
+    (outcome,) = await client.record_events([shipped])
+    assert outcome.outcome == pb.FACT_OUTCOME_APPLIED, outcome
+    await client.release("o-by-hand-1")  # the units left once: with the order's SHIPMENT
+    (there,) = await client.availability([(b, "S1")])
+    assert (there.on_hand, there.reserved, there.committed) == (2, 3, 1), there
+
+    async def shown_oversold() -> bool:
+        await engine.run_maintenance()
+        return service.metrics.registry.get_sample_value("atp_oversold_units") == 2
+
+    await until(shown_oversold, "the 2 units short shown oversold", 30)
