@@ -1,5 +1,6 @@
 """A Reserve decided over a ledger with one record not shown (``Anew``): a part of an earlier order of its id, resolved
-past its retention where a new order of that id reserves it (``_order_losses.forgotten``), pure."""
+so long ago that its order's home may have forgotten that order, where a new order of that id reserves it
+(``_order_losses.forgotten``), pure."""
 
 from __future__ import annotations
 

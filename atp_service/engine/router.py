@@ -253,8 +253,9 @@ class Engine(RecordChanges):
         return run
 
     def reserve_part(self, ledger: Ledger, cmd: ReserveCommand, now: int) -> Reservation:
-        """A part of an order spanning groups, on its group's shard (``Orders``): over a part of that id resolved past
-        its retention (an earlier order's, not evicted yet: ``_order_losses.forgotten``), reserved anew (R5)."""
+        """A part of an order spanning groups, on its group's shard (``Orders``): over a part of that id resolved so
+        long ago that its order's home may have forgotten that order (an earlier order's, not evicted yet here:
+        ``_order_losses.forgotten``), reserved anew (R5)."""
         anew = losses.forgotten(ledger.reservation(cmd.reservation_id), now, self.limits)
         return self._reserve_checked(ledger, ledger, cmd, now, anew)[0]
 

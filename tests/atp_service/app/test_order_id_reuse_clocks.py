@@ -1,0 +1,65 @@
+"""An order's id reserved again with the same content once its first order is forgotten at its home (R5: a new
+attempt), on a real service and a real redis-server (``ownership = leases``, one process serving both groups), where
+the home group's clock runs half a retention ahead of the other group's: the home group came back to this process
+from one whose clock ran that far ahead, and counts on from what that one stamped (``GroupClock``; half the
+retention is the gap between the hosts' clocks the service allows, ``_order_losses.lost_parts``). The home forgets
+the first order half a retention before the other group's clock says its part there is past its retention: that part,
+resolved, is still found where the second order reserves, and is never taken for the second order's decision (R2,
+R3, R5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import ManualClock
+from atp_service.engine.clock import GroupClock
+from reservation import Limits, State
+from reservation import _orders as orders
+from tests.atp_service.app.leased_pair import stocked_pair
+from tests.atp_service.edge.test_api import T0
+from tests.conftest import ServiceFactory
+
+RETENTION_MS = Limits().retention_ms
+HALF_MS = RETENTION_MS // 2
+
+
+@pytest.mark.parametrize("first", ["released", "fulfilled"])
+@pytest.mark.parametrize("allow_partial", [True, False], ids=["partial", "whole"])
+async def test_a_part_the_home_forgot_by_its_clock_ahead_is_reserved_anew_never_decided_with_R5_R2_R3(
+        start_service: ServiceFactory, first: str, allow_partial: bool) -> None:
+    """Defect: order ``o`` (2 of ``a`` at its home's group, 2 of ``b`` at the other) resolved, its home group's clock
+    then half a retention ahead of ``b``'s group's, and ``o`` reserved again with the same content once its home forgot
+    the first. The part step judged the first order's part at ``b``'s group by that group's clock alone (not past its
+    retention there) and replayed it as the second order's: released, the second order was decided with that line
+    as the first had it, nothing held there (``allow_partial``: HELD with its ``b`` line released; all or nothing:
+    REJECTED though its units fit, its hold at ``a`` given back); fulfilled, it was decided again CONFIRMED from it —
+    its caller told CONFIRMED unasked, nothing held or committed at ``b`` for it. A resolved part the home may have
+    forgotten by a clock the allowed gap ahead is another order's: reserved anew, as it is once evicted."""
+    clock = ManualClock(T0)
+    _, client, engine, a, b = await stocked_pair(start_service, clock)
+    asked = [(a, "S1", 2), (b, "S1", 2)]
+    await client.reserve("o", asked, ttl_seconds=60, allow_partial=allow_partial)
+    if first == "fulfilled":
+        await client.confirm("o")
+        await client.fulfill("o")
+    else:
+        await client.release("o")
+    home, group = engine.place(a), engine.place(b)
+    assert engine.home_of("o") == home != group
+    engine.actors[home].clock = GroupClock(clock, clock.now_ms() + HALF_MS)  # what taking it back counts on from
+    clock.advance(HALF_MS + 1)
+    await engine.run_maintenance()  # eviction, each group by its own clock
+    assert engine.actors[home].ledger.reservation("o") is None, "forgotten at its home"
+    old = engine.actors[group].ledger.reservation(orders.part_id("o", group))
+    assert old is not None and old.state in (State.RELEASED, State.FULFILLED), "not yet past its retention there"
+
+    again = await client.reserve("o", asked, ttl_seconds=60, allow_partial=allow_partial)
+    assert (again.state, again.replayed) == (pb.RESERVATION_STATE_HELD, False), again
+    assert [(line.outcome, line.granted) for line in again.lines] == [(pb.LINE_OUTCOME_GRANTED, 2)] * 2, again
+    there = [(q.reserved, q.committed) for q in await client.availability([(a, "S1"), (b, "S1")])]
+    assert there == [(2, 0), (2, 0)], "nothing held at b for the second order"
+    part = engine.actors[group].ledger.reservation(orders.part_id("o", group))
+    assert part is not None and part.state == State.HELD and part.created_at > old.updated_at
+    assert (await client.reserve("o", asked, ttl_seconds=60, allow_partial=allow_partial)).replayed  # R5
+    assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_HELD, "confirmed unasked"
