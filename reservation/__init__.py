@@ -46,6 +46,7 @@ from ._model import (
 from ._operations import ReserveView, View, confirm, expire, fulfill, release, reserve
 from ._store import MADE, PositionStore
 from ._validate import (
+    as_asked,
     check_id,
     check_safety_stock,
     count_block,
@@ -104,6 +105,7 @@ __all__ = [
     "Unavailable",
     "View",
     "allocate",
+    "as_asked",
     "check_id",
     "check_safety_stock",
     "confirm",

@@ -5,6 +5,7 @@ Nothing here touches state: a request that fails validation changes nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -93,6 +94,24 @@ def line_requests(
     if required and not count:
         raise InvalidArgument(field, "at least one line is required")
     return tuple(LineRequest(sku, loc, qty) for (sku, loc), qty in summed.items())
+
+
+_SUMMED_LINE = re.compile(r"lines\[(\d+)\]")
+
+
+def as_asked(error: InvalidArgument, asked: Sequence[tuple[str, str, int]]) -> InvalidArgument:
+    """``error``, a refusal of the lines ``line_requests`` summed from ``asked`` (a position's lines summed, first seen
+    first, R1), naming its line by its place in ``asked``: a position's first line there. Named by its place among the
+    summed lines, a line after two naming one position was told as the line after the first of those, not at fault."""
+    named = _SUMMED_LINE.match(error.field)
+    firsts: dict[tuple[str, str], int] = {}
+    for n, (sku, location, _) in enumerate(asked):
+        firsts.setdefault((sku, location), n)
+    places = list(firsts.values())  # the summed lines' order
+    if named is None or not int(named[1]) < len(places) or places[int(named[1])] == int(named[1]):
+        return error
+    field = f"lines[{places[int(named[1])]}]{error.field[named.end():]}"
+    return InvalidArgument(field, error.problem, error.reason, error.metadata.get("limit", ""))
 
 
 def reserve_command(

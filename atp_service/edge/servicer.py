@@ -42,6 +42,7 @@ from reservation import (
     Reservation,
     ResourceExhausted,
     Unavailable,
+    as_asked,
     check_id,
     check_safety_stock,
     count_block,
@@ -167,9 +168,13 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         (R3, R4, R5). The request is checked before the engine is asked for: its fault is told, not RECOVERING
         (reasons in precedence order)."""
         rid = check_id("reservation_id", request.reservation_id, self.limits)
-        lines = partial_lines(convert.lines_of(request.lines), request.operation_id, self.limits)
+        asked = convert.lines_of(request.lines)
+        lines = partial_lines(asked, request.operation_id, self.limits)
         act: Callable[..., Awaitable[Reservation]] = getattr(self.engine, operation)
-        return convert.reservation_pb(await act(rid, lines, request.operation_id))
+        try:
+            return convert.reservation_pb(await act(rid, lines, request.operation_id))
+        except InvalidArgument as exc:  # a line named as sent, not by its place among the summed ones (R1)
+            raise as_asked(exc, asked) from None
 
     @_observed("GetReservation")
     async def GetReservation(self, request: pb.GetReservationRequest, context: Any) -> pb.GetReservationResponse:
