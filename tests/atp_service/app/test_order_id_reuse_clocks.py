@@ -24,13 +24,27 @@ RETENTION_MS = Limits().retention_ms
 HALF_MS = RETENTION_MS // 2
 
 
+class Behind:
+    """A process's clock ``by`` ms behind ``base``: what a group taken by a host whose clock runs that far behind
+    counts on from, where the group logged nothing for that long before (``GroupClock``: never below what was logged,
+    so it starts at the process's own clock)."""
+
+    def __init__(self, base: ManualClock, by: int) -> None:
+        self._base, self._by = base, by
+
+    def now_ms(self) -> int:
+        return self._base.now_ms() - self._by
+
+
 @pytest.mark.parametrize("first", ["released", "fulfilled"])
 @pytest.mark.parametrize("allow_partial", [True, False], ids=["partial", "whole"])
+@pytest.mark.parametrize("skew", ["home_ahead", "part_s_group_behind"])
 async def test_a_part_the_home_forgot_by_its_clock_ahead_is_reserved_anew_never_decided_with_R5_R2_R3(
-        start_service: ServiceFactory, first: str, allow_partial: bool) -> None:
+        start_service: ServiceFactory, first: str, allow_partial: bool, skew: str) -> None:
     """Defect: order ``o`` (2 of ``a`` at its home's group, 2 of ``b`` at the other) resolved, its home group's clock
     then half a retention ahead of ``b``'s group's, and ``o`` reserved again with the same content once its home forgot
-    the first. The part step judged the first order's part at ``b``'s group by that group's clock alone (not past its
+    the first (or ``b``'s group's clock as far behind the one that stamped the first order's part there). The part
+    step judged the first order's part at ``b``'s group by that group's clock alone (not past its
     retention there) and replayed it as the second order's: released, the second order was decided with that line
     as the first had it, nothing held there (``allow_partial``: HELD with its ``b`` line released; all or nothing:
     REJECTED though its units fit, its hold at ``a`` given back); fulfilled, it was decided again CONFIRMED from it —
@@ -47,7 +61,11 @@ async def test_a_part_the_home_forgot_by_its_clock_ahead_is_reserved_anew_never_
         await client.release("o")
     home, group = engine.place(a), engine.place(b)
     assert engine.home_of("o") == home != group
-    engine.actors[home].clock = GroupClock(clock, clock.now_ms() + HALF_MS)  # what taking it back counts on from
+    if skew == "home_ahead":
+        engine.actors[home].clock = GroupClock(clock, clock.now_ms() + HALF_MS)  # what taking it back counts on from
+    else:  # b's group idle half a retention, then taken by a host whose clock runs that far behind
+        clock.advance(HALF_MS)
+        engine.actors[group].clock = Behind(clock, HALF_MS)
     clock.advance(HALF_MS + 1)
     await engine.run_maintenance()  # eviction, each group by its own clock
     assert engine.actors[home].ledger.reservation("o") is None, "forgotten at its home"
