@@ -122,14 +122,14 @@ class Limits:
     """How long a resolved reservation is kept for idempotent replays (R5): at least 10 minutes (``atp-service``
     refuses less), at most ten years, and well above twice the largest clock gap between the service's hosts (an order
     spanning groups whose id is used again tells a part of the order before it from its own by the part's age against
-    it, R3)."""
+    it, R3; a SHIPMENT stamped half of it or more before the reservation it names was made is an earlier holder's of
+    the id, fulfilling none, R4)."""
 
     fact_grace_ms: int = 24 * 3600 * 1000
     """E6: facts older than stream time minus this are quarantined, not applied (at most ten years)."""
 
     fact_future_skew_ms: int = 5 * 60 * 1000
-    """E7: facts stamped further than this ahead of the service clock are refused (at most ten years); a SHIPMENT
-    stamped further than this before the reservation it names was made is an earlier holder's, fulfilling none (R4)."""
+    """E7: facts stamped further than this ahead of the service clock are refused (at most ten years)."""
 
     def __post_init__(self) -> None:
         # Q5 stays exact in int64 (the store, the channels' numpy sums over locations) and in the

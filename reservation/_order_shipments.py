@@ -10,11 +10,13 @@ of the other order, which fulfils that order's part (R4: committed and on_hand t
 judged stale: kept committed for good, released by none of the order's steps (Q3). A fact is applied once whichever
 (E8: its identity recorded with the stock's move, in the same step).
 
-Whatever the part found, a fact stamped before the reservation it names was made by more than sources' clocks may be
-off the service's (``fact_future_skew_ms``, E7) is no shipment of it (``earlier_holder``): an id is reserved again
-once its first holder is forgotten (R5), and a late fact of that first holder, let in by the grace (E6), fulfilled the
-new holder's units though none of them shipped (Q3, R4). It moves the stock alone, answered and logged not fulfilled,
-on an ordinary reservation's path as on an order's."""
+Whatever the part found, a fact stamped before the reservation it names was made by half the retention or more is no
+shipment of it (``earlier_holder``): an id is reserved again only once its first holder is forgotten, a retention after
+it was resolved (R5), and a late fact of that first holder, let in by the grace (E6), fulfilled the new holder's units
+though none of them shipped (Q3, R4). It moves the stock alone, answered and logged not fulfilled, on an ordinary
+reservation's path as on an order's. The other half of the retention is the margin for clocks (as ``_order_losses``
+tells an earlier order's part by its age, R3): a source's clock behind the service's, or a group's clock ahead (taken
+over from a host whose clock ran ahead), by minutes must not leave a reservation's own shipment fulfilling nothing."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ class Fulfils(enum.Enum):
     NONE = enum.auto()
     """Another order's, the fact stamped at or after the order opened: left as it is."""
     EARLIER = enum.auto()
-    """The order's own, the fact stamped before the order opened by more than the skew (``earlier_holder``): left."""
+    """The order's own, the fact stamped half the retention or more before it opened (``earlier_holder``): left."""
 
 
 Judge = Callable[[Reservation, Fact], Fulfils]
@@ -50,14 +52,18 @@ Judge = Callable[[Reservation, Fact], Fulfils]
 def earlier_holder(rec: Reservation | None, fact: Fact, limits: Limits) -> str:
     """Why the SHIPMENT ``fact`` naming ``rec`` is no shipment of it: stamped before ``rec`` was made (its
     ``created_at``, by its home's clock, R6; an order's record, not a part's: a part made again later keeps no
-    earlier time) by more than ``fact_future_skew_ms``, the most a source's clock may be off the service's (E7). Then
-    it is a late fact of an earlier holder of the id (R5: reserved again once that one was forgotten; E6 let it in).
-    Empty: it may be ``rec``'s (``rec`` None: nothing to tell). Decided by what the log holds alone (E10)."""
-    if rec is None or fact.event_time >= rec.created_at - limits.fact_future_skew_ms:
+    earlier time) by half ``retention_ms`` or more. Then it is a late fact of an earlier holder of the id (R5: reserved
+    again once that one was forgotten, a retention after it was resolved; E6 let it in). Not by the skew E7 allows
+    (``fact_future_skew_ms``): a source's clock behind, or a group's ahead (``GroupClock``), by more than that made
+    every shipment of a reservation soon after it was made fulfil nothing, its units committed for good (Q3) — and
+    only at the processes whose clocks ran so (E8). Empty: it may be ``rec``'s (``rec`` None: nothing to tell).
+    Decided by what the log holds alone (E10)."""
+    margin = limits.retention_ms // 2  # the other half: the clocks' margin (``_order_losses.stale``, R3)
+    if rec is None or fact.event_time > rec.created_at - margin:
         return ""
     return (f"the fact is stamped {rec.created_at - fact.event_time} ms before reservation {rec.reservation_id!r} "
-            f"was made, more than fact_future_skew_ms ({limits.fact_future_skew_ms} ms): a shipment of an earlier "
-            "holder of its id")
+            f"was made, half the retention ({margin} ms) or more: a shipment of an earlier holder of its id, "
+            "forgotten before it was made")
 
 
 def any_part(_part: Reservation, _fact: Fact) -> Fulfils:
@@ -68,8 +74,8 @@ def any_part(_part: Reservation, _fact: Fact) -> Fulfils:
 def judge(order: Reservation, group: int, place: Place, limits: Limits) -> Judge:
     """Whose the part at ``group`` is for a SHIPMENT naming ``order`` (its record as its home holds it, its pending
     change carried through): its own part (``_order_losses.own_parts``), or another order's of that id, fulfilled
-    only by a fact stamped before ``order`` opened (by its home's clock, R6); its own, never by one stamped well
-    before that (``earlier_holder``)."""
+    only by a fact stamped before ``order`` opened (by its home's clock, R6); its own, never by one stamped half the
+    retention or more before that (``earlier_holder``)."""
     def whose(part: Reservation, fact: Fact) -> Fulfils:
         if not losses.others(order, {group: part}, place, limits):
             return Fulfils.EARLIER if earlier_holder(order, fact, limits) else Fulfils.OWN
@@ -97,7 +103,7 @@ def ship(view_: View, fact: Fact, part: str, now: int, limits: Limits,
                          f"earlier order's of id {order_id!r}, and the fact is stamped after this one opened")
     if judged == Fulfils.EARLIER:
         return outcome, (f"stock moved; reservation not fulfilled: the fact is stamped before order {order_id!r} "
-                         "opened by more than fact_future_skew_ms: a shipment of an earlier holder of its id")
+                         "opened by half the retention or more: a shipment of an earlier holder of its id")
     at = now if judged == Fulfils.OWN else found.updated_at  # another order's: as stale as it was (``Fulfils``)
     try:  # the fact moved on_hand already: only committed moves here
         ops.fulfill_committed(view_, part, (LineRequest(fact.sku, fact.location, fact.quantity),), at, limits)

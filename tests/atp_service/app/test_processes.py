@@ -239,8 +239,8 @@ _STAMPS: dict[tuple[str, str, str, int, str], int] = {}
 def shipment(eid: str, sku: str, qty: int, rid: str) -> pb.Fact:
     """A SHIPMENT naming ``rid``, stamped by the wall clock these processes run on when the test first made it (a
     resend keeps its stamp: the same payload, E8): never before a reservation the test made by more than a test may
-    run (``timeout`` in pyproject.toml, well under ``fact_future_skew_ms``) — one stamped so is an earlier holder's
-    of the id, fulfilling nothing (R4)."""
+    run (``timeout`` in pyproject.toml, well under half ``retention_ms``) — one stamped half of it before is an
+    earlier holder's of the id, fulfilling nothing (R4)."""
     key = (os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0], eid, sku, qty, rid)
     at = _STAMPS.setdefault(key, int(time.time() * 1000))
     fact = receipt(eid, sku, "DC", qty, at, kind=pb.FACT_KIND_SHIPMENT)
