@@ -39,6 +39,10 @@ lease renewal waiting. Dropped when the hold is resolved instead, each Confirm o
 for its entry in the heap: ~0.1 s at a million entries."""
 
 
+_NEVER = 2**63
+"""After every expiry time (a passed-over hold's first, where there is none)."""
+
+
 def expiry_stale(entries: int, live: int) -> bool:
     """Whether a heap of ``entries`` holds enough stale ones (``live`` reservations) to sweep."""
     return entries > 2 * live + EXPIRY_SLACK
@@ -109,7 +113,46 @@ def due_head(ledger: Ledger, now: int, stale: int, alone: Callable[[Reservation]
             heapq.heappush(passed, heapq.heappop(expiry))
         else:
             heapq.heappop(expiry)
+    if ledger._set_aside is not None and dropped < stale:  # a sweep part-way: the rest of the queue is there
+        before = None if found is None else (found.expires_at, found.reservation_id)
+        aside, walked = _due_set_aside(ledger, now, stale - dropped, alone, before)
+        found, dropped = aside or found, dropped + walked
     return found, dropped
+
+
+def _due_set_aside(ledger: Ledger, now: int, stale: int, alone: Callable[[Reservation], bool],
+                   before: tuple[int, str] | None) -> tuple[Reservation | None, int]:
+    """``due_head`` in the queue a sweep has set aside (``sweeping``), ordered before ``before`` (None: any): read
+    only, the sweep reading it between its slices, walked in the heap's order (a frontier of its nodes), ``stale``
+    entries passed at most. The holds a turn passed over, set aside with it, are not looked at: ``alone``
+    refuses them."""
+    heap, size, _ = ledger._set_aside or ([], 0, 0)
+    records, walked = ledger.reservations, 0
+    frontier = [(heap[0], 0)] if size else []
+    while frontier:
+        entry, at = heapq.heappop(frontier)
+        expires_at, rid = entry
+        if expires_at > now or (before is not None and entry >= before):
+            break
+        rec = records.get(rid)
+        if rec is not None and rec.state == State.HELD and rec.expires_at == expires_at and alone(rec):
+            return rec, walked
+        if walked >= stale:
+            break
+        walked += 1
+        for child in (2 * at + 1, 2 * at + 2):
+            if child < size:
+                heapq.heappush(frontier, (heap[child], child))
+    return None, walked
+
+
+def due_at_head(ledger: Ledger, now: int) -> bool:
+    """Whether the expiry queue's head is due (it may be stale), the part a sweep has set aside counted too: asked
+    between its slices, the queue read empty, and a housekeeping pass skipped the shard's expiry (R3)."""
+    expiry, aside = ledger._expiry, ledger._set_aside
+    if expiry and expiry[0][0] <= now:
+        return True
+    return aside is not None and ((aside[1] > 0 and aside[0][0][0] <= now) or aside[2] <= now)
 
 
 def held_again(expiry: list[tuple[int, str]], old: Reservation, undone: Reservation) -> None:
@@ -136,6 +179,9 @@ def sweeping(ledger: Ledger, slice_size: int = EXPIRY_SWEEP_SLICE) -> Generator[
     expiry that failed) goes to a fresh one, merged at the end. Stopped part-way (the driver closes
     it), what it had not looked at is kept whole: a hold whose entry was dropped would never expire."""
     old, ledger._expiry = ledger._expiry, []
+    # Between slices the checks made outside the shard's turn look here too (``due_head``, ``due_at_head``): the
+    # heap's part of ``old`` stays a heap, only read; the passed-over holds after it are due from their first.
+    ledger._set_aside = (old, len(old), ledger._passed[0][0] if ledger._passed else _NEVER)
     old += ledger._passed  # the holds a turn passed over, set aside: queued again here
     ledger._passed = []
     kept: list[tuple[int, str]] = []
@@ -150,5 +196,5 @@ def sweeping(ledger: Ledger, slice_size: int = EXPIRY_SWEEP_SLICE) -> Generator[
         kept += old[looked:]
         kept += ledger._expiry
         heapq.heapify(kept)
-        ledger._expiry = kept
+        ledger._expiry, ledger._set_aside = kept, None
     return len(old) - len(kept)

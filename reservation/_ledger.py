@@ -25,7 +25,7 @@ from ._events import (
     Shipped,
     saved_since,
 )
-from ._expiry import EXPIRY_STALE_PER_TURN, due_head, expiry_stale, held_again, sweeping, take_due
+from ._expiry import EXPIRY_STALE_PER_TURN, due_at_head, due_head, expiry_stale, held_again, sweeping, take_due
 from ._facts import COUNT_RANK, DELTA_RANK, Histories, PositionHistory
 from ._holds import HoldsIndex
 from ._keys import fact_key, fact_payload, pair_key, split_key
@@ -236,8 +236,8 @@ class Ledger(ReserveWrites, Upkeep):
 
     def housekeeping_due(self, now: int) -> bool:
         """A hold to expire, or a resolved reservation past retention to forget (each queue's head looked at)."""
-        expiry, passed = self._expiry, self._passed  # set aside: due then, not by a clock behind it (R3)
-        if (expiry and expiry[0][0] <= now) or (passed and passed[0][0] <= now):
+        passed = self._passed  # set aside: due then, not by a clock behind it (R3)
+        if due_at_head(self, now) or (passed and passed[0][0] <= now):
             return True
         resolved = self._resolved
         return bool(resolved) and resolved[0][0] < now - self.limits.retention_ms
