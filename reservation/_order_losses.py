@@ -22,8 +22,8 @@ the parts that remain say of the order, pure. The engine acts on it (``atp_servi
   moved nothing out of ``on_hand`` there (R4). The part is made again as the order's record holds it, its units not
   released committed again at its group whether or not they still fit (``part_again``, ``commit_again``): where they
   no longer do, the position shows oversold (Q5: counted, never hidden), as the service acknowledged it (R7).
-- A part resolved half its retention ago or longer where its order's Reserve reserves it (``forgotten``): the part
-  of an earlier order of that id, forgotten at its home (by its clock, which may run ahead of the group's by the
+- A part resolved half its retention or longer before its order opened, where that order reserves it (``forgotten``):
+  an earlier order's of that id, forgotten at its home (by its clock, which may run ahead of the group's by the
   clocks' gap allowed), that its group's eviction has not reached yet (or its group back from older data). Reserved
   anew (``_order_anew.Anew``), as it is once evicted — replayed, its RELEASED state refused the new order, its
   FULFILLED one decided it CONFIRMED with nothing held there for it (R5: after the retention, a new attempt).
@@ -382,17 +382,17 @@ def decide(order: Reservation, parts: Mapping[int, Reservation], now: int,
     return orders.decide(order, parts, now)
 
 
-def forgotten(part: Reservation | None, now: int, limits: Limits) -> bool:
-    """Whether ``part``, found where its order's Reserve reserves a part (``now``: its group's clock), is resolved,
-    nothing pending, half the retention window or longer ago: what its order's home may have forgotten already (R5) —
-    the home forgets by its own clock, which may run ahead of this group's by the gap between the clocks the service
-    allows (half the retention: ``lost_parts``), a home group taken from a host whose clock ran that far ahead
-    counting on from what that host stamped (``GroupClock``). Judged by this group's clock alone (what
-    ``Ledger.evict`` forgets here), the earlier order's part was replayed as the new order's own decision: released,
-    the new order refused, or held with that line released and nothing held there (``allow_partial``); fulfilled,
-    decided again CONFIRMED with nothing held there. An order is resolved after its parts (R3), so the id's Reserve is
-    a new attempt: the part is another order's, reserved anew (``_order_anew.Anew``), never replayed as this one's. An
-    order's own part resolved that long before its Reserve is asked again is one whose home lost its record (R7) that
-    long ago: reserved anew too, as a part its group lost would be."""
+def forgotten(part: Reservation | None, opened: int, limits: Limits) -> bool:
+    """Whether ``part``, found where its order's Reserve reserves a part, is resolved, nothing pending, half the
+    retention window or longer before its order opened (``opened``, by its home's clock; for an order opened just now,
+    its group's clock now): an earlier order's of that id, forgotten at its home before this one opened (R5) — an
+    order is resolved after its parts (R3) and forgotten a retention later by its home's clock, which may run ahead of
+    this group's by the clocks' gap the service allows (half the retention: ``lost_parts``; a home group taken from a
+    host whose clock ran that far ahead counts on from what that host stamped, ``GroupClock``). Replayed, it was taken
+    for the new order's decision: released, the new order refused, or held with that line released and nothing held
+    there (``allow_partial``); fulfilled, decided CONFIRMED with nothing held there. Reserved anew instead
+    (``_order_anew.Anew``). The order's own part, resolved after it opened, is replayed however long ago (R5): an
+    order decided again long after (its home back from data older than its decision, R7) keeps the lines its parts
+    shipped or released. One opened again as new (its home's record lost) meets its parts as an earlier order's."""
     return part is not None and part.state in TERMINAL and part.pending is None and \
-        now - part.updated_at >= limits.retention_ms // 2
+        opened - part.updated_at >= limits.retention_ms // 2

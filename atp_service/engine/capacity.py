@@ -43,10 +43,10 @@ def record_refusal(home: Ledger, limits: Limits, records: int = 1) -> ResourceEx
 
 
 def order_opened(ledger: Ledger, cmd: ReserveCommand, groups: tuple[int, ...], limits: Limits, now: int,
-                 place: Callable[[str], int]) -> Reservation | ResourceExhausted:
-    """An order's record at its home (``ledger``, ``Orders``): the one there (R5: its content checked),
-    else one opened now if it fits the home's bounds together with its part there — else the refusal,
-    nothing written. Opened unasked, every Reserve with a new id past a bound left a record at the
+                 place: Callable[[str], int]) -> tuple[Reservation | ResourceExhausted, bool]:
+    """An order's record at its home (``ledger``, ``Orders``) and whether it was opened now: the one there (R5: its
+    content checked), else one opened now if it fits the home's bounds together with its part there — else the
+    refusal, nothing written. Opened unasked, every Reserve with a new id past a bound left a record at the
     home, held until its TTL (up to ``max_ttl_seconds``) while its part there was refused. The home's
     due holds expire first (``expire_alone``, ``place``: a SKU's shard), as in a Reserve's turn: a hold
     past its TTL is not live when the bound is asked (R2, R3); counted, the order was refused
@@ -54,14 +54,14 @@ def order_opened(ledger: Ledger, cmd: ReserveCommand, groups: tuple[int, ...], l
     found = ledger.reservation(cmd.reservation_id)
     if found is not None:
         orders.same_order(found, cmd) if found.is_order else ops.same_content(found, cmd)
-        return found
+        return found, False
     if ledger.expiry_due(now):
         expire_alone(ledger, now, place)
     refusal = record_refusal(ledger, limits, 1 + (ledger.shard in groups))
     if refusal is not None:
-        return refusal
+        return refusal, False
     ledger.save(orders.open_order(cmd, groups, now))
-    return ledger.reservations[cmd.reservation_id]
+    return ledger.reservations[cmd.reservation_id], True
 
 
 def next_to_drive(pending: set[str], after: str, room: int) -> tuple[str, list[str]]:

@@ -44,10 +44,10 @@ from atp_service.engine.part_orphans import held_orphans, log_orphaned
 from atp_service.engine.parts import (
     UNDECIDED,
     GiveUpPart,
-    ReservePart,
     lasting,
     on_shard,
     record_at,
+    reserve_steps,
     run_parts,
     shipped_elsewhere,
 )
@@ -225,8 +225,8 @@ class Orders(OrderSteps):
     async def _reserve(self, cmd: ReserveCommand, home: int) -> tuple[Reservation, bool]:
         groups = tuple(sorted({self._engine.place(line.sku) for line in cmd.lines}))
         limits, place = self._engine.limits, self._engine.place
-        order = await on_shard(self._engine, home, lambda ledger, now: order_opened(ledger, cmd, groups, limits, now,
-                                                                                     place), refused_as_is=True)
+        order, fresh = await on_shard(self._engine, home, lambda ledger, now: order_opened(
+            ledger, cmd, groups, limits, now, place), refused_as_is=True)
         if isinstance(order, ResourceExhausted):  # nothing written: refused as a one-group Reserve is
             self._engine.count_capacity_refusal(order)
             raise order
@@ -238,19 +238,19 @@ class Orders(OrderSteps):
             # decided again; or left undecided past its TTL: it expires (``_settle``), nothing reserved now.
             order, parts = await self._settled(cmd.reservation_id, home)
             return orders.replayed(order, *own_of(self._engine, order, parts)), True  # not another order's part
-        decided = await self._decide(order, home)  # R5: as it stands
+        decided = await self._decide(order, home, fresh)  # R5: as it stands
         if decided.state == State.CONFIRMED:  # decided again: answered as a read answers it — its own lines, a part
             return await read_order(self, cmd.reservation_id, home, False), True  # lost since made again (Q3, R4)
         return as_shown(self._engine, decided, await self._parts(decided, True)), False
 
-    async def _decide(self, order: Reservation, home: int) -> Reservation:
-        """Reserve every part (a replay where it exists), release the held ones if any part is refused, then record
-        the order's decision; the order as recorded. A part confirmed proves it decided and confirmed before its home
-        lost that (R7): decided again CONFIRMED, carried through, never refused nor given up (R3, Q3)."""
+    async def _decide(self, order: Reservation, home: int, fresh: bool = False) -> Reservation:
+        """Reserve every part (a replay where it exists; ``fresh``: opened by this saga), release the held ones if any
+        part is refused, then record the order's decision; the order as recorded. A part confirmed proves it decided
+        and confirmed before its home lost that (R7): decided again CONFIRMED, carried through, never refused (R3)."""
         cmds, now = orders.split(orders.command_of(order), place := self._engine.place), self._engine.now_at
         limits = self._engine.limits
         try:
-            parts = await run_parts(self._engine, {g: ReservePart(cmd) for g, cmd in cmds.items()})
+            parts = await run_parts(self._engine, reserve_steps(order, cmds, fresh))
         except DomainError as exc:
             if isinstance(exc, Unavailable):
                 raise

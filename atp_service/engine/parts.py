@@ -53,9 +53,17 @@ STEP_METHOD = "/atp.internal.v1.Peers/Step"
 
 
 class ReservePart(msgspec.Struct, tag="reserve", array_like=True, frozen=True, forbid_unknown_fields=True):
-    """Reserve a part (a replay where it exists)."""
+    """Reserve a part (a replay where it exists) of an order the saga sending it opened."""
 
     cmd: ReserveCommand
+
+
+class ReserveOpened(ReservePart, tag="reserve-opened", array_like=True, frozen=True, forbid_unknown_fields=True):
+    """Reserve a part of an order opened before the saga sending it (decided again), ``opened`` then by its home's
+    clock: a part resolved since is the order's own, however long ago (``_order_losses.forgotten``). A kind of its
+    own, which a process of an earlier release refuses whole (``INVALID_ARGUMENT``), never judging by its clock."""
+
+    opened: int
 
 
 class ApplyShare(msgspec.Struct, tag="share", array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -102,7 +110,8 @@ class SettleOrder(msgspec.Struct, tag="settle", array_like=True, frozen=True, fo
     order: str
 
 
-PartStep = ReservePart | ApplyShare | ReleaseAsRead | ReadPart | GiveUpPart | CommitPart | ResolveOrder | SettleOrder
+PartStep = (ReservePart | ReserveOpened | ApplyShare | ReleaseAsRead | ReadPart | GiveUpPart | CommitPart | ResolveOrder
+            | SettleOrder)
 
 
 class StepRequest(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -137,7 +146,8 @@ def work_of(engine: Engine, step: PartStep) -> Work:
     """``step`` as a shard's work."""
     limits = engine.limits
     if isinstance(step, ReservePart):
-        return lambda ledger, now: engine.reserve_part(ledger, step.cmd, now)
+        opened = step.opened if isinstance(step, ReserveOpened) else 0
+        return lambda ledger, now: engine.reserve_part(ledger, step.cmd, now, opened)
     if isinstance(step, ApplyShare):
         return lambda ledger, now: orders.apply_share(ledger, step.part, step.share, now, limits)
     if isinstance(step, GiveUpPart):
@@ -150,6 +160,14 @@ def work_of(engine: Engine, step: PartStep) -> Work:
 
 def _read(ledger: Ledger, part: str) -> Reservation | None:
     return ledger.reservation(part)
+
+
+def reserve_steps(order: Reservation, cmds: dict[int, ReserveCommand], fresh: bool) -> dict[int, PartStep]:
+    """Each group's Reserve of its part of ``order`` (``cmds``: its shares), its opening time told (``ReserveOpened``)
+    unless the saga sending them opened it (``fresh``: sent as before): an order decided again (its Reserve retried,
+    its home back from older data) may meet parts of its own resolved long before, judged by its group's clock alone
+    an earlier order's (R5)."""
+    return {group: ReservePart(cmd) if fresh else ReserveOpened(cmd, order.created_at) for group, cmd in cmds.items()}
 
 
 async def run_part(engine: Engine, group: int, step: PartStep) -> Any:

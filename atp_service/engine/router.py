@@ -252,11 +252,12 @@ class Engine(RecordChanges):
 
         return run
 
-    def reserve_part(self, ledger: Ledger, cmd: ReserveCommand, now: int) -> Reservation:
+    def reserve_part(self, ledger: Ledger, cmd: ReserveCommand, now: int, opened: int = 0) -> Reservation:
         """A part of an order spanning groups, on its group's shard (``Orders``): over a part of that id resolved so
-        long ago that its order's home may have forgotten that order (an earlier order's, not evicted yet here:
-        ``_order_losses.forgotten``), reserved anew (R5)."""
-        anew = losses.forgotten(ledger.reservation(cmd.reservation_id), now, self.limits)
+        long before its order opened (``opened``, by its home's clock; 0: opened just now, ``now`` stands for it)
+        that its order's home may have forgotten the order it was part of (an earlier order's, not evicted yet
+        here: ``_order_losses.forgotten``), reserved anew (R5)."""
+        anew = losses.forgotten(ledger.reservation(cmd.reservation_id), opened or now, self.limits)
         return self._reserve_checked(ledger, ledger, cmd, now, anew)[0]
 
     def _reserve_checked(self, home: Ledger, view: ReserveView, cmd: ReserveCommand, now: int, anew: bool = False

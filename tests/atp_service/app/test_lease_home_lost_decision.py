@@ -8,7 +8,9 @@ the Reserve was under way."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,20 +21,27 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from atp_service.engine import orders as saga
 from atp_service.engine.parts import ReservePart
-from tests.atp_service.app.leased_pair import stocked_pair
+from reservation import Limits
+from tests.atp_service.app.leased_pair import LEASED, stocked_pair
 from tests.atp_service.app.test_lease_part_outlived import Image, _at_s1, _group_restored, _group_saved
 from tests.atp_service.edge.test_api import T0
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
+LIMITS: Limits = LEASED["limits"]
+Meanwhile = Callable[[ManualClock, AtpClient, str, str], Awaitable[None]]
+"""What befalls the confirmed order before its home's group goes back (clock, client, a, b)."""
+
 
 async def _home_lost_its_decision(start_service: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch,
-                                  home_part: bool) -> tuple[ManualClock, Any, AtpClient, str, str]:
-    """Order "o" (2 of a, 3 of b) reserved, held and confirmed; then the home's group back from while its Reserve
-    was under way: the record undecided, its part there held (``home_part``; else gone: saved before the parts were
-    reserved), b's part CONFIRMED. (clock, engine, client, a, b)."""
+                                  home_part: bool, meanwhile: Meanwhile | None = None, limits: Limits = LIMITS,
+                                  ) -> tuple[ManualClock, Any, AtpClient, str, str]:
+    """Order "o" (2 of a, 3 of b) reserved, held and confirmed (then ``meanwhile``); then the home's group back from
+    while its Reserve was under way: the record undecided, its part there held (``home_part``; else gone: saved
+    before the parts were reserved), b's part CONFIRMED (or as ``meanwhile`` left it). (clock, engine, client, a,
+    b). ``limits``: the service's."""
     clock = ManualClock(T0)
-    _, client, engine, a, b = await stocked_pair(start_service, clock)
+    _, client, engine, a, b = await stocked_pair(start_service, clock, limits=limits)
     home = engine.place(a)
     direct = aioredis.Redis.from_url(redis_url)
     images: list[Image] = []
@@ -55,6 +64,8 @@ async def _home_lost_its_decision(start_service: ServiceFactory, redis_url: str,
         assert engine.home_of("o") == home != engine.place(b), "an order spanning groups, its home a's"
         assert (await client.confirm("o")).state == pb.RESERVATION_STATE_CONFIRMED  # told to the caller (the OMS)
         assert (await _at_s1(client, a, "committed"), await _at_s1(client, b, "committed")) == (2, 3)
+        if meanwhile is not None:
+            await meanwhile(clock, client, a, b)
         await _group_restored(direct, home, images[0])  # the decision and confirmation gone, b's part kept
     finally:
         await direct.aclose()
@@ -64,7 +75,7 @@ async def _home_lost_its_decision(start_service: ServiceFactory, redis_url: str,
 
     await until(undecided_again, "the home's group serving what Redis holds (the order's Reserve pending)", 40)
     assert engine.actors[home].ledger.reservation("o").pending is not None
-    assert await _at_s1(client, b, "committed") == 3
+    assert meanwhile is not None or await _at_s1(client, b, "committed") == 3
     return clock, engine, client, a, b
 
 
@@ -119,3 +130,40 @@ async def test_a_retry_of_the_reserve_of_an_order_whose_home_lost_its_decision_a
     assert (await _at_s1(client, a, "committed"), await _at_s1(client, b, "committed")) == (2, 3)
     assert (await client.release("o")).state == pb.RESERVATION_STATE_RELEASED
     assert (await _at_s1(client, a, "available"), await _at_s1(client, b, "available")) == (5, 5)
+
+
+def _b_shipped_half_a_retention_ago(retention_ms: int) -> Meanwhile:
+    """b's line fulfilled (its part FULFILLED), then half of ``retention_ms`` and a moment passed."""
+    async def shipped(clock: ManualClock, client: AtpClient, _a: str, b: str) -> None:
+        done = await client.fulfill("o", [(b, "S1", 3)], "ship-b")
+        assert done.state == pb.RESERVATION_STATE_CONFIRMED, done
+        assert (await _at_s1(client, b, "committed"), await _at_s1(client, b, "available")) == (0, 2)
+        clock.advance(retention_ms // 2 + 1)
+
+    return shipped
+
+
+@pytest.mark.parametrize("by", ["retry-within-ttl", "retry-past-ttl", "housekeeping"])
+async def test_an_order_decided_again_long_after_a_line_shipped_never_holds_that_line_again_R4_R5_Q3(
+        start_service: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch, by: str) -> None:
+    """Defect (found by review): the order confirmed, its b line shipped (b's part FULFILLED), and half the retention
+    later its home's group back from before its decision. Deciding it again from its parts, the saga reserves every
+    part again; b's group took its own FULFILLED part, resolved half the retention ago by its clock, for an earlier
+    order's of the id (``forgotten``) and reserved it anew: 3 more units at b where 2 are left, refused, and the
+    order decided again as a Reserve decides it, REJECTED — a's 2 committed units released, offered again while the
+    caller, told CONFIRMED, ships them. A part resolved after its order opened is its own, however long ago: replayed
+    (R5). ``retry-within-ttl``: a retention of 100 s, half of it within the order's 60 s TTL (its Reserve retried
+    decides it again at once, not through its expiry)."""
+    limits = dataclasses.replace(LIMITS, retention_ms=100_000) if by == "retry-within-ttl" else LIMITS
+    _clock, engine, client, a, b = await _home_lost_its_decision(
+        start_service, redis_url, monkeypatch, True, _b_shipped_half_a_retention_ago(limits.retention_ms), limits)
+    if by == "housekeeping":
+        await _driven_on(engine, client, a)
+    else:
+        again = await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
+        assert again.replayed, again
+    order = await client.get_reservation("o")
+    assert order.state == pb.RESERVATION_STATE_CONFIRMED, order
+    assert [(line.committed, line.fulfilled) for line in order.lines] == [(2, 0), (0, 3)], order
+    assert (await _at_s1(client, b, "committed"), await _at_s1(client, b, "available")) == (0, 2), "b held again"
+    assert (await _at_s1(client, a, "committed"), await _at_s1(client, a, "available")) == (2, 3)
