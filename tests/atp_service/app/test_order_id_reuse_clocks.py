@@ -81,3 +81,27 @@ async def test_a_part_the_home_forgot_by_its_clock_ahead_is_reserved_anew_never_
     assert part is not None and part.state == State.HELD and part.created_at > old.updated_at
     assert (await client.reserve("o", asked, ttl_seconds=60, allow_partial=allow_partial)).replayed  # R5
     assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_HELD, "confirmed unasked"
+
+
+@pytest.mark.parametrize("resolved", ["released", "fulfilled"])
+async def test_a_retry_of_a_live_order_long_after_a_line_resolved_replays_it_never_holds_that_line_again_R5(
+        start_service: ServiceFactory, resolved: str) -> None:
+    """Its home remembering the order (CONFIRMED, its ``b`` line released or shipped), a retry of its Reserve half a
+    retention and more after that line's part was resolved is a replay of the order's decision (R5): its parts are
+    never reserved again, ``b``'s units not held again, the order read as it stands."""
+    clock = ManualClock(T0)
+    _, client, engine, a, b = await stocked_pair(start_service, clock)
+    asked = [(a, "S1", 2), (b, "S1", 2)]
+    await client.reserve("o", asked, ttl_seconds=60)
+    await client.confirm("o")
+    change = client.release if resolved == "released" else client.fulfill
+    await change("o", [(b, "S1", 2)], "line-b")
+    clock.advance(HALF_MS + 1)
+    again = await client.reserve("o", asked, ttl_seconds=60)
+    assert (again.state, again.replayed) == (pb.RESERVATION_STATE_HELD, True), again
+    there = [(q.reserved, q.committed, q.on_hand) for q in await client.availability([(a, "S1"), (b, "S1")])]
+    assert there == [(0, 2, 5), (0, 0, 5 if resolved == "released" else 3)], "b held again"
+    order = await client.get_reservation("o")
+    assert order.state == pb.RESERVATION_STATE_CONFIRMED, order
+    part = engine.actors[engine.place(b)].ledger.reservation(orders.part_id("o", engine.place(b)))
+    assert part is not None and part.state == (State.RELEASED if resolved == "released" else State.FULFILLED)
