@@ -62,12 +62,12 @@ _encode = msgspec.msgpack.Encoder().encode
 # like the log (log.py): an instance replaced by a newer one publishes nothing more; and fenced
 # again by the token: a write sent before the desk's last ``fence`` is refused (STALE), so a write
 # in doubt cannot land after the desk settled it. Every check comes before the first change — each
-# stream's newest id too (TAKEN: a version already in the stream), and every key's type (KEYTYPE: a
-# stream or state hash key holding another type, which would fail the script half-way, its streams
-# written and its hashes not), and that the Redis user may still run each XADD and HSET on its key (DENIED,
-# ``ACL_LUA``: an ACL taken away while serving refused the HSET after the XADDs landed, the desk took the versions
-# found in the stream for published while the state hash kept the values before them, C4) — so a refused write
-# changed nothing, in any channel: a refusal is never part of a landing.
+# stream's newest id too (TAKEN: a version already in the stream; LOST: an entry following on from one the stream no
+# longer holds, ``StreamLost``), and every key's type (KEYTYPE: a stream or state hash key holding another type, which
+# would fail the script half-way, its streams written and its hashes not), and that the Redis user may still run
+# each XADD and HSET on its key (DENIED, ``ACL_LUA``: an ACL taken away while serving refused the HSET after the XADDs
+# landed, the desk took the versions found in the stream for published while the state hash kept the values before
+# them, C4) — so a refused write changed nothing, in any channel: a refusal is never part of a landing.
 # Numbers travel as strings: Lua 5.1 would print large ones in exponent form. ``published_at`` is
 # Redis's clock when the entry was written: the moment the value became visible.
 _WRITE = FENCE_LUA + ACL_LUA + """
@@ -94,8 +94,13 @@ for c = 0, n - 1 do
   local stream = KEYS[2 * c + 3]
   local items = cmsgpack.unpack(ARGV[3 * c + 5])
   local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-  if #top > 0 and #items > 0 and tonumber(string.match(top[1][1], '^%d+')) >= tonumber(items[1][$VERSION]) then
+  local newest = #top > 0 and #items > 0 and tonumber(string.match(top[1][1], '^%d+'))
+  if newest and newest >= tonumber(items[1][$VERSION]) then
     return redis.error_reply('TAKEN ' .. stream .. ': version ' .. items[1][$VERSION] .. ' is not after ' .. top[1][1])
+  end
+  if newest and items[1][$FOLLOWS] == '' and newest + 1 < tonumber(items[1][$VERSION]) then
+    return redis.error_reply('LOST ' .. stream .. ': version ' .. items[1][$VERSION] .. ' follows on from the one ' ..
+                             'before it, and the stream ends at ' .. top[1][1])
   end
   batches[c + 1] = items
 end
@@ -150,6 +155,13 @@ _FENCE = FENCE_SCRIPT
 _FENCE_CALL = Script(_FENCE)
 
 _REFUSALS = ("FENCED", "STALE", "TAKEN", "KEYTYPE", "DENIED")
+
+
+class StreamLost(Exception):
+    """A channel stream no longer holds the version a write follows on from (LOST; nothing written): Redis came back
+    from older data while the service ran. Written on unlinked, the next start's marker followed that write, and a
+    reader that had read the lost versions crossed it untold, keeping values the restarted desk knows nothing of (C3,
+    C4). No retry cures it: the desk stops and the service is restarted (R7); its start links to what Redis holds."""
 
 
 class WriteRefused(RedisError):
@@ -348,6 +360,9 @@ class ChannelStore:
         except ResponseError as exc:
             if str(exc).startswith(_REFUSALS):
                 raise WriteRefused(str(exc)) from None
+            if str(exc).startswith("LOST"):
+                raise StreamLost(f"{exc}: Redis lost versions this service published (back from older data); the "
+                                 "service stops to be restarted (R7)") from None
             raise
 
     async def _info(self, channel: str) -> dict[str, Any] | None:

@@ -1,8 +1,9 @@
 """WatchAvailability over a Redis that lost the newest entries of a channel stream (a failover to a
 replica behind its primary, a restart that lost its last second): the desk still holds what it
-published and goes on above it, so the stream has a hole where the lost versions were. A subscriber
-that saw some of them must be told to re-snapshot, never be fed what follows the hole as if nothing
-was missing (a stock-out among the lost versions would stay unknown to it, C3)."""
+published, but writes nothing above the hole — the service stops to be restarted (R7), and its start
+links its versions to what Redis holds. A subscriber that saw some of the lost versions must be told to
+re-snapshot, never be fed what follows as if nothing was missing (a stock-out among the lost versions
+would stay unknown to it, C3)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import ManualClock
+from atp_service import AtpService, ManualClock
 from atp_service.storage.channel_wire import StartMarker
+from reservation import ChannelUpdate
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.channel_helpers import fact, stream_entries, wait_for_updates, write_estate
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 T = 1_700_000_000_000
 STREAM = "atp:{avail}:market"
@@ -42,16 +46,35 @@ async def _first_message(call: object) -> pb.WatchAvailabilityResponse:
     return message
 
 
+async def _lost_under_the_desk(start_service: ServiceFactory, tmp_path: Path, clock: ManualClock,
+                               redis_url: str) -> tuple[AtpService, AtpClient, list[ChannelUpdate]]:
+    """Ten keys published, then the stream's newest five lost (the desk holds them): the service, its client and the
+    ten updates. The state hash keeps every value, as does the log."""
+    service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
+    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(10)])
+    updates = await wait_for_updates(redis_url, "market", 10, desk=service.channels)  # published: the snapshot's
+    await _lose_entries_after(redis_url, updates[4].version)
+    return service, client, updates
+
+
+async def stopped_for_a_write_past_the_hole(service: AtpService, client: AtpClient, redis_url: str,
+                                            kept: int) -> None:
+    """A stock-out recorded (sku-9), due above the hole: the desk writes nothing past versions Redis lost (it would
+    hide them from the next start's marker, C4): the service stops to be restarted (R7), and is stopped."""
+    await client.record_events([fact("s9", "SALE", "sku-9", "dc-1", 14, T + 1)])
+    await until(service.failed.is_set, "the service stopping to be restarted (R7)")
+    assert max(u.version for u in await stream_entries(redis_url, "market")) == kept, "written past the hole"
+    await service.stop(grace_s=0.1)
+
+
 async def test_a_subscriber_past_a_hole_of_lost_versions_is_told_to_resnapshot_C3(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
-    _service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
-    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(10)])
-    updates = await wait_for_updates(redis_url, "market", 10)
-    seen = updates[7].version  # the subscriber saw up to here; Redis then loses the last five
-    await _lose_entries_after(redis_url, updates[4].version)
-    await client.record_events([fact("s9", "SALE", "sku-9", "dc-1", 14, T + 1)])  # a stock-out, after the hole
-    after = await wait_for_updates(redis_url, "market", 6)
-    assert after[-1].version == updates[-1].version + 1 and after[-1].quantity == 0
+    service, client, updates = await _lost_under_the_desk(start_service, tmp_path, clock, redis_url)
+    seen = updates[7].version  # the subscriber saw up to here; Redis lost the last five
+    await stopped_for_a_write_past_the_hole(service, client, redis_url, updates[4].version)
+    again, client = await start_service(clock=clock, estate=write_estate(tmp_path))
+    after = await wait_for_updates(redis_url, "market", 6, desk=again.channels)
+    assert after[-1].sku == "sku-9" and after[-1].quantity == 0 and after[-1].version > updates[-1].version
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=seen))
     message = await _first_message(call)
     call.cancel()
@@ -60,24 +83,26 @@ async def test_a_subscriber_past_a_hole_of_lost_versions_is_told_to_resnapshot_C
 
 async def test_a_snapshot_taken_while_the_stream_lost_its_newest_entries_is_followed_by_changes_C3(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
-    """The snapshot comes from what the desk published, the lost versions included: the watch goes
-    on after it. It was told to re-snapshot instead, again after every snapshot, for as long as the
-    channel stayed quiet — every subscriber of it re-reading every key in a loop."""
-    service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
-    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(10)])
-    updates = await wait_for_updates(redis_url, "market", 10, desk=service.channels)  # published: the snapshot's
-    await _lose_entries_after(redis_url, updates[4].version)
+    """The snapshot comes from what the desk published, the lost versions included. It was told to re-snapshot
+    instead, again after every snapshot, for as long as the channel stayed quiet — every subscriber of it re-reading
+    every key in a loop. The desk's next write stops the service to be restarted (it writes nothing past versions
+    Redis lost); the state hash holds the values the snapshot showed, so the restart follows on from its version."""
+    service, client, updates = await _lost_under_the_desk(start_service, tmp_path, clock, redis_url)
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", snapshot=True))
     snapshot: dict[str, int] = {}
     while (message := await _first_message(call)).kind == Kind.KIND_SNAPSHOT:
         snapshot.update((u.sku, u.quantity) for u in message.updates)
+    call.cancel()
     assert message.kind == Kind.KIND_SNAPSHOT_END and message.version == updates[-1].version
     assert snapshot == {u.sku: u.quantity for u in updates}  # the lost values too
-    await client.record_events([fact("s9", "SALE", "sku-9", "dc-1", 14, T + 1)])
-    message = await _first_message(call)
+    await stopped_for_a_write_past_the_hole(service, client, redis_url, updates[4].version)
+    _again, client = await start_service(clock=clock, estate=write_estate(tmp_path))
+    call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=message.version))
+    changes = await _first_message(call)
     call.cancel()
-    assert message.kind == Kind.KIND_CHANGES, message
-    assert [(u.sku, u.quantity, u.version) for u in message.updates] == [("sku-9", 0, updates[-1].version + 1)]
+    assert changes.kind == Kind.KIND_CHANGES, changes
+    assert [(u.sku, u.quantity) for u in changes.updates] == [("sku-9", 0)]
+    assert changes.updates[0].version > updates[-1].version
 
 
 async def test_versions_a_restart_on_older_data_hands_out_are_new_and_a_subscriber_past_them_resnapshots_C3(
