@@ -30,7 +30,13 @@ from atp_service.engine.clock import Clock
 from atp_service.engine.router import Engine
 from atp_service.metrics import ChannelMetrics
 from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
-from atp_service.storage.channel_store import ChannelStore, WriteRefused, settle_noted, write_failure_reason
+from atp_service.storage.channel_store import (
+    ChannelStore,
+    StreamLost,
+    WriteRefused,
+    settle_noted,
+    write_failure_reason,
+)
 from atp_service.storage.channel_wire import values_of
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait, each_to_its_end, finish_uncancelled
@@ -224,6 +230,7 @@ class ChannelDesk(DurableMarks, DeskCuration):
         # as long as it lasts, and the alert on the failures' rate must see it (and the log say why).
         last = await retry_until_done(fence_and_read, STORAGE_ERRORS, DESK_RETRY, settle_noted(
             names, lambda exc, _wait: self.metrics.write_failed(write_failure_reason(exc))))
+        lost_under(taken, last)
         refused, now, landed_any = isinstance(error, WriteRefused), self.clock.now_ms(), False
         for name, feed, updates in taken:
             if not updates:
@@ -268,3 +275,17 @@ class ChannelDesk(DurableMarks, DeskCuration):
         self.channel(name)
         feed = self.feeds[name]
         return feed.published_version, list(feed.published.items())
+
+
+def lost_under(taken: list[tuple[str, Feed, list[ChannelUpdate]]], last: dict[str, int]) -> None:
+    """A settle's read of each stream's newest version (``last``) below a version this run wrote and confirmed: Redis
+    came back from older data under the write in doubt. Written on above a marker linked to the restored stream, the
+    desk's memory still held the lost values, which a snapshot then showed at a version the restart's marker followed:
+    kept by that subscriber for good (C4). ``StreamLost``, as the write script's refusal of the same loss."""
+    for name, feed, updates in taken:
+        top = last.get(name)  # none: set aside, its stream unreadable
+        if updates and top is not None and isinstance(feed, RunFeed) and top < feed.published_version and (
+                feed.published_version > feed.resumed_from):  # before the run's first write: what Redis held
+            raise StreamLost(f"{name}: its stream ends at version {top}, below version {feed.published_version} that "
+                             "this service published: Redis lost it (back from older data); the service stops to be "
+                             "restarted (R7)")

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import parse_estate
-from atp_service.storage.channel_store import WriteRefused
+from atp_service.storage.channel_store import StreamLost, WriteRefused
 from atp_service.storage.channel_wire import values_of
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait
@@ -172,8 +172,9 @@ class SimChannelStore:
 class DeskRunner:
     """The real desk, its rounds run as tasks when the driver says (see the module's docstring)."""
 
-    def __init__(self, desk: ChannelDesk) -> None:
-        self.desk = desk
+    def __init__(self, desk: ChannelDesk, lost: Callable[[], bool] = lambda: False) -> None:
+        """``lost``: told a ``StreamLost`` (the service stops to be restarted, R7); False: no loss allows it."""
+        self.desk, self.lost = desk, lost
         self.task: asyncio.Task[None] | None = None
         self.rounds = 0
         self.stopped = False
@@ -209,8 +210,13 @@ class DeskRunner:
         """One round of the desk's loop (``ChannelDesk.run_round``); a storage error ends it (the desk
         has settled the write; its loop would back off and go on, here the next round does)."""
         self.rounds += 1
-        with contextlib.suppress(*STORAGE_ERRORS):
-            await self.desk.run_round()
+        try:
+            with contextlib.suppress(*STORAGE_ERRORS):
+                await self.desk.run_round()
+        except StreamLost:
+            if not self.lost():
+                raise
+            self.stopped = True  # as the service's desk task, ended: no round until the restart
 
     async def stop(self) -> None:
         self.stopped = True

@@ -203,7 +203,7 @@ class World:
         self.facts = FactDesk(self.engine, "quarantine", 1000)
         if self.with_channels:
             desk = ChannelDesk(self.engine, ESTATE, self.channels, clock, self.config.channel_settings)  # type: ignore[arg-type]
-            self.desk = DeskRunner(desk)
+            self.desk = DeskRunner(desk, self._desk_lost)
             await self.desk.start()
 
     def instance_config(self) -> ServiceConfig:
@@ -279,6 +279,13 @@ class World:
         failure is a finding of ``every_shard_answers``."""
         if self.tail is not None and self.tail.lost_since_start and isinstance(actor.failure, LogDiverged):
             self.must_restart = True
+
+    def _desk_lost(self) -> bool:
+        """``StreamLost`` ended the desk's task: the instance stops to be restarted (``Watched``), allowed only
+        where Redis came back from older data since it started; else a finding (False: raised)."""
+        if self.tail is not None and self.tail.lost_since_start:
+            self.must_restart = True
+        return self.must_restart
 
     def _claim_refused(self) -> None:
         """``AtpService._on_replaced``: with one instance, Redis can only have lost its claim."""

@@ -12,22 +12,34 @@ import redis.asyncio as aioredis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
+from atp_service.channels.feeds import RunFeed
 from atp_service.storage.channel_wire import StartMarker
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
-from tests.atp_service.channel_helpers import fact, one_dc_market, stream_entries, wait_for_updates, write_estate
+from tests.atp_service.channel_helpers import (
+    desk_served,
+    fact,
+    one_dc_market,
+    stream_entries,
+    wait_for_updates,
+    write_estate,
+)
+from tests.atp_service.channels.test_version_lost_in_doubt import PICKUP, V0, WRITE_SHA
+from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.conftest import ServiceFactory
+from tests.conftest import test_config as make_config
 from tests.waiting import until
 
 T = 1_700_000_000_000
 Kind = pb.WatchAvailabilityResponse
+__all__ = ["proxy"]  # the fixture, used by name
 
 
-async def _newest_marker(redis_url: str, above: int) -> StartMarker:
-    """The first start marker of ``market`` above version ``above``, once written."""
+async def _newest_marker(redis_url: str, above: int, channel: str = "market") -> StartMarker:
+    """The first start marker of ``channel`` above version ``above``, once written."""
     found: list[StartMarker] = []
 
     async def written() -> bool:
-        found[:] = [e for e in await stream_entries(redis_url, "market")
+        found[:] = [e for e in await stream_entries(redis_url, channel)
                     if isinstance(e, StartMarker) and e.version > above]
         return bool(found)
     await until(written, "the restart's marker written")
@@ -75,4 +87,51 @@ async def test_a_subscriber_that_read_versions_redis_lost_is_told_to_resnapshot_
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=seen))
     message = await asyncio.wait_for(call.read(), 30)
     call.cancel()
+    assert message.kind == Kind.KIND_RESNAPSHOT_REQUIRED, message
+
+
+async def test_a_write_in_doubt_settled_below_versions_the_desk_published_stops_the_service_to_be_restarted_C4(
+        proxy: HoldingProxy, redis_url: str, tmp_path: Path) -> None:
+    """The same loss found by a settle: Redis back from data saved before sku-b's baseline (published) while the
+    desk's next write was in doubt. The settle took the write for not landed and the desk wrote on above a marker
+    linked to the restored stream, its memory still holding sku-b at 5 — a snapshot taken then showed it, at a version
+    the restart's marker then followed, and the subscriber kept sku-b at 5 for good: the restored data has no sku-b
+    (its state hash neither: nothing to withdraw). Now the settle stops the desk as the write script does."""
+    config = make_config(estate=write_estate(tmp_path, PICKUP), redis_timeout_s=10.0, input_streams=(),
+                         owner_check_s=3600)
+    clock = ManualClock(T)
+    async with (desk_served(config, proxy.url, clock) as (_service, desk, client),
+                aioredis.Redis.from_url(redis_url) as direct):
+        feed = desk.feeds["pickup"]
+        await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 10, T)])
+        await until(lambda: feed.published_version == V0 + 1 and not feed.in_flight, "sku-a's baseline published")
+        image = await saved(direct)
+        await client.record_events([fact("c2", "COUNT", "sku-b", "dc-1", 5, T)])
+        await until(lambda: feed.published_version == V0 + 2 and not feed.in_flight, "sku-b's baseline published")
+        proxy.hold(WRITE_SHA)
+        await client.record_events([fact("s1", "SALE", "sku-a", "dc-1", 1, T + 1)])
+        await until(lambda: any(h.marker == WRITE_SHA for h in proxy.held), "the desk's write of 9 held")
+        await restored(direct, image, at_once=True)  # sku-b's baseline lost
+        proxy.cut(next(h for h in proxy.held if h.marker == WRITE_SHA))  # in doubt: settled
+        proxy.hold()
+        proxy.drop()  # it never lands
+        task = desk.task
+        assert task is not None
+        await until(lambda: task.done() or (feed.published_version > V0 + 2 and not feed.in_flight),
+                    "the settle over, and the desk stopped or written on")
+        version, snapshot = desk.snapshot("pickup")  # what a subscriber is shown now
+        assert ("sku-b", "dc-1") in dict(snapshot)
+    clock.advance(1000)  # the restart takes a second
+    async with desk_served(config, redis_url, clock) as (_, again, client):
+        run = again.feeds["pickup"]
+        assert isinstance(run, RunFeed)
+        marker = await _newest_marker(redis_url, run.first - 1, "pickup")  # the restart's
+        await client.record_events([fact("c3", "COUNT", "sku-a", "dc-1", 7, T + 5)])  # a change after the restart
+        await until(lambda: again.feeds["pickup"].pending, "sku-a's 7 waiting for a token")
+        clock.advance(1000)  # the bucket of a feed that published before starts empty (C2)
+        again.poke()
+        call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="pickup", since_version=version))
+        message = await asyncio.wait_for(call.read(), 30)
+        call.cancel()
+    assert marker.follows == V0 + 1, "the restart follows versions written above the loss"
     assert message.kind == Kind.KIND_RESNAPSHOT_REQUIRED, message
