@@ -3,8 +3,8 @@
 ``SimChannelStore`` mirrors ``ChannelStore`` as ``SimLog`` mirrors ``LogStore``: a write waits in
 ``pending`` until the driver pumps it with an outcome (``ok``, ``lost``, ``doubt``, ``late``), and
 the write script's checks are modelled — the epoch (FENCED: a dead instance's write), the desk's
-fence token (STALE) and each stream's newest version (TAKEN) — all before any change, so a refused
-write changes nothing. It shares the log's write pause and epoch: one Redis.
+fence token (STALE) and each stream's newest version (TAKEN; LOST: behind the write's) — all before
+any change, so a refused write changes nothing. It shares the log's write pause and epoch: one Redis.
 
 The desk's own loop is not run: it sleeps on wall time (throttle waits, backoff after a failed write),
 which would make a seed's interleaving depend on the machine. ``DeskRunner`` runs its rounds
@@ -122,6 +122,8 @@ class SimChannelStore:
             refusal = self._land(w) if outcome in ("ok", "doubt") else None
             if outcome != "ok":
                 w.done.set_exception(RedisError(f"sim: channel write {outcome}"))
+            elif refusal == "LOST":
+                w.done.set_exception(StreamLost(f"{refusal} sim"))
             elif refusal == "OOM":
                 w.done.set_exception(oom())  # a plain ResponseError, as ``ChannelStore.write`` raises it
             elif refusal is not None:
@@ -159,6 +161,8 @@ class SimChannelStore:
         for channel, updates in w.batches:
             if self._top(channel) >= updates[0].version:
                 return "TAKEN"
+            if self.streams[channel] and updates[0].follows is None and self._top(channel) + 1 < updates[0].version:
+                return "LOST"  # following on from a version Redis lost (``StreamLost``)
         if refuses(self.log.full):
             return "OOM"  # Redis at its maxmemory (``full.py``): nothing written
         for channel, updates in w.batches:
