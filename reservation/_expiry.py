@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import heapq
 from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._model import Reservation, State
@@ -39,8 +40,30 @@ lease renewal waiting. Dropped when the hold is resolved instead, each Confirm o
 for its entry in the heap: ~0.1 s at a million entries."""
 
 
+EXPIRY_ASIDE_PER_SLICE = 16_384
+"""Entries of the queue a sweep has set aside that the checks made between two of its slices walk past together
+at most (``SetAside``, ~40 ms); past it they find no due hold there until the sweep's next slice (R8)."""
+
 _NEVER = 2**63
 """After every expiry time (a passed-over hold's first, where there is none)."""
+
+
+@dataclass(slots=True)
+class SetAside:
+    """The expiry queue a sweep has set aside (``sweeping``) as the checks made between its slices read it: the
+    shard's turns wait behind the sweep, and the turn after it finds none of the stale entries the sweep drops."""
+
+    queue: list[tuple[int, str]]
+    """A heap in its first ``size`` entries, the holds a turn passed over after them; only read."""
+    size: int
+    passed_due: int
+    """When the first hold passed over falls due (``_NEVER``: none)."""
+    frontier: list[tuple[tuple[int, str], int]]
+    """The heap's nodes not walked past yet whose parents were, earliest first: a stale entry or a hold the check
+    passes over is walked past once a sweep, not once a check (each check looked again at the same ones, and
+    counted them, and a batch's next checks found no hold)."""
+    budget: int
+    """Entries the checks may still walk past before the sweep's next slice (``EXPIRY_ASIDE_PER_SLICE``)."""
 
 
 def expiry_stale(entries: int, live: int) -> bool:
@@ -115,35 +138,41 @@ def due_head(ledger: Ledger, now: int, stale: int, alone: Callable[[Reservation]
             heapq.heappop(expiry)
     if ledger._set_aside is not None and dropped < stale:  # a sweep part-way: the rest of the queue is there
         before = None if found is None else (found.expires_at, found.reservation_id)
-        aside, walked = _due_set_aside(ledger, now, stale - dropped, alone, before)
-        found, dropped = aside or found, dropped + walked
+        earlier, walked = _due_set_aside(ledger, now, stale - dropped, alone, before)
+        found, dropped = earlier or found, dropped + walked
     return found, dropped
 
 
 def _due_set_aside(ledger: Ledger, now: int, stale: int, alone: Callable[[Reservation], bool],
                    before: tuple[int, str] | None) -> tuple[Reservation | None, int]:
-    """``due_head`` in the queue a sweep has set aside (``sweeping``), ordered before ``before`` (None: any): read
-    only, the sweep reading it between its slices, walked in the heap's order (a frontier of its nodes), ``stale``
-    entries passed at most. The holds a turn passed over, set aside with it, are not looked at: ``alone``
-    refuses them."""
-    heap, size, _ = ledger._set_aside or ([], 0, 0)
-    records, walked = ledger.reservations, 0
-    frontier = [(heap[0], 0)] if size else []
-    while frontier:
-        entry, at = heapq.heappop(frontier)
+    """``due_head`` in the queue a sweep has set aside (``SetAside``), ordered before ``before`` (None: any), in
+    the heap's order. A stale entry is walked past uncounted: the sweep drops it before the Reserve's turn runs,
+    and counted, a hold due behind the bound's worth of them was refused here that the turn then expired
+    (``IdGuard._room_in_turn``). A hold ``alone`` refuses counts, ``stale`` of them at most, as in the turn. The
+    holds passed over after the heap are not looked at: ``alone`` refuses them. Also returns how many it passed
+    over. None once the checks have walked ``EXPIRY_ASIDE_PER_SLICE`` entries since the sweep's last slice (R8)."""
+    aside = ledger._set_aside
+    assert aside is not None
+    frontier, records, passed = aside.frontier, ledger.reservations, 0
+    while frontier and aside.budget > 0:
+        entry, at = frontier[0]
         expires_at, rid = entry
         if expires_at > now or (before is not None and entry >= before):
             break
         rec = records.get(rid)
-        if rec is not None and rec.state == State.HELD and rec.expires_at == expires_at and alone(rec):
-            return rec, walked
-        if walked >= stale:
-            break
-        walked += 1
+        held = rec is not None and rec.state == State.HELD and rec.expires_at == expires_at
+        if rec is not None and held and alone(rec):
+            return rec, passed
+        if held:
+            if passed >= stale:
+                break
+            passed += 1
+        aside.budget -= 1
+        heapq.heappop(frontier)
         for child in (2 * at + 1, 2 * at + 2):
-            if child < size:
-                heapq.heappush(frontier, (heap[child], child))
-    return None, walked
+            if child < aside.size:
+                heapq.heappush(frontier, (aside.queue[child], child))
+    return None, passed
 
 
 def due_at_head(ledger: Ledger, now: int) -> bool:
@@ -152,7 +181,7 @@ def due_at_head(ledger: Ledger, now: int) -> bool:
     expiry, aside = ledger._expiry, ledger._set_aside
     if expiry and expiry[0][0] <= now:
         return True
-    return aside is not None and ((aside[1] > 0 and aside[0][0][0] <= now) or aside[2] <= now)
+    return aside is not None and ((aside.size > 0 and aside.queue[0][0] <= now) or aside.passed_due <= now)
 
 
 def held_again(expiry: list[tuple[int, str]], old: Reservation, undone: Reservation) -> None:
@@ -181,7 +210,8 @@ def sweeping(ledger: Ledger, slice_size: int = EXPIRY_SWEEP_SLICE) -> Generator[
     old, ledger._expiry = ledger._expiry, []
     # Between slices the checks made outside the shard's turn look here too (``due_head``, ``due_at_head``): the
     # heap's part of ``old`` stays a heap, only read; the passed-over holds after it are due from their first.
-    ledger._set_aside = (old, len(old), ledger._passed[0][0] if ledger._passed else _NEVER)
+    aside = ledger._set_aside = SetAside(old, len(old), ledger._passed[0][0] if ledger._passed else _NEVER,
+                                         [(old[0], 0)] if old else [], EXPIRY_ASIDE_PER_SLICE)
     old += ledger._passed  # the holds a turn passed over, set aside: queued again here
     ledger._passed = []
     kept: list[tuple[int, str]] = []
@@ -189,6 +219,7 @@ def sweeping(ledger: Ledger, slice_size: int = EXPIRY_SWEEP_SLICE) -> Generator[
     try:
         for looked in range(0, len(old), slice_size):
             if looked:
+                aside.budget = EXPIRY_ASIDE_PER_SLICE  # the checks' walk until the next slice
                 yield
             kept += held_only(old[looked:looked + slice_size], ledger.reservations)
         looked = len(old)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ._dedupe import FactMemory
 from ._events import Event
-from ._expiry import expiry_stale
+from ._expiry import SetAside, expiry_stale
 from ._facts import Histories
 from ._limits import Limits
 
@@ -26,9 +26,8 @@ class Upkeep:
     histories: Histories
     _expiry: list[tuple[int, str]]
     _passed: list[tuple[int, str]]
-    _set_aside: tuple[list[tuple[int, str]], int, int] | None = None
-    """While a sweep of stale expiry entries is part-way (``_expiry.sweeping``): the queue it set aside (a heap in
-    its first ``[1]`` entries, the holds passed over after them) and when the first of those falls due."""
+    _set_aside: SetAside | None = None
+    """While a sweep of stale expiry entries is part-way (``_expiry.sweeping``): the queue it set aside."""
     _events: list[Event]
     _quiet_since: list[Event] | None = None
     """The open batch in which ``housekeeping_wanted`` last found nothing to do, while what it reads has

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from reservation import Ledger, Reservation, release, reserve
+from reservation import _expiry as expiry_module
 from reservation import _ledger as ledger_module
 from reservation._expiry import EXPIRY_SLACK
 from tests.reservation.helpers import LIMITS, cmd, ledger_with
@@ -20,6 +21,7 @@ NOW = 10_000
 LATER = NOW + 5_000
 SLICE = 100
 BOUND = 8
+WALK = (EXPIRY_SLACK + 2 * SLICE) // 2 - 1
 
 
 def _swept_soon(stale_ttl: int = 60, due_ttl: int = 1) -> Ledger:
@@ -50,13 +52,56 @@ def test_a_due_hold_is_found_by_the_check_before_a_turn_while_a_sweep_is_part_wa
     assert [rid for rid in ledger.due(LATER)] == ["due"]  # queued once, the stale entries gone
 
 
-def test_the_check_walks_no_more_than_its_bound_of_stale_entries_set_aside_R8(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ledger_module, "EXPIRY_STALE_PER_TURN", BOUND, raising=False)
-    ledger = _swept_soon(stale_ttl=1, due_ttl=2)  # every stale entry due before the hold
+def test_the_checks_between_two_slices_walk_no_more_than_their_bound_set_aside_R8(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(expiry_module, "EXPIRY_ASIDE_PER_SLICE", WALK)
+    ledger = _swept_soon(stale_ttl=1, due_ttl=2)  # every stale entry due before the hold: more than two walks' worth
     sweep = ledger.expiry_sweep(SLICE)
     next(sweep)
-    assert ledger.due_first(LATER, _not_order) is None  # past the bound: the turn's walk stops there too
+    assert ledger.due_first(LATER, _not_order) is None  # past the bound: nothing found until the next slice
+    assert ledger.due_first(LATER, _not_order) is None  # the bound is the checks' together, not each one's
+    next(sweep)
+    assert ledger.due_first(LATER, _not_order) is None  # the walk goes on from where it stopped
+    next(sweep)
+    found = ledger.due_first(LATER, _not_order)
+    assert found is not None and found.reservation_id == "due"
+    assert sum(1 for _ in sweep) >= 1  # the rest of the sweep
+
+
+def test_stale_entries_the_sweep_drops_hide_no_due_hold_from_the_check_R3(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The Reserve's turn waits behind the sweep, which drops every stale entry: the turn finds the hold at once.
+    monkeypatch.setattr(ledger_module, "EXPIRY_STALE_PER_TURN", BOUND, raising=False)
+    ledger = _swept_soon(stale_ttl=1, due_ttl=2)  # more stale entries due before the hold than the bound
+    sweep = ledger.expiry_sweep(SLICE)
+    next(sweep)
+    found = ledger.due_first(LATER, _not_order)
     for _ in sweep:
         pass
-    found = ledger.due_first(LATER, _not_order)  # the stale entries swept: found at once
+    assert ledger.due_alone(LATER, _not_order, 16) == ["due"]  # the turn, after the sweep
     assert found is not None and found.reservation_id == "due"
+
+
+def test_checks_again_between_slices_each_find_the_due_hold_R3(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One walk past the stale entries fits the bound, two do not: counted for each check, the next ones found none.
+    monkeypatch.setattr(ledger_module, "EXPIRY_STALE_PER_TURN", EXPIRY_SLACK + 2 * SLICE + 1, raising=False)
+    ledger = _swept_soon(stale_ttl=1, due_ttl=2)
+    sweep = ledger.expiry_sweep(SLICE)
+    next(sweep)
+    found = [rec.reservation_id if (rec := ledger.due_first(LATER, _not_order)) else None for _ in range(3)]
+    assert found == ["due"] * 3
+    for _ in sweep:
+        pass
+    assert ledger.due_alone(LATER, _not_order, 16) == ["due"]
+
+
+@pytest.mark.parametrize("stop", ["close", "drop"])
+def test_a_sweep_stopped_part_way_leaves_nothing_set_aside_R3(stop: str) -> None:
+    ledger = _swept_soon()
+    sweep = ledger.expiry_sweep(SLICE)
+    next(sweep)
+    if stop == "close":  # cancelled (``tasks.in_turns``)
+        sweep.close()
+    else:  # let go without a close: finalised
+        del sweep
+    assert ledger._set_aside is None
+    assert [rid for rid in ledger.due(LATER)] == ["due"]
