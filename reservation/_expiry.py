@@ -116,7 +116,8 @@ def due_head(ledger: Ledger, now: int, stale: int, alone: Callable[[Reservation]
     the way, at most ``stale`` of them together (None past them, as ``take_due`` stops there); None where none
     is due. Also returns how many were dropped or passed over. Nothing else changes: a stale entry names no
     hold due then, wherever it is dropped. Looking at the head alone, a hold the turn expires behind an order
-    due first was not found, and a new id its turn grants refused (``IdGuard._room_in_turn``)."""
+    due first was not found, and a new id its turn grants refused (``IdGuard._room_in_turn``). While a sweep is
+    part-way, the queue it set aside is looked in too, as the turn after the sweep will find it (``_due_set_aside``)."""
     ledger._unquiet()
     expiry, records = ledger._expiry, ledger.reservations
     dropped = 0
