@@ -1,11 +1,13 @@
 """A consumer group made again delivers again an entry whose fact was quarantined for want of room; the reader holds
-the group's made-again mark (``again.py``) from the read that delivered it, but its check of the quarantine stream did
-not run, so the entry stays pending. A pass over the reader's own pending list reads it, and asks Redis for the marks
-in a call of its own (``again.marks_of``): Redis came back from data saved before the group was made again between
-the two — no mark there. The reader forgot its mark (no batch in hand), judged the entry as not delivered again and
-applied the fact with room come back, while the quarantine stream held it (E8: a fact is decided once). Found by
-``python -m tests.sim --input-streams --lose-tail --seed 549``. Real redis-server; the service's reading loop stopped
-and its reader driven by hand, Redis brought back from the save (``DUMP``/``RESTORE``) as the marks are asked for."""
+the group's made-again mark (``again.py``) from the read that delivered it, or not (that read's answer lost), but its
+check of the quarantine stream did not run, so the entry stays pending. A pass over the reader's own pending list
+reads it, and Redis comes back from data saved before then, with no mark or an older one. The pass's read answers
+the marks with the entries, in one script (``again.read_pending``): were they asked in a call of their own, Redis
+could come back between the two — the reader let its mark go, or took the older one, judged the entry as not
+delivered again and applied the fact with room come back, while the quarantine stream held it (E8: a fact is decided
+once). Found by ``python -m tests.sim --input-streams --lose-tail --seed 549``. Real redis-server; the service's
+reading loop stopped and its reader driven by hand, Redis brought back from the save (``DUMP``/``RESTORE``) once the
+pending read answered."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import redis
 import redis.exceptions
 
 from atp_service import AtpService
-from atp_service.intake import ingest
+from atp_service.intake.unread import made_again_key
 from atp_service.tasks import cancel_and_wait
 from reservation import Limits
 from tests.atp_service.intake.test_group_lost_older_data import _back_from, _saved
@@ -92,27 +94,43 @@ async def test_a_quarantined_fact_read_again_is_not_applied_when_its_read_s_answ
         assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
 
 
+async def test_a_quarantined_fact_read_again_is_not_applied_when_redis_comes_back_with_an_older_mark(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect: as the first, but Redis came back from a save made while the group had been made again when ``e1`` was
+    its stream's newest entry (its mark ``e1``). The marks asked after the pending read, in a call of their own,
+    answered ``e1``: the reader took it for its ``e2``, judged ``e2`` as delivered before the group was made again
+    and applied it (on_hand 9). Answered with the entries, in one script, the mark is ``e2``: its quarantine stands."""
+    r: Any = redis.Redis.from_url(redis_url)
+    async with _group_made_again(r, redis_url) as (service, reader, _):
+        mark, (first, last) = made_again_key(STREAM, "atp"), [entry_id for entry_id, _ in r.xrange(STREAM)]
+        assert r.get(mark) == last
+        r.set(mark, first)
+        older = _saved(r)  # the group as made again when e1 was the stream's newest: its mark e1
+        r.set(mark, last)
+        delivered = await reader._read(None, block=None)  # the check of the quarantine stream then refused: pending
+        assert reader._unacked.again[STREAM] == last
+        pending = await _read_pending_restored_after_the_reply(reader, r, older, monkeypatch)
+        assert [entry_id for _, entry_id, _ in pending] == [entry_id for _, entry_id, _ in delivered]
+        await reader._handle(pending)
+        assert await _on_hand(service) == 4, "e2, quarantined and on the quarantine stream, applied when read again"
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+
+
 async def _read_pending_restored_after_the_reply(reader: Any, r: Any, image: Any,
                                                  monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """A pass's read of the reader's own pending list, Redis back from ``image`` once its XREADGROUP answered, before
-    the marks are asked for after it (``again.marks_of``)."""
-    marks_of, execute = ingest.marks_of, reader._client.execute_command
-    replied: list[bool] = []
+    """A pass's read of the reader's own pending list, Redis back from ``image`` once the call that read them answered
+    (its script, ``again.read_pending``; or a plain XREADGROUP)."""
+    execute = reader._client.execute_command
 
-    async def noted(*args: Any, **kwargs: Any) -> Any:
+    async def restored_after(*args: Any, **kwargs: Any) -> Any:
         got = await execute(*args, **kwargs)
-        replied.append(args[0] == "XREADGROUP")
+        if args[0] in ("EVALSHA", "XREADGROUP"):
+            monkeypatch.setattr(reader._client, "execute_command", execute)
+            _back_from(r, image)
         return got
 
-    async def restored_between(*args: Any) -> dict[str, bytes | None]:
-        if replied and replied[-1]:
-            _back_from(r, image)
-        return await marks_of(*args)
-
-    monkeypatch.setattr(ingest, "marks_of", restored_between)
-    monkeypatch.setattr(reader._client, "execute_command", noted)
+    monkeypatch.setattr(reader._client, "execute_command", restored_after)
     try:
         return await reader._read(["0"] * len(reader._streams), block=None)
     finally:
-        monkeypatch.setattr(ingest, "marks_of", marks_of)
         monkeypatch.setattr(reader._client, "execute_command", execute)
