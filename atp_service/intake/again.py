@@ -64,18 +64,39 @@ async def make_group_again(client: Any, stream: str, group: str, unacked: Unacke
     return made, start
 
 
-async def marks_of(client: Any, streams: list[str], group: str) -> dict[str, bytes | None]:
-    """Each stream's made-again mark as Redis holds it (None: none), for a read of the reader's own pending entries:
-    some may be ones the group made again delivered by a read whose answer, the mark with it, was lost (a timeout).
-    Asked after that read, it is still there — it is forgotten only once nothing pending is at or before it — unless
-    Redis came back from older data between the two: so it is asked before that read too (a reader that never held it,
-    the answer of the read that delivered its entries lost), and the reader keeps the mark while that read's reply
-    holds an entry at or before it (``Unacked.marked``)."""
-    async with client.pipeline(transaction=False) as pipe:
-        for stream in streams:
-            pipe.get(made_again_key(stream, group))
-        marks = await pipe.execute()
-    return {stream: None if mark is None else as_bytes(mark) for stream, mark in zip(streams, marks, strict=True)}
+_PENDING = """
+-- KEYS: the input streams, then each one's made-again mark. ARGV: group, consumer, count, then per stream the id to
+-- read the consumer's own pending entries after. Returns {the XREADGROUP reply, {mark per stream, or false}}: one
+-- step, so that no change of Redis (a restore from older data, a group made again) falls between the entries and
+-- the marks that tell whether they may have been decided before (E8). The marks are read first: a mark of another
+-- type (an operator's key) or one the ACL denies fails the script before its XREADGROUP changed anything.
+local n = #KEYS / 2
+local args, marks = {'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS'}, {}
+for i = 1, n do
+  local kind = redis.call('TYPE', KEYS[n + i])['ok']
+  marks[i] = kind == 'string' and redis.call('GET', KEYS[n + i])
+  if kind ~= 'none' and not (marks[i] and string.match(marks[i], '^%d+%-%d+$')) then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[n + i] .. ' holds no entry id: nothing read')
+  end
+  args[#args + 1] = KEYS[i]
+end
+for i = 1, n do args[#args + 1] = ARGV[3 + i] end
+return {redis.call(unpack(args)), marks}
+"""
+
+
+async def read_pending(client: Any, streams: list[str], group: str, consumer: str, count: int, after: list[str]
+                       ) -> tuple[Any, dict[str, bytes | None]]:
+    """Up to ``count`` of ``consumer``'s own pending entries per stream after the ids ``after`` (the raw XREADGROUP
+    reply), and each stream's made-again mark as Redis holds it (None: none), in one script (``_PENDING``). Some may
+    be entries the group made again delivered by a read whose answer, the mark with it, was lost (a timeout): the
+    mark answered with them tells them, whatever Redis went through before or after (back from older data) — the
+    reader keeps its own while the reply holds an entry at or before it (``Unacked.marked``). Its answer lost, the
+    entries stay pending (the read only raised their delivery counts) and are read again by the next pass."""
+    keys = [*streams, *(made_again_key(stream, group) for stream in streams)]
+    reply, marks = await client.register_script(_PENDING)(keys=keys, args=[group, consumer, count, *after])
+    told = zip(streams, marks, strict=True)
+    return reply, {stream: None if mark is None else as_bytes(mark) for stream, mark in told}
 
 
 async def quarantined_before(client: Any, quarantine: QuarantineStream, unacked: Unacked, facts: list[Fact],

@@ -24,7 +24,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock, Ticks
-from atp_service.intake.again import make_group_again, marks_of, quarantined_before
+from atp_service.intake.again import make_group_again, quarantined_before, read_pending
 from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.bounds import bound_key, start_again, tag_or_say
 from atp_service.intake.claims import Claims
@@ -262,15 +262,11 @@ class StreamIngestor:
             reply = await self._new.read(self._read_count, block)
             self._unacked.marked(self._new.marks)  # with the entries it delivers (again.py)
         else:  # the raw reply, not redis-py's per-entry dict building: [[stream, [[id, [f, v…]], …]], …]
-            before = await marks_of(self._client, self._streams, cfg.consumer_group)  # Redis back from older data
-            self._unacked.marked({s: mark for s, mark in before.items() if mark})  # after the reply: these kept (E8)
-            reply = await self._client.execute_command(
-                "XREADGROUP", "GROUP", cfg.consumer_group, cfg.consumer_name, "COUNT", self._read_count,
-                "STREAMS", *self._streams, *after)
+            reply, marks = await read_pending(self._client, self._streams, cfg.consumer_group, cfg.consumer_name,
+                                              self._read_count, after)  # with the marks, in one step (E8)
+            lowest = {as_text(stream): rows[0][0] for stream, rows in reply or [] if rows}  # kept: Redis may lose it
+            self._unacked.marked(marks, lowest)  # entries a group made again delivered, that read's answer lost (E8)
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 map or RESP2 list
-        if after is not None and reply:  # delivered by a group made again, the mark lost with a new read's answer
-            lowest = {as_text(stream): rows[0][0] for stream, rows in streams if rows}  # kept: Redis may lose the mark
-            self._unacked.marked(await marks_of(self._client, self._streams, cfg.consumer_group), lowest)  # (E8)
         entries: list[Entry] = []
         for stream, rows in streams:
             name = as_text(stream)

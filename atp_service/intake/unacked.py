@@ -147,9 +147,9 @@ class Unacked:
     def marked(self, marks: dict[str, bytes | None], read: dict[str, bytes] | None = None) -> None:
         """Each stream's made-again mark as Redis answered it with the entries it delivered (``again.py``). One
         forgotten there (None) is kept here while a batch in hand holds an entry at or before it (read before), or
-        ``read`` does: per stream the lowest entry of a reply taken before the marks were asked for (a pending read's,
-        ``again.marks_of``) — Redis may have lost the mark between the two (back from older data), not the entries'
-        need of the quarantine stream's check (E8)."""
+        ``read`` does: per stream the lowest entry of the reply the marks were answered with (a pending read's,
+        ``again.read_pending``) — Redis, back from older data since this reader was given the mark, may hold its
+        entries pending without it, not without their need of the quarantine stream's check (E8)."""
         for stream, mark in marks.items():
             lows = [low[stream] for low in self._in_hand.values() if stream in low]
             if read and stream in read:

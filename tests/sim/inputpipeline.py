@@ -53,9 +53,6 @@ class Pipeline:
             return self._redis.xack(stream, group, *ids)
         self._queued.append(("ack", ack))
 
-    def get(self, key: str) -> None:  # a made-again mark (``again.marks_of``)
-        self._queued.append(("get", lambda: self._redis.marks.get(key)))
-
     def zmscore(self, key: str, members: list[str]) -> None:  # the quarantine stream's set (``again.py``)
         def scores() -> list[float | None]:
             held = self._redis.written.get(key, {})
@@ -82,13 +79,8 @@ class Pipeline:
 
     async def execute(self) -> list[Any]:
         what = "+".join(sorted({name for name, _ in self._queued}))
-        after_read, self._redis.pending_read = self._redis.pending_read, False
-        if what != "get" or after_read:
-            await asyncio.sleep(0)
-        # The marks asked before a pending read (``again.marks_of``): Redis's answer, no fault drawn, no call counted,
-        # no turn given, so that seeds replay as before it was asked (its fault fails the pass's read as the read's).
-        before_read = what == "get" and not after_read
-        kind, ran = ("ok", len(self._queued)) if before_read else self._redis.faults.draw(what, len(self._queued))
+        await asyncio.sleep(0)
+        kind, ran = self._redis.faults.draw(what, len(self._queued))
         replies: list[Any] = []
         for _, run in self._queued[:ran]:
             try:

@@ -102,9 +102,6 @@ class GatedClient:
 
         return call
 
-    async def execute_command(self, *args: Any) -> Any:
-        return await self._gated(self._redis.execute_command(*args))
-
     async def xinfo_stream(self, stream: str) -> Any:
         return await self._gated(self._redis.xinfo_stream(stream))
 

@@ -7,11 +7,12 @@ entries (``unread._READ``: the entries trimmed unread after the group's position
 where a read crosses them, when the group's count of entries read is known; the group's made-again mark answered, and
 forgotten once the group is at or past it with nothing pending up to it; ``unread._ACK``), the group made and deleted
 (``inputgroups``: ``unread._MAKE``, its made-again mark set to the stream's newest id, or the one it has answered;
-``XGROUP DESTROY``), a read of a consumer's own pending entries (``XREADGROUP`` after ids: each delivered again
-counted and its idle time reset), ``XACK`` (of whichever consumer holds the entry, 0 without the group: never an
-error, as Redis answers), ``XPENDING`` of one entry for one consumer, the claim (``claims._CLAIM``: ``XAUTOCLAIM`` as
-Redis 7.0 runs it, the mark answered: ``inputscripts.autoclaim``) and the quarantine script (``quarantine._ONCE``,
-``inputscripts.quarantine_once``), the dead letters' (``dead_letters._WRITE``, ``inputscripts.write_dead_letters``).
+``XGROUP DESTROY``), a read of a consumer's own pending entries with the marks (``again._PENDING``: ``XREADGROUP``
+after ids, each delivered again counted and its idle time reset — so too where its answer was lost after it ran),
+``XACK`` (of whichever consumer holds the entry, 0 without the group: never an error, as Redis answers), ``XPENDING``
+of one entry for one consumer, the claim (``claims._CLAIM``: ``XAUTOCLAIM`` as Redis 7.0 runs it, the mark answered:
+``inputscripts.autoclaim``) and the quarantine script (``quarantine._ONCE``, ``inputscripts.quarantine_once``), the
+dead letters' (``dead_letters._WRITE``, ``inputscripts.write_dead_letters``).
 The producer's ``MAXLEN`` trims the oldest entries, pending ones too (a read of the pending list then answers ``[id,
 nil]``; ``XAUTOCLAIM`` takes them out of it). Reply shapes checked against redis-server 7.0.
 
@@ -30,7 +31,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from atp_service.intake import bounds, claims, dead_letters, departed, runs, unread
+from atp_service.intake import again, bounds, claims, dead_letters, departed, runs, unread
 from atp_service.intake.entries import id_key
 from atp_service.storage.nodes import Call
 from tests.sim import inputgroups, inputscripts, inputsweep
@@ -72,7 +73,6 @@ class SimStreams:
 
     def __init__(self, faults: RedisFaults, on_ack: Callable[[str, bytes], None], now_ms: Callable[[], int]) -> None:
         self.redelivered = 0  # entries delivered again (a read of the consumer's own pending list)
-        self.pending_read = False  # the last call was a read of a consumer's own pending list
         self.claimed = 0  # entries another consumer took over (``XAUTOCLAIM``)
         self.now_ms = now_ms  # Redis's clock: idle times
         self.streams: dict[str, Stream] = {}
@@ -139,7 +139,6 @@ class SimStreams:
 
     def _before(self) -> None:
         """A call reaches Redis: the tags and the late calls due land first."""
-        self.pending_read = False  # another call since
         self.tags.calls(self)
         self.letters.calls(self.faults.events)
 
@@ -161,9 +160,10 @@ class SimStreams:
                claims._CLAIM: lambda keys, args: inputscripts.autoclaim(self, keys, args),
                dead_letters._WRITE: lambda keys, args: inputscripts.write_dead_letters(self, keys, args),
                departed._SWEEP: lambda keys, args: inputsweep.sweep(self, keys, args),
-               runs.DRAW: lambda keys, args: inputsweep.draw_run(self, keys, args)}[source]
+               runs.DRAW: lambda keys, args: inputsweep.draw_run(self, keys, args),
+               again._PENDING: self._read_pending}[source]
         what = {unread._READ: "read", claims._CLAIM: "claim", dead_letters._WRITE: "dead letter",
-                departed._SWEEP: "sweep"}.get(source, "script")
+                departed._SWEEP: "sweep", again._PENDING: "pending read"}.get(source, "script")
 
         async def call(keys: list[str], args: list[Any]) -> Any:
             await asyncio.sleep(0)
@@ -178,16 +178,6 @@ class SimStreams:
 
         return call
 
-    async def execute_command(self, *args: Any) -> Any:
-        await asyncio.sleep(0)
-        assert args[0] == "XREADGROUP", args  # the reader's only plain command here: its own pending entries
-        kind, ran = self.faults.draw("pending read", 1)
-        self.pending_read = kind == "ok"  # the marks asked next are the ones after it (``inputpipeline``)
-        out = self._read_pending(*args[1:]) if ran else None
-        if kind != "ok":
-            raise _fail(kind)
-        return out
-
     async def zrangebyscore(self, key: str, low: int, high: int | str) -> list[bytes]:
         """The tokens of a consumer's draws (``quarantine.drawn_key``) that drew a run from ``low`` to ``high``
         (``"+inf"``: no bound), read by ``runs.swept`` (``QuarantineStream.keep_run`` at each sweep)."""
@@ -200,7 +190,10 @@ class SimStreams:
         return None if held is None else float(held)
 
     async def set(self, key: str, value: bytes, px: int | None = None) -> bool:
-        """A consumer's fence set anew (``fence.Fence.raised``): at its start, after a dead-letter write in doubt."""
+        """A consumer's fence set anew (``fence.Fence.raised``): at its start, after a dead-letter write in doubt. A
+        late dead letters' script due lands before it, as at any call (``LateLetters.calls``): its entries delivered
+        again just before (a pass's read of them is one call), it is the one call between that read and the fence."""
+        self.letters.calls(self.faults.events)
         if self.letters.held("fence", lambda: self.fences.__setitem__(key, value), self.faults.active):
             raise _fail("lost")  # landing late, over any token set since
         self.fences[key] = value
@@ -307,11 +300,12 @@ class SimStreams:
                 owed.pop(stream, None)
                 owed.pop(stream + "\n", None)
 
-    def _read_pending(self, *args: Any) -> Any:
-        # GROUP g c COUNT n STREAMS s... id...
-        group, consumer, count = _text(args[1]), _text(args[2]), int(args[4])
-        rest = args[6:]
-        streams, afters = rest[:len(rest) // 2], rest[len(rest) // 2:]
+    def _read_pending(self, keys: list[str], args: list[Any]) -> Any:
+        """``again._PENDING``: KEYS the streams, then their marks; ARGV group, consumer, count, an id per stream. The
+        marks as Redis holds them, with the reply (one script: no restore, ``inputtail``, falls between them)."""
+        group, consumer, count = _text(args[0]), _text(args[1]), int(args[2])
+        streams, afters = keys[:len(keys) // 2], args[3:]
+        marks = [self.marks.get(key) for key in keys[len(keys) // 2:]]
         reply = []
         for stream in streams:
             self._group(_text(stream), group)  # NOGROUP: the whole read refused
@@ -330,7 +324,7 @@ class SimStreams:
                     rows.append([entry_id, None if flat is None else list(flat)])
             inputsweep.seen(self, _text(stream), group, consumer, any(row[1] is not None for row in rows))
             reply.append([_text(stream).encode(), rows])
-        return reply
+        return [reply, marks]
 
     def xack(self, stream: str, group: str, *ids: bytes) -> int:
         """Whichever consumer holds each entry; 0 where the stream or the group is gone (no error: redis-server)."""

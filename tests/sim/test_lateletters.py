@@ -14,7 +14,7 @@ from tests.sim.tally import Tally
 
 LATE_SEEDS = 3
 """Seeds of 60 steps each, one process and three: about a second each."""
-UNFENCED_SEED = 88
+UNFENCED_SEED = 23
 """``--input-streams --fact-times --late-letters``: a refusal (E7) whose dead letters' script's answer was lost lands
 after its entry was delivered again to its reader, which judged it by a clock moved on and applied it."""
 
@@ -36,8 +36,8 @@ async def _unfiltered(self: Fence, entries: list[tuple[str, bytes, object]]) -> 
 
 FENCE_LANDED = Fence.landed
 FENCES_OFF = {"no token set anew": ("doubt", lambda self, entries: None, UNFENCED_SEED),
-              "the same token set again": ("raised", _same_token, UNFENCED_SEED),
-              "entries landed before the fence judged again": ("landed", _unfiltered, 13)}
+              "the same token set again": ("raised", _same_token, 16),
+              "entries landed before the fence judged again": ("landed", _unfiltered, 191)}
 """Ways the reader's fence can be got wrong, each with a seed the simulation finds it at."""
 
 async def test_every_input_entry_is_applied_or_dead_lettered_once_whatever_its_late_letters_do() -> None:
@@ -80,12 +80,13 @@ async def test_a_late_letter_lands_nothing_with_the_fence() -> None:
     assert tally.input_letters_late, tally
 
 
-@pytest.mark.parametrize("seed", [56, 88])
+@pytest.mark.parametrize("seed", [18, 24])
 async def test_every_late_call_lands_before_the_end_checks(seed: int) -> None:
     """A late script or fence setting still held in the network when every entry is done lands all the same (Redis
     answering): the drain goes on until it has, so the end checks see what it did — a letter over an entry applied
-    since, a setting fencing its reader's next writes (liveness). Seeds 56 and 88 (one process) ended with
-    scripts and settings in flight, never landed, what they did never checked."""
+    since, a setting fencing its reader's next writes (liveness). Seeds 18 and 24 (one process) end with
+    scripts and settings in flight: without the drain waiting for them they never landed, what they did never
+    checked."""
     driver = InputsDriver(seed, Tally(), fact_times=True)
     inputletters.enabled(driver.redis, seed)
     await driver.run(60)
