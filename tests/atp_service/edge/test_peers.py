@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import typing
 from pathlib import Path
 
 import grpc
@@ -119,3 +121,13 @@ async def test_a_peer_refusing_the_token_of_steps_is_logged_once_not_per_step(
                                      peer_token_file=tmp_path / "peer.token")
     told = await errors_of_three_steps(service, new_token(), caplog)  # a token its callers file does not hold
     assert len(told) == 1 and "peer_token_file" in told[0].getMessage(), [r.getMessage() for r in caplog.records]
+
+
+def test_every_kind_of_step_a_peer_may_not_answer_is_one_the_operations_guide_names() -> None:
+    """``peer_step_failed``'s ``step`` is the step's tag (a share with its kind): the row of docs/OPERATIONS.md an
+    operator reads it by names each. ``reserve-opened`` (an order decided again) was logged but not named there."""
+    table = (Path(__file__).parents[3] / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
+    row = next(line for line in table.splitlines() if line.startswith("| `peer_step_failed` |"))
+    named = set(re.findall(r"`([a-z-]+)(?: [A-Z]+)?`", row.partition("(`step`:")[2].partition(";")[0]))
+    tags = {kind.__struct_config__.tag for kind in typing.get_args(parts.PartStep)}
+    assert tags - named == set(), f"step kinds peer_step_failed may say that its row does not name: {tags - named}"
