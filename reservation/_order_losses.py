@@ -259,10 +259,10 @@ def commit_again(view_: View, part: Reservation, limits: Limits) -> Reservation:
     return part
 
 
-def was_confirmed(part: Reservation) -> bool:
-    """Whether ``part`` was confirmed (CONFIRMED, or FULFILLED: only committed units are fulfilled, R4): only the
-    share of a CONFIRM its order's home recorded pending first confirms a part (R3)."""
-    return part.state in (State.CONFIRMED, State.FULFILLED)
+def was_confirmed(order: Reservation, part: Reservation, limits: Limits) -> bool:
+    """Whether ``part`` was confirmed (CONFIRMED, or FULFILLED: only committed units are fulfilled, R4) by a CONFIRM
+    ``order``'s home recorded (R3): never an earlier order's (``forgotten``; kept where its group refused it anew)."""
+    return part.state in (State.CONFIRMED, State.FULFILLED) and not forgotten(part, order.created_at, limits)
 
 
 def confirmed_by_parts(order: Reservation, parts: Mapping[int, Reservation], place: Place, limits: Limits) -> bool:
@@ -277,7 +277,8 @@ def own_confirmed(order: Reservation, parts: Mapping[int, Reservation], place: P
     of other content under its id is another order's of that id (R5: one no longer remembered, its part there back
     from older data over this one's): its confirmation proves nothing of this order, never committing its units."""
     asked = orders.split(orders.command_of(order), place)
-    return any(was_confirmed(part) and _own(order, part, asked.get(group), limits) for group, part in parts.items())
+    return any(was_confirmed(order, part, limits) and _own(order, part, asked.get(group), limits) for group, part in
+               parts.items())
 
 
 def confirmed_again(order: Reservation, now: int) -> Reservation:
@@ -309,7 +310,8 @@ def decided_by_parts(order: Reservation, parts: Mapping[int, Reservation], place
     its home (R7: the home's group back from before the decision, the part's kept its own). Not where a part holds
     other content than the order asks of its group (``_orders.same_part``): that id's order whose record Redis lost,
     opened again with other content — a retry refused (R5), its confirmed part proving nothing of this one."""
-    if order.pending is None or order.pending.kind != OrderStep.RESERVE or not any(map(was_confirmed, parts.values())):
+    if order.pending is None or order.pending.kind != OrderStep.RESERVE or \
+            not any(was_confirmed(order, part, limits) for part in parts.values()):
         return False
     asked = orders.split(orders.command_of(order), place)
     return all(_own(order, part, asked.get(group), limits) for group, part in parts.items())
@@ -387,12 +389,11 @@ def forgotten(part: Reservation | None, opened: int, limits: Limits) -> bool:
     retention window or longer before its order opened (``opened``, by its home's clock; for an order opened just now,
     its group's clock now): an earlier order's of that id, forgotten at its home before this one opened (R5) — an
     order is resolved after its parts (R3) and forgotten a retention later by its home's clock, which may run ahead of
-    this group's by the clocks' gap the service allows (half the retention: ``lost_parts``; a home group taken from a
-    host whose clock ran that far ahead counts on from what that host stamped, ``GroupClock``). Replayed, it was taken
-    for the new order's decision: released, the new order refused, or held with that line released and nothing held
-    there (``allow_partial``); fulfilled, decided CONFIRMED with nothing held there. Reserved anew instead
-    (``_order_anew.Anew``). The order's own part, resolved after it opened, is replayed however long ago (R5): an
-    order decided again long after (its home back from data older than its decision, R7) keeps the lines its parts
-    shipped or released. One opened again as new (its home's record lost) meets its parts as an earlier order's."""
+    this group's by the clocks' gap the service allows (half the retention: ``lost_parts``, ``GroupClock``). Replayed,
+    it was taken for the new order's decision (released: refused, or held with that line released and nothing held
+    there; fulfilled: CONFIRMED with nothing held there): reserved anew instead (``_order_anew.Anew``), never proof of
+    a confirmation (``was_confirmed``). The order's own part, resolved after it opened, is replayed however long ago
+    (R5: an order decided again, its home back from data older than its decision, R7, keeps its lines shipped or
+    released). One opened again as new (its home's record lost) meets its parts as an earlier order's."""
     return part is not None and part.state in TERMINAL and part.pending is None and \
         opened - part.updated_at >= limits.retention_ms // 2

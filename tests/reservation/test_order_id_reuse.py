@@ -117,15 +117,21 @@ def test_a_same_content_part_resolved_long_before_its_order_opened_is_another_or
     estate = Estate()
     held = reserved_order(estate, ASKED)
     estate.ledgers[1] = first.ledgers[1]  # group 1 back from data older than the second order's part
-    margin = LIMITS.retention_ms * 3 // 2
+    margin, half = LIMITS.retention_ms * 3 // 2, LIMITS.retention_ms // 2
     for late, own in ((part.updated_at + margin, True), (part.updated_at + margin + 1, False)):
         second = msgspec.structs.replace(held, created_at=late)
         parts = estate.parts(second)
-        assert losses.confirmed_by_parts(second, parts, place, LIMITS) is own, (late, own)
         assert losses.others(second, parts, place, LIMITS) == ([] if own else [1])
         assert losses.lost_parts(second, parts, late, LIMITS, place) == ([] if own else [1])
+    # Proof of a confirmation only resolved less than half the retention before it opened: one older is an earlier
+    # order's (``forgotten``), which confirmed the HELD order again unasked, or decided it CONFIRMED (R3).
+    for late, proof in ((part.updated_at + half - 1, True), (part.updated_at + half, False),
+                        (part.updated_at + margin, False)):
+        second = msgspec.structs.replace(held, created_at=late)
+        parts = estate.parts(second)
+        assert losses.confirmed_by_parts(second, parts, place, LIMITS) is proof, (late, proof)
         opened = msgspec.structs.replace(second, pending=PendingOp(OrderStep.RESERVE))
-        assert losses.decided_by_parts(opened, parts, place, LIMITS) is own
+        assert losses.decided_by_parts(opened, parts, place, LIMITS) is proof, (late, proof)
     confirmed = msgspec.structs.replace(held, state=State.CONFIRMED, created_at=part.updated_at + margin + 1)
     assert losses.lost_committed(confirmed, estate.parts(confirmed), NOW, LIMITS, place) == [1]
     made = losses.commit_again(estate.ledgers[1], losses.part_again(confirmed, 1, place, NOW), LIMITS)

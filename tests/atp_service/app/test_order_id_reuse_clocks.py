@@ -9,6 +9,9 @@ R3, R5)."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import grpc
 import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -105,3 +108,38 @@ async def test_a_retry_of_a_live_order_long_after_a_line_resolved_replays_it_nev
     assert order.state == pb.RESERVATION_STATE_CONFIRMED, order
     part = engine.actors[engine.place(b)].ledger.reservation(orders.part_id("o", engine.place(b)))
     assert part is not None and part.state == (State.RELEASED if resolved == "released" else State.FULFILLED)
+
+
+async def test_an_earlier_order_s_shipped_part_its_group_refuses_to_replace_never_decides_the_new_order_R3_R5(
+        start_service: ServiceFactory) -> None:
+    """Defect (found by review): order ``o`` (2 of ``a``, 1 of ``b``) shipped whole and forgotten at its home (its
+    clock half a retention ahead of ``b``'s group's), its FULFILLED part still at ``b``'s group; ``o`` reserved again.
+    That part is an earlier order's, to be reserved anew, but ``b``'s group refuses the new part (its bound on live
+    records reached on a busy day: CAPACITY_REACHED, nothing written), leaving the earlier part there. Read back after
+    the refusal, that FULFILLED part was taken for proof the new order had been decided and confirmed (its home back
+    from older data): decided CONFIRMED unasked, its caller told both lines held while nothing is held or committed at
+    ``b`` for it — that unit sold to others too. A part resolved half the retention or longer before the order opened
+    proves nothing of it (R3): the order is refused as a Reserve there is, ``a``'s hold given back."""
+    clock = ManualClock(T0)
+    limits = dataclasses.replace(Limits(), max_live_reservations_per_shard=2)
+    _, client, engine, a, b = await stocked_pair(start_service, clock, limits=limits)
+    asked = [(a, "S1", 2), (b, "S1", 1)]
+    await client.reserve("o", asked, ttl_seconds=60)
+    await client.confirm("o")
+    await client.fulfill("o")
+    home, group = engine.place(a), engine.place(b)
+    engine.actors[home].clock = GroupClock(clock, clock.now_ms() + HALF_MS)  # what taking it back counts on from
+    clock.advance(HALF_MS + 1)
+    await engine.run_maintenance()
+    assert engine.actors[home].ledger.reservation("o") is None, "forgotten at its home"
+    old = engine.actors[group].ledger.reservation(orders.part_id("o", group))
+    assert old is not None and old.state == State.FULFILLED, "not yet past its retention there"
+    for other in ("x1", "x2"):  # b's group at its bound on live records
+        assert (await client.reserve(other, [(b, "S1", 1)], ttl_seconds=60)).state == pb.RESERVATION_STATE_HELD
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await client.reserve("o", asked, ttl_seconds=60)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+    there = [(q.reserved, q.committed) for q in await client.availability([(a, "S1"), (b, "S1")])]
+    assert there == [(0, 0), (2, 0)], "a's hold kept for a refused order"
+    assert (await client.get_reservation("o")).state != pb.RESERVATION_STATE_CONFIRMED, "confirmed unasked"
