@@ -17,6 +17,11 @@ from ._limits import Limits
 from ._model import Fact, FactKind, LineRequest, ReserveCommand
 
 _FACT_KINDS = {k.value: k for k in FactKind}
+LAST_EVENT_TIME_MS = 253_402_300_799_999
+"""The last event time a fact may carry: 9999-12-31T23:59:59.999Z, the last instant of a protobuf ``Timestamp``.
+A fact judged against a clock that is not this process's (``intake.entries.FAR_FUTURE``: one stamped ahead, maybe
+applied by a process whose clock ran ahead) is refused past it: else it was sent on to its group's owner in a
+``RecordEvents`` that could not be built, and its entry, and every fact read with it for that owner, stayed pending."""
 
 
 NOT_PRINTABLE = "must be printable (no control, format, separator or unassigned character; ASCII space is fine)"
@@ -214,6 +219,9 @@ def fact(
             time_field,
             f"{event_time} ms is more than {limits.fact_future_skew_ms} ms ahead of the service clock ({now})",
         )
+    if event_time > LAST_EVENT_TIME_MS:  # E7 whatever the clock: a fact the API cannot carry is no fact
+        raise InvalidArgument(time_field, f"{event_time} ms is past {LAST_EVENT_TIME_MS} ms (9999-12-31), the last "
+                              "time a Timestamp carries")
     if reservation_id:
         if fact_kind != FactKind.SHIPMENT:
             raise InvalidArgument("reservation_id", f"only SHIPMENT facts may name a reservation, not {fact_kind.name}")

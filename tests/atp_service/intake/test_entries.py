@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from atp_service.intake.dead_letters import KEPT_FIELDS, dead_letter, why_refused
-from atp_service.intake.entries import decode_fact
+from atp_service.intake.entries import FAR_FUTURE, decode_fact, decode_judged
 from reservation import FactKind, InvalidArgument, Limits
+from reservation._validate import LAST_EVENT_TIME_MS
 
 NOW = 1_700_000_000_000
 LIMITS = Limits()
@@ -108,3 +109,16 @@ def test_ids_are_read_as_sent_without_unicode_normalization_E8() -> None:
     one = decode_fact(entry(event_id=nfc, sku=nfc), NOW, LIMITS, MAX_BYTES)
     other = decode_fact(entry(event_id=nfd, sku=nfd), NOW, LIMITS, MAX_BYTES)
     assert (one.event_id, one.sku, other.event_id, other.sku) == (nfc, nfc, nfd, nfd)
+
+
+def test_an_entry_stamped_past_the_last_timestamp_is_refused_whatever_the_clock_E7() -> None:
+    """``decode_judged`` sets an entry stamped past the skew aside, to be refused only once its shard finds it not
+    applied already (by a process whose clock ran ahead): one stamped past any time a ``Timestamp`` carries
+    (after year 9999) was set aside too, and sent to its group's owner in a request that could not be built."""
+    ahead = entry(event_time_ms=str(NOW + 3_600_000))
+    fact, refused = decode_judged(ahead, NOW, LIMITS, MAX_BYTES)
+    assert fact.event_time == NOW + 3_600_000 and refused is not None and refused.field == "event_time_ms"
+    decode_judged(entry(event_time_ms=str(LAST_EVENT_TIME_MS)), FAR_FUTURE, LIMITS, MAX_BYTES)
+    with pytest.raises(InvalidArgument) as past:
+        decode_judged(entry(event_time_ms=str(LAST_EVENT_TIME_MS + 1)), NOW, LIMITS, MAX_BYTES)
+    assert past.value.field == "event_time_ms" and "ahead of the service clock" in past.value.problem
