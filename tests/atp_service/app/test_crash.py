@@ -72,24 +72,8 @@ async def test_kill_minus_nine_loses_no_acknowledged_reservation(redis_url: str,
     client = AtpClient(f"127.0.0.1:{port}", timeout_s=5, reconnect_max_s=FAST_RECONNECT_S)
     try:
         await client.wait_ready()
-        held: dict[tuple[str, str], int] = {}
-        present = 0
-        for rid in sorted(tried):
-            try:
-                rec = await client.get_reservation(rid)
-            except grpc.aio.AioRpcError as exc:
-                assert exc.code() == grpc.StatusCode.NOT_FOUND
-                assert rid not in acked, f"acknowledged reservation {rid} lost"
-                continue
-            present += 1
-            if rid in acked:
-                assert [(ln.sku, ln.location, ln.held) for ln in rec.lines] == acked[rid]
-            for ln in rec.lines:
-                held[(ln.sku, ln.location)] = held.get((ln.sku, ln.location), 0) + ln.held
+        present = await held_as_acknowledged(client, acked, tried)
         assert present >= len(acked)
-        positions = await client.availability([(s, "DC") for s in SKUS])
-        for p in positions:  # each held unit counted exactly once
-            assert p.reserved == held.get((p.sku, p.location), 0), p
         # A retry of an unacknowledged id replays it if it landed, or decides it afresh.
         for rid in sorted(tried - set(acked))[:5]:
             worker, n = (int(x) for x in rid[1:].split("-"))
@@ -100,3 +84,26 @@ async def test_kill_minus_nine_loses_no_acknowledged_reservation(redis_url: str,
         await client.close()
         proc.terminate()
         proc.wait(10)
+
+
+async def held_as_acknowledged(client: AtpClient, acked: dict[str, list[tuple[str, str, int]]],
+                               tried: set[str]) -> int:
+    """R7: every acknowledged hold there as acknowledged; every unit held counted exactly once at its position.
+    Returns how many of ``tried`` are there (one written but never acknowledged may be)."""
+    held: dict[tuple[str, str], int] = {}
+    present = 0
+    for rid in sorted(tried):
+        try:
+            rec = await client.get_reservation(rid)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            assert rid not in acked, f"acknowledged reservation {rid} lost"
+            continue
+        present += 1
+        if rid in acked:
+            assert [(ln.sku, ln.location, ln.held) for ln in rec.lines] == acked[rid], rid
+        for ln in rec.lines:
+            held[(ln.sku, ln.location)] = held.get((ln.sku, ln.location), 0) + ln.held
+    for p in await client.availability([(s, "DC") for s in SKUS]):
+        assert p.reserved == held.get((p.sku, p.location), 0), p
+    return present

@@ -17,14 +17,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 import redis.asyncio as aioredis
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.storage.keys import Keyspace
-from tests.atp_service.app.test_crash import SKUS, load
+from tests.atp_service.app.test_crash import SKUS, held_as_acknowledged, load
 from tests.atp_service.edge.test_api import receipt
 from tests.ports import held_port
 from tests.waiting import FAST_RECONNECT_S, until
@@ -40,25 +39,6 @@ def spawn(redis_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
            "--snapshot-every-entries", "3", "--snapshot-part-bytes", "4096", "--snapshot-piece-bytes", "8192",
            "--snapshot-retry-max-s", "0.2"]
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-async def _held_as_acknowledged(client: AtpClient, acked: dict[str, list[tuple[str, str, int]]],
-                                tried: set[str]) -> None:
-    """R7: every acknowledged hold there as acknowledged; every unit held counted once at its position."""
-    held: dict[tuple[str, str], int] = {}
-    for rid in sorted(tried):
-        try:
-            rec = await client.get_reservation(rid)
-        except grpc.aio.AioRpcError as exc:
-            assert exc.code() == grpc.StatusCode.NOT_FOUND
-            assert rid not in acked, f"acknowledged reservation {rid} lost"
-            continue
-        if rid in acked:
-            assert [(ln.sku, ln.location, ln.held) for ln in rec.lines] == acked[rid], rid
-        for ln in rec.lines:
-            held[(ln.sku, ln.location)] = held.get((ln.sku, ln.location), 0) + ln.held
-    for p in await client.availability([(s, "DC") for s in SKUS]):
-        assert p.reserved == held.get((p.sku, p.location), 0), p
 
 
 async def _snapshots_whole(redis_url: str) -> int:
@@ -104,7 +84,7 @@ async def test_kill_minus_nine_while_snapshots_go_in_parts_loses_nothing_acknowl
                 if round_ == 0:
                     await client.record_events([receipt(f"seed-{s}", s, "DC", 100_000) for s in SKUS])
                 else:
-                    await _held_as_acknowledged(client, acked, tried)
+                    await held_as_acknowledged(client, acked, tried)
                 await _killed_under_load(proc, client, round_, acked, tried)
             finally:
                 await client.close()
@@ -112,7 +92,7 @@ async def test_kill_minus_nine_while_snapshots_go_in_parts_loses_nothing_acknowl
         client = AtpClient(f"127.0.0.1:{port}", timeout_s=5, reconnect_max_s=FAST_RECONNECT_S)
         try:
             await client.wait_ready()
-            await _held_as_acknowledged(client, acked, tried)
+            await held_as_acknowledged(client, acked, tried)
             resp = await client.reserve("after-kills", [(SKUS[0], "DC", 1)], ttl_seconds=3600)
             assert resp.state == pb.RESERVATION_STATE_HELD
         finally:
@@ -125,7 +105,7 @@ async def test_kill_minus_nine_while_snapshots_go_in_parts_loses_nothing_acknowl
         try:
             await client.wait_ready()
             acked["after-kills"] = [(SKUS[0], "DC", 1)]
-            await _held_as_acknowledged(client, acked, tried | {"after-kills"})
+            await held_as_acknowledged(client, acked, tried | {"after-kills"})
         finally:
             await client.close()
     finally:

@@ -17,7 +17,7 @@ from atp_service.intake.facts import UNFULFILLED
 from reservation import Reservation
 from reservation import _orders as orders
 from tests.atp_service.app.test_order_id_reuse_shipment import copy_in_place, stale_part_in_place
-from tests.atp_service.app.test_processes import SHARDS, group_of, processes
+from tests.atp_service.app.test_processes import SHARDS, Process, group_of, processes
 from tests.atp_service.app.test_processes_order_steps import stocked
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
@@ -31,6 +31,24 @@ async def start_process(redis_url: str) -> AsyncIterator[ServiceFactory]:
         yield start
 
 
+async def order_o(start: ServiceFactory, confirmed: bool) -> tuple[Process, Process, str, str, int, Reservation]:
+    """Two processes; order o of 2 ``a`` (its home's group) and 3 ``b`` (a group of the other process), HELD (or
+    ``confirmed``): the home and the other process (each with its client), ``a``, ``b``, ``b``'s group, o's record
+    at its home."""
+    running = await processes(start, 2)
+    (home, home_client), (other, other_client), a, b = await stocked(running)
+    assert (await home_client.reserve("o", [(a, "DC", 2), (b, "DC", 3)], ttl_seconds=600)).state == \
+        pb.RESERVATION_STATE_HELD
+    if confirmed:
+        await home_client.confirm("o")
+    assert home.engine is not None and other.engine is not None
+    home_group, part_group = home.engine.home_of("o"), group_of(b)
+    assert home_group is not None and not other.engine.actors[part_group].vacant
+    opened = home.engine.actors[home_group].ledger.reservation("o")
+    assert opened is not None
+    return (home, home_client), (other, other_client), a, b, part_group, opened
+
+
 @pytest.mark.parametrize("stamped", ["after", "before"])
 async def test_a_shipment_at_the_part_s_process_tells_another_order_s_part_by_its_event_time_Q3_R4_E8(
         start_process: ServiceFactory, stamped: str) -> None:
@@ -42,15 +60,7 @@ async def test_a_shipment_at_the_part_s_process_tells_another_order_s_part_by_it
     be released. Now, as there: stamped since the order opened, the stock moves alone (not fulfilled), the copy as
     it was; stamped before, the copy's unit is fulfilled, its last change kept. Either way the Release leaves
     nothing committed (Q3)."""
-    running = await processes(start_process, 2)
-    (home, home_client), (other, other_client), a, b = await stocked(running)
-    assert (await home_client.reserve("o", [(a, "DC", 2), (b, "DC", 3)], ttl_seconds=600)).state == \
-        pb.RESERVATION_STATE_HELD
-    assert home.engine is not None and other.engine is not None
-    home_group, part_group = home.engine.home_of("o"), group_of(b)
-    assert home_group is not None and not other.engine.actors[part_group].vacant
-    opened = home.engine.actors[home_group].ledger.reservation("o")
-    assert opened is not None
+    (_home, home_client), (other, other_client), a, b, part_group, opened = await order_o(start_process, False)
     copy = await stale_part_in_place(other, part_group)
 
     at = opened.created_at + 1 if stamped == "after" else opened.created_at - 1
@@ -79,16 +89,7 @@ async def test_a_confirmed_order_s_shipment_at_the_part_s_process_fulfils_its_ow
     """Pins what stays: o CONFIRMED, then its part at ``b``'s group replaced by the earlier order's stale copy. The
     settle step its home answers first makes o's part again over the copy (the copy released), and the order it
     answers with tells that part o's own: the SHIPMENT fulfils it, stamped since o opened (R4, Q3)."""
-    running = await processes(start_process, 2)
-    (home, home_client), (other, other_client), a, b = await stocked(running)
-    assert (await home_client.reserve("o", [(a, "DC", 2), (b, "DC", 3)], ttl_seconds=600)).state == \
-        pb.RESERVATION_STATE_HELD
-    await home_client.confirm("o")
-    assert home.engine is not None and other.engine is not None
-    home_group, part_group = home.engine.home_of("o"), group_of(b)
-    assert home_group is not None
-    opened = home.engine.actors[home_group].ledger.reservation("o")
-    assert opened is not None
+    (_home, home_client), (other, other_client), a, b, part_group, opened = await order_o(start_process, True)
     await copy_in_place(other, part_group)
 
     fact = receipt("ship-b", b, "DC", 1, opened.created_at + 1, kind=pb.FACT_KIND_SHIPMENT)
@@ -114,16 +115,7 @@ async def test_a_shipment_at_the_part_s_process_stamped_well_before_the_order_op
     opened is an earlier holder's of the id: the stock moves alone, not fulfilled — where o's part took it (Q3). One
     stamped before o opened by more than ``fact_future_skew_ms`` (E7), by a source's clock behind, is o's and
     fulfils it (R4; it fulfilled nothing where the skew was the margin)."""
-    running = await processes(start_process, 2)
-    (home, home_client), (other, other_client), a, b = await stocked(running)
-    assert (await home_client.reserve("o", [(a, "DC", 2), (b, "DC", 3)], ttl_seconds=600)).state == \
-        pb.RESERVATION_STATE_HELD
-    await home_client.confirm("o")
-    assert home.engine is not None and other.engine is not None
-    home_group, part_group = home.engine.home_of("o"), group_of(b)
-    assert home_group is not None and not other.engine.actors[part_group].vacant
-    opened = home.engine.actors[home_group].ledger.reservation("o")
-    assert opened is not None
+    (home, home_client), (other, other_client), a, b, part_group, opened = await order_o(start_process, True)
 
     limits = home.engine.limits
     before = limits.retention_ms // 2 if stamped == "well before" else limits.fact_future_skew_ms + 1
