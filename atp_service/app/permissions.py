@@ -145,6 +145,7 @@ def _channel_needs(keys: Keyspace, channels: list[str]) -> list[Need]:
             (("HLEN", again), again), (("EVAL", "return 0", 1, again), again),  # forgotten by EVAL (channel_store)
             (("XADD", stream, "MAXLEN", "~", 1, "1-0", "f", "v"), stream),
             (("XREVRANGE", stream, "+", "-", "COUNT", 1), stream),
+            (("XINFO", "STREAM", stream), stream),  # the write script's and the settle's newest version handed out
             (("XREAD", "COUNT", 1, "STREAMS", stream, "0"), stream),
             (("HSET", state, "f", "v"), state), (("HSCAN", state, 0), state),
             (("EVALSHA", SHA, 4, owner, fence, stream, state), stream))]

@@ -284,8 +284,10 @@ def lost_under(taken: list[tuple[str, Feed, list[ChannelUpdate]]], last: dict[st
     kept by that subscriber for good (C4). ``StreamLost``, as the write script's refusal of the same loss."""
     for name, feed, updates in taken:
         top = last.get(name)  # none: set aside, its stream unreadable
+        # Not what Redis held when the run read it (``loaded``: the state hash may be past a stream deleted since);
+        # ``resumed_from`` would not do: a settle that found an earlier write not landed moved it up to the published.
         if updates and top is not None and isinstance(feed, RunFeed) and top < feed.published_version and (
-                feed.published_version > feed.resumed_from):  # before the run's first write: what Redis held
+                feed.published_version > feed.loaded):
             raise StreamLost(f"{name}: its stream ends at version {top}, below version {feed.published_version} that "
                              "this service published: Redis lost it (back from older data); the service stops to be "
                              "restarted (R7)")

@@ -48,10 +48,15 @@ class RunFeed(Feed):
         self.first = run_first_version(newest, now_ms)
         super().__init__(channel, policy, now_ms, published, self.first - 1)
         self.resumed_from = self.published_version = newest  # a snapshot before the run's first write
+        self.loaded = newest
+        """The newest version Redis held when the run read the channel: unlike ``resumed_from``, never moved by a
+        settle (``lost_past``), so a version published above it is one this run wrote (``desk.lost_under``)."""
         self.marking = True
         """The start marker is yet to be written (taken with the next write; given back, taken again)."""
         self._marker: StartMarker | None = None
         """The marker being written."""
+        self.relinked = False
+        """``resumed_from`` is what a settle read in the stream (``lost_past``), not the start's: checked (LOST)."""
 
     def take(self, now_ms: int, limit: int, urgent_only: bool = False) -> list[ChannelUpdate]:
         marker = self._take_marker(now_ms)
@@ -68,7 +73,7 @@ class RunFeed(Feed):
             self.marking = False
             return None
         self.version = self.first
-        self._marker = start_marker(self.channel, self.first, self.resumed_from, now_ms)
+        self._marker = start_marker(self.channel, self.first, self.resumed_from, now_ms, self.relinked)
         return self._marker
 
     def confirm(self, updates: list[ChannelUpdate]) -> None:
@@ -98,7 +103,7 @@ class RunFeed(Feed):
         at ``follows`` goes on across the jump and one past it is told it read versions Redis lost."""
         self.first = max(self.version, handed_out) + 1
         self.version, self.resumed_from = self.first - 1, follows
-        self.marking, self._marker = True, None
+        self.marking, self._marker, self.relinked = True, None, True
 
     def _marker_in(self, updates: list[ChannelUpdate]) -> StartMarker | None:
         """The marker being written, where ``updates`` (a write confirmed or given back) carried it."""

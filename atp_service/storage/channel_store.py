@@ -47,7 +47,7 @@ from atp_service.storage.hash_scan import HashScan
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script, open_nodes
 from atp_service.storage.resp import as_text, seq_of, stream_entries, stream_info
-from atp_service.storage.scripts import ACL_LUA, FENCE_LUA, FENCE_SCRIPT
+from atp_service.storage.scripts import ACL_LUA, FENCE_LUA, FENCE_SCRIPT, FORGET_RESTAMPS, HANDED_OUT_LUA
 from reservation import ChannelUpdate, Key, Published
 
 log = logging.getLogger(__name__)
@@ -63,14 +63,15 @@ _encode = msgspec.msgpack.Encoder().encode
 # again by the token: a write sent before the desk's last ``fence`` is refused (STALE), so a write
 # in doubt cannot land after the desk settled it. Every check comes before the first change — each
 # stream's newest id too (TAKEN: a version already in the stream; LOST: an entry following on from one the stream no
-# longer holds, ``StreamLost``), and every key's type (KEYTYPE: a stream or state hash key holding another type, which
+# longer holds, or a settle's marker linked above the newest id Redis handed out there, ``StreamLost``), and every
+# key's type (KEYTYPE: a stream or state hash key holding another type, which
 # would fail the script half-way, its streams written and its hashes not), and that the Redis user may still run
 # each XADD and HSET on its key (DENIED, ``ACL_LUA``: an ACL taken away while serving refused the HSET after the XADDs
 # landed, the desk took the versions found in the stream for published while the state hash kept the values before
 # them, C4) — so a refused write changed nothing, in any channel: a refusal is never part of a landing.
 # Numbers travel as strings: Lua 5.1 would print large ones in exponent form. ``published_at`` is
 # Redis's clock when the entry was written: the moment the value became visible.
-_WRITE = FENCE_LUA + ACL_LUA + """
+_WRITE = FENCE_LUA + ACL_LUA + HANDED_OUT_LUA + """
 local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
 if fence > tonumber(ARGV[2]) then
   return redis.error_reply('STALE channel writer token ' .. ARGV[2] .. ' was fenced by ' .. fence)
@@ -101,6 +102,11 @@ for c = 0, n - 1 do
   if newest and items[1][$FOLLOWS] == '' and newest + 1 < tonumber(items[1][$VERSION]) then
     return redis.error_reply('LOST ' .. stream .. ': version ' .. items[1][$VERSION] .. ' follows on from the one ' ..
                              'before it, and the stream ends at ' .. top[1][1])
+  end
+  local handed = newest and items[1][$MARKER] ~= '' and items[1][$STATE] ~= '' and handed_out(stream)  -- SETTLED
+  if handed and tonumber(handed) < tonumber(items[1][$FOLLOWS]) then
+    return redis.error_reply('LOST ' .. stream .. ': version ' .. items[1][$VERSION] .. ' follows ' ..
+                             items[1][$FOLLOWS] .. ', and the stream ends at ' .. handed)
   end
   batches[c + 1] = items
 end
@@ -201,19 +207,6 @@ def settle_noted(channels: list[str], each: OnError) -> OnError:
                                         "retry_s": round(wait_s, 2)})
 
     return noted_now_and_then(note, SETTLE_LOG_EVERY_S, each)
-
-
-# No command after the HDEL that empties the hash (HLEN counted down): a field named twice (an HSCAN may return one
-# twice) or forgotten meanwhile came after it, and on a Redis Cluster slot being migrated the source node fails a
-# script's command on a key gone since it began (a non local key) — every key forgotten, the look counted unread.
-_FORGET_RESTAMPS = """
-local left = redis.call('HLEN', KEYS[1])
-for i = 1, #ARGV, 2 do
-  if left == 0 then break end
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then left = left - redis.call('HDEL', KEYS[1], ARGV[i]) end
-end
-return 0
-"""
 
 
 class ChannelStore:
@@ -328,7 +321,7 @@ class ChannelStore:
     async def forget_restamps(self, channel: str, done: list[Any]) -> None:
         """Fields of the ``restamp`` hash forgotten (``done``: field, value, …), each only if it still names
         the version read: a publisher may have named a newer one since."""
-        await self.client.eval(_FORGET_RESTAMPS, 1, self.keys.channel_restamp(channel), *done)
+        await self.client.eval(FORGET_RESTAMPS, 1, self.keys.channel_restamp(channel), *done)
 
     async def wrong_type(self, channel: str) -> str | None:
         """The first of ``channel``'s keys (its stream, its state hash) holding another type than the desk

@@ -44,7 +44,9 @@ FOLLOWS_ARG = len(_CARRIED) + 1
 MARKER_ARG = len(_CARRIED) + 2
 """Where the script's item says it is a marker (``MARKER``'s value; "": an update)."""
 STATE_ARG = len(_CARRIED) + 3
-"""Where the state-hash value is in the script's item for an update (its last; "" for a marker)."""
+"""Where the state-hash value is in the script's item for an update (its last; for a marker ``SETTLED`` or "")."""
+SETTLED = "settled"
+"""A marker's last item in the writer script: linked by a settle, its link checked (``StartMarker.settled``)."""
 
 
 class StartMarker(ChannelUpdate):
@@ -52,10 +54,15 @@ class StartMarker(ChannelUpdate):
     follows (the newest Redis held at the start: C3) and when it was written. No key: ``sku`` and ``location`` are
     empty, and nothing reads it as a value (``values_of``)."""
 
+    settled: bool = False
+    """Linked by a settle (``RunFeed.lost_past``) to the newest version it read in the stream: the writer script
+    refuses it where Redis no longer reaches that version (LOST), as it refuses an entry following on from a lost one.
+    A start's is not checked so: it may follow the state hash's newest, past a stream deleted since."""
 
-def start_marker(channel: str, version: int, follows: int, now_ms: int) -> StartMarker:
+
+def start_marker(channel: str, version: int, follows: int, now_ms: int, settled: bool = False) -> StartMarker:
     """The marker a run writes first to ``channel``: ``version`` follows ``follows`` across the start's jump."""
-    return StartMarker(channel, "", "", 0, None, StockStatus.OUT_OF_STOCK, version, 0, 0, now_ms, follows)
+    return StartMarker(channel, "", "", 0, None, StockStatus.OUT_OF_STOCK, version, 0, 0, now_ms, follows, settled)
 
 
 def values_of(entries: Iterable[ChannelUpdate]) -> list[ChannelUpdate]:
@@ -111,9 +118,10 @@ def follows_on(version: int, follows: int | None, position: int) -> bool:
 def script_item(u: ChannelUpdate) -> tuple[str, ...]:
     """``u`` as the writer script takes it: the carried fields in order, the version it follows ("": none),
     ``MARKER``'s value ("": an update), then the state-hash value. A marker's: its version, the version it follows
-    and ``START``, the rest ""."""
+    and ``START``, the rest "" but its last: ``SETTLED`` where a settle linked it (``StartMarker.settled``)."""
     if isinstance(u, StartMarker):
-        return (*("" if name != "version" else str(u.version) for name in _CARRIED), str(u.follows), START, "")
+        return (*("" if name != "version" else str(u.version) for name in _CARRIED), str(u.follows), START,
+                SETTLED if u.settled else "")
     fields = to_fields(u)
     return (*(fields[name] for name in _CARRIED), fields.get(FOLLOWS, ""), "",
             f"{u.quantity} {u.version} {u.event_time} {u.status.value}")

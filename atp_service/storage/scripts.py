@@ -149,6 +149,18 @@ local function denied(commands)
 end
 """
 
+# The newest id Redis ever handed out in a stream, as text: its last generated id, an entry deleted since by hand
+# included (``XDEL``). A settle's marker linked above it follows versions Redis lost (``channel_store``: LOST).
+HANDED_OUT_LUA = """
+local function handed_out(stream)
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then return string.match(info[i + 1], '^%d+') end
+  end
+  return '0'
+end
+"""
+
 # A snapshot's write, like an append, is refused once the shard's fence (the last key) is raised
 # past the token it carries (ARGV[4]): one that timed out cannot land after the next try began.
 STALE_LUA = """
@@ -287,4 +299,17 @@ if outranks(current, ARGV[1]) then
 end
 redis.call('SET', KEYS[1], ARGV[1])
 return tonumber(redis.call('GET', KEYS[2]) or '0')
+"""
+
+# A channel's ``restamp`` fields forgotten (``ChannelStore.forget_restamps``), each only if it still names the version
+# read. No command after the HDEL that empties the hash (HLEN counted down): a field named twice (an HSCAN may return
+# one twice) or forgotten meanwhile came after it, and on a Redis Cluster slot being migrated the source node fails a
+# script's command on a key gone since it began (a non local key) — every key forgotten, the look counted unread.
+FORGET_RESTAMPS = """
+local left = redis.call('HLEN', KEYS[1])
+for i = 1, #ARGV, 2 do
+  if left == 0 then break end
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then left = left - redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return 0
 """

@@ -3,7 +3,7 @@
 ``SimChannelStore`` mirrors ``ChannelStore`` as ``SimLog`` mirrors ``LogStore``: a write waits in
 ``pending`` until the driver pumps it with an outcome (``ok``, ``lost``, ``doubt``, ``late``), and
 the write script's checks are modelled — the epoch (FENCED: a dead instance's write), the desk's
-fence token (STALE) and each stream's newest version (TAKEN; LOST: behind the write's) — all before
+fence token (STALE) and each stream's newest version (TAKEN; LOST: behind the write's, or a settle's link) — all before
 any change, so a refused write changes nothing. It shares the log's write pause and epoch: one Redis.
 
 The desk's own loop is not run: it sleeps on wall time (throttle waits, backoff after a failed write),
@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import parse_estate
 from atp_service.storage.channel_store import StreamLost, WriteRefused
-from atp_service.storage.channel_wire import values_of
+from atp_service.storage.channel_wire import StartMarker, values_of
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, Key, Published
@@ -161,8 +161,10 @@ class SimChannelStore:
         for channel, updates in w.batches:
             if self._top(channel) >= updates[0].version:
                 return "TAKEN"
-            if self.streams[channel] and updates[0].follows is None and self._top(channel) + 1 < updates[0].version:
-                return "LOST"  # following on from a version Redis lost (``StreamLost``)
+            top, first = self._top(channel), updates[0]
+            linked = isinstance(first, StartMarker) and first.settled and top < (first.follows or 0)
+            if self.streams[channel] and (top + 1 < first.version if first.follows is None else linked):
+                return "LOST"  # following on from, or a settle's marker linked to, a version Redis lost (StreamLost)
         if refuses(self.log.full):
             return "OOM"  # Redis at its maxmemory (``full.py``): nothing written
         for channel, updates in w.batches:
