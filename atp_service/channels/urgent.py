@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Collection
 
+from atp_service.storage.channel_store import StreamLost
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait
 from reservation import Feed
+
+log = logging.getLogger(__name__)
 
 
 def due_now(feeds: Collection[Feed], now_ms: int) -> tuple[bool, bool]:
@@ -72,8 +76,12 @@ class UrgentWrites:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        with contextlib.suppress(*STORAGE_ERRORS):  # settled as far as it got; the desk is going
-            await cancel_and_wait(task)
+        try:
+            with contextlib.suppress(*STORAGE_ERRORS):  # settled as far as it got; the desk is going
+                await cancel_and_wait(task)
+        except StreamLost as exc:  # its settle found the loss before the round was told: no bug of the stop
+            log.error("channel desk stopping: %s; the next start links its versions to what Redis holds", exc,
+                      extra={"event": "channel_loss_found_stopping", "error": str(exc)})
 
     def _note(self, task: asyncio.Future[object]) -> None:
         error = None if task.cancelled() else task.exception()

@@ -252,13 +252,15 @@ class TailLoss:
         found missing a part Redis lost (a held one given up, a confirmed one's part made again), or recorded
         HELD with a part confirmed (its confirmation lost), or undecided with a part confirmed (its decision
         lost; given up undecided, that part kept committed), or a
-        group lost to another taking whose log no longer holds what its shard made durable."""
+        group lost to another taking whose log no longer holds what its shard made durable, or a channel stream found
+        below versions the desk published as it stopped (``StreamLost``)."""
         if getattr(record, "event", None) in ("order_part_orphaned", "order_part_outlived", "order_part_lost",
                                               "order_confirmation_restored", "order_decision_restored",
                                               "order_part_committed_again", "order_part_kept_committed",
                                               "acknowledged_lost"):
             return self.ever_lost  # found later
         cause = record.exc_info[1] if record.exc_info else None
-        if isinstance(cause, LogDiverged) or getattr(record, "why", None) == "claim_lost":
+        if isinstance(cause, LogDiverged) or getattr(record, "why", None) == "claim_lost" or getattr(
+                record, "event", None) == "channel_loss_found_stopping":  # the desk's settle found it as it stopped
             return self.witnessed(record)  # the instance that logged it lived through a loss (R7)
         return False

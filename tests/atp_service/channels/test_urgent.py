@@ -9,6 +9,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from atp_service.channels.urgent import UrgentWrites
+from atp_service.storage.channel_store import StreamLost
 
 
 class Writes:
@@ -112,3 +113,22 @@ async def test_stockouts_are_written_between_slices_after_the_rounds_budget_is_s
     await urgent.finish()
     urgent.between_slices(True, True)  # one failed this round: the round's own publishing retries
     assert writes.stockouts_only == [False, True, True]
+
+
+async def test_a_loss_the_write_found_before_the_stop_ends_no_stop_and_is_said(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Defect: the write's settle found Redis below versions the desk published (``StreamLost``) and the write ended,
+    the round not yet told (it is stopped first): the desk's stop raised it, so the service's stop said a bug in the
+    desk's stop (``stop_step_failed``) and exited 1 — after Redis lost data, with a shard stopping for the same loss.
+    The stop goes on, the loss said; the next start links its versions to what Redis holds (C3)."""
+    writes = Writes()
+    writes.error = StreamLost("pickup: its stream ends at version 7, below version 9 that this service published")
+    writes.release.set()
+    urgent = UrgentWrites(writes.write)
+    urgent.begin_round(1)
+    urgent.between_slices(True)
+    await asyncio.sleep(0)  # the write runs to its end (nothing to wait for), the round not yet told
+    assert writes.started == 1 and writes.cancelled == 0
+    await urgent.stop()
+    (said,) = [r for r in caplog.records if getattr(r, "event", None) == "channel_loss_found_stopping"]
+    assert said.levelname == "ERROR" and "below version 9" in said.getMessage()
