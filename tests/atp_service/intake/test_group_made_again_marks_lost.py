@@ -116,6 +116,24 @@ async def test_a_quarantined_fact_read_again_is_not_applied_when_redis_comes_bac
         assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
 
 
+async def test_a_quarantined_fact_read_again_from_the_pending_list_is_not_applied_when_redis_drops_the_mark(
+        redis_url: str) -> None:
+    """As the first, but the mark gone before the pending read (an operator's ``DEL``, a restore of some keys) while
+    the group keeps ``e1`` and ``e2`` pending: the pending read answers no mark with entries at or before the one the
+    reader holds, which it keeps (``Unacked.marked``): ``e2``'s quarantine stands (let go, ``e2`` applied: on_hand
+    9)."""
+    r: Any = redis.Redis.from_url(redis_url)
+    async with _group_made_again(r, redis_url) as (service, reader, _):
+        delivered = await reader._read(None, block=None)  # the check of the quarantine stream then refused: pending
+        assert STREAM in reader._unacked.again
+        r.delete(made_again_key(STREAM, "atp"))
+        pending = await reader._read(["0"] * len(reader._streams), block=None)
+        assert [entry_id for _, entry_id, _ in pending] == [entry_id for _, entry_id, _ in delivered]
+        await reader._handle(pending)
+        assert await _on_hand(service) == 4, "e2, quarantined and on the quarantine stream, applied when read again"
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+
+
 async def _read_pending_restored_after_the_reply(reader: Any, r: Any, image: Any,
                                                  monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """A pass's read of the reader's own pending list, Redis back from ``image`` once the call that read them answered
