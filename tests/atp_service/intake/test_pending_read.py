@@ -38,6 +38,32 @@ async def test_the_pending_read_answers_this_consumer_s_entries_with_each_stream
         await client.aclose()
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_a_stream_without_a_mark_between_two_with_one_is_answered_none_in_its_place(
+        redis_url: str, protocol: int) -> None:
+    """The marks come back one per stream in the streams' order, None for one Redis holds none of, wherever it falls
+    (Lua's false, not nil: a nil would end the table there), and an entry trimmed away while pending comes back with
+    no fields — as a RESP2 client reads them and as a RESP3 one (``?protocol=3`` in ``redis_url``) does."""
+    streams = [POS, WMS, "atp:in:ecom"]
+    client = aioredis.Redis.from_url(f"{redis_url}{'&' if '?' in redis_url else '?'}protocol={protocol}")
+    try:
+        ids = {}
+        for stream in streams:
+            await client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            ids[stream] = [await client.xadd(stream, {"n": n}) for n in range(2)]
+        await client.xreadgroup(GROUP, ME, {stream: ">" for stream in streams})
+        await client.xdel(WMS, ids[WMS][0])
+        for stream in (POS, streams[2]):
+            await client.set(made_again_key(stream, GROUP), ids[stream][1])
+        reply, marks = await read_pending(client, streams, GROUP, ME, 10, ["0"] * 3)
+        assert marks == {POS: ids[POS][1], WMS: None, streams[2]: ids[streams[2]][1]}
+        assert [(stream, [row[0] for row in rows]) for stream, rows in reply] == [
+            (stream.encode(), ids[stream]) for stream in streams]
+        assert reply[1][1][0][1] is None and reply[1][1][1][1] == [b"n", b"1"]
+    finally:
+        await client.aclose()
+
+
 async def test_a_mark_of_another_type_refuses_the_read_naming_it_and_delivers_nothing(redis_url: str) -> None:
     """A key of another type where a mark belongs (an operator's, a restore of other data): refused naming it, before
     the read delivered anything again (its entries' delivery counts as they were)."""
