@@ -85,6 +85,30 @@ async def test_a_mark_of_another_type_refuses_the_read_naming_it_and_delivers_no
         await client.aclose()
 
 
+@pytest.mark.parametrize("denied", ["-type", "-get"])
+async def test_a_mark_the_acl_denies_refuses_the_read_before_it_delivers_anything(redis_url: str, denied: str) -> None:
+    """The Redis user may not ``TYPE`` or ``GET`` the marks (an ACL narrowed while serving): refused before the
+    XREADGROUP ran, the entries' delivery counts as they were (a refusal for good must not raise them to
+    ``ingest_max_deliveries`` pass after pass)."""
+    admin = aioredis.Redis.from_url(redis_url)
+    user = "atp-pending-read"
+    try:
+        await admin.xgroup_create(POS, GROUP, id="0", mkstream=True)
+        await admin.set(made_again_key(POS, GROUP), await admin.xadd(POS, {"n": 0}))
+        await admin.xreadgroup(GROUP, ME, {POS: ">"})
+        await admin.execute_command("ACL", "SETUSER", user, "reset", "on", "nopass", "~*", "+@all", denied)
+        client = aioredis.Redis.from_url(redis_url.replace("redis://", f"redis://{user}@", 1))
+        try:
+            with pytest.raises(ResponseError):
+                await read_pending(client, [POS], GROUP, ME, 10, ["0"])
+        finally:
+            await client.aclose()
+        assert [one["times_delivered"] for one in await admin.xpending_range(POS, GROUP, "-", "+", 10)] == [1]
+    finally:
+        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.aclose()
+
+
 async def test_a_pending_read_of_a_group_gone_is_refused_as_the_group_lost(redis_url: str) -> None:
     """The group deleted (or Redis back from before it was made): refused as a plain XREADGROUP is, so that the
     reader makes it again (``resp.group_lost``)."""
