@@ -23,10 +23,9 @@ the parts that remain say of the order, pure. The engine acts on it (``atp_servi
   released committed again at its group whether or not they still fit (``part_again``, ``commit_again``): where they
   no longer do, the position shows oversold (Q5: counted, never hidden), as the service acknowledged it (R7).
 - A part resolved half its retention or longer before its order opened, where that order reserves it (``forgotten``):
-  an earlier order's of that id, forgotten at its home (by its clock, which may run ahead of the group's by the
-  clocks' gap allowed), that its group's eviction has not reached yet (or its group back from older data). Reserved
-  anew (``_order_anew.Anew``), as it is once evicted — replayed, its RELEASED state refused the new order, its
-  FULFILLED one decided it CONFIRMED with nothing held there for it (R5: after the retention, a new attempt).
+  an earlier order's of that id, forgotten at its home (by its clock, up to the clocks' gap allowed ahead of the
+  group's), not evicted at its group yet (or back from older data). Reserved anew (``_order_anew.Anew``), as once
+  evicted — replayed, RELEASED it refused the new order, FULFILLED it decided it CONFIRMED with nothing held (R5).
 - A part of other content than its order asks (``own_part``): the order's record Redis lost at its home, its id
   reserved again with other content (R5: refused, the order given up); or, the first no longer remembered, the id
   reserved again and decided, then the part's group back from data older than this order's part. The part is that
@@ -214,14 +213,14 @@ def part_again(order: Reservation, group: int, place: Place, now: int) -> Reserv
 
 
 def refused_again(order: Reservation, parts: Mapping[int, Reservation], place: Place,
-                  group_names: Container[str], limits: Limits) -> dict[int, ReserveCommand]:
+                  group_names: Container[str], limits: Limits, answered: bool = False) -> dict[int, ReserveCommand]:
     """The shares (group -> its part's Reserve) of the undecided ``order`` decided by its parts (``decided_by_parts``)
     whose part, lost at its group with the order's decision (R7) and reserved again, was refused (its units no longer
     fit: REJECTED; its group full: missing). An order decided all or none (not ``allow_partial``) was decided HELD
     whole before a part of it was confirmed (R2, R3), so that part held every line, its units now a confirmed
     order's (Q3): committed again (``part_committed``), never left refused with its units committed nowhere. Not a
     part naming a location group (``group_names``): the member locations its lost decision picked are not known."""
-    if order.allow_partial or not decided_by_parts(order, parts, place, limits):
+    if order.allow_partial or not decided_by_parts(order, parts, place, limits, answered):
         return {}
     return {group: cmd for group, cmd in orders.split(orders.command_of(order), place).items()
             if (group not in parts or parts[group].state == State.REJECTED)
@@ -259,10 +258,13 @@ def commit_again(view_: View, part: Reservation, limits: Limits) -> Reservation:
     return part
 
 
-def was_confirmed(order: Reservation, part: Reservation, limits: Limits) -> bool:
+def was_confirmed(order: Reservation, part: Reservation, limits: Limits, answered: bool = False) -> bool:
     """Whether ``part`` was confirmed (CONFIRMED, or FULFILLED: only committed units are fulfilled, R4) by a CONFIRM
-    ``order``'s home recorded (R3): never an earlier order's (``forgotten``; kept where its group refused it anew)."""
-    return part.state in (State.CONFIRMED, State.FULFILLED) and not forgotten(part, order.created_at, limits)
+    ``order``'s home recorded (R3): never an earlier order's (``forgotten``; kept where its group refused it anew) —
+    but ``answered``, as the order's Reserve step answered it, it was replayed as the order's own there (R5: judged by
+    its group's clock for an order opened just now, its home's, ``created_at``, up to the allowed gap ahead)."""
+    proof = part.state in (State.CONFIRMED, State.FULFILLED)
+    return proof and (answered or not forgotten(part, order.created_at, limits))
 
 
 def confirmed_by_parts(order: Reservation, parts: Mapping[int, Reservation], place: Place, limits: Limits) -> bool:
@@ -277,8 +279,7 @@ def own_confirmed(order: Reservation, parts: Mapping[int, Reservation], place: P
     of other content under its id is another order's of that id (R5: one no longer remembered, its part there back
     from older data over this one's): its confirmation proves nothing of this order, never committing its units."""
     asked = orders.split(orders.command_of(order), place)
-    return any(was_confirmed(order, part, limits) and _own(order, part, asked.get(group), limits) for group, part in
-               parts.items())
+    return any(was_confirmed(order, p, limits) and _own(order, p, asked.get(g), limits) for g, p in parts.items())
 
 
 def confirmed_again(order: Reservation, now: int) -> Reservation:
@@ -304,14 +305,16 @@ def confirmation_applied(order: Reservation, parts: Mapping[int, Reservation], p
     return own_confirmed(order, parts, place, limits)
 
 
-def decided_by_parts(order: Reservation, parts: Mapping[int, Reservation], place: Place, limits: Limits) -> bool:
-    """Whether ``order`` is undecided (its Reserve pending) though a part was confirmed (``was_confirmed``): a part is
-    confirmed only once its order was decided HELD and its home recorded the confirmation (R3), so Redis lost both at
-    its home (R7: the home's group back from before the decision, the part's kept its own). Not where a part holds
-    other content than the order asks of its group (``_orders.same_part``): that id's order whose record Redis lost,
-    opened again with other content — a retry refused (R5), its confirmed part proving nothing of this one."""
+def decided_by_parts(order: Reservation, parts: Mapping[int, Reservation], place: Place, limits: Limits,
+                     answered: bool = False) -> bool:
+    """Whether ``order`` is undecided (its Reserve pending) though a part was confirmed (``was_confirmed``: ``parts``
+    as its Reserve steps ``answered`` them, or as read): a part is confirmed only once its order was decided HELD and
+    its home recorded the confirmation (R3), so Redis lost both at its home (R7: the home's group back from before the
+    decision, the part's kept its own). Not where a part holds other content than the order asks of its group
+    (``_orders.same_part``): that id's order whose record Redis lost, opened again with other content — a retry
+    refused (R5), its confirmed part proving nothing of this one."""
     if order.pending is None or order.pending.kind != OrderStep.RESERVE or \
-            not any(was_confirmed(order, part, limits) for part in parts.values()):
+            not any(was_confirmed(order, part, limits, answered) for part in parts.values()):
         return False
     asked = orders.split(orders.command_of(order), place)
     return all(_own(order, part, asked.get(group), limits) for group, part in parts.items())
@@ -375,25 +378,23 @@ def decided_again(order: Reservation, parts: Mapping[int, Reservation], now: int
                                    pending=RESTORED)
 
 
-def decide(order: Reservation, parts: Mapping[int, Reservation], now: int,
-           place: Place, limits: Limits) -> tuple[Reservation | None, list[int]]:
+def decide(order: Reservation, parts: Mapping[int, Reservation], now: int, place: Place, limits: Limits,
+           answered: bool = False) -> tuple[Reservation | None, list[int]]:
     """``_orders.decide`` of the undecided ``order`` — but where a part was confirmed (``decided_by_parts``), its
     decision again from its parts (``decided_again``): never refused, its held parts never released (R3, Q3)."""
-    if decided_by_parts(order, parts, place, limits):
+    if decided_by_parts(order, parts, place, limits, answered):
         return decided_again(order, parts, now), []
     return orders.decide(order, parts, now)
 
 
 def forgotten(part: Reservation | None, opened: int, limits: Limits) -> bool:
     """Whether ``part``, found where its order's Reserve reserves a part, is resolved, nothing pending, half the
-    retention window or longer before its order opened (``opened``, by its home's clock; for an order opened just now,
-    its group's clock now): an earlier order's of that id, forgotten at its home before this one opened (R5) — an
-    order is resolved after its parts (R3) and forgotten a retention later by its home's clock, which may run ahead of
-    this group's by the clocks' gap the service allows (half the retention: ``lost_parts``, ``GroupClock``). Replayed,
-    it was taken for the new order's decision (released: refused, or held with that line released and nothing held
-    there; fulfilled: CONFIRMED with nothing held there): reserved anew instead (``_order_anew.Anew``), never proof of
-    a confirmation (``was_confirmed``). The order's own part, resolved after it opened, is replayed however long ago
-    (R5: an order decided again, its home back from data older than its decision, R7, keeps its lines shipped or
-    released). One opened again as new (its home's record lost) meets its parts as an earlier order's."""
+    retention or longer before its order opened (``opened``, by its home's clock; for an order opened just now, its
+    group's clock now): an earlier order's of that id, forgotten at its home before this one opened (R5) — an order is
+    resolved after its parts (R3) and forgotten a retention later by its home's clock, up to the clocks' gap allowed
+    ahead of this group's (half the retention: ``lost_parts``, ``GroupClock``). Reserved anew (``_order_anew.Anew``),
+    never replayed as the new order's decision nor proof of a confirmation (``was_confirmed``). The order's own part,
+    resolved after it opened, is replayed however long ago (R5, R7: an order decided again keeps its lines shipped or
+    released); one opened again as new (its home's record lost) meets its parts as an earlier order's."""
     return part is not None and part.state in TERMINAL and part.pending is None and \
         opened - part.updated_at >= limits.retention_ms // 2

@@ -240,13 +240,14 @@ async def commit_lost(engine: Engine, order: Reservation, groups: list[int], now
 
 
 async def commit_refused(engine: Engine, order: Reservation, parts: dict[int, Reservation],
-                         now: int) -> dict[int, Reservation]:
-    """``parts`` of the undecided ``order`` decided by its parts, with those lost and refused when reserved again
-    (``_order_losses.refused_again``) made again, their units committed (Q3) — where they no longer fit, the position
-    shown oversold (Q5), as ``commit_lost`` does for a decided order's."""
+                         now: int, answered: bool = False) -> dict[int, Reservation]:
+    """``parts`` of the undecided ``order`` decided by its parts (as its Reserve steps ``answered`` them, or as read),
+    with those lost and refused when reserved again (``_order_losses.refused_again``) made again, their units
+    committed (Q3) — where they no longer fit, the position shown oversold (Q5), as ``commit_lost`` does for a
+    decided order's."""
     policy = engine.group_policies.get(order.channel, engine.default_group_policy)
     refused = losses.refused_again(order, parts, engine.place, policy.groups if policy is not None else {},
-                                   engine.limits)
+                                   engine.limits, answered)
     if not refused:
         return parts
     log.error("order %r, decided again from a part confirmed, had its parts in shard groups %s lost with its "

@@ -248,22 +248,22 @@ class Orders(OrderSteps):
         part is refused, then record the order's decision; the order as recorded. A part confirmed proves it decided
         and confirmed before its home lost that (R7): decided again CONFIRMED, carried through, never refused (R3)."""
         cmds, now = orders.split(orders.command_of(order), place := self._engine.place), self._engine.now_at
-        limits = self._engine.limits
+        limits, answered = self._engine.limits, True  # the parts as the steps answered them: each judged there (R5)
         try:
             parts = await run_parts(self._engine, reserve_steps(order, cmds, fresh))
         except DomainError as exc:
             if isinstance(exc, Unavailable):
                 raise
-            parts = await self._parts(order, missing_ok=True)  # refused by a rule (a part's id taken by other
-            if not losses.decided_by_parts(order, parts, place, limits):  # content, its group full): given up, unless
-                expired = await self._abandon(order, home, exc)  # a part of it confirmed
+            parts, answered = await self._parts(order, missing_ok=True), False  # refused by a rule (a part's id
+            if not losses.decided_by_parts(order, parts, place, limits):  # taken by other content, its group full):
+                expired = await self._abandon(order, home, exc)  # given up, unless a part of it confirmed
                 await self._save(home, orders.settled(expired, now(home)), over=expired)
                 raise orders.refused_again(expired.ops[orders.REFUSED]) from None  # told as a retry is (R5)
-        parts = await commit_refused(self._engine, order, parts, now(home))  # Q3: a lost part refused, committed
-        decided, release = losses.decide(order, parts, now(home), place, limits)
+        parts = await commit_refused(self._engine, order, parts, now(home), answered)  # Q3: a lost part refused,
+        decided, release = losses.decide(order, parts, now(home), place, limits, answered)  # committed
         if release:  # an expiry's share: only a part still HELD (one confirmed meanwhile kept, Q3)
             await self._apply(order, dict.fromkeys(release, PendingOp(OrderStep.EXPIRE)))
-            decided, _ = losses.decide(order, await self._parts(order), now(home), place, limits)
+            decided, _ = losses.decide(order, await self._parts(order), now(home), place, limits, answered)
         assert decided is not None
         log_decided_again(decided, home)  # where it was decided again (``_order_losses.decided_again``)
         await self._save(home, decided, over=order)

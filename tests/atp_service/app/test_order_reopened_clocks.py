@@ -1,0 +1,70 @@
+"""An order whose home lost its record whole (Redis took the home's group back to before the order opened, R7) while
+a part of it in another group was confirmed and shipped, its Reserve retried: the order is opened again at its home
+and its parts reserved — its own shipped part replayed (resolved less than half the retention before, by its group's
+clock) — and is decided again from them, CONFIRMED (R3, R5, Q3). On a real service and a real redis-server
+(``ownership = leases``, one process serving both groups), the home group's clock ahead of the other group's by less
+than the gap between the hosts' clocks the service allows (half the retention): the home group came back to this
+process from one whose clock ran that far ahead, and counts on from what that one stamped (``GroupClock``)."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import ManualClock
+from atp_service.engine.clock import GroupClock
+from reservation import Limits, State
+from reservation import _orders as orders
+from tests.atp_service.app.leased_pair import stocked_pair
+from tests.atp_service.app.test_lease_part_outlived import _at_s1, _group_restored, _group_saved
+from tests.atp_service.edge.test_api import T0
+from tests.conftest import ServiceFactory
+from tests.waiting import until
+
+HALF_MS = Limits().retention_ms // 2
+AHEAD_MS = HALF_MS - 60_000
+"""How far the home group's clock runs ahead of the other group's: under the allowed gap (half the retention)."""
+
+
+async def test_an_order_opened_again_by_a_home_clock_ahead_is_decided_again_from_its_shipped_part_R3_R5_Q3(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """Defect (found by review): order ``o`` (2 of ``a`` at its home's group, 3 of ``b`` at the other) confirmed and
+    its ``b`` line shipped, then the home's group back from before the order opened (its record and ``a``'s part
+    gone); the OMS retries its Reserve two minutes later. ``b``'s group, judging by its own clock, replays the
+    order's FULFILLED part (resolved two minutes ago); but deciding the order, that part was judged by the order's
+    opening just now by its home's clock, nearly half a retention ahead, and taken for an earlier order's
+    (``forgotten``): no proof of a confirmation. The order was decided as a Reserve decides it — the shipped part
+    holds nothing, so ``a``'s new hold was released and the order recorded REJECTED: its caller, who was told
+    CONFIRMED and shipped ``b``, told REJECTED, and ``a``'s 2 units it will ship offered to others (oversold). A
+    part the order's own Reserve step replayed is its own: decided again CONFIRMED, ``a``'s units committed."""
+    clock = ManualClock(T0)
+    _, client, engine, a, b = await stocked_pair(start_service, clock)
+    home, group = engine.place(a), engine.place(b)
+    asked = [(a, "S1", 2), (b, "S1", 3)]
+    direct = aioredis.Redis.from_url(redis_url)
+    try:
+        before = await _group_saved(direct, home)  # the home's group before the order opened
+        assert (await client.reserve("o", asked, ttl_seconds=60)).state == pb.RESERVATION_STATE_HELD
+        assert engine.home_of("o") == home != group, "an order spanning groups, its home a's"
+        assert (await client.confirm("o")).state == pb.RESERVATION_STATE_CONFIRMED  # told to the caller (the OMS)
+        assert (await client.fulfill("o", [(b, "S1", 3)], "ship-b")).state == pb.RESERVATION_STATE_CONFIRMED
+        await _group_restored(direct, home, before)  # the order's record and a's part gone, b's part kept
+    finally:
+        await direct.aclose()
+
+    async def home_lost_it() -> bool:  # the owner check finds the home's log short: taken again from Redis
+        return await _at_s1(client, a, "committed") == 0 and engine.actors[home].ledger.reservation("o") is None
+
+    await until(home_lost_it, "the home's group serving what Redis holds (no record of the order)", 40)
+    engine.actors[home].clock = GroupClock(clock, clock.now_ms() + AHEAD_MS)  # what taking it back counts on from
+    clock.advance(120_000)
+    shipped = engine.actors[group].ledger.reservation(orders.part_id("o", group))
+    assert shipped is not None and shipped.state == State.FULFILLED
+
+    again = await client.reserve("o", asked, ttl_seconds=60)
+    assert again.state != pb.RESERVATION_STATE_REJECTED, again
+    order = await client.get_reservation("o")
+    assert order.state == pb.RESERVATION_STATE_CONFIRMED, order
+    assert [(line.committed, line.fulfilled) for line in order.lines] == [(2, 0), (0, 3)], order
+    assert (await _at_s1(client, a, "committed"), await _at_s1(client, a, "available")) == (2, 3), "a offered again"
+    assert (await _at_s1(client, b, "committed"), await _at_s1(client, b, "available")) == (0, 2), "b held again"
