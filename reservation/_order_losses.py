@@ -96,14 +96,14 @@ def others(order: Reservation, found: Mapping[int, Reservation], place: Place, l
 
 
 def _own(order: Reservation, part: Reservation, cmd: ReserveCommand | None, limits: Limits) -> bool:
-    """Whether ``part`` is ``order``'s own part ``cmd`` reserves (``own_part``) — not one of the same content
-    resolved longer before ``order`` was opened than the retention and half of it again (the margin for the groups'
-    clocks ``lost_parts`` assumes): an earlier order's of that id, its group back from data older than this order's
-    part (R7). An own part is resolved after its order was opened; one its home lost the record of, a retry of its
-    Reserve opening the order again, was replayed to it within its retention by its group's clock (``forgotten``)."""
+    """Whether ``part`` is ``order``'s own part ``cmd`` reserves (``own_part``) — not one of the same content resolved
+    the retention or longer before ``order`` opened: an earlier order's of that id, its group back from data older than
+    this order's part (R7). An own part is resolved after its order opened, or (its home's record lost, the order
+    opened again) replayed by its Reserve step under half the retention before by its group's clock (``forgotten``),
+    which the home's runs less than half the retention ahead of (``lost_parts``)."""
     if cmd is None or not own_part(part, cmd):
         return False
-    return part.state not in TERMINAL or order.created_at - part.updated_at <= limits.retention_ms * 3 // 2
+    return part.state not in TERMINAL or order.created_at - part.updated_at < limits.retention_ms
 
 
 def own_parts(order: Reservation, found: Mapping[int, Reservation], place: Place,
@@ -307,12 +307,11 @@ def confirmation_applied(order: Reservation, parts: Mapping[int, Reservation], p
 
 def decided_by_parts(order: Reservation, parts: Mapping[int, Reservation], place: Place, limits: Limits,
                      answered: bool = False) -> bool:
-    """Whether ``order`` is undecided (its Reserve pending) though a part was confirmed (``was_confirmed``: ``parts``
-    as its Reserve steps ``answered`` them, or as read): a part is confirmed only once its order was decided HELD and
-    its home recorded the confirmation (R3), so Redis lost both at its home (R7: the home's group back from before the
-    decision, the part's kept its own). Not where a part holds other content than the order asks of its group
-    (``_orders.same_part``): that id's order whose record Redis lost, opened again with other content — a retry
-    refused (R5), its confirmed part proving nothing of this one."""
+    """Whether ``order`` is undecided (its Reserve pending) though a part was confirmed (``was_confirmed``, ``parts``
+    as its Reserve steps ``answered`` them or as read): a part is confirmed only once its order was decided HELD and
+    its home recorded that (R3), so Redis lost both at its home (R7: the home's group back from before the decision).
+    Not where a part holds other content than the order asks there (``_orders.same_part``): that id's order whose
+    record Redis lost, opened again with other content — a retry refused (R5), its part proving nothing of this one."""
     if order.pending is None or order.pending.kind != OrderStep.RESERVE or \
             not any(was_confirmed(order, part, limits, answered) for part in parts.values()):
         return False
