@@ -64,6 +64,10 @@ class SetAside:
     counted them, and a batch's next checks found no hold)."""
     budget: int
     """Entries the checks may still walk past before the sweep's next slice (``EXPIRY_ASIDE_PER_SLICE``)."""
+    passed: int = 0
+    """Holds ``alone`` refuses that the checks have walked past this sweep. Not counted in the batch's walk: the
+    sweep queues them again and the turn after it walks past them itself, from the queue's head (counted by both, it
+    stopped short of a due hold a check had found)."""
 
 
 def expiry_stale(entries: int, live: int) -> bool:
@@ -114,7 +118,8 @@ def due_head(ledger: Ledger, now: int, stale: int, alone: Callable[[Reservation]
     """The first due hold of ``ledger``'s expiry queue that ``alone`` accepts — what ``take_due`` would take
     first —, the stale entries before it dropped and the holds ``alone`` refuses passed over (left queued) on
     the way, at most ``stale`` of them together (None past them, as ``take_due`` stops there); None where none
-    is due. Also returns how many were dropped or passed over. Nothing else changes: a stale entry names no
+    is due. Also returns how many were dropped or passed over (of the live queue: the turn walks past those of
+    the queue a sweep set aside again, ``_due_set_aside``). Nothing else changes: a stale entry names no
     hold due then, wherever it is dropped. Looking at the head alone, a hold the turn expires behind an order
     due first was not found, and a new id its turn grants refused (``IdGuard._room_in_turn``). While a sweep is
     part-way, the queue it set aside is looked in too, as the turn after the sweep will find it (``_due_set_aside``)."""
@@ -139,22 +144,22 @@ def due_head(ledger: Ledger, now: int, stale: int, alone: Callable[[Reservation]
             heapq.heappop(expiry)
     if ledger._set_aside is not None and dropped < stale:  # a sweep part-way: the rest of the queue is there
         before = None if found is None else (found.expires_at, found.reservation_id)
-        earlier, walked = _due_set_aside(ledger, now, stale - dropped, alone, before)
-        found, dropped = earlier or found, dropped + walked
+        found = _due_set_aside(ledger, now, stale - dropped, alone, before) or found
     return found, dropped
 
 
 def _due_set_aside(ledger: Ledger, now: int, stale: int, alone: Callable[[Reservation], bool],
-                   before: tuple[int, str] | None) -> tuple[Reservation | None, int]:
+                   before: tuple[int, str] | None) -> Reservation | None:
     """``due_head`` in the queue a sweep has set aside (``SetAside``), ordered before ``before`` (None: any), in
     the heap's order. A stale entry is walked past uncounted: the sweep drops it before the Reserve's turn runs,
     and counted, a hold due behind the bound's worth of them was refused here that the turn then expired
-    (``IdGuard._room_in_turn``). A hold ``alone`` refuses counts, ``stale`` of them at most, as in the turn. The
-    holds passed over after the heap are not looked at: ``alone`` refuses them. Also returns how many it passed
-    over. None once the checks have walked ``EXPIRY_ASIDE_PER_SLICE`` entries since the sweep's last slice (R8)."""
+    (``IdGuard._room_in_turn``). The holds ``alone`` refuses before it, walked past by this check or an earlier one
+    of the sweep, are ``stale`` at most, as in the turn, which walks past each of them again. The holds passed over
+    after the heap are not looked at: ``alone`` refuses them. None once the checks have walked
+    ``EXPIRY_ASIDE_PER_SLICE`` entries since the sweep's last slice (R8)."""
     aside = ledger._set_aside
     assert aside is not None
-    frontier, records, passed = aside.frontier, ledger.reservations, 0
+    frontier, records = aside.frontier, ledger.reservations
     while frontier and aside.budget > 0:
         entry, at = frontier[0]
         expires_at, rid = entry
@@ -163,17 +168,17 @@ def _due_set_aside(ledger: Ledger, now: int, stale: int, alone: Callable[[Reserv
         rec = records.get(rid)
         held = rec is not None and rec.state == State.HELD and rec.expires_at == expires_at
         if rec is not None and held and alone(rec):
-            return rec, passed
+            return rec
         if held:
-            if passed >= stale:
+            if aside.passed >= stale:
                 break
-            passed += 1
+            aside.passed += 1
         aside.budget -= 1
         heapq.heappop(frontier)
         for child in (2 * at + 1, 2 * at + 2):
             if child < aside.size:
                 heapq.heappush(frontier, (aside.queue[child], child))
-    return None, passed
+    return None
 
 
 def due_at_head(ledger: Ledger, now: int) -> bool:

@@ -105,3 +105,30 @@ def test_a_sweep_stopped_part_way_leaves_nothing_set_aside_R3(stop: str) -> None
         del sweep
     assert ledger._set_aside is None
     assert [rid for rid in ledger.due(LATER)] == ["due"]
+
+
+def _by_itself(rec: Reservation) -> bool:
+    """A hold its shard's turn expires alone: not one spanning shards (here, those named so)."""
+    return not rec.reservation_id.startswith("spanning-")
+
+
+@pytest.mark.parametrize("spanning", [BOUND - 2, BOUND, BOUND + 1])
+def test_holds_a_check_mid_sweep_passed_over_are_not_counted_twice_against_the_turn_R3(
+        monkeypatch: pytest.MonkeyPatch, spanning: int) -> None:
+    # The check walks past the holds spanning shards in the queue set aside; the sweep queues them again, and the
+    # Reserve's turn after it walks past them too. Counted by both against the batch's bound, the turn stopped short
+    # of the hold the check had found (more than half the bound's worth before it): the Reserve the check let claim
+    # its id refused CAPACITY_REACHED, a hold there past its TTL (R2) — the turn, checked or not, expires it.
+    monkeypatch.setattr(ledger_module, "EXPIRY_STALE_PER_TURN", BOUND, raising=False)
+    ledger = _swept_soon(stale_ttl=60, due_ttl=2)
+    for n in range(spanning):  # due before the hold
+        reserve(ledger, cmd(f"spanning-{n}", ("A", "S1", 1), ttl=1), NOW)
+        ledger.commit(NOW)
+    sweep = ledger.expiry_sweep(SLICE)
+    next(sweep)
+    found = [rec.reservation_id if (rec := ledger.due_first(LATER, _by_itself)) else None for _ in range(2)]
+    for _ in sweep:
+        pass
+    turn = ledger.due_alone(LATER, _by_itself, 16)  # the Reserve's turn, after the sweep: the same batch
+    expected = ["due"] if spanning <= BOUND else []  # past the bound the turn stops before it, and the check says so
+    assert (found, turn) == (expected * 2 or [None, None], expected)
