@@ -128,23 +128,26 @@ def due_head(ledger: Ledger, now: int, stale: int, alone: Callable[[Reservation]
     dropped = 0
     passed = ledger._passed
     found: Reservation | None = None
+    stop: tuple[int, str] | None = None  # where the walk stopped: a hold found, or the bound
     while expiry and expiry[0][0] <= now:
         expires_at, rid = expiry[0]
         rec = records.get(rid)
         held = rec is not None and rec.state == State.HELD and rec.expires_at == expires_at
         if rec is not None and held and alone(rec):
-            found = rec
+            found, stop = rec, expiry[0]
             break
         if dropped >= stale:
+            stop = expiry[0]
             break
         dropped += 1
         if held:
             heapq.heappush(passed, heapq.heappop(expiry))
         else:
             heapq.heappop(expiry)
-    if ledger._set_aside is not None and dropped < stale:  # a sweep part-way: the rest of the queue is there
-        before = None if found is None else (found.expires_at, found.reservation_id)
-        found = _due_set_aside(ledger, now, stale - dropped, alone, before) or found
+    # A sweep part-way: the rest of the queue is there. Looked at with the bound reached too: the turn takes a
+    # hold ``alone`` accepts at the head whatever it has walked (``take_due``), the stale entries there dropped.
+    if ledger._set_aside is not None and dropped <= stale:
+        found = _due_set_aside(ledger, now, stale - dropped, alone, stop) or found
     return found, dropped
 
 

@@ -67,3 +67,28 @@ def test_each_check_mid_sweep_finds_the_hold_the_turn_expires_first_R3(holds: li
         expected = sorted((rec.expires_at, rid) for rid, rec in ledger.reservations.items()
                           if rec.state == State.HELD and alone(rec))
         assert ledger.due_alone(last, alone, 10_000) == [rid for _, rid in expected]  # each once
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(HOLDS, st.lists(st.booleans(), min_size=1, max_size=6), st.integers(NOW, NOW + 7_000), st.integers(0, 4))
+def test_the_checks_mid_sweep_answer_as_the_turn_after_it_decides_R3(holds: list[tuple[int, bool]],
+                                                                    slices: list[bool], now: int, bound: int) -> None:
+    """Under the batch's bound on holds passed over (``EXPIRY_STALE_PER_TURN``): each check finds the hold the
+    Reserve's turn after the sweep (the same batch) expires first, or none where that turn expires none."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(expiry_module, "EXPIRY_SLACK", 0)
+        patch.setattr(ledger_module, "EXPIRY_STALE_PER_TURN", bound)
+        ledger = _ledger(holds, 2 * len(holds) + SLICE + 1)
+        sweep = ledger.expiry_sweep(SLICE)
+        next(sweep)
+        found = []
+        for slice_first in slices:
+            if slice_first and ledger._set_aside is not None:
+                next(sweep, None)
+            rec = ledger.due_first(now, alone)
+            found.append(rec and rec.reservation_id)
+        for _ in sweep:
+            pass
+        turn = ledger.due_alone(now, alone, 10_000)
+        assert found == [turn[0] if turn else None] * len(slices)

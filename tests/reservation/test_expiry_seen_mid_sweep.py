@@ -132,3 +132,20 @@ def test_holds_a_check_mid_sweep_passed_over_are_not_counted_twice_against_the_t
     turn = ledger.due_alone(LATER, _by_itself, 16)  # the Reserve's turn, after the sweep: the same batch
     expected = ["due"] if spanning <= BOUND else []  # past the bound the turn stops before it, and the check says so
     assert (found, turn) == (expected * 2 or [None, None], expected)
+
+
+def test_a_check_mid_sweep_after_the_batch_walked_its_bound_finds_the_hold_the_turn_expires_R3(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A check before the sweep walked the batch's bound's worth of stale entries: the next, mid-sweep, did not look
+    # in the queue set aside at all, while the turn after the sweep (the same batch), the stale entries dropped,
+    # finds the hold at the queue's head and expires it before deciding the Reserve (R2, R3).
+    monkeypatch.setattr(ledger_module, "EXPIRY_STALE_PER_TURN", BOUND, raising=False)
+    ledger = _swept_soon(stale_ttl=1, due_ttl=2)  # stale entries due before the hold, more than the bound
+    assert ledger.due_first(LATER, _by_itself) is None  # the bound walked: as the turn now stops there
+    sweep = ledger.expiry_sweep(SLICE)
+    next(sweep)
+    found = ledger.due_first(LATER, _by_itself)
+    for _ in sweep:
+        pass
+    assert ledger.due_alone(LATER, _by_itself, 16) == ["due"]  # the Reserve's turn, after the sweep
+    assert found is not None and found.reservation_id == "due"
