@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
+from atp_service.engine.clock import GroupClock
 from reservation import Limits, State
 from reservation import _orders as orders
 from tests.atp_service.app.leased_pair import stocked_pair
@@ -21,10 +22,16 @@ from tests.conftest import ServiceFactory
 from tests.waiting import until
 
 RETENTION_MS = Limits().retention_ms
+AHEAD_MS = RETENTION_MS // 2 - 60_000
+"""How far the other group's clock runs ahead of the home's: under the allowed gap (half the retention)."""
 
 
+@pytest.mark.parametrize("ahead_ms", [0, pytest.param(AHEAD_MS, marks=pytest.mark.xfail(strict=True, reason=(
+    "found by review, not fixed: _order_losses._own counts a same-content part resolved under a retention before the "
+    "order opened its own, comparing the home's clock with the part's group's; a group's clock ahead of the home's "
+    "by g brings an earlier order's part forgotten a retention ago to R - g, read as the new order's line shipped")))])
 async def test_an_earlier_order_s_shipped_part_back_from_older_data_is_never_the_new_order_s_line_R3_R4_Q3(
-        start_service: ServiceFactory, redis_url: str) -> None:
+        start_service: ServiceFactory, redis_url: str, ahead_ms: int) -> None:
     """Defect (found by review): order ``o`` (2 of ``a`` at its home's group, 2 of ``b`` at the other) shipped whole,
     a save of ``b``'s group taken, and a retention later ``o`` forgotten at both groups; ``o`` reserved again with the
     same content (HELD, 2 held at ``b``), then ``b``'s group back from that save: the new order's part there gone, the
@@ -33,10 +40,14 @@ async def test_an_earlier_order_s_shipped_part_back_from_older_data_is_never_the
     its Reserve step reserves anew one resolved half a retention before): the order read with its ``b`` line shipped,
     and its Confirm answered CONFIRMED with nothing held nor committed at ``b`` for it — 2 units its caller will ship
     offered to others (oversold), shown nowhere as committed nowhere. Its hold at ``b`` is gone: the Confirm gives it
-    up whole (EXPIRED), as for any other order's part found in its place."""
+    up whole (EXPIRED), as for any other order's part found in its place. So too where ``b``'s group's clock runs
+    ahead of the home's (``ahead_ms``, within the gap allowed between hosts' clocks: ``b``'s group came to this process
+    from one whose clock ran that far ahead, ``GroupClock``): the first order's part, stamped by it, is then less than
+    a retention older than the new order by the home's clock, though the home forgot its order a retention after."""
     clock = ManualClock(T0)
     _, client, engine, a, b = await stocked_pair(start_service, clock)
     home, group = engine.place(a), engine.place(b)
+    engine.actors[group].clock = GroupClock(clock, clock.now_ms() + ahead_ms)  # what taking it counted on from
     asked = [(a, "S1", 2), (b, "S1", 2)]
     await client.reserve("o", asked, ttl_seconds=60)
     await client.confirm("o")
