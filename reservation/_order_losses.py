@@ -97,13 +97,13 @@ def others(order: Reservation, found: Mapping[int, Reservation], place: Place, l
 
 def _own(order: Reservation, part: Reservation, cmd: ReserveCommand | None, limits: Limits) -> bool:
     """Whether ``part`` is ``order``'s own part ``cmd`` reserves (``own_part``) — not one of the same content resolved
-    the retention or longer before ``order`` opened: an earlier order's of that id, its group back from data older than
-    this order's part (R7). An own part is resolved after its order opened, or (its home's record lost, the order
-    opened again) replayed by its Reserve step under half the retention before by its group's clock (``forgotten``),
-    which the home's runs less than half the retention ahead of (``lost_parts``)."""
+    3/4 of the retention or longer before ``order`` opened: an earlier order's of that id, its group back from older
+    data (R7), forgotten at the home a retention after it, so R - g older than the order by a group's clock a gap g
+    ahead of the home's; an own part, resolved after the order opened or (the order opened again, its home's record
+    lost) replayed by its Reserve step under R/2 before by its group's clock (``forgotten``): apart while g < R/4."""
     if cmd is None or not own_part(part, cmd):
         return False
-    return part.state not in TERMINAL or order.created_at - part.updated_at < limits.retention_ms
+    return part.state not in TERMINAL or order.created_at - part.updated_at < limits.retention_ms * 3 // 4
 
 
 def own_parts(order: Reservation, found: Mapping[int, Reservation], place: Place,

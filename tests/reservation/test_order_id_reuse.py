@@ -106,10 +106,11 @@ def test_a_same_content_part_resolved_long_before_its_order_opened_is_another_or
     """Defect (found by review): the first order of the id fulfilled and forgotten, the id reserved again with the same
     content, then group 1 back from data older than the second order's part: the first's FULFILLED part, same content,
     was taken for the second's own (``own_part``): the HELD order confirmed again from it (``confirmed_by_parts``),
-    nothing held or committed at group 1 for it. A resolved part is the order's own only if resolved less than the
-    retention before the order opened: an own part is resolved after its order opened, and one replayed to a retry of
-    its Reserve (its home lost it) under half the retention before by a group's clock the home's runs less than half
-    the retention ahead of. Counted own up to a retention and a half, the first order's part read as the second's."""
+    nothing held or committed at group 1 for it. A resolved part is the order's own only if resolved less than three
+    quarters of the retention before the order opened: an own part is resolved after its order opened, and one
+    replayed to a retry of its Reserve (its home lost it) under half the retention before by a group's clock the
+    home's runs less than a quarter of the retention ahead of. Counted own up to a retention and a half, the first
+    order's part was read as the second's; up to a retention, so where its group's clock ran ahead of the home's."""
     first = Estate()
     fulfilled = changed(first, changed(first, reserved_order(first, ASKED), PendingOp(OrderStep.CONFIRM)),
                         PendingOp(OrderStep.FULFIL))
@@ -118,7 +119,7 @@ def test_a_same_content_part_resolved_long_before_its_order_opened_is_another_or
     estate = Estate()
     held = reserved_order(estate, ASKED)
     estate.ledgers[1] = first.ledgers[1]  # group 1 back from data older than the second order's part
-    margin, half = LIMITS.retention_ms, LIMITS.retention_ms // 2
+    margin, half = LIMITS.retention_ms * 3 // 4, LIMITS.retention_ms // 2
     for late, own in ((part.updated_at + margin - 1, True), (part.updated_at + margin, False)):
         second = msgspec.structs.replace(held, created_at=late)
         parts = estate.parts(second)
