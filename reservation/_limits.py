@@ -120,10 +120,10 @@ class Limits:
 
     retention_ms: int = 24 * 3600 * 1000
     """How long a resolved reservation is kept for idempotent replays (R5): at least 10 minutes (``atp-service``
-    refuses less), at most ten years, and well above twice the largest clock gap between the service's hosts (an order
-    spanning groups whose id is used again tells a part of the order before it from its own by the part's age against
-    it, R3; a SHIPMENT stamped half of it or more before the reservation it names was made is an earlier holder's of
-    the id, fulfilling none, R4)."""
+    refuses less), at most ten years, and well above four times the largest clock gap between the service's hosts
+    (an order spanning groups whose id is used again tells a part of the order before it from its own by the part's
+    age against it, R3; a SHIPMENT stamped half of it or more before the reservation it names was made is an earlier
+    holder's of the id, fulfilling none, R4)."""
 
     fact_grace_ms: int = 24 * 3600 * 1000
     """E6: facts older than stream time minus this are quarantined, not applied (at most ten years)."""

@@ -21,10 +21,10 @@ SECRET_URLS = ("redis_url",)
 """Settings whose value may carry a password: printed without it."""
 METAVARS = {"int": "N", "float": "X", "Path": "PATH", "tuple": "A,B,..."}
 MIN_RETENTION_MS = 10 * 60 * 1000
-"""The least ``retention_ms`` ``atp-service`` starts with. Half of it is the margin an order spanning groups whose id
-is used again allows the gap between the clocks of the service's hosts, when it tells a part of the order before it
-from its own by the part's age (R3). 10 minutes: 5 of clock gap, as far ahead as E7 lets a fact be stamped by default
-(``fact_future_skew_ms``) and 300 times the second past which ``ATPProcessClocksDisagree`` fires. The engine's
+"""The least ``retention_ms`` ``atp-service`` starts with. A quarter of it is the gap between the clocks of the
+service's hosts that an order spanning groups whose id is used again allows, when it tells a part of the order before
+it from its own by the part's age (R3: two hosts' gaps may add up where groups move, within half the retention). 10
+minutes: 2.5 of clock gap, 150 times the second past which ``ATPProcessClocksDisagree`` fires. The engine's
 ``reservation.Limits`` holds no floor: tests and the simulation shorten the retention, their clocks moved to match."""
 
 
@@ -45,8 +45,8 @@ def check_retention(limits: Limits) -> None:
     """Refuse (``ValueError`` naming the setting, its floor and why) a ``retention_ms`` under ``MIN_RETENTION_MS``."""
     if limits.retention_ms < MIN_RETENTION_MS:
         raise ValueError(f"retention_ms: must be at least {MIN_RETENTION_MS} ({MIN_RETENTION_MS // 60_000} minutes), "
-                         f"got {limits.retention_ms}: half of it is the margin for the gap between the clocks of the "
-                         "service's hosts by which an order whose id is used again tells another order's parts (R3)")
+                         f"got {limits.retention_ms}: a quarter of it is the gap between the clocks of the service's "
+                         "hosts allowed where an order whose id is used again tells another order's parts (R3)")
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
