@@ -6,38 +6,28 @@ is applied. SEMANTICS E8: within one read of an input stream each shard decides 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 import redis
 
 from atp_service import ManualClock
-from tests.atp_service.app.test_processes import SHARDS, group_of, owned, processes
+from tests.atp_service.app.test_processes import group_of, owned, processes
 from tests.atp_service.app.test_processes_streams import STREAMS
 from tests.atp_service.fact_helpers import F, wait_consumed
-from tests.conftest import ServiceFactory, services_on
+from tests.conftest import ServiceFactory
 
 T = 1_700_000_000_000
 MINUTE = 60_000
 AHEAD = T + 8 * MINUTE  # ahead of the reader's clock (T) by more than the skew (5 min), not of the owner's
 
 
-@pytest.fixture
-async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                           input_streams=STREAMS) as factory:
-        yield factory
-
-
 async def test_a_read_s_facts_stamped_ahead_of_the_reader_reach_their_owner_in_the_read_s_order_E6_E8(
-        start: ServiceFactory, redis_url: str) -> None:
+        start_leased_readers: ServiceFactory, redis_url: str) -> None:
     """Defect: the reader sent the facts it judged ahead of its clock to their owner before the rest of the read.
     A receipt read first, stamped just over the grace before a count read after it (at another location of the
     same SKU: one shard, one stream time), was decided after that count there: late (E6), quarantined - its 5
     units never counted - where in the read's order, and read by the owner itself, it is applied."""
     settings = iter([{"clock": ManualClock(T)},  # the reader, whose clock is behind
                      {"clock": ManualClock(T + 10 * MINUTE), "input_streams": ()}])  # the owner, reading nothing
-    running = await processes(lambda **kw: start(**next(settings), **kw), 2)
+    running = await processes(lambda **kw: start_leased_readers(**next(settings), **kw), 2)
     (reader, _), (owner, at_owner) = running
     assert reader.config.input_streams and not owner.config.input_streams
     sku = next(s for s in (f"k{i}" for i in range(64)) if group_of(s) in owned(owner))

@@ -4,37 +4,27 @@ group: dead-lettered naming ``event_time_ms``, and the facts read with it go on 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 import redis
 
 from atp_service import ManualClock
-from tests.atp_service.app.test_processes import SHARDS, group_of, owned, processes
+from tests.atp_service.app.test_processes import group_of, owned, processes
 from tests.atp_service.app.test_processes_streams import STREAMS
 from tests.atp_service.fact_helpers import F, wait_consumed
-from tests.conftest import ServiceFactory, services_on
+from tests.conftest import ServiceFactory
 
 T = 1_700_000_000_000
 PAST_TIMESTAMPS = 10**16
 """An event time (ms, about year 318,857) past the last a ``Timestamp`` carries (253402300799999 ms)."""
 
 
-@pytest.fixture
-async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                           input_streams=STREAMS) as factory:
-        yield factory
-
-
 async def test_an_entry_stamped_past_year_9999_for_another_owner_is_dead_lettered_not_holding_its_read_E7(
-        start: ServiceFactory, redis_url: str) -> None:
+        start_leased_readers: ServiceFactory, redis_url: str) -> None:
     """Defect: the reader judged such an entry "ahead of its clock, maybe applied already" and sent it to its
     group's owner, whose ``RecordEvents`` request could not be built (no ``Timestamp`` that far): the whole send
     failed, the owner was marked failing, and the entry and every fact read with it for that owner stayed pending
     for good, read again and failing at every pass."""
     settings = iter([{"clock": ManualClock(T)}, {"clock": ManualClock(T), "input_streams": ()}])
-    running = await processes(lambda **kw: start(**next(settings), **kw), 2)
+    running = await processes(lambda **kw: start_leased_readers(**next(settings), **kw), 2)
     (reader, _), (owner, at_owner) = running
     assert reader.config.input_streams and not owner.config.input_streams
     sku = next(s for s in (f"far-{i}" for i in range(64)) if group_of(s) in owned(owner))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -16,21 +15,14 @@ from atp_client import AtpClient
 from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, owned, processes, routed
 from tests.atp_service.app.test_processes_streams import STREAMS, counted
 from tests.atp_service.fact_helpers import random_facts, reference_on_hand, wait_consumed, with_duplicates
-from tests.conftest import ServiceFactory, services_on
+from tests.conftest import ServiceFactory
 from tests.waiting import until
-
-
-@pytest.fixture
-async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                           input_streams=STREAMS) as factory:
-        yield factory
 
 
 @pytest.mark.parametrize("seed", [20261204, 7, 1999])
 async def test_facts_read_by_several_processes_across_hand_overs_end_as_sorted_by_event_time(
-        start: ServiceFactory, redis_url: str, seed: int) -> None:
-    running = await processes(start, 3)
+        start_leased_readers: ServiceFactory, redis_url: str, seed: int) -> None:
+    running = await processes(start_leased_readers, 3)
     services = [service for service, _ in running]
     rng = random.Random(seed)
     facts = with_duplicates(rng, random_facts(rng, 600, 24, "o", int(time.time() * 1000) - 1000), 0.2)

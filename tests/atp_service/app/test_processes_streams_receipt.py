@@ -6,32 +6,22 @@ the two ways in) and the bad ones ``INVALID`` naming the same fields, and moves 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 import redis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
-from tests.atp_service.app.test_processes import SHARDS, group_of, owned, processes
+from tests.atp_service.app.test_processes import group_of, owned, processes
 from tests.atp_service.app.test_processes_streams import STREAMS
 from tests.atp_service.fact_helpers import F, wait_consumed
-from tests.conftest import ServiceFactory, services_on
+from tests.conftest import ServiceFactory
 
 T = 1_700_000_000_000
 
 
-@pytest.fixture
-async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async with services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
-                           input_streams=STREAMS) as factory:
-        yield factory
-
-
 async def test_a_receipt_s_bad_lines_are_each_refused_alone_and_its_good_lines_applied_once_by_either_way_E8(
-        start: ServiceFactory, redis_url: str) -> None:
+        start_leased_readers: ServiceFactory, redis_url: str) -> None:
     settings = iter([{"clock": ManualClock(T)}, {"clock": ManualClock(T), "input_streams": ()}])
-    running = await processes(lambda **kw: start(**next(settings), **kw), 2)
+    running = await processes(lambda **kw: start_leased_readers(**next(settings), **kw), 2)
     (reader, at_reader), (other, at_other) = running
     mine = [s for s in (f"r{i}" for i in range(200)) if group_of(s) in owned(reader)][:2]
     theirs = [s for s in (f"r{i}" for i in range(200)) if group_of(s) in owned(other)][:2]
