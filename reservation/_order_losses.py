@@ -391,7 +391,7 @@ def forgotten(part: Reservation | None, opened: int, limits: Limits) -> bool:
     retention or longer before its order opened (``opened``, by its home's clock; for an order opened just now, its
     group's clock now): an earlier order's of that id, forgotten at its home before this one opened (R5) — an order is
     resolved after its parts (R3) and forgotten a retention later by its home's clock, up to the clocks' gap allowed
-    ahead of this group's (two gaps under a quarter of the retention each, groups moved: ``GroupClock``). Reserved anew,
+    ahead of this group's (two hosts' gaps, each under an eighth of the retention: ``GroupClock``). Reserved anew,
     ``_order_anew.Anew``, never replayed as the new order's decision nor proof of a confirmation (``was_confirmed``).
     The order's own part, resolved after it opened, is replayed however long ago (R5, R7: an order decided again keeps
     its lines shipped or released); one opened again as new (its home's record lost) meets its parts as an earlier's."""

@@ -21,10 +21,11 @@ SECRET_URLS = ("redis_url",)
 """Settings whose value may carry a password: printed without it."""
 METAVARS = {"int": "N", "float": "X", "Path": "PATH", "tuple": "A,B,..."}
 MIN_RETENTION_MS = 10 * 60 * 1000
-"""The least ``retention_ms`` ``atp-service`` starts with. A quarter of it is the gap between the clocks of the
+"""The least ``retention_ms`` ``atp-service`` starts with. An eighth of it is the gap between the clocks of the
 service's hosts that an order spanning groups whose id is used again allows, when it tells a part of the order before
-it from its own by the part's age (R3: two hosts' gaps may add up where groups move, within half the retention). 10
-minutes: 2.5 of clock gap, 150 times the second past which ``ATPProcessClocksDisagree`` fires. The engine's
+it from its own by the part's age (R3: two hosts' gaps add up where groups move, under a quarter; a part stamped by one
+group's clock is judged by another's later, under half). 10 minutes: 75 seconds of clock gap, 75 times the second past
+which ``ATPProcessClocksDisagree`` fires. The engine's
 ``reservation.Limits`` holds no floor: tests and the simulation shorten the retention, their clocks moved to match."""
 
 
@@ -45,7 +46,7 @@ def check_retention(limits: Limits) -> None:
     """Refuse (``ValueError`` naming the setting, its floor and why) a ``retention_ms`` under ``MIN_RETENTION_MS``."""
     if limits.retention_ms < MIN_RETENTION_MS:
         raise ValueError(f"retention_ms: must be at least {MIN_RETENTION_MS} ({MIN_RETENTION_MS // 60_000} minutes), "
-                         f"got {limits.retention_ms}: a quarter of it is the gap between the clocks of the service's "
+                         f"got {limits.retention_ms}: an eighth of it is the gap between the clocks of the service's "
                          "hosts allowed where an order whose id is used again tells another order's parts (R3)")
 
 

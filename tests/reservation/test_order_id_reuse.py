@@ -167,7 +167,7 @@ def test_a_stale_part_s_release_landing_late_never_releases_the_order_s_own_part
 def test_a_shipped_part_its_reserve_step_replayed_proves_the_order_confirmed_by_any_home_clock_R3_R5() -> None:
     """Defect (found by review): an order opened again at its home (its record lost, R7) is judged there by its home's
     clock, its parts' Reserve steps by their groups' clocks, which the home's may run ahead of by two gaps allowed added
-    up (each under a quarter of the retention). A FULFILLED part its step replayed (resolved under half the retention
+    up (each under an eighth of the retention). A FULFILLED part its step replayed (resolved under half the retention
     ago by its group's clock) was judged again by the order's opening (``created_at``) and taken for an earlier order's:
     no proof of a confirmation, the order decided REJECTED from its own shipped part, its other holds released. As the
     steps answered the parts, a replayed one is the order's own (``answered``); as read, the opening still decides."""

@@ -1,8 +1,8 @@
 """An order's id reserved again with the same content once its first order is forgotten at its home (R5: a new attempt),
 on a real service and a real redis-server (``ownership = leases``, one process serving both groups), where the home
 group's clock runs half a retention ahead of the other group's: the home group came back to this process from one whose
-clock ran that far ahead, and counts on from what that one stamped (``GroupClock``; half the retention bounds two of the
-gaps between the hosts' clocks the service allows, each under a quarter of it, added up where groups move,
+clock ran that far ahead, and counts on from what that one stamped (``GroupClock``; half the retention bounds four of
+the gaps between the hosts' clocks the service allows, each under an eighth of it, added up where groups move,
 ``_order_losses.lost_parts``). The home forgets the first order half a retention before the other group's clock says its
 part there is past its retention: that part, resolved, is still found where the second order reserves, and is never
 taken for the second order's decision (R2, R3, R5)."""

@@ -23,7 +23,8 @@ from tests.waiting import until
 
 RETENTION_MS = Limits().retention_ms
 AHEAD_MS = RETENTION_MS // 4 - 60_000
-"""How far the other group's clock runs ahead of the home's: under a quarter of the retention."""
+"""How far the other group's clock runs ahead of the home's: under a quarter of the retention (two gaps the service
+allows between hosts' clocks, each under an eighth of it, added up where groups move)."""
 
 
 @pytest.mark.parametrize("ahead_ms", [0, 60_000, AHEAD_MS])

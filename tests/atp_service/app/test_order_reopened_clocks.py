@@ -2,9 +2,10 @@
 a part of it in another group was confirmed and shipped, its Reserve retried: the order is opened again at its home
 and its parts reserved — its own shipped part replayed (resolved less than half the retention before, by its group's
 clock) — and is decided again from them, CONFIRMED (R3, R5, Q3). On a real service and a real redis-server
-(``ownership = leases``, one process serving both groups), the home group's clock ahead of the other group's by less
-than the gap between the hosts' clocks the service allows (half the retention): the home group came back to this
-process from one whose clock ran that far ahead, and counts on from what that one stamped (``GroupClock``). And the
+(``ownership = leases``, one process serving both groups), the home group's clock ahead of the other group's by up
+to half the retention, past the gaps between hosts' clocks the service allows (each under an eighth of it): the home
+group came back to this process from one whose clock ran that far ahead, and counts on from what that one stamped
+(``GroupClock``). And the
 converse: a new order of an id whose earlier order was forgotten, never decided again from that order's part."""
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from tests.waiting import until
 
 HALF_MS = Limits().retention_ms // 2
 AHEAD_MS = HALF_MS - 60_000
-"""How far the home group's clock runs ahead of the other group's: under half the retention (two gaps the service
-allows added up where groups moved: this test's clocks are those of one move)."""
+"""How far the home group's clock runs ahead of the other group's: under half the retention (past the gaps the
+service allows between hosts' clocks, each under an eighth of it: the order's own part is replayed all the same)."""
 QUARTER_AHEAD_MS = Limits().retention_ms // 4 - 60_000
-"""A gap between two hosts' clocks under the one the service allows (a quarter of the retention)."""
+"""Two gaps the service allows between hosts' clocks (each under an eighth of the retention), added up where groups
+moved."""
 
 
 async def test_an_order_opened_again_by_a_home_clock_ahead_is_decided_again_from_its_shipped_part_R3_R5_Q3(
@@ -81,11 +83,11 @@ async def test_a_new_order_is_never_decided_confirmed_from_an_earlier_order_s_pa
     its clock; ``b``'s group went to a host on time (its clock counts on from the host's, its log stamped before: no
     gap kept, ``GroupClock``) — every two hosts' clocks within the gap allowed. ``o`` reserved again, the same content:
     a new order (the first forgotten), its caller never confirmed it. ``b``'s group, judging by its clock, finds the
-    first order's FULFILLED part resolved more than half the retention ago (the retention less the two gaps, each under
-    a quarter of it: the gap the service allows) and reserves it anew: the new order is HELD, never decided again
-    CONFIRMED from that part (R3, R5). Where the two gaps add up past half the retention (each under half, the gap
-    allowed once), the part was replayed and taken for proof of the new order's confirmation: ``a``'s units
-    committed for an order never confirmed, nothing held at ``b``."""
+    first order's FULFILLED part resolved more than half the retention ago (the retention less twice
+    ``QUARTER_AHEAD_MS``, four gaps the service allows, each under an eighth of it) and reserves it anew: the new
+    order is HELD, never decided again CONFIRMED from that part (R3, R5). Where the gaps add up past half the
+    retention, the part was replayed and taken for proof of the new order's confirmation: ``a``'s units committed for
+    an order never confirmed, nothing held at ``b``."""
     clock = ManualClock(T0)
     _, client, engine, a, b = await stocked_pair(start_service, clock)
     home, group = engine.place(a), engine.place(b)

@@ -181,7 +181,7 @@ def test_a_retention_below_its_floor_stops_the_start() -> None:
                           "--redis-url", "redis://127.0.0.1:1", ATP_RETENTION_MS=below)  # no Redis of its own
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.startswith(f"atp-service: ATP_RETENTION_MS: must be at least {MIN_RETENTION_MS} (10 "
-                                     f"minutes), got {below}: a quarter of it is the gap between the clocks of the "
+                                     f"minutes), got {below}: an eighth of it is the gap between the clocks of the "
                                      "service's hosts allowed"), refused.stderr
     assert "Traceback" not in refused.stderr
     flagged = atp_service("config", "--retention-ms", "0")
