@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from grpc._cython import cygrpc  # type: ignore[attr-defined]
 
-from atp_client import KeptStatus, release
+from atp_client import KeptStatus, lost_in_core, release
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from benchmarks.soak_load import CODE_NAMES, ODD, Caller
 
@@ -48,16 +48,27 @@ async def one_stream(c: Caller, call: Any, tag: str) -> None:
         if await stream_batches(c, call, tag):  # every batch answered: the status tells how the stream ended
             await count_end(c, call, kept)
     except grpc.aio.AioRpcError as exc:
-        c.book.failed("stream", await kept.told(call, exc))
+        told = await kept.told(call, exc)
+        if lost_in_core(told) and kept.status is not None and kept.status.code() == grpc.StatusCode.OK:
+            # grpcio's own INTERNAL over the service's OK, the stream over with batches unanswered: as the read's EOF
+            ended_early(c, "the stream ended OK with batches unanswered (a write failing on it after)")
+        else:
+            c.book.failed("stream", told)
     except (asyncio.InvalidStateError, CALL_ENDED):
         # A write or done_writing as the call ended (its deadline, the service going away):
         # grpc.aio raises these instead of the status, which the call still holds.
         await count_end(c, call, kept)
     except StreamEnded as exc:  # OK with batches neither answered nor told in doubt: no end the service may give
-        c.book.calls[("stream", "ENDED_EARLY")] += 1
-        c.book.odd.setdefault(("stream", "ENDED_EARLY"), str(exc))
+        ended_early(c, str(exc))
     finally:
         release(call)
+
+
+def ended_early(c: Caller, why: str) -> None:
+    """A stream the service ended ``OK`` before answering every batch sent on it, counted and noted: however the
+    client saw it (the read's EOF, or grpcio's own ``INTERNAL`` from a write on the call already over)."""
+    c.book.calls[("stream", "ENDED_EARLY")] += 1
+    c.book.odd.setdefault(("stream", "ENDED_EARLY"), why)
 
 
 async def count_end(c: Caller, call: Any, kept: KeptStatus) -> None:
