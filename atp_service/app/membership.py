@@ -31,7 +31,7 @@ from atp_service.app.shared_address import MEMBERS_SCRIPT, SharedAddressWatch, r
 from atp_service.config import ServiceConfig
 from atp_service.edge.fits import routing_refusal
 from atp_service.edge.routing import Route, RoutingTable
-from atp_service.engine.clock import Clock, GroupClock
+from atp_service.engine.clock import CountingClock, GroupClock
 from atp_service.engine.recovery import Retrying, once, recover_shard
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
@@ -53,8 +53,9 @@ SAFETY = 0.8
 class Membership:
     """Takes, keeps and gives up ``engine``'s groups under leases."""
 
-    def __init__(self, engine: Engine, store: LogStore, config: ServiceConfig, clock: Clock, metrics: MembershipMetrics,
-                 engine_metrics: EngineMetrics, must_stop: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, engine: Engine, store: LogStore, config: ServiceConfig, clock: CountingClock,
+                 metrics: MembershipMetrics, engine_metrics: EngineMetrics,
+                 must_stop: Callable[[], None] = lambda: None) -> None:
         self._engine, self._store, self._config, self._clock = engine, store, config, clock
         self._metrics, self._engine_metrics = metrics, engine_metrics
         self._not_recovered = NotRecovered(log, metrics.recoveries_failed)  # a taking whose recovery failed: said
@@ -341,7 +342,7 @@ class Membership:
         epoch = self.leases.held[group]
         try:
             ledger, seq, replayed = await recover_shard(self._store, group, self._config.limits)
-            clock = GroupClock(self._clock, ledger.clock)  # R6: never below what its previous owner logged
+            clock = GroupClock(self._clock, ledger.clock)  # R6: on from its previous owner's stamps, till passed
             actor = ShardActor(group, ledger, self._store, clock, self._config.shard_settings, seq,
                                self._engine_metrics, snapshot_seq=seq - replayed)
         except BaseException as exc:

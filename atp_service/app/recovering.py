@@ -20,7 +20,7 @@ from atp_service.channels.estate import Estate
 from atp_service.config import ServiceConfig
 from atp_service.edge.peers import step_sender
 from atp_service.edge.servicer import AvailabilityServicer
-from atp_service.engine.clock import Clock
+from atp_service.engine.clock import CountingClock
 from atp_service.engine.recovery import UNRECOVERABLE, recover_actors
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
@@ -37,7 +37,7 @@ class Recovering:
 
     config: ServiceConfig
     metrics: Metrics
-    clock: Clock
+    clock: CountingClock
     redis_url: str
     estate: Estate
     tracing: Tracing | None

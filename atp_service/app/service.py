@@ -44,7 +44,7 @@ from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.record import fact_sender
 from atp_service.edge.servicer import AvailabilityServicer
 from atp_service.edge.watch import Watchers
-from atp_service.engine.clock import Clock, SystemClock
+from atp_service.engine.clock import CountingClock, SystemClock
 from atp_service.engine.router import Engine
 from atp_service.intake.departed import DepartedConsumers
 from atp_service.intake.facts import FactDesk
@@ -66,7 +66,7 @@ DEMO_ESTATE = Path(__file__).with_name("demo_estate.toml")
 class AtpService(Recovering):
     """One running service. ``start()`` binds, recovers, then reports SERVING; ``stop()`` drains."""
 
-    def __init__(self, config: ServiceConfig, redis_url: str, clock: Clock | None = None) -> None:
+    def __init__(self, config: ServiceConfig, redis_url: str, clock: CountingClock | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
         """This service's metrics (what its endpoint serves); each component records into its group."""
@@ -74,7 +74,7 @@ class AtpService(Recovering):
         """gRPC core's own counts of this service's calls, those refused before any handler included."""
         self.metrics.registry.register(self.door)
         self.redis_url = redis_url
-        self.clock: Clock = clock or SystemClock()
+        self.clock: CountingClock = clock or SystemClock()
         self.engine: Engine | None = None
         self.desk: FactDesk | None = None
         self.ingestor: StreamIngestor | None = None

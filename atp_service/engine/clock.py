@@ -42,28 +42,49 @@ class SystemClock:
         self._anchor_ms, self._anchor_ns = wall, mono
         return wall
 
+    def mono_ns(self) -> int:
+        return self._mono_ns()
+
     def advance_floor(self, floor_ms: int) -> None:
         """After recovery: never stamp below the newest timestamp already in the log (R6)."""
         if floor_ms > self.now_ms():
             self._anchor_ms, self._anchor_ns = floor_ms, self._mono_ns()
 
 
+class CountingClock(Clock, Protocol):
+    """A process's clock: the timestamps it gives, and the monotonic clock it counts on (never stepped)."""
+
+    def mono_ns(self) -> int:
+        """Nanoseconds on the host's monotonic clock: what a taken group's clock counts on (``GroupClock``)."""
+        ...
+
+
 class GroupClock:
-    """The clock of one shard group a process took over (R6): the process's own clock plus how far the
-    group's log was stamped ahead of it when taken (0 when not ahead). Its stamps never go below what
-    the group's previous owner logged, and count on at the process clock's rate, while the groups the
-    process already served keep its own clock: raising that to a taken group's newest timestamp moved
-    every hold it had granted closer to expiry by the whole gap (a 10-minute hold expired at once after
-    taking a group from a process whose clock ran an hour ahead)."""
+    """The clock of one shard group a process took over (R6): never below what the group's previous owner
+    logged, counting on from it at the host's monotonic rate, and the process's own clock once that is as far
+    (a step forward, NTP): from then on the lead is gone for good, the process's clock counting on at least at
+    that rate. A lead kept for good (the process's clock plus how far the log was ahead when taken) grew by a
+    gap at each move from a host ahead to one behind while their clocks were stepped forward in turn: stamps ran
+    further ahead of every host than the order-id-reuse rules allow (R3: hosts' clocks within an eighth of the
+    retention). The groups the process already served keep its own clock: raising that to a taken group's
+    newest timestamp moved every hold it had granted closer to expiry by the whole gap (a 10-minute hold expired
+    at once after taking a group from a process whose clock ran an hour ahead)."""
 
-    __slots__ = ("_base", "_gap_ms")
+    __slots__ = ("_base", "_logged_ms", "_taken_ns")
 
-    def __init__(self, base: Clock, logged_ms: int) -> None:
-        self._base = base
-        self._gap_ms = max(0, logged_ms - base.now_ms())
+    def __init__(self, base: CountingClock, logged_ms: int) -> None:
+        self._base, self._logged_ms = base, logged_ms
+        self._taken_ns: int | None = base.mono_ns()  # None: the process's clock overtook the logged one
 
     def now_ms(self) -> int:
-        return self._base.now_ms() + self._gap_ms
+        now = self._base.now_ms()
+        if self._taken_ns is None:
+            return now
+        counted = self._logged_ms + (self._base.mono_ns() - self._taken_ns) // 1_000_000
+        if now >= counted:
+            self._taken_ns = None  # never ahead again: the process's clock counts on at least at the monotonic rate
+            return now
+        return counted
 
 
 class ManualClock:
@@ -84,3 +105,7 @@ class ManualClock:
 
     def advance_floor(self, floor_ms: int) -> None:
         self._now = max(self._now, floor_ms)
+
+    def mono_ns(self) -> int:
+        """Time passes for a manual clock only as it is moved on: it is its own monotonic clock."""
+        return self._now * 1_000_000

@@ -4,7 +4,7 @@ shared ``SimLog``, with the lease keys held here (``Leases``) instead of in Redi
 Taking a group (``take``, as ``Membership._take``): the group's lease and owner key set at once (a
 new epoch: every later write of the previous owner is refused FENCED), then the shard recovered from
 its snapshot and log (``engine.recovery.recover_shard``), a ``ShardActor`` built over the product's
-``GroupClock`` (the taker's clock plus how far the group's log was ahead of it) and installed. A
+``GroupClock`` (on from the group's newest logged stamp until the taker's clock passes it) and installed. A
 graceful hand-over (``hand_over``): ``Engine.vacate`` with a final snapshot, then the lease given
 back. A group lost (``_give_up``: a write refused FENCED, or a renewal finding the lease gone): the
 log drops it and the engine vacates it without a snapshot, and its newest durable entry is read back

@@ -91,7 +91,7 @@ async def test_an_earlier_holder_s_late_shipment_fulfils_nothing_of_the_id_reser
 async def test_a_shipment_from_a_clock_behind_the_service_s_by_more_than_the_skew_fulfils_its_reservation_R4_E8(
         start_service: ServiceFactory) -> None:
     """The service's clock runs 10 minutes ahead of the WMS's (a host whose time source failed, or a group taken over
-    from one: ``GroupClock`` keeps that gap), twice ``fact_future_skew_ms``; the retention is far longer. ``r``,
+    from one: ``GroupClock`` counts from it), twice ``fact_future_skew_ms``; the retention is far longer. ``r``,
     reserved and confirmed, ships a minute after it was made: stamped by the WMS's clock 9 minutes before ``r``'s
     ``created_at``. Defect: taken for an earlier holder's (the skew, 5 min, as the margin), it fulfilled nothing:
     ``r``'s units stayed committed for good beside the unit shipped (Q3), and the same shipment fulfilled a
