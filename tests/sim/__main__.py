@@ -38,8 +38,8 @@ def main() -> int:
                         help="Redis may restart from older data, losing acknowledged entries (with --processes: "
                              "leases too, one node or all; with --input-streams --processes, all)")
     parser.add_argument("--clock-skew", action="store_true",
-                        help="with --processes: each host's clock its own, within a bound, stepping back now and then "
-                             "(with --input-streams: the readers' too)")
+                        help="with --processes: each host's clock its own, within a bound, stepping back or forward "
+                             "now and then (with --input-streams: the readers' too)")
     parser.add_argument("--redis-full", action="store_true",
                         help="Redis at its maxmemory refuses appends, channel writes and id claims OOM now and then")
     parser.add_argument("--fact-times", action="store_true",

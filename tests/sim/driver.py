@@ -19,6 +19,7 @@ from tests.sim.facttimes import GRACE_MS, FactTimes
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
 from tests.sim.full import RedisFull
 from tests.sim.ids import SimIdClaims
+from tests.sim.inputclocks import clocks_counted, step_skew
 from tests.sim.invariants import (
     ServiceErrors,
     abandoned_reserves_whole,
@@ -64,7 +65,7 @@ class Driver:
         id's first Reserve, at any process (R5 across processes: ``engine/ids.py``; off by default so
         that the multi-process seeds found before it draw as they did).
         ``lose_tail``: Redis may come back from older data (``tailloss.py``). ``clock_skew``: with several
-        processes, each host's clock its own, within a bound, stepping back now and then (``skew.py``).
+        processes, each host's clock its own, within a bound, stepping back or forward (``skew.py``).
         ``redis_full``: Redis at its maxmemory refuses writes OOM now and then (``full.py``).
         ``fact_times``: facts stamped in the future, within the skew and past it (E7), or late past a grace
         window of an hour (E6) (``facttimes.py``). ``shed``: shards (and, with several processes, a
@@ -196,9 +197,8 @@ class Driver:
         if self.tail is not None and isinstance(world, ClusterWorld) and \
                 (drawn := self.tail.draw_leased(world.config.shards)):
             self.trace.append(f"{step}: {drawn}")
-        if isinstance(world, ClusterWorld) and world.skew is not None and (stepped := world.skew.maybe_step_back()):
-            self.trace.append(f"{step}: {stepped}")
-            self.tally.clock_steps_back += 1
+        if isinstance(world, ClusterWorld) and world.skew is not None:
+            step_skew(world.skew, step, self.trace, self.tally)
         if rng.random() < 0.14:
             ms = rng.randint(0, 20_000)
             world.clock.advance(ms)
@@ -241,8 +241,7 @@ class Driver:
             events = runner.events + (disruptor.events if disruptor else [])
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))
-        if world.jumps is not None:
-            world.jumps.counted()  # R6: every host's service clock counted on, its wall clock jumped or not
+        clocks_counted(world, self.tally)  # R6: every host's service clock counted on, and no group's far ahead
         lost_tail = self.tail is not None and (self.tail.restored_in_step or self.tail.due(None))
         if lost_tail:
             self.commands.answers.forget()  # R5: a Reserve Redis lost may be decided anew

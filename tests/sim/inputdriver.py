@@ -206,7 +206,7 @@ class InputsDriver:
             events = runner.events + self.faults.events
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))
-        clocks_counted(world)
+        clocks_counted(world, self.tally)
         if self.tail is not None and self.tail.due_at_end():
             self.trace.append(f"{step}: Redis restarted from the saved state after the calls")
         if ended != "crash":

@@ -56,6 +56,8 @@ class Tally:
     id_claims_refused: int = 0  # ... that found the id claimed by another home group
     # hosts' clocks disagreeing (``--clock-skew``):
     clock_steps_back: int = 0  # a host's wall clock stepped back
+    clock_steps_forward: int = 0  # ... stepped forward
+    leads_passed: int = 0  # taken groups' clocks ahead of their process's that a forward step of its host passed
     taken_ahead: int = 0  # groups taken whose log was stamped ahead of the taker's clock (a GroupClock gap)
     clock_jumps: int = 0  # ``--clock-jumps``: a clock jumped by hours mid-step (``jumps.py``)
     host_suspends: int = 0  # ``--suspends``: a host suspended, past its leases or not (``suspends.py``)
@@ -213,5 +215,6 @@ class Tally:
                 f"id claims {self.id_claims} "
                 f"({self.id_claim_faults} failed, {self.id_claims_refused} found another home)"
                 + (f"; partitions: {self.partitions} ({self.partition_cuts} calls cut)" if self.partitions else "")
-                + (f"; clocks: {self.clock_steps_back} steps back, {self.taken_ahead} groups taken from a clock ahead"
+                + (f"; clocks: {self.clock_steps_back} steps back, {self.clock_steps_forward} forward, "
+                   f"{self.taken_ahead} groups taken from a clock ahead, {self.leads_passed} such leads passed"
                    if self.clock_steps_back or self.taken_ahead else ""))

@@ -311,14 +311,18 @@ CLOCK_SKEW_SEEDS = int(os.environ.get("ATP_SIM_CLOCK_SKEW_SEEDS", "10"))
 
 async def test_processes_whose_clocks_disagree_stamp_each_group_in_order() -> None:
     """``--processes 3 --clock-skew``: each process runs the product's ``SystemClock`` over its host's wall
-    clock, up to 2 s off the others' and now and then stepping back; a group taken over is stamped by the
-    product's ``GroupClock`` (``skew.py``). No group logs a stamp below one it logged already (R6), no hold
-    expires before its TTL by its group's stamps (R3), and every other invariant holds. Stamping a taken
-    group by the taker's own clock instead (no floor) fails seed 0 (group 1 stamped 560 ms below its newest)."""
+    clock, up to 2 s off the world's and now and then stepping back or forward; a group taken over is stamped by
+    the product's ``GroupClock`` (``skew.py``). No group logs a stamp below one it logged already (R6), no hold
+    expires before its TTL by its group's stamps (R3), no group's clock reads past the furthest ahead a host's may
+    be, and every other invariant holds. Stamping a taken group by the taker's own clock instead (no floor) fails
+    seed 0 (group 1 stamped 560 ms below its newest); keeping a taken group's lead over its taker's clock for good
+    (a forward step of the taker moving it on too) fails seed 4 (``--seed 4 --processes 3 --clock-skew``: after
+    step 13 group 1's clock at p0 reads 2429 ms past that bound)."""
     tally = Tally()
     for seed in range(CLOCK_SKEW_SEEDS):
         await Driver(seed, tally, processes=3, clock_skew=True, lose_tail=seed % 2 == 1).run(60)
     assert tally.clock_steps_back and tally.taken_ahead and tally.takeovers > CLOCK_SKEW_SEEDS, tally
+    assert tally.clock_steps_forward and tally.leads_passed, tally
     assert tally.kills and tally.process_pauses and tally.tail_losses, tally
 
 
