@@ -276,7 +276,7 @@ async def channel_mismatches(client: Any, prefix: str, durable: Durable, estate:
     store = ChannelStore(client, prefix, epoch=lambda: "0")  # for its reads only
     out = []
     for name, expected in expected_channels(durable, estate).items():
-        published, _ = await store.load(name)
+        published, _, _ = await store.load(name)
         streamed = await _stream_last(store, name)
         for key in sorted(set(expected) | set(published)):
             want, pub = expected.get(key, 0), published.get(key)

@@ -18,8 +18,8 @@ from atp_service.storage.channel_wire import StartMarker, start_marker, values_o
 from reservation import ChannelUpdate, Feed, FeedPolicy, Key, Published
 
 log = logging.getLogger(__name__)
-Stored = tuple[dict[Key, Published], int]
-"""What ``ChannelStore.load`` read of a channel: its published values, its newest version."""
+Stored = tuple[dict[Key, Published], int, int]
+"""What ``ChannelStore.load`` read of a channel: its published values, its newest version, its stream's last id."""
 
 VERSIONS_PER_MS = 1000
 """A run's first version is at least its start's clock time in ms times this: its time in microseconds
@@ -44,8 +44,11 @@ class RunFeed(Feed):
     restore. Its updates' versions follow on from ``first + 1``."""
 
     def __init__(self, channel: str, policy: FeedPolicy, now_ms: int, published: dict[Key, Published],
-                 newest: int) -> None:
+                 newest: int, reached: int = 0) -> None:
+        """``reached``: the newest id Redis had handed out in the stream when the run read it (0: no stream), which
+        the start's marker is written only above (``StartMarker.reached``: a loss before the first write, C4)."""
         self.first = run_first_version(newest, now_ms)
+        self.reached = reached
         super().__init__(channel, policy, now_ms, published, self.first - 1)
         self.resumed_from = self.published_version = newest  # a snapshot before the run's first write
         self.loaded = newest
@@ -73,7 +76,7 @@ class RunFeed(Feed):
             self.marking = False
             return None
         self.version = self.first
-        self._marker = start_marker(self.channel, self.first, self.resumed_from, now_ms, self.relinked)
+        self._marker = start_marker(self.channel, self.first, self.resumed_from, now_ms, self.relinked, self.reached)
         return self._marker
 
     def confirm(self, updates: list[ChannelUpdate]) -> None:
@@ -141,10 +144,9 @@ def next_feeds(channels: dict[str, Channel], known: dict[str, Feed], stored: dic
             old.set_policy(channel.policy, now_ms)
             feeds[name] = old
         else:
-            published, version = stored[name]
-            feeds[name] = feed = RunFeed(name, channel.policy, now_ms, published, version)
+            feeds[name] = feed = RunFeed(name, channel.policy, now_ms, *stored[name])
             feed.held_until = now_ms + channel.policy.throttle_ms  # C2: its keys' last intervals were another's
-            if published:  # C2: what the bucket had left is not known either
+            if feed.published:  # C2: what the bucket had left is not known either
                 feed.bucket.assume_spent()
     return feeds, {name: feed for name, feed in known.items() if name not in feeds and feed.in_flight}
 

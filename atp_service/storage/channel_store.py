@@ -18,184 +18,41 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from atp_service.logs import noted_now_and_then
-from atp_service.storage.channel_wire import (
-    FOLLOWS_ARG,
-    LOCATION_ARG,
-    MARKER_ARG,
-    SKU_ARG,
-    STATE_ARG,
-    STATE_SEP,
-    VERSION_ARG,
-    follows_of,
-    follows_on,
-    from_fields,
-    script_item,
-    state_entry,
-    xadd_arguments,
-    xadd_marker_arguments,
+from atp_service.storage.channel_script import (
+    WRITE_SCRIPT,
+    StreamLost,
+    WriteRefused,
+    refusal_of,
+    write_failure_reason,
+    wrong_type_key,
 )
-from atp_service.storage.durability import SETTLE_LOG_EVERY_S, append_failure_reason
+from atp_service.storage.channel_wire import STATE_SEP, follows_of, follows_on, from_fields, script_item, state_entry
+from atp_service.storage.durability import SETTLE_LOG_EVERY_S
 from atp_service.storage.hash_scan import HashScan
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script, open_nodes
 from atp_service.storage.resp import as_text, seq_of, stream_entries, stream_info
-from atp_service.storage.scripts import ACL_LUA, FENCE_LUA, FENCE_SCRIPT, FORGET_RESTAMPS, HANDED_OUT_LUA
+from atp_service.storage.scripts import FENCE_SCRIPT, FORGET_RESTAMPS
 from reservation import ChannelUpdate, Key, Published
 
+__all__ = ["ChannelStore", "StreamLost", "WriteRefused", "settle_noted", "write_failure_reason", "wrong_type_key"]
 log = logging.getLogger(__name__)
 OnError = Callable[[BaseException, float], None]
 """What ``retry_until_done`` tells of a failed try: the error, the wait before the next."""
 
 _encode = msgspec.msgpack.Encoder().encode
 
-# Every key shares the channel feeds' hash tag (keys.py): one slot on a cluster.
-# KEYS: the owner key, the fence key, then stream and state hash per channel; ARGV: this instance's
-# epoch, the desk's fence token, then maxlen, channel, msgpack list of updates per channel. Fenced
-# like the log (log.py): an instance replaced by a newer one publishes nothing more; and fenced
-# again by the token: a write sent before the desk's last ``fence`` is refused (STALE), so a write
-# in doubt cannot land after the desk settled it. Every check comes before the first change — each
-# stream's newest id too (TAKEN: a version already in the stream; LOST: an entry following on from one the stream no
-# longer holds, or a settle's marker linked above the newest id Redis handed out there, ``StreamLost``), and every
-# key's type (KEYTYPE: a stream or state hash key holding another type, which
-# would fail the script half-way, its streams written and its hashes not), and that the Redis user may still run
-# each XADD and HSET on its key (DENIED, ``ACL_LUA``: an ACL taken away while serving refused the HSET after the XADDs
-# landed, the desk took the versions found in the stream for published while the state hash kept the values before
-# them, C4) — so a refused write changed nothing, in any channel: a refusal is never part of a landing.
-# Numbers travel as strings: Lua 5.1 would print large ones in exponent form. ``published_at`` is
-# Redis's clock when the entry was written: the moment the value became visible.
-_WRITE = FENCE_LUA + ACL_LUA + HANDED_OUT_LUA + """
-local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
-if fence > tonumber(ARGV[2]) then
-  return redis.error_reply('STALE channel writer token ' .. ARGV[2] .. ' was fenced by ' .. fence)
-end
-local n = (#KEYS - 2) / 2
-local batches = {}
-for k = 3, #KEYS do
-  local kind, want = redis.call('TYPE', KEYS[k])['ok'], (k % 2 == 1) and 'stream' or 'hash'
-  if kind ~= want and kind ~= 'none' then
-    return redis.error_reply('KEYTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a ' .. want .. ': nothing written')
-  end
-end
-local writes = {}
-for k = 3, #KEYS, 2 do
-  writes[#writes + 1] = {'XADD', KEYS[k], 'MAXLEN', '~', '1', '1-0', 'f', 'v'}
-  writes[#writes + 1] = {'HSET', KEYS[k + 1], 'f', 'v'}
-end
-local refused = denied(writes)
-if refused then return refused end
-for c = 0, n - 1 do
-  local stream = KEYS[2 * c + 3]
-  local items = cmsgpack.unpack(ARGV[3 * c + 5])
-  local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-  local newest = #top > 0 and #items > 0 and tonumber(string.match(top[1][1], '^%d+'))
-  if newest and newest >= tonumber(items[1][$VERSION]) then
-    return redis.error_reply('TAKEN ' .. stream .. ': version ' .. items[1][$VERSION] .. ' is not after ' .. top[1][1])
-  end
-  if newest and items[1][$FOLLOWS] == '' and newest + 1 < tonumber(items[1][$VERSION]) then
-    return redis.error_reply('LOST ' .. stream .. ': version ' .. items[1][$VERSION] .. ' follows on from the one ' ..
-                             'before it, and the stream ends at ' .. top[1][1])
-  end
-  local handed = newest and items[1][$MARKER] ~= '' and items[1][$STATE] ~= '' and handed_out(stream)  -- SETTLED
-  if handed and tonumber(handed) < tonumber(items[1][$FOLLOWS]) then
-    return redis.error_reply('LOST ' .. stream .. ': version ' .. items[1][$VERSION] .. ' follows ' ..
-                             items[1][$FOLLOWS] .. ', and the stream ends at ' .. handed)
-  end
-  batches[c + 1] = items
-end
-local t = redis.call('TIME')
-local now = t[1] .. string.format('%03d', math.floor(t[2] / 1000))
-for c = 0, n - 1 do
-  local stream, state = KEYS[2 * c + 3], KEYS[2 * c + 4]
-  local maxlen, channel = ARGV[3 * c + 3], ARGV[3 * c + 4]
-  local fields = {}
-  for i, u in ipairs(batches[c + 1]) do
-    if u[$FOLLOWS] == '' then
-      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[$VERSION] .. '-0', $XADD_FIELDS)
-    elseif u[$MARKER] == '' then  -- a run's first entry: the version it follows (channel_wire.FOLLOWS)
-      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[$VERSION] .. '-0', $XADD_LINKED)
-    else  -- a start's marker: no update, so nothing in the state hash (channel_wire.MARKER)
-      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[$VERSION] .. '-0', $XADD_MARKER)
-    end
-    if u[$MARKER] == '' then
-      fields[#fields + 1] = u[$SKU] .. '$SEP' .. u[$LOCATION]
-      fields[#fields + 1] = u[$STATE]
-    end
-    if #fields >= 1000 then
-      redis.call('HSET', state, unpack(fields))
-      fields = {}
-    end
-  end
-  if #fields > 0 then
-    redis.call('HSET', state, unpack(fields))
-  end
-end
-return n
-"""
-
-
-def _with_layout(script: str) -> str:
-    """The writer script with the entry layout of ``channel_wire`` filled in (not written out here)."""
-    for name, value in (("$XADD_FIELDS", xadd_arguments("u")), ("$XADD_LINKED", xadd_arguments("u", follows=True)),
-                        ("$XADD_MARKER", xadd_marker_arguments("u")), ("$MARKER", str(MARKER_ARG)),
-                        ("$FOLLOWS", str(FOLLOWS_ARG)), ("$VERSION", str(VERSION_ARG)),
-                        ("$SKU", str(SKU_ARG)), ("$LOCATION", str(LOCATION_ARG)), ("$STATE", str(STATE_ARG)),
-                        ("$SEP", STATE_SEP)):
-        script = script.replace(name, value)
-    return script
-
-
-_WRITE = _with_layout(_WRITE)
-_WRITE_SCRIPT = Script(_WRITE)
-
 # KEYS: the owner key, the fence key; ARGV: this instance's epoch, the desk's token. Raises the fence
 # above both the stored value and the token (Redis restarted from older data may hold one below it).
 _FENCE = FENCE_SCRIPT
 _FENCE_CALL = Script(_FENCE)
-
-_REFUSALS = ("FENCED", "STALE", "TAKEN", "KEYTYPE", "DENIED")
-
-
-class StreamLost(Exception):
-    """A channel stream no longer holds the version a write follows on from (LOST; nothing written): Redis came back
-    from older data while the service ran. Written on unlinked, the next start's marker followed that write, and a
-    reader that had read the lost versions crossed it untold, keeping values the restarted desk knows nothing of (C3,
-    C4). No retry cures it: the desk stops and the service is restarted (R7); its start links to what Redis holds."""
-
-
-class WriteRefused(RedisError):
-    """The write script refused the whole write before changing anything (FENCED: a newer instance
-    owns the keyspace; STALE: the desk fenced since this write was sent; TAKEN: a version is already
-    in the stream; KEYTYPE: a channel's stream or state hash key holds another type, written by something
-    else than the service: the desk's writes are refused until it is removed; DENIED: the Redis user may no
-    longer run a command of it, its ACL changed while serving). Certain, unlike a
-    timeout: nothing of it landed and nothing of it ever will."""
-
-
-_KEYTYPE = re.compile(r"^KEYTYPE (.+) holds a \w+, not a (?:stream|hash): nothing written$", re.S)
-
-
-def wrong_type_key(error: BaseException) -> str | None:
-    """The key a KEYTYPE refusal names (None: not one)."""
-    found = _KEYTYPE.match(str(error)) if isinstance(error, WriteRefused) else None
-    return found[1] if found else None
-
-
-def write_failure_reason(error: BaseException) -> str:
-    """Why a channel write (or the fence of its settle) failed, one of ``metrics.APPEND_FAILURE_REASONS``,
-    as for the log's appends: the script's FENCED refusal is ``fenced`` (a newer instance owns the
-    keyspace), its STALE and TAKEN ``refused``; a full Redis ``out_of_memory``."""
-    if isinstance(error, WriteRefused) and str(error).startswith("FENCED"):
-        return "fenced"
-    return append_failure_reason(error)
-
 
 def settle_noted(channels: list[str], each: OnError) -> OnError:
     """The ``on_error`` of the desk's settle (``ChannelDesk._settle``): ``each`` told of every failed try,
@@ -269,9 +126,11 @@ class ChannelStore:
     def state_key(self, channel: str) -> str:
         return self.keys.channel_state(channel)
 
-    async def load(self, channel: str) -> tuple[dict[Key, Published], int]:
-        """The last published value per key, and the newest version the channel ever had (in the
-        stream, or of a key: the stream may have been trimmed or lost). The newest is kept while the
+    async def load(self, channel: str) -> tuple[dict[Key, Published], int, int]:
+        """The last published value per key, the newest version the channel ever had (in the
+        stream, or of a key: the stream may have been trimmed or lost), and the newest id Redis had handed
+        out in the stream (0: none; the start's marker checks it is still there, ``StartMarker.reached``),
+        read after the hash: a loss between the two is in neither. The newest is kept while the
         hash is read a page at a time, other work running between pages: a pass over every value
         after the read held the event loop for seconds at tens of millions of keys. The pages come on
         one connection (``HashScan``): a Redis restarted or failed over between two pages (the
@@ -287,7 +146,8 @@ class ChannelStore:
         finally:
             await scan.aclose()
         published, newest = read
-        return published, max(newest, await self.last_version(channel))
+        reached = await self.last_version(channel)
+        return published, max(newest, reached), reached
 
     @staticmethod
     async def _read_state(scan: HashScan, key: str) -> tuple[dict[Key, Published], int] | None:
@@ -349,14 +209,12 @@ class ChannelStore:
             self.token = int(await self.client.get(self.fence_key()) or 0)
         args[1] = self.token
         try:
-            await self.writer.run_one(Call(_WRITE_SCRIPT, keys, args))
+            await self.writer.run_one(Call(WRITE_SCRIPT, keys, args))
         except ResponseError as exc:
-            if str(exc).startswith(_REFUSALS):
-                raise WriteRefused(str(exc)) from None
-            if str(exc).startswith("LOST"):
-                raise StreamLost(f"{exc}: Redis lost versions this service published (back from older data); the "
-                                 "service stops to be restarted (R7)") from None
-            raise
+            refused = refusal_of(exc)
+            if refused is None:
+                raise
+            raise refused from None
 
     async def _info(self, channel: str) -> dict[str, Any] | None:
         return await stream_info(self.client, self.stream(channel))

@@ -44,7 +44,8 @@ FOLLOWS_ARG = len(_CARRIED) + 1
 MARKER_ARG = len(_CARRIED) + 2
 """Where the script's item says it is a marker (``MARKER``'s value; "": an update)."""
 STATE_ARG = len(_CARRIED) + 3
-"""Where the state-hash value is in the script's item for an update (its last; for a marker ``SETTLED`` or "")."""
+"""Where the state-hash value is in the script's item for an update (its last; for a marker what the script checks
+of its stream: ``SETTLED``, a start's ``reached``, or "")."""
 SETTLED = "settled"
 """A marker's last item in the writer script: linked by a settle, its link checked (``StartMarker.settled``)."""
 
@@ -57,12 +58,21 @@ class StartMarker(ChannelUpdate):
     settled: bool = False
     """Linked by a settle (``RunFeed.lost_past``) to the newest version it read in the stream: the writer script
     refuses it where Redis no longer reaches that version (LOST), as it refuses an entry following on from a lost one.
-    A start's is not checked so: it may follow the state hash's newest, past a stream deleted since."""
+    A start's is checked against ``reached`` instead: it may follow the state hash's newest, past a stream deleted
+    since."""
+
+    reached: int = 0
+    """A start's: the newest id Redis had handed out in the stream when the run read it (``ChannelStore.load``). The
+    writer script refuses the marker where the stream's last id is now below it (LOST): Redis lost versions between
+    the start's read and its first write, which the marker would follow, and the desk's memory still shows (C4).
+    0: no stream then, nothing to check."""
 
 
-def start_marker(channel: str, version: int, follows: int, now_ms: int, settled: bool = False) -> StartMarker:
+def start_marker(channel: str, version: int, follows: int, now_ms: int, settled: bool = False,
+                 reached: int = 0) -> StartMarker:
     """The marker a run writes first to ``channel``: ``version`` follows ``follows`` across the start's jump."""
-    return StartMarker(channel, "", "", 0, None, StockStatus.OUT_OF_STOCK, version, 0, 0, now_ms, follows, settled)
+    return StartMarker(channel, "", "", 0, None, StockStatus.OUT_OF_STOCK, version, 0, 0, now_ms, follows, settled,
+                       reached)
 
 
 def values_of(entries: Iterable[ChannelUpdate]) -> list[ChannelUpdate]:
@@ -118,10 +128,11 @@ def follows_on(version: int, follows: int | None, position: int) -> bool:
 def script_item(u: ChannelUpdate) -> tuple[str, ...]:
     """``u`` as the writer script takes it: the carried fields in order, the version it follows ("": none),
     ``MARKER``'s value ("": an update), then the state-hash value. A marker's: its version, the version it follows
-    and ``START``, the rest "" but its last: ``SETTLED`` where a settle linked it (``StartMarker.settled``)."""
+    and ``START``, the rest "" but its last: ``SETTLED`` where a settle linked it (``StartMarker.settled``), else a
+    start's ``reached`` ("": 0, nothing checked)."""
     if isinstance(u, StartMarker):
         return (*("" if name != "version" else str(u.version) for name in _CARRIED), str(u.follows), START,
-                SETTLED if u.settled else "")
+                SETTLED if u.settled else str(u.reached or ""))
     fields = to_fields(u)
     return (*(fields[name] for name in _CARRIED), fields.get(FOLLOWS, ""), "",
             f"{u.quantity} {u.version} {u.event_time} {u.status.value}")

@@ -71,10 +71,10 @@ class SimChannelStore:
         self.on_landed: Callable[[str, list[ChannelUpdate]], None] = lambda _c, _u: None
 
     # -- what ChannelDesk calls ------------------------------------------------------------
-    async def load(self, channel: str) -> tuple[dict[Key, Published], int]:
+    async def load(self, channel: str) -> tuple[dict[Key, Published], int, int]:
         published = dict(self.state[channel])
         newest = max((p.version for p in published.values()), default=0)
-        return published, max(newest, self._top(channel))
+        return published, max(newest, self._top(channel)), self._top(channel)
 
     async def write(self, batches: Iterable[tuple[str, int, list[ChannelUpdate]]]) -> None:
         sent = [(channel, list(updates)) for channel, _, updates in batches if updates]
@@ -165,6 +165,8 @@ class SimChannelStore:
             linked = isinstance(first, StartMarker) and first.settled and top < (first.follows or 0)
             if self.streams[channel] and (top + 1 < first.version if first.follows is None else linked):
                 return "LOST"  # following on from, or a settle's marker linked to, a version Redis lost (StreamLost)
+            if isinstance(first, StartMarker) and not first.settled and top < first.reached:
+                return "LOST"  # a start's marker on a stream below the id the start read there
         if refuses(self.log.full):
             return "OOM"  # Redis at its maxmemory (``full.py``): nothing written
         for channel, updates in w.batches:

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.aside import RECHECK_MS
-from atp_service.storage.channel_store import _WRITE
+from atp_service.storage.channel_script import WRITE
 from atp_service.tasks import cancel_and_wait
 from tests.atp_service.channel_helpers import fact, stream_updates, wait_for_updates, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy
@@ -23,7 +23,7 @@ from tests.conftest import test_config as make_config
 from tests.waiting import until
 
 T = 1_700_000_000_000
-WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
+WRITE_SHA = hashlib.sha1(WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
 
 
 async def test_a_channel_whose_stream_key_holds_a_string_is_set_aside_and_the_others_publish(

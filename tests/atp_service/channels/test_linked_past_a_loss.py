@@ -3,7 +3,8 @@ with a marker linked (``follows``) to the newest version the settle read (``RunF
 script took any linked entry for one following on. Written on a stream that no longer holds that version, a
 subscriber that had read the lost versions sat exactly at ``follows`` and crossed the marker untold, keeping their
 values for good (C3, C4). The script refuses it (LOST), as it refuses an unlinked entry past a loss; and the settle
-of a second write in doubt finds such a loss too (``lost_under``), the first having moved the run's link.
+of a second write in doubt finds such a loss too (``lost_under``), the first having moved the run's link. A start's
+marker is refused too where Redis lost versions after the start read the stream (``StartMarker.reached``).
 
 An operator's ``XDEL`` of the newest entry, or a stream made anew empty (a publisher's ``XGROUP CREATE ... MKSTREAM``),
 is no loss: a start's marker linked to the version Redis last handed out is written there, restart after restart."""
@@ -57,6 +58,30 @@ async def test_a_marker_linked_to_a_version_redis_lost_is_refused_and_writes_not
         await store.aclose()
 
 
+async def test_a_start_s_marker_is_refused_where_redis_lost_versions_after_the_start_read_them_C4(
+        redis_url: str) -> None:
+    """Versions 1-3 published, a subscriber read 3; a start read the channel (its stream at 3, B and C in its state
+    hash), then Redis came back from data holding version 1 alone before the start's first write. Its marker follows
+    3: written, the subscriber at 3 went on across it keeping B and C, which the desk's memory showed too (C4)."""
+    client = connect(redis_url, 5.0)
+    store = await _store(client)
+    try:
+        await store.write([("web", 1000, [_update("A", 5, 1)])])
+        image = await saved(client)
+        await store.write([("web", 1000, [_update("B", 5, 2), _update("C", 5, 3)])])
+        feed = RunFeed("web", FeedPolicy(throttle_ms=0), 0, *await store.load("web"))
+        assert set(feed.published) == {("A", "DC"), ("B", "DC"), ("C", "DC")}
+        await restored(client, image, at_once=True)
+        feed.offer(("A", "DC"), 0, T, 0, 0)
+        taken = feed.take(0, 10)
+        assert [(u.version, u.follows) for u in taken] == [(4, 3), (5, None)]
+        with pytest.raises(StreamLost, match=r"^LOST .*version 4 follows 3, and the stream ends at 1, below 3"):
+            await store.write([("web", 1000, taken)])
+        assert await _versions(client, store) == [1], "nothing of it written"
+    finally:
+        await store.aclose()
+
+
 async def test_a_marker_linked_to_the_newest_version_handed_out_is_written_though_its_entry_was_deleted(
         redis_url: str) -> None:
     """An operator deleted version 3's entry (``XDEL``): Redis still hands out ids above 3, and a start links to 3
@@ -101,8 +126,9 @@ async def test_a_start_s_marker_linked_past_what_the_stream_holds_is_written_res
         kept = await client.xrange(store.stream("web"), max="1-0")
         await client.delete(store.stream("web"))
         await client.xadd(store.stream("web"), kept[0][1], id=kept[0][0])
-        assert (await store.load("web"))[1] == 3
-        await store.write([("web", 1000, [start_marker("web", 10, 3, T), _update("A", 0, 11)])])
+        _, newest, reached = await store.load("web")
+        assert (newest, reached) == (3, 1)
+        await store.write([("web", 1000, [start_marker("web", 10, 3, T, reached=reached), _update("A", 0, 11)])])
         assert await _versions(client, store) == [1, 10, 11]
     finally:
         await store.aclose()

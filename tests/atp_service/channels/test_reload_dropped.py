@@ -12,7 +12,7 @@ from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
-from atp_service.storage.channel_store import _WRITE_SCRIPT
+from atp_service.storage.channel_script import WRITE_SCRIPT
 from tests.atp_service.channel_helpers import (
     fact,
     latest,
@@ -85,7 +85,7 @@ async def test_a_first_number_being_written_at_a_dropped_location_is_withdrawn(
     key = ("sku-b", "store-3")
     path = write_estate(tmp_path)
     async with behind_a_proxy(redis_server, path, ManualClock(T)) as (_, desk, client, proxy):
-        proxy.hold(_WRITE_SCRIPT.sha.encode())  # the desk's next write waits at the proxy
+        proxy.hold(WRITE_SCRIPT.sha.encode())  # the desk's next write waits at the proxy
         await client.record_events([fact("c1", "COUNT", *key, 5, T)])  # baseline 4 at store-3
         await until(lambda: len(proxy.held) == 1 and desk.feeds["pickup"].in_flight == 1, "the baseline on its way")
         proxy.hold()
@@ -114,7 +114,7 @@ async def test_offers_curated_before_a_reload_do_not_republish_a_dropped_locatio
         other = next(f"sku-m{n}" for n in range(2, 500) if place(f"sku-m{n}") == place("sku-r"))
         await client.record_events([fact("c3", "COUNT", other, "dc-1", 10, T)])
         await until(lambda: _all_idle(desk) and (other, "") in desk.feeds["market"].published, "its baseline published")
-        proxy.hold(_WRITE_SCRIPT.sha.encode())
+        proxy.hold(WRITE_SCRIPT.sha.encode())
         # One call, one shard: a change at store-3 (pickup 6, not urgent) and a market stock-out (urgent).
         await client.record_events([fact("r1", "RECEIPT", *key, 2, T + 1000),
                                     fact("s2", "SALE", other, "dc-1", 10, T + 1000)])

@@ -11,7 +11,7 @@ from pathlib import Path
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
-from atp_service.storage.channel_store import _WRITE_SCRIPT
+from atp_service.storage.channel_script import WRITE_SCRIPT
 from tests.atp_service.channel_helpers import ESTATE, fact, latest, stream_updates, write_estate
 from tests.atp_service.channels.test_reload_dropped import behind_a_proxy
 from tests.waiting import until
@@ -38,7 +38,7 @@ async def test_a_channel_added_back_while_its_write_was_on_its_way_shows_the_new
         await until(lambda: _all_idle(desk) and KEY in desk.feeds["market"].published, "market's baseline")
         assert desk.feeds["market"].published[KEY].quantity == 8  # 10 less its buffer of 2
         clock.advance(1000)  # past market's throttle interval
-        proxy.hold(_WRITE_SCRIPT.sha.encode())
+        proxy.hold(WRITE_SCRIPT.sha.encode())
         await client.record_events([fact("r1", "RECEIPT", *KEY[:1], "dc-1", 5, T + 1000)])  # 15 - 2 = 13
         await until(lambda: len(proxy.held) == 1 and desk.feeds["market"].in_flight == 1, "the 13 on its way")
         proxy.hold()
@@ -68,7 +68,7 @@ async def test_a_removed_channels_feed_is_let_go_once_its_write_is_settled(
         await client.record_events([fact("c1", "COUNT", *KEY[:1], "dc-1", 10, T)])
         await until(lambda: _all_idle(desk) and KEY in desk.feeds["market"].published, "market's baseline")
         clock.advance(1000)
-        proxy.hold(_WRITE_SCRIPT.sha.encode())
+        proxy.hold(WRITE_SCRIPT.sha.encode())
         await client.record_events([fact("r1", "RECEIPT", *KEY[:1], "dc-1", 5, T + 1000)])
         await until(lambda: len(proxy.held) == 1 and desk.feeds["market"].in_flight == 1, "the 13 on its way")
         proxy.hold()

@@ -15,7 +15,7 @@ from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from atp_service.channels.feeds import VERSIONS_PER_MS
-from atp_service.storage.channel_store import _WRITE
+from atp_service.storage.channel_script import WRITE
 from tests.atp_service.channel_helpers import desk_served, fact, one_dc_market, stream_updates, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.conftest import test_config as make_config
@@ -25,7 +25,7 @@ T = 1_700_000_000_000
 V0 = T * VERSIONS_PER_MS
 """The start marker's version, before the first update this start hands out (C3: a start's versions begin at its
 clock's floor)."""
-WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
+WRITE_SHA = hashlib.sha1(WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
 RESTAMP = "atp:{avail}:market:restamp"
 Kind = pb.WatchAvailabilityResponse
 __all__ = ["proxy"]  # the fixture, used by name

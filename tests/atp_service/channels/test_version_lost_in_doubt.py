@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from atp_service import ManualClock
 from atp_service.channels.feeds import VERSIONS_PER_MS
-from atp_service.storage.channel_store import _FENCE, _WRITE
+from atp_service.storage.channel_script import WRITE
+from atp_service.storage.channel_store import _FENCE
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.channel_helpers import desk_served, fact, stream_entries, stream_updates, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy, proxy
@@ -23,7 +24,7 @@ from tests.waiting import until
 
 T = 1_700_000_000_000
 V0 = T * VERSIONS_PER_MS  # the start marker's version: the run's updates follow on from it
-WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()
+WRITE_SHA = hashlib.sha1(WRITE.encode()).hexdigest().encode()
 FENCE_SHA = hashlib.sha1(_FENCE.encode()).hexdigest().encode()
 PICKUP = ('[[locations]]\nid = "dc-1"\ntype = "dc"\n\n[[channels]]\nname = "pickup"\nsells_from = ["dc-1"]\n'
           "per_location = true\nthrottle_ms = 0\nrate_limit_per_s = 1000.0\n")

@@ -14,7 +14,8 @@ from pathlib import Path
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from atp_service.channels.feeds import VERSIONS_PER_MS
-from atp_service.storage.channel_store import _FENCE, _WRITE
+from atp_service.storage.channel_script import WRITE
+from atp_service.storage.channel_store import _FENCE
 from tests.atp_service.channel_helpers import desk_served, fact, one_dc_market, stream_updates, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.conftest import test_config as make_config
@@ -23,7 +24,7 @@ from tests.waiting import until
 T = 1_700_000_000_000
 V0 = T * VERSIONS_PER_MS  # the start marker's, the run's first version: its updates follow on from it
 """The version before the first this start hands out (C3: a start's versions begin at its clock's floor)."""
-WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
+WRITE_SHA = hashlib.sha1(WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
 FENCE_SHA = hashlib.sha1(_FENCE.encode()).hexdigest().encode()
 Kind = pb.WatchAvailabilityResponse
 __all__ = ["proxy"]  # the fixture, used by name

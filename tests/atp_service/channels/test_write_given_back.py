@@ -8,7 +8,7 @@ from pathlib import Path
 
 from atp_service import ManualClock
 from atp_service.channels.desk import ChannelDesk
-from atp_service.storage.channel_store import _WRITE
+from atp_service.storage.channel_script import WRITE
 from tests.atp_service.channel_helpers import desk_served, fact, stream_updates, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.conftest import test_config as make_config
@@ -16,7 +16,7 @@ from tests.waiting import until
 
 T = 1_700_000_000_000
 KEY = ("sku-a", "store-1")
-WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
+WRITE_SHA = hashlib.sha1(WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
 __all__ = ["proxy"]  # the fixture, used by name
 
 

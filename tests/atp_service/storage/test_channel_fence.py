@@ -21,7 +21,8 @@ from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.feeds import RunFeed
-from atp_service.storage.channel_store import _FENCE, _WRITE, ChannelStore, WriteRefused
+from atp_service.storage.channel_script import WRITE
+from atp_service.storage.channel_store import _FENCE, ChannelStore, WriteRefused
 from atp_service.storage.channel_wire import values_of
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.log import connect
@@ -88,7 +89,7 @@ async def test_a_replaced_instance_fences_without_raising_and_still_writes_nothi
         await store.aclose()
 
 
-WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
+WRITE_SHA = hashlib.sha1(WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
 FENCE_SHA = hashlib.sha1(_FENCE.encode()).hexdigest().encode()
 
 

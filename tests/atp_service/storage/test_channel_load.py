@@ -28,11 +28,11 @@ async def test_load_keeps_the_newest_version_of_every_page_when_the_stream_lost_
                  for n in range(KEYS)}
         await client.hset(store.state_key("web"), mapping=state)  # type: ignore[arg-type]
         await client.xadd(store.stream("web"), {"v": "1"}, id="3-0")  # a stream left far behind the hash
-        published, version = await store.load("web")
-        assert len(published) == KEYS and version == 10 * KEYS
+        published, version, reached = await store.load("web")
+        assert len(published) == KEYS and version == 10 * KEYS and reached == 3, "the stream's own last id kept apart"
         assert published[(f"sku-{newest_at}", "DC")].version == 10 * KEYS
         await client.delete(store.stream("web"), store.state_key("web"))
-        assert await store.load("web") == ({}, 0)
+        assert await store.load("web") == ({}, 0, 0)
     finally:
         await store.aclose()
 
@@ -73,7 +73,7 @@ async def test_a_load_across_a_redis_restart_reads_every_key_C1_C4(
         state = {f"sku-{n}\tDC": f"{n % 7} {n + 1} {T} IN_STOCK" for n in range(KEYS)}
         await client.hset(store.state_key("web"), mapping=state)  # type: ignore[arg-type]
         RestartsRedisAfterAPage.redis_server = server
-        published, version = await store.load("web")
+        published, version, _ = await store.load("web")
         assert RestartsRedisAfterAPage.redis_server is None, "Redis restarted during the load"
         missed = set(state) - {f"{sku}\t{location}" for sku, location in published}
         assert missed == set(), f"{len(missed)} keys not loaded"

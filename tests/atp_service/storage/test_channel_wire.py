@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from atp_service.storage.channel_store import _WRITE
+from atp_service.storage.channel_script import WRITE
 from atp_service.storage.channel_wire import (
     FIELDS,
     FOLLOWS,
@@ -42,7 +42,7 @@ def test_an_entry_round_trips_as_str_or_bytes() -> None:
 
 
 def test_the_writer_script_sets_every_field_once_from_the_declaration() -> None:
-    xadd = re.search(r"redis\.call\('XADD'.*\)", _WRITE)
+    xadd = re.search(r"redis\.call\('XADD'.*\)", WRITE)
     assert xadd is not None
     named = re.findall(r"'(\w+)', (?:u\[\d+\]|channel|now)", xadd.group(0))
     assert tuple(named) == FIELDS  # every field, in order, once
@@ -59,7 +59,7 @@ def test_a_runs_first_entry_names_the_version_it_follows_and_the_others_follow_t
     assert tuple(fields) == (*FIELDS, FOLLOWS) and fields[FOLLOWS] == "42"
     assert from_fields(fields) == first and from_fields(to_fields(U)).follows is None  # an entry written before
     assert script_item(first)[FOLLOWS_ARG - 1] == "42" and script_item(U)[FOLLOWS_ARG - 1] == ""
-    linked = re.findall(r"redis\.call\('XADD'.*\)", _WRITE)[1]  # the writer's XADD of a run's first entry
+    linked = re.findall(r"redis\.call\('XADD'.*\)", WRITE)[1]  # the writer's XADD of a run's first entry
     assert re.findall(r"'(\w+)', (?:u\[\d+\]|channel|now)", linked) == [*FIELDS, FOLLOWS]
     assert f"'{FOLLOWS}', u[{FOLLOWS_ARG}]" in linked
     assert follows_on(5_000, 42, 42) and not follows_on(5_000, 42, 4_999) and not follows_on(5_000, 42, 41)
@@ -81,7 +81,7 @@ def test_a_start_marker_carries_its_version_and_the_one_it_follows_and_no_update
     assert values_of([back, U]) == [U]
     item = script_item(marker)
     assert (item[MARKER_ARG - 1], item[FOLLOWS_ARG - 1], item[STATE_ARG - 1]) == (START, "42", "")
-    marked = re.findall(r"redis\.call\('XADD'.*\)", _WRITE)[2]  # the writer's XADD of a marker
+    marked = re.findall(r"redis\.call\('XADD'.*\)", WRITE)[2]  # the writer's XADD of a marker
     named = dict(re.findall(r"'(\w+)', (u\[\d+\]|channel|now)", marked))
     assert tuple(named) == MARKER_FIELDS
     assert {name: item[int(at[2:-1]) - 1] for name, at in named.items() if at.startswith("u[")} == {

@@ -1,0 +1,69 @@
+"""Redis back from older data between a channel's read (``ChannelStore.load``) and the run's first write to it: a
+channel a reload adds back reads its stream and state hash, and Redis then loses versions this run published there
+(its claim kept: the data saved after the start). The feed's start marker follows the newest version the read saw,
+and the write script checked an unlinked entry and a settle's marker against the stream, never a start's: written
+above the loss, a subscriber that had read the lost versions sat exactly at ``follows`` and crossed the marker untold,
+and the desk's memory (a snapshot) showed values Redis no longer holds (C3, C4). The marker now carries the stream's
+last id as read (``StartMarker.reached``) and the script refuses it below that (LOST): the desk stops, the service is
+restarted (R7), and its start links to what Redis holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import ManualClock
+from atp_service.channels.desk import ChannelDesk
+from atp_service.storage.channel_script import WRITE_SCRIPT
+from atp_service.storage.channel_store import StreamLost
+from tests.atp_service.app.test_redis_lost_tail import restored, saved
+from tests.atp_service.channel_helpers import ESTATE, desk_served, fact, stream_entries, write_estate
+from tests.atp_service.redis_proxy import HoldingProxy, proxy
+from tests.conftest import test_config as make_config
+from tests.waiting import until
+
+T = 1_700_000_000_000
+KEY = ("sku-x", "")
+MARKET = ESTATE[ESTATE.index('[[channels]]\nname = "market"'):ESTATE.index('[[channels]]\nname = "pickup"')]
+__all__ = ["proxy"]  # the fixture, used by name
+
+
+def _idle(desk: ChannelDesk) -> bool:
+    return not desk._dirty and all(f.pending == 0 and f.in_flight == 0 and not getattr(f, "marking", False)
+                                   for f in desk.feeds.values())
+
+
+async def test_a_channel_added_back_stops_the_desk_where_redis_lost_versions_before_its_marker_was_written_C4(
+        proxy: HoldingProxy, redis_url: str, tmp_path: Path) -> None:
+    """market published sku-x's 8 (a subscriber read it), a reload removed market and another added it back: its
+    read saw the 8, its marker was on its way when Redis came back from data saved before the 8. Before: the marker
+    landed, following the lost version, and the desk showed 8 where Redis holds nothing of sku-x."""
+    path = write_estate(tmp_path)
+    config = make_config(estate=path, redis_timeout_s=30, input_streams=(), owner_check_s=3600)  # no owner check
+    async with (desk_served(config, proxy.url, ManualClock(T)) as (_service, desk, client),
+                aioredis.Redis.from_url(redis_url) as direct):
+        await until(lambda: _idle(desk), "the start markers written")
+        image = await saved(direct)  # this run's claim in it: no write of this run is refused FENCED
+        kept = max(e.version for e in await stream_entries(redis_url, "market"))
+        await client.record_events([fact("c1", "COUNT", *KEY[:1], "dc-1", 10, T)])
+        await until(lambda: _idle(desk) and KEY in desk.feeds["market"].published, "market's 8 published")
+        seen = desk.feeds["market"].published_version  # read by a subscriber
+        path.write_text(ESTATE.replace(MARKET, ""))  # market removed...
+        await client.stub.ReloadEstate(pb.ReloadEstateRequest())
+        proxy.hold(WRITE_SCRIPT.sha.encode())
+        path.write_text(ESTATE)  # ...and back: read from Redis, the 8 at ``seen`` in its stream and state hash
+        await client.stub.ReloadEstate(pb.ReloadEstateRequest())
+        await until(lambda: len(proxy.held) == 1, "the marker of market added back on its way")
+        proxy.hold()
+        await restored(direct, image, at_once=True)  # the 8 lost: market's stream ends at ``kept`` again
+        reply = await proxy.land(proxy.held[0])
+        task = desk.task
+        assert task is not None
+        await until(lambda: task.done() or _idle(desk), "the marker written or refused")
+        above = [(type(e).__name__, e.version, e.follows) for e in await stream_entries(redis_url, "market")
+                 if e.version > kept]
+        assert above == [], f"written above versions Redis lost (the stream ends at {kept}, {seen} was read)"
+        assert reply.startswith(b"-LOST"), reply
+        assert task.done() and isinstance(task.exception(), StreamLost), "the desk stops to be restarted (R7)"
