@@ -7,7 +7,8 @@ of a second write in doubt finds such a loss too (``lost_under``), the first hav
 marker is refused too where Redis lost versions after the start read the stream (``StartMarker.reached``).
 
 An operator's ``XDEL`` of the newest entry, or a stream made anew empty (a publisher's ``XGROUP CREATE ... MKSTREAM``),
-is no loss: a start's marker linked to the version Redis last handed out is written there, restart after restart."""
+is no loss: a start's marker linked to the version Redis last handed out is written there, restart after restart, and
+the entry following on from a deleted one is written too."""
 
 from __future__ import annotations
 
@@ -94,6 +95,21 @@ async def test_a_marker_linked_to_the_newest_version_handed_out_is_written_thoug
         assert (await store.load("web"))[1] == 3
         await store.write([("web", 1000, [start_marker("web", 10, 3, T, settled=True), _update("A", 0, 11)])])
         assert await _versions(client, store) == [1, 2, 10, 11]
+    finally:
+        await store.aclose()
+
+
+async def test_an_entry_following_on_from_one_deleted_by_hand_is_written_not_refused_as_lost(redis_url: str) -> None:
+    """An operator deleted the newest entry (``XDEL`` of version 3): Redis handed its id out, the state hash keeps its
+    value, and the next write (4, following on from 3) is no write above a loss. Refused LOST, it stopped the desk and
+    restarted the whole service for an operator's edit."""
+    client = connect(redis_url, 5.0)
+    store = await _store(client)
+    try:
+        await store.write([("web", 1000, [_update("A", 5, 1), _update("B", 5, 2), _update("C", 5, 3)])])
+        await client.xdel(store.stream("web"), "3-0")
+        await store.write([("web", 1000, [_update("A", 4, 4)])])
+        assert await _versions(client, store) == [1, 2, 4]
     finally:
         await store.aclose()
 

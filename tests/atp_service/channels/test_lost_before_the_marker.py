@@ -9,6 +9,7 @@ restarted (R7), and its start links to what Redis holds."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -19,12 +20,22 @@ from atp_service.channels.desk import ChannelDesk
 from atp_service.storage.channel_script import WRITE_SCRIPT
 from atp_service.storage.channel_store import StreamLost
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
-from tests.atp_service.channel_helpers import ESTATE, desk_served, fact, stream_entries, write_estate
+from tests.atp_service.channel_helpers import (
+    ESTATE,
+    desk_served,
+    fact,
+    one_dc_market,
+    stream_entries,
+    wait_for_updates,
+    write_estate,
+)
 from tests.atp_service.redis_proxy import HoldingProxy, proxy
+from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
 from tests.waiting import until
 
 T = 1_700_000_000_000
+Kind = pb.WatchAvailabilityResponse
 KEY = ("sku-x", "")
 MARKET = ESTATE[ESTATE.index('[[channels]]\nname = "market"'):ESTATE.index('[[channels]]\nname = "pickup"')]
 __all__ = ["proxy"]  # the fixture, used by name
@@ -67,3 +78,27 @@ async def test_a_channel_added_back_stops_the_desk_where_redis_lost_versions_bef
         assert above == [], f"written above versions Redis lost (the stream ends at {kept}, {seen} was read)"
         assert reply.startswith(b"-LOST"), reply
         assert task.done() and isinstance(task.exception(), StreamLost), "the desk stops to be restarted (R7)"
+
+
+async def test_an_operator_s_xdel_of_the_newest_entry_leaves_the_desk_publishing_and_tells_who_missed_it(
+        start_service: ServiceFactory, tmp_path: Path, redis_url: str) -> None:
+    """The newest entry of market's stream deleted by hand (``XDEL``): the desk's next change follows on from it, which
+    the write script refused LOST — the desk stopped and the whole service restarted once, though Redis lost nothing
+    (its id handed out, its value in the state hash). Written now; a subscriber that read it goes on, one before it
+    meets the hole and is told to re-snapshot (C3)."""
+    service, client = await start_service(estate=write_estate(tmp_path, one_dc_market(0, 1000.0)))
+    desk = service.channels
+    assert desk is not None
+    await client.record_events([fact("c1", "COUNT", *KEY[:1], "dc-1", 10, T)])
+    deleted = (await wait_for_updates(redis_url, "market", 1, desk=desk))[-1].version
+    async with aioredis.Redis.from_url(redis_url) as direct:
+        await direct.xdel("atp:{avail}:market", f"{deleted}-0")
+    await client.record_events([fact("s1", "SALE", *KEY[:1], "dc-1", 1, T + 1)])
+    await until(lambda: desk.feeds["market"].published_version > deleted or service.failed.is_set(),
+                "the sale's 9 published, or the service stopping")
+    assert not service.failed.is_set(), "the service stopped for an entry deleted by hand"
+    for since, kind in ((deleted, Kind.KIND_CHANGES), (deleted - 1, Kind.KIND_RESNAPSHOT_REQUIRED)):
+        call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=since))
+        message = await asyncio.wait_for(call.read(), 30)
+        call.cancel()
+        assert message.kind == kind, (since, message)
