@@ -15,12 +15,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from atp_service.channels.aside import SetAside
 from atp_service.channels.curator import Curator, zero_lines
 from atp_service.channels.desk_curation import DeskCuration
 from atp_service.channels.desk_marks import DurableMarks
 from atp_service.channels.estate import Channel, Estate
-from atp_service.channels.feeds import Confirmations, RunFeed, known_feeds, next_feeds, unsettled
+from atp_service.channels.feeds import Confirmations, RunFeed, Stored, known_feeds, next_feeds, unsettled
 from atp_service.channels.passes import withdraw_dropped, withdraw_unheld
 from atp_service.channels.restamp import restamp_task
 from atp_service.channels.urgent import UrgentWrites
@@ -28,6 +30,7 @@ from atp_service.config import ChannelSettings
 from atp_service.config_slices import PUBLISH_WRITES_PER_ROUND
 from atp_service.engine.clock import Clock
 from atp_service.engine.router import Engine
+from atp_service.logs import noted_now_and_then
 from atp_service.metrics import ChannelMetrics
 from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
 from atp_service.storage.channel_store import (
@@ -38,9 +41,10 @@ from atp_service.storage.channel_store import (
     write_failure_reason,
 )
 from atp_service.storage.channel_wire import values_of
-from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.durability import SETTLE_LOG_EVERY_S, STORAGE_ERRORS
+from atp_service.storage.resp import passing
 from atp_service.tasks import cancel_and_wait, each_to_its_end, finish_uncancelled
-from reservation import ChannelUpdate, Feed, Key, NotFound, Published, Reason
+from reservation import ChannelUpdate, Feed, Key, NotFound, Published, Reason, Unavailable
 
 log = logging.getLogger(__name__)
 DESK_RETRY = BackoffPolicy(first_s=0.05, max_s=2.0)
@@ -72,6 +76,8 @@ class ChannelDesk(DurableMarks, DeskCuration):
         self._task: asyncio.Task[None] | None = None
         self.restamps_task: asyncio.Task[None] | None = None  # keys a publisher delivered at versions Redis lost, C4
         self._half_life_ms = settings.velocity_half_life_s * 1000
+        self._feeds_read = asyncio.Lock()  # a reload's read and swap of the feeds, or a relink's: one at a time
+        self._relinking = False  # the feeds' memory holds versions Redis lost: no snapshot of it (``_relink``)
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -103,9 +109,10 @@ class ChannelDesk(DurableMarks, DeskCuration):
     async def reload(self, estate: Estate, swapped: Callable[[], None] = lambda: None) -> dict[str, int]:
         """Swap in a new estate: re-curate, publish only what changed. ``swapped`` is called with the swap, no await
         between: the service takes it with the desk even if the caller goes during the passes (R8: no half)."""
-        await self._load_feeds(estate)
-        self.estate = estate
-        swapped()
+        async with self._feeds_read:  # not across a relink: the feeds it keeps would be those holding lost versions
+            await self._load_feeds(estate)
+            self.estate = estate
+            swapped()
         self._zero_lines = zero_lines(self.estate.channels, self.feeds)
         self._curator.reset()
         # Done whole even if the caller goes (R8): a key left at a dropped location keeps its number.
@@ -152,6 +159,47 @@ class ChannelDesk(DurableMarks, DeskCuration):
                 backoff.reset()
             except STORAGE_ERRORS:
                 await backoff.wait()
+            except StreamLost as exc:
+                await self._relink(exc)
+
+    async def _relink(self, loss: StreamLost) -> None:
+        """Redis lost versions the desk published (``StreamLost``: back from older data, or the ``{avail}`` node failed
+        over to a replica behind it): every channel read again from what Redis holds, as a start reads it, the desk
+        alone — the engine's logs are checked by their own shards (R7), and a service restart for the channels' loss
+        left every shard unanswered meanwhile. No snapshot of the feeds' memory, which holds the lost values, until
+        then (C4). Each new feed's versions begin above every version this run handed out (C3), its first entry a
+        marker following what the stream holds: a subscriber or publisher past that is told (re-snapshot, keys
+        named to publish again), one at it goes on. Every SKU is curated again against what Redis holds (C1)."""
+        log.error("channel streams lost versions this service published (%s): every channel is read again from what "
+                  "Redis holds; subscribers past it are told to re-snapshot", loss,
+                  extra={"event": "channel_feeds_relinked", "error": str(loss)})
+        self._relinking = True
+        try:
+            async with self._feeds_read:
+                before, estate = {**self._retired, **self.feeds}, self.estate  # their writes are over: none in flight
+                stored = await retry_until_done(lambda: self._read_feeds(estate), STORAGE_ERRORS, DESK_RETRY,
+                                                noted_now_and_then(_relink_waiting, SETTLE_LOG_EVERY_S))
+                self.feeds, self._retired = next_feeds(estate.channels, {}, stored, self.clock.now_ms())
+                for name, feed in self.feeds.items():
+                    if (old := before.get(name)) is not None and isinstance(feed, RunFeed):
+                        feed.begin_above(old.version)
+        finally:
+            self._relinking = False
+        self._zero_lines = zero_lines(self.estate.channels, self.feeds)
+        self._curator.reset()
+        self.confirmations.note()  # a watch waiting on a lost feed's confirmation reads again
+        await self._reload_passes()
+
+    async def _read_feeds(self, estate: Estate) -> dict[str, Stored]:
+        """Each channel of ``estate`` as Redis holds it. A refusal that waiting does not cure (a state hash of another
+        type, a read the ACL denies) ends the desk (``ChannelsUnreadable``, the service restarted, its start failing on
+        it by name): waited out, no channel published anything again, and nothing said why."""
+        try:
+            return {name: await self.store.load(name) for name in estate.channels}
+        except ResponseError as exc:
+            if passing(exc):
+                raise
+            raise ChannelsUnreadable(f"channel feeds: Redis refused reading them again after a loss: {exc}") from exc
 
     async def run_round(self) -> None:
         """Publish the stock-outs offered since the last round, curate what changed, offer it, publish what is due."""
@@ -273,8 +321,21 @@ class ChannelDesk(DurableMarks, DeskCuration):
         """Every published value of a channel and the version they are current at, in no order: a sort
         of a per-location channel's millions of keys held the event loop (3 s for 1,000,000 keys)."""
         self.channel(name)
+        if self._relinking:
+            raise Unavailable(f"channel {name}: Redis lost versions it published, and the service is reading the "
+                              "channel again from what Redis holds; retry shortly", Reason.RECOVERING)
         feed = self.feeds[name]
         return feed.published_version, list(feed.published.items())
+
+
+class ChannelsUnreadable(Exception):
+    """Redis refused reading the channel feeds again after a loss (``ChannelDesk._relink``), as no wait cures."""
+
+
+def _relink_waiting(exc: BaseException, wait_s: float) -> None:
+    log.warning("channel feeds not read again yet after a loss (%s); trying again in %.2fs; nothing is published "
+                "meanwhile", exc, wait_s, extra={"event": "channel_relink_waiting", "error": str(exc),
+                                                 "retry_s": round(wait_s, 2)})
 
 
 def lost_under(taken: list[tuple[str, Feed, list[ChannelUpdate]]], last: dict[str, int]) -> None:
@@ -289,5 +350,5 @@ def lost_under(taken: list[tuple[str, Feed, list[ChannelUpdate]]], last: dict[st
         if updates and top is not None and isinstance(feed, RunFeed) and top < feed.published_version and (
                 feed.published_version > feed.loaded):
             raise StreamLost(f"{name}: its stream ends at version {top}, below version {feed.published_version} that "
-                             "this service published: Redis lost it (back from older data); the service stops to be "
-                             "restarted (R7)")
+                             "this service published: Redis lost it (back from older data, a failover to a replica "
+                             "behind)")

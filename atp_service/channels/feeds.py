@@ -108,6 +108,14 @@ class RunFeed(Feed):
         self.version, self.resumed_from = self.first - 1, follows
         self.marking, self._marker, self.relinked = True, None, True
 
+    def begin_above(self, version: int) -> None:
+        """The run's versions begin above ``version`` too: a relink's feed, above every version the feed it replaces
+        handed out, also those Redis lost and any taken by a write it refused (C3: a version names one value for good;
+        the clock floor of ``run_first_version`` passes them only on average)."""
+        if version >= self.first:
+            self.first = version + 1
+            self.version = self.first - 1
+
     def _marker_in(self, updates: list[ChannelUpdate]) -> StartMarker | None:
         """The marker being written, where ``updates`` (a write confirmed or given back) carried it."""
         marker = self._marker

@@ -104,7 +104,10 @@ class Restamps:
 
     async def _look_at(self, name: str, feed: Feed) -> int:
         offered, done = 0, list[Any]()
-        for key, lost, field, value in await self.store.restamps(name):
+        named = await self.store.restamps(name)
+        if self._feeds().get(name) is not feed:  # read again meanwhile (a relink, a reload): its published may be lost
+            return 0
+        for key, lost, field, value in named:
             pub = feed.published.get(key)
             if pub is not None and pub.version > lost:
                 done += [field, value]

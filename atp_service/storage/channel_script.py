@@ -146,7 +146,8 @@ class StreamLost(Exception):
     """A channel stream no longer holds the version a write follows on from (LOST; nothing written): Redis came back
     from older data while the service ran. Written on unlinked, the next start's marker followed that write, and a
     reader that had read the lost versions crossed it untold, keeping values the restarted desk knows nothing of (C3,
-    C4). No retry cures it: the desk stops and the service is restarted (R7); its start links to what Redis holds."""
+    C4). No retry cures it: the desk reads every channel again from what Redis holds and links its versions there
+    (``ChannelDesk._relink``), as a start does."""
 
 
 class WriteRefused(RedisError):
@@ -182,7 +183,7 @@ def refusal_of(error: ResponseError) -> WriteRefused | StreamLost | None:
     if said.startswith(REFUSALS):
         return WriteRefused(said)
     if said.startswith("LOST"):
-        return StreamLost(f"{said}: Redis lost versions this service published (back from older data); the service "
-                          "stops to be restarted (R7)")
+        return StreamLost(f"{said}: Redis lost versions this service published (back from older data, a failover to "
+                          "a replica behind)")
     return None
 

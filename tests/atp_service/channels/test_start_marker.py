@@ -83,3 +83,15 @@ async def test_the_marker_takes_its_version_in_the_stream_and_nothing_in_the_sta
         assert marker.follows == feed.first + 1 and marker.version == restarted.first > feed.first + 1
     finally:
         await store.aclose()  # its write connections and the client
+
+
+def test_a_relinked_feed_s_versions_begin_above_every_version_the_feed_it_replaces_handed_out_C3() -> None:
+    """A relink (``ChannelDesk._relink``) reads the channel again: Redis holds 41, the replaced feed had handed out up
+    to 60 (lost, or taken by a write refused). Its marker takes 61 and follows 41: no version names two values."""
+    feed = quiet_feed()
+    feed.begin_above(60)
+    (marker,) = feed.take(NOW, 10)
+    assert (marker.version, marker.follows) == (61, 41) == (feed.first, feed.resumed_from)
+    below = quiet_feed()
+    below.begin_above(30)  # under the run's own first version: nothing moves
+    assert below.first == 42

@@ -1,9 +1,9 @@
 """WatchAvailability over a Redis that lost the newest entries of a channel stream (a failover to a
 replica behind its primary, a restart that lost its last second): the desk still holds what it
-published, but writes nothing above the hole — the service stops to be restarted (R7), and its start
-links its versions to what Redis holds. A subscriber that saw some of the lost versions must be told to
-re-snapshot, never be fed what follows as if nothing was missing (a stock-out among the lost versions
-would stay unknown to it, C3)."""
+published, but writes nothing above the hole — it reads every channel again from what Redis holds, the
+service serving on, and links its versions there (``ChannelDesk._relink``). A subscriber that saw some of
+the lost versions must be told to re-snapshot, never be fed what follows as if nothing was missing (a
+stock-out among the lost versions would stay unknown to it, C3)."""
 
 from __future__ import annotations
 
@@ -57,24 +57,31 @@ async def _lost_under_the_desk(start_service: ServiceFactory, tmp_path: Path, cl
     return service, client, updates
 
 
-async def stopped_for_a_write_past_the_hole(service: AtpService, client: AtpClient, redis_url: str,
-                                            kept: int) -> None:
+async def relinked_for_a_write_past_the_hole(service: AtpService, client: AtpClient, redis_url: str,
+                                             kept: int) -> list[ChannelUpdate]:
     """A stock-out recorded (sku-9), due above the hole: the desk writes nothing past versions Redis lost (it would
-    hide them from the next start's marker, C4): the service stops to be restarted (R7), and is stopped."""
+    hide them from the next marker, C4); it reads the channel again from what Redis holds (its state hash: every
+    value) and writes a marker following that first, then the stock-out. The service serves on. The entries above
+    ``kept`` are returned."""
     await client.record_events([fact("s9", "SALE", "sku-9", "dc-1", 14, T + 1)])
-    await until(service.failed.is_set, "the service stopping to be restarted (R7)")
-    assert max(u.version for u in await stream_entries(redis_url, "market")) == kept, "written past the hole"
-    await service.stop(grace_s=0.1)
+    above: list[ChannelUpdate] = []
+
+    async def written() -> bool:
+        above[:] = [u for u in await stream_entries(redis_url, "market") if u.version > kept]
+        return any(not isinstance(u, StartMarker) for u in above) or service.failed.is_set()
+    await until(written, "the stock-out written past the relink's marker")
+    assert not service.failed.is_set(), "the service stopped for the channel's loss"
+    assert isinstance(above[0], StartMarker), f"written past the hole: {above}"
+    return above
 
 
 async def test_a_subscriber_past_a_hole_of_lost_versions_is_told_to_resnapshot_C3(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
     service, client, updates = await _lost_under_the_desk(start_service, tmp_path, clock, redis_url)
     seen = updates[7].version  # the subscriber saw up to here; Redis lost the last five
-    await stopped_for_a_write_past_the_hole(service, client, redis_url, updates[4].version)
-    again, client = await start_service(clock=clock, estate=write_estate(tmp_path))
-    after = await wait_for_updates(redis_url, "market", 6, desk=again.channels)
-    assert after[-1].sku == "sku-9" and after[-1].quantity == 0 and after[-1].version > updates[-1].version
+    marker, after = await relinked_for_a_write_past_the_hole(service, client, redis_url, updates[4].version)
+    assert isinstance(marker, StartMarker) and marker.follows == updates[-1].version  # the state hash's newest
+    assert after.sku == "sku-9" and after.quantity == 0 and after.version > updates[-1].version
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=seen))
     message = await _first_message(call)
     call.cancel()
@@ -85,8 +92,8 @@ async def test_a_snapshot_taken_while_the_stream_lost_its_newest_entries_is_foll
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
     """The snapshot comes from what the desk published, the lost versions included. It was told to re-snapshot
     instead, again after every snapshot, for as long as the channel stayed quiet — every subscriber of it re-reading
-    every key in a loop. The desk's next write stops the service to be restarted (it writes nothing past versions
-    Redis lost); the state hash holds the values the snapshot showed, so the restart follows on from its version."""
+    every key in a loop. At the desk's next write it reads the channel again (it writes nothing past versions Redis
+    lost); the state hash holds the values the snapshot showed, so its marker follows on from its version."""
     service, client, updates = await _lost_under_the_desk(start_service, tmp_path, clock, redis_url)
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", snapshot=True))
     snapshot: dict[str, int] = {}
@@ -95,8 +102,7 @@ async def test_a_snapshot_taken_while_the_stream_lost_its_newest_entries_is_foll
     call.cancel()
     assert message.kind == Kind.KIND_SNAPSHOT_END and message.version == updates[-1].version
     assert snapshot == {u.sku: u.quantity for u in updates}  # the lost values too
-    await stopped_for_a_write_past_the_hole(service, client, redis_url, updates[4].version)
-    _again, client = await start_service(clock=clock, estate=write_estate(tmp_path))
+    await relinked_for_a_write_past_the_hole(service, client, redis_url, updates[4].version)
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=message.version))
     changes = await _first_message(call)
     call.cancel()
