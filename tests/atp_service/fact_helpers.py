@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,9 +77,11 @@ async def send_grpc(client: AtpClient, facts: list[F], rng: random.Random) -> No
         i += size
 
 
-async def send_stream(redis_url: str, stream: str, facts: list[F]) -> None:
+async def send_stream(redis_url: str, stream: str, facts: Sequence[F], together: bool = False) -> None:
+    """``facts`` written to ``stream`` in one round trip; ``together``: in one transaction too, so that no reader's
+    read comes between them and one read (of as many entries) delivers them all."""
     r = aioredis.Redis.from_url(redis_url)
-    async with r.pipeline(transaction=False) as pipe:
+    async with r.pipeline(transaction=together) as pipe:
         for f in facts:
             pipe.xadd(stream, f.fields())
         await pipe.execute()
@@ -100,6 +103,12 @@ async def wait_consumed(redis_url: str, streams: list[str], group: str = "atp", 
         await until(all_consumed, f"{streams} consumed by {group}", timeout_s, every_s=0.05)
     finally:
         await r.aclose()
+
+
+async def consumed_from_one_read(redis_url: str, stream: str, facts: Sequence[F]) -> None:
+    """``facts`` written to ``stream`` together (one read delivers them all), then waited for until consumed."""
+    await send_stream(redis_url, stream, facts, together=True)
+    await wait_consumed(redis_url, [stream])
 
 
 def dead_lettered(service: Any, stream: str) -> float:

@@ -19,22 +19,13 @@ import pytest
 import redis
 
 from atp_client import AtpClient, Retryable
-from atp_service import AtpService
+from atp_service import AtpService, Clock
 from atp_service.edge import record
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.intake.facts import Result
 from atp_service.intake.owners import FactSender
 from reservation import DomainError, Fact, Limits
-from tests.atp_service.app.test_processes import (
-    SHARDS,
-    Process,
-    balanced,
-    group_of,
-    members_read,
-    owned,
-    processes,
-    routed,
-)
+from tests.atp_service.app.test_processes import SHARDS, Process, group_of, owned, processes
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.conftest import ServiceFactory, services_on, spawned
 from tests.ports import held_port
@@ -285,14 +276,12 @@ def passes_counted(service: AtpService, monkeypatch: pytest.MonkeyPatch) -> list
     return passes
 
 
-async def reader_and_owner(start: ServiceFactory, **other_settings: Any) -> list[Process]:
-    """Two leased processes sharing the groups: the first reads the input stream, the second none."""
-    reader = await start(port=held_port(), host="127.0.0.1", input_streams=STREAMS[:1])
-    other = await start(port=held_port(), host="127.0.0.1", input_streams=(), **other_settings)
-    running = [reader, other]
-    await members_read(running)
-    await until(lambda: balanced(running) and routed(running), "the groups spread over the 2 processes", 60)
-    return running
+async def reader_and_owner(start: ServiceFactory, reader_clock: Clock | None = None,
+                           **owner_settings: Any) -> list[Process]:
+    """Two leased processes sharing the groups: the first reads the input stream ``STREAMS[0]`` (on
+    ``reader_clock`` where given), the second none (started with ``owner_settings``, its clock among them)."""
+    settings = iter([{"clock": reader_clock, "input_streams": STREAMS[:1]}, {**owner_settings, "input_streams": ()}])
+    return await processes(lambda **kw: start(**next(settings), **kw), 2)
 
 
 async def test_a_fact_its_owner_refuses_as_in_the_future_is_dead_lettered_naming_the_entry_s_field(

@@ -9,9 +9,9 @@ from __future__ import annotations
 import redis
 
 from atp_service import ManualClock
-from tests.atp_service.app.test_processes import group_of, owned, processes
-from tests.atp_service.app.test_processes_streams import STREAMS
-from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.app.test_processes import group_of, owned
+from tests.atp_service.app.test_processes_streams import STREAMS, reader_and_owner
+from tests.atp_service.fact_helpers import F, consumed_from_one_read
 from tests.conftest import ServiceFactory
 
 T = 1_700_000_000_000
@@ -25,19 +25,14 @@ async def test_a_read_s_facts_stamped_ahead_of_the_reader_reach_their_owner_in_t
     A receipt read first, stamped just over the grace before a count read after it (at another location of the
     same SKU: one shard, one stream time), was decided after that count there: late (E6), quarantined - its 5
     units never counted - where in the read's order, and read by the owner itself, it is applied."""
-    settings = iter([{"clock": ManualClock(T)},  # the reader, whose clock is behind
-                     {"clock": ManualClock(T + 10 * MINUTE), "input_streams": ()}])  # the owner, reading nothing
-    running = await processes(lambda **kw: start_leased_readers(**next(settings), **kw), 2)
+    # The reader's clock is behind the owner's, which reads nothing.
+    running = await reader_and_owner(start_leased_readers, ManualClock(T), clock=ManualClock(T + 10 * MINUTE))
     (reader, _), (owner, at_owner) = running
     assert reader.config.input_streams and not owner.config.input_streams
     sku = next(s for s in (f"k{i}" for i in range(64)) if group_of(s) in owned(owner))
     grace = owner.config.limits.fact_grace_ms
     facts = [F("r1", "RECEIPT", sku, "L2", 5, AHEAD - grace - MINUTE), F("c1", "COUNT", sku, "DC", 4, AHEAD)]
-    with redis.Redis.from_url(redis_url).pipeline(transaction=True) as pipe:  # one read: delivered together
-        for fact in facts:
-            pipe.xadd(STREAMS[0], fact.fields())
-        pipe.execute()
-    await wait_consumed(redis_url, list(STREAMS))
+    await consumed_from_one_read(redis_url, STREAMS[0], facts)
     r = redis.Redis.from_url(redis_url)
     assert r.xlen("atp:quarantine") == 0 and r.xlen("atp:dlq") == 0
     assert [p.on_hand for p in await at_owner.availability([(sku, "L2"), (sku, "DC")])] == [5, 4]

@@ -7,9 +7,9 @@ from __future__ import annotations
 import redis
 
 from atp_service import ManualClock
-from tests.atp_service.app.test_processes import group_of, owned, processes
-from tests.atp_service.app.test_processes_streams import STREAMS
-from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.app.test_processes import group_of, owned
+from tests.atp_service.app.test_processes_streams import STREAMS, reader_and_owner
+from tests.atp_service.fact_helpers import F, consumed_from_one_read
 from tests.conftest import ServiceFactory
 
 T = 1_700_000_000_000
@@ -23,17 +23,11 @@ async def test_an_entry_stamped_past_year_9999_for_another_owner_is_dead_lettere
     group's owner, whose ``RecordEvents`` request could not be built (no ``Timestamp`` that far): the whole send
     failed, the owner was marked failing, and the entry and every fact read with it for that owner stayed pending
     for good, read again and failing at every pass."""
-    settings = iter([{"clock": ManualClock(T)}, {"clock": ManualClock(T), "input_streams": ()}])
-    running = await processes(lambda **kw: start_leased_readers(**next(settings), **kw), 2)
-    (reader, _), (owner, at_owner) = running
+    (reader, _), (owner, at_owner) = await reader_and_owner(start_leased_readers, ManualClock(T), clock=ManualClock(T))
     assert reader.config.input_streams and not owner.config.input_streams
     sku = next(s for s in (f"far-{i}" for i in range(64)) if group_of(s) in owned(owner))
     facts = [F("far", "RECEIPT", sku, "DC", 1, PAST_TIMESTAMPS), F("near", "RECEIPT", sku, "DC", 2, T - 1000)]
-    with redis.Redis.from_url(redis_url).pipeline(transaction=True) as pipe:  # one read: delivered together
-        for fact in facts:
-            pipe.xadd(STREAMS[0], fact.fields())
-        pipe.execute()
-    await wait_consumed(redis_url, list(STREAMS))
+    await consumed_from_one_read(redis_url, STREAMS[0], facts)
     r = redis.Redis.from_url(redis_url)
     ((_, dead),) = r.xrange("atp:dlq")
     assert dead[b"event_id"] == b"far"

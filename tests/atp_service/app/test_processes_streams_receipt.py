@@ -10,9 +10,9 @@ import redis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
-from tests.atp_service.app.test_processes import group_of, owned, processes
-from tests.atp_service.app.test_processes_streams import STREAMS
-from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.app.test_processes import group_of, owned
+from tests.atp_service.app.test_processes_streams import STREAMS, reader_and_owner
+from tests.atp_service.fact_helpers import F, consumed_from_one_read
 from tests.conftest import ServiceFactory
 
 T = 1_700_000_000_000
@@ -20,8 +20,7 @@ T = 1_700_000_000_000
 
 async def test_a_receipt_s_bad_lines_are_each_refused_alone_and_its_good_lines_applied_once_by_either_way_E8(
         start_leased_readers: ServiceFactory, redis_url: str) -> None:
-    settings = iter([{"clock": ManualClock(T)}, {"clock": ManualClock(T), "input_streams": ()}])
-    running = await processes(lambda **kw: start_leased_readers(**next(settings), **kw), 2)
+    running = await reader_and_owner(start_leased_readers, ManualClock(T), clock=ManualClock(T))
     (reader, at_reader), (other, at_other) = running
     mine = [s for s in (f"r{i}" for i in range(200)) if group_of(s) in owned(reader)][:2]
     theirs = [s for s in (f"r{i}" for i in range(200)) if group_of(s) in owned(other)][:2]
@@ -31,11 +30,7 @@ async def test_a_receipt_s_bad_lines_are_each_refused_alone_and_its_good_lines_a
              F("rcpt-1", "COUNT", mine[1], "S1", -3, T - 1000),  # bad: a count with a delta's sign
              F(long_id, "SALE", mine[0], "S2", 1, T - 1000),  # bad: its id past max_id_length
              F("rcpt-1", "RETURN", theirs[0], "S2", 4, T + 3_600_000)]  # bad: stamped past the skew (E7)
-    with redis.Redis.from_url(redis_url).pipeline(transaction=True) as pipe:  # one read: delivered together
-        for line in lines:
-            pipe.xadd(STREAMS[0], line.fields())
-        pipe.execute()
-    await wait_consumed(redis_url, list(STREAMS))
+    await consumed_from_one_read(redis_url, STREAMS[0], lines)
     r = redis.Redis.from_url(redis_url)
     letters = sorted((fields[b"sku"], fields[b"location"], fields[b"_field"], fields[b"_code"])
                      for _, fields in r.xrange("atp:dlq"))
