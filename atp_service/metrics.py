@@ -178,7 +178,7 @@ class IntakeMetrics:
         )
         self.shipments_unfulfilled = Counter(
             "atp_shipments_unfulfilled_total", "SHIPMENT facts naming a reservation whose units left on_hand but "
-            "fulfilled nothing of it (not CONFIRMED, unknown, or no line at the position)", ["origin"], registry=r,
+            "fulfilled nothing of it, by why (reservation._unfulfilled.Unfulfilled)", ["origin", "reason"], registry=r,
         )
         self.dead_lettered = Counter(
             "atp_dead_lettered_total", "Input-stream entries moved to the dead-letter stream", ["stream"], registry=r

@@ -30,6 +30,7 @@ from ._limits import Limits
 from ._model import Fact, FactOutcome, LineRequest, Reservation
 from ._operations import View
 from ._orders import Place, order_of
+from ._unfulfilled import NotFulfilled, Unfulfilled, fulfilment_refused
 
 
 class Fulfils(enum.Enum):
@@ -95,18 +96,18 @@ def ship(view_: View, fact: Fact, part: str, now: int, limits: Limits,
         return outcome, reason
     order_id, found = order_of(part), view_.reservation(part)
     if found is None:
-        return outcome, (f"stock moved; reservation not fulfilled: {fact.sku}@{fact.location} is not a "
-                         f"line of reservation {order_id!r}")
+        return outcome, NotFulfilled(Unfulfilled.NOT_A_LINE,
+                                     f"{fact.sku}@{fact.location} is not a line of reservation {order_id!r}")
     judged = whose(found, fact)
     if judged == Fulfils.NONE:
-        return outcome, (f"stock moved; reservation not fulfilled: the part at {fact.sku}@{fact.location} is an "
-                         f"earlier order's of id {order_id!r}, and the fact is stamped after this one opened")
+        return outcome, NotFulfilled(Unfulfilled.EARLIER_ORDER, f"the part at {fact.sku}@{fact.location} is an earlier "
+                                     f"order's of id {order_id!r}, and the fact is stamped after this one opened")
     if judged == Fulfils.EARLIER:
-        return outcome, (f"stock moved; reservation not fulfilled: the fact is stamped before order {order_id!r} "
-                         "opened by half the retention or more: a shipment of an earlier holder of its id")
+        return outcome, NotFulfilled(Unfulfilled.EARLIER_HOLDER, f"the fact is stamped before order {order_id!r} "
+                                     "opened by half the retention or more: a shipment of an earlier holder of its id")
     at = now if judged == Fulfils.OWN else found.updated_at  # another order's: as stale as it was (``Fulfils``)
     try:  # the fact moved on_hand already: only committed moves here
         ops.fulfill_committed(view_, part, (LineRequest(fact.sku, fact.location, fact.quantity),), at, limits)
     except DomainError as exc:
-        return outcome, f"stock moved; reservation not fulfilled: {exc.message}"
+        return outcome, fulfilment_refused(exc)
     return outcome, ""

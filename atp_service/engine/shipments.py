@@ -9,9 +9,7 @@ from reservation import DomainError, Fact, FactOutcome, Limits, Reservation, Vie
 from reservation import _order_shipments as order_shipments
 from reservation import _orders as orders
 from reservation._order_shipments import Judge
-
-UNFULFILLED = "stock moved; reservation not fulfilled"
-"""How the reason of a SHIPMENT that moved stock but fulfilled nothing of its reservation begins."""
+from reservation._unfulfilled import NotFulfilled, Unfulfilled
 
 
 class Asking(NamedTuple):
@@ -53,7 +51,7 @@ def fulfilling_its(fact: Fact, order: Reservation | None, group: int, place: ord
     return fulfilling(fact, orders.part_id(order.reservation_id, group), limits, whose)
 
 
-def unfulfilled(fact: Fact, why: str) -> Shipping:
+def unfulfilled(fact: Fact, why: NotFulfilled) -> Shipping:
     """The SHIPMENT applied on its own shard fulfilling nothing, ``why`` told: the stock moves as any SHIPMENT's
     (Q1, R4; once, by the fact's identity, E8), and the fact is answered, counted and logged as not fulfilled
     (``FactDesk._tell_unfulfilled``: ``shipment_not_fulfilled``)."""
@@ -61,12 +59,13 @@ def unfulfilled(fact: Fact, why: str) -> Shipping:
         outcome, reason = view.record_fact(fact)
         if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED):
             return outcome, reason
-        return outcome, f"{UNFULFILLED}: {why}"
+        return outcome, why
 
     return work
 
 
-def refused_for_good(reservation_id: str, refusal: DomainError) -> str:
+def refused_for_good(reservation_id: str, refusal: DomainError) -> NotFulfilled:
     """Why a SHIPMENT fulfilled nothing of a reservation that refused for good (``parts.lasting``) a step before its
     fulfilment: a refused fact left the units in on_hand, offered again, until an operator replayed it."""
-    return f"reservation {reservation_id!r} cannot take it ({refusal.reason.name}: {refusal.message})"
+    why = f"reservation {reservation_id!r} cannot take it ({refusal.reason.name}: {refusal.message})"
+    return NotFulfilled(Unfulfilled.REFUSED, why)

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from atp_service.engine.claims_ahead import ClaimsAhead, homed_elsewhere
 from atp_service.engine.parts import lasting
 from atp_service.engine.router import Engine
-from atp_service.engine.shipments import UNFULFILLED, refused_for_good, unfulfilled
+from atp_service.engine.shipments import refused_for_good, unfulfilled
 from atp_service.intake.duplicates import counts_durable, duplicates_durable, told_first
 from atp_service.intake.quarantine import Acks, QuarantineStream
 from atp_service.logs import EveryInterval
@@ -45,6 +45,7 @@ from reservation._dedupe import digest
 from reservation._keys import fact_payload
 from reservation._limits import CAPACITY_QUARANTINE, DEDUPE_LIMIT, POSITIONS_LIMIT
 from reservation._order_shipments import earlier_holder
+from reservation._unfulfilled import NotFulfilled, Unfulfilled, fulfilment_refused
 
 Result = tuple[FactOutcome, str]
 _KIND_NAMES = {k.value: k.name for k in FactKind}
@@ -290,9 +291,9 @@ class FactDesk:
         stream's caller reads no answer, so it is counted and logged, never only said in a reply."""
         for i in shipments:
             result = results[i]
-            if type(result) is tuple and result[1].startswith(UNFULFILLED):
+            if type(result) is tuple and isinstance(result[1], NotFulfilled):
                 fact = facts[i]
-                self.metrics.shipments_unfulfilled.labels(origin).inc()
+                self.metrics.shipments_unfulfilled.labels(origin, result[1].cause.value).inc()
                 fields = self.unfulfilled_lines.fields(
                     event="shipment_not_fulfilled", reservation_id=fact.reservation_id, event_id=fact.event_id,
                     source=fact.source, origin=origin)
@@ -316,24 +317,25 @@ class FactDesk:
             if engine.is_order(home, fact.reservation_id):
                 return await engine.orders.shipment(fact, fact.reservation_id)
             if home != sku_shard:  # an ordinary reservation has every line on its own shard: not this one
-                why = f"{fact.sku}@{fact.location} is not a line of reservation {fact.reservation_id!r}"
+                why = NotFulfilled(Unfulfilled.NOT_A_LINE, f"{fact.sku}@{fact.location} is not a line of "
+                                   f"reservation {fact.reservation_id!r}")
                 moved: Result = await engine.run({sku_shard}, sku_shard, unfulfilled(fact, why))
                 return moved
 
         def work(view: View, now: int) -> Result:
             outcome, reason = view.record_fact(fact)  # on the fact's shard, held with the record's
             if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED) or home is None:
-                note = "" if home is not None else f"{UNFULFILLED}: reservation {fact.reservation_id!r} unknown"
-                return outcome, reason or (note if outcome == FactOutcome.APPLIED else reason)
+                unknown = NotFulfilled(Unfulfilled.UNKNOWN, f"reservation {fact.reservation_id!r} unknown")
+                return outcome, reason or (unknown if outcome == FactOutcome.APPLIED and home is None else reason)
             if why := earlier_holder(view.reservation(fact.reservation_id), fact, engine.limits):
-                return outcome, f"{UNFULFILLED}: {why}"  # R4: not this holder's units; the stock moved alone (Q1)
+                return outcome, NotFulfilled(Unfulfilled.EARLIER_HOLDER, why)  # R4: not its holder's; stock moved (Q1)
             line = (LineRequest(fact.sku, fact.location, fact.quantity),)
             try:
                 # Once: a resend is a duplicate (E8, per position: the lines of one shipment sharing an
                 # id each fulfil their own), so no operation counts against max_ops_per_reservation.
                 ops.fulfill_committed(view, fact.reservation_id, line, now, engine.limits)
             except DomainError as exc:
-                return outcome, f"{UNFULFILLED}: {exc.message}"
+                return outcome, fulfilment_refused(exc)
             return outcome, ""
 
         if home is None:

@@ -131,3 +131,9 @@ def held_script(client: Any) -> bytes:
     client) so that a call landed late runs it, not NOSCRIPT."""
     client.script_load(WRITE_ONCE_SCRIPT.body)
     return WRITE_ONCE_SCRIPT.sha.encode()
+
+
+def unfulfilled_told(service: Any, reason: str, origin: str = "grpc") -> float:
+    """``atp_shipments_unfulfilled_total`` of ``origin`` and ``reason`` on an in-process service (0: none yet)."""
+    labels = {"origin": origin, "reason": reason}
+    return service.metrics.registry.get_sample_value("atp_shipments_unfulfilled_total", labels) or 0.0

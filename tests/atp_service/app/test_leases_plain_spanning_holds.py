@@ -14,11 +14,11 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
 from atp_service.app.balancing import preference
 from atp_service.engine import maintenance
-from atp_service.intake.facts import UNFULFILLED
+from reservation._unfulfilled import UNFULFILLED
 from tests.atp_service.app.test_processes import owned
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.engine.test_expiry_races import _spanning_hold, _started
-from tests.atp_service.fact_helpers import wait_consumed
+from tests.atp_service.fact_helpers import unfulfilled_told, wait_consumed
 from tests.conftest import ServiceFactory
 from tests.ports import held_port
 from tests.waiting import until
@@ -105,9 +105,7 @@ async def test_a_shipment_of_a_plain_hold_spanning_shards_under_leases_moves_the
     (answer,) = await client.record_events([shipped])  # the gRPC answer per fact
     assert answer.outcome == pb.FACT_OUTCOME_APPLIED, answer
     assert answer.detail.startswith(UNFULFILLED) and "INTERNAL" in answer.detail, answer.detail
-    registry = service.metrics.registry
-    assert [registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": origin})
-            for origin in ("stream", "grpc")] == [1, 1]
+    assert [unfulfilled_told(service, "refused", origin) for origin in ("stream", "grpc")] == [1, 1]
     (position,) = await client.availability([(sku, "S1")])
     # 5 received by the single writer and the RECEIPT after them, both SHIPMENTs gone; r1 held as it was
     assert (position.on_hand, position.reserved) == (4, held), position
@@ -157,4 +155,4 @@ async def test_a_shipment_read_by_another_process_than_its_owner_is_applied_ther
     async with AtpClient(f"127.0.0.1:{owner.port}", timeout_s=5) as at_owner:
         positions = await at_owner.availability([(skus[0], "S1"), (skus[1], "S1"), (shipped, "S1")])
     assert [p.on_hand for p in positions] == [4, 7, 4], positions  # the SHIPMENT applied
-    assert owner.metrics.registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": "grpc"}) == 1
+    assert unfulfilled_told(owner, "refused") == 1

@@ -13,9 +13,9 @@ import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
-from atp_service.intake.facts import UNFULFILLED
 from reservation import Limits, Reservation, State
 from reservation import _orders as orders
+from reservation._unfulfilled import UNFULFILLED
 from tests.atp_service.app.leased_pair import stocked_pair
 from tests.atp_service.edge.test_api import T0, receipt
 from tests.conftest import ServiceFactory

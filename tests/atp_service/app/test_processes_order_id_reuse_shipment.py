@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service.intake.facts import UNFULFILLED
 from reservation import Reservation
 from reservation import _orders as orders
+from reservation._unfulfilled import UNFULFILLED
 from tests.atp_service.app.test_order_id_reuse_shipment import copy_in_place, stale_part_in_place
 from tests.atp_service.app.test_processes import SHARDS, Process, group_of, processes
 from tests.atp_service.app.test_processes_order_steps import stocked
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.fact_helpers import unfulfilled_told
 from tests.conftest import ServiceFactory, services_on
 
 
@@ -71,7 +72,7 @@ async def test_a_shipment_at_the_part_s_process_tells_another_order_s_part_by_it
     found = other.engine.actors[part_group].ledger.reservation(orders.part_id("o", part_group))
     assert found is not None
     if stamped == "after":
-        assert shipped.detail.startswith(UNFULFILLED), shipped
+        assert shipped.detail.startswith(UNFULFILLED) and unfulfilled_told(other, "earlier_order") == 1, shipped
         assert found == copy, "the earlier order's part fulfilled by this order's shipment"
     else:
         assert shipped.detail == "", shipped
@@ -125,6 +126,7 @@ async def test_a_shipment_at_the_part_s_process_stamped_well_before_the_order_op
     assert shipped.outcome == pb.FACT_OUTCOME_APPLIED, shipped
     fulfilled = 0 if stamped == "well before" else 1
     assert shipped.detail.startswith(UNFULFILLED) == (not fulfilled), shipped
+    assert unfulfilled_told(other, "earlier_holder") == 1 - fulfilled
     part = other.engine.actors[part_group].ledger.reservation(orders.part_id("o", part_group))
     assert part is not None and _committed(part) == [3 - fulfilled], "an earlier holder's shipment fulfilled o"
     (again,) = await other_client.record_events([fact])

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service.intake.facts import UNFULFILLED
+from reservation._unfulfilled import UNFULFILLED
 from tests.atp_service.app.test_lease_part_outlived import _group_restored, _group_saved
 from tests.atp_service.app.test_processes import SHARDS, group_of, owned, processes, routed, shipment
 from tests.atp_service.app.test_processes_order_steps import stocked

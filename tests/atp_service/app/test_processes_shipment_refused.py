@@ -11,11 +11,12 @@ import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.engine import parts
-from atp_service.intake.facts import UNFULFILLED
 from reservation import Limits, State
 from reservation import _orders as orders
+from reservation._unfulfilled import UNFULFILLED
 from tests.atp_service.app.test_processes import SHARDS, group_of, processes, shipment
 from tests.atp_service.app.test_processes_order_steps import steps_not_reaching, stocked
+from tests.atp_service.fact_helpers import unfulfilled_told
 from tests.conftest import ServiceFactory, services_on
 
 LIVE_PER_SHARD = 3
@@ -75,7 +76,7 @@ async def test_a_shipment_whose_order_is_refused_for_good_by_its_settle_moves_th
     (answer,) = await at_client.record_events([shipment("out-1", shipped, 1, "o-1")])
     assert answer.outcome == pb.FACT_OUTCOME_APPLIED, answer
     assert answer.detail.startswith(UNFULFILLED) and "CAPACITY_REACHED" in answer.detail, answer.detail
-    assert at.metrics.registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": "grpc"}) == 1
+    assert unfulfilled_told(at, "refused") == 1
     (p,) = await at_client.availability([(shipped, "DC")])
     assert (p.on_hand, p.reserved, p.committed) == (4, 0, 0), "shipped once, the order's hold given back"
     assert home.engine is not None

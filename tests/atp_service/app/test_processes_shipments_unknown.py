@@ -18,7 +18,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import peers
 from atp_service.engine import claims_ahead, parts
 from atp_service.engine.router import Engine
-from atp_service.intake.facts import UNFULFILLED
+from reservation._unfulfilled import UNFULFILLED
 from tests.atp_service.app.test_processes import SHARDS, Process, group_of, owned, processes, shipment
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on

@@ -22,6 +22,7 @@ from tests.atp_service.fact_helpers import (
     reference_on_hand,
     send_grpc,
     send_stream,
+    unfulfilled_told,
     wait_consumed,
     with_duplicates,
 )
@@ -338,8 +339,7 @@ async def test_a_shipment_that_fulfils_nothing_of_its_reservation_is_counted_R4(
         fields["reservation_id"] = reservation
         r.xadd("atp:in:wms", fields)  # type: ignore[arg-type]
     await wait_consumed(redis_url, ["atp:in:wms"])
-    registry = service.metrics.registry
-    assert registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": "stream"}) == 2
+    assert [unfulfilled_told(service, reason, "stream") for reason in ("not_confirmed", "unknown")] == [1, 1]
     (a,) = await client.availability([("A", "S1")])
     assert (a.on_hand, a.reserved) == (5, 4)  # stock moved; the hold stands, as the reason said
 
@@ -363,7 +363,7 @@ async def test_a_flood_of_shipments_that_fulfil_nothing_logs_a_line_an_interval_
         await client.record_events(shipments[29:])
     lines = [record for record in caplog.records if getattr(record, "event", "") == "shipment_not_fulfilled"]
     assert len(lines) == 1, [record.getMessage() for record in lines]
-    assert service.metrics.registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": "grpc"}) == 30
+    assert unfulfilled_told(service, "unknown") == 30
     (a,) = await client.availability([("A", "S1")])
     assert a.on_hand == 70  # every shipment applied: only the lines about them are left out
     assert service.desk is not None

@@ -14,8 +14,9 @@ import pytest
 from atp_client import AtpClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
-from atp_service.intake.facts import UNFULFILLED
 from reservation import Limits
+from reservation._unfulfilled import UNFULFILLED
+from tests.atp_service.fact_helpers import unfulfilled_told
 from tests.conftest import ServiceFactory
 
 T0 = 1_700_000_000_000
@@ -67,7 +68,7 @@ async def test_an_earlier_holder_s_late_shipment_fulfils_nothing_of_the_id_reser
 
     (late,) = await client.record_events([shipment("old-parcel", T0 + 1)])  # the earlier holder's, stamped then
     assert late.outcome == pb.FACT_OUTCOME_APPLIED and late.detail.startswith(UNFULFILLED), late
-    assert "earlier holder" in late.detail, late
+    assert "earlier holder" in late.detail and unfulfilled_told(service, "earlier_holder") == 1, late
     (line,) = [r for r in caplog.records if getattr(r, "event", "") == "shipment_not_fulfilled"]
     assert (line.reservation_id, line.event_id) == ("r", "old-parcel"), line  # type: ignore[attr-defined]
     assert await committed_to(client) == (pb.RESERVATION_STATE_CONFIRMED, 3, 9, 3), \

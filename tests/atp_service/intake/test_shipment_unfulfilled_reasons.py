@@ -1,0 +1,46 @@
+"""``atp_shipments_unfulfilled_total`` says why a SHIPMENT naming a reservation moved the stock and fulfilled nothing
+(R4), on a real service and a real redis-server: its ``reason`` label, of a closed vocabulary
+(``reservation._unfulfilled.Unfulfilled``), tells a late shipment of an earlier holder of the id (nothing to fix) from
+a reservation whose units stay reserved or committed beside those gone (to fix by hand)."""
+
+from __future__ import annotations
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import ManualClock
+from reservation._unfulfilled import Unfulfilled
+from tests.atp_service.fact_helpers import F, unfulfilled_told
+from tests.atp_service.intake.test_shipment_earlier_holder import T0, reserved_again
+from tests.conftest import ServiceFactory
+
+
+def shipment(event_id: str, location: str, quantity: int, reservation_id: str, at: int) -> pb.Fact:
+    fact = F(event_id, "SHIPMENT", "A", location, quantity, at, "wms").pb()
+    fact.reservation_id = reservation_id
+    return fact
+
+
+async def test_each_shipment_that_fulfils_nothing_is_counted_by_why_R4(
+        start_service: ServiceFactory) -> None:
+    """Defect: every such shipment was counted under its origin alone, whatever the reason: a dashboard could not tell
+    an earlier holder's late parcel from a WMS shipping before the OMS confirmed, or a shipment reported twice."""
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock)
+    assert service.engine is not None
+    await client.record_events([F("stock", "RECEIPT", "A", "DC", 20, T0 - 1_000, "wms").pb()])
+    await reserved_again(client, service.engine.run_maintenance, clock)  # r: its earlier holder forgotten
+    now = clock.now_ms()
+    await client.reserve("held", [("A", "DC", 1)], ttl_seconds=600)
+    for rid in ("shipped", "elsewhere"):
+        await client.reserve(rid, [("A", "DC", 1)], ttl_seconds=600)
+        await client.confirm(rid)
+    facts = [shipment("old-parcel", "DC", 1, "r", T0 + 1),  # stamped while r's earlier holder was live
+             shipment("early", "DC", 1, "held", now),  # before the OMS confirmed
+             shipment("lost", "DC", 1, "nope", now),  # no such reservation
+             shipment("once", "DC", 1, "shipped", now), shipment("twice", "DC", 1, "shipped", now),  # twice reported
+             shipment("astray", "S2", 1, "elsewhere", now)]  # a position that is no line of it
+    answers = await client.record_events(facts)
+    assert [a.outcome for a in answers] == [pb.FACT_OUTCOME_APPLIED] * len(facts), answers
+    assert [bool(a.detail) for a in answers] == [True, True, True, False, True, True], answers
+    counted = {cause.value: unfulfilled_told(service, cause.value) for cause in Unfulfilled}
+    assert counted == {"earlier_holder": 1, "not_confirmed": 1, "unknown": 1, "resolved": 1, "not_a_line": 1,
+                       "earlier_order": 0, "refused": 0}, counted
