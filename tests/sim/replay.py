@@ -3,12 +3,18 @@ snapshot, then the log after it) — not only its positions and reservations, bu
 reads: the kept fact history (E2, E9), the facts it remembers (E8), its holds by position, its expiry
 queue, its stream time and what it has forgotten (E6, E8, E9).
 
-What may differ is only what upkeep between batches did since the snapshot: the live ledger forgets
-remembered facts and frees kept deltas stamped before its horizon (``Upkeep.forgotten_before``), which a
-replay of the log does not do — so the live one may remember less than the fresh one, never anything the
-fresh one does not, and exactly the same from its horizon on; and what it forgot changes no answer.
-Everything is compared by content (the order of a set, whether a remembered fact is sealed yet, is no
-answer's)."""
+What may differ is what upkeep forgets (E8, E9), which a replay of the log does not repeat and whose cadence a
+snapshot does not carry. The live ledger forgets remembered facts and frees kept deltas stamped before its horizon
+(``Upkeep.late_horizon``: stream time less the grace, never before ``forgotten_before``), at most once each time
+that horizon moves a sixteenth of the grace (``Upkeep._pass_every``). The fresh one, compared here, has forgotten
+nothing since its snapshot: the live one may remember less than it, never anything it does not, and exactly the
+same from the horizon on (the same in both). The fresh one's first pass then forgets at once all that is stamped
+before the horizon, which the live one may keep until its next: after their passes either may remember less than
+the other, only ever facts stamped before that shared horizon — E8's window (the grace) stays covered by both
+(``tests/reservation/test_forgetting_restored.py``). That changes no position, record or stream time, but it
+changes one answer: a resend of such a fact is a duplicate (or a conflict, quarantined) where it is remembered, and
+late (E6, quarantined) where it is forgotten — applied by neither. Everything is compared by content (the order of
+a set, whether a remembered fact is sealed yet, is no answer's)."""
 
 from __future__ import annotations
 
