@@ -1,19 +1,20 @@
 """A Reserve decided over a ledger with one record not shown (``Anew``): a part of an earlier order of its id, resolved
 so long ago that its order's home may have forgotten that order, where a new order of that id reserves it
-(``_order_losses.forgotten``), pure."""
+(``forgotten``, ``forgotten_now``), pure."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._model import Fact, FactOutcome, Quantities, Reservation
+from ._limits import Limits
+from ._model import TERMINAL, Fact, FactOutcome, Quantities, Reservation
 
 if TYPE_CHECKING:
     from ._reserve import ReserveView
 
 
 class Anew:
-    """``view`` with the record ``reservation_id`` not shown (``_order_losses.forgotten``): a Reserve decided over it
+    """``view`` with the record ``reservation_id`` not shown (``forgotten``): a Reserve decided over it
     decides anew and saves over that record, as over none — it holds no units (resolved), so none is moved for it."""
 
     def __init__(self, view: ReserveView, reservation_id: str) -> None:
@@ -39,3 +40,25 @@ class Anew:
 
     def record_fact(self, fact: Fact) -> tuple[FactOutcome, str]:
         return self._view.record_fact(fact)
+
+
+def forgotten(part: Reservation | None, opened: int, limits: Limits) -> bool:
+    """Whether ``part``, found where its order's Reserve reserves a part, is resolved, nothing pending, 3/4 of the
+    retention or longer before its order opened (``opened``: its ``created_at``, by its home's clock): an earlier
+    order's of that id, forgotten at its home before this one opened (R5) — resolved before its order (R3), forgotten
+    a retention after that by the home's clock, which may have run behind the part's group's by the gap allowed
+    between groups' clocks (two hosts' gaps, each under an eighth of the retention: ``GroupClock``). Reserved anew
+    (``Anew``), never replayed as the new order's decision nor proof of a confirmation (``_order_losses``'
+    ``was_confirmed``). Resolved after the order opened, or judged its own by its group as the order opened
+    (``forgotten_now``), it is the order's own however long ago (R5, R7): so judged again by whatever decides the
+    order later (as ``_order_losses._own`` does)."""
+    return part is not None and part.state in TERMINAL and part.pending is None and \
+        opened - part.updated_at >= limits.retention_ms * 3 // 4
+
+
+def forgotten_now(part: Reservation | None, now: int, limits: Limits) -> bool:
+    """``forgotten`` for an order opened just now, by its part's group's clock (``now``), up to that gap behind the
+    home's too: half the retention. An order opened again as new (its home's record lost) meets its own parts resolved
+    so long before as an earlier order's: nothing else tells them apart (that order's part holds the same)."""
+    return part is not None and part.state in TERMINAL and part.pending is None and \
+        now - part.updated_at >= limits.retention_ms // 2

@@ -22,10 +22,10 @@ the parts that remain say of the order, pure. The engine acts on it (``atp_servi
   moved nothing out of ``on_hand`` there (R4). The part is made again as the order's record holds it, its units not
   released committed again at its group whether or not they still fit (``part_again``, ``commit_again``): where they
   no longer do, the position shows oversold (Q5: counted, never hidden), as the service acknowledged it (R7).
-- A part resolved half its retention or longer before its order opened, where that order reserves it (``forgotten``):
-  an earlier order's of that id, forgotten at its home (by its clock, up to the clocks' gap allowed ahead of the
-  group's), not evicted at its group yet (or back from older data). Reserved anew (``_order_anew.Anew``), as once
-  evicted — replayed, RELEASED it refused the new order, FULFILLED it decided it CONFIRMED with nothing held (R5).
+- A part resolved 3/4 of the retention or longer before its order opened by its home's clock (half of it by its
+  group's, for an order opened just now), where that order reserves it (``forgotten``): an earlier order's of that id,
+  forgotten at its home, not evicted at its group yet (or back from older data). Reserved anew (``_order_anew.Anew``),
+  as once evicted — replayed, RELEASED it refused the new order, FULFILLED it decided it CONFIRMED with nothing held.
 - A part of other content than its order asks (``own_part``): the order's record Redis lost at its home, its id
   reserved again with other content (R5: refused, the order given up); or, the first no longer remembered, the id
   reserved again and decided, then the part's group back from data older than this order's part. The part is that
@@ -57,6 +57,7 @@ from ._model import (
     State,
 )
 from ._operations import View
+from ._order_anew import forgotten
 from ._orders import PART_MARK, PART_TTL_MS, Place
 
 if TYPE_CHECKING:
@@ -100,7 +101,8 @@ def _own(order: Reservation, part: Reservation, cmd: ReserveCommand | None, limi
     3/4 of the retention or longer before ``order`` opened: an earlier order's of that id, its group back from older
     data (R7), forgotten at the home a retention after it, so R - g older than the order by a group's clock a gap g
     ahead of the home's; an own part, resolved after the order opened or (the order opened again, its home's record
-    lost) replayed by its Reserve step under R/2 before by its group's clock (``forgotten``): apart while g < R/4."""
+    lost) replayed by its Reserve step under R/2 before by its group's clock (``_order_anew.forgotten_now``): apart
+    while g < R/4 (``forgotten``: the same bound)."""
     if cmd is None or not own_part(part, cmd):
         return False
     return part.state not in TERMINAL or order.created_at - part.updated_at < limits.retention_ms * 3 // 4
@@ -260,9 +262,9 @@ def commit_again(view_: View, part: Reservation, limits: Limits) -> Reservation:
 
 def was_confirmed(order: Reservation, part: Reservation, limits: Limits, answered: bool = False) -> bool:
     """Whether ``part`` was confirmed (CONFIRMED, or FULFILLED: only committed units are fulfilled, R4) by a CONFIRM
-    ``order``'s home recorded (R3): never an earlier order's (``forgotten``; kept where its group refused it anew) —
-    but ``answered``, as the order's Reserve step answered it, it was replayed as the order's own there (R5: judged by
-    its group's clock for an order opened just now, its home's, ``created_at``, up to the allowed gap ahead)."""
+    ``order``'s home recorded (R3): never an earlier order's (``forgotten``, by the home's clock: any part its group
+    replayed as the order's own as it opened is not; kept where its group refused it anew) — ``answered``, as the
+    order's Reserve step answered it, it was replayed as the order's own there (R5)."""
     proof = part.state in (State.CONFIRMED, State.FULFILLED)
     return proof and (answered or not forgotten(part, order.created_at, limits))
 
@@ -384,16 +386,3 @@ def decide(order: Reservation, parts: Mapping[int, Reservation], now: int, place
     if decided_by_parts(order, parts, place, limits, answered):
         return decided_again(order, parts, now), []
     return orders.decide(order, parts, now)
-
-
-def forgotten(part: Reservation | None, opened: int, limits: Limits) -> bool:
-    """Whether ``part``, found where its order's Reserve reserves a part, is resolved, nothing pending, half the
-    retention or longer before its order opened (``opened``, by its home's clock; for an order opened just now, its
-    group's clock now): an earlier order's of that id, forgotten at its home before this one opened (R5) — an order is
-    resolved after its parts (R3) and forgotten a retention later by its home's clock, up to the clocks' gap allowed
-    ahead of this group's (two hosts' gaps, each under an eighth of the retention: ``GroupClock``). Reserved anew,
-    ``_order_anew.Anew``, never replayed as the new order's decision nor proof of a confirmation (``was_confirmed``).
-    The order's own part, resolved after it opened, is replayed however long ago (R5, R7: an order decided again keeps
-    its lines shipped or released); one opened again as new (its home's record lost) meets its parts as an earlier's."""
-    return part is not None and part.state in TERMINAL and part.pending is None and \
-        opened - part.updated_at >= limits.retention_ms // 2

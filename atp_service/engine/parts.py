@@ -60,7 +60,7 @@ class ReservePart(msgspec.Struct, tag="reserve", array_like=True, frozen=True, f
 
 class ReserveOpened(ReservePart, tag="reserve-opened", array_like=True, frozen=True, forbid_unknown_fields=True):
     """Reserve a part of an order opened before the saga sending it (decided again), ``opened`` then by its home's
-    clock: a part resolved since is the order's own, however long ago (``_order_losses.forgotten``). A kind of its
+    clock: a part resolved since is the order's own, however long ago (``_order_anew.forgotten``). A kind of its
     own, which a process of an earlier release refuses whole (``INVALID_ARGUMENT``), never judging by its clock."""
 
     opened: int

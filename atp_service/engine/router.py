@@ -46,9 +46,8 @@ from reservation import (
     Unavailable,
 )
 from reservation import _operations as ops
-from reservation import _order_losses as losses
 from reservation._bulk import room_refusal
-from reservation._order_anew import Anew
+from reservation._order_anew import Anew, forgotten, forgotten_now
 
 log = logging.getLogger(__name__)
 
@@ -254,10 +253,11 @@ class Engine(RecordChanges):
 
     def reserve_part(self, ledger: Ledger, cmd: ReserveCommand, now: int, opened: int = 0) -> Reservation:
         """A part of an order spanning groups, on its group's shard (``Orders``): over a part of that id resolved so
-        long before its order opened (``opened``, by its home's clock; 0: opened just now, ``now`` stands for it)
-        that its order's home may have forgotten the order it was part of (an earlier order's, not evicted yet
-        here: ``_order_losses.forgotten``), reserved anew (R5)."""
-        anew = losses.forgotten(ledger.reservation(cmd.reservation_id), opened or now, self.limits)
+        long before its order opened (``opened``, by its home's clock; 0: opened just now, judged by ``now``) that
+        its order's home may have forgotten the order it was part of (an earlier order's, not evicted yet here:
+        ``_order_anew.forgotten``, ``forgotten_now``), reserved anew (R5)."""
+        found = ledger.reservation(cmd.reservation_id)
+        anew = forgotten(found, opened, self.limits) if opened else forgotten_now(found, now, self.limits)
         return self._reserve_checked(ledger, ledger, cmd, now, anew)[0]
 
     def _reserve_checked(self, home: Ledger, view: ReserveView, cmd: ReserveCommand, now: int, anew: bool = False

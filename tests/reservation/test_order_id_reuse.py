@@ -8,7 +8,7 @@ import msgspec
 from reservation import LineRequest, OrderStep, PendingOp, State, reserve
 from reservation import _order_losses as losses
 from reservation import _orders as orders
-from reservation._order_anew import Anew
+from reservation._order_anew import Anew, forgotten_now
 from tests.reservation.helpers import LIMITS, cmd
 from tests.reservation.test_orders import NOW, Estate, changed, place, reserved_order
 
@@ -29,13 +29,13 @@ def test_a_part_resolved_past_its_retention_is_reserved_anew_never_replayed_R5()
     part = estate.ledgers[1].reservation(share.reservation_id)
     assert part is not None and part.state == State.RELEASED and estate.held("B") == 0
     late = part.updated_at + LIMITS.retention_ms // 2
-    assert losses.forgotten(part, late, LIMITS) and not losses.forgotten(part, late - 1, LIMITS)
-    assert not losses.forgotten(None, late, LIMITS)
+    assert forgotten_now(part, late, LIMITS) and not forgotten_now(part, late - 1, LIMITS)
+    assert not forgotten_now(None, late, LIMITS)
     again, replayed = reserve(Anew(estate.ledgers[1], share.reservation_id), share, late)
     assert (again.state, replayed, again.created_at) == (State.HELD, False, late) and estate.held("B") == 2
     assert estate.ledgers[1].reservation(share.reservation_id) == again
     assert reserve(estate.ledgers[1], share, late) == (again, True)  # a retry: a replay (R5)
-    assert not losses.forgotten(again, late + LIMITS.retention_ms, LIMITS)  # live: never forgotten
+    assert not forgotten_now(again, late + LIMITS.retention_ms, LIMITS)  # live: never forgotten
 
 
 SECOND = cmd("o", ("A", "S1", 3), ("B", "S1", 1))
@@ -125,9 +125,10 @@ def test_a_same_content_part_resolved_long_before_its_order_opened_is_another_or
         parts = estate.parts(second)
         assert losses.others(second, parts, place, LIMITS) == ([] if own else [1])
         assert losses.lost_parts(second, parts, late, LIMITS, place) == ([] if own else [1])
-    # Proof of a confirmation only resolved less than half the retention before it opened: one older is an earlier
-    # order's (``forgotten``), which confirmed the HELD order again unasked, or decided it CONFIRMED (R3).
-    for late, proof in ((part.updated_at + half - 1, True), (part.updated_at + half, False),
+    # Proof of a confirmation only resolved less than three quarters of the retention before it opened, as an own part
+    # is: one older is an earlier order's (``forgotten``), which confirmed the HELD order again unasked, or decided it
+    # CONFIRMED (R3); one younger, its own, shipped (read so), never left HELD to expire.
+    for late, proof in ((part.updated_at + half, True), (part.updated_at + margin - 1, True),
                         (part.updated_at + margin, False)):
         second = msgspec.structs.replace(held, created_at=late)
         parts = estate.parts(second)
@@ -170,7 +171,8 @@ def test_a_shipped_part_its_reserve_step_replayed_proves_the_order_confirmed_by_
     up (each under an eighth of the retention). A FULFILLED part its step replayed (resolved under half the retention
     ago by its group's clock) was judged again by the order's opening (``created_at``) and taken for an earlier order's:
     no proof of a confirmation, the order decided REJECTED from its own shipped part, its other holds released. As the
-    steps answered the parts, a replayed one is the order's own (``answered``); as read, the opening still decides."""
+    steps answered the parts, a replayed one is the order's own (``answered``); as read, by the opening, so too (under
+    three quarters of the retention before it: half and the gap), and an earlier order's (past that) proves nothing."""
     estate = Estate()
     fulfilled = changed(estate, changed(estate, reserved_order(estate, ASKED), PendingOp(OrderStep.CONFIRM)),
                         PendingOp(OrderStep.FULFIL))
@@ -178,6 +180,8 @@ def test_a_shipped_part_its_reserve_step_replayed_proves_the_order_confirmed_by_
     ahead = msgspec.structs.replace(fulfilled, state=State.HELD, pending=PendingOp(OrderStep.RESERVE),
                                     created_at=parts[1].updated_at + LIMITS.retention_ms // 2)
     assert losses.decided_by_parts(ahead, parts, place, LIMITS, answered=True)
-    assert not losses.decided_by_parts(ahead, parts, place, LIMITS), "read back, an earlier order's proves nothing"
+    assert losses.decided_by_parts(ahead, parts, place, LIMITS), "read back, its own shipped part proves nothing"
+    earlier = msgspec.structs.replace(ahead, created_at=parts[1].updated_at + LIMITS.retention_ms * 3 // 4)
+    assert not losses.decided_by_parts(earlier, parts, place, LIMITS), "read back, an earlier order's proves it"
     decided, release = losses.decide(ahead, parts, NOW, place, LIMITS, answered=True)
     assert decided is not None and decided.state == State.CONFIRMED and release == []
