@@ -102,6 +102,11 @@ class ServiceConfig(ServingFields):
     """Deliveries after which an input entry whose fact is refused for a reason that does not pass with time
     (docs/OPERATIONS.md "Input streams") is dead-lettered (REFUSED_REPEATEDLY), not read again for ever (0: never)."""
 
+    ingest_read_refusals_max: int = 10
+    """Reads of the input streams Redis refuses for a reason waiting does not cure (a key of another type, the Redis
+    user's ACL: WRONGTYPE, NOPERM), with none succeeding between, after which the reader says so as an error
+    (``ingest_read_refused``, ``atp_ingest_read_refused`` 1); it reads again at growing waits up to 2 s meanwhile."""
+
     ingest_refused_kept: int = 10_000
     """Most input entries refused as stamped in the future (E7) kept in Redis as refused per input stream, while the
     stream holds them (``intake/refused_kept.py``): past it the oldest is forgotten, counted

@@ -59,6 +59,7 @@ class IngestSettings:
     claim_idle_ms: int
     ingest_max_deliveries: int
     ingest_refused_kept: int
+    ingest_read_refusals_max: int
     ingest_max_entry_bytes: int
     dead_letter_stream: str
     side_stream_maxlen: int

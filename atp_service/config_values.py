@@ -106,6 +106,7 @@ RANGES = {
     "max_message_bytes": (64 << 10, (1 << 31) - 1),  # gRPC's own limit is an int32
     "stream_window_bytes": (1 << 10, 1 << 30),  # gRPC core's smallest window it announces, and its largest
     "shards": (1, 1024),  # atp_client.MAX_GROUPS: no client routes by a larger table
+    "ingest_read_refusals_max": (1, 10_000),  # at waits of 2 s, said within some 5 h at most
     "ingest_refused_kept": (0, 1_000_000),  # each kept some 400 bytes in Redis, beside its input stream
 }
 """Settings bounded on both sides: each one's [lowest, highest]."""

@@ -188,21 +188,17 @@ class IntakeMetrics:
             "that does not pass with time (the reason) at ingest_max_deliveries deliveries", ["stream", "reason"],
             registry=r,
         )
-        self.ingest_pending = Gauge(
-            "atp_ingest_pending", "Entries delivered to the consumer group but not yet acknowledged", ["stream"],
-            registry=r,
-        )
+        self.ingest_pending = Gauge("atp_ingest_pending", "Entries delivered to the consumer group but not yet "
+                                    "acknowledged", ["stream"], registry=r)
         self.ingest_lag = Gauge(
             "atp_ingest_lag", "Entries of the stream the consumer group has not read yet (XINFO GROUPS lag; NaN: "
-            "Redis cannot tell)", ["stream"], registry=r,
-        )
+            "Redis cannot tell)", ["stream"], registry=r)
         self.ingest_consumers = Gauge(
             "atp_ingest_consumers", "Consumers of the input stream's consumer group (XINFO GROUPS), a process renamed "
             "or gone that no sweep removes included: remove those by hand", ["stream"], registry=r,
         )
-        self.ingest_claimed = Counter(
-            "atp_ingest_claimed_total", "Stale pending entries claimed from other consumers", registry=r
-        )
+        self.ingest_claimed = Counter("atp_ingest_claimed_total", "Stale pending entries claimed from other consumers",
+                                      registry=r)
         self.ingest_trimmed_unread = Counter(
             "atp_ingest_trimmed_unread_total", "Input-stream entries trimmed from their stream before the consumer "
             "group read them: their facts were never applied", ["stream"], registry=r
@@ -223,6 +219,10 @@ class IntakeMetrics:
             "atp_ingest_read_failures_total", "Reads of the input streams that failed (Redis not answering, a "
             "consumer group gone) and were tried again after a pause", registry=r
         )
+        self.ingest_read_refused = Gauge(
+            "atp_ingest_read_refused", "1 while the reads of the input streams are refused for a reason waiting does "
+            "not cure (a key of another type, the Redis user's ACL), ingest_read_refusals_max times or more",
+            registry=r)
 
 
 class ChannelMetrics:

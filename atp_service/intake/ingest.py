@@ -34,6 +34,7 @@ from atp_service.intake.entries import Entry, Read, decode_all
 from atp_service.intake.facts import FactDesk
 from atp_service.intake.owners import FactSender, OwnerSends
 from atp_service.intake.quarantine import Acks
+from atp_service.intake.read_refusals import ReadRefusals
 from atp_service.intake.refusals import RefusalBound
 from atp_service.intake.refused_kept import recall
 from atp_service.intake.settle import Settler
@@ -102,6 +103,7 @@ class StreamIngestor:
         bound = RefusalBound(client, settings.consumer_group, settings.consumer_name, settings.ingest_max_deliveries,
                              metrics.ingest_given_up)
         self._settler = Settler(client, settings, metrics, self._unacked, bound, self._left_pending)
+        self._refusals = ReadRefusals(settings.ingest_read_refusals_max, metrics.ingest_read_refused)
 
     async def start(self) -> None:
         await self._create_groups()
@@ -162,11 +164,12 @@ class StreamIngestor:
                 if await self.step():
                     backoff.reset()
             except (RedisError, RedisClusterException, OSError) as exc:  # a cluster no node of which answers
-                group_gone = group_lost(exc)
+                group_gone, refusal = group_lost(exc), self._refusals.failed(exc)
                 self._metrics.ingest_read_failures.inc()
                 delay = backoff.next_delay()
                 log.warning("input streams: %s; retrying in %.2fs", exc, delay,
-                            extra={"event": "ingest_read_failed", "error": str(exc), "retry_s": round(delay, 2)})
+                            extra={"event": "ingest_read_failed", "error": str(exc), "retry_s": round(delay, 2),
+                                   "refusal": refusal or ""})
                 self._retry_own_pending = True
                 await asyncio.sleep(delay)
 
@@ -266,6 +269,7 @@ class StreamIngestor:
                                               self._read_count, after)  # with the marks, in one step (E8)
             lowest = {as_text(stream): rows[0][0] for stream, rows in reply or [] if rows}  # kept: Redis may lose it
             self._unacked.marked(marks, lowest)  # entries a group made again delivered, that read's answer lost (E8)
+        self._refusals.read()  # a refusal said is over
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 map or RESP2 list
         entries: list[Entry] = []
         for stream, rows in streams:

@@ -10,6 +10,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     MovedError,
+    NoPermissionError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
@@ -120,3 +121,27 @@ def group_lost(exc: BaseException) -> bool:
     """A read refused because its stream or consumer group no longer exists (deleted, or a Redis
     restored from before it): no read succeeds until the group is made again (``make_group``)."""
     return isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
+
+
+SCRIPT_DENIALS = ("The user executing the script can't run", "The user executing the script can't access")
+"""How Redis 7.0 words an ACL denial of a command or key inside a script (an ``ERR``); 7.2 and later say ``NOPERM``."""
+
+
+def denied(exc: BaseException) -> bool:
+    """A command refused by the Redis user's ACL: ``NOPERM`` (redis-py's ``NoPermissionError``), a script's own
+    ``DENIED <command> on <key>`` (``scripts.ACL_LUA``), or Redis 7.0's ``ERR`` for a denial inside a script."""
+    said = str(exc)
+    return isinstance(exc, NoPermissionError) or (isinstance(exc, ResponseError) and (
+        said.startswith(("NOPERM", "DENIED ")) or any(words in said for words in SCRIPT_DENIALS)))
+
+
+def lasting_refusal(exc: BaseException) -> str | None:
+    """What kind of refusal waiting does not cure ``exc`` is: ``permission`` (``denied``), ``wrong_type`` (a key of
+    another type), ``refused`` (any other, ``passing`` ones and a group lost, which its reader makes again, aside);
+    None: not one (Redis away, a refusal that passes)."""
+    if not isinstance(exc, ResponseError) or passing(exc) or group_lost(exc):
+        return None
+    if denied(exc):
+        return "permission"
+    return "wrong_type" if str(exc).startswith("WRONGTYPE") else "refused"
+

@@ -1,0 +1,117 @@
+"""Reads of the input streams Redis refuses for a reason waiting does not cure (``read_refusals.ReadRefusals``),
+against a real redis-server and a real service: said once as an error past ``ingest_read_refusals_max``, the gauge
+set while it lasts, reads resumed without a restart once the cause is gone, each fact applied once; and a Redis
+user's ACL denial told as one however Redis words it (``resp.lasting_refusal``: 7.0 says ``ERR The user executing
+the script can't ...`` inside a script, 7.2 and later ``NOPERM``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError, ResponseError
+
+from atp_service import AtpService
+from atp_service.intake.again import read_pending
+from atp_service.intake.unread import made_again_key
+from atp_service.storage.resp import lasting_refusal
+from tests.atp_service.app.test_redis_permissions import PASSWORD, USER, as_user
+from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.conftest import ServiceFactory
+from tests.conftest import test_config as make_config
+from tests.waiting import until
+
+POS, GROUP = "atp:in:pos", "atp"
+
+
+def _events(caplog: Any, event: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.__dict__.get("event") == event]
+
+
+def _gauge(service: AtpService) -> float:
+    return float(service.metrics.intake.ingest_read_refused.collect()[0].samples[0].value)
+
+
+async def test_a_mark_of_another_type_refusing_every_read_is_said_once_and_reads_resume_once_it_is_gone(
+        start_service: ServiceFactory, redis_url: str, caplog: Any) -> None:
+    """A key of another type where a stream's made-again mark belongs refuses every read (WRONGTYPE): the reader
+    logged ``ingest_read_failed`` at growing waits for good and nothing said it would never pass. Now the third
+    refusal in a row is said once as an error naming its kind, ``atp_ingest_read_refused`` is 1 meanwhile; the key
+    deleted, the reads go on unrestarted, the gauge is 0 again, and the fact written meanwhile is applied once."""
+    now = int(time.time() * 1000)
+    async with aioredis.Redis.from_url(redis_url) as r:
+        service, client = await start_service(ingest_read_refusals_max=3, ingest_block_ms=20)
+        with caplog.at_level(logging.WARNING):
+            await r.hset(made_again_key(POS, GROUP), mapping={"an": "operator's hash"})
+            await r.xadd(POS, F("p1", "RECEIPT", "A", "S1", 4, now - 100).fields())
+            failures = service.metrics.intake.ingest_read_failures
+            await until(lambda: failures.collect()[0].samples[0].value >= 5, "five reads refused", 60)
+            said = _events(caplog, "ingest_read_refused")
+            assert [(one.levelname, one.__dict__["refusal"]) for one in said] == [("ERROR", "wrong_type")]
+            assert _gauge(service) == 1
+            assert (await client.availability([("A", "S1")]))[0].on_hand == 0
+            await r.delete(made_again_key(POS, GROUP))
+            await wait_consumed(redis_url, [POS], timeout_s=30)
+            await until(lambda: _events(caplog, "ingest_read_resumed"), "the reads said resumed", 30)
+        assert _gauge(service) == 0
+        assert (await client.availability([("A", "S1")]))[0].on_hand == 4
+
+
+async def test_an_acl_denial_inside_a_read_script_is_told_as_a_permission_refusal(redis_url: str, caplog: Any
+                                                                                   ) -> None:
+    """The Redis user's ACL losing ``XREADGROUP`` while serving: the read scripts' call of it is denied inside the
+    script, which Redis 7.0 words ``ERR The user executing the script can't run this command`` (no ``NOPERM`` for an
+    operator to find): each ``ingest_read_failed`` and the ``ingest_read_refused`` said name it a permission
+    refusal."""
+    async with aioredis.Redis.from_url(redis_url) as admin:
+        await admin.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{PASSWORD}", "~*", "&*", "+@all")
+        service = AtpService(make_config(ingest_block_ms=20, ingest_read_refusals_max=2), as_user(redis_url))
+        try:
+            await service.start()
+            with caplog.at_level(logging.WARNING):
+                await admin.execute_command("ACL", "SETUSER", USER, "-xreadgroup")
+                await until(lambda: _events(caplog, "ingest_read_refused"), "the refusal said", 60)
+            failed = _events(caplog, "ingest_read_failed")
+            assert failed and {one.__dict__["refusal"] for one in failed} == {"permission"}, failed
+            assert [one.__dict__["refusal"] for one in _events(caplog, "ingest_read_refused")] == ["permission"]
+        finally:
+            await service.stop(grace_s=0)
+            await admin.execute_command("ACL", "DELUSER", USER)
+
+
+async def test_a_mark_the_acl_denies_inside_the_pending_read_is_a_permission_refusal(redis_url: str) -> None:
+    """The pending read's script denied ``GET`` of a mark: whatever words this Redis uses, a permission refusal."""
+    async with aioredis.Redis.from_url(redis_url) as admin:
+        await admin.xgroup_create(POS, GROUP, id="0", mkstream=True)
+        await admin.set(made_again_key(POS, GROUP), await admin.xadd(POS, {"n": 0}))
+        await admin.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{PASSWORD}", "~*", "+@all", "-get")
+        try:
+            async with aioredis.Redis.from_url(as_user(redis_url)) as client:
+                with pytest.raises(ResponseError) as refused:
+                    await read_pending(client, [POS], GROUP, "atp-1", 10, ["0"])
+            assert lasting_refusal(refused.value) == "permission", str(refused.value)
+        finally:
+            await admin.execute_command("ACL", "DELUSER", USER)
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    (ResponseError("The user executing the script can't run this command or subcommand script: 1f, on "
+                   "@user_script:1."), "permission"),
+    (ResponseError("The user executing the script can't access at least one of the keys mentioned in the command "
+                   "arguments"), "permission"),
+    (NoPermissionError("this user has no permissions to run the 'xreadgroup' command"), "permission"),
+    (ResponseError("DENIED XGROUP|SETID on atp:in:pos: the Redis user may not run it"), "permission"),
+    (ResponseError("WRONGTYPE atp:in:pos:made-again:atp holds no entry id: nothing read"), "wrong_type"),
+    (ResponseError("NOSCRIPT No matching script"), "refused"),
+    (ResponseError("NOGROUP No such key 'atp:in:pos' or consumer group 'atp'"), None),
+    (ResponseError("BUSY Redis is busy running a script"), None),
+    (RedisConnectionError("Connection refused"), None),
+])
+def test_lasting_refusals_are_told_by_kind(error: BaseException, kind: str | None) -> None:
+    """Permission however Redis words it; a key of another type; any other refusal that no wait cures; and none
+    for a group lost (the reader makes it again), a refusal that passes, or Redis away."""
+    assert lasting_refusal(error) == kind
