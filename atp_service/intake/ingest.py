@@ -89,6 +89,8 @@ class StreamIngestor:
         self._gauge_task: asyncio.Task[None] | None = None
         self._retry_own_pending = True  # first: what this consumer had in hand before a crash
         self._retry_at = 0.0
+        self._read_first = False  # a pass failed: new entries are read before the next
+        self._doing = "new"  # what a failure of the reader's loop stopped (``read_refusals.WHAT``)
         self._retries = Backoff(PENDING_RETRY)
         self._pending_after: list[str] | None = None  # where a pass cut short goes on
         self._pending_left = False  # entries were left pending in the passes before, of this round
@@ -164,7 +166,7 @@ class StreamIngestor:
                 if await self.step():
                     backoff.reset()
             except (RedisError, RedisClusterException, OSError) as exc:  # a cluster no node of which answers
-                group_gone, refusal = group_lost(exc), self._refusals.failed(exc)
+                group_gone, refusal = group_lost(exc), self._refusals.failed(exc, self._doing)
                 self._metrics.ingest_read_failures.inc()
                 delay = backoff.next_delay()
                 log.warning("input streams: %s; retrying in %.2fs", exc, delay,
@@ -178,11 +180,19 @@ class StreamIngestor:
         commute by E3, so batches need no order between them) while the next is read. This consumer's own pending
         entries are read again when due (``_retry_pending``). True: new entries were asked for (a pass over the
         pending ones, read otherwise, says nothing of that read: its failures, one after each pass, were retried
-        at the shortest wait, ~20 a second)."""
+        at the shortest wait, ~20 a second). A pass that fails is put off as one leaving entries pending is, and new
+        entries are read before the next: one failing for good no more holds back every new entry."""
         cfg = self._config
-        if self._retry_own_pending and self._ticks() >= self._retry_at:
-            await self._retry_pending()
+        if self._retry_own_pending and self._ticks() >= self._retry_at and not self._read_first:
+            self._doing = "pending"
+            try:
+                await self._retry_pending()
+            except BaseException:  # put off as a pass leaving entries pending is, new entries read first: else one
+                self._read_first, self._retry_at = True, self._ticks() + self._retries.next_delay()  # failing for
+                raise  # good (an entry's batch refused) was due again at each try, and no new entry was read
+            self._refusals.read("pending")
             return False
+        self._doing = "new"
         if self._ticks() - self._claimed_at >= cfg.claim_idle_ms / 1000 / 2:
             self._claimed_at = self._ticks()
             await self._handle(await self._claim(), wait=False)  # in the reading loop: no owner's try waited for
@@ -193,6 +203,8 @@ class StreamIngestor:
         while len(self._batches) >= cfg.ingest_inflight:
             await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
         entries = await self._read(None, block=self._block_ms())
+        self._read_first = False
+        self._refusals.read("new")  # a refusal said is over
         if entries:
             task = asyncio.get_running_loop().create_task(self._handle(entries))
             self._batches.add(task)
@@ -269,7 +281,6 @@ class StreamIngestor:
                                               self._read_count, after)  # with the marks, in one step (E8)
             lowest = {as_text(stream): rows[0][0] for stream, rows in reply or [] if rows}  # kept: Redis may lose it
             self._unacked.marked(marks, lowest)  # entries a group made again delivered, that read's answer lost (E8)
-        self._refusals.read()  # a refusal said is over
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 map or RESP2 list
         entries: list[Entry] = []
         for stream, rows in streams:

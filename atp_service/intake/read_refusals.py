@@ -9,6 +9,8 @@ neither counts nor starts the count again) it says so as an error (``ingest_read
 once) and sets ``atp_ingest_read_refused`` to 1, until a read succeeds (``ingest_read_resumed``). Nothing is
 dead-lettered for it: the refusal is of a key or a command, not of an entry, and the entries' delivery counts are as
 they were (the read scripts check before their ``XREADGROUP``), so each is applied once once the reads are let in (E8).
+A pass over the reader's own pending entries may be refused alone (an entry pending whose batch is refused, a key of
+another type beside its stream): put off while new entries are read (``StreamIngestor.step``), counted on its own.
 Health stays as it is: reservations are answered meanwhile, and every process on one Redis is refused alike.
 """
 
@@ -22,32 +24,39 @@ from atp_service.storage.resp import lasting_refusal
 log = logging.getLogger(__name__)
 
 
+WHAT = {"new": "reads of new entries", "pending": "passes over the reader's own pending entries"}
+"""What the reader does that a refusal stops, each counted on its own: a pass failing for good on an entry pending
+(its batch refused) is put off while new entries are read, and those reads succeeding do not end its count."""
+
+
 class ReadRefusals:
-    """The refusals in a row of the reader's reads; ``gauge``: ``atp_ingest_read_refused``."""
+    """The refusals in a row of the reader's reads and passes (``WHAT``); ``gauge``: ``atp_ingest_read_refused``."""
 
     def __init__(self, limit: int, gauge: Any) -> None:
         self._limit, self._gauge = limit, gauge
-        self._row, self._said = 0, False
+        self._rows = dict.fromkeys(WHAT, 0)
+        self._said: set[str] = set()
         gauge.set(0)
 
-    def failed(self, error: BaseException) -> str | None:
-        """One read failed with ``error``: its kind of lasting refusal (``resp.lasting_refusal``), None where it is
-        not one (Redis away). Said as an error at the ``limit``-th since a read last succeeded."""
+    def failed(self, error: BaseException, what: str) -> str | None:
+        """One of ``what`` (``WHAT``) failed with ``error``: its kind of lasting refusal (``resp.lasting_refusal``),
+        None where it is not one (Redis away). Said as an error at the ``limit``-th since one last succeeded."""
         kind = lasting_refusal(error)
-        self._row += kind is not None
-        if kind is not None and self._row == self._limit:
+        self._rows[what] += kind is not None
+        if kind is not None and self._rows[what] == self._limit:
+            self._said.add(what)
             self._gauge.set(1)
-            self._said = True
-            log.error("input streams: %d reads in a row refused (%s: %s); no fact is read until it is fixed, "
-                      "reads tried again meanwhile", self._row, kind, error,
+            log.error("input streams: %d %s in a row refused (%s: %s); tried again meanwhile, the entries they would "
+                      "settle waiting until it is fixed", self._rows[what], WHAT[what], kind, error,
                       extra={"event": "ingest_read_refused", "refusal": kind, "error": str(error),
-                             "refused": self._row})
+                             "refused": self._rows[what], "what": what})
         return kind
 
-    def read(self) -> None:
-        """A read (or a pass over the pending entries) succeeded: a refusal said ended."""
-        if self._said:
-            self._gauge.set(0)
-            log.warning("input streams: read again after %d refused reads", self._row,
-                        extra={"event": "ingest_read_resumed", "refused": self._row})
-        self._row, self._said = 0, False
+    def read(self, what: str) -> None:
+        """One of ``what`` succeeded: a refusal of it said is over."""
+        if what in self._said:
+            self._said.discard(what)
+            self._gauge.set(bool(self._said))
+            log.warning("input streams: %s succeed again after %d refused", WHAT[what], self._rows[what],
+                        extra={"event": "ingest_read_resumed", "refused": self._rows[what], "what": what})
+        self._rows[what] = 0

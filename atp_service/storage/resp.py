@@ -3,6 +3,7 @@ client decodes responses: the one place that knows their shapes."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,10 +128,18 @@ SCRIPT_DENIALS = ("The user executing the script can't run", "The user executing
 """How Redis 7.0 words an ACL denial of a command or key inside a script (an ``ERR``); 7.2 and later say ``NOPERM``."""
 
 
+def redis_said(exc: BaseException) -> str:
+    """What Redis said, without redis-py's note of the pipeline command it answered (``Command # 1 (HMGET …) of
+    pipeline caused error: ('WRONGTYPE …',)``)."""
+    said = str(exc)
+    noted = re.fullmatch(r"Command # \d+ \(.*\) of pipeline caused error: \((['\"])(.*)\1,\)", said, re.DOTALL)
+    return noted.group(2) if noted else said
+
+
 def denied(exc: BaseException) -> bool:
     """A command refused by the Redis user's ACL: ``NOPERM`` (redis-py's ``NoPermissionError``), a script's own
     ``DENIED <command> on <key>`` (``scripts.ACL_LUA``), or Redis 7.0's ``ERR`` for a denial inside a script."""
-    said = str(exc)
+    said = redis_said(exc)
     return isinstance(exc, NoPermissionError) or (isinstance(exc, ResponseError) and (
         said.startswith(("NOPERM", "DENIED ")) or any(words in said for words in SCRIPT_DENIALS)))
 
@@ -141,7 +150,9 @@ def lasting_refusal(exc: BaseException) -> str | None:
     None: not one (Redis away, a refusal that passes)."""
     if not isinstance(exc, ResponseError) or passing(exc) or group_lost(exc):
         return None
+    if redis_said(exc).split(" ", 1)[0] in PASSING_CODES:  # one of a pipeline's commands'
+        return None
     if denied(exc):
         return "permission"
-    return "wrong_type" if str(exc).startswith("WRONGTYPE") else "refused"
+    return "wrong_type" if redis_said(exc).startswith("WRONGTYPE") else "refused"
 

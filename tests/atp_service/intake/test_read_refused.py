@@ -6,6 +6,7 @@ the script can't ...`` inside a script, 7.2 and later ``NOPERM``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -17,7 +18,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 
 from atp_service import AtpService
 from atp_service.intake.again import read_pending
-from atp_service.intake.unread import made_again_key
+from atp_service.intake.unread import made_again_key, refused_letters_key
 from atp_service.storage.resp import lasting_refusal
 from tests.atp_service.app.test_redis_permissions import PASSWORD, USER, as_user
 from tests.atp_service.fact_helpers import F, wait_consumed
@@ -25,7 +26,7 @@ from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
 from tests.waiting import until
 
-POS, GROUP = "atp:in:pos", "atp"
+POS, WMS, GROUP = "atp:in:pos", "atp:in:wms", "atp"
 
 
 def _events(caplog: Any, event: str) -> list[logging.LogRecord]:
@@ -51,7 +52,8 @@ async def test_a_mark_of_another_type_refusing_every_read_is_said_once_and_reads
             failures = service.metrics.intake.ingest_read_failures
             await until(lambda: failures.collect()[0].samples[0].value >= 5, "five reads refused", 60)
             said = _events(caplog, "ingest_read_refused")
-            assert [(one.levelname, one.__dict__["refusal"]) for one in said] == [("ERROR", "wrong_type")]
+            assert [(one.levelname, one.__dict__["refusal"], one.__dict__["what"]) for one in said] == [
+                ("ERROR", "wrong_type", "new")]
             assert _gauge(service) == 1
             assert (await client.availability([("A", "S1")]))[0].on_hand == 0
             await r.delete(made_again_key(POS, GROUP))
@@ -106,6 +108,10 @@ async def test_a_mark_the_acl_denies_inside_the_pending_read_is_a_permission_ref
     (NoPermissionError("this user has no permissions to run the 'xreadgroup' command"), "permission"),
     (ResponseError("DENIED XGROUP|SETID on atp:in:pos: the Redis user may not run it"), "permission"),
     (ResponseError("WRONGTYPE atp:in:pos:made-again:atp holds no entry id: nothing read"), "wrong_type"),
+    (ResponseError("Command # 1 (HMGET atp:in:pos:refused:atp:letters 1-0) of pipeline caused error: ('WRONGTYPE "
+                   "Operation against a key holding the wrong kind of value',)"), "wrong_type"),
+    (ResponseError("Command # 2 (XADD atp:dlq * a b) of pipeline caused error: ('NOREPLICAS Not enough good "
+                   "replicas to write.',)"), None),
     (ResponseError("NOSCRIPT No matching script"), "refused"),
     (ResponseError("NOGROUP No such key 'atp:in:pos' or consumer group 'atp'"), None),
     (ResponseError("BUSY Redis is busy running a script"), None),
@@ -115,3 +121,47 @@ def test_lasting_refusals_are_told_by_kind(error: BaseException, kind: str | Non
     """Permission however Redis words it; a key of another type; any other refusal that no wait cures; and none
     for a group lost (the reader makes it again), a refusal that passes, or Redis away."""
     assert lasting_refusal(error) == kind
+
+
+
+async def test_a_pass_over_pending_entries_failing_for_good_does_not_hold_back_the_new_entries(
+        start_service: ServiceFactory, redis_url: str, caplog: Any) -> None:
+    """An entry refused as stamped in the future (E7) is kept refused in Redis; the group deleted while the service
+    was down, it is made again from the stream's start with its mark, and the entry comes again, to be asked for
+    among the refused — where a key of another type now stands (``…:refused:atp:letters``): its batch fails, it
+    stays pending, and every pass over the reader's own pending entries fails on it. A failed pass was due again at
+    once, so the reader passed over its pending entries for ever and never read a new entry: a receipt on another
+    stream was not applied while the key stayed wrong. Now a failed pass is put off as one leaving entries pending
+    is, new entries read meanwhile; the key gone, the pending entry is settled as refused once (E7, E8)."""
+    now = int(time.time() * 1000)
+    async with aioredis.Redis.from_url(redis_url) as r:
+        service, _ = await start_service(ingest_block_ms=20)
+        await r.xadd(POS, F("future", "RECEIPT", "A", "S1", 2, now + 3_600_000).fields())
+        await until(lambda: r.xlen("atp:dlq"), "the entry stamped in the future dead-lettered (E7)")
+        await service.stop()
+        await r.xgroup_destroy(POS, GROUP)
+        letters = refused_letters_key(POS, GROUP)
+        kept = await r.hgetall(letters)
+        await r.delete(letters)
+        await r.set(letters, "an operator's string")
+        with caplog.at_level(logging.WARNING):
+            service, client = await start_service(ingest_block_ms=20, ingest_read_refusals_max=3)
+            await until(lambda: _events(caplog, "ingest_read_failed"), "a pass over the pending entries failed")
+            await r.xadd(WMS, F("w1", "RECEIPT", "A", "DC", 6, now - 100).fields())
+            for _ in range(600):  # a bound, not a timing: the receipt read and applied, the pass still refused
+                if (await client.availability([("A", "DC")]))[0].on_hand == 6:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await client.availability([("A", "DC")]))[0].on_hand == 6
+            await until(lambda: _events(caplog, "ingest_read_refused"), "the passes' refusal said", 60)
+            said = _events(caplog, "ingest_read_refused")
+            assert [(one.__dict__["refusal"], one.__dict__["what"]) for one in said] == [("wrong_type", "pending")]
+            assert _gauge(service) == 1
+            await r.delete(letters)
+            await r.hset(letters, mapping=kept)
+            await wait_consumed(redis_url, [POS, WMS], timeout_s=30)
+            await until(lambda: _events(caplog, "ingest_read_resumed"), "the passes said to succeed again", 30)
+        assert _gauge(service) == 0
+        assert await r.xlen("atp:dlq") == 1
+        assert [(a.on_hand, b.on_hand) for a, b in [await client.availability([("A", "S1"), ("A", "DC")])]] == [
+            (0, 6)]
