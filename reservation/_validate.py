@@ -320,7 +320,11 @@ def _row_problems(skus: Sequence[str], locations: Sequence[str], si: npt.NDArray
     problems.append(((qty < 0) | (qty > limits.max_quantity), lambda i: out_of_range))
     unset = InvalidArgument("as_of", "must be set, after 1970-01-01")
     ahead = InvalidArgument("as_of", f"more than {limits.fact_future_skew_ms} ms {AHEAD} (E7)")
-    problems.append(((at <= 0) | (at > now + limits.fact_future_skew_ms), lambda i: unset if at[i] <= 0 else ahead))
+    beyond = InvalidArgument("as_of", f"past {LAST_EVENT_TIME_MS} ms (9999-12-31), the last time a Timestamp "
+                             "carries: no clock ever loads it")
+    past = at > LAST_EVENT_TIME_MS  # refused here, not judged as ahead by its shard or its owner (edge/load.py)
+    problems.append(((at <= 0) | (at > now + limits.fact_future_skew_ms) | past,
+                     lambda i: unset if at[i] <= 0 else beyond if past[i] else ahead))
     return problems
 
 
