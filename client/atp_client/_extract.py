@@ -41,6 +41,9 @@ _INTEGER = r"^[ \t]*-?[0-9]{1,18}[ \t]*$"
 """What both paths read as a count: digits, a minus sign, spaces around (18 digits fit int64)."""
 MAX_TIME_DIGITS = 18
 """Digits an epoch-ms time may have: as many as a count (``_INTEGER``), all of which fit int64."""
+LAST_TIME_MS = 253_402_300_799_999
+"""The last time a count may carry: 9999-12-31T23:59:59.999Z, the last instant of a protobuf ``Timestamp`` (the
+service refuses a row past it as no clock ever loads it)."""
 Ints = npt.NDArray[np.int64]
 _FIELD = rb'(?:"(?:[^"]|"")*+"(?!")[^,\n]*+|[^",\n][^,\n]*+|)'
 _RECORDS = re.compile(rb"(?:%s(?:,%s)*\n)*" % (_FIELD, _FIELD))
@@ -77,18 +80,32 @@ class Block:
     rows_read: int = 0
 
 
+class TimeOutOfRange(ValueError):
+    """A time read as one that no count may carry: at or before 1970-01-01, or past ``LAST_TIME_MS``."""
+
+
 def parse_time(text: str) -> int:
     """Epoch ms from RFC 3339 (``2026-11-28T06:00:00Z``) or from digits (epoch ms). RFC 3339 lets
-    "Z" be "z" (5.6), which ``fromisoformat`` refuses: every row of such an extract was rejected."""
+    "Z" be "z" (5.6), which ``fromisoformat`` refuses: every row of such an extract was rejected.
+    A time no count may carry is refused here (``TimeOutOfRange``), not sent to be refused by the service."""
     text = text.strip()
     if text.isdigit():
         if len(text) > MAX_TIME_DIGITS:  # else the block's int64 column raised OverflowError: the load ended
             raise ValueError(f"{text[:40]!r}: more than {MAX_TIME_DIGITS} digits, past any epoch ms")
-        return int(text)
+        return _in_range(text, int(text))
     moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone (add Z or +hh:mm)")
-    return (moment - _EPOCH) // timedelta(milliseconds=1)  # exact: float seconds can land 1 ms low
+    return _in_range(text, (moment - _EPOCH) // timedelta(milliseconds=1))  # exact: float seconds can land 1 ms low
+
+
+def _in_range(text: str, ms: int) -> int:
+    if ms <= 0:
+        raise TimeOutOfRange(f"{text!r} is at or before 1970-01-01T00:00:00Z: a count's time is after it")
+    if ms > LAST_TIME_MS:
+        raise TimeOutOfRange(f"{text!r} is past 9999-12-31T23:59:59.999Z ({LAST_TIME_MS} ms), the last time a count "
+                             "may carry")
+    return ms
 
 
 class Extract:
@@ -200,6 +217,8 @@ class Extract:
                 found = parse_time(text) if text else self._as_of
                 if found is None:
                     found = "as_of: no time for this row (give the column or --as-of)"
+            except TimeOutOfRange as exc:  # a time, but not one a count may carry
+                found = f"as_of: {exc}"
             except ValueError as exc:  # named by its column, as every other reason is: a file may have two times
                 found = f"as_of: not a time (RFC 3339 with a zone, or epoch ms): {exc}"
             if len(self._times) >= MAX_TIMES:

@@ -16,10 +16,11 @@ import grpc
 import pytest
 
 from atp_client import AtpClient, _extract, ctl, timestamp
-from atp_client._extract import Extract, HeaderError
+from atp_client._extract import LAST_TIME_MS, Extract, HeaderError
 from atp_client._stock import LoadStopped, load, parse_time
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
+from reservation._validate import LAST_EVENT_TIME_MS
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
@@ -406,3 +407,19 @@ async def test_a_report_that_cannot_be_written_is_a_usage_error_before_any_row_i
     assert [p.on_hand for p in got] == [0, 0], (done.returncode, done.stderr)  # nothing of the file sent
     assert done.returncode == 2 and "argument --report:" in done.stderr, (done.returncode, done.stderr)
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_time_no_count_may_carry_is_a_bad_row_naming_it_where_the_file_is_read(reader: str) -> None:
+    """An as_of past 9999-12-31 (epoch ms of 15 digits and more) or at or before 1970-01-01 was read as a time and
+    sent, to be refused by the service ("ahead of the service clock", "must be set"): now the row is kept aside
+    where it is read, its reason naming ``as_of`` and the bound it passes, and ``--as-of`` refused alike."""
+    text = ("sku,location,on_hand,as_of\nA,S1,5,253402300799999\nB,S1,6,253402300800000\n"
+            "C,S1,7,1970-01-01T00:00:00Z\nD,S1,8,1969-12-31T23:00:00Z\nE,S1,9,0\n")
+    good, bad, rows = _read(text.encode())
+    assert [(line, sku, at) for line, sku, _, _, at in good] == [(2, "A", LAST_EVENT_TIME_MS)] and rows == 5
+    assert [line for line, _ in bad] == [3, 4, 5, 6]
+    assert all(reason.startswith("as_of: ") and "not a time" not in reason for _, reason in bad), bad
+    assert "9999-12-31" in dict(bad)[3] and all("1970-01-01" in dict(bad)[line] for line in (4, 5, 6)), bad
+    with pytest.raises(ValueError, match="9999-12-31"):
+        parse_time("253402300800000")  # --as-of too: a bad command line
+    assert LAST_TIME_MS == LAST_EVENT_TIME_MS  # the service's own bound (the client imports none of it)
