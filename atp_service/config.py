@@ -116,7 +116,8 @@ class ServiceConfig(ServingFields):
     ingest_max_entry_bytes: int = 16_384
     """Most bytes an input-stream entry may have, its fields' names and values together, and most names and
     values (empty ones count no bytes): a larger one is dead-lettered (LIMIT_EXCEEDED) with its fields cut
-    short, not copied whole into the dead-letter stream."""
+    short, not copied whole into the dead-letter stream. Checked once read: it bounds no read's memory (one holds up
+    to ingest_count entries a stream, each as large as its producer wrote it)."""
 
     dead_letter_stream: str = "atp:dlq"
     """Where undecodable or invalid input entries go, with the reason and their original fields."""
