@@ -11,6 +11,8 @@ dead-lettered for it: the refusal is of a key or a command, not of an entry, and
 they were (the read scripts check before their ``XREADGROUP``), so each is applied once once the reads are let in (E8).
 A pass over the reader's own pending entries may be refused alone (an entry pending whose batch is refused, a key of
 another type beside its stream): put off while new entries are read (``StreamIngestor.step``), counted on its own.
+Each pass delivers that entry again, its delivery count growing, which dead-letters nothing (``ingest_max_deliveries``
+counts only the refusals of a fact): it is settled once, when the cause is gone.
 Health stays as it is: reservations are answered meanwhile, and every process on one Redis is refused alike.
 """
 
