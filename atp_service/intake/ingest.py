@@ -186,11 +186,12 @@ class StreamIngestor:
         if self._retry_own_pending and self._ticks() >= self._retry_at and not self._read_first:
             self._doing = "pending"
             try:
-                await self._retry_pending()
+                passed = await self._retry_pending()
             except BaseException:  # put off as a pass leaving entries pending is, new entries read first: else one
                 self._read_first, self._retry_at = True, self._ticks() + self._retries.next_delay()  # failing for
                 raise  # good (an entry's batch refused) was due again at each try, and no new entry was read
-            self._refusals.read("pending")
+            if passed:  # one put off for the batches in flight says nothing of a refusal
+                self._refusals.read("pending")
             return False
         self._doing = "new"
         if self._ticks() - self._claimed_at >= cfg.claim_idle_ms / 1000 / 2:
@@ -211,14 +212,14 @@ class StreamIngestor:
             task.add_done_callback(self._batch_done)
         return True
 
-    async def _retry_pending(self) -> None:
+    async def _retry_pending(self) -> bool:
         """This consumer's pending entries, read from the start of its list page by page and applied
         (what it had in hand before a restart, or could not apply yet). A pass stops starting pages
         after ``PENDING_PASS_S`` and the next goes on from there; entries still left once the list
-        was read through are read again after a growing wait (``PENDING_RETRY``)."""
+        was read through are read again after a growing wait (``PENDING_RETRY``). False: put off, nothing read."""
         if not await self._settle_batches(PENDING_SETTLE_S):  # our pending list includes what is in flight
             self._retry_at = self._ticks() + PENDING_RETRY.first_s
-            return
+            return False
         left = self._pending_after is not None and self._pending_left
         if self._pending_after is None:
             self._unacked.pass_begun()
@@ -237,7 +238,7 @@ class StreamIngestor:
         else:  # cut short: new entries are read first, then the pass goes on where it stopped
             self._pending_after, self._pending_left = after, left or self._retry_own_pending
             self._retry_own_pending, self._retry_at = True, self._ticks() + PENDING_RETRY.first_s
-            return
+            return True
         self._pending_after, self._pending_left = None, False
         self._unacked.pass_read_through()
         self._retry_own_pending |= left
@@ -246,6 +247,7 @@ class StreamIngestor:
         else:
             self._retries.reset()
         await self._tag()  # the bound the pass let go up, used once Redis holds the token told with it
+        return True
 
     async def _tag(self) -> None:
         cfg = self._config
