@@ -46,8 +46,10 @@ def forgotten(part: Reservation | None, opened: int, limits: Limits) -> bool:
     """Whether ``part``, found where its order's Reserve reserves a part, is resolved, nothing pending, 3/4 of the
     retention or longer before its order opened (``opened``: its ``created_at``, by its home's clock): an earlier
     order's of that id, forgotten at its home before this one opened (R5) — resolved before its order (R3), forgotten
-    a retention after that by the home's clock, which may have run behind the part's group's by the gap allowed
-    between groups' clocks (two hosts' gaps, each under an eighth of the retention: ``GroupClock``). Reserved anew
+    a retention after that by the home's clock. Each clock leads the host furthest behind by under g < R/8
+    (``GroupClock``: between its host's and the host furthest ahead), not always by the same lead (the home's falls
+    back where its group is taken again from older data): by the home's clock it is over R - 2g > 3R/4 old, an own
+    part its group replayed (``forgotten_now``) under R/2 + g. Two gaps (R/4) apart would not do. Reserved anew
     (``Anew``), never replayed as the new order's decision nor proof of a confirmation (``_order_losses``'
     ``was_confirmed``). Resolved after the order opened, or judged its own by its group as the order opened
     (``forgotten_now``), it is the order's own however long ago (R5, R7): so judged again by whatever decides the
@@ -57,8 +59,9 @@ def forgotten(part: Reservation | None, opened: int, limits: Limits) -> bool:
 
 
 def forgotten_now(part: Reservation | None, now: int, limits: Limits) -> bool:
-    """``forgotten`` for an order opened just now, by its part's group's clock (``now``), up to that gap behind the
-    home's too: half the retention. An order opened again as new (its home's record lost) meets its own parts resolved
-    so long before as an earlier order's: nothing else tells them apart (that order's part holds the same)."""
+    """``forgotten`` for an order opened just now, by its part's group's clock (``now``): half the retention, so that
+    the home's clock, up to g ahead, judges a part replayed here its own later (``forgotten``). An order opened again
+    as new (its home's record lost) meets its own parts resolved so long before as an earlier order's: nothing else
+    tells them apart (that order's part holds the same)."""
     return part is not None and part.state in TERMINAL and part.pending is None and \
         now - part.updated_at >= limits.retention_ms // 2

@@ -99,10 +99,10 @@ def others(order: Reservation, found: Mapping[int, Reservation], place: Place, l
 def _own(order: Reservation, part: Reservation, cmd: ReserveCommand | None, limits: Limits) -> bool:
     """Whether ``part`` is ``order``'s own part ``cmd`` reserves (``own_part``) — not one of the same content resolved
     3/4 of the retention or longer before ``order`` opened: an earlier order's of that id, its group back from older
-    data (R7), forgotten at the home a retention after it, so R - g older than the order by a group's clock a gap g
-    ahead of the home's; an own part, resolved after the order opened or (the order opened again, its home's record
-    lost) replayed by its Reserve step under R/2 before by its group's clock (``_order_anew.forgotten_now``): apart
-    while g < R/4 (``forgotten``: the same bound)."""
+    data (R7), forgotten at the home a retention after it, so over R - 2g older than the order by the home's clock
+    (each clock's lead under the hosts' gap g, the home's fallen back too); an own part, resolved after the order
+    opened or (the order opened again, its home's record lost) replayed by its Reserve step under R/2 before by its
+    group's clock (``_order_anew.forgotten_now``), under R/2 + g: apart while g < R/8 (``forgotten``: the same)."""
     if cmd is None or not own_part(part, cmd):
         return False
     return part.state not in TERMINAL or order.created_at - part.updated_at < limits.retention_ms * 3 // 4
