@@ -324,9 +324,10 @@ class FactDesk:
 
         def work(view: View, now: int) -> Result:
             outcome, reason = view.record_fact(fact)  # on the fact's shard, held with the record's
-            if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED) or home is None:
-                unknown = NotFulfilled(Unfulfilled.UNKNOWN, f"reservation {fact.reservation_id!r} unknown")
-                return outcome, reason or (unknown if outcome == FactOutcome.APPLIED and home is None else reason)
+            if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED):
+                return outcome, reason
+            if home is None:  # ABSORBED too: the units left (a later count holds them gone, E4), nothing fulfilled (R4)
+                return outcome, NotFulfilled(Unfulfilled.UNKNOWN, f"reservation {fact.reservation_id!r} unknown")
             if why := earlier_holder(view.reservation(fact.reservation_id), fact, engine.limits):
                 return outcome, NotFulfilled(Unfulfilled.EARLIER_HOLDER, why)  # R4: not its holder's; stock moved (Q1)
             line = (LineRequest(fact.sku, fact.location, fact.quantity),)

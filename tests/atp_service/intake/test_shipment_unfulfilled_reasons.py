@@ -44,3 +44,23 @@ async def test_each_shipment_that_fulfils_nothing_is_counted_by_why_R4(
     counted = {cause.value: unfulfilled_told(service, cause.value) for cause in Unfulfilled}
     assert counted == {"earlier_holder": 1, "not_confirmed": 1, "unknown": 1, "resolved": 1, "not_a_line": 1,
                        "earlier_order": 0, "refused": 0}, counted
+
+
+async def test_a_shipment_a_later_count_absorbed_naming_no_known_reservation_is_counted_unknown_R4_E4(
+        start_service: ServiceFactory) -> None:
+    """Defect: a SHIPMENT ordered before the position's latest count (ABSORBED, E4: the count already holds the units
+    gone) naming a reservation unknown here was answered as fulfilled and neither counted nor logged, while one naming a
+    HELD reservation was told not fulfilled: a reservation made after it under that id held units that had left."""
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock)
+    await client.record_events([F("stock", "RECEIPT", "A", "DC", 20, T0 - 9_000, "wms").pb(),
+                                F("count", "COUNT", "A", "DC", 15, T0 - 1_000, "wms").pb()])
+    await client.reserve("held", [("A", "DC", 1)], ttl_seconds=600)
+    facts = [shipment("lost", "DC", 1, "nope", T0 - 5_000), shipment("early", "DC", 1, "held", T0 - 5_000)]
+    answers = await client.record_events(facts)
+    assert [a.outcome for a in answers] == [pb.FACT_OUTCOME_ABSORBED] * 2, answers
+    assert all(a.detail.startswith("stock moved; reservation not fulfilled: ") for a in answers), answers
+    counted = {cause.value: unfulfilled_told(service, cause.value) for cause in Unfulfilled}
+    assert counted == {"unknown": 1, "not_confirmed": 1, "earlier_holder": 0, "resolved": 0, "not_a_line": 0,
+                       "earlier_order": 0, "refused": 0}, counted
+    assert [p.on_hand for p in await client.availability([("A", "DC")])] == [15]  # the count holds what left (E4)
