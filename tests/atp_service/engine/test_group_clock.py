@@ -3,6 +3,10 @@ forward: pure, each host the product's ``SystemClock`` over a wall clock of its 
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from atp_service.engine.clock import GroupClock, ManualClock, SystemClock
 
 GAP_MS = 60_000
@@ -70,3 +74,62 @@ def test_a_taken_group_leaves_the_process_clock_alone_R6() -> None:
     world.advance(1_000)
     assert group.now_ms() == world.now_ms() + GAP_MS  # counted on from the logged stamp
     assert taker.clock.now_ms() == world.now_ms()
+
+
+BAND_MS = GAP_MS // 2
+"""Each host's wall clock within this of the true time (the world's), either way: any two within ``GAP_MS``."""
+RUNS, OPS = 40, 300
+
+
+class Fleet:
+    """Three hosts, each running one process (its ``SystemClock``, started anew at a restart), and three groups,
+    each stamped by a ``GroupClock`` over its owner's clock, taken anew at each move or restart of its owner."""
+
+    def __init__(self, world: ManualClock, rng: random.Random) -> None:
+        self.world, self.rng = world, rng
+        self.hosts = [Host(world, rng.randint(-BAND_MS, BAND_MS)) for _ in range(3)]
+        self.owner = [0, 1, 2]
+        self.logged = [host.clock.now_ms() for host in self.hosts]  # each group's newest stamp
+        self.groups = [GroupClock(self.hosts[g].clock, self.logged[g]) for g in range(3)]
+
+    def take(self, group: int, host: int) -> None:
+        self.owner[group] = host
+        self.groups[group] = GroupClock(self.hosts[host].clock, self.logged[group])
+
+    def stamp(self, group: int) -> None:
+        """R6: never below the group's newest stamp; R3: within the band round the true time, as every host is."""
+        now, before, true = self.groups[group].now_ms(), self.logged[group], self.world.now_ms()
+        assert now >= before, f"group {group} stamped {before - now} ms below its log (R6)"
+        assert true - BAND_MS <= now <= true + BAND_MS, f"group {group} {now - true:+d} ms off the true time (R3)"
+        self.logged[group] = now
+
+    def act(self) -> None:
+        rng, op = self.rng, self.rng.randrange(5)
+        if op == 0:
+            self.world.advance(rng.choice([0, 1, 999, rng.randint(0, 3 * GAP_MS)]))
+        elif op == 1:  # an NTP step, back or forward, anywhere within the band
+            rng.choice(self.hosts).offset_ms = rng.randint(-BAND_MS, BAND_MS)
+        elif op == 2:  # a move: the group's newest stamp logged at its owner, then taken by another
+            group = rng.randrange(3)
+            self.stamp(group)
+            self.take(group, rng.randrange(3))
+        elif op == 3:  # a process restarted: its clock anew (the wall clock's), its groups taken again
+            host = rng.randrange(3)
+            self.hosts[host] = Host(self.world, self.hosts[host].offset_ms)
+            for group in (g for g in range(3) if self.owner[g] == host):
+                self.take(group, host)
+        else:
+            self.stamp(rng.randrange(3))
+
+
+@pytest.mark.parametrize("seed", range(RUNS))
+def test_any_moves_restarts_and_steps_within_the_band_keep_every_stamp_in_it_and_in_order_R6_R3(seed: int) -> None:
+    """The interval the order-id-reuse rules rely on (R3), for any sequence: every host's clock within ``BAND_MS``
+    of the true time ``t``, a process's clock reads in [t - BAND_MS, t + BAND_MS] (never below its wall clock; a
+    timestamp it gave, counted on at the monotonic rate, stays ≤ t + BAND_MS), so does a taken group's (never
+    below its process's; what its log holds, counted on, likewise) — so any two groups' stamps at one instant are at
+    most the hosts' gap apart, however often groups move. A lead kept for good fails here at once."""
+    rng = random.Random(seed)
+    fleet = Fleet(ManualClock(), rng)
+    for _ in range(OPS):
+        fleet.act()
