@@ -38,7 +38,7 @@ from tests.sim.edge import Edge
 from tests.sim.groups import configure
 from tests.sim.jumps import ClockJumps
 from tests.sim.leased import ProcessLog
-from tests.sim.membership import Leases, SimMembership
+from tests.sim.membership import Leases, SimMembership, leases_lost
 from tests.sim.network import Network
 from tests.sim.partition import Partitions
 from tests.sim.process import CURRENT, Process, task_factory
@@ -235,15 +235,14 @@ class ClusterWorld(World):
         return self.leases.holder
 
     def lose_tail(self) -> None:
-        """Redis comes back from its saved state now, lease keys too. A restored lease of a holder gone
-        since (dead, or paused long: its leases ran out meanwhile, as they would have) is dropped. The orders
-        whose record the restarted groups held (in memory or in Redis) and no longer hold are noted: their
-        parts in other groups may outlive them (``lost_orders``); one node's restore tears the orders whose
-        records (the order's or a part's) it changed (``torn_orders``), and so does every node's restore those of
-        them a step sent from what was lost changes a part of (on its way, or sent from the order's record its
-        home's process holds in memory); every node's restore leaves the orders
-        whose part it changed from what its process holds in memory to a saga that may go on from that
-        memory (``outlived_orders``)."""
+        """Redis comes back from its saved state now, lease keys too. A restored lease of a holder gone since (dead, or
+        paused long: its leases ran out meanwhile, as they would have) is dropped. The orders whose record the restarted
+        groups held (in memory or in Redis) and no longer hold are noted: their parts in other groups may outlive them
+        (``lost_orders``); one node's restore tears the orders whose records (the order's or a part's) it changed
+        (``torn_orders``), and so does every node's restore those of them a step sent from what was lost changes a part
+        of (on its way, or sent from the order's record its home's process holds in memory); every node's restore leaves
+        the orders whose part it changed from what its process holds in memory to a saga that may go on from that memory
+        (``outlived_orders``)."""
         assert self.tail is not None
         groups = range(self.config.shards) if self.tail.groups is None else sorted(self.tail.groups)
         logged = self._orders_in(groups)
@@ -251,7 +250,9 @@ class ClusterWorld(World):
                 if rec.is_order or orders.order_of(rid) is not None]
         before = [*logged.items(), *held]
         settled = {rid: rec for rid, rec in self._orders_in(range(self.config.shards)).items() if rec.is_order}
+        named = dict(self.leases.holder)  # each lease key before the restore: which it lost (``leases_lost``)
         super().lose_tail()
+        leases_lost(self, named)
         after = self._orders_in(groups)
         self.lost_orders |= {rid for rid, rec in before if rec.is_order and rid not in after}
         torn = {orders.order_of(rid) or rid for rid, rec in before if after.get(rid) != rec}

@@ -71,6 +71,10 @@ class SimMembership:
         self.born = world.tail.mark() if world.tail is not None else 0
         self.taken_at: dict[int, int] = {}
         """Per group, ``TailLoss.mark`` when its last taking began (``witnessed``)."""
+        self.lease_lost: set[int] = set()
+        """The groups whose lease key naming this process Redis took back to another holder or none (a restore from
+        older data, ``ClusterWorld.lose_tail``) since their last taking here: another may take them before this
+        process's renewal finds the key not its own (``suspends.stale_reads``)."""
         proc.engine.where = self.where
         proc.log.on_group_lost.append(self._fenced)
         proc.engine.on_install.append(lambda actor: actor.on_failure.append(self.failed))  # as the service wires it
@@ -172,6 +176,7 @@ class SimMembership:
             actor.lease_until = world.sleeps.deadline(started)
         self.proc.engine.install(actor)
         self.taken_at[group] = mark
+        self.lease_lost.discard(group)
         actor.start()  # the engine's housekeeping timer is not run: the driver runs maintenance
         world.log.tally.takeovers += 1
 
@@ -252,3 +257,14 @@ class SimMembership:
         await self.proc.log.write_turn()  # RELEASE_SCRIPT: this holder's lease, the owner key this taking's
         if self.world.log.owners[group] == release:
             self.world.leases.expire(self.proc.holder, group)
+
+
+def leases_lost(world: ClusterWorld, named: dict[int, str]) -> None:
+    """Redis back from older data (``ClusterWorld.lose_tail``): each live process whose lease key it took back to
+    another holder or none (``named``: the keys before the restore) lost that lease (``lease_lost``); a key restored
+    naming it still is the lease it holds (R7)."""
+    for group, holder in named.items():
+        if world.leases.holder.get(group) != holder:
+            for proc in world.processes:
+                if proc.holder == holder and not proc.dead and proc.membership is not None:
+                    proc.membership.lease_lost.add(group)

@@ -120,10 +120,11 @@ def stale_reads(world: ClusterWorld, proc: Process) -> None:
             continue
         # Taken since by another process, not merely named by a lease key Redis took back to an older holder
         # (``--lose-tail``: nothing took the group from ``proc``, which renews and finds the key not its own). Nor
-        # one Redis let another take after it lost ``proc``'s lease with the group's keys (its node back from older
-        # data since ``proc`` took it: ``witnessed``): no clock of ``proc``'s can see that loss before its renewal.
+        # one Redis let another take after it lost ``proc``'s lease (its key taken back to another holder or none:
+        # ``lease_lost``): no clock of ``proc``'s can see that loss before its renewal. A restore that kept the key
+        # naming ``proc`` lost no lease: its group's keys taken back (``witnessed``) is no cause to take it.
         holder = world.leases.taken.get(group)
-        if holder is not None and holder != proc.holder and not proc.members.witnessed(group):
+        if holder is not None and holder != proc.holder and group not in proc.members.lease_lost:
             world.sleeps.stale.append(
                 f"R7: {proc.address} ({proc.holder}) answered a read of group {group} from its memory though {holder} "
                 f"has taken its lease since: its lease clock read {proc.engine.lease_clock.now():.3f}, its deadline "
