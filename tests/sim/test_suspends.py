@@ -108,7 +108,9 @@ async def test_a_lease_redis_restored_naming_a_host_suspended_for_seconds_is_not
     seconds, its lease key naming p0 still, as its lease had not run out (an hour); the simulation dropped every
     restored lease of a process not running, as of one paused past its leases, so p1 took p0's group and p0, woken
     with its lease still counting, answered a read of it: a stale read the service never makes, Redis refusing that
-    taking (seed 31, at step 37). A brief pause's or suspend's restored lease is kept (``ClusterWorld.lose_tail``)."""
+    taking (seed 31, at step 37). A brief pause's or suspend's restored lease is kept (``ClusterWorld.lose_tail``).
+    Seed 31 draws that case no more (its schedule changed since), and none of 510 seeds of this configuration did
+    with the kept lease dropped again: the invariant's side of it is pinned by ``test_stale_reads_model.py``."""
     await Driver(31, Tally(), processes=2, lose_tail=True, clock_skew=True, forward_streams=True, partition=True,
                  clock_jumps=True, suspends=True).run(60)
 
