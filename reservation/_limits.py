@@ -120,9 +120,10 @@ class Limits:
 
     retention_ms: int = 24 * 3600 * 1000
     """How long a resolved reservation is kept for idempotent replays (R5): at least 10 minutes (``atp-service``
-    refuses less), at most ten years, and well above eight times the largest clock gap between the service's hosts
-    (an order spanning groups whose id is used again tells a part of the order before it from its own by the part's
-    age against it, R3; a SHIPMENT stamped half of it or more before the reservation it names was made is an earlier
+    refuses less), at most ten years, and well above sixteen times the furthest any host's clock strays from the
+    true time (UTC), a step forward and back again counted at its size, since the service never counts back (an
+    order spanning groups whose id is used again tells a part of the order before it from its own by the part's age
+    against it, R3; a SHIPMENT stamped half of it or more before the reservation it names was made is an earlier
     holder's of the id, fulfilling none, R4)."""
 
     fact_grace_ms: int = 24 * 3600 * 1000

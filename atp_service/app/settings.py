@@ -21,11 +21,12 @@ SECRET_URLS = ("redis_url",)
 """Settings whose value may carry a password: printed without it."""
 METAVARS = {"int": "N", "float": "X", "Path": "PATH", "tuple": "A,B,..."}
 MIN_RETENTION_MS = 10 * 60 * 1000
-"""The least ``retention_ms`` ``atp-service`` starts with. An eighth of it is the gap between the clocks of the
-service's hosts that an order spanning groups whose id is used again allows, when it tells a part of the order before
-it from its own by the part's age (R3: two hosts' gaps add up where groups move, under a quarter; a part stamped by one
-group's clock is judged by another's later, under half). 10 minutes: 75 seconds of clock gap, 75 times the second past
-which ``ATPProcessClocksDisagree`` fires. The engine's
+"""The least ``retention_ms`` ``atp-service`` starts with. A sixteenth of it is how far from the true time (UTC) any
+host's clock may stray — so no two more than an eighth apart, a group's clock ahead of the host furthest behind by
+under that (``GroupClock``) — that an order spanning groups whose id is used again allows, when it tells a part of
+the order before it from its own by the part's age (R3: a part stamped by one group's clock is judged by another's
+later, at least the retention less two such gaps old). 10 minutes: 37.5 seconds each way, 75 seconds between hosts,
+75 times the second past which ``ATPProcessClocksDisagree`` fires. The engine's
 ``reservation.Limits`` holds no floor: tests and the simulation shorten the retention, their clocks moved to match."""
 
 
@@ -46,8 +47,8 @@ def check_retention(limits: Limits) -> None:
     """Refuse (``ValueError`` naming the setting, its floor and why) a ``retention_ms`` under ``MIN_RETENTION_MS``."""
     if limits.retention_ms < MIN_RETENTION_MS:
         raise ValueError(f"retention_ms: must be at least {MIN_RETENTION_MS} ({MIN_RETENTION_MS // 60_000} minutes), "
-                         f"got {limits.retention_ms}: an eighth of it is the gap between the clocks of the service's "
-                         "hosts allowed where an order whose id is used again tells another order's parts (R3)")
+                         f"got {limits.retention_ms}: a sixteenth of it is how far from the true time a host's clock "
+                         "may stray where an order whose id is used again tells another order's parts (R3)")
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -181,8 +181,8 @@ def test_a_retention_below_its_floor_stops_the_start() -> None:
                           "--redis-url", "redis://127.0.0.1:1", ATP_RETENTION_MS=below)  # no Redis of its own
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.startswith(f"atp-service: ATP_RETENTION_MS: must be at least {MIN_RETENTION_MS} (10 "
-                                     f"minutes), got {below}: an eighth of it is the gap between the clocks of the "
-                                     "service's hosts allowed"), refused.stderr
+                                     f"minutes), got {below}: a sixteenth of it is how far from the true time a "
+                                     "host's clock may stray"), refused.stderr
     assert "Traceback" not in refused.stderr
     flagged = atp_service("config", "--retention-ms", "0")
     assert flagged.returncode == 2 and flagged.stderr.startswith(
