@@ -292,11 +292,11 @@ class FactDesk:
         for i in shipments:
             result = results[i]
             if type(result) is tuple and isinstance(result[1], NotFulfilled):
-                fact = facts[i]
-                self.metrics.shipments_unfulfilled.labels(origin, result[1].cause.value).inc()
+                fact, cause = facts[i], result[1].cause.value  # the label and the line say the same (R4)
+                self.metrics.shipments_unfulfilled.labels(origin, cause).inc()
                 fields = self.unfulfilled_lines.fields(
                     event="shipment_not_fulfilled", reservation_id=fact.reservation_id, event_id=fact.event_id,
-                    source=fact.source, origin=origin)
+                    source=fact.source, origin=origin, reason=cause)
                 if fields is None:  # counted above; its line left out (said by the next one written)
                     continue
                 log.warning("shipment %s of %s (%s@%s) fulfilled nothing of reservation %r: %s", fact.event_id,

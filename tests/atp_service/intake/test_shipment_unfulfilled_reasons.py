@@ -5,6 +5,10 @@ a reservation whose units stay reserved or committed beside those gone (to fix b
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from reservation._unfulfilled import Unfulfilled
@@ -19,13 +23,21 @@ def shipment(event_id: str, location: str, quantity: int, reservation_id: str, a
     return fact
 
 
+def reasons_logged(caplog: pytest.LogCaptureFixture) -> dict[str, str]:
+    """The ``reason`` of each ``shipment_not_fulfilled`` line captured, by its fact's ``event_id``."""
+    lines = [r for r in caplog.records if getattr(r, "event", "") == "shipment_not_fulfilled"]
+    return {r.event_id: r.reason for r in lines}  # type: ignore[attr-defined]
+
+
 async def test_each_shipment_that_fulfils_nothing_is_counted_by_why_R4(
-        start_service: ServiceFactory) -> None:
+        start_service: ServiceFactory, caplog: pytest.LogCaptureFixture) -> None:
     """Defect: every such shipment was counted under its origin alone, whatever the reason: a dashboard could not tell
-    an earlier holder's late parcel from a WMS shipping before the OMS confirmed, or a shipment reported twice."""
+    an earlier holder's late parcel from a WMS shipping before the OMS confirmed, or a shipment reported twice. Its log
+    line says the same ``reason`` (defect: it had none, so a log search could not pick one cause's lines)."""
     clock = ManualClock(T0)
     service, client = await start_service(clock=clock)
-    assert service.engine is not None
+    assert service.engine is not None and service.desk is not None
+    service.desk.unfulfilled_lines.interval_s = 0  # every line written: none left out, whatever the timing
     await client.record_events([F("stock", "RECEIPT", "A", "DC", 20, T0 - 1_000, "wms").pb()])
     await reserved_again(client, service.engine.run_maintenance, clock)  # r: its earlier holder forgotten
     now = clock.now_ms()
@@ -38,12 +50,15 @@ async def test_each_shipment_that_fulfils_nothing_is_counted_by_why_R4(
              shipment("lost", "DC", 1, "nope", now),  # no such reservation
              shipment("once", "DC", 1, "shipped", now), shipment("twice", "DC", 1, "shipped", now),  # twice reported
              shipment("astray", "S2", 1, "elsewhere", now)]  # a position that is no line of it
-    answers = await client.record_events(facts)
+    with caplog.at_level(logging.WARNING):
+        answers = await client.record_events(facts)
     assert [a.outcome for a in answers] == [pb.FACT_OUTCOME_APPLIED] * len(facts), answers
     assert [bool(a.detail) for a in answers] == [True, True, True, False, True, True], answers
     counted = {cause.value: unfulfilled_told(service, cause.value) for cause in Unfulfilled}
     assert counted == {"earlier_holder": 1, "not_confirmed": 1, "unknown": 1, "resolved": 1, "not_a_line": 1,
                        "earlier_order": 0, "refused": 0}, counted
+    assert reasons_logged(caplog) == {"old-parcel": "earlier_holder", "early": "not_confirmed", "lost": "unknown",
+                                      "twice": "resolved", "astray": "not_a_line"}
 
 
 async def test_a_shipment_a_later_count_absorbed_naming_no_known_reservation_is_counted_unknown_R4_E4(
@@ -64,3 +79,4 @@ async def test_a_shipment_a_later_count_absorbed_naming_no_known_reservation_is_
     assert counted == {"unknown": 1, "not_confirmed": 1, "earlier_holder": 0, "resolved": 0, "not_a_line": 0,
                        "earlier_order": 0, "refused": 0}, counted
     assert [p.on_hand for p in await client.availability([("A", "DC")])] == [15]  # the count holds what left (E4)
+
