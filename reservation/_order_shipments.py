@@ -37,7 +37,7 @@ class Fulfils(enum.Enum):
     """What a SHIPMENT fact does to the part holding its order's id at its shard."""
 
     OWN = enum.auto()
-    """The order's own part (or its order not known here): fulfilled, changed now."""
+    """The order's own part (or its order not known here, ``ship``): fulfilled, changed now."""
     OTHERS = enum.auto()
     """Another order's, the fact stamped before the order opened: fulfilled, its last change kept."""
     NONE = enum.auto()
@@ -67,11 +67,6 @@ def earlier_holder(rec: Reservation | None, fact: Fact, limits: Limits) -> str:
             "forgotten before it was made")
 
 
-def any_part(_part: Reservation, _fact: Fact) -> Fulfils:
-    """The order not known here (forgotten at its home, or homed at another process): the part is taken as its own."""
-    return Fulfils.OWN
-
-
 def judge(order: Reservation, group: int, place: Place, limits: Limits) -> Judge:
     """Whose the part at ``group`` is for a SHIPMENT naming ``order`` (its record as its home holds it, its pending
     change carried through): its own part (``_order_losses.own_parts``), or another order's of that id, fulfilled
@@ -86,19 +81,22 @@ def judge(order: Reservation, group: int, place: Place, limits: Limits) -> Judge
 
 
 def ship(view_: View, fact: Fact, part: str, now: int, limits: Limits,
-         whose: Judge = any_part) -> tuple[FactOutcome, str]:
+         whose: Judge | None = None) -> tuple[FactOutcome, str]:
     """A SHIPMENT fact naming an order, on the fact's shard: the stock moves, and the part holding ``part``'s id there
     fulfils the fact's line with it, unless ``whose`` tells it another order's the fact cannot be (R4; idempotent by
-    the fact's identity, E8: a resend is a duplicate). The fact's outcome, and why it fulfilled nothing (empty: it
-    fulfilled its line)."""
+    the fact's identity, E8: a resend is a duplicate). ``whose`` None: the order not known here (forgotten at its home,
+    or no process said it holds it): the part found is taken as its own. The fact's outcome, and why it fulfilled
+    nothing (empty: it fulfilled its line)."""
     outcome, reason = view_.record_fact(fact)
     if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED):
         return outcome, reason
     order_id, found = order_of(part), view_.reservation(part)
+    if found is None and whose is None:  # the reservation gone, not the producer's location astray: ``unknown``
+        return outcome, NotFulfilled(Unfulfilled.UNKNOWN, f"reservation {order_id!r} unknown")
     if found is None:
         return outcome, NotFulfilled(Unfulfilled.NOT_A_LINE,
                                      f"{fact.sku}@{fact.location} is not a line of reservation {order_id!r}")
-    judged = whose(found, fact)
+    judged = Fulfils.OWN if whose is None else whose(found, fact)
     if judged == Fulfils.NONE:
         return outcome, NotFulfilled(Unfulfilled.EARLIER_ORDER, f"the part at {fact.sku}@{fact.location} is an earlier "
                                      f"order's of id {order_id!r}, and the fact is stamped after this one opened")

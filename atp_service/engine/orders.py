@@ -372,7 +372,7 @@ class Orders(OrderSteps):
             try:  # made again (``_settled``, as a home elsewhere does for ``SettleOrder``): the fact fulfils it
                 ship = fulfilling_its(fact, (await self._settled(order_id, home))[0], shard, self._engine.place, limits)
             except NotFound:
-                home = None  # forgotten meanwhile: the stock moves all the same
+                home = None  # forgotten meanwhile: the stock moves all the same (no part here: unknown, R4)
             except DomainError as exc:  # refused for good (the order given up deciding it): the units left all
                 if not lasting(exc):  # the same (Q1, R4); a refusal that passes is taken again later, nothing applied
                     raise

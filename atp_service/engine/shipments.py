@@ -30,9 +30,10 @@ Shipping = Callable[[View, int], tuple[Any, str]]
 """A SHIPMENT's work on its shard: its outcome, and why it fulfilled nothing (empty: fulfilled, or a duplicate)."""
 
 
-def fulfilling(fact: Fact, part: str, limits: Limits, whose: Judge = order_shipments.any_part) -> Shipping:
+def fulfilling(fact: Fact, part: str, limits: Limits, whose: Judge | None = None) -> Shipping:
     """The SHIPMENT applied on its shard, fulfilling its line of ``part`` with it unless ``whose`` tells the part
-    there another order's the fact cannot be (R4, ``_order_shipments.ship``)."""
+    there another order's the fact cannot be (R4, ``_order_shipments.ship``). ``whose`` None: the order not known here
+    (forgotten meanwhile, ``Orders._shipment``): the part found taken as its own, none there telling it ``unknown``."""
     return lambda view, now: order_shipments.ship(view, fact, part, now, limits, whose)
 
 
@@ -44,7 +45,7 @@ def fulfilling_its(fact: Fact, order: Reservation | None, group: int, place: ord
     (``parts.shipped_elsewhere``), as its callers see it: its lines merged from its own parts alone, so the content it
     was opened with and its opening time, all the judge reads, are its record's (a home of an earlier build answers
     the settle step with that view too: nothing new is sent). None (no process said it holds it: forgotten
-    meanwhile): the part as found, taken as its own."""
+    meanwhile): the part as found, taken as its own; none there, the fact told ``unknown`` (not ``not_a_line``)."""
     if order is None or not order.is_order:
         return fulfilling(fact, orders.part_id(fact.reservation_id, group), limits)
     whose = order_shipments.judge(order, group, place, limits)

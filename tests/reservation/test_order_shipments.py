@@ -14,6 +14,7 @@ from reservation import Fact, FactKind, FactOutcome, OrderStep, PendingOp, Reser
 from reservation import _order_shipments as order_shipments
 from reservation import _orders as orders
 from reservation._order_shipments import Fulfils
+from reservation._unfulfilled import UNFULFILLED, NotFulfilled, Unfulfilled
 from tests.reservation.helpers import LIMITS, cmd
 from tests.reservation.test_orders import NOW, Estate, changed, place, reserved_order
 
@@ -80,3 +81,23 @@ def test_an_earlier_holder_s_fact_moves_the_stock_alone_its_identity_recorded_on
     assert order_shipments.ship(ledger, within, part, NOW, SKEWED, whose) == (FactOutcome.APPLIED, "")
     assert (ledger.quantities("B", "S1").on_hand, estate.committed("B")) == (8, 2)
     assert ledger.reservation(part).state == State.CONFIRMED  # type: ignore[union-attr]
+
+
+def test_a_shipment_of_an_order_not_known_here_at_a_group_with_no_part_of_it_is_told_unknown_R4() -> None:
+    """No judge: the order not known here (forgotten at its home, or no process said it holds it). Defect: with no part
+    at the fact's group it was told ``not_a_line`` ("check the producer's locations") for a reservation that is gone."""
+    estate = Estate()
+    outcome, why = order_shipments.ship(estate.ledgers[1], shipment("s", NOW), orders.part_id("o", 1), NOW, SKEWED)
+    assert outcome == FactOutcome.APPLIED and isinstance(why, NotFulfilled), why
+    assert (why.cause, why) == (Unfulfilled.UNKNOWN, f"{UNFULFILLED}: reservation 'o' unknown")
+    assert estate.ledgers[1].quantities("B", "S1").on_hand == 9  # the units left all the same (Q1)
+
+
+def test_a_shipment_of_a_known_order_at_a_group_with_no_part_of_it_is_told_not_a_line_R4() -> None:
+    estate = Estate()
+    order = reserved_order(estate, cmd("o", ("A", "S1", 2)))  # its one part at group 0
+    whose = order_shipments.judge(order, 1, place, SKEWED)
+    outcome, why = order_shipments.ship(estate.ledgers[1], shipment("s", NOW), orders.part_id("o", 1), NOW, SKEWED,
+                                        whose)
+    assert outcome == FactOutcome.APPLIED and isinstance(why, NotFulfilled), why
+    assert why.cause == Unfulfilled.NOT_A_LINE, why

@@ -11,10 +11,16 @@ import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
+from atp_service.engine import orders as orders_module
+from atp_service.engine.router import Engine
+from reservation import Reservation
 from reservation._unfulfilled import Unfulfilled
+from tests.atp_service.app.leased_pair import LEASED
 from tests.atp_service.fact_helpers import F, unfulfilled_told
 from tests.atp_service.intake.test_shipment_earlier_holder import T0, reserved_again
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
+from tests.waiting import until
 
 
 def shipment(event_id: str, location: str, quantity: int, reservation_id: str, at: int) -> pb.Fact:
@@ -80,3 +86,47 @@ async def test_a_shipment_a_later_count_absorbed_naming_no_known_reservation_is_
                        "earlier_order": 0, "refused": 0}, counted
     assert [p.on_hand for p in await client.availability([("A", "DC")])] == [15]  # the count holds what left (E4)
 
+
+def three_shards(engine: Engine) -> tuple[str, str, str]:
+    """Three SKUs, each on a shard of its own."""
+    found: dict[int, str] = {}
+    for sku in (f"SKU-{i}" for i in range(1000)):
+        found.setdefault(engine.place(sku), sku)
+        if len(found) == 3:
+            break
+    first, second, third = found.values()
+    return first, second, third
+
+
+async def test_a_shipment_of_an_order_forgotten_as_it_waited_is_told_unknown_not_a_line_R4(
+        start_service: ServiceFactory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SHIPMENT naming an order homed here, at a shard holding no part of it, the order forgotten before the
+    shipment's turn came (its record read at its home finds nothing: here made so by a hook, the window being between
+    the fact's routing and the order's lock). Defect: told ``not_a_line`` ("check the producer's locations") for a
+    reservation that is gone; it is ``unknown``, as where the order was forgotten before the fact arrived."""
+    service, client = await start_service(clock=ManualClock(T0), port=held_port(), **{**LEASED, "shards": 4})
+    engine = service.engine
+    assert engine is not None and service.desk is not None
+    await until(lambda: all(not actor.vacant for actor in engine.actors), "every group taken")
+    service.desk.unfulfilled_lines.interval_s = 0
+    a, b, c = three_shards(engine)
+    await client.record_events([F(f"in-{sku}", "RECEIPT", sku, "DC", 5, T0 - 1_000, "wms").pb() for sku in (a, b, c)])
+    await client.reserve("o", [(a, "DC", 1), (b, "DC", 1)], ttl_seconds=60)
+    await client.confirm("o")
+    home = engine.home_of("o")
+    assert home is not None and engine.is_order(home, "o")
+    real_record_at = orders_module.record_at
+
+    async def forgotten(engine_: Engine, shard: int, reservation_id: str) -> Reservation | None:
+        return None if reservation_id == "o" else await real_record_at(engine_, shard, reservation_id)
+
+    monkeypatch.setattr(orders_module, "record_at", forgotten)
+    fact = F("gone", "SHIPMENT", c, "DC", 1, T0, "wms").pb()
+    fact.reservation_id = "o"
+    with caplog.at_level(logging.WARNING):
+        (answer,) = await client.record_events([fact])
+    assert answer.outcome == pb.FACT_OUTCOME_APPLIED and "'o' unknown" in answer.detail, answer
+    assert [unfulfilled_told(service, reason) for reason in ("unknown", "not_a_line")] == [1, 0]
+    assert reasons_logged(caplog) == {"gone": "unknown"}
+    (p,) = await client.availability([(c, "DC")])
+    assert p.on_hand == 4  # the units left all the same (Q1)
