@@ -271,12 +271,12 @@ class ChannelMetrics:
         self.restamps_unread = Counter(
             "atp_channel_restamps_unread_total", "Looks at a channel's restamp hash Redis refused (another type than a "
             "hash): the keys publishers name there are not published again", ["channel"], registry=r)
+        self.relinks = Counter("atp_channel_relinks_total", "Times the channel desk read every channel again from "
+                               "what Redis holds, Redis having lost versions it published (StreamLost)", registry=r)
         self.curated_skus = Counter(
-            "atp_channel_curated_skus_total", "SKUs re-curated (all channels) after a durable change", registry=r
-        )
-        self.curation_seconds = Histogram(
-            "atp_channel_curation_seconds", "Time to re-curate the SKUs changed since the last round",
-            buckets=_LATENCY_BUCKETS, registry=r)
+            "atp_channel_curated_skus_total", "SKUs re-curated (all channels) after a durable change", registry=r)
+        self.curation_seconds = Histogram("atp_channel_curation_seconds", "Time to re-curate the SKUs changed "
+                                          "since the last round", buckets=_LATENCY_BUCKETS, registry=r)
 
     def feed_published(self, channel: str, coalesced: int, throttled: int, overdue: int) -> None:
         """A feed's counts since its last write, once it was written."""

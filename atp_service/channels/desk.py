@@ -173,17 +173,18 @@ class ChannelDesk(DurableMarks, DeskCuration):
         log.error("channel streams lost versions this service published (%s): every channel is read again from what "
                   "Redis holds; subscribers past it are told to re-snapshot", loss,
                   extra={"event": "channel_feeds_relinked", "error": str(loss)})
+        self.metrics.relinks.inc()
+        # Cleared only once read again: a relink ended (``ChannelsUnreadable``) or cancelled (the stop) leaves the
+        # feeds holding the lost values, which a snapshot showed until the service stopped serving (C4).
         self._relinking = True
-        try:
-            async with self._feeds_read:
-                before, estate = {**self._retired, **self.feeds}, self.estate  # their writes are over: none in flight
-                stored = await retry_until_done(lambda: self._read_feeds(estate), STORAGE_ERRORS, DESK_RETRY,
-                                                noted_now_and_then(_relink_waiting, SETTLE_LOG_EVERY_S))
-                self.feeds, self._retired = next_feeds(estate.channels, {}, stored, self.clock.now_ms())
-                for name, feed in self.feeds.items():
-                    if (old := before.get(name)) is not None and isinstance(feed, RunFeed):
-                        feed.begin_above(old.version)
-        finally:
+        async with self._feeds_read:
+            before, estate = {**self._retired, **self.feeds}, self.estate  # their writes are over: none in flight
+            stored = await retry_until_done(lambda: self._read_feeds(estate), STORAGE_ERRORS, DESK_RETRY,
+                                            noted_now_and_then(_relink_waiting, SETTLE_LOG_EVERY_S))
+            self.feeds, self._retired = next_feeds(estate.channels, {}, stored, self.clock.now_ms())
+            for name, feed in self.feeds.items():
+                if (old := before.get(name)) is not None and isinstance(feed, RunFeed):
+                    feed.begin_above(old.version)
             self._relinking = False
         self._zero_lines = zero_lines(self.estate.channels, self.feeds)
         self._curator.reset()

@@ -1,0 +1,75 @@
+"""The channel desk's relink (``ChannelDesk._relink``): Redis lost versions the desk published, and the desk alone
+reads every channel again from what Redis holds. Counted (``atp_channel_relinks_total``: it replaced a service
+restart, which an operator saw as one), and the feeds' memory, which holds the lost values, is never shown in a
+snapshot unless the read completed: a relink Redis refuses for good ends the desk (``ChannelsUnreadable``) and the
+service stops, but snapshots were served again from the lost values until it stopped serving (C4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from atp_service.channels.desk import ChannelDesk, ChannelsUnreadable
+from reservation import Unavailable
+from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
+from tests.conftest import ServiceFactory
+from tests.waiting import until
+
+T = 1_700_000_000_000
+STREAM = "atp:{avail}:market"
+
+
+def _relinks(desk: ChannelDesk) -> float:
+    (family,) = desk.metrics.relinks.collect()
+    return sum(s.value for s in family.samples if s.name.endswith("_total"))
+
+
+async def _lose_the_newest(redis_url: str, version: int, web_state: str | None = None) -> None:
+    """market's newest entry gone as if never written (Redis back from data saved before it); ``web_state``: web's
+    state hash key overwritten with a string (something else than the service wrote it)."""
+    async with aioredis.Redis.from_url(redis_url) as direct:
+        await direct.xdel(STREAM, f"{version}-0")
+        await direct.execute_command("XSETID", STREAM, f"{version - 1}-0")  # its id never handed out
+        await direct.hdel(f"{STREAM}:state", "sku-x\t")  # nor its value: sku-x's first
+        if web_state is not None:
+            await direct.set("atp:{avail}:web:state", web_state)
+
+
+async def test_a_relink_is_counted_and_the_desk_then_shows_what_redis_holds(
+        start_service: ServiceFactory, tmp_path: Path, redis_url: str) -> None:
+    service, client = await start_service(estate=write_estate(tmp_path), input_streams=())
+    desk = service.channels
+    assert desk is not None
+    assert _relinks(desk) == 0
+    await client.record_events([fact("c1", "COUNT", "sku-x", "dc-1", 10, T)])
+    lost = (await wait_for_updates(redis_url, "market", 1, desk=desk))[-1].version
+    await _lose_the_newest(redis_url, lost)
+    await client.record_events([fact("s1", "SALE", "sku-x", "dc-1", 1, T + 1)])
+    await until(lambda: _relinks(desk) == 1 and not desk._relinking, "the desk read every channel again")
+    _, shown = desk.snapshot("market")
+    assert all(p.version != lost for _, p in shown), f"the value of the lost version {lost} shown: {shown}"
+    assert not service.failed.is_set()
+
+
+async def test_a_relink_redis_refuses_for_good_shows_no_snapshot_of_the_lost_values_C4(
+        start_service: ServiceFactory, tmp_path: Path, redis_url: str) -> None:
+    """web's state hash key holds a string: the relink's read is refused WRONGTYPE, the desk ends. Before, its flag
+    was cleared on the way out, and a snapshot of market showed the lost version and its value until the service
+    stopped serving (an embedded service: for as long as it ran)."""
+    service, client = await start_service(estate=write_estate(tmp_path), input_streams=())
+    desk = service.channels
+    assert desk is not None
+    await client.record_events([fact("c1", "COUNT", "sku-x", "dc-1", 10, T)])
+    lost = (await wait_for_updates(redis_url, "market", 1, desk=desk))[-1].version
+    await _lose_the_newest(redis_url, lost, web_state="not a hash")
+    await client.record_events([fact("s1", "SALE", "sku-x", "dc-1", 1, T + 1)])
+    task = desk.task
+    assert task is not None
+    await until(task.done, "the desk ended")
+    assert isinstance(task.exception(), ChannelsUnreadable), task.exception()
+    assert _relinks(desk) == 1
+    with pytest.raises(Unavailable):
+        shown = desk.snapshot("market")
+        pytest.fail(f"a snapshot of the feeds' memory, the lost version {lost} in it: {shown[0]}")
