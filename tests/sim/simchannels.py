@@ -181,7 +181,8 @@ class DeskRunner:
     """The real desk, its rounds run as tasks when the driver says (see the module's docstring)."""
 
     def __init__(self, desk: ChannelDesk, lost: Callable[[], bool] = lambda: False) -> None:
-        """``lost``: told a ``StreamLost`` (the service stops to be restarted, R7); False: no loss allows it."""
+        """``lost``: told a ``StreamLost``, which the desk's loop answers by reading every channel again
+        (``ChannelDesk._relink``), the instance serving on; False: no loss allows it."""
         self.desk, self.lost = desk, lost
         self.task: asyncio.Task[None] | None = None
         self.rounds = 0
@@ -216,15 +217,16 @@ class DeskRunner:
 
     async def round(self) -> None:
         """One round of the desk's loop (``ChannelDesk.run_round``); a storage error ends it (the desk
-        has settled the write; its loop would back off and go on, here the next round does)."""
+        has settled the write; its loop would back off and go on, here the next round does). A loss
+        (``StreamLost``) has the desk read every channel again, as its loop does."""
         self.rounds += 1
         try:
             with contextlib.suppress(*STORAGE_ERRORS):
                 await self.desk.run_round()
-        except StreamLost:
+        except StreamLost as loss:
             if not self.lost():
                 raise
-            self.stopped = True  # as the service's desk task, ended: no round until the restart
+            await self.desk._relink(loss)  # as ``ChannelDesk._run``: the shards and the instance serve on
 
     async def stop(self) -> None:
         self.stopped = True

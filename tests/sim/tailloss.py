@@ -253,7 +253,7 @@ class TailLoss:
         HELD with a part confirmed (its confirmation lost), or undecided with a part confirmed (its decision
         lost; given up undecided, that part kept committed), or a
         group lost to another taking whose log no longer holds what its shard made durable, or a channel stream found
-        below versions the desk published as it stopped (``StreamLost``)."""
+        below versions the desk published (``StreamLost``: read again, ``channel_feeds_relinked``; or as it stopped)."""
         if getattr(record, "event", None) in ("order_part_orphaned", "order_part_outlived", "order_part_lost",
                                               "order_confirmation_restored", "order_decision_restored",
                                               "order_part_committed_again", "order_part_kept_committed",
@@ -261,6 +261,6 @@ class TailLoss:
             return self.ever_lost  # found later
         cause = record.exc_info[1] if record.exc_info else None
         if isinstance(cause, LogDiverged) or getattr(record, "why", None) == "claim_lost" or getattr(
-                record, "event", None) == "channel_loss_found_stopping":  # the desk's settle found it as it stopped
+                record, "event", None) in ("channel_loss_found_stopping", "channel_feeds_relinked"):  # a channel loss
             return self.witnessed(record)  # the instance that logged it lived through a loss (R7)
         return False

@@ -36,6 +36,7 @@ class Tally:
     group_splits: int = 0  # ... of them, granted from two members or more
     tail_losses: int = 0  # Redis restarted from older data (``--lose-tail``)
     tail_restarts: int = 0  # ... and the service stopped to be restarted (several processes: a group given up)
+    channel_relinks: int = 0  # ... and the channel desk read every channel again (``ChannelDesk._relink``)
     node_losses: int = 0  # ... of one Redis Cluster node only (several processes)
     owner_check_stops: int = 0  # shards the owner check found short and stopped (several processes)
     # several processes (``--processes``):
@@ -195,8 +196,8 @@ class Tally:
                       "late"
                       if self.input_letters_late or self.input_fences_late else "")
                    if self.input_entries else "")
-                + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
-                   if self.tail_losses else "")
+                + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts, "
+                   f"{self.channel_relinks} channel relinks" if self.tail_losses else "")
                 + (f" ({self.input_entries_lost} input entries lost, {self.input_acked_lost} kept acknowledged from "
                    f"memory it lost before the instance noticed, {self.input_letters_lost} dead letters lost of "
                    "entries kept)" if self.input_entries_lost else "")

@@ -192,11 +192,22 @@ async def test_the_service_restarts_on_what_redis_holds_after_losing_a_tail() ->
     or snapshot finding the log short, the owner check) and is restarted, and the restarted one serves
     exactly what Redis holds (E10), sells nothing twice (R2) and answers on every shard. Taking out the
     owner check's log-end read (``Engine.check_logs_reach``) fails seed 0: an idle shard kept a reservation
-    Redis had lost."""
+    Redis had lost. A channel desk that finds its streams short reads every channel again (a relink)."""
     tally = Tally()
     for seed in range(LOSE_TAIL_SEEDS):
         await Driver(seed, tally, lose_tail=True).run(60)
     assert tally.tail_losses > LOSE_TAIL_SEEDS and tally.tail_restarts > LOSE_TAIL_SEEDS / 2, tally
+    assert tally.channel_relinks, tally
+
+
+async def test_a_channel_desk_that_found_its_streams_short_believes_what_they_hold_after_reading_them_again() -> None:
+    """``--seed 12 --lose-tail``: Redis comes back from older data, the channel desk's next write is refused LOST
+    and it reads every channel again (``ChannelDesk._relink``) while the instance serves on; converged, what it
+    believes each channel shows is what the streams hold (C4). A relink that kept its old feeds fails it after
+    step 15."""
+    tally = Tally()
+    await Driver(12, tally, lose_tail=True).run(20)
+    assert tally.channel_relinks, tally
 
 
 async def test_leased_processes_serve_what_redis_holds_after_it_lost_a_tail() -> None:

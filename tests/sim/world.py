@@ -281,11 +281,12 @@ class World:
             self.must_restart = True
 
     def _desk_lost(self) -> bool:
-        """``StreamLost`` ended the desk's task: the instance stops to be restarted (``Watched``), allowed only
-        where Redis came back from older data since it started; else a finding (False: raised)."""
-        if self.tail is not None and self.tail.lost_since_start:
-            self.must_restart = True
-        return self.must_restart
+        """The desk found ``StreamLost``: it reads every channel again (``ChannelDesk._relink``), the instance
+        serving on, allowed only where Redis came back from older data since it started (or the instance stops
+        for it already); else a finding (False: raised)."""
+        allowed = self.must_restart or (self.tail is not None and self.tail.lost_since_start)
+        self.log.tally.channel_relinks += allowed
+        return allowed
 
     def _claim_refused(self) -> None:
         """``AtpService._on_replaced``: with one instance, Redis can only have lost its claim."""
