@@ -86,6 +86,13 @@ for c = 0, n - 1 do
     return redis.error_reply('LOST ' .. stream .. ': version ' .. items[1][$VERSION] .. ' follows on from the one ' ..
                              'before it, and the stream ends at ' .. top[1][1])
   end
+  -- Nothing of the channel at all (no stream, no state hash: Redis back from data saved before its first entry) is
+  -- a loss too; a stream deleted alone keeps the values in the state hash, and the write goes on.
+  if #items > 0 and not newest and items[1][$FOLLOWS] == '' and tonumber(items[1][$VERSION]) > 1 and
+      redis.call('EXISTS', stream, KEYS[2 * c + 4]) == 0 then
+    return redis.error_reply('LOST ' .. stream .. ': version ' .. items[1][$VERSION] .. ' follows on from the one ' ..
+                             'before it, and Redis holds nothing of the channel')
+  end
   local floor = #items > 0 and reached(items[1], newest)
   local handed = floor and (redis.call('EXISTS', stream) == 1 and handed_out(stream) or '0')
   if handed and tonumber(handed) < floor then

@@ -167,6 +167,8 @@ class SimChannelStore:
                 return "LOST"  # following on from, or a settle's marker linked to, a version Redis lost (StreamLost)
             if isinstance(first, StartMarker) and not first.settled and top < first.reached:
                 return "LOST"  # a start's marker on a stream below the id the start read there
+            if not self.streams[channel] and not self.state[channel] and first.follows is None and first.version > 1:
+                return "LOST"  # following on where Redis holds nothing of the channel (back from before its first)
         if refuses(self.log.full):
             return "OOM"  # Redis at its maxmemory (``full.py``): nothing written
         for channel, updates in w.batches:

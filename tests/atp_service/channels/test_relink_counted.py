@@ -6,19 +6,23 @@ service stops, but snapshots were served again from the lost values until it sto
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.channels.desk import ChannelDesk, ChannelsUnreadable
 from reservation import Unavailable
-from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
+from tests.atp_service.channel_helpers import fact, one_dc_market, wait_for_updates, write_estate
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
 T = 1_700_000_000_000
 STREAM = "atp:{avail}:market"
+KEY = ("sku-x", "")
+Kind = pb.WatchAvailabilityResponse
 
 
 def _relinks(desk: ChannelDesk) -> float:
@@ -73,3 +77,27 @@ async def test_a_relink_redis_refuses_for_good_shows_no_snapshot_of_the_lost_val
     with pytest.raises(Unavailable):
         shown = desk.snapshot("market")
         pytest.fail(f"a snapshot of the feeds' memory, the lost version {lost} in it: {shown[0]}")
+
+
+async def test_a_channel_redis_holds_nothing_of_is_read_again_and_its_subscriber_told_C3(
+        start_service: ServiceFactory, tmp_path: Path, redis_url: str) -> None:
+    """Redis back from data saved before market's first entry (its claim kept): neither market's stream nor its state
+    hash is there. The write script checked an entry following on only against a stream holding one, so the desk's
+    next change was written as the stream's first entry, and a subscriber at the lost version read it as the one
+    after its own: across the loss untold, the values it had read lost for good (C3, C4). Refused LOST now: the desk
+    reads the channels again, and the subscriber is told to re-snapshot."""
+    service, client = await start_service(estate=write_estate(tmp_path, one_dc_market(0, 1000.0)), input_streams=())
+    desk = service.channels
+    assert desk is not None
+    await client.record_events([fact("c1", "COUNT", "sku-x", "dc-1", 10, T)])
+    seen = (await wait_for_updates(redis_url, "market", 1, desk=desk))[-1].version  # a subscriber read it
+    async with aioredis.Redis.from_url(redis_url) as direct:
+        await direct.delete(STREAM, f"{STREAM}:state")
+    await client.record_events([fact("s1", "SALE", "sku-x", "dc-1", 1, T + 1)])
+    await until(lambda: KEY in desk.feeds["market"].published and desk.feeds["market"].published[KEY].version > seen
+                and all(f.in_flight == 0 for f in desk.feeds.values()), "the sale's value published")
+    call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=seen))
+    message = await asyncio.wait_for(call.read(), 30)
+    call.cancel()
+    assert message.kind == Kind.KIND_RESNAPSHOT_REQUIRED, message
+    assert _relinks(desk) == 1
