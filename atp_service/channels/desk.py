@@ -49,6 +49,9 @@ from reservation import ChannelUpdate, Feed, Key, NotFound, Published, Reason, U
 log = logging.getLogger(__name__)
 DESK_RETRY = BackoffPolicy(first_s=0.05, max_s=2.0)
 """Waits of the desk between tries while Redis does not answer."""
+RELINK_AGAIN = BackoffPolicy(first_s=1.0, max_s=30.0)
+"""Waits before a relink found again with no round through since the last (Redis switching between two data sets, a
+primary and a replica behind it taking turns): each reads every channel and curates every SKU again."""
 
 
 class ChannelDesk(DurableMarks, DeskCuration):
@@ -149,7 +152,7 @@ class ChannelDesk(DurableMarks, DeskCuration):
 
     # -- the loop ------------------------------------------------------------------
     async def _run(self) -> None:
-        backoff = Backoff(DESK_RETRY)
+        backoff, relinks, again = Backoff(DESK_RETRY), Backoff(RELINK_AGAIN), False
         while True:
             if not self._dirty:
                 await self._sleep_until_due()
@@ -157,26 +160,31 @@ class ChannelDesk(DurableMarks, DeskCuration):
             try:
                 await self.run_round()
                 backoff.reset()
+                relinks.reset()
+                again = False
             except STORAGE_ERRORS:
                 await backoff.wait()
             except StreamLost as exc:
-                await self._relink(exc)
+                await self._relink(exc, relinks.next_delay() if again else 0.0)
+                again = True
 
-    async def _relink(self, loss: StreamLost) -> None:
+    async def _relink(self, loss: StreamLost, wait_s: float = 0.0) -> None:
         """Redis lost versions the desk published (``StreamLost``: back from older data, or the ``{avail}`` node failed
         over to a replica behind it): every channel read again from what Redis holds, as a start reads it, the desk
         alone — the engine's logs are checked by their own shards (R7), and a service restart for the channels' loss
         left every shard unanswered meanwhile. No snapshot of the feeds' memory, which holds the lost values, until
         then (C4). Each new feed's versions begin above every version this run handed out (C3), its first entry a
         marker following what the stream holds: a subscriber or publisher past that is told (re-snapshot, keys
-        named to publish again), one at it goes on. Every SKU is curated again against what Redis holds (C1)."""
+        named to publish again), one at it goes on. Every SKU is curated again against what Redis holds (C1). After
+        ``wait_s`` (``RELINK_AGAIN``): a loss found again before any round went through is not read again at once."""
         log.error("channel streams lost versions this service published (%s): every channel is read again from what "
-                  "Redis holds; subscribers past it are told to re-snapshot", loss,
-                  extra={"event": "channel_feeds_relinked", "error": str(loss)})
+                  "Redis holds in %.2fs; subscribers past it are told to re-snapshot", loss, wait_s,
+                  extra={"event": "channel_feeds_relinked", "error": str(loss), "retry_s": round(wait_s, 2)})
         self.metrics.relinks.inc()
         # Cleared only once read again: a relink ended (``ChannelsUnreadable``) or cancelled (the stop) leaves the
         # feeds holding the lost values, which a snapshot showed until the service stopped serving (C4).
         self._relinking = True
+        await asyncio.sleep(wait_s)
         async with self._feeds_read:
             before, estate = {**self._retired, **self.feeds}, self.estate  # their writes are over: none in flight
             stored = await retry_until_done(lambda: self._read_feeds(estate), STORAGE_ERRORS, DESK_RETRY,

@@ -2,27 +2,41 @@
 reads every channel again from what Redis holds. Counted (``atp_channel_relinks_total``: it replaced a service
 restart, which an operator saw as one), and the feeds' memory, which holds the lost values, is never shown in a
 snapshot unless the read completed: a relink Redis refuses for good ends the desk (``ChannelsUnreadable``) and the
-service stops, but snapshots were served again from the lost values until it stopped serving (C4)."""
+service stops, but snapshots were served again from the lost values until it stopped serving (C4). A channel Redis
+holds nothing of is a loss too, and a loss found again before any round went through is read again after a wait."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import ManualClock
 from atp_service.channels.desk import ChannelDesk, ChannelsUnreadable
+from atp_service.storage.channel_script import WRITE_SCRIPT
 from reservation import Unavailable
-from tests.atp_service.channel_helpers import fact, one_dc_market, wait_for_updates, write_estate
+from tests.atp_service.channel_helpers import (
+    desk_served,
+    fact,
+    one_dc_market,
+    wait_for_updates,
+    write_estate,
+)
+from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.conftest import ServiceFactory
+from tests.conftest import test_config as make_config
 from tests.waiting import until
 
 T = 1_700_000_000_000
 STREAM = "atp:{avail}:market"
 KEY = ("sku-x", "")
 Kind = pb.WatchAvailabilityResponse
+__all__ = ["proxy"]  # the fixture, used by name
 
 
 def _relinks(desk: ChannelDesk) -> float:
@@ -101,3 +115,39 @@ async def test_a_channel_redis_holds_nothing_of_is_read_again_and_its_subscriber
     call.cancel()
     assert message.kind == Kind.KIND_RESNAPSHOT_REQUIRED, message
     assert _relinks(desk) == 1
+
+
+async def test_a_loss_found_again_before_any_round_went_through_is_read_again_after_a_wait(
+        proxy: HoldingProxy, redis_url: str, tmp_path: Path, caplog: Any) -> None:
+    """Redis loses market's newest version, the desk reads every channel again; its next write is on its way when
+    Redis loses the version that read saw too (two data sets taking turns): refused LOST, the desk reads everything
+    again. Each read is of every channel, and every SKU is curated again: the second waits (``RELINK_AGAIN``), the
+    first did not. Before, a desk refused on every write read every channel again at once, round after round."""
+    config = make_config(estate=write_estate(tmp_path, one_dc_market(0, 1000.0)), redis_timeout_s=30,
+                         input_streams=(), owner_check_s=3600)  # no owner check
+    with caplog.at_level(logging.ERROR, logger="atp_service.channels.desk"):
+        async with desk_served(config, proxy.url, ManualClock(T)) as (_, desk, client):
+            await client.record_events([fact("a1", "COUNT", "sku-a", "dc-1", 10, T)])
+            kept = (await wait_for_updates(redis_url, "market", 1, desk=desk))[-1].version
+            await client.record_events([fact("b1", "COUNT", "sku-b", "dc-1", 10, T)])
+            lost = (await wait_for_updates(redis_url, "market", 2, desk=desk))[-1].version
+            await _lose(redis_url, lost, "sku-b")
+            proxy.hold(WRITE_SCRIPT.sha.encode())
+            await client.record_events([fact("a2", "SALE", "sku-a", "dc-1", 1, T + 1)])
+            await until(lambda: len(proxy.held) == 1, "the sale's write on its way")
+            assert (await proxy.land(proxy.held[0])).startswith(b"-LOST")
+            await until(lambda: _relinks(desk) == 1 and len(proxy.held) == 1, "the desk's next write on its way")
+            proxy.hold()
+            await _lose(redis_url, kept, "sku-a")  # what the relink read is lost too
+            assert (await proxy.land(proxy.held[0])).startswith(b"-LOST")
+            await until(lambda: _relinks(desk) == 2, "the desk reading every channel again")
+    waits = [getattr(r, "retry_s", 0) for r in caplog.records if getattr(r, "event", "") == "channel_feeds_relinked"]
+    assert waits[0] == 0 and waits[1] > 0, waits
+
+
+async def _lose(redis_url: str, version: int, sku: str) -> None:
+    """market's entry ``version`` (its newest) and ``sku``'s value gone, as if never written."""
+    async with aioredis.Redis.from_url(redis_url) as direct:
+        await direct.xdel(STREAM, f"{version}-0")
+        await direct.execute_command("XSETID", STREAM, f"{version - 1}-0")
+        await direct.hdel(f"{STREAM}:state", f"{sku}\t")
