@@ -52,10 +52,16 @@ class SystemClock:
 
 
 class CountingClock(Clock, Protocol):
-    """A process's clock: the timestamps it gives, and the monotonic clock it counts on (never stepped)."""
+    """A process's clock: the timestamps it gives, the monotonic clock it counts on (never stepped), and
+    the floor recovery raises it to."""
 
     def mono_ns(self) -> int:
         """Nanoseconds on the host's monotonic clock: what a taken group's clock counts on (``GroupClock``)."""
+        ...
+
+    def advance_floor(self, floor_ms: int) -> None:
+        """Never give a timestamp below ``floor_ms`` from now on: recovery raises it to the newest one
+        logged (R6), so that a process restarted on a host whose clock is behind never stamps below its log."""
         ...
 
 
