@@ -18,6 +18,7 @@ from collections.abc import Iterable
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
+from atp_service.clock_metrics import ClockMetrics
 from atp_service.instruments import Counter, CounterChild, Gauge, Histogram, Reading, SizeHistogram
 from atp_service.process_metrics import build_info, process_collectors
 from reservation import FactKind
@@ -89,9 +90,7 @@ class EngineMetrics:
         self.oversold_units = Gauge(
             "atp_oversold_units", "Units promised (reserved + committed) beyond on hand, over all positions (Q5)",
             registry=r)
-        self.clock_offset = Gauge(
-            "atp_clock_offset_seconds", "This process's service clock (R6) less Redis's TIME; two processes' "
-            "difference is their skew: holds taken over between them expire early or late by it", registry=r)
+        self.clock = ClockMetrics(r)  # the clock promise (R3, R6): offset, groups' lead, retention
         self.orders_unsettled = Reading(
             "atp_orders_unsettled", "Orders spanning shards (a Redis Cluster, ownership = leases) whose saga stopped "
             "half-way, waiting to be driven on or being driven on by housekeeping", registry=r)

@@ -70,6 +70,7 @@ class AtpService(Recovering):
         self.config = config
         self.metrics = Metrics()
         """This service's metrics (what its endpoint serves); each component records into its group."""
+        self.metrics.engine.clock.retention.set(config.limits.retention_ms / 1000)  # what the clock alerts compare
         self.door = DoorCalls()
         """gRPC core's own counts of this service's calls, those refused before any handler included."""
         self.metrics.registry.register(self.door)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.clock import Clock
-from atp_service.engine.clock_offset import CLOCK_OFFSET_EVERY_S, clock_offset_s
+from atp_service.engine.clock_offset import CLOCK_OFFSET_EVERY_S, clock_offset_s, group_clock_lead_s
 from atp_service.engine.composite import CompositeView
 from atp_service.engine.coordinator import Coordinator
 from atp_service.engine.gauges import OversoldSweep
@@ -202,8 +202,10 @@ class Housekeeper:
 
     async def _measure_clock_offset(self) -> None:
         engine = self._engine
+        clocks = engine.metrics.clock
+        clocks.group_lead.set(group_clock_lead_s(engine.clock, (actor.clock for actor in engine.actors)))
         try:
-            engine.metrics.clock_offset.set(await clock_offset_s(engine.log_client, engine.clock))
+            clocks.offset.set(await clock_offset_s(engine.log_client, engine.clock))
         except STORAGE_ERRORS as exc:  # Redis away: the shards say so; measured again next time
             log.debug("clock offset not measured: %r", exc)
         except Exception:  # a gauge: said, never raised into a task nobody awaits
