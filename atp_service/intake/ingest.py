@@ -89,7 +89,7 @@ class StreamIngestor:
         self._gauge_task: asyncio.Task[None] | None = None
         self._retry_own_pending = True  # first: what this consumer had in hand before a crash
         self._retry_at = 0.0
-        self._read_first = False  # a pass failed: new entries are read before the next
+        self._read_first = False  # a pass failed: a read of new entries is tried before the next
         self._doing = "new"  # what a failure of the reader's loop stopped (``read_refusals.WHAT``)
         self._retries = Backoff(PENDING_RETRY)
         self._pending_after: list[str] | None = None  # where a pass cut short goes on
@@ -180,8 +180,9 @@ class StreamIngestor:
         commute by E3, so batches need no order between them) while the next is read. This consumer's own pending
         entries are read again when due (``_retry_pending``). True: new entries were asked for (a pass over the
         pending ones, read otherwise, says nothing of that read: its failures, one after each pass, were retried
-        at the shortest wait, ~20 a second). A pass that fails is put off as one leaving entries pending is, and new
-        entries are read before the next: one failing for good no more holds back every new entry."""
+        at the shortest wait, ~20 a second). A pass that fails is put off as one leaving entries pending is, and a read
+        of new entries is tried before the next: one failing for good no more holds back every new entry, nor new reads
+        refused keep the pass out."""
         cfg = self._config
         if self._retry_own_pending and self._ticks() >= self._retry_at and not self._read_first:
             self._doing = "pending"
@@ -203,8 +204,8 @@ class StreamIngestor:
             await self._tag()  # the bounds raised since, used once Redis holds the token told with them (bounds.py)
         while len(self._batches) >= cfg.ingest_inflight:
             await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
+        self._read_first = False  # tried, whatever its answer: new reads refused too must not keep the pass out
         entries = await self._read(None, block=self._block_ms())
-        self._read_first = False
         self._refusals.read("new")  # a refusal said is over
         if entries:
             task = asyncio.get_running_loop().create_task(self._handle(entries))

@@ -18,7 +18,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 
 from atp_service import AtpService
 from atp_service.intake.again import read_pending
-from atp_service.intake.unread import made_again_key, refused_letters_key
+from atp_service.intake.unread import made_again_key, refused_letters_key, trimmed_unread_key
 from atp_service.storage.resp import lasting_refusal
 from tests.atp_service.app.test_redis_permissions import PASSWORD, USER, as_user
 from tests.atp_service.fact_helpers import F, wait_consumed
@@ -165,3 +165,49 @@ async def test_a_pass_over_pending_entries_failing_for_good_does_not_hold_back_t
         assert await r.xlen("atp:dlq") == 1
         assert [(a.on_hand, b.on_hand) for a, b in [await client.availability([("A", "S1"), ("A", "DC")])]] == [
             (0, 6)]
+
+
+def _failed_on(caplog: Any, *keys: str) -> list[str]:
+    """The key each ``ingest_read_failed`` names, of ``keys``, in the order they were logged."""
+    said = [one.__dict__["error"] for one in _events(caplog, "ingest_read_failed")]
+    return [key for error in said for key in keys if key in error]
+
+
+async def test_a_pass_put_off_is_still_tried_while_every_new_read_is_refused(
+        start_service: ServiceFactory, redis_url: str, caplog: Any) -> None:
+    """A pass over the pending entries that failed was put off until a read of new entries *succeeded*: new reads
+    refused for good meanwhile (a key of another type only they look at, the reader's owed hash), the pass was never
+    tried again, and the pending entry it would settle once its own cause was gone waited on whatever refused the new
+    reads. Now a read of new entries tried, whatever its answer, lets the next pass in: the entry is settled as refused
+    once (E7, E8) while the new reads are still refused."""
+    now = int(time.time() * 1000)
+    async with aioredis.Redis.from_url(redis_url) as r:
+        service, _ = await start_service(ingest_block_ms=20)
+        entry = await r.xadd(POS, F("future", "RECEIPT", "A", "S1", 2, now + 3_600_000).fields())
+        await until(lambda: r.xlen("atp:dlq"), "the entry stamped in the future dead-lettered (E7)")
+        await service.stop()
+        await r.xgroup_destroy(POS, GROUP)  # made again at its start with its mark, the entry pending to the reader
+        await r.xgroup_create(POS, GROUP, id="0")
+        await r.set(made_again_key(POS, GROUP), entry)
+        await r.xreadgroup(GROUP, "atp-1", {POS: ">"})
+        letters, owed = refused_letters_key(POS, GROUP), trimmed_unread_key(POS, GROUP, "atp-1")
+        kept = await r.hgetall(letters)
+        await r.delete(letters)
+        await r.set(letters, "an operator's string")  # the pass refused
+        await r.set(owed, "an operator's string")  # every read of new entries refused: none succeeds from the start
+        with caplog.at_level(logging.WARNING):
+            await start_service(ingest_block_ms=20)
+            await until(lambda: _failed_on(caplog, letters, owed)[:2] == [letters, owed],
+                        "the first pass refused, then a read of new entries")
+            await r.delete(letters)
+            await r.hset(letters, mapping=kept)
+            await until(lambda: _pending(r, POS), "the pending entry settled, the new reads still refused", 30)
+            assert _failed_on(caplog, letters, owed)[-1] == owed
+            await r.delete(owed)
+            await wait_consumed(redis_url, [POS, WMS], timeout_s=30)
+        assert await r.xlen("atp:dlq") == 1
+
+
+async def _pending(r: aioredis.Redis, stream: str) -> bool:
+    """Whether no entry of ``stream`` is pending in the group."""
+    return (await r.xpending(stream, GROUP))["pending"] == 0
