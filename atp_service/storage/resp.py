@@ -9,6 +9,8 @@ from typing import Any
 
 from redis.exceptions import (
     AskError,
+    AuthenticationError,
+    AuthorizationError,
     ClusterDownError,
     MovedError,
     NoPermissionError,
@@ -145,9 +147,12 @@ def denied(exc: BaseException) -> bool:
 
 
 def lasting_refusal(exc: BaseException) -> str | None:
-    """What kind of refusal waiting does not cure ``exc`` is: ``permission`` (``denied``), ``wrong_type`` (a key of
-    another type), ``refused`` (any other, ``passing`` ones and a group lost, which its reader makes again, aside);
+    """What kind of refusal waiting does not cure ``exc`` is: ``permission`` (``denied``, or the Redis user's login
+    refused: ``WRONGPASS``, ``NOAUTH``, the user turned off or deleted or its password changed), ``wrong_type`` (a key
+    of another type), ``refused`` (any other, ``passing`` ones and a group lost, which its reader makes again, aside);
     None: not one (Redis away, a refusal that passes)."""
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):  # ConnectionErrors to redis-py, yet no wait cures
+        return "permission"
     if not isinstance(exc, ResponseError) or passing(exc) or group_lost(exc):
         return None
     if redis_said(exc).split(" ", 1)[0] in PASSING_CODES:  # one of a pipeline's commands'

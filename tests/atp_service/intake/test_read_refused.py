@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError, ResponseError
 
 from atp_service import AtpService
 from atp_service.intake.again import read_pending
@@ -85,6 +85,30 @@ async def test_an_acl_denial_inside_a_read_script_is_told_as_a_permission_refusa
             await admin.execute_command("ACL", "DELUSER", USER)
 
 
+async def test_the_redis_user_turned_off_is_told_as_a_permission_refusal(redis_url: str, caplog: Any) -> None:
+    """The service's Redis user turned off (or its password changed) while serving, its connections closed: every
+    read connects again and Redis refuses the login (``WRONGPASS``), which redis-py raises as an
+    ``AuthenticationError``, a ``ConnectionError``. It was told as Redis away: ``refusal`` empty, never said, the gauge
+    0 while no fact was read until someone acts. Now a permission refusal, said once past the bound."""
+    async with aioredis.Redis.from_url(redis_url) as admin:
+        await admin.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{PASSWORD}", "~*", "&*", "+@all")
+        service = AtpService(make_config(ingest_block_ms=20, ingest_read_refusals_max=2), as_user(redis_url))
+        try:
+            await service.start()
+            with caplog.at_level(logging.WARNING):
+                await admin.execute_command("ACL", "SETUSER", USER, "off")
+                await admin.execute_command("CLIENT", "KILL", "USER", USER)
+                await until(lambda: [one for one in _events(caplog, "ingest_read_failed")
+                                     if "WRONGPASS" in one.__dict__["error"] or "disabled" in one.__dict__["error"]],
+                            "a read refused its login", 60)
+                await until(lambda: _events(caplog, "ingest_read_refused"), "the refusal said", 60)
+            assert [one.__dict__["refusal"] for one in _events(caplog, "ingest_read_refused")] == ["permission"]
+            assert _gauge(service) == 1
+        finally:
+            await service.stop(grace_s=0)
+            await admin.execute_command("ACL", "DELUSER", USER)
+
+
 async def test_a_mark_the_acl_denies_inside_the_pending_read_is_a_permission_refusal(redis_url: str) -> None:
     """The pending read's script denied ``GET`` of a mark: whatever words this Redis uses, a permission refusal."""
     async with aioredis.Redis.from_url(redis_url) as admin:
@@ -106,6 +130,7 @@ async def test_a_mark_the_acl_denies_inside_the_pending_read_is_a_permission_ref
     (ResponseError("The user executing the script can't access at least one of the keys mentioned in the command "
                    "arguments"), "permission"),
     (NoPermissionError("this user has no permissions to run the 'xreadgroup' command"), "permission"),
+    (AuthenticationError("invalid username-password pair or user is disabled."), "permission"),
     (ResponseError("DENIED XGROUP|SETID on atp:in:pos: the Redis user may not run it"), "permission"),
     (ResponseError("WRONGTYPE atp:in:pos:made-again:atp holds no entry id: nothing read"), "wrong_type"),
     (ResponseError("Command # 1 (HMGET atp:in:pos:refused:atp:letters 1-0) of pipeline caused error: ('WRONGTYPE "
