@@ -194,14 +194,15 @@ class StreamIngestor:
             if passed:  # one put off for the batches in flight says nothing of a refusal
                 self._refusals.read("pending")
             return False
-        self._doing = "new"
         if self._ticks() - self._claimed_at >= cfg.claim_idle_ms / 1000 / 2:
-            self._claimed_at = self._ticks()
+            self._claimed_at, self._doing = self._ticks(), "claim"  # counted apart: new reads between end no count
             await self._handle(await self._claim(), wait=False)  # in the reading loop: no owner's try waited for
             if self._departed is not None:  # after the claim: a gone consumer's pending entries taken first
                 await self._departed.sweep()  # then its own run drawn again, where a sweep took it all the same (E8)
                 self._consumer_run = await self._departed.kept_run(self._desk.quarantine)
             await self._tag()  # the bounds raised since, used once Redis holds the token told with them (bounds.py)
+            self._refusals.read("claim")
+        self._doing = "new"
         while len(self._batches) >= cfg.ingest_inflight:
             await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
         self._read_first = False  # tried, whatever its answer: new reads refused too must not keep the pass out

@@ -12,7 +12,11 @@ they were (the read scripts check before their ``XREADGROUP``), so each is appli
 A pass over the reader's own pending entries may be refused alone (an entry pending whose batch is refused, a key of
 another type beside its stream): put off while new entries are read (``StreamIngestor.step``), counted on its own.
 Each pass delivers that entry again, its delivery count growing, which dead-letters nothing (``ingest_max_deliveries``
-counts only the refusals of a fact): it is settled once, when the cause is gone.
+counts only the refusals of a fact): it is settled once, when the cause is gone. So may the claim of entries other
+consumers left pending (the dead-letter stream's key of another type, ``XAUTOCLAIM`` taken out of the ACL): tried
+every half ``claim_idle_ms``, counted on its own, else the reads of new entries between two claims ended its count.
+The login of the Redis user refused (``WRONGPASS``) is a permission refusal too, though redis-py raises a
+``ConnectionError`` for it.
 Health stays as it is: reservations are answered meanwhile, and every process on one Redis is refused alike.
 """
 
@@ -26,9 +30,11 @@ from atp_service.storage.resp import lasting_refusal
 log = logging.getLogger(__name__)
 
 
-WHAT = {"new": "reads of new entries", "pending": "passes over the reader's own pending entries"}
+WHAT = {"new": "reads of new entries", "pending": "passes over the reader's own pending entries",
+        "claim": "claims of entries other consumers left pending"}
 """What the reader does that a refusal stops, each counted on its own: a pass failing for good on an entry pending
-(its batch refused) is put off while new entries are read, and those reads succeeding do not end its count."""
+(its batch refused) is put off while new entries are read, and a claim (with the sweep of departed consumers) is
+tried every half ``claim_idle_ms`` between them: those reads succeeding do not end their counts."""
 
 
 class ReadRefusals:

@@ -41,26 +41,33 @@ async def test_a_mark_of_another_type_refusing_every_read_is_said_once_and_reads
         start_service: ServiceFactory, redis_url: str, caplog: Any) -> None:
     """A key of another type where a stream's made-again mark belongs refuses every read (WRONGTYPE): the reader
     logged ``ingest_read_failed`` at growing waits for good and nothing said it would never pass. Now the third
-    refusal in a row is said once as an error naming its kind, ``atp_ingest_read_refused`` is 1 meanwhile; the key
-    deleted, the reads go on unrestarted, the gauge is 0 again, and the fact written meanwhile is applied once."""
+    refusal in a row of the reads of new entries is said once as an error naming its kind (the passes over the pending
+    entries, tried between them and refused alike, are counted and said on their own), ``atp_ingest_read_refused`` is
+    1 meanwhile; the key deleted, the reads go on unrestarted, each refusal said is said to be over, the gauge is 0
+    again, and the fact written meanwhile is applied once."""
     now = int(time.time() * 1000)
     async with aioredis.Redis.from_url(redis_url) as r:
         service, client = await start_service(ingest_read_refusals_max=3, ingest_block_ms=20)
         with caplog.at_level(logging.WARNING):
             await r.hset(made_again_key(POS, GROUP), mapping={"an": "operator's hash"})
             await r.xadd(POS, F("p1", "RECEIPT", "A", "S1", 4, now - 100).fields())
-            failures = service.metrics.intake.ingest_read_failures
-            await until(lambda: failures.collect()[0].samples[0].value >= 5, "five reads refused", 60)
+            await until(lambda: "new" in _said(caplog, "ingest_read_refused"), "the new reads' refusal said", 60)
             said = _events(caplog, "ingest_read_refused")
-            assert [(one.levelname, one.__dict__["refusal"], one.__dict__["what"]) for one in said] == [
-                ("ERROR", "wrong_type", "new")]
+            assert {(one.levelname, one.__dict__["refusal"]) for one in said} == {("ERROR", "wrong_type")}
+            assert len(said) == len(set(_said(caplog, "ingest_read_refused"))) <= 2  # each said once
             assert _gauge(service) == 1
             assert (await client.availability([("A", "S1")]))[0].on_hand == 0
             await r.delete(made_again_key(POS, GROUP))
             await wait_consumed(redis_url, [POS], timeout_s=30)
-            await until(lambda: _events(caplog, "ingest_read_resumed"), "the reads said resumed", 30)
-        assert _gauge(service) == 0
+            await until(lambda: _said(caplog, "ingest_read_resumed") == _said(caplog, "ingest_read_refused")
+                        and _gauge(service) == 0, "each refusal said to be over", 30)
+        assert set(_said(caplog, "ingest_read_refused")) <= {"new", "pending"}
         assert (await client.availability([("A", "S1")]))[0].on_hand == 4
+
+
+def _said(caplog: Any, event: str) -> list[str]:
+    """What each ``event`` said of (``read_refusals.WHAT``), sorted."""
+    return sorted(one.__dict__["what"] for one in _events(caplog, event))
 
 
 async def test_an_acl_denial_inside_a_read_script_is_told_as_a_permission_refusal(redis_url: str, caplog: Any
@@ -236,3 +243,28 @@ async def test_a_pass_put_off_is_still_tried_while_every_new_read_is_refused(
 async def _pending(r: aioredis.Redis, stream: str) -> bool:
     """Whether no entry of ``stream`` is pending in the group."""
     return (await r.xpending(stream, GROUP))["pending"] == 0
+
+
+async def test_claims_refused_for_good_are_said_though_new_entries_are_read(
+        start_service: ServiceFactory, redis_url: str, caplog: Any) -> None:
+    """The claim of entries other consumers left pending refused at each try (the dead-letter stream's key of another
+    type: the claim refuses before it takes anything): counted with the reads of new entries, each such read between
+    two claims started the count again, so however long it lasted nothing was said and the gauge stayed 0 — entries a
+    dead process left pending never taken over. Now claims are counted on their own (``what`` ``claim``), said once
+    past the bound while the new entries are read and applied, and said to succeed again once the key is given back."""
+    now = int(time.time() * 1000)
+    async with aioredis.Redis.from_url(redis_url) as r:
+        service, client = await start_service(ingest_block_ms=20, claim_idle_ms=2_000, ingest_read_refusals_max=2)
+        with caplog.at_level(logging.WARNING):
+            await r.set("atp:dlq", "an operator's string")
+            await until(lambda: _events(caplog, "ingest_read_refused"), "the claims' refusal said", 60)
+            said = _events(caplog, "ingest_read_refused")
+            assert [(one.__dict__["refusal"], one.__dict__["what"]) for one in said] == [("wrong_type", "claim")]
+            assert _gauge(service) == 1
+            await r.xadd(WMS, F("w1", "RECEIPT", "A", "DC", 6, now - 100).fields())
+            await wait_consumed(redis_url, [WMS], timeout_s=30)  # read and applied meanwhile
+            assert (await client.availability([("A", "DC")]))[0].on_hand == 6
+            await r.delete("atp:dlq")
+            await until(lambda: _events(caplog, "ingest_read_resumed"), "the claims said to succeed again", 30)
+        assert _gauge(service) == 0
+        assert [one.__dict__["what"] for one in _events(caplog, "ingest_read_resumed")] == ["claim"]
