@@ -11,10 +11,12 @@ dead-lettered for it: the refusal is of a key or a command, not of an entry, and
 they were (the read scripts check before their ``XREADGROUP``), so each is applied once once the reads are let in (E8).
 A pass over the reader's own pending entries may be refused alone (an entry pending whose batch is refused, a key of
 another type beside its stream): put off while new entries are read (``StreamIngestor.step``), counted on its own.
-Each pass delivers that entry again, its delivery count growing, which dead-letters nothing (``ingest_max_deliveries``
-counts only the refusals of a fact): it is settled once, when the cause is gone. So may the claim of entries other
-consumers left pending (the dead-letter stream's key of another type, ``XAUTOCLAIM`` taken out of the ACL): tried
-every half ``claim_idle_ms``, counted on its own, else the reads of new entries between two claims ended its count.
+Each pass delivers that entry again, its delivery count growing, which by itself dead-letters nothing: it is settled
+once, when the cause is gone. (``ingest_max_deliveries`` counts Redis's deliveries, these included, but dead-letters
+only a fact this reader saw refused twice for a reason that does not pass with time, ``refusals.RefusalBound``.)
+The claim of entries other consumers left pending may be refused alone too (the dead-letter stream's key of another
+type, ``XAUTOCLAIM`` taken out of the ACL): tried every half ``claim_idle_ms``, counted on its own, else the reads
+of new entries between two claims ended its count.
 The login of the Redis user refused (``WRONGPASS``) is a permission refusal too, though redis-py raises a
 ``ConnectionError`` for it.
 Health stays as it is: reservations are answered meanwhile, and every process on one Redis is refused alike.
