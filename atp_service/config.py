@@ -104,8 +104,10 @@ class ServiceConfig(ServingFields):
 
     ingest_read_refusals_max: int = 10
     """Reads of the input streams Redis refuses for a reason waiting does not cure (a key of another type, the Redis
-    user's ACL: WRONGTYPE, NOPERM), with none succeeding between, after which the reader says so as an error
-    (``ingest_read_refused``, ``atp_ingest_read_refused`` 1); it reads again at growing waits up to 2 s meanwhile."""
+    user's login or ACL: WRONGTYPE, WRONGPASS, NOPERM), with none succeeding between, after which the reader says so
+    as an error (``ingest_read_refused``, ``atp_ingest_read_refused`` 1); it reads again at growing waits up to 2 s
+    meanwhile. Passes over its own pending entries (tried every 1 s at most) and claims of other consumers' ones
+    (every half ``claim_idle_ms``) are counted apart, each against this bound."""
 
     ingest_refused_kept: int = 10_000
     """Most input entries refused as stamped in the future (E7) kept in Redis as refused per input stream, while the
