@@ -161,6 +161,7 @@ class StreamIngestor:
             stop_if_cancelled()  # a cancel redis-py lost during the round before: the reader read on for ever
             try:
                 if group_gone:  # one read names every stream: one stream without its group stops them all
+                    self._doing = "new"  # its refusal keeps every new entry out
                     await self._create_groups(again=True)
                     group_gone = False
                 if await self.step():
@@ -171,7 +172,7 @@ class StreamIngestor:
                 delay = backoff.next_delay()
                 log.warning("input streams: %s; retrying in %.2fs", exc, delay,
                             extra={"event": "ingest_read_failed", "error": str(exc), "retry_s": round(delay, 2),
-                                   "refusal": refusal or ""})
+                                   "refusal": refusal or "", "what": self._doing})  # a pass's: new reads go on
                 self._retry_own_pending = True
                 await asyncio.sleep(delay)
 

@@ -261,6 +261,8 @@ async def test_claims_refused_for_good_are_said_though_new_entries_are_read(
             said = _events(caplog, "ingest_read_refused")
             assert [(one.__dict__["refusal"], one.__dict__["what"]) for one in said] == [("wrong_type", "claim")]
             assert _gauge(service) == 1
+            # Each failure says what failed: the claims' warnings are not taken for reads of new entries refused.
+            assert {one.__dict__.get("what") for one in _events(caplog, "ingest_read_failed")} == {"claim"}
             await r.xadd(WMS, F("w1", "RECEIPT", "A", "DC", 6, now - 100).fields())
             await wait_consumed(redis_url, [WMS], timeout_s=30)  # read and applied meanwhile
             assert (await client.availability([("A", "DC")]))[0].on_hand == 6
