@@ -54,8 +54,7 @@ def forgotten(part: Reservation | None, opened: int, limits: Limits) -> bool:
     ``was_confirmed``). Resolved after the order opened, or judged its own by its group as the order opened
     (``forgotten_now``), it is the order's own however long ago (R5, R7): so judged again by whatever decides the
     order later (as ``_order_losses._own`` does)."""
-    return part is not None and part.state in TERMINAL and part.pending is None and \
-        opened - part.updated_at >= limits.retention_ms * 3 // 4
+    return _resolved_before(part, opened - limits.retention_ms * 3 // 4)
 
 
 def forgotten_now(part: Reservation | None, now: int, limits: Limits) -> bool:
@@ -63,5 +62,9 @@ def forgotten_now(part: Reservation | None, now: int, limits: Limits) -> bool:
     the home's clock, up to g ahead, judges a part replayed here its own later (``forgotten``). An order opened again
     as new (its home's record lost) meets its own parts resolved so long before as an earlier order's: nothing else
     tells them apart (that order's part holds the same)."""
-    return part is not None and part.state in TERMINAL and part.pending is None and \
-        now - part.updated_at >= limits.retention_ms // 2
+    return _resolved_before(part, now - limits.retention_ms // 2)
+
+
+def _resolved_before(part: Reservation | None, at: int) -> bool:
+    """Whether ``part`` is resolved, nothing pending, last changed at ``at`` or before."""
+    return part is not None and part.state in TERMINAL and part.pending is None and part.updated_at <= at
